@@ -1,0 +1,13 @@
+//! Warren: run Ansible jobs and other work on remote nodes across an encrypted mesh.
+//!
+//! Crate map (see ARCHITECTURE.md for the whole picture):
+//!
+//! - [`id`]: typed node ids and service names.
+//! - [`keys`]: X25519 link identities and their tokens and files.
+//! - [`mesh`]: the overlay network: frames, Noise links, link-state routing, streams, and the
+//!   tokio driver that is its only IO.
+#![warn(missing_docs)]
+
+pub mod id;
+pub mod keys;
+pub mod mesh;

@@ -1,0 +1,5 @@
+//! The overlay mesh: Noise-encrypted links between nodes, link-state routing across relays,
+//! datagrams and flow-controlled streams between `(node, service)` endpoints.
+//!
+//! Everything here but `driver` is sans-IO: time comes in as `now`, bytes move through
+//! buffers, and decisions come back as events.
