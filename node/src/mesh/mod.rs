@@ -3,3 +3,9 @@
 //!
 //! Everything here but `driver` is sans-IO: time comes in as `now`, bytes move through
 //! buffers, and decisions come back as events.
+
+pub mod frame;
+pub mod link;
+pub mod lsdb;
+pub mod message;
+pub mod noise;

@@ -1,0 +1,556 @@
+//! One link to a directly connected peer: handshaking -> up -> closed.
+//!
+//! Owns the bytes of one TCP connection in both directions: Noise framing, the handshake,
+//! encryption, message framing, keepalives, the idle timeout and periodic rekeying. It does
+//! not decide whom to trust: when the peer has shown its key it emits
+//! [`LinkEvent::Identified`] and processes nothing further until the owner calls
+//! [`Link::accept`] or [`Link::refuse`]. No IO; time is passed in.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use super::frame::{self, FrameError};
+use super::message::{CloseReason, HandshakePayload, Message, PROTOCOL_VERSION};
+use super::noise::{Handshake, HandshakeError, HandshakeOutput, MAX_PLAINTEXT_LEN, Role, Transport};
+use crate::id::NodeId;
+use crate::keys::{LinkKeypair, PublicKey};
+
+/// Largest handshake message accepted. Real ones are under 200 bytes; garbage on the port
+/// (an HTTP request, say) announces far more and is refused at once rather than waited for.
+const MAX_HANDSHAKE_MESSAGE_LEN: usize = 1024;
+
+/// Timing of a link.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// Send a keepalive after this long without sending anything.
+    pub keepalive: Duration,
+    /// Close the link after this long without hearing anything.
+    pub idle_timeout: Duration,
+    /// Give up on a handshake that has not finished after this long.
+    pub handshake_timeout: Duration,
+    /// Switch to fresh keys this often.
+    pub rekey_interval: Duration,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        Self {
+            keepalive: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            rekey_interval: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// How a link ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkEnd {
+    /// We closed it, for this reason (sent to the peer when it could be).
+    ByUs(CloseReason),
+    /// The peer closed it, for this reason.
+    ByPeer(CloseReason),
+    /// The peer broke the protocol or the handshake failed; the text says how.
+    Failed(String),
+}
+
+impl std::fmt::Display for LinkEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::ByUs(r) => write!(f, "closed by us: {r}"),
+            Self::ByPeer(r) => write!(f, "closed by peer: {r}"),
+            Self::Failed(e) => write!(f, "failed: {e}"),
+        }
+    }
+}
+
+/// What a link tells its owner.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LinkEvent {
+    /// The peer has shown its static key and node id; call `accept` or `refuse`.
+    Identified {
+        /// The node id the peer claims.
+        node: NodeId,
+        /// The peer's static key, proven by the handshake.
+        key: PublicKey,
+    },
+    /// The link is up: messages flow.
+    Up,
+    /// A message from the peer.
+    Message(Message),
+    /// The link is closed; nothing more will come.
+    Closed(LinkEnd),
+}
+
+enum State {
+    /// Handshake in progress; `identified` is set while awaiting the owner's decision.
+    Handshaking {
+        handshake: Handshake,
+        identified: bool,
+    },
+    Up(Transport),
+    Closed,
+}
+
+/// One link's protocol state.
+pub struct Link {
+    role: Role,
+    config: LinkConfig,
+    state: State,
+    /// Bytes from the socket not yet made into Noise messages.
+    rx_wire: BytesMut,
+    /// Decrypted bytes not yet made into frames.
+    rx_plain: BytesMut,
+    /// Encoded frames waiting to be encrypted.
+    tx_plain: BytesMut,
+    /// Encrypted bytes waiting for the socket.
+    tx_wire: BytesMut,
+    events: VecDeque<LinkEvent>,
+    started: Instant,
+    last_rx: Instant,
+    last_tx: Instant,
+    next_rekey: Instant,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("role", &self.role)
+            .field("up", &self.is_up())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a message could not be queued.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The link is not up.
+    #[error("link is not up")]
+    NotUp,
+    /// The encoded message is over the frame limit.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+}
+
+impl Link {
+    /// A link we dialled; the first handshake message is queued at once.
+    ///
+    /// # Errors
+    /// [`HandshakeError`] if the key material is unusable.
+    pub fn initiator(
+        now: Instant,
+        keys: &LinkKeypair,
+        me: &NodeId,
+        config: LinkConfig,
+    ) -> Result<Self, HandshakeError> {
+        let (handshake, first) = Handshake::initiator(keys, &hello(me))?;
+        let mut link = Self::new(now, Role::Initiator, handshake, config);
+        link.queue_handshake(&first);
+        Ok(link)
+    }
+
+    /// A link we accepted; it waits for the peer's first message.
+    ///
+    /// # Errors
+    /// [`HandshakeError`] if the key material is unusable.
+    pub fn responder(
+        now: Instant,
+        keys: &LinkKeypair,
+        me: &NodeId,
+        config: LinkConfig,
+    ) -> Result<Self, HandshakeError> {
+        let handshake = Handshake::responder(keys, &hello(me))?;
+        Ok(Self::new(now, Role::Responder, handshake, config))
+    }
+
+    fn new(now: Instant, role: Role, handshake: Handshake, config: LinkConfig) -> Self {
+        Self {
+            role,
+            state: State::Handshaking {
+                handshake,
+                identified: false,
+            },
+            rx_wire: BytesMut::new(),
+            rx_plain: BytesMut::new(),
+            tx_plain: BytesMut::new(),
+            tx_wire: BytesMut::new(),
+            events: VecDeque::new(),
+            started: now,
+            last_rx: now,
+            last_tx: now,
+            next_rekey: now + config.rekey_interval,
+            config,
+        }
+    }
+
+    /// Whether we dialled this link.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Whether messages flow.
+    pub fn is_up(&self) -> bool {
+        matches!(self.state, State::Up(_))
+    }
+
+    /// Whether the link is finished (the owner flushes `poll_transmit` and drops it).
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    /// Feeds bytes read from the socket.
+    pub fn handle_bytes(&mut self, now: Instant, bytes: &[u8]) {
+        if self.is_closed() {
+            return;
+        }
+        self.last_rx = now;
+        self.rx_wire.extend_from_slice(bytes);
+        self.process();
+    }
+
+    /// The socket reached EOF or failed.
+    pub fn handle_socket_closed(&mut self, why: &str) {
+        if !self.is_closed() {
+            self.state = State::Closed;
+            self.events
+                .push_back(LinkEvent::Closed(LinkEnd::Failed(why.to_owned())));
+        }
+    }
+
+    /// Accepts the identified peer; the link comes up and buffered bytes are processed.
+    pub fn accept(&mut self, now: Instant) {
+        let State::Handshaking {
+            identified: true, ..
+        } = self.state
+        else {
+            return;
+        };
+        let State::Handshaking { handshake, .. } = std::mem::replace(&mut self.state, State::Closed)
+        else {
+            unreachable!("checked above")
+        };
+        match handshake.accept() {
+            Ok((last, transport)) => {
+                if let Some(last) = last {
+                    self.queue_handshake(&last);
+                }
+                self.state = State::Up(transport);
+                self.last_rx = now;
+                self.next_rekey = now + self.config.rekey_interval;
+                self.events.push_back(LinkEvent::Up);
+                self.process();
+            }
+            Err(e) => self.fail(e.to_string()),
+        }
+    }
+
+    /// Refuses the identified peer, telling it why, and closes.
+    pub fn refuse(&mut self, reason: CloseReason) {
+        let State::Handshaking {
+            identified: true, ..
+        } = self.state
+        else {
+            return;
+        };
+        let State::Handshaking { handshake, .. } = std::mem::replace(&mut self.state, State::Closed)
+        else {
+            unreachable!("checked above")
+        };
+        match self.role {
+            Role::Initiator => {
+                if let Some(last) = handshake.refuse(reason) {
+                    self.queue_handshake(&last);
+                }
+            }
+            // The responder's handshake is complete: tell the peer over the transport, then
+            // close. None of the peer's frames are read.
+            Role::Responder => {
+                if let Ok((_, transport)) = handshake.accept() {
+                    self.state = State::Up(transport);
+                    let _ = self.send(&Message::Close(reason));
+                    self.flush();
+                }
+            }
+        }
+        self.state = State::Closed;
+        self.rx_wire.clear();
+        self.events
+            .push_back(LinkEvent::Closed(LinkEnd::ByUs(reason)));
+    }
+
+    /// Closes the link, telling the peer why when the link is up.
+    pub fn close(&mut self, reason: CloseReason) {
+        match self.state {
+            State::Closed => return,
+            State::Up(_) => {
+                let _ = self.send(&Message::Close(reason));
+                self.flush();
+            }
+            State::Handshaking { .. } => {}
+        }
+        self.state = State::Closed;
+        self.events
+            .push_back(LinkEvent::Closed(LinkEnd::ByUs(reason)));
+    }
+
+    /// Queues a message for the peer.
+    ///
+    /// # Errors
+    /// [`SendError::NotUp`] before the handshake ends or after close;
+    /// [`SendError::Frame`] for a message over the frame limit.
+    pub fn send(&mut self, message: &Message) -> Result<(), SendError> {
+        if !self.is_up() {
+            return Err(SendError::NotUp);
+        }
+        let encoded = message
+            .encode()
+            .map_err(|_| SendError::Frame(FrameError::Empty))?;
+        frame::encode_frame(&encoded, &mut self.tx_plain)?;
+        if self.tx_plain.len() >= MAX_PLAINTEXT_LEN {
+            self.flush();
+        }
+        Ok(())
+    }
+
+    /// Bytes for the socket, if any. Encrypts whatever is queued first.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Bytes> {
+        self.flush();
+        if self.tx_wire.is_empty() {
+            return None;
+        }
+        self.last_tx = now;
+        Some(self.tx_wire.split().freeze())
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<LinkEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`Link::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            State::Closed => None,
+            State::Handshaking { .. } => Some(self.started + self.config.handshake_timeout),
+            State::Up(_) => Some(
+                (self.last_tx + self.config.keepalive)
+                    .min(self.last_rx + self.config.idle_timeout)
+                    .min(self.next_rekey),
+            ),
+        }
+    }
+
+    /// Fires whatever timers are due: handshake timeout, idle timeout, keepalive, rekey.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.state {
+            State::Closed => {}
+            State::Handshaking { .. } => {
+                if now >= self.started + self.config.handshake_timeout {
+                    self.close(CloseReason::HandshakeTimeout);
+                }
+            }
+            State::Up(_) => self.handle_up_timeout(now),
+        }
+    }
+
+    fn handle_up_timeout(&mut self, now: Instant) {
+        if now >= self.last_rx + self.config.idle_timeout {
+            self.close(CloseReason::IdleTimeout);
+            return;
+        }
+        if now >= self.next_rekey {
+            self.rekey_outgoing();
+            self.next_rekey = now + self.config.rekey_interval;
+        }
+        if now >= self.last_tx + self.config.keepalive && self.tx_plain.is_empty() {
+            let _ = self.send(&Message::Keepalive);
+            self.last_tx = now;
+        }
+    }
+
+    /// Sends `Rekey` as the last frame under the old key, then switches keys.
+    fn rekey_outgoing(&mut self) {
+        if self.send(&Message::Rekey).is_ok() {
+            self.flush();
+            if let State::Up(transport) = &mut self.state {
+                transport.rekey_outgoing();
+            }
+        }
+    }
+
+    fn queue_handshake(&mut self, message: &[u8]) {
+        frame::encode_noise(message, &mut self.tx_wire)
+            .expect("invariant: handshake messages fit a noise frame");
+    }
+
+    /// Encrypts all queued frames into Noise messages.
+    fn flush(&mut self) {
+        let State::Up(transport) = &mut self.state else {
+            return;
+        };
+        while !self.tx_plain.is_empty() {
+            let n = self.tx_plain.len().min(MAX_PLAINTEXT_LEN);
+            let chunk = self.tx_plain.split_to(n);
+            if transport.encrypt(&chunk, &mut self.tx_wire).is_err() {
+                // Only a nonce exhausted after 2^64 messages gets here.
+                self.tx_plain.clear();
+                self.fail("noise nonce exhausted".to_owned());
+                return;
+            }
+        }
+    }
+
+    fn fail(&mut self, why: String) {
+        if matches!(self.state, State::Up(_)) {
+            let _ = self.send(&Message::Close(CloseReason::ProtocolViolation));
+            self.flush();
+        }
+        self.state = State::Closed;
+        self.rx_wire.clear();
+        self.events.push_back(LinkEvent::Closed(LinkEnd::Failed(why)));
+    }
+
+    fn process(&mut self) {
+        loop {
+            let progressed = match self.state {
+                State::Closed => false,
+                State::Handshaking {
+                    identified: true, ..
+                } => false,
+                State::Handshaking { .. } => self.process_handshake(),
+                State::Up(_) => self.process_transport(),
+            };
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    /// Handles one handshake message if a whole one is buffered.
+    fn process_handshake(&mut self) -> bool {
+        if self.rx_wire.len() >= 2 {
+            let len = usize::from(u16::from_be_bytes([self.rx_wire[0], self.rx_wire[1]]));
+            if len > MAX_HANDSHAKE_MESSAGE_LEN {
+                self.fail(format!(
+                    "handshake message of {len} bytes exceeds {MAX_HANDSHAKE_MESSAGE_LEN}: not a warren peer"
+                ));
+                return false;
+            }
+        }
+        let message = match frame::decode_noise(&mut self.rx_wire) {
+            Ok(Some(m)) => m,
+            Ok(None) => return false,
+            Err(e) => {
+                self.fail(format!("handshake: {e}"));
+                return false;
+            }
+        };
+        let State::Handshaking {
+            handshake,
+            identified,
+        } = &mut self.state
+        else {
+            return false;
+        };
+        match handshake.read(&message) {
+            Ok(HandshakeOutput::Reply(reply)) => {
+                self.queue_handshake(&reply);
+                true
+            }
+            Ok(HandshakeOutput::Identified { key, payload }) => {
+                *identified = true;
+                self.identified(key, payload);
+                false
+            }
+            Err(HandshakeError::Refused(reason)) => {
+                self.state = State::Closed;
+                self.events
+                    .push_back(LinkEvent::Closed(LinkEnd::ByPeer(reason)));
+                false
+            }
+            Err(e) => {
+                self.fail(format!("handshake: {e}"));
+                false
+            }
+        }
+    }
+
+    fn identified(&mut self, key: PublicKey, payload: HandshakePayload) {
+        match payload {
+            HandshakePayload::Hello { node, version } if version == PROTOCOL_VERSION => {
+                self.events.push_back(LinkEvent::Identified { node, key });
+            }
+            HandshakePayload::Hello { .. } => self.refuse(CloseReason::VersionMismatch),
+            HandshakePayload::Refuse(reason) => {
+                self.state = State::Closed;
+                self.events
+                    .push_back(LinkEvent::Closed(LinkEnd::ByPeer(reason)));
+            }
+        }
+    }
+
+    /// Decrypts one transport message and handles every whole frame in it.
+    fn process_transport(&mut self) -> bool {
+        let message = match frame::decode_noise(&mut self.rx_wire) {
+            Ok(Some(m)) => m,
+            Ok(None) => return false,
+            Err(e) => {
+                self.fail(e.to_string());
+                return false;
+            }
+        };
+        let State::Up(transport) = &mut self.state else {
+            return false;
+        };
+        if transport.decrypt(&message, &mut self.rx_plain).is_err() {
+            self.fail("transport message failed authentication".to_owned());
+            return false;
+        }
+        self.process_frames()
+    }
+
+    fn process_frames(&mut self) -> bool {
+        loop {
+            let frame = match frame::decode_frame(&mut self.rx_plain) {
+                Ok(Some(f)) => f,
+                Ok(None) => return true,
+                Err(e) => {
+                    self.fail(e.to_string());
+                    return false;
+                }
+            };
+            match Message::decode(&frame) {
+                Ok(Message::Keepalive) => {}
+                Ok(Message::Rekey) => {
+                    if let State::Up(transport) = &mut self.state {
+                        transport.rekey_incoming();
+                    }
+                }
+                Ok(Message::Close(reason)) => {
+                    self.state = State::Closed;
+                    self.rx_wire.clear();
+                    self.events
+                        .push_back(LinkEvent::Closed(LinkEnd::ByPeer(reason)));
+                    return false;
+                }
+                Ok(message) => self.events.push_back(LinkEvent::Message(message)),
+                Err(e) => {
+                    self.fail(e.to_string());
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+fn hello(me: &NodeId) -> HandshakePayload {
+    HandshakePayload::Hello {
+        node: me.clone(),
+        version: PROTOCOL_VERSION,
+    }
+}
+
+#[cfg(test)]
+mod tests;
