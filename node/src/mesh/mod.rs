@@ -4,4 +4,5 @@
 //! Everything here but `driver` is sans-IO: time comes in as `now`, bytes move through
 //! buffers, and decisions come back as events.
 
+pub mod lsdb;
 pub mod route;
