@@ -9,3 +9,4 @@ pub mod link;
 pub mod lsdb;
 pub mod message;
 pub mod noise;
+pub mod route;
