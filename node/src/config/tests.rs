@@ -344,3 +344,31 @@ fn trust_decisions() {
     assert!(!config.trusts(&key(9), &id("x")).is_trusted());
     assert!(trusting(&[]).trusts(&key(1), &id("x")) == TrustDecision::Untrusted);
 }
+
+fn example(name: &str) -> Config {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/mesh");
+    Config::load(&dir.join(format!("{name}.toml"))).unwrap()
+}
+
+fn example_key(config: &Config) -> PublicKey {
+    LinkKeypair::load(&config.key_file).unwrap().public()
+}
+
+#[test]
+fn example_mesh_configs_parse_and_trust_their_neighbours() {
+    let controller = example("controller");
+    let relay = example("relay");
+    let node1 = example("node1");
+    let ports = |c: &Config| c.listen.iter().map(|l| l.addr.port).collect::<Vec<_>>();
+    assert_eq!(ports(&controller), [8891]);
+    assert_eq!(ports(&relay), [8892]);
+    assert_eq!(ports(&node1), [8893]);
+    assert_eq!(controller.peers[0].addr.to_string(), "127.0.0.1:8892");
+    assert_eq!(relay.peers[0].addr.to_string(), "127.0.0.1:8893");
+    let trusted = |by: &Config, peer: &Config| by.trusts(&example_key(peer), &peer.node_id);
+    assert_eq!(trusted(&controller, &relay), TrustDecision::Trusted);
+    assert_eq!(trusted(&relay, &controller), TrustDecision::Trusted);
+    assert_eq!(trusted(&relay, &node1), TrustDecision::Trusted);
+    assert_eq!(trusted(&node1, &relay), TrustDecision::Trusted);
+    assert_eq!(trusted(&node1, &controller), TrustDecision::Untrusted);
+}
