@@ -2,12 +2,16 @@
 //!
 //! Crate map (see ARCHITECTURE.md for the whole picture):
 //!
+//! - [`cli`]: command-line arguments and their conversion to library types.
+//! - [`config`]: the node's TOML config and flags, validated into a `Config`.
 //! - [`id`]: typed node ids and service names.
 //! - [`keys`]: X25519 link identities and their tokens and files.
 //! - [`mesh`]: the overlay network: frames, Noise links, link-state routing, streams, and the
 //!   tokio driver that is its only IO.
 #![warn(missing_docs)]
 
+pub mod cli;
+pub mod config;
 pub mod id;
 pub mod keys;
 pub mod mesh;

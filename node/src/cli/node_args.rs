@@ -1,0 +1,191 @@
+//! Flags of `warren node`: a config file, quick flags instead of one, or both.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::{
+    Config, ConfigError, ControlConfig, EndpointAddr, LinkCost, ListenConfig, MeshTuning, Origin,
+    PeerConfig, TrustEntry,
+};
+use crate::id::NodeId;
+
+/// Run a mesh node (the flags of warren node).
+///
+/// Give --config FILE, or the quick flags with at least --id, --key and --data-dir. Flags
+/// given with --config win: --id, --key, --data-dir and --control-socket replace the file's
+/// values; --listen, --peer and --trust add to the file's lists; --cost overrides the
+/// file's [link-costs] entry for its node.
+// The field docs are the `--help` text, so they are written for a terminal, not rustdoc.
+#[allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct NodeArgs {
+    /// Read settings from this TOML file (see examples/mesh/).
+    ///
+    /// Other flags given with it change it: --id, --key, --data-dir and --control-socket
+    /// replace the file's values; --listen, --peer and --trust add to its lists; --cost
+    /// overrides its [link-costs] entry for that node. Relative paths in the file are
+    /// relative to the file's directory; relative paths in flags, to the current directory.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// This node's id on the mesh: letters, digits and . _ - @ : (required without --config).
+    #[arg(long, value_name = "ID")]
+    pub id: Option<NodeId>,
+
+    /// Accept links on ADDR (repeatable).
+    ///
+    /// ADDR is host:port, receptor://host:port, or a bare host (port 8888); write IPv6 as
+    /// [::1]:port. Port 0 lets the OS choose a free port; use --ready-file to learn it.
+    #[arg(long = "listen", value_name = "ADDR")]
+    pub listen: Vec<EndpointAddr>,
+
+    /// Dial ADDR and keep a link to it (repeatable).
+    ///
+    /// ADDR is host:port, receptor://host:port, or a bare host (port 8888); write IPv6 as
+    /// [::1]:port. Port 0 is not allowed here. The link's cost is 1.0 unless --cost sets one
+    /// for the peer's node id.
+    #[arg(long = "peer", value_name = "ADDR", value_parser = EndpointAddr::parse_peer)]
+    pub peers: Vec<EndpointAddr>,
+
+    /// This node's private link key file, as written by warren keygen (required without
+    /// --config).
+    #[arg(long = "key", value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+
+    /// Trust a peer's link key (repeatable).
+    ///
+    /// TOKEN is the public key as warren keygen prints it: x25519:<base64url>. A bare
+    /// TOKEN accepts the key as any node id that no other key is pinned to; NODE=TOKEN
+    /// accepts it only as node NODE. A node links only with peers whose keys it trusts.
+    #[arg(long = "trust", value_name = "[NODE=]TOKEN", value_parser = parse_trust)]
+    pub trust: Vec<TrustEntry>,
+
+    /// Directory for work units and other node state (required without --config).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Path of the control socket, which speaks Receptor's protocol (receptorctl works
+    /// with it). Created with mode 0600 unless the config file says otherwise.
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
+
+    /// Once every listener is bound, write the bound listen addresses to PATH, one
+    /// host:port per line, so scripts can wait for the node and learn ports chosen for
+    /// port 0.
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
+
+    /// Set the cost of the link to neighbour NODE (repeatable); lower is preferred.
+    ///
+    /// COST is a number above 0 and at most 1000000; links cost 1.0 by default. Overrides
+    /// the cost of the listener or peer the link came through.
+    #[arg(long = "cost", value_name = "NODE=COST", value_parser = parse_cost)]
+    pub costs: Vec<(NodeId, LinkCost)>,
+}
+
+impl NodeArgs {
+    /// Builds the node's config from the file and the flags, and returns it with the
+    /// ready file, which only a flag can set.
+    ///
+    /// # Errors
+    /// [`ConfigError::MissingFlags`] without `--config` when `--id`, `--key` or
+    /// `--data-dir` is missing; any error of [`Config::load`]; [`ConfigError::Invalid`]
+    /// when the flags conflict with each other or with the file.
+    pub fn into_config(mut self) -> Result<(Config, Option<PathBuf>), ConfigError> {
+        let ready_file = self.ready_file.take();
+        let config = match self.config.take() {
+            Some(path) => {
+                let file = Config::load(&path)?;
+                self.merge_into(file, &path)?
+            }
+            None => self.flags_only()?,
+        };
+        Ok((config, ready_file))
+    }
+
+    fn flags_only(self) -> Result<Config, ConfigError> {
+        let (Some(node_id), Some(key_file), Some(data_dir)) = (
+            self.id.clone(),
+            self.key_file.clone(),
+            self.data_dir.clone(),
+        ) else {
+            let flags = [
+                ("--id", self.id.is_none()),
+                ("--key", self.key_file.is_none()),
+                ("--data-dir", self.data_dir.is_none()),
+            ];
+            let flags = flags.iter().filter(|f| f.1).map(|f| f.0).collect();
+            return Err(ConfigError::MissingFlags { flags });
+        };
+        let config = Config {
+            node_id,
+            data_dir,
+            key_file,
+            listen: Vec::new(),
+            peers: Vec::new(),
+            trust: Vec::new(),
+            link_costs: Default::default(),
+            control: ControlConfig::default(),
+            mesh: MeshTuning::default(),
+        };
+        self.extend(config).validate(Origin::Flags)
+    }
+
+    fn merge_into(self, mut config: Config, path: &Path) -> Result<Config, ConfigError> {
+        if let Some(id) = self.id.clone() {
+            config.node_id = id;
+        }
+        if let Some(key_file) = self.key_file.clone() {
+            config.key_file = key_file;
+        }
+        if let Some(data_dir) = self.data_dir.clone() {
+            config.data_dir = data_dir;
+        }
+        let origin = Origin::FileAndFlags {
+            path: path.to_owned(),
+        };
+        self.extend(config).validate(origin)
+    }
+
+    /// Adds the list flags and the control socket to `config`.
+    fn extend(self, mut config: Config) -> Config {
+        let listen = self.listen.into_iter().map(|addr| ListenConfig {
+            addr,
+            cost: LinkCost::DEFAULT,
+        });
+        config.listen.extend(listen);
+        let peers = self.peers.into_iter().map(|addr| PeerConfig {
+            addr,
+            cost: LinkCost::DEFAULT,
+        });
+        config.peers.extend(peers);
+        config.trust.extend(self.trust);
+        config.link_costs.extend(self.costs);
+        if let Some(socket) = self.control_socket {
+            config.control.socket = Some(socket);
+        }
+        config
+    }
+}
+
+/// Parses `--trust`: `TOKEN` or `NODE=TOKEN` (tokens and node ids never hold `=`).
+fn parse_trust(s: &str) -> Result<TrustEntry, String> {
+    let (node, token) = match s.split_once('=') {
+        Some((node, token)) => (Some(node.parse().map_err(|e| format!("{e}"))?), token),
+        None => (None, s),
+    };
+    let key = token.parse().map_err(|e| format!("{e}"))?;
+    Ok(TrustEntry { key, node })
+}
+
+/// Parses `--cost NODE=COST`.
+fn parse_cost(s: &str) -> Result<(NodeId, LinkCost), String> {
+    let (node, cost) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not NODE=COST, as in relay=2.5"))?;
+    let node = node.parse().map_err(|e| format!("{e}"))?;
+    let cost = cost.parse().map_err(|e| format!("{e}"))?;
+    Ok((node, cost))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,214 @@
+//! What can be wrong with a config, and where: every error names the file (or the command
+//! line), the key and the problem.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::id::{NameError, NodeId};
+use crate::keys::{KeyError, PublicKey};
+
+use super::addr::{AddrError, EndpointAddr};
+use super::cost::CostError;
+
+/// Why a config could not be loaded or built.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file does not exist.
+    #[error("config file {} does not exist", path.display())]
+    NotFound {
+        /// The file asked for.
+        path: PathBuf,
+    },
+    /// The config file exists but could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The file is not TOML, or not shaped like a node config (unknown key, wrong type,
+    /// missing key). toml's message gives the line, the column and the key.
+    #[error("{}: {source}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's error, with its span and the file's text.
+        source: Box<toml::de::Error>,
+    },
+    /// A setting is well-formed but its value is not acceptable.
+    #[error("{origin}: {key}: {problem}")]
+    Invalid {
+        /// Where the setting came from.
+        origin: Origin,
+        /// The setting, as written in the file (`[[peer]] #2 address`) or a flag (`--peer`).
+        key: String,
+        /// What is wrong with it.
+        problem: Box<Problem>,
+    },
+    /// Without `--config`, flags the node cannot run without are missing.
+    #[error("{} required when --config is not given", list_flags(flags))]
+    MissingFlags {
+        /// The missing flags, such as `--id`.
+        flags: Vec<&'static str>,
+    },
+}
+
+fn list_flags(flags: &[&str]) -> String {
+    match flags {
+        [] => "nothing is".to_owned(),
+        [one] => format!("{one} is"),
+        [init @ .., last] => format!("{} and {last} are", init.join(", ")),
+    }
+}
+
+/// Where a setting came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A config file, and the line of the value when known.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the offending value, when known.
+        line: Option<usize>,
+    },
+    /// Command-line flags alone.
+    Flags,
+    /// A config file merged with command-line flags.
+    FileAndFlags {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File {
+                path,
+                line: Some(line),
+            } => write!(f, "{}:{line}", path.display()),
+            Self::File { path, line: None } => write!(f, "{}", path.display()),
+            Self::Flags => f.write_str("command line"),
+            Self::FileAndFlags { path } => write!(f, "{} with command-line flags", path.display()),
+        }
+    }
+}
+
+/// Which kind of address a setting takes (peers cannot use port 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddrRole {
+    /// An address to listen on.
+    Listen,
+    /// An address to dial.
+    Peer,
+}
+
+impl fmt::Display for AddrRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Listen => "listen",
+            Self::Peer => "peer",
+        })
+    }
+}
+
+/// What is wrong with one setting.
+#[derive(Debug, thiserror::Error)]
+pub enum Problem {
+    /// Not an address of the kind the setting takes.
+    #[error("{value:?} is not a {role} address: {source}")]
+    Address {
+        /// The text as written.
+        value: String,
+        /// Listen or peer.
+        role: AddrRole,
+        /// Why it does not parse.
+        source: AddrError,
+    },
+    /// Not a valid node id.
+    #[error(transparent)]
+    NodeId(#[from] NameError),
+    /// Not a valid link key token.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// Not a valid link cost.
+    #[error(transparent)]
+    Cost(#[from] CostError),
+    /// A path setting is empty.
+    #[error("the path is empty")]
+    EmptyPath,
+    /// A file mode is not an octal string of at most `0777`.
+    #[error("{value:?} is not an octal file mode such as \"0600\"")]
+    Permissions {
+        /// The text as written.
+        value: String,
+    },
+    /// A number is outside the range the setting allows.
+    #[error("{value} is not between {min} and {max}")]
+    OutOfRange {
+        /// The number given.
+        value: u64,
+        /// Smallest allowed.
+        min: u64,
+        /// Largest allowed.
+        max: u64,
+    },
+    /// The idle timeout would expire between two keepalives.
+    #[error(
+        "the idle timeout ({}s) must be longer than the keepalive interval ({}s)",
+        idle.as_secs(),
+        keepalive.as_secs()
+    )]
+    IdleNotAboveKeepalive {
+        /// The idle timeout.
+        idle: Duration,
+        /// The keepalive interval.
+        keepalive: Duration,
+    },
+    /// One key is trusted under two different pins (or both pinned and unpinned).
+    #[error(
+        "{key} is trusted both {} and {}; trust a key once, pinned to one node id or to none",
+        describe_pin(first.as_ref()),
+        describe_pin(second.as_ref())
+    )]
+    TrustConflict {
+        /// The key.
+        key: PublicKey,
+        /// The first entry's pin.
+        first: Option<NodeId>,
+        /// The conflicting entry's pin.
+        second: Option<NodeId>,
+    },
+    /// The same address appears twice in one list.
+    #[error("{addr} is listed twice")]
+    DuplicateAddress {
+        /// The address.
+        addr: EndpointAddr,
+    },
+    /// A link-cost override names this node itself.
+    #[error("{node} is this node's own id; a node has no link to itself")]
+    CostToSelf {
+        /// This node's id.
+        node: NodeId,
+    },
+}
+
+fn describe_pin(pin: Option<&NodeId>) -> String {
+    match pin {
+        Some(node) => format!("as {node}"),
+        None => "as any node".to_owned(),
+    }
+}
+
+impl ConfigError {
+    /// An [`ConfigError::Invalid`] for `key` at `origin`.
+    pub(crate) fn invalid(origin: Origin, key: impl Into<String>, problem: Problem) -> Self {
+        Self::Invalid {
+            origin,
+            key: key.into(),
+            problem: Box::new(problem),
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! The TOML file as written, and its conversion to [`Config`].
+//!
+//! Serde checks the shape (unknown keys, types, required keys); values that need
+//! validating are kept as [`Spanned`] text so that an error can name the line and the key.
+//! New sections (`[[work-type]]`, `[[signer]]`) and `[control]` keys are added here as
+//! optional fields, so existing files keep parsing.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::id::{NameError, NodeId};
+
+use super::error::{AddrRole, ConfigError, Origin, Problem};
+use super::{
+    AddrError, Config, ControlConfig, DEFAULT_CONTROL_PERMISSIONS, EndpointAddr, LinkCost,
+    ListenConfig, MeshTuning, PeerConfig, TrustEntry, validate,
+};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ConfigFile {
+    node: NodeSection,
+    #[serde(default)]
+    listen: Vec<EndpointSection>,
+    #[serde(default)]
+    peer: Vec<EndpointSection>,
+    #[serde(default)]
+    trust: Vec<TrustSection>,
+    #[serde(default)]
+    link_costs: BTreeMap<String, Spanned<f64>>,
+    #[serde(default)]
+    control: ControlSection,
+    #[serde(default)]
+    mesh: MeshSection,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct NodeSection {
+    id: Spanned<String>,
+    data_dir: Spanned<String>,
+    key_file: Spanned<String>,
+}
+
+/// A `[[listen]]` or `[[peer]]` entry.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct EndpointSection {
+    address: Spanned<String>,
+    cost: Option<Spanned<f64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct TrustSection {
+    key: Spanned<String>,
+    node: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ControlSection {
+    socket: Option<Spanned<String>>,
+    permissions: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct MeshSection {
+    keepalive_seconds: Option<Spanned<u64>>,
+    idle_timeout_seconds: Option<Spanned<u64>>,
+    rekey_minutes: Option<Spanned<u64>>,
+    max_hops: Option<Spanned<u64>>,
+}
+
+/// Allowed range of `keepalive-seconds`: up to an hour.
+const KEEPALIVE_SECONDS: (u64, u64) = (1, 3_600);
+/// Allowed range of `idle-timeout-seconds`: up to a day.
+const IDLE_TIMEOUT_SECONDS: (u64, u64) = (1, 86_400);
+/// Allowed range of `rekey-minutes`: up to a week.
+const REKEY_MINUTES: (u64, u64) = (1, 10_080);
+/// Allowed range of `max-hops`: it travels as a `u8`.
+const MAX_HOPS: (u64, u64) = (1, 255);
+
+/// Parses and validates a config file's text; `path` names it in errors and is the base of
+/// relative paths.
+pub(super) fn decode(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let file: ConfigFile = toml::from_str(text).map_err(|source| ConfigError::Parse {
+        path: path.to_owned(),
+        source: Box::new(source),
+    })?;
+    let cx = Decoder { path, text };
+    let config = cx.config(file)?;
+    let origin = Origin::File {
+        path: path.to_owned(),
+        line: None,
+    };
+    validate::check(config, origin)
+}
+
+/// The file being decoded: names it and its lines in errors.
+struct Decoder<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Decoder<'_> {
+    fn config(&self, file: ConfigFile) -> Result<Config, ConfigError> {
+        let node = file.node;
+        let listen = file.listen.into_iter().enumerate();
+        let peers = file.peer.into_iter().enumerate();
+        Ok(Config {
+            node_id: self.parse(&node.id, "[node] id", |s| Ok(s.parse()?))?,
+            data_dir: self.path_value(&node.data_dir, "[node] data-dir")?,
+            key_file: self.path_value(&node.key_file, "[node] key-file")?,
+            listen: listen
+                .map(|(i, l)| self.listen(i, l))
+                .collect::<Result<_, _>>()?,
+            peers: peers
+                .map(|(i, p)| self.peer(i, p))
+                .collect::<Result<_, _>>()?,
+            trust: (file.trust.into_iter().enumerate())
+                .map(|(i, t)| self.trust(i, t))
+                .collect::<Result<_, _>>()?,
+            link_costs: (file.link_costs.into_iter())
+                .map(|(node, cost)| self.link_cost(&node, &cost))
+                .collect::<Result<_, _>>()?,
+            control: self.control(file.control)?,
+            mesh: self.mesh(&file.mesh)?,
+        })
+    }
+
+    fn listen(&self, i: usize, entry: EndpointSection) -> Result<ListenConfig, ConfigError> {
+        let key = format!("[[listen]] #{}", i + 1);
+        let addr = self.parse(&entry.address, &format!("{key} address"), |s| {
+            s.parse()
+                .map_err(|source| address_problem(s, AddrRole::Listen, source))
+        })?;
+        let cost = self.cost(entry.cost.as_ref(), &key)?;
+        Ok(ListenConfig { addr, cost })
+    }
+
+    fn peer(&self, i: usize, entry: EndpointSection) -> Result<PeerConfig, ConfigError> {
+        let key = format!("[[peer]] #{}", i + 1);
+        let addr = self.parse(&entry.address, &format!("{key} address"), |s| {
+            EndpointAddr::parse_peer(s).map_err(|source| address_problem(s, AddrRole::Peer, source))
+        })?;
+        let cost = self.cost(entry.cost.as_ref(), &key)?;
+        Ok(PeerConfig { addr, cost })
+    }
+
+    fn cost(&self, cost: Option<&Spanned<f64>>, entry: &str) -> Result<LinkCost, ConfigError> {
+        match cost {
+            None => Ok(LinkCost::DEFAULT),
+            Some(cost) => LinkCost::new(*cost.get_ref())
+                .map_err(|e| self.error(cost.span(), format!("{entry} cost"), e.into())),
+        }
+    }
+
+    fn trust(&self, i: usize, entry: TrustSection) -> Result<TrustEntry, ConfigError> {
+        let key = format!("[[trust]] #{}", i + 1);
+        Ok(TrustEntry {
+            key: self.parse(&entry.key, &format!("{key} key"), |s| Ok(s.parse()?))?,
+            node: match &entry.node {
+                None => None,
+                Some(node) => Some(self.parse(node, &format!("{key} node"), |s| Ok(s.parse()?))?),
+            },
+        })
+    }
+
+    fn link_cost(
+        &self,
+        node: &str,
+        cost: &Spanned<f64>,
+    ) -> Result<(NodeId, LinkCost), ConfigError> {
+        let key = format!("[link-costs] {node}");
+        let id = node
+            .parse()
+            .map_err(|e: NameError| self.error(cost.span(), &key, e.into()))?;
+        let cost =
+            LinkCost::new(*cost.get_ref()).map_err(|e| self.error(cost.span(), &key, e.into()))?;
+        Ok((id, cost))
+    }
+
+    fn control(&self, control: ControlSection) -> Result<ControlConfig, ConfigError> {
+        let socket = match &control.socket {
+            None => None,
+            Some(socket) => Some(self.path_value(socket, "[control] socket")?),
+        };
+        let permissions = match &control.permissions {
+            None => DEFAULT_CONTROL_PERMISSIONS,
+            Some(mode) => self.parse(mode, "[control] permissions", |s| {
+                super::parse_mode(s).ok_or_else(|| Problem::Permissions { value: s.into() })
+            })?,
+        };
+        Ok(ControlConfig {
+            socket,
+            permissions,
+        })
+    }
+
+    fn mesh(&self, mesh: &MeshSection) -> Result<MeshTuning, ConfigError> {
+        let defaults = MeshTuning::default();
+        let seconds = |value: &Option<Spanned<u64>>, key, range, default: Duration| {
+            self.bounded(value.as_ref(), key, range)
+                .map(|n| n.map_or(default, Duration::from_secs))
+        };
+        let keepalive = seconds(
+            &mesh.keepalive_seconds,
+            "[mesh] keepalive-seconds",
+            KEEPALIVE_SECONDS,
+            defaults.keepalive,
+        )?;
+        let idle_timeout = seconds(
+            &mesh.idle_timeout_seconds,
+            "[mesh] idle-timeout-seconds",
+            IDLE_TIMEOUT_SECONDS,
+            defaults.idle_timeout,
+        )?;
+        let rekey = self.bounded(
+            mesh.rekey_minutes.as_ref(),
+            "[mesh] rekey-minutes",
+            REKEY_MINUTES,
+        )?;
+        let hops = self.bounded(mesh.max_hops.as_ref(), "[mesh] max-hops", MAX_HOPS)?;
+        Ok(MeshTuning {
+            keepalive,
+            idle_timeout,
+            rekey_interval: rekey.map_or(defaults.rekey_interval, |m| Duration::from_secs(m * 60)),
+            // `bounded` kept it within 1..=255.
+            max_hops: hops.map_or(defaults.max_hops, |n| u8::try_from(n).unwrap_or(u8::MAX)),
+        })
+    }
+
+    /// An optional number that must lie in `(min, max)` inclusive.
+    fn bounded(
+        &self,
+        value: Option<&Spanned<u64>>,
+        key: &str,
+        (min, max): (u64, u64),
+    ) -> Result<Option<u64>, ConfigError> {
+        let Some(value) = value else {
+            return Ok(None);
+        };
+        let n = *value.get_ref();
+        if (min..=max).contains(&n) {
+            Ok(Some(n))
+        } else {
+            let problem = Problem::OutOfRange { value: n, min, max };
+            Err(self.error(value.span(), key, problem))
+        }
+    }
+
+    /// A path setting: non-empty, and relative to the config file's directory.
+    fn path_value(&self, value: &Spanned<String>, key: &str) -> Result<PathBuf, ConfigError> {
+        self.parse(value, key, |s| {
+            if s.is_empty() {
+                return Err(Problem::EmptyPath);
+            }
+            let base = self.path.parent().unwrap_or(Path::new(""));
+            Ok(base.join(s))
+        })
+    }
+
+    fn parse<T>(
+        &self,
+        value: &Spanned<String>,
+        key: &str,
+        parse: impl FnOnce(&str) -> Result<T, Problem>,
+    ) -> Result<T, ConfigError> {
+        parse(value.get_ref()).map_err(|problem| self.error(value.span(), key, problem))
+    }
+
+    fn error(&self, span: Range<usize>, key: impl Into<String>, problem: Problem) -> ConfigError {
+        let line = self
+            .text
+            .get(..span.start)
+            .map(|before| before.matches('\n').count() + 1);
+        let origin = Origin::File {
+            path: self.path.to_owned(),
+            line,
+        };
+        ConfigError::invalid(origin, key, problem)
+    }
+}
+
+fn address_problem(value: &str, role: AddrRole, source: AddrError) -> Problem {
+    Problem::Address {
+        value: value.to_owned(),
+        role,
+        source,
+    }
+}

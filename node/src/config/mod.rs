@@ -1,0 +1,274 @@
+//! The node's configuration: a TOML file (or command-line flags, see
+//! [`cli::NodeArgs`](crate::cli::NodeArgs)) turned into a validated [`Config`].
+//!
+//! ```toml
+//! [node]
+//! id = "node1"                       # required
+//! data-dir = "/var/lib/warren/node1" # required; relative to the config file's directory
+//! key-file = "node1.key"             # required; relative to the config file's directory
+//!
+//! [[listen]]
+//! address = "0.0.0.0:8888"           # host:port, receptor://host:port or host; port 0 allowed
+//! cost = 1.0                         # optional, default 1.0
+//!
+//! [[peer]]
+//! address = "receptor://relay.example.com:8888"
+//!
+//! [[trust]]
+//! key = "x25519:..."                 # a trusted link key
+//! node = "relay"                     # optional: only as this node id
+//!
+//! [link-costs]                       # optional per-neighbour cost overrides
+//! relay = 2.5
+//!
+//! [control]
+//! socket = "/run/warren/control.sock" # optional; relative to the config file's directory
+//! permissions = "0600"                # optional octal string
+//!
+//! [mesh]                              # optional tuning
+//! keepalive-seconds = 10
+//! idle-timeout-seconds = 30
+//! rekey-minutes = 60
+//! max-hops = 30
+//! ```
+//!
+//! Unknown keys are errors, and every error names the file, the line when known, the key
+//! and the problem. Loading reads one file; nothing else here does IO.
+//! [`Config::trusts`] is the one place that decides whether a peer's key may claim a node
+//! id.
+
+mod addr;
+mod cost;
+mod error;
+mod file;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::id::NodeId;
+use crate::keys::PublicKey;
+
+pub use addr::{AddrError, DEFAULT_PORT, EndpointAddr};
+pub use cost::{CostError, LinkCost};
+pub use error::{AddrRole, ConfigError, Origin, Problem};
+
+/// Keepalive interval when none is configured: frequent enough to hold NAT and firewall
+/// state open, rare enough to cost nothing.
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(10);
+
+/// Idle timeout when none is configured: three missed keepalives.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Rekey interval when none is configured: hourly, far inside Noise's nonce limits.
+pub const DEFAULT_REKEY_INTERVAL: Duration = Duration::from_secs(60 * 60);
+
+/// Hop limit when none is configured: Receptor's default, ample for real meshes.
+pub const DEFAULT_MAX_HOPS: u8 = 30;
+
+/// Control socket mode when none is configured: owner only, since the socket can submit
+/// work.
+pub const DEFAULT_CONTROL_PERMISSIONS: u32 = 0o600;
+
+/// A node's validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// This node's id on the mesh.
+    pub node_id: NodeId,
+    /// Where work units and other state live.
+    pub data_dir: PathBuf,
+    /// This node's private link key file.
+    pub key_file: PathBuf,
+    /// Addresses to accept links on.
+    pub listen: Vec<ListenConfig>,
+    /// Peers to dial and keep linked.
+    pub peers: Vec<PeerConfig>,
+    /// Link keys accepted from peers; no two entries share a key.
+    pub trust: Vec<TrustEntry>,
+    /// Per-neighbour cost overrides, which win over listener and peer costs.
+    pub link_costs: BTreeMap<NodeId, LinkCost>,
+    /// The operator control socket.
+    pub control: ControlConfig,
+    /// Mesh timers and limits.
+    pub mesh: MeshTuning,
+}
+
+/// One address to accept links on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenConfig {
+    /// Where to listen; port 0 lets the OS choose.
+    pub addr: EndpointAddr,
+    /// Cost advertised for links accepted here.
+    pub cost: LinkCost,
+}
+
+/// One peer to dial.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerConfig {
+    /// Where to dial; never port 0.
+    pub addr: EndpointAddr,
+    /// Cost advertised for this link.
+    pub cost: LinkCost,
+}
+
+/// A trusted link key, optionally pinned to one node id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustEntry {
+    /// The peer's public link key.
+    pub key: PublicKey,
+    /// When set, the key is accepted only as this node id.
+    pub node: Option<NodeId>,
+}
+
+/// The operator control socket's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlConfig {
+    /// The socket's path; `None` leaves the choice to the daemon.
+    pub socket: Option<PathBuf>,
+    /// The socket file's mode, such as `0o600`.
+    pub permissions: u32,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            socket: None,
+            permissions: DEFAULT_CONTROL_PERMISSIONS,
+        }
+    }
+}
+
+/// Mesh timers and limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MeshTuning {
+    /// How often an idle link sends a keepalive.
+    pub keepalive: Duration,
+    /// How long a silent link lives; always longer than `keepalive`.
+    pub idle_timeout: Duration,
+    /// How often a link rekeys.
+    pub rekey_interval: Duration,
+    /// Hops a message may take before it is dropped.
+    pub max_hops: u8,
+}
+
+impl Default for MeshTuning {
+    fn default() -> Self {
+        Self {
+            keepalive: DEFAULT_KEEPALIVE,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            rekey_interval: DEFAULT_REKEY_INTERVAL,
+            max_hops: DEFAULT_MAX_HOPS,
+        }
+    }
+}
+
+/// Whether a peer presenting a key may be linked as the node id it claims.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrustDecision {
+    /// The key is trusted as this node id.
+    Trusted,
+    /// The key is not in the trust list.
+    Untrusted,
+    /// The key is trusted, but only as another node id.
+    PinnedToOther {
+        /// The node id the key is pinned to.
+        expected: NodeId,
+    },
+    /// The key is trusted unpinned, but the claimed id is pinned to other keys: the peer
+    /// is impersonating a pinned node.
+    IdPinnedToOtherKey,
+}
+
+impl TrustDecision {
+    /// Whether the link may go up.
+    pub fn is_trusted(&self) -> bool {
+        matches!(self, Self::Trusted)
+    }
+}
+
+impl Config {
+    /// Reads and validates the config file at `path`.
+    ///
+    /// # Errors
+    /// [`ConfigError::NotFound`] or [`ConfigError::Read`] when the file cannot be read,
+    /// [`ConfigError::Parse`] when it is not a node config, [`ConfigError::Invalid`] when a
+    /// value is not acceptable.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                ConfigError::NotFound {
+                    path: path.to_owned(),
+                }
+            } else {
+                ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                }
+            }
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses and validates config text as if read from `path`, which names it in errors
+    /// and is the base of relative paths. Does no IO.
+    ///
+    /// # Errors
+    /// As [`Config::load`], except for reading.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        file::decode(text, path)
+    }
+
+    /// Runs the checks across settings again, after a caller changed the config (flags
+    /// merged into a file), and drops exact duplicate trust entries.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] at `origin` naming the first setting at fault.
+    pub fn validate(self, origin: Origin) -> Result<Self, ConfigError> {
+        validate::check(self, origin)
+    }
+
+    /// Decides whether a peer presenting `key` is accepted as `claimed`.
+    ///
+    /// A key pinned to a node id is accepted only as that id; an unpinned key is accepted
+    /// as any id that no other key is pinned to.
+    pub fn trusts(&self, key: &PublicKey, claimed: &NodeId) -> TrustDecision {
+        let mut pinned_elsewhere = None;
+        let mut found = false;
+        for entry in self.trust.iter().filter(|e| e.key == *key) {
+            found = true;
+            match &entry.node {
+                Some(node) if node != claimed => {
+                    pinned_elsewhere.get_or_insert_with(|| node.clone());
+                }
+                Some(_) => return TrustDecision::Trusted,
+                None => {}
+            }
+        }
+        if !found {
+            return TrustDecision::Untrusted;
+        }
+        if let Some(expected) = pinned_elsewhere {
+            return TrustDecision::PinnedToOther { expected };
+        }
+        let id_pinned = self.trust.iter().any(|e| e.node.as_ref() == Some(claimed));
+        if id_pinned {
+            TrustDecision::IdPinnedToOtherKey
+        } else {
+            TrustDecision::Trusted
+        }
+    }
+}
+
+/// Parses an octal file mode (`"0600"`, `"600"` or `"0o600"`) of at most `0o777`.
+pub(crate) fn parse_mode(s: &str) -> Option<u32> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b))
+    {
+        return None;
+    }
+    u32::from_str_radix(digits, 8).ok().filter(|&m| m <= 0o777)
+}
+
+#[cfg(test)]
+mod tests;
