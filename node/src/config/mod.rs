@@ -53,6 +53,7 @@ use crate::keys::PublicKey;
 pub use addr::{AddrError, DEFAULT_PORT, EndpointAddr};
 pub use cost::{CostError, LinkCost};
 pub use error::{AddrRole, ConfigError, Origin, Problem};
+pub use crate::mesh::trust::{TrustDecision, TrustEntry};
 
 /// Keepalive interval when none is configured: frequent enough to hold NAT and firewall
 /// state open, rare enough to cost nothing.
@@ -112,15 +113,6 @@ pub struct PeerConfig {
     pub cost: LinkCost,
 }
 
-/// A trusted link key, optionally pinned to one node id.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TrustEntry {
-    /// The peer's public link key.
-    pub key: PublicKey,
-    /// When set, the key is accepted only as this node id.
-    pub node: Option<NodeId>,
-}
-
 /// The operator control socket's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ControlConfig {
@@ -160,30 +152,6 @@ impl Default for MeshTuning {
             rekey_interval: DEFAULT_REKEY_INTERVAL,
             max_hops: DEFAULT_MAX_HOPS,
         }
-    }
-}
-
-/// Whether a peer presenting a key may be linked as the node id it claims.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TrustDecision {
-    /// The key is trusted as this node id.
-    Trusted,
-    /// The key is not in the trust list.
-    Untrusted,
-    /// The key is trusted, but only as another node id.
-    PinnedToOther {
-        /// The node id the key is pinned to.
-        expected: NodeId,
-    },
-    /// The key is trusted unpinned, but the claimed id is pinned to other keys: the peer
-    /// is impersonating a pinned node.
-    IdPinnedToOtherKey,
-}
-
-impl TrustDecision {
-    /// Whether the link may go up.
-    pub fn is_trusted(&self) -> bool {
-        matches!(self, Self::Trusted)
     }
 }
 
@@ -233,30 +201,7 @@ impl Config {
     /// A key pinned to a node id is accepted only as that id; an unpinned key is accepted
     /// as any id that no other key is pinned to.
     pub fn trusts(&self, key: &PublicKey, claimed: &NodeId) -> TrustDecision {
-        let mut pinned_elsewhere = None;
-        let mut found = false;
-        for entry in self.trust.iter().filter(|e| e.key == *key) {
-            found = true;
-            match &entry.node {
-                Some(node) if node != claimed => {
-                    pinned_elsewhere.get_or_insert_with(|| node.clone());
-                }
-                Some(_) => return TrustDecision::Trusted,
-                None => {}
-            }
-        }
-        if !found {
-            return TrustDecision::Untrusted;
-        }
-        if let Some(expected) = pinned_elsewhere {
-            return TrustDecision::PinnedToOther { expected };
-        }
-        let id_pinned = self.trust.iter().any(|e| e.node.as_ref() == Some(claimed));
-        if id_pinned {
-            TrustDecision::IdPinnedToOtherKey
-        } else {
-            TrustDecision::Trusted
-        }
+        crate::mesh::trust::decide(&self.trust, key, claimed)
     }
 }
 

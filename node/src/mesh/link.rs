@@ -17,6 +17,16 @@ use super::noise::{Handshake, HandshakeError, HandshakeOutput, MAX_PLAINTEXT_LEN
 use crate::id::NodeId;
 use crate::keys::{LinkKeypair, PublicKey};
 
+/// A link's handle on its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LinkId(pub u64);
+
+impl std::fmt::Display for LinkId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "l{}", self.0)
+    }
+}
+
 /// Largest handshake message accepted. Real ones are under 200 bytes; garbage on the port
 /// (an HTTP request, say) announces far more and is refused at once rather than waited for.
 const MAX_HANDSHAKE_MESSAGE_LEN: usize = 1024;

@@ -38,6 +38,9 @@ pub enum CloseReason {
     /// The peer's key is trusted only as another node id.
     #[error("key is pinned to another node id")]
     KeyPinnedToOtherNode,
+    /// The peer claims a node id that is pinned to another key.
+    #[error("node id is pinned to another key")]
+    IdPinnedToOtherKey,
     /// The peer claims our own node id.
     #[error("peer claims our own node id")]
     DuplicateNodeId,
