@@ -2,12 +2,15 @@
 //!
 //! Crate map (see ARCHITECTURE.md for the whole picture):
 //!
+//! - [`control`]: the Receptor control-socket protocol (so `receptorctl` works): request
+//!   parser, exact reply bytes, session driver, Unix-socket listener and the CLI's client.
 //! - [`id`]: typed node ids and service names.
 //! - [`keys`]: X25519 link identities and their tokens and files.
 //! - [`mesh`]: the overlay network: frames, Noise links, link-state routing, streams, and the
 //!   tokio driver that is its only IO.
 #![warn(missing_docs)]
 
+pub mod control;
 pub mod id;
 pub mod keys;
 pub mod mesh;

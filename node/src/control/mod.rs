@@ -1,0 +1,17 @@
+//! The Receptor control-socket protocol, so `receptorctl` and AWX-style tooling work.
+//!
+//! Owns the operator protocol on the node's control socket:
+//! - [`request`]: typed requests parsed from Receptor's text and JSON forms;
+//! - [`reply`]: the exact reply bytes, with Go's formats in [`goformat`];
+//! - [`line`](mod@line): line framing that never loses payload bytes;
+//! - [`session`]: one session's driver over any byte stream, and the [`Backend`] seam;
+//! - [`listener`]: the Unix-socket listener and the default socket path;
+//! - [`client`]: what the `warren` CLI verbs use, rendered for people by [`render`].
+//!
+//! It knows nothing of the mesh: answers come from a [`Backend`]. Parsing and formatting are
+//! pure; only `session`, `listener` and `client` do IO.
+
+pub mod goformat;
+pub mod request;
+
+pub use request::{ParseError, Request, parse_request};
