@@ -12,6 +12,17 @@
 //! pure; only `session`, `listener` and `client` do IO.
 
 pub mod goformat;
+pub mod line;
+pub mod reply;
 pub mod request;
+pub mod session;
 
+#[cfg(test)]
+mod fake;
+
+pub use reply::{
+    Advertisement, Connection, PingReply, Reply, StatusReport, TraceHop, TracerouteReply,
+    WorkCommand,
+};
 pub use request::{ParseError, Request, parse_request};
+pub use session::{Backend, serve_session};
