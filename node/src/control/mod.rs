@@ -13,6 +13,7 @@
 
 pub mod goformat;
 pub mod line;
+pub mod listener;
 pub mod reply;
 pub mod request;
 pub mod session;
@@ -20,6 +21,7 @@ pub mod session;
 #[cfg(test)]
 mod fake;
 
+pub use listener::{ControlSocket, ListenError, default_socket_path, serve_unix};
 pub use reply::{
     Advertisement, Connection, PingReply, Reply, StatusReport, TraceHop, TracerouteReply,
     WorkCommand,
