@@ -11,9 +11,11 @@
 //! It knows nothing of the mesh: answers come from a [`Backend`]. Parsing and formatting are
 //! pure; only `session`, `listener` and `client` do IO.
 
+pub mod client;
 pub mod goformat;
 pub mod line;
 pub mod listener;
+pub mod render;
 pub mod reply;
 pub mod request;
 pub mod session;
@@ -21,6 +23,7 @@ pub mod session;
 #[cfg(test)]
 mod fake;
 
+pub use client::{Client, ClientError};
 pub use listener::{ControlSocket, ListenError, default_socket_path, serve_unix};
 pub use reply::{
     Advertisement, Connection, PingReply, Reply, StatusReport, TraceHop, TracerouteReply,
