@@ -4,6 +4,8 @@
 //!
 //! - [`cli`]: command-line arguments and their conversion to library types.
 //! - [`config`]: the node's TOML config and flags, validated into a `Config`.
+//! - [`control`]: the Receptor control-socket protocol (so `receptorctl` works): request
+//!   parser, exact reply bytes, session driver, Unix-socket listener and the CLI's client.
 //! - [`id`]: typed node ids and service names.
 //! - [`keys`]: X25519 link identities and their tokens and files.
 //! - [`mesh`]: the overlay network: frames, Noise links, link-state routing, streams, and the
@@ -12,6 +14,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod id;
 pub mod keys;
 pub mod mesh;

@@ -1,0 +1,33 @@
+//! The Receptor control-socket protocol, so `receptorctl` and AWX-style tooling work.
+//!
+//! Owns the operator protocol on the node's control socket:
+//! - [`request`]: typed requests parsed from Receptor's text and JSON forms;
+//! - [`reply`]: the exact reply bytes, with Go's formats in [`goformat`];
+//! - [`line`](mod@line): line framing that never loses payload bytes;
+//! - [`session`]: one session's driver over any byte stream, and the [`Backend`] seam;
+//! - [`listener`]: the Unix-socket listener and the default socket path;
+//! - [`client`]: what the `warren` CLI verbs use, rendered for people by [`render`].
+//!
+//! It knows nothing of the mesh: answers come from a [`Backend`]. Parsing and formatting are
+//! pure; only `session`, `listener` and `client` do IO.
+
+pub mod client;
+pub mod goformat;
+pub mod line;
+pub mod listener;
+pub mod render;
+pub mod reply;
+pub mod request;
+pub mod session;
+
+#[cfg(test)]
+mod fake;
+
+pub use client::{Client, ClientError};
+pub use listener::{ControlSocket, ListenError, default_socket_path, serve_unix};
+pub use reply::{
+    Advertisement, Connection, PingReply, Reply, StatusReport, TraceHop, TracerouteReply,
+    WorkCommand,
+};
+pub use request::{ParseError, Request, parse_request};
+pub use session::{Backend, serve_session};

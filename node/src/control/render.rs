@@ -1,0 +1,229 @@
+//! Human-readable text for control replies, as the `warren` CLI prints them.
+//!
+//! Owns layout only (aligned columns, units); pure functions of the typed replies.
+
+use std::fmt::Write as _;
+
+use super::goformat::go_duration_string;
+use super::reply::{Advertisement, PingReply, StatusReport, TraceHop};
+use crate::id::NodeId;
+
+/// The node's status as aligned sections: identity, links, routes, known nodes with their
+/// links, the services each node offers, and the work types each node accepts.
+pub fn render_status(status: &StatusReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "Node ID:      {}", status.node_id);
+    let _ = writeln!(out, "Version:      {}", status.version);
+    let _ = writeln!(out, "CPUs:         {}", status.system_cpu_count);
+    let _ = writeln!(out, "Memory:       {} MiB", status.system_memory_mib);
+
+    let links = status
+        .connections
+        .iter()
+        .map(|c| vec![c.node_id.to_string(), c.cost.to_string()])
+        .collect();
+    section(&mut out, "Links", &["Node", "Cost"], links);
+
+    let routes = status
+        .routing_table
+        .iter()
+        .map(|(dest, via)| vec![dest.to_string(), via.to_string()])
+        .collect();
+    section(&mut out, "Routes", &["Destination", "Via"], routes);
+
+    let known = status
+        .known_connection_costs
+        .iter()
+        .map(|(node, peers)| {
+            let peers: Vec<String> = peers.iter().map(|(p, c)| format!("{p} ({c})")).collect();
+            vec![node.to_string(), peers.join(", ")]
+        })
+        .collect();
+    section(&mut out, "Known nodes", &["Node", "Links (cost)"], known);
+
+    let services = status.advertisements.iter().map(service_row).collect();
+    let headers = ["Node", "Service", "Type", "Advertised", "Tags"];
+    section(&mut out, "Services", &headers, services);
+
+    let work = status.advertisements.iter().filter_map(work_row).collect();
+    section(&mut out, "Work types", &["Node", "Work types"], work);
+    out
+}
+
+fn service_row(ad: &Advertisement) -> Vec<String> {
+    let kind = match ad.conn_type {
+        0 => "datagram".to_owned(),
+        1 => "stream".to_owned(),
+        2 => "stream+tls".to_owned(),
+        other => other.to_string(),
+    };
+    let tags = ad.tags.as_ref().map_or_else(String::new, |tags| {
+        let pairs: Vec<String> = tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        pairs.join(", ")
+    });
+    vec![
+        ad.node_id.to_string(),
+        ad.service.clone(),
+        kind,
+        ad.time.clone(),
+        tags,
+    ]
+}
+
+fn work_row(ad: &Advertisement) -> Option<Vec<String>> {
+    let commands = ad.work_commands.as_ref().filter(|c| !c.is_empty())?;
+    let types: Vec<String> = commands
+        .iter()
+        .map(|c| {
+            if c.secure {
+                format!("{} (signed)", c.work_type)
+            } else {
+                c.work_type.clone()
+            }
+        })
+        .collect();
+    Some(vec![ad.node_id.to_string(), types.join(", ")])
+}
+
+/// Appends a titled table with columns padded to their widest cell.
+fn section(out: &mut String, title: &str, headers: &[&str], rows: Vec<Vec<String>>) {
+    let _ = writeln!(out, "\n{title}:");
+    if rows.is_empty() {
+        out.push_str("  (none)\n");
+        return;
+    }
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let header: Vec<String> = headers.iter().map(|h| (*h).to_owned()).collect();
+    for row in std::iter::once(&header).chain(&rows) {
+        let mut line = String::from(" ");
+        for (cell, width) in row.iter().zip(&widths) {
+            let pad = width - cell.chars().count();
+            let _ = write!(line, " {cell}{:pad$} ", "");
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+}
+
+/// One ping result: `Reply from node3 in 1.234ms` or `Ping to node3 failed: <why>`.
+pub fn render_ping_line(target: &NodeId, reply: &PingReply) -> String {
+    match reply {
+        PingReply::Success { from, time } => {
+            format!("Reply from {from} in {}", go_duration_string(*time))
+        }
+        PingReply::Failure { error } => format!("Ping to {target} failed: {error}"),
+    }
+}
+
+/// A traceroute, one line per hop: `<n>: <node> in <time>`, with the error on the hop
+/// where the trace stopped.
+pub fn render_traceroute(hops: &[TraceHop]) -> String {
+    if hops.is_empty() {
+        return "No hops reported\n".to_owned();
+    }
+    let mut out = String::new();
+    for (i, hop) in hops.iter().enumerate() {
+        let from = hop.from.as_ref().map_or("*", NodeId::as_str);
+        let _ = write!(out, "{i}: {from} in {}", go_duration_string(hop.time));
+        if let Some(error) = &hop.error {
+            let _ = write!(out, ": {error}");
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::control::fake::sample_report;
+
+    fn node(s: &str) -> NodeId {
+        NodeId::new(s).unwrap()
+    }
+
+    #[test]
+    fn status_is_aligned_and_complete() {
+        let text = render_status(&sample_report());
+        let want = "\
+Node ID:      a
+Version:      0.1.0
+CPUs:         2
+Memory:       1024 MiB
+
+Links:
+  Node  Cost
+  b     1
+
+Routes:
+  Destination  Via
+  b            b
+
+Known nodes:
+  Node  Links (cost)
+  a     b (1)
+  b     a (2.5)
+
+Services:
+  Node  Service  Type    Advertised                Tags
+  a     control  stream  2026-11-28T09:00:00.123Z  type=Control Service
+
+Work types:
+  Node  Work types
+  a     echo
+";
+        assert_eq!(text, want);
+    }
+
+    #[test]
+    fn empty_sections_say_none() {
+        let mut report = sample_report();
+        report.connections.clear();
+        report.advertisements.clear();
+        let text = render_status(&report);
+        assert!(text.contains("Links:\n  (none)\n"));
+        assert!(text.contains("Work types:\n  (none)\n"));
+    }
+
+    #[test]
+    fn ping_and_traceroute_lines() {
+        let ok = PingReply::Success {
+            from: node("node3"),
+            time: Duration::from_nanos(1_234_000),
+        };
+        assert_eq!(
+            render_ping_line(&node("node3"), &ok),
+            "Reply from node3 in 1.234ms"
+        );
+        let failed = PingReply::Failure {
+            error: "timeout".into(),
+        };
+        assert_eq!(
+            render_ping_line(&node("node3"), &failed),
+            "Ping to node3 failed: timeout"
+        );
+        let hops = [
+            TraceHop {
+                from: Some(node("b")),
+                time: Duration::from_micros(512),
+                error: None,
+            },
+            TraceHop {
+                from: None,
+                time: Duration::ZERO,
+                error: Some("no route to node".into()),
+            },
+        ];
+        assert_eq!(
+            render_traceroute(&hops),
+            "0: b in 512µs\n1: * in 0s: no route to node\n"
+        );
+    }
+}

@@ -1,0 +1,532 @@
+//! Typed control replies and their exact wire text.
+//!
+//! Owns every string the control socket writes: the greeting, `ERROR:` lines and the JSON
+//! replies, byte for byte as Receptor writes them. Receptor builds replies as Go maps
+//! (`json.Marshal` sorts their keys) holding Go structs (whose keys keep declaration order),
+//! so top-level keys here are sorted and nested objects keep Receptor's field order. The
+//! same types deserialize on the client side. No IO.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer};
+use serde::ser::{SerializeMap, Serializer};
+use serde::{Deserialize, Serialize};
+
+use super::goformat::{go_duration_string, go_escape_json, serialize_go_float};
+use super::request::ParseError;
+use crate::id::NodeId;
+
+/// What the greeting line starts with; the node id follows.
+pub const GREETING_PREFIX: &str = "Receptor Control, node ";
+
+/// What every error line starts with. receptorctl strips exactly these 7 bytes.
+pub const ERROR_PREFIX: &str = "ERROR: ";
+
+/// The message for a command word the node does not serve.
+pub const UNKNOWN_COMMAND: &str = "Unknown command";
+
+/// The greeting sent as soon as a client connects: `Receptor Control, node <id>\n`.
+pub fn greeting(node: &NodeId) -> String {
+    format!("{GREETING_PREFIX}{node}\n")
+}
+
+/// One error line: `ERROR: <message>\n`.
+pub fn error_line(message: &str) -> String {
+    format!("{ERROR_PREFIX}{message}\n")
+}
+
+/// A node's view of the mesh, as the `status` command reports it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct StatusReport {
+    /// Services the node knows of, its own included.
+    #[serde(rename = "Advertisements", default)]
+    pub advertisements: Vec<Advertisement>,
+    /// The node's direct links.
+    #[serde(rename = "Connections", default)]
+    pub connections: Vec<Connection>,
+    /// Every known node's links and their costs.
+    #[serde(rename = "KnownConnectionCosts", default)]
+    pub known_connection_costs: BTreeMap<NodeId, BTreeMap<NodeId, f64>>,
+    /// This node's id.
+    #[serde(rename = "NodeID")]
+    pub node_id: NodeId,
+    /// Destination node to next hop.
+    #[serde(rename = "RoutingTable", default)]
+    pub routing_table: BTreeMap<NodeId, NodeId>,
+    /// Logical CPUs on the node's host.
+    #[serde(rename = "SystemCPUCount")]
+    pub system_cpu_count: u64,
+    /// Memory on the node's host, in MiB.
+    #[serde(rename = "SystemMemoryMiB")]
+    pub system_memory_mib: u64,
+    /// The node's software version.
+    #[serde(rename = "Version")]
+    pub version: String,
+}
+
+/// The top-level status keys, in Go's (byte-wise sorted) output order.
+pub const STATUS_FIELDS: [&str; 8] = [
+    "Advertisements",
+    "Connections",
+    "KnownConnectionCosts",
+    "NodeID",
+    "RoutingTable",
+    "SystemCPUCount",
+    "SystemMemoryMiB",
+    "Version",
+];
+
+/// One direct link of the node (Receptor's `ConnStatus`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Connection {
+    /// The peer.
+    #[serde(rename = "NodeID")]
+    pub node_id: NodeId,
+    /// The link's routing cost.
+    #[serde(rename = "Cost", serialize_with = "serialize_go_float")]
+    pub cost: f64,
+}
+
+/// A service some node offers (Receptor's `ServiceAdvertisement`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Advertisement {
+    /// The node offering the service.
+    #[serde(rename = "NodeID")]
+    pub node_id: NodeId,
+    /// The service name.
+    #[serde(rename = "Service")]
+    pub service: String,
+    /// When the advert was made, RFC 3339 in UTC (see [`super::goformat::rfc3339_utc`]).
+    #[serde(rename = "Time")]
+    pub time: String,
+    /// 0 datagram, 1 stream, 2 stream with TLS.
+    #[serde(rename = "ConnType")]
+    pub conn_type: u8,
+    /// Free-form tags; Receptor's control service advertises `type: Control Service`.
+    #[serde(rename = "Tags", default)]
+    pub tags: Option<BTreeMap<String, String>>,
+    /// Work types the node accepts, on the control service's advert.
+    #[serde(rename = "WorkCommands", default)]
+    pub work_commands: Option<Vec<WorkCommand>>,
+}
+
+/// A work type a node accepts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkCommand {
+    /// The work type name.
+    #[serde(rename = "WorkType")]
+    pub work_type: String,
+    /// Whether submissions must be signed.
+    #[serde(rename = "Secure")]
+    pub secure: bool,
+}
+
+/// A status reply: the report, restricted to the requested top-level keys.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusReply {
+    /// The full report.
+    pub report: StatusReport,
+    /// Keys to include; `None` means all. Unknown names are silently left out.
+    pub requested_fields: Option<Vec<String>>,
+}
+
+impl Serialize for StatusReply {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let wanted = |name: &str| {
+            self.requested_fields
+                .as_ref()
+                .is_none_or(|fields| fields.iter().any(|f| f == name))
+        };
+        let r = &self.report;
+        let mut map = serializer.serialize_map(None)?;
+        for name in STATUS_FIELDS.into_iter().filter(|n| wanted(n)) {
+            match name {
+                "Advertisements" => map.serialize_entry(name, &r.advertisements)?,
+                "Connections" => map.serialize_entry(name, &r.connections)?,
+                "KnownConnectionCosts" => {
+                    map.serialize_entry(name, &GoCostTable(&r.known_connection_costs))?;
+                }
+                "NodeID" => map.serialize_entry(name, &r.node_id)?,
+                "RoutingTable" => map.serialize_entry(name, &r.routing_table)?,
+                "SystemCPUCount" => map.serialize_entry(name, &r.system_cpu_count)?,
+                "SystemMemoryMiB" => map.serialize_entry(name, &r.system_memory_mib)?,
+                _ => map.serialize_entry(name, &r.version)?,
+            }
+        }
+        map.end()
+    }
+}
+
+/// Serialises the cost table with Go's float formatting.
+struct GoCostTable<'a>(&'a BTreeMap<NodeId, BTreeMap<NodeId, f64>>);
+
+impl Serialize for GoCostTable<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        struct Row<'a>(&'a BTreeMap<NodeId, f64>);
+        impl Serialize for Row<'_> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                struct Cost(f64);
+                impl Serialize for Cost {
+                    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                        serialize_go_float(&self.0, s)
+                    }
+                }
+                serializer.collect_map(self.0.iter().map(|(k, v)| (k, Cost(*v))))
+            }
+        }
+        serializer.collect_map(self.0.iter().map(|(k, v)| (k, Row(v))))
+    }
+}
+
+/// The outcome of one ping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PingReply {
+    /// The node answered.
+    Success {
+        /// The node that answered.
+        from: NodeId,
+        /// Round-trip time.
+        time: Duration,
+    },
+    /// No answer; Receptor sends only the error text, no `From`.
+    Failure {
+        /// Why.
+        error: String,
+    },
+}
+
+/// Ping's wire shape; keys in sorted order.
+#[derive(Serialize, Deserialize)]
+struct PingWire {
+    #[serde(rename = "Error", default, skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(rename = "From", default, skip_serializing_if = "Option::is_none")]
+    from: Option<String>,
+    #[serde(rename = "Success")]
+    success: bool,
+    #[serde(rename = "Time", default, skip_serializing_if = "Option::is_none")]
+    time: Option<i64>,
+    #[serde(rename = "TimeStr", default, skip_serializing_if = "Option::is_none")]
+    time_str: Option<String>,
+}
+
+impl Serialize for PingReply {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let wire = match self {
+            Self::Success { from, time } => PingWire {
+                error: None,
+                from: Some(from.to_string()),
+                success: true,
+                time: Some(go_nanos(*time)),
+                time_str: Some(go_duration_string(*time)),
+            },
+            Self::Failure { error } => PingWire {
+                error: Some(error.clone()),
+                from: None,
+                success: false,
+                time: None,
+                time_str: None,
+            },
+        };
+        wire.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for PingReply {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let wire = PingWire::deserialize(deserializer)?;
+        if !wire.success {
+            let error = wire.error.unwrap_or_else(|| "ping failed".to_owned());
+            return Ok(Self::Failure { error });
+        }
+        let from = wire.from.ok_or_else(|| de::Error::missing_field("From"))?;
+        let time = wire.time.ok_or_else(|| de::Error::missing_field("Time"))?;
+        Ok(Self::Success {
+            from: from.parse().map_err(de::Error::custom)?,
+            time: from_go_nanos(time),
+        })
+    }
+}
+
+/// One traceroute hop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceHop {
+    /// The node that answered at this hop count, if any did.
+    pub from: Option<NodeId>,
+    /// Round-trip time to that node.
+    pub time: Duration,
+    /// Why the trace stopped here, on the last hop only.
+    pub error: Option<String>,
+}
+
+/// A hop's wire shape; keys in sorted order. `From` is `""` when no node answered.
+#[derive(Serialize, Deserialize)]
+struct HopWire {
+    #[serde(rename = "Error", default, skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(rename = "From", default)]
+    from: String,
+    #[serde(rename = "Time", default)]
+    time: i64,
+    #[serde(rename = "TimeStr", default)]
+    time_str: String,
+}
+
+/// A traceroute reply: hops in order, sent as `{"0":{..},"1":{..}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TracerouteReply {
+    /// Hops from the nearest outward.
+    pub hops: Vec<TraceHop>,
+}
+
+impl Serialize for TracerouteReply {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // Go sorts the keys as strings: "0", "1", "10", "2", ...
+        let sorted: BTreeMap<String, HopWire> = self
+            .hops
+            .iter()
+            .enumerate()
+            .map(|(i, hop)| {
+                let wire = HopWire {
+                    error: hop.error.clone(),
+                    from: hop
+                        .from
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
+                    time: go_nanos(hop.time),
+                    time_str: go_duration_string(hop.time),
+                };
+                (i.to_string(), wire)
+            })
+            .collect();
+        serializer.collect_map(sorted)
+    }
+}
+
+impl<'de> Deserialize<'de> for TracerouteReply {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = BTreeMap::<String, HopWire>::deserialize(deserializer)?;
+        let mut numbered = raw
+            .into_iter()
+            .map(|(key, wire)| {
+                let index: usize = key.parse().map_err(de::Error::custom)?;
+                let from = match wire.from.as_str() {
+                    "" => None,
+                    name => Some(name.parse().map_err(de::Error::custom)?),
+                };
+                let hop = TraceHop {
+                    from,
+                    time: from_go_nanos(wire.time),
+                    error: wire.error,
+                };
+                Ok((index, hop))
+            })
+            .collect::<Result<Vec<_>, D::Error>>()?;
+        numbered.sort_by_key(|(index, _)| *index);
+        Ok(Self {
+            hops: numbered.into_iter().map(|(_, hop)| hop).collect(),
+        })
+    }
+}
+
+/// A Go `time.Duration` in JSON: signed nanoseconds, saturating.
+fn go_nanos(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+fn from_go_nanos(ns: i64) -> Duration {
+    Duration::from_nanos(u64::try_from(ns).unwrap_or(0))
+}
+
+/// Everything the session can answer to one request line.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// A `status` result.
+    Status(StatusReply),
+    /// A `ping` result (a failed ping is still this, not an error).
+    Ping(PingReply),
+    /// A `traceroute` result.
+    Traceroute(TracerouteReply),
+    /// The request line was refused.
+    Rejected(ParseError),
+    /// The command failed: `ERROR: <message>`.
+    Error(String),
+}
+
+impl Reply {
+    /// The reply's exact bytes, ending in `\n`.
+    pub fn encode(&self) -> String {
+        match self {
+            Self::Status(status) => json_line(status),
+            Self::Ping(ping) => json_line(ping),
+            Self::Traceroute(trace) => json_line(trace),
+            Self::Rejected(err) => rejection(err),
+            Self::Error(message) => error_line(message),
+        }
+    }
+}
+
+/// The error line(s) for a refused request: a line that never named a command also gets
+/// `ERROR: Unknown command`, as Receptor writes it.
+fn rejection(err: &ParseError) -> String {
+    let mut out = error_line(&err.to_string());
+    if err.is_followed_by_unknown_command() {
+        out.push_str(&error_line(UNKNOWN_COMMAND));
+    }
+    out
+}
+
+/// A JSON reply line as Go's `json.Marshal` writes it, plus the newline.
+fn json_line<T: Serialize>(value: &T) -> String {
+    match serde_json::to_string(value) {
+        Ok(json) => go_escape_json(json) + "\n",
+        Err(e) => error_line(&format!("could not convert response to JSON: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::fake::sample_report;
+
+    fn node(s: &str) -> NodeId {
+        NodeId::new(s).unwrap()
+    }
+
+    fn status(fields: Option<&[&str]>) -> String {
+        Reply::Status(StatusReply {
+            report: sample_report(),
+            requested_fields: fields.map(|f| f.iter().map(|s| s.to_string()).collect()),
+        })
+        .encode()
+    }
+
+    #[test]
+    fn greeting_and_errors_are_exact() {
+        assert_eq!(greeting(&node("n1")), "Receptor Control, node n1\n");
+        assert_eq!(error_line("boom"), "ERROR: boom\n");
+        let unknown = ParseError::UnknownCommand {
+            command: "x".into(),
+        };
+        assert_eq!(
+            Reply::Rejected(unknown).encode(),
+            "ERROR: Unknown command\n"
+        );
+        let bad = ParseError::BadJson {
+            message: "EOF while parsing".into(),
+        };
+        assert_eq!(
+            Reply::Rejected(bad).encode(),
+            "ERROR: EOF while parsing\nERROR: Unknown command\n"
+        );
+    }
+
+    #[test]
+    fn status_fields_constant_is_sorted() {
+        assert!(STATUS_FIELDS.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn status_is_byte_exact() {
+        let want = concat!(
+            r#"{"Advertisements":[{"NodeID":"a","Service":"control","#,
+            r#""Time":"2026-11-28T09:00:00.123Z","ConnType":1,"#,
+            r#""Tags":{"type":"Control Service"},"#,
+            r#""WorkCommands":[{"WorkType":"echo","Secure":false}]}],"#,
+            r#""Connections":[{"NodeID":"b","Cost":1}],"#,
+            r#""KnownConnectionCosts":{"a":{"b":1},"b":{"a":2.5}},"#,
+            r#""NodeID":"a","RoutingTable":{"b":"b"},"SystemCPUCount":2,"#,
+            r#""SystemMemoryMiB":1024,"Version":"0.1.0"}"#,
+            "\n"
+        );
+        assert_eq!(status(None), want);
+    }
+
+    #[test]
+    fn status_nulls_missing_tags_and_work_commands() {
+        let mut report = sample_report();
+        report.advertisements[0].tags = None;
+        report.advertisements[0].work_commands = None;
+        let reply = Reply::Status(StatusReply {
+            report,
+            requested_fields: Some(vec!["Advertisements".into()]),
+        });
+        assert!(
+            reply
+                .encode()
+                .contains(r#""ConnType":1,"Tags":null,"WorkCommands":null}"#)
+        );
+    }
+
+    #[test]
+    fn status_honours_requested_fields() {
+        assert_eq!(status(Some(&["Version"])), "{\"Version\":\"0.1.0\"}\n");
+        assert_eq!(
+            status(Some(&["Version", "Bogus", "NodeID", "Version"])),
+            "{\"NodeID\":\"a\",\"Version\":\"0.1.0\"}\n"
+        );
+        assert_eq!(status(Some(&[])), "{}\n");
+    }
+
+    #[test]
+    fn status_round_trips() {
+        let line = status(None);
+        let back: StatusReport = serde_json::from_str(&line).unwrap();
+        assert_eq!(back, sample_report());
+    }
+
+    #[test]
+    fn ping_replies_are_exact() {
+        let ok = PingReply::Success {
+            from: node("n3"),
+            time: Duration::from_nanos(1_234_567),
+        };
+        let line = Reply::Ping(ok.clone()).encode();
+        assert_eq!(
+            line,
+            "{\"From\":\"n3\",\"Success\":true,\"Time\":1234567,\"TimeStr\":\"1.234567ms\"}\n"
+        );
+        assert_eq!(serde_json::from_str::<PingReply>(&line).unwrap(), ok);
+
+        let failed = PingReply::Failure {
+            error: "timeout".into(),
+        };
+        let line = Reply::Ping(failed.clone()).encode();
+        assert_eq!(line, "{\"Error\":\"timeout\",\"Success\":false}\n");
+        assert_eq!(serde_json::from_str::<PingReply>(&line).unwrap(), failed);
+    }
+
+    #[test]
+    fn traceroute_keys_sort_as_strings() {
+        let hop = |i: u64| TraceHop {
+            from: Some(node(&format!("n{i}"))),
+            time: Duration::from_micros(i),
+            error: None,
+        };
+        let mut hops: Vec<TraceHop> = (0..11).map(hop).collect();
+        hops[10].from = None;
+        hops[10].error = Some("no route to node".into());
+        let trace = TracerouteReply { hops };
+        let line = Reply::Traceroute(trace.clone()).encode();
+        assert!(line.starts_with(
+            r#"{"0":{"From":"n0","Time":0,"TimeStr":"0s"},"1":{"From":"n1","Time":1000,"TimeStr":"1µs"},"10":{"Error":"no route to node","From":"","Time":10000,"TimeStr":"10µs"},"2":"#
+        ));
+        assert_eq!(
+            serde_json::from_str::<TracerouteReply>(&line).unwrap(),
+            trace
+        );
+    }
+
+    #[test]
+    fn escapes_html_like_go() {
+        let reply = Reply::Ping(PingReply::Failure {
+            error: "a <b> & c".into(),
+        });
+        assert_eq!(
+            reply.encode(),
+            "{\"Error\":\"a \\u003cb\\u003e \\u0026 c\",\"Success\":false}\n"
+        );
+    }
+}

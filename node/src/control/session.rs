@@ -1,0 +1,225 @@
+//! One control-socket session: greeting, then request lines answered in order until EOF.
+//!
+//! Owns the thin driver between a byte stream and the sans-IO parser and reply encoder,
+//! and the [`Backend`] seam through which it asks the node for answers. It decides nothing
+//! about the mesh itself.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::io::{self, AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use super::line::{LineEnd, LineReader};
+use super::reply::{
+    PingReply, Reply, StatusReply, StatusReport, TraceHop, TracerouteReply, error_line, greeting,
+};
+use super::request::{Request, parse_request};
+use crate::id::NodeId;
+
+/// What the control service needs from the node it serves.
+///
+/// The node implements this over its mesh handle; tests implement it with canned answers.
+pub trait Backend: Send + Sync + 'static {
+    /// The node's id, for the greeting.
+    fn node_id(&self) -> NodeId;
+
+    /// The node's current view of the mesh.
+    fn status(&self) -> impl Future<Output = StatusReport> + Send;
+
+    /// Pings `target` and returns the round-trip time, or the node that reported the
+    /// failure (if any) and why. Only the reason reaches the client: Receptor's failure
+    /// reply carries no `From`.
+    fn ping(
+        &self,
+        target: NodeId,
+    ) -> impl Future<Output = Result<Duration, (Option<NodeId>, String)>> + Send;
+
+    /// Traces the route to `target`, one entry per hop.
+    fn traceroute(&self, target: NodeId) -> impl Future<Output = Vec<TraceHop>> + Send;
+}
+
+/// Runs one session on `stream` until the client closes it.
+///
+/// Writes the greeting, then answers each non-empty request line in order. A final line
+/// without a newline is still answered. A line longer than
+/// [`super::line::MAX_REQUEST_LINE`] is answered with `ERROR: request line too long` and
+/// ends the session.
+///
+/// # Errors
+/// Read or write errors on `stream`.
+pub async fn serve_session<S, B>(stream: S, backend: &B) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    B: Backend,
+{
+    let mut conn = LineReader::new(stream);
+    send(&mut conn, &greeting(&backend.node_id())).await?;
+    let mut line = Vec::new();
+    loop {
+        let end = conn.read_line(&mut line).await?;
+        if end == LineEnd::TooLong {
+            tracing::debug!(len = line.len(), "control request line too long");
+            return send(&mut conn, &error_line("request line too long")).await;
+        }
+        if !line.is_empty() {
+            let reply = answer(&line, backend).await;
+            send(&mut conn, &reply.encode()).await?;
+        }
+        if end == LineEnd::Eof {
+            return Ok(());
+        }
+    }
+}
+
+async fn send<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut LineReader<S>,
+    text: &str,
+) -> io::Result<()> {
+    let stream = conn.get_mut();
+    stream.write_all(text.as_bytes()).await?;
+    stream.flush().await
+}
+
+/// Decodes one line and runs it.
+async fn answer<B: Backend>(line: &[u8], backend: &B) -> Reply {
+    match parse_request(line) {
+        Ok(request) => handle(request, backend).await,
+        Err(rejected) => {
+            tracing::debug!(error = %rejected, "control request refused");
+            Reply::Rejected(rejected)
+        }
+    }
+}
+
+/// Runs one request against the backend. New commands add an arm here.
+async fn handle<B: Backend>(request: Request, backend: &B) -> Reply {
+    match request {
+        Request::Status { requested_fields } => status(backend, requested_fields).await,
+        Request::Ping { target } => ping(backend, target).await,
+        Request::Traceroute { target } => traceroute(backend, target).await,
+    }
+}
+
+async fn status<B: Backend>(backend: &B, requested_fields: Option<Vec<String>>) -> Reply {
+    Reply::Status(StatusReply {
+        report: backend.status().await,
+        requested_fields,
+    })
+}
+
+async fn ping<B: Backend>(backend: &B, target: NodeId) -> Reply {
+    Reply::Ping(match backend.ping(target.clone()).await {
+        Ok(time) => PingReply::Success { from: target, time },
+        Err((_from, error)) => PingReply::Failure { error },
+    })
+}
+
+async fn traceroute<B: Backend>(backend: &B, target: NodeId) -> Reply {
+    Reply::Traceroute(TracerouteReply {
+        hops: backend.traceroute(target).await,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::control::fake::FakeBackend;
+
+    async fn run(input: &[u8]) -> String {
+        let (mut client, server) = io::duplex(1 << 20);
+        let backend = FakeBackend::new();
+        client.write_all(input).await.unwrap();
+        client.shutdown().await.unwrap();
+        serve_session(server, &backend).await.unwrap();
+        let mut out = String::new();
+        client.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn answers_several_commands_on_one_connection() {
+        let input = [
+            &b"ping b\n"[..],
+            b"\r\n",
+            b"\x00\xff garbage\n",
+            b"{\"command\":\n",
+            br#"{"command":"status","requested_fields":["NodeID","Version"]}"#,
+            b"\r\n",
+            b"ping nowhere\n",
+            b"traceroute b\n",
+            b"status",
+        ]
+        .concat();
+        let out = run(&input).await;
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "Receptor Control, node a");
+        assert_eq!(
+            lines[1],
+            r#"{"From":"b","Success":true,"Time":1500000,"TimeStr":"1.5ms"}"#
+        );
+        assert_eq!(lines[2], "ERROR: Unknown command");
+        assert!(
+            lines[3].starts_with("ERROR: EOF while parsing"),
+            "{}",
+            lines[3]
+        );
+        assert_eq!(lines[4], "ERROR: Unknown command");
+        assert_eq!(lines[5], r#"{"NodeID":"a","Version":"0.1.0"}"#);
+        assert_eq!(lines[6], r#"{"Error":"no route to node","Success":false}"#);
+        assert_eq!(
+            lines[7],
+            r#"{"0":{"From":"b","Time":1500000,"TimeStr":"1.5ms"}}"#
+        );
+        assert!(lines[8].starts_with(r#"{"Advertisements":[{"NodeID":"a""#));
+        assert_eq!(lines.len(), 9);
+        assert!(out.ends_with('\n'));
+    }
+
+    #[tokio::test]
+    async fn greets_then_stops_at_eof() {
+        assert_eq!(run(b"").await, "Receptor Control, node a\n");
+        assert_eq!(run(b"\n\r\n\n").await, "Receptor Control, node a\n");
+    }
+
+    #[tokio::test]
+    async fn closes_after_overlong_line() {
+        let mut input = vec![b'x'; super::super::line::MAX_REQUEST_LINE + 10];
+        input.extend_from_slice(b"\nstatus\n");
+        let out = run(&input).await;
+        assert_eq!(
+            out,
+            "Receptor Control, node a\nERROR: request line too long\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn replies_are_written_before_the_next_line_arrives() {
+        let (client, server) = io::duplex(4096);
+        let backend = FakeBackend::new();
+        let session = tokio::spawn(async move { serve_session(server, &backend).await });
+        let mut client = LineReader::new(client);
+        let mut line = Vec::new();
+        client.read_line(&mut line).await.unwrap();
+        assert_eq!(line, b"Receptor Control, node a");
+        for _ in 0..3 {
+            client.get_mut().write_all(b"ping b\n").await.unwrap();
+            client.read_line(&mut line).await.unwrap();
+            assert!(line.starts_with(br#"{"From":"b","Success":true"#));
+        }
+        drop(client);
+        session.await.unwrap().unwrap();
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn garbage_never_panics(input in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let out = rt.block_on(run(&input));
+            prop_assert!(out.starts_with("Receptor Control, node a\n"));
+        }
+    }
+}
