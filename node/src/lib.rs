@@ -6,6 +6,7 @@
 //! - [`config`]: the node's TOML config and flags, validated into a `Config`.
 //! - [`control`]: the Receptor control-socket protocol (so `receptorctl` works): request
 //!   parser, exact reply bytes, session driver, Unix-socket listener and the CLI's client.
+//! - [`daemon`]: a running node: listeners, mesh driver and control socket wired together.
 //! - [`id`]: typed node ids and service names.
 //! - [`keys`]: X25519 link identities and their tokens and files.
 //! - [`mesh`]: the overlay network: frames, Noise links, link-state routing, streams, and the
@@ -15,6 +16,10 @@
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod daemon;
 pub mod id;
 pub mod keys;
 pub mod mesh;
+
+/// The version reported by `warren --version` and in `status`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

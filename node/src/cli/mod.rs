@@ -1,6 +1,103 @@
-//! Command-line arguments: clap types for each `warren` command and their conversion to
-//! library types. Parsing only; `main.rs` runs the commands.
+//! The `warren` command line: clap types for each command and the code that runs them.
+//! This is an edge of the crate, so errors here are `anyhow`.
 
+mod keygen;
 mod node_args;
+mod ops;
 
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub use keygen::KeygenArgs;
 pub use node_args::NodeArgs;
+pub use ops::{PingArgs, SocketArgs, TracerouteArgs};
+
+/// Warren: run Ansible jobs and other work on remote nodes across an encrypted mesh.
+///
+/// Nodes link over Noise-encrypted, mutually authenticated TCP connections and route across
+/// relays. Each node's control socket speaks Receptor's protocol, so receptorctl works too.
+#[derive(Debug, Parser)]
+#[command(name = "warren", version = crate::VERSION, propagate_version = true)]
+pub struct Cli {
+    /// More log output on standard error (-v info, -vv debug, -vvv trace). RUST_LOG
+    /// overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// `warren` commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a mesh node until SIGINT or SIGTERM.
+    ///
+    /// Give --config FILE, or the quick flags with at least --id, --key and --data-dir.
+    /// Example: warren node --id node1 --listen 127.0.0.1:8888 --key node1.key
+    /// --trust relay=x25519:... --data-dir /var/lib/warren/node1
+    Node(NodeArgs),
+    /// Create a link key pair, or show the public token of an existing one.
+    Keygen(KeygenArgs),
+    /// Show a node's links, routing table, known nodes and what each offers.
+    Status(SocketArgs),
+    /// Ping a node across the mesh through the local node's control socket.
+    Ping(PingArgs),
+    /// Show the relays on the way to a node.
+    Traceroute(TracerouteArgs),
+}
+
+impl Cli {
+    /// Runs the command; returns the process exit code.
+    pub fn run(self) -> ExitCode {
+        let default_level = match self.command {
+            Command::Node(_) => "info",
+            _ => "warn",
+        };
+        init_tracing(default_level, self.verbose);
+        let runtime = match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("warren: cannot start the async runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let result = runtime.block_on(async {
+            match self.command {
+                Command::Node(args) => ops::node(args).await,
+                Command::Keygen(args) => keygen::run(args),
+                Command::Status(args) => ops::status(args).await,
+                Command::Ping(args) => ops::ping(args).await,
+                Command::Traceroute(args) => ops::traceroute(args).await,
+            }
+        });
+        match result {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("warren: {e:#}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn init_tracing(default_level: &str, verbose: u8) {
+    let level = match verbose {
+        0 => default_level,
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("warren={level}")));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}

@@ -50,10 +50,10 @@ use std::time::Duration;
 use crate::id::NodeId;
 use crate::keys::PublicKey;
 
+pub use crate::mesh::trust::{TrustDecision, TrustEntry};
 pub use addr::{AddrError, DEFAULT_PORT, EndpointAddr};
 pub use cost::{CostError, LinkCost};
 pub use error::{AddrRole, ConfigError, Origin, Problem};
-pub use crate::mesh::trust::{TrustDecision, TrustEntry};
 
 /// Keepalive interval when none is configured: frequent enough to hold NAT and firewall
 /// state open, rare enough to cost nothing.

@@ -13,7 +13,9 @@ use bytes::{Bytes, BytesMut};
 
 use super::frame::{self, FrameError};
 use super::message::{CloseReason, HandshakePayload, Message, PROTOCOL_VERSION};
-use super::noise::{Handshake, HandshakeError, HandshakeOutput, MAX_PLAINTEXT_LEN, Role, Transport};
+use super::noise::{
+    Handshake, HandshakeError, HandshakeOutput, MAX_PLAINTEXT_LEN, Role, Transport,
+};
 use crate::id::NodeId;
 use crate::keys::{LinkKeypair, PublicKey};
 
@@ -97,10 +99,16 @@ pub enum LinkEvent {
 enum State {
     /// Handshake in progress; `identified` is set while awaiting the owner's decision.
     Handshaking {
-        handshake: Handshake,
+        handshake: Box<Handshake>,
         identified: bool,
     },
-    Up(Transport),
+    /// Transport established. `confirmed` turns true with the first frame from the peer:
+    /// the initiator finishes its handshake before the responder has judged it, so only a
+    /// frame from the peer proves the link was accepted.
+    Up {
+        transport: Transport,
+        confirmed: bool,
+    },
     Closed,
 }
 
@@ -179,7 +187,7 @@ impl Link {
         Self {
             role,
             state: State::Handshaking {
-                handshake,
+                handshake: Box::new(handshake),
                 identified: false,
             },
             rx_wire: BytesMut::new(),
@@ -202,7 +210,7 @@ impl Link {
 
     /// Whether messages flow.
     pub fn is_up(&self) -> bool {
-        matches!(self.state, State::Up(_))
+        matches!(self.state, State::Up { .. })
     }
 
     /// Whether the link is finished (the owner flushes `poll_transmit` and drops it).
@@ -237,7 +245,8 @@ impl Link {
         else {
             return;
         };
-        let State::Handshaking { handshake, .. } = std::mem::replace(&mut self.state, State::Closed)
+        let State::Handshaking { handshake, .. } =
+            std::mem::replace(&mut self.state, State::Closed)
         else {
             unreachable!("checked above")
         };
@@ -246,10 +255,17 @@ impl Link {
                 if let Some(last) = last {
                     self.queue_handshake(&last);
                 }
-                self.state = State::Up(transport);
+                // The responder has judged the peer already; the initiator waits for proof.
+                let confirmed = self.role == Role::Responder;
+                self.state = State::Up {
+                    transport,
+                    confirmed,
+                };
                 self.last_rx = now;
                 self.next_rekey = now + self.config.rekey_interval;
-                self.events.push_back(LinkEvent::Up);
+                if confirmed {
+                    self.events.push_back(LinkEvent::Up);
+                }
                 self.process();
             }
             Err(e) => self.fail(e.to_string()),
@@ -264,7 +280,8 @@ impl Link {
         else {
             return;
         };
-        let State::Handshaking { handshake, .. } = std::mem::replace(&mut self.state, State::Closed)
+        let State::Handshaking { handshake, .. } =
+            std::mem::replace(&mut self.state, State::Closed)
         else {
             unreachable!("checked above")
         };
@@ -278,7 +295,10 @@ impl Link {
             // close. None of the peer's frames are read.
             Role::Responder => {
                 if let Ok((_, transport)) = handshake.accept() {
-                    self.state = State::Up(transport);
+                    self.state = State::Up {
+                        transport,
+                        confirmed: true,
+                    };
                     let _ = self.send(&Message::Close(reason));
                     self.flush();
                 }
@@ -294,7 +314,7 @@ impl Link {
     pub fn close(&mut self, reason: CloseReason) {
         match self.state {
             State::Closed => return,
-            State::Up(_) => {
+            State::Up { .. } => {
                 let _ = self.send(&Message::Close(reason));
                 self.flush();
             }
@@ -344,7 +364,7 @@ impl Link {
         match self.state {
             State::Closed => None,
             State::Handshaking { .. } => Some(self.started + self.config.handshake_timeout),
-            State::Up(_) => Some(
+            State::Up { .. } => Some(
                 (self.last_tx + self.config.keepalive)
                     .min(self.last_rx + self.config.idle_timeout)
                     .min(self.next_rekey),
@@ -361,7 +381,7 @@ impl Link {
                     self.close(CloseReason::HandshakeTimeout);
                 }
             }
-            State::Up(_) => self.handle_up_timeout(now),
+            State::Up { .. } => self.handle_up_timeout(now),
         }
     }
 
@@ -384,7 +404,7 @@ impl Link {
     fn rekey_outgoing(&mut self) {
         if self.send(&Message::Rekey).is_ok() {
             self.flush();
-            if let State::Up(transport) = &mut self.state {
+            if let State::Up { transport, .. } = &mut self.state {
                 transport.rekey_outgoing();
             }
         }
@@ -397,7 +417,7 @@ impl Link {
 
     /// Encrypts all queued frames into Noise messages.
     fn flush(&mut self) {
-        let State::Up(transport) = &mut self.state else {
+        let State::Up { transport, .. } = &mut self.state else {
             return;
         };
         while !self.tx_plain.is_empty() {
@@ -413,13 +433,14 @@ impl Link {
     }
 
     fn fail(&mut self, why: String) {
-        if matches!(self.state, State::Up(_)) {
+        if matches!(self.state, State::Up { .. }) {
             let _ = self.send(&Message::Close(CloseReason::ProtocolViolation));
             self.flush();
         }
         self.state = State::Closed;
         self.rx_wire.clear();
-        self.events.push_back(LinkEvent::Closed(LinkEnd::Failed(why)));
+        self.events
+            .push_back(LinkEvent::Closed(LinkEnd::Failed(why)));
     }
 
     fn process(&mut self) {
@@ -430,7 +451,7 @@ impl Link {
                     identified: true, ..
                 } => false,
                 State::Handshaking { .. } => self.process_handshake(),
-                State::Up(_) => self.process_transport(),
+                State::Up { .. } => self.process_transport(),
             };
             if !progressed {
                 break;
@@ -511,7 +532,7 @@ impl Link {
                 return false;
             }
         };
-        let State::Up(transport) = &mut self.state else {
+        let State::Up { transport, .. } = &mut self.state else {
             return false;
         };
         if transport.decrypt(&message, &mut self.rx_plain).is_err() {
@@ -519,6 +540,16 @@ impl Link {
             return false;
         }
         self.process_frames()
+    }
+
+    /// The first frame from the peer: the link is accepted at both ends.
+    fn confirm(&mut self) {
+        if let State::Up { confirmed, .. } = &mut self.state {
+            if !*confirmed {
+                *confirmed = true;
+                self.events.push_back(LinkEvent::Up);
+            }
+        }
     }
 
     fn process_frames(&mut self) -> bool {
@@ -531,25 +562,29 @@ impl Link {
                     return false;
                 }
             };
-            match Message::decode(&frame) {
-                Ok(Message::Keepalive) => {}
-                Ok(Message::Rekey) => {
-                    if let State::Up(transport) = &mut self.state {
-                        transport.rekey_incoming();
-                    }
-                }
-                Ok(Message::Close(reason)) => {
-                    self.state = State::Closed;
-                    self.rx_wire.clear();
-                    self.events
-                        .push_back(LinkEvent::Closed(LinkEnd::ByPeer(reason)));
-                    return false;
-                }
-                Ok(message) => self.events.push_back(LinkEvent::Message(message)),
+            let message = match Message::decode(&frame) {
+                Ok(message) => message,
                 Err(e) => {
                     self.fail(e.to_string());
                     return false;
                 }
+            };
+            if let Message::Close(reason) = message {
+                self.state = State::Closed;
+                self.rx_wire.clear();
+                self.events
+                    .push_back(LinkEvent::Closed(LinkEnd::ByPeer(reason)));
+                return false;
+            }
+            self.confirm();
+            match message {
+                Message::Keepalive => {}
+                Message::Rekey => {
+                    if let State::Up { transport, .. } = &mut self.state {
+                        transport.rekey_incoming();
+                    }
+                }
+                message => self.events.push_back(LinkEvent::Message(message)),
             }
         }
     }

@@ -4,6 +4,7 @@
 //! Everything here but `driver` is sans-IO: time comes in as `now`, bytes move through
 //! buffers, and decisions come back as events.
 
+pub mod driver;
 pub mod frame;
 pub mod link;
 pub mod lsdb;

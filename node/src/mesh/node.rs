@@ -309,7 +309,13 @@ impl MeshNode {
         self.add_link(now, Role::Responder, cost, None)
     }
 
-    fn add_link(&mut self, now: Instant, role: Role, cost: Cost, slot: Option<PeerSlotId>) -> LinkId {
+    fn add_link(
+        &mut self,
+        now: Instant,
+        role: Role,
+        cost: Cost,
+        slot: Option<PeerSlotId>,
+    ) -> LinkId {
         self.next_link += 1;
         let id = LinkId(self.next_link);
         let (keys, me, lc) = (&self.config.keys, &self.config.id, self.config.link.clone());
@@ -399,7 +405,9 @@ impl MeshNode {
                     CloseReason::DuplicateLink => {
                         tracing::debug!(link = %id, peer = %node, "surplus link to an existing peer")
                     }
-                    _ => tracing::warn!(link = %id, peer = %node, key = %key, %reason, "refused link"),
+                    _ => {
+                        tracing::warn!(link = %id, peer = %node, key = %key, %reason, "refused link")
+                    }
                 }
                 if reason == CloseReason::DuplicateLink {
                     if let Some(ps) = slot.slot {
@@ -488,7 +496,18 @@ impl MeshNode {
                 self.peers.handle_failed(now, ps);
             }
         }
-        if was_up {
+        if let LinkEnd::ByPeer(
+            CloseReason::UntrustedKey
+            | CloseReason::KeyPinnedToOtherNode
+            | CloseReason::IdPinnedToOtherKey,
+        ) = end
+        {
+            tracing::warn!(
+                link = %id, peer = ?peer, %end,
+                "peer refused our key; to be trusted, the peer's operator must add `--trust {}={}`",
+                self.config.id, self.config.keys.public()
+            );
+        } else if was_up {
             tracing::info!(link = %id, peer = ?peer, %end, "link down");
         } else {
             tracing::debug!(link = %id, peer = ?peer, %end, "link ended before it came up");

@@ -82,7 +82,9 @@ impl std::fmt::Debug for Handshake {
 }
 
 fn build(keys: &LinkKeypair, role: Role) -> Result<HandshakeState, snow::Error> {
-    let params = NOISE_PARAMS.parse().expect("invariant: NOISE_PARAMS is valid");
+    let params = NOISE_PARAMS
+        .parse()
+        .expect("invariant: NOISE_PARAMS is valid");
     let prologue = prologue();
     let builder = snow::Builder::new(params)
         .local_private_key(keys.private_bytes())?
@@ -276,14 +278,18 @@ mod tests {
         let (mut ta, mut tb) = handshake(&a, &b);
         let mut wire = BytesMut::new();
         ta.encrypt(b"ping", &mut wire).unwrap();
-        let msg = super::super::frame::decode_noise(&mut wire).unwrap().unwrap();
+        let msg = super::super::frame::decode_noise(&mut wire)
+            .unwrap()
+            .unwrap();
         let mut out = BytesMut::new();
         tb.decrypt(&msg, &mut out).unwrap();
         assert_eq!(&out[..], b"ping");
         ta.rekey_outgoing();
         tb.rekey_incoming();
         ta.encrypt(b"after", &mut wire).unwrap();
-        let msg = super::super::frame::decode_noise(&mut wire).unwrap().unwrap();
+        let msg = super::super::frame::decode_noise(&mut wire)
+            .unwrap()
+            .unwrap();
         out.clear();
         tb.decrypt(&msg, &mut out).unwrap();
         assert_eq!(&out[..], b"after");
@@ -314,7 +320,10 @@ mod tests {
         let mut res = Handshake::responder(&b, &hello("b")).unwrap();
         assert!(res.read(&[1, 2, 3]).is_err());
         let mut res = Handshake::responder(&b, &hello("b")).unwrap();
-        assert!(res.read(&[0; 32]).is_ok(), "any 32 bytes is an ephemeral key");
+        assert!(
+            res.read(&[0; 32]).is_ok(),
+            "any 32 bytes is an ephemeral key"
+        );
     }
 
     #[test]

@@ -216,7 +216,10 @@ mod tests {
                 .min(Duration::from_secs(30));
             assert!(delay >= base.mul_f64(0.75) && delay < base.mul_f64(1.25));
             if failures < 6 {
-                assert!(delay > last.mul_f64(1.1), "delays grow: {delay:?} after {last:?}");
+                assert!(
+                    delay > last.mul_f64(1.1),
+                    "delays grow: {delay:?} after {last:?}"
+                );
             }
             last = delay;
             assert_eq!(peers.poll_dial(t0 + delay), Some(slot));

@@ -241,7 +241,10 @@ impl Streams {
         data: Bytes,
         out: &mut Vec<Outgoing>,
     ) -> Result<(), StreamError> {
-        let ep = self.endpoints.get_mut(&id).ok_or(StreamError::Unknown(id))?;
+        let ep = self
+            .endpoints
+            .get_mut(&id)
+            .ok_or(StreamError::Unknown(id))?;
         if !ep.accepted || ep.fin_sent {
             return Err(StreamError::NotWritable(id));
         }
@@ -339,7 +342,12 @@ impl Streams {
         };
         let circuit = packet.circuit;
         if admission == Admission::NoService || self.by_circuit.contains_key(&circuit) {
-            out.push(reply(link, from, circuit, StreamKind::Reset(ResetReason::NoService)));
+            out.push(reply(
+                link,
+                from,
+                circuit,
+                StreamKind::Reset(ResetReason::NoService),
+            ));
             return;
         }
         let id = self.insert(Endpoint {
@@ -522,7 +530,12 @@ impl Streams {
             };
             let reset = StreamKind::Reset(ResetReason::PathBroken);
             if relay.opener_link != link {
-                out.push(reply(relay.opener_link, relay.opener, circuit.clone(), reset.clone()));
+                out.push(reply(
+                    relay.opener_link,
+                    relay.opener,
+                    circuit.clone(),
+                    reset.clone(),
+                ));
             }
             if relay.acceptor_link != link {
                 let mut to_acceptor = reply(relay.acceptor_link, relay.acceptor, circuit, reset);
@@ -543,7 +556,12 @@ impl Streams {
         if matches!(packet.kind, StreamKind::Reset(_)) {
             return None;
         }
-        let mut out = reply(link, sender, packet.circuit.clone(), StreamKind::Reset(reason));
+        let mut out = reply(
+            link,
+            sender,
+            packet.circuit.clone(),
+            StreamKind::Reset(reason),
+        );
         out.packet.from_opener = !packet.from_opener;
         Some(out)
     }

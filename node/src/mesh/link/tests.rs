@@ -48,7 +48,11 @@ fn connected_with(now: Instant, config: LinkConfig) -> (Link, Link) {
         }
     }
     assert!(a.is_up() && b.is_up());
-    events(&mut a);
+    // The initiator reports Up only once a frame from the accepting peer proves acceptance.
+    assert_eq!(events(&mut a), vec![]);
+    b.send(&Message::Keepalive).unwrap();
+    pump(now, &mut b, &mut a);
+    assert_eq!(events(&mut a), vec![LinkEvent::Up]);
     events(&mut b);
     (a, b)
 }
@@ -107,7 +111,9 @@ fn refusing_initiator_tells_responder_why() {
     pump(now, &mut a, &mut b);
     assert_eq!(
         events(&mut b),
-        vec![LinkEvent::Closed(LinkEnd::ByPeer(CloseReason::UntrustedKey))]
+        vec![LinkEvent::Closed(LinkEnd::ByPeer(
+            CloseReason::UntrustedKey
+        ))]
     );
     assert!(a.is_closed() && b.is_closed());
 }
@@ -134,10 +140,10 @@ fn refusing_responder_processes_no_frames_and_tells_initiator() {
     pump(now, &mut b, &mut a);
     assert_eq!(
         events(&mut a),
-        vec![
-            LinkEvent::Up,
-            LinkEvent::Closed(LinkEnd::ByPeer(CloseReason::UntrustedKey))
-        ]
+        vec![LinkEvent::Closed(LinkEnd::ByPeer(
+            CloseReason::UntrustedKey
+        ))],
+        "a refused initiator never reports the link up"
     );
 }
 
@@ -162,7 +168,9 @@ fn half_finished_handshake_times_out() {
     b.handle_timeout(deadline);
     assert_eq!(
         events(&mut b),
-        vec![LinkEvent::Closed(LinkEnd::ByUs(CloseReason::HandshakeTimeout))]
+        vec![LinkEvent::Closed(LinkEnd::ByUs(
+            CloseReason::HandshakeTimeout
+        ))]
     );
 }
 

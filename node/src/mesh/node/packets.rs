@@ -222,7 +222,12 @@ impl MeshNode {
         self.send_on(out.link, packet);
     }
 
-    pub(super) fn emit_stream(&mut self, _now: Instant, events: Vec<StreamEvent>, out: Vec<Outgoing>) {
+    pub(super) fn emit_stream(
+        &mut self,
+        _now: Instant,
+        events: Vec<StreamEvent>,
+        out: Vec<Outgoing>,
+    ) {
         for o in out {
             self.send_stream(o);
         }
@@ -258,7 +263,12 @@ impl MeshNode {
     ///
     /// # Errors
     /// [`StreamError`] for an unknown or finished stream, or data beyond the credit.
-    pub fn stream_send(&mut self, now: Instant, id: StreamId, data: Bytes) -> Result<(), StreamError> {
+    pub fn stream_send(
+        &mut self,
+        now: Instant,
+        id: StreamId,
+        data: Bytes,
+    ) -> Result<(), StreamError> {
         let mut out = Vec::new();
         self.streams.send(id, data, &mut out)?;
         self.emit_stream(now, Vec::new(), out);

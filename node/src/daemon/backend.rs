@@ -1,0 +1,196 @@
+//! The control service's view of a running node: Receptor-shaped status, ping and traceroute
+//! answered from the mesh.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::control::Backend;
+use crate::control::goformat::rfc3339_utc;
+use crate::control::reply::{Advertisement, Connection, StatusReport, TraceHop, WorkCommand};
+use crate::id::NodeId;
+use crate::mesh::driver::MeshHandle;
+use crate::mesh::lsdb::Advert;
+use crate::mesh::message::Unreachable;
+use crate::mesh::node::{MeshStatus, ProbeFailure};
+
+/// The mesh service that carries the control protocol between nodes.
+pub const CONTROL_SERVICE: &str = "control";
+
+/// Receptor's ConnType for a plain (non-TLS) control service: the mesh link is already
+/// encrypted and authenticated.
+const CONN_TYPE_STREAM: u8 = 1;
+
+/// Answers control requests from a node's mesh handle.
+#[derive(Debug, Clone)]
+pub struct NodeBackend {
+    mesh: MeshHandle,
+    max_hops: u8,
+}
+
+impl NodeBackend {
+    /// A backend over `mesh`, tracing at most `max_hops` hops.
+    pub fn new(mesh: MeshHandle, max_hops: u8) -> Self {
+        Self { mesh, max_hops }
+    }
+}
+
+impl Backend for NodeBackend {
+    fn node_id(&self) -> NodeId {
+        self.mesh.id().clone()
+    }
+
+    async fn status(&self) -> StatusReport {
+        match self.mesh.status().await {
+            Ok(status) => report(&status),
+            Err(_) => report(&MeshStatus {
+                id: self.mesh.id().clone(),
+                links: Vec::new(),
+                routes: BTreeMap::new(),
+                adverts: Vec::new(),
+            }),
+        }
+    }
+
+    async fn ping(&self, target: NodeId) -> Result<Duration, (Option<NodeId>, String)> {
+        match self.mesh.probe(&target, None).await {
+            Ok(Ok((_, rtt))) => Ok(rtt),
+            Ok(Err((from, reason, _))) => Err((from, describe(&target, reason))),
+            Err(gone) => Err((None, gone.to_string())),
+        }
+    }
+
+    async fn traceroute(&self, target: NodeId) -> Vec<TraceHop> {
+        let mut hops = Vec::new();
+        for limit in 0..self.max_hops {
+            match self.mesh.probe(&target, Some(limit)).await {
+                Ok(Ok((from, time))) => {
+                    let done = from == target;
+                    hops.push(TraceHop {
+                        from: Some(from),
+                        time,
+                        error: None,
+                    });
+                    if done {
+                        break;
+                    }
+                }
+                Ok(Err((from, ProbeFailure::Unreachable(Unreachable::HopLimit), time))) => {
+                    hops.push(TraceHop {
+                        from,
+                        time,
+                        error: None,
+                    });
+                }
+                Ok(Err((from, reason, time))) => {
+                    let error = Some(describe(&target, reason));
+                    hops.push(TraceHop { from, time, error });
+                    break;
+                }
+                Err(gone) => {
+                    let error = Some(gone.to_string());
+                    hops.push(TraceHop {
+                        from: None,
+                        time: Duration::ZERO,
+                        error,
+                    });
+                    break;
+                }
+            }
+        }
+        hops
+    }
+}
+
+fn describe(target: &NodeId, reason: ProbeFailure) -> String {
+    match reason {
+        ProbeFailure::Unreachable(Unreachable::NoRoute) => format!("no route to node {target}"),
+        ProbeFailure::Unreachable(Unreachable::HopLimit) => "hop limit exceeded".to_owned(),
+        ProbeFailure::Timeout => "timeout".to_owned(),
+    }
+}
+
+/// Builds Receptor's status report from a mesh snapshot.
+pub fn report(status: &MeshStatus) -> StatusReport {
+    StatusReport {
+        node_id: status.id.clone(),
+        version: crate::VERSION.to_owned(),
+        system_cpu_count: std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
+        system_memory_mib: system_memory_mib(),
+        connections: status
+            .links
+            .iter()
+            .map(|l| Connection {
+                node_id: l.peer.clone(),
+                cost: l.cost.as_f64(),
+            })
+            .collect(),
+        routing_table: status
+            .routes
+            .iter()
+            .map(|(dst, route)| (dst.clone(), route.next_hop.clone()))
+            .collect(),
+        known_connection_costs: status
+            .adverts
+            .iter()
+            .map(|a| {
+                let costs = a
+                    .links
+                    .iter()
+                    .map(|l| (l.peer.clone(), l.cost.as_f64()))
+                    .collect();
+                (a.origin.clone(), costs)
+            })
+            .collect(),
+        advertisements: status.adverts.iter().flat_map(advertisements).collect(),
+    }
+}
+
+/// One Receptor advertisement per service of a node; work types ride on `control`, as in
+/// Receptor.
+fn advertisements(advert: &Advert) -> Vec<Advertisement> {
+    let time = rfc3339_utc(UNIX_EPOCH + Duration::from_millis(advert.issued_at_ms));
+    let work: Vec<WorkCommand> = advert
+        .work_types
+        .iter()
+        .map(|w| WorkCommand {
+            work_type: w.clone(),
+            secure: false,
+        })
+        .collect();
+    advert
+        .services
+        .iter()
+        .map(|service| Advertisement {
+            node_id: advert.origin.clone(),
+            service: service.to_string(),
+            time: time.clone(),
+            conn_type: CONN_TYPE_STREAM,
+            tags: None,
+            work_commands: (service.as_str() == CONTROL_SERVICE).then(|| work.clone()),
+        })
+        .collect()
+}
+
+/// Total memory from /proc/meminfo, 0 where unknown.
+fn system_memory_mib() -> u64 {
+    let Ok(text) = std::fs::read_to_string("/proc/meminfo") else {
+        return 0;
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(0, |kib| kib / 1024)
+}
+
+/// Milliseconds since the UNIX epoch now: a run's epoch.
+pub fn wall_clock_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

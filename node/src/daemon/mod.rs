@@ -1,0 +1,250 @@
+//! A running node: turns a validated [`Config`] into bound listeners, the mesh driver, the
+//! control socket (and the control service on the mesh), and shuts them down on a signal.
+//!
+//! This is wiring only; protocol logic lives in `mesh/` and `control/`.
+
+pub mod backend;
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, LinkCost};
+use crate::control::{ControlSocket, ListenError, default_socket_path, serve_session};
+use crate::id::ServiceName;
+use crate::keys::{KeyError, LinkKeypair};
+use crate::mesh::driver::{self, DriverConfig, MeshHandle, PeerTarget};
+use crate::mesh::link::LinkConfig;
+use crate::mesh::node::MeshConfig;
+use crate::mesh::route::Cost;
+pub use backend::{CONTROL_SERVICE, NodeBackend};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The key file could not be loaded.
+    #[error("key file: {0}")]
+    Key(#[from] KeyError),
+    /// A listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address as configured.
+        addr: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// The data directory could not be created.
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The control socket could not be set up.
+    #[error("control socket: {0}")]
+    Control(#[from] ListenError),
+    /// The ready file could not be written.
+    #[error("cannot write ready file {path}: {source}")]
+    ReadyFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// A node that is up: links accepted and dialled, control socket served.
+#[derive(Debug)]
+pub struct RunningNode {
+    /// The mesh.
+    pub mesh: MeshHandle,
+    /// The addresses the listeners are bound to (port 0 resolved).
+    pub listen_addrs: Vec<SocketAddr>,
+    /// The control socket's path.
+    pub control_path: PathBuf,
+    /// Tells the control socket and the mesh control service to stop; dropped on shutdown.
+    stop: watch::Sender<bool>,
+    driver: JoinHandle<()>,
+    control: JoinHandle<()>,
+}
+
+fn cost(c: LinkCost) -> Cost {
+    Cost::from_f64(c.as_f64()).unwrap_or(Cost::DEFAULT)
+}
+
+/// The mesh settings of a node config.
+///
+/// # Errors
+/// [`StartError::Key`] when the key file cannot be loaded.
+pub fn mesh_config(config: &Config) -> Result<MeshConfig, StartError> {
+    let keys = LinkKeypair::load(&config.key_file)?;
+    let mut mesh = MeshConfig::new(
+        config.node_id.clone(),
+        keys,
+        config.trust.clone(),
+        backend::wall_clock_ms(),
+    );
+    mesh.link = LinkConfig {
+        keepalive: config.mesh.keepalive,
+        idle_timeout: config.mesh.idle_timeout,
+        rekey_interval: config.mesh.rekey_interval,
+        ..LinkConfig::default()
+    };
+    mesh.max_hops = config.mesh.max_hops;
+    mesh.link_costs = config
+        .link_costs
+        .iter()
+        .map(|(n, c)| (n.clone(), cost(*c)))
+        .collect();
+    Ok(mesh)
+}
+
+async fn bind_listeners(config: &Config) -> Result<Vec<(TcpListener, Cost)>, StartError> {
+    let mut listeners = Vec::new();
+    for listen in &config.listen {
+        let addr = listen.addr.to_string();
+        let listener = TcpListener::bind((listen.addr.host.as_str(), listen.addr.port))
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        listeners.push((listener, cost(listen.cost)));
+    }
+    Ok(listeners)
+}
+
+/// Starts a node: binds its listeners and control socket, starts the mesh.
+///
+/// # Errors
+/// [`StartError`] naming what could not be set up.
+pub async fn start(config: &Config) -> Result<RunningNode, StartError> {
+    let mesh_config = mesh_config(config)?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let listeners = bind_listeners(config).await?;
+    let listen_addrs = listeners
+        .iter()
+        .filter_map(|(l, _)| l.local_addr().ok())
+        .collect();
+    let control_path = config
+        .control
+        .socket
+        .clone()
+        .unwrap_or_else(default_socket_path);
+    let socket = ControlSocket::bind(&control_path, config.control.permissions).await?;
+    let peers = config
+        .peers
+        .iter()
+        .map(|p| PeerTarget {
+            host: p.addr.host.clone(),
+            port: p.addr.port,
+            cost: cost(p.cost),
+        })
+        .collect();
+    let max_hops = mesh_config.max_hops;
+    let (mesh, driver) = driver::start(mesh_config, DriverConfig::default(), listeners, peers);
+    let backend = Arc::new(NodeBackend::new(mesh.clone(), max_hops));
+    let (stop, stopped) = watch::channel(false);
+    let control = tokio::spawn(socket.serve(backend.clone(), stopped.clone()));
+    serve_control_on_mesh(&mesh, backend, stopped);
+    tracing::info!(node = %config.node_id, listen = ?listen_addrs, control = %control_path.display(), "node started");
+    Ok(RunningNode {
+        mesh,
+        listen_addrs,
+        control_path,
+        stop,
+        driver,
+        control,
+    })
+}
+
+/// Serves the control protocol to other nodes as the mesh service `control`.
+fn serve_control_on_mesh(
+    mesh: &MeshHandle,
+    backend: Arc<NodeBackend>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let service = ServiceName::new(CONTROL_SERVICE).expect("invariant: valid service name");
+    let Ok(mut incoming) = mesh.listen(&service) else {
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                stream = incoming.recv() => {
+                    let Some(stream) = stream else { return };
+                    let backend = backend.clone();
+                    tokio::spawn(async move {
+                        let peer = stream.peer().clone();
+                        if let Err(e) = serve_session(stream, &*backend).await {
+                            tracing::debug!(%peer, error = %e, "mesh control session ended");
+                        }
+                    });
+                }
+                _ = stop.changed() => return,
+            }
+        }
+    });
+}
+
+impl RunningNode {
+    /// Writes the bound listen addresses to `path`, one `host:port` per line, atomically.
+    ///
+    /// # Errors
+    /// [`StartError::ReadyFile`] when the file cannot be written.
+    pub fn write_ready_file(&self, path: &Path) -> Result<(), StartError> {
+        let text: String = self.listen_addrs.iter().map(|a| format!("{a}\n")).collect();
+        let tmp = path.with_extension("tmp");
+        let io = |source| StartError::ReadyFile {
+            path: path.to_owned(),
+            source,
+        };
+        std::fs::write(&tmp, text).map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)
+    }
+
+    /// Closes every link (telling peers why), removes the control socket, and waits for the
+    /// tasks to end.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        self.mesh.shutdown().await;
+        let _ = self.driver.await;
+        let _ = self.control.await;
+    }
+}
+
+/// Runs a node until SIGINT or SIGTERM.
+///
+/// # Errors
+/// [`StartError`] when the node cannot start.
+pub async fn run(config: &Config, ready_file: Option<&Path>) -> Result<(), StartError> {
+    let node = start(config).await?;
+    if let Some(path) = ready_file {
+        node.write_ready_file(path)?;
+    }
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    node.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        // Without signal handlers, run until killed.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+}

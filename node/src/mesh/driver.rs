@@ -1,0 +1,432 @@
+//! Tokio glue for the mesh: sockets, timers and tasks. The only IO in `mesh/`.
+//!
+//! One task owns the [`MeshNode`]; it is the only code that touches protocol state. Socket
+//! tasks only move bytes: a reader per link feeds the owner through a bounded channel (so a
+//! fast peer is slowed by TCP, not buffered), a writer per link drains bytes the owner hands
+//! it. Applications talk to the owner through a [`MeshHandle`] and get [`MeshStream`]s, which
+//! implement `AsyncRead + AsyncWrite`.
+
+mod handle;
+mod stream;
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+pub use handle::{ConnectError, DriverGone, Incoming, MeshHandle, ProbeOutcome};
+pub use stream::MeshStream;
+
+use super::link::LinkId;
+use super::message::{CloseReason, ResetReason};
+use super::node::{Event, MeshConfig, MeshNode, ProbeId, Transmit};
+use super::peers::PeerSlotId;
+use super::route::Cost;
+use super::stream::{StreamEvent, StreamId};
+use crate::id::{NodeId, ServiceName};
+use handle::Command;
+use stream::StreamSlot;
+
+/// Bytes a link may have queued for its socket before the peer is judged not to be reading
+/// and the link is closed. Far above what flow control lets streams queue, so only a
+/// stalled peer reaches it.
+pub const DEFAULT_MAX_LINK_QUEUE: usize = 64 << 20;
+
+/// How long a dial may take before it counts as failed.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Size of one socket read.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// A peer to dial: where, and at what cost.
+#[derive(Debug, Clone)]
+pub struct PeerTarget {
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Cost of the link.
+    pub cost: Cost,
+}
+
+/// Driver settings beyond the node's own.
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    /// See [`DEFAULT_MAX_LINK_QUEUE`].
+    pub max_link_queue: usize,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        Self {
+            max_link_queue: DEFAULT_MAX_LINK_QUEUE,
+        }
+    }
+}
+
+enum SocketEvent {
+    Accepted(TcpStream, Cost),
+    Dialed(PeerSlotId, io::Result<TcpStream>),
+    Bytes(LinkId, Bytes),
+    Closed(LinkId, String),
+}
+
+struct Writer {
+    tx: mpsc::UnboundedSender<Bytes>,
+    queued: Arc<AtomicUsize>,
+    reader: JoinHandle<()>,
+}
+
+/// The task that owns the node.
+struct Driver {
+    node: MeshNode,
+    config: DriverConfig,
+    commands: mpsc::UnboundedReceiver<Command>,
+    sockets: mpsc::Receiver<SocketEvent>,
+    /// Cloned into every socket task; the owner keeps one so the channel never closes.
+    socket_tx: mpsc::Sender<SocketEvent>,
+    command_tx: mpsc::WeakUnboundedSender<Command>,
+    writers: HashMap<LinkId, Writer>,
+    peers: HashMap<PeerSlotId, PeerTarget>,
+    streams: HashMap<StreamId, StreamSlot>,
+    opening: HashMap<StreamId, oneshot::Sender<Result<MeshStream, ConnectError>>>,
+    listeners: HashMap<ServiceName, mpsc::Sender<MeshStream>>,
+    probes: HashMap<ProbeId, oneshot::Sender<ProbeOutcome>>,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+/// Starts the mesh: accepts on `listeners`, dials `peers`, and returns the handle to it and
+/// the owner task (which ends after [`MeshHandle::shutdown`]).
+pub fn start(
+    config: MeshConfig,
+    driver_config: DriverConfig,
+    listeners: Vec<(TcpListener, Cost)>,
+    peers: Vec<PeerTarget>,
+) -> (MeshHandle, JoinHandle<()>) {
+    let now = Instant::now().into_std();
+    let id = config.id.clone();
+    let mut node = MeshNode::new(config, now);
+    let (command_tx, commands) = mpsc::unbounded_channel();
+    let (socket_tx, sockets) = mpsc::channel(256);
+    let mut targets = HashMap::new();
+    for peer in peers {
+        targets.insert(node.add_peer(now), peer);
+    }
+    for (listener, cost) in listeners {
+        tokio::spawn(accept_loop(listener, cost, socket_tx.clone()));
+    }
+    let driver = Driver {
+        node,
+        config: driver_config,
+        commands,
+        sockets,
+        socket_tx,
+        command_tx: command_tx.downgrade(),
+        writers: HashMap::new(),
+        peers: targets,
+        streams: HashMap::new(),
+        opening: HashMap::new(),
+        listeners: HashMap::new(),
+        probes: HashMap::new(),
+        shutdown: None,
+    };
+    let task = tokio::spawn(driver.run());
+    (MeshHandle::new(id, command_tx), task)
+}
+
+async fn accept_loop(listener: TcpListener, cost: Cost, tx: mpsc::Sender<SocketEvent>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, addr)) => {
+                tracing::debug!(%addr, "accepted connection");
+                if tx.send(SocketEvent::Accepted(stream, cost)).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn dial(target: PeerTarget) -> io::Result<TcpStream> {
+    let addrs = tokio::net::lookup_host((target.host.as_str(), target.port)).await?;
+    let mut last = io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{}:{} resolves to no address", target.host, target.port),
+    );
+    for addr in addrs {
+        match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Err(e)) => last = e,
+            Err(_) => last = io::Error::new(io::ErrorKind::TimedOut, format!("{addr}: timed out")),
+        }
+    }
+    Err(last)
+}
+
+impl Driver {
+    async fn run(mut self) {
+        self.drain();
+        loop {
+            let deadline = self.node.poll_timeout().map(Instant::from_std);
+            let sleep = async {
+                match deadline {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                Some(event) = self.sockets.recv() => {
+                    self.handle_socket(event);
+                    // Take what else is ready before draining, so bytes batch into fewer
+                    // Noise messages and writes.
+                    for _ in 0..64 {
+                        match self.sockets.try_recv() {
+                            Ok(event) => self.handle_socket(event),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                command = self.commands.recv() => match command {
+                    Some(command) => self.handle_command(command),
+                    None => break,
+                },
+                () = sleep => self.node.handle_timeout(Instant::now().into_std()),
+            }
+            self.drain();
+            if let Some(done) = self.shutdown.take() {
+                self.finish_shutdown().await;
+                let _ = done.send(());
+                break;
+            }
+        }
+    }
+
+    async fn finish_shutdown(&mut self) {
+        let now = Instant::now().into_std();
+        self.node.close_all(now);
+        self.drain();
+        // Give writers a moment to flush the close reasons.
+        for (_, writer) in self.writers.drain() {
+            drop(writer.tx);
+            writer.reader.abort();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    fn handle_socket(&mut self, event: SocketEvent) {
+        let now = Instant::now().into_std();
+        match event {
+            SocketEvent::Accepted(stream, cost) => {
+                let link = self.node.handle_accepted(now, cost);
+                self.attach(link, stream);
+            }
+            SocketEvent::Dialed(slot, Ok(stream)) => {
+                let cost = self.peers.get(&slot).map_or(Cost::DEFAULT, |p| p.cost);
+                let link = self.node.handle_dialed(now, slot, cost);
+                self.attach(link, stream);
+            }
+            SocketEvent::Dialed(slot, Err(e)) => {
+                if let Some(p) = self.peers.get(&slot) {
+                    tracing::info!(peer = %format!("{}:{}", p.host, p.port), error = %e, "dial failed");
+                }
+                self.node.handle_dial_failed(now, slot);
+            }
+            SocketEvent::Bytes(link, bytes) => self.node.handle_link_bytes(now, link, &bytes),
+            SocketEvent::Closed(link, why) => self.node.handle_link_socket_closed(now, link, &why),
+        }
+    }
+
+    /// Starts the reader and writer tasks of a new link's socket.
+    fn attach<S>(&mut self, link: LinkId, stream: S)
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (read, write) = tokio::io::split(stream);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(write_loop(write, rx, queued.clone()));
+        let reader = tokio::spawn(read_loop(link, read, self.socket_tx.clone()));
+        self.writers.insert(link, Writer { tx, queued, reader });
+    }
+
+    /// Drains the node in the documented order: transmits, then events.
+    fn drain(&mut self) {
+        loop {
+            let now = Instant::now().into_std();
+            let mut progressed = false;
+            while let Some(transmit) = self.node.poll_transmit(now) {
+                progressed = true;
+                self.transmit(now, transmit);
+            }
+            while let Some(event) = self.node.poll_event() {
+                progressed = true;
+                self.handle_event(event);
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    fn transmit(&mut self, now: std::time::Instant, transmit: Transmit) {
+        match transmit {
+            Transmit::Data { link, bytes } => {
+                let Some(writer) = self.writers.get(&link) else {
+                    return;
+                };
+                let queued = writer.queued.fetch_add(bytes.len(), Ordering::Relaxed) + bytes.len();
+                let _ = writer.tx.send(bytes);
+                if queued > self.config.max_link_queue {
+                    tracing::warn!(%link, queued, "peer is not reading; closing link");
+                    self.node.close_link(now, link, CloseReason::SendQueueFull);
+                }
+            }
+            Transmit::Close { link } => {
+                if let Some(writer) = self.writers.remove(&link) {
+                    // Dropping the sender lets the writer flush, then shut the socket.
+                    writer.reader.abort();
+                }
+            }
+        }
+    }
+
+    fn handle_event(&mut self, event: Event) {
+        match event {
+            Event::Dial(slot) => {
+                if let Some(target) = self.peers.get(&slot).cloned() {
+                    let tx = self.socket_tx.clone();
+                    tokio::spawn(async move {
+                        let result = dial(target).await;
+                        let _ = tx.send(SocketEvent::Dialed(slot, result)).await;
+                    });
+                }
+            }
+            Event::Stream(event) => self.handle_stream_event(event),
+            Event::ProbeReply { probe, from, rtt } => {
+                if let Some(reply) = self.probes.remove(&probe) {
+                    let _ = reply.send(Ok((from, rtt)));
+                }
+            }
+            Event::ProbeFailed {
+                probe,
+                from,
+                reason,
+                elapsed,
+            } => {
+                if let Some(reply) = self.probes.remove(&probe) {
+                    let _ = reply.send(Err((from, reason, elapsed)));
+                }
+            }
+            Event::LinkUp { .. }
+            | Event::LinkDown { .. }
+            | Event::Datagram { .. }
+            | Event::DuplicateNodeId { .. } => {}
+        }
+    }
+
+    fn handle_stream_event(&mut self, event: StreamEvent) {
+        match event {
+            StreamEvent::Incoming { id, from, service } => self.incoming(id, from, service),
+            StreamEvent::Opened { id } => {
+                if let (Some(reply), Some(stream)) =
+                    (self.opening.remove(&id), self.take_pending(id))
+                {
+                    if let Err(Ok(stream)) = reply.send(Ok(stream)) {
+                        drop(stream);
+                    }
+                }
+            }
+            StreamEvent::Data { id, data } => {
+                if let Some(slot) = self.streams.get(&id) {
+                    slot.data(data);
+                }
+            }
+            StreamEvent::Credit { id, bytes } => {
+                if let Some(slot) = self.streams.get(&id) {
+                    slot.credit(bytes);
+                }
+            }
+            StreamEvent::Finished { id } => {
+                if let Some(slot) = self.streams.get(&id) {
+                    slot.finished();
+                }
+            }
+            StreamEvent::Reset { id, reason } => {
+                if let Some(slot) = self.streams.remove(&id) {
+                    slot.reset(reason);
+                }
+                if let Some(reply) = self.opening.remove(&id) {
+                    let _ = reply.send(Err(ConnectError::Reset(reason)));
+                }
+            }
+        }
+    }
+
+    fn incoming(&mut self, id: StreamId, from: NodeId, service: ServiceName) {
+        let now = Instant::now().into_std();
+        let Some(listener) = self.listeners.get(&service) else {
+            self.node.stream_reset(now, id, ResetReason::NoService);
+            return;
+        };
+        let Some(commands) = self.command_tx.upgrade() else {
+            return;
+        };
+        let (slot, stream) = StreamSlot::new(id, from, service.clone(), commands);
+        self.streams.insert(id, slot);
+        if listener.try_send(stream).is_err() {
+            tracing::warn!(%service, "listener is not accepting; refusing stream");
+            self.streams.remove(&id);
+            self.node.stream_reset(now, id, ResetReason::NoService);
+        }
+    }
+
+    fn take_pending(&mut self, id: StreamId) -> Option<MeshStream> {
+        self.streams.get_mut(&id).and_then(StreamSlot::take_pending)
+    }
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(link: LinkId, mut read: R, tx: mpsc::Sender<SocketEvent>) {
+    let mut buf = vec![0u8; READ_CHUNK];
+    let why = loop {
+        match read.read(&mut buf).await {
+            Ok(0) => break "connection closed by peer".to_owned(),
+            Ok(n) => {
+                let bytes = Bytes::copy_from_slice(&buf[..n]);
+                if tx.send(SocketEvent::Bytes(link, bytes)).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => break e.to_string(),
+        }
+    };
+    let _ = tx.send(SocketEvent::Closed(link, why)).await;
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut write: W,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    queued: Arc<AtomicUsize>,
+) {
+    while let Some(bytes) = rx.recv().await {
+        let len = bytes.len();
+        if write.write_all(&bytes).await.is_err() {
+            break;
+        }
+        queued.fetch_sub(len, Ordering::Relaxed);
+    }
+    let _ = write.shutdown().await;
+}
