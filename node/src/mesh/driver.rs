@@ -231,10 +231,12 @@ impl Driver {
         let now = Instant::now().into_std();
         match event {
             SocketEvent::Accepted(stream, cost) => {
+                no_delay(&stream);
                 let link = self.node.handle_accepted(now, cost);
                 self.attach(link, stream);
             }
             SocketEvent::Dialed(slot, Ok(stream)) => {
+                no_delay(&stream);
                 let cost = self.peers.get(&slot).map_or(Cost::DEFAULT, |p| p.cost);
                 let link = self.node.handle_dialed(now, slot, cost);
                 self.attach(link, stream);
@@ -396,6 +398,14 @@ impl Driver {
 
     fn take_pending(&mut self, id: StreamId) -> Option<MeshStream> {
         self.streams.get_mut(&id).and_then(StreamSlot::take_pending)
+    }
+}
+
+/// Links carry small latency-sensitive messages (pings, credit) between bulk data; Nagle's
+/// algorithm would hold them back for a delayed ACK.
+fn no_delay(stream: &TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
     }
 }
 

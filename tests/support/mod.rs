@@ -1,0 +1,270 @@
+//! Helpers for cross-process tests: locating the binary, temp dirs and keys, node processes
+//! that die with the test, waiting for conditions with deadlines, and dumping node logs
+//! when something fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long any condition may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The `warren` binary under test.
+pub fn warren_bin() -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_BIN_EXE_warren"));
+    assert!(
+        path.exists(),
+        "{} is missing; build it with `cargo build -p warren`",
+        path.display()
+    );
+    path
+}
+
+/// Runs `warren ARGS` to completion.
+pub fn warren(args: &[&str]) -> Output {
+    Command::new(warren_bin())
+        .args(args)
+        .env_remove("WARREN_SOCKET")
+        .output()
+        .expect("run warren")
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after [`DEADLINE`].
+pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out after {DEADLINE:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A node's identity: key file and public token.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub id: String,
+    pub key: PathBuf,
+    pub token: String,
+}
+
+/// A temp dir holding a test mesh's files; its logs are printed if the test panics.
+pub struct Mesh {
+    pub dir: tempfile::TempDir,
+    nodes: Vec<Node>,
+}
+
+/// One running `warren node` process, killed on drop.
+pub struct Node {
+    pub identity: Identity,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+    pub addr: Option<String>,
+    child: Option<Child>,
+    args: Vec<String>,
+}
+
+impl Mesh {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::Builder::new()
+                .prefix("warren-test")
+                .tempdir()
+                .expect("temp dir"),
+            nodes: Vec::new(),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Creates a key for node `id` with `warren keygen`.
+    pub fn identity(&self, id: &str) -> Identity {
+        let key = self.path(&format!("{id}.key"));
+        let out = warren(&["keygen", "--out", key.to_str().unwrap()]);
+        assert!(out.status.success(), "keygen failed: {out:?}");
+        let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        Identity {
+            id: id.to_owned(),
+            key,
+            token,
+        }
+    }
+
+    /// Starts `warren node` for `identity`, listening on 127.0.0.1:0, with extra flags;
+    /// waits for its ready file. Returns the node's index.
+    pub fn start(&mut self, identity: &Identity, extra: &[String]) -> usize {
+        let name = &identity.id;
+        let socket = self.path(&format!("{name}.sock"));
+        let log = self.path(&format!("{name}.log"));
+        let mut args: Vec<String> = vec![
+            "node".into(),
+            "--id".into(),
+            name.clone(),
+            "--key".into(),
+            identity.key.display().to_string(),
+            "--data-dir".into(),
+            self.path(&format!("{name}-data")).display().to_string(),
+            "--control-socket".into(),
+            socket.display().to_string(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+        ];
+        args.extend(extra.iter().cloned());
+        let mut node = Node {
+            identity: identity.clone(),
+            socket,
+            log,
+            addr: None,
+            child: None,
+            args,
+        };
+        node.spawn(&self.path(&format!("{name}.ready")));
+        self.nodes.push(node);
+        self.nodes.len() - 1
+    }
+
+    pub fn node(&self, index: usize) -> &Node {
+        &self.nodes[index]
+    }
+
+    pub fn node_mut(&mut self, index: usize) -> &mut Node {
+        &mut self.nodes[index]
+    }
+
+    /// Runs a client verb against node `index`'s socket.
+    pub fn ctl(&self, index: usize, args: &[&str]) -> Output {
+        let socket = self.nodes[index].socket.display().to_string();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--socket", &socket]);
+        warren(&all)
+    }
+
+    /// Node `index`'s status as Receptor JSON.
+    pub fn status(&self, index: usize) -> Option<serde_json::Value> {
+        let out = self.ctl(index, &["status", "--json"]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).ok())
+            .flatten()
+    }
+
+    /// Waits until node `index` routes to `dst` via `via` (any route when `via` is None).
+    pub fn wait_route(&self, index: usize, dst: &str, via: Option<&str>) {
+        let what = format!(
+            "{} to route to {dst} via {via:?}",
+            self.nodes[index].identity.id
+        );
+        wait_for(&what, || {
+            let status = self.status(index)?;
+            let hop = status["RoutingTable"][dst].as_str()?.to_owned();
+            via.is_none_or(|v| v == hop).then_some(())
+        });
+    }
+
+    /// Everything the nodes logged, for failure messages.
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let text = std::fs::read_to_string(&n.log).unwrap_or_default();
+                format!("===== {} log =====\n{text}", n.identity.id)
+            })
+            .collect()
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.kill();
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+    }
+}
+
+impl Node {
+    fn spawn(&mut self, ready: &Path) {
+        let _ = std::fs::remove_file(ready);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let mut args = self.args.clone();
+        args.extend(["--ready-file".into(), ready.display().to_string()]);
+        let child = Command::new(warren_bin())
+            .args(&args)
+            .env("RUST_LOG", "warren=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn warren node");
+        self.child = Some(child);
+        let addr = wait_for(&format!("{} ready file", self.identity.id), || {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                    panic!("node {} exited early ({status}):\n{log}", self.identity.id);
+                }
+            }
+            let text = std::fs::read_to_string(ready).ok()?;
+            text.lines().next().map(str::to_owned)
+        });
+        self.addr = Some(addr);
+    }
+
+    /// The node's bound listen address, as `host:port`.
+    pub fn addr(&self) -> &str {
+        self.addr.as_deref().expect("node is running")
+    }
+
+    /// Kills the process (SIGKILL: no goodbye to peers).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("node is running");
+        // SAFETY: kill(2) with a valid pid and signal has no memory effects.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait().expect("wait for node")
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// The node's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// `--trust NODE=TOKEN` flags for `peers`.
+pub fn trust(peers: &[&Identity]) -> Vec<String> {
+    peers
+        .iter()
+        .flat_map(|p| ["--trust".to_owned(), format!("{}={}", p.id, p.token)])
+        .collect()
+}
+
+/// `--peer ADDR` flags.
+pub fn peer(addr: &str) -> Vec<String> {
+    vec!["--peer".to_owned(), format!("receptor://{addr}")]
+}
