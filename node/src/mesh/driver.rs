@@ -8,6 +8,8 @@
 
 mod handle;
 mod stream;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::io;
@@ -32,7 +34,7 @@ use super::peers::PeerSlotId;
 use super::route::Cost;
 use super::stream::{StreamEvent, StreamId};
 use crate::id::{NodeId, ServiceName};
-use handle::Command;
+use handle::{Command, Datagram};
 use stream::StreamSlot;
 
 /// Bytes a link may have queued for its socket before the peer is judged not to be reading
@@ -99,6 +101,7 @@ struct Driver {
     streams: HashMap<StreamId, StreamSlot>,
     opening: HashMap<StreamId, oneshot::Sender<Result<MeshStream, ConnectError>>>,
     listeners: HashMap<ServiceName, mpsc::Sender<MeshStream>>,
+    datagram_sockets: HashMap<ServiceName, mpsc::Sender<Datagram>>,
     probes: HashMap<ProbeId, oneshot::Sender<ProbeOutcome>>,
     shutdown: Option<oneshot::Sender<()>>,
 }
@@ -135,6 +138,7 @@ pub fn start(
         streams: HashMap::new(),
         opening: HashMap::new(),
         listeners: HashMap::new(),
+        datagram_sockets: HashMap::new(),
         probes: HashMap::new(),
         shutdown: None,
     };
@@ -333,10 +337,23 @@ impl Driver {
                     let _ = reply.send(Err((from, reason, elapsed)));
                 }
             }
-            Event::LinkUp { .. }
-            | Event::LinkDown { .. }
-            | Event::Datagram { .. }
-            | Event::DuplicateNodeId { .. } => {}
+            Event::Datagram {
+                from,
+                from_service,
+                service,
+                data,
+            } => self.datagram(Datagram {
+                from,
+                from_service,
+                service,
+                data,
+            }),
+            Event::Undeliverable {
+                target,
+                reporter,
+                reason,
+            } => tracing::debug!(%target, %reporter, %reason, "packet undeliverable"),
+            Event::LinkUp { .. } | Event::LinkDown { .. } | Event::DuplicateNodeId { .. } => {}
         }
     }
 
@@ -393,6 +410,17 @@ impl Driver {
             tracing::warn!(%service, "listener is not accepting; refusing stream");
             self.streams.remove(&id);
             self.node.stream_reset(now, id, ResetReason::NoService);
+        }
+    }
+
+    fn datagram(&mut self, datagram: Datagram) {
+        let Some(socket) = self.datagram_sockets.get(&datagram.service) else {
+            tracing::debug!(service = %datagram.service, from = %datagram.from, "datagram for no socket dropped");
+            return;
+        };
+        // Datagrams are unreliable: a full or closed receiver drops them.
+        if socket.try_send(datagram).is_err() {
+            tracing::debug!("datagram dropped: receiver full or gone");
         }
     }
 

@@ -177,6 +177,15 @@ pub enum Event {
         /// Time until the failure was known.
         elapsed: Duration,
     },
+    /// A packet we sent (not a probe) could not be delivered; `reporter` said why.
+    Undeliverable {
+        /// The node the packet was for.
+        target: NodeId,
+        /// The node that reported it.
+        reporter: NodeId,
+        /// Why.
+        reason: Unreachable,
+    },
     /// Another node uses our node id, or two nodes share one.
     DuplicateNodeId {
         /// The contested id.

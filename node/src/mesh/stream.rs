@@ -25,6 +25,11 @@ use crate::id::{NodeId, ServiceName};
 /// Credit each end grants at the start: the most a relay holds per stream direction.
 pub const DEFAULT_WINDOW: u32 = 1 << 20;
 
+/// Most credit a sender keeps, however much its peer grants: what a stream may have queued
+/// locally. An honest peer grants at most its window; a hostile one cannot make us buffer
+/// more than this per stream.
+pub const MAX_SEND_CREDIT: u64 = 4 * DEFAULT_WINDOW as u64;
+
 /// Largest data chunk per packet: small enough to interleave streams on a link, large enough
 /// that per-packet costs vanish.
 pub const MAX_CHUNK: usize = 32 * 1024;
@@ -356,7 +361,7 @@ impl Streams {
             peer: from.clone(),
             link,
             accepted: true,
-            send_credit: u64::from(window),
+            send_credit: u64::from(window).min(MAX_SEND_CREDIT),
             fin_sent: false,
             fin_received: false,
             recv_allowed: u64::from(DEFAULT_WINDOW),
@@ -374,7 +379,7 @@ impl Streams {
         events.push(StreamEvent::Incoming { id, from, service });
         events.push(StreamEvent::Credit {
             id,
-            bytes: u64::from(window),
+            bytes: u64::from(window).min(MAX_SEND_CREDIT),
         });
     }
 
@@ -394,20 +399,14 @@ impl Streams {
         match packet.kind {
             StreamKind::Accept { window } if ep.is_opener && !ep.accepted => {
                 ep.accepted = true;
-                ep.send_credit += u64::from(window);
+                let granted = ep.grant(window);
                 events.push(StreamEvent::Opened { id });
-                events.push(StreamEvent::Credit {
-                    id,
-                    bytes: u64::from(window),
-                });
+                events.push(StreamEvent::Credit { id, bytes: granted });
             }
             StreamKind::Data(data) => self.handle_data(id, data, events, out),
             StreamKind::Credit(n) => {
-                ep.send_credit += u64::from(n);
-                events.push(StreamEvent::Credit {
-                    id,
-                    bytes: u64::from(n),
-                });
+                let granted = ep.grant(n);
+                events.push(StreamEvent::Credit { id, bytes: granted });
             }
             StreamKind::Fin if !ep.fin_received => {
                 ep.fin_received = true;
@@ -573,6 +572,13 @@ impl Streams {
 }
 
 impl Endpoint {
+    /// Adds credit the peer granted, up to [`MAX_SEND_CREDIT`]; returns what was added.
+    fn grant(&mut self, n: u32) -> u64 {
+        let before = self.send_credit;
+        self.send_credit = (before + u64::from(n)).min(MAX_SEND_CREDIT);
+        self.send_credit - before
+    }
+
     fn packet(&self, kind: StreamKind) -> Outgoing {
         Outgoing {
             link: self.link,

@@ -183,11 +183,18 @@ impl MeshNode {
                     });
                 }
             }
-            PacketBody::Unreachable { reason, probe, .. } => {
-                if let Some(p) = probe {
-                    self.fail_probe(now, ProbeId(p), Some(src), reason);
-                }
-            }
+            PacketBody::Unreachable {
+                reason,
+                probe,
+                target,
+            } => match probe {
+                Some(p) => self.fail_probe(now, ProbeId(p), Some(src), reason),
+                None => self.events.push_back(Event::Undeliverable {
+                    target,
+                    reporter: src,
+                    reason,
+                }),
+            },
             PacketBody::Stream(sp) => self.deliver_stream(now, link, src, sp),
         }
     }
