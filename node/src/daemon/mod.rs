@@ -84,6 +84,7 @@ fn cost(c: LinkCost) -> Cost {
 /// [`StartError::Key`] when the key file cannot be loaded.
 pub fn mesh_config(config: &Config) -> Result<MeshConfig, StartError> {
     let keys = LinkKeypair::load(&config.key_file)?;
+    warn_if_readable_by_others(&config.key_file);
     let mut mesh = MeshConfig::new(
         config.node_id.clone(),
         keys,
@@ -103,6 +104,21 @@ pub fn mesh_config(config: &Config) -> Result<MeshConfig, StartError> {
         .map(|(n, c)| (n.clone(), cost(*c)))
         .collect();
     Ok(mesh)
+}
+
+/// A private key others can read is a key others may have copied; say so (as ssh does).
+fn warn_if_readable_by_others(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                mode = %format!("{mode:04o}"),
+                "private key file is readable by others; run `chmod 600` on it"
+            );
+        }
+    }
 }
 
 async fn bind_listeners(config: &Config) -> Result<Vec<(TcpListener, Cost)>, StartError> {

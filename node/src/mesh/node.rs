@@ -439,26 +439,48 @@ impl MeshNode {
             TrustDecision::PinnedToOther { .. } => return Err(CloseReason::KeyPinnedToOtherNode),
             TrustDecision::IdPinnedToOtherKey => return Err(CloseReason::IdPinnedToOtherKey),
         }
-        let Some(&existing) = self.neighbours.get(node) else {
+        let Some(existing) = self.other_link_to(node, id) else {
             return Ok(());
         };
-        let existing = &self.links[&existing];
-        if existing.peer.as_ref().is_some_and(|(_, k)| k != key) {
+        if self.links[&existing]
+            .peer
+            .as_ref()
+            .is_some_and(|(_, k)| k != key)
+        {
             return Err(CloseReason::DuplicateNodeId);
         }
-        // Two links to one peer (both dialled at once): keep the one dialled by the smaller
-        // node id. Both ends apply the same rule, so they keep the same link.
-        let new_role = self.links[&id].link.role();
-        if new_role != existing.link.role() || self.dialler_wins(node, new_role) {
+        if self.keeps(node, existing, id) == existing {
             return Err(CloseReason::DuplicateLink);
         }
         Ok(())
     }
 
-    /// Whether the link dialled in `role` beats the other one by the smaller-dialler rule.
-    fn dialler_wins(&self, peer: &NodeId, role: Role) -> bool {
-        let we_dialled = role == Role::Initiator;
-        (self.config.id < *peer) != we_dialled
+    /// A live link other than `except` whose peer identified as `peer`.
+    fn other_link_to(&self, peer: &NodeId, except: LinkId) -> Option<LinkId> {
+        self.links
+            .iter()
+            .find(|(id, slot)| {
+                **id != except
+                    && !slot.link.is_closed()
+                    && slot.peer.as_ref().is_some_and(|(n, _)| n == peer)
+            })
+            .map(|(id, _)| *id)
+    }
+
+    /// Of two links to `peer`, the one to keep. Both ends must choose the same connection:
+    /// keep the one dialled by the smaller node id; if one side dialled both, the older.
+    fn keeps(&self, peer: &NodeId, x: LinkId, y: LinkId) -> LinkId {
+        let role = |l: LinkId| self.links.get(&l).map(|s| s.link.role());
+        let (rx, ry) = (role(x), role(y));
+        if rx == ry {
+            return x.min(y);
+        }
+        let keep_ours = self.config.id < *peer;
+        if (rx == Some(Role::Initiator)) == keep_ours {
+            x
+        } else {
+            y
+        }
     }
 
     fn handle_link_up(&mut self, now: Instant, id: LinkId) {
@@ -475,11 +497,15 @@ impl MeshNode {
         if let Some(ps) = slot.slot {
             self.peers.handle_up(ps, &peer);
         }
-        if let Some(old) = self.neighbours.insert(peer.clone(), id) {
-            // The new link won the one-link-per-pair rule over an older one.
-            self.close_link(now, old, CloseReason::DuplicateLink);
+        if let Some(&old) = self.neighbours.get(&peer) {
+            if self.keeps(&peer, old, id) == old {
+                self.close_link(now, id, CloseReason::DuplicateLink);
+                return;
+            }
             self.neighbours.insert(peer.clone(), id);
+            self.close_link(now, old, CloseReason::DuplicateLink);
         }
+        self.neighbours.insert(peer.clone(), id);
         self.peers.handle_peer_reached(&peer);
         tracing::info!(link = %id, %peer, "link up");
         self.events.push_back(Event::LinkUp {
@@ -499,10 +525,17 @@ impl MeshNode {
         let peer = slot.peer.as_ref().map(|(n, _)| n.clone());
         let was_up = std::mem::replace(&mut slot.up, false);
         if let Some(ps) = slot.slot.take() {
-            if was_up {
-                self.peers.handle_link_lost(now, ps);
-            } else {
-                self.peers.handle_failed(now, ps);
+            let surplus = matches!(
+                end,
+                LinkEnd::ByUs(CloseReason::DuplicateLink)
+                    | LinkEnd::ByPeer(CloseReason::DuplicateLink)
+            );
+            match &peer {
+                Some(p) if surplus && self.other_link_to(p, id).is_some() => {
+                    self.peers.handle_satisfied(ps, p.clone());
+                }
+                _ if was_up => self.peers.handle_link_lost(now, ps),
+                _ => self.peers.handle_failed(now, ps),
             }
         }
         if let LinkEnd::ByPeer(

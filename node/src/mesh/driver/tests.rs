@@ -208,3 +208,59 @@ async fn peer_that_stops_reading_is_cut_off() {
     assert!(status.links.is_empty(), "the stalled link is gone");
     peer.abort();
 }
+
+#[tokio::test]
+async fn nodes_dialling_each_other_keep_one_link() {
+    let la = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let lb = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (pa, pb) = (
+        la.local_addr().unwrap().port(),
+        lb.local_addr().unwrap().port(),
+    );
+    let target = |port| PeerTarget {
+        host: "127.0.0.1".into(),
+        port,
+        cost: Cost::DEFAULT,
+    };
+    let config = |name, n| MeshConfig::new(id(name), keys(n), trust_all(), 1);
+    let default = DriverConfig::default;
+    let (a, _) = start(
+        config("a", 1),
+        default(),
+        vec![(la, Cost::DEFAULT)],
+        vec![target(pb)],
+    );
+    let (b, _) = start(
+        config("b", 2),
+        default(),
+        vec![(lb, Cost::DEFAULT)],
+        vec![target(pa)],
+    );
+    assert!(
+        a.wait_reachable(&id("b"), Duration::from_secs(10))
+            .await
+            .unwrap()
+    );
+    assert!(
+        b.wait_reachable(&id("a"), Duration::from_secs(10))
+            .await
+            .unwrap()
+    );
+    // Watch for a while: the surplus link is closed, the kept one is the same at both ends,
+    // and neither side keeps redialling.
+    let watch_until = tokio::time::Instant::now() + Duration::from_millis(800);
+    while tokio::time::Instant::now() < watch_until {
+        let (sa, sb) = (a.status().await.unwrap(), b.status().await.unwrap());
+        assert!(
+            sa.links.len() <= 1 && sb.links.len() <= 1,
+            "{:?} {:?}",
+            sa.links,
+            sb.links
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let outcome = a.probe(&id("b"), None).await.unwrap();
+    assert!(outcome.is_ok(), "{outcome:?}");
+    assert_eq!(a.status().await.unwrap().links.len(), 1);
+    assert_eq!(b.status().await.unwrap().links.len(), 1);
+}
