@@ -482,7 +482,9 @@ impl MeshNode {
         let peer = slot.peer.as_ref().map(|(n, _)| n.clone());
         let was_up = std::mem::replace(&mut slot.up, false);
         if let Some(ps) = slot.slot.take() {
-            if was_up {
+            // A peer that refuses us does so just after our side came up (Noise XX shows it
+            // our key last): back off as for a failed dial, not redial at once forever.
+            if was_up && !is_refusal(&end) {
                 self.peers.handle_link_lost(now, ps);
             } else {
                 self.peers.handle_failed(now, ps);
@@ -647,4 +649,18 @@ impl MeshNode {
         self.streams.reset(id, reason, &mut out);
         self.emit_stream(now, Vec::new(), out);
     }
+}
+
+/// Whether the peer refused who we are (so redialling soon cannot help).
+fn is_refusal(end: &LinkEnd) -> bool {
+    matches!(
+        end,
+        LinkEnd::ByPeer(
+            CloseReason::UntrustedKey
+                | CloseReason::KeyPinnedToOtherNode
+                | CloseReason::IdPinnedToOtherKey
+                | CloseReason::DuplicateNodeId
+                | CloseReason::VersionMismatch
+        )
+    )
 }
