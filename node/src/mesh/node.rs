@@ -651,12 +651,15 @@ impl MeshNode {
     }
 }
 
-/// Whether the peer refused who we are (so redialling soon cannot help).
+/// Whether the peer turned the link away as soon as it was up, so redialling at once cannot
+/// help: it refuses who we are, or still holds a link from us that we have lost (we
+/// restarted and it has not yet noticed).
 fn is_refusal(end: &LinkEnd) -> bool {
     matches!(
         end,
         LinkEnd::ByPeer(
-            CloseReason::UntrustedKey
+            CloseReason::DuplicateLink
+                | CloseReason::UntrustedKey
                 | CloseReason::KeyPinnedToOtherNode
                 | CloseReason::IdPinnedToOtherKey
                 | CloseReason::DuplicateNodeId
