@@ -76,6 +76,16 @@ impl Sim {
 
     /// Stops `idx` abruptly: its peers see EOF after the bytes in flight.
     pub(crate) fn kill(&mut self, idx: NodeIdx) {
+        self.stop(idx, true);
+    }
+
+    /// Stops `idx` with no EOF (power loss): its peers' sockets stay open, and what they
+    /// send vanishes, until their idle timeout closes them.
+    pub(crate) fn crash(&mut self, idx: NodeIdx) {
+        self.stop(idx, false);
+    }
+
+    fn stop(&mut self, idx: NodeIdx, eof: bool) {
         let n = &mut self.nodes[idx.0];
         if n.node.take().is_none() {
             return;
@@ -93,7 +103,11 @@ impl Sim {
             .map(|(id, s, _)| (id, s))
             .collect();
         for (id, side) in ends {
-            self.net.close_end(self.now, id, side);
+            if eof {
+                self.net.close_end(self.now, id, side);
+            } else {
+                self.net.mark_closed(id, side);
+            }
         }
     }
 

@@ -198,3 +198,39 @@ proptest! {
         sim.assert_no_loops();
     }
 }
+
+#[test]
+fn crashed_node_relinks_after_restart_once_the_half_open_link_times_out() {
+    let mut sim = Sim::new(15);
+    let mut n = line(&mut sim, 3);
+    // n3 dials n2: a dialler with the larger id, which loses the one-link-per-pair rule.
+    n.push(sim.add_node("n3"));
+    sim.connect(n[3], n[2], cost());
+    settle(&mut sim);
+    let idle_timeout = sim.node(n[0]).config().link.idle_timeout;
+    for who in [n[0], n[2], n[3]] {
+        let dials_before = sim.events(who).len();
+        sim.crash(who);
+        sim.restart(who);
+        let start = sim.elapsed();
+        let back = |s: &mut Sim| (0..3).all(|i| s.is_linked(n[i], n[i + 1]));
+        sim.run_until(|s| back(s) && s.is_converged(), STEPS)
+            .unwrap();
+        let took = sim.elapsed() - start;
+        let is_dial = |e: &&Event| matches!(e, Event::Dial(_));
+        let dials = sim.events(who)[dials_before..]
+            .iter()
+            .filter(is_dial)
+            .count();
+        // The old link lives until the peer's idle timeout; meanwhile a restarted dialler
+        // is turned away and backs off (250 ms doubling) instead of redialling at once.
+        let bound = idle_timeout * 2;
+        assert!(took <= bound, "{} relinked after {took:?}", sim.id(who));
+        assert!(
+            dials <= 10,
+            "{} dialled {dials} times to relink",
+            sim.id(who)
+        );
+        sim.assert_no_loops();
+    }
+}
