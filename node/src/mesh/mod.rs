@@ -15,3 +15,8 @@ pub mod peers;
 pub mod route;
 pub mod stream;
 pub mod trust;
+
+#[cfg(test)]
+pub(crate) mod sim;
+#[cfg(test)]
+mod tests;

@@ -534,7 +534,8 @@ impl MeshNode {
                 Some(p) if surplus && self.other_link_to(p, id).is_some() => {
                     self.peers.handle_satisfied(ps, p.clone());
                 }
-                _ if was_up => self.peers.handle_link_lost(now, ps),
+                // A refusal is a failed dial: back off rather than redial at once forever.
+                _ if was_up && !is_refusal(&end) => self.peers.handle_link_lost(now, ps),
                 _ => self.peers.handle_failed(now, ps),
             }
         }
@@ -708,4 +709,21 @@ impl MeshNode {
         self.streams.reset(id, reason, &mut out);
         self.emit_stream(now, Vec::new(), out);
     }
+}
+
+/// Whether the peer turned the link away as soon as it was up, so redialling at once cannot
+/// help: it refuses who we are, or still holds a link from us that we have lost (we
+/// restarted and it has not yet noticed).
+fn is_refusal(end: &LinkEnd) -> bool {
+    matches!(
+        end,
+        LinkEnd::ByPeer(
+            CloseReason::DuplicateLink
+                | CloseReason::UntrustedKey
+                | CloseReason::KeyPinnedToOtherNode
+                | CloseReason::IdPinnedToOtherKey
+                | CloseReason::DuplicateNodeId
+                | CloseReason::VersionMismatch
+        )
+    )
 }

@@ -149,10 +149,10 @@ impl Peers {
         base.mul_f64(self.rng.jitter())
     }
 
-    /// The slot's link came up to `peer`: reset its backoff.
+    /// The slot's link came up to `peer`. The backoff is reset only when the link is later
+    /// lost ([`Peers::handle_link_lost`]), not when the peer refuses it at once.
     pub fn handle_up(&mut self, slot: PeerSlotId, peer: &NodeId) {
         if let Some(s) = self.slots.get_mut(slot.0) {
-            s.failures = 0;
             s.last_peer = Some(peer.clone());
         }
     }
@@ -169,6 +169,9 @@ impl Peers {
 
     /// The slot's own link went down after being up: redial soon.
     pub fn handle_link_lost(&mut self, now: Instant, slot: PeerSlotId) {
+        if let Some(s) = self.slots.get_mut(slot.0) {
+            s.failures = 0;
+        }
         let delay = self.next_delay(slot);
         if let Some(s) = self.slots.get_mut(slot.0) {
             s.state = SlotState::Idle { due: now + delay };
