@@ -87,6 +87,8 @@ pub enum LinkEvent {
         node: NodeId,
         /// The peer's static key, proven by the handshake.
         key: PublicKey,
+        /// The peer's run epoch.
+        epoch: u64,
     },
     /// The link is up: messages flow.
     Up,
@@ -161,9 +163,10 @@ impl Link {
         now: Instant,
         keys: &LinkKeypair,
         me: &NodeId,
+        epoch: u64,
         config: LinkConfig,
     ) -> Result<Self, HandshakeError> {
-        let (handshake, first) = Handshake::initiator(keys, &hello(me))?;
+        let (handshake, first) = Handshake::initiator(keys, &hello(me, epoch))?;
         let mut link = Self::new(now, Role::Initiator, handshake, config);
         link.queue_handshake(&first);
         Ok(link)
@@ -177,9 +180,10 @@ impl Link {
         now: Instant,
         keys: &LinkKeypair,
         me: &NodeId,
+        epoch: u64,
         config: LinkConfig,
     ) -> Result<Self, HandshakeError> {
-        let handshake = Handshake::responder(keys, &hello(me))?;
+        let handshake = Handshake::responder(keys, &hello(me, epoch))?;
         Ok(Self::new(now, Role::Responder, handshake, config))
     }
 
@@ -510,8 +514,13 @@ impl Link {
 
     fn identified(&mut self, key: PublicKey, payload: HandshakePayload) {
         match payload {
-            HandshakePayload::Hello { node, version } if version == PROTOCOL_VERSION => {
-                self.events.push_back(LinkEvent::Identified { node, key });
+            HandshakePayload::Hello {
+                node,
+                version,
+                epoch,
+            } if version == PROTOCOL_VERSION => {
+                self.events
+                    .push_back(LinkEvent::Identified { node, key, epoch });
             }
             HandshakePayload::Hello { .. } => self.refuse(CloseReason::VersionMismatch),
             HandshakePayload::Refuse(reason) => {
@@ -590,10 +599,11 @@ impl Link {
     }
 }
 
-fn hello(me: &NodeId) -> HandshakePayload {
+fn hello(me: &NodeId, epoch: u64) -> HandshakePayload {
     HandshakePayload::Hello {
         node: me.clone(),
         version: PROTOCOL_VERSION,
+        epoch,
     }
 }
 

@@ -24,6 +24,9 @@ pub enum HandshakePayload {
         node: NodeId,
         /// The sender's [`PROTOCOL_VERSION`].
         version: u16,
+        /// The sender's run epoch (start time, ms): a newer epoch on a new link means the
+        /// peer restarted, so an old link to it is stale.
+        epoch: u64,
     },
     /// The initiator refuses the responder's identity (sent in message 3 instead of a hello).
     Refuse(CloseReason),
@@ -290,6 +293,7 @@ mod tests {
         let hello = HandshakePayload::Hello {
             node: id("n1"),
             version: PROTOCOL_VERSION,
+            epoch: 7,
         };
         assert_eq!(HandshakePayload::decode(&hello.encode()).unwrap(), hello);
     }

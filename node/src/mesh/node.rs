@@ -223,6 +223,8 @@ pub struct MeshStatus {
 struct LinkSlot {
     link: Link,
     peer: Option<(NodeId, PublicKey)>,
+    /// The peer's run epoch, from its hello.
+    peer_epoch: u64,
     cost: Cost,
     slot: Option<PeerSlotId>,
     /// Set once the link was reported up (so its loss changes the topology).
@@ -329,8 +331,8 @@ impl MeshNode {
         let id = LinkId(self.next_link);
         let (keys, me, lc) = (&self.config.keys, &self.config.id, self.config.link.clone());
         let link = match role {
-            Role::Initiator => Link::initiator(now, keys, me, lc),
-            Role::Responder => Link::responder(now, keys, me, lc),
+            Role::Initiator => Link::initiator(now, keys, me, self.config.epoch_ms, lc),
+            Role::Responder => Link::responder(now, keys, me, self.config.epoch_ms, lc),
         }
         .expect("invariant: our own key pair is valid for Noise");
         self.links.insert(
@@ -338,6 +340,7 @@ impl MeshNode {
             LinkSlot {
                 link,
                 peer: None,
+                peer_epoch: 0,
                 cost,
                 slot,
                 up: false,
@@ -381,7 +384,9 @@ impl MeshNode {
     fn process_link_events(&mut self, now: Instant, id: LinkId) {
         while let Some(event) = self.links.get_mut(&id).and_then(|s| s.link.poll_event()) {
             match event {
-                LinkEvent::Identified { node, key } => self.judge_peer(now, id, node, key),
+                LinkEvent::Identified { node, key, epoch } => {
+                    self.judge_peer(now, id, node, key, epoch);
+                }
                 LinkEvent::Up => self.handle_link_up(now, id),
                 LinkEvent::Message(Message::Advert(advert)) => {
                     self.handle_advert(now, id, advert);
@@ -397,12 +402,13 @@ impl MeshNode {
     }
 
     /// Decides whether the identified peer may link: trust, duplicate ids, one link per pair.
-    fn judge_peer(&mut self, now: Instant, id: LinkId, node: NodeId, key: PublicKey) {
-        let verdict = self.verdict(id, &node, &key);
+    fn judge_peer(&mut self, now: Instant, id: LinkId, node: NodeId, key: PublicKey, epoch: u64) {
+        let verdict = self.verdict(id, &node, &key, epoch);
         let Some(slot) = self.links.get_mut(&id) else {
             return;
         };
         slot.peer = Some((node.clone(), key));
+        slot.peer_epoch = epoch;
         match verdict {
             Ok(()) => slot.link.accept(now),
             Err(reason) => {
@@ -429,7 +435,13 @@ impl MeshNode {
         }
     }
 
-    fn verdict(&self, id: LinkId, node: &NodeId, key: &PublicKey) -> Result<(), CloseReason> {
+    fn verdict(
+        &self,
+        id: LinkId,
+        node: &NodeId,
+        key: &PublicKey,
+        epoch: u64,
+    ) -> Result<(), CloseReason> {
         if node == &self.config.id {
             return Err(CloseReason::DuplicateNodeId);
         }
@@ -442,12 +454,14 @@ impl MeshNode {
         let Some(existing) = self.other_link_to(node, id) else {
             return Ok(());
         };
-        if self.links[&existing]
-            .peer
-            .as_ref()
-            .is_some_and(|(_, k)| k != key)
-        {
+        let old = &self.links[&existing];
+        if old.peer.as_ref().is_some_and(|(_, k)| k != key) || epoch < old.peer_epoch {
             return Err(CloseReason::DuplicateNodeId);
+        }
+        // A newer run of the peer: the old link is a leftover of a crash (its idle timeout
+        // has not noticed yet). The new link replaces it when it comes up.
+        if epoch > old.peer_epoch {
+            return Ok(());
         }
         if self.keeps(node, existing, id) == existing {
             return Err(CloseReason::DuplicateLink);
@@ -498,7 +512,11 @@ impl MeshNode {
             self.peers.handle_up(ps, &peer);
         }
         if let Some(&old) = self.neighbours.get(&peer) {
-            if self.keeps(&peer, old, id) == old {
+            let restarted = self
+                .links
+                .get(&old)
+                .is_some_and(|o| o.peer_epoch < self.links[&id].peer_epoch);
+            if !restarted && self.keeps(&peer, old, id) == old {
                 self.close_link(now, id, CloseReason::DuplicateLink);
                 return;
             }

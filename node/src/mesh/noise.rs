@@ -239,6 +239,7 @@ mod tests {
         HandshakePayload::Hello {
             node: NodeId::new(id).unwrap(),
             version: PROTOCOL_VERSION,
+            epoch: 1,
         }
     }
 

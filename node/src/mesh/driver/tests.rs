@@ -121,7 +121,8 @@ async fn streams_and_datagrams_cross_two_hops() {
 /// every few milliseconds.
 async fn hostile_peer(port: u16) {
     let now = Instant::now();
-    let mut link = Link::initiator(now, &keys(9), &id("hostile"), LinkConfig::default()).unwrap();
+    let mut link =
+        Link::initiator(now, &keys(9), &id("hostile"), 1, LinkConfig::default()).unwrap();
     let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let mut buf = vec![0u8; 65536];
     loop {

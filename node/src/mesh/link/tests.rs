@@ -29,19 +29,19 @@ fn connected(now: Instant) -> (Link, Link) {
 }
 
 fn connected_with(now: Instant, config: LinkConfig) -> (Link, Link) {
-    let mut a = Link::initiator(now, &keys(1), &id("a"), config.clone()).unwrap();
-    let mut b = Link::responder(now, &keys(2), &id("b"), config).unwrap();
+    let mut a = Link::initiator(now, &keys(1), &id("a"), 1, config.clone()).unwrap();
+    let mut b = Link::responder(now, &keys(2), &id("b"), 1, config).unwrap();
     for _ in 0..4 {
         pump(now, &mut a, &mut b);
         for ev in events(&mut b) {
-            if let LinkEvent::Identified { node, key } = ev {
+            if let LinkEvent::Identified { node, key, .. } = ev {
                 assert_eq!((node, key), (id("a"), keys(1).public()));
                 b.accept(now);
             }
         }
         pump(now, &mut b, &mut a);
         for ev in events(&mut a) {
-            if let LinkEvent::Identified { node, key } = ev {
+            if let LinkEvent::Identified { node, key, .. } = ev {
                 assert_eq!((node, key), (id("b"), keys(2).public()));
                 a.accept(now);
             }
@@ -102,8 +102,8 @@ fn byte_at_a_time_delivery_works() {
 #[test]
 fn refusing_initiator_tells_responder_why() {
     let now = Instant::now();
-    let mut a = Link::initiator(now, &keys(1), &id("a"), LinkConfig::default()).unwrap();
-    let mut b = Link::responder(now, &keys(2), &id("b"), LinkConfig::default()).unwrap();
+    let mut a = Link::initiator(now, &keys(1), &id("a"), 1, LinkConfig::default()).unwrap();
+    let mut b = Link::responder(now, &keys(2), &id("b"), 1, LinkConfig::default()).unwrap();
     pump(now, &mut a, &mut b);
     pump(now, &mut b, &mut a);
     assert!(matches!(events(&mut a)[..], [LinkEvent::Identified { .. }]));
@@ -121,8 +121,8 @@ fn refusing_initiator_tells_responder_why() {
 #[test]
 fn refusing_responder_processes_no_frames_and_tells_initiator() {
     let now = Instant::now();
-    let mut a = Link::initiator(now, &keys(1), &id("a"), LinkConfig::default()).unwrap();
-    let mut b = Link::responder(now, &keys(2), &id("b"), LinkConfig::default()).unwrap();
+    let mut a = Link::initiator(now, &keys(1), &id("a"), 1, LinkConfig::default()).unwrap();
+    let mut b = Link::responder(now, &keys(2), &id("b"), 1, LinkConfig::default()).unwrap();
     pump(now, &mut a, &mut b);
     pump(now, &mut b, &mut a);
     events(&mut a);
@@ -150,7 +150,7 @@ fn refusing_responder_processes_no_frames_and_tells_initiator() {
 #[test]
 fn garbage_on_the_wire_fails_the_handshake_at_once() {
     let now = Instant::now();
-    let mut b = Link::responder(now, &keys(2), &id("b"), LinkConfig::default()).unwrap();
+    let mut b = Link::responder(now, &keys(2), &id("b"), 1, LinkConfig::default()).unwrap();
     b.handle_bytes(now, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(matches!(
         events(&mut b)[..],
@@ -162,7 +162,7 @@ fn garbage_on_the_wire_fails_the_handshake_at_once() {
 #[test]
 fn half_finished_handshake_times_out() {
     let now = Instant::now();
-    let mut b = Link::responder(now, &keys(2), &id("b"), LinkConfig::default()).unwrap();
+    let mut b = Link::responder(now, &keys(2), &id("b"), 1, LinkConfig::default()).unwrap();
     b.handle_bytes(now, &[0, 32]);
     let deadline = b.poll_timeout().unwrap();
     b.handle_timeout(deadline);
