@@ -274,9 +274,7 @@ impl Driver {
                 service,
                 from_service,
                 data,
-            } => self
-                .node
-                .send_datagram(now, &node, service, from_service, data),
+            } => self.node.send_datagram(&node, service, from_service, data),
             Command::Send { id, data } => {
                 if let Err(e) = self.node.stream_send(now, id, data) {
                     tracing::debug!(stream = %id, error = %e, "stream send refused");

@@ -108,7 +108,7 @@ impl MeshNode {
         let probe = match &failed.body {
             PacketBody::Unreachable { .. } | PacketBody::EchoReply { .. } => return,
             PacketBody::Stream(sp) => {
-                self.stream_unreachable(now, arrived_on, failed, sp, reason);
+                self.stream_unreachable(arrived_on, failed, sp, reason);
                 return;
             }
             PacketBody::EchoRequest { probe } => Some(*probe),
@@ -131,9 +131,11 @@ impl MeshNode {
         }
     }
 
+    /// A stream packet that cannot go on resets its circuit back the way it came. (Our own
+    /// streams never get here: `open_stream` checks the route first and later packets
+    /// follow the pinned link.)
     fn stream_unreachable(
         &mut self,
-        now: Instant,
         arrived_on: Option<LinkId>,
         failed: &Packet,
         sp: &StreamPacket,
@@ -143,15 +145,11 @@ impl MeshNode {
             Unreachable::NoRoute => ResetReason::NoRoute,
             Unreachable::HopLimit => ResetReason::HopLimit,
         };
-        match arrived_on {
-            Some(link) => {
-                if let Some(out) = Streams::reset_unknown(link, failed.src.clone(), sp, reason) {
-                    self.send_stream(out);
-                }
-            }
-            None => {
-                let _ = now;
-            }
+        let Some(link) = arrived_on else {
+            return;
+        };
+        if let Some(out) = Streams::reset_unknown(link, failed.src.clone(), sp, reason) {
+            self.send_stream(out);
         }
     }
 
@@ -296,26 +294,30 @@ impl MeshNode {
         self.emit_stream(now, Vec::new(), out);
     }
 
-    /// Sends a datagram to `service` on `dst`. Undeliverable datagrams are dropped.
+    /// Sends a datagram to `service` on `dst`. It may be lost; a node that cannot route it
+    /// sends an unreachable notice back ([`Event::Undeliverable`]).
     pub fn send_datagram(
         &mut self,
-        now: Instant,
         dst: &NodeId,
         service: ServiceName,
         from_service: ServiceName,
         data: Bytes,
     ) {
+        if dst == &self.config.id {
+            self.events.push_back(Event::Datagram {
+                from: dst.clone(),
+                from_service,
+                service,
+                data,
+            });
+            return;
+        }
         let body = PacketBody::Datagram {
             from_service,
             to_service: service,
             data,
         };
         let packet = self.packet_to(dst.clone(), body);
-        if dst == &self.config.id {
-            let link = LinkId(0);
-            self.deliver(now, link, packet);
-            return;
-        }
         match self.next_link(dst) {
             Some(link) => self.send_on(link, packet),
             None => tracing::debug!(node = %dst, "datagram dropped: no route"),
