@@ -43,6 +43,11 @@ pub const DEFAULT_MAX_LINK_QUEUE: usize = 64 << 20;
 /// How long a dial may take before it counts as failed.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Most further events (socket or command) the owner takes after the one it woke for
+/// before draining: enough to coalesce a burst, few enough that timers and the other
+/// source are not starved.
+const MAX_BATCH: usize = 64;
+
 /// Size of one socket read.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -193,7 +198,7 @@ impl Driver {
                     self.handle_socket(event);
                     // Take what else is ready before draining, so bytes batch into fewer
                     // Noise messages and writes.
-                    for _ in 0..64 {
+                    for _ in 0..MAX_BATCH {
                         match self.sockets.try_recv() {
                             Ok(event) => self.handle_socket(event),
                             Err(_) => break,
@@ -201,7 +206,17 @@ impl Driver {
                     }
                 }
                 command = self.commands.recv() => match command {
-                    Some(command) => self.handle_command(command),
+                    Some(command) => {
+                        self.handle_command(command);
+                        // Batch commands as sockets are batched: a stream's consecutive
+                        // writes then leave as fewer Noise messages and socket writes.
+                        for _ in 0..MAX_BATCH {
+                            match self.commands.try_recv() {
+                                Ok(command) => self.handle_command(command),
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     None => break,
                 },
                 () = sleep => self.node.handle_timeout(Instant::now().into_std()),
