@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
@@ -415,12 +415,16 @@ impl Driver {
 }
 
 async fn read_loop<R: AsyncRead + Unpin>(link: LinkId, mut read: R, tx: mpsc::Sender<SocketEvent>) {
-    let mut buf = vec![0u8; READ_CHUNK];
+    let mut buf = BytesMut::new();
     let why = loop {
-        match read.read(&mut buf).await {
+        // Read straight into the buffer the owner receives instead of copying each read out
+        // of a scratch buffer. `reserve` reuses the block in place once the owner has
+        // dropped the earlier reads from it.
+        buf.reserve(READ_CHUNK);
+        match read.read_buf(&mut buf).await {
             Ok(0) => break "connection closed by peer".to_owned(),
-            Ok(n) => {
-                let bytes = Bytes::copy_from_slice(&buf[..n]);
+            Ok(_) => {
+                let bytes = buf.split().freeze();
                 if tx.send(SocketEvent::Bytes(link, bytes)).await.is_err() {
                     return;
                 }
