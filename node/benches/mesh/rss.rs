@@ -200,9 +200,10 @@ pub(crate) fn run() -> anyhow::Result<()> {
         fmt_secs(IDLE)
     );
     println!(
-        "  hub, 3 links       {:>6.1}   samples: {}   (target < 15 MB)",
+        "  hub, 3 links       {:>6.1}   samples: {}   (= {:.1} MB; target < 15 MB)",
         median(&hub_rss),
-        runs(&hub_rss, 1)
+        runs(&hub_rss, 1),
+        median(&hub_rss) * 1.048_576
     );
     println!(
         "  leaf, 1 link       {:>6.1}   leaves: {}",

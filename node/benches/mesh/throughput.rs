@@ -12,7 +12,7 @@ use crate::nodes::{Line, sink_service};
 use crate::stats::{mb_per_s, median, runs};
 
 /// Rounds of (raw TCP, 1 hop, 2 hops).
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 7;
 
 /// How long each measurement writes; the clock stops when the sink acknowledges all bytes.
 const SEND_TIME: Duration = Duration::from_secs(1);
