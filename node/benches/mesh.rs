@@ -1,1 +1,75 @@
-fn main() {}
+//! `cargo bench -p warren --bench mesh [-- SECTION]`: mesh figures printed beside a baseline
+//! measured in the same run, because the machine is shared and noisy. Each figure is the
+//! median of a few interleaved repeats; ratios are taken per repeat, then their median.
+//!
+//! Sections (a filter argument runs those whose name contains it):
+//! - `cipher`: Noise transport encrypt+decrypt, AES-GCM against ChaCha20-Poly1305 (snow).
+//! - `throughput`: one stream over 1 and 2 hops against raw loopback TCP.
+//! - `ping`: probe round trips over 1 and 2 hops against a TCP echo.
+//! - `rss`: resident memory of an idle `warren node` with 3 links.
+//!
+//! Relays and sinks run in their own processes: this binary re-executes itself as a node when
+//! `WARREN_BENCH_NODE` is set (see `nodes.rs`); `rss` runs the real `warren` binary.
+//!
+//! The sections live in `benches/mesh/`, named by `#[path]` because a file directly in
+//! `benches/` would become a bench target of its own.
+
+#[path = "mesh/cipher.rs"]
+mod cipher;
+#[path = "mesh/nodes.rs"]
+mod nodes;
+#[path = "mesh/ping.rs"]
+mod ping;
+#[path = "mesh/rss.rs"]
+mod rss;
+#[path = "mesh/stats.rs"]
+mod stats;
+#[path = "mesh/throughput.rs"]
+mod throughput;
+
+use std::process::ExitCode;
+
+/// A section: its name (the filter matches it) and its body.
+type Section = (&'static str, fn() -> anyhow::Result<()>);
+
+const SECTIONS: [Section; 4] = [
+    ("cipher", cipher::run),
+    ("throughput", throughput::run),
+    ("ping", ping::run),
+    ("rss", rss::run),
+];
+
+fn main() -> ExitCode {
+    if nodes::is_child() {
+        return nodes::child_main();
+    }
+    // cargo passes `--bench`; anything not a flag is the filter.
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let chosen: Vec<&Section> = SECTIONS
+        .iter()
+        .filter(|(name, _)| filter.as_deref().is_none_or(|f| name.contains(f)))
+        .collect();
+    if chosen.is_empty() {
+        let names: Vec<&str> = SECTIONS.iter().map(|s| s.0).collect();
+        eprintln!(
+            "no section matches {:?}; sections: {}",
+            filter.unwrap_or_default(),
+            names.join(", ")
+        );
+        return ExitCode::FAILURE;
+    }
+    let mut failed = false;
+    for (name, run) in chosen {
+        println!("== {name}");
+        if let Err(e) = run() {
+            eprintln!("{name}: FAILED: {e:#}");
+            failed = true;
+        }
+        println!();
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

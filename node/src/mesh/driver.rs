@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
@@ -44,6 +44,11 @@ pub const DEFAULT_MAX_LINK_QUEUE: usize = 64 << 20;
 
 /// How long a dial may take before it counts as failed.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Most further events (socket or command) the owner takes after the one it woke for
+/// before draining: enough to coalesce a burst, few enough that timers and the other
+/// source are not starved.
+const MAX_BATCH: usize = 64;
 
 /// Size of one socket read.
 const READ_CHUNK: usize = 64 * 1024;
@@ -197,7 +202,7 @@ impl Driver {
                     self.handle_socket(event);
                     // Take what else is ready before draining, so bytes batch into fewer
                     // Noise messages and writes.
-                    for _ in 0..64 {
+                    for _ in 0..MAX_BATCH {
                         match self.sockets.try_recv() {
                             Ok(event) => self.handle_socket(event),
                             Err(_) => break,
@@ -205,7 +210,17 @@ impl Driver {
                     }
                 }
                 command = self.commands.recv() => match command {
-                    Some(command) => self.handle_command(command),
+                    Some(command) => {
+                        self.handle_command(command);
+                        // Batch commands as sockets are batched: a stream's consecutive
+                        // writes then leave as fewer Noise messages and socket writes.
+                        for _ in 0..MAX_BATCH {
+                            match self.commands.try_recv() {
+                                Ok(command) => self.handle_command(command),
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     None => break,
                 },
                 () = sleep => self.node.handle_timeout(Instant::now().into_std()),
@@ -438,12 +453,16 @@ fn no_delay(stream: &TcpStream) {
 }
 
 async fn read_loop<R: AsyncRead + Unpin>(link: LinkId, mut read: R, tx: mpsc::Sender<SocketEvent>) {
-    let mut buf = vec![0u8; READ_CHUNK];
+    let mut buf = BytesMut::new();
     let why = loop {
-        match read.read(&mut buf).await {
+        // Read straight into the buffer the owner receives instead of copying each read out
+        // of a scratch buffer. `reserve` reuses the block in place once the owner has
+        // dropped the earlier reads from it.
+        buf.reserve(READ_CHUNK);
+        match read.read_buf(&mut buf).await {
             Ok(0) => break "connection closed by peer".to_owned(),
-            Ok(n) => {
-                let bytes = Bytes::copy_from_slice(&buf[..n]);
+            Ok(_) => {
+                let bytes = buf.split().freeze();
                 if tx.send(SocketEvent::Bytes(link, bytes)).await.is_err() {
                     return;
                 }
