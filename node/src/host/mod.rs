@@ -1,0 +1,15 @@
+//! The WebAssembly host: runs each job inside a work-handler component that can do only
+//! what the node's policy grants it.
+//!
+//! - [`bindings`]: the generated types of the `warren:worker` world.
+//! - [`policy`]: what a work type may do, as pure checks (testable without wasm).
+//! - [`state`]: the per-job store data: WASI context, resource table, capabilities.
+//! - [`process`] and [`jobio`]: the host side of the world's interfaces.
+//! - [`runner`]: one engine per node; per job a store with limits, an instance, a call.
+
+pub mod bindings;
+pub mod jobio;
+pub mod policy;
+pub mod process;
+pub mod runner;
+pub mod state;

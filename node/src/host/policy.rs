@@ -1,0 +1,218 @@
+//! What a work type may do: which logical programs map to which executables, which
+//! environment reaches a child, where it may run, and the job's limits.
+//!
+//! Deny by default: a program not listed, a variable not allowed, a directory outside the
+//! job directory are refused. The checks are pure functions of the policy (plus, for the
+//! working directory, the file system's view of symlinks), testable without wasm.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+/// Limits of one job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Most linear memory the guest may grow to, in bytes.
+    pub memory_bytes: usize,
+    /// Wall-clock time the whole job may take.
+    pub deadline: Duration,
+    /// Most bytes the job may write to its results.
+    pub output_bytes: u64,
+    /// After a cancel, how long the guest has to wind its child down before both are killed.
+    pub cancel_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 64 << 20,
+            deadline: Duration::from_secs(6 * 3600),
+            output_bytes: 8 << 30,
+            cancel_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A refused capability request: returned to the guest as a WIT error value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    /// The logical program is not listed.
+    #[error("program {0:?} is not allowed for this work type")]
+    NotAllowed(String),
+    /// The program is listed but its executable is missing.
+    #[error("program {name:?} maps to {path}, which does not exist on this node")]
+    NotFound {
+        /// The logical name.
+        name: String,
+        /// The configured path.
+        path: PathBuf,
+    },
+    /// The working directory leaves the job directory.
+    #[error("working directory {0:?} is outside the job directory")]
+    BadWorkingDirectory(String),
+    /// An environment variable the policy does not let through.
+    #[error("environment variable {0:?} is not allowed for this work type")]
+    EnvNotAllowed(String),
+}
+
+/// The capabilities of one work type.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Logical program name -> absolute path of the executable.
+    pub programs: BTreeMap<String, PathBuf>,
+    /// Variables every child gets (for example `PATH`, `LANG`). `HOME` is always the job
+    /// directory.
+    pub env: Vec<(String, String)>,
+    /// Names of variables a guest may set for its child.
+    pub env_allow: BTreeSet<String>,
+    /// The job's limits.
+    pub limits: Limits,
+}
+
+impl Policy {
+    /// The executable for `name`.
+    ///
+    /// # Errors
+    /// [`Denied::NotAllowed`] for an unlisted name, [`Denied::NotFound`] when the listed
+    /// path is not a file.
+    pub fn resolve_program(&self, name: &str) -> Result<&Path, Denied> {
+        let path = self
+            .programs
+            .get(name)
+            .ok_or_else(|| Denied::NotAllowed(name.to_owned()))?;
+        if !path.is_file() {
+            return Err(Denied::NotFound {
+                name: name.to_owned(),
+                path: path.clone(),
+            });
+        }
+        Ok(path)
+    }
+
+    /// The complete environment of a child: the policy's variables, `HOME` set to the job
+    /// directory, then the guest's requested variables (each must be allowed).
+    ///
+    /// # Errors
+    /// [`Denied::EnvNotAllowed`] naming the first variable that is not allowed.
+    pub fn child_env(
+        &self,
+        job_dir: &Path,
+        requested: &[(String, String)],
+    ) -> Result<Vec<(String, String)>, Denied> {
+        if let Some((name, _)) = requested.iter().find(|(n, _)| !self.env_allow.contains(n)) {
+            return Err(Denied::EnvNotAllowed(name.clone()));
+        }
+        let mut env: BTreeMap<String, String> = self.env.iter().cloned().collect();
+        env.insert("HOME".to_owned(), job_dir.display().to_string());
+        env.extend(requested.iter().cloned());
+        Ok(env.into_iter().collect())
+    }
+}
+
+/// Resolves a guest's working directory (relative to the job directory) to a path that is
+/// inside it, following symlinks.
+///
+/// # Errors
+/// [`Denied::BadWorkingDirectory`] for absolute paths, `..` that climbs out, a path that
+/// does not exist, or a symlink that leads out.
+pub fn resolve_cwd(job_dir: &Path, cwd: Option<&str>) -> Result<PathBuf, Denied> {
+    let Some(cwd) = cwd else {
+        return Ok(job_dir.to_owned());
+    };
+    let bad = || Denied::BadWorkingDirectory(cwd.to_owned());
+    let mut relative = PathBuf::new();
+    for part in Path::new(cwd).components() {
+        match part {
+            Component::Normal(p) => relative.push(p),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !relative.pop() {
+                    return Err(bad());
+                }
+            }
+            Component::RootDir | Component::Prefix(_) => return Err(bad()),
+        }
+    }
+    let root = job_dir.canonicalize().map_err(|_| bad())?;
+    let target = root.join(relative).canonicalize().map_err(|_| bad())?;
+    if target.starts_with(&root) && target.is_dir() {
+        Ok(target)
+    } else {
+        Err(bad())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        Policy {
+            programs: [
+                ("cat".to_owned(), PathBuf::from("/bin/cat")),
+                ("ghost".to_owned(), PathBuf::from("/nonexistent/ghost")),
+            ]
+            .into(),
+            env: vec![("LANG".into(), "C.UTF-8".into())],
+            env_allow: ["EXTRA".to_owned()].into(),
+            limits: Limits::default(),
+        }
+    }
+
+    #[test]
+    fn denies_unlisted_program_and_reports_missing_executable() {
+        let p = policy();
+        assert_eq!(p.resolve_program("cat").unwrap(), Path::new("/bin/cat"));
+        assert_eq!(
+            p.resolve_program("sh"),
+            Err(Denied::NotAllowed("sh".into()))
+        );
+        assert!(matches!(
+            p.resolve_program("ghost"),
+            Err(Denied::NotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn environment_is_policy_plus_allowed_requests_with_home_in_job_dir() {
+        let p = policy();
+        let env = p
+            .child_env(Path::new("/jobs/u1"), &[("EXTRA".into(), "1".into())])
+            .unwrap();
+        assert_eq!(
+            env,
+            vec![
+                ("EXTRA".into(), "1".into()),
+                ("HOME".into(), "/jobs/u1".into()),
+                ("LANG".into(), "C.UTF-8".into())
+            ]
+        );
+        assert_eq!(
+            p.child_env(Path::new("/j"), &[("LD_PRELOAD".into(), "x".into())]),
+            Err(Denied::EnvNotAllowed("LD_PRELOAD".into()))
+        );
+    }
+
+    #[test]
+    fn working_directory_stays_inside_the_job_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = dir.path().join("job");
+        std::fs::create_dir_all(job.join("project/sub")).unwrap();
+        std::os::unix::fs::symlink("/etc", job.join("escape")).unwrap();
+        let root = job.canonicalize().unwrap();
+        assert_eq!(resolve_cwd(&job, None).unwrap(), job);
+        assert_eq!(
+            resolve_cwd(&job, Some("project/./sub/..")).unwrap(),
+            root.join("project")
+        );
+        for bad in ["/etc", "..", "project/../../x", "escape", "missing"] {
+            assert!(
+                matches!(
+                    resolve_cwd(&job, Some(bad)),
+                    Err(Denied::BadWorkingDirectory(_))
+                ),
+                "{bad} must be refused"
+            );
+        }
+    }
+}

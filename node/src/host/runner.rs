@@ -1,0 +1,421 @@
+//! Runs jobs: one engine per node; per job a store with a memory cap, a wall-clock deadline,
+//! an output cap, cancellation with a grace period, and one instance whose handler is called
+//! once.
+//!
+//! Components are compiled once and cached in the data dir, keyed by content hash and
+//! engine compatibility, so a job pays an instantiation, not a compilation.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, Store, UpdateDeadline};
+use wasmtime_wasi::p2::pipe::{AsyncReadStream, AsyncWriteStream};
+
+use super::bindings::warren::worker::types::{Job as WitJob, Outcome as WitOutcome};
+use super::bindings::WorkHandlerPre;
+use super::policy::Policy;
+use super::state::JobState;
+
+/// How often the engine's epoch advances: the granularity of deadlines and of yielding to
+/// other tasks while a guest computes.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Bytes the guest may buffer towards the results before it must wait for the sink.
+const RESULTS_WRITE_BUDGET: usize = 256 * 1024;
+
+/// Why the host could not be set up or a component loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The engine or linker could not be built.
+    #[error("cannot set up the WebAssembly engine: {0}")]
+    Engine(String),
+    /// The component is not a valid work handler (or does not compile).
+    #[error("component is not a usable work handler: {0}")]
+    Component(String),
+    /// The precompiled cache could not be used.
+    #[error("component cache {path}: {source}")]
+    Cache {
+        /// The cache file or directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A job for a handler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    /// The unit id.
+    pub id: String,
+    /// The work type asked for.
+    pub work_type: String,
+    /// The handler behaviour serving it (`ansible-runner`, `command`).
+    pub handler: String,
+    /// Submission parameters, in order.
+    pub params: Vec<(String, String)>,
+}
+
+/// A job's I/O: its directory (the guest's only preopen), payload and results.
+pub struct JobIo {
+    /// The job directory.
+    pub job_dir: PathBuf,
+    /// The payload the submitter sent.
+    pub payload: Box<dyn AsyncRead + Send + Unpin>,
+    /// Where results go.
+    pub results: Box<dyn AsyncWrite + Send + Unpin>,
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The handler reported success.
+    Succeeded,
+    /// The handler reported failure, or the host stopped it (deadline, memory, output cap,
+    /// trap).
+    Failed {
+        /// Why, for the unit's detail.
+        detail: String,
+        /// The exit code of the handler's program, when there was one.
+        exit_code: Option<i32>,
+    },
+    /// The job was cancelled.
+    Canceled {
+        /// What happened.
+        detail: String,
+    },
+}
+
+impl Outcome {
+    fn failed(detail: impl Into<String>) -> Self {
+        Self::Failed {
+            detail: detail.into(),
+            exit_code: None,
+        }
+    }
+}
+
+/// A compiled component, ready to instantiate for each job.
+#[derive(Clone)]
+pub struct Handler {
+    pre: WorkHandlerPre<JobState>,
+    sha256: [u8; 32],
+}
+
+impl std::fmt::Debug for Handler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handler")
+            .field("sha256", &hex(&self.sha256))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Handler {
+    /// The sha256 of the component's bytes.
+    pub fn sha256(&self) -> [u8; 32] {
+        self.sha256
+    }
+}
+
+/// The node's WebAssembly host: one engine, one linker, a compile cache.
+pub struct Host {
+    engine: Engine,
+    linker: Linker<JobState>,
+    cache_dir: PathBuf,
+    /// Stops the epoch ticker thread when the host is dropped.
+    _ticker: Ticker,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host")
+            .field("cache_dir", &self.cache_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Ticker(Arc<AtomicBool>);
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+fn start_ticker(engine: &Engine) -> Ticker {
+    let stop = Arc::new(AtomicBool::new(false));
+    let weak = engine.weak();
+    let flag = stop.clone();
+    std::thread::Builder::new()
+        .name("warren-epoch".into())
+        .spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => return,
+                }
+            }
+        })
+        .ok();
+    Ticker(stop)
+}
+
+/// Adds the `warren:worker` imports (WASI's own, `wasi:io` included, come from
+/// wasmtime-wasi).
+fn add_worker_interfaces(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
+    use super::bindings::warren::worker::{cancel, job_io, process, types};
+    types::add_to_linker::<JobState, HasSelf<JobState>>(linker, |s| s)?;
+    process::add_to_linker::<JobState, HasSelf<JobState>>(linker, |s| s)?;
+    job_io::add_to_linker::<JobState, HasSelf<JobState>>(linker, |s| s)?;
+    cancel::add_to_linker::<JobState, HasSelf<JobState>>(linker, |s| s)?;
+    Ok(())
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Host {
+    /// A host caching compiled components in `cache_dir`.
+    ///
+    /// # Errors
+    /// [`HostError::Engine`] when the engine or linker cannot be built.
+    pub fn new(cache_dir: &Path) -> Result<Self, HostError> {
+        let mut config = Config::new();
+        config.wasm_component_model(true).epoch_interruption(true);
+        let engine = Engine::new(&config).map_err(|e| HostError::Engine(e.to_string()))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| HostError::Engine(e.to_string()))?;
+        add_worker_interfaces(&mut linker).map_err(|e| HostError::Engine(e.to_string()))?;
+        let ticker = start_ticker(&engine);
+        Ok(Self {
+            engine,
+            linker,
+            cache_dir: cache_dir.to_owned(),
+            _ticker: ticker,
+        })
+    }
+
+    /// Compiles (or loads from the cache) a component and links it.
+    ///
+    /// # Errors
+    /// [`HostError::Component`] when the bytes are not a work handler that this node can
+    /// link; [`HostError::Cache`] when the cache cannot be written.
+    pub fn load(&self, bytes: &[u8]) -> Result<Handler, HostError> {
+        let sha256: [u8; 32] = Sha256::digest(bytes).into();
+        let component = self.cached(bytes, &sha256)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| HostError::Component(format!("{e:#}")))?;
+        let pre = WorkHandlerPre::new(pre).map_err(|e| HostError::Component(format!("{e:#}")))?;
+        Ok(Handler { pre, sha256 })
+    }
+
+    fn cache_path(&self, sha256: &[u8; 32]) -> PathBuf {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        let name = format!("{}-{:016x}.cwasm", hex(sha256), h.finish());
+        self.cache_dir.join(name)
+    }
+
+    fn cached(&self, bytes: &[u8], sha256: &[u8; 32]) -> Result<Component, HostError> {
+        let path = self.cache_path(sha256);
+        if path.is_file() {
+            // SAFETY: the file was written by `precompile_component` of an engine with the
+            // same compatibility hash (it is in the name) into the node's private data dir.
+            match unsafe { Component::deserialize_file(&self.engine, &path) } {
+                Ok(component) => return Ok(component),
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "recompiling: cached component unusable"),
+            }
+        }
+        let started = Instant::now();
+        let compiled = self
+            .engine
+            .precompile_component(bytes)
+            .map_err(|e| HostError::Component(format!("{e:#}")))?;
+        tracing::info!(sha256 = %hex(sha256), took = ?started.elapsed(), "compiled component");
+        let io = |source| HostError::Cache {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&self.cache_dir).map_err(io)?;
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, &compiled).map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)?;
+        // SAFETY: `compiled` was produced by this engine just now.
+        unsafe { Component::deserialize(&self.engine, &compiled) }
+            .map_err(|e| HostError::Component(format!("{e:#}")))
+    }
+
+    /// Runs one job to its end. Never panics on guest behaviour: every failure is an
+    /// [`Outcome`].
+    pub async fn run(
+        &self,
+        handler: &Handler,
+        policy: Arc<Policy>,
+        job: Job,
+        io: JobIo,
+        cancelled: watch::Receiver<bool>,
+    ) -> Outcome {
+        let limits = policy.limits.clone();
+        let capped = CappedWriter::new(io.results, limits.output_bytes);
+        let exceeded = capped.exceeded.clone();
+        let payload = Box::new(AsyncReadStream::new(io.payload));
+        let results = Box::new(AsyncWriteStream::new(RESULTS_WRITE_BUDGET, capped));
+        let state = match JobState::new(
+            job.id.clone(),
+            io.job_dir,
+            policy,
+            payload,
+            results,
+            cancelled.clone(),
+        ) {
+            Ok(state) => state,
+            Err(e) => return Outcome::failed(e.to_string()),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| s.limiter());
+        let deadline = Instant::now() + limits.deadline;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                Err(wasmtime::Error::msg("job deadline exceeded"))
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        let outcome = call_with_limits(&mut store, handler, &job, &limits, cancelled).await;
+        // Dropping the store drops every child resource, which kills the children.
+        drop(store);
+        if exceeded.load(Ordering::Relaxed) {
+            return Outcome::failed(format!(
+                "results exceeded the output limit of {} bytes",
+                limits.output_bytes
+            ));
+        }
+        outcome
+    }
+}
+
+async fn call_with_limits(
+    store: &mut Store<JobState>,
+    handler: &Handler,
+    job: &Job,
+    limits: &super::policy::Limits,
+    mut cancelled: watch::Receiver<bool>,
+) -> Outcome {
+    let wit_job = WitJob {
+        id: job.id.clone(),
+        work_type: job.work_type.clone(),
+        handler: job.handler.clone(),
+        params: job.params.clone(),
+    };
+    let call = async {
+        let instance = handler.pre.instantiate_async(&mut *store).await?;
+        instance
+            .warren_worker_handler()
+            .call_handle(&mut *store, &wit_job)
+            .await
+    };
+    let grace = limits.cancel_grace;
+    let cancel_expired = async {
+        let _ = cancelled.wait_for(|c| *c).await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = call => match result {
+            Ok(outcome) => outcome.into(),
+            Err(e) => trap_outcome(&e, limits),
+        },
+        () = tokio::time::sleep(limits.deadline) => {
+            Outcome::failed(format!("job deadline of {:?} exceeded", limits.deadline))
+        }
+        () = cancel_expired => Outcome::Canceled {
+            detail: format!("handler did not finish within {grace:?} of the cancel; stopped"),
+        },
+    }
+}
+
+fn trap_outcome(e: &wasmtime::Error, limits: &super::policy::Limits) -> Outcome {
+    let text = format!("{e:#}");
+    if text.contains("deadline exceeded") {
+        return Outcome::failed(format!("job deadline of {:?} exceeded", limits.deadline));
+    }
+    if text.contains("forcing trap when growing memory") || text.contains("memory") && text.contains("limit") {
+        return Outcome::failed(format!(
+            "handler exceeded its memory limit of {} bytes",
+            limits.memory_bytes
+        ));
+    }
+    Outcome::failed(format!("handler trapped: {text}"))
+}
+
+impl From<WitOutcome> for Outcome {
+    fn from(outcome: WitOutcome) -> Self {
+        match outcome {
+            WitOutcome::Succeeded => Self::Succeeded,
+            WitOutcome::Failed(f) => Self::Failed {
+                detail: f.detail,
+                exit_code: f.exit_code,
+            },
+            WitOutcome::Canceled(f) => Self::Canceled { detail: f.detail },
+        }
+    }
+}
+
+/// Passes writes through until `cap` bytes, then fails them and raises `exceeded`.
+struct CappedWriter {
+    inner: Box<dyn AsyncWrite + Send + Unpin>,
+    written: AtomicU64,
+    cap: u64,
+    exceeded: Arc<AtomicBool>,
+}
+
+impl CappedWriter {
+    fn new(inner: Box<dyn AsyncWrite + Send + Unpin>, cap: u64) -> Self {
+        Self {
+            inner,
+            written: AtomicU64::new(0),
+            cap,
+            exceeded: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+impl AsyncWrite for CappedWriter {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = self.written.load(Ordering::Relaxed);
+        if written + buf.len() as u64 > self.cap {
+            self.exceeded.store(true, Ordering::Relaxed);
+            return Poll::Ready(Err(std::io::Error::other("output limit exceeded")));
+        }
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = poll {
+            self.written.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        poll
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
