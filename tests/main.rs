@@ -8,4 +8,5 @@
 mod support;
 
 mod cli;
+mod component;
 mod mesh;

@@ -7,7 +7,8 @@
 //! - [`control`]: the Receptor control-socket protocol (so `receptorctl` works): request
 //!   parser, exact reply bytes, session driver, Unix-socket listener and the CLI's client.
 //! - [`daemon`]: a running node: listeners, mesh driver and control socket wired together.
-//! - [`host`]: the WebAssembly host that runs every job inside a work-handler component.
+//! - [`host`]: the WebAssembly host that runs every job inside a work-handler component,
+//!   and the signing of components.
 //! - [`id`]: typed node ids and service names.
 //! - [`keys`]: X25519 link identities and their tokens and files.
 //! - [`mesh`]: the overlay network: frames, Noise links, link-state routing, streams, and the

@@ -1,6 +1,7 @@
 //! The `warren` command line: clap types for each command and the code that runs them.
 //! This is an edge of the crate, so errors here are `anyhow`.
 
+mod component;
 mod keygen;
 mod node_args;
 mod ops;
@@ -9,6 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub use component::{ComponentCommand, ComponentKeygenArgs, SignArgs, VerifyArgs};
 pub use keygen::KeygenArgs;
 pub use node_args::NodeArgs;
 pub use ops::{PingArgs, SocketArgs, TracerouteArgs};
@@ -47,6 +49,12 @@ pub enum Command {
     Ping(PingArgs),
     /// Show the relays on the way to a node.
     Traceroute(TracerouteArgs),
+    /// Sign work-handler components and verify their signatures.
+    ///
+    /// Nodes run only components signed by a key they trust. Start with
+    /// `warren component keygen --out signer.key`.
+    #[command(subcommand)]
+    Component(ComponentCommand),
 }
 
 impl Cli {
@@ -74,6 +82,7 @@ impl Cli {
                 Command::Status(args) => ops::status(args).await,
                 Command::Ping(args) => ops::ping(args).await,
                 Command::Traceroute(args) => ops::traceroute(args).await,
+                Command::Component(command) => component::run(command),
             }
         });
         match result {

@@ -6,10 +6,13 @@
 //! - [`state`]: the per-job store data: WASI context, resource table, capabilities.
 //! - [`process`] and [`jobio`]: the host side of the world's interfaces.
 //! - [`runner`]: one engine per node; per job a store with limits, an instance, a call.
+//! - [`signing`]: signed component manifests, signer keys, and verification before a
+//!   component may run.
 
 pub mod bindings;
 pub mod jobio;
 pub mod policy;
 pub mod process;
 pub mod runner;
+pub mod signing;
 pub mod state;

@@ -1,0 +1,257 @@
+//! `warren component`: signing keys for work-handler components, and signing and verifying
+//! the components themselves. The logic lives in [`crate::host::signing`]; this is the edge.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use anyhow::{Context, bail};
+
+use crate::host::signing::{
+    self, Capabilities, EmbeddedManifest, MANIFEST_SECTION, Manifest, SignedManifest, SignerKey,
+    SigningKeypair,
+};
+
+/// Seconds in a day, for `--valid-days`.
+const DAY_SECS: u64 = 24 * 60 * 60;
+
+/// `warren component` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum ComponentCommand {
+    /// Create an Ed25519 key pair for signing components; print its public token.
+    ///
+    /// Nodes trust components signed by this key when given its token
+    /// (ed25519:...). The private key file is written with mode 0600.
+    Keygen(ComponentKeygenArgs),
+    /// Sign a component: write COMPONENT.wasm.sig binding its hash to a manifest.
+    ///
+    /// Name, version, work types and capabilities default to the component's embedded
+    /// `warren-manifest` custom section; flags override it.
+    /// Example: warren component sign --key signer.key handler.wasm --valid-days 90
+    #[command(disable_version_flag = true)]
+    Sign(SignArgs),
+    /// Check a component against its signature and the signers you trust.
+    ///
+    /// Exits 0 and prints the signed manifest when the signer is trusted, the signature
+    /// is valid, the component is unchanged and the signature is in its validity window;
+    /// otherwise exits non-zero and says why.
+    Verify(VerifyArgs),
+}
+
+/// Flags of `warren component keygen`.
+#[derive(Debug, clap::Args)]
+pub struct ComponentKeygenArgs {
+    /// Write the new private signing key to FILE (mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+
+    /// Overwrite FILE if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Flags of `warren component sign`.
+#[derive(Debug, clap::Args)]
+pub struct SignArgs {
+    /// The private signing key (from `warren component keygen`).
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+
+    /// The component to sign.
+    #[arg(value_name = "COMPONENT.wasm")]
+    pub component: PathBuf,
+
+    /// Where to write the signature [default: COMPONENT.wasm.sig].
+    #[arg(long, value_name = "SIG")]
+    pub out: Option<PathBuf>,
+
+    /// The component's name [default: from its embedded manifest].
+    #[arg(long, value_name = "N")]
+    pub name: Option<String>,
+
+    /// The component's version [default: from its embedded manifest].
+    #[arg(long, value_name = "V")]
+    pub version: Option<String>,
+
+    /// A work type the component handles; repeat for several [default: from its embedded
+    /// manifest].
+    #[arg(long = "work-type", value_name = "T")]
+    pub work_types: Vec<String>,
+
+    /// A logical program name the component may run, or "*" for whatever the node's
+    /// policy lists; repeat for several [default: from its embedded manifest, else none].
+    #[arg(long = "program", value_name = "P")]
+    pub programs: Vec<String>,
+
+    /// An environment variable the component may read; repeat for several [default: from
+    /// its embedded manifest, else none].
+    #[arg(long = "env", value_name = "NAME")]
+    pub env: Vec<String>,
+
+    /// How many days the signature stays valid.
+    #[arg(long, value_name = "D", default_value_t = 365,
+          value_parser = clap::value_parser!(u64).range(1..=36_500))]
+    pub valid_days: u64,
+}
+
+/// Flags of `warren component verify`.
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// The component to check.
+    #[arg(value_name = "COMPONENT.wasm")]
+    pub component: PathBuf,
+
+    /// Its signature file [default: COMPONENT.wasm.sig].
+    #[arg(long, value_name = "SIG")]
+    pub signature: Option<PathBuf>,
+
+    /// A trusted signer's public token (ed25519:...); repeat for several. At least one is
+    /// required: nothing is trusted by default.
+    #[arg(long, value_name = "TOKEN", required = true)]
+    pub trust: Vec<SignerKey>,
+}
+
+pub(super) fn run(command: ComponentCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        ComponentCommand::Keygen(args) => keygen(args),
+        ComponentCommand::Sign(args) => sign(args),
+        ComponentCommand::Verify(args) => verify(args),
+    }
+}
+
+fn keygen(args: ComponentKeygenArgs) -> anyhow::Result<ExitCode> {
+    let pair = SigningKeypair::generate()?;
+    pair.save(&args.out, args.force)?;
+    eprintln!(
+        "wrote private component signing key to {} (keep it secret)",
+        args.out.display()
+    );
+    eprintln!("public key (give this to nodes as a trusted component signer):");
+    println!("{}", pair.public());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sign(args: SignArgs) -> anyhow::Result<ExitCode> {
+    let key = SigningKeypair::load(&args.key)?;
+    let component = read(&args.component)?;
+    let embedded = signing::embedded_manifest(&component)
+        .with_context(|| format!("{}", args.component.display()))?;
+    let about = describe(&args, embedded)?;
+    let issued_at = signing::unix_secs(SystemTime::now());
+    let expires_at = issued_at.saturating_add(args.valid_days.saturating_mul(DAY_SECS));
+    let manifest = Manifest::for_component(&component, about, issued_at, expires_at);
+    let signed = signing::sign(&key, manifest);
+    let out = args
+        .out
+        .unwrap_or_else(|| default_signature_path(&args.component));
+    std::fs::write(&out, signed.to_json()).with_context(|| format!("{}", out.display()))?;
+    let m = &signed.manifest;
+    println!(
+        "signed {} {} (work types: {}; sha256 {}) valid until {} -> {}",
+        m.name,
+        m.version,
+        m.work_types.join(", "),
+        signing::hex(&m.sha256),
+        signing::unix_to_rfc3339(m.expires_at),
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Merges the flags over the embedded manifest; says which flags are missing if neither
+/// gives a name, version or work type.
+fn describe(
+    args: &SignArgs,
+    embedded: Option<EmbeddedManifest>,
+) -> anyhow::Result<EmbeddedManifest> {
+    let (name, version, work_types, capabilities) = match embedded {
+        Some(e) => (Some(e.name), Some(e.version), e.work_types, e.capabilities),
+        None => (None, None, Vec::new(), Capabilities::default()),
+    };
+    let name = args.name.clone().or(name);
+    let version = args.version.clone().or(version);
+    let work_types = pick(&args.work_types, work_types);
+    let mut missing = Vec::new();
+    if name.is_none() {
+        missing.push("--name");
+    }
+    if version.is_none() {
+        missing.push("--version");
+    }
+    if work_types.is_empty() {
+        missing.push("--work-type");
+    }
+    let (Some(name), Some(version), false) = (name, version, work_types.is_empty()) else {
+        bail!(
+            "{} has no {MANIFEST_SECTION} custom section giving its name, version and work \
+             types; pass {}",
+            args.component.display(),
+            missing.join(", ")
+        );
+    };
+    Ok(EmbeddedManifest {
+        name,
+        version,
+        work_types,
+        capabilities: Capabilities {
+            programs: pick(&args.programs, capabilities.programs),
+            env: pick(&args.env, capabilities.env),
+        },
+    })
+}
+
+/// The flag values if any were given, else the embedded ones.
+fn pick(flags: &[String], embedded: Vec<String>) -> Vec<String> {
+    if flags.is_empty() {
+        embedded
+    } else {
+        flags.to_vec()
+    }
+}
+
+fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let component = read(&args.component)?;
+    let sig_path = args
+        .signature
+        .unwrap_or_else(|| default_signature_path(&args.component));
+    let sig = SignedManifest::from_json(&read(&sig_path)?)
+        .with_context(|| format!("{}", sig_path.display()))?;
+    let now = signing::unix_secs(SystemTime::now());
+    let manifest = signing::verify(&component, &sig, &args.trust, now)
+        .with_context(|| format!("{} is not accepted", args.component.display()))?;
+    print_manifest(manifest, &sig.signer);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_manifest(m: &Manifest, signer: &SignerKey) {
+    let list = |items: &[String]| {
+        if items.is_empty() {
+            "(none)".to_owned()
+        } else {
+            items.join(", ")
+        }
+    };
+    println!("valid and trusted");
+    println!("name:        {}", m.name);
+    println!("version:     {}", m.version);
+    println!("work types:  {}", list(&m.work_types));
+    println!("sha256:      {}", signing::hex(&m.sha256));
+    println!("length:      {} bytes", m.length);
+    println!("programs:    {}", list(&m.capabilities.programs));
+    println!("env:         {}", list(&m.capabilities.env));
+    println!("signer:      {signer}");
+    println!("issued at:   {}", signing::unix_to_rfc3339(m.issued_at));
+    println!("expires at:  {}", signing::unix_to_rfc3339(m.expires_at));
+}
+
+fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// `COMPONENT.wasm` → `COMPONENT.wasm.sig`.
+fn default_signature_path(component: &Path) -> PathBuf {
+    let mut path = OsString::from(component.as_os_str());
+    path.push(".sig");
+    PathBuf::from(path)
+}
