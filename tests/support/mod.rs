@@ -210,11 +210,11 @@ impl Node {
             .expect("spawn warren node");
         self.child = Some(child);
         let addr = wait_for(&format!("{} ready file", self.identity.id), || {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-                    panic!("node {} exited early ({status}):\n{log}", self.identity.id);
-                }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                panic!("node {} exited early ({status}):\n{log}", self.identity.id);
             }
             let text = std::fs::read_to_string(ready).ok()?;
             text.lines().next().map(str::to_owned)

@@ -185,10 +185,8 @@ impl ControlSocket {
         let ours = tokio::fs::symlink_metadata(&self.path)
             .await
             .is_ok_and(|m| (m.dev(), m.ino()) == self.identity);
-        if ours {
-            if let Err(error) = tokio::fs::remove_file(&self.path).await {
-                tracing::warn!(%error, path = ?self.path, "cannot remove control socket");
-            }
+        if ours && let Err(error) = tokio::fs::remove_file(&self.path).await {
+            tracing::warn!(%error, path = ?self.path, "cannot remove control socket");
         }
     }
 }

@@ -36,7 +36,9 @@ pub struct Child {
 
 impl std::fmt::Debug for Child {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Child").field("pid", &self.pid).finish_non_exhaustive()
+        f.debug_struct("Child")
+            .field("pid", &self.pid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -99,7 +101,9 @@ impl JobState {
         let io = |e: std::io::Error| SpawnError::Io(format!("cannot start {:?}: {e}", cmd.program));
         let merged = if merge_stderr {
             let (reader, writer) = std::io::pipe().map_err(io)?;
-            command.stdout(writer.try_clone().map_err(io)?).stderr(writer);
+            command
+                .stdout(writer.try_clone().map_err(io)?)
+                .stderr(writer);
             Some(reader)
         } else {
             command.stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -198,7 +202,10 @@ impl wit::HostChild for JobState {
         Ok(Some(self.table.push(stream)?))
     }
 
-    async fn subscribe_exit(&mut self, child: Resource<Child>) -> wasmtime::Result<Resource<DynPollable>> {
+    async fn subscribe_exit(
+        &mut self,
+        child: Resource<Child>,
+    ) -> wasmtime::Result<Resource<DynPollable>> {
         let borrowed = Resource::<Child>::new_borrow(child.rep());
         subscribe(&mut self.table, borrowed)
     }

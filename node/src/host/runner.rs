@@ -20,8 +20,8 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::{AsyncReadStream, AsyncWriteStream};
 
-use super::bindings::warren::worker::types::{Job as WitJob, Outcome as WitOutcome};
 use super::bindings::WorkHandlerPre;
+use super::bindings::warren::worker::types::{Job as WitJob, Outcome as WitOutcome};
 use super::policy::Policy;
 use super::state::JobState;
 
@@ -236,7 +236,9 @@ impl Host {
             // same compatibility hash (it is in the name) into the node's private data dir.
             match unsafe { Component::deserialize_file(&self.engine, &path) } {
                 Ok(component) => return Ok(component),
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "recompiling: cached component unusable"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "recompiling: cached component unusable")
+                }
             }
         }
         let started = Instant::now();
@@ -352,7 +354,9 @@ fn trap_outcome(e: &wasmtime::Error, limits: &super::policy::Limits) -> Outcome 
     if text.contains("deadline exceeded") {
         return Outcome::failed(format!("job deadline of {:?} exceeded", limits.deadline));
     }
-    if text.contains("forcing trap when growing memory") || text.contains("memory") && text.contains("limit") {
+    if text.contains("forcing trap when growing memory")
+        || text.contains("memory") && text.contains("limit")
+    {
         return Outcome::failed(format!(
             "handler exceeded its memory limit of {} bytes",
             limits.memory_bytes

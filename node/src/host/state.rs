@@ -68,7 +68,10 @@ impl JobState {
                 reason: e.to_string(),
             })?;
         // Deny by default: no network, no name lookups, no inherited stdio or environment.
-        builder.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+        builder
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
         let limits = StoreLimitsBuilder::new()
             .memory_size(policy.limits.memory_bytes)
             .instances(16)

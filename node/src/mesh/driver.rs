@@ -378,10 +378,9 @@ impl Driver {
             StreamEvent::Opened { id } => {
                 if let (Some(reply), Some(stream)) =
                     (self.opening.remove(&id), self.take_pending(id))
+                    && let Err(Ok(stream)) = reply.send(Ok(stream))
                 {
-                    if let Err(Ok(stream)) = reply.send(Ok(stream)) {
-                        drop(stream);
-                    }
+                    drop(stream);
                 }
             }
             StreamEvent::Data { id, data } => {

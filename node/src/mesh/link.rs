@@ -553,11 +553,11 @@ impl Link {
 
     /// The first frame from the peer: the link is accepted at both ends.
     fn confirm(&mut self) {
-        if let State::Up { confirmed, .. } = &mut self.state {
-            if !*confirmed {
-                *confirmed = true;
-                self.events.push_back(LinkEvent::Up);
-            }
+        if let State::Up { confirmed, .. } = &mut self.state
+            && !*confirmed
+        {
+            *confirmed = true;
+            self.events.push_back(LinkEvent::Up);
         }
     }
 

@@ -225,10 +225,10 @@ impl Lsdb {
         }
         let mut topology = Topology::new();
         for (&(a, b), &cost) in &halves {
-            if a < b {
-                if let Some(&back) = halves.get(&(b, a)) {
-                    topology.add_link(a, b, cost.max(back));
-                }
+            if a < b
+                && let Some(&back) = halves.get(&(b, a))
+            {
+                topology.add_link(a, b, cost.max(back));
             }
         }
         topology
@@ -275,10 +275,10 @@ impl Lsdb {
         let id = advert.origin.clone();
         let expires = now.checked_add(self.max_age);
         let entry = Entry { advert, expires };
-        if let Some(old) = self.entries.insert(id.clone(), entry) {
-            if let Some(old_expires) = old.expires {
-                self.deadlines.remove(&(old_expires, id.clone()));
-            }
+        if let Some(old) = self.entries.insert(id.clone(), entry)
+            && let Some(old_expires) = old.expires
+        {
+            self.deadlines.remove(&(old_expires, id.clone()));
         }
         if let Some(expires) = expires {
             self.deadlines.insert((expires, id));

@@ -424,11 +424,11 @@ impl MeshNode {
                         tracing::warn!(link = %id, peer = %node, key = %key, %reason, "refused link")
                     }
                 }
-                if reason == CloseReason::DuplicateLink {
-                    if let Some(ps) = slot.slot {
-                        self.peers.handle_satisfied(ps, node);
-                        slot.slot = None;
-                    }
+                if reason == CloseReason::DuplicateLink
+                    && let Some(ps) = slot.slot
+                {
+                    self.peers.handle_satisfied(ps, node);
+                    slot.slot = None;
                 }
                 slot.link.refuse(reason);
             }
@@ -573,12 +573,12 @@ impl MeshNode {
         } else {
             tracing::debug!(link = %id, peer = ?peer, %end, "link ended before it came up");
         }
-        if let Some(p) = &peer {
-            if self.neighbours.get(p) == Some(&id) {
-                self.neighbours.remove(p);
-                self.peers.handle_peer_lost(now, p);
-                self.schedule_advert(now);
-            }
+        if let Some(p) = &peer
+            && self.neighbours.get(p) == Some(&id)
+        {
+            self.neighbours.remove(p);
+            self.peers.handle_peer_lost(now, p);
+            self.schedule_advert(now);
         }
         self.streams_link_down(now, id);
         self.events.push_back(Event::LinkDown {

@@ -368,12 +368,11 @@ impl Sim {
             Event::LinkDown { link, .. } => Some((*link, false)),
             _ => None,
         };
-        if let Some((link, up)) = up {
-            if let Some((wire, side)) = self.net.find(idx, inc, link) {
-                if let Some(w) = self.net.wire_mut(wire) {
-                    w.ends[side].up = up;
-                }
-            }
+        if let Some((link, up)) = up
+            && let Some((wire, side)) = self.net.find(idx, inc, link)
+            && let Some(w) = self.net.wire_mut(wire)
+        {
+            w.ends[side].up = up;
         }
     }
 

@@ -52,10 +52,10 @@ impl MeshNode {
             if Some(*link) == except {
                 continue;
             }
-            if let Some(slot) = self.links.get_mut(link) {
-                if let Err(e) = slot.link.send(&message) {
-                    tracing::warn!(link = %link, error = %e, "could not send advert");
-                }
+            if let Some(slot) = self.links.get_mut(link)
+                && let Err(e) = slot.link.send(&message)
+            {
+                tracing::warn!(link = %link, error = %e, "could not send advert");
             }
         }
     }

@@ -36,10 +36,10 @@ impl MeshNode {
     }
 
     fn send_on(&mut self, link: LinkId, packet: Packet) {
-        if let Some(slot) = self.links.get_mut(&link) {
-            if let Err(e) = slot.link.send(&Message::Packet(packet)) {
-                tracing::debug!(%link, error = %e, "dropped packet");
-            }
+        if let Some(slot) = self.links.get_mut(&link)
+            && let Err(e) = slot.link.send(&Message::Packet(packet))
+        {
+            tracing::debug!(%link, error = %e, "dropped packet");
         }
     }
 

@@ -200,12 +200,13 @@ impl Sim {
         }
         let unconsumed = (tx.sent - rx.consumed) as u64;
         transfer.max_unconsumed = transfer.max_unconsumed.max(unconsumed);
-        if let Some(rid) = rx.id {
-            if rx.pending > 0 && tx.is_blocked(payload.len()) {
-                let n = std::mem::take(&mut rx.pending);
-                rx.consumed += n;
-                self.with_node(b, |node, now| node.stream_consumed(now, rid, n));
-            }
+        if let Some(rid) = rx.id
+            && rx.pending > 0
+            && tx.is_blocked(payload.len())
+        {
+            let n = std::mem::take(&mut rx.pending);
+            rx.consumed += n;
+            self.with_node(b, |node, now| node.stream_consumed(now, rid, n));
         }
         Ok(())
     }
