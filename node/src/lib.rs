@@ -7,6 +7,7 @@
 //! - [`control`]: the Receptor control-socket protocol (so `receptorctl` works): request
 //!   parser, exact reply bytes, session driver, Unix-socket listener and the CLI's client.
 //! - [`daemon`]: a running node: listeners, mesh driver and control socket wired together.
+//! - [`host`]: the wasm host side; for now the built-in work handler component's bytes.
 //! - [`id`]: typed node ids and service names.
 //! - [`keys`]: X25519 link identities and their tokens and files.
 //! - [`mesh`]: the overlay network: frames, Noise links, link-state routing, streams, and the
@@ -17,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod host;
 pub mod id;
 pub mod keys;
 pub mod mesh;
