@@ -1,6 +1,7 @@
 //! The WebAssembly host: runs each job inside a work-handler component that can do only
 //! what the node's policy grants it.
 //!
+//! - [`builtin`]: the work-handler components built into the node (guest-runner).
 //! - [`bindings`]: the generated types of the `warren:worker` world.
 //! - [`policy`]: what a work type may do, as pure checks (testable without wasm).
 //! - [`state`]: the per-job store data: WASI context, resource table, capabilities.
@@ -10,6 +11,7 @@
 //!   component may run.
 
 pub mod bindings;
+pub mod builtin;
 pub mod jobio;
 pub mod policy;
 pub mod process;

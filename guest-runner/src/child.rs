@@ -1,0 +1,182 @@
+//! Running one child to its end, for every handler: spawn it, relay the job's streams
+//! through it, and turn how it ended into the job's outcome.
+//!
+//! A refused spawn is an outcome, never a trap. [`outcome`] is pure.
+
+use crate::bindings::warren::worker::cancel;
+use crate::bindings::warren::worker::job_io::{self, Level};
+use crate::bindings::warren::worker::process::{self, Command, ExitStatus, SpawnError};
+use crate::bindings::warren::worker::types::{Failure, Outcome};
+use crate::relay::{self, Ended, Streams};
+
+/// Spawns `cmd`, relays payload → stdin and stdout → results (stderr to the log unless
+/// `merge_stderr`), and returns the job's outcome. `label` names the child in details.
+pub(crate) fn run(label: &str, cmd: &Command, merge_stderr: bool) -> Outcome {
+    if cancel::is_cancelled() {
+        return Outcome::Canceled(Failure {
+            detail: format!("canceled before {label} started"),
+            exit_code: None,
+        });
+    }
+    let child = match process::spawn(cmd, merge_stderr) {
+        Ok(child) => child,
+        Err(error) => return spawn_failed(label, &error),
+    };
+    job_io::log(
+        Level::Info,
+        &format!("started {label} as pid {}", child.pid()),
+    );
+    let streams = Streams {
+        payload: job_io::payload(),
+        stdin: child.take_stdin(),
+        stdout: child.take_stdout(),
+        results: job_io::results(),
+        stderr: child.take_stderr(),
+    };
+    let ended = relay::run(&child, streams, cancel::subscribe());
+    outcome(label, ended)
+}
+
+/// The outcome for a refused spawn, naming the reason.
+fn spawn_failed(label: &str, error: &SpawnError) -> Outcome {
+    let reason = match error {
+        SpawnError::NotAllowed(program) => {
+            format!("program `{program}` is not allowed by this node's policy")
+        }
+        SpawnError::NotFound(program) => {
+            format!("program `{program}` is not installed on this node")
+        }
+        SpawnError::BadWorkingDirectory(dir) => {
+            format!("working directory `{dir}` is outside the job directory")
+        }
+        SpawnError::EnvNotAllowed(name) => {
+            format!("environment variable `{name}` is not allowed by this node's policy")
+        }
+        SpawnError::Io(message) => format!("the node could not start it: {message}"),
+    };
+    Outcome::Failed(Failure {
+        detail: format!("cannot start {label}: {reason}"),
+        exit_code: None,
+    })
+}
+
+/// The job's outcome from how its child ended. A cancelled job is `canceled` whatever the
+/// child's status; otherwise only exit code 0 succeeds.
+pub(crate) fn outcome(label: &str, ended: Ended) -> Outcome {
+    let (how, exit_code) = match ended.status {
+        Some(ExitStatus::Exited(0)) if !ended.canceled => return Outcome::Succeeded,
+        Some(ExitStatus::Exited(code)) => (format!("{label} exited with code {code}"), Some(code)),
+        Some(ExitStatus::Signaled(signal)) => {
+            (format!("{label} was killed by signal {signal}"), None)
+        }
+        None => (format!("{label} ended without an exit status"), None),
+    };
+    if ended.canceled {
+        Outcome::Canceled(Failure {
+            detail: format!("canceled; {how}"),
+            exit_code,
+        })
+    } else {
+        Outcome::Failed(Failure {
+            detail: how,
+            exit_code,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The outcome as (kind, detail, exit code): the generated types have no `PartialEq`.
+    fn summary(outcome: &Outcome) -> (&'static str, String, Option<i32>) {
+        match outcome {
+            Outcome::Succeeded => ("succeeded", String::new(), None),
+            Outcome::Failed(f) => ("failed", f.detail.clone(), f.exit_code),
+            Outcome::Canceled(f) => ("canceled", f.detail.clone(), f.exit_code),
+        }
+    }
+
+    fn ended(status: Option<ExitStatus>, canceled: bool) -> Ended {
+        Ended { status, canceled }
+    }
+
+    #[test]
+    fn exit_zero_succeeds() {
+        let outcome = outcome("w", ended(Some(ExitStatus::Exited(0)), false));
+        assert_eq!(summary(&outcome).0, "succeeded");
+    }
+
+    #[test]
+    fn non_zero_exit_fails_with_its_code() {
+        let outcome = outcome(
+            "ansible-runner worker",
+            ended(Some(ExitStatus::Exited(2)), false),
+        );
+        assert_eq!(
+            summary(&outcome),
+            (
+                "failed",
+                "ansible-runner worker exited with code 2".into(),
+                Some(2)
+            )
+        );
+    }
+
+    #[test]
+    fn signal_fails_without_code() {
+        let outcome = outcome("cat", ended(Some(ExitStatus::Signaled(9)), false));
+        assert_eq!(
+            summary(&outcome),
+            ("failed", "cat was killed by signal 9".into(), None)
+        );
+    }
+
+    #[test]
+    fn cancelled_job_is_canceled_even_after_clean_exit() {
+        let outcome = outcome("cat", ended(Some(ExitStatus::Exited(0)), true));
+        assert_eq!(
+            summary(&outcome),
+            (
+                "canceled",
+                "canceled; cat exited with code 0".into(),
+                Some(0)
+            )
+        );
+    }
+
+    #[test]
+    fn cancelled_job_killed_by_signal_is_canceled() {
+        let outcome = outcome("cat", ended(Some(ExitStatus::Signaled(15)), true));
+        assert_eq!(
+            summary(&outcome),
+            (
+                "canceled",
+                "canceled; cat was killed by signal 15".into(),
+                None
+            )
+        );
+    }
+
+    #[test]
+    fn missing_status_fails() {
+        let outcome = outcome("cat", ended(None, false));
+        assert_eq!(
+            summary(&outcome),
+            ("failed", "cat ended without an exit status".into(), None)
+        );
+    }
+
+    #[test]
+    fn refused_spawn_names_the_reason() {
+        let outcome = spawn_failed("ssh", &SpawnError::NotAllowed("ssh".into()));
+        assert_eq!(
+            summary(&outcome),
+            (
+                "failed",
+                "cannot start ssh: program `ssh` is not allowed by this node's policy".into(),
+                None
+            )
+        );
+    }
+}
