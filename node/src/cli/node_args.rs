@@ -3,26 +3,29 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::{
-    Config, ConfigError, ControlConfig, EndpointAddr, LinkCost, ListenConfig, MeshTuning, Origin,
-    PeerConfig, TrustEntry,
+    AnsibleRunnerConfig, Config, ConfigError, ControlConfig, EndpointAddr, LinkCost, ListenConfig,
+    MeshTuning, Origin, PeerConfig, TrustEntry, WorkTypeConfig,
 };
+use crate::host::signing::SignerKey;
 use crate::id::NodeId;
 
 /// Run a mesh node (the flags of warren node).
 ///
 /// Give --config FILE, or the quick flags with at least --id, --key and --data-dir. Flags
-/// given with --config win: --id, --key, --data-dir and --control-socket replace the file's
-/// values; --listen, --peer and --trust add to the file's lists; --cost overrides the
-/// file's [link-costs] entry for its node.
+/// given with --config win: --id, --key, --data-dir, --control-socket and --ansible-runner
+/// replace the file's values; --listen, --peer, --trust, --work-type and --signer add to the
+/// file's lists; --cost overrides the file's [link-costs] entry for its node;
+/// --no-ansible-runner turns ansible-runner off.
 // The field docs are the `--help` text, so they are written for a terminal, not rustdoc.
 #[allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct NodeArgs {
     /// Read settings from this TOML file (see examples/mesh/).
     ///
-    /// Other flags given with it change it: --id, --key, --data-dir and --control-socket
-    /// replace the file's values; --listen, --peer and --trust add to its lists; --cost
-    /// overrides its [link-costs] entry for that node. Relative paths in the file are
+    /// Other flags given with it change it: --id, --key, --data-dir, --control-socket and
+    /// --ansible-runner replace the file's values; --listen, --peer, --trust, --work-type and
+    /// --signer add to its lists; --cost overrides its [link-costs] entry for that node;
+    /// --no-ansible-runner sets [ansible-runner] enabled = false. Relative paths in the file are
     /// relative to the file's directory; relative paths in flags, to the current directory.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -80,6 +83,31 @@ pub struct NodeArgs {
     /// the cost of the listener or peer the link came through.
     #[arg(long = "cost", value_name = "NODE=COST", value_parser = parse_cost)]
     pub costs: Vec<(NodeId, LinkCost)>,
+
+    /// Offer work type NAME, which runs PROGRAM (repeatable), as in --work-type cat=/bin/cat.
+    ///
+    /// PROGRAM is an absolute path or a bare name looked up on the node's PATH at startup;
+    /// words after it, separated by spaces, are fixed arguments (quotes are not supported):
+    /// --work-type 'numbered=cat -n'. The submission is the program's stdin and its stdout
+    /// the result; submissions may not add arguments, no node variables are passed
+    /// through, and the default limits apply. Use a [[work-type]] in a config file for more.
+    #[arg(long = "work-type", value_name = "NAME=PROGRAM[ ARGS]", value_parser = parse_work_type)]
+    pub work_types: Vec<WorkTypeConfig>,
+
+    /// Run work-handler components signed by this key (repeatable).
+    ///
+    /// TOKEN is the public key as warren component keygen prints it: ed25519:<base64url>.
+    #[arg(long = "signer", value_name = "TOKEN")]
+    pub signers: Vec<SignerKey>,
+
+    /// Use the ansible-runner at PATH instead of searching the node's PATH (turns
+    /// ansible-runner on even if the config file turned it off).
+    #[arg(long, value_name = "PATH", conflicts_with = "no_ansible_runner")]
+    pub ansible_runner: Option<PathBuf>,
+
+    /// Do not offer the ansible-runner work type, even if ansible-runner is installed.
+    #[arg(long)]
+    pub no_ansible_runner: bool,
 }
 
 impl NodeArgs {
@@ -93,13 +121,53 @@ impl NodeArgs {
     pub fn into_config(mut self) -> Result<(Config, Option<PathBuf>), ConfigError> {
         let ready_file = self.ready_file.take();
         let config = match self.config.take() {
+            // Flags may settle a conflict in the file (--signer, --no-ansible-runner), so
+            // the checks across settings run once, after merging.
             Some(path) => {
-                let file = Config::load(&path)?;
-                self.merge_into(file, &path)?
+                let file = Config::load_unvalidated(&path)?;
+                if self.changes_nothing() {
+                    let origin = Origin::File { path, line: None };
+                    file.validate(origin)?
+                } else {
+                    self.merge_into(file, &path)?
+                }
             }
             None => self.flags_only()?,
         };
         Ok((config, ready_file))
+    }
+
+    /// Whether no flag changes the config (only --config and --ready-file were given).
+    fn changes_nothing(&self) -> bool {
+        // Destructured so that a new flag cannot be forgotten here.
+        let Self {
+            config: _,
+            ready_file: _,
+            id,
+            listen,
+            peers,
+            key_file,
+            trust,
+            data_dir,
+            control_socket,
+            costs,
+            work_types,
+            signers,
+            ansible_runner,
+            no_ansible_runner,
+        } = self;
+        id.is_none()
+            && key_file.is_none()
+            && data_dir.is_none()
+            && control_socket.is_none()
+            && ansible_runner.is_none()
+            && !no_ansible_runner
+            && listen.is_empty()
+            && peers.is_empty()
+            && trust.is_empty()
+            && costs.is_empty()
+            && work_types.is_empty()
+            && signers.is_empty()
     }
 
     fn flags_only(self) -> Result<Config, ConfigError> {
@@ -126,6 +194,9 @@ impl NodeArgs {
             link_costs: Default::default(),
             control: ControlConfig::default(),
             mesh: MeshTuning::default(),
+            work_types: Vec::new(),
+            signers: Vec::new(),
+            ansible_runner: AnsibleRunnerConfig::default(),
         };
         self.extend(config).validate(Origin::Flags)
     }
@@ -146,7 +217,7 @@ impl NodeArgs {
         self.extend(config).validate(origin)
     }
 
-    /// Adds the list flags and the control socket to `config`.
+    /// Adds the list flags, the control socket and the ansible-runner flags to `config`.
     fn extend(self, mut config: Config) -> Config {
         let listen = self.listen.into_iter().map(|addr| ListenConfig {
             addr,
@@ -162,6 +233,15 @@ impl NodeArgs {
         config.link_costs.extend(self.costs);
         if let Some(socket) = self.control_socket {
             config.control.socket = Some(socket);
+        }
+        config.work_types.extend(self.work_types);
+        config.signers.extend(self.signers);
+        if let Some(path) = self.ansible_runner {
+            config.ansible_runner.path = Some(path);
+            config.ansible_runner.enabled = true;
+        }
+        if self.no_ansible_runner {
+            config.ansible_runner.enabled = false;
         }
         config
     }
@@ -185,6 +265,14 @@ fn parse_cost(s: &str) -> Result<(NodeId, LinkCost), String> {
     let node = node.parse().map_err(|e| format!("{e}"))?;
     let cost = cost.parse().map_err(|e| format!("{e}"))?;
     Ok((node, cost))
+}
+
+/// Parses `--work-type NAME=PROGRAM[ ARGS]` into a command work type with defaults.
+fn parse_work_type(s: &str) -> Result<WorkTypeConfig, String> {
+    let (name, command) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not NAME=PROGRAM, as in cat=/bin/cat"))?;
+    WorkTypeConfig::command(name, command).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -5,11 +5,13 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::host::signing::SigningKeyError;
 use crate::id::{NameError, NodeId};
 use crate::keys::{KeyError, PublicKey};
 
 use super::addr::{AddrError, EndpointAddr};
 use super::cost::CostError;
+use super::worktype::{HANDLER_NAMES, MAX_WORK_TYPE_NAME};
 
 /// Why a config could not be loaded or built.
 #[derive(Debug, thiserror::Error)]
@@ -187,6 +189,80 @@ pub enum Problem {
         /// The address.
         addr: EndpointAddr,
     },
+    /// Not a valid work type name.
+    #[error(
+        "{value:?} is not a work type name: use 1 to {MAX_WORK_TYPE_NAME} letters, digits, \
+         '.', '_' or '-'"
+    )]
+    WorkTypeName {
+        /// The text as written.
+        value: String,
+    },
+    /// A handler that does not exist.
+    #[error("unknown handler {value:?}; accepted: {}", HANDLER_NAMES.join(", "))]
+    UnknownHandler {
+        /// The text as written.
+        value: String,
+    },
+    /// A key the work type's handler needs is missing.
+    #[error("handler {handler:?} needs `{key}`")]
+    MissingForHandler {
+        /// The handler.
+        handler: &'static str,
+        /// The missing key.
+        key: &'static str,
+    },
+    /// A key that the work type's handler does not use.
+    #[error("`{key}` does not apply to handler {handler:?}")]
+    NotForHandler {
+        /// The handler.
+        handler: &'static str,
+        /// The key given.
+        key: &'static str,
+    },
+    /// Fixed params with quotes, which splitting on whitespace cannot honour.
+    #[error(
+        "{value:?} contains a quote; params are split on whitespace and quoting is not \
+         supported, so no argument can contain a space"
+    )]
+    QuotedParams {
+        /// The text as written.
+        value: String,
+    },
+    /// Not an environment variable name.
+    #[error("{value:?} is not an environment variable name (letters, digits and '_')")]
+    EnvName {
+        /// The text as written.
+        value: String,
+    },
+    /// Not a valid component signer key token.
+    #[error(transparent)]
+    SignerKey(#[from] SigningKeyError),
+    /// Two work types share a name.
+    #[error("work type {name:?} is defined twice")]
+    DuplicateWorkType {
+        /// The name.
+        name: String,
+    },
+    /// A work type takes the name of the default ansible-runner work type.
+    #[error(
+        "work type {name:?} clashes with the default ansible-runner work type; use handler \
+         \"ansible-runner\", another name, or set [ansible-runner] enabled = false \
+         (--no-ansible-runner)"
+    )]
+    AnsibleRunnerClash {
+        /// The name.
+        name: String,
+    },
+    /// A work type uses ansible-runner while ansible-runner is disabled.
+    #[error(
+        "handler \"ansible-runner\" is used while ansible-runner is disabled \
+         ([ansible-runner] enabled = false or --no-ansible-runner)"
+    )]
+    AnsibleRunnerDisabled,
+    /// A component work type on a node that trusts no signer could never run.
+    #[error("handler \"component\" needs at least one [[signer]] (--signer) to verify it")]
+    NoSigner,
     /// A link-cost override names this node itself.
     #[error("{node} is this node's own id; a node has no link to itself")]
     CostToSelf {

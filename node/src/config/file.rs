@@ -2,8 +2,10 @@
 //!
 //! Serde checks the shape (unknown keys, types, required keys); values that need
 //! validating are kept as [`Spanned`] text so that an error can name the line and the key.
-//! New sections (`[[work-type]]`, `[[signer]]`) and `[control]` keys are added here as
-//! optional fields, so existing files keep parsing.
+//! New sections and keys are added as optional fields, so existing files keep parsing;
+//! the work sections (`[[work-type]]`, `[[signer]]`, `[ansible-runner]`) live in `work`.
+
+mod work;
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -18,7 +20,7 @@ use crate::id::{NameError, NodeId};
 use super::error::{AddrRole, ConfigError, Origin, Problem};
 use super::{
     AddrError, Config, ControlConfig, DEFAULT_CONTROL_PERMISSIONS, EndpointAddr, LinkCost,
-    ListenConfig, MeshTuning, PeerConfig, TrustEntry, validate,
+    ListenConfig, MeshTuning, PeerConfig, TrustEntry,
 };
 
 #[derive(Deserialize)]
@@ -37,6 +39,12 @@ struct ConfigFile {
     control: ControlSection,
     #[serde(default)]
     mesh: MeshSection,
+    #[serde(default)]
+    work_type: Vec<work::WorkTypeSection>,
+    #[serde(default)]
+    signer: Vec<work::SignerSection>,
+    #[serde(default)]
+    ansible_runner: work::AnsibleRunnerSection,
 }
 
 #[derive(Deserialize)]
@@ -87,20 +95,14 @@ const REKEY_MINUTES: (u64, u64) = (1, 10_080);
 /// Allowed range of `max-hops`: it travels as a `u8`.
 const MAX_HOPS: (u64, u64) = (1, 255);
 
-/// Parses and validates a config file's text; `path` names it in errors and is the base of
-/// relative paths.
+/// Parses a config file's text and checks each value (the checks across settings are the
+/// caller's); `path` names it in errors and is the base of relative paths.
 pub(super) fn decode(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let file: ConfigFile = toml::from_str(text).map_err(|source| ConfigError::Parse {
         path: path.to_owned(),
         source: Box::new(source),
     })?;
-    let cx = Decoder { path, text };
-    let config = cx.config(file)?;
-    let origin = Origin::File {
-        path: path.to_owned(),
-        line: None,
-    };
-    validate::check(config, origin)
+    Decoder { path, text }.config(file)
 }
 
 /// The file being decoded: names it and its lines in errors.
@@ -132,6 +134,13 @@ impl Decoder<'_> {
                 .collect::<Result<_, _>>()?,
             control: self.control(file.control)?,
             mesh: self.mesh(&file.mesh)?,
+            work_types: (file.work_type.iter().enumerate())
+                .map(|(i, w)| self.work_type(i, w))
+                .collect::<Result<_, _>>()?,
+            signers: (file.signer.iter().enumerate())
+                .map(|(i, s)| self.signer(i, s))
+                .collect::<Result<_, _>>()?,
+            ansible_runner: self.ansible_runner(&file.ansible_runner)?,
         })
     }
 

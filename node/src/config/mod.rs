@@ -30,6 +30,28 @@
 //! idle-timeout-seconds = 30
 //! rekey-minutes = 60
 //! max-hops = 30
+//!
+//! [[work-type]]                       # optional, repeatable
+//! name = "cat"                        # letters, digits, . _ -; unique
+//! handler = "command"                 # "command" | "ansible-runner" | "component"
+//! program = "/bin/cat"                # command: a path, or a bare name found on PATH
+//! params = "-n"                       # command: fixed arguments, split on whitespace
+//! allow-runtime-params = false        # command: may submissions add arguments?
+//! env = ["FOO"]                       # node variables passed through (default none)
+//! memory-mb = 64                      # guest memory cap (default 64)
+//! deadline-seconds = 21600            # wall-clock limit (default 6 h)
+//! output-mb = 8192                    # results cap (default 8 GiB)
+//! # handler = "component" instead takes:
+//! # component = "handlers/x.wasm"     # relative to the config file's directory
+//! # signature = "handlers/x.wasm.sig" # default: the component's path plus .sig
+//!
+//! [[signer]]                          # optional, repeatable: whose components run here
+//! key = "ed25519:..."
+//!
+//! [ansible-runner]                    # optional
+//! path = "/opt/venv/bin/ansible-runner" # default: search PATH
+//! enabled = true                      # default true: offer the ansible-runner work type
+//! env = ["ANSIBLE_FORCE_COLOR"]       # node variables passed through to it
 //! ```
 //!
 //! Unknown keys are errors, and every error names the file, the line when known, the key
@@ -42,11 +64,13 @@ mod cost;
 mod error;
 mod file;
 mod validate;
+mod worktype;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::host::signing::SignerKey;
 use crate::id::NodeId;
 use crate::keys::PublicKey;
 
@@ -54,6 +78,10 @@ pub use crate::mesh::trust::{TrustDecision, TrustEntry};
 pub use addr::{AddrError, DEFAULT_PORT, EndpointAddr};
 pub use cost::{CostError, LinkCost};
 pub use error::{AddrRole, ConfigError, Origin, Problem};
+pub use worktype::{
+    ANSIBLE_RUNNER_WORK_TYPE, AnsibleRunnerConfig, DEFAULT_DEADLINE_SECONDS, DEFAULT_MEMORY_MB,
+    DEFAULT_OUTPUT_MB, HANDLER_NAMES, HandlerKind, MAX_WORK_TYPE_NAME, WorkTypeConfig,
+};
 
 /// Keepalive interval when none is configured: frequent enough to hold NAT and firewall
 /// state open, rare enough to cost nothing.
@@ -93,6 +121,12 @@ pub struct Config {
     pub control: ControlConfig,
     /// Mesh timers and limits.
     pub mesh: MeshTuning,
+    /// Work types offered besides the default ansible-runner one; names are unique.
+    pub work_types: Vec<WorkTypeConfig>,
+    /// Signers whose components this node runs; no duplicates.
+    pub signers: Vec<SignerKey>,
+    /// Where to find ansible-runner, and whether to offer it.
+    pub ansible_runner: AnsibleRunnerConfig,
 }
 
 /// One address to accept links on.
@@ -163,6 +197,20 @@ impl Config {
     /// [`ConfigError::Parse`] when it is not a node config, [`ConfigError::Invalid`] when a
     /// value is not acceptable.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let origin = Origin::File {
+            path: path.to_owned(),
+            line: None,
+        };
+        Self::load_unvalidated(path)?.validate(origin)
+    }
+
+    /// Reads the config file at `path` and checks each value, but not the checks across
+    /// settings: for a caller that changes the config (merging flags that may settle a
+    /// conflict) and then calls [`Config::validate`].
+    ///
+    /// # Errors
+    /// As [`Config::load`], except for the checks across settings.
+    pub fn load_unvalidated(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| {
             if source.kind() == std::io::ErrorKind::NotFound {
                 ConfigError::NotFound {
@@ -175,7 +223,7 @@ impl Config {
                 }
             }
         })?;
-        Self::from_toml(&text, path)
+        file::decode(&text, path)
     }
 
     /// Parses and validates config text as if read from `path`, which names it in errors
@@ -184,7 +232,11 @@ impl Config {
     /// # Errors
     /// As [`Config::load`], except for reading.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        file::decode(text, path)
+        let origin = Origin::File {
+            path: path.to_owned(),
+            line: None,
+        };
+        file::decode(text, path)?.validate(origin)
     }
 
     /// Runs the checks across settings again, after a caller changed the config (flags
@@ -194,6 +246,13 @@ impl Config {
     /// [`ConfigError::Invalid`] at `origin` naming the first setting at fault.
     pub fn validate(self, origin: Origin) -> Result<Self, ConfigError> {
         validate::check(self, origin)
+    }
+
+    /// Whether the default `ansible-runner` work type is offered (if ansible-runner is
+    /// found): it is enabled and no configured work type takes its name.
+    pub fn offers_default_ansible_runner(&self) -> bool {
+        self.ansible_runner.enabled
+            && !(self.work_types.iter()).any(|w| w.name == ANSIBLE_RUNNER_WORK_TYPE)
     }
 
     /// Decides whether a peer presenting `key` is accepted as `claimed`.

@@ -371,4 +371,11 @@ fn example_mesh_configs_parse_and_trust_their_neighbours() {
     assert_eq!(trusted(&relay, &node1), TrustDecision::Trusted);
     assert_eq!(trusted(&node1, &relay), TrustDecision::Trusted);
     assert_eq!(trusted(&node1, &controller), TrustDecision::Untrusted);
+    assert!(node1.ansible_runner.enabled && node1.offers_default_ansible_runner());
+    assert!(
+        node1.work_types.is_empty(),
+        "the cat work type is commented out"
+    );
 }
+
+mod work_types;

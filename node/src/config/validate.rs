@@ -3,8 +3,10 @@
 
 use std::collections::BTreeSet;
 
+use crate::host::signing::SignerKey;
+
 use super::error::{ConfigError, Origin, Problem};
-use super::{Config, TrustEntry};
+use super::{ANSIBLE_RUNNER_WORK_TYPE, Config, HandlerKind, TrustEntry};
 
 /// A setting that a cross-check found at fault, named for the file and for the flags.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,6 +16,8 @@ enum Setting {
     Trust(usize),
     LinkCost(String),
     IdleTimeout,
+    WorkTypeName(usize),
+    WorkTypeHandler(usize),
 }
 
 impl Setting {
@@ -24,6 +28,8 @@ impl Setting {
             Self::Trust(i) => format!("[[trust]] #{} key", i + 1),
             Self::LinkCost(node) => format!("[link-costs] {node}"),
             Self::IdleTimeout => "[mesh] idle-timeout-seconds".to_owned(),
+            Self::WorkTypeName(i) => format!("[[work-type]] #{} name", i + 1),
+            Self::WorkTypeHandler(i) => format!("[[work-type]] #{} handler", i + 1),
         }
     }
 
@@ -33,6 +39,7 @@ impl Setting {
             Self::Peer(_) => "--peer",
             Self::Trust(_) => "--trust",
             Self::LinkCost(_) => "--cost",
+            Self::WorkTypeName(_) | Self::WorkTypeHandler(_) => "--work-type",
             Self::IdleTimeout => return self.file_key(),
         };
         match origin {
@@ -47,7 +54,7 @@ impl Setting {
     }
 }
 
-/// Runs the cross-checks and drops exact duplicate trust entries.
+/// Runs the cross-checks and drops exact duplicate trust entries and signers.
 ///
 /// # Errors
 /// [`ConfigError::Invalid`] naming `origin` and the first setting at fault.
@@ -55,7 +62,9 @@ pub(super) fn check(mut config: Config, origin: Origin) -> Result<Config, Config
     let result = check_mesh(&config)
         .and_then(|()| check_addresses(&config))
         .and_then(|()| check_link_costs(&config))
+        .and_then(|()| check_work_types(&config))
         .and_then(|()| dedupe_trust(&mut config.trust));
+    dedupe_signers(&mut config.signers);
     match result {
         Ok(()) => Ok(config),
         Err((setting, problem)) => Err(ConfigError::invalid(
@@ -112,6 +121,47 @@ fn check_link_costs(config: &Config) -> Result<(), Fault> {
         ));
     }
     Ok(())
+}
+
+/// Work type names are unique; ansible-runner work needs ansible-runner enabled and its
+/// default name stays free while it is; component work needs a signer to verify it.
+fn check_work_types(config: &Config) -> Result<(), Fault> {
+    let names = config.work_types.iter().map(|w| &w.name);
+    if let Some((i, name)) = first_repeat(names) {
+        return Err((
+            Setting::WorkTypeName(i),
+            Problem::DuplicateWorkType { name },
+        ));
+    }
+    let runner_enabled = config.ansible_runner.enabled;
+    for (i, work) in config.work_types.iter().enumerate() {
+        let problem = match &work.handler {
+            HandlerKind::AnsibleRunner if !runner_enabled => {
+                (Setting::WorkTypeHandler(i), Problem::AnsibleRunnerDisabled)
+            }
+            HandlerKind::Component { .. } if config.signers.is_empty() => {
+                (Setting::WorkTypeHandler(i), Problem::NoSigner)
+            }
+            HandlerKind::Command { .. } | HandlerKind::Component { .. }
+                if runner_enabled && work.name == ANSIBLE_RUNNER_WORK_TYPE =>
+            {
+                let name = work.name.clone();
+                (
+                    Setting::WorkTypeName(i),
+                    Problem::AnsibleRunnerClash { name },
+                )
+            }
+            _ => continue,
+        };
+        return Err(problem);
+    }
+    Ok(())
+}
+
+/// Keeps the first of each signer.
+fn dedupe_signers(signers: &mut Vec<SignerKey>) {
+    let mut seen = BTreeSet::new();
+    signers.retain(|key| seen.insert(*key));
 }
 
 /// Keeps the first of exact duplicates; a key trusted under two pins is an error.

@@ -7,11 +7,14 @@
 //! - [`state`]: the per-job store data: WASI context, resource table, capabilities.
 //! - [`process`] and [`jobio`]: the host side of the world's interfaces.
 //! - [`runner`]: one engine per node; per job a store with limits, an instance, a call.
+//! - [`detect`]: finding ansible-runner (probed before it is offered) and the programs of
+//!   command work types.
 //! - [`signing`]: signed component manifests, signer keys, and verification before a
 //!   component may run.
 
 pub mod bindings;
 pub mod builtin;
+pub mod detect;
 pub mod jobio;
 pub mod policy;
 pub mod process;

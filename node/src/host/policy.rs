@@ -9,6 +9,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
+/// The logical program name under which [`Policy::for_ansible_runner`] lists ansible-runner.
+pub const ANSIBLE_RUNNER_PROGRAM: &str = "ansible-runner";
+
+/// `PATH` of a command work type's child.
+pub const COMMAND_PATH: &str = "/usr/bin:/bin";
+
+/// `LANG` of every child built by the constructors: UTF-8 without a locale's quirks.
+pub const CHILD_LANG: &str = "C.UTF-8";
+
 /// Limits of one job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
@@ -70,6 +79,60 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// The policy of command work type `name`: the logical program `name` is `program`;
+    /// children get `PATH=/usr/bin:/bin`, `LANG=C.UTF-8` and the `env_pass` variables that
+    /// the node has (`node_env` looks them up), which override those two. The guest may
+    /// set no variables.
+    pub fn for_command(
+        name: &str,
+        program: &Path,
+        env_pass: &[String],
+        node_env: impl Fn(&str) -> Option<String>,
+        limits: Limits,
+    ) -> Self {
+        let defaults = [
+            ("PATH", COMMAND_PATH.to_owned()),
+            ("LANG", CHILD_LANG.into()),
+        ];
+        Self {
+            programs: [(name.to_owned(), program.to_owned())].into(),
+            env: child_vars(defaults, env_pass, node_env),
+            env_allow: BTreeSet::new(),
+            limits,
+        }
+    }
+
+    /// The policy of ansible-runner work: the logical program [`ANSIBLE_RUNNER_PROGRAM`]
+    /// is `runner`; children get a `PATH` of the runner's directory then `/usr/bin:/bin`
+    /// (so it finds the `ansible-playbook` installed beside it), `LANG=C.UTF-8`, and the
+    /// `env_pass` variables that the node has, which override those two. The guest may
+    /// set no variables.
+    pub fn for_ansible_runner(
+        runner: &Path,
+        env_pass: &[String],
+        node_env: impl Fn(&str) -> Option<String>,
+        limits: Limits,
+    ) -> Self {
+        let mut path: Vec<String> = runner
+            .parent()
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .map(|dir| dir.to_string_lossy().into_owned())
+            .into_iter()
+            .collect();
+        for dir in COMMAND_PATH.split(':') {
+            if !path.iter().any(|p| p == dir) {
+                path.push(dir.to_owned());
+            }
+        }
+        let defaults = [("PATH", path.join(":")), ("LANG", CHILD_LANG.into())];
+        Self {
+            programs: [(ANSIBLE_RUNNER_PROGRAM.to_owned(), runner.to_owned())].into(),
+            env: child_vars(defaults, env_pass, node_env),
+            env_allow: BTreeSet::new(),
+            limits,
+        }
+    }
+
     /// The executable for `name`.
     ///
     /// # Errors
@@ -107,6 +170,29 @@ impl Policy {
         env.extend(requested.iter().cloned());
         Ok(env.into_iter().collect())
     }
+}
+
+/// `defaults`, then each passed-through variable the node has, replacing a default of the
+/// same name.
+fn child_vars<const N: usize>(
+    defaults: [(&str, String); N],
+    env_pass: &[String],
+    node_env: impl Fn(&str) -> Option<String>,
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = defaults
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value))
+        .collect();
+    for name in env_pass {
+        let Some(value) = node_env(name) else {
+            continue;
+        };
+        match env.iter_mut().find(|(n, _)| n == name) {
+            Some(slot) => slot.1 = value,
+            None => env.push((name.clone(), value)),
+        }
+    }
+    env
 }
 
 /// Resolves a guest's working directory (relative to the job directory) to a path that is
@@ -191,6 +277,100 @@ mod tests {
             p.child_env(Path::new("/j"), &[("LD_PRELOAD".into(), "x".into())]),
             Err(Denied::EnvNotAllowed("LD_PRELOAD".into()))
         );
+    }
+
+    fn node_env(name: &str) -> Option<String> {
+        match name {
+            "FOO" => Some("foo value".into()),
+            "LANG" => Some("de_DE.UTF-8".into()),
+            "ANSIBLE_FORCE_COLOR" => Some("1".into()),
+            _ => None,
+        }
+    }
+
+    fn pairs(env: &[(&str, &str)]) -> Vec<(String, String)> {
+        env.iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn command_policy_lists_the_work_type_and_passes_chosen_variables() {
+        let limits = Limits {
+            memory_bytes: 1 << 20,
+            ..Limits::default()
+        };
+        let pass = ["FOO".to_owned(), "MISSING".to_owned()];
+        let p = Policy::for_command(
+            "cat",
+            Path::new("/bin/cat"),
+            &pass,
+            node_env,
+            limits.clone(),
+        );
+        assert_eq!(
+            p.programs,
+            [("cat".to_owned(), PathBuf::from("/bin/cat"))].into()
+        );
+        assert_eq!(
+            p.env,
+            pairs(&[
+                ("PATH", "/usr/bin:/bin"),
+                ("LANG", "C.UTF-8"),
+                ("FOO", "foo value")
+            ])
+        );
+        assert!(p.env_allow.is_empty());
+        assert_eq!(p.limits, limits);
+        assert_eq!(p.resolve_program("cat").unwrap(), Path::new("/bin/cat"));
+        assert!(p.resolve_program("ansible-runner").is_err());
+        let p = Policy::for_command("c", Path::new("/bin/cat"), &[], node_env, Limits::default());
+        assert_eq!(
+            p.env,
+            pairs(&[("PATH", "/usr/bin:/bin"), ("LANG", "C.UTF-8")])
+        );
+        let lang = ["LANG".to_owned()];
+        let p = Policy::for_command(
+            "c",
+            Path::new("/bin/cat"),
+            &lang,
+            node_env,
+            Limits::default(),
+        );
+        assert_eq!(
+            p.env[1],
+            ("LANG".into(), "de_DE.UTF-8".into()),
+            "node value wins"
+        );
+    }
+
+    #[test]
+    fn ansible_runner_policy_puts_the_runner_dir_first_on_path() {
+        let runner = Path::new("/opt/venv/bin/ansible-runner");
+        let pass = ["ANSIBLE_FORCE_COLOR".to_owned()];
+        let p = Policy::for_ansible_runner(runner, &pass, node_env, Limits::default());
+        assert_eq!(
+            p.programs,
+            [(ANSIBLE_RUNNER_PROGRAM.to_owned(), runner.to_owned())].into()
+        );
+        assert_eq!(
+            p.env,
+            pairs(&[
+                ("PATH", "/opt/venv/bin:/usr/bin:/bin"),
+                ("LANG", "C.UTF-8"),
+                ("ANSIBLE_FORCE_COLOR", "1")
+            ])
+        );
+        assert!(p.env_allow.is_empty());
+        let system = Policy::for_ansible_runner(
+            Path::new("/usr/bin/ansible-runner"),
+            &[],
+            node_env,
+            Limits::default(),
+        );
+        assert_eq!(system.env[0], ("PATH".into(), "/usr/bin:/bin".into()));
+        let home = system.child_env(Path::new("/jobs/1"), &[]).unwrap();
+        assert!(home.contains(&("HOME".into(), "/jobs/1".into())));
     }
 
     #[test]

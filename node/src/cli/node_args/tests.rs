@@ -3,7 +3,8 @@ use std::path::Path;
 use clap::{CommandFactory, Parser};
 
 use super::*;
-use crate::config::{ConfigError, TrustDecision};
+use crate::config::{ConfigError, HandlerKind, TrustDecision};
+use crate::host::signing::SignerKey;
 use crate::keys::{LinkKeypair, PublicKey};
 
 #[derive(Parser)]
@@ -235,7 +236,145 @@ fn help_explains_forms() {
         "--ready-file",
         "NODE=TOKEN",
         "x25519:",
+        "NAME=PROGRAM[ ARGS]",
+        "cat=/bin/cat",
+        "ed25519:",
+        "--no-ansible-runner",
     ] {
         assert!(help.contains(needle), "help lacks {needle}:\n{help}");
     }
+}
+
+fn signer(seed: u8) -> SignerKey {
+    crate::host::signing::SigningKeypair::from_private([seed; 32]).public()
+}
+
+const QUICK: [&str; 6] = ["--id", "n", "--key", "k", "--data-dir", "d"];
+
+fn quick(extra: &[&str]) -> Result<Config, ConfigError> {
+    let args = [&QUICK[..], extra].concat();
+    parse(&args)
+        .unwrap()
+        .into_config()
+        .map(|(config, _)| config)
+}
+
+#[test]
+fn work_flags_build_work_types_signers_and_runner_settings() {
+    let token = signer(1).to_string();
+    let config = quick(&[
+        "--work-type",
+        "cat=/bin/cat",
+        "--work-type",
+        "numbered=cat -n",
+        "--signer",
+        &token,
+        "--ansible-runner",
+        "/opt/venv/bin/ansible-runner",
+    ])
+    .unwrap();
+    let names: Vec<&str> = config.work_types.iter().map(|w| w.name.as_str()).collect();
+    assert_eq!(names, ["cat", "numbered"]);
+    assert_eq!(
+        config.work_types[1].handler,
+        HandlerKind::Command {
+            program: "cat".into(),
+            params: vec!["-n".into()],
+            allow_runtime_params: false,
+        }
+    );
+    assert_eq!(config.signers, [signer(1)]);
+    assert_eq!(
+        config.ansible_runner.path.as_deref(),
+        Some(Path::new("/opt/venv/bin/ansible-runner"))
+    );
+    assert!(config.ansible_runner.enabled);
+    let config = quick(&["--no-ansible-runner"]).unwrap();
+    assert!(!config.ansible_runner.enabled && config.work_types.is_empty());
+}
+
+#[test]
+fn bad_work_flags_are_clap_errors_naming_the_flag() {
+    let cases = [
+        (&["--work-type", "cat"][..], "--work-type"),
+        (&["--work-type", "a b=/bin/cat"], "--work-type"),
+        (&["--work-type", "c="], "--work-type"),
+        (&["--work-type", "c=sh -c 'x y'"], "quote"),
+        (&["--signer", "x25519:AAAA"], "--signer"),
+        (
+            &["--ansible-runner", "/x", "--no-ansible-runner"],
+            "cannot be used with",
+        ),
+    ];
+    for (args, needle) in cases {
+        let err = parse(args)
+            .err()
+            .unwrap_or_else(|| panic!("{args:?} parsed"))
+            .to_string();
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn work_flags_are_cross_checked_with_the_file() {
+    let err = quick(&["--work-type", "c=/bin/cat", "--work-type", "c=/bin/echo"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("command line: --work-type: work type \"c\" is defined twice"),
+        "{err}"
+    );
+    let err = quick(&["--work-type", "ansible-runner=/bin/true"]).unwrap_err();
+    assert!(err.to_string().contains("clashes"), "{err}");
+    quick(&[
+        "--work-type",
+        "ansible-runner=/bin/true",
+        "--no-ansible-runner",
+    ])
+    .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = "[[work-type]]\nname = \"cat\"\nhandler = \"command\"\nprogram = \"cat\"\n\
+                [[work-type]]\nname = \"h\"\nhandler = \"component\"\ncomponent = \"h.wasm\"\n\
+                [ansible-runner]\nenabled = false\n";
+    let path = write_config(dir.path(), file);
+    let path = path.to_str().unwrap();
+    let token = signer(2).to_string();
+    let args = [
+        "--config",
+        path,
+        "--signer",
+        &token,
+        "--ansible-runner",
+        "ar",
+    ];
+    let (config, _) = parse(&args).unwrap().into_config().unwrap();
+    assert_eq!(config.work_types.len(), 2);
+    assert_eq!(config.signers, [signer(2)]);
+    assert!(
+        config.ansible_runner.enabled,
+        "--ansible-runner turns it back on"
+    );
+    assert_eq!(config.ansible_runner.path.as_deref(), Some(Path::new("ar")));
+    let args = [
+        "--config",
+        path,
+        "--signer",
+        &token,
+        "--work-type",
+        "cat=/bin/cat",
+    ];
+    let err = parse(&args).unwrap().into_config().unwrap_err().to_string();
+    assert!(
+        err.contains("with command-line flags: [[work-type]] / --work-type: work type \"cat\""),
+        "{err}"
+    );
+    let err = parse(&["--config", path])
+        .unwrap()
+        .into_config()
+        .unwrap_err();
+    let expected = format!(
+        "{path}: [[work-type]] #2 handler: handler \"component\" needs at least one [[signer]] (--signer)"
+    );
+    assert!(err.to_string().starts_with(&expected), "{err}");
 }

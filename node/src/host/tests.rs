@@ -1,0 +1,287 @@
+//! Host tests against the real components: guest-runner (built into the binary) and the
+//! probe handler (built for tests by build.rs). Both are compiled once per test run into one
+//! shared cache.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::builtin::GUEST_RUNNER;
+use super::policy::{Limits, Policy};
+use super::runner::{Handler, Host, Job, JobIo, Outcome};
+
+/// The probe handler, for tests only.
+const PROBE_HANDLER: &[u8] = include_bytes!(env!("WARREN_PROBE_HANDLER_WASM"));
+
+struct Shared {
+    host: Host,
+    guest: Handler,
+    probe: Handler,
+}
+
+/// One host and both compiled components, shared by every test of the run.
+fn shared() -> &'static Shared {
+    static SHARED: OnceLock<Shared> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let cache = std::env::temp_dir().join(format!("warren-host-tests-{}", std::process::id()));
+        let host = Host::new(&cache).expect("host");
+        let guest = host.load(GUEST_RUNNER).expect("guest-runner loads");
+        let probe = host.load(PROBE_HANDLER).expect("probe handler loads");
+        Shared { host, guest, probe }
+    })
+}
+
+fn policy(programs: &[(&str, &str)], limits: Limits) -> Arc<Policy> {
+    Arc::new(Policy {
+        programs: programs
+            .iter()
+            .map(|(n, p)| ((*n).to_owned(), PathBuf::from(p)))
+            .collect::<BTreeMap<_, _>>(),
+        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+        env_allow: BTreeSet::from(["ALLOWED".to_owned()]),
+        limits,
+    })
+}
+
+fn job(handler: &str, params: &[(&str, &str)]) -> Job {
+    Job {
+        id: "Test0001".into(),
+        work_type: handler.into(),
+        handler: handler.into(),
+        params: params
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    }
+}
+
+/// Runs `job` with `payload`; returns the outcome and the results.
+async fn run(
+    handler: &Handler,
+    policy: Arc<Policy>,
+    job: Job,
+    payload: Vec<u8>,
+    cancel: Option<Duration>,
+) -> (Outcome, Vec<u8>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let job_dir = dir.path().join("job");
+    std::fs::create_dir(&job_dir).unwrap();
+    std::fs::write(job_dir.join("inside.txt"), b"hello").unwrap();
+    let results_path = dir.path().join("results");
+    let results = tokio::fs::File::create(&results_path).await.unwrap();
+    let io = JobIo {
+        job_dir,
+        payload: Box::new(std::io::Cursor::new(payload)),
+        results: Box::new(results),
+    };
+    let (tx, rx) = watch::channel(false);
+    if let Some(after) = cancel {
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let _ = tx.send(true);
+        });
+    } else {
+        std::mem::forget(tx);
+    }
+    let outcome = shared().host.run(handler, policy, job, io, rx).await;
+    let results = std::fs::read(&results_path).unwrap();
+    (outcome, results, dir)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_relays_megabytes_through_cat_byte_for_byte() {
+    let payload: Vec<u8> = (0..6_000_000u32).map(|i| (i * 7 % 253) as u8).collect();
+    let policy = policy(&[("cat", "/bin/cat")], Limits::default());
+    let job = job("command", &[("program", "cat")]);
+    let (outcome, results, _dir) = run(&shared().guest, policy, job, payload.clone(), None).await;
+    assert_eq!(outcome, Outcome::Succeeded);
+    assert!(results == payload, "got {} of {} bytes", results.len(), payload.len());
+}
+
+#[tokio::test]
+async fn unlisted_program_is_refused_with_a_value_not_a_trap() {
+    let policy = policy(&[("cat", "/bin/cat")], Limits::default());
+    let (outcome, results, _dir) = run(
+        &shared().probe,
+        policy.clone(),
+        job("spawn", &[("program", "sh")]),
+        vec![],
+        None,
+    )
+    .await;
+    assert_eq!(outcome, Outcome::Succeeded);
+    assert!(text(&results).contains("spawn err SpawnError::NotAllowed"), "{}", text(&results));
+    // The same through guest-runner's command handler: a clean failure naming the reason.
+    let (outcome, _, _dir) = run(
+        &shared().guest,
+        policy,
+        job("command", &[("program", "sh")]),
+        vec![],
+        None,
+    )
+    .await;
+    let Outcome::Failed { detail, .. } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(detail.contains("not allowed"), "{detail}");
+}
+
+#[tokio::test]
+async fn spawn_checks_environment_and_working_directory() {
+    let policy = policy(&[("true", "/bin/true")], Limits::default());
+    let cases = [
+        (vec![("env", "LD_PRELOAD=x")], "EnvNotAllowed"),
+        (vec![("env", "ALLOWED=1")], "spawn exited 0"),
+        (vec![("cwd", "../..")], "BadWorkingDirectory"),
+        (vec![("cwd", "/tmp")], "BadWorkingDirectory"),
+    ];
+    for (extra, expected) in cases {
+        let mut params = vec![("program", "true")];
+        params.extend(extra);
+        let (_, results, _dir) =
+            run(&shared().probe, policy.clone(), job("spawn", &params), vec![], None).await;
+        assert!(text(&results).contains(expected), "{params:?}: {}", text(&results));
+    }
+}
+
+#[tokio::test]
+async fn guest_sees_only_its_job_directory_and_no_environment() {
+    let policy = policy(&[], Limits::default());
+    for (path, expected) in [
+        ("inside.txt", "read ok 5"),
+        ("/etc/passwd", "read err"),
+        ("../results", "read err"),
+    ] {
+        let (_, results, _dir) = run(
+            &shared().probe,
+            policy.clone(),
+            job("read-file", &[("path", path)]),
+            vec![],
+            None,
+        )
+        .await;
+        assert!(text(&results).starts_with(expected), "{path}: {}", text(&results));
+    }
+    let (_, results, _dir) = run(&shared().probe, policy, job("env", &[]), vec![], None).await;
+    assert_eq!(text(&results), "env \n");
+}
+
+fn short_limits() -> Limits {
+    Limits {
+        memory_bytes: 32 << 20,
+        deadline: Duration::from_millis(500),
+        output_bytes: 64 * 1024,
+        cancel_grace: Duration::from_millis(300),
+    }
+}
+
+#[tokio::test]
+async fn runaway_cpu_is_stopped_at_the_deadline_and_the_next_job_runs() {
+    let policy = policy(&[], short_limits());
+    let (outcome, _, _dir) = run(&shared().probe, policy.clone(), job("loop", &[]), vec![], None).await;
+    let Outcome::Failed { detail, .. } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(detail.contains("deadline"), "{detail}");
+    let (outcome, _, _dir) = run(&shared().probe, policy, job("noop", &[]), vec![], None).await;
+    assert_eq!(outcome, Outcome::Succeeded);
+}
+
+#[tokio::test]
+async fn runaway_memory_is_stopped_at_the_cap_and_the_next_job_runs() {
+    let policy = policy(&[], short_limits());
+    let (outcome, _, _dir) = run(&shared().probe, policy.clone(), job("alloc", &[]), vec![], None).await;
+    let Outcome::Failed { detail, .. } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(detail.contains("memory limit"), "{detail}");
+    let (outcome, _, _dir) = run(&shared().probe, policy, job("noop", &[]), vec![], None).await;
+    assert_eq!(outcome, Outcome::Succeeded);
+}
+
+#[tokio::test]
+async fn a_trapping_guest_fails_the_job() {
+    let policy = policy(&[], Limits::default());
+    let (outcome, _, _dir) = run(&shared().probe, policy, job("trap", &[]), vec![], None).await;
+    let Outcome::Failed { detail, .. } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(detail.contains("trapped"), "{detail}");
+}
+
+#[tokio::test]
+async fn cancel_reaches_the_guest_and_a_deaf_guest_is_stopped_after_the_grace() {
+    let limits = Limits {
+        deadline: Duration::from_secs(30),
+        ..short_limits()
+    };
+    let policy = policy(&[], limits);
+    let cancel = Some(Duration::from_millis(100));
+    let (outcome, results, _dir) =
+        run(&shared().probe, policy.clone(), job("wait-cancel", &[]), vec![], cancel).await;
+    assert!(matches!(outcome, Outcome::Canceled { .. }), "{outcome:?}");
+    assert_eq!(text(&results), "cancelled\n");
+    let (outcome, _, _dir) = run(&shared().probe, policy, job("loop", &[]), vec![], cancel).await;
+    let Outcome::Canceled { detail } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(detail.contains("did not finish"), "{detail}");
+}
+
+#[tokio::test]
+async fn cancel_terminates_the_child_and_the_job_is_canceled() {
+    let policy = policy(&[("sleep", "/bin/sleep")], Limits::default());
+    let params = [("program", "sleep"), ("arg", "30")];
+    let started = std::time::Instant::now();
+    let (outcome, _, _dir) = run(
+        &shared().guest,
+        policy,
+        job("command", &params),
+        vec![],
+        Some(Duration::from_millis(200)),
+    )
+    .await;
+    assert!(matches!(outcome, Outcome::Canceled { .. }), "{outcome:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn output_past_the_cap_fails_the_job() {
+    let policy = policy(&[("cat", "/bin/cat")], short_limits());
+    let limits = Limits {
+        deadline: Duration::from_secs(30),
+        ..short_limits()
+    };
+    let policy = Arc::new(Policy {
+        limits,
+        ..(*policy).clone()
+    });
+    let (outcome, results, _dir) = run(
+        &shared().guest,
+        policy,
+        job("command", &[("program", "cat")]),
+        vec![b'x'; 1 << 20],
+        None,
+    )
+    .await;
+    let Outcome::Failed { detail, .. } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(detail.contains("output limit"), "{detail}");
+    assert!(results.len() <= 64 * 1024);
+}
+
+#[test]
+fn components_are_cached_by_content_hash() {
+    let shared = shared();
+    let again = shared.host.load(GUEST_RUNNER).unwrap();
+    assert_eq!(again.sha256(), shared.guest.sha256());
+    let _ = Path::new("");
+}
