@@ -1,4 +1,5 @@
-//! Builds the built-in work handler (`guest-runner/`) for `wasm32-wasip2` with a nested
+//! Builds the built-in work handler (`guest-runner/`), and the probe handler the tests use
+//! (`examples/probe-handler/`), for `wasm32-wasip2` with a nested
 //! cargo, into this package's `OUT_DIR`, so the host embeds it as
 //! `host::builtin::GUEST_RUNNER`.
 //!
@@ -37,7 +38,13 @@ fn main() -> Result<()> {
         .parent()
         .context("node/ has no parent: not in the Warren workspace")?;
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR")?);
-    for input in ["guest-runner", "wit", "Cargo.lock", "Cargo.toml"] {
+    for input in [
+        "guest-runner",
+        "examples/probe-handler",
+        "wit",
+        "Cargo.lock",
+        "Cargo.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", workspace.join(input).display());
     }
 
@@ -45,13 +52,19 @@ fn main() -> Result<()> {
     let target_dir = out_dir.join("guest-target");
     build_guest(workspace, &target_dir)?;
 
-    let built = target_dir
-        .join(TARGET)
-        .join("release")
-        .join("guest_runner.wasm");
-    let embedded = out_dir.join("guest_runner.wasm");
-    std::fs::copy(&built, &embedded)
-        .with_context(|| format!("copying {} to {}", built.display(), embedded.display()))?;
+    let release = target_dir.join(TARGET).join("release");
+    for file in ["guest_runner.wasm", "probe_handler.wasm"] {
+        let built = release.join(file);
+        let copy = out_dir.join(file);
+        std::fs::copy(&built, &copy)
+            .with_context(|| format!("copying {} to {}", built.display(), copy.display()))?;
+    }
+    // The probe handler is for tests only: they find it through this variable, so the
+    // shipped binary does not carry it.
+    println!(
+        "cargo:rustc-env=WARREN_PROBE_HANDLER_WASM={}",
+        out_dir.join("probe_handler.wasm").display()
+    );
     Ok(())
 }
 
@@ -82,6 +95,8 @@ fn build_guest(workspace: &Path, target_dir: &Path) -> Result<()> {
             "build",
             "-p",
             "guest-runner",
+            "-p",
+            "probe-handler",
             "--target",
             TARGET,
             "--release",

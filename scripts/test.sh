@@ -5,6 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
-# The guest as it ships: wasm32-wasip2 (the line above lints its host build, for its tests).
-cargo clippy -p guest-runner --target wasm32-wasip2 -- -D warnings
+# The guests as they ship: wasm32-wasip2 (the line above lints their host builds).
+cargo clippy -p guest-runner -p probe-handler --target wasm32-wasip2 -- -D warnings
 cargo test --workspace

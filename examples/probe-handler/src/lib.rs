@@ -122,7 +122,10 @@ fn spawn(job: &Job) -> Outcome {
     };
     let env = list("env")
         .into_iter()
-        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        })
         .collect();
     let cmd = Command {
         program: param(job, "program").unwrap_or("").to_owned(),

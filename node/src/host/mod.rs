@@ -21,3 +21,6 @@ pub mod process;
 pub mod runner;
 pub mod signing;
 pub mod state;
+
+#[cfg(test)]
+mod tests;

@@ -102,7 +102,12 @@ async fn command_relays_megabytes_through_cat_byte_for_byte() {
     let job = job("command", &[("program", "cat")]);
     let (outcome, results, _dir) = run(&shared().guest, policy, job, payload.clone(), None).await;
     assert_eq!(outcome, Outcome::Succeeded);
-    assert!(results == payload, "got {} of {} bytes", results.len(), payload.len());
+    assert!(
+        results == payload,
+        "got {} of {} bytes",
+        results.len(),
+        payload.len()
+    );
 }
 
 #[tokio::test]
@@ -117,7 +122,11 @@ async fn unlisted_program_is_refused_with_a_value_not_a_trap() {
     )
     .await;
     assert_eq!(outcome, Outcome::Succeeded);
-    assert!(text(&results).contains("spawn err SpawnError::NotAllowed"), "{}", text(&results));
+    assert!(
+        text(&results).contains("spawn err SpawnError::NotAllowed"),
+        "{}",
+        text(&results)
+    );
     // The same through guest-runner's command handler: a clean failure naming the reason.
     let (outcome, _, _dir) = run(
         &shared().guest,
@@ -145,9 +154,19 @@ async fn spawn_checks_environment_and_working_directory() {
     for (extra, expected) in cases {
         let mut params = vec![("program", "true")];
         params.extend(extra);
-        let (_, results, _dir) =
-            run(&shared().probe, policy.clone(), job("spawn", &params), vec![], None).await;
-        assert!(text(&results).contains(expected), "{params:?}: {}", text(&results));
+        let (_, results, _dir) = run(
+            &shared().probe,
+            policy.clone(),
+            job("spawn", &params),
+            vec![],
+            None,
+        )
+        .await;
+        assert!(
+            text(&results).contains(expected),
+            "{params:?}: {}",
+            text(&results)
+        );
     }
 }
 
@@ -167,7 +186,11 @@ async fn guest_sees_only_its_job_directory_and_no_environment() {
             None,
         )
         .await;
-        assert!(text(&results).starts_with(expected), "{path}: {}", text(&results));
+        assert!(
+            text(&results).starts_with(expected),
+            "{path}: {}",
+            text(&results)
+        );
     }
     let (_, results, _dir) = run(&shared().probe, policy, job("env", &[]), vec![], None).await;
     assert_eq!(text(&results), "env \n");
@@ -185,7 +208,14 @@ fn short_limits() -> Limits {
 #[tokio::test]
 async fn runaway_cpu_is_stopped_at_the_deadline_and_the_next_job_runs() {
     let policy = policy(&[], short_limits());
-    let (outcome, _, _dir) = run(&shared().probe, policy.clone(), job("loop", &[]), vec![], None).await;
+    let (outcome, _, _dir) = run(
+        &shared().probe,
+        policy.clone(),
+        job("loop", &[]),
+        vec![],
+        None,
+    )
+    .await;
     let Outcome::Failed { detail, .. } = outcome else {
         panic!("{outcome:?}")
     };
@@ -197,7 +227,14 @@ async fn runaway_cpu_is_stopped_at_the_deadline_and_the_next_job_runs() {
 #[tokio::test]
 async fn runaway_memory_is_stopped_at_the_cap_and_the_next_job_runs() {
     let policy = policy(&[], short_limits());
-    let (outcome, _, _dir) = run(&shared().probe, policy.clone(), job("alloc", &[]), vec![], None).await;
+    let (outcome, _, _dir) = run(
+        &shared().probe,
+        policy.clone(),
+        job("alloc", &[]),
+        vec![],
+        None,
+    )
+    .await;
     let Outcome::Failed { detail, .. } = outcome else {
         panic!("{outcome:?}")
     };
@@ -224,8 +261,14 @@ async fn cancel_reaches_the_guest_and_a_deaf_guest_is_stopped_after_the_grace() 
     };
     let policy = policy(&[], limits);
     let cancel = Some(Duration::from_millis(100));
-    let (outcome, results, _dir) =
-        run(&shared().probe, policy.clone(), job("wait-cancel", &[]), vec![], cancel).await;
+    let (outcome, results, _dir) = run(
+        &shared().probe,
+        policy.clone(),
+        job("wait-cancel", &[]),
+        vec![],
+        cancel,
+    )
+    .await;
     assert!(matches!(outcome, Outcome::Canceled { .. }), "{outcome:?}");
     assert_eq!(text(&results), "cancelled\n");
     let (outcome, _, _dir) = run(&shared().probe, policy, job("loop", &[]), vec![], cancel).await;
@@ -249,7 +292,11 @@ async fn cancel_terminates_the_child_and_the_job_is_canceled() {
     )
     .await;
     assert!(matches!(outcome, Outcome::Canceled { .. }), "{outcome:?}");
-    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
