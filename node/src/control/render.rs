@@ -47,7 +47,23 @@ pub fn render_status(status: &StatusReport) -> String {
 
     let work = status.advertisements.iter().filter_map(work_row).collect();
     section(&mut out, "Work types", &["Node", "Work types"], work);
+    if !status.work_types.is_empty() {
+        let headers = ["Work type", "Handler", "Component", "Sha256", "Signer"];
+        let rows = status.work_types.iter().map(handler_row).collect();
+        section(&mut out, "This node's handlers", &headers, rows);
+    }
     out
+}
+
+fn handler_row(w: &crate::control::reply::WorkTypeStatus) -> Vec<String> {
+    let short: String = w.sha256.chars().take(12).collect();
+    vec![
+        w.work_type.clone(),
+        w.handler.clone(),
+        format!("{} {}", w.component, w.version),
+        short,
+        w.signer.clone(),
+    ]
 }
 
 fn service_row(ad: &Advertisement) -> Vec<String> {

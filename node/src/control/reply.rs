@@ -63,10 +63,37 @@ pub struct StatusReport {
     /// The node's software version.
     #[serde(rename = "Version")]
     pub version: String,
+    /// Warren's addition: the work types this node offers and the component serving each.
+    /// (receptorctl shows it under "Additional data".)
+    #[serde(rename = "WorkTypes", default)]
+    pub work_types: Vec<WorkTypeStatus>,
+}
+
+/// One offered work type and its active component (a Warren addition to `status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkTypeStatus {
+    /// The work type's name.
+    #[serde(rename = "WorkType")]
+    pub work_type: String,
+    /// What serves it (`command`, `ansible-runner`, or the work type's own component).
+    #[serde(rename = "Handler")]
+    pub handler: String,
+    /// The active component's name.
+    #[serde(rename = "Component")]
+    pub component: String,
+    /// Its version.
+    #[serde(rename = "Version")]
+    pub version: String,
+    /// sha256 of its bytes, hex.
+    #[serde(rename = "Sha256")]
+    pub sha256: String,
+    /// Its signer's token, or `built-in`.
+    #[serde(rename = "Signer")]
+    pub signer: String,
 }
 
 /// The top-level status keys, in Go's (byte-wise sorted) output order.
-pub const STATUS_FIELDS: [&str; 8] = [
+pub const STATUS_FIELDS: [&str; 9] = [
     "Advertisements",
     "Connections",
     "KnownConnectionCosts",
@@ -75,6 +102,7 @@ pub const STATUS_FIELDS: [&str; 8] = [
     "SystemCPUCount",
     "SystemMemoryMiB",
     "Version",
+    "WorkTypes",
 ];
 
 /// One direct link of the node (Receptor's `ConnStatus`).
@@ -151,7 +179,8 @@ impl Serialize for StatusReply {
                 "RoutingTable" => map.serialize_entry(name, &r.routing_table)?,
                 "SystemCPUCount" => map.serialize_entry(name, &r.system_cpu_count)?,
                 "SystemMemoryMiB" => map.serialize_entry(name, &r.system_memory_mib)?,
-                _ => map.serialize_entry(name, &r.version)?,
+                "Version" => map.serialize_entry(name, &r.version)?,
+                _ => map.serialize_entry(name, &r.work_types)?,
             }
         }
         map.end()

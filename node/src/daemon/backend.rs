@@ -2,11 +2,17 @@
 //! answered from the mesh.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
 
 use crate::control::Backend;
 use crate::control::goformat::rfc3339_utc;
-use crate::control::reply::{Advertisement, Connection, StatusReport, TraceHop, WorkCommand};
+use crate::control::reply::{
+    Advertisement, Connection, StatusReport, TraceHop, WorkCommand, WorkTypeStatus,
+};
+use crate::host::registry::Registry;
 use crate::id::NodeId;
 use crate::mesh::driver::MeshHandle;
 use crate::mesh::lsdb::Advert;
@@ -25,12 +31,18 @@ const CONN_TYPE_STREAM: u8 = 1;
 pub struct NodeBackend {
     mesh: MeshHandle,
     max_hops: u8,
+    /// The offered work types, as last built or deployed.
+    registry: watch::Receiver<Arc<Registry>>,
 }
 
 impl NodeBackend {
     /// A backend over `mesh`, tracing at most `max_hops` hops.
-    pub fn new(mesh: MeshHandle, max_hops: u8) -> Self {
-        Self { mesh, max_hops }
+    pub fn new(mesh: MeshHandle, max_hops: u8, registry: watch::Receiver<Arc<Registry>>) -> Self {
+        Self {
+            mesh,
+            max_hops,
+            registry,
+        }
     }
 }
 
@@ -40,15 +52,14 @@ impl Backend for NodeBackend {
     }
 
     async fn status(&self) -> StatusReport {
-        match self.mesh.status().await {
-            Ok(status) => report(&status),
-            Err(_) => report(&MeshStatus {
-                id: self.mesh.id().clone(),
-                links: Vec::new(),
-                routes: BTreeMap::new(),
-                adverts: Vec::new(),
-            }),
-        }
+        let status = self.mesh.status().await.unwrap_or_else(|_| MeshStatus {
+            id: self.mesh.id().clone(),
+            links: Vec::new(),
+            routes: BTreeMap::new(),
+            adverts: Vec::new(),
+        });
+        let registry = self.registry.borrow().clone();
+        report(&status, &registry)
     }
 
     async fn ping(&self, target: NodeId) -> Result<Duration, (Option<NodeId>, String)> {
@@ -109,9 +120,20 @@ fn describe(target: &NodeId, reason: ProbeFailure) -> String {
     }
 }
 
-/// Builds Receptor's status report from a mesh snapshot.
-pub fn report(status: &MeshStatus) -> StatusReport {
+/// Builds Receptor's status report from a mesh snapshot and the offered work types.
+pub fn report(status: &MeshStatus, registry: &Registry) -> StatusReport {
     StatusReport {
+        work_types: registry
+            .iter()
+            .map(|a| WorkTypeStatus {
+                work_type: a.work_type.clone(),
+                handler: a.handler_name.clone(),
+                component: a.info.name.clone(),
+                version: a.info.version.clone(),
+                sha256: a.info.sha256_hex(),
+                signer: a.info.signer_label(),
+            })
+            .collect(),
         node_id: status.id.clone(),
         version: crate::VERSION.to_owned(),
         system_cpu_count: std::thread::available_parallelism().map_or(1, |n| n.get() as u64),

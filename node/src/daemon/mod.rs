@@ -16,6 +16,8 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, LinkCost};
 use crate::control::{ControlSocket, ListenError, default_socket_path, serve_session};
+use crate::host::registry::{self, Registry};
+use crate::host::runner::{Host, HostError};
 use crate::id::ServiceName;
 use crate::keys::{KeyError, LinkKeypair};
 use crate::mesh::driver::{self, DriverConfig, MeshHandle, PeerTarget};
@@ -49,6 +51,9 @@ pub enum StartError {
     /// The control socket could not be set up.
     #[error("control socket: {0}")]
     Control(#[from] ListenError),
+    /// The WebAssembly host could not start.
+    #[error("work handler host: {0}")]
+    Host(HostError),
     /// The ready file could not be written.
     #[error("cannot write ready file {path}: {source}")]
     ReadyFile {
@@ -64,6 +69,10 @@ pub enum StartError {
 pub struct RunningNode {
     /// The mesh.
     pub mesh: MeshHandle,
+    /// The WebAssembly host that runs jobs.
+    pub host: Arc<Host>,
+    /// The offered work types; a deploy sends a new registry.
+    pub registry: watch::Sender<Arc<Registry>>,
     /// The addresses the listeners are bound to (port 0 resolved).
     pub listen_addrs: Vec<SocketAddr>,
     /// The control socket's path.
@@ -164,20 +173,66 @@ pub async fn start(config: &Config) -> Result<RunningNode, StartError> {
         })
         .collect();
     let max_hops = mesh_config.max_hops;
+    let host = Arc::new(Host::new(&component_cache(config)).map_err(StartError::Host)?);
     let (mesh, driver) = driver::start(mesh_config, DriverConfig::default(), listeners, peers);
-    let backend = Arc::new(NodeBackend::new(mesh.clone(), max_hops));
+    let (registry_tx, registry) = watch::channel(Arc::new(Registry::default()));
+    offer_work_types(
+        config.clone(),
+        host.clone(),
+        mesh.clone(),
+        registry_tx.clone(),
+    );
+    let backend = Arc::new(NodeBackend::new(mesh.clone(), max_hops, registry.clone()));
     let (stop, stopped) = watch::channel(false);
     let control = tokio::spawn(socket.serve(backend.clone(), stopped.clone()));
     serve_control_on_mesh(&mesh, backend, stopped);
     tracing::info!(node = %config.node_id, listen = ?listen_addrs, control = %control_path.display(), "node started");
     Ok(RunningNode {
         mesh,
+        host,
+        registry: registry_tx,
         listen_addrs,
         control_path,
         stop,
         driver,
         control,
     })
+}
+
+/// Where compiled components are cached: `$WARREN_COMPONENT_CACHE` (tests share one
+/// across nodes), else `<data-dir>/component-cache`.
+fn component_cache(config: &Config) -> PathBuf {
+    std::env::var_os("WARREN_COMPONENT_CACHE")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| config.data_dir.join("component-cache"), PathBuf::from)
+}
+
+/// Compiles the built-in handler, looks for ansible-runner and the configured programs and
+/// components (slow work: off the async threads), then offers the work types found.
+fn offer_work_types(
+    config: Config,
+    host: Arc<Host>,
+    mesh: MeshHandle,
+    registry: watch::Sender<Arc<Registry>>,
+) {
+    tokio::task::spawn_blocking(move || {
+        let builtin = match registry::builtin(&host) {
+            Ok(builtin) => builtin,
+            Err(e) => {
+                tracing::error!(error = %e, "built-in work handler unusable; no work types offered");
+                return;
+            }
+        };
+        let env = |name: &str| std::env::var(name).ok();
+        let built = registry::build(&config, &host, &builtin, &env);
+        for why in &built.skipped {
+            tracing::warn!("not offered: {why}");
+        }
+        let names = built.registry.names();
+        tracing::info!(work_types = ?names, "offering work types");
+        let _ = mesh.set_work_types(names);
+        let _ = registry.send(Arc::new(built.registry));
+    });
 }
 
 /// Serves the control protocol to other nodes as the mesh service `control`.

@@ -6,7 +6,9 @@
 //! - [`policy`]: what a work type may do, as pure checks (testable without wasm).
 //! - [`state`]: the per-job store data: WASI context, resource table, capabilities.
 //! - [`process`] and [`jobio`]: the host side of the world's interfaces.
+//! - [`registry`]: the offered work types and their active components.
 //! - [`runner`]: one engine per node; per job a store with limits, an instance, a call.
+//! - [`component`]: which components may run: signatures, capabilities, imports.
 //! - [`detect`]: finding ansible-runner (probed before it is offered) and the programs of
 //!   command work types.
 //! - [`signing`]: signed component manifests, signer keys, and verification before a
@@ -14,10 +16,12 @@
 
 pub mod bindings;
 pub mod builtin;
+pub mod component;
 pub mod detect;
 pub mod jobio;
 pub mod policy;
 pub mod process;
+pub mod registry;
 pub mod runner;
 pub mod signing;
 pub mod state;

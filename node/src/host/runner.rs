@@ -214,6 +214,16 @@ impl Host {
     pub fn load(&self, bytes: &[u8]) -> Result<Handler, HostError> {
         let sha256: [u8; 32] = Sha256::digest(bytes).into();
         let component = self.cached(bytes, &sha256)?;
+        let ty = component.component_type();
+        let imports: Vec<String> = ty
+            .imports(&self.engine)
+            .map(|(n, _)| n.to_owned())
+            .collect();
+        if let Some(name) = super::component::forbidden_import(imports.iter().map(String::as_str)) {
+            return Err(HostError::Component(format!(
+                "it imports {name}, which work handlers may not use (no network or other host access)"
+            )));
+        }
         let pre = self
             .linker
             .instantiate_pre(&component)

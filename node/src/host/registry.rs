@@ -1,0 +1,231 @@
+//! The work types a node offers, each with its active handler component, policy and fixed
+//! parameters, built from the node's config at startup and switched atomically by a deploy.
+//!
+//! A job takes an `Arc` of its work type's [`ActiveHandler`] when it starts, so a deploy
+//! changes what new jobs run while running jobs finish on the component they started with.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::builtin::GUEST_RUNNER;
+use super::component::{ComponentInfo, load_signed};
+use super::detect::{find_ansible_runner, resolve_program};
+use super::policy::{Limits, Policy};
+use super::runner::{Handler, Host, HostError};
+use super::signing::{SignedManifest, SignerKey, embedded_manifest};
+use crate::config::{ANSIBLE_RUNNER_WORK_TYPE, Config, HandlerKind, WorkTypeConfig};
+
+/// The handler name guest-runner serves the `command` work types with.
+pub const COMMAND_HANDLER: &str = "command";
+
+/// One offered work type.
+#[derive(Debug)]
+pub struct ActiveHandler {
+    /// The work type's name.
+    pub work_type: String,
+    /// What the component's `handle` is told to do (`job.handler`).
+    pub handler_name: String,
+    /// The compiled component.
+    pub handler: Handler,
+    /// What its jobs may do.
+    pub policy: Arc<Policy>,
+    /// Which component it is.
+    pub info: ComponentInfo,
+    /// Parameters every job gets first (the program and fixed arguments of a command).
+    pub fixed_params: Vec<(String, String)>,
+    /// Whether a submission may add arguments.
+    pub allow_runtime_params: bool,
+}
+
+/// Every offered work type, by name.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    types: BTreeMap<String, Arc<ActiveHandler>>,
+}
+
+impl Registry {
+    /// The handler of `work_type`, if offered.
+    pub fn get(&self, work_type: &str) -> Option<Arc<ActiveHandler>> {
+        self.types.get(work_type).cloned()
+    }
+
+    /// The offered work types' names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.types.keys().cloned().collect()
+    }
+
+    /// Every offered work type.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<ActiveHandler>> {
+        self.types.values()
+    }
+
+    /// Offers `active` under its work type's name, replacing what was there.
+    pub fn insert(&mut self, active: ActiveHandler) {
+        self.types
+            .insert(active.work_type.clone(), Arc::new(active));
+    }
+}
+
+/// The built-in guest-runner, compiled, with its identity.
+///
+/// # Errors
+/// [`HostError`] when it does not compile (a broken build).
+pub fn builtin(host: &Host) -> Result<(Handler, ComponentInfo), HostError> {
+    let handler = host.load(GUEST_RUNNER)?;
+    let manifest = embedded_manifest(GUEST_RUNNER).ok().flatten();
+    let (name, version) = manifest.map_or_else(
+        || ("guest-runner".to_owned(), crate::VERSION.to_owned()),
+        |m| (m.name, m.version),
+    );
+    let info = ComponentInfo {
+        name,
+        version,
+        sha256: handler.sha256(),
+        signer: None,
+    };
+    Ok((handler, info))
+}
+
+/// What building the registry found.
+#[derive(Debug, Default)]
+pub struct Built {
+    /// The offered work types.
+    pub registry: Registry,
+    /// Work types not offered, and why (for the log).
+    pub skipped: Vec<String>,
+}
+
+/// Builds the registry from the config: command work types whose program exists,
+/// ansible-runner where a working one is found, and signed components that verify.
+pub fn build(
+    config: &Config,
+    host: &Host,
+    builtin: &(Handler, ComponentInfo),
+    node_env: &(dyn Fn(&str) -> Option<String> + Sync),
+) -> Built {
+    let path_env = node_env("PATH");
+    let path_env = path_env.as_deref().map(OsStr::new);
+    let mut built = Built::default();
+    if config.offers_default_ansible_runner() {
+        let default = WorkTypeConfig {
+            name: ANSIBLE_RUNNER_WORK_TYPE.to_owned(),
+            handler: HandlerKind::AnsibleRunner,
+            env_pass: Vec::new(),
+            limits: Limits::default(),
+        };
+        add(
+            &mut built,
+            offer(config, host, builtin, &default, path_env, node_env),
+        );
+    }
+    for work_type in &config.work_types {
+        let result = offer(config, host, builtin, work_type, path_env, node_env);
+        add(&mut built, result);
+    }
+    built
+}
+
+fn add(built: &mut Built, result: Result<ActiveHandler, String>) {
+    match result {
+        Ok(active) => built.registry.insert(active),
+        Err(why) => built.skipped.push(why),
+    }
+}
+
+fn offer(
+    config: &Config,
+    host: &Host,
+    builtin: &(Handler, ComponentInfo),
+    work_type: &WorkTypeConfig,
+    path_env: Option<&OsStr>,
+    node_env: &(dyn Fn(&str) -> Option<String> + Sync),
+) -> Result<ActiveHandler, String> {
+    let name = &work_type.name;
+    match &work_type.handler {
+        HandlerKind::Command {
+            program,
+            params,
+            allow_runtime_params,
+        } => {
+            let path = resolve_program(program, path_env).ok_or_else(|| {
+                format!("work type {name}: program {} not found", program.display())
+            })?;
+            let policy = Policy::for_command(
+                name,
+                &path,
+                &work_type.env_pass,
+                node_env,
+                work_type.limits.clone(),
+            );
+            let mut fixed = vec![("program".to_owned(), name.clone())];
+            fixed.extend(params.iter().map(|p| ("arg".to_owned(), p.clone())));
+            Ok(ActiveHandler {
+                work_type: name.clone(),
+                handler_name: COMMAND_HANDLER.to_owned(),
+                handler: builtin.0.clone(),
+                policy: Arc::new(policy),
+                info: builtin.1.clone(),
+                fixed_params: fixed,
+                allow_runtime_params: *allow_runtime_params,
+            })
+        }
+        HandlerKind::AnsibleRunner => {
+            let runner = find_ansible_runner(config.ansible_runner.path.as_deref(), path_env)
+                .map_err(|e| format!("work type {name}: {e}"))?;
+            let mut env_pass = config.ansible_runner.env_pass.clone();
+            env_pass.extend(work_type.env_pass.iter().cloned());
+            let policy = Policy::for_ansible_runner(
+                &runner.path,
+                &env_pass,
+                node_env,
+                work_type.limits.clone(),
+            );
+            tracing::info!(work_type = %name, path = %runner.path.display(), version = %runner.version, "found ansible-runner");
+            Ok(ActiveHandler {
+                work_type: name.clone(),
+                handler_name: ANSIBLE_RUNNER_WORK_TYPE.to_owned(),
+                handler: builtin.0.clone(),
+                policy: Arc::new(policy),
+                info: builtin.1.clone(),
+                fixed_params: Vec::new(),
+                allow_runtime_params: true,
+            })
+        }
+        HandlerKind::Component { path, signature } => {
+            let policy = Policy {
+                env: Vec::new(),
+                limits: work_type.limits.clone(),
+                ..Policy::default()
+            };
+            let (handler, info) =
+                load_from_disk(host, path, signature, &config.signers, name, &policy)?;
+            Ok(ActiveHandler {
+                work_type: name.clone(),
+                handler_name: name.clone(),
+                handler,
+                policy: Arc::new(policy),
+                info,
+                fixed_params: Vec::new(),
+                allow_runtime_params: true,
+            })
+        }
+    }
+}
+
+fn load_from_disk(
+    host: &Host,
+    path: &Path,
+    signature: &Path,
+    signers: &[SignerKey],
+    work_type: &str,
+    policy: &Policy,
+) -> Result<(Handler, ComponentInfo), String> {
+    let why = |e: &dyn std::fmt::Display| format!("work type {work_type}: {e}");
+    let bytes = std::fs::read(path).map_err(|e| why(&format!("{}: {e}", path.display())))?;
+    let sig_bytes =
+        std::fs::read(signature).map_err(|e| why(&format!("{}: {e}", signature.display())))?;
+    let sig = SignedManifest::from_json(&sig_bytes).map_err(|e| why(&e))?;
+    load_signed(host, &bytes, &sig, signers, work_type, &[], policy).map_err(|e| why(&e))
+}
