@@ -112,7 +112,7 @@ pub fn load_signed(
         name: manifest.name.clone(),
         version: manifest.version.clone(),
         sha256: manifest.sha256,
-        signer: Some(signature.signer.clone()),
+        signer: Some(signature.signer),
     };
     Ok((handler, info))
 }
