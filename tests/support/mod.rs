@@ -44,6 +44,12 @@ pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// One compiled-component cache for every node of the test run: cranelift compiles each
+/// component once, not once per node.
+pub fn component_cache() -> PathBuf {
+    std::env::temp_dir().join(format!("warren-test-components-{}", std::process::id()))
+}
+
 /// A node's identity: key file and public token.
 #[derive(Debug, Clone)]
 pub struct Identity {
@@ -203,6 +209,7 @@ impl Node {
         let child = Command::new(warren_bin())
             .args(&args)
             .env("RUST_LOG", "warren=debug")
+            .env("WARREN_COMPONENT_CACHE", component_cache())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
