@@ -9,4 +9,5 @@ mod support;
 
 mod cli;
 mod component;
+mod deploy;
 mod mesh;

@@ -37,6 +37,36 @@ pub enum ComponentCommand {
     /// is valid, the component is unchanged and the signature is in its validity window;
     /// otherwise exits non-zero and says why.
     Verify(VerifyArgs),
+    /// Ship a signed component to a node (any number of hops away) and switch its work
+    /// types to it.
+    ///
+    /// The node verifies the signature against its own trusted signers, checks the
+    /// component's requested capabilities against each affected work type's policy,
+    /// compiles it and switches atomically: new jobs use it, running jobs finish on the
+    /// old one. Prints what is now active there.
+    /// Example: warren component deploy handler.wasm --node node1
+    Deploy(DeployArgs),
+}
+
+/// Flags of `warren component deploy`.
+#[derive(Debug, clap::Args)]
+pub struct DeployArgs {
+    /// The component to deploy.
+    #[arg(value_name = "COMPONENT.wasm")]
+    pub component: PathBuf,
+
+    /// Its signature file [default: COMPONENT.wasm.sig].
+    #[arg(long, value_name = "SIG")]
+    pub signature: Option<PathBuf>,
+
+    /// The node to deploy to (`localhost`: the node behind the socket).
+    #[arg(long, value_name = "NODE")]
+    pub node: String,
+
+    /// The local node's control socket [default: $WARREN_SOCKET, else
+    /// $XDG_RUNTIME_DIR/warren/control.sock, else /tmp/warren-<uid>/control.sock].
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
 }
 
 /// Flags of `warren component keygen`.
@@ -112,11 +142,12 @@ pub struct VerifyArgs {
     pub trust: Vec<SignerKey>,
 }
 
-pub(super) fn run(command: ComponentCommand) -> anyhow::Result<ExitCode> {
+pub(super) async fn run(command: ComponentCommand) -> anyhow::Result<ExitCode> {
     match command {
         ComponentCommand::Keygen(args) => keygen(args),
         ComponentCommand::Sign(args) => sign(args),
         ComponentCommand::Verify(args) => verify(args),
+        ComponentCommand::Deploy(args) => deploy(args).await,
     }
 }
 
@@ -254,4 +285,41 @@ fn default_signature_path(component: &Path) -> PathBuf {
     let mut path = OsString::from(component.as_os_str());
     path.push(".sig");
     PathBuf::from(path)
+}
+
+async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
+    let component = std::fs::read(&args.component)
+        .with_context(|| format!("reading {}", args.component.display()))?;
+    let sig_path = args
+        .signature
+        .unwrap_or_else(|| default_signature_path(&args.component));
+    let signature = std::fs::read_to_string(&sig_path).with_context(|| {
+        format!(
+            "reading {} (sign the component first: warren component sign --key FILE {})",
+            sig_path.display(),
+            args.component.display()
+        )
+    })?;
+    let socket = args
+        .socket
+        .unwrap_or_else(crate::control::default_socket_path);
+    let mut client = crate::control::Client::connect(&socket).await?;
+    eprintln!(
+        "deploying {} ({} bytes) to {} via {}",
+        args.component.display(),
+        component.len(),
+        args.node,
+        client.node_id()
+    );
+    let active = client.deploy(&args.node, signature, &component).await?;
+    println!(
+        "{}: {} {} (sha256 {}) signed by {} now serves {}",
+        active.node,
+        active.name,
+        active.version,
+        active.sha256,
+        active.signer,
+        active.work_types.join(", ")
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -82,7 +82,7 @@ impl Cli {
                 Command::Status(args) => ops::status(args).await,
                 Command::Ping(args) => ops::ping(args).await,
                 Command::Traceroute(args) => ops::traceroute(args).await,
-                Command::Component(command) => component::run(command),
+                Command::Component(command) => component::run(command).await,
             }
         });
         match result {

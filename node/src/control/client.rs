@@ -13,7 +13,7 @@ use tokio::net::UnixStream;
 
 use super::line::{LineEnd, LineReader};
 use super::reply::{
-    ERROR_PREFIX, GREETING_PREFIX, PingReply, StatusReport, TraceHop, TracerouteReply,
+    DeployReply, ERROR_PREFIX, GREETING_PREFIX, PingReply, StatusReport, TraceHop, TracerouteReply,
 };
 use super::request::Request;
 use crate::id::NodeId;
@@ -143,6 +143,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         };
         let reply: TracerouteReply = self.call(&request).await?;
         Ok(reply.hops)
+    }
+
+    /// Deploys `component` with its signature file's text to `node` (`localhost` for the
+    /// node behind the socket) and returns what is now active there.
+    ///
+    /// # Errors
+    /// See [`ClientError`]; a refused deploy is [`ClientError::Remote`] with the reason.
+    pub async fn deploy(
+        &mut self,
+        node: &str,
+        signature: String,
+        component: &[u8],
+    ) -> Result<DeployReply, ClientError> {
+        let request = Request::Deploy {
+            node: node.to_owned(),
+            signature,
+            length: component.len() as u64,
+        };
+        let mut line = request.to_json();
+        line.push('\n');
+        let stream = self.conn.get_mut();
+        stream.write_all(line.as_bytes()).await?;
+        stream.write_all(component).await?;
+        stream.flush().await?;
+        let reply = read_reply_line(&mut self.conn).await?;
+        parse_reply(&reply)
     }
 
     /// Sends `request` and decodes its one-line JSON reply as `T`.

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::reply::{Advertisement, Connection, StatusReport, TraceHop, WorkCommand};
+use super::reply::{Advertisement, Connection, DeployReply, StatusReport, TraceHop, WorkCommand};
 use super::session::Backend;
 use crate::id::NodeId;
 
@@ -81,5 +81,25 @@ impl Backend for FakeBackend {
             time: RTT,
             error: (!reached).then(|| "no route to node".to_owned()),
         }]
+    }
+
+    /// Accepts any component whose signature text is `good`, echoing its length.
+    async fn deploy(
+        &self,
+        node: String,
+        signature: String,
+        component: Vec<u8>,
+    ) -> Result<DeployReply, String> {
+        if signature != "good" {
+            return Err("signature check failed".into());
+        }
+        Ok(DeployReply {
+            node,
+            name: "x".into(),
+            version: component.len().to_string(),
+            sha256: String::new(),
+            signer: String::new(),
+            work_types: vec!["echo".into()],
+        })
     }
 }

@@ -89,6 +89,12 @@ impl<S: AsyncRead + Unpin> LineReader<S> {
         }
     }
 
+    /// The buffered reader, for a payload that follows a request line: buffered bytes come
+    /// first. The session goes on reading lines after it.
+    pub fn reader(&mut self) -> &mut BufReader<S> {
+        &mut self.inner
+    }
+
     /// The stream, for writing replies. Reading from it directly would skip buffered bytes.
     pub fn get_mut(&mut self) -> &mut S {
         self.inner.get_mut()

@@ -69,6 +69,29 @@ pub struct StatusReport {
     pub work_types: Vec<WorkTypeStatus>,
 }
 
+/// What a deploy made active on the target node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployReply {
+    /// The node deployed to.
+    #[serde(rename = "Node")]
+    pub node: String,
+    /// The component's name.
+    #[serde(rename = "Name")]
+    pub name: String,
+    /// Its version.
+    #[serde(rename = "Version")]
+    pub version: String,
+    /// sha256 of its bytes, hex.
+    #[serde(rename = "Sha256")]
+    pub sha256: String,
+    /// Its signer's token.
+    #[serde(rename = "Signer")]
+    pub signer: String,
+    /// The work types now running it.
+    #[serde(rename = "WorkTypes")]
+    pub work_types: Vec<String>,
+}
+
 /// One offered work type and its active component (a Warren addition to `status`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkTypeStatus {
@@ -380,6 +403,8 @@ pub enum Reply {
     Ping(PingReply),
     /// A `traceroute` result.
     Traceroute(TracerouteReply),
+    /// A `deploy` result: what is now active.
+    Deploy(DeployReply),
     /// The request line was refused.
     Rejected(ParseError),
     /// The command failed: `ERROR: <message>`.
@@ -393,6 +418,7 @@ impl Reply {
             Self::Status(status) => json_line(status),
             Self::Ping(ping) => json_line(ping),
             Self::Traceroute(trace) => json_line(trace),
+            Self::Deploy(deployed) => json_line(deployed),
             Self::Rejected(err) => rejection(err),
             Self::Error(message) => error_line(message),
         }

@@ -32,6 +32,16 @@ pub enum Request {
         /// The node to trace.
         target: NodeId,
     },
+    /// Warren's `deploy` (JSON form only): `length` bytes of a component follow the line;
+    /// deploy it, with its signature, to `node`.
+    Deploy {
+        /// The node to deploy to (`localhost` or our own id: this node).
+        node: String,
+        /// The signature file's text.
+        signature: String,
+        /// How many component bytes follow the request line.
+        length: u64,
+    },
 }
 
 impl Request {
@@ -46,6 +56,16 @@ impl Request {
             } => json!({"command": "status", "requested_fields": fields}),
             Self::Ping { target } => json!({"command": "ping", "target": target}),
             Self::Traceroute { target } => json!({"command": "traceroute", "target": target}),
+            Self::Deploy {
+                node,
+                signature,
+                length,
+            } => json!({
+                "command": "deploy",
+                "node": node,
+                "signature": signature,
+                "length": length.to_string(),
+            }),
         };
         value.to_string()
     }
@@ -60,6 +80,8 @@ pub enum Command {
     Ping,
     /// `traceroute`
     Traceroute,
+    /// `deploy` (Warren's; JSON form only)
+    Deploy,
 }
 
 impl Command {
@@ -69,6 +91,7 @@ impl Command {
             "status" => Some(Self::Status),
             "ping" => Some(Self::Ping),
             "traceroute" => Some(Self::Traceroute),
+            "deploy" => Some(Self::Deploy),
             _ => None,
         }
     }
@@ -79,6 +102,7 @@ impl Command {
             Self::Status => "status",
             Self::Ping => "ping",
             Self::Traceroute => "traceroute",
+            Self::Deploy => "deploy",
         }
     }
 }
@@ -97,6 +121,16 @@ pub enum ParseError {
     BadJson {
         /// The JSON parser's description of the problem.
         message: String,
+    },
+    /// A request field is missing or malformed.
+    #[error("{command} {field}: {problem}")]
+    Field {
+        /// The command.
+        command: Command,
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        problem: &'static str,
     },
     /// A JSON request had no `command` key.
     #[error("JSON did not contain a command")]
@@ -186,6 +220,11 @@ fn parse_text(line: &[u8]) -> Result<Request, ParseError> {
         Command::Ping => Ok(Request::Ping {
             target: text_target(command, params)?,
         }),
+        Command::Deploy => Err(ParseError::Field {
+            command,
+            field: "request",
+            problem: "is accepted in JSON form only",
+        }),
         Command::Traceroute => Ok(Request::Traceroute {
             target: text_target(command, params)?,
         }),
@@ -217,7 +256,29 @@ fn parse_json(line: &[u8]) -> Result<Request, ParseError> {
         Command::Traceroute => Ok(Request::Traceroute {
             target: json_target(command, &object)?,
         }),
+        Command::Deploy => deploy_request(&object),
     }
+}
+
+fn deploy_request(object: &Map<String, Value>) -> Result<Request, ParseError> {
+    let field = |field: &'static str| match object.get(field) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        _ => Err(ParseError::Field {
+            command: Command::Deploy,
+            field,
+            problem: "must be a string",
+        }),
+    };
+    let length = field("length")?.parse().map_err(|_| ParseError::Field {
+        command: Command::Deploy,
+        field: "length",
+        problem: "must be a byte count",
+    })?;
+    Ok(Request::Deploy {
+        node: field("node")?,
+        signature: field("signature")?,
+        length,
+    })
 }
 
 fn text_target(command: Command, params: &str) -> Result<NodeId, ParseError> {

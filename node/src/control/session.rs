@@ -7,11 +7,12 @@
 use std::future::Future;
 use std::time::Duration;
 
-use tokio::io::{self, AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{self, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::line::{LineEnd, LineReader};
 use super::reply::{
-    PingReply, Reply, StatusReply, StatusReport, TraceHop, TracerouteReply, error_line, greeting,
+    DeployReply, PingReply, Reply, StatusReply, StatusReport, TraceHop, TracerouteReply,
+    error_line, greeting,
 };
 use super::request::{Request, parse_request};
 use crate::id::NodeId;
@@ -36,6 +37,15 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Traces the route to `target`, one entry per hop.
     fn traceroute(&self, target: NodeId) -> impl Future<Output = Vec<TraceHop>> + Send;
+
+    /// Deploys a signed component to `node` (this node for `localhost` or its own id);
+    /// the error is the `ERROR:` text.
+    fn deploy(
+        &self,
+        node: String,
+        signature: String,
+        component: Vec<u8>,
+    ) -> impl Future<Output = Result<DeployReply, String>> + Send;
 }
 
 /// Runs one session on `stream` until the client closes it.
@@ -62,7 +72,13 @@ where
             return send(&mut conn, &error_line("request line too long")).await;
         }
         if !line.is_empty() {
-            let reply = answer(&line, backend).await;
+            let reply = match parse_request(&line) {
+                Ok(request) => handle(request, backend, &mut conn).await?,
+                Err(rejected) => {
+                    tracing::debug!(error = %rejected, "control request refused");
+                    Reply::Rejected(rejected)
+                }
+            };
             send(&mut conn, &reply.encode()).await?;
         }
         if end == LineEnd::Eof {
@@ -70,6 +86,39 @@ where
         }
     }
 }
+
+/// Reads the component that follows a `deploy` line and hands it to the backend.
+async fn deploy<S: AsyncRead + AsyncWrite + Unpin, B: Backend>(
+    conn: &mut LineReader<S>,
+    backend: &B,
+    node: String,
+    signature: String,
+    length: u64,
+) -> io::Result<Reply> {
+    if length > MAX_DEPLOY_LEN {
+        return Ok(Reply::Error(format!(
+            "component of {length} bytes exceeds the limit of {MAX_DEPLOY_LEN} bytes"
+        )));
+    }
+    let mut component = Vec::with_capacity(usize::try_from(length).unwrap_or(0));
+    (&mut *conn.reader())
+        .take(length)
+        .read_to_end(&mut component)
+        .await?;
+    if component.len() as u64 != length {
+        return Ok(Reply::Error(format!(
+            "connection closed after {} of {length} component bytes",
+            component.len()
+        )));
+    }
+    Ok(match backend.deploy(node, signature, component).await {
+        Ok(deployed) => Reply::Deploy(deployed),
+        Err(message) => Reply::Error(message),
+    })
+}
+
+/// Largest component a `deploy` request may carry.
+pub const MAX_DEPLOY_LEN: u64 = 64 << 20;
 
 async fn send<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut LineReader<S>,
@@ -81,23 +130,22 @@ async fn send<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Decodes one line and runs it.
-async fn answer<B: Backend>(line: &[u8], backend: &B) -> Reply {
-    match parse_request(line) {
-        Ok(request) => handle(request, backend).await,
-        Err(rejected) => {
-            tracing::debug!(error = %rejected, "control request refused");
-            Reply::Rejected(rejected)
-        }
-    }
-}
-
 /// Runs one request against the backend. New commands add an arm here.
-async fn handle<B: Backend>(request: Request, backend: &B) -> Reply {
-    match request {
+async fn handle<B: Backend, S: AsyncRead + AsyncWrite + Unpin>(
+    request: Request,
+    backend: &B,
+    conn: &mut LineReader<S>,
+) -> io::Result<Reply> {
+    Ok(match request {
         Request::Status { requested_fields } => status(backend, requested_fields).await,
         Request::Ping { target } => ping(backend, target).await,
         Request::Traceroute { target } => traceroute(backend, target).await,
-    }
+        Request::Deploy {
+            node,
+            signature,
+            length,
+        } => return deploy(conn, backend, node, signature, length).await,
+    })
 }
 
 async fn status<B: Backend>(backend: &B, requested_fields: Option<Vec<String>>) -> Reply {

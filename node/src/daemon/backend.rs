@@ -7,10 +7,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 
+use super::Deployer;
 use crate::control::Backend;
 use crate::control::goformat::rfc3339_utc;
 use crate::control::reply::{
-    Advertisement, Connection, StatusReport, TraceHop, WorkCommand, WorkTypeStatus,
+    Advertisement, Connection, DeployReply, StatusReport, TraceHop, WorkCommand, WorkTypeStatus,
 };
 use crate::host::registry::Registry;
 use crate::id::NodeId;
@@ -33,15 +34,22 @@ pub struct NodeBackend {
     max_hops: u8,
     /// The offered work types, as last built or deployed.
     registry: watch::Receiver<Arc<Registry>>,
+    deployer: Deployer,
 }
 
 impl NodeBackend {
     /// A backend over `mesh`, tracing at most `max_hops` hops.
-    pub fn new(mesh: MeshHandle, max_hops: u8, registry: watch::Receiver<Arc<Registry>>) -> Self {
+    pub fn new(
+        mesh: MeshHandle,
+        max_hops: u8,
+        registry: watch::Receiver<Arc<Registry>>,
+        deployer: Deployer,
+    ) -> Self {
         Self {
             mesh,
             max_hops,
             registry,
+            deployer,
         }
     }
 }
@@ -68,6 +76,15 @@ impl Backend for NodeBackend {
             Ok(Err((from, reason, _))) => Err((from, describe(&target, reason))),
             Err(gone) => Err((None, gone.to_string())),
         }
+    }
+
+    async fn deploy(
+        &self,
+        node: String,
+        signature: String,
+        component: Vec<u8>,
+    ) -> Result<DeployReply, String> {
+        self.deployer.deploy(&node, signature, component).await
     }
 
     async fn traceroute(&self, target: NodeId) -> Vec<TraceHop> {

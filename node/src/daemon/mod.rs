@@ -4,6 +4,7 @@
 //! This is wiring only; protocol logic lives in `mesh/` and `control/`.
 
 pub mod backend;
+pub mod deploy;
 
 use std::io;
 use std::net::SocketAddr;
@@ -25,6 +26,7 @@ use crate::mesh::link::LinkConfig;
 use crate::mesh::node::MeshConfig;
 use crate::mesh::route::Cost;
 pub use backend::{CONTROL_SERVICE, NodeBackend};
+pub use deploy::{DEPLOY_SERVICE, Deployer};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -182,7 +184,19 @@ pub async fn start(config: &Config) -> Result<RunningNode, StartError> {
         mesh.clone(),
         registry_tx.clone(),
     );
-    let backend = Arc::new(NodeBackend::new(mesh.clone(), max_hops, registry.clone()));
+    let deployer = Deployer::new(
+        host.clone(),
+        registry_tx.clone(),
+        config.signers.clone(),
+        mesh.clone(),
+    );
+    deployer.clone().serve();
+    let backend = Arc::new(NodeBackend::new(
+        mesh.clone(),
+        max_hops,
+        registry.clone(),
+        deployer,
+    ));
     let (stop, stopped) = watch::channel(false);
     let control = tokio::spawn(socket.serve(backend.clone(), stopped.clone()));
     serve_control_on_mesh(&mesh, backend, stopped);

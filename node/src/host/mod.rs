@@ -9,6 +9,7 @@
 //! - [`registry`]: the offered work types and their active components.
 //! - [`runner`]: one engine per node; per job a store with limits, an instance, a call.
 //! - [`component`]: which components may run: signatures, capabilities, imports.
+//! - [`deploy`]: switching work types to a newly deployed component.
 //! - [`detect`]: finding ansible-runner (probed before it is offered) and the programs of
 //!   command work types.
 //! - [`signing`]: signed component manifests, signer keys, and verification before a
@@ -17,6 +18,7 @@
 pub mod bindings;
 pub mod builtin;
 pub mod component;
+pub mod deploy;
 pub mod detect;
 pub mod jobio;
 pub mod policy;

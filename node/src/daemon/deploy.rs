@@ -1,0 +1,215 @@
+//! Deploying signed components, here or on any node of the mesh.
+//!
+//! A `deploy` on the control socket names a node. For this node the component is verified,
+//! compiled and switched in; for another, it travels over a mesh stream to that node's
+//! `deploy` service, which does the same and answers with what is now active. Only nodes
+//! the mesh trusts can reach the service, and the component itself must be signed by one
+//! of the target node's signers.
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::sync::watch;
+
+use crate::control::reply::DeployReply;
+use crate::host::deploy::{MAX_COMPONENT_LEN, apply};
+use crate::host::registry::Registry;
+use crate::host::runner::Host;
+use crate::host::signing::{SignedManifest, SignerKey};
+use crate::id::{NodeId, ServiceName};
+use crate::mesh::driver::MeshHandle;
+
+/// The mesh service that takes deployments.
+pub const DEPLOY_SERVICE: &str = "deploy";
+
+/// Longest header line of a deployment on the mesh (it carries the signature file).
+const MAX_HEADER_LEN: u64 = 1 << 20;
+
+/// Deploys components on this node and forwards deployments for others.
+#[derive(Debug, Clone)]
+pub struct Deployer {
+    node: NodeId,
+    host: Arc<Host>,
+    registry: watch::Sender<Arc<Registry>>,
+    signers: Vec<SignerKey>,
+    mesh: MeshHandle,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Header {
+    signature: String,
+    length: String,
+}
+
+impl Deployer {
+    /// A deployer for the node behind `mesh`.
+    pub fn new(
+        host: Arc<Host>,
+        registry: watch::Sender<Arc<Registry>>,
+        signers: Vec<SignerKey>,
+        mesh: MeshHandle,
+    ) -> Self {
+        Self {
+            node: mesh.id().clone(),
+            host,
+            registry,
+            signers,
+            mesh,
+        }
+    }
+
+    /// Deploys to `node`; the error is a message for the operator.
+    pub async fn deploy(
+        &self,
+        node: &str,
+        signature: String,
+        component: Vec<u8>,
+    ) -> Result<DeployReply, String> {
+        if node == "localhost" || node == self.node.as_str() {
+            return self.apply_here(&signature, component).await;
+        }
+        let target = NodeId::new(node).map_err(|e| e.to_string())?;
+        self.forward(&target, signature, component).await
+    }
+
+    /// Verifies, compiles and switches in a component on this node.
+    async fn apply_here(&self, signature: &str, component: Vec<u8>) -> Result<DeployReply, String> {
+        let signature =
+            SignedManifest::from_json(signature.as_bytes()).map_err(|e| e.to_string())?;
+        let this = self.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let current = this.registry.borrow().clone();
+            apply(&this.host, &current, &this.signers, &component, &signature)
+        })
+        .await
+        .map_err(|e| format!("deploy task failed: {e}"))?;
+        let (next, deployed) = outcome.map_err(|e| {
+            tracing::warn!(error = %e, "deploy refused");
+            e.to_string()
+        })?;
+        let names = next.names();
+        self.registry.send_replace(Arc::new(next));
+        let _ = self.mesh.set_work_types(names);
+        let info = &deployed.info;
+        tracing::info!(
+            component = %info.name, version = %info.version, sha256 = %info.sha256_hex(),
+            signer = %info.signer_label(), work_types = ?deployed.work_types, "deployed"
+        );
+        Ok(DeployReply {
+            node: self.node.to_string(),
+            name: info.name.clone(),
+            version: info.version.clone(),
+            sha256: info.sha256_hex(),
+            signer: info.signer_label(),
+            work_types: deployed.work_types,
+        })
+    }
+
+    /// Sends a deployment to `node`'s deploy service and returns its answer.
+    async fn forward(
+        &self,
+        node: &NodeId,
+        signature: String,
+        component: Vec<u8>,
+    ) -> Result<DeployReply, String> {
+        let service = ServiceName::new(DEPLOY_SERVICE).map_err(|e| e.to_string())?;
+        let mut stream = self
+            .mesh
+            .connect(node, &service)
+            .await
+            .map_err(|e| format!("cannot reach the deploy service of {node}: {e}"))?;
+        let header = Header {
+            signature,
+            length: component.len().to_string(),
+        };
+        let mut line = serde_json::to_vec(&header).map_err(|e| e.to_string())?;
+        line.push(b'\n');
+        let io = |e: std::io::Error| format!("deploy to {node}: {e}");
+        stream.write_all(&line).await.map_err(io)?;
+        stream.write_all(&component).await.map_err(io)?;
+        stream.shutdown().await.map_err(io)?;
+        let mut reply = String::new();
+        BufReader::new(stream)
+            .take(MAX_HEADER_LEN)
+            .read_line(&mut reply)
+            .await
+            .map_err(io)?;
+        parse_reply(reply.trim_end())
+    }
+
+    /// Serves the `deploy` mesh service until the mesh stops.
+    pub fn serve(self) {
+        let Ok(service) = ServiceName::new(DEPLOY_SERVICE) else {
+            return;
+        };
+        let Ok(mut incoming) = self.mesh.listen(&service) else {
+            return;
+        };
+        tokio::spawn(async move {
+            while let Some(stream) = incoming.recv().await {
+                let this = self.clone();
+                tokio::spawn(async move {
+                    let peer = stream.peer().clone();
+                    if let Err(e) = this.answer(stream).await {
+                        tracing::debug!(%peer, error = %e, "deploy session ended");
+                    }
+                });
+            }
+        });
+    }
+
+    /// One deployment from another node: header line, component bytes, one reply line.
+    async fn answer<S: AsyncRead + AsyncWrite + Unpin>(&self, stream: S) -> std::io::Result<()> {
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        (&mut reader)
+            .take(MAX_HEADER_LEN)
+            .read_line(&mut line)
+            .await?;
+        let reply = match self.receive(&mut reader, &line).await {
+            Ok(deployed) => format!("{}\n", serde_json::to_string(&deployed).unwrap_or_default()),
+            Err(message) => crate::control::reply::error_line(&message),
+        };
+        let stream = reader.get_mut();
+        stream.write_all(reply.as_bytes()).await?;
+        stream.shutdown().await
+    }
+
+    async fn receive<R: AsyncRead + Unpin>(
+        &self,
+        reader: &mut R,
+        line: &str,
+    ) -> Result<DeployReply, String> {
+        let header: Header =
+            serde_json::from_str(line.trim_end()).map_err(|e| format!("bad deploy header: {e}"))?;
+        let length: u64 = header
+            .length
+            .parse()
+            .map_err(|_| "bad deploy length".to_owned())?;
+        if length > MAX_COMPONENT_LEN {
+            return Err(format!(
+                "component of {length} bytes exceeds {MAX_COMPONENT_LEN} bytes"
+            ));
+        }
+        let mut component = Vec::new();
+        reader
+            .take(length)
+            .read_to_end(&mut component)
+            .await
+            .map_err(|e| e.to_string())?;
+        if component.len() as u64 != length {
+            return Err(format!(
+                "got {} of {length} component bytes",
+                component.len()
+            ));
+        }
+        self.apply_here(&header.signature, component).await
+    }
+}
+
+fn parse_reply(line: &str) -> Result<DeployReply, String> {
+    if let Some(message) = line.strip_prefix(crate::control::reply::ERROR_PREFIX) {
+        return Err(message.to_owned());
+    }
+    serde_json::from_str(line).map_err(|e| format!("bad deploy reply {line:?}: {e}"))
+}
