@@ -1,0 +1,12 @@
+//! Work units: the jobs a node runs for a submitter, and their records on disk.
+//!
+//! Map:
+//!
+//! - [`unit`]: [`UnitId`] and the [`UnitState`] life cycle (which moves are legal). No IO.
+//!
+//! This module does not run work (that is `host`) and does not speak to operators or other
+//! nodes (that is `control` and the node-to-node work protocol).
+
+pub mod unit;
+
+pub use unit::{TransitionError, UnitId, UnitIdError, UnitState};
