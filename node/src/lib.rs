@@ -13,6 +13,7 @@
 //! - [`keys`]: X25519 link identities and their tokens and files.
 //! - [`mesh`]: the overlay network: frames, Noise links, link-state routing, streams, and the
 //!   tokio driver that is its only IO.
+//! - [`work`]: work units: ids, the state life cycle, status JSON and the on-disk unit store.
 #![warn(missing_docs)]
 
 pub mod cli;
@@ -23,6 +24,7 @@ pub mod host;
 pub mod id;
 pub mod keys;
 pub mod mesh;
+pub mod work;
 
 /// The version reported by `warren --version` and in `status`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,579 @@
+//! Work units on disk: [`UnitStore`] owns `<data_dir>/units/`.
+//!
+//! Each unit has a directory `<data_dir>/units/<id>/` (mode 0700) holding three files
+//! (mode 0600): `status` (one JSON line, see [`UnitStatus`]), `stdin` (the whole payload,
+//! written before the unit starts) and `stdout` (the results, appended while it runs).
+//!
+//! `status` is always replaced whole: written to a temp file, synced, then renamed over the
+//! old one, so a crash leaves either the old or the new status, never half of one. Every
+//! change goes through [`UnitStore::update`], which enforces [`UnitState::transition`].
+//!
+//! The IO is blocking `std::fs`; async callers use `spawn_blocking`. The store does not run
+//! work, watch files or talk to other nodes.
+
+use std::collections::BTreeMap;
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use super::status::UnitStatus;
+use super::unit::{TransitionError, UnitId, UnitState};
+use crate::id::NodeId;
+
+/// Mode of the units directory and of each unit's directory: owner only.
+const DIR_MODE: u32 = 0o700;
+/// Mode of every file in a unit directory: owner only (payloads and results may hold secrets).
+const FILE_MODE: u32 = 0o600;
+/// How many random ids [`UnitStore::create`] tries before giving up. With 62⁸ ids a single
+/// collision is already unlikely; 16 in a row means something else is wrong.
+const MAX_ID_DRAWS: usize = 16;
+
+/// The status file's name in a unit directory.
+const STATUS_FILE: &str = "status";
+/// The temp file a new status is written to before it is renamed over [`STATUS_FILE`].
+const STATUS_TEMP_FILE: &str = "status.tmp";
+/// The payload file's name in a unit directory.
+const STDIN_FILE: &str = "stdin";
+/// The results file's name in a unit directory.
+const STDOUT_FILE: &str = "stdout";
+
+/// Detail recorded by [`UnitStore::recover`] for a unit that was running.
+pub const DETAIL_RESTARTED_RUNNING: &str = "node restarted while the unit was running";
+/// Detail recorded by [`UnitStore::recover`] for a unit that was pending (Receptor says
+/// "Pending at restart").
+pub const DETAIL_RESTARTED_PENDING: &str = "node restarted while the unit was pending";
+
+/// Why a unit store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The units directory could not be created.
+    #[error("cannot create the units directory {}", path.display())]
+    CreateUnitsDir {
+        /// The directory.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+    /// The units directory could not be listed.
+    #[error("cannot list the units directory {}", path.display())]
+    ListUnits {
+        /// The directory.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+    /// No unit with this id exists.
+    #[error("unknown work unit {unit}")]
+    UnknownUnit {
+        /// The id asked for.
+        unit: UnitId,
+    },
+    /// The OS random source failed while drawing a unit id.
+    #[error("cannot draw a random unit id")]
+    Random {
+        /// What getrandom said.
+        #[source]
+        source: getrandom::Error,
+    },
+    /// Every id drawn was already taken.
+    #[error("no free unit id after {MAX_ID_DRAWS} draws in {}", path.display())]
+    NoFreeId {
+        /// The units directory.
+        path: PathBuf,
+    },
+    /// A unit's directory or one of its files could not be created.
+    #[error("cannot create {} for work unit {unit}", path.display())]
+    CreateUnit {
+        /// The unit.
+        unit: UnitId,
+        /// The directory or file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+    /// A unit's status file could not be read.
+    #[error("cannot read the status of work unit {unit} from {}", path.display())]
+    ReadStatus {
+        /// The unit.
+        unit: UnitId,
+        /// The status file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+    /// A unit's status file is not valid status JSON.
+    #[error("corrupt status for work unit {unit} in {}", path.display())]
+    CorruptStatus {
+        /// The unit.
+        unit: UnitId,
+        /// The status file.
+        path: PathBuf,
+        /// Why it did not parse.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A unit's status could not be encoded as JSON.
+    #[error("cannot encode the status of work unit {unit}")]
+    EncodeStatus {
+        /// The unit.
+        unit: UnitId,
+        /// What serde_json said.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A unit's status file could not be written.
+    #[error("cannot write the status of work unit {unit} to {}", path.display())]
+    WriteStatus {
+        /// The unit.
+        unit: UnitId,
+        /// The file being written or renamed.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+    /// An update asked for a state change the life cycle does not allow; nothing was
+    /// written.
+    #[error("illegal state change for work unit {unit}")]
+    IllegalTransition {
+        /// The unit.
+        unit: UnitId,
+        /// The refused move.
+        #[source]
+        source: TransitionError,
+    },
+    /// A unit's stdout could not be read.
+    #[error("cannot read the stdout of work unit {unit} from {}", path.display())]
+    ReadStdout {
+        /// The unit.
+        unit: UnitId,
+        /// The stdout file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+    /// A unit's directory could not be removed.
+    #[error("cannot remove work unit {unit} at {}", path.display())]
+    Release {
+        /// The unit.
+        unit: UnitId,
+        /// The unit directory.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A unit just created by [`UnitStore::create`]: its id and where its files are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitHandle {
+    id: UnitId,
+    dir: PathBuf,
+}
+
+impl UnitHandle {
+    /// The unit's id.
+    pub fn id(&self) -> UnitId {
+        self.id
+    }
+
+    /// The unit's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where the payload goes; write it fully before starting the unit.
+    pub fn stdin_path(&self) -> PathBuf {
+        self.dir.join(STDIN_FILE)
+    }
+
+    /// Where the results go.
+    pub fn stdout_path(&self) -> PathBuf {
+        self.dir.join(STDOUT_FILE)
+    }
+}
+
+/// What [`UnitStore::recover`] found at startup.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Units that were `Pending` or `Running` and are now `Failed`, sorted by id.
+    pub failed: Vec<UnitId>,
+    /// Units that could not be read or updated; they were left as they were.
+    pub errors: Vec<StoreError>,
+}
+
+/// The work units of one node, on disk under `<data_dir>/units/`.
+///
+/// One `UnitStore` per data dir: it serialises its own read-modify-write cycles, but not
+/// against another process or another store on the same directory.
+#[derive(Debug)]
+pub struct UnitStore {
+    /// `<data_dir>/units`.
+    root: PathBuf,
+    /// Held across each status read-modify-write so that concurrent updates through
+    /// `&self` do not lose each other's changes. Guards no data of its own.
+    update_lock: Mutex<()>,
+}
+
+impl UnitStore {
+    /// Opens the store under `data_dir`, creating `<data_dir>/units/` (mode 0700) if needed.
+    ///
+    /// # Errors
+    /// [`StoreError::CreateUnitsDir`] when the directory cannot be created.
+    pub fn open(data_dir: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let root = data_dir.as_ref().join("units");
+        DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(&root)
+            .map_err(|source| StoreError::CreateUnitsDir {
+                path: root.clone(),
+                source,
+            })?;
+        Ok(Self {
+            root,
+            update_lock: Mutex::new(()),
+        })
+    }
+
+    /// The units directory, `<data_dir>/units`.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Creates a `Pending` unit with a fresh random id, an empty `stdin` and `stdout`, and
+    /// its first status.
+    ///
+    /// # Errors
+    /// [`StoreError::Random`] or [`StoreError::NoFreeId`] when no id could be drawn;
+    /// [`StoreError::CreateUnit`] or [`StoreError::WriteStatus`] when the files cannot be
+    /// made (a half-made directory is removed).
+    pub fn create(
+        &self,
+        work_type: &str,
+        params: BTreeMap<String, String>,
+        submitter: NodeId,
+        node: NodeId,
+    ) -> Result<UnitHandle, StoreError> {
+        let handle = self.create_dir()?;
+        let status = UnitStatus::new(work_type, params, submitter, node, now_ms());
+        let filled = self.fill_unit_dir(&handle, &status);
+        if filled.is_err() {
+            // Best effort: the error being returned matters more than a cleanup failure.
+            let _ = fs::remove_dir_all(&handle.dir);
+        }
+        filled.map(|()| handle)
+    }
+
+    /// Makes the directory for a fresh id, redrawing while the id is taken.
+    fn create_dir(&self) -> Result<UnitHandle, StoreError> {
+        for _ in 0..MAX_ID_DRAWS {
+            let id = UnitId::random().map_err(|source| StoreError::Random { source })?;
+            let dir = self.unit_dir(id);
+            match DirBuilder::new().mode(DIR_MODE).create(&dir) {
+                Ok(()) => return Ok(UnitHandle { id, dir }),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(source) => {
+                    return Err(StoreError::CreateUnit {
+                        unit: id,
+                        path: dir,
+                        source,
+                    });
+                }
+            }
+        }
+        Err(StoreError::NoFreeId {
+            path: self.root.clone(),
+        })
+    }
+
+    /// Creates the empty payload and results files and writes the first status.
+    fn fill_unit_dir(&self, handle: &UnitHandle, status: &UnitStatus) -> Result<(), StoreError> {
+        for path in [handle.stdin_path(), handle.stdout_path()] {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(FILE_MODE)
+                .open(&path)
+                .map_err(|source| StoreError::CreateUnit {
+                    unit: handle.id,
+                    path,
+                    source,
+                })?;
+        }
+        // Not synced: until its first update the unit has not started, and a crash that
+        // loses this write leaves a status that `recover` reports as unreadable. Syncing
+        // here would make every submit wait for the disk.
+        self.write_status(handle.id, status, Durability::No)
+    }
+
+    /// Where unit `id`'s payload is (whether or not the unit exists).
+    pub fn stdin_path(&self, id: UnitId) -> PathBuf {
+        self.unit_dir(id).join(STDIN_FILE)
+    }
+
+    /// Where unit `id`'s results are (whether or not the unit exists).
+    pub fn stdout_path(&self, id: UnitId) -> PathBuf {
+        self.unit_dir(id).join(STDOUT_FILE)
+    }
+
+    /// Reads unit `id`'s status as stored (secrets included; see
+    /// [`UnitStatus::redacted`]).
+    ///
+    /// # Errors
+    /// [`StoreError::UnknownUnit`] when there is no such unit;
+    /// [`StoreError::ReadStatus`] or [`StoreError::CorruptStatus`] when its status file
+    /// cannot be read or parsed.
+    pub fn status(&self, id: UnitId) -> Result<UnitStatus, StoreError> {
+        self.check_exists(id)?;
+        let path = self.unit_dir(id).join(STATUS_FILE);
+        let text = fs::read(&path).map_err(|source| StoreError::ReadStatus {
+            unit: id,
+            path: path.clone(),
+            source,
+        })?;
+        serde_json::from_slice(&text).map_err(|source| StoreError::CorruptStatus {
+            unit: id,
+            path,
+            source,
+        })
+    }
+
+    /// Changes unit `id`'s status with `change` and writes it back, stamping `UpdatedAt`.
+    /// A change of state must be legal ([`UnitState::transition`]); keeping the state
+    /// (for example to update the detail or the stdout size) is always allowed.
+    ///
+    /// # Errors
+    /// [`StoreError::IllegalTransition`] (and nothing is written) when the state change is
+    /// not allowed; the errors of [`UnitStore::status`]; [`StoreError::WriteStatus`].
+    pub fn update(
+        &self,
+        id: UnitId,
+        change: impl FnOnce(&mut UnitStatus),
+    ) -> Result<UnitStatus, StoreError> {
+        let _guard = self.lock();
+        let old = self.status(id)?;
+        let mut new = old.clone();
+        change(&mut new);
+        if new.state != old.state {
+            old.state
+                .transition(new.state)
+                .map_err(|source| StoreError::IllegalTransition { unit: id, source })?;
+        }
+        new.updated_at = now_ms().max(old.updated_at);
+        self.write_status(id, &new, Durability::Yes)?;
+        Ok(new)
+    }
+
+    /// Records that unit `id`'s stdout now holds `size` bytes.
+    ///
+    /// # Errors
+    /// As [`UnitStore::update`].
+    pub fn set_stdout_size(&self, id: UnitId, size: u64) -> Result<UnitStatus, StoreError> {
+        self.update(id, |status| status.stdout_size = size)
+    }
+
+    /// Every unit whose status can be read, sorted by id. Units with an unreadable status
+    /// are left out ([`UnitStore::recover`] reports them).
+    ///
+    /// # Errors
+    /// [`StoreError::ListUnits`] when the units directory cannot be listed.
+    pub fn list(&self) -> Result<Vec<(UnitId, UnitStatus)>, StoreError> {
+        let units = self
+            .unit_ids()?
+            .into_iter()
+            .filter_map(|id| self.status(id).ok().map(|status| (id, status)))
+            .collect();
+        Ok(units)
+    }
+
+    /// Removes unit `id` and all its files.
+    ///
+    /// # Errors
+    /// [`StoreError::UnknownUnit`] when there is no such unit; [`StoreError::Release`]
+    /// when its directory cannot be removed.
+    pub fn release(&self, id: UnitId) -> Result<(), StoreError> {
+        let _guard = self.lock();
+        self.check_exists(id)?;
+        let path = self.unit_dir(id);
+        fs::remove_dir_all(&path).map_err(|source| StoreError::Release {
+            unit: id,
+            path,
+            source,
+        })
+    }
+
+    /// Reads up to `max` bytes of unit `id`'s stdout starting at byte `offset`. At or past
+    /// the end of the file the result is empty.
+    ///
+    /// # Errors
+    /// [`StoreError::UnknownUnit`] when there is no such unit; [`StoreError::ReadStdout`]
+    /// when the file cannot be read.
+    pub fn read_stdout(&self, id: UnitId, offset: u64, max: usize) -> Result<Bytes, StoreError> {
+        self.check_exists(id)?;
+        let path = self.stdout_path(id);
+        read_range(&path, offset, max)
+            .map(Bytes::from)
+            .map_err(|source| StoreError::ReadStdout {
+                unit: id,
+                path,
+                source,
+            })
+    }
+
+    /// Runs at startup, before any unit is started: every unit left `Pending` or `Running`
+    /// by the previous run is marked `Failed`, since nothing is running it any more.
+    /// Units whose status cannot be read or written are reported and left alone.
+    ///
+    /// # Errors
+    /// [`StoreError::ListUnits`] when the units directory cannot be listed.
+    pub fn recover(&self) -> Result<Recovery, StoreError> {
+        let mut recovery = Recovery::default();
+        for id in self.unit_ids()? {
+            match self.status(id) {
+                Ok(status) if status.state.is_terminal() => {}
+                Ok(_) => match self.update(id, fail_unfinished) {
+                    Ok(_) => recovery.failed.push(id),
+                    Err(e) => recovery.errors.push(e),
+                },
+                Err(e) => recovery.errors.push(e),
+            }
+        }
+        Ok(recovery)
+    }
+
+    /// The ids of every unit directory, sorted. Entries whose name is not a unit id (such
+    /// as stray files) are ignored.
+    fn unit_ids(&self) -> Result<Vec<UnitId>, StoreError> {
+        let list_error = |source| StoreError::ListUnits {
+            path: self.root.clone(),
+            source,
+        };
+        let mut ids = Vec::new();
+        for entry in fs::read_dir(&self.root).map_err(list_error)? {
+            let entry = entry.map_err(list_error)?;
+            let is_dir = entry.file_type().map_err(list_error)?.is_dir();
+            let id = entry.file_name().to_str().and_then(|s| s.parse().ok());
+            if let (true, Some(id)) = (is_dir, id) {
+                ids.push(id);
+            }
+        }
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// Writes `status` to the temp file, syncs it if asked, and renames it over the status
+    /// file.
+    fn write_status(
+        &self,
+        id: UnitId,
+        status: &UnitStatus,
+        sync: Durability,
+    ) -> Result<(), StoreError> {
+        let mut line = serde_json::to_vec(status)
+            .map_err(|source| StoreError::EncodeStatus { unit: id, source })?;
+        line.push(b'\n');
+        let dir = self.unit_dir(id);
+        let temp = dir.join(STATUS_TEMP_FILE);
+        let write_error = |path: &Path| {
+            let path = path.to_owned();
+            move |source| StoreError::WriteStatus {
+                unit: id,
+                path,
+                source,
+            }
+        };
+        write_file(&temp, &line, sync).map_err(write_error(&temp))?;
+        fs::rename(&temp, dir.join(STATUS_FILE)).map_err(write_error(&temp))
+    }
+
+    /// Fails with [`StoreError::UnknownUnit`] unless unit `id`'s directory exists.
+    fn check_exists(&self, id: UnitId) -> Result<(), StoreError> {
+        if self.unit_dir(id).is_dir() {
+            Ok(())
+        } else {
+            Err(StoreError::UnknownUnit { unit: id })
+        }
+    }
+
+    fn unit_dir(&self, id: UnitId) -> PathBuf {
+        self.root.join(id.as_str())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        // The mutex guards no data, so a panic elsewhere cannot leave anything inconsistent.
+        self.update_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The change [`UnitStore::recover`] makes: a unit nothing is running any more has failed.
+fn fail_unfinished(status: &mut UnitStatus) {
+    let detail = match status.state {
+        UnitState::Pending => DETAIL_RESTARTED_PENDING,
+        UnitState::Running => DETAIL_RESTARTED_RUNNING,
+        UnitState::Succeeded | UnitState::Failed | UnitState::Canceled => return,
+    };
+    status.state = UnitState::Failed;
+    detail.clone_into(&mut status.detail);
+}
+
+/// Whether a status write waits for the disk before the rename.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    /// Sync the temp file first, so the renamed status survives a crash.
+    Yes,
+    /// Leave it to the OS.
+    No,
+}
+
+/// Writes `bytes` to an owner-only file at `path`, syncing it to disk if asked.
+fn write_file(path: &Path, bytes: &[u8], sync: Durability) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(FILE_MODE)
+        .open(path)?;
+    file.write_all(bytes)?;
+    match sync {
+        Durability::Yes => file.sync_all(),
+        Durability::No => Ok(()),
+    }
+}
+
+/// Reads up to `max` bytes of the file at `path` from byte `offset`.
+fn read_range(path: &Path, offset: u64, max: usize) -> io::Result<Vec<u8>> {
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    if offset >= len {
+        return Ok(Vec::new());
+    }
+    file.seek(SeekFrom::Start(offset))?;
+    let want = usize::try_from(len - offset).map_or(max, |rest| rest.min(max));
+    let mut buf = Vec::with_capacity(want);
+    file.take(want as u64).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests;
