@@ -25,6 +25,7 @@ use crate::mesh::driver::{self, DriverConfig, MeshHandle, PeerTarget};
 use crate::mesh::link::LinkConfig;
 use crate::mesh::node::MeshConfig;
 use crate::mesh::route::Cost;
+use crate::work::{Work, WorkConfig, WorkError};
 pub use backend::{CONTROL_SERVICE, NodeBackend};
 pub use deploy::{DEPLOY_SERVICE, Deployer};
 
@@ -53,6 +54,9 @@ pub enum StartError {
     /// The control socket could not be set up.
     #[error("control socket: {0}")]
     Control(#[from] ListenError),
+    /// The work unit store could not be opened.
+    #[error("work units: {0}")]
+    Work(WorkError),
     /// The WebAssembly host could not start.
     #[error("work handler host: {0}")]
     Host(HostError),
@@ -71,6 +75,8 @@ pub enum StartError {
 pub struct RunningNode {
     /// The mesh.
     pub mesh: MeshHandle,
+    /// The node's work units.
+    pub work: Work,
     /// The WebAssembly host that runs jobs.
     pub host: Arc<Host>,
     /// The offered work types; a deploy sends a new registry.
@@ -184,6 +190,14 @@ pub async fn start(config: &Config) -> Result<RunningNode, StartError> {
         mesh.clone(),
         registry_tx.clone(),
     );
+    let work = Work::open(
+        &config.data_dir,
+        config.node_id.clone(),
+        host.clone(),
+        registry.clone(),
+        WorkConfig::default(),
+    )
+    .map_err(StartError::Work)?;
     let deployer = Deployer::new(
         host.clone(),
         registry_tx.clone(),
@@ -203,6 +217,7 @@ pub async fn start(config: &Config) -> Result<RunningNode, StartError> {
     tracing::info!(node = %config.node_id, listen = ?listen_addrs, control = %control_path.display(), "node started");
     Ok(RunningNode {
         mesh,
+        work,
         host,
         registry: registry_tx,
         listen_addrs,

@@ -8,13 +8,21 @@
 //! - [`store`]: [`UnitStore`], one directory per unit under `<data_dir>/units/`: atomic
 //!   status writes, payload and results files, listing, release and recovery at startup.
 //!
-//! This module does not run work (that is `host`) and does not speak to operators or other
+//! - [`manager`]: [`Work`], which accepts, queues, runs (in `host`), follows, cancels and
+//!   releases units.
+//!
+//! This module does not run handlers itself (that is `host`) and does not speak to operators or other
 //! nodes (that is `control` and the node-to-node work protocol).
 
+pub mod manager;
 pub mod status;
 pub mod store;
 pub mod unit;
 
+pub use manager::{Work, WorkConfig, WorkError};
 pub use status::{Component, UnitStatus};
 pub use store::{Recovery, StoreError, UnitHandle, UnitStore};
 pub use unit::{TransitionError, UnitId, UnitIdError, UnitState};
+
+#[cfg(test)]
+mod tests;

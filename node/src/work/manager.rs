@@ -1,0 +1,525 @@
+//! Runs work units on this node: accepts submissions, stores payloads, queues units under a
+//! concurrency limit, runs each in the work type's handler component, follows results live,
+//! cancels and releases.
+//!
+//! One scheduler task owns the queue, the running set and each running unit's cancel
+//! switch; the [`Work`] handle sends it messages. A unit takes its work type's active
+//! handler when it starts, so a deploy never changes a running unit.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::status::{Component, UnitStatus};
+use super::store::{StoreError, UnitStore};
+use super::unit::{UnitId, UnitState};
+use crate::host::registry::{ActiveHandler, COMMAND_HANDLER, Registry};
+use crate::host::runner::{Host, Job, JobIo, Outcome};
+use crate::id::NodeId;
+
+/// How often a results follower looks for new output of a running unit.
+const FOLLOW_INTERVAL: Duration = Duration::from_millis(25);
+
+/// How long a release waits for a cancelled unit to stop before removing it anyway.
+const RELEASE_WAIT: Duration = Duration::from_secs(15);
+
+/// Limits of a node's work.
+#[derive(Debug, Clone)]
+pub struct WorkConfig {
+    /// Units that may run at once; more wait in a queue.
+    pub max_running: usize,
+    /// Largest payload accepted, in bytes.
+    pub max_payload: u64,
+}
+
+impl Default for WorkConfig {
+    fn default() -> Self {
+        Self {
+            max_running: std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
+            max_payload: 8 << 30,
+        }
+    }
+}
+
+/// Why a work request failed. `Display` is the operator's message.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkError {
+    /// No such unit.
+    #[error("unknown work unit {0}")]
+    UnknownUnit(UnitId),
+    /// This node does not offer the work type.
+    #[error("unknown work type {0}")]
+    UnknownWorkType(String),
+    /// The request is not acceptable (parameters, payload size).
+    #[error("{0}")]
+    Refused(String),
+    /// The node failed (disk, task).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for WorkError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::UnknownUnit { unit, .. } => Self::UnknownUnit(unit),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+enum SchedCmd {
+    Queue(UnitId),
+    Done(UnitId),
+    Cancel(UnitId, oneshot::Sender<()>),
+}
+
+struct Inner {
+    store: UnitStore,
+    node: NodeId,
+    host: Arc<Host>,
+    registry: watch::Receiver<Arc<Registry>>,
+    config: WorkConfig,
+    sched: mpsc::UnboundedSender<SchedCmd>,
+}
+
+/// Runs work units on this node. Cheap to clone.
+#[derive(Clone)]
+pub struct Work {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Work {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Work")
+            .field("node", &self.inner.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Work {
+    /// Opens the unit store under `data_dir`, fails units a previous run left unfinished,
+    /// and starts the scheduler.
+    ///
+    /// # Errors
+    /// [`WorkError::Internal`] when the store cannot be opened.
+    pub fn open(
+        data_dir: &std::path::Path,
+        node: NodeId,
+        host: Arc<Host>,
+        registry: watch::Receiver<Arc<Registry>>,
+        config: WorkConfig,
+    ) -> Result<Self, WorkError> {
+        let store = UnitStore::open(data_dir)?;
+        let recovery = store.recover()?;
+        for unit in &recovery.failed {
+            tracing::warn!(%unit, "unit was unfinished when the node stopped; marked failed");
+        }
+        for error in &recovery.errors {
+            tracing::warn!(%error, "unreadable unit left as it is");
+        }
+        let (sched, rx) = mpsc::unbounded_channel();
+        let work = Self {
+            inner: Arc::new(Inner {
+                store,
+                node,
+                host,
+                registry,
+                config,
+                sched,
+            }),
+        };
+        tokio::spawn(Scheduler::new(work.clone(), rx).run());
+        Ok(work)
+    }
+
+    fn store(&self) -> &UnitStore {
+        &self.inner.store
+    }
+
+    /// Creates a unit of `work_type` (Pending, waiting for its payload).
+    ///
+    /// # Errors
+    /// [`WorkError::UnknownWorkType`] when the work type is not offered,
+    /// [`WorkError::Refused`] for parameters the work type does not allow.
+    pub async fn create(
+        &self,
+        work_type: &str,
+        params: BTreeMap<String, String>,
+        submitter: NodeId,
+    ) -> Result<UnitId, WorkError> {
+        let active = self
+            .inner
+            .registry
+            .borrow()
+            .get(work_type)
+            .ok_or_else(|| WorkError::UnknownWorkType(work_type.to_owned()))?;
+        check_params(&active, &params)?;
+        let this = self.clone();
+        let work_type = work_type.to_owned();
+        let handle = blocking(move || {
+            let node = this.inner.node.clone();
+            this.store().create(&work_type, params, submitter, node)
+        })
+        .await?;
+        let id = handle.id();
+        self.store()
+            .update(id, |s| s.detail = "Waiting for Input Data".into())?;
+        Ok(id)
+    }
+
+    /// Reads the payload to EOF into the unit's stdin, then queues the unit to run.
+    ///
+    /// # Errors
+    /// [`WorkError::Refused`] when the payload is over the limit (the unit fails);
+    /// [`WorkError::Internal`] when it cannot be stored.
+    pub async fn start(
+        &self,
+        id: UnitId,
+        payload: &mut (dyn AsyncRead + Unpin + Send),
+    ) -> Result<(), WorkError> {
+        let path = self.store().stdin_path(id);
+        let limit = self.inner.config.max_payload;
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(|e| WorkError::Internal(format!("{}: {e}", path.display())))?;
+        let copied = tokio::io::copy(&mut payload.take(limit + 1), &mut file)
+            .await
+            .map_err(|e| WorkError::Internal(format!("reading the payload: {e}")))?;
+        file.flush()
+            .await
+            .map_err(|e| WorkError::Internal(e.to_string()))?;
+        if copied > limit {
+            let detail = format!("payload exceeds this node's limit of {limit} bytes");
+            self.finish(id, UnitState::Failed, detail.clone())?;
+            return Err(WorkError::Refused(detail));
+        }
+        self.store().update(id, |s| s.detail = "Queued".into())?;
+        let _ = self.inner.sched.send(SchedCmd::Queue(id));
+        Ok(())
+    }
+
+    /// The unit's status; a running unit's `StdoutSize` is the live size.
+    ///
+    /// # Errors
+    /// [`WorkError::UnknownUnit`] when there is no such unit.
+    pub async fn status(&self, id: UnitId) -> Result<UnitStatus, WorkError> {
+        let mut status = self.store().status(id)?;
+        if !status.state.is_terminal() {
+            if let Ok(meta) = tokio::fs::metadata(self.store().stdout_path(id)).await {
+                status.stdout_size = meta.len();
+            }
+        }
+        Ok(status)
+    }
+
+    /// Every unit, sorted by id.
+    ///
+    /// # Errors
+    /// [`WorkError::Internal`] when the units cannot be listed.
+    pub async fn list(&self) -> Result<Vec<(UnitId, UnitStatus)>, WorkError> {
+        Ok(self.store().list()?)
+    }
+
+    /// Results from `offset`, following live output; EOF once the unit is finished (in any
+    /// terminal state, Canceled included) and everything was read.
+    ///
+    /// # Errors
+    /// [`WorkError::UnknownUnit`] when there is no such unit.
+    pub async fn results(
+        &self,
+        id: UnitId,
+        offset: u64,
+    ) -> Result<Box<dyn AsyncRead + Send + Unpin>, WorkError> {
+        self.store().status(id)?;
+        let (reader, writer) = tokio::io::duplex(256 * 1024);
+        tokio::spawn(follow(self.clone(), id, offset, writer));
+        Ok(Box::new(reader))
+    }
+
+    /// Cancels the unit: a queued unit ends Canceled at once, a running one is asked to
+    /// stop (its handler gets the cancel; the host kills it after a grace period).
+    ///
+    /// # Errors
+    /// [`WorkError::UnknownUnit`] when there is no such unit.
+    pub async fn cancel(&self, id: UnitId) -> Result<(), WorkError> {
+        self.store().status(id)?;
+        let (done, wait) = oneshot::channel();
+        let _ = self.inner.sched.send(SchedCmd::Cancel(id, done));
+        let _ = wait.await;
+        Ok(())
+    }
+
+    /// Cancels the unit, waits for it to stop (unless `force`), and deletes it.
+    ///
+    /// # Errors
+    /// [`WorkError::UnknownUnit`] when there is no such unit.
+    pub async fn release(&self, id: UnitId, force: bool) -> Result<(), WorkError> {
+        self.cancel(id).await?;
+        if !force {
+            let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
+            while tokio::time::Instant::now() < deadline {
+                if self.store().status(id)?.state.is_terminal() {
+                    break;
+                }
+                tokio::time::sleep(FOLLOW_INTERVAL).await;
+            }
+        }
+        Ok(self.store().release(id)?)
+    }
+
+    /// Ends a unit in a terminal state with `detail` and its final stdout size.
+    fn finish(&self, id: UnitId, state: UnitState, detail: String) -> Result<(), WorkError> {
+        let size = std::fs::metadata(self.store().stdout_path(id)).map_or(0, |m| m.len());
+        self.store().update(id, |s| {
+            s.state = state;
+            s.detail = detail;
+            s.stdout_size = size;
+        })?;
+        Ok(())
+    }
+
+    /// Runs one unit to its end in its work type's current handler.
+    async fn run_unit(self, id: UnitId, cancelled: watch::Receiver<bool>) {
+        let outcome = match self.prepare(id) {
+            Ok((active, job, io)) => {
+                let handler = &active.handler;
+                let policy = active.policy.clone();
+                self.inner
+                    .host
+                    .run(handler, policy, job, io, cancelled)
+                    .await
+            }
+            Err(detail) => Outcome::Failed {
+                detail,
+                exit_code: None,
+            },
+        };
+        let (state, detail) = match outcome {
+            Outcome::Succeeded => (UnitState::Succeeded, "exit status 0".to_owned()),
+            Outcome::Failed { detail, .. } => (UnitState::Failed, detail),
+            Outcome::Canceled { detail } => (UnitState::Canceled, detail),
+        };
+        tracing::info!(unit = %id, state = %state, %detail, "unit finished");
+        if let Err(e) = self.finish(id, state, detail) {
+            tracing::error!(unit = %id, error = %e, "cannot record the end of a unit");
+        }
+        let _ = self.inner.sched.send(SchedCmd::Done(id));
+    }
+
+    /// Marks the unit Running with its component and opens its job directory and files.
+    fn prepare(&self, id: UnitId) -> Result<(Arc<ActiveHandler>, Job, JobIo), String> {
+        let status = self.store().status(id).map_err(|e| e.to_string())?;
+        let active = self
+            .inner
+            .registry
+            .borrow()
+            .get(&status.work_type)
+            .ok_or_else(|| format!("work type {} is no longer offered", status.work_type))?;
+        let info = &active.info;
+        let component = Component {
+            name: info.name.clone(),
+            version: info.version.clone(),
+            sha256: info.sha256_hex(),
+        };
+        self.store()
+            .update(id, |s| {
+                s.state = UnitState::Running;
+                s.detail = "Running".into();
+                s.component = Some(component);
+            })
+            .map_err(|e| e.to_string())?;
+        let job_dir = self.store().stdin_path(id).with_file_name("job");
+        let io = open_io(
+            job_dir,
+            self.store().stdin_path(id),
+            self.store().stdout_path(id),
+        )?;
+        let job = Job {
+            id: id.to_string(),
+            work_type: status.work_type.clone(),
+            handler: active.handler_name.clone(),
+            params: job_params(&active, &status.params),
+        };
+        tracing::info!(unit = %id, work_type = %job.work_type, component = %info.name, version = %info.version, "unit started");
+        Ok((active, job, io))
+    }
+}
+
+fn open_io(job_dir: PathBuf, stdin: PathBuf, stdout: PathBuf) -> Result<JobIo, String> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(&job_dir)
+        .map_err(|e| format!("{}: {e}", job_dir.display()))?;
+    let payload = std::fs::File::open(&stdin).map_err(|e| format!("{}: {e}", stdin.display()))?;
+    let results = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&stdout)
+        .map_err(|e| format!("{}: {e}", stdout.display()))?;
+    Ok(JobIo {
+        job_dir,
+        payload: Box::new(tokio::fs::File::from_std(payload)),
+        results: Box::new(tokio::fs::File::from_std(results)),
+    })
+}
+
+/// Keys a submitter may not set: they name the program and arguments of a command.
+const RESERVED_PARAMS: [&str; 2] = ["program", "arg"];
+
+fn check_params(
+    active: &ActiveHandler,
+    params: &BTreeMap<String, String>,
+) -> Result<(), WorkError> {
+    if let Some(key) = params
+        .keys()
+        .find(|k| RESERVED_PARAMS.contains(&k.as_str()))
+    {
+        return Err(WorkError::Refused(format!("parameter {key:?} is reserved")));
+    }
+    if params.contains_key("params") && !active.allow_runtime_params {
+        return Err(WorkError::Refused(format!(
+            "work type {} does not allow runtime params",
+            active.work_type
+        )));
+    }
+    Ok(())
+}
+
+/// The handler's parameters: the work type's fixed ones first, then the submission's, with
+/// a command's runtime `params` split into arguments.
+fn job_params(
+    active: &ActiveHandler,
+    submitted: &BTreeMap<String, String>,
+) -> Vec<(String, String)> {
+    let mut params = active.fixed_params.clone();
+    for (key, value) in submitted {
+        if key == "params" && active.handler_name == COMMAND_HANDLER {
+            params.extend(
+                value
+                    .split_whitespace()
+                    .map(|w| ("arg".to_owned(), w.to_owned())),
+            );
+        } else {
+            params.push((key.clone(), value.clone()));
+        }
+    }
+    params
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, WorkError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| WorkError::Internal(format!("store task failed: {e}")))?
+        .map_err(WorkError::from)
+}
+
+/// Copies a unit's results from `offset` into `out` until the unit is finished and all
+/// its output was copied, or the reader goes away.
+async fn follow(work: Work, id: UnitId, mut offset: u64, mut out: tokio::io::DuplexStream) {
+    let path = work.store().stdout_path(id);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // Read the state before the data: output written before the unit finished is then
+        // always seen before the follower stops.
+        let finished = work
+            .store()
+            .status(id)
+            .map_or(true, |s| s.state.is_terminal());
+        let n = match read_at(&path, offset, &mut buf).await {
+            Ok(n) => n,
+            Err(_) => return,
+        };
+        if n > 0 {
+            if out.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+            offset += n as u64;
+            continue;
+        }
+        if finished {
+            let _ = out.shutdown().await;
+            return;
+        }
+        tokio::time::sleep(FOLLOW_INTERVAL).await;
+    }
+}
+
+async fn read_at(path: &std::path::Path, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut file = tokio::fs::File::open(path).await?;
+    file.seek(std::io::SeekFrom::Start(offset)).await?;
+    file.read(buf).await
+}
+
+/// The scheduler: owns the queue, the running units and their cancel switches.
+struct Scheduler {
+    work: Work,
+    rx: mpsc::UnboundedReceiver<SchedCmd>,
+    queue: VecDeque<UnitId>,
+    running: HashMap<UnitId, watch::Sender<bool>>,
+}
+
+impl Scheduler {
+    fn new(work: Work, rx: mpsc::UnboundedReceiver<SchedCmd>) -> Self {
+        Self {
+            work,
+            rx,
+            queue: VecDeque::new(),
+            running: HashMap::new(),
+        }
+    }
+
+    async fn run(mut self) {
+        while let Some(cmd) = self.rx.recv().await {
+            match cmd {
+                SchedCmd::Queue(id) => self.queue.push_back(id),
+                SchedCmd::Done(id) => {
+                    self.running.remove(&id);
+                }
+                SchedCmd::Cancel(id, done) => {
+                    self.cancel(id);
+                    let _ = done.send(());
+                }
+            }
+            self.start_queued();
+        }
+    }
+
+    fn cancel(&mut self, id: UnitId) {
+        if let Some(switch) = self.running.get(&id) {
+            let _ = switch.send(true);
+        } else if let Some(pos) = self.queue.iter().position(|q| *q == id) {
+            self.queue.remove(pos);
+            let _ = self
+                .work
+                .finish(id, UnitState::Canceled, "Canceled before it started".into());
+        } else if let Ok(status) = self.work.store().status(id) {
+            // Created but its payload never came (or is still coming): nothing runs yet.
+            if status.state == UnitState::Pending {
+                let _ =
+                    self.work
+                        .finish(id, UnitState::Canceled, "Canceled before it started".into());
+            }
+        }
+    }
+
+    fn start_queued(&mut self) {
+        while self.running.len() < self.work.inner.config.max_running {
+            let Some(id) = self.queue.pop_front() else {
+                return;
+            };
+            let (switch, cancelled) = watch::channel(false);
+            self.running.insert(id, switch);
+            tokio::spawn(self.work.clone().run_unit(id, cancelled));
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! Work units end to end in one process: the real host and guest-runner, real files.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::sync::watch;
+
+use super::{UnitId, UnitState, Work, WorkConfig, WorkError};
+use crate::host::component::ComponentInfo;
+use crate::host::policy::{Limits, Policy};
+use crate::host::registry::{self, ActiveHandler, COMMAND_HANDLER, Registry};
+use crate::host::runner::{Handler, Host};
+use crate::id::NodeId;
+
+fn host() -> &'static (Arc<Host>, (Handler, ComponentInfo)) {
+    static HOST: OnceLock<(Arc<Host>, (Handler, ComponentInfo))> = OnceLock::new();
+    HOST.get_or_init(|| {
+        let cache = std::env::temp_dir().join(format!("warren-work-tests-{}", std::process::id()));
+        let host = Arc::new(Host::new(&cache).unwrap());
+        let builtin = registry::builtin(&host).unwrap();
+        (host, builtin)
+    })
+}
+
+fn node(s: &str) -> NodeId {
+    NodeId::new(s).unwrap()
+}
+
+/// A command work type `name` running `program` with `args`.
+fn command(
+    name: &str,
+    program: &str,
+    args: &[&str],
+    version: &str,
+    runtime: bool,
+) -> ActiveHandler {
+    let (_, (handler, info)) = host();
+    let policy = Policy::for_command(name, program.as_ref(), &[], |_| None, Limits::default());
+    let mut fixed = vec![("program".to_owned(), name.to_owned())];
+    fixed.extend(args.iter().map(|a| ("arg".to_owned(), (*a).to_owned())));
+    ActiveHandler {
+        work_type: name.to_owned(),
+        handler_name: COMMAND_HANDLER.to_owned(),
+        handler: handler.clone(),
+        policy: Arc::new(policy),
+        info: ComponentInfo {
+            version: version.to_owned(),
+            ..info.clone()
+        },
+        fixed_params: fixed,
+        allow_runtime_params: runtime,
+    }
+}
+
+struct Setup {
+    work: Work,
+    registry: watch::Sender<Arc<Registry>>,
+    _dir: tempfile::TempDir,
+}
+
+fn setup(max_running: usize) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let mut registry = Registry::default();
+    registry.insert(command("cat", "/bin/cat", &[], "1.0.0", false));
+    registry.insert(command("echo", "/bin/echo", &[], "1.0.0", true));
+    registry.insert(command("slow", "/bin/sleep", &["1"], "1.0.0", false));
+    let (tx, rx) = watch::channel(Arc::new(registry));
+    let config = WorkConfig {
+        max_running,
+        max_payload: 1 << 20,
+    };
+    let work = Work::open(dir.path(), node("n1"), host().0.clone(), rx, config).unwrap();
+    Setup {
+        work,
+        registry: tx,
+        _dir: dir,
+    }
+}
+
+async fn submit(work: &Work, work_type: &str, params: &[(&str, &str)], payload: &[u8]) -> UnitId {
+    let params: BTreeMap<String, String> = params
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let id = work.create(work_type, params, node("ctl")).await.unwrap();
+    let mut payload = payload;
+    work.start(id, &mut payload).await.unwrap();
+    id
+}
+
+async fn results(work: &Work, id: UnitId) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut reader = work.results(id, 0).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), reader.read_to_end(&mut out))
+        .await
+        .expect("results end when the unit ends")
+        .unwrap();
+    out
+}
+
+async fn wait_state(work: &Work, id: UnitId, state: UnitState) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while work.status(id).await.unwrap().state != state {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "unit {id} never became {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unit_runs_in_its_handler_and_its_results_follow_live() {
+    let s = setup(4);
+    let id = submit(&s.work, "cat", &[], b"hello from the payload\n").await;
+    assert_eq!(results(&s.work, id).await, b"hello from the payload\n");
+    let status = s.work.status(id).await.unwrap();
+    assert_eq!(status.state, UnitState::Succeeded, "{status:?}");
+    assert_eq!(status.stdout_size, 23);
+    assert_eq!(status.component.unwrap().name, "guest-runner");
+    // From an offset: the tail only.
+    let mut tail = Vec::new();
+    s.work
+        .results(id, 11)
+        .await
+        .unwrap()
+        .read_to_end(&mut tail)
+        .await
+        .unwrap();
+    assert_eq!(tail, b"the payload\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_params_only_where_allowed_and_never_the_program() {
+    let s = setup(4);
+    let id = submit(&s.work, "echo", &[("params", "one two")], b"").await;
+    assert_eq!(results(&s.work, id).await, b"one two\n");
+    let refused = s
+        .work
+        .create("cat", [("params".into(), "-n".into())].into(), node("c"))
+        .await;
+    assert!(matches!(refused, Err(WorkError::Refused(_))), "{refused:?}");
+    let reserved = s
+        .work
+        .create("echo", [("program".into(), "sh".into())].into(), node("c"))
+        .await;
+    assert!(
+        matches!(reserved, Err(WorkError::Refused(_))),
+        "{reserved:?}"
+    );
+    let unknown = s.work.create("nope", BTreeMap::new(), node("c")).await;
+    assert!(
+        matches!(unknown, Err(WorkError::UnknownWorkType(_))),
+        "{unknown:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_running_and_queued_units() {
+    let s = setup(1);
+    let running = submit(&s.work, "slow", &[], b"").await;
+    let queued = submit(&s.work, "slow", &[], b"").await;
+    wait_state(&s.work, running, UnitState::Running).await;
+    s.work.cancel(queued).await.unwrap();
+    assert_eq!(
+        s.work.status(queued).await.unwrap().state,
+        UnitState::Canceled
+    );
+    s.work.cancel(running).await.unwrap();
+    wait_state(&s.work, running, UnitState::Canceled).await;
+    // A canceled unit's results still end.
+    let _ = results(&s.work, running).await;
+    s.work.release(running, false).await.unwrap();
+    assert!(matches!(
+        s.work.status(running).await,
+        Err(WorkError::UnknownUnit(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switched_work_type_runs_new_units_while_a_running_one_keeps_its_component() {
+    let s = setup(4);
+    let first = submit(&s.work, "slow", &[], b"").await;
+    wait_state(&s.work, first, UnitState::Running).await;
+    let mut next = (**s.registry.borrow()).clone();
+    next.insert(command("slow", "/bin/sleep", &["0"], "2.0.0", false));
+    s.registry.send_replace(Arc::new(next));
+    let second = submit(&s.work, "slow", &[], b"").await;
+    wait_state(&s.work, first, UnitState::Succeeded).await;
+    wait_state(&s.work, second, UnitState::Succeeded).await;
+    let work = &s.work;
+    let version = |id| async move { work.status(id).await.unwrap().component.unwrap().version };
+    assert_eq!(version(first).await, "1.0.0");
+    assert_eq!(version(second).await, "2.0.0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_over_the_limit_fails_the_unit() {
+    let s = setup(4);
+    let id = s
+        .work
+        .create("cat", BTreeMap::new(), node("c"))
+        .await
+        .unwrap();
+    let big = vec![0u8; (1 << 20) + 1];
+    let refused = s.work.start(id, &mut &big[..]).await;
+    assert!(matches!(refused, Err(WorkError::Refused(_))), "{refused:?}");
+    assert_eq!(s.work.status(id).await.unwrap().state, UnitState::Failed);
+}
