@@ -1,0 +1,69 @@
+//! `cargo bench -p warren --bench host [-- SECTION]`: WebAssembly host figures, each printed
+//! beside a baseline or target measured in the same run, because the machine is shared and
+//! noisy. Figures are medians over repeated rounds; ratios are taken per round, then their
+//! median.
+//!
+//! Sections (a filter argument runs those whose name contains it):
+//! - `start`: component sizes, compile and cached-load times of guest-runner, and per-job
+//!   start (store + instantiate + call) of the probe handler's empty `noop` job.
+//! - `relay`: payload → child stdin → child stdout → results through guest-runner's
+//!   `command` handler and `/bin/cat`, against a native pipe through `/bin/cat`.
+//!
+//! The sections live in `benches/host/` (the shared statistics in `benches/mesh/`), named by
+//! `#[path]` because a file directly in `benches/` would become a bench target of its own.
+
+#[path = "host/relay.rs"]
+mod relay;
+#[path = "host/start.rs"]
+mod start;
+#[path = "mesh/stats.rs"]
+mod stats;
+
+use std::process::ExitCode;
+
+/// The probe handler (built for tests and benches by build.rs).
+pub(crate) const PROBE_HANDLER: &[u8] = include_bytes!(env!("WARREN_PROBE_HANDLER_WASM"));
+
+/// A section: its name (the filter matches it) and its body.
+type Section = (&'static str, fn() -> anyhow::Result<()>);
+
+const SECTIONS: [Section; 2] = [("start", start::run), ("relay", relay::run)];
+
+fn main() -> ExitCode {
+    // cargo passes `--bench`; anything not a flag is the filter.
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let chosen: Vec<&Section> = SECTIONS
+        .iter()
+        .filter(|(name, _)| filter.as_deref().is_none_or(|f| name.contains(f)))
+        .collect();
+    if chosen.is_empty() {
+        let names: Vec<&str> = SECTIONS.iter().map(|s| s.0).collect();
+        eprintln!(
+            "no section matches {:?}; sections: {}",
+            filter.unwrap_or_default(),
+            names.join(", ")
+        );
+        return ExitCode::FAILURE;
+    }
+    let mut failed = false;
+    for (name, run) in chosen {
+        println!("== {name}");
+        if let Err(e) = run() {
+            eprintln!("{name}: FAILED: {e:#}");
+            failed = true;
+        }
+        println!();
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// A multi-threaded runtime like the node's, with one worker per core of this machine.
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
