@@ -211,10 +211,10 @@ impl Work {
     /// [`WorkError::UnknownUnit`] when there is no such unit.
     pub async fn status(&self, id: UnitId) -> Result<UnitStatus, WorkError> {
         let mut status = self.store().status(id)?;
-        if !status.state.is_terminal() {
-            if let Ok(meta) = tokio::fs::metadata(self.store().stdout_path(id)).await {
-                status.stdout_size = meta.len();
-            }
+        if !status.state.is_terminal()
+            && let Ok(meta) = tokio::fs::metadata(self.store().stdout_path(id)).await
+        {
+            status.stdout_size = meta.len();
         }
         Ok(status)
     }
@@ -435,9 +435,8 @@ async fn follow(work: Work, id: UnitId, mut offset: u64, mut out: tokio::io::Dup
             .store()
             .status(id)
             .map_or(true, |s| s.state.is_terminal());
-        let n = match read_at(&path, offset, &mut buf).await {
-            Ok(n) => n,
-            Err(_) => return,
+        let Ok(n) = read_at(&path, offset, &mut buf).await else {
+            return;
         };
         if n > 0 {
             if out.write_all(&buf[..n]).await.is_err() {
