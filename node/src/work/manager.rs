@@ -51,8 +51,8 @@ pub enum WorkError {
     /// No such unit.
     #[error("unknown work unit {0}")]
     UnknownUnit(UnitId),
-    /// This node does not offer the work type.
-    #[error("unknown work type {0}")]
+    /// This node does not offer the work type; the text names the node and the work type.
+    #[error("{0}")]
     UnknownWorkType(String),
     /// The request is not acceptable (parameters, payload size).
     #[error("{0}")]
@@ -151,12 +151,10 @@ impl Work {
         params: BTreeMap<String, String>,
         submitter: NodeId,
     ) -> Result<UnitId, WorkError> {
-        let active = self
-            .inner
-            .registry
-            .borrow()
-            .get(work_type)
-            .ok_or_else(|| WorkError::UnknownWorkType(work_type.to_owned()))?;
+        let active = self.inner.registry.borrow().get(work_type).ok_or_else(|| {
+            let node = &self.inner.node;
+            WorkError::UnknownWorkType(format!("node {node} does not offer work type {work_type}"))
+        })?;
         check_params(&active, &params)?;
         let this = self.clone();
         let work_type = work_type.to_owned();
