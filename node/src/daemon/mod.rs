@@ -196,8 +196,10 @@ pub async fn start(config: &Config) -> Result<RunningNode, StartError> {
         host.clone(),
         registry.clone(),
         WorkConfig::default(),
+        Some(mesh.clone()),
     )
     .map_err(StartError::Work)?;
+    crate::work::remote::serve(work.clone(), &mesh);
     let deployer = Deployer::new(
         host.clone(),
         registry_tx.clone(),

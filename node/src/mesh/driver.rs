@@ -109,6 +109,8 @@ struct Driver {
     datagram_sockets: HashMap<ServiceName, mpsc::Sender<Datagram>>,
     probes: HashMap<ProbeId, oneshot::Sender<ProbeOutcome>>,
     shutdown: Option<oneshot::Sender<()>>,
+    /// The listeners' accept tasks; aborted at shutdown, which closes the listening sockets.
+    accepts: Vec<JoinHandle<()>>,
 }
 
 /// Starts the mesh: accepts on `listeners`, dials `peers`, and returns the handle to it and
@@ -128,9 +130,10 @@ pub fn start(
     for peer in peers {
         targets.insert(node.add_peer(now), peer);
     }
-    for (listener, cost) in listeners {
-        tokio::spawn(accept_loop(listener, cost, socket_tx.clone()));
-    }
+    let accepts = listeners
+        .into_iter()
+        .map(|(listener, cost)| tokio::spawn(accept_loop(listener, cost, socket_tx.clone())))
+        .collect();
     let driver = Driver {
         node,
         config: driver_config,
@@ -146,6 +149,7 @@ pub fn start(
         datagram_sockets: HashMap::new(),
         probes: HashMap::new(),
         shutdown: None,
+        accepts,
     };
     let task = tokio::spawn(driver.run());
     (MeshHandle::new(id, command_tx), task)
@@ -235,6 +239,9 @@ impl Driver {
     }
 
     async fn finish_shutdown(&mut self) {
+        for accept in self.accepts.drain(..) {
+            accept.abort();
+        }
         let now = Instant::now().into_std();
         self.node.close_all(now);
         self.drain();

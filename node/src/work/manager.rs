@@ -14,12 +14,15 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::protocol::Request;
+use super::remote;
 use super::status::{Component, UnitStatus};
 use super::store::{StoreError, UnitStore};
 use super::unit::{UnitId, UnitState};
 use crate::host::registry::{ActiveHandler, COMMAND_HANDLER, Registry};
 use crate::host::runner::{Host, Job, JobIo, Outcome};
 use crate::id::NodeId;
+use crate::mesh::driver::MeshHandle;
 
 /// How often a results follower looks for new output of a running unit.
 const FOLLOW_INTERVAL: Duration = Duration::from_millis(25);
@@ -80,6 +83,8 @@ enum SchedCmd {
 struct Inner {
     store: UnitStore,
     node: NodeId,
+    /// Reaches other nodes for remote work; `None` runs local work only.
+    mesh: Option<MeshHandle>,
     host: Arc<Host>,
     registry: watch::Receiver<Arc<Registry>>,
     config: WorkConfig,
@@ -112,6 +117,7 @@ impl Work {
         host: Arc<Host>,
         registry: watch::Receiver<Arc<Registry>>,
         config: WorkConfig,
+        mesh: Option<MeshHandle>,
     ) -> Result<Self, WorkError> {
         let store = UnitStore::open(data_dir)?;
         let recovery = store.recover()?;
@@ -126,6 +132,7 @@ impl Work {
             inner: Arc::new(Inner {
                 store,
                 node,
+                mesh,
                 host,
                 registry,
                 config,
@@ -169,6 +176,50 @@ impl Work {
         Ok(id)
     }
 
+    /// Creates a local unit that mirrors work to run on `node` (Pending until `start`
+    /// submits it there). The running node checks the work type and parameters.
+    ///
+    /// # Errors
+    /// [`WorkError::Refused`] when this node has no mesh to reach `node` with.
+    pub async fn create_remote(
+        &self,
+        node: NodeId,
+        work_type: &str,
+        params: BTreeMap<String, String>,
+        submitter: NodeId,
+    ) -> Result<UnitId, WorkError> {
+        if self.inner.mesh.is_none() {
+            return Err(WorkError::Refused(
+                "this node cannot reach other nodes".into(),
+            ));
+        }
+        let this = self.clone();
+        let work_type = work_type.to_owned();
+        let handle =
+            blocking(move || this.store().create(&work_type, params, submitter, node)).await?;
+        let id = handle.id();
+        self.store()
+            .update(id, |s| s.detail = "Waiting for Input Data".into())?;
+        Ok(id)
+    }
+
+    /// Whether unit `id` runs on another node.
+    fn remote_node(
+        &self,
+        id: UnitId,
+    ) -> Result<Option<(MeshHandle, NodeId, UnitStatus)>, WorkError> {
+        let status = self.store().status(id)?;
+        if status.node == self.inner.node {
+            return Ok(None);
+        }
+        match &self.inner.mesh {
+            Some(mesh) => Ok(Some((mesh.clone(), status.node.clone(), status))),
+            None => Err(WorkError::Refused(
+                "this node cannot reach other nodes".into(),
+            )),
+        }
+    }
+
     /// Reads the payload to EOF into the unit's stdin, then queues the unit to run.
     ///
     /// # Errors
@@ -198,9 +249,83 @@ impl Work {
             self.finish(id, UnitState::Failed, detail.clone())?;
             return Err(WorkError::Refused(detail));
         }
+        if let Some((mesh, node, status)) = self.remote_node(id)? {
+            return self.start_remote(id, mesh, node, status).await;
+        }
         self.store().update(id, |s| s.detail = "Queued".into())?;
         let _ = self.inner.sched.send(SchedCmd::Queue(id));
         Ok(())
+    }
+
+    /// Submits a stored payload to the unit's node and starts mirroring it.
+    async fn start_remote(
+        &self,
+        id: UnitId,
+        mesh: MeshHandle,
+        node: NodeId,
+        status: UnitStatus,
+    ) -> Result<(), WorkError> {
+        let path = self.store().stdin_path(id);
+        let mut payload = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| WorkError::Internal(format!("{}: {e}", path.display())))?;
+        let submitted = remote::submit(
+            &mesh,
+            &node,
+            &status.work_type,
+            status.params.clone(),
+            &mut payload,
+        )
+        .await;
+        let remote = match submitted {
+            Ok(remote) => remote,
+            Err(message) => {
+                self.finish(id, UnitState::Failed, message.clone())?;
+                return Err(WorkError::Refused(message));
+            }
+        };
+        self.store().update(id, |s| {
+            s.state = UnitState::Running;
+            s.detail = format!("Running on {node} as {remote}");
+            s.remote_unit_id = Some(remote);
+        })?;
+        tracing::info!(unit = %id, %node, %remote, "submitted remote unit");
+        tokio::spawn(remote::mirror(self.clone(), mesh, node, id, remote));
+        Ok(())
+    }
+
+    /// Records a mirrored unit's end as the running node reported it.
+    pub(super) fn finish_mirror(
+        &self,
+        id: UnitId,
+        state: UnitState,
+        detail: String,
+    ) -> Result<(), WorkError> {
+        if self.store().status(id)?.state.is_terminal() {
+            return Ok(());
+        }
+        self.finish(id, state, detail)
+    }
+
+    /// Bytes in the unit's local results file.
+    pub(super) fn local_stdout_size(&self, id: UnitId) -> u64 {
+        std::fs::metadata(self.store().stdout_path(id)).map_or(0, |m| m.len())
+    }
+
+    /// The unit's local results file, for appending mirrored output.
+    pub(super) async fn open_stdout_append(&self, id: UnitId) -> std::io::Result<tokio::fs::File> {
+        tokio::fs::OpenOptions::new()
+            .append(true)
+            .open(self.store().stdout_path(id))
+            .await
+    }
+
+    /// A mirrored unit is running (nothing to record: `start_remote` already did).
+    pub(super) fn note_mirror_running(&self, _id: UnitId) {}
+
+    /// Whether the unit is gone (released while its mirror was retrying).
+    pub(super) fn is_released(&self, id: UnitId) -> bool {
+        self.store().status(id).is_err()
     }
 
     /// The unit's status; a running unit's `StdoutSize` is the live size.
@@ -247,7 +372,16 @@ impl Work {
     /// # Errors
     /// [`WorkError::UnknownUnit`] when there is no such unit.
     pub async fn cancel(&self, id: UnitId) -> Result<(), WorkError> {
-        self.store().status(id)?;
+        if let Some((mesh, node, status)) = self.remote_node(id)? {
+            return match status.remote_unit_id {
+                Some(unit) => remote::tell(&mesh, &node, Request::Cancel { unit })
+                    .await
+                    .map_err(WorkError::Refused),
+                None => {
+                    self.finish_mirror(id, UnitState::Canceled, "Canceled before it started".into())
+                }
+            };
+        }
         let (done, wait) = oneshot::channel();
         let _ = self.inner.sched.send(SchedCmd::Cancel(id, done));
         let _ = wait.await;
@@ -259,6 +393,17 @@ impl Work {
     /// # Errors
     /// [`WorkError::UnknownUnit`] when there is no such unit.
     pub async fn release(&self, id: UnitId, force: bool) -> Result<(), WorkError> {
+        if let Some((mesh, node, status)) = self.remote_node(id)? {
+            if let Some(unit) = status.remote_unit_id {
+                let told = remote::tell(&mesh, &node, Request::Release { unit }).await;
+                if let Err(message) = told {
+                    if !force {
+                        return Err(WorkError::Refused(format!("release pending: {message}")));
+                    }
+                }
+            }
+            return Ok(self.store().release(id)?);
+        }
         self.cancel(id).await?;
         if !force {
             let deadline = tokio::time::Instant::now() + RELEASE_WAIT;

@@ -8,6 +8,8 @@
 //! - [`store`]: [`UnitStore`], one directory per unit under `<data_dir>/units/`: atomic
 //!   status writes, payload and results files, listing, release and recovery at startup.
 //!
+//! - [`protocol`]: the typed, versioned node-to-node work messages.
+//! - [`remote`]: remote work: the submitter's mirror unit and the `work` mesh service.
 //! - [`manager`]: [`Work`], which accepts, queues, runs (in `host`), follows, cancels and
 //!   releases units.
 //!
@@ -15,6 +17,8 @@
 //! nodes (that is `control` and the node-to-node work protocol).
 
 pub mod manager;
+pub mod protocol;
+pub mod remote;
 pub mod status;
 pub mod store;
 pub mod unit;
@@ -26,3 +30,5 @@ pub use unit::{TransitionError, UnitId, UnitIdError, UnitState};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_remote;

@@ -14,6 +14,11 @@ use crate::host::registry::{self, ActiveHandler, COMMAND_HANDLER, Registry};
 use crate::host::runner::{Handler, Host};
 use crate::id::NodeId;
 
+/// The host shared by the work tests.
+pub(super) fn shared_host() -> Arc<Host> {
+    host().0.clone()
+}
+
 fn host() -> &'static (Arc<Host>, (Handler, ComponentInfo)) {
     static HOST: OnceLock<(Arc<Host>, (Handler, ComponentInfo))> = OnceLock::new();
     HOST.get_or_init(|| {
@@ -29,7 +34,7 @@ fn node(s: &str) -> NodeId {
 }
 
 /// A command work type `name` running `program` with `args`.
-fn command(
+pub(super) fn command(
     name: &str,
     program: &str,
     args: &[&str],
@@ -71,7 +76,7 @@ fn setup(max_running: usize) -> Setup {
         max_running,
         max_payload: 1 << 20,
     };
-    let work = Work::open(dir.path(), node("n1"), host().0.clone(), rx, config).unwrap();
+    let work = Work::open(dir.path(), node("n1"), host().0.clone(), rx, config, None).unwrap();
     Setup {
         work,
         registry: tx,

@@ -1,0 +1,150 @@
+//! Remote work across real mesh nodes in one process: a -> b -> c over loopback TCP.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::{UnitState, Work, WorkConfig};
+use crate::host::registry::Registry;
+use crate::keys::LinkKeypair;
+use crate::mesh::driver::{self, DriverConfig, MeshHandle, PeerTarget};
+use crate::mesh::node::MeshConfig;
+use crate::mesh::route::Cost;
+use crate::mesh::trust::TrustEntry;
+
+fn id(s: &str) -> crate::id::NodeId {
+    crate::id::NodeId::new(s).unwrap()
+}
+
+fn mesh_config(name: &str, n: u8) -> MeshConfig {
+    let trust = (1..=3)
+        .map(|k| TrustEntry {
+            key: LinkKeypair::from_private([k; 32]).public(),
+            node: None,
+        })
+        .collect();
+    MeshConfig::new(
+        id(name),
+        LinkKeypair::from_private([n; 32]),
+        trust,
+        u64::from(n) * 1000,
+    )
+}
+
+fn peer(port: u16) -> PeerTarget {
+    PeerTarget {
+        host: "127.0.0.1".into(),
+        port,
+        cost: Cost::DEFAULT,
+    }
+}
+
+async fn relay(port: u16) -> MeshHandle {
+    let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let (handle, _) = driver::start(
+        mesh_config("b", 2),
+        DriverConfig::default(),
+        vec![(listener, Cost::DEFAULT)],
+        vec![],
+    );
+    handle
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_output_survives_a_relay_restart_without_loss_or_duplication() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let b = relay(port).await;
+    let (a, _) = driver::start(
+        mesh_config("a", 1),
+        DriverConfig::default(),
+        vec![],
+        vec![peer(port)],
+    );
+    let (c, _) = driver::start(
+        mesh_config("c", 3),
+        DriverConfig::default(),
+        vec![],
+        vec![peer(port)],
+    );
+    assert!(
+        a.wait_reachable(&id("c"), Duration::from_secs(10))
+            .await
+            .unwrap()
+    );
+
+    // c runs `talk`: echo the payload, wait, say done.
+    let dir = tempfile::tempdir().unwrap();
+    let mut registry = Registry::default();
+    registry.insert(super::tests::command(
+        "talk",
+        "/bin/sh",
+        &["-c", "cat; sleep 2; echo done"],
+        "1.0.0",
+        false,
+    ));
+    let (_keep, rx) = watch::channel(Arc::new(registry));
+    let host = super::tests::shared_host();
+    let on_c = Work::open(
+        &dir.path().join("c"),
+        id("c"),
+        host.clone(),
+        rx,
+        WorkConfig::default(),
+        Some(c.clone()),
+    )
+    .unwrap();
+    super::remote::serve(on_c, &c);
+    let (_none, empty) = watch::channel(Arc::new(Registry::default()));
+    let on_a = Work::open(
+        &dir.path().join("a"),
+        id("a"),
+        host,
+        empty,
+        WorkConfig::default(),
+        Some(a.clone()),
+    )
+    .unwrap();
+
+    let unit = on_a
+        .create_remote(id("c"), "talk", Default::default(), id("a"))
+        .await
+        .unwrap();
+    on_a.start(unit, &mut &b"payload\n"[..]).await.unwrap();
+    let mut results = on_a.results(unit, 0).await.unwrap();
+    let mut first = vec![0u8; 8];
+    results.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"payload\n");
+
+    // The relay dies mid-job and comes back on the same port.
+    b.shutdown().await;
+    let _b = relay(port).await;
+
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), results.read_to_end(&mut rest))
+        .await
+        .expect("the mirror resumes after the relay is back")
+        .unwrap();
+    assert_eq!(rest, b"done\n");
+    let status = on_a.status(unit).await.unwrap();
+    assert_eq!(status.state, UnitState::Succeeded, "{status:?}");
+    assert!(status.remote_unit_id.is_some());
+    // Asking c for an unoffered work type names c.
+    let refused = on_a
+        .create_remote(id("c"), "ansible-runner", Default::default(), id("a"))
+        .await
+        .unwrap();
+    let err = on_a.start(refused, &mut &b""[..]).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("node c does not offer work type ansible-runner"),
+        "{err}"
+    );
+}
