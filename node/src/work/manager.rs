@@ -396,10 +396,10 @@ impl Work {
         if let Some((mesh, node, status)) = self.remote_node(id)? {
             if let Some(unit) = status.remote_unit_id {
                 let told = remote::tell(&mesh, &node, Request::Release { unit }).await;
-                if let Err(message) = told {
-                    if !force {
-                        return Err(WorkError::Refused(format!("release pending: {message}")));
-                    }
+                if let Err(message) = told
+                    && !force
+                {
+                    return Err(WorkError::Refused(format!("release pending: {message}")));
                 }
             }
             return Ok(self.store().release(id)?);
