@@ -2,9 +2,11 @@
 //! This is an edge of the crate, so errors here are `anyhow`.
 
 mod component;
+pub mod frontend;
 mod keygen;
 mod node_args;
 mod ops;
+mod run;
 
 use std::process::ExitCode;
 
@@ -14,6 +16,7 @@ pub use component::{ComponentCommand, ComponentKeygenArgs, SignArgs, VerifyArgs}
 pub use keygen::KeygenArgs;
 pub use node_args::NodeArgs;
 pub use ops::{PingArgs, SocketArgs, TracerouteArgs};
+pub use run::RunArgs;
 
 /// Warren: run Ansible jobs and other work on remote nodes across an encrypted mesh.
 ///
@@ -49,6 +52,12 @@ pub enum Command {
     Ping(PingArgs),
     /// Show the relays on the way to a node.
     Traceroute(TracerouteArgs),
+    /// Run a playbook like `ansible-runner run`, here or on a node across the mesh.
+    ///
+    /// Example: warren run demo/ -p test.yml --via-receptor node1 --receptor-peer
+    /// receptor://relay.example.com:8888. Output, artifacts (PRIVATE_DATA_DIR/artifacts/
+    /// IDENT) and the exit code are those of a local `ansible-runner run`.
+    Run(RunArgs),
     /// Sign work-handler components and verify their signatures.
     ///
     /// Nodes run only components signed by a key they trust. Start with
@@ -82,6 +91,7 @@ impl Cli {
                 Command::Status(args) => ops::status(args).await,
                 Command::Ping(args) => ops::ping(args).await,
                 Command::Traceroute(args) => ops::traceroute(args).await,
+                Command::Run(args) => run::run(args).await,
                 Command::Component(command) => component::run(command).await,
             }
         });

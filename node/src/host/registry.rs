@@ -172,26 +172,15 @@ fn offer(
             })
         }
         HandlerKind::AnsibleRunner => {
-            let runner = find_ansible_runner(config.ansible_runner.path.as_deref(), path_env)
-                .map_err(|e| format!("work type {name}: {e}"))?;
             let mut env_pass = config.ansible_runner.env_pass.clone();
             env_pass.extend(work_type.env_pass.iter().cloned());
-            let policy = Policy::for_ansible_runner(
-                &runner.path,
-                &env_pass,
-                node_env,
-                work_type.limits.clone(),
-            );
-            tracing::info!(work_type = %name, path = %runner.path.display(), version = %runner.version, "found ansible-runner");
-            Ok(ActiveHandler {
-                work_type: name.clone(),
-                handler_name: ANSIBLE_RUNNER_WORK_TYPE.to_owned(),
-                handler: builtin.0.clone(),
-                policy: Arc::new(policy),
-                info: builtin.1.clone(),
-                fixed_params: Vec::new(),
-                allow_runtime_params: true,
-            })
+            let found = AnsibleRunnerSetup {
+                configured: config.ansible_runner.path.as_deref(),
+                path_env,
+                env_pass: &env_pass,
+                limits: work_type.limits.clone(),
+            };
+            ansible_runner(builtin, name, &found, node_env)
         }
         HandlerKind::Component { path, signature } => {
             let policy = Policy {
@@ -212,6 +201,45 @@ fn offer(
             })
         }
     }
+}
+
+/// Where and how to find ansible-runner for an `ansible-runner` work type.
+#[derive(Debug)]
+pub struct AnsibleRunnerSetup<'a> {
+    /// A configured path; `None` searches `path_env`.
+    pub configured: Option<&'a Path>,
+    /// The node's `PATH`.
+    pub path_env: Option<&'a OsStr>,
+    /// Node variables passed through to it.
+    pub env_pass: &'a [String],
+    /// The jobs' limits.
+    pub limits: Limits,
+}
+
+/// The handler for work type `name` served by a working ansible-runner, if one is found.
+///
+/// # Errors
+/// Why no usable ansible-runner was found (what was tried).
+pub fn ansible_runner(
+    builtin: &(Handler, ComponentInfo),
+    name: &str,
+    setup: &AnsibleRunnerSetup<'_>,
+    node_env: &(dyn Fn(&str) -> Option<String> + Sync),
+) -> Result<ActiveHandler, String> {
+    let runner = find_ansible_runner(setup.configured, setup.path_env)
+        .map_err(|e| format!("work type {name}: {e}"))?;
+    let policy =
+        Policy::for_ansible_runner(&runner.path, setup.env_pass, node_env, setup.limits.clone());
+    tracing::info!(work_type = %name, path = %runner.path.display(), version = %runner.version, "found ansible-runner");
+    Ok(ActiveHandler {
+        work_type: name.to_owned(),
+        handler_name: ANSIBLE_RUNNER_WORK_TYPE.to_owned(),
+        handler: builtin.0.clone(),
+        policy: Arc::new(policy),
+        info: builtin.1.clone(),
+        fixed_params: Vec::new(),
+        allow_runtime_params: true,
+    })
 }
 
 fn load_from_disk(

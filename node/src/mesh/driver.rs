@@ -111,6 +111,9 @@ struct Driver {
     shutdown: Option<oneshot::Sender<()>>,
     /// The listeners' accept tasks; aborted at shutdown, which closes the listening sockets.
     accepts: Vec<JoinHandle<()>>,
+    /// How the most recent link that never came up (or went down) ended, for clients that
+    /// explain a failure to connect.
+    last_link_end: Option<String>,
 }
 
 /// Starts the mesh: accepts on `listeners`, dials `peers`, and returns the handle to it and
@@ -150,6 +153,7 @@ pub fn start(
         probes: HashMap::new(),
         shutdown: None,
         accepts,
+        last_link_end: None,
     };
     let task = tokio::spawn(driver.run());
     (MeshHandle::new(id, command_tx), task)
@@ -375,7 +379,11 @@ impl Driver {
                 reporter,
                 reason,
             } => tracing::debug!(%target, %reporter, %reason, "packet undeliverable"),
-            Event::LinkUp { .. } | Event::LinkDown { .. } | Event::DuplicateNodeId { .. } => {}
+            Event::LinkDown { peer, end, .. } => {
+                let who = peer.map_or_else(|| "peer".to_owned(), |p| p.to_string());
+                self.last_link_end = Some(format!("link to {who} {end}"));
+            }
+            Event::LinkUp { .. } | Event::DuplicateNodeId { .. } => {}
         }
     }
 

@@ -60,6 +60,10 @@ pub struct MeshConfig {
     pub probe_timeout: Duration,
     /// Redial backoff.
     pub backoff: BackoffConfig,
+    /// Accept a peer whose key is not in `trust` when we dialled it: for a short-lived
+    /// client node that remembers the key it first saw and checks it itself (like SSH's
+    /// known_hosts). Nodes never set it.
+    pub trust_first_contact: bool,
     /// Seed for jitter.
     pub rng_seed: u64,
     /// This run's epoch: wall-clock milliseconds at start. A restart advertises a newer one.
@@ -81,6 +85,7 @@ impl MeshConfig {
             max_age: Duration::from_secs(95),
             probe_timeout: Duration::from_secs(5),
             backoff: BackoffConfig::default(),
+            trust_first_contact: false,
             rng_seed: epoch_ms,
             epoch_ms,
         }
@@ -202,6 +207,8 @@ pub struct LinkStatus {
     pub link: LinkId,
     /// The neighbour.
     pub peer: NodeId,
+    /// The neighbour's static key, proven by the handshake.
+    pub key: PublicKey,
     /// Its cost.
     pub cost: Cost,
 }
@@ -447,6 +454,9 @@ impl MeshNode {
         }
         match trust::decide(&self.config.trust, key, node) {
             TrustDecision::Trusted => {}
+            TrustDecision::Untrusted
+                if self.config.trust_first_contact
+                    && self.links[&id].link.role() == Role::Initiator => {}
             TrustDecision::Untrusted => return Err(CloseReason::UntrustedKey),
             TrustDecision::PinnedToOther { .. } => return Err(CloseReason::KeyPinnedToOtherNode),
             TrustDecision::IdPinnedToOtherKey => return Err(CloseReason::IdPinnedToOtherKey),
@@ -672,10 +682,14 @@ impl MeshNode {
         let links = self
             .neighbours
             .iter()
-            .map(|(peer, &link)| LinkStatus {
-                link,
-                peer: peer.clone(),
-                cost: self.links[&link].cost,
+            .filter_map(|(peer, &link)| {
+                let slot = self.links.get(&link)?;
+                Some(LinkStatus {
+                    link,
+                    peer: peer.clone(),
+                    key: slot.peer.as_ref()?.1,
+                    cost: slot.cost,
+                })
             })
             .collect::<Vec<_>>();
         let mut links = links;

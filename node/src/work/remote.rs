@@ -43,7 +43,7 @@ async fn ask(mesh: &MeshHandle, node: &NodeId, request: &Request) -> Result<Repl
 }
 
 /// Submits the payload in `payload` as a unit on `node`; returns its id there once started.
-pub(super) async fn submit(
+pub async fn submit(
     mesh: &MeshHandle,
     node: &NodeId,
     work_type: &str,
@@ -81,7 +81,7 @@ pub(super) async fn submit(
 }
 
 /// The remote unit's status.
-pub(super) async fn status(
+pub async fn status(
     mesh: &MeshHandle,
     node: &NodeId,
     unit: UnitId,
@@ -94,7 +94,7 @@ pub(super) async fn status(
 }
 
 /// Asks the remote node to cancel or release its unit.
-pub(super) async fn tell(mesh: &MeshHandle, node: &NodeId, request: Request) -> Result<(), String> {
+pub async fn tell(mesh: &MeshHandle, node: &NodeId, request: Request) -> Result<(), String> {
     match ask(mesh, node, &request).await? {
         Reply::Ok => Ok(()),
         Reply::Error(message) => Err(message),
@@ -171,6 +171,73 @@ async fn fetch_once(
         work.note_mirror_running(local);
     }
     Ok(None)
+}
+
+/// Follows remote unit `unit` on `node` into `out` until it is finished: output from the
+/// first byte, resumed from the bytes already written after any failure of the path (so
+/// nothing is lost or repeated). Returns the unit's final status.
+///
+/// # Errors
+/// A message when `out` fails; unreachable nodes are retried, not errors.
+pub async fn follow(
+    mesh: &MeshHandle,
+    node: &NodeId,
+    unit: UnitId,
+    out: &mut (dyn AsyncWrite + Unpin + Send),
+) -> Result<RemoteStatus, String> {
+    let mut offset = 0u64;
+    let mut wait = RETRY_MIN;
+    loop {
+        match follow_once(mesh, node, unit, &mut offset, out).await {
+            Ok(Some(status)) => return Ok(status),
+            Ok(None) => wait = RETRY_MIN,
+            Err(FollowError::Sink(e)) => return Err(e),
+            Err(FollowError::Path(e)) => {
+                tracing::info!(%node, %unit, error = %e, offset, "results interrupted; resuming");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(RETRY_MAX);
+            }
+        }
+    }
+}
+
+enum FollowError {
+    /// The mesh path failed: retry.
+    Path(String),
+    /// Our own output failed: give up.
+    Sink(String),
+}
+
+async fn follow_once(
+    mesh: &MeshHandle,
+    node: &NodeId,
+    unit: UnitId,
+    offset: &mut u64,
+    out: &mut (dyn AsyncWrite + Unpin + Send),
+) -> Result<Option<RemoteStatus>, FollowError> {
+    use tokio::io::AsyncReadExt;
+    let mut stream = connect(mesh, node).await.map_err(FollowError::Path)?;
+    let request = Request::Results { unit, offset: *offset };
+    protocol::write(&mut stream, &request)
+        .await
+        .map_err(|e| FollowError::Path(e.to_string()))?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = stream
+            .read(&mut buf)
+            .await
+            .map_err(|e| FollowError::Path(e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf[..n])
+            .await
+            .map_err(|e| FollowError::Sink(e.to_string()))?;
+        *offset += n as u64;
+    }
+    out.flush().await.map_err(|e| FollowError::Sink(e.to_string()))?;
+    let status = status(mesh, node, unit).await.map_err(FollowError::Path)?;
+    Ok((status.state.is_terminal() && *offset >= status.stdout_size).then_some(status))
 }
 
 /// Serves the `work` mesh service: remote nodes submit, follow, cancel and release units.

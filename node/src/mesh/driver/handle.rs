@@ -92,6 +92,9 @@ pub(super) enum Command {
         reply: oneshot::Sender<MeshStatus>,
     },
     SetWorkTypes(Vec<String>),
+    LastLinkEnd {
+        reply: oneshot::Sender<Option<String>>,
+    },
     Shutdown {
         done: oneshot::Sender<()>,
     },
@@ -222,6 +225,17 @@ impl MeshHandle {
         self.send(Command::SetWorkTypes(work_types))
     }
 
+    /// How the most recent link failure ended (for example "link to relay closed by peer:
+    /// untrusted key"), if any.
+    ///
+    /// # Errors
+    /// [`DriverGone`] when the node stopped.
+    pub async fn last_link_end(&self) -> Result<Option<String>, DriverGone> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::LastLinkEnd { reply })?;
+        rx.await.map_err(|_| DriverGone)
+    }
+
     /// Waits until `node` is reachable, up to `timeout`; returns whether it is.
     ///
     /// # Errors
@@ -294,6 +308,9 @@ impl Driver {
                 let _ = reply.send(self.node.status());
             }
             Command::SetWorkTypes(types) => self.node.set_work_types(now, types),
+            Command::LastLinkEnd { reply } => {
+                let _ = reply.send(self.last_link_end.clone());
+            }
             Command::Shutdown { done } => self.shutdown = Some(done),
         }
     }

@@ -1,0 +1,243 @@
+//! `warren run` (and the `ansible-runner` front end): run a playbook from a private data
+//! dir, on a node across the mesh (`--via-receptor NODE`) or on this machine, with
+//! `ansible-runner run`'s output, artifacts and exit code.
+//!
+//! The payload is ansible-runner's transmit stream, packed natively and streamed; the
+//! results are its worker stream, processed natively as it arrives.
+
+mod embedded;
+mod local;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::io::AsyncWriteExt;
+
+use crate::ansible::kwargs::{RunOptions, cli_kwargs};
+use crate::ansible::process::{ProcessConfig, ProcessOutcome, process};
+use crate::ansible::transmit::transmit;
+use crate::config::EndpointAddr;
+use crate::id::NodeId;
+
+/// Exit code of a run that timed out or was cancelled, as `ansible-runner run` exits.
+const EXIT_CANCELED: u8 = 254;
+
+/// The work type that runs ansible-runner on a node.
+const WORK_TYPE: &str = "ansible-runner";
+
+/// Flags of `warren run`: `ansible-runner run`'s, plus where to run.
+#[derive(Debug, Clone, clap::Args)]
+#[command(disable_version_flag = true)]
+pub struct RunArgs {
+    /// The private data dir: project/, inventory/, env/ (artifacts land in artifacts/).
+    #[arg(value_name = "PRIVATE_DATA_DIR")]
+    pub private_data_dir: PathBuf,
+
+    /// The playbook to run, relative to PRIVATE_DATA_DIR/project.
+    #[arg(short = 'p', long = "playbook", value_name = "PLAYBOOK")]
+    pub playbook: Option<String>,
+
+    /// Run this module instead of a playbook (with --hosts and -a).
+    #[arg(short = 'm', long = "module")]
+    pub module: Option<String>,
+
+    /// The module's arguments.
+    #[arg(short = 'a', long = "args", value_name = "MODULE_ARGS")]
+    pub module_args: Option<String>,
+
+    /// Host pattern for a module run.
+    #[arg(long = "hosts")]
+    pub hosts: Option<String>,
+
+    /// Run on this node of the mesh instead of here.
+    #[arg(long = "via-receptor", value_name = "NODE")]
+    pub via_receptor: Option<NodeId>,
+
+    /// The node to link to [default: receptor://localhost:8888]; every address the name
+    /// resolves to is tried.
+    #[arg(long = "receptor-peer", value_name = "URL")]
+    pub receptor_peer: Option<EndpointAddr>,
+
+    /// This run's node id on the mesh [default: a unique temporary id].
+    #[arg(long = "receptor-node-id", value_name = "ID")]
+    pub receptor_node_id: Option<NodeId>,
+
+    /// Seconds to wait for NODE to be reachable.
+    #[arg(long = "receptor-timeout", value_name = "SECS", default_value_t = 15.0)]
+    pub receptor_timeout: f64,
+
+    /// The run's identifier: artifacts go to PRIVATE_DATA_DIR/artifacts/IDENT
+    /// [default: a random UUID].
+    #[arg(short = 'i', long = "ident")]
+    pub ident: Option<String>,
+
+    /// An inventory file or directory (inside PRIVATE_DATA_DIR/inventory or a path).
+    #[arg(long = "inventory")]
+    pub inventory: Option<PathBuf>,
+
+    /// Limit the run to these hosts.
+    #[arg(long = "limit")]
+    pub limit: Option<String>,
+
+    /// Parallel processes.
+    #[arg(long = "forks")]
+    pub forks: Option<u32>,
+
+    /// Extra ansible-playbook arguments.
+    #[arg(long = "cmdline")]
+    pub cmdline: Option<String>,
+
+    /// More verbose ansible output (repeatable).
+    #[arg(short = 'v', action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Print each event as JSON instead of its text.
+    #[arg(short = 'j', long = "json")]
+    pub json: bool,
+
+    /// Print nothing on standard output.
+    #[arg(short = 'q', long = "quiet")]
+    pub quiet: bool,
+
+    /// Keep only the N newest artifact dirs (0: keep all).
+    #[arg(long = "rotate-artifacts", default_value_t = 0)]
+    pub rotate_artifacts: u32,
+
+    /// Where artifacts go [default: PRIVATE_DATA_DIR/artifacts].
+    #[arg(long = "artifact-dir")]
+    pub artifact_dir: Option<PathBuf>,
+
+    /// The project directory [default: PRIVATE_DATA_DIR/project].
+    #[arg(long = "project-dir")]
+    pub project_dir: Option<String>,
+}
+
+/// A job ready to submit: what to send and where its results go.
+struct Prepared {
+    private_data_dir: PathBuf,
+    kwargs: crate::ansible::kwargs::Kwargs,
+    process: ProcessConfig,
+}
+
+fn uuid4() -> anyhow::Result<String> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    Ok(format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..]))
+}
+
+/// Checks the command line the way `ansible-runner run` does, before anything is sent.
+fn prepare(args: &RunArgs) -> anyhow::Result<Prepared> {
+    let pdd = &args.private_data_dir;
+    if !pdd.is_dir() {
+        bail!("private data dir {} does not exist or is not a directory", pdd.display());
+    }
+    if args.playbook.is_none() && args.module.is_none() {
+        bail!("The -p option must be specified when not using -m or -r");
+    }
+    if args.hosts.is_some() && args.module.is_none() {
+        bail!("The --hosts option can only be used with -m or -r");
+    }
+    if let Some(playbook) = &args.playbook {
+        let project = args
+            .project_dir
+            .as_ref()
+            .map_or_else(|| pdd.join("project"), PathBuf::from);
+        let path = if Path::new(playbook).is_absolute() {
+            PathBuf::from(playbook)
+        } else {
+            project.join(playbook)
+        };
+        if !path.is_file() {
+            bail!("playbook {playbook} not found (looked for {})", path.display());
+        }
+    }
+    let ident = match &args.ident {
+        Some(ident) => ident.clone(),
+        None => uuid4()?,
+    };
+    let options = RunOptions {
+        ident: Some(ident.clone()),
+        playbook: args.playbook.clone(),
+        module: args.module.clone(),
+        module_args: args.module_args.clone(),
+        host_pattern: args.hosts.clone(),
+        verbosity: (args.verbose > 0).then_some(args.verbose),
+        quiet: args.quiet,
+        rotate_artifacts: args.rotate_artifacts,
+        json_mode: args.json,
+        inventory: args.inventory.clone(),
+        forks: args.forks,
+        project_dir: args.project_dir.clone(),
+        cmdline: args.cmdline.clone(),
+        limit: args.limit.clone(),
+        ..RunOptions::default()
+    };
+    let kwargs = cli_kwargs(pdd, &options).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut process = ProcessConfig::new(pdd, Some(&ident));
+    if let Some(dir) = &args.artifact_dir {
+        process.artifact_dir = dir.join(&ident);
+    }
+    process.quiet = args.quiet;
+    process.json = args.json;
+    Ok(Prepared {
+        private_data_dir: pdd.clone(),
+        kwargs,
+        process,
+    })
+}
+
+/// Runs `warren run`; the exit code is the playbook's.
+pub(super) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let prepared = prepare(&args)?;
+    let outcome = match &args.via_receptor {
+        Some(node) => embedded::run_remote(&args, node, prepared).await?,
+        None => local::run_local(prepared).await?,
+    };
+    Ok(exit_code(&outcome))
+}
+
+/// `ansible-runner run`'s exit status: the playbook's rc, 254 for timeout or cancel.
+fn exit_code(outcome: &ProcessOutcome) -> ExitCode {
+    match outcome.status.as_deref() {
+        Some("timeout" | "canceled") => ExitCode::from(EXIT_CANCELED),
+        Some("successful") => ExitCode::from(outcome.rc.unwrap_or(0).clamp(0, 255) as u8),
+        _ => ExitCode::from(outcome.rc.filter(|rc| *rc != 0).unwrap_or(1).clamp(1, 255) as u8),
+    }
+}
+
+/// Packs the transmit stream into `out` (one end of a pipe to the submitter).
+async fn send_payload(
+    prepared: &Prepared,
+    mut out: tokio::io::DuplexStream,
+) -> anyhow::Result<()> {
+    transmit(&prepared.private_data_dir, &prepared.kwargs, &mut out)
+        .await
+        .context("packing the private data dir")?;
+    out.shutdown().await.ok();
+    Ok(())
+}
+
+/// Processes the worker stream from `input` to standard output and the artifact dir.
+async fn receive(
+    prepared: &Prepared,
+    input: tokio::io::DuplexStream,
+) -> anyhow::Result<ProcessOutcome> {
+    let stdout = tokio::io::stdout();
+    let outcome = process(input, &prepared.process, stdout).await.with_context(|| {
+        format!(
+            "processing the job's results (partial artifacts are in {})",
+            prepared.process.artifact_dir.display()
+        )
+    })?;
+    Ok(outcome)
+}
+
+/// How long to wait for the target node, from `--receptor-timeout`.
+fn timeout(args: &RunArgs) -> Duration {
+    Duration::try_from_secs_f64(args.receptor_timeout).unwrap_or(Duration::from_secs(15))
+}
