@@ -11,10 +11,12 @@
 //! This module does not run work (that is `host`) and does not speak to operators or other
 //! nodes (that is `control` and the node-to-node work protocol).
 
+pub mod manager;
 pub mod status;
 pub mod store;
 pub mod unit;
 
+pub use manager::{Work, WorkError};
 pub use status::{Component, UnitStatus};
 pub use store::{Recovery, StoreError, UnitHandle, UnitStore};
 pub use unit::{TransitionError, UnitId, UnitIdError, UnitState};
