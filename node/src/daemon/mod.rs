@@ -196,6 +196,8 @@ pub async fn start(config: &Config) -> Result<RunningNode, StartError> {
         max_hops,
         registry.clone(),
         deployer,
+        // TEMP: the real work manager replaces this stub on merge.
+        crate::work::Work::stub(),
     ));
     let (stop, stopped) = watch::channel(false);
     let control = tokio::spawn(socket.serve(backend.clone(), stopped.clone()));
