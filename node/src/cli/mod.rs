@@ -5,6 +5,7 @@ mod component;
 mod keygen;
 mod node_args;
 mod ops;
+mod work;
 
 use std::process::ExitCode;
 
@@ -14,6 +15,10 @@ pub use component::{ComponentCommand, ComponentKeygenArgs, SignArgs, VerifyArgs}
 pub use keygen::KeygenArgs;
 pub use node_args::NodeArgs;
 pub use ops::{PingArgs, SocketArgs, TracerouteArgs};
+pub use work::{
+    CancelArgs, ListArgs, ReleaseArgs, ResultsArgs, StatusArgs, SubmitArgs, WorkCommand,
+    WorkSocketArgs,
+};
 
 /// Warren: run Ansible jobs and other work on remote nodes across an encrypted mesh.
 ///
@@ -55,6 +60,13 @@ pub enum Command {
     /// `warren component keygen --out signer.key`.
     #[command(subcommand)]
     Component(ComponentCommand),
+    /// Submit work units and follow, list, inspect, cancel and release them.
+    ///
+    /// Speaks to the local node's control socket, as `receptorctl work` does.
+    ///
+    /// Example: warren work submit echo --payload input.txt -f
+    #[command(subcommand)]
+    Work(WorkCommand),
 }
 
 impl Cli {
@@ -83,6 +95,7 @@ impl Cli {
                 Command::Ping(args) => ops::ping(args).await,
                 Command::Traceroute(args) => ops::traceroute(args).await,
                 Command::Component(command) => component::run(command).await,
+                Command::Work(command) => work::run(command).await,
             }
         });
         match result {

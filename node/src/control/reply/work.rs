@@ -139,7 +139,7 @@ pub struct SubmitReply {
     pub result: String,
     /// The unit's id.
     #[serde(rename = "unitid")]
-    pub unit_id: String,
+    pub unit_id: UnitId,
 }
 
 #[cfg(test)]
@@ -221,6 +221,6 @@ mod tests {
             "{\"result\":\"Job Started\",\"unitid\":\"Ab3dEf9h\"}\n"
         );
         let back: SubmitReply = serde_json::from_str(&started).unwrap();
-        assert_eq!(back.unit_id, "Ab3dEf9h");
+        assert_eq!(back.unit_id, id);
     }
 }
