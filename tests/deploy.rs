@@ -47,6 +47,8 @@ fn line() -> Line {
     let extra = [
         "--work-type".to_owned(),
         "cat=/bin/cat".to_owned(),
+        "--work-type".to_owned(),
+        "slow=/bin/sleep 2".to_owned(),
         "--signer".to_owned(),
         signer,
         "--no-ansible-runner".to_owned(),
@@ -182,4 +184,73 @@ fn deploy_over_two_hops_switches_the_work_type_and_refusals_change_nothing() {
 
     let status = line.mesh.status(line.node1).unwrap();
     assert_eq!(status["WorkTypes"][0]["Version"], "2.0.0");
+}
+
+#[test]
+fn remote_units_run_across_two_hops_and_a_deploy_switches_only_new_ones() {
+    let line = line();
+    let ctl = |args: &[&str]| line.mesh.ctl(line.controller, args);
+    let on_node1 = || {
+        let out = line.mesh.ctl(line.node1, &["work", "list", "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).ok()
+    };
+    // Submitted at the controller, run on node1 two hops away: the output comes back.
+    let payload = line.mesh.path("payload");
+    std::fs::write(&payload, b"across the mesh\n").unwrap();
+    let submit_cat = [
+        "work",
+        "submit",
+        "cat",
+        "--node",
+        "node1",
+        "--payload",
+        s(&payload),
+        "-f",
+    ];
+    let out = ctl(&submit_cat);
+    assert!(out.status.success(), "{out:?}\n{}", line.mesh.logs());
+    assert_eq!(text(&out.stdout), "across the mesh\n");
+
+    // A long unit starts on the built-in component...
+    let out = ctl(&["work", "submit", "slow", "--node", "node1"]);
+    assert!(out.status.success(), "{out:?}");
+    let slow = text(&out.stdout).trim().to_owned();
+    wait_for("the slow unit to run on node1", || {
+        let units = on_node1()?;
+        let running = (units.as_object()?.values())
+            .any(|u| u["WorkType"] == "slow" && u["StateName"] == "Running");
+        running.then_some(())
+    });
+
+    // ...a new version is deployed meanwhile, and the next unit runs on it.
+    let bytes = variant(warren::host::builtin::GUEST_RUNNER, "2");
+    let v2 = write_signed(&line, "v2.wasm", &bytes, "2.0.0", &line.signer_key);
+    let out = ctl(&["component", "deploy", s(&v2), "--node", "node1"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(ctl(&submit_cat).status.success());
+
+    // On node1 each unit records the component it ran on: the slow one kept the old.
+    let builtin = env!("CARGO_PKG_VERSION");
+    let version = |u: &serde_json::Value| {
+        u["ExtraData"]["Component"]["Version"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    wait_for("node1's units to finish", || {
+        let units = on_node1()?;
+        let units = units.as_object()?;
+        let done = units.len() == 3 && units.values().all(|u| u["StateName"] == "Succeeded");
+        let slow_old = (units.values())
+            .any(|u| u["WorkType"] == "slow" && version(u).as_deref() == Some(builtin));
+        let cats: Vec<Option<String>> = (units.values())
+            .filter(|u| u["WorkType"] == "cat")
+            .map(version)
+            .collect();
+        let new_cat = cats.contains(&Some("2.0.0".into())) && cats.contains(&Some(builtin.into()));
+        (done && slow_old && new_cat).then_some(())
+    });
+    // The controller's mirror of the slow unit finished too.
+    let out = ctl(&["work", "status", &slow, "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["StateName"], "Succeeded", "{status}");
 }

@@ -52,9 +52,10 @@ pub fn main() -> ExitCode {
 
 /// Replaces this process with the real `ansible-runner`, or explains why it cannot.
 fn hand_over(args: &[OsString]) -> ExitCode {
-    let what = args
-        .get(1)
-        .map_or_else(|| "(no subcommand)".to_owned(), |a| a.to_string_lossy().into_owned());
+    let what = args.get(1).map_or_else(
+        || "(no subcommand)".to_owned(),
+        |a| a.to_string_lossy().into_owned(),
+    );
     let Some(real) = real_ansible_runner() else {
         eprintln!(
             "ansible-runner (Warren's front end) runs only `ansible-runner run`; \
@@ -69,7 +70,9 @@ fn hand_over(args: &[OsString]) -> ExitCode {
 
 /// The first `ansible-runner` on `PATH` that is not a Warren front end.
 fn real_ansible_runner() -> Option<PathBuf> {
-    let me = std::env::current_exe().ok().and_then(|p| p.canonicalize().ok());
+    let me = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.canonicalize().ok());
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|dir| dir.join("ansible-runner"))
@@ -84,5 +87,7 @@ fn is_frontend(candidate: &Path) -> bool {
     std::process::Command::new(candidate)
         .arg(FRONTEND_PROBE_FLAG)
         .output()
-        .is_ok_and(|out| out.status.success() && out.stdout.starts_with(FRONTEND_PROBE_REPLY.as_bytes()))
+        .is_ok_and(|out| {
+            out.status.success() && out.stdout.starts_with(FRONTEND_PROBE_REPLY.as_bytes())
+        })
 }

@@ -2,11 +2,14 @@
 //! This is an edge of the crate, so errors here are `anyhow`.
 
 mod component;
+#[cfg(any())]
 pub mod frontend;
 mod keygen;
 mod node_args;
 mod ops;
+#[cfg(any())] // TEMP until the ansible module lands
 mod run;
+mod work;
 
 use std::process::ExitCode;
 
@@ -16,7 +19,12 @@ pub use component::{ComponentCommand, ComponentKeygenArgs, SignArgs, VerifyArgs}
 pub use keygen::KeygenArgs;
 pub use node_args::NodeArgs;
 pub use ops::{PingArgs, SocketArgs, TracerouteArgs};
+#[cfg(any())]
 pub use run::RunArgs;
+pub use work::{
+    CancelArgs, ListArgs, ReleaseArgs, ResultsArgs, StatusArgs, SubmitArgs, WorkCommand,
+    WorkSocketArgs,
+};
 
 /// Warren: run Ansible jobs and other work on remote nodes across an encrypted mesh.
 ///
@@ -52,6 +60,7 @@ pub enum Command {
     Ping(PingArgs),
     /// Show the relays on the way to a node.
     Traceroute(TracerouteArgs),
+    #[cfg(any())]
     /// Run a playbook like `ansible-runner run`, here or on a node across the mesh.
     ///
     /// Example: warren run demo/ -p test.yml --via-receptor node1 --receptor-peer
@@ -64,6 +73,13 @@ pub enum Command {
     /// `warren component keygen --out signer.key`.
     #[command(subcommand)]
     Component(ComponentCommand),
+    /// Submit work units and follow, list, inspect, cancel and release them.
+    ///
+    /// Speaks to the local node's control socket, as `receptorctl work` does.
+    ///
+    /// Example: warren work submit echo --payload input.txt -f
+    #[command(subcommand)]
+    Work(WorkCommand),
 }
 
 impl Cli {
@@ -91,8 +107,10 @@ impl Cli {
                 Command::Status(args) => ops::status(args).await,
                 Command::Ping(args) => ops::ping(args).await,
                 Command::Traceroute(args) => ops::traceroute(args).await,
+                #[cfg(any())]
                 Command::Run(args) => run::run(args).await,
                 Command::Component(command) => component::run(command).await,
+                Command::Work(command) => work::run(command).await,
             }
         });
         match result {

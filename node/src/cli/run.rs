@@ -127,14 +127,24 @@ fn uuid4() -> anyhow::Result<String> {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    Ok(format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..]))
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    ))
 }
 
 /// Checks the command line the way `ansible-runner run` does, before anything is sent.
 fn prepare(args: &RunArgs) -> anyhow::Result<Prepared> {
     let pdd = &args.private_data_dir;
     if !pdd.is_dir() {
-        bail!("private data dir {} does not exist or is not a directory", pdd.display());
+        bail!(
+            "private data dir {} does not exist or is not a directory",
+            pdd.display()
+        );
     }
     if args.playbook.is_none() && args.module.is_none() {
         bail!("The -p option must be specified when not using -m or -r");
@@ -153,7 +163,10 @@ fn prepare(args: &RunArgs) -> anyhow::Result<Prepared> {
             project.join(playbook)
         };
         if !path.is_file() {
-            bail!("playbook {playbook} not found (looked for {})", path.display());
+            bail!(
+                "playbook {playbook} not found (looked for {})",
+                path.display()
+            );
         }
     }
     let ident = match &args.ident {
@@ -211,10 +224,7 @@ fn exit_code(outcome: &ProcessOutcome) -> ExitCode {
 }
 
 /// Packs the transmit stream into `out` (one end of a pipe to the submitter).
-async fn send_payload(
-    prepared: &Prepared,
-    mut out: tokio::io::DuplexStream,
-) -> anyhow::Result<()> {
+async fn send_payload(prepared: &Prepared, mut out: tokio::io::DuplexStream) -> anyhow::Result<()> {
     transmit(&prepared.private_data_dir, &prepared.kwargs, &mut out)
         .await
         .context("packing the private data dir")?;
@@ -228,12 +238,14 @@ async fn receive(
     input: tokio::io::DuplexStream,
 ) -> anyhow::Result<ProcessOutcome> {
     let stdout = tokio::io::stdout();
-    let outcome = process(input, &prepared.process, stdout).await.with_context(|| {
-        format!(
-            "processing the job's results (partial artifacts are in {})",
-            prepared.process.artifact_dir.display()
-        )
-    })?;
+    let outcome = process(input, &prepared.process, stdout)
+        .await
+        .with_context(|| {
+            format!(
+                "processing the job's results (partial artifacts are in {})",
+                prepared.process.artifact_dir.display()
+            )
+        })?;
     Ok(outcome)
 }
 

@@ -3,7 +3,9 @@
 //!
 //! Owns connecting, checking the greeting, sending JSON requests and turning reply lines
 //! into typed values. It also speaks to a real Receptor node. Rendering for people is
-//! [`super::render`]'s.
+//! [`super::render`]'s. The `work` verbs are in [`work`](mod@work).
+
+mod work;
 
 use std::path::{Path, PathBuf};
 
@@ -61,6 +63,14 @@ pub enum ClientError {
     /// The server closed the connection before replying.
     #[error("the control socket closed before replying")]
     Closed,
+    /// A status line was not the one the exchange expects.
+    #[error("unexpected reply {line:?}: expected {expected}")]
+    UnexpectedLine {
+        /// What was expected.
+        expected: &'static str,
+        /// The line received.
+        line: String,
+    },
     /// A reply line exceeded [`MAX_REPLY_LINE`].
     #[error("reply line longer than {MAX_REPLY_LINE} bytes")]
     ReplyTooLong,

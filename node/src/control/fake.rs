@@ -1,13 +1,21 @@
 //! A canned [`Backend`] and sample data for the control module's tests.
 //!
-//! Owns nothing outside tests; node `a` links to node `b` and nothing else answers.
+//! Owns nothing outside tests; node `a` links to node `b` and nothing else answers. Work
+//! units live in memory: `echo` succeeds and `fail` fails, each with its payload as output;
+//! `nostart` never starts; other work types are unknown.
 
 use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, DuplexStream};
 
 use super::reply::{Advertisement, Connection, DeployReply, StatusReport, TraceHop, WorkCommand};
 use super::session::Backend;
 use crate::id::NodeId;
+use crate::work::{UnitId, UnitState, UnitStatus};
 
 fn node(s: &str) -> NodeId {
     NodeId::new(s).expect("invariant: test ids are valid")
@@ -47,11 +55,67 @@ pub(crate) fn sample_report() -> StatusReport {
 
 /// Node `a`: `b` answers pings in 1.5 ms, every other node is unreachable.
 #[derive(Debug, Default)]
-pub(crate) struct FakeBackend;
+pub(crate) struct FakeBackend {
+    units: Mutex<BTreeMap<UnitId, FakeUnit>>,
+    /// Numbers the unit ids: `unit0001`, `unit0002`, ...
+    created: AtomicU32,
+}
+
+/// One in-memory work unit.
+#[derive(Debug)]
+struct FakeUnit {
+    status: UnitStatus,
+    stdin: Vec<u8>,
+    stdout: Vec<u8>,
+    /// Live output for the next `work results`, instead of `stdout`.
+    live: Option<DuplexStream>,
+}
 
 impl FakeBackend {
     pub(crate) fn new() -> Self {
-        Self
+        Self::default()
+    }
+
+    /// The payload a unit was started with.
+    pub(crate) fn stdin_of(&self, unit: UnitId) -> Vec<u8> {
+        self.lock()[&unit].stdin.clone()
+    }
+
+    /// Adds a running unit whose results are whatever is written to `output`'s peer, until
+    /// that peer is dropped.
+    pub(crate) fn add_live_unit(&self, output: DuplexStream) -> UnitId {
+        let id = self.next_id();
+        let mut status = UnitStatus::new("echo", BTreeMap::new(), node("a"), node("a"), 0);
+        status.state = UnitState::Running;
+        let unit = FakeUnit {
+            status,
+            stdin: Vec::new(),
+            stdout: Vec::new(),
+            live: Some(output),
+        };
+        self.lock().insert(id, unit);
+        id
+    }
+
+    fn next_id(&self) -> UnitId {
+        let n = self.created.fetch_add(1, Ordering::Relaxed) + 1;
+        format!("unit{n:04}")
+            .parse()
+            .expect("invariant: unitNNNN is a valid id")
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<UnitId, FakeUnit>> {
+        self.units
+            .lock()
+            .expect("invariant: no panics while locked")
+    }
+
+    fn with_unit<T>(&self, unit: UnitId, f: impl FnOnce(&mut FakeUnit) -> T) -> Result<T, String> {
+        let mut units = self.lock();
+        let found = units
+            .get_mut(&unit)
+            .ok_or_else(|| format!("unknown work unit {unit}"))?;
+        Ok(f(found))
     }
 }
 
@@ -101,5 +165,110 @@ impl Backend for FakeBackend {
             signer: String::new(),
             work_types: vec!["echo".into()],
         })
+    }
+
+    async fn work_create(
+        &self,
+        _node: String,
+        work_type: String,
+        params: BTreeMap<String, String>,
+    ) -> Result<UnitId, String> {
+        self.create(work_type, params)
+    }
+
+    async fn work_start(
+        &self,
+        unit: UnitId,
+        payload: &mut (dyn AsyncRead + Unpin + Send),
+    ) -> Result<(), String> {
+        let mut bytes = Vec::new();
+        payload
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|e| format!("Error reading input data: {e}"))?;
+        self.with_unit(unit, |u| Self::finish(u, bytes))?
+    }
+
+    async fn work_status(&self, unit: UnitId) -> Result<UnitStatus, String> {
+        self.with_unit(unit, |u| u.status.clone())
+    }
+
+    async fn work_list(&self) -> Result<Vec<(UnitId, UnitStatus)>, String> {
+        Ok(self
+            .lock()
+            .iter()
+            .map(|(id, u)| (*id, u.status.clone()))
+            .collect())
+    }
+
+    async fn work_results(
+        &self,
+        unit: UnitId,
+        startpos: u64,
+    ) -> Result<Box<dyn AsyncRead + Send + Unpin>, String> {
+        self.with_unit(unit, |u| -> Box<dyn AsyncRead + Send + Unpin> {
+            if let Some(live) = u.live.take() {
+                return Box::new(live);
+            }
+            let start = usize::try_from(startpos).map_or(u.stdout.len(), |s| s.min(u.stdout.len()));
+            Box::new(Cursor::new(u.stdout[start..].to_vec()))
+        })
+    }
+
+    async fn work_cancel(&self, unit: UnitId) -> Result<(), String> {
+        self.with_unit(unit, |u| {
+            if !u.status.state.is_terminal() {
+                u.status.state = UnitState::Canceled;
+            }
+        })
+    }
+
+    async fn work_release(&self, unit: UnitId, _force: bool) -> Result<(), String> {
+        self.lock()
+            .remove(&unit)
+            .map(drop)
+            .ok_or_else(|| format!("unknown work unit {unit}"))
+    }
+}
+
+impl FakeBackend {
+    fn create(
+        &self,
+        work_type: String,
+        params: BTreeMap<String, String>,
+    ) -> Result<UnitId, String> {
+        if !["echo", "fail", "nostart"].contains(&work_type.as_str()) {
+            return Err(format!("unknown work type {work_type}"));
+        }
+        let id = self.next_id();
+        let mut status = UnitStatus::new(work_type, params, node("a"), node("a"), 0);
+        status.detail = "Waiting for Input Data".into();
+        let unit = FakeUnit {
+            status,
+            stdin: Vec::new(),
+            stdout: Vec::new(),
+            live: None,
+        };
+        self.lock().insert(id, unit);
+        Ok(id)
+    }
+
+    /// Runs a unit to completion at once: its output is its payload.
+    fn finish(unit: &mut FakeUnit, payload: Vec<u8>) -> Result<(), String> {
+        let (state, detail) = match unit.status.work_type.as_str() {
+            "echo" => (UnitState::Succeeded, "exit status 0"),
+            "fail" => (UnitState::Failed, "exit status 1"),
+            _ => {
+                unit.status.state = UnitState::Failed;
+                unit.status.detail = "Error starting worker: no runner".into();
+                return Err(unit.status.detail.clone());
+            }
+        };
+        unit.status.state = state;
+        detail.clone_into(&mut unit.status.detail);
+        unit.status.stdout_size = payload.len() as u64;
+        unit.stdout.clone_from(&payload);
+        unit.stdin = payload;
+        Ok(())
     }
 }

@@ -1,7 +1,8 @@
 //! The Receptor control-socket protocol, so `receptorctl` and AWX-style tooling work.
 //!
 //! Owns the operator protocol on the node's control socket:
-//! - [`request`]: typed requests parsed from Receptor's text and JSON forms;
+//! - [`request`]: typed requests parsed from Receptor's text and JSON forms (the `work`
+//!   family in [`request::work`]);
 //! - [`reply`]: the exact reply bytes, with Go's formats in [`goformat`];
 //! - [`line`](mod@line): line framing that never loses payload bytes;
 //! - [`session`]: one session's driver over any byte stream, and the [`Backend`] seam;
@@ -26,8 +27,8 @@ mod fake;
 pub use client::{Client, ClientError};
 pub use listener::{ControlSocket, ListenError, default_socket_path, serve_unix};
 pub use reply::{
-    Advertisement, Connection, PingReply, Reply, StatusReport, TraceHop, TracerouteReply,
-    WorkCommand,
+    Advertisement, Connection, PingReply, Reply, StatusReport, SubmitReply, TraceHop,
+    TracerouteReply, UnitStatusReply, WorkCommand, WorkReply,
 };
-pub use request::{ParseError, Request, parse_request};
+pub use request::{ParseError, Request, WorkRequest, parse_request};
 pub use session::{Backend, serve_session};

@@ -5,7 +5,9 @@
 use std::fmt::Write as _;
 
 use super::goformat::go_duration_string;
-use super::reply::{Advertisement, PingReply, StatusReport, TraceHop};
+use std::collections::BTreeMap;
+
+use super::reply::{Advertisement, PingReply, StatusReport, TraceHop, UnitStatusReply};
 use crate::id::NodeId;
 
 /// The node's status as aligned sections: identity, links, routes, known nodes with their
@@ -154,6 +156,44 @@ pub fn render_traceroute(hops: &[TraceHop]) -> String {
     out
 }
 
+/// Work units as a table: id, state, work type, output size and detail.
+pub fn render_work_list(units: &BTreeMap<String, UnitStatusReply>) -> String {
+    let rows = units
+        .iter()
+        .map(|(id, s)| {
+            vec![
+                id.clone(),
+                s.state_name.clone(),
+                s.work_type.clone(),
+                s.stdout_size.to_string(),
+                s.detail.clone(),
+            ]
+        })
+        .collect();
+    let headers = ["Unit", "State", "Work type", "Output bytes", "Detail"];
+    let mut out = String::new();
+    section(&mut out, "Work units", &headers, rows);
+    out.trim_start().to_owned()
+}
+
+/// One unit's status, a field per line; extra data only when there is some.
+pub fn render_work_status(unit: &str, status: &UnitStatusReply) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "Unit:         {unit}");
+    let _ = writeln!(
+        out,
+        "State:        {} ({})",
+        status.state_name, status.state
+    );
+    let _ = writeln!(out, "Work type:    {}", status.work_type);
+    let _ = writeln!(out, "Output:       {} bytes", status.stdout_size);
+    let _ = writeln!(out, "Detail:       {}", status.detail);
+    if !status.extra_data.is_null() {
+        let _ = writeln!(out, "Extra data:   {}", status.extra_data);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -206,6 +246,34 @@ Work types:
         let text = render_status(&report);
         assert!(text.contains("Links:\n  (none)\n"));
         assert!(text.contains("Work types:\n  (none)\n"));
+    }
+
+    #[test]
+    fn work_units_render_as_table_and_fields() {
+        let status = UnitStatusReply {
+            detail: "exit status 0".into(),
+            extra_data: serde_json::Value::Null,
+            state: 2,
+            state_name: "Succeeded".into(),
+            stdout_size: 12,
+            work_type: "echo".into(),
+        };
+        let units = BTreeMap::from([("Ab3dEf9h".to_owned(), status.clone())]);
+        assert_eq!(
+            render_work_list(&units),
+            "\
+Work units:
+  Unit      State      Work type  Output bytes  Detail
+  Ab3dEf9h  Succeeded  echo       12            exit status 0
+"
+        );
+        assert_eq!(
+            render_work_list(&BTreeMap::new()),
+            "Work units:\n  (none)\n"
+        );
+        let text = render_work_status("Ab3dEf9h", &status);
+        assert!(text.starts_with("Unit:         Ab3dEf9h\nState:        Succeeded (2)\n"));
+        assert!(!text.contains("Extra data"));
     }
 
     #[test]

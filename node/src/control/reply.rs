@@ -6,6 +6,8 @@
 //! so top-level keys here are sorted and nested objects keep Receptor's field order. The
 //! same types deserialize on the client side. No IO.
 
+pub mod work;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -13,6 +15,7 @@ use serde::de::{self, Deserializer};
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 
+pub use self::work::{SubmitReply, UnitStatusReply, WorkReply};
 use super::goformat::{go_duration_string, go_escape_json, serialize_go_float};
 use super::request::ParseError;
 use crate::id::NodeId;
@@ -405,6 +408,8 @@ pub enum Reply {
     Traceroute(TracerouteReply),
     /// A `deploy` result: what is now active.
     Deploy(DeployReply),
+    /// A `work` command's result.
+    Work(WorkReply),
     /// The request line was refused.
     Rejected(ParseError),
     /// The command failed: `ERROR: <message>`.
@@ -419,6 +424,7 @@ impl Reply {
             Self::Ping(ping) => json_line(ping),
             Self::Traceroute(trace) => json_line(trace),
             Self::Deploy(deployed) => json_line(deployed),
+            Self::Work(work) => json_line(work),
             Self::Rejected(err) => rejection(err),
             Self::Error(message) => error_line(message),
         }

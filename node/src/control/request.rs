@@ -4,10 +4,13 @@
 //! with the error messages Receptor gives. No IO: the session driver reads lines, skips
 //! empty ones, and calls [`parse_request`].
 
+pub mod work;
+
 use std::fmt;
 
 use serde_json::{Map, Value, json};
 
+pub use self::work::{Subcommand, WorkParseError, WorkRequest};
 use crate::id::{NameError, NodeId};
 
 /// One operator request on the control socket.
@@ -42,6 +45,8 @@ pub enum Request {
         /// How many component bytes follow the request line.
         length: u64,
     },
+    /// `work <subcommand> ...`: work units on this node.
+    Work(WorkRequest),
 }
 
 impl Request {
@@ -66,6 +71,7 @@ impl Request {
                 "signature": signature,
                 "length": length.to_string(),
             }),
+            Self::Work(work) => work.to_json_value(),
         };
         value.to_string()
     }
@@ -82,6 +88,8 @@ pub enum Command {
     Traceroute,
     /// `deploy` (Warren's; JSON form only)
     Deploy,
+    /// `work`
+    Work,
 }
 
 impl Command {
@@ -92,6 +100,7 @@ impl Command {
             "ping" => Some(Self::Ping),
             "traceroute" => Some(Self::Traceroute),
             "deploy" => Some(Self::Deploy),
+            "work" => Some(Self::Work),
             _ => None,
         }
     }
@@ -103,6 +112,7 @@ impl Command {
             Self::Ping => "ping",
             Self::Traceroute => "traceroute",
             Self::Deploy => "deploy",
+            Self::Work => "work",
         }
     }
 }
@@ -176,6 +186,9 @@ pub enum ParseError {
     /// An element of `requested_fields` was not a string.
     #[error("each element of requested_fields must be a string")]
     RequestedFieldNotString,
+    /// A `work` request was refused.
+    #[error("{0}")]
+    Work(#[from] WorkParseError),
 }
 
 impl ParseError {
@@ -228,6 +241,7 @@ fn parse_text(line: &[u8]) -> Result<Request, ParseError> {
         Command::Traceroute => Ok(Request::Traceroute {
             target: text_target(command, params)?,
         }),
+        Command::Work => Ok(Request::Work(work::parse_text(params)?)),
     }
 }
 
@@ -257,6 +271,7 @@ fn parse_json(line: &[u8]) -> Result<Request, ParseError> {
             target: json_target(command, &object)?,
         }),
         Command::Deploy => deploy_request(&object),
+        Command::Work => Ok(Request::Work(work::parse_json(&object)?)),
     }
 }
 

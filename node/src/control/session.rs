@@ -4,6 +4,9 @@
 //! and the [`Backend`] seam through which it asks the node for answers. It decides nothing
 //! about the mesh itself.
 
+mod work;
+
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -16,6 +19,7 @@ use super::reply::{
 };
 use super::request::{Request, parse_request};
 use crate::id::NodeId;
+use crate::work::{UnitId, UnitStatus};
 
 /// What the control service needs from the node it serves.
 ///
@@ -46,6 +50,61 @@ pub trait Backend: Send + Sync + 'static {
         signature: String,
         component: Vec<u8>,
     ) -> impl Future<Output = Result<DeployReply, String>> + Send;
+
+    /// Creates a work unit of `work_type` on this node for `node` (`localhost` or this
+    /// node's id: the session has already refused remote nodes) and returns its id; the
+    /// unit waits for its payload. The error is the `ERROR:` text (such as
+    /// `unknown work type X`).
+    fn work_create(
+        &self,
+        node: String,
+        work_type: String,
+        params: BTreeMap<String, String>,
+    ) -> impl Future<Output = Result<UnitId, String>> + Send;
+
+    /// Reads `payload` to EOF into the unit's stdin, then starts the unit.
+    fn work_start(
+        &self,
+        unit: UnitId,
+        payload: &mut (dyn AsyncRead + Unpin + Send),
+    ) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// One unit's status (`unknown work unit <id>` if there is none).
+    fn work_status(&self, unit: UnitId) -> impl Future<Output = Result<UnitStatus, String>> + Send;
+
+    /// Every unit on this node and its status.
+    fn work_list(&self) -> impl Future<Output = Result<Vec<(UnitId, UnitStatus)>, String>> + Send;
+
+    /// The unit's output from byte `startpos`, following live output, ending once the unit
+    /// is finished and everything was read.
+    fn work_results(
+        &self,
+        unit: UnitId,
+        startpos: u64,
+    ) -> impl Future<Output = Result<Box<dyn AsyncRead + Send + Unpin>, String>> + Send;
+
+    /// Cancels the unit, keeping its files.
+    fn work_cancel(&self, unit: UnitId) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// Cancels the unit and deletes it; `force` deletes it even if a remote release fails.
+    fn work_release(
+        &self,
+        unit: UnitId,
+        force: bool,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// What running one request left the session to do.
+#[derive(Debug)]
+enum Outcome {
+    /// Send the reply and read the next request.
+    Reply(Reply),
+    /// Send the reply, then end the session: the request consumed the rest of the input
+    /// (`work submit` reads its payload to EOF).
+    ReplyAndEnd(Reply),
+    /// End the session now: the request already wrote everything and closed its side
+    /// (`work results`).
+    End,
 }
 
 /// Runs one session on `stream` until the client closes it.
@@ -59,7 +118,7 @@ pub trait Backend: Send + Sync + 'static {
 /// Read or write errors on `stream`.
 pub async fn serve_session<S, B>(stream: S, backend: &B) -> io::Result<()>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send,
     B: Backend,
 {
     let mut conn = LineReader::new(stream);
@@ -72,14 +131,18 @@ where
             return send(&mut conn, &error_line("request line too long")).await;
         }
         if !line.is_empty() {
-            let reply = match parse_request(&line) {
+            let outcome = match parse_request(&line) {
                 Ok(request) => handle(request, backend, &mut conn).await?,
                 Err(rejected) => {
                     tracing::debug!(error = %rejected, "control request refused");
-                    Reply::Rejected(rejected)
+                    Outcome::Reply(Reply::Rejected(rejected))
                 }
             };
-            send(&mut conn, &reply.encode()).await?;
+            match outcome {
+                Outcome::Reply(reply) => send(&mut conn, &reply.encode()).await?,
+                Outcome::ReplyAndEnd(reply) => return send(&mut conn, &reply.encode()).await,
+                Outcome::End => return Ok(()),
+            }
         }
         if end == LineEnd::Eof {
             return Ok(());
@@ -129,14 +192,13 @@ async fn send<S: AsyncRead + AsyncWrite + Unpin>(
     stream.flush().await
 }
 
-/// Decodes one line and runs it.
 /// Runs one request against the backend. New commands add an arm here.
-async fn handle<B: Backend, S: AsyncRead + AsyncWrite + Unpin>(
+async fn handle<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send>(
     request: Request,
     backend: &B,
     conn: &mut LineReader<S>,
-) -> io::Result<Reply> {
-    Ok(match request {
+) -> io::Result<Outcome> {
+    Ok(Outcome::Reply(match request {
         Request::Status { requested_fields } => status(backend, requested_fields).await,
         Request::Ping { target } => ping(backend, target).await,
         Request::Traceroute { target } => traceroute(backend, target).await,
@@ -144,8 +206,9 @@ async fn handle<B: Backend, S: AsyncRead + AsyncWrite + Unpin>(
             node,
             signature,
             length,
-        } => return deploy(conn, backend, node, signature, length).await,
-    })
+        } => deploy(conn, backend, node, signature, length).await?,
+        Request::Work(request) => return work::handle(request, backend, conn).await,
+    }))
 }
 
 async fn status<B: Backend>(backend: &B, requested_fields: Option<Vec<String>>) -> Reply {

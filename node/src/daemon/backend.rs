@@ -1,10 +1,12 @@
 //! The control service's view of a running node: Receptor-shaped status, ping and traceroute
-//! answered from the mesh.
+//! answered from the mesh, and work units answered by the node's [`Work`].
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tokio::io::AsyncRead;
 use tokio::sync::watch;
 
 use super::Deployer;
@@ -19,6 +21,7 @@ use crate::mesh::driver::MeshHandle;
 use crate::mesh::lsdb::Advert;
 use crate::mesh::message::Unreachable;
 use crate::mesh::node::{MeshStatus, ProbeFailure};
+use crate::work::{UnitId, UnitStatus, Work};
 
 /// The mesh service that carries the control protocol between nodes.
 pub const CONTROL_SERVICE: &str = "control";
@@ -27,30 +30,43 @@ pub const CONTROL_SERVICE: &str = "control";
 /// encrypted and authenticated.
 const CONN_TYPE_STREAM: u8 = 1;
 
-/// Answers control requests from a node's mesh handle.
-#[derive(Debug, Clone)]
+/// Answers control requests from a node's mesh handle and work manager.
+#[derive(Clone)]
 pub struct NodeBackend {
     mesh: MeshHandle,
     max_hops: u8,
     /// The offered work types, as last built or deployed.
     registry: watch::Receiver<Arc<Registry>>,
     deployer: Deployer,
+    /// Runs this node's work units.
+    work: Work,
 }
 
 impl NodeBackend {
-    /// A backend over `mesh`, tracing at most `max_hops` hops.
+    /// A backend over `mesh` and `work`, tracing at most `max_hops` hops.
     pub fn new(
         mesh: MeshHandle,
         max_hops: u8,
         registry: watch::Receiver<Arc<Registry>>,
         deployer: Deployer,
+        work: Work,
     ) -> Self {
         Self {
             mesh,
             max_hops,
             registry,
             deployer,
+            work,
         }
+    }
+}
+
+impl fmt::Debug for NodeBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeBackend")
+            .field("node", self.mesh.id())
+            .field("max_hops", &self.max_hops)
+            .finish_non_exhaustive()
     }
 }
 
@@ -85,6 +101,73 @@ impl Backend for NodeBackend {
         component: Vec<u8>,
     ) -> Result<DeployReply, String> {
         self.deployer.deploy(&node, signature, component).await
+    }
+
+    /// The session only passes local work here; units are submitted by this node (the
+    /// control socket's users are on it).
+    async fn work_create(
+        &self,
+        node: String,
+        work_type: String,
+        params: BTreeMap<String, String>,
+    ) -> Result<UnitId, String> {
+        let me = self.mesh.id().clone();
+        let local = node.eq_ignore_ascii_case("localhost") || node == me.as_str();
+        let created = if local {
+            self.work.create(&work_type, params, me).await
+        } else {
+            let target = NodeId::new(node).map_err(|e| e.to_string())?;
+            self.work
+                .create_remote(target, &work_type, params, me)
+                .await
+        };
+        created.map_err(|e| e.to_string())
+    }
+
+    async fn work_start(
+        &self,
+        unit: UnitId,
+        payload: &mut (dyn AsyncRead + Unpin + Send),
+    ) -> Result<(), String> {
+        self.work
+            .start(unit, payload)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn work_status(&self, unit: UnitId) -> Result<UnitStatus, String> {
+        let status = self.work.status(unit).await.map_err(|e| e.to_string())?;
+        Ok(status.redacted())
+    }
+
+    async fn work_list(&self) -> Result<Vec<(UnitId, UnitStatus)>, String> {
+        let units = self.work.list().await.map_err(|e| e.to_string())?;
+        Ok(units
+            .into_iter()
+            .map(|(id, status)| (id, status.redacted()))
+            .collect())
+    }
+
+    async fn work_results(
+        &self,
+        unit: UnitId,
+        startpos: u64,
+    ) -> Result<Box<dyn AsyncRead + Send + Unpin>, String> {
+        self.work
+            .results(unit, startpos)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn work_cancel(&self, unit: UnitId) -> Result<(), String> {
+        self.work.cancel(unit).await.map_err(|e| e.to_string())
+    }
+
+    async fn work_release(&self, unit: UnitId, force: bool) -> Result<(), String> {
+        self.work
+            .release(unit, force)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     async fn traceroute(&self, target: NodeId) -> Vec<TraceHop> {

@@ -212,6 +212,7 @@ pub async fn start(config: &Config) -> Result<RunningNode, StartError> {
         max_hops,
         registry.clone(),
         deployer,
+        work.clone(),
     ));
     let (stop, stopped) = watch::channel(false);
     let control = tokio::spawn(socket.serve(backend.clone(), stopped.clone()));

@@ -217,7 +217,10 @@ async fn follow_once(
 ) -> Result<Option<RemoteStatus>, FollowError> {
     use tokio::io::AsyncReadExt;
     let mut stream = connect(mesh, node).await.map_err(FollowError::Path)?;
-    let request = Request::Results { unit, offset: *offset };
+    let request = Request::Results {
+        unit,
+        offset: *offset,
+    };
     protocol::write(&mut stream, &request)
         .await
         .map_err(|e| FollowError::Path(e.to_string()))?;
@@ -235,7 +238,9 @@ async fn follow_once(
             .map_err(|e| FollowError::Sink(e.to_string()))?;
         *offset += n as u64;
     }
-    out.flush().await.map_err(|e| FollowError::Sink(e.to_string()))?;
+    out.flush()
+        .await
+        .map_err(|e| FollowError::Sink(e.to_string()))?;
     let status = status(mesh, node, unit).await.map_err(FollowError::Path)?;
     Ok((status.state.is_terminal() && *offset >= status.stdout_size).then_some(status))
 }

@@ -39,7 +39,11 @@ fn identity() -> anyhow::Result<(LinkKeypair, PathBuf)> {
     }
     let pair = LinkKeypair::generate()?;
     pair.save(&path, false)?;
-    eprintln!("created this client's identity {} ({})", path.display(), pair.public());
+    eprintln!(
+        "created this client's identity {} ({})",
+        path.display(),
+        pair.public()
+    );
     Ok((pair, path))
 }
 
@@ -64,12 +68,19 @@ impl KnownPeers {
     }
 
     fn get(&self, addr: &str) -> Option<PublicKey> {
-        self.entries.iter().find(|(a, _)| a == addr).map(|(_, k)| *k)
+        self.entries
+            .iter()
+            .find(|(a, _)| a == addr)
+            .map(|(_, k)| *k)
     }
 
     fn remember(&mut self, addr: &str, key: PublicKey) -> anyhow::Result<()> {
         self.entries.push((addr.to_owned(), key));
-        let text: String = self.entries.iter().map(|(a, k)| format!("{a} {k}\n")).collect();
+        let text: String = self
+            .entries
+            .iter()
+            .map(|(a, k)| format!("{a} {k}\n"))
+            .collect();
         std::fs::write(&self.path, text).with_context(|| format!("writing {}", self.path.display()))
     }
 }
@@ -114,8 +125,16 @@ pub(super) async fn run_remote(
     result
 }
 
-fn start_node(me: &NodeId, keys: LinkKeypair, peer: &EndpointAddr, pinned: Option<PublicKey>) -> MeshHandle {
-    let trust = pinned.map(|key| TrustEntry { key, node: None }).into_iter().collect();
+fn start_node(
+    me: &NodeId,
+    keys: LinkKeypair,
+    peer: &EndpointAddr,
+    pinned: Option<PublicKey>,
+) -> MeshHandle {
+    let trust = pinned
+        .map(|key| TrustEntry { key, node: None })
+        .into_iter()
+        .collect();
     let epoch = crate::daemon::backend::wall_clock_ms();
     let mut config = MeshConfig::new(me.clone(), keys, trust, epoch);
     config.trust_first_contact = pinned.is_none();
@@ -157,7 +176,11 @@ async fn wait_for_link(
             );
         }
         if tokio::time::Instant::now() >= deadline {
-            let why = if ended.is_empty() { "no answer".to_owned() } else { ended };
+            let why = if ended.is_empty() {
+                "no answer".to_owned()
+            } else {
+                ended
+            };
             bail!("cannot link to {peer}: {why}");
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -172,7 +195,10 @@ async fn wait_for_node(
     wait: Duration,
 ) -> anyhow::Result<()> {
     if !mesh.wait_reachable(node, wait).await? {
-        bail!("{node} is not reachable from {peer}: no route after {} s", wait.as_secs_f64());
+        bail!(
+            "{node} is not reachable from {peer}: no route after {} s",
+            wait.as_secs_f64()
+        );
     }
     // The route appears with the node's advert, which carries its work types.
     let status = mesh.status().await?;

@@ -39,10 +39,20 @@ pub(super) async fn run_local(prepared: Prepared) -> anyhow::Result<ProcessOutco
     offered.insert(active);
     let (_keep, rx) = watch::channel(Arc::new(offered));
     let me = NodeId::new("local")?;
-    let work = Work::open(dir.path(), me.clone(), host, rx, WorkConfig::default(), None)?;
+    let work = Work::open(
+        dir.path(),
+        me.clone(),
+        host,
+        rx,
+        WorkConfig::default(),
+        None,
+    )?;
     let unit = work.create(WORK_TYPE, Default::default(), me).await?;
     let (payload_in, mut payload_out) = tokio::io::duplex(256 * 1024);
-    let (sent, started) = tokio::join!(send_payload(&prepared, payload_in), work.start(unit, &mut payload_out));
+    let (sent, started) = tokio::join!(
+        send_payload(&prepared, payload_in),
+        work.start(unit, &mut payload_out)
+    );
     sent?;
     started?;
     let results = work.results(unit, 0).await?;
