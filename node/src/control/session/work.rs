@@ -14,7 +14,6 @@ use crate::control::reply::{Reply, UnitStatusReply, WorkReply};
 use crate::control::request::WorkRequest;
 use crate::work::UnitId;
 
-/// The answer to a submit naming another node, until remote work exists.
 
 /// Runs one `work` request.
 ///
