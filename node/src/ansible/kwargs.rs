@@ -158,16 +158,25 @@ pub fn cli_kwargs(private_data_dir: &Path, options: &RunOptions) -> Result<Kwarg
         None => None,
     };
     let ident = options.ident.clone().unwrap_or_else(random_ident);
+    let playbook = options
+        .playbook
+        .as_deref()
+        .map(|playbook| relative_inside(playbook, &pdd.join("project")));
+    Ok(fill(options, ident, playbook, inventory))
+}
+
+/// The kwargs in `main()`'s `run_options` order, less the keys `transmit` pops.
+fn fill(
+    options: &RunOptions,
+    ident: String,
+    playbook: Option<String>,
+    inventory: Option<String>,
+) -> Kwargs {
     let string = |value: &Option<String>| value.clone().map_or(Value::Null, Value::String);
     let list = |values: &[String]| match values {
         [] => Value::Null,
         _ => Value::from(values.to_vec()),
     };
-    let playbook = options
-        .playbook
-        .as_deref()
-        .map(|playbook| relative_inside(playbook, &pdd.join("project")));
-
     let mut kwargs = Kwargs::new();
     kwargs.insert("ident", Value::String(ident));
     kwargs.insert("binary", string(&options.binary));
@@ -220,7 +229,7 @@ pub fn cli_kwargs(private_data_dir: &Path, options: &RunOptions) -> Result<Kwarg
         "suppress_env_files",
         Value::Bool(options.suppress_env_files),
     );
-    Ok(kwargs)
+    kwargs
 }
 
 /// `valid_inventory()` then `init_runner()`: an existing path (from the current dir) or a
