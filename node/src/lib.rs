@@ -2,6 +2,8 @@
 //!
 //! Crate map (see ARCHITECTURE.md for the whole picture):
 //!
+//! - [`ansible`]: ansible-runner's transmit and worker streams, natively: packing a job for
+//!   `ansible-runner worker` and processing its output into artifacts.
 //! - [`cli`]: command-line arguments and their conversion to library types.
 //! - [`config`]: the node's TOML config and flags, validated into a `Config`.
 //! - [`control`]: the Receptor control-socket protocol (so `receptorctl` works): request
@@ -16,6 +18,7 @@
 //! - [`work`]: work units: ids, the state life cycle, status JSON and the on-disk unit store.
 #![warn(missing_docs)]
 
+pub mod ansible;
 pub mod cli;
 pub mod config;
 pub mod control;

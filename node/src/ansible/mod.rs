@@ -1,0 +1,25 @@
+//! ansible-runner's job streams, natively: packing a private data dir into the *transmit*
+//! stream that `ansible-runner worker` reads, and processing the *worker* stream back into
+//! an artifact dir and console output, as `ansible-runner process` does.
+//!
+//! Both directions are byte-compatible with ansible-runner 2.x (PR #670 format: a kwargs
+//! line, `{"zipfile": N}` with N the raw zip size, unwrapped padded base64 glued to
+//! `{"eof": true}`). Nothing here runs Ansible; the worker side stays real ansible-runner.
+//!
+//! - [`kwargs`]: the job's run options, built as `ansible-runner transmit` builds them.
+//! - [`transmit`]: writes the transmit stream for a private data dir.
+//! - [`process`]: reads a worker stream: a sans-IO line [`process::Processor`] and the
+//!   async driver [`process::process`].
+//! - `pyjson`: Python `json.dumps` formatting, so our lines match the reference's bytes.
+//! - `archive`: the zip of a directory in both directions (`stream_dir`/`unstream_dir`).
+
+mod archive;
+pub mod kwargs;
+pub mod process;
+mod pyjson;
+pub mod transmit;
+
+#[cfg(test)]
+mod testing;
+#[cfg(test)]
+mod tests;
