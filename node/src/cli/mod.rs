@@ -2,12 +2,10 @@
 //! This is an edge of the crate, so errors here are `anyhow`.
 
 mod component;
-#[cfg(any())]
 pub mod frontend;
 mod keygen;
 mod node_args;
 mod ops;
-#[cfg(any())] // TEMP until the ansible module lands
 mod run;
 mod work;
 
@@ -19,7 +17,6 @@ pub use component::{ComponentCommand, ComponentKeygenArgs, SignArgs, VerifyArgs}
 pub use keygen::KeygenArgs;
 pub use node_args::NodeArgs;
 pub use ops::{PingArgs, SocketArgs, TracerouteArgs};
-#[cfg(any())]
 pub use run::RunArgs;
 pub use work::{
     CancelArgs, ListArgs, ReleaseArgs, ResultsArgs, StatusArgs, SubmitArgs, WorkCommand,
@@ -60,7 +57,6 @@ pub enum Command {
     Ping(PingArgs),
     /// Show the relays on the way to a node.
     Traceroute(TracerouteArgs),
-    #[cfg(any())]
     /// Run a playbook like `ansible-runner run`, here or on a node across the mesh.
     ///
     /// Example: warren run demo/ -p test.yml --via-receptor node1 --receptor-peer
@@ -87,6 +83,8 @@ impl Cli {
     pub fn run(self) -> ExitCode {
         let default_level = match self.command {
             Command::Node(_) => "info",
+            // The run explains failures itself; the embedded node's warnings would repeat them.
+            Command::Run(_) => "error",
             _ => "warn",
         };
         init_tracing(default_level, self.verbose);
@@ -107,7 +105,6 @@ impl Cli {
                 Command::Status(args) => ops::status(args).await,
                 Command::Ping(args) => ops::ping(args).await,
                 Command::Traceroute(args) => ops::traceroute(args).await,
-                #[cfg(any())]
                 Command::Run(args) => run::run(args).await,
                 Command::Component(command) => component::run(command).await,
                 Command::Work(command) => work::run(command).await,

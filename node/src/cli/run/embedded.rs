@@ -112,7 +112,21 @@ pub(super) async fn run_remote(
     let me = client_id(args)?;
     let mesh = start_node(&me, keys, &peer, pinned);
     let result = async {
-        let key = wait_for_link(&mesh, &peer, &me, &token, pinned.is_some(), timeout(args)).await?;
+        let advice = match &args.receptor_node_id {
+            Some(id) => format!("--trust {id}={token}"),
+            None => format!(
+                "--trust {token} (or run with --receptor-node-id ID and use --trust ID={token})"
+            ),
+        };
+        let key = wait_for_link(
+            &mesh,
+            &peer,
+            &advice,
+            &token,
+            pinned.is_some(),
+            timeout(args),
+        )
+        .await?;
         if pinned.is_none() {
             known.remember(&peer.to_string(), key)?;
             eprintln!("remembered the key of {peer}: {key}");
@@ -151,7 +165,7 @@ fn start_node(
 async fn wait_for_link(
     mesh: &MeshHandle,
     peer: &EndpointAddr,
-    me: &NodeId,
+    advice: &str,
     token: &PublicKey,
     pinned: bool,
     wait: Duration,
@@ -166,7 +180,7 @@ async fn wait_for_link(
         if ended.contains("closed by peer: untrusted key") {
             bail!(
                 "{peer} refused this client's key {token}.\n\
-                 Trust it on that node: warren node ... --trust {me}={token} (or --trust {token} for any client id)"
+                 Trust it on that node: warren node ... {advice}"
             );
         }
         if pinned && ended.contains("closed by us: untrusted key") {

@@ -14,7 +14,6 @@ use crate::control::reply::{Reply, UnitStatusReply, WorkReply};
 use crate::control::request::WorkRequest;
 use crate::work::UnitId;
 
-
 /// Runs one `work` request.
 ///
 /// # Errors
