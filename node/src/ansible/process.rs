@@ -34,6 +34,9 @@ pub struct ProcessConfig {
     pub artifact_dir: PathBuf,
     /// Print nothing (`-q`).
     pub quiet: bool,
+    /// Print nothing for events whose `stdout` is empty, as `ansible-runner run` shows a
+    /// job (the reference's `process` prints a blank line for them).
+    pub skip_empty_stdout: bool,
     /// Print each event's JSON line instead of its `stdout` (as `ansible-runner run -j`;
     /// the reference's `process` ignores `-j`).
     pub json: bool,
@@ -48,6 +51,7 @@ impl ProcessConfig {
             artifact_dir: ident.map_or_else(|| artifacts.clone(), |ident| artifacts.join(ident)),
             quiet: false,
             json: false,
+            skip_empty_stdout: false,
         }
     }
 }
@@ -171,6 +175,7 @@ pub struct EventRecord {
 pub struct Processor {
     quiet: bool,
     json: bool,
+    skip_empty_stdout: bool,
     status: Option<String>,
     job_explanation: Option<String>,
     command: Option<Value>,
@@ -245,7 +250,10 @@ impl Processor {
         let console = match (self.quiet, self.json, data.get("stdout")) {
             (true, _, _) | (false, false, None) => None,
             (false, true, _) => Some(line.to_vec()),
-            (false, false, Some(stdout)) => Some(py_str(stdout).into_bytes()),
+            (false, false, Some(stdout)) => {
+                let text = py_str(stdout);
+                (!(self.skip_empty_stdout && text.is_empty())).then(|| text.into_bytes())
+            }
         };
         self.events += 1;
         Ok(Step::Event(EventRecord {
@@ -332,6 +340,7 @@ pub async fn process(
     create_events_dir(&events_dir)?;
     let mut reader = BufReader::with_capacity(64 * 1024, input);
     let mut processor = Processor::new(config.quiet, config.json);
+    processor.skip_empty_stdout = config.skip_empty_stdout;
     let mut line = Vec::new();
     loop {
         line.clear();

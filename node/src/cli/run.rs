@@ -197,6 +197,7 @@ fn prepare(args: &RunArgs) -> anyhow::Result<Prepared> {
     }
     process.quiet = args.quiet;
     process.json = args.json;
+    process.skip_empty_stdout = true;
     Ok(Prepared {
         private_data_dir: pdd.clone(),
         kwargs,
