@@ -11,3 +11,4 @@ mod cli;
 mod component;
 mod deploy;
 mod mesh;
+mod run;

@@ -201,30 +201,34 @@ async fn wait_for_link(
     }
 }
 
-/// Waits for a route to `node` and checks that it offers ansible-runner.
+/// Waits for a route to `node` and for its advert to offer ansible-runner (a node's first
+/// advert may come before it has found its ansible-runner).
 async fn wait_for_node(
     mesh: &MeshHandle,
     node: &NodeId,
     peer: &EndpointAddr,
     wait: Duration,
 ) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + wait;
     if !mesh.wait_reachable(node, wait).await? {
         bail!(
             "{node} is not reachable from {peer}: no route after {} s",
             wait.as_secs_f64()
         );
     }
-    // The route appears with the node's advert, which carries its work types.
-    let status = mesh.status().await?;
-    let offers = status
-        .adverts
-        .iter()
-        .find(|a| &a.origin == node)
-        .is_some_and(|a| a.work_types.iter().any(|w| w == WORK_TYPE));
-    if !offers {
-        bail!("node {node} does not offer work type {WORK_TYPE}");
+    loop {
+        let status = mesh.status().await?;
+        let offers = (status.adverts.iter())
+            .find(|a| &a.origin == node)
+            .is_some_and(|a| a.work_types.iter().any(|w| w == WORK_TYPE));
+        if offers {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("node {node} does not offer work type {WORK_TYPE}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Ok(())
 }
 
 /// Streams the payload to a new unit on `node`, then follows its results into the

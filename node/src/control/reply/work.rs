@@ -95,9 +95,10 @@ impl From<&UnitStatus> for UnitStatusReply {
 
 /// Receptor's per-type `ExtraData`: Warren reports the component that runs the unit and,
 /// for a unit mirrored from another node, where it runs (Receptor's remote units carry
-/// `RemoteNode` and `RemoteUnitID` the same way); `null` before either is known.
+/// `RemoteNode` and `RemoteUnitID` the same way), and which node submitted it.
 fn extra_data(status: &UnitStatus) -> serde_json::Value {
     let mut extra = serde_json::Map::new();
+    extra.insert("Submitter".into(), status.submitter.to_string().into());
     if let Some(c) = &status.component {
         let component =
             serde_json::json!({"Name": c.name, "Version": c.version, "Sha256": c.sha256});
@@ -107,11 +108,7 @@ fn extra_data(status: &UnitStatus) -> serde_json::Value {
         extra.insert("RemoteNode".into(), status.node.to_string().into());
         extra.insert("RemoteUnitID".into(), remote.to_string().into());
     }
-    if extra.is_empty() {
-        status.extra_data.clone()
-    } else {
-        serde_json::Value::Object(extra)
-    }
+    serde_json::Value::Object(extra)
 }
 
 /// A successful answer to a `work` command.
@@ -204,7 +201,7 @@ mod tests {
         assert_eq!(
             reply.encode(),
             concat!(
-                r#"{"Detail":"exit status 1 \u003c\u0026\u003e","ExtraData":null,"State":3,"#,
+                r#"{"Detail":"exit status 1 \u003c\u0026\u003e","ExtraData":{"Submitter":"a"},"State":3,"#,
                 r#""StateName":"Failed","StdoutSize":30,"WorkType":"echo"}"#,
                 "\n"
             )

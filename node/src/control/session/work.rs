@@ -303,7 +303,7 @@ mod tests {
         );
         let out = run_with(&backend, input.as_bytes()).await;
         let lines: Vec<&str> = out.lines().collect();
-        let done = r#"{"Detail":"exit status 0","ExtraData":null,"State":2,"StateName":"Succeeded","StdoutSize":5,"WorkType":"echo"}"#;
+        let done = r#"{"Detail":"exit status 0","ExtraData":{"Submitter":"a"},"State":2,"StateName":"Succeeded","StdoutSize":5,"WorkType":"echo"}"#;
         assert_eq!(lines[1], done);
         assert_eq!(lines[2], format!(r#"{{"{id}":{done}}}"#));
         assert_eq!(lines[3], lines[2]);

@@ -1,0 +1,354 @@
+//! The mission: `ansible-runner run demo/ -p test.yml --via-receptor node1 ...` through
+//! Warren's front end, across controller -> relay -> node1, with real ansible-runner and
+//! ansible-core from the project's venv, compared with a local `ansible-runner run`.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crate::support::{Identity, Mesh, peer, trust, wait_for};
+
+/// The project's venv (`scripts/setup-python.sh` creates it).
+fn venv_bin() -> PathBuf {
+    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin");
+    assert!(
+        bin.join("ansible-runner").is_file(),
+        "{} has no ansible-runner; run scripts/setup-python.sh",
+        bin.display()
+    );
+    bin.canonicalize().unwrap()
+}
+
+fn demo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo")
+}
+
+/// `dst` becomes a copy of the demo private data dir.
+fn copy_demo(dst: &Path) {
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(demo())
+        .arg(dst)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// A PATH with Warren's front end first, then the venv (real ansible-runner further down).
+fn path_env(frontend_dir: &Path) -> String {
+    format!(
+        "{}:{}:/usr/bin:/bin",
+        frontend_dir.display(),
+        venv_bin().display()
+    )
+}
+
+struct Setup {
+    mesh: Mesh,
+    controller_addr: String,
+    node1: usize,
+    identity: PathBuf,
+    frontend: PathBuf,
+}
+
+/// controller -> relay -> node1 (node1 runs ansible-runner from the venv); the client's
+/// identity is trusted by the controller, pinned to `client_id` when given.
+fn setup(client_id: Option<&str>, controller_listen: Option<&str>) -> Setup {
+    let mut mesh = Mesh::new();
+    let identity = mesh.path("client/identity.key");
+    std::fs::create_dir_all(identity.parent().unwrap()).unwrap();
+    let out = crate::support::warren(&["keygen", "--out", identity.to_str().unwrap()]);
+    let client_token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let ids: Vec<Identity> = ["controller", "relay", "node1"]
+        .iter()
+        .map(|n| mesh.identity(n))
+        .collect();
+    let all: Vec<&Identity> = ids.iter().collect();
+    let runner = venv_bin().join("ansible-runner");
+    let node1_extra = ["--ansible-runner".to_owned(), runner.display().to_string()];
+    let node1 = mesh.start(&ids[2], &[trust(&all), node1_extra.to_vec()].concat());
+    let addr = mesh.node(node1).addr().to_owned();
+    let relay = mesh.start(&ids[1], &[trust(&all), peer(&addr)].concat());
+    let addr = mesh.node(relay).addr().to_owned();
+    let client_trust = match client_id {
+        Some(id) => format!("{id}={client_token}"),
+        None => client_token,
+    };
+    let mut extra = [
+        trust(&all),
+        peer(&addr),
+        vec!["--trust".into(), client_trust],
+    ]
+    .concat();
+    if let Some(listen) = controller_listen {
+        extra.extend(["--listen".to_owned(), listen.to_owned()]);
+    }
+    let controller = mesh.start(&ids[0], &extra);
+    let controller_addr = mesh.node(controller).addr().to_owned();
+    mesh.wait_route(controller, "node1", Some("relay"));
+    wait_for("node1 to offer ansible-runner", || {
+        let status = mesh.status(node1)?;
+        (status["WorkTypes"][0]["WorkType"] == "ansible-runner").then_some(())
+    });
+    let frontend = mesh.path("frontend");
+    std::fs::create_dir_all(&frontend).unwrap();
+    std::os::unix::fs::symlink(
+        env!("CARGO_BIN_EXE_ansible-runner"),
+        frontend.join("ansible-runner"),
+    )
+    .unwrap();
+    Setup {
+        mesh,
+        controller_addr,
+        node1,
+        identity,
+        frontend,
+    }
+}
+
+/// `ansible-runner ARGS` with the front end first on PATH.
+fn ansible_runner(setup: &Setup, args: &[&str]) -> Output {
+    Command::new("ansible-runner")
+        .args(args)
+        .env_clear()
+        .env("PATH", path_env(&setup.frontend))
+        .env("HOME", setup.mesh.path("client"))
+        .env("WARREN_IDENTITY", &setup.identity)
+        .env("WARREN_COMPONENT_CACHE", crate::support::component_cache())
+        .env("LANG", "C.UTF-8")
+        .output()
+        .unwrap()
+}
+
+/// The real `ansible-runner run` of the same demo, locally.
+fn local_run(setup: &Setup, pdd: &Path, ident: &str) -> Output {
+    Command::new(venv_bin().join("ansible-runner"))
+        .args(["run", pdd.to_str().unwrap(), "-p", "test.yml", "-i", ident])
+        .env_clear()
+        .env("PATH", format!("{}:/usr/bin:/bin", venv_bin().display()))
+        .env("HOME", setup.mesh.path("client"))
+        .env("LANG", "C.UTF-8")
+        .output()
+        .unwrap()
+}
+
+fn files(dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Event counters from `job_events/<counter>-<uuid>.json`.
+fn counters(dir: &Path) -> BTreeSet<u64> {
+    files(&dir.join("job_events"))
+        .iter()
+        .filter_map(|f| f.split('-').next()?.parse().ok())
+        .collect()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn the_seed_command_runs_the_demo_on_node1_like_a_local_run() {
+    let setup = setup(None, None);
+    let pdd = setup.mesh.path("demo");
+    copy_demo(&pdd);
+    let peer = format!("receptor://{}", setup.controller_addr);
+    let args = [
+        "run",
+        pdd.to_str().unwrap(),
+        "-p",
+        "test.yml",
+        "--via-receptor",
+        "node1",
+        "--receptor-peer",
+        &peer,
+        "-i",
+        "remote",
+    ];
+    let remote = ansible_runner(&setup, &args);
+    assert!(remote.status.success(), "{remote:?}\n{}", setup.mesh.logs());
+    let local = local_run(&setup, &pdd, "local");
+    assert!(local.status.success(), "{local:?}");
+    assert_eq!(
+        text(&remote.stdout),
+        text(&local.stdout),
+        "stdout differs from a local run"
+    );
+    assert!(text(&remote.stdout).contains("\"msg\": \"Test!\""));
+    let (r, l) = (pdd.join("artifacts/remote"), pdd.join("artifacts/local"));
+    assert_eq!(files(&r), files(&l));
+    assert_eq!(counters(&r), counters(&l));
+    assert_eq!(
+        std::fs::read_to_string(r.join("status")).unwrap(),
+        "successful"
+    );
+    assert_eq!(std::fs::read_to_string(r.join("rc")).unwrap(), "0");
+}
+
+#[test]
+fn a_failing_playbook_exits_non_zero_with_status_failed() {
+    let setup = setup(None, None);
+    let pdd = setup.mesh.path("demo");
+    copy_demo(&pdd);
+    std::fs::write(
+        pdd.join("project/fail.yml"),
+        "- hosts: all\n  gather_facts: false\n  tasks:\n    - fail:\n        msg: on purpose\n",
+    )
+    .unwrap();
+    let peer = format!("receptor://{}", setup.controller_addr);
+    let args = [
+        "run",
+        pdd.to_str().unwrap(),
+        "-p",
+        "fail.yml",
+        "--via-receptor",
+        "node1",
+        "--receptor-peer",
+        &peer,
+        "-i",
+        "f",
+    ];
+    let out = ansible_runner(&setup, &args);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(
+        std::fs::read_to_string(pdd.join("artifacts/f/status")).unwrap(),
+        "failed"
+    );
+    assert!(text(&out.stdout).contains("on purpose"));
+}
+
+#[test]
+fn receptor_node_id_is_the_submitter_seen_on_node1() {
+    let setup = setup(Some("runner-node"), None);
+    let pdd = setup.mesh.path("demo");
+    copy_demo(&pdd);
+    let peer = format!("receptor://{}", setup.controller_addr);
+    let args = [
+        "run",
+        pdd.to_str().unwrap(),
+        "-p",
+        "test.yml",
+        "--via-receptor",
+        "node1",
+        "--receptor-peer",
+        &peer,
+        "--receptor-node-id",
+        "runner-node",
+    ];
+    let out = ansible_runner(&setup, &args);
+    assert!(out.status.success(), "{out:?}\n{}", setup.mesh.logs());
+    let listed = setup.mesh.ctl(setup.node1, &["work", "list", "--json"]);
+    let units: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let submitters: Vec<&str> = units
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(|u| u["ExtraData"]["Submitter"].as_str())
+        .collect();
+    assert_eq!(submitters, vec!["runner-node"]);
+}
+
+#[test]
+fn the_default_peer_is_localhost_8888() {
+    // The one test that binds the default port; a lock keeps other runs off it.
+    let lock = std::fs::File::create(std::env::temp_dir().join("warren-port-8888.lock")).unwrap();
+    // SAFETY: flock on an open descriptor.
+    assert_eq!(
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) },
+        0
+    );
+    let setup = setup(None, Some("127.0.0.1:8888"));
+    let pdd = setup.mesh.path("demo");
+    copy_demo(&pdd);
+    let out = ansible_runner(
+        &setup,
+        &[
+            "run",
+            pdd.to_str().unwrap(),
+            "-p",
+            "test.yml",
+            "--via-receptor",
+            "node1",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}\n{}", setup.mesh.logs());
+    assert!(text(&out.stdout).contains("PLAY RECAP"));
+    drop(lock);
+}
+
+#[test]
+fn bad_submissions_fail_before_anything_is_sent() {
+    let setup = setup(None, None);
+    let pdd = setup.mesh.path("demo");
+    copy_demo(&pdd);
+    let peer = format!("receptor://{}", setup.controller_addr);
+    let pdd_s = pdd.to_str().unwrap();
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &[
+                "run",
+                pdd_s,
+                "--via-receptor",
+                "node1",
+                "--receptor-peer",
+                &peer,
+            ],
+            "The -p option must be specified",
+        ),
+        (
+            &[
+                "run",
+                "/nonexistent/pdd",
+                "-p",
+                "test.yml",
+                "--via-receptor",
+                "node1",
+            ],
+            "does not exist",
+        ),
+        (
+            &[
+                "run",
+                pdd_s,
+                "-p",
+                "missing.yml",
+                "--via-receptor",
+                "node1",
+                "--receptor-peer",
+                &peer,
+            ],
+            "missing.yml not found",
+        ),
+        (
+            &[
+                "run",
+                pdd_s,
+                "-p",
+                "test.yml",
+                "--via-receptor",
+                "nowhere",
+                "--receptor-peer",
+                &peer,
+                "--receptor-timeout",
+                "1",
+            ],
+            "nowhere is not reachable from",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = ansible_runner(&setup, args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            text(&out.stderr).contains(expected),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    // The real ansible-runner further down PATH still serves what the front end does not.
+    let version = ansible_runner(&setup, &["--version"]);
+    assert_eq!(text(&version.stdout).trim(), "2.4.3");
+}
