@@ -46,6 +46,7 @@ fn path_env(frontend_dir: &Path) -> String {
 struct Setup {
     mesh: Mesh,
     controller_addr: String,
+    relay: usize,
     node1: usize,
     identity: PathBuf,
     frontend: PathBuf,
@@ -100,6 +101,7 @@ fn setup(client_id: Option<&str>, controller_listen: Option<&str>) -> Setup {
     Setup {
         mesh,
         controller_addr,
+        relay,
         node1,
         identity,
         frontend,
@@ -351,4 +353,129 @@ fn bad_submissions_fail_before_anything_is_sent() {
     // The real ansible-runner further down PATH still serves what the front end does not.
     let version = ansible_runner(&setup, &["--version"]);
     assert_eq!(text(&version.stdout).trim(), "2.4.3");
+}
+
+/// A playbook that prints, waits `secs` seconds, and prints again.
+fn slow_playbook(pdd: &Path, secs: u32) {
+    let play = format!(
+        "- hosts: all\n  gather_facts: false\n  tasks:\n    - debug:\n        msg: before\n    - pause:\n        seconds: {secs}\n    - debug:\n        msg: after\n"
+    );
+    std::fs::write(pdd.join("project/slow.yml"), play).unwrap();
+}
+
+fn spawn_run(setup: &Setup, args: &[&str]) -> std::process::Child {
+    Command::new("ansible-runner")
+        .args(args)
+        .env_clear()
+        .env("PATH", path_env(&setup.frontend))
+        .env("HOME", setup.mesh.path("client"))
+        .env("WARREN_IDENTITY", &setup.identity)
+        .env("LANG", "C.UTF-8")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until node1 runs a unit.
+fn wait_running(setup: &Setup) {
+    wait_for("the unit to run on node1", || {
+        let out = setup.mesh.ctl(setup.node1, &["work", "list", "--json"]);
+        let units: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let running = units
+            .as_object()?
+            .values()
+            .any(|u| u["StateName"] == "Running");
+        running.then_some(())
+    });
+}
+
+#[test]
+fn the_relay_dies_and_returns_mid_job_and_the_output_is_complete() {
+    let mut setup = setup(None, None);
+    let pdd = setup.mesh.path("demo");
+    copy_demo(&pdd);
+    slow_playbook(&pdd, 4);
+    let peer = format!("receptor://{}", setup.controller_addr);
+    let args = [
+        "run",
+        pdd.to_str().unwrap(),
+        "-p",
+        "slow.yml",
+        "--via-receptor",
+        "node1",
+        "--receptor-peer",
+        &peer,
+        "-i",
+        "r",
+    ];
+    let child = spawn_run(&setup, &args);
+    wait_running(&setup);
+    let relay = setup.relay;
+    setup.mesh.node_mut(relay).kill();
+    setup.mesh.restart(relay);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}\n{}", setup.mesh.logs());
+    let printed = text(&out.stdout);
+    assert!(
+        printed.contains("\"msg\": \"before\"") && printed.contains("\"msg\": \"after\""),
+        "{printed}"
+    );
+    assert!(printed.contains("PLAY RECAP"), "{printed}");
+    assert_eq!(
+        std::fs::read_to_string(pdd.join("artifacts/r/status")).unwrap(),
+        "successful"
+    );
+}
+
+#[test]
+fn ctrl_c_cancels_the_remote_unit_and_exits_like_a_cancelled_run() {
+    let setup = setup(None, None);
+    let pdd = setup.mesh.path("demo");
+    copy_demo(&pdd);
+    slow_playbook(&pdd, 60);
+    let peer = format!("receptor://{}", setup.controller_addr);
+    let args = [
+        "run",
+        pdd.to_str().unwrap(),
+        "-p",
+        "slow.yml",
+        "--via-receptor",
+        "node1",
+        "--receptor-peer",
+        &peer,
+        "-i",
+        "c",
+    ];
+    let child = spawn_run(&setup, &args);
+    wait_running(&setup);
+    wait_for("the job's first output on node1", || {
+        let out = setup.mesh.ctl(setup.node1, &["work", "list", "--json"]);
+        let units: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let started = (units.as_object()?.values()).any(|u| u["StdoutSize"].as_u64() > Some(2000));
+        started.then_some(())
+    });
+    // SAFETY: kill(2) with the child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(254),
+        "{out:?}\n{}",
+        setup.mesh.logs()
+    );
+    assert_eq!(
+        std::fs::read_to_string(pdd.join("artifacts/c/status")).unwrap(),
+        "canceled"
+    );
+    let listed = setup.mesh.ctl(setup.node1, &["work", "list", "--json"]);
+    let units: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert!(
+        units
+            .as_object()
+            .unwrap()
+            .values()
+            .all(|u| u["StateName"] != "Running"),
+        "{units}"
+    );
 }

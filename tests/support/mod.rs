@@ -135,6 +135,18 @@ impl Mesh {
         self.nodes.len() - 1
     }
 
+    /// Restarts a killed node on the address it had (so its peers can dial it again).
+    pub fn restart(&mut self, index: usize) {
+        let dir = self.dir.path().to_owned();
+        let node = &mut self.nodes[index];
+        let addr = node.addr().to_owned();
+        if let Some(listen) = node.args.iter().position(|a| a == "127.0.0.1:0") {
+            node.args[listen] = addr;
+        }
+        let ready = dir.join(format!("{}.ready", node.identity.id));
+        node.spawn(&ready);
+    }
+
     pub fn node(&self, index: usize) -> &Node {
         &self.nodes[index]
     }

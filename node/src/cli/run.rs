@@ -250,6 +250,28 @@ async fn receive(
     Ok(outcome)
 }
 
+/// The outcome of a run cancelled before the worker reported it: the artifacts say
+/// `canceled` and 254, as ansible-runner leaves a cancelled run.
+fn canceled_outcome(process: &ProcessConfig) -> anyhow::Result<ProcessOutcome> {
+    let dir = &process.artifact_dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (file, text) in [("status", "canceled"), ("rc", "254")] {
+        let path = dir.join(file);
+        if !path.exists() {
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    Ok(ProcessOutcome {
+        status: Some("canceled".into()),
+        rc: Some(i32::from(EXIT_CANCELED)),
+        job_explanation: None,
+        command: None,
+        cwd: None,
+        events: 0,
+        artifact_dir: dir.clone(),
+    })
+}
+
 /// How long to wait for the target node, from `--receptor-timeout`.
 fn timeout(args: &RunArgs) -> Duration {
     Duration::try_from_secs_f64(args.receptor_timeout).unwrap_or(Duration::from_secs(15))

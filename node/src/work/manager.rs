@@ -347,7 +347,13 @@ impl Work {
     /// # Errors
     /// [`WorkError::Internal`] when the units cannot be listed.
     pub async fn list(&self) -> Result<Vec<(UnitId, UnitStatus)>, WorkError> {
-        Ok(self.store().list()?)
+        let mut units = self.store().list()?;
+        for (id, status) in &mut units {
+            if !status.state.is_terminal() {
+                status.stdout_size = self.local_stdout_size(*id);
+            }
+        }
+        Ok(units)
     }
 
     /// Results from `offset`, following live output; EOF once the unit is finished (in any

@@ -253,8 +253,10 @@ async fn submit_and_follow(
         drop(results_out);
         status
     };
+    let interrupted = std::sync::atomic::AtomicBool::new(false);
     let cancel_on_interrupt = async {
         if tokio::signal::ctrl_c().await.is_ok() {
+            interrupted.store(true, std::sync::atomic::Ordering::Relaxed);
             eprintln!("interrupted: cancelling unit {unit} on {node}");
             if let Err(e) = remote::tell(mesh, node, Request::Cancel { unit }).await {
                 eprintln!("could not cancel: {e}");
@@ -263,11 +265,17 @@ async fn submit_and_follow(
         std::future::pending::<()>().await;
     };
     let work = async { tokio::join!(follow, receive(prepared, results_in)) };
-    tokio::select! {
-        (followed, processed) = work => {
-            followed.map_err(|e| anyhow::anyhow!("results from {node}: {e}"))?;
-            processed
-        }
+    let (followed, processed) = tokio::select! {
+        done = work => done,
         () = cancel_on_interrupt => unreachable!("pending forever"),
+    };
+    followed.map_err(|e| anyhow::anyhow!("results from {node}: {e}"))?;
+    match processed {
+        // Cancelled before the worker could report it: end as a cancelled run does.
+        Err(e) if interrupted.load(std::sync::atomic::Ordering::Relaxed) => {
+            eprintln!("{e:#}");
+            super::canceled_outcome(&prepared.process)
+        }
+        other => other,
     }
 }
