@@ -332,3 +332,99 @@ fn components_are_cached_by_content_hash() {
     assert_eq!(again.sha256(), shared.guest.sha256());
     let _ = Path::new("");
 }
+
+/// The `process` capability called directly on a job's state, without any wasm.
+mod without_wasm {
+    use super::*;
+    use crate::host::bindings::warren::worker::process::{
+        Command, Host as _, HostChild as _, SpawnError,
+    };
+    use crate::host::state::JobState;
+    use wasmtime_wasi::p2::pipe::{ClosedInputStream, SinkOutputStream};
+
+    fn state(dir: &Path) -> JobState {
+        let (_tx, rx) = watch::channel(false);
+        let policy = policy(&[("true", "/bin/true")], Limits::default());
+        JobState::new(
+            "Direct01".into(),
+            dir.to_owned(),
+            policy,
+            Box::new(ClosedInputStream),
+            Box::new(SinkOutputStream),
+            rx,
+        )
+        .unwrap()
+    }
+
+    fn command(program: &str, env: &[(&str, &str)], cwd: Option<&str>) -> Command {
+        Command {
+            program: program.into(),
+            args: vec![],
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect(),
+            cwd: cwd.map(Into::into),
+        }
+    }
+
+    #[tokio::test]
+    async fn spawn_answers_policy_refusals_as_values_and_runs_what_is_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = state(dir.path());
+        let refused = state.spawn(command("sh", &[], None), false).await.unwrap();
+        assert!(
+            matches!(refused, Err(SpawnError::NotAllowed(_))),
+            "{refused:?}"
+        );
+        let refused = state
+            .spawn(command("true", &[("PATH", "/evil")], None), false)
+            .await
+            .unwrap();
+        assert!(
+            matches!(refused, Err(SpawnError::EnvNotAllowed(_))),
+            "{refused:?}"
+        );
+        let refused = state
+            .spawn(command("true", &[], Some("/")), false)
+            .await
+            .unwrap();
+        assert!(
+            matches!(refused, Err(SpawnError::BadWorkingDirectory(_))),
+            "{refused:?}"
+        );
+        let child = state
+            .spawn(command("true", &[], None), true)
+            .await
+            .unwrap()
+            .unwrap();
+        let pid = state
+            .pid(wasmtime::component::Resource::new_borrow(child.rep()))
+            .await
+            .unwrap();
+        assert!(pid > 0);
+        let rep = child.rep();
+        let status = wait_exit(&mut state, rep).await;
+        assert!(
+            matches!(
+                status,
+                crate::host::bindings::warren::worker::process::ExitStatus::Exited(0)
+            ),
+            "{status:?}"
+        );
+    }
+
+    async fn wait_exit(
+        state: &mut JobState,
+        rep: u32,
+    ) -> crate::host::bindings::warren::worker::process::ExitStatus {
+        for _ in 0..500 {
+            let child = wasmtime::component::Resource::new_borrow(rep);
+            if let Some(status) = state.try_wait(child).await.unwrap() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("child did not exit");
+    }
+}
