@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{
     AnsibleRunnerConfig, Config, ConfigError, ControlConfig, EndpointAddr, LinkCost, ListenConfig,
-    MeshTuning, Origin, PeerConfig, TrustEntry, WorkTypeConfig,
+    MeshTuning, Origin, PeerConfig, TrustEntry, WorkLimits, WorkTypeConfig,
 };
 use crate::host::signing::SignerKey;
 use crate::id::NodeId;
@@ -194,6 +194,7 @@ impl NodeArgs {
             link_costs: Default::default(),
             control: ControlConfig::default(),
             mesh: MeshTuning::default(),
+            work: WorkLimits::default(),
             work_types: Vec::new(),
             signers: Vec::new(),
             ansible_runner: AnsibleRunnerConfig::default(),

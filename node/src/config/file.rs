@@ -20,7 +20,7 @@ use crate::id::{NameError, NodeId};
 use super::error::{AddrRole, ConfigError, Origin, Problem};
 use super::{
     AddrError, Config, ControlConfig, DEFAULT_CONTROL_PERMISSIONS, EndpointAddr, LinkCost,
-    ListenConfig, MeshTuning, PeerConfig, TrustEntry,
+    ListenConfig, MeshTuning, PeerConfig, TrustEntry, WorkLimits,
 };
 
 #[derive(Deserialize)]
@@ -39,6 +39,8 @@ struct ConfigFile {
     control: ControlSection,
     #[serde(default)]
     mesh: MeshSection,
+    #[serde(default)]
+    work: WorkSection,
     #[serde(default)]
     work_type: Vec<work::WorkTypeSection>,
     #[serde(default)]
@@ -85,6 +87,18 @@ struct MeshSection {
     rekey_minutes: Option<Spanned<u64>>,
     max_hops: Option<Spanned<u64>>,
 }
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct WorkSection {
+    max_running: Option<Spanned<u64>>,
+    max_payload_mb: Option<Spanned<u64>>,
+}
+
+/// Allowed range of `[work] max-running`.
+const MAX_RUNNING: (u64, u64) = (1, 4_096);
+/// Allowed range of `[work] max-payload-mb`: up to 1 TiB.
+const MAX_PAYLOAD_MB: (u64, u64) = (1, 1 << 20);
 
 /// Allowed range of `keepalive-seconds`: up to an hour.
 const KEEPALIVE_SECONDS: (u64, u64) = (1, 3_600);
@@ -134,6 +148,7 @@ impl Decoder<'_> {
                 .collect::<Result<_, _>>()?,
             control: self.control(file.control)?,
             mesh: self.mesh(&file.mesh)?,
+            work: self.work(&file.work)?,
             work_types: (file.work_type.iter().enumerate())
                 .map(|(i, w)| self.work_type(i, w))
                 .collect::<Result<_, _>>()?,
@@ -210,6 +225,20 @@ impl Decoder<'_> {
         Ok(ControlConfig {
             socket,
             permissions,
+        })
+    }
+
+    fn work(&self, work: &WorkSection) -> Result<WorkLimits, ConfigError> {
+        let defaults = WorkLimits::default();
+        let running = self.bounded(work.max_running.as_ref(), "[work] max-running", MAX_RUNNING)?;
+        let payload = self.bounded(
+            work.max_payload_mb.as_ref(),
+            "[work] max-payload-mb",
+            MAX_PAYLOAD_MB,
+        )?;
+        Ok(WorkLimits {
+            max_running: running.map_or(defaults.max_running, |n| usize::try_from(n).unwrap_or(1)),
+            max_payload: payload.map_or(defaults.max_payload, |mb| mb << 20),
         })
     }
 

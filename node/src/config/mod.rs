@@ -121,6 +121,8 @@ pub struct Config {
     pub control: ControlConfig,
     /// Mesh timers and limits.
     pub mesh: MeshTuning,
+    /// How much work runs at once, and how large a payload may be.
+    pub work: WorkLimits,
     /// Work types offered besides the default ansible-runner one; names are unique.
     pub work_types: Vec<WorkTypeConfig>,
     /// Signers whose components this node runs; no duplicates.
@@ -161,6 +163,25 @@ impl Default for ControlConfig {
         Self {
             socket: None,
             permissions: DEFAULT_CONTROL_PERMISSIONS,
+        }
+    }
+}
+
+/// Limits of the node's work units (`[work]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkLimits {
+    /// Units that run at once; more wait in a queue.
+    pub max_running: usize,
+    /// Largest payload accepted, in bytes.
+    pub max_payload: u64,
+}
+
+impl Default for WorkLimits {
+    fn default() -> Self {
+        let defaults = crate::work::WorkConfig::default();
+        Self {
+            max_running: defaults.max_running,
+            max_payload: defaults.max_payload,
         }
     }
 }

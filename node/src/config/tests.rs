@@ -379,3 +379,13 @@ fn example_mesh_configs_parse_and_trust_their_neighbours() {
 }
 
 mod work_types;
+
+#[test]
+fn work_limits_come_from_the_work_section() {
+    let config = load_text(&minimal("[work]\nmax-running = 3\nmax-payload-mb = 10\n")).unwrap();
+    assert_eq!(config.work.max_running, 3);
+    assert_eq!(config.work.max_payload, 10 << 20);
+    let err = error_of(&minimal("[work]\nmax-running = 0\n"));
+    assert!(err.contains("[work] max-running"), "{err}");
+    assert_eq!(load_text(&minimal("")).unwrap().work, WorkLimits::default());
+}

@@ -195,7 +195,10 @@ pub async fn start(config: &Config) -> Result<RunningNode, StartError> {
         config.node_id.clone(),
         host.clone(),
         registry.clone(),
-        WorkConfig::default(),
+        WorkConfig {
+            max_running: config.work.max_running,
+            max_payload: config.work.max_payload,
+        },
         Some(mesh.clone()),
     )
     .map_err(StartError::Work)?;
