@@ -252,6 +252,19 @@ fn receptor_node_id_is_the_submitter_seen_on_node1() {
         .filter_map(|u| u["ExtraData"]["Submitter"].as_str())
         .collect();
     assert_eq!(submitters, vec!["runner-node"]);
+
+    // A second run with the same ident adds its events to the same artifacts dir, as
+    // ansible-runner does.
+    let ident = ["-i", "same"];
+    let first = ansible_runner(&setup, &[&args[..], &ident].concat());
+    assert!(first.status.success(), "{first:?}");
+    let events = counters(&pdd.join("artifacts/same")).len();
+    let second = ansible_runner(&setup, &[&args[..], &ident].concat());
+    assert!(second.status.success(), "{second:?}");
+    assert_eq!(
+        files(&pdd.join("artifacts/same/job_events")).len(),
+        2 * events
+    );
 }
 
 #[test]

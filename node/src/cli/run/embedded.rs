@@ -269,13 +269,18 @@ async fn submit_and_follow(
         done = work => done,
         () = cancel_on_interrupt => unreachable!("pending forever"),
     };
-    followed.map_err(|e| anyhow::anyhow!("results from {node}: {e}"))?;
+    let unit_status = followed.map_err(|e| anyhow::anyhow!("results from {node}: {e}"))?;
     match processed {
         // Cancelled before the worker could report it: end as a cancelled run does.
         Err(e) if interrupted.load(std::sync::atomic::Ordering::Relaxed) => {
             eprintln!("{e:#}");
             super::canceled_outcome(&prepared.process)
         }
-        other => other,
+        // The worker's stream broke off: say what became of the unit on the node.
+        Err(e) => Err(e.context(format!(
+            "unit {unit} on {node} ended {}: {}",
+            unit_status.state, unit_status.detail
+        ))),
+        ok => ok,
     }
 }
