@@ -5,9 +5,6 @@
 //! keys live in files of mode 0600 and never appear in `Debug` output or logs.
 
 use std::fmt;
-use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -15,6 +12,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use curve25519_dalek::montgomery::MontgomeryPoint;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::keyfile::{self, KeyFileError, decode_32};
 
 /// Token prefix of an X25519 link key.
 pub const LINK_KEY_KIND: &str = "x25519";
@@ -149,10 +148,6 @@ impl<'de> Deserialize<'de> for PublicKey {
     }
 }
 
-fn decode_32(body: &str) -> Option<[u8; 32]> {
-    URL_SAFE_NO_PAD.decode(body).ok()?.try_into().ok()
-}
-
 /// A node's static X25519 key pair. `Debug` never shows the private half.
 #[derive(Clone)]
 pub struct LinkKeypair {
@@ -201,22 +196,10 @@ impl LinkKeypair {
     /// [`KeyError::Io`] when the file cannot be read, [`KeyError::BadFile`] when it is not a
     /// warren private key file.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
-        let text = fs::read_to_string(path).map_err(|source| KeyError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        let bad = |reason| KeyError::BadFile {
-            path: path.to_owned(),
-            reason,
-        };
-        let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
-        if lines.next() != Some(PRIVATE_FILE_HEADER) {
-            return Err(bad("missing header line"));
-        }
-        let body = lines.next().ok_or_else(|| bad("missing key line"))?;
-        let private =
-            decode_32(body).ok_or_else(|| bad("key line is not 32 bytes of base64url"))?;
-        Ok(Self::from_private(private))
+        Ok(Self::from_private(keyfile::load(
+            path,
+            PRIVATE_FILE_HEADER,
+        )?))
     }
 
     /// Writes the private key to `path` with mode 0600.
@@ -225,38 +208,30 @@ impl LinkKeypair {
     /// [`KeyError::Exists`] when the file exists and `overwrite` is false; [`KeyError::Io`]
     /// when it cannot be written.
     pub fn save(&self, path: &Path, overwrite: bool) -> Result<(), KeyError> {
-        let io = |source| KeyError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        if path.exists() && !overwrite {
-            return Err(KeyError::Exists {
-                path: path.to_owned(),
-            });
+        Ok(keyfile::save(
+            path,
+            PRIVATE_FILE_HEADER,
+            &self.private,
+            overwrite,
+        )?)
+    }
+}
+
+impl From<KeyFileError> for KeyError {
+    fn from(e: KeyFileError) -> Self {
+        match e {
+            KeyFileError::Io { path, source } => Self::Io { path, source },
+            KeyFileError::Exists { path } => Self::Exists { path },
+            KeyFileError::BadFile { path, reason } => Self::BadFile { path, reason },
         }
-        let mut options = fs::OpenOptions::new();
-        options.write(true).mode(0o600);
-        if overwrite {
-            options.create(true).truncate(true);
-        } else {
-            options.create_new(true);
-        }
-        let mut file = options.open(path).map_err(io)?;
-        // An existing file keeps its old mode on truncate; tighten it.
-        file.set_permissions(fs::Permissions::from_mode(0o600))
-            .map_err(io)?;
-        let text = format!(
-            "{PRIVATE_FILE_HEADER}\n{}\n",
-            URL_SAFE_NO_PAD.encode(self.private)
-        );
-        file.write_all(text.as_bytes()).map_err(io)?;
-        file.sync_all().map_err(io)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn token_round_trips() {

@@ -25,6 +25,7 @@ pub mod control;
 pub mod daemon;
 pub mod host;
 pub mod id;
+mod keyfile;
 pub mod keys;
 pub mod mesh;
 pub mod work;

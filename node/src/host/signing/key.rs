@@ -4,9 +4,6 @@
 //! a private key lives in a mode-0600 file and never appears in `Debug` output.
 
 use std::fmt;
-use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -15,6 +12,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::keyfile::{self, KeyFileError, decode_32};
 use crate::keys::LINK_KEY_KIND;
 
 /// Token prefix of an Ed25519 component signing key.
@@ -151,10 +149,6 @@ impl<'de> Deserialize<'de> for SignerKey {
     }
 }
 
-fn decode_32(body: &str) -> Option<[u8; 32]> {
-    URL_SAFE_NO_PAD.decode(body).ok()?.try_into().ok()
-}
-
 /// A component signer's Ed25519 key pair. `Debug` never shows the private half, and the
 /// private half is wiped when dropped.
 #[derive(Clone)]
@@ -204,21 +198,10 @@ impl SigningKeypair {
     /// [`SigningKeyError::Io`] when the file cannot be read, [`SigningKeyError::BadFile`]
     /// when it is not a warren signing key file (a link key file is one such).
     pub fn load(path: &Path) -> Result<Self, SigningKeyError> {
-        let text = fs::read_to_string(path).map_err(|source| SigningKeyError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        let bad = |reason| SigningKeyError::BadFile {
-            path: path.to_owned(),
-            reason,
-        };
-        let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
-        if lines.next() != Some(PRIVATE_FILE_HEADER) {
-            return Err(bad("missing header line"));
-        }
-        let body = lines.next().ok_or_else(|| bad("missing key line"))?;
-        let secret = decode_32(body).ok_or_else(|| bad("key line is not 32 bytes of base64url"))?;
-        Ok(Self::from_private(secret))
+        Ok(Self::from_private(keyfile::load(
+            path,
+            PRIVATE_FILE_HEADER,
+        )?))
     }
 
     /// Writes the private key to `path` with mode 0600.
@@ -227,38 +210,30 @@ impl SigningKeypair {
     /// [`SigningKeyError::Exists`] when the file exists and `overwrite` is false;
     /// [`SigningKeyError::Io`] when it cannot be written.
     pub fn save(&self, path: &Path, overwrite: bool) -> Result<(), SigningKeyError> {
-        let io = |source| SigningKeyError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        if path.exists() && !overwrite {
-            return Err(SigningKeyError::Exists {
-                path: path.to_owned(),
-            });
+        Ok(keyfile::save(
+            path,
+            PRIVATE_FILE_HEADER,
+            self.key.as_bytes(),
+            overwrite,
+        )?)
+    }
+}
+
+impl From<KeyFileError> for SigningKeyError {
+    fn from(e: KeyFileError) -> Self {
+        match e {
+            KeyFileError::Io { path, source } => Self::Io { path, source },
+            KeyFileError::Exists { path } => Self::Exists { path },
+            KeyFileError::BadFile { path, reason } => Self::BadFile { path, reason },
         }
-        let mut options = fs::OpenOptions::new();
-        options.write(true).mode(0o600);
-        if overwrite {
-            options.create(true).truncate(true);
-        } else {
-            options.create_new(true);
-        }
-        let mut file = options.open(path).map_err(io)?;
-        // An existing file keeps its old mode on truncate; tighten it.
-        file.set_permissions(fs::Permissions::from_mode(0o600))
-            .map_err(io)?;
-        let text = format!(
-            "{PRIVATE_FILE_HEADER}\n{}\n",
-            URL_SAFE_NO_PAD.encode(self.key.as_bytes())
-        );
-        file.write_all(text.as_bytes()).map_err(io)?;
-        file.sync_all().map_err(io)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn token_round_trips() {
