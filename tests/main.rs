@@ -11,4 +11,5 @@ mod cli;
 mod component;
 mod deploy;
 mod mesh;
+mod receptorctl;
 mod run;

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -11,6 +12,7 @@ use super::NodeArgs;
 use crate::control::render::{render_ping_line, render_status, render_traceroute};
 use crate::control::reply::PingReply;
 use crate::control::{Client, Request, default_socket_path};
+use crate::daemon::ConfigSource;
 use crate::id::NodeId;
 
 /// Where the node's control socket is.
@@ -56,8 +58,13 @@ async fn connect(args: &SocketArgs) -> anyhow::Result<Client> {
 }
 
 pub(super) async fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
+    // `reload` re-reads the file and the same flags, as at start.
+    let source: Option<ConfigSource> = args.config.is_some().then(|| {
+        let args = args.clone();
+        Arc::new(move || args.clone().into_config().map(|(config, _)| config)) as ConfigSource
+    });
     let (config, ready_file) = args.into_config()?;
-    crate::daemon::run(&config, ready_file.as_deref()).await?;
+    crate::daemon::run(&config, ready_file.as_deref(), source).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -10,11 +10,13 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, DuplexStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, DuplexStream};
 
-use super::reply::{Advertisement, Connection, DeployReply, StatusReport, TraceHop, WorkCommand};
-use super::session::Backend;
-use crate::id::NodeId;
+use super::reply::{
+    Advertisement, Connection, DeployReply, ReloadReply, StatusReport, TraceHop, WorkCommand,
+};
+use super::session::{Backend, Duplex};
+use crate::id::{NodeId, ServiceName};
 use crate::work::{UnitId, UnitState, UnitStatus};
 
 fn node(s: &str) -> NodeId {
@@ -172,6 +174,7 @@ impl Backend for FakeBackend {
         _node: String,
         work_type: String,
         params: BTreeMap<String, String>,
+        _ttl: Option<Duration>,
     ) -> Result<UnitId, String> {
         self.create(work_type, params)
     }
@@ -228,6 +231,24 @@ impl Backend for FakeBackend {
             .remove(&unit)
             .map(drop)
             .ok_or_else(|| format!("unknown work unit {unit}"))
+    }
+
+    /// Node `b` offers `echo`, which sends back what it receives; nothing else answers.
+    async fn connect(&self, node: NodeId, service: ServiceName) -> Result<Box<dyn Duplex>, String> {
+        if node.as_str() != "b" || service.as_str() != "echo" {
+            return Err(format!("no route to node {node}"));
+        }
+        let (ours, theirs) = tokio::io::duplex(4096);
+        tokio::spawn(async move {
+            let (mut read, mut write) = tokio::io::split(theirs);
+            let _ = tokio::io::copy(&mut read, &mut write).await;
+            let _ = write.shutdown().await;
+        });
+        Ok(Box::new(ours))
+    }
+
+    async fn reload(&self) -> ReloadReply {
+        ReloadReply::Applied
     }
 }
 

@@ -147,9 +147,55 @@ pub fn go_escape_json(json: String) -> String {
     out
 }
 
+/// Parses a Go duration such as `20s`, `1h20m30s` or `1.5m` (`time.ParseDuration`'s
+/// syntax, units `ns us µs ms s m h`); negative durations are refused. `None` when `text`
+/// is not one.
+pub fn parse_go_duration(text: &str) -> Option<Duration> {
+    if text == "0" {
+        return Some(Duration::ZERO);
+    }
+    let mut rest = text.strip_prefix('+').unwrap_or(text);
+    if rest.is_empty() {
+        return None;
+    }
+    let is_number = |c: char| c.is_ascii_digit() || c == '.';
+    let mut seconds = 0f64;
+    while !rest.is_empty() {
+        let number_len = rest.find(|c| !is_number(c)).unwrap_or(rest.len());
+        let value: f64 = rest[..number_len].parse().ok()?;
+        rest = &rest[number_len..];
+        let unit_len = rest.find(is_number).unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        seconds += value * unit;
+        rest = &rest[unit_len..];
+    }
+    Duration::try_from_secs_f64(seconds).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_go_durations() {
+        let secs = |s: &str| parse_go_duration(s).map(|d| d.as_secs_f64());
+        assert_eq!(secs("20s"), Some(20.0));
+        assert_eq!(secs("1h20m30s"), Some(4830.0));
+        assert_eq!(secs("1.5m"), Some(90.0));
+        assert_eq!(secs("250ms"), Some(0.25));
+        assert_eq!(secs("0"), Some(0.0));
+        for bad in ["", "5", "-5s", "1x", "s", "1h-2m", "."] {
+            assert_eq!(parse_go_duration(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn duration_strings_match_go() {

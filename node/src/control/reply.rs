@@ -6,6 +6,7 @@
 //! so top-level keys here are sorted and nested objects keep Receptor's field order. The
 //! same types deserialize on the client side. No IO.
 
+pub mod reload;
 pub mod work;
 
 use std::collections::BTreeMap;
@@ -15,6 +16,7 @@ use serde::de::{self, Deserializer};
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 
+pub use self::reload::{CONNECTING_LINE, ReloadReply};
 pub use self::work::{SubmitReply, UnitStatusReply, WorkReply};
 use super::goformat::{go_duration_string, go_escape_json, serialize_go_float};
 use super::request::ParseError;
@@ -410,6 +412,8 @@ pub enum Reply {
     Deploy(DeployReply),
     /// A `work` command's result.
     Work(WorkReply),
+    /// A `reload` result.
+    Reload(ReloadReply),
     /// The request line was refused.
     Rejected(ParseError),
     /// The command failed: `ERROR: <message>`.
@@ -425,6 +429,7 @@ impl Reply {
             Self::Traceroute(trace) => json_line(trace),
             Self::Deploy(deployed) => json_line(deployed),
             Self::Work(work) => json_line(work),
+            Self::Reload(reload) => json_line(reload),
             Self::Rejected(err) => rejection(err),
             Self::Error(message) => error_line(message),
         }

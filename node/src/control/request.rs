@@ -4,12 +4,14 @@
 //! with the error messages Receptor gives. No IO: the session driver reads lines, skips
 //! empty ones, and calls [`parse_request`].
 
+pub mod connect;
 pub mod work;
 
 use std::fmt;
 
 use serde_json::{Map, Value, json};
 
+pub use self::connect::{ConnectParseError, ConnectRequest};
 pub use self::work::{Subcommand, WorkParseError, WorkRequest};
 use crate::id::{NameError, NodeId};
 
@@ -47,6 +49,10 @@ pub enum Request {
     },
     /// `work <subcommand> ...`: work units on this node.
     Work(WorkRequest),
+    /// `connect <node> <service> [tls]`: bridge the connection to a mesh service.
+    Connect(ConnectRequest),
+    /// `reload`: re-read the node's config file and apply what can change while running.
+    Reload,
 }
 
 impl Request {
@@ -72,6 +78,18 @@ impl Request {
                 "length": length.to_string(),
             }),
             Self::Work(work) => work.to_json_value(),
+            Self::Connect(connect) => {
+                let mut value = json!({
+                    "command": "connect",
+                    "node": connect.node,
+                    "service": connect.service,
+                });
+                if let Some(tls) = &connect.tls {
+                    value["tls"] = json!(tls);
+                }
+                value
+            }
+            Self::Reload => json!({"command": "reload"}),
         };
         value.to_string()
     }
@@ -90,6 +108,10 @@ pub enum Command {
     Deploy,
     /// `work`
     Work,
+    /// `connect`
+    Connect,
+    /// `reload`
+    Reload,
 }
 
 impl Command {
@@ -101,6 +123,8 @@ impl Command {
             "traceroute" => Some(Self::Traceroute),
             "deploy" => Some(Self::Deploy),
             "work" => Some(Self::Work),
+            "connect" => Some(Self::Connect),
+            "reload" => Some(Self::Reload),
             _ => None,
         }
     }
@@ -113,6 +137,8 @@ impl Command {
             Self::Traceroute => "traceroute",
             Self::Deploy => "deploy",
             Self::Work => "work",
+            Self::Connect => "connect",
+            Self::Reload => "reload",
         }
     }
 }
@@ -189,6 +215,9 @@ pub enum ParseError {
     /// A `work` request was refused.
     #[error("{0}")]
     Work(#[from] WorkParseError),
+    /// A `connect` request was refused.
+    #[error("{0}")]
+    Connect(#[from] ConnectParseError),
 }
 
 impl ParseError {
@@ -242,6 +271,9 @@ fn parse_text(line: &[u8]) -> Result<Request, ParseError> {
             target: text_target(command, params)?,
         }),
         Command::Work => Ok(Request::Work(work::parse_text(params)?)),
+        Command::Connect => Ok(Request::Connect(connect::parse_text(params)?)),
+        // Receptor's reload ignores any parameters.
+        Command::Reload => Ok(Request::Reload),
     }
 }
 
@@ -272,6 +304,8 @@ fn parse_json(line: &[u8]) -> Result<Request, ParseError> {
         }),
         Command::Deploy => deploy_request(&object),
         Command::Work => Ok(Request::Work(work::parse_json(&object)?)),
+        Command::Connect => Ok(Request::Connect(connect::parse_json(&object)?)),
+        Command::Reload => Ok(Request::Reload),
     }
 }
 
@@ -455,6 +489,12 @@ mod tests {
             },
             Request::Ping { target: node("a") },
             Request::Traceroute { target: node("b") },
+            Request::Reload,
+            Request::Connect(ConnectRequest {
+                node: node("n1"),
+                service: "control".parse().unwrap(),
+                tls: None,
+            }),
         ] {
             assert_eq!(parse_request(req.to_json().as_bytes()).unwrap(), req);
         }

@@ -4,6 +4,7 @@
 //! and the [`Backend`] seam through which it asks the node for answers. It decides nothing
 //! about the mesh itself.
 
+mod connect;
 mod work;
 
 use std::collections::BTreeMap;
@@ -14,12 +15,17 @@ use tokio::io::{self, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::line::{LineEnd, LineReader};
 use super::reply::{
-    DeployReply, PingReply, Reply, StatusReply, StatusReport, TraceHop, TracerouteReply,
-    error_line, greeting,
+    DeployReply, PingReply, ReloadReply, Reply, StatusReply, StatusReport, TraceHop,
+    TracerouteReply, error_line, greeting,
 };
 use super::request::{Request, parse_request};
-use crate::id::NodeId;
+use crate::id::{NodeId, ServiceName};
 use crate::work::{UnitId, UnitStatus};
+
+/// A byte stream both ways: what `connect` bridges the control connection to.
+pub trait Duplex: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Duplex for T {}
 
 /// What the control service needs from the node it serves.
 ///
@@ -52,14 +58,16 @@ pub trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = Result<DeployReply, String>> + Send;
 
     /// Creates a work unit of `work_type` on this node for `node` (`localhost` or this
-    /// node's id: the session has already refused remote nodes) and returns its id; the
-    /// unit waits for its payload. The error is the `ERROR:` text (such as
+    /// node's id for local work; any other node for remote work) and returns its id; the
+    /// unit waits for its payload. `ttl` (remote work only) bounds how long the remote
+    /// node may take to start it. The error is the `ERROR:` text (such as
     /// `unknown work type X`).
     fn work_create(
         &self,
         node: String,
         work_type: String,
         params: BTreeMap<String, String>,
+        ttl: Option<Duration>,
     ) -> impl Future<Output = Result<UnitId, String>> + Send;
 
     /// Reads `payload` to EOF into the unit's stdin, then starts the unit.
@@ -92,6 +100,16 @@ pub trait Backend: Send + Sync + 'static {
         unit: UnitId,
         force: bool,
     ) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// Opens a stream to `service` on `node` for `connect`; the error is the `ERROR:` text.
+    fn connect(
+        &self,
+        node: NodeId,
+        service: ServiceName,
+    ) -> impl Future<Output = Result<Box<dyn Duplex>, String>> + Send;
+
+    /// Re-reads the node's config and applies what can change while it runs.
+    fn reload(&self) -> impl Future<Output = ReloadReply> + Send;
 }
 
 /// What running one request left the session to do.
@@ -208,6 +226,8 @@ async fn handle<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send>(
             length,
         } => deploy(conn, backend, node, signature, length).await?,
         Request::Work(request) => return work::handle(request, backend, conn).await,
+        Request::Connect(request) => return connect::bridge(request, backend, conn).await,
+        Request::Reload => Reply::Reload(backend.reload().await),
     }))
 }
 

@@ -10,13 +10,16 @@ use tokio::io::AsyncRead;
 use tokio::sync::watch;
 
 use super::Deployer;
+use super::reload::Reloader;
 use crate::control::Backend;
 use crate::control::goformat::rfc3339_utc;
 use crate::control::reply::{
-    Advertisement, Connection, DeployReply, StatusReport, TraceHop, WorkCommand, WorkTypeStatus,
+    Advertisement, Connection, DeployReply, ReloadReply, StatusReport, TraceHop, WorkCommand,
+    WorkTypeStatus,
 };
+use crate::control::session::Duplex;
 use crate::host::registry::Registry;
-use crate::id::NodeId;
+use crate::id::{NodeId, ServiceName};
 use crate::mesh::driver::MeshHandle;
 use crate::mesh::lsdb::Advert;
 use crate::mesh::message::Unreachable;
@@ -40,6 +43,8 @@ pub struct NodeBackend {
     deployer: Deployer,
     /// Runs this node's work units.
     work: Work,
+    /// Answers `reload`.
+    reloader: Reloader,
 }
 
 impl NodeBackend {
@@ -50,6 +55,7 @@ impl NodeBackend {
         registry: watch::Receiver<Arc<Registry>>,
         deployer: Deployer,
         work: Work,
+        reloader: Reloader,
     ) -> Self {
         Self {
             mesh,
@@ -57,6 +63,7 @@ impl NodeBackend {
             registry,
             deployer,
             work,
+            reloader,
         }
     }
 }
@@ -103,13 +110,14 @@ impl Backend for NodeBackend {
         self.deployer.deploy(&node, signature, component).await
     }
 
-    /// The session only passes local work here; units are submitted by this node (the
-    /// control socket's users are on it).
+    /// Units are submitted by this node (the control socket's users are on it); work for
+    /// another node becomes a local unit that mirrors it.
     async fn work_create(
         &self,
         node: String,
         work_type: String,
         params: BTreeMap<String, String>,
+        ttl: Option<Duration>,
     ) -> Result<UnitId, String> {
         let me = self.mesh.id().clone();
         let local = node.eq_ignore_ascii_case("localhost") || node == me.as_str();
@@ -117,8 +125,9 @@ impl Backend for NodeBackend {
             self.work.create(&work_type, params, me).await
         } else {
             let target = NodeId::new(node).map_err(|e| e.to_string())?;
+            let expires_at = ttl.map(|ttl| SystemTime::now() + ttl);
             self.work
-                .create_remote(target, &work_type, params, me)
+                .create_remote(target, &work_type, params, me, expires_at)
                 .await
         };
         created.map_err(|e| e.to_string())
@@ -168,6 +177,23 @@ impl Backend for NodeBackend {
             .release(unit, force)
             .await
             .map_err(|e| e.to_string())
+    }
+
+    async fn connect(&self, node: NodeId, service: ServiceName) -> Result<Box<dyn Duplex>, String> {
+        match self.mesh.connect(&node, &service).await {
+            Ok(stream) => Ok(Box::new(stream)),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn reload(&self) -> ReloadReply {
+        let reloader = self.reloader.clone();
+        tokio::task::spawn_blocking(move || reloader.reload())
+            .await
+            .unwrap_or_else(|e| ReloadReply::Failed {
+                message: format!("reload task failed: {e}"),
+                code: crate::control::reply::reload::ERRORCODE_BAD_CONFIG,
+            })
     }
 
     async fn traceroute(&self, target: NodeId) -> Vec<TraceHop> {

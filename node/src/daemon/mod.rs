@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod deploy;
+pub mod reload;
 
 use std::io;
 use std::net::SocketAddr;
@@ -28,6 +29,7 @@ use crate::mesh::route::Cost;
 use crate::work::{Work, WorkConfig, WorkError};
 pub use backend::{CONTROL_SERVICE, NodeBackend};
 pub use deploy::{DEPLOY_SERVICE, Deployer};
+pub use reload::{ConfigSource, Reloader};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -150,11 +152,15 @@ async fn bind_listeners(config: &Config) -> Result<Vec<(TcpListener, Cost)>, Sta
     Ok(listeners)
 }
 
-/// Starts a node: binds its listeners and control socket, starts the mesh.
+/// Starts a node: binds its listeners and control socket, starts the mesh. `source`
+/// re-reads the config for `reload` (`None`: started from flags, nothing to re-read).
 ///
 /// # Errors
 /// [`StartError`] naming what could not be set up.
-pub async fn start(config: &Config) -> Result<RunningNode, StartError> {
+pub async fn start(
+    config: &Config,
+    source: Option<ConfigSource>,
+) -> Result<RunningNode, StartError> {
     let mesh_config = mesh_config(config)?;
     std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
         path: config.data_dir.clone(),
@@ -216,6 +222,7 @@ pub async fn start(config: &Config) -> Result<RunningNode, StartError> {
         registry.clone(),
         deployer,
         work.clone(),
+        Reloader::new(config.clone(), source),
     ));
     let (stop, stopped) = watch::channel(false);
     let control = tokio::spawn(socket.serve(backend.clone(), stopped.clone()));
@@ -325,12 +332,16 @@ impl RunningNode {
     }
 }
 
-/// Runs a node until SIGINT or SIGTERM.
+/// Runs a node until SIGINT or SIGTERM; `source` as for [`start`].
 ///
 /// # Errors
 /// [`StartError`] when the node cannot start.
-pub async fn run(config: &Config, ready_file: Option<&Path>) -> Result<(), StartError> {
-    let node = start(config).await?;
+pub async fn run(
+    config: &Config,
+    ready_file: Option<&Path>,
+    source: Option<ConfigSource>,
+) -> Result<(), StartError> {
+    let node = start(config, source).await?;
     if let Some(path) = ready_file {
         node.write_ready_file(path)?;
     }

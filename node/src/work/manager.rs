@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -19,6 +19,7 @@ use super::remote;
 use super::status::{Component, UnitStatus};
 use super::store::{StoreError, UnitStore};
 use super::unit::{UnitId, UnitState};
+use crate::control::goformat::rfc3339_utc;
 use crate::host::registry::{ActiveHandler, COMMAND_HANDLER, Registry};
 use crate::host::runner::{Host, Job, JobIo, Outcome};
 use crate::id::NodeId;
@@ -187,6 +188,7 @@ impl Work {
         work_type: &str,
         params: BTreeMap<String, String>,
         submitter: NodeId,
+        expires_at: Option<SystemTime>,
     ) -> Result<UnitId, WorkError> {
         if self.inner.mesh.is_none() {
             return Err(WorkError::Refused(
@@ -198,8 +200,14 @@ impl Work {
         let handle =
             blocking(move || this.store().create(&work_type, params, submitter, node)).await?;
         let id = handle.id();
-        self.store()
-            .update(id, |s| s.detail = "Waiting for Input Data".into())?;
+        let expires_at = expires_at.map(|t| {
+            let ms = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+            u64::try_from(ms).unwrap_or(u64::MAX)
+        });
+        self.store().update(id, |s| {
+            s.detail = "Waiting for Input Data".into();
+            s.expires_at = expires_at;
+        })?;
         Ok(id)
     }
 
@@ -269,14 +277,27 @@ impl Work {
         let mut payload = tokio::fs::File::open(&path)
             .await
             .map_err(|e| WorkError::Internal(format!("{}: {e}", path.display())))?;
-        let submitted = remote::submit(
+        let submit = remote::submit(
             &mesh,
             &node,
             &status.work_type,
             status.params.clone(),
             &mut payload,
-        )
-        .await;
+        );
+        let submitted = match status.expires_at {
+            None => submit.await,
+            Some(ms) => {
+                let deadline = UNIX_EPOCH + Duration::from_millis(ms);
+                let left = deadline
+                    .duration_since(SystemTime::now())
+                    .unwrap_or_default();
+                tokio::time::timeout(left, submit)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(format!("Work unit expired on {}", rfc3339_utc(deadline)))
+                    })
+            }
+        };
         let remote = match submitted {
             Ok(remote) => remote,
             Err(message) => {

@@ -54,6 +54,10 @@ pub struct UnitStatus {
     pub created_at: u64,
     /// When the status was last written, in milliseconds since the Unix epoch.
     pub updated_at: u64,
+    /// Remote work only: when the unit fails if the remote node has not started it (the
+    /// submission's `ttl`), in milliseconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
 }
 
 /// Which work-handler component runs a unit.
@@ -90,6 +94,7 @@ impl UnitStatus {
             component: None,
             created_at: now_ms,
             updated_at: now_ms,
+            expires_at: None,
         }
     }
 

@@ -114,7 +114,7 @@ async fn remote_output_survives_a_relay_restart_without_loss_or_duplication() {
     .unwrap();
 
     let unit = on_a
-        .create_remote(id("c"), "talk", Default::default(), id("a"))
+        .create_remote(id("c"), "talk", Default::default(), id("a"), None)
         .await
         .unwrap();
     on_a.start(unit, &mut &b"payload\n"[..]).await.unwrap();
@@ -138,7 +138,7 @@ async fn remote_output_survives_a_relay_restart_without_loss_or_duplication() {
     assert!(status.remote_unit_id.is_some());
     // Asking c for an unoffered work type names c.
     let refused = on_a
-        .create_remote(id("c"), "ansible-runner", Default::default(), id("a"))
+        .create_remote(id("c"), "ansible-runner", Default::default(), id("a"), None)
         .await
         .unwrap();
     let err = on_a.start(refused, &mut &b""[..]).await.unwrap_err();

@@ -5,10 +5,12 @@
 //! session ends; `work results` streams output and then closes the connection.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use tokio::io::{self, AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::{Backend, LineReader, Outcome, send};
+use crate::control::goformat::parse_go_duration;
 use crate::control::reply::work::{created_line, streaming_line};
 use crate::control::reply::{Reply, UnitStatusReply, WorkReply};
 use crate::control::request::WorkRequest;
@@ -88,11 +90,12 @@ impl Submit {
         backend: &B,
         conn: &mut LineReader<S>,
     ) -> io::Result<Outcome> {
-        if let Err(refused) = self.check(&backend.node_id().to_string()) {
-            return Ok(Outcome::Reply(Reply::Error(refused.to_owned())));
-        }
+        let ttl = match self.check(&backend.node_id().to_string()) {
+            Ok(ttl) => ttl,
+            Err(refused) => return Ok(Outcome::Reply(Reply::Error(refused))),
+        };
         let unit = match backend
-            .work_create(self.node, self.work_type, self.params)
+            .work_create(self.node, self.work_type, self.params, ttl)
             .await
         {
             Ok(unit) => unit,
@@ -107,18 +110,23 @@ impl Submit {
         )))
     }
 
-    /// Refuses what this node cannot do before anything is created.
-    fn check(&self, own_id: &str) -> Result<(), &'static str> {
+    /// Refuses what this node cannot do before anything is created; returns the `ttl`.
+    fn check(&self, own_id: &str) -> Result<Option<Duration>, String> {
         // Warren's work types never verify signatures (Receptor's answer when a type does
         // not expect one).
         if self.signature.is_some() {
-            return Err("work type did not expect a signature");
+            return Err("work type did not expect a signature".to_owned());
         }
         let local = self.node.eq_ignore_ascii_case("localhost") || self.node == own_id;
-        if local && self.ttl.is_some() {
-            return Err("ttl option is intended for remote work only");
+        let Some(ttl) = &self.ttl else {
+            return Ok(None);
+        };
+        if local {
+            return Err("ttl option is intended for remote work only".to_owned());
         }
-        Ok(())
+        parse_go_duration(ttl)
+            .map(Some)
+            .ok_or_else(|| format!("time: invalid duration \"{ttl}\""))
     }
 }
 
@@ -256,6 +264,9 @@ mod tests {
             submit_with(r#","ttl":"1m""#),
             submit_with(r#","count":3"#),
             submit_with(r#","signature":"jwt""#),
+            r#"{"command":"work","subcommand":"submit","node":"b","worktype":"echo","ttl":"soon"}"#
+                .to_owned()
+                + "\n",
             "work list\n".to_owned(),
         ]
         .concat();
@@ -266,6 +277,7 @@ mod tests {
             "ERROR: ttl option is intended for remote work only\n",
             "ERROR: submit parameters must all be strings and count is not\n",
             "ERROR: work type did not expect a signature\n",
+            "ERROR: time: invalid duration \"soon\"\n",
             "{}\n",
         ]
         .concat();
