@@ -1,0 +1,160 @@
+//! Control-socket work round trips, as `receptorctl work submit ... -f` does them: submit a
+//! tiny `cat` job on the controller for node1, two hops away, and read its results until
+//! the unit is done. Medians and p99 over sequential jobs, and jobs per second with 20 in
+//! flight; the release `warren` binary runs the three nodes.
+//!
+//! `cargo bench -p warren --bench control`
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use tokio::io::AsyncReadExt;
+use warren::control::Client;
+
+#[path = "mesh/stats.rs"]
+#[allow(dead_code)]
+mod stats;
+
+/// Sequential jobs measured.
+const SEQUENTIAL: usize = 200;
+/// Jobs in flight for the throughput figure, and how many batches of them.
+const IN_FLIGHT: usize = 20;
+const BATCHES: usize = 5;
+
+struct Node(Child);
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn warren() -> anyhow::Result<PathBuf> {
+    let path = PathBuf::from(env!("CARGO_BIN_EXE_warren"));
+    ensure!(
+        path.exists(),
+        "{} is missing; build it with: cargo build --release -p warren",
+        path.display()
+    );
+    Ok(path)
+}
+
+fn keygen(dir: &Path, name: &str) -> anyhow::Result<String> {
+    let out = Command::new(warren()?)
+        .args(["keygen", "--out"])
+        .arg(dir.join(format!("{name}.key")))
+        .output()?;
+    ensure!(out.status.success(), "keygen failed: {out:?}");
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+/// Starts node `name`; returns it and its bound address.
+fn start(
+    dir: &Path,
+    name: &str,
+    trust: &[String],
+    extra: &[&str],
+) -> anyhow::Result<(Node, String)> {
+    let ready = dir.join(format!("{name}.ready"));
+    let mut cmd = Command::new(warren()?);
+    cmd.args(["node", "--id", name, "--listen", "127.0.0.1:0"])
+        .arg("--key")
+        .arg(dir.join(format!("{name}.key")))
+        .arg("--data-dir")
+        .arg(dir.join(format!("{name}-data")))
+        .arg("--control-socket")
+        .arg(dir.join(format!("{name}.sock")))
+        .arg("--ready-file")
+        .arg(&ready)
+        .args(["--no-ansible-runner"])
+        .env("WARREN_COMPONENT_CACHE", dir.join("cache"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for token in trust {
+        cmd.args(["--trust", token]);
+    }
+    cmd.args(extra);
+    let node = Node(cmd.spawn()?);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&ready)
+            && let Some(addr) = text.lines().next()
+        {
+            return Ok((node, addr.to_owned()));
+        }
+        if Instant::now() > deadline {
+            bail!("{name} did not start");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One job as receptorctl runs it: submit (payload, half-close), then follow the results.
+async fn job(socket: &Path) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let client = Client::connect(socket).await?;
+    let reply = client
+        .work_submit("node1", "cat", BTreeMap::new(), &mut &b"hello\n"[..])
+        .await?;
+    let client = Client::connect(socket).await?;
+    let mut results = client.work_results(reply.unit_id, 0).await?;
+    let mut out = Vec::new();
+    results.read_to_end(&mut out).await?;
+    ensure!(out == b"hello\n", "unexpected output {out:?}");
+    Ok(started.elapsed())
+}
+
+async fn wait_offered(socket: &Path) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if job(socket).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("node1 never ran a cat job")
+}
+
+fn main() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let dir = dir.path();
+    let tokens: Vec<String> = ["controller", "relay", "node1"]
+        .iter()
+        .map(|n| keygen(dir, n))
+        .collect::<Result<_, _>>()?;
+    let (_node1, addr) = start(dir, "node1", &tokens, &["--work-type", "cat=/bin/cat"])?;
+    let (_relay, addr) = start(dir, "relay", &tokens, &["--peer", &addr])?;
+    let (_controller, _) = start(dir, "controller", &tokens, &["--peer", &addr])?;
+    let socket = dir.join("controller.sock");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        wait_offered(&socket).await.context("warming up")?;
+        let mut times = Vec::with_capacity(SEQUENTIAL);
+        for _ in 0..SEQUENTIAL {
+            times.push(job(&socket).await?.as_secs_f64() * 1e3);
+        }
+        println!("== control: `work submit cat --node node1 -f` over 2 hops ({SEQUENTIAL} jobs, one at a time)");
+        println!("  round trip, ms: median {:.2}  p99 {:.2}", stats::median(&times), stats::percentile(&times, 99.0));
+        let mut rates = Vec::new();
+        for _ in 0..BATCHES {
+            let started = Instant::now();
+            let jobs = (0..IN_FLIGHT).map(|_| {
+                let socket = socket.clone();
+                tokio::spawn(async move { job(&socket).await })
+            });
+            for handle in jobs.collect::<Vec<_>>() {
+                handle.await??;
+            }
+            rates.push(IN_FLIGHT as f64 / started.elapsed().as_secs_f64());
+        }
+        println!("  {IN_FLIGHT} in flight: {:.0} jobs/s (median of {BATCHES} batches; runs {})", stats::median(&rates), stats::runs(&rates, 0));
+        anyhow::Ok(())
+    })
+}
