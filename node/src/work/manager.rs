@@ -6,7 +6,7 @@
 //! switch; the [`Work`] handle sends it messages. A unit takes its work type's active
 //! handler when it starts, so a deploy never changes a running unit.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::protocol::Request;
 use super::remote;
+use super::scheduler::{SchedCmd, Scheduler};
 use super::status::{Component, UnitStatus};
 use super::store::{StoreError, UnitStore};
 use super::unit::{UnitId, UnitState};
@@ -75,12 +76,6 @@ impl From<StoreError> for WorkError {
     }
 }
 
-enum SchedCmd {
-    Queue(UnitId),
-    Done(UnitId),
-    Cancel(UnitId, oneshot::Sender<()>),
-}
-
 struct Inner {
     store: UnitStore,
     node: NodeId,
@@ -107,6 +102,11 @@ impl std::fmt::Debug for Work {
 }
 
 impl Work {
+    /// Units that may run at once.
+    pub(super) fn max_running(&self) -> usize {
+        self.inner.config.max_running
+    }
+
     /// Opens the unit store under `data_dir`, fails units a previous run left unfinished,
     /// and starts the scheduler.
     ///
@@ -144,7 +144,7 @@ impl Work {
         Ok(work)
     }
 
-    fn store(&self) -> &UnitStore {
+    pub(super) fn store(&self) -> &UnitStore {
         &self.inner.store
     }
 
@@ -445,7 +445,12 @@ impl Work {
     }
 
     /// Ends a unit in a terminal state with `detail` and its final stdout size.
-    fn finish(&self, id: UnitId, state: UnitState, detail: String) -> Result<(), WorkError> {
+    pub(super) fn finish(
+        &self,
+        id: UnitId,
+        state: UnitState,
+        detail: String,
+    ) -> Result<(), WorkError> {
         let size = std::fs::metadata(self.store().stdout_path(id)).map_or(0, |m| m.len());
         self.store().update(id, |s| {
             s.state = state;
@@ -456,7 +461,7 @@ impl Work {
     }
 
     /// Runs one unit to its end in its work type's current handler.
-    async fn run_unit(self, id: UnitId, cancelled: watch::Receiver<bool>) {
+    pub(super) async fn run_unit(self, id: UnitId, cancelled: watch::Receiver<bool>) {
         let outcome = match self.prepare(id) {
             Ok((active, job, io)) => {
                 let handler = &active.handler;
@@ -627,68 +632,4 @@ async fn read_at(path: &std::path::Path, offset: u64, buf: &mut [u8]) -> std::io
     let mut file = tokio::fs::File::open(path).await?;
     file.seek(std::io::SeekFrom::Start(offset)).await?;
     file.read(buf).await
-}
-
-/// The scheduler: owns the queue, the running units and their cancel switches.
-struct Scheduler {
-    work: Work,
-    rx: mpsc::UnboundedReceiver<SchedCmd>,
-    queue: VecDeque<UnitId>,
-    running: HashMap<UnitId, watch::Sender<bool>>,
-}
-
-impl Scheduler {
-    fn new(work: Work, rx: mpsc::UnboundedReceiver<SchedCmd>) -> Self {
-        Self {
-            work,
-            rx,
-            queue: VecDeque::new(),
-            running: HashMap::new(),
-        }
-    }
-
-    async fn run(mut self) {
-        while let Some(cmd) = self.rx.recv().await {
-            match cmd {
-                SchedCmd::Queue(id) => self.queue.push_back(id),
-                SchedCmd::Done(id) => {
-                    self.running.remove(&id);
-                }
-                SchedCmd::Cancel(id, done) => {
-                    self.cancel(id);
-                    let _ = done.send(());
-                }
-            }
-            self.start_queued();
-        }
-    }
-
-    fn cancel(&mut self, id: UnitId) {
-        if let Some(switch) = self.running.get(&id) {
-            let _ = switch.send(true);
-        } else if let Some(pos) = self.queue.iter().position(|q| *q == id) {
-            self.queue.remove(pos);
-            let _ = self
-                .work
-                .finish(id, UnitState::Canceled, "Canceled before it started".into());
-        } else if let Ok(status) = self.work.store().status(id) {
-            // Created but its payload never came (or is still coming): nothing runs yet.
-            if status.state == UnitState::Pending {
-                let _ =
-                    self.work
-                        .finish(id, UnitState::Canceled, "Canceled before it started".into());
-            }
-        }
-    }
-
-    fn start_queued(&mut self) {
-        while self.running.len() < self.work.inner.config.max_running {
-            let Some(id) = self.queue.pop_front() else {
-                return;
-            };
-            let (switch, cancelled) = watch::channel(false);
-            self.running.insert(id, switch);
-            tokio::spawn(self.work.clone().run_unit(id, cancelled));
-        }
-    }
 }

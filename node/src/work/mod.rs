@@ -19,6 +19,7 @@
 pub mod manager;
 pub mod protocol;
 pub mod remote;
+mod scheduler;
 pub mod status;
 pub mod store;
 pub mod unit;
