@@ -35,11 +35,23 @@ pub(crate) fn handle(job: &Job) -> Outcome {
     let cmd = Command {
         program: PROGRAM.to_owned(),
         args,
-        env: Vec::new(),
+        env: terminal(&job.params).into_iter().collect(),
         cwd: None,
     };
     child::run("ansible-runner worker", &cmd, false)
 }
+
+/// The submitter's terminal type, from param `term`, so Ansible's output is coloured as a
+/// local run's would be. Only a plain terminal name passes.
+fn terminal(params: &[(String, String)]) -> Option<(String, String)> {
+    let (_, value) = params.iter().find(|(name, _)| name == TERM)?;
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '+');
+    (!value.is_empty() && value.len() <= 64 && value.chars().all(plain))
+        .then(|| ("TERM".to_owned(), value.clone()))
+}
+
+/// The name of the submission parameter that carries the submitter's terminal type.
+const TERM: &str = "term";
 
 /// Why a submission's `params` cannot be passed to `ansible-runner worker`.
 #[derive(Debug, Clone, PartialEq, Eq)]

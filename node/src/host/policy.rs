@@ -128,7 +128,8 @@ impl Policy {
         Self {
             programs: [(ANSIBLE_RUNNER_PROGRAM.to_owned(), runner.to_owned())].into(),
             env: child_vars(defaults, env_pass, node_env),
-            env_allow: BTreeSet::new(),
+            // The submitter's terminal type, so Ansible colours output as a local run does.
+            env_allow: BTreeSet::from(["TERM".to_owned()]),
             limits,
         }
     }
@@ -361,7 +362,7 @@ mod tests {
                 ("ANSIBLE_FORCE_COLOR", "1")
             ])
         );
-        assert!(p.env_allow.is_empty());
+        assert_eq!(p.env_allow, BTreeSet::from(["TERM".to_owned()]));
         let system = Policy::for_ansible_runner(
             Path::new("/usr/bin/ansible-runner"),
             &[],

@@ -231,6 +231,17 @@ async fn wait_for_node(
     }
 }
 
+/// The user's terminal type, passed along so the node's Ansible colours its output as a
+/// local `ansible-runner run` would.
+pub(super) fn terminal_param() -> std::collections::BTreeMap<String, String> {
+    std::env::var("TERM")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .map(|t| ("term".to_owned(), t))
+        .into_iter()
+        .collect()
+}
+
 /// Streams the payload to a new unit on `node`, then follows its results into the
 /// processor. Ctrl-C cancels the unit and goes on reading until it ends.
 async fn submit_and_follow(
@@ -239,7 +250,7 @@ async fn submit_and_follow(
     prepared: &Prepared,
 ) -> anyhow::Result<ProcessOutcome> {
     let (payload_in, mut payload_out) = tokio::io::duplex(256 * 1024);
-    let params = std::collections::BTreeMap::new();
+    let params = terminal_param();
     let (sent, submitted) = tokio::join!(
         send_payload(prepared, payload_in),
         remote::submit(mesh, node, WORK_TYPE, params, &mut payload_out)

@@ -47,7 +47,9 @@ pub(super) async fn run_local(prepared: Prepared) -> anyhow::Result<ProcessOutco
         WorkConfig::default(),
         None,
     )?;
-    let unit = work.create(WORK_TYPE, Default::default(), me).await?;
+    let unit = work
+        .create(WORK_TYPE, super::embedded::terminal_param(), me)
+        .await?;
     let (payload_in, mut payload_out) = tokio::io::duplex(256 * 1024);
     let (sent, started) = tokio::join!(
         send_payload(&prepared, payload_in),
