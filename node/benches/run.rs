@@ -1,0 +1,82 @@
+//! `cargo bench -p warren --bench run [-- SECTION]`: `ansible-runner run demo -p test.yml
+//! --via-receptor node1` through Warren's front end across controller -> relay -> node1 (the
+//! release `warren` binary, three processes), printed beside the real `ansible-runner run`
+//! of the same private data dir on this machine, because the machine is shared and noisy.
+//! Figures are medians over alternating rounds; ratios are taken per round, then their median.
+//!
+//! Sections (a filter argument runs those whose name contains it):
+//! - `latency`: one remote run against one local run, and the latency Warren adds.
+//! - `concurrent`: 20 remote runs at once against 20 local runs at once, each on its own copy
+//!   of the demo; every remote run is checked (exit 0, status, own output, event count).
+//! - `large`: a 200 MB private data dir against a 2 MB one: run time and peak RSS of the
+//!   front end and of each node.
+//!
+//! Needs the project's venv (`scripts/setup-python.sh`). The sections live in `benches/run/`
+//! (the shared statistics in `benches/mesh/`), named by `#[path]` because a file directly in
+//! `benches/` would become a bench target of its own.
+
+#[path = "run/concurrent.rs"]
+mod concurrent;
+#[path = "run/job.rs"]
+mod job;
+#[path = "run/large.rs"]
+mod large;
+#[path = "run/latency.rs"]
+mod latency;
+#[path = "run/mesh.rs"]
+mod mesh;
+#[path = "mesh/stats.rs"]
+#[allow(dead_code, reason = "shared with the mesh bench, which uses all of it")]
+mod stats;
+
+use std::process::ExitCode;
+
+use mesh::Bench;
+
+/// A section: its name (the filter matches it) and its body.
+type Section = (&'static str, fn(&Bench) -> anyhow::Result<()>);
+
+const SECTIONS: [Section; 3] = [
+    ("latency", latency::run),
+    ("concurrent", concurrent::run),
+    ("large", large::run),
+];
+
+fn main() -> ExitCode {
+    // cargo passes `--bench`; anything not a flag is the filter.
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let chosen: Vec<&Section> = SECTIONS
+        .iter()
+        .filter(|(name, _)| filter.as_deref().is_none_or(|f| name.contains(f)))
+        .collect();
+    if chosen.is_empty() {
+        let names: Vec<&str> = SECTIONS.iter().map(|s| s.0).collect();
+        eprintln!(
+            "no section matches {:?}; sections: {}",
+            filter.unwrap_or_default(),
+            names.join(", ")
+        );
+        return ExitCode::FAILURE;
+    }
+    let bench = match Bench::start() {
+        Ok(bench) => bench,
+        Err(e) => {
+            eprintln!("cannot start the mesh: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut failed = false;
+    for (name, run) in chosen {
+        println!("== {name}");
+        if let Err(e) = run(&bench) {
+            eprintln!("{name}: FAILED: {e:#}\n{}", bench.logs());
+            failed = true;
+        }
+        println!();
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
