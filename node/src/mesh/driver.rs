@@ -50,6 +50,9 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// source are not starved.
 const MAX_BATCH: usize = 64;
 
+/// Longest a shutdown waits for its links' last bytes (their close reasons) to go out.
+const SHUTDOWN_FLUSH: Duration = Duration::from_millis(500);
+
 /// Size of one socket read.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -90,6 +93,8 @@ struct Writer {
     tx: mpsc::UnboundedSender<Bytes>,
     queued: Arc<AtomicUsize>,
     reader: JoinHandle<()>,
+    /// Ends once everything sent to `tx` is written and the socket shut down.
+    writer: JoinHandle<()>,
 }
 
 /// The task that owns the node.
@@ -249,12 +254,18 @@ impl Driver {
         let now = Instant::now().into_std();
         self.node.close_all(now);
         self.drain();
-        // Give writers a moment to flush the close reasons.
+        // Let the writers flush the close reasons, but never wait on a stalled peer long.
+        let deadline = Instant::now() + SHUTDOWN_FLUSH;
         for (_, writer) in self.writers.drain() {
             drop(writer.tx);
             writer.reader.abort();
+            if tokio::time::timeout_at(deadline, writer.writer)
+                .await
+                .is_err()
+            {
+                break;
+            }
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     fn handle_socket(&mut self, event: SocketEvent) {
@@ -290,9 +301,17 @@ impl Driver {
         let (read, write) = tokio::io::split(stream);
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
-        tokio::spawn(write_loop(write, rx, queued.clone()));
+        let writer = tokio::spawn(write_loop(write, rx, queued.clone()));
         let reader = tokio::spawn(read_loop(link, read, self.socket_tx.clone()));
-        self.writers.insert(link, Writer { tx, queued, reader });
+        self.writers.insert(
+            link,
+            Writer {
+                tx,
+                queued,
+                reader,
+                writer,
+            },
+        );
     }
 
     /// Drains the node in the documented order: transmits, then events.

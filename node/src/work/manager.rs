@@ -26,8 +26,12 @@ use crate::host::runner::{Host, Job, JobIo, Outcome};
 use crate::id::NodeId;
 use crate::mesh::driver::MeshHandle;
 
-/// How often a results follower looks for new output of a running unit.
-const FOLLOW_INTERVAL: Duration = Duration::from_millis(25);
+/// How often a results follower looks again when no change was announced (a safety net:
+/// output and ends are announced as they happen).
+const FOLLOW_INTERVAL: Duration = Duration::from_millis(250);
+
+/// How often a release looks whether its cancelled unit has stopped.
+const RELEASE_POLL: Duration = Duration::from_millis(25);
 
 /// How long a release waits for a cancelled unit to stop before removing it anyway.
 const RELEASE_WAIT: Duration = Duration::from_secs(15);
@@ -85,6 +89,8 @@ struct Inner {
     registry: watch::Receiver<Arc<Registry>>,
     config: WorkConfig,
     sched: mpsc::UnboundedSender<SchedCmd>,
+    /// Bumped whenever a unit writes output or ends; results followers wait on it.
+    changed: watch::Sender<u64>,
 }
 
 /// Runs work units on this node. Cheap to clone.
@@ -138,6 +144,7 @@ impl Work {
                 registry,
                 config,
                 sched,
+                changed: watch::channel(0).0,
             }),
         };
         tokio::spawn(Scheduler::new(work.clone(), rx).run());
@@ -334,11 +341,12 @@ impl Work {
     }
 
     /// The unit's local results file, for appending mirrored output.
-    pub(super) async fn open_stdout_append(&self, id: UnitId) -> std::io::Result<tokio::fs::File> {
-        tokio::fs::OpenOptions::new()
+    pub(super) async fn open_stdout_append(&self, id: UnitId) -> std::io::Result<Announcing> {
+        let file = tokio::fs::OpenOptions::new()
             .append(true)
             .open(self.store().stdout_path(id))
-            .await
+            .await?;
+        Ok(Announcing::new(Box::new(file), self.inner.changed.clone()))
     }
 
     /// A mirrored unit is running (nothing to record: `start_remote` already did).
@@ -438,7 +446,7 @@ impl Work {
                 if self.store().status(id)?.state.is_terminal() {
                     break;
                 }
-                tokio::time::sleep(FOLLOW_INTERVAL).await;
+                tokio::time::sleep(RELEASE_POLL).await;
             }
         }
         Ok(self.store().release(id)?)
@@ -457,6 +465,7 @@ impl Work {
             s.detail = detail;
             s.stdout_size = size;
         })?;
+        self.inner.changed.send_modify(|n| *n = n.wrapping_add(1));
         Ok(())
     }
 
@@ -515,6 +524,7 @@ impl Work {
             job_dir,
             self.store().stdin_path(id),
             self.store().stdout_path(id),
+            self.inner.changed.clone(),
         )?;
         let job = Job {
             id: id.to_string(),
@@ -527,7 +537,12 @@ impl Work {
     }
 }
 
-fn open_io(job_dir: PathBuf, stdin: PathBuf, stdout: PathBuf) -> Result<JobIo, String> {
+fn open_io(
+    job_dir: PathBuf,
+    stdin: PathBuf,
+    stdout: PathBuf,
+    changed: watch::Sender<u64>,
+) -> Result<JobIo, String> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .mode(0o700)
@@ -542,8 +557,56 @@ fn open_io(job_dir: PathBuf, stdin: PathBuf, stdout: PathBuf) -> Result<JobIo, S
     Ok(JobIo {
         job_dir,
         payload: Box::new(tokio::fs::File::from_std(payload)),
-        results: Box::new(tokio::fs::File::from_std(results)),
+        results: Box::new(Announcing::new(
+            Box::new(tokio::fs::File::from_std(results)),
+            changed,
+        )),
     })
+}
+
+/// A results file that announces each write to the unit's followers.
+pub(super) struct Announcing {
+    inner: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+    changed: watch::Sender<u64>,
+}
+
+impl Announcing {
+    fn new(
+        inner: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+        changed: watch::Sender<u64>,
+    ) -> Self {
+        Self { inner, changed }
+    }
+}
+
+impl tokio::io::AsyncWrite for Announcing {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let poll = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &poll
+            && *n > 0
+        {
+            self.changed.send_modify(|c| *c = c.wrapping_add(1));
+        }
+        poll
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// Keys a submitter may not set: they name the program and arguments of a command.
@@ -602,6 +665,7 @@ async fn blocking<T: Send + 'static>(
 /// its output was copied, or the reader goes away.
 async fn follow(work: Work, id: UnitId, mut offset: u64, mut out: tokio::io::DuplexStream) {
     let path = work.store().stdout_path(id);
+    let mut changes = work.inner.changed.subscribe();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         // Read the state before the data: output written before the unit finished is then
@@ -624,7 +688,8 @@ async fn follow(work: Work, id: UnitId, mut offset: u64, mut out: tokio::io::Dup
             let _ = out.shutdown().await;
             return;
         }
-        tokio::time::sleep(FOLLOW_INTERVAL).await;
+        // Wait for the next write or end of any unit (or the safety-net interval).
+        let _ = tokio::time::timeout(FOLLOW_INTERVAL, changes.changed()).await;
     }
 }
 

@@ -81,7 +81,13 @@ impl KnownPeers {
             .iter()
             .map(|(a, k)| format!("{a} {k}\n"))
             .collect();
-        std::fs::write(&self.path, text).with_context(|| format!("writing {}", self.path.display()))
+        // Written aside and renamed, so a concurrent run never reads half a file.
+        let tmp = self
+            .path
+            .with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &self.path)
+            .with_context(|| format!("writing {}", self.path.display()))
     }
 }
 
