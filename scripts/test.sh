@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # The project's whole test run: formatting, lints, then every test (unit, property,
-# simulation and cross-process tests with real `warren` processes on 127.0.0.1).
+# simulation, wasm host, and cross-process tests with real `warren` processes on 127.0.0.1,
+# real ansible-runner and receptorctl). Sets up what the tests need first: the wasm32-wasip2
+# target (the node embeds its guest) and .venv/ (scripts/setup-python.sh; quick when done).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+rustup target add wasm32-wasip2 >/dev/null 2>&1 || rustup target add wasm32-wasip2
+scripts/setup-python.sh >/dev/null
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 # The guests as they ship: wasm32-wasip2 (the line above lints their host builds).
