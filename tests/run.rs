@@ -110,16 +110,21 @@ fn setup(client_id: Option<&str>, controller_listen: Option<&str>) -> Setup {
 
 /// `ansible-runner ARGS` with the front end first on PATH.
 fn ansible_runner(setup: &Setup, args: &[&str]) -> Output {
-    Command::new("ansible-runner")
+    frontend(setup, args).output().unwrap()
+}
+
+/// The front end with `args`, in the client's clean environment.
+fn frontend(setup: &Setup, args: &[&str]) -> Command {
+    let mut command = Command::new("ansible-runner");
+    command
         .args(args)
         .env_clear()
         .env("PATH", path_env(&setup.frontend))
         .env("HOME", setup.mesh.path("client"))
         .env("WARREN_IDENTITY", &setup.identity)
         .env("WARREN_COMPONENT_CACHE", crate::support::component_cache())
-        .env("LANG", "C.UTF-8")
-        .output()
-        .unwrap()
+        .env("LANG", "C.UTF-8");
+    command
 }
 
 /// The real `ansible-runner run` of the same demo, locally.
@@ -377,13 +382,7 @@ fn slow_playbook(pdd: &Path, secs: u32) {
 }
 
 fn spawn_run(setup: &Setup, args: &[&str]) -> std::process::Child {
-    Command::new("ansible-runner")
-        .args(args)
-        .env_clear()
-        .env("PATH", path_env(&setup.frontend))
-        .env("HOME", setup.mesh.path("client"))
-        .env("WARREN_IDENTITY", &setup.identity)
-        .env("LANG", "C.UTF-8")
+    frontend(setup, args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
