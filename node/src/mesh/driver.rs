@@ -248,8 +248,11 @@ impl Driver {
     }
 
     async fn finish_shutdown(&mut self) {
+        // Wait for each aborted accept task to end: its listener is closed when it returns,
+        // so the port is free once shutdown is.
         for accept in self.accepts.drain(..) {
             accept.abort();
+            let _ = accept.await;
         }
         let now = Instant::now().into_std();
         self.node.close_all(now);

@@ -43,7 +43,18 @@ fn peer(port: u16) -> PeerTarget {
 }
 
 async fn relay(port: u16) -> MeshHandle {
-    let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    // The port was free a moment ago; another test may hold it briefly.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let listener = loop {
+        match TcpListener::bind(("127.0.0.1", port)).await {
+            Ok(listener) => break listener,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("cannot bind the relay's port {port}: {e}"),
+        }
+    };
     let (handle, _) = driver::start(
         mesh_config("b", 2),
         DriverConfig::default(),
