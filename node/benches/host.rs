@@ -14,6 +14,8 @@
 
 #[path = "host/relay.rs"]
 mod relay;
+#[path = "common/sections.rs"]
+mod sections;
 #[path = "host/start.rs"]
 mod start;
 #[path = "mesh/stats.rs"]
@@ -30,35 +32,10 @@ type Section = (&'static str, fn() -> anyhow::Result<()>);
 const SECTIONS: [Section; 2] = [("start", start::run), ("relay", relay::run)];
 
 fn main() -> ExitCode {
-    // cargo passes `--bench`; anything not a flag is the filter.
-    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    let chosen: Vec<&Section> = SECTIONS
-        .iter()
-        .filter(|(name, _)| filter.as_deref().is_none_or(|f| name.contains(f)))
-        .collect();
-    if chosen.is_empty() {
-        let names: Vec<&str> = SECTIONS.iter().map(|s| s.0).collect();
-        eprintln!(
-            "no section matches {:?}; sections: {}",
-            filter.unwrap_or_default(),
-            names.join(", ")
-        );
+    let Some(chosen) = sections::choose(&SECTIONS) else {
         return ExitCode::FAILURE;
-    }
-    let mut failed = false;
-    for (name, run) in chosen {
-        println!("== {name}");
-        if let Err(e) = run() {
-            eprintln!("{name}: FAILED: {e:#}");
-            failed = true;
-        }
-        println!();
-    }
-    if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
+    };
+    sections::run(chosen, |run| run())
 }
 
 /// A multi-threaded runtime like the node's, with one worker per core of this machine.

@@ -22,6 +22,8 @@ mod nodes;
 mod ping;
 #[path = "mesh/rss.rs"]
 mod rss;
+#[path = "common/sections.rs"]
+mod sections;
 #[path = "mesh/stats.rs"]
 mod stats;
 #[path = "mesh/throughput.rs"]
@@ -43,33 +45,8 @@ fn main() -> ExitCode {
     if nodes::is_child() {
         return nodes::child_main();
     }
-    // cargo passes `--bench`; anything not a flag is the filter.
-    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    let chosen: Vec<&Section> = SECTIONS
-        .iter()
-        .filter(|(name, _)| filter.as_deref().is_none_or(|f| name.contains(f)))
-        .collect();
-    if chosen.is_empty() {
-        let names: Vec<&str> = SECTIONS.iter().map(|s| s.0).collect();
-        eprintln!(
-            "no section matches {:?}; sections: {}",
-            filter.unwrap_or_default(),
-            names.join(", ")
-        );
+    let Some(chosen) = sections::choose(&SECTIONS) else {
         return ExitCode::FAILURE;
-    }
-    let mut failed = false;
-    for (name, run) in chosen {
-        println!("== {name}");
-        if let Err(e) = run() {
-            eprintln!("{name}: FAILED: {e:#}");
-            failed = true;
-        }
-        println!();
-    }
-    if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
+    };
+    sections::run(chosen, |run| run())
 }

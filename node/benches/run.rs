@@ -25,6 +25,8 @@ mod large;
 mod latency;
 #[path = "run/mesh.rs"]
 mod mesh;
+#[path = "common/sections.rs"]
+mod sections;
 #[path = "mesh/stats.rs"]
 #[allow(dead_code, reason = "shared with the mesh bench, which uses all of it")]
 mod stats;
@@ -43,21 +45,9 @@ const SECTIONS: [Section; 3] = [
 ];
 
 fn main() -> ExitCode {
-    // cargo passes `--bench`; anything not a flag is the filter.
-    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    let chosen: Vec<&Section> = SECTIONS
-        .iter()
-        .filter(|(name, _)| filter.as_deref().is_none_or(|f| name.contains(f)))
-        .collect();
-    if chosen.is_empty() {
-        let names: Vec<&str> = SECTIONS.iter().map(|s| s.0).collect();
-        eprintln!(
-            "no section matches {:?}; sections: {}",
-            filter.unwrap_or_default(),
-            names.join(", ")
-        );
+    let Some(chosen) = sections::choose(&SECTIONS) else {
         return ExitCode::FAILURE;
-    }
+    };
     let bench = match Bench::start() {
         Ok(bench) => bench,
         Err(e) => {
@@ -65,18 +55,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut failed = false;
-    for (name, run) in chosen {
-        println!("== {name}");
-        if let Err(e) = run(&bench) {
-            eprintln!("{name}: FAILED: {e:#}\n{}", bench.logs());
-            failed = true;
-        }
-        println!();
-    }
-    if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
+    sections::run(chosen, |run| {
+        run(&bench).map_err(|e| anyhow::anyhow!("{e:#}\n{}", bench.logs()))
+    })
 }

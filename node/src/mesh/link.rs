@@ -241,18 +241,31 @@ impl Link {
         }
     }
 
+    /// The handshake of a peer identified and awaiting the owner's decision, taken out of
+    /// the state (which is left `Closed` for the caller to set); `None` in any other state.
+    fn take_identified(&mut self) -> Option<Box<Handshake>> {
+        if !matches!(
+            self.state,
+            State::Handshaking {
+                identified: true,
+                ..
+            }
+        ) {
+            return None;
+        }
+        match std::mem::replace(&mut self.state, State::Closed) {
+            State::Handshaking { handshake, .. } => Some(handshake),
+            other => {
+                self.state = other;
+                None
+            }
+        }
+    }
+
     /// Accepts the identified peer; the link comes up and buffered bytes are processed.
     pub fn accept(&mut self, now: Instant) {
-        let State::Handshaking {
-            identified: true, ..
-        } = self.state
-        else {
+        let Some(handshake) = self.take_identified() else {
             return;
-        };
-        let State::Handshaking { handshake, .. } =
-            std::mem::replace(&mut self.state, State::Closed)
-        else {
-            unreachable!("checked above")
         };
         match handshake.accept() {
             Ok((last, transport)) => {
@@ -278,16 +291,8 @@ impl Link {
 
     /// Refuses the identified peer, telling it why, and closes.
     pub fn refuse(&mut self, reason: CloseReason) {
-        let State::Handshaking {
-            identified: true, ..
-        } = self.state
-        else {
+        let Some(handshake) = self.take_identified() else {
             return;
-        };
-        let State::Handshaking { handshake, .. } =
-            std::mem::replace(&mut self.state, State::Closed)
-        else {
-            unreachable!("checked above")
         };
         match self.role {
             Role::Initiator => {
