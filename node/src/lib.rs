@@ -12,7 +12,8 @@
 //! - [`host`]: the WebAssembly host that runs every job inside a work-handler component,
 //!   and the signing of components.
 //! - [`id`]: typed node ids and service names.
-//! - [`keys`]: X25519 link identities and their tokens and files.
+//! - [`keys`]: every key Warren uses, in one place: X25519 link identities (which also sign
+//!   adverts, XEdDSA), Ed25519 signing keys, their tokens and their files.
 //! - [`mesh`]: the overlay network: frames, Noise links, link-state routing, streams, and the
 //!   tokio driver that is its only IO.
 //! - [`work`]: work units: ids, the state life cycle, status JSON and the on-disk unit store.
@@ -25,7 +26,6 @@ pub mod control;
 pub mod daemon;
 pub mod host;
 pub mod id;
-mod keyfile;
 pub mod keys;
 pub mod mesh;
 pub mod work;

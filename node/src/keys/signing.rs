@@ -12,8 +12,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::keyfile::{self, KeyFileError, decode_32};
-use crate::keys::LINK_KEY_KIND;
+use super::file::{self as keyfile, KeyFileError, decode_32};
+use super::link::LINK_KEY_KIND;
 
 /// Token prefix of an Ed25519 component signing key.
 pub const SIGNING_KEY_KIND: &str = "ed25519";
@@ -89,7 +89,7 @@ impl SignerKey {
     }
 
     /// Checks `signature` over `message` (strict: rejects malleable and weak-key signatures).
-    pub(super) fn is_valid(&self, message: &[u8], signature: &[u8; 64]) -> bool {
+    pub(crate) fn is_valid(&self, message: &[u8], signature: &[u8; 64]) -> bool {
         VerifyingKey::from_bytes(&self.0).is_ok_and(|key| {
             key.verify_strict(message, &Signature::from_bytes(signature))
                 .is_ok()
@@ -188,7 +188,7 @@ impl SigningKeypair {
     }
 
     /// Signs `message`.
-    pub(super) fn sign(&self, message: &[u8]) -> [u8; 64] {
+    pub(crate) fn sign(&self, message: &[u8]) -> [u8; 64] {
         self.key.sign(message).to_bytes()
     }
 
