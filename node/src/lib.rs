@@ -4,6 +4,7 @@
 //!
 //! - [`ansible`]: ansible-runner's transmit and worker streams, natively: packing a job for
 //!   `ansible-runner worker` and processing its output into artifacts.
+//! - [`ca`]: mesh authorities: certificates binding node ids to link keys, revocation lists.
 //! - [`cli`]: command-line arguments and their conversion to library types.
 //! - [`config`]: the node's TOML config and flags, validated into a `Config`.
 //! - [`control`]: the Receptor control-socket protocol (so `receptorctl` works): request
@@ -20,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod ansible;
+pub mod ca;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -55,9 +55,14 @@ fn mesh_config(id: &str, seed: u8) -> anyhow::Result<MeshConfig> {
             key: keypair(s).public(),
             node: None,
         })
-        .collect();
+        .collect::<Vec<_>>();
     let epoch_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
-    Ok(MeshConfig::new(id.parse()?, keypair(seed), trust, epoch_ms))
+    Ok(MeshConfig::new(
+        id.parse()?,
+        keypair(seed),
+        trust.into(),
+        epoch_ms,
+    ))
 }
 
 /// Whether this process was started as a child node.

@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::{
-    AnsibleRunnerConfig, Config, ConfigError, ControlConfig, EndpointAddr, LinkCost, ListenConfig,
-    MeshTuning, Origin, PeerConfig, TrustEntry, WorkLimits, WorkTypeConfig,
+    AnsibleRunnerConfig, CertificatesConfig, Config, ConfigError, ControlConfig, EndpointAddr,
+    LinkCost, ListenConfig, MeshTuning, Origin, PeerConfig, TrustEntry, WorkLimits, WorkTypeConfig,
 };
 use crate::host::signing::SignerKey;
 use crate::id::NodeId;
@@ -100,6 +100,22 @@ pub struct NodeArgs {
     #[arg(long = "signer", value_name = "TOKEN")]
     pub signers: Vec<SignerKey>,
 
+    /// Trust this mesh authority (repeatable): peers holding a valid certificate it signed
+    /// are accepted without a --trust entry, and far nodes' adverts and sessions are
+    /// checked against their certificates.
+    ///
+    /// TOKEN is the authority's public key as warren ca init prints it: ed25519:<base64url>.
+    #[arg(long = "ca", value_name = "TOKEN")]
+    pub authorities: Vec<SignerKey>,
+
+    /// This node's certificate, as warren ca sign writes it; shown to peers.
+    #[arg(long = "cert", value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+
+    /// A revocation list of a trusted authority, as warren ca revoke writes it (repeatable).
+    #[arg(long = "revocations", value_name = "FILE")]
+    pub revocations: Vec<PathBuf>,
+
     /// Use the ansible-runner at PATH instead of searching the node's PATH (turns
     /// ansible-runner on even if the config file turned it off).
     #[arg(long, value_name = "PATH", conflicts_with = "no_ansible_runner")]
@@ -155,6 +171,9 @@ impl NodeArgs {
             signers,
             ansible_runner,
             no_ansible_runner,
+            authorities,
+            cert,
+            revocations,
         } = self;
         id.is_none()
             && key_file.is_none()
@@ -168,6 +187,9 @@ impl NodeArgs {
             && costs.is_empty()
             && work_types.is_empty()
             && signers.is_empty()
+            && authorities.is_empty()
+            && cert.is_none()
+            && revocations.is_empty()
     }
 
     fn flags_only(self) -> Result<Config, ConfigError> {
@@ -198,6 +220,7 @@ impl NodeArgs {
             work_types: Vec::new(),
             signers: Vec::new(),
             ansible_runner: AnsibleRunnerConfig::default(),
+            certificates: CertificatesConfig::default(),
         };
         self.extend(config).validate(Origin::Flags)
     }
@@ -237,6 +260,11 @@ impl NodeArgs {
         }
         config.work_types.extend(self.work_types);
         config.signers.extend(self.signers);
+        config.certificates.authorities.extend(self.authorities);
+        if let Some(cert) = self.cert {
+            config.certificates.cert = Some(cert);
+        }
+        config.certificates.revocations.extend(self.revocations);
         if let Some(path) = self.ansible_runner {
             config.ansible_runner.path = Some(path);
             config.ansible_runner.enabled = true;

@@ -19,8 +19,8 @@ use crate::id::{NameError, NodeId};
 
 use super::error::{AddrRole, ConfigError, Origin, Problem};
 use super::{
-    AddrError, Config, ControlConfig, DEFAULT_CONTROL_PERMISSIONS, EndpointAddr, LinkCost,
-    ListenConfig, MeshTuning, PeerConfig, TrustEntry, WorkLimits,
+    AddrError, CertificatesConfig, Config, ControlConfig, DEFAULT_CONTROL_PERMISSIONS,
+    EndpointAddr, LinkCost, ListenConfig, MeshTuning, PeerConfig, TrustEntry, WorkLimits,
 };
 
 #[derive(Deserialize)]
@@ -47,6 +47,18 @@ struct ConfigFile {
     signer: Vec<work::SignerSection>,
     #[serde(default)]
     ansible_runner: work::AnsibleRunnerSection,
+    #[serde(default)]
+    certificates: CertificatesSection,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct CertificatesSection {
+    #[serde(default)]
+    authorities: Vec<Spanned<String>>,
+    cert: Option<Spanned<String>>,
+    #[serde(default)]
+    revocations: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -156,6 +168,31 @@ impl Decoder<'_> {
                 .map(|(i, s)| self.signer(i, s))
                 .collect::<Result<_, _>>()?,
             ansible_runner: self.ansible_runner(&file.ansible_runner)?,
+            certificates: self.certificates(&file.certificates)?,
+        })
+    }
+
+    fn certificates(
+        &self,
+        section: &CertificatesSection,
+    ) -> Result<CertificatesConfig, ConfigError> {
+        let authorities = (section.authorities.iter().enumerate())
+            .map(|(i, a)| {
+                let key = format!("[certificates] authorities #{}", i + 1);
+                self.parse(a, &key, |s| Ok(s.parse()?))
+            })
+            .collect::<Result<_, _>>()?;
+        let cert = match &section.cert {
+            None => None,
+            Some(c) => Some(self.path_value(c, "[certificates] cert")?),
+        };
+        let revocations = (section.revocations.iter().enumerate())
+            .map(|(i, r)| self.path_value(r, &format!("[certificates] revocations #{}", i + 1)))
+            .collect::<Result<_, _>>()?;
+        Ok(CertificatesConfig {
+            authorities,
+            cert,
+            revocations,
         })
     }
 

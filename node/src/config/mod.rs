@@ -48,6 +48,11 @@
 //! [[signer]]                          # optional, repeatable: whose components run here
 //! key = "ed25519:..."
 //!
+//! [certificates]                      # optional: a mesh authority instead of per-peer trust
+//! authorities = ["ed25519:..."]       # `warren ca init` prints the token
+//! cert = "node1.cert"                 # this node's certificate (`warren ca sign`)
+//! revocations = ["revoked.list"]      # `warren ca revoke`; relative to the config's dir
+//!
 //! [ansible-runner]                    # optional
 //! path = "/opt/venv/bin/ansible-runner" # default: search PATH
 //! enabled = true                      # default true: offer the ansible-runner work type
@@ -129,6 +134,20 @@ pub struct Config {
     pub signers: Vec<SignerKey>,
     /// Where to find ansible-runner, and whether to offer it.
     pub ansible_runner: AnsibleRunnerConfig,
+    /// Mesh authorities this node trusts, its own certificate and the revocation lists.
+    pub certificates: CertificatesConfig,
+}
+
+/// `[certificates]`: mesh authorities (`--ca`), this node's certificate (`--cert`) and
+/// revocation lists (`--revocations`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertificatesConfig {
+    /// Authorities whose certificates vouch for peers (`warren ca init` prints the token).
+    pub authorities: Vec<SignerKey>,
+    /// This node's certificate file (`warren ca sign` writes it).
+    pub cert: Option<PathBuf>,
+    /// Revocation list files of trusted authorities (`warren ca revoke` writes them).
+    pub revocations: Vec<PathBuf>,
 }
 
 /// One address to accept links on.
@@ -276,12 +295,17 @@ impl Config {
             && !(self.work_types.iter()).any(|w| w.name == ANSIBLE_RUNNER_WORK_TYPE)
     }
 
-    /// Decides whether a peer presenting `key` is accepted as `claimed`.
+    /// Decides whether a peer presenting `key` (and no certificate) is accepted as
+    /// `claimed`.
     ///
     /// A key pinned to a node id is accepted only as that id; an unpinned key is accepted
     /// as any id that no other key is pinned to.
     pub fn trusts(&self, key: &PublicKey, claimed: &NodeId) -> TrustDecision {
-        crate::mesh::trust::decide(&self.trust, key, claimed)
+        let policy = crate::mesh::trust::TrustPolicy {
+            entries: self.trust.clone(),
+            authorities: crate::ca::Authorities::new(self.certificates.authorities.clone()),
+        };
+        crate::mesh::trust::decide_peer(&policy, key, claimed, None, 0)
     }
 }
 

@@ -65,6 +65,7 @@ pub(super) fn check(mut config: Config, origin: Origin) -> Result<Config, Config
         .and_then(|()| check_work_types(&config))
         .and_then(|()| dedupe_trust(&mut config.trust));
     dedupe_signers(&mut config.signers);
+    dedupe_signers(&mut config.certificates.authorities);
     match result {
         Ok(()) => Ok(config),
         Err((setting, problem)) => Err(ConfigError::invalid(

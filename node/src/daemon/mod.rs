@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::ca::{Authorities, SignedCertificate, SignedRevocationList};
 use crate::config::{Config, LinkCost};
 use crate::control::{ControlSocket, ListenError, default_socket_path, serve_session};
 use crate::host::registry::{self, Registry};
@@ -26,6 +27,7 @@ use crate::mesh::driver::{self, DriverConfig, MeshHandle, PeerTarget};
 use crate::mesh::link::LinkConfig;
 use crate::mesh::node::MeshConfig;
 use crate::mesh::route::Cost;
+use crate::mesh::trust::TrustPolicy;
 use crate::work::{Work, WorkConfig, WorkError};
 pub use backend::{CONTROL_SERVICE, NodeBackend};
 pub use deploy::{DEPLOY_SERVICE, Deployer};
@@ -62,6 +64,14 @@ pub enum StartError {
     /// The WebAssembly host could not start.
     #[error("work handler host: {0}")]
     Host(HostError),
+    /// A certificate or revocation list could not be used.
+    #[error("{path}: {problem}")]
+    Certificates {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
     /// The ready file could not be written.
     #[error("cannot write ready file {path}: {source}")]
     ReadyFile {
@@ -104,12 +114,16 @@ fn cost(c: LinkCost) -> Cost {
 pub fn mesh_config(config: &Config) -> Result<MeshConfig, StartError> {
     let keys = LinkKeypair::load(&config.key_file)?;
     warn_if_readable_by_others(&config.key_file);
+    let trust = trust_policy(config)?;
+    let cert = own_certificate(config, &keys)?;
     let mut mesh = MeshConfig::new(
         config.node_id.clone(),
         keys,
-        config.trust.clone(),
+        trust,
         backend::wall_clock_ms(),
     );
+    mesh.cert = cert;
+    mesh.rng_seed = random_seed();
     mesh.link = LinkConfig {
         keepalive: config.mesh.keepalive,
         idle_timeout: config.mesh.idle_timeout,
@@ -123,6 +137,62 @@ pub fn mesh_config(config: &Config) -> Result<MeshConfig, StartError> {
         .map(|(n, c)| (n.clone(), cost(*c)))
         .collect();
     Ok(mesh)
+}
+
+/// A seed from the OS for the node's ids and jitter (a clock-derived seed would make circuit
+/// numbers and probe ids guessable).
+fn random_seed() -> u64 {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        return backend::wall_clock_ms();
+    }
+    u64::from_le_bytes(b)
+}
+
+/// The trust entries, authorities and revocation lists of a config, files read and checked.
+///
+/// # Errors
+/// [`StartError::Certificates`] for an unreadable or invalid revocation list.
+pub fn trust_policy(config: &Config) -> Result<TrustPolicy, StartError> {
+    let mut authorities = Authorities::new(config.certificates.authorities.iter().copied());
+    for path in &config.certificates.revocations {
+        let bad = |problem: String| StartError::Certificates {
+            path: path.clone(),
+            problem,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let list = SignedRevocationList::from_armored(&text).map_err(|e| bad(e.to_string()))?;
+        authorities.revoke(&list).map_err(|e| bad(e.to_string()))?;
+    }
+    Ok(TrustPolicy {
+        entries: config.trust.clone(),
+        authorities,
+    })
+}
+
+/// This node's certificate, checked to be for its id and key and still valid.
+fn own_certificate(
+    config: &Config,
+    keys: &LinkKeypair,
+) -> Result<Option<SignedCertificate>, StartError> {
+    let Some(path) = &config.certificates.cert else {
+        return Ok(None);
+    };
+    let bad = |problem: String| StartError::Certificates {
+        path: path.clone(),
+        problem,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let cert = SignedCertificate::from_armored(&text).map_err(|e| bad(e.to_string()))?;
+    cert.check_binding(&config.node_id, &keys.public(), backend::wall_clock_ms())
+        .map_err(|e| {
+            bad(format!(
+                "{e}; issue a certificate for node {} and key {} with `warren ca sign`",
+                config.node_id,
+                keys.public()
+            ))
+        })?;
+    Ok(Some(cert))
 }
 
 /// A private key others can read is a key others may have copied; say so (as ssh does).

@@ -93,6 +93,7 @@ fn changed_settings(old: &Config, new: &Config) -> Vec<&'static str> {
         (old.work_types != new.work_types, "work-type"),
         (old.signers != new.signers, "signer"),
         (old.ansible_runner != new.ansible_runner, "ansible-runner"),
+        (old.certificates != new.certificates, "certificates"),
     ];
     checks
         .into_iter()
@@ -118,6 +119,7 @@ mod tests {
             trust: Vec::new(),
             link_costs: Default::default(),
             control: Default::default(),
+            certificates: Default::default(),
             mesh: Default::default(),
             work: Default::default(),
             work_types: Vec::new(),

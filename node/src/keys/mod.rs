@@ -12,10 +12,12 @@
 //! kind is never taken for the other. Private keys live in mode-0600 files and never appear in
 //! `Debug` output or logs.
 
-mod file;
+pub(crate) mod file;
 pub mod link;
+mod signature;
 pub mod signing;
 pub mod xeddsa;
 
 pub use link::{KeyError, LINK_KEY_KIND, LinkKeypair, PublicKey};
-pub use signing::{SIGNING_KEY_KIND, SignerKey, SigningKeyError, SigningKeypair};
+pub use signature::{SIGNATURE_LEN, SignatureBytes};
+pub use signing::{SIGNING_KEY_KIND, SignerKey, SigningKeyError, SigningKeypair, SigningPurpose};

@@ -160,10 +160,14 @@ mod tests {
         let keys = pair(5);
         let mut sig = sign(&keys, b"m", &[9; 64]);
         // s + q is the same scalar mod q but not canonical.
-        let q = curve25519_dalek::constants::BASEPOINT_ORDER;
+        // The group order q = 2^252 + 27742317777372353535851937790883648493, little endian.
+        let q: [u8; 32] = [
+            0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9,
+            0xde, 0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        ];
         let s = Scalar::from_canonical_bytes(sig[32..].try_into().unwrap()).unwrap();
         let mut wide = [0u8; 32];
-        let (sb, qb) = (s.as_bytes(), q.as_bytes());
+        let (sb, qb) = (s.as_bytes(), &q);
         let mut carry = 0u16;
         for i in 0..32 {
             let sum = u16::from(sb[i]) + u16::from(qb[i]) + carry;

@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+pub use super::session::PeerIdentity;
 pub use handle::{ConnectError, DriverGone, Incoming, MeshHandle, ProbeOutcome};
 pub use stream::MeshStream;
 
@@ -33,8 +34,8 @@ use super::node::{Event, MeshConfig, MeshNode, ProbeId, Transmit};
 use super::peers::PeerSlotId;
 use super::route::Cost;
 use super::stream::{StreamEvent, StreamId};
-use crate::id::{NodeId, ServiceName};
-use handle::{Command, Datagram};
+use crate::id::ServiceName;
+use handle::Command;
 use stream::StreamSlot;
 
 /// Bytes a link may have queued for its socket before the peer is judged not to be reading
@@ -83,7 +84,7 @@ impl Default for DriverConfig {
 }
 
 enum SocketEvent {
-    Accepted(TcpStream, Cost),
+    Accepted(TcpStream, Cost, Option<std::net::IpAddr>),
     Dialed(PeerSlotId, io::Result<TcpStream>),
     Bytes(LinkId, Bytes),
     Closed(LinkId, String),
@@ -111,7 +112,6 @@ struct Driver {
     streams: HashMap<StreamId, StreamSlot>,
     opening: HashMap<StreamId, oneshot::Sender<Result<MeshStream, ConnectError>>>,
     listeners: HashMap<ServiceName, mpsc::Sender<MeshStream>>,
-    datagram_sockets: HashMap<ServiceName, mpsc::Sender<Datagram>>,
     probes: HashMap<ProbeId, oneshot::Sender<ProbeOutcome>>,
     shutdown: Option<oneshot::Sender<()>>,
     /// The listeners' accept tasks; aborted at shutdown, which closes the listening sockets.
@@ -154,7 +154,6 @@ pub fn start(
         streams: HashMap::new(),
         opening: HashMap::new(),
         listeners: HashMap::new(),
-        datagram_sockets: HashMap::new(),
         probes: HashMap::new(),
         shutdown: None,
         accepts,
@@ -169,7 +168,12 @@ async fn accept_loop(listener: TcpListener, cost: Cost, tx: mpsc::Sender<SocketE
         match listener.accept().await {
             Ok((stream, addr)) => {
                 tracing::debug!(%addr, "accepted connection");
-                if tx.send(SocketEvent::Accepted(stream, cost)).await.is_err() {
+                let source = Some(addr.ip());
+                if tx
+                    .send(SocketEvent::Accepted(stream, cost, source))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -274,9 +278,9 @@ impl Driver {
     fn handle_socket(&mut self, event: SocketEvent) {
         let now = Instant::now().into_std();
         match event {
-            SocketEvent::Accepted(stream, cost) => {
+            SocketEvent::Accepted(stream, cost, source) => {
                 no_delay(&stream);
-                let link = self.node.handle_accepted(now, cost);
+                let link = self.node.handle_accepted(now, cost, source);
                 self.attach(link, stream);
             }
             SocketEvent::Dialed(slot, Ok(stream)) => {
@@ -385,17 +389,6 @@ impl Driver {
                     let _ = reply.send(Err((from, reason, elapsed)));
                 }
             }
-            Event::Datagram {
-                from,
-                from_service,
-                service,
-                data,
-            } => self.datagram(Datagram {
-                from,
-                from_service,
-                service,
-                data,
-            }),
             Event::Undeliverable {
                 target,
                 reporter,
@@ -446,7 +439,7 @@ impl Driver {
         }
     }
 
-    fn incoming(&mut self, id: StreamId, from: NodeId, service: ServiceName) {
+    fn incoming(&mut self, id: StreamId, from: PeerIdentity, service: ServiceName) {
         let now = Instant::now().into_std();
         let Some(listener) = self.listeners.get(&service) else {
             self.node.stream_reset(now, id, ResetReason::NoService);
@@ -464,19 +457,11 @@ impl Driver {
         }
     }
 
-    fn datagram(&mut self, datagram: Datagram) {
-        let Some(socket) = self.datagram_sockets.get(&datagram.service) else {
-            tracing::debug!(service = %datagram.service, from = %datagram.from, "datagram for no socket dropped");
-            return;
-        };
-        // Datagrams are unreliable: a full or closed receiver drops them.
-        if socket.try_send(datagram).is_err() {
-            tracing::debug!("datagram dropped: receiver full or gone");
-        }
-    }
-
     fn take_pending(&mut self, id: StreamId) -> Option<MeshStream> {
-        self.streams.get_mut(&id).and_then(StreamSlot::take_pending)
+        let peer = self.node.stream_peer(id).cloned();
+        self.streams
+            .get_mut(&id)
+            .and_then(|slot| slot.take_pending(peer))
     }
 }
 

@@ -25,11 +25,11 @@ fn mesh_config(name: &str, n: u8) -> MeshConfig {
             key: LinkKeypair::from_private([k; 32]).public(),
             node: None,
         })
-        .collect();
+        .collect::<Vec<_>>();
     MeshConfig::new(
         id(name),
         LinkKeypair::from_private([n; 32]),
-        trust,
+        trust.into(),
         u64::from(n) * 1000,
     )
 }

@@ -15,7 +15,7 @@ use crate::keys::{LinkKeypair, PublicKey};
 use crate::mesh::driver::{self, DriverConfig, MeshHandle, PeerTarget};
 use crate::mesh::node::MeshConfig;
 use crate::mesh::route::Cost;
-use crate::mesh::trust::TrustEntry;
+use crate::mesh::trust::{TrustEntry, TrustPolicy};
 use crate::work::protocol::Request;
 use crate::work::remote;
 
@@ -151,10 +151,13 @@ fn start_node(
     peer: &EndpointAddr,
     pinned: Option<PublicKey>,
 ) -> MeshHandle {
-    let trust = pinned
-        .map(|key| TrustEntry { key, node: None })
-        .into_iter()
-        .collect();
+    let trust = TrustPolicy {
+        entries: pinned
+            .map(|key| TrustEntry { key, node: None })
+            .into_iter()
+            .collect(),
+        authorities: Default::default(),
+    };
     let epoch = crate::daemon::backend::wall_clock_ms();
     let mut config = MeshConfig::new(me.clone(), keys, trust, epoch);
     config.trust_first_contact = pinned.is_none();

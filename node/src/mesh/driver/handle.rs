@@ -17,19 +17,6 @@ use crate::mesh::stream::StreamId;
 /// long.
 pub type ProbeOutcome = Result<(NodeId, Duration), (Option<NodeId>, ProbeFailure, Duration)>;
 
-/// A datagram received on a bound service.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Datagram {
-    /// The sending node.
-    pub from: NodeId,
-    /// The sending service.
-    pub from_service: ServiceName,
-    /// Our service it was sent to.
-    pub service: ServiceName,
-    /// The bytes.
-    pub data: Bytes,
-}
-
 /// The owner task has stopped.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("the mesh node has stopped")]
@@ -58,16 +45,6 @@ pub(super) enum Command {
     Listen {
         service: ServiceName,
         streams: mpsc::Sender<MeshStream>,
-    },
-    BindDatagrams {
-        service: ServiceName,
-        datagrams: mpsc::Sender<Datagram>,
-    },
-    SendDatagram {
-        node: NodeId,
-        service: ServiceName,
-        from_service: ServiceName,
-        data: Bytes,
     },
     Send {
         id: StreamId,
@@ -154,43 +131,6 @@ impl MeshHandle {
             streams,
         })?;
         Ok(rx)
-    }
-
-    /// Receives datagrams sent to `service` on this node (unreliable: a slow receiver loses
-    /// them).
-    ///
-    /// # Errors
-    /// [`DriverGone`] when the node stopped.
-    pub fn bind_datagrams(
-        &self,
-        service: &ServiceName,
-    ) -> Result<mpsc::Receiver<Datagram>, DriverGone> {
-        let (datagrams, rx) = mpsc::channel(256);
-        self.send(Command::BindDatagrams {
-            service: service.clone(),
-            datagrams,
-        })?;
-        Ok(rx)
-    }
-
-    /// Sends a datagram from `from_service` to `service` on `node`. Delivery is not
-    /// guaranteed; a node that cannot route it sends an unreachable notice back.
-    ///
-    /// # Errors
-    /// [`DriverGone`] when the node stopped.
-    pub fn send_datagram(
-        &self,
-        node: &NodeId,
-        service: &ServiceName,
-        from_service: &ServiceName,
-        data: Bytes,
-    ) -> Result<(), DriverGone> {
-        self.send(Command::SendDatagram {
-            node: node.clone(),
-            service: service.clone(),
-            from_service: from_service.clone(),
-            data,
-        })
     }
 
     /// Sends one echo probe to `node`; relays drop it after `hops` hops.
@@ -280,15 +220,6 @@ impl Driver {
                 self.node.listen(now, service.clone());
                 self.listeners.insert(service, streams);
             }
-            Command::BindDatagrams { service, datagrams } => {
-                self.datagram_sockets.insert(service, datagrams);
-            }
-            Command::SendDatagram {
-                node,
-                service,
-                from_service,
-                data,
-            } => self.node.send_datagram(&node, service, from_service, data),
             Command::Send { id, data } => {
                 if let Err(e) = self.node.stream_send(now, id, data) {
                     tracing::debug!(stream = %id, error = %e, "stream send refused");

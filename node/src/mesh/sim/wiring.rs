@@ -134,7 +134,7 @@ impl Sim {
             return;
         }
         let la = self.node(a).handle_dialed(now, slot, cost);
-        let lb = self.node(b).handle_accepted(now, cost);
+        let lb = self.node(b).handle_accepted(now, cost, None);
         let end = |sim: &Self, node: NodeIdx, link| End {
             node,
             incarnation: sim.nodes[node.0].incarnation,

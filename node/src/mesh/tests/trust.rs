@@ -33,12 +33,12 @@ fn untrusted_key_is_refused_and_never_routed() {
             sim.events(refuser)
         );
     }
-    // The intruder learns why. When it dialled it knows whom it reached; when it was
-    // dialled, the refusal came before the dialler showed its identity.
+    // The intruder learns why. When it was dialled it knows who dialled (and refused) it;
+    // when it dialled, the refusal came before the node it reached named itself.
     assert!(saw_link_down(
         &sim,
         intruder,
-        n[0],
+        n[1],
         &LinkEnd::ByPeer(untrusted)
     ));
     let anonymous = |e: &Event| matches!(e, Event::LinkDown { peer: None, end, .. } if *end == LinkEnd::ByPeer(untrusted));
