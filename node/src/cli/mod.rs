@@ -1,6 +1,7 @@
 //! The `warren` command line: clap types for each command and the code that runs them.
 //! This is an edge of the crate, so errors here are `anyhow`.
 
+mod ca;
 mod component;
 pub mod frontend;
 mod keygen;
@@ -13,6 +14,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub use ca::{CaCommand, CertSignArgs, InitArgs, RevokeArgs, ShowArgs};
 pub use component::{ComponentCommand, ComponentKeygenArgs, SignArgs, VerifyArgs};
 pub use keygen::KeygenArgs;
 pub use node_args::NodeArgs;
@@ -51,6 +53,12 @@ pub enum Command {
     Node(NodeArgs),
     /// Create a link key pair, or show the public token of an existing one.
     Keygen(KeygenArgs),
+    /// A mesh authority: certificates that admit nodes without per-peer trust entries.
+    ///
+    /// Start with `warren ca init --out ca.key`, then `warren ca sign --ca ca.key --node
+    /// node1 --key x25519:... --out node1.cert`, and run nodes with --ca TOKEN --cert FILE.
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Show a node's links, routing table, known nodes and what each offers.
     Status(SocketArgs),
     /// Ping a node across the mesh through the local node's control socket.
@@ -102,6 +110,7 @@ impl Cli {
             match self.command {
                 Command::Node(args) => ops::node(args).await,
                 Command::Keygen(args) => keygen::run(args),
+                Command::Ca(command) => ca::run(command),
                 Command::Status(args) => ops::status(args).await,
                 Command::Ping(args) => ops::ping(args).await,
                 Command::Traceroute(args) => ops::traceroute(args).await,

@@ -411,6 +411,7 @@ pub async fn run(
     ready_file: Option<&Path>,
     source: Option<ConfigSource>,
 ) -> Result<(), StartError> {
+    raise_fd_limit();
     let node = start(config, source).await?;
     if let Some(path) = ready_file {
         node.write_ready_file(path)?;
@@ -419,6 +420,35 @@ pub async fn run(
     tracing::info!("shutting down");
     node.shutdown().await;
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard limit: links, streams, jobs and the
+/// control socket all take descriptors, and the usual soft limit of 1024 is low for a relay.
+/// The connection caps keep a flood of half-open connections from using them up.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                tracing::debug!(
+                    from = limit.rlim_cur,
+                    to = limit.rlim_max,
+                    "raised the open files limit"
+                );
+            }
+        }
+    }
 }
 
 async fn wait_for_signal() {

@@ -57,6 +57,11 @@ const SHUTDOWN_FLUSH: Duration = Duration::from_millis(500);
 /// Size of one socket read.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// How long a closed link's writer may go on flushing (its close reason, its last frames)
+/// before the socket is dropped regardless: a peer that stopped reading must not keep the
+/// socket and the queued bytes alive.
+const CLOSE_FLUSH: Duration = Duration::from_secs(2);
+
 /// A peer to dial: where, and at what cost.
 #[derive(Debug, Clone)]
 pub struct PeerTarget {
@@ -73,12 +78,17 @@ pub struct PeerTarget {
 pub struct DriverConfig {
     /// See [`DEFAULT_MAX_LINK_QUEUE`].
     pub max_link_queue: usize,
+    /// Diagnostics: receives a copy of every frame this node's links decrypt — exactly what
+    /// this node sees in clear, as a relay. Only library users set it (tests that check what
+    /// a relay can read); no flag or config does.
+    pub tap: Option<mpsc::UnboundedSender<(LinkId, Bytes)>>,
 }
 
 impl Default for DriverConfig {
     fn default() -> Self {
         Self {
             max_link_queue: DEFAULT_MAX_LINK_QUEUE,
+            tap: None,
         }
     }
 }
@@ -96,6 +106,9 @@ struct Writer {
     reader: JoinHandle<()>,
     /// Ends once everything sent to `tx` is written and the socket shut down.
     writer: JoinHandle<()>,
+    /// Set when the link is closed because its peer stopped reading: flushing is pointless,
+    /// so the socket is dropped at once.
+    stalled: bool,
 }
 
 /// The task that owns the node.
@@ -317,6 +330,7 @@ impl Driver {
                 queued,
                 reader,
                 writer,
+                stalled: false,
             },
         );
     }
@@ -350,13 +364,15 @@ impl Driver {
                 let _ = writer.tx.send(bytes);
                 if queued > self.config.max_link_queue {
                     tracing::warn!(%link, queued, "peer is not reading; closing link");
+                    if let Some(writer) = self.writers.get_mut(&link) {
+                        writer.stalled = true;
+                    }
                     self.node.close_link(now, link, CloseReason::SendQueueFull);
                 }
             }
             Transmit::Close { link } => {
                 if let Some(writer) = self.writers.remove(&link) {
-                    // Dropping the sender lets the writer flush, then shut the socket.
-                    writer.reader.abort();
+                    retire(writer);
                 }
             }
         }
@@ -397,6 +413,11 @@ impl Driver {
             Event::LinkDown { peer, end, .. } => {
                 let who = peer.map_or_else(|| "peer".to_owned(), |p| p.to_string());
                 self.last_link_end = Some(format!("link to {who} {end}"));
+            }
+            Event::LinkPlaintext { link, frame } => {
+                if let Some(tap) = &self.config.tap {
+                    let _ = tap.send((link, frame));
+                }
             }
             Event::LinkUp { .. } | Event::DuplicateNodeId { .. } => {}
         }
@@ -463,6 +484,23 @@ impl Driver {
             .get_mut(&id)
             .and_then(|slot| slot.take_pending(peer))
     }
+}
+
+/// Lets a closed link's writer flush what is queued for at most [`CLOSE_FLUSH`] (not at all
+/// for a stalled peer), then drops the socket and whatever is still queued.
+fn retire(writer: Writer) {
+    writer.reader.abort();
+    drop(writer.tx);
+    let mut task = writer.writer;
+    if writer.stalled {
+        task.abort();
+        return;
+    }
+    tokio::spawn(async move {
+        if tokio::time::timeout(CLOSE_FLUSH, &mut task).await.is_err() {
+            task.abort();
+        }
+    });
 }
 
 /// Links carry small latency-sensitive messages (pings, credit) between bulk data; Nagle's

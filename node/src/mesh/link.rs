@@ -51,6 +51,8 @@ pub struct LinkConfig {
     pub handshake_timeout: Duration,
     /// Switch to fresh keys this often.
     pub rekey_interval: Duration,
+    /// Diagnostics: report every decrypted frame ([`LinkEvent::Plaintext`]).
+    pub tap: bool,
 }
 
 impl Default for LinkConfig {
@@ -60,6 +62,7 @@ impl Default for LinkConfig {
             idle_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             rekey_interval: Duration::from_secs(3600),
+            tap: false,
         }
     }
 }
@@ -111,6 +114,8 @@ pub enum LinkEvent {
     Up,
     /// A message from the peer.
     Message(Message),
+    /// (Diagnostics, with [`LinkConfig::tap`].) A decrypted frame, as received.
+    Plaintext(Bytes),
     /// The link is closed; nothing more will come.
     Closed(LinkEnd),
 }
@@ -703,6 +708,9 @@ impl Link {
                     return false;
                 }
             };
+            if self.config.tap {
+                self.events.push_back(LinkEvent::Plaintext(frame.clone()));
+            }
             let message = match Message::decode(&frame) {
                 Ok(message) => message,
                 Err(e) => {

@@ -220,6 +220,13 @@ pub enum Event {
         /// Why.
         reason: Unreachable,
     },
+    /// (Diagnostics, with `LinkConfig::tap`.) A frame a link decrypted.
+    LinkPlaintext {
+        /// The link.
+        link: LinkId,
+        /// The frame, as received.
+        frame: Bytes,
+    },
     /// Another node uses our node id, or two nodes share one.
     DuplicateNodeId {
         /// The contested id.
@@ -537,6 +544,10 @@ impl MeshNode {
                 } => self.judge_peer(now, id, node, key, epoch, cert.as_deref()),
                 LinkEvent::Up => self.handle_link_up(now, id),
                 LinkEvent::Message(message) => self.handle_message(now, id, message),
+                LinkEvent::Plaintext(frame) => {
+                    self.events
+                        .push_back(Event::LinkPlaintext { link: id, frame });
+                }
                 LinkEvent::Closed(end) => self.handle_link_closed(now, id, end),
             }
         }
@@ -920,6 +931,41 @@ impl MeshNode {
     pub fn stream_counts(&self) -> (usize, usize, usize) {
         let (endpoints, relayed) = self.streams.counts();
         (self.sessions.len(), endpoints, relayed)
+    }
+}
+
+/// What tests need of a node beyond its API: a hostile node's raw voice, and a look inside.
+#[cfg(test)]
+impl MeshNode {
+    /// Sends `message` to neighbour `peer` over the link to it, bypassing every rule of this
+    /// node (so a test can play a malicious node with a real, trusted link).
+    pub(crate) fn inject(&mut self, peer: &NodeId, message: &Message) -> bool {
+        let Some(&link) = self.neighbours.get(peer) else {
+            return false;
+        };
+        self.links
+            .get_mut(&link)
+            .is_some_and(|slot| slot.link.send(message).is_ok())
+    }
+
+    /// The circuits this node relays.
+    pub(crate) fn relayed_circuits(&self) -> Vec<super::message::CircuitId> {
+        self.streams.relayed_circuits()
+    }
+
+    /// The id of the end-to-end session with `peer`.
+    pub(crate) fn session_id(&self, peer: &NodeId) -> Option<u64> {
+        self.sessions.id_with(peer)
+    }
+
+    /// Adverts refused so far.
+    pub(crate) fn adverts_refused(&self) -> u64 {
+        self.adverts_refused
+    }
+
+    /// Number of adverts stored.
+    pub(crate) fn lsdb_len(&self) -> usize {
+        self.lsdb.len()
     }
 }
 

@@ -683,6 +683,12 @@ impl Streams {
         Some(out)
     }
 
+    /// The circuits relayed here (for tests).
+    #[cfg(test)]
+    pub(crate) fn relayed_circuits(&self) -> Vec<CircuitId> {
+        self.relays.circuit_ids()
+    }
+
     /// The peer of stream `id`, for logs and status.
     pub fn peer(&self, id: StreamId) -> Option<&PeerIdentity> {
         self.endpoints.get(&id).map(|ep| &ep.peer)

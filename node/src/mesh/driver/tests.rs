@@ -198,6 +198,7 @@ async fn peer_that_stops_reading_is_cut_off() {
         &[],
         DriverConfig {
             max_link_queue: cap,
+            ..DriverConfig::default()
         },
     )
     .await;
@@ -228,7 +229,12 @@ async fn peer_that_stops_reading_is_cut_off() {
     );
     let status = a.status().await.unwrap();
     assert!(status.links.is_empty(), "the stalled link is gone");
-    peer.abort();
+    // The socket itself is released: the hostile peer's writes start failing within a few
+    // seconds (before, the detached writer kept the socket, and the queued bytes, forever).
+    tokio::time::timeout(Duration::from_secs(5), peer)
+        .await
+        .expect("the node must drop the stalled peer's socket")
+        .unwrap();
 }
 
 #[tokio::test]

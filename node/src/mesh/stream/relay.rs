@@ -63,6 +63,12 @@ impl Relays {
         self.circuits.is_empty()
     }
 
+    /// The relayed circuits (for tests).
+    #[cfg(test)]
+    pub(crate) fn circuit_ids(&self) -> Vec<CircuitId> {
+        self.circuits.keys().cloned().collect()
+    }
+
     /// Whether `circuit` passes through here.
     pub fn contains(&self, circuit: &CircuitId) -> bool {
         self.circuits.contains_key(circuit)
@@ -188,5 +194,102 @@ impl Relays {
                 },
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn circuit(opener: &str, number: u64) -> CircuitId {
+        CircuitId {
+            opener: NodeId::new(opener).unwrap(),
+            number,
+        }
+    }
+
+    fn packet(c: &CircuitId, from_opener: bool, kind: StreamKind) -> StreamPacket {
+        StreamPacket {
+            circuit: c.clone(),
+            from_opener,
+            kind,
+        }
+    }
+
+    #[test]
+    fn a_live_circuit_is_never_re_pinned_and_only_its_links_may_speak() {
+        let now = Instant::now();
+        let mut relays = Relays::default();
+        let (opener, acceptor, thief) = (LinkId(1), LinkId(2), LinkId(3));
+        let c = circuit("a", 7);
+        let b = NodeId::new("b").unwrap();
+        assert_eq!(
+            relays.pin(now, &c, &b, opener, acceptor),
+            RelayVerdict::Forward(acceptor)
+        );
+        // A neighbour re-opening the live circuit from its own link is ignored.
+        assert_eq!(relays.pin(now, &c, &b, thief, acceptor), RelayVerdict::Drop);
+        let data = StreamKind::Sealed(bytes::Bytes::from_static(b"x"));
+        assert_eq!(
+            relays.route(now, thief, &packet(&c, false, data.clone())),
+            RelayVerdict::Drop,
+            "the acceptor's direction from another link"
+        );
+        assert_eq!(
+            relays.route(
+                now,
+                thief,
+                &packet(&c, true, StreamKind::Reset(ResetReason::Cancelled))
+            ),
+            RelayVerdict::Drop,
+            "a reset from another link does not tear the circuit down"
+        );
+        assert_eq!(
+            relays.route(now, acceptor, &packet(&c, false, data.clone())),
+            RelayVerdict::Forward(opener)
+        );
+        assert_eq!(
+            relays.route(now, opener, &packet(&c, true, data)),
+            RelayVerdict::Forward(acceptor)
+        );
+    }
+
+    #[test]
+    fn an_idle_circuit_is_dropped_with_a_reset_to_both_ends() {
+        let now = Instant::now();
+        let mut relays = Relays::default();
+        let c = circuit("a", 1);
+        let b = NodeId::new("b").unwrap();
+        relays.pin(now, &c, &b, LinkId(1), LinkId(2));
+        let mut out = Vec::new();
+        relays.expire(now + RELAY_IDLE - Duration::from_secs(1), &mut out);
+        assert!(out.is_empty());
+        relays.expire(now + RELAY_IDLE, &mut out);
+        let resets: Vec<(LinkId, bool)> = out
+            .iter()
+            .filter(|o| o.packet.kind == StreamKind::Reset(ResetReason::Idle))
+            .map(|o| (o.link, o.packet.from_opener))
+            .collect();
+        assert_eq!(resets, vec![(LinkId(1), false), (LinkId(2), true)]);
+        assert!(relays.is_empty());
+    }
+
+    #[test]
+    fn one_opener_cannot_pin_more_than_its_share() {
+        let now = Instant::now();
+        let mut relays = Relays::default();
+        let b = NodeId::new("b").unwrap();
+        for n in 0..MAX_RELAYED_PER_OPENER as u64 {
+            let verdict = relays.pin(now, &circuit("greedy", n), &b, LinkId(1), LinkId(2));
+            assert_eq!(verdict, RelayVerdict::Forward(LinkId(2)));
+        }
+        let over = relays.pin(now, &circuit("greedy", u64::MAX), &b, LinkId(1), LinkId(2));
+        assert_eq!(over, RelayVerdict::Refuse);
+        let other = relays.pin(now, &circuit("modest", 1), &b, LinkId(1), LinkId(2));
+        assert_eq!(
+            other,
+            RelayVerdict::Forward(LinkId(2)),
+            "others still get through"
+        );
     }
 }
