@@ -52,6 +52,10 @@ fn line() -> Line {
         "--signer".to_owned(),
         signer,
         "--no-ansible-runner".to_owned(),
+        "--allow-deploy".to_owned(),
+        "controller".to_owned(),
+        "--allow-work".to_owned(),
+        "*=controller".to_owned(),
     ];
     let node1 = mesh.start(&ids[2], &[trust(&all), extra.to_vec()].concat());
     let addr = mesh.node(node1).addr().to_owned();

@@ -82,9 +82,19 @@ fn line() -> Line {
         .collect();
     let all: Vec<&Identity> = ids.iter().collect();
     let runner = venv_bin().join("ansible-runner").display().to_string();
-    let node1_extra: Vec<String> = ["--work-type", "cat=/bin/cat", "--ansible-runner", &runner]
-        .map(str::to_owned)
-        .to_vec();
+    // node1 lets the controller (pinned) submit anything and use its control service.
+    let node1_extra: Vec<String> = [
+        "--work-type",
+        "cat=/bin/cat",
+        "--ansible-runner",
+        &runner,
+        "--allow-work",
+        "*=controller",
+        "--allow-control",
+        "controller",
+    ]
+    .map(str::to_owned)
+    .to_vec();
     let node1 = mesh.start(&ids[2], &[trust(&all), node1_extra].concat());
     let addr = mesh.node(node1).addr().to_owned();
     let relay = mesh.start(&ids[1], &[trust(&all), peer(&addr)].concat());

@@ -66,7 +66,13 @@ fn setup(client_id: Option<&str>, controller_listen: Option<&str>) -> Setup {
         .collect();
     let all: Vec<&Identity> = ids.iter().collect();
     let runner = venv_bin().join("ansible-runner");
-    let node1_extra = ["--ansible-runner".to_owned(), runner.display().to_string()];
+    // node1 lets the client's key (whatever node id it uses) run ansible-runner.
+    let node1_extra = [
+        "--ansible-runner".to_owned(),
+        runner.display().to_string(),
+        "--allow-work".to_owned(),
+        format!("ansible-runner={client_token}"),
+    ];
     let node1 = mesh.start(&ids[2], &[trust(&all), node1_extra.to_vec()].concat());
     let addr = mesh.node(node1).addr().to_owned();
     let relay = mesh.start(&ids[1], &[trust(&all), peer(&addr)].concat());
@@ -248,15 +254,26 @@ fn receptor_node_id_is_the_submitter_seen_on_node1() {
     ];
     let out = ansible_runner(&setup, &args);
     assert!(out.status.success(), "{out:?}\n{}", setup.mesh.logs());
+    // node1 logged the submission with the submitter's proven identity...
+    let log = std::fs::read_to_string(&setup.mesh.node(setup.node1).log).unwrap();
+    assert!(
+        log.lines().any(|l| l.contains("work request")
+            && l.contains("peer=runner-node")
+            && l.contains("submit ansible-runner")),
+        "{log}"
+    );
+    // ... and the run released its unit there once the artifacts were written: nothing
+    // of the job (payload, events) stays on node1.
     let listed = setup.mesh.ctl(setup.node1, &["work", "list", "--json"]);
     let units: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
-    let submitters: Vec<&str> = units
-        .as_object()
-        .unwrap()
-        .values()
-        .filter_map(|u| u["ExtraData"]["Submitter"].as_str())
-        .collect();
-    assert_eq!(submitters, vec!["runner-node"]);
+    assert_eq!(
+        units.as_object().map(serde_json::Map::len),
+        Some(0),
+        "{units}"
+    );
+    let units_dir = setup.mesh.path("node1-data/units");
+    let left: Vec<_> = std::fs::read_dir(&units_dir).unwrap().collect();
+    assert!(left.is_empty(), "unit files left on node1: {left:?}");
 
     // A second run with the same ident adds its events to the same artifacts dir, as
     // ansible-runner does.

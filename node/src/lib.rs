@@ -2,9 +2,11 @@
 //!
 //! Crate map (see ARCHITECTURE.md for the whole picture):
 //!
+//! - [`access`]: who may do what on this node over the mesh (allow rules, deny by default).
 //! - [`ansible`]: ansible-runner's transmit and worker streams, natively: packing a job for
 //!   `ansible-runner worker` and processing its output into artifacts.
 //! - [`ca`]: mesh authorities: certificates binding node ids to link keys, revocation lists.
+//! - [`clock`]: the wall clock, for drivers (cores take the time as an argument).
 //! - [`cli`]: command-line arguments and their conversion to library types.
 //! - [`config`]: the node's TOML config and flags, validated into a `Config`.
 //! - [`control`]: the Receptor control-socket protocol (so `receptorctl` works): request
@@ -20,9 +22,11 @@
 //! - [`work`]: work units: ids, the state life cycle, status JSON and the on-disk unit store.
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod ansible;
 pub mod ca;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod daemon;

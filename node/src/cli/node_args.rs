@@ -100,6 +100,37 @@ pub struct NodeArgs {
     #[arg(long = "signer", value_name = "TOKEN")]
     pub signers: Vec<SignerKey>,
 
+    /// Let WHO submit work type TYPE here over the mesh (repeatable); TYPE may be `*`.
+    ///
+    /// WHO is a node id (matched only when a --trust pin or a certificate binds its key),
+    /// group:NAME (a certificate's group), or a key token x25519:<base64url>. Nothing is
+    /// allowed by default; the local control socket always has full rights.
+    #[arg(long = "allow-work", value_name = "TYPE=WHO")]
+    pub allow_work: Vec<crate::access::WorkGrant>,
+
+    /// Let WHO use this node's control service over the mesh (repeatable): full control of
+    /// the node, as its local control socket has.
+    #[arg(long = "allow-control", value_name = "WHO")]
+    pub allow_control: Vec<crate::access::Who>,
+
+    /// Let WHO deploy components to this node (repeatable); a trusted --signer must have
+    /// signed them as well.
+    #[arg(long = "allow-deploy", value_name = "WHO")]
+    pub allow_deploy: Vec<crate::access::Who>,
+
+    /// Sign submissions to other nodes with this Ed25519 key when asked (receptorctl's
+    /// --signwork); make one with warren component keygen.
+    #[arg(long = "work-signing-key", value_name = "FILE")]
+    pub work_signing_key: Option<PathBuf>,
+
+    /// Accept work signed by this key (repeatable): ed25519:<base64url>.
+    #[arg(long = "work-verify-key", value_name = "TOKEN")]
+    pub work_verify_keys: Vec<SignerKey>,
+
+    /// Refuse submissions from other nodes unless signed by a --work-verify-key.
+    #[arg(long = "require-signed-work")]
+    pub require_signed_work: bool,
+
     /// Trust this mesh authority (repeatable): peers holding a valid certificate it signed
     /// are accepted without a --trust entry, and far nodes' adverts and sessions are
     /// checked against their certificates.
@@ -174,6 +205,12 @@ impl NodeArgs {
             authorities,
             cert,
             revocations,
+            allow_work,
+            allow_control,
+            allow_deploy,
+            work_signing_key,
+            work_verify_keys,
+            require_signed_work,
         } = self;
         id.is_none()
             && key_file.is_none()
@@ -190,6 +227,12 @@ impl NodeArgs {
             && authorities.is_empty()
             && cert.is_none()
             && revocations.is_empty()
+            && allow_work.is_empty()
+            && allow_control.is_empty()
+            && allow_deploy.is_empty()
+            && work_signing_key.is_none()
+            && work_verify_keys.is_empty()
+            && !require_signed_work
     }
 
     fn flags_only(self) -> Result<Config, ConfigError> {
@@ -221,6 +264,7 @@ impl NodeArgs {
             signers: Vec::new(),
             ansible_runner: AnsibleRunnerConfig::default(),
             certificates: CertificatesConfig::default(),
+            access: Default::default(),
         };
         self.extend(config).validate(Origin::Flags)
     }
@@ -265,6 +309,14 @@ impl NodeArgs {
             config.certificates.cert = Some(cert);
         }
         config.certificates.revocations.extend(self.revocations);
+        config.access.work.extend(self.allow_work);
+        config.access.control.extend(self.allow_control);
+        config.access.deploy.extend(self.allow_deploy);
+        if let Some(key) = self.work_signing_key {
+            config.work.signing_key = Some(key);
+        }
+        config.work.verify_keys.extend(self.work_verify_keys);
+        config.work.require_signed |= self.require_signed_work;
         if let Some(path) = self.ansible_runner {
             config.ansible_runner.path = Some(path);
             config.ansible_runner.enabled = true;

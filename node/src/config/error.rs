@@ -238,6 +238,18 @@ pub enum Problem {
     /// Not a valid component signer key token.
     #[error(transparent)]
     SignerKey(#[from] SigningKeyError),
+    /// Not a node id, `group:NAME` or key token.
+    #[error(transparent)]
+    Who(#[from] crate::access::WhoError),
+    /// Not a work type name or `*`.
+    #[error("{value:?} is not a work type name or *")]
+    WorkTypePattern {
+        /// The text as written.
+        value: String,
+    },
+    /// An allow rule that grants nothing.
+    #[error("the rule grants nothing: give work-types, control = true or deploy = true")]
+    EmptyGrant,
     /// Two work types share a name.
     #[error("work type {name:?} is defined twice")]
     DuplicateWorkType {

@@ -5,6 +5,7 @@
 //! New sections and keys are added as optional fields, so existing files keep parsing;
 //! the work sections (`[[work-type]]`, `[[signer]]`, `[ansible-runner]`) live in `work`.
 
+mod access;
 mod work;
 
 use std::collections::BTreeMap;
@@ -49,6 +50,8 @@ struct ConfigFile {
     ansible_runner: work::AnsibleRunnerSection,
     #[serde(default)]
     certificates: CertificatesSection,
+    #[serde(default)]
+    allow: Vec<access::AllowSection>,
 }
 
 #[derive(Deserialize, Default)]
@@ -105,12 +108,20 @@ struct MeshSection {
 struct WorkSection {
     max_running: Option<Spanned<u64>>,
     max_payload_mb: Option<Spanned<u64>>,
+    keep_finished_hours: Option<Spanned<u64>>,
+    signing_key: Option<Spanned<String>>,
+    #[serde(default)]
+    verify_keys: Vec<Spanned<String>>,
+    require_signed: Option<Spanned<bool>>,
 }
 
 /// Allowed range of `[work] max-running`.
 const MAX_RUNNING: (u64, u64) = (1, 4_096);
 /// Allowed range of `[work] max-payload-mb`: up to 1 TiB.
 const MAX_PAYLOAD_MB: (u64, u64) = (1, 1 << 20);
+
+/// Allowed range of `[work] keep-finished-hours` (0 keeps finished units until released).
+const KEEP_FINISHED_HOURS: (u64, u64) = (0, 24 * 366);
 
 /// Allowed range of `keepalive-seconds`: up to an hour.
 const KEEPALIVE_SECONDS: (u64, u64) = (1, 3_600);
@@ -169,6 +180,7 @@ impl Decoder<'_> {
                 .collect::<Result<_, _>>()?,
             ansible_runner: self.ansible_runner(&file.ansible_runner)?,
             certificates: self.certificates(&file.certificates)?,
+            access: self.access(&file.allow)?,
         })
     }
 
@@ -273,9 +285,30 @@ impl Decoder<'_> {
             "[work] max-payload-mb",
             MAX_PAYLOAD_MB,
         )?;
+        let keep = self.bounded(
+            work.keep_finished_hours.as_ref(),
+            "[work] keep-finished-hours",
+            KEEP_FINISHED_HOURS,
+        )?;
+        let signing_key = match &work.signing_key {
+            None => None,
+            Some(path) => Some(self.path_value(path, "[work] signing-key")?),
+        };
+        let verify_keys = (work.verify_keys.iter().enumerate())
+            .map(|(i, k)| {
+                let key = format!("[work] verify-keys #{}", i + 1);
+                self.parse(k, &key, |s| Ok(s.parse()?))
+            })
+            .collect::<Result<_, _>>()?;
         Ok(WorkLimits {
             max_running: running.map_or(defaults.max_running, |n| usize::try_from(n).unwrap_or(1)),
             max_payload: payload.map_or(defaults.max_payload, |mb| mb << 20),
+            keep_finished: keep.map_or(defaults.keep_finished, |h| {
+                (h > 0).then(|| Duration::from_secs(h * 3600))
+            }),
+            signing_key,
+            verify_keys,
+            require_signed: work.require_signed.as_ref().is_some_and(|r| *r.get_ref()),
         })
     }
 

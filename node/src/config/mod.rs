@@ -25,6 +25,14 @@
 //! socket = "/run/warren/control.sock" # optional; relative to the config file's directory
 //! permissions = "0600"                # optional octal string
 //!
+//! [work]                              # optional
+//! max-running = 4                     # units at once (default: 2 per CPU)
+//! max-payload-mb = 1024               # largest payload (default 1 GiB)
+//! keep-finished-hours = 24            # release finished units after this (0: never)
+//! signing-key = "work.key"            # sign submissions that ask for it (signwork)
+//! verify-keys = ["ed25519:..."]       # accept work signed by these keys
+//! require-signed = false              # refuse unsigned submissions from other nodes
+//!
 //! [mesh]                              # optional tuning
 //! keepalive-seconds = 10
 //! idle-timeout-seconds = 30
@@ -47,6 +55,12 @@
 //!
 //! [[signer]]                          # optional, repeatable: whose components run here
 //! key = "ed25519:..."
+//!
+//! [[allow]]                           # optional, repeatable: what peers may do here
+//! who = "group:controllers"           # a node id, group:NAME, or x25519:TOKEN
+//! work-types = ["ansible-runner"]     # may submit these ("*" for any)
+//! control = false                     # may use the control service over the mesh
+//! deploy = false                      # may deploy components (a trusted signature too)
 //!
 //! [certificates]                      # optional: a mesh authority instead of per-peer trust
 //! authorities = ["ed25519:..."]       # `warren ca init` prints the token
@@ -136,6 +150,8 @@ pub struct Config {
     pub ansible_runner: AnsibleRunnerConfig,
     /// Mesh authorities this node trusts, its own certificate and the revocation lists.
     pub certificates: CertificatesConfig,
+    /// What mesh peers may do here (deny by default).
+    pub access: crate::access::AccessPolicy,
 }
 
 /// `[certificates]`: mesh authorities (`--ca`), this node's certificate (`--cert`) and
@@ -187,12 +203,20 @@ impl Default for ControlConfig {
 }
 
 /// Limits of the node's work units (`[work]`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkLimits {
     /// Units that run at once; more wait in a queue.
     pub max_running: usize,
     /// Largest payload accepted, in bytes.
     pub max_payload: u64,
+    /// How long finished units are kept before they are released (`None`: until released).
+    pub keep_finished: Option<Duration>,
+    /// The key this node signs submissions with when asked (`signwork`).
+    pub signing_key: Option<PathBuf>,
+    /// Keys whose signed submissions this node accepts.
+    pub verify_keys: Vec<SignerKey>,
+    /// Whether submissions from other nodes must be signed by one of `verify_keys`.
+    pub require_signed: bool,
 }
 
 impl Default for WorkLimits {
@@ -201,6 +225,10 @@ impl Default for WorkLimits {
         Self {
             max_running: defaults.max_running,
             max_payload: defaults.max_payload,
+            keep_finished: defaults.keep_finished,
+            signing_key: None,
+            verify_keys: Vec::new(),
+            require_signed: false,
         }
     }
 }

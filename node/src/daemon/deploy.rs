@@ -2,15 +2,16 @@
 //!
 //! A `deploy` on the control socket names a node. For this node the component is verified,
 //! compiled and switched in; for another, it travels over a mesh stream to that node's
-//! `deploy` service, which does the same and answers with what is now active. Only nodes
-//! the mesh trusts can reach the service, and the component itself must be signed by one
-//! of the target node's signers.
+//! `deploy` service, which does the same and answers with what is now active. Only peers the
+//! target allows to deploy (`--allow-deploy`) are served, and the component itself must be
+//! signed by one of the target node's signers.
 
 use std::sync::Arc;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
 
+use crate::access::{AccessPolicy, Act};
 use crate::control::reply::DeployReply;
 use crate::host::deploy::{MAX_COMPONENT_LEN, apply};
 use crate::host::registry::Registry;
@@ -33,6 +34,8 @@ pub struct Deployer {
     registry: watch::Sender<Arc<Registry>>,
     signers: Vec<SignerKey>,
     mesh: MeshHandle,
+    /// Who may deploy over the mesh.
+    access: watch::Receiver<Arc<AccessPolicy>>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -48,6 +51,7 @@ impl Deployer {
         registry: watch::Sender<Arc<Registry>>,
         signers: Vec<SignerKey>,
         mesh: MeshHandle,
+        access: watch::Receiver<Arc<AccessPolicy>>,
     ) -> Self {
         Self {
             node: mesh.id().clone(),
@@ -55,6 +59,7 @@ impl Deployer {
             registry,
             signers,
             mesh,
+            access,
         }
     }
 
@@ -149,9 +154,20 @@ impl Deployer {
             while let Some(stream) = incoming.recv().await {
                 let this = self.clone();
                 tokio::spawn(async move {
-                    let peer = stream.peer().clone();
-                    if let Err(e) = this.answer(stream).await {
-                        tracing::debug!(%peer, error = %e, "deploy session ended");
+                    let peer = stream.identity().clone();
+                    let allowed = this.access.borrow().check(&this.node, &peer, Act::Deploy);
+                    let result = match allowed {
+                        Ok(()) => {
+                            tracing::info!(peer = %peer.node, key = %peer.key, "deploy request");
+                            this.answer(stream).await
+                        }
+                        Err(refusal) => {
+                            tracing::info!(peer = %peer.node, key = %peer.key, %refusal, "deploy refused");
+                            refuse(stream, &refusal.to_string()).await
+                        }
+                    };
+                    if let Err(e) = result {
+                        tracing::debug!(peer = %peer.node, error = %e, "deploy session ended");
                     }
                 });
             }
@@ -205,6 +221,13 @@ impl Deployer {
         }
         self.apply_here(&header.signature, component).await
     }
+}
+
+/// Answers a refused stream with one `ERROR:` line, reading nothing of it.
+async fn refuse<S: AsyncWrite + Unpin>(mut stream: S, message: &str) -> std::io::Result<()> {
+    let line = crate::control::reply::error_line(message);
+    stream.write_all(line.as_bytes()).await?;
+    stream.shutdown().await
 }
 
 fn parse_reply(line: &str) -> Result<DeployReply, String> {

@@ -16,19 +16,23 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::access::{AccessPolicy, Act};
 use crate::ca::{Authorities, SignedCertificate, SignedRevocationList};
 use crate::config::{Config, LinkCost};
 use crate::control::{ControlSocket, ListenError, default_socket_path, serve_session};
 use crate::host::registry::{self, Registry};
 use crate::host::runner::{Host, HostError};
 use crate::id::ServiceName;
+use crate::keys::SigningKeypair;
 use crate::keys::{KeyError, LinkKeypair};
-use crate::mesh::driver::{self, DriverConfig, MeshHandle, PeerTarget};
+use crate::mesh::driver::{self, DriverConfig, MeshHandle, MeshStream, PeerTarget};
 use crate::mesh::link::LinkConfig;
 use crate::mesh::node::MeshConfig;
 use crate::mesh::route::Cost;
 use crate::mesh::trust::TrustPolicy;
-use crate::work::{Work, WorkConfig, WorkError};
+use crate::work::server::ServerSetup;
+use crate::work::signature::Verifier;
+use crate::work::{Work, WorkConfig, WorkError, WorkSetup};
 pub use backend::{CONTROL_SERVICE, NodeBackend};
 pub use deploy::{DEPLOY_SERVICE, Deployer};
 pub use reload::{ConfigSource, Reloader};
@@ -93,6 +97,8 @@ pub struct RunningNode {
     pub host: Arc<Host>,
     /// The offered work types; a deploy sends a new registry.
     pub registry: watch::Sender<Arc<Registry>>,
+    /// What mesh peers may do here; a reload sends a new policy.
+    pub access: watch::Sender<Arc<AccessPolicy>>,
     /// The addresses the listeners are bound to (port 0 resolved).
     pub listen_addrs: Vec<SocketAddr>,
     /// The control socket's path.
@@ -266,24 +272,36 @@ pub async fn start(
         mesh.clone(),
         registry_tx.clone(),
     );
-    let work = Work::open(
-        &config.data_dir,
-        config.node_id.clone(),
-        host.clone(),
-        registry.clone(),
-        WorkConfig {
+    let (access_tx, access) = watch::channel(Arc::new(config.access.clone()));
+    let work = Work::open(WorkSetup {
+        data_dir: config.data_dir.clone(),
+        node: config.node_id.clone(),
+        host: host.clone(),
+        registry: registry.clone(),
+        config: WorkConfig {
             max_running: config.work.max_running,
             max_payload: config.work.max_payload,
+            keep_finished: config.work.keep_finished,
         },
-        Some(mesh.clone()),
-    )
+        mesh: Some(mesh.clone()),
+        signing_key: work_signing_key(config)?,
+    })
     .map_err(StartError::Work)?;
-    crate::work::remote::serve(work.clone(), &mesh);
+    crate::work::server::serve(
+        work.clone(),
+        &mesh,
+        ServerSetup {
+            access: access.clone(),
+            require_signed: config.work.require_signed,
+            verifier: Verifier::new(config.work.verify_keys.clone()),
+        },
+    );
     let deployer = Deployer::new(
         host.clone(),
         registry_tx.clone(),
         config.signers.clone(),
         mesh.clone(),
+        access.clone(),
     );
     deployer.clone().serve();
     let backend = Arc::new(NodeBackend::new(
@@ -296,13 +314,14 @@ pub async fn start(
     ));
     let (stop, stopped) = watch::channel(false);
     let control = tokio::spawn(socket.serve(backend.clone(), stopped.clone()));
-    serve_control_on_mesh(&mesh, backend, stopped);
+    serve_control_on_mesh(&mesh, backend, access, stopped);
     tracing::info!(node = %config.node_id, listen = ?listen_addrs, control = %control_path.display(), "node started");
     Ok(RunningNode {
         mesh,
         work,
         host,
         registry: registry_tx,
+        access: access_tx,
         listen_addrs,
         control_path,
         stop,
@@ -347,33 +366,65 @@ fn offer_work_types(
     });
 }
 
-/// Serves the control protocol to other nodes as the mesh service `control`.
+/// Serves the control protocol to other nodes as the mesh service `control`, to the peers
+/// allowed to use it (`--allow-control`); others get one `ERROR:` line naming the flag.
 fn serve_control_on_mesh(
     mesh: &MeshHandle,
     backend: Arc<NodeBackend>,
+    access: watch::Receiver<Arc<AccessPolicy>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let service = ServiceName::new(CONTROL_SERVICE).expect("invariant: valid service name");
     let Ok(mut incoming) = mesh.listen(&service) else {
         return;
     };
+    let me = mesh.id().clone();
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 stream = incoming.recv() => {
                     let Some(stream) = stream else { return };
                     let backend = backend.clone();
-                    tokio::spawn(async move {
-                        let peer = stream.peer().clone();
-                        if let Err(e) = serve_session(stream, &*backend).await {
-                            tracing::debug!(%peer, error = %e, "mesh control session ended");
-                        }
-                    });
+                    let allowed = access.borrow().check(&me, stream.identity(), Act::Control);
+                    tokio::spawn(control_session(stream, backend, allowed));
                 }
                 _ = stop.changed() => return,
             }
         }
     });
+}
+
+async fn control_session(
+    mut stream: MeshStream,
+    backend: Arc<NodeBackend>,
+    allowed: Result<(), crate::access::Refusal>,
+) {
+    use tokio::io::AsyncWriteExt;
+    let peer = stream.identity().clone();
+    if let Err(refusal) = allowed {
+        tracing::info!(peer = %peer.node, key = %peer.key, %refusal, "mesh control session refused");
+        let line = crate::control::reply::error_line(&refusal.to_string());
+        let _ = stream.write_all(line.as_bytes()).await;
+        let _ = stream.shutdown().await;
+        return;
+    }
+    tracing::info!(peer = %peer.node, key = %peer.key, "mesh control session");
+    if let Err(e) = serve_session(stream, &*backend).await {
+        tracing::debug!(peer = %peer.node, error = %e, "mesh control session ended");
+    }
+}
+
+/// The key this node signs work with when asked (`signwork`).
+fn work_signing_key(config: &Config) -> Result<Option<SigningKeypair>, StartError> {
+    let Some(path) = &config.work.signing_key else {
+        return Ok(None);
+    };
+    SigningKeypair::load(path)
+        .map(Some)
+        .map_err(|e| StartError::Certificates {
+            path: path.clone(),
+            problem: format!("cannot load the work signing key: {e}"),
+        })
 }
 
 impl RunningNode {

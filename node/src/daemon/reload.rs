@@ -94,6 +94,7 @@ fn changed_settings(old: &Config, new: &Config) -> Vec<&'static str> {
         (old.signers != new.signers, "signer"),
         (old.ansible_runner != new.ansible_runner, "ansible-runner"),
         (old.certificates != new.certificates, "certificates"),
+        (old.access != new.access, "allow"),
     ];
     checks
         .into_iter()
@@ -120,6 +121,7 @@ mod tests {
             link_costs: Default::default(),
             control: Default::default(),
             certificates: Default::default(),
+            access: Default::default(),
             mesh: Default::default(),
             work: Default::default(),
             work_types: Vec::new(),

@@ -16,8 +16,8 @@ use crate::mesh::driver::{self, DriverConfig, MeshHandle, PeerTarget};
 use crate::mesh::node::MeshConfig;
 use crate::mesh::route::Cost;
 use crate::mesh::trust::{TrustEntry, TrustPolicy};
-use crate::work::protocol::Request;
-use crate::work::remote;
+use crate::work::UnitId;
+use crate::work::client::{SubmitRequest, WorkClient};
 
 /// Where the CLI's identity lives: `$WARREN_IDENTITY`, else `~/.config/warren/identity.key`.
 fn identity_path() -> anyhow::Result<PathBuf> {
@@ -251,46 +251,74 @@ pub(super) fn terminal_param() -> std::collections::BTreeMap<String, String> {
         .collect()
 }
 
-/// Streams the payload to a new unit on `node`, then follows its results into the
-/// processor. Ctrl-C cancels the unit and goes on reading until it ends.
+/// Streams the payload to a new unit on `node` and follows its results into the processor
+/// on the same stream (resuming by offset if the path breaks). Ctrl-C cancels the unit and
+/// goes on reading until it ends. Once the artifacts are written, the unit is released on
+/// the node: its output holds the job's events, which need not stay there.
 async fn submit_and_follow(
     mesh: &MeshHandle,
     node: &NodeId,
     prepared: &Prepared,
 ) -> anyhow::Result<ProcessOutcome> {
+    let client = WorkClient::new(mesh.clone());
     let (payload_in, mut payload_out) = tokio::io::duplex(256 * 1024);
-    let params = terminal_param();
-    let (sent, submitted) = tokio::join!(
-        send_payload(prepared, payload_in),
-        remote::submit(mesh, node, WORK_TYPE, params, &mut payload_out)
-    );
-    sent?;
-    let unit = submitted.map_err(|e| anyhow::anyhow!("submitting to {node}: {e}"))?;
-    eprintln!("running as unit {unit} on {node}");
     let (results_in, mut results_out) = tokio::io::duplex(256 * 1024);
-    let follow = async {
-        let status = remote::follow(mesh, node, unit, &mut results_out).await;
+    let unit_cell: std::sync::Mutex<Option<UnitId>> = std::sync::Mutex::new(None);
+    let request = SubmitRequest {
+        work_type: WORK_TYPE.to_owned(),
+        params: terminal_param(),
+        signature: None,
+    };
+    let created = |unit: UnitId| {
+        eprintln!("running as unit {unit} on {node}");
+        *unit_cell
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(unit);
+    };
+    let job = async {
+        let result = client
+            .submit_and_follow(node, request, &mut payload_out, created, &mut results_out)
+            .await;
         drop(results_out);
-        status
+        result
     };
     let interrupted = std::sync::atomic::AtomicBool::new(false);
     let cancel_on_interrupt = async {
         if tokio::signal::ctrl_c().await.is_ok() {
             interrupted.store(true, std::sync::atomic::Ordering::Relaxed);
-            eprintln!("interrupted: cancelling unit {unit} on {node}");
-            if let Err(e) = remote::tell(mesh, node, Request::Cancel { unit }).await {
-                eprintln!("could not cancel: {e}");
+            let unit = *unit_cell
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match unit {
+                Some(unit) => {
+                    eprintln!("interrupted: cancelling unit {unit} on {node}");
+                    if let Err(e) = client.cancel(node, unit).await {
+                        eprintln!("could not cancel: {e}");
+                    }
+                }
+                None => eprintln!("interrupted before the unit was created on {node}"),
             }
         }
         std::future::pending::<()>().await;
     };
-    let work = async { tokio::join!(follow, receive(prepared, results_in)) };
-    let (followed, processed) = tokio::select! {
+    let work = async {
+        tokio::join!(
+            send_payload(prepared, payload_in),
+            job,
+            receive(prepared, results_in)
+        )
+    };
+    let (sent, followed, processed) = tokio::select! {
         done = work => done,
         () = cancel_on_interrupt => unreachable!("pending forever"),
     };
-    let unit_status = followed.map_err(|e| anyhow::anyhow!("results from {node}: {e}"))?;
-    match processed {
+    let followed = followed.map_err(|e| anyhow::anyhow!("{e}"));
+    let (unit, unit_status) = match (followed, sent) {
+        (Ok(done), _) => done,
+        (Err(e), Err(packing)) => return Err(packing.context(e.to_string())),
+        (Err(e), Ok(())) => return Err(e.context(format!("running the job on {node}"))),
+    };
+    let outcome = match processed {
         // Cancelled before the worker could report it: end as a cancelled run does.
         Err(e) if interrupted.load(std::sync::atomic::Ordering::Relaxed) => {
             eprintln!("{e:#}");
@@ -302,5 +330,11 @@ async fn submit_and_follow(
             unit_status.state, unit_status.detail
         ))),
         ok => ok,
+    }?;
+    // The artifacts are written: the unit's files on the node (its output holds the job's
+    // events and facts) need not outlive the run.
+    if let Err(e) = client.release(node, unit).await {
+        eprintln!("note: could not release unit {unit} on {node}: {e}");
     }
+    Ok(outcome)
 }

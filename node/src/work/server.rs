@@ -1,0 +1,303 @@
+//! The mesh `work` service: other nodes submit, follow, cancel and release units here.
+//!
+//! Every request is judged by the stream's proven peer (its end-to-end session): submitting
+//! needs an allow rule for the work type (and, where this node requires it, a valid work
+//! signature); a unit belongs to its submitter, so any other peer without control rights is
+//! told "unknown unit" and learns nothing of its existence. Refusals and every mutating
+//! request are logged at info with the peer's identity.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+use super::core::Requester;
+use super::driver::{Submission, Work};
+use super::error::WorkError;
+use super::protocol::{
+    self, ProtocolError, RESULTS_CHUNK, RemoteStatus, Reply, Request, ResultsFrame,
+    WORK_PROTOCOL_VERSION, WORK_SERVICE, WorkRefusal,
+};
+use super::signature::{self, Submission as Signed, Verifier, WorkSignature};
+use super::unit::UnitId;
+use crate::access::{AccessPolicy, Act};
+use crate::id::ServiceName;
+use crate::mesh::driver::{MeshHandle, MeshStream, PeerIdentity};
+
+/// What the service enforces besides the access policy.
+pub struct ServerSetup {
+    /// Who may do what (replaced on reload).
+    pub access: watch::Receiver<Arc<AccessPolicy>>,
+    /// Whether submissions must be signed by a trusted work signing key.
+    pub require_signed: bool,
+    /// Checks work signatures.
+    pub verifier: Verifier,
+}
+
+struct Server {
+    work: Work,
+    access: watch::Receiver<Arc<AccessPolicy>>,
+    require_signed: bool,
+    verifier: Mutex<Verifier>,
+}
+
+/// Serves the `work` mesh service until the mesh stops.
+pub fn serve(work: Work, mesh: &MeshHandle, setup: ServerSetup) {
+    let service = ServiceName::new(WORK_SERVICE).expect("invariant: valid service name");
+    let Ok(mut incoming) = mesh.listen(&service) else {
+        return;
+    };
+    let server = Arc::new(Server {
+        work,
+        access: setup.access,
+        require_signed: setup.require_signed,
+        verifier: Mutex::new(setup.verifier),
+    });
+    tokio::spawn(async move {
+        while let Some(stream) = incoming.recv().await {
+            let server = server.clone();
+            tokio::spawn(async move {
+                let peer = stream.identity().clone();
+                if let Err(e) = server.answer(stream).await {
+                    tracing::debug!(peer = %peer.node, error = %e, "work session ended");
+                }
+            });
+        }
+    });
+}
+
+impl Server {
+    fn node(&self) -> &crate::id::NodeId {
+        self.work.node()
+    }
+
+    async fn answer(&self, mut stream: MeshStream) -> Result<(), ProtocolError> {
+        let peer = stream.identity().clone();
+        let request: Request = match protocol::read(&mut stream).await {
+            Ok(request) => request,
+            Err(ProtocolError::Version(theirs)) => {
+                let refusal = WorkRefusal::Version {
+                    node: self.node().clone(),
+                    ours: WORK_PROTOCOL_VERSION,
+                    theirs,
+                };
+                return finish(&mut stream, &Reply::Refused(refusal)).await;
+            }
+            Err(e) => return Err(e),
+        };
+        if request.is_mutating() {
+            tracing::info!(peer = %peer.node, key = %peer.key, request = %describe(&request), "work request");
+        }
+        let access = self.access.borrow().clone();
+        let by = if access.may_control(&peer) {
+            Requester::Operator
+        } else {
+            Requester::Peer(peer.key)
+        };
+        match request {
+            Request::Submit {
+                work_type,
+                params,
+                signature,
+                follow,
+            } => {
+                let submit = SubmitRequest {
+                    work_type,
+                    params,
+                    signature,
+                    follow,
+                };
+                self.submit(&mut stream, &peer, &access, &by, submit).await
+            }
+            Request::Results { unit, offset } => self.results(&mut stream, unit, offset, &by).await,
+            Request::Status { unit } => {
+                let reply = match self.work.status(unit, &by).await {
+                    Ok(s) => Reply::Status(RemoteStatus {
+                        state: s.state,
+                        detail: s.detail,
+                        stdout_size: s.stdout_size,
+                    }),
+                    Err(e) => self.refuse(&peer, &e),
+                };
+                finish(&mut stream, &reply).await
+            }
+            Request::Cancel { unit } => {
+                let reply = self.done(&peer, self.work.cancel(unit, &by).await);
+                finish(&mut stream, &reply).await
+            }
+            Request::Release { unit } => {
+                let reply = self.done(&peer, self.work.release(unit, false, &by).await);
+                finish(&mut stream, &reply).await
+            }
+        }
+    }
+
+    fn refuse(&self, peer: &PeerIdentity, e: &WorkError) -> Reply {
+        tracing::info!(peer = %peer.node, key = %peer.key, refusal = %e, "work request refused");
+        Reply::Refused(e.to_refusal(self.node()))
+    }
+
+    fn done(&self, peer: &PeerIdentity, result: Result<(), WorkError>) -> Reply {
+        match result {
+            Ok(()) => Reply::Ok,
+            Err(e) => self.refuse(peer, &e),
+        }
+    }
+
+    async fn submit(
+        &self,
+        stream: &mut MeshStream,
+        peer: &PeerIdentity,
+        access: &AccessPolicy,
+        by: &Requester,
+        request: SubmitRequest,
+    ) -> Result<(), ProtocolError> {
+        if let Err(e) = self.admit(peer, access, &request) {
+            let reply = self.refuse(peer, &e);
+            return finish(stream, &reply).await;
+        }
+        let submission = Submission {
+            node: self.node().to_string(),
+            work_type: request.work_type.clone(),
+            params: request.params.clone(),
+            submitter: (peer.node.clone(), Some(peer.key)),
+            ttl: None,
+            sign_work: false,
+        };
+        let unit = match self.work.create(submission).await {
+            Ok(unit) => unit,
+            Err(e) => {
+                let reply = self.refuse(peer, &e);
+                return finish(stream, &reply).await;
+            }
+        };
+        protocol::write(stream, &Reply::Created { unit }).await?;
+        let node = self.node().clone();
+        let signature = request.signature.clone();
+        let check = move |digest: &[u8; 32]| match &signature {
+            Some(sig) => signature::check_payload(sig, digest)
+                .map_err(|source| WorkError::Signature { node, source }),
+            None => Ok(()),
+        };
+        let reply = match self.work.start_checked(unit, stream, check).await {
+            Ok(_) => Reply::Started,
+            Err(e) => self.refuse(peer, &e),
+        };
+        let started = reply == Reply::Started;
+        protocol::write(stream, &reply).await?;
+        if started && request.follow {
+            return self.results(stream, unit, 0, by).await;
+        }
+        stream.shutdown().await?;
+        Ok(())
+    }
+
+    /// The access policy and the work signature.
+    fn admit(
+        &self,
+        peer: &PeerIdentity,
+        access: &AccessPolicy,
+        request: &SubmitRequest,
+    ) -> Result<(), WorkError> {
+        access.check(self.node(), peer, Act::Submit(&request.work_type))?;
+        let signature_error = |source| WorkError::Signature {
+            node: self.node().clone(),
+            source,
+        };
+        match &request.signature {
+            None if self.require_signed => Err(signature_error(signature::SignatureError::Missing)),
+            None => Ok(()),
+            Some(sig) => {
+                let signed = Signed {
+                    target: self.node(),
+                    submitter: &peer.node,
+                    work_type: &request.work_type,
+                    params: &request.params,
+                };
+                let mut verifier = self
+                    .verifier
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                verifier
+                    .check(&signed, sig, crate::clock::now_ms())
+                    .map_err(signature_error)
+            }
+        }
+    }
+
+    /// Streams the unit's output from `offset`, then its final status.
+    async fn results(
+        &self,
+        stream: &mut MeshStream,
+        unit: UnitId,
+        offset: u64,
+        by: &Requester,
+    ) -> Result<(), ProtocolError> {
+        let mut reader = match self.work.results(unit, offset, by).await {
+            Ok(reader) => reader,
+            Err(e) => {
+                let refusal = e.to_refusal(self.node());
+                return finish_results(stream, &ResultsFrame::Refused(refusal)).await;
+            }
+        };
+        let mut buf = vec![0u8; RESULTS_CHUNK];
+        loop {
+            let n = reader.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            let frame = ResultsFrame::Data(bytes::Bytes::copy_from_slice(&buf[..n]));
+            protocol::write(stream, &frame).await?;
+        }
+        let end = match self.work.status(unit, by).await {
+            Ok(s) => ResultsFrame::End(RemoteStatus {
+                state: s.state,
+                detail: s.detail,
+                stdout_size: s.stdout_size,
+            }),
+            Err(e) => ResultsFrame::Refused(e.to_refusal(self.node())),
+        };
+        finish_results(stream, &end).await
+    }
+}
+
+/// A submission as the service sees it.
+struct SubmitRequest {
+    work_type: String,
+    params: std::collections::BTreeMap<String, String>,
+    signature: Option<WorkSignature>,
+    follow: bool,
+}
+
+async fn finish(stream: &mut MeshStream, reply: &Reply) -> Result<(), ProtocolError> {
+    protocol::write(stream, reply).await?;
+    stream.shutdown().await?;
+    Ok(())
+}
+
+async fn finish_results(
+    stream: &mut MeshStream,
+    frame: &ResultsFrame,
+) -> Result<(), ProtocolError> {
+    protocol::write(stream, frame).await?;
+    stream.shutdown().await?;
+    Ok(())
+}
+
+/// A request for the log, without its parameters (they may hold secrets).
+fn describe(request: &Request) -> String {
+    match request {
+        Request::Submit {
+            work_type,
+            signature,
+            ..
+        } => format!(
+            "submit {work_type}{}",
+            if signature.is_some() { " (signed)" } else { "" }
+        ),
+        Request::Results { unit, offset } => format!("results {unit} from {offset}"),
+        Request::Status { unit } => format!("status {unit}"),
+        Request::Cancel { unit } => format!("cancel {unit}"),
+        Request::Release { unit } => format!("release {unit}"),
+    }
+}
