@@ -7,9 +7,11 @@
 
 mod support;
 
+mod access;
 mod cli;
 mod component;
 mod deploy;
 mod mesh;
 mod receptorctl;
 mod run;
+mod survive;

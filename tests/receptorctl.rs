@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 use crate::support::{Identity, Mesh, peer, trust, wait_for};
 
 /// The project's venv `bin/` (`scripts/setup-python.sh` creates it, with receptorctl).
-fn venv_bin() -> PathBuf {
+pub fn venv_bin() -> PathBuf {
     let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin");
     assert!(
         bin.join("receptorctl").is_file() && bin.join("ansible-runner").is_file(),

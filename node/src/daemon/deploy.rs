@@ -11,6 +11,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
 
+use super::deployed::DeployedStore;
 use crate::access::{AccessPolicy, Act};
 use crate::control::reply::DeployReply;
 use crate::host::deploy::{MAX_COMPONENT_LEN, apply};
@@ -36,6 +37,8 @@ pub struct Deployer {
     mesh: MeshHandle,
     /// Who may deploy over the mesh.
     access: watch::Receiver<Arc<AccessPolicy>>,
+    /// Where deployed components are kept across restarts.
+    kept: DeployedStore,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -52,6 +55,7 @@ impl Deployer {
         signers: Vec<SignerKey>,
         mesh: MeshHandle,
         access: watch::Receiver<Arc<AccessPolicy>>,
+        kept: DeployedStore,
     ) -> Self {
         Self {
             node: mesh.id().clone(),
@@ -60,6 +64,7 @@ impl Deployer {
             signers,
             mesh,
             access,
+            kept,
         }
     }
 
@@ -79,12 +84,24 @@ impl Deployer {
 
     /// Verifies, compiles and switches in a component on this node.
     async fn apply_here(&self, signature: &str, component: Vec<u8>) -> Result<DeployReply, String> {
+        let text = signature.to_owned();
         let signature =
             SignedManifest::from_json(signature.as_bytes()).map_err(|e| e.to_string())?;
         let this = self.clone();
         let outcome = tokio::task::spawn_blocking(move || {
             let current = this.registry.borrow().clone();
-            apply(&this.host, &current, &this.signers, &component, &signature)
+            let applied = apply(&this.host, &current, &this.signers, &component, &signature);
+            if let Ok((_, deployed)) = &applied
+                && let Err(e) = this.kept.record(
+                    &component,
+                    &text,
+                    &deployed.info.sha256,
+                    &deployed.work_types,
+                )
+            {
+                tracing::error!(error = %e, "deployed, but cannot keep the component for a restart");
+            }
+            applied
         })
         .await
         .map_err(|e| format!("deploy task failed: {e}"))?;

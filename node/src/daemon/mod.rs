@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod deploy;
+pub mod deployed;
 pub mod reload;
 
 use std::io;
@@ -302,6 +303,7 @@ pub async fn start(
         config.signers.clone(),
         mesh.clone(),
         access.clone(),
+        deployed::DeployedStore::new(&config.data_dir),
     );
     deployer.clone().serve();
     let backend = Arc::new(NodeBackend::new(
@@ -355,9 +357,13 @@ fn offer_work_types(
             }
         };
         let env = |name: &str| std::env::var(name).ok();
-        let built = registry::build(&config, &host, &builtin, &env);
+        let mut built = registry::build(&config, &host, &builtin, &env);
         for why in &built.skipped {
             tracing::warn!("not offered: {why}");
+        }
+        let kept = deployed::DeployedStore::new(&config.data_dir);
+        for why in kept.restore(&host, &mut built.registry, &config.signers) {
+            tracing::warn!("{why}");
         }
         let names = built.registry.names();
         tracing::info!(work_types = ?names, "offering work types");
