@@ -69,7 +69,7 @@ fn line(small: Option<&str>) -> Option<Line> {
     let talk = script(mesh.dir.path(), "talk.sh", "cat; sleep 4; echo done");
     let long = script(mesh.dir.path(), "long.sh", "cat; sleep 120; echo never");
     let big = script(mesh.dir.path(), "big.sh", "head -c 8388608 /dev/zero");
-    let mut extra: Vec<String> = vec![
+    let extra: Vec<String> = vec![
         "--work-type".into(),
         format!("talk={}", talk.display()),
         "--work-type".into(),
