@@ -6,6 +6,8 @@
 //! - [`ansible`]: ansible-runner's transmit and worker streams, natively: packing a job for
 //!   `ansible-runner worker` and processing its output into artifacts.
 //! - [`ca`]: mesh authorities: certificates binding node ids to link keys, revocation lists.
+//! - [`client`]: the short-lived client node embedded in `warren run`, the front end and the
+//!   Python package: identity, known keys, the target check.
 //! - [`clock`]: the wall clock, for drivers (cores take the time as an argument).
 //! - [`cli`]: command-line arguments and their conversion to library types.
 //! - [`config`]: the node's TOML config and flags, validated into a `Config`.
@@ -26,6 +28,7 @@ pub mod access;
 pub mod ansible;
 pub mod ca;
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod control;
