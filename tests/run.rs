@@ -64,7 +64,7 @@ fn setup_with(
     client_id: Option<&str>,
     controller_listen: Option<&str>,
     allow_client: bool,
-    identity_from: Option<&std::path::Path>,
+    identity_from: Option<&Path>,
 ) -> Setup {
     let mut mesh = Mesh::new();
     let identity = mesh.path("client/identity.key");
