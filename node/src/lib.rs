@@ -15,6 +15,8 @@
 //! - [`keys`]: X25519 link identities and their tokens and files.
 //! - [`mesh`]: the overlay network: frames, Noise links, link-state routing, streams, and the
 //!   tokio driver that is its only IO.
+//! - [`terminal`]: text from peers, workers and jobs made safe to print (colour kept, other
+//!   escape sequences dropped).
 //! - [`work`]: work units: ids, the state life cycle, status JSON and the on-disk unit store.
 #![warn(missing_docs)]
 
@@ -28,6 +30,7 @@ pub mod id;
 mod keyfile;
 pub mod keys;
 pub mod mesh;
+pub mod terminal;
 pub mod work;
 
 /// The version reported by `warren --version` and in `status`.

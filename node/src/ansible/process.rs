@@ -19,6 +19,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWrite
 
 use super::archive::{self, ArchiveError};
 use super::pyjson;
+use crate::terminal;
 
 /// The longest line accepted from a worker. Events carry module results, which can be large,
 /// but an unbounded line would let a broken worker exhaust memory.
@@ -247,12 +248,15 @@ impl Processor {
         if file_name.contains(['/', '\0']) {
             return Err(ProcessError::UnsafeEventName { name: file_name });
         }
+        // What the worker sends reaches the user's terminal: colour passes, other escape
+        // sequences (titles, cursor moves, queries) do not.
         let console = match (self.quiet, self.json, data.get("stdout")) {
             (true, _, _) | (false, false, None) => None,
-            (false, true, _) => Some(line.to_vec()),
+            (false, true, _) => Some(json_console(line)),
             (false, false, Some(stdout)) => {
                 let text = py_str(stdout);
-                (!(self.skip_empty_stdout && text.is_empty())).then(|| text.into_bytes())
+                (!(self.skip_empty_stdout && text.is_empty()))
+                    .then(|| terminal::sanitize(&text).into_owned().into_bytes())
             }
         };
         self.events += 1;
@@ -283,6 +287,13 @@ impl Processor {
             artifact_dir,
         }
     }
+}
+
+/// The event's JSON line for `-j`: it parsed, so it is UTF-8 with C0 controls escaped; C1
+/// characters are escaped too.
+fn json_console(line: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(line);
+    terminal::json_safe(&text).into_owned().into_bytes()
 }
 
 fn parse_object(line: &[u8]) -> Result<serde_json::Map<String, Value>, ProcessError> {

@@ -12,6 +12,7 @@ use crate::host::signing::{
     self, Capabilities, EmbeddedManifest, MANIFEST_SECTION, Manifest, SignedManifest, SignerKey,
     SigningKeypair,
 };
+use crate::terminal::one_line;
 
 /// Seconds in a day, for `--valid-days`.
 const DAY_SECS: u64 = 24 * 60 * 60;
@@ -256,16 +257,17 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn print_manifest(m: &Manifest, signer: &SignerKey) {
+    // The manifest is the component author's text.
     let list = |items: &[String]| {
         if items.is_empty() {
             "(none)".to_owned()
         } else {
-            items.join(", ")
+            one_line(&items.join(", ")).into_owned()
         }
     };
     println!("valid and trusted");
-    println!("name:        {}", m.name);
-    println!("version:     {}", m.version);
+    println!("name:        {}", one_line(&m.name));
+    println!("version:     {}", one_line(&m.version));
     println!("work types:  {}", list(&m.work_types));
     println!("sha256:      {}", signing::hex(&m.sha256));
     println!("length:      {} bytes", m.length);
@@ -309,10 +311,10 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
         args.component.display(),
         component.len(),
         args.node,
-        client.node_id()
+        one_line(client.node_id())
     );
     let active = client.deploy(&args.node, signature, &component).await?;
-    println!(
+    let line = format!(
         "{}: {} {} (sha256 {}) signed by {} now serves {}",
         active.node,
         active.name,
@@ -321,5 +323,6 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
         active.signer,
         active.work_types.join(", ")
     );
+    println!("{}", one_line(&line));
     Ok(ExitCode::SUCCESS)
 }

@@ -14,6 +14,7 @@ use crate::control::reply::PingReply;
 use crate::control::{Client, Request, default_socket_path};
 use crate::daemon::ConfigSource;
 use crate::id::NodeId;
+use crate::terminal::json_safe;
 
 /// Where the node's control socket is.
 #[derive(Debug, Clone, clap::Args)]
@@ -75,7 +76,7 @@ pub(super) async fn status(args: SocketArgs) -> anyhow::Result<ExitCode> {
             requested_fields: None,
         };
         let value: serde_json::Value = client.call(&request).await?;
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        println!("{}", json_safe(&serde_json::to_string_pretty(&value)?));
     } else {
         print!("{}", render_status(&client.status().await?));
     }
@@ -97,7 +98,7 @@ pub(super) async fn ping(args: PingArgs) -> anyhow::Result<ExitCode> {
             };
             let value: serde_json::Value = client.call(&request).await?;
             failed |= value.get("Success") != Some(&serde_json::Value::Bool(true));
-            println!("{value}");
+            println!("{}", json_safe(&value.to_string()));
         } else {
             let reply = client.ping(&args.node).await?;
             failed |= matches!(reply, PingReply::Failure { .. });
@@ -123,7 +124,7 @@ pub(super) async fn traceroute(args: TracerouteArgs) -> anyhow::Result<ExitCode>
         failed = value
             .as_object()
             .is_some_and(|hops| hops.values().any(|h| h.get("Error").is_some()));
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        println!("{}", json_safe(&serde_json::to_string_pretty(&value)?));
     } else {
         let hops = client.traceroute(&args.node).await?;
         failed = hops.iter().any(|h| h.error.is_some());

@@ -276,7 +276,10 @@ async fn submit_and_follow(
             interrupted.store(true, std::sync::atomic::Ordering::Relaxed);
             eprintln!("interrupted: cancelling unit {unit} on {node}");
             if let Err(e) = remote::tell(mesh, node, Request::Cancel { unit }).await {
-                eprintln!("could not cancel: {e}");
+                eprintln!(
+                    "could not cancel: {}",
+                    crate::terminal::sanitize(&e.to_string())
+                );
             }
         }
         std::future::pending::<()>().await;
@@ -290,7 +293,7 @@ async fn submit_and_follow(
     match processed {
         // Cancelled before the worker could report it: end as a cancelled run does.
         Err(e) if interrupted.load(std::sync::atomic::Ordering::Relaxed) => {
-            eprintln!("{e:#}");
+            eprintln!("{}", crate::terminal::sanitize(&format!("{e:#}")));
             super::canceled_outcome(&prepared.process)
         }
         // The worker's stream broke off: say what became of the unit on the node.
