@@ -8,17 +8,20 @@
 //! The `starting` status line carries the job's full environment, which may hold secrets:
 //! it is neither kept, printed nor logged.
 
-use std::io;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::io::{self, Read as _, Write as _};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
-use super::archive::{self, ArchiveError};
+use super::beneath;
 use super::pyjson;
+use super::unpack::{self, ArtifactLimits, UnpackError};
 use crate::terminal;
 
 /// The longest line accepted from a worker. Events carry module results, which can be large,
@@ -41,6 +44,8 @@ pub struct ProcessConfig {
     /// Print each event's JSON line instead of its `stdout` (as `ansible-runner run -j`;
     /// the reference's `process` ignores `-j`).
     pub json: bool,
+    /// Caps on the artifacts zip.
+    pub limits: ArtifactLimits,
 }
 
 impl ProcessConfig {
@@ -53,6 +58,7 @@ impl ProcessConfig {
             quiet: false,
             json: false,
             skip_empty_stdout: false,
+            limits: ArtifactLimits::DEFAULT,
         }
     }
 }
@@ -109,11 +115,22 @@ pub enum ProcessError {
         /// The value as sent.
         value: String,
     },
-    /// An event's counter or uuid would put its file outside `job_events/`.
+    /// An event's counter or uuid would put its file outside `job_events/`, or make a
+    /// name the file system cannot hold.
     #[error("event file name {name:?} is not a plain file name")]
     UnsafeEventName {
         /// The name it would have had.
         name: String,
+    },
+    /// Something other than a regular file (a symlink, a FIFO) sits where an event file or
+    /// `job_events/` goes: it is not followed, and nothing is written.
+    #[error(
+        "refusing to write {path}: a symlink or other non-regular file is there \
+         (nothing outside the artifacts dir is written through it)"
+    )]
+    NotPlainFile {
+        /// The path.
+        path: PathBuf,
     },
     /// The input ended inside the artifacts' base64.
     #[error("worker stream ended inside the artifacts: {received} of {expected} base64 bytes")]
@@ -126,9 +143,10 @@ pub enum ProcessError {
     /// The artifacts' base64 is malformed.
     #[error("invalid base64 in the artifacts")]
     Base64(#[from] base64::DecodeSliceError),
-    /// The artifacts zip could not be extracted (including zip-slip entries).
+    /// The artifacts zip could not be extracted (zip-slip entries and unsafe links
+    /// included), or is over a cap.
     #[error("cannot extract the artifacts")]
-    Artifacts(#[source] ArchiveError),
+    Artifacts(#[source] UnpackError),
     /// Writing an artifact (event file, `job_events/`, temp file) failed.
     #[error("cannot write {path}")]
     Write {
@@ -245,7 +263,7 @@ impl Processor {
             return Ok(Step::Nothing);
         }
         let file_name = format!("{}-{}.json", py_str(counter), py_str(uuid));
-        if file_name.contains(['/', '\0']) {
+        if !beneath::is_plain_name(&file_name) || file_name.contains(char::is_control) {
             return Err(ProcessError::UnsafeEventName { name: file_name });
         }
         // What the worker sends reaches the user's terminal: colour passes, other escape
@@ -347,8 +365,7 @@ pub async fn process(
     config: &ProcessConfig,
     mut stdout: impl AsyncWrite + Unpin,
 ) -> Result<ProcessOutcome, ProcessError> {
-    let events_dir = config.artifact_dir.join("job_events");
-    create_events_dir(&events_dir)?;
+    let dirs = ArtifactDirs::create(&config.artifact_dir)?;
     let mut reader = BufReader::with_capacity(64 * 1024, input);
     let mut processor = Processor::new(config.quiet, config.json);
     processor.skip_empty_stdout = config.skip_empty_stdout;
@@ -360,29 +377,101 @@ pub async fn process(
         }
         match processor.handle_line(&line)? {
             Step::Nothing => {}
-            Step::Event(record) => write_event(&events_dir, &record, &mut stdout).await?,
-            Step::Artifacts { zip_len } => {
-                receive_artifacts(&mut reader, zip_len, &config.artifact_dir).await?
-            }
+            Step::Event(record) => dirs.write_event(record, &mut stdout).await?,
+            Step::Artifacts { zip_len } => receive_artifacts(&mut reader, zip_len, config).await?,
             Step::Eof => break,
         }
     }
-    let rc = read_rc(&config.artifact_dir).await;
+    let rc = dirs.read_rc().await;
     Ok(processor.into_outcome(config.artifact_dir.clone(), rc))
 }
 
-/// `job_events/` with mode 0700 (parents with the default mode), as the reference makes it.
-fn create_events_dir(dir: &Path) -> Result<(), ProcessError> {
-    let write_err = |source| ProcessError::Write {
-        path: dir.to_owned(),
-        source,
-    };
-    if let Some(parent) = dir.parent() {
-        std::fs::create_dir_all(parent).map_err(write_err)?;
+/// The artifact dir and its `job_events/`, held open: event files are created relative to
+/// the directory fd, never through a symlink.
+struct ArtifactDirs {
+    path: PathBuf,
+    root: Arc<OwnedFd>,
+    events: Arc<OwnedFd>,
+}
+
+impl ArtifactDirs {
+    /// Creates the artifact dir (parents with the default mode) and `job_events/` in it
+    /// with mode 0700, as the reference makes them, and opens both.
+    fn create(dir: &Path) -> Result<Self, ProcessError> {
+        let write_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| ProcessError::Write { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(write_err(dir))?;
+        let root = beneath::open_root(dir).map_err(write_err(dir))?;
+        let events_path = dir.join("job_events");
+        match std::fs::DirBuilder::new().mode(0o700).create(&events_path) {
+            Err(error) if error.kind() != io::ErrorKind::AlreadyExists => {
+                return Err(write_err(&events_path)(error));
+            }
+            _ => {}
+        }
+        let events = beneath::open_dir_at(root.as_fd(), "job_events")
+            .map_err(|e| not_plain_or(&events_path, e))?;
+        Ok(Self {
+            path: dir.to_owned(),
+            root: Arc::new(root),
+            events: Arc::new(events),
+        })
     }
-    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-        Err(error) if error.kind() != io::ErrorKind::AlreadyExists => Err(write_err(error)),
-        _ => Ok(()),
+
+    /// Prints the event's text, then writes its file (mode 0600), in the reference's order.
+    async fn write_event(
+        &self,
+        record: EventRecord,
+        stdout: &mut (impl AsyncWrite + Unpin),
+    ) -> Result<(), ProcessError> {
+        if let Some(text) = &record.console {
+            stdout.write_all(text).await.map_err(ProcessError::Stdout)?;
+            stdout.flush().await.map_err(ProcessError::Stdout)?;
+        }
+        let path = self.path.join("job_events").join(&record.file_name);
+        let events = Arc::clone(&self.events);
+        let written = tokio::task::spawn_blocking(move || {
+            let mut file = beneath::create_file_at(events.as_fd(), &record.file_name, 0o600)?;
+            // An existing file keeps its mode on open; the reference chmods it.
+            beneath::set_mode(&file, 0o600)?;
+            file.write_all(&record.json)
+        })
+        .await
+        .map_err(io::Error::other)
+        .and_then(|written| written);
+        written.map_err(|e| not_plain_or(&path, e))
+    }
+
+    /// The job's exit code from the artifacts' `rc` file, if there is a readable one.
+    async fn read_rc(&self) -> Option<i32> {
+        let root = Arc::clone(&self.root);
+        let text = tokio::task::spawn_blocking(move || {
+            let mut text = String::new();
+            let file = beneath::open_read_at(root.as_fd(), "rc")?;
+            file.take(64).read_to_string(&mut text)?;
+            Ok::<_, io::Error>(text)
+        })
+        .await
+        .ok()?
+        .ok()?;
+        text.trim().parse().ok()
+    }
+}
+
+/// [`ProcessError::NotPlainFile`] for a symlink or special file at `path`, else a write
+/// error.
+fn not_plain_or(path: &Path, source: io::Error) -> ProcessError {
+    if beneath::is_not_plain(&source) {
+        ProcessError::NotPlainFile {
+            path: path.to_owned(),
+        }
+    } else {
+        ProcessError::Write {
+            path: path.to_owned(),
+            source,
+        }
     }
 }
 
@@ -405,44 +494,48 @@ async fn read_line<R: AsyncRead + Unpin>(
     Ok(read)
 }
 
-/// Prints the event's text, then writes its file (mode 0600), in the reference's order.
-async fn write_event(
-    events_dir: &Path,
-    record: &EventRecord,
-    stdout: &mut (impl AsyncWrite + Unpin),
-) -> Result<(), ProcessError> {
-    if let Some(text) = &record.console {
-        stdout.write_all(text).await.map_err(ProcessError::Stdout)?;
-        stdout.flush().await.map_err(ProcessError::Stdout)?;
-    }
-    let path = events_dir.join(&record.file_name);
-    let write_err = |source| ProcessError::Write {
-        path: path.clone(),
-        source,
-    };
-    let mut file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .await
-        .map_err(write_err)?;
-    // An existing file keeps its mode on open; the reference chmods it.
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .await
-        .map_err(write_err)?;
-    file.write_all(&record.json).await.map_err(write_err)?;
-    file.flush().await.map_err(write_err)
-}
-
 /// Decodes the `zip_len`-byte zip's base64 from `reader` into a temp file, chunk by chunk,
-/// then extracts it into `artifact_dir`.
+/// then extracts it into the artifact dir within the config's limits. A zip over
+/// `limits.zip_bytes` is refused before any of it is read.
 async fn receive_artifacts<R: AsyncRead + Unpin>(
     reader: &mut BufReader<R>,
     zip_len: u64,
-    artifact_dir: &Path,
+    config: &ProcessConfig,
 ) -> Result<(), ProcessError> {
+    let limits = config.limits;
+    let target = config.artifact_dir.clone();
+    if zip_len > limits.zip_bytes {
+        let refused =
+            tokio::task::spawn_blocking(move || unpack::refuse_zip(&target, zip_len, &limits));
+        let error = refused.await.map_err(|join| ProcessError::Write {
+            path: config.artifact_dir.clone(),
+            source: io::Error::other(join),
+        })?;
+        return Err(ProcessError::Artifacts(error));
+    }
+    let file = receive_zip(reader, zip_len).await?;
+    tokio::task::spawn_blocking(move || {
+        let mut file = file;
+        io::Seek::rewind(&mut file).map_err(|source| UnpackError::Io {
+            path: target.clone(),
+            source,
+        })?;
+        unpack::unpack(file, &target, &limits)
+    })
+    .await
+    .map_err(|join| ProcessError::Write {
+        path: config.artifact_dir.clone(),
+        source: io::Error::other(join),
+    })?
+    .map(drop)
+    .map_err(ProcessError::Artifacts)
+}
+
+/// Decodes the zip's base64 into an anonymous temp file.
+async fn receive_zip<R: AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
+    zip_len: u64,
+) -> Result<std::fs::File, ProcessError> {
     let temp_err = |source| ProcessError::Write {
         path: std::env::temp_dir(),
         source,
@@ -469,27 +562,7 @@ async fn receive_artifacts<R: AsyncRead + Unpin>(
         received += want as u64;
     }
     file.flush().await.map_err(temp_err)?;
-    let file = file.into_std().await;
-    let target = artifact_dir.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let mut file = file;
-        io::Seek::rewind(&mut file).map_err(|error| ArchiveError::Io {
-            path: target.clone(),
-            source: error,
-        })?;
-        archive::unpack(file, &target)
-    })
-    .await
-    .map_err(|join| temp_err(io::Error::other(join)))?
-    .map_err(ProcessError::Artifacts)
-}
-
-/// The job's exit code from the artifacts' `rc` file, if there is a readable one.
-async fn read_rc(artifact_dir: &Path) -> Option<i32> {
-    let text = tokio::fs::read_to_string(artifact_dir.join("rc"))
-        .await
-        .ok()?;
-    text.trim().parse().ok()
+    Ok(file.into_std().await)
 }
 
 #[cfg(test)]

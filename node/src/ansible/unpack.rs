@@ -1,0 +1,641 @@
+//! Unpacking a worker's artifacts zip on the client, as ansible-runner's `unstream_dir`
+//! does (modes and mtimes restored, existing directories left alone, FIFOs removed), but
+//! unable to write outside the artifacts dir or to fill the disk.
+//!
+//! - Every file is opened through [`beneath`](super::beneath): relative to the artifacts
+//!   dir's fd, no symlink followed, on the way or at the end.
+//! - A symlink entry is created only when its target is relative and made of plain names
+//!   (no `..`, no absolute path): it can then only point beneath its own directory, however
+//!   links chain. A real `ansible-runner` artifacts dir has no symlinks at all (`rc`,
+//!   `status`, `stdout`, `stderr`, `command`, `job_events/`, `fact_cache/`), so this
+//!   refuses nothing a real worker sends while keeping links a custom one might.
+//! - Modes are masked to 0o777.
+//! - [`ArtifactLimits`] caps the zip's size, the bytes written, the entry count and each
+//!   entry's compression ratio. Sizes declared in the zip are checked before anything is
+//!   written, and the bytes actually decompressed are counted as they are written, so the
+//!   bytes on disk never pass the cap. An entry over a cap is cut (not written) and the
+//!   rest goes on, so `rc` and `status` still land; the run then fails naming the cap.
+//!
+//! Whenever unpacking stops short, [`NOTE_FILE`] in the artifacts dir says what was cut and
+//! why.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::fd::BorrowedFd;
+use std::path::{Path, PathBuf};
+
+use zip::ZipArchive;
+use zip::read::ZipFile;
+
+use super::archive::system_time;
+use super::beneath::{self, Kind, Tree};
+
+/// The note left in an artifacts dir that was not unpacked in full.
+pub const NOTE_FILE: &str = "warren-incomplete.txt";
+
+/// Entries at most this large are exempt from the ratio cap: a small file of repeated
+/// bytes compresses far better than text and is no threat.
+pub const RATIO_FLOOR: u64 = 1 << 20;
+
+/// How many cut entries a note and an error name; the rest are counted.
+const NAMED_CUTS: usize = 20;
+
+/// Longest symlink target read from an entry.
+const MAX_LINK_LEN: u64 = 4096;
+
+/// What the client accepts from a worker's artifacts. The defaults are far above what a
+/// real Ansible run leaves (its artifacts are `stdout`, a few small files, and a fact
+/// cache file per host) and far below what fills a disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArtifactLimits {
+    /// Largest artifacts zip, bytes (the stream's `{"zipfile": N}`).
+    pub zip_bytes: u64,
+    /// Most bytes written when unpacking it.
+    pub unpacked_bytes: u64,
+    /// Most entries (files, directories, links) in it.
+    pub entries: u64,
+    /// Largest unpacked : packed ratio of one entry over [`RATIO_FLOOR`].
+    pub ratio: u64,
+}
+
+impl ArtifactLimits {
+    /// 1 GiB zipped, 1 GiB unpacked, a million entries, 500:1.
+    pub const DEFAULT: Self = Self {
+        zip_bytes: 1 << 30,
+        unpacked_bytes: 1 << 30,
+        entries: 1_000_000,
+        ratio: 500,
+    };
+
+    fn cap(&self, limit: Limit) -> u64 {
+        match limit {
+            Limit::ZipBytes => self.zip_bytes,
+            Limit::UnpackedBytes => self.unpacked_bytes,
+            Limit::Entries => self.entries,
+            Limit::Ratio => self.ratio,
+        }
+    }
+}
+
+impl Default for ArtifactLimits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// One of the [`ArtifactLimits`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// [`ArtifactLimits::zip_bytes`].
+    ZipBytes,
+    /// [`ArtifactLimits::unpacked_bytes`].
+    UnpackedBytes,
+    /// [`ArtifactLimits::entries`].
+    Entries,
+    /// [`ArtifactLimits::ratio`].
+    Ratio,
+}
+
+impl Limit {
+    /// The `warren run` flag that sets it.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Self::ZipBytes => "--artifacts-max-zip",
+            Self::UnpackedBytes => "--artifacts-max-bytes",
+            Self::Entries => "--artifacts-max-entries",
+            Self::Ratio => "--artifacts-max-ratio",
+        }
+    }
+
+    /// The environment variable that sets it.
+    pub fn env(self) -> &'static str {
+        match self {
+            Self::ZipBytes => "WARREN_ARTIFACTS_MAX_ZIP",
+            Self::UnpackedBytes => "WARREN_ARTIFACTS_MAX_BYTES",
+            Self::Entries => "WARREN_ARTIFACTS_MAX_ENTRIES",
+            Self::Ratio => "WARREN_ARTIFACTS_MAX_RATIO",
+        }
+    }
+
+    fn describe(self, cap: u64) -> String {
+        match self {
+            Self::ZipBytes => format!("artifacts zip size cap of {cap} bytes"),
+            Self::UnpackedBytes => format!("unpacked artifacts cap of {cap} bytes"),
+            Self::Entries => format!("artifacts entry cap of {cap} entries"),
+            Self::Ratio => format!("compression ratio cap of {cap}:1"),
+        }
+    }
+}
+
+/// A failure to unpack the artifacts. What was written before it stays, with [`NOTE_FILE`].
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    /// The zip is malformed.
+    #[error("bad zip archive")]
+    Zip(#[from] zip::result::ZipError),
+    /// An entry's data could not be read (corrupt, or longer than it declared).
+    #[error("cannot read zip entry {name:?}")]
+    Read {
+        /// The entry.
+        name: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Writing into the artifacts dir failed.
+    #[error("cannot write {path}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// An entry names a path outside the artifacts dir (absolute, `..`) or through a
+    /// symlink: the "zip slip" attack. Nothing of it is written.
+    #[error("zip entry {name:?} escapes the artifacts directory")]
+    Escapes {
+        /// The entry's name as stored.
+        name: String,
+    },
+    /// A symlink entry points somewhere a link may not (see the module docs).
+    #[error(
+        "zip entry {name:?} is a symlink to {target:?}; only relative links without `..` \
+         (that stay beneath their directory) are created"
+    )]
+    UnsafeSymlink {
+        /// The entry's name.
+        name: String,
+        /// Where it pointed.
+        target: String,
+    },
+    /// Over one of the [`ArtifactLimits`]: the entries named were not written.
+    #[error(
+        "the worker's artifacts exceed the {}: {} not unpacked; raise it with {} or {}",
+        limit.describe(*cap), list_cut(cut, *cut_count), limit.flag(), limit.env()
+    )]
+    OverLimit {
+        /// The cap.
+        limit: Limit,
+        /// Its value.
+        cap: u64,
+        /// The first entries cut (at most [`NAMED_CUTS`]).
+        cut: Vec<String>,
+        /// How many entries were cut in all.
+        cut_count: u64,
+    },
+}
+
+fn list_cut(names: &[String], count: u64) -> String {
+    let mut text = names.join(", ");
+    let more = count.saturating_sub(names.len() as u64);
+    if more > 0 {
+        let _ = write!(text, " and {more} more entries");
+    }
+    if text.is_empty() {
+        text = "nothing".to_owned();
+    }
+    text
+}
+
+/// What an unpacking wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Unpacked {
+    /// Entries written (files, directories, links).
+    pub entries: u64,
+    /// File bytes written.
+    pub bytes: u64,
+}
+
+/// Extracts the zip in `input` into `target`, within `limits` (see the module docs). On
+/// error, [`NOTE_FILE`] in `target` says what was and was not unpacked.
+///
+/// # Errors
+/// [`UnpackError`]; an over-cap zip is [`UnpackError::OverLimit`] after the rest of it was
+/// unpacked.
+pub fn unpack<R: Read + Seek>(
+    input: R,
+    target: &Path,
+    limits: &ArtifactLimits,
+) -> Result<Unpacked, UnpackError> {
+    let mut tree = Tree::open(target).map_err(|source| UnpackError::Io {
+        path: target.to_owned(),
+        source,
+    })?;
+    let mut run = Run::new(*limits, target);
+    let result = run.all(&mut tree, input);
+    if let Err(error) = &result {
+        leave_note(tree.root(), target, &note_text(error, &run));
+    }
+    result
+}
+
+/// The error for a zip of `zip_len` bytes over `limits.zip_bytes`, refused before any of
+/// it is read; leaves the note in `target`.
+pub fn refuse_zip(target: &Path, zip_len: u64, limits: &ArtifactLimits) -> UnpackError {
+    let error = UnpackError::OverLimit {
+        limit: Limit::ZipBytes,
+        cap: limits.zip_bytes,
+        cut: vec![format!("the whole {zip_len}-byte zip")],
+        cut_count: 1,
+    };
+    match Tree::open(target) {
+        Ok(tree) => {
+            let run = Run::new(*limits, target);
+            leave_note(tree.root(), target, &note_text(&error, &run));
+        }
+        Err(e) => tracing::warn!(error = %e, dir = %target.display(), "cannot leave a note"),
+    }
+    error
+}
+
+/// One unpacking's progress and the caps left.
+struct Run {
+    limits: ArtifactLimits,
+    target: PathBuf,
+    total: Option<u64>,
+    done: Unpacked,
+    /// The entry being unpacked when a fatal error came.
+    current: Option<String>,
+    cut: Vec<String>,
+    cut_count: u64,
+    cut_limit: Option<Limit>,
+}
+
+/// How copying one entry ended badly.
+enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
+    Over(Limit),
+}
+
+impl Run {
+    fn new(limits: ArtifactLimits, target: &Path) -> Self {
+        Self {
+            limits,
+            target: target.to_owned(),
+            total: None,
+            done: Unpacked::default(),
+            current: None,
+            cut: Vec::new(),
+            cut_count: 0,
+            cut_limit: None,
+        }
+    }
+
+    fn all<R: Read + Seek>(
+        &mut self,
+        tree: &mut Tree,
+        mut input: R,
+    ) -> Result<Unpacked, UnpackError> {
+        if let Some(declared) = declared_entries(&mut input) {
+            self.total = Some(declared);
+            self.check_entries(declared)?;
+        }
+        let mut archive = ZipArchive::new(input)?;
+        self.total = Some(archive.len() as u64);
+        self.check_entries(archive.len() as u64)?;
+        for index in 0..archive.len() {
+            let entry = archive.by_index(index)?;
+            let name = entry.name()?.into_owned();
+            self.current = Some(name.clone());
+            self.entry(tree, entry, &name)?;
+        }
+        self.current = None;
+        match self.cut_limit {
+            Some(limit) => Err(UnpackError::OverLimit {
+                limit,
+                cap: self.limits.cap(limit),
+                cut: self.cut.clone(),
+                cut_count: self.cut_count,
+            }),
+            None => Ok(self.done),
+        }
+    }
+
+    fn check_entries(&mut self, count: u64) -> Result<(), UnpackError> {
+        if count <= self.limits.entries {
+            return Ok(());
+        }
+        Err(UnpackError::OverLimit {
+            limit: Limit::Entries,
+            cap: self.limits.entries,
+            cut: vec![format!("all {count} entries")],
+            cut_count: count,
+        })
+    }
+
+    fn cut(&mut self, name: &str, limit: Limit) {
+        if self.cut.len() < NAMED_CUTS {
+            self.cut.push(name.to_owned());
+        }
+        self.cut_count += 1;
+        self.cut_limit.get_or_insert(limit);
+    }
+
+    fn entry<R: Read>(
+        &mut self,
+        tree: &mut Tree,
+        mut entry: ZipFile<'_, R>,
+        name: &str,
+    ) -> Result<(), UnpackError> {
+        let (parts, leaf) = split_name(name)?;
+        let dir = tree
+            .dir(&parts)
+            .map_err(|e| self.walk_error(name, &parts, e))?;
+        match beneath::kind_at(dir, leaf).map_err(|e| self.io(name, e))? {
+            // As the reference: an old FIFO (say a left-over ssh_key_data) is removed and
+            // its entry skipped; existing directories are left alone.
+            Some(Kind::Fifo) => return self.remove(dir, name, leaf, Kind::Fifo),
+            Some(Kind::Dir) => return Ok(()),
+            Some(kind @ (Kind::Symlink | Kind::Other)) => self.remove(dir, name, leaf, kind)?,
+            Some(Kind::File) | None => {}
+        }
+        if entry.is_symlink() {
+            return self.symlink(dir, leaf, name, &mut entry);
+        }
+        let mode = entry.unix_mode();
+        let mtime = entry.last_modified().map(system_time);
+        let file = if entry.is_dir() {
+            beneath::make_dir_at(dir, leaf).map_err(|e| self.io(name, e))?
+        } else {
+            match self.file(dir, leaf, name, &mut entry)? {
+                Some(file) => file,
+                None => return Ok(()),
+            }
+        };
+        if let Some(mode) = mode {
+            beneath::set_mode(&file, mode).map_err(|e| self.io(name, e))?;
+        }
+        if let Some(mtime) = mtime {
+            file.set_modified(mtime).map_err(|e| self.io(name, e))?;
+        }
+        self.done.entries += 1;
+        Ok(())
+    }
+
+    /// Writes a file entry within the caps; `None` when it was cut.
+    fn file<R: Read>(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        leaf: &str,
+        name: &str,
+        entry: &mut ZipFile<'_, R>,
+    ) -> Result<Option<File>, UnpackError> {
+        let packed = entry.compressed_size();
+        let left = self.limits.unpacked_bytes.saturating_sub(self.done.bytes);
+        let by_ratio = packed.saturating_mul(self.limits.ratio).max(RATIO_FLOOR);
+        let declared = entry.size();
+        if declared > left || declared > by_ratio {
+            let limit = if declared > left {
+                Limit::UnpackedBytes
+            } else {
+                Limit::Ratio
+            };
+            self.cut(name, limit);
+            return Ok(None);
+        }
+        let (allowed, limit) = if left <= by_ratio {
+            (left, Limit::UnpackedBytes)
+        } else {
+            (by_ratio, Limit::Ratio)
+        };
+        let mut file = beneath::create_file_at(dir, leaf, 0o600).map_err(|e| self.io(name, e))?;
+        match copy_capped(entry, &mut file, allowed, limit) {
+            Ok(written) => {
+                self.done.bytes += written;
+                Ok(Some(file))
+            }
+            Err(CopyError::Over(limit)) => {
+                drop(file);
+                self.remove(dir, name, leaf, Kind::File)?;
+                self.cut(name, limit);
+                Ok(None)
+            }
+            Err(CopyError::Read(source)) => Err(UnpackError::Read {
+                name: name.to_owned(),
+                source,
+            }),
+            Err(CopyError::Write(e)) => Err(self.io(name, e)),
+        }
+    }
+
+    fn symlink<R: Read>(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        leaf: &str,
+        name: &str,
+        entry: &mut ZipFile<'_, R>,
+    ) -> Result<(), UnpackError> {
+        let mut target = String::new();
+        entry
+            .by_ref()
+            .take(MAX_LINK_LEN)
+            .read_to_string(&mut target)
+            .map_err(|source| UnpackError::Read {
+                name: name.to_owned(),
+                source,
+            })?;
+        if !is_safe_link_target(&target) {
+            return Err(UnpackError::UnsafeSymlink {
+                name: name.to_owned(),
+                target,
+            });
+        }
+        beneath::symlink_at(&target, dir, leaf).map_err(|e| self.io(name, e))?;
+        self.done.entries += 1;
+        Ok(())
+    }
+
+    fn remove(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &str,
+        leaf: &str,
+        kind: Kind,
+    ) -> Result<(), UnpackError> {
+        beneath::remove_at(dir, leaf, kind).map_err(|e| self.io(name, e))
+    }
+
+    fn io(&self, name: &str, source: io::Error) -> UnpackError {
+        UnpackError::Io {
+            path: self.target.join(name),
+            source,
+        }
+    }
+
+    /// A directory on the way could not be opened: a symlink or file there is an escape
+    /// attempt, anything else an IO error.
+    fn walk_error(&self, name: &str, parts: &[&str], source: io::Error) -> UnpackError {
+        match source.raw_os_error() {
+            Some(libc::ELOOP | libc::EXDEV) => UnpackError::Escapes {
+                name: name.to_owned(),
+            },
+            _ => UnpackError::Io {
+                path: self.target.join(parts.join("/")),
+                source,
+            },
+        }
+    }
+}
+
+/// An entry's name as its directory's components and its own: plain names only.
+fn split_name(name: &str) -> Result<(Vec<&str>, &str), UnpackError> {
+    let escapes = || UnpackError::Escapes {
+        name: name.to_owned(),
+    };
+    if name.starts_with('/') {
+        return Err(escapes());
+    }
+    let mut parts: Vec<&str> = name
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    if parts.iter().any(|p| !beneath::is_plain_name(p)) {
+        return Err(escapes());
+    }
+    let leaf = parts.pop().ok_or_else(escapes)?;
+    Ok((parts, leaf))
+}
+
+/// A link target that can only resolve beneath the link's own directory: relative, and
+/// nothing but plain names (and `.`).
+fn is_safe_link_target(target: &str) -> bool {
+    !target.is_empty()
+        && !target.starts_with('/')
+        && target
+            .split('/')
+            .all(|part| part.is_empty() || part == "." || beneath::is_plain_name(part))
+}
+
+/// Copies `entry` into `file`, failing with `Over(limit)` before more than `allowed` bytes
+/// are written.
+fn copy_capped(
+    entry: &mut impl Read,
+    file: &mut File,
+    allowed: u64,
+    limit: Limit,
+) -> Result<u64, CopyError> {
+    let mut buf = vec![0u8; 128 * 1024];
+    let mut written = 0u64;
+    loop {
+        let read = match entry.read(&mut buf) {
+            Ok(0) => return Ok(written),
+            Ok(read) => read,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CopyError::Read(e)),
+        };
+        if written + read as u64 > allowed {
+            return Err(CopyError::Over(limit));
+        }
+        file.write_all(&buf[..read]).map_err(CopyError::Write)?;
+        written += read as u64;
+    }
+}
+
+/// The entry count the zip's end-of-central-directory record declares (the largest, if
+/// several records are found), read before the central directory is parsed, so a zip
+/// declaring millions of entries is refused before they are loaded. `None` when no record
+/// is found (the zip reader then reports the zip as malformed).
+fn declared_entries<R: Read + Seek>(input: &mut R) -> Option<u64> {
+    const EOCD: &[u8] = b"PK\x05\x06";
+    let len = input.seek(SeekFrom::End(0)).ok()?;
+    let tail_len = len.min(22 + 0xffff);
+    input.seek(SeekFrom::Start(len - tail_len)).ok()?;
+    let mut tail = vec![0u8; usize::try_from(tail_len).ok()?];
+    input.read_exact(&mut tail).ok()?;
+    input.rewind().ok()?;
+    let mut most = None;
+    for at in (0..tail.len().saturating_sub(21)).rev() {
+        if &tail[at..at + 4] != EOCD {
+            continue;
+        }
+        let count = u64::from(u16::from_le_bytes([tail[at + 10], tail[at + 11]]));
+        let count = if count == 0xffff {
+            zip64_entries(input, &tail, at).unwrap_or(count)
+        } else {
+            count
+        };
+        most = Some(most.map_or(count, |m: u64| m.max(count)));
+    }
+    input.rewind().ok()?;
+    most
+}
+
+/// The entry count of the zip64 end record that the locator before the EOCD at `at` points
+/// to.
+fn zip64_entries<R: Read + Seek>(input: &mut R, tail: &[u8], at: usize) -> Option<u64> {
+    let locator = tail.get(at.checked_sub(20)?..at)?;
+    if &locator[..4] != b"PK\x06\x07" {
+        return None;
+    }
+    let offset = u64::from_le_bytes(locator[8..16].try_into().ok()?);
+    input.seek(SeekFrom::Start(offset)).ok()?;
+    let mut record = [0u8; 40];
+    input.read_exact(&mut record).ok()?;
+    if &record[..4] != b"PK\x06\x06" {
+        return None;
+    }
+    Some(u64::from_le_bytes(record[32..40].try_into().ok()?))
+}
+
+/// The note's text: why unpacking stopped short, what was written and what was not.
+fn note_text(error: &UnpackError, run: &Run) -> String {
+    let mut text = String::from(
+        "Warren did not unpack all of the worker's artifacts into this directory.\n\n",
+    );
+    let _ = writeln!(text, "Reason: {}", error_chain(error));
+    let total = run.total.map_or_else(|| "?".to_owned(), |t| t.to_string());
+    let _ = writeln!(
+        text,
+        "Unpacked: {} of {total} zip entries, {} bytes.",
+        run.done.entries, run.done.bytes
+    );
+    if let Some(current) = &run.current {
+        let _ = writeln!(
+            text,
+            "Stopped at entry: {current:?} (it and the entries after it were not unpacked)."
+        );
+    }
+    if !run.cut.is_empty() {
+        let _ = writeln!(
+            text,
+            "Not unpacked (over a cap): {}.",
+            list_cut(&run.cut, run.cut_count)
+        );
+    }
+    if let UnpackError::OverLimit { limit, .. } = error {
+        let _ = writeln!(
+            text,
+            "\nTo accept larger artifacts, run again with {} (or set {}); see `warren run --help`.",
+            limit.flag(),
+            limit.env()
+        );
+    }
+    text
+}
+
+fn error_chain(error: &UnpackError) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let _ = write!(text, ": {cause}");
+        source = cause.source();
+    }
+    text
+}
+
+/// Writes [`NOTE_FILE`] into `root`, replacing whatever has that name (never following a
+/// link there). A failure is logged: the error that caused the note matters more.
+fn leave_note(root: BorrowedFd<'_>, target: &Path, text: &str) {
+    let write = || -> io::Result<()> {
+        if let Some(kind) = beneath::kind_at(root, NOTE_FILE)? {
+            beneath::remove_at(root, NOTE_FILE, kind)?;
+        }
+        beneath::create_new_at(root, NOTE_FILE, 0o644)?.write_all(text.as_bytes())
+    };
+    if let Err(error) = write() {
+        tracing::warn!(%error, dir = %target.display(), "cannot leave {NOTE_FILE}");
+    }
+}
