@@ -14,9 +14,11 @@
 //! - `archive`: the zip of a directory (`stream_dir`).
 //! - [`unpack`]: a worker's artifacts zip into the artifacts dir (`unstream_dir`), unable to
 //!   leave it or fill the disk, within [`unpack::ArtifactLimits`].
-//! - `beneath`: files under one directory opened by fd without following symlinks.
+//! - `beneath`: files under one directory opened by fd without following symlinks;
+//!   `artifact_dir`: the artifact dir while a stream is processed, through it.
 
 mod archive;
+mod artifact_dir;
 mod beneath;
 pub mod kwargs;
 pub mod process;
@@ -24,6 +26,8 @@ mod pyjson;
 pub mod transmit;
 pub mod unpack;
 
+#[cfg(test)]
+mod craft;
 #[cfg(test)]
 mod hostile;
 #[cfg(test)]

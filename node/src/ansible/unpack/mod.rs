@@ -21,15 +21,23 @@
 
 use std::fmt::Write as _;
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, Write};
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 
 use zip::ZipArchive;
 use zip::read::ZipFile;
 
+mod eocd;
+mod limits;
+mod note;
+
+pub use limits::{ArtifactLimits, Limit};
+
 use super::archive::system_time;
 use super::beneath::{self, Kind, Tree};
+use eocd::declared_entries;
+use note::{leave_note, note_text};
 
 /// The note left in an artifacts dir that was not unpacked in full.
 pub const NOTE_FILE: &str = "warren-incomplete.txt";
@@ -43,90 +51,6 @@ const NAMED_CUTS: usize = 20;
 
 /// Longest symlink target read from an entry.
 const MAX_LINK_LEN: u64 = 4096;
-
-/// What the client accepts from a worker's artifacts. The defaults are far above what a
-/// real Ansible run leaves (its artifacts are `stdout`, a few small files, and a fact
-/// cache file per host) and far below what fills a disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ArtifactLimits {
-    /// Largest artifacts zip, bytes (the stream's `{"zipfile": N}`).
-    pub zip_bytes: u64,
-    /// Most bytes written when unpacking it.
-    pub unpacked_bytes: u64,
-    /// Most entries (files, directories, links) in it.
-    pub entries: u64,
-    /// Largest unpacked : packed ratio of one entry over [`RATIO_FLOOR`].
-    pub ratio: u64,
-}
-
-impl ArtifactLimits {
-    /// 1 GiB zipped, 1 GiB unpacked, a million entries, 500:1.
-    pub const DEFAULT: Self = Self {
-        zip_bytes: 1 << 30,
-        unpacked_bytes: 1 << 30,
-        entries: 1_000_000,
-        ratio: 500,
-    };
-
-    fn cap(&self, limit: Limit) -> u64 {
-        match limit {
-            Limit::ZipBytes => self.zip_bytes,
-            Limit::UnpackedBytes => self.unpacked_bytes,
-            Limit::Entries => self.entries,
-            Limit::Ratio => self.ratio,
-        }
-    }
-}
-
-impl Default for ArtifactLimits {
-    fn default() -> Self {
-        Self::DEFAULT
-    }
-}
-
-/// One of the [`ArtifactLimits`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Limit {
-    /// [`ArtifactLimits::zip_bytes`].
-    ZipBytes,
-    /// [`ArtifactLimits::unpacked_bytes`].
-    UnpackedBytes,
-    /// [`ArtifactLimits::entries`].
-    Entries,
-    /// [`ArtifactLimits::ratio`].
-    Ratio,
-}
-
-impl Limit {
-    /// The `warren run` flag that sets it.
-    pub fn flag(self) -> &'static str {
-        match self {
-            Self::ZipBytes => "--artifacts-max-zip",
-            Self::UnpackedBytes => "--artifacts-max-bytes",
-            Self::Entries => "--artifacts-max-entries",
-            Self::Ratio => "--artifacts-max-ratio",
-        }
-    }
-
-    /// The environment variable that sets it.
-    pub fn env(self) -> &'static str {
-        match self {
-            Self::ZipBytes => "WARREN_ARTIFACTS_MAX_ZIP",
-            Self::UnpackedBytes => "WARREN_ARTIFACTS_MAX_BYTES",
-            Self::Entries => "WARREN_ARTIFACTS_MAX_ENTRIES",
-            Self::Ratio => "WARREN_ARTIFACTS_MAX_RATIO",
-        }
-    }
-
-    fn describe(self, cap: u64) -> String {
-        match self {
-            Self::ZipBytes => format!("artifacts zip size cap of {cap} bytes"),
-            Self::UnpackedBytes => format!("unpacked artifacts cap of {cap} bytes"),
-            Self::Entries => format!("artifacts entry cap of {cap} entries"),
-            Self::Ratio => format!("compression ratio cap of {cap}:1"),
-        }
-    }
-}
 
 /// A failure to unpack the artifacts. What was written before it stays, with [`NOTE_FILE`].
 #[derive(Debug, thiserror::Error)]
@@ -531,111 +455,5 @@ fn copy_capped(
         }
         file.write_all(&buf[..read]).map_err(CopyError::Write)?;
         written += read as u64;
-    }
-}
-
-/// The entry count the zip's end-of-central-directory record declares (the largest, if
-/// several records are found), read before the central directory is parsed, so a zip
-/// declaring millions of entries is refused before they are loaded. `None` when no record
-/// is found (the zip reader then reports the zip as malformed).
-fn declared_entries<R: Read + Seek>(input: &mut R) -> Option<u64> {
-    const EOCD: &[u8] = b"PK\x05\x06";
-    let len = input.seek(SeekFrom::End(0)).ok()?;
-    let tail_len = len.min(22 + 0xffff);
-    input.seek(SeekFrom::Start(len - tail_len)).ok()?;
-    let mut tail = vec![0u8; usize::try_from(tail_len).ok()?];
-    input.read_exact(&mut tail).ok()?;
-    input.rewind().ok()?;
-    let mut most = None;
-    for at in (0..tail.len().saturating_sub(21)).rev() {
-        if &tail[at..at + 4] != EOCD {
-            continue;
-        }
-        let count = u64::from(u16::from_le_bytes([tail[at + 10], tail[at + 11]]));
-        let count = if count == 0xffff {
-            zip64_entries(input, &tail, at).unwrap_or(count)
-        } else {
-            count
-        };
-        most = Some(most.map_or(count, |m: u64| m.max(count)));
-    }
-    input.rewind().ok()?;
-    most
-}
-
-/// The entry count of the zip64 end record that the locator before the EOCD at `at` points
-/// to.
-fn zip64_entries<R: Read + Seek>(input: &mut R, tail: &[u8], at: usize) -> Option<u64> {
-    let locator = tail.get(at.checked_sub(20)?..at)?;
-    if &locator[..4] != b"PK\x06\x07" {
-        return None;
-    }
-    let offset = u64::from_le_bytes(locator[8..16].try_into().ok()?);
-    input.seek(SeekFrom::Start(offset)).ok()?;
-    let mut record = [0u8; 40];
-    input.read_exact(&mut record).ok()?;
-    if &record[..4] != b"PK\x06\x06" {
-        return None;
-    }
-    Some(u64::from_le_bytes(record[32..40].try_into().ok()?))
-}
-
-/// The note's text: why unpacking stopped short, what was written and what was not.
-fn note_text(error: &UnpackError, run: &Run) -> String {
-    let mut text = String::from(
-        "Warren did not unpack all of the worker's artifacts into this directory.\n\n",
-    );
-    let _ = writeln!(text, "Reason: {}", error_chain(error));
-    let total = run.total.map_or_else(|| "?".to_owned(), |t| t.to_string());
-    let _ = writeln!(
-        text,
-        "Unpacked: {} of {total} zip entries, {} bytes.",
-        run.done.entries, run.done.bytes
-    );
-    if let Some(current) = &run.current {
-        let _ = writeln!(
-            text,
-            "Stopped at entry: {current:?} (it and the entries after it were not unpacked)."
-        );
-    }
-    if !run.cut.is_empty() {
-        let _ = writeln!(
-            text,
-            "Not unpacked (over a cap): {}.",
-            list_cut(&run.cut, run.cut_count)
-        );
-    }
-    if let UnpackError::OverLimit { limit, .. } = error {
-        let _ = writeln!(
-            text,
-            "\nTo accept larger artifacts, run again with {} (or set {}); see `warren run --help`.",
-            limit.flag(),
-            limit.env()
-        );
-    }
-    text
-}
-
-fn error_chain(error: &UnpackError) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        let _ = write!(text, ": {cause}");
-        source = cause.source();
-    }
-    text
-}
-
-/// Writes [`NOTE_FILE`] into `root`, replacing whatever has that name (never following a
-/// link there). A failure is logged: the error that caused the note matters more.
-fn leave_note(root: BorrowedFd<'_>, target: &Path, text: &str) {
-    let write = || -> io::Result<()> {
-        if let Some(kind) = beneath::kind_at(root, NOTE_FILE)? {
-            beneath::remove_at(root, NOTE_FILE, kind)?;
-        }
-        beneath::create_new_at(root, NOTE_FILE, 0o644)?.write_all(text.as_bytes())
-    };
-    if let Err(error) = write() {
-        tracing::warn!(%error, dir = %target.display(), "cannot leave {NOTE_FILE}");
     }
 }
