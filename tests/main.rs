@@ -7,9 +7,14 @@
 
 mod support;
 
+// Hand-built zips (bombs, lying sizes, any mode), shared with the library's own tests.
+#[path = "../node/src/ansible/craft.rs"]
+mod craft;
+
 mod cli;
 mod component;
 mod deploy;
+mod hostile_worker;
 mod mesh;
 mod receptorctl;
 mod run;

@@ -16,7 +16,7 @@ use anyhow::{Context, bail};
 use tokio::io::AsyncWriteExt;
 
 use crate::ansible::kwargs::{RunOptions, cli_kwargs};
-use crate::ansible::process::{ProcessConfig, ProcessOutcome, process};
+use crate::ansible::process::{ProcessConfig, ProcessError, ProcessOutcome, process};
 use crate::ansible::transmit::transmit;
 use crate::ansible::unpack::ArtifactLimits;
 use crate::config::EndpointAddr;
@@ -333,6 +333,20 @@ async fn receive(
             )
         })?;
     Ok(outcome)
+}
+
+/// Whether processing stopped because it refused what the worker sent (a hostile or
+/// over-cap stream), rather than because the stream ended or broke off: then the
+/// processor's error is the one to report, and whatever the reader side says after it is
+/// only its echo.
+fn refused_stream(error: &anyhow::Error) -> bool {
+    matches!(
+        error.downcast_ref::<ProcessError>(),
+        Some(e) if !matches!(
+            e,
+            ProcessError::UnexpectedEnd | ProcessError::ArtifactsTruncated { .. } | ProcessError::Read(_)
+        )
+    )
 }
 
 /// The outcome of a run cancelled before the worker reported it: the artifacts say

@@ -289,7 +289,13 @@ async fn submit_and_follow(
         done = work => done,
         () = cancel_on_interrupt => unreachable!("pending forever"),
     };
-    let unit_status = followed.map_err(|e| anyhow::anyhow!("results from {node}: {e}"))?;
+    let unit_status = match followed {
+        Ok(status) => status,
+        // The processor refused the stream and stopped reading it: the follower's broken
+        // pipe only echoes that.
+        Err(_) if processed.as_ref().is_err_and(super::refused_stream) => return processed,
+        Err(e) => bail!("results from {node}: {e}"),
+    };
     match processed {
         // Cancelled before the worker could report it: end as a cancelled run does.
         Err(e) if interrupted.load(std::sync::atomic::Ordering::Relaxed) => {
