@@ -13,6 +13,7 @@ mod craft;
 
 mod cli;
 mod component;
+mod control_socket;
 mod deploy;
 mod hostile_worker;
 mod mesh;

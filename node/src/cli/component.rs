@@ -68,6 +68,11 @@ pub struct DeployArgs {
     /// $XDG_RUNTIME_DIR/warren/control.sock, else /tmp/warren-<uid>/control.sock].
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
+
+    /// Also trust a control socket served by this uid (by default only sockets served by
+    /// your own user or root are used: a socket another user serves may be an impostor).
+    #[arg(long = "socket-owner", env = "WARREN_SOCKET_OWNER", value_name = "UID")]
+    pub socket_owner: Option<u32>,
 }
 
 /// Flags of `warren component keygen`.
@@ -305,7 +310,7 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     let socket = args
         .socket
         .unwrap_or_else(crate::control::default_socket_path);
-    let mut client = crate::control::Client::connect(&socket).await?;
+    let mut client = crate::control::Client::connect_served_by(&socket, args.socket_owner).await?;
     eprintln!(
         "deploying {} ({} bytes) to {} via {}",
         args.component.display(),

@@ -24,6 +24,11 @@ pub struct SocketArgs {
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
 
+    /// Also trust a control socket served by this uid (by default only sockets served by
+    /// your own user or root are used: a socket another user serves may be an impostor).
+    #[arg(long = "socket-owner", env = "WARREN_SOCKET_OWNER", value_name = "UID")]
+    pub socket_owner: Option<u32>,
+
     /// Print the node's JSON replies (Receptor's format) instead of text.
     #[arg(long)]
     pub json: bool,
@@ -55,7 +60,7 @@ pub struct TracerouteArgs {
 
 async fn connect(args: &SocketArgs) -> anyhow::Result<Client> {
     let path = args.socket.clone().unwrap_or_else(default_socket_path);
-    Ok(Client::connect(&path).await?)
+    Ok(Client::connect_served_by(&path, args.socket_owner).await?)
 }
 
 pub(super) async fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {

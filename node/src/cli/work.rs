@@ -48,6 +48,11 @@ pub struct WorkSocketArgs {
     /// $XDG_RUNTIME_DIR/warren/control.sock, else /tmp/warren-<uid>/control.sock].
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
+
+    /// Also trust a control socket served by this uid (by default only sockets served by
+    /// your own user or root are used: a socket another user serves may be an impostor).
+    #[arg(long = "socket-owner", env = "WARREN_SOCKET_OWNER", value_name = "UID")]
+    pub socket_owner: Option<u32>,
 }
 
 /// Flags of `warren work submit`.
@@ -140,7 +145,7 @@ fn parse_param(text: &str) -> Result<(String, String), String> {
 
 async fn connect(args: &WorkSocketArgs) -> anyhow::Result<Client> {
     let path = args.socket.clone().unwrap_or_else(default_socket_path);
-    Ok(Client::connect(&path).await?)
+    Ok(Client::connect_served_by(&path, args.socket_owner).await?)
 }
 
 /// Runs a `warren work` subcommand.
