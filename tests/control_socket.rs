@@ -169,7 +169,7 @@ for n in range(2):
         f.write("%d:%r\n" % (n, got))
     conn.close()
 "#;
-        let child = Command::new("python3")
+        let child = Command::new(python3())
             .args([
                 "-c",
                 script,
@@ -242,4 +242,12 @@ fn the_client_refuses_a_socket_served_by_another_user() {
         "{}",
         impostor.received()
     );
+}
+
+/// A python3 the other user can run (a per-user shim such as pyenv's may not be).
+fn python3() -> &'static str {
+    ["/usr/bin/python3", "/usr/local/bin/python3", "/bin/python3"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or("python3")
 }
