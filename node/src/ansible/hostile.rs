@@ -293,7 +293,7 @@ fn entries_over_the_byte_cap_are_cut_and_the_rest_still_lands() {
         panic!("{error}");
     };
     assert_eq!((*limit, cut_count), (Limit::UnpackedBytes, &2), "{error}");
-    assert_eq!(cut, &["fact_cache/c", "fact_cache/d"]);
+    assert_eq!(cut, &["\"fact_cache/c\"", "\"fact_cache/d\""]);
     assert!(bytes_on_disk(&config.artifact_dir) <= cap);
     assert_eq!(
         std::fs::read(config.artifact_dir.join("fact_cache/b")).expect("b"),

@@ -68,7 +68,7 @@ pub enum UnpackError {
         source: io::Error,
     },
     /// Writing into the artifacts dir failed.
-    #[error("cannot write {path}")]
+    #[error("cannot write {path:?}")]
     Io {
         /// The file or directory.
         path: PathBuf,
@@ -104,13 +104,14 @@ pub enum UnpackError {
         limit: Limit,
         /// Its value.
         cap: u64,
-        /// The first entries cut (at most [`NAMED_CUTS`]).
+        /// The first entries cut, quoted (at most [`NAMED_CUTS`]), or what was cut.
         cut: Vec<String>,
         /// How many entries were cut in all.
         cut_count: u64,
     },
 }
 
+/// The cut entries (quoted names, or what was cut) and how many more there are.
 fn list_cut(names: &[String], count: u64) -> String {
     let mut text = names.join(", ");
     let more = count.saturating_sub(names.len() as u64);
@@ -252,7 +253,8 @@ impl Run {
 
     fn cut(&mut self, name: &str, limit: Limit) {
         if self.cut.len() < NAMED_CUTS {
-            self.cut.push(name.to_owned());
+            // Quoted: a name is the worker's text, its control characters are escaped.
+            self.cut.push(format!("{name:?}"));
         }
         self.cut_count += 1;
         self.cut_limit.get_or_insert(limit);
