@@ -7,10 +7,16 @@
 
 mod support;
 
+// Hand-built zips (bombs, lying sizes, any mode), shared with the library's own tests.
+#[path = "../node/src/ansible/craft.rs"]
+mod craft;
+
 mod access;
 mod cli;
 mod component;
+mod control_socket;
 mod deploy;
+mod hostile_worker;
 mod mesh;
 mod receptorctl;
 mod run;

@@ -21,6 +21,8 @@
 //!   adverts, XEdDSA), Ed25519 signing keys, their tokens and their files.
 //! - [`mesh`]: the overlay network: frames, Noise links, link-state routing, streams, and the
 //!   tokio driver that is its only IO.
+//! - [`terminal`]: text from peers, workers and jobs made safe to print (colour kept, other
+//!   escape sequences dropped).
 //! - [`work`]: work units: ids, the state life cycle, status JSON and the on-disk unit store.
 #![warn(missing_docs)]
 
@@ -37,6 +39,7 @@ pub mod host;
 pub mod id;
 pub mod keys;
 pub mod mesh;
+pub mod terminal;
 pub mod work;
 
 /// The version reported by `warren --version` and in `status`.

@@ -122,7 +122,8 @@ impl Cli {
         match result {
             Ok(code) => code,
             Err(e) => {
-                eprintln!("warren: {e:#}");
+                // Errors quote what peers, workers and nodes said.
+                eprintln!("warren: {}", crate::terminal::sanitize(&format!("{e:#}")));
                 ExitCode::FAILURE
             }
         }

@@ -60,9 +60,10 @@ pub enum StartError {
         /// Why.
         source: io::Error,
     },
-    /// The control socket could not be set up.
+    /// The control socket could not be set up (the message is the listener's own, which
+    /// names the socket; it is not repeated as a source).
     #[error("control socket: {0}")]
-    Control(#[from] ListenError),
+    Control(ListenError),
     /// The work unit store could not be opened.
     #[error("work units: {0}")]
     Work(WorkError),
@@ -253,7 +254,9 @@ pub async fn start(
         .socket
         .clone()
         .unwrap_or_else(default_socket_path);
-    let socket = ControlSocket::bind(&control_path, config.control.permissions).await?;
+    let socket = ControlSocket::bind(&control_path, config.control.permissions)
+        .await
+        .map_err(StartError::Control)?;
     let peers = config
         .peers
         .iter()

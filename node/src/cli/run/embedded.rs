@@ -89,7 +89,10 @@ async fn submit_and_follow(
                 Some(unit) => {
                     eprintln!("interrupted: cancelling unit {unit} on {node}");
                     if let Err(e) = client.cancel(node, unit).await {
-                        eprintln!("could not cancel: {e}");
+                        eprintln!(
+                            "could not cancel: {}",
+                            crate::terminal::sanitize(&e.to_string())
+                        );
                     }
                 }
                 None => eprintln!("interrupted before the unit was created on {node}"),
@@ -111,26 +114,47 @@ async fn submit_and_follow(
     let followed = followed.map_err(|e| anyhow::anyhow!("{e}"));
     let (unit, unit_status) = match (followed, sent) {
         (Ok(done), _) => done,
+        // The processor refused the stream and stopped reading it: the follower's broken
+        // pipe only echoes that.
+        (Err(_), _) if processed.as_ref().is_err_and(super::refused_stream) => {
+            let unit = *unit_cell
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(unit) = unit {
+                release(&client, node, unit).await;
+            }
+            return processed;
+        }
         (Err(e), Err(packing)) => return Err(packing.context(e.to_string())),
         (Err(e), Ok(())) => return Err(e.context(format!("running the job on {node}"))),
     };
     let outcome = match processed {
         // Cancelled before the worker could report it: end as a cancelled run does.
         Err(e) if interrupted.load(std::sync::atomic::Ordering::Relaxed) => {
-            eprintln!("{e:#}");
+            eprintln!("{}", crate::terminal::sanitize(&format!("{e:#}")));
             super::canceled_outcome(&prepared.process)
         }
         // The worker's stream broke off: say what became of the unit on the node.
         Err(e) => Err(e.context(format!(
             "unit {unit} on {node} ended {}: {}",
-            unit_status.state, unit_status.detail
+            unit_status.state,
+            crate::terminal::one_line(&unit_status.detail)
         ))),
         ok => ok,
     }?;
     // The artifacts are written: the unit's files on the node (its output holds the job's
     // events and facts) need not outlive the run.
-    if let Err(e) = client.release(node, unit).await {
-        eprintln!("note: could not release unit {unit} on {node}: {e}");
-    }
+    release(&client, node, unit).await;
     Ok(outcome)
+}
+
+/// Releases the unit on `node` (its files are no longer wanted there); a failure is only
+/// noted, as the node's retention removes it in time.
+async fn release(client: &WorkClient, node: &NodeId, unit: UnitId) {
+    if let Err(e) = client.release(node, unit).await {
+        eprintln!(
+            "note: could not release unit {unit} on {node}: {}",
+            crate::terminal::sanitize(&e.to_string())
+        );
+    }
 }

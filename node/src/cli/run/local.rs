@@ -74,6 +74,9 @@ pub(super) async fn run_local(prepared: Prepared) -> anyhow::Result<ProcessOutco
         copied
     };
     let (copied, processed) = tokio::join!(copy, receive(&prepared, results_in));
+    if processed.as_ref().is_err_and(super::refused_stream) {
+        return processed;
+    }
     copied.context("reading the unit's results")?;
     processed
 }
