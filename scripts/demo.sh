@@ -14,7 +14,7 @@ keep=false
 [[ "${1:-}" == "--keep" ]] && keep=true
 
 echo "==> setting up (wasm32-wasip2 target, .venv with ansible-runner)" >&2
-rustup target add wasm32-wasip2 >/dev/null 2>&1 || rustup target add wasm32-wasip2
+scripts/toolchain.sh
 scripts/setup-python.sh >&2
 echo "==> building warren" >&2
 cargo build -q -p warren

@@ -13,3 +13,4 @@ mod deploy;
 mod mesh;
 mod receptorctl;
 mod run;
+mod toolchain;
