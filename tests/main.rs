@@ -9,6 +9,7 @@ mod support;
 
 mod cli;
 mod component;
+mod demo;
 mod deploy;
 mod mesh;
 mod receptorctl;

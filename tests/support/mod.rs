@@ -275,6 +275,31 @@ impl Node {
     }
 }
 
+/// The lock on 127.0.0.1:8888, Warren's default port, shared with `scripts/demo.sh` (whose
+/// controller holds it while it runs): an exclusive `flock` on
+/// `$TMPDIR/warren-port-8888.lock`, released when the returned file is dropped.
+pub fn default_port_lock() -> std::fs::File {
+    let path = default_port_lock_path();
+    let lock = std::fs::File::create(&path).expect("create the port 8888 lock file");
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&lock);
+    let start = Instant::now();
+    // SAFETY: flock on a descriptor this function owns.
+    while unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "port 8888 stayed locked ({}): are demo nodes running? `scripts/demo.sh --stop`",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    lock
+}
+
+/// Where [`default_port_lock`] and `scripts/demo.sh` lock port 8888.
+pub fn default_port_lock_path() -> PathBuf {
+    std::env::temp_dir().join("warren-port-8888.lock")
+}
+
 /// `--trust NODE=TOKEN` flags for `peers`.
 pub fn trust(peers: &[&Identity]) -> Vec<String> {
     peers

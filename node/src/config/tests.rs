@@ -360,7 +360,7 @@ fn example_mesh_configs_parse_and_trust_their_neighbours() {
     let relay = example("relay");
     let node1 = example("node1");
     let ports = |c: &Config| c.listen.iter().map(|l| l.addr.port).collect::<Vec<_>>();
-    assert_eq!(ports(&controller), [8891]);
+    assert_eq!(ports(&controller), [8888]);
     assert_eq!(ports(&relay), [8892]);
     assert_eq!(ports(&node1), [8893]);
     assert_eq!(controller.peers[0].addr.to_string(), "127.0.0.1:8892");
