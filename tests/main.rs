@@ -11,6 +11,7 @@ mod cli;
 mod component;
 mod demo;
 mod deploy;
+mod docs;
 mod mesh;
 mod receptorctl;
 mod run;

@@ -2,6 +2,7 @@
 //! This is an edge of the crate, so errors here are `anyhow`.
 
 mod component;
+mod docs;
 pub mod frontend;
 mod keygen;
 mod node_args;
@@ -14,6 +15,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub use component::{ComponentCommand, ComponentKeygenArgs, SignArgs, VerifyArgs};
+pub use docs::{CompletionsArgs, ManArgs};
 pub use keygen::KeygenArgs;
 pub use node_args::NodeArgs;
 pub use ops::{PingArgs, SocketArgs, TracerouteArgs};
@@ -76,6 +78,10 @@ pub enum Command {
     /// Example: warren work submit echo --payload input.txt -f
     #[command(subcommand)]
     Work(WorkCommand),
+    /// Print shell completions for bash, zsh or fish.
+    Completions(CompletionsArgs),
+    /// Print the man page, or write one per command into a directory.
+    Man(ManArgs),
 }
 
 impl Cli {
@@ -108,6 +114,8 @@ impl Cli {
                 Command::Run(args) => run::run(args).await,
                 Command::Component(command) => component::run(command).await,
                 Command::Work(command) => work::run(command).await,
+                Command::Completions(args) => docs::completions(&args),
+                Command::Man(args) => docs::man(&args),
             }
         });
         match result {
