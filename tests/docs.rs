@@ -56,7 +56,10 @@ fn completions_for_bash_zsh_and_fish_offer_every_verb() {
     }
     // bash knows each nested verb under its parent, as `warren__subcmd__work__subcmd__submit`.
     let bash = text(&warren(&["completions", "bash"]).stdout);
-    assert!(bash.contains("warren__subcmd__work__subcmd__submit"), "{bash}");
+    assert!(
+        bash.contains("warren__subcmd__work__subcmd__submit"),
+        "{bash}"
+    );
     let bad = warren(&["completions", "tcsh"]);
     assert!(!bad.status.success());
     assert!(text(&bad.stderr).contains("bash"), "{bad:?}");

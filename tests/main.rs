@@ -13,6 +13,7 @@ mod demo;
 mod deploy;
 mod docs;
 mod mesh;
+mod metrics;
 mod receptorctl;
 mod run;
 mod toolchain;

@@ -28,6 +28,7 @@ pub mod id;
 mod keyfile;
 pub mod keys;
 pub mod mesh;
+pub mod metrics;
 pub mod work;
 
 /// The version reported by `warren --version` and in `status`.

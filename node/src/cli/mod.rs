@@ -8,6 +8,7 @@ mod keygen;
 mod node_args;
 mod ops;
 mod run;
+mod top;
 mod work;
 
 use std::process::ExitCode;
@@ -20,6 +21,7 @@ pub use keygen::KeygenArgs;
 pub use node_args::NodeArgs;
 pub use ops::{PingArgs, SocketArgs, TracerouteArgs};
 pub use run::RunArgs;
+pub use top::TopArgs;
 pub use work::{
     CancelArgs, ListArgs, ReleaseArgs, ResultsArgs, StatusArgs, SubmitArgs, WorkCommand,
     WorkSocketArgs,
@@ -78,6 +80,11 @@ pub enum Command {
     /// Example: warren work submit echo --payload input.txt -f
     #[command(subcommand)]
     Work(WorkCommand),
+    /// Show a node's key metrics live: links and traffic, flaps, units, queue, memory.
+    ///
+    /// Reads the node's /metrics endpoint. Example: warren node ... --metrics 127.0.0.1:9100,
+    /// then warren top 127.0.0.1:9100.
+    Top(TopArgs),
     /// Print shell completions for bash, zsh or fish.
     Completions(CompletionsArgs),
     /// Print the man page, or write one per command into a directory.
@@ -114,6 +121,7 @@ impl Cli {
                 Command::Run(args) => run::run(args).await,
                 Command::Component(command) => component::run(command).await,
                 Command::Work(command) => work::run(command).await,
+                Command::Top(args) => top::run(args).await,
                 Command::Completions(args) => docs::completions(&args),
                 Command::Man(args) => docs::man(&args),
             }

@@ -108,6 +108,12 @@ pub struct NodeArgs {
     /// Do not offer the ansible-runner work type, even if ansible-runner is installed.
     #[arg(long)]
     pub no_ansible_runner: bool,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (ADDR is host:port, such as
+    /// 127.0.0.1:9100; replaces the config file's [metrics] listen). Anyone who can reach
+    /// ADDR can read them: bind loopback or a management network. `warren top` shows them.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<EndpointAddr>,
 }
 
 impl NodeArgs {
@@ -155,6 +161,7 @@ impl NodeArgs {
             signers,
             ansible_runner,
             no_ansible_runner,
+            metrics,
         } = self;
         id.is_none()
             && key_file.is_none()
@@ -162,6 +169,7 @@ impl NodeArgs {
             && control_socket.is_none()
             && ansible_runner.is_none()
             && !no_ansible_runner
+            && metrics.is_none()
             && listen.is_empty()
             && peers.is_empty()
             && trust.is_empty()
@@ -198,6 +206,7 @@ impl NodeArgs {
             work_types: Vec::new(),
             signers: Vec::new(),
             ansible_runner: AnsibleRunnerConfig::default(),
+            metrics: None,
         };
         self.extend(config).validate(Origin::Flags)
     }
@@ -243,6 +252,9 @@ impl NodeArgs {
         }
         if self.no_ansible_runner {
             config.ansible_runner.enabled = false;
+        }
+        if let Some(metrics) = self.metrics {
+            config.metrics = Some(metrics);
         }
         config
     }

@@ -47,6 +47,15 @@ struct ConfigFile {
     signer: Vec<work::SignerSection>,
     #[serde(default)]
     ansible_runner: work::AnsibleRunnerSection,
+    #[serde(default)]
+    metrics: MetricsSection,
+}
+
+/// `[metrics]`: where to serve `/metrics`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct MetricsSection {
+    listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -156,6 +165,14 @@ impl Decoder<'_> {
                 .map(|(i, s)| self.signer(i, s))
                 .collect::<Result<_, _>>()?,
             ansible_runner: self.ansible_runner(&file.ansible_runner)?,
+            metrics: (file.metrics.listen.as_ref())
+                .map(|l| {
+                    self.parse(l, "[metrics] listen", |s| {
+                        s.parse()
+                            .map_err(|source| address_problem(s, AddrRole::Listen, source))
+                    })
+                })
+                .transpose()?,
         })
     }
 

@@ -129,6 +129,8 @@ pub struct Config {
     pub signers: Vec<SignerKey>,
     /// Where to find ansible-runner, and whether to offer it.
     pub ansible_runner: AnsibleRunnerConfig,
+    /// Where to serve Prometheus metrics (`/metrics`); `None`: not served.
+    pub metrics: Option<EndpointAddr>,
 }
 
 /// One address to accept links on.

@@ -26,6 +26,7 @@ use crate::mesh::driver::{self, DriverConfig, MeshHandle, PeerTarget};
 use crate::mesh::link::LinkConfig;
 use crate::mesh::node::MeshConfig;
 use crate::mesh::route::Cost;
+use crate::metrics::{Metrics, MetricsServer};
 use crate::work::{Work, WorkConfig, WorkError};
 pub use backend::{CONTROL_SERVICE, NodeBackend};
 pub use deploy::{DEPLOY_SERVICE, Deployer};
@@ -62,6 +63,9 @@ pub enum StartError {
     /// The WebAssembly host could not start.
     #[error("work handler host: {0}")]
     Host(HostError),
+    /// The metrics endpoint could not start.
+    #[error("{0}")]
+    Metrics(crate::metrics::ServeError),
     /// The ready file could not be written.
     #[error("cannot write ready file {path}: {source}")]
     ReadyFile {
@@ -87,6 +91,8 @@ pub struct RunningNode {
     pub listen_addrs: Vec<SocketAddr>,
     /// The control socket's path.
     pub control_path: PathBuf,
+    /// The `/metrics` endpoint, when configured; stops when dropped.
+    pub metrics: Option<MetricsServer>,
     /// Tells the control socket and the mesh control service to stop; dropped on shutdown.
     stop: watch::Sender<bool>,
     driver: JoinHandle<()>,
@@ -187,8 +193,26 @@ pub async fn start(
         })
         .collect();
     let max_hops = mesh_config.max_hops;
-    let host = Arc::new(Host::new(&component_cache(config)).map_err(StartError::Host)?);
-    let (mesh, driver) = driver::start(mesh_config, DriverConfig::default(), listeners, peers);
+    let metrics = match config.metrics {
+        Some(_) => Metrics::new(),
+        None => Metrics::default(),
+    };
+    let mut host = Host::new(&component_cache(config)).map_err(StartError::Host)?;
+    host.set_metrics(metrics.clone());
+    let host = Arc::new(host);
+    let driver_config = DriverConfig {
+        metrics: metrics.clone(),
+        ..DriverConfig::default()
+    };
+    let (mesh, driver) = driver::start(mesh_config, driver_config, listeners, peers);
+    let metrics_server = match &config.metrics {
+        Some(addr) => Some(
+            crate::metrics::serve(&addr.to_string(), metrics.clone(), mesh.clone())
+                .await
+                .map_err(StartError::Metrics)?,
+        ),
+        None => None,
+    };
     let (registry_tx, registry) = watch::channel(Arc::new(Registry::default()));
     offer_work_types(
         config.clone(),
@@ -204,6 +228,7 @@ pub async fn start(
         WorkConfig {
             max_running: config.work.max_running,
             max_payload: config.work.max_payload,
+            metrics,
         },
         Some(mesh.clone()),
     )
@@ -227,7 +252,7 @@ pub async fn start(
     let (stop, stopped) = watch::channel(false);
     let control = tokio::spawn(socket.serve(backend.clone(), stopped.clone()));
     serve_control_on_mesh(&mesh, backend, stopped);
-    tracing::info!(node = %config.node_id, listen = ?listen_addrs, control = %control_path.display(), "node started");
+    tracing::info!(node = %config.node_id, listen = ?listen_addrs, control = %control_path.display(), metrics = ?metrics_server.as_ref().map(|m| m.addr), "node started");
     Ok(RunningNode {
         mesh,
         work,
@@ -235,6 +260,7 @@ pub async fn start(
         registry: registry_tx,
         listen_addrs,
         control_path,
+        metrics: metrics_server,
         stop,
         driver,
         control,

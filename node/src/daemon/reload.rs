@@ -93,6 +93,7 @@ fn changed_settings(old: &Config, new: &Config) -> Vec<&'static str> {
         (old.work_types != new.work_types, "work-type"),
         (old.signers != new.signers, "signer"),
         (old.ansible_runner != new.ansible_runner, "ansible-runner"),
+        (old.metrics != new.metrics, "metrics"),
     ];
     checks
         .into_iter()
@@ -123,6 +124,7 @@ mod tests {
             work_types: Vec::new(),
             signers: Vec::new(),
             ansible_runner: Default::default(),
+            metrics: None,
         }
     }
 

@@ -130,6 +130,8 @@ pub struct Host {
     engine: Engine,
     linker: Linker<JobState>,
     cache_dir: PathBuf,
+    /// Counts compiles and cache hits (disabled unless [`Host::set_metrics`] was called).
+    metrics: crate::metrics::Metrics,
     /// Stops the epoch ticker thread when the host is dropped.
     _ticker: Ticker,
 }
@@ -202,8 +204,14 @@ impl Host {
             engine,
             linker,
             cache_dir: cache_dir.to_owned(),
+            metrics: crate::metrics::Metrics::default(),
             _ticker: ticker,
         })
+    }
+
+    /// Counts this host's component compiles and cache hits in `metrics`.
+    pub fn set_metrics(&mut self, metrics: crate::metrics::Metrics) {
+        self.metrics = metrics;
     }
 
     /// Compiles (or loads from the cache) a component and links it.
@@ -245,7 +253,10 @@ impl Host {
             // SAFETY: the file was written by `precompile_component` of an engine with the
             // same compatibility hash (it is in the name) into the node's private data dir.
             match unsafe { Component::deserialize_file(&self.engine, &path) } {
-                Ok(component) => return Ok(component),
+                Ok(component) => {
+                    self.metrics.component_cache_hit();
+                    return Ok(component);
+                }
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "recompiling: cached component unusable")
                 }
@@ -257,6 +268,7 @@ impl Host {
             .precompile_component(bytes)
             .map_err(|e| HostError::Component(format!("{e:#}")))?;
         tracing::info!(sha256 = %hex(sha256), took = ?started.elapsed(), "compiled component");
+        self.metrics.component_compiled();
         let io = |source| HostError::Cache {
             path: path.clone(),
             source,

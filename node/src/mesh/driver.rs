@@ -34,6 +34,7 @@ use super::peers::PeerSlotId;
 use super::route::Cost;
 use super::stream::{StreamEvent, StreamId};
 use crate::id::{NodeId, ServiceName};
+use crate::metrics::{LinkMetrics, Metrics};
 use handle::{Command, Datagram};
 use stream::StreamSlot;
 
@@ -72,12 +73,15 @@ pub struct PeerTarget {
 pub struct DriverConfig {
     /// See [`DEFAULT_MAX_LINK_QUEUE`].
     pub max_link_queue: usize,
+    /// Where link counters go (disabled by default).
+    pub metrics: Metrics,
 }
 
 impl Default for DriverConfig {
     fn default() -> Self {
         Self {
             max_link_queue: DEFAULT_MAX_LINK_QUEUE,
+            metrics: Metrics::default(),
         }
     }
 }
@@ -119,6 +123,8 @@ struct Driver {
     /// How the most recent link that never came up (or went down) ended, for clients that
     /// explain a failure to connect.
     last_link_end: Option<String>,
+    /// Per-link counters for `/metrics`.
+    link_metrics: LinkMetrics,
 }
 
 /// Starts the mesh: accepts on `listeners`, dials `peers`, and returns the handle to it and
@@ -142,6 +148,7 @@ pub fn start(
         .into_iter()
         .map(|(listener, cost)| tokio::spawn(accept_loop(listener, cost, socket_tx.clone())))
         .collect();
+    let link_metrics = driver_config.metrics.links();
     let driver = Driver {
         node,
         config: driver_config,
@@ -159,6 +166,7 @@ pub fn start(
         shutdown: None,
         accepts,
         last_link_end: None,
+        link_metrics,
     };
     let task = tokio::spawn(driver.run());
     (MeshHandle::new(id, command_tx), task)
@@ -291,7 +299,10 @@ impl Driver {
                 }
                 self.node.handle_dial_failed(now, slot);
             }
-            SocketEvent::Bytes(link, bytes) => self.node.handle_link_bytes(now, link, &bytes),
+            SocketEvent::Bytes(link, bytes) => {
+                self.link_metrics.received(link, bytes.len());
+                self.node.handle_link_bytes(now, link, &bytes);
+            }
             SocketEvent::Closed(link, why) => self.node.handle_link_socket_closed(now, link, &why),
         }
     }
@@ -342,6 +353,7 @@ impl Driver {
                 let Some(writer) = self.writers.get(&link) else {
                     return;
                 };
+                self.link_metrics.sent(link, bytes.len());
                 let queued = writer.queued.fetch_add(bytes.len(), Ordering::Relaxed) + bytes.len();
                 let _ = writer.tx.send(bytes);
                 if queued > self.config.max_link_queue {
@@ -401,11 +413,13 @@ impl Driver {
                 reporter,
                 reason,
             } => tracing::debug!(%target, %reporter, %reason, "packet undeliverable"),
-            Event::LinkDown { peer, end, .. } => {
+            Event::LinkDown { link, peer, end } => {
+                self.link_metrics.link_down(link, &end);
                 let who = peer.map_or_else(|| "peer".to_owned(), |p| p.to_string());
                 self.last_link_end = Some(format!("link to {who} {end}"));
             }
-            Event::LinkUp { .. } | Event::DuplicateNodeId { .. } => {}
+            Event::LinkUp { link, peer } => self.link_metrics.link_up(link, &peer),
+            Event::DuplicateNodeId { .. } => self.link_metrics.duplicate_node_id(),
         }
     }
 

@@ -43,6 +43,8 @@ pub struct WorkConfig {
     pub max_running: usize,
     /// Largest payload accepted, in bytes.
     pub max_payload: u64,
+    /// Where unit counters go (disabled by default).
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Default for WorkConfig {
@@ -50,6 +52,7 @@ impl Default for WorkConfig {
         Self {
             max_running: std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
             max_payload: 8 << 30,
+            metrics: crate::metrics::Metrics::default(),
         }
     }
 }
@@ -111,6 +114,11 @@ impl Work {
     /// Units that may run at once.
     pub(super) fn max_running(&self) -> usize {
         self.inner.config.max_running
+    }
+
+    /// Where unit counters go.
+    pub(super) fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.config.metrics
     }
 
     /// Opens the unit store under `data_dir`, fails units a previous run left unfinished,
@@ -264,6 +272,7 @@ impl Work {
             self.finish(id, UnitState::Failed, detail.clone())?;
             return Err(WorkError::Refused(detail));
         }
+        self.metrics().payload_bytes(copied);
         if let Some((mesh, node, status)) = self.remote_node(id)? {
             return self.start_remote(id, mesh, node, status).await;
         }
@@ -471,8 +480,12 @@ impl Work {
 
     /// Runs one unit to its end in its work type's current handler.
     pub(super) async fn run_unit(self, id: UnitId, cancelled: watch::Receiver<bool>) {
+        let started = std::time::Instant::now();
+        let mut work_type = None;
         let outcome = match self.prepare(id) {
             Ok((active, job, io)) => {
+                self.metrics().unit_started(&job.work_type);
+                work_type = Some(job.work_type.clone());
                 let handler = &active.handler;
                 let policy = active.policy.clone();
                 self.inner
@@ -493,6 +506,11 @@ impl Work {
         tracing::info!(unit = %id, state = %state, %detail, "unit finished");
         if let Err(e) = self.finish(id, state, detail) {
             tracing::error!(unit = %id, error = %e, "cannot record the end of a unit");
+        }
+        if let Some(work_type) = work_type {
+            self.metrics()
+                .unit_finished(&work_type, state, started.elapsed());
+            self.metrics().result_bytes(self.local_stdout_size(id));
         }
         let _ = self.inner.sched.send(SchedCmd::Done(id));
     }

@@ -46,6 +46,7 @@ impl Scheduler {
                 }
             }
             self.start_queued();
+            self.work.metrics().queue_depth(self.queue.len());
         }
     }
 

@@ -177,6 +177,7 @@ async fn peer_that_stops_reading_is_cut_off() {
         &[],
         DriverConfig {
             max_link_queue: cap,
+            ..DriverConfig::default()
         },
     )
     .await;
