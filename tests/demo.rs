@@ -70,7 +70,7 @@ impl DemoCopy {
         let wrapper = format!(
             "#!/bin/sh\nprintf '%s\\t%s\\n' \"$PWD\" \"$*\" >> '{}'\nexec '{}' \"$@\"\n",
             self.path("commands").display(),
-            env!("CARGO_BIN_EXE_ansible-runner"),
+            crate::support::frontend_bin().display(),
         );
         let path = bin.join("ansible-runner");
         std::fs::write(&path, wrapper).unwrap();

@@ -17,3 +17,4 @@ mod metrics;
 mod receptorctl;
 mod run;
 mod toolchain;
+mod websocket;

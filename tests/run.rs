@@ -24,7 +24,7 @@ fn demo() -> PathBuf {
 }
 
 /// `dst` becomes a copy of the demo private data dir.
-fn copy_demo(dst: &Path) {
+pub fn copy_demo(dst: &Path) {
     let status = Command::new("cp")
         .arg("-r")
         .arg(demo())

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{
     AnsibleRunnerConfig, Config, ConfigError, ControlConfig, EndpointAddr, LinkCost, ListenConfig,
-    MeshTuning, Origin, PeerConfig, TrustEntry, WorkLimits, WorkTypeConfig,
+    MeshTuning, Origin, PeerConfig, TlsConfig, TrustEntry, WorkLimits, WorkTypeConfig,
 };
 use crate::host::signing::SignerKey;
 use crate::id::NodeId;
@@ -38,6 +38,8 @@ pub struct NodeArgs {
     ///
     /// ADDR is host:port, receptor://host:port, or a bare host (port 8888); write IPv6 as
     /// [::1]:port. Port 0 lets the OS choose a free port; use --ready-file to learn it.
+    /// ws://host:port[/path] accepts WebSocket links at that path (for a reverse proxy or
+    /// ingress in front); wss://... the same over TLS, with --tls-cert and --tls-key.
     #[arg(long = "listen", value_name = "ADDR")]
     pub listen: Vec<EndpointAddr>,
 
@@ -45,7 +47,9 @@ pub struct NodeArgs {
     ///
     /// ADDR is host:port, receptor://host:port, or a bare host (port 8888); write IPv6 as
     /// [::1]:port. Port 0 is not allowed here. The link's cost is 1.0 unless --cost sets one
-    /// for the peer's node id.
+    /// for the peer's node id. ws://host[:port][/path] and wss://... dial a WebSocket
+    /// listener, through $HTTP_PROXY / $HTTPS_PROXY (CONNECT) unless $NO_PROXY names the host;
+    /// wss:// checks the certificate against the system's roots and --tls-ca.
     #[arg(long = "peer", value_name = "ADDR", value_parser = EndpointAddr::parse_peer)]
     pub peers: Vec<EndpointAddr>,
 
@@ -114,6 +118,19 @@ pub struct NodeArgs {
     /// ADDR can read them: bind loopback or a management network. `warren top` shows them.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<EndpointAddr>,
+
+    /// PEM certificate chain for wss:// listeners (replaces [tls] cert).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert (replaces [tls] key).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Trust the CA (or self-signed) certificates in FILE for wss:// peers, besides the
+    /// system's (repeatable; adds to [tls] ca).
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Vec<PathBuf>,
 }
 
 impl NodeArgs {
@@ -162,6 +179,9 @@ impl NodeArgs {
             ansible_runner,
             no_ansible_runner,
             metrics,
+            tls_cert,
+            tls_key,
+            tls_ca,
         } = self;
         id.is_none()
             && key_file.is_none()
@@ -170,6 +190,9 @@ impl NodeArgs {
             && ansible_runner.is_none()
             && !no_ansible_runner
             && metrics.is_none()
+            && tls_cert.is_none()
+            && tls_key.is_none()
+            && tls_ca.is_empty()
             && listen.is_empty()
             && peers.is_empty()
             && trust.is_empty()
@@ -207,6 +230,7 @@ impl NodeArgs {
             signers: Vec::new(),
             ansible_runner: AnsibleRunnerConfig::default(),
             metrics: None,
+            tls: TlsConfig::default(),
         };
         self.extend(config).validate(Origin::Flags)
     }
@@ -256,6 +280,13 @@ impl NodeArgs {
         if let Some(metrics) = self.metrics {
             config.metrics = Some(metrics);
         }
+        if let Some(cert) = self.tls_cert {
+            config.tls.cert = Some(cert);
+        }
+        if let Some(key) = self.tls_key {
+            config.tls.key = Some(key);
+        }
+        config.tls.ca.extend(self.tls_ca);
         config
     }
 }

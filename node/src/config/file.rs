@@ -20,7 +20,7 @@ use crate::id::{NameError, NodeId};
 use super::error::{AddrRole, ConfigError, Origin, Problem};
 use super::{
     AddrError, Config, ControlConfig, DEFAULT_CONTROL_PERMISSIONS, EndpointAddr, LinkCost,
-    ListenConfig, MeshTuning, PeerConfig, TrustEntry, WorkLimits,
+    ListenConfig, MeshTuning, PeerConfig, TlsConfig, TrustEntry, WorkLimits,
 };
 
 #[derive(Deserialize)]
@@ -49,6 +49,18 @@ struct ConfigFile {
     ansible_runner: work::AnsibleRunnerSection,
     #[serde(default)]
     metrics: MetricsSection,
+    #[serde(default)]
+    tls: TlsSection,
+}
+
+/// `[tls]`: certificate and key of `wss://` listeners, extra roots for `wss://` peers.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct TlsSection {
+    cert: Option<Spanned<String>>,
+    key: Option<Spanned<String>>,
+    #[serde(default)]
+    ca: Vec<Spanned<String>>,
 }
 
 /// `[metrics]`: where to serve `/metrics`.
@@ -173,6 +185,20 @@ impl Decoder<'_> {
                     })
                 })
                 .transpose()?,
+            tls: self.tls(&file.tls)?,
+        })
+    }
+
+    fn tls(&self, tls: &TlsSection) -> Result<TlsConfig, ConfigError> {
+        let path = |v: &Option<Spanned<String>>, key| {
+            v.as_ref().map(|v| self.path_value(v, key)).transpose()
+        };
+        Ok(TlsConfig {
+            cert: path(&tls.cert, "[tls] cert")?,
+            key: path(&tls.key, "[tls] key")?,
+            ca: (tls.ca.iter())
+                .map(|c| self.path_value(c, "[tls] ca"))
+                .collect::<Result<_, _>>()?,
         })
     }
 

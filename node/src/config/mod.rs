@@ -75,7 +75,7 @@ use crate::id::NodeId;
 use crate::keys::PublicKey;
 
 pub use crate::mesh::trust::{TrustDecision, TrustEntry};
-pub use addr::{AddrError, DEFAULT_PORT, EndpointAddr};
+pub use addr::{AddrError, DEFAULT_PORT, EndpointAddr, Scheme};
 pub use cost::{CostError, LinkCost};
 pub use error::{AddrRole, ConfigError, Origin, Problem};
 pub use worktype::{
@@ -131,6 +131,20 @@ pub struct Config {
     pub ansible_runner: AnsibleRunnerConfig,
     /// Where to serve Prometheus metrics (`/metrics`); `None`: not served.
     pub metrics: Option<EndpointAddr>,
+    /// TLS for `wss://` listeners and peers.
+    pub tls: TlsConfig,
+}
+
+/// TLS for `wss://` links (`[tls]`): the listeners' certificate and key, and extra roots
+/// the dialler trusts besides the system's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// PEM certificate chain served by `wss://` listeners.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    pub key: Option<PathBuf>,
+    /// PEM files of CA (or self-signed) certificates trusted for `wss://` peers.
+    pub ca: Vec<PathBuf>,
 }
 
 /// One address to accept links on.

@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, LinkCost};
+use crate::config::{Config, EndpointAddr, LinkCost, Scheme};
 use crate::control::{ControlSocket, ListenError, default_socket_path, serve_session};
 use crate::host::registry::{self, Registry};
 use crate::host::runner::{Host, HostError};
@@ -26,6 +26,8 @@ use crate::mesh::driver::{self, DriverConfig, MeshHandle, PeerTarget};
 use crate::mesh::link::LinkConfig;
 use crate::mesh::node::MeshConfig;
 use crate::mesh::route::Cost;
+use crate::mesh::transport::tls::{self, TlsError};
+use crate::mesh::transport::{Accept, Dial, Listener};
 use crate::metrics::{Metrics, MetricsServer};
 use crate::work::{Work, WorkConfig, WorkError};
 pub use backend::{CONTROL_SERVICE, NodeBackend};
@@ -63,6 +65,9 @@ pub enum StartError {
     /// The WebAssembly host could not start.
     #[error("work handler host: {0}")]
     Host(HostError),
+    /// A `wss://` listener's certificate or a `wss://` peer's roots could not be loaded.
+    #[error("{0}")]
+    Tls(TlsError),
     /// The metrics endpoint could not start.
     #[error("{0}")]
     Metrics(crate::metrics::ServeError),
@@ -146,16 +151,54 @@ fn warn_if_readable_by_others(path: &Path) {
     }
 }
 
-async fn bind_listeners(config: &Config) -> Result<Vec<(TcpListener, Cost)>, StartError> {
+async fn bind_listeners(config: &Config) -> Result<Vec<(Listener, Cost)>, StartError> {
     let mut listeners = Vec::new();
     for listen in &config.listen {
         let addr = listen.addr.to_string();
-        let listener = TcpListener::bind((listen.addr.host.as_str(), listen.addr.port))
+        let tcp = TcpListener::bind((listen.addr.host.as_str(), listen.addr.port))
             .await
             .map_err(|source| StartError::Bind { addr, source })?;
-        listeners.push((listener, cost(listen.cost)));
+        let accept = match listen.addr.scheme {
+            Scheme::Tcp => Accept::Tcp,
+            Scheme::Ws => Accept::Ws {
+                path: listen.addr.path.clone(),
+                tls: None,
+            },
+            Scheme::Wss => {
+                let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) else {
+                    return Err(StartError::Tls(TlsError::File {
+                        path: PathBuf::from("[tls] cert"),
+                        problem: "a wss:// listener needs --tls-cert and --tls-key".into(),
+                    }));
+                };
+                Accept::Ws {
+                    path: listen.addr.path.clone(),
+                    tls: Some(tls::acceptor(cert, key).map_err(StartError::Tls)?),
+                }
+            }
+        };
+        listeners.push((Listener { tcp, accept }, cost(listen.cost)));
     }
     Ok(listeners)
+}
+
+/// How to dial `addr`: TCP, or a WebSocket (through the environment's proxy), over TLS
+/// trusting the system's roots and `extra_roots` for `wss://`.
+///
+/// # Errors
+/// [`TlsError`] when the roots cannot be loaded for a `wss://` address.
+pub fn dial_for(addr: &EndpointAddr, extra_roots: &[PathBuf]) -> Result<Dial, TlsError> {
+    Ok(match addr.scheme {
+        Scheme::Tcp => Dial::Tcp,
+        Scheme::Ws => Dial::Ws {
+            path: addr.path.clone(),
+            tls: None,
+        },
+        Scheme::Wss => Dial::Ws {
+            path: addr.path.clone(),
+            tls: Some(tls::client_config(extra_roots)?),
+        },
+    })
 }
 
 /// Starts a node: binds its listeners and control socket, starts the mesh. `source`
@@ -175,7 +218,7 @@ pub async fn start(
     let listeners = bind_listeners(config).await?;
     let listen_addrs = listeners
         .iter()
-        .filter_map(|(l, _)| l.local_addr().ok())
+        .filter_map(|(l, _)| l.tcp.local_addr().ok())
         .collect();
     let control_path = config
         .control
@@ -183,15 +226,17 @@ pub async fn start(
         .clone()
         .unwrap_or_else(default_socket_path);
     let socket = ControlSocket::bind(&control_path, config.control.permissions).await?;
-    let peers = config
-        .peers
-        .iter()
-        .map(|p| PeerTarget {
-            host: p.addr.host.clone(),
-            port: p.addr.port,
-            cost: cost(p.cost),
+    let peers = (config.peers.iter())
+        .map(|p| {
+            let target = PeerTarget {
+                host: p.addr.host.clone(),
+                port: p.addr.port,
+                cost: cost(p.cost),
+            };
+            Ok((target, dial_for(&p.addr, &config.tls.ca)?))
         })
-        .collect();
+        .collect::<Result<_, TlsError>>()
+        .map_err(StartError::Tls)?;
     let max_hops = mesh_config.max_hops;
     let metrics = match config.metrics {
         Some(_) => Metrics::new(),
@@ -204,7 +249,7 @@ pub async fn start(
         metrics: metrics.clone(),
         ..DriverConfig::default()
     };
-    let (mesh, driver) = driver::start(mesh_config, driver_config, listeners, peers);
+    let (mesh, driver) = driver::start_with(mesh_config, driver_config, listeners, peers);
     let metrics_server = match &config.metrics {
         Some(addr) => Some(
             crate::metrics::serve(&addr.to_string(), metrics.clone(), mesh.clone())

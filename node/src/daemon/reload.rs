@@ -94,6 +94,7 @@ fn changed_settings(old: &Config, new: &Config) -> Vec<&'static str> {
         (old.signers != new.signers, "signer"),
         (old.ansible_runner != new.ansible_runner, "ansible-runner"),
         (old.metrics != new.metrics, "metrics"),
+        (old.tls != new.tls, "tls"),
     ];
     checks
         .into_iter()
@@ -125,6 +126,7 @@ mod tests {
             signers: Vec::new(),
             ansible_runner: Default::default(),
             metrics: None,
+            tls: Default::default(),
         }
     }
 

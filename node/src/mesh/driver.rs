@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -33,6 +33,7 @@ use super::node::{Event, MeshConfig, MeshNode, ProbeId, Transmit};
 use super::peers::PeerSlotId;
 use super::route::Cost;
 use super::stream::{StreamEvent, StreamId};
+use super::transport::{self, Accept, BoxedLink, Dial, Listener};
 use crate::id::{NodeId, ServiceName};
 use crate::metrics::{LinkMetrics, Metrics};
 use handle::{Command, Datagram};
@@ -42,9 +43,6 @@ use stream::StreamSlot;
 /// and the link is closed. Far above what flow control lets streams queue, so only a
 /// stalled peer reaches it.
 pub const DEFAULT_MAX_LINK_QUEUE: usize = 64 << 20;
-
-/// How long a dial may take before it counts as failed.
-const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Most further events (socket or command) the owner takes after the one it woke for
 /// before draining: enough to coalesce a burst, few enough that timers and the other
@@ -87,8 +85,8 @@ impl Default for DriverConfig {
 }
 
 enum SocketEvent {
-    Accepted(TcpStream, Cost),
-    Dialed(PeerSlotId, io::Result<TcpStream>),
+    Accepted(BoxedLink, Cost),
+    Dialed(PeerSlotId, io::Result<BoxedLink>),
     Bytes(LinkId, Bytes),
     Closed(LinkId, String),
 }
@@ -112,6 +110,8 @@ struct Driver {
     command_tx: mpsc::WeakUnboundedSender<Command>,
     writers: HashMap<LinkId, Writer>,
     peers: HashMap<PeerSlotId, PeerTarget>,
+    /// How each peer is dialled (TCP unless [`start_with`] said otherwise).
+    dials: HashMap<PeerSlotId, Dial>,
     streams: HashMap<StreamId, StreamSlot>,
     opening: HashMap<StreamId, oneshot::Sender<Result<MeshStream, ConnectError>>>,
     listeners: HashMap<ServiceName, mpsc::Sender<MeshStream>>,
@@ -127,13 +127,26 @@ struct Driver {
     link_metrics: LinkMetrics,
 }
 
-/// Starts the mesh: accepts on `listeners`, dials `peers`, and returns the handle to it and
-/// the owner task (which ends after [`MeshHandle::shutdown`]).
+/// Starts the mesh over TCP: accepts on `listeners`, dials `peers`, and returns the handle
+/// to it and the owner task (which ends after [`MeshHandle::shutdown`]).
 pub fn start(
     config: MeshConfig,
     driver_config: DriverConfig,
     listeners: Vec<(TcpListener, Cost)>,
     peers: Vec<PeerTarget>,
+) -> (MeshHandle, JoinHandle<()>) {
+    let listeners = listeners.into_iter().map(|(l, c)| (l.into(), c)).collect();
+    let peers = peers.into_iter().map(|p| (p, Dial::Tcp)).collect();
+    start_with(config, driver_config, listeners, peers)
+}
+
+/// [`start`] with any transports (see [`transport`]): each listener upgrades what it
+/// accepts as its [`Accept`] says, each peer is dialled as its [`Dial`] says.
+pub fn start_with(
+    config: MeshConfig,
+    driver_config: DriverConfig,
+    listeners: Vec<(Listener, Cost)>,
+    peers: Vec<(PeerTarget, Dial)>,
 ) -> (MeshHandle, JoinHandle<()>) {
     let now = Instant::now().into_std();
     let id = config.id.clone();
@@ -141,8 +154,11 @@ pub fn start(
     let (command_tx, commands) = mpsc::unbounded_channel();
     let (socket_tx, sockets) = mpsc::channel(256);
     let mut targets = HashMap::new();
-    for peer in peers {
-        targets.insert(node.add_peer(now), peer);
+    let mut dials = HashMap::new();
+    for (peer, dial) in peers {
+        let slot = node.add_peer(now);
+        targets.insert(slot, peer);
+        dials.insert(slot, dial);
     }
     let accepts = listeners
         .into_iter()
@@ -158,6 +174,7 @@ pub fn start(
         command_tx: command_tx.downgrade(),
         writers: HashMap::new(),
         peers: targets,
+        dials,
         streams: HashMap::new(),
         opening: HashMap::new(),
         listeners: HashMap::new(),
@@ -172,12 +189,28 @@ pub fn start(
     (MeshHandle::new(id, command_tx), task)
 }
 
-async fn accept_loop(listener: TcpListener, cost: Cost, tx: mpsc::Sender<SocketEvent>) {
+async fn accept_loop(listener: Listener, cost: Cost, tx: mpsc::Sender<SocketEvent>) {
     loop {
-        match listener.accept().await {
+        match listener.tcp.accept().await {
             Ok((stream, addr)) => {
                 tracing::debug!(%addr, "accepted connection");
-                if tx.send(SocketEvent::Accepted(stream, cost)).await.is_err() {
+                // Upgrades (TLS, WebSocket) run beside the loop, so a slow client holds
+                // up only itself.
+                let (events, accept) = (tx.clone(), listener.accept.clone());
+                let upgrade = async move {
+                    match transport::upgrade_accepted(stream, &accept).await {
+                        Ok(link) => {
+                            let _ = events.send(SocketEvent::Accepted(link, cost)).await;
+                        }
+                        Err(e) => tracing::info!(%addr, error = %e, "connection not upgraded"),
+                    }
+                };
+                if matches!(listener.accept, Accept::Tcp) {
+                    upgrade.await;
+                } else {
+                    tokio::spawn(upgrade);
+                }
+                if tx.is_closed() {
                     return;
                 }
             }
@@ -188,22 +221,6 @@ async fn accept_loop(listener: TcpListener, cost: Cost, tx: mpsc::Sender<SocketE
             }
         }
     }
-}
-
-async fn dial(target: PeerTarget) -> io::Result<TcpStream> {
-    let addrs = tokio::net::lookup_host((target.host.as_str(), target.port)).await?;
-    let mut last = io::Error::new(
-        io::ErrorKind::NotFound,
-        format!("{}:{} resolves to no address", target.host, target.port),
-    );
-    for addr in addrs {
-        match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => return Ok(stream),
-            Ok(Err(e)) => last = e,
-            Err(_) => last = io::Error::new(io::ErrorKind::TimedOut, format!("{addr}: timed out")),
-        }
-    }
-    Err(last)
 }
 
 impl Driver {
@@ -283,12 +300,10 @@ impl Driver {
         let now = Instant::now().into_std();
         match event {
             SocketEvent::Accepted(stream, cost) => {
-                no_delay(&stream);
                 let link = self.node.handle_accepted(now, cost);
                 self.attach(link, stream);
             }
             SocketEvent::Dialed(slot, Ok(stream)) => {
-                no_delay(&stream);
                 let cost = self.peers.get(&slot).map_or(Cost::DEFAULT, |p| p.cost);
                 let link = self.node.handle_dialed(now, slot, cost);
                 self.attach(link, stream);
@@ -375,8 +390,9 @@ impl Driver {
             Event::Dial(slot) => {
                 if let Some(target) = self.peers.get(&slot).cloned() {
                     let tx = self.socket_tx.clone();
+                    let how = self.dials.get(&slot).cloned().unwrap_or_default();
                     tokio::spawn(async move {
-                        let result = dial(target).await;
+                        let result = transport::dial(&target.host, target.port, &how).await;
                         let _ = tx.send(SocketEvent::Dialed(slot, result)).await;
                     });
                 }
@@ -491,14 +507,6 @@ impl Driver {
 
     fn take_pending(&mut self, id: StreamId) -> Option<MeshStream> {
         self.streams.get_mut(&id).and_then(StreamSlot::take_pending)
-    }
-}
-
-/// Links carry small latency-sensitive messages (pings, credit) between bulk data; Nagle's
-/// algorithm would hold them back for a delayed ACK.
-fn no_delay(stream: &TcpStream) {
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
     }
 }
 

@@ -14,6 +14,7 @@ pub mod noise;
 pub mod peers;
 pub mod route;
 pub mod stream;
+pub mod transport;
 pub mod trust;
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 
 use super::{Prepared, RunArgs, WORK_TYPE, receive, send_payload, timeout};
 use crate::ansible::process::ProcessOutcome;
-use crate::config::{DEFAULT_PORT, EndpointAddr};
+use crate::config::{DEFAULT_PORT, EndpointAddr, Scheme};
 use crate::id::NodeId;
 use crate::keys::{LinkKeypair, PublicKey};
 use crate::mesh::driver::{self, DriverConfig, MeshHandle, PeerTarget};
@@ -112,11 +112,13 @@ pub(super) async fn run_remote(
     let peer = args.receptor_peer.clone().unwrap_or(EndpointAddr {
         host: "localhost".into(),
         port: DEFAULT_PORT,
+        scheme: Scheme::Tcp,
+        path: String::new(),
     });
     let mut known = KnownPeers::load(&path);
     let pinned = known.get(&peer.to_string());
     let me = client_id(args)?;
-    let mesh = start_node(&me, keys, &peer, pinned);
+    let mesh = start_node(&me, keys, &peer, pinned)?;
     let result = async {
         let advice = match &args.receptor_node_id {
             Some(id) => format!("--trust {id}={token}"),
@@ -150,7 +152,7 @@ fn start_node(
     keys: LinkKeypair,
     peer: &EndpointAddr,
     pinned: Option<PublicKey>,
-) -> MeshHandle {
+) -> anyhow::Result<MeshHandle> {
     let trust = pinned
         .map(|key| TrustEntry { key, node: None })
         .into_iter()
@@ -163,8 +165,21 @@ fn start_node(
         port: peer.port,
         cost: Cost::DEFAULT,
     };
-    let (mesh, _task) = driver::start(config, DriverConfig::default(), Vec::new(), vec![target]);
-    mesh
+    // A wss:// peer's certificate is checked against the system's roots and
+    // $WARREN_TLS_CA (a PEM file), if set.
+    let roots: Vec<PathBuf> = std::env::var_os("WARREN_TLS_CA")
+        .filter(|v| !v.is_empty())
+        .map(Into::into)
+        .into_iter()
+        .collect();
+    let dial = crate::daemon::dial_for(peer, &roots)?;
+    let (mesh, _task) = driver::start_with(
+        config,
+        DriverConfig::default(),
+        Vec::new(),
+        vec![(target, dial)],
+    );
+    Ok(mesh)
 }
 
 /// Waits for the link to the peer; explains a refusal. Returns the peer's key.
