@@ -149,7 +149,7 @@ fn nodes_link_over_ws_through_a_connect_proxy_run_the_seed_command_and_redial_wh
     let (controller, node1, client) = ws_pair(&mut mesh, &proxy);
     mesh.wait_route(controller, "node1", None);
     let node1_addr = second_listener(&mesh, "node1");
-    assert_eq!(*proxy.targets.lock().unwrap(), [node1_addr.clone()]);
+    assert_eq!(*proxy.targets.lock().unwrap(), [node1_addr.as_str()]);
     assert_eq!(proxy.tunnels.load(Ordering::SeqCst), 1);
     // Plain HTTP, or an upgrade at another path, at the link port is not a link; the node
     // closes it and keeps its real link.

@@ -39,6 +39,8 @@ pub(super) async fn accept<S>(stream: S, path: &str) -> io::Result<BoxedLink>
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    // The error type is tungstenite's, so its size is not ours to choose.
+    #[allow(clippy::result_large_err)]
     let check = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
         if request.uri().path() == path {
             return Ok(response);
