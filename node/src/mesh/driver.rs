@@ -190,14 +190,22 @@ pub fn start_with(
 }
 
 async fn accept_loop(listener: Listener, cost: Cost, tx: mpsc::Sender<SocketEvent>) {
+    let upgrades = transport::Upgrades::default();
     loop {
         match listener.tcp.accept().await {
             Ok((stream, addr)) => {
                 tracing::debug!(%addr, "accepted connection");
+                let is_tcp = matches!(listener.accept, Accept::Tcp);
+                let slot = if is_tcp { None } else { upgrades.try_start() };
+                if !is_tcp && slot.is_none() {
+                    tracing::warn!(%addr, "too many connections mid-upgrade; closed this one");
+                    continue;
+                }
                 // Upgrades (TLS, WebSocket) run beside the loop, so a slow client holds
                 // up only itself.
                 let (events, accept) = (tx.clone(), listener.accept.clone());
                 let upgrade = async move {
+                    let _slot = slot;
                     match transport::upgrade_accepted(stream, &accept).await {
                         Ok(link) => {
                             let _ = events.send(SocketEvent::Accepted(link, cost)).await;
@@ -205,7 +213,7 @@ async fn accept_loop(listener: Listener, cost: Cost, tx: mpsc::Sender<SocketEven
                         Err(e) => tracing::info!(%addr, error = %e, "connection not upgraded"),
                     }
                 };
-                if matches!(listener.accept, Accept::Tcp) {
+                if is_tcp {
                     upgrade.await;
                 } else {
                     tokio::spawn(upgrade);

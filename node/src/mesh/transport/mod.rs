@@ -26,6 +26,28 @@ pub use tcp::DIAL_TIMEOUT;
 /// before it is dropped (the Noise handshake has its own timeout after that).
 pub const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Most connections one listener upgrades at once. Past it, new connections are closed at
+/// once: clients that never finish their handshakes cannot pile up sockets and tasks.
+pub const MAX_PENDING_UPGRADES: usize = 128;
+
+/// Counts a listener's upgrades in progress, up to [`MAX_PENDING_UPGRADES`].
+#[derive(Debug, Clone)]
+pub struct Upgrades(Arc<tokio::sync::Semaphore>);
+
+impl Default for Upgrades {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_UPGRADES)))
+    }
+}
+
+impl Upgrades {
+    /// A slot for one more upgrade, held until the permit is dropped; `None` when full.
+    #[must_use]
+    pub fn try_start(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.0.clone().try_acquire_owned().ok()
+    }
+}
+
 /// A link's byte stream, whatever the transport.
 pub trait LinkIo: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> LinkIo for T {}

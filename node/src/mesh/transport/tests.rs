@@ -73,6 +73,17 @@ async fn a_peer_sending_an_oversized_message_is_cut_off_before_it_is_buffered() 
     send.abort();
 }
 
+#[tokio::test]
+async fn upgrades_in_progress_are_capped_and_a_finished_one_frees_its_slot() {
+    let upgrades = super::Upgrades::default();
+    let held: Vec<_> = (0..super::MAX_PENDING_UPGRADES)
+        .map(|_| upgrades.try_start().expect("a slot"))
+        .collect();
+    assert!(upgrades.try_start().is_none());
+    drop(held);
+    assert!(upgrades.try_start().is_some());
+}
+
 #[test]
 fn proxy_urls_parse_with_default_port_and_credentials() {
     let p = parse("http://proxy.corp:3128/").unwrap();
