@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use crate::support::{Identity, Mesh, peer, trust, wait_for};
 
 /// The project's venv (`scripts/setup-python.sh` creates it).
-fn venv_bin() -> PathBuf {
+pub fn venv_bin() -> PathBuf {
     let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin");
     assert!(
         bin.join("ansible-runner").is_file(),
@@ -24,7 +24,7 @@ fn demo() -> PathBuf {
 }
 
 /// `dst` becomes a copy of the demo private data dir.
-fn copy_demo(dst: &Path) {
+pub fn copy_demo(dst: &Path) {
     let status = Command::new("cp")
         .arg("-r")
         .arg(demo())
@@ -377,13 +377,8 @@ fn a_target_whose_key_changed_since_the_last_run_is_refused() {
 
 #[test]
 fn the_default_peer_is_localhost_8888() {
-    // The one test that binds the default port; a lock keeps other runs off it.
-    let lock = std::fs::File::create(std::env::temp_dir().join("warren-port-8888.lock")).unwrap();
-    // SAFETY: flock on an open descriptor.
-    assert_eq!(
-        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) },
-        0
-    );
+    // Binds the default port; the lock keeps other runs and the demo off it.
+    let lock = crate::support::default_port_lock();
     let setup = setup(None, Some("127.0.0.1:8888"));
     let pdd = setup.mesh.path("demo");
     copy_demo(&pdd);

@@ -1,7 +1,9 @@
 //! Control-socket work round trips, as `receptorctl work submit ... -f` does them: submit a
 //! tiny `cat` job on the controller for node1, two hops away, and read its results until
 //! the unit is done. Medians and p99 over sequential jobs, and jobs per second with 20 in
-//! flight; the release `warren` binary runs the three nodes.
+//! flight; the release `warren` binary runs the three nodes. Then the metrics overhead: the
+//! same rate on a second mesh whose nodes serve `/metrics` (scraped every second) against
+//! the first, batches alternating between them (target: at least 97 %).
 //!
 //! `cargo bench -p warren --bench control`
 
@@ -59,6 +61,7 @@ fn start(
     trust: &[String],
     extra: &[&str],
 ) -> anyhow::Result<(Node, String)> {
+    let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
     let ready = dir.join(format!("{name}.ready"));
     let mut cmd = Command::new(warren()?);
     cmd.args(["node", "--id", name, "--listen", "127.0.0.1:0"])
@@ -74,7 +77,7 @@ fn start(
         .env("WARREN_COMPONENT_CACHE", dir.join("cache"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(log);
     for token in trust {
         cmd.args(["--trust", token]);
     }
@@ -120,22 +123,129 @@ async fn wait_offered(socket: &Path) -> anyhow::Result<()> {
     bail!("node1 never ran a cat job")
 }
 
-fn main() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let dir = dir.path();
+/// controller -> relay -> node1 in `dir`, each with `extra` flags; the nodes and the
+/// controller's socket.
+fn mesh(dir: &Path, extra: &[&str]) -> anyhow::Result<(Vec<Node>, PathBuf)> {
     let tokens: Vec<String> = ["controller", "relay", "node1"]
         .iter()
         .map(|n| keygen(dir, n))
         .collect::<Result<_, _>>()?;
-    let (_node1, addr) = start(dir, "node1", &tokens, &["--work-type", "cat=/bin/cat"])?;
-    let (_relay, addr) = start(dir, "relay", &tokens, &["--peer", &addr])?;
-    let (_controller, _) = start(dir, "controller", &tokens, &["--peer", &addr])?;
-    let socket = dir.join("controller.sock");
+    let flags = |more: &[&'static str]| [more, extra].concat();
+    let (node1, addr) = start(
+        dir,
+        "node1",
+        &tokens,
+        &flags(&["--work-type", "cat=/bin/cat"]),
+    )?;
+    let (relay, addr) = start(
+        dir,
+        "relay",
+        &tokens,
+        &[&["--peer", &addr][..], extra].concat(),
+    )?;
+    let (controller, _) = start(
+        dir,
+        "controller",
+        &tokens,
+        &[&["--peer", &addr][..], extra].concat(),
+    )?;
+    Ok((vec![node1, relay, controller], dir.join("controller.sock")))
+}
+
+/// Jobs per second with [`IN_FLIGHT`] jobs at once, over one batch.
+async fn batch_rate(socket: &Path) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let jobs = (0..IN_FLIGHT).map(|_| {
+        let socket = socket.to_owned();
+        tokio::spawn(async move { job(&socket).await })
+    });
+    for handle in jobs.collect::<Vec<_>>() {
+        handle.await??;
+    }
+    Ok(IN_FLIGHT as f64 / started.elapsed().as_secs_f64())
+}
+
+/// The metrics address node `name` logged at start.
+fn metrics_addr(dir: &Path, name: &str) -> anyhow::Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = std::fs::read_to_string(dir.join(format!("{name}.log")))?;
+        if let Some(at) = log.find("metrics=Some(") {
+            let rest = &log[at + "metrics=Some(".len()..];
+            return Ok(rest[..rest.find(')').context("log line")?].to_owned());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{name} logged no metrics address"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `GET /metrics` from `addr`; the body's length.
+async fn scrape(addr: &str) -> anyhow::Result<usize> {
+    use tokio::io::AsyncWriteExt;
+    let mut socket = tokio::net::TcpStream::connect(addr).await?;
+    socket
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut body = Vec::new();
+    socket.read_to_end(&mut body).await?;
+    ensure!(body.starts_with(b"HTTP/1.1 200"), "scrape of {addr} failed");
+    Ok(body.len())
+}
+
+/// Alternating batches on a mesh without metrics and one serving them, scraped every
+/// second; prints the rates and their ratio.
+async fn metrics_overhead(plain: &Path, with: &Path, addrs: Vec<String>) -> anyhow::Result<()> {
+    let scraper = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            for addr in &addrs {
+                let _ = scrape(addr).await;
+            }
+        }
+    });
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for _ in 0..2 * BATCHES {
+        off.push(batch_rate(plain).await?);
+        on.push(batch_rate(with).await?);
+    }
+    scraper.abort();
+    let (off_rate, on_rate) = (stats::median(&off), stats::median(&on));
+    println!(
+        "== control: metrics overhead, {IN_FLIGHT} in flight, batches alternating ({} each)",
+        off.len()
+    );
+    println!(
+        "  metrics off: {off_rate:.0} jobs/s   on, scraped every second on all 3 nodes: {on_rate:.0} jobs/s"
+    );
+    println!(
+        "  on / off: {:.1} % (target >= 97 %)",
+        100.0 * on_rate / off_rate
+    );
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let plain_dir = dir.path().join("plain");
+    let metrics_dir = dir.path().join("metrics");
+    std::fs::create_dir_all(&plain_dir)?;
+    std::fs::create_dir_all(&metrics_dir)?;
+    let (_plain, socket) = mesh(&plain_dir, &[])?;
+    let (_with, metrics_socket) = mesh(&metrics_dir, &["--metrics", "127.0.0.1:0"])?;
+    let addrs = ["controller", "relay", "node1"]
+        .iter()
+        .map(|n| metrics_addr(&metrics_dir, n))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
         wait_offered(&socket).await.context("warming up")?;
+        wait_offered(&metrics_socket).await.context("warming up")?;
         let mut times = Vec::with_capacity(SEQUENTIAL);
         for _ in 0..SEQUENTIAL {
             times.push(job(&socket).await?.as_secs_f64() * 1e3);
@@ -144,17 +254,9 @@ fn main() -> anyhow::Result<()> {
         println!("  round trip, ms: median {:.2}  p99 {:.2}", stats::median(&times), stats::percentile(&times, 99.0));
         let mut rates = Vec::new();
         for _ in 0..BATCHES {
-            let started = Instant::now();
-            let jobs = (0..IN_FLIGHT).map(|_| {
-                let socket = socket.clone();
-                tokio::spawn(async move { job(&socket).await })
-            });
-            for handle in jobs.collect::<Vec<_>>() {
-                handle.await??;
-            }
-            rates.push(IN_FLIGHT as f64 / started.elapsed().as_secs_f64());
+            rates.push(batch_rate(&socket).await?);
         }
         println!("  {IN_FLIGHT} in flight: {:.0} jobs/s (median of {BATCHES} batches; runs {})", stats::median(&rates), stats::runs(&rates, 0));
-        anyhow::Ok(())
+        metrics_overhead(&socket, &metrics_socket, addrs).await
     })
 }

@@ -39,6 +39,7 @@ pub mod host;
 pub mod id;
 pub mod keys;
 pub mod mesh;
+pub mod metrics;
 pub mod terminal;
 pub mod work;
 

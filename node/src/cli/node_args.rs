@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{
     AnsibleRunnerConfig, CertificatesConfig, Config, ConfigError, ControlConfig, EndpointAddr,
-    LinkCost, ListenConfig, MeshTuning, Origin, PeerConfig, TrustEntry, WorkLimits, WorkTypeConfig,
+    LinkCost, ListenConfig, MeshTuning, Origin, PeerConfig, TlsConfig, TrustEntry, WorkLimits,
+    WorkTypeConfig,
 };
 use crate::host::signing::SignerKey;
 use crate::id::NodeId;
@@ -38,6 +39,8 @@ pub struct NodeArgs {
     ///
     /// ADDR is host:port, receptor://host:port, or a bare host (port 8888); write IPv6 as
     /// [::1]:port. Port 0 lets the OS choose a free port; use --ready-file to learn it.
+    /// ws://host:port[/path] accepts WebSocket links at that path (for a reverse proxy or
+    /// ingress in front); wss://... the same over TLS, with --tls-cert and --tls-key.
     #[arg(long = "listen", value_name = "ADDR")]
     pub listen: Vec<EndpointAddr>,
 
@@ -45,7 +48,9 @@ pub struct NodeArgs {
     ///
     /// ADDR is host:port, receptor://host:port, or a bare host (port 8888); write IPv6 as
     /// [::1]:port. Port 0 is not allowed here. The link's cost is 1.0 unless --cost sets one
-    /// for the peer's node id.
+    /// for the peer's node id. ws://host[:port][/path] and wss://... dial a WebSocket
+    /// listener, through $HTTP_PROXY / $HTTPS_PROXY (CONNECT) unless $NO_PROXY names the host;
+    /// wss:// checks the certificate against the system's roots and --tls-ca.
     #[arg(long = "peer", value_name = "ADDR", value_parser = EndpointAddr::parse_peer)]
     pub peers: Vec<EndpointAddr>,
 
@@ -155,6 +160,25 @@ pub struct NodeArgs {
     /// Do not offer the ansible-runner work type, even if ansible-runner is installed.
     #[arg(long)]
     pub no_ansible_runner: bool,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (ADDR is host:port, such as
+    /// 127.0.0.1:9100; replaces the config file's [metrics] listen). Anyone who can reach
+    /// ADDR can read them: bind loopback or a management network. `warren top` shows them.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<EndpointAddr>,
+
+    /// PEM certificate chain for wss:// listeners (replaces [tls] cert).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert (replaces [tls] key).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Trust the CA (or self-signed) certificates in FILE for wss:// peers, besides the
+    /// system's (repeatable; adds to [tls] ca).
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Vec<PathBuf>,
 }
 
 impl NodeArgs {
@@ -211,6 +235,10 @@ impl NodeArgs {
             work_signing_key,
             work_verify_keys,
             require_signed_work,
+            metrics,
+            tls_cert,
+            tls_key,
+            tls_ca,
         } = self;
         id.is_none()
             && key_file.is_none()
@@ -218,6 +246,10 @@ impl NodeArgs {
             && control_socket.is_none()
             && ansible_runner.is_none()
             && !no_ansible_runner
+            && metrics.is_none()
+            && tls_cert.is_none()
+            && tls_key.is_none()
+            && tls_ca.is_empty()
             && listen.is_empty()
             && peers.is_empty()
             && trust.is_empty()
@@ -265,6 +297,8 @@ impl NodeArgs {
             ansible_runner: AnsibleRunnerConfig::default(),
             certificates: CertificatesConfig::default(),
             access: Default::default(),
+            metrics: None,
+            tls: TlsConfig::default(),
         };
         self.extend(config).validate(Origin::Flags)
     }
@@ -324,6 +358,16 @@ impl NodeArgs {
         if self.no_ansible_runner {
             config.ansible_runner.enabled = false;
         }
+        if let Some(metrics) = self.metrics {
+            config.metrics = Some(metrics);
+        }
+        if let Some(cert) = self.tls_cert {
+            config.tls.cert = Some(cert);
+        }
+        if let Some(key) = self.tls_key {
+            config.tls.key = Some(key);
+        }
+        config.tls.ca.extend(self.tls_ca);
         config
     }
 }

@@ -386,7 +386,7 @@ mod tests {
     fn parse(args: &[&str]) -> RunArgs {
         let all = [&["warren", "run", "pdd", "-p", "x.yml"], args].concat();
         match Cli::try_parse_from(all).expect("parses").command {
-            Command::Run(run) => run,
+            Command::Run(run) => *run,
             other => panic!("{other:?}"),
         }
     }

@@ -99,6 +99,9 @@ pub enum ClientError {
     /// The embedded node stopped.
     #[error("the embedded node stopped")]
     Stopped,
+    /// A `wss://` peer's trusted roots (`$WARREN_TLS_CA`) could not be loaded.
+    #[error("{0}")]
+    Tls(#[from] crate::mesh::transport::tls::TlsError),
     /// A known-keys file could not be written.
     #[error("cannot write {}: {source}", path.display())]
     Write {
@@ -168,7 +171,7 @@ impl ClientNode {
         let pinned = known_peers.get(&options.peer.to_string());
         let token = me.keys.public();
         let certified = me.cert.is_some();
-        let mesh = start(&id, me, &options.peer, pinned);
+        let mesh = start(&id, me, &options.peer, pinned)?;
         let advice = match &options.node_id {
             Some(id) => format!("--trust {id}={token}"),
             None => format!(
@@ -320,7 +323,7 @@ fn start(
     identity: identity::Identity,
     peer: &EndpointAddr,
     pinned: Option<PublicKey>,
-) -> MeshHandle {
+) -> Result<MeshHandle, ClientError> {
     // A certified client trusts its certificate's issuer: far nodes' adverts and the target
     // are then checked against that authority.
     let authorities = identity
@@ -346,8 +349,21 @@ fn start(
         port: peer.port,
         cost: Cost::DEFAULT,
     };
-    let (mesh, _task) = driver::start(config, DriverConfig::default(), Vec::new(), vec![target]);
-    mesh
+    // A wss:// peer's certificate is checked against the system's roots and
+    // $WARREN_TLS_CA (a PEM file), if set.
+    let roots: Vec<PathBuf> = std::env::var_os("WARREN_TLS_CA")
+        .filter(|v| !v.is_empty())
+        .map(Into::into)
+        .into_iter()
+        .collect();
+    let dial = crate::daemon::dial_for(peer, &roots)?;
+    let (mesh, _task) = driver::start_with(
+        config,
+        DriverConfig::default(),
+        Vec::new(),
+        vec![(target, dial)],
+    );
+    Ok(mesh)
 }
 
 /// Waits for the link to the peer; explains a refusal. Returns the peer's key.

@@ -183,6 +183,11 @@ pub enum Problem {
         /// The conflicting entry's pin.
         second: Option<NodeId>,
     },
+    /// A `wss://` listener without a certificate and key.
+    #[error(
+        "a wss:// listener needs a certificate and key: [tls] cert and key, or --tls-cert and --tls-key"
+    )]
+    WssNeedsCertificate,
     /// The same address appears twice in one list.
     #[error("{addr} is listed twice")]
     DuplicateAddress {

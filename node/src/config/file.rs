@@ -21,7 +21,8 @@ use crate::id::{NameError, NodeId};
 use super::error::{AddrRole, ConfigError, Origin, Problem};
 use super::{
     AddrError, CertificatesConfig, Config, ControlConfig, DEFAULT_CONTROL_PERMISSIONS,
-    EndpointAddr, LinkCost, ListenConfig, MeshTuning, PeerConfig, TrustEntry, WorkLimits,
+    EndpointAddr, LinkCost, ListenConfig, MeshTuning, PeerConfig, TlsConfig, TrustEntry,
+    WorkLimits,
 };
 
 #[derive(Deserialize)]
@@ -52,6 +53,10 @@ struct ConfigFile {
     certificates: CertificatesSection,
     #[serde(default)]
     allow: Vec<access::AllowSection>,
+    #[serde(default)]
+    metrics: MetricsSection,
+    #[serde(default)]
+    tls: TlsSection,
 }
 
 #[derive(Deserialize, Default)]
@@ -62,6 +67,23 @@ struct CertificatesSection {
     cert: Option<Spanned<String>>,
     #[serde(default)]
     revocations: Vec<Spanned<String>>,
+}
+
+/// `[tls]`: certificate and key of `wss://` listeners, extra roots for `wss://` peers.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct TlsSection {
+    cert: Option<Spanned<String>>,
+    key: Option<Spanned<String>>,
+    #[serde(default)]
+    ca: Vec<Spanned<String>>,
+}
+
+/// `[metrics]`: where to serve `/metrics`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct MetricsSection {
+    listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -181,6 +203,15 @@ impl Decoder<'_> {
             ansible_runner: self.ansible_runner(&file.ansible_runner)?,
             certificates: self.certificates(&file.certificates)?,
             access: self.access(&file.allow)?,
+            metrics: (file.metrics.listen.as_ref())
+                .map(|l| {
+                    self.parse(l, "[metrics] listen", |s| {
+                        s.parse()
+                            .map_err(|source| address_problem(s, AddrRole::Listen, source))
+                    })
+                })
+                .transpose()?,
+            tls: self.tls(&file.tls)?,
         })
     }
 
@@ -205,6 +236,19 @@ impl Decoder<'_> {
             authorities,
             cert,
             revocations,
+        })
+    }
+
+    fn tls(&self, tls: &TlsSection) -> Result<TlsConfig, ConfigError> {
+        let path = |v: &Option<Spanned<String>>, key| {
+            v.as_ref().map(|v| self.path_value(v, key)).transpose()
+        };
+        Ok(TlsConfig {
+            cert: path(&tls.cert, "[tls] cert")?,
+            key: path(&tls.key, "[tls] key")?,
+            ca: (tls.ca.iter())
+                .map(|c| self.path_value(c, "[tls] ca"))
+                .collect::<Result<_, _>>()?,
         })
     }
 

@@ -94,7 +94,7 @@ use crate::id::NodeId;
 use crate::keys::PublicKey;
 
 pub use crate::mesh::trust::{TrustDecision, TrustEntry};
-pub use addr::{AddrError, DEFAULT_PORT, EndpointAddr};
+pub use addr::{AddrError, DEFAULT_PORT, EndpointAddr, Scheme};
 pub use cost::{CostError, LinkCost};
 pub use error::{AddrRole, ConfigError, Origin, Problem};
 pub use worktype::{
@@ -152,6 +152,10 @@ pub struct Config {
     pub certificates: CertificatesConfig,
     /// What mesh peers may do here (deny by default).
     pub access: crate::access::AccessPolicy,
+    /// Where to serve Prometheus metrics (`/metrics`); `None`: not served.
+    pub metrics: Option<EndpointAddr>,
+    /// TLS for `wss://` listeners and peers.
+    pub tls: TlsConfig,
 }
 
 /// `[certificates]`: mesh authorities (`--ca`), this node's certificate (`--cert`) and
@@ -164,6 +168,18 @@ pub struct CertificatesConfig {
     pub cert: Option<PathBuf>,
     /// Revocation list files of trusted authorities (`warren ca revoke` writes them).
     pub revocations: Vec<PathBuf>,
+}
+
+/// TLS for `wss://` links (`[tls]`): the listeners' certificate and key, and extra roots
+/// the dialler trusts besides the system's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// PEM certificate chain served by `wss://` listeners.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    pub key: Option<PathBuf>,
+    /// PEM files of CA (or self-signed) certificates trusted for `wss://` peers.
+    pub ca: Vec<PathBuf>,
 }
 
 /// One address to accept links on.

@@ -97,6 +97,12 @@ fn check_addresses(config: &Config) -> Result<(), Fault> {
     if let Some((i, addr)) = first_repeat(listen) {
         return Err((Setting::Listen(i), Problem::DuplicateAddress { addr }));
     }
+    let tls = &config.tls;
+    if let Some(i) = (config.listen.iter()).position(|l| l.addr.scheme == super::Scheme::Wss)
+        && (tls.cert.is_none() || tls.key.is_none())
+    {
+        return Err((Setting::Listen(i), Problem::WssNeedsCertificate));
+    }
     let peers = config.peers.iter().map(|p| &p.addr);
     if let Some((i, addr)) = first_repeat(peers) {
         return Err((Setting::Peer(i), Problem::DuplicateAddress { addr }));

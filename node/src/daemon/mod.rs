@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 
 use crate::access::{AccessPolicy, Act};
 use crate::ca::{Authorities, SignedCertificate, SignedRevocationList};
-use crate::config::{Config, LinkCost};
+use crate::config::{Config, EndpointAddr, LinkCost, Scheme};
 use crate::control::{ControlSocket, ListenError, default_socket_path, serve_session};
 use crate::host::registry::{self, Registry};
 use crate::host::runner::{Host, HostError};
@@ -30,7 +30,10 @@ use crate::mesh::driver::{self, DriverConfig, MeshHandle, MeshStream, PeerTarget
 use crate::mesh::link::LinkConfig;
 use crate::mesh::node::MeshConfig;
 use crate::mesh::route::Cost;
+use crate::mesh::transport::tls::{self, TlsError};
+use crate::mesh::transport::{Accept, Dial, Listener};
 use crate::mesh::trust::TrustPolicy;
+use crate::metrics::{Metrics, MetricsServer};
 use crate::work::server::ServerSetup;
 use crate::work::signature::Verifier;
 use crate::work::{Work, WorkConfig, WorkError, WorkSetup};
@@ -78,6 +81,12 @@ pub enum StartError {
         /// What is wrong.
         problem: String,
     },
+    /// A `wss://` listener's certificate or a `wss://` peer's roots could not be loaded.
+    #[error("{0}")]
+    Tls(TlsError),
+    /// The metrics endpoint could not start.
+    #[error("{0}")]
+    Metrics(crate::metrics::ServeError),
     /// The ready file could not be written.
     #[error("cannot write ready file {path}: {source}")]
     ReadyFile {
@@ -105,6 +114,8 @@ pub struct RunningNode {
     pub listen_addrs: Vec<SocketAddr>,
     /// The control socket's path.
     pub control_path: PathBuf,
+    /// The `/metrics` endpoint, when configured; stops when dropped.
+    pub metrics: Option<MetricsServer>,
     /// Tells the control socket and the mesh control service to stop; dropped on shutdown.
     stop: watch::Sender<bool>,
     driver: JoinHandle<()>,
@@ -218,16 +229,54 @@ fn warn_if_readable_by_others(path: &Path) {
     }
 }
 
-async fn bind_listeners(config: &Config) -> Result<Vec<(TcpListener, Cost)>, StartError> {
+async fn bind_listeners(config: &Config) -> Result<Vec<(Listener, Cost)>, StartError> {
     let mut listeners = Vec::new();
     for listen in &config.listen {
         let addr = listen.addr.to_string();
-        let listener = TcpListener::bind((listen.addr.host.as_str(), listen.addr.port))
+        let tcp = TcpListener::bind((listen.addr.host.as_str(), listen.addr.port))
             .await
             .map_err(|source| StartError::Bind { addr, source })?;
-        listeners.push((listener, cost(listen.cost)));
+        let accept = match listen.addr.scheme {
+            Scheme::Tcp => Accept::Tcp,
+            Scheme::Ws => Accept::Ws {
+                path: listen.addr.path.clone(),
+                tls: None,
+            },
+            Scheme::Wss => {
+                let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) else {
+                    return Err(StartError::Tls(TlsError::File {
+                        path: PathBuf::from("[tls] cert"),
+                        problem: "a wss:// listener needs --tls-cert and --tls-key".into(),
+                    }));
+                };
+                Accept::Ws {
+                    path: listen.addr.path.clone(),
+                    tls: Some(tls::acceptor(cert, key).map_err(StartError::Tls)?),
+                }
+            }
+        };
+        listeners.push((Listener { tcp, accept }, cost(listen.cost)));
     }
     Ok(listeners)
+}
+
+/// How to dial `addr`: TCP, or a WebSocket (through the environment's proxy), over TLS
+/// trusting the system's roots and `extra_roots` for `wss://`.
+///
+/// # Errors
+/// [`TlsError`] when the roots cannot be loaded for a `wss://` address.
+pub fn dial_for(addr: &EndpointAddr, extra_roots: &[PathBuf]) -> Result<Dial, TlsError> {
+    Ok(match addr.scheme {
+        Scheme::Tcp => Dial::Tcp,
+        Scheme::Ws => Dial::Ws {
+            path: addr.path.clone(),
+            tls: None,
+        },
+        Scheme::Wss => Dial::Ws {
+            path: addr.path.clone(),
+            tls: Some(tls::client_config(extra_roots)?),
+        },
+    })
 }
 
 /// Starts a node: binds its listeners and control socket, starts the mesh. `source`
@@ -247,7 +296,7 @@ pub async fn start(
     let listeners = bind_listeners(config).await?;
     let listen_addrs = listeners
         .iter()
-        .filter_map(|(l, _)| l.local_addr().ok())
+        .filter_map(|(l, _)| l.tcp.local_addr().ok())
         .collect();
     let control_path = config
         .control
@@ -257,18 +306,38 @@ pub async fn start(
     let socket = ControlSocket::bind(&control_path, config.control.permissions)
         .await
         .map_err(StartError::Control)?;
-    let peers = config
-        .peers
-        .iter()
-        .map(|p| PeerTarget {
-            host: p.addr.host.clone(),
-            port: p.addr.port,
-            cost: cost(p.cost),
+    let peers = (config.peers.iter())
+        .map(|p| {
+            let target = PeerTarget {
+                host: p.addr.host.clone(),
+                port: p.addr.port,
+                cost: cost(p.cost),
+            };
+            Ok((target, dial_for(&p.addr, &config.tls.ca)?))
         })
-        .collect();
+        .collect::<Result<_, TlsError>>()
+        .map_err(StartError::Tls)?;
     let max_hops = mesh_config.max_hops;
-    let host = Arc::new(Host::new(&component_cache(config)).map_err(StartError::Host)?);
-    let (mesh, driver) = driver::start(mesh_config, DriverConfig::default(), listeners, peers);
+    let metrics = match config.metrics {
+        Some(_) => Metrics::new(),
+        None => Metrics::default(),
+    };
+    let mut host = Host::new(&component_cache(config)).map_err(StartError::Host)?;
+    host.set_metrics(metrics.clone());
+    let host = Arc::new(host);
+    let driver_config = DriverConfig {
+        metrics: metrics.clone(),
+        ..DriverConfig::default()
+    };
+    let (mesh, driver) = driver::start_with(mesh_config, driver_config, listeners, peers);
+    let metrics_server = match &config.metrics {
+        Some(addr) => Some(
+            crate::metrics::serve(&addr.to_string(), metrics.clone(), mesh.clone())
+                .await
+                .map_err(StartError::Metrics)?,
+        ),
+        None => None,
+    };
     let (registry_tx, registry) = watch::channel(Arc::new(Registry::default()));
     offer_work_types(
         config.clone(),
@@ -286,6 +355,7 @@ pub async fn start(
             max_running: config.work.max_running,
             max_payload: config.work.max_payload,
             keep_finished: config.work.keep_finished,
+            metrics: metrics.clone(),
         },
         mesh: Some(mesh.clone()),
         signing_key: work_signing_key(config)?,
@@ -320,7 +390,7 @@ pub async fn start(
     let (stop, stopped) = watch::channel(false);
     let control = tokio::spawn(socket.serve(backend.clone(), stopped.clone()));
     serve_control_on_mesh(&mesh, backend, access, stopped);
-    tracing::info!(node = %config.node_id, listen = ?listen_addrs, control = %control_path.display(), "node started");
+    tracing::info!(node = %config.node_id, listen = ?listen_addrs, control = %control_path.display(), metrics = ?metrics_server.as_ref().map(|m| m.addr), "node started");
     Ok(RunningNode {
         mesh,
         work,
@@ -329,6 +399,7 @@ pub async fn start(
         access: access_tx,
         listen_addrs,
         control_path,
+        metrics: metrics_server,
         stop,
         driver,
         control,

@@ -95,6 +95,8 @@ fn changed_settings(old: &Config, new: &Config) -> Vec<&'static str> {
         (old.ansible_runner != new.ansible_runner, "ansible-runner"),
         (old.certificates != new.certificates, "certificates"),
         (old.access != new.access, "allow"),
+        (old.metrics != new.metrics, "metrics"),
+        (old.tls != new.tls, "tls"),
     ];
     checks
         .into_iter()
@@ -127,6 +129,8 @@ mod tests {
             work_types: Vec::new(),
             signers: Vec::new(),
             ansible_runner: Default::default(),
+            metrics: None,
+            tls: Default::default(),
         }
     }
 

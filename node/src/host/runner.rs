@@ -124,6 +124,8 @@ pub struct Host {
     engine: Engine,
     linker: Linker<JobState>,
     cache: Cache,
+    /// Counts compiles and cache hits (disabled unless [`Host::set_metrics`] was called).
+    metrics: crate::metrics::Metrics,
     /// Stops the epoch ticker thread when the host is dropped.
     _ticker: Ticker,
 }
@@ -197,8 +199,14 @@ impl Host {
             engine,
             linker,
             cache: Cache::open(cache_dir),
+            metrics: crate::metrics::Metrics::default(),
             _ticker: ticker,
         })
+    }
+
+    /// Counts this host's component compiles and cache hits in `metrics`.
+    pub fn set_metrics(&mut self, metrics: crate::metrics::Metrics) {
+        self.metrics = metrics;
     }
 
     /// Compiles (or loads from the cache) a component and links it.
@@ -243,6 +251,7 @@ impl Host {
     fn cached(&self, bytes: &[u8], sha256: &[u8; 32]) -> Result<Component, HostError> {
         let name = self.cache_name(sha256);
         if let Some(component) = self.cache.load(&self.engine, &name) {
+            self.metrics.component_cache_hit();
             return Ok(component);
         }
         let started = Instant::now();
@@ -251,6 +260,7 @@ impl Host {
             .precompile_component(bytes)
             .map_err(|e| HostError::Component(format!("{e:#}")))?;
         tracing::info!(sha256 = %hex(sha256), took = ?started.elapsed(), "compiled component");
+        self.metrics.component_compiled();
         self.cache.store(&name, &compiled);
         // SAFETY: `compiled` was produced by this engine just now.
         unsafe { Component::deserialize(&self.engine, &compiled) }

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -34,7 +34,9 @@ use super::node::{Event, MeshConfig, MeshNode, ProbeId, Transmit};
 use super::peers::PeerSlotId;
 use super::route::Cost;
 use super::stream::{StreamEvent, StreamId};
+use super::transport::{self, Accept, BoxedLink, Dial, Listener};
 use crate::id::ServiceName;
+use crate::metrics::{LinkMetrics, Metrics};
 use handle::Command;
 use stream::StreamSlot;
 
@@ -42,9 +44,6 @@ use stream::StreamSlot;
 /// and the link is closed. Far above what flow control lets streams queue, so only a
 /// stalled peer reaches it.
 pub const DEFAULT_MAX_LINK_QUEUE: usize = 64 << 20;
-
-/// How long a dial may take before it counts as failed.
-const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Most further events (socket or command) the owner takes after the one it woke for
 /// before draining: enough to coalesce a burst, few enough that timers and the other
@@ -82,6 +81,8 @@ pub struct DriverConfig {
     /// this node sees in clear, as a relay. Only library users set it (tests that check what
     /// a relay can read); no flag or config does.
     pub tap: Option<mpsc::UnboundedSender<(LinkId, Bytes)>>,
+    /// Where link counters go (disabled by default).
+    pub metrics: Metrics,
 }
 
 impl Default for DriverConfig {
@@ -89,13 +90,14 @@ impl Default for DriverConfig {
         Self {
             max_link_queue: DEFAULT_MAX_LINK_QUEUE,
             tap: None,
+            metrics: Metrics::default(),
         }
     }
 }
 
 enum SocketEvent {
-    Accepted(TcpStream, Cost, Option<std::net::IpAddr>),
-    Dialed(PeerSlotId, io::Result<TcpStream>),
+    Accepted(BoxedLink, Cost, Option<std::net::IpAddr>),
+    Dialed(PeerSlotId, io::Result<BoxedLink>),
     Bytes(LinkId, Bytes),
     Closed(LinkId, String),
 }
@@ -122,6 +124,8 @@ struct Driver {
     command_tx: mpsc::WeakUnboundedSender<Command>,
     writers: HashMap<LinkId, Writer>,
     peers: HashMap<PeerSlotId, PeerTarget>,
+    /// How each peer is dialled (TCP unless [`start_with`] said otherwise).
+    dials: HashMap<PeerSlotId, Dial>,
     streams: HashMap<StreamId, StreamSlot>,
     opening: HashMap<StreamId, oneshot::Sender<Result<MeshStream, ConnectError>>>,
     listeners: HashMap<ServiceName, mpsc::Sender<MeshStream>>,
@@ -132,15 +136,30 @@ struct Driver {
     /// How the most recent link that never came up (or went down) ended, for clients that
     /// explain a failure to connect.
     last_link_end: Option<String>,
+    /// Per-link counters for `/metrics`.
+    link_metrics: LinkMetrics,
 }
 
-/// Starts the mesh: accepts on `listeners`, dials `peers`, and returns the handle to it and
-/// the owner task (which ends after [`MeshHandle::shutdown`]).
+/// Starts the mesh over TCP: accepts on `listeners`, dials `peers`, and returns the handle
+/// to it and the owner task (which ends after [`MeshHandle::shutdown`]).
 pub fn start(
     config: MeshConfig,
     driver_config: DriverConfig,
     listeners: Vec<(TcpListener, Cost)>,
     peers: Vec<PeerTarget>,
+) -> (MeshHandle, JoinHandle<()>) {
+    let listeners = listeners.into_iter().map(|(l, c)| (l.into(), c)).collect();
+    let peers = peers.into_iter().map(|p| (p, Dial::Tcp)).collect();
+    start_with(config, driver_config, listeners, peers)
+}
+
+/// [`start`] with any transports (see [`transport`]): each listener upgrades what it
+/// accepts as its [`Accept`] says, each peer is dialled as its [`Dial`] says.
+pub fn start_with(
+    config: MeshConfig,
+    driver_config: DriverConfig,
+    listeners: Vec<(Listener, Cost)>,
+    peers: Vec<(PeerTarget, Dial)>,
 ) -> (MeshHandle, JoinHandle<()>) {
     let now = Instant::now().into_std();
     let id = config.id.clone();
@@ -148,13 +167,17 @@ pub fn start(
     let (command_tx, commands) = mpsc::unbounded_channel();
     let (socket_tx, sockets) = mpsc::channel(256);
     let mut targets = HashMap::new();
-    for peer in peers {
-        targets.insert(node.add_peer(now), peer);
+    let mut dials = HashMap::new();
+    for (peer, dial) in peers {
+        let slot = node.add_peer(now);
+        targets.insert(slot, peer);
+        dials.insert(slot, dial);
     }
     let accepts = listeners
         .into_iter()
         .map(|(listener, cost)| tokio::spawn(accept_loop(listener, cost, socket_tx.clone())))
         .collect();
+    let link_metrics = driver_config.metrics.links();
     let driver = Driver {
         node,
         config: driver_config,
@@ -164,6 +187,7 @@ pub fn start(
         command_tx: command_tx.downgrade(),
         writers: HashMap::new(),
         peers: targets,
+        dials,
         streams: HashMap::new(),
         opening: HashMap::new(),
         listeners: HashMap::new(),
@@ -171,22 +195,43 @@ pub fn start(
         shutdown: None,
         accepts,
         last_link_end: None,
+        link_metrics,
     };
     let task = tokio::spawn(driver.run());
     (MeshHandle::new(id, command_tx), task)
 }
 
-async fn accept_loop(listener: TcpListener, cost: Cost, tx: mpsc::Sender<SocketEvent>) {
+async fn accept_loop(listener: Listener, cost: Cost, tx: mpsc::Sender<SocketEvent>) {
+    let upgrades = transport::Upgrades::default();
     loop {
-        match listener.accept().await {
+        match listener.tcp.accept().await {
             Ok((stream, addr)) => {
                 tracing::debug!(%addr, "accepted connection");
+                let is_tcp = matches!(listener.accept, Accept::Tcp);
+                let slot = if is_tcp { None } else { upgrades.try_start() };
+                if !is_tcp && slot.is_none() {
+                    tracing::warn!(%addr, "too many connections mid-upgrade; closed this one");
+                    continue;
+                }
+                // Upgrades (TLS, WebSocket) run beside the loop, so a slow client holds
+                // up only itself.
+                let (events, accept) = (tx.clone(), listener.accept.clone());
                 let source = Some(addr.ip());
-                if tx
-                    .send(SocketEvent::Accepted(stream, cost, source))
-                    .await
-                    .is_err()
-                {
+                let upgrade = async move {
+                    let _slot = slot;
+                    match transport::upgrade_accepted(stream, &accept).await {
+                        Ok(link) => {
+                            let _ = events.send(SocketEvent::Accepted(link, cost, source)).await;
+                        }
+                        Err(e) => tracing::info!(%addr, error = %e, "connection not upgraded"),
+                    }
+                };
+                if is_tcp {
+                    upgrade.await;
+                } else {
+                    tokio::spawn(upgrade);
+                }
+                if tx.is_closed() {
                     return;
                 }
             }
@@ -197,22 +242,6 @@ async fn accept_loop(listener: TcpListener, cost: Cost, tx: mpsc::Sender<SocketE
             }
         }
     }
-}
-
-async fn dial(target: PeerTarget) -> io::Result<TcpStream> {
-    let addrs = tokio::net::lookup_host((target.host.as_str(), target.port)).await?;
-    let mut last = io::Error::new(
-        io::ErrorKind::NotFound,
-        format!("{}:{} resolves to no address", target.host, target.port),
-    );
-    for addr in addrs {
-        match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => return Ok(stream),
-            Ok(Err(e)) => last = e,
-            Err(_) => last = io::Error::new(io::ErrorKind::TimedOut, format!("{addr}: timed out")),
-        }
-    }
-    Err(last)
 }
 
 impl Driver {
@@ -292,12 +321,10 @@ impl Driver {
         let now = Instant::now().into_std();
         match event {
             SocketEvent::Accepted(stream, cost, source) => {
-                no_delay(&stream);
                 let link = self.node.handle_accepted(now, cost, source);
                 self.attach(link, stream);
             }
             SocketEvent::Dialed(slot, Ok(stream)) => {
-                no_delay(&stream);
                 let cost = self.peers.get(&slot).map_or(Cost::DEFAULT, |p| p.cost);
                 let link = self.node.handle_dialed(now, slot, cost);
                 self.attach(link, stream);
@@ -308,7 +335,10 @@ impl Driver {
                 }
                 self.node.handle_dial_failed(now, slot);
             }
-            SocketEvent::Bytes(link, bytes) => self.node.handle_link_bytes(now, link, &bytes),
+            SocketEvent::Bytes(link, bytes) => {
+                self.link_metrics.received(link, bytes.len());
+                self.node.handle_link_bytes(now, link, &bytes);
+            }
             SocketEvent::Closed(link, why) => self.node.handle_link_socket_closed(now, link, &why),
         }
     }
@@ -360,6 +390,7 @@ impl Driver {
                 let Some(writer) = self.writers.get(&link) else {
                     return;
                 };
+                self.link_metrics.sent(link, bytes.len());
                 let queued = writer.queued.fetch_add(bytes.len(), Ordering::Relaxed) + bytes.len();
                 let _ = writer.tx.send(bytes);
                 if queued > self.config.max_link_queue {
@@ -383,8 +414,9 @@ impl Driver {
             Event::Dial(slot) => {
                 if let Some(target) = self.peers.get(&slot).cloned() {
                     let tx = self.socket_tx.clone();
+                    let how = self.dials.get(&slot).cloned().unwrap_or_default();
                     tokio::spawn(async move {
-                        let result = dial(target).await;
+                        let result = transport::dial(&target.host, target.port, &how).await;
                         let _ = tx.send(SocketEvent::Dialed(slot, result)).await;
                     });
                 }
@@ -410,7 +442,8 @@ impl Driver {
                 reporter,
                 reason,
             } => tracing::debug!(%target, %reporter, %reason, "packet undeliverable"),
-            Event::LinkDown { peer, end, .. } => {
+            Event::LinkDown { link, peer, end } => {
+                self.link_metrics.link_down(link, &end);
                 let who = peer.map_or_else(|| "peer".to_owned(), |p| p.to_string());
                 self.last_link_end = Some(format!("link to {who} {end}"));
             }
@@ -419,7 +452,8 @@ impl Driver {
                     let _ = tap.send((link, frame));
                 }
             }
-            Event::LinkUp { .. } | Event::DuplicateNodeId { .. } => {}
+            Event::LinkUp { link, peer } => self.link_metrics.link_up(link, &peer),
+            Event::DuplicateNodeId { .. } => self.link_metrics.duplicate_node_id(),
         }
     }
 
@@ -501,14 +535,6 @@ fn retire(writer: Writer) {
             task.abort();
         }
     });
-}
-
-/// Links carry small latency-sensitive messages (pings, credit) between bulk data; Nagle's
-/// algorithm would hold them back for a delayed ACK.
-fn no_delay(stream: &TcpStream) {
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-    }
 }
 
 async fn read_loop<R: AsyncRead + Unpin>(link: LinkId, mut read: R, tx: mpsc::Sender<SocketEvent>) {

@@ -48,6 +48,8 @@ pub struct WorkConfig {
     pub max_payload: u64,
     /// How long finished units are kept before they are released; `None`: until released.
     pub keep_finished: Option<Duration>,
+    /// Where unit counters go (disabled by default).
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Default for WorkConfig {
@@ -56,6 +58,7 @@ impl Default for WorkConfig {
             max_running: std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
             max_payload: 1 << 30,
             keep_finished: Some(Duration::from_secs(24 * 60 * 60)),
+            metrics: crate::metrics::Metrics::default(),
         }
     }
 }
@@ -184,6 +187,7 @@ pub struct Work {
     node: NodeId,
     store: Arc<UnitStore>,
     max_payload: u64,
+    metrics: crate::metrics::Metrics,
 }
 
 impl std::fmt::Debug for Work {
@@ -220,6 +224,7 @@ impl Work {
             node: setup.node.clone(),
             store: store.clone(),
             max_payload: setup.config.max_payload,
+            metrics: setup.config.metrics.clone(),
         };
         owner::spawn(owner::OwnerSetup {
             setup,
@@ -315,7 +320,10 @@ impl Work {
         let stored = store_payload(&self.store.stdin_path(id), payload, self.max_payload).await;
         let (result, error) = match stored {
             Ok((size, digest)) => match check(&digest) {
-                Ok(()) => (Ok(PayloadInfo { size }), None),
+                Ok(()) => {
+                    self.metrics.payload_bytes(size);
+                    (Ok(PayloadInfo { size }), None)
+                }
                 Err(e) => (Err(e.to_string()), Some(e)),
             },
             Err(PayloadError::TooLarge) => {

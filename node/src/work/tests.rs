@@ -76,6 +76,7 @@ fn setup(max_running: usize) -> Setup {
         max_running,
         max_payload: 1 << 20,
         keep_finished: None,
+        ..WorkConfig::default()
     };
     let work = Work::open(WorkSetup {
         data_dir: dir.path().to_owned(),

@@ -5,7 +5,7 @@
 use super::{Prepared, RunArgs, WORK_TYPE, receive, send_payload, timeout};
 use crate::ansible::process::ProcessOutcome;
 use crate::client::{ClientNode, ClientOptions};
-use crate::config::{DEFAULT_PORT, EndpointAddr};
+use crate::config::{DEFAULT_PORT, EndpointAddr, Scheme};
 use crate::id::NodeId;
 use crate::mesh::driver::MeshHandle;
 use crate::work::UnitId;
@@ -21,6 +21,8 @@ pub(super) async fn run_remote(
         peer: args.receptor_peer.clone().unwrap_or(EndpointAddr {
             host: "localhost".into(),
             port: DEFAULT_PORT,
+            scheme: Scheme::Tcp,
+            path: String::new(),
         }),
         node_id: args.receptor_node_id.clone(),
         identity: None,

@@ -71,6 +71,7 @@ pub(super) fn spawn(o: OwnerSetup) {
         signing_key: o.setup.signing_key.clone().map(Arc::new),
         node: o.setup.node.clone(),
         commands: o.commands.clone(),
+        metrics: o.setup.config.metrics.clone(),
     };
     let mut owner = Owner {
         core: Core::new(o.setup.node.clone(), o.core_config),
@@ -291,6 +292,7 @@ impl Owner {
             self.execute(action);
         }
         self.settle_taken();
+        self.ctx.metrics.queue_depth(self.core.queued());
     }
 
     fn settle_taken(&mut self) {

@@ -33,6 +33,7 @@ pub(super) struct TaskCtx {
     pub(super) signing_key: Option<Arc<SigningKeypair>>,
     pub(super) node: NodeId,
     pub(super) commands: mpsc::UnboundedSender<Command>,
+    pub(super) metrics: crate::metrics::Metrics,
 }
 
 impl TaskCtx {
@@ -42,6 +43,7 @@ impl TaskCtx {
 
     fn ended(&self, id: UnitId, state: UnitState, detail: String) {
         let stdout_size = std::fs::metadata(self.store.stdout_path(id)).map_or(0, |m| m.len());
+        self.metrics.result_bytes(stdout_size);
         self.report(Command::HandlerEnded {
             id,
             end: HandlerEnd {
@@ -76,6 +78,8 @@ pub(super) async fn run_handler(
         },
     });
     tracing::info!(unit = %id, work_type = %status.work_type, component = %info.name, version = %info.version, "unit started");
+    let started = std::time::Instant::now();
+    ctx.metrics.unit_started(&status.work_type);
     let (io, failure) = match open_io(&ctx.store, id, progress).await {
         Ok(io) => io,
         Err(detail) => return ctx.ended(id, UnitState::Failed, detail),
@@ -98,6 +102,7 @@ pub(super) async fn run_handler(
         (Outcome::Succeeded, None) => (UnitState::Succeeded, "exit status 0".to_owned()),
         (Outcome::Failed { detail, .. }, None) => (UnitState::Failed, detail),
     };
+    (ctx.metrics).unit_finished(&status.work_type, state, started.elapsed());
     ctx.ended(id, state, detail);
 }
 
