@@ -104,6 +104,8 @@ pub struct RunningNode {
     pub mesh: MeshHandle,
     /// The node's work units.
     pub work: Work,
+    /// Results sessions in flight on the mesh `work` service.
+    pub work_sessions: watch::Receiver<usize>,
     /// The WebAssembly host that runs jobs.
     pub host: Arc<Host>,
     /// The offered work types; a deploy sends a new registry.
@@ -361,7 +363,7 @@ pub async fn start(
         signing_key: work_signing_key(config)?,
     })
     .map_err(StartError::Work)?;
-    crate::work::server::serve(
+    let work_sessions = crate::work::server::serve(
         work.clone(),
         &mesh,
         ServerSetup {
@@ -394,6 +396,7 @@ pub async fn start(
     Ok(RunningNode {
         mesh,
         work,
+        work_sessions,
         host,
         registry: registry_tx,
         access: access_tx,
@@ -547,11 +550,49 @@ pub async fn run(
     if let Some(path) = ready_file {
         node.write_ready_file(path)?;
     }
-    wait_for_signal().await;
+    let mut signals = Signals::new();
+    signals.next().await;
+    if config.work.drain_on_stop {
+        tokio::select! {
+            () = drain(&node.work, node.work_sessions.clone()) => {}
+            () = signals.next() => tracing::warn!("second signal: stopping without waiting for running units"),
+        }
+    }
     tracing::info!("shutting down");
     node.shutdown().await;
     Ok(())
 }
+
+/// Waits for the units running here to end, refusing new ones meanwhile (logging how many
+/// remain every [`DRAIN_REPORT`]), then for their followers on the mesh to read the end
+/// (at most [`DRAIN_FOLLOWERS`]).
+async fn drain(work: &Work, mut sessions: watch::Receiver<usize>) {
+    let Ok(mut running) = work.drain().await else {
+        return;
+    };
+    loop {
+        let left = *running.borrow_and_update();
+        if left == 0 {
+            tracing::info!("drained: no unit runs here; letting followers read the end");
+            let followers = sessions.wait_for(|n| *n == 0);
+            let _ = tokio::time::timeout(DRAIN_FOLLOWERS, followers).await;
+            return;
+        }
+        tracing::info!(
+            running = left,
+            "draining: waiting for running units to end (a second signal stops at once)"
+        );
+        if let Ok(Err(_gone)) = tokio::time::timeout(DRAIN_REPORT, running.changed()).await {
+            // The work layer stopped: nothing left to wait for.
+            return;
+        }
+    }
+}
+
+/// How often draining reports the units still running.
+const DRAIN_REPORT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a drained node waits for results followers on the mesh to finish.
+const DRAIN_FOLLOWERS: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Raises the soft limit on open files to the hard limit: links, streams, jobs and the
 /// control socket all take descriptors, and the usual soft limit of 1024 is low for a relay.
@@ -582,17 +623,32 @@ fn raise_fd_limit() {
     }
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        // Without signal handlers, run until killed.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
+/// SIGINT and SIGTERM, as one stream of stop requests.
+struct Signals {
+    handlers: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    fn new() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        let handlers = match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(int), Ok(term)) => Some((int, term)),
+            _ => None,
+        };
+        Self { handlers }
+    }
+
+    /// The next SIGINT or SIGTERM (never, without handlers: the node runs until killed).
+    async fn next(&mut self) {
+        let Some((int, term)) = &mut self.handlers else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
     }
 }

@@ -178,6 +178,9 @@ pub(super) enum Command {
     Dropped {
         id: UnitId,
     },
+    Drain {
+        reply: oneshot::Sender<watch::Receiver<usize>>,
+    },
 }
 
 /// Runs work units on this node and mirrors units it sent to others. Cheap to clone.
@@ -366,6 +369,15 @@ impl Work {
     pub async fn status(&self, id: UnitId, by: &Requester) -> Result<UnitStatus, WorkError> {
         let by = by.clone();
         self.ask(|reply| Command::Status { id, by, reply }).await?
+    }
+
+    /// Starts draining before a stop (see [`crate::work::core::Core::drain`]); the receiver counts the units
+    /// still running here, and reaches 0 once all have ended.
+    ///
+    /// # Errors
+    /// [`WorkError::Stopped`] when the work layer has stopped.
+    pub async fn drain(&self) -> Result<watch::Receiver<usize>, WorkError> {
+        self.ask(|reply| Command::Drain { reply }).await
     }
 
     /// Every unit `by` may see, sorted by id.

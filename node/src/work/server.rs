@@ -34,21 +34,30 @@ pub struct ServerSetup {
     pub verifier: Verifier,
 }
 
+/// How long a results session waits, after its last frame, for the peer to close: the
+/// session counts as in flight until the peer has everything (a draining node waits for it).
+const RESULTS_LINGER: std::time::Duration = std::time::Duration::from_secs(10);
+
 struct Server {
     work: Work,
+    /// Results sessions in flight (a draining node lets them finish).
+    results_in_flight: watch::Sender<usize>,
     access: watch::Receiver<Arc<AccessPolicy>>,
     require_signed: bool,
     verifier: Mutex<Verifier>,
 }
 
-/// Serves the `work` mesh service until the mesh stops.
-pub fn serve(work: Work, mesh: &MeshHandle, setup: ServerSetup) {
+/// Serves the `work` mesh service until the mesh stops. The receiver counts the results
+/// sessions in flight: a session ends once its peer has read the unit's end.
+pub fn serve(work: Work, mesh: &MeshHandle, setup: ServerSetup) -> watch::Receiver<usize> {
+    let (results_in_flight, sessions) = watch::channel(0);
     let service = ServiceName::new(WORK_SERVICE).expect("invariant: valid service name");
     let Ok(mut incoming) = mesh.listen(&service) else {
-        return;
+        return sessions;
     };
     let server = Arc::new(Server {
         work,
+        results_in_flight,
         access: setup.access,
         require_signed: setup.require_signed,
         verifier: Mutex::new(setup.verifier),
@@ -64,6 +73,23 @@ pub fn serve(work: Work, mesh: &MeshHandle, setup: ServerSetup) {
             });
         }
     });
+    sessions
+}
+
+/// Counts one session in flight while it lives.
+struct InFlight<'a>(&'a watch::Sender<usize>);
+
+impl<'a> InFlight<'a> {
+    fn enter(count: &'a watch::Sender<usize>) -> Self {
+        count.send_modify(|n| *n += 1);
+        Self(count)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 impl Server {
@@ -233,6 +259,7 @@ impl Server {
         offset: u64,
         by: &Requester,
     ) -> Result<(), ProtocolError> {
+        let _in_flight = InFlight::enter(&self.results_in_flight);
         let mut reader = match self.work.results(unit, offset, by).await {
             Ok(reader) => reader,
             Err(e) => {
@@ -275,12 +302,17 @@ async fn finish(stream: &mut MeshStream, reply: &Reply) -> Result<(), ProtocolEr
     Ok(())
 }
 
+/// Writes the last frame and waits (at most [`RESULTS_LINGER`]) for the peer to close, so
+/// the session ends only once the peer has read everything.
 async fn finish_results(
     stream: &mut MeshStream,
     frame: &ResultsFrame,
 ) -> Result<(), ProtocolError> {
     protocol::write(stream, frame).await?;
     stream.shutdown().await?;
+    let mut rest = [0u8; 256];
+    let until_closed = async { while stream.read(&mut rest).await.is_ok_and(|n| n > 0) {} };
+    let _ = tokio::time::timeout(RESULTS_LINGER, until_closed).await;
     Ok(())
 }
 
