@@ -294,9 +294,14 @@ impl Node {
 
     /// Sends SIGTERM and returns at once.
     pub fn signal_terminate(&self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    /// Sends `signal` and returns at once.
+    pub fn signal(&self, signal: i32) {
         let child = self.child.as_ref().expect("node is running");
         // SAFETY: kill(2) with a valid pid and signal has no memory effects.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(child.id() as i32, signal) };
     }
 
     /// The exit status once the process has exited, waiting at most `limit`.
