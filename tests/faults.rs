@@ -469,6 +469,7 @@ fn a_job_over_delayed_lossy_reordering_links_matches_a_clean_run() {
     setup.topo.impair(Impairment::default());
     for (wire, before) in setup.topo.wires.iter().zip(before) {
         let did = since(before, wire.stats());
+        eprintln!("impaired wire: {did:?}");
         assert!(
             did.dropped > 0 && did.reordered > 0,
             "the faults never happened: {did:?}"
@@ -508,7 +509,12 @@ fn a_job_survives_the_relay_cut_off_for_30s_then_healed() {
             "not a partition: {did:?}"
         );
     }
+    let healed = Instant::now();
     let faulty = client.finish(&setup, FINISH);
+    eprintln!(
+        "relay healed after {PARTITION:?}; the run finished {:?} later",
+        healed.elapsed()
+    );
     assert_same_run(&setup, &clean, &faulty);
 }
 
@@ -527,6 +533,11 @@ fn a_job_survives_the_relay_killed_and_restarted_mid_job() {
         "the job ended before the relay was killed"
     );
     setup.topo.mesh.restart(relay);
+    let restarted = Instant::now();
     let faulty = client.finish(&setup, FINISH);
+    eprintln!(
+        "relay restarted; the run finished {:?} later",
+        restarted.elapsed()
+    );
     assert_same_run(&setup, &clean, &faulty);
 }
