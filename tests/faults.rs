@@ -201,6 +201,13 @@ impl Client {
         });
     }
 
+    /// Sends `signal` to it (the front end itself: `ip netns exec` execs it).
+    fn signal(&self, signal: i32) {
+        let child = self.child.as_ref().expect("running");
+        // SAFETY: kill(2) with a valid pid and signal has no memory effects.
+        unsafe { libc::kill(child.id() as i32, signal) };
+    }
+
     /// Whether it is still running.
     fn is_running(&mut self) -> bool {
         self.child
@@ -316,10 +323,8 @@ fn normalise(value: &mut serde_json::Value, worker_dir: &str) {
                 normalise(v, worker_dir);
             }
         }
-        serde_json::Value::String(s) => {
-            if s.contains(worker_dir) {
-                *s = s.replace(worker_dir, "<worker-dir>");
-            }
+        serde_json::Value::String(s) if s.contains(worker_dir) => {
+            *s = s.replace(worker_dir, "<worker-dir>");
         }
         _ => {}
     }
@@ -540,4 +545,29 @@ fn a_job_survives_the_relay_killed_and_restarted_mid_job() {
         restarted.elapsed()
     );
     assert_same_run(&setup, &clean, &faulty);
+}
+
+#[test]
+fn ctrl_c_twice_stops_a_run_cut_off_from_node1_with_a_clear_reason() {
+    let Some(setup) = setup("ctrl_c_twice_stops_a_run_cut_off_from_node1_with_a_clear_reason")
+    else {
+        return;
+    };
+    let mut client = Client::start(&setup, "interrupted");
+    client.wait_printed(MID_JOB);
+    setup.topo.partition_relay(true);
+    // The first Ctrl-C asks node1 to cancel, which cannot reach it; the second stops waiting.
+    client.signal(libc::SIGINT);
+    std::thread::sleep(Duration::from_secs(1));
+    client.signal(libc::SIGINT);
+    let done = client.finish(&setup, Duration::from_secs(15));
+    setup.topo.partition_relay(false);
+    assert_eq!(done.status.code(), Some(254), "{}", done.stderr);
+    assert!(
+        done.stderr.contains("stopped waiting for unit") && done.stderr.contains("on node1"),
+        "{}",
+        done.stderr
+    );
+    let status = done.pdd.join(format!("artifacts/{IDENT}/status"));
+    assert_eq!(std::fs::read_to_string(status).unwrap(), "canceled");
 }
