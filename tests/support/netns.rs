@@ -84,14 +84,16 @@ pub fn permitted() -> Result<(), String> {
         .clone()
 }
 
-/// Whether `test` must be skipped here; if so, says so on standard error (shown by
-/// `cargo test` with the test's output).
+/// Whether `test` must be skipped here; if so, says so on standard error, past the test
+/// harness's capture (which hides `eprintln!` of passing tests), so every run shows it.
 pub fn skip(test: &str) -> bool {
+    use std::io::Write;
     match permitted() {
         Ok(()) => false,
         Err(why) => {
-            eprintln!(
-                "SKIPPED {test}: network namespaces are not permitted here ({why}); \
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "\nSKIPPED {test}: network namespaces are not permitted here ({why}); \
                  these tests need root, iproute2 and /dev/net/tun"
             );
             true
