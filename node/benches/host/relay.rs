@@ -44,6 +44,7 @@ pub(crate) fn run() -> anyhow::Result<()> {
         programs: BTreeMap::from([("cat".to_owned(), PathBuf::from("/bin/cat"))]),
         env: vec![("PATH".into(), "/usr/bin:/bin".into())],
         env_allow: BTreeSet::new(),
+        args: BTreeMap::new(),
         limits: Limits::default(),
     });
     let wasm = |bytes| relay_wasm(&host, &guest, &policy, job_dir.path().to_owned(), bytes);

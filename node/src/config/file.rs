@@ -93,12 +93,15 @@ struct MeshSection {
 struct WorkSection {
     max_running: Option<Spanned<u64>>,
     max_payload_mb: Option<Spanned<u64>>,
+    free_space_floor_mb: Option<Spanned<u64>>,
 }
 
 /// Allowed range of `[work] max-running`.
 const MAX_RUNNING: (u64, u64) = (1, 4_096);
 /// Allowed range of `[work] max-payload-mb`: up to 1 TiB.
 const MAX_PAYLOAD_MB: (u64, u64) = (1, 1 << 20);
+/// Allowed range of `[work] free-space-floor-mb`: off, up to a pebibyte.
+const FREE_SPACE_FLOOR_MB: (u64, u64) = (0, 1 << 30);
 
 /// Allowed range of `keepalive-seconds`: up to an hour.
 const KEEPALIVE_SECONDS: (u64, u64) = (1, 3_600);
@@ -236,9 +239,15 @@ impl Decoder<'_> {
             "[work] max-payload-mb",
             MAX_PAYLOAD_MB,
         )?;
+        let floor = self.bounded(
+            work.free_space_floor_mb.as_ref(),
+            "[work] free-space-floor-mb",
+            FREE_SPACE_FLOOR_MB,
+        )?;
         Ok(WorkLimits {
             max_running: running.map_or(defaults.max_running, |n| usize::try_from(n).unwrap_or(1)),
             max_payload: payload.map_or(defaults.max_payload, |mb| mb << 20),
+            free_space_floor: floor.map_or(defaults.free_space_floor, |mb| mb << 20),
         })
     }
 

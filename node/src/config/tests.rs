@@ -378,6 +378,7 @@ fn example_mesh_configs_parse_and_trust_their_neighbours() {
     );
 }
 
+mod job_limits;
 mod work_types;
 
 #[test]

@@ -187,7 +187,8 @@ pub async fn start(
         })
         .collect();
     let max_hops = mesh_config.max_hops;
-    let host = Arc::new(Host::new(&component_cache(config)).map_err(StartError::Host)?);
+    let host = Host::new(&component_cache(config)).map_err(StartError::Host)?;
+    let host = Arc::new(host.with_free_space_floor(config.work.free_space_floor));
     let (mesh, driver) = driver::start(mesh_config, DriverConfig::default(), listeners, peers);
     let (registry_tx, registry) = watch::channel(Arc::new(Registry::default()));
     offer_work_types(
@@ -204,6 +205,7 @@ pub async fn start(
         WorkConfig {
             max_running: config.work.max_running,
             max_payload: config.work.max_payload,
+            free_space_floor: config.work.free_space_floor,
         },
         Some(mesh.clone()),
     )

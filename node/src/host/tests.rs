@@ -42,6 +42,7 @@ fn policy(programs: &[(&str, &str)], limits: Limits) -> Arc<Policy> {
             .collect::<BTreeMap<_, _>>(),
         env: vec![("PATH".into(), "/usr/bin:/bin".into())],
         env_allow: BTreeSet::from(["ALLOWED".to_owned()]),
+        args: BTreeMap::new(),
         limits,
     })
 }
@@ -202,6 +203,7 @@ fn short_limits() -> Limits {
         deadline: Duration::from_millis(500),
         output_bytes: 64 * 1024,
         cancel_grace: Duration::from_millis(300),
+        ..Limits::default()
     }
 }
 
@@ -349,9 +351,9 @@ mod without_wasm {
             "Direct01".into(),
             dir.to_owned(),
             policy,
-            Box::new(ClosedInputStream),
-            Box::new(SinkOutputStream),
+            (Box::new(ClosedInputStream), Box::new(SinkOutputStream)),
             rx,
+            None,
         )
         .unwrap()
     }

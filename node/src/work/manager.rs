@@ -43,6 +43,9 @@ pub struct WorkConfig {
     pub max_running: usize,
     /// Largest payload accepted, in bytes.
     pub max_payload: u64,
+    /// Free bytes the data dir's file system must keep for new units to be accepted (0:
+    /// not checked).
+    pub free_space_floor: u64,
 }
 
 impl Default for WorkConfig {
@@ -50,6 +53,7 @@ impl Default for WorkConfig {
         Self {
             max_running: std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
             max_payload: 8 << 30,
+            free_space_floor: crate::config::DEFAULT_FREE_SPACE_FLOOR_MB << 20,
         }
     }
 }
@@ -82,6 +86,8 @@ impl From<StoreError> for WorkError {
 
 struct Inner {
     store: UnitStore,
+    /// Where the store lives: its file system keeps the free-space floor.
+    data_dir: PathBuf,
     node: NodeId,
     /// Reaches other nodes for remote work; `None` runs local work only.
     mesh: Option<MeshHandle>,
@@ -138,6 +144,7 @@ impl Work {
         let work = Self {
             inner: Arc::new(Inner {
                 store,
+                data_dir: data_dir.to_owned(),
                 node,
                 mesh,
                 host,
@@ -159,7 +166,8 @@ impl Work {
     ///
     /// # Errors
     /// [`WorkError::UnknownWorkType`] when the work type is not offered,
-    /// [`WorkError::Refused`] for parameters the work type does not allow.
+    /// [`WorkError::Refused`] for parameters the work type does not allow, or when the
+    /// node's disk is below its free-space floor.
     pub async fn create(
         &self,
         work_type: &str,
@@ -171,6 +179,7 @@ impl Work {
             WorkError::UnknownWorkType(format!("node {node} does not offer work type {work_type}"))
         })?;
         check_params(&active, &params)?;
+        self.check_free_space()?;
         let this = self.clone();
         let work_type = work_type.to_owned();
         let handle = blocking(move || {
@@ -182,6 +191,18 @@ impl Work {
         self.store()
             .update(id, |s| s.detail = "Waiting for Input Data".into())?;
         Ok(id)
+    }
+
+    /// Refuses new work while the data dir's file system is below the free-space floor,
+    /// which is kept for the results and status of the units already here.
+    fn check_free_space(&self) -> Result<(), WorkError> {
+        let (dir, floor) = (&self.inner.data_dir, self.inner.config.free_space_floor);
+        crate::host::disk::has_room(dir, floor).map_err(|e| {
+            WorkError::Refused(format!(
+                "node {} refuses new work: {e} (the floor is [work] free-space-floor-mb)",
+                self.inner.node
+            ))
+        })
     }
 
     /// Creates a local unit that mirrors work to run on `node` (Pending until `start`

@@ -75,6 +75,7 @@ fn setup(max_running: usize) -> Setup {
     let config = WorkConfig {
         max_running,
         max_payload: 1 << 20,
+        free_space_floor: 0,
     };
     let work = Work::open(dir.path(), node("n1"), host().0.clone(), rx, config, None).unwrap();
     Setup {

@@ -1,0 +1,272 @@
+//! One job's disk quota while it runs: a [`DiskLedger`] of what the job directory holds,
+//! and [`watch`], which re-measures the directory while the job runs.
+//!
+//! Two writers fill a job directory. The guest writes through WASI, and the host charges
+//! each of its writes and creates before doing them ([`DiskLedger::admit`]): a write past
+//! the quota is refused with an error value, and stops the job. The programs the guest
+//! spawns (ansible-runner unpacking the private data dir, playbooks writing artifacts)
+//! write with their own system calls, so [`watch`] measures the directory again and again,
+//! sooner the nearer the job is to its quota, and stops the job once it is over.
+//!
+//! Why measuring rather than a kernel quota: a per-job tmpfs or loop-mounted file system
+//! has a real quota but needs `CAP_SYS_ADMIN` (the node runs as an unprivileged user) and,
+//! for tmpfs, holds the job's files in memory; project quotas need both privilege and a
+//! file system mounted for them; `RLIMIT_FSIZE` bounds one file, not a directory. A
+//! measurement costs about a microsecond per entry and runs off the async threads; how far
+//! a program can write past the quota before it is stopped is bounded by its write rate
+//! times [`MIN_SCAN_INTERVAL`] (plus one measurement) while it writes no faster than
+//! [`ASSUMED_WRITE_RATE`].
+//!
+//! The node's free-space floor is watched too: a job whose directory grows while the file
+//! system is below the floor is stopped, so that jobs that each keep their quota cannot
+//! together take the space the node keeps for results and status.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::disk::{self, BelowFloor, DiskQuota, Usage};
+
+/// The soonest the watcher measures again: bounds how far past its quota a program writing
+/// flat out gets (about 20 MB at 1 GB/s).
+pub const MIN_SCAN_INTERVAL: Duration = Duration::from_millis(20);
+
+/// The longest the watcher waits between measurements, however far from its quota a job
+/// is.
+pub const MAX_SCAN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The write rate the watcher plans for when it decides how long a job's headroom lasts:
+/// above what one process sustains into the page cache on the machines measured.
+pub const ASSUMED_WRITE_RATE: u64 = 2 << 30;
+
+/// Measurements take at most this share of the watcher's time (1/N): a directory that
+/// takes 50 ms to measure is measured at most every 500 ms.
+pub const SCAN_DUTY_DIVISOR: u32 = 10;
+
+/// Why a job was stopped for disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskStop {
+    /// The job directory holds more than its quota allows.
+    Quota {
+        /// The quota.
+        quota: DiskQuota,
+        /// What the directory held (or would have held, for a refused guest write).
+        usage: Usage,
+    },
+    /// The job directory could not be measured (unreadable, nested too deep).
+    Unmeasurable {
+        /// Why.
+        reason: String,
+    },
+    /// The node's file system fell below its floor while the job wrote.
+    Floor(BelowFloor),
+}
+
+impl fmt::Display for DiskStop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Quota { quota, usage } => write!(
+                f,
+                "job directory exceeded its disk quota ({} bytes in {} files and directories; \
+                 the quota is {} bytes and {} inodes)",
+                usage.bytes, usage.inodes, quota.bytes, quota.inodes
+            ),
+            Self::Unmeasurable { reason } => write!(
+                f,
+                "job directory could not be measured against its disk quota ({reason})"
+            ),
+            Self::Floor(below) => write!(
+                f,
+                "stopped while writing: the node's file system has {below}, kept for results \
+                 and status"
+            ),
+        }
+    }
+}
+
+/// What one job directory holds, against its quota. Shared by the job's store (guest
+/// writes), its file streams and its watcher.
+#[derive(Debug)]
+pub struct DiskLedger {
+    dir: PathBuf,
+    quota: DiskQuota,
+    /// The node's free-space floor in bytes; 0 is not checked.
+    floor: u64,
+    /// The last measurement plus what the guest was allowed to write since.
+    bytes: AtomicU64,
+    inodes: AtomicU64,
+    /// Serialises measurements.
+    scan: tokio::sync::Mutex<()>,
+    /// Set once, when the job must stop.
+    stop: watch::Sender<Option<DiskStop>>,
+}
+
+impl DiskLedger {
+    /// A ledger for `dir` (assumed empty until measured).
+    pub fn new(dir: PathBuf, quota: DiskQuota, floor: u64) -> Arc<Self> {
+        Arc::new(Self {
+            dir,
+            quota,
+            floor,
+            bytes: AtomicU64::new(0),
+            inodes: AtomicU64::new(0),
+            scan: tokio::sync::Mutex::new(()),
+            stop: watch::channel(None).0,
+        })
+    }
+
+    /// The quota.
+    pub fn quota(&self) -> DiskQuota {
+        self.quota
+    }
+
+    fn estimate(&self) -> Usage {
+        Usage {
+            bytes: self.bytes.load(Ordering::Relaxed),
+            inodes: self.inodes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Adds `more` to the estimate if that stays within the quota.
+    pub fn try_charge(&self, more: Usage) -> bool {
+        let bytes = self.bytes.fetch_add(more.bytes, Ordering::Relaxed);
+        let inodes = self.inodes.fetch_add(more.inodes, Ordering::Relaxed);
+        let after = Usage { bytes, inodes }.plus(more);
+        if after.exceeds(self.quota) {
+            self.bytes.fetch_sub(more.bytes, Ordering::Relaxed);
+            self.inodes.fetch_sub(more.inodes, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Bytes the guest may still write by the current estimate.
+    pub fn room_bytes(&self) -> u64 {
+        self.quota
+            .bytes
+            .saturating_sub(self.bytes.load(Ordering::Relaxed))
+    }
+
+    /// Charges a guest write or create of `more`; when the estimate says no, measures the
+    /// directory (the guest may have deleted or overwritten) and tries again. A write that
+    /// still does not fit stops the job.
+    pub async fn admit(&self, more: Usage) -> bool {
+        if self.is_stopped() {
+            return false;
+        }
+        if self.try_charge(more) {
+            return true;
+        }
+        if self.rescan().await.is_ok() && self.try_charge(more) {
+            return true;
+        }
+        self.stop_over(more);
+        false
+    }
+
+    /// Stops the job for a guest write of `more` that does not fit.
+    pub fn stop_over(&self, more: Usage) {
+        let usage = self.estimate().plus(more);
+        self.stop(DiskStop::Quota {
+            quota: self.quota,
+            usage,
+        });
+    }
+
+    /// Measures the directory and replaces the estimate; stops the job when it is over its
+    /// quota, cannot be measured, or grew while the file system is below the floor.
+    ///
+    /// # Errors
+    /// The [`DiskStop`] that stopped the job.
+    pub async fn rescan(&self) -> Result<Usage, DiskStop> {
+        let _one_at_a_time = self.scan.lock().await;
+        let before = self.estimate();
+        let (dir, quota, floor) = (self.dir.clone(), self.quota, self.floor);
+        let measured = tokio::task::spawn_blocking(move || {
+            let usage = disk::measure(&dir, Some(quota))?;
+            let space = (floor > 0).then(|| disk::space(&dir)).transpose();
+            Ok::<_, disk::ScanError>((usage, space.ok().flatten()))
+        })
+        .await;
+        let (usage, space) = match measured {
+            Ok(Ok(found)) => found,
+            Ok(Err(e)) => return Err(self.stop(unmeasurable(e.to_string()))),
+            Err(e) => return Err(self.stop(unmeasurable(e.to_string()))),
+        };
+        self.bytes.store(usage.bytes, Ordering::Relaxed);
+        self.inodes.store(usage.inodes, Ordering::Relaxed);
+        if usage.exceeds(quota) {
+            return Err(self.stop(DiskStop::Quota { quota, usage }));
+        }
+        let grew = usage.bytes > before.bytes || usage.inodes > before.inodes;
+        if let Some(space) = space
+            && grew
+            && let Err(below) = disk::check_floor(space, floor)
+        {
+            return Err(self.stop(DiskStop::Floor(below)));
+        }
+        Ok(usage)
+    }
+
+    /// Records why the job must stop (the first reason wins) and returns it.
+    pub fn stop(&self, why: DiskStop) -> DiskStop {
+        self.stop.send_if_modified(|slot| {
+            if slot.is_none() {
+                *slot = Some(why.clone());
+                true
+            } else {
+                false
+            }
+        });
+        self.stopped().unwrap_or(why)
+    }
+
+    /// Why the job must stop, once it must.
+    pub fn stopped(&self) -> Option<DiskStop> {
+        self.stop.borrow().clone()
+    }
+
+    /// Whether the job must stop.
+    pub fn is_stopped(&self) -> bool {
+        self.stop.borrow().is_some()
+    }
+
+    /// Resolves once the job must stop.
+    pub fn subscribe(&self) -> watch::Receiver<Option<DiskStop>> {
+        self.stop.subscribe()
+    }
+}
+
+fn unmeasurable(reason: String) -> DiskStop {
+    DiskStop::Unmeasurable { reason }
+}
+
+/// Measures the job directory until the job must stop (or the task is aborted when the job
+/// ends).
+pub async fn watch(ledger: Arc<DiskLedger>) {
+    loop {
+        let started = Instant::now();
+        let Ok(usage) = ledger.rescan().await else {
+            return;
+        };
+        let wait = next_scan(ledger.quota(), usage, started.elapsed());
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// How long to wait before measuring again: the time the headroom lasts at
+/// [`ASSUMED_WRITE_RATE`], within [`MIN_SCAN_INTERVAL`] and [`MAX_SCAN_INTERVAL`], and at
+/// least [`SCAN_DUTY_DIVISOR`] times what the last measurement took.
+pub fn next_scan(quota: DiskQuota, usage: Usage, took: Duration) -> Duration {
+    let headroom = quota.bytes.saturating_sub(usage.bytes);
+    let lasts = Duration::from_secs_f64(headroom as f64 / ASSUMED_WRITE_RATE as f64);
+    let duty = took.saturating_mul(SCAN_DUTY_DIVISOR);
+    lasts.clamp(MIN_SCAN_INTERVAL, MAX_SCAN_INTERVAL).max(duty)
+}
+
+#[cfg(test)]
+mod tests;
