@@ -188,7 +188,7 @@ pub enum ArgRefusal {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TooBroad {
     /// The declared prefix does not start with the node's.
-    #[error("its arguments must start with {node:?}, but it declares the prefix {declared:?}")]
+    #[error("the arguments must start with {node:?}, but it declares the prefix {declared:?}")]
     Prefix {
         /// The node's prefix.
         node: Vec<String>,
@@ -196,7 +196,7 @@ pub enum TooBroad {
         declared: Vec<String>,
     },
     /// A declared prefix word the node's patterns do not allow.
-    #[error("it declares the fixed argument {word:?}, which matches none of {allowed}")]
+    #[error("it declares the argument {word:?}, which the node does not allow (allowed: {allowed})")]
     PrefixWord {
         /// The word.
         word: String,
@@ -204,13 +204,13 @@ pub enum TooBroad {
         allowed: String,
     },
     /// The declaration allows any argument where the node allows a list.
-    #[error("it declares any arguments, but the node allows only {allowed}")]
+    #[error("it declares any arguments, but the node allows only: {allowed}")]
     Unrestricted {
         /// The node's patterns.
         allowed: String,
     },
     /// A declared pattern no node pattern covers.
-    #[error("it declares arguments {pattern}, which the node's {allowed} do not cover")]
+    #[error("it declares arguments `{pattern}`, which the node does not allow (allowed: {allowed})")]
     Pattern {
         /// The declared pattern.
         pattern: ArgPattern,

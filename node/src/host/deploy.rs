@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::component::{ComponentError, ComponentInfo, check_capabilities};
+use super::component::{ComponentError, ComponentInfo, check_args, check_capabilities};
 use super::policy::Policy;
 use super::registry::{ActiveHandler, Registry};
 use super::runner::Host;
@@ -99,6 +99,10 @@ pub fn apply(
     let granted = union(affected.iter().map(|a| a.policy.as_ref()));
     let names: Vec<&str> = affected.iter().map(|a| a.work_type.as_str()).collect();
     check_capabilities(manifest, &names.join(", "), &granted)?;
+    // Arguments are held to each work type's own policy: the component runs under each.
+    for active in &affected {
+        check_args(manifest, &active.work_type, &active.policy)?;
+    }
     let handler = host.load(bytes).map_err(ComponentError::from)?;
     let info = ComponentInfo {
         name: manifest.name.clone(),

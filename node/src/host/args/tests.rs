@@ -177,7 +177,7 @@ fn a_broader_declaration_is_refused_naming_what_is_too_broad() {
         (policy(&["worker", "--ident"], Some(&[])), "--ident"),
         (policy(&["worker", "/etc"], Some(&[])), "/etc"),
         (policy(&["worker"], None), "any arguments"),
-        (policy(&["worker"], Some(&["*"])), "arguments *,"),
+        (policy(&["worker"], Some(&["*"])), "arguments `*`,"),
         (policy(&["worker"], Some(&["--d*"])), "--d*"),
         (policy(&["worker"], Some(&["../x"])), "../x"),
     ];
