@@ -10,6 +10,7 @@ mod support;
 mod cli;
 mod component;
 mod deploy;
+mod limits;
 mod mesh;
 mod receptorctl;
 mod run;

@@ -267,7 +267,10 @@ fn declared_args(
         let policy = declared
             .entry(program.clone())
             .or_insert_with(|| ArgPolicy::exactly(Vec::new()));
-        policy.allow.get_or_insert_with(Vec::new).push(pattern.clone());
+        policy
+            .allow
+            .get_or_insert_with(Vec::new)
+            .push(pattern.clone());
     }
     declared
 }

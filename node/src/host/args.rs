@@ -196,7 +196,9 @@ pub enum TooBroad {
         declared: Vec<String>,
     },
     /// A declared prefix word the node's patterns do not allow.
-    #[error("it declares the argument {word:?}, which the node does not allow (allowed: {allowed})")]
+    #[error(
+        "it declares the argument {word:?}, which the node does not allow (allowed: {allowed})"
+    )]
     PrefixWord {
         /// The word.
         word: String,
@@ -210,7 +212,9 @@ pub enum TooBroad {
         allowed: String,
     },
     /// A declared pattern no node pattern covers.
-    #[error("it declares arguments `{pattern}`, which the node does not allow (allowed: {allowed})")]
+    #[error(
+        "it declares arguments `{pattern}`, which the node does not allow (allowed: {allowed})"
+    )]
     Pattern {
         /// The declared pattern.
         pattern: ArgPattern,
@@ -238,8 +242,8 @@ impl ArgPolicy {
     /// # Errors
     /// [`ArgRefusal`] naming the first argument at fault.
     pub fn check(&self, args: &[String], paths: JobPaths<'_>) -> Result<(), ArgRefusal> {
-        let starts = args.len() >= self.prefix.len()
-            && args.iter().zip(&self.prefix).all(|(a, p)| a == p);
+        let starts =
+            args.len() >= self.prefix.len() && args.iter().zip(&self.prefix).all(|(a, p)| a == p);
         if !starts {
             return Err(ArgRefusal::MissingPrefix {
                 expected: self.prefix.clone(),

@@ -262,8 +262,13 @@ mod tests {
         let mut m = manifest(&["cat"], &[]);
         assert!(check_args(&m, "cat", &policy).is_ok(), "nothing declared");
         m.capabilities.args.insert("cat".into(), job_paths);
-        assert!(check_args(&m, "cat", &policy).is_ok(), "as narrow as the node");
-        m.capabilities.args.insert("cat".into(), ArgPolicy::default());
+        assert!(
+            check_args(&m, "cat", &policy).is_ok(),
+            "as narrow as the node"
+        );
+        m.capabilities
+            .args
+            .insert("cat".into(), ArgPolicy::default());
         let err = check_args(&m, "cat", &policy).unwrap_err();
         assert!(matches!(err, ComponentError::ArgsTooBroad { .. }));
         assert!(
@@ -273,7 +278,9 @@ mod tests {
         );
         // A program the work type does not restrict (or grant) is not judged here.
         let mut m = manifest(&["*"], &[]);
-        m.capabilities.args.insert("sh".into(), ArgPolicy::default());
+        m.capabilities
+            .args
+            .insert("sh".into(), ArgPolicy::default());
         assert!(check_args(&m, "cat", &policy).is_ok());
     }
 

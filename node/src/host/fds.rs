@@ -86,7 +86,8 @@ pub fn per_job_budget(nofile: u64, max_running: usize) -> Budget {
 /// The resource-table entries a job may hold, given its descriptor cap.
 pub fn resource_cap(descriptors: Option<usize>) -> usize {
     descriptors.map_or(UNCAPPED_RESOURCES, |d| {
-        d.saturating_mul(RESOURCES_PER_DESCRIPTOR).max(MIN_RESOURCES)
+        d.saturating_mul(RESOURCES_PER_DESCRIPTOR)
+            .max(MIN_RESOURCES)
     })
 }
 
@@ -122,6 +123,8 @@ pub struct FdLedger {
     children: Vec<Weak<()>>,
     /// The first refusal, for the unit's detail.
     refused: Option<FdLimit>,
+    /// Whether the job ever started a child.
+    spawned: bool,
 }
 
 impl FdLedger {
@@ -132,6 +135,7 @@ impl FdLedger {
             files: Vec::new(),
             children: Vec::new(),
             refused: None,
+            spawned: false,
         }
     }
 
@@ -167,9 +171,15 @@ impl FdLedger {
     /// Counts a child's descriptors until the child and everything holding its token are
     /// gone.
     pub fn track_child(&mut self) -> FdToken {
+        self.spawned = true;
         let token = Arc::new(());
         self.children.push(Arc::downgrade(&token));
         FdToken { _alive: token }
+    }
+
+    /// Whether the job ever started a child (whose writes only a measurement sees).
+    pub fn has_spawned(&self) -> bool {
+        self.spawned
     }
 
     /// The first refusal, if the job was ever refused a descriptor.

@@ -56,9 +56,14 @@ type FsCall<T> = wasmtime::Result<(Result<T, ErrorCode>,)>;
 fn define(inst: &mut LinkerInstance<'_, JobState>) -> wasmtime::Result<()> {
     inst.func_wrap_async(
         "[method]descriptor.open-at",
-        |store, args: (Resource<Descriptor>, PathFlags, String, OpenFlags, DescriptorFlags)| {
-            Box::new(open_at(store, args))
-        },
+        |store,
+         args: (
+            Resource<Descriptor>,
+            PathFlags,
+            String,
+            OpenFlags,
+            DescriptorFlags,
+        )| { Box::new(open_at(store, args)) },
     )?;
     inst.func_wrap_async(
         "[method]descriptor.write",
@@ -84,9 +89,14 @@ fn define(inst: &mut LinkerInstance<'_, JobState>) -> wasmtime::Result<()> {
     )?;
     inst.func_wrap_async(
         "[method]descriptor.link-at",
-        |store, args: (Resource<Descriptor>, PathFlags, String, Resource<Descriptor>, String)| {
-            Box::new(link_at(store, args))
-        },
+        |store,
+         args: (
+            Resource<Descriptor>,
+            PathFlags,
+            String,
+            Resource<Descriptor>,
+            String,
+        )| { Box::new(link_at(store, args)) },
     )?;
     inst.func_wrap_async(
         "[method]descriptor.read-directory",
@@ -96,7 +106,9 @@ fn define(inst: &mut LinkerInstance<'_, JobState>) -> wasmtime::Result<()> {
     inst.func_wrap(
         "[method]descriptor.write-via-stream",
         |store, (fd, offset): (Resource<Descriptor>, Filesize)| {
-            output_stream(store, |view| HostDescriptor::write_via_stream(view, fd, offset))
+            output_stream(store, |view| {
+                HostDescriptor::write_via_stream(view, fd, offset)
+            })
         },
     )?;
     inst.func_wrap(
@@ -167,8 +179,8 @@ async fn open_at(
     if !charge(state.disk.clone(), 0, creates).await {
         return Ok((Err(ErrorCode::Quota),));
     }
-    let opened = HostDescriptor::open_at(&mut state.filesystem(), fd, path_flags, path, oflags, flags)
-        .await;
+    let opened =
+        HostDescriptor::open_at(&mut state.filesystem(), fd, path_flags, path, oflags, flags).await;
     let opened = guest_result(opened)?;
     if let (Ok(descriptor),) = &opened {
         match state.table.get(descriptor) {

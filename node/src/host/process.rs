@@ -121,10 +121,19 @@ impl JobState {
         let pid = child.id().unwrap_or(0);
         let fds = self.fds.track_child();
         let stdout: Option<Box<dyn AsyncRead + Send + Unpin>> = match merged {
-            Some(reader) => Some(Box::new(Held::new(pipe_reader(reader).map_err(io)?, fds.clone()))),
-            None => child.stdout.take().map(|s| Box::new(Held::new(s, fds.clone())) as _),
+            Some(reader) => Some(Box::new(Held::new(
+                pipe_reader(reader).map_err(io)?,
+                fds.clone(),
+            ))),
+            None => child
+                .stdout
+                .take()
+                .map(|s| Box::new(Held::new(s, fds.clone())) as _),
         };
-        let stderr = child.stderr.take().map(|s| Box::new(Held::new(s, fds.clone())) as _);
+        let stderr = child
+            .stderr
+            .take()
+            .map(|s| Box::new(Held::new(s, fds.clone())) as _);
         let stdin = child.stdin.take().map(|s| Held::new(s, fds.clone()));
         let (tx, exit) = watch::channel(None);
         let waiter = tokio::spawn(async move {

@@ -246,8 +246,10 @@ fn unmeasurable(reason: String) -> DiskStop {
 }
 
 /// Measures the job directory until the job must stop (or the task is aborted when the job
-/// ends).
+/// ends). A job directory starts empty, so the first measurement waits
+/// [`MIN_SCAN_INTERVAL`]: a job that ends sooner is never measured.
 pub async fn watch(ledger: Arc<DiskLedger>) {
+    tokio::time::sleep(MIN_SCAN_INTERVAL).await;
     loop {
         let started = Instant::now();
         let Ok(usage) = ledger.rescan().await else {

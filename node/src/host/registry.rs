@@ -116,12 +116,19 @@ pub fn build(
     let budget = per_job_budget(nofile, config.work.max_running);
     if budget.squeezed {
         tracing::warn!(
-            nofile, max_running = config.work.max_running, per_job = budget.per_job,
+            nofile,
+            max_running = config.work.max_running,
+            per_job = budget.per_job,
             "RLIMIT_NOFILE is too low to keep a reserve and give every running job its \
              minimum; raise it (LimitNOFILE= in systemd) or lower [work] max-running"
         );
     }
-    tracing::info!(nofile, reserve = budget.reserve, per_job = budget.per_job, "descriptor budget");
+    tracing::info!(
+        nofile,
+        reserve = budget.reserve,
+        per_job = budget.per_job,
+        "descriptor budget"
+    );
     let config = &with_descriptors(config, budget);
     let path_env = node_env("PATH");
     let path_env = path_env.as_deref().map(OsStr::new);
@@ -211,7 +218,9 @@ fn offer(
                 Some(Vec::new())
             };
             let prefix = params.clone();
-            policy.args.insert(name.clone(), ArgPolicy { prefix, allow });
+            policy
+                .args
+                .insert(name.clone(), ArgPolicy { prefix, allow });
             let mut fixed = vec![("program".to_owned(), name.clone())];
             fixed.extend(params.iter().map(|p| ("arg".to_owned(), p.clone())));
             Ok(ActiveHandler {

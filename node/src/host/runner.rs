@@ -300,8 +300,8 @@ impl Host {
         let exceeded = capped.exceeded.clone();
         let payload = Box::new(AsyncReadStream::new(io.payload));
         let results = Box::new(AsyncWriteStream::new(RESULTS_WRITE_BUDGET, capped));
-        let disk = (limits.disk)
-            .map(|q| DiskLedger::new(io.job_dir.clone(), q, self.free_space_floor));
+        let disk =
+            (limits.disk).map(|q| DiskLedger::new(io.job_dir.clone(), q, self.free_space_floor));
         let _watcher = disk.clone().map(|d| Watcher(tokio::spawn(quota::watch(d))));
         let state = match JobState::new(
             job.id.clone(),
@@ -331,8 +331,13 @@ impl Host {
         };
         let outcome = call_with_limits(&mut store, handler, &job, &limits, stops).await;
         let fd_refusal = store.data().fds.refused();
+        let spawned = store.data().fds.has_spawned();
         // Dropping the store drops every child resource, which kills the children.
         drop(store);
+        // A child may have written past the quota since the watcher last looked.
+        if spawned && let Some(disk) = disk.as_ref().filter(|d| !d.is_stopped()) {
+            let _ = disk.rescan().await;
+        }
         if exceeded.load(Ordering::Relaxed) {
             return Outcome::failed(format!(
                 "results exceeded the output limit of {} bytes",
@@ -380,8 +385,12 @@ async fn free_job_dir(job_dir: &Path, unit: &str, stop: &DiskStop) {
     let dir = job_dir.to_owned();
     let removed = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir)).await;
     match removed {
-        Ok(Ok(())) => tracing::warn!(%unit, reason = %stop, "job stopped for its disk; its directory was removed"),
-        Ok(Err(e)) => tracing::error!(%unit, reason = %stop, error = %e, "job stopped for its disk; its directory could not be removed"),
+        Ok(Ok(())) => {
+            tracing::warn!(%unit, reason = %stop, "job stopped for its disk; its directory was removed")
+        }
+        Ok(Err(e)) => {
+            tracing::error!(%unit, reason = %stop, error = %e, "job stopped for its disk; its directory could not be removed")
+        }
         Err(e) => tracing::error!(%unit, error = %e, "removing a job directory failed"),
     }
 }

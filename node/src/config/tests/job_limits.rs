@@ -42,7 +42,9 @@ fn descriptors_and_disk_quota_are_read_and_default_sensibly() {
     ] {
         let err = error_of(&minimal(&format!("{CAT}{key} = {value}\n")));
         assert!(
-            err.contains(&format!("9: [[work-type]] #1 {key}: {value} is not between")),
+            err.contains(&format!(
+                "9: [[work-type]] #1 {key}: {value} is not between"
+            )),
             "{err}"
         );
     }
@@ -80,7 +82,8 @@ fn args_errors_name_the_key_and_the_fix() {
             "[[work-type]] #1 args: argument pattern \"a*b\" has a `*` before its end",
         ),
         (
-            "[[work-type]]\nname = \"a\"\nhandler = \"ansible-runner\"\nargs = [\"x\"]\n".to_owned(),
+            "[[work-type]]\nname = \"a\"\nhandler = \"ansible-runner\"\nargs = [\"x\"]\n"
+                .to_owned(),
             "`args` does not apply to handler \"ansible-runner\"",
         ),
     ];

@@ -43,7 +43,14 @@ impl Job {
 
 #[test]
 fn patterns_parse_and_print_as_written() {
-    for text in ["-n", "--format=*", "*", "{job-path}", "--out={job-path}", ""] {
+    for text in [
+        "-n",
+        "--format=*",
+        "*",
+        "{job-path}",
+        "--out={job-path}",
+        "",
+    ] {
         assert_eq!(pattern(text).to_string(), text);
     }
     assert_eq!(pattern("-n"), ArgPattern::Exact("-n".into()));
@@ -68,7 +75,10 @@ fn a_fixed_prefix_must_come_first_and_nothing_else_follows_unless_allowed() {
     let job = job();
     let at = job.at(&job.root);
     let p = ArgPolicy::exactly(args(&["worker", "--private-data-dir", "."]));
-    assert_eq!(p.check(&args(&["worker", "--private-data-dir", "."]), at), Ok(()));
+    assert_eq!(
+        p.check(&args(&["worker", "--private-data-dir", "."]), at),
+        Ok(())
+    );
     assert!(matches!(
         p.check(&args(&["worker"]), at),
         Err(ArgRefusal::MissingPrefix { .. })
@@ -78,7 +88,10 @@ fn a_fixed_prefix_must_come_first_and_nothing_else_follows_unless_allowed() {
         Err(ArgRefusal::MissingPrefix { .. })
     ));
     assert!(matches!(
-        p.check(&args(&["worker", "--private-data-dir", ".", "--ident=x"]), at),
+        p.check(
+            &args(&["worker", "--private-data-dir", ".", "--ident=x"]),
+            at
+        ),
         Err(ArgRefusal::NotAllowed { index: 3, .. })
     ));
     let unrestricted = ArgPolicy::default();
@@ -150,7 +163,10 @@ fn job_paths_must_resolve_inside_the_job_directory() {
 
 #[test]
 fn a_narrower_declaration_is_covered() {
-    let node = policy(&["worker"], Some(&["--delete", "--worker-info", "{job-path}"]));
+    let node = policy(
+        &["worker"],
+        Some(&["--delete", "--worker-info", "{job-path}"]),
+    );
     for declared in [
         policy(&["worker"], Some(&["--delete"])),
         policy(&["worker", "--delete"], Some(&[])),
@@ -164,7 +180,10 @@ fn a_narrower_declaration_is_covered() {
     assert_eq!(any.covers(&ArgPolicy::default()), Ok(()));
     let globs = policy(&[], Some(&["--f=*", "{job-path}"]));
     assert_eq!(globs.covers(&policy(&[], Some(&["--f=x*"]))), Ok(()));
-    assert_eq!(globs.covers(&policy(&[], Some(&["--f={job-path}"]))), Ok(()));
+    assert_eq!(
+        globs.covers(&policy(&[], Some(&["--f={job-path}"]))),
+        Ok(())
+    );
     assert_eq!(globs.covers(&policy(&[], Some(&["a/b"]))), Ok(()));
 }
 
@@ -201,5 +220,8 @@ fn policies_round_trip_through_json_and_refuse_unknown_fields() {
     assert!(serde_json::from_str::<ArgPolicy>(r#"{"prefix":[],"extra":1}"#).is_err());
     assert!(serde_json::from_str::<ArgPolicy>(r#"{"allow":["a*b"]}"#).is_err());
     assert_eq!(p.to_string(), "worker then --delete | {job-path}");
-    assert_eq!(ArgPolicy::exactly(args(&["-n"])).to_string(), "-n then nothing");
+    assert_eq!(
+        ArgPolicy::exactly(args(&["-n"])).to_string(),
+        "-n then nothing"
+    );
 }

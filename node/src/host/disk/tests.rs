@@ -103,7 +103,8 @@ fn has_room_reads_the_real_file_system() {
     assert!(has_room(dir.path(), 1).is_ok());
     let err = has_room(dir.path(), u64::MAX).unwrap_err();
     assert!(
-        err.to_string().contains("below this node's free-space floor"),
+        err.to_string()
+            .contains("below this node's free-space floor"),
         "{err}"
     );
     assert!(matches!(

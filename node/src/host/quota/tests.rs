@@ -26,7 +26,10 @@ async fn guest_writes_are_charged_and_a_write_past_the_quota_stops_the_job() {
         matches!(stop, DiskStop::Quota { usage, .. } if usage.bytes >= 1100),
         "{stop:?}"
     );
-    assert!(stop.to_string().contains("exceeded its disk quota"), "{stop}");
+    assert!(
+        stop.to_string().contains("exceeded its disk quota"),
+        "{stop}"
+    );
     // Once stopped, nothing more is admitted.
     assert!(!ledger.admit(usage(1, 0)).await);
 }
@@ -48,16 +51,10 @@ async fn a_measurement_over_the_quota_or_of_an_unreadable_tree_stops_the_job() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("f"), vec![0u8; 5000]).unwrap();
     let ledger = DiskLedger::new(dir.path().to_owned(), quota(4096, 100), 0);
-    assert!(matches!(
-        ledger.rescan().await,
-        Err(DiskStop::Quota { .. })
-    ));
+    assert!(matches!(ledger.rescan().await, Err(DiskStop::Quota { .. })));
     let gone = DiskLedger::new(dir.path().join("missing"), quota(4096, 100), 0);
     let stop = gone.rescan().await.unwrap_err();
-    assert!(
-        stop.to_string().contains("could not be measured"),
-        "{stop}"
-    );
+    assert!(stop.to_string().contains("could not be measured"), "{stop}");
 }
 
 #[tokio::test]
