@@ -158,7 +158,7 @@ fn a_guest_hoarding_descriptors_is_capped_while_the_node_serves_pings_links_and_
     let opened = cap - 3;
     assert_eq!(
         report,
-        format!("open-files {opened} err OutOfMemory: Cannot allocate memory (os error 48)\n"),
+        format!("open-files {opened} err OutOfMemory: Out of memory (os error 48)\n"),
         "the guest got an error value at its cap"
     );
     assert_eq!(

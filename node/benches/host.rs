@@ -11,6 +11,9 @@
 //!   `command` handler and `/bin/cat`, against a native pipe through `/bin/cat`, with the
 //!   accounting on and off.
 //!
+//! - `quota`: the cost of measuring job directories of 1,000 to 100,000 entries, and how
+//!   far a program writing flat out gets past its quota before the watcher stops it.
+//!
 //! "Accounting" is what a node gives every job ([`limits`]): a descriptor cap counted per
 //! open file and child, a job-directory quota with its watcher, and the free-space floor.
 //! Off, the same jobs run without them (the resource table keeps its cap either way).
@@ -18,6 +21,8 @@
 //! The sections live in `benches/host/` (the shared statistics in `benches/mesh/`), named by
 //! `#[path]` because a file directly in `benches/` would become a bench target of its own.
 
+#[path = "host/quota.rs"]
+mod quota;
 #[path = "host/relay.rs"]
 mod relay;
 #[path = "common/sections.rs"]
@@ -48,7 +53,11 @@ pub(crate) const PROBE_HANDLER: &[u8] = include_bytes!(env!("WARREN_PROBE_HANDLE
 /// A section: its name (the filter matches it) and its body.
 type Section = (&'static str, fn() -> anyhow::Result<()>);
 
-const SECTIONS: [Section; 2] = [("start", start::run), ("relay", relay::run)];
+const SECTIONS: [Section; 3] = [
+    ("start", start::run),
+    ("relay", relay::run),
+    ("quota", quota::run),
+];
 
 fn main() -> ExitCode {
     let Some(chosen) = sections::choose(&SECTIONS) else {

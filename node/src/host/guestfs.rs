@@ -9,8 +9,9 @@
 //!   resource table is full, instead of trapping.
 //! - `write`, `set-size` and creates (`open-at` with `create`, `create-directory-at`,
 //!   `symlink-at`, `link-at`) are charged to the job's [`DiskLedger`]; past the quota the
-//!   guest gets `error-code::quota` and the job stops. Streams from `write-via-stream` and
-//!   `append-via-stream` are charged per write ([`QuotaStream`]) and fail with `ENOSPC`.
+//!   guest gets `error-code::quota` (and its job fails when it ends). Streams from
+//!   `write-via-stream` and `append-via-stream` are charged per write ([`QuotaStream`])
+//!   and fail with `ENOSPC`.
 //!
 //! Everything else is wasmtime-wasi's implementation, called as it is.
 
@@ -319,6 +320,8 @@ pub(crate) struct QuotaStream {
     disk: Arc<DiskLedger>,
     /// The estimate ran out: measure before the next write is allowed.
     measure: bool,
+    /// A write was refused for the quota: the stream is broken, as a full disk leaves it.
+    failed: bool,
 }
 
 impl QuotaStream {
@@ -327,6 +330,7 @@ impl QuotaStream {
             inner,
             disk,
             measure: false,
+            failed: false,
         }
     }
 }
@@ -341,12 +345,13 @@ fn no_space() -> StreamError {
 impl Pollable for QuotaStream {
     async fn ready(&mut self) {
         if std::mem::take(&mut self.measure) {
-            // Room again after measuring (the guest overwrote or deleted), or the job stops.
+            // Room again after measuring (the guest overwrote or deleted), or refused.
             if self.disk.rescan().await.is_ok() && self.disk.room_bytes() == 0 {
-                self.disk.stop_over(Usage {
+                self.disk.refuse(Usage {
                     bytes: 1,
                     inodes: 0,
                 });
+                self.failed = true;
             }
         }
         self.inner.ready().await;
@@ -361,7 +366,8 @@ impl OutputStream for QuotaStream {
             inodes: 0,
         };
         if !self.disk.try_charge(more) {
-            self.disk.stop_over(more);
+            self.disk.refuse(more);
+            self.failed = true;
             return Err(no_space());
         }
         self.inner.write(bytes)
@@ -372,7 +378,7 @@ impl OutputStream for QuotaStream {
     }
 
     fn check_write(&mut self) -> StreamResult<usize> {
-        if self.disk.is_stopped() {
+        if self.failed || self.disk.is_stopped() {
             return Err(no_space());
         }
         let permit = self.inner.check_write()?;

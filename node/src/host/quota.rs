@@ -3,8 +3,8 @@
 //!
 //! Two writers fill a job directory. The guest writes through WASI, and the host charges
 //! each of its writes and creates before doing them ([`DiskLedger::admit`]): a write past
-//! the quota is refused with an error value, and stops the job. The programs the guest
-//! spawns (ansible-runner unpacking the private data dir, playbooks writing artifacts)
+//! the quota is refused with an error value (nothing was written, so the guest may go on;
+//! its job fails when it ends). The programs the guest spawns (ansible-runner unpacking the private data dir, playbooks writing artifacts)
 //! write with their own system calls, so [`watch`] measures the directory again and again,
 //! sooner the nearer the job is to its quota, and stops the job once it is over.
 //!
@@ -101,8 +101,10 @@ pub struct DiskLedger {
     inodes: AtomicU64,
     /// Serialises measurements.
     scan: tokio::sync::Mutex<()>,
-    /// Set once, when the job must stop.
+    /// Set once, when the job must stop at once (the directory is over its quota).
     stop: watch::Sender<Option<DiskStop>>,
+    /// The first guest write refused for the quota: the job fails when it ends.
+    refused: std::sync::Mutex<Option<DiskStop>>,
 }
 
 impl DiskLedger {
@@ -116,6 +118,7 @@ impl DiskLedger {
             inodes: AtomicU64::new(0),
             scan: tokio::sync::Mutex::new(()),
             stop: watch::channel(None).0,
+            refused: std::sync::Mutex::new(None),
         })
     }
 
@@ -153,7 +156,7 @@ impl DiskLedger {
 
     /// Charges a guest write or create of `more`; when the estimate says no, measures the
     /// directory (the guest may have deleted or overwritten) and tries again. A write that
-    /// still does not fit stops the job.
+    /// still does not fit is refused, and fails the job when it ends.
     pub async fn admit(&self, more: Usage) -> bool {
         if self.is_stopped() {
             return false;
@@ -164,17 +167,27 @@ impl DiskLedger {
         if self.rescan().await.is_ok() && self.try_charge(more) {
             return true;
         }
-        self.stop_over(more);
+        self.refuse(more);
         false
     }
 
-    /// Stops the job for a guest write of `more` that does not fit.
-    pub fn stop_over(&self, more: Usage) {
+    /// Records a guest write of `more` refused for the quota (the first one is the reason
+    /// the job fails).
+    pub fn refuse(&self, more: Usage) {
         let usage = self.estimate().plus(more);
-        self.stop(DiskStop::Quota {
+        let refusal = DiskStop::Quota {
             quota: self.quota,
             usage,
-        });
+        };
+        if let Ok(mut first) = self.refused.lock() {
+            first.get_or_insert(refusal);
+        }
+    }
+
+    /// Why the job fails for its disk, if it does: a stop, else a refused guest write.
+    pub fn verdict(&self) -> Option<DiskStop> {
+        let refused = self.refused.lock().ok().and_then(|r| r.clone());
+        self.stopped().or(refused)
     }
 
     /// Measures the directory and replaces the estimate; stops the job when it is over its
@@ -212,7 +225,7 @@ impl DiskLedger {
         Ok(usage)
     }
 
-    /// Records why the job must stop (the first reason wins) and returns it.
+    /// Records why the job must stop at once (the first reason wins) and returns it.
     pub fn stop(&self, why: DiskStop) -> DiskStop {
         self.stop.send_if_modified(|slot| {
             if slot.is_none() {
@@ -225,12 +238,12 @@ impl DiskLedger {
         self.stopped().unwrap_or(why)
     }
 
-    /// Why the job must stop, once it must.
+    /// Why the job must stop at once, once it must.
     pub fn stopped(&self) -> Option<DiskStop> {
         self.stop.borrow().clone()
     }
 
-    /// Whether the job must stop.
+    /// Whether the job must stop at once.
     pub fn is_stopped(&self) -> bool {
         self.stop.borrow().is_some()
     }

@@ -344,7 +344,7 @@ impl Host {
                 limits.output_bytes
             ));
         }
-        if let Some(stop) = disk.as_ref().and_then(|d| d.stopped()) {
+        if let Some(stop) = disk.as_ref().and_then(|d| d.verdict()) {
             free_job_dir(&io.job_dir, &job.id, &stop).await;
             return Outcome::failed(stop.to_string());
         }
@@ -379,17 +379,18 @@ async fn disk_stopped(disk: Option<watch::Receiver<Option<DiskStop>>>) -> DiskSt
     std::future::pending().await
 }
 
-/// Removes what a job stopped for its disk left in its directory: it holds nothing anyone
-/// reads (results are separate), and keeping it would keep the disk full until release.
+/// Removes what a job that failed for its disk left in its directory: it holds nothing
+/// anyone reads (results are separate), and keeping it would keep the disk full until
+/// release.
 async fn free_job_dir(job_dir: &Path, unit: &str, stop: &DiskStop) {
     let dir = job_dir.to_owned();
     let removed = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir)).await;
     match removed {
         Ok(Ok(())) => {
-            tracing::warn!(%unit, reason = %stop, "job stopped for its disk; its directory was removed")
+            tracing::warn!(%unit, reason = %stop, "job failed for its disk; its directory was removed")
         }
         Ok(Err(e)) => {
-            tracing::error!(%unit, reason = %stop, error = %e, "job stopped for its disk; its directory could not be removed")
+            tracing::error!(%unit, reason = %stop, error = %e, "job failed for its disk; its directory could not be removed")
         }
         Err(e) => tracing::error!(%unit, error = %e, "removing a job directory failed"),
     }

@@ -462,6 +462,13 @@ mod without_wasm {
             .unwrap();
         assert!(matches!(refused, Err(SpawnError::Io(_))), "{refused:?}");
         drop(state.table.delete(stdout).unwrap());
+        // The stream's reader task lets go of the pipe once the runtime drops it.
+        for _ in 0..100 {
+            if state.fds.held() == JOB_BASELINE {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let again = state
             .spawn(command("true", &[], None), false)
             .await

@@ -9,7 +9,7 @@ fn usage(bytes: u64, inodes: u64) -> Usage {
 }
 
 #[tokio::test]
-async fn guest_writes_are_charged_and_a_write_past_the_quota_stops_the_job() {
+async fn guest_writes_are_charged_and_a_write_past_the_quota_fails_the_job() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = DiskLedger::new(dir.path().to_owned(), quota(1000, 10), 0);
     assert!(ledger.admit(usage(600, 1)).await);
@@ -18,20 +18,31 @@ async fn guest_writes_are_charged_and_a_write_past_the_quota_stops_the_job() {
     assert!(!ledger.is_stopped());
     // Nothing was really written, so a measurement finds room again.
     assert!(ledger.admit(usage(900, 1)).await);
-    // Really fill the directory: now a write that does not fit stops the job.
-    std::fs::write(dir.path().join("big"), vec![0u8; 800]).unwrap();
-    assert!(!ledger.admit(usage(300, 1)).await);
-    let stop = ledger.stopped().unwrap();
+    // A write that does not fit even after measuring is refused, and the job will fail
+    // for it; nothing is over the quota, so it need not stop at once.
+    assert!(!ledger.admit(usage(1001, 0)).await);
+    assert!(!ledger.is_stopped());
+    let verdict = ledger.verdict().unwrap();
     assert!(
-        matches!(stop, DiskStop::Quota { usage, .. } if usage.bytes >= 1100),
-        "{stop:?}"
+        matches!(verdict, DiskStop::Quota { usage, .. } if usage.bytes == 1001),
+        "{verdict:?}"
     );
     assert!(
-        stop.to_string().contains("exceeded its disk quota"),
-        "{stop}"
+        verdict.to_string().contains("exceeded its disk quota"),
+        "{verdict}"
     );
-    // Once stopped, nothing more is admitted.
-    assert!(!ledger.admit(usage(1, 0)).await);
+    assert!(
+        ledger.admit(usage(10, 0)).await,
+        "a write that fits still does"
+    );
+    // Really over the quota (a program wrote past it): the job must stop at once.
+    std::fs::write(dir.path().join("big"), vec![0u8; 5000]).unwrap();
+    assert!(!ledger.admit(usage(991, 0)).await);
+    assert!(ledger.is_stopped());
+    assert!(
+        !ledger.admit(usage(1, 0)).await,
+        "nothing more once stopped"
+    );
 }
 
 #[tokio::test]
@@ -43,7 +54,7 @@ async fn inodes_are_a_quota_of_their_own() {
     let ledger = DiskLedger::new(dir.path().to_owned(), quota(1 << 30, 3), 0);
     assert_eq!(ledger.rescan().await, Ok(usage(0, 3)));
     assert!(!ledger.admit(usage(0, 1)).await);
-    assert!(matches!(ledger.stopped(), Some(DiskStop::Quota { .. })));
+    assert!(matches!(ledger.verdict(), Some(DiskStop::Quota { .. })));
 }
 
 #[tokio::test]
