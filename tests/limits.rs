@@ -40,8 +40,8 @@ struct Pair {
 }
 
 /// controller -> node1; node1 runs `work` (TOML) and `flags`, trusts one component signer
-/// and offers no ansible-runner.
-fn pair(work: &str, flags: &[&str]) -> Pair {
+/// and offers no ansible-runner; waits until node1 offers `offers` work types.
+fn pair(work: &str, flags: &[&str], offers: usize) -> Pair {
     let mut mesh = Mesh::new();
     let signer_key = mesh.path("signer.key");
     let out = warren(&["component", "keygen", "--out", s(&signer_key)]);
@@ -58,6 +58,10 @@ fn pair(work: &str, flags: &[&str]) -> Pair {
     let addr = mesh.node(node1).addr().to_owned();
     let controller = mesh.start(&ids[0], &[trust(&all), peer(&addr)].concat());
     mesh.wait_route(controller, "node1", None);
+    wait_for("node1 to offer its work types", || {
+        let status = mesh.status(node1)?;
+        (status["WorkTypes"].as_array()?.len() == offers).then_some(())
+    });
     Pair {
         mesh,
         ids,
@@ -130,6 +134,7 @@ fn a_guest_hoarding_descriptors_is_capped_while_the_node_serves_pings_links_and_
             "--work-type",
             "cat=/bin/cat",
         ],
+        2,
     );
     let probe = pair.sign_probe("probe.wasm", "hold", &[]);
     ok(pair.deploy(&probe), &pair.mesh);
@@ -209,7 +214,7 @@ params = "if=/dev/zero of=fill bs=1M count=64"
 disk-mb = 8
 disk-inodes = 100
 "#;
-    let pair = pair(work, &["--work-type", "cat=/bin/cat"]);
+    let pair = pair(work, &["--work-type", "cat=/bin/cat"], 2);
     let limits = pair.limits("fill");
     assert_eq!(limits["DiskBytes"], 8 << 20);
     assert_eq!(limits["DiskInodes"], 100);
@@ -268,7 +273,7 @@ program = "/bin/cat"
 allow-runtime-params = true
 args = ["{job-path}"]
 "#;
-    let pair = pair(work, &[]);
+    let pair = pair(work, &[], 1);
     let limits = pair.limits("cat");
     assert_eq!(limits["Arguments"]["cat"], "{job-path}");
 
@@ -343,6 +348,7 @@ fn below_the_free_space_floor_new_work_is_refused_naming_floor_and_free_space() 
     let pair = pair(
         "[work]\nfree-space-floor-mb = 1073741824\n",
         &["--work-type", "cat=/bin/cat"],
+        1,
     );
     let out = pair.ctl(&["work", "submit", "cat", "--node", "node1", "-f"]);
     assert!(!out.status.success(), "{out:?}");
