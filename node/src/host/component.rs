@@ -78,7 +78,7 @@ pub enum ComponentError {
         /// The program.
         program: String,
         /// What is broader than the node allows.
-        reason: super::args::TooBroad,
+        reason: Box<super::args::TooBroad>,
     },
     /// The manifest does not cover this work type.
     #[error("component {name} is signed for work types {signed:?}, not {work_type}")]
@@ -185,7 +185,7 @@ pub fn check_args(
                 name: manifest.name.clone(),
                 work_type: work_type.to_owned(),
                 program: program.clone(),
-                reason,
+                reason: Box::new(reason),
             })?;
     }
     Ok(())

@@ -149,12 +149,21 @@ pub fn space(path: &Path) -> io::Result<Space> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
+    Ok(space_of(&stat))
+}
+
+/// The free space a `statvfs` result describes.
+#[allow(
+    clippy::useless_conversion,
+    reason = "the statvfs counts are u32 on some targets"
+)]
+fn space_of(stat: &libc::statvfs) -> Space {
     let free_bytes = u64::from(stat.f_bavail).saturating_mul(u64::from(stat.f_frsize));
     let free_inodes = (stat.f_files > 0).then_some(u64::from(stat.f_favail));
-    Ok(Space {
+    Space {
         free_bytes,
         free_inodes,
-    })
+    }
 }
 
 /// The node's file system is below its free-space floor.
