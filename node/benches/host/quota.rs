@@ -125,6 +125,7 @@ async fn flood_once() -> anyhow::Result<(u64, f64)> {
     };
     let ledger = DiskLedger::new(dir.path().to_owned(), quota, 0);
     let mut stopped = ledger.subscribe();
+    ledger.child_started();
     let watcher = tokio::spawn(quota::watch(ledger.clone()));
     let started = Instant::now();
     let mut child = tokio::process::Command::new("/bin/sh")

@@ -383,7 +383,7 @@ impl OutputStream for QuotaStream {
         }
         let permit = self.inner.check_write()?;
         let room = self.disk.room_bytes();
-        if room == 0 {
+        if room == 0 || !self.disk.is_measured() {
             self.measure = true;
             return Ok(0);
         }

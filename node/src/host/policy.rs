@@ -187,10 +187,11 @@ impl Policy {
     }
 
     /// Checks a child's arguments against the program's [`ArgPolicy`]; `root` is the job
-    /// directory and `cwd` the child's working directory, both canonical.
+    /// directory and `cwd` the child's working directory (inside it).
     ///
     /// # Errors
-    /// [`Denied::ArgNotAllowed`] naming the first argument at fault.
+    /// [`Denied::ArgNotAllowed`] naming the first argument at fault, or the job directory
+    /// when it cannot be resolved.
     pub fn check_args(
         &self,
         program: &str,
@@ -201,8 +202,16 @@ impl Policy {
         let Some(policy) = self.args.get(program) else {
             return Ok(());
         };
+        // Job paths are judged by where symlinks really lead: compare canonical paths.
+        let bad_dir = || Denied::BadWorkingDirectory(cwd.display().to_string());
+        let root = root.canonicalize().map_err(|_| bad_dir())?;
+        let cwd = cwd.canonicalize().map_err(|_| bad_dir())?;
+        let paths = JobPaths {
+            root: &root,
+            cwd: &cwd,
+        };
         policy
-            .check(args, JobPaths { root, cwd })
+            .check(args, paths)
             .map_err(|reason| Denied::ArgNotAllowed {
                 program: program.to_owned(),
                 reason,

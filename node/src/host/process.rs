@@ -119,7 +119,7 @@ impl JobState {
         // The command (holding the pipe's write ends) must be gone before EOF can come.
         drop(command);
         let pid = child.id().unwrap_or(0);
-        let fds = self.fds.track_child();
+        let fds = self.track_child();
         let stdout: Option<Box<dyn AsyncRead + Send + Unpin>> = match merged {
             Some(reader) => Some(Box::new(Held::new(
                 pipe_reader(reader).map_err(io)?,

@@ -99,16 +99,22 @@ pub struct DiskLedger {
     /// The last measurement plus what the guest was allowed to write since.
     bytes: AtomicU64,
     inodes: AtomicU64,
+    /// Whether the directory was measured yet: the guest's first write measures it, so
+    /// the estimate starts from what is really there.
+    measured: std::sync::atomic::AtomicBool,
     /// Serialises measurements.
     scan: tokio::sync::Mutex<()>,
     /// Set once, when the job must stop at once (the directory is over its quota).
     stop: watch::Sender<Option<DiskStop>>,
     /// The first guest write refused for the quota: the job fails when it ends.
     refused: std::sync::Mutex<Option<DiskStop>>,
+    /// Turns true when the job starts its first child: only then is there anything to
+    /// watch.
+    children: watch::Sender<bool>,
 }
 
 impl DiskLedger {
-    /// A ledger for `dir` (assumed empty until measured).
+    /// A ledger for `dir`, measured when first needed.
     pub fn new(dir: PathBuf, quota: DiskQuota, floor: u64) -> Arc<Self> {
         Arc::new(Self {
             dir,
@@ -116,9 +122,11 @@ impl DiskLedger {
             floor,
             bytes: AtomicU64::new(0),
             inodes: AtomicU64::new(0),
+            measured: std::sync::atomic::AtomicBool::new(false),
             scan: tokio::sync::Mutex::new(()),
             stop: watch::channel(None).0,
             refused: std::sync::Mutex::new(None),
+            children: watch::channel(false).0,
         })
     }
 
@@ -147,6 +155,11 @@ impl DiskLedger {
         true
     }
 
+    /// Whether the directory has been measured at least once.
+    pub fn is_measured(&self) -> bool {
+        self.measured.load(Ordering::Relaxed)
+    }
+
     /// Bytes the guest may still write by the current estimate.
     pub fn room_bytes(&self) -> u64 {
         self.quota
@@ -158,7 +171,7 @@ impl DiskLedger {
     /// directory (the guest may have deleted or overwritten) and tries again. A write that
     /// still does not fit is refused, and fails the job when it ends.
     pub async fn admit(&self, more: Usage) -> bool {
-        if self.is_stopped() {
+        if self.is_stopped() || (!self.is_measured() && self.rescan().await.is_err()) {
             return false;
         }
         if self.try_charge(more) {
@@ -212,6 +225,7 @@ impl DiskLedger {
         };
         self.bytes.store(usage.bytes, Ordering::Relaxed);
         self.inodes.store(usage.inodes, Ordering::Relaxed);
+        self.measured.store(true, Ordering::Relaxed);
         if usage.exceeds(quota) {
             return Err(self.stop(DiskStop::Quota { quota, usage }));
         }
@@ -252,16 +266,27 @@ impl DiskLedger {
     pub fn subscribe(&self) -> watch::Receiver<Option<DiskStop>> {
         self.stop.subscribe()
     }
+
+    /// Notes that the job started a program, whose writes only a measurement sees.
+    pub fn child_started(&self) {
+        self.children
+            .send_if_modified(|started| !std::mem::replace(started, true));
+    }
 }
 
 fn unmeasurable(reason: String) -> DiskStop {
     DiskStop::Unmeasurable { reason }
 }
 
-/// Measures the job directory until the job must stop (or the task is aborted when the job
-/// ends). A job directory starts empty, so the first measurement waits
-/// [`MIN_SCAN_INTERVAL`]: a job that ends sooner is never measured.
+/// Measures the job directory from the job's first child on, until the job must stop (or
+/// the future is dropped when the job ends). A job directory starts empty and the guest's
+/// own writes are charged, so nothing is measured before a child exists, and the first
+/// measurement comes [`MIN_SCAN_INTERVAL`] after it starts.
 pub async fn watch(ledger: Arc<DiskLedger>) {
+    let mut children = ledger.children.subscribe();
+    if children.wait_for(|started| *started).await.is_err() {
+        return;
+    }
     tokio::time::sleep(MIN_SCAN_INTERVAL).await;
     loop {
         let started = Instant::now();

@@ -302,7 +302,6 @@ impl Host {
         let results = Box::new(AsyncWriteStream::new(RESULTS_WRITE_BUDGET, capped));
         let disk =
             (limits.disk).map(|q| DiskLedger::new(io.job_dir.clone(), q, self.free_space_floor));
-        let _watcher = disk.clone().map(|d| Watcher(tokio::spawn(quota::watch(d))));
         let state = match JobState::new(
             job.id.clone(),
             io.job_dir.clone(),
@@ -327,7 +326,7 @@ impl Host {
         });
         let stops = Stops {
             cancelled,
-            disk: disk.as_ref().map(|d| d.subscribe()),
+            disk: disk.clone(),
         };
         let outcome = call_with_limits(&mut store, handler, &job, &limits, stops).await;
         let fd_refusal = store.data().fds.refused();
@@ -352,31 +351,29 @@ impl Host {
     }
 }
 
-/// Aborts the job's disk watcher when the job ends.
-struct Watcher(tokio::task::JoinHandle<()>);
-
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// What may stop a job besides its deadline: a cancel, and its disk.
 struct Stops {
     cancelled: watch::Receiver<bool>,
     /// `None` when the job's disk is not watched.
-    disk: Option<watch::Receiver<Option<DiskStop>>>,
+    disk: Option<Arc<DiskLedger>>,
 }
 
-/// Resolves with the reason once the job's disk stops it; never without a watched disk.
-async fn disk_stopped(disk: Option<watch::Receiver<Option<DiskStop>>>) -> DiskStop {
-    if let Some(mut disk) = disk
-        && let Ok(stop) = disk.wait_for(Option::is_some).await
-        && let Some(stop) = stop.clone()
-    {
-        return stop;
+/// Watches the job's directory (once the job has a child: the guest's own writes are
+/// charged as they happen) and resolves with the reason once the job must stop; never
+/// without a quota. Part of the job's own task, so a job without children pays nothing.
+async fn disk_stopped(disk: Option<Arc<DiskLedger>>) -> DiskStop {
+    let Some(disk) = disk else {
+        return std::future::pending().await;
+    };
+    let mut stop = disk.subscribe();
+    tokio::select! {
+        () = quota::watch(disk.clone()) => {}
+        _ = stop.wait_for(Option::is_some) => {}
     }
-    std::future::pending().await
+    match disk.stopped() {
+        Some(stop) => stop,
+        None => std::future::pending().await,
+    }
 }
 
 /// Removes what a job that failed for its disk left in its directory: it holds nothing

@@ -30,7 +30,7 @@ pub struct JobState {
     pub(crate) table: ResourceTable,
     pub(crate) limits: StoreLimits,
     pub(crate) policy: Arc<Policy>,
-    /// Absolute and canonical: children see it as `HOME` and working directory.
+    /// Absolute: children see it as `HOME` and working directory.
     pub(crate) job_dir: PathBuf,
     pub(crate) unit: String,
     /// The host descriptors the guest holds, against its cap.
@@ -72,7 +72,7 @@ impl JobState {
     ) -> Result<Self, StateError> {
         // Children resolve HOME and their working directory from anywhere: never relative,
         // even when the node was started with a relative --data-dir.
-        let job_dir = job_dir.canonicalize().map_err(|e| StateError {
+        let job_dir = std::path::absolute(&job_dir).map_err(|e| StateError {
             path: job_dir.clone(),
             reason: e.to_string(),
         })?;
@@ -117,6 +117,15 @@ impl JobState {
     /// The store's resource limiter.
     pub fn limiter(&mut self) -> &mut dyn ResourceLimiter {
         &mut self.limits
+    }
+
+    /// Counts a new child's descriptors (see [`FdLedger::track_child`]) and starts watching
+    /// the job directory, which the child may write to.
+    pub(crate) fn track_child(&mut self) -> super::fds::FdToken {
+        if let Some(disk) = &self.disk {
+            disk.child_started();
+        }
+        self.fds.track_child()
     }
 
     /// Whether the guest may take `descriptors` more host descriptors and `entries` more

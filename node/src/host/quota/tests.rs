@@ -85,6 +85,13 @@ async fn the_watcher_stops_a_program_writing_past_the_quota() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = DiskLedger::new(dir.path().to_owned(), quota(8 << 20, 1000), 0);
     let watcher = tokio::spawn(watch(ledger.clone()));
+    // Nothing is measured until the job has a child.
+    tokio::time::sleep(MIN_SCAN_INTERVAL * 3).await;
+    std::fs::write(dir.path().join("before"), vec![0u8; 9 << 20]).unwrap();
+    tokio::time::sleep(MIN_SCAN_INTERVAL * 3).await;
+    assert!(!ledger.is_stopped(), "measured before any child");
+    std::fs::remove_file(dir.path().join("before")).unwrap();
+    ledger.child_started();
     let mut stopped = ledger.subscribe();
     // A writer outside the host's view (like a child process), writing until stopped.
     let path = dir.path().join("flood");
