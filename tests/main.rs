@@ -19,6 +19,7 @@ mod demo;
 mod deploy;
 mod docs;
 mod hostile_worker;
+mod limits;
 mod mesh;
 mod metrics;
 mod receptorctl;

@@ -362,7 +362,9 @@ pub async fn start(
         Some(_) => Metrics::new(),
         None => Metrics::default(),
     };
-    let mut host = Host::new(&component_cache(config)).map_err(StartError::Host)?;
+    let mut host = Host::new(&component_cache(config))
+        .map_err(StartError::Host)?
+        .with_free_space_floor(config.work.free_space_floor);
     host.set_metrics(metrics.clone());
     let host = Arc::new(host);
     let driver_config = DriverConfig {
@@ -396,6 +398,7 @@ pub async fn start(
             max_payload: config.work.max_payload,
             keep_finished: config.work.keep_finished,
             metrics: metrics.clone(),
+            free_space_floor: config.work.free_space_floor,
         },
         mesh: Some(mesh.clone()),
         signing_key: work_signing_key(config)?,

@@ -3,9 +3,13 @@
 //!
 //! - [`builtin`]: the work-handler components built into the node (guest-runner).
 //! - [`bindings`]: the generated types of the `warren:worker` world.
-//! - [`policy`]: what a work type may do, as pure checks (testable without wasm).
+//! - [`policy`]: what a work type may do, as pure checks (testable without wasm), with
+//!   [`args`]: what arguments a granted program may be given.
 //! - [`state`]: the per-job store data: WASI context, resource table, capabilities.
-//! - [`process`] and [`jobio`]: the host side of the world's interfaces.
+//! - [`fds`], [`disk`] and [`quota`]: per-job caps on host descriptors and resources, the
+//!   job directory's disk quota, and the node's free-space floor.
+//! - [`process`] and [`jobio`]: the host side of the world's interfaces; [`guestfs`]:
+//!   the job's limits inside WASI's filesystem.
 //! - [`registry`]: the offered work types and their active components.
 //! - [`runner`]: one engine per node; per job a store with limits, an instance, a call.
 //! - [`cache`]: the compiled-component cache, trusted only if the node's user alone can
@@ -17,15 +21,20 @@
 //! - [`signing`]: signed component manifests, signer keys, and verification before a
 //!   component may run.
 
+pub mod args;
 pub mod bindings;
 pub mod builtin;
 pub mod cache;
 pub mod component;
 pub mod deploy;
 pub mod detect;
+pub mod disk;
+pub mod fds;
+pub mod guestfs;
 pub mod jobio;
 pub mod policy;
 pub mod process;
+pub mod quota;
 pub mod registry;
 pub mod runner;
 pub mod signing;
