@@ -25,4 +25,5 @@ mod receptorctl;
 mod run;
 mod survive;
 mod toolchain;
+mod trust;
 mod websocket;
