@@ -130,7 +130,11 @@ fn half_open_flood_leaves_peers_and_the_control_socket_working() {
     // Sockets accepted but not yet handed to the owner task, and sockets closing, are not
     // counted by the caps: a burst can still briefly run out of files (printed below, not
     // asserted).
-    let emfile = mesh.node(ia).log_text().matches("Too many open files").count();
+    let emfile = mesh
+        .node(ia)
+        .log_text()
+        .matches("Too many open files")
+        .count();
 
     // With the flood still connected: a new peer links, the old one stays, local work runs.
     let _ic = mesh.start(&c, &[trust(&[&a]), peer(&a_addr)].concat());
