@@ -145,7 +145,14 @@ fn relay_in_the_middle_forwards_a_payload_it_cannot_read() {
     let extra = [
         trust(&[&relay.identity, &controller]),
         peer(&relay.addr),
-        vec!["--work-type".into(), "cat=/bin/cat".into()],
+        [
+            "--work-type",
+            "cat=/bin/cat",
+            "--allow-work",
+            "cat=controller",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
     ]
     .concat();
     let _n1 = mesh.start(&node1, &extra);

@@ -143,7 +143,7 @@ struct Driver {
 /// Starts the mesh over TCP: accepts on `listeners`, dials `peers`, and returns the handle
 /// to it and the owner task (which ends after [`MeshHandle::shutdown`]).
 pub fn start(
-    mut config: MeshConfig,
+    config: MeshConfig,
     driver_config: DriverConfig,
     listeners: Vec<(TcpListener, Cost)>,
     peers: Vec<PeerTarget>,
@@ -156,7 +156,7 @@ pub fn start(
 /// [`start`] with any transports (see [`transport`]): each listener upgrades what it
 /// accepts as its [`Accept`] says, each peer is dialled as its [`Dial`] says.
 pub fn start_with(
-    config: MeshConfig,
+    mut config: MeshConfig,
     driver_config: DriverConfig,
     listeners: Vec<(Listener, Cost)>,
     peers: Vec<(PeerTarget, Dial)>,
