@@ -41,7 +41,7 @@ use std::process::ExitCode;
 /// A section: its name (the filter matches it) and its body.
 type Section = (&'static str, fn() -> anyhow::Result<()>);
 
-const SECTIONS: [Section; 5] = [
+const SECTIONS: [Section; 6] = [
     ("cipher", cipher::run),
     ("throughput", throughput::run),
     ("ping", ping::run),
