@@ -27,4 +27,5 @@ mod reload;
 mod run;
 mod survive;
 mod toolchain;
+mod trust;
 mod websocket;
