@@ -22,6 +22,7 @@ mod hostile_worker;
 mod mesh;
 mod metrics;
 mod receptorctl;
+mod reload;
 mod run;
 mod survive;
 mod toolchain;

@@ -220,15 +220,15 @@ fn receptorctl_cli_drives_a_warren_mesh() {
 }
 
 #[test]
-fn reload_rereads_the_config_and_refuses_what_it_cannot_apply() {
+fn reload_rereads_the_config_and_refuses_what_needs_a_restart() {
     let line = line();
     assert_eq!(line.ok(&["reload"]), "Reload successful\n");
     let original = std::fs::read_to_string(&line.config).unwrap();
-    let with_peer = format!("{original}\n[[peer]]\naddress = \"127.0.0.1:9\"\n");
-    std::fs::write(&line.config, with_peer).unwrap();
+    let with_tuning = format!("{original}\n[mesh]\nmax-hops = 9\n");
+    std::fs::write(&line.config, with_tuning).unwrap();
     let out = line.ctl(&["reload"]);
     assert_eq!(out.status.code(), Some(3), "{out:?}");
-    assert!(text(&out.stderr).contains("(peer)"), "{out:?}");
+    assert!(text(&out.stderr).contains("(mesh)"), "{out:?}");
     assert!(text(&out.stderr).contains("ERRORCODE 3"), "{out:?}");
     std::fs::write(&line.config, "[node\nid = ").unwrap();
     let out = line.ctl(&["reload"]);

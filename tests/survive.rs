@@ -1,7 +1,8 @@
 //! Units that never get lost, with real nodes: a submitter restarted mid-job finishes its
 //! mirror with the full output; a remote unit that vanishes fails its mirror promptly; a
 //! results file that cannot be written fails the unit with the reason; a finished unit
-//! keeps no payload or job directory.
+//! keeps no payload or job directory; a node stopped with `--drain` lets its running unit
+//! finish (and its submitter read the end), refusing new work meanwhile.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -56,6 +57,11 @@ fn small_disk(dir: &Path, size: &str) -> Option<Unmount> {
 /// controller -> node1 (node1 offers `talk`, `long` and `big`, and lets the controller run
 /// them); with `small`, node1's data dir is a tmpfs of that size.
 fn line(small: Option<&str>) -> Option<Line> {
+    line_with(small, &[])
+}
+
+/// As [`line`], node1 with `node1_extra` flags too.
+fn line_with(small: Option<&str>, node1_extra: &[&str]) -> Option<Line> {
     let mut mesh = Mesh::new();
     let small = match small {
         None => None,
@@ -80,7 +86,8 @@ fn line(small: Option<&str>) -> Option<Line> {
         "*=controller".into(),
         "--no-ansible-runner".into(),
     ];
-    let node1 = mesh.start(&ids[1], &[trust(&all), extra].concat());
+    let more: Vec<String> = node1_extra.iter().map(|s| (*s).to_owned()).collect();
+    let node1 = mesh.start(&ids[1], &[trust(&all), extra, more].concat());
     let addr = mesh.node(node1).addr().to_owned();
     let controller = mesh.start(&ids[0], &[trust(&all), peer(&addr)].concat());
     mesh.wait_route(controller, "node1", None);
@@ -210,5 +217,54 @@ fn a_results_file_that_cannot_be_written_fails_the_unit_with_the_reason() {
     assert!(
         line.mesh.node_mut(line.node1).is_running(),
         "the node keeps running"
+    );
+}
+
+#[test]
+fn a_draining_node_finishes_its_running_unit_refuses_new_work_then_stops() {
+    let mut line = line_with(None, &["--drain"]).unwrap();
+    let unit = submit(&line, "talk", "payload\n");
+    wait_state(&line, line.controller, &unit, "Running");
+    wait_for("node1 to run the unit", || {
+        let listed = line.mesh.ctl(line.node1, &["work", "list", "--json"]);
+        let units: serde_json::Value = serde_json::from_slice(&listed.stdout).ok()?;
+        let running = units
+            .as_object()?
+            .values()
+            .any(|u| u["StateName"] == "Running");
+        running.then_some(())
+    });
+    line.mesh.node(line.node1).signal_terminate();
+    wait_for("node1 to start draining", || {
+        let log = line.mesh.node(line.node1).log_text();
+        log.contains("draining").then_some(())
+    });
+    // New work is refused while it drains, saying why.
+    let late = line.mesh.path("late.payload");
+    std::fs::write(&late, "late\n").unwrap();
+    let args = ["work", "submit", "talk", "--node", "node1", "--payload"];
+    let refused = line.mesh.ctl(
+        line.controller,
+        &[&args[..], &[late.to_str().unwrap()]].concat(),
+    );
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("node node1 is draining"),
+        "{refused:?}"
+    );
+    // The running unit ends normally and its submitter has all of it...
+    let done = wait_state(&line, line.controller, &unit, "Succeeded");
+    assert_eq!(done["StdoutSize"], 13, "{done}");
+    let out = line.mesh.ctl(line.controller, &["work", "results", &unit]);
+    assert_eq!(text(&out.stdout), "payload\ndone\n");
+    // ...and then node1 stops by itself, cleanly.
+    let exit = line
+        .mesh
+        .node_mut(line.node1)
+        .wait_exit(Duration::from_secs(60));
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "{exit:?}\n{}",
+        line.mesh.logs()
     );
 }

@@ -292,6 +292,34 @@ impl Node {
         child.wait().expect("wait for node")
     }
 
+    /// Sends SIGTERM and returns at once.
+    pub fn signal_terminate(&self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    /// Sends `signal` and returns at once.
+    pub fn signal(&self, signal: i32) {
+        let child = self.child.as_ref().expect("node is running");
+        // SAFETY: kill(2) with a valid pid and signal has no memory effects.
+        unsafe { libc::kill(child.id() as i32, signal) };
+    }
+
+    /// The exit status once the process has exited, waiting at most `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child

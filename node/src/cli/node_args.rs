@@ -136,6 +136,12 @@ pub struct NodeArgs {
     #[arg(long = "require-signed-work")]
     pub require_signed_work: bool,
 
+    /// On SIGTERM or SIGINT, let the running units end before stopping: new submissions are
+    /// refused meanwhile (saying the node is draining) and queued units wait for the next
+    /// start. A second signal stops at once.
+    #[arg(long = "drain")]
+    pub drain: bool,
+
     /// Trust this mesh authority (repeatable): peers holding a valid certificate it signed
     /// are accepted without a --trust entry, and far nodes' adverts and sessions are
     /// checked against their certificates.
@@ -235,6 +241,7 @@ impl NodeArgs {
             work_signing_key,
             work_verify_keys,
             require_signed_work,
+            drain,
             metrics,
             tls_cert,
             tls_key,
@@ -265,6 +272,7 @@ impl NodeArgs {
             && work_signing_key.is_none()
             && work_verify_keys.is_empty()
             && !require_signed_work
+            && !drain
     }
 
     fn flags_only(self) -> Result<Config, ConfigError> {
@@ -351,6 +359,7 @@ impl NodeArgs {
         }
         config.work.verify_keys.extend(self.work_verify_keys);
         config.work.require_signed |= self.require_signed_work;
+        config.work.drain_on_stop |= self.drain;
         if let Some(path) = self.ansible_runner {
             config.ansible_runner.path = Some(path);
             config.ansible_runner.enabled = true;

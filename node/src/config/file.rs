@@ -135,6 +135,7 @@ struct WorkSection {
     #[serde(default)]
     verify_keys: Vec<Spanned<String>>,
     require_signed: Option<Spanned<bool>>,
+    drain_on_stop: Option<Spanned<bool>>,
 }
 
 /// Allowed range of `[work] max-running`.
@@ -353,6 +354,7 @@ impl Decoder<'_> {
             signing_key,
             verify_keys,
             require_signed: work.require_signed.as_ref().is_some_and(|r| *r.get_ref()),
+            drain_on_stop: work.drain_on_stop.as_ref().is_some_and(|d| *d.get_ref()),
         })
     }
 

@@ -32,6 +32,7 @@
 //! signing-key = "work.key"            # sign submissions that ask for it (signwork)
 //! verify-keys = ["ed25519:..."]       # accept work signed by these keys
 //! require-signed = false              # refuse unsigned submissions from other nodes
+//! drain-on-stop = false               # on SIGTERM, let running units end first
 //!
 //! [mesh]                              # optional tuning
 //! keepalive-seconds = 10
@@ -238,6 +239,8 @@ pub struct WorkLimits {
     pub verify_keys: Vec<SignerKey>,
     /// Whether submissions from other nodes must be signed by one of `verify_keys`.
     pub require_signed: bool,
+    /// Whether a stop signal first lets the running units end (`--drain`).
+    pub drain_on_stop: bool,
 }
 
 #[cfg(feature = "host")]
@@ -251,6 +254,7 @@ impl Default for WorkLimits {
             signing_key: None,
             verify_keys: Vec::new(),
             require_signed: false,
+            drain_on_stop: false,
         }
     }
 }

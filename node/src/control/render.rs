@@ -21,6 +21,7 @@ pub fn render_status(status: &StatusReport) -> String {
     let _ = writeln!(out, "Version:      {}", one_line(&status.version));
     let _ = writeln!(out, "CPUs:         {}", status.system_cpu_count);
     let _ = writeln!(out, "Memory:       {} MiB", status.system_memory_mib);
+    let _ = writeln!(out, "Config:       generation {}", status.config_generation);
 
     let links = status
         .connections
@@ -228,6 +229,7 @@ Node ID:      a
 Version:      0.1.0
 CPUs:         2
 Memory:       1024 MiB
+Config:       generation 0
 
 Links:
   Node  Cost

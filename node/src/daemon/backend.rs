@@ -90,7 +90,9 @@ impl Backend for NodeBackend {
             adverts: Vec::new(),
         });
         let registry = self.registry.borrow().clone();
-        report(&status, &registry)
+        let mut report = report(&status, &registry);
+        report.config_generation = self.reloader.generation();
+        report
     }
 
     async fn ping(&self, target: NodeId) -> Result<Duration, (Option<NodeId>, String)> {
@@ -173,13 +175,7 @@ impl Backend for NodeBackend {
     }
 
     async fn reload(&self) -> ReloadReply {
-        let reloader = self.reloader.clone();
-        tokio::task::spawn_blocking(move || reloader.reload())
-            .await
-            .unwrap_or_else(|e| ReloadReply::Failed {
-                message: format!("reload task failed: {e}"),
-                code: crate::control::reply::reload::ERRORCODE_BAD_CONFIG,
-            })
+        self.reloader.reload().await
     }
 
     async fn traceroute(&self, target: NodeId) -> Vec<TraceHop> {
@@ -235,6 +231,7 @@ fn describe(target: &NodeId, reason: ProbeFailure) -> String {
 /// Builds Receptor's status report from a mesh snapshot and the offered work types.
 pub fn report(status: &MeshStatus, registry: &Registry) -> StatusReport {
     StatusReport {
+        config_generation: 0,
         work_types: registry
             .iter()
             .map(|a| WorkTypeStatus {

@@ -329,6 +329,37 @@ impl Lsdb {
         removed
     }
 
+    /// Judges every stored advert again under a new trust policy (a reload, a revocation):
+    /// an origin nothing vouches for any more is removed; returns the removed ids.
+    pub fn rejudge(&mut self, wall_ms: u64, policy: &TrustPolicy) -> Vec<NodeId> {
+        let mut removed = Vec::new();
+        for (id, entry) in &mut self.entries {
+            if *id == self.me {
+                continue;
+            }
+            let advert = &entry.advert;
+            match trust::decide_remote(
+                policy,
+                &advert.key,
+                &advert.origin,
+                advert.cert.as_deref(),
+                wall_ms,
+            ) {
+                TrustDecision::Trusted(binding) => entry.binding = binding,
+                _ => removed.push(id.clone()),
+            }
+        }
+        for id in &removed {
+            if let Some(old) = self.entries.remove(id) {
+                self.bytes -= old.size;
+                if let Some(expires) = old.expires {
+                    self.deadlines.remove(&(expires, id.clone()));
+                }
+            }
+        }
+        removed
+    }
+
     /// When [`Lsdb::expire`] next has something to remove; `None` when nothing expires.
     pub fn next_expiry(&self) -> Option<Instant> {
         self.deadlines.first().map(|(expires, _)| *expires)

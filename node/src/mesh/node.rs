@@ -16,6 +16,7 @@
 
 mod adverts;
 mod packets;
+mod reconfig;
 mod sessions;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -278,6 +279,8 @@ struct LinkSlot {
     opened: Instant,
     /// How the peer's key is bound to its id.
     binding: Option<Binding>,
+    /// The certificate the peer showed in its hello (judged again on a trust change).
+    peer_cert: Option<SignedCertificate>,
 }
 
 #[derive(Debug)]
@@ -496,6 +499,7 @@ impl MeshNode {
                 source: None,
                 opened: now,
                 binding: None,
+                peer_cert: None,
             },
         );
         id
@@ -581,6 +585,7 @@ impl MeshNode {
         };
         slot.peer = Some((node.clone(), key));
         slot.peer_epoch = epoch;
+        slot.peer_cert = cert.cloned();
         match verdict {
             Ok(binding) => {
                 slot.binding = Some(binding);
@@ -613,20 +618,13 @@ impl MeshNode {
         }
         let wall = self.wall_ms(now);
         let binding = match trust::decide_peer(&self.config.trust, key, node, cert, wall) {
-            TrustDecision::Trusted(binding) => binding,
             TrustDecision::Untrusted
                 if self.config.trust_first_contact
                     && self.links[&id].link.role() == Role::Initiator =>
             {
                 Binding::FirstSeen
             }
-            TrustDecision::Untrusted => return Err(CloseReason::UntrustedKey),
-            TrustDecision::PinnedToOther { .. } => return Err(CloseReason::KeyPinnedToOtherNode),
-            TrustDecision::IdPinnedToOtherKey => return Err(CloseReason::IdPinnedToOtherKey),
-            TrustDecision::BadCertificate(e) => {
-                tracing::warn!(link = %id, peer = %node, %key, error = %e, "refused link: bad certificate");
-                return Err(CloseReason::BadCertificate);
-            }
+            decision => admitted(id, node, key, decision)?,
         };
         let Some(existing) = self.other_link_to(node, id) else {
             return Ok(binding);
@@ -999,4 +997,23 @@ fn needs_backoff(end: &LinkEnd) -> bool {
                 | CloseReason::SendQueueFull
         ) | LinkEnd::ByUs(CloseReason::SendQueueFull)
     )
+}
+
+/// The binding a trust decision admits a peer's link with, or the reason to close it.
+fn admitted(
+    link: LinkId,
+    node: &NodeId,
+    key: &PublicKey,
+    decision: TrustDecision,
+) -> Result<Binding, CloseReason> {
+    match decision {
+        TrustDecision::Trusted(binding) => Ok(binding),
+        TrustDecision::Untrusted => Err(CloseReason::UntrustedKey),
+        TrustDecision::PinnedToOther { .. } => Err(CloseReason::KeyPinnedToOtherNode),
+        TrustDecision::IdPinnedToOtherKey => Err(CloseReason::IdPinnedToOtherKey),
+        TrustDecision::BadCertificate(e) => {
+            tracing::warn!(%link, peer = %node, %key, error = %e, "refused link: bad certificate");
+            Err(CloseReason::BadCertificate)
+        }
+    }
 }

@@ -142,6 +142,7 @@ fn reason_name(reason: CloseReason) -> &'static str {
         CloseReason::SendQueueFull => "send_queue_full",
         CloseReason::BadCertificate => "bad_certificate",
         CloseReason::TooManyHandshakes => "too_many_handshakes",
+        CloseReason::Removed => "removed",
         CloseReason::Shutdown => "shutdown",
     }
 }

@@ -258,6 +258,8 @@ pub struct Core {
     running: usize,
     timers: BTreeSet<(Instant, UnitId)>,
     actions: VecDeque<Action>,
+    /// Draining before a stop: no new local units, nothing more started from the queue.
+    draining: bool,
 }
 
 impl Core {
@@ -271,6 +273,7 @@ impl Core {
             running: 0,
             timers: BTreeSet::new(),
             actions: VecDeque::new(),
+            draining: false,
         }
     }
 
@@ -304,6 +307,26 @@ impl Core {
         self.queue.len()
     }
 
+    /// Applies new limits (a reload): more slots start queued units at once; a new
+    /// retention applies to units that finish from now on.
+    pub fn set_config(&mut self, config: CoreConfig) {
+        self.config = config;
+        self.start_queued();
+    }
+
+    /// Starts draining before a stop: new units to run here are refused
+    /// ([`WorkError::Draining`]) and queued ones wait (they start after the next start);
+    /// running units go on. Mirrors of remote units are unaffected (they resume after a
+    /// restart).
+    pub fn drain(&mut self) {
+        self.draining = true;
+    }
+
+    /// Whether draining is done: draining, and no unit runs here.
+    pub fn is_drained(&self) -> bool {
+        self.draining && self.running == 0
+    }
+
     /// Creates a unit; its files are made by [`Action::CreateFiles`] and `ticket` answered
     /// with its id once they exist (`files_created`). `offer` says what this node offers.
     ///
@@ -320,6 +343,11 @@ impl Core {
     ) -> Result<(), WorkError> {
         if self.units.contains_key(&unit.id) {
             return Err(WorkError::Internal(format!("unit id {} is taken", unit.id)));
+        }
+        if unit.node == self.me && self.draining {
+            return Err(WorkError::Draining {
+                node: self.me.clone(),
+            });
         }
         if unit.node == self.me {
             let offer = offer(&unit.work_type).ok_or_else(|| WorkError::UnknownWorkType {
@@ -540,7 +568,7 @@ impl Core {
     }
 
     fn start_queued(&mut self) {
-        while self.running < self.config.max_running {
+        while self.running < self.config.max_running && !self.draining {
             let Some(id) = self.queue.pop_front() else {
                 return;
             };

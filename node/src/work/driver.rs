@@ -178,6 +178,13 @@ pub(super) enum Command {
     Dropped {
         id: UnitId,
     },
+    Drain {
+        reply: oneshot::Sender<watch::Receiver<usize>>,
+    },
+    Reconfigure {
+        core: CoreConfig,
+        signing_key: Option<SigningKeypair>,
+    },
 }
 
 /// Runs work units on this node and mirrors units it sent to others. Cheap to clone.
@@ -186,7 +193,8 @@ pub struct Work {
     commands: mpsc::UnboundedSender<Command>,
     node: NodeId,
     store: Arc<UnitStore>,
-    max_payload: u64,
+    /// Changed by a reload, read by every payload.
+    max_payload: Arc<std::sync::atomic::AtomicU64>,
     metrics: crate::metrics::Metrics,
 }
 
@@ -223,7 +231,7 @@ impl Work {
             commands: commands.clone(),
             node: setup.node.clone(),
             store: store.clone(),
-            max_payload: setup.config.max_payload,
+            max_payload: Arc::new(setup.config.max_payload.into()),
             metrics: setup.config.metrics.clone(),
         };
         owner::spawn(owner::OwnerSetup {
@@ -317,7 +325,8 @@ impl Work {
         payload: &mut (dyn AsyncRead + Unpin + Send),
         check: impl FnOnce(&[u8; 32]) -> Result<(), WorkError>,
     ) -> Result<Taken, WorkError> {
-        let stored = store_payload(&self.store.stdin_path(id), payload, self.max_payload).await;
+        let limit = self.max_payload.load(std::sync::atomic::Ordering::Relaxed);
+        let stored = store_payload(&self.store.stdin_path(id), payload, limit).await;
         let (result, error) = match stored {
             Ok((size, digest)) => match check(&digest) {
                 Ok(()) => {
@@ -330,7 +339,7 @@ impl Work {
                 let e = WorkError::OverLimit {
                     node: self.node.clone(),
                     what: "the payload (bytes)".into(),
-                    limit: self.max_payload,
+                    limit,
                 };
                 (Err(e.to_string()), Some(e))
             }
@@ -366,6 +375,35 @@ impl Work {
     pub async fn status(&self, id: UnitId, by: &Requester) -> Result<UnitStatus, WorkError> {
         let by = by.clone();
         self.ask(|reply| Command::Status { id, by, reply }).await?
+    }
+
+    /// Starts draining before a stop (see [`crate::work::core::Core::drain`]); the receiver counts the units
+    /// still running here, and reaches 0 once all have ended.
+    ///
+    /// # Errors
+    /// [`WorkError::Stopped`] when the work layer has stopped.
+    pub async fn drain(&self) -> Result<watch::Receiver<usize>, WorkError> {
+        self.ask(|reply| Command::Drain { reply }).await
+    }
+
+    /// Applies new limits and a new work signing key (a reload): `max_running`,
+    /// `max_payload` and `keep_finished` of `config` (its metrics are kept).
+    ///
+    /// # Errors
+    /// [`WorkError::Stopped`] when the work layer has stopped.
+    pub fn reconfigure(
+        &self,
+        config: &WorkConfig,
+        signing_key: Option<SigningKeypair>,
+    ) -> Result<(), WorkError> {
+        (self.max_payload).store(config.max_payload, std::sync::atomic::Ordering::Relaxed);
+        let core = CoreConfig {
+            max_running: config.max_running,
+            keep_finished: config.keep_finished,
+        };
+        (self.commands)
+            .send(Command::Reconfigure { core, signing_key })
+            .map_err(|_| WorkError::Stopped)
     }
 
     /// Every unit `by` may see, sorted by id.

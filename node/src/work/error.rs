@@ -59,6 +59,15 @@ pub enum WorkError {
     /// The unit store failed.
     #[error(transparent)]
     Store(StoreError),
+    /// The node is draining: it finishes its running units, then stops, and takes no new
+    /// ones meanwhile.
+    #[error(
+        "node {node} is draining (it stops once its running units end) and takes no new work; submit again once it has restarted, or to another node"
+    )]
+    Draining {
+        /// The node.
+        node: NodeId,
+    },
     /// The work layer has stopped (the node is shutting down).
     #[error("the node's work layer has stopped")]
     Stopped,
@@ -94,6 +103,7 @@ impl WorkError {
                 limit: *limit,
             },
             Self::NotAllowed(refusal) => WorkRefusal::NotAllowed(refusal.clone()),
+            Self::Draining { node } => WorkRefusal::Draining { node: node.clone() },
             Self::Signature { node, source } => WorkRefusal::Signature {
                 node: node.clone(),
                 reason: source.to_string(),

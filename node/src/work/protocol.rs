@@ -174,6 +174,14 @@ pub enum WorkRefusal {
         /// What failed.
         reason: String,
     },
+    /// The node is draining before it stops and takes no new units.
+    #[error(
+        "node {node} is draining (it stops once its running units end) and takes no new work; submit again once it has restarted, or to another node"
+    )]
+    Draining {
+        /// The node.
+        node: NodeId,
+    },
     /// The peer speaks another version of this protocol.
     #[error("work protocol version mismatch: node {node} speaks v{ours}, the request v{theirs}")]
     Version {

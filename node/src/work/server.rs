@@ -28,30 +28,47 @@ use crate::mesh::driver::{MeshHandle, MeshStream, PeerIdentity};
 pub struct ServerSetup {
     /// Who may do what (replaced on reload).
     pub access: watch::Receiver<Arc<AccessPolicy>>,
-    /// Whether submissions must be signed by a trusted work signing key.
-    pub require_signed: bool,
-    /// Checks work signatures.
-    pub verifier: Verifier,
+    /// Which work signatures are required and trusted (replaced on reload).
+    pub signed: watch::Receiver<SignedWork>,
 }
+
+/// The node's rule for signed work.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SignedWork {
+    /// Whether submissions must be signed by one of `keys`.
+    pub required: bool,
+    /// The keys whose work signatures are trusted.
+    pub keys: Vec<crate::host::signing::SignerKey>,
+}
+
+/// How long a results session waits, after its last frame, for the peer to close: the
+/// session counts as in flight until the peer has everything (a draining node waits for it).
+const RESULTS_LINGER: std::time::Duration = std::time::Duration::from_secs(10);
 
 struct Server {
     work: Work,
+    /// Results sessions in flight (a draining node lets them finish).
+    results_in_flight: watch::Sender<usize>,
     access: watch::Receiver<Arc<AccessPolicy>>,
-    require_signed: bool,
+    signed: watch::Receiver<SignedWork>,
+    /// Remembers the nonces seen; its keys follow `signed`.
     verifier: Mutex<Verifier>,
 }
 
-/// Serves the `work` mesh service until the mesh stops.
-pub fn serve(work: Work, mesh: &MeshHandle, setup: ServerSetup) {
+/// Serves the `work` mesh service until the mesh stops. The receiver counts the results
+/// sessions in flight: a session ends once its peer has read the unit's end.
+pub fn serve(work: Work, mesh: &MeshHandle, setup: ServerSetup) -> watch::Receiver<usize> {
+    let (results_in_flight, sessions) = watch::channel(0);
     let service = ServiceName::new(WORK_SERVICE).expect("invariant: valid service name");
     let Ok(mut incoming) = mesh.listen(&service) else {
-        return;
+        return sessions;
     };
     let server = Arc::new(Server {
         work,
+        results_in_flight,
         access: setup.access,
-        require_signed: setup.require_signed,
-        verifier: Mutex::new(setup.verifier),
+        verifier: Mutex::new(Verifier::new(Vec::new())),
+        signed: setup.signed,
     });
     tokio::spawn(async move {
         while let Some(stream) = incoming.recv().await {
@@ -64,6 +81,23 @@ pub fn serve(work: Work, mesh: &MeshHandle, setup: ServerSetup) {
             });
         }
     });
+    sessions
+}
+
+/// Counts one session in flight while it lives.
+struct InFlight<'a>(&'a watch::Sender<usize>);
+
+impl<'a> InFlight<'a> {
+    fn enter(count: &'a watch::Sender<usize>) -> Self {
+        count.send_modify(|n| *n += 1);
+        Self(count)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 impl Server {
@@ -204,8 +238,9 @@ impl Server {
             node: self.node().clone(),
             source,
         };
+        let rule = self.signed.borrow().clone();
         match &request.signature {
-            None if self.require_signed => Err(signature_error(signature::SignatureError::Missing)),
+            None if rule.required => Err(signature_error(signature::SignatureError::Missing)),
             None => Ok(()),
             Some(sig) => {
                 let signed = Signed {
@@ -218,6 +253,7 @@ impl Server {
                     .verifier
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
+                verifier.trust(rule.keys);
                 verifier
                     .check(&signed, sig, crate::clock::now_ms())
                     .map_err(signature_error)
@@ -233,6 +269,7 @@ impl Server {
         offset: u64,
         by: &Requester,
     ) -> Result<(), ProtocolError> {
+        let _in_flight = InFlight::enter(&self.results_in_flight);
         let mut reader = match self.work.results(unit, offset, by).await {
             Ok(reader) => reader,
             Err(e) => {
@@ -275,12 +312,17 @@ async fn finish(stream: &mut MeshStream, reply: &Reply) -> Result<(), ProtocolEr
     Ok(())
 }
 
+/// Writes the last frame and waits (at most [`RESULTS_LINGER`]) for the peer to close, so
+/// the session ends only once the peer has read everything.
 async fn finish_results(
     stream: &mut MeshStream,
     frame: &ResultsFrame,
 ) -> Result<(), ProtocolError> {
     protocol::write(stream, frame).await?;
     stream.shutdown().await?;
+    let mut rest = [0u8; 256];
+    let until_closed = async { while stream.read(&mut rest).await.is_ok_and(|n| n > 0) {} };
+    let _ = tokio::time::timeout(RESULTS_LINGER, until_closed).await;
     Ok(())
 }
 

@@ -377,3 +377,43 @@ fn unoffered_work_types_and_reserved_params_are_refused() {
         Err(WorkError::UnknownWorkType { .. })
     ));
 }
+
+#[test]
+fn draining_refuses_new_local_units_holds_the_queue_and_ends_when_running_units_end() {
+    let now = Instant::now();
+    let mut core = core(1);
+    submit(&mut core, now, 1, "me", None);
+    submit(&mut core, now, 2, "me", None);
+    assert_eq!((core.running(), core.queued()), (1, 1));
+    core.drain();
+    assert!(!core.is_drained(), "unit 1 still runs");
+    let unit = NewUnit {
+        id: id(3),
+        work_type: "cat".into(),
+        params: BTreeMap::new(),
+        submitter: (node("ctl"), None),
+        node: node("me"),
+        expires_at: None,
+        sign_work: false,
+    };
+    let refused = core.create(now, WALL, Ticket(3), unit.clone(), offer);
+    assert!(
+        matches!(refused, Err(WorkError::Draining { ref node }) if node.as_str() == "me"),
+        "{refused:?}"
+    );
+    // Units for other nodes are still placed: their mirrors resume after a restart.
+    let remote = NewUnit {
+        node: node("far"),
+        ..unit
+    };
+    assert!(core.create(now, WALL, Ticket(4), remote, offer).is_ok());
+    actions(&mut core);
+    ended(&mut core, now, 1, UnitState::Succeeded);
+    let acts = actions(&mut core);
+    assert!(
+        !acts.contains(&Action::Start { id: id(2) }),
+        "the queued unit waits for the next start: {acts:?}"
+    );
+    assert_eq!(state(&core, 2), UnitState::Pending);
+    assert!(core.is_drained());
+}

@@ -56,6 +56,8 @@ struct Owner {
     tasks: HashMap<UnitId, Vec<JoinHandle<()>>>,
     /// Callers waiting for a unit to be taken (queued here, or started remotely, or failed).
     taken_waiters: HashMap<UnitId, Vec<oneshot::Sender<UnitStatus>>>,
+    /// Once draining: how many units still run here.
+    draining: Option<watch::Sender<usize>>,
 }
 
 pub(super) fn spawn(o: OwnerSetup) {
@@ -87,13 +89,14 @@ pub(super) fn spawn(o: OwnerSetup) {
         stops: HashMap::new(),
         tasks: HashMap::new(),
         taken_waiters: HashMap::new(),
+        draining: None,
     };
     let recovered = o.recovered;
     let mut rx = o.rx;
     tokio::spawn(async move {
         let now = Instant::now().into_std();
         owner.core.recover(now, crate::clock::now_ms(), recovered);
-        owner.drain();
+        owner.run_actions();
         loop {
             let deadline = owner.core.poll_timeout().map(Instant::from_std);
             let sleep = async {
@@ -111,7 +114,7 @@ pub(super) fn spawn(o: OwnerSetup) {
                     owner.core.handle_timeout(Instant::now().into_std(), crate::clock::now_ms());
                 }
             }
-            owner.drain();
+            owner.run_actions();
         }
     });
 }
@@ -190,6 +193,17 @@ impl Owner {
             } => self.core.mirror_ended(now, id, local_size, outcome),
             Command::RemoteCancelled { id, result } => self.core.remote_cancelled(id, result),
             Command::RemoteReleased { id, result } => self.core.remote_released(now, id, result),
+            Command::Reconfigure { core, signing_key } => {
+                self.ctx.signing_key = signing_key.map(Arc::new);
+                self.core.set_config(core);
+            }
+            Command::Drain { reply } => {
+                self.core.drain();
+                let running = self
+                    .draining
+                    .get_or_insert_with(|| watch::channel(self.core.running()).0);
+                let _ = reply.send(running.subscribe());
+            }
             Command::Dropped { id } => {
                 for (reply, result) in self.dropping.remove(&id).unwrap_or_default() {
                     let _ = reply.send(result);
@@ -287,11 +301,14 @@ impl Owner {
     }
 
     /// Executes the core's actions, then answers whoever waits for a unit to be taken.
-    fn drain(&mut self) {
+    fn run_actions(&mut self) {
         while let Some(action) = self.core.poll_action() {
             self.execute(action);
         }
         self.settle_taken();
+        if let Some(running) = &self.draining {
+            running.send_if_modified(|n| std::mem::replace(n, self.core.running()) != *n);
+        }
         self.ctx.metrics.queue_depth(self.core.queued());
     }
 
