@@ -92,6 +92,8 @@ pub struct Node {
     env: Vec<(String, String)>,
     /// Words run before the binary, such as `ip netns exec NS` (empty: run it directly).
     wrap: Vec<String>,
+    /// `RLIMIT_NOFILE` (soft and hard) the process starts with, when set.
+    nofile: Option<u64>,
 }
 
 impl Mesh {
@@ -135,7 +137,18 @@ impl Mesh {
         extra: &[String],
         env: &[(&str, &str)],
     ) -> usize {
-        self.start_wrapped(identity, "127.0.0.1:0", &[], extra, env)
+        self.launch(identity, "127.0.0.1:0", &[], extra, env, None)
+    }
+
+    /// Like [`Mesh::start`], with the node's open files limit (soft and hard, so the node
+    /// cannot raise it) set to `nofile`.
+    pub fn start_with_nofile(
+        &mut self,
+        identity: &Identity,
+        extra: &[String],
+        nofile: u64,
+    ) -> usize {
+        self.launch(identity, "127.0.0.1:0", &[], extra, &[], Some(nofile))
     }
 
     /// Starts `warren node` for `identity` listening on `listen`, run through the command
@@ -148,6 +161,18 @@ impl Mesh {
         wrap: &[String],
         extra: &[String],
         env: &[(&str, &str)],
+    ) -> usize {
+        self.launch(identity, listen, wrap, extra, env, None)
+    }
+
+    fn launch(
+        &mut self,
+        identity: &Identity,
+        listen: &str,
+        wrap: &[String],
+        extra: &[String],
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
     ) -> usize {
         let name = &identity.id;
         let socket = self.path(&format!("{name}.sock"));
@@ -178,6 +203,7 @@ impl Mesh {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
             wrap: wrap.to_vec(),
+            nofile,
         };
         node.spawn(&self.path(&format!("{name}.ready")));
         self.nodes.push(node);
@@ -275,7 +301,11 @@ impl Node {
             }
             None => (warren_bin(), Vec::new()),
         };
-        let child = Command::new(program)
+        let mut command = Command::new(program);
+        if let Some(nofile) = self.nofile {
+            limit_open_files(&mut command, nofile);
+        }
+        let child = command
             .args(&words)
             .args(&args)
             .env("RUST_LOG", "warren=debug")
@@ -349,6 +379,11 @@ impl Node {
         }
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child
@@ -385,6 +420,49 @@ pub fn default_port_lock() -> std::fs::File {
 /// Where [`default_port_lock`] and `scripts/demo.sh` lock port 8888.
 pub fn default_port_lock_path() -> PathBuf {
     std::env::temp_dir().join("warren-port-8888.lock")
+}
+
+/// Makes `command`'s process start with at most `nofile` open files (soft and hard limit).
+pub fn limit_open_files(command: &mut Command, nofile: u64) {
+    use std::os::unix::process::CommandExt;
+    let limit = libc::rlimit {
+        rlim_cur: nofile,
+        rlim_max: nofile,
+    };
+    // SAFETY: setrlimit is async-signal-safe and only reads `limit`, a copy owned by the
+    // closure; nothing else runs between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+}
+
+/// Runs `warren ARGS` that must exit by itself (such as a node that refuses to start),
+/// killing it and failing the test if it is still running after [`DEADLINE`].
+pub fn warren_exits(args: &[&str]) -> Output {
+    let mut child = Command::new(warren_bin())
+        .args(args)
+        .env_remove("WARREN_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run warren");
+    let start = Instant::now();
+    while child.try_wait().expect("wait for warren").is_none() {
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("warren output");
+            panic!("warren {args:?} still running after {DEADLINE:?}: {out:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("warren output")
 }
 
 /// `--trust NODE=TOKEN` flags for `peers`.

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 
 use crate::access::{AccessPolicy, Act};
 use crate::ca::{Authorities, SignedCertificate, SignedRevocationList};
-use crate::config::{Config, EndpointAddr, LinkCost, ListenConfig, Scheme, TlsConfig};
+use crate::config::{Config, LinkCost, ListenConfig, Scheme, TlsConfig};
 use crate::control::{ControlSocket, ListenError, default_socket_path, serve_session};
 use crate::host::registry::{self, Registry};
 use crate::host::runner::{Host, HostError};
@@ -305,24 +305,8 @@ pub(crate) fn trust_settings(
     Ok((trust_policy(config)?, own_certificate(config, &keys)?))
 }
 
-/// How to dial `addr`: TCP, or a WebSocket (through the environment's proxy), over TLS
-/// trusting the system's roots and `extra_roots` for `wss://`.
-///
-/// # Errors
-/// [`TlsError`] when the roots cannot be loaded for a `wss://` address.
-pub fn dial_for(addr: &EndpointAddr, extra_roots: &[PathBuf]) -> Result<Dial, TlsError> {
-    Ok(match addr.scheme {
-        Scheme::Tcp => Dial::Tcp,
-        Scheme::Ws => Dial::Ws {
-            path: addr.path.clone(),
-            tls: None,
-        },
-        Scheme::Wss => Dial::Ws {
-            path: addr.path.clone(),
-            tls: Some(tls::client_config(extra_roots)?),
-        },
-    })
-}
+/// How to dial `addr` (the client's helper, shared with the daemon's peers).
+pub use crate::client::dial_for;
 
 /// Starts a node: binds its listeners and control socket, starts the mesh. `source`
 /// re-reads the config for `reload` (`None`: started from flags, nothing to re-read).
@@ -362,7 +346,9 @@ pub async fn start(
         Some(_) => Metrics::new(),
         None => Metrics::default(),
     };
-    let mut host = Host::new(&component_cache(config)).map_err(StartError::Host)?;
+    let mut host = Host::new(&component_cache(config))
+        .map_err(StartError::Host)?
+        .with_free_space_floor(config.work.free_space_floor);
     host.set_metrics(metrics.clone());
     let host = Arc::new(host);
     let driver_config = DriverConfig {
@@ -396,6 +382,7 @@ pub async fn start(
             max_payload: config.work.max_payload,
             keep_finished: config.work.keep_finished,
             metrics: metrics.clone(),
+            free_space_floor: config.work.free_space_floor,
         },
         mesh: Some(mesh.clone()),
         signing_key: work_signing_key(config)?,

@@ -19,6 +19,8 @@ mod packets;
 mod reconfig;
 mod sessions;
 
+pub use adverts::AdvertCounts;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -261,6 +263,8 @@ pub struct MeshStatus {
     pub routes: BTreeMap<NodeId, Route>,
     /// Every node's latest advert, ours included.
     pub adverts: Vec<Advert>,
+    /// What became of the adverts received so far.
+    pub advert_counts: AdvertCounts,
 }
 
 #[derive(Debug)]
@@ -348,9 +352,10 @@ pub struct MeshNode {
     advert_due: Option<Instant>,
     refresh_due: Instant,
     sweep_due: Instant,
-    adverts_refused: u64,
+    advert_counts: AdvertCounts,
     refusal_log: LogLimiter,
     handshake_log: LogLimiter,
+    version_log: LogLimiter,
     events: VecDeque<Event>,
 }
 
@@ -381,9 +386,10 @@ impl MeshNode {
             advert_due: None,
             refresh_due: now + config.refresh_interval,
             sweep_due: now + SWEEP_INTERVAL,
-            adverts_refused: 0,
+            advert_counts: AdvertCounts::default(),
             refusal_log: LogLimiter::default(),
             handshake_log: LogLimiter::default(),
+            version_log: LogLimiter::default(),
             events: VecDeque::new(),
             config,
         };
@@ -744,6 +750,15 @@ impl MeshNode {
                 "peer refused our key; to be trusted, the peer's operator must add `--trust {}={}`",
                 self.config.id, self.config.keys.public()
             );
+        } else if is_version_mismatch(&end) {
+            // Before authentication: anyone can cause it, so at most one line a second.
+            if self.version_log.allow(now) {
+                tracing::warn!(
+                    link = %id, %end,
+                    "link refused: mesh protocol versions differ; upgrade the older node \
+                     (further refusals within a second are not logged)"
+                );
+            }
         } else if was_up {
             tracing::info!(link = %id, peer = ?peer, %end, "link down");
         } else {
@@ -878,6 +893,7 @@ impl MeshNode {
             links,
             routes: self.routes().clone(),
             adverts: self.lsdb.adverts().cloned().collect(),
+            advert_counts: self.advert_counts.clone(),
         }
     }
 
@@ -958,7 +974,7 @@ impl MeshNode {
 
     /// Adverts refused so far.
     pub(crate) fn adverts_refused(&self) -> u64 {
-        self.adverts_refused
+        self.advert_counts.refused_total()
     }
 
     /// Number of adverts stored.
@@ -978,6 +994,15 @@ fn log_refusal(id: LinkId, node: &NodeId, key: &PublicKey, reason: CloseReason) 
         }
         _ => tracing::warn!(link = %id, peer = %node, key = %key, %reason, "refused link"),
     }
+}
+
+/// Whether a link ended because the two nodes speak different protocol versions.
+fn is_version_mismatch(end: &LinkEnd) -> bool {
+    matches!(
+        end,
+        LinkEnd::ByUs(CloseReason::VersionMismatch { .. })
+            | LinkEnd::ByPeer(CloseReason::VersionMismatch { .. })
+    )
 }
 
 /// Whether redialling at once cannot help: the peer turned the link away as soon as it was
