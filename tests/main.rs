@@ -18,6 +18,7 @@ mod control_socket;
 mod demo;
 mod deploy;
 mod docs;
+mod faults;
 mod hostile_worker;
 mod limits;
 mod mesh;

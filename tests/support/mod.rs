@@ -2,6 +2,9 @@
 //! that die with the test, waiting for conditions with deadlines, and dumping node logs
 //! when something fails.
 
+pub mod netns;
+pub mod wire;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -87,6 +90,8 @@ pub struct Node {
     child: Option<Child>,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// Words run before the binary, such as `ip netns exec NS` (empty: run it directly).
+    wrap: Vec<String>,
     /// `RLIMIT_NOFILE` (soft and hard) the process starts with, when set.
     nofile: Option<u64>,
 }
@@ -132,7 +137,7 @@ impl Mesh {
         extra: &[String],
         env: &[(&str, &str)],
     ) -> usize {
-        self.launch(identity, extra, env, None)
+        self.launch(identity, "127.0.0.1:0", &[], extra, env, None)
     }
 
     /// Like [`Mesh::start`], with the node's open files limit (soft and hard, so the node
@@ -143,12 +148,28 @@ impl Mesh {
         extra: &[String],
         nofile: u64,
     ) -> usize {
-        self.launch(identity, extra, &[], Some(nofile))
+        self.launch(identity, "127.0.0.1:0", &[], extra, &[], Some(nofile))
+    }
+
+    /// Starts `warren node` for `identity` listening on `listen`, run through the command
+    /// prefix `wrap` (such as `ip netns exec NS`), with extra flags and environment; waits
+    /// for its ready file. Returns the node's index.
+    pub fn start_wrapped(
+        &mut self,
+        identity: &Identity,
+        listen: &str,
+        wrap: &[String],
+        extra: &[String],
+        env: &[(&str, &str)],
+    ) -> usize {
+        self.launch(identity, listen, wrap, extra, env, None)
     }
 
     fn launch(
         &mut self,
         identity: &Identity,
+        listen: &str,
+        wrap: &[String],
         extra: &[String],
         env: &[(&str, &str)],
         nofile: Option<u64>,
@@ -167,7 +188,7 @@ impl Mesh {
             "--control-socket".into(),
             socket.display().to_string(),
             "--listen".into(),
-            "127.0.0.1:0".into(),
+            listen.into(),
         ];
         args.extend(extra.iter().cloned());
         let mut node = Node {
@@ -181,6 +202,7 @@ impl Mesh {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
+            wrap: wrap.to_vec(),
             nofile,
         };
         node.spawn(&self.path(&format!("{name}.ready")));
@@ -271,11 +293,20 @@ impl Node {
             .expect("log file");
         let mut args = self.args.clone();
         args.extend(["--ready-file".into(), ready.display().to_string()]);
-        let mut command = Command::new(warren_bin());
+        let (program, words) = match self.wrap.split_first() {
+            Some((first, rest)) => {
+                let mut words = rest.to_vec();
+                words.push(warren_bin().display().to_string());
+                (PathBuf::from(first), words)
+            }
+            None => (warren_bin(), Vec::new()),
+        };
+        let mut command = Command::new(program);
         if let Some(nofile) = self.nofile {
             limit_open_files(&mut command, nofile);
         }
         let child = command
+            .args(&words)
             .args(&args)
             .env("RUST_LOG", "warren=debug")
             .env("WARREN_COMPONENT_CACHE", component_cache())

@@ -81,26 +81,22 @@ async fn submit_and_follow(
         result
     };
     let interrupted = std::sync::atomic::AtomicBool::new(false);
-    let cancel_on_interrupt = async {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            interrupted.store(true, std::sync::atomic::Ordering::Relaxed);
-            let unit = *unit_cell
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            match unit {
-                Some(unit) => {
-                    eprintln!("interrupted: cancelling unit {unit} on {node}");
-                    if let Err(e) = client.cancel(node, unit).await {
-                        eprintln!(
-                            "could not cancel: {}",
-                            crate::terminal::sanitize(&e.to_string())
-                        );
-                    }
-                }
-                None => eprintln!("interrupted before the unit was created on {node}"),
-            }
+    let unit_now = || {
+        *unit_cell
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    // The first Ctrl-C cancels the unit and goes on reading to its end; the second stops
+    // waiting (the node may be out of reach, so that end may never come).
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            return std::future::pending::<()>().await;
         }
-        std::future::pending::<()>().await;
+        interrupted.store(true, std::sync::atomic::Ordering::Relaxed);
+        tokio::select! {
+            () = cancel(&client, node, unit_now()) => std::future::pending::<()>().await,
+            _ = tokio::signal::ctrl_c() => {}
+        }
     };
     let work = async {
         tokio::join!(
@@ -111,7 +107,7 @@ async fn submit_and_follow(
     };
     let (sent, followed, processed) = tokio::select! {
         done = work => done,
-        () = cancel_on_interrupt => unreachable!("pending forever"),
+        () = interrupt => return stop_waiting(prepared, node, unit_now()),
     };
     let followed = followed.map_err(|e| anyhow::anyhow!("{e}"));
     let (unit, unit_status) = match (followed, sent) {
@@ -148,6 +144,38 @@ async fn submit_and_follow(
     // events and facts) need not outlive the run.
     release(&client, node, unit).await;
     Ok(outcome)
+}
+
+/// Asks `node` to cancel `unit` (after a first Ctrl-C), saying so.
+async fn cancel(client: &WorkClient, node: &NodeId, unit: Option<UnitId>) {
+    let Some(unit) = unit else {
+        eprintln!("interrupted before the unit was created on {node}");
+        return;
+    };
+    eprintln!("interrupted: cancelling unit {unit} on {node} (Ctrl-C again to stop waiting)");
+    if let Err(e) = client.cancel(node, unit).await {
+        eprintln!(
+            "could not cancel: {}",
+            crate::terminal::sanitize(&e.to_string())
+        );
+    }
+}
+
+/// A second Ctrl-C: the run ends as a cancelled one without waiting for the unit's end,
+/// saying what may be left on the node.
+fn stop_waiting(
+    prepared: &Prepared,
+    node: &NodeId,
+    unit: Option<UnitId>,
+) -> anyhow::Result<ProcessOutcome> {
+    match unit {
+        Some(unit) => eprintln!(
+            "stopped waiting for unit {unit} on {node}; if the cancel did not reach it, it \
+             may still be running there"
+        ),
+        None => eprintln!("stopped before the unit was created on {node}"),
+    }
+    super::canceled_outcome(&prepared.process)
 }
 
 /// Releases the unit on `node` (its files are no longer wanted there); a failure is only
