@@ -310,6 +310,8 @@ pub struct Report {
     pub routes: usize,
     /// Adverts the node stored at the end (its own included).
     pub adverts: usize,
+    /// Links the node closed.
+    pub links_closed: usize,
 }
 
 impl Harness {
@@ -477,6 +479,7 @@ impl Harness {
             Transmit::Close { link } => {
                 if let Some(l) = self.links.iter_mut().find(|l| l.id == link) {
                     l.state = PeerState::Closed;
+                    self.report.links_closed += 1;
                 }
             }
         }

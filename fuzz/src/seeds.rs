@@ -193,8 +193,8 @@ fn sample_messages() -> Vec<(&'static str, Message)> {
 
 fn mesh_frames() -> Vec<Seed> {
     let messages: Vec<Message> = sample_messages().into_iter().map(|(_, m)| m).collect();
-    let mut too_large = vec![0u8];
-    too_large.extend_from_slice(&(2u32 << 20).to_be_bytes());
+    // A frame prefix announcing 2 MiB (its first byte, 0, is also the cut).
+    let too_large = (2u32 << 20).to_be_bytes().to_vec();
     vec![
         seed("mesh_frame", "frames", framed(&messages), &["frame"]),
         seed("mesh_frame", "handshake-1", first_handshake_message(), &["noise"]),
@@ -420,20 +420,26 @@ fn mesh_nodes() -> Vec<Seed> {
         seed(
             t,
             "certified-peer",
-            with_setup(1, OpsWriter::new().op(2, &connect(3, 3, 1))),
+            // The node's link is up once the peer's first frame proves it took the hello.
+            with_setup(
+                1,
+                OpsWriter::new()
+                    .op(2, &connect(3, 3, 1))
+                    .op(5, &advert_op(0, 3, &[(0, 1000)])),
+            ),
             &["link-up", "hello"],
         ),
         seed(
             t,
             "stranger-refused",
             with_setup(0, OpsWriter::new().op(2, &connect(5, 5, 0))),
-            &["close"],
+            &["link-closed"],
         ),
         seed(
             t,
             "impostor-refused",
             with_setup(0, OpsWriter::new().op(2, &connect(4, 1, 0))),
-            &["close"],
+            &["link-closed"],
         ),
         seed(
             t,
@@ -459,10 +465,11 @@ fn mesh_nodes() -> Vec<Seed> {
                 0,
                 two_links()
                     .op(8, &[2, 0])
-                    .op(6, &[0x10, 0x27])
+                    .op(6, &[0xdc, 0x05])
+                    .op(6, &[0xdc, 0x05])
                     .op(6, &[0xff, 0xff]),
             ),
-            &["two-links", "packet", "keepalive"],
+            &["two-links", "packet", "keepalive", "link-closed"],
         ),
     ]
 }

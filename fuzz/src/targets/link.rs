@@ -32,6 +32,8 @@ pub fn link_handshake(data: &[u8]) -> Reached {
         3 => Hand::responder(),
         _ => Hand::Raw,
     };
+    // An initiator under test has sent message 1 already: a responder hand reads it first.
+    hand.listen(&mut t);
     for op in Ops::new(rest).take(MAX_OPS) {
         match op.tag % 4 {
             0 => hand.speak(&mut t, op.data),

@@ -335,6 +335,9 @@ fn report_milestones(report: crate::mesh::Report) -> Reached {
     for kind in report.sent.keys() {
         reached.push(kind);
     }
+    if report.links_closed > 0 {
+        reached.push("link-closed");
+    }
     if report.adverts > 1 {
         reached.push("adverts-stored");
     }
