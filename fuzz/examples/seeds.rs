@@ -54,7 +54,12 @@ fn write(repo: &Path, dir: &Path) -> Result<()> {
     }
     for seed in &seeds {
         std::fs::write(dir.join(seed.target).join(seed.name), &seed.bytes)?;
-        expected.push_str(&format!("{} {} {}\n", seed.target, seed.name, seed.expect.join(",")));
+        expected.push_str(&format!(
+            "{} {} {}\n",
+            seed.target,
+            seed.name,
+            seed.expect.join(",")
+        ));
     }
     std::fs::write(dir.join("EXPECTED"), expected)?;
     println!("wrote {} seeds to {}", seeds.len(), dir.display());
@@ -72,7 +77,11 @@ fn check(dir: &Path) -> Result<()> {
         let milestones = parts.next().unwrap_or("");
         expected.insert(
             (t.to_owned(), n.to_owned()),
-            milestones.split(',').filter(|m| !m.is_empty()).map(str::to_owned).collect(),
+            milestones
+                .split(',')
+                .filter(|m| !m.is_empty())
+                .map(str::to_owned)
+                .collect(),
         );
     }
     let mut failures = Vec::new();
@@ -85,20 +94,34 @@ fn check(dir: &Path) -> Result<()> {
         files.sort();
         ensure!(!files.is_empty(), "no seeds for {target}");
         for file in files {
-            let name = file.file_name().context("named")?.to_string_lossy().into_owned();
+            let name = file
+                .file_name()
+                .context("named")?
+                .to_string_lossy()
+                .into_owned();
             let reached = body(&std::fs::read(&file)?);
             count += 1;
             let want = expected.get(&((*target).to_owned(), name.clone()));
             let missing: Vec<&String> = want
-                .map(|w| w.iter().filter(|m| !reached.contains(&m.as_str())).collect())
+                .map(|w| {
+                    w.iter()
+                        .filter(|m| !reached.contains(&m.as_str()))
+                        .collect()
+                })
                 .unwrap_or_default();
             if !missing.is_empty() {
-                failures.push(format!("{target}/{name}: missed {missing:?}, reached {reached:?}"));
+                failures.push(format!(
+                    "{target}/{name}: missed {missing:?}, reached {reached:?}"
+                ));
             }
         }
     }
     if !failures.is_empty() {
-        bail!("{} seeds miss their milestones:\n{}", failures.len(), failures.join("\n"));
+        bail!(
+            "{} seeds miss their milestones:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
     }
     println!("{count} seeds reach their milestones");
     Ok(())
@@ -125,15 +148,17 @@ fn check_regressions(dir: &Path) -> Result<()> {
 fn real_worker_stream(repo: &Path) -> Result<Vec<u8>> {
     let bin = repo.join(".venv/bin");
     let runner = bin.join("ansible-runner");
-    ensure!(runner.is_file(), "{} is missing: run scripts/setup-python.sh", runner.display());
+    ensure!(
+        runner.is_file(),
+        "{} is missing: run scripts/setup-python.sh",
+        runner.display()
+    );
     let demo = tempfile::tempdir()?;
     let copy = demo.path().join("demo");
     copy_tree(&repo.join("examples/demo"), &copy)?;
-    let path = std::env::join_paths(
-        std::iter::once(bin.clone()).chain(std::env::split_paths(
-            &std::env::var_os("PATH").unwrap_or_default(),
-        )),
-    )?;
+    let path = std::env::join_paths(std::iter::once(bin.clone()).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))?;
     let run = |args: &[&str], input: &[u8]| -> Result<Vec<u8>> {
         let mut child = Command::new(&runner)
             .args(args)
@@ -146,7 +171,11 @@ fn real_worker_stream(repo: &Path) -> Result<Vec<u8>> {
             .spawn()?;
         child.stdin.take().context("stdin")?.write_all(input)?;
         let out = child.wait_with_output()?;
-        ensure!(out.status.success(), "ansible-runner {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        ensure!(
+            out.status.success(),
+            "ansible-runner {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Ok(out.stdout)
     };
     let copy_str = copy.to_str().context("utf-8 temp path")?;

@@ -323,7 +323,10 @@ impl Harness {
         config.rng_seed = 7;
         let clock = Clock::new();
         let mut node = MeshNode::new(config, clock.now());
-        node.listen(clock.now(), ServiceName::new(SERVICE).expect("valid service"));
+        node.listen(
+            clock.now(),
+            ServiceName::new(SERVICE).expect("valid service"),
+        );
         let mut harness = Self {
             node,
             clock,
@@ -345,7 +348,9 @@ impl Harness {
     pub fn accept(&mut self, source: u8) -> usize {
         let now = self.clock.now();
         let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, source));
-        let id = self.node.handle_accepted(now, Cost::from_millis(1000), Some(ip));
+        let id = self
+            .node
+            .handle_accepted(now, Cost::from_millis(1000), Some(ip));
         self.links.push(PeerLink {
             id,
             state: PeerState::Raw,

@@ -64,7 +64,13 @@ impl Scratch {
         );
         let outside = std::fs::read_dir(root.join("outside")).expect("outside is a dir");
         assert_eq!(outside.count(), 0, "something was written into outside/");
-        let allowed = ["victim", "outside", "pdd", "pdd/artifacts", "pdd/artifacts/ident"];
+        let allowed = [
+            "victim",
+            "outside",
+            "pdd",
+            "pdd/artifacts",
+            "pdd/artifacts/ident",
+        ];
         walk(root, &mut |path| {
             let relative = path.strip_prefix(root).expect("walked beneath the root");
             let inside = relative.starts_with("pdd/artifacts/ident");

@@ -129,9 +129,18 @@ fn sample_messages() -> Vec<(&'static str, Message)> {
     vec![
         ("keepalive", Message::Keepalive),
         ("rekey", Message::Rekey),
-        ("close", Message::Close(CloseReason::VersionMismatch { sender: 2, receiver: 1 })),
+        (
+            "close",
+            Message::Close(CloseReason::VersionMismatch {
+                sender: 2,
+                receiver: 1,
+            }),
+        ),
         ("hello", Message::Hello(Box::new(hello))),
-        ("advert", Message::Advert(advert(6, 3, &[(0, 1000), (2, 2500)]))),
+        (
+            "advert",
+            Message::Advert(advert(6, 3, &[(0, 1000), (2, 2500)])),
+        ),
         (
             "summary",
             Message::DbSummary {
@@ -186,7 +195,11 @@ fn sample_messages() -> Vec<(&'static str, Message)> {
         ),
         (
             "stream-reset",
-            packet(1, 2, stream(1, 9, StreamKind::Reset(ResetReason::PathBroken))),
+            packet(
+                1,
+                2,
+                stream(1, 9, StreamKind::Reset(ResetReason::PathBroken)),
+            ),
         ),
     ]
 }
@@ -197,7 +210,12 @@ fn mesh_frames() -> Vec<Seed> {
     let too_large = (2u32 << 20).to_be_bytes().to_vec();
     vec![
         seed("mesh_frame", "frames", framed(&messages), &["frame"]),
-        seed("mesh_frame", "handshake-1", first_handshake_message(), &["noise"]),
+        seed(
+            "mesh_frame",
+            "handshake-1",
+            first_handshake_message(),
+            &["noise"],
+        ),
         seed("mesh_frame", "too-large", too_large, &["too-large"]),
     ]
 }
@@ -278,16 +296,16 @@ fn link_handshakes() -> Vec<Seed> {
         seed(
             t,
             "hand-initiator-old-version",
-            with_setup(hand(2), OpsWriter::new().op(0, &pc(&Preamble { version: 1 }))),
+            with_setup(
+                hand(2),
+                OpsWriter::new().op(0, &pc(&Preamble { version: 1 })),
+            ),
             &["closed"],
         ),
         seed(
             t,
             "hand-initiator-refused",
-            with_setup(
-                hand(2) | 4,
-                OpsWriter::new().op(0, &preamble).op(0, &hello),
-            ),
+            with_setup(hand(2) | 4, OpsWriter::new().op(0, &preamble).op(0, &hello)),
             &["identified", "closed"],
         ),
         seed(
@@ -361,7 +379,12 @@ fn lsdb_adverts() -> Vec<Seed> {
             with_setup(0xf8, OpsWriter::new().op(0, &bent)),
             &["stored"],
         ),
-        seed(t, "expire", with_setup(0xf8, expire), &["stored", "expired"]),
+        seed(
+            t,
+            "expire",
+            with_setup(0xf8, expire),
+            &["stored", "expired"],
+        ),
         seed(
             t,
             "certified-far",
@@ -409,7 +432,14 @@ fn mesh_nodes() -> Vec<Seed> {
             t,
             "two-links-adverts",
             with_setup(0, two_links().op(11, &[2])),
-            &["link-up", "two-links", "adverts-stored", "routes", "advert", "summary"],
+            &[
+                "link-up",
+                "two-links",
+                "adverts-stored",
+                "routes",
+                "advert",
+                "summary",
+            ],
         ),
         seed(
             t,
@@ -455,7 +485,10 @@ fn mesh_nodes() -> Vec<Seed> {
         seed(
             t,
             "db-sync-request",
-            with_setup(0, OpsWriter::new().op(2, &connect(1, 1, 0)).op(3, &summary_op)),
+            with_setup(
+                0,
+                OpsWriter::new().op(2, &connect(1, 1, 0)).op(3, &summary_op),
+            ),
             &["link-up", "request"],
         ),
         seed(
@@ -496,7 +529,9 @@ fn mesh_sessions() -> Vec<Seed> {
     let t = "mesh_session";
     let inner = |m: StreamInner| m.encode();
     let open = |number: u8, seq: u8| OpsWriter::new().op(11, &[number, seq]);
-    let data = inner(StreamInner::Data(Bytes::from_static(b"hello over the circuit")));
+    let data = inner(StreamInner::Data(Bytes::from_static(
+        b"hello over the circuit",
+    )));
     let mut data_op = vec![0u8];
     data_op.extend(&data);
     let mut fin_op = vec![0u8];
@@ -558,7 +593,10 @@ fn mesh_sessions() -> Vec<Seed> {
         seed(
             t,
             "idle",
-            open(1, 0).op(7, &[0xff, 0xff]).op(7, &[0xff, 0xff]).finish(),
+            open(1, 0)
+                .op(7, &[0xff, 0xff])
+                .op(7, &[0xff, 0xff])
+                .finish(),
             &["incoming"],
         ),
     ]
@@ -646,7 +684,12 @@ fn work_protocol() -> Vec<Seed> {
         ResultsFrame::End(status),
     ];
     vec![
-        seed(t, "requests", written(&requests), &["request", "signed-submit"]),
+        seed(
+            t,
+            "requests",
+            written(&requests),
+            &["request", "signed-submit"],
+        ),
         seed(t, "replies", written(&replies), &["reply"]),
         seed(t, "results", written(&frames), &["results"]),
     ]
@@ -656,7 +699,9 @@ fn written<T: serde::Serialize>(messages: &[T]) -> Vec<u8> {
     crate::runtime().block_on(async {
         let mut out = Vec::new();
         for m in messages {
-            protocol::write(&mut out, m).await.expect("writes to memory");
+            protocol::write(&mut out, m)
+                .await
+                .expect("writes to memory");
         }
         out
     })
@@ -694,7 +739,11 @@ fn worker(lines: &[&str], zip: &[u8]) -> Vec<u8> {
         out.push(b'\n');
     }
     out.extend_from_slice(format!("{{\"zipfile\": {}}}\n", zip.len()).as_bytes());
-    out.extend_from_slice(base64::engine::general_purpose::STANDARD.encode(zip).as_bytes());
+    out.extend_from_slice(
+        base64::engine::general_purpose::STANDARD
+            .encode(zip)
+            .as_bytes(),
+    );
     out.extend_from_slice(b"{\"eof\": true}\n");
     out
 }
@@ -717,19 +766,28 @@ fn zeros() -> Vec<u8> {
 
 fn worker_streams(repo: &Path, real: Option<&[u8]>) -> Vec<Seed> {
     let t = "worker_stream";
-    let plain = zip_of(&[("rc", b"0", 0o644), ("status", b"successful", 0o644)], &[]);
+    let plain = zip_of(
+        &[("rc", b"0", 0o644), ("status", b"successful", 0o644)],
+        &[],
+    );
     let symlink_swap = zip_of(
         &[("rc", b"0", 0o644)],
         &[("job_events/1-pwn.json", "../../../victim")],
     );
-    let slip = zip_of(&[("../../../victim", b"pwned", 0o644), ("rc", b"1", 0o644)], &[]);
+    let slip = zip_of(
+        &[("../../../victim", b"pwned", 0o644), ("rc", b"1", 0o644)],
+        &[],
+    );
     let bomb = zip_of(&[("stdout", &zeros(), 0o644), ("rc", b"0", 0o644)], &[]);
     let pwn_event = r#"{"uuid": "pwn", "counter": 1, "stdout": "x"}"#;
     let mut seeds = vec![
         seed(
             t,
             "small-successful",
-            with_byte(0, &worker(&[STARTING, EVENT, OSC_EVENT, SUCCESSFUL], &plain)),
+            with_byte(
+                0,
+                &worker(&[STARTING, EVENT, OSC_EVENT, SUCCESSFUL], &plain),
+            ),
             &["eof", "events", "rc"],
         ),
         seed(
@@ -741,9 +799,13 @@ fn worker_streams(repo: &Path, real: Option<&[u8]>) -> Vec<Seed> {
         seed(
             t,
             "symlink-swap",
-            with_byte(0, &worker(&[STARTING], &symlink_swap).into_iter().chain(
-                format!("{pwn_event}\n").into_bytes(),
-            ).collect::<Vec<u8>>()),
+            with_byte(
+                0,
+                &worker(&[STARTING], &symlink_swap)
+                    .into_iter()
+                    .chain(format!("{pwn_event}\n").into_bytes())
+                    .collect::<Vec<u8>>(),
+            ),
             &[],
         ),
         seed(
@@ -772,11 +834,26 @@ fn worker_streams(repo: &Path, real: Option<&[u8]>) -> Vec<Seed> {
         ),
     ];
     if let Some(stream) = real {
-        seeds.push(seed(t, "demo-real", with_byte(0, stream), &["eof", "events", "rc"]));
-        seeds.push(seed(t, "demo-real-small-caps", with_byte(8, stream), &["eof", "rc"]));
+        seeds.push(seed(
+            t,
+            "demo-real",
+            with_byte(0, stream),
+            &["eof", "events", "rc"],
+        ));
+        seeds.push(seed(
+            t,
+            "demo-real-small-caps",
+            with_byte(8, stream),
+            &["eof", "rc"],
+        ));
     }
     if let Some(transmit) = demo_transmit(repo) {
-        seeds.push(seed(t, "demo-transmit-stream", with_byte(1, &transmit), &["eof"]));
+        seeds.push(seed(
+            t,
+            "demo-transmit-stream",
+            with_byte(1, &transmit),
+            &["eof"],
+        ));
     }
     seeds
 }
@@ -806,10 +883,16 @@ fn zip_in(stream: &[u8]) -> Option<Vec<u8>> {
     let text = std::str::from_utf8(stream).ok()?;
     let start = text.find("{\"zipfile\": ")?;
     let line_end = start + text[start..].find('\n')?;
-    let len: usize = text[start + 12..line_end].trim_end_matches('}').trim().parse().ok()?;
+    let len: usize = text[start + 12..line_end]
+        .trim_end_matches('}')
+        .trim()
+        .parse()
+        .ok()?;
     let encoded_len = len.div_ceil(3) * 4;
     let encoded = &text[line_end + 1..line_end + 1 + encoded_len];
-    base64::engine::general_purpose::STANDARD.decode(encoded).ok()
+    base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()
 }
 
 fn artifacts(real: Option<&[u8]>) -> Vec<Seed> {
@@ -842,7 +925,10 @@ fn artifacts(real: Option<&[u8]>) -> Vec<Seed> {
         seed(
             t,
             "absolute",
-            with_byte(0, &zip_of(&[("/tmp/warren-fuzz-absolute", b"pwned", 0o644)], &[])),
+            with_byte(
+                0,
+                &zip_of(&[("/tmp/warren-fuzz-absolute", b"pwned", 0o644)], &[]),
+            ),
             &["escapes"],
         ),
         seed(
@@ -854,10 +940,7 @@ fn artifacts(real: Option<&[u8]>) -> Vec<Seed> {
         seed(
             t,
             "link-then-write-through",
-            with_byte(
-                0,
-                &zip_of(&[("sub/x", b"pwned", 0o644)], &[("sub", "x")]),
-            ),
+            with_byte(0, &zip_of(&[("sub/x", b"pwned", 0o644)], &[("sub", "x")])),
             &[],
         ),
         seed(
@@ -891,7 +974,12 @@ fn configs(repo: &Path) -> Vec<Seed> {
             seeds.push(seed(t, name, text, expect));
         }
     }
-    seeds.push(seed(t, "every-section", EVERY_SECTION.as_bytes().to_vec(), &["loaded"]));
+    seeds.push(seed(
+        t,
+        "every-section",
+        EVERY_SECTION.as_bytes().to_vec(),
+        &["loaded"],
+    ));
     seeds
 }
 
@@ -1092,7 +1180,11 @@ fn terminal() -> Vec<Seed> {
         seed(
             t,
             "colour",
-            text(0, 5, "\x1b[1;31mred\x1b[0m and \x1b[38;2;1;2;3mtrue colour\x1b[m\n"),
+            text(
+                0,
+                5,
+                "\x1b[1;31mred\x1b[0m and \x1b[38;2;1;2;3mtrue colour\x1b[m\n",
+            ),
             &["sgr"],
         ),
         seed(
@@ -1105,6 +1197,11 @@ fn terminal() -> Vec<Seed> {
             ),
             &["dropped"],
         ),
-        seed(t, "one-line", text(1, 3, "a\tb\r\nc\x1b[31md"), &["dropped"]),
+        seed(
+            t,
+            "one-line",
+            text(1, 3, "a\tb\r\nc\x1b[31md"),
+            &["dropped"],
+        ),
     ]
 }

@@ -85,7 +85,10 @@ pub fn artifacts_unpack(data: &[u8]) -> Reached {
     scratch.check();
     match result {
         Ok(unpacked) => {
-            assert!(unpacked.bytes <= limits.unpacked_bytes, "the unpacked cap holds");
+            assert!(
+                unpacked.bytes <= limits.unpacked_bytes,
+                "the unpacked cap holds"
+            );
             assert!(unpacked.entries <= limits.entries, "the entry cap holds");
             reached.push(if unpacked.entries > 0 {
                 "unpacked"

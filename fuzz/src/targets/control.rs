@@ -45,7 +45,11 @@ pub fn control_request(data: &[u8]) -> Reached {
                     Ok(&request),
                     "a request must survive its JSON form {json}"
                 );
-                reached.push(if line.first() == Some(&b'{') { "json" } else { "text" });
+                reached.push(if line.first() == Some(&b'{') {
+                    "json"
+                } else {
+                    "text"
+                });
             }
             Err(error) => {
                 let _ = error.to_string();

@@ -34,7 +34,11 @@ pub fn config_toml(data: &[u8]) -> Reached {
                 line: None,
             };
             let again = config.clone().validate(origin);
-            assert_eq!(again.as_ref().ok(), Some(&config), "validation is idempotent");
+            assert_eq!(
+                again.as_ref().ok(),
+                Some(&config),
+                "validation is idempotent"
+            );
             let _ = config.offers_default_ansible_runner();
             reached.push("loaded");
         }
@@ -188,7 +192,11 @@ pub fn ca_armor(data: &[u8]) -> Reached {
 fn check_cert(authorities: &Authorities, cert: &SignedCertificate, reached: &mut Reached) {
     let again = SignedCertificate::from_armored(&cert.to_armored());
     if cert.cert.version == warren::ca::CERT_VERSION {
-        assert_eq!(again.ok().as_ref(), Some(cert), "a certificate file reads back");
+        assert_eq!(
+            again.ok().as_ref(),
+            Some(cert),
+            "a certificate file reads back"
+        );
     }
     let now = EPOCH_MS;
     let (node, key) = (&cert.cert.node, &cert.cert.key);

@@ -174,7 +174,8 @@ pub fn lsdb_advert(data: &[u8]) -> Reached {
                     .chunks(3)
                     .map(|c| (c[0], u32::from(*c.get(1).unwrap_or(&1)) * 100))
                     .collect();
-                let outcome = lsdb.handle_advert(now, wall_ms, advert(signer, seq, &links), &policy);
+                let outcome =
+                    lsdb.handle_advert(now, wall_ms, advert(signer, seq, &links), &policy);
                 if outcome == AdvertOutcome::Stored {
                     reached.push("stored");
                 }
@@ -272,7 +273,8 @@ pub fn mesh_node(data: &[u8]) -> Reached {
                 let link = index(&h, f.u8());
                 if let Some(l) = h.links.get(link) {
                     let (id, now) = (l.id, h.clock.now());
-                    h.node.handle_link_socket_closed(now, id, "fuzz: socket closed");
+                    h.node
+                        .handle_link_socket_closed(now, id, "fuzz: socket closed");
                     h.drain();
                 }
             }
@@ -390,7 +392,8 @@ pub fn mesh_session(data: &[u8]) -> Reached {
                 s.answer();
             }
             7 => {
-                s.harness.advance(Duration::from_millis(u64::from(f.u16()) * 64));
+                s.harness
+                    .advance(Duration::from_millis(u64::from(f.u16()) * 64));
                 s.answer();
             }
             8 => app_step(&mut s, f.u8(), f.u16()),

@@ -20,7 +20,11 @@ pub fn terminal_filter(data: &[u8]) -> Reached {
     };
     let cut = usize::from(*cut).min(text.len());
     let whole = run(mode, &[text]);
-    assert_eq!(whole, run(mode, &[&text[..cut], &text[cut..]]), "split anywhere, same output");
+    assert_eq!(
+        whole,
+        run(mode, &[&text[..cut], &text[cut..]]),
+        "split anywhere, same output"
+    );
     assert_terminal_safe(&whole, mode == Mode::Colour);
     if mode == Mode::Line {
         assert!(
@@ -31,7 +35,11 @@ pub fn terminal_filter(data: &[u8]) -> Reached {
     let out = std::str::from_utf8(&whole).expect("filtered output is UTF-8");
     assert_eq!(filter(out, mode), out, "the filter keeps its own output");
     if let Ok(text) = std::str::from_utf8(text) {
-        assert_eq!(filter(text, mode).as_bytes(), &whole[..], "whole-text form agrees");
+        assert_eq!(
+            filter(text, mode).as_bytes(),
+            &whole[..],
+            "whole-text form agrees"
+        );
         let json = json_safe(text);
         assert!(!json.chars().any(is_c1), "json_safe leaves no C1 character");
     }
@@ -66,7 +74,10 @@ fn is_c1(c: char) -> bool {
 /// On the first unsafe byte, naming its offset.
 pub fn assert_terminal_safe(printed: &[u8], colour: bool) {
     let text = std::str::from_utf8(printed).expect("printed text is UTF-8");
-    assert!(!text.chars().any(is_c1), "a C1 control reached the terminal");
+    assert!(
+        !text.chars().any(is_c1),
+        "a C1 control reached the terminal"
+    );
     let mut i = 0;
     while i < printed.len() {
         match printed[i] {
@@ -78,7 +89,11 @@ pub fn assert_terminal_safe(printed: &[u8], colour: bool) {
                     .iter()
                     .take_while(|b| b.is_ascii_digit() || **b == b';' || **b == b':')
                     .count();
-                assert_eq!(rest.get(1 + params), Some(&b'm'), "a CSI other than SGR at {i}");
+                assert_eq!(
+                    rest.get(1 + params),
+                    Some(&b'm'),
+                    "a CSI other than SGR at {i}"
+                );
                 i += 2 + params + 1;
             }
             b'\n' | b'\t' | b'\r' => i += 1,
