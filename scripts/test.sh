@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The project's whole test run: formatting, lints, then every test (unit, property,
 # simulation, wasm host, and cross-process tests with real `warren` processes on 127.0.0.1,
-# real ansible-runner and receptorctl). Sets up what the tests need first: the toolchain of
-# rust-toolchain.toml with its wasm32-wasip2 target (the node embeds its guest) and .venv/
+# real ansible-runner and receptorctl), then the Python package's tests (python/tests:
+# pytest against real `warren node` processes, with the binary cargo test built). Sets up
+# what the tests need first: the toolchain of rust-toolchain.toml with its wasm32-wasip2
+# target (the node embeds its guest) and .venv/ with the Python package in it
 # (scripts/toolchain.sh, scripts/setup-python.sh; both quick when done).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,3 +21,4 @@ cargo fmt --manifest-path fuzz/Cargo.toml --check
 cargo clippy --manifest-path fuzz/Cargo.toml --no-default-features --all-targets --locked \
     -- -D warnings
 cargo test --workspace
+.venv/bin/python -m pytest -q python/tests

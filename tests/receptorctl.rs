@@ -151,6 +151,20 @@ fn receptorctl_cli_drives_a_warren_mesh() {
             .any(|l| l.starts_with("node1") && l.contains("ansible-runner") && l.contains("cat")),
         "{status}"
     );
+    // node1's own status carries Warren's work types with their job limits; receptorctl
+    // still parses it and shows them as additional data.
+    let out = venv_command("receptorctl")
+        .args(["--socket", &line.socket(line.node1), "status"])
+        .output()
+        .unwrap();
+    let node1_status = text(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        node1_status.contains("Additional data returned from Receptor:")
+            && node1_status.contains("\"Descriptors\"")
+            && node1_status.contains("\"DiskBytes\""),
+        "{node1_status}"
+    );
     let ping = line.ok(&["ping", "node1", "--count", "1"]);
     assert!(ping.starts_with("Reply from node1 in "), "{ping}");
     let trace = line.ok(&["traceroute", "node1"]);
@@ -220,15 +234,15 @@ fn receptorctl_cli_drives_a_warren_mesh() {
 }
 
 #[test]
-fn reload_rereads_the_config_and_refuses_what_it_cannot_apply() {
+fn reload_rereads_the_config_and_refuses_what_needs_a_restart() {
     let line = line();
     assert_eq!(line.ok(&["reload"]), "Reload successful\n");
     let original = std::fs::read_to_string(&line.config).unwrap();
-    let with_peer = format!("{original}\n[[peer]]\naddress = \"127.0.0.1:9\"\n");
-    std::fs::write(&line.config, with_peer).unwrap();
+    let with_tuning = format!("{original}\n[mesh]\nmax-hops = 9\n");
+    std::fs::write(&line.config, with_tuning).unwrap();
     let out = line.ctl(&["reload"]);
     assert_eq!(out.status.code(), Some(3), "{out:?}");
-    assert!(text(&out.stderr).contains("(peer)"), "{out:?}");
+    assert!(text(&out.stderr).contains("(mesh)"), "{out:?}");
     assert!(text(&out.stderr).contains("ERRORCODE 3"), "{out:?}");
     std::fs::write(&line.config, "[node\nid = ").unwrap();
     let out = line.ctl(&["reload"]);

@@ -46,13 +46,32 @@
 //! program = "/bin/cat"                # command: a path, or a bare name found on PATH
 //! params = "-n"                       # command: fixed arguments, split on whitespace
 //! allow-runtime-params = false        # command: may submissions add arguments?
+//! args = ["-n", "{job-path}"]         # command, with runtime params: what each added
+//!                                     # argument may be (default anything): exact text,
+//!                                     # `text*`, or `text{job-path}` (a path that stays in
+//!                                     # the job directory, symlinks followed)
 //! env = ["FOO"]                       # node variables passed through (default none)
 //! memory-mb = 64                      # guest memory cap (default 64)
 //! deadline-seconds = 21600            # wall-clock limit (default 6 h)
 //! output-mb = 8192                    # results cap (default 8 GiB)
+//! descriptors = 256                   # host descriptors a job may hold (default: the
+//!                                     # node's share of RLIMIT_NOFILE, see below)
+//! disk-mb = 4096                      # job directory quota (default 4 GiB)
+//! disk-inodes = 200000                # job directory files and directories (default)
 //! # handler = "component" instead takes:
 //! # component = "handlers/x.wasm"     # relative to the config file's directory
 //! # signature = "handlers/x.wasm.sig" # default: the component's path plus .sig
+//!
+//! A command work type's program is held to `params` then, with runtime params, what `args`
+//! allows: a component deployed over it cannot run the program with anything else. The
+//! default `descriptors` keeps an eighth of the node's `RLIMIT_NOFILE` (at least 256) for
+//! the node and shares the rest among `[work] max-running` jobs, at most 1024 each.
+//!
+//! [work]                              # optional
+//! max-running = 4                     # units run at once (default: 2 per CPU)
+//! max-payload-mb = 8192               # largest payload (default 8 GiB)
+//! free-space-floor-mb = 512           # new units are refused, and jobs that write are
+//!                                     # stopped, below this much free space (0: off)
 //!
 //! [[signer]]                          # optional, repeatable: whose components run here
 //! key = "ed25519:..."
@@ -78,10 +97,15 @@
 //! and the problem. Loading reads one file; nothing else here does IO.
 //! [`Config::trusts`] is the one place that decides whether a peer's key may claim a node
 //! id.
+//!
+//! Without feature `host` (the Python package's client) the file parser is left out: the
+//! client needs the addresses and types, not a node's config file.
+#![cfg_attr(not(feature = "host"), allow(dead_code, unused_imports))]
 
 mod addr;
 mod cost;
 mod error;
+#[cfg(feature = "host")]
 mod file;
 mod validate;
 mod worktype;
@@ -99,8 +123,9 @@ pub use addr::{AddrError, DEFAULT_PORT, EndpointAddr, Scheme};
 pub use cost::{CostError, LinkCost};
 pub use error::{AddrRole, ConfigError, Origin, Problem};
 pub use worktype::{
-    ANSIBLE_RUNNER_WORK_TYPE, AnsibleRunnerConfig, DEFAULT_DEADLINE_SECONDS, DEFAULT_MEMORY_MB,
-    DEFAULT_OUTPUT_MB, HANDLER_NAMES, HandlerKind, MAX_WORK_TYPE_NAME, WorkTypeConfig,
+    ANSIBLE_RUNNER_WORK_TYPE, AnsibleRunnerConfig, DEFAULT_DEADLINE_SECONDS, DEFAULT_DISK_INODES,
+    DEFAULT_DISK_MB, DEFAULT_FREE_SPACE_FLOOR_MB, DEFAULT_MEMORY_MB, DEFAULT_OUTPUT_MB,
+    HANDLER_NAMES, HandlerKind, MAX_WORK_TYPE_NAME, WorkTypeConfig,
 };
 
 /// Keepalive interval when none is configured: frequent enough to hold NAT and firewall
@@ -236,8 +261,12 @@ pub struct WorkLimits {
     pub require_signed: bool,
     /// Whether a stop signal first lets the running units end (`--drain`).
     pub drain_on_stop: bool,
+    /// Free bytes the node keeps for results and status: below them it refuses new units
+    /// and stops jobs that write. 0 turns the floor off.
+    pub free_space_floor: u64,
 }
 
+#[cfg(feature = "host")]
 impl Default for WorkLimits {
     fn default() -> Self {
         let defaults = crate::work::WorkConfig::default();
@@ -249,6 +278,7 @@ impl Default for WorkLimits {
             verify_keys: Vec::new(),
             require_signed: false,
             drain_on_stop: false,
+            free_space_floor: DEFAULT_FREE_SPACE_FLOOR_MB << 20,
         }
     }
 }
@@ -284,6 +314,7 @@ impl Config {
     /// [`ConfigError::NotFound`] or [`ConfigError::Read`] when the file cannot be read,
     /// [`ConfigError::Parse`] when it is not a node config, [`ConfigError::Invalid`] when a
     /// value is not acceptable.
+    #[cfg(feature = "host")]
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let origin = Origin::File {
             path: path.to_owned(),
@@ -298,6 +329,7 @@ impl Config {
     ///
     /// # Errors
     /// As [`Config::load`], except for the checks across settings.
+    #[cfg(feature = "host")]
     pub fn load_unvalidated(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| {
             if source.kind() == std::io::ErrorKind::NotFound {
@@ -319,6 +351,7 @@ impl Config {
     ///
     /// # Errors
     /// As [`Config::load`], except for reading.
+    #[cfg(feature = "host")]
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let origin = Origin::File {
             path: path.to_owned(),

@@ -27,6 +27,7 @@ fn node(s: &str) -> NodeId {
 pub(crate) fn sample_report() -> StatusReport {
     let (a, b) = (node("a"), node("b"));
     StatusReport {
+        config_generation: 0,
         advertisements: vec![Advertisement {
             node_id: a.clone(),
             service: "control".into(),

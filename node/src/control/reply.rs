@@ -6,6 +6,7 @@
 //! so top-level keys here are sorted and nested objects keep Receptor's field order. The
 //! same types deserialize on the client side. No IO.
 
+pub mod limits;
 pub mod reload;
 pub mod work;
 
@@ -16,6 +17,7 @@ use serde::de::{self, Deserializer};
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 
+pub use self::limits::JobLimits;
 pub use self::reload::{CONNECTING_LINE, ReloadReply};
 pub use self::work::{SubmitReply, UnitStatusReply, WorkReply};
 use super::goformat::{go_duration_string, go_escape_json, serialize_go_float};
@@ -47,6 +49,9 @@ pub struct StatusReport {
     /// Services the node knows of, its own included.
     #[serde(rename = "Advertisements", default)]
     pub advertisements: Vec<Advertisement>,
+    /// Warren's addition: how many reloads changed the running config since the start.
+    #[serde(rename = "ConfigGeneration", default)]
+    pub config_generation: u64,
     /// The node's direct links.
     #[serde(rename = "Connections", default)]
     pub connections: Vec<Connection>,
@@ -118,11 +123,15 @@ pub struct WorkTypeStatus {
     /// Its signer's token, or `built-in`.
     #[serde(rename = "Signer")]
     pub signer: String,
+    /// What each of its jobs may use (absent from nodes that predate it).
+    #[serde(rename = "Limits", default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<JobLimits>,
 }
 
 /// The top-level status keys, in Go's (byte-wise sorted) output order.
-pub const STATUS_FIELDS: [&str; 9] = [
+pub const STATUS_FIELDS: [&str; 10] = [
     "Advertisements",
+    "ConfigGeneration",
     "Connections",
     "KnownConnectionCosts",
     "NodeID",
@@ -208,9 +217,14 @@ impl Serialize for StatusReply {
                 "SystemCPUCount" => map.serialize_entry(name, &r.system_cpu_count)?,
                 "SystemMemoryMiB" => map.serialize_entry(name, &r.system_memory_mib)?,
                 "Version" => map.serialize_entry(name, &r.version)?,
-                // Warren's addition is left out when empty, so the reply is Receptor's.
-                _ if r.work_types.is_empty() => {}
-                _ => map.serialize_entry(name, &r.work_types)?,
+                // Warren's additions.
+                // Left out until a reload changed the config, so the reply is Receptor's.
+                "ConfigGeneration" if r.config_generation == 0 => {}
+                "ConfigGeneration" => map.serialize_entry(name, &r.config_generation)?,
+                // Left out when empty, so the reply is Receptor's.
+                "WorkTypes" if r.work_types.is_empty() => {}
+                "WorkTypes" => map.serialize_entry(name, &r.work_types)?,
+                _ => {}
             }
         }
         map.end()

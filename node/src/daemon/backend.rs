@@ -14,8 +14,8 @@ use super::reload::Reloader;
 use crate::control::Backend;
 use crate::control::goformat::rfc3339_utc;
 use crate::control::reply::{
-    Advertisement, Connection, DeployReply, ReloadReply, StatusReport, TraceHop, WorkCommand,
-    WorkTypeStatus,
+    Advertisement, Connection, DeployReply, JobLimits, ReloadReply, StatusReport, TraceHop,
+    WorkCommand, WorkTypeStatus,
 };
 use crate::control::session::{Duplex, WorkCreate};
 use crate::host::registry::Registry;
@@ -23,7 +23,7 @@ use crate::id::{NodeId, ServiceName};
 use crate::mesh::driver::MeshHandle;
 use crate::mesh::lsdb::Advert;
 use crate::mesh::message::Unreachable;
-use crate::mesh::node::{MeshStatus, ProbeFailure};
+use crate::mesh::node::{AdvertCounts, MeshStatus, ProbeFailure};
 use crate::work::{Requester, Submission, UnitId, UnitStatus, Work, WorkError};
 
 /// The mesh service that carries the control protocol between nodes.
@@ -88,9 +88,12 @@ impl Backend for NodeBackend {
             links: Vec::new(),
             routes: BTreeMap::new(),
             adverts: Vec::new(),
+            advert_counts: AdvertCounts::default(),
         });
         let registry = self.registry.borrow().clone();
-        report(&status, &registry)
+        let mut report = report(&status, &registry);
+        report.config_generation = self.reloader.generation();
+        report
     }
 
     async fn ping(&self, target: NodeId) -> Result<Duration, (Option<NodeId>, String)> {
@@ -173,13 +176,7 @@ impl Backend for NodeBackend {
     }
 
     async fn reload(&self) -> ReloadReply {
-        let reloader = self.reloader.clone();
-        tokio::task::spawn_blocking(move || reloader.reload())
-            .await
-            .unwrap_or_else(|e| ReloadReply::Failed {
-                message: format!("reload task failed: {e}"),
-                code: crate::control::reply::reload::ERRORCODE_BAD_CONFIG,
-            })
+        self.reloader.reload().await
     }
 
     async fn traceroute(&self, target: NodeId) -> Vec<TraceHop> {
@@ -235,6 +232,7 @@ fn describe(target: &NodeId, reason: ProbeFailure) -> String {
 /// Builds Receptor's status report from a mesh snapshot and the offered work types.
 pub fn report(status: &MeshStatus, registry: &Registry) -> StatusReport {
     StatusReport {
+        config_generation: 0,
         work_types: registry
             .iter()
             .map(|a| WorkTypeStatus {
@@ -244,6 +242,7 @@ pub fn report(status: &MeshStatus, registry: &Registry) -> StatusReport {
                 version: a.info.version.clone(),
                 sha256: a.info.sha256_hex(),
                 signer: a.info.signer_label(),
+                limits: Some(job_limits(&a.policy)),
             })
             .collect(),
         node_id: status.id.clone(),
@@ -276,6 +275,24 @@ pub fn report(status: &MeshStatus, registry: &Registry) -> StatusReport {
             })
             .collect(),
         advertisements: status.adverts.iter().flat_map(advertisements).collect(),
+    }
+}
+
+/// The limits a work type's jobs run under, as status shows them.
+fn job_limits(policy: &crate::host::policy::Policy) -> JobLimits {
+    let limits = &policy.limits;
+    let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    JobLimits {
+        memory_bytes: count(limits.memory_bytes),
+        deadline_seconds: limits.deadline.as_secs(),
+        output_bytes: limits.output_bytes,
+        descriptors: limits.descriptors.map(count),
+        resources: count(crate::host::fds::resource_cap(limits.descriptors)),
+        disk_bytes: limits.disk.map(|d| d.bytes),
+        disk_inodes: limits.disk.map(|d| d.inodes),
+        arguments: (policy.args.iter())
+            .map(|(program, args)| (program.clone(), args.to_string()))
+            .collect(),
     }
 }
 

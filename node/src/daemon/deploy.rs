@@ -33,7 +33,8 @@ pub struct Deployer {
     node: NodeId,
     host: Arc<Host>,
     registry: watch::Sender<Arc<Registry>>,
-    signers: Vec<SignerKey>,
+    /// Whose signatures a component needs (replaced on reload).
+    signers: watch::Receiver<Vec<SignerKey>>,
     mesh: MeshHandle,
     /// Who may deploy over the mesh.
     access: watch::Receiver<Arc<AccessPolicy>>,
@@ -52,7 +53,7 @@ impl Deployer {
     pub fn new(
         host: Arc<Host>,
         registry: watch::Sender<Arc<Registry>>,
-        signers: Vec<SignerKey>,
+        signers: watch::Receiver<Vec<SignerKey>>,
         mesh: MeshHandle,
         access: watch::Receiver<Arc<AccessPolicy>>,
         kept: DeployedStore,
@@ -90,7 +91,8 @@ impl Deployer {
         let this = self.clone();
         let outcome = tokio::task::spawn_blocking(move || {
             let current = this.registry.borrow().clone();
-            let applied = apply(&this.host, &current, &this.signers, &component, &signature);
+            let signers = this.signers.borrow().clone();
+            let applied = apply(&this.host, &current, &signers, &component, &signature);
             if let Ok((_, deployed)) = &applied
                 && let Err(e) = this.kept.record(
                     &component,

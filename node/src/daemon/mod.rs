@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 
 use crate::access::{AccessPolicy, Act};
 use crate::ca::{Authorities, SignedCertificate, SignedRevocationList};
-use crate::config::{Config, EndpointAddr, LinkCost, Scheme};
+use crate::config::{Config, LinkCost, ListenConfig, Scheme, TlsConfig};
 use crate::control::{ControlSocket, ListenError, default_socket_path, serve_session};
 use crate::host::registry::{self, Registry};
 use crate::host::runner::{Host, HostError};
@@ -34,12 +34,11 @@ use crate::mesh::transport::tls::{self, TlsError};
 use crate::mesh::transport::{Accept, Dial, Listener};
 use crate::mesh::trust::TrustPolicy;
 use crate::metrics::{Metrics, MetricsServer};
-use crate::work::server::ServerSetup;
-use crate::work::signature::Verifier;
+use crate::work::server::{ServerSetup, SignedWork};
 use crate::work::{Work, WorkConfig, WorkError, WorkSetup};
 pub use backend::{CONTROL_SERVICE, NodeBackend};
 pub use deploy::{DEPLOY_SERVICE, Deployer};
-pub use reload::{ConfigSource, Reloader};
+pub use reload::{Applier, ConfigSource, LiveListener, Reloader};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +111,8 @@ pub struct RunningNode {
     pub registry: watch::Sender<Arc<Registry>>,
     /// What mesh peers may do here; a reload sends a new policy.
     pub access: watch::Sender<Arc<AccessPolicy>>,
+    /// Re-reads and applies the config (`reload`, SIGHUP).
+    pub reloader: Reloader,
     /// The addresses the listeners are bound to (port 0 resolved).
     pub listen_addrs: Vec<SocketAddr>,
     /// The control socket's path.
@@ -231,55 +232,81 @@ fn warn_if_readable_by_others(path: &Path) {
     }
 }
 
+/// Binds the config's listeners, in order, each with where it is bound.
 async fn bind_listeners(config: &Config) -> Result<Vec<(Listener, Cost)>, StartError> {
     let mut listeners = Vec::new();
     for listen in &config.listen {
-        let addr = listen.addr.to_string();
-        let tcp = TcpListener::bind((listen.addr.host.as_str(), listen.addr.port))
-            .await
-            .map_err(|source| StartError::Bind { addr, source })?;
-        let accept = match listen.addr.scheme {
-            Scheme::Tcp => Accept::Tcp,
-            Scheme::Ws => Accept::Ws {
-                path: listen.addr.path.clone(),
-                tls: None,
-            },
-            Scheme::Wss => {
-                let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) else {
-                    return Err(StartError::Tls(TlsError::File {
-                        path: PathBuf::from("[tls] cert"),
-                        problem: "a wss:// listener needs --tls-cert and --tls-key".into(),
-                    }));
-                };
-                Accept::Ws {
-                    path: listen.addr.path.clone(),
-                    tls: Some(tls::acceptor(cert, key).map_err(StartError::Tls)?),
-                }
-            }
-        };
-        listeners.push((Listener { tcp, accept }, cost(listen.cost)));
+        listeners.push(bind_listener(listen, &config.tls).await?);
     }
     Ok(listeners)
 }
 
-/// How to dial `addr`: TCP, or a WebSocket (through the environment's proxy), over TLS
-/// trusting the system's roots and `extra_roots` for `wss://`.
+/// Binds one listener (with its TLS acceptor for `wss://`).
 ///
 /// # Errors
-/// [`TlsError`] when the roots cannot be loaded for a `wss://` address.
-pub fn dial_for(addr: &EndpointAddr, extra_roots: &[PathBuf]) -> Result<Dial, TlsError> {
-    Ok(match addr.scheme {
-        Scheme::Tcp => Dial::Tcp,
-        Scheme::Ws => Dial::Ws {
-            path: addr.path.clone(),
+/// [`StartError::Bind`] or [`StartError::Tls`].
+pub(crate) async fn bind_listener(
+    listen: &ListenConfig,
+    tls_config: &TlsConfig,
+) -> Result<(Listener, Cost), StartError> {
+    let addr = listen.addr.to_string();
+    let tcp = TcpListener::bind((listen.addr.host.as_str(), listen.addr.port))
+        .await
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let accept = match listen.addr.scheme {
+        Scheme::Tcp => Accept::Tcp,
+        Scheme::Ws => Accept::Ws {
+            path: listen.addr.path.clone(),
             tls: None,
         },
-        Scheme::Wss => Dial::Ws {
-            path: addr.path.clone(),
-            tls: Some(tls::client_config(extra_roots)?),
-        },
-    })
+        Scheme::Wss => {
+            let (Some(cert), Some(key)) = (&tls_config.cert, &tls_config.key) else {
+                return Err(StartError::Tls(TlsError::File {
+                    path: PathBuf::from("[tls] cert"),
+                    problem: "a wss:// listener needs --tls-cert and --tls-key".into(),
+                }));
+            };
+            Accept::Ws {
+                path: listen.addr.path.clone(),
+                tls: Some(tls::acceptor(cert, key).map_err(StartError::Tls)?),
+            }
+        }
+    };
+    Ok((Listener { tcp, accept }, cost(listen.cost)))
 }
+
+/// The peers to dial and how.
+///
+/// # Errors
+/// [`StartError::Tls`] when a `wss://` peer's roots cannot be loaded.
+pub(crate) fn peer_targets(config: &Config) -> Result<Vec<(PeerTarget, Dial)>, StartError> {
+    (config.peers.iter())
+        .map(|p| {
+            let target = PeerTarget {
+                host: p.addr.host.clone(),
+                port: p.addr.port,
+                cost: cost(p.cost),
+            };
+            Ok((target, dial_for(&p.addr, &config.tls.ca)?))
+        })
+        .collect::<Result<_, TlsError>>()
+        .map_err(StartError::Tls)
+}
+
+/// The trust policy and this node's certificate, as the config says (files read and
+/// checked against the node's key).
+///
+/// # Errors
+/// [`StartError`] for an unreadable key, certificate or revocation list.
+pub(crate) fn trust_settings(
+    config: &Config,
+) -> Result<(TrustPolicy, Option<SignedCertificate>), StartError> {
+    let keys = LinkKeypair::load(&config.key_file)?;
+    Ok((trust_policy(config)?, own_certificate(config, &keys)?))
+}
+
+/// How to dial `addr` (the client's helper, shared with the daemon's peers).
+pub use crate::client::dial_for;
 
 /// Starts a node: binds its listeners and control socket, starts the mesh. `source`
 /// re-reads the config for `reload` (`None`: started from flags, nothing to re-read).
@@ -296,10 +323,15 @@ pub async fn start(
         source,
     })?;
     let listeners = bind_listeners(config).await?;
-    let listen_addrs = listeners
-        .iter()
-        .filter_map(|(l, _)| l.tcp.local_addr().ok())
+    let live: Vec<LiveListener> = (config.listen.iter().zip(&listeners))
+        .filter_map(|(config, (l, _))| {
+            Some(LiveListener {
+                config: config.clone(),
+                addr: l.tcp.local_addr().ok()?,
+            })
+        })
         .collect();
+    let listen_addrs = live.iter().map(|l| l.addr).collect();
     let control_path = config
         .control
         .socket
@@ -308,23 +340,15 @@ pub async fn start(
     let socket = ControlSocket::bind(&control_path, config.control.permissions)
         .await
         .map_err(StartError::Control)?;
-    let peers = (config.peers.iter())
-        .map(|p| {
-            let target = PeerTarget {
-                host: p.addr.host.clone(),
-                port: p.addr.port,
-                cost: cost(p.cost),
-            };
-            Ok((target, dial_for(&p.addr, &config.tls.ca)?))
-        })
-        .collect::<Result<_, TlsError>>()
-        .map_err(StartError::Tls)?;
+    let peers = peer_targets(config)?;
     let max_hops = mesh_config.max_hops;
     let metrics = match config.metrics {
         Some(_) => Metrics::new(),
         None => Metrics::default(),
     };
-    let mut host = Host::new(&component_cache(config)).map_err(StartError::Host)?;
+    let mut host = Host::new(&component_cache(config))
+        .map_err(StartError::Host)?
+        .with_free_space_floor(config.work.free_space_floor);
     host.set_metrics(metrics.clone());
     let host = Arc::new(host);
     let driver_config = DriverConfig {
@@ -358,36 +382,52 @@ pub async fn start(
             max_payload: config.work.max_payload,
             keep_finished: config.work.keep_finished,
             metrics: metrics.clone(),
+            free_space_floor: config.work.free_space_floor,
         },
         mesh: Some(mesh.clone()),
         signing_key: work_signing_key(config)?,
     })
     .map_err(StartError::Work)?;
+    let (signed_tx, signed_rx) = watch::channel(signed_work(config));
     let work_sessions = crate::work::server::serve(
         work.clone(),
         &mesh,
         ServerSetup {
             access: access.clone(),
-            require_signed: config.work.require_signed,
-            verifier: Verifier::new(config.work.verify_keys.clone()),
+            signed: signed_rx,
         },
     );
+    let (signers_tx, signers) = watch::channel(config.signers.clone());
     let deployer = Deployer::new(
         host.clone(),
         registry_tx.clone(),
-        config.signers.clone(),
+        signers,
         mesh.clone(),
         access.clone(),
         deployed::DeployedStore::new(&config.data_dir),
     );
     deployer.clone().serve();
+    let reloader = Reloader::new(
+        config.clone(),
+        live,
+        source,
+        Some(Applier {
+            mesh: mesh.clone(),
+            access: access_tx.clone(),
+            signed: signed_tx,
+            signers: signers_tx,
+            work: work.clone(),
+            registry: registry_tx.clone(),
+            host: host.clone(),
+        }),
+    );
     let backend = Arc::new(NodeBackend::new(
         mesh.clone(),
         max_hops,
         registry.clone(),
         deployer,
         work.clone(),
-        Reloader::new(config.clone(), source),
+        reloader.clone(),
     ));
     let (stop, stopped) = watch::channel(false);
     let control = tokio::spawn(socket.serve(backend.clone(), stopped.clone()));
@@ -400,6 +440,7 @@ pub async fn start(
         host,
         registry: registry_tx,
         access: access_tx,
+        reloader,
         listen_addrs,
         control_path,
         metrics: metrics_server,
@@ -407,6 +448,14 @@ pub async fn start(
         driver,
         control,
     })
+}
+
+/// The config's rule for signed work.
+pub(crate) fn signed_work(config: &Config) -> SignedWork {
+    SignedWork {
+        required: config.work.require_signed,
+        keys: config.work.verify_keys.clone(),
+    }
 }
 
 /// Where compiled components are cached: `$WARREN_COMPONENT_CACHE` (tests share one
@@ -419,7 +468,7 @@ fn component_cache(config: &Config) -> PathBuf {
 
 /// Compiles the built-in handler, looks for ansible-runner and the configured programs and
 /// components (slow work: off the async threads), then offers the work types found.
-fn offer_work_types(
+pub(crate) fn offer_work_types(
     config: Config,
     host: Arc<Host>,
     mesh: MeshHandle,
@@ -498,7 +547,7 @@ async fn control_session(
 }
 
 /// The key this node signs work with when asked (`signwork`).
-fn work_signing_key(config: &Config) -> Result<Option<SigningKeypair>, StartError> {
+pub(crate) fn work_signing_key(config: &Config) -> Result<Option<SigningKeypair>, StartError> {
     let Some(path) = &config.work.signing_key else {
         return Ok(None);
     };
@@ -551,11 +600,19 @@ pub async fn run(
         node.write_ready_file(path)?;
     }
     let mut signals = Signals::new();
-    signals.next().await;
-    if config.work.drain_on_stop {
+    loop {
+        match signals.next().await {
+            Signal::Stop => break,
+            Signal::Reload => {
+                tracing::info!("SIGHUP: reloading the config");
+                let _ = node.reloader.reload().await;
+            }
+        }
+    }
+    if node.reloader.current().await.work.drain_on_stop {
         tokio::select! {
             () = drain(&node.work, node.work_sessions.clone()) => {}
-            () = signals.next() => tracing::warn!("second signal: stopping without waiting for running units"),
+            () = signals.next_stop() => tracing::warn!("second signal: stopping without waiting for running units"),
         }
     }
     tracing::info!("shutting down");
@@ -623,9 +680,17 @@ fn raise_fd_limit() {
     }
 }
 
-/// SIGINT and SIGTERM, as one stream of stop requests.
+/// What a signal asks of the node.
+enum Signal {
+    /// SIGINT or SIGTERM.
+    Stop,
+    /// SIGHUP.
+    Reload,
+}
+
+/// SIGINT, SIGTERM and SIGHUP.
 struct Signals {
-    handlers: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+    handlers: Option<[tokio::signal::unix::Signal; 3]>,
 }
 
 impl Signals {
@@ -634,21 +699,28 @@ impl Signals {
         let handlers = match (
             signal(SignalKind::interrupt()),
             signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
         ) {
-            (Ok(int), Ok(term)) => Some((int, term)),
+            (Ok(int), Ok(term), Ok(hup)) => Some([int, term, hup]),
             _ => None,
         };
         Self { handlers }
     }
 
-    /// The next SIGINT or SIGTERM (never, without handlers: the node runs until killed).
-    async fn next(&mut self) {
-        let Some((int, term)) = &mut self.handlers else {
+    /// The next signal (never, without handlers: the node runs until killed).
+    async fn next(&mut self) -> Signal {
+        let Some([int, term, hup]) = &mut self.handlers else {
             return std::future::pending().await;
         };
         tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
+            _ = int.recv() => Signal::Stop,
+            _ = term.recv() => Signal::Stop,
+            _ = hup.recv() => Signal::Reload,
         }
+    }
+
+    /// The next SIGINT or SIGTERM (SIGHUP is ignored meanwhile).
+    async fn next_stop(&mut self) {
+        while let Signal::Reload = self.next().await {}
     }
 }

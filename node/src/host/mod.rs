@@ -3,9 +3,13 @@
 //!
 //! - [`builtin`]: the work-handler components built into the node (guest-runner).
 //! - [`bindings`]: the generated types of the `warren:worker` world.
-//! - [`policy`]: what a work type may do, as pure checks (testable without wasm).
+//! - [`policy`]: what a work type may do, as pure checks (testable without wasm), with
+//!   [`args`]: what arguments a granted program may be given.
 //! - [`state`]: the per-job store data: WASI context, resource table, capabilities.
-//! - [`process`] and [`jobio`]: the host side of the world's interfaces.
+//! - [`fds`], [`disk`] and [`quota`]: per-job caps on host descriptors and resources, the
+//!   job directory's disk quota, and the node's free-space floor.
+//! - [`process`] and [`jobio`]: the host side of the world's interfaces; [`guestfs`]:
+//!   the job's limits inside WASI's filesystem.
 //! - [`registry`]: the offered work types and their active components.
 //! - [`runner`]: one engine per node; per job a store with limits, an instance, a call.
 //! - [`cache`]: the compiled-component cache, trusted only if the node's user alone can
@@ -16,19 +20,40 @@
 //!   command work types.
 //! - [`signing`]: signed component manifests, signer keys, and verification before a
 //!   component may run.
+//!
+//! Without feature `host` only the pure parts remain (`policy`, `args`, `disk`, `fds`,
+//! `signing` less its wasm reader, `detect`): the config needs them, the client node
+//! nothing else.
 
+pub mod args;
+#[cfg(feature = "host")]
 pub mod bindings;
+#[cfg(feature = "host")]
 pub mod builtin;
+#[cfg(feature = "host")]
 pub mod cache;
+#[cfg(feature = "host")]
 pub mod component;
+#[cfg(feature = "host")]
 pub mod deploy;
 pub mod detect;
+pub mod disk;
+pub mod fds;
+#[cfg(feature = "host")]
+pub mod guestfs;
+#[cfg(feature = "host")]
 pub mod jobio;
 pub mod policy;
+#[cfg(feature = "host")]
 pub mod process;
+#[cfg(feature = "host")]
+pub mod quota;
+#[cfg(feature = "host")]
 pub mod registry;
+#[cfg(feature = "host")]
 pub mod runner;
 pub mod signing;
+#[cfg(feature = "host")]
 pub mod state;
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use wasmtime_wasi::p2::pipe::{AsyncReadStream, AsyncWriteStream};
 use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, DynPollable, Pollable, subscribe};
 
 use super::bindings::warren::worker::process::{self as wit, ExitStatus as WitExit, SpawnError};
+use super::fds::{CHILD_DESCRIPTORS, FdToken, Held};
 use super::policy::{Denied, resolve_cwd};
 use super::state::JobState;
 
@@ -26,12 +27,14 @@ const STDIN_WRITE_BUDGET: usize = 64 * 1024;
 /// A running child process (the `child` resource).
 pub struct Child {
     pid: u32,
-    stdin: Option<ChildStdin>,
+    stdin: Option<Held<ChildStdin>>,
     stdout: Option<Box<dyn AsyncRead + Send + Unpin>>,
     stderr: Option<Box<dyn AsyncRead + Send + Unpin>>,
     exit: watch::Receiver<Option<ExitStatus>>,
     /// Owns the `tokio::process::Child` and reaps it; aborting it kills the child.
     waiter: JoinHandle<()>,
+    /// Counts the child's descriptors against the job's cap while it or a pipe lives.
+    _fds: FdToken,
 }
 
 impl std::fmt::Debug for Child {
@@ -74,6 +77,7 @@ fn denied(d: Denied) -> SpawnError {
         Denied::NotFound { .. } => SpawnError::NotFound(d.to_string()),
         Denied::BadWorkingDirectory(_) => SpawnError::BadWorkingDirectory(d.to_string()),
         Denied::EnvNotAllowed(_) => SpawnError::EnvNotAllowed(d.to_string()),
+        Denied::ArgNotAllowed { .. } => SpawnError::NotAllowed(d.to_string()),
     }
 }
 
@@ -84,6 +88,7 @@ impl JobState {
         let program = policy.resolve_program(&cmd.program).map_err(denied)?;
         let env = policy.child_env(&self.job_dir, &cmd.env).map_err(denied)?;
         let cwd = resolve_cwd(&self.job_dir, cmd.cwd.as_deref()).map_err(denied)?;
+        (policy.check_args(&cmd.program, &cmd.args, &self.job_dir, &cwd)).map_err(denied)?;
         let mut command = Command::new(program);
         command
             .args(&cmd.args)
@@ -98,6 +103,7 @@ impl JobState {
 
     fn spawn_child(&mut self, cmd: &wit::Command, merge_stderr: bool) -> Result<Child, SpawnError> {
         let mut command = self.command(cmd)?;
+        self.admit(CHILD_DESCRIPTORS, 1).map_err(SpawnError::Io)?;
         let io = |e: std::io::Error| SpawnError::Io(format!("cannot start {:?}: {e}", cmd.program));
         let merged = if merge_stderr {
             let (reader, writer) = std::io::pipe().map_err(io)?;
@@ -113,12 +119,22 @@ impl JobState {
         // The command (holding the pipe's write ends) must be gone before EOF can come.
         drop(command);
         let pid = child.id().unwrap_or(0);
+        let fds = self.track_child();
         let stdout: Option<Box<dyn AsyncRead + Send + Unpin>> = match merged {
-            Some(reader) => Some(Box::new(pipe_reader(reader).map_err(io)?)),
-            None => child.stdout.take().map(|s| Box::new(s) as _),
+            Some(reader) => Some(Box::new(Held::new(
+                pipe_reader(reader).map_err(io)?,
+                fds.clone(),
+            ))),
+            None => child
+                .stdout
+                .take()
+                .map(|s| Box::new(Held::new(s, fds.clone())) as _),
         };
-        let stderr = child.stderr.take().map(|s| Box::new(s) as _);
-        let stdin = child.stdin.take();
+        let stderr = child
+            .stderr
+            .take()
+            .map(|s| Box::new(Held::new(s, fds.clone())) as _);
+        let stdin = child.stdin.take().map(|s| Held::new(s, fds.clone()));
         let (tx, exit) = watch::channel(None);
         let waiter = tokio::spawn(async move {
             if let Ok(status) = child.wait().await {
@@ -133,6 +149,7 @@ impl JobState {
             stderr,
             exit,
             waiter,
+            _fds: fds,
         })
     }
 }

@@ -7,6 +7,7 @@
 //! implement `AsyncRead + AsyncWrite`.
 
 mod handle;
+mod reconfig;
 mod stream;
 #[cfg(test)]
 mod tests;
@@ -26,6 +27,7 @@ use tokio::time::Instant;
 
 pub use super::session::PeerIdentity;
 pub use handle::{ConnectError, DriverGone, Incoming, MeshHandle, ProbeOutcome};
+pub use reconfig::Reconfigure;
 pub use stream::MeshStream;
 
 use super::link::LinkId;
@@ -78,8 +80,8 @@ pub struct DriverConfig {
     /// See [`DEFAULT_MAX_LINK_QUEUE`].
     pub max_link_queue: usize,
     /// Diagnostics: receives a copy of every frame this node's links decrypt — exactly what
-    /// this node sees in clear, as a relay. Only library users set it (tests that check what
-    /// a relay can read); no flag or config does.
+    /// this node sees in clear, as a relay. Setting it turns on `LinkConfig::tap`. Only
+    /// library users set it (tests that check what a relay can read); no flag or config does.
     pub tap: Option<mpsc::UnboundedSender<(LinkId, Bytes)>>,
     /// Where link counters go (disabled by default).
     pub metrics: Metrics,
@@ -131,8 +133,9 @@ struct Driver {
     listeners: HashMap<ServiceName, mpsc::Sender<MeshStream>>,
     probes: HashMap<ProbeId, oneshot::Sender<ProbeOutcome>>,
     shutdown: Option<oneshot::Sender<()>>,
-    /// The listeners' accept tasks; aborted at shutdown, which closes the listening sockets.
-    accepts: Vec<JoinHandle<()>>,
+    /// The listeners' accept tasks by bound address; aborted at shutdown (or when a reload
+    /// removes one), which closes the listening sockets.
+    accepts: Vec<(Option<std::net::SocketAddr>, JoinHandle<()>)>,
     /// How the most recent link that never came up (or went down) ended, for clients that
     /// explain a failure to connect.
     last_link_end: Option<String>,
@@ -156,13 +159,14 @@ pub fn start(
 /// [`start`] with any transports (see [`transport`]): each listener upgrades what it
 /// accepts as its [`Accept`] says, each peer is dialled as its [`Dial`] says.
 pub fn start_with(
-    config: MeshConfig,
+    mut config: MeshConfig,
     driver_config: DriverConfig,
     listeners: Vec<(Listener, Cost)>,
     peers: Vec<(PeerTarget, Dial)>,
 ) -> (MeshHandle, JoinHandle<()>) {
     let now = Instant::now().into_std();
     let id = config.id.clone();
+    config.link.tap |= driver_config.tap.is_some();
     let mut node = MeshNode::new(config, now);
     let (command_tx, commands) = mpsc::unbounded_channel();
     let (socket_tx, sockets) = mpsc::channel(256);
@@ -175,7 +179,13 @@ pub fn start_with(
     }
     let accepts = listeners
         .into_iter()
-        .map(|(listener, cost)| tokio::spawn(accept_loop(listener, cost, socket_tx.clone())))
+        .map(|(listener, cost)| {
+            let addr = listener.tcp.local_addr().ok();
+            (
+                addr,
+                tokio::spawn(accept_loop(listener, cost, socket_tx.clone())),
+            )
+        })
         .collect();
     let link_metrics = driver_config.metrics.links();
     let driver = Driver {
@@ -296,7 +306,7 @@ impl Driver {
     async fn finish_shutdown(&mut self) {
         // Wait for each aborted accept task to end: its listener is closed when it returns,
         // so the port is free once shutdown is.
-        for accept in self.accepts.drain(..) {
+        for (_, accept) in self.accepts.drain(..) {
             accept.abort();
             let _ = accept.await;
         }
@@ -324,6 +334,8 @@ impl Driver {
                 let link = self.node.handle_accepted(now, cost, source);
                 self.attach(link, stream);
             }
+            // A dial that finished after its peer was removed: drop the connection.
+            SocketEvent::Dialed(slot, _) if !self.peers.contains_key(&slot) => {}
             SocketEvent::Dialed(slot, Ok(stream)) => {
                 let cost = self.peers.get(&slot).map_or(Cost::DEFAULT, |p| p.cost);
                 let link = self.node.handle_dialed(now, slot, cost);

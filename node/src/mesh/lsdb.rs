@@ -79,6 +79,21 @@ pub enum AdvertRefusal {
     Full,
 }
 
+impl AdvertRefusal {
+    /// A short stable name for the refusal's kind (a metrics label).
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Shape(_) => "shape",
+            Self::BadSignature => "bad_signature",
+            Self::FutureEpoch { .. } => "future_epoch",
+            Self::Untrusted(_) => "untrusted",
+            Self::RateLimited => "rate_limited",
+            Self::Full => "full",
+        }
+    }
+}
+
 /// What [`Lsdb::handle_advert`] made of an advert.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdvertOutcome {
@@ -324,6 +339,37 @@ impl Lsdb {
                     self.bytes -= old.size;
                 }
                 removed.push(id);
+            }
+        }
+        removed
+    }
+
+    /// Judges every stored advert again under a new trust policy (a reload, a revocation):
+    /// an origin nothing vouches for any more is removed; returns the removed ids.
+    pub fn rejudge(&mut self, wall_ms: u64, policy: &TrustPolicy) -> Vec<NodeId> {
+        let mut removed = Vec::new();
+        for (id, entry) in &mut self.entries {
+            if *id == self.me {
+                continue;
+            }
+            let advert = &entry.advert;
+            match trust::decide_remote(
+                policy,
+                &advert.key,
+                &advert.origin,
+                advert.cert.as_deref(),
+                wall_ms,
+            ) {
+                TrustDecision::Trusted(binding) => entry.binding = binding,
+                _ => removed.push(id.clone()),
+            }
+        }
+        for id in &removed {
+            if let Some(old) = self.entries.remove(id) {
+                self.bytes -= old.size;
+                if let Some(expires) = old.expires {
+                    self.deadlines.remove(&(expires, id.clone()));
+                }
             }
         }
         removed

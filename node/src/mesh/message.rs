@@ -96,6 +96,9 @@ pub enum CloseReason {
     /// The node is shutting down.
     #[error("node shutting down")]
     Shutdown,
+    /// The peer was removed from the node's configuration (a reload).
+    #[error("peer removed from the configuration")]
+    Removed,
 }
 
 /// A message on an established link.
@@ -259,6 +262,10 @@ pub enum ResetReason {
     /// not answer).
     #[error("no end-to-end session could be set up with the target")]
     SessionFailed,
+    /// The other end is no longer trusted (its certificate was revoked, or a reload
+    /// removed what vouched for it).
+    #[error("the other end is no longer trusted")]
+    Untrusted,
 }
 
 /// A message that could not be decoded.

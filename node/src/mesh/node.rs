@@ -16,7 +16,10 @@
 
 mod adverts;
 mod packets;
+mod reconfig;
 mod sessions;
+
+pub use adverts::AdvertCounts;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
@@ -260,6 +263,8 @@ pub struct MeshStatus {
     pub routes: BTreeMap<NodeId, Route>,
     /// Every node's latest advert, ours included.
     pub adverts: Vec<Advert>,
+    /// What became of the adverts received so far.
+    pub advert_counts: AdvertCounts,
 }
 
 #[derive(Debug)]
@@ -278,6 +283,8 @@ struct LinkSlot {
     opened: Instant,
     /// How the peer's key is bound to its id.
     binding: Option<Binding>,
+    /// The certificate the peer showed in its hello (judged again on a trust change).
+    peer_cert: Option<SignedCertificate>,
 }
 
 #[derive(Debug)]
@@ -345,9 +352,10 @@ pub struct MeshNode {
     advert_due: Option<Instant>,
     refresh_due: Instant,
     sweep_due: Instant,
-    adverts_refused: u64,
+    advert_counts: AdvertCounts,
     refusal_log: LogLimiter,
     handshake_log: LogLimiter,
+    version_log: LogLimiter,
     events: VecDeque<Event>,
 }
 
@@ -378,9 +386,10 @@ impl MeshNode {
             advert_due: None,
             refresh_due: now + config.refresh_interval,
             sweep_due: now + SWEEP_INTERVAL,
-            adverts_refused: 0,
+            advert_counts: AdvertCounts::default(),
             refusal_log: LogLimiter::default(),
             handshake_log: LogLimiter::default(),
+            version_log: LogLimiter::default(),
             events: VecDeque::new(),
             config,
         };
@@ -496,6 +505,7 @@ impl MeshNode {
                 source: None,
                 opened: now,
                 binding: None,
+                peer_cert: None,
             },
         );
         id
@@ -581,6 +591,7 @@ impl MeshNode {
         };
         slot.peer = Some((node.clone(), key));
         slot.peer_epoch = epoch;
+        slot.peer_cert = cert.cloned();
         match verdict {
             Ok(binding) => {
                 slot.binding = Some(binding);
@@ -613,20 +624,13 @@ impl MeshNode {
         }
         let wall = self.wall_ms(now);
         let binding = match trust::decide_peer(&self.config.trust, key, node, cert, wall) {
-            TrustDecision::Trusted(binding) => binding,
             TrustDecision::Untrusted
                 if self.config.trust_first_contact
                     && self.links[&id].link.role() == Role::Initiator =>
             {
                 Binding::FirstSeen
             }
-            TrustDecision::Untrusted => return Err(CloseReason::UntrustedKey),
-            TrustDecision::PinnedToOther { .. } => return Err(CloseReason::KeyPinnedToOtherNode),
-            TrustDecision::IdPinnedToOtherKey => return Err(CloseReason::IdPinnedToOtherKey),
-            TrustDecision::BadCertificate(e) => {
-                tracing::warn!(link = %id, peer = %node, %key, error = %e, "refused link: bad certificate");
-                return Err(CloseReason::BadCertificate);
-            }
+            decision => admitted(id, node, key, decision)?,
         };
         let Some(existing) = self.other_link_to(node, id) else {
             return Ok(binding);
@@ -746,6 +750,15 @@ impl MeshNode {
                 "peer refused our key; to be trusted, the peer's operator must add `--trust {}={}`",
                 self.config.id, self.config.keys.public()
             );
+        } else if is_version_mismatch(&end) {
+            // Before authentication: anyone can cause it, so at most one line a second.
+            if self.version_log.allow(now) {
+                tracing::warn!(
+                    link = %id, %end,
+                    "link refused: mesh protocol versions differ; upgrade the older node \
+                     (further refusals within a second are not logged)"
+                );
+            }
         } else if was_up {
             tracing::info!(link = %id, peer = ?peer, %end, "link down");
         } else {
@@ -880,6 +893,7 @@ impl MeshNode {
             links,
             routes: self.routes().clone(),
             adverts: self.lsdb.adverts().cloned().collect(),
+            advert_counts: self.advert_counts.clone(),
         }
     }
 
@@ -960,7 +974,7 @@ impl MeshNode {
 
     /// Adverts refused so far.
     pub(crate) fn adverts_refused(&self) -> u64 {
-        self.adverts_refused
+        self.advert_counts.refused_total()
     }
 
     /// Number of adverts stored.
@@ -982,6 +996,15 @@ fn log_refusal(id: LinkId, node: &NodeId, key: &PublicKey, reason: CloseReason) 
     }
 }
 
+/// Whether a link ended because the two nodes speak different protocol versions.
+fn is_version_mismatch(end: &LinkEnd) -> bool {
+    matches!(
+        end,
+        LinkEnd::ByUs(CloseReason::VersionMismatch { .. })
+            | LinkEnd::ByPeer(CloseReason::VersionMismatch { .. })
+    )
+}
+
 /// Whether redialling at once cannot help: the peer turned the link away as soon as it was
 /// up (it refuses who we are, or still holds a link from us that we have lost), or one side
 /// stopped reading (a redial would fill the same queue again).
@@ -999,4 +1022,23 @@ fn needs_backoff(end: &LinkEnd) -> bool {
                 | CloseReason::SendQueueFull
         ) | LinkEnd::ByUs(CloseReason::SendQueueFull)
     )
+}
+
+/// The binding a trust decision admits a peer's link with, or the reason to close it.
+fn admitted(
+    link: LinkId,
+    node: &NodeId,
+    key: &PublicKey,
+    decision: TrustDecision,
+) -> Result<Binding, CloseReason> {
+    match decision {
+        TrustDecision::Trusted(binding) => Ok(binding),
+        TrustDecision::Untrusted => Err(CloseReason::UntrustedKey),
+        TrustDecision::PinnedToOther { .. } => Err(CloseReason::KeyPinnedToOtherNode),
+        TrustDecision::IdPinnedToOtherKey => Err(CloseReason::IdPinnedToOtherKey),
+        TrustDecision::BadCertificate(e) => {
+            tracing::warn!(%link, peer = %node, %key, error = %e, "refused link: bad certificate");
+            Err(CloseReason::BadCertificate)
+        }
+    }
 }

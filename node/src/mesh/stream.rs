@@ -633,6 +633,28 @@ impl Streams {
         self.relays.handle_link_down(link, out);
     }
 
+    /// Resets every stream with `peer` at both ends (it is no longer trusted).
+    pub fn drop_peer(
+        &mut self,
+        peer: &NodeId,
+        events: &mut Vec<StreamEvent>,
+        out: &mut Vec<Outgoing>,
+    ) {
+        let ids: Vec<StreamId> = (self.endpoints.iter())
+            .filter(|(_, ep)| &ep.peer.node == peer)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some(ep) = self.remove(id) {
+                out.push(ep.clear(StreamKind::Reset(ResetReason::Untrusted)));
+                events.push(StreamEvent::Reset {
+                    id,
+                    reason: ResetReason::Untrusted,
+                });
+            }
+        }
+    }
+
     /// Sweeps timers: unaccepted opens, idle streams, keepalives, idle relayed circuits.
     pub fn handle_timeout(
         &mut self,

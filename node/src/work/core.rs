@@ -307,6 +307,13 @@ impl Core {
         self.queue.len()
     }
 
+    /// Applies new limits (a reload): more slots start queued units at once; a new
+    /// retention applies to units that finish from now on.
+    pub fn set_config(&mut self, config: CoreConfig) {
+        self.config = config;
+        self.start_queued();
+    }
+
     /// Starts draining before a stop: new units to run here are refused
     /// ([`WorkError::Draining`]) and queued ones wait (they start after the next start);
     /// running units go on. Mirrors of remote units are unaffected (they resume after a

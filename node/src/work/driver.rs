@@ -50,6 +50,9 @@ pub struct WorkConfig {
     pub keep_finished: Option<Duration>,
     /// Where unit counters go (disabled by default).
     pub metrics: crate::metrics::Metrics,
+    /// Free bytes the data dir's file system must keep for new units to be accepted (0:
+    /// not checked): the units already here need room for their results and status.
+    pub free_space_floor: u64,
 }
 
 impl Default for WorkConfig {
@@ -59,6 +62,7 @@ impl Default for WorkConfig {
             max_payload: 1 << 30,
             keep_finished: Some(Duration::from_secs(24 * 60 * 60)),
             metrics: crate::metrics::Metrics::default(),
+            free_space_floor: crate::config::DEFAULT_FREE_SPACE_FLOOR_MB << 20,
         }
     }
 }
@@ -181,6 +185,10 @@ pub(super) enum Command {
     Drain {
         reply: oneshot::Sender<watch::Receiver<usize>>,
     },
+    Reconfigure {
+        core: CoreConfig,
+        signing_key: Option<SigningKeypair>,
+    },
 }
 
 /// Runs work units on this node and mirrors units it sent to others. Cheap to clone.
@@ -189,7 +197,11 @@ pub struct Work {
     commands: mpsc::UnboundedSender<Command>,
     node: NodeId,
     store: Arc<UnitStore>,
-    max_payload: u64,
+    /// Changed by a reload, read by every payload.
+    max_payload: Arc<std::sync::atomic::AtomicU64>,
+    /// Changed by a reload, checked for every new unit.
+    free_space_floor: Arc<std::sync::atomic::AtomicU64>,
+    data_dir: PathBuf,
     metrics: crate::metrics::Metrics,
 }
 
@@ -226,7 +238,9 @@ impl Work {
             commands: commands.clone(),
             node: setup.node.clone(),
             store: store.clone(),
-            max_payload: setup.config.max_payload,
+            max_payload: Arc::new(setup.config.max_payload.into()),
+            free_space_floor: Arc::new(setup.config.free_space_floor.into()),
+            data_dir: setup.data_dir.clone(),
             metrics: setup.config.metrics.clone(),
         };
         owner::spawn(owner::OwnerSetup {
@@ -273,6 +287,7 @@ impl Work {
             NodeId::new(submission.node.clone())
                 .map_err(|e| WorkError::BadParameters(e.to_string()))?
         };
+        self.check_room()?;
         let expires_at = submission
             .ttl
             .map(|ttl| crate::clock::now_ms().saturating_add(ttl.as_millis() as u64));
@@ -292,6 +307,15 @@ impl Work {
                 other => return other,
             }
         }
+    }
+
+    /// Refuses new units while the data dir's file system is below the free-space floor.
+    fn check_room(&self) -> Result<(), WorkError> {
+        let floor = (self.free_space_floor).load(std::sync::atomic::Ordering::Relaxed);
+        crate::host::disk::has_room(&self.data_dir, floor).map_err(|e| WorkError::NoRoom {
+            node: self.node.clone(),
+            reason: e.to_string(),
+        })
     }
 
     /// Reads `payload` to EOF into the unit's stdin (at most the node's payload limit),
@@ -320,7 +344,8 @@ impl Work {
         payload: &mut (dyn AsyncRead + Unpin + Send),
         check: impl FnOnce(&[u8; 32]) -> Result<(), WorkError>,
     ) -> Result<Taken, WorkError> {
-        let stored = store_payload(&self.store.stdin_path(id), payload, self.max_payload).await;
+        let limit = self.max_payload.load(std::sync::atomic::Ordering::Relaxed);
+        let stored = store_payload(&self.store.stdin_path(id), payload, limit).await;
         let (result, error) = match stored {
             Ok((size, digest)) => match check(&digest) {
                 Ok(()) => {
@@ -333,7 +358,7 @@ impl Work {
                 let e = WorkError::OverLimit {
                     node: self.node.clone(),
                     what: "the payload (bytes)".into(),
-                    limit: self.max_payload,
+                    limit,
                 };
                 (Err(e.to_string()), Some(e))
             }
@@ -378,6 +403,30 @@ impl Work {
     /// [`WorkError::Stopped`] when the work layer has stopped.
     pub async fn drain(&self) -> Result<watch::Receiver<usize>, WorkError> {
         self.ask(|reply| Command::Drain { reply }).await
+    }
+
+    /// Applies new limits and a new work signing key (a reload): `max_running`,
+    /// `max_payload` and `keep_finished` of `config` (its metrics are kept).
+    ///
+    /// # Errors
+    /// [`WorkError::Stopped`] when the work layer has stopped.
+    pub fn reconfigure(
+        &self,
+        config: &WorkConfig,
+        signing_key: Option<SigningKeypair>,
+    ) -> Result<(), WorkError> {
+        (self.max_payload).store(config.max_payload, std::sync::atomic::Ordering::Relaxed);
+        (self.free_space_floor).store(
+            config.free_space_floor,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        let core = CoreConfig {
+            max_running: config.max_running,
+            keep_finished: config.keep_finished,
+        };
+        (self.commands)
+            .send(Command::Reconfigure { core, signing_key })
+            .map_err(|_| WorkError::Stopped)
     }
 
     /// Every unit `by` may see, sorted by id.

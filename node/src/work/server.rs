@@ -28,10 +28,17 @@ use crate::mesh::driver::{MeshHandle, MeshStream, PeerIdentity};
 pub struct ServerSetup {
     /// Who may do what (replaced on reload).
     pub access: watch::Receiver<Arc<AccessPolicy>>,
-    /// Whether submissions must be signed by a trusted work signing key.
-    pub require_signed: bool,
-    /// Checks work signatures.
-    pub verifier: Verifier,
+    /// Which work signatures are required and trusted (replaced on reload).
+    pub signed: watch::Receiver<SignedWork>,
+}
+
+/// The node's rule for signed work.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SignedWork {
+    /// Whether submissions must be signed by one of `keys`.
+    pub required: bool,
+    /// The keys whose work signatures are trusted.
+    pub keys: Vec<crate::host::signing::SignerKey>,
 }
 
 /// How long a results session waits, after its last frame, for the peer to close: the
@@ -43,7 +50,8 @@ struct Server {
     /// Results sessions in flight (a draining node lets them finish).
     results_in_flight: watch::Sender<usize>,
     access: watch::Receiver<Arc<AccessPolicy>>,
-    require_signed: bool,
+    signed: watch::Receiver<SignedWork>,
+    /// Remembers the nonces seen; its keys follow `signed`.
     verifier: Mutex<Verifier>,
 }
 
@@ -59,8 +67,8 @@ pub fn serve(work: Work, mesh: &MeshHandle, setup: ServerSetup) -> watch::Receiv
         work,
         results_in_flight,
         access: setup.access,
-        require_signed: setup.require_signed,
-        verifier: Mutex::new(setup.verifier),
+        verifier: Mutex::new(Verifier::new(Vec::new())),
+        signed: setup.signed,
     });
     tokio::spawn(async move {
         while let Some(stream) = incoming.recv().await {
@@ -230,8 +238,9 @@ impl Server {
             node: self.node().clone(),
             source,
         };
+        let rule = self.signed.borrow().clone();
         match &request.signature {
-            None if self.require_signed => Err(signature_error(signature::SignatureError::Missing)),
+            None if rule.required => Err(signature_error(signature::SignatureError::Missing)),
             None => Ok(()),
             Some(sig) => {
                 let signed = Signed {
@@ -244,6 +253,7 @@ impl Server {
                     .verifier
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
+                verifier.trust(rule.keys);
                 verifier
                     .check(&signed, sig, crate::clock::now_ms())
                     .map_err(signature_error)

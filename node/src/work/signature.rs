@@ -140,6 +140,11 @@ impl Verifier {
         }
     }
 
+    /// Trusts `keys` from now on (a reload); the nonces seen are kept.
+    pub fn trust(&mut self, keys: Vec<SignerKey>) {
+        self.trusted = keys;
+    }
+
     /// Checks `signature` for `submission` at `now_ms`, before the payload arrives; records
     /// its nonce. The payload's digest is checked with [`check_payload`] once it is in.
     ///

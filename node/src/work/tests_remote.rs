@@ -8,7 +8,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::server::ServerSetup;
-use super::signature::Verifier;
 use super::{Requester, Submission, UnitState, Work, WorkConfig, WorkSetup};
 use crate::access::AccessPolicy;
 use crate::host::registry::Registry;
@@ -131,8 +130,7 @@ async fn remote_output_survives_a_relay_restart_without_loss_or_duplication() {
         &c,
         ServerSetup {
             access,
-            require_signed: false,
-            verifier: Verifier::default(),
+            signed: watch::channel(super::server::SignedWork::default()).1,
         },
     );
     let (_none, empty) = watch::channel(Arc::new(Registry::default()));

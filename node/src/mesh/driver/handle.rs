@@ -7,6 +7,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::Driver;
+use super::reconfig::Reconfigure;
 use super::stream::{MeshStream, StreamSlot};
 use crate::id::{NodeId, ServiceName};
 use crate::mesh::message::ResetReason;
@@ -69,6 +70,7 @@ pub(super) enum Command {
         reply: oneshot::Sender<MeshStatus>,
     },
     SetWorkTypes(Vec<String>),
+    Reconfigure(Box<Reconfigure>),
     LastLinkEnd {
         reply: oneshot::Sender<Option<String>>,
     },
@@ -165,6 +167,14 @@ impl MeshHandle {
         self.send(Command::SetWorkTypes(work_types))
     }
 
+    /// Applies a change of configuration (a reload): see [`Reconfigure`].
+    ///
+    /// # Errors
+    /// [`DriverGone`] when the node stopped.
+    pub fn reconfigure(&self, change: Reconfigure) -> Result<(), DriverGone> {
+        self.send(Command::Reconfigure(Box::new(change)))
+    }
+
     /// How the most recent link failure ended (for example "link to relay closed by peer:
     /// untrusted key"), if any.
     ///
@@ -239,6 +249,7 @@ impl Driver {
                 let _ = reply.send(self.node.status());
             }
             Command::SetWorkTypes(types) => self.node.set_work_types(now, types),
+            Command::Reconfigure(change) => self.reconfigure(now, *change),
             Command::LastLinkEnd { reply } => {
                 let _ = reply.send(self.last_link_end.clone());
             }

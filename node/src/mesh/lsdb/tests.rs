@@ -171,6 +171,49 @@ fn with_an_authority_only_certified_nodes_are_stored() {
 }
 
 #[test]
+fn a_revocation_applied_by_rejudging_removes_the_revoked_node_only() {
+    let now = Instant::now();
+    let ca = SigningKeypair::from_private([9; 32]);
+    let mut policy = TrustPolicy {
+        entries: Vec::new(),
+        authorities: Authorities::new([ca.public()]),
+    };
+    let mut db = db(&[]);
+    for (name, k, serial) in [("w1", 1, 1), ("w2", 2, 2)] {
+        let cert = Certificate {
+            version: CERT_VERSION,
+            serial,
+            node: id(name),
+            key: key(k),
+            groups: Vec::new(),
+            not_before_ms: 0,
+            not_after_ms: WALL * 2,
+            issuer: ca.public(),
+        }
+        .sign(&ca);
+        let mut certified = advert(name, k, 1, 1, &[]);
+        certified.cert = Some(Box::new(cert));
+        let certified = certified.sign(&keys(k), &[0; 64]);
+        assert_eq!(
+            db.handle_advert(now, WALL, certified, &policy),
+            AdvertOutcome::Stored
+        );
+    }
+    let list = crate::ca::RevocationList {
+        issuer: ca.public(),
+        issued_at_ms: 1,
+        serials: [2].into(),
+    }
+    .sign(&ca);
+    policy.authorities.revoke(&list).unwrap();
+    assert_eq!(db.rejudge(WALL, &policy), [id("w2")]);
+    assert!(db.get(&id("w2")).is_none());
+    assert!(db.get(&id("w1")).is_some());
+    assert!(db.get(&id("me")).is_some(), "our own advert stays");
+    assert!(db.next_expiry().is_some(), "w1 still expires");
+}
+
+#[test]
 fn caps_the_number_of_nodes_and_the_rate_of_one_origin() {
     let now = Instant::now();
     let mut db = Lsdb::new(

@@ -32,6 +32,14 @@ impl Sim {
         self.drain(a);
     }
 
+    /// The peer slots through which `a` dials `b`.
+    pub(crate) fn slots_to(&self, a: NodeIdx, b: NodeIdx) -> Vec<PeerSlotId> {
+        (self.nodes[a.0].slots.iter())
+            .filter(|(_, conn)| self.conns[**conn].to == b)
+            .map(|(slot, _)| *slot)
+            .collect()
+    }
+
     fn pair(a: NodeIdx, b: NodeIdx) -> (NodeIdx, NodeIdx) {
         (a.min(b), a.max(b))
     }

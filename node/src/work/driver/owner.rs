@@ -193,6 +193,10 @@ impl Owner {
             } => self.core.mirror_ended(now, id, local_size, outcome),
             Command::RemoteCancelled { id, result } => self.core.remote_cancelled(id, result),
             Command::RemoteReleased { id, result } => self.core.remote_released(now, id, result),
+            Command::Reconfigure { core, signing_key } => {
+                self.ctx.signing_key = signing_key.map(Arc::new);
+                self.core.set_config(core);
+            }
             Command::Drain { reply } => {
                 self.core.drain();
                 let running = self
