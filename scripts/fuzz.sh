@@ -33,7 +33,9 @@ EOF
 }
 
 targets() {
-    sed -n 's/^name = "\(.*\)"$/\1/p' fuzz/Cargo.toml | grep -vx warren-fuzz
+    for file in fuzz/fuzz_targets/*.rs; do
+        basename "$file" .rs
+    done
 }
 
 target_dir="${FUZZ_TARGET_DIR:-$PWD/fuzz/target}"

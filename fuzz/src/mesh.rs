@@ -134,7 +134,7 @@ pub fn advert(index: u8, seq: u64, links: &[(u8, u32)]) -> Advert {
         key: keys.public(),
         epoch: EPOCH_MS,
         seq,
-        issued_at_ms: EPOCH_MS + seq,
+        issued_at_ms: EPOCH_MS.saturating_add(seq),
         links: links
             .iter()
             .map(|&(peer, cost)| warren::mesh::lsdb::AdvertLink {

@@ -41,7 +41,10 @@ pub fn terminal_filter(data: &[u8]) -> Reached {
             "whole-text form agrees"
         );
         let json = json_safe(text);
-        assert!(!json.chars().any(is_c1), "json_safe leaves no C1 character");
+        assert!(
+            !json.chars().any(|c| is_c1(c) || c == '\u{7f}'),
+            "json_safe leaves no C1 character and no DEL"
+        );
     }
     if whole.contains(&0x1b) {
         reached.push("sgr");
