@@ -1,7 +1,7 @@
 //! Live reconfiguration with real nodes: a reload (receptorctl's, or SIGHUP) adds a peer
 //! and its trust entry while a job runs on another link, and removes the peer again,
 //! closing its link with a reason; settings that need a restart are named and nothing is
-//! applied.
+//! applied; the log level follows the config unless `RUST_LOG` pins it.
 
 use std::path::PathBuf;
 
@@ -181,4 +181,78 @@ fn reload_names_settings_that_need_a_restart_and_applies_nothing() {
     let status = trio.mesh.status(trio.a).unwrap();
     assert!(status["RoutingTable"].get("c").is_none(), "{status}");
     assert_eq!(trio.generation(), Some(0));
+}
+
+#[test]
+fn reload_changes_the_log_level_unless_rust_log_pins_it() {
+    let mut mesh = Mesh::new();
+    let id = mesh.identity("a");
+    let config = mesh.path("a.toml");
+    let data_dir = mesh.path("a-data");
+    let toml = |level: &str| {
+        format!(
+            "[node]\nid = \"a\"\ndata-dir = \"{}\"\nkey-file = \"{}\"\nlog-level = \"{level}\"\n",
+            data_dir.display(),
+            id.key.display()
+        )
+    };
+    std::fs::write(&config, toml("warn")).unwrap();
+    let flags = ["--config".to_owned(), config.display().to_string()];
+    // An empty RUST_LOG counts as unset, so the config's level rules.
+    let a = mesh.start_env(&id, &flags, &[("RUST_LOG", "")]);
+    let log_path = mesh.node(a).log.clone();
+    let log = || std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        !log().contains("node started"),
+        "info is off at warn:\n{}",
+        log()
+    );
+
+    std::fs::write(&config, toml("debug")).unwrap();
+    let out = receptorctl_reload(&mesh, a);
+    assert!(out.status.success(), "{out:?}");
+    wait_for("the reload's own info line", || {
+        log().contains("reload applied").then_some(())
+    });
+    assert!(log().contains("node.log-level"), "{}", log());
+
+    // Back to error: the next reload's info line is not written.
+    std::fs::write(&config, toml("error")).unwrap();
+    assert!(receptorctl_reload(&mesh, a).status.success());
+    std::fs::write(&config, toml("error") + "\n[work]\nmax-running = 3\n").unwrap();
+    assert!(receptorctl_reload(&mesh, a).status.success());
+    assert_eq!(log().matches("reload applied").count(), 1, "{}", log());
+
+    // A node whose RUST_LOG is set keeps it: the config's level is not applied.
+    let id_b = mesh.identity("b");
+    let config_b = mesh.path("b.toml");
+    std::fs::write(
+        &config_b,
+        format!(
+            "[node]\nid = \"b\"\ndata-dir = \"{}\"\nkey-file = \"{}\"\nlog-level = \"error\"\n",
+            mesh.path("b-data").display(),
+            id_b.key.display()
+        ),
+    )
+    .unwrap();
+    let b = mesh.start(
+        &id_b,
+        &["--config".to_owned(), config_b.display().to_string()],
+    );
+    let log_b = std::fs::read_to_string(&mesh.node(b).log).unwrap();
+    assert!(
+        log_b.contains("not applied: RUST_LOG sets the log filter"),
+        "{log_b}"
+    );
+    assert!(log_b.contains("node started"), "{log_b}");
+}
+
+fn receptorctl_reload(mesh: &Mesh, node: usize) -> std::process::Output {
+    std::process::Command::new(venv_bin().join("receptorctl"))
+        .arg("--socket")
+        .arg(&mesh.node(node).socket)
+        .arg("reload")
+        .env("LANG", "C.UTF-8")
+        .output()
+        .unwrap()
 }

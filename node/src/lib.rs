@@ -44,6 +44,7 @@ pub mod daemon;
 pub mod host;
 pub mod id;
 pub mod keys;
+pub mod logging;
 pub mod mesh;
 pub mod metrics;
 pub mod terminal;

@@ -108,7 +108,7 @@ impl Cli {
             Command::Run(_) => "error",
             _ => "warn",
         };
-        init_tracing(default_level, self.verbose);
+        crate::logging::init(default_level, self.verbose);
         let runtime = match tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -144,20 +144,4 @@ impl Cli {
             }
         }
     }
-}
-
-fn init_tracing(default_level: &str, verbose: u8) {
-    let level = match verbose {
-        0 => default_level,
-        1 => "info",
-        2 => "debug",
-        _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("warren={level}")));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
 }

@@ -307,6 +307,7 @@ impl NodeArgs {
             access: Default::default(),
             metrics: None,
             tls: TlsConfig::default(),
+            log_level: None,
         };
         self.extend(config).validate(Origin::Flags)
     }

@@ -141,6 +141,9 @@ pub enum Problem {
     /// A path setting is empty.
     #[error("the path is empty")]
     EmptyPath,
+    /// Not a log level or filter.
+    #[error(transparent)]
+    LogLevel(#[from] crate::logging::LogLevelError),
     /// A file mode is not an octal string of at most `0777`.
     #[error("{value:?} is not an octal file mode such as \"0600\"")]
     Permissions {

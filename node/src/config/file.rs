@@ -92,6 +92,7 @@ struct NodeSection {
     id: Spanned<String>,
     data_dir: Spanned<String>,
     key_file: Spanned<String>,
+    log_level: Option<Spanned<String>>,
 }
 
 /// A `[[listen]]` or `[[peer]]` entry.
@@ -216,6 +217,14 @@ impl Decoder<'_> {
                 })
                 .transpose()?,
             tls: self.tls(&file.tls)?,
+            log_level: (node.log_level.as_ref())
+                .map(|l| {
+                    self.parse(l, "[node] log-level", |s| {
+                        crate::logging::filter_for(s)?;
+                        Ok(s.trim().to_owned())
+                    })
+                })
+                .transpose()?,
         })
     }
 

@@ -182,6 +182,9 @@ pub struct Config {
     pub metrics: Option<EndpointAddr>,
     /// TLS for `wss://` listeners and peers.
     pub tls: TlsConfig,
+    /// `[node] log-level`: a level for Warren's modules or a `RUST_LOG`-style filter
+    /// (validated); `RUST_LOG` and `-v` take precedence. Reloadable.
+    pub log_level: Option<String>,
 }
 
 /// `[certificates]`: mesh authorities (`--ca`), this node's certificate (`--cert`) and

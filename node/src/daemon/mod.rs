@@ -585,6 +585,25 @@ impl RunningNode {
     }
 }
 
+/// Applies the config's `[node] log-level` to the process's log filter, saying so when a
+/// higher source (`RUST_LOG`, `-v`) keeps its own.
+pub(crate) fn apply_log_level(config: &Config) {
+    use crate::logging::LogChange;
+    match crate::logging::apply_config(config.log_level.as_deref()) {
+        Ok(LogChange::Applied) => tracing::info!(
+            level = config.log_level.as_deref().unwrap_or("the default"),
+            "log level set from the config"
+        ),
+        Ok(LogChange::Pinned(by)) if config.log_level.is_some() => tracing::info!(
+            pinned_by = by,
+            "[node] log-level not applied: {by} sets the log filter"
+        ),
+        Ok(_) => {}
+        // Validated when the config was read; a failure here is the subscriber's.
+        Err(e) => tracing::warn!(error = %e, "cannot change the log level"),
+    }
+}
+
 /// Runs a node until SIGINT or SIGTERM; `source` as for [`start`].
 ///
 /// # Errors
@@ -595,6 +614,7 @@ pub async fn run(
     source: Option<ConfigSource>,
 ) -> Result<(), StartError> {
     raise_fd_limit();
+    apply_log_level(config);
     let node = start(config, source).await?;
     if let Some(path) = ready_file {
         node.write_ready_file(path)?;

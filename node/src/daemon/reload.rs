@@ -36,6 +36,7 @@ const RELOADABLE: &[&str] = &[
     "work-type",
     "signer",
     "ansible-runner",
+    "node.log-level",
 ];
 
 /// The running config, where to re-read it from, and how to apply a new one.
@@ -199,6 +200,7 @@ fn changed_settings(old: &Config, new: &Config) -> Vec<&'static str> {
         (old.access != new.access, "allow"),
         (old.metrics != new.metrics, "metrics"),
         (old.tls != new.tls, "tls"),
+        (old.log_level != new.log_level, "node.log-level"),
     ];
     checks
         .into_iter()
@@ -233,6 +235,7 @@ mod tests {
             ansible_runner: Default::default(),
             metrics: None,
             tls: Default::default(),
+            log_level: None,
         }
     }
 

@@ -138,6 +138,9 @@ impl Applier {
         if has("signer") {
             self.signers.send_replace(new.signers.clone());
         }
+        if has("node.log-level") {
+            crate::daemon::apply_log_level(new);
+        }
         if has("work-type") || has("signer") || has("ansible-runner") {
             crate::daemon::offer_work_types(
                 new.clone(),
