@@ -14,5 +14,11 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 # The guests as they ship: wasm32-wasip2 (the line above lints their host builds).
 cargo clippy -p guest-runner -p probe-handler --target wasm32-wasip2 -- -D warnings
+# The fuzz targets (fuzz/, its own workspace) must keep building against the node's APIs:
+# formatted, linted and type-checked on stable without libFuzzer, never run here
+# (scripts/fuzz.sh runs them).
+cargo fmt --manifest-path fuzz/Cargo.toml --check
+cargo clippy --manifest-path fuzz/Cargo.toml --no-default-features --all-targets --locked \
+    -- -D warnings
 cargo test --workspace
 .venv/bin/python -m pytest -q python/tests

@@ -281,14 +281,15 @@ pub fn one_line(text: &str) -> Cow<'_, str> {
 }
 
 /// Serialized JSON made safe to print unchanged in meaning: serde_json escapes C0 controls
-/// inside strings but leaves C1 characters raw, which this writes as `\u00XX` escapes.
+/// inside strings but leaves C1 characters and DEL raw, which this writes as `\u00XX`
+/// escapes.
 pub fn json_safe(json: &str) -> Cow<'_, str> {
-    if !json.chars().any(is_c1) {
+    if !json.chars().any(json_escaped) {
         return Cow::Borrowed(json);
     }
     let mut out = String::with_capacity(json.len() + 16);
     for c in json.chars() {
-        if is_c1(c) {
+        if json_escaped(c) {
             out.push_str(&format!("\\u{:04x}", u32::from(c)));
         } else {
             out.push(c);
@@ -297,11 +298,26 @@ pub fn json_safe(json: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// What [`json_safe`] escapes: C1 controls, and DEL, which JSON allows raw in a string
+/// (found by the `worker_stream` fuzz target: a worker's event printed DEL with `-j`).
+fn json_escaped(c: char) -> bool {
+    is_c1(c) || c == '\u{7f}'
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn json_safe_escapes_del() {
+        let line = "{\"stdout\": \"a\u{7f}b\u{9b}c\"}";
+        let safe = json_safe(line);
+        assert_eq!(safe, "{\"stdout\": \"a\\u007fb\\u009bc\"}");
+        let value: serde_json::Value = serde_json::from_str(&safe).expect("still JSON");
+        assert_eq!(value["stdout"], "a\u{7f}b\u{9b}c");
+    }
 
     fn colour(bytes: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();

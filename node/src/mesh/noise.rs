@@ -30,8 +30,8 @@ pub const MAX_PLAINTEXT_LEN: usize = super::frame::MAX_NOISE_MESSAGE_LEN - 16;
 
 /// Bound into the handshake hash. It names no version: the version travels in the first
 /// message's preamble, so nodes of different versions can still tell each other why they
-/// part.
-const PROLOGUE: &[u8] = b"warren mesh";
+/// part. Public for tools that speak the handshake by hand (the fuzz targets).
+pub const PROLOGUE: &[u8] = b"warren mesh";
 
 /// Why a handshake failed.
 #[derive(Debug, thiserror::Error)]
