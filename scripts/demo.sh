@@ -56,11 +56,11 @@ fi
 
 if [[ -n ${WARREN_DEMO_BIN:-} ]]; then
     bin=$(cd "$WARREN_DEMO_BIN" && pwd)
-    scripts/setup-python.sh >&2
+    scripts/setup-python.sh --without-package >&2
 else
     echo "==> setting up (the Rust toolchain, .venv with ansible-runner)" >&2
     scripts/toolchain.sh
-    scripts/setup-python.sh >&2
+    scripts/setup-python.sh --without-package >&2
     echo "==> building warren" >&2
     cargo build -q -p warren
     target=${CARGO_TARGET_DIR:-target}

@@ -7,14 +7,24 @@
 # The extension is built by maturin with cargo, into the workspace's target dir (or
 # $CARGO_TARGET_DIR), in cargo's dev profile: the tests and the demo need no optimised
 # build. WARREN_PYTHON_PROFILE=release builds it as `pip install ./python` does.
+#
+#   scripts/setup-python.sh                    # the venv and Warren's Python package
+#   scripts/setup-python.sh --without-package  # the venv only (the demo needs no more)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+package=true
+case "${1:-}" in
+    "") ;;
+    --without-package) package=false ;;
+    *) echo "usage: scripts/setup-python.sh [--without-package]" >&2; exit 2 ;;
+esac
 python="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
     "$python" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r scripts/requirements.txt
 .venv/bin/ansible-runner --version
+$package || exit 0
 # maturin is the venv's (pinned above): no build isolation, so nothing is fetched to build.
 PATH="$PWD/.venv/bin:$PATH" MATURIN_PEP517_ARGS="--profile ${WARREN_PYTHON_PROFILE:-dev} --strip" \
     .venv/bin/python -m pip install --quiet --disable-pip-version-check \
