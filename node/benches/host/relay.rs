@@ -45,6 +45,7 @@ pub(crate) fn run() -> anyhow::Result<()> {
         env: vec![("PATH".into(), "/usr/bin:/bin".into())],
         env_allow: BTreeSet::new(),
         limits: Limits::default(),
+        program_limits: Default::default(),
     });
     let wasm = |bytes| relay_wasm(&host, &guest, &policy, job_dir.path().to_owned(), bytes);
     let runtime = crate::runtime()?;
@@ -100,6 +101,7 @@ async fn relay_wasm(
         job_dir,
         payload: Box::new(Pattern::new(bytes)),
         results: Box::new(Counter(counted.clone())),
+        files: None,
     };
     let (_cancel, cancelled) = watch::channel(false);
     let started = Instant::now();

@@ -6,6 +6,8 @@
 //! - [`policy`]: what a work type may do, as pure checks (testable without wasm).
 //! - [`state`]: the per-job store data: WASI context, resource table, capabilities.
 //! - [`process`] and [`jobio`]: the host side of the world's interfaces.
+//! - [`contain`]: job containment: cgroups or a subreaper supervisor, rlimits, a private
+//!   network on request, and detached jobs that survive a restart of the node.
 //! - [`registry`]: the offered work types and their active components.
 //! - [`runner`]: one engine per node; per job a store with limits, an instance, a call.
 //! - [`component`]: which components may run: signatures, capabilities, imports.
@@ -18,6 +20,7 @@
 pub mod bindings;
 pub mod builtin;
 pub mod component;
+pub mod contain;
 pub mod deploy;
 pub mod detect;
 pub mod jobio;

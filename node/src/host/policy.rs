@@ -9,6 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
+use super::contain::ProgramLimits;
+
 /// The logical program name under which [`Policy::for_ansible_runner`] lists ansible-runner.
 pub const ANSIBLE_RUNNER_PROGRAM: &str = "ansible-runner";
 
@@ -76,6 +78,8 @@ pub struct Policy {
     pub env_allow: BTreeSet<String>,
     /// The job's limits.
     pub limits: Limits,
+    /// Limits on the programs the job starts (containment, `host/contain`).
+    pub program_limits: ProgramLimits,
 }
 
 impl Policy {
@@ -99,6 +103,7 @@ impl Policy {
             env: child_vars(defaults, env_pass, node_env),
             env_allow: BTreeSet::new(),
             limits,
+            program_limits: ProgramLimits::default(),
         }
     }
 
@@ -131,6 +136,7 @@ impl Policy {
             // The submitter's terminal type, so Ansible colours output as a local run does.
             env_allow: BTreeSet::from(["TERM".to_owned()]),
             limits,
+            program_limits: ProgramLimits::default(),
         }
     }
 
@@ -243,6 +249,7 @@ mod tests {
             env: vec![("LANG".into(), "C.UTF-8".into())],
             env_allow: ["EXTRA".to_owned()].into(),
             limits: Limits::default(),
+            program_limits: ProgramLimits::default(),
         }
     }
 

@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -22,6 +22,9 @@ use wasmtime_wasi::p2::pipe::{AsyncReadStream, AsyncWriteStream};
 
 use super::bindings::WorkHandlerPre;
 use super::bindings::warren::worker::types::{Job as WitJob, Outcome as WitOutcome};
+use super::contain::detached::{Reattach, reattach};
+use super::contain::spawn::JobContain;
+use super::contain::{Breach, Containment, UnitFiles};
 use super::policy::Policy;
 use super::state::JobState;
 
@@ -72,6 +75,9 @@ pub struct JobIo {
     pub payload: Box<dyn AsyncRead + Send + Unpin>,
     /// Where results go.
     pub results: Box<dyn AsyncWrite + Send + Unpin>,
+    /// The unit's files, for detached programs and the unit's `ExtraData`; `None` (embedded
+    /// tests, benches) means the job cannot detach.
+    pub files: Option<UnitFiles>,
 }
 
 /// How a job ended.
@@ -130,6 +136,8 @@ pub struct Host {
     engine: Engine,
     linker: Linker<JobState>,
     cache_dir: PathBuf,
+    /// How jobs' programs are contained.
+    containment: Arc<Containment>,
     /// Stops the epoch ticker thread when the host is dropped.
     _ticker: Ticker,
 }
@@ -185,11 +193,21 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 }
 
 impl Host {
-    /// A host caching compiled components in `cache_dir`.
+    /// A host caching compiled components in `cache_dir`, containing programs as
+    /// [`Containment::auto`] finds (with the running binary as supervisor).
     ///
     /// # Errors
     /// [`HostError::Engine`] when the engine or linker cannot be built.
     pub fn new(cache_dir: &Path) -> Result<Self, HostError> {
+        Self::with_containment(cache_dir, Containment::auto())
+    }
+
+    /// A host caching compiled components in `cache_dir`, containing programs with
+    /// `containment`.
+    ///
+    /// # Errors
+    /// [`HostError::Engine`] when the engine or linker cannot be built.
+    pub fn with_containment(cache_dir: &Path, containment: Containment) -> Result<Self, HostError> {
         let mut config = Config::new();
         config.wasm_component_model(true).epoch_interruption(true);
         let engine = Engine::new(&config).map_err(|e| HostError::Engine(e.to_string()))?;
@@ -198,12 +216,27 @@ impl Host {
             .map_err(|e| HostError::Engine(e.to_string()))?;
         add_worker_interfaces(&mut linker).map_err(|e| HostError::Engine(e.to_string()))?;
         let ticker = start_ticker(&engine);
+        for note in containment.notes() {
+            tracing::debug!("containment: {note}");
+        }
         Ok(Self {
             engine,
             linker,
             cache_dir: cache_dir.to_owned(),
+            containment: Arc::new(containment),
             _ticker: ticker,
         })
+    }
+
+    /// How this host contains jobs' programs.
+    pub fn containment(&self) -> &Containment {
+        &self.containment
+    }
+
+    /// Finds the detached job of a unit that was running when the node stopped; see
+    /// [`reattach`]. Call it once per such unit at startup, before new jobs start.
+    pub fn reattach(&self, files: UnitFiles) -> Reattach {
+        reattach(files)
     }
 
     /// Compiles (or loads from the cache) a component and links it.
@@ -285,6 +318,8 @@ impl Host {
         let exceeded = capped.exceeded.clone();
         let payload = Box::new(AsyncReadStream::new(io.payload));
         let results = Box::new(AsyncWriteStream::new(RESULTS_WRITE_BUDGET, capped));
+        let contain = self.job_contain(&policy, io.files);
+        let breaches = contain.breaches().clone();
         let state = match JobState::new(
             job.id.clone(),
             io.job_dir,
@@ -293,7 +328,10 @@ impl Host {
             results,
             cancelled.clone(),
         ) {
-            Ok(state) => state,
+            Ok(mut state) => {
+                state.contain = contain;
+                state
+            }
             Err(e) => return Outcome::failed(e.to_string()),
         };
         let mut store = Store::new(&self.engine, state);
@@ -316,7 +354,41 @@ impl Host {
                 limits.output_bytes
             ));
         }
-        outcome
+        with_breach(outcome, breaches.get())
+    }
+
+    fn job_contain(&self, policy: &Policy, files: Option<UnitFiles>) -> JobContain {
+        let limits = &policy.limits;
+        let deadline = SystemTime::now() + limits.deadline;
+        let deadline_ms = deadline.duration_since(UNIX_EPOCH).map_or(u64::MAX, |d| {
+            u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+        });
+        JobContain {
+            containment: Some(self.containment.clone()),
+            limits: policy.program_limits,
+            files,
+            deadline_ms,
+            deadline: limits.deadline,
+            cancel_grace: limits.cancel_grace,
+            output_bytes: limits.output_bytes,
+            ..JobContain::default()
+        }
+    }
+}
+
+/// A job whose programs broke a limit failed, whatever the handler made of their end; the
+/// detail names the limit first. A cancelled job stays cancelled.
+fn with_breach(outcome: Outcome, breach: Option<Breach>) -> Outcome {
+    let Some(breach) = breach else {
+        return outcome;
+    };
+    match outcome {
+        Outcome::Succeeded => Outcome::failed(breach.to_string()),
+        Outcome::Failed { detail, exit_code } => Outcome::Failed {
+            detail: format!("{breach}; {detail}"),
+            exit_code,
+        },
+        canceled @ Outcome::Canceled { .. } => canceled,
     }
 }
 

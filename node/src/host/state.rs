@@ -9,6 +9,7 @@ use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::p2::{DynInputStream, DynOutputStream};
 use wasmtime_wasi::{FsPerms, ResourceTable, WasiCtx, WasiCtxView, WasiView};
 
+use super::contain::spawn::JobContain;
 use super::policy::Policy;
 
 /// Why a job's store could not be built.
@@ -35,6 +36,8 @@ pub struct JobState {
     pub(crate) results: Option<DynOutputStream>,
     /// Turns true when the job is cancelled.
     pub(crate) cancelled: watch::Receiver<bool>,
+    /// How the job's programs are contained (set by the runner).
+    pub(crate) contain: JobContain,
 }
 
 impl std::fmt::Debug for JobState {
@@ -89,6 +92,7 @@ impl JobState {
             payload: Some(payload),
             results: Some(results),
             cancelled,
+            contain: JobContain::default(),
         })
     }
 

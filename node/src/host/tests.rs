@@ -43,6 +43,7 @@ fn policy(programs: &[(&str, &str)], limits: Limits) -> Arc<Policy> {
         env: vec![("PATH".into(), "/usr/bin:/bin".into())],
         env_allow: BTreeSet::from(["ALLOWED".to_owned()]),
         limits,
+        program_limits: Default::default(),
     })
 }
 
@@ -76,6 +77,7 @@ async fn run(
         job_dir,
         payload: Box::new(std::io::Cursor::new(payload)),
         results: Box::new(results),
+        files: None,
     };
     let (tx, rx) = watch::channel(false);
     if let Some(after) = cancel {

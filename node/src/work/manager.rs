@@ -21,6 +21,7 @@ use super::status::{Component, UnitStatus};
 use super::store::{StoreError, UnitStore};
 use super::unit::{UnitId, UnitState};
 use crate::control::goformat::rfc3339_utc;
+use crate::host::contain::UnitFiles;
 use crate::host::registry::{ActiveHandler, COMMAND_HANDLER, Registry};
 use crate::host::runner::{Host, Job, JobIo, Outcome};
 use crate::id::NodeId;
@@ -520,12 +521,13 @@ impl Work {
             })
             .map_err(|e| e.to_string())?;
         let job_dir = self.store().stdin_path(id).with_file_name("job");
-        let io = open_io(
+        let mut io = open_io(
             job_dir,
             self.store().stdin_path(id),
             self.store().stdout_path(id),
             self.inner.changed.clone(),
         )?;
+        io.files = Some(self.unit_files(id));
         let job = Job {
             id: id.to_string(),
             work_type: status.work_type.clone(),
@@ -534,6 +536,27 @@ impl Work {
         };
         tracing::info!(unit = %id, work_type = %job.work_type, component = %info.name, version = %info.version, "unit started");
         Ok((active, job, io))
+    }
+}
+
+impl Work {
+    /// The unit's files for the host: detached programs write to them, and the host
+    /// records the programs' containment as the unit's `ExtraData` (host/contain hook).
+    fn unit_files(&self, id: UnitId) -> UnitFiles {
+        let payload = self.store().stdin_path(id);
+        let changed = self.inner.changed.clone();
+        let work = self.clone();
+        UnitFiles {
+            dir: payload.parent().map(PathBuf::from).unwrap_or_default(),
+            results: self.store().stdout_path(id),
+            payload,
+            on_output: Arc::new(move || changed.send_modify(|n| *n = n.wrapping_add(1))),
+            on_extra_data: Arc::new(move |value| {
+                if let Err(e) = work.store().update(id, |s| s.extra_data = value) {
+                    tracing::warn!(unit = %id, error = %e, "cannot record the unit's containment");
+                }
+            }),
+        }
     }
 }
 
@@ -561,6 +584,7 @@ fn open_io(
             Box::new(tokio::fs::File::from_std(results)),
             changed,
         )),
+        files: None,
     })
 }
 
