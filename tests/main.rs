@@ -9,7 +9,9 @@ mod support;
 
 mod cli;
 mod component;
+mod contain;
 mod deploy;
+mod detached;
 mod mesh;
 mod receptorctl;
 mod run;

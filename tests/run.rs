@@ -441,7 +441,7 @@ fn the_relay_dies_and_returns_mid_job_and_the_output_is_complete() {
 }
 
 #[test]
-fn ctrl_c_cancels_the_remote_unit_and_exits_like_a_cancelled_run() {
+fn ctrl_c_cancels_the_remote_unit_and_leaves_no_process_of_the_job() {
     let setup = setup(None, None);
     let pdd = setup.mesh.path("demo");
     copy_demo(&pdd);
@@ -467,6 +467,17 @@ fn ctrl_c_cancels_the_remote_unit_and_exits_like_a_cancelled_run() {
         let started = (units.as_object()?.values()).any(|u| u["StdoutSize"].as_u64() > Some(2000));
         started.then_some(())
     });
+    // The job's processes work in its unit's directory on node1: ansible-runner worker,
+    // and ansible-playbook in a session of its own.
+    let node1_data = setup.mesh.path("node1-data");
+    let running = wait_for("ansible-playbook to run on node1", || {
+        let procs = crate::contain::working_in(&node1_data);
+        procs
+            .iter()
+            .any(|(_, cmd)| cmd.contains("ansible-playbook"))
+            .then_some(procs)
+    });
+    assert!(running.len() >= 2, "{running:?}");
     // SAFETY: kill(2) with the child's pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let out = child.wait_with_output().unwrap();
@@ -480,14 +491,23 @@ fn ctrl_c_cancels_the_remote_unit_and_exits_like_a_cancelled_run() {
         std::fs::read_to_string(pdd.join("artifacts/c/status")).unwrap(),
         "canceled"
     );
-    let listed = setup.mesh.ctl(setup.node1, &["work", "list", "--json"]);
-    let units: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
-    assert!(
-        units
-            .as_object()
-            .unwrap()
-            .values()
-            .all(|u| u["StateName"] != "Running"),
-        "{units}"
-    );
+    let unit = wait_for("node1's unit to be canceled", || {
+        let listed = setup.mesh.ctl(setup.node1, &["work", "list", "--json"]);
+        let units: serde_json::Value = serde_json::from_slice(&listed.stdout).ok()?;
+        let unit = units.as_object()?.values().next()?.clone();
+        (unit["StateName"] == "Canceled").then_some(unit)
+    });
+    assert_eq!(unit["ExtraData"]["Containment"]["Detached"], true, "{unit}");
+    let start = std::time::Instant::now();
+    loop {
+        let left = crate::contain::working_in(&node1_data);
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < crate::support::DEADLINE,
+            "processes of the job survived the cancel: {left:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

@@ -8,10 +8,14 @@
 //!   start (store + instantiate + call) of the probe handler's empty `noop` job.
 //! - `relay`: payload → child stdin → child stdout → results through guest-runner's
 //!   `command` handler and `/bin/cat`, against a native pipe through `/bin/cat`.
+//! - `contain`: per-job start overhead of job containment (cgroups, the subreaper
+//!   supervisor, the detached form) beside a plain spawn and the process-group baseline.
 //!
 //! The sections live in `benches/host/` (the shared statistics in `benches/mesh/`), named by
 //! `#[path]` because a file directly in `benches/` would become a bench target of its own.
 
+#[path = "host/contain.rs"]
+mod contain;
 #[path = "host/relay.rs"]
 mod relay;
 #[path = "common/sections.rs"]
@@ -29,7 +33,11 @@ pub(crate) const PROBE_HANDLER: &[u8] = include_bytes!(env!("WARREN_PROBE_HANDLE
 /// A section: its name (the filter matches it) and its body.
 type Section = (&'static str, fn() -> anyhow::Result<()>);
 
-const SECTIONS: [Section; 2] = [("start", start::run), ("relay", relay::run)];
+const SECTIONS: [Section; 3] = [
+    ("start", start::run),
+    ("relay", relay::run),
+    ("contain", contain::run),
+];
 
 fn main() -> ExitCode {
     let Some(chosen) = sections::choose(&SECTIONS) else {

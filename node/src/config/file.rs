@@ -17,6 +17,8 @@ use toml::Spanned;
 
 use crate::id::{NameError, NodeId};
 
+use crate::host::contain::ContainMode;
+
 use super::error::{AddrRole, ConfigError, Origin, Problem};
 use super::{
     AddrError, Config, ControlConfig, DEFAULT_CONTROL_PERMISSIONS, EndpointAddr, LinkCost,
@@ -93,6 +95,7 @@ struct MeshSection {
 struct WorkSection {
     max_running: Option<Spanned<u64>>,
     max_payload_mb: Option<Spanned<u64>>,
+    containment: Option<Spanned<String>>,
 }
 
 /// Allowed range of `[work] max-running`.
@@ -236,9 +239,22 @@ impl Decoder<'_> {
             "[work] max-payload-mb",
             MAX_PAYLOAD_MB,
         )?;
+        let containment = match &work.containment {
+            None => defaults.containment,
+            Some(value) => self.parse(value, "[work] containment", |s| match s {
+                "auto" => Ok(ContainMode::Auto),
+                "cgroup" => Ok(ContainMode::Cgroup),
+                "subreaper" => Ok(ContainMode::Subreaper),
+                _ => Err(Problem::UnknownChoice {
+                    value: s.into(),
+                    accepted: "auto, cgroup, subreaper",
+                }),
+            })?,
+        };
         Ok(WorkLimits {
             max_running: running.map_or(defaults.max_running, |n| usize::try_from(n).unwrap_or(1)),
             max_payload: payload.map_or(defaults.max_payload, |mb| mb << 20),
+            containment,
         })
     }
 

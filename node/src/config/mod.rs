@@ -25,6 +25,11 @@
 //! socket = "/run/warren/control.sock" # optional; relative to the config file's directory
 //! permissions = "0600"                # optional octal string
 //!
+//! [work]                              # optional
+//! max-running = 8                     # units running at once (default 2 per CPU)
+//! max-payload-mb = 8192               # largest payload (default 8 GiB)
+//! containment = "auto"                # "auto" | "cgroup" | "subreaper" (see host::contain)
+//!
 //! [mesh]                              # optional tuning
 //! keepalive-seconds = 10
 //! idle-timeout-seconds = 30
@@ -41,6 +46,12 @@
 //! memory-mb = 64                      # guest memory cap (default 64)
 //! deadline-seconds = 21600            # wall-clock limit (default 6 h)
 //! output-mb = 8192                    # results cap (default 8 GiB)
+//! program-memory-mb = 2048            # memory of the programs it starts, with all their
+//!                                     # descendants (cgroup; default 2 GiB)
+//! program-pids = 512                  # their processes and threads (cgroup; default 512)
+//! program-open-files = 4096           # RLIMIT_NOFILE of each (default 4096)
+//! program-file-size-mb = 16384        # RLIMIT_FSIZE of each (default 16 GiB)
+//! network = "host"                    # command only: "none" = private network, loopback only
 //! # handler = "component" instead takes:
 //! # component = "handlers/x.wasm"     # relative to the config file's directory
 //! # signature = "handlers/x.wasm.sig" # default: the component's path plus .sig
@@ -70,6 +81,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::host::contain::ContainMode;
 use crate::host::signing::SignerKey;
 use crate::id::NodeId;
 use crate::keys::PublicKey;
@@ -174,6 +186,8 @@ pub struct WorkLimits {
     pub max_running: usize,
     /// Largest payload accepted, in bytes.
     pub max_payload: u64,
+    /// How jobs' programs are contained (`containment = "auto" | "cgroup" | "subreaper"`).
+    pub containment: ContainMode,
 }
 
 impl Default for WorkLimits {
@@ -182,6 +196,7 @@ impl Default for WorkLimits {
         Self {
             max_running: defaults.max_running,
             max_payload: defaults.max_payload,
+            containment: ContainMode::Auto,
         }
     }
 }

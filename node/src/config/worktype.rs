@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::host::contain::ProgramLimits;
 use crate::host::policy::Limits;
 
 use super::error::Problem;
@@ -31,6 +32,8 @@ pub struct WorkTypeConfig {
     pub env_pass: Vec<String>,
     /// The job's limits.
     pub limits: Limits,
+    /// Limits on the programs its handler starts.
+    pub program_limits: ProgramLimits,
 }
 
 /// What runs a work type's jobs.
@@ -81,6 +84,7 @@ impl WorkTypeConfig {
                 DEFAULT_DEADLINE_SECONDS,
                 DEFAULT_OUTPUT_MB,
             ),
+            program_limits: ProgramLimits::default(),
         })
     }
 }

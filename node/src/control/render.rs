@@ -54,6 +54,16 @@ pub fn render_status(status: &StatusReport) -> String {
         let rows = status.work_types.iter().map(handler_row).collect();
         section(&mut out, "This node's handlers", &headers, rows);
     }
+    if !status.containment.is_empty() {
+        let _ = writeln!(out, "\nJob containment: {}", status.containment);
+        let rows = status
+            .work_types
+            .iter()
+            .filter(|w| !w.program_limits.is_empty())
+            .map(|w| vec![w.work_type.clone(), w.program_limits.clone()])
+            .collect();
+        section(&mut out, "Program limits", &["Work type", "Limits"], rows);
+    }
     out
 }
 

@@ -72,6 +72,14 @@ pub struct StatusReport {
     /// (receptorctl shows it under "Additional data".)
     #[serde(rename = "WorkTypes", default)]
     pub work_types: Vec<WorkTypeStatus>,
+    /// Warren's addition: how this node contains the programs its jobs start (empty from
+    /// nodes that do not say).
+    #[serde(
+        rename = "Containment",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub containment: String,
 }
 
 /// What a deploy made active on the target node.
@@ -118,12 +126,20 @@ pub struct WorkTypeStatus {
     /// Its signer's token, or `built-in`.
     #[serde(rename = "Signer")]
     pub signer: String,
+    /// The limits on the programs its jobs start (empty from nodes that do not say).
+    #[serde(
+        rename = "ProgramLimits",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub program_limits: String,
 }
 
 /// The top-level status keys, in Go's (byte-wise sorted) output order.
-pub const STATUS_FIELDS: [&str; 9] = [
+pub const STATUS_FIELDS: [&str; 10] = [
     "Advertisements",
     "Connections",
+    "Containment",
     "KnownConnectionCosts",
     "NodeID",
     "RoutingTable",
@@ -200,6 +216,9 @@ impl Serialize for StatusReply {
             match name {
                 "Advertisements" => map.serialize_entry(name, &r.advertisements)?,
                 "Connections" => map.serialize_entry(name, &r.connections)?,
+                // Warren's additions are left out when empty, so the reply is Receptor's.
+                "Containment" if r.containment.is_empty() => {}
+                "Containment" => map.serialize_entry(name, &r.containment)?,
                 "KnownConnectionCosts" => {
                     map.serialize_entry(name, &GoCostTable(&r.known_connection_costs))?;
                 }
@@ -208,7 +227,6 @@ impl Serialize for StatusReply {
                 "SystemCPUCount" => map.serialize_entry(name, &r.system_cpu_count)?,
                 "SystemMemoryMiB" => map.serialize_entry(name, &r.system_memory_mib)?,
                 "Version" => map.serialize_entry(name, &r.version)?,
-                // Warren's addition is left out when empty, so the reply is Receptor's.
                 _ if r.work_types.is_empty() => {}
                 _ => map.serialize_entry(name, &r.work_types)?,
             }

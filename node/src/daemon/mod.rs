@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, LinkCost};
 use crate::control::{ControlSocket, ListenError, default_socket_path, serve_session};
+use crate::host::contain::{ContainError, Containment};
 use crate::host::registry::{self, Registry};
 use crate::host::runner::{Host, HostError};
 use crate::id::ServiceName;
@@ -62,6 +63,9 @@ pub enum StartError {
     /// The WebAssembly host could not start.
     #[error("work handler host: {0}")]
     Host(HostError),
+    /// The configured job containment is not available.
+    #[error("job containment: {0}")]
+    Containment(#[from] ContainError),
     /// The ready file could not be written.
     #[error("cannot write ready file {path}: {source}")]
     ReadyFile {
@@ -187,7 +191,11 @@ pub async fn start(
         })
         .collect();
     let max_hops = mesh_config.max_hops;
-    let host = Arc::new(Host::new(&component_cache(config)).map_err(StartError::Host)?);
+    let containment = Containment::detect(config.work.containment, std::env::current_exe().ok())?;
+    tracing::info!(containment = %containment.describe(), "job containment");
+    let host = Arc::new(
+        Host::with_containment(&component_cache(config), containment).map_err(StartError::Host)?,
+    );
     let (mesh, driver) = driver::start(mesh_config, DriverConfig::default(), listeners, peers);
     let (registry_tx, registry) = watch::channel(Arc::new(Registry::default()));
     offer_work_types(

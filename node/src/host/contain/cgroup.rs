@@ -131,12 +131,14 @@ pub(crate) fn probe(own: &OwnCgroups) -> (Roots, Vec<String>) {
     (roots, notes)
 }
 
-/// Creates `dir` if needed and checks a child cgroup can be made and removed in it.
+/// Checks a job cgroup can be made and removed under `dir` (created for the check and
+/// removed again when empty: jobs recreate it, and an empty directory left behind would
+/// keep whoever manages the node's own cgroup from removing that).
 fn probe_dir(dir: &Path) -> io::Result<()> {
-    create_dir(dir)?;
-    let probe = dir.join(format!("probe-{}", std::process::id()));
-    create_dir(&probe)?;
-    fs::remove_dir(&probe)
+    let probe = make(dir, &format!("probe-{}", std::process::id()), &[])?;
+    fs::remove_dir(&probe)?;
+    let _ = fs::remove_dir(dir);
+    Ok(())
 }
 
 fn create_dir(dir: &Path) -> io::Result<()> {
@@ -168,26 +170,16 @@ fn probe_v2(own: &Path) -> io::Result<V2Root> {
         }
     }
     let dir = own.join(PARENT);
-    create_dir(&dir)?;
-    let mut delegated = Vec::new();
-    for controller in enabled {
-        if write(
-            &dir.join("cgroup.subtree_control"),
-            &format!("+{controller}"),
-        )
-        .is_ok()
-        {
-            delegated.push(controller);
-        }
-    }
-    let probe = dir.join(format!("probe-{}", std::process::id()));
-    create_dir(&probe)?;
+    let probe = make(&dir, &format!("probe-{}", std::process::id()), &enabled)?;
+    let delegated = fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
+    let has = |c: &str| delegated.split_whitespace().any(|d| d == c);
     let kill = probe.join("cgroup.kill").exists();
     fs::remove_dir(&probe)?;
+    let _ = fs::remove_dir(&dir);
     Ok(V2Root {
+        memory: has("memory"),
+        pids: has("pids"),
         dir,
-        memory: delegated.contains(&"memory"),
-        pids: delegated.contains(&"pids"),
         kill,
     })
 }
@@ -236,7 +228,11 @@ impl JobCgroup {
             removed: AtomicBool::new(false),
         };
         if let Some(root) = &roots.v2 {
-            cgroup.v2 = Some((make(&root.dir, name)?, root.clone()));
+            let controllers: Vec<&str> = [("memory", root.memory), ("pids", root.pids)]
+                .into_iter()
+                .filter_map(|(c, on)| on.then_some(c))
+                .collect();
+            cgroup.v2 = Some((make(&root.dir, name, &controllers)?, root.clone()));
         }
         for (root, slot) in [
             (&roots.memory, &mut cgroup.memory),
@@ -244,7 +240,7 @@ impl JobCgroup {
             (&roots.freezer, &mut cgroup.freezer),
         ] {
             if let Some(root) = root {
-                *slot = Some(make(root, name)?);
+                *slot = Some(make(root, name, &[])?);
             }
         }
         cgroup.set_limits(limits)?;
@@ -443,11 +439,19 @@ fn remove_dirs(dirs: &[PathBuf]) -> bool {
     all
 }
 
-/// Creates `<root>/<name>`, recreating `root` if a finished job removed it meanwhile.
-fn make(root: &Path, name: &str) -> io::Result<PathBuf> {
+/// Creates `<root>/<name>`, (re)creating `root` (the `warren` parent, which the last job
+/// to finish removes) and handing it the v2 `controllers`.
+fn make(root: &Path, name: &str, controllers: &[&str]) -> io::Result<PathBuf> {
     let dir = root.join(name);
     for _ in 0..3 {
         create_dir(root)?;
+        for controller in controllers {
+            // Already enabled is fine; a real failure shows as a missing limit file.
+            let _ = write(
+                &root.join("cgroup.subtree_control"),
+                &format!("+{controller}"),
+            );
+        }
         match fs::create_dir(&dir) {
             Ok(()) => return Ok(dir),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -488,4 +492,80 @@ pub(crate) fn from_paths(paths: &[PathBuf]) -> JobCgroup {
         }
     }
     cgroup
+}
+
+/// Suffix of a detached program's cgroup name: it outlives its node on purpose, and is
+/// never swept.
+pub(crate) const DETACHED_SUFFIX: &str = "-d";
+
+/// Kills and removes the job cgroups of node processes that are gone (killed outright, so
+/// they could not clean up): a piped program's cgroup is named `<unit>-<node pid>-<n>`, and
+/// its programs cannot be re-attached. Detached programs' cgroups are left alone. Returns
+/// how many were swept.
+pub(crate) fn sweep(roots: &Roots) -> usize {
+    let parents = roots
+        .v2
+        .iter()
+        .map(|v| &v.dir)
+        .chain(&roots.memory)
+        .chain(&roots.pids)
+        .chain(&roots.freezer);
+    // One program's directories in every hierarchy share its name.
+    let mut stale: std::collections::BTreeMap<String, Vec<PathBuf>> = Default::default();
+    for parent in parents {
+        let Ok(entries) = fs::read_dir(parent) else {
+            continue;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if entry.path().is_dir() && node_is_gone(&name) {
+                stale.entry(name).or_default().push(entry.path());
+            }
+        }
+    }
+    for (name, paths) in &stale {
+        tracing::warn!(cgroup = %name, "killing what a job of a vanished node left running");
+        from_paths(paths).remove();
+    }
+    stale.len()
+}
+
+/// Whether `name` is a piped program's cgroup whose node process no longer exists.
+fn node_is_gone(name: &str) -> bool {
+    if name.ends_with(DETACHED_SUFFIX) {
+        return false;
+    }
+    let mut parts = name.rsplitn(3, '-');
+    let (Some(serial), Some(pid), Some(_unit)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    let (Ok(_), Ok(pid)) = (serial.parse::<u64>(), pid.parse::<i32>()) else {
+        return false;
+    };
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    pid > 0
+        && unsafe { libc::kill(pid, 0) } != 0
+        && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_piped_cgroups_of_dead_nodes_are_stale() {
+        let me = std::process::id();
+        assert!(
+            !node_is_gone(&format!("unit1-{me}-0")),
+            "this process lives"
+        );
+        // Pids are below 2^22 on Linux.
+        assert!(node_is_gone("unit1-99999999-3"));
+        assert!(
+            !node_is_gone("unit1-99999999-3-d"),
+            "detached jobs outlive their node"
+        );
+        assert!(!node_is_gone("probe-12"));
+        assert!(!node_is_gone("something-else"));
+    }
 }

@@ -201,25 +201,22 @@ pub fn reattach(files: UnitFiles) -> Reattach {
         }
     };
     let exit: Option<ExitRecord> = record::read_json(&dir, record::EXIT_FILE).ok().flatten();
+    if let Some(exit) = exit {
+        // The program ended; its supervisor may still be sweeping up. Finish that.
+        cgroup::from_paths(&record.cgroups).remove();
+        let deadline = exit.reason == EndReason::Deadline;
+        return Reattach::Ended {
+            outcome: outcome(&record, exit.status, false, deadline, None),
+            exit,
+        };
+    }
     let same_boot = record.boot_id == record::boot_id();
     let supervisor = record.supervisor.filter(|s| same_boot && s.is_alive());
     let Some(supervisor) = supervisor else {
         // Nothing runs the job any more: clean up whatever it left in its cgroups.
         cgroup::from_paths(&record.cgroups).remove();
-        return match exit {
-            Some(exit) => Reattach::Ended {
-                outcome: outcome(
-                    &record,
-                    exit.status,
-                    false,
-                    exit.reason == EndReason::Deadline,
-                    None,
-                ),
-                exit,
-            },
-            None => Reattach::Gone {
-                detail: gone_detail(&record, same_boot),
-            },
+        return Reattach::Gone {
+            detail: gone_detail(&record, same_boot),
         };
     };
     let pidfd = pidfd_open(supervisor.pid);

@@ -116,9 +116,9 @@ impl Containment {
     pub fn detect(mode: ContainMode, supervisor: Option<PathBuf>) -> Result<Self, ContainError> {
         let mut notes = Vec::new();
         let supervisor = supervisor.filter(|p| {
-            let ok = p.is_file();
+            let ok = supervised::answers_as_supervisor(p);
             if !ok {
-                notes.push(format!("supervisor {} is not a file", p.display()));
+                notes.push(format!("{} does not answer as a supervisor", p.display()));
             }
             ok
         });
@@ -133,6 +133,7 @@ impl Containment {
                 let (roots, why) = cgroup::probe(&detect::own_cgroups());
                 notes.extend(why);
                 if roots.is_usable() {
+                    cgroup::sweep(&roots);
                     Kind::Cgroups(roots)
                 } else if mode == ContainMode::Cgroup {
                     return Err(ContainError::NoCgroups(notes.join("; ")));
@@ -159,9 +160,10 @@ impl Containment {
         Self::detect(ContainMode::Auto, exe).unwrap_or_else(|_| Self::process_groups())
     }
 
-    /// Containment by process group only (no cgroups, no supervisor), for hosts built
-    /// without detection.
-    pub(crate) fn process_groups() -> Self {
+    /// Containment by process group only (no cgroups, no supervisor): what `Auto` falls
+    /// back to on a machine with neither, and the baseline the `contain` benchmark
+    /// measures the others against.
+    pub fn process_groups() -> Self {
         Self {
             kind: Kind::ProcessGroup,
             supervisor: None,
@@ -237,7 +239,7 @@ impl Containment {
         setup.private_network = limits.network == Network::None;
         let (cgroup, bounded) = match &self.kind {
             Kind::Cgroups(roots) => {
-                let name = self.cgroup_name(unit);
+                let name = self.cgroup_name(unit, detached);
                 let cgroup = JobCgroup::create(roots, &name, limits)
                     .map_err(|source| ContainError::Cgroup { name, source })?;
                 (
@@ -270,14 +272,20 @@ impl Containment {
         })
     }
 
-    fn cgroup_name(&self, unit: &str) -> String {
+    /// `<unit>-<node pid>-<n>`, plus `-d` for a detached program (see [`cgroup::sweep`]).
+    fn cgroup_name(&self, unit: &str, detached: bool) -> String {
         let unit: String = unit
             .chars()
             .filter(char::is_ascii_alphanumeric)
             .take(32)
             .collect();
         let serial = self.serial.fetch_add(1, Ordering::Relaxed);
-        format!("{unit}-{}-{serial}", std::process::id())
+        let suffix = if detached {
+            cgroup::DETACHED_SUFFIX
+        } else {
+            ""
+        };
+        format!("{unit}-{}-{serial}{suffix}", std::process::id())
     }
 }
 

@@ -257,7 +257,7 @@ mod tests {
             read_json::<ExitRecord>(dir.path(), "missing").unwrap(),
             None
         );
-        std::fs::write(dir.path().join("bad"), b"{").unwrap();
+        fs::write(dir.path().join("bad"), b"{").unwrap();
         assert!(read_json::<ExitRecord>(dir.path(), "bad").is_err());
     }
 }

@@ -204,3 +204,46 @@ pub(crate) fn signal(supervisor: &ProcessRef, pidfd: Option<&OwnedFd>, signal: i
         unsafe { libc::kill(supervisor.pid, signal) };
     }
 }
+
+/// Whether `exe` answers as a supervisor: started as one with an empty spec, it must report
+/// `error supervisor: bad spec` (any other binary, such as a test harness, does not).
+/// Costs one process start, once per node.
+pub(crate) fn answers_as_supervisor(exe: &Path) -> bool {
+    use std::io::BufRead as _;
+    use std::os::unix::process::CommandExt as _;
+    let Ok((report_r, report_w)) = io::pipe() else {
+        return false;
+    };
+    let Ok(report_fd) = high(&OwnedFd::from(report_w)) else {
+        return false;
+    };
+    let raw = report_fd.as_raw_fd();
+    let mut command = std::process::Command::new(exe);
+    command
+        .arg(SUPERVISE_ARG)
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: dup2 and close only: async-signal-safe. fd 3 (the spec) is closed, so the
+    // supervisor reads an empty spec at once.
+    unsafe {
+        command.pre_exec(move || {
+            libc::close(SPEC_FD);
+            if libc::dup2(raw, REPORT_FD) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let Ok(mut child) = command.spawn() else {
+        return false;
+    };
+    drop(command);
+    drop(report_fd);
+    let mut line = String::new();
+    let _ = io::BufReader::new(report_r).read_line(&mut line);
+    let _ = child.kill();
+    let _ = child.wait();
+    line.starts_with("error supervisor: bad spec")
+}

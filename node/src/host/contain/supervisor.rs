@@ -97,7 +97,10 @@ fn run() -> i32 {
         // SAFETY: fcntl on descriptors the node set up (F_SETFD on a closed one fails).
         unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
-    // SAFETY: the node set up fd 4 as our report pipe; nothing else owns it.
+    if !is_open(REPORT_FD) {
+        return 126;
+    }
+    // SAFETY: the node set up fd 4 as our report pipe (checked open); nothing else owns it.
     let mut report = unsafe { File::from_raw_fd(REPORT_FD) };
     let spec = match read_spec() {
         Ok(spec) => spec,
@@ -142,8 +145,17 @@ fn run() -> i32 {
     0
 }
 
+/// Whether `fd` is an open descriptor (taking ownership of a closed one is undefined).
+fn is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD only reads the descriptor's flags.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+}
+
 fn read_spec() -> io::Result<Spec> {
-    // SAFETY: the node set up fd 3 as our spec pipe; nothing else owns it.
+    if !is_open(SPEC_FD) {
+        return Err(io::Error::other("no spec descriptor"));
+    }
+    // SAFETY: the node set up fd 3 as our spec pipe (checked open); nothing else owns it.
     let mut file = unsafe { File::from_raw_fd(SPEC_FD) };
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes)?;
