@@ -30,7 +30,7 @@ const STDERR_LOG_BYTES: u64 = 64 * 1024;
 #[derive(Debug)]
 pub enum Reattach {
     /// The job is still running: finish it with [`DetachedJob::finish`].
-    Running(DetachedJob),
+    Running(Box<DetachedJob>),
     /// The job ended while the node was away; this is its outcome.
     Ended {
         /// The unit's outcome.
@@ -233,7 +233,7 @@ pub fn reattach(files: UnitFiles) -> Reattach {
         target: Target::Supervisor(supervisor, pidfd.clone()),
     };
     tracing::info!(unit = %record.unit, supervisor = supervisor.pid, "re-attached a detached job");
-    Reattach::Running(DetachedJob {
+    Reattach::Running(Box::new(DetachedJob {
         wait: SupervisorWait {
             child: None,
             pidfd,
@@ -243,7 +243,7 @@ pub fn reattach(files: UnitFiles) -> Reattach {
         files,
         dir,
         record,
-    })
+    }))
 }
 
 fn gone_detail(record: &JobRecord, same_boot: bool) -> String {
