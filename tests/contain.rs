@@ -412,3 +412,18 @@ fn what_a_sigkilled_node_left_running_is_killed_when_a_node_starts() {
     );
     let _ = unit;
 }
+
+#[test]
+fn a_node_stopped_with_sigterm_leaves_no_process_of_its_jobs() {
+    let marker = marker();
+    let dir = tempfile::tempdir().unwrap();
+    let program = escaping_script(dir.path(), &marker);
+    let mut mesh = node(&command_type("escape", &program, ""));
+    submit(&mesh, "escape");
+    wait_for("all five sleeps to run", || {
+        (marked(&marker).len() >= 5).then_some(())
+    });
+    let status = mesh.node_mut(0).terminate();
+    assert!(status.success(), "{status}");
+    assert_all_gone(&marker, "the node's shutdown");
+}

@@ -122,12 +122,23 @@ async fn run(
     runner: &Path,
     cancel: watch::Receiver<bool>,
 ) -> (Outcome, Vec<serde_json::Value>) {
-    let guest = host.load(warren::host::builtin::GUEST_RUNNER).unwrap();
     let limits = Limits {
         deadline: Duration::from_secs(120),
         cancel_grace: Duration::from_secs(5),
         ..Limits::default()
     };
+    run_with(host, dir, runner, cancel, limits).await
+}
+
+/// As [`run`], with `limits`.
+async fn run_with(
+    host: &Host,
+    dir: &Path,
+    runner: &Path,
+    cancel: watch::Receiver<bool>,
+    limits: Limits,
+) -> (Outcome, Vec<serde_json::Value>) {
+    let guest = host.load(warren::host::builtin::GUEST_RUNNER).unwrap();
     let policy = Arc::new(Policy::for_ansible_runner(runner, &[], |_| None, limits));
     let job = Job {
         id: "Detach01".into(),
@@ -360,4 +371,32 @@ fn a_detached_job_runs_to_its_end_under_its_handler_and_records_its_containment(
     let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
     assert_eq!(record.boot_id, boot.trim());
     assert_all_gone(&unit.marker, "the job's end");
+}
+
+#[test]
+fn a_detached_job_past_the_output_cap_is_stopped_with_that_reason() {
+    let unit = Unit::new();
+    let limits = Limits {
+        deadline: Duration::from_secs(120),
+        output_bytes: 100,
+        ..Limits::default()
+    };
+    let (outcome, extra) = runtime().block_on(async {
+        let (_cancel, rx) = watch::channel(false);
+        run_with(&host(), unit.path(), &unit.runner, rx, limits).await
+    });
+    let Outcome::Failed { detail, .. } = &outcome else {
+        panic!("expected a failure, got {outcome:?}");
+    };
+    assert!(
+        detail.starts_with("results exceeded the output limit of 100 bytes; ansible-runner worker was killed by signal"),
+        "{detail}"
+    );
+    assert!(
+        unit.results().len() < full_output().len(),
+        "the job was not stopped"
+    );
+    let stopped = extra.last().unwrap()["Containment"]["Stopped"].clone();
+    assert_eq!(stopped, "results exceeded the output limit of 100 bytes");
+    assert_all_gone(&unit.marker, "the output cap");
 }

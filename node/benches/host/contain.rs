@@ -6,9 +6,15 @@
 //!
 //! - `cgroup`: per program a cgroup in each usable hierarchy, limits written, joined in
 //!   `pre_exec`, killed and removed at the end;
-//! - `subreaper`: the `warren` binary re-executed as the program's supervisor;
+//! - `subreaper`: the `warren-supervisor` binary as the program's supervisor;
 //! - `detached`: the `ansible-runner` handler's detached form (supervisor in a new session,
-//!   two fsynced job records, stdio on the unit's files).
+//!   the job record written twice, stdio on the unit's files).
+//!
+//! Rows are measured back to back and again spaced [`GAP`] apart: moving a process into a
+//! cgroup takes the kernel's `cgroup_threadgroup_rwsem` for writing, which waits for an RCU
+//! grace period (about 9 ms here) unless a move happened within the last one, or a hierarchy
+//! is mounted with `favordynmods` (v1: boot with `cgroup_favordynmods=true`), or the
+//! process is created in place with v2's `CLONE_INTO_CGROUP`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -29,6 +35,12 @@ const ROUNDS: usize = 30;
 const PER_ROUND: usize = 10;
 /// Warm-up jobs per variant.
 const WARM_UP: usize = 20;
+/// Jobs per variant started [`GAP`] apart, as jobs arrive on a real node.
+const SPACED: usize = 20;
+/// The pause before each spaced job. Moving a process into a cgroup v1 hierarchy (or v2
+/// without `favordynmods`) waits for an RCU grace period unless another move happened
+/// within about one grace period, so back-to-back jobs hide a cost isolated jobs pay.
+const GAP: Duration = Duration::from_millis(100);
 
 /// One way of running the job.
 struct Variant {
@@ -40,7 +52,7 @@ struct Variant {
 
 pub(crate) fn run() -> anyhow::Result<()> {
     let cache = tempfile::tempdir()?;
-    let supervisor = Path::new(env!("CARGO_BIN_EXE_warren")).to_owned();
+    let supervisor = Path::new(env!("CARGO_BIN_EXE_warren-supervisor")).to_owned();
     let make = |name, containment: Containment, detached| -> anyhow::Result<Variant> {
         let host = Host::with_containment(cache.path(), containment)?;
         let handler = host.load(GUEST_RUNNER).context("loading guest-runner")?;
@@ -73,15 +85,38 @@ pub(crate) fn run() -> anyhow::Result<()> {
             false,
         )?,
         make(
-            "detached (supervisor + records)",
+            "detached (supervisor, record)",
             Containment::detect(ContainMode::Auto, Some(supervisor))?,
             true,
         )?,
     ];
     let runtime = crate::runtime()?;
     let (plain, timed) = runtime.block_on(measure(&variants))?;
+    let jobs = ROUNDS * PER_ROUND;
+    println!(
+        "back to back: {jobs} jobs per row, interleaved in {ROUNDS} rounds; µs (median, p90):"
+    );
+    report(&plain, &variants, &timed);
+    let (plain, timed) = runtime.block_on(spaced(&variants))?;
+    println!("spaced: {SPACED} jobs per row, each {GAP:?} after the last; µs (median, p90):");
     report(&plain, &variants, &timed);
     Ok(())
+}
+
+/// Each variant's jobs one at a time with a pause before each.
+async fn spaced(variants: &[Variant]) -> anyhow::Result<(Vec<f64>, Vec<Vec<f64>>)> {
+    let dir = tempfile::tempdir()?;
+    let mut plain = Vec::new();
+    let mut timed = vec![Vec::new(); variants.len()];
+    for _ in 0..SPACED {
+        tokio::time::sleep(GAP).await;
+        plain.push(spawn_true().await?);
+        for (variant, times) in variants.iter().zip(&mut timed) {
+            tokio::time::sleep(GAP).await;
+            times.push(job(variant, dir.path()).await?);
+        }
+    }
+    Ok((plain, timed))
 }
 
 async fn measure(variants: &[Variant]) -> anyhow::Result<(Vec<f64>, Vec<Vec<f64>>)> {
@@ -107,8 +142,6 @@ async fn measure(variants: &[Variant]) -> anyhow::Result<(Vec<f64>, Vec<Vec<f64>
 }
 
 fn report(plain: &[f64], variants: &[Variant], timed: &[Vec<f64>]) {
-    let jobs = ROUNDS * PER_ROUND;
-    println!("per job, {jobs} jobs per row interleaved in {ROUNDS} rounds, µs (median, p90):");
     println!(
         "  plain spawn + wait of /bin/true     {:>8.0}  {:>8.0}",
         median(plain),

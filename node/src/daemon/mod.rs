@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, LinkCost};
 use crate::control::{ControlSocket, ListenError, default_socket_path, serve_session};
-use crate::host::contain::{ContainError, Containment};
+use crate::host::contain::{ContainError, Containment, supervisor_binary};
 use crate::host::registry::{self, Registry};
 use crate::host::runner::{Host, HostError};
 use crate::id::ServiceName;
@@ -191,7 +191,7 @@ pub async fn start(
         })
         .collect();
     let max_hops = mesh_config.max_hops;
-    let containment = Containment::detect(config.work.containment, std::env::current_exe().ok())?;
+    let containment = Containment::detect(config.work.containment, supervisor_binary())?;
     tracing::info!(containment = %containment.describe(), "job containment");
     let host = Arc::new(
         Host::with_containment(&component_cache(config), containment).map_err(StartError::Host)?,

@@ -138,7 +138,8 @@ impl JobState {
         label: &str,
     ) -> Result<Child, SpawnError> {
         let resolved = self.resolve(cmd)?;
-        let spawned = spawn::detached(&mut self.contain, &self.unit, &resolved, label)
+        let label = printable_label(label);
+        let spawned = spawn::detached(&mut self.contain, &self.unit, &resolved, &label)
             .await
             .map_err(SpawnError::Io)?;
         tracing::info!(unit = %self.unit, program = %cmd.program, pid = spawned.pid, "spawned detached child");
@@ -161,6 +162,24 @@ impl JobState {
                 Ok(Err(e))
             }
         }
+    }
+}
+
+/// Longest label kept from a guest (it ends up in records and unit details).
+const MAX_LABEL: usize = 128;
+
+/// A guest's label for a detached program, safe to store and print: control characters
+/// (terminal escapes) dropped, at most [`MAX_LABEL`] characters, never empty.
+fn printable_label(label: &str) -> String {
+    let clean: String = label
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_LABEL)
+        .collect();
+    if clean.trim().is_empty() {
+        "program".to_owned()
+    } else {
+        clean
     }
 }
 
@@ -266,5 +285,21 @@ impl wit::HostChild for JobState {
     async fn drop(&mut self, child: Resource<Child>) -> wasmtime::Result<()> {
         self.table.delete(child)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hostile_label_is_cleaned_and_bounded() {
+        assert_eq!(
+            printable_label("ansible-runner worker"),
+            "ansible-runner worker"
+        );
+        assert_eq!(printable_label("\u{1b}]0;pwned\u{7}x"), "]0;pwnedx");
+        assert_eq!(printable_label(&"a".repeat(10_000)).len(), MAX_LABEL);
+        assert_eq!(printable_label("\n\t"), "program");
     }
 }

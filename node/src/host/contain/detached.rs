@@ -91,6 +91,8 @@ impl DetachedJob {
         tokio::pin!(deadline);
         let grace = Duration::from_millis(record.cancel_grace_ms);
         let (mut canceled, mut timed_out, mut grace_ends) = (false, false, None);
+        // A dropped cancel sender means no cancel can come any more.
+        let mut listening = true;
         let (status, reason) = loop {
             let grace_over = async {
                 match grace_ends {
@@ -104,7 +106,8 @@ impl DetachedJob {
                     timed_out = true;
                     self.killer.kill();
                 }
-                changed = cancelled.wait_for(|c| *c), if !canceled => {
+                changed = cancelled.wait_for(|c| *c), if listening => {
+                    listening = false;
                     if changed.is_ok() {
                         canceled = true;
                         self.killer.terminate();

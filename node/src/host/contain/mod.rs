@@ -154,10 +154,10 @@ impl Containment {
         })
     }
 
-    /// Auto-detected containment with the running binary as supervisor.
+    /// Auto-detected containment with [`supervisor_binary`] as supervisor.
     pub fn auto() -> Self {
-        let exe = std::env::current_exe().ok();
-        Self::detect(ContainMode::Auto, exe).unwrap_or_else(|_| Self::process_groups())
+        Self::detect(ContainMode::Auto, supervisor_binary())
+            .unwrap_or_else(|_| Self::process_groups())
     }
 
     /// Containment by process group only (no cgroups, no supervisor): what `Auto` falls
@@ -395,6 +395,21 @@ impl UnitFiles {
         }
     }
 }
+
+/// The binary to run as supervisor: `warren-supervisor` beside the running binary (small,
+/// so it starts in about the time of `/bin/true`), else the running binary itself (Warren's
+/// binaries answer to `__warren-supervise` too).
+pub fn supervisor_binary() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let sibling = exe.with_file_name(SUPERVISOR_BINARY);
+    if sibling.is_file() && supervised::answers_as_supervisor(&sibling) {
+        return Some(sibling);
+    }
+    Some(exe)
+}
+
+/// The name of the supervisor's own binary.
+pub const SUPERVISOR_BINARY: &str = "warren-supervisor";
 
 fn is_root() -> bool {
     // SAFETY: geteuid cannot fail.

@@ -289,32 +289,10 @@ pub(crate) async fn detached(
     let dir =
         record::detached_dir(&files.dir).map_err(|e| format!("{}: {e}", files.dir.display()))?;
     let _ = std::fs::remove_file(dir.join(record::EXIT_FILE));
-    let mut job_record = JobRecord {
-        unit: unit.to_owned(),
-        label: label.to_owned(),
-        boot_id: record::boot_id(),
-        supervisor: None,
-        program: None,
-        containment: cell.info.kind.clone(),
-        cgroups: cell.info.cgroups.clone(),
-        limits: job.limits,
-        deadline_ms: job.deadline_ms,
-        deadline_ms_total: u64::try_from(job.deadline.as_millis()).unwrap_or(u64::MAX),
-        cancel_grace_ms: u64::try_from(job.cancel_grace.as_millis()).unwrap_or(u64::MAX),
-        output_bytes: job.output_bytes,
-    };
-    let write = |r: &JobRecord| {
-        record::write_json(&dir, record::JOB_FILE, r)
-            .map_err(|e| format!("writing the job record: {e}"))
-    };
+    let mut job_record = job_record(job, unit, label, &cell);
     // Provisional: a node that dies before the supervisor is recorded still finds the
     // cgroups to clean up.
-    write(&job_record)?;
-    let mut join = cell.setup;
-    let fds = match &cell.cgroup {
-        Some(cgroup) => cgroup.join_on_exec(&mut join).map_err(|e| e.to_string())?,
-        None => Vec::new(),
-    };
+    write_record(&dir, &job_record)?;
     let spec = Spec {
         program: cmd.program.clone(),
         args: cmd.args.clone(),
@@ -330,24 +308,72 @@ pub(crate) async fn detached(
         deadline_ms: Some(job.deadline_ms),
         lifeline: false,
     };
+    let launched = launch_in_cell(&exe, &spec, &cell).await?;
+    job_record.supervisor = Some(launched.supervisor);
+    job_record.program = Some(launched.program);
+    write_record(&dir, &job_record)?;
+    files.record(&cell.info);
+    Ok(watch_detached(job, &cell, launched, dir, unit))
+}
+
+/// The job record of a detached program about to start (no pids yet).
+fn job_record(job: &JobContain, unit: &str, label: &str, cell: &Cell) -> JobRecord {
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    JobRecord {
+        unit: unit.to_owned(),
+        label: label.to_owned(),
+        boot_id: record::boot_id(),
+        supervisor: None,
+        program: None,
+        containment: cell.info.kind.clone(),
+        cgroups: cell.info.cgroups.clone(),
+        limits: job.limits,
+        deadline_ms: job.deadline_ms,
+        deadline_ms_total: ms(job.deadline),
+        cancel_grace_ms: ms(job.cancel_grace),
+        output_bytes: job.output_bytes,
+    }
+}
+
+fn write_record(dir: &std::path::Path, job_record: &JobRecord) -> Result<(), String> {
+    record::write_json(dir, record::JOB_FILE, job_record)
+        .map_err(|e| format!("writing the job record in {}: {e}", dir.display()))
+}
+
+/// Launches a detached supervisor in its own session inside `cell`'s cgroups.
+async fn launch_in_cell(
+    exe: &std::path::Path,
+    spec: &Spec,
+    cell: &Cell,
+) -> Result<supervised::Launched, String> {
+    let mut join = cell.setup;
+    // The descriptors must stay open until the supervisor has joined.
+    let _fds = match &cell.cgroup {
+        Some(cgroup) => cgroup.join_on_exec(&mut join).map_err(|e| e.to_string())?,
+        None => Vec::new(),
+    };
     let options = LaunchOptions {
         stdio: (Stdio::null(), Stdio::null(), Stdio::null()),
         new_session: true,
         join,
     };
-    let launched = supervised::launch(&exe, &spec, options).await;
-    drop(fds);
-    let launched = launched?;
-    job_record.supervisor = Some(launched.supervisor);
-    job_record.program = Some(launched.program);
-    write(&job_record)?;
-    files.record(&cell.info);
+    supervised::launch(exe, spec, options).await
+}
+
+/// Starts the watcher of a launched detached program and returns its handle.
+fn watch_detached(
+    job: &JobContain,
+    cell: &Cell,
+    launched: supervised::Launched,
+    dir: PathBuf,
+    unit: &str,
+) -> Spawned {
     let pidfd = launched.pidfd.map(Arc::new);
     let killer = Killer {
         cgroup: cell.cgroup.clone(),
         target: Target::Supervisor(launched.supervisor, pidfd.clone()),
     };
-    let watch = watch_for(job, &cell, killer.clone(), Some(job.output_bytes));
+    let watch = watch_for(job, cell, killer.clone(), Some(job.output_bytes));
     let wait = SupervisorWait {
         child: Some(launched.child),
         pidfd,
@@ -359,12 +385,12 @@ pub(crate) async fn detached(
         let (status, _) = super::detached::wait(wait, dir, watch, &unit).await;
         let _ = tx.send(Some(status));
     });
-    Ok(Spawned {
+    Spawned {
         pid: u32::try_from(launched.program.pid).unwrap_or(0),
         stdin: None,
         stdout: None,
         stderr: None,
         exit,
         killer,
-    })
+    }
 }

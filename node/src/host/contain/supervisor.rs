@@ -1,5 +1,6 @@
-//! The per-job supervisor: a small process (the node's own binary, re-executed as
-//! `<exe> __warren-supervise`) that starts one program and stays its parent and subreaper,
+//! The per-job supervisor: a small process (`warren-supervisor __warren-supervise`, or any
+//! of Warren's binaries started that way) that starts one program and stays its parent and
+//! subreaper,
 //! so that every descendant, however it daemonised (`setsid`, double fork, `nohup`), is
 //! re-parented to it and can be found and killed.
 //!
@@ -21,7 +22,7 @@ use std::io::{self, Read as _, Write as _};
 use std::os::fd::{AsRawFd as _, FromRawFd as _, RawFd};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::os::unix::process::CommandExt as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -346,11 +347,12 @@ fn kill_tree() {
     }
 }
 
-/// Kills and reaps until no child is left (or [`SWEEP_LIMIT`] passes).
+/// Kills and reaps until no child is left (or [`SWEEP_LIMIT`] passes). With no child left
+/// there is no descendant either (orphans re-parent to the subreaper), so the common case
+/// costs one `waitpid`.
 fn sweep() {
     let start = Instant::now();
     loop {
-        kill_tree();
         let mut status = 0;
         // SAFETY: waitpid writes the status word on our stack.
         let pid = unsafe { libc::waitpid(-1, &raw mut status, libc::WNOHANG) };
@@ -358,13 +360,46 @@ fn sweep() {
             return;
         }
         if pid == 0 {
+            kill_tree();
             std::thread::sleep(Duration::from_millis(1));
         }
     }
 }
 
-/// Every process whose chain of parents leads to `root`, from one scan of `/proc`.
+/// Every process whose chain of parents leads to `root`: through the kernel's per-task
+/// `children` lists where it has them, else from one scan of `/proc`.
 pub(crate) fn descendants(root: i32) -> Vec<i32> {
+    if !Path::new(&format!("/proc/{root}/task/{root}/children")).exists() {
+        return descendants_by_scan(root);
+    }
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(children(parent));
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+/// The children of every thread of `pid`.
+fn children(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|text| {
+            text.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
+}
+
+fn descendants_by_scan(root: i32) -> Vec<i32> {
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -389,4 +424,36 @@ pub(crate) fn descendants(root: i32) -> Vec<i32> {
     }
     found.remove(0);
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descendants_are_found_by_both_ways() {
+        let mut child = Command::new("/bin/sh")
+            .args(["-c", "sleep 30 & sleep 30 & wait"])
+            .spawn()
+            .unwrap();
+        let me = std::process::id() as i32;
+        let sh = child.id() as i32;
+        let start = Instant::now();
+        let mut found = descendants(me);
+        while found.len() < 3 && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+            found = descendants(me);
+        }
+        let mut scanned = descendants_by_scan(me);
+        let _ = child.kill();
+        for pid in &found {
+            // SAFETY: kill(2) of our own descendants.
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
+        }
+        let _ = child.wait();
+        found.sort_unstable();
+        scanned.sort_unstable();
+        assert!(found.contains(&sh) && found.len() >= 3, "{found:?}");
+        assert_eq!(found, scanned);
+    }
 }
