@@ -8,7 +8,7 @@
 //!   `pre_exec`, killed and removed at the end;
 //! - `subreaper`: the `warren-supervisor` binary as the program's supervisor;
 //! - `detached`: the `ansible-runner` handler's detached form (supervisor in a new session,
-//!   the job record written twice, stdio on the unit's files).
+//!   the job record written twice, stdio on the unit's files), without and with cgroups.
 //!
 //! Rows are measured back to back and again spaced [`GAP`] apart: moving a process into a
 //! cgroup takes the kernel's `cgroup_threadgroup_rwsem` for writing, which waits for an RCU
@@ -85,7 +85,12 @@ pub(crate) fn run() -> anyhow::Result<()> {
             false,
         )?,
         make(
-            "detached (supervisor, record)",
+            "detached, no cgroups",
+            Containment::detect(ContainMode::Subreaper, Some(supervisor.clone()))?,
+            true,
+        )?,
+        make(
+            "detached, in cgroups",
             Containment::detect(ContainMode::Auto, Some(supervisor))?,
             true,
         )?,
