@@ -225,7 +225,7 @@ async fn supervised_piped(
     };
     let options = LaunchOptions {
         stdio: (Stdio::piped(), pipes.stdout, pipes.stderr),
-        new_session: false,
+        own_group: false,
         join: cell.setup,
     };
     let mut launched = supervised::launch(exe, &spec, options).await?;
@@ -258,7 +258,7 @@ async fn supervised_piped(
     })
 }
 
-/// Starts `cmd` detached: under a supervisor in a new session that outlives the node, with
+/// Starts `cmd` detached: under a supervisor in its own process group that outlives the node, with
 /// the unit's payload as stdin, stdout appended to its results, stderr to
 /// `detached/stderr`, and a job record so a restarted node can re-attach.
 ///
@@ -340,7 +340,7 @@ fn write_record(dir: &std::path::Path, job_record: &JobRecord) -> Result<(), Str
         .map_err(|e| format!("writing the job record in {}: {e}", dir.display()))
 }
 
-/// Launches a detached supervisor in its own session inside `cell`'s cgroups.
+/// Launches a detached supervisor in its own process group inside `cell`'s cgroups.
 async fn launch_in_cell(
     exe: &std::path::Path,
     spec: &Spec,
@@ -354,7 +354,7 @@ async fn launch_in_cell(
     };
     let options = LaunchOptions {
         stdio: (Stdio::null(), Stdio::null(), Stdio::null()),
-        new_session: true,
+        own_group: true,
         join,
     };
     supervised::launch(exe, spec, options).await

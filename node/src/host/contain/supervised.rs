@@ -40,8 +40,11 @@ pub(crate) struct Launched {
 pub(crate) struct LaunchOptions {
     /// Its (and so the program's) stdin, stdout, stderr.
     pub(crate) stdio: (Stdio, Stdio, Stdio),
-    /// Start a new session (a detached job must not get the node's terminal signals).
-    pub(crate) new_session: bool,
+    /// Put it in a process group of its own (a detached job): terminal signals to the
+    /// node's group (Ctrl-C, a hangup) do not reach it. Not a new session: that would also
+    /// give it a scheduling autogroup of its own, which on a busy machine delays its start
+    /// by a scheduling period.
+    pub(crate) own_group: bool,
     /// The cgroups it joins (only `procs` of this setup is used here).
     pub(crate) join: ChildSetup,
 }
@@ -87,8 +90,8 @@ pub(crate) async fn launch(
         .stderr(stderr)
         .kill_on_drop(false);
     let join = options.join;
-    let new_session = options.new_session;
-    // SAFETY: dup2, setsid and cgroup writes only: async-signal-safe.
+    let own_group = options.own_group;
+    // SAFETY: dup2, setpgid and cgroup writes only: async-signal-safe.
     unsafe {
         command.pre_exec(move || {
             for (from, to) in targets {
@@ -96,7 +99,7 @@ pub(crate) async fn launch(
                     return Err(io::Error::last_os_error());
                 }
             }
-            if new_session && libc::setsid() < 0 {
+            if own_group && libc::setpgid(0, 0) < 0 {
                 return Err(io::Error::last_os_error());
             }
             join.join_cgroups()
