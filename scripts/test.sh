@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The project's whole test run: formatting, lints, then every test (unit, property,
 # simulation, wasm host, and cross-process tests with real `warren` processes on 127.0.0.1,
-# real ansible-runner and receptorctl). Sets up what the tests need first: the wasm32-wasip2
-# target (the node embeds its guest) and .venv/ (scripts/setup-python.sh; quick when done).
+# real ansible-runner and receptorctl). Sets up what the tests need first: the toolchain of
+# rust-toolchain.toml with its wasm32-wasip2 target (the node embeds its guest) and .venv/
+# (scripts/toolchain.sh, scripts/setup-python.sh; both quick when done).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rustup target add wasm32-wasip2 >/dev/null 2>&1 || rustup target add wasm32-wasip2
+scripts/toolchain.sh
 scripts/setup-python.sh >/dev/null
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings

@@ -52,6 +52,10 @@ fn line() -> Line {
         "--signer".to_owned(),
         signer,
         "--no-ansible-runner".to_owned(),
+        "--allow-deploy".to_owned(),
+        "controller".to_owned(),
+        "--allow-work".to_owned(),
+        "*=controller".to_owned(),
     ];
     let node1 = mesh.start(&ids[2], &[trust(&all), extra.to_vec()].concat());
     let addr = mesh.node(node1).addr().to_owned();
@@ -182,6 +186,42 @@ fn deploy_over_two_hops_switches_the_work_type_and_refusals_change_nothing() {
         text(&out.stderr)
     );
 
+    let status = line.mesh.status(line.node1).unwrap();
+    assert_eq!(status["WorkTypes"][0]["Version"], "2.0.0");
+    let deployed_sha = status["WorkTypes"][0]["Sha256"].clone();
+
+    // A restart keeps the deployed component (verified again), not the configured one.
+    let mut line = line;
+    line.mesh.node_mut(line.node1).terminate();
+    line.mesh.restart(line.node1);
+    wait_for("node1 to offer cat again", || {
+        let status = line.mesh.status(line.node1)?;
+        (status["WorkTypes"][0]["WorkType"] == "cat").then_some(status)
+    });
+    let status = line.mesh.status(line.node1).unwrap();
+    assert_eq!(status["WorkTypes"][0]["Version"], "2.0.0", "{status}");
+    assert_eq!(status["WorkTypes"][0]["Sha256"], deployed_sha);
+
+    // An older (properly signed) version cannot be rolled back in.
+    let old = write_signed(
+        &line,
+        "v1.wasm",
+        &variant(guest, "1"),
+        "1.5.0",
+        &line.signer_key,
+    );
+    line.mesh
+        .wait_route(line.controller, "node1", Some("relay"));
+    let out = line.mesh.ctl(
+        line.controller,
+        &["component", "deploy", s(&old), "--node", "node1"],
+    );
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("version 1.5.0 is not newer than version 2.0.0"),
+        "{}",
+        text(&out.stderr)
+    );
     let status = line.mesh.status(line.node1).unwrap();
     assert_eq!(status["WorkTypes"][0]["Version"], "2.0.0");
 }

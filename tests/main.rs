@@ -7,11 +7,25 @@
 
 mod support;
 
+// Hand-built zips (bombs, lying sizes, any mode), shared with the library's own tests.
+#[path = "../node/src/ansible/craft.rs"]
+mod craft;
+
+mod access;
 mod cli;
 mod component;
 mod contain;
+mod control_socket;
+mod demo;
 mod deploy;
 mod detached;
+mod docs;
+mod hostile_worker;
 mod mesh;
+mod metrics;
 mod receptorctl;
+mod reload;
 mod run;
+mod survive;
+mod toolchain;
+mod websocket;

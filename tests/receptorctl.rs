@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 use crate::support::{Identity, Mesh, peer, trust, wait_for};
 
 /// The project's venv `bin/` (`scripts/setup-python.sh` creates it, with receptorctl).
-fn venv_bin() -> PathBuf {
+pub fn venv_bin() -> PathBuf {
     let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin");
     assert!(
         bin.join("receptorctl").is_file() && bin.join("ansible-runner").is_file(),
@@ -82,9 +82,19 @@ fn line() -> Line {
         .collect();
     let all: Vec<&Identity> = ids.iter().collect();
     let runner = venv_bin().join("ansible-runner").display().to_string();
-    let node1_extra: Vec<String> = ["--work-type", "cat=/bin/cat", "--ansible-runner", &runner]
-        .map(str::to_owned)
-        .to_vec();
+    // node1 lets the controller (pinned) submit anything and use its control service.
+    let node1_extra: Vec<String> = [
+        "--work-type",
+        "cat=/bin/cat",
+        "--ansible-runner",
+        &runner,
+        "--allow-work",
+        "*=controller",
+        "--allow-control",
+        "controller",
+    ]
+    .map(str::to_owned)
+    .to_vec();
     let node1 = mesh.start(&ids[2], &[trust(&all), node1_extra].concat());
     let addr = mesh.node(node1).addr().to_owned();
     let relay = mesh.start(&ids[1], &[trust(&all), peer(&addr)].concat());
@@ -210,15 +220,15 @@ fn receptorctl_cli_drives_a_warren_mesh() {
 }
 
 #[test]
-fn reload_rereads_the_config_and_refuses_what_it_cannot_apply() {
+fn reload_rereads_the_config_and_refuses_what_needs_a_restart() {
     let line = line();
     assert_eq!(line.ok(&["reload"]), "Reload successful\n");
     let original = std::fs::read_to_string(&line.config).unwrap();
-    let with_peer = format!("{original}\n[[peer]]\naddress = \"127.0.0.1:9\"\n");
-    std::fs::write(&line.config, with_peer).unwrap();
+    let with_tuning = format!("{original}\n[mesh]\nmax-hops = 9\n");
+    std::fs::write(&line.config, with_tuning).unwrap();
     let out = line.ctl(&["reload"]);
     assert_eq!(out.status.code(), Some(3), "{out:?}");
-    assert!(text(&out.stderr).contains("(peer)"), "{out:?}");
+    assert!(text(&out.stderr).contains("(mesh)"), "{out:?}");
     assert!(text(&out.stderr).contains("ERRORCODE 3"), "{out:?}");
     std::fs::write(&line.config, "[node\nid = ").unwrap();
     let out = line.ctl(&["reload"]);

@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use crate::support::{Identity, Mesh, peer, trust, wait_for};
 
 /// The project's venv (`scripts/setup-python.sh` creates it).
-fn venv_bin() -> PathBuf {
+pub fn venv_bin() -> PathBuf {
     let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin");
     assert!(
         bin.join("ansible-runner").is_file(),
@@ -24,7 +24,7 @@ fn demo() -> PathBuf {
 }
 
 /// `dst` becomes a copy of the demo private data dir.
-fn copy_demo(dst: &Path) {
+pub fn copy_demo(dst: &Path) {
     let status = Command::new("cp")
         .arg("-r")
         .arg(demo())
@@ -55,19 +55,48 @@ struct Setup {
 /// controller -> relay -> node1 (node1 runs ansible-runner from the venv); the client's
 /// identity is trusted by the controller, pinned to `client_id` when given.
 fn setup(client_id: Option<&str>, controller_listen: Option<&str>) -> Setup {
+    setup_with(client_id, controller_listen, true, None)
+}
+
+/// As [`setup`]; node1 lets the client run ansible-runner only with `allow_client`, and the
+/// client's identity (with its known keys) is copied from `identity_from` when given.
+fn setup_with(
+    client_id: Option<&str>,
+    controller_listen: Option<&str>,
+    allow_client: bool,
+    identity_from: Option<&Path>,
+) -> Setup {
     let mut mesh = Mesh::new();
     let identity = mesh.path("client/identity.key");
     std::fs::create_dir_all(identity.parent().unwrap()).unwrap();
-    let out = crate::support::warren(&["keygen", "--out", identity.to_str().unwrap()]);
-    let client_token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let client_token = match identity_from {
+        Some(from) => {
+            for file in ["identity.key", "known_nodes"] {
+                let _ = std::fs::copy(from.with_file_name(file), identity.with_file_name(file));
+            }
+            let out = crate::support::warren(&["keygen", "--show", identity.to_str().unwrap()]);
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        }
+        None => {
+            let out = crate::support::warren(&["keygen", "--out", identity.to_str().unwrap()]);
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        }
+    };
     let ids: Vec<Identity> = ["controller", "relay", "node1"]
         .iter()
         .map(|n| mesh.identity(n))
         .collect();
     let all: Vec<&Identity> = ids.iter().collect();
     let runner = venv_bin().join("ansible-runner");
-    let node1_extra = ["--ansible-runner".to_owned(), runner.display().to_string()];
-    let node1 = mesh.start(&ids[2], &[trust(&all), node1_extra.to_vec()].concat());
+    // node1 lets the client's key (whatever node id it uses) run ansible-runner.
+    let mut node1_extra = vec!["--ansible-runner".to_owned(), runner.display().to_string()];
+    if allow_client {
+        node1_extra.extend([
+            "--allow-work".to_owned(),
+            format!("ansible-runner={client_token}"),
+        ]);
+    }
+    let node1 = mesh.start(&ids[2], &[trust(&all), node1_extra].concat());
     let addr = mesh.node(node1).addr().to_owned();
     let relay = mesh.start(&ids[1], &[trust(&all), peer(&addr)].concat());
     let addr = mesh.node(relay).addr().to_owned();
@@ -248,15 +277,26 @@ fn receptor_node_id_is_the_submitter_seen_on_node1() {
     ];
     let out = ansible_runner(&setup, &args);
     assert!(out.status.success(), "{out:?}\n{}", setup.mesh.logs());
+    // node1 logged the submission with the submitter's proven identity...
+    let log = std::fs::read_to_string(&setup.mesh.node(setup.node1).log).unwrap();
+    assert!(
+        log.lines().any(|l| l.contains("work request")
+            && l.contains("peer=runner-node")
+            && l.contains("submit ansible-runner")),
+        "{log}"
+    );
+    // ... and the run released its unit there once the artifacts were written: nothing
+    // of the job (payload, events) stays on node1.
     let listed = setup.mesh.ctl(setup.node1, &["work", "list", "--json"]);
     let units: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
-    let submitters: Vec<&str> = units
-        .as_object()
-        .unwrap()
-        .values()
-        .filter_map(|u| u["ExtraData"]["Submitter"].as_str())
-        .collect();
-    assert_eq!(submitters, vec!["runner-node"]);
+    assert_eq!(
+        units.as_object().map(serde_json::Map::len),
+        Some(0),
+        "{units}"
+    );
+    let units_dir = setup.mesh.path("node1-data/units");
+    let left: Vec<_> = std::fs::read_dir(&units_dir).unwrap().collect();
+    assert!(left.is_empty(), "unit files left on node1: {left:?}");
 
     // A second run with the same ident adds its events to the same artifacts dir, as
     // ansible-runner does.
@@ -273,14 +313,72 @@ fn receptor_node_id_is_the_submitter_seen_on_node1() {
 }
 
 #[test]
-fn the_default_peer_is_localhost_8888() {
-    // The one test that binds the default port; a lock keeps other runs off it.
-    let lock = std::fs::File::create(std::env::temp_dir().join("warren-port-8888.lock")).unwrap();
-    // SAFETY: flock on an open descriptor.
-    assert_eq!(
-        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) },
-        0
+fn a_client_node1_does_not_allow_is_told_the_exact_allow_work_flag() {
+    let setup = setup_with(None, None, false, None);
+    let pdd = setup.mesh.path("demo");
+    copy_demo(&pdd);
+    let peer = format!("receptor://{}", setup.controller_addr);
+    let args = [
+        "run",
+        pdd.to_str().unwrap(),
+        "-p",
+        "test.yml",
+        "--via-receptor",
+        "node1",
+        "--receptor-peer",
+        &peer,
+    ];
+    let out = ansible_runner(&setup, &args);
+    assert!(!out.status.success(), "{out:?}");
+    let token = crate::support::warren(&["keygen", "--show", setup.identity.to_str().unwrap()]);
+    let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
+    let said = text(&out.stderr);
+    assert!(
+        said.contains(&format!(
+            "start node1 with `--allow-work ansible-runner={token}`"
+        )),
+        "{said}"
     );
+}
+
+#[test]
+fn a_target_whose_key_changed_since_the_last_run_is_refused() {
+    let first = setup(None, None);
+    let pdd = first.mesh.path("demo");
+    copy_demo(&pdd);
+    let args = |setup: &Setup| {
+        let peer = format!("receptor://{}", setup.controller_addr);
+        [
+            "run",
+            pdd.to_str().unwrap(),
+            "-p",
+            "test.yml",
+            "--via-receptor",
+            "node1",
+            "--receptor-peer",
+            &peer,
+        ]
+        .map(str::to_owned)
+    };
+    let out = ansible_runner(&first, &args(&first).each_ref().map(String::as_str));
+    assert!(out.status.success(), "{out:?}");
+    let known = std::fs::read_to_string(first.identity.with_file_name("known_nodes")).unwrap();
+    assert!(known.starts_with("node1 x25519:"), "{known}");
+    // Another mesh where something else answers as node1, with another key.
+    let second = setup_with(None, None, true, Some(&first.identity));
+    let out = ansible_runner(&second, &args(&second).each_ref().map(String::as_str));
+    assert!(!out.status.success(), "{out:?}");
+    let said = text(&out.stderr);
+    assert!(
+        said.contains("node node1 now has key") && said.contains("possible impostor"),
+        "{said}"
+    );
+}
+
+#[test]
+fn the_default_peer_is_localhost_8888() {
+    // Binds the default port; the lock keeps other runs and the demo off it.
+    let lock = crate::support::default_port_lock();
     let setup = setup(None, Some("127.0.0.1:8888"));
     let pdd = setup.mesh.path("demo");
     copy_demo(&pdd);

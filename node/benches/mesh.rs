@@ -7,6 +7,7 @@
 //! - `throughput`: one stream over 1 and 2 hops against raw loopback TCP.
 //! - `ping`: probe round trips over 1 and 2 hops against a TCP echo.
 //! - `rss`: resident memory of an idle `warren node` with 3 links.
+//! - `websocket`: one stream over a `ws://` link against one over a TCP link, same peer.
 //!
 //! Relays and sinks run in their own processes: this binary re-executes itself as a node when
 //! `WARREN_BENCH_NODE` is set (see `nodes.rs`); `rss` runs the real `warren` binary.
@@ -28,17 +29,20 @@ mod sections;
 mod stats;
 #[path = "mesh/throughput.rs"]
 mod throughput;
+#[path = "mesh/websocket.rs"]
+mod websocket;
 
 use std::process::ExitCode;
 
 /// A section: its name (the filter matches it) and its body.
 type Section = (&'static str, fn() -> anyhow::Result<()>);
 
-const SECTIONS: [Section; 4] = [
+const SECTIONS: [Section; 5] = [
     ("cipher", cipher::run),
     ("throughput", throughput::run),
     ("ping", ping::run),
     ("rss", rss::run),
+    ("websocket", websocket::run),
 ];
 
 fn main() -> ExitCode {

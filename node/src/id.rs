@@ -1,4 +1,4 @@
-//! Typed identifiers: node ids and service names.
+//! Typed identifiers: node ids, service names and certificate groups.
 //!
 //! Owns validation of the names that travel on the wire and appear in configs, so that every
 //! other module can take a `NodeId` and know it is well formed. No IO.
@@ -135,6 +135,14 @@ name_type!(
     /// The name of a service a node offers on the mesh (`control`, `ping`, ...).
     ServiceName,
     "service name",
+    &[]
+);
+
+name_type!(
+    /// A group a mesh certificate puts its node in (`workers`, `controllers`, ...); allow
+    /// rules can name groups instead of nodes.
+    GroupName,
+    "group name",
     &[]
 );
 

@@ -2,8 +2,13 @@
 //!
 //! Crate map (see ARCHITECTURE.md for the whole picture):
 //!
+//! - [`access`]: who may do what on this node over the mesh (allow rules, deny by default).
 //! - [`ansible`]: ansible-runner's transmit and worker streams, natively: packing a job for
 //!   `ansible-runner worker` and processing its output into artifacts.
+//! - [`ca`]: mesh authorities: certificates binding node ids to link keys, revocation lists.
+//! - [`client`]: the short-lived client node embedded in `warren run`, the front end and the
+//!   Python package: identity, known keys, the target check.
+//! - [`clock`]: the wall clock, for drivers (cores take the time as an argument).
 //! - [`cli`]: command-line arguments and their conversion to library types.
 //! - [`config`]: the node's TOML config and flags, validated into a `Config`.
 //! - [`control`]: the Receptor control-socket protocol (so `receptorctl` works): request
@@ -12,22 +17,30 @@
 //! - [`host`]: the WebAssembly host that runs every job inside a work-handler component,
 //!   and the signing of components.
 //! - [`id`]: typed node ids and service names.
-//! - [`keys`]: X25519 link identities and their tokens and files.
+//! - [`keys`]: every key Warren uses, in one place: X25519 link identities (which also sign
+//!   adverts, XEdDSA), Ed25519 signing keys, their tokens and their files.
 //! - [`mesh`]: the overlay network: frames, Noise links, link-state routing, streams, and the
 //!   tokio driver that is its only IO.
+//! - [`terminal`]: text from peers, workers and jobs made safe to print (colour kept, other
+//!   escape sequences dropped).
 //! - [`work`]: work units: ids, the state life cycle, status JSON and the on-disk unit store.
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod ansible;
+pub mod ca;
 pub mod cli;
+pub mod client;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod host;
 pub mod id;
-mod keyfile;
 pub mod keys;
 pub mod mesh;
+pub mod metrics;
+pub mod terminal;
 pub mod work;
 
 /// The version reported by `warren --version` and in `status`.

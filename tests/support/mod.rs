@@ -9,9 +9,23 @@ use std::time::{Duration, Instant};
 /// How long any condition may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
+/// `$WARREN_TEST_BIN_DIR/NAME` when that is set (worktrees sharing one target dir
+/// overwrite each other's `target/debug/NAME`; point it at a private copy), else `built`.
+fn bin(name: &str, built: &str) -> PathBuf {
+    match std::env::var_os("WARREN_TEST_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir).join(name),
+        None => PathBuf::from(built),
+    }
+}
+
+/// Warren's `ansible-runner` front end under test.
+pub fn frontend_bin() -> PathBuf {
+    bin("ansible-runner", env!("CARGO_BIN_EXE_ansible-runner"))
+}
+
 /// The `warren` binary under test.
 pub fn warren_bin() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_BIN_EXE_warren"));
+    let path = bin("warren", env!("CARGO_BIN_EXE_warren"));
     assert!(
         path.exists(),
         "{} is missing; build it with `cargo build -p warren`",
@@ -72,6 +86,7 @@ pub struct Node {
     pub addr: Option<String>,
     child: Option<Child>,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Mesh {
@@ -105,6 +120,16 @@ impl Mesh {
     /// Starts `warren node` for `identity`, listening on 127.0.0.1:0, with extra flags;
     /// waits for its ready file. Returns the node's index.
     pub fn start(&mut self, identity: &Identity, extra: &[String]) -> usize {
+        self.start_env(identity, extra, &[])
+    }
+
+    /// [`Mesh::start`] with extra environment variables for the node process.
+    pub fn start_env(
+        &mut self,
+        identity: &Identity,
+        extra: &[String],
+        env: &[(&str, &str)],
+    ) -> usize {
         let name = &identity.id;
         let socket = self.path(&format!("{name}.sock"));
         let log = self.path(&format!("{name}.log"));
@@ -129,6 +154,10 @@ impl Mesh {
             addr: None,
             child: None,
             args,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         node.spawn(&self.path(&format!("{name}.ready")));
         self.nodes.push(node);
@@ -222,6 +251,7 @@ impl Node {
             .args(&args)
             .env("RUST_LOG", "warren=debug")
             .env("WARREN_COMPONENT_CACHE", component_cache())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -262,6 +292,34 @@ impl Node {
         child.wait().expect("wait for node")
     }
 
+    /// Sends SIGTERM and returns at once.
+    pub fn signal_terminate(&self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    /// Sends `signal` and returns at once.
+    pub fn signal(&self, signal: i32) {
+        let child = self.child.as_ref().expect("node is running");
+        // SAFETY: kill(2) with a valid pid and signal has no memory effects.
+        unsafe { libc::kill(child.id() as i32, signal) };
+    }
+
+    /// The exit status once the process has exited, waiting at most `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child
@@ -273,6 +331,31 @@ impl Node {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// The lock on 127.0.0.1:8888, Warren's default port, shared with `scripts/demo.sh` (whose
+/// controller holds it while it runs): an exclusive `flock` on
+/// `$TMPDIR/warren-port-8888.lock`, released when the returned file is dropped.
+pub fn default_port_lock() -> std::fs::File {
+    let path = default_port_lock_path();
+    let lock = std::fs::File::create(&path).expect("create the port 8888 lock file");
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&lock);
+    let start = Instant::now();
+    // SAFETY: flock on a descriptor this function owns.
+    while unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "port 8888 stayed locked ({}): are demo nodes running? `scripts/demo.sh --stop`",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    lock
+}
+
+/// Where [`default_port_lock`] and `scripts/demo.sh` lock port 8888.
+pub fn default_port_lock_path() -> PathBuf {
+    std::env::temp_dir().join("warren-port-8888.lock")
 }
 
 /// `--trust NODE=TOKEN` flags for `peers`.

@@ -20,6 +20,7 @@ use warren::keys::LinkKeypair;
 use warren::mesh::driver::{self, DriverConfig, MeshHandle, PeerTarget};
 use warren::mesh::node::MeshConfig;
 use warren::mesh::route::Cost;
+use warren::mesh::transport::{Accept, Dial, Listener};
 use warren::mesh::trust::TrustEntry;
 
 /// Set (to the node id) in a child's environment: run as a node, not as the bench.
@@ -28,9 +29,12 @@ const NODE_ENV: &str = "WARREN_BENCH_NODE";
 const SEED_ENV: &str = "WARREN_BENCH_SEED";
 /// The mesh port the child dials, if any.
 const PEER_ENV: &str = "WARREN_BENCH_PEER";
+/// Set in a child's environment: also accept WebSocket links (`ws://127.0.0.1:0/`), and
+/// print that port fourth on the ready line.
+const WS_ENV: &str = "WARREN_BENCH_WS";
 
 /// Seeds of every bench node's key: each trusts all of them.
-const SEEDS: [u8; 3] = [1, 2, 3];
+pub(crate) const SEEDS: [u8; 3] = [1, 2, 3];
 
 /// Size of one probe-sized echo message.
 pub(crate) const ECHO_LEN: usize = 64;
@@ -55,9 +59,14 @@ fn mesh_config(id: &str, seed: u8) -> anyhow::Result<MeshConfig> {
             key: keypair(s).public(),
             node: None,
         })
-        .collect();
+        .collect::<Vec<_>>();
     let epoch_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
-    Ok(MeshConfig::new(id.parse()?, keypair(seed), trust, epoch_ms))
+    Ok(MeshConfig::new(
+        id.parse()?,
+        keypair(seed),
+        trust.into(),
+        epoch_ms,
+    ))
 }
 
 /// Whether this process was started as a child node.
@@ -95,7 +104,19 @@ async fn child() -> anyhow::Result<()> {
     };
     let mesh_listener = TcpListener::bind("127.0.0.1:0").await?;
     let mesh_port = mesh_listener.local_addr()?.port();
-    let (mesh, _driver) = start_node(&id, seed, vec![mesh_listener], peer)?;
+    let mut listeners = vec![Listener::from(mesh_listener)];
+    let mut ws_port = String::new();
+    if std::env::var_os(WS_ENV).is_some() {
+        let tcp = TcpListener::bind("127.0.0.1:0").await?;
+        ws_port = format!(" {}", tcp.local_addr()?.port());
+        let accept = Accept::Ws {
+            path: "/".to_owned(),
+            tls: None,
+        };
+        listeners.push(Listener { tcp, accept });
+    }
+    let peer = peer.map(|port| (port, Dial::Tcp));
+    let (mesh, _driver) = start_node_with(&id, seed, listeners, peer)?;
     let mut incoming = mesh.listen(&sink_service())?;
     tokio::spawn(async move {
         while let Some(stream) = incoming.recv().await {
@@ -108,7 +129,7 @@ async fn child() -> anyhow::Result<()> {
     let echo_port = echo_listener.local_addr()?.port();
     tokio::spawn(accept(sink_listener, |s| tokio::spawn(sink(s))));
     tokio::spawn(accept(echo_listener, |s| tokio::spawn(echo(s))));
-    println!("ready {mesh_port} {sink_port} {echo_port}");
+    println!("ready {mesh_port} {sink_port} {echo_port}{ws_port}");
     // The parent holds our stdin; its end closing (or the parent dying) ends us.
     tokio::task::spawn_blocking(|| std::io::copy(&mut std::io::stdin(), &mut std::io::sink()))
         .await??;
@@ -129,17 +150,31 @@ pub(crate) fn start_node(
     listeners: Vec<TcpListener>,
     peer: Option<u16>,
 ) -> anyhow::Result<(MeshHandle, JoinHandle<()>)> {
+    let listeners = listeners.into_iter().map(Listener::from).collect();
+    start_node_with(id, seed, listeners, peer.map(|port| (port, Dial::Tcp)))
+}
+
+/// [`start_node`] with any transports: listeners, and how to dial the peer's local port.
+pub(crate) fn start_node_with(
+    id: &str,
+    seed: u8,
+    listeners: Vec<Listener>,
+    peer: Option<(u16, Dial)>,
+) -> anyhow::Result<(MeshHandle, JoinHandle<()>)> {
     let config = mesh_config(id, seed)?;
     let listeners = listeners.into_iter().map(|l| (l, Cost::DEFAULT)).collect();
     let peers = peer
-        .map(|port| PeerTarget {
-            host: "127.0.0.1".to_owned(),
-            port,
-            cost: Cost::DEFAULT,
+        .map(|(port, dial)| {
+            let target = PeerTarget {
+                host: "127.0.0.1".to_owned(),
+                port,
+                cost: Cost::DEFAULT,
+            };
+            (target, dial)
         })
         .into_iter()
         .collect();
-    Ok(driver::start(
+    Ok(driver::start_with(
         config,
         DriverConfig::default(),
         listeners,
@@ -181,13 +216,28 @@ pub(crate) struct NodeProcess {
     pub(crate) sink_port: u16,
     /// Its TCP echo.
     pub(crate) echo_port: u16,
+    /// Where it accepts WebSocket mesh links (path `/`), if started with them.
+    pub(crate) ws_port: Option<u16>,
 }
 
 impl NodeProcess {
     /// Starts this binary as node `id`, dialling `peer`, and waits for it to be ready.
     fn spawn(id: &str, seed: u8, peer: Option<u16>) -> anyhow::Result<Self> {
+        Self::spawn_with(id, seed, peer, false)
+    }
+
+    /// [`NodeProcess::spawn`], also accepting WebSocket links when `ws`.
+    pub(crate) fn spawn_with(
+        id: &str,
+        seed: u8,
+        peer: Option<u16>,
+        ws: bool,
+    ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe()?;
         let mut cmd = Command::new(exe);
+        if ws {
+            cmd.env(WS_ENV, "1");
+        }
         cmd.env(NODE_ENV, id)
             .env(SEED_ENV, seed.to_string())
             .stdin(Stdio::piped())
@@ -198,11 +248,12 @@ impl NodeProcess {
         let mut child = cmd.spawn().context("spawning a bench node")?;
         let stdout = child.stdout.take().context("child stdout")?;
         match read_ready(stdout) {
-            Ok([mesh_port, sink_port, echo_port]) => Ok(Self {
+            Ok(ports) => Ok(Self {
                 child,
-                mesh_port,
-                sink_port,
-                echo_port,
+                mesh_port: ports[0],
+                sink_port: ports[1],
+                echo_port: ports[2],
+                ws_port: ports.get(3).copied(),
             }),
             Err(e) => {
                 let _ = child.kill();
@@ -223,7 +274,7 @@ impl NodeProcess {
     }
 }
 
-fn read_ready(stdout: ChildStdout) -> anyhow::Result<[u16; 3]> {
+fn read_ready(stdout: ChildStdout) -> anyhow::Result<Vec<u16>> {
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line)?;
     let ports: Vec<u16> = line
@@ -232,9 +283,10 @@ fn read_ready(stdout: ChildStdout) -> anyhow::Result<[u16; 3]> {
         .split_whitespace()
         .map(str::parse)
         .collect::<Result<_, _>>()?;
-    ports
-        .try_into()
-        .map_err(|p| anyhow::anyhow!("expected 3 ports, got {p:?}"))
+    if !(3..=4).contains(&ports.len()) {
+        bail!("expected 3 or 4 ports, got {ports:?}");
+    }
+    Ok(ports)
 }
 
 impl Drop for NodeProcess {

@@ -94,7 +94,7 @@ async fn mesh(line: &Line, to: &NodeId, time: Duration) -> anyhow::Result<f64> {
 
 /// Writes for about `time`, finishes, and waits for the sink's count; MB/s from the first
 /// write to the acknowledgement.
-async fn pump<S: AsyncRead + AsyncWrite + Unpin>(
+pub(crate) async fn pump<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     time: Duration,
 ) -> anyhow::Result<f64> {

@@ -3,16 +3,16 @@
 //! Synchronous file IO only (callers run it on a blocking thread); no streams, no base64.
 //! Packing walks like Python's `os.walk` (each dir's files, then its subdirs, then each
 //! subdir in turn), stores directory entries and symlinks (mode `0o120777`, data = target)
-//! and skips FIFOs. Unpacking refuses any entry that would land outside the target dir.
+//! and skips FIFOs. Unpacking, which takes what a worker sent, is [`super::unpack`]'s.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::fs::{self, File};
+use std::io::{self, Seek, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use zip::write::SimpleFileOptions;
-use zip::{CompressionMethod, DateTime, ZipArchive, ZipWriter};
+use zip::{CompressionMethod, DateTime, ZipWriter};
 
 /// A failure to pack or unpack a directory zip.
 #[derive(Debug, thiserror::Error)]
@@ -34,13 +34,6 @@ pub enum ArchiveError {
     NonUtf8 {
         /// The path.
         path: PathBuf,
-    },
-    /// An entry names a path outside the target dir (absolute, `..`, or through a symlink):
-    /// the "zip slip" attack. Nothing of it is written.
-    #[error("zip entry {name:?} escapes the target directory")]
-    Escapes {
-        /// The entry's name as stored.
-        name: String,
     },
 }
 
@@ -134,93 +127,6 @@ fn add_entry<W: Write + Seek>(
     Ok(())
 }
 
-/// Extracts the zip in `input` into `target`, merging with what is there, as `unstream_dir`
-/// does: modes and mtimes restored, symlinks re-created, existing dirs left alone, existing
-/// FIFOs removed (and their entry skipped).
-pub(crate) fn unpack<R: Read + Seek>(input: R, target: &Path) -> Result<(), ArchiveError> {
-    let mut archive = ZipArchive::new(input)?;
-    for index in 0..archive.len() {
-        let mut entry = archive.by_index(index)?;
-        let name = entry.name()?.into_owned();
-        let out_path = safe_join(target, &name)?;
-        let mode = entry.unix_mode();
-        let mtime = entry.last_modified().map(system_time);
-        if let Ok(existing) = fs::symlink_metadata(&out_path) {
-            use std::os::unix::fs::FileTypeExt;
-            if existing.file_type().is_fifo() {
-                fs::remove_file(&out_path).map_err(io_err(&out_path))?;
-                continue;
-            }
-            if existing.is_symlink() {
-                fs::remove_file(&out_path).map_err(io_err(&out_path))?;
-            } else if existing.is_dir() {
-                continue;
-            }
-        }
-        if let Some(parent) = out_path.parent() {
-            fs::create_dir_all(parent).map_err(io_err(parent))?;
-        }
-        if entry.is_symlink() {
-            let mut link = String::new();
-            entry.read_to_string(&mut link).map_err(io_err(&out_path))?;
-            std::os::unix::fs::symlink(&link, &out_path).map_err(io_err(&out_path))?;
-            continue;
-        }
-        let file = if entry.is_dir() {
-            fs::create_dir(&out_path).map_err(io_err(&out_path))?;
-            File::open(&out_path).map_err(io_err(&out_path))?
-        } else {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&out_path)
-                .map_err(io_err(&out_path))?;
-            io::copy(&mut entry, &mut file).map_err(io_err(&out_path))?;
-            file
-        };
-        if let Some(mode) = mode {
-            let perms = fs::Permissions::from_mode(mode & 0o7777);
-            fs::set_permissions(&out_path, perms).map_err(io_err(&out_path))?;
-        }
-        if let Some(mtime) = mtime {
-            file.set_modified(mtime).map_err(io_err(&out_path))?;
-        }
-    }
-    Ok(())
-}
-
-/// `target/name`, refusing absolute names, `..` and any existing symlink on the way (a
-/// symlink entry followed by an entry beneath it would otherwise write outside `target`).
-fn safe_join(target: &Path, name: &str) -> Result<PathBuf, ArchiveError> {
-    let escapes = || ArchiveError::Escapes {
-        name: name.to_owned(),
-    };
-    let mut out = target.to_path_buf();
-    let components: Vec<_> = Path::new(name).components().collect();
-    for (index, component) in components.iter().enumerate() {
-        match component {
-            Component::Normal(part) => {
-                out.push(part);
-                let is_last = index + 1 == components.len();
-                let is_link = fs::symlink_metadata(&out).is_ok_and(|meta| meta.is_symlink());
-                if is_link && !is_last {
-                    return Err(escapes());
-                }
-            }
-            Component::CurDir => {}
-            Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
-                return Err(escapes());
-            }
-        }
-    }
-    if out == target {
-        return Err(escapes());
-    }
-    Ok(out)
-}
-
 /// The zip timestamp for `time` in local time, clamped to the DOS range as Python's
 /// `strict_timestamps=False` clamps it.
 fn dos_time(time: SystemTime) -> DateTime {
@@ -259,7 +165,7 @@ fn local_tm(secs: i64) -> Option<libc::tm> {
 }
 
 /// A zip timestamp read as local time (Python's `time.mktime`).
-fn system_time(time: DateTime) -> SystemTime {
+pub(super) fn system_time(time: DateTime) -> SystemTime {
     // SAFETY: `tm` is plain data owned here; mktime only reads and normalises it.
     let secs = unsafe {
         let mut tm: libc::tm = std::mem::zeroed();

@@ -11,14 +11,25 @@
 //! - [`process`]: reads a worker stream: a sans-IO line [`process::Processor`] and the
 //!   async driver [`process::process`].
 //! - `pyjson`: Python `json.dumps` formatting, so our lines match the reference's bytes.
-//! - `archive`: the zip of a directory in both directions (`stream_dir`/`unstream_dir`).
+//! - `archive`: the zip of a directory (`stream_dir`).
+//! - [`unpack`]: a worker's artifacts zip into the artifacts dir (`unstream_dir`), unable to
+//!   leave it or fill the disk, within [`unpack::ArtifactLimits`].
+//! - `beneath`: files under one directory opened by fd without following symlinks;
+//!   `artifact_dir`: the artifact dir while a stream is processed, through it.
 
 mod archive;
+mod artifact_dir;
+mod beneath;
 pub mod kwargs;
 pub mod process;
 mod pyjson;
 pub mod transmit;
+pub mod unpack;
 
+#[cfg(test)]
+mod craft;
+#[cfg(test)]
+mod hostile;
 #[cfg(test)]
 mod testing;
 #[cfg(test)]

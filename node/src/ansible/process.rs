@@ -4,28 +4,27 @@
 //! stops at `{"eof": true}`.
 //!
 //! [`Processor`] decides what each line means and does no IO; [`process`] is the async
-//! driver that reads lines, writes files and stdout, and decodes base64 in a streaming way.
+//! driver that reads lines and prints; the files go through `artifact_dir`, never through a
+//! symlink. Event `stdout` is printed through [`crate::terminal`]: colour passes, other
+//! escape sequences do not.
 //! The `starting` status line carries the job's full environment, which may hold secrets:
 //! it is neither kept, printed nor logged.
 
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, BufReader};
 
-use super::archive::{self, ArchiveError};
+use super::artifact_dir::{ArtifactDirs, receive_artifacts};
+use super::beneath;
 use super::pyjson;
+use super::unpack::{ArtifactLimits, UnpackError};
+use crate::terminal;
 
 /// The longest line accepted from a worker. Events carry module results, which can be large,
 /// but an unbounded line would let a broken worker exhaust memory.
 pub const MAX_LINE_LEN: usize = 64 * 1024 * 1024;
-
-/// Base64 bytes decoded per step: a multiple of 4, so every chunk decodes on its own.
-const B64_CHUNK_LEN: usize = 4 * 16 * 1024;
 
 /// Where and how to process a worker stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +39,8 @@ pub struct ProcessConfig {
     /// Print each event's JSON line instead of its `stdout` (as `ansible-runner run -j`;
     /// the reference's `process` ignores `-j`).
     pub json: bool,
+    /// Caps on the artifacts zip.
+    pub limits: ArtifactLimits,
 }
 
 impl ProcessConfig {
@@ -52,6 +53,7 @@ impl ProcessConfig {
             quiet: false,
             json: false,
             skip_empty_stdout: false,
+            limits: ArtifactLimits::DEFAULT,
         }
     }
 }
@@ -108,11 +110,22 @@ pub enum ProcessError {
         /// The value as sent.
         value: String,
     },
-    /// An event's counter or uuid would put its file outside `job_events/`.
+    /// An event's counter or uuid would put its file outside `job_events/`, or make a
+    /// name the file system cannot hold.
     #[error("event file name {name:?} is not a plain file name")]
     UnsafeEventName {
         /// The name it would have had.
         name: String,
+    },
+    /// Something other than a regular file (a symlink, a FIFO) sits where an event file or
+    /// `job_events/` goes: it is not followed, and nothing is written.
+    #[error(
+        "refusing to write {path}: a symlink or other non-regular file is there \
+         (nothing outside the artifacts dir is written through it)"
+    )]
+    NotPlainFile {
+        /// The path.
+        path: PathBuf,
     },
     /// The input ended inside the artifacts' base64.
     #[error("worker stream ended inside the artifacts: {received} of {expected} base64 bytes")]
@@ -125,9 +138,10 @@ pub enum ProcessError {
     /// The artifacts' base64 is malformed.
     #[error("invalid base64 in the artifacts")]
     Base64(#[from] base64::DecodeSliceError),
-    /// The artifacts zip could not be extracted (including zip-slip entries).
+    /// The artifacts zip could not be extracted (zip-slip entries and unsafe links
+    /// included), or is over a cap.
     #[error("cannot extract the artifacts")]
-    Artifacts(#[source] ArchiveError),
+    Artifacts(#[source] UnpackError),
     /// Writing an artifact (event file, `job_events/`, temp file) failed.
     #[error("cannot write {path}")]
     Write {
@@ -244,15 +258,18 @@ impl Processor {
             return Ok(Step::Nothing);
         }
         let file_name = format!("{}-{}.json", py_str(counter), py_str(uuid));
-        if file_name.contains(['/', '\0']) {
+        if !beneath::is_plain_name(&file_name) || file_name.contains(char::is_control) {
             return Err(ProcessError::UnsafeEventName { name: file_name });
         }
+        // What the worker sends reaches the user's terminal: colour passes, other escape
+        // sequences (titles, cursor moves, queries) do not.
         let console = match (self.quiet, self.json, data.get("stdout")) {
             (true, _, _) | (false, false, None) => None,
-            (false, true, _) => Some(line.to_vec()),
+            (false, true, _) => Some(json_console(line)),
             (false, false, Some(stdout)) => {
                 let text = py_str(stdout);
-                (!(self.skip_empty_stdout && text.is_empty())).then(|| text.into_bytes())
+                (!(self.skip_empty_stdout && text.is_empty()))
+                    .then(|| terminal::sanitize(&text).into_owned().into_bytes())
             }
         };
         self.events += 1;
@@ -283,6 +300,13 @@ impl Processor {
             artifact_dir,
         }
     }
+}
+
+/// The event's JSON line for `-j`: it parsed, so it is UTF-8 with C0 controls escaped; C1
+/// characters are escaped too.
+fn json_console(line: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(line);
+    terminal::json_safe(&text).into_owned().into_bytes()
 }
 
 fn parse_object(line: &[u8]) -> Result<serde_json::Map<String, Value>, ProcessError> {
@@ -336,8 +360,7 @@ pub async fn process(
     config: &ProcessConfig,
     mut stdout: impl AsyncWrite + Unpin,
 ) -> Result<ProcessOutcome, ProcessError> {
-    let events_dir = config.artifact_dir.join("job_events");
-    create_events_dir(&events_dir)?;
+    let dirs = ArtifactDirs::create(&config.artifact_dir)?;
     let mut reader = BufReader::with_capacity(64 * 1024, input);
     let mut processor = Processor::new(config.quiet, config.json);
     processor.skip_empty_stdout = config.skip_empty_stdout;
@@ -349,30 +372,13 @@ pub async fn process(
         }
         match processor.handle_line(&line)? {
             Step::Nothing => {}
-            Step::Event(record) => write_event(&events_dir, &record, &mut stdout).await?,
-            Step::Artifacts { zip_len } => {
-                receive_artifacts(&mut reader, zip_len, &config.artifact_dir).await?
-            }
+            Step::Event(record) => dirs.write_event(record, &mut stdout).await?,
+            Step::Artifacts { zip_len } => receive_artifacts(&mut reader, zip_len, config).await?,
             Step::Eof => break,
         }
     }
-    let rc = read_rc(&config.artifact_dir).await;
+    let rc = dirs.read_rc().await;
     Ok(processor.into_outcome(config.artifact_dir.clone(), rc))
-}
-
-/// `job_events/` with mode 0700 (parents with the default mode), as the reference makes it.
-fn create_events_dir(dir: &Path) -> Result<(), ProcessError> {
-    let write_err = |source| ProcessError::Write {
-        path: dir.to_owned(),
-        source,
-    };
-    if let Some(parent) = dir.parent() {
-        std::fs::create_dir_all(parent).map_err(write_err)?;
-    }
-    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-        Err(error) if error.kind() != io::ErrorKind::AlreadyExists => Err(write_err(error)),
-        _ => Ok(()),
-    }
 }
 
 /// Reads one line (newline included) of at most [`MAX_LINE_LEN`] bytes; 0 at end of input.
@@ -392,93 +398,6 @@ async fn read_line<R: AsyncRead + Unpin>(
         });
     }
     Ok(read)
-}
-
-/// Prints the event's text, then writes its file (mode 0600), in the reference's order.
-async fn write_event(
-    events_dir: &Path,
-    record: &EventRecord,
-    stdout: &mut (impl AsyncWrite + Unpin),
-) -> Result<(), ProcessError> {
-    if let Some(text) = &record.console {
-        stdout.write_all(text).await.map_err(ProcessError::Stdout)?;
-        stdout.flush().await.map_err(ProcessError::Stdout)?;
-    }
-    let path = events_dir.join(&record.file_name);
-    let write_err = |source| ProcessError::Write {
-        path: path.clone(),
-        source,
-    };
-    let mut file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .await
-        .map_err(write_err)?;
-    // An existing file keeps its mode on open; the reference chmods it.
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .await
-        .map_err(write_err)?;
-    file.write_all(&record.json).await.map_err(write_err)?;
-    file.flush().await.map_err(write_err)
-}
-
-/// Decodes the `zip_len`-byte zip's base64 from `reader` into a temp file, chunk by chunk,
-/// then extracts it into `artifact_dir`.
-async fn receive_artifacts<R: AsyncRead + Unpin>(
-    reader: &mut BufReader<R>,
-    zip_len: u64,
-    artifact_dir: &Path,
-) -> Result<(), ProcessError> {
-    let temp_err = |source| ProcessError::Write {
-        path: std::env::temp_dir(),
-        source,
-    };
-    let expected = zip_len.div_ceil(3) * 4;
-    let mut file = tokio::fs::File::from_std(tempfile::tempfile().map_err(temp_err)?);
-    let mut encoded = vec![0u8; B64_CHUNK_LEN];
-    let mut decoded = vec![0u8; B64_CHUNK_LEN / 4 * 3];
-    let mut received = 0u64;
-    while received < expected {
-        let want = usize::try_from(expected - received)
-            .map_or(B64_CHUNK_LEN, |left| left.min(B64_CHUNK_LEN));
-        let chunk = &mut encoded[..want];
-        if let Err(error) = reader.read_exact(chunk).await {
-            return Err(match error.kind() {
-                io::ErrorKind::UnexpectedEof => {
-                    ProcessError::ArtifactsTruncated { expected, received }
-                }
-                _ => ProcessError::Read(error),
-            });
-        }
-        let len = STANDARD.decode_slice(&*chunk, &mut decoded)?;
-        file.write_all(&decoded[..len]).await.map_err(temp_err)?;
-        received += want as u64;
-    }
-    file.flush().await.map_err(temp_err)?;
-    let file = file.into_std().await;
-    let target = artifact_dir.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let mut file = file;
-        io::Seek::rewind(&mut file).map_err(|error| ArchiveError::Io {
-            path: target.clone(),
-            source: error,
-        })?;
-        archive::unpack(file, &target)
-    })
-    .await
-    .map_err(|join| temp_err(io::Error::other(join)))?
-    .map_err(ProcessError::Artifacts)
-}
-
-/// The job's exit code from the artifacts' `rc` file, if there is a readable one.
-async fn read_rc(artifact_dir: &Path) -> Option<i32> {
-    let text = tokio::fs::read_to_string(artifact_dir.join("rc"))
-        .await
-        .ok()?;
-    text.trim().parse().ok()
 }
 
 #[cfg(test)]

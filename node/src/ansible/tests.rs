@@ -5,11 +5,11 @@ use std::io::Write as _;
 use std::path::Path;
 use std::sync::OnceLock;
 
-use super::archive::ArchiveError;
 use super::kwargs::{RunOptions, cli_kwargs};
 use super::process::{ProcessConfig, ProcessError, process};
 use super::testing::{demo_copy, file_set, run_ok, run_with_input, runner_command};
 use super::transmit::transmit;
+use super::unpack::{ArtifactLimits, NOTE_FILE, UnpackError};
 
 fn block_on<F: Future>(future: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
@@ -212,11 +212,21 @@ fn refuses_zip_slip_entries() {
     let outside = tempfile::tempdir().expect("tempdir");
     let evil = outside.path().join("evil");
     let link_target = outside.path().to_string_lossy().into_owned();
-    let cases: [&[(&str, Option<&str>)]; 2] = [
-        &[("../evil", None)],
-        &[("link", Some(link_target.as_str())), ("link/evil", None)],
+    type Case<'a> = (&'a [(&'a str, Option<&'a str>)], fn(&UnpackError) -> bool);
+    let cases: [Case<'_>; 3] = [
+        (&[("../evil", None)], |e| {
+            matches!(e, UnpackError::Escapes { .. })
+        }),
+        (
+            &[("link", Some(link_target.as_str())), ("link/evil", None)],
+            |e| matches!(e, UnpackError::UnsafeSymlink { .. }),
+        ),
+        // A link that stays inside is made, but nothing is ever written through it.
+        (&[("link", Some("sub")), ("link/evil", None)], |e| {
+            matches!(e, UnpackError::Escapes { .. })
+        }),
     ];
-    for entries in cases {
+    for (entries, expected) in cases {
         let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
         let options = zip::write::SimpleFileOptions::default();
         for (name, target) in entries {
@@ -237,11 +247,12 @@ fn refuses_zip_slip_entries() {
         let out = tempfile::tempdir().expect("tempdir");
         let config = ProcessConfig::new(out.path(), Some("x"));
         let error = block_on(process(&stream[..], &config, tokio::io::sink())).unwrap_err();
-        assert!(
-            matches!(error, ProcessError::Artifacts(ArchiveError::Escapes { .. })),
-            "{error}"
-        );
+        let ProcessError::Artifacts(error) = &error else {
+            panic!("{error}");
+        };
+        assert!(expected(error), "{entries:?}: {error}");
         assert!(!evil.exists());
+        assert!(config.artifact_dir.join(NOTE_FILE).is_file());
     }
 }
 
@@ -283,7 +294,12 @@ fn transmit_stream_round_trips_symlinks_and_skips_fifos() {
     assert_eq!(zip.len() as u64, size);
 
     let out = tempfile::tempdir().expect("tempdir");
-    super::archive::unpack(std::io::Cursor::new(zip), out.path()).expect("unpack");
+    super::unpack::unpack(
+        std::io::Cursor::new(zip),
+        out.path(),
+        &ArtifactLimits::DEFAULT,
+    )
+    .expect("unpack");
     assert_eq!(
         file_set(out.path()),
         [

@@ -12,6 +12,7 @@ use crate::host::signing::{
     self, Capabilities, EmbeddedManifest, MANIFEST_SECTION, Manifest, SignedManifest, SignerKey,
     SigningKeypair,
 };
+use crate::terminal::one_line;
 
 /// Seconds in a day, for `--valid-days`.
 const DAY_SECS: u64 = 24 * 60 * 60;
@@ -67,6 +68,11 @@ pub struct DeployArgs {
     /// $XDG_RUNTIME_DIR/warren/control.sock, else /tmp/warren-<uid>/control.sock].
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
+
+    /// Also trust a control socket served by this uid (by default only sockets served by
+    /// your own user or root are used: a socket another user serves may be an impostor).
+    #[arg(long = "socket-owner", env = "WARREN_SOCKET_OWNER", value_name = "UID")]
+    pub socket_owner: Option<u32>,
 }
 
 /// Flags of `warren component keygen`.
@@ -256,16 +262,17 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn print_manifest(m: &Manifest, signer: &SignerKey) {
+    // The manifest is the component author's text.
     let list = |items: &[String]| {
         if items.is_empty() {
             "(none)".to_owned()
         } else {
-            items.join(", ")
+            one_line(&items.join(", ")).into_owned()
         }
     };
     println!("valid and trusted");
-    println!("name:        {}", m.name);
-    println!("version:     {}", m.version);
+    println!("name:        {}", one_line(&m.name));
+    println!("version:     {}", one_line(&m.version));
     println!("work types:  {}", list(&m.work_types));
     println!("sha256:      {}", signing::hex(&m.sha256));
     println!("length:      {} bytes", m.length);
@@ -303,16 +310,16 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     let socket = args
         .socket
         .unwrap_or_else(crate::control::default_socket_path);
-    let mut client = crate::control::Client::connect(&socket).await?;
+    let mut client = crate::control::Client::connect_served_by(&socket, args.socket_owner).await?;
     eprintln!(
         "deploying {} ({} bytes) to {} via {}",
         args.component.display(),
         component.len(),
         args.node,
-        client.node_id()
+        one_line(client.node_id())
     );
     let active = client.deploy(&args.node, signature, &component).await?;
-    println!(
+    let line = format!(
         "{}: {} {} (sha256 {}) signed by {} now serves {}",
         active.node,
         active.name,
@@ -321,5 +328,6 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
         active.signer,
         active.work_types.join(", ")
     );
+    println!("{}", one_line(&line));
     Ok(ExitCode::SUCCESS)
 }

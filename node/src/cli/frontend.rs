@@ -42,7 +42,7 @@ pub fn main() -> ExitCode {
             } = Frontend::parse();
             super::Cli {
                 verbose: 0,
-                command: super::Command::Run(run),
+                command: super::Command::Run(Box::new(run)),
             }
             .run()
         }

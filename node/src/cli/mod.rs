@@ -1,23 +1,29 @@
 //! The `warren` command line: clap types for each command and the code that runs them.
 //! This is an edge of the crate, so errors here are `anyhow`.
 
+mod ca;
 mod component;
+mod docs;
 pub mod frontend;
 mod keygen;
 mod node_args;
 mod ops;
 mod run;
+mod top;
 mod work;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub use ca::{CaCommand, CertSignArgs, InitArgs, RevokeArgs, ShowArgs};
 pub use component::{ComponentCommand, ComponentKeygenArgs, SignArgs, VerifyArgs};
+pub use docs::{CompletionsArgs, ManArgs};
 pub use keygen::KeygenArgs;
 pub use node_args::NodeArgs;
 pub use ops::{PingArgs, SocketArgs, TracerouteArgs};
 pub use run::RunArgs;
+pub use top::TopArgs;
 pub use work::{
     CancelArgs, ListArgs, ReleaseArgs, ResultsArgs, StatusArgs, SubmitArgs, WorkCommand,
     WorkSocketArgs,
@@ -48,9 +54,15 @@ pub enum Command {
     /// Give --config FILE, or the quick flags with at least --id, --key and --data-dir.
     /// Example: warren node --id node1 --listen 127.0.0.1:8888 --key node1.key
     /// --trust relay=x25519:... --data-dir /var/lib/warren/node1
-    Node(NodeArgs),
+    Node(Box<NodeArgs>),
     /// Create a link key pair, or show the public token of an existing one.
     Keygen(KeygenArgs),
+    /// A mesh authority: certificates that admit nodes without per-peer trust entries.
+    ///
+    /// Start with `warren ca init --out ca.key`, then `warren ca sign --ca ca.key --node
+    /// node1 --key x25519:... --out node1.cert`, and run nodes with --ca TOKEN --cert FILE.
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Show a node's links, routing table, known nodes and what each offers.
     Status(SocketArgs),
     /// Ping a node across the mesh through the local node's control socket.
@@ -62,7 +74,7 @@ pub enum Command {
     /// Example: warren run demo/ -p test.yml --via-receptor node1 --receptor-peer
     /// receptor://relay.example.com:8888. Output, artifacts (PRIVATE_DATA_DIR/artifacts/
     /// IDENT) and the exit code are those of a local `ansible-runner run`.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Sign work-handler components and verify their signatures.
     ///
     /// Nodes run only components signed by a key they trust. Start with
@@ -76,6 +88,15 @@ pub enum Command {
     /// Example: warren work submit echo --payload input.txt -f
     #[command(subcommand)]
     Work(WorkCommand),
+    /// Show a node's key metrics live: links and traffic, flaps, units, queue, memory.
+    ///
+    /// Reads the node's /metrics endpoint. Example: warren node ... --metrics 127.0.0.1:9100,
+    /// then warren top 127.0.0.1:9100.
+    Top(TopArgs),
+    /// Print shell completions for bash, zsh or fish.
+    Completions(CompletionsArgs),
+    /// Print the man page, or write one per command into a directory.
+    Man(ManArgs),
 }
 
 impl Cli {
@@ -100,20 +121,25 @@ impl Cli {
         };
         let result = runtime.block_on(async {
             match self.command {
-                Command::Node(args) => ops::node(args).await,
+                Command::Node(args) => ops::node(*args).await,
                 Command::Keygen(args) => keygen::run(args),
+                Command::Ca(command) => ca::run(command),
                 Command::Status(args) => ops::status(args).await,
                 Command::Ping(args) => ops::ping(args).await,
                 Command::Traceroute(args) => ops::traceroute(args).await,
-                Command::Run(args) => run::run(args).await,
+                Command::Run(args) => run::run(*args).await,
                 Command::Component(command) => component::run(command).await,
                 Command::Work(command) => work::run(command).await,
+                Command::Top(args) => top::run(args).await,
+                Command::Completions(args) => docs::completions(&args),
+                Command::Man(args) => docs::man(&args),
             }
         });
         match result {
             Ok(code) => code,
             Err(e) => {
-                eprintln!("warren: {e:#}");
+                // Errors quote what peers, workers and nodes said.
+                eprintln!("warren: {}", crate::terminal::sanitize(&format!("{e:#}")));
                 ExitCode::FAILURE
             }
         }

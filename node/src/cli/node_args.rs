@@ -3,8 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::{
-    AnsibleRunnerConfig, Config, ConfigError, ControlConfig, EndpointAddr, LinkCost, ListenConfig,
-    MeshTuning, Origin, PeerConfig, TrustEntry, WorkLimits, WorkTypeConfig,
+    AnsibleRunnerConfig, CertificatesConfig, Config, ConfigError, ControlConfig, EndpointAddr,
+    LinkCost, ListenConfig, MeshTuning, Origin, PeerConfig, TlsConfig, TrustEntry, WorkLimits,
+    WorkTypeConfig,
 };
 use crate::host::signing::SignerKey;
 use crate::id::NodeId;
@@ -38,6 +39,8 @@ pub struct NodeArgs {
     ///
     /// ADDR is host:port, receptor://host:port, or a bare host (port 8888); write IPv6 as
     /// [::1]:port. Port 0 lets the OS choose a free port; use --ready-file to learn it.
+    /// ws://host:port[/path] accepts WebSocket links at that path (for a reverse proxy or
+    /// ingress in front); wss://... the same over TLS, with --tls-cert and --tls-key.
     #[arg(long = "listen", value_name = "ADDR")]
     pub listen: Vec<EndpointAddr>,
 
@@ -45,7 +48,9 @@ pub struct NodeArgs {
     ///
     /// ADDR is host:port, receptor://host:port, or a bare host (port 8888); write IPv6 as
     /// [::1]:port. Port 0 is not allowed here. The link's cost is 1.0 unless --cost sets one
-    /// for the peer's node id.
+    /// for the peer's node id. ws://host[:port][/path] and wss://... dial a WebSocket
+    /// listener, through $HTTP_PROXY / $HTTPS_PROXY (CONNECT) unless $NO_PROXY names the host;
+    /// wss:// checks the certificate against the system's roots and --tls-ca.
     #[arg(long = "peer", value_name = "ADDR", value_parser = EndpointAddr::parse_peer)]
     pub peers: Vec<EndpointAddr>,
 
@@ -100,6 +105,59 @@ pub struct NodeArgs {
     #[arg(long = "signer", value_name = "TOKEN")]
     pub signers: Vec<SignerKey>,
 
+    /// Let WHO submit work type TYPE here over the mesh (repeatable); TYPE may be `*`.
+    ///
+    /// WHO is a node id (matched only when a --trust pin or a certificate binds its key),
+    /// group:NAME (a certificate's group), or a key token x25519:<base64url>. Nothing is
+    /// allowed by default; the local control socket always has full rights.
+    #[arg(long = "allow-work", value_name = "TYPE=WHO")]
+    pub allow_work: Vec<crate::access::WorkGrant>,
+
+    /// Let WHO use this node's control service over the mesh (repeatable): full control of
+    /// the node, as its local control socket has.
+    #[arg(long = "allow-control", value_name = "WHO")]
+    pub allow_control: Vec<crate::access::Who>,
+
+    /// Let WHO deploy components to this node (repeatable); a trusted --signer must have
+    /// signed them as well.
+    #[arg(long = "allow-deploy", value_name = "WHO")]
+    pub allow_deploy: Vec<crate::access::Who>,
+
+    /// Sign submissions to other nodes with this Ed25519 key when asked (receptorctl's
+    /// --signwork); make one with warren component keygen.
+    #[arg(long = "work-signing-key", value_name = "FILE")]
+    pub work_signing_key: Option<PathBuf>,
+
+    /// Accept work signed by this key (repeatable): ed25519:<base64url>.
+    #[arg(long = "work-verify-key", value_name = "TOKEN")]
+    pub work_verify_keys: Vec<SignerKey>,
+
+    /// Refuse submissions from other nodes unless signed by a --work-verify-key.
+    #[arg(long = "require-signed-work")]
+    pub require_signed_work: bool,
+
+    /// On SIGTERM or SIGINT, let the running units end before stopping: new submissions are
+    /// refused meanwhile (saying the node is draining) and queued units wait for the next
+    /// start. A second signal stops at once.
+    #[arg(long = "drain")]
+    pub drain: bool,
+
+    /// Trust this mesh authority (repeatable): peers holding a valid certificate it signed
+    /// are accepted without a --trust entry, and far nodes' adverts and sessions are
+    /// checked against their certificates.
+    ///
+    /// TOKEN is the authority's public key as warren ca init prints it: ed25519:<base64url>.
+    #[arg(long = "ca", value_name = "TOKEN")]
+    pub authorities: Vec<SignerKey>,
+
+    /// This node's certificate, as warren ca sign writes it; shown to peers.
+    #[arg(long = "cert", value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+
+    /// A revocation list of a trusted authority, as warren ca revoke writes it (repeatable).
+    #[arg(long = "revocations", value_name = "FILE")]
+    pub revocations: Vec<PathBuf>,
+
     /// Use the ansible-runner at PATH instead of searching the node's PATH (turns
     /// ansible-runner on even if the config file turned it off).
     #[arg(long, value_name = "PATH", conflicts_with = "no_ansible_runner")]
@@ -108,6 +166,25 @@ pub struct NodeArgs {
     /// Do not offer the ansible-runner work type, even if ansible-runner is installed.
     #[arg(long)]
     pub no_ansible_runner: bool,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (ADDR is host:port, such as
+    /// 127.0.0.1:9100; replaces the config file's [metrics] listen). Anyone who can reach
+    /// ADDR can read them: bind loopback or a management network. `warren top` shows them.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<EndpointAddr>,
+
+    /// PEM certificate chain for wss:// listeners (replaces [tls] cert).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert (replaces [tls] key).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Trust the CA (or self-signed) certificates in FILE for wss:// peers, besides the
+    /// system's (repeatable; adds to [tls] ca).
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Vec<PathBuf>,
 }
 
 impl NodeArgs {
@@ -155,6 +232,20 @@ impl NodeArgs {
             signers,
             ansible_runner,
             no_ansible_runner,
+            authorities,
+            cert,
+            revocations,
+            allow_work,
+            allow_control,
+            allow_deploy,
+            work_signing_key,
+            work_verify_keys,
+            require_signed_work,
+            drain,
+            metrics,
+            tls_cert,
+            tls_key,
+            tls_ca,
         } = self;
         id.is_none()
             && key_file.is_none()
@@ -162,12 +253,26 @@ impl NodeArgs {
             && control_socket.is_none()
             && ansible_runner.is_none()
             && !no_ansible_runner
+            && metrics.is_none()
+            && tls_cert.is_none()
+            && tls_key.is_none()
+            && tls_ca.is_empty()
             && listen.is_empty()
             && peers.is_empty()
             && trust.is_empty()
             && costs.is_empty()
             && work_types.is_empty()
             && signers.is_empty()
+            && authorities.is_empty()
+            && cert.is_none()
+            && revocations.is_empty()
+            && allow_work.is_empty()
+            && allow_control.is_empty()
+            && allow_deploy.is_empty()
+            && work_signing_key.is_none()
+            && work_verify_keys.is_empty()
+            && !require_signed_work
+            && !drain
     }
 
     fn flags_only(self) -> Result<Config, ConfigError> {
@@ -198,6 +303,10 @@ impl NodeArgs {
             work_types: Vec::new(),
             signers: Vec::new(),
             ansible_runner: AnsibleRunnerConfig::default(),
+            certificates: CertificatesConfig::default(),
+            access: Default::default(),
+            metrics: None,
+            tls: TlsConfig::default(),
         };
         self.extend(config).validate(Origin::Flags)
     }
@@ -237,6 +346,20 @@ impl NodeArgs {
         }
         config.work_types.extend(self.work_types);
         config.signers.extend(self.signers);
+        config.certificates.authorities.extend(self.authorities);
+        if let Some(cert) = self.cert {
+            config.certificates.cert = Some(cert);
+        }
+        config.certificates.revocations.extend(self.revocations);
+        config.access.work.extend(self.allow_work);
+        config.access.control.extend(self.allow_control);
+        config.access.deploy.extend(self.allow_deploy);
+        if let Some(key) = self.work_signing_key {
+            config.work.signing_key = Some(key);
+        }
+        config.work.verify_keys.extend(self.work_verify_keys);
+        config.work.require_signed |= self.require_signed_work;
+        config.work.drain_on_stop |= self.drain;
         if let Some(path) = self.ansible_runner {
             config.ansible_runner.path = Some(path);
             config.ansible_runner.enabled = true;
@@ -244,6 +367,16 @@ impl NodeArgs {
         if self.no_ansible_runner {
             config.ansible_runner.enabled = false;
         }
+        if let Some(metrics) = self.metrics {
+            config.metrics = Some(metrics);
+        }
+        if let Some(cert) = self.tls_cert {
+            config.tls.cert = Some(cert);
+        }
+        if let Some(key) = self.tls_key {
+            config.tls.key = Some(key);
+        }
+        config.tls.ca.extend(self.tls_ca);
         config
     }
 }

@@ -14,6 +14,7 @@ use crate::control::reply::PingReply;
 use crate::control::{Client, Request, default_socket_path};
 use crate::daemon::ConfigSource;
 use crate::id::NodeId;
+use crate::terminal::json_safe;
 
 /// Where the node's control socket is.
 #[derive(Debug, Clone, clap::Args)]
@@ -22,6 +23,11 @@ pub struct SocketArgs {
     /// $XDG_RUNTIME_DIR/warren/control.sock, else /tmp/warren-<uid>/control.sock].
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
+
+    /// Also trust a control socket served by this uid (by default only sockets served by
+    /// your own user or root are used: a socket another user serves may be an impostor).
+    #[arg(long = "socket-owner", env = "WARREN_SOCKET_OWNER", value_name = "UID")]
+    pub socket_owner: Option<u32>,
 
     /// Print the node's JSON replies (Receptor's format) instead of text.
     #[arg(long)]
@@ -54,7 +60,7 @@ pub struct TracerouteArgs {
 
 async fn connect(args: &SocketArgs) -> anyhow::Result<Client> {
     let path = args.socket.clone().unwrap_or_else(default_socket_path);
-    Ok(Client::connect(&path).await?)
+    Ok(Client::connect_served_by(&path, args.socket_owner).await?)
 }
 
 pub(super) async fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
@@ -75,7 +81,7 @@ pub(super) async fn status(args: SocketArgs) -> anyhow::Result<ExitCode> {
             requested_fields: None,
         };
         let value: serde_json::Value = client.call(&request).await?;
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        println!("{}", json_safe(&serde_json::to_string_pretty(&value)?));
     } else {
         print!("{}", render_status(&client.status().await?));
     }
@@ -97,7 +103,7 @@ pub(super) async fn ping(args: PingArgs) -> anyhow::Result<ExitCode> {
             };
             let value: serde_json::Value = client.call(&request).await?;
             failed |= value.get("Success") != Some(&serde_json::Value::Bool(true));
-            println!("{value}");
+            println!("{}", json_safe(&value.to_string()));
         } else {
             let reply = client.ping(&args.node).await?;
             failed |= matches!(reply, PingReply::Failure { .. });
@@ -123,7 +129,7 @@ pub(super) async fn traceroute(args: TracerouteArgs) -> anyhow::Result<ExitCode>
         failed = value
             .as_object()
             .is_some_and(|hops| hops.values().any(|h| h.get("Error").is_some()));
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        println!("{}", json_safe(&serde_json::to_string_pretty(&value)?));
     } else {
         let hops = client.traceroute(&args.node).await?;
         failed = hops.iter().any(|h| h.error.is_some());

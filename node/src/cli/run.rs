@@ -16,8 +16,9 @@ use anyhow::{Context, bail};
 use tokio::io::AsyncWriteExt;
 
 use crate::ansible::kwargs::{RunOptions, cli_kwargs};
-use crate::ansible::process::{ProcessConfig, ProcessOutcome, process};
+use crate::ansible::process::{ProcessConfig, ProcessError, ProcessOutcome, process};
 use crate::ansible::transmit::transmit;
+use crate::ansible::unpack::ArtifactLimits;
 use crate::config::EndpointAddr;
 use crate::id::NodeId;
 
@@ -112,6 +113,89 @@ pub struct RunArgs {
     /// The project directory [default: PRIVATE_DATA_DIR/project].
     #[arg(long = "project-dir")]
     pub project_dir: Option<String>,
+
+    /// Largest artifacts zip accepted from the worker, in bytes; K, M, G, T suffixes are
+    /// powers of 1024. A bigger one is refused unread.
+    #[arg(
+        long = "artifacts-max-zip",
+        env = "WARREN_ARTIFACTS_MAX_ZIP",
+        value_name = "BYTES",
+        default_value = "1G",
+        value_parser = parse_size
+    )]
+    pub artifacts_max_zip: u64,
+
+    /// Most bytes the worker's artifacts may unpack to. Files that would pass it are not
+    /// written (see artifacts/IDENT/warren-incomplete.txt) and the run fails.
+    #[arg(
+        long = "artifacts-max-bytes",
+        env = "WARREN_ARTIFACTS_MAX_BYTES",
+        value_name = "BYTES",
+        default_value = "1G",
+        value_parser = parse_size
+    )]
+    pub artifacts_max_bytes: u64,
+
+    /// Most files, directories and links in the worker's artifacts zip.
+    #[arg(
+        long = "artifacts-max-entries",
+        env = "WARREN_ARTIFACTS_MAX_ENTRIES",
+        value_name = "N",
+        default_value_t = ArtifactLimits::DEFAULT.entries
+    )]
+    pub artifacts_max_entries: u64,
+
+    /// Largest unpacked-to-zipped ratio of one artifacts file over 1 MiB (zip bombs reach
+    /// 1000 and more; text stays far below).
+    #[arg(
+        long = "artifacts-max-ratio",
+        env = "WARREN_ARTIFACTS_MAX_RATIO",
+        value_name = "N",
+        default_value_t = ArtifactLimits::DEFAULT.ratio
+    )]
+    pub artifacts_max_ratio: u64,
+}
+
+impl RunArgs {
+    /// The caps on the worker's artifacts these flags set.
+    pub fn artifact_limits(&self) -> ArtifactLimits {
+        ArtifactLimits {
+            zip_bytes: self.artifacts_max_zip,
+            unpacked_bytes: self.artifacts_max_bytes,
+            entries: self.artifacts_max_entries,
+            ratio: self.artifacts_max_ratio,
+        }
+    }
+}
+
+/// A byte count: digits with an optional K, M, G or T (powers of 1024; `KiB`, `MB` and the
+/// like are read the same way).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let lower = trimmed.to_ascii_lowercase();
+    let unit = lower.trim_end_matches("ib").trim_end_matches('b');
+    let digits_end = unit
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(unit.len());
+    let (digits, suffix) = unit.split_at(digits_end);
+    let shift = match suffix {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        _ => {
+            return Err(format!(
+                "{text:?} is not a size (examples: 1048576, 512M, 2G)"
+            ));
+        }
+    };
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (examples: 1048576, 512M, 2G)"))?;
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 /// A job ready to submit: what to send and where its results go.
@@ -198,6 +282,7 @@ fn prepare(args: &RunArgs) -> anyhow::Result<Prepared> {
     process.quiet = args.quiet;
     process.json = args.json;
     process.skip_empty_stdout = true;
+    process.limits = args.artifact_limits();
     Ok(Prepared {
         private_data_dir: pdd.clone(),
         kwargs,
@@ -250,6 +335,20 @@ async fn receive(
     Ok(outcome)
 }
 
+/// Whether processing stopped because it refused what the worker sent (a hostile or
+/// over-cap stream), rather than because the stream ended or broke off: then the
+/// processor's error is the one to report, and whatever the reader side says after it is
+/// only its echo.
+fn refused_stream(error: &anyhow::Error) -> bool {
+    matches!(
+        error.downcast_ref::<ProcessError>(),
+        Some(e) if !matches!(
+            e,
+            ProcessError::UnexpectedEnd | ProcessError::ArtifactsTruncated { .. } | ProcessError::Read(_)
+        )
+    )
+}
+
 /// The outcome of a run cancelled before the worker reported it: the artifacts say
 /// `canceled` and 254, as ansible-runner leaves a cancelled run.
 fn canceled_outcome(process: &ProcessConfig) -> anyhow::Result<ProcessOutcome> {
@@ -275,4 +374,58 @@ fn canceled_outcome(process: &ProcessConfig) -> anyhow::Result<ProcessOutcome> {
 /// How long to wait for the target node, from `--receptor-timeout`.
 fn timeout(args: &RunArgs) -> Duration {
     Duration::try_from_secs_f64(args.receptor_timeout).unwrap_or(Duration::from_secs(15))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn parse(args: &[&str]) -> RunArgs {
+        let all = [&["warren", "run", "pdd", "-p", "x.yml"], args].concat();
+        match Cli::try_parse_from(all).expect("parses").command {
+            Command::Run(run) => *run,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn artifact_limits_default_to_the_library_defaults_and_take_flags() {
+        // The environment could set them; these tests assume it does not.
+        for var in ["ZIP", "BYTES", "ENTRIES", "RATIO"] {
+            assert!(std::env::var_os(format!("WARREN_ARTIFACTS_MAX_{var}")).is_none());
+        }
+        assert_eq!(parse(&[]).artifact_limits(), ArtifactLimits::DEFAULT);
+        let set = parse(&[
+            "--artifacts-max-bytes",
+            "2G",
+            "--artifacts-max-zip",
+            "512M",
+            "--artifacts-max-entries",
+            "10",
+            "--artifacts-max-ratio",
+            "50",
+        ]);
+        let want = ArtifactLimits {
+            zip_bytes: 512 << 20,
+            unpacked_bytes: 2 << 30,
+            entries: 10,
+            ratio: 50,
+        };
+        assert_eq!(set.artifact_limits(), want);
+    }
+
+    #[test]
+    fn sizes_take_binary_suffixes_and_refuse_nonsense() {
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("64k"), Ok(64 << 10));
+        assert_eq!(parse_size("3GiB"), Ok(3 << 30));
+        assert_eq!(parse_size("1T"), Ok(1 << 40));
+        assert_eq!(parse_size("10MB"), Ok(10 << 20));
+        for bad in ["", "G", "1.5G", "-1", "12X", "99999999999999T"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+    }
 }

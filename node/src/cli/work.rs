@@ -6,11 +6,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use crate::control::render::{render_work_list, render_work_status};
 use crate::control::request::WorkRequest;
 use crate::control::{Client, Request, default_socket_path};
+use crate::terminal::{Mode, Sanitizer, json_safe, one_line, sanitize};
 use crate::work::UnitId;
 
 /// `warren work` subcommands.
@@ -47,6 +48,11 @@ pub struct WorkSocketArgs {
     /// $XDG_RUNTIME_DIR/warren/control.sock, else /tmp/warren-<uid>/control.sock].
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
+
+    /// Also trust a control socket served by this uid (by default only sockets served by
+    /// your own user or root are used: a socket another user serves may be an impostor).
+    #[arg(long = "socket-owner", env = "WARREN_SOCKET_OWNER", value_name = "UID")]
+    pub socket_owner: Option<u32>,
 }
 
 /// Flags of `warren work submit`.
@@ -139,7 +145,7 @@ fn parse_param(text: &str) -> Result<(String, String), String> {
 
 async fn connect(args: &WorkSocketArgs) -> anyhow::Result<Client> {
     let path = args.socket.clone().unwrap_or_else(default_socket_path);
-    Ok(Client::connect(&path).await?)
+    Ok(Client::connect_served_by(&path, args.socket_owner).await?)
 }
 
 /// Runs a `warren work` subcommand.
@@ -186,7 +192,7 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     // Standard output carries the unit's output, so the id goes to standard error.
-    eprintln!("Work unit {unit}: {}", submitted.result);
+    eprintln!("Work unit {unit}: {}", one_line(&submitted.result));
     follow(&args.socket, unit, 0).await
 }
 
@@ -195,16 +201,41 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
 async fn follow(socket: &WorkSocketArgs, unit: UnitId, startpos: u64) -> anyhow::Result<ExitCode> {
     let mut output = connect(socket).await?.work_results(unit, startpos).await?;
     let mut stdout = tokio::io::stdout();
-    tokio::io::copy(&mut output, &mut stdout)
-        .await
-        .context("streaming the unit's output")?;
+    // Byte for byte into a pipe (`| ansible-runner process`); filtered on a terminal.
+    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        copy_to_terminal(&mut output, &mut stdout).await
+    } else {
+        tokio::io::copy(&mut output, &mut stdout).await.map(drop)
+    }
+    .context("streaming the unit's output")?;
     stdout.flush().await?;
     let status = connect(socket).await?.work_status(unit).await?;
     if status.is_failed() {
-        eprintln!("Remote unit failed: {}", status.detail);
+        eprintln!("Remote unit failed: {}", sanitize(&status.detail));
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Copies `input` to `stdout` through the terminal filter: colour passes, other escape
+/// sequences from the unit's output do not.
+async fn copy_to_terminal(
+    input: &mut (impl AsyncRead + Unpin),
+    stdout: &mut tokio::io::Stdout,
+) -> std::io::Result<()> {
+    let mut sanitizer = Sanitizer::new(Mode::Colour);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut out = Vec::with_capacity(buf.len());
+    loop {
+        let read = input.read(&mut buf).await?;
+        out.clear();
+        if read == 0 {
+            sanitizer.finish(&mut out);
+            return stdout.write_all(&out).await;
+        }
+        sanitizer.push(&buf[..read], &mut out);
+        stdout.write_all(&out).await?;
+    }
 }
 
 async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
@@ -212,7 +243,7 @@ async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         let request = Request::Work(WorkRequest::List { unit: None });
         let value: serde_json::Value = client.call(&request).await?;
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        println!("{}", json_safe(&serde_json::to_string_pretty(&value)?));
     } else {
         print!("{}", render_work_list(&client.work_list().await?));
     }
@@ -224,7 +255,7 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         let request = Request::Work(WorkRequest::Status { unit: args.unit });
         let value: serde_json::Value = client.call(&request).await?;
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        println!("{}", json_safe(&serde_json::to_string_pretty(&value)?));
     } else {
         let status = client.work_status(args.unit).await?;
         print!("{}", render_work_status(args.unit.as_str(), &status));
@@ -249,9 +280,9 @@ where
     let mut failed = false;
     for &unit in units {
         match op(&mut client, unit).await {
-            Ok(verb) => println!("{unit}: {verb}"),
+            Ok(verb) => println!("{unit}: {}", one_line(&verb)),
             Err(crate::control::ClientError::Remote { message }) => {
-                eprintln!("{unit}: {message}");
+                eprintln!("{unit}: {}", sanitize(&message));
                 failed = true;
             }
             Err(e) => return Err(e.into()),

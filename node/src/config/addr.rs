@@ -1,8 +1,10 @@
 //! Endpoint addresses: where a node listens and which peers it dials.
 //!
 //! Receptor writes peers as `receptor://host:port` or `host:port`; Warren accepts both, a
-//! bare `host` (port [`DEFAULT_PORT`]) and bracketed IPv6 (`[::1]:8888`). No IO: names are
-//! resolved when the driver dials or binds.
+//! bare `host` (port [`DEFAULT_PORT`]) and bracketed IPv6 (`[::1]:8888`), all over TCP, and
+//! WebSocket links as `ws://host[:port][/path]` and `wss://host[:port][/path]` (ports 80 and
+//! 443 by default, path `/`), for sites behind HTTP proxies and ingress controllers. No IO:
+//! names are resolved when the driver dials or binds.
 
 use std::fmt;
 use std::net::Ipv6Addr;
@@ -12,8 +14,39 @@ use std::str::FromStr;
 /// strings keep working.
 pub const DEFAULT_PORT: u16 = 8888;
 
-/// The one URL scheme accepted in front of an address, for Receptor compatibility.
+/// The TCP scheme accepted in front of an address, for Receptor compatibility.
 const SCHEME: &str = "receptor";
+
+/// Longest WebSocket path accepted.
+const MAX_PATH_LEN: usize = 256;
+
+/// How a link's bytes travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Scheme {
+    /// Plain TCP (`host:port`, `receptor://host:port`).
+    #[default]
+    Tcp,
+    /// WebSocket over TCP (`ws://`).
+    Ws,
+    /// WebSocket over TLS (`wss://`).
+    Wss,
+}
+
+impl Scheme {
+    /// Whether links of this scheme are WebSocket (and so have a path).
+    #[must_use]
+    pub fn is_websocket(self) -> bool {
+        matches!(self, Self::Ws | Self::Wss)
+    }
+
+    fn default_port(self) -> u16 {
+        match self {
+            Self::Tcp => DEFAULT_PORT,
+            Self::Ws => 80,
+            Self::Wss => 443,
+        }
+    }
+}
 
 /// Why a string is not an endpoint address.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -21,18 +54,26 @@ pub enum AddrError {
     /// The string was empty.
     #[error("the address is empty; use host:port, receptor://host:port or host")]
     Empty,
-    /// A URL scheme other than `receptor://` was given.
+    /// A URL scheme other than `receptor://`, `ws://` or `wss://` was given.
     #[error(
         "scheme {scheme:?} is not supported; use host:port, receptor://host:port or host \
-         (default port {DEFAULT_PORT})"
+         (default port {DEFAULT_PORT}), or ws://host[:port][/path] or wss://host[:port][/path]"
     )]
     UnsupportedScheme {
         /// The scheme as written, without `://`.
         scheme: String,
     },
-    /// Something follows the port (a URL path or query).
-    #[error("an address has no path; use host:port or receptor://host:port")]
+    /// Something follows the port (a URL path or query) of a TCP address.
+    #[error(
+        "a TCP address has no path; use host:port or receptor://host:port (paths are for ws:// and wss://)"
+    )]
     HasPath,
+    /// A WebSocket path with a query, fragment or characters outside a plain URL path.
+    #[error("{path:?} is not a plain URL path (letters, digits and - . _ ~ / only, at most 256)")]
+    BadPath {
+        /// The path as written.
+        path: String,
+    },
     /// The host part is empty.
     #[error("the host is empty; use host:port, receptor://host:port or host")]
     EmptyHost,
@@ -56,13 +97,18 @@ pub enum AddrError {
     ZeroPort,
 }
 
-/// A host and port to listen on or dial. `Display` writes `host:port` (`[v6]:port`).
+/// A host and port to listen on or dial, and how. `Display` writes `host:port`
+/// (`[v6]:port`) for TCP and `ws://host:port/path` or `wss://...` for WebSocket.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct EndpointAddr {
     /// Host name or IP address, without IPv6 brackets.
     pub host: String,
     /// TCP port; 0 only for listen addresses (the OS picks one).
     pub port: u16,
+    /// TCP or WebSocket.
+    pub scheme: Scheme,
+    /// The WebSocket path (`/` by default); empty for TCP.
+    pub path: String,
 }
 
 impl EndpointAddr {
@@ -79,12 +125,24 @@ impl EndpointAddr {
     }
 }
 
+impl EndpointAddr {
+    /// `host:port` (`[v6]:port`), without scheme or path: what to bind or dial over TCP.
+    #[must_use]
+    pub fn host_port(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
 impl fmt::Display for EndpointAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
+        match self.scheme {
+            Scheme::Tcp => f.write_str(&self.host_port()),
+            Scheme::Ws => write!(f, "ws://{}{}", self.host_port(), self.path),
+            Scheme::Wss => write!(f, "wss://{}{}", self.host_port(), self.path),
         }
     }
 }
@@ -92,18 +150,27 @@ impl fmt::Display for EndpointAddr {
 impl FromStr for EndpointAddr {
     type Err = AddrError;
 
-    /// Accepts `host:port`, `receptor://host:port`, `host` and `[v6]:port`.
+    /// Accepts `host:port`, `receptor://host:port`, `host` and `[v6]:port` (TCP), and
+    /// `ws://` or `wss://` with `host[:port][/path]`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s.is_empty() {
             return Err(AddrError::Empty);
         }
-        let rest = strip_scheme(s)?;
-        if rest.contains(['/', '?', '#']) {
-            return Err(AddrError::HasPath);
-        }
-        let (host, port) = split_host_port(rest)?;
+        let (scheme, rest) = strip_scheme(s)?;
+        let (authority, path) = match scheme {
+            Scheme::Tcp if rest.contains(['/', '?', '#']) => return Err(AddrError::HasPath),
+            Scheme::Tcp => (rest, String::new()),
+            Scheme::Ws | Scheme::Wss => match rest.find('/') {
+                Some(at) => (&rest[..at], check_path(&rest[at..])?),
+                None if rest.contains(['?', '#']) => {
+                    return Err(AddrError::BadPath { path: rest.into() });
+                }
+                None => (rest, "/".to_owned()),
+            },
+        };
+        let (host, port) = split_host_port(authority)?;
         let port = match port {
-            None => DEFAULT_PORT,
+            None => scheme.default_port(),
             Some(p) => p
                 .parse()
                 .map_err(|_| AddrError::BadPort { port: p.into() })?,
@@ -111,22 +178,34 @@ impl FromStr for EndpointAddr {
         Ok(Self {
             host: host.to_owned(),
             port,
+            scheme,
+            path,
         })
     }
 }
 
-/// Removes a `receptor://` prefix; refuses any other scheme.
-fn strip_scheme(s: &str) -> Result<&str, AddrError> {
+/// Removes a `receptor://`, `ws://` or `wss://` prefix; refuses any other scheme.
+fn strip_scheme(s: &str) -> Result<(Scheme, &str), AddrError> {
     let Some((scheme, rest)) = s.split_once("://") else {
-        return Ok(s);
+        return Ok((Scheme::Tcp, s));
     };
-    if scheme.eq_ignore_ascii_case(SCHEME) {
-        Ok(rest)
-    } else {
-        Err(AddrError::UnsupportedScheme {
+    match scheme.to_ascii_lowercase().as_str() {
+        SCHEME => Ok((Scheme::Tcp, rest)),
+        "ws" => Ok((Scheme::Ws, rest)),
+        "wss" => Ok((Scheme::Wss, rest)),
+        _ => Err(AddrError::UnsupportedScheme {
             scheme: scheme.to_owned(),
-        })
+        }),
     }
+}
+
+/// A WebSocket path: plain, short, no query or fragment (it is matched exactly).
+fn check_path(path: &str) -> Result<String, AddrError> {
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '.' | '_' | '~');
+    if path.len() > MAX_PATH_LEN || !path.chars().all(plain) {
+        return Err(AddrError::BadPath { path: path.into() });
+    }
+    Ok(path.to_owned())
 }
 
 /// Splits `host[:port]` or `[v6][:port]` and checks the host.
@@ -214,7 +293,9 @@ mod tests {
         );
         let msg = err.to_string();
         assert!(
-            msg.contains("host:port") && msg.contains("receptor://host:port"),
+            msg.contains("host:port")
+                && msg.contains("receptor://host:port")
+                && msg.contains("wss://"),
             "{msg}"
         );
     }
@@ -233,6 +314,44 @@ mod tests {
         assert!(matches!(bad("[::1]x"), AddrError::BadHost { .. }));
         assert!(matches!(bad("a b:1"), AddrError::BadHost { .. }));
         assert_eq!(bad("receptor://h:1/path"), AddrError::HasPath);
+    }
+
+    #[test]
+    fn websocket_addresses_have_default_ports_and_paths() {
+        let ws = addr("ws://relay.example.com/warren");
+        assert_eq!(
+            (ws.scheme, ws.port, ws.path.as_str()),
+            (Scheme::Ws, 80, "/warren")
+        );
+        assert_eq!(ws.to_string(), "ws://relay.example.com:80/warren");
+        let wss = addr("WSS://[::1]");
+        assert_eq!(
+            (wss.scheme, wss.port, wss.path.as_str()),
+            (Scheme::Wss, 443, "/")
+        );
+        assert_eq!(addr("ws://h:0/a/b-c_d.e~f").port, 0);
+        for s in ["ws://h:1/x", "wss://[fe80::1]:2/", "ws://h:3/a/b"] {
+            assert_eq!(addr(s).to_string(), s);
+            assert_eq!(addr(&addr(s).to_string()), addr(s));
+        }
+        assert_eq!(addr("receptor://h:1").scheme, Scheme::Tcp);
+    }
+
+    #[test]
+    fn websocket_paths_are_plain_and_bounded() {
+        let bad = |s: &str| s.parse::<EndpointAddr>().unwrap_err();
+        for s in [
+            "ws://h/a?b=1",
+            "ws://h/a#f",
+            "ws://h/a b",
+            "ws://h/%2e%2e",
+            "ws://h?x",
+        ] {
+            assert!(matches!(bad(s), AddrError::BadPath { .. }), "{s}");
+        }
+        let long = format!("ws://h/{}", "a".repeat(300));
+        assert!(matches!(bad(&long), AddrError::BadPath { .. }));
+        assert_eq!(bad("ws:///x"), AddrError::EmptyHost);
     }
 
     #[test]

@@ -183,6 +183,11 @@ pub enum Problem {
         /// The conflicting entry's pin.
         second: Option<NodeId>,
     },
+    /// A `wss://` listener without a certificate and key.
+    #[error(
+        "a wss:// listener needs a certificate and key: [tls] cert and key, or --tls-cert and --tls-key"
+    )]
+    WssNeedsCertificate,
     /// The same address appears twice in one list.
     #[error("{addr} is listed twice")]
     DuplicateAddress {
@@ -246,6 +251,18 @@ pub enum Problem {
     /// Not a valid component signer key token.
     #[error(transparent)]
     SignerKey(#[from] SigningKeyError),
+    /// Not a node id, `group:NAME` or key token.
+    #[error(transparent)]
+    Who(#[from] crate::access::WhoError),
+    /// Not a work type name or `*`.
+    #[error("{value:?} is not a work type name or *")]
+    WorkTypePattern {
+        /// The text as written.
+        value: String,
+    },
+    /// An allow rule that grants nothing.
+    #[error("the rule grants nothing: give work-types, control = true or deploy = true")]
+    EmptyGrant,
     /// Two work types share a name.
     #[error("work type {name:?} is defined twice")]
     DuplicateWorkType {

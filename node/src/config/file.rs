@@ -5,6 +5,7 @@
 //! New sections and keys are added as optional fields, so existing files keep parsing;
 //! the work sections (`[[work-type]]`, `[[signer]]`, `[ansible-runner]`) live in `work`.
 
+mod access;
 mod work;
 
 use std::collections::BTreeMap;
@@ -21,8 +22,9 @@ use crate::host::contain::ContainMode;
 
 use super::error::{AddrRole, ConfigError, Origin, Problem};
 use super::{
-    AddrError, Config, ControlConfig, DEFAULT_CONTROL_PERMISSIONS, EndpointAddr, LinkCost,
-    ListenConfig, MeshTuning, PeerConfig, TrustEntry, WorkLimits,
+    AddrError, CertificatesConfig, Config, ControlConfig, DEFAULT_CONTROL_PERMISSIONS,
+    EndpointAddr, LinkCost, ListenConfig, MeshTuning, PeerConfig, TlsConfig, TrustEntry,
+    WorkLimits,
 };
 
 #[derive(Deserialize)]
@@ -49,6 +51,41 @@ struct ConfigFile {
     signer: Vec<work::SignerSection>,
     #[serde(default)]
     ansible_runner: work::AnsibleRunnerSection,
+    #[serde(default)]
+    certificates: CertificatesSection,
+    #[serde(default)]
+    allow: Vec<access::AllowSection>,
+    #[serde(default)]
+    metrics: MetricsSection,
+    #[serde(default)]
+    tls: TlsSection,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct CertificatesSection {
+    #[serde(default)]
+    authorities: Vec<Spanned<String>>,
+    cert: Option<Spanned<String>>,
+    #[serde(default)]
+    revocations: Vec<Spanned<String>>,
+}
+
+/// `[tls]`: certificate and key of `wss://` listeners, extra roots for `wss://` peers.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct TlsSection {
+    cert: Option<Spanned<String>>,
+    key: Option<Spanned<String>>,
+    #[serde(default)]
+    ca: Vec<Spanned<String>>,
+}
+
+/// `[metrics]`: where to serve `/metrics`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct MetricsSection {
+    listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -95,6 +132,12 @@ struct MeshSection {
 struct WorkSection {
     max_running: Option<Spanned<u64>>,
     max_payload_mb: Option<Spanned<u64>>,
+    keep_finished_hours: Option<Spanned<u64>>,
+    signing_key: Option<Spanned<String>>,
+    #[serde(default)]
+    verify_keys: Vec<Spanned<String>>,
+    require_signed: Option<Spanned<bool>>,
+    drain_on_stop: Option<Spanned<bool>>,
     containment: Option<Spanned<String>>,
 }
 
@@ -102,6 +145,9 @@ struct WorkSection {
 const MAX_RUNNING: (u64, u64) = (1, 4_096);
 /// Allowed range of `[work] max-payload-mb`: up to 1 TiB.
 const MAX_PAYLOAD_MB: (u64, u64) = (1, 1 << 20);
+
+/// Allowed range of `[work] keep-finished-hours` (0 keeps finished units until released).
+const KEEP_FINISHED_HOURS: (u64, u64) = (0, 24 * 366);
 
 /// Allowed range of `keepalive-seconds`: up to an hour.
 const KEEPALIVE_SECONDS: (u64, u64) = (1, 3_600);
@@ -159,6 +205,54 @@ impl Decoder<'_> {
                 .map(|(i, s)| self.signer(i, s))
                 .collect::<Result<_, _>>()?,
             ansible_runner: self.ansible_runner(&file.ansible_runner)?,
+            certificates: self.certificates(&file.certificates)?,
+            access: self.access(&file.allow)?,
+            metrics: (file.metrics.listen.as_ref())
+                .map(|l| {
+                    self.parse(l, "[metrics] listen", |s| {
+                        s.parse()
+                            .map_err(|source| address_problem(s, AddrRole::Listen, source))
+                    })
+                })
+                .transpose()?,
+            tls: self.tls(&file.tls)?,
+        })
+    }
+
+    fn certificates(
+        &self,
+        section: &CertificatesSection,
+    ) -> Result<CertificatesConfig, ConfigError> {
+        let authorities = (section.authorities.iter().enumerate())
+            .map(|(i, a)| {
+                let key = format!("[certificates] authorities #{}", i + 1);
+                self.parse(a, &key, |s| Ok(s.parse()?))
+            })
+            .collect::<Result<_, _>>()?;
+        let cert = match &section.cert {
+            None => None,
+            Some(c) => Some(self.path_value(c, "[certificates] cert")?),
+        };
+        let revocations = (section.revocations.iter().enumerate())
+            .map(|(i, r)| self.path_value(r, &format!("[certificates] revocations #{}", i + 1)))
+            .collect::<Result<_, _>>()?;
+        Ok(CertificatesConfig {
+            authorities,
+            cert,
+            revocations,
+        })
+    }
+
+    fn tls(&self, tls: &TlsSection) -> Result<TlsConfig, ConfigError> {
+        let path = |v: &Option<Spanned<String>>, key| {
+            v.as_ref().map(|v| self.path_value(v, key)).transpose()
+        };
+        Ok(TlsConfig {
+            cert: path(&tls.cert, "[tls] cert")?,
+            key: path(&tls.key, "[tls] key")?,
+            ca: (tls.ca.iter())
+                .map(|c| self.path_value(c, "[tls] ca"))
+                .collect::<Result<_, _>>()?,
         })
     }
 
@@ -239,22 +333,47 @@ impl Decoder<'_> {
             "[work] max-payload-mb",
             MAX_PAYLOAD_MB,
         )?;
-        let containment = match &work.containment {
-            None => defaults.containment,
-            Some(value) => self.parse(value, "[work] containment", |s| match s {
-                "auto" => Ok(ContainMode::Auto),
-                "cgroup" => Ok(ContainMode::Cgroup),
-                "subreaper" => Ok(ContainMode::Subreaper),
-                _ => Err(Problem::UnknownChoice {
-                    value: s.into(),
-                    accepted: "auto, cgroup, subreaper",
-                }),
-            })?,
+        let keep = self.bounded(
+            work.keep_finished_hours.as_ref(),
+            "[work] keep-finished-hours",
+            KEEP_FINISHED_HOURS,
+        )?;
+        let signing_key = match &work.signing_key {
+            None => None,
+            Some(path) => Some(self.path_value(path, "[work] signing-key")?),
         };
+        let verify_keys = (work.verify_keys.iter().enumerate())
+            .map(|(i, k)| {
+                let key = format!("[work] verify-keys #{}", i + 1);
+                self.parse(k, &key, |s| Ok(s.parse()?))
+            })
+            .collect::<Result<_, _>>()?;
         Ok(WorkLimits {
             max_running: running.map_or(defaults.max_running, |n| usize::try_from(n).unwrap_or(1)),
             max_payload: payload.map_or(defaults.max_payload, |mb| mb << 20),
-            containment,
+            keep_finished: keep.map_or(defaults.keep_finished, |h| {
+                (h > 0).then(|| Duration::from_secs(h * 3600))
+            }),
+            signing_key,
+            verify_keys,
+            require_signed: work.require_signed.as_ref().is_some_and(|r| *r.get_ref()),
+            drain_on_stop: work.drain_on_stop.as_ref().is_some_and(|d| *d.get_ref()),
+            containment: self.containment(work)?,
+        })
+    }
+
+    fn containment(&self, work: &WorkSection) -> Result<ContainMode, ConfigError> {
+        let Some(value) = &work.containment else {
+            return Ok(WorkLimits::default().containment);
+        };
+        self.parse(value, "[work] containment", |s| match s {
+            "auto" => Ok(ContainMode::Auto),
+            "cgroup" => Ok(ContainMode::Cgroup),
+            "subreaper" => Ok(ContainMode::Subreaper),
+            _ => Err(Problem::UnknownChoice {
+                value: s.into(),
+                accepted: "auto, cgroup, subreaper",
+            }),
         })
     }
 

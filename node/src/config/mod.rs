@@ -26,8 +26,13 @@
 //! permissions = "0600"                # optional octal string
 //!
 //! [work]                              # optional
-//! max-running = 8                     # units running at once (default 2 per CPU)
-//! max-payload-mb = 8192               # largest payload (default 8 GiB)
+//! max-running = 4                     # units at once (default: 2 per CPU)
+//! max-payload-mb = 1024               # largest payload (default 1 GiB)
+//! keep-finished-hours = 24            # release finished units after this (0: never)
+//! signing-key = "work.key"            # sign submissions that ask for it (signwork)
+//! verify-keys = ["ed25519:..."]       # accept work signed by these keys
+//! require-signed = false              # refuse unsigned submissions from other nodes
+//! drain-on-stop = false               # on SIGTERM, let running units end first
 //! containment = "auto"                # "auto" | "cgroup" | "subreaper" (see host::contain)
 //!
 //! [mesh]                              # optional tuning
@@ -59,6 +64,17 @@
 //! [[signer]]                          # optional, repeatable: whose components run here
 //! key = "ed25519:..."
 //!
+//! [[allow]]                           # optional, repeatable: what peers may do here
+//! who = "group:controllers"           # a node id, group:NAME, or x25519:TOKEN
+//! work-types = ["ansible-runner"]     # may submit these ("*" for any)
+//! control = false                     # may use the control service over the mesh
+//! deploy = false                      # may deploy components (a trusted signature too)
+//!
+//! [certificates]                      # optional: a mesh authority instead of per-peer trust
+//! authorities = ["ed25519:..."]       # `warren ca init` prints the token
+//! cert = "node1.cert"                 # this node's certificate (`warren ca sign`)
+//! revocations = ["revoked.list"]      # `warren ca revoke`; relative to the config's dir
+//!
 //! [ansible-runner]                    # optional
 //! path = "/opt/venv/bin/ansible-runner" # default: search PATH
 //! enabled = true                      # default true: offer the ansible-runner work type
@@ -87,7 +103,7 @@ use crate::id::NodeId;
 use crate::keys::PublicKey;
 
 pub use crate::mesh::trust::{TrustDecision, TrustEntry};
-pub use addr::{AddrError, DEFAULT_PORT, EndpointAddr};
+pub use addr::{AddrError, DEFAULT_PORT, EndpointAddr, Scheme};
 pub use cost::{CostError, LinkCost};
 pub use error::{AddrRole, ConfigError, Origin, Problem};
 pub use worktype::{
@@ -141,6 +157,38 @@ pub struct Config {
     pub signers: Vec<SignerKey>,
     /// Where to find ansible-runner, and whether to offer it.
     pub ansible_runner: AnsibleRunnerConfig,
+    /// Mesh authorities this node trusts, its own certificate and the revocation lists.
+    pub certificates: CertificatesConfig,
+    /// What mesh peers may do here (deny by default).
+    pub access: crate::access::AccessPolicy,
+    /// Where to serve Prometheus metrics (`/metrics`); `None`: not served.
+    pub metrics: Option<EndpointAddr>,
+    /// TLS for `wss://` listeners and peers.
+    pub tls: TlsConfig,
+}
+
+/// `[certificates]`: mesh authorities (`--ca`), this node's certificate (`--cert`) and
+/// revocation lists (`--revocations`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertificatesConfig {
+    /// Authorities whose certificates vouch for peers (`warren ca init` prints the token).
+    pub authorities: Vec<SignerKey>,
+    /// This node's certificate file (`warren ca sign` writes it).
+    pub cert: Option<PathBuf>,
+    /// Revocation list files of trusted authorities (`warren ca revoke` writes them).
+    pub revocations: Vec<PathBuf>,
+}
+
+/// TLS for `wss://` links (`[tls]`): the listeners' certificate and key, and extra roots
+/// the dialler trusts besides the system's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// PEM certificate chain served by `wss://` listeners.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    pub key: Option<PathBuf>,
+    /// PEM files of CA (or self-signed) certificates trusted for `wss://` peers.
+    pub ca: Vec<PathBuf>,
 }
 
 /// One address to accept links on.
@@ -180,12 +228,22 @@ impl Default for ControlConfig {
 }
 
 /// Limits of the node's work units (`[work]`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkLimits {
     /// Units that run at once; more wait in a queue.
     pub max_running: usize,
     /// Largest payload accepted, in bytes.
     pub max_payload: u64,
+    /// How long finished units are kept before they are released (`None`: until released).
+    pub keep_finished: Option<Duration>,
+    /// The key this node signs submissions with when asked (`signwork`).
+    pub signing_key: Option<PathBuf>,
+    /// Keys whose signed submissions this node accepts.
+    pub verify_keys: Vec<SignerKey>,
+    /// Whether submissions from other nodes must be signed by one of `verify_keys`.
+    pub require_signed: bool,
+    /// Whether a stop signal first lets the running units end (`--drain`).
+    pub drain_on_stop: bool,
     /// How jobs' programs are contained (`containment = "auto" | "cgroup" | "subreaper"`).
     pub containment: ContainMode,
 }
@@ -196,6 +254,11 @@ impl Default for WorkLimits {
         Self {
             max_running: defaults.max_running,
             max_payload: defaults.max_payload,
+            keep_finished: defaults.keep_finished,
+            signing_key: None,
+            verify_keys: Vec::new(),
+            require_signed: false,
+            drain_on_stop: false,
             containment: ContainMode::Auto,
         }
     }
@@ -291,12 +354,17 @@ impl Config {
             && !(self.work_types.iter()).any(|w| w.name == ANSIBLE_RUNNER_WORK_TYPE)
     }
 
-    /// Decides whether a peer presenting `key` is accepted as `claimed`.
+    /// Decides whether a peer presenting `key` (and no certificate) is accepted as
+    /// `claimed`.
     ///
     /// A key pinned to a node id is accepted only as that id; an unpinned key is accepted
     /// as any id that no other key is pinned to.
     pub fn trusts(&self, key: &PublicKey, claimed: &NodeId) -> TrustDecision {
-        crate::mesh::trust::decide(&self.trust, key, claimed)
+        let policy = crate::mesh::trust::TrustPolicy {
+            entries: self.trust.clone(),
+            authorities: crate::ca::Authorities::new(self.certificates.authorities.clone()),
+        };
+        crate::mesh::trust::decide_peer(&policy, key, claimed, None, 0)
     }
 }
 

@@ -321,25 +321,23 @@ fn trusting(entries: &[(u8, Option<&str>)]) -> Config {
 #[test]
 fn trust_decisions() {
     let config = trusting(&[(1, Some("relay")), (2, None), (3, Some("relay"))]);
-    assert_eq!(config.trusts(&key(1), &id("relay")), TrustDecision::Trusted);
-    assert_eq!(config.trusts(&key(3), &id("relay")), TrustDecision::Trusted);
+    assert!(config.trusts(&key(1), &id("relay")).is_trusted());
+    assert!(config.trusts(&key(3), &id("relay")).is_trusted());
     assert_eq!(
         config.trusts(&key(1), &id("node2")),
         TrustDecision::PinnedToOther {
             expected: id("relay")
         }
     );
-    assert_eq!(
-        config.trusts(&key(2), &id("anything")),
-        TrustDecision::Trusted
-    );
+    assert!(config.trusts(&key(2), &id("anything")).is_trusted());
     assert_eq!(
         config.trusts(&key(2), &id("relay")),
         TrustDecision::IdPinnedToOtherKey
     );
+    // An unknown key claiming a pinned id: the pin decides.
     assert_eq!(
         config.trusts(&key(9), &id("relay")),
-        TrustDecision::Untrusted
+        TrustDecision::IdPinnedToOtherKey
     );
     assert!(!config.trusts(&key(9), &id("x")).is_trusted());
     assert!(trusting(&[]).trusts(&key(1), &id("x")) == TrustDecision::Untrusted);
@@ -354,23 +352,74 @@ fn example_key(config: &Config) -> PublicKey {
     LinkKeypair::load(&config.key_file).unwrap().public()
 }
 
+/// A peer of `by`: certified by `by`'s authorities as the node `peer` configures, or `None`
+/// when its certificate does not pass there.
+fn certified_peer(by: &Config, peer: &Config) -> Option<crate::mesh::session::PeerIdentity> {
+    use crate::ca::{Authorities, SignedCertificate};
+    let text = std::fs::read_to_string(peer.certificates.cert.as_ref()?).unwrap();
+    let cert = SignedCertificate::from_armored(&text).unwrap();
+    let authorities = Authorities::new(by.certificates.authorities.iter().cloned());
+    let key = example_key(peer);
+    let groups = authorities
+        .check(&cert, &peer.node_id, &key, crate::clock::now_ms())
+        .ok()?;
+    Some(crate::mesh::session::PeerIdentity {
+        node: peer.node_id.clone(),
+        key,
+        binding: crate::mesh::trust::Binding::Certified {
+            serial: cert.cert.serial,
+            groups: groups.to_vec(),
+        },
+    })
+}
+
 #[test]
-fn example_mesh_configs_parse_and_trust_their_neighbours() {
+fn example_mesh_nodes_admit_each_other_by_certificate_and_node1_grants_only_its_rules() {
+    use crate::access::Act;
     let controller = example("controller");
     let relay = example("relay");
     let node1 = example("node1");
     let ports = |c: &Config| c.listen.iter().map(|l| l.addr.port).collect::<Vec<_>>();
-    assert_eq!(ports(&controller), [8891]);
+    assert_eq!(ports(&controller), [8888]);
     assert_eq!(ports(&relay), [8892]);
     assert_eq!(ports(&node1), [8893]);
     assert_eq!(controller.peers[0].addr.to_string(), "127.0.0.1:8892");
     assert_eq!(relay.peers[0].addr.to_string(), "127.0.0.1:8893");
-    let trusted = |by: &Config, peer: &Config| by.trusts(&example_key(peer), &peer.node_id);
-    assert_eq!(trusted(&controller, &relay), TrustDecision::Trusted);
-    assert_eq!(trusted(&relay, &controller), TrustDecision::Trusted);
-    assert_eq!(trusted(&relay, &node1), TrustDecision::Trusted);
-    assert_eq!(trusted(&node1, &relay), TrustDecision::Trusted);
-    assert_eq!(trusted(&node1, &controller), TrustDecision::Untrusted);
+    // No pins: every node admits the others by their certificates (valid for years).
+    for config in [&controller, &relay, &node1] {
+        assert!(config.trust.is_empty(), "{} pins keys", config.node_id);
+        for peer in [&controller, &relay, &node1] {
+            assert!(
+                certified_peer(config, peer).is_some(),
+                "{} does not admit {}",
+                config.node_id,
+                peer.node_id
+            );
+        }
+    }
+    // node1 lets the controller submit ansible-runner and use control; the relay nothing.
+    let as_controller = certified_peer(&node1, &controller).unwrap();
+    let as_relay = certified_peer(&node1, &relay).unwrap();
+    let me = &node1.node_id;
+    let policy = &node1.access;
+    assert!(
+        policy
+            .check(me, &as_controller, Act::Submit("ansible-runner"))
+            .is_ok()
+    );
+    assert!(policy.check(me, &as_controller, Act::Control).is_ok());
+    assert!(policy.check(me, &as_controller, Act::Deploy).is_err());
+    assert!(
+        policy
+            .check(me, &as_controller, Act::Submit("cat"))
+            .is_err()
+    );
+    for act in [Act::Submit("ansible-runner"), Act::Control, Act::Deploy] {
+        assert!(policy.check(me, &as_relay, act).is_err());
+    }
+    // The relay and the controller grant no one anything.
+    assert_eq!(relay.access, crate::access::AccessPolicy::default());
+    assert_eq!(controller.access, crate::access::AccessPolicy::default());
     assert!(node1.ansible_runner.enabled && node1.offers_default_ansible_runner());
     assert!(
         node1.work_types.is_empty(),

@@ -65,6 +65,7 @@ pub(super) fn check(mut config: Config, origin: Origin) -> Result<Config, Config
         .and_then(|()| check_work_types(&config))
         .and_then(|()| dedupe_trust(&mut config.trust));
     dedupe_signers(&mut config.signers);
+    dedupe_signers(&mut config.certificates.authorities);
     match result {
         Ok(()) => Ok(config),
         Err((setting, problem)) => Err(ConfigError::invalid(
@@ -95,6 +96,12 @@ fn check_addresses(config: &Config) -> Result<(), Fault> {
     let listen = config.listen.iter().map(|l| &l.addr);
     if let Some((i, addr)) = first_repeat(listen) {
         return Err((Setting::Listen(i), Problem::DuplicateAddress { addr }));
+    }
+    let tls = &config.tls;
+    if let Some(i) = (config.listen.iter()).position(|l| l.addr.scheme == super::Scheme::Wss)
+        && (tls.cert.is_none() || tls.key.is_none())
+    {
+        return Err((Setting::Listen(i), Problem::WssNeedsCertificate));
     }
     let peers = config.peers.iter().map(|p| &p.addr);
     if let Some((i, addr)) = first_repeat(peers) {

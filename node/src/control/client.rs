@@ -40,6 +40,29 @@ pub enum ClientError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The socket is served by a process of another user: nothing is sent to it.
+    #[error(
+        "the control socket {path:?} is served by uid {uid}, not by you (uid {me}) or root: \
+         refusing to send it anything, as another user may have put it there to read what you \
+         send; if that user's node is meant to serve you, pass --socket-owner {uid} \
+         (or set WARREN_SOCKET_OWNER)"
+    )]
+    ForeignServer {
+        /// The socket path.
+        path: PathBuf,
+        /// The uid of the process serving it.
+        uid: u32,
+        /// This client's uid.
+        me: u32,
+    },
+    /// The server's credentials could not be read.
+    #[error("cannot tell who serves the control socket {path:?}: {source}")]
+    PeerCredentials {
+        /// The socket path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// The server did not greet like a Receptor control service.
     #[error("not a Receptor control socket: unexpected greeting {line:?}")]
     BadGreeting {
@@ -87,20 +110,53 @@ pub struct Client<S = UnixStream> {
 }
 
 impl Client<UnixStream> {
-    /// Connects to the control socket at `path` and reads the greeting.
+    /// Connects to the control socket at `path` and reads the greeting, if the process
+    /// serving it is this user's or root's (see [`Client::connect_served_by`]).
     ///
     /// # Errors
     /// [`ClientError::Connect`] naming the path when nothing listens there;
+    /// [`ClientError::ForeignServer`] when another user serves it;
     /// [`ClientError::BadGreeting`] when something else does.
     pub async fn connect(path: &Path) -> Result<Self, ClientError> {
+        Self::connect_served_by(path, None).await
+    }
+
+    /// Connects to the control socket at `path`, checking with `SO_PEERCRED` who serves
+    /// it before anything is read or sent: this user, root (who could read this client's
+    /// memory anyway), or `also`, a uid the user named. A socket in a directory another
+    /// user could create or swap is so never trusted by accident.
+    ///
+    /// # Errors
+    /// As [`Client::connect`].
+    pub async fn connect_served_by(path: &Path, also: Option<u32>) -> Result<Self, ClientError> {
         let stream = UnixStream::connect(path)
             .await
             .map_err(|source| ClientError::Connect {
                 path: path.to_owned(),
                 source,
             })?;
+        let uid = stream
+            .peer_cred()
+            .map_err(|source| ClientError::PeerCredentials {
+                path: path.to_owned(),
+                source,
+            })?
+            .uid();
+        let me = rustix::process::geteuid().as_raw();
+        if !is_trusted_server(uid, me, also) {
+            return Err(ClientError::ForeignServer {
+                path: path.to_owned(),
+                uid,
+                me,
+            });
+        }
         Self::handshake(stream).await
     }
+}
+
+/// Whether a control socket served by `uid` may be used by a client running as `me`.
+fn is_trusted_server(uid: u32, me: u32, also: Option<u32>) -> bool {
+    uid == me || uid == 0 || also == Some(uid)
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
@@ -256,6 +312,15 @@ mod tests {
 
     fn node(s: &str) -> NodeId {
         NodeId::new(s).unwrap()
+    }
+
+    #[test]
+    fn trusts_only_its_own_user_root_or_the_named_owner() {
+        assert!(is_trusted_server(1000, 1000, None));
+        assert!(is_trusted_server(0, 1000, None));
+        assert!(!is_trusted_server(65534, 1000, None));
+        assert!(is_trusted_server(65534, 1000, Some(65534)));
+        assert!(!is_trusted_server(1001, 1000, Some(65534)));
     }
 
     #[test]

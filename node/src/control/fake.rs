@@ -15,9 +15,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, DuplexStream};
 use super::reply::{
     Advertisement, Connection, DeployReply, ReloadReply, StatusReport, TraceHop, WorkCommand,
 };
-use super::session::{Backend, Duplex};
+use super::session::{Backend, Duplex, WorkCreate};
 use crate::id::{NodeId, ServiceName};
-use crate::work::{UnitId, UnitState, UnitStatus};
+use crate::work::{UnitId, UnitState, UnitStatus, WorkError};
 
 fn node(s: &str) -> NodeId {
     NodeId::new(s).expect("invariant: test ids are valid")
@@ -27,6 +27,7 @@ fn node(s: &str) -> NodeId {
 pub(crate) fn sample_report() -> StatusReport {
     let (a, b) = (node("a"), node("b"));
     StatusReport {
+        config_generation: 0,
         advertisements: vec![Advertisement {
             node_id: a.clone(),
             service: "control".into(),
@@ -113,11 +114,13 @@ impl FakeBackend {
             .expect("invariant: no panics while locked")
     }
 
-    fn with_unit<T>(&self, unit: UnitId, f: impl FnOnce(&mut FakeUnit) -> T) -> Result<T, String> {
+    fn with_unit<T>(
+        &self,
+        unit: UnitId,
+        f: impl FnOnce(&mut FakeUnit) -> T,
+    ) -> Result<T, WorkError> {
         let mut units = self.lock();
-        let found = units
-            .get_mut(&unit)
-            .ok_or_else(|| format!("unknown work unit {unit}"))?;
+        let found = units.get_mut(&unit).ok_or(WorkError::UnknownUnit(unit))?;
         Ok(f(found))
     }
 }
@@ -170,34 +173,28 @@ impl Backend for FakeBackend {
         })
     }
 
-    async fn work_create(
-        &self,
-        _node: String,
-        work_type: String,
-        params: BTreeMap<String, String>,
-        _ttl: Option<Duration>,
-    ) -> Result<UnitId, String> {
-        self.create(work_type, params)
+    async fn work_create(&self, request: WorkCreate) -> Result<UnitId, WorkError> {
+        self.create(request.work_type, request.params)
     }
 
     async fn work_start(
         &self,
         unit: UnitId,
         payload: &mut (dyn AsyncRead + Unpin + Send),
-    ) -> Result<(), String> {
+    ) -> Result<(), WorkError> {
         let mut bytes = Vec::new();
         payload
             .read_to_end(&mut bytes)
             .await
-            .map_err(|e| format!("Error reading input data: {e}"))?;
+            .map_err(|e| WorkError::Internal(format!("Error reading input data: {e}")))?;
         self.with_unit(unit, |u| Self::finish(u, bytes))?
     }
 
-    async fn work_status(&self, unit: UnitId) -> Result<UnitStatus, String> {
+    async fn work_status(&self, unit: UnitId) -> Result<UnitStatus, WorkError> {
         self.with_unit(unit, |u| u.status.clone())
     }
 
-    async fn work_list(&self) -> Result<Vec<(UnitId, UnitStatus)>, String> {
+    async fn work_list(&self) -> Result<Vec<(UnitId, UnitStatus)>, WorkError> {
         Ok(self
             .lock()
             .iter()
@@ -209,7 +206,7 @@ impl Backend for FakeBackend {
         &self,
         unit: UnitId,
         startpos: u64,
-    ) -> Result<Box<dyn AsyncRead + Send + Unpin>, String> {
+    ) -> Result<Box<dyn AsyncRead + Send + Unpin>, WorkError> {
         self.with_unit(unit, |u| -> Box<dyn AsyncRead + Send + Unpin> {
             if let Some(live) = u.live.take() {
                 return Box::new(live);
@@ -219,7 +216,7 @@ impl Backend for FakeBackend {
         })
     }
 
-    async fn work_cancel(&self, unit: UnitId) -> Result<(), String> {
+    async fn work_cancel(&self, unit: UnitId) -> Result<(), WorkError> {
         self.with_unit(unit, |u| {
             if !u.status.state.is_terminal() {
                 u.status.state = UnitState::Canceled;
@@ -227,11 +224,11 @@ impl Backend for FakeBackend {
         })
     }
 
-    async fn work_release(&self, unit: UnitId, _force: bool) -> Result<(), String> {
+    async fn work_release(&self, unit: UnitId, _force: bool) -> Result<(), WorkError> {
         self.lock()
             .remove(&unit)
             .map(drop)
-            .ok_or_else(|| format!("unknown work unit {unit}"))
+            .ok_or(WorkError::UnknownUnit(unit))
     }
 
     /// Node `b` offers `echo`, which sends back what it receives; nothing else answers.
@@ -258,9 +255,12 @@ impl FakeBackend {
         &self,
         work_type: String,
         params: BTreeMap<String, String>,
-    ) -> Result<UnitId, String> {
+    ) -> Result<UnitId, WorkError> {
         if !["echo", "fail", "nostart"].contains(&work_type.as_str()) {
-            return Err(format!("unknown work type {work_type}"));
+            return Err(WorkError::UnknownWorkType {
+                node: node("a"),
+                work_type,
+            });
         }
         let id = self.next_id();
         let mut status = UnitStatus::new(work_type, params, node("a"), node("a"), 0);
@@ -276,14 +276,14 @@ impl FakeBackend {
     }
 
     /// Runs a unit to completion at once: its output is its payload.
-    fn finish(unit: &mut FakeUnit, payload: Vec<u8>) -> Result<(), String> {
+    fn finish(unit: &mut FakeUnit, payload: Vec<u8>) -> Result<(), WorkError> {
         let (state, detail) = match unit.status.work_type.as_str() {
             "echo" => (UnitState::Succeeded, "exit status 0"),
             "fail" => (UnitState::Failed, "exit status 1"),
             _ => {
                 unit.status.state = UnitState::Failed;
                 unit.status.detail = "Error starting worker: no runner".into();
-                return Err(unit.status.detail.clone());
+                return Err(WorkError::Internal(unit.status.detail.clone()));
             }
         };
         unit.status.state = state;

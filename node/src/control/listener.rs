@@ -2,9 +2,10 @@
 //! one task per session.
 //!
 //! Owns the socket file's lifecycle (created on bind, removed on shutdown) and where the
-//! socket lives by default. The protocol itself is [`super::session`]'s.
+//! socket lives by default. Its directory's checks and the private bind are
+//! [`super::socket_dir`]'s; the protocol itself is [`super::session`]'s.
 
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::session::{Backend, serve_session};
+use super::socket_dir::{self, DirProblem};
 
 /// Longest socket path Linux accepts, in bytes, not counting the NUL terminator
 /// (`sun_path` is 108 bytes including it).
@@ -43,13 +45,24 @@ pub enum ListenError {
         /// The limit, [`MAX_SOCKET_PATH`].
         max: usize,
     },
-    /// The socket's directory could not be created.
-    #[error("cannot create directory {path:?} for the control socket: {source}")]
+    /// The socket's directory could not be created (its parent must exist) or inspected.
+    #[error(
+        "cannot create directory {path:?} for the control socket: {source} \
+         (its parent must exist; Warren creates only the last directory)"
+    )]
     CreateDir {
         /// The directory.
         path: PathBuf,
         /// The OS error.
         source: std::io::Error,
+    },
+    /// The socket's directory is not one only this node's user controls.
+    #[error("refusing the control socket directory {path:?}: {problem}")]
+    UnsafeDir {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: DirProblem,
     },
     /// Something other than a socket sits at the path; it is left alone.
     #[error("{path:?} exists and is not a socket; refusing to replace it")]
@@ -116,15 +129,17 @@ pub struct ControlSocket {
 impl ControlSocket {
     /// Binds the control socket at `path` with mode `permissions`.
     ///
-    /// Creates the parent directory (mode 0700) if missing, and replaces a stale socket
-    /// file that nothing answers on.
+    /// Creates the socket's directory (mode 0700; not its parents) if missing and refuses
+    /// one that another user could write to (see [`super::socket_dir`]), replaces a stale
+    /// socket file that nothing answers on, and binds so that the socket is never
+    /// reachable with a looser mode than `permissions`.
     ///
     /// # Errors
-    /// [`ListenError`] naming the path: too long, a non-socket in the way, a live server
-    /// already there, or an OS error.
+    /// [`ListenError`] naming the path: too long, an unsafe directory, a non-socket in the
+    /// way, a live server already there, or an OS error.
     pub async fn bind(path: &Path, permissions: u32) -> Result<Self, ListenError> {
         check_length(path)?;
-        create_parent(path).await?;
+        socket_dir::prepare(path)?;
         remove_stale(path).await?;
         let io_err = |action| {
             let path = path.to_owned();
@@ -134,11 +149,9 @@ impl ControlSocket {
                 source,
             }
         };
-        let listener = UnixListener::bind(path).map_err(io_err("bind"))?;
-        let mode = std::fs::Permissions::from_mode(permissions);
-        tokio::fs::set_permissions(path, mode)
-            .await
-            .map_err(io_err("set permissions on"))?;
+        let listener = socket_dir::bind(path, permissions)?;
+        listener.set_nonblocking(true).map_err(io_err("bind"))?;
+        let listener = UnixListener::from_std(listener).map_err(io_err("bind"))?;
         let meta = tokio::fs::symlink_metadata(path)
             .await
             .map_err(io_err("inspect"))?;
@@ -225,21 +238,6 @@ fn check_length(path: &Path) -> Result<(), ListenError> {
     Ok(())
 }
 
-async fn create_parent(path: &Path) -> Result<(), ListenError> {
-    let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else {
-        return Ok(());
-    };
-    tokio::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .await
-        .map_err(|source| ListenError::CreateDir {
-            path: dir.to_owned(),
-            source,
-        })
-}
-
 /// Removes a socket file left by a process that died, after checking nothing answers.
 async fn remove_stale(path: &Path) -> Result<(), ListenError> {
     let meta = match tokio::fs::symlink_metadata(path).await {
@@ -275,6 +273,8 @@ async fn remove_stale(path: &Path) -> Result<(), ListenError> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use tokio::io::AsyncReadExt;
 
     use super::*;

@@ -6,11 +6,12 @@
 //! - [`reply`]: the exact reply bytes, with Go's formats in [`goformat`];
 //! - [`line`](mod@line): line framing that never loses payload bytes;
 //! - [`session`]: one session's driver over any byte stream, and the [`Backend`] seam;
-//! - [`listener`]: the Unix-socket listener and the default socket path;
+//! - [`listener`]: the Unix-socket listener and the default socket path, with
+//!   [`socket_dir`]: the socket directory's ownership checks and the private bind;
 //! - [`client`]: what the `warren` CLI verbs use, rendered for people by [`render`].
 //!
 //! It knows nothing of the mesh: answers come from a [`Backend`]. Parsing and formatting are
-//! pure; only `session`, `listener` and `client` do IO.
+//! pure; only `session`, `listener`, `socket_dir` and `client` do IO.
 
 pub mod client;
 pub mod goformat;
@@ -20,6 +21,7 @@ pub mod render;
 pub mod reply;
 pub mod request;
 pub mod session;
+pub mod socket_dir;
 
 #[cfg(test)]
 mod fake;

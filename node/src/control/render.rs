@@ -1,6 +1,8 @@
 //! Human-readable text for control replies, as the `warren` CLI prints them.
 //!
-//! Owns layout only (aligned columns, units); pure functions of the typed replies.
+//! Owns layout only (aligned columns, units); pure functions of the typed replies. Every
+//! value in a reply may come from another node, so each is printed through
+//! [`terminal::one_line`]: no escape sequence, no line break, whatever a peer advertises.
 
 use std::fmt::Write as _;
 
@@ -9,15 +11,17 @@ use std::collections::BTreeMap;
 
 use super::reply::{Advertisement, PingReply, StatusReport, TraceHop, UnitStatusReply};
 use crate::id::NodeId;
+use crate::terminal::one_line;
 
 /// The node's status as aligned sections: identity, links, routes, known nodes with their
 /// links, the services each node offers, and the work types each node accepts.
 pub fn render_status(status: &StatusReport) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "Node ID:      {}", status.node_id);
-    let _ = writeln!(out, "Version:      {}", status.version);
+    let _ = writeln!(out, "Node ID:      {}", one_line(status.node_id.as_str()));
+    let _ = writeln!(out, "Version:      {}", one_line(&status.version));
     let _ = writeln!(out, "CPUs:         {}", status.system_cpu_count);
     let _ = writeln!(out, "Memory:       {} MiB", status.system_memory_mib);
+    let _ = writeln!(out, "Config:       generation {}", status.config_generation);
 
     let links = status
         .connections
@@ -120,6 +124,10 @@ fn section(out: &mut String, title: &str, headers: &[&str], rows: Vec<Vec<String
         out.push_str("  (none)\n");
         return;
     }
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|row| row.iter().map(|cell| one_line(cell).into_owned()).collect())
+        .collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -144,7 +152,7 @@ pub fn render_ping_line(target: &NodeId, reply: &PingReply) -> String {
         PingReply::Success { from, time } => {
             format!("Reply from {from} in {}", go_duration_string(*time))
         }
-        PingReply::Failure { error } => format!("Ping to {target} failed: {error}"),
+        PingReply::Failure { error } => format!("Ping to {target} failed: {}", one_line(error)),
     }
 }
 
@@ -157,9 +165,14 @@ pub fn render_traceroute(hops: &[TraceHop]) -> String {
     let mut out = String::new();
     for (i, hop) in hops.iter().enumerate() {
         let from = hop.from.as_ref().map_or("*", NodeId::as_str);
-        let _ = write!(out, "{i}: {from} in {}", go_duration_string(hop.time));
+        let _ = write!(
+            out,
+            "{i}: {} in {}",
+            one_line(from),
+            go_duration_string(hop.time)
+        );
         if let Some(error) = &hop.error {
-            let _ = write!(out, ": {error}");
+            let _ = write!(out, ": {}", one_line(error));
         }
         out.push('\n');
     }
@@ -189,17 +202,19 @@ pub fn render_work_list(units: &BTreeMap<String, UnitStatusReply>) -> String {
 /// One unit's status, a field per line; extra data only when there is some.
 pub fn render_work_status(unit: &str, status: &UnitStatusReply) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "Unit:         {unit}");
+    let _ = writeln!(out, "Unit:         {}", one_line(unit));
     let _ = writeln!(
         out,
         "State:        {} ({})",
-        status.state_name, status.state
+        one_line(&status.state_name),
+        status.state
     );
-    let _ = writeln!(out, "Work type:    {}", status.work_type);
+    let _ = writeln!(out, "Work type:    {}", one_line(&status.work_type));
     let _ = writeln!(out, "Output:       {} bytes", status.stdout_size);
-    let _ = writeln!(out, "Detail:       {}", status.detail);
+    let _ = writeln!(out, "Detail:       {}", one_line(&status.detail));
     if !status.extra_data.is_null() {
-        let _ = writeln!(out, "Extra data:   {}", status.extra_data);
+        let extra = status.extra_data.to_string();
+        let _ = writeln!(out, "Extra data:   {}", one_line(&extra));
     }
     out
 }
@@ -210,6 +225,7 @@ mod tests {
 
     use super::*;
     use crate::control::fake::sample_report;
+    use crate::control::reply::WorkCommand;
 
     fn node(s: &str) -> NodeId {
         NodeId::new(s).unwrap()
@@ -223,6 +239,7 @@ Node ID:      a
 Version:      0.1.0
 CPUs:         2
 Memory:       1024 MiB
+Config:       generation 0
 
 Links:
   Node  Cost
@@ -256,6 +273,42 @@ Work types:
         let text = render_status(&report);
         assert!(text.contains("Links:\n  (none)\n"));
         assert!(text.contains("Work types:\n  (none)\n"));
+    }
+
+    #[test]
+    fn hostile_advert_and_unit_text_prints_without_escapes_or_forged_lines() {
+        let hostile = "\x1b]0;owned\x07echo\x1b[2J\x1b[31m\nz  forged-row";
+        let mut report = sample_report();
+        report.advertisements[0].work_commands = Some(vec![WorkCommand {
+            work_type: hostile.into(),
+            secure: false,
+        }]);
+        report.advertisements[0].service = "ctl\x1b[6n".into();
+        let text = render_status(&report);
+        assert!(!text.contains('\x1b'), "{text:?}");
+        assert!(text.contains("  a     echo z  forged-row\n"), "{text}");
+        assert!(!text.contains("\nz  forged-row"), "{text}");
+
+        let status = UnitStatusReply {
+            detail: "exit \x1bP+q544e\x1b\\1\u{9b}".into(),
+            extra_data: serde_json::json!({"x": "\u{9d}0;t\u{9c}"}),
+            state: 3,
+            state_name: "Failed".into(),
+            stdout_size: 0,
+            work_type: hostile.into(),
+        };
+        let units = BTreeMap::from([("Ab3dEf9h".to_owned(), status.clone())]);
+        for text in [
+            render_work_list(&units),
+            render_work_status("Ab3dEf9h", &status),
+        ] {
+            assert!(!text.contains('\x1b'), "{text:?}");
+            assert!(
+                !text.chars().any(|c| ('\u{80}'..='\u{9f}').contains(&c)),
+                "{text:?}"
+            );
+            assert!(!text.contains("\nz "), "{text}");
+        }
     }
 
     #[test]

@@ -47,6 +47,9 @@ pub struct StatusReport {
     /// Services the node knows of, its own included.
     #[serde(rename = "Advertisements", default)]
     pub advertisements: Vec<Advertisement>,
+    /// Warren's addition: how many reloads changed the running config since the start.
+    #[serde(rename = "ConfigGeneration", default)]
+    pub config_generation: u64,
     /// The node's direct links.
     #[serde(rename = "Connections", default)]
     pub connections: Vec<Connection>,
@@ -136,8 +139,9 @@ pub struct WorkTypeStatus {
 }
 
 /// The top-level status keys, in Go's (byte-wise sorted) output order.
-pub const STATUS_FIELDS: [&str; 10] = [
+pub const STATUS_FIELDS: [&str; 11] = [
     "Advertisements",
+    "ConfigGeneration",
     "Connections",
     "Containment",
     "KnownConnectionCosts",
@@ -227,8 +231,14 @@ impl Serialize for StatusReply {
                 "SystemCPUCount" => map.serialize_entry(name, &r.system_cpu_count)?,
                 "SystemMemoryMiB" => map.serialize_entry(name, &r.system_memory_mib)?,
                 "Version" => map.serialize_entry(name, &r.version)?,
-                _ if r.work_types.is_empty() => {}
-                _ => map.serialize_entry(name, &r.work_types)?,
+                // Warren's additions.
+                // Left out until a reload changed the config, so the reply is Receptor's.
+                "ConfigGeneration" if r.config_generation == 0 => {}
+                "ConfigGeneration" => map.serialize_entry(name, &r.config_generation)?,
+                // Left out when empty, so the reply is Receptor's.
+                "WorkTypes" if r.work_types.is_empty() => {}
+                "WorkTypes" => map.serialize_entry(name, &r.work_types)?,
+                _ => {}
             }
         }
         map.end()

@@ -20,7 +20,7 @@ use super::reply::{
 };
 use super::request::{Request, parse_request};
 use crate::id::{NodeId, ServiceName};
-use crate::work::{UnitId, UnitStatus};
+use crate::work::{UnitId, UnitStatus, WorkError};
 
 /// A byte stream both ways: what `connect` bridges the control connection to.
 pub trait Duplex: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -57,31 +57,31 @@ pub trait Backend: Send + Sync + 'static {
         component: Vec<u8>,
     ) -> impl Future<Output = Result<DeployReply, String>> + Send;
 
-    /// Creates a work unit of `work_type` on this node for `node` (`localhost` or this
-    /// node's id for local work; any other node for remote work) and returns its id; the
-    /// unit waits for its payload. `ttl` (remote work only) bounds how long the remote
-    /// node may take to start it. The error is the `ERROR:` text (such as
-    /// `unknown work type X`).
+    /// Creates a work unit on this node for `request.node` (`localhost` or this node's id
+    /// for local work; any other node for remote work, which this node mirrors) and returns
+    /// its id; the unit waits for its payload.
     fn work_create(
         &self,
-        node: String,
-        work_type: String,
-        params: BTreeMap<String, String>,
-        ttl: Option<Duration>,
-    ) -> impl Future<Output = Result<UnitId, String>> + Send;
+        request: WorkCreate,
+    ) -> impl Future<Output = Result<UnitId, WorkError>> + Send;
 
     /// Reads `payload` to EOF into the unit's stdin, then starts the unit.
     fn work_start(
         &self,
         unit: UnitId,
         payload: &mut (dyn AsyncRead + Unpin + Send),
-    ) -> impl Future<Output = Result<(), String>> + Send;
+    ) -> impl Future<Output = Result<(), WorkError>> + Send;
 
-    /// One unit's status (`unknown work unit <id>` if there is none).
-    fn work_status(&self, unit: UnitId) -> impl Future<Output = Result<UnitStatus, String>> + Send;
+    /// One unit's status.
+    fn work_status(
+        &self,
+        unit: UnitId,
+    ) -> impl Future<Output = Result<UnitStatus, WorkError>> + Send;
 
     /// Every unit on this node and its status.
-    fn work_list(&self) -> impl Future<Output = Result<Vec<(UnitId, UnitStatus)>, String>> + Send;
+    fn work_list(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(UnitId, UnitStatus)>, WorkError>> + Send;
 
     /// The unit's output from byte `startpos`, following live output, ending once the unit
     /// is finished and everything was read.
@@ -89,17 +89,17 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         unit: UnitId,
         startpos: u64,
-    ) -> impl Future<Output = Result<Box<dyn AsyncRead + Send + Unpin>, String>> + Send;
+    ) -> impl Future<Output = Result<Box<dyn AsyncRead + Send + Unpin>, WorkError>> + Send;
 
     /// Cancels the unit, keeping its files.
-    fn work_cancel(&self, unit: UnitId) -> impl Future<Output = Result<(), String>> + Send;
+    fn work_cancel(&self, unit: UnitId) -> impl Future<Output = Result<(), WorkError>> + Send;
 
     /// Cancels the unit and deletes it; `force` deletes it even if a remote release fails.
     fn work_release(
         &self,
         unit: UnitId,
         force: bool,
-    ) -> impl Future<Output = Result<(), String>> + Send;
+    ) -> impl Future<Output = Result<(), WorkError>> + Send;
 
     /// Opens a stream to `service` on `node` for `connect`; the error is the `ERROR:` text.
     fn connect(
@@ -110,6 +110,21 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Re-reads the node's config and applies what can change while it runs.
     fn reload(&self) -> impl Future<Output = ReloadReply> + Send;
+}
+
+/// A `work submit` as the session passes it on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkCreate {
+    /// The node to run it on, as the client named it (`localhost` for here).
+    pub node: String,
+    /// The work type.
+    pub work_type: String,
+    /// Its parameters.
+    pub params: BTreeMap<String, String>,
+    /// Remote work: how long the remote node may take to start it.
+    pub ttl: Option<Duration>,
+    /// Remote work: have this node sign the submission (`signwork`).
+    pub sign_work: bool,
 }
 
 /// What running one request left the session to do.

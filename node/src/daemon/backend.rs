@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use tokio::io::AsyncRead;
 use tokio::sync::watch;
@@ -17,14 +17,14 @@ use crate::control::reply::{
     Advertisement, Connection, DeployReply, ReloadReply, StatusReport, TraceHop, WorkCommand,
     WorkTypeStatus,
 };
-use crate::control::session::Duplex;
+use crate::control::session::{Duplex, WorkCreate};
 use crate::host::registry::Registry;
 use crate::id::{NodeId, ServiceName};
 use crate::mesh::driver::MeshHandle;
 use crate::mesh::lsdb::Advert;
 use crate::mesh::message::Unreachable;
 use crate::mesh::node::{MeshStatus, ProbeFailure};
-use crate::work::{UnitId, UnitStatus, Work};
+use crate::work::{Requester, Submission, UnitId, UnitStatus, Work, WorkError};
 
 /// The mesh service that carries the control protocol between nodes.
 pub const CONTROL_SERVICE: &str = "control";
@@ -90,7 +90,9 @@ impl Backend for NodeBackend {
             adverts: Vec::new(),
         });
         let registry = self.registry.borrow().clone();
-        report(&status, &registry)
+        let mut report = report(&status, &registry);
+        report.config_generation = self.reloader.generation();
+        report
     }
 
     async fn ping(&self, target: NodeId) -> Result<Duration, (Option<NodeId>, String)> {
@@ -112,45 +114,33 @@ impl Backend for NodeBackend {
 
     /// Units are submitted by this node (the control socket's users are on it); work for
     /// another node becomes a local unit that mirrors it.
-    async fn work_create(
-        &self,
-        node: String,
-        work_type: String,
-        params: BTreeMap<String, String>,
-        ttl: Option<Duration>,
-    ) -> Result<UnitId, String> {
-        let me = self.mesh.id().clone();
-        let local = node.eq_ignore_ascii_case("localhost") || node == me.as_str();
-        let created = if local {
-            self.work.create(&work_type, params, me).await
-        } else {
-            let target = NodeId::new(node).map_err(|e| e.to_string())?;
-            let expires_at = ttl.map(|ttl| SystemTime::now() + ttl);
-            self.work
-                .create_remote(target, &work_type, params, me, expires_at)
-                .await
+    async fn work_create(&self, request: WorkCreate) -> Result<UnitId, WorkError> {
+        let submission = Submission {
+            node: request.node,
+            work_type: request.work_type,
+            params: request.params,
+            submitter: (self.mesh.id().clone(), None),
+            ttl: request.ttl,
+            sign_work: request.sign_work,
         };
-        created.map_err(|e| e.to_string())
+        self.work.create(submission).await
     }
 
     async fn work_start(
         &self,
         unit: UnitId,
         payload: &mut (dyn AsyncRead + Unpin + Send),
-    ) -> Result<(), String> {
-        self.work
-            .start(unit, payload)
-            .await
-            .map_err(|e| e.to_string())
+    ) -> Result<(), WorkError> {
+        self.work.start(unit, payload).await.map(|_| ())
     }
 
-    async fn work_status(&self, unit: UnitId) -> Result<UnitStatus, String> {
-        let status = self.work.status(unit).await.map_err(|e| e.to_string())?;
+    async fn work_status(&self, unit: UnitId) -> Result<UnitStatus, WorkError> {
+        let status = self.work.status(unit, &Requester::Operator).await?;
         Ok(status.redacted())
     }
 
-    async fn work_list(&self) -> Result<Vec<(UnitId, UnitStatus)>, String> {
-        let units = self.work.list().await.map_err(|e| e.to_string())?;
+    async fn work_list(&self) -> Result<Vec<(UnitId, UnitStatus)>, WorkError> {
+        let units = self.work.list(&Requester::Operator).await?;
         Ok(units
             .into_iter()
             .map(|(id, status)| (id, status.redacted()))
@@ -161,22 +151,20 @@ impl Backend for NodeBackend {
         &self,
         unit: UnitId,
         startpos: u64,
-    ) -> Result<Box<dyn AsyncRead + Send + Unpin>, String> {
-        self.work
-            .results(unit, startpos)
-            .await
-            .map_err(|e| e.to_string())
+    ) -> Result<Box<dyn AsyncRead + Send + Unpin>, WorkError> {
+        let reader = self
+            .work
+            .results(unit, startpos, &Requester::Operator)
+            .await?;
+        Ok(Box::new(reader))
     }
 
-    async fn work_cancel(&self, unit: UnitId) -> Result<(), String> {
-        self.work.cancel(unit).await.map_err(|e| e.to_string())
+    async fn work_cancel(&self, unit: UnitId) -> Result<(), WorkError> {
+        self.work.cancel(unit, &Requester::Operator).await
     }
 
-    async fn work_release(&self, unit: UnitId, force: bool) -> Result<(), String> {
-        self.work
-            .release(unit, force)
-            .await
-            .map_err(|e| e.to_string())
+    async fn work_release(&self, unit: UnitId, force: bool) -> Result<(), WorkError> {
+        self.work.release(unit, force, &Requester::Operator).await
     }
 
     async fn connect(&self, node: NodeId, service: ServiceName) -> Result<Box<dyn Duplex>, String> {
@@ -187,13 +175,7 @@ impl Backend for NodeBackend {
     }
 
     async fn reload(&self) -> ReloadReply {
-        let reloader = self.reloader.clone();
-        tokio::task::spawn_blocking(move || reloader.reload())
-            .await
-            .unwrap_or_else(|e| ReloadReply::Failed {
-                message: format!("reload task failed: {e}"),
-                code: crate::control::reply::reload::ERRORCODE_BAD_CONFIG,
-            })
+        self.reloader.reload().await
     }
 
     async fn traceroute(&self, target: NodeId) -> Vec<TraceHop> {
@@ -249,6 +231,7 @@ fn describe(target: &NodeId, reason: ProbeFailure) -> String {
 /// Builds Receptor's status report from a mesh snapshot and the offered work types.
 pub fn report(status: &MeshStatus, registry: &Registry) -> StatusReport {
     StatusReport {
+        config_generation: 0,
         work_types: registry
             .iter()
             .map(|a| WorkTypeStatus {
@@ -340,7 +323,5 @@ fn system_memory_mib() -> u64 {
 
 /// Milliseconds since the UNIX epoch now: a run's epoch.
 pub fn wall_clock_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    crate::clock::now_ms()
 }

@@ -2,15 +2,17 @@
 //!
 //! A `deploy` on the control socket names a node. For this node the component is verified,
 //! compiled and switched in; for another, it travels over a mesh stream to that node's
-//! `deploy` service, which does the same and answers with what is now active. Only nodes
-//! the mesh trusts can reach the service, and the component itself must be signed by one
-//! of the target node's signers.
+//! `deploy` service, which does the same and answers with what is now active. Only peers the
+//! target allows to deploy (`--allow-deploy`) are served, and the component itself must be
+//! signed by one of the target node's signers.
 
 use std::sync::Arc;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
 
+use super::deployed::DeployedStore;
+use crate::access::{AccessPolicy, Act};
 use crate::control::reply::DeployReply;
 use crate::host::deploy::{MAX_COMPONENT_LEN, apply};
 use crate::host::registry::Registry;
@@ -31,8 +33,13 @@ pub struct Deployer {
     node: NodeId,
     host: Arc<Host>,
     registry: watch::Sender<Arc<Registry>>,
-    signers: Vec<SignerKey>,
+    /// Whose signatures a component needs (replaced on reload).
+    signers: watch::Receiver<Vec<SignerKey>>,
     mesh: MeshHandle,
+    /// Who may deploy over the mesh.
+    access: watch::Receiver<Arc<AccessPolicy>>,
+    /// Where deployed components are kept across restarts.
+    kept: DeployedStore,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -46,8 +53,10 @@ impl Deployer {
     pub fn new(
         host: Arc<Host>,
         registry: watch::Sender<Arc<Registry>>,
-        signers: Vec<SignerKey>,
+        signers: watch::Receiver<Vec<SignerKey>>,
         mesh: MeshHandle,
+        access: watch::Receiver<Arc<AccessPolicy>>,
+        kept: DeployedStore,
     ) -> Self {
         Self {
             node: mesh.id().clone(),
@@ -55,6 +64,8 @@ impl Deployer {
             registry,
             signers,
             mesh,
+            access,
+            kept,
         }
     }
 
@@ -74,12 +85,25 @@ impl Deployer {
 
     /// Verifies, compiles and switches in a component on this node.
     async fn apply_here(&self, signature: &str, component: Vec<u8>) -> Result<DeployReply, String> {
+        let text = signature.to_owned();
         let signature =
             SignedManifest::from_json(signature.as_bytes()).map_err(|e| e.to_string())?;
         let this = self.clone();
         let outcome = tokio::task::spawn_blocking(move || {
             let current = this.registry.borrow().clone();
-            apply(&this.host, &current, &this.signers, &component, &signature)
+            let signers = this.signers.borrow().clone();
+            let applied = apply(&this.host, &current, &signers, &component, &signature);
+            if let Ok((_, deployed)) = &applied
+                && let Err(e) = this.kept.record(
+                    &component,
+                    &text,
+                    &deployed.info.sha256,
+                    &deployed.work_types,
+                )
+            {
+                tracing::error!(error = %e, "deployed, but cannot keep the component for a restart");
+            }
+            applied
         })
         .await
         .map_err(|e| format!("deploy task failed: {e}"))?;
@@ -149,9 +173,20 @@ impl Deployer {
             while let Some(stream) = incoming.recv().await {
                 let this = self.clone();
                 tokio::spawn(async move {
-                    let peer = stream.peer().clone();
-                    if let Err(e) = this.answer(stream).await {
-                        tracing::debug!(%peer, error = %e, "deploy session ended");
+                    let peer = stream.identity().clone();
+                    let allowed = this.access.borrow().check(&this.node, &peer, Act::Deploy);
+                    let result = match allowed {
+                        Ok(()) => {
+                            tracing::info!(peer = %peer.node, key = %peer.key, "deploy request");
+                            this.answer(stream).await
+                        }
+                        Err(refusal) => {
+                            tracing::info!(peer = %peer.node, key = %peer.key, %refusal, "deploy refused");
+                            refuse(stream, &refusal.to_string()).await
+                        }
+                    };
+                    if let Err(e) = result {
+                        tracing::debug!(peer = %peer.node, error = %e, "deploy session ended");
                     }
                 });
             }
@@ -205,6 +240,13 @@ impl Deployer {
         }
         self.apply_here(&header.signature, component).await
     }
+}
+
+/// Answers a refused stream with one `ERROR:` line, reading nothing of it.
+async fn refuse<S: AsyncWrite + Unpin>(mut stream: S, message: &str) -> std::io::Result<()> {
+    let line = crate::control::reply::error_line(message);
+    stream.write_all(line.as_bytes()).await?;
+    stream.shutdown().await
 }
 
 fn parse_reply(line: &str) -> Result<DeployReply, String> {

@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod deploy;
+pub mod deployed;
 pub mod reload;
 
 use std::io;
@@ -16,21 +17,29 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, LinkCost};
+use crate::access::{AccessPolicy, Act};
+use crate::ca::{Authorities, SignedCertificate, SignedRevocationList};
+use crate::config::{Config, EndpointAddr, LinkCost, ListenConfig, Scheme, TlsConfig};
 use crate::control::{ControlSocket, ListenError, default_socket_path, serve_session};
 use crate::host::contain::{ContainError, Containment, supervisor_binary};
 use crate::host::registry::{self, Registry};
 use crate::host::runner::{Host, HostError};
 use crate::id::ServiceName;
+use crate::keys::SigningKeypair;
 use crate::keys::{KeyError, LinkKeypair};
-use crate::mesh::driver::{self, DriverConfig, MeshHandle, PeerTarget};
+use crate::mesh::driver::{self, DriverConfig, MeshHandle, MeshStream, PeerTarget};
 use crate::mesh::link::LinkConfig;
 use crate::mesh::node::MeshConfig;
 use crate::mesh::route::Cost;
-use crate::work::{Work, WorkConfig, WorkError};
+use crate::mesh::transport::tls::{self, TlsError};
+use crate::mesh::transport::{Accept, Dial, Listener};
+use crate::mesh::trust::TrustPolicy;
+use crate::metrics::{Metrics, MetricsServer};
+use crate::work::server::{ServerSetup, SignedWork};
+use crate::work::{Work, WorkConfig, WorkError, WorkSetup};
 pub use backend::{CONTROL_SERVICE, NodeBackend};
 pub use deploy::{DEPLOY_SERVICE, Deployer};
-pub use reload::{ConfigSource, Reloader};
+pub use reload::{Applier, ConfigSource, LiveListener, Reloader};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -54,9 +63,10 @@ pub enum StartError {
         /// Why.
         source: io::Error,
     },
-    /// The control socket could not be set up.
+    /// The control socket could not be set up (the message is the listener's own, which
+    /// names the socket; it is not repeated as a source).
     #[error("control socket: {0}")]
-    Control(#[from] ListenError),
+    Control(ListenError),
     /// The work unit store could not be opened.
     #[error("work units: {0}")]
     Work(WorkError),
@@ -66,6 +76,20 @@ pub enum StartError {
     /// The configured job containment is not available.
     #[error("job containment: {0}")]
     Containment(#[from] ContainError),
+    /// A certificate or revocation list could not be used.
+    #[error("{path}: {problem}")]
+    Certificates {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A `wss://` listener's certificate or a `wss://` peer's roots could not be loaded.
+    #[error("{0}")]
+    Tls(TlsError),
+    /// The metrics endpoint could not start.
+    #[error("{0}")]
+    Metrics(crate::metrics::ServeError),
     /// The ready file could not be written.
     #[error("cannot write ready file {path}: {source}")]
     ReadyFile {
@@ -83,14 +107,22 @@ pub struct RunningNode {
     pub mesh: MeshHandle,
     /// The node's work units.
     pub work: Work,
+    /// Results sessions in flight on the mesh `work` service.
+    pub work_sessions: watch::Receiver<usize>,
     /// The WebAssembly host that runs jobs.
     pub host: Arc<Host>,
     /// The offered work types; a deploy sends a new registry.
     pub registry: watch::Sender<Arc<Registry>>,
+    /// What mesh peers may do here; a reload sends a new policy.
+    pub access: watch::Sender<Arc<AccessPolicy>>,
+    /// Re-reads and applies the config (`reload`, SIGHUP).
+    pub reloader: Reloader,
     /// The addresses the listeners are bound to (port 0 resolved).
     pub listen_addrs: Vec<SocketAddr>,
     /// The control socket's path.
     pub control_path: PathBuf,
+    /// The `/metrics` endpoint, when configured; stops when dropped.
+    pub metrics: Option<MetricsServer>,
     /// Tells the control socket and the mesh control service to stop; dropped on shutdown.
     stop: watch::Sender<bool>,
     driver: JoinHandle<()>,
@@ -108,12 +140,16 @@ fn cost(c: LinkCost) -> Cost {
 pub fn mesh_config(config: &Config) -> Result<MeshConfig, StartError> {
     let keys = LinkKeypair::load(&config.key_file)?;
     warn_if_readable_by_others(&config.key_file);
+    let trust = trust_policy(config)?;
+    let cert = own_certificate(config, &keys)?;
     let mut mesh = MeshConfig::new(
         config.node_id.clone(),
         keys,
-        config.trust.clone(),
+        trust,
         backend::wall_clock_ms(),
     );
+    mesh.cert = cert;
+    mesh.rng_seed = random_seed();
     mesh.link = LinkConfig {
         keepalive: config.mesh.keepalive,
         idle_timeout: config.mesh.idle_timeout,
@@ -127,6 +163,62 @@ pub fn mesh_config(config: &Config) -> Result<MeshConfig, StartError> {
         .map(|(n, c)| (n.clone(), cost(*c)))
         .collect();
     Ok(mesh)
+}
+
+/// A seed from the OS for the node's ids and jitter (a clock-derived seed would make circuit
+/// numbers and probe ids guessable).
+fn random_seed() -> u64 {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        return backend::wall_clock_ms();
+    }
+    u64::from_le_bytes(b)
+}
+
+/// The trust entries, authorities and revocation lists of a config, files read and checked.
+///
+/// # Errors
+/// [`StartError::Certificates`] for an unreadable or invalid revocation list.
+pub fn trust_policy(config: &Config) -> Result<TrustPolicy, StartError> {
+    let mut authorities = Authorities::new(config.certificates.authorities.iter().copied());
+    for path in &config.certificates.revocations {
+        let bad = |problem: String| StartError::Certificates {
+            path: path.clone(),
+            problem,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let list = SignedRevocationList::from_armored(&text).map_err(|e| bad(e.to_string()))?;
+        authorities.revoke(&list).map_err(|e| bad(e.to_string()))?;
+    }
+    Ok(TrustPolicy {
+        entries: config.trust.clone(),
+        authorities,
+    })
+}
+
+/// This node's certificate, checked to be for its id and key and still valid.
+fn own_certificate(
+    config: &Config,
+    keys: &LinkKeypair,
+) -> Result<Option<SignedCertificate>, StartError> {
+    let Some(path) = &config.certificates.cert else {
+        return Ok(None);
+    };
+    let bad = |problem: String| StartError::Certificates {
+        path: path.clone(),
+        problem,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let cert = SignedCertificate::from_armored(&text).map_err(|e| bad(e.to_string()))?;
+    cert.check_binding(&config.node_id, &keys.public(), backend::wall_clock_ms())
+        .map_err(|e| {
+            bad(format!(
+                "{e}; issue a certificate for node {} and key {} with `warren ca sign`",
+                config.node_id,
+                keys.public()
+            ))
+        })?;
+    Ok(Some(cert))
 }
 
 /// A private key others can read is a key others may have copied; say so (as ssh does).
@@ -144,16 +236,96 @@ fn warn_if_readable_by_others(path: &Path) {
     }
 }
 
-async fn bind_listeners(config: &Config) -> Result<Vec<(TcpListener, Cost)>, StartError> {
+/// Binds the config's listeners, in order, each with where it is bound.
+async fn bind_listeners(config: &Config) -> Result<Vec<(Listener, Cost)>, StartError> {
     let mut listeners = Vec::new();
     for listen in &config.listen {
-        let addr = listen.addr.to_string();
-        let listener = TcpListener::bind((listen.addr.host.as_str(), listen.addr.port))
-            .await
-            .map_err(|source| StartError::Bind { addr, source })?;
-        listeners.push((listener, cost(listen.cost)));
+        listeners.push(bind_listener(listen, &config.tls).await?);
     }
     Ok(listeners)
+}
+
+/// Binds one listener (with its TLS acceptor for `wss://`).
+///
+/// # Errors
+/// [`StartError::Bind`] or [`StartError::Tls`].
+pub(crate) async fn bind_listener(
+    listen: &ListenConfig,
+    tls_config: &TlsConfig,
+) -> Result<(Listener, Cost), StartError> {
+    let addr = listen.addr.to_string();
+    let tcp = TcpListener::bind((listen.addr.host.as_str(), listen.addr.port))
+        .await
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let accept = match listen.addr.scheme {
+        Scheme::Tcp => Accept::Tcp,
+        Scheme::Ws => Accept::Ws {
+            path: listen.addr.path.clone(),
+            tls: None,
+        },
+        Scheme::Wss => {
+            let (Some(cert), Some(key)) = (&tls_config.cert, &tls_config.key) else {
+                return Err(StartError::Tls(TlsError::File {
+                    path: PathBuf::from("[tls] cert"),
+                    problem: "a wss:// listener needs --tls-cert and --tls-key".into(),
+                }));
+            };
+            Accept::Ws {
+                path: listen.addr.path.clone(),
+                tls: Some(tls::acceptor(cert, key).map_err(StartError::Tls)?),
+            }
+        }
+    };
+    Ok((Listener { tcp, accept }, cost(listen.cost)))
+}
+
+/// The peers to dial and how.
+///
+/// # Errors
+/// [`StartError::Tls`] when a `wss://` peer's roots cannot be loaded.
+pub(crate) fn peer_targets(config: &Config) -> Result<Vec<(PeerTarget, Dial)>, StartError> {
+    (config.peers.iter())
+        .map(|p| {
+            let target = PeerTarget {
+                host: p.addr.host.clone(),
+                port: p.addr.port,
+                cost: cost(p.cost),
+            };
+            Ok((target, dial_for(&p.addr, &config.tls.ca)?))
+        })
+        .collect::<Result<_, TlsError>>()
+        .map_err(StartError::Tls)
+}
+
+/// The trust policy and this node's certificate, as the config says (files read and
+/// checked against the node's key).
+///
+/// # Errors
+/// [`StartError`] for an unreadable key, certificate or revocation list.
+pub(crate) fn trust_settings(
+    config: &Config,
+) -> Result<(TrustPolicy, Option<SignedCertificate>), StartError> {
+    let keys = LinkKeypair::load(&config.key_file)?;
+    Ok((trust_policy(config)?, own_certificate(config, &keys)?))
+}
+
+/// How to dial `addr`: TCP, or a WebSocket (through the environment's proxy), over TLS
+/// trusting the system's roots and `extra_roots` for `wss://`.
+///
+/// # Errors
+/// [`TlsError`] when the roots cannot be loaded for a `wss://` address.
+pub fn dial_for(addr: &EndpointAddr, extra_roots: &[PathBuf]) -> Result<Dial, TlsError> {
+    Ok(match addr.scheme {
+        Scheme::Tcp => Dial::Tcp,
+        Scheme::Ws => Dial::Ws {
+            path: addr.path.clone(),
+            tls: None,
+        },
+        Scheme::Wss => Dial::Ws {
+            path: addr.path.clone(),
+            tls: Some(tls::client_config(extra_roots)?),
+        },
+    })
 }
 
 /// Starts a node: binds its listeners and control socket, starts the mesh. `source`
@@ -171,32 +343,48 @@ pub async fn start(
         source,
     })?;
     let listeners = bind_listeners(config).await?;
-    let listen_addrs = listeners
-        .iter()
-        .filter_map(|(l, _)| l.local_addr().ok())
+    let live: Vec<LiveListener> = (config.listen.iter().zip(&listeners))
+        .filter_map(|(config, (l, _))| {
+            Some(LiveListener {
+                config: config.clone(),
+                addr: l.tcp.local_addr().ok()?,
+            })
+        })
         .collect();
+    let listen_addrs = live.iter().map(|l| l.addr).collect();
     let control_path = config
         .control
         .socket
         .clone()
         .unwrap_or_else(default_socket_path);
-    let socket = ControlSocket::bind(&control_path, config.control.permissions).await?;
-    let peers = config
-        .peers
-        .iter()
-        .map(|p| PeerTarget {
-            host: p.addr.host.clone(),
-            port: p.addr.port,
-            cost: cost(p.cost),
-        })
-        .collect();
+    let socket = ControlSocket::bind(&control_path, config.control.permissions)
+        .await
+        .map_err(StartError::Control)?;
+    let peers = peer_targets(config)?;
     let max_hops = mesh_config.max_hops;
+    let metrics = match config.metrics {
+        Some(_) => Metrics::new(),
+        None => Metrics::default(),
+    };
     let containment = Containment::detect(config.work.containment, supervisor_binary())?;
     tracing::info!(containment = %containment.describe(), "job containment");
-    let host = Arc::new(
-        Host::with_containment(&component_cache(config), containment).map_err(StartError::Host)?,
-    );
-    let (mesh, driver) = driver::start(mesh_config, DriverConfig::default(), listeners, peers);
+    let mut host = Host::with_containment(&component_cache(config), containment)
+        .map_err(StartError::Host)?;
+    host.set_metrics(metrics.clone());
+    let host = Arc::new(host);
+    let driver_config = DriverConfig {
+        metrics: metrics.clone(),
+        ..DriverConfig::default()
+    };
+    let (mesh, driver) = driver::start_with(mesh_config, driver_config, listeners, peers);
+    let metrics_server = match &config.metrics {
+        Some(addr) => Some(
+            crate::metrics::serve(&addr.to_string(), metrics.clone(), mesh.clone())
+                .await
+                .map_err(StartError::Metrics)?,
+        ),
+        None => None,
+    };
     let (registry_tx, registry) = watch::channel(Arc::new(Registry::default()));
     offer_work_types(
         config.clone(),
@@ -204,49 +392,90 @@ pub async fn start(
         mesh.clone(),
         registry_tx.clone(),
     );
-    let work = Work::open(
-        &config.data_dir,
-        config.node_id.clone(),
-        host.clone(),
-        registry.clone(),
-        WorkConfig {
+    let (access_tx, access) = watch::channel(Arc::new(config.access.clone()));
+    let work = Work::open(WorkSetup {
+        data_dir: config.data_dir.clone(),
+        node: config.node_id.clone(),
+        host: host.clone(),
+        registry: registry.clone(),
+        config: WorkConfig {
             max_running: config.work.max_running,
             max_payload: config.work.max_payload,
+            keep_finished: config.work.keep_finished,
+            metrics: metrics.clone(),
         },
-        Some(mesh.clone()),
-    )
+        mesh: Some(mesh.clone()),
+        signing_key: work_signing_key(config)?,
+    })
     .map_err(StartError::Work)?;
-    crate::work::remote::serve(work.clone(), &mesh);
+    let (signed_tx, signed_rx) = watch::channel(signed_work(config));
+    let work_sessions = crate::work::server::serve(
+        work.clone(),
+        &mesh,
+        ServerSetup {
+            access: access.clone(),
+            signed: signed_rx,
+        },
+    );
+    let (signers_tx, signers) = watch::channel(config.signers.clone());
     let deployer = Deployer::new(
         host.clone(),
         registry_tx.clone(),
-        config.signers.clone(),
+        signers,
         mesh.clone(),
+        access.clone(),
+        deployed::DeployedStore::new(&config.data_dir),
     );
     deployer.clone().serve();
+    let reloader = Reloader::new(
+        config.clone(),
+        live,
+        source,
+        Some(Applier {
+            mesh: mesh.clone(),
+            access: access_tx.clone(),
+            signed: signed_tx,
+            signers: signers_tx,
+            work: work.clone(),
+            registry: registry_tx.clone(),
+            host: host.clone(),
+        }),
+    );
     let backend = Arc::new(NodeBackend::new(
         mesh.clone(),
         max_hops,
         registry.clone(),
         deployer,
         work.clone(),
-        Reloader::new(config.clone(), source),
+        reloader.clone(),
     ));
     let (stop, stopped) = watch::channel(false);
     let control = tokio::spawn(socket.serve(backend.clone(), stopped.clone()));
-    serve_control_on_mesh(&mesh, backend, stopped);
-    tracing::info!(node = %config.node_id, listen = ?listen_addrs, control = %control_path.display(), "node started");
+    serve_control_on_mesh(&mesh, backend, access, stopped);
+    tracing::info!(node = %config.node_id, listen = ?listen_addrs, control = %control_path.display(), metrics = ?metrics_server.as_ref().map(|m| m.addr), "node started");
     Ok(RunningNode {
         mesh,
         work,
+        work_sessions,
         host,
         registry: registry_tx,
+        access: access_tx,
+        reloader,
         listen_addrs,
         control_path,
+        metrics: metrics_server,
         stop,
         driver,
         control,
     })
+}
+
+/// The config's rule for signed work.
+pub(crate) fn signed_work(config: &Config) -> SignedWork {
+    SignedWork {
+        required: config.work.require_signed,
+        keys: config.work.verify_keys.clone(),
+    }
 }
 
 /// Where compiled components are cached: `$WARREN_COMPONENT_CACHE` (tests share one
@@ -259,7 +488,7 @@ fn component_cache(config: &Config) -> PathBuf {
 
 /// Compiles the built-in handler, looks for ansible-runner and the configured programs and
 /// components (slow work: off the async threads), then offers the work types found.
-fn offer_work_types(
+pub(crate) fn offer_work_types(
     config: Config,
     host: Arc<Host>,
     mesh: MeshHandle,
@@ -274,9 +503,13 @@ fn offer_work_types(
             }
         };
         let env = |name: &str| std::env::var(name).ok();
-        let built = registry::build(&config, &host, &builtin, &env);
+        let mut built = registry::build(&config, &host, &builtin, &env);
         for why in &built.skipped {
             tracing::warn!("not offered: {why}");
+        }
+        let kept = deployed::DeployedStore::new(&config.data_dir);
+        for why in kept.restore(&host, &mut built.registry, &config.signers) {
+            tracing::warn!("{why}");
         }
         let names = built.registry.names();
         tracing::info!(work_types = ?names, "offering work types");
@@ -285,33 +518,65 @@ fn offer_work_types(
     });
 }
 
-/// Serves the control protocol to other nodes as the mesh service `control`.
+/// Serves the control protocol to other nodes as the mesh service `control`, to the peers
+/// allowed to use it (`--allow-control`); others get one `ERROR:` line naming the flag.
 fn serve_control_on_mesh(
     mesh: &MeshHandle,
     backend: Arc<NodeBackend>,
+    access: watch::Receiver<Arc<AccessPolicy>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let service = ServiceName::new(CONTROL_SERVICE).expect("invariant: valid service name");
     let Ok(mut incoming) = mesh.listen(&service) else {
         return;
     };
+    let me = mesh.id().clone();
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 stream = incoming.recv() => {
                     let Some(stream) = stream else { return };
                     let backend = backend.clone();
-                    tokio::spawn(async move {
-                        let peer = stream.peer().clone();
-                        if let Err(e) = serve_session(stream, &*backend).await {
-                            tracing::debug!(%peer, error = %e, "mesh control session ended");
-                        }
-                    });
+                    let allowed = access.borrow().check(&me, stream.identity(), Act::Control);
+                    tokio::spawn(control_session(stream, backend, allowed));
                 }
                 _ = stop.changed() => return,
             }
         }
     });
+}
+
+async fn control_session(
+    mut stream: MeshStream,
+    backend: Arc<NodeBackend>,
+    allowed: Result<(), crate::access::Refusal>,
+) {
+    use tokio::io::AsyncWriteExt;
+    let peer = stream.identity().clone();
+    if let Err(refusal) = allowed {
+        tracing::info!(peer = %peer.node, key = %peer.key, %refusal, "mesh control session refused");
+        let line = crate::control::reply::error_line(&refusal.to_string());
+        let _ = stream.write_all(line.as_bytes()).await;
+        let _ = stream.shutdown().await;
+        return;
+    }
+    tracing::info!(peer = %peer.node, key = %peer.key, "mesh control session");
+    if let Err(e) = serve_session(stream, &*backend).await {
+        tracing::debug!(peer = %peer.node, error = %e, "mesh control session ended");
+    }
+}
+
+/// The key this node signs work with when asked (`signwork`).
+pub(crate) fn work_signing_key(config: &Config) -> Result<Option<SigningKeypair>, StartError> {
+    let Some(path) = &config.work.signing_key else {
+        return Ok(None);
+    };
+    SigningKeypair::load(path)
+        .map(Some)
+        .map_err(|e| StartError::Certificates {
+            path: path.clone(),
+            problem: format!("cannot load the work signing key: {e}"),
+        })
 }
 
 impl RunningNode {
@@ -349,27 +614,133 @@ pub async fn run(
     ready_file: Option<&Path>,
     source: Option<ConfigSource>,
 ) -> Result<(), StartError> {
+    raise_fd_limit();
     let node = start(config, source).await?;
     if let Some(path) = ready_file {
         node.write_ready_file(path)?;
     }
-    wait_for_signal().await;
+    let mut signals = Signals::new();
+    loop {
+        match signals.next().await {
+            Signal::Stop => break,
+            Signal::Reload => {
+                tracing::info!("SIGHUP: reloading the config");
+                let _ = node.reloader.reload().await;
+            }
+        }
+    }
+    if node.reloader.current().await.work.drain_on_stop {
+        tokio::select! {
+            () = drain(&node.work, node.work_sessions.clone()) => {}
+            () = signals.next_stop() => tracing::warn!("second signal: stopping without waiting for running units"),
+        }
+    }
     tracing::info!("shutting down");
     node.shutdown().await;
     Ok(())
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        // Without signal handlers, run until killed.
-        return std::future::pending().await;
+/// Waits for the units running here to end, refusing new ones meanwhile (logging how many
+/// remain every [`DRAIN_REPORT`]), then for their followers on the mesh to read the end
+/// (at most [`DRAIN_FOLLOWERS`]).
+async fn drain(work: &Work, mut sessions: watch::Receiver<usize>) {
+    let Ok(mut running) = work.drain().await else {
+        return;
     };
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
+    loop {
+        let left = *running.borrow_and_update();
+        if left == 0 {
+            tracing::info!("drained: no unit runs here; letting followers read the end");
+            let followers = sessions.wait_for(|n| *n == 0);
+            let _ = tokio::time::timeout(DRAIN_FOLLOWERS, followers).await;
+            return;
+        }
+        tracing::info!(
+            running = left,
+            "draining: waiting for running units to end (a second signal stops at once)"
+        );
+        if let Ok(Err(_gone)) = tokio::time::timeout(DRAIN_REPORT, running.changed()).await {
+            // The work layer stopped: nothing left to wait for.
+            return;
+        }
+    }
+}
+
+/// How often draining reports the units still running.
+const DRAIN_REPORT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a drained node waits for results followers on the mesh to finish.
+const DRAIN_FOLLOWERS: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Raises the soft limit on open files to the hard limit: links, streams, jobs and the
+/// control socket all take descriptors, and the usual soft limit of 1024 is low for a relay.
+/// The connection caps keep a flood of half-open connections from using them up.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                tracing::debug!(
+                    from = limit.rlim_cur,
+                    to = limit.rlim_max,
+                    "raised the open files limit"
+                );
+            }
+        }
+    }
+}
+
+/// What a signal asks of the node.
+enum Signal {
+    /// SIGINT or SIGTERM.
+    Stop,
+    /// SIGHUP.
+    Reload,
+}
+
+/// SIGINT, SIGTERM and SIGHUP.
+struct Signals {
+    handlers: Option<[tokio::signal::unix::Signal; 3]>,
+}
+
+impl Signals {
+    fn new() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        let handlers = match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(int), Ok(term), Ok(hup)) => Some([int, term, hup]),
+            _ => None,
+        };
+        Self { handlers }
+    }
+
+    /// The next signal (never, without handlers: the node runs until killed).
+    async fn next(&mut self) -> Signal {
+        let Some([int, term, hup]) = &mut self.handlers else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = int.recv() => Signal::Stop,
+            _ = term.recv() => Signal::Stop,
+            _ = hup.recv() => Signal::Reload,
+        }
+    }
+
+    /// The next SIGINT or SIGTERM (SIGHUP is ignored meanwhile).
+    async fn next_stop(&mut self) {
+        while let Signal::Reload = self.next().await {}
     }
 }

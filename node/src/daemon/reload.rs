@@ -1,77 +1,179 @@
-//! `reload`: re-read the node's config and judge what changed.
+//! `reload` (and SIGHUP): re-read the node's config and apply what changed.
 //!
-//! Warren applies its config once, at start; nothing in it can yet be changed on a running
-//! node. So a reload re-reads the config the way the node was started (the file, then the
-//! flags given with it), answers success when nothing changed, and names the changed
-//! settings otherwise, with Receptor's error code for a change that needs a restart. It
-//! never claims a change it did not apply.
+//! A reload re-reads the config the way the node was started (the file, then the flags
+//! given with it) and compares it with the running one. Peers, listeners, trust and
+//! certificates, allow rules, work limits and signing, and the offered work types change
+//! live, without touching unaffected links or running jobs ([`apply`]). Settings a running
+//! node cannot change (its id, data dir, key, control socket, mesh tuning, link costs,
+//! metrics and TLS) are named with Receptor's error code for "restart needed", and then
+//! nothing is applied: a reload never claims a change it did not make. Each applied reload
+//! raises the config generation shown in `status`.
+
+mod apply;
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config::{Config, ConfigError};
 use crate::control::reply::ReloadReply;
 use crate::control::reply::reload::{ERRORCODE_BAD_CONFIG, ERRORCODE_NOT_RELOADABLE};
 
+pub use apply::{Applier, LiveListener};
+
 /// Rebuilds the node's config from where it came from (the config file and the flags given
 /// with it).
 pub type ConfigSource = Arc<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>;
 
-/// The running config and where to re-read it from.
+/// Settings a reload applies to the running node, as the config file names them.
+const RELOADABLE: &[&str] = &[
+    "listen",
+    "peer",
+    "trust",
+    "certificates",
+    "allow",
+    "work",
+    "work-type",
+    "signer",
+    "ansible-runner",
+];
+
+/// The running config, where to re-read it from, and how to apply a new one.
 #[derive(Clone)]
 pub struct Reloader {
-    running: Config,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     /// `None` when the node was started from flags only: there is nothing to re-read.
     source: Option<ConfigSource>,
+    /// The running config and listeners; held across a reload, so reloads run one at a time.
+    state: tokio::sync::Mutex<apply::Running>,
+    generation: AtomicU64,
+    /// `None` in tests that only judge.
+    applier: Option<Applier>,
 }
 
 impl fmt::Debug for Reloader {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Reloader")
-            .field("node", &self.running.node_id)
-            .field("has_source", &self.source.is_some())
+            .field("has_source", &self.inner.source.is_some())
+            .field("generation", &self.generation())
             .finish()
     }
 }
 
 impl Reloader {
-    /// A reloader for a node running `running`, re-read from `source`.
-    pub fn new(running: Config, source: Option<ConfigSource>) -> Self {
-        Self { running, source }
+    /// A reloader for a node running `running` with `listeners` bound, re-read from
+    /// `source`, applying through `applier`.
+    pub fn new(
+        running: Config,
+        listeners: Vec<LiveListener>,
+        source: Option<ConfigSource>,
+        applier: Option<Applier>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                source,
+                state: tokio::sync::Mutex::new(apply::Running {
+                    config: running,
+                    listeners,
+                }),
+                generation: AtomicU64::new(0),
+                applier,
+            }),
+        }
     }
 
-    /// Re-reads the config (file IO: call off the async threads) and judges it.
-    pub fn reload(&self) -> ReloadReply {
-        match &self.source {
-            None => ReloadReply::Applied,
-            Some(source) => judge(&self.running, source()),
+    /// How many reloads changed the running config since the node started.
+    pub fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::Relaxed)
+    }
+
+    /// The running config.
+    pub async fn current(&self) -> Config {
+        self.inner.state.lock().await.config.clone()
+    }
+
+    /// Re-reads the config and applies what changed; the answer for `reload`.
+    pub async fn reload(&self) -> ReloadReply {
+        let Some(source) = self.inner.source.clone() else {
+            tracing::info!("reload: started from flags only; nothing to re-read");
+            return ReloadReply::Applied;
+        };
+        let loaded = match tokio::task::spawn_blocking(move || source()).await {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                return ReloadReply::Failed {
+                    message: format!("reading the config failed: {e}"),
+                    code: ERRORCODE_BAD_CONFIG,
+                };
+            }
+        };
+        let mut state = self.inner.state.lock().await;
+        let (new, changed) = match plan(&state.config, loaded) {
+            Ok(Some(planned)) => planned,
+            Ok(None) => return ReloadReply::Applied,
+            Err(refused) => return refused,
+        };
+        let Some(applier) = &self.inner.applier else {
+            return not_reloadable(&changed);
+        };
+        match applier.apply(&mut state, &new, &changed).await {
+            Ok(()) => {
+                state.config = new;
+                let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::info!(changed = %changed.join(", "), generation, "reload applied");
+                ReloadReply::Applied
+            }
+            Err(problem) => {
+                tracing::warn!(%problem, "reload not applied");
+                ReloadReply::Failed {
+                    message: format!("{problem}; nothing was changed"),
+                    code: ERRORCODE_BAD_CONFIG,
+                }
+            }
         }
     }
 }
 
-/// The answer for a re-read config: success when it equals the running one, error code 4
-/// when it cannot be read, error code 3 naming the changed settings otherwise.
-pub fn judge(running: &Config, reloaded: Result<Config, ConfigError>) -> ReloadReply {
+/// What a re-read config asks for: `Ok(None)` when it equals the running one; the new config
+/// and the names of the changed settings when all of them can change live; otherwise the
+/// answer (error code 4 when unreadable, 3 naming the settings that need a restart).
+pub fn plan(
+    running: &Config,
+    reloaded: Result<Config, ConfigError>,
+) -> Result<Option<(Config, Vec<&'static str>)>, ReloadReply> {
     let reloaded = match reloaded {
         Ok(config) => config,
         Err(e) => {
             tracing::warn!(error = %e, "reload: config not usable");
-            return ReloadReply::Failed {
+            return Err(ReloadReply::Failed {
                 message: e.to_string(),
                 code: ERRORCODE_BAD_CONFIG,
-            };
+            });
         }
     };
     let changed = changed_settings(running, &reloaded);
     if changed.is_empty() {
         tracing::info!("reload: config unchanged");
-        return ReloadReply::Applied;
+        return Ok(None);
     }
-    let list = changed.join(", ");
+    let fixed: Vec<&str> = (changed.iter().copied())
+        .filter(|c| !RELOADABLE.contains(c))
+        .collect();
+    if !fixed.is_empty() {
+        return Err(not_reloadable(&fixed));
+    }
+    Ok(Some((reloaded, changed)))
+}
+
+fn not_reloadable(settings: &[&str]) -> ReloadReply {
+    let list = settings.join(", ");
     tracing::warn!(changed = %list, "reload: changes need a restart; nothing applied");
     ReloadReply::Failed {
         message: format!(
-            "changed settings cannot be applied while running ({list}); restart the node"
+            "changed settings cannot be applied while running ({list}); restart the node (nothing was changed)"
         ),
         code: ERRORCODE_NOT_RELOADABLE,
     }
@@ -93,6 +195,10 @@ fn changed_settings(old: &Config, new: &Config) -> Vec<&'static str> {
         (old.work_types != new.work_types, "work-type"),
         (old.signers != new.signers, "signer"),
         (old.ansible_runner != new.ansible_runner, "ansible-runner"),
+        (old.certificates != new.certificates, "certificates"),
+        (old.access != new.access, "allow"),
+        (old.metrics != new.metrics, "metrics"),
+        (old.tls != new.tls, "tls"),
     ];
     checks
         .into_iter()
@@ -118,45 +224,55 @@ mod tests {
             trust: Vec::new(),
             link_costs: Default::default(),
             control: Default::default(),
+            certificates: Default::default(),
+            access: Default::default(),
             mesh: Default::default(),
             work: Default::default(),
             work_types: Vec::new(),
             signers: Vec::new(),
             ansible_runner: Default::default(),
+            metrics: None,
+            tls: Default::default(),
         }
     }
 
-    #[test]
-    fn unchanged_config_is_success() {
-        assert_eq!(judge(&config(), Ok(config())), ReloadReply::Applied);
-        let flags_only = Reloader::new(config(), None);
-        assert_eq!(flags_only.reload(), ReloadReply::Applied);
+    #[tokio::test]
+    async fn unchanged_config_is_success() {
+        assert!(matches!(plan(&config(), Ok(config())), Ok(None)));
+        let flags_only = Reloader::new(config(), Vec::new(), None, None);
+        assert_eq!(flags_only.reload().await, ReloadReply::Applied);
+        assert_eq!(flags_only.generation(), 0);
     }
 
     #[test]
-    fn changes_are_named_with_errorcode_3() {
+    fn live_changes_are_planned_and_restart_changes_named_with_errorcode_3() {
         let mut new = config();
         new.peers.push(PeerConfig {
             addr: "127.0.0.1:9".parse::<EndpointAddr>().unwrap(),
             cost: LinkCost::default(),
         });
+        let Ok(Some((_, changed))) = plan(&config(), Ok(new.clone())) else {
+            panic!("a new peer is applied live");
+        };
+        assert_eq!(changed, ["peer"]);
         new.data_dir = PathBuf::from("/elsewhere");
-        let ReloadReply::Failed { message, code } = judge(&config(), Ok(new)) else {
-            panic!("a changed config must not be reported as applied");
+        let Err(ReloadReply::Failed { message, code }) = plan(&config(), Ok(new)) else {
+            panic!("a new data dir must not be reported as applied");
         };
         assert_eq!(code, 3);
-        assert!(message.contains("(node.data-dir, peer)"), "{message}");
+        assert!(message.contains("(node.data-dir)"), "{message}");
+        assert!(message.contains("nothing was changed"), "{message}");
     }
 
-    #[test]
-    fn unreadable_config_is_errorcode_4() {
+    #[tokio::test]
+    async fn unreadable_config_is_errorcode_4() {
         let source: ConfigSource = Arc::new(|| {
             Err(ConfigError::NotFound {
                 path: PathBuf::from("/nope.toml"),
             })
         });
-        let ReloadReply::Failed { code, .. } = Reloader::new(config(), Some(source)).reload()
-        else {
+        let reloader = Reloader::new(config(), Vec::new(), Some(source), None);
+        let ReloadReply::Failed { code, .. } = reloader.reload().await else {
             panic!("an unreadable config must fail");
         };
         assert_eq!(code, 4);

@@ -39,6 +39,39 @@ pub enum DeployError {
         /// Its length.
         len: u64,
     },
+    /// The component is not newer than what a work type runs: versions only go forward, so
+    /// an old signed component cannot be rolled back in.
+    #[error(
+        "component {name} version {offered} is not newer than version {active} that work type \
+         {work_type} runs; deploy a newer version"
+    )]
+    NotNewer {
+        /// The component.
+        name: String,
+        /// Its version.
+        offered: String,
+        /// The work type.
+        work_type: String,
+        /// The version it runs now.
+        active: String,
+    },
+}
+
+/// Orders two component versions: dot- (or dash-) separated parts, numbers compared as
+/// numbers (`1.10.0` is newer than `1.9.0`), other parts as text.
+pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
+    let parts = |v: &str| -> Vec<String> { v.split(['.', '-', '+']).map(str::to_owned).collect() };
+    let (pa, pb) = (parts(a), parts(b));
+    for (x, y) in pa.iter().zip(&pb) {
+        let order = match (x.parse::<u64>(), y.parse::<u64>()) {
+            (Ok(x), Ok(y)) => x.cmp(&y),
+            _ => x.cmp(y),
+        };
+        if order.is_ne() {
+            return order;
+        }
+    }
+    pa.len().cmp(&pb.len())
 }
 
 /// The programs and variables granted by any of `policies`.
@@ -99,6 +132,18 @@ pub fn apply(
     let granted = union(affected.iter().map(|a| a.policy.as_ref()));
     let names: Vec<&str> = affected.iter().map(|a| a.work_type.as_str()).collect();
     check_capabilities(manifest, &names.join(", "), &granted)?;
+    // Versions only go forward (redeploying the very same component is harmless).
+    for active in &affected {
+        let same = active.info.sha256 == manifest.sha256;
+        if !same && compare_versions(&manifest.version, &active.info.version).is_le() {
+            return Err(DeployError::NotNewer {
+                name: manifest.name.clone(),
+                offered: manifest.version.clone(),
+                work_type: active.work_type.clone(),
+                active: active.info.version.clone(),
+            });
+        }
+    }
     let handler = host.load(bytes).map_err(ComponentError::from)?;
     let info = ComponentInfo {
         name: manifest.name.clone(),
@@ -120,4 +165,22 @@ pub fn apply(
     }
     let work_types = affected.iter().map(|a| a.work_type.clone()).collect();
     Ok((next, Deployed { info, work_types }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cmp::Ordering;
+
+    #[test]
+    fn versions_compare_by_number() {
+        assert_eq!(compare_versions("1.10.0", "1.9.0"), Ordering::Greater);
+        assert_eq!(compare_versions("2.0.0", "2.0.0"), Ordering::Equal);
+        assert_eq!(compare_versions("0.1.0", "1.0.0"), Ordering::Less);
+        assert_eq!(compare_versions("1.0", "1.0.1"), Ordering::Less);
+        assert_eq!(
+            compare_versions("1.0.0-beta", "1.0.0-alpha"),
+            Ordering::Greater
+        );
+    }
 }

@@ -10,6 +10,8 @@
 //!   network on request, and detached jobs that survive a restart of the node.
 //! - [`registry`]: the offered work types and their active components.
 //! - [`runner`]: one engine per node; per job a store with limits, an instance, a call.
+//! - [`cache`]: the compiled-component cache, trusted only if the node's user alone can
+//!   write it.
 //! - [`component`]: which components may run: signatures, capabilities, imports.
 //! - [`deploy`]: switching work types to a newly deployed component.
 //! - [`detect`]: finding ansible-runner (probed before it is offered) and the programs of
@@ -19,6 +21,7 @@
 
 pub mod bindings;
 pub mod builtin;
+pub mod cache;
 pub mod component;
 pub mod contain;
 pub mod deploy;

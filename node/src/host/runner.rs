@@ -3,7 +3,8 @@
 //! once.
 //!
 //! Components are compiled once and cached in the data dir, keyed by content hash and
-//! engine compatibility, so a job pays an instantiation, not a compilation.
+//! engine compatibility, so a job pays an instantiation, not a compilation. The cache holds
+//! native code, so [`super::cache`] trusts only what the node's own user can have written.
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ use wasmtime_wasi::p2::pipe::{AsyncReadStream, AsyncWriteStream};
 
 use super::bindings::WorkHandlerPre;
 use super::bindings::warren::worker::types::{Job as WitJob, Outcome as WitOutcome};
+use super::cache::Cache;
 use super::contain::detached::{Reattach, reattach};
 use super::contain::spawn::JobContain;
 use super::contain::{Breach, Containment, UnitFiles};
@@ -44,14 +46,6 @@ pub enum HostError {
     /// The component is not a valid work handler (or does not compile).
     #[error("component is not a usable work handler: {0}")]
     Component(String),
-    /// The precompiled cache could not be used.
-    #[error("component cache {path}: {source}")]
-    Cache {
-        /// The cache file or directory.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
 }
 
 /// A job for a handler.
@@ -135,7 +129,9 @@ impl Handler {
 pub struct Host {
     engine: Engine,
     linker: Linker<JobState>,
-    cache_dir: PathBuf,
+    cache: Cache,
+    /// Counts compiles and cache hits (disabled unless [`Host::set_metrics`] was called).
+    metrics: crate::metrics::Metrics,
     /// How jobs' programs are contained.
     containment: Arc<Containment>,
     /// Stops the epoch ticker thread when the host is dropped.
@@ -145,7 +141,7 @@ pub struct Host {
 impl std::fmt::Debug for Host {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Host")
-            .field("cache_dir", &self.cache_dir)
+            .field("cache", &self.cache.path())
             .finish_non_exhaustive()
     }
 }
@@ -193,8 +189,9 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 }
 
 impl Host {
-    /// A host caching compiled components in `cache_dir`, containing programs as
-    /// [`Containment::auto`] finds (with the running binary as supervisor).
+    /// A host caching compiled components in `cache_dir` (created with mode 0700; a
+    /// directory that another user could write to is not used, see [`super::cache`]),
+    /// containing programs as [`Containment::auto`] finds.
     ///
     /// # Errors
     /// [`HostError::Engine`] when the engine or linker cannot be built.
@@ -222,7 +219,8 @@ impl Host {
         Ok(Self {
             engine,
             linker,
-            cache_dir: cache_dir.to_owned(),
+            cache: Cache::open(cache_dir),
+            metrics: crate::metrics::Metrics::default(),
             containment: Arc::new(containment),
             _ticker: ticker,
         })
@@ -239,11 +237,16 @@ impl Host {
         reattach(files)
     }
 
+    /// Counts this host's component compiles and cache hits in `metrics`.
+    pub fn set_metrics(&mut self, metrics: crate::metrics::Metrics) {
+        self.metrics = metrics;
+    }
+
     /// Compiles (or loads from the cache) a component and links it.
     ///
     /// # Errors
     /// [`HostError::Component`] when the bytes are not a work handler that this node can
-    /// link; [`HostError::Cache`] when the cache cannot be written.
+    /// link.
     pub fn load(&self, bytes: &[u8]) -> Result<Handler, HostError> {
         let sha256: [u8; 32] = Sha256::digest(bytes).into();
         let component = self.cached(bytes, &sha256)?;
@@ -265,24 +268,24 @@ impl Host {
         Ok(Handler { pre, sha256 })
     }
 
-    fn cache_path(&self, sha256: &[u8; 32]) -> PathBuf {
+    /// The cache file name of a component: its sha256 and the engine's compatibility hash.
+    pub(crate) fn cache_name(&self, sha256: &[u8; 32]) -> String {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.engine.precompile_compatibility_hash().hash(&mut h);
-        let name = format!("{}-{:016x}.cwasm", hex(sha256), h.finish());
-        self.cache_dir.join(name)
+        format!("{}-{:016x}.cwasm", hex(sha256), h.finish())
+    }
+
+    /// Why the compile cache is not used, if it is not.
+    #[cfg(test)]
+    pub(crate) fn cache_problem(&self) -> Option<&str> {
+        self.cache.problem()
     }
 
     fn cached(&self, bytes: &[u8], sha256: &[u8; 32]) -> Result<Component, HostError> {
-        let path = self.cache_path(sha256);
-        if path.is_file() {
-            // SAFETY: the file was written by `precompile_component` of an engine with the
-            // same compatibility hash (it is in the name) into the node's private data dir.
-            match unsafe { Component::deserialize_file(&self.engine, &path) } {
-                Ok(component) => return Ok(component),
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "recompiling: cached component unusable")
-                }
-            }
+        let name = self.cache_name(sha256);
+        if let Some(component) = self.cache.load(&self.engine, &name) {
+            self.metrics.component_cache_hit();
+            return Ok(component);
         }
         let started = Instant::now();
         let compiled = self
@@ -290,14 +293,8 @@ impl Host {
             .precompile_component(bytes)
             .map_err(|e| HostError::Component(format!("{e:#}")))?;
         tracing::info!(sha256 = %hex(sha256), took = ?started.elapsed(), "compiled component");
-        let io = |source| HostError::Cache {
-            path: path.clone(),
-            source,
-        };
-        std::fs::create_dir_all(&self.cache_dir).map_err(io)?;
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, &compiled).map_err(io)?;
-        std::fs::rename(&tmp, &path).map_err(io)?;
+        self.metrics.component_compiled();
+        self.cache.store(&name, &compiled);
         // SAFETY: `compiled` was produced by this engine just now.
         unsafe { Component::deserialize(&self.engine, &compiled) }
             .map_err(|e| HostError::Component(format!("{e:#}")))

@@ -19,7 +19,6 @@
 //! No clock and no file IO here except key files: `now` is passed in.
 
 mod embedded;
-mod key;
 #[cfg(test)]
 mod tests;
 
@@ -30,8 +29,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use crate::keys::{SIGNING_KEY_KIND, SignerKey, SigningKeyError, SigningKeypair};
 pub use embedded::{EmbeddedManifest, EmbeddedManifestError, MANIFEST_SECTION, embedded_manifest};
-pub use key::{SIGNING_KEY_KIND, SignerKey, SigningKeyError, SigningKeypair};
 
 /// How far in the future a manifest's `issued_at` may be: the signer's and the node's
 /// clocks may disagree by a few minutes without making fresh signatures useless.

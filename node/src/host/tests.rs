@@ -26,12 +26,16 @@ struct Shared {
 fn shared() -> &'static Shared {
     static SHARED: OnceLock<Shared> = OnceLock::new();
     SHARED.get_or_init(|| {
-        let cache = std::env::temp_dir().join(format!("warren-host-tests-{}", std::process::id()));
-        let host = Host::new(&cache).expect("host");
+        let host = Host::new(&shared_cache_dir()).expect("host");
         let guest = host.load(GUEST_RUNNER).expect("guest-runner loads");
         let probe = host.load(PROBE_HANDLER).expect("probe handler loads");
         Shared { host, guest, probe }
     })
+}
+
+/// The compile cache every test of the run shares.
+fn shared_cache_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("warren-host-tests-{}", std::process::id()))
 }
 
 fn policy(programs: &[(&str, &str)], limits: Limits) -> Arc<Policy> {
@@ -67,6 +71,18 @@ async fn run(
     payload: Vec<u8>,
     cancel: Option<Duration>,
 ) -> (Outcome, Vec<u8>, tempfile::TempDir) {
+    run_on(&shared().host, handler, policy, job, payload, cancel).await
+}
+
+/// [`run`] on `host` (the one that loaded `handler`).
+async fn run_on(
+    host: &Host,
+    handler: &Handler,
+    policy: Arc<Policy>,
+    job: Job,
+    payload: Vec<u8>,
+    cancel: Option<Duration>,
+) -> (Outcome, Vec<u8>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let job_dir = dir.path().join("job");
     std::fs::create_dir(&job_dir).unwrap();
@@ -88,7 +104,7 @@ async fn run(
     } else {
         std::mem::forget(tx);
     }
-    let outcome = shared().host.run(handler, policy, job, io, rx).await;
+    let outcome = host.run(handler, policy, job, io, rx).await;
     let results = std::fs::read(&results_path).unwrap();
     (outcome, results, dir)
 }
@@ -325,6 +341,48 @@ async fn output_past_the_cap_fails_the_job() {
     };
     assert!(detail.contains("output limit"), "{detail}");
     assert!(results.len() <= 64 * 1024);
+}
+
+/// The shared test cache's file for `bytes`.
+fn shared_cache_file(bytes: &[u8]) -> PathBuf {
+    let sha256: [u8; 32] =
+        sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(bytes)).into();
+    shared_cache_dir().join(shared().host.cache_name(&sha256))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planted_cwasm_owned_by_another_user_is_not_loaded() {
+    // Another user plants the probe handler's native code under guest-runner's cache name.
+    let planted = std::fs::read(shared_cache_file(PROBE_HANDLER)).expect("the probe is cached");
+    let guest_file = shared_cache_file(GUEST_RUNNER)
+        .file_name()
+        .unwrap()
+        .to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    std::fs::set_permissions(&cache, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let target = cache.join(&guest_file);
+    std::fs::write(&target, &planted).unwrap();
+    std::os::unix::fs::chown(&target, Some(65534), Some(65534)).expect("chown (tests run as root)");
+
+    let host = Host::new(&cache).expect("host");
+    assert_eq!(host.cache_problem(), None);
+    let guest = host.load(GUEST_RUNNER).expect("guest-runner loads");
+    // The probe would succeed at "noop"; guest-runner has no such handler.
+    let policy = policy(&[], Limits::default());
+    let (outcome, _, _dir) = run_on(&host, &guest, policy, job("noop", &[]), vec![], None).await;
+    let Outcome::Failed { detail, .. } = outcome else {
+        panic!("the planted code ran: {outcome:?}");
+    };
+    assert!(detail.contains("no handler named noop"), "{detail}");
+    // And the planted file was replaced by this node's own.
+    let meta = std::fs::metadata(&target).unwrap();
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&meta),
+        rustix::process::geteuid().as_raw()
+    );
+    assert_ne!(std::fs::read(&target).unwrap(), planted);
 }
 
 #[test]

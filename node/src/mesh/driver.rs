@@ -7,6 +7,7 @@
 //! implement `AsyncRead + AsyncWrite`.
 
 mod handle;
+mod reconfig;
 mod stream;
 #[cfg(test)]
 mod tests;
@@ -19,12 +20,14 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+pub use super::session::PeerIdentity;
 pub use handle::{ConnectError, DriverGone, Incoming, MeshHandle, ProbeOutcome};
+pub use reconfig::Reconfigure;
 pub use stream::MeshStream;
 
 use super::link::LinkId;
@@ -33,17 +36,16 @@ use super::node::{Event, MeshConfig, MeshNode, ProbeId, Transmit};
 use super::peers::PeerSlotId;
 use super::route::Cost;
 use super::stream::{StreamEvent, StreamId};
-use crate::id::{NodeId, ServiceName};
-use handle::{Command, Datagram};
+use super::transport::{self, Accept, BoxedLink, Dial, Listener};
+use crate::id::ServiceName;
+use crate::metrics::{LinkMetrics, Metrics};
+use handle::Command;
 use stream::StreamSlot;
 
 /// Bytes a link may have queued for its socket before the peer is judged not to be reading
 /// and the link is closed. Far above what flow control lets streams queue, so only a
 /// stalled peer reaches it.
 pub const DEFAULT_MAX_LINK_QUEUE: usize = 64 << 20;
-
-/// How long a dial may take before it counts as failed.
-const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Most further events (socket or command) the owner takes after the one it woke for
 /// before draining: enough to coalesce a burst, few enough that timers and the other
@@ -55,6 +57,11 @@ const SHUTDOWN_FLUSH: Duration = Duration::from_millis(500);
 
 /// Size of one socket read.
 const READ_CHUNK: usize = 64 * 1024;
+
+/// How long a closed link's writer may go on flushing (its close reason, its last frames)
+/// before the socket is dropped regardless: a peer that stopped reading must not keep the
+/// socket and the queued bytes alive.
+const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 
 /// A peer to dial: where, and at what cost.
 #[derive(Debug, Clone)]
@@ -72,19 +79,27 @@ pub struct PeerTarget {
 pub struct DriverConfig {
     /// See [`DEFAULT_MAX_LINK_QUEUE`].
     pub max_link_queue: usize,
+    /// Diagnostics: receives a copy of every frame this node's links decrypt — exactly what
+    /// this node sees in clear, as a relay. Only library users set it (tests that check what
+    /// a relay can read); no flag or config does.
+    pub tap: Option<mpsc::UnboundedSender<(LinkId, Bytes)>>,
+    /// Where link counters go (disabled by default).
+    pub metrics: Metrics,
 }
 
 impl Default for DriverConfig {
     fn default() -> Self {
         Self {
             max_link_queue: DEFAULT_MAX_LINK_QUEUE,
+            tap: None,
+            metrics: Metrics::default(),
         }
     }
 }
 
 enum SocketEvent {
-    Accepted(TcpStream, Cost),
-    Dialed(PeerSlotId, io::Result<TcpStream>),
+    Accepted(BoxedLink, Cost, Option<std::net::IpAddr>),
+    Dialed(PeerSlotId, io::Result<BoxedLink>),
     Bytes(LinkId, Bytes),
     Closed(LinkId, String),
 }
@@ -95,6 +110,9 @@ struct Writer {
     reader: JoinHandle<()>,
     /// Ends once everything sent to `tx` is written and the socket shut down.
     writer: JoinHandle<()>,
+    /// Set when the link is closed because its peer stopped reading: flushing is pointless,
+    /// so the socket is dropped at once.
+    stalled: bool,
 }
 
 /// The task that owns the node.
@@ -108,26 +126,43 @@ struct Driver {
     command_tx: mpsc::WeakUnboundedSender<Command>,
     writers: HashMap<LinkId, Writer>,
     peers: HashMap<PeerSlotId, PeerTarget>,
+    /// How each peer is dialled (TCP unless [`start_with`] said otherwise).
+    dials: HashMap<PeerSlotId, Dial>,
     streams: HashMap<StreamId, StreamSlot>,
     opening: HashMap<StreamId, oneshot::Sender<Result<MeshStream, ConnectError>>>,
     listeners: HashMap<ServiceName, mpsc::Sender<MeshStream>>,
-    datagram_sockets: HashMap<ServiceName, mpsc::Sender<Datagram>>,
     probes: HashMap<ProbeId, oneshot::Sender<ProbeOutcome>>,
     shutdown: Option<oneshot::Sender<()>>,
-    /// The listeners' accept tasks; aborted at shutdown, which closes the listening sockets.
-    accepts: Vec<JoinHandle<()>>,
+    /// The listeners' accept tasks by bound address; aborted at shutdown (or when a reload
+    /// removes one), which closes the listening sockets.
+    accepts: Vec<(Option<std::net::SocketAddr>, JoinHandle<()>)>,
     /// How the most recent link that never came up (or went down) ended, for clients that
     /// explain a failure to connect.
     last_link_end: Option<String>,
+    /// Per-link counters for `/metrics`.
+    link_metrics: LinkMetrics,
 }
 
-/// Starts the mesh: accepts on `listeners`, dials `peers`, and returns the handle to it and
-/// the owner task (which ends after [`MeshHandle::shutdown`]).
+/// Starts the mesh over TCP: accepts on `listeners`, dials `peers`, and returns the handle
+/// to it and the owner task (which ends after [`MeshHandle::shutdown`]).
 pub fn start(
     config: MeshConfig,
     driver_config: DriverConfig,
     listeners: Vec<(TcpListener, Cost)>,
     peers: Vec<PeerTarget>,
+) -> (MeshHandle, JoinHandle<()>) {
+    let listeners = listeners.into_iter().map(|(l, c)| (l.into(), c)).collect();
+    let peers = peers.into_iter().map(|p| (p, Dial::Tcp)).collect();
+    start_with(config, driver_config, listeners, peers)
+}
+
+/// [`start`] with any transports (see [`transport`]): each listener upgrades what it
+/// accepts as its [`Accept`] says, each peer is dialled as its [`Dial`] says.
+pub fn start_with(
+    config: MeshConfig,
+    driver_config: DriverConfig,
+    listeners: Vec<(Listener, Cost)>,
+    peers: Vec<(PeerTarget, Dial)>,
 ) -> (MeshHandle, JoinHandle<()>) {
     let now = Instant::now().into_std();
     let id = config.id.clone();
@@ -135,13 +170,23 @@ pub fn start(
     let (command_tx, commands) = mpsc::unbounded_channel();
     let (socket_tx, sockets) = mpsc::channel(256);
     let mut targets = HashMap::new();
-    for peer in peers {
-        targets.insert(node.add_peer(now), peer);
+    let mut dials = HashMap::new();
+    for (peer, dial) in peers {
+        let slot = node.add_peer(now);
+        targets.insert(slot, peer);
+        dials.insert(slot, dial);
     }
     let accepts = listeners
         .into_iter()
-        .map(|(listener, cost)| tokio::spawn(accept_loop(listener, cost, socket_tx.clone())))
+        .map(|(listener, cost)| {
+            let addr = listener.tcp.local_addr().ok();
+            (
+                addr,
+                tokio::spawn(accept_loop(listener, cost, socket_tx.clone())),
+            )
+        })
         .collect();
+    let link_metrics = driver_config.metrics.links();
     let driver = Driver {
         node,
         config: driver_config,
@@ -151,25 +196,51 @@ pub fn start(
         command_tx: command_tx.downgrade(),
         writers: HashMap::new(),
         peers: targets,
+        dials,
         streams: HashMap::new(),
         opening: HashMap::new(),
         listeners: HashMap::new(),
-        datagram_sockets: HashMap::new(),
         probes: HashMap::new(),
         shutdown: None,
         accepts,
         last_link_end: None,
+        link_metrics,
     };
     let task = tokio::spawn(driver.run());
     (MeshHandle::new(id, command_tx), task)
 }
 
-async fn accept_loop(listener: TcpListener, cost: Cost, tx: mpsc::Sender<SocketEvent>) {
+async fn accept_loop(listener: Listener, cost: Cost, tx: mpsc::Sender<SocketEvent>) {
+    let upgrades = transport::Upgrades::default();
     loop {
-        match listener.accept().await {
+        match listener.tcp.accept().await {
             Ok((stream, addr)) => {
                 tracing::debug!(%addr, "accepted connection");
-                if tx.send(SocketEvent::Accepted(stream, cost)).await.is_err() {
+                let is_tcp = matches!(listener.accept, Accept::Tcp);
+                let slot = if is_tcp { None } else { upgrades.try_start() };
+                if !is_tcp && slot.is_none() {
+                    tracing::warn!(%addr, "too many connections mid-upgrade; closed this one");
+                    continue;
+                }
+                // Upgrades (TLS, WebSocket) run beside the loop, so a slow client holds
+                // up only itself.
+                let (events, accept) = (tx.clone(), listener.accept.clone());
+                let source = Some(addr.ip());
+                let upgrade = async move {
+                    let _slot = slot;
+                    match transport::upgrade_accepted(stream, &accept).await {
+                        Ok(link) => {
+                            let _ = events.send(SocketEvent::Accepted(link, cost, source)).await;
+                        }
+                        Err(e) => tracing::info!(%addr, error = %e, "connection not upgraded"),
+                    }
+                };
+                if is_tcp {
+                    upgrade.await;
+                } else {
+                    tokio::spawn(upgrade);
+                }
+                if tx.is_closed() {
                     return;
                 }
             }
@@ -180,22 +251,6 @@ async fn accept_loop(listener: TcpListener, cost: Cost, tx: mpsc::Sender<SocketE
             }
         }
     }
-}
-
-async fn dial(target: PeerTarget) -> io::Result<TcpStream> {
-    let addrs = tokio::net::lookup_host((target.host.as_str(), target.port)).await?;
-    let mut last = io::Error::new(
-        io::ErrorKind::NotFound,
-        format!("{}:{} resolves to no address", target.host, target.port),
-    );
-    for addr in addrs {
-        match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => return Ok(stream),
-            Ok(Err(e)) => last = e,
-            Err(_) => last = io::Error::new(io::ErrorKind::TimedOut, format!("{addr}: timed out")),
-        }
-    }
-    Err(last)
 }
 
 impl Driver {
@@ -250,7 +305,7 @@ impl Driver {
     async fn finish_shutdown(&mut self) {
         // Wait for each aborted accept task to end: its listener is closed when it returns,
         // so the port is free once shutdown is.
-        for accept in self.accepts.drain(..) {
+        for (_, accept) in self.accepts.drain(..) {
             accept.abort();
             let _ = accept.await;
         }
@@ -274,13 +329,13 @@ impl Driver {
     fn handle_socket(&mut self, event: SocketEvent) {
         let now = Instant::now().into_std();
         match event {
-            SocketEvent::Accepted(stream, cost) => {
-                no_delay(&stream);
-                let link = self.node.handle_accepted(now, cost);
+            SocketEvent::Accepted(stream, cost, source) => {
+                let link = self.node.handle_accepted(now, cost, source);
                 self.attach(link, stream);
             }
+            // A dial that finished after its peer was removed: drop the connection.
+            SocketEvent::Dialed(slot, _) if !self.peers.contains_key(&slot) => {}
             SocketEvent::Dialed(slot, Ok(stream)) => {
-                no_delay(&stream);
                 let cost = self.peers.get(&slot).map_or(Cost::DEFAULT, |p| p.cost);
                 let link = self.node.handle_dialed(now, slot, cost);
                 self.attach(link, stream);
@@ -291,7 +346,10 @@ impl Driver {
                 }
                 self.node.handle_dial_failed(now, slot);
             }
-            SocketEvent::Bytes(link, bytes) => self.node.handle_link_bytes(now, link, &bytes),
+            SocketEvent::Bytes(link, bytes) => {
+                self.link_metrics.received(link, bytes.len());
+                self.node.handle_link_bytes(now, link, &bytes);
+            }
             SocketEvent::Closed(link, why) => self.node.handle_link_socket_closed(now, link, &why),
         }
     }
@@ -313,6 +371,7 @@ impl Driver {
                 queued,
                 reader,
                 writer,
+                stalled: false,
             },
         );
     }
@@ -342,17 +401,20 @@ impl Driver {
                 let Some(writer) = self.writers.get(&link) else {
                     return;
                 };
+                self.link_metrics.sent(link, bytes.len());
                 let queued = writer.queued.fetch_add(bytes.len(), Ordering::Relaxed) + bytes.len();
                 let _ = writer.tx.send(bytes);
                 if queued > self.config.max_link_queue {
                     tracing::warn!(%link, queued, "peer is not reading; closing link");
+                    if let Some(writer) = self.writers.get_mut(&link) {
+                        writer.stalled = true;
+                    }
                     self.node.close_link(now, link, CloseReason::SendQueueFull);
                 }
             }
             Transmit::Close { link } => {
                 if let Some(writer) = self.writers.remove(&link) {
-                    // Dropping the sender lets the writer flush, then shut the socket.
-                    writer.reader.abort();
+                    retire(writer);
                 }
             }
         }
@@ -363,8 +425,9 @@ impl Driver {
             Event::Dial(slot) => {
                 if let Some(target) = self.peers.get(&slot).cloned() {
                     let tx = self.socket_tx.clone();
+                    let how = self.dials.get(&slot).cloned().unwrap_or_default();
                     tokio::spawn(async move {
-                        let result = dial(target).await;
+                        let result = transport::dial(&target.host, target.port, &how).await;
                         let _ = tx.send(SocketEvent::Dialed(slot, result)).await;
                     });
                 }
@@ -385,27 +448,23 @@ impl Driver {
                     let _ = reply.send(Err((from, reason, elapsed)));
                 }
             }
-            Event::Datagram {
-                from,
-                from_service,
-                service,
-                data,
-            } => self.datagram(Datagram {
-                from,
-                from_service,
-                service,
-                data,
-            }),
             Event::Undeliverable {
                 target,
                 reporter,
                 reason,
             } => tracing::debug!(%target, %reporter, %reason, "packet undeliverable"),
-            Event::LinkDown { peer, end, .. } => {
+            Event::LinkDown { link, peer, end } => {
+                self.link_metrics.link_down(link, &end);
                 let who = peer.map_or_else(|| "peer".to_owned(), |p| p.to_string());
                 self.last_link_end = Some(format!("link to {who} {end}"));
             }
-            Event::LinkUp { .. } | Event::DuplicateNodeId { .. } => {}
+            Event::LinkPlaintext { link, frame } => {
+                if let Some(tap) = &self.config.tap {
+                    let _ = tap.send((link, frame));
+                }
+            }
+            Event::LinkUp { link, peer } => self.link_metrics.link_up(link, &peer),
+            Event::DuplicateNodeId { .. } => self.link_metrics.duplicate_node_id(),
         }
     }
 
@@ -446,7 +505,7 @@ impl Driver {
         }
     }
 
-    fn incoming(&mut self, id: StreamId, from: NodeId, service: ServiceName) {
+    fn incoming(&mut self, id: StreamId, from: PeerIdentity, service: ServiceName) {
         let now = Instant::now().into_std();
         let Some(listener) = self.listeners.get(&service) else {
             self.node.stream_reset(now, id, ResetReason::NoService);
@@ -464,28 +523,29 @@ impl Driver {
         }
     }
 
-    fn datagram(&mut self, datagram: Datagram) {
-        let Some(socket) = self.datagram_sockets.get(&datagram.service) else {
-            tracing::debug!(service = %datagram.service, from = %datagram.from, "datagram for no socket dropped");
-            return;
-        };
-        // Datagrams are unreliable: a full or closed receiver drops them.
-        if socket.try_send(datagram).is_err() {
-            tracing::debug!("datagram dropped: receiver full or gone");
-        }
-    }
-
     fn take_pending(&mut self, id: StreamId) -> Option<MeshStream> {
-        self.streams.get_mut(&id).and_then(StreamSlot::take_pending)
+        let peer = self.node.stream_peer(id).cloned();
+        self.streams
+            .get_mut(&id)
+            .and_then(|slot| slot.take_pending(peer))
     }
 }
 
-/// Links carry small latency-sensitive messages (pings, credit) between bulk data; Nagle's
-/// algorithm would hold them back for a delayed ACK.
-fn no_delay(stream: &TcpStream) {
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+/// Lets a closed link's writer flush what is queued for at most [`CLOSE_FLUSH`] (not at all
+/// for a stalled peer), then drops the socket and whatever is still queued.
+fn retire(writer: Writer) {
+    writer.reader.abort();
+    drop(writer.tx);
+    let mut task = writer.writer;
+    if writer.stalled {
+        task.abort();
+        return;
     }
+    tokio::spawn(async move {
+        if tokio::time::timeout(CLOSE_FLUSH, &mut task).await.is_err() {
+            task.abort();
+        }
+    });
 }
 
 async fn read_loop<R: AsyncRead + Unpin>(link: LinkId, mut read: R, tx: mpsc::Sender<SocketEvent>) {

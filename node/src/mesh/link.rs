@@ -2,9 +2,14 @@
 //!
 //! Owns the bytes of one TCP connection in both directions: Noise framing, the handshake,
 //! encryption, message framing, keepalives, the idle timeout and periodic rekeying. It does
-//! not decide whom to trust: when the peer has shown its key it emits
+//! not decide whom to trust: when the peer has shown its key and hello it emits
 //! [`LinkEvent::Identified`] and processes nothing further until the owner calls
-//! [`Link::accept`] or [`Link::refuse`]. No IO; time is passed in.
+//! [`Link::accept`] or [`Link::refuse`].
+//!
+//! The responder judges first (the initiator's hello comes in handshake message 3) and only
+//! then names itself, in its first transport frame ([`Message::Hello`]); the initiator judges
+//! that hello before anything else of the peer is read. So a node never tells a stranger
+//! who it is. No IO; time is passed in.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -12,10 +17,11 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use super::frame::{self, FrameError};
-use super::message::{CloseReason, HandshakePayload, Message, PROTOCOL_VERSION};
+use super::message::{CloseReason, Hello, Message};
 use super::noise::{
     Handshake, HandshakeError, HandshakeOutput, MAX_PLAINTEXT_LEN, Role, Transport,
 };
+use crate::ca::SignedCertificate;
 use crate::id::NodeId;
 use crate::keys::{LinkKeypair, PublicKey};
 
@@ -29,9 +35,10 @@ impl std::fmt::Display for LinkId {
     }
 }
 
-/// Largest handshake message accepted. Real ones are under 200 bytes; garbage on the port
-/// (an HTTP request, say) announces far more and is refused at once rather than waited for.
-const MAX_HANDSHAKE_MESSAGE_LEN: usize = 1024;
+/// Largest handshake message accepted. Real ones are under 200 bytes, or a few KiB with a
+/// certificate full of groups; garbage on the port (an HTTP request, say) announces far more
+/// and is refused at once rather than waited for.
+const MAX_HANDSHAKE_MESSAGE_LEN: usize = 8 * 1024;
 
 /// Timing of a link.
 #[derive(Debug, Clone)]
@@ -44,6 +51,8 @@ pub struct LinkConfig {
     pub handshake_timeout: Duration,
     /// Switch to fresh keys this often.
     pub rekey_interval: Duration,
+    /// Diagnostics: report every decrypted frame ([`LinkEvent::Plaintext`]).
+    pub tap: bool,
 }
 
 impl Default for LinkConfig {
@@ -53,6 +62,7 @@ impl Default for LinkConfig {
             idle_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             rekey_interval: Duration::from_secs(3600),
+            tap: false,
         }
     }
 }
@@ -71,6 +81,14 @@ pub enum LinkEnd {
 impl std::fmt::Display for LinkEnd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Self::ByUs(CloseReason::VersionMismatch { sender, receiver }) => write!(
+                f,
+                "refused by us: this node speaks mesh protocol v{sender}, the peer v{receiver}"
+            ),
+            Self::ByPeer(CloseReason::VersionMismatch { sender, receiver }) => write!(
+                f,
+                "refused by peer: the peer speaks mesh protocol v{sender}, this node v{receiver}"
+            ),
             Self::ByUs(r) => write!(f, "closed by us: {r}"),
             Self::ByPeer(r) => write!(f, "closed by peer: {r}"),
             Self::Failed(e) => write!(f, "failed: {e}"),
@@ -81,7 +99,7 @@ impl std::fmt::Display for LinkEnd {
 /// What a link tells its owner.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LinkEvent {
-    /// The peer has shown its static key and node id; call `accept` or `refuse`.
+    /// The peer has shown its static key and hello; call `accept` or `refuse`.
     Identified {
         /// The node id the peer claims.
         node: NodeId,
@@ -89,24 +107,36 @@ pub enum LinkEvent {
         key: PublicKey,
         /// The peer's run epoch.
         epoch: u64,
+        /// The peer's certificate, if it showed one.
+        cert: Option<Box<SignedCertificate>>,
     },
     /// The link is up: messages flow.
     Up,
     /// A message from the peer.
     Message(Message),
+    /// (Diagnostics, with [`LinkConfig::tap`].) A decrypted frame, as received.
+    Plaintext(Bytes),
     /// The link is closed; nothing more will come.
     Closed(LinkEnd),
 }
 
 enum State {
-    /// Handshake in progress; `identified` is set while awaiting the owner's decision.
+    /// Handshake messages still to come.
     Handshaking {
         handshake: Box<Handshake>,
-        identified: bool,
     },
-    /// Transport established. `confirmed` turns true with the first frame from the peer:
-    /// the initiator finishes its handshake before the responder has judged it, so only a
-    /// frame from the peer proves the link was accepted.
+    /// (Initiator.) Message 3 sent; the responder's hello must be its first frame.
+    AwaitingHello {
+        transport: Transport,
+        key: PublicKey,
+    },
+    /// The peer is identified; its further bytes wait for the owner's decision.
+    Identified {
+        pending: Pending,
+    },
+    /// Transport established. `confirmed` turns true once the peer is known to have
+    /// accepted us: at once for the initiator (the responder's hello proves it), with the
+    /// first frame after our hello for the responder.
     Up {
         transport: Transport,
         confirmed: bool,
@@ -114,11 +144,22 @@ enum State {
     Closed,
 }
 
+/// What an identified link holds while its owner decides.
+enum Pending {
+    /// The responder's finished handshake.
+    Responder(Box<Handshake>),
+    /// The initiator's transport (the responder's hello was read from it).
+    Initiator(Transport),
+}
+
 /// One link's protocol state.
 pub struct Link {
     role: Role,
     config: LinkConfig,
     state: State,
+    /// Our hello: sent in handshake message 3 (initiator) or as the first frame once the
+    /// peer is accepted (responder).
+    hello: Hello,
     /// Bytes from the socket not yet made into Noise messages.
     rx_wire: BytesMut,
     /// Decrypted bytes not yet made into frames.
@@ -162,12 +203,11 @@ impl Link {
     pub fn initiator(
         now: Instant,
         keys: &LinkKeypair,
-        me: &NodeId,
-        epoch: u64,
+        hello: Hello,
         config: LinkConfig,
     ) -> Result<Self, HandshakeError> {
-        let (handshake, first) = Handshake::initiator(keys, &hello(me, epoch))?;
-        let mut link = Self::new(now, Role::Initiator, handshake, config);
+        let (handshake, first) = Handshake::initiator(keys)?;
+        let mut link = Self::new(now, Role::Initiator, handshake, hello, config);
         link.queue_handshake(&first);
         Ok(link)
     }
@@ -179,21 +219,26 @@ impl Link {
     pub fn responder(
         now: Instant,
         keys: &LinkKeypair,
-        me: &NodeId,
-        epoch: u64,
+        hello: Hello,
         config: LinkConfig,
     ) -> Result<Self, HandshakeError> {
-        let handshake = Handshake::responder(keys, &hello(me, epoch))?;
-        Ok(Self::new(now, Role::Responder, handshake, config))
+        let handshake = Handshake::responder(keys)?;
+        Ok(Self::new(now, Role::Responder, handshake, hello, config))
     }
 
-    fn new(now: Instant, role: Role, handshake: Handshake, config: LinkConfig) -> Self {
+    fn new(
+        now: Instant,
+        role: Role,
+        handshake: Handshake,
+        hello: Hello,
+        config: LinkConfig,
+    ) -> Self {
         Self {
             role,
             state: State::Handshaking {
                 handshake: Box::new(handshake),
-                identified: false,
             },
+            hello,
             rx_wire: BytesMut::new(),
             rx_plain: BytesMut::new(),
             tx_plain: BytesMut::new(),
@@ -215,6 +260,12 @@ impl Link {
     /// Whether messages flow.
     pub fn is_up(&self) -> bool {
         matches!(self.state, State::Up { .. })
+    }
+
+    /// Whether the peer has not been accepted yet (handshaking or awaiting a decision):
+    /// an unauthenticated connection.
+    pub fn is_handshaking(&self) -> bool {
+        !matches!(self.state, State::Up { .. } | State::Closed)
     }
 
     /// Whether the link is finished (the owner flushes `poll_transmit` and drops it).
@@ -241,85 +292,75 @@ impl Link {
         }
     }
 
-    /// The handshake of a peer identified and awaiting the owner's decision, taken out of
-    /// the state (which is left `Closed` for the caller to set); `None` in any other state.
-    fn take_identified(&mut self) -> Option<Box<Handshake>> {
-        if !matches!(
-            self.state,
-            State::Handshaking {
-                identified: true,
-                ..
-            }
-        ) {
-            return None;
-        }
-        match std::mem::replace(&mut self.state, State::Closed) {
-            State::Handshaking { handshake, .. } => Some(handshake),
-            other => {
-                self.state = other;
-                None
-            }
-        }
-    }
-
     /// Accepts the identified peer; the link comes up and buffered bytes are processed.
     pub fn accept(&mut self, now: Instant) {
-        let Some(handshake) = self.take_identified() else {
+        if !matches!(self.state, State::Identified { .. }) {
+            return;
+        }
+        let State::Identified { pending } = std::mem::replace(&mut self.state, State::Closed)
+        else {
             return;
         };
-        match handshake.accept() {
-            Ok((last, transport)) => {
-                if let Some(last) = last {
-                    self.queue_handshake(&last);
+        let transport = match pending {
+            Pending::Initiator(transport) => transport,
+            Pending::Responder(handshake) => match handshake.into_transport() {
+                Ok(transport) => transport,
+                Err(e) => return self.fail(e.to_string()),
+            },
+        };
+        let confirmed = self.role == Role::Initiator;
+        self.state = State::Up {
+            transport,
+            confirmed,
+        };
+        self.last_rx = now;
+        self.next_rekey = now + self.config.rekey_interval;
+        match self.role {
+            // Name ourselves now that the peer is authenticated and accepted.
+            Role::Responder => {
+                let hello = Message::Hello(Box::new(self.hello.clone()));
+                if self.send(&hello).is_err() {
+                    return self.fail("our hello does not fit a frame".to_owned());
                 }
-                // The responder has judged the peer already; the initiator waits for proof.
-                let confirmed = self.role == Role::Responder;
-                self.state = State::Up {
-                    transport,
-                    confirmed,
-                };
-                self.last_rx = now;
-                self.next_rekey = now + self.config.rekey_interval;
-                if confirmed {
-                    self.events.push_back(LinkEvent::Up);
-                }
-                self.process();
             }
-            Err(e) => self.fail(e.to_string()),
+            // Our first frame proves to the responder that we accepted it.
+            Role::Initiator => {
+                let _ = self.send(&Message::Keepalive);
+                self.events.push_back(LinkEvent::Up);
+            }
         }
+        self.process();
     }
 
-    /// Refuses the identified peer, telling it why, and closes.
+    /// Refuses the identified peer, telling it why, and closes. None of its frames are read.
     pub fn refuse(&mut self, reason: CloseReason) {
-        let Some(handshake) = self.take_identified() else {
+        if !matches!(self.state, State::Identified { .. }) {
+            return;
+        }
+        let State::Identified { pending } = std::mem::replace(&mut self.state, State::Closed)
+        else {
             return;
         };
-        match self.role {
-            Role::Initiator => {
-                if let Some(last) = handshake.refuse(reason) {
-                    self.queue_handshake(&last);
-                }
-            }
-            // The responder's handshake is complete: tell the peer over the transport, then
-            // close. None of the peer's frames are read.
-            Role::Responder => {
-                if let Ok((_, transport)) = handshake.accept() {
-                    self.state = State::Up {
-                        transport,
-                        confirmed: true,
-                    };
-                    let _ = self.send(&Message::Close(reason));
-                    self.flush();
-                }
-            }
+        let transport = match pending {
+            Pending::Initiator(transport) => Some(transport),
+            Pending::Responder(handshake) => handshake.into_transport().ok(),
+        };
+        if let Some(transport) = transport {
+            self.state = State::Up {
+                transport,
+                confirmed: true,
+            };
+            let _ = self.send(&Message::Close(reason));
+            self.flush();
         }
         self.state = State::Closed;
         self.rx_wire.clear();
+        self.rx_plain.clear();
         self.events
             .push_back(LinkEvent::Closed(LinkEnd::ByUs(reason)));
     }
 
-    /// Closes the link, telling the peer why when the link is up.
+    /// Closes the link, telling the peer why when a transport exists.
     pub fn close(&mut self, reason: CloseReason) {
         match self.state {
             State::Closed => return,
@@ -327,7 +368,7 @@ impl Link {
                 let _ = self.send(&Message::Close(reason));
                 self.flush();
             }
-            State::Handshaking { .. } => {}
+            State::AwaitingHello { .. } | State::Identified { .. } | State::Handshaking { .. } => {}
         }
         self.state = State::Closed;
         self.events
@@ -353,6 +394,11 @@ impl Link {
         Ok(())
     }
 
+    /// Bytes queued for the peer and not yet taken by [`Link::poll_transmit`].
+    pub fn queued_bytes(&self) -> usize {
+        self.tx_plain.len() + self.tx_wire.len()
+    }
+
     /// Bytes for the socket, if any. Encrypts whatever is queued first.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Bytes> {
         self.flush();
@@ -372,7 +418,9 @@ impl Link {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
             State::Closed => None,
-            State::Handshaking { .. } => Some(self.started + self.config.handshake_timeout),
+            State::Handshaking { .. } | State::AwaitingHello { .. } | State::Identified { .. } => {
+                Some(self.started + self.config.handshake_timeout)
+            }
             State::Up { .. } => Some(
                 (self.last_tx + self.config.keepalive)
                     .min(self.last_rx + self.config.idle_timeout)
@@ -385,12 +433,12 @@ impl Link {
     pub fn handle_timeout(&mut self, now: Instant) {
         match self.state {
             State::Closed => {}
-            State::Handshaking { .. } => {
+            State::Up { .. } => self.handle_up_timeout(now),
+            State::Handshaking { .. } | State::AwaitingHello { .. } | State::Identified { .. } => {
                 if now >= self.started + self.config.handshake_timeout {
                     self.close(CloseReason::HandshakeTimeout);
                 }
             }
-            State::Up { .. } => self.handle_up_timeout(now),
         }
     }
 
@@ -455,15 +503,24 @@ impl Link {
     fn process(&mut self) {
         loop {
             let progressed = match self.state {
-                State::Closed => false,
-                State::Handshaking {
-                    identified: true, ..
-                } => false,
+                State::Closed | State::Identified { .. } => false,
                 State::Handshaking { .. } => self.process_handshake(),
+                State::AwaitingHello { .. } => self.process_hello(),
                 State::Up { .. } => self.process_transport(),
             };
             if !progressed {
                 break;
+            }
+        }
+    }
+
+    /// Takes one whole Noise message off the wire buffer, failing the link on garbage.
+    fn next_noise_message(&mut self) -> Option<Bytes> {
+        match frame::decode_noise(&mut self.rx_wire) {
+            Ok(m) => m,
+            Err(e) => {
+                self.fail(e.to_string());
+                None
             }
         }
     }
@@ -479,36 +536,67 @@ impl Link {
                 return false;
             }
         }
-        let message = match frame::decode_noise(&mut self.rx_wire) {
-            Ok(Some(m)) => m,
-            Ok(None) => return false,
-            Err(e) => {
-                self.fail(format!("handshake: {e}"));
-                return false;
-            }
-        };
-        let State::Handshaking {
-            handshake,
-            identified,
-        } = &mut self.state
-        else {
+        let Some(message) = self.next_noise_message() else {
             return false;
         };
-        match handshake.read(&message) {
+        let State::Handshaking { handshake } = &mut self.state else {
+            return false;
+        };
+        let output = handshake.read(&message);
+        match output {
             Ok(HandshakeOutput::Reply(reply)) => {
                 self.queue_handshake(&reply);
                 true
             }
-            Ok(HandshakeOutput::Identified { key, payload }) => {
-                *identified = true;
-                self.identified(key, payload);
+            Ok(HandshakeOutput::ResponderKey(key)) => self.send_hello(key),
+            Ok(HandshakeOutput::Identified { key, hello }) => {
+                self.identified(key, hello);
                 false
             }
-            Err(HandshakeError::Refused(reason)) => {
+            Err(e) => {
+                self.handshake_failed(e);
+                false
+            }
+        }
+    }
+
+    fn handshake_failed(&mut self, e: HandshakeError) {
+        match e {
+            HandshakeError::Refused(reason) => {
                 self.state = State::Closed;
                 self.events
                     .push_back(LinkEvent::Closed(LinkEnd::ByPeer(reason)));
-                false
+            }
+            HandshakeError::Version { theirs } => {
+                let state = std::mem::replace(&mut self.state, State::Closed);
+                if let State::Handshaking { handshake } = state
+                    && let Some(refusal) = handshake.refuse_version(theirs)
+                {
+                    self.queue_handshake(&refusal);
+                }
+                let reason = CloseReason::VersionMismatch {
+                    sender: super::message::PROTOCOL_VERSION,
+                    receiver: theirs,
+                };
+                self.events
+                    .push_back(LinkEvent::Closed(LinkEnd::ByUs(reason)));
+            }
+            e => self.fail(format!("handshake: {e}")),
+        }
+    }
+
+    /// (Initiator.) The responder showed its key: send message 3 with our hello and wait
+    /// for its hello.
+    fn send_hello(&mut self, key: PublicKey) -> bool {
+        let State::Handshaking { handshake } = std::mem::replace(&mut self.state, State::Closed)
+        else {
+            return false;
+        };
+        match handshake.finish_initiator(&self.hello) {
+            Ok((last, transport)) => {
+                self.queue_handshake(&last);
+                self.state = State::AwaitingHello { transport, key };
+                true
             }
             Err(e) => {
                 self.fail(format!("handshake: {e}"));
@@ -517,34 +605,78 @@ impl Link {
         }
     }
 
-    fn identified(&mut self, key: PublicKey, payload: HandshakePayload) {
-        match payload {
-            HandshakePayload::Hello {
-                node,
-                version,
-                epoch,
-            } if version == PROTOCOL_VERSION => {
-                self.events
-                    .push_back(LinkEvent::Identified { node, key, epoch });
+    /// (Responder.) The initiator's message 3: report it and wait for the owner.
+    fn identified(&mut self, key: PublicKey, hello: Box<Hello>) {
+        let State::Handshaking { handshake } = std::mem::replace(&mut self.state, State::Closed)
+        else {
+            return;
+        };
+        self.state = State::Identified {
+            pending: Pending::Responder(handshake),
+        };
+        self.events.push_back(identified_event(key, hello));
+    }
+
+    /// (Initiator.) The responder's first transport frame must be its hello (or a close).
+    fn process_hello(&mut self) -> bool {
+        let Some(message) = self.next_noise_message() else {
+            return false;
+        };
+        let State::AwaitingHello { transport, .. } = &mut self.state else {
+            return false;
+        };
+        if transport.decrypt(&message, &mut self.rx_plain).is_err() {
+            self.fail("transport message failed authentication".to_owned());
+            return false;
+        }
+        let frame = match frame::decode_frame(&mut self.rx_plain) {
+            Ok(Some(f)) => f,
+            // The hello spans several Noise messages: wait for the rest.
+            Ok(None) => return true,
+            Err(e) => {
+                self.fail(e.to_string());
+                return false;
             }
-            HandshakePayload::Hello { .. } => self.refuse(CloseReason::VersionMismatch),
-            HandshakePayload::Refuse(reason) => {
+        };
+        match Message::decode(&frame) {
+            Ok(Message::Hello(hello)) => {
+                let State::AwaitingHello { transport, key } =
+                    std::mem::replace(&mut self.state, State::Closed)
+                else {
+                    return false;
+                };
+                self.state = State::Identified {
+                    pending: Pending::Initiator(transport),
+                };
+                self.events.push_back(identified_event(key, hello));
+                false
+            }
+            Ok(Message::Close(reason)) => {
                 self.state = State::Closed;
+                self.rx_wire.clear();
                 self.events
                     .push_back(LinkEvent::Closed(LinkEnd::ByPeer(reason)));
+                false
+            }
+            Ok(_) => {
+                self.fail("the peer's first frame was not its hello".to_owned());
+                false
+            }
+            Err(e) => {
+                self.fail(e.to_string());
+                false
             }
         }
     }
 
     /// Decrypts one transport message and handles every whole frame in it.
     fn process_transport(&mut self) -> bool {
-        let message = match frame::decode_noise(&mut self.rx_wire) {
-            Ok(Some(m)) => m,
-            Ok(None) => return false,
-            Err(e) => {
-                self.fail(e.to_string());
-                return false;
-            }
+        // Frames that arrived with the peer's hello wait in `rx_plain` for the decision.
+        if !self.rx_plain.is_empty() && !self.process_frames() {
+            return false;
+        }
+        let Some(message) = self.next_noise_message() else {
+            return false;
         };
         let State::Up { transport, .. } = &mut self.state else {
             return false;
@@ -556,7 +688,7 @@ impl Link {
         self.process_frames()
     }
 
-    /// The first frame from the peer: the link is accepted at both ends.
+    /// The first frame from the peer after accepting it: the link is accepted at both ends.
     fn confirm(&mut self) {
         if let State::Up { confirmed, .. } = &mut self.state
             && !*confirmed
@@ -576,6 +708,9 @@ impl Link {
                     return false;
                 }
             };
+            if self.config.tap {
+                self.events.push_back(LinkEvent::Plaintext(frame.clone()));
+            }
             let message = match Message::decode(&frame) {
                 Ok(message) => message,
                 Err(e) => {
@@ -598,17 +733,22 @@ impl Link {
                         transport.rekey_incoming();
                     }
                 }
+                Message::Hello(_) => {
+                    self.fail("a second hello".to_owned());
+                    return false;
+                }
                 message => self.events.push_back(LinkEvent::Message(message)),
             }
         }
     }
 }
 
-fn hello(me: &NodeId, epoch: u64) -> HandshakePayload {
-    HandshakePayload::Hello {
-        node: me.clone(),
-        version: PROTOCOL_VERSION,
-        epoch,
+fn identified_event(key: PublicKey, hello: Box<Hello>) -> LinkEvent {
+    LinkEvent::Identified {
+        node: hello.node,
+        key,
+        epoch: hello.epoch,
+        cert: hello.cert.map(Box::new),
     }
 }
 

@@ -1,5 +1,5 @@
-//! The mesh wire messages: one postcard enum, versioned by the handshake prologue and the
-//! hello payload.
+//! The mesh wire messages: one postcard enum after the handshake, and the handshake's
+//! payloads, versioned by the preamble of the first handshake message.
 //!
 //! Owns the shapes of everything a link carries after its handshake, and their encoding.
 //! Decoding is total: any byte string either decodes or yields a [`MessageError`]. No IO.
@@ -7,29 +7,46 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::lsdb::Advert;
-use crate::id::{NodeId, ServiceName};
+use super::lsdb::{Advert, SummaryEntry};
+use super::session::SessionMsg;
+use crate::ca::SignedCertificate;
+use crate::id::NodeId;
 
-/// Version of the mesh protocol. It is part of the Noise prologue, so nodes of different
-/// versions fail the handshake instead of misreading each other, and it is repeated in the
-/// hello so the failure can be explained.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Version of the mesh protocol. The initiator states it in clear in the first handshake
+/// message, so a responder of another version can name both versions in its refusal.
+///
+/// Version 2: hellos after authentication, certificates, signed adverts, end-to-end
+/// sessions.
+pub const PROTOCOL_VERSION: u16 = 2;
 
-/// Payload of the handshake messages that carry one (XX messages 2 and 3).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum HandshakePayload {
-    /// "I am this node, speaking this protocol version."
-    Hello {
-        /// The sender's node id.
-        node: NodeId,
-        /// The sender's [`PROTOCOL_VERSION`].
-        version: u16,
-        /// The sender's run epoch (start time, ms): a newer epoch on a new link means the
-        /// peer restarted, so an old link to it is stale.
-        epoch: u64,
-    },
-    /// The initiator refuses the responder's identity (sent in message 3 instead of a hello).
+/// Payload of handshake message 1, in clear: the initiator's protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Preamble {
+    /// The initiator's [`PROTOCOL_VERSION`].
+    pub version: u16,
+}
+
+/// Payload of handshake message 2: the responder goes on, or refuses. It does not name itself
+/// here: its hello waits until the initiator has been authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResponderPayload {
+    /// Go on: send your hello.
+    Continue,
+    /// Refused before any identity was shown (a version mismatch).
     Refuse(CloseReason),
+}
+
+/// Who a node is. The initiator sends it in handshake message 3; the responder answers with
+/// its own as the first transport frame, once it has accepted the initiator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The sender's node id.
+    pub node: NodeId,
+    /// The sender's run epoch (start time, ms): a newer epoch on a new link means the peer
+    /// restarted, so an old link to it is stale.
+    pub epoch: u64,
+    /// The sender's certificate, when it has one.
+    pub cert: Option<SignedCertificate>,
 }
 
 /// Why a link was closed or refused. Sent to the peer and logged on both sides.
@@ -60,14 +77,28 @@ pub enum CloseReason {
     #[error("protocol violation")]
     ProtocolViolation,
     /// The peer speaks another protocol version.
-    #[error("protocol version mismatch")]
-    VersionMismatch,
+    #[error("mesh protocol version mismatch: v{sender} refused v{receiver}")]
+    VersionMismatch {
+        /// The version of the node that refused.
+        sender: u16,
+        /// The version it refused.
+        receiver: u16,
+    },
+    /// The peer's certificate does not hold (expired, revoked, another node's, ...).
+    #[error("certificate refused")]
+    BadCertificate,
+    /// Too many connections are handshaking; the oldest was dropped.
+    #[error("too many unauthenticated connections")]
+    TooManyHandshakes,
     /// The peer does not read fast enough; its send queue hit the cap.
     #[error("peer stopped reading (send queue full)")]
     SendQueueFull,
     /// The node is shutting down.
     #[error("node shutting down")]
     Shutdown,
+    /// The peer was removed from the node's configuration (a reload).
+    #[error("peer removed from the configuration")]
+    Removed,
 }
 
 /// A message on an established link.
@@ -79,8 +110,22 @@ pub enum Message {
     Rekey,
     /// The sender is closing the link, and why.
     Close(CloseReason),
-    /// A link-state advert being flooded.
+    /// The responder's identity: its first frame, and only there.
+    Hello(Box<Hello>),
+    /// A link-state advert being flooded (or sent on request).
     Advert(Advert),
+    /// Which adverts the sender holds (part of its database; `last` on the final part):
+    /// sent once when a link comes up, so each side asks for what it lacks.
+    DbSummary {
+        /// Origins and versions.
+        entries: Vec<SummaryEntry>,
+        /// Whether this is the last part.
+        last: bool,
+    },
+    /// Please send these origins' adverts.
+    DbRequest(Vec<NodeId>),
+    /// The adverts asked for by the last request have been sent (those the sender holds).
+    DbSent,
     /// A packet routed hop by hop towards `dst`.
     Packet(Packet),
 }
@@ -102,18 +147,9 @@ pub struct Packet {
 /// What a routed packet carries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum PacketBody {
-    /// An unreliable datagram between services.
-    Datagram {
-        /// The sending service.
-        from_service: ServiceName,
-        /// The receiving service.
-        to_service: ServiceName,
-        /// The bytes.
-        data: Bytes,
-    },
     /// A ping or traceroute probe.
     EchoRequest {
-        /// Sender-chosen id, echoed back.
+        /// Sender-chosen random id, echoed back.
         probe: u64,
     },
     /// The answer to [`PacketBody::EchoRequest`].
@@ -130,6 +166,8 @@ pub enum PacketBody {
         /// The node the failed packet was for.
         target: NodeId,
     },
+    /// An end-to-end session handshake message.
+    Session(SessionMsg),
     /// A packet of a stream circuit.
     Stream(StreamPacket),
 }
@@ -145,12 +183,12 @@ pub enum Unreachable {
     HopLimit,
 }
 
-/// Identifies a stream circuit mesh-wide: the opener and its number for the stream.
+/// Identifies a stream circuit mesh-wide: the opener and its random number for it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct CircuitId {
     /// The node that opened the stream.
     pub opener: NodeId,
-    /// The opener's number for it, unique per opener run (the run's epoch is mixed in).
+    /// Random, so a circuit id is neither reused nor guessed.
     pub number: u64,
 }
 
@@ -165,30 +203,25 @@ pub struct StreamPacket {
     pub kind: StreamKind,
 }
 
-/// Stream circuit operations.
+/// Stream circuit operations, as relays see them: opens to pin, sealed traffic to forward,
+/// and teardowns. What a circuit carries (its service, data, credit, end) is sealed end to
+/// end under the endpoints' session (see `seal.rs`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum StreamKind {
-    /// Opener asks the target's `service` for a stream, offering `window` bytes of credit.
+    /// Opens the circuit: relays pin it to the link it came on and the next one.
     Open {
-        /// The opener's local service name (informational, like a source port).
-        from_service: ServiceName,
-        /// The service asked for.
-        service: ServiceName,
-        /// Bytes the acceptor may send before further credit.
-        window: u32,
+        /// The endpoints' session whose keys seal the circuit.
+        session: u64,
+        /// The sealed open (service, credit, sequence number).
+        sealed: Bytes,
     },
-    /// The acceptor takes the stream, offering `window` bytes of credit.
-    Accept {
-        /// Bytes the opener may send before further credit.
-        window: u32,
-    },
-    /// Bytes of the stream, in order.
-    Data(Bytes),
-    /// The receiver consumed this many more bytes; the sender may send as many more.
-    Credit(u32),
-    /// The sender will send no more data.
-    Fin,
-    /// The stream is dead, and why; both ends stop.
+    /// Sealed circuit traffic, opaque to relays.
+    Sealed(Bytes),
+    /// The sender is done with the circuit both ways: relays forget it. Carries nothing an
+    /// endpoint acts on.
+    Close,
+    /// The circuit is dead, and why; both ends stop. Unauthenticated (a relay on the path
+    /// sends it when a link breaks), so an endpoint never takes it for a clean end.
     Reset(ResetReason),
 }
 
@@ -213,6 +246,26 @@ pub enum ResetReason {
     /// The packet exceeded the hop limit.
     #[error("hop limit exceeded")]
     HopLimit,
+    /// The stream was not accepted in time.
+    #[error("the stream was not accepted in time")]
+    OpenTimeout,
+    /// Nothing crossed the stream for too long.
+    #[error("the stream was idle too long")]
+    Idle,
+    /// A node on the path or the target has too many streams.
+    #[error("too many streams at a node on the path")]
+    Busy,
+    /// The target holds no session with us (it restarted): a new one is needed.
+    #[error("no end-to-end session with the target")]
+    NoSession,
+    /// The end-to-end session could not be set up (the target refused our key, or did
+    /// not answer).
+    #[error("no end-to-end session could be set up with the target")]
+    SessionFailed,
+    /// The other end is no longer trusted (its certificate was revoked, or a reload
+    /// removed what vouched for it).
+    #[error("the other end is no longer trusted")]
+    Untrusted,
 }
 
 /// A message that could not be decoded.
@@ -238,19 +291,19 @@ impl Message {
     }
 }
 
-impl HandshakePayload {
-    /// Encodes to postcard bytes.
-    pub fn encode(&self) -> Vec<u8> {
-        postcard::to_stdvec(self).expect("invariant: handshake payloads always serialise")
-    }
+/// Encodes a handshake payload.
+pub(crate) fn encode_payload<T: Serialize>(payload: &T) -> Vec<u8> {
+    postcard::to_stdvec(payload).expect("invariant: handshake payloads always serialise")
+}
 
-    /// Decodes postcard bytes.
-    ///
-    /// # Errors
-    /// [`MessageError`] for bytes that are not an encoded payload.
-    pub fn decode(bytes: &[u8]) -> Result<Self, MessageError> {
-        Ok(postcard::from_bytes(bytes)?)
-    }
+/// Decodes a handshake payload.
+///
+/// # Errors
+/// [`MessageError`] for bytes that are not an encoded payload.
+pub(crate) fn decode_payload<T: for<'de> Deserialize<'de>>(
+    bytes: &[u8],
+) -> Result<T, MessageError> {
+    Ok(postcard::from_bytes(bytes)?)
 }
 
 #[cfg(test)]
@@ -274,7 +327,7 @@ mod tests {
                     number: 42,
                 },
                 from_opener: true,
-                kind: StreamKind::Data(Bytes::from_static(b"payload")),
+                kind: StreamKind::Sealed(Bytes::from_static(b"payload")),
             }),
         });
         assert_eq!(Message::decode(&msg.encode().unwrap()).unwrap(), msg);
@@ -290,26 +343,33 @@ mod tests {
 
     #[test]
     fn hello_round_trips() {
-        let hello = HandshakePayload::Hello {
+        let hello = Hello {
             node: id("n1"),
-            version: PROTOCOL_VERSION,
             epoch: 7,
+            cert: None,
         };
-        assert_eq!(HandshakePayload::decode(&hello.encode()).unwrap(), hello);
+        assert_eq!(
+            decode_payload::<Hello>(&encode_payload(&hello)).unwrap(),
+            hello
+        );
+        let msg = Message::Hello(Box::new(hello));
+        assert_eq!(Message::decode(&msg.encode().unwrap()).unwrap(), msg);
     }
 
     #[test]
     fn decoding_rejects_invalid_node_id() {
         // A hello whose node id has a space must not decode into a NodeId.
-        let raw = postcard::to_stdvec(&(0u32, "bad id", 1u16)).unwrap();
-        assert!(HandshakePayload::decode(&raw).is_err());
+        let raw = postcard::to_stdvec(&("bad id", 1u64, 0u8)).unwrap();
+        assert!(decode_payload::<Hello>(&raw).is_err());
     }
 
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = Message::decode(&data);
-            let _ = HandshakePayload::decode(&data);
+            let _ = decode_payload::<Hello>(&data);
+            let _ = decode_payload::<Preamble>(&data);
+            let _ = decode_payload::<ResponderPayload>(&data);
         }
     }
 }

@@ -16,24 +16,52 @@
 
 mod adverts;
 mod packets;
+mod reconfig;
+mod sessions;
 
-pub use packets::OpenError;
-
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use super::link::{Link, LinkConfig, LinkEnd, LinkEvent, LinkId};
-use super::lsdb::{Advert, Lsdb};
-use super::message::{CloseReason, Message, ResetReason, Unreachable};
+use super::lsdb::{Advert, Lsdb, LsdbLimits};
+use super::message::{CloseReason, Hello, Message, Unreachable};
 use super::noise::Role;
-use super::peers::{BackoffConfig, PeerSlotId, Peers};
+use super::peers::{BackoffConfig, PeerSlotId, Peers, Rng};
 use super::route::{Cost, Route};
+use super::session::Sessions;
 use super::stream::{StreamEvent, StreamId, Streams};
-use super::trust::{self, TrustDecision, TrustEntry};
+use super::trust::{self, Binding, TrustDecision, TrustPolicy};
+use crate::ca::SignedCertificate;
 use crate::id::{NodeId, ServiceName};
 use crate::keys::{LinkKeypair, PublicKey};
+
+/// Why a stream could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    /// No route to the node.
+    #[error("node {0} is not reachable")]
+    NoRoute(NodeId),
+    /// Streams to ourselves are not carried by the mesh.
+    #[error("cannot open a mesh stream to this node itself")]
+    ToSelf,
+    /// No key is known for the node (no pin, no verified advert).
+    #[error("no key is known for node {0}")]
+    NoKey(NodeId),
+}
+
+/// How often stream and session timers are swept. Longer than the simulation's idle
+/// horizon, short enough for open timeouts to be prompt.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Connections still handshaking (unauthenticated) allowed at once; beyond it the oldest is
+/// dropped. A handshake takes one round trip, so this is generous for honest peers.
+pub const DEFAULT_MAX_HANDSHAKING: usize = 128;
+
+/// Handshaking connections allowed from one source address.
+pub const DEFAULT_MAX_HANDSHAKING_PER_SOURCE: usize = 16;
 
 /// Everything a node needs to know to run the mesh protocol.
 #[derive(Debug, Clone)]
@@ -42,8 +70,10 @@ pub struct MeshConfig {
     pub id: NodeId,
     /// This node's static link key pair.
     pub keys: LinkKeypair,
-    /// Whom to accept as peers.
-    pub trust: Vec<TrustEntry>,
+    /// Whom to believe: trusted keys, pins and authorities.
+    pub trust: TrustPolicy,
+    /// This node's certificate, shown to peers in hellos, adverts and sessions.
+    pub cert: Option<SignedCertificate>,
     /// Link timing.
     pub link: LinkConfig,
     /// Per-neighbour link cost overrides.
@@ -54,8 +84,15 @@ pub struct MeshConfig {
     pub advert_debounce: Duration,
     /// Re-advertise this often even without changes.
     pub refresh_interval: Duration,
-    /// Forget a node whose adverts stop for this long (Receptor never forgets).
-    pub max_age: Duration,
+    /// The link-state database's caps and the age after which a silent node is forgotten
+    /// (Receptor never forgets).
+    pub lsdb: LsdbLimits,
+    /// Forget an end-to-end session unused for this long.
+    pub session_idle: Duration,
+    /// Unauthenticated connections allowed at once (the oldest is dropped beyond).
+    pub max_handshaking: usize,
+    /// Unauthenticated connections allowed from one source address.
+    pub max_handshaking_per_source: usize,
     /// Give up on a ping or traceroute probe after this long.
     pub probe_timeout: Duration,
     /// Redial backoff.
@@ -72,17 +109,21 @@ pub struct MeshConfig {
 
 impl MeshConfig {
     /// Defaults for everything but identity and trust.
-    pub fn new(id: NodeId, keys: LinkKeypair, trust: Vec<TrustEntry>, epoch_ms: u64) -> Self {
+    pub fn new(id: NodeId, keys: LinkKeypair, trust: TrustPolicy, epoch_ms: u64) -> Self {
         Self {
             id,
             keys,
             trust,
+            cert: None,
             link: LinkConfig::default(),
             link_costs: BTreeMap::new(),
             max_hops: DEFAULT_MAX_HOPS,
             advert_debounce: Duration::from_millis(50),
             refresh_interval: Duration::from_secs(30),
-            max_age: Duration::from_secs(95),
+            lsdb: LsdbLimits::new(Duration::from_secs(95)),
+            session_idle: Duration::from_secs(30 * 60),
+            max_handshaking: DEFAULT_MAX_HANDSHAKING,
+            max_handshaking_per_source: DEFAULT_MAX_HANDSHAKING_PER_SOURCE,
             probe_timeout: Duration::from_secs(5),
             backoff: BackoffConfig::default(),
             trust_first_contact: false,
@@ -151,17 +192,6 @@ pub enum Event {
     },
     /// A stream event.
     Stream(StreamEvent),
-    /// A datagram for one of our services.
-    Datagram {
-        /// Sender node.
-        from: NodeId,
-        /// Sender service.
-        from_service: ServiceName,
-        /// Our service.
-        service: ServiceName,
-        /// The bytes.
-        data: Bytes,
-    },
     /// A probe's echo came back.
     ProbeReply {
         /// The probe.
@@ -190,6 +220,13 @@ pub enum Event {
         reporter: NodeId,
         /// Why.
         reason: Unreachable,
+    },
+    /// (Diagnostics, with `LinkConfig::tap`.) A frame a link decrypted.
+    LinkPlaintext {
+        /// The link.
+        link: LinkId,
+        /// The frame, as received.
+        frame: Bytes,
     },
     /// Another node uses our node id, or two nodes share one.
     DuplicateNodeId {
@@ -236,11 +273,46 @@ struct LinkSlot {
     slot: Option<PeerSlotId>,
     /// Set once the link was reported up (so its loss changes the topology).
     up: bool,
+    /// Where an accepted connection came from (for the per-source handshake cap).
+    source: Option<IpAddr>,
+    /// When the connection was made (the oldest handshaking one is dropped first).
+    opened: Instant,
+    /// How the peer's key is bound to its id.
+    binding: Option<Binding>,
+    /// The certificate the peer showed in its hello (judged again on a trust change).
+    peer_cert: Option<SignedCertificate>,
 }
 
 #[derive(Debug)]
 struct Probe {
     sent: Instant,
+    dst: NodeId,
+}
+
+/// A stream waiting for its session's handshake.
+#[derive(Debug)]
+struct PendingOpen {
+    id: StreamId,
+    from_service: ServiceName,
+    service: ServiceName,
+}
+
+/// At most one log line per interval for a kind of event a peer can cause in bulk.
+#[derive(Debug, Default)]
+struct LogLimiter {
+    last: Option<Instant>,
+}
+
+impl LogLimiter {
+    fn allow(&mut self, now: Instant) -> bool {
+        let allowed = self
+            .last
+            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1));
+        if allowed {
+            self.last = Some(now);
+        }
+        allowed
+    }
 }
 
 /// The mesh node state machine. See the module doc for the driving contract.
@@ -259,18 +331,33 @@ pub struct MeshNode {
     listening: BTreeSet<ServiceName>,
     work_types: Vec<String>,
     streams: Streams,
+    sessions: Sessions,
+    /// Streams waiting for the session with their target, by target.
+    pending_opens: HashMap<NodeId, Vec<PendingOpen>>,
+    /// Streams already re-opened once after a `NoSession` reset.
+    retried: HashSet<StreamId>,
+    /// Why a node we are starting a session with was reported unreachable (unauthenticated:
+    /// only the reason a timed-out handshake is reported with).
+    unreachable_hints: HashMap<NodeId, Unreachable>,
+    /// Incremental database sync per new link.
+    syncs: HashMap<LinkId, adverts::SyncState>,
     probes: HashMap<ProbeId, Probe>,
-    next_probe: u64,
+    /// Probe ids, circuit numbers, session ids, signature nonce seeds.
+    rng: Rng,
     peers: Peers,
     advert_due: Option<Instant>,
     refresh_due: Instant,
+    sweep_due: Instant,
+    adverts_refused: u64,
+    refusal_log: LogLimiter,
+    handshake_log: LogLimiter,
     events: VecDeque<Event>,
 }
 
 impl MeshNode {
     /// A node with no links, advertising only itself.
     pub fn new(config: MeshConfig, now: Instant) -> Self {
-        let lsdb = Lsdb::new(config.id.clone(), config.keys.public(), config.max_age);
+        let lsdb = Lsdb::new(config.id.clone(), config.keys.public(), config.lsdb.clone());
         let mut node = Self {
             start: now,
             links: BTreeMap::new(),
@@ -282,12 +369,21 @@ impl MeshNode {
             routes_dirty: true,
             listening: BTreeSet::new(),
             work_types: Vec::new(),
-            streams: Streams::new(config.epoch_ms),
+            streams: Streams::new(),
+            sessions: Sessions::new(config.id.clone(), config.keys.clone()),
+            pending_opens: HashMap::new(),
+            retried: HashSet::new(),
+            unreachable_hints: HashMap::new(),
+            syncs: HashMap::new(),
             probes: HashMap::new(),
-            next_probe: 0,
+            rng: Rng::new(config.rng_seed ^ 0x5EED_1D5E_55F0_0D00),
             peers: Peers::new(config.backoff.clone(), config.rng_seed),
             advert_due: None,
             refresh_due: now + config.refresh_interval,
+            sweep_due: now + SWEEP_INTERVAL,
+            adverts_refused: 0,
+            refusal_log: LogLimiter::default(),
+            handshake_log: LogLimiter::default(),
             events: VecDeque::new(),
             config,
         };
@@ -322,9 +418,58 @@ impl MeshNode {
         self.peers.handle_failed(now, slot);
     }
 
-    /// A connection was accepted on a listener of the given cost.
-    pub fn handle_accepted(&mut self, now: Instant, cost: Cost) -> LinkId {
-        self.add_link(now, Role::Responder, cost, None)
+    /// A connection was accepted on a listener of the given cost, from `source`. When too
+    /// many connections are still handshaking (overall, or from that source), the oldest of
+    /// them is dropped to make room.
+    pub fn handle_accepted(&mut self, now: Instant, cost: Cost, source: Option<IpAddr>) -> LinkId {
+        self.make_room_for_handshake(now, source);
+        let id = self.add_link(now, Role::Responder, cost, None);
+        if let Some(slot) = self.links.get_mut(&id) {
+            slot.source = source;
+        }
+        id
+    }
+
+    /// Drops the oldest handshaking connections while the caps would be exceeded.
+    fn make_room_for_handshake(&mut self, now: Instant, source: Option<IpAddr>) {
+        loop {
+            let handshaking = || {
+                self.links
+                    .iter()
+                    .filter(|(_, s)| s.link.role() == Role::Responder && s.link.is_handshaking())
+            };
+            let total = handshaking().count();
+            let from_source = handshaking().filter(|(_, s)| s.source == source).count();
+            let victim =
+                if source.is_some() && from_source >= self.config.max_handshaking_per_source {
+                    handshaking()
+                        .filter(|(_, s)| s.source == source)
+                        .min_by_key(|(_, s)| s.opened)
+                } else if total >= self.config.max_handshaking {
+                    handshaking().min_by_key(|(_, s)| s.opened)
+                } else {
+                    None
+                };
+            let Some((&id, _)) = victim else {
+                return;
+            };
+            if self.handshake_log.allow(now) {
+                tracing::warn!(
+                    handshaking = total,
+                    ?source,
+                    "too many unauthenticated connections: dropping the oldest (further drops within a second are not logged)"
+                );
+            }
+            self.close_link(now, id, CloseReason::TooManyHandshakes);
+        }
+    }
+
+    fn hello(&self) -> Hello {
+        Hello {
+            node: self.config.id.clone(),
+            epoch: self.config.epoch_ms,
+            cert: self.config.cert.clone(),
+        }
     }
 
     fn add_link(
@@ -336,10 +481,10 @@ impl MeshNode {
     ) -> LinkId {
         self.next_link += 1;
         let id = LinkId(self.next_link);
-        let (keys, me, lc) = (&self.config.keys, &self.config.id, self.config.link.clone());
+        let (keys, lc, hello) = (&self.config.keys, self.config.link.clone(), self.hello());
         let link = match role {
-            Role::Initiator => Link::initiator(now, keys, me, self.config.epoch_ms, lc),
-            Role::Responder => Link::responder(now, keys, me, self.config.epoch_ms, lc),
+            Role::Initiator => Link::initiator(now, keys, hello, lc),
+            Role::Responder => Link::responder(now, keys, hello, lc),
         }
         .expect("invariant: our own key pair is valid for Noise");
         self.links.insert(
@@ -351,6 +496,10 @@ impl MeshNode {
                 cost,
                 slot,
                 up: false,
+                source: None,
+                opened: now,
+                binding: None,
+                peer_cert: None,
             },
         );
         id
@@ -391,46 +540,59 @@ impl MeshNode {
     fn process_link_events(&mut self, now: Instant, id: LinkId) {
         while let Some(event) = self.links.get_mut(&id).and_then(|s| s.link.poll_event()) {
             match event {
-                LinkEvent::Identified { node, key, epoch } => {
-                    self.judge_peer(now, id, node, key, epoch);
-                }
+                LinkEvent::Identified {
+                    node,
+                    key,
+                    epoch,
+                    cert,
+                } => self.judge_peer(now, id, node, key, epoch, cert.as_deref()),
                 LinkEvent::Up => self.handle_link_up(now, id),
-                LinkEvent::Message(Message::Advert(advert)) => {
-                    self.handle_advert(now, id, advert);
+                LinkEvent::Message(message) => self.handle_message(now, id, message),
+                LinkEvent::Plaintext(frame) => {
+                    self.events
+                        .push_back(Event::LinkPlaintext { link: id, frame });
                 }
-                LinkEvent::Message(Message::Packet(packet)) => {
-                    self.handle_packet(now, id, packet);
-                }
-                // Keepalive, Rekey and Close are consumed by the link itself.
-                LinkEvent::Message(_) => {}
                 LinkEvent::Closed(end) => self.handle_link_closed(now, id, end),
             }
         }
     }
 
+    fn handle_message(&mut self, now: Instant, id: LinkId, message: Message) {
+        match message {
+            Message::Advert(advert) => self.handle_advert(now, Some(id), advert),
+            Message::Packet(packet) => self.handle_packet(now, id, packet),
+            Message::DbSummary { entries, .. } => self.handle_summary(id, &entries),
+            Message::DbRequest(origins) => self.handle_request(now, id, &origins),
+            Message::DbSent => self.handle_sent(id),
+            // Keepalive, Rekey, Close and Hello are consumed by the link itself.
+            Message::Keepalive | Message::Rekey | Message::Close(_) | Message::Hello(_) => {}
+        }
+    }
+
     /// Decides whether the identified peer may link: trust, duplicate ids, one link per pair.
-    fn judge_peer(&mut self, now: Instant, id: LinkId, node: NodeId, key: PublicKey, epoch: u64) {
-        let verdict = self.verdict(id, &node, &key, epoch);
+    fn judge_peer(
+        &mut self,
+        now: Instant,
+        id: LinkId,
+        node: NodeId,
+        key: PublicKey,
+        epoch: u64,
+        cert: Option<&SignedCertificate>,
+    ) {
+        let verdict = self.verdict(now, id, &node, &key, epoch, cert);
         let Some(slot) = self.links.get_mut(&id) else {
             return;
         };
         slot.peer = Some((node.clone(), key));
         slot.peer_epoch = epoch;
+        slot.peer_cert = cert.cloned();
         match verdict {
-            Ok(()) => slot.link.accept(now),
+            Ok(binding) => {
+                slot.binding = Some(binding);
+                slot.link.accept(now);
+            }
             Err(reason) => {
-                match reason {
-                    CloseReason::UntrustedKey => tracing::warn!(
-                        link = %id, peer = %node, key = %key,
-                        "refused link: untrusted key; to trust it add `--trust {node}={key}`"
-                    ),
-                    CloseReason::DuplicateLink => {
-                        tracing::debug!(link = %id, peer = %node, "surplus link to an existing peer")
-                    }
-                    _ => {
-                        tracing::warn!(link = %id, peer = %node, key = %key, %reason, "refused link")
-                    }
-                }
+                log_refusal(id, &node, &key, reason);
                 if reason == CloseReason::DuplicateLink
                     && let Some(ps) = slot.slot
                 {
@@ -444,25 +606,28 @@ impl MeshNode {
 
     fn verdict(
         &self,
+        now: Instant,
         id: LinkId,
         node: &NodeId,
         key: &PublicKey,
         epoch: u64,
-    ) -> Result<(), CloseReason> {
+        cert: Option<&SignedCertificate>,
+    ) -> Result<Binding, CloseReason> {
         if node == &self.config.id {
             return Err(CloseReason::DuplicateNodeId);
         }
-        match trust::decide(&self.config.trust, key, node) {
-            TrustDecision::Trusted => {}
+        let wall = self.wall_ms(now);
+        let binding = match trust::decide_peer(&self.config.trust, key, node, cert, wall) {
             TrustDecision::Untrusted
                 if self.config.trust_first_contact
-                    && self.links[&id].link.role() == Role::Initiator => {}
-            TrustDecision::Untrusted => return Err(CloseReason::UntrustedKey),
-            TrustDecision::PinnedToOther { .. } => return Err(CloseReason::KeyPinnedToOtherNode),
-            TrustDecision::IdPinnedToOtherKey => return Err(CloseReason::IdPinnedToOtherKey),
-        }
+                    && self.links[&id].link.role() == Role::Initiator =>
+            {
+                Binding::FirstSeen
+            }
+            decision => admitted(id, node, key, decision)?,
+        };
         let Some(existing) = self.other_link_to(node, id) else {
-            return Ok(());
+            return Ok(binding);
         };
         let old = &self.links[&existing];
         if old.peer.as_ref().is_some_and(|(_, k)| k != key) || epoch < old.peer_epoch {
@@ -471,12 +636,12 @@ impl MeshNode {
         // A newer run of the peer: the old link is a leftover of a crash (its idle timeout
         // has not noticed yet). The new link replaces it when it comes up.
         if epoch > old.peer_epoch {
-            return Ok(());
+            return Ok(binding);
         }
         if self.keeps(node, existing, id) == existing {
             return Err(CloseReason::DuplicateLink);
         }
-        Ok(())
+        Ok(binding)
     }
 
     /// A live link other than `except` whose peer identified as `peer`.
@@ -543,7 +708,7 @@ impl MeshNode {
         // The first advert after a link comes up goes at once, so that short-lived nodes
         // (the CLI's) are routable within milliseconds; then the new peer gets our database.
         self.originate(now);
-        self.sync_database(id);
+        self.send_summary(id);
     }
 
     fn handle_link_closed(&mut self, now: Instant, id: LinkId, end: LinkEnd) {
@@ -562,8 +727,9 @@ impl MeshNode {
                 Some(p) if surplus && self.other_link_to(p, id).is_some() => {
                     self.peers.handle_satisfied(ps, p.clone());
                 }
-                // A refusal is a failed dial: back off rather than redial at once forever.
-                _ if was_up && !is_refusal(&end) => self.peers.handle_link_lost(now, ps),
+                // A refusal (or a peer that stopped reading) is a failed dial: back off
+                // rather than redial at once forever.
+                _ if was_up && !needs_backoff(&end) => self.peers.handle_link_lost(now, ps),
                 _ => self.peers.handle_failed(now, ps),
             }
         }
@@ -590,7 +756,8 @@ impl MeshNode {
             self.peers.handle_peer_lost(now, p);
             self.schedule_advert(now);
         }
-        self.streams_link_down(now, id);
+        self.syncs.remove(&id);
+        self.streams_link_down(id);
         self.events.push_back(Event::LinkDown {
             link: id,
             peer,
@@ -641,6 +808,8 @@ impl MeshNode {
             self.lsdb.next_expiry(),
             self.peers.next_due(),
             self.next_probe_deadline(),
+            self.sessions.next_handshake_deadline(),
+            (self.streams.has_timers() || !self.sessions.is_empty()).then_some(self.sweep_due),
         ]
         .into_iter()
         .flatten()
@@ -672,6 +841,16 @@ impl MeshNode {
         }
         self.expire_adverts(now);
         self.expire_probes(now);
+        if self
+            .sessions
+            .next_handshake_deadline()
+            .is_some_and(|t| t <= now)
+        {
+            self.expire_sessions(now);
+        }
+        if self.sweep_due <= now {
+            self.sweep(now);
+        }
         while let Some(slot) = self.peers.poll_dial(now) {
             self.events.push_back(Event::Dial(slot));
         }
@@ -728,25 +907,83 @@ impl MeshNode {
         self.config.epoch_ms + u64::try_from(elapsed).unwrap_or(u64::MAX)
     }
 
-    fn streams_link_down(&mut self, now: Instant, link: LinkId) {
+    fn streams_link_down(&mut self, link: LinkId) {
         let mut events = Vec::new();
         let mut out = Vec::new();
         self.streams.handle_link_down(link, &mut events, &mut out);
-        self.emit_stream(now, events, out);
+        self.emit_stream(events, out);
     }
 
-    /// Resets a stream from our side.
-    pub fn stream_reset(&mut self, now: Instant, id: StreamId, reason: ResetReason) {
+    /// Stream timers (open timeouts, idle streams, keepalives, idle relayed circuits) and
+    /// idle sessions.
+    fn sweep(&mut self, now: Instant) {
+        self.sweep_due = now + SWEEP_INTERVAL;
+        let mut events = Vec::new();
         let mut out = Vec::new();
-        self.streams.reset(id, reason, &mut out);
-        self.emit_stream(now, Vec::new(), out);
+        self.streams.handle_timeout(now, &mut events, &mut out);
+        self.emit_stream(events, out);
+        self.expire_sessions(now);
+    }
+
+    /// Number of end-to-end sessions and stream endpoints, relayed circuits: for status.
+    pub fn stream_counts(&self) -> (usize, usize, usize) {
+        let (endpoints, relayed) = self.streams.counts();
+        (self.sessions.len(), endpoints, relayed)
     }
 }
 
-/// Whether the peer turned the link away as soon as it was up, so redialling at once cannot
-/// help: it refuses who we are, or still holds a link from us that we have lost (we
-/// restarted and it has not yet noticed).
-fn is_refusal(end: &LinkEnd) -> bool {
+/// What tests need of a node beyond its API: a hostile node's raw voice, and a look inside.
+#[cfg(test)]
+impl MeshNode {
+    /// Sends `message` to neighbour `peer` over the link to it, bypassing every rule of this
+    /// node (so a test can play a malicious node with a real, trusted link).
+    pub(crate) fn inject(&mut self, peer: &NodeId, message: &Message) -> bool {
+        let Some(&link) = self.neighbours.get(peer) else {
+            return false;
+        };
+        self.links
+            .get_mut(&link)
+            .is_some_and(|slot| slot.link.send(message).is_ok())
+    }
+
+    /// The circuits this node relays.
+    pub(crate) fn relayed_circuits(&self) -> Vec<super::message::CircuitId> {
+        self.streams.relayed_circuits()
+    }
+
+    /// The id of the end-to-end session with `peer`.
+    pub(crate) fn session_id(&self, peer: &NodeId) -> Option<u64> {
+        self.sessions.id_with(peer)
+    }
+
+    /// Adverts refused so far.
+    pub(crate) fn adverts_refused(&self) -> u64 {
+        self.adverts_refused
+    }
+
+    /// Number of adverts stored.
+    pub(crate) fn lsdb_len(&self) -> usize {
+        self.lsdb.len()
+    }
+}
+
+fn log_refusal(id: LinkId, node: &NodeId, key: &PublicKey, reason: CloseReason) {
+    match reason {
+        CloseReason::UntrustedKey => tracing::warn!(
+            link = %id, peer = %node, key = %key,
+            "refused link: untrusted key; to trust it add `--trust {node}={key}`"
+        ),
+        CloseReason::DuplicateLink => {
+            tracing::debug!(link = %id, peer = %node, "surplus link to an existing peer");
+        }
+        _ => tracing::warn!(link = %id, peer = %node, key = %key, %reason, "refused link"),
+    }
+}
+
+/// Whether redialling at once cannot help: the peer turned the link away as soon as it was
+/// up (it refuses who we are, or still holds a link from us that we have lost), or one side
+/// stopped reading (a redial would fill the same queue again).
+fn needs_backoff(end: &LinkEnd) -> bool {
     matches!(
         end,
         LinkEnd::ByPeer(
@@ -755,7 +992,28 @@ fn is_refusal(end: &LinkEnd) -> bool {
                 | CloseReason::KeyPinnedToOtherNode
                 | CloseReason::IdPinnedToOtherKey
                 | CloseReason::DuplicateNodeId
-                | CloseReason::VersionMismatch
-        )
+                | CloseReason::BadCertificate
+                | CloseReason::VersionMismatch { .. }
+                | CloseReason::SendQueueFull
+        ) | LinkEnd::ByUs(CloseReason::SendQueueFull)
     )
+}
+
+/// The binding a trust decision admits a peer's link with, or the reason to close it.
+fn admitted(
+    link: LinkId,
+    node: &NodeId,
+    key: &PublicKey,
+    decision: TrustDecision,
+) -> Result<Binding, CloseReason> {
+    match decision {
+        TrustDecision::Trusted(binding) => Ok(binding),
+        TrustDecision::Untrusted => Err(CloseReason::UntrustedKey),
+        TrustDecision::PinnedToOther { .. } => Err(CloseReason::KeyPinnedToOtherNode),
+        TrustDecision::IdPinnedToOtherKey => Err(CloseReason::IdPinnedToOtherKey),
+        TrustDecision::BadCertificate(e) => {
+            tracing::warn!(%link, peer = %node, %key, error = %e, "refused link: bad certificate");
+            Err(CloseReason::BadCertificate)
+        }
+    }
 }

@@ -1,13 +1,24 @@
 //! The Noise XX handshake and the transport that follows it, as two separate types, so no
 //! data can be sent before the handshake ends and the peer's key has been judged.
 //!
-//! Owns the cipher suite, the prologue and the handshake message order. The caller decides
-//! whether to trust the peer's static key (see `link.rs`); this module only reports it. No IO.
+//! Owns the cipher suite, the prologue and the handshake message order:
+//!
+//! 1. initiator -> responder: its ephemeral key and, in clear, its protocol version;
+//! 2. responder -> initiator: its static key, and "continue" (or a refusal naming both
+//!    versions) — not its node id: a responder names itself only to authenticated peers;
+//! 3. initiator -> responder: its static key and its hello (node id, epoch, certificate).
+//!
+//! The responder then judges the initiator and, if it accepts, sends its own hello as the
+//! first transport frame, which the initiator judges in turn (see `link.rs`). The caller
+//! decides whom to trust; this module only reports keys and hellos. No IO.
 
 use bytes::BytesMut;
 use snow::{HandshakeState, TransportState};
 
-use super::message::{CloseReason, HandshakePayload, MessageError, PROTOCOL_VERSION};
+use super::message::{
+    CloseReason, Hello, MessageError, PROTOCOL_VERSION, Preamble, ResponderPayload, decode_payload,
+    encode_payload,
+};
 use crate::keys::{LinkKeypair, PublicKey};
 
 /// The Noise protocol name. AES-GCM through ring uses the CPU's AES instructions and beat
@@ -17,16 +28,18 @@ pub const NOISE_PARAMS: &str = "Noise_XX_25519_AESGCM_SHA256";
 /// Largest plaintext a transport message carries (a Noise message minus its 16-byte tag).
 pub const MAX_PLAINTEXT_LEN: usize = super::frame::MAX_NOISE_MESSAGE_LEN - 16;
 
-/// Bound into the handshake hash: a node of another protocol version fails the handshake.
-fn prologue() -> Vec<u8> {
-    format!("warren mesh protocol v{PROTOCOL_VERSION}").into_bytes()
-}
+/// Bound into the handshake hash. It names no version: the version travels in the first
+/// message's preamble, so nodes of different versions can still tell each other why they
+/// part.
+const PROLOGUE: &[u8] = b"warren mesh";
 
 /// Why a handshake failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
-    /// Noise rejected a message: corrupted, or a different protocol or version.
-    #[error("noise handshake failed (corrupted, or another protocol version): {0}")]
+    /// Noise rejected a message: corrupted, or another protocol.
+    #[error(
+        "noise handshake failed (corrupted, or not a warren peer of a compatible version): {0}"
+    )]
     Noise(#[from] snow::Error),
     /// The peer's payload did not decode.
     #[error("bad handshake payload: {0}")]
@@ -37,6 +50,17 @@ pub enum HandshakeError {
     /// The peer refused us, and told us why.
     #[error("peer refused the link: {0}")]
     Refused(CloseReason),
+    /// The initiator speaks another protocol version; refuse with [`Handshake::refuse_version`].
+    #[error("peer speaks mesh protocol v{theirs}, this node v{PROTOCOL_VERSION}")]
+    Version {
+        /// The initiator's version.
+        theirs: u16,
+    },
+    /// Message 1 carried no version preamble: a node from before protocol version 2.
+    #[error(
+        "peer speaks mesh protocol v1 (no version preamble), this node v{PROTOCOL_VERSION}: upgrade it"
+    )]
+    NoPreamble,
     /// A message arrived when none was expected.
     #[error("unexpected handshake message")]
     Unexpected,
@@ -54,22 +78,24 @@ pub enum Role {
 /// What the handshake needs next after reading a message.
 #[derive(Debug)]
 pub enum HandshakeOutput {
-    /// Send this handshake message and wait for the next.
+    /// (Responder, after message 1.) Send this message 2 and wait for message 3.
     Reply(Vec<u8>),
-    /// The peer has shown its static key and hello; call [`Handshake::accept`] or
-    /// [`Handshake::refuse`].
+    /// (Initiator, after message 2.) The responder has shown its static key; send our hello
+    /// with [`Handshake::finish_initiator`], then wait for the responder's hello frame.
+    ResponderKey(PublicKey),
+    /// (Responder, after message 3.) The initiator has shown its key and hello; judge it,
+    /// then [`Handshake::into_transport`].
     Identified {
-        /// The peer's static key.
+        /// The initiator's static key.
         key: PublicKey,
-        /// The peer's hello.
-        payload: HandshakePayload,
+        /// The initiator's hello.
+        hello: Box<Hello>,
     },
 }
 
 /// A Noise XX handshake in progress.
 pub struct Handshake {
     state: HandshakeState,
-    hello: Vec<u8>,
     buf: Vec<u8>,
 }
 
@@ -85,10 +111,9 @@ fn build(keys: &LinkKeypair, role: Role) -> Result<HandshakeState, snow::Error> 
     let params = NOISE_PARAMS
         .parse()
         .expect("invariant: NOISE_PARAMS is valid");
-    let prologue = prologue();
     let builder = snow::Builder::new(params)
         .local_private_key(keys.private_bytes())?
-        .prologue(&prologue)?;
+        .prologue(PROLOGUE)?;
     match role {
         Role::Initiator => builder.build_initiator(),
         Role::Responder => builder.build_responder(),
@@ -96,20 +121,28 @@ fn build(keys: &LinkKeypair, role: Role) -> Result<HandshakeState, snow::Error> 
 }
 
 impl Handshake {
-    /// Starts a handshake as the dialling side; returns the first message to send.
+    /// Starts a handshake as the dialling side; returns message 1 (our version, in clear).
     ///
     /// # Errors
     /// [`HandshakeError::Noise`] if the key material is unusable.
-    pub fn initiator(
+    pub fn initiator(keys: &LinkKeypair) -> Result<(Self, Vec<u8>), HandshakeError> {
+        Self::initiator_speaking(keys, PROTOCOL_VERSION)
+    }
+
+    /// As [`Handshake::initiator`], claiming another protocol version (tests of mismatched
+    /// versions).
+    ///
+    /// # Errors
+    /// [`HandshakeError::Noise`] if the key material is unusable.
+    pub fn initiator_speaking(
         keys: &LinkKeypair,
-        hello: &HandshakePayload,
+        version: u16,
     ) -> Result<(Self, Vec<u8>), HandshakeError> {
         let mut hs = Self {
             state: build(keys, Role::Initiator)?,
-            hello: hello.encode(),
             buf: vec![0; super::frame::MAX_NOISE_MESSAGE_LEN],
         };
-        let first = hs.write(&[])?;
+        let first = hs.write(&encode_payload(&Preamble { version }))?;
         Ok((hs, first))
     }
 
@@ -117,10 +150,9 @@ impl Handshake {
     ///
     /// # Errors
     /// [`HandshakeError::Noise`] if the key material is unusable.
-    pub fn responder(keys: &LinkKeypair, hello: &HandshakePayload) -> Result<Self, HandshakeError> {
+    pub fn responder(keys: &LinkKeypair) -> Result<Self, HandshakeError> {
         Ok(Self {
             state: build(keys, Role::Responder)?,
-            hello: hello.encode(),
             buf: vec![0; super::frame::MAX_NOISE_MESSAGE_LEN],
         })
     }
@@ -133,47 +165,77 @@ impl Handshake {
     /// Reads the peer's next handshake message.
     ///
     /// # Errors
-    /// [`HandshakeError`] when the message is invalid, out of turn, or a refusal.
+    /// [`HandshakeError`] when the message is invalid, out of turn, a refusal, or (for the
+    /// responder) of another protocol version.
     pub fn read(&mut self, message: &[u8]) -> Result<HandshakeOutput, HandshakeError> {
         if self.state.is_my_turn() || self.state.is_handshake_finished() {
             return Err(HandshakeError::Unexpected);
         }
         let mut payload = vec![0; message.len()];
         let n = self.state.read_message(message, &mut payload)?;
-        let Some(remote) = self.state.get_remote_static() else {
-            // Responder after message 1: answer with message 2 carrying our hello.
-            let hello = std::mem::take(&mut self.hello);
-            return Ok(HandshakeOutput::Reply(self.write(&hello)?));
-        };
-        let key = PublicKey::from_slice(remote).ok_or(HandshakeError::NoStaticKey)?;
-        match HandshakePayload::decode(&payload[..n])? {
-            HandshakePayload::Refuse(reason) => Err(HandshakeError::Refused(reason)),
-            payload => Ok(HandshakeOutput::Identified { key, payload }),
+        let payload = &payload[..n];
+        let remote = self.state.get_remote_static().map(PublicKey::from_slice);
+        match (self.state.is_initiator(), remote) {
+            // Responder after message 1: check the version, answer with message 2.
+            (false, None) => {
+                if payload.is_empty() {
+                    return Err(HandshakeError::NoPreamble);
+                }
+                let Preamble { version } = decode_payload(payload)?;
+                if version != PROTOCOL_VERSION {
+                    return Err(HandshakeError::Version { theirs: version });
+                }
+                let reply = self.write(&encode_payload(&ResponderPayload::Continue))?;
+                Ok(HandshakeOutput::Reply(reply))
+            }
+            // Initiator after message 2.
+            (true, Some(key)) => {
+                let key = key.ok_or(HandshakeError::NoStaticKey)?;
+                match decode_payload(payload)? {
+                    ResponderPayload::Continue => Ok(HandshakeOutput::ResponderKey(key)),
+                    ResponderPayload::Refuse(reason) => Err(HandshakeError::Refused(reason)),
+                }
+            }
+            // Responder after message 3.
+            (false, Some(key)) => {
+                let key = key.ok_or(HandshakeError::NoStaticKey)?;
+                let hello = Box::new(decode_payload(payload)?);
+                Ok(HandshakeOutput::Identified { key, hello })
+            }
+            (true, None) => Err(HandshakeError::NoStaticKey),
         }
     }
 
-    /// Accepts the identified peer. The initiator gets message 3 (carrying its hello) to send.
+    /// (Responder.) Message 2 refusing an initiator of another protocol version, naming both.
+    pub fn refuse_version(mut self, theirs: u16) -> Option<Vec<u8>> {
+        let reason = CloseReason::VersionMismatch {
+            sender: PROTOCOL_VERSION,
+            receiver: theirs,
+        };
+        self.write(&encode_payload(&ResponderPayload::Refuse(reason)))
+            .ok()
+    }
+
+    /// (Initiator, after [`HandshakeOutput::ResponderKey`].) Message 3 carrying our hello,
+    /// and the transport.
     ///
     /// # Errors
     /// [`HandshakeError::Noise`] if Noise cannot finish (out of order use).
-    pub fn accept(mut self) -> Result<(Option<Vec<u8>>, Transport), HandshakeError> {
-        let last = if !self.state.is_handshake_finished() {
-            let hello = std::mem::take(&mut self.hello);
-            Some(self.write(&hello)?)
-        } else {
-            None
-        };
+    pub fn finish_initiator(
+        mut self,
+        hello: &Hello,
+    ) -> Result<(Vec<u8>, Transport), HandshakeError> {
+        let last = self.write(&encode_payload(hello))?;
         let state = self.state.into_transport_mode()?;
         Ok((last, Transport::new(state)))
     }
 
-    /// Refuses the identified peer. The initiator gets message 3 carrying the reason, so the
-    /// responder learns why; the responder gets nothing (it closes after the handshake).
-    pub fn refuse(mut self, reason: CloseReason) -> Option<Vec<u8>> {
-        if self.state.is_handshake_finished() {
-            return None;
-        }
-        self.write(&HandshakePayload::Refuse(reason).encode()).ok()
+    /// (Responder, after [`HandshakeOutput::Identified`].) The transport.
+    ///
+    /// # Errors
+    /// [`HandshakeError::Noise`] if Noise cannot finish (out of order use).
+    pub fn into_transport(self) -> Result<Transport, HandshakeError> {
+        Ok(Transport::new(self.state.into_transport_mode()?))
     }
 }
 
@@ -235,11 +297,11 @@ mod tests {
     use super::*;
     use crate::id::NodeId;
 
-    fn hello(id: &str) -> HandshakePayload {
-        HandshakePayload::Hello {
+    fn hello(id: &str) -> Hello {
+        Hello {
             node: NodeId::new(id).unwrap(),
-            version: PROTOCOL_VERSION,
             epoch: 1,
+            cert: None,
         }
     }
 
@@ -252,25 +314,22 @@ mod tests {
 
     /// Runs a full handshake and returns both transports.
     fn handshake(a: &LinkKeypair, b: &LinkKeypair) -> (Transport, Transport) {
-        let (mut ini, m1) = Handshake::initiator(a, &hello("a")).unwrap();
-        let mut res = Handshake::responder(b, &hello("b")).unwrap();
+        let (mut ini, m1) = Handshake::initiator(a).unwrap();
+        let mut res = Handshake::responder(b).unwrap();
         let HandshakeOutput::Reply(m2) = res.read(&m1).unwrap() else {
             panic!("responder must reply to message 1")
         };
-        let HandshakeOutput::Identified { key, payload } = ini.read(&m2).unwrap() else {
-            panic!("initiator must identify the responder")
+        let HandshakeOutput::ResponderKey(key) = ini.read(&m2).unwrap() else {
+            panic!("initiator must learn the responder's key")
         };
         assert_eq!(key, b.public());
-        assert_eq!(payload, hello("b"));
-        let (m3, ta) = ini.accept().unwrap();
-        let HandshakeOutput::Identified { key, payload } = res.read(&m3.unwrap()).unwrap() else {
+        let (m3, ta) = ini.finish_initiator(&hello("a")).unwrap();
+        let HandshakeOutput::Identified { key, hello: h } = res.read(&m3).unwrap() else {
             panic!("responder must identify the initiator")
         };
         assert_eq!(key, a.public());
-        assert_eq!(payload, hello("a"));
-        let (none, tb) = res.accept().unwrap();
-        assert!(none.is_none());
-        (ta, tb)
+        assert_eq!(*h, hello("a"));
+        (ta, res.into_transport().unwrap())
     }
 
     #[test]
@@ -297,34 +356,56 @@ mod tests {
     }
 
     #[test]
-    fn initiator_refusal_reaches_responder() {
+    fn a_responder_of_another_version_refuses_naming_both() {
         let (a, b) = pair();
-        let (mut ini, m1) = Handshake::initiator(&a, &hello("a")).unwrap();
-        let mut res = Handshake::responder(&b, &hello("b")).unwrap();
+        let (mut ini, m1) = Handshake::initiator_speaking(&a, PROTOCOL_VERSION + 1).unwrap();
+        let mut res = Handshake::responder(&b).unwrap();
+        let Err(HandshakeError::Version { theirs }) = res.read(&m1) else {
+            panic!("responder must see the version")
+        };
+        assert_eq!(theirs, PROTOCOL_VERSION + 1);
+        let m2 = res.refuse_version(theirs).unwrap();
+        let Err(HandshakeError::Refused(reason)) = ini.read(&m2) else {
+            panic!("initiator must learn the refusal")
+        };
+        assert_eq!(
+            reason,
+            CloseReason::VersionMismatch {
+                sender: PROTOCOL_VERSION,
+                receiver: PROTOCOL_VERSION + 1
+            }
+        );
+    }
+
+    #[test]
+    fn the_responder_shows_no_identity_before_message_three() {
+        let (a, b) = pair();
+        let (_, m1) = Handshake::initiator(&a).unwrap();
+        let mut res = Handshake::responder(&b).unwrap();
         let HandshakeOutput::Reply(m2) = res.read(&m1).unwrap() else {
             panic!()
         };
+        // Message 2 carries the static key (encrypted) and an empty "continue": no node id.
+        let continue_len = encode_payload(&ResponderPayload::Continue).len();
+        assert_eq!(m2.len(), 32 + (32 + 16) + (continue_len + 16));
+    }
+
+    #[test]
+    fn a_version_one_initiator_is_named() {
+        let (_, b) = pair();
+        let mut res = Handshake::responder(&b).unwrap();
+        // A v1 node's message 1 is its bare ephemeral key.
         assert!(matches!(
-            ini.read(&m2).unwrap(),
-            HandshakeOutput::Identified { .. }
-        ));
-        let m3 = ini.refuse(CloseReason::UntrustedKey).unwrap();
-        assert!(matches!(
-            res.read(&m3),
-            Err(HandshakeError::Refused(CloseReason::UntrustedKey))
+            res.read(&[9; 32]),
+            Err(HandshakeError::NoPreamble)
         ));
     }
 
     #[test]
     fn garbage_fails_cleanly() {
         let (_, b) = pair();
-        let mut res = Handshake::responder(&b, &hello("b")).unwrap();
+        let mut res = Handshake::responder(&b).unwrap();
         assert!(res.read(&[1, 2, 3]).is_err());
-        let mut res = Handshake::responder(&b, &hello("b")).unwrap();
-        assert!(
-            res.read(&[0; 32]).is_ok(),
-            "any 32 bytes is an ephemeral key"
-        );
     }
 
     #[test]

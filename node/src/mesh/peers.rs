@@ -35,10 +35,14 @@ impl Default for BackoffConfig {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum SlotState {
-    Idle { due: Instant },
+    Idle {
+        due: Instant,
+    },
     Dialing,
     Linked(LinkId),
     Satisfied(NodeId),
+    /// Removed from the configuration: never dialled again.
+    Removed,
 }
 
 #[derive(Debug)]
@@ -102,6 +106,13 @@ impl Peers {
         PeerSlotId(self.slots.len() - 1)
     }
 
+    /// The slot, unless it was removed.
+    fn live(&mut self, slot: PeerSlotId) -> Option<&mut Slot> {
+        self.slots
+            .get_mut(slot.0)
+            .filter(|s| s.state != SlotState::Removed)
+    }
+
     /// The next slot due for dialling, marked as dialling.
     pub fn poll_dial(&mut self, now: Instant) -> Option<PeerSlotId> {
         let index = self
@@ -125,7 +136,7 @@ impl Peers {
 
     /// The dial connected; the link is handshaking.
     pub fn handle_dialed(&mut self, slot: PeerSlotId, link: LinkId) {
-        if let Some(s) = self.slots.get_mut(slot.0) {
+        if let Some(s) = self.live(slot) {
             s.state = SlotState::Linked(link);
         }
     }
@@ -133,7 +144,7 @@ impl Peers {
     /// The dial failed, or its link died before coming up: back off.
     pub fn handle_failed(&mut self, now: Instant, slot: PeerSlotId) {
         let delay = self.next_delay(slot);
-        if let Some(s) = self.slots.get_mut(slot.0) {
+        if let Some(s) = self.live(slot) {
             s.failures = s.failures.saturating_add(1);
             s.state = SlotState::Idle { due: now + delay };
         }
@@ -152,7 +163,7 @@ impl Peers {
     /// The slot's link came up to `peer`. The backoff is reset only when the link is later
     /// lost ([`Peers::handle_link_lost`]), not when the peer refuses it at once.
     pub fn handle_up(&mut self, slot: PeerSlotId, peer: &NodeId) {
-        if let Some(s) = self.slots.get_mut(slot.0) {
+        if let Some(s) = self.live(slot) {
             s.last_peer = Some(peer.clone());
         }
     }
@@ -160,7 +171,7 @@ impl Peers {
     /// The slot's link was surplus: `peer` is reached by another link. Dial again only when
     /// that peer is lost.
     pub fn handle_satisfied(&mut self, slot: PeerSlotId, peer: NodeId) {
-        if let Some(s) = self.slots.get_mut(slot.0) {
+        if let Some(s) = self.live(slot) {
             s.failures = 0;
             s.last_peer = Some(peer.clone());
             s.state = SlotState::Satisfied(peer);
@@ -169,11 +180,11 @@ impl Peers {
 
     /// The slot's own link went down after being up: redial soon.
     pub fn handle_link_lost(&mut self, now: Instant, slot: PeerSlotId) {
-        if let Some(s) = self.slots.get_mut(slot.0) {
+        if let Some(s) = self.live(slot) {
             s.failures = 0;
         }
         let delay = self.next_delay(slot);
-        if let Some(s) = self.slots.get_mut(slot.0) {
+        if let Some(s) = self.live(slot) {
             s.state = SlotState::Idle { due: now + delay };
         }
     }
@@ -185,6 +196,14 @@ impl Peers {
                 let delay = self.next_delay(PeerSlotId(index));
                 self.slots[index].state = SlotState::Idle { due: now + delay };
             }
+        }
+    }
+
+    /// Stops dialling `slot` for good (its peer was removed from the configuration); the
+    /// link it dialled, if any, is the caller's to close.
+    pub fn remove(&mut self, slot: PeerSlotId) {
+        if let Some(s) = self.slots.get_mut(slot.0) {
+            s.state = SlotState::Removed;
         }
     }
 

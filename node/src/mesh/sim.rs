@@ -211,7 +211,7 @@ impl Sim {
             self.pool.len()
         );
         let id = NodeId::new(name).expect("valid node name");
-        let mut config = MeshConfig::new(id, LinkKeypair::from_private(key), Vec::new(), 0);
+        let mut config = MeshConfig::new(id, LinkKeypair::from_private(key), Default::default(), 0);
         configure(&mut config);
         self.nodes.push(SimNode {
             config,
@@ -234,7 +234,7 @@ impl Sim {
         config.epoch_ms = wall.max(n.config.epoch_ms + 1);
         config.rng_seed = self.seed ^ config.epoch_ms ^ ((idx.0 as u64) << 32);
         n.config.epoch_ms = config.epoch_ms;
-        config.trust = self
+        config.trust.entries = self
             .pool
             .iter()
             .map(|key| TrustEntry {

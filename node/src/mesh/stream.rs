@@ -1,25 +1,39 @@
-//! Reliable, ordered, flow-controlled byte streams between `(node, service)` endpoints.
+//! Reliable, ordered, flow-controlled byte streams between `(node, service)` endpoints,
+//! sealed end to end.
 //!
 //! A stream is a *circuit*: its `Open` is routed like any packet, and every node on the way
-//! pins the circuit to the two links it used. Later packets follow the pinned path, so a
-//! stream never silently reroutes: when a link on the path dies, the nodes beside it reset
-//! the circuit towards both ends with [`ResetReason::PathBroken`], and resuming is the job of
-//! the layer above. Links are reliable and ordered (TCP), so the circuit is too.
+//! pins the circuit to the two links it used (see `relay.rs`). Later packets follow the
+//! pinned path, so a stream never silently reroutes: when a link on the path dies, the nodes
+//! beside it reset the circuit towards both ends with [`ResetReason::PathBroken`], and
+//! resuming is the job of the layer above. Links are reliable and ordered, so the circuit is
+//! too.
+//!
+//! Everything an endpoint acts on — the service asked for, data, credit, the clean end — is
+//! sealed with keys of the two endpoints' session (`seal.rs`), so relays forward ciphertext
+//! they can neither read nor forge, and the stream's peer is the node that holds the
+//! session: never a packet header. Only resets travel in clear, and an endpoint never takes
+//! one for a clean end.
 //!
 //! Flow control is end to end: a sender may have at most the receiver's granted credit in
 //! flight, and the receiver grants more only as its application consumes bytes. A relay
 //! therefore holds at most one window per stream, whatever the speeds on either side.
-//!
-//! Relays see only circuit headers; stream bytes are opaque to them, so an end-to-end
-//! encrypted session between the endpoints can be layered on later without changing relays.
-//! No IO.
+//! No IO; time is passed in.
+
+mod inner;
+mod relay;
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+pub(crate) use inner::Inner;
+pub use relay::{MAX_RELAYED, MAX_RELAYED_PER_OPENER, RELAY_IDLE, RelayVerdict, Relays};
+
 use super::link::LinkId;
 use super::message::{CircuitId, ResetReason, StreamKind, StreamPacket};
+use super::seal::{Opener, Sealer};
+use super::session::{PeerIdentity, Session};
 use crate::id::{NodeId, ServiceName};
 
 /// Credit each end grants at the start: the most a relay holds per stream direction.
@@ -33,6 +47,22 @@ pub const MAX_SEND_CREDIT: u64 = 4 * DEFAULT_WINDOW as u64;
 /// Largest data chunk per packet: small enough to interleave streams on a link, large enough
 /// that per-packet costs vanish.
 pub const MAX_CHUNK: usize = 32 * 1024;
+
+/// An opened stream not accepted within this long is reset.
+pub const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An endpoint that hears nothing on a stream for this long resets it.
+pub const STREAM_IDLE: Duration = Duration::from_secs(10 * 60);
+
+/// An endpoint that has sent nothing for this long sends a keepalive, far inside
+/// [`STREAM_IDLE`] and [`RELAY_IDLE`], so a job quiet for hours keeps its results stream.
+pub const STREAM_KEEPALIVE: Duration = Duration::from_secs(2 * 60);
+
+/// Most streams one peer may have open to this node at once.
+pub const MAX_ACCEPTED_PER_PEER: usize = 256;
+
+/// Most stream endpoints on this node.
+pub const MAX_ENDPOINTS: usize = 16_384;
 
 /// A stream's handle on this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -51,8 +81,8 @@ pub enum StreamEvent {
     Incoming {
         /// Its handle.
         id: StreamId,
-        /// The node that opened it.
-        from: NodeId,
+        /// The node that opened it, as its session proved it.
+        from: PeerIdentity,
         /// The service it asked for.
         service: ServiceName,
     },
@@ -121,13 +151,31 @@ pub struct Outgoing {
     pub packet: StreamPacket,
 }
 
+/// An open of ours that the target's session no longer knows (it restarted): the caller
+/// sets up a new session and opens again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reopen {
+    /// The stream's handle, kept across the retry.
+    pub id: StreamId,
+    /// The target.
+    pub to: NodeId,
+    /// Our service.
+    pub from_service: ServiceName,
+    /// Its service.
+    pub service: ServiceName,
+}
+
 #[derive(Debug)]
 struct Endpoint {
     circuit: CircuitId,
     /// True when we opened the stream.
     is_opener: bool,
-    peer: NodeId,
+    peer: PeerIdentity,
     link: LinkId,
+    sealer: Sealer,
+    opener: Opener,
+    /// (Opener, until accepted.) What was asked, to open again on a new session.
+    asked: Option<(ServiceName, ServiceName)>,
     accepted: bool,
     send_credit: u64,
     fin_sent: bool,
@@ -137,16 +185,9 @@ struct Endpoint {
     /// Bytes consumed by the application and not yet granted back.
     recv_unacked: u64,
     window: u32,
-}
-
-#[derive(Debug)]
-struct Relay {
-    opener: NodeId,
-    acceptor: NodeId,
-    opener_link: LinkId,
-    acceptor_link: LinkId,
-    fin_forward: bool,
-    fin_backward: bool,
+    opened_at: Instant,
+    last_rx: Instant,
+    last_tx: Instant,
 }
 
 /// Every stream endpoint and relayed circuit on this node.
@@ -154,14 +195,12 @@ struct Relay {
 pub struct Streams {
     endpoints: HashMap<StreamId, Endpoint>,
     by_circuit: HashMap<CircuitId, StreamId>,
-    relays: HashMap<CircuitId, Relay>,
+    accepted_per_peer: HashMap<NodeId, usize>,
+    relays: Relays,
     next_id: u64,
-    /// Mixed into circuit numbers so a restarted node never reuses a live circuit's id.
-    epoch: u64,
-    next_number: u64,
 }
 
-/// The decision for an `Open` that reached its destination.
+/// What an arriving open needs from the node besides the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
     /// A listener exists: accept.
@@ -171,12 +210,9 @@ pub enum Admission {
 }
 
 impl Streams {
-    /// Streams for a node run that started at `epoch`.
-    pub fn new(epoch: u64) -> Self {
-        Self {
-            epoch,
-            ..Self::default()
-        }
+    /// No streams yet.
+    pub fn new() -> Self {
+        Self::default()
     }
 
     /// Number of endpoints and relayed circuits, for status and tests.
@@ -184,64 +220,83 @@ impl Streams {
         (self.endpoints.len(), self.relays.len())
     }
 
-    /// Starts a stream from us to `to` over `link`; returns its handle and the `Open`.
+    /// A handle for a stream about to be opened (possibly after a session handshake).
+    pub fn allocate(&mut self) -> StreamId {
+        self.next_id += 1;
+        StreamId(self.next_id)
+    }
+
+    /// Opens stream `id` from us to `to` over `link` inside `session`, on circuit number
+    /// `number`; returns the sealed `Open`.
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
         &mut self,
+        now: Instant,
+        id: StreamId,
         me: &NodeId,
-        to: NodeId,
+        number: u64,
         link: LinkId,
+        session: &mut Session,
         from_service: ServiceName,
         service: ServiceName,
-    ) -> (StreamId, Outgoing) {
-        self.next_number += 1;
+    ) -> Outgoing {
         let circuit = CircuitId {
             opener: me.clone(),
-            number: self.epoch.wrapping_shl(20) ^ self.next_number,
+            number,
         };
-        let id = self.insert(Endpoint {
-            circuit: circuit.clone(),
-            is_opener: true,
-            peer: to.clone(),
-            link,
-            accepted: false,
-            send_credit: 0,
-            fin_sent: false,
-            fin_received: false,
-            recv_allowed: u64::from(DEFAULT_WINDOW),
-            recv_unacked: 0,
+        let (mut sealer, opener) = session.secrets.circuit(&circuit);
+        let open = Inner::Open {
+            from_service: from_service.clone(),
+            service: service.clone(),
             window: DEFAULT_WINDOW,
-        });
-        let kind = StreamKind::Open {
-            from_service,
-            service,
-            window: DEFAULT_WINDOW,
+            seq: session.next_open_seq(now),
         };
-        let out = Outgoing {
+        let sealed = sealer.seal(open.encode());
+        let to = session.peer.node.clone();
+        self.by_circuit.insert(circuit.clone(), id);
+        self.endpoints.insert(
+            id,
+            Endpoint {
+                circuit: circuit.clone(),
+                is_opener: true,
+                peer: session.peer.clone(),
+                link,
+                sealer,
+                opener,
+                asked: Some((from_service, service)),
+                accepted: false,
+                send_credit: 0,
+                fin_sent: false,
+                fin_received: false,
+                recv_allowed: u64::from(DEFAULT_WINDOW),
+                recv_unacked: 0,
+                window: DEFAULT_WINDOW,
+                opened_at: now,
+                last_rx: now,
+                last_tx: now,
+            },
+        );
+        Outgoing {
             link,
             to,
             packet: StreamPacket {
                 circuit,
                 from_opener: true,
-                kind,
+                kind: StreamKind::Open {
+                    session: session.secrets.id,
+                    sealed,
+                },
             },
-        };
-        (id, out)
+        }
     }
 
-    fn insert(&mut self, endpoint: Endpoint) -> StreamId {
-        self.next_id += 1;
-        let id = StreamId(self.next_id);
-        self.by_circuit.insert(endpoint.circuit.clone(), id);
-        self.endpoints.insert(id, endpoint);
-        id
-    }
-
-    /// Queues `data` (at most the credit left) as data packets.
+    /// Queues `data` (at most the credit left) as sealed data packets.
     ///
     /// # Errors
     /// [`StreamError`] for an unknown stream, one not open for sending, or too little credit.
     pub fn send(
         &mut self,
+        now: Instant,
         id: StreamId,
         data: Bytes,
         out: &mut Vec<Outgoing>,
@@ -264,13 +319,13 @@ impl Streams {
         let mut rest = data;
         while !rest.is_empty() {
             let chunk = rest.split_to(rest.len().min(MAX_CHUNK));
-            out.push(ep.packet(StreamKind::Data(chunk)));
+            out.push(ep.sealed(now, &Inner::Data(chunk)));
         }
         Ok(())
     }
 
     /// The application used `n` more received bytes: grant credit when enough has piled up.
-    pub fn consumed(&mut self, id: StreamId, n: usize, out: &mut Vec<Outgoing>) {
+    pub fn consumed(&mut self, now: Instant, id: StreamId, n: usize, out: &mut Vec<Outgoing>) {
         let Some(ep) = self.endpoints.get_mut(&id) else {
             return;
         };
@@ -280,42 +335,52 @@ impl Streams {
             let grant = u32::try_from(ep.recv_unacked).unwrap_or(u32::MAX);
             ep.recv_unacked -= u64::from(grant);
             ep.recv_allowed += u64::from(grant);
-            out.push(ep.packet(StreamKind::Credit(grant)));
+            out.push(ep.sealed(now, &Inner::Credit(grant)));
         }
     }
 
     /// We will send no more on `id`.
-    pub fn finish(&mut self, id: StreamId, out: &mut Vec<Outgoing>) {
+    pub fn finish(&mut self, now: Instant, id: StreamId, out: &mut Vec<Outgoing>) {
         let Some(ep) = self.endpoints.get_mut(&id) else {
             return;
         };
         if !ep.fin_sent {
             ep.fin_sent = true;
-            out.push(ep.packet(StreamKind::Fin));
+            out.push(ep.sealed(now, &Inner::Fin));
         }
-        self.remove_if_done(id);
+        self.close_if_done(id, out);
     }
 
     /// Abandons `id`, telling the peer why.
     pub fn reset(&mut self, id: StreamId, reason: ResetReason, out: &mut Vec<Outgoing>) {
         if let Some(ep) = self.remove(id) {
-            out.push(ep.packet(StreamKind::Reset(reason)));
+            out.push(ep.clear(StreamKind::Reset(reason)));
         }
     }
 
     fn remove(&mut self, id: StreamId) -> Option<Endpoint> {
         let ep = self.endpoints.remove(&id)?;
         self.by_circuit.remove(&ep.circuit);
+        if !ep.is_opener
+            && let Some(count) = self.accepted_per_peer.get_mut(&ep.peer.node)
+        {
+            *count -= 1;
+            if *count == 0 {
+                self.accepted_per_peer.remove(&ep.peer.node);
+            }
+        }
         Some(ep)
     }
 
-    fn remove_if_done(&mut self, id: StreamId) {
+    /// Forgets a stream finished both ways, telling relays to forget it too.
+    fn close_if_done(&mut self, id: StreamId, out: &mut Vec<Outgoing>) {
         if self
             .endpoints
             .get(&id)
             .is_some_and(|ep| ep.fin_sent && ep.fin_received)
+            && let Some(ep) = self.remove(id)
         {
-            self.remove(id);
+            out.push(ep.clear(StreamKind::Close));
         }
     }
 
@@ -324,71 +389,101 @@ impl Streams {
         self.by_circuit.contains_key(circuit)
     }
 
-    /// Whether `circuit` passes through here.
-    pub fn is_relayed(&self, circuit: &CircuitId) -> bool {
-        self.relays.contains_key(circuit)
-    }
-
-    /// An `Open` for one of our services arrived over `link` from `from`.
+    /// An `Open` for one of our services arrived over `link` from the session's peer.
+    /// Forged or replayed opens are dropped without a word.
+    #[allow(clippy::too_many_arguments)]
     pub fn handle_open(
         &mut self,
-        from: NodeId,
+        now: Instant,
         link: LinkId,
-        packet: StreamPacket,
-        admission: Admission,
+        circuit: CircuitId,
+        sealed: &[u8],
+        session: &mut Session,
+        admission: impl FnOnce(&ServiceName) -> Admission,
         events: &mut Vec<StreamEvent>,
         out: &mut Vec<Outgoing>,
     ) {
-        let StreamKind::Open {
-            service, window, ..
-        } = packet.kind
-        else {
-            return;
-        };
-        let circuit = packet.circuit;
-        if admission == Admission::NoService || self.by_circuit.contains_key(&circuit) {
-            out.push(reply(
-                link,
-                from,
-                circuit,
-                StreamKind::Reset(ResetReason::NoService),
-            ));
+        if circuit.opener != session.peer.node || self.by_circuit.contains_key(&circuit) {
             return;
         }
-        let id = self.insert(Endpoint {
+        let (sealer, mut opener) = session.secrets.circuit(&circuit);
+        let Some(Inner::Open {
+            service,
+            window,
+            seq,
+            ..
+        }) = opener.open(sealed).ok().and_then(|p| Inner::decode(&p))
+        else {
+            tracing::debug!(peer = %session.peer.node, "dropped an open that failed authentication");
+            return;
+        };
+        if !session.accept_open_seq(now, seq) {
+            tracing::warn!(peer = %session.peer.node, seq, "dropped a replayed stream open");
+            return;
+        }
+        let peer = session.peer.clone();
+        let refusal = match admission(&service) {
+            Admission::NoService => Some(ResetReason::NoService),
+            Admission::Accept if self.is_crowded(&peer.node) => Some(ResetReason::Busy),
+            Admission::Accept => None,
+        };
+        if let Some(reason) = refusal {
+            out.push(reply(link, peer.node, circuit, StreamKind::Reset(reason)));
+            return;
+        }
+        let id = self.allocate();
+        *self.accepted_per_peer.entry(peer.node.clone()).or_default() += 1;
+        let credit = u64::from(window).min(MAX_SEND_CREDIT);
+        let mut ep = Endpoint {
             circuit: circuit.clone(),
             is_opener: false,
-            peer: from.clone(),
+            peer: peer.clone(),
             link,
+            sealer,
+            opener,
+            asked: None,
             accepted: true,
-            send_credit: u64::from(window).min(MAX_SEND_CREDIT),
+            send_credit: credit,
             fin_sent: false,
             fin_received: false,
             recv_allowed: u64::from(DEFAULT_WINDOW),
             recv_unacked: 0,
             window: DEFAULT_WINDOW,
-        });
-        out.push(reply(
-            link,
-            from.clone(),
-            circuit,
-            StreamKind::Accept {
+            opened_at: now,
+            last_rx: now,
+            last_tx: now,
+        };
+        out.push(ep.sealed(
+            now,
+            &Inner::Accept {
                 window: DEFAULT_WINDOW,
             },
         ));
-        events.push(StreamEvent::Incoming { id, from, service });
-        events.push(StreamEvent::Credit {
+        self.by_circuit.insert(circuit, id);
+        self.endpoints.insert(id, ep);
+        events.push(StreamEvent::Incoming {
             id,
-            bytes: u64::from(window).min(MAX_SEND_CREDIT),
+            from: peer,
+            service,
         });
+        events.push(StreamEvent::Credit { id, bytes: credit });
     }
 
-    /// A non-`Open` packet of a circuit that ends here.
+    fn is_crowded(&self, peer: &NodeId) -> bool {
+        self.endpoints.len() >= MAX_ENDPOINTS
+            || self.accepted_per_peer.get(peer).copied().unwrap_or(0) >= MAX_ACCEPTED_PER_PEER
+    }
+
+    /// A non-`Open` packet of a circuit that ends here, arrived on `link`. Packets from any
+    /// other link than the circuit's are dropped; so are seals that fail.
     pub fn handle_local(
         &mut self,
+        now: Instant,
+        link: LinkId,
         packet: StreamPacket,
         events: &mut Vec<StreamEvent>,
         out: &mut Vec<Outgoing>,
+        reopen: &mut Vec<Reopen>,
     ) {
         let Some(&id) = self.by_circuit.get(&packet.circuit) else {
             return;
@@ -396,30 +491,74 @@ impl Streams {
         let Some(ep) = self.endpoints.get_mut(&id) else {
             return;
         };
+        if ep.link != link || packet.from_opener == ep.is_opener {
+            return;
+        }
         match packet.kind {
-            StreamKind::Accept { window } if ep.is_opener && !ep.accepted => {
-                ep.accepted = true;
-                let granted = ep.grant(window);
-                events.push(StreamEvent::Opened { id });
-                events.push(StreamEvent::Credit { id, bytes: granted });
+            StreamKind::Sealed(sealed) => {
+                let Some(inner) = ep.opener.open(&sealed).ok().and_then(|p| Inner::decode(&p))
+                else {
+                    tracing::debug!(stream = %id, "dropped a circuit packet that failed authentication");
+                    return;
+                };
+                ep.last_rx = now;
+                self.handle_inner(now, id, inner, events, out);
             }
-            StreamKind::Data(data) => self.handle_data(id, data, events, out),
-            StreamKind::Credit(n) => {
-                let granted = ep.grant(n);
-                events.push(StreamEvent::Credit { id, bytes: granted });
-            }
-            StreamKind::Fin if !ep.fin_received => {
-                ep.fin_received = true;
-                events.push(StreamEvent::Finished { id });
-                self.remove_if_done(id);
+            StreamKind::Reset(ResetReason::NoSession) if ep.is_opener && !ep.accepted => {
+                if let Some(ep) = self.remove(id)
+                    && let Some((from_service, service)) = ep.asked
+                {
+                    reopen.push(Reopen {
+                        id,
+                        to: ep.peer.node,
+                        from_service,
+                        service,
+                    });
+                }
             }
             StreamKind::Reset(reason) => {
                 self.remove(id);
                 events.push(StreamEvent::Reset { id, reason });
             }
-            // Duplicate Accept/Fin, or an Open for an existing circuit: a broken peer.
+            // An open for a live circuit of ours, or a close meant for relays.
+            StreamKind::Open { .. } | StreamKind::Close => {}
+        }
+    }
+
+    fn handle_inner(
+        &mut self,
+        now: Instant,
+        id: StreamId,
+        inner: Inner,
+        events: &mut Vec<StreamEvent>,
+        out: &mut Vec<Outgoing>,
+    ) {
+        let Some(ep) = self.endpoints.get_mut(&id) else {
+            return;
+        };
+        match inner {
+            Inner::Accept { window } if ep.is_opener && !ep.accepted => {
+                ep.accepted = true;
+                ep.asked = None;
+                let granted = ep.grant(window);
+                events.push(StreamEvent::Opened { id });
+                events.push(StreamEvent::Credit { id, bytes: granted });
+            }
+            Inner::Data(data) => self.handle_data(id, data, events, out),
+            Inner::Credit(n) if ep.accepted => {
+                let granted = ep.grant(n);
+                events.push(StreamEvent::Credit { id, bytes: granted });
+            }
+            Inner::Fin if !ep.fin_received && ep.accepted => {
+                ep.fin_received = true;
+                events.push(StreamEvent::Finished { id });
+                self.close_if_done(id, out);
+            }
+            Inner::Keepalive => {}
+            // Duplicate Accept/Fin, an Open inside a live circuit: a broken peer.
             _ => self.violation(id, events, out),
         }
+        let _ = now;
     }
 
     fn handle_data(
@@ -433,7 +572,7 @@ impl Streams {
             return;
         };
         let len = data.len() as u64;
-        if ep.fin_received || len > ep.recv_allowed {
+        if !ep.accepted || ep.fin_received || len > ep.recv_allowed {
             self.violation(id, events, out);
             return;
         }
@@ -449,52 +588,26 @@ impl Streams {
         });
     }
 
-    /// An `Open` passing through: pin the circuit to `from_link` and `to_link`.
+    /// An `Open` passing through from `from` towards `acceptor` over `to`.
     pub fn pin_relay(
         &mut self,
-        circuit: CircuitId,
-        acceptor: NodeId,
-        from_link: LinkId,
-        to_link: LinkId,
-    ) {
-        self.relays.insert(
-            circuit.clone(),
-            Relay {
-                opener: circuit.opener,
-                acceptor,
-                opener_link: from_link,
-                acceptor_link: to_link,
-                fin_forward: false,
-                fin_backward: false,
-            },
-        );
+        now: Instant,
+        circuit: &CircuitId,
+        acceptor: &NodeId,
+        from: LinkId,
+        to: LinkId,
+    ) -> RelayVerdict {
+        self.relays.pin(now, circuit, acceptor, from, to)
     }
 
-    /// Where a relayed packet goes next: the pinned link on the far side. Forgets the
-    /// circuit once it is reset or finished both ways.
-    pub fn relay_next_link(&mut self, packet: &StreamPacket) -> Option<LinkId> {
-        let relay = self.relays.get_mut(&packet.circuit)?;
-        let next = if packet.from_opener {
-            relay.acceptor_link
-        } else {
-            relay.opener_link
-        };
-        let done = match packet.kind {
-            StreamKind::Reset(_) => true,
-            StreamKind::Fin => {
-                if packet.from_opener {
-                    relay.fin_forward = true;
-                } else {
-                    relay.fin_backward = true;
-                }
-                relay.fin_forward && relay.fin_backward
-            }
-            _ => false,
-        };
-        if done {
-            self.relays.remove(&packet.circuit);
-        }
-        Some(next)
+    /// Where a relayed packet arriving on `link` goes next.
+    pub fn relay_route(
+        &mut self,
+        now: Instant,
+        link: LinkId,
+        packet: &StreamPacket,
+    ) -> RelayVerdict {
+        self.relays.route(now, link, packet)
     }
 
     /// `link` went down: reset every stream that used it, at both ends.
@@ -517,31 +630,58 @@ impl Streams {
                 reason: ResetReason::PathBroken,
             });
         }
-        let broken: Vec<CircuitId> = self
-            .relays
-            .iter()
-            .filter(|(_, r)| r.opener_link == link || r.acceptor_link == link)
-            .map(|(c, _)| c.clone())
+        self.relays.handle_link_down(link, out);
+    }
+
+    /// Resets every stream with `peer` at both ends (it is no longer trusted).
+    pub fn drop_peer(
+        &mut self,
+        peer: &NodeId,
+        events: &mut Vec<StreamEvent>,
+        out: &mut Vec<Outgoing>,
+    ) {
+        let ids: Vec<StreamId> = (self.endpoints.iter())
+            .filter(|(_, ep)| &ep.peer.node == peer)
+            .map(|(id, _)| *id)
             .collect();
-        for circuit in broken {
-            let Some(relay) = self.relays.remove(&circuit) else {
-                continue;
-            };
-            let reset = StreamKind::Reset(ResetReason::PathBroken);
-            if relay.opener_link != link {
-                out.push(reply(
-                    relay.opener_link,
-                    relay.opener,
-                    circuit.clone(),
-                    reset.clone(),
-                ));
-            }
-            if relay.acceptor_link != link {
-                let mut to_acceptor = reply(relay.acceptor_link, relay.acceptor, circuit, reset);
-                to_acceptor.packet.from_opener = true;
-                out.push(to_acceptor);
+        for id in ids {
+            if let Some(ep) = self.remove(id) {
+                out.push(ep.clear(StreamKind::Reset(ResetReason::Untrusted)));
+                events.push(StreamEvent::Reset {
+                    id,
+                    reason: ResetReason::Untrusted,
+                });
             }
         }
+    }
+
+    /// Sweeps timers: unaccepted opens, idle streams, keepalives, idle relayed circuits.
+    pub fn handle_timeout(
+        &mut self,
+        now: Instant,
+        events: &mut Vec<StreamEvent>,
+        out: &mut Vec<Outgoing>,
+    ) {
+        let mut dead = Vec::new();
+        for (&id, ep) in &mut self.endpoints {
+            if !ep.accepted && now.saturating_duration_since(ep.opened_at) >= OPEN_TIMEOUT {
+                dead.push((id, ResetReason::OpenTimeout));
+            } else if now.saturating_duration_since(ep.last_rx) >= STREAM_IDLE {
+                dead.push((id, ResetReason::Idle));
+            } else if ep.accepted && now.saturating_duration_since(ep.last_tx) >= STREAM_KEEPALIVE {
+                out.push(ep.sealed(now, &Inner::Keepalive));
+            }
+        }
+        for (id, reason) in dead {
+            self.reset(id, reason, out);
+            events.push(StreamEvent::Reset { id, reason });
+        }
+        self.relays.expire(now, out);
+    }
+
+    /// Whether any endpoint or relayed circuit has timers to sweep.
+    pub fn has_timers(&self) -> bool {
+        !self.endpoints.is_empty() || !self.relays.is_empty()
     }
 
     /// A stream packet reached a node that neither ends nor relays its circuit (the node
@@ -552,7 +692,7 @@ impl Streams {
         packet: &StreamPacket,
         reason: ResetReason,
     ) -> Option<Outgoing> {
-        if matches!(packet.kind, StreamKind::Reset(_)) {
+        if matches!(packet.kind, StreamKind::Reset(_) | StreamKind::Close) {
             return None;
         }
         let mut out = reply(
@@ -565,8 +705,14 @@ impl Streams {
         Some(out)
     }
 
+    /// The circuits relayed here (for tests).
+    #[cfg(test)]
+    pub(crate) fn relayed_circuits(&self) -> Vec<CircuitId> {
+        self.relays.circuit_ids()
+    }
+
     /// The peer of stream `id`, for logs and status.
-    pub fn peer(&self, id: StreamId) -> Option<&NodeId> {
+    pub fn peer(&self, id: StreamId) -> Option<&PeerIdentity> {
         self.endpoints.get(&id).map(|ep| &ep.peer)
     }
 }
@@ -579,10 +725,16 @@ impl Endpoint {
         self.send_credit - before
     }
 
-    fn packet(&self, kind: StreamKind) -> Outgoing {
+    fn sealed(&mut self, now: Instant, inner: &Inner) -> Outgoing {
+        self.last_tx = now;
+        let sealed = self.sealer.seal(inner.encode());
+        self.clear(StreamKind::Sealed(sealed))
+    }
+
+    fn clear(&self, kind: StreamKind) -> Outgoing {
         Outgoing {
             link: self.link,
-            to: self.peer.clone(),
+            to: self.peer.node.clone(),
             packet: StreamPacket {
                 circuit: self.circuit.clone(),
                 from_opener: self.is_opener,

@@ -1,30 +1,41 @@
-//! Work units: the jobs a node runs for a submitter, and their records on disk.
+//! Work units: the jobs a node runs for a submitter, the units it mirrors from other nodes,
+//! and their records on disk.
 //!
 //! Map:
 //!
 //! - [`unit`]: [`UnitId`] and the [`UnitState`] life cycle (which moves are legal). No IO.
 //! - [`status`]: [`UnitStatus`], the JSON in a unit's `status` file (Receptor's keys plus
 //!   Warren's), and redaction of secret parameters. No IO.
-//! - [`store`]: [`UnitStore`], one directory per unit under `<data_dir>/units/`: atomic
-//!   status writes, payload and results files, listing, release and recovery at startup.
+//! - [`core`]: the sans-IO work core: every unit's life as a state machine (queue, placement,
+//!   ownership, cancel, release, retention, restart) that takes events and says what to do.
+//! - [`driver`]: [`Work`], the handle, and the one task that owns the core and carries out
+//!   its actions (files on the store's thread, handlers and remote exchanges as tasks).
+//! - [`store`]: [`UnitStore`], one directory per unit under `<data_dir>/units/`: atomic,
+//!   group-committed status writes, payload and results files, release.
+//! - [`protocol`]: the typed, versioned node-to-node work messages, with typed refusals.
+//! - [`client`]: the one client of that protocol (submit, follow from an offset, status,
+//!   cancel, release), used by `warren run`, mirrors and the Python package.
+//! - [`server`]: the mesh `work` service: access checks, ownership, signed work.
+//! - [`signature`]: signed work (receptorctl's `signwork`).
+//! - [`error`]: [`WorkError`], and how it travels.
 //!
-//! - [`protocol`]: the typed, versioned node-to-node work messages.
-//! - [`remote`]: remote work: the submitter's mirror unit and the `work` mesh service.
-//! - [`manager`]: [`Work`], which accepts, queues, runs (in `host`), follows, cancels and
-//!   releases units.
-//!
-//! This module does not run handlers itself (that is `host`) and does not speak to operators or other
-//! nodes (that is `control` and the node-to-node work protocol).
+//! This module does not run handlers itself (that is `host`) and does not speak to
+//! operators (that is `control`).
 
-pub mod manager;
+pub mod client;
+pub mod core;
+pub mod driver;
+pub mod error;
 pub mod protocol;
-pub mod remote;
-mod scheduler;
+pub mod server;
+pub mod signature;
 pub mod status;
 pub mod store;
 pub mod unit;
 
-pub use manager::{Work, WorkConfig, WorkError};
+pub use core::Requester;
+pub use driver::{Submission, Taken, Work, WorkConfig, WorkSetup};
+pub use error::WorkError;
 pub use status::{Component, UnitStatus};
 pub use store::{Recovery, StoreError, UnitHandle, UnitStore};
 pub use unit::{TransitionError, UnitId, UnitIdError, UnitState};

@@ -1,36 +1,52 @@
-//! The node-to-node work protocol: typed, versioned messages on a mesh stream to the
-//! `work` service, separate from the operator's control protocol.
+//! The node-to-node work protocol: typed, versioned messages on a mesh stream to the `work`
+//! service, separate from the operator's control protocol.
 //!
-//! Each message is a postcard frame behind a 4-byte length. A `Submit` is followed by the
-//! payload's raw bytes up to the submitter's half-close; a `Results` request is answered
-//! by the unit's raw output from the asked offset up to the unit's end, then a close. No
-//! IO here beyond reading and writing frames on a stream.
+//! Each message is a postcard frame behind a 4-byte length. A `Submit` is answered with
+//! `Created`; the payload's raw bytes follow up to the submitter's half-close, then
+//! `Started` (or a refusal). `Results` (and a `Submit` asked to follow) are answered with
+//! [`ResultsFrame`]s: output from the asked offset, then the unit's final status. Refusals are
+//! typed, so a client can tell "unknown unit" (permanent) from a broken path (retry). The
+//! peer is whoever the stream's end-to-end session proved, never a field of a message. No IO
+//! here beyond reading and writing frames on a stream.
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::signature::WorkSignature;
 use super::unit::{UnitId, UnitState};
+use crate::access::Refusal;
+use crate::id::NodeId;
 
 /// The mesh service that takes remote work.
 pub const WORK_SERVICE: &str = "work";
 
-/// Version of this protocol; a node answers a request of another version with an error.
-pub const WORK_PROTOCOL_VERSION: u16 = 1;
+/// Version of this protocol; a node answers a request of another version with a refusal
+/// naming both.
+pub const WORK_PROTOCOL_VERSION: u16 = 2;
 
-/// Largest encoded message (requests and replies are small; payloads travel raw).
+/// Largest encoded message (requests and replies are small; payloads travel raw, results in
+/// chunks of at most [`RESULTS_CHUNK`]).
 pub const MAX_MESSAGE_LEN: usize = 1 << 20;
+
+/// Output bytes per results frame.
+pub const RESULTS_CHUNK: usize = 64 * 1024;
 
 /// What a submitting node asks of the node that runs its work.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
-    /// Create a unit of `work_type`; its payload follows this frame until half-close.
+    /// Create a unit of `work_type`; its payload follows `Created` until half-close.
     Submit {
         /// The work type.
         work_type: String,
         /// The submission's parameters.
         params: BTreeMap<String, String>,
+        /// The submitting node's signature, when it signs work (receptorctl's `signwork`).
+        signature: Option<WorkSignature>,
+        /// Stream the unit's results on this stream once started (saves a second stream).
+        follow: bool,
     },
     /// Send the unit's output from `offset` until the unit is finished.
     Results {
@@ -54,6 +70,16 @@ pub enum Request {
         /// The unit.
         unit: UnitId,
     },
+}
+
+impl Request {
+    /// Whether the request changes something (logged with the requester's identity).
+    pub fn is_mutating(&self) -> bool {
+        matches!(
+            self,
+            Self::Submit { .. } | Self::Cancel { .. } | Self::Release { .. }
+        )
+    }
 }
 
 /// A unit's state as the running node reports it.
@@ -81,8 +107,91 @@ pub enum Reply {
     Status(RemoteStatus),
     /// Done.
     Ok,
-    /// Refused, and why (shown to the operator).
-    Error(String),
+    /// Refused, and why.
+    Refused(WorkRefusal),
+}
+
+/// One frame of a results stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResultsFrame {
+    /// Output bytes, in order.
+    Data(Bytes),
+    /// The unit is finished and every byte of its output was sent: its final status.
+    End(RemoteStatus),
+    /// The request was refused (no such unit, not yours).
+    Refused(WorkRefusal),
+}
+
+/// Why a node refused a work request. `Display` is the operator's message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum WorkRefusal {
+    /// No such unit, or not one the requester may see.
+    #[error("unknown work unit {unit}")]
+    UnknownUnit {
+        /// The unit asked for.
+        unit: UnitId,
+    },
+    /// The access policy does not allow it.
+    #[error(transparent)]
+    NotAllowed(#[from] Refusal),
+    /// The node does not offer the work type.
+    #[error("node {node} does not offer work type {work_type}")]
+    UnknownWorkType {
+        /// The node.
+        node: NodeId,
+        /// The work type.
+        work_type: String,
+    },
+    /// A limit of the node was exceeded.
+    #[error("{what} exceeds node {node}'s limit of {limit}")]
+    OverLimit {
+        /// The node.
+        node: NodeId,
+        /// What ("the payload (bytes)").
+        what: String,
+        /// The limit.
+        limit: u64,
+    },
+    /// The parameters are not acceptable for the work type.
+    #[error("bad parameters: {reason}")]
+    BadParameters {
+        /// Why.
+        reason: String,
+    },
+    /// The node requires signed work and the submission's signature is missing or invalid.
+    #[error("node {node} requires signed work: {reason}")]
+    Signature {
+        /// The node.
+        node: NodeId,
+        /// What is wrong with the signature.
+        reason: String,
+    },
+    /// The node could not do it (its disk, for example).
+    #[error("node {node} failed: {reason}")]
+    Internal {
+        /// The node.
+        node: NodeId,
+        /// What failed.
+        reason: String,
+    },
+    /// The node is draining before it stops and takes no new units.
+    #[error(
+        "node {node} is draining (it stops once its running units end) and takes no new work; submit again once it has restarted, or to another node"
+    )]
+    Draining {
+        /// The node.
+        node: NodeId,
+    },
+    /// The peer speaks another version of this protocol.
+    #[error("work protocol version mismatch: node {node} speaks v{ours}, the request v{theirs}")]
+    Version {
+        /// The node.
+        node: NodeId,
+        /// Its version.
+        ours: u16,
+        /// The request's version.
+        theirs: u16,
+    },
 }
 
 /// A message with its protocol version.
@@ -113,7 +222,7 @@ pub enum ProtocolError {
 ///
 /// # Errors
 /// [`ProtocolError`] when the stream fails.
-pub async fn write<T: Serialize, W: AsyncWrite + Unpin>(
+pub async fn write<T: Serialize, W: AsyncWrite + Unpin + ?Sized>(
     out: &mut W,
     body: &T,
 ) -> Result<(), ProtocolError> {
@@ -122,8 +231,10 @@ pub async fn write<T: Serialize, W: AsyncWrite + Unpin>(
         body,
     })?;
     let len = u32::try_from(bytes.len()).map_err(|_| ProtocolError::TooLarge(bytes.len()))?;
-    out.write_all(&len.to_be_bytes()).await?;
-    out.write_all(&bytes).await?;
+    let mut frame = Vec::with_capacity(4 + bytes.len());
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(&bytes);
+    out.write_all(&frame).await?;
     out.flush().await?;
     Ok(())
 }
@@ -133,7 +244,7 @@ pub async fn write<T: Serialize, W: AsyncWrite + Unpin>(
 /// # Errors
 /// [`ProtocolError`] for a failed stream, an oversized or undecodable frame, or another
 /// protocol version.
-pub async fn read<T: for<'de> Deserialize<'de>, R: AsyncRead + Unpin>(
+pub async fn read<T: for<'de> Deserialize<'de>, R: AsyncRead + Unpin + ?Sized>(
     input: &mut R,
 ) -> Result<T, ProtocolError> {
     let mut len = [0u8; 4];
@@ -144,10 +255,13 @@ pub async fn read<T: for<'de> Deserialize<'de>, R: AsyncRead + Unpin>(
     }
     let mut bytes = vec![0u8; len];
     input.read_exact(&mut bytes).await?;
-    let envelope: Envelope<T> = postcard::from_bytes(&bytes)?;
-    if envelope.version != WORK_PROTOCOL_VERSION {
-        return Err(ProtocolError::Version(envelope.version));
+    // The version comes first: a message of another version is named as such, not as
+    // garbage, even if its body would not decode.
+    let (version, _) = postcard::take_from_bytes::<u16>(&bytes)?;
+    if version != WORK_PROTOCOL_VERSION {
+        return Err(ProtocolError::Version(version));
     }
+    let envelope: Envelope<T> = postcard::from_bytes(&bytes)?;
     Ok(envelope.body)
 }
 
@@ -164,12 +278,23 @@ mod tests {
         };
         write(&mut a, &request).await.unwrap();
         assert_eq!(read::<Request, _>(&mut b).await.unwrap(), request);
-        a.write_all(&[0, 0, 0, 3, 9, 9, 9]).await.unwrap();
+        a.write_all(&[0, 0, 0, 3, 2, 9, 9]).await.unwrap();
         assert!(read::<Request, _>(&mut b).await.is_err());
         a.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
         assert!(matches!(
             read::<Request, _>(&mut b).await,
             Err(ProtocolError::TooLarge(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn another_version_is_named() {
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        // Version 1's envelope: a u16 1 then anything.
+        a.write_all(&[0, 0, 0, 3, 1, 0, 0]).await.unwrap();
+        assert!(matches!(
+            read::<Request, _>(&mut b).await,
+            Err(ProtocolError::Version(1))
         ));
     }
 }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::unit::{UnitId, UnitState};
 use crate::id::NodeId;
+use crate::keys::PublicKey;
 
 /// What a redacted secret parameter's value is replaced with.
 pub const REDACTED: &str = "REDACTED";
@@ -38,6 +39,11 @@ pub struct UnitStatus {
     pub extra_data: serde_json::Value,
     /// The node that submitted the unit.
     pub submitter: NodeId,
+    /// The key the submitter proved (its end-to-end session's), when it came over the
+    /// mesh: the unit belongs to it, and only it (or an operator) may see or touch the unit.
+    /// `None` for units submitted through this node's control socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitter_key: Option<PublicKey>,
     /// The submitted parameters. Secret ones (`secret_*`) are stored as given; use
     /// [`UnitStatus::redacted`] before showing a status to anyone.
     #[serde(default)]
@@ -58,6 +64,13 @@ pub struct UnitStatus {
     /// submission's `ttl`), in milliseconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<u64>,
+    /// Bytes of payload, once all of it is stored (a unit whose payload is complete can be
+    /// queued again after a restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_size: Option<u64>,
+    /// Remote work only: sign the submission (receptorctl's `signwork`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sign_work: bool,
 }
 
 /// Which work-handler component runs a unit.
@@ -95,6 +108,9 @@ impl UnitStatus {
             created_at: now_ms,
             updated_at: now_ms,
             expires_at: None,
+            payload_size: None,
+            submitter_key: None,
+            sign_work: false,
         }
     }
 

@@ -5,8 +5,10 @@
 //! written before the unit starts) and `stdout` (the results, appended while it runs).
 //!
 //! `status` is always replaced whole: written to a temp file, synced, then renamed over the
-//! old one, so a crash leaves either the old or the new status, never half of one. Every
-//! change goes through [`UnitStore::update`], which enforces [`UnitState::transition`].
+//! old one and the directory synced, so a crash leaves either the old or the new status,
+//! never half of one. Every change goes through [`UnitStore::update`], which enforces
+//! [`UnitState::transition`], or [`UnitStore::write_batch`], which commits a batch with one
+//! file system sync on each side of the renames.
 //!
 //! The IO is blocking `std::fs`; async callers use `spawn_blocking`. The store does not run
 //! work, watch files or talk to other nodes.
@@ -41,6 +43,8 @@ const STATUS_TEMP_FILE: &str = "status.tmp";
 const STDIN_FILE: &str = "stdin";
 /// The results file's name in a unit directory.
 const STDOUT_FILE: &str = "stdout";
+/// The job directory's name in a unit directory.
+const JOB_DIR: &str = "job";
 
 /// Detail recorded by [`UnitStore::recover`] for a unit that was running.
 pub const DETAIL_RESTARTED_RUNNING: &str = "node restarted while the unit was running";
@@ -276,6 +280,30 @@ impl UnitStore {
         filled.map(|()| handle)
     }
 
+    /// Creates unit `id` (drawn by the caller) with `status` as its first status, an empty
+    /// `stdin` and `stdout`.
+    ///
+    /// # Errors
+    /// [`StoreError::CreateUnit`] when the directory exists already or the files cannot be
+    /// made (a half-made directory is removed).
+    pub fn create_unit(&self, id: UnitId, status: &UnitStatus) -> Result<UnitHandle, StoreError> {
+        let dir = self.unit_dir(id);
+        DirBuilder::new()
+            .mode(DIR_MODE)
+            .create(&dir)
+            .map_err(|source| StoreError::CreateUnit {
+                unit: id,
+                path: dir.clone(),
+                source,
+            })?;
+        let handle = UnitHandle { id, dir };
+        let filled = self.fill_unit_dir(&handle, status);
+        if filled.is_err() {
+            let _ = fs::remove_dir_all(&handle.dir);
+        }
+        filled.map(|()| handle)
+    }
+
     /// Makes the directory for a fresh id, redrawing while the id is taken.
     fn create_dir(&self) -> Result<UnitHandle, StoreError> {
         for _ in 0..MAX_ID_DRAWS {
@@ -414,6 +442,83 @@ impl UnitStore {
         })
     }
 
+    /// Writes the statuses of a batch of units durably with two `syncfs` calls for the whole
+    /// batch instead of two `fsync`s per unit (group commit): every temp file is written,
+    /// the file system synced, every temp renamed over its status, and the file system
+    /// synced again so the renames (directory entries) are durable too.
+    ///
+    /// Returns one result per status, in order.
+    pub fn write_batch(&self, batch: &[(UnitId, UnitStatus)]) -> Vec<Result<(), StoreError>> {
+        let _guard = self.lock();
+        let mut results: Vec<Result<(), StoreError>> = batch
+            .iter()
+            .map(|(id, status)| {
+                self.check_exists(*id)?;
+                let mut line = serde_json::to_vec(status)
+                    .map_err(|source| StoreError::EncodeStatus { unit: *id, source })?;
+                line.push(b'\n');
+                let temp = self.unit_dir(*id).join(STATUS_TEMP_FILE);
+                write_file(&temp, &line, Durability::No).map_err(|source| StoreError::WriteStatus {
+                    unit: *id,
+                    path: temp,
+                    source,
+                })
+            })
+            .collect();
+        self.sync_fs();
+        for ((id, _), result) in batch.iter().zip(&mut results) {
+            if result.is_ok() {
+                let dir = self.unit_dir(*id);
+                *result = fs::rename(dir.join(STATUS_TEMP_FILE), dir.join(STATUS_FILE)).map_err(
+                    |source| StoreError::WriteStatus {
+                        unit: *id,
+                        path: dir.join(STATUS_FILE),
+                        source,
+                    },
+                );
+            }
+        }
+        self.sync_fs();
+        results
+    }
+
+    /// Flushes the file system holding the store (data and directory entries).
+    fn sync_fs(&self) {
+        use std::os::fd::AsRawFd;
+        if let Ok(dir) = File::open(&self.root) {
+            // SAFETY: syncfs takes a valid descriptor and only flushes.
+            unsafe {
+                libc::syncfs(dir.as_raw_fd());
+            }
+        }
+    }
+
+    /// Removes what a finished unit must not keep: its payload (which may hold keys and
+    /// passwords) and its job directory. Its results stay until release.
+    ///
+    /// # Errors
+    /// [`StoreError::Release`] when they cannot be removed.
+    pub fn drop_secrets(&self, id: UnitId) -> Result<(), StoreError> {
+        let dir = self.unit_dir(id);
+        let remove = |path: PathBuf, result: io::Result<()>| match result {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StoreError::Release {
+                unit: id,
+                path,
+                source: e,
+            }),
+            _ => Ok(()),
+        };
+        let stdin = dir.join(STDIN_FILE);
+        remove(stdin.clone(), fs::remove_file(&stdin))?;
+        let job = dir.join(JOB_DIR);
+        remove(job.clone(), fs::remove_dir_all(&job))
+    }
+
+    /// Where unit `id`'s job directory is (the handler's only preopen).
+    pub fn job_dir(&self, id: UnitId) -> PathBuf {
+        self.unit_dir(id).join(JOB_DIR)
+    }
+
     /// Reads up to `max` bytes of unit `id`'s stdout starting at byte `offset`. At or past
     /// the end of the file the result is empty.
     ///
@@ -495,7 +600,14 @@ impl UnitStore {
             }
         };
         write_file(&temp, &line, sync).map_err(write_error(&temp))?;
-        fs::rename(&temp, dir.join(STATUS_FILE)).map_err(write_error(&temp))
+        fs::rename(&temp, dir.join(STATUS_FILE)).map_err(write_error(&temp))?;
+        if sync == Durability::Yes {
+            // The rename is a change of the directory: durable only once it is synced.
+            File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(write_error(&dir))?;
+        }
+        Ok(())
     }
 
     /// Fails with [`StoreError::UnknownUnit`] unless unit `id`'s directory exists.

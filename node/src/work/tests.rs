@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
-use super::{UnitId, UnitState, Work, WorkConfig, WorkError};
+use super::{Requester, Submission, UnitId, UnitState, Work, WorkConfig, WorkError, WorkSetup};
 use crate::host::component::ComponentInfo;
 use crate::host::policy::{Limits, Policy};
 use crate::host::registry::{self, ActiveHandler, COMMAND_HANDLER, Registry};
@@ -75,8 +75,19 @@ fn setup(max_running: usize) -> Setup {
     let config = WorkConfig {
         max_running,
         max_payload: 1 << 20,
+        keep_finished: None,
+        ..WorkConfig::default()
     };
-    let work = Work::open(dir.path(), node("n1"), host().0.clone(), rx, config, None).unwrap();
+    let work = Work::open(WorkSetup {
+        data_dir: dir.path().to_owned(),
+        node: node("n1"),
+        host: host().0.clone(),
+        registry: rx,
+        config,
+        mesh: None,
+        signing_key: None,
+    })
+    .unwrap();
     Setup {
         work,
         registry: tx,
@@ -89,15 +100,29 @@ async fn submit(work: &Work, work_type: &str, params: &[(&str, &str)], payload: 
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
-    let id = work.create(work_type, params, node("ctl")).await.unwrap();
+    let id = work.create(local(work_type, params)).await.unwrap();
     let mut payload = payload;
     work.start(id, &mut payload).await.unwrap();
     id
 }
 
+/// A submission of `work_type` to run here, from the control socket.
+fn local(work_type: &str, params: BTreeMap<String, String>) -> Submission {
+    Submission {
+        node: "localhost".into(),
+        work_type: work_type.into(),
+        params,
+        submitter: (node("ctl"), None),
+        ttl: None,
+        sign_work: false,
+    }
+}
+
+const OP: Requester = Requester::Operator;
+
 async fn results(work: &Work, id: UnitId) -> Vec<u8> {
     let mut out = Vec::new();
-    let mut reader = work.results(id, 0).await.unwrap();
+    let mut reader = work.results(id, 0, &OP).await.unwrap();
     tokio::time::timeout(Duration::from_secs(30), reader.read_to_end(&mut out))
         .await
         .expect("results end when the unit ends")
@@ -107,7 +132,7 @@ async fn results(work: &Work, id: UnitId) -> Vec<u8> {
 
 async fn wait_state(work: &Work, id: UnitId, state: UnitState) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while work.status(id).await.unwrap().state != state {
+    while work.status(id, &OP).await.unwrap().state != state {
         assert!(
             tokio::time::Instant::now() < deadline,
             "unit {id} never became {state}"
@@ -121,14 +146,14 @@ async fn a_unit_runs_in_its_handler_and_its_results_follow_live() {
     let s = setup(4);
     let id = submit(&s.work, "cat", &[], b"hello from the payload\n").await;
     assert_eq!(results(&s.work, id).await, b"hello from the payload\n");
-    let status = s.work.status(id).await.unwrap();
+    let status = s.work.status(id, &OP).await.unwrap();
     assert_eq!(status.state, UnitState::Succeeded, "{status:?}");
     assert_eq!(status.stdout_size, 23);
     assert_eq!(status.component.unwrap().name, "guest-runner");
     // From an offset: the tail only.
     let mut tail = Vec::new();
     s.work
-        .results(id, 11)
+        .results(id, 11, &OP)
         .await
         .unwrap()
         .read_to_end(&mut tail)
@@ -144,20 +169,23 @@ async fn runtime_params_only_where_allowed_and_never_the_program() {
     assert_eq!(results(&s.work, id).await, b"one two\n");
     let refused = s
         .work
-        .create("cat", [("params".into(), "-n".into())].into(), node("c"))
+        .create(local("cat", [("params".into(), "-n".into())].into()))
         .await;
-    assert!(matches!(refused, Err(WorkError::Refused(_))), "{refused:?}");
+    assert!(
+        matches!(refused, Err(WorkError::BadParameters(_))),
+        "{refused:?}"
+    );
     let reserved = s
         .work
-        .create("echo", [("program".into(), "sh".into())].into(), node("c"))
+        .create(local("echo", [("program".into(), "sh".into())].into()))
         .await;
     assert!(
-        matches!(reserved, Err(WorkError::Refused(_))),
+        matches!(reserved, Err(WorkError::BadParameters(_))),
         "{reserved:?}"
     );
-    let unknown = s.work.create("nope", BTreeMap::new(), node("c")).await;
+    let unknown = s.work.create(local("nope", BTreeMap::new())).await;
     assert!(
-        matches!(unknown, Err(WorkError::UnknownWorkType(_))),
+        matches!(unknown, Err(WorkError::UnknownWorkType { .. })),
         "{unknown:?}"
     );
 }
@@ -168,18 +196,18 @@ async fn cancel_stops_running_and_queued_units() {
     let running = submit(&s.work, "slow", &[], b"").await;
     let queued = submit(&s.work, "slow", &[], b"").await;
     wait_state(&s.work, running, UnitState::Running).await;
-    s.work.cancel(queued).await.unwrap();
+    s.work.cancel(queued, &OP).await.unwrap();
     assert_eq!(
-        s.work.status(queued).await.unwrap().state,
+        s.work.status(queued, &OP).await.unwrap().state,
         UnitState::Canceled
     );
-    s.work.cancel(running).await.unwrap();
+    s.work.cancel(running, &OP).await.unwrap();
     wait_state(&s.work, running, UnitState::Canceled).await;
     // A canceled unit's results still end.
     let _ = results(&s.work, running).await;
-    s.work.release(running, false).await.unwrap();
+    s.work.release(running, false, &OP).await.unwrap();
     assert!(matches!(
-        s.work.status(running).await,
+        s.work.status(running, &OP).await,
         Err(WorkError::UnknownUnit(_))
     ));
 }
@@ -196,7 +224,14 @@ async fn a_switched_work_type_runs_new_units_while_a_running_one_keeps_its_compo
     wait_state(&s.work, first, UnitState::Succeeded).await;
     wait_state(&s.work, second, UnitState::Succeeded).await;
     let work = &s.work;
-    let version = |id| async move { work.status(id).await.unwrap().component.unwrap().version };
+    let version = |id| async move {
+        work.status(id, &OP)
+            .await
+            .unwrap()
+            .component
+            .unwrap()
+            .version
+    };
     assert_eq!(version(first).await, "1.0.0");
     assert_eq!(version(second).await, "2.0.0");
 }
@@ -204,13 +239,15 @@ async fn a_switched_work_type_runs_new_units_while_a_running_one_keeps_its_compo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payload_over_the_limit_fails_the_unit() {
     let s = setup(4);
-    let id = s
-        .work
-        .create("cat", BTreeMap::new(), node("c"))
-        .await
-        .unwrap();
+    let id = s.work.create(local("cat", BTreeMap::new())).await.unwrap();
     let big = vec![0u8; (1 << 20) + 1];
     let refused = s.work.start(id, &mut &big[..]).await;
-    assert!(matches!(refused, Err(WorkError::Refused(_))), "{refused:?}");
-    assert_eq!(s.work.status(id).await.unwrap().state, UnitState::Failed);
+    assert!(
+        matches!(refused, Err(WorkError::OverLimit { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(
+        s.work.status(id, &OP).await.unwrap().state,
+        UnitState::Failed
+    );
 }

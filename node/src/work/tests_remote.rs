@@ -7,7 +7,9 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::{UnitState, Work, WorkConfig};
+use super::server::ServerSetup;
+use super::{Requester, Submission, UnitState, Work, WorkConfig, WorkSetup};
+use crate::access::AccessPolicy;
 use crate::host::registry::Registry;
 use crate::keys::LinkKeypair;
 use crate::mesh::driver::{self, DriverConfig, MeshHandle, PeerTarget};
@@ -25,11 +27,11 @@ fn mesh_config(name: &str, n: u8) -> MeshConfig {
             key: LinkKeypair::from_private([k; 32]).public(),
             node: None,
         })
-        .collect();
+        .collect::<Vec<_>>();
     MeshConfig::new(
         id(name),
         LinkKeypair::from_private([n; 32]),
-        trust,
+        trust.into(),
         u64::from(n) * 1000,
     )
 }
@@ -103,33 +105,49 @@ async fn remote_output_survives_a_relay_restart_without_loss_or_duplication() {
     ));
     let (_keep, rx) = watch::channel(Arc::new(registry));
     let host = super::tests::shared_host();
-    let on_c = Work::open(
-        &dir.path().join("c"),
-        id("c"),
-        host.clone(),
-        rx,
-        WorkConfig::default(),
-        Some(c.clone()),
-    )
-    .unwrap();
-    super::remote::serve(on_c, &c);
+    let setup = |name: &str, registry, mesh: &MeshHandle| WorkSetup {
+        data_dir: dir.path().join(name),
+        node: id(name),
+        host: host.clone(),
+        registry,
+        config: WorkConfig::default(),
+        mesh: Some(mesh.clone()),
+        signing_key: None,
+    };
+    let on_c = Work::open(setup("c", rx, &c)).unwrap();
+    // c lets a (whose key the test knows) run `talk`, and nothing else.
+    let allow: AccessPolicy = AccessPolicy {
+        work: vec![
+            format!("talk={}", LinkKeypair::from_private([1; 32]).public())
+                .parse()
+                .unwrap(),
+        ],
+        ..AccessPolicy::default()
+    };
+    let (_access, access) = watch::channel(Arc::new(allow));
+    super::server::serve(
+        on_c,
+        &c,
+        ServerSetup {
+            access,
+            signed: watch::channel(super::server::SignedWork::default()).1,
+        },
+    );
     let (_none, empty) = watch::channel(Arc::new(Registry::default()));
-    let on_a = Work::open(
-        &dir.path().join("a"),
-        id("a"),
-        host,
-        empty,
-        WorkConfig::default(),
-        Some(a.clone()),
-    )
-    .unwrap();
+    let on_a = Work::open(setup("a", empty, &a)).unwrap();
+    let to_c = |work_type: &str| Submission {
+        node: "c".into(),
+        work_type: work_type.into(),
+        params: Default::default(),
+        submitter: (id("a"), None),
+        ttl: None,
+        sign_work: false,
+    };
+    let op = Requester::Operator;
 
-    let unit = on_a
-        .create_remote(id("c"), "talk", Default::default(), id("a"), None)
-        .await
-        .unwrap();
+    let unit = on_a.create(to_c("talk")).await.unwrap();
     on_a.start(unit, &mut &b"payload\n"[..]).await.unwrap();
-    let mut results = on_a.results(unit, 0).await.unwrap();
+    let mut results = on_a.results(unit, 0, &op).await.unwrap();
     let mut first = vec![0u8; 8];
     results.read_exact(&mut first).await.unwrap();
     assert_eq!(&first, b"payload\n");
@@ -144,18 +162,15 @@ async fn remote_output_survives_a_relay_restart_without_loss_or_duplication() {
         .expect("the mirror resumes after the relay is back")
         .unwrap();
     assert_eq!(rest, b"done\n");
-    let status = on_a.status(unit).await.unwrap();
+    let status = on_a.status(unit, &op).await.unwrap();
     assert_eq!(status.state, UnitState::Succeeded, "{status:?}");
     assert!(status.remote_unit_id.is_some());
-    // Asking c for an unoffered work type names c.
-    let refused = on_a
-        .create_remote(id("c"), "ansible-runner", Default::default(), id("a"), None)
-        .await
-        .unwrap();
+    // Asking c for a work type it does not allow a: the refusal names the flag.
+    let refused = on_a.create(to_c("ansible-runner")).await.unwrap();
     let err = on_a.start(refused, &mut &b""[..]).await.unwrap_err();
     assert!(
         err.to_string()
-            .contains("node c does not offer work type ansible-runner"),
+            .contains("start c with `--allow-work ansible-runner=x25519:"),
         "{err}"
     );
 }

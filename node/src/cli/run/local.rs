@@ -13,7 +13,7 @@ use crate::host::policy::Limits;
 use crate::host::registry::{self, AnsibleRunnerSetup, Registry};
 use crate::host::runner::Host;
 use crate::id::NodeId;
-use crate::work::{Work, WorkConfig};
+use crate::work::{Requester, Submission, Work, WorkConfig, WorkSetup};
 
 /// Runs the job on this machine; returns what processing the results found.
 pub(super) async fn run_local(prepared: Prepared) -> anyhow::Result<ProcessOutcome> {
@@ -41,16 +41,24 @@ pub(super) async fn run_local(prepared: Prepared) -> anyhow::Result<ProcessOutco
     offered.insert(active);
     let (_keep, rx) = watch::channel(Arc::new(offered));
     let me = NodeId::new("local")?;
-    let work = Work::open(
-        dir.path(),
-        me.clone(),
+    let work = Work::open(WorkSetup {
+        data_dir: dir.path().to_owned(),
+        node: me.clone(),
         host,
-        rx,
-        WorkConfig::default(),
-        None,
-    )?;
+        registry: rx,
+        config: WorkConfig::default(),
+        mesh: None,
+        signing_key: None,
+    })?;
     let unit = work
-        .create(WORK_TYPE, super::embedded::terminal_param(), me)
+        .create(Submission {
+            node: "localhost".into(),
+            work_type: WORK_TYPE.into(),
+            params: super::embedded::terminal_param(),
+            submitter: (me, None),
+            ttl: None,
+            sign_work: false,
+        })
         .await?;
     let (payload_in, mut payload_out) = tokio::io::duplex(256 * 1024);
     let (sent, started) = tokio::join!(
@@ -59,7 +67,7 @@ pub(super) async fn run_local(prepared: Prepared) -> anyhow::Result<ProcessOutco
     );
     sent?;
     started?;
-    let results = work.results(unit, 0).await?;
+    let results = work.results(unit, 0, &Requester::Operator).await?;
     let (results_in, mut results_out) = tokio::io::duplex(256 * 1024);
     let copy = async move {
         let mut results = results;
@@ -68,6 +76,9 @@ pub(super) async fn run_local(prepared: Prepared) -> anyhow::Result<ProcessOutco
         copied
     };
     let (copied, processed) = tokio::join!(copy, receive(&prepared, results_in));
+    if processed.as_ref().is_err_and(super::refused_stream) {
+        return processed;
+    }
     copied.context("reading the unit's results")?;
     processed
 }

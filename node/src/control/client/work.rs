@@ -205,7 +205,9 @@ mod tests {
             .work_submit("localhost", "nosuch", BTreeMap::new(), &mut &b""[..])
             .await;
         match refused {
-            Err(ClientError::Remote { message }) => assert_eq!(message, "unknown work type nosuch"),
+            Err(ClientError::Remote { message }) => {
+                assert_eq!(message, "node a does not offer work type nosuch")
+            }
             other => panic!("{other:?}"),
         }
         let unit: UnitId = "Zz0Zz0Zz".parse().unwrap();

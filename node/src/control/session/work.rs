@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use tokio::io::{self, AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use super::{Backend, LineReader, Outcome, send};
+use super::{Backend, LineReader, Outcome, WorkCreate, send};
 use crate::control::goformat::parse_go_duration;
 use crate::control::reply::work::{created_line, streaming_line};
 use crate::control::reply::{Reply, UnitStatusReply, WorkReply};
 use crate::control::request::WorkRequest;
-use crate::work::UnitId;
+use crate::work::{UnitId, WorkError};
 
 /// Runs one `work` request.
 ///
@@ -32,6 +32,7 @@ pub(super) async fn handle<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send>
             params,
             ttl,
             signature,
+            signwork,
             ..
         } => {
             let submit = Submit {
@@ -40,6 +41,7 @@ pub(super) async fn handle<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send>
                 params,
                 ttl,
                 signature,
+                signwork,
             };
             return submit.run(backend, conn).await;
         }
@@ -63,12 +65,12 @@ pub(super) async fn handle<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send>
     Ok(Outcome::Reply(answer(reply)))
 }
 
-fn answer(result: Result<WorkReply, String>) -> Reply {
+fn answer(result: Result<WorkReply, WorkError>) -> Reply {
     match result {
         Ok(reply) => Reply::Work(reply),
-        Err(message) => {
-            tracing::debug!(error = %message, "work request failed");
-            Reply::Error(message)
+        Err(e) => {
+            tracing::debug!(error = %e, "work request failed");
+            Reply::Error(e.to_string())
         }
     }
 }
@@ -80,6 +82,7 @@ struct Submit {
     params: BTreeMap<String, String>,
     ttl: Option<String>,
     signature: Option<String>,
+    signwork: bool,
 }
 
 impl Submit {
@@ -94,12 +97,16 @@ impl Submit {
             Ok(ttl) => ttl,
             Err(refused) => return Ok(Outcome::Reply(Reply::Error(refused))),
         };
-        let unit = match backend
-            .work_create(self.node, self.work_type, self.params, ttl)
-            .await
-        {
+        let request = WorkCreate {
+            node: self.node,
+            work_type: self.work_type,
+            params: self.params,
+            ttl,
+            sign_work: self.signwork,
+        };
+        let unit = match backend.work_create(request).await {
             Ok(unit) => unit,
-            Err(message) => return Ok(Outcome::Reply(Reply::Error(message))),
+            Err(e) => return Ok(Outcome::Reply(Reply::Error(e.to_string()))),
         };
         send(conn, &created_line(&unit)).await?;
         let started = backend.work_start(unit, conn.reader()).await;
@@ -131,7 +138,7 @@ impl Submit {
 }
 
 /// `work list [unit]`: one unit's status (or its error), or every unit's.
-async fn list<B: Backend>(backend: &B, unit: Option<UnitId>) -> Result<WorkReply, String> {
+async fn list<B: Backend>(backend: &B, unit: Option<UnitId>) -> Result<WorkReply, WorkError> {
     let units = match unit {
         Some(unit) => vec![(unit, backend.work_status(unit).await?)],
         None => backend.work_list().await?,
@@ -155,7 +162,7 @@ async fn results<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send>(
 ) -> io::Result<Outcome> {
     let mut output = match backend.work_results(unit, startpos).await {
         Ok(output) => output,
-        Err(message) => return Ok(Outcome::Reply(Reply::Error(message))),
+        Err(e) => return Ok(Outcome::Reply(Reply::Error(e.to_string()))),
     };
     send(conn, &streaming_line(&unit)).await?;
     let stream = conn.get_mut();
@@ -273,7 +280,7 @@ mod tests {
         let out = run_with(&backend, input.as_bytes()).await;
         let want = [
             GREETING,
-            "ERROR: unknown work type nosuch\n",
+            "ERROR: node a does not offer work type nosuch\n",
             "ERROR: ttl option is intended for remote work only\n",
             "ERROR: submit parameters must all be strings and count is not\n",
             "ERROR: work type did not expect a signature\n",

@@ -7,6 +7,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::Driver;
+use super::reconfig::Reconfigure;
 use super::stream::{MeshStream, StreamSlot};
 use crate::id::{NodeId, ServiceName};
 use crate::mesh::message::ResetReason;
@@ -16,19 +17,6 @@ use crate::mesh::stream::StreamId;
 /// A probe's result: who answered and the round trip, or who reported what failure after how
 /// long.
 pub type ProbeOutcome = Result<(NodeId, Duration), (Option<NodeId>, ProbeFailure, Duration)>;
-
-/// A datagram received on a bound service.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Datagram {
-    /// The sending node.
-    pub from: NodeId,
-    /// The sending service.
-    pub from_service: ServiceName,
-    /// Our service it was sent to.
-    pub service: ServiceName,
-    /// The bytes.
-    pub data: Bytes,
-}
 
 /// The owner task has stopped.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
@@ -59,16 +47,6 @@ pub(super) enum Command {
         service: ServiceName,
         streams: mpsc::Sender<MeshStream>,
     },
-    BindDatagrams {
-        service: ServiceName,
-        datagrams: mpsc::Sender<Datagram>,
-    },
-    SendDatagram {
-        node: NodeId,
-        service: ServiceName,
-        from_service: ServiceName,
-        data: Bytes,
-    },
     Send {
         id: StreamId,
         data: Bytes,
@@ -92,6 +70,7 @@ pub(super) enum Command {
         reply: oneshot::Sender<MeshStatus>,
     },
     SetWorkTypes(Vec<String>),
+    Reconfigure(Box<Reconfigure>),
     LastLinkEnd {
         reply: oneshot::Sender<Option<String>>,
     },
@@ -156,43 +135,6 @@ impl MeshHandle {
         Ok(rx)
     }
 
-    /// Receives datagrams sent to `service` on this node (unreliable: a slow receiver loses
-    /// them).
-    ///
-    /// # Errors
-    /// [`DriverGone`] when the node stopped.
-    pub fn bind_datagrams(
-        &self,
-        service: &ServiceName,
-    ) -> Result<mpsc::Receiver<Datagram>, DriverGone> {
-        let (datagrams, rx) = mpsc::channel(256);
-        self.send(Command::BindDatagrams {
-            service: service.clone(),
-            datagrams,
-        })?;
-        Ok(rx)
-    }
-
-    /// Sends a datagram from `from_service` to `service` on `node`. Delivery is not
-    /// guaranteed; a node that cannot route it sends an unreachable notice back.
-    ///
-    /// # Errors
-    /// [`DriverGone`] when the node stopped.
-    pub fn send_datagram(
-        &self,
-        node: &NodeId,
-        service: &ServiceName,
-        from_service: &ServiceName,
-        data: Bytes,
-    ) -> Result<(), DriverGone> {
-        self.send(Command::SendDatagram {
-            node: node.clone(),
-            service: service.clone(),
-            from_service: from_service.clone(),
-            data,
-        })
-    }
-
     /// Sends one echo probe to `node`; relays drop it after `hops` hops.
     ///
     /// # Errors
@@ -223,6 +165,14 @@ impl MeshHandle {
     /// [`DriverGone`] when the node stopped.
     pub fn set_work_types(&self, work_types: Vec<String>) -> Result<(), DriverGone> {
         self.send(Command::SetWorkTypes(work_types))
+    }
+
+    /// Applies a change of configuration (a reload): see [`Reconfigure`].
+    ///
+    /// # Errors
+    /// [`DriverGone`] when the node stopped.
+    pub fn reconfigure(&self, change: Reconfigure) -> Result<(), DriverGone> {
+        self.send(Command::Reconfigure(Box::new(change)))
     }
 
     /// How the most recent link failure ended (for example "link to relay closed by peer:
@@ -280,15 +230,6 @@ impl Driver {
                 self.node.listen(now, service.clone());
                 self.listeners.insert(service, streams);
             }
-            Command::BindDatagrams { service, datagrams } => {
-                self.datagram_sockets.insert(service, datagrams);
-            }
-            Command::SendDatagram {
-                node,
-                service,
-                from_service,
-                data,
-            } => self.node.send_datagram(&node, service, from_service, data),
             Command::Send { id, data } => {
                 if let Err(e) = self.node.stream_send(now, id, data) {
                     tracing::debug!(stream = %id, error = %e, "stream send refused");
@@ -308,6 +249,7 @@ impl Driver {
                 let _ = reply.send(self.node.status());
             }
             Command::SetWorkTypes(types) => self.node.set_work_types(now, types),
+            Command::Reconfigure(change) => self.reconfigure(now, *change),
             Command::LastLinkEnd { reply } => {
                 let _ = reply.send(self.last_link_end.clone());
             }

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use super::handle::Command;
 use crate::id::{NodeId, ServiceName};
 use crate::mesh::message::ResetReason;
+use crate::mesh::session::PeerIdentity;
 use crate::mesh::stream::{MAX_CHUNK, StreamId};
 
 enum Chunk {
@@ -45,7 +46,7 @@ impl StreamSlot {
     /// A slot and the application's stream for it.
     pub(super) fn new(
         id: StreamId,
-        peer: NodeId,
+        peer: PeerIdentity,
         service: ServiceName,
         commands: mpsc::UnboundedSender<Command>,
     ) -> (Self, MeshStream) {
@@ -72,20 +73,31 @@ impl StreamSlot {
         (slot, stream)
     }
 
-    /// A slot that holds its stream until the peer accepts.
+    /// A slot that holds its stream until the peer accepts; its identity is filled in
+    /// then, from the session the stream was opened in.
     pub(super) fn pending(
         id: StreamId,
-        peer: NodeId,
+        node: NodeId,
         service: ServiceName,
         commands: mpsc::UnboundedSender<Command>,
     ) -> Self {
-        let (mut slot, stream) = Self::new(id, peer, service, commands);
+        let unproven = PeerIdentity {
+            node,
+            key: crate::keys::PublicKey::from_bytes([0; 32]),
+            binding: crate::mesh::trust::Binding::FirstSeen,
+        };
+        let (mut slot, stream) = Self::new(id, unproven, service, commands);
         slot.pending = Some(stream);
         slot
     }
 
-    pub(super) fn take_pending(&mut self) -> Option<MeshStream> {
-        self.pending.take()
+    /// The accepted stream, with the peer's proven identity.
+    pub(super) fn take_pending(&mut self, peer: Option<PeerIdentity>) -> Option<MeshStream> {
+        let mut stream = self.pending.take()?;
+        if let Some(peer) = peer {
+            stream.peer = peer;
+        }
+        Some(stream)
     }
 
     pub(super) fn data(&self, data: Bytes) {
@@ -127,7 +139,7 @@ fn lock(m: &Mutex<WriteState>) -> std::sync::MutexGuard<'_, WriteState> {
 /// finished resets it.
 pub struct MeshStream {
     id: StreamId,
-    peer: NodeId,
+    peer: PeerIdentity,
     service: ServiceName,
     commands: mpsc::UnboundedSender<Command>,
     chunks: mpsc::UnboundedReceiver<Chunk>,
@@ -155,6 +167,12 @@ impl std::fmt::Debug for MeshStream {
 impl MeshStream {
     /// The node at the other end.
     pub fn peer(&self) -> &NodeId {
+        &self.peer.node
+    }
+
+    /// Who is at the other end, as its end-to-end session proved it: node id, key, and
+    /// what binds them (with the node's groups when a certificate does).
+    pub fn identity(&self) -> &PeerIdentity {
         &self.peer
     }
 
@@ -338,7 +356,7 @@ mod tests {
         MeshConfig::new(
             id.parse().unwrap(),
             LinkKeypair::from_private([seed; 32]),
-            trust,
+            trust.into(),
             1,
         )
     }

@@ -1,5 +1,7 @@
 use super::*;
-use crate::mesh::message::{Packet, PacketBody};
+use crate::mesh::message::{
+    CircuitId, PROTOCOL_VERSION, Packet, PacketBody, StreamKind, StreamPacket,
+};
 
 fn keys(n: u8) -> LinkKeypair {
     LinkKeypair::from_private([n; 32])
@@ -7,6 +9,22 @@ fn keys(n: u8) -> LinkKeypair {
 
 fn id(s: &str) -> NodeId {
     NodeId::new(s).unwrap()
+}
+
+fn hello(s: &str) -> Hello {
+    Hello {
+        node: id(s),
+        epoch: 1,
+        cert: None,
+    }
+}
+
+fn initiator(now: Instant, name: &str, n: u8) -> Link {
+    Link::initiator(now, &keys(n), hello(name), LinkConfig::default()).unwrap()
+}
+
+fn responder(now: Instant, name: &str, n: u8) -> Link {
+    Link::responder(now, &keys(n), hello(name), LinkConfig::default()).unwrap()
 }
 
 /// Moves every queued byte from `from` to `to`.
@@ -29,45 +47,104 @@ fn connected(now: Instant) -> (Link, Link) {
 }
 
 fn connected_with(now: Instant, config: LinkConfig) -> (Link, Link) {
-    let mut a = Link::initiator(now, &keys(1), &id("a"), 1, config.clone()).unwrap();
-    let mut b = Link::responder(now, &keys(2), &id("b"), 1, config).unwrap();
-    for _ in 0..4 {
-        pump(now, &mut a, &mut b);
-        for ev in events(&mut b) {
-            if let LinkEvent::Identified { node, key, .. } = ev {
-                assert_eq!((node, key), (id("a"), keys(1).public()));
-                b.accept(now);
-            }
-        }
-        pump(now, &mut b, &mut a);
-        for ev in events(&mut a) {
-            if let LinkEvent::Identified { node, key, .. } = ev {
-                assert_eq!((node, key), (id("b"), keys(2).public()));
-                a.accept(now);
-            }
-        }
-    }
-    assert!(a.is_up() && b.is_up());
-    // The initiator reports Up only once a frame from the accepting peer proves acceptance.
-    assert_eq!(events(&mut a), vec![]);
-    b.send(&Message::Keepalive).unwrap();
-    pump(now, &mut b, &mut a);
+    let mut a = Link::initiator(now, &keys(1), hello("a"), config.clone()).unwrap();
+    let mut b = Link::responder(now, &keys(2), hello("b"), config).unwrap();
+    pump(now, &mut a, &mut b); // message 1
+    pump(now, &mut b, &mut a); // message 2
+    pump(now, &mut a, &mut b); // message 3: a's hello
+    let [LinkEvent::Identified { node, key, .. }] = &events(&mut b)[..] else {
+        panic!("b must identify a")
+    };
+    assert_eq!((node, key), (&id("a"), &keys(1).public()));
+    b.accept(now);
+    pump(now, &mut b, &mut a); // b's hello
+    let [LinkEvent::Identified { node, key, .. }] = &events(&mut a)[..] else {
+        panic!("a must identify b")
+    };
+    assert_eq!((node, key), (&id("b"), &keys(2).public()));
+    a.accept(now);
     assert_eq!(events(&mut a), vec![LinkEvent::Up]);
-    events(&mut b);
+    assert!(
+        events(&mut b).is_empty(),
+        "b waits for proof that a accepted it"
+    );
+    pump(now, &mut a, &mut b); // a's first frame
+    assert_eq!(events(&mut b), vec![LinkEvent::Up]);
+    assert!(a.is_up() && b.is_up());
     (a, b)
 }
 
+/// A message of about `n` bytes.
 fn datagram(n: usize) -> Message {
     Message::Packet(Packet {
         src: id("a"),
         dst: id("b"),
         hops_left: 3,
-        body: PacketBody::Datagram {
-            from_service: crate::id::ServiceName::new("x").unwrap(),
-            to_service: crate::id::ServiceName::new("y").unwrap(),
-            data: Bytes::from(vec![7; n]),
-        },
+        body: PacketBody::Stream(StreamPacket {
+            circuit: CircuitId {
+                opener: id("a"),
+                number: 1,
+            },
+            from_opener: true,
+            kind: StreamKind::Sealed(Bytes::from(vec![7; n])),
+        }),
     })
+}
+
+#[test]
+fn the_responder_names_itself_only_after_accepting_the_initiator() {
+    let now = Instant::now();
+    let mut a = initiator(now, "a", 1);
+    let mut b = responder(now, "b", 2);
+    pump(now, &mut a, &mut b); // message 1
+    pump(now, &mut b, &mut a); // message 2: b's key, no hello
+    assert!(events(&mut a).is_empty(), "a learns nothing of b's id yet");
+    pump(now, &mut a, &mut b); // message 3: a's hello
+    assert!(matches!(events(&mut b)[..], [LinkEvent::Identified { .. }]));
+    // Until b decides, nothing of b's identity is on the wire towards a.
+    assert!(b.poll_transmit(now).is_none());
+    b.refuse(CloseReason::UntrustedKey);
+    pump(now, &mut b, &mut a);
+    assert_eq!(
+        events(&mut a),
+        vec![LinkEvent::Closed(LinkEnd::ByPeer(
+            CloseReason::UntrustedKey
+        ))],
+        "a refused initiator never learns the responder's node id"
+    );
+}
+
+#[test]
+fn a_responder_of_another_version_is_named_with_both_versions() {
+    let now = Instant::now();
+    let mut b = responder(now, "b", 2);
+    let (_, m1) = Handshake::initiator_speaking(&keys(1), 99).unwrap();
+    let mut wire = BytesMut::new();
+    frame::encode_noise(&m1, &mut wire).unwrap();
+    b.handle_bytes(now, &wire);
+    assert_eq!(
+        events(&mut b),
+        vec![LinkEvent::Closed(LinkEnd::ByUs(
+            CloseReason::VersionMismatch {
+                sender: PROTOCOL_VERSION,
+                receiver: 99
+            }
+        ))]
+    );
+    let end = LinkEnd::ByPeer(CloseReason::VersionMismatch {
+        sender: PROTOCOL_VERSION,
+        receiver: 99,
+    });
+    assert_eq!(
+        end.to_string(),
+        format!(
+            "refused by peer: the peer speaks mesh protocol v{PROTOCOL_VERSION}, this node v99"
+        )
+    );
+    assert!(
+        b.poll_transmit(now).is_some(),
+        "the refusal goes back to the peer"
+    );
 }
 
 #[test]
@@ -102,55 +179,66 @@ fn byte_at_a_time_delivery_works() {
 #[test]
 fn refusing_initiator_tells_responder_why() {
     let now = Instant::now();
-    let mut a = Link::initiator(now, &keys(1), &id("a"), 1, LinkConfig::default()).unwrap();
-    let mut b = Link::responder(now, &keys(2), &id("b"), 1, LinkConfig::default()).unwrap();
+    let mut a = initiator(now, "a", 1);
+    let mut b = responder(now, "b", 2);
     pump(now, &mut a, &mut b);
+    pump(now, &mut b, &mut a);
+    pump(now, &mut a, &mut b);
+    assert!(matches!(events(&mut b)[..], [LinkEvent::Identified { .. }]));
+    b.accept(now);
+    // b names itself and, impatient, queues a message straight after.
+    b.send(&datagram(10)).unwrap();
     pump(now, &mut b, &mut a);
     assert!(matches!(events(&mut a)[..], [LinkEvent::Identified { .. }]));
     a.refuse(CloseReason::UntrustedKey);
+    assert_eq!(
+        events(&mut a),
+        vec![LinkEvent::Closed(LinkEnd::ByUs(CloseReason::UntrustedKey))],
+        "none of b's frames were read"
+    );
     pump(now, &mut a, &mut b);
     assert_eq!(
         events(&mut b),
         vec![LinkEvent::Closed(LinkEnd::ByPeer(
             CloseReason::UntrustedKey
-        ))]
+        ))],
+        "a refused responder never reports the link up"
     );
     assert!(a.is_closed() && b.is_closed());
 }
 
 #[test]
-fn refusing_responder_processes_no_frames_and_tells_initiator() {
+fn the_initiators_first_frame_must_be_a_hello() {
     let now = Instant::now();
-    let mut a = Link::initiator(now, &keys(1), &id("a"), 1, LinkConfig::default()).unwrap();
-    let mut b = Link::responder(now, &keys(2), &id("b"), 1, LinkConfig::default()).unwrap();
+    let mut a = initiator(now, "a", 1);
+    let mut b = responder(now, "b", 2);
     pump(now, &mut a, &mut b);
     pump(now, &mut b, &mut a);
-    events(&mut a);
-    a.accept(now);
-    // The initiator sends a message straight after its last handshake message.
-    a.send(&datagram(10)).unwrap();
     pump(now, &mut a, &mut b);
-    let evs = events(&mut b);
-    assert!(matches!(evs[..], [LinkEvent::Identified { .. }]), "{evs:?}");
-    b.refuse(CloseReason::UntrustedKey);
-    assert_eq!(
-        events(&mut b),
-        vec![LinkEvent::Closed(LinkEnd::ByUs(CloseReason::UntrustedKey))]
-    );
+    events(&mut b);
+    // A responder that skips its hello is not a warren peer.
+    let State::Identified { pending } = std::mem::replace(&mut b.state, State::Closed) else {
+        panic!("b is identified")
+    };
+    let Pending::Responder(handshake) = pending else {
+        panic!()
+    };
+    b.state = State::Up {
+        transport: handshake.into_transport().unwrap(),
+        confirmed: true,
+    };
+    b.send(&Message::Keepalive).unwrap();
     pump(now, &mut b, &mut a);
-    assert_eq!(
-        events(&mut a),
-        vec![LinkEvent::Closed(LinkEnd::ByPeer(
-            CloseReason::UntrustedKey
-        ))],
-        "a refused initiator never reports the link up"
-    );
+    assert!(matches!(
+        events(&mut a)[..],
+        [LinkEvent::Closed(LinkEnd::Failed(_))]
+    ));
 }
 
 #[test]
 fn garbage_on_the_wire_fails_the_handshake_at_once() {
     let now = Instant::now();
-    let mut b = Link::responder(now, &keys(2), &id("b"), 1, LinkConfig::default()).unwrap();
+    let mut b = responder(now, "b", 2);
     b.handle_bytes(now, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(matches!(
         events(&mut b)[..],
@@ -162,7 +250,7 @@ fn garbage_on_the_wire_fails_the_handshake_at_once() {
 #[test]
 fn half_finished_handshake_times_out() {
     let now = Instant::now();
-    let mut b = Link::responder(now, &keys(2), &id("b"), 1, LinkConfig::default()).unwrap();
+    let mut b = responder(now, "b", 2);
     b.handle_bytes(now, &[0, 32]);
     let deadline = b.poll_timeout().unwrap();
     b.handle_timeout(deadline);

@@ -1,33 +1,20 @@
 //! The node's packet plane: forwarding by the routing table, the hop limit, unreachable
-//! notices, probes (ping and traceroute), datagrams, and the glue between stream circuits
-//! and links.
+//! notices, probes (ping and traceroute), and the glue between stream circuits and links
+//! (relaying with pinned circuits, delivering to local endpoints).
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-
 use super::{Event, MeshNode, Probe, ProbeFailure, ProbeId};
-use crate::id::{NodeId, ServiceName};
+use crate::id::NodeId;
 use crate::mesh::link::LinkId;
 use crate::mesh::message::{
     Message, Packet, PacketBody, ResetReason, StreamKind, StreamPacket, Unreachable,
 };
-use crate::mesh::stream::{Admission, Outgoing, StreamError, StreamEvent, StreamId, Streams};
-
-/// Why a stream could not be opened.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum OpenError {
-    /// No route to the node.
-    #[error("node {0} is not reachable")]
-    NoRoute(NodeId),
-    /// Streams to ourselves are not carried by the mesh.
-    #[error("cannot open a mesh stream to this node itself")]
-    ToSelf,
-}
+use crate::mesh::stream::{Admission, Outgoing, RelayVerdict, Reopen, StreamEvent, Streams};
 
 impl MeshNode {
     /// The up link that leads towards `dst`, if any.
-    fn next_link(&mut self, dst: &NodeId) -> Option<LinkId> {
+    pub(super) fn next_link(&mut self, dst: &NodeId) -> Option<LinkId> {
         if let Some(link) = self.neighbours.get(dst) {
             return Some(*link);
         }
@@ -35,7 +22,7 @@ impl MeshNode {
         self.neighbours.get(&hop).copied()
     }
 
-    fn send_on(&mut self, link: LinkId, packet: Packet) {
+    pub(super) fn send_on(&mut self, link: LinkId, packet: Packet) {
         if let Some(slot) = self.links.get_mut(&link)
             && let Err(e) = slot.link.send(&Message::Packet(packet))
         {
@@ -43,12 +30,24 @@ impl MeshNode {
         }
     }
 
-    fn packet_to(&self, dst: NodeId, body: PacketBody) -> Packet {
+    pub(super) fn packet_to(&self, dst: NodeId, body: PacketBody) -> Packet {
         Packet {
             src: self.config.id.clone(),
             dst,
             hops_left: self.config.max_hops,
             body,
+        }
+    }
+
+    /// Sends a packet of ours towards `dst` by the routing table; false without a route.
+    pub(super) fn route_packet(&mut self, dst: &NodeId, body: PacketBody) -> bool {
+        let packet = self.packet_to(dst.clone(), body);
+        match self.next_link(dst) {
+            Some(link) => {
+                self.send_on(link, packet);
+                true
+            }
+            None => false,
         }
     }
 
@@ -58,13 +57,16 @@ impl MeshNode {
             self.deliver(now, link, packet);
             return;
         }
+        // A sender cannot make a packet live longer than our own limit allows.
+        packet.hops_left = packet.hops_left.min(self.config.max_hops);
         if packet.hops_left == 0 {
             self.unreachable(now, Some(link), &packet, Unreachable::HopLimit);
             return;
         }
         packet.hops_left -= 1;
         if let PacketBody::Stream(sp) = &packet.body {
-            self.relay_stream(now, link, packet.clone(), sp.clone());
+            let sp = sp.clone();
+            self.relay_stream(now, link, packet, &sp);
             return;
         }
         match self.next_link(&packet.dst) {
@@ -73,24 +75,36 @@ impl MeshNode {
         }
     }
 
-    fn relay_stream(&mut self, now: Instant, link: LinkId, packet: Packet, sp: StreamPacket) {
-        if let StreamKind::Open { .. } = sp.kind {
-            match self.next_link(&packet.dst) {
-                Some(next) => {
-                    self.streams
-                        .pin_relay(sp.circuit, packet.dst.clone(), link, next);
-                    self.send_on(next, packet);
-                }
-                None => self.unreachable(now, Some(link), &packet, Unreachable::NoRoute),
+    fn relay_stream(&mut self, now: Instant, link: LinkId, packet: Packet, sp: &StreamPacket) {
+        let verdict = if let StreamKind::Open { .. } = sp.kind {
+            let Some(next) = self.next_link(&packet.dst) else {
+                self.unreachable(now, Some(link), &packet, Unreachable::NoRoute);
+                return;
+            };
+            if next == link {
+                // Routing would send it back where it came from: a loop, not a path.
+                self.unreachable(now, Some(link), &packet, Unreachable::NoRoute);
+                return;
             }
-            return;
-        }
-        match self.streams.relay_next_link(&sp) {
-            Some(next) => self.send_on(next, packet),
-            None => {
+            self.streams
+                .pin_relay(now, &sp.circuit, &packet.dst, link, next)
+        } else {
+            self.streams.relay_route(now, link, sp)
+        };
+        match verdict {
+            RelayVerdict::Forward(next) => self.send_on(next, packet),
+            RelayVerdict::Drop => {
+                tracing::debug!(%link, circuit = ?sp.circuit, "dropped a circuit packet from the wrong link");
+            }
+            RelayVerdict::Unknown => {
                 if let Some(out) =
-                    Streams::reset_unknown(link, packet.src, &sp, ResetReason::PathBroken)
+                    Streams::reset_unknown(link, packet.src, sp, ResetReason::PathBroken)
                 {
+                    self.send_stream(out);
+                }
+            }
+            RelayVerdict::Refuse => {
+                if let Some(out) = Streams::reset_unknown(link, packet.src, sp, ResetReason::Busy) {
                     self.send_stream(out);
                 }
             }
@@ -112,7 +126,7 @@ impl MeshNode {
                 return;
             }
             PacketBody::EchoRequest { probe } => Some(*probe),
-            PacketBody::Datagram { .. } => None,
+            PacketBody::Session(_) => None,
         };
         if arrived_on.is_none() {
             if let Some(p) = probe {
@@ -125,10 +139,7 @@ impl MeshNode {
             probe,
             target: failed.dst.clone(),
         };
-        let notice = self.packet_to(failed.src.clone(), body);
-        if let Some(next) = self.next_link(&failed.src) {
-            self.send_on(next, notice);
-        }
+        self.route_packet(&failed.src.clone(), body);
     }
 
     /// A stream packet that cannot go on resets its circuit back the way it came. (Our own
@@ -156,43 +167,30 @@ impl MeshNode {
     fn deliver(&mut self, now: Instant, link: LinkId, packet: Packet) {
         let src = packet.src;
         match packet.body {
-            PacketBody::Datagram {
-                from_service,
-                to_service,
-                data,
-            } => self.events.push_back(Event::Datagram {
-                from: src,
-                from_service,
-                service: to_service,
-                data,
-            }),
             PacketBody::EchoRequest { probe } => {
-                let reply = self.packet_to(src.clone(), PacketBody::EchoReply { probe });
-                if let Some(next) = self.next_link(&src) {
-                    self.send_on(next, reply);
-                }
+                self.route_packet(&src, PacketBody::EchoReply { probe });
             }
-            PacketBody::EchoReply { probe } => {
-                if let Some(p) = self.probes.remove(&ProbeId(probe)) {
-                    self.events.push_back(Event::ProbeReply {
-                        probe: ProbeId(probe),
-                        from: src,
-                        rtt: now.saturating_duration_since(p.sent),
-                    });
-                }
-            }
+            PacketBody::EchoReply { probe } => self.probe_answered(now, ProbeId(probe), src),
             PacketBody::Unreachable {
                 reason,
                 probe,
                 target,
             } => match probe {
                 Some(p) => self.fail_probe(now, ProbeId(p), Some(src), reason),
-                None => self.events.push_back(Event::Undeliverable {
-                    target,
-                    reporter: src,
-                    reason,
-                }),
+                None => {
+                    // Unauthenticated: it may explain a session handshake that times out,
+                    // never end one early.
+                    if self.sessions.is_initiating(&target) {
+                        self.unreachable_hints.insert(target.clone(), reason);
+                    }
+                    self.events.push_back(Event::Undeliverable {
+                        target,
+                        reporter: src,
+                        reason,
+                    });
+                }
             },
+            PacketBody::Session(msg) => self.handle_session(now, src, msg),
             PacketBody::Stream(sp) => self.deliver_stream(now, link, src, sp),
         }
     }
@@ -200,136 +198,96 @@ impl MeshNode {
     fn deliver_stream(&mut self, now: Instant, link: LinkId, src: NodeId, sp: StreamPacket) {
         let mut events = Vec::new();
         let mut out = Vec::new();
+        let mut reopen = Vec::new();
         match &sp.kind {
-            StreamKind::Open { service, .. } if sp.from_opener => {
-                let admission = if self.listening.contains(service) {
-                    Admission::Accept
-                } else {
-                    Admission::NoService
-                };
-                self.streams
-                    .handle_open(src, link, sp, admission, &mut events, &mut out);
-            }
-            _ if self.streams.is_local(&sp.circuit) => {
-                self.streams.handle_local(sp, &mut events, &mut out);
-            }
-            _ => {
-                if let Some(o) = Streams::reset_unknown(link, src, &sp, ResetReason::PathBroken) {
-                    out.push(o);
+            StreamKind::Open { session, sealed } if sp.from_opener => {
+                let listening = &self.listening;
+                match self.sessions.established(&src) {
+                    Some(s) if s.secrets.id == *session => self.streams.handle_open(
+                        now,
+                        link,
+                        sp.circuit.clone(),
+                        sealed,
+                        s,
+                        |service| {
+                            if listening.contains(service) {
+                                Admission::Accept
+                            } else {
+                                Admission::NoService
+                            }
+                        },
+                        &mut events,
+                        &mut out,
+                    ),
+                    // We restarted, or dropped the session: the opener must set up a new one.
+                    _ => out.extend(Streams::reset_unknown(
+                        link,
+                        src,
+                        &sp,
+                        ResetReason::NoSession,
+                    )),
                 }
             }
+            _ if self.streams.is_local(&sp.circuit) => {
+                self.streams
+                    .handle_local(now, link, sp, &mut events, &mut out, &mut reopen);
+            }
+            _ => out.extend(Streams::reset_unknown(
+                link,
+                src,
+                &sp,
+                ResetReason::PathBroken,
+            )),
         }
-        self.emit_stream(now, events, out);
+        self.emit_stream(events, out);
+        for r in reopen {
+            self.reopen(now, r);
+        }
     }
 
-    fn send_stream(&mut self, out: Outgoing) {
+    /// Our open reached a target that no longer holds our session: start a new session and
+    /// open again, once.
+    fn reopen(&mut self, now: Instant, r: Reopen) {
+        self.sessions.forget(&r.to);
+        if self.retried.insert(r.id) {
+            self.queue_open(now, r.id, r.to, r.from_service, r.service);
+        } else {
+            self.events.push_back(Event::Stream(StreamEvent::Reset {
+                id: r.id,
+                reason: ResetReason::NoSession,
+            }));
+        }
+    }
+
+    pub(super) fn send_stream(&mut self, out: Outgoing) {
         let packet = self.packet_to(out.to, PacketBody::Stream(out.packet));
         self.send_on(out.link, packet);
     }
 
-    pub(super) fn emit_stream(
-        &mut self,
-        _now: Instant,
-        events: Vec<StreamEvent>,
-        out: Vec<Outgoing>,
-    ) {
+    pub(super) fn emit_stream(&mut self, events: Vec<StreamEvent>, out: Vec<Outgoing>) {
         for o in out {
             self.send_stream(o);
         }
-        self.events.extend(events.into_iter().map(Event::Stream));
-    }
-
-    /// Opens a stream to `service` on `dst`. `Opened` or `Reset` follows as an event.
-    ///
-    /// # Errors
-    /// [`OpenError`] when `dst` is us or unreachable.
-    pub fn open_stream(
-        &mut self,
-        now: Instant,
-        dst: &NodeId,
-        service: ServiceName,
-        from_service: ServiceName,
-    ) -> Result<StreamId, OpenError> {
-        if dst == &self.config.id {
-            return Err(OpenError::ToSelf);
-        }
-        let link = self
-            .next_link(dst)
-            .ok_or_else(|| OpenError::NoRoute(dst.clone()))?;
-        let me = self.config.id.clone();
-        let (id, out) = self
-            .streams
-            .open(&me, dst.clone(), link, from_service, service);
-        self.emit_stream(now, Vec::new(), vec![out]);
-        Ok(id)
-    }
-
-    /// Sends bytes on a stream (at most the credit granted so far).
-    ///
-    /// # Errors
-    /// [`StreamError`] for an unknown or finished stream, or data beyond the credit.
-    pub fn stream_send(
-        &mut self,
-        now: Instant,
-        id: StreamId,
-        data: Bytes,
-    ) -> Result<(), StreamError> {
-        let mut out = Vec::new();
-        self.streams.send(id, data, &mut out)?;
-        self.emit_stream(now, Vec::new(), out);
-        Ok(())
-    }
-
-    /// The application consumed `n` received bytes of `id`.
-    pub fn stream_consumed(&mut self, now: Instant, id: StreamId, n: usize) {
-        let mut out = Vec::new();
-        self.streams.consumed(id, n, &mut out);
-        self.emit_stream(now, Vec::new(), out);
-    }
-
-    /// We will send no more on `id`.
-    pub fn stream_finish(&mut self, now: Instant, id: StreamId) {
-        let mut out = Vec::new();
-        self.streams.finish(id, &mut out);
-        self.emit_stream(now, Vec::new(), out);
-    }
-
-    /// Sends a datagram to `service` on `dst`. It may be lost; a node that cannot route it
-    /// sends an unreachable notice back ([`Event::Undeliverable`]).
-    pub fn send_datagram(
-        &mut self,
-        dst: &NodeId,
-        service: ServiceName,
-        from_service: ServiceName,
-        data: Bytes,
-    ) {
-        if dst == &self.config.id {
-            self.events.push_back(Event::Datagram {
-                from: dst.clone(),
-                from_service,
-                service,
-                data,
-            });
-            return;
-        }
-        let body = PacketBody::Datagram {
-            from_service,
-            to_service: service,
-            data,
-        };
-        let packet = self.packet_to(dst.clone(), body);
-        match self.next_link(dst) {
-            Some(link) => self.send_on(link, packet),
-            None => tracing::debug!(node = %dst, "datagram dropped: no route"),
+        for event in events {
+            if let StreamEvent::Reset { id, .. } | StreamEvent::Opened { id } = &event {
+                self.retried.remove(id);
+            }
+            self.events.push_back(Event::Stream(event));
         }
     }
 
     /// Sends an echo probe to `dst` that relays drop after `hops` hops (`None`: the hop
     /// limit). `ProbeReply` or `ProbeFailed` follows as an event.
     pub fn probe(&mut self, now: Instant, dst: &NodeId, hops: Option<u8>) -> ProbeId {
-        self.next_probe += 1;
-        let id = ProbeId(self.next_probe);
-        self.probes.insert(id, Probe { sent: now });
+        // Random ids: an answer cannot be forged by guessing the next one.
+        let id = ProbeId(self.rng.next_u64());
+        self.probes.insert(
+            id,
+            Probe {
+                sent: now,
+                dst: dst.clone(),
+            },
+        );
         if dst == &self.config.id {
             self.probes.remove(&id);
             self.events.push_back(Event::ProbeReply {
@@ -346,6 +304,20 @@ impl MeshNode {
             None => self.unreachable(now, None, &packet, Unreachable::NoRoute),
         }
         id
+    }
+
+    fn probe_answered(&mut self, now: Instant, probe: ProbeId, from: NodeId) {
+        // Only the node probed answers an echo; anyone else's "reply" is ignored.
+        if self.probes.get(&probe).is_none_or(|p| p.dst != from) {
+            return;
+        }
+        if let Some(p) = self.probes.remove(&probe) {
+            self.events.push_back(Event::ProbeReply {
+                probe,
+                from,
+                rtt: now.saturating_duration_since(p.sent),
+            });
+        }
     }
 
     fn fail_probe(&mut self, now: Instant, probe: ProbeId, from: Option<NodeId>, why: Unreachable) {

@@ -72,7 +72,7 @@ impl Receiver {
             return Ok(());
         };
         match event {
-            StreamEvent::Incoming { id, from, .. } if from == opener && self.id.is_none() => {
+            StreamEvent::Incoming { id, from, .. } if &from.node == opener && self.id.is_none() => {
                 self.id = Some(*id);
             }
             StreamEvent::Data { id, data } if Some(*id) == self.id => {

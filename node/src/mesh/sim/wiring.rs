@@ -32,6 +32,14 @@ impl Sim {
         self.drain(a);
     }
 
+    /// The peer slots through which `a` dials `b`.
+    pub(crate) fn slots_to(&self, a: NodeIdx, b: NodeIdx) -> Vec<PeerSlotId> {
+        (self.nodes[a.0].slots.iter())
+            .filter(|(_, conn)| self.conns[**conn].to == b)
+            .map(|(slot, _)| *slot)
+            .collect()
+    }
+
     fn pair(a: NodeIdx, b: NodeIdx) -> (NodeIdx, NodeIdx) {
         (a.min(b), a.max(b))
     }
@@ -134,7 +142,7 @@ impl Sim {
             return;
         }
         let la = self.node(a).handle_dialed(now, slot, cost);
-        let lb = self.node(b).handle_accepted(now, cost);
+        let lb = self.node(b).handle_accepted(now, cost, None);
         let end = |sim: &Self, node: NodeIdx, link| End {
             node,
             incarnation: sim.nodes[node.0].incarnation,

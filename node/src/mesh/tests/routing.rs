@@ -119,7 +119,7 @@ fn departed_node_ages_out_after_max_age() {
     let n = line(&mut sim, 3);
     let (max_age, refresh) = {
         let config = sim.node(n[0]).config();
-        (config.max_age, config.refresh_interval)
+        (config.lsdb.max_age, config.refresh_interval)
     };
     let gone = sim.id(n[2]);
     sim.run_for(Duration::from_secs(7));

@@ -1,5 +1,6 @@
 //! Who may join: untrusted keys are refused, and a duplicate node id is detected without
-//! disturbing anyone else's routes.
+//! disturbing anyone else's routes; a reload that stops trusting a neighbour or removes a
+//! peer closes its link with the reason.
 
 use super::{STEPS, cost, line, settle};
 use crate::mesh::link::LinkEnd;
@@ -33,12 +34,12 @@ fn untrusted_key_is_refused_and_never_routed() {
             sim.events(refuser)
         );
     }
-    // The intruder learns why. When it dialled it knows whom it reached; when it was
-    // dialled, the refusal came before the dialler showed its identity.
+    // The intruder learns why. When it was dialled it knows who dialled (and refused) it;
+    // when it dialled, the refusal came before the node it reached named itself.
     assert!(saw_link_down(
         &sim,
         intruder,
-        n[0],
+        n[1],
         &LinkEnd::ByPeer(untrusted)
     ));
     let anonymous = |e: &Event| matches!(e, Event::LinkDown { peer: None, end, .. } if *end == LinkEnd::ByPeer(untrusted));
@@ -96,4 +97,52 @@ fn duplicate_node_id_is_detected_and_does_not_corrupt_routes() {
     }
     sim.assert_converged();
     sim.assert_no_loops();
+}
+
+#[test]
+fn a_reload_that_stops_trusting_a_neighbour_closes_its_link_and_forgets_it() {
+    let mut sim = Sim::new(21);
+    let n = line(&mut sim, 3);
+    let (gone_key, gone_id) = (sim.node(n[2]).config().keys.public(), sim.id(n[2]));
+    let mut policy = sim.node(n[1]).config().trust.clone();
+    policy.entries.retain(|e| e.key != gone_key);
+    sim.with_node(n[1], |node, now| node.set_trust(now, policy, None));
+    sim.run_for(std::time::Duration::from_secs(5));
+    let refused = LinkEnd::ByUs(CloseReason::UntrustedKey);
+    assert!(
+        saw_link_down(&sim, n[1], n[2], &refused),
+        "{:?}",
+        sim.events(n[1])
+    );
+    assert!(!sim.is_linked(n[1], n[2]), "its redials are refused too");
+    // Without an authority a far node's advert is taken first-seen, so n2's stays until it
+    // ages out; but nothing routes to it any more.
+    for i in [n[0], n[1]] {
+        assert!(!sim.node(i).routes().contains_key(&gone_id));
+    }
+    // The link that is still trusted was never touched.
+    assert!(sim.is_linked(n[0], n[1]));
+    assert!(!saw_link_down(&sim, n[1], n[0], &refused));
+}
+
+#[test]
+fn a_removed_peer_hears_why_its_link_closed_and_is_not_dialled_again() {
+    let mut sim = Sim::new(22);
+    let n = line(&mut sim, 2);
+    for slot in sim.slots_to(n[0], n[1]) {
+        sim.with_node(n[0], |node, now| node.remove_peer(now, slot));
+    }
+    sim.run_for(std::time::Duration::from_secs(120));
+    assert!(
+        saw_link_down(&sim, n[1], n[0], &LinkEnd::ByPeer(CloseReason::Removed)),
+        "{:?}",
+        sim.events(n[1])
+    );
+    assert!(!sim.is_linked(n[0], n[1]), "no redial after removal");
+    let ups = sim
+        .events(n[0])
+        .iter()
+        .filter(|e| matches!(e, Event::LinkUp { .. }))
+        .count();
+    assert_eq!(ups, 1, "only the first link ever came up");
 }

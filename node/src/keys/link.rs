@@ -13,7 +13,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use curve25519_dalek::montgomery::MontgomeryPoint;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::keyfile::{self, KeyFileError, decode_32};
+use super::file::{self as keyfile, KeyFileError, decode_32};
 
 /// Token prefix of an X25519 link key.
 pub const LINK_KEY_KIND: &str = "x25519";

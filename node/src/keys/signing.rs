@@ -12,14 +12,31 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::keyfile::{self, KeyFileError, decode_32};
-use crate::keys::LINK_KEY_KIND;
+use super::file::{self as keyfile, KeyFileError, decode_32};
+use super::link::LINK_KEY_KIND;
 
 /// Token prefix of an Ed25519 component signing key.
 pub const SIGNING_KEY_KIND: &str = "ed25519";
 
-/// First line of a private signing key file, so a stray file is recognised for what it is.
-const PRIVATE_FILE_HEADER: &str = "warren ed25519 signing key";
+/// What an Ed25519 key pair is for. Each purpose has its own key file header, so a component
+/// signer's key is never taken for a mesh authority's, nor the other way round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SigningPurpose {
+    /// Signs work-handler components (`warren component keygen`).
+    Components,
+    /// Signs mesh certificates and revocation lists (`warren ca init`).
+    Authority,
+}
+
+impl SigningPurpose {
+    /// First line of a private key file of this purpose, so a stray file is recognised.
+    fn header(self) -> &'static str {
+        match self {
+            Self::Components => "warren ed25519 signing key",
+            Self::Authority => "warren ed25519 mesh authority key",
+        }
+    }
+}
 
 /// What went wrong reading, writing or parsing a signing key.
 #[derive(Debug, thiserror::Error)]
@@ -89,7 +106,7 @@ impl SignerKey {
     }
 
     /// Checks `signature` over `message` (strict: rejects malleable and weak-key signatures).
-    pub(super) fn is_valid(&self, message: &[u8], signature: &[u8; 64]) -> bool {
+    pub(crate) fn is_valid(&self, message: &[u8], signature: &[u8; 64]) -> bool {
         VerifyingKey::from_bytes(&self.0).is_ok_and(|key| {
             key.verify_strict(message, &Signature::from_bytes(signature))
                 .is_ok()
@@ -188,7 +205,7 @@ impl SigningKeypair {
     }
 
     /// Signs `message`.
-    pub(super) fn sign(&self, message: &[u8]) -> [u8; 64] {
+    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
         self.key.sign(message).to_bytes()
     }
 
@@ -198,10 +215,16 @@ impl SigningKeypair {
     /// [`SigningKeyError::Io`] when the file cannot be read, [`SigningKeyError::BadFile`]
     /// when it is not a warren signing key file (a link key file is one such).
     pub fn load(path: &Path) -> Result<Self, SigningKeyError> {
-        Ok(Self::from_private(keyfile::load(
-            path,
-            PRIVATE_FILE_HEADER,
-        )?))
+        Self::load_for(path, SigningPurpose::Components)
+    }
+
+    /// Reads a private key file of the given purpose.
+    ///
+    /// # Errors
+    /// As [`SigningKeypair::load`]; a key file of another purpose is a
+    /// [`SigningKeyError::BadFile`].
+    pub fn load_for(path: &Path, purpose: SigningPurpose) -> Result<Self, SigningKeyError> {
+        Ok(Self::from_private(keyfile::load(path, purpose.header())?))
     }
 
     /// Writes the private key to `path` with mode 0600.
@@ -210,9 +233,22 @@ impl SigningKeypair {
     /// [`SigningKeyError::Exists`] when the file exists and `overwrite` is false;
     /// [`SigningKeyError::Io`] when it cannot be written.
     pub fn save(&self, path: &Path, overwrite: bool) -> Result<(), SigningKeyError> {
+        self.save_for(path, SigningPurpose::Components, overwrite)
+    }
+
+    /// Writes the private key to `path` with mode 0600, headed for `purpose`.
+    ///
+    /// # Errors
+    /// As [`SigningKeypair::save`].
+    pub fn save_for(
+        &self,
+        path: &Path,
+        purpose: SigningPurpose,
+        overwrite: bool,
+    ) -> Result<(), SigningKeyError> {
         Ok(keyfile::save(
             path,
-            PRIVATE_FILE_HEADER,
+            purpose.header(),
             self.key.as_bytes(),
             overwrite,
         )?)

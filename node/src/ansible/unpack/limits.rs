@@ -1,0 +1,86 @@
+//! The caps on what a worker's artifacts may take on the client, and how a user raises
+//! each (a `warren run` flag or an environment variable).
+
+/// What the client accepts from a worker's artifacts. The defaults are far above what a
+/// real Ansible run leaves (its artifacts are `stdout`, a few small files, and a fact
+/// cache file per host) and far below what fills a disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArtifactLimits {
+    /// Largest artifacts zip, bytes (the stream's `{"zipfile": N}`).
+    pub zip_bytes: u64,
+    /// Most bytes written when unpacking it.
+    pub unpacked_bytes: u64,
+    /// Most entries (files, directories, links) in it.
+    pub entries: u64,
+    /// Largest unpacked : packed ratio of one entry over [`RATIO_FLOOR`].
+    pub ratio: u64,
+}
+
+impl ArtifactLimits {
+    /// 1 GiB zipped, 1 GiB unpacked, a million entries, 500:1.
+    pub const DEFAULT: Self = Self {
+        zip_bytes: 1 << 30,
+        unpacked_bytes: 1 << 30,
+        entries: 1_000_000,
+        ratio: 500,
+    };
+
+    pub(super) fn cap(&self, limit: Limit) -> u64 {
+        match limit {
+            Limit::ZipBytes => self.zip_bytes,
+            Limit::UnpackedBytes => self.unpacked_bytes,
+            Limit::Entries => self.entries,
+            Limit::Ratio => self.ratio,
+        }
+    }
+}
+
+impl Default for ArtifactLimits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// One of the [`ArtifactLimits`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// [`ArtifactLimits::zip_bytes`].
+    ZipBytes,
+    /// [`ArtifactLimits::unpacked_bytes`].
+    UnpackedBytes,
+    /// [`ArtifactLimits::entries`].
+    Entries,
+    /// [`ArtifactLimits::ratio`].
+    Ratio,
+}
+
+impl Limit {
+    /// The `warren run` flag that sets it.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Self::ZipBytes => "--artifacts-max-zip",
+            Self::UnpackedBytes => "--artifacts-max-bytes",
+            Self::Entries => "--artifacts-max-entries",
+            Self::Ratio => "--artifacts-max-ratio",
+        }
+    }
+
+    /// The environment variable that sets it.
+    pub fn env(self) -> &'static str {
+        match self {
+            Self::ZipBytes => "WARREN_ARTIFACTS_MAX_ZIP",
+            Self::UnpackedBytes => "WARREN_ARTIFACTS_MAX_BYTES",
+            Self::Entries => "WARREN_ARTIFACTS_MAX_ENTRIES",
+            Self::Ratio => "WARREN_ARTIFACTS_MAX_RATIO",
+        }
+    }
+
+    pub(super) fn describe(self, cap: u64) -> String {
+        match self {
+            Self::ZipBytes => format!("artifacts zip size cap of {cap} bytes"),
+            Self::UnpackedBytes => format!("unpacked artifacts cap of {cap} bytes"),
+            Self::Entries => format!("artifacts entry cap of {cap} entries"),
+            Self::Ratio => format!("compression ratio cap of {cap}:1"),
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! Every key Warren uses, in one place.
+//!
+//! - [`link`]: a node's static X25519 key pair: its identity on the mesh, used by the Noise
+//!   handshakes of links and end-to-end sessions, and (through [`xeddsa`]) to sign the
+//!   node's own adverts.
+//! - [`signing`]: Ed25519 key pairs for signatures that are not a node's: component signers
+//!   and mesh certificate authorities.
+//! - [`xeddsa`]: signatures made and checked with X25519 keys (Signal's XEdDSA).
+//! - `file`: the private key file format shared by both kinds.
+//!
+//! A public key travels as one token naming its kind (`x25519:...`, `ed25519:...`), so one
+//! kind is never taken for the other. Private keys live in mode-0600 files and never appear in
+//! `Debug` output or logs.
+
+pub(crate) mod file;
+pub mod link;
+mod signature;
+pub mod signing;
+pub mod xeddsa;
+
+pub use link::{KeyError, LINK_KEY_KIND, LinkKeypair, PublicKey};
+pub use signature::{SIGNATURE_LEN, SignatureBytes};
+pub use signing::{SIGNING_KEY_KIND, SignerKey, SigningKeyError, SigningKeypair, SigningPurpose};

@@ -1,0 +1,489 @@
+//! End-to-end sessions: one Noise IK handshake per pair of nodes, whose keys seal every
+//! circuit between them, so relays forward ciphertext only and a stream's peer is the node
+//! that proved its key here — never whatever a packet header says.
+//!
+//! The initiator knows the responder's key before it starts (from a pin, a known-nodes
+//! record, or the responder's signed advert), so IK takes one round trip: message 1 carries
+//! the initiator's static key and its latest signed advert (so the responder can check the
+//! binding of key to node id even if the advert had not reached it yet), message 2 ends it.
+//! The prologue binds both node ids, so a handshake meant for one node is useless at another.
+//!
+//! Owns the per-peer table (initiating or established), session ids, the replay window of
+//! circuit opens, and key derivation. Judging whether a key may speak for a node id is the
+//! caller's (it holds the link-state database and the trust policy). No IO; time is passed
+//! in.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use snow::HandshakeState;
+
+use super::lsdb::Advert;
+use super::message::{decode_payload, encode_payload};
+use super::seal::SessionSecrets;
+use super::trust::Binding;
+use crate::id::{GroupName, NodeId};
+use crate::keys::{LinkKeypair, PublicKey};
+
+/// The session handshake. AES-GCM for the same reason as links (see `noise.rs`).
+pub const SESSION_PARAMS: &str = "Noise_IK_25519_AESGCM_SHA256";
+
+/// How long an initiated session may wait for its answer.
+pub const SESSION_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How far back a circuit open's sequence number may be and still be accepted (opens of one
+/// session can take different paths after a route change, so they may arrive out of order).
+const OPEN_WINDOW: u64 = 64;
+
+/// A session message, routed between the two nodes like any packet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SessionMsg {
+    /// IK message 1.
+    Init {
+        /// The session's id, chosen by the initiator.
+        session: u64,
+        /// The Noise message.
+        noise: Bytes,
+    },
+    /// IK message 2.
+    Accept {
+        /// The session's id.
+        session: u64,
+        /// The Noise message.
+        noise: Bytes,
+    },
+    /// The responder refuses the initiator (unauthenticated: a hint, never trusted as more).
+    Refuse {
+        /// The session's id.
+        session: u64,
+        /// Why.
+        reason: SessionRefusal,
+    },
+}
+
+/// Why a responder refused a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum SessionRefusal {
+    /// Nothing binds the initiator's key to its node id here.
+    #[error("the target does not accept this node's key for its node id")]
+    UntrustedKey,
+    /// The handshake did not verify.
+    #[error("the session handshake failed at the target")]
+    BadHandshake,
+}
+
+/// Payload of IK message 1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitPayload {
+    /// The initiator's latest signed advert.
+    pub advert: Advert,
+}
+
+/// Who is at the other end of a session, as proven by its handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// The node.
+    pub node: NodeId,
+    /// Its static key, proven by the handshake.
+    pub key: PublicKey,
+    /// What binds the key to the node id here.
+    pub binding: Binding,
+}
+
+impl PeerIdentity {
+    /// The node's groups (from its certificate).
+    pub fn groups(&self) -> &[GroupName] {
+        self.binding.groups()
+    }
+}
+
+/// Why a session message could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    /// Noise rejected the handshake message.
+    #[error("session handshake failed: {0}")]
+    Noise(String),
+    /// An answer to no session we started.
+    #[error("no session {0:x} is being initiated with that node")]
+    NotInitiating(u64),
+    /// The initiator's advert does not match its key or node id.
+    #[error("the session initiator's advert is not its own")]
+    AdvertMismatch,
+}
+
+impl From<snow::Error> for SessionError {
+    fn from(e: snow::Error) -> Self {
+        Self::Noise(e.to_string())
+    }
+}
+
+/// A session both ends hold.
+#[derive(Debug)]
+pub struct Session {
+    /// Its keys.
+    pub secrets: SessionSecrets,
+    /// The other end.
+    pub peer: PeerIdentity,
+    next_open: u64,
+    seen_max: Option<u64>,
+    seen_bits: u64,
+    /// Last time a circuit was opened on it (sessions idle out).
+    pub last_used: Instant,
+}
+
+impl Session {
+    /// The sequence number for the next circuit we open.
+    pub fn next_open_seq(&mut self, now: Instant) -> u64 {
+        self.last_used = now;
+        let seq = self.next_open;
+        self.next_open += 1;
+        seq
+    }
+
+    /// Whether a circuit open from the peer with `seq` is fresh; records it. A replayed
+    /// open, or one far behind the newest, is refused.
+    pub fn accept_open_seq(&mut self, now: Instant, seq: u64) -> bool {
+        let fresh = match self.seen_max {
+            None => {
+                self.seen_max = Some(seq);
+                self.seen_bits = 1;
+                true
+            }
+            Some(max) if seq > max => {
+                let shift = seq - max;
+                self.seen_bits = if shift >= OPEN_WINDOW {
+                    1
+                } else {
+                    (self.seen_bits << shift) | 1
+                };
+                self.seen_max = Some(seq);
+                true
+            }
+            Some(max) => {
+                let back = max - seq;
+                let bit = 1u64.checked_shl(u32::try_from(back).unwrap_or(u32::MAX));
+                match bit {
+                    Some(bit) if self.seen_bits & bit == 0 => {
+                        self.seen_bits |= bit;
+                        true
+                    }
+                    _ => false,
+                }
+            }
+        };
+        if fresh {
+            self.last_used = now;
+        }
+        fresh
+    }
+}
+
+enum Slot {
+    Initiating {
+        handshake: Box<HandshakeState>,
+        id: u64,
+        key: PublicKey,
+        /// How the caller bound `key` to the peer's id when it started.
+        binding: Binding,
+        started: Instant,
+    },
+    Established(Box<Session>),
+}
+
+/// Every session of this node, one per peer node.
+pub struct Sessions {
+    me: NodeId,
+    keys: LinkKeypair,
+    table: HashMap<NodeId, Slot>,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions")
+            .field("me", &self.me)
+            .field("peers", &self.table.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn prologue(initiator: &NodeId, responder: &NodeId) -> Vec<u8> {
+    let mut p = b"warren session v1\0".to_vec();
+    p.extend_from_slice(initiator.as_str().as_bytes());
+    p.push(0);
+    p.extend_from_slice(responder.as_str().as_bytes());
+    p
+}
+
+fn builder<'a>(
+    keys: &'a LinkKeypair,
+    prologue: &'a [u8],
+) -> Result<snow::Builder<'a>, snow::Error> {
+    let params = SESSION_PARAMS
+        .parse()
+        .expect("invariant: SESSION_PARAMS is valid");
+    snow::Builder::new(params)
+        .local_private_key(keys.private_bytes())?
+        .prologue(prologue)
+}
+
+impl Sessions {
+    /// No sessions yet.
+    pub fn new(me: NodeId, keys: LinkKeypair) -> Self {
+        Self {
+            me,
+            keys,
+            table: HashMap::new(),
+        }
+    }
+
+    /// The established session with `peer`.
+    pub fn established(&mut self, peer: &NodeId) -> Option<&mut Session> {
+        match self.table.get_mut(peer) {
+            Some(Slot::Established(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Whether a handshake with `peer` is under way.
+    pub fn is_initiating(&self, peer: &NodeId) -> bool {
+        matches!(self.table.get(peer), Some(Slot::Initiating { .. }))
+    }
+
+    /// Starts a session with `peer`, whose static key is `key` (bound to its id by
+    /// `binding`); returns message 1.
+    ///
+    /// # Errors
+    /// [`SessionError::Noise`] if the handshake cannot be built.
+    pub fn initiate(
+        &mut self,
+        now: Instant,
+        peer: &NodeId,
+        (key, binding): (PublicKey, Binding),
+        id: u64,
+        own_advert: &Advert,
+    ) -> Result<SessionMsg, SessionError> {
+        let prologue = prologue(&self.me, peer);
+        let mut handshake = builder(&self.keys, &prologue)?
+            .remote_public_key(key.as_bytes())?
+            .build_initiator()?;
+        let payload = encode_payload(&InitPayload {
+            advert: own_advert.clone(),
+        });
+        let mut buf = vec![0u8; super::frame::MAX_NOISE_MESSAGE_LEN];
+        let n = handshake.write_message(&payload, &mut buf)?;
+        buf.truncate(n);
+        self.table.insert(
+            peer.clone(),
+            Slot::Initiating {
+                handshake: Box::new(handshake),
+                id,
+                key,
+                binding,
+                started: now,
+            },
+        );
+        Ok(SessionMsg::Init {
+            session: id,
+            noise: Bytes::from(buf),
+        })
+    }
+
+    /// Reads message 1 from `from`: returns the initiator's key and advert for the caller to
+    /// judge, and a continuation that finishes the session once judged.
+    ///
+    /// # Errors
+    /// [`SessionError`] when the message does not verify or the advert is not the
+    /// initiator's own.
+    pub fn read_init(
+        &self,
+        from: &NodeId,
+        noise: &[u8],
+    ) -> Result<(PublicKey, InitPayload, PendingAccept), SessionError> {
+        let prologue = prologue(from, &self.me);
+        let mut handshake = builder(&self.keys, &prologue)?.build_responder()?;
+        let mut payload = vec![0u8; noise.len()];
+        let n = handshake.read_message(noise, &mut payload)?;
+        let key = handshake
+            .get_remote_static()
+            .and_then(PublicKey::from_slice)
+            .ok_or_else(|| SessionError::Noise("no static key".into()))?;
+        let init: InitPayload =
+            decode_payload(&payload[..n]).map_err(|e| SessionError::Noise(e.to_string()))?;
+        if init.advert.origin != *from || init.advert.key != key {
+            return Err(SessionError::AdvertMismatch);
+        }
+        Ok((
+            key,
+            init,
+            PendingAccept {
+                handshake: Box::new(handshake),
+            },
+        ))
+    }
+
+    /// Finishes a session the caller accepted: returns message 2. A session of ours with the
+    /// same peer is replaced (the peer restarted or dropped it). When both ends initiated
+    /// at once, the node with the smaller id keeps its own initiation and this returns
+    /// `None`: the peer will answer ours.
+    ///
+    /// # Errors
+    /// [`SessionError::Noise`] if Noise cannot finish.
+    pub fn accept(
+        &mut self,
+        now: Instant,
+        pending: PendingAccept,
+        session: u64,
+        peer: PeerIdentity,
+    ) -> Result<Option<SessionMsg>, SessionError> {
+        if self.is_initiating(&peer.node) && self.me < peer.node {
+            return Ok(None);
+        }
+        let mut handshake = pending.handshake;
+        let mut buf = vec![0u8; 128];
+        let n = handshake.write_message(&[], &mut buf)?;
+        buf.truncate(n);
+        let (i2r, r2i) = handshake.dangerously_get_raw_split();
+        let secrets = SessionSecrets {
+            id: session,
+            initiator_to_responder: i2r,
+            responder_to_initiator: r2i,
+            we_initiated: false,
+        };
+        self.insert(now, peer.clone(), secrets);
+        Ok(Some(SessionMsg::Accept {
+            session,
+            noise: Bytes::from(buf),
+        }))
+    }
+
+    /// Reads message 2 from `from`; returns the established session's peer.
+    ///
+    /// # Errors
+    /// [`SessionError`] for an answer to no handshake of ours, or one that fails.
+    pub fn read_accept(
+        &mut self,
+        now: Instant,
+        from: &NodeId,
+        session: u64,
+        noise: &[u8],
+    ) -> Result<PeerIdentity, SessionError> {
+        let Some(Slot::Initiating { id, .. }) = self.table.get(from) else {
+            return Err(SessionError::NotInitiating(session));
+        };
+        if *id != session {
+            return Err(SessionError::NotInitiating(session));
+        }
+        let Some(Slot::Initiating {
+            mut handshake,
+            key,
+            binding,
+            ..
+        }) = self.table.remove(from)
+        else {
+            return Err(SessionError::NotInitiating(session));
+        };
+        let mut payload = vec![0u8; noise.len()];
+        if let Err(e) = handshake.read_message(noise, &mut payload) {
+            return Err(e.into());
+        }
+        let (i2r, r2i) = handshake.dangerously_get_raw_split();
+        let secrets = SessionSecrets {
+            id: session,
+            initiator_to_responder: i2r,
+            responder_to_initiator: r2i,
+            we_initiated: true,
+        };
+        let peer = PeerIdentity {
+            node: from.clone(),
+            key,
+            binding,
+        };
+        self.insert(now, peer.clone(), secrets);
+        Ok(peer)
+    }
+
+    fn insert(&mut self, now: Instant, peer: PeerIdentity, secrets: SessionSecrets) {
+        let session = Session {
+            secrets,
+            peer,
+            next_open: 0,
+            seen_max: None,
+            seen_bits: 0,
+            last_used: now,
+        };
+        self.table.insert(
+            session.peer.node.clone(),
+            Slot::Established(Box::new(session)),
+        );
+    }
+
+    /// Forgets the session (or handshake) with `peer`.
+    pub fn forget(&mut self, peer: &NodeId) {
+        self.table.remove(peer);
+    }
+
+    /// The id of the session or handshake with `peer`.
+    pub fn id_with(&self, peer: &NodeId) -> Option<u64> {
+        match self.table.get(peer)? {
+            Slot::Initiating { id, .. } => Some(*id),
+            Slot::Established(s) => Some(s.secrets.id),
+        }
+    }
+
+    /// Drops handshakes older than [`SESSION_HANDSHAKE_TIMEOUT`] and sessions unused for
+    /// `idle`; returns the peers whose handshake timed out.
+    pub fn expire(&mut self, now: Instant, idle: Duration) -> Vec<NodeId> {
+        let mut timed_out = Vec::new();
+        self.table.retain(|peer, slot| match slot {
+            Slot::Initiating { started, .. } => {
+                let alive = now.saturating_duration_since(*started) < SESSION_HANDSHAKE_TIMEOUT;
+                if !alive {
+                    timed_out.push(peer.clone());
+                }
+                alive
+            }
+            Slot::Established(s) => now.saturating_duration_since(s.last_used) < idle,
+        });
+        timed_out
+    }
+
+    /// When [`Sessions::expire`] next has a handshake to drop.
+    pub fn next_handshake_deadline(&self) -> Option<Instant> {
+        self.table
+            .values()
+            .filter_map(|slot| match slot {
+                Slot::Initiating { started, .. } => Some(*started + SESSION_HANDSHAKE_TIMEOUT),
+                Slot::Established(_) => None,
+            })
+            .min()
+    }
+
+    /// Number of established sessions, for status.
+    pub fn len(&self) -> usize {
+        self.table
+            .values()
+            .filter(|s| matches!(s, Slot::Established(_)))
+            .count()
+    }
+
+    /// Whether there is no established session.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A responder's handshake between reading message 1 and the caller's decision.
+pub struct PendingAccept {
+    handshake: Box<HandshakeState>,
+}
+
+impl std::fmt::Debug for PendingAccept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PendingAccept")
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,189 @@
+use super::*;
+use crate::keys::SignatureBytes;
+use crate::mesh::advert::tests::signed;
+use crate::mesh::message::CircuitId;
+
+fn id(s: &str) -> NodeId {
+    NodeId::new(s).unwrap()
+}
+
+fn keys(b: u8) -> LinkKeypair {
+    LinkKeypair::from_private([b; 32])
+}
+
+/// A runs a full handshake with B; returns both tables.
+fn handshake(now: Instant) -> (Sessions, Sessions) {
+    let (a_keys, b_keys) = (keys(1), keys(2));
+    let mut a = Sessions::new(id("a"), a_keys.clone());
+    let mut b = Sessions::new(id("b"), b_keys.clone());
+    let advert = signed("a", &a_keys, 1, 1, &[]);
+    let SessionMsg::Init { session, noise } = a
+        .initiate(
+            now,
+            &id("b"),
+            (b_keys.public(), Binding::Pinned),
+            77,
+            &advert,
+        )
+        .unwrap()
+    else {
+        panic!("message 1 is an init")
+    };
+    let (key, init, pending) = b.read_init(&id("a"), &noise).unwrap();
+    assert_eq!(key, a_keys.public());
+    assert_eq!(init.advert, advert);
+    let peer = PeerIdentity {
+        node: id("a"),
+        key,
+        binding: Binding::TrustedKey,
+    };
+    let Some(SessionMsg::Accept { session: s2, noise }) =
+        b.accept(now, pending, session, peer).unwrap()
+    else {
+        panic!("message 2 is an accept")
+    };
+    assert_eq!(s2, 77);
+    let peer = a.read_accept(now, &id("b"), s2, &noise).unwrap();
+    assert_eq!(peer.key, b_keys.public());
+    (a, b)
+}
+
+#[test]
+fn both_ends_seal_the_same_circuit_keys() {
+    let now = Instant::now();
+    let (mut a, mut b) = handshake(now);
+    let circuit = CircuitId {
+        opener: id("a"),
+        number: 5,
+    };
+    let (mut seal, _) = a.established(&id("b")).unwrap().secrets.circuit(&circuit);
+    let (_, mut open) = b.established(&id("a")).unwrap().secrets.circuit(&circuit);
+    let sealed = seal.seal(b"hello".to_vec());
+    assert_eq!(open.open(&sealed).unwrap(), b"hello");
+}
+
+#[test]
+fn a_handshake_for_another_node_does_not_verify() {
+    let now = Instant::now();
+    let a_keys = keys(1);
+    let mut a = Sessions::new(id("a"), a_keys.clone());
+    let advert = signed("a", &a_keys, 1, 1, &[]);
+    let SessionMsg::Init { noise, .. } = a
+        .initiate(
+            now,
+            &id("b"),
+            (keys(2).public(), Binding::Pinned),
+            1,
+            &advert,
+        )
+        .unwrap()
+    else {
+        panic!()
+    };
+    // A relay redirects the handshake to c (which has b's key, even): the prologue names b.
+    let c = Sessions::new(id("c"), keys(2));
+    assert!(c.read_init(&id("a"), &noise).is_err());
+    // And a node whose key a did not name cannot read it at all.
+    let d = Sessions::new(id("b"), keys(3));
+    assert!(d.read_init(&id("a"), &noise).is_err());
+}
+
+#[test]
+fn an_init_carrying_someone_elses_advert_is_refused() {
+    let now = Instant::now();
+    let mut a = Sessions::new(id("a"), keys(1));
+    let b = Sessions::new(id("b"), keys(2));
+    // A signs an init as itself but carries node x's advert.
+    let foreign = signed("x", &keys(9), 1, 1, &[]);
+    let SessionMsg::Init { noise, .. } = a
+        .initiate(
+            now,
+            &id("b"),
+            (keys(2).public(), Binding::Pinned),
+            1,
+            &foreign,
+        )
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert!(matches!(
+        b.read_init(&id("a"), &noise),
+        Err(SessionError::AdvertMismatch)
+    ));
+}
+
+#[test]
+fn replayed_opens_are_refused_and_late_ones_within_the_window_accepted() {
+    let now = Instant::now();
+    let (_, mut b) = handshake(now);
+    let s = b.established(&id("a")).unwrap();
+    assert!(s.accept_open_seq(now, 0));
+    assert!(!s.accept_open_seq(now, 0), "replay");
+    assert!(s.accept_open_seq(now, 5));
+    assert!(s.accept_open_seq(now, 3), "late but fresh");
+    assert!(!s.accept_open_seq(now, 3));
+    assert!(s.accept_open_seq(now, 5 + OPEN_WINDOW));
+    assert!(!s.accept_open_seq(now, 4), "now behind the window");
+}
+
+#[test]
+fn simultaneous_initiation_keeps_the_smaller_ids_handshake() {
+    let now = Instant::now();
+    let (a_keys, b_keys) = (keys(1), keys(2));
+    let mut a = Sessions::new(id("a"), a_keys.clone());
+    let mut b = Sessions::new(id("b"), b_keys.clone());
+    let a_advert = signed("a", &a_keys, 1, 1, &[]);
+    let b_advert = signed("b", &b_keys, 1, 1, &[]);
+    let SessionMsg::Init {
+        session: sa,
+        noise: na,
+    } = a
+        .initiate(
+            now,
+            &id("b"),
+            (b_keys.public(), Binding::Pinned),
+            10,
+            &a_advert,
+        )
+        .unwrap()
+    else {
+        panic!()
+    };
+    let SessionMsg::Init {
+        session: sb,
+        noise: nb,
+    } = b
+        .initiate(
+            now,
+            &id("a"),
+            (a_keys.public(), Binding::Pinned),
+            20,
+            &b_advert,
+        )
+        .unwrap()
+    else {
+        panic!()
+    };
+    // a (smaller id) ignores b's init; b answers a's.
+    let (_, _, pending) = a.read_init(&id("b"), &nb).unwrap();
+    let peer_b = PeerIdentity {
+        node: id("b"),
+        key: b_keys.public(),
+        binding: Binding::Pinned,
+    };
+    assert_eq!(a.accept(now, pending, sb, peer_b).unwrap(), None);
+    let (_, _, pending) = b.read_init(&id("a"), &na).unwrap();
+    let peer_a = PeerIdentity {
+        node: id("a"),
+        key: a_keys.public(),
+        binding: Binding::Pinned,
+    };
+    let Some(SessionMsg::Accept { noise, .. }) = b.accept(now, pending, sa, peer_a).unwrap() else {
+        panic!()
+    };
+    a.read_accept(now, &id("b"), sa, &noise).unwrap();
+    assert_eq!(a.id_with(&id("b")), Some(10));
+    assert_eq!(b.id_with(&id("a")), Some(10));
+    let _ = SignatureBytes([0; 64]);
+}

@@ -1,0 +1,374 @@
+//! A trusted neighbour turned hostile: forged and flooded adverts, spoofed packet sources,
+//! stolen and injected circuit packets. Every attack is really sent over a real link (see
+//! `MeshNode::inject`), and each test checks both that the attack was refused and that the
+//! honest traffic it aimed at went on untouched.
+
+use bytes::Bytes;
+
+use super::{STEPS, cost, settle};
+use crate::id::{NodeId, ServiceName};
+use crate::keys::{LinkKeypair, SignatureBytes};
+use crate::mesh::advert::{Advert, AdvertLink};
+use crate::mesh::lsdb::LsdbLimits;
+use crate::mesh::message::{Message, Packet, PacketBody, StreamKind, StreamPacket};
+use crate::mesh::node::Event;
+use crate::mesh::route::Cost;
+use crate::mesh::sim::{NodeIdx, Sim};
+use crate::mesh::stream::{StreamEvent, StreamId};
+
+/// A line n0 - n1 - n2 with an attacker `x` linked to `x_peer`; `n1` taps its links.
+fn mesh_with_attacker(seed: u64, x_peer: usize) -> (Sim, Vec<NodeIdx>, NodeIdx) {
+    let mut sim = Sim::new(seed);
+    let n0 = sim.add_node("n0");
+    let n1 = sim.add_node_with("n1", |c| c.link.tap = true);
+    let n2 = sim.add_node("n2");
+    let x = sim.add_node("x");
+    sim.connect(n0, n1, cost());
+    sim.connect(n1, n2, cost());
+    let n = vec![n0, n1, n2];
+    sim.connect(x, n[x_peer], cost());
+    settle(&mut sim);
+    (sim, n, x)
+}
+
+/// `x` sends `message` to `to` over their link.
+fn inject(sim: &mut Sim, x: NodeIdx, to: NodeIdx, message: &Message) {
+    let to = sim.id(to);
+    let sent = sim.with_node(x, |node, _| node.inject(&to, message));
+    assert!(sent, "the attacker has a link to {to}");
+}
+
+fn routes(sim: &mut Sim, nodes: &[NodeIdx]) -> Vec<String> {
+    nodes
+        .iter()
+        .map(|&i| format!("{:?}", sim.node(i).routes()))
+        .collect()
+}
+
+#[test]
+fn a_forged_advert_with_the_victims_key_and_a_huge_epoch_changes_no_route() {
+    let (mut sim, n, x) = mesh_with_attacker(31, 0);
+    let all = [n[0], n[1], n[2], x];
+    let before = routes(&mut sim, &all);
+    let victim = sim.id(n[2]);
+    let real = sim.node(n[0]).advert(&victim).cloned().unwrap();
+    let x_id = sim.id(x);
+    let steal = vec![AdvertLink {
+        peer: x_id.clone(),
+        cost: Cost::from_millis(1),
+    }];
+    // Replayed with a huge epoch and links pointing at the attacker...
+    let mut replayed = real.clone();
+    replayed.epoch = u64::MAX;
+    replayed.links.clone_from(&steal);
+    // ... or signed by the attacker, claiming the victim's key.
+    let x_keys = sim.node(x).config().keys.clone();
+    let mut resigned = Advert {
+        epoch: real.epoch + 1,
+        links: steal,
+        ..real.clone()
+    }
+    .sign(&x_keys, &[0; 64]);
+    resigned.key = real.key;
+    for forged in [replayed, resigned] {
+        inject(&mut sim, x, n[0], &Message::Advert(forged));
+    }
+    sim.run_until_idle(STEPS).unwrap();
+    assert_eq!(routes(&mut sim, &all), before, "no route changed anywhere");
+    for i in all {
+        let stored = sim.node(i).advert(&victim).cloned().unwrap();
+        assert_eq!(stored, real, "{} keeps the victim's real advert", sim.id(i));
+    }
+    assert_eq!(
+        sim.node(n[0]).adverts_refused(),
+        2,
+        "both forgeries were refused"
+    );
+    assert_eq!(
+        sim.node(n[1]).adverts_refused(),
+        0,
+        "and none was flooded on"
+    );
+    sim.assert_converged();
+}
+
+#[test]
+fn ten_thousand_adverts_are_refused_beyond_the_caps_and_links_stay_up() {
+    let mut sim = Sim::new(32);
+    let cap = 64;
+    let n0 = sim.add_node_with("n0", |c| {
+        c.lsdb = LsdbLimits {
+            max_nodes: cap,
+            ..c.lsdb.clone()
+        };
+    });
+    let n1 = sim.add_node("n1");
+    let x = sim.add_node("x");
+    sim.connect(n0, n1, cost());
+    sim.connect(x, n0, cost());
+    settle(&mut sim);
+    let downs_before = link_downs(&sim, n0);
+    // 5,000 adverts of the attacker's own origin, as fast as it can...
+    let x_keys = sim.node(x).config().keys.clone();
+    let x_id = sim.id(x);
+    let own = sim.node(n0).advert(&x_id).cloned().unwrap();
+    for seq in 0..5_000 {
+        let advert = Advert {
+            seq: own.seq + 1 + seq,
+            ..own.clone()
+        }
+        .sign(&x_keys, &[0; 64]);
+        inject(&mut sim, x, n0, &Message::Advert(advert));
+    }
+    // ... and 5,000 made-up nodes, each with a key of its own.
+    for i in 0..5_000u32 {
+        let mut secret = [7u8; 32];
+        secret[..4].copy_from_slice(&i.to_le_bytes());
+        let keys = LinkKeypair::from_private(secret);
+        let fake = Advert {
+            origin: NodeId::new(format!("fake{i}")).unwrap(),
+            key: keys.public(),
+            epoch: own.epoch,
+            seq: 1,
+            issued_at_ms: own.issued_at_ms,
+            links: Vec::new(),
+            services: Vec::new(),
+            work_types: Vec::new(),
+            cert: None,
+            signature: SignatureBytes([0; 64]),
+        }
+        .sign(&keys, &[0; 64]);
+        inject(&mut sim, x, n0, &Message::Advert(fake));
+    }
+    sim.run_until_idle(10 * STEPS).unwrap();
+    assert!(
+        sim.node(n0).lsdb_len() <= cap,
+        "the database stays within its cap"
+    );
+    assert!(
+        sim.node(n0).adverts_refused() >= 9_000,
+        "refused {}",
+        sim.node(n0).adverts_refused()
+    );
+    assert_eq!(link_downs(&sim, n0), downs_before, "every link stayed up");
+    assert!(sim.is_linked(n0, x) && sim.is_linked(n0, n1));
+    assert_eq!(sim.deliver(n1, n0, b"still routing"), b"still routing");
+}
+
+fn link_downs(sim: &Sim, at: NodeIdx) -> usize {
+    sim.events(at)
+        .iter()
+        .filter(|e| matches!(e, Event::LinkDown { .. }))
+        .count()
+}
+
+/// Opens a stream n0 -> n2 ("sink"), returns both ends' ids once data flows.
+fn live_stream(sim: &mut Sim, n: &[NodeIdx]) -> (StreamId, StreamId) {
+    let svc = ServiceName::new("sink").unwrap();
+    sim.with_node(n[2], |node, now| node.listen(now, svc.clone()));
+    sim.run_until_idle(STEPS).unwrap();
+    let dst = sim.id(n[2]);
+    let id = sim
+        .with_node(n[0], |node, now| {
+            node.open_stream(now, &dst, svc.clone(), svc)
+        })
+        .unwrap();
+    let opened = Event::Stream(StreamEvent::Opened { id });
+    sim.run_until(|s| s.events(n[0]).contains(&opened), STEPS)
+        .unwrap();
+    let remote = incoming(sim, n[2]).last().copied().expect("accepted");
+    (id, remote)
+}
+
+fn incoming(sim: &Sim, at: NodeIdx) -> Vec<StreamId> {
+    sim.events(at)
+        .iter()
+        .filter_map(|e| match e {
+            Event::Stream(StreamEvent::Incoming { id, .. }) => Some(*id),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The stream packets `n1` saw in clear on its links.
+fn tapped_stream_packets(sim: &Sim, n1: NodeIdx) -> Vec<Packet> {
+    sim.events(n1)
+        .iter()
+        .filter_map(|e| match e {
+            Event::LinkPlaintext { frame, .. } => match Message::decode(frame).ok()? {
+                Message::Packet(p) if matches!(p.body, PacketBody::Stream(_)) => Some(p),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+/// Sends `data` n0 -> n2 on the live stream and checks it arrives intact.
+fn still_delivers(sim: &mut Sim, n: &[NodeIdx], id: StreamId, remote: StreamId, data: &[u8]) {
+    let before = received(sim, n[2], remote).len();
+    let payload = Bytes::copy_from_slice(data);
+    sim.with_node(n[0], |node, now| node.stream_send(now, id, payload))
+        .unwrap();
+    sim.run_until_idle(STEPS).unwrap();
+    assert_eq!(&received(sim, n[2], remote)[before..], data);
+    let resets = sim
+        .events(n[2])
+        .iter()
+        .any(|e| matches!(e, Event::Stream(StreamEvent::Reset { id, .. }) if *id == remote));
+    assert!(!resets, "the honest stream was not reset");
+}
+
+fn received(sim: &Sim, at: NodeIdx, id: StreamId) -> Vec<u8> {
+    sim.events(at)
+        .iter()
+        .filter_map(|e| match e {
+            Event::Stream(StreamEvent::Data { id: i, data }) if *i == id => Some(data.to_vec()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+#[test]
+fn spoofed_sources_and_replayed_opens_create_no_stream() {
+    let (mut sim, n, x) = mesh_with_attacker(33, 1);
+    let (id, remote) = live_stream(&mut sim, &n);
+    // What n1 saw in clear: the open's circuit and sealed bytes, never its service or data.
+    let open = tapped_stream_packets(&sim, n[1])
+        .into_iter()
+        .find(|p| matches!(&p.body, PacketBody::Stream(sp) if matches!(sp.kind, StreamKind::Open { .. })))
+        .expect("n1 relayed the open");
+    let PacketBody::Stream(sp) = &open.body else {
+        unreachable!()
+    };
+    let n2_id = sim.id(n[2]);
+    let session = sim.node(n[0]).session_id(&n2_id).unwrap();
+    let attempts = [
+        // The captured open, replayed from the attacker's link on the live circuit...
+        open.clone(),
+        // ... on a fresh circuit number, so the relay pins it ...
+        with_circuit_number(&open, sp.circuit.number ^ 1),
+        // ... and an open with the victim's source and session id but forged contents.
+        with_circuit_number(
+            &with_kind(
+                &open,
+                StreamKind::Open {
+                    session,
+                    sealed: Bytes::from_static(&[0u8; 80]),
+                },
+            ),
+            sp.circuit.number ^ 2,
+        ),
+    ];
+    for attempt in attempts {
+        inject(&mut sim, x, n[1], &Message::Packet(attempt));
+    }
+    sim.run_until_idle(STEPS).unwrap();
+    assert_eq!(
+        incoming(&sim, n[2]),
+        vec![remote],
+        "no stream besides the honest one"
+    );
+    still_delivers(&mut sim, &n, id, remote, b"after the replays");
+}
+
+#[test]
+fn packets_of_a_live_circuit_from_another_link_are_dropped() {
+    let (mut sim, n, x) = mesh_with_attacker(34, 1);
+    let (id, remote) = live_stream(&mut sim, &n);
+    let circuits = sim.node(n[1]).relayed_circuits();
+    assert_eq!(circuits.len(), 1, "n1 relays the stream");
+    let circuit = circuits[0].clone();
+    let packet = |from_opener, kind| {
+        Message::Packet(Packet {
+            src: if from_opener {
+                NodeId::new("n0").unwrap()
+            } else {
+                NodeId::new("n2").unwrap()
+            },
+            dst: if from_opener {
+                NodeId::new("n2").unwrap()
+            } else {
+                NodeId::new("n0").unwrap()
+            },
+            hops_left: 9,
+            body: PacketBody::Stream(StreamPacket {
+                circuit: circuit.clone(),
+                from_opener,
+                kind,
+            }),
+        })
+    };
+    let reset = StreamKind::Reset(crate::mesh::message::ResetReason::Cancelled);
+    let garbage = StreamKind::Sealed(Bytes::from_static(b"not sealed by n0"));
+    for (from_opener, kind) in [
+        (true, reset.clone()),
+        (false, reset),
+        (true, garbage.clone()),
+        (false, garbage),
+        (true, StreamKind::Close),
+    ] {
+        inject(&mut sim, x, n[1], &packet(from_opener, kind));
+    }
+    sim.run_until_idle(STEPS).unwrap();
+    assert_eq!(
+        sim.node(n[1]).relayed_circuits(),
+        vec![circuit],
+        "the circuit stays pinned"
+    );
+    let reset_at_opener = sim
+        .events(n[0])
+        .iter()
+        .any(|e| matches!(e, Event::Stream(StreamEvent::Reset { id: i, .. }) if *i == id));
+    assert!(!reset_at_opener);
+    still_delivers(&mut sim, &n, id, remote, b"untouched");
+}
+
+#[test]
+fn what_a_relay_sees_of_a_stream_is_sealed() {
+    let (mut sim, n, _) = mesh_with_attacker(35, 0);
+    let (id, remote) = live_stream(&mut sim, &n);
+    let marker = b"SECRET-MARKER-0123456789";
+    still_delivers(&mut sim, &n, id, remote, marker);
+    let frames: Vec<Vec<u8>> = sim
+        .events(n[1])
+        .iter()
+        .filter_map(|e| match e {
+            Event::LinkPlaintext { frame, .. } => Some(frame.to_vec()),
+            _ => None,
+        })
+        .collect();
+    let contains = |needle: &[u8]| {
+        frames
+            .iter()
+            .any(|f| f.windows(needle.len()).any(|w| w == needle))
+    };
+    // The tap works: node ids and advertised services travel in clear in adverts and
+    // packet headers...
+    assert!(contains(b"n2") && contains(b"sink"));
+    // ... but the stream's bytes do not.
+    assert!(!contains(marker), "the relay read the payload");
+}
+
+fn with_kind(packet: &Packet, kind: StreamKind) -> Packet {
+    let PacketBody::Stream(sp) = &packet.body else {
+        unreachable!("a stream packet")
+    };
+    Packet {
+        body: PacketBody::Stream(StreamPacket { kind, ..sp.clone() }),
+        ..packet.clone()
+    }
+}
+
+fn with_circuit_number(packet: &Packet, number: u64) -> Packet {
+    let PacketBody::Stream(sp) = &packet.body else {
+        unreachable!("a stream packet")
+    };
+    let mut sp = sp.clone();
+    sp.circuit.number = number;
+    Packet {
+        body: PacketBody::Stream(sp),
+        ..packet.clone()
+    }
+}

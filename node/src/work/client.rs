@@ -1,0 +1,357 @@
+//! The one client of the node-to-node work protocol: submit, follow results from an offset,
+//! status, cancel, release — over a [`MeshHandle`], knowing nothing of the local unit store.
+//! `warren run`, the mirror of a remote unit, and the Python package use it.
+//!
+//! Results resume by offset: when the path to the running node breaks, [`WorkClient::
+//! follow_from`] asks again from the bytes already written, so nothing is lost or repeated. A
+//! typed refusal (no such unit, not allowed) ends it at once; only a broken path is retried.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use super::protocol::{
+    self, ProtocolError, RemoteStatus, Reply, Request, ResultsFrame, WORK_SERVICE, WorkRefusal,
+};
+use super::signature::WorkSignature;
+use super::unit::UnitId;
+use crate::id::{NodeId, ServiceName};
+use crate::mesh::driver::{MeshHandle, MeshStream};
+
+/// First wait before asking an unreachable node again; it doubles up to [`RETRY_MAX`].
+const RETRY_MIN: Duration = Duration::from_millis(200);
+
+/// Longest wait between attempts to reach a node.
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Why a work request to another node failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The node could not be reached, or the path broke: worth retrying.
+    #[error("node {node} is not reachable: {reason}")]
+    Unreachable {
+        /// The node.
+        node: NodeId,
+        /// Why.
+        reason: String,
+    },
+    /// The node refused: retrying will not help.
+    #[error(transparent)]
+    Refused(#[from] WorkRefusal),
+    /// The node answered something this protocol does not allow at that point.
+    #[error("node {node} broke the work protocol: {reason}")]
+    Protocol {
+        /// The node.
+        node: NodeId,
+        /// What happened.
+        reason: String,
+    },
+    /// Writing the results here failed.
+    #[error("writing the results: {0}")]
+    Sink(std::io::Error),
+    /// Reading the payload here failed.
+    #[error("reading the payload: {0}")]
+    Payload(std::io::Error),
+}
+
+impl ClientError {
+    /// Whether trying again (after the path heals) can succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unreachable { .. })
+    }
+
+    fn from_protocol(node: &NodeId, e: ProtocolError) -> Self {
+        match e {
+            ProtocolError::Io(e) => Self::Unreachable {
+                node: node.clone(),
+                reason: e.to_string(),
+            },
+            other => Self::Protocol {
+                node: node.clone(),
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
+/// A submission.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubmitRequest {
+    /// The work type.
+    pub work_type: String,
+    /// Its parameters.
+    pub params: BTreeMap<String, String>,
+    /// The submitting node's signature, for nodes that require signed work.
+    pub signature: Option<WorkSignature>,
+}
+
+/// Talks to other nodes' `work` service.
+#[derive(Debug, Clone)]
+pub struct WorkClient {
+    mesh: MeshHandle,
+}
+
+fn service() -> ServiceName {
+    ServiceName::new(WORK_SERVICE).expect("invariant: valid service name")
+}
+
+impl WorkClient {
+    /// A client over `mesh`.
+    pub fn new(mesh: MeshHandle) -> Self {
+        Self { mesh }
+    }
+
+    async fn connect(&self, node: &NodeId) -> Result<MeshStream, ClientError> {
+        self.mesh
+            .connect(node, &service())
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                node: node.clone(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// One request, one reply.
+    async fn ask(&self, node: &NodeId, request: &Request) -> Result<Reply, ClientError> {
+        let mut stream = self.connect(node).await?;
+        protocol::write(&mut stream, request)
+            .await
+            .map_err(|e| ClientError::from_protocol(node, e))?;
+        let _ = stream.shutdown().await;
+        match protocol::read(&mut stream).await {
+            Ok(Reply::Refused(refusal)) => Err(refusal.into()),
+            Ok(reply) => Ok(reply),
+            Err(e) => Err(ClientError::from_protocol(node, e)),
+        }
+    }
+
+    fn unexpected(node: &NodeId, reply: &Reply) -> ClientError {
+        ClientError::Protocol {
+            node: node.clone(),
+            reason: format!("unexpected reply {reply:?}"),
+        }
+    }
+
+    /// Submits `payload` as a unit on `node`; `created` learns the unit's id there as soon
+    /// as the node has made it (before the payload is sent). Returns the id once started.
+    ///
+    /// # Errors
+    /// [`ClientError`]; after `created` was called the unit exists there whatever the error.
+    pub async fn submit(
+        &self,
+        node: &NodeId,
+        request: SubmitRequest,
+        payload: &mut (dyn AsyncRead + Unpin + Send),
+        created: impl FnOnce(UnitId),
+    ) -> Result<UnitId, ClientError> {
+        let mut stream = self.connect(node).await?;
+        let unit = self
+            .send_submit(&mut stream, node, request, false, payload, created)
+            .await?;
+        let _ = stream.shutdown().await;
+        Ok(unit)
+    }
+
+    /// Submits and follows on one stream: the unit's output goes to `sink` as it runs. A
+    /// broken path after the start is resumed from the bytes already written. Returns the
+    /// unit's id and final status.
+    ///
+    /// # Errors
+    /// [`ClientError`] for a refusal, a sink that fails, or a path that breaks before the
+    /// unit started.
+    pub async fn submit_and_follow(
+        &self,
+        node: &NodeId,
+        request: SubmitRequest,
+        payload: &mut (dyn AsyncRead + Unpin + Send),
+        created: impl FnOnce(UnitId),
+        sink: &mut (dyn AsyncWrite + Unpin + Send),
+    ) -> Result<(UnitId, RemoteStatus), ClientError> {
+        let mut stream = self.connect(node).await?;
+        let unit = self
+            .send_submit(&mut stream, node, request, true, payload, created)
+            .await?;
+        let mut offset = 0;
+        let status = match read_results(&mut stream, node, &mut offset, sink).await {
+            Ok(status) => status,
+            Err(e) if e.is_transient() => self.follow_from(node, unit, offset, sink).await?,
+            Err(e) => return Err(e),
+        };
+        Ok((unit, status))
+    }
+
+    async fn send_submit(
+        &self,
+        stream: &mut MeshStream,
+        node: &NodeId,
+        request: SubmitRequest,
+        follow: bool,
+        payload: &mut (dyn AsyncRead + Unpin + Send),
+        created: impl FnOnce(UnitId),
+    ) -> Result<UnitId, ClientError> {
+        let proto = |e| ClientError::from_protocol(node, e);
+        let submit = Request::Submit {
+            work_type: request.work_type,
+            params: request.params,
+            signature: request.signature,
+            follow,
+        };
+        protocol::write(stream, &submit).await.map_err(proto)?;
+        let unit = match protocol::read(stream).await.map_err(proto)? {
+            Reply::Created { unit } => unit,
+            Reply::Refused(refusal) => return Err(refusal.into()),
+            other => return Err(Self::unexpected(node, &other)),
+        };
+        created(unit);
+        copy_payload(payload, stream, node).await?;
+        stream
+            .shutdown()
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                node: node.clone(),
+                reason: e.to_string(),
+            })?;
+        match protocol::read(stream).await.map_err(proto)? {
+            Reply::Started => Ok(unit),
+            Reply::Refused(refusal) => Err(refusal.into()),
+            other => Err(Self::unexpected(node, &other)),
+        }
+    }
+
+    /// Follows `unit` on `node` into `sink` from byte `offset` until it is finished,
+    /// resuming from the bytes already written after any failure of the path. Returns the
+    /// unit's final status.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] (the unit is gone, or not ours) and [`ClientError::Sink`];
+    /// an unreachable node is retried, not an error.
+    pub async fn follow_from(
+        &self,
+        node: &NodeId,
+        unit: UnitId,
+        mut offset: u64,
+        sink: &mut (dyn AsyncWrite + Unpin + Send),
+    ) -> Result<RemoteStatus, ClientError> {
+        let mut wait = RETRY_MIN;
+        loop {
+            let before = offset;
+            match self.follow_once(node, unit, &mut offset, sink).await {
+                Ok(status) => return Ok(status),
+                Err(e) if e.is_transient() => {
+                    tracing::info!(%node, %unit, error = %e, offset, "results interrupted; resuming");
+                    if offset > before {
+                        wait = RETRY_MIN;
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(RETRY_MAX);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One results session from `*offset` (advanced by what is written to `sink`).
+    ///
+    /// # Errors
+    /// As [`WorkClient::follow_from`], and [`ClientError::Unreachable`] when the path breaks.
+    pub async fn follow_once(
+        &self,
+        node: &NodeId,
+        unit: UnitId,
+        offset: &mut u64,
+        sink: &mut (dyn AsyncWrite + Unpin + Send),
+    ) -> Result<RemoteStatus, ClientError> {
+        let mut stream = self.connect(node).await?;
+        let request = Request::Results {
+            unit,
+            offset: *offset,
+        };
+        protocol::write(&mut stream, &request)
+            .await
+            .map_err(|e| ClientError::from_protocol(node, e))?;
+        let _ = stream.shutdown().await;
+        read_results(&mut stream, node, offset, sink).await
+    }
+
+    /// The unit's status on `node`.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn status(&self, node: &NodeId, unit: UnitId) -> Result<RemoteStatus, ClientError> {
+        match self.ask(node, &Request::Status { unit }).await? {
+            Reply::Status(status) => Ok(status),
+            other => Err(Self::unexpected(node, &other)),
+        }
+    }
+
+    /// Asks `node` to cancel `unit`.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn cancel(&self, node: &NodeId, unit: UnitId) -> Result<(), ClientError> {
+        self.ok(node, &Request::Cancel { unit }).await
+    }
+
+    /// Asks `node` to cancel and delete `unit`.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn release(&self, node: &NodeId, unit: UnitId) -> Result<(), ClientError> {
+        self.ok(node, &Request::Release { unit }).await
+    }
+
+    async fn ok(&self, node: &NodeId, request: &Request) -> Result<(), ClientError> {
+        match self.ask(node, request).await? {
+            Reply::Ok => Ok(()),
+            other => Err(Self::unexpected(node, &other)),
+        }
+    }
+}
+
+async fn copy_payload(
+    payload: &mut (dyn AsyncRead + Unpin + Send),
+    stream: &mut MeshStream,
+    node: &NodeId,
+) -> Result<(), ClientError> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = payload.read(&mut buf).await.map_err(ClientError::Payload)?;
+        if n == 0 {
+            return Ok(());
+        }
+        stream
+            .write_all(&buf[..n])
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                node: node.clone(),
+                reason: e.to_string(),
+            })?;
+    }
+}
+
+/// Reads results frames into `sink` until the end frame.
+async fn read_results(
+    stream: &mut MeshStream,
+    node: &NodeId,
+    offset: &mut u64,
+    sink: &mut (dyn AsyncWrite + Unpin + Send),
+) -> Result<RemoteStatus, ClientError> {
+    loop {
+        let frame = protocol::read(stream)
+            .await
+            .map_err(|e| ClientError::from_protocol(node, e))?;
+        match frame {
+            ResultsFrame::Data(data) => {
+                sink.write_all(&data).await.map_err(ClientError::Sink)?;
+                *offset += data.len() as u64;
+            }
+            ResultsFrame::End(status) => {
+                sink.flush().await.map_err(ClientError::Sink)?;
+                return Ok(status);
+            }
+            ResultsFrame::Refused(refusal) => return Err(refusal.into()),
+        }
+    }
+}

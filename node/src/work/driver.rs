@@ -1,0 +1,507 @@
+//! The work layer's driver: the one task that owns the [`Core`] and carries out its actions,
+//! and [`Work`], the cheap handle everyone else uses.
+//!
+//! The owner task decides nothing itself: it feeds requests and outcomes to the core and
+//! executes what the core asks — file operations on the store's own thread, handlers and
+//! remote exchanges as tasks that report back. Byte streams (payloads coming in, results
+//! going out) run in the caller's task, so the owner never waits on a slow peer.
+
+mod owner;
+pub(crate) mod results;
+mod store_thread;
+mod tasks;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::core::{
+    Answered, CoreConfig, HandlerEnd, NewUnit, PayloadInfo, RemoteFailure, Requester,
+};
+use super::error::WorkError;
+use super::protocol::RemoteStatus;
+use super::status::{Component, UnitStatus};
+use super::store::UnitStore;
+use super::unit::UnitId;
+use crate::host::registry::Registry;
+use crate::host::runner::Host;
+use crate::id::NodeId;
+use crate::keys::{PublicKey, SigningKeypair};
+use crate::mesh::driver::MeshHandle;
+use results::Progress;
+
+/// How long a submission through the control socket waits for the remote node to take the
+/// unit before answering (the unit then goes on being submitted in the background).
+const SUBMIT_WAIT: Duration = Duration::from_secs(10);
+
+/// Limits of a node's work.
+#[derive(Debug, Clone)]
+pub struct WorkConfig {
+    /// Units that may run at once; more wait in a queue.
+    pub max_running: usize,
+    /// Largest payload accepted, in bytes.
+    pub max_payload: u64,
+    /// How long finished units are kept before they are released; `None`: until released.
+    pub keep_finished: Option<Duration>,
+    /// Where unit counters go (disabled by default).
+    pub metrics: crate::metrics::Metrics,
+}
+
+impl Default for WorkConfig {
+    fn default() -> Self {
+        Self {
+            max_running: std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
+            max_payload: 1 << 30,
+            keep_finished: Some(Duration::from_secs(24 * 60 * 60)),
+            metrics: crate::metrics::Metrics::default(),
+        }
+    }
+}
+
+/// What a work layer needs to run.
+pub struct WorkSetup {
+    /// The node's data directory (units live in `units/` under it).
+    pub data_dir: PathBuf,
+    /// This node.
+    pub node: NodeId,
+    /// Runs handlers.
+    pub host: Arc<Host>,
+    /// The offered work types.
+    pub registry: watch::Receiver<Arc<Registry>>,
+    /// Limits.
+    pub config: WorkConfig,
+    /// Reaches other nodes (`None`: local work only).
+    pub mesh: Option<MeshHandle>,
+    /// Signs submissions that ask for it (receptorctl's `signwork`).
+    pub signing_key: Option<SigningKeypair>,
+}
+
+/// A new unit, as a caller asks for it.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    /// The node to run it on (`localhost` or this node's id: here).
+    pub node: String,
+    /// The work type.
+    pub work_type: String,
+    /// Parameters.
+    pub params: BTreeMap<String, String>,
+    /// The submitter: its node id, and the key it proved (`None`: the control socket).
+    pub submitter: (NodeId, Option<PublicKey>),
+    /// Remote work: how long the remote node may take to start it.
+    pub ttl: Option<Duration>,
+    /// Remote work: sign the submission (receptorctl's `signwork`).
+    pub sign_work: bool,
+}
+
+/// Requests to the owner task, and the reports of its helpers.
+pub(super) enum Command {
+    Create {
+        unit: NewUnit,
+        reply: oneshot::Sender<Result<UnitId, WorkError>>,
+    },
+    PayloadStored {
+        id: UnitId,
+        result: Result<PayloadInfo, String>,
+    },
+    WaitTaken {
+        id: UnitId,
+        reply: oneshot::Sender<UnitStatus>,
+    },
+    Status {
+        id: UnitId,
+        by: Requester,
+        reply: oneshot::Sender<Result<UnitStatus, WorkError>>,
+    },
+    List {
+        by: Requester,
+        reply: oneshot::Sender<Vec<(UnitId, UnitStatus)>>,
+    },
+    Follow {
+        id: UnitId,
+        by: Requester,
+        reply: oneshot::Sender<Result<(PathBuf, watch::Receiver<Progress>), WorkError>>,
+    },
+    Cancel {
+        id: UnitId,
+        by: Requester,
+        reply: oneshot::Sender<Result<Answered, WorkError>>,
+    },
+    Release {
+        id: UnitId,
+        force: bool,
+        by: Requester,
+        reply: oneshot::Sender<Result<Answered, WorkError>>,
+    },
+    FilesCreated {
+        id: UnitId,
+        result: Result<(), String>,
+    },
+    HandlerStarted {
+        id: UnitId,
+        component: Component,
+    },
+    HandlerEnded {
+        id: UnitId,
+        end: HandlerEnd,
+    },
+    ExtraData {
+        id: UnitId,
+        value: serde_json::Value,
+    },
+    RemoteCreated {
+        id: UnitId,
+        remote: UnitId,
+    },
+    RemoteStarted {
+        id: UnitId,
+        node: NodeId,
+        remote: UnitId,
+    },
+    RemoteSubmitFailed {
+        id: UnitId,
+        failure: RemoteFailure,
+    },
+    MirrorEnded {
+        id: UnitId,
+        local_size: u64,
+        outcome: Result<RemoteStatus, RemoteFailure>,
+    },
+    RemoteCancelled {
+        id: UnitId,
+        result: Result<(), String>,
+    },
+    RemoteReleased {
+        id: UnitId,
+        result: Result<(), String>,
+    },
+    Dropped {
+        id: UnitId,
+    },
+    Drain {
+        reply: oneshot::Sender<watch::Receiver<usize>>,
+    },
+    Reconfigure {
+        core: CoreConfig,
+        signing_key: Option<SigningKeypair>,
+    },
+}
+
+/// Runs work units on this node and mirrors units it sent to others. Cheap to clone.
+#[derive(Clone)]
+pub struct Work {
+    commands: mpsc::UnboundedSender<Command>,
+    node: NodeId,
+    store: Arc<UnitStore>,
+    /// Changed by a reload, read by every payload.
+    max_payload: Arc<std::sync::atomic::AtomicU64>,
+    metrics: crate::metrics::Metrics,
+}
+
+impl std::fmt::Debug for Work {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Work")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The answer to a payload: where the unit stands once it was taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Taken {
+    /// Its status when answered.
+    pub status: UnitStatus,
+}
+
+impl Work {
+    /// Opens the unit store, takes over what the last run left (re-queueing, resuming
+    /// mirrors, failing what cannot resume) and starts the owner task.
+    ///
+    /// # Errors
+    /// [`WorkError::Store`] when the store cannot be opened.
+    pub fn open(setup: WorkSetup) -> Result<Self, WorkError> {
+        let store = Arc::new(UnitStore::open(&setup.data_dir)?);
+        let units = store.list()?;
+        let (commands, rx) = mpsc::unbounded_channel();
+        let core_config = CoreConfig {
+            max_running: setup.config.max_running,
+            keep_finished: setup.config.keep_finished,
+        };
+        let work = Self {
+            commands: commands.clone(),
+            node: setup.node.clone(),
+            store: store.clone(),
+            max_payload: Arc::new(setup.config.max_payload.into()),
+            metrics: setup.config.metrics.clone(),
+        };
+        owner::spawn(owner::OwnerSetup {
+            setup,
+            core_config,
+            store,
+            commands,
+            rx,
+            recovered: units,
+        });
+        Ok(work)
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> &NodeId {
+        &self.node
+    }
+
+    /// Whether `node` (as an operator typed it) means this node: its id or `localhost`.
+    pub fn is_local(&self, node: &str) -> bool {
+        node.eq_ignore_ascii_case("localhost") || node == self.node.as_str()
+    }
+
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, WorkError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(command(reply))
+            .map_err(|_| WorkError::Stopped)?;
+        rx.await.map_err(|_| WorkError::Stopped)
+    }
+
+    /// Creates a unit (Pending, waiting for its payload): here, or as a mirror of a unit
+    /// to run on another node.
+    ///
+    /// # Errors
+    /// [`WorkError`]: an unoffered work type, bad parameters, no mesh for remote work.
+    pub async fn create(&self, submission: Submission) -> Result<UnitId, WorkError> {
+        let node = if self.is_local(&submission.node) {
+            self.node.clone()
+        } else {
+            NodeId::new(submission.node.clone())
+                .map_err(|e| WorkError::BadParameters(e.to_string()))?
+        };
+        let expires_at = submission
+            .ttl
+            .map(|ttl| crate::clock::now_ms().saturating_add(ttl.as_millis() as u64));
+        loop {
+            let id = UnitId::random().map_err(|e| WorkError::Internal(e.to_string()))?;
+            let unit = NewUnit {
+                id,
+                work_type: submission.work_type.clone(),
+                params: submission.params.clone(),
+                submitter: submission.submitter.clone(),
+                node: node.clone(),
+                expires_at,
+                sign_work: submission.sign_work,
+            };
+            match self.ask(|reply| Command::Create { unit, reply }).await? {
+                Err(WorkError::Internal(e)) if e.contains("is taken") => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// Reads `payload` to EOF into the unit's stdin (at most the node's payload limit),
+    /// then queues the unit, or submits it to its node and waits (briefly) for that node to
+    /// take it. `digest` receives the payload's SHA-256 when asked for.
+    ///
+    /// # Errors
+    /// [`WorkError::OverLimit`] for a payload over the limit (the unit fails);
+    /// [`WorkError::Remote`] when the remote node refused it; store failures.
+    pub async fn start(
+        &self,
+        id: UnitId,
+        payload: &mut (dyn AsyncRead + Unpin + Send),
+    ) -> Result<Taken, WorkError> {
+        self.start_checked(id, payload, |_| Ok(())).await
+    }
+
+    /// As [`Work::start`], with `check` judging the payload's SHA-256 before the unit is
+    /// queued (signed work).
+    ///
+    /// # Errors
+    /// As [`Work::start`], and whatever `check` refuses.
+    pub async fn start_checked(
+        &self,
+        id: UnitId,
+        payload: &mut (dyn AsyncRead + Unpin + Send),
+        check: impl FnOnce(&[u8; 32]) -> Result<(), WorkError>,
+    ) -> Result<Taken, WorkError> {
+        let limit = self.max_payload.load(std::sync::atomic::Ordering::Relaxed);
+        let stored = store_payload(&self.store.stdin_path(id), payload, limit).await;
+        let (result, error) = match stored {
+            Ok((size, digest)) => match check(&digest) {
+                Ok(()) => {
+                    self.metrics.payload_bytes(size);
+                    (Ok(PayloadInfo { size }), None)
+                }
+                Err(e) => (Err(e.to_string()), Some(e)),
+            },
+            Err(PayloadError::TooLarge) => {
+                let e = WorkError::OverLimit {
+                    node: self.node.clone(),
+                    what: "the payload (bytes)".into(),
+                    limit,
+                };
+                (Err(e.to_string()), Some(e))
+            }
+            Err(PayloadError::Io(e)) => (Err(format!("storing the payload: {e}")), None),
+        };
+        let failed = result.clone().err();
+        let _ = self.commands.send(Command::PayloadStored { id, result });
+        if let Some(e) = error {
+            return Err(e);
+        }
+        if let Some(detail) = failed {
+            return Err(WorkError::Internal(detail));
+        }
+        let status = match tokio::time::timeout(
+            SUBMIT_WAIT,
+            self.ask(|reply| Command::WaitTaken { id, reply }),
+        )
+        .await
+        {
+            Ok(status) => status?,
+            Err(_) => self.status(id, &Requester::Operator).await?,
+        };
+        if status.state == super::unit::UnitState::Failed && status.node != self.node {
+            return Err(WorkError::Remote(status.detail));
+        }
+        Ok(Taken { status })
+    }
+
+    /// The unit's status; a running unit's `StdoutSize` is the live size.
+    ///
+    /// # Errors
+    /// [`WorkError::UnknownUnit`] when there is no such unit or `by` may not see it.
+    pub async fn status(&self, id: UnitId, by: &Requester) -> Result<UnitStatus, WorkError> {
+        let by = by.clone();
+        self.ask(|reply| Command::Status { id, by, reply }).await?
+    }
+
+    /// Starts draining before a stop (see [`crate::work::core::Core::drain`]); the receiver counts the units
+    /// still running here, and reaches 0 once all have ended.
+    ///
+    /// # Errors
+    /// [`WorkError::Stopped`] when the work layer has stopped.
+    pub async fn drain(&self) -> Result<watch::Receiver<usize>, WorkError> {
+        self.ask(|reply| Command::Drain { reply }).await
+    }
+
+    /// Applies new limits and a new work signing key (a reload): `max_running`,
+    /// `max_payload` and `keep_finished` of `config` (its metrics are kept).
+    ///
+    /// # Errors
+    /// [`WorkError::Stopped`] when the work layer has stopped.
+    pub fn reconfigure(
+        &self,
+        config: &WorkConfig,
+        signing_key: Option<SigningKeypair>,
+    ) -> Result<(), WorkError> {
+        (self.max_payload).store(config.max_payload, std::sync::atomic::Ordering::Relaxed);
+        let core = CoreConfig {
+            max_running: config.max_running,
+            keep_finished: config.keep_finished,
+        };
+        (self.commands)
+            .send(Command::Reconfigure { core, signing_key })
+            .map_err(|_| WorkError::Stopped)
+    }
+
+    /// Every unit `by` may see, sorted by id.
+    ///
+    /// # Errors
+    /// [`WorkError::Stopped`] when the work layer has stopped.
+    pub async fn list(&self, by: &Requester) -> Result<Vec<(UnitId, UnitStatus)>, WorkError> {
+        let by = by.clone();
+        self.ask(|reply| Command::List { by, reply }).await
+    }
+
+    /// Results from `offset`, following live output; EOF once the unit has ended (in any
+    /// terminal state) and everything was read.
+    ///
+    /// # Errors
+    /// [`WorkError::UnknownUnit`] when there is no such unit or `by` may not see it.
+    pub async fn results(
+        &self,
+        id: UnitId,
+        offset: u64,
+        by: &Requester,
+    ) -> Result<tokio::io::DuplexStream, WorkError> {
+        let by = by.clone();
+        let (path, progress) = self
+            .ask(|reply| Command::Follow { id, by, reply })
+            .await??;
+        Ok(results::follow(path, offset, progress))
+    }
+
+    /// Cancels the unit: a waiting unit ends Canceled at once, a running one is asked to
+    /// stop, a remote one is cancelled on its node.
+    ///
+    /// # Errors
+    /// [`WorkError::UnknownUnit`]; [`WorkError::Remote`] when the running node refused.
+    pub async fn cancel(&self, id: UnitId, by: &Requester) -> Result<(), WorkError> {
+        let by = by.clone();
+        self.ask(|reply| Command::Cancel { id, by, reply })
+            .await?
+            .map(|_| ())
+    }
+
+    /// Cancels the unit, waits for it to stop (unless `force`), and deletes it (a remote
+    /// unit on its node too).
+    ///
+    /// # Errors
+    /// [`WorkError::UnknownUnit`]; [`WorkError::Remote`] with "release pending" when the
+    /// running node could not be told (use `force` to drop it here anyway).
+    pub async fn release(&self, id: UnitId, force: bool, by: &Requester) -> Result<(), WorkError> {
+        let by = by.clone();
+        self.ask(|reply| Command::Release {
+            id,
+            force,
+            by,
+            reply,
+        })
+        .await?
+        .map(|_| ())
+    }
+}
+
+/// Why a payload could not be stored.
+enum PayloadError {
+    TooLarge,
+    Io(std::io::Error),
+}
+
+/// Copies `payload` into the stdin file at `path`, at most `limit` bytes; returns its size
+/// and SHA-256.
+async fn store_payload(
+    path: &Path,
+    payload: &mut (dyn AsyncRead + Unpin + Send),
+    limit: u64,
+) -> Result<(u64, [u8; 32]), PayloadError> {
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .await
+        .map_err(PayloadError::Io)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = payload.read(&mut buf).await.map_err(PayloadError::Io)?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        if size > limit {
+            return Err(PayloadError::TooLarge);
+        }
+        hasher.update(&buf[..n]);
+        file.write_all(&buf[..n]).await.map_err(PayloadError::Io)?;
+    }
+    file.flush().await.map_err(PayloadError::Io)?;
+    Ok((size, hasher.finalize().into()))
+}

@@ -1,0 +1,371 @@
+//! What the owner task hands off: running a unit's handler, submitting a unit to the node
+//! it runs on, following a remote unit's output, and telling a remote node to cancel or
+//! release. Each reports its outcome to the owner as a [`Command`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, watch};
+
+use super::Command;
+use super::results::{Progress, ResultsSink, failure_of};
+use crate::host::contain::UnitFiles;
+use crate::host::registry::{ActiveHandler, COMMAND_HANDLER};
+use crate::host::runner::{Host, Job, JobIo, Outcome};
+use crate::id::NodeId;
+use crate::keys::SigningKeypair;
+use crate::work::client::{ClientError, SubmitRequest, WorkClient};
+use crate::work::core::recover::not_reattached;
+use crate::work::core::{HandlerEnd, RemoteFailure};
+use crate::work::protocol::WorkRefusal;
+use crate::work::signature::Submission as SignedSubmission;
+use crate::work::status::{Component, UnitStatus};
+use crate::work::store::UnitStore;
+use crate::work::unit::{UnitId, UnitState};
+
+/// What every task needs.
+#[derive(Clone)]
+pub(super) struct TaskCtx {
+    pub(super) store: Arc<UnitStore>,
+    pub(super) host: Arc<Host>,
+    pub(super) client: Option<WorkClient>,
+    pub(super) signing_key: Option<Arc<SigningKeypair>>,
+    pub(super) node: NodeId,
+    pub(super) commands: mpsc::UnboundedSender<Command>,
+    pub(super) metrics: crate::metrics::Metrics,
+}
+
+impl TaskCtx {
+    fn report(&self, command: Command) {
+        let _ = self.commands.send(command);
+    }
+
+    /// The unit's files for the host: a detached program reads its payload and appends to
+    /// its results directly (growth announced to the unit's followers through `progress`),
+    /// and the host's record of the programs' containment becomes the unit's `ExtraData`
+    /// through the owner (the core owns the status; the store thread writes it).
+    fn unit_files(&self, id: UnitId, progress: watch::Sender<Progress>) -> UnitFiles {
+        let payload = self.store.stdin_path(id);
+        let results = self.store.stdout_path(id);
+        let commands = self.commands.clone();
+        let watched = results.clone();
+        UnitFiles {
+            dir: payload.parent().map(PathBuf::from).unwrap_or_default(),
+            payload,
+            results,
+            on_output: Arc::new(move || {
+                // A stat per announced write: the size is what followers and status show.
+                if let Ok(meta) = std::fs::metadata(&watched) {
+                    let size = meta.len();
+                    progress.send_if_modified(|p| {
+                        let grown = size > p.size;
+                        p.size = p.size.max(size);
+                        grown
+                    });
+                }
+            }),
+            on_extra_data: Arc::new(move |value| {
+                let _ = commands.send(Command::ExtraData { id, value });
+            }),
+        }
+    }
+
+    fn ended(&self, id: UnitId, state: UnitState, detail: String) {
+        let stdout_size = std::fs::metadata(self.store.stdout_path(id)).map_or(0, |m| m.len());
+        self.metrics.result_bytes(stdout_size);
+        self.report(Command::HandlerEnded {
+            id,
+            end: HandlerEnd {
+                state,
+                detail,
+                stdout_size,
+            },
+        });
+    }
+}
+
+/// Runs a local unit in its work type's current handler.
+pub(super) async fn run_handler(
+    ctx: TaskCtx,
+    id: UnitId,
+    status: UnitStatus,
+    active: Option<Arc<ActiveHandler>>,
+    stopped: watch::Receiver<bool>,
+    progress: watch::Sender<Progress>,
+) {
+    let Some(active) = active else {
+        let detail = format!("work type {} is no longer offered", status.work_type);
+        return ctx.ended(id, UnitState::Failed, detail);
+    };
+    let info = &active.info;
+    ctx.report(Command::HandlerStarted {
+        id,
+        component: Component {
+            name: info.name.clone(),
+            version: info.version.clone(),
+            sha256: info.sha256_hex(),
+        },
+    });
+    tracing::info!(unit = %id, work_type = %status.work_type, component = %info.name, version = %info.version, "unit started");
+    let started = std::time::Instant::now();
+    ctx.metrics.unit_started(&status.work_type);
+    let (io, failure) = match open_io(&ctx, id, progress).await {
+        Ok(io) => io,
+        Err(detail) => return ctx.ended(id, UnitState::Failed, detail),
+    };
+    let job = Job {
+        id: id.to_string(),
+        work_type: status.work_type.clone(),
+        handler: active.handler_name.clone(),
+        params: job_params(&active, &status.params),
+    };
+    let outcome = ctx
+        .host
+        .run(&active.handler, active.policy.clone(), job, io, stopped)
+        .await;
+    let (state, detail) = match (outcome, failure_of(&failure)) {
+        // A results file that could not be written is a failed unit, whatever the handler
+        // thought of it: its output is not all there.
+        (Outcome::Canceled { detail }, _) => (UnitState::Canceled, detail),
+        (_, Some(error)) => (UnitState::Failed, format!("writing results: {error}")),
+        (Outcome::Succeeded, None) => (UnitState::Succeeded, "exit status 0".to_owned()),
+        (Outcome::Failed { detail, .. }, None) => (UnitState::Failed, detail),
+    };
+    (ctx.metrics).unit_finished(&status.work_type, state, started.elapsed());
+    ctx.ended(id, state, detail);
+}
+
+async fn open_io(
+    ctx: &TaskCtx,
+    id: UnitId,
+    progress: watch::Sender<Progress>,
+) -> Result<(JobIo, super::results::WriteFailure), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    let store = &ctx.store;
+    let job_dir = store.job_dir(id);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(&job_dir)
+        .map_err(|e| format!("{}: {e}", job_dir.display()))?;
+    let stdin = store.stdin_path(id);
+    let payload = tokio::fs::File::open(&stdin)
+        .await
+        .map_err(|e| format!("{}: {e}", stdin.display()))?;
+    let stdout = store.stdout_path(id);
+    let files = ctx.unit_files(id, progress.clone());
+    let (sink, failure) = ResultsSink::open(&stdout, progress)
+        .await
+        .map_err(|e| format!("{}: {e}", stdout.display()))?;
+    Ok((
+        JobIo {
+            job_dir,
+            payload: Box::new(payload),
+            results: Box::new(sink),
+            files: Some(files),
+        },
+        failure,
+    ))
+}
+
+/// The handler's parameters: the work type's fixed ones first, then the submission's, with
+/// a command's runtime `params` split into arguments.
+fn job_params(
+    active: &ActiveHandler,
+    submitted: &BTreeMap<String, String>,
+) -> Vec<(String, String)> {
+    let mut params = active.fixed_params.clone();
+    for (key, value) in submitted {
+        if key == "params" && active.handler_name == COMMAND_HANDLER {
+            params.extend(
+                value
+                    .split_whitespace()
+                    .map(|w| ("arg".to_owned(), w.to_owned())),
+            );
+        } else {
+            params.push((key.clone(), value.clone()));
+        }
+    }
+    params
+}
+
+/// A unit that was running when the node stopped. Jobs do not survive their node yet:
+/// report it ended.
+pub(super) async fn reattach(ctx: TaskCtx, id: UnitId) {
+    tracing::warn!(unit = %id, "unit was running when the node stopped; marked failed");
+    ctx.ended(id, UnitState::Failed, not_reattached().to_owned());
+}
+
+/// Submits a remote unit's stored payload to its node, retrying while the node cannot be
+/// reached (the core fails the unit at its expiry).
+pub(super) async fn submit(ctx: TaskCtx, id: UnitId, node: NodeId, status: UnitStatus) {
+    let Some(client) = ctx.client.clone() else {
+        return;
+    };
+    let mut wait = std::time::Duration::from_millis(200);
+    loop {
+        match submit_once(&ctx, &client, id, &node, &status).await {
+            Ok(remote) => {
+                return ctx.report(Command::RemoteStarted { id, node, remote });
+            }
+            Err((Some(remote), _)) => {
+                // The unit exists there: following it tells what became of it.
+                return ctx.report(Command::RemoteStarted { id, node, remote });
+            }
+            Err((None, e)) if e.is_transient() => {
+                tracing::info!(unit = %id, %node, error = %e, "cannot submit yet; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(30));
+            }
+            Err((None, e)) => {
+                return ctx.report(Command::RemoteSubmitFailed {
+                    id,
+                    failure: RemoteFailure::Refused(e.to_string()),
+                });
+            }
+        }
+    }
+}
+
+async fn submit_once(
+    ctx: &TaskCtx,
+    client: &WorkClient,
+    id: UnitId,
+    node: &NodeId,
+    status: &UnitStatus,
+) -> Result<UnitId, (Option<UnitId>, ClientError)> {
+    let path = ctx.store.stdin_path(id);
+    let signature = if status.sign_work {
+        Some(
+            sign(ctx, node, status, &path)
+                .await
+                .map_err(|e| (None, e))?,
+        )
+    } else {
+        None
+    };
+    let mut payload = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| (None, ClientError::Payload(e)))?;
+    let request = SubmitRequest {
+        work_type: status.work_type.clone(),
+        params: status.params.clone(),
+        signature,
+    };
+    let mut created = None;
+    let commands = ctx.commands.clone();
+    let result = client
+        .submit(node, request, &mut payload, |remote| {
+            created = Some(remote);
+            let _ = commands.send(Command::RemoteCreated { id, remote });
+        })
+        .await;
+    result.map_err(|e| (created, e))
+}
+
+/// The submission's signature by this node's work signing key.
+async fn sign(
+    ctx: &TaskCtx,
+    node: &NodeId,
+    status: &UnitStatus,
+    path: &std::path::Path,
+) -> Result<crate::work::signature::WorkSignature, ClientError> {
+    let Some(key) = &ctx.signing_key else {
+        return Err(ClientError::Refused(WorkRefusal::Signature {
+            node: ctx.node.clone(),
+            reason:
+                "signwork was asked for, but this node has no work signing key ([work] signing-key)"
+                    .into(),
+        }));
+    };
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .map_err(ClientError::Payload)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = file.read(&mut buf).await.map_err(ClientError::Payload)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    let mut nonce = [0u8; 16];
+    getrandom::fill(&mut nonce)
+        .map_err(|e| ClientError::Payload(std::io::Error::other(e.to_string())))?;
+    let submission = SignedSubmission {
+        target: node,
+        submitter: &ctx.node,
+        work_type: &status.work_type,
+        params: &status.params,
+    };
+    Ok(submission.sign(key, hasher.finalize().into(), crate::clock::now_ms(), nonce))
+}
+
+/// Follows a remote unit's output into the local results until it is finished.
+pub(super) async fn follow(
+    ctx: TaskCtx,
+    id: UnitId,
+    node: NodeId,
+    remote: UnitId,
+    progress: watch::Sender<Progress>,
+) {
+    let Some(client) = ctx.client.clone() else {
+        return;
+    };
+    let stdout = ctx.store.stdout_path(id);
+    let (mut sink, _failure) = match ResultsSink::open(&stdout, progress.clone()).await {
+        Ok(sink) => sink,
+        Err(e) => {
+            return ctx.report(Command::MirrorEnded {
+                id,
+                local_size: 0,
+                outcome: Err(RemoteFailure::Local(format!("{}: {e}", stdout.display()))),
+            });
+        }
+    };
+    // What survived on disk is where output resumes: never behind an unflushed write.
+    let offset = progress.borrow().size;
+    let result = client.follow_from(&node, remote, offset, &mut sink).await;
+    let local_size = progress.borrow().size;
+    let outcome = result.map_err(|e| match e {
+        ClientError::Refused(WorkRefusal::UnknownUnit { .. }) => RemoteFailure::Gone(format!(
+            "remote work unit {remote} is gone from {node} (released there, or the node lost its data)"
+        )),
+        ClientError::Sink(e) => RemoteFailure::Local(e.to_string()),
+        other => RemoteFailure::Refused(other.to_string()),
+    });
+    ctx.report(Command::MirrorEnded {
+        id,
+        local_size,
+        outcome,
+    });
+}
+
+/// Asks a remote node to cancel its unit.
+pub(super) async fn cancel_remote(ctx: TaskCtx, id: UnitId, node: NodeId, remote: UnitId) {
+    let Some(client) = ctx.client.clone() else {
+        return;
+    };
+    let result = client
+        .cancel(&node, remote)
+        .await
+        .map_err(|e| e.to_string());
+    ctx.report(Command::RemoteCancelled { id, result });
+}
+
+/// Asks a remote node to release its unit.
+pub(super) async fn release_remote(ctx: TaskCtx, id: UnitId, node: NodeId, remote: UnitId) {
+    let Some(client) = ctx.client.clone() else {
+        return;
+    };
+    let result = match client.release(&node, remote).await {
+        // Gone there already: released as far as anyone can tell.
+        Err(ClientError::Refused(WorkRefusal::UnknownUnit { .. })) => Ok(()),
+        other => other.map_err(|e| e.to_string()),
+    };
+    ctx.report(Command::RemoteReleased { id, result });
+}
