@@ -151,6 +151,20 @@ fn receptorctl_cli_drives_a_warren_mesh() {
             .any(|l| l.starts_with("node1") && l.contains("ansible-runner") && l.contains("cat")),
         "{status}"
     );
+    // node1's own status carries Warren's work types with their job limits; receptorctl
+    // still parses it and shows them as additional data.
+    let out = venv_command("receptorctl")
+        .args(["--socket", &line.socket(line.node1), "status"])
+        .output()
+        .unwrap();
+    let node1_status = text(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        node1_status.contains("Additional data returned from Receptor:")
+            && node1_status.contains("\"Descriptors\"")
+            && node1_status.contains("\"DiskBytes\""),
+        "{node1_status}"
+    );
     let ping = line.ok(&["ping", "node1", "--count", "1"]);
     assert!(ping.starts_with("Reply from node1 in "), "{ping}");
     let trace = line.ok(&["traceroute", "node1"]);

@@ -55,7 +55,8 @@ fn small_disk(dir: &Path, size: &str) -> Option<Unmount> {
 }
 
 /// controller -> node1 (node1 offers `talk`, `long` and `big`, and lets the controller run
-/// them); with `small`, node1's data dir is a tmpfs of that size.
+/// them); with `small`, node1's data dir is a tmpfs of that size (and its free-space floor
+/// is off, so the disk itself fills).
 fn line(small: Option<&str>) -> Option<Line> {
     line_with(small, &[])
 }
@@ -86,7 +87,17 @@ fn line_with(small: Option<&str>, node1_extra: &[&str]) -> Option<Line> {
         "*=controller".into(),
         "--no-ansible-runner".into(),
     ];
-    let more: Vec<String> = node1_extra.iter().map(|s| (*s).to_owned()).collect();
+    let mut more: Vec<String> = node1_extra.iter().map(|s| (*s).to_owned()).collect();
+    if small.is_some() {
+        let config = mesh.path("node1.toml");
+        let toml = format!(
+            "[node]\nid = \"node1\"\ndata-dir = \"{}\"\nkey-file = \"{}\"\n\n[work]\nfree-space-floor-mb = 0\n",
+            mesh.path("node1-data").display(),
+            ids[1].key.display()
+        );
+        std::fs::write(&config, toml).unwrap();
+        more.extend(["--config".to_owned(), config.display().to_string()]);
+    }
     let node1 = mesh.start(&ids[1], &[trust(&all), extra, more].concat());
     let addr = mesh.node(node1).addr().to_owned();
     let controller = mesh.start(&ids[0], &[trust(&all), peer(&addr)].concat());

@@ -95,23 +95,14 @@ fn wait(child: &Child, cancel: &Pollable) -> Ended {
     }
 }
 
-/// The outcome for a refused spawn, naming the reason.
+/// The outcome for a refused spawn: the node's message already names the program and what
+/// its policy refused (program, arguments, directory, variable) or why it could not start.
 fn spawn_failed(label: &str, error: &SpawnError) -> Outcome {
-    let reason = match error {
-        SpawnError::NotAllowed(program) => {
-            format!("program `{program}` is not allowed by this node's policy")
-        }
-        SpawnError::NotFound(program) => {
-            format!("program `{program}` is not installed on this node")
-        }
-        SpawnError::BadWorkingDirectory(dir) => {
-            format!("working directory `{dir}` is outside the job directory")
-        }
-        SpawnError::EnvNotAllowed(name) => {
-            format!("environment variable `{name}` is not allowed by this node's policy")
-        }
-        SpawnError::Io(message) => format!("the node could not start it: {message}"),
-    };
+    let (SpawnError::NotAllowed(reason)
+    | SpawnError::NotFound(reason)
+    | SpawnError::BadWorkingDirectory(reason)
+    | SpawnError::EnvNotAllowed(reason)
+    | SpawnError::Io(reason)) = error;
     Outcome::Failed(Failure {
         detail: format!("cannot start {label}: {reason}"),
         exit_code: None,
@@ -227,14 +218,11 @@ mod tests {
 
     #[test]
     fn refused_spawn_names_the_reason() {
-        let outcome = spawn_failed("ssh", &SpawnError::NotAllowed("ssh".into()));
+        let refused = "program \"ssh\" is not allowed for this work type";
+        let outcome = spawn_failed("ssh", &SpawnError::NotAllowed(refused.into()));
         assert_eq!(
             summary(&outcome),
-            (
-                "failed",
-                "cannot start ssh: program `ssh` is not allowed by this node's policy".into(),
-                None
-            )
+            ("failed", format!("cannot start ssh: {refused}"), None)
         );
     }
 }

@@ -4,12 +4,15 @@
 //! On wasm the static lands in a custom section of the core module inside the component.
 //! On other targets (host-side unit tests) it is an ordinary static.
 
-/// The manifest: which work types this component serves and which logical programs it asks
-/// for (`*`: the `command` handler runs whatever program the node's config names).
+/// The manifest: which work types this component serves, which logical programs it asks
+/// for (`*`: the `command` handler runs whatever program the node's config names), and
+/// the arguments it runs ansible-runner with (`ansible::handle`; a command's arguments are
+/// the node's own, so they are not declared).
 pub(crate) const JSON: &str = concat!(
     r#"{"name":"guest-runner","version":""#,
     env!("CARGO_PKG_VERSION"),
-    r#"","work_types":["ansible-runner","command"],"capabilities":{"programs":["ansible-runner","*"]}}"#
+    r#"","work_types":["ansible-runner","command"],"capabilities":{"programs":["ansible-runner","*"],"#,
+    r#""args":{"ansible-runner":{"prefix":["worker","--private-data-dir","."],"allow":["--worker-info","--delete"]}}}}"#
 );
 
 /// The manifest's bytes. `#[used]` keeps it although nothing reads it.
@@ -45,6 +48,10 @@ mod tests {
         assert_eq!(
             value["capabilities"]["programs"],
             serde_json::json!(["ansible-runner", "*"])
+        );
+        assert_eq!(
+            value["capabilities"]["args"]["ansible-runner"]["prefix"],
+            serde_json::json!(["worker", "--private-data-dir", "."])
         );
     }
 }

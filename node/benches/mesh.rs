@@ -4,8 +4,10 @@
 //!
 //! Sections (a filter argument runs those whose name contains it):
 //! - `cipher`: Noise transport encrypt+decrypt, AES-GCM against ChaCha20-Poly1305 (snow).
-//! - `throughput`: one stream over 1 and 2 hops against raw loopback TCP.
+//! - `throughput`: one stream over 1 and 2 hops (sealed end to end) against raw loopback TCP.
 //! - `ping`: probe round trips over 1 and 2 hops against a TCP echo.
+//! - `session`: the first stream open to a node (end-to-end session setup) and later opens
+//!   (session reused) over 2 hops, against a probe round trip.
 //! - `rss`: resident memory of an idle `warren node` with 3 links.
 //! - `websocket`: one stream over a `ws://` link against one over a TCP link, same peer.
 //!
@@ -25,6 +27,8 @@ mod ping;
 mod rss;
 #[path = "common/sections.rs"]
 mod sections;
+#[path = "mesh/session.rs"]
+mod session;
 #[path = "mesh/stats.rs"]
 mod stats;
 #[path = "mesh/throughput.rs"]
@@ -37,10 +41,11 @@ use std::process::ExitCode;
 /// A section: its name (the filter matches it) and its body.
 type Section = (&'static str, fn() -> anyhow::Result<()>);
 
-const SECTIONS: [Section; 5] = [
+const SECTIONS: [Section; 6] = [
     ("cipher", cipher::run),
     ("throughput", throughput::run),
     ("ping", ping::run),
+    ("session", session::run),
     ("rss", rss::run),
     ("websocket", websocket::run),
 ];

@@ -87,6 +87,8 @@ pub struct Node {
     child: Option<Child>,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// `RLIMIT_NOFILE` (soft and hard) the process starts with, when set.
+    nofile: Option<u64>,
 }
 
 impl Mesh {
@@ -130,6 +132,27 @@ impl Mesh {
         extra: &[String],
         env: &[(&str, &str)],
     ) -> usize {
+        self.launch(identity, extra, env, None)
+    }
+
+    /// Like [`Mesh::start`], with the node's open files limit (soft and hard, so the node
+    /// cannot raise it) set to `nofile`.
+    pub fn start_with_nofile(
+        &mut self,
+        identity: &Identity,
+        extra: &[String],
+        nofile: u64,
+    ) -> usize {
+        self.launch(identity, extra, &[], Some(nofile))
+    }
+
+    fn launch(
+        &mut self,
+        identity: &Identity,
+        extra: &[String],
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
+    ) -> usize {
         let name = &identity.id;
         let socket = self.path(&format!("{name}.sock"));
         let log = self.path(&format!("{name}.log"));
@@ -158,6 +181,7 @@ impl Mesh {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
+            nofile,
         };
         node.spawn(&self.path(&format!("{name}.ready")));
         self.nodes.push(node);
@@ -247,7 +271,11 @@ impl Node {
             .expect("log file");
         let mut args = self.args.clone();
         args.extend(["--ready-file".into(), ready.display().to_string()]);
-        let child = Command::new(warren_bin())
+        let mut command = Command::new(warren_bin());
+        if let Some(nofile) = self.nofile {
+            limit_open_files(&mut command, nofile);
+        }
+        let child = command
             .args(&args)
             .env("RUST_LOG", "warren=debug")
             .env("WARREN_COMPONENT_CACHE", component_cache())
@@ -320,6 +348,11 @@ impl Node {
         }
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child
@@ -356,6 +389,49 @@ pub fn default_port_lock() -> std::fs::File {
 /// Where [`default_port_lock`] and `scripts/demo.sh` lock port 8888.
 pub fn default_port_lock_path() -> PathBuf {
     std::env::temp_dir().join("warren-port-8888.lock")
+}
+
+/// Makes `command`'s process start with at most `nofile` open files (soft and hard limit).
+pub fn limit_open_files(command: &mut Command, nofile: u64) {
+    use std::os::unix::process::CommandExt;
+    let limit = libc::rlimit {
+        rlim_cur: nofile,
+        rlim_max: nofile,
+    };
+    // SAFETY: setrlimit is async-signal-safe and only reads `limit`, a copy owned by the
+    // closure; nothing else runs between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+}
+
+/// Runs `warren ARGS` that must exit by itself (such as a node that refuses to start),
+/// killing it and failing the test if it is still running after [`DEADLINE`].
+pub fn warren_exits(args: &[&str]) -> Output {
+    let mut child = Command::new(warren_bin())
+        .args(args)
+        .env_remove("WARREN_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run warren");
+    let start = Instant::now();
+    while child.try_wait().expect("wait for warren").is_none() {
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("warren output");
+            panic!("warren {args:?} still running after {DEADLINE:?}: {out:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("warren output")
 }
 
 /// `--trust NODE=TOKEN` flags for `peers`.

@@ -1,10 +1,11 @@
 //! An example work handler that does, on request, what a hostile or broken handler would:
 //! loop forever, allocate without bound, trap, read files, spawn programs, read its
-//! environment. Warren's tests run it to prove the sandbox holds; it also shows how small a
-//! work handler can be.
+//! environment, hoard descriptors and pollables, fill its job directory. Warren's tests run
+//! it to prove the sandbox holds; it also shows how small a work handler can be.
 //!
-//! The behaviour is chosen by `job.handler`; parameters come from `job.params`. Findings are
-//! written to the job's results as one line.
+//! The behaviour is chosen by the `probe` parameter, else by `job.handler` (a deployed
+//! probe serves a work type whose handler name is fixed); parameters come from
+//! `job.params`. Findings are written to the job's results as one line.
 
 #[allow(missing_docs, unreachable_pub, unused_qualifications, clippy::all)]
 mod bindings {
@@ -48,7 +49,8 @@ fn failed(detail: &str) -> Outcome {
 
 impl Guest for Probe {
     fn handle(job: Job) -> Outcome {
-        match job.handler.as_str() {
+        let behaviour = param(&job, "probe").unwrap_or(&job.handler).to_owned();
+        match behaviour.as_str() {
             "noop" => Outcome::Succeeded,
             "echo" => echo(),
             "loop" => spin(),
@@ -62,6 +64,10 @@ impl Guest for Probe {
             }
             "spawn" => spawn(&job),
             "wait-cancel" => wait_cancel(),
+            "open-files" => open_files(&job),
+            "pollables" => pollables(),
+            "write" => write(&job),
+            "create-files" => create_files(&job),
             other => failed(&format!("probe-handler has no behaviour {other}")),
         }
     }
@@ -127,9 +133,11 @@ fn spawn(job: &Job) -> Outcome {
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
         })
         .collect();
+    let mut args = list("arg");
+    args.extend(list("probe-arg"));
     let cmd = Command {
         program: param(job, "program").unwrap_or("").to_owned(),
-        args: list("arg"),
+        args,
         env,
         cwd: param(job, "cwd").map(str::to_owned),
     };
@@ -148,6 +156,96 @@ fn spawn(job: &Job) -> Outcome {
         Some(ExitStatus::Signaled(sig)) => report(&format!("spawn signaled {sig}")),
         None => report("spawn unknown"),
     }
+    Outcome::Succeeded
+}
+
+/// A number parameter, or `default`.
+fn number(job: &Job, name: &str, default: u64) -> u64 {
+    param(job, name)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Opens a file in the job directory again and again, keeping every descriptor, until the
+/// host refuses or `max` are open; reports how many and the error. With `hold`, keeps them
+/// until cancelled.
+fn open_files(job: &Job) -> Outcome {
+    if let Err(e) = std::fs::write("probe-fd", b"x") {
+        report(&format!("open-files setup err {e}"));
+        return Outcome::Succeeded;
+    }
+    let max = number(job, "max", 100_000);
+    let mut kept = Vec::new();
+    let mut error = "none".to_owned();
+    while (kept.len() as u64) < max {
+        match std::fs::File::open("probe-fd") {
+            Ok(file) => kept.push(file),
+            Err(e) => {
+                error = format!("{:?}: {e}", e.kind());
+                break;
+            }
+        }
+    }
+    report(&format!("open-files {} err {error}", kept.len()));
+    let outcome = if param(job, "hold").is_some() {
+        wait_cancel()
+    } else {
+        Outcome::Succeeded
+    };
+    drop(kept);
+    outcome
+}
+
+/// Subscribes to the cancel pollable without end, keeping every pollable.
+fn pollables() -> Outcome {
+    let mut kept = Vec::new();
+    loop {
+        kept.push(cancel::subscribe());
+        std::hint::black_box(&kept);
+    }
+}
+
+/// Writes `bytes` bytes (default 1 GiB) to `path` in the job directory, 64 KiB at a time;
+/// reports how much was written and the error that stopped it.
+fn write(job: &Job) -> Outcome {
+    use std::io::Write;
+    let path = param(job, "path").unwrap_or("probe-write");
+    let bytes = number(job, "bytes", 1 << 30);
+    let mut file = match std::fs::File::create(path) {
+        Ok(file) => file,
+        Err(e) => {
+            report(&format!("write err {e} after 0"));
+            return Outcome::Succeeded;
+        }
+    };
+    let chunk = vec![0x5a_u8; 64 * 1024];
+    let mut written = 0u64;
+    while written < bytes {
+        let n = chunk
+            .len()
+            .min(usize::try_from(bytes - written).unwrap_or(usize::MAX));
+        if let Err(e) = file.write_all(&chunk[..n]) {
+            report(&format!("write err {e} after {written}"));
+            return Outcome::Succeeded;
+        }
+        written += n as u64;
+    }
+    report(&format!("write ok {written}"));
+    Outcome::Succeeded
+}
+
+/// Creates empty files until the host refuses or `max` (default 1,000,000) exist.
+fn create_files(job: &Job) -> Outcome {
+    let max = number(job, "max", 1_000_000);
+    let mut made = 0u64;
+    while made < max {
+        if let Err(e) = std::fs::write(format!("f{made}"), b"") {
+            report(&format!("create-files {made} err {e}"));
+            return Outcome::Succeeded;
+        }
+        made += 1;
+    }
+    report(&format!("create-files {made} err none"));
     Outcome::Succeeded
 }
 

@@ -1,6 +1,7 @@
 //! `relay`: throughput of payload → child stdin → child stdout → results through
-//! guest-runner's `command` handler with `/bin/cat`, against a native pipe through
-//! `/bin/cat` (tokio, 64 KiB reads and writes), interleaved round by round.
+//! guest-runner's `command` handler with `/bin/cat` (with the node's resource accounting on
+//! and off), against a native pipe through `/bin/cat` (tokio, 64 KiB reads and writes),
+//! interleaved round by round.
 //!
 //! The payload is generated as it is read and the results are only counted, so neither side
 //! holds the stream in memory.
@@ -18,7 +19,7 @@ use anyhow::{Context as _, ensure};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 use warren::host::builtin::GUEST_RUNNER;
-use warren::host::policy::{Limits, Policy};
+use warren::host::policy::Policy;
 use warren::host::runner::{Handler, Host, Job, JobIo, Outcome};
 
 use crate::stats::{mb_per_s, median, runs};
@@ -29,7 +30,7 @@ const PAYLOAD: u64 = 256 << 20;
 /// Bytes relayed by each warm-up.
 const WARM_UP: u64 = 16 << 20;
 
-/// Rounds of (native, wasm).
+/// Rounds of (native, wasm with accounting, wasm without).
 const ROUNDS: usize = 5;
 
 /// Size of the native baseline's reads and writes: Linux's default pipe capacity.
@@ -37,29 +38,37 @@ const NATIVE_CHUNK: usize = 64 * 1024;
 
 pub(crate) fn run() -> anyhow::Result<()> {
     let cache = tempfile::tempdir()?;
-    let host = Host::new(cache.path())?;
+    let host = Host::new(cache.path())?.with_free_space_floor(crate::FREE_SPACE_FLOOR);
     let guest = host.load(GUEST_RUNNER).context("loading guest-runner")?;
     let job_dir = tempfile::tempdir()?;
-    let policy = Arc::new(Policy {
-        programs: BTreeMap::from([("cat".to_owned(), PathBuf::from("/bin/cat"))]),
-        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
-        env_allow: BTreeSet::new(),
-        limits: Limits::default(),
-        program_limits: Default::default(),
-    });
-    let wasm = |bytes| relay_wasm(&host, &guest, &policy, job_dir.path().to_owned(), bytes);
+    let policy = |accounting| {
+        Arc::new(Policy {
+            programs: BTreeMap::from([("cat".to_owned(), PathBuf::from("/bin/cat"))]),
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            env_allow: BTreeSet::new(),
+            args: BTreeMap::new(),
+            limits: crate::limits(accounting),
+            program_limits: Default::default(),
+        })
+    };
+    let (on, off) = (policy(true), policy(false));
+    let wasm = |policy, bytes| relay_wasm(&host, &guest, policy, job_dir.path().to_owned(), bytes);
     let runtime = crate::runtime()?;
-    let (native, wasm) = runtime.block_on(async {
+    let (native, wasm, bare) = runtime.block_on(async {
         native_cat(WARM_UP).await?;
-        wasm(WARM_UP).await?;
-        let (mut native, mut wasm_runs) = (Vec::new(), Vec::new());
+        wasm(&on, WARM_UP).await?;
+        wasm(&off, WARM_UP).await?;
+        let (mut native, mut wasm_runs, mut bare) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
             native.push(native_cat(PAYLOAD).await?);
-            wasm_runs.push(wasm(PAYLOAD).await?);
+            wasm_runs.push(wasm(&on, PAYLOAD).await?);
+            bare.push(wasm(&off, PAYLOAD).await?);
         }
-        anyhow::Ok((native, wasm_runs))
+        anyhow::Ok((native, wasm_runs, bare))
     })?;
     let ratio: Vec<f64> = wasm.iter().zip(&native).map(|(w, n)| w / n).collect();
+    let bare_ratio: Vec<f64> = bare.iter().zip(&native).map(|(w, n)| w / n).collect();
+    let on_off: Vec<f64> = wasm.iter().zip(&bare).map(|(w, b)| w / b).collect();
     println!(
         "{} MiB payload through /bin/cat, MB/s (median of {ROUNDS}):",
         PAYLOAD >> 20
@@ -70,14 +79,29 @@ pub(crate) fn run() -> anyhow::Result<()> {
         runs(&native, 0)
     );
     println!(
-        "  guest-runner command   {:>8.0}   runs: {}",
+        "  guest-runner command   {:>8.0}   runs: {}   (accounting on)",
         median(&wasm),
         runs(&wasm, 0)
+    );
+    println!(
+        "  same, accounting off   {:>8.0}   runs: {}",
+        median(&bare),
+        runs(&bare, 0)
     );
     println!(
         "  guest / native         {:>7.0}%   runs: {}   (target >= 50%)",
         median(&ratio) * 100.0,
         runs(&ratio, 2)
+    );
+    println!(
+        "  off / native           {:>7.0}%   runs: {}",
+        median(&bare_ratio) * 100.0,
+        runs(&bare_ratio, 2)
+    );
+    println!(
+        "  on / off               {:>7.1}%   runs: {}   (target >= 95%)",
+        median(&on_off) * 100.0,
+        runs(&on_off, 3)
     );
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! `start`: what a job pays before its handler runs. Component sizes; the first load of
 //! guest-runner with an empty cache (compile) and with a warm one (deserialize), each in a
 //! fresh host as after a node restart; then per-job start of the probe handler's `noop` job
-//! (store, instantiation and one call that returns at once) with empty payload and results.
+//! (store, instantiation and one call that returns at once) with empty payload and results,
+//! alternating jobs with the node's resource accounting on and off.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,25 +50,34 @@ pub(crate) fn run() -> anyhow::Result<()> {
         median(&compile) / median(&warm)
     );
 
-    let starts = job_starts()?;
-    let us: Vec<f64> = starts.iter().map(|d| d.as_secs_f64() * 1e6).collect();
+    let (on, off) = job_starts()?;
+    let micros = |d: &[Duration]| d.iter().map(|d| d.as_secs_f64() * 1e6).collect::<Vec<_>>();
+    let (on_us, off_us) = (micros(&on), micros(&off));
     println!(
-        "per-job start, probe `noop`, {JOBS} sequential jobs after {WARM_UP_JOBS} warm-up, µs:"
+        "per-job start, probe `noop`, {JOBS} sequential jobs each way after {WARM_UP_JOBS} \
+         warm-up, µs:"
+    );
+    println!("                     accounting on   off");
+    println!(
+        "  median             {:>10.0}   {:>8.0}   (target < 1000)",
+        median(&on_us),
+        median(&off_us)
+    );
+    for (label, p) in [("p90", 90.0), ("p99", 99.0)] {
+        println!(
+            "  {label}                {:>10.0}   {:>8.0}",
+            percentile(&on_us, p),
+            percentile(&off_us, p)
+        );
+    }
+    println!(
+        "  on / off median    {:>9.1}%              (target <= 105%)",
+        median(&on_us) / median(&off_us) * 100.0
     );
     println!(
-        "  median             {:>10.0}   (target < 1000)",
-        median(&us)
-    );
-    println!("  p99                {:>10.0}", percentile(&us, 99.0));
-    println!(
-        "  min / p90 / max    {:>10.0} / {:.0} / {:.0}",
-        percentile(&us, 0.0),
-        percentile(&us, 90.0),
-        percentile(&us, 100.0)
-    );
-    println!(
-        "  jobs per second    {:>10.0}   (one at a time)",
-        JOBS as f64 / starts.iter().sum::<Duration>().as_secs_f64()
+        "  jobs per second    {:>10.0}   {:>8.0}   (one at a time)",
+        JOBS as f64 / on.iter().sum::<Duration>().as_secs_f64(),
+        JOBS as f64 / off.iter().sum::<Duration>().as_secs_f64()
     );
     Ok(())
 }
@@ -96,25 +106,34 @@ fn load_times() -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     Ok((compile, warm))
 }
 
-/// The duration of each measured `noop` job.
-fn job_starts() -> anyhow::Result<Vec<Duration>> {
+/// The duration of each measured `noop` job, with the accounting on and off (one of each
+/// in turn, so both see the same machine).
+fn job_starts() -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
     let cache = tempfile::tempdir()?;
-    let host = Host::new(cache.path())?;
+    let host = Host::new(cache.path())?.with_free_space_floor(crate::FREE_SPACE_FLOOR);
     let probe = host
         .load(PROBE_HANDLER)
         .context("loading the probe handler")?;
     let job_dir = tempfile::tempdir()?;
-    let policy = Arc::new(Policy::default());
+    let policy = |accounting| {
+        Arc::new(Policy {
+            limits: crate::limits(accounting),
+            ..Policy::default()
+        })
+    };
+    let (on_policy, off_policy) = (policy(true), policy(false));
     let runtime = crate::runtime()?;
     runtime.block_on(async {
         for _ in 0..WARM_UP_JOBS {
-            noop(&host, &probe, &policy, job_dir.path()).await?;
+            noop(&host, &probe, &on_policy, job_dir.path()).await?;
+            noop(&host, &probe, &off_policy, job_dir.path()).await?;
         }
-        let mut took = Vec::with_capacity(JOBS);
+        let (mut on, mut off) = (Vec::with_capacity(JOBS), Vec::with_capacity(JOBS));
         for _ in 0..JOBS {
-            took.push(noop(&host, &probe, &policy, job_dir.path()).await?);
+            on.push(noop(&host, &probe, &on_policy, job_dir.path()).await?);
+            off.push(noop(&host, &probe, &off_policy, job_dir.path()).await?);
         }
-        Ok(took)
+        Ok((on, off))
     })
 }
 

@@ -347,6 +347,29 @@ impl Line {
         })
     }
 
+    /// Replaces `a` by a new run of it (same id and key, new epoch), which holds no
+    /// end-to-end session yet, and waits until it and `c` can reach each other.
+    pub(crate) async fn restart_a(&mut self) -> anyhow::Result<()> {
+        self.a.shutdown().await;
+        let (a, driver) = start_node("a", SEEDS[0], Vec::new(), Some(self.b.mesh_port))?;
+        let old = std::mem::replace(&mut self.driver, driver);
+        let _ = old.await;
+        self.a = a;
+        let c = Self::c_id();
+        if !self.a.wait_reachable(&c, READY_TIMEOUT).await? {
+            bail!("node c not reachable from the new a after {READY_TIMEOUT:?}");
+        }
+        // A probe's echo proves c routes back to the new run of a too.
+        let started = Instant::now();
+        while self.a.probe(&c, None).await?.is_err() {
+            if started.elapsed() > READY_TIMEOUT {
+                bail!("no echo from c to the new a after {READY_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
     /// Node `b`'s id.
     pub(crate) fn b_id() -> NodeId {
         "b".parse().expect("invariant: valid node id")

@@ -8,6 +8,7 @@ use std::time::SystemTime;
 
 use anyhow::{Context, bail};
 
+use crate::host::args::{ArgPattern, ArgPolicy};
 use crate::host::signing::{
     self, Capabilities, EmbeddedManifest, MANIFEST_SECTION, Manifest, SignedManifest, SignerKey,
     SigningKeypair,
@@ -125,6 +126,17 @@ pub struct SignArgs {
     #[arg(long = "env", value_name = "NAME")]
     pub env: Vec<String>,
 
+    /// A fixed first argument the component runs PROGRAM with; repeat for the next words
+    /// [default: from its embedded manifest, else nothing declared].
+    #[arg(long = "arg-prefix", value_name = "PROGRAM=WORD", value_parser = parse_arg_prefix)]
+    pub arg_prefixes: Vec<(String, String)>,
+
+    /// An argument pattern the component runs PROGRAM with after its prefix: `-n`, `--f=*`,
+    /// `*` (anything), `{job-path}`; repeat for several. A program named by --arg-prefix or
+    /// --arg declares only these arguments [default: from its embedded manifest].
+    #[arg(long = "arg", value_name = "PROGRAM=PATTERN", value_parser = parse_arg_pattern)]
+    pub args: Vec<(String, ArgPattern)>,
+
     /// How many days the signature stays valid.
     #[arg(long, value_name = "D", default_value_t = 365,
           value_parser = clap::value_parser!(u64).range(1..=36_500))]
@@ -234,8 +246,54 @@ fn describe(
         capabilities: Capabilities {
             programs: pick(&args.programs, capabilities.programs),
             env: pick(&args.env, capabilities.env),
+            args: if args.arg_prefixes.is_empty() && args.args.is_empty() {
+                capabilities.args
+            } else {
+                declared_args(&args.arg_prefixes, &args.args)
+            },
         },
     })
+}
+
+/// The argument policies `--arg-prefix` and `--arg` declare: per program, the prefix
+/// words in order, then the patterns (none: nothing after the prefix).
+fn declared_args(
+    prefixes: &[(String, String)],
+    patterns: &[(String, ArgPattern)],
+) -> std::collections::BTreeMap<String, ArgPolicy> {
+    let mut declared = std::collections::BTreeMap::<String, ArgPolicy>::new();
+    for (program, word) in prefixes {
+        declared
+            .entry(program.clone())
+            .or_insert_with(|| ArgPolicy::exactly(Vec::new()))
+            .prefix
+            .push(word.clone());
+    }
+    for (program, pattern) in patterns {
+        let policy = declared
+            .entry(program.clone())
+            .or_insert_with(|| ArgPolicy::exactly(Vec::new()));
+        policy
+            .allow
+            .get_or_insert_with(Vec::new)
+            .push(pattern.clone());
+    }
+    declared
+}
+
+fn parse_arg_prefix(s: &str) -> Result<(String, String), String> {
+    let (program, word) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not PROGRAM=WORD"))?;
+    Ok((program.to_owned(), word.to_owned()))
+}
+
+fn parse_arg_pattern(s: &str) -> Result<(String, ArgPattern), String> {
+    let (program, pattern) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not PROGRAM=PATTERN"))?;
+    let pattern = pattern.parse().map_err(|e| format!("{e}"))?;
+    Ok((program.to_owned(), pattern))
 }
 
 /// The flag values if any were given, else the embedded ones.
@@ -278,6 +336,9 @@ fn print_manifest(m: &Manifest, signer: &SignerKey) {
     println!("length:      {} bytes", m.length);
     println!("programs:    {}", list(&m.capabilities.programs));
     println!("env:         {}", list(&m.capabilities.env));
+    for (program, policy) in &m.capabilities.args {
+        println!("args:        {program}: {policy}");
+    }
     println!("signer:      {signer}");
     println!("issued at:   {}", signing::unix_to_rfc3339(m.issued_at));
     println!("expires at:  {}", signing::unix_to_rfc3339(m.expires_at));

@@ -242,6 +242,12 @@ pub enum Problem {
         /// The text as written.
         value: String,
     },
+    /// An argument pattern that cannot be used.
+    #[error(transparent)]
+    ArgPattern(#[from] crate::host::args::PatternError),
+    /// `args` given where submissions may not add arguments.
+    #[error("`args` lists what submissions may add, so it needs `allow-runtime-params = true`")]
+    ArgsWithoutRuntimeParams,
     /// Not an environment variable name.
     #[error("{value:?} is not an environment variable name (letters, digits and '_')")]
     EnvName {

@@ -138,6 +138,7 @@ struct WorkSection {
     verify_keys: Vec<Spanned<String>>,
     require_signed: Option<Spanned<bool>>,
     drain_on_stop: Option<Spanned<bool>>,
+    free_space_floor_mb: Option<Spanned<u64>>,
     containment: Option<Spanned<String>>,
 }
 
@@ -145,6 +146,8 @@ struct WorkSection {
 const MAX_RUNNING: (u64, u64) = (1, 4_096);
 /// Allowed range of `[work] max-payload-mb`: up to 1 TiB.
 const MAX_PAYLOAD_MB: (u64, u64) = (1, 1 << 20);
+/// Allowed range of `[work] free-space-floor-mb`: off, up to a pebibyte.
+const FREE_SPACE_FLOOR_MB: (u64, u64) = (0, 1 << 30);
 
 /// Allowed range of `[work] keep-finished-hours` (0 keeps finished units until released).
 const KEEP_FINISHED_HOURS: (u64, u64) = (0, 24 * 366);
@@ -338,6 +341,11 @@ impl Decoder<'_> {
             "[work] keep-finished-hours",
             KEEP_FINISHED_HOURS,
         )?;
+        let floor = self.bounded(
+            work.free_space_floor_mb.as_ref(),
+            "[work] free-space-floor-mb",
+            FREE_SPACE_FLOOR_MB,
+        )?;
         let signing_key = match &work.signing_key {
             None => None,
             Some(path) => Some(self.path_value(path, "[work] signing-key")?),
@@ -351,6 +359,7 @@ impl Decoder<'_> {
         Ok(WorkLimits {
             max_running: running.map_or(defaults.max_running, |n| usize::try_from(n).unwrap_or(1)),
             max_payload: payload.map_or(defaults.max_payload, |mb| mb << 20),
+            free_space_floor: floor.map_or(defaults.free_space_floor, |mb| mb << 20),
             keep_finished: keep.map_or(defaults.keep_finished, |h| {
                 (h > 0).then(|| Duration::from_secs(h * 3600))
             }),

@@ -47,10 +47,18 @@
 //! program = "/bin/cat"                # command: a path, or a bare name found on PATH
 //! params = "-n"                       # command: fixed arguments, split on whitespace
 //! allow-runtime-params = false        # command: may submissions add arguments?
+//! args = ["-n", "{job-path}"]         # command, with runtime params: what each added
+//!                                     # argument may be (default anything): exact text,
+//!                                     # `text*`, or `text{job-path}` (a path that stays in
+//!                                     # the job directory, symlinks followed)
 //! env = ["FOO"]                       # node variables passed through (default none)
 //! memory-mb = 64                      # guest memory cap (default 64)
 //! deadline-seconds = 21600            # wall-clock limit (default 6 h)
 //! output-mb = 8192                    # results cap (default 8 GiB)
+//! descriptors = 256                   # host descriptors a job may hold (default: the
+//!                                     # node's share of RLIMIT_NOFILE, see below)
+//! disk-mb = 4096                      # job directory quota (default 4 GiB)
+//! disk-inodes = 200000                # job directory files and directories (default)
 //! program-memory-mb = 2048            # memory of the programs it starts, with all their
 //!                                     # descendants (cgroup; default 2 GiB)
 //! program-pids = 512                  # their processes and threads (cgroup; default 512)
@@ -60,6 +68,17 @@
 //! # handler = "component" instead takes:
 //! # component = "handlers/x.wasm"     # relative to the config file's directory
 //! # signature = "handlers/x.wasm.sig" # default: the component's path plus .sig
+//!
+//! A command work type's program is held to `params` then, with runtime params, what `args`
+//! allows: a component deployed over it cannot run the program with anything else. The
+//! default `descriptors` keeps an eighth of the node's `RLIMIT_NOFILE` (at least 256) for
+//! the node and shares the rest among `[work] max-running` jobs, at most 1024 each.
+//!
+//! [work]                              # optional
+//! max-running = 4                     # units run at once (default: 2 per CPU)
+//! max-payload-mb = 8192               # largest payload (default 8 GiB)
+//! free-space-floor-mb = 512           # new units are refused, and jobs that write are
+//!                                     # stopped, below this much free space (0: off)
 //!
 //! [[signer]]                          # optional, repeatable: whose components run here
 //! key = "ed25519:..."
@@ -107,8 +126,9 @@ pub use addr::{AddrError, DEFAULT_PORT, EndpointAddr, Scheme};
 pub use cost::{CostError, LinkCost};
 pub use error::{AddrRole, ConfigError, Origin, Problem};
 pub use worktype::{
-    ANSIBLE_RUNNER_WORK_TYPE, AnsibleRunnerConfig, DEFAULT_DEADLINE_SECONDS, DEFAULT_MEMORY_MB,
-    DEFAULT_OUTPUT_MB, HANDLER_NAMES, HandlerKind, MAX_WORK_TYPE_NAME, WorkTypeConfig,
+    ANSIBLE_RUNNER_WORK_TYPE, AnsibleRunnerConfig, DEFAULT_DEADLINE_SECONDS, DEFAULT_DISK_INODES,
+    DEFAULT_DISK_MB, DEFAULT_FREE_SPACE_FLOOR_MB, DEFAULT_MEMORY_MB, DEFAULT_OUTPUT_MB,
+    HANDLER_NAMES, HandlerKind, MAX_WORK_TYPE_NAME, WorkTypeConfig,
 };
 
 /// Keepalive interval when none is configured: frequent enough to hold NAT and firewall
@@ -244,6 +264,9 @@ pub struct WorkLimits {
     pub require_signed: bool,
     /// Whether a stop signal first lets the running units end (`--drain`).
     pub drain_on_stop: bool,
+    /// Free bytes the node keeps for results and status: below them it refuses new units
+    /// and stops jobs that write. 0 turns the floor off.
+    pub free_space_floor: u64,
     /// How jobs' programs are contained (`containment = "auto" | "cgroup" | "subreaper"`).
     pub containment: ContainMode,
 }
@@ -259,6 +282,7 @@ impl Default for WorkLimits {
             verify_keys: Vec::new(),
             require_signed: false,
             drain_on_stop: false,
+            free_space_floor: DEFAULT_FREE_SPACE_FLOOR_MB << 20,
             containment: ContainMode::Auto,
         }
     }

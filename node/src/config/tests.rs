@@ -427,6 +427,7 @@ fn example_mesh_nodes_admit_each_other_by_certificate_and_node1_grants_only_its_
     );
 }
 
+mod job_limits;
 mod work_types;
 
 #[test]

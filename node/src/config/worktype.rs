@@ -7,8 +7,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::host::args::ArgPattern;
 use crate::host::contain::ProgramLimits;
-use crate::host::policy::Limits;
+use crate::host::disk::DiskQuota;
+use crate::host::policy::{DEFAULT_DISK_QUOTA, Limits};
 
 use super::error::Problem;
 
@@ -47,6 +49,9 @@ pub enum HandlerKind {
         params: Vec<String>,
         /// Whether a submission may add arguments of its own.
         allow_runtime_params: bool,
+        /// What each argument a submission adds may be; `None` allows anything. Only with
+        /// `allow_runtime_params`.
+        args: Option<Vec<ArgPattern>>,
     },
     /// Runs ansible-runner's `worker` mode, found as [`AnsibleRunnerConfig`] says.
     AnsibleRunner,
@@ -77,6 +82,7 @@ impl WorkTypeConfig {
                 program: PathBuf::from(program),
                 params: words.collect(),
                 allow_runtime_params: false,
+                args: None,
             },
             env_pass: Vec::new(),
             limits: limits(
@@ -128,6 +134,20 @@ pub const DEFAULT_MEMORY_MB: u64 = 64;
 pub const DEFAULT_DEADLINE_SECONDS: u64 = 6 * 3600;
 /// Default results cap of a work type, in MiB (8 GiB).
 pub const DEFAULT_OUTPUT_MB: u64 = 8 * 1024;
+/// Default job-directory quota of a work type, in MiB.
+pub const DEFAULT_DISK_MB: u64 = DEFAULT_DISK_QUOTA.bytes >> 20;
+/// Default job-directory quota of a work type, in files, directories and links.
+pub const DEFAULT_DISK_INODES: u64 = DEFAULT_DISK_QUOTA.inodes;
+/// Default free-space floor of a node, in MiB: kept for units' results and status.
+pub const DEFAULT_FREE_SPACE_FLOOR_MB: u64 = 512;
+
+/// A work type's job-directory quota from its settings.
+pub(super) fn disk_quota(disk_mb: u64, disk_inodes: u64) -> DiskQuota {
+    DiskQuota {
+        bytes: disk_mb << 20,
+        inodes: disk_inodes,
+    }
+}
 
 /// Builds a work type's limits from its settings in MiB and seconds, with the default
 /// cancel grace. Callers keep the numbers in range, so nothing overflows.
@@ -136,7 +156,7 @@ pub(super) fn limits(memory_mb: u64, deadline_seconds: u64, output_mb: u64) -> L
         memory_bytes: usize::try_from(memory_mb << 20).unwrap_or(usize::MAX),
         deadline: Duration::from_secs(deadline_seconds),
         output_bytes: output_mb << 20,
-        cancel_grace: Limits::default().cancel_grace,
+        ..Limits::default()
     }
 }
 

@@ -57,6 +57,19 @@ pub fn render_status(status: &StatusReport) -> String {
         let headers = ["Work type", "Handler", "Component", "Sha256", "Signer"];
         let rows = status.work_types.iter().map(handler_row).collect();
         section(&mut out, "This node's handlers", &headers, rows);
+        let rows: Vec<Vec<String>> = status.work_types.iter().filter_map(limits_row).collect();
+        if !rows.is_empty() {
+            let headers = [
+                "Work type",
+                "Memory",
+                "Deadline",
+                "Output",
+                "Descriptors",
+                "Job dir",
+                "Arguments",
+            ];
+            section(&mut out, "Limits per job", &headers, rows);
+        }
     }
     if !status.containment.is_empty() {
         let _ = writeln!(out, "\nJob containment: {}", status.containment);
@@ -69,6 +82,36 @@ pub fn render_status(status: &StatusReport) -> String {
         section(&mut out, "Program limits", &["Work type", "Limits"], rows);
     }
     out
+}
+
+/// One work type's limits: sizes in MiB, the job-directory quota as bytes and files, and
+/// each restricted program's arguments.
+fn limits_row(w: &crate::control::reply::WorkTypeStatus) -> Option<Vec<String>> {
+    let l = w.limits.as_ref()?;
+    let mib = |bytes: u64| format!("{} MiB", bytes >> 20);
+    let descriptors = l
+        .descriptors
+        .map_or_else(|| "no cap".to_owned(), |n| n.to_string());
+    let disk = match (l.disk_bytes, l.disk_inodes) {
+        (Some(bytes), Some(inodes)) => format!("{}, {inodes} files", mib(bytes)),
+        _ => "no quota".to_owned(),
+    };
+    let args: Vec<String> = (l.arguments.iter())
+        .map(|(program, args)| format!("{program}: {args}"))
+        .collect();
+    Some(vec![
+        w.work_type.clone(),
+        mib(l.memory_bytes),
+        format!("{}s", l.deadline_seconds),
+        mib(l.output_bytes),
+        descriptors,
+        disk,
+        if args.is_empty() {
+            "any".to_owned()
+        } else {
+            args.join("; ")
+        },
+    ])
 }
 
 fn handler_row(w: &crate::control::reply::WorkTypeStatus) -> Vec<String> {
@@ -263,6 +306,40 @@ Work types:
   a     echo
 ";
         assert_eq!(text, want);
+    }
+
+    #[test]
+    fn each_work_type_shows_its_job_limits() {
+        use crate::control::reply::{JobLimits, WorkTypeStatus};
+        let mut report = sample_report();
+        report.work_types.push(WorkTypeStatus {
+            work_type: "cat".into(),
+            handler: "command".into(),
+            component: "guest-runner".into(),
+            version: "0.1.0".into(),
+            sha256: "ab".repeat(32),
+            signer: "built-in".into(),
+            limits: Some(JobLimits {
+                memory_bytes: 64 << 20,
+                deadline_seconds: 60,
+                output_bytes: 8 << 30,
+                descriptors: Some(192),
+                resources: 768,
+                disk_bytes: Some(4 << 30),
+                disk_inodes: Some(200_000),
+                arguments: [("cat".to_owned(), "-n then {job-path}".to_owned())].into(),
+            }),
+            program_limits: String::new(),
+        });
+        let text = render_status(&report);
+        let want = "\nLimits per job:
+  Work type  Memory  Deadline  Output    Descriptors  Job dir                 Arguments
+  cat        64 MiB  60s       8192 MiB  192          4096 MiB, 200000 files  cat: -n then {job-path}
+";
+        assert!(text.ends_with(want), "{text}");
+        // A node that predates limits shows no such section.
+        report.work_types[0].limits = None;
+        assert!(!render_status(&report).contains("Limits per job"));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! so top-level keys here are sorted and nested objects keep Receptor's field order. The
 //! same types deserialize on the client side. No IO.
 
+pub mod limits;
 pub mod reload;
 pub mod work;
 
@@ -16,6 +17,7 @@ use serde::de::{self, Deserializer};
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 
+pub use self::limits::JobLimits;
 pub use self::reload::{CONNECTING_LINE, ReloadReply};
 pub use self::work::{SubmitReply, UnitStatusReply, WorkReply};
 use super::goformat::{go_duration_string, go_escape_json, serialize_go_float};
@@ -129,6 +131,9 @@ pub struct WorkTypeStatus {
     /// Its signer's token, or `built-in`.
     #[serde(rename = "Signer")]
     pub signer: String,
+    /// What each of its jobs may use (absent from nodes that predate it).
+    #[serde(rename = "Limits", default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<JobLimits>,
     /// The limits on the programs its jobs start (empty from nodes that do not say).
     #[serde(
         rename = "ProgramLimits",

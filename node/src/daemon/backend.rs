@@ -14,8 +14,8 @@ use super::reload::Reloader;
 use crate::control::Backend;
 use crate::control::goformat::rfc3339_utc;
 use crate::control::reply::{
-    Advertisement, Connection, DeployReply, ReloadReply, StatusReport, TraceHop, WorkCommand,
-    WorkTypeStatus,
+    Advertisement, Connection, DeployReply, JobLimits, ReloadReply, StatusReport, TraceHop,
+    WorkCommand, WorkTypeStatus,
 };
 use crate::control::session::{Duplex, WorkCreate};
 use crate::host::registry::Registry;
@@ -241,6 +241,7 @@ pub fn report(status: &MeshStatus, registry: &Registry) -> StatusReport {
                 version: a.info.version.clone(),
                 sha256: a.info.sha256_hex(),
                 signer: a.info.signer_label(),
+                limits: Some(job_limits(&a.policy)),
                 program_limits: a.policy.program_limits.describe(),
             })
             .collect(),
@@ -275,6 +276,24 @@ pub fn report(status: &MeshStatus, registry: &Registry) -> StatusReport {
             })
             .collect(),
         advertisements: status.adverts.iter().flat_map(advertisements).collect(),
+    }
+}
+
+/// The limits a work type's jobs run under, as status shows them.
+fn job_limits(policy: &crate::host::policy::Policy) -> JobLimits {
+    let limits = &policy.limits;
+    let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    JobLimits {
+        memory_bytes: count(limits.memory_bytes),
+        deadline_seconds: limits.deadline.as_secs(),
+        output_bytes: limits.output_bytes,
+        descriptors: limits.descriptors.map(count),
+        resources: count(crate::host::fds::resource_cap(limits.descriptors)),
+        disk_bytes: limits.disk.map(|d| d.bytes),
+        disk_inodes: limits.disk.map(|d| d.inodes),
+        arguments: (policy.args.iter())
+            .map(|(program, args)| (program.clone(), args.to_string()))
+            .collect(),
     }
 }
 

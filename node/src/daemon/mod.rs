@@ -369,7 +369,8 @@ pub async fn start(
     let containment = Containment::detect(config.work.containment, supervisor_binary())?;
     tracing::info!(containment = %containment.describe(), "job containment");
     let mut host = Host::with_containment(&component_cache(config), containment)
-        .map_err(StartError::Host)?;
+        .map_err(StartError::Host)?
+        .with_free_space_floor(config.work.free_space_floor);
     host.set_metrics(metrics.clone());
     let host = Arc::new(host);
     let driver_config = DriverConfig {
@@ -403,6 +404,7 @@ pub async fn start(
             max_payload: config.work.max_payload,
             keep_finished: config.work.keep_finished,
             metrics: metrics.clone(),
+            free_space_floor: config.work.free_space_floor,
         },
         mesh: Some(mesh.clone()),
         signing_key: work_signing_key(config)?,

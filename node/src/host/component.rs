@@ -66,6 +66,20 @@ pub enum ComponentError {
         /// The variable.
         var: String,
     },
+    /// The manifest declares arguments for a program beyond what the work type allows.
+    #[error(
+        "component {name} asks to run {program:?} with arguments work type {work_type} does not allow: {reason}"
+    )]
+    ArgsTooBroad {
+        /// The component.
+        name: String,
+        /// The work type.
+        work_type: String,
+        /// The program.
+        program: String,
+        /// What is broader than the node allows.
+        reason: Box<super::args::TooBroad>,
+    },
     /// The manifest does not cover this work type.
     #[error("component {name} is signed for work types {signed:?}, not {work_type}")]
     NotForWorkType {
@@ -107,6 +121,7 @@ pub fn load_signed(
         });
     }
     check_capabilities(manifest, work_type, policy)?;
+    check_args(manifest, work_type, policy)?;
     let handler = host.load(bytes)?;
     let info = ComponentInfo {
         name: manifest.name.clone(),
@@ -117,7 +132,8 @@ pub fn load_signed(
     Ok((handler, info))
 }
 
-/// Whether what the manifest asks for fits what the work type's policy grants.
+/// Whether what the manifest asks for fits what the work type's policy grants: its
+/// programs and variables.
 ///
 /// # Errors
 /// [`ComponentError::ProgramNotGranted`] or [`ComponentError::EnvNotGranted`].
@@ -144,6 +160,33 @@ pub fn check_capabilities(
             work_type: work_type.to_owned(),
             var: var.clone(),
         });
+    }
+    Ok(())
+}
+
+/// Whether the arguments the manifest declares fit the work type's argument policies:
+/// each declared program's arguments must be ones the policy allows. A declaration for a
+/// program the work type does not grant, or grants with any arguments, constrains nothing.
+///
+/// # Errors
+/// [`ComponentError::ArgsTooBroad`] naming the program and what is too broad.
+pub fn check_args(
+    manifest: &Manifest,
+    work_type: &str,
+    policy: &Policy,
+) -> Result<(), ComponentError> {
+    for (program, declared) in &manifest.capabilities.args {
+        let Some(allowed) = policy.args.get(program) else {
+            continue;
+        };
+        allowed
+            .covers(declared)
+            .map_err(|reason| ComponentError::ArgsTooBroad {
+                name: manifest.name.clone(),
+                work_type: work_type.to_owned(),
+                program: program.clone(),
+                reason: Box::new(reason),
+            })?;
     }
     Ok(())
 }
@@ -181,6 +224,7 @@ mod tests {
             capabilities: Capabilities {
                 programs: programs.iter().map(|s| (*s).to_owned()).collect(),
                 env: env.iter().map(|s| (*s).to_owned()).collect(),
+                args: Default::default(),
             },
             issued_at: 0,
             expires_at: 0,
@@ -204,6 +248,40 @@ mod tests {
             check_capabilities(&manifest(&[], &["AWS_SECRET"]), "cat", &policy),
             Err(ComponentError::EnvNotGranted { .. })
         ));
+    }
+
+    #[test]
+    fn declared_arguments_must_fit_the_program_policy() {
+        use crate::host::args::ArgPolicy;
+        let job_paths: ArgPolicy = serde_json::from_str(r#"{"allow":["{job-path}"]}"#).unwrap();
+        let policy = Policy {
+            programs: [("cat".to_owned(), "/bin/cat".into())].into(),
+            args: [("cat".to_owned(), job_paths.clone())].into(),
+            ..Policy::default()
+        };
+        let mut m = manifest(&["cat"], &[]);
+        assert!(check_args(&m, "cat", &policy).is_ok(), "nothing declared");
+        m.capabilities.args.insert("cat".into(), job_paths);
+        assert!(
+            check_args(&m, "cat", &policy).is_ok(),
+            "as narrow as the node"
+        );
+        m.capabilities
+            .args
+            .insert("cat".into(), ArgPolicy::default());
+        let err = check_args(&m, "cat", &policy).unwrap_err();
+        assert!(matches!(err, ComponentError::ArgsTooBroad { .. }));
+        assert!(
+            err.to_string()
+                .contains("asks to run \"cat\" with arguments work type cat does not allow"),
+            "{err}"
+        );
+        // A program the work type does not restrict (or grant) is not judged here.
+        let mut m = manifest(&["*"], &[]);
+        m.capabilities
+            .args
+            .insert("sh".into(), ArgPolicy::default());
+        assert!(check_args(&m, "cat", &policy).is_ok());
     }
 
     #[test]

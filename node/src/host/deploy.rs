@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::component::{ComponentError, ComponentInfo, check_capabilities};
+use super::component::{ComponentError, ComponentInfo, check_args, check_capabilities};
 use super::policy::Policy;
 use super::registry::{ActiveHandler, Registry};
 use super::runner::Host;
@@ -143,6 +143,10 @@ pub fn apply(
                 active: active.info.version.clone(),
             });
         }
+    }
+    // Arguments are held to each work type's own policy: the component runs under each.
+    for active in &affected {
+        check_args(manifest, &active.work_type, &active.policy)?;
     }
     let handler = host.load(bytes).map_err(ComponentError::from)?;
     let info = ComponentInfo {

@@ -1,15 +1,19 @@
-//! What a work type may do: which logical programs map to which executables, which
-//! environment reaches a child, where it may run, and the job's limits.
+//! What a work type may do: which logical programs map to which executables, what
+//! arguments each may be given, which environment reaches a child, where it may run, and
+//! the job's limits.
 //!
-//! Deny by default: a program not listed, a variable not allowed, a directory outside the
-//! job directory are refused. The checks are pure functions of the policy (plus, for the
-//! working directory, the file system's view of symlinks), testable without wasm.
+//! Deny by default: a program not listed, arguments its [`ArgPolicy`] does not allow, a
+//! variable not allowed, a directory outside the job directory are refused. The checks are
+//! pure functions of the policy (plus, for the working directory and job-path arguments,
+//! the file system's view of symlinks), testable without wasm.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
+use super::args::{ArgPolicy, ArgRefusal, JobPaths};
 use super::contain::ProgramLimits;
+use super::disk::DiskQuota;
 
 /// The logical program name under which [`Policy::for_ansible_runner`] lists ansible-runner.
 pub const ANSIBLE_RUNNER_PROGRAM: &str = "ansible-runner";
@@ -19,6 +23,13 @@ pub const COMMAND_PATH: &str = "/usr/bin:/bin";
 
 /// `LANG` of every child built by the constructors: UTF-8 without a locale's quirks.
 pub const CHILD_LANG: &str = "C.UTF-8";
+
+/// The job directory's quota when none is configured: 4 GiB and 200,000 files, room for
+/// a large playbook's artifacts and events (one file per event).
+pub const DEFAULT_DISK_QUOTA: DiskQuota = DiskQuota {
+    bytes: 4 << 30,
+    inodes: 200_000,
+};
 
 /// Limits of one job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +42,12 @@ pub struct Limits {
     pub output_bytes: u64,
     /// After a cancel, how long the guest has to wind its child down before both are killed.
     pub cancel_grace: Duration,
+    /// Host descriptors the job may hold at once (files and directories its guest opened,
+    /// its children's pipes). `None` in a config means the node's share of its
+    /// `RLIMIT_NOFILE` (the registry fills it in); at run time, no cap (benchmarks).
+    pub descriptors: Option<usize>,
+    /// The job directory's quota; `None` is not enforced (benchmarks).
+    pub disk: Option<DiskQuota>,
 }
 
 impl Default for Limits {
@@ -40,6 +57,8 @@ impl Default for Limits {
             deadline: Duration::from_secs(6 * 3600),
             output_bytes: 8 << 30,
             cancel_grace: Duration::from_secs(10),
+            descriptors: None,
+            disk: Some(DEFAULT_DISK_QUOTA),
         }
     }
 }
@@ -64,6 +83,14 @@ pub enum Denied {
     /// An environment variable the policy does not let through.
     #[error("environment variable {0:?} is not allowed for this work type")]
     EnvNotAllowed(String),
+    /// Arguments the program's [`ArgPolicy`] does not allow.
+    #[error("program {program:?} may not be run with these arguments: {reason}")]
+    ArgNotAllowed {
+        /// The logical program.
+        program: String,
+        /// What is wrong with the arguments.
+        reason: ArgRefusal,
+    },
 }
 
 /// The capabilities of one work type.
@@ -76,6 +103,9 @@ pub struct Policy {
     pub env: Vec<(String, String)>,
     /// Names of variables a guest may set for its child.
     pub env_allow: BTreeSet<String>,
+    /// Logical program name -> the arguments it may be given; a program not listed here
+    /// takes any arguments.
+    pub args: BTreeMap<String, ArgPolicy>,
     /// The job's limits.
     pub limits: Limits,
     /// Limits on the programs the job starts (containment, `host/contain`).
@@ -102,6 +132,7 @@ impl Policy {
             programs: [(name.to_owned(), program.to_owned())].into(),
             env: child_vars(defaults, env_pass, node_env),
             env_allow: BTreeSet::new(),
+            args: BTreeMap::new(),
             limits,
             program_limits: ProgramLimits::default(),
         }
@@ -135,6 +166,7 @@ impl Policy {
             env: child_vars(defaults, env_pass, node_env),
             // The submitter's terminal type, so Ansible colours output as a local run does.
             env_allow: BTreeSet::from(["TERM".to_owned()]),
+            args: [(ANSIBLE_RUNNER_PROGRAM.to_owned(), ansible_runner_args())].into(),
             limits,
             program_limits: ProgramLimits::default(),
         }
@@ -159,6 +191,38 @@ impl Policy {
         Ok(path)
     }
 
+    /// Checks a child's arguments against the program's [`ArgPolicy`]; `root` is the job
+    /// directory and `cwd` the child's working directory (inside it).
+    ///
+    /// # Errors
+    /// [`Denied::ArgNotAllowed`] naming the first argument at fault, or the job directory
+    /// when it cannot be resolved.
+    pub fn check_args(
+        &self,
+        program: &str,
+        args: &[String],
+        root: &Path,
+        cwd: &Path,
+    ) -> Result<(), Denied> {
+        let Some(policy) = self.args.get(program) else {
+            return Ok(());
+        };
+        // Job paths are judged by where symlinks really lead: compare canonical paths.
+        let bad_dir = || Denied::BadWorkingDirectory(cwd.display().to_string());
+        let root = root.canonicalize().map_err(|_| bad_dir())?;
+        let cwd = cwd.canonicalize().map_err(|_| bad_dir())?;
+        let paths = JobPaths {
+            root: &root,
+            cwd: &cwd,
+        };
+        policy
+            .check(args, paths)
+            .map_err(|reason| Denied::ArgNotAllowed {
+                program: program.to_owned(),
+                reason,
+            })
+    }
+
     /// The complete environment of a child: the policy's variables, `HOME` set to the job
     /// directory, then the guest's requested variables (each must be allowed).
     ///
@@ -176,6 +240,19 @@ impl Policy {
         env.insert("HOME".to_owned(), job_dir.display().to_string());
         env.extend(requested.iter().cloned());
         Ok(env.into_iter().collect())
+    }
+}
+
+/// What ansible-runner may be asked to do: `worker --private-data-dir .` (the job
+/// directory), then `--worker-info` or `--delete` (what AWX sends), as guest-runner runs it.
+pub fn ansible_runner_args() -> ArgPolicy {
+    let words = |w: &[&str]| w.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    ArgPolicy {
+        prefix: words(&["worker", "--private-data-dir", "."]),
+        allow: Some(vec![
+            super::args::ArgPattern::Exact("--worker-info".into()),
+            super::args::ArgPattern::Exact("--delete".into()),
+        ]),
     }
 }
 
@@ -248,6 +325,7 @@ mod tests {
             .into(),
             env: vec![("LANG".into(), "C.UTF-8".into())],
             env_allow: ["EXTRA".to_owned()].into(),
+            args: BTreeMap::new(),
             limits: Limits::default(),
             program_limits: ProgramLimits::default(),
         }

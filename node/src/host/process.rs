@@ -22,6 +22,7 @@ use super::contain::Containment;
 use super::contain::record::ProgramExit;
 use super::contain::spawn::{self, Pipes, Resolved, Spawned};
 use super::contain::watch::Killer;
+use super::fds::{CHILD_DESCRIPTORS, FdToken, Held};
 use super::policy::{Denied, resolve_cwd};
 use super::state::JobState;
 
@@ -31,7 +32,7 @@ const STDIN_WRITE_BUDGET: usize = 64 * 1024;
 /// A running child process (the `child` resource).
 pub struct Child {
     pid: u32,
-    stdin: Option<ChildStdin>,
+    stdin: Option<Held<ChildStdin>>,
     stdout: Option<Box<dyn AsyncRead + Send + Unpin>>,
     stderr: Option<Box<dyn AsyncRead + Send + Unpin>>,
     exit: watch::Receiver<Option<ProgramExit>>,
@@ -40,6 +41,8 @@ pub struct Child {
     /// For a detached child: the node's containment, which says whether detached jobs are
     /// to be left running (the node is stopping).
     detached: Option<Arc<Containment>>,
+    /// Counts the child's descriptors against the job's cap while it or a pipe lives.
+    _fds: FdToken,
 }
 
 impl std::fmt::Debug for Child {
@@ -60,15 +63,21 @@ impl Drop for Child {
 }
 
 impl Child {
-    fn new(spawned: Spawned, detached: Option<Arc<Containment>>) -> Self {
+    /// The child resource; its pipes keep `fds` (its count against the job's descriptor
+    /// cap) alive as long as any of them lives.
+    fn new(spawned: Spawned, detached: Option<Arc<Containment>>, fds: FdToken) -> Self {
+        let held = |s: Box<dyn AsyncRead + Send + Unpin>| -> Box<dyn AsyncRead + Send + Unpin> {
+            Box::new(Held::new(s, fds.clone()))
+        };
         Self {
             pid: spawned.pid,
-            stdin: spawned.stdin,
-            stdout: spawned.stdout,
-            stderr: spawned.stderr,
+            stdin: spawned.stdin.map(|s| Held::new(s, fds.clone())),
+            stdout: spawned.stdout.map(held),
+            stderr: spawned.stderr.map(held),
             exit: spawned.exit,
             killer: spawned.killer,
             detached,
+            _fds: fds,
         }
     }
 }
@@ -86,6 +95,7 @@ fn denied(d: Denied) -> SpawnError {
         Denied::NotFound { .. } => SpawnError::NotFound(d.to_string()),
         Denied::BadWorkingDirectory(_) => SpawnError::BadWorkingDirectory(d.to_string()),
         Denied::EnvNotAllowed(_) => SpawnError::EnvNotAllowed(d.to_string()),
+        Denied::ArgNotAllowed { .. } => SpawnError::NotAllowed(d.to_string()),
     }
 }
 
@@ -96,6 +106,7 @@ impl JobState {
         let program = policy.resolve_program(&cmd.program).map_err(denied)?;
         let env = policy.child_env(&self.job_dir, &cmd.env).map_err(denied)?;
         let cwd = resolve_cwd(&self.job_dir, cmd.cwd.as_deref()).map_err(denied)?;
+        (policy.check_args(&cmd.program, &cmd.args, &self.job_dir, &cwd)).map_err(denied)?;
         Ok(Resolved {
             program: program.to_owned(),
             args: cmd.args.clone(),
@@ -110,6 +121,7 @@ impl JobState {
         merge_stderr: bool,
     ) -> Result<Child, SpawnError> {
         let resolved = self.resolve(cmd)?;
+        self.admit(CHILD_DESCRIPTORS, 1).map_err(SpawnError::Io)?;
         let io = |e: std::io::Error| SpawnError::Io(format!("cannot start {:?}: {e}", cmd.program));
         let pipes = if merge_stderr {
             let (reader, writer) = std::io::pipe().map_err(io)?;
@@ -129,7 +141,8 @@ impl JobState {
             .await
             .map_err(SpawnError::Io)?;
         tracing::info!(unit = %self.unit, program = %cmd.program, pid = spawned.pid, "spawned child");
-        Ok(Child::new(spawned, None))
+        let fds = self.track_child();
+        Ok(Child::new(spawned, None, fds))
     }
 
     async fn spawn_detached_child(
@@ -138,15 +151,19 @@ impl JobState {
         label: &str,
     ) -> Result<Child, SpawnError> {
         let resolved = self.resolve(cmd)?;
+        self.admit(CHILD_DESCRIPTORS, 1).map_err(SpawnError::Io)?;
         let label = printable_label(label);
         let spawned = spawn::detached(&mut self.contain, &self.unit, &resolved, &label)
             .await
             .map_err(SpawnError::Io)?;
         tracing::info!(unit = %self.unit, program = %cmd.program, pid = spawned.pid, "spawned detached child");
         let containment = self.contain.containment.clone();
+        // It writes into the job directory like any child: its disk is watched from now.
+        let fds = self.track_child();
         Ok(Child::new(
             spawned,
             containment.or_else(|| Some(Arc::new(Containment::process_groups()))),
+            fds,
         ))
     }
 

@@ -9,10 +9,12 @@ use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::Arc;
 
+use super::args::ArgPolicy;
 use super::builtin::GUEST_RUNNER;
 use super::component::{ComponentInfo, load_signed};
 use super::contain::ProgramLimits;
 use super::detect::{find_ansible_runner, resolve_program};
+use super::fds::{Budget, nofile_limit, per_job_budget};
 use super::policy::{Limits, Policy};
 use super::runner::{Handler, Host, HostError};
 use super::signing::{SignedManifest, SignerKey, embedded_manifest};
@@ -106,14 +108,37 @@ pub struct Built {
     pub skipped: Vec<String>,
 }
 
+/// The descriptor limit assumed when this process's cannot be read: a common soft limit.
+const FALLBACK_NOFILE: u64 = 1024;
+
 /// Builds the registry from the config: command work types whose program exists,
-/// ansible-runner where a working one is found, and signed components that verify.
+/// ansible-runner where a working one is found, and signed components that verify. Each
+/// work type's jobs may hold the configured number of descriptors, else the node's share
+/// of its `RLIMIT_NOFILE` among `[work] max-running` jobs.
 pub fn build(
     config: &Config,
     host: &Host,
     builtin: &(Handler, ComponentInfo),
     node_env: &(dyn Fn(&str) -> Option<String> + Sync),
 ) -> Built {
+    let nofile = nofile_limit().unwrap_or(FALLBACK_NOFILE);
+    let budget = per_job_budget(nofile, config.work.max_running);
+    if budget.squeezed {
+        tracing::warn!(
+            nofile,
+            max_running = config.work.max_running,
+            per_job = budget.per_job,
+            "RLIMIT_NOFILE is too low to keep a reserve and give every running job its \
+             minimum; raise it (LimitNOFILE= in systemd) or lower [work] max-running"
+        );
+    }
+    tracing::info!(
+        nofile,
+        reserve = budget.reserve,
+        per_job = budget.per_job,
+        "descriptor budget"
+    );
+    let config = &with_descriptors(config, budget);
     let path_env = node_env("PATH");
     let path_env = path_env.as_deref().map(OsStr::new);
     let mut built = Built::default();
@@ -123,7 +148,10 @@ pub fn build(
             name: ANSIBLE_RUNNER_WORK_TYPE.to_owned(),
             handler: HandlerKind::AnsibleRunner,
             env_pass: Vec::new(),
-            limits: Limits::default(),
+            limits: Limits {
+                descriptors: Some(budget.per_job),
+                ..Limits::default()
+            },
             program_limits: ProgramLimits::default(),
         };
         add(
@@ -136,6 +164,27 @@ pub fn build(
         add(&mut built, result);
     }
     built
+}
+
+/// The config with every work type's descriptor cap filled in from `budget`: the default
+/// share where none is configured, at most the node's equal share where one is.
+fn with_descriptors(config: &Config, budget: Budget) -> Config {
+    let mut config = config.clone();
+    for work_type in &mut config.work_types {
+        let limits = &mut work_type.limits;
+        limits.descriptors = Some(match limits.descriptors {
+            None => budget.per_job,
+            Some(n) if n > budget.share => {
+                tracing::warn!(
+                    work_type = %work_type.name, configured = n, share = budget.share,
+                    "descriptors above the node's share of RLIMIT_NOFILE; using the share"
+                );
+                budget.share
+            }
+            Some(n) => n,
+        });
+    }
+    config
 }
 
 fn add(built: &mut Built, result: Result<ActiveHandler, String>) {
@@ -159,11 +208,12 @@ fn offer(
             program,
             params,
             allow_runtime_params,
+            args,
         } => {
             let path = resolve_program(program, path_env).ok_or_else(|| {
                 format!("work type {name}: program {} not found", program.display())
             })?;
-            let policy = Policy {
+            let mut policy = Policy {
                 program_limits: work_type.program_limits,
                 ..Policy::for_command(
                     name,
@@ -173,6 +223,18 @@ fn offer(
                     work_type.limits.clone(),
                 )
             };
+            // The program runs with the configured params first; a submission (or a
+            // component deployed over this work type) may add only what runtime params
+            // and `args` allow.
+            let allow = if *allow_runtime_params {
+                args.clone()
+            } else {
+                Some(Vec::new())
+            };
+            let prefix = params.clone();
+            policy
+                .args
+                .insert(name.clone(), ArgPolicy { prefix, allow });
             let mut fixed = vec![("program".to_owned(), name.clone())];
             fixed.extend(params.iter().map(|p| ("arg".to_owned(), p.clone())));
             Ok(ActiveHandler {

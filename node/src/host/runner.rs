@@ -1,6 +1,7 @@
 //! Runs jobs: one engine per node; per job a store with a memory cap, a wall-clock deadline,
-//! an output cap, cancellation with a grace period, and one instance whose handler is called
-//! once.
+//! an output cap, caps on descriptors and resources, a disk quota on the job directory
+//! (watched while the job runs), cancellation with a grace period, and one instance whose
+//! handler is called once.
 //!
 //! Components are compiled once and cached in the data dir, keyed by content hash and
 //! engine compatibility, so a job pays an instantiation, not a compilation. The cache holds
@@ -27,7 +28,9 @@ use super::cache::Cache;
 use super::contain::detached::{Reattach, reattach};
 use super::contain::spawn::JobContain;
 use super::contain::{Breach, Containment, UnitFiles};
+use super::fds::FdLimit;
 use super::policy::Policy;
+use super::quota::{self, DiskLedger, DiskStop};
 use super::state::JobState;
 
 /// How often the engine's epoch advances: the granularity of deadlines and of yielding to
@@ -134,6 +137,8 @@ pub struct Host {
     metrics: crate::metrics::Metrics,
     /// How jobs' programs are contained.
     containment: Arc<Containment>,
+    /// The node's free-space floor in bytes, watched while jobs write; 0 is not watched.
+    free_space_floor: u64,
     /// Stops the epoch ticker thread when the host is dropped.
     _ticker: Ticker,
 }
@@ -212,6 +217,7 @@ impl Host {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| HostError::Engine(e.to_string()))?;
         add_worker_interfaces(&mut linker).map_err(|e| HostError::Engine(e.to_string()))?;
+        super::guestfs::add_to_linker(&mut linker).map_err(|e| HostError::Engine(e.to_string()))?;
         let ticker = start_ticker(&engine);
         for note in containment.notes() {
             tracing::debug!("containment: {note}");
@@ -222,6 +228,7 @@ impl Host {
             cache: Cache::open(cache_dir),
             metrics: crate::metrics::Metrics::default(),
             containment: Arc::new(containment),
+            free_space_floor: 0,
             _ticker: ticker,
         })
     }
@@ -240,6 +247,14 @@ impl Host {
     /// Counts this host's component compiles and cache hits in `metrics`.
     pub fn set_metrics(&mut self, metrics: crate::metrics::Metrics) {
         self.metrics = metrics;
+    }
+
+    /// Stops a job whose directory grows while the node's file system has less than
+    /// `bytes` free (0, the default, does not watch).
+    #[must_use]
+    pub fn with_free_space_floor(mut self, bytes: u64) -> Self {
+        self.free_space_floor = bytes;
+        self
     }
 
     /// Compiles (or loads from the cache) a component and links it.
@@ -317,13 +332,15 @@ impl Host {
         let results = Box::new(AsyncWriteStream::new(RESULTS_WRITE_BUDGET, capped));
         let contain = self.job_contain(&policy, io.files);
         let breaches = contain.breaches().clone();
+        let disk =
+            (limits.disk).map(|q| DiskLedger::new(io.job_dir.clone(), q, self.free_space_floor));
         let state = match JobState::new(
             job.id.clone(),
-            io.job_dir,
+            io.job_dir.clone(),
             policy,
-            payload,
-            results,
+            (payload, results),
             cancelled.clone(),
+            disk.clone(),
         ) {
             Ok(mut state) => {
                 state.contain = contain;
@@ -342,16 +359,30 @@ impl Host {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
-        let outcome = call_with_limits(&mut store, handler, &job, &limits, cancelled).await;
+        let stops = Stops {
+            cancelled,
+            disk: disk.clone(),
+        };
+        let outcome = call_with_limits(&mut store, handler, &job, &limits, stops).await;
+        let fd_refusal = store.data().fds.refused();
+        let spawned = store.data().fds.has_spawned();
         // Dropping the store drops every child resource, which kills the children.
         drop(store);
+        // A child may have written past the quota since the watcher last looked.
+        if spawned && let Some(disk) = disk.as_ref().filter(|d| !d.is_stopped()) {
+            let _ = disk.rescan().await;
+        }
         if exceeded.load(Ordering::Relaxed) {
             return Outcome::failed(format!(
                 "results exceeded the output limit of {} bytes",
                 limits.output_bytes
             ));
         }
-        with_breach(outcome, breaches.get())
+        if let Some(stop) = disk.as_ref().and_then(|d| d.verdict()) {
+            free_job_dir(&io.job_dir, &job.id, &stop).await;
+            return Outcome::failed(stop.to_string());
+        }
+        with_breach(with_fd_note(outcome, fd_refusal), breaches.get())
     }
 
     fn job_contain(&self, policy: &Policy, files: Option<UnitFiles>) -> JobContain {
@@ -370,6 +401,62 @@ impl Host {
             output_bytes: limits.output_bytes,
             ..JobContain::default()
         }
+    }
+}
+
+/// What may stop a job besides its deadline: a cancel, and its disk.
+struct Stops {
+    cancelled: watch::Receiver<bool>,
+    /// `None` when the job's disk is not watched.
+    disk: Option<Arc<DiskLedger>>,
+}
+
+/// Watches the job's directory (once the job has a child: the guest's own writes are
+/// charged as they happen) and resolves with the reason once the job must stop; never
+/// without a quota. Part of the job's own task, so a job without children pays nothing.
+async fn disk_stopped(disk: Option<Arc<DiskLedger>>) -> DiskStop {
+    let Some(disk) = disk else {
+        return std::future::pending().await;
+    };
+    let mut stop = disk.subscribe();
+    tokio::select! {
+        () = quota::watch(disk.clone()) => {}
+        _ = stop.wait_for(Option::is_some) => {}
+    }
+    match disk.stopped() {
+        Some(stop) => stop,
+        None => std::future::pending().await,
+    }
+}
+
+/// Removes what a job that failed for its disk left in its directory: it holds nothing
+/// anyone reads (results are separate), and keeping it would keep the disk full until
+/// release.
+async fn free_job_dir(job_dir: &Path, unit: &str, stop: &DiskStop) {
+    let dir = job_dir.to_owned();
+    let removed = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir)).await;
+    match removed {
+        Ok(Ok(())) => {
+            tracing::warn!(%unit, reason = %stop, "job failed for its disk; its directory was removed")
+        }
+        Ok(Err(e)) => {
+            tracing::error!(%unit, reason = %stop, error = %e, "job failed for its disk; its directory could not be removed")
+        }
+        Err(e) => tracing::error!(%unit, error = %e, "removing a job directory failed"),
+    }
+}
+
+/// A failed job that was refused a descriptor says so in its detail.
+fn with_fd_note(outcome: Outcome, refusal: Option<FdLimit>) -> Outcome {
+    match (outcome, refusal) {
+        (Outcome::Failed { detail, exit_code }, Some(limit)) => Outcome::Failed {
+            detail: format!(
+                "{detail} (the job reached its limit of {} open host descriptors)",
+                limit.cap
+            ),
+            exit_code,
+        },
+        (outcome, _) => outcome,
     }
 }
 
@@ -394,8 +481,12 @@ async fn call_with_limits(
     handler: &Handler,
     job: &Job,
     limits: &super::policy::Limits,
-    mut cancelled: watch::Receiver<bool>,
+    stops: Stops,
 ) -> Outcome {
+    let Stops {
+        mut cancelled,
+        disk,
+    } = stops;
     let wit_job = WitJob {
         id: job.id.clone(),
         work_type: job.work_type.clone(),
@@ -425,6 +516,7 @@ async fn call_with_limits(
         () = cancel_expired => Outcome::Canceled {
             detail: format!("handler did not finish within {grace:?} of the cancel; stopped"),
         },
+        stop = disk_stopped(disk) => Outcome::failed(stop.to_string()),
     }
 }
 
@@ -439,6 +531,12 @@ fn trap_outcome(e: &wasmtime::Error, limits: &super::policy::Limits) -> Outcome 
         return Outcome::failed(format!(
             "handler exceeded its memory limit of {} bytes",
             limits.memory_bytes
+        ));
+    }
+    if text.contains("resource table has no free keys") {
+        return Outcome::failed(format!(
+            "handler exceeded its limit of {} open resources (handles, streams, pollables)",
+            super::fds::resource_cap(limits.descriptors)
         ));
     }
     Outcome::failed(format!("handler trapped: {text}"))

@@ -12,7 +12,7 @@
 //! **Canonical bytes.** The signature is Ed25519 over the manifest's *canonical bytes*:
 //! the compact `serde_json` encoding of [`Manifest`] (no whitespace, fields in the order
 //! the struct declares them, `sha256` as lower-case hex, every `capabilities` field
-//! present). Verification re-encodes the parsed manifest, so a signature file may be
+//! present except an empty `args`). Verification re-encodes the parsed manifest, so a signature file may be
 //! pretty-printed; unknown fields are rejected rather than ignored, since they would not
 //! be covered by the signature.
 //!
@@ -22,12 +22,15 @@ mod embedded;
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use super::args::ArgPolicy;
 
 pub use crate::keys::{SIGNING_KEY_KIND, SignerKey, SigningKeyError, SigningKeypair};
 pub use embedded::{EmbeddedManifest, EmbeddedManifestError, MANIFEST_SECTION, embedded_manifest};
@@ -45,6 +48,12 @@ pub struct Capabilities {
     /// Environment variable names it may read.
     #[serde(default)]
     pub env: Vec<String>,
+    /// Logical program name -> the arguments it runs that program with. A program left out
+    /// declares nothing and is held to the node's policy at spawn; a declaration broader
+    /// than the node's policy is refused at deploy. Left out of the canonical bytes when
+    /// empty, so manifests signed before it existed still verify.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub args: BTreeMap<String, ArgPolicy>,
 }
 
 /// The signed statement about one component. Field order is part of the canonical bytes.

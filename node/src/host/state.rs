@@ -1,5 +1,6 @@
 //! Per-job store data: the WASI context (a preopen of the job directory and nothing else),
-//! the resource table, the job's streams, its capabilities and its limits.
+//! the resource table, the job's streams, its capabilities and its limits, with the
+//! ledgers of the descriptors and disk it holds.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,7 +11,9 @@ use wasmtime_wasi::p2::{DynInputStream, DynOutputStream};
 use wasmtime_wasi::{FsPerms, ResourceTable, WasiCtx, WasiCtxView, WasiView};
 
 use super::contain::spawn::JobContain;
+use super::fds::{FdLedger, resource_cap};
 use super::policy::Policy;
+use super::quota::DiskLedger;
 
 /// Why a job's store could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -28,8 +31,13 @@ pub struct JobState {
     pub(crate) table: ResourceTable,
     pub(crate) limits: StoreLimits,
     pub(crate) policy: Arc<Policy>,
+    /// Absolute: children see it as `HOME` and working directory.
     pub(crate) job_dir: PathBuf,
     pub(crate) unit: String,
+    /// The host descriptors the guest holds, against its cap.
+    pub(crate) fds: FdLedger,
+    /// The job directory's quota; `None` when not enforced.
+    pub(crate) disk: Option<Arc<DiskLedger>>,
     /// Taken by the guest's first `payload()` call.
     pub(crate) payload: Option<DynInputStream>,
     /// Taken by the guest's first `results()` call.
@@ -51,7 +59,9 @@ impl std::fmt::Debug for JobState {
 
 impl JobState {
     /// The store data of one job. The guest sees `job_dir` as `/` and `.` (its only
-    /// preopen), gets no environment, arguments, stdio, network or other files.
+    /// preopen), gets no environment, arguments, stdio, network or other files. Its
+    /// resource table holds at most what its descriptor cap allows; `disk` charges its
+    /// writes.
     ///
     /// # Errors
     /// [`StateError`] when the job directory cannot be opened.
@@ -59,10 +69,17 @@ impl JobState {
         unit: String,
         job_dir: PathBuf,
         policy: Arc<Policy>,
-        payload: DynInputStream,
-        results: DynOutputStream,
+        io: (DynInputStream, DynOutputStream),
         cancelled: watch::Receiver<bool>,
+        disk: Option<Arc<DiskLedger>>,
     ) -> Result<Self, StateError> {
+        // Children resolve HOME and their working directory from anywhere: never relative,
+        // even when the node was started with a relative --data-dir.
+        let job_dir = std::path::absolute(&job_dir).map_err(|e| StateError {
+            path: job_dir.clone(),
+            reason: e.to_string(),
+        })?;
+        let (payload, results) = io;
         let mut builder = WasiCtx::builder();
         builder
             .preopened_dir(&job_dir, ".", FsPerms::ReadWrite)
@@ -82,13 +99,18 @@ impl JobState {
             .memories(4)
             .trap_on_grow_failure(true)
             .build();
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(resource_cap(policy.limits.descriptors));
+        let fds = FdLedger::new(policy.limits.descriptors);
         Ok(Self {
             wasi: builder.build(),
-            table: ResourceTable::new(),
+            table,
             limits,
             policy,
             job_dir,
             unit,
+            fds,
+            disk,
             payload: Some(payload),
             results: Some(results),
             cancelled,
@@ -99,6 +121,53 @@ impl JobState {
     /// The store's resource limiter.
     pub fn limiter(&mut self) -> &mut dyn ResourceLimiter {
         &mut self.limits
+    }
+
+    /// Counts a new child's descriptors (see [`FdLedger::track_child`]) and starts watching
+    /// the job directory, which the child may write to.
+    pub(crate) fn track_child(&mut self) -> super::fds::FdToken {
+        if let Some(disk) = &self.disk {
+            disk.child_started();
+        }
+        self.fds.track_child()
+    }
+
+    /// Whether the guest may take `descriptors` more host descriptors and `entries` more
+    /// resource-table entries; the refusal is for the guest.
+    ///
+    /// # Errors
+    /// Why not, naming the cap.
+    pub(crate) fn admit(&mut self, descriptors: usize, entries: usize) -> Result<(), String> {
+        self.fds.check(descriptors).map_err(|e| e.to_string())?;
+        if self.table_has_room(entries) {
+            Ok(())
+        } else {
+            Err(format!(
+                "too many open resources: the job may hold {} handles, streams and pollables",
+                self.table.max_capacity()
+            ))
+        }
+    }
+
+    /// Whether `n` more entries fit in the resource table. Probes by pushing placeholders
+    /// and deleting them again: their slots go back on the free list, where the next pushes
+    /// find them.
+    fn table_has_room(&mut self, n: usize) -> bool {
+        let mut probes = Vec::with_capacity(n);
+        let mut room = true;
+        for _ in 0..n {
+            match self.table.push(()) {
+                Ok(probe) => probes.push(probe),
+                Err(_) => {
+                    room = false;
+                    break;
+                }
+            }
+        }
+        for probe in probes {
+            let _ = self.table.delete(probe);
+        }
+        room
     }
 }
 

@@ -13,6 +13,8 @@ use super::builtin::GUEST_RUNNER;
 use super::policy::{Limits, Policy};
 use super::runner::{Handler, Host, Job, JobIo, Outcome};
 
+mod limits;
+
 /// The probe handler, for tests only.
 const PROBE_HANDLER: &[u8] = include_bytes!(env!("WARREN_PROBE_HANDLER_WASM"));
 
@@ -46,6 +48,7 @@ fn policy(programs: &[(&str, &str)], limits: Limits) -> Arc<Policy> {
             .collect::<BTreeMap<_, _>>(),
         env: vec![("PATH".into(), "/usr/bin:/bin".into())],
         env_allow: BTreeSet::from(["ALLOWED".to_owned()]),
+        args: BTreeMap::new(),
         limits,
         program_limits: Default::default(),
     })
@@ -220,6 +223,7 @@ fn short_limits() -> Limits {
         deadline: Duration::from_millis(500),
         output_bytes: 64 * 1024,
         cancel_grace: Duration::from_millis(300),
+        ..Limits::default()
     }
 }
 
@@ -409,9 +413,9 @@ mod without_wasm {
             "Direct01".into(),
             dir.to_owned(),
             policy,
-            Box::new(ClosedInputStream),
-            Box::new(SinkOutputStream),
+            (Box::new(ClosedInputStream), Box::new(SinkOutputStream)),
             rx,
+            None,
         )
         .unwrap()
     }
@@ -472,6 +476,64 @@ mod without_wasm {
             ),
             "{status:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn spawn_past_the_descriptor_cap_is_refused_with_a_value_until_pipes_close() {
+        use crate::host::bindings::warren::worker::process::HostChild;
+        use crate::host::fds::{CHILD_DESCRIPTORS, JOB_BASELINE};
+        use wasmtime::component::Resource;
+        let dir = tempfile::tempdir().unwrap();
+        let (_tx, rx) = watch::channel(false);
+        let limits = Limits {
+            descriptors: Some(JOB_BASELINE + CHILD_DESCRIPTORS),
+            ..Limits::default()
+        };
+        let policy = policy(&[("true", "/bin/true")], limits);
+        let io = (
+            Box::new(ClosedInputStream) as _,
+            Box::new(SinkOutputStream) as _,
+        );
+        let mut state =
+            JobState::new("Direct02".into(), dir.path().into(), policy, io, rx, None).unwrap();
+        let first = state
+            .spawn(command("true", &[], None), false)
+            .await
+            .unwrap()
+            .unwrap();
+        let refused = state
+            .spawn(command("true", &[], None), false)
+            .await
+            .unwrap();
+        assert!(
+            matches!(&refused, Err(SpawnError::Io(m)) if m.contains("too many open files")),
+            "{refused:?}"
+        );
+        // A pipe taken from the child keeps its descriptors counted after the child is gone.
+        let stdout = state
+            .take_stdout(Resource::new_borrow(first.rep()))
+            .await
+            .unwrap()
+            .unwrap();
+        HostChild::drop(&mut state, first).await.unwrap();
+        let refused = state
+            .spawn(command("true", &[], None), false)
+            .await
+            .unwrap();
+        assert!(matches!(refused, Err(SpawnError::Io(_))), "{refused:?}");
+        drop(state.table.delete(stdout).unwrap());
+        // The stream's reader task lets go of the pipe once the runtime drops it.
+        for _ in 0..100 {
+            if state.fds.held() == JOB_BASELINE {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let again = state
+            .spawn(command("true", &[], None), false)
+            .await
+            .unwrap();
+        assert!(again.is_ok(), "{again:?}");
     }
 
     async fn wait_exit(

@@ -80,8 +80,8 @@ pub struct DriverConfig {
     /// See [`DEFAULT_MAX_LINK_QUEUE`].
     pub max_link_queue: usize,
     /// Diagnostics: receives a copy of every frame this node's links decrypt — exactly what
-    /// this node sees in clear, as a relay. Only library users set it (tests that check what
-    /// a relay can read); no flag or config does.
+    /// this node sees in clear, as a relay. Setting it turns on `LinkConfig::tap`. Only
+    /// library users set it (tests that check what a relay can read); no flag or config does.
     pub tap: Option<mpsc::UnboundedSender<(LinkId, Bytes)>>,
     /// Where link counters go (disabled by default).
     pub metrics: Metrics,
@@ -159,13 +159,14 @@ pub fn start(
 /// [`start`] with any transports (see [`transport`]): each listener upgrades what it
 /// accepts as its [`Accept`] says, each peer is dialled as its [`Dial`] says.
 pub fn start_with(
-    config: MeshConfig,
+    mut config: MeshConfig,
     driver_config: DriverConfig,
     listeners: Vec<(Listener, Cost)>,
     peers: Vec<(PeerTarget, Dial)>,
 ) -> (MeshHandle, JoinHandle<()>) {
     let now = Instant::now().into_std();
     let id = config.id.clone();
+    config.link.tap |= driver_config.tap.is_some();
     let mut node = MeshNode::new(config, now);
     let (command_tx, commands) = mpsc::unbounded_channel();
     let (socket_tx, sockets) = mpsc::channel(256);

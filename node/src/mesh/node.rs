@@ -351,6 +351,7 @@ pub struct MeshNode {
     adverts_refused: u64,
     refusal_log: LogLimiter,
     handshake_log: LogLimiter,
+    version_log: LogLimiter,
     events: VecDeque<Event>,
 }
 
@@ -384,6 +385,7 @@ impl MeshNode {
             adverts_refused: 0,
             refusal_log: LogLimiter::default(),
             handshake_log: LogLimiter::default(),
+            version_log: LogLimiter::default(),
             events: VecDeque::new(),
             config,
         };
@@ -744,6 +746,15 @@ impl MeshNode {
                 "peer refused our key; to be trusted, the peer's operator must add `--trust {}={}`",
                 self.config.id, self.config.keys.public()
             );
+        } else if is_version_mismatch(&end) {
+            // Before authentication: anyone can cause it, so at most one line a second.
+            if self.version_log.allow(now) {
+                tracing::warn!(
+                    link = %id, %end,
+                    "link refused: mesh protocol versions differ; upgrade the older node \
+                     (further refusals within a second are not logged)"
+                );
+            }
         } else if was_up {
             tracing::info!(link = %id, peer = ?peer, %end, "link down");
         } else {
@@ -978,6 +989,15 @@ fn log_refusal(id: LinkId, node: &NodeId, key: &PublicKey, reason: CloseReason) 
         }
         _ => tracing::warn!(link = %id, peer = %node, key = %key, %reason, "refused link"),
     }
+}
+
+/// Whether a link ended because the two nodes speak different protocol versions.
+fn is_version_mismatch(end: &LinkEnd) -> bool {
+    matches!(
+        end,
+        LinkEnd::ByUs(CloseReason::VersionMismatch { .. })
+            | LinkEnd::ByPeer(CloseReason::VersionMismatch { .. })
+    )
 }
 
 /// Whether redialling at once cannot help: the peer turned the link away as soon as it was

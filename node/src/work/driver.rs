@@ -50,6 +50,9 @@ pub struct WorkConfig {
     pub keep_finished: Option<Duration>,
     /// Where unit counters go (disabled by default).
     pub metrics: crate::metrics::Metrics,
+    /// Free bytes the data dir's file system must keep for new units to be accepted (0:
+    /// not checked): the units already here need room for their results and status.
+    pub free_space_floor: u64,
 }
 
 impl Default for WorkConfig {
@@ -59,6 +62,7 @@ impl Default for WorkConfig {
             max_payload: 1 << 30,
             keep_finished: Some(Duration::from_secs(24 * 60 * 60)),
             metrics: crate::metrics::Metrics::default(),
+            free_space_floor: crate::config::DEFAULT_FREE_SPACE_FLOOR_MB << 20,
         }
     }
 }
@@ -199,6 +203,9 @@ pub struct Work {
     store: Arc<UnitStore>,
     /// Changed by a reload, read by every payload.
     max_payload: Arc<std::sync::atomic::AtomicU64>,
+    /// Changed by a reload, checked for every new unit.
+    free_space_floor: Arc<std::sync::atomic::AtomicU64>,
+    data_dir: PathBuf,
     metrics: crate::metrics::Metrics,
 }
 
@@ -236,6 +243,8 @@ impl Work {
             node: setup.node.clone(),
             store: store.clone(),
             max_payload: Arc::new(setup.config.max_payload.into()),
+            free_space_floor: Arc::new(setup.config.free_space_floor.into()),
+            data_dir: setup.data_dir.clone(),
             metrics: setup.config.metrics.clone(),
         };
         owner::spawn(owner::OwnerSetup {
@@ -282,6 +291,7 @@ impl Work {
             NodeId::new(submission.node.clone())
                 .map_err(|e| WorkError::BadParameters(e.to_string()))?
         };
+        self.check_room()?;
         let expires_at = submission
             .ttl
             .map(|ttl| crate::clock::now_ms().saturating_add(ttl.as_millis() as u64));
@@ -301,6 +311,15 @@ impl Work {
                 other => return other,
             }
         }
+    }
+
+    /// Refuses new units while the data dir's file system is below the free-space floor.
+    fn check_room(&self) -> Result<(), WorkError> {
+        let floor = (self.free_space_floor).load(std::sync::atomic::Ordering::Relaxed);
+        crate::host::disk::has_room(&self.data_dir, floor).map_err(|e| WorkError::NoRoom {
+            node: self.node.clone(),
+            reason: e.to_string(),
+        })
     }
 
     /// Reads `payload` to EOF into the unit's stdin (at most the node's payload limit),
@@ -401,6 +420,10 @@ impl Work {
         signing_key: Option<SigningKeypair>,
     ) -> Result<(), WorkError> {
         (self.max_payload).store(config.max_payload, std::sync::atomic::Ordering::Relaxed);
+        (self.free_space_floor).store(
+            config.free_space_floor,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let core = CoreConfig {
             max_running: config.max_running,
             keep_finished: config.keep_finished,

@@ -59,6 +59,14 @@ pub enum WorkError {
     /// The unit store failed.
     #[error(transparent)]
     Store(StoreError),
+    /// The node's disk is below its free-space floor: no new units until there is room.
+    #[error("node {node} refuses new work: {reason} (the floor is [work] free-space-floor-mb)")]
+    NoRoom {
+        /// The node.
+        node: NodeId,
+        /// How much is free, against the floor.
+        reason: String,
+    },
     /// The node is draining: it finishes its running units, then stops, and takes no new
     /// ones meanwhile.
     #[error(
@@ -104,6 +112,10 @@ impl WorkError {
             },
             Self::NotAllowed(refusal) => WorkRefusal::NotAllowed(refusal.clone()),
             Self::Draining { node } => WorkRefusal::Draining { node: node.clone() },
+            Self::NoRoom { node, reason } => WorkRefusal::NoRoom {
+                node: node.clone(),
+                reason: reason.clone(),
+            },
             Self::Signature { node, source } => WorkRefusal::Signature {
                 node: node.clone(),
                 reason: source.to_string(),

@@ -174,6 +174,14 @@ pub enum WorkRefusal {
         /// What failed.
         reason: String,
     },
+    /// The node's disk is below its free-space floor.
+    #[error("node {node} refuses new work: {reason} (the floor is [work] free-space-floor-mb)")]
+    NoRoom {
+        /// The node.
+        node: NodeId,
+        /// How much is free, against the floor.
+        reason: String,
+    },
     /// The node is draining before it stops and takes no new units.
     #[error(
         "node {node} is draining (it stops once its running units end) and takes no new work; submit again once it has restarted, or to another node"

@@ -281,6 +281,7 @@ fn work_flags_build_work_types_signers_and_runner_settings() {
             program: "cat".into(),
             params: vec!["-n".into()],
             allow_runtime_params: false,
+            args: None,
         }
     );
     assert_eq!(config.signers, [signer(1)]);

@@ -12,8 +12,8 @@ use crate::host::signing::SignerKey;
 
 use super::super::error::{ConfigError, Problem};
 use super::super::worktype::{
-    self, AnsibleRunnerConfig, DEFAULT_DEADLINE_SECONDS, DEFAULT_MEMORY_MB, DEFAULT_OUTPUT_MB,
-    HandlerKind, WorkTypeConfig,
+    self, AnsibleRunnerConfig, DEFAULT_DEADLINE_SECONDS, DEFAULT_DISK_INODES, DEFAULT_DISK_MB,
+    DEFAULT_MEMORY_MB, DEFAULT_OUTPUT_MB, HandlerKind, WorkTypeConfig,
 };
 use super::Decoder;
 
@@ -33,6 +33,12 @@ const PROGRAM_PIDS: (u64, u64) = (4, 1 << 22);
 const PROGRAM_OPEN_FILES: (u64, u64) = (16, 1 << 30);
 /// Allowed range of `program-file-size-mb`: up to a pebibyte.
 const PROGRAM_FILE_SIZE_MB: (u64, u64) = (1, 1 << 30);
+/// Allowed range of `descriptors`: from what guest-runner needs to far past any limit.
+const DESCRIPTORS: (u64, u64) = (crate::host::fds::MIN_PER_JOB as u64, 1 << 20);
+/// Allowed range of `disk-mb`: up to a pebibyte.
+const DISK_MB: (u64, u64) = (1, 1 << 30);
+/// Allowed range of `disk-inodes`.
+const DISK_INODES: (u64, u64) = (16, 1 << 32);
 
 /// A `[[work-type]]` entry.
 #[derive(Deserialize)]
@@ -53,13 +59,17 @@ pub(super) struct WorkTypeSection {
     program_open_files: Option<Spanned<u64>>,
     program_file_size_mb: Option<Spanned<u64>>,
     network: Option<Spanned<String>>,
+    descriptors: Option<Spanned<u64>>,
+    disk_mb: Option<Spanned<u64>>,
+    disk_inodes: Option<Spanned<u64>>,
+    args: Option<Spanned<Vec<Spanned<String>>>>,
     component: Option<Spanned<String>>,
     signature: Option<Spanned<String>>,
 }
 
 impl WorkTypeSection {
     /// The handler-specific keys that were given, with where they were written.
-    fn handler_keys(&self) -> [(&'static str, Option<Range<usize>>); 6] {
+    fn handler_keys(&self) -> [(&'static str, Option<Range<usize>>); 7] {
         [
             ("program", self.program.as_ref().map(Spanned::span)),
             ("params", self.params.as_ref().map(Spanned::span)),
@@ -67,6 +77,7 @@ impl WorkTypeSection {
                 "allow-runtime-params",
                 self.allow_runtime_params.as_ref().map(Spanned::span),
             ),
+            ("args", self.args.as_ref().map(Spanned::span)),
             ("component", self.component.as_ref().map(Spanned::span)),
             ("signature", self.signature.as_ref().map(Spanned::span)),
             ("network", self.network.as_ref().map(Spanned::span)),
@@ -115,15 +126,17 @@ impl Decoder<'_> {
             &format!("{key} output-mb"),
             OUTPUT_MB,
         )?;
+        let mut limits = worktype::limits(
+            memory.unwrap_or(DEFAULT_MEMORY_MB),
+            deadline.unwrap_or(DEFAULT_DEADLINE_SECONDS),
+            output.unwrap_or(DEFAULT_OUTPUT_MB),
+        );
+        self.job_limits(entry, &key, &mut limits)?;
         Ok(WorkTypeConfig {
             name: entry.name.get_ref().clone(),
             handler,
             env_pass: self.env_names(&entry.env, &format!("{key} env"))?,
-            limits: worktype::limits(
-                memory.unwrap_or(DEFAULT_MEMORY_MB),
-                deadline.unwrap_or(DEFAULT_DEADLINE_SECONDS),
-                output.unwrap_or(DEFAULT_OUTPUT_MB),
-            ),
+            limits,
             program_limits: self.program_limits(entry, &key)?,
         })
     }
@@ -174,6 +187,33 @@ impl Decoder<'_> {
         })
     }
 
+    /// The descriptor cap and the job-directory quota.
+    fn job_limits(
+        &self,
+        entry: &WorkTypeSection,
+        key: &str,
+        limits: &mut crate::host::policy::Limits,
+    ) -> Result<(), ConfigError> {
+        let descriptors = self.bounded(
+            entry.descriptors.as_ref(),
+            &format!("{key} descriptors"),
+            DESCRIPTORS,
+        )?;
+        let disk_mb = self.bounded(entry.disk_mb.as_ref(), &format!("{key} disk-mb"), DISK_MB)?;
+        let inodes = self.bounded(
+            entry.disk_inodes.as_ref(),
+            &format!("{key} disk-inodes"),
+            DISK_INODES,
+        )?;
+        // `bounded` kept it within 16..=2^20, which fits any usize of a 32-bit target.
+        limits.descriptors = descriptors.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+        limits.disk = Some(worktype::disk_quota(
+            disk_mb.unwrap_or(DEFAULT_DISK_MB),
+            inodes.unwrap_or(DEFAULT_DISK_INODES),
+        ));
+        Ok(())
+    }
+
     /// The handler and its keys; keys of other handlers are errors.
     fn handler(&self, entry: &WorkTypeSection, key: &str) -> Result<HandlerKind, ConfigError> {
         let handler =
@@ -186,7 +226,13 @@ impl Decoder<'_> {
                 },
             )?;
         let allowed: &[&str] = match handler {
-            "command" => &["program", "params", "allow-runtime-params", "network"],
+            "command" => &[
+                "program",
+                "params",
+                "allow-runtime-params",
+                "args",
+                "network",
+            ],
             "component" => &["component", "signature"],
             _ => &[],
         };
@@ -236,14 +282,35 @@ impl Decoder<'_> {
             None => Vec::new(),
             Some(params) => self.parse(params, &format!("{key} params"), worktype::split_params)?,
         };
+        let allow_runtime_params = entry
+            .allow_runtime_params
+            .as_ref()
+            .is_some_and(|b| *b.get_ref());
+        let args = match &entry.args {
+            None => None,
+            Some(list) if !allow_runtime_params => {
+                let problem = Problem::ArgsWithoutRuntimeParams;
+                return Err(self.error(list.span(), format!("{key} args"), problem));
+            }
+            Some(patterns) => Some(self.arg_patterns(patterns.get_ref(), key)?),
+        };
         Ok(HandlerKind::Command {
             program,
             params,
-            allow_runtime_params: entry
-                .allow_runtime_params
-                .as_ref()
-                .is_some_and(|b| *b.get_ref()),
+            allow_runtime_params,
+            args,
         })
+    }
+
+    fn arg_patterns(
+        &self,
+        patterns: &[Spanned<String>],
+        key: &str,
+    ) -> Result<Vec<crate::host::args::ArgPattern>, ConfigError> {
+        patterns
+            .iter()
+            .map(|p| self.parse(p, &format!("{key} args"), |s| Ok(s.parse()?)))
+            .collect()
     }
 
     fn component(

@@ -69,6 +69,7 @@ key = "{}"
             program: PathBuf::from("/bin/cat"),
             params: vec!["-n".into(), "-v".into()],
             allow_runtime_params: true,
+            args: None,
         }
     );
     assert_eq!(types[0].env_pass, ["FOO", "_BAR2"]);
@@ -292,6 +293,7 @@ fn command_from_a_flag_value() {
             program: "cat".into(),
             params: vec!["-n".into(), "-v".into()],
             allow_runtime_params: false,
+            args: None,
         }
     );
     assert_eq!(work.limits, Limits::default());

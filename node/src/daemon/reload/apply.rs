@@ -161,6 +161,7 @@ impl Applier {
             max_running: new.work.max_running,
             max_payload: new.work.max_payload,
             keep_finished: new.work.keep_finished,
+            free_space_floor: new.work.free_space_floor,
             ..WorkConfig::default()
         };
         self.work

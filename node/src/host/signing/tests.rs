@@ -210,6 +210,7 @@ fn embedded_manifest_is_found_at_top_level_and_in_nested_modules() {
         version: "1.2.0".into(),
         work_types: vec!["echo".into(), "cat".into()],
         capabilities: Capabilities {
+            args: Default::default(),
             programs: vec!["ansible-playbook".into()],
             env: vec![],
         },
@@ -248,4 +249,39 @@ fn embedded_manifest_absent_bad_or_duplicated() {
 fn huge_timestamps_format_without_panicking() {
     assert_eq!(unix_to_rfc3339(0), "1970-01-01T00:00:00Z");
     assert!(unix_to_rfc3339(u64::MAX).contains("Unix seconds"));
+}
+
+#[test]
+fn declared_arguments_are_signed_and_absent_ones_keep_old_signatures_valid() {
+    let component = component_with_top_level_manifest(MANIFEST_JSON);
+    let plain = signed(&component);
+    let text = String::from_utf8(plain.manifest.canonical_bytes()).unwrap();
+    assert!(!text.contains("args"), "{text}");
+    assert!(text.ends_with(r#""capabilities":{"programs":["ansible-playbook"],"env":[]},"issued_at":1795824000,"expires_at":1827360000}"#), "{text}");
+
+    let with_args = r#"{"name":"echo","version":"1.2.0","work_types":["echo"],"capabilities":{"programs":["cat"],"args":{"cat":{"prefix":["-n"],"allow":["{job-path}"]}}}}"#;
+    let component = component_with_top_level_manifest(with_args);
+    let sig = SignedManifest::from_json(signed(&component).to_json().as_bytes()).unwrap();
+    let manifest = verify(&component, &sig, &[signer().public()], NOW + DAY).unwrap();
+    let cat = &manifest.capabilities.args["cat"];
+    assert_eq!(cat.prefix, ["-n"]);
+    assert_eq!(cat.to_string(), "-n then {job-path}");
+    let text = String::from_utf8(manifest.canonical_bytes()).unwrap();
+    assert!(
+        text.contains(r#""args":{"cat":{"prefix":["-n"],"allow":["{job-path}"]}}"#),
+        "{text}"
+    );
+    // Widening the signed arguments breaks the signature.
+    let mut widened = sig.clone();
+    widened
+        .manifest
+        .capabilities
+        .args
+        .get_mut("cat")
+        .unwrap()
+        .allow = None;
+    assert!(matches!(
+        verify(&component, &widened, &[signer().public()], NOW + DAY),
+        Err(VerifyError::BadSignature { .. })
+    ));
 }
