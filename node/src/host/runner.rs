@@ -98,7 +98,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn failed(detail: impl Into<String>) -> Self {
+    pub(crate) fn failed(detail: impl Into<String>) -> Self {
         Self::Failed {
             detail: detail.into(),
             exit_code: None,
@@ -240,8 +240,15 @@ impl Host {
 
     /// Finds the detached job of a unit that was running when the node stopped; see
     /// [`reattach`]. Call it once per such unit at startup, before new jobs start.
+    /// A job found running is killed with its containment if its wait is dropped before
+    /// it ended, unless this host's containment leaves detached jobs running.
     pub fn reattach(&self, files: UnitFiles) -> Reattach {
-        reattach(files)
+        match reattach(files) {
+            Reattach::Running(job) => {
+                Reattach::Running(Box::new((*job).with_containment(self.containment.clone())))
+            }
+            other => other,
+        }
     }
 
     /// Counts this host's component compiles and cache hits in `metrics`.

@@ -20,7 +20,7 @@ use super::cgroup;
 use super::record::{self, EndReason, ExitRecord, JobRecord, ProgramExit};
 use super::supervised::pidfd_open;
 use super::watch::{self as watcher, BreachLog, Killer, SupervisorWait, Target, Watch};
-use super::{Breach, ContainmentInfo, UnitFiles};
+use super::{Breach, Containment, ContainmentInfo, UnitFiles};
 use crate::host::runner::Outcome;
 
 /// Most bytes of a detached program's stderr copied to the node's log when it ends.
@@ -53,6 +53,34 @@ pub struct DetachedJob {
     wait: SupervisorWait,
     killer: Killer,
     files: UnitFiles,
+    /// The node's containment, when known: whether a dropped wait leaves the job running
+    /// (the node is stopping and will re-attach again).
+    containment: Option<Arc<Containment>>,
+}
+
+/// Kills a re-attached job's whole containment when its wait is dropped before the job
+/// ended (a release that did not wait, an aborted task), unless the node is stopping and
+/// leaves detached jobs running: nothing of a unit outlives it here.
+struct KillOnDrop {
+    killer: Killer,
+    containment: Option<Arc<Containment>>,
+    armed: bool,
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let leave = self
+            .containment
+            .as_ref()
+            .is_some_and(|c| c.leaves_detached());
+        if self.armed && !leave {
+            tracing::info!("a re-attached job's wait was dropped; killing its containment");
+            self.killer.kill();
+            if let Some(cgroup) = &self.killer.cgroup {
+                cgroup.remove();
+            }
+        }
+    }
 }
 
 impl DetachedJob {
@@ -61,11 +89,26 @@ impl DetachedJob {
         &self.record
     }
 
+    /// Takes the node's containment into account when the wait is dropped (see
+    /// [`Containment::leave_detached_running`]).
+    #[must_use]
+    pub fn with_containment(mut self, containment: Arc<Containment>) -> Self {
+        self.containment = Some(containment);
+        self
+    }
+
     /// Waits for the job to end and returns the unit's outcome. Enforces what is left of
     /// the deadline (kill, `Failed`), a cancel (SIGTERM to the program, then after the
     /// recorded grace period a kill of the containment, `Canceled`), the output cap and
     /// the cgroup limits; announces results growth through the unit files' `on_output`.
+    /// Dropped before the job ended, it kills the job's containment (unless the node is
+    /// stopping and leaves detached jobs running).
     pub async fn finish(self, mut cancelled: tokio_watch::Receiver<bool>) -> Outcome {
+        let mut guard = KillOnDrop {
+            killer: self.killer.clone(),
+            containment: self.containment.clone(),
+            armed: true,
+        };
         let record = self.record;
         let breaches = BreachLog::default();
         let info = ContainmentInfo {
@@ -120,6 +163,7 @@ impl DetachedJob {
                 }
             }
         };
+        guard.armed = false;
         let deadline_hit = timed_out || reason == EndReason::Deadline;
         outcome(&record, status, canceled, deadline_hit, breaches.get())
     }
@@ -246,6 +290,7 @@ pub fn reattach(files: UnitFiles) -> Reattach {
         files,
         dir,
         record,
+        containment: None,
     }))
 }
 

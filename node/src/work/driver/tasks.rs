@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 use super::Command;
 use super::results::{Progress, ResultsSink, failure_of};
 use crate::host::contain::UnitFiles;
+use crate::host::contain::detached::Reattach;
 use crate::host::registry::{ActiveHandler, COMMAND_HANDLER};
 use crate::host::runner::{Host, Job, JobIo, Outcome};
 use crate::id::NodeId;
@@ -126,14 +127,7 @@ pub(super) async fn run_handler(
         .host
         .run(&active.handler, active.policy.clone(), job, io, stopped)
         .await;
-    let (state, detail) = match (outcome, failure_of(&failure)) {
-        // A results file that could not be written is a failed unit, whatever the handler
-        // thought of it: its output is not all there.
-        (Outcome::Canceled { detail }, _) => (UnitState::Canceled, detail),
-        (_, Some(error)) => (UnitState::Failed, format!("writing results: {error}")),
-        (Outcome::Succeeded, None) => (UnitState::Succeeded, "exit status 0".to_owned()),
-        (Outcome::Failed { detail, .. }, None) => (UnitState::Failed, detail),
-    };
+    let (state, detail) = end_of(outcome, failure_of(&failure));
     (ctx.metrics).unit_finished(&status.work_type, state, started.elapsed());
     ctx.ended(id, state, detail);
 }
@@ -192,11 +186,52 @@ fn job_params(
     params
 }
 
-/// A unit that was running when the node stopped. Jobs do not survive their node yet:
-/// report it ended.
-pub(super) async fn reattach(ctx: TaskCtx, id: UnitId) {
-    tracing::warn!(unit = %id, "unit was running when the node stopped; marked failed");
-    ctx.ended(id, UnitState::Failed, not_reattached().to_owned());
+/// A unit that was running when the node stopped: its detached job is found again through
+/// the host's job record and finished (its output keeps going to the unit's results, where
+/// followers read it from wherever they are; a cancel or a release stops it); a job that
+/// ended while the node was down reports its recorded exit; with no record the unit fails
+/// and says why.
+pub(super) async fn reattach(
+    ctx: TaskCtx,
+    id: UnitId,
+    stopped: watch::Receiver<bool>,
+    progress: watch::Sender<Progress>,
+) {
+    let files = ctx.unit_files(id, progress);
+    // What was written while the node was down counts before anyone follows.
+    (files.on_output)();
+    let host = ctx.host.clone();
+    // Reads the job's record and /proc: small, but file IO, so off the async workers.
+    let found = tokio::task::spawn_blocking(move || host.reattach(files)).await;
+    let outcome = match found {
+        Ok(Reattach::Running(job)) => {
+            tracing::info!(unit = %id, supervisor = ?job.record().supervisor, "re-attached a running job");
+            job.finish(stopped).await
+        }
+        Ok(Reattach::Ended { outcome, exit }) => {
+            tracing::info!(unit = %id, status = ?exit.status, "job ended while the node was down");
+            outcome
+        }
+        Ok(Reattach::Gone { detail }) => {
+            tracing::warn!(unit = %id, %detail, "unit was running when the node stopped; cannot re-attach");
+            Outcome::failed(format!("{}: {detail}", not_reattached()))
+        }
+        Err(e) => Outcome::failed(format!("{}: {e}", not_reattached())),
+    };
+    let (state, detail) = end_of(outcome, None);
+    ctx.ended(id, state, detail);
+}
+
+/// The unit's end from its handler's outcome and the first results write error, if any.
+fn end_of(outcome: Outcome, write_error: Option<String>) -> (UnitState, String) {
+    match (outcome, write_error) {
+        // A results file that could not be written is a failed unit, whatever the handler
+        // thought of it: its output is not all there.
+        (Outcome::Canceled { detail }, _) => (UnitState::Canceled, detail),
+        (_, Some(error)) => (UnitState::Failed, format!("writing results: {error}")),
+        (Outcome::Succeeded, None) => (UnitState::Succeeded, "exit status 0".to_owned()),
+        (Outcome::Failed { detail, .. }, None) => (UnitState::Failed, detail),
+    }
 }
 
 /// Submits a remote unit's stored payload to its node, retrying while the node cannot be
