@@ -5,6 +5,11 @@
 //!
 //! The node side runs in a child process that re-executes the same test with
 //! `WARREN_DETACHED_NODE` set, so killing it kills a real node process, not a task.
+//!
+//! Then through the work layer as a user runs a playbook: `ansible-runner run ...
+//! --via-receptor node1` from a controller; node1 SIGKILLed mid-job and restarted on the
+//! same data dir re-attaches, and the run ends with the full output; a re-attached unit
+//! cancelled or released leaves no process of its job.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -21,6 +26,7 @@ use warren::host::policy::{Limits, Policy};
 use warren::host::runner::{Host, Job, JobIo, Outcome};
 
 use crate::contain::{assert_all_gone, marked_sleep, marker, script};
+use crate::run;
 use crate::support::{component_cache, wait_for, warren_bin};
 
 /// Set in the re-executed test process that plays the node: the unit directory.
@@ -399,4 +405,158 @@ fn a_detached_job_past_the_output_cap_is_stopped_with_that_reason() {
     let stopped = extra.last().unwrap()["Containment"]["Stopped"].clone();
     assert_eq!(stopped, "results exceeded the output limit of 100 bytes");
     assert_all_gone(&unit.marker, "the output cap");
+}
+
+// ---- Through the work layer, as a user runs a playbook ----
+
+/// A node's job processes: those working in its data dir (ansible-runner worker and
+/// ansible-playbook work in the unit's job directory).
+fn job_processes(data: &Path) -> Vec<(i32, String)> {
+    crate::contain::working_in(data)
+}
+
+/// Waits until nothing works in `data` any more; fails naming the survivors.
+fn assert_no_job_process(data: &Path, after: &str) {
+    let start = std::time::Instant::now();
+    loop {
+        let left = job_processes(data);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            start.elapsed() < crate::support::DEADLINE,
+            "processes of the job survived {after}: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// node1's one unit, as `work list` shows it.
+fn node1_unit(setup: &run::Setup) -> Option<(String, serde_json::Value)> {
+    let out = setup.mesh.ctl(setup.node1, &["work", "list", "--json"]);
+    let units: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let (id, unit) = units.as_object()?.iter().next()?;
+    Some((id.clone(), unit.clone()))
+}
+
+/// controller -> node1 running `slow.yml` (a debug line, a `pause` of `secs`, another debug
+/// line) through the `ansible-runner` front end; returns once ansible-playbook runs in the
+/// pause on node1, with the front end still following.
+fn run_slow_playbook(secs: u32, ident: &str) -> (run::Setup, PathBuf, std::process::Child) {
+    let setup = run::direct_setup();
+    let pdd = setup.mesh.path("demo");
+    run::copy_demo(&pdd);
+    run::slow_playbook(&pdd, secs);
+    let peer = format!("receptor://{}", setup.controller_addr);
+    let pdd_arg = pdd.to_str().unwrap();
+    let args = [
+        "run",
+        pdd_arg,
+        "-p",
+        "slow.yml",
+        "--via-receptor",
+        "node1",
+        "--receptor-peer",
+        &peer,
+        "-i",
+        ident,
+    ];
+    let child = run::spawn_run(&setup, &args);
+    run::wait_running(&setup);
+    wait_for("the playbook's first debug line on node1", || {
+        let (_, unit) = node1_unit(&setup)?;
+        (unit["StdoutSize"].as_u64() > Some(2000)).then_some(())
+    });
+    let data = setup.mesh.path("node1-data");
+    wait_for("ansible-playbook to run on node1", || {
+        (job_processes(&data).iter())
+            .any(|(_, cmd)| cmd.contains("ansible-playbook"))
+            .then_some(())
+    });
+    (setup, pdd, child)
+}
+
+/// SIGKILLs node1 (its detached job runs on) and starts it again on the same data dir.
+fn kill_and_restart_node1(setup: &mut run::Setup) {
+    let data = setup.mesh.path("node1-data");
+    let before = job_processes(&data);
+    let node1 = setup.node1;
+    setup.mesh.node_mut(node1).kill();
+    let after = job_processes(&data);
+    assert!(
+        after
+            .iter()
+            .any(|(_, cmd)| cmd.contains("ansible-playbook")),
+        "the job died with its node: before {before:?}, after {after:?}"
+    );
+    setup.mesh.restart(node1);
+}
+
+#[test]
+fn a_run_whose_node_was_sigkilled_mid_job_finishes_with_the_full_output_after_a_restart() {
+    let (mut setup, pdd, child) = run_slow_playbook(8, "k");
+    kill_and_restart_node1(&mut setup);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}\n{}", setup.mesh.logs());
+    let printed = run::text(&out.stdout);
+    assert!(
+        printed.contains("\"msg\": \"before\"") && printed.contains("\"msg\": \"after\""),
+        "{printed}"
+    );
+    assert!(printed.contains("PLAY RECAP"), "{printed}");
+    assert!(printed.contains("ok=3"), "{printed}");
+    assert_eq!(
+        std::fs::read_to_string(pdd.join("artifacts/k/status")).unwrap(),
+        "successful"
+    );
+    assert_no_job_process(&setup.mesh.path("node1-data"), "the re-attached run's end");
+}
+
+/// Runs a long playbook, kills and restarts node1, and waits until the restarted node1
+/// shows the unit Running again (re-attached).
+fn reattached_long_run(ident: &str) -> (run::Setup, std::process::Child, String) {
+    let (mut setup, _pdd, child) = run_slow_playbook(120, ident);
+    kill_and_restart_node1(&mut setup);
+    let (id, unit) = wait_for("node1 to list its unit again", || node1_unit(&setup));
+    assert_eq!(
+        unit["StateName"],
+        "Running",
+        "{unit}\n{}",
+        setup.mesh.logs()
+    );
+    (setup, child, id)
+}
+
+#[test]
+fn a_reattached_unit_cancelled_leaves_no_process_of_its_job() {
+    let (setup, mut child, id) = reattached_long_run("c");
+    let out = setup.mesh.ctl(setup.node1, &["work", "cancel", &id]);
+    assert!(out.status.success(), "{out:?}");
+    let unit = wait_for("the re-attached unit to be canceled", || {
+        let (_, unit) = node1_unit(&setup)?;
+        (unit["StateName"] == "Canceled").then_some(unit)
+    });
+    assert!(
+        unit["Detail"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("canceled"),
+        "{unit}"
+    );
+    assert_no_job_process(&setup.mesh.path("node1-data"), "the cancel");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn a_reattached_unit_force_released_leaves_no_process_of_its_job() {
+    let (setup, mut child, id) = reattached_long_run("f");
+    let out = setup
+        .mesh
+        .ctl(setup.node1, &["work", "release", "--force", &id]);
+    assert!(out.status.success(), "{out:?}");
+    assert_no_job_process(&setup.mesh.path("node1-data"), "the release");
+    assert!(node1_unit(&setup).is_none(), "the unit is still listed");
+    let _ = child.kill();
+    let _ = child.wait();
 }

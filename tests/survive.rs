@@ -279,3 +279,27 @@ fn a_draining_node_finishes_its_running_unit_refuses_new_work_then_stops() {
         line.mesh.logs()
     );
 }
+
+#[test]
+fn a_piped_unit_running_when_its_node_was_sigkilled_fails_saying_why_after_a_restart() {
+    let mut line = line(None).unwrap();
+    let unit = submit(&line, "long", "payload\n");
+    wait_state(&line, line.controller, &unit, "Running");
+    let remote = wait_for("node1 to run the unit", || {
+        let listed = line.mesh.ctl(line.node1, &["work", "list", "--json"]);
+        let units: serde_json::Value = serde_json::from_slice(&listed.stdout).ok()?;
+        let (id, u) = units.as_object()?.iter().next()?;
+        (u["StateName"] == "Running").then(|| id.clone())
+    });
+    // A command work type's program is piped through its handler: nothing to re-attach.
+    line.mesh.node_mut(line.node1).kill();
+    line.mesh.restart(line.node1);
+    let failed = wait_state(&line, line.node1, &remote, "Failed");
+    assert_eq!(
+        failed["Detail"],
+        "node restarted while the unit was running: no detached job was recorded for this unit",
+        "{failed}"
+    );
+    let mirror = wait_state(&line, line.controller, &unit, "Failed");
+    assert_eq!(mirror["Detail"], failed["Detail"], "{mirror}");
+}
