@@ -443,7 +443,15 @@ fn node1_unit(setup: &run::Setup) -> Option<(String, serde_json::Value)> {
 /// line) through the `ansible-runner` front end; returns once ansible-playbook runs in the
 /// pause on node1, with the front end still following.
 fn run_slow_playbook(secs: u32, ident: &str) -> (run::Setup, PathBuf, std::process::Child) {
-    let setup = run::direct_setup();
+    slow_playbook_on(run::direct_setup(), secs, ident)
+}
+
+/// As [`run_slow_playbook`] on `setup`.
+fn slow_playbook_on(
+    setup: run::Setup,
+    secs: u32,
+    ident: &str,
+) -> (run::Setup, PathBuf, std::process::Child) {
     let pdd = setup.mesh.path("demo");
     run::copy_demo(&pdd);
     run::slow_playbook(&pdd, secs);
@@ -514,8 +522,11 @@ fn a_run_whose_node_was_sigkilled_mid_job_finishes_with_the_full_output_after_a_
 
 /// Runs a long playbook, kills and restarts node1, and waits until the restarted node1
 /// shows the unit Running again (re-attached).
-fn reattached_long_run(ident: &str) -> (run::Setup, std::process::Child, String) {
-    let (mut setup, _pdd, child) = run_slow_playbook(120, ident);
+fn reattached_long_run(
+    setup: run::Setup,
+    ident: &str,
+) -> (run::Setup, PathBuf, std::process::Child, String) {
+    let (mut setup, pdd, child) = slow_playbook_on(setup, 120, ident);
     kill_and_restart_node1(&mut setup);
     let (id, unit) = wait_for("node1 to list its unit again", || node1_unit(&setup));
     assert_eq!(
@@ -524,33 +535,40 @@ fn reattached_long_run(ident: &str) -> (run::Setup, std::process::Child, String)
         "{unit}\n{}",
         setup.mesh.logs()
     );
-    (setup, child, id)
+    (setup, pdd, child, id)
 }
 
 #[test]
 fn a_reattached_unit_cancelled_leaves_no_process_of_its_job() {
-    let (setup, mut child, id) = reattached_long_run("c");
+    let (setup, pdd, child, id) = reattached_long_run(run::direct_setup(), "c");
     let out = setup.mesh.ctl(setup.node1, &["work", "cancel", &id]);
     assert!(out.status.success(), "{out:?}");
-    let unit = wait_for("the re-attached unit to be canceled", || {
-        let (_, unit) = node1_unit(&setup)?;
-        (unit["StateName"] == "Canceled").then_some(unit)
-    });
-    assert!(
-        unit["Detail"]
-            .as_str()
-            .unwrap_or_default()
-            .starts_with("canceled"),
-        "{unit}"
+    // The run following the unit reads its end (and then releases it).
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(254),
+        "{out:?}\n{}",
+        setup.mesh.logs()
+    );
+    assert_eq!(
+        std::fs::read_to_string(pdd.join("artifacts/c/status")).unwrap(),
+        "canceled"
     );
     assert_no_job_process(&setup.mesh.path("node1-data"), "the cancel");
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
+/// Under the subreaper (no cgroup whose removal would kill the job anyway), only the
+/// re-attached job's own kill stops it when its release does not wait.
 #[test]
-fn a_reattached_unit_force_released_leaves_no_process_of_its_job() {
-    let (setup, mut child, id) = reattached_long_run("f");
+fn a_reattached_unit_force_released_under_the_subreaper_leaves_no_process_of_its_job() {
+    let setup = run::direct_setup_contained("subreaper");
+    let (setup, _pdd, mut child, id) = reattached_long_run(setup, "f");
+    let containment = wait_for("node1 to report its containment", || {
+        let status = setup.mesh.status(setup.node1)?;
+        Some(status["Containment"].as_str()?.to_owned())
+    });
+    assert!(containment.starts_with("subreaper"), "{containment}");
     let out = setup
         .mesh
         .ctl(setup.node1, &["work", "release", "--force", &id]);

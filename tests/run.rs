@@ -73,13 +73,35 @@ fn setup_with(
         allow_client,
         identity_from,
         true,
+        None,
     )
 }
 
 /// controller -> node1, no relay (node1 runs ansible-runner from the venv and lets the
 /// client run it).
 pub fn direct_setup() -> Setup {
-    build(None, None, true, None, false)
+    build(None, None, true, None, false, None)
+}
+
+/// [`direct_setup`] with node1's `[work] containment` set to `containment`.
+pub fn direct_setup_contained(containment: &str) -> Setup {
+    build(None, None, true, None, false, Some(containment))
+}
+
+/// `--config` of a file giving node1 `[work] containment` when one was asked for (the
+/// flags still set its id, key and data dir).
+fn containment_config(mesh: &Mesh, node1: &Identity, containment: Option<&str>) -> Vec<String> {
+    let Some(containment) = containment else {
+        return Vec::new();
+    };
+    let file = mesh.path("node1.toml");
+    let text = format!(
+        "[node]\nid = \"node1\"\ndata-dir = {:?}\nkey-file = {:?}\n[work]\ncontainment = {containment:?}\n",
+        mesh.path("node1-data").display().to_string(),
+        node1.key.display().to_string()
+    );
+    std::fs::write(&file, text).unwrap();
+    vec!["--config".to_owned(), file.display().to_string()]
 }
 
 fn build(
@@ -88,6 +110,7 @@ fn build(
     allow_client: bool,
     identity_from: Option<&Path>,
     with_relay: bool,
+    containment: Option<&str>,
 ) -> Setup {
     let mut mesh = Mesh::new();
     let identity = mesh.path("client/identity.key");
@@ -119,6 +142,7 @@ fn build(
             format!("ansible-runner={client_token}"),
         ]);
     }
+    node1_extra.extend(containment_config(&mesh, &ids[2], containment));
     let node1 = mesh.start(&ids[2], &[trust(&all), node1_extra].concat());
     let mut addr = mesh.node(node1).addr().to_owned();
     let relay = with_relay.then(|| mesh.start(&ids[1], &[trust(&all), peer(&addr)].concat()));
