@@ -48,6 +48,10 @@ fn main() -> Result<()> {
         println!("cargo:rerun-if-changed={}", workspace.join(input).display());
     }
 
+    // Without the node side (the Python package's client-only build) nothing embeds it.
+    if env::var_os("CARGO_FEATURE_HOST").is_none() {
+        return Ok(());
+    }
     check_target_installed()?;
     let target_dir = out_dir.join("guest-target");
     build_guest(workspace, &target_dir)?;

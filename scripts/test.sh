@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The project's whole test run: formatting, lints, then every test (unit, property,
 # simulation, wasm host, and cross-process tests with real `warren` processes on 127.0.0.1,
-# real ansible-runner and receptorctl). Sets up what the tests need first: the toolchain of
-# rust-toolchain.toml with its wasm32-wasip2 target (the node embeds its guest) and .venv/
+# real ansible-runner and receptorctl), then the Python package's tests (python/tests:
+# pytest against real `warren node` processes, with the binary cargo test built). Sets up
+# what the tests need first: the toolchain of rust-toolchain.toml with its wasm32-wasip2
+# target (the node embeds its guest) and .venv/ with the Python package in it
 # (scripts/toolchain.sh, scripts/setup-python.sh; both quick when done).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,3 +15,4 @@ cargo clippy --workspace --all-targets -- -D warnings
 # The guests as they ship: wasm32-wasip2 (the line above lints their host builds).
 cargo clippy -p guest-runner -p probe-handler --target wasm32-wasip2 -- -D warnings
 cargo test --workspace
+.venv/bin/python -m pytest -q python/tests

@@ -150,6 +150,15 @@ fn metrics_during_a_remote_job_move_and_parse_as_openmetrics_and_prometheus_text
     );
     assert!(sample(&after, "warren_link_sent_bytes_total{peer=\"a\"}").unwrap() > 300_000.0);
     assert_eq!(sample(&after, "warren_routes"), Some(1.0), "{after}");
+    // The peer's advert arrived (at link-up and in the session handshake) and was stored.
+    assert!(
+        sample(&after, "warren_adverts_received_total").unwrap() >= 1.0,
+        "{after}"
+    );
+    assert!(
+        sample(&after, "warren_adverts_stored_total").unwrap() >= 1.0,
+        "{after}"
+    );
     assert!(sample(&after, "warren_process_resident_memory_bytes").unwrap() > 1e6);
 
     // The reference parsers accept the whole exposition and see the families.

@@ -24,16 +24,22 @@
 //! - [`terminal`]: text from peers, workers and jobs made safe to print (colour kept, other
 //!   escape sequences dropped).
 //! - [`work`]: work units: ids, the state life cycle, status JSON and the on-disk unit store.
+//!
+//! Feature `host` (default) builds the node side: the WebAssembly host, the daemon and the
+//! command line. Without it (the Python package), the crate is the client node and what it
+//! needs: mesh, work client, ansible streams, and no wasmtime.
 #![warn(missing_docs)]
 
 pub mod access;
 pub mod ansible;
 pub mod ca;
+#[cfg(feature = "host")]
 pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
 pub mod control;
+#[cfg(feature = "host")]
 pub mod daemon;
 pub mod host;
 pub mod id;

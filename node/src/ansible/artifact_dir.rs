@@ -1,6 +1,9 @@
 //! The artifact dir while a worker stream is processed: `job_events/` files, the artifacts
 //! zip and the `rc` file, each reached through a held directory fd without following a
 //! symlink (see [`beneath`]).
+//!
+//! `warren run` drives it from [`super::process::process`]; the Python package, whose line
+//! handling is ansible-runner's own `Processor`, calls it for every file it writes.
 
 use std::io::{self, Read as _, Write as _};
 use std::os::fd::{AsFd, OwnedFd};
@@ -21,7 +24,7 @@ const B64_CHUNK_LEN: usize = 4 * 16 * 1024;
 
 /// The artifact dir and its `job_events/`, held open: event files are created relative to
 /// the directory fd, never through a symlink.
-pub(super) struct ArtifactDirs {
+pub struct ArtifactDirs {
     path: PathBuf,
     root: Arc<OwnedFd>,
     events: Arc<OwnedFd>,
@@ -30,7 +33,11 @@ pub(super) struct ArtifactDirs {
 impl ArtifactDirs {
     /// Creates the artifact dir (parents with the default mode) and `job_events/` in it
     /// with mode 0700, as the reference makes them, and opens both.
-    pub(super) fn create(dir: &Path) -> Result<Self, ProcessError> {
+    ///
+    /// # Errors
+    /// [`ProcessError::Write`], or [`ProcessError::NotPlainFile`] for a symlink at
+    /// `job_events`.
+    pub fn create(dir: &Path) -> Result<Self, ProcessError> {
         let write_err = |path: &Path| {
             let path = path.to_owned();
             move |source| ProcessError::Write { path, source }
@@ -54,7 +61,10 @@ impl ArtifactDirs {
     }
 
     /// Prints the event's text, then writes its file (mode 0600), in the reference's order.
-    pub(super) async fn write_event(
+    ///
+    /// # Errors
+    /// [`ProcessError::Stdout`], [`ProcessError::Write`] or [`ProcessError::NotPlainFile`].
+    pub async fn write_event(
         &self,
         record: EventRecord,
         stdout: &mut (impl AsyncWrite + Unpin),
@@ -77,8 +87,28 @@ impl ArtifactDirs {
         written.map_err(|e| not_plain_or(&path, e))
     }
 
+    /// Writes `job_events/<file_name>` (mode 0600) with `json`, once `file_name` is checked
+    /// to be one plain component: what an event handler kept, for the Python package.
+    ///
+    /// # Errors
+    /// [`ProcessError::UnsafeEventName`], [`ProcessError::Write`] or
+    /// [`ProcessError::NotPlainFile`].
+    pub async fn write_event_file(
+        &self,
+        file_name: &str,
+        json: Vec<u8>,
+    ) -> Result<(), ProcessError> {
+        super::process::check_event_name(file_name)?;
+        let record = EventRecord {
+            file_name: file_name.to_owned(),
+            json,
+            console: None,
+        };
+        self.write_event(record, &mut tokio::io::sink()).await
+    }
+
     /// The job's exit code from the artifacts' `rc` file, if there is a readable one.
-    pub(super) async fn read_rc(&self) -> Option<i32> {
+    pub async fn read_rc(&self) -> Option<i32> {
         let root = Arc::clone(&self.root);
         let text = tokio::task::spawn_blocking(move || {
             let mut text = String::new();
@@ -111,7 +141,10 @@ fn not_plain_or(path: &Path, source: io::Error) -> ProcessError {
 /// Decodes the `zip_len`-byte zip's base64 from `reader` into a temp file, chunk by chunk,
 /// then extracts it into the artifact dir within the config's limits. A zip over
 /// `limits.zip_bytes` is refused before any of it is read.
-pub(super) async fn receive_artifacts<R: AsyncRead + Unpin>(
+///
+/// # Errors
+/// [`ProcessError`]: a truncated or malformed stream, a zip over a cap or unsafe, a write.
+pub async fn receive_artifacts<R: AsyncRead + Unpin>(
     reader: &mut BufReader<R>,
     zip_len: u64,
     config: &ProcessConfig,

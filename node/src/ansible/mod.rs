@@ -15,10 +15,11 @@
 //! - [`unpack`]: a worker's artifacts zip into the artifacts dir (`unstream_dir`), unable to
 //!   leave it or fill the disk, within [`unpack::ArtifactLimits`].
 //! - `beneath`: files under one directory opened by fd without following symlinks;
-//!   `artifact_dir`: the artifact dir while a stream is processed, through it.
+//!   [`artifact_dir`]: the artifact dir while a stream is processed, through it (public for
+//!   the Python package, whose line handling is ansible-runner's own).
 
 mod archive;
-mod artifact_dir;
+pub mod artifact_dir;
 mod beneath;
 pub mod kwargs;
 pub mod process;

@@ -258,9 +258,7 @@ impl Processor {
             return Ok(Step::Nothing);
         }
         let file_name = format!("{}-{}.json", py_str(counter), py_str(uuid));
-        if !beneath::is_plain_name(&file_name) || file_name.contains(char::is_control) {
-            return Err(ProcessError::UnsafeEventName { name: file_name });
-        }
+        check_event_name(&file_name)?;
         // What the worker sends reaches the user's terminal: colour passes, other escape
         // sequences (titles, cursor moves, queries) do not.
         let console = match (self.quiet, self.json, data.get("stdout")) {
@@ -299,6 +297,21 @@ impl Processor {
             events: self.events,
             artifact_dir,
         }
+    }
+}
+
+/// Refuses an event file name that is not one plain component (a worker chooses the
+/// counter and uuid it is made of), or that holds control characters.
+///
+/// # Errors
+/// [`ProcessError::UnsafeEventName`].
+pub fn check_event_name(file_name: &str) -> Result<(), ProcessError> {
+    if beneath::is_plain_name(file_name) && !file_name.contains(char::is_control) {
+        Ok(())
+    } else {
+        Err(ProcessError::UnsafeEventName {
+            name: file_name.to_owned(),
+        })
     }
 }
 

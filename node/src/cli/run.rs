@@ -18,7 +18,7 @@ use tokio::io::AsyncWriteExt;
 use crate::ansible::kwargs::{RunOptions, cli_kwargs};
 use crate::ansible::process::{ProcessConfig, ProcessError, ProcessOutcome, process};
 use crate::ansible::transmit::transmit;
-use crate::ansible::unpack::ArtifactLimits;
+use crate::ansible::unpack::{ArtifactLimits, parse_size};
 use crate::config::EndpointAddr;
 use crate::id::NodeId;
 
@@ -166,36 +166,6 @@ impl RunArgs {
             ratio: self.artifacts_max_ratio,
         }
     }
-}
-
-/// A byte count: digits with an optional K, M, G or T (powers of 1024; `KiB`, `MB` and the
-/// like are read the same way).
-fn parse_size(text: &str) -> Result<u64, String> {
-    let trimmed = text.trim();
-    let lower = trimmed.to_ascii_lowercase();
-    let unit = lower.trim_end_matches("ib").trim_end_matches('b');
-    let digits_end = unit
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(unit.len());
-    let (digits, suffix) = unit.split_at(digits_end);
-    let shift = match suffix {
-        "" => 0,
-        "k" => 10,
-        "m" => 20,
-        "g" => 30,
-        "t" => 40,
-        _ => {
-            return Err(format!(
-                "{text:?} is not a size (examples: 1048576, 512M, 2G)"
-            ));
-        }
-    };
-    let number: u64 = digits
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size (examples: 1048576, 512M, 2G)"))?;
-    number
-        .checked_mul(1 << shift)
-        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 /// A job ready to submit: what to send and where its results go.

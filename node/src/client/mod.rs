@@ -14,12 +14,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::ca::Authorities;
-use crate::config::EndpointAddr;
+use crate::config::{EndpointAddr, Scheme};
 use crate::id::NodeId;
 use crate::keys::PublicKey;
 use crate::mesh::driver::{self, DriverConfig, MeshHandle, PeerTarget};
 use crate::mesh::node::MeshConfig;
 use crate::mesh::route::Cost;
+use crate::mesh::transport::Dial;
+use crate::mesh::transport::tls::{self, TlsError};
 use crate::mesh::trust::{TrustEntry, TrustPolicy};
 use crate::work::client::WorkClient;
 use known::KnownKeys;
@@ -101,7 +103,7 @@ pub enum ClientError {
     Stopped,
     /// A `wss://` peer's trusted roots (`$WARREN_TLS_CA`) could not be loaded.
     #[error("{0}")]
-    Tls(#[from] crate::mesh::transport::tls::TlsError),
+    Tls(#[from] TlsError),
     /// A known-keys file could not be written.
     #[error("cannot write {}: {source}", path.display())]
     Write {
@@ -222,6 +224,12 @@ impl ClientNode {
     /// The embedded node.
     pub fn mesh(&self) -> &MeshHandle {
         &self.mesh
+    }
+
+    /// How long [`ClientNode::wait_for`] waits from now on (a node shared by several
+    /// submissions, as in the Python package, takes each one's own timeout).
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
     }
 
     /// A work client over the embedded node.
@@ -356,7 +364,7 @@ fn start(
         .map(Into::into)
         .into_iter()
         .collect();
-    let dial = crate::daemon::dial_for(peer, &roots)?;
+    let dial = dial_for(peer, &roots)?;
     let (mesh, _task) = driver::start_with(
         config,
         DriverConfig::default(),
@@ -364,6 +372,25 @@ fn start(
         vec![(target, dial)],
     );
     Ok(mesh)
+}
+
+/// How to dial `addr`: TCP, or a WebSocket (through the environment's proxy), over TLS
+/// trusting the system's roots and `extra_roots` for `wss://`.
+///
+/// # Errors
+/// [`TlsError`] when the roots cannot be loaded for a `wss://` address.
+pub fn dial_for(addr: &EndpointAddr, extra_roots: &[PathBuf]) -> Result<Dial, TlsError> {
+    Ok(match addr.scheme {
+        Scheme::Tcp => Dial::Tcp,
+        Scheme::Ws => Dial::Ws {
+            path: addr.path.clone(),
+            tls: None,
+        },
+        Scheme::Wss => Dial::Ws {
+            path: addr.path.clone(),
+            tls: Some(tls::client_config(extra_roots)?),
+        },
+    })
 }
 
 /// Waits for the link to the peer; explains a refusal. Returns the peer's key.

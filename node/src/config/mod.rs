@@ -104,10 +104,15 @@
 //! and the problem. Loading reads one file; nothing else here does IO.
 //! [`Config::trusts`] is the one place that decides whether a peer's key may claim a node
 //! id.
+//!
+//! Without feature `host` (the Python package's client) the file parser is left out: the
+//! client needs the addresses and types, not a node's config file.
+#![cfg_attr(not(feature = "host"), allow(dead_code, unused_imports))]
 
 mod addr;
 mod cost;
 mod error;
+#[cfg(feature = "host")]
 mod file;
 mod validate;
 mod worktype;
@@ -271,6 +276,7 @@ pub struct WorkLimits {
     pub containment: ContainMode,
 }
 
+#[cfg(feature = "host")]
 impl Default for WorkLimits {
     fn default() -> Self {
         let defaults = crate::work::WorkConfig::default();
@@ -319,6 +325,7 @@ impl Config {
     /// [`ConfigError::NotFound`] or [`ConfigError::Read`] when the file cannot be read,
     /// [`ConfigError::Parse`] when it is not a node config, [`ConfigError::Invalid`] when a
     /// value is not acceptable.
+    #[cfg(feature = "host")]
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let origin = Origin::File {
             path: path.to_owned(),
@@ -333,6 +340,7 @@ impl Config {
     ///
     /// # Errors
     /// As [`Config::load`], except for the checks across settings.
+    #[cfg(feature = "host")]
     pub fn load_unvalidated(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| {
             if source.kind() == std::io::ErrorKind::NotFound {
@@ -354,6 +362,7 @@ impl Config {
     ///
     /// # Errors
     /// As [`Config::load`], except for reading.
+    #[cfg(feature = "host")]
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let origin = Origin::File {
             path: path.to_owned(),

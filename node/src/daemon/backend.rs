@@ -23,7 +23,7 @@ use crate::id::{NodeId, ServiceName};
 use crate::mesh::driver::MeshHandle;
 use crate::mesh::lsdb::Advert;
 use crate::mesh::message::Unreachable;
-use crate::mesh::node::{MeshStatus, ProbeFailure};
+use crate::mesh::node::{AdvertCounts, MeshStatus, ProbeFailure};
 use crate::work::{Requester, Submission, UnitId, UnitStatus, Work, WorkError};
 
 /// The mesh service that carries the control protocol between nodes.
@@ -88,6 +88,7 @@ impl Backend for NodeBackend {
             links: Vec::new(),
             routes: BTreeMap::new(),
             adverts: Vec::new(),
+            advert_counts: AdvertCounts::default(),
         });
         let registry = self.registry.borrow().clone();
         let mut report = report(&status, &registry);

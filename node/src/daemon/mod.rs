@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 
 use crate::access::{AccessPolicy, Act};
 use crate::ca::{Authorities, SignedCertificate, SignedRevocationList};
-use crate::config::{Config, EndpointAddr, LinkCost, ListenConfig, Scheme, TlsConfig};
+use crate::config::{Config, LinkCost, ListenConfig, Scheme, TlsConfig};
 use crate::control::{ControlSocket, ListenError, default_socket_path, serve_session};
 use crate::host::contain::{ContainError, Containment, supervisor_binary};
 use crate::host::registry::{self, Registry};
@@ -309,24 +309,8 @@ pub(crate) fn trust_settings(
     Ok((trust_policy(config)?, own_certificate(config, &keys)?))
 }
 
-/// How to dial `addr`: TCP, or a WebSocket (through the environment's proxy), over TLS
-/// trusting the system's roots and `extra_roots` for `wss://`.
-///
-/// # Errors
-/// [`TlsError`] when the roots cannot be loaded for a `wss://` address.
-pub fn dial_for(addr: &EndpointAddr, extra_roots: &[PathBuf]) -> Result<Dial, TlsError> {
-    Ok(match addr.scheme {
-        Scheme::Tcp => Dial::Tcp,
-        Scheme::Ws => Dial::Ws {
-            path: addr.path.clone(),
-            tls: None,
-        },
-        Scheme::Wss => Dial::Ws {
-            path: addr.path.clone(),
-            tls: Some(tls::client_config(extra_roots)?),
-        },
-    })
-}
+/// How to dial `addr` (the client's helper, shared with the daemon's peers).
+pub use crate::client::dial_for;
 
 /// Starts a node: binds its listeners and control socket, starts the mesh. `source`
 /// re-reads the config for `reload` (`None`: started from flags, nothing to re-read).

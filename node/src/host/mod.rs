@@ -22,25 +22,42 @@
 //!   command work types.
 //! - [`signing`]: signed component manifests, signer keys, and verification before a
 //!   component may run.
+//!
+//! Without feature `host` only the pure parts remain (`policy`, `args`, `disk`, `fds`,
+//! `signing` less its wasm reader, `detect`, `contain` less re-attaching): the config
+//! needs them (and the supervisor binary `contain`), the client node
+//! nothing else.
 
 pub mod args;
+#[cfg(feature = "host")]
 pub mod bindings;
+#[cfg(feature = "host")]
 pub mod builtin;
+#[cfg(feature = "host")]
 pub mod cache;
+#[cfg(feature = "host")]
 pub mod component;
 pub mod contain;
+#[cfg(feature = "host")]
 pub mod deploy;
 pub mod detect;
 pub mod disk;
 pub mod fds;
+#[cfg(feature = "host")]
 pub mod guestfs;
+#[cfg(feature = "host")]
 pub mod jobio;
 pub mod policy;
+#[cfg(feature = "host")]
 pub mod process;
+#[cfg(feature = "host")]
 pub mod quota;
+#[cfg(feature = "host")]
 pub mod registry;
+#[cfg(feature = "host")]
 pub mod runner;
 pub mod signing;
+#[cfg(feature = "host")]
 pub mod state;
 
 #[cfg(test)]

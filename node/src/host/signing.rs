@@ -18,6 +18,7 @@
 //!
 //! No clock and no file IO here except key files: `now` is passed in.
 
+#[cfg(feature = "host")]
 mod embedded;
 #[cfg(test)]
 mod tests;
@@ -33,6 +34,7 @@ use sha2::{Digest, Sha256};
 use super::args::ArgPolicy;
 
 pub use crate::keys::{SIGNING_KEY_KIND, SignerKey, SigningKeyError, SigningKeypair};
+#[cfg(feature = "host")]
 pub use embedded::{EmbeddedManifest, EmbeddedManifestError, MANIFEST_SECTION, embedded_manifest};
 
 /// How far in the future a manifest's `issued_at` may be: the signer's and the node's
@@ -81,6 +83,7 @@ pub struct Manifest {
 
 impl Manifest {
     /// Describes `component` as `about` says, valid from `issued_at` until `expires_at`.
+    #[cfg(feature = "host")]
     pub fn for_component(
         component: &[u8],
         about: EmbeddedManifest,

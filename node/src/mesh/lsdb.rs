@@ -79,6 +79,21 @@ pub enum AdvertRefusal {
     Full,
 }
 
+impl AdvertRefusal {
+    /// A short stable name for the refusal's kind (a metrics label).
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Shape(_) => "shape",
+            Self::BadSignature => "bad_signature",
+            Self::FutureEpoch { .. } => "future_epoch",
+            Self::Untrusted(_) => "untrusted",
+            Self::RateLimited => "rate_limited",
+            Self::Full => "full",
+        }
+    }
+}
+
 /// What [`Lsdb::handle_advert`] made of an advert.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdvertOutcome {

@@ -19,6 +19,8 @@ mod packets;
 mod reconfig;
 mod sessions;
 
+pub use adverts::AdvertCounts;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -261,6 +263,8 @@ pub struct MeshStatus {
     pub routes: BTreeMap<NodeId, Route>,
     /// Every node's latest advert, ours included.
     pub adverts: Vec<Advert>,
+    /// What became of the adverts received so far.
+    pub advert_counts: AdvertCounts,
 }
 
 #[derive(Debug)]
@@ -348,7 +352,7 @@ pub struct MeshNode {
     advert_due: Option<Instant>,
     refresh_due: Instant,
     sweep_due: Instant,
-    adverts_refused: u64,
+    advert_counts: AdvertCounts,
     refusal_log: LogLimiter,
     handshake_log: LogLimiter,
     version_log: LogLimiter,
@@ -382,7 +386,7 @@ impl MeshNode {
             advert_due: None,
             refresh_due: now + config.refresh_interval,
             sweep_due: now + SWEEP_INTERVAL,
-            adverts_refused: 0,
+            advert_counts: AdvertCounts::default(),
             refusal_log: LogLimiter::default(),
             handshake_log: LogLimiter::default(),
             version_log: LogLimiter::default(),
@@ -889,6 +893,7 @@ impl MeshNode {
             links,
             routes: self.routes().clone(),
             adverts: self.lsdb.adverts().cloned().collect(),
+            advert_counts: self.advert_counts.clone(),
         }
     }
 
@@ -969,7 +974,7 @@ impl MeshNode {
 
     /// Adverts refused so far.
     pub(crate) fn adverts_refused(&self) -> u64 {
-        self.adverts_refused
+        self.advert_counts.refused_total()
     }
 
     /// Number of adverts stored.

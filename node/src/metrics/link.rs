@@ -150,6 +150,7 @@ fn reason_name(reason: CloseReason) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::MeshFigures;
 
     fn peer(name: &str) -> NodeId {
         name.parse().unwrap()
@@ -167,7 +168,7 @@ mod tests {
         links.sent(link, 3);
         links.link_down(link, &LinkEnd::ByPeer(CloseReason::IdleTimeout));
         links.received(link, 1000); // after down: ignored
-        let text = metrics.encode(0, 0);
+        let text = metrics.encode(&MeshFigures::default());
         assert!(
             text.contains("warren_link_received_bytes_total{peer=\"relay\"} 10\n"),
             "{text}"
@@ -195,7 +196,7 @@ mod tests {
         links.link_down(LinkId(2), &LinkEnd::ByPeer(CloseReason::UntrustedKey));
         // A hostile peer's text never becomes a label value.
         links.link_down(LinkId(3), &LinkEnd::Failed("x\"} 9\nevil 1".into()));
-        let text = metrics.encode(0, 0);
+        let text = metrics.encode(&MeshFigures::default());
         assert!(
             text.contains("warren_link_refusals_total{reason=\"untrusted_key\",by=\"us\"} 1"),
             "{text}"
@@ -219,12 +220,55 @@ mod tests {
         let mut links = metrics.links();
         links.link_up(LinkId(1), &peer("a"));
         links.link_down(LinkId(1), &LinkEnd::ByUs(CloseReason::Shutdown));
-        assert!(!metrics.encode(0, 0).contains("warren_link_flaps_total{"));
+        assert!(
+            !metrics
+                .encode(&MeshFigures::default())
+                .contains("warren_link_flaps_total{")
+        );
 
         let mut off = Metrics::default().links();
         off.link_up(LinkId(1), &peer("a"));
         off.sent(LinkId(1), 5);
         assert!(off.up.is_empty());
-        assert_eq!(Metrics::default().encode(1, 1), "# EOF\n");
+        assert_eq!(
+            Metrics::default().encode(&MeshFigures::default()),
+            "# EOF\n"
+        );
+    }
+
+    #[test]
+    fn advert_counts_from_the_core_become_counters_by_refusal_kind() {
+        let metrics = Metrics::new();
+        let mut figures = MeshFigures {
+            routes: 2,
+            known_nodes: 3,
+            ..MeshFigures::default()
+        };
+        figures.adverts.received = 12;
+        figures.adverts.stored = 5;
+        figures.adverts.refused.insert("bad_signature", 4);
+        figures.adverts.refused.insert("rate_limited", 3);
+        let text = metrics.encode(&figures);
+        assert!(
+            text.contains("warren_adverts_received_total 12\n"),
+            "{text}"
+        );
+        assert!(text.contains("warren_adverts_stored_total 5\n"), "{text}");
+        assert!(
+            text.contains("warren_adverts_refused_total{kind=\"bad_signature\"} 4\n"),
+            "{text}"
+        );
+        // A second scrape raises each counter to the core's new total, never past it.
+        figures.adverts.received = 15;
+        let text = metrics.encode(&figures);
+        assert!(
+            text.contains("warren_adverts_received_total 15\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("warren_adverts_refused_total{kind=\"rate_limited\"} 3\n"),
+            "{text}"
+        );
+        assert!(text.contains("warren_known_nodes 3\n"), "{text}");
     }
 }

@@ -25,6 +25,7 @@ use prometheus_client::registry::Registry;
 pub use link::LinkMetrics;
 pub use serve::{MetricsServer, ServeError, serve};
 
+use crate::mesh::node::AdvertCounts;
 use crate::work::UnitState;
 
 /// The content type of [`Metrics::encode`]'s output.
@@ -41,6 +42,11 @@ pub(crate) struct PeerLabel {
 pub(crate) struct ReasonLabel {
     pub(crate) reason: String,
     pub(crate) by: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -68,6 +74,9 @@ pub(crate) struct Families {
     pub(crate) duplicate_node_ids: Counter,
     routes: Gauge,
     known_nodes: Gauge,
+    adverts_received: Counter,
+    adverts_stored: Counter,
+    adverts_refused: Family<KindLabel, Counter>,
     units_started: Family<WorkTypeLabel, Counter>,
     units_finished: Family<UnitLabel, Counter>,
     units_running: Family<WorkTypeLabel, Gauge>,
@@ -95,6 +104,9 @@ impl Families {
             duplicate_node_ids: Default::default(),
             routes: Default::default(),
             known_nodes: Default::default(),
+            adverts_received: Default::default(),
+            adverts_stored: Default::default(),
+            adverts_refused: Default::default(),
             units_started: Default::default(),
             units_finished: Default::default(),
             units_running: Default::default(),
@@ -221,17 +233,25 @@ impl Metrics {
     }
 
     /// Encodes every metric in the OpenMetrics text format ([`CONTENT_TYPE`]), after
-    /// setting the scrape-time gauges: `routes` and `known_nodes` from the caller's mesh
-    /// snapshot, memory and open files from `/proc`.
+    /// setting the scrape-time figures from the caller's mesh snapshot, and memory and
+    /// open files from `/proc`.
     #[must_use]
-    pub fn encode(&self, routes: usize, known_nodes: usize) -> String {
+    pub fn encode(&self, mesh: &MeshFigures) -> String {
         let Some(inner) = &self.inner else {
             return "# EOF\n".to_owned();
         };
         let f = &inner.families;
-        f.routes.set(i64::try_from(routes).unwrap_or(i64::MAX));
+        f.routes.set(i64::try_from(mesh.routes).unwrap_or(i64::MAX));
         f.known_nodes
-            .set(i64::try_from(known_nodes).unwrap_or(i64::MAX));
+            .set(i64::try_from(mesh.known_nodes).unwrap_or(i64::MAX));
+        catch_up(&f.adverts_received, mesh.adverts.received);
+        catch_up(&f.adverts_stored, mesh.adverts.stored);
+        for (kind, &count) in &mesh.adverts.refused {
+            let label = KindLabel {
+                kind: (*kind).to_owned(),
+            };
+            catch_up(&f.adverts_refused.get_or_create(&label), count);
+        }
         let usage = process::usage();
         f.rss_bytes.set(usage.rss_bytes);
         f.open_fds.set(usage.open_fds);
@@ -239,6 +259,25 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &inner.registry);
         out
+    }
+}
+
+/// What the mesh core counted, read at scrape time.
+#[derive(Debug, Clone, Default)]
+pub struct MeshFigures {
+    /// Nodes with a route.
+    pub routes: usize,
+    /// Nodes with an advert in the link-state database.
+    pub known_nodes: usize,
+    /// What became of received adverts (monotonic in the core).
+    pub adverts: AdvertCounts,
+}
+
+/// Raises `counter` to the core's monotonic `total` (the scrape is the only writer).
+fn catch_up(counter: &Counter, total: u64) {
+    let now = counter.get();
+    if total > now {
+        counter.inc_by(total - now);
     }
 }
 
@@ -289,6 +328,21 @@ fn register(r: &mut Registry, f: &Families) {
         "known_nodes",
         "Nodes with an advert in the link-state database",
         f.known_nodes.clone(),
+    );
+    r.register(
+        "adverts_received",
+        "Link-state adverts received from neighbours and session handshakes",
+        f.adverts_received.clone(),
+    );
+    r.register(
+        "adverts_stored",
+        "Received adverts stored as new information (and flooded on)",
+        f.adverts_stored.clone(),
+    );
+    r.register(
+        "adverts_refused",
+        "Received adverts refused, by kind (bad signature, untrusted, rate limited, ...)",
+        f.adverts_refused.clone(),
     );
     register_work(r, f);
 }

@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
-use super::{CONTENT_TYPE, Metrics};
+use super::{CONTENT_TYPE, MeshFigures, Metrics};
 use crate::mesh::driver::MeshHandle;
 
 /// Scrapers served at once; more wait in the listen backlog.
@@ -126,9 +126,13 @@ async fn respond(
             "text/plain",
         );
     }
-    let (routes, known) = match mesh.status().await {
-        Ok(status) => (status.routes.len(), status.adverts.len()),
-        Err(_) => (0, 0),
+    let figures = match mesh.status().await {
+        Ok(status) => MeshFigures {
+            routes: status.routes.len(),
+            known_nodes: status.adverts.len(),
+            adverts: status.advert_counts,
+        },
+        Err(_) => MeshFigures::default(),
     };
-    reply(StatusCode::OK, metrics.encode(routes, known), CONTENT_TYPE)
+    reply(StatusCode::OK, metrics.encode(&figures), CONTENT_TYPE)
 }

@@ -24,9 +24,11 @@
 
 pub mod client;
 pub mod core;
+#[cfg(feature = "host")]
 pub mod driver;
 pub mod error;
 pub mod protocol;
+#[cfg(feature = "host")]
 pub mod server;
 pub mod signature;
 pub mod status;
@@ -34,6 +36,7 @@ pub mod store;
 pub mod unit;
 
 pub use core::Requester;
+#[cfg(feature = "host")]
 pub use driver::{Submission, Taken, Work, WorkConfig, WorkSetup};
 pub use error::WorkError;
 pub use status::{Component, UnitStatus};

@@ -25,6 +25,41 @@ impl ArtifactLimits {
         ratio: 500,
     };
 
+    /// The defaults, with each cap its environment variable sets (as `warren run` reads
+    /// them when no flag is given): for the Python package.
+    ///
+    /// # Errors
+    /// The variable and what is wrong with its value.
+    pub fn from_env() -> Result<Self, String> {
+        let mut limits = Self::DEFAULT;
+        for limit in [
+            Limit::ZipBytes,
+            Limit::UnpackedBytes,
+            Limit::Entries,
+            Limit::Ratio,
+        ] {
+            let Some(value) = std::env::var_os(limit.env()) else {
+                continue;
+            };
+            let value = value.to_string_lossy();
+            let parsed = match limit {
+                Limit::ZipBytes | Limit::UnpackedBytes => parse_size(&value),
+                Limit::Entries | Limit::Ratio => value
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("{value:?} is not a number")),
+            }
+            .map_err(|why| format!("${}: {why}", limit.env()))?;
+            match limit {
+                Limit::ZipBytes => limits.zip_bytes = parsed,
+                Limit::UnpackedBytes => limits.unpacked_bytes = parsed,
+                Limit::Entries => limits.entries = parsed,
+                Limit::Ratio => limits.ratio = parsed,
+            }
+        }
+        Ok(limits)
+    }
+
     pub(super) fn cap(&self, limit: Limit) -> u64 {
         match limit {
             Limit::ZipBytes => self.zip_bytes,
@@ -39,6 +74,39 @@ impl Default for ArtifactLimits {
     fn default() -> Self {
         Self::DEFAULT
     }
+}
+
+/// A byte count: digits with an optional K, M, G or T (powers of 1024; `KiB`, `MB` and the
+/// like are read the same way).
+///
+/// # Errors
+/// What is wrong with `text`, with examples.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let lower = trimmed.to_ascii_lowercase();
+    let unit = lower.trim_end_matches("ib").trim_end_matches('b');
+    let digits_end = unit
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(unit.len());
+    let (digits, suffix) = unit.split_at(digits_end);
+    let shift = match suffix {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        _ => {
+            return Err(format!(
+                "{text:?} is not a size (examples: 1048576, 512M, 2G)"
+            ));
+        }
+    };
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (examples: 1048576, 512M, 2G)"))?;
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 /// One of the [`ArtifactLimits`].

@@ -27,12 +27,18 @@
 //! This module decides and sets up; the `process` capability (`host/process.rs`) spawns
 //! through it.
 
+// Without feature `host` (the client node of the Python package) nothing starts jobs: only
+// the config's types and the supervisor binary use this module.
+#![cfg_attr(not(feature = "host"), allow(dead_code, unused_imports))]
+
 pub mod cgroup;
+#[cfg(feature = "host")]
 pub mod detached;
 pub(crate) mod detect;
 pub mod limits;
 pub mod record;
 pub(crate) mod setup;
+#[cfg(feature = "host")]
 pub(crate) mod spawn;
 pub(crate) mod supervised;
 pub mod supervisor;

@@ -7,6 +7,7 @@
 //! asking again when a batch has been sent. So sync is paced by the asker, not queued onto
 //! the link at once.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use super::{Event, MeshNode};
@@ -26,6 +27,30 @@ pub(super) const REQUEST_BATCH: usize = 256;
 /// Bytes a link may have queued before a database request on it is left unanswered (an
 /// honest neighbour asks again only after its last batch arrived).
 const SERVE_QUEUE_LIMIT: usize = 4 << 20;
+
+/// What became of the adverts this node received (for metrics): monotonic counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdvertCounts {
+    /// Adverts received from neighbours or in session handshakes.
+    pub received: u64,
+    /// Of those, stored as new information (and flooded).
+    pub stored: u64,
+    /// Refused, by [`AdvertRefusal::kind`](crate::mesh::lsdb::AdvertRefusal::kind), plus
+    /// `duplicate_id` for a second key claiming a known id or ours.
+    pub refused: BTreeMap<&'static str, u64>,
+}
+
+impl AdvertCounts {
+    /// Every refusal, whatever its kind.
+    #[must_use]
+    pub fn refused_total(&self) -> u64 {
+        self.refused.values().sum()
+    }
+
+    fn refuse(&mut self, kind: &'static str) {
+        *self.refused.entry(kind).or_default() += 1;
+    }
+}
 
 /// What a link's sync with its neighbour still needs.
 #[derive(Debug, Default)]
@@ -189,20 +214,22 @@ impl MeshNode {
     pub(super) fn handle_advert(&mut self, now: Instant, link: Option<LinkId>, advert: Advert) {
         let origin = advert.origin.clone();
         let wall = self.wall_ms(now);
+        self.advert_counts.received += 1;
         match self
             .lsdb
             .handle_advert(now, wall, advert.clone(), &self.config.trust)
         {
             AdvertOutcome::Stored => {
+                self.advert_counts.stored += 1;
                 self.routes_dirty = true;
                 self.flood(&advert, link);
             }
             AdvertOutcome::Ignored => {}
             AdvertOutcome::Refused(reason) => {
-                self.adverts_refused += 1;
+                self.advert_counts.refuse(reason.kind());
                 if self.refusal_log.allow(now) {
                     tracing::warn!(
-                        node = %origin, %reason, refused_so_far = self.adverts_refused,
+                        node = %origin, %reason, refused_so_far = self.advert_counts.refused_total(),
                         "refused an advert (further refusals within a second are counted, not logged)"
                     );
                 }
@@ -213,6 +240,7 @@ impl MeshNode {
                 self.originate(now);
             }
             AdvertOutcome::DuplicateOfMe { key } => {
+                self.advert_counts.refuse("duplicate_id");
                 tracing::error!(
                     node = %origin, other_key = %key,
                     "duplicate node id: another node advertises our id; give each node a unique id"
@@ -221,6 +249,7 @@ impl MeshNode {
                     .push_back(Event::DuplicateNodeId { id: origin, key });
             }
             AdvertOutcome::DuplicateId { id, known, other } => {
+                self.advert_counts.refuse("duplicate_id");
                 if self.refusal_log.allow(now) {
                     tracing::error!(
                         node = %id, %known, %other,

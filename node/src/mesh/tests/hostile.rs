@@ -84,6 +84,12 @@ fn a_forged_advert_with_the_victims_key_and_a_huge_epoch_changes_no_route() {
         2,
         "both forgeries were refused"
     );
+    let counts = sim.node(n[0]).status().advert_counts;
+    assert_eq!(
+        counts.refused_total(),
+        2,
+        "the counts metrics read agree: {counts:?}"
+    );
     assert_eq!(
         sim.node(n[1]).adverts_refused(),
         0,

@@ -1,0 +1,140 @@
+"""The Python API's benchmark: what `via_receptor` adds to ansible_runner.run, side by side
+with local runs in the same process and the same minute.
+
+Starts controller -> relay -> node1 on 127.0.0.1 (real `warren node` processes, node1
+running the venv's real ansible-runner), then:
+
+1. latency: the demo playbook run locally and via node1 (two hops), alternating, N times
+   each; prints both medians and the difference (Warren's share plus the worker-side
+   ansible-runner's own transmit/unpack/process work, which a local run does not do);
+2. concurrency: 20 `run_async` jobs locally, then 20 via node1 through one embedded node;
+   prints both wall times, their ratio, and this process's peak RSS while the remote ones
+   were in flight.
+
+Run it with release builds (figures from debug builds mean little):
+
+    cargo build --release -p warren
+    WARREN_PYTHON_PROFILE=release scripts/setup-python.sh
+    WARREN_TEST_BIN_DIR=$CARGO_TARGET_DIR/release .venv/bin/python python/bench/bench.py [N]
+
+(`$CARGO_TARGET_DIR` defaults to `target`.) Not run by the tests: the machine's noise
+would make any threshold flaky; the figures are for people.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+import conftest  # noqa: E402  (the tests' real-process mesh)
+
+CONCURRENT = 20
+
+
+def rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def demo_copy(root: Path, name: str) -> Path:
+    target = root / name
+    shutil.copytree(conftest.DEMO, target)
+    return target
+
+
+def timed(call) -> float:
+    start = time.perf_counter()
+    runner = call()
+    took = time.perf_counter() - start
+    assert runner.status == "successful", (runner.status, getattr(runner, "job_explanation", ""))
+    return took
+
+
+def latency(ansible_runner, demo: Path, peer: str, rounds: int) -> None:
+    local, remote = [], []
+    # One warm-up of each: the embedded node's link and node1's component are set up once.
+    for i in range(rounds + 1):
+        a = timed(lambda: ansible_runner.run(private_data_dir=str(demo), playbook="test.yml",
+                                             ident=f"l{i}", quiet=True))
+        b = timed(lambda: ansible_runner.run(private_data_dir=str(demo), playbook="test.yml",
+                                             ident=f"r{i}", quiet=True, via_receptor="node1",
+                                             receptor_peer=peer))
+        if i:
+            local.append(a)
+            remote.append(b)
+    lm, rm = statistics.median(local), statistics.median(remote)
+    print(f"latency, demo playbook, {rounds} rounds alternating (median):")
+    print(f"  local ansible_runner.run        {lm * 1000:8.1f} ms")
+    print(f"  via_receptor='node1', 2 hops    {rm * 1000:8.1f} ms")
+    print(f"  added by the remote run         {(rm - lm) * 1000:8.1f} ms  ({rm / lm:.2f}x local)")
+
+
+def concurrent(ansible_runner, demo: Path, peer: str) -> None:
+    def wave(remote: bool) -> tuple[float, int]:
+        extra = {"via_receptor": "node1", "receptor_peer": peer} if remote else {}
+        peak = [rss_kib()]
+        start = time.perf_counter()
+        jobs = [ansible_runner.run_async(private_data_dir=str(demo), playbook="test.yml",
+                                         ident=f"{'r' if remote else 'l'}c{i}", quiet=True,
+                                         **extra)
+                for i in range(CONCURRENT)]
+        while any(t.is_alive() for t, _ in jobs):
+            peak[0] = max(peak[0], rss_kib())
+            time.sleep(0.05)
+        took = time.perf_counter() - start
+        for thread, runner in jobs:
+            thread.join()
+            assert runner.status == "successful", (runner.status, runner.job_explanation)
+        return took, peak[0]
+
+    local, local_rss = wave(remote=False)
+    remote, remote_rss = wave(remote=True)
+    print(f"{CONCURRENT} concurrent run_async jobs, demo playbook (wall time):")
+    print(f"  local                           {local:8.2f} s   peak RSS {local_rss / 1024:6.1f} MiB")
+    print(f"  via_receptor='node1', 2 hops    {remote:8.2f} s   peak RSS {remote_rss / 1024:6.1f} MiB")
+    print(f"  ratio remote / local            {remote / local:8.2f}")
+
+
+def main() -> None:
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 10
+    root = Path(tempfile.mkdtemp(prefix="warren-pybench-"))
+    home = root / "home"
+    home.mkdir()
+    os.environ.update(HOME=str(home), LANG="C.UTF-8",
+                      PATH=f"{conftest.VENV_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}")
+    cache = root / "components"
+    cache.mkdir()
+    (root / "mesh").mkdir()
+    mesh = conftest.Mesh(root / "mesh", cache)
+    try:
+        setup = conftest.Setup(mesh)
+        os.environ["WARREN_IDENTITY"] = str(setup.identity)
+        import ansible_runner
+
+        print(f"warren binary: {conftest.warren_bin()}")
+        demo = demo_copy(root, "demo")
+        latency(ansible_runner, demo, setup.peer, rounds)
+        concurrent(ansible_runner, demo, setup.peer)
+    finally:
+        from warren import _native
+
+        _native.shutdown_all()
+        mesh.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    threading.current_thread().name = "bench"
+    main()
