@@ -43,13 +43,14 @@ fn path_env(frontend_dir: &Path) -> String {
     )
 }
 
-struct Setup {
-    mesh: Mesh,
-    controller_addr: String,
-    relay: usize,
-    node1: usize,
-    identity: PathBuf,
-    frontend: PathBuf,
+pub struct Setup {
+    pub mesh: Mesh,
+    pub controller_addr: String,
+    /// The relay between controller and node1, if there is one.
+    pub relay: Option<usize>,
+    pub node1: usize,
+    pub identity: PathBuf,
+    pub frontend: PathBuf,
 }
 
 /// controller -> relay -> node1 (node1 runs ansible-runner from the venv); the client's
@@ -65,6 +66,51 @@ fn setup_with(
     controller_listen: Option<&str>,
     allow_client: bool,
     identity_from: Option<&Path>,
+) -> Setup {
+    build(
+        client_id,
+        controller_listen,
+        allow_client,
+        identity_from,
+        true,
+        None,
+    )
+}
+
+/// controller -> node1, no relay (node1 runs ansible-runner from the venv and lets the
+/// client run it).
+pub fn direct_setup() -> Setup {
+    build(None, None, true, None, false, None)
+}
+
+/// [`direct_setup`] with node1's `[work] containment` set to `containment`.
+pub fn direct_setup_contained(containment: &str) -> Setup {
+    build(None, None, true, None, false, Some(containment))
+}
+
+/// `--config` of a file giving node1 `[work] containment` when one was asked for (the
+/// flags still set its id, key and data dir).
+fn containment_config(mesh: &Mesh, node1: &Identity, containment: Option<&str>) -> Vec<String> {
+    let Some(containment) = containment else {
+        return Vec::new();
+    };
+    let file = mesh.path("node1.toml");
+    let text = format!(
+        "[node]\nid = \"node1\"\ndata-dir = {:?}\nkey-file = {:?}\n[work]\ncontainment = {containment:?}\n",
+        mesh.path("node1-data").display().to_string(),
+        node1.key.display().to_string()
+    );
+    std::fs::write(&file, text).unwrap();
+    vec!["--config".to_owned(), file.display().to_string()]
+}
+
+fn build(
+    client_id: Option<&str>,
+    controller_listen: Option<&str>,
+    allow_client: bool,
+    identity_from: Option<&Path>,
+    with_relay: bool,
+    containment: Option<&str>,
 ) -> Setup {
     let mut mesh = Mesh::new();
     let identity = mesh.path("client/identity.key");
@@ -96,10 +142,13 @@ fn setup_with(
             format!("ansible-runner={client_token}"),
         ]);
     }
+    node1_extra.extend(containment_config(&mesh, &ids[2], containment));
     let node1 = mesh.start(&ids[2], &[trust(&all), node1_extra].concat());
-    let addr = mesh.node(node1).addr().to_owned();
-    let relay = mesh.start(&ids[1], &[trust(&all), peer(&addr)].concat());
-    let addr = mesh.node(relay).addr().to_owned();
+    let mut addr = mesh.node(node1).addr().to_owned();
+    let relay = with_relay.then(|| mesh.start(&ids[1], &[trust(&all), peer(&addr)].concat()));
+    if let Some(relay) = relay {
+        addr = mesh.node(relay).addr().to_owned();
+    }
     let client_trust = match client_id {
         Some(id) => format!("{id}={client_token}"),
         None => client_token,
@@ -115,7 +164,8 @@ fn setup_with(
     }
     let controller = mesh.start(&ids[0], &extra);
     let controller_addr = mesh.node(controller).addr().to_owned();
-    mesh.wait_route(controller, "node1", Some("relay"));
+    let via = if with_relay { "relay" } else { "node1" };
+    mesh.wait_route(controller, "node1", Some(via));
     wait_for("node1 to offer ansible-runner", || {
         let status = mesh.status(node1)?;
         (status["WorkTypes"][0]["WorkType"] == "ansible-runner").then_some(())
@@ -143,7 +193,7 @@ fn ansible_runner(setup: &Setup, args: &[&str]) -> Output {
 }
 
 /// The front end with `args`, in the client's clean environment.
-fn frontend(setup: &Setup, args: &[&str]) -> Command {
+pub fn frontend(setup: &Setup, args: &[&str]) -> Command {
     let mut command = Command::new("ansible-runner");
     command
         .args(args)
@@ -183,7 +233,7 @@ fn counters(dir: &Path) -> BTreeSet<u64> {
         .collect()
 }
 
-fn text(bytes: &[u8]) -> String {
+pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
@@ -472,14 +522,14 @@ fn bad_submissions_fail_before_anything_is_sent() {
 }
 
 /// A playbook that prints, waits `secs` seconds, and prints again.
-fn slow_playbook(pdd: &Path, secs: u32) {
+pub fn slow_playbook(pdd: &Path, secs: u32) {
     let play = format!(
         "- hosts: all\n  gather_facts: false\n  tasks:\n    - debug:\n        msg: before\n    - pause:\n        seconds: {secs}\n    - debug:\n        msg: after\n"
     );
     std::fs::write(pdd.join("project/slow.yml"), play).unwrap();
 }
 
-fn spawn_run(setup: &Setup, args: &[&str]) -> std::process::Child {
+pub fn spawn_run(setup: &Setup, args: &[&str]) -> std::process::Child {
     frontend(setup, args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -488,7 +538,7 @@ fn spawn_run(setup: &Setup, args: &[&str]) -> std::process::Child {
 }
 
 /// Waits until node1 runs a unit.
-fn wait_running(setup: &Setup) {
+pub fn wait_running(setup: &Setup) {
     wait_for("the unit to run on node1", || {
         let out = setup.mesh.ctl(setup.node1, &["work", "list", "--json"]);
         let units: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
@@ -521,7 +571,7 @@ fn the_relay_dies_and_returns_mid_job_and_the_output_is_complete() {
     ];
     let child = spawn_run(&setup, &args);
     wait_running(&setup);
-    let relay = setup.relay;
+    let relay = setup.relay.expect("a relay");
     setup.mesh.node_mut(relay).kill();
     setup.mesh.restart(relay);
     let out = child.wait_with_output().unwrap();
@@ -539,7 +589,7 @@ fn the_relay_dies_and_returns_mid_job_and_the_output_is_complete() {
 }
 
 #[test]
-fn ctrl_c_cancels_the_remote_unit_and_exits_like_a_cancelled_run() {
+fn ctrl_c_cancels_the_remote_unit_and_leaves_no_process_of_the_job() {
     let setup = setup(None, None);
     let pdd = setup.mesh.path("demo");
     copy_demo(&pdd);
@@ -565,6 +615,22 @@ fn ctrl_c_cancels_the_remote_unit_and_exits_like_a_cancelled_run() {
         let started = (units.as_object()?.values()).any(|u| u["StdoutSize"].as_u64() > Some(2000));
         started.then_some(())
     });
+    // The job's processes work in its unit's directory on node1: ansible-runner worker,
+    // and ansible-playbook in a session of its own.
+    let node1_data = setup.mesh.path("node1-data");
+    let running = wait_for("ansible-playbook to run on node1", || {
+        let procs = crate::contain::working_in(&node1_data);
+        procs
+            .iter()
+            .any(|(_, cmd)| cmd.contains("ansible-playbook"))
+            .then_some(procs)
+    });
+    assert!(running.len() >= 2, "{running:?}");
+    // The running unit records its program's containment.
+    let listed = setup.mesh.ctl(setup.node1, &["work", "list", "--json"]);
+    let units: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let unit = units.as_object().unwrap().values().next().unwrap();
+    assert_eq!(unit["ExtraData"]["Containment"]["Detached"], true, "{unit}");
     // SAFETY: kill(2) with the child's pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let out = child.wait_with_output().unwrap();
@@ -578,14 +644,23 @@ fn ctrl_c_cancels_the_remote_unit_and_exits_like_a_cancelled_run() {
         std::fs::read_to_string(pdd.join("artifacts/c/status")).unwrap(),
         "canceled"
     );
+    // The run released its unit once it read the end: nothing is left running there.
     let listed = setup.mesh.ctl(setup.node1, &["work", "list", "--json"]);
     let units: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
     assert!(
-        units
-            .as_object()
-            .unwrap()
-            .values()
-            .all(|u| u["StateName"] != "Running"),
+        (units.as_object().unwrap().values()).all(|u| u["StateName"] != "Running"),
         "{units}"
     );
+    let start = std::time::Instant::now();
+    loop {
+        let left = crate::contain::working_in(&node1_data);
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < crate::support::DEADLINE,
+            "processes of the job survived the cancel: {left:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

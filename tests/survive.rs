@@ -167,15 +167,19 @@ fn a_submitter_restarted_mid_job_ends_its_unit_with_the_full_output() {
         .map(|e| e.unwrap().path())
         .collect();
     assert_eq!(dirs.len(), 1);
-    let left: Vec<String> = std::fs::read_dir(&dirs[0])
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let files = || -> Vec<String> {
+        std::fs::read_dir(&dirs[0])
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    // The store thread removes them after it wrote the final status, which followers may
+    // read the end before (on a busy disk, by a sync or two).
+    let left = wait_for("node1 to drop the unit's payload and job directory", || {
+        let left = files();
+        (!left.contains(&"stdin".to_owned()) && !left.contains(&"job".to_owned())).then_some(left)
+    });
     assert!(left.contains(&"stdout".to_owned()), "{left:?}");
-    assert!(
-        !left.contains(&"stdin".to_owned()) && !left.contains(&"job".to_owned()),
-        "{left:?}"
-    );
 }
 
 #[test]
@@ -278,4 +282,28 @@ fn a_draining_node_finishes_its_running_unit_refuses_new_work_then_stops() {
         "{exit:?}\n{}",
         line.mesh.logs()
     );
+}
+
+#[test]
+fn a_piped_unit_running_when_its_node_was_sigkilled_fails_saying_why_after_a_restart() {
+    let mut line = line(None).unwrap();
+    let unit = submit(&line, "long", "payload\n");
+    wait_state(&line, line.controller, &unit, "Running");
+    let remote = wait_for("node1 to run the unit", || {
+        let listed = line.mesh.ctl(line.node1, &["work", "list", "--json"]);
+        let units: serde_json::Value = serde_json::from_slice(&listed.stdout).ok()?;
+        let (id, u) = units.as_object()?.iter().next()?;
+        (u["StateName"] == "Running").then(|| id.clone())
+    });
+    // A command work type's program is piped through its handler: nothing to re-attach.
+    line.mesh.node_mut(line.node1).kill();
+    line.mesh.restart(line.node1);
+    let failed = wait_state(&line, line.node1, &remote, "Failed");
+    assert_eq!(
+        failed["Detail"],
+        "node restarted while the unit was running: no detached job was recorded for this unit",
+        "{failed}"
+    );
+    let mirror = wait_state(&line, line.controller, &unit, "Failed");
+    assert_eq!(mirror["Detail"], failed["Detail"], "{mirror}");
 }

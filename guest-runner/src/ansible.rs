@@ -1,5 +1,7 @@
 //! The `ansible-runner` handler: runs `ansible-runner worker` in the job directory, the way
-//! Receptor's ansible-runner work type does for AWX.
+//! Receptor's ansible-runner work type does for AWX. It runs detached where the node can:
+//! the worker reads the payload file and writes its stream straight to the results file,
+//! so the job survives a restart of its node.
 //!
 //! The submission's `params` are checked against a short list; nothing unchecked reaches the
 //! command line. The private data dir is always the job directory.
@@ -38,7 +40,7 @@ pub(crate) fn handle(job: &Job) -> Outcome {
         env: terminal(&job.params).into_iter().collect(),
         cwd: None,
     };
-    child::run("ansible-runner worker", &cmd, false)
+    child::run_detached("ansible-runner worker", &cmd)
 }
 
 /// The submitter's terminal type, from param `term`, so Ansible's output is coloured as a

@@ -1,12 +1,18 @@
 //! Running one child to its end, for every handler: spawn it, relay the job's streams
-//! through it, and turn how it ended into the job's outcome.
+//! through it (or, detached, let it use the unit's files directly), and turn how it ended
+//! into the job's outcome.
 //!
-//! A refused spawn is an outcome, never a trap. [`outcome`] is pure.
+//! A refused spawn is an outcome, never a trap. [`outcome`] is pure; the node words a
+//! re-attached detached job's outcome the same way (`host/contain/detached.rs`), so keep
+//! the two in step.
 
 use crate::bindings::warren::worker::cancel;
 use crate::bindings::warren::worker::job_io::{self, Level};
-use crate::bindings::warren::worker::process::{self, Command, ExitStatus, SpawnError};
+use crate::bindings::warren::worker::process::{
+    self, Child, Command, ExitStatus, Signal, SpawnError,
+};
 use crate::bindings::warren::worker::types::{Failure, Outcome};
+use crate::bindings::wasi::io::poll::{self, Pollable};
 use crate::relay::{self, Ended, Streams};
 
 /// Spawns `cmd`, relays payload → stdin and stdout → results (stderr to the log unless
@@ -35,6 +41,58 @@ pub(crate) fn run(label: &str, cmd: &Command, merge_stderr: bool) -> Outcome {
     };
     let ended = relay::run(&child, streams, cancel::subscribe());
     outcome(label, ended)
+}
+
+/// Runs `cmd` detached where the node can (its stdin is the job's payload file and its
+/// stdout goes straight to the results file, under a supervisor that survives a restart of
+/// the node), else relayed as [`run`] does with stderr logged. On cancel the child gets
+/// `terminate` once and is waited for; the node kills it after its grace period.
+pub(crate) fn run_detached(label: &str, cmd: &Command) -> Outcome {
+    if !process::can_detach() {
+        job_io::log(
+            Level::Debug,
+            &format!("this node cannot detach {label}; relaying its streams"),
+        );
+        return run(label, cmd, false);
+    }
+    if cancel::is_cancelled() {
+        return Outcome::Canceled(Failure {
+            detail: format!("canceled before {label} started"),
+            exit_code: None,
+        });
+    }
+    let child = match process::spawn_detached(cmd, label) {
+        Ok(child) => child,
+        Err(error) => return spawn_failed(label, &error),
+    };
+    job_io::log(
+        Level::Info,
+        &format!("started {label} detached as pid {}", child.pid()),
+    );
+    outcome(label, wait(&child, &cancel::subscribe()))
+}
+
+/// Waits for a child without streams; sends it `terminate` once when the job is cancelled.
+fn wait(child: &Child, cancel: &Pollable) -> Ended {
+    let exit = child.subscribe_exit();
+    let mut canceled = false;
+    loop {
+        if let Some(status) = child.try_wait() {
+            return Ended {
+                status: Some(status),
+                canceled,
+            };
+        }
+        let ready = if canceled {
+            poll::poll(&[&exit])
+        } else {
+            poll::poll(&[&exit, cancel])
+        };
+        if !canceled && ready.contains(&1) {
+            canceled = true;
+            child.signal(Signal::Terminate);
+        }
+    }
 }
 
 /// The outcome for a refused spawn: the node's message already names the program and what

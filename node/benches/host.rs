@@ -10,9 +10,10 @@
 //! - `relay`: payload → child stdin → child stdout → results through guest-runner's
 //!   `command` handler and `/bin/cat`, against a native pipe through `/bin/cat`, with the
 //!   accounting on and off.
-//!
 //! - `quota`: the cost of measuring job directories of 1,000 to 100,000 entries, and how
 //!   far a program writing flat out gets past its quota before the watcher stops it.
+//! - `contain`: per-job start overhead of job containment (cgroups, the subreaper
+//!   supervisor, the detached form) beside a plain spawn and the process-group baseline.
 //!
 //! "Accounting" is what a node gives every job ([`limits`]): a descriptor cap counted per
 //! open file and child, a job-directory quota with its watcher, and the free-space floor.
@@ -21,6 +22,8 @@
 //! The sections live in `benches/host/` (the shared statistics in `benches/mesh/`), named by
 //! `#[path]` because a file directly in `benches/` would become a bench target of its own.
 
+#[path = "host/contain.rs"]
+mod contain;
 #[path = "host/quota.rs"]
 mod quota;
 #[path = "host/relay.rs"]
@@ -53,9 +56,10 @@ pub(crate) const PROBE_HANDLER: &[u8] = include_bytes!(env!("WARREN_PROBE_HANDLE
 /// A section: its name (the filter matches it) and its body.
 type Section = (&'static str, fn() -> anyhow::Result<()>);
 
-const SECTIONS: [Section; 3] = [
+const SECTIONS: [Section; 4] = [
     ("start", start::run),
     ("relay", relay::run),
+    ("contain", contain::run),
     ("quota", quota::run),
 ];
 

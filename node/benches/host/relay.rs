@@ -48,6 +48,7 @@ pub(crate) fn run() -> anyhow::Result<()> {
             env_allow: BTreeSet::new(),
             args: BTreeMap::new(),
             limits: crate::limits(accounting),
+            program_limits: Default::default(),
         })
     };
     let (on, off) = (policy(true), policy(false));
@@ -124,6 +125,7 @@ async fn relay_wasm(
         job_dir,
         payload: Box::new(Pattern::new(bytes)),
         results: Box::new(Counter(counted.clone())),
+        files: None,
     };
     let (_cancel, cancelled) = watch::channel(false);
     let started = Instant::now();

@@ -154,6 +154,7 @@ async fn noop(
         job_dir: job_dir.to_owned(),
         payload: Box::new(tokio::io::empty()),
         results: Box::new(tokio::io::sink()),
+        files: None,
     };
     let (_cancel, cancelled) = watch::channel(false);
     let started = Instant::now();

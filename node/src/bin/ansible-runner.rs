@@ -5,5 +5,7 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // Local runs supervise detached jobs with this binary re-executed.
+    warren::host::contain::supervisor::main_if_requested();
     warren::cli::frontend::main()
 }

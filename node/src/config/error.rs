@@ -220,6 +220,14 @@ pub enum Problem {
         /// The missing key.
         key: &'static str,
     },
+    /// A value that is not one of the few a key accepts.
+    #[error("{value:?} is not one of: {accepted}")]
+    UnknownChoice {
+        /// The text as written.
+        value: String,
+        /// The accepted values, for the message.
+        accepted: &'static str,
+    },
     /// A key that the work type's handler does not use.
     #[error("`{key}` does not apply to handler {handler:?}")]
     NotForHandler {

@@ -18,6 +18,8 @@ use toml::Spanned;
 
 use crate::id::{NameError, NodeId};
 
+use crate::host::contain::ContainMode;
+
 use super::error::{AddrRole, ConfigError, Origin, Problem};
 use super::{
     AddrError, CertificatesConfig, Config, ControlConfig, DEFAULT_CONTROL_PERMISSIONS,
@@ -138,6 +140,7 @@ struct WorkSection {
     require_signed: Option<Spanned<bool>>,
     drain_on_stop: Option<Spanned<bool>>,
     free_space_floor_mb: Option<Spanned<u64>>,
+    containment: Option<Spanned<String>>,
 }
 
 /// Allowed range of `[work] max-running`.
@@ -373,6 +376,22 @@ impl Decoder<'_> {
             verify_keys,
             require_signed: work.require_signed.as_ref().is_some_and(|r| *r.get_ref()),
             drain_on_stop: work.drain_on_stop.as_ref().is_some_and(|d| *d.get_ref()),
+            containment: self.containment(work)?,
+        })
+    }
+
+    fn containment(&self, work: &WorkSection) -> Result<ContainMode, ConfigError> {
+        let Some(value) = &work.containment else {
+            return Ok(WorkLimits::default().containment);
+        };
+        self.parse(value, "[work] containment", |s| match s {
+            "auto" => Ok(ContainMode::Auto),
+            "cgroup" => Ok(ContainMode::Cgroup),
+            "subreaper" => Ok(ContainMode::Subreaper),
+            _ => Err(Problem::UnknownChoice {
+                value: s.into(),
+                accepted: "auto, cgroup, subreaper",
+            }),
         })
     }
 

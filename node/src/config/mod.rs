@@ -33,6 +33,7 @@
 //! verify-keys = ["ed25519:..."]       # accept work signed by these keys
 //! require-signed = false              # refuse unsigned submissions from other nodes
 //! drain-on-stop = false               # on SIGTERM, let running units end first
+//! containment = "auto"                # "auto" | "cgroup" | "subreaper" (see host::contain)
 //!
 //! [mesh]                              # optional tuning
 //! keepalive-seconds = 10
@@ -58,6 +59,12 @@
 //!                                     # node's share of RLIMIT_NOFILE, see below)
 //! disk-mb = 4096                      # job directory quota (default 4 GiB)
 //! disk-inodes = 200000                # job directory files and directories (default)
+//! program-memory-mb = 2048            # memory of the programs it starts, with all their
+//!                                     # descendants (cgroup; default 2 GiB)
+//! program-pids = 512                  # their processes and threads (cgroup; default 512)
+//! program-open-files = 4096           # RLIMIT_NOFILE of each (default 4096)
+//! program-file-size-mb = 16384        # RLIMIT_FSIZE of each (default 16 GiB)
+//! network = "host"                    # command only: "none" = private network, loopback only
 //! # handler = "component" instead takes:
 //! # component = "handlers/x.wasm"     # relative to the config file's directory
 //! # signature = "handlers/x.wasm.sig" # default: the component's path plus .sig
@@ -114,6 +121,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::host::contain::ContainMode;
 use crate::host::signing::SignerKey;
 use crate::id::NodeId;
 use crate::keys::PublicKey;
@@ -267,6 +275,8 @@ pub struct WorkLimits {
     /// Free bytes the node keeps for results and status: below them it refuses new units
     /// and stops jobs that write. 0 turns the floor off.
     pub free_space_floor: u64,
+    /// How jobs' programs are contained (`containment = "auto" | "cgroup" | "subreaper"`).
+    pub containment: ContainMode,
 }
 
 #[cfg(feature = "host")]
@@ -282,6 +292,7 @@ impl Default for WorkLimits {
             require_signed: false,
             drain_on_stop: false,
             free_space_floor: DEFAULT_FREE_SPACE_FLOOR_MB << 20,
+            containment: ContainMode::Auto,
         }
     }
 }

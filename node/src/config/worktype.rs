@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::host::args::ArgPattern;
+use crate::host::contain::ProgramLimits;
 use crate::host::disk::DiskQuota;
 use crate::host::policy::{DEFAULT_DISK_QUOTA, Limits};
 
@@ -33,6 +34,8 @@ pub struct WorkTypeConfig {
     pub env_pass: Vec<String>,
     /// The job's limits.
     pub limits: Limits,
+    /// Limits on the programs its handler starts.
+    pub program_limits: ProgramLimits,
 }
 
 /// What runs a work type's jobs.
@@ -87,6 +90,7 @@ impl WorkTypeConfig {
                 DEFAULT_DEADLINE_SECONDS,
                 DEFAULT_OUTPUT_MB,
             ),
+            program_limits: ProgramLimits::default(),
         })
     }
 }

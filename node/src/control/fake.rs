@@ -53,6 +53,7 @@ pub(crate) fn sample_report() -> StatusReport {
         system_memory_mib: 1024,
         version: "0.1.0".into(),
         work_types: Vec::new(),
+        containment: String::new(),
     }
 }
 

@@ -71,6 +71,16 @@ pub fn render_status(status: &StatusReport) -> String {
             section(&mut out, "Limits per job", &headers, rows);
         }
     }
+    if !status.containment.is_empty() {
+        let _ = writeln!(out, "\nJob containment: {}", status.containment);
+        let rows = status
+            .work_types
+            .iter()
+            .filter(|w| !w.program_limits.is_empty())
+            .map(|w| vec![w.work_type.clone(), w.program_limits.clone()])
+            .collect();
+        section(&mut out, "Program limits", &["Work type", "Limits"], rows);
+    }
     out
 }
 
@@ -319,6 +329,7 @@ Work types:
                 disk_inodes: Some(200_000),
                 arguments: [("cat".to_owned(), "-n then {job-path}".to_owned())].into(),
             }),
+            program_limits: String::new(),
         });
         let text = render_status(&report);
         let want = "\nLimits per job:

@@ -77,6 +77,14 @@ pub struct StatusReport {
     /// (receptorctl shows it under "Additional data".)
     #[serde(rename = "WorkTypes", default)]
     pub work_types: Vec<WorkTypeStatus>,
+    /// Warren's addition: how this node contains the programs its jobs start (empty from
+    /// nodes that do not say).
+    #[serde(
+        rename = "Containment",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub containment: String,
 }
 
 /// What a deploy made active on the target node.
@@ -126,13 +134,21 @@ pub struct WorkTypeStatus {
     /// What each of its jobs may use (absent from nodes that predate it).
     #[serde(rename = "Limits", default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<JobLimits>,
+    /// The limits on the programs its jobs start (empty from nodes that do not say).
+    #[serde(
+        rename = "ProgramLimits",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub program_limits: String,
 }
 
 /// The top-level status keys, in Go's (byte-wise sorted) output order.
-pub const STATUS_FIELDS: [&str; 10] = [
+pub const STATUS_FIELDS: [&str; 11] = [
     "Advertisements",
     "ConfigGeneration",
     "Connections",
+    "Containment",
     "KnownConnectionCosts",
     "NodeID",
     "RoutingTable",
@@ -209,6 +225,9 @@ impl Serialize for StatusReply {
             match name {
                 "Advertisements" => map.serialize_entry(name, &r.advertisements)?,
                 "Connections" => map.serialize_entry(name, &r.connections)?,
+                // Warren's additions are left out when empty, so the reply is Receptor's.
+                "Containment" if r.containment.is_empty() => {}
+                "Containment" => map.serialize_entry(name, &r.containment)?,
                 "KnownConnectionCosts" => {
                     map.serialize_entry(name, &GoCostTable(&r.known_connection_costs))?;
                 }

@@ -243,8 +243,10 @@ pub fn report(status: &MeshStatus, registry: &Registry) -> StatusReport {
                 sha256: a.info.sha256_hex(),
                 signer: a.info.signer_label(),
                 limits: Some(job_limits(&a.policy)),
+                program_limits: a.policy.program_limits.describe(),
             })
             .collect(),
+        containment: registry.containment().to_owned(),
         node_id: status.id.clone(),
         version: crate::VERSION.to_owned(),
         system_cpu_count: std::thread::available_parallelism().map_or(1, |n| n.get() as u64),

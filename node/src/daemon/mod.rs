@@ -21,6 +21,7 @@ use crate::access::{AccessPolicy, Act};
 use crate::ca::{Authorities, SignedCertificate, SignedRevocationList};
 use crate::config::{Config, LinkCost, ListenConfig, Scheme, TlsConfig};
 use crate::control::{ControlSocket, ListenError, default_socket_path, serve_session};
+use crate::host::contain::{ContainError, Containment, supervisor_binary};
 use crate::host::registry::{self, Registry};
 use crate::host::runner::{Host, HostError};
 use crate::id::ServiceName;
@@ -72,6 +73,9 @@ pub enum StartError {
     /// The WebAssembly host could not start.
     #[error("work handler host: {0}")]
     Host(HostError),
+    /// The configured job containment is not available.
+    #[error("job containment: {0}")]
+    Containment(#[from] ContainError),
     /// A certificate or revocation list could not be used.
     #[error("{path}: {problem}")]
     Certificates {
@@ -346,7 +350,9 @@ pub async fn start(
         Some(_) => Metrics::new(),
         None => Metrics::default(),
     };
-    let mut host = Host::new(&component_cache(config))
+    let containment = Containment::detect(config.work.containment, supervisor_binary())?;
+    tracing::info!(containment = %containment.describe(), "job containment");
+    let mut host = Host::with_containment(&component_cache(config), containment)
         .map_err(StartError::Host)?
         .with_free_space_floor(config.work.free_space_floor);
     host.set_metrics(metrics.clone());

@@ -10,6 +10,8 @@
 //!   job directory's disk quota, and the node's free-space floor.
 //! - [`process`] and [`jobio`]: the host side of the world's interfaces; [`guestfs`]:
 //!   the job's limits inside WASI's filesystem.
+//! - [`contain`]: job containment: cgroups or a subreaper supervisor, rlimits, a private
+//!   network on request, and detached jobs that survive a restart of the node.
 //! - [`registry`]: the offered work types and their active components.
 //! - [`runner`]: one engine per node; per job a store with limits, an instance, a call.
 //! - [`cache`]: the compiled-component cache, trusted only if the node's user alone can
@@ -22,7 +24,8 @@
 //!   component may run.
 //!
 //! Without feature `host` only the pure parts remain (`policy`, `args`, `disk`, `fds`,
-//! `signing` less its wasm reader, `detect`): the config needs them, the client node
+//! `signing` less its wasm reader, `detect`, `contain` less re-attaching): the config
+//! needs them (and the supervisor binary `contain`), the client node
 //! nothing else.
 
 pub mod args;
@@ -34,6 +37,7 @@ pub mod builtin;
 pub mod cache;
 #[cfg(feature = "host")]
 pub mod component;
+pub mod contain;
 #[cfg(feature = "host")]
 pub mod deploy;
 pub mod detect;

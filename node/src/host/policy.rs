@@ -12,6 +12,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use super::args::{ArgPolicy, ArgRefusal, JobPaths};
+use super::contain::ProgramLimits;
 use super::disk::DiskQuota;
 
 /// The logical program name under which [`Policy::for_ansible_runner`] lists ansible-runner.
@@ -107,6 +108,8 @@ pub struct Policy {
     pub args: BTreeMap<String, ArgPolicy>,
     /// The job's limits.
     pub limits: Limits,
+    /// Limits on the programs the job starts (containment, `host/contain`).
+    pub program_limits: ProgramLimits,
 }
 
 impl Policy {
@@ -131,6 +134,7 @@ impl Policy {
             env_allow: BTreeSet::new(),
             args: BTreeMap::new(),
             limits,
+            program_limits: ProgramLimits::default(),
         }
     }
 
@@ -164,6 +168,7 @@ impl Policy {
             env_allow: BTreeSet::from(["TERM".to_owned()]),
             args: [(ANSIBLE_RUNNER_PROGRAM.to_owned(), ansible_runner_args())].into(),
             limits,
+            program_limits: ProgramLimits::default(),
         }
     }
 
@@ -322,6 +327,7 @@ mod tests {
             env_allow: ["EXTRA".to_owned()].into(),
             args: BTreeMap::new(),
             limits: Limits::default(),
+            program_limits: ProgramLimits::default(),
         }
     }
 

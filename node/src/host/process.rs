@@ -1,22 +1,27 @@
-//! The host side of `process`: spawn an allow-listed program, and the child resource with
-//! its pipes, exit pollable and signals.
+//! The host side of `process`: spawn an allow-listed program (piped or detached), and the
+//! child resource with its pipes, exit pollable and signals.
 //!
 //! Every request is checked against the work type's [`super::policy::Policy`] first; a
-//! refusal is a WIT error value. Children run in their own process group with a cleared
-//! environment, and a child is killed (with its group) when its resource is dropped, which
-//! happens at the latest when the job's store is dropped: children never outlive their job.
+//! refusal is a WIT error value. Children run with a cleared environment inside their own
+//! containment ([`super::contain`]: a cgroup, else a subreaper supervisor, with rlimits),
+//! and a child is killed with everything it started when its resource is dropped, which
+//! happens at the latest when the job's store is dropped: children never outlive their job
+//! (a detached child outlives it only when the node is stopping and will re-attach).
 
-use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 
 use tokio::io::AsyncRead;
-use tokio::process::{ChildStdin, Command};
+use tokio::process::ChildStdin;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use wasmtime::component::Resource;
 use wasmtime_wasi::p2::pipe::{AsyncReadStream, AsyncWriteStream};
 use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, DynPollable, Pollable, subscribe};
 
 use super::bindings::warren::worker::process::{self as wit, ExitStatus as WitExit, SpawnError};
+use super::contain::Containment;
+use super::contain::record::ProgramExit;
+use super::contain::spawn::{self, Pipes, Resolved, Spawned};
+use super::contain::watch::Killer;
 use super::fds::{CHILD_DESCRIPTORS, FdToken, Held};
 use super::policy::{Denied, resolve_cwd};
 use super::state::JobState;
@@ -30,9 +35,12 @@ pub struct Child {
     stdin: Option<Held<ChildStdin>>,
     stdout: Option<Box<dyn AsyncRead + Send + Unpin>>,
     stderr: Option<Box<dyn AsyncRead + Send + Unpin>>,
-    exit: watch::Receiver<Option<ExitStatus>>,
-    /// Owns the `tokio::process::Child` and reaps it; aborting it kills the child.
-    waiter: JoinHandle<()>,
+    exit: watch::Receiver<Option<ProgramExit>>,
+    /// Stops the child and everything it started.
+    killer: Killer,
+    /// For a detached child: the node's containment, which says whether detached jobs are
+    /// to be left running (the node is stopping).
+    detached: Option<Arc<Containment>>,
     /// Counts the child's descriptors against the job's cap while it or a pipe lives.
     _fds: FdToken,
 }
@@ -47,10 +55,30 @@ impl std::fmt::Debug for Child {
 
 impl Drop for Child {
     fn drop(&mut self) {
-        if self.exit.borrow().is_none() {
-            kill_group(self.pid, libc::SIGKILL);
+        let leave = self.detached.as_ref().is_some_and(|c| c.leaves_detached());
+        if self.exit.borrow().is_none() && !leave {
+            self.killer.kill();
         }
-        self.waiter.abort();
+    }
+}
+
+impl Child {
+    /// The child resource; its pipes keep `fds` (its count against the job's descriptor
+    /// cap) alive as long as any of them lives.
+    fn new(spawned: Spawned, detached: Option<Arc<Containment>>, fds: FdToken) -> Self {
+        let held = |s: Box<dyn AsyncRead + Send + Unpin>| -> Box<dyn AsyncRead + Send + Unpin> {
+            Box::new(Held::new(s, fds.clone()))
+        };
+        Self {
+            pid: spawned.pid,
+            stdin: spawned.stdin.map(|s| Held::new(s, fds.clone())),
+            stdout: spawned.stdout.map(held),
+            stderr: spawned.stderr.map(held),
+            exit: spawned.exit,
+            killer: spawned.killer,
+            detached,
+            _fds: fds,
+        }
     }
 }
 
@@ -58,16 +86,6 @@ impl Drop for Child {
 impl Pollable for Child {
     async fn ready(&mut self) {
         let _ = self.exit.wait_for(Option::is_some).await;
-    }
-}
-
-/// Sends `signal` to the process group led by `pid` (children spawn their own group).
-fn kill_group(pid: u32, signal: i32) {
-    if let Ok(pid) = i32::try_from(pid) {
-        // SAFETY: kill(2) has no memory effects; a stale pid at worst hits nothing.
-        unsafe {
-            libc::kill(-pid, signal);
-        }
     }
 }
 
@@ -82,90 +100,110 @@ fn denied(d: Denied) -> SpawnError {
 }
 
 impl JobState {
-    /// Checks a spawn request against the policy and builds the command.
-    fn command(&self, cmd: &wit::Command) -> Result<Command, SpawnError> {
+    /// Checks a spawn request against the policy and resolves it.
+    fn resolve(&self, cmd: &wit::Command) -> Result<Resolved, SpawnError> {
         let policy = &self.policy;
         let program = policy.resolve_program(&cmd.program).map_err(denied)?;
         let env = policy.child_env(&self.job_dir, &cmd.env).map_err(denied)?;
         let cwd = resolve_cwd(&self.job_dir, cmd.cwd.as_deref()).map_err(denied)?;
         (policy.check_args(&cmd.program, &cmd.args, &self.job_dir, &cwd)).map_err(denied)?;
-        let mut command = Command::new(program);
-        command
-            .args(&cmd.args)
-            .env_clear()
-            .envs(env)
-            .current_dir(cwd)
-            .process_group(0)
-            .kill_on_drop(true)
-            .stdin(Stdio::piped());
-        Ok(command)
-    }
-
-    fn spawn_child(&mut self, cmd: &wit::Command, merge_stderr: bool) -> Result<Child, SpawnError> {
-        let mut command = self.command(cmd)?;
-        self.admit(CHILD_DESCRIPTORS, 1).map_err(SpawnError::Io)?;
-        let io = |e: std::io::Error| SpawnError::Io(format!("cannot start {:?}: {e}", cmd.program));
-        let merged = if merge_stderr {
-            let (reader, writer) = std::io::pipe().map_err(io)?;
-            command
-                .stdout(writer.try_clone().map_err(io)?)
-                .stderr(writer);
-            Some(reader)
-        } else {
-            command.stdout(Stdio::piped()).stderr(Stdio::piped());
-            None
-        };
-        let mut child = command.spawn().map_err(io)?;
-        // The command (holding the pipe's write ends) must be gone before EOF can come.
-        drop(command);
-        let pid = child.id().unwrap_or(0);
-        let fds = self.track_child();
-        let stdout: Option<Box<dyn AsyncRead + Send + Unpin>> = match merged {
-            Some(reader) => Some(Box::new(Held::new(
-                pipe_reader(reader).map_err(io)?,
-                fds.clone(),
-            ))),
-            None => child
-                .stdout
-                .take()
-                .map(|s| Box::new(Held::new(s, fds.clone())) as _),
-        };
-        let stderr = child
-            .stderr
-            .take()
-            .map(|s| Box::new(Held::new(s, fds.clone())) as _);
-        let stdin = child.stdin.take().map(|s| Held::new(s, fds.clone()));
-        let (tx, exit) = watch::channel(None);
-        let waiter = tokio::spawn(async move {
-            if let Ok(status) = child.wait().await {
-                let _ = tx.send(Some(status));
-            }
-        });
-        tracing::info!(unit = %self.unit, program = %cmd.program, pid, "spawned child");
-        Ok(Child {
-            pid,
-            stdin,
-            stdout,
-            stderr,
-            exit,
-            waiter,
-            _fds: fds,
+        Ok(Resolved {
+            program: program.to_owned(),
+            args: cmd.args.clone(),
+            env,
+            cwd,
         })
     }
+
+    async fn spawn_child(
+        &mut self,
+        cmd: &wit::Command,
+        merge_stderr: bool,
+    ) -> Result<Child, SpawnError> {
+        let resolved = self.resolve(cmd)?;
+        self.admit(CHILD_DESCRIPTORS, 1).map_err(SpawnError::Io)?;
+        let io = |e: std::io::Error| SpawnError::Io(format!("cannot start {:?}: {e}", cmd.program));
+        let pipes = if merge_stderr {
+            let (reader, writer) = std::io::pipe().map_err(io)?;
+            Pipes {
+                stdout: writer.try_clone().map_err(io)?.into(),
+                stderr: writer.into(),
+                merged: Some(reader),
+            }
+        } else {
+            Pipes {
+                stdout: std::process::Stdio::piped(),
+                stderr: std::process::Stdio::piped(),
+                merged: None,
+            }
+        };
+        let spawned = spawn::piped(&self.contain, &self.unit, &resolved, pipes)
+            .await
+            .map_err(SpawnError::Io)?;
+        tracing::info!(unit = %self.unit, program = %cmd.program, pid = spawned.pid, "spawned child");
+        let fds = self.track_child();
+        Ok(Child::new(spawned, None, fds))
+    }
+
+    async fn spawn_detached_child(
+        &mut self,
+        cmd: &wit::Command,
+        label: &str,
+    ) -> Result<Child, SpawnError> {
+        let resolved = self.resolve(cmd)?;
+        self.admit(CHILD_DESCRIPTORS, 1).map_err(SpawnError::Io)?;
+        let label = printable_label(label);
+        let spawned = spawn::detached(&mut self.contain, &self.unit, &resolved, &label)
+            .await
+            .map_err(SpawnError::Io)?;
+        tracing::info!(unit = %self.unit, program = %cmd.program, pid = spawned.pid, "spawned detached child");
+        let containment = self.contain.containment.clone();
+        // It writes into the job directory like any child: its disk is watched from now.
+        let fds = self.track_child();
+        Ok(Child::new(
+            spawned,
+            containment.or_else(|| Some(Arc::new(Containment::process_groups()))),
+            fds,
+        ))
+    }
+
+    fn push_child(
+        &mut self,
+        program: &str,
+        spawned: Result<Child, SpawnError>,
+    ) -> wasmtime::Result<Result<Resource<Child>, SpawnError>> {
+        match spawned {
+            Ok(child) => Ok(Ok(self.table.push(child)?)),
+            Err(e) => {
+                tracing::warn!(unit = %self.unit, %program, error = ?e, "spawn refused");
+                Ok(Err(e))
+            }
+        }
+    }
 }
 
-/// The read end of an OS pipe as a tokio reader.
-fn pipe_reader(reader: std::io::PipeReader) -> std::io::Result<tokio::net::unix::pipe::Receiver> {
-    let fd = std::os::fd::OwnedFd::from(reader);
-    tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
+/// Longest label kept from a guest (it ends up in records and unit details).
+const MAX_LABEL: usize = 128;
+
+/// A guest's label for a detached program, safe to store and print: control characters
+/// (terminal escapes) dropped, at most [`MAX_LABEL`] characters, never empty.
+fn printable_label(label: &str) -> String {
+    let clean: String = label
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_LABEL)
+        .collect();
+    if clean.trim().is_empty() {
+        "program".to_owned()
+    } else {
+        clean
+    }
 }
 
-fn exit_status(status: ExitStatus) -> WitExit {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => WitExit::Exited(code),
-        (None, Some(signal)) => WitExit::Signaled(signal),
-        (None, None) => WitExit::Exited(-1),
+fn exit_status(status: ProgramExit) -> WitExit {
+    match status {
+        ProgramExit::Exited(code) => WitExit::Exited(code),
+        ProgramExit::Signaled(signal) => WitExit::Signaled(signal),
     }
 }
 
@@ -175,13 +213,26 @@ impl wit::Host for JobState {
         cmd: wit::Command,
         merge_stderr: bool,
     ) -> wasmtime::Result<Result<Resource<Child>, SpawnError>> {
-        match self.spawn_child(&cmd, merge_stderr) {
-            Ok(child) => Ok(Ok(self.table.push(child)?)),
-            Err(e) => {
-                tracing::warn!(unit = %self.unit, program = %cmd.program, error = ?e, "spawn refused");
-                Ok(Err(e))
-            }
-        }
+        let spawned = self.spawn_child(&cmd, merge_stderr).await;
+        self.push_child(&cmd.program, spawned)
+    }
+
+    async fn can_detach(&mut self) -> wasmtime::Result<bool> {
+        let supervisor = self
+            .contain
+            .containment
+            .as_ref()
+            .is_some_and(|c| c.supervisor().is_some());
+        Ok(supervisor && self.contain.files.is_some() && !self.contain.detached_started)
+    }
+
+    async fn spawn_detached(
+        &mut self,
+        cmd: wit::Command,
+        label: String,
+    ) -> wasmtime::Result<Result<Resource<Child>, SpawnError>> {
+        let spawned = self.spawn_detached_child(&cmd, &label).await;
+        self.push_child(&cmd.program, spawned)
     }
 }
 
@@ -237,15 +288,8 @@ impl wit::HostChild for JobState {
         if c.exit.borrow().is_none() {
             match sig {
                 // ansible-runner handles SIGTERM itself and stops its own children.
-                wit::Signal::Terminate => {
-                    if let Ok(pid) = i32::try_from(c.pid) {
-                        // SAFETY: kill(2) has no memory effects.
-                        unsafe {
-                            libc::kill(pid, libc::SIGTERM);
-                        }
-                    }
-                }
-                wit::Signal::Kill => kill_group(c.pid, libc::SIGKILL),
+                wit::Signal::Terminate => c.killer.terminate(),
+                wit::Signal::Kill => c.killer.kill(),
             }
         }
         Ok(())
@@ -258,5 +302,21 @@ impl wit::HostChild for JobState {
     async fn drop(&mut self, child: Resource<Child>) -> wasmtime::Result<()> {
         self.table.delete(child)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hostile_label_is_cleaned_and_bounded() {
+        assert_eq!(
+            printable_label("ansible-runner worker"),
+            "ansible-runner worker"
+        );
+        assert_eq!(printable_label("\u{1b}]0;pwned\u{7}x"), "]0;pwnedx");
+        assert_eq!(printable_label(&"a".repeat(10_000)).len(), MAX_LABEL);
+        assert_eq!(printable_label("\n\t"), "program");
     }
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use super::args::ArgPolicy;
 use super::builtin::GUEST_RUNNER;
 use super::component::{ComponentInfo, load_signed};
+use super::contain::ProgramLimits;
 use super::detect::{find_ansible_runner, resolve_program};
 use super::fds::{Budget, nofile_limit, per_job_budget};
 use super::policy::{Limits, Policy};
@@ -45,9 +46,17 @@ pub struct ActiveHandler {
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
     types: BTreeMap<String, Arc<ActiveHandler>>,
+    /// How the node contains its jobs' programs, for status.
+    containment: String,
 }
 
 impl Registry {
+    /// How the node contains its jobs' programs (`cgroup v1 (memory, pids) + cgroup v2
+    /// (kill)`, ...), as found when the registry was built.
+    pub fn containment(&self) -> &str {
+        &self.containment
+    }
+
     /// The handler of `work_type`, if offered.
     pub fn get(&self, work_type: &str) -> Option<Arc<ActiveHandler>> {
         self.types.get(work_type).cloned()
@@ -133,6 +142,7 @@ pub fn build(
     let path_env = node_env("PATH");
     let path_env = path_env.as_deref().map(OsStr::new);
     let mut built = Built::default();
+    built.registry.containment = host.containment().describe();
     if config.offers_default_ansible_runner() {
         let default = WorkTypeConfig {
             name: ANSIBLE_RUNNER_WORK_TYPE.to_owned(),
@@ -142,6 +152,7 @@ pub fn build(
                 descriptors: Some(budget.per_job),
                 ..Limits::default()
             },
+            program_limits: ProgramLimits::default(),
         };
         add(
             &mut built,
@@ -202,13 +213,16 @@ fn offer(
             let path = resolve_program(program, path_env).ok_or_else(|| {
                 format!("work type {name}: program {} not found", program.display())
             })?;
-            let mut policy = Policy::for_command(
-                name,
-                &path,
-                &work_type.env_pass,
-                node_env,
-                work_type.limits.clone(),
-            );
+            let mut policy = Policy {
+                program_limits: work_type.program_limits,
+                ..Policy::for_command(
+                    name,
+                    &path,
+                    &work_type.env_pass,
+                    node_env,
+                    work_type.limits.clone(),
+                )
+            };
             // The program runs with the configured params first; a submission (or a
             // component deployed over this work type) may add only what runtime params
             // and `args` allow.
@@ -241,6 +255,7 @@ fn offer(
                 path_env,
                 env_pass: &env_pass,
                 limits: work_type.limits.clone(),
+                program_limits: work_type.program_limits,
             };
             ansible_runner(builtin, name, &found, node_env)
         }
@@ -248,6 +263,7 @@ fn offer(
             let policy = Policy {
                 env: Vec::new(),
                 limits: work_type.limits.clone(),
+                program_limits: work_type.program_limits,
                 ..Policy::default()
             };
             let (handler, info) =
@@ -276,6 +292,8 @@ pub struct AnsibleRunnerSetup<'a> {
     pub env_pass: &'a [String],
     /// The jobs' limits.
     pub limits: Limits,
+    /// Limits on the programs they start.
+    pub program_limits: ProgramLimits,
 }
 
 /// The handler for work type `name` served by a working ansible-runner, if one is found.
@@ -290,8 +308,10 @@ pub fn ansible_runner(
 ) -> Result<ActiveHandler, String> {
     let runner = find_ansible_runner(setup.configured, setup.path_env)
         .map_err(|e| format!("work type {name}: {e}"))?;
-    let policy =
-        Policy::for_ansible_runner(&runner.path, setup.env_pass, node_env, setup.limits.clone());
+    let policy = Policy {
+        program_limits: setup.program_limits,
+        ..Policy::for_ansible_runner(&runner.path, setup.env_pass, node_env, setup.limits.clone())
+    };
     tracing::info!(work_type = %name, path = %runner.path.display(), version = %runner.version, "found ansible-runner");
     Ok(ActiveHandler {
         work_type: name.to_owned(),

@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -25,6 +25,9 @@ use wasmtime_wasi::p2::pipe::{AsyncReadStream, AsyncWriteStream};
 use super::bindings::WorkHandlerPre;
 use super::bindings::warren::worker::types::{Job as WitJob, Outcome as WitOutcome};
 use super::cache::Cache;
+use super::contain::detached::{Reattach, reattach};
+use super::contain::spawn::JobContain;
+use super::contain::{Breach, Containment, UnitFiles};
 use super::fds::FdLimit;
 use super::policy::Policy;
 use super::quota::{self, DiskLedger, DiskStop};
@@ -69,6 +72,9 @@ pub struct JobIo {
     pub payload: Box<dyn AsyncRead + Send + Unpin>,
     /// Where results go.
     pub results: Box<dyn AsyncWrite + Send + Unpin>,
+    /// The unit's files, for detached programs and the unit's `ExtraData`; `None` (embedded
+    /// tests, benches) means the job cannot detach.
+    pub files: Option<UnitFiles>,
 }
 
 /// How a job ended.
@@ -92,7 +98,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn failed(detail: impl Into<String>) -> Self {
+    pub(crate) fn failed(detail: impl Into<String>) -> Self {
         Self::Failed {
             detail: detail.into(),
             exit_code: None,
@@ -129,6 +135,8 @@ pub struct Host {
     cache: Cache,
     /// Counts compiles and cache hits (disabled unless [`Host::set_metrics`] was called).
     metrics: crate::metrics::Metrics,
+    /// How jobs' programs are contained.
+    containment: Arc<Containment>,
     /// The node's free-space floor in bytes, watched while jobs write; 0 is not watched.
     free_space_floor: u64,
     /// Stops the epoch ticker thread when the host is dropped.
@@ -186,12 +194,22 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 }
 
 impl Host {
-    /// A host caching compiled components in `cache_dir` (created with mode 0700); a
-    /// directory that another user could write to is not used (see [`super::cache`]).
+    /// A host caching compiled components in `cache_dir` (created with mode 0700; a
+    /// directory that another user could write to is not used, see [`super::cache`]),
+    /// containing programs as [`Containment::auto`] finds.
     ///
     /// # Errors
     /// [`HostError::Engine`] when the engine or linker cannot be built.
     pub fn new(cache_dir: &Path) -> Result<Self, HostError> {
+        Self::with_containment(cache_dir, Containment::auto())
+    }
+
+    /// A host caching compiled components in `cache_dir`, containing programs with
+    /// `containment`.
+    ///
+    /// # Errors
+    /// [`HostError::Engine`] when the engine or linker cannot be built.
+    pub fn with_containment(cache_dir: &Path, containment: Containment) -> Result<Self, HostError> {
         let mut config = Config::new();
         config.wasm_component_model(true).epoch_interruption(true);
         let engine = Engine::new(&config).map_err(|e| HostError::Engine(e.to_string()))?;
@@ -201,14 +219,36 @@ impl Host {
         add_worker_interfaces(&mut linker).map_err(|e| HostError::Engine(e.to_string()))?;
         super::guestfs::add_to_linker(&mut linker).map_err(|e| HostError::Engine(e.to_string()))?;
         let ticker = start_ticker(&engine);
+        for note in containment.notes() {
+            tracing::debug!("containment: {note}");
+        }
         Ok(Self {
             engine,
             linker,
             cache: Cache::open(cache_dir),
             metrics: crate::metrics::Metrics::default(),
+            containment: Arc::new(containment),
             free_space_floor: 0,
             _ticker: ticker,
         })
+    }
+
+    /// How this host contains jobs' programs.
+    pub fn containment(&self) -> &Containment {
+        &self.containment
+    }
+
+    /// Finds the detached job of a unit that was running when the node stopped; see
+    /// [`reattach`]. Call it once per such unit at startup, before new jobs start.
+    /// A job found running is killed with its containment if its wait is dropped before
+    /// it ended, unless this host's containment leaves detached jobs running.
+    pub fn reattach(&self, files: UnitFiles) -> Reattach {
+        match reattach(files) {
+            Reattach::Running(job) => {
+                Reattach::Running(Box::new((*job).with_containment(self.containment.clone())))
+            }
+            other => other,
+        }
     }
 
     /// Counts this host's component compiles and cache hits in `metrics`.
@@ -297,6 +337,8 @@ impl Host {
         let exceeded = capped.exceeded.clone();
         let payload = Box::new(AsyncReadStream::new(io.payload));
         let results = Box::new(AsyncWriteStream::new(RESULTS_WRITE_BUDGET, capped));
+        let contain = self.job_contain(&policy, io.files);
+        let breaches = contain.breaches().clone();
         let disk =
             (limits.disk).map(|q| DiskLedger::new(io.job_dir.clone(), q, self.free_space_floor));
         let state = match JobState::new(
@@ -307,7 +349,10 @@ impl Host {
             cancelled.clone(),
             disk.clone(),
         ) {
-            Ok(state) => state,
+            Ok(mut state) => {
+                state.contain = contain;
+                state
+            }
             Err(e) => return Outcome::failed(e.to_string()),
         };
         let mut store = Store::new(&self.engine, state);
@@ -344,7 +389,25 @@ impl Host {
             free_job_dir(&io.job_dir, &job.id, &stop).await;
             return Outcome::failed(stop.to_string());
         }
-        with_fd_note(outcome, fd_refusal)
+        with_breach(with_fd_note(outcome, fd_refusal), breaches.get())
+    }
+
+    fn job_contain(&self, policy: &Policy, files: Option<UnitFiles>) -> JobContain {
+        let limits = &policy.limits;
+        let deadline = SystemTime::now() + limits.deadline;
+        let deadline_ms = deadline.duration_since(UNIX_EPOCH).map_or(u64::MAX, |d| {
+            u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+        });
+        JobContain {
+            containment: Some(self.containment.clone()),
+            limits: policy.program_limits,
+            files,
+            deadline_ms,
+            deadline: limits.deadline,
+            cancel_grace: limits.cancel_grace,
+            output_bytes: limits.output_bytes,
+            ..JobContain::default()
+        }
     }
 }
 
@@ -401,6 +464,22 @@ fn with_fd_note(outcome: Outcome, refusal: Option<FdLimit>) -> Outcome {
             exit_code,
         },
         (outcome, _) => outcome,
+    }
+}
+
+/// A job whose programs broke a limit failed, whatever the handler made of their end; the
+/// detail names the limit first. A cancelled job stays cancelled.
+fn with_breach(outcome: Outcome, breach: Option<Breach>) -> Outcome {
+    let Some(breach) = breach else {
+        return outcome;
+    };
+    match outcome {
+        Outcome::Succeeded => Outcome::failed(breach.to_string()),
+        Outcome::Failed { detail, exit_code } => Outcome::Failed {
+            detail: format!("{breach}; {detail}"),
+            exit_code,
+        },
+        canceled @ Outcome::Canceled { .. } => canceled,
     }
 }
 

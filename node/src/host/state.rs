@@ -10,6 +10,7 @@ use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::p2::{DynInputStream, DynOutputStream};
 use wasmtime_wasi::{FsPerms, ResourceTable, WasiCtx, WasiCtxView, WasiView};
 
+use super::contain::spawn::JobContain;
 use super::fds::{FdLedger, resource_cap};
 use super::policy::Policy;
 use super::quota::DiskLedger;
@@ -43,6 +44,8 @@ pub struct JobState {
     pub(crate) results: Option<DynOutputStream>,
     /// Turns true when the job is cancelled.
     pub(crate) cancelled: watch::Receiver<bool>,
+    /// How the job's programs are contained (set by the runner).
+    pub(crate) contain: JobContain,
 }
 
 impl std::fmt::Debug for JobState {
@@ -111,6 +114,7 @@ impl JobState {
             payload: Some(payload),
             results: Some(results),
             cancelled,
+            contain: JobContain::default(),
         })
     }
 

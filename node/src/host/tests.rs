@@ -50,6 +50,7 @@ fn policy(programs: &[(&str, &str)], limits: Limits) -> Arc<Policy> {
         env_allow: BTreeSet::from(["ALLOWED".to_owned()]),
         args: BTreeMap::new(),
         limits,
+        program_limits: Default::default(),
     })
 }
 
@@ -95,6 +96,7 @@ async fn run_on(
         job_dir,
         payload: Box::new(std::io::Cursor::new(payload)),
         results: Box::new(results),
+        files: None,
     };
     let (tx, rx) = watch::channel(false);
     if let Some(after) = cancel {

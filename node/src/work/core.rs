@@ -592,6 +592,14 @@ impl Core {
         }
     }
 
+    /// A running unit's host recorded how its programs are contained (its `ExtraData`).
+    pub fn extra_data(&mut self, id: UnitId, value: serde_json::Value) {
+        if let Some(entry) = self.units.get_mut(&id) {
+            entry.status.extra_data = value;
+            self.persist(id);
+        }
+    }
+
     /// A locally run unit ended (or, after a restart, was found ended or gone).
     pub fn handler_ended(&mut self, now: Instant, id: UnitId, end: HandlerEnd) {
         if let Some(entry) = self.units.get_mut(&id) {

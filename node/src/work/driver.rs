@@ -153,6 +153,10 @@ pub(super) enum Command {
         id: UnitId,
         end: HandlerEnd,
     },
+    ExtraData {
+        id: UnitId,
+        value: serde_json::Value,
+    },
     RemoteCreated {
         id: UnitId,
         remote: UnitId,
@@ -228,7 +232,7 @@ impl Work {
     /// [`WorkError::Store`] when the store cannot be opened.
     pub fn open(setup: WorkSetup) -> Result<Self, WorkError> {
         let store = Arc::new(UnitStore::open(&setup.data_dir)?);
-        let units = store.list()?;
+        let units = with_detached_jobs(&store, &setup.node, store.list()?);
         let (commands, rx) = mpsc::unbounded_channel();
         let core_config = CoreConfig {
             max_running: setup.config.max_running,
@@ -485,6 +489,29 @@ impl Work {
         .await?
         .map(|_| ())
     }
+}
+
+/// Marks `Running` every unfinished local unit that has a detached job record, whatever its
+/// status file says: the job may have started before its `Running` status reached the disk
+/// (status writes are batched on the store thread), and a node killed in between must
+/// still re-attach it rather than leave it running unowned.
+fn with_detached_jobs(
+    store: &UnitStore,
+    me: &NodeId,
+    mut units: Vec<(UnitId, UnitStatus)>,
+) -> Vec<(UnitId, UnitStatus)> {
+    use crate::host::contain::record::{DETACHED_DIR, JOB_FILE};
+    for (id, status) in &mut units {
+        let unit_dir = store.stdin_path(*id).with_file_name(DETACHED_DIR);
+        if status.node == *me
+            && status.state == super::unit::UnitState::Pending
+            && unit_dir.join(JOB_FILE).is_file()
+        {
+            tracing::info!(unit = %id, "a detached job started before its status was written; re-attaching it");
+            status.state = super::unit::UnitState::Running;
+        }
+    }
+    units
 }
 
 /// Why a payload could not be stored.

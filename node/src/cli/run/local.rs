@@ -8,6 +8,7 @@ use tokio::sync::watch;
 
 use super::{Prepared, WORK_TYPE, receive, send_payload};
 use crate::ansible::process::ProcessOutcome;
+use crate::host::contain::ProgramLimits;
 use crate::host::policy::Limits;
 use crate::host::registry::{self, AnsibleRunnerSetup, Registry};
 use crate::host::runner::Host;
@@ -31,6 +32,7 @@ pub(super) async fn run_local(prepared: Prepared) -> anyhow::Result<ProcessOutco
         path_env: path_env.as_deref(),
         env_pass: &[],
         limits: Limits::default(),
+        program_limits: ProgramLimits::default(),
     };
     let env = |name: &str| std::env::var(name).ok();
     let active = registry::ansible_runner(&builtin, WORK_TYPE, &setup, &env)

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::host::contain::{Network, ProgramLimits};
 use crate::host::signing::SignerKey;
 
 use super::super::error::{ConfigError, Problem};
@@ -22,6 +23,16 @@ const MEMORY_MB: (u64, u64) = (1, 4_096);
 const DEADLINE_SECONDS: (u64, u64) = (1, 366 * 86_400);
 /// Allowed range of `output-mb`: up to a pebibyte.
 const OUTPUT_MB: (u64, u64) = (1, 1 << 30);
+/// Allowed range of `program-memory-mb`: enough to exec a program, up to a pebibyte.
+const PROGRAM_MEMORY_MB: (u64, u64) = (16, 1 << 30);
+/// Allowed range of `program-pids`: a program and a few children, up to the kernel's
+/// largest pid count.
+const PROGRAM_PIDS: (u64, u64) = (4, 1 << 22);
+/// Allowed range of `program-open-files`: stdio and a few more, up to the kernel's
+/// `nr_open` ceiling.
+const PROGRAM_OPEN_FILES: (u64, u64) = (16, 1 << 30);
+/// Allowed range of `program-file-size-mb`: up to a pebibyte.
+const PROGRAM_FILE_SIZE_MB: (u64, u64) = (1, 1 << 30);
 /// Allowed range of `descriptors`: from what guest-runner needs to far past any limit.
 const DESCRIPTORS: (u64, u64) = (crate::host::fds::MIN_PER_JOB as u64, 1 << 20);
 /// Allowed range of `disk-mb`: up to a pebibyte.
@@ -43,6 +54,11 @@ pub(super) struct WorkTypeSection {
     memory_mb: Option<Spanned<u64>>,
     deadline_seconds: Option<Spanned<u64>>,
     output_mb: Option<Spanned<u64>>,
+    program_memory_mb: Option<Spanned<u64>>,
+    program_pids: Option<Spanned<u64>>,
+    program_open_files: Option<Spanned<u64>>,
+    program_file_size_mb: Option<Spanned<u64>>,
+    network: Option<Spanned<String>>,
     descriptors: Option<Spanned<u64>>,
     disk_mb: Option<Spanned<u64>>,
     disk_inodes: Option<Spanned<u64>>,
@@ -53,7 +69,7 @@ pub(super) struct WorkTypeSection {
 
 impl WorkTypeSection {
     /// The handler-specific keys that were given, with where they were written.
-    fn handler_keys(&self) -> [(&'static str, Option<Range<usize>>); 6] {
+    fn handler_keys(&self) -> [(&'static str, Option<Range<usize>>); 7] {
         [
             ("program", self.program.as_ref().map(Spanned::span)),
             ("params", self.params.as_ref().map(Spanned::span)),
@@ -64,6 +80,7 @@ impl WorkTypeSection {
             ("args", self.args.as_ref().map(Spanned::span)),
             ("component", self.component.as_ref().map(Spanned::span)),
             ("signature", self.signature.as_ref().map(Spanned::span)),
+            ("network", self.network.as_ref().map(Spanned::span)),
         ]
     }
 }
@@ -120,6 +137,53 @@ impl Decoder<'_> {
             handler,
             env_pass: self.env_names(&entry.env, &format!("{key} env"))?,
             limits,
+            program_limits: self.program_limits(entry, &key)?,
+        })
+    }
+
+    /// The `program-*` and `network` keys, each defaulting to [`ProgramLimits::default`].
+    fn program_limits(
+        &self,
+        entry: &WorkTypeSection,
+        key: &str,
+    ) -> Result<ProgramLimits, ConfigError> {
+        let defaults = ProgramLimits::default();
+        let get = |value: &Option<Spanned<u64>>, name: &str, range| {
+            self.bounded(value.as_ref(), &format!("{key} {name}"), range)
+        };
+        let memory = get(
+            &entry.program_memory_mb,
+            "program-memory-mb",
+            PROGRAM_MEMORY_MB,
+        )?;
+        let pids = get(&entry.program_pids, "program-pids", PROGRAM_PIDS)?;
+        let files = get(
+            &entry.program_open_files,
+            "program-open-files",
+            PROGRAM_OPEN_FILES,
+        )?;
+        let size = get(
+            &entry.program_file_size_mb,
+            "program-file-size-mb",
+            PROGRAM_FILE_SIZE_MB,
+        )?;
+        let network = match &entry.network {
+            None => defaults.network,
+            Some(value) => self.parse(value, &format!("{key} network"), |s| match s {
+                "host" => Ok(Network::Host),
+                "none" => Ok(Network::None),
+                _ => Err(Problem::UnknownChoice {
+                    value: s.into(),
+                    accepted: "host, none",
+                }),
+            })?,
+        };
+        Ok(ProgramLimits {
+            memory_bytes: memory.map_or(defaults.memory_bytes, |mb| mb << 20),
+            pids: pids.unwrap_or(defaults.pids),
+            open_files: files.unwrap_or(defaults.open_files),
+            file_size_bytes: size.map_or(defaults.file_size_bytes, |mb| mb << 20),
+            network,
         })
     }
 
@@ -162,7 +226,13 @@ impl Decoder<'_> {
                 },
             )?;
         let allowed: &[&str] = match handler {
-            "command" => &["program", "params", "allow-runtime-params", "args"],
+            "command" => &[
+                "program",
+                "params",
+                "allow-runtime-params",
+                "args",
+                "network",
+            ],
             "component" => &["component", "signature"],
             _ => &[],
         };

@@ -310,3 +310,61 @@ fn command_from_a_flag_value() {
         Err(Problem::QuotedParams { .. })
     ));
 }
+
+#[test]
+fn program_limits_and_network_come_from_the_work_type() {
+    let types = work_types(
+        "[[work-type]]\nname = \"c\"\nhandler = \"command\"\nprogram = \"/bin/cat\"\n\
+         program-memory-mb = 64\nprogram-pids = 10\nprogram-open-files = 100\n\
+         program-file-size-mb = 2\nnetwork = \"none\"\n\
+         [[work-type]]\nname = \"d\"\nhandler = \"command\"\nprogram = \"/bin/cat\"\n",
+    );
+    let limits = types[0].program_limits;
+    assert_eq!(
+        (
+            limits.memory_bytes,
+            limits.pids,
+            limits.open_files,
+            limits.file_size_bytes
+        ),
+        (64 << 20, 10, 100, 2 << 20)
+    );
+    assert_eq!(limits.network, crate::host::contain::Network::None);
+    assert_eq!(
+        types[1].program_limits,
+        crate::host::contain::ProgramLimits::default()
+    );
+}
+
+#[test]
+fn bad_program_limits_and_network_are_refused_by_name() {
+    let cases = [
+        (
+            "[[work-type]]\nname = \"c\"\nhandler = \"command\"\nprogram = \"x\"\nnetwork = \"off\"\n",
+            "[[work-type]] #1 network: \"off\" is not one of: host, none",
+        ),
+        (
+            "[[work-type]]\nname = \"c\"\nhandler = \"ansible-runner\"\nnetwork = \"none\"\n",
+            "[[work-type]] #1 network: `network` does not apply to handler \"ansible-runner\"",
+        ),
+        (
+            "[[work-type]]\nname = \"c\"\nhandler = \"command\"\nprogram = \"x\"\nprogram-pids = 1\n",
+            "[[work-type]] #1 program-pids: 1 is not between 4 and",
+        ),
+        (
+            "[[work-type]]\nname = \"c\"\nhandler = \"command\"\nprogram = \"x\"\n\
+             program-memory-mb = 0\n",
+            "[[work-type]] #1 program-memory-mb: 0 is not between 16 and",
+        ),
+        (
+            "[work]\ncontainment = \"jail\"\n",
+            "[work] containment: \"jail\" is not one of: auto, cgroup, subreaper",
+        ),
+    ];
+    for (extra, expected) in cases {
+        let err = error_of(&minimal(extra));
+        assert!(err.contains(expected), "{extra}\n{err}");
+    }
+    let config = load_text(&minimal("[work]\ncontainment = \"subreaper\"\n")).unwrap();
+    assert_eq!(config.work.containment, ContainMode::Subreaper);
+}

@@ -93,7 +93,8 @@ impl From<&UnitStatus> for UnitStatusReply {
     }
 }
 
-/// Receptor's per-type `ExtraData`: Warren reports the component that runs the unit and,
+/// Receptor's per-type `ExtraData`: Warren reports the component that runs the unit, the
+/// containment of the programs it started (`Containment`, as the host recorded it), and,
 /// for a unit mirrored from another node, where it runs (Receptor's remote units carry
 /// `RemoteNode` and `RemoteUnitID` the same way), and which node submitted it.
 fn extra_data(status: &UnitStatus) -> serde_json::Value {
@@ -103,6 +104,9 @@ fn extra_data(status: &UnitStatus) -> serde_json::Value {
         let component =
             serde_json::json!({"Name": c.name, "Version": c.version, "Sha256": c.sha256});
         extra.insert("Component".into(), component);
+    }
+    if let Some(containment) = status.extra_data.get("Containment") {
+        extra.insert("Containment".into(), containment.clone());
     }
     if let Some(remote) = &status.remote_unit_id {
         extra.insert("RemoteNode".into(), status.node.to_string().into());

@@ -417,3 +417,51 @@ fn draining_refuses_new_local_units_holds_the_queue_and_ends_when_running_units_
     assert_eq!(state(&core, 2), UnitState::Pending);
     assert!(core.is_drained());
 }
+
+/// A unit the node left `Running`, recovered: the core asks to re-attach it.
+fn reattached(now: Instant) -> Core {
+    let mut status = UnitStatus::new("cat", BTreeMap::new(), node("ctl"), node("me"), WALL);
+    status.state = UnitState::Running;
+    status.payload_size = Some(3);
+    let mut core = core(2);
+    core.recover(now, WALL, vec![(id(1), status)]);
+    assert_eq!(actions(&mut core), vec![Action::Reattach { id: id(1) }]);
+    core
+}
+
+#[test]
+fn a_reattached_unit_records_its_containment_and_is_stopped_by_a_cancel() {
+    let now = Instant::now();
+    let mut core = reattached(now);
+    let value = serde_json::json!({"Containment": {"Detached": true}});
+    core.extra_data(id(1), value.clone());
+    let written = actions(&mut core);
+    assert!(
+        matches!(&written[..], [Action::WriteStatus { status, .. }] if status.extra_data == value),
+        "{written:?}"
+    );
+    core.cancel(now, id(1), &Requester::Operator, Ticket(9))
+        .unwrap();
+    assert_eq!(actions(&mut core), vec![Action::Stop { id: id(1) }]);
+    ended(&mut core, now, 1, UnitState::Canceled);
+    assert_eq!(state(&core, 1), UnitState::Canceled);
+    assert_eq!(core.running(), 0);
+}
+
+#[test]
+fn a_reattached_unit_force_released_is_stopped_before_its_files_go() {
+    let now = Instant::now();
+    let mut core = reattached(now);
+    core.release(now, id(1), true, &Requester::Operator, Ticket(9))
+        .unwrap();
+    let acts = actions(&mut core);
+    let stop = acts.iter().position(|a| *a == Action::Stop { id: id(1) });
+    let drop = acts
+        .iter()
+        .position(|a| *a == Action::DropUnit { id: id(1) });
+    assert!(
+        matches!((stop, drop), (Some(s), Some(d)) if s < d),
+        "{acts:?}"
+    );
+    assert_eq!(core.running(), 0);
+}

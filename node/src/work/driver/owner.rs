@@ -175,6 +175,7 @@ impl Owner {
             Command::HandlerStarted { id, component } => {
                 self.core.handler_started(id, component);
             }
+            Command::ExtraData { id, value } => self.core.extra_data(id, value),
             Command::HandlerEnded { id, end } => {
                 self.stops.remove(&id);
                 self.core.handler_ended(now, id, end);
@@ -361,7 +362,11 @@ impl Owner {
             }
             Action::Start { id } => self.start(id),
             Action::Reattach { id } => {
-                let task = tokio::spawn(tasks::reattach(self.ctx.clone(), id));
+                let (stop, stopped) = watch::channel(false);
+                self.stops.insert(id, stop);
+                let progress = self.progress_of(id).clone();
+                let run = tasks::reattach(self.ctx.clone(), id, stopped, progress);
+                let task = tokio::spawn(run);
                 self.tasks.entry(id).or_default().push(task);
             }
             Action::Stop { id } => {

@@ -3,6 +3,7 @@
 //! release. Each reports its outcome to the owner as a [`Command`].
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
@@ -11,6 +12,8 @@ use tokio::sync::{mpsc, watch};
 
 use super::Command;
 use super::results::{Progress, ResultsSink, failure_of};
+use crate::host::contain::UnitFiles;
+use crate::host::contain::detached::Reattach;
 use crate::host::registry::{ActiveHandler, COMMAND_HANDLER};
 use crate::host::runner::{Host, Job, JobIo, Outcome};
 use crate::id::NodeId;
@@ -39,6 +42,36 @@ pub(super) struct TaskCtx {
 impl TaskCtx {
     fn report(&self, command: Command) {
         let _ = self.commands.send(command);
+    }
+
+    /// The unit's files for the host: a detached program reads its payload and appends to
+    /// its results directly (growth announced to the unit's followers through `progress`),
+    /// and the host's record of the programs' containment becomes the unit's `ExtraData`
+    /// through the owner (the core owns the status; the store thread writes it).
+    fn unit_files(&self, id: UnitId, progress: watch::Sender<Progress>) -> UnitFiles {
+        let payload = self.store.stdin_path(id);
+        let results = self.store.stdout_path(id);
+        let commands = self.commands.clone();
+        let watched = results.clone();
+        UnitFiles {
+            dir: payload.parent().map(PathBuf::from).unwrap_or_default(),
+            payload,
+            results,
+            on_output: Arc::new(move || {
+                // A stat per announced write: the size is what followers and status show.
+                if let Ok(meta) = std::fs::metadata(&watched) {
+                    let size = meta.len();
+                    progress.send_if_modified(|p| {
+                        let grown = size > p.size;
+                        p.size = p.size.max(size);
+                        grown
+                    });
+                }
+            }),
+            on_extra_data: Arc::new(move |value| {
+                let _ = commands.send(Command::ExtraData { id, value });
+            }),
+        }
     }
 
     fn ended(&self, id: UnitId, state: UnitState, detail: String) {
@@ -80,7 +113,7 @@ pub(super) async fn run_handler(
     tracing::info!(unit = %id, work_type = %status.work_type, component = %info.name, version = %info.version, "unit started");
     let started = std::time::Instant::now();
     ctx.metrics.unit_started(&status.work_type);
-    let (io, failure) = match open_io(&ctx.store, id, progress).await {
+    let (io, failure) = match open_io(&ctx, id, progress).await {
         Ok(io) => io,
         Err(detail) => return ctx.ended(id, UnitState::Failed, detail),
     };
@@ -94,24 +127,18 @@ pub(super) async fn run_handler(
         .host
         .run(&active.handler, active.policy.clone(), job, io, stopped)
         .await;
-    let (state, detail) = match (outcome, failure_of(&failure)) {
-        // A results file that could not be written is a failed unit, whatever the handler
-        // thought of it: its output is not all there.
-        (Outcome::Canceled { detail }, _) => (UnitState::Canceled, detail),
-        (_, Some(error)) => (UnitState::Failed, format!("writing results: {error}")),
-        (Outcome::Succeeded, None) => (UnitState::Succeeded, "exit status 0".to_owned()),
-        (Outcome::Failed { detail, .. }, None) => (UnitState::Failed, detail),
-    };
+    let (state, detail) = end_of(outcome, failure_of(&failure));
     (ctx.metrics).unit_finished(&status.work_type, state, started.elapsed());
     ctx.ended(id, state, detail);
 }
 
 async fn open_io(
-    store: &UnitStore,
+    ctx: &TaskCtx,
     id: UnitId,
     progress: watch::Sender<Progress>,
 ) -> Result<(JobIo, super::results::WriteFailure), String> {
     use std::os::unix::fs::DirBuilderExt;
+    let store = &ctx.store;
     let job_dir = store.job_dir(id);
     std::fs::DirBuilder::new()
         .mode(0o700)
@@ -123,6 +150,7 @@ async fn open_io(
         .await
         .map_err(|e| format!("{}: {e}", stdin.display()))?;
     let stdout = store.stdout_path(id);
+    let files = ctx.unit_files(id, progress.clone());
     let (sink, failure) = ResultsSink::open(&stdout, progress)
         .await
         .map_err(|e| format!("{}: {e}", stdout.display()))?;
@@ -131,6 +159,7 @@ async fn open_io(
             job_dir,
             payload: Box::new(payload),
             results: Box::new(sink),
+            files: Some(files),
         },
         failure,
     ))
@@ -157,11 +186,52 @@ fn job_params(
     params
 }
 
-/// A unit that was running when the node stopped. Jobs do not survive their node yet:
-/// report it ended.
-pub(super) async fn reattach(ctx: TaskCtx, id: UnitId) {
-    tracing::warn!(unit = %id, "unit was running when the node stopped; marked failed");
-    ctx.ended(id, UnitState::Failed, not_reattached().to_owned());
+/// A unit that was running when the node stopped: its detached job is found again through
+/// the host's job record and finished (its output keeps going to the unit's results, where
+/// followers read it from wherever they are; a cancel or a release stops it); a job that
+/// ended while the node was down reports its recorded exit; with no record the unit fails
+/// and says why.
+pub(super) async fn reattach(
+    ctx: TaskCtx,
+    id: UnitId,
+    stopped: watch::Receiver<bool>,
+    progress: watch::Sender<Progress>,
+) {
+    let files = ctx.unit_files(id, progress);
+    // What was written while the node was down counts before anyone follows.
+    (files.on_output)();
+    let host = ctx.host.clone();
+    // Reads the job's record and /proc: small, but file IO, so off the async workers.
+    let found = tokio::task::spawn_blocking(move || host.reattach(files)).await;
+    let outcome = match found {
+        Ok(Reattach::Running(job)) => {
+            tracing::info!(unit = %id, supervisor = ?job.record().supervisor, "re-attached a running job");
+            job.finish(stopped).await
+        }
+        Ok(Reattach::Ended { outcome, exit }) => {
+            tracing::info!(unit = %id, status = ?exit.status, "job ended while the node was down");
+            outcome
+        }
+        Ok(Reattach::Gone { detail }) => {
+            tracing::warn!(unit = %id, %detail, "unit was running when the node stopped; cannot re-attach");
+            Outcome::failed(format!("{}: {detail}", not_reattached()))
+        }
+        Err(e) => Outcome::failed(format!("{}: {e}", not_reattached())),
+    };
+    let (state, detail) = end_of(outcome, None);
+    ctx.ended(id, state, detail);
+}
+
+/// The unit's end from its handler's outcome and the first results write error, if any.
+fn end_of(outcome: Outcome, write_error: Option<String>) -> (UnitState, String) {
+    match (outcome, write_error) {
+        // A results file that could not be written is a failed unit, whatever the handler
+        // thought of it: its output is not all there.
+        (Outcome::Canceled { detail }, _) => (UnitState::Canceled, detail),
+        (_, Some(error)) => (UnitState::Failed, format!("writing results: {error}")),
+        (Outcome::Succeeded, None) => (UnitState::Succeeded, "exit status 0".to_owned()),
+        (Outcome::Failed { detail, .. }, None) => (UnitState::Failed, detail),
+    }
 }
 
 /// Submits a remote unit's stored payload to its node, retrying while the node cannot be

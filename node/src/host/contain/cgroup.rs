@@ -1,0 +1,571 @@
+//! Job cgroups: finding where the node may create them (v2 where it can, the v1 `memory`,
+//! `pids` and `freezer` controllers where that is what the kernel offers, both on hybrid
+//! machines), and per program one cgroup per hierarchy with its limits, a kill of the whole
+//! group, its breach counters and its removal.
+//!
+//! Job cgroups live under a `warren` directory inside the node's own cgroup in each
+//! hierarchy, so a node confined by its service manager keeps its jobs inside that
+//! confinement. Blocking `std::fs` IO on cgroupfs (microseconds); callers on the async
+//! runtime keep it short.
+
+use std::fs;
+use std::io::{self, Write as _};
+use std::os::fd::{AsRawFd as _, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use super::detect::OwnCgroups;
+use super::limits::ProgramLimits;
+use super::setup::{ChildSetup, MAX_CGROUP_FDS};
+
+/// The directory job cgroups are created in, inside the node's own cgroup.
+const PARENT: &str = "warren";
+
+/// How long removal of a killed group's directories is retried while its processes exit
+/// (SIGKILLed processes exit in microseconds; one stuck in the kernel can take longer).
+const REMOVE_RETRY: Duration = Duration::from_secs(10);
+
+/// Where job cgroups go, found once at start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Roots {
+    /// The v2 parent directory, with which limits v2 enforces there.
+    pub(crate) v2: Option<V2Root>,
+    /// The v1 `memory` hierarchy's parent directory (used when v2 has no memory controller).
+    pub(crate) memory: Option<PathBuf>,
+    /// The v1 `pids` hierarchy's parent directory (used when v2 has no pids controller).
+    pub(crate) pids: Option<PathBuf>,
+    /// The v1 `freezer` hierarchy's parent directory (used to kill when v2 cannot).
+    pub(crate) freezer: Option<PathBuf>,
+}
+
+/// The v2 parent directory and what it can do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct V2Root {
+    /// `<own v2 cgroup>/warren`.
+    pub(crate) dir: PathBuf,
+    /// Whether job cgroups get the memory controller.
+    pub(crate) memory: bool,
+    /// Whether job cgroups get the pids controller.
+    pub(crate) pids: bool,
+    /// Whether job cgroups have `cgroup.kill` (Linux 5.14+).
+    pub(crate) kill: bool,
+}
+
+impl Roots {
+    /// Whether anything usable was found: a v2 parent, or a v1 hierarchy that can kill (or
+    /// at least list) the group.
+    pub(crate) fn is_usable(&self) -> bool {
+        self.v2.is_some() || self.memory.is_some() || self.pids.is_some() || self.freezer.is_some()
+    }
+
+    /// Whether memory is bounded per group.
+    pub(crate) fn bounds_memory(&self) -> bool {
+        self.v2.as_ref().is_some_and(|v| v.memory) || self.memory.is_some()
+    }
+
+    /// Whether processes are bounded per group.
+    pub(crate) fn bounds_pids(&self) -> bool {
+        self.v2.as_ref().is_some_and(|v| v.pids) || self.pids.is_some()
+    }
+
+    /// For status: `cgroup v2 (memory, pids, kill)`, `cgroup v1 (memory, pids, freezer) +
+    /// cgroup v2 (kill)`, ...
+    pub(crate) fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        let v1: Vec<&str> = [
+            ("memory", &self.memory),
+            ("pids", &self.pids),
+            ("freezer", &self.freezer),
+        ]
+        .into_iter()
+        .filter(|(_, dir)| dir.is_some())
+        .map(|(name, _)| name)
+        .collect();
+        if !v1.is_empty() {
+            parts.push(format!("cgroup v1 ({})", v1.join(", ")));
+        }
+        if let Some(v2) = &self.v2 {
+            let features: Vec<&str> = [("memory", v2.memory), ("pids", v2.pids), ("kill", v2.kill)]
+                .into_iter()
+                .filter(|(_, on)| *on)
+                .map(|(name, _)| name)
+                .collect();
+            let features = if features.is_empty() {
+                "membership".to_owned()
+            } else {
+                features.join(", ")
+            };
+            parts.push(format!("cgroup v2 ({features})"));
+        }
+        parts.join(" + ")
+    }
+}
+
+/// Probes `own` for where job cgroups can be created. Every failure only drops that
+/// hierarchy; the reasons are returned for the log.
+pub(crate) fn probe(own: &OwnCgroups) -> (Roots, Vec<String>) {
+    let mut roots = Roots::default();
+    let mut notes = Vec::new();
+    if let Some(dir) = &own.v2 {
+        match probe_v2(dir) {
+            Ok(root) => roots.v2 = Some(root),
+            Err(e) => notes.push(format!("cgroup v2 at {}: {e}", dir.display())),
+        }
+    }
+    let v2_memory = roots.v2.as_ref().is_some_and(|v| v.memory);
+    let v2_pids = roots.v2.as_ref().is_some_and(|v| v.pids);
+    let v2_kill = roots.v2.as_ref().is_some_and(|v| v.kill);
+    for (controller, dir) in &own.v1 {
+        let slot = match *controller {
+            "memory" if !v2_memory => &mut roots.memory,
+            "pids" if !v2_pids => &mut roots.pids,
+            "freezer" if !v2_kill => &mut roots.freezer,
+            _ => continue,
+        };
+        match probe_dir(&dir.join(PARENT)) {
+            Ok(()) => *slot = Some(dir.join(PARENT)),
+            Err(e) => notes.push(format!("cgroup v1 {controller} at {}: {e}", dir.display())),
+        }
+    }
+    (roots, notes)
+}
+
+/// Checks a job cgroup can be made and removed under `dir` (created for the check and
+/// removed again when empty: jobs recreate it, and an empty directory left behind would
+/// keep whoever manages the node's own cgroup from removing that).
+fn probe_dir(dir: &Path) -> io::Result<()> {
+    let probe = make(dir, &format!("probe-{}", std::process::id()), &[])?;
+    fs::remove_dir(&probe)?;
+    let _ = fs::remove_dir(dir);
+    Ok(())
+}
+
+fn create_dir(dir: &Path) -> io::Result<()> {
+    match fs::create_dir(dir) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Sets up `<own>/warren` in the v2 hierarchy with the memory and pids controllers where
+/// the kernel lets this node delegate them.
+fn probe_v2(own: &Path) -> io::Result<V2Root> {
+    let available = fs::read_to_string(own.join("cgroup.controllers"))?;
+    let wanted: Vec<&str> = ["memory", "pids"]
+        .into_iter()
+        .filter(|c| available.split_whitespace().any(|a| a == *c))
+        .collect();
+    // A non-root v2 cgroup with processes in it cannot hand controllers to children ("no
+    // internal processes"); then job cgroups get membership and kill only.
+    let mut enabled = Vec::new();
+    for controller in wanted {
+        if write(
+            &own.join("cgroup.subtree_control"),
+            &format!("+{controller}"),
+        )
+        .is_ok()
+        {
+            enabled.push(controller);
+        }
+    }
+    let dir = own.join(PARENT);
+    let probe = make(&dir, &format!("probe-{}", std::process::id()), &enabled)?;
+    let delegated = fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
+    let has = |c: &str| delegated.split_whitespace().any(|d| d == c);
+    let kill = probe.join("cgroup.kill").exists();
+    fs::remove_dir(&probe)?;
+    let _ = fs::remove_dir(&dir);
+    Ok(V2Root {
+        memory: has("memory"),
+        pids: has("pids"),
+        dir,
+        kill,
+    })
+}
+
+fn write(path: &Path, value: &str) -> io::Result<()> {
+    let mut file = fs::OpenOptions::new().write(true).open(path)?;
+    file.write_all(value.as_bytes())
+}
+
+/// A limit hit by a program's cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hit {
+    /// The kernel killed a process for exceeding the memory limit.
+    Memory,
+    /// A fork failed at the pids limit.
+    Pids,
+}
+
+/// One program's cgroups: one directory per hierarchy in use, removed on drop.
+#[derive(Debug)]
+pub(crate) struct JobCgroup {
+    /// The v2 directory, and whether it has `cgroup.kill` and memory/pids files.
+    v2: Option<(PathBuf, V2Root)>,
+    /// The v1 memory directory.
+    memory: Option<PathBuf>,
+    /// The v1 pids directory.
+    pids: Option<PathBuf>,
+    /// The v1 freezer directory.
+    freezer: Option<PathBuf>,
+    /// Set once removed, so drop does nothing more.
+    removed: AtomicBool,
+}
+
+impl JobCgroup {
+    /// Creates the cgroups `name` under `roots` with `limits`.
+    ///
+    /// # Errors
+    /// The first directory or limit file that could not be written (what was created is
+    /// removed again).
+    pub(crate) fn create(roots: &Roots, name: &str, limits: &ProgramLimits) -> io::Result<Self> {
+        let mut cgroup = Self {
+            v2: None,
+            memory: None,
+            pids: None,
+            freezer: None,
+            removed: AtomicBool::new(false),
+        };
+        if let Some(root) = &roots.v2 {
+            let controllers: Vec<&str> = [("memory", root.memory), ("pids", root.pids)]
+                .into_iter()
+                .filter_map(|(c, on)| on.then_some(c))
+                .collect();
+            cgroup.v2 = Some((make(&root.dir, name, &controllers)?, root.clone()));
+        }
+        for (root, slot) in [
+            (&roots.memory, &mut cgroup.memory),
+            (&roots.pids, &mut cgroup.pids),
+            (&roots.freezer, &mut cgroup.freezer),
+        ] {
+            if let Some(root) = root {
+                *slot = Some(make(root, name, &[])?);
+            }
+        }
+        cgroup.set_limits(limits)?;
+        Ok(cgroup)
+    }
+
+    fn set_limits(&self, limits: &ProgramLimits) -> io::Result<()> {
+        let memory = limits.memory_bytes.to_string();
+        let pids = limits.pids.to_string();
+        if let Some((dir, root)) = &self.v2 {
+            if root.memory {
+                write(&dir.join("memory.max"), &memory)?;
+                // One OOM kill takes the whole program tree, as a failed job should end.
+                write(&dir.join("memory.oom.group"), "1")?;
+            }
+            if root.pids {
+                write(&dir.join("pids.max"), &pids)?;
+            }
+        }
+        if let Some(dir) = &self.memory {
+            write(&dir.join("memory.limit_in_bytes"), &memory)?;
+            // Memory plus swap too, where swap accounting is on; otherwise a job could
+            // swap its way past the limit.
+            let memsw = dir.join("memory.memsw.limit_in_bytes");
+            if memsw.exists() {
+                write(&memsw, &memory)?;
+            }
+        }
+        if let Some(dir) = &self.pids {
+            write(&dir.join("pids.max"), &pids)?;
+        }
+        Ok(())
+    }
+
+    /// Where the program's cgroups are, for records and `ExtraData`.
+    pub(crate) fn paths(&self) -> Vec<PathBuf> {
+        let v2 = self.v2.as_ref().map(|(d, _)| d);
+        v2.into_iter()
+            .chain(&self.memory)
+            .chain(&self.pids)
+            .chain(&self.freezer)
+            .cloned()
+            .collect()
+    }
+
+    /// Opens every `cgroup.procs` and puts their descriptors into `setup`, so the program's
+    /// process joins before it runs any code of its own. The descriptors must outlive the
+    /// spawn.
+    ///
+    /// # Errors
+    /// A `cgroup.procs` that cannot be opened.
+    pub(crate) fn join_on_exec(&self, setup: &mut ChildSetup) -> io::Result<Vec<OwnedFd>> {
+        let mut fds = Vec::new();
+        for dir in self.paths().iter().take(MAX_CGROUP_FDS) {
+            let file = fs::OpenOptions::new()
+                .write(true)
+                .open(dir.join("cgroup.procs"))?;
+            let fd = OwnedFd::from(file);
+            setup.procs[fds.len()] = fd.as_raw_fd();
+            fds.push(fd);
+        }
+        setup.procs_len = fds.len();
+        Ok(fds)
+    }
+
+    /// Kills every process in the group: `cgroup.kill` where v2 has it, else freeze, kill
+    /// each listed process, thaw, until the group is empty (so a fork cannot slip through).
+    pub(crate) fn kill(&self) {
+        if let Some((dir, root)) = &self.v2
+            && root.kill
+            && write(&dir.join("cgroup.kill"), "1").is_ok()
+        {
+            return;
+        }
+        let freezer = self.freezer.as_ref();
+        for _ in 0..100 {
+            if let Some(dir) = freezer {
+                let _ = write(&dir.join("freezer.state"), "FROZEN");
+            }
+            let pids = self.pids_listed();
+            for pid in &pids {
+                // SAFETY: kill(2) has no memory effects; the pid is in our job's cgroup.
+                unsafe { libc::kill(*pid, libc::SIGKILL) };
+            }
+            if let Some(dir) = freezer {
+                let _ = write(&dir.join("freezer.state"), "THAWED");
+            }
+            if pids.is_empty() {
+                return;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    /// Every process listed in any of the group's hierarchies.
+    fn pids_listed(&self) -> Vec<i32> {
+        let mut pids: Vec<i32> = self
+            .paths()
+            .iter()
+            .filter_map(|dir| fs::read_to_string(dir.join("cgroup.procs")).ok())
+            .flat_map(|text| {
+                text.split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
+    /// Whether no process is left in the group.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.pids_listed().is_empty()
+    }
+
+    /// Which limit the group hit, if any: an OOM kill (v2 `memory.events`, v1
+    /// `memory.oom_control`) or a fork refused at the pids limit (`pids.events`).
+    pub(crate) fn hit(&self) -> Option<Hit> {
+        let counter = |file: PathBuf, key: &str| -> u64 {
+            let text = fs::read_to_string(file).unwrap_or_default();
+            text.lines()
+                .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let v2 = self.v2.as_ref();
+        let oom = match (v2.filter(|(_, r)| r.memory), &self.memory) {
+            (Some((dir, _)), _) => counter(dir.join("memory.events"), "oom_kill "),
+            (None, Some(dir)) => counter(dir.join("memory.oom_control"), "oom_kill "),
+            (None, None) => 0,
+        };
+        if oom > 0 {
+            return Some(Hit::Memory);
+        }
+        let max = match (v2.filter(|(_, r)| r.pids), &self.pids) {
+            (Some((dir, _)), _) => counter(dir.join("pids.events"), "max "),
+            (None, Some(dir)) => counter(dir.join("pids.events"), "max "),
+            (None, None) => 0,
+        };
+        (max > 0).then_some(Hit::Pids)
+    }
+
+    /// Kills what is left and removes the directories (and the `warren` parents when no
+    /// other job uses them). Never blocks: a group still emptying after the kill is removed
+    /// by a background thread that retries for a while.
+    pub(crate) fn remove(&self) {
+        if self.removed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let dirs = self.paths();
+        if !self.is_empty() {
+            self.kill();
+        }
+        if remove_dirs(&dirs) {
+            return;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("warren-cgroup-rm".into())
+            .spawn(move || {
+                let start = Instant::now();
+                while start.elapsed() < REMOVE_RETRY {
+                    std::thread::sleep(Duration::from_millis(2));
+                    if remove_dirs(&dirs) {
+                        return;
+                    }
+                }
+                tracing::warn!(cgroups = ?dirs, "job cgroups still busy; left in place");
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start a thread to remove job cgroups");
+        }
+    }
+}
+
+impl Drop for JobCgroup {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// Removes each existing directory and then tries its parent; true when none is left.
+fn remove_dirs(dirs: &[PathBuf]) -> bool {
+    let mut all = true;
+    for dir in dirs {
+        match fs::remove_dir(dir) {
+            Ok(()) => {
+                // Fails while another job's cgroup is in it, which is fine.
+                if let Some(parent) = dir.parent() {
+                    let _ = fs::remove_dir(parent);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(_) => all = false,
+        }
+    }
+    all
+}
+
+/// Creates `<root>/<name>`, (re)creating `root` (the `warren` parent, which the last job
+/// to finish removes) and handing it the v2 `controllers`.
+fn make(root: &Path, name: &str, controllers: &[&str]) -> io::Result<PathBuf> {
+    let dir = root.join(name);
+    for _ in 0..3 {
+        create_dir(root)?;
+        for controller in controllers {
+            // Already enabled is fine; a real failure shows as a missing limit file.
+            let _ = write(
+                &root.join("cgroup.subtree_control"),
+                &format!("+{controller}"),
+            );
+        }
+        match fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    fs::create_dir(&dir).map(|()| dir)
+}
+
+/// A job cgroup recorded by path (a detached job's record), for killing and removing it
+/// after a node restart without knowing the roots it was made under.
+pub(crate) fn from_paths(paths: &[PathBuf]) -> JobCgroup {
+    let mut cgroup = JobCgroup {
+        v2: None,
+        memory: None,
+        pids: None,
+        freezer: None,
+        removed: AtomicBool::new(false),
+    };
+    // Only directories a node made (`.../warren/<name>`) are taken from a record.
+    let made_by_a_node =
+        |p: &&PathBuf| p.parent().and_then(Path::file_name) == Some(PARENT.as_ref());
+    for path in paths.iter().filter(made_by_a_node) {
+        if path.join("cgroup.kill").exists() || path.join("cgroup.type").exists() {
+            let root = V2Root {
+                dir: path.parent().map(Path::to_owned).unwrap_or_default(),
+                memory: path.join("memory.max").exists(),
+                pids: path.join("pids.max").exists(),
+                kill: path.join("cgroup.kill").exists(),
+            };
+            cgroup.v2 = Some((path.clone(), root));
+        } else if path.join("memory.limit_in_bytes").exists() {
+            cgroup.memory = Some(path.clone());
+        } else if path.join("pids.max").exists() {
+            cgroup.pids = Some(path.clone());
+        } else if path.join("freezer.state").exists() {
+            cgroup.freezer = Some(path.clone());
+        }
+    }
+    cgroup
+}
+
+/// Suffix of a detached program's cgroup name: it outlives its node on purpose, and is
+/// never swept.
+pub(crate) const DETACHED_SUFFIX: &str = "-d";
+
+/// Kills and removes the job cgroups of node processes that are gone (killed outright, so
+/// they could not clean up): a piped program's cgroup is named `<unit>-<node pid>-<n>`, and
+/// its programs cannot be re-attached. Detached programs' cgroups are left alone. Returns
+/// how many were swept.
+pub(crate) fn sweep(roots: &Roots) -> usize {
+    let parents = roots
+        .v2
+        .iter()
+        .map(|v| &v.dir)
+        .chain(&roots.memory)
+        .chain(&roots.pids)
+        .chain(&roots.freezer);
+    // One program's directories in every hierarchy share its name.
+    let mut stale: std::collections::BTreeMap<String, Vec<PathBuf>> = Default::default();
+    for parent in parents {
+        let Ok(entries) = fs::read_dir(parent) else {
+            continue;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if entry.path().is_dir() && node_is_gone(&name) {
+                stale.entry(name).or_default().push(entry.path());
+            }
+        }
+    }
+    for (name, paths) in &stale {
+        tracing::warn!(cgroup = %name, "killing what a job of a vanished node left running");
+        from_paths(paths).remove();
+    }
+    stale.len()
+}
+
+/// Whether `name` is a piped program's cgroup whose node process no longer exists.
+fn node_is_gone(name: &str) -> bool {
+    if name.ends_with(DETACHED_SUFFIX) {
+        return false;
+    }
+    let mut parts = name.rsplitn(3, '-');
+    let (Some(serial), Some(pid), Some(_unit)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    let (Ok(_), Ok(pid)) = (serial.parse::<u64>(), pid.parse::<i32>()) else {
+        return false;
+    };
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    pid > 0
+        && unsafe { libc::kill(pid, 0) } != 0
+        && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_piped_cgroups_of_dead_nodes_are_stale() {
+        let me = std::process::id();
+        assert!(
+            !node_is_gone(&format!("unit1-{me}-0")),
+            "this process lives"
+        );
+        // Pids are below 2^22 on Linux.
+        assert!(node_is_gone("unit1-99999999-3"));
+        assert!(
+            !node_is_gone("unit1-99999999-3-d"),
+            "detached jobs outlive their node"
+        );
+        assert!(!node_is_gone("probe-12"));
+        assert!(!node_is_gone("something-else"));
+    }
+}

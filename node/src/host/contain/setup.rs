@@ -1,0 +1,228 @@
+//! What a program's process does to itself between `fork` and `exec`: join its cgroups, take
+//! its rlimits, and (when asked) enter a private network namespace.
+//!
+//! [`ChildSetup::apply`] runs in the child of a possibly multi-threaded process, so it makes
+//! only async-signal-safe system calls: no allocation, no locks, no formatting through
+//! `std::fmt`. Everything it needs (open `cgroup.procs` descriptors, numbers) is prepared
+//! before the fork.
+
+use std::io;
+use std::os::fd::RawFd;
+
+/// Most cgroup hierarchies a program joins: v2, and the v1 `memory`, `pids`, `freezer`.
+pub(crate) const MAX_CGROUP_FDS: usize = 4;
+
+/// The plan for one program's process, prepared before the fork. `Copy`, so the `pre_exec`
+/// closure owns it outright. Serialisable so a supervisor can apply it to the program it
+/// starts (the descriptors are meaningless there and are not sent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct ChildSetup {
+    /// Open `cgroup.procs` files to write `0` (this process) to; the first `procs_len`.
+    #[serde(skip, default = "no_fds")]
+    pub(crate) procs: [RawFd; MAX_CGROUP_FDS],
+    /// How many of `procs` are set.
+    #[serde(skip)]
+    pub(crate) procs_len: usize,
+    /// `RLIMIT_NOFILE`, lowered to the current hard limit if that is lower.
+    pub(crate) open_files: u64,
+    /// `RLIMIT_FSIZE` (soft and hard).
+    pub(crate) file_size: u64,
+    /// `RLIMIT_AS` per process, where no cgroup can bound the tree's memory.
+    pub(crate) address_space: Option<u64>,
+    /// `RLIMIT_NPROC`, where no cgroup can bound the tree's processes.
+    pub(crate) nproc: Option<u64>,
+    /// Enter a new network namespace with only loopback (brought up).
+    pub(crate) private_network: bool,
+    /// The node's uid and gid, for the user namespace an unprivileged node needs to own a
+    /// network namespace.
+    pub(crate) ids: (u32, u32),
+    /// Unblock every signal (a supervisor blocks the ones it takes through a signalfd, and
+    /// a signal mask survives `exec`).
+    pub(crate) unblock_signals: bool,
+}
+
+fn no_fds() -> [RawFd; MAX_CGROUP_FDS] {
+    [-1; MAX_CGROUP_FDS]
+}
+
+impl ChildSetup {
+    /// A plan with no cgroups, the given rlimits and nothing else.
+    pub(crate) fn new(open_files: u64, file_size: u64) -> Self {
+        // SAFETY: getuid/getgid cannot fail and have no memory effects.
+        let ids = unsafe { (libc::getuid(), libc::getgid()) };
+        Self {
+            procs: [-1; MAX_CGROUP_FDS],
+            procs_len: 0,
+            open_files,
+            file_size,
+            address_space: None,
+            nproc: None,
+            private_network: false,
+            ids,
+            unblock_signals: false,
+        }
+    }
+
+    /// Applies the plan to the calling process.
+    ///
+    /// # Safety
+    /// Call only in a freshly forked child before `exec` (a `pre_exec` hook): it changes
+    /// process-wide state. It is async-signal-safe.
+    ///
+    /// # Errors
+    /// The first system call that failed; the spawn then fails with it.
+    pub(crate) unsafe fn apply(&self) -> io::Result<()> {
+        // SAFETY: as this function's.
+        unsafe { self.join_cgroups()? };
+        if self.unblock_signals {
+            // SAFETY: an empty set on the stack; sigprocmask is async-signal-safe.
+            unsafe {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&raw mut set);
+                check(
+                    libc::sigprocmask(libc::SIG_SETMASK, &raw const set, std::ptr::null_mut())
+                        .into(),
+                )?;
+            }
+        }
+        set_limit(libc::RLIMIT_CORE, 0, true)?;
+        set_limit(libc::RLIMIT_NOFILE, self.open_files, false)?;
+        set_limit(libc::RLIMIT_FSIZE, self.file_size, true)?;
+        if let Some(bytes) = self.address_space {
+            set_limit(libc::RLIMIT_AS, bytes, false)?;
+        }
+        if let Some(count) = self.nproc {
+            set_limit(libc::RLIMIT_NPROC, count, false)?;
+        }
+        if self.private_network {
+            // SAFETY: as above; only system calls on stack data.
+            unsafe { self.enter_private_network()? };
+        }
+        Ok(())
+    }
+
+    /// Moves the calling process into the plan's cgroups, and nothing else (a supervisor
+    /// joins them; the program it starts takes the rest of the plan).
+    ///
+    /// # Safety
+    /// As [`ChildSetup::apply`].
+    ///
+    /// # Errors
+    /// A `cgroup.procs` write that failed.
+    pub(crate) unsafe fn join_cgroups(&self) -> io::Result<()> {
+        for &fd in &self.procs[..self.procs_len.min(MAX_CGROUP_FDS)] {
+            // Writing 0 to cgroup.procs moves the writing process (v1 and v2 alike).
+            // SAFETY: a plain write of a static byte to an fd opened before the fork.
+            check(unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } as i64)?;
+        }
+        Ok(())
+    }
+
+    /// `unshare(CLONE_NEWNET)` (as root), else inside a new user namespace that maps only
+    /// the node's own ids; then brings `lo` up, so 127.0.0.1 works inside.
+    unsafe fn enter_private_network(&self) -> io::Result<()> {
+        let (uid, gid) = self.ids;
+        if uid == 0 {
+            // SAFETY: unshare has no memory effects.
+            check(unsafe { libc::unshare(libc::CLONE_NEWNET) }.into())?;
+        } else {
+            // SAFETY: as above.
+            check(unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) }.into())?;
+            write_file(c"/proc/self/setgroups", b"deny")?;
+            write_id_map(c"/proc/self/uid_map", uid)?;
+            write_id_map(c"/proc/self/gid_map", gid)?;
+        }
+        // SAFETY: only system calls on stack data.
+        unsafe { loopback_up() }
+    }
+}
+
+/// Sets a resource limit. The soft limit is `value`, capped at the current hard limit; with
+/// `hard`, the hard limit is lowered to it too, so the program cannot raise it back.
+fn set_limit(resource: libc::__rlimit_resource_t, value: u64, hard: bool) -> io::Result<()> {
+    let mut current = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write and read the struct on our stack.
+    unsafe {
+        check(libc::getrlimit(resource, &raw mut current).into())?;
+        let soft = value.min(current.rlim_max);
+        let max = if hard { soft } else { current.rlim_max };
+        let limit = libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: max,
+        };
+        check(libc::setrlimit(resource, &raw const limit).into())
+    }
+}
+
+/// Writes `<id> <id> 1` to an id map file.
+fn write_id_map(path: &std::ffi::CStr, id: u32) -> io::Result<()> {
+    let mut buf = [0u8; 32];
+    let mut len = 0;
+    let mut digits = [0u8; 10];
+    let mut n = id;
+    let mut d = 0;
+    loop {
+        digits[d] = b'0' + (n % 10) as u8;
+        d += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for _ in 0..2 {
+        for i in (0..d).rev() {
+            buf[len] = digits[i];
+            len += 1;
+        }
+        buf[len] = b' ';
+        len += 1;
+    }
+    buf[len] = b'1';
+    len += 1;
+    write_file(path, &buf[..len])
+}
+
+/// Opens `path` for writing, writes `bytes` in one call, closes it.
+fn write_file(path: &std::ffi::CStr, bytes: &[u8]) -> io::Result<()> {
+    // SAFETY: open/write/close on a static path and a stack buffer.
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        check(fd.into())?;
+        let written = libc::write(fd, bytes.as_ptr().cast(), bytes.len());
+        libc::close(fd);
+        check(written as i64).map(drop)
+    }
+}
+
+/// Sets `IFF_UP` on `lo` in the current network namespace.
+unsafe fn loopback_up() -> io::Result<()> {
+    // SAFETY: a socket and two ioctls on an ifreq on our stack.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        check(fd.into())?;
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (slot, byte) in req.ifr_name.iter_mut().zip(b"lo\0") {
+            *slot = *byte as libc::c_char;
+        }
+        let mut result = libc::ioctl(fd, libc::SIOCGIFFLAGS, &raw mut req);
+        if result == 0 {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            result = libc::ioctl(fd, libc::SIOCSIFFLAGS, &raw const req);
+        }
+        libc::close(fd);
+        check(result.into()).map(drop)
+    }
+}
+
+/// `Err(errno)` for a negative system call result. Reads errno, which is
+/// async-signal-safe.
+fn check(result: i64) -> io::Result<()> {
+    if result < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}

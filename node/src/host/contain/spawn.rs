@@ -1,0 +1,396 @@
+//! Starting a handler's program inside its containment, three ways: directly (the node
+//! forks it; cgroups or its process group contain it), under a supervisor with pipes to the
+//! node (no cgroups: the subreaper contains it), and detached (a supervisor that outlives
+//! the node, stdio on the unit's files, exit status recorded).
+//!
+//! Each returns a [`Spawned`]: the program's pid, its pipes, an exit watch fed by a
+//! watcher task, and a [`Killer`]. The policy checks happened before (`host/process.rs`).
+
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncRead;
+use tokio::process::ChildStdin;
+use tokio::sync::watch;
+
+use super::record::{self, JobRecord, ProgramExit};
+use super::supervised::{self, LaunchOptions};
+use super::supervisor::{Spec, SpecFiles};
+use super::watch::{self as watcher, BreachLog, Killer, SupervisorWait, Target, Watch};
+use super::{Cell, Containment, ProgramLimits, UnitFiles};
+
+/// A resolved command: what the policy allowed.
+#[derive(Debug, Clone)]
+pub(crate) struct Resolved {
+    /// The executable.
+    pub(crate) program: PathBuf,
+    /// Its arguments.
+    pub(crate) args: Vec<String>,
+    /// Its whole environment.
+    pub(crate) env: Vec<(String, String)>,
+    /// Its working directory.
+    pub(crate) cwd: PathBuf,
+}
+
+/// Per job: what containment needs to know (set by the runner).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct JobContain {
+    /// The node's containment; `None` contains by process group only.
+    pub(crate) containment: Option<Arc<Containment>>,
+    /// The work type's program limits.
+    pub(crate) limits: ProgramLimits,
+    /// The unit's files (none in embedded tests: no detaching).
+    pub(crate) files: Option<UnitFiles>,
+    /// Breaches seen by this job's watchers.
+    pub(crate) breaches: BreachLog,
+    /// When the job must end, in milliseconds since the Unix epoch.
+    pub(crate) deadline_ms: u64,
+    /// The job's deadline as configured (for details).
+    pub(crate) deadline: Duration,
+    /// After a cancel, how long before the kill.
+    pub(crate) cancel_grace: Duration,
+    /// The results cap, in bytes.
+    pub(crate) output_bytes: u64,
+    /// Whether this job already started its detached program (one per job).
+    pub(crate) detached_started: bool,
+}
+
+impl JobContain {
+    /// The job's breaches, for the runner.
+    pub(crate) fn breaches(&self) -> &BreachLog {
+        &self.breaches
+    }
+}
+
+/// A started program.
+pub(crate) struct Spawned {
+    /// The program's pid.
+    pub(crate) pid: u32,
+    /// Its stdin (piped forms only).
+    pub(crate) stdin: Option<ChildStdin>,
+    /// Its stdout, or stdout and stderr merged (piped forms only).
+    pub(crate) stdout: Option<Box<dyn AsyncRead + Send + Unpin>>,
+    /// Its stderr (piped forms, not merged).
+    pub(crate) stderr: Option<Box<dyn AsyncRead + Send + Unpin>>,
+    /// Set once it has ended.
+    pub(crate) exit: watch::Receiver<Option<ProgramExit>>,
+    /// Stops it.
+    pub(crate) killer: Killer,
+}
+
+impl std::fmt::Debug for Spawned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spawned")
+            .field("pid", &self.pid)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The program's stdio for the piped forms.
+pub(crate) struct Pipes {
+    /// Stdout, and stderr: the same pipe when merged.
+    pub(crate) stdout: Stdio,
+    pub(crate) stderr: Stdio,
+    /// Our end of the merged pipe, when merged.
+    pub(crate) merged: Option<std::io::PipeReader>,
+}
+
+fn containment_of(job: &JobContain) -> Arc<Containment> {
+    job.containment
+        .clone()
+        .unwrap_or_else(|| Arc::new(Containment::process_groups()))
+}
+
+fn watch_for(job: &JobContain, cell: &Cell, killer: Killer, output_cap: Option<u64>) -> Watch {
+    Watch {
+        killer,
+        limits: job.limits,
+        breaches: job.breaches.clone(),
+        info: cell.info.clone(),
+        files: job.files.clone(),
+        output_cap,
+    }
+}
+
+/// Starts `cmd` with piped stdio, directly or (without cgroups) under a supervisor.
+///
+/// # Errors
+/// Why it could not start.
+pub(crate) async fn piped(
+    job: &JobContain,
+    unit: &str,
+    cmd: &Resolved,
+    pipes: Pipes,
+) -> Result<Spawned, String> {
+    let containment = containment_of(job);
+    let cell = containment
+        .cell(unit, &job.limits, false)
+        .map_err(|e| e.to_string())?;
+    if let Some(files) = &job.files {
+        files.record(&cell.info);
+    }
+    if cell.supervised
+        && let Some(exe) = containment.supervisor().cloned()
+    {
+        return supervised_piped(job, &exe, cmd, cell, pipes).await;
+    }
+    direct(job, cmd, cell, pipes)
+}
+
+fn direct(job: &JobContain, cmd: &Resolved, cell: Cell, pipes: Pipes) -> Result<Spawned, String> {
+    let io = |e: std::io::Error| format!("cannot start {}: {e}", cmd.program.display());
+    let mut setup = cell.setup;
+    let join = match &cell.cgroup {
+        Some(cgroup) => cgroup.join_on_exec(&mut setup).map_err(io)?,
+        None => Vec::new(),
+    };
+    let mut command = tokio::process::Command::new(&cmd.program);
+    command
+        .args(&cmd.args)
+        .env_clear()
+        .envs(cmd.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&cmd.cwd)
+        .process_group(0)
+        .kill_on_drop(true)
+        .stdin(Stdio::piped())
+        .stdout(pipes.stdout)
+        .stderr(pipes.stderr);
+    // SAFETY: `apply` makes only async-signal-safe system calls.
+    unsafe {
+        command.pre_exec(move || setup.apply());
+    }
+    let mut child = command.spawn().map_err(io)?;
+    // The command holds the pipes' write ends: it must be gone before EOF can come.
+    drop(command);
+    drop(join);
+    let pid = child.id().unwrap_or(0);
+    let stdout = stdout_reader(&mut child, pipes.merged).map_err(io)?;
+    let stderr = child
+        .stderr
+        .take()
+        .map(|s| Box::new(s) as Box<dyn AsyncRead + Send + Unpin>);
+    let stdin = child.stdin.take();
+    let killer = Killer {
+        cgroup: cell.cgroup.clone(),
+        target: Target::Group(i32::try_from(pid).unwrap_or(0)),
+    };
+    let watch = watch_for(job, &cell, killer.clone(), None);
+    let (tx, exit) = watch::channel(None);
+    tokio::spawn(async move {
+        let status = watcher::direct(child, watch).await;
+        let _ = tx.send(Some(status));
+    });
+    Ok(Spawned {
+        pid,
+        stdin,
+        stdout,
+        stderr,
+        exit,
+        killer,
+    })
+}
+
+fn stdout_reader(
+    child: &mut tokio::process::Child,
+    merged: Option<std::io::PipeReader>,
+) -> std::io::Result<Option<Box<dyn AsyncRead + Send + Unpin>>> {
+    Ok(match merged {
+        Some(reader) => Some(Box::new(tokio::net::unix::pipe::Receiver::from_owned_fd(
+            OwnedFd::from(reader),
+        )?)),
+        None => child.stdout.take().map(|s| Box::new(s) as _),
+    })
+}
+
+async fn supervised_piped(
+    job: &JobContain,
+    exe: &std::path::Path,
+    cmd: &Resolved,
+    cell: Cell,
+    pipes: Pipes,
+) -> Result<Spawned, String> {
+    let spec = Spec {
+        program: cmd.program.clone(),
+        args: cmd.args.clone(),
+        env: cmd.env.clone(),
+        cwd: cmd.cwd.clone(),
+        files: None,
+        setup: cell.setup,
+        exit_dir: None,
+        deadline_ms: None,
+        lifeline: true,
+    };
+    let options = LaunchOptions {
+        stdio: (Stdio::piped(), pipes.stdout, pipes.stderr),
+        own_group: false,
+        join: cell.setup,
+    };
+    let mut launched = supervised::launch(exe, &spec, options).await?;
+    let stdout = stdout_reader(&mut launched.child, pipes.merged).map_err(|e| e.to_string())?;
+    let stderr = launched
+        .child
+        .stderr
+        .take()
+        .map(|s| Box::new(s) as Box<dyn AsyncRead + Send + Unpin>);
+    let stdin = launched.child.stdin.take();
+    let pid = u32::try_from(launched.program.pid).unwrap_or(0);
+    let killer = Killer {
+        cgroup: cell.cgroup.clone(),
+        target: Target::Supervisor(launched.supervisor, launched.pidfd.take().map(Arc::new)),
+    };
+    let watch = watch_for(job, &cell, killer.clone(), None);
+    let (tx, exit) = watch::channel(None);
+    tokio::spawn(async move {
+        // The lifeline stays open (in `launched`) until the supervisor has ended.
+        let status = watcher::supervised(launched, watch).await;
+        let _ = tx.send(Some(status));
+    });
+    Ok(Spawned {
+        pid,
+        stdin,
+        stdout,
+        stderr,
+        exit,
+        killer,
+    })
+}
+
+/// Starts `cmd` detached: under a supervisor in its own process group that outlives the node, with
+/// the unit's payload as stdin, stdout appended to its results, stderr to
+/// `detached/stderr`, and a job record so a restarted node can re-attach.
+///
+/// # Errors
+/// Why it could not start (including: this job cannot detach).
+pub(crate) async fn detached(
+    job: &mut JobContain,
+    unit: &str,
+    cmd: &Resolved,
+    label: &str,
+) -> Result<Spawned, String> {
+    let files = job
+        .files
+        .clone()
+        .ok_or("this job has no unit files to detach to")?;
+    let containment = containment_of(job);
+    let exe = containment
+        .supervisor()
+        .cloned()
+        .ok_or("this node has no supervisor binary to detach with")?;
+    if job.detached_started {
+        return Err("this job already started its detached program".into());
+    }
+    job.detached_started = true;
+    let cell = containment
+        .cell(unit, &job.limits, true)
+        .map_err(|e| e.to_string())?;
+    let dir =
+        record::detached_dir(&files.dir).map_err(|e| format!("{}: {e}", files.dir.display()))?;
+    let _ = std::fs::remove_file(dir.join(record::EXIT_FILE));
+    let mut job_record = job_record(job, unit, label, &cell);
+    // Provisional: a node that dies before the supervisor is recorded still finds the
+    // cgroups to clean up.
+    write_record(&dir, &job_record)?;
+    let spec = Spec {
+        program: cmd.program.clone(),
+        args: cmd.args.clone(),
+        env: cmd.env.clone(),
+        cwd: cmd.cwd.clone(),
+        files: Some(SpecFiles {
+            stdin: files.payload.clone(),
+            stdout: files.results.clone(),
+            stderr: dir.join(record::STDERR_FILE),
+        }),
+        setup: cell.setup,
+        exit_dir: Some(dir.clone()),
+        deadline_ms: Some(job.deadline_ms),
+        lifeline: false,
+    };
+    let launched = launch_in_cell(&exe, &spec, &cell).await?;
+    job_record.supervisor = Some(launched.supervisor);
+    job_record.program = Some(launched.program);
+    write_record(&dir, &job_record)?;
+    files.record(&cell.info);
+    Ok(watch_detached(job, &cell, launched, dir, unit))
+}
+
+/// The job record of a detached program about to start (no pids yet).
+fn job_record(job: &JobContain, unit: &str, label: &str, cell: &Cell) -> JobRecord {
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    JobRecord {
+        unit: unit.to_owned(),
+        label: label.to_owned(),
+        boot_id: record::boot_id(),
+        supervisor: None,
+        program: None,
+        containment: cell.info.kind.clone(),
+        cgroups: cell.info.cgroups.clone(),
+        limits: job.limits,
+        deadline_ms: job.deadline_ms,
+        deadline_ms_total: ms(job.deadline),
+        cancel_grace_ms: ms(job.cancel_grace),
+        output_bytes: job.output_bytes,
+    }
+}
+
+fn write_record(dir: &std::path::Path, job_record: &JobRecord) -> Result<(), String> {
+    record::write_json(dir, record::JOB_FILE, job_record)
+        .map_err(|e| format!("writing the job record in {}: {e}", dir.display()))
+}
+
+/// Launches a detached supervisor in its own process group inside `cell`'s cgroups.
+async fn launch_in_cell(
+    exe: &std::path::Path,
+    spec: &Spec,
+    cell: &Cell,
+) -> Result<supervised::Launched, String> {
+    let mut join = cell.setup;
+    // The descriptors must stay open until the supervisor has joined.
+    let _fds = match &cell.cgroup {
+        Some(cgroup) => cgroup.join_on_exec(&mut join).map_err(|e| e.to_string())?,
+        None => Vec::new(),
+    };
+    let options = LaunchOptions {
+        stdio: (Stdio::null(), Stdio::null(), Stdio::null()),
+        own_group: true,
+        join,
+    };
+    supervised::launch(exe, spec, options).await
+}
+
+/// Starts the watcher of a launched detached program and returns its handle.
+fn watch_detached(
+    job: &JobContain,
+    cell: &Cell,
+    launched: supervised::Launched,
+    dir: PathBuf,
+    unit: &str,
+) -> Spawned {
+    let pidfd = launched.pidfd.map(Arc::new);
+    let killer = Killer {
+        cgroup: cell.cgroup.clone(),
+        target: Target::Supervisor(launched.supervisor, pidfd.clone()),
+    };
+    let watch = watch_for(job, cell, killer.clone(), Some(job.output_bytes));
+    let wait = SupervisorWait {
+        child: Some(launched.child),
+        pidfd,
+        process: launched.supervisor,
+    };
+    let (tx, exit) = watch::channel(None);
+    let unit = unit.to_owned();
+    tokio::spawn(async move {
+        let (status, _) = super::detached::wait(wait, dir, watch, &unit).await;
+        let _ = tx.send(Some(status));
+    });
+    Spawned {
+        pid: u32::try_from(launched.program.pid).unwrap_or(0),
+        stdin: None,
+        stdout: None,
+        stderr: None,
+        exit,
+        killer,
+    }
+}

@@ -1,0 +1,252 @@
+//! The node's side of a supervisor: start `<exe> __warren-supervise` inside the program's
+//! cgroups with its descriptors 3 to 5 set up, send it the spec, and learn the program's
+//! pid or why it could not start. Then signal it, race-free through a pidfd where the
+//! kernel has them.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd as _, OwnedFd, RawFd};
+use std::path::Path;
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
+use tokio::net::unix::pipe;
+
+use super::record::ProcessRef;
+use super::setup::ChildSetup;
+use super::supervisor::{LIFELINE_FD, REPORT_FD, SPEC_FD, SUPERVISE_ARG, Spec};
+
+/// Lowest descriptor the child-side ends are moved to before the fork, so the `dup2`s onto
+/// 3, 4 and 5 never overwrite one another.
+const HIGH_FD: RawFd = 10;
+
+/// A started supervisor and its program.
+#[derive(Debug)]
+pub(crate) struct Launched {
+    /// The supervisor process (our child until the node process ends).
+    pub(crate) child: tokio::process::Child,
+    /// The supervisor, named by pid and start time.
+    pub(crate) supervisor: ProcessRef,
+    /// A pidfd of the supervisor, where the kernel has them.
+    pub(crate) pidfd: Option<OwnedFd>,
+    /// The program.
+    pub(crate) program: ProcessRef,
+    /// The supervisor's later report lines (`ended ...`).
+    pub(crate) reports: Lines<BufReader<pipe::Receiver>>,
+    /// The node's end of the lifeline: dropping it tells the supervisor the node is gone.
+    pub(crate) _lifeline: Option<OwnedFd>,
+}
+
+/// How the supervisor's own process is set up.
+pub(crate) struct LaunchOptions {
+    /// Its (and so the program's) stdin, stdout, stderr.
+    pub(crate) stdio: (Stdio, Stdio, Stdio),
+    /// Put it in a process group of its own (a detached job): terminal signals to the
+    /// node's group (Ctrl-C, a hangup) do not reach it. Not a new session: that would also
+    /// give it a scheduling autogroup of its own, which on a busy machine delays its start
+    /// by a scheduling period.
+    pub(crate) own_group: bool,
+    /// The cgroups it joins (only `procs` of this setup is used here).
+    pub(crate) join: ChildSetup,
+}
+
+/// Starts a supervisor running `spec` and waits for its first report.
+///
+/// # Errors
+/// A message naming what failed: the pipes, the supervisor's start, or the program's
+/// (`cannot start /path: No such file or directory`).
+pub(crate) async fn launch(
+    exe: &Path,
+    spec: &Spec,
+    options: LaunchOptions,
+) -> Result<Launched, String> {
+    let io = |what: &'static str| move |e: io::Error| format!("supervisor {what}: {e}");
+    let (spec_r, spec_w) = io::pipe().map_err(io("spec pipe"))?;
+    let (report_r, report_w) = io::pipe().map_err(io("report pipe"))?;
+    let spec_fd = high(&OwnedFd::from(spec_r)).map_err(io("spec pipe"))?;
+    let report_fd = high(&OwnedFd::from(report_w)).map_err(io("report pipe"))?;
+    // The supervisor reads the lifeline; the node holds the write end (close-on-exec, so
+    // no other child inherits it) until it goes away.
+    let (life_fd, node_lifeline) = if spec.lifeline {
+        let (r, w) = io::pipe().map_err(io("lifeline pipe"))?;
+        (
+            Some(high(&OwnedFd::from(r)).map_err(io("lifeline pipe"))?),
+            Some(OwnedFd::from(w)),
+        )
+    } else {
+        (None, None)
+    };
+    let targets = [
+        (spec_fd.as_raw_fd(), SPEC_FD),
+        (report_fd.as_raw_fd(), REPORT_FD),
+        (life_fd.as_ref().map_or(-1, AsRawFd::as_raw_fd), LIFELINE_FD),
+    ];
+    let mut command = tokio::process::Command::new(exe);
+    let (stdin, stdout, stderr) = options.stdio;
+    command
+        .arg(SUPERVISE_ARG)
+        .env_clear()
+        .stdin(stdin)
+        .stdout(stdout)
+        .stderr(stderr)
+        .kill_on_drop(false);
+    let join = options.join;
+    let own_group = options.own_group;
+    // SAFETY: dup2, setpgid and cgroup writes only: async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            for (from, to) in targets {
+                if from >= 0 && libc::dup2(from, to) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if own_group && libc::setpgid(0, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            join.join_cgroups()
+        });
+    }
+    let child = command
+        .spawn()
+        .map_err(|e| format!("cannot start the supervisor {}: {e}", exe.display()))?;
+    drop(command);
+    drop((spec_fd, report_fd, life_fd));
+    send_spec(spec_w, spec).await?;
+    let receiver =
+        pipe::Receiver::from_owned_fd(OwnedFd::from(report_r)).map_err(io("report pipe"))?;
+    let mut reports = BufReader::new(receiver).lines();
+    let program = first_report(&mut reports, exe).await?;
+    let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
+    let supervisor = ProcessRef::of(pid).unwrap_or(ProcessRef { pid, start_time: 0 });
+    Ok(Launched {
+        child,
+        supervisor,
+        pidfd: pidfd_open(pid),
+        program,
+        reports,
+        _lifeline: node_lifeline,
+    })
+}
+
+/// A duplicate of `fd` numbered at least [`HIGH_FD`], close-on-exec.
+fn high(fd: &OwnedFd) -> io::Result<OwnedFd> {
+    // SAFETY: fcntl F_DUPFD_CLOEXEC returns a new descriptor we then own.
+    let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, HIGH_FD) };
+    if new < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `new` is a fresh descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+async fn send_spec(writer: io::PipeWriter, spec: &Spec) -> Result<(), String> {
+    let bytes = serde_json::to_vec(spec).map_err(|e| format!("supervisor spec: {e}"))?;
+    let mut sender = pipe::Sender::from_owned_fd(OwnedFd::from(writer))
+        .map_err(|e| format!("supervisor spec pipe: {e}"))?;
+    sender
+        .write_all(&bytes)
+        .await
+        .map_err(|e| format!("sending the supervisor its spec: {e}"))
+}
+
+/// Reads `started <pid> <start time>` (the program's) or `error <why>`.
+async fn first_report(
+    reports: &mut Lines<BufReader<pipe::Receiver>>,
+    exe: &Path,
+) -> Result<ProcessRef, String> {
+    let line = reports
+        .next_line()
+        .await
+        .map_err(|e| format!("supervisor report: {e}"))?;
+    let Some(line) = line else {
+        return Err(format!(
+            "the supervisor {} ended without starting the program (is it a warren binary?)",
+            exe.display()
+        ));
+    };
+    if let Some(why) = line.strip_prefix("error ") {
+        return Err(why.to_owned());
+    }
+    let mut words = line.strip_prefix("started ").unwrap_or("").split(' ');
+    let pid = words.next().and_then(|w| w.parse().ok());
+    let start_time = words.next().and_then(|w| w.parse().ok());
+    match (pid, start_time) {
+        (Some(pid), Some(start_time)) => Ok(ProcessRef { pid, start_time }),
+        _ => Err(format!("unexpected supervisor report {line:?}")),
+    }
+}
+
+/// A pidfd for `pid` (Linux 5.3+); `None` where the kernel has none.
+pub(crate) fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open returns a new descriptor we then own, or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = RawFd::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: `fd` is a fresh descriptor nothing else owns.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sends `signal` to the supervisor: through its pidfd (cannot hit a reused pid), else by
+/// pid after checking its start time.
+pub(crate) fn signal(supervisor: &ProcessRef, pidfd: Option<&OwnedFd>, signal: i32) {
+    if let Some(fd) = pidfd {
+        // SAFETY: pidfd_send_signal on a pidfd we own, no siginfo.
+        let sent = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                fd.as_raw_fd(),
+                signal,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if sent == 0 {
+            return;
+        }
+    }
+    if supervisor.is_alive() {
+        // SAFETY: kill(2) of a process whose start time we just checked.
+        unsafe { libc::kill(supervisor.pid, signal) };
+    }
+}
+
+/// Whether `exe` answers as a supervisor: started as one with an empty spec, it must report
+/// `error supervisor: bad spec` (any other binary, such as a test harness, does not).
+/// Costs one process start, once per node.
+pub(crate) fn answers_as_supervisor(exe: &Path) -> bool {
+    use std::io::BufRead as _;
+    use std::os::unix::process::CommandExt as _;
+    let Ok((report_r, report_w)) = io::pipe() else {
+        return false;
+    };
+    let Ok(report_fd) = high(&OwnedFd::from(report_w)) else {
+        return false;
+    };
+    let raw = report_fd.as_raw_fd();
+    let mut command = std::process::Command::new(exe);
+    command
+        .arg(SUPERVISE_ARG)
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: dup2 and close only: async-signal-safe. fd 3 (the spec) is closed, so the
+    // supervisor reads an empty spec at once.
+    unsafe {
+        command.pre_exec(move || {
+            libc::close(SPEC_FD);
+            if libc::dup2(raw, REPORT_FD) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let Ok(mut child) = command.spawn() else {
+        return false;
+    };
+    drop(command);
+    drop(report_fd);
+    let mut line = String::new();
+    let _ = io::BufReader::new(report_r).read_line(&mut line);
+    let _ = child.kill();
+    let _ = child.wait();
+    line.starts_with("error supervisor: bad spec")
+}
