@@ -69,14 +69,15 @@ def pipeline(ansible_runner, demo: Path, ident: str, scratch: Path):
     import io
     import subprocess
 
-    payload = io.BytesIO()
-    ansible_runner.run(private_data_dir=str(demo), playbook="test.yml", ident=ident,
-                       quiet=True, streamer="transmit", _output=payload)
+    payload = scratch / f"{ident}.payload"
+    with open(payload, "wb") as out:  # ansible-runner's stream_dir wants a named file
+        ansible_runner.run(private_data_dir=str(demo), playbook="test.yml", ident=ident,
+                           quiet=True, streamer="transmit", _output=out)
     work = scratch / ident
     work.mkdir()
     worker = subprocess.run([str(conftest.VENV_BIN / "ansible-runner"), "worker",
                              "--private-data-dir", str(work)],
-                            input=payload.getvalue(), capture_output=True, check=True)
+                            input=payload.read_bytes(), capture_output=True, check=True)
     return ansible_runner.run(private_data_dir=str(demo), ident=ident, quiet=True,
                               streamer="process", _input=io.BytesIO(worker.stdout))
 
