@@ -56,7 +56,7 @@ esac
 
 target="$1"
 seconds="${2:-300}"
-if ! targets | grep -qx -- "$target"; then
+if ! targets | grep -x -- "$target" >/dev/null; then  # not -q: an early exit would SIGPIPE targets under pipefail
     echo "error: no fuzz target named '$target'; the targets are:" >&2
     targets >&2
     exit 2
