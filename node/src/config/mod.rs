@@ -54,7 +54,7 @@
 //! env = ["FOO"]                       # node variables passed through (default none)
 //! memory-mb = 64                      # guest memory cap (default 64)
 //! deadline-seconds = 21600            # wall-clock limit (default 6 h)
-//! output-mb = 8192                    # results cap (default 8 GiB)
+//! output-mb = 4096                    # results cap (default 4 GiB)
 //! descriptors = 256                   # host descriptors a job may hold (default: the
 //!                                     # node's share of RLIMIT_NOFILE, see below)
 //! disk-mb = 4096                      # job directory quota (default 4 GiB)
@@ -76,7 +76,7 @@
 //!
 //! [work]                              # optional
 //! max-running = 4                     # units run at once (default: 2 per CPU)
-//! max-payload-mb = 8192               # largest payload (default 8 GiB)
+//! max-payload-mb = 1024               # largest payload (default 1 GiB)
 //! free-space-floor-mb = 512           # new units are refused, and jobs that write are
 //!                                     # stopped, below this much free space (0: off)
 //!

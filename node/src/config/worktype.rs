@@ -132,8 +132,8 @@ impl Default for AnsibleRunnerConfig {
 pub const DEFAULT_MEMORY_MB: u64 = 64;
 /// Default wall-clock limit of a work type, in seconds (6 hours).
 pub const DEFAULT_DEADLINE_SECONDS: u64 = 6 * 3600;
-/// Default results cap of a work type, in MiB (8 GiB).
-pub const DEFAULT_OUTPUT_MB: u64 = 8 * 1024;
+/// Default results cap of a work type, in MiB (4 GiB).
+pub const DEFAULT_OUTPUT_MB: u64 = 4 * 1024;
 /// Default job-directory quota of a work type, in MiB.
 pub const DEFAULT_DISK_MB: u64 = DEFAULT_DISK_QUOTA.bytes >> 20;
 /// Default job-directory quota of a work type, in files, directories and links.

@@ -352,11 +352,12 @@ impl Prober {
             .stderr(Stdio::piped())
             .process_group(0);
         // A script written a moment ago may still be open for writing in a child forked
-        // meanwhile by another thread (ETXTBSY); that passes within moments.
+        // meanwhile by another thread (ETXTBSY); that passes once the child execs, which
+        // on a loaded machine can take a while: up to 2 s.
         let mut tries = 0;
         loop {
             match command.spawn() {
-                Err(e) if e.kind() == io::ErrorKind::ExecutableFileBusy && tries < 20 => {
+                Err(e) if e.kind() == io::ErrorKind::ExecutableFileBusy && tries < 200 => {
                     tries += 1;
                     std::thread::sleep(Duration::from_millis(10));
                 }

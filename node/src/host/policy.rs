@@ -55,7 +55,7 @@ impl Default for Limits {
         Self {
             memory_bytes: 64 << 20,
             deadline: Duration::from_secs(6 * 3600),
-            output_bytes: 8 << 30,
+            output_bytes: 4 << 30,
             cancel_grace: Duration::from_secs(10),
             descriptors: None,
             disk: Some(DEFAULT_DISK_QUOTA),

@@ -111,7 +111,7 @@ fn defaults_leave_existing_files_unchanged() {
     assert_eq!(types[0].limits, Limits::default());
     assert_eq!(types[0].limits.memory_bytes, 64 << 20);
     assert_eq!(types[0].limits.deadline, Duration::from_secs(21_600));
-    assert_eq!(types[0].limits.output_bytes, 8 << 30);
+    assert_eq!(types[0].limits.output_bytes, 4 << 30);
     assert!(types[0].env_pass.is_empty());
     assert!(matches!(
         &types[0].handler,
