@@ -6,6 +6,8 @@
 //! id = "node1"                       # required
 //! data-dir = "/var/lib/warren/node1" # required; relative to the config file's directory
 //! key-file = "node1.key"             # required; relative to the config file's directory
+//! log-level = "info"                 # optional: a level for Warren's modules or a RUST_LOG-
+//!                                    # style filter; RUST_LOG and -v take precedence; reloadable
 //!
 //! [[listen]]
 //! address = "0.0.0.0:8888"           # host:port, receptor://host:port or host; port 0 allowed
