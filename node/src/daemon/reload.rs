@@ -19,7 +19,7 @@ use crate::config::{Config, ConfigError};
 use crate::control::reply::ReloadReply;
 use crate::control::reply::reload::{ERRORCODE_BAD_CONFIG, ERRORCODE_NOT_RELOADABLE};
 
-pub use apply::{Applier, LiveListener};
+pub use apply::{Applier, ApplyError, LiveListener};
 
 /// Rebuilds the node's config from where it came from (the config file and the flags given
 /// with it).

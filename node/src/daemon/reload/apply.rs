@@ -10,14 +10,35 @@ use tokio::sync::watch;
 
 use crate::access::AccessPolicy;
 use crate::config::{Config, ListenConfig};
+use crate::daemon::StartError;
 use crate::host::registry::Registry;
 use crate::host::runner::Host;
 use crate::host::signing::SignerKey;
-use crate::mesh::driver::{MeshHandle, Reconfigure};
+use crate::mesh::driver::{DriverGone, MeshHandle, Reconfigure};
 use crate::mesh::route::Cost;
 use crate::mesh::transport::Listener;
 use crate::work::server::SignedWork;
-use crate::work::{Work, WorkConfig};
+use crate::work::{Work, WorkConfig, WorkError};
+
+/// Why a planned reload could not be applied (the reload reply prints it).
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// A new setting could not be read or bound (certificates, keys, peers, a listener).
+    #[error(transparent)]
+    Settings(#[from] StartError),
+    /// A new listener's address could not be read back.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The mesh node has stopped.
+    #[error(transparent)]
+    MeshGone(#[from] DriverGone),
+    /// The work layer refused the new limits.
+    #[error(transparent)]
+    Work(#[from] WorkError),
+    /// A listener rebound on another cost failed after its old socket was closed.
+    #[error("{0} (its old listener is closed)")]
+    OldListenerClosed(Box<Self>),
+}
 
 /// The running config and the listeners bound for it.
 pub(super) struct Running {
@@ -87,18 +108,18 @@ impl Applier {
         running: &mut Running,
         new: &Config,
         changed: &[&str],
-    ) -> Result<(), String> {
+    ) -> Result<(), ApplyError> {
         let has = |setting: &str| changed.contains(&setting);
         let trust = match has("trust") || has("certificates") {
-            true => Some(crate::daemon::trust_settings(new).map_err(|e| e.to_string())?),
+            true => Some(crate::daemon::trust_settings(new)?),
             false => None,
         };
         let peers = match has("peer") {
-            true => Some(crate::daemon::peer_targets(new).map_err(|e| e.to_string())?),
+            true => Some(crate::daemon::peer_targets(new)?),
             false => None,
         };
         let signing_key = match has("work") {
-            true => Some(crate::daemon::work_signing_key(new).map_err(|e| e.to_string())?),
+            true => Some(crate::daemon::work_signing_key(new)?),
             false => None,
         };
         let listeners =
@@ -124,7 +145,7 @@ impl Applier {
             open_listeners,
             trust,
         };
-        self.mesh.reconfigure(change).map_err(|e| e.to_string())?;
+        self.mesh.reconfigure(change)?;
         let rebinds = listeners.map(|l| l.rebind).unwrap_or_default();
         let (rebound, failed) = self.rebind(rebinds, new).await;
         live.extend(rebound);
@@ -159,7 +180,7 @@ impl Applier {
         &self,
         new: &Config,
         signing_key: Option<crate::keys::SigningKeypair>,
-    ) -> Result<(), String> {
+    ) -> Result<(), ApplyError> {
         let limits = WorkConfig {
             max_running: new.work.max_running,
             max_payload: new.work.max_payload,
@@ -167,9 +188,7 @@ impl Applier {
             free_space_floor: new.work.free_space_floor,
             ..WorkConfig::default()
         };
-        self.work
-            .reconfigure(&limits, signing_key)
-            .map_err(|e| e.to_string())?;
+        self.work.reconfigure(&limits, signing_key)?;
         self.signed.send_replace(crate::daemon::signed_work(new));
         Ok(())
     }
@@ -179,7 +198,7 @@ impl Applier {
         &self,
         configs: Vec<ListenConfig>,
         new: &Config,
-    ) -> (Vec<LiveListener>, Option<String>) {
+    ) -> (Vec<LiveListener>, Option<ApplyError>) {
         let mut live = Vec::new();
         let mut opened = Vec::new();
         for config in configs {
@@ -193,10 +212,7 @@ impl Applier {
                         open_listeners: opened,
                         ..Reconfigure::default()
                     });
-                    return (
-                        live,
-                        Some(format!("{problem} (its old listener is closed)")),
-                    );
+                    return (live, Some(ApplyError::OldListenerClosed(Box::new(problem))));
                 }
             }
         }
@@ -212,10 +228,8 @@ impl Applier {
 async fn bind(
     config: &ListenConfig,
     new: &Config,
-) -> Result<(SocketAddr, (Listener, Cost), ListenConfig), String> {
-    let (listener, cost) = crate::daemon::bind_listener(config, &new.tls)
-        .await
-        .map_err(|e| e.to_string())?;
-    let addr = listener.tcp.local_addr().map_err(|e| e.to_string())?;
+) -> Result<(SocketAddr, (Listener, Cost), ListenConfig), ApplyError> {
+    let (listener, cost) = crate::daemon::bind_listener(config, &new.tls).await?;
+    let addr = listener.tcp.local_addr()?;
     Ok((addr, (listener, cost), config.clone()))
 }
