@@ -167,12 +167,7 @@ fn direct(job: &JobContain, cmd: &Resolved, cell: Cell, pipes: Pipes) -> Result<
     drop(command);
     drop(join);
     let pid = child.id().unwrap_or(0);
-    let stdout = stdout_reader(&mut child, pipes.merged).map_err(io)?;
-    let stderr = child
-        .stderr
-        .take()
-        .map(|s| Box::new(s) as Box<dyn AsyncRead + Send + Unpin>);
-    let stdin = child.stdin.take();
+    let (stdin, stdout, stderr) = take_stdio(&mut child, pipes.merged).map_err(io)?;
     let killer = Killer {
         cgroup: cell.cgroup.clone(),
         target: Target::Group(i32::try_from(pid).unwrap_or(0)),
@@ -193,16 +188,29 @@ fn direct(job: &JobContain, cmd: &Resolved, cell: Cell, pipes: Pipes) -> Result<
     })
 }
 
-fn stdout_reader(
+/// A spawned child's stdin, stdout (or the merged stdout+stderr pipe) and stderr.
+type Stdio3 = (
+    Option<ChildStdin>,
+    Option<Box<dyn AsyncRead + Send + Unpin>>,
+    Option<Box<dyn AsyncRead + Send + Unpin>>,
+);
+
+/// Takes `child`'s pipes; stdout is `merged` when stdout and stderr share one pipe.
+fn take_stdio(
     child: &mut tokio::process::Child,
     merged: Option<std::io::PipeReader>,
-) -> std::io::Result<Option<Box<dyn AsyncRead + Send + Unpin>>> {
-    Ok(match merged {
+) -> std::io::Result<Stdio3> {
+    let stdout: Option<Box<dyn AsyncRead + Send + Unpin>> = match merged {
         Some(reader) => Some(Box::new(tokio::net::unix::pipe::Receiver::from_owned_fd(
             OwnedFd::from(reader),
         )?)),
         None => child.stdout.take().map(|s| Box::new(s) as _),
-    })
+    };
+    let stderr = child
+        .stderr
+        .take()
+        .map(|s| Box::new(s) as Box<dyn AsyncRead + Send + Unpin>);
+    Ok((child.stdin.take(), stdout, stderr))
 }
 
 async fn supervised_piped(
@@ -229,13 +237,8 @@ async fn supervised_piped(
         join: cell.setup,
     };
     let mut launched = supervised::launch(exe, &spec, options).await?;
-    let stdout = stdout_reader(&mut launched.child, pipes.merged).map_err(|e| e.to_string())?;
-    let stderr = launched
-        .child
-        .stderr
-        .take()
-        .map(|s| Box::new(s) as Box<dyn AsyncRead + Send + Unpin>);
-    let stdin = launched.child.stdin.take();
+    let (stdin, stdout, stderr) =
+        take_stdio(&mut launched.child, pipes.merged).map_err(|e| e.to_string())?;
     let pid = u32::try_from(launched.program.pid).unwrap_or(0);
     let killer = Killer {
         cgroup: cell.cgroup.clone(),
