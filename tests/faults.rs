@@ -62,6 +62,7 @@ fn playbook() -> String {
 struct Setup {
     topo: Topology,
     relay: usize,
+    node1: usize,
     identity: PathBuf,
     frontend: PathBuf,
 }
@@ -118,6 +119,7 @@ fn setup(test: &str) -> Option<Setup> {
     Some(Setup {
         topo,
         relay,
+        node1,
         identity,
         frontend,
     })
@@ -143,9 +145,15 @@ impl Client {
     /// Starts the seed's command on a fresh copy of the demo (with the long playbook as
     /// its test.yml) named `name`.
     fn start(setup: &Setup, name: &str) -> Self {
+        Self::start_with(setup, name, |_| ())
+    }
+
+    /// [`Client::start`], with `prepare` adding to the private data dir before the run.
+    fn start_with(setup: &Setup, name: &str, prepare: impl FnOnce(&Path)) -> Self {
         let pdd = setup.topo.mesh.path(name);
         copy_demo(&pdd);
         std::fs::write(pdd.join("project/test.yml"), playbook()).unwrap();
+        prepare(&pdd);
         let stdout = setup.topo.mesh.path(&format!("{name}.stdout"));
         let stderr = setup.topo.mesh.path(&format!("{name}.stderr"));
         let peer = format!("receptor://{}", setup.topo.addr(Role::Controller));
@@ -546,6 +554,82 @@ fn a_job_survives_the_relay_killed_and_restarted_mid_job() {
         restarted.elapsed()
     );
     assert_same_run(&setup, &clean, &faulty);
+}
+
+/// Bytes of incompressible data added to the project for the upload test: enough that the
+/// upload over the delayed links is still going when the cut lands.
+const UPLOAD_BYTES: usize = 48 << 20;
+
+/// Writes `len` bytes of seeded xorshift output (incompressible, no dependency) to `path`.
+fn write_noise(path: &Path, len: usize) {
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut bytes = Vec::with_capacity(len);
+    while bytes.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        bytes.extend_from_slice(&state.to_le_bytes());
+    }
+    bytes.truncate(len);
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_run_cut_off_during_the_upload_ends_with_a_clear_error_and_leaves_nothing_running() {
+    let test = "a_run_cut_off_during_the_upload_ends_with_a_clear_error_and_leaves_nothing_running";
+    let Some(setup) = setup(test) else {
+        return;
+    };
+    // Delay slows the upload to a few MB/s, so the cut lands inside it.
+    setup.topo.impair(Impairment {
+        delay: Duration::from_millis(50),
+        ..Impairment::default()
+    });
+    let start = setup.topo.wires[0].stats();
+    let mut client = Client::start_with(&setup, "upload", |pdd| {
+        write_noise(&pdd.join("project/noise.bin"), UPLOAD_BYTES);
+    });
+    // Packing comes first (slow in a debug build), so this waits longer than `wait_for`.
+    let packing = Instant::now();
+    while since(start, setup.topo.wires[0].stats()).delivered < 4_000 {
+        assert!(client.is_running(), "the run ended before the cut");
+        assert!(
+            packing.elapsed() < FINISH,
+            "the upload did not start within {FINISH:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    setup.topo.partition_relay(true);
+    let cut_at = since(start, setup.topo.wires[0].stats()).delivered;
+    std::thread::sleep(PARTITION);
+    assert!(client.is_running(), "the run ended during the partition");
+    setup.topo.impair(Impairment::default());
+    // The cut really landed inside the upload: most of the payload was still to go.
+    assert!(
+        (cut_at as usize) < UPLOAD_BYTES / 1500 / 2,
+        "the cut came too late ({cut_at} packets): not during the upload"
+    );
+    // It ended (it hung here before: the packer waited on a pipe nobody read) and said why.
+    let done = client.finish(&setup, FINISH);
+    assert!(!done.status.success(), "a cut-off upload reported success");
+    assert!(
+        done.stderr.contains("sending the job to node1") && done.stderr.contains("went down"),
+        "no clear reason:\n{}",
+        done.stderr
+    );
+    // node1 holds no unit that still waits or runs.
+    wait_for("node1 to end the half-uploaded unit", || {
+        let out = setup
+            .topo
+            .mesh
+            .ctl(setup.node1, &["work", "list", "--json"]);
+        let units: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let live = units
+            .as_object()?
+            .values()
+            .any(|u| matches!(u["StateName"].as_str(), Some("Pending" | "Running")));
+        (!live).then_some(())
+    });
 }
 
 #[test]

@@ -73,10 +73,15 @@ async fn submit_and_follow(
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(unit);
     };
-    let job = async {
-        let result = client
+    let client_ref = &client;
+    let job = async move {
+        let result = client_ref
             .submit_and_follow(node, request, &mut payload_out, created, &mut results_out)
             .await;
+        // Both pipes close with the stream: a packer still writing gets a broken pipe rather
+        // than waiting for a reader that is gone (it hung there when the path broke during
+        // the upload), and the processor sees the end of the results.
+        drop(payload_out);
         drop(results_out);
         result
     };
@@ -123,7 +128,8 @@ async fn submit_and_follow(
             }
             return processed;
         }
-        (Err(e), Err(packing)) => return Err(packing.context(e.to_string())),
+        // The packer's broken pipe only echoes the stream's end.
+        (Err(e), Err(_)) => return Err(e.context(format!("sending the job to {node}"))),
         (Err(e), Ok(())) => return Err(e.context(format!("running the job on {node}"))),
     };
     let outcome = match processed {
