@@ -263,9 +263,9 @@ pub enum PeerState {
     /// Bytes only, as the input gives them.
     Raw,
     /// Our handshake message 1 is out; message 2 is awaited.
-    Handshaking(Box<Handshake>, Hello),
+    Handshaking(Box<Handshake>, Box<Hello>),
     /// Message 3 is out: we can speak.
-    Up(Wire),
+    Up(Box<Wire>),
     /// The node closed the link.
     Closed,
 }
@@ -369,7 +369,7 @@ impl Harness {
         let Ok((handshake, first)) = Handshake::initiator(&keys) else {
             return index;
         };
-        self.links[index].state = PeerState::Handshaking(Box::new(handshake), hello);
+        self.links[index].state = PeerState::Handshaking(Box::new(handshake), Box::new(hello));
         let mut wire = BytesMut::new();
         encode_noise(&first, &mut wire).expect("message 1 fits");
         self.bytes(index, &wire);
@@ -586,7 +586,7 @@ fn finish_handshake(link: &mut PeerLink) -> Option<BytesMut> {
     // Whatever followed message 2 is already transport.
     let rest = link.inbox.split();
     link.received.extend(wire.receive(&rest));
-    link.state = PeerState::Up(wire);
+    link.state = PeerState::Up(Box::new(wire));
     Some(out)
 }
 

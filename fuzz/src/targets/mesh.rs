@@ -28,7 +28,7 @@ const MAX_OPS: usize = 256;
 pub fn mesh_frame(data: &[u8]) -> Reached {
     let mut reached = Reached::new();
     let cut = data.first().map_or(0, |&b| usize::from(b)).min(data.len());
-    let noise = |buf: &mut BytesMut| decode_noise(buf);
+    let noise = |buf: &mut BytesMut| decode_noise(buf).map(|m| m.map(BytesMut::freeze));
     let frame = |buf: &mut BytesMut| decode_frame(buf);
     let (whole, end) = decode_all(noise, &[data]);
     assert_eq!(

@@ -50,7 +50,7 @@ pub fn encode_noise(message: &[u8], out: &mut BytesMut) -> Result<(), FrameError
 ///
 /// # Errors
 /// [`FrameError::Empty`] for a zero length prefix.
-pub fn decode_noise(buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+pub fn decode_noise(buf: &mut BytesMut) -> Result<Option<BytesMut>, FrameError> {
     if buf.len() < 2 {
         return Ok(None);
     }
@@ -63,7 +63,8 @@ pub fn decode_noise(buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
         return Ok(None);
     }
     buf.advance(2);
-    Ok(Some(buf.split_to(len).freeze()))
+    // Not frozen: the transport decrypts it where it lies.
+    Ok(Some(buf.split_to(len)))
 }
 
 /// Appends one mesh frame (an encoded message) behind its 4-byte length.
@@ -81,6 +82,35 @@ pub fn encode_frame(frame: &[u8], out: &mut BytesMut) -> Result<(), FrameError> 
     // Cannot truncate: MAX_FRAME_LEN fits in u32.
     out.put_u32(frame.len() as u32);
     out.put_slice(frame);
+    Ok(())
+}
+
+/// Appends one mesh frame behind its 4-byte length, written by `encode` straight into `out`
+/// (no buffer of its own). On any failure `out` is left as it was.
+///
+/// # Errors
+/// `Some(`[`FrameError::TooLarge`]`)` when the frame is longer than [`MAX_FRAME_LEN`], `None`
+/// when `encode` fails.
+pub fn encode_frame_with<E>(
+    out: &mut BytesMut,
+    encode: impl FnOnce(&mut BytesMut) -> Result<(), E>,
+) -> Result<(), Option<FrameError>> {
+    let start = out.len();
+    out.put_u32(0);
+    if encode(out).is_err() {
+        out.truncate(start);
+        return Err(None);
+    }
+    let len = out.len() - start - 4;
+    if len > MAX_FRAME_LEN {
+        out.truncate(start);
+        return Err(Some(FrameError::TooLarge {
+            len,
+            max: MAX_FRAME_LEN,
+        }));
+    }
+    // Cannot truncate: MAX_FRAME_LEN fits in u32.
+    out[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
     Ok(())
 }
 
@@ -122,6 +152,37 @@ mod tests {
         assert_eq!(decode_frame(&mut buf).unwrap().unwrap(), &b"hello"[..]);
         assert_eq!(decode_frame(&mut buf).unwrap().unwrap(), &b""[..]);
         assert_eq!(decode_frame(&mut buf).unwrap(), None);
+    }
+
+    #[test]
+    fn a_frame_written_in_place_matches_one_encoded_apart_or_leaves_nothing() {
+        let mut apart = BytesMut::from(&b"x"[..]);
+        encode_frame(b"hello", &mut apart).unwrap();
+        let mut in_place = BytesMut::from(&b"x"[..]);
+        encode_frame_with(&mut in_place, |out| {
+            out.extend_from_slice(b"hello");
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        assert_eq!(apart, in_place);
+
+        let failed = encode_frame_with(&mut in_place, |out| {
+            out.extend_from_slice(b"half");
+            Err(())
+        });
+        assert_eq!(failed, Err(None));
+        let too_big = encode_frame_with(&mut in_place, |out| {
+            out.resize(out.len() + MAX_FRAME_LEN + 1, 0);
+            Ok::<(), ()>(())
+        });
+        assert_eq!(
+            too_big,
+            Err(Some(FrameError::TooLarge {
+                len: MAX_FRAME_LEN + 1,
+                max: MAX_FRAME_LEN
+            }))
+        );
+        assert_eq!(apart, in_place, "nothing left behind by either failure");
     }
 
     #[test]

@@ -149,7 +149,7 @@ enum Pending {
     /// The responder's finished handshake.
     Responder(Box<Handshake>),
     /// The initiator's transport (the responder's hello was read from it).
-    Initiator(Transport),
+    Initiator(Box<Transport>),
 }
 
 /// One link's protocol state.
@@ -302,7 +302,7 @@ impl Link {
             return;
         };
         let transport = match pending {
-            Pending::Initiator(transport) => transport,
+            Pending::Initiator(transport) => *transport,
             Pending::Responder(handshake) => match handshake.into_transport() {
                 Ok(transport) => transport,
                 Err(e) => return self.fail(e.to_string()),
@@ -342,7 +342,7 @@ impl Link {
             return;
         };
         let transport = match pending {
-            Pending::Initiator(transport) => Some(transport),
+            Pending::Initiator(transport) => Some(*transport),
             Pending::Responder(handshake) => handshake.into_transport().ok(),
         };
         if let Some(transport) = transport {
@@ -384,10 +384,12 @@ impl Link {
         if !self.is_up() {
             return Err(SendError::NotUp);
         }
-        let encoded = message
-            .encode()
-            .map_err(|_| SendError::Frame(FrameError::Empty))?;
-        frame::encode_frame(&encoded, &mut self.tx_plain)?;
+        frame::encode_frame_with(&mut self.tx_plain, |out| message.encode_into(out)).map_err(
+            |e| match e {
+                Some(frame) => SendError::Frame(frame),
+                None => SendError::Frame(FrameError::Empty),
+            },
+        )?;
         if self.tx_plain.len() >= MAX_PLAINTEXT_LEN {
             self.flush();
         }
@@ -515,7 +517,7 @@ impl Link {
     }
 
     /// Takes one whole Noise message off the wire buffer, failing the link on garbage.
-    fn next_noise_message(&mut self) -> Option<Bytes> {
+    fn next_noise_message(&mut self) -> Option<BytesMut> {
         match frame::decode_noise(&mut self.rx_wire) {
             Ok(m) => m,
             Err(e) => {
@@ -646,7 +648,7 @@ impl Link {
                     return false;
                 };
                 self.state = State::Identified {
-                    pending: Pending::Initiator(transport),
+                    pending: Pending::Initiator(Box::new(transport)),
                 };
                 self.events.push_back(identified_event(key, hello));
                 false
@@ -681,7 +683,16 @@ impl Link {
         let State::Up { transport, .. } = &mut self.state else {
             return false;
         };
-        if transport.decrypt(&message, &mut self.rx_plain).is_err() {
+        let mut message = message;
+        let opened = if self.rx_plain.is_empty() {
+            // The usual case: no frame left over, so the message becomes the buffer.
+            transport
+                .decrypt_in_place(&mut message)
+                .map(|()| self.rx_plain = message)
+        } else {
+            transport.decrypt(&message, &mut self.rx_plain)
+        };
+        if opened.is_err() {
             self.fail("transport message failed authentication".to_owned());
             return false;
         }

@@ -4,7 +4,7 @@
 //! Owns the shapes of everything a link carries after its handshake, and their encoding.
 //! Decoding is total: any byte string either decodes or yields a [`MessageError`]. No IO.
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use super::lsdb::{Advert, SummaryEntry};
@@ -282,12 +282,43 @@ impl Message {
         Ok(postcard::to_stdvec(self)?)
     }
 
+    /// Appends the postcard encoding to `out`: the same bytes as [`Message::encode`], written
+    /// where they will be sent instead of into a vector of their own.
+    ///
+    /// # Errors
+    /// [`MessageError`] if the message does not serialise (`out` may hold part of it).
+    pub fn encode_into(&self, out: &mut BytesMut) -> Result<(), MessageError> {
+        postcard::serialize_with_flavor(self, AppendTo(out))?;
+        Ok(())
+    }
+
     /// Decodes postcard bytes.
     ///
     /// # Errors
     /// [`MessageError`] for bytes that are not an encoded message.
     pub fn decode(bytes: &[u8]) -> Result<Self, MessageError> {
         Ok(postcard::from_bytes(bytes)?)
+    }
+}
+
+/// A postcard output that appends to a buffer, a slice at a time.
+struct AppendTo<'a>(&'a mut BytesMut);
+
+impl postcard::ser_flavors::Flavor for AppendTo<'_> {
+    type Output = ();
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.put_u8(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
     }
 }
 
@@ -331,6 +362,33 @@ mod tests {
             }),
         });
         assert_eq!(Message::decode(&msg.encode().unwrap()).unwrap(), msg);
+    }
+
+    #[test]
+    fn encoding_in_place_writes_the_same_bytes_after_what_was_there() {
+        let data = Bytes::from((0..70_000u32).map(|i| i as u8).collect::<Vec<u8>>());
+        for msg in [
+            Message::Keepalive,
+            Message::Close(CloseReason::Shutdown),
+            Message::Packet(Packet {
+                src: id("a"),
+                dst: id("c"),
+                hops_left: 7,
+                body: PacketBody::Stream(StreamPacket {
+                    circuit: CircuitId {
+                        opener: id("a"),
+                        number: 42,
+                    },
+                    from_opener: false,
+                    kind: StreamKind::Sealed(data.clone()),
+                }),
+            }),
+        ] {
+            let mut out = BytesMut::from(&b"before"[..]);
+            msg.encode_into(&mut out).unwrap();
+            assert_eq!(&out[..6], b"before");
+            assert_eq!(out[6..], msg.encode().unwrap()[..]);
+        }
     }
 
     #[test]

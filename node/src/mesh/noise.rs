@@ -12,8 +12,13 @@
 //! first transport frame, which the initiator judges in turn (see `link.rs`). The caller
 //! decides whom to trust; this module only reports keys and hellos. No IO.
 
-use bytes::BytesMut;
-use snow::{HandshakeState, TransportState};
+mod cipher;
+
+use bytes::{BufMut, BytesMut};
+use snow::HandshakeState;
+
+use cipher::CipherState;
+pub use cipher::{CipherError, TAG_LEN};
 
 use super::message::{
     CloseReason, Hello, MessageError, PROTOCOL_VERSION, Preamble, ResponderPayload, decode_payload,
@@ -26,7 +31,7 @@ use crate::keys::{LinkKeypair, PublicKey};
 pub const NOISE_PARAMS: &str = "Noise_XX_25519_AESGCM_SHA256";
 
 /// Largest plaintext a transport message carries (a Noise message minus its 16-byte tag).
-pub const MAX_PLAINTEXT_LEN: usize = super::frame::MAX_NOISE_MESSAGE_LEN - 16;
+pub const MAX_PLAINTEXT_LEN: usize = super::frame::MAX_NOISE_MESSAGE_LEN - TAG_LEN;
 
 /// Bound into the handshake hash. It names no version: the version travels in the first
 /// message's preamble, so nodes of different versions can still tell each other why they
@@ -226,8 +231,7 @@ impl Handshake {
         hello: &Hello,
     ) -> Result<(Vec<u8>, Transport), HandshakeError> {
         let last = self.write(&encode_payload(hello))?;
-        let state = self.state.into_transport_mode()?;
-        Ok((last, Transport::new(state)))
+        Ok((last, Transport::new(self.state)?))
     }
 
     /// (Responder, after [`HandshakeOutput::Identified`].) The transport.
@@ -235,14 +239,14 @@ impl Handshake {
     /// # Errors
     /// [`HandshakeError::Noise`] if Noise cannot finish (out of order use).
     pub fn into_transport(self) -> Result<Transport, HandshakeError> {
-        Ok(Transport::new(self.state.into_transport_mode()?))
+        Transport::new(self.state)
     }
 }
 
-/// The encrypted transport after a finished handshake.
+/// The encrypted transport after a finished handshake: one [`CipherState`] each way.
 pub struct Transport {
-    state: TransportState,
-    scratch: Vec<u8>,
+    send: CipherState,
+    recv: CipherState,
 }
 
 impl std::fmt::Debug for Transport {
@@ -252,43 +256,93 @@ impl std::fmt::Debug for Transport {
 }
 
 impl Transport {
-    fn new(state: TransportState) -> Self {
-        Self {
-            state,
-            scratch: vec![0; super::frame::MAX_NOISE_MESSAGE_LEN],
+    /// The transport of a finished handshake: its split, as Noise's `Split()` makes it
+    /// (the first key for messages from the initiator).
+    fn new(mut state: HandshakeState) -> Result<Self, HandshakeError> {
+        if !state.is_handshake_finished() {
+            return Err(HandshakeError::Unexpected);
         }
+        let (from_initiator, from_responder) = state.dangerously_get_raw_split();
+        let (send, recv) = if state.is_initiator() {
+            (from_initiator, from_responder)
+        } else {
+            (from_responder, from_initiator)
+        };
+        Ok(Self {
+            send: CipherState::new(&send),
+            recv: CipherState::new(&recv),
+        })
     }
 
     /// Encrypts `plaintext` (at most [`MAX_PLAINTEXT_LEN`] bytes) and appends it, framed, to
-    /// `out`.
+    /// `out`: one copy, sealed where it lands.
     ///
     /// # Errors
-    /// [`snow::Error`] if the plaintext is too long or the nonce is exhausted.
-    pub fn encrypt(&mut self, plaintext: &[u8], out: &mut BytesMut) -> Result<(), snow::Error> {
-        let n = self.state.write_message(plaintext, &mut self.scratch)?;
-        super::frame::encode_noise(&self.scratch[..n], out)
-            .expect("invariant: a noise message fits a 2-byte length");
+    /// [`CipherError::Exhausted`] when the nonce is spent (`out` is left as it was).
+    ///
+    /// # Panics
+    /// If `plaintext` is longer than [`MAX_PLAINTEXT_LEN`] (callers cut it first).
+    pub fn encrypt(&mut self, plaintext: &[u8], out: &mut BytesMut) -> Result<(), CipherError> {
+        assert!(
+            plaintext.len() <= MAX_PLAINTEXT_LEN,
+            "a transport message carries at most {MAX_PLAINTEXT_LEN} bytes"
+        );
+        let len = u16::try_from(plaintext.len() + TAG_LEN)
+            .expect("invariant: MAX_PLAINTEXT_LEN + TAG_LEN fits a 2-byte length");
+        let start = out.len();
+        out.reserve(2 + plaintext.len() + TAG_LEN);
+        out.put_u16(len);
+        out.extend_from_slice(plaintext);
+        match self.send.seal_in_place(&mut out[start + 2..]) {
+            Ok(tag) => {
+                out.extend_from_slice(tag.as_ref());
+                Ok(())
+            }
+            Err(e) => {
+                out.truncate(start);
+                Err(e)
+            }
+        }
+    }
+
+    /// Decrypts one transport message where it lies, leaving only its plaintext in it.
+    ///
+    /// # Errors
+    /// [`CipherError::Decrypt`] when the message fails authentication.
+    pub fn decrypt_in_place(&mut self, message: &mut BytesMut) -> Result<(), CipherError> {
+        let len = self.recv.open_in_place(message)?;
+        message.truncate(len);
         Ok(())
     }
 
-    /// Decrypts one transport message, appending the plaintext to `out`.
+    /// Decrypts one transport message, appending the plaintext to `out` (one copy).
     ///
     /// # Errors
-    /// [`snow::Error`] when the message fails authentication.
-    pub fn decrypt(&mut self, message: &[u8], out: &mut BytesMut) -> Result<(), snow::Error> {
-        let n = self.state.read_message(message, &mut self.scratch)?;
-        out.extend_from_slice(&self.scratch[..n]);
-        Ok(())
+    /// [`CipherError::Decrypt`] when the message fails authentication (`out` is left as it
+    /// was).
+    pub fn decrypt(&mut self, message: &[u8], out: &mut BytesMut) -> Result<(), CipherError> {
+        let start = out.len();
+        out.extend_from_slice(message);
+        match self.recv.open_in_place(&mut out[start..]) {
+            Ok(len) => {
+                out.truncate(start + len);
+                Ok(())
+            }
+            Err(e) => {
+                out.truncate(start);
+                Err(e)
+            }
+        }
     }
 
     /// Switches the sending side to a new key (after sending [`super::message::Message::Rekey`]).
     pub fn rekey_outgoing(&mut self) {
-        self.state.rekey_outgoing();
+        self.send.rekey();
     }
 
     /// Switches the receiving side to a new key (after receiving `Rekey`).
     pub fn rekey_incoming(&mut self) {
-        self.state.rekey_incoming();
+        self.recv.rekey();
     }
 }
 
@@ -353,6 +407,101 @@ mod tests {
         out.clear();
         tb.decrypt(&msg, &mut out).unwrap();
         assert_eq!(&out[..], b"after");
+    }
+
+    /// A bare XX handshake between our state builder's two roles: (initiator, responder).
+    fn raw_pair() -> (HandshakeState, HandshakeState) {
+        let (a, b) = pair();
+        let mut ini = build(&a, Role::Initiator).unwrap();
+        let mut res = build(&b, Role::Responder).unwrap();
+        let (mut buf, mut scratch) = (vec![0u8; 1024], vec![0u8; 1024]);
+        for turn in 0..3 {
+            let (from, to) = if turn % 2 == 0 {
+                (&mut ini, &mut res)
+            } else {
+                (&mut res, &mut ini)
+            };
+            let n = from.write_message(&[], &mut buf).unwrap();
+            to.read_message(&buf[..n], &mut scratch).unwrap();
+        }
+        (ini, res)
+    }
+
+    /// Ours encrypts, snow's transport decrypts, and back, across a rekey each way: the
+    /// bytes on the wire are Noise's, so nodes of earlier builds still understand us.
+    #[test]
+    fn the_in_place_transport_speaks_snows_noise_both_ways_and_across_rekeys() {
+        let (ini, res) = raw_pair();
+        let mut ours = Transport::new(ini).unwrap();
+        let mut theirs = res.into_transport_mode().unwrap();
+        let mut scratch = vec![0u8; super::super::frame::MAX_NOISE_MESSAGE_LEN];
+        for round in 0..3u8 {
+            let text = vec![round; 1000 + usize::from(round)];
+            let mut wire = BytesMut::new();
+            ours.encrypt(&text, &mut wire).unwrap();
+            let msg = super::super::frame::decode_noise(&mut wire)
+                .unwrap()
+                .unwrap();
+            let n = theirs.read_message(&msg, &mut scratch).unwrap();
+            assert_eq!(&scratch[..n], &text[..], "ours -> snow, round {round}");
+
+            let n = theirs.write_message(&text, &mut scratch).unwrap();
+            let mut message = BytesMut::from(&scratch[..n]);
+            ours.decrypt_in_place(&mut message).unwrap();
+            assert_eq!(
+                &message[..],
+                &text[..],
+                "snow -> ours in place, round {round}"
+            );
+            let n = theirs.write_message(b"appended", &mut scratch).unwrap();
+            let mut out = BytesMut::from(&b"kept"[..]);
+            ours.decrypt(&scratch[..n], &mut out).unwrap();
+            assert_eq!(
+                &out[..],
+                b"keptappended",
+                "snow -> ours appended, round {round}"
+            );
+
+            ours.rekey_outgoing();
+            theirs.rekey_incoming();
+            ours.rekey_incoming();
+            theirs.rekey_outgoing();
+        }
+    }
+
+    #[test]
+    fn a_message_failing_authentication_leaves_the_buffer_as_it_was() {
+        let (ini, res) = raw_pair();
+        let mut ours = Transport::new(res).unwrap();
+        let mut theirs = ini.into_transport_mode().unwrap();
+        let mut scratch = vec![0u8; 256];
+        let n = theirs.write_message(b"one", &mut scratch).unwrap();
+        scratch[0] ^= 1;
+        let mut out = BytesMut::from(&b"kept"[..]);
+        assert_eq!(
+            ours.decrypt(&scratch[..n], &mut out),
+            Err(CipherError::Decrypt)
+        );
+        assert_eq!(&out[..], b"kept");
+        // Nor did the counter move: the next genuine message still opens.
+        scratch[0] ^= 1;
+        ours.decrypt(&scratch[..n], &mut out).unwrap();
+        assert_eq!(&out[..], b"keptone");
+        assert_eq!(
+            ours.decrypt(&scratch[..8], &mut out),
+            Err(CipherError::Decrypt),
+            "shorter than a tag"
+        );
+    }
+
+    #[test]
+    fn an_unfinished_handshake_gives_no_transport() {
+        let (a, _) = pair();
+        let state = build(&a, Role::Initiator).unwrap();
+        assert!(matches!(
+            Transport::new(state),
+            Err(HandshakeError::Unexpected)
+        ));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! reordered message fails authentication. Keys differ per circuit, so circuits of one
 //! session never share a nonce space, whatever their paths. No IO.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use ring::hkdf::{HKDF_SHA256, KeyType, Salt};
 
@@ -155,6 +155,25 @@ impl Sealer {
 }
 
 impl Opener {
+    /// Opens the next message where it lies when `sealed` is its buffer's only owner (as a
+    /// freshly decoded packet's is), copying it first otherwise.
+    ///
+    /// # Errors
+    /// [`OpenError`] as [`Opener::open`].
+    pub fn open_owned(&mut self, sealed: Bytes) -> Result<BytesMut, OpenError> {
+        let mut buf = sealed
+            .try_into_mut()
+            .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+        let len = self
+            .key
+            .open_in_place(nonce(self.next), Aad::empty(), &mut buf)
+            .map_err(|_| OpenError)?
+            .len();
+        self.next += 1;
+        buf.truncate(len);
+        Ok(buf)
+    }
+
     /// Opens the next message.
     ///
     /// # Errors

@@ -496,7 +496,11 @@ impl Streams {
         }
         match packet.kind {
             StreamKind::Sealed(sealed) => {
-                let Some(inner) = ep.opener.open(&sealed).ok().and_then(|p| Inner::decode(&p))
+                let Some(inner) = ep
+                    .opener
+                    .open_owned(sealed)
+                    .ok()
+                    .and_then(Inner::decode_owned)
                 else {
                     tracing::debug!(stream = %id, "dropped a circuit packet that failed authentication");
                     return;
