@@ -100,7 +100,7 @@ impl Default for DriverConfig {
 enum SocketEvent {
     Accepted(BoxedLink, Cost, Option<std::net::IpAddr>),
     Dialed(PeerSlotId, io::Result<BoxedLink>),
-    Bytes(LinkId, Bytes),
+    Bytes(LinkId, BytesMut),
     Closed(LinkId, String),
 }
 
@@ -349,7 +349,7 @@ impl Driver {
             }
             SocketEvent::Bytes(link, bytes) => {
                 self.link_metrics.received(link, bytes.len());
-                self.node.handle_link_bytes(now, link, &bytes);
+                self.node.handle_link_owned_bytes(now, link, bytes);
             }
             SocketEvent::Closed(link, why) => self.node.handle_link_socket_closed(now, link, &why),
         }
@@ -559,7 +559,7 @@ async fn read_loop<R: AsyncRead + Unpin>(link: LinkId, mut read: R, tx: mpsc::Se
         match read.read_buf(&mut buf).await {
             Ok(0) => break "connection closed by peer".to_owned(),
             Ok(_) => {
-                let bytes = buf.split().freeze();
+                let bytes = buf.split();
                 if tx.send(SocketEvent::Bytes(link, bytes)).await.is_err() {
                     return;
                 }

@@ -275,11 +275,22 @@ impl Link {
 
     /// Feeds bytes read from the socket.
     pub fn handle_bytes(&mut self, now: Instant, bytes: &[u8]) {
+        self.handle_owned_bytes(now, BytesMut::from(bytes));
+    }
+
+    /// As [`Link::handle_bytes`], keeping the buffer the socket was read into instead of
+    /// copying it: it becomes the receive buffer when that is empty (the usual case), or
+    /// joins it, in place when the two are adjacent in memory.
+    pub fn handle_owned_bytes(&mut self, now: Instant, bytes: BytesMut) {
         if self.is_closed() {
             return;
         }
         self.last_rx = now;
-        self.rx_wire.extend_from_slice(bytes);
+        if self.rx_wire.is_empty() {
+            self.rx_wire = bytes;
+        } else {
+            self.rx_wire.unsplit(bytes);
+        }
         self.process();
     }
 

@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::link::{Link, LinkConfig, LinkEnd, LinkEvent, LinkId};
 use super::lsdb::{Advert, Lsdb, LsdbLimits};
@@ -513,8 +513,13 @@ impl MeshNode {
 
     /// Bytes arrived on a link's socket.
     pub fn handle_link_bytes(&mut self, now: Instant, link: LinkId, bytes: &[u8]) {
+        self.handle_link_owned_bytes(now, link, BytesMut::from(bytes));
+    }
+
+    /// As [`MeshNode::handle_link_bytes`], keeping the buffer the socket was read into.
+    pub fn handle_link_owned_bytes(&mut self, now: Instant, link: LinkId, bytes: BytesMut) {
         if let Some(slot) = self.links.get_mut(&link) {
-            slot.link.handle_bytes(now, bytes);
+            slot.link.handle_owned_bytes(now, bytes);
             self.process_link_events(now, link);
         }
     }
