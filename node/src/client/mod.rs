@@ -344,6 +344,7 @@ fn start(
             .into_iter()
             .collect(),
         authorities,
+        successions: Default::default(),
     };
     let mut config = MeshConfig::new(me.clone(), identity.keys, trust, crate::clock::now_ms());
     config.cert = identity.cert;

@@ -18,10 +18,12 @@ impl MeshNode {
     pub fn set_trust(
         &mut self,
         now: Instant,
-        policy: TrustPolicy,
+        mut policy: TrustPolicy,
         cert: Option<SignedCertificate>,
     ) {
         let cert_changed = self.config.cert != cert;
+        // Successions accepted while running stay accepted (the store has them too).
+        policy.successions.merge(&self.config.trust.successions);
         self.config.trust = policy;
         self.config.cert = cert;
         self.rejudge_links(now);
