@@ -23,7 +23,7 @@ pub struct KeygenArgs {
 
     /// Rotate the existing key in FILE (given with --out): FILE gets a new key, the old one
     /// is kept in FILE.previous, and FILE.succession gets a statement signed by the old key
-    /// naming the new one. Reload the node (`warren reload` or SIGHUP) to adopt it: running
+    /// naming the new one. Reload the node (SIGHUP, or `receptorctl reload`) to adopt it: running
     /// links and jobs go on, and peers that pinned the old key follow the statement.
     #[arg(long, requires = "out")]
     pub rotate: bool,
@@ -67,8 +67,8 @@ fn rotate(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     );
     eprintln!("next:");
     eprintln!(
-        "  1. reload the node (`warren reload` or SIGHUP): new links, sessions and adverts use \
-         the new key, running links and jobs go on"
+        "  1. reload the node (`kill -HUP PID`, or `receptorctl --socket SOCKET reload`): new \
+         links, sessions and adverts use the new key, running links and jobs go on"
     );
     eprintln!(
         "  2. peers that pinned the old key (--trust NODE={}) follow the succession by \

@@ -104,23 +104,28 @@ impl Reloader {
 
     /// Re-reads the config and applies what changed; the answer for `reload`.
     pub async fn reload(&self) -> ReloadReply {
-        let Some(source) = self.inner.source.clone() else {
-            tracing::info!("reload: started from flags only; nothing to re-read");
-            return ReloadReply::Applied;
-        };
-        let loaded = match tokio::task::spawn_blocking(move || source()).await {
-            Ok(loaded) => loaded,
-            Err(e) => {
-                return ReloadReply::Failed {
-                    message: format!("reading the config failed: {e}"),
-                    code: ERRORCODE_BAD_CONFIG,
-                };
-            }
+        let loaded = match self.inner.source.clone() {
+            Some(source) => match tokio::task::spawn_blocking(move || source()).await {
+                Ok(loaded) => Some(loaded),
+                Err(e) => {
+                    return ReloadReply::Failed {
+                        message: format!("reading the config failed: {e}"),
+                        code: ERRORCODE_BAD_CONFIG,
+                    };
+                }
+            },
+            None => None,
         };
         let mut state = self.inner.state.lock().await;
-        let planned = match plan(&state.config, loaded) {
-            Ok(planned) => planned,
-            Err(refused) => return refused,
+        let planned = match loaded {
+            Some(loaded) => match plan(&state.config, loaded) {
+                Ok(planned) => planned,
+                Err(refused) => return refused,
+            },
+            None => {
+                tracing::info!("reload: started from flags only; only the key file is re-read");
+                None
+            }
         };
         let key_config = planned.as_ref().map_or(&state.config, |(new, _)| new);
         let rotation = match &state.key {
