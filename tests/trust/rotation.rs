@@ -162,3 +162,69 @@ fn reload_refuses_a_key_replaced_without_a_succession() {
             .contains("adopted the rotated link key")
     );
 }
+
+/// Rotates the key of `mesh` node `index` with `warren keygen --rotate` and reloads it by
+/// SIGHUP; returns the new token.
+fn rotate_and_reload(mesh: &Mesh, index: usize) -> String {
+    let key = mesh.node(index).identity.key.clone();
+    let out = warren(&["keygen", "--rotate", "--out", key.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let adopted = |log: &str| count(log, "adopted the rotated link key");
+    let before = adopted(&mesh.node(index).log_text());
+    mesh.node(index).signal(libc::SIGHUP);
+    wait_for("the node to adopt its new key", || {
+        (adopted(&mesh.node(index).log_text()) > before).then_some(())
+    });
+    text(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn warren_run_follows_the_rotated_keys_of_its_peer_and_target() {
+    let setup = crate::run::direct_setup();
+    let pdd = setup.mesh.path("demo");
+    crate::run::copy_demo(&pdd);
+    let peer = format!("receptor://{}", setup.controller_addr);
+    let args = [
+        "run",
+        pdd.to_str().unwrap(),
+        "-p",
+        "test.yml",
+        "--via-receptor",
+        "node1",
+        "--receptor-peer",
+        &peer,
+    ];
+    let run = || crate::run::frontend(&setup, &args).output().unwrap();
+    let first = run();
+    assert!(first.status.success(), "{first:?}\n{}", setup.mesh.logs());
+    let known = |file: &str| std::fs::read_to_string(setup.identity.with_file_name(file)).unwrap();
+    let (peers_before, nodes_before) = (known("known_peers"), known("known_nodes"));
+
+    // Both the peer the client dials and the node it runs on rotate their keys.
+    let controller = (0..3)
+        .find(|&i| setup.mesh.node(i).identity.id == "controller")
+        .unwrap();
+    let controller_key = rotate_and_reload(&setup.mesh, controller);
+    let node1_key = rotate_and_reload(&setup.mesh, setup.node1);
+    wait_for("node1 to follow the controller's rotation", || {
+        (count(&setup.mesh.node(setup.node1).log_text(), ACCEPTED) == 1).then_some(())
+    });
+
+    let second = run();
+    assert!(second.status.success(), "{second:?}\n{}", setup.mesh.logs());
+    assert!(
+        text(&second.stderr).contains("rotated its key"),
+        "{}",
+        text(&second.stderr)
+    );
+    let peers_after = known("known_peers");
+    assert_ne!(peers_after, peers_before);
+    assert!(peers_after.contains(&controller_key), "{peers_after}");
+    let nodes_after = known("known_nodes");
+    assert_ne!(nodes_after, nodes_before);
+    assert_eq!(nodes_after.trim(), format!("node1 {node1_key}"));
+    // And the next run finds nothing new.
+    let third = run();
+    assert!(third.status.success(), "{third:?}");
+    assert!(!text(&third.stderr).contains("rotated its key"));
+}

@@ -47,17 +47,25 @@ impl From<Vec<TrustEntry>> for TrustPolicy {
 }
 
 impl TrustPolicy {
-    /// The keys pinned to `node` (as configured, before successions).
-    pub fn pins_for(&self, node: &NodeId) -> Vec<PublicKey> {
+    /// The configured keys that may speak for `node`: those pinned to it and the unpinned
+    /// ones (before successions). A key succession must start from one of them.
+    pub fn anchors_for(&self, node: &NodeId) -> Vec<PublicKey> {
         (self.entries.iter())
-            .filter(|e| e.node.as_ref() == Some(node))
+            .filter(|e| e.node.as_ref().is_none_or(|n| n == node))
             .map(|e| e.key)
             .collect()
     }
 
     /// The current key of `node` by its pin, following accepted successions.
     pub fn pinned_key(&self, node: &NodeId) -> Option<PublicKey> {
-        (self.pins_for(node).first()).map(|pin| self.successions.current(pin))
+        (self.entries.iter())
+            .find(|e| e.node.as_ref() == Some(node))
+            .map(|e| self.successions.current(&e.key))
+    }
+
+    /// Whether `key` is the current key of an anchor of `node` (nothing to follow).
+    pub fn is_current_for(&self, node: &NodeId, key: &PublicKey) -> bool {
+        (self.anchors_for(node).iter()).any(|a| self.successions.current(a) == *key)
     }
 
     /// Every key trusted here for something (configured, and the current keys of pins): no
@@ -170,10 +178,8 @@ fn decide(
     if let Some(decision) = decide_by_entries(policy, key, claimed) {
         return decision;
     }
-    let key_trusted = policy
-        .entries
-        .iter()
-        .any(|e| e.key == *key && e.node.is_none());
+    let key_trusted = (policy.entries.iter())
+        .any(|e| e.node.is_none() && policy.successions.current(&e.key) == *key);
     let certified = cert.map(|c| {
         policy
             .authorities
@@ -205,9 +211,6 @@ fn decide_by_entries(
     let mut pinned_elsewhere = None;
     let mut superseded = None;
     for entry in &policy.entries {
-        let Some(node) = &entry.node else {
-            continue;
-        };
         let path = if policy.successions.is_empty() {
             vec![entry.key]
         } else {
@@ -217,10 +220,16 @@ fn decide_by_entries(
             continue;
         };
         let current = path[path.len() - 1];
-        match (node == claimed, at + 1 == path.len()) {
-            (true, true) => return Some(TrustDecision::Trusted(Binding::Pinned)),
-            (true, false) => superseded = Some(current),
-            (false, _) => {
+        let is_current = at + 1 == path.len();
+        match &entry.node {
+            // An unpinned key (or its successor) is judged by the caller.
+            None if is_current => {}
+            None => superseded = Some(current),
+            Some(node) if node == claimed && is_current => {
+                return Some(TrustDecision::Trusted(Binding::Pinned));
+            }
+            Some(node) if node == claimed => superseded = Some(current),
+            Some(node) => {
                 pinned_elsewhere.get_or_insert_with(|| node.clone());
             }
         }
@@ -363,7 +372,7 @@ mod tests {
         }]);
         let (accepted, refusal) = p.successions.learn_chain(
             &a,
-            &p.pins_for(&a),
+            &p.anchors_for(&a),
             &p.keys_in_use(),
             &[step(1, 2), step(2, 3)],
         );

@@ -66,8 +66,9 @@ impl MeshNode {
     }
 
     /// Follows the successions `node` presents with `key` (in its hello or advert) when a
-    /// local pin names an older key of it: accepted statements are logged and handed to
-    /// the driver to persist; refusals are logged (at most once a second).
+    /// local trust entry (a pin to `node`, or an unpinned key) names an older key of it:
+    /// accepted statements are logged and handed to the driver to persist; refusals are
+    /// logged (at most once a second).
     pub(super) fn learn_successions(
         &mut self,
         now: Instant,
@@ -76,17 +77,17 @@ impl MeshNode {
         chain: &[SignedSuccession],
     ) {
         let trust = &self.config.trust;
-        let pins = trust.pins_for(node);
-        if pins.is_empty() || chain.is_empty() || trust.pinned_key(node) == Some(*key) {
+        let anchors = trust.anchors_for(node);
+        if anchors.is_empty() || chain.is_empty() || trust.is_current_for(node, key) {
             return;
         }
         let in_use = trust.keys_in_use();
         let book = &mut self.config.trust.successions;
-        let (accepted, refusal) = book.learn_chain(node, &pins, &in_use, chain);
+        let (accepted, refusal) = book.learn_chain(node, &anchors, &in_use, chain);
         for statement in accepted {
             tracing::info!(
                 %node, old = %statement.old(), new = %statement.new_key(),
-                "accepted a key rotation signed by the pinned key: the pin now stands for the new key"
+                "accepted a key rotation signed by the trusted key: the trust entry now stands for the new key"
             );
             self.events.push_back(Event::SuccessionAccepted {
                 node: node.clone(),
