@@ -228,3 +228,70 @@ fn warren_run_follows_the_rotated_keys_of_its_peer_and_target() {
     assert!(third.status.success(), "{third:?}");
     assert!(!text(&third.stderr).contains("rotated its key"));
 }
+
+#[test]
+fn in_a_mesh_with_an_authority_a_rotated_key_is_adopted_with_its_new_certificate() {
+    let mut mesh = Mesh::new();
+    let ca_key = mesh.path("ca.key");
+    let out = warren(&["ca", "init", "--out", ca_key.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let ca_token = text(&out.stdout).trim().to_owned();
+    let dir = mesh.dir.path().to_owned();
+    let sign = |id: &str, token: &str, out_name: &str| {
+        let path = dir.join(out_name);
+        let ca = ca_key.to_str().unwrap();
+        let args = [
+            "ca", "sign", "--ca", ca, "--node", id, "--key", token, "--out",
+        ];
+        let out = warren(&[&args[..], &[path.to_str().unwrap()]].concat());
+        assert!(out.status.success(), "{out:?}");
+        path
+    };
+    let (a, b) = (mesh.identity("a"), mesh.identity("b"));
+    let a_cert = sign("a", &a.token, "a.cert");
+    let b_cert = sign("b", &b.token, "b.cert");
+    let certified = |cert: &std::path::Path| {
+        [
+            "--ca".to_owned(),
+            ca_token.clone(),
+            "--cert".to_owned(),
+            cert.display().to_string(),
+        ]
+        .to_vec()
+    };
+    let ia = mesh.start(&a, &certified(&a_cert));
+    let a_addr = mesh.node(ia).addr().to_owned();
+    let ib = mesh.start(&b, &[certified(&b_cert), peer(&a_addr)].concat());
+    mesh.wait_route(ib, "a", None);
+
+    // Rotated, but the certificate is still for the old key: the reload changes nothing.
+    let out = warren(&["keygen", "--rotate", "--out", a.key.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let new_token = text(&out.stdout).trim().to_owned();
+    mesh.node(ia).signal(libc::SIGHUP);
+    wait_for("a to refuse the reload", || {
+        let log = mesh.node(ia).log_text();
+        (log.contains("reload not applied") && log.contains("warren ca sign")).then_some(())
+    });
+    assert!(
+        !mesh
+            .node(ia)
+            .log_text()
+            .contains("adopted the rotated link key")
+    );
+
+    // With a certificate for the new key in place, it is adopted.
+    let fresh = sign("a", &new_token, "a-new.cert");
+    std::fs::copy(&fresh, &a_cert).unwrap();
+    mesh.node(ia).signal(libc::SIGHUP);
+    wait_for("a to adopt its new key", || {
+        let log = mesh.node(ia).log_text();
+        log.contains("adopted the rotated link key").then_some(())
+    });
+    // b, restarted, links to a's new key on the strength of the new certificate alone.
+    mesh.node_mut(ib).kill();
+    mesh.restart(ib);
+    mesh.wait_route(ib, "a", None);
+    let out = mesh.ctl(ib, &["ping", "a", "--count", "1"]);
+    assert!(out.status.success(), "{out:?}\n{}", mesh.logs());
+}
