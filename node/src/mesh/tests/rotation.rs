@@ -174,3 +174,20 @@ fn a_forged_succession_in_an_advert_changes_nothing() {
         Some(victim_key)
     );
 }
+
+#[test]
+fn a_reload_after_a_rotation_keeps_the_link_made_with_the_retired_key() {
+    let mut sim = Sim::new(74);
+    let n = line(&mut sim, 2);
+    pin_all(&mut sim, &n);
+    rotate(&mut sim, n[0], 200);
+    sim.run_for(Duration::from_secs(5));
+    let downs = link_downs(&sim, n[1]);
+    // n1 reloads its (unchanged) trust settings: its link to n0, made under the key n0
+    // has since retired, runs on.
+    let policy = sim.node(n[1]).config().trust.clone();
+    sim.with_node(n[1], |node, now| node.set_trust(now, policy, None));
+    sim.run_for(Duration::from_secs(5));
+    assert_eq!(link_downs(&sim, n[1]), downs, "{:?}", sim.events(n[1]));
+    assert!(sim.is_linked(n[0], n[1]));
+}
