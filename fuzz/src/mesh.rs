@@ -122,6 +122,7 @@ pub fn trust(with_authority: bool) -> TrustPolicy {
         } else {
             Authorities::default()
         },
+        successions: Default::default(),
     }
 }
 
