@@ -122,6 +122,7 @@ pub fn trust(with_authority: bool) -> TrustPolicy {
         } else {
             Authorities::default()
         },
+        successions: Default::default(),
     }
 }
 
@@ -145,6 +146,7 @@ pub fn advert(index: u8, seq: u64, links: &[(u8, u32)]) -> Advert {
         services: vec![ServiceName::new(SERVICE).expect("valid service")],
         work_types: vec!["command".to_owned()],
         cert: (standing == Standing::Certified).then(|| Box::new(certificate(index))),
+        successions: Vec::new(),
         signature: SignatureBytes([0; 64]),
     }
     .sign(&keys, &[7; 64])
@@ -384,6 +386,7 @@ impl Harness {
             node,
             epoch,
             cert: (cert && certified).then(|| certificate(claim)),
+            successions: Vec::new(),
         }
     }
 

@@ -19,8 +19,8 @@ use warren::keys::SigningKeypair;
 use warren::mesh::frame::{encode_frame, encode_noise};
 use warren::mesh::lsdb::SummaryEntry;
 use warren::mesh::message::{
-    CircuitId, CloseReason, Message, Packet, PacketBody, Preamble, ResetReason, ResponderPayload,
-    StreamKind, StreamPacket, Unreachable,
+    CircuitId, CloseReason, Message, PROTOCOL_VERSION, Packet, PacketBody, Preamble, ResetReason,
+    ResponderPayload, StreamKind, StreamPacket, Unreachable,
 };
 use warren::mesh::noise::Handshake;
 use warren::mesh::session::SessionMsg;
@@ -70,6 +70,7 @@ pub fn all(repo: &Path, worker_stream: Option<&[u8]>) -> Vec<Seed> {
     seeds.extend(configs(repo));
     seeds.extend(components());
     seeds.extend(certificates(repo));
+    seeds.extend(successions());
     seeds.extend(terminal());
     seeds
 }
@@ -231,7 +232,9 @@ fn mesh_messages() -> Vec<Seed> {
     seeds.push(seed(
         "mesh_message",
         "preamble",
-        pc(&Preamble { version: 2 }),
+        pc(&Preamble {
+            version: PROTOCOL_VERSION,
+        }),
         &["preamble"],
     ));
     seeds.push(seed(
@@ -261,7 +264,9 @@ fn pc<T: serde::Serialize>(value: &T) -> Vec<u8> {
 
 fn link_handshakes() -> Vec<Seed> {
     let t = "link_handshake";
-    let preamble = pc(&Preamble { version: 2 });
+    let preamble = pc(&Preamble {
+        version: PROTOCOL_VERSION,
+    });
     let hello = pc(&Harness::hello(1, 4, false));
     let advert_frame = framed(&[Message::Advert(advert(1, 2, &[(0, 1000)]))]);
     let responder_hello = framed(&[Message::Hello(Box::new(Harness::hello(1, 4, false)))]);
@@ -328,8 +333,8 @@ fn link_handshakes() -> Vec<Seed> {
                 OpsWriter::new().op(
                     0,
                     &pc(&ResponderPayload::Refuse(CloseReason::VersionMismatch {
-                        sender: 3,
-                        receiver: 2,
+                        sender: PROTOCOL_VERSION + 1,
+                        receiver: PROTOCOL_VERSION,
                     })),
                 ),
             ),
@@ -1167,6 +1172,59 @@ fn certificates(repo: &Path) -> Vec<Seed> {
         }
     }
     seeds
+}
+
+fn successions() -> Vec<Seed> {
+    use warren::keys::{LinkKeypair, Succession};
+    let t = "key_succession";
+    let old = crate::targets::pinned();
+    let new = LinkKeypair::from_private([42; 32]);
+    let next = LinkKeypair::from_private([43; 32]);
+    let step = |from: &LinkKeypair, to: &LinkKeypair| {
+        Succession::new(from.public(), to.public(), crate::mesh::EPOCH_MS)
+            .sign(from, &[9; 64])
+            .expect("signs")
+    };
+    let genuine = step(&old, &new);
+    let mut forged = step(&old, &new);
+    forged.succession.new = next.public();
+    let fork = step(&old, &next);
+    vec![
+        seed(
+            t,
+            "file-chain",
+            OpsWriter::new()
+                .op(
+                    0,
+                    format!(
+                        "# chain\n{}\n{}\n",
+                        genuine.to_line(),
+                        step(&new, &next).to_line()
+                    )
+                    .as_bytes(),
+                )
+                .finish(),
+            &["chain-valid", "accepted"],
+        ),
+        seed(
+            t,
+            "forged-then-fork",
+            OpsWriter::new()
+                .op(1, &pc(&forged))
+                .op(1, &pc(&genuine))
+                .op(2, &pc(&vec![fork]))
+                .finish(),
+            &["refused", "accepted", "refused"],
+        ),
+        seed(
+            t,
+            "bad-line",
+            OpsWriter::new()
+                .op(0, b"warren-key-succession-v1 !!!\n")
+                .finish(),
+            &["line-refused"],
+        ),
+    ]
 }
 
 fn terminal() -> Vec<Seed> {

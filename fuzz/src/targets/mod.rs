@@ -5,6 +5,7 @@
 mod ansible;
 mod control;
 mod files;
+mod keys;
 mod link;
 mod mesh;
 mod text;
@@ -12,6 +13,7 @@ mod text;
 pub use ansible::{artifacts_unpack, worker_stream};
 pub use control::{control_request, work_protocol};
 pub use files::{ca_armor, component_signature, config_toml};
+pub use keys::{key_succession, pinned};
 pub use link::link_handshake;
 pub use mesh::{lsdb_advert, mesh_frame, mesh_message, mesh_node, mesh_session};
 pub use text::{assert_terminal_safe, terminal_filter};
@@ -37,5 +39,6 @@ pub const ALL: &[(&str, Target)] = &[
     ("config_toml", config_toml),
     ("component_signature", component_signature),
     ("ca_armor", ca_armor),
+    ("key_succession", key_succession),
     ("terminal_filter", terminal_filter),
 ];

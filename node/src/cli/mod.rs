@@ -55,7 +55,8 @@ pub enum Command {
     /// Example: warren node --id node1 --listen 127.0.0.1:8888 --key node1.key
     /// --trust relay=x25519:... --data-dir /var/lib/warren/node1
     Node(Box<NodeArgs>),
-    /// Create a link key pair, or show the public token of an existing one.
+    /// Create a link key pair, show the public token of an existing one, or rotate a
+    /// node's key (`--rotate --out FILE`, then reload the node).
     Keygen(KeygenArgs),
     /// A mesh authority: certificates that admit nodes without per-peer trust entries.
     ///

@@ -16,7 +16,8 @@ use std::time::Duration;
 use crate::ca::Authorities;
 use crate::config::{EndpointAddr, Scheme};
 use crate::id::NodeId;
-use crate::keys::PublicKey;
+use crate::keys::succession;
+use crate::keys::{PublicKey, SignedSuccession};
 use crate::mesh::driver::{self, DriverConfig, MeshHandle, PeerTarget};
 use crate::mesh::node::MeshConfig;
 use crate::mesh::route::Cost;
@@ -197,14 +198,22 @@ impl ClientNode {
                 return Err(e);
             }
         };
-        if pinned.is_none() {
+        // A key other than the remembered one was admitted only through a key succession
+        // signed by the remembered key (the peer rotated): remember its new key.
+        if pinned != Some(key) {
             known_peers
                 .remember(&options.peer.to_string(), key)
                 .map_err(|source| ClientError::Write {
                     path: known_peers.path().to_owned(),
                     source,
                 })?;
-            notice(format!("remembered the key of {}: {key}", options.peer));
+            notice(match pinned {
+                None => format!("remembered the key of {}: {key}", options.peer),
+                Some(old) => format!(
+                    "{} rotated its key (signed by the remembered {old}): remembered {key}",
+                    options.peer
+                ),
+            });
         }
         Ok(Self {
             mesh,
@@ -260,7 +269,8 @@ impl ClientNode {
             if let Some(advert) = advert
                 && advert.work_types.iter().any(|w| w == work_type)
             {
-                return self.check_key(node, advert.key);
+                let (key, chain) = (advert.key, advert.successions.clone());
+                return self.check_key(node, key, &chain);
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(ClientError::NotOffered {
@@ -272,13 +282,27 @@ impl ClientNode {
         }
     }
 
-    fn check_key(&mut self, node: &NodeId, seen: PublicKey) -> Result<(), ClientError> {
+    fn check_key(
+        &mut self,
+        node: &NodeId,
+        seen: PublicKey,
+        chain: &[SignedSuccession],
+    ) -> Result<(), ClientError> {
         if self.certified {
             // The mesh stored the advert only because the authority's certificate binds it.
             return Ok(());
         }
         match self.known_nodes.get(node.as_str()) {
             Some(known) if known == seen => Ok(()),
+            // The node rotated its key: each step is signed by the key it retires, starting
+            // with the one remembered.
+            Some(known) if succession::leads(chain, &known, &seen) => self
+                .known_nodes
+                .remember(node.as_str(), seen)
+                .map_err(|source| ClientError::Write {
+                    path: self.known_nodes.path().to_owned(),
+                    source,
+                }),
             Some(known) => Err(ClientError::NodeKeyChanged {
                 node: node.clone(),
                 known,
@@ -344,6 +368,7 @@ fn start(
             .into_iter()
             .collect(),
         authorities,
+        successions: Default::default(),
     };
     let mut config = MeshConfig::new(me.clone(), identity.keys, trust, crate::clock::now_ms());
     config.cert = identity.cert;

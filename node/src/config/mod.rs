@@ -401,6 +401,7 @@ impl Config {
         let policy = crate::mesh::trust::TrustPolicy {
             entries: self.trust.clone(),
             authorities: crate::ca::Authorities::new(self.certificates.authorities.clone()),
+            successions: Default::default(),
         };
         crate::mesh::trust::decide_peer(&policy, key, claimed, None, 0)
     }

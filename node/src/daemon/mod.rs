@@ -26,7 +26,8 @@ use crate::host::registry::{self, Registry};
 use crate::host::runner::{Host, HostError};
 use crate::id::ServiceName;
 use crate::keys::SigningKeypair;
-use crate::keys::{KeyError, LinkKeypair};
+use crate::keys::{KeyError, LinkKeypair, SignedSuccession, rotation};
+use crate::mesh::driver::succession_store;
 use crate::mesh::driver::{self, DriverConfig, MeshHandle, MeshStream, PeerTarget};
 use crate::mesh::link::LinkConfig;
 use crate::mesh::node::MeshConfig;
@@ -87,6 +88,17 @@ pub enum StartError {
     /// A `wss://` listener's certificate or a `wss://` peer's roots could not be loaded.
     #[error("{0}")]
     Tls(TlsError),
+    /// The node's key succession file (`<key file>.succession`) is unreadable or invalid.
+    #[error(transparent)]
+    KeySuccession(#[from] rotation::RotationError),
+    /// The store of accepted peer key successions could not be read.
+    #[error("{path}: cannot read the accepted key successions: {source}")]
+    SuccessionStore {
+        /// The store.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
     /// The metrics endpoint could not start.
     #[error("{0}")]
     Metrics(crate::metrics::ServeError),
@@ -142,6 +154,7 @@ pub fn mesh_config(config: &Config) -> Result<MeshConfig, StartError> {
     warn_if_readable_by_others(&config.key_file);
     let trust = trust_policy(config)?;
     let cert = own_certificate(config, &keys)?;
+    let successions = own_successions(config, &keys)?;
     let mut mesh = MeshConfig::new(
         config.node_id.clone(),
         keys,
@@ -149,6 +162,7 @@ pub fn mesh_config(config: &Config) -> Result<MeshConfig, StartError> {
         backend::wall_clock_ms(),
     );
     mesh.cert = cert;
+    mesh.successions = successions;
     mesh.rng_seed = random_seed();
     mesh.link = LinkConfig {
         keepalive: config.mesh.keepalive,
@@ -190,10 +204,29 @@ pub fn trust_policy(config: &Config) -> Result<TrustPolicy, StartError> {
         let list = SignedRevocationList::from_armored(&text).map_err(|e| bad(e.to_string()))?;
         authorities.revoke(&list).map_err(|e| bad(e.to_string()))?;
     }
+    let store = succession_store::store_path(&config.data_dir);
+    let successions =
+        succession_store::load(&store).map_err(|source| StartError::SuccessionStore {
+            path: store.clone(),
+            source,
+        })?;
     Ok(TrustPolicy {
         entries: config.trust.clone(),
         authorities,
+        successions,
     })
+}
+
+/// This node's key succession chain (`<key file>.succession`, written by `warren keygen
+/// --rotate`), when it ends at the node's key.
+///
+/// # Errors
+/// [`StartError::KeySuccession`] when the chain file is unreadable or invalid.
+pub(crate) fn own_successions(
+    config: &Config,
+    keys: &LinkKeypair,
+) -> Result<Vec<SignedSuccession>, StartError> {
+    Ok(rotation::chain_for(&config.key_file, keys)?)
 }
 
 /// This node's certificate, checked to be for its id and key and still valid.
@@ -322,6 +355,7 @@ pub async fn start(
     source: Option<ConfigSource>,
 ) -> Result<RunningNode, StartError> {
     let mesh_config = mesh_config(config)?;
+    let own_key = mesh_config.keys.public();
     std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
         path: config.data_dir.clone(),
         source,
@@ -359,6 +393,7 @@ pub async fn start(
     let host = Arc::new(host);
     let driver_config = DriverConfig {
         metrics: metrics.clone(),
+        succession_store: Some(succession_store::store_path(&config.data_dir)),
         ..DriverConfig::default()
     };
     let (mesh, driver) = driver::start_with(mesh_config, driver_config, listeners, peers);
@@ -415,6 +450,7 @@ pub async fn start(
     deployer.clone().serve();
     let reloader = Reloader::new(
         config.clone(),
+        Some(own_key),
         live,
         source,
         Some(Applier {

@@ -7,9 +7,11 @@
 //! node cannot change (its id, data dir, key, control socket, mesh tuning, link costs,
 //! metrics and TLS) are named with Receptor's error code for "restart needed", and then
 //! nothing is applied: a reload never claims a change it did not make. Each applied reload
-//! raises the config generation shown in `status`.
+//! raises the config generation shown in `status`. A key file rotated with `warren keygen
+//! --rotate` is adopted live ([`rotation`]): links and jobs running under the old key go on.
 
 mod apply;
+mod rotation;
 
 use std::fmt;
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::config::{Config, ConfigError};
 use crate::control::reply::ReloadReply;
 use crate::control::reply::reload::{ERRORCODE_BAD_CONFIG, ERRORCODE_NOT_RELOADABLE};
+use crate::keys::PublicKey;
 
 pub use apply::{Applier, ApplyError, LiveListener};
 
@@ -65,10 +68,12 @@ impl fmt::Debug for Reloader {
 }
 
 impl Reloader {
-    /// A reloader for a node running `running` with `listeners` bound, re-read from
-    /// `source`, applying through `applier`.
+    /// A reloader for a node running `running` with link key `key` and `listeners` bound,
+    /// re-read from `source`, applying through `applier`. Without `key` (tests that only
+    /// judge), the key file is not looked at.
     pub fn new(
         running: Config,
+        key: Option<PublicKey>,
         listeners: Vec<LiveListener>,
         source: Option<ConfigSource>,
         applier: Option<Applier>,
@@ -78,6 +83,7 @@ impl Reloader {
                 source,
                 state: tokio::sync::Mutex::new(apply::Running {
                     config: running,
+                    key,
                     listeners,
                 }),
                 generation: AtomicU64::new(0),
@@ -98,29 +104,49 @@ impl Reloader {
 
     /// Re-reads the config and applies what changed; the answer for `reload`.
     pub async fn reload(&self) -> ReloadReply {
-        let Some(source) = self.inner.source.clone() else {
-            tracing::info!("reload: started from flags only; nothing to re-read");
-            return ReloadReply::Applied;
-        };
-        let loaded = match tokio::task::spawn_blocking(move || source()).await {
-            Ok(loaded) => loaded,
-            Err(e) => {
-                return ReloadReply::Failed {
-                    message: format!("reading the config failed: {e}"),
-                    code: ERRORCODE_BAD_CONFIG,
-                };
-            }
+        let loaded = match self.inner.source.clone() {
+            Some(source) => match tokio::task::spawn_blocking(move || source()).await {
+                Ok(loaded) => Some(loaded),
+                Err(e) => {
+                    return ReloadReply::Failed {
+                        message: format!("reading the config failed: {e}"),
+                        code: ERRORCODE_BAD_CONFIG,
+                    };
+                }
+            },
+            None => None,
         };
         let mut state = self.inner.state.lock().await;
-        let (new, changed) = match plan(&state.config, loaded) {
-            Ok(Some(planned)) => planned,
-            Ok(None) => return ReloadReply::Applied,
-            Err(refused) => return refused,
+        let planned = match loaded {
+            Some(loaded) => match plan(&state.config, loaded) {
+                Ok(planned) => planned,
+                Err(refused) => return refused,
+            },
+            None => {
+                tracing::info!("reload: started from flags only; only the key file is re-read");
+                None
+            }
         };
+        let key_config = planned.as_ref().map_or(&state.config, |(new, _)| new);
+        let rotation = match &state.key {
+            Some(running) => match rotation::plan(running, key_config) {
+                Ok(rotation) => rotation,
+                Err(refused) => return refused,
+            },
+            None => None,
+        };
+        let (new, mut changed) = match (planned, &rotation) {
+            (Some(planned), _) => planned,
+            (None, None) => return ReloadReply::Applied,
+            (None, Some(_)) => (state.config.clone(), Vec::new()),
+        };
+        if rotation.is_some() {
+            changed.push("node.key");
+        }
         let Some(applier) = &self.inner.applier else {
             return not_reloadable(&changed);
         };
-        match applier.apply(&mut state, &new, &changed).await {
+        match applier.apply(&mut state, &new, &changed, rotation).await {
             Ok(()) => {
                 state.config = new;
                 let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1;
@@ -242,7 +268,7 @@ mod tests {
     #[tokio::test]
     async fn unchanged_config_is_success() {
         assert!(matches!(plan(&config(), Ok(config())), Ok(None)));
-        let flags_only = Reloader::new(config(), Vec::new(), None, None);
+        let flags_only = Reloader::new(config(), None, Vec::new(), None, None);
         assert_eq!(flags_only.reload().await, ReloadReply::Applied);
         assert_eq!(flags_only.generation(), 0);
     }
@@ -274,7 +300,7 @@ mod tests {
                 path: PathBuf::from("/nope.toml"),
             })
         });
-        let reloader = Reloader::new(config(), Vec::new(), Some(source), None);
+        let reloader = Reloader::new(config(), None, Vec::new(), Some(source), None);
         let ReloadReply::Failed { code, .. } = reloader.reload().await else {
             panic!("an unreadable config must fail");
         };

@@ -6,6 +6,9 @@
 //! - [`signing`]: Ed25519 key pairs for signatures that are not a node's: component signers
 //!   and mesh certificate authorities.
 //! - [`xeddsa`]: signatures made and checked with X25519 keys (Signal's XEdDSA).
+//! - [`succession`]: statements that retire a link key for a new one (`keygen --rotate`),
+//!   signed by the retired key.
+//! - [`rotation`]: `keygen --rotate` on disk: the retired key and the chain file.
 //! - `file`: the private key file format shared by both kinds.
 //!
 //! A public key travels as one token naming its kind (`x25519:...`, `ed25519:...`), so one
@@ -14,10 +17,13 @@
 
 pub(crate) mod file;
 pub mod link;
+pub mod rotation;
 mod signature;
 pub mod signing;
+pub mod succession;
 pub mod xeddsa;
 
 pub use link::{KeyError, LINK_KEY_KIND, LinkKeypair, PublicKey};
 pub use signature::{SIGNATURE_LEN, SignatureBytes};
 pub use signing::{SIGNING_KEY_KIND, SignerKey, SigningKeyError, SigningKeypair, SigningPurpose};
+pub use succession::{SignedSuccession, Succession, SuccessionError};

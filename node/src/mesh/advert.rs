@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::ca::SignedCertificate;
 use crate::id::{NodeId, ServiceName};
-use crate::keys::{LinkKeypair, PublicKey, SignatureBytes, xeddsa};
+use crate::keys::succession::MAX_CHAIN;
+use crate::keys::{LinkKeypair, PublicKey, SignatureBytes, SignedSuccession, xeddsa};
 use crate::mesh::route::Cost;
 
 /// Most links one advert may list: far above any real node's degree.
@@ -25,7 +26,7 @@ pub const MAX_ADVERT_WORK_TYPES: usize = 256;
 pub const MAX_WORK_TYPE_LEN: usize = 64;
 
 /// Signed before the advert's fields, so an advert signature never stands for anything else.
-const SIGNING_CONTEXT: &[u8] = b"warren advert v2\0";
+const SIGNING_CONTEXT: &[u8] = b"warren advert v3\0";
 
 /// One node's link-state advertisement, flooded across the mesh.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +52,9 @@ pub struct Advert {
     /// The origin's certificate, when it has one: what binds `key` to `origin` at nodes that
     /// trust its authority.
     pub cert: Option<Box<SignedCertificate>>,
+    /// The origin's key successions, oldest first, ending at `key` (after `keygen
+    /// --rotate`): how a node that pinned or first saw an older key follows it.
+    pub successions: Vec<SignedSuccession>,
     /// XEdDSA signature by `key` over everything above.
     pub signature: SignatureBytes,
 }
@@ -84,6 +88,9 @@ pub enum ShapeError {
     /// The certificate names another node or key.
     #[error("advert's certificate is for another node or key")]
     CertMismatch,
+    /// The key successions do not end at the advert's key.
+    #[error("advert's key successions do not end at its key")]
+    SuccessionMismatch,
 }
 
 /// The fields the signature covers, borrowed.
@@ -98,6 +105,7 @@ struct SignedFields<'a> {
     services: &'a [ServiceName],
     work_types: &'a [String],
     cert: &'a Option<Box<SignedCertificate>>,
+    successions: &'a [SignedSuccession],
 }
 
 impl Advert {
@@ -118,6 +126,7 @@ impl Advert {
             services: &self.services,
             work_types: &self.work_types,
             cert: &self.cert,
+            successions: &self.successions,
         };
         let mut bytes = SIGNING_CONTEXT.to_vec();
         bytes.extend(postcard::to_stdvec(&fields).expect("invariant: adverts serialise"));
@@ -145,6 +154,7 @@ impl Advert {
             ("links", self.links.len(), MAX_ADVERT_LINKS),
             ("services", self.services.len(), MAX_ADVERT_SERVICES),
             ("work types", self.work_types.len(), MAX_ADVERT_WORK_TYPES),
+            ("key successions", self.successions.len(), MAX_CHAIN),
         ];
         for (what, count, limit) in limits {
             if count > limit {
@@ -158,6 +168,13 @@ impl Advert {
             && (cert.cert.node != self.origin || cert.cert.key != self.key)
         {
             return Err(ShapeError::CertMismatch);
+        }
+        if self
+            .successions
+            .last()
+            .is_some_and(|s| s.new_key() != self.key)
+        {
+            return Err(ShapeError::SuccessionMismatch);
         }
         Ok(())
     }
@@ -201,6 +218,7 @@ pub(crate) mod tests {
             services: vec![ServiceName::new("control").unwrap()],
             work_types: vec!["command".to_owned()],
             cert: None,
+            successions: Vec::new(),
             signature: SignatureBytes([0; 64]),
         }
         .sign(keys, &[0; 64])

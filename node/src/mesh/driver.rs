@@ -9,6 +9,7 @@
 mod handle;
 mod reconfig;
 mod stream;
+pub mod succession_store;
 #[cfg(test)]
 mod tests;
 
@@ -85,6 +86,9 @@ pub struct DriverConfig {
     pub tap: Option<mpsc::UnboundedSender<(LinkId, Bytes)>>,
     /// Where link counters go (disabled by default).
     pub metrics: Metrics,
+    /// Where accepted key successions of pinned peers are appended (see
+    /// [`succession_store`]); `None` keeps them in memory only.
+    pub succession_store: Option<std::path::PathBuf>,
 }
 
 impl Default for DriverConfig {
@@ -93,6 +97,7 @@ impl Default for DriverConfig {
             max_link_queue: DEFAULT_MAX_LINK_QUEUE,
             tap: None,
             metrics: Metrics::default(),
+            succession_store: None,
         }
     }
 }
@@ -466,6 +471,13 @@ impl Driver {
             }
             Event::LinkUp { link, peer } => self.link_metrics.link_up(link, &peer),
             Event::DuplicateNodeId { .. } => self.link_metrics.duplicate_node_id(),
+            Event::SuccessionAccepted { node, statement } => {
+                if let Some(path) = &self.config.succession_store
+                    && let Err(e) = succession_store::append(path, &statement)
+                {
+                    tracing::error!(%node, path = %path.display(), error = %e, "could not store an accepted key succession: after a restart the pin names the old key again");
+                }
+            }
         }
     }
 

@@ -109,6 +109,8 @@ pub enum LinkEvent {
         epoch: u64,
         /// The peer's certificate, if it showed one.
         cert: Option<Box<SignedCertificate>>,
+        /// The peer's key successions, oldest first (unchecked).
+        successions: Vec<crate::keys::SignedSuccession>,
     },
     /// The link is up: messages flow.
     Up,
@@ -771,6 +773,7 @@ fn identified_event(key: PublicKey, hello: Box<Hello>) -> LinkEvent {
         key,
         epoch: hello.epoch,
         cert: hello.cert.map(Box::new),
+        successions: hello.successions,
     }
 }
 

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 pub use super::advert::{Advert, AdvertLink, ShapeError};
 use super::trust::{self, Binding, TrustDecision, TrustPolicy};
 use crate::id::NodeId;
-use crate::keys::PublicKey;
+use crate::keys::{PublicKey, succession};
 use crate::mesh::route::Topology;
 
 /// How far in the future an advert's epoch may lie (clock skew between nodes). Beyond it
@@ -163,6 +163,8 @@ pub struct Lsdb {
     me: NodeId,
     /// Our static link key: an advert for our id with any other key is a duplicate.
     key: PublicKey,
+    /// Keys we retired by rotation: our adverts signed with them are an earlier life's.
+    former: BTreeSet<PublicKey>,
     limits: LsdbLimits,
     /// Ours included, so that [`Lsdb::adverts`] yields everything in id order.
     entries: BTreeMap<NodeId, Entry>,
@@ -183,11 +185,20 @@ impl Lsdb {
         Self {
             me,
             key,
+            former: BTreeSet::new(),
             limits,
             entries: BTreeMap::new(),
             bytes: 0,
             deadlines: BTreeSet::new(),
         }
+    }
+
+    /// Our key changed (a rotation): adverts for our id signed by a `former` key are from
+    /// before it, not a duplicate.
+    pub fn set_key(&mut self, key: PublicKey, former: impl IntoIterator<Item = PublicKey>) {
+        self.former.extend(former);
+        self.former.remove(&key);
+        self.key = key;
     }
 
     /// Our own node id.
@@ -230,6 +241,11 @@ impl Lsdb {
         }
         let stored = self.entries.get(&advert.origin);
         if stored.is_some_and(|s| s.advert.key == advert.key && !advert.is_newer_than(&s.advert)) {
+            return AdvertOutcome::Ignored;
+        }
+        // Signed with a key the origin has since retired (its stored, verified advert lists
+        // the succession): from before the rotation, superseded.
+        if stored.is_some_and(|s| s.advert.successions.iter().any(|x| x.old() == advert.key)) {
             return AdvertOutcome::Ignored;
         }
         let binding = match self.verify(wall_ms, &advert, policy) {
@@ -301,6 +317,11 @@ impl Lsdb {
             return AdvertOutcome::Ignored;
         };
         let live = stored.expires.is_none_or(|expires| expires > now);
+        // The node rotated its key, and its advert carries the succession from the stored
+        // key, each step signed by the key it retires.
+        if succession::leads(&advert.successions, &stored.advert.key, &advert.key) {
+            return self.store(now, advert, binding, RATE_BURST - 1, now);
+        }
         // A node that restarted with a new key is refused until its old advert ages out,
         // unless something this node configured vouches for the new key and nothing did
         // for the old.
@@ -486,6 +507,10 @@ impl Lsdb {
     fn check_own(&self, advert: &Advert) -> AdvertOutcome {
         if !advert.has_valid_signature() {
             return AdvertOutcome::Refused(AdvertRefusal::BadSignature);
+        }
+        if self.former.contains(&advert.key) {
+            // Ours from before a key rotation: the new advert supersedes it.
+            return AdvertOutcome::Ignored;
         }
         if advert.key != self.key {
             return AdvertOutcome::DuplicateOfMe { key: advert.key };

@@ -11,13 +11,14 @@ use super::lsdb::{Advert, SummaryEntry};
 use super::session::SessionMsg;
 use crate::ca::SignedCertificate;
 use crate::id::NodeId;
+use crate::keys::SignedSuccession;
 
 /// Version of the mesh protocol. The initiator states it in clear in the first handshake
 /// message, so a responder of another version can name both versions in its refusal.
 ///
 /// Version 2: hellos after authentication, certificates, signed adverts, end-to-end
-/// sessions.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// sessions. Version 3: key successions in hellos and adverts (`warren keygen --rotate`).
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Payload of handshake message 1, in clear: the initiator's protocol version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +48,10 @@ pub struct Hello {
     pub epoch: u64,
     /// The sender's certificate, when it has one.
     pub cert: Option<SignedCertificate>,
+    /// The sender's key successions, oldest first, ending at the key of this handshake: a
+    /// peer that pinned an older key follows them (at most
+    /// [`MAX_CHAIN`](crate::keys::succession::MAX_CHAIN)).
+    pub successions: Vec<SignedSuccession>,
 }
 
 /// Why a link was closed or refused. Sent to the peer and logged on both sides.
@@ -99,6 +104,10 @@ pub enum CloseReason {
     /// The peer was removed from the node's configuration (a reload).
     #[error("peer removed from the configuration")]
     Removed,
+    /// The peer's key was retired by a key succession accepted here; its successor must
+    /// be used.
+    #[error("key was retired by a key rotation")]
+    KeyRetired,
 }
 
 /// A message on an established link.
@@ -405,6 +414,7 @@ mod tests {
             node: id("n1"),
             epoch: 7,
             cert: None,
+            successions: Vec::new(),
         };
         assert_eq!(
             decode_payload::<Hello>(&encode_payload(&hello)).unwrap(),

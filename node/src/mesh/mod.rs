@@ -18,6 +18,7 @@ pub mod route;
 pub mod seal;
 pub mod session;
 pub mod stream;
+pub mod succession;
 pub mod transport;
 pub mod trust;
 

@@ -18,8 +18,10 @@ mod adverts;
 mod packets;
 mod reconfig;
 mod sessions;
+mod successions;
 
 pub use adverts::AdvertCounts;
+pub use successions::RotateError;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
@@ -38,7 +40,7 @@ use super::stream::{StreamEvent, StreamId, Streams};
 use super::trust::{self, Binding, TrustDecision, TrustPolicy};
 use crate::ca::SignedCertificate;
 use crate::id::{NodeId, ServiceName};
-use crate::keys::{LinkKeypair, PublicKey};
+use crate::keys::{LinkKeypair, PublicKey, SignedSuccession};
 
 /// Why a stream could not be opened.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -76,6 +78,9 @@ pub struct MeshConfig {
     pub trust: TrustPolicy,
     /// This node's certificate, shown to peers in hellos, adverts and sessions.
     pub cert: Option<SignedCertificate>,
+    /// This node's key successions (oldest first, ending at `keys`), shown in hellos and
+    /// adverts so that peers which pinned an older key follow it.
+    pub successions: Vec<SignedSuccession>,
     /// Link timing.
     pub link: LinkConfig,
     /// Per-neighbour link cost overrides.
@@ -117,6 +122,7 @@ impl MeshConfig {
             keys,
             trust,
             cert: None,
+            successions: Vec::new(),
             link: LinkConfig::default(),
             link_costs: BTreeMap::new(),
             max_hops: DEFAULT_MAX_HOPS,
@@ -229,6 +235,14 @@ pub enum Event {
         link: LinkId,
         /// The frame, as received.
         frame: Bytes,
+    },
+    /// A key succession was accepted for a pinned peer: persist it, so the pin follows the
+    /// peer's new key after a restart too.
+    SuccessionAccepted {
+        /// The peer that presented it.
+        node: NodeId,
+        /// The statement.
+        statement: SignedSuccession,
     },
     /// Another node uses our node id, or two nodes share one.
     DuplicateNodeId {
@@ -356,6 +370,7 @@ pub struct MeshNode {
     refusal_log: LogLimiter,
     handshake_log: LogLimiter,
     version_log: LogLimiter,
+    succession_log: LogLimiter,
     events: VecDeque<Event>,
 }
 
@@ -390,6 +405,7 @@ impl MeshNode {
             refusal_log: LogLimiter::default(),
             handshake_log: LogLimiter::default(),
             version_log: LogLimiter::default(),
+            succession_log: LogLimiter::default(),
             events: VecDeque::new(),
             config,
         };
@@ -475,6 +491,7 @@ impl MeshNode {
             node: self.config.id.clone(),
             epoch: self.config.epoch_ms,
             cert: self.config.cert.clone(),
+            successions: self.config.successions.clone(),
         }
     }
 
@@ -556,7 +573,11 @@ impl MeshNode {
                     key,
                     epoch,
                     cert,
-                } => self.judge_peer(now, id, node, key, epoch, cert.as_deref()),
+                    successions,
+                } => {
+                    self.learn_successions(now, &node, &key, &successions);
+                    self.judge_peer(now, id, node, key, epoch, cert.as_deref());
+                }
                 LinkEvent::Up => self.handle_link_up(now, id),
                 LinkEvent::Message(message) => self.handle_message(now, id, message),
                 LinkEvent::Plaintext(frame) => {
@@ -1041,6 +1062,10 @@ fn admitted(
         TrustDecision::Untrusted => Err(CloseReason::UntrustedKey),
         TrustDecision::PinnedToOther { .. } => Err(CloseReason::KeyPinnedToOtherNode),
         TrustDecision::IdPinnedToOtherKey => Err(CloseReason::IdPinnedToOtherKey),
+        TrustDecision::Superseded { successor } => {
+            tracing::warn!(%link, peer = %node, %key, %successor, "refused link: the peer's key was retired by a key rotation");
+            Err(CloseReason::KeyRetired)
+        }
         TrustDecision::BadCertificate(e) => {
             tracing::warn!(%link, peer = %node, %key, error = %e, "refused link: bad certificate");
             Err(CloseReason::BadCertificate)

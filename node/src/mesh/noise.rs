@@ -356,6 +356,7 @@ mod tests {
             node: NodeId::new(id).unwrap(),
             epoch: 1,
             cert: None,
+            successions: Vec::new(),
         }
     }
 

@@ -238,6 +238,12 @@ impl Sessions {
         }
     }
 
+    /// Uses `keys` for sessions started or accepted from now on (a key rotation);
+    /// established sessions and handshakes under way keep the key they began with.
+    pub fn set_keys(&mut self, keys: LinkKeypair) {
+        self.keys = keys;
+    }
+
     /// The established session with `peer`.
     pub fn established(&mut self, peer: &NodeId) -> Option<&mut Session> {
         match self.table.get_mut(peer) {

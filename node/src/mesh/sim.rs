@@ -198,7 +198,9 @@ impl Sim {
         self.add_with_key(name, key, |_| {})
     }
 
-    fn add_with_key(
+    /// Adds a node with the given private key (trusting everyone, as every sim node does),
+    /// letting `configure` adjust its config.
+    pub(crate) fn add_with_key(
         &mut self,
         name: &str,
         key: [u8; 32],

@@ -2,6 +2,7 @@
 
 mod hostile;
 mod paths;
+mod rotation;
 mod routing;
 mod scale;
 mod streams;

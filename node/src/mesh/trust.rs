@@ -5,8 +5,13 @@
 //! local trust entries (a key, optionally pinned to one node id), certificates of trusted
 //! mesh authorities, and — only for far nodes of a mesh that uses no authority — the first
 //! key seen for an id, which signed adverts then keep from being taken over. Local pins win
-//! over certificates. No IO; the time is passed in.
+//! over certificates. A pin follows the key successions accepted here (`succession.rs`): it
+//! stands for the pinned peer's current key, and the keys it retired are refused. No IO; the
+//! time is passed in.
 
+use std::collections::BTreeSet;
+
+use super::succession::Successions;
 use crate::ca::{Authorities, CertError, SignedCertificate};
 use crate::id::{GroupName, NodeId};
 use crate::keys::PublicKey;
@@ -27,6 +32,8 @@ pub struct TrustPolicy {
     pub entries: Vec<TrustEntry>,
     /// Trusted mesh authorities and their revocations.
     pub authorities: Authorities,
+    /// Key successions accepted for pinned peers.
+    pub successions: Successions,
 }
 
 impl From<Vec<TrustEntry>> for TrustPolicy {
@@ -34,8 +41,39 @@ impl From<Vec<TrustEntry>> for TrustPolicy {
     fn from(entries: Vec<TrustEntry>) -> Self {
         Self {
             entries,
-            authorities: Authorities::default(),
+            ..Self::default()
         }
+    }
+}
+
+impl TrustPolicy {
+    /// The configured keys that may speak for `node`: those pinned to it and the unpinned
+    /// ones (before successions). A key succession must start from one of them.
+    pub fn anchors_for(&self, node: &NodeId) -> Vec<PublicKey> {
+        (self.entries.iter())
+            .filter(|e| e.node.as_ref().is_none_or(|n| n == node))
+            .map(|e| e.key)
+            .collect()
+    }
+
+    /// The current key of `node` by its pin, following accepted successions.
+    pub fn pinned_key(&self, node: &NodeId) -> Option<PublicKey> {
+        (self.entries.iter())
+            .find(|e| e.node.as_ref() == Some(node))
+            .map(|e| self.successions.current(&e.key))
+    }
+
+    /// Whether `key` is the current key of an anchor of `node` (nothing to follow).
+    pub fn is_current_for(&self, node: &NodeId, key: &PublicKey) -> bool {
+        (self.anchors_for(node).iter()).any(|a| self.successions.current(a) == *key)
+    }
+
+    /// Every key trusted here for something (configured, and the current keys of pins): no
+    /// succession may hand one of them to another node.
+    pub fn keys_in_use(&self) -> BTreeSet<PublicKey> {
+        (self.entries.iter())
+            .flat_map(|e| [e.key, self.successions.current(&e.key)])
+            .collect()
     }
 }
 
@@ -89,6 +127,12 @@ pub enum TrustDecision {
     IdPinnedToOtherKey,
     /// The only voucher was a certificate, and it does not hold.
     BadCertificate(CertError),
+    /// The key was pinned to the claimed id, but the node retired it (a key succession
+    /// accepted here): only its successor speaks for the id now.
+    Superseded {
+        /// The node's current key.
+        successor: PublicKey,
+    },
 }
 
 impl TrustDecision {
@@ -131,13 +175,11 @@ fn decide(
     now_ms: u64,
     remote: bool,
 ) -> TrustDecision {
-    if let Some(decision) = decide_by_entries(&policy.entries, key, claimed) {
+    if let Some(decision) = decide_by_entries(policy, key, claimed) {
         return decision;
     }
-    let key_trusted = policy
-        .entries
-        .iter()
-        .any(|e| e.key == *key && e.node.is_none());
+    let key_trusted = (policy.entries.iter())
+        .any(|e| e.node.is_none() && policy.successions.current(&e.key) == *key);
     let certified = cert.map(|c| {
         policy
             .authorities
@@ -158,26 +200,51 @@ fn decide(
     }
 }
 
-/// What pins alone decide: `Some` when a pin settles it either way.
+/// What pins alone decide: `Some` when a pin settles it either way. A pin stands for the
+/// keys on its succession path: the current one is the node's, the retired ones are no
+/// one's (and never another id's).
 fn decide_by_entries(
-    entries: &[TrustEntry],
+    policy: &TrustPolicy,
     key: &PublicKey,
     claimed: &NodeId,
 ) -> Option<TrustDecision> {
     let mut pinned_elsewhere = None;
-    for entry in entries.iter().filter(|e| e.key == *key) {
+    let mut superseded = None;
+    for entry in &policy.entries {
+        let path = if policy.successions.is_empty() {
+            vec![entry.key]
+        } else {
+            policy.successions.path(&entry.key)
+        };
+        let Some(at) = path.iter().position(|k| k == key) else {
+            continue;
+        };
+        let current = path[path.len() - 1];
+        let is_current = at + 1 == path.len();
         match &entry.node {
-            Some(node) if node == claimed => return Some(TrustDecision::Trusted(Binding::Pinned)),
+            // An unpinned key (or its successor) is judged by the caller.
+            None if is_current => {}
+            None => superseded = Some(current),
+            Some(node) if node == claimed && is_current => {
+                return Some(TrustDecision::Trusted(Binding::Pinned));
+            }
+            Some(node) if node == claimed => superseded = Some(current),
             Some(node) => {
                 pinned_elsewhere.get_or_insert_with(|| node.clone());
             }
-            None => {}
         }
     }
     if let Some(expected) = pinned_elsewhere {
         return Some(TrustDecision::PinnedToOther { expected });
     }
-    if entries.iter().any(|e| e.node.as_ref() == Some(claimed)) {
+    if let Some(successor) = superseded {
+        return Some(TrustDecision::Superseded { successor });
+    }
+    if policy
+        .entries
+        .iter()
+        .any(|e| e.node.as_ref() == Some(claimed))
+    {
         return Some(TrustDecision::IdPinnedToOtherKey);
     }
     None
@@ -206,7 +273,7 @@ mod tests {
                     node: node.map(id),
                 })
                 .collect(),
-            authorities: Authorities::default(),
+            ..TrustPolicy::default()
         }
     }
 
@@ -292,6 +359,51 @@ mod tests {
         assert_eq!(
             decide_remote(&p, &key(3), &id("n1"), Some(&c), 50),
             TrustDecision::BadCertificate(CertError::Revoked { serial: 1 })
+        );
+    }
+
+    #[test]
+    fn a_pin_follows_accepted_successions_and_refuses_retired_keys() {
+        use crate::keys::succession::tests::{pair, step};
+        let a = id("a");
+        let mut p = TrustPolicy::from(vec![TrustEntry {
+            key: pair(1).public(),
+            node: Some(a.clone()),
+        }]);
+        let (accepted, refusal) = p.successions.learn_chain(
+            &a,
+            &p.anchors_for(&a),
+            &p.keys_in_use(),
+            &[step(1, 2), step(2, 3)],
+        );
+        assert_eq!((accepted.len(), refusal), (2, None));
+        let decide = |p: &TrustPolicy, k: u8, claimed: &str| {
+            decide_peer(p, &pair(k).public(), &id(claimed), None, 0)
+        };
+        assert_eq!(decide(&p, 3, "a"), TrustDecision::Trusted(Binding::Pinned));
+        for retired in [1, 2] {
+            assert_eq!(
+                decide(&p, retired, "a"),
+                TrustDecision::Superseded {
+                    successor: pair(3).public()
+                }
+            );
+            // Nor may a retired key speak for any other id.
+            assert_eq!(
+                decide_remote(&p, &pair(retired).public(), &id("b"), None, 0),
+                TrustDecision::PinnedToOther {
+                    expected: a.clone()
+                }
+            );
+        }
+        assert_eq!(p.pinned_key(&a), Some(pair(3).public()));
+        // The pin removed (a reload), the recorded successions vouch for nothing.
+        p.entries.clear();
+        assert_eq!(decide(&p, 3, "a"), TrustDecision::Untrusted);
+        p.authorities = Authorities::new([SigningKeypair::from_private([9; 32]).public()]);
+        assert_eq!(
+            decide_remote(&p, &pair(3).public(), &a, None, 0),
+            TrustDecision::Untrusted
         );
     }
 }

@@ -124,6 +124,7 @@ fn is_refusal(reason: CloseReason) -> bool {
             | CloseReason::IdPinnedToOtherKey
             | CloseReason::DuplicateNodeId
             | CloseReason::DuplicateLink
+            | CloseReason::KeyRetired
     )
 }
 
@@ -143,6 +144,7 @@ fn reason_name(reason: CloseReason) -> &'static str {
         CloseReason::BadCertificate => "bad_certificate",
         CloseReason::TooManyHandshakes => "too_many_handshakes",
         CloseReason::Removed => "removed",
+        CloseReason::KeyRetired => "key_retired",
         CloseReason::Shutdown => "shutdown",
     }
 }

@@ -43,6 +43,8 @@ pub enum ApplyError {
 /// The running config and the listeners bound for it.
 pub(super) struct Running {
     pub(super) config: Config,
+    /// The node's link key (`None` in tests that only judge); a rotation replaces it.
+    pub(super) key: Option<crate::keys::PublicKey>,
     pub(super) listeners: Vec<LiveListener>,
 }
 
@@ -108,9 +110,11 @@ impl Applier {
         running: &mut Running,
         new: &Config,
         changed: &[&str],
+        rotation: Option<super::rotation::Rotation>,
     ) -> Result<(), ApplyError> {
         let has = |setting: &str| changed.contains(&setting);
-        let trust = match has("trust") || has("certificates") {
+        // A new key needs its certificate checked (a CA mesh needs one for the new key).
+        let trust = match has("trust") || has("certificates") || rotation.is_some() {
             true => Some(crate::daemon::trust_settings(new)?),
             false => None,
         };
@@ -144,8 +148,12 @@ impl Applier {
                 .collect(),
             open_listeners,
             trust,
+            keys: rotation.clone(),
         };
         self.mesh.reconfigure(change)?;
+        if let Some((keys, _)) = rotation {
+            running.key = Some(keys.public());
+        }
         let rebinds = listeners.map(|l| l.rebind).unwrap_or_default();
         let (rebound, failed) = self.rebind(rebinds, new).await;
         live.extend(rebound);

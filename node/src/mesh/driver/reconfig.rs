@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 
 use super::{Driver, PeerTarget, accept_loop};
 use crate::ca::SignedCertificate;
+use crate::keys::{LinkKeypair, SignedSuccession};
 use crate::mesh::route::Cost;
 use crate::mesh::transport::{Dial, Listener};
 use crate::mesh::trust::TrustPolicy;
@@ -23,6 +24,9 @@ pub struct Reconfigure {
     pub open_listeners: Vec<(Listener, Cost)>,
     /// A new trust policy and own certificate.
     pub trust: Option<(TrustPolicy, Option<SignedCertificate>)>,
+    /// A rotated link key and this node's succession chain leading to it (checked by the
+    /// caller against the running key).
+    pub keys: Option<(LinkKeypair, Vec<SignedSuccession>)>,
 }
 
 impl std::fmt::Debug for Reconfigure {
@@ -32,6 +36,7 @@ impl std::fmt::Debug for Reconfigure {
             .field("close_listeners", &self.close_listeners)
             .field("open_listeners", &self.open_listeners.len())
             .field("trust", &self.trust.is_some())
+            .field("keys", &self.keys.as_ref().map(|(k, _)| k.public()))
             .finish()
     }
 }
@@ -63,6 +68,17 @@ impl Driver {
         // longer trusted.
         if let Some(peers) = change.peers {
             self.set_peers(now, peers);
+        }
+        // The key before the trust settings: a new certificate goes out with the new key in
+        // one advert, never beside the old key.
+        if let Some((keys, chain)) = change.keys {
+            let cert = match &change.trust {
+                Some((_, cert)) => cert.clone(),
+                None => self.node.config().cert.clone(),
+            };
+            if let Err(e) = self.node.rotate_key(now, keys, chain, cert) {
+                tracing::error!(error = %e, "the rotated key was not adopted");
+            }
         }
         if let Some((policy, cert)) = change.trust {
             self.node.set_trust(now, policy, cert);

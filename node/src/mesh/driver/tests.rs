@@ -117,6 +117,7 @@ async fn hostile_peer(port: u16) {
         node: me.clone(),
         epoch: 1,
         cert: None,
+        successions: Vec::new(),
     };
     let mut link = Link::initiator(now, &keys(9), hello, LinkConfig::default()).unwrap();
     let mut sessions = Sessions::new(me.clone(), keys(9));

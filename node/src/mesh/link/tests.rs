@@ -16,6 +16,7 @@ fn hello(s: &str) -> Hello {
         node: id(s),
         epoch: 1,
         cert: None,
+        successions: Vec::new(),
     }
 }
 

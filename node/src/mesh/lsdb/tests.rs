@@ -120,6 +120,7 @@ fn another_key_cannot_take_a_live_id_unless_a_pin_vouches_for_it() {
             node: Some(id("a")),
         }],
         authorities: Authorities::default(),
+        successions: Default::default(),
     };
     assert_eq!(
         db.handle_advert(now, WALL, advert("a", 2, 9, 9, &[]), &pinned),
@@ -140,6 +141,7 @@ fn with_an_authority_only_certified_nodes_are_stored() {
     let policy = TrustPolicy {
         entries: Vec::new(),
         authorities: Authorities::new([ca.public()]),
+        successions: Default::default(),
     };
     let mut db = db(&[]);
     assert!(matches!(
@@ -177,6 +179,7 @@ fn a_revocation_applied_by_rejudging_removes_the_revoked_node_only() {
     let mut policy = TrustPolicy {
         entries: Vec::new(),
         authorities: Authorities::new([ca.public()]),
+        successions: Default::default(),
     };
     let mut db = db(&[]);
     for (name, k, serial) in [("w1", 1, 1), ("w2", 2, 2)] {
@@ -468,4 +471,75 @@ proptest! {
             prop_assert_eq!(sorted.get(&id(name)), newest);
         }
     }
+}
+
+/// `origin`'s advert under key `k`, carrying `chain`, signed by `k`.
+fn rotated(origin: &str, k: u8, seq: u64, chain: Vec<crate::keys::SignedSuccession>) -> Advert {
+    let mut a = advert(origin, k, 1, seq, &[]);
+    a.successions = chain;
+    a.sign(&keys(k), &[0; 64])
+}
+
+#[test]
+fn a_first_seen_node_that_rotated_keeps_its_id_and_a_fork_does_not() {
+    use crate::keys::succession::tests::step;
+    let now = Instant::now();
+    let mut db = db(&[]);
+    assert_eq!(
+        handle(&mut db, now, advert("a", 1, 1, 1, &[])),
+        AdvertOutcome::Stored
+    );
+    // a rotated 1 -> 2: its advert carries the statement signed by key 1.
+    assert_eq!(
+        handle(&mut db, now, rotated("a", 2, 2, vec![step(1, 2)])),
+        AdvertOutcome::Stored
+    );
+    assert_eq!(db.get(&id("a")).unwrap().key, key(2));
+    // A late copy of its advert under the retired key is from before the rotation.
+    assert_eq!(
+        handle(&mut db, now, advert("a", 1, 1, 9, &[])),
+        AdvertOutcome::Ignored
+    );
+    // Whoever kept key 1 signs it over to key 3: the stored key is 2 now, so no chain
+    // leads there, and the id is not taken.
+    assert!(matches!(
+        handle(&mut db, now, rotated("a", 3, 10, vec![step(1, 3)])),
+        AdvertOutcome::DuplicateId { .. }
+    ));
+    // A statement not signed by the retired key does not carry another key in either.
+    let mut forged = step(2, 4);
+    forged.succession.new = key(5);
+    assert!(matches!(
+        handle(&mut db, now, rotated("a", 5, 11, vec![forged])),
+        AdvertOutcome::DuplicateId { .. }
+    ));
+    assert_eq!(db.get(&id("a")).unwrap().key, key(2));
+}
+
+#[test]
+fn our_own_advert_under_a_retired_key_is_not_a_duplicate() {
+    let mut db = db(&[]);
+    db.set_key(key(7), [key(0)]);
+    assert_eq!(
+        handle(&mut db, Instant::now(), advert("me", 0, OWN_EPOCH, 4, &[])),
+        AdvertOutcome::Ignored
+    );
+    assert!(matches!(
+        handle(&mut db, Instant::now(), advert("me", 8, OWN_EPOCH, 4, &[])),
+        AdvertOutcome::DuplicateOfMe { .. }
+    ));
+}
+
+#[test]
+fn adverts_with_a_chain_not_ending_at_their_key_are_misshapen() {
+    use crate::keys::succession::tests::step;
+    let mut db = db(&[]);
+    assert_eq!(
+        handle(
+            &mut db,
+            Instant::now(),
+            rotated("a", 3, 1, vec![step(1, 2)])
+        ),
+        AdvertOutcome::Refused(AdvertRefusal::Shape(ShapeError::SuccessionMismatch))
+    );
 }

@@ -88,6 +88,7 @@ impl MeshNode {
             services: self.listening.iter().cloned().collect(),
             work_types: self.work_types.clone(),
             cert: self.config.cert.clone().map(Box::new),
+            successions: self.config.successions.clone(),
             signature: SignatureBytes([0; 64]),
         }
         .sign(&self.config.keys, &nonce);
@@ -215,6 +216,9 @@ impl MeshNode {
         let origin = advert.origin.clone();
         let wall = self.wall_ms(now);
         self.advert_counts.received += 1;
+        if !advert.successions.is_empty() && origin != self.config.id {
+            self.learn_successions(now, &origin, &advert.key, &advert.successions);
+        }
         match self
             .lsdb
             .handle_advert(now, wall, advert.clone(), &self.config.trust)

@@ -8,7 +8,7 @@ use super::{LinkId, MeshNode, admitted};
 use crate::ca::SignedCertificate;
 use crate::mesh::message::CloseReason;
 use crate::mesh::peers::PeerSlotId;
-use crate::mesh::trust::{self, Binding, TrustPolicy};
+use crate::mesh::trust::{self, Binding, TrustDecision, TrustPolicy};
 
 impl MeshNode {
     /// Replaces the trust policy and this node's certificate. Every link is judged again
@@ -18,10 +18,12 @@ impl MeshNode {
     pub fn set_trust(
         &mut self,
         now: Instant,
-        policy: TrustPolicy,
+        mut policy: TrustPolicy,
         cert: Option<SignedCertificate>,
     ) {
         let cert_changed = self.config.cert != cert;
+        // Successions accepted while running stay accepted (the store has them too).
+        policy.successions.merge(&self.config.trust.successions);
         self.config.trust = policy;
         self.config.cert = cert;
         self.rejudge_links(now);
@@ -56,6 +58,11 @@ impl MeshNode {
             }
             let cert = slot.peer_cert.as_ref();
             let decision = trust::decide_peer(&self.config.trust, key, node, cert, wall);
+            // A link made before its peer rotated its key runs on (its jobs too); only new
+            // handshakes with the retired key are refused.
+            if matches!(decision, TrustDecision::Superseded { .. }) {
+                continue;
+            }
             match admitted(*id, node, key, decision) {
                 Ok(binding) => slot.binding = Some(binding),
                 Err(reason) => {

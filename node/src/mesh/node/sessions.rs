@@ -42,12 +42,11 @@ impl MeshNode {
     }
 
     /// The key to start a session with `dst` under, and what binds it to the id: a local pin
-    /// first, else the key of its verified advert.
+    /// first (followed through key successions), else the key of its verified advert.
     fn target_key(&self, dst: &NodeId) -> Option<(PublicKey, Binding)> {
-        if let Some(entry) =
-            (self.config.trust.entries.iter()).find(|e| e.node.as_ref() == Some(dst))
-        {
-            return Some((entry.key, Binding::Pinned));
+        // A pin stands for the node's current key (after the rotations accepted here).
+        if let Some(key) = self.config.trust.pinned_key(dst) {
+            return Some((key, Binding::Pinned));
         }
         self.lsdb
             .binding(dst)

@@ -141,6 +141,7 @@ fn ten_thousand_adverts_are_refused_beyond_the_caps_and_links_stay_up() {
             services: Vec::new(),
             work_types: Vec::new(),
             cert: None,
+            successions: Vec::new(),
             signature: SignatureBytes([0; 64]),
         }
         .sign(&keys, &[0; 64]);

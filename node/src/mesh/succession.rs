@@ -1,0 +1,365 @@
+//! Which key successions this node has accepted, and whether to accept more.
+//!
+//! A node pins a peer's key (`--trust NODE=TOKEN`). When that peer rotates its key
+//! (`warren keygen --rotate`), it shows the chain of statements signed by each retired key
+//! in its hellos and adverts. This book records the statements accepted here — each one
+//! anchored to a pin of this node at the time, checked with the key already trusted — so
+//! that the pin resolves to the peer's current key and the retired keys are refused from
+//! then on. Exactly one successor per key: a second, different statement for a key (a fork,
+//! made by whoever else holds the old private key) is refused.
+//!
+//! The book only ever extends pins: a statement for a key nothing here pins is refused, and
+//! with the pin removed from the config its recorded successions vouch for nothing. The
+//! daemon persists accepted statements (see `mesh::driver`) so they outlive a restart. No
+//! IO.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::id::NodeId;
+use crate::keys::PublicKey;
+use crate::keys::succession::{MAX_CHAIN, SignedSuccession, SuccessionError};
+
+/// Most statements a book holds: far more than the rotations of every pinned peer, and a
+/// bound on memory whatever peers send.
+pub const MAX_BOOK: usize = 4096;
+
+/// Why a presented succession was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SuccessionRefusal {
+    /// The statement does not hold up on its own (forged, unknown version, same key).
+    #[error(transparent)]
+    Invalid(#[from] SuccessionError),
+    /// No pin for the node names the chain's keys: a succession for a node whose pin is a
+    /// different key (or that nothing here pins).
+    #[error("node {node}'s pinned key {pinned} is not in the presented key succession")]
+    NotAnchored {
+        /// The node presenting it.
+        node: NodeId,
+        /// The key pinned here (resolved through accepted successions).
+        pinned: PublicKey,
+    },
+    /// Another successor was already accepted for the key: someone else holds the old key.
+    #[error(
+        "second, different successor for {old}: {known} was accepted, {other} is refused \
+         (someone else may hold the retired key)"
+    )]
+    Fork {
+        /// The retired key.
+        old: PublicKey,
+        /// Its accepted successor.
+        known: PublicKey,
+        /// The successor now claimed.
+        other: PublicKey,
+    },
+    /// The new key is a retired key, or one already trusted for something else.
+    #[error("successor {0} is a retired key or already trusted here (a loop)")]
+    Loop(PublicKey),
+    /// The book is full.
+    #[error("the key succession book is full ({MAX_BOOK} statements)")]
+    Full,
+}
+
+/// Accepted successions, by retired key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Successions {
+    by_old: BTreeMap<PublicKey, SignedSuccession>,
+}
+
+impl Successions {
+    /// Whether nothing was accepted.
+    pub fn is_empty(&self) -> bool {
+        self.by_old.is_empty()
+    }
+
+    /// Number of accepted statements.
+    pub fn len(&self) -> usize {
+        self.by_old.len()
+    }
+
+    /// Every accepted statement, by retired key.
+    pub fn iter(&self) -> impl Iterator<Item = &SignedSuccession> {
+        self.by_old.values()
+    }
+
+    /// The keys from `pinned` to its current successor, `pinned` first, current last.
+    /// Bounded, whatever the book holds.
+    pub fn path(&self, pinned: &PublicKey) -> Vec<PublicKey> {
+        let mut path = vec![*pinned];
+        let mut key = *pinned;
+        while let Some(next) = self.by_old.get(&key).map(SignedSuccession::new_key) {
+            if path.contains(&next) || path.len() > MAX_BOOK {
+                break;
+            }
+            path.push(next);
+            key = next;
+        }
+        path
+    }
+
+    /// The current key of a peer pinned as `pinned`.
+    pub fn current(&self, pinned: &PublicKey) -> PublicKey {
+        self.path(pinned).last().copied().unwrap_or(*pinned)
+    }
+
+    /// Whether `key` was retired here.
+    pub fn is_retired(&self, key: &PublicKey) -> bool {
+        self.by_old.contains_key(key)
+    }
+
+    /// Adds a statement read back from this node's own store: verified, and refused when it
+    /// would fork or loop, but not anchored (pins are applied when deciding).
+    ///
+    /// # Errors
+    /// The [`SuccessionRefusal`].
+    pub fn restore(&mut self, statement: SignedSuccession) -> Result<bool, SuccessionRefusal> {
+        statement.verify()?;
+        self.insert(statement, &BTreeSet::new())
+    }
+
+    /// Adds every statement of `other` this book lacks (a reload keeps what was learned).
+    pub fn merge(&mut self, other: &Self) {
+        for statement in other.iter() {
+            let _ = self.insert(statement.clone(), &BTreeSet::new());
+        }
+    }
+
+    /// Records a verified statement; `Ok(false)` when it was already known.
+    fn insert(
+        &mut self,
+        statement: SignedSuccession,
+        in_use: &BTreeSet<PublicKey>,
+    ) -> Result<bool, SuccessionRefusal> {
+        let (old, new) = (statement.old(), statement.new_key());
+        if let Some(known) = self.by_old.get(&old) {
+            if *known == statement {
+                return Ok(false);
+            }
+            return Err(SuccessionRefusal::Fork {
+                old,
+                known: known.new_key(),
+                other: new,
+            });
+        }
+        if self.by_old.contains_key(&new) || in_use.contains(&new) {
+            return Err(SuccessionRefusal::Loop(new));
+        }
+        if self.by_old.len() >= MAX_BOOK {
+            return Err(SuccessionRefusal::Full);
+        }
+        self.by_old.insert(old, statement);
+        Ok(true)
+    }
+
+    /// Judges the chain `node` presents (oldest first), against `pins`, the keys this node
+    /// pins for `node`, and `in_use`, every key trusted here for anything (no successor may
+    /// be one of them). Statements before the one retiring the pinned (current) key are
+    /// history this node does not need; from there on each must connect, verify and not
+    /// fork or loop. Returns the statements newly accepted (to persist and log) and the
+    /// refusal that stopped it, if any.
+    pub fn learn_chain(
+        &mut self,
+        node: &NodeId,
+        pins: &[PublicKey],
+        in_use: &BTreeSet<PublicKey>,
+        chain: &[SignedSuccession],
+    ) -> (Vec<SignedSuccession>, Option<SuccessionRefusal>) {
+        let mut accepted = Vec::new();
+        if chain.len() > MAX_CHAIN {
+            return (accepted, Some(SuccessionError::TooLong(chain.len()).into()));
+        }
+        if let Some(refusal) = self.find_fork(chain) {
+            return (accepted, Some(refusal));
+        }
+        let currents: Vec<PublicKey> = pins.iter().map(|p| self.current(p)).collect();
+        let Some(start) = chain.iter().position(|s| currents.contains(&s.old())) else {
+            if chain.iter().all(|s| self.by_old.get(&s.old()) == Some(s)) {
+                return (accepted, None);
+            }
+            let pinned = currents.first().copied();
+            let refusal = pinned.map(|pinned| SuccessionRefusal::NotAnchored {
+                node: node.clone(),
+                pinned,
+            });
+            return (accepted, refusal);
+        };
+        let mut current = chain[start].old();
+        for statement in &chain[start..] {
+            if statement.old() != current {
+                let broken = SuccessionError::Broken(current).into();
+                return (accepted, Some(broken));
+            }
+            if let Err(e) = statement.verify() {
+                return (accepted, Some(e.into()));
+            }
+            match self.insert(statement.clone(), in_use) {
+                Ok(true) => accepted.push(statement.clone()),
+                Ok(false) => {}
+                Err(refusal) => return (accepted, Some(refusal)),
+            }
+            current = statement.new_key();
+        }
+        (accepted, None)
+    }
+
+    /// A statement of `chain` that contradicts one accepted here (a genuine one is a fork;
+    /// a forged one says so).
+    fn find_fork(&self, chain: &[SignedSuccession]) -> Option<SuccessionRefusal> {
+        let statement = chain
+            .iter()
+            .find(|s| self.by_old.get(&s.old()).is_some_and(|known| known != *s))?;
+        if let Err(e) = statement.verify() {
+            return Some(e.into());
+        }
+        let known = self.by_old.get(&statement.old())?;
+        Some(SuccessionRefusal::Fork {
+            old: statement.old(),
+            known: known.new_key(),
+            other: statement.new_key(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::succession::tests::{pair, step};
+    use crate::keys::{SignatureBytes, Succession};
+
+    fn key(b: u8) -> PublicKey {
+        pair(b).public()
+    }
+
+    fn node() -> NodeId {
+        NodeId::new("node1").unwrap()
+    }
+
+    fn learn(book: &mut Successions, pin: u8, chain: &[SignedSuccession]) -> LearnResult {
+        let (accepted, refusal) = book.learn_chain(&node(), &[key(pin)], &BTreeSet::new(), chain);
+        LearnResult {
+            accepted: accepted.len(),
+            refusal,
+        }
+    }
+
+    #[derive(Debug)]
+    struct LearnResult {
+        accepted: usize,
+        refusal: Option<SuccessionRefusal>,
+    }
+
+    #[test]
+    fn a_chain_from_the_pinned_key_is_accepted_once() {
+        let mut book = Successions::default();
+        let r = learn(&mut book, 1, &[step(1, 2), step(2, 3)]);
+        assert_eq!((r.accepted, r.refusal), (2, None));
+        assert_eq!(book.current(&key(1)), key(3));
+        assert!(book.is_retired(&key(1)) && book.is_retired(&key(2)));
+        assert_eq!(book.path(&key(1)), [key(1), key(2), key(3)]);
+        // Replayed: nothing new, nothing refused.
+        let r = learn(&mut book, 1, &[step(1, 2), step(2, 3)]);
+        assert_eq!((r.accepted, r.refusal), (0, None));
+        // An old statement alone, replayed after the chain moved on: nothing changes.
+        let r = learn(&mut book, 1, &[step(1, 2)]);
+        assert_eq!((r.accepted, r.refusal), (0, None));
+        assert_eq!(book.current(&key(1)), key(3));
+    }
+
+    #[test]
+    fn history_before_the_pin_is_skipped() {
+        let mut book = Successions::default();
+        // This node pinned key 2 directly; the chain starts at key 1.
+        let r = learn(&mut book, 2, &[step(1, 2), step(2, 3)]);
+        assert_eq!((r.accepted, r.refusal), (1, None));
+        assert_eq!(book.current(&key(2)), key(3));
+        assert!(!book.is_retired(&key(1)));
+    }
+
+    #[test]
+    fn a_forged_statement_is_refused() {
+        let mut book = Successions::default();
+        let forged = SignedSuccession {
+            succession: Succession::new(key(1), key(9), 5),
+            signature: SignatureBytes([7; 64]),
+        };
+        let r = learn(&mut book, 1, &[forged]);
+        assert!(
+            matches!(
+                r.refusal,
+                Some(SuccessionRefusal::Invalid(
+                    SuccessionError::BadSignature { .. }
+                ))
+            ),
+            "{r:?}"
+        );
+        assert!(book.is_empty());
+    }
+
+    #[test]
+    fn a_succession_for_another_key_than_the_pin_is_refused() {
+        let mut book = Successions::default();
+        // node1 is pinned to key 1; the attacker rotates its own key 5.
+        let r = learn(&mut book, 1, &[step(5, 6)]);
+        assert!(
+            matches!(r.refusal, Some(SuccessionRefusal::NotAnchored { .. })),
+            "{r:?}"
+        );
+        assert!(book.is_empty());
+    }
+
+    #[test]
+    fn a_second_successor_for_a_key_is_a_refused_fork() {
+        let mut book = Successions::default();
+        learn(&mut book, 1, &[step(1, 2)]);
+        // Whoever kept key 1 signs it over to their own key 9.
+        let r = learn(&mut book, 1, &[step(1, 9)]);
+        assert_eq!(
+            r.refusal,
+            Some(SuccessionRefusal::Fork {
+                old: key(1),
+                known: key(2),
+                other: key(9)
+            })
+        );
+        assert_eq!(book.current(&key(1)), key(2));
+    }
+
+    #[test]
+    fn a_chain_returning_to_a_retired_key_is_a_refused_loop() {
+        let mut book = Successions::default();
+        learn(&mut book, 1, &[step(1, 2)]);
+        let r = learn(&mut book, 1, &[step(1, 2), step(2, 1)]);
+        assert_eq!(r.refusal, Some(SuccessionRefusal::Loop(key(1))));
+        assert_eq!(book.current(&key(1)), key(2));
+        // A successor that is another peer's trusted key is refused too.
+        let in_use = BTreeSet::from([key(7)]);
+        let (accepted, refusal) = book.learn_chain(&node(), &[key(1)], &in_use, &[step(2, 7)]);
+        assert!(accepted.is_empty());
+        assert_eq!(refusal, Some(SuccessionRefusal::Loop(key(7))));
+    }
+
+    #[test]
+    fn an_oversized_chain_is_refused_unread() {
+        let mut book = Successions::default();
+        let long: Vec<_> = (1..=MAX_CHAIN as u8 + 1).map(|i| step(i, i + 1)).collect();
+        let r = learn(&mut book, 1, &long);
+        assert_eq!(
+            r.refusal,
+            Some(SuccessionError::TooLong(MAX_CHAIN + 1).into())
+        );
+        assert!(book.is_empty());
+    }
+
+    #[test]
+    fn restore_verifies_and_refuses_forks() {
+        let mut book = Successions::default();
+        assert_eq!(book.restore(step(1, 2)), Ok(true));
+        assert_eq!(book.restore(step(1, 2)), Ok(false));
+        assert!(matches!(
+            book.restore(step(1, 3)),
+            Err(SuccessionRefusal::Fork { .. })
+        ));
+        let mut bad = step(4, 5);
+        bad.succession.new = key(6);
+        assert!(book.restore(bad).is_err());
+    }
+}
