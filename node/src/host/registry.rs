@@ -15,31 +15,34 @@ use super::component::{ComponentInfo, load_signed};
 use super::contain::ProgramLimits;
 use super::detect::{find_ansible_runner, resolve_program};
 use super::fds::{Budget, nofile_limit, per_job_budget};
+use super::params::Task;
 use super::policy::{Limits, Policy};
 use super::runner::{Handler, Host, HostError};
 use super::signing::{SignedManifest, SignerKey, embedded_manifest};
 use crate::config::{ANSIBLE_RUNNER_WORK_TYPE, Config, HandlerKind, WorkTypeConfig};
-
-/// The handler name guest-runner serves the `command` work types with.
-pub const COMMAND_HANDLER: &str = "command";
 
 /// One offered work type.
 #[derive(Debug)]
 pub struct ActiveHandler {
     /// The work type's name.
     pub work_type: String,
-    /// What the component's `handle` is told to do (`job.handler`).
-    pub handler_name: String,
+    /// What the work type's config asks of the component (`job.task`).
+    pub task: Task,
     /// The compiled component.
     pub handler: Handler,
     /// What its jobs may do.
     pub policy: Arc<Policy>,
     /// Which component it is.
     pub info: ComponentInfo,
-    /// Parameters every job gets first (the program and fixed arguments of a command).
-    pub fixed_params: Vec<(String, String)>,
     /// Whether a submission may add arguments.
     pub allow_runtime_params: bool,
+}
+
+impl ActiveHandler {
+    /// The handler name shown in status and matched by a deploy's signed work types.
+    pub fn handler_name(&self) -> &str {
+        self.task.handler_name(&self.work_type)
+    }
 }
 
 /// Every offered work type, by name.
@@ -235,15 +238,15 @@ fn offer(
             policy
                 .args
                 .insert(name.clone(), ArgPolicy { prefix, allow });
-            let mut fixed = vec![("program".to_owned(), name.clone())];
-            fixed.extend(params.iter().map(|p| ("arg".to_owned(), p.clone())));
             Ok(ActiveHandler {
                 work_type: name.clone(),
-                handler_name: COMMAND_HANDLER.to_owned(),
+                task: Task::Command {
+                    program: name.clone(),
+                    args: params.clone(),
+                },
                 handler: builtin.0.clone(),
                 policy: Arc::new(policy),
                 info: builtin.1.clone(),
-                fixed_params: fixed,
                 allow_runtime_params: *allow_runtime_params,
             })
         }
@@ -270,11 +273,10 @@ fn offer(
                 load_from_disk(host, path, signature, &config.signers, name, &policy)?;
             Ok(ActiveHandler {
                 work_type: name.clone(),
-                handler_name: name.clone(),
+                task: Task::Component,
                 handler,
                 policy: Arc::new(policy),
                 info,
-                fixed_params: Vec::new(),
                 allow_runtime_params: true,
             })
         }
@@ -315,11 +317,10 @@ pub fn ansible_runner(
     tracing::info!(work_type = %name, path = %runner.path.display(), version = %runner.version, "found ansible-runner");
     Ok(ActiveHandler {
         work_type: name.to_owned(),
-        handler_name: ANSIBLE_RUNNER_WORK_TYPE.to_owned(),
+        task: Task::AnsibleRunner,
         handler: builtin.0.clone(),
         policy: Arc::new(policy),
         info: builtin.1.clone(),
-        fixed_params: Vec::new(),
         allow_runtime_params: true,
     })
 }
