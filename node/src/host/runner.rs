@@ -319,7 +319,7 @@ impl Host {
 
     /// Why the compile cache is not used, if it is not.
     #[cfg(test)]
-    pub(crate) fn cache_problem(&self) -> Option<&str> {
+    pub(crate) fn cache_problem(&self) -> Option<String> {
         self.cache.problem()
     }
 
