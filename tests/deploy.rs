@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use sha2::Digest;
+
 use crate::support::{Identity, Mesh, peer, trust, wait_for, warren};
 
 fn text(bytes: &[u8]) -> String {
@@ -224,6 +226,87 @@ fn deploy_over_two_hops_switches_the_work_type_and_refusals_change_nothing() {
     );
     let status = line.mesh.status(line.node1).unwrap();
     assert_eq!(status["WorkTypes"][0]["Version"], "2.0.0");
+
+    old_world_components_are_refused_at_deploy_and_at_restart(line);
+}
+
+/// The `warren:worker` world this node runs, and an older one.
+const WORLD: &str = "@0.2.0";
+const OLD_WORLD: &str = "@0.1.1";
+
+/// `component` as if built against the 0.1.1 world: every `warren:worker/...@0.2.0` name
+/// it imports or exports says 0.1.1 (the same length, so the binary stays well formed).
+fn built_against_old_world(component: &[u8]) -> Vec<u8> {
+    let mut out = component.to_vec();
+    let mut replaced = 0;
+    let prefix = b"warren:worker/";
+    let mut i = 0;
+    while let Some(at) = out[i..].windows(prefix.len()).position(|w| w == prefix) {
+        let start = i + at + prefix.len();
+        let name_end = out[start..]
+            .iter()
+            .position(|b| !(b.is_ascii_alphanumeric() || *b == b'-'))
+            .map_or(out.len(), |n| start + n);
+        if out[name_end..].starts_with(WORLD.as_bytes()) {
+            out[name_end..name_end + WORLD.len()].copy_from_slice(OLD_WORLD.as_bytes());
+            replaced += 1;
+        }
+        i = name_end;
+    }
+    assert!(
+        replaced >= 2,
+        "the handler export and an import: {replaced}"
+    );
+    out
+}
+
+/// A component built against the 0.1.1 world (a real deploy before the job's parameters
+/// were typed) is refused naming both world versions, and one kept from before an upgrade
+/// is not restored at start: the configured handler serves the work type, and the log
+/// says why.
+fn old_world_components_are_refused_at_deploy_and_at_restart(mut line: Line) {
+    let old = built_against_old_world(&variant(warren::host::builtin::GUEST_RUNNER, "5"));
+    let path = write_signed(&line, "old-world.wasm", &old, "5.0.0", &line.signer_key);
+    let out = line.mesh.ctl(
+        line.controller,
+        &["component", "deploy", s(&path), "--node", "node1"],
+    );
+    assert!(!out.status.success(), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("built against warren:worker@0.1.1, but this node runs warren:worker@0.2.0")
+            && err.contains("rebuild it"),
+        "{err}"
+    );
+    let status = line.mesh.status(line.node1).unwrap();
+    assert_eq!(status["WorkTypes"][0]["Version"], "2.0.0");
+
+    // As an upgraded node finds it: the old-world component is what `cat` ran.
+    let kept = line.mesh.path("node1-data/deployed");
+    let sha: String = sha2::Sha256::digest(&old)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    std::fs::write(kept.join(format!("{sha}.wasm")), &old).unwrap();
+    std::fs::copy(
+        format!("{}.sig", path.display()),
+        kept.join(format!("{sha}.sig")),
+    )
+    .unwrap();
+    std::fs::write(kept.join("active.json"), format!("{{\"cat\":\"{sha}\"}}")).unwrap();
+    line.mesh.node_mut(line.node1).terminate();
+    line.mesh.restart(line.node1);
+    let status = wait_for("node1 to offer cat again", || {
+        let status = line.mesh.status(line.node1)?;
+        (status["WorkTypes"][0]["WorkType"] == "cat").then_some(status)
+    });
+    assert_ne!(status["WorkTypes"][0]["Version"], "5.0.0", "{status}");
+    assert_eq!(status["WorkTypes"][0]["Signer"], "built-in", "{status}");
+    let log = line.mesh.node(line.node1).log_text();
+    assert!(
+        log.contains("not restored") && log.contains("built against warren:worker@0.1.1"),
+        "{log}"
+    );
 }
 
 #[test]

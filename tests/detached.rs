@@ -22,6 +22,7 @@ use warren::host::contain::record::{
     DETACHED_DIR, EXIT_FILE, EndReason, ExitRecord, JOB_FILE, JobRecord, ProgramExit,
 };
 use warren::host::contain::{ContainMode, Containment, UnitFiles};
+use warren::host::params::{JobParams, Task};
 use warren::host::policy::{Limits, Policy};
 use warren::host::runner::{Host, Job, JobIo, Outcome};
 
@@ -149,8 +150,8 @@ async fn run_with(
     let job = Job {
         id: "Detach01".into(),
         work_type: "ansible-runner".into(),
-        handler: "ansible-runner".into(),
-        params: Vec::new(),
+        task: Task::AnsibleRunner,
+        params: JobParams::default(),
     };
     let extra = Arc::new(Mutex::new(Vec::new()));
     let io = JobIo {

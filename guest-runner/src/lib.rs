@@ -1,7 +1,7 @@
 //! Warren's built-in work handler, compiled to a WebAssembly component (`wasm32-wasip2`).
 //!
-//! It exports `warren:worker/handler` and dispatches each job on `job.handler` to one of
-//! its behaviours. It can do only what the node's policy grants through the imports of the
+//! It exports `warren:worker/handler` and dispatches each job on `job.task` (what the
+//! node's config asks for the work type) to one of its behaviours. It can do only what the node's policy grants through the imports of the
 //! `work-handler` world; it holds no policy of its own and never panics on host or job
 //! input (a panic in a guest is a trap).
 //!
@@ -35,17 +35,21 @@ mod bindings {
 }
 
 use bindings::exports::warren::worker::handler::Guest;
-use bindings::warren::worker::types::{Failure, Job, Outcome};
+use bindings::warren::worker::types::{Failure, Job, Outcome, Task};
 
 /// The component's export: one job in, its outcome out.
 struct Runner;
 
 impl Guest for Runner {
     fn handle(job: Job) -> Outcome {
-        match job.handler.as_str() {
-            ansible::HANDLER => ansible::handle(&job),
-            command::HANDLER => command::handle(&job),
-            other => failed(format!("guest-runner has no handler named {other}")),
+        match &job.task {
+            Task::AnsibleRunner => ansible::handle(&job),
+            Task::Command(spec) => command::handle(&job, spec),
+            Task::Component => failed(format!(
+                "guest-runner serves ansible-runner and command work types; work type {} \
+                 is configured for a component of its own",
+                job.work_type
+            )),
         }
     }
 }

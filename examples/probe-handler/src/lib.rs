@@ -3,8 +3,8 @@
 //! environment, hoard descriptors and pollables, fill its job directory. Warren's tests run
 //! it to prove the sandbox holds; it also shows how small a work handler can be.
 //!
-//! The behaviour is chosen by the `probe` parameter, else by `job.handler` (a deployed
-//! probe serves a work type whose handler name is fixed); parameters come from
+//! The behaviour is chosen by the `probe` parameter, else by the work type's name (a
+//! deployed probe serves a work type whose name is fixed); parameters come from
 //! `job.params`. Findings are written to the job's results as one line.
 
 #[allow(missing_docs, unreachable_pub, unused_qualifications, clippy::all)]
@@ -21,7 +21,7 @@ mod bindings {
 
 use bindings::exports::warren::worker::handler::Guest;
 use bindings::warren::worker::process::{self, Command, ExitStatus};
-use bindings::warren::worker::types::{Failure, Job, Outcome};
+use bindings::warren::worker::types::{Failure, Job, Outcome, Task};
 use bindings::warren::worker::{cancel, job_io};
 
 struct Probe;
@@ -49,7 +49,7 @@ fn failed(detail: &str) -> Outcome {
 
 impl Guest for Probe {
     fn handle(job: Job) -> Outcome {
-        let behaviour = param(&job, "probe").unwrap_or(&job.handler).to_owned();
+        let behaviour = param(&job, "probe").unwrap_or(&job.work_type).to_owned();
         match behaviour.as_str() {
             "noop" => Outcome::Succeeded,
             "echo" => echo(),
@@ -116,8 +116,10 @@ fn read_file(path: &str) -> Outcome {
     Outcome::Succeeded
 }
 
-/// Spawns `program` with `arg`s, `env` (`NAME=VALUE`) and `cwd` from the params; reports
-/// the spawn error variant or the exit status.
+/// Spawns a program with arguments, `env` (`NAME=VALUE`) and `cwd` from the params;
+/// reports the spawn error variant or the exit status. The program and its first arguments
+/// are a command work type's (when the probe is deployed over one), else the `program`
+/// param's; `arg` and then `probe-arg` params add arguments.
 fn spawn(job: &Job) -> Outcome {
     let list = |name: &str| -> Vec<String> {
         job.params
@@ -133,10 +135,15 @@ fn spawn(job: &Job) -> Outcome {
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
         })
         .collect();
-    let mut args = list("arg");
+    let (program, mut args) = match &job.task {
+        Task::Command(spec) => (spec.program.clone(), spec.args.clone()),
+        Task::AnsibleRunner | Task::Component => (String::new(), Vec::new()),
+    };
+    let program = param(job, "program").map_or(program, str::to_owned);
+    args.extend(list("arg"));
     args.extend(list("probe-arg"));
     let cmd = Command {
-        program: param(job, "program").unwrap_or("").to_owned(),
+        program,
         args,
         env,
         cwd: param(job, "cwd").map(str::to_owned),

@@ -24,6 +24,7 @@ use anyhow::{Context, ensure};
 use tokio::sync::watch;
 use warren::host::builtin::GUEST_RUNNER;
 use warren::host::contain::{ContainMode, Containment, UnitFiles};
+use warren::host::params::{JobParams, Task};
 use warren::host::policy::{Limits, Policy};
 use warren::host::runner::{Handler, Host, Job, JobIo, Outcome};
 
@@ -205,10 +206,18 @@ async fn job(variant: &Variant, dir: &Path) -> anyhow::Result<f64> {
             on_extra_data: Arc::new(|_| {}),
         };
         let policy = Policy::for_ansible_runner(Path::new("/bin/true"), &[], |_| None, limits);
-        (policy, job_of("ansible-runner", &[]), Some(files))
+        (
+            policy,
+            job_of("ansible-runner", Task::AnsibleRunner),
+            Some(files),
+        )
     } else {
         let policy = Policy::for_command("true", Path::new("/bin/true"), &[], |_| None, limits);
-        (policy, job_of("command", &[("program", "true")]), None)
+        let task = Task::Command {
+            program: "true".into(),
+            args: Vec::new(),
+        };
+        (policy, job_of("true", task), None)
     };
     let io = JobIo {
         job_dir,
@@ -231,14 +240,11 @@ async fn job(variant: &Variant, dir: &Path) -> anyhow::Result<f64> {
     Ok(took.as_secs_f64() * 1e6)
 }
 
-fn job_of(handler: &str, params: &[(&str, &str)]) -> Job {
+fn job_of(work_type: &str, task: Task) -> Job {
     Job {
         id: "Bench002".into(),
-        work_type: handler.into(),
-        handler: handler.into(),
-        params: params
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect(),
+        work_type: work_type.into(),
+        task,
+        params: JobParams::default(),
     }
 }

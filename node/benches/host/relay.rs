@@ -19,6 +19,7 @@ use anyhow::{Context as _, ensure};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 use warren::host::builtin::GUEST_RUNNER;
+use warren::host::params::{JobParams, Task};
 use warren::host::policy::Policy;
 use warren::host::runner::{Handler, Host, Job, JobIo, Outcome};
 
@@ -116,9 +117,12 @@ async fn relay_wasm(
 ) -> anyhow::Result<f64> {
     let job = Job {
         id: "Bench002".into(),
-        work_type: "command".into(),
-        handler: "command".into(),
-        params: vec![("program".into(), "cat".into())],
+        work_type: "cat".into(),
+        task: Task::Command {
+            program: "cat".into(),
+            args: Vec::new(),
+        },
+        params: JobParams::default(),
     };
     let counted = Arc::new(AtomicU64::new(0));
     let io = JobIo {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use tokio::sync::watch;
 use warren::host::builtin::GUEST_RUNNER;
+use warren::host::params::{JobParams, Task};
 use warren::host::policy::Policy;
 use warren::host::runner::{Handler, Host, Job, JobIo, Outcome};
 
@@ -147,8 +148,8 @@ async fn noop(
     let job = Job {
         id: "Bench001".into(),
         work_type: "noop".into(),
-        handler: "noop".into(),
-        params: Vec::new(),
+        task: Task::Component,
+        params: JobParams::default(),
     };
     let io = JobIo {
         job_dir: job_dir.to_owned(),

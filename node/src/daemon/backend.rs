@@ -237,7 +237,7 @@ pub fn report(status: &MeshStatus, registry: &Registry) -> StatusReport {
             .iter()
             .map(|a| WorkTypeStatus {
                 work_type: a.work_type.clone(),
-                handler: a.handler_name.clone(),
+                handler: a.handler_name().to_owned(),
                 component: a.info.name.clone(),
                 version: a.info.version.clone(),
                 sha256: a.info.sha256_hex(),

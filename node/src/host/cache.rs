@@ -62,6 +62,26 @@ impl fmt::Display for CacheProblem {
     }
 }
 
+/// Why the cache directory, or a file in it, is not used.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// The directory could not be created.
+    #[error("cannot create it: {0}")]
+    Create(#[source] std::io::Error),
+    /// It could not be opened.
+    #[error("cannot open it: {0}")]
+    Open(#[source] Errno),
+    /// Its `fstat` failed.
+    #[error("cannot inspect it: {0}")]
+    Inspect(#[source] Errno),
+    /// A cached file is a symlink.
+    #[error("it is a symlink")]
+    Symlink,
+    /// It is not trusted.
+    #[error("{0}")]
+    Untrusted(CacheProblem),
+}
+
 /// The verdict on a cache directory or file from its `fstat`.
 pub fn judge(right_kind: bool, owner: u32, mode: u32, me: u32) -> Option<CacheProblem> {
     if !right_kind {
@@ -81,7 +101,7 @@ pub fn judge(right_kind: bool, owner: u32, mode: u32, me: u32) -> Option<CachePr
 #[derive(Debug)]
 pub(crate) struct Cache {
     path: PathBuf,
-    dir: Result<OwnedFd, String>,
+    dir: Result<OwnedFd, CacheError>,
 }
 
 impl Cache {
@@ -109,8 +129,8 @@ impl Cache {
 
     /// Why the cache is disabled, if it is.
     #[cfg(test)]
-    pub(crate) fn problem(&self) -> Option<&str> {
-        self.dir.as_ref().err().map(String::as_str)
+    pub(crate) fn problem(&self) -> Option<String> {
+        self.dir.as_ref().err().map(ToString::to_string)
     }
 
     /// The cached component `name`, if there is a trusted, loadable one.
@@ -150,37 +170,37 @@ fn my_uid() -> u32 {
     rustix::process::geteuid().as_raw()
 }
 
-fn open_dir(path: &Path) -> Result<OwnedFd, String> {
+fn open_dir(path: &Path) -> Result<OwnedFd, CacheError> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(path)
-        .map_err(|e| format!("cannot create it: {e}"))?;
+        .map_err(CacheError::Create)?;
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let dir = rustix::fs::openat(rustix::fs::CWD, path, flags, Mode::empty())
-        .map_err(|e| format!("cannot open it: {e}"))?;
-    let stat = rustix::fs::fstat(&dir).map_err(|e| format!("cannot inspect it: {e}"))?;
+        .map_err(CacheError::Open)?;
+    let stat = rustix::fs::fstat(&dir).map_err(CacheError::Inspect)?;
     let is_dir = FileType::from_raw_mode(stat.st_mode) == FileType::Directory;
     match judge(is_dir, stat.st_uid, stat.st_mode, my_uid()) {
         None => Ok(dir),
-        Some(problem) => Err(problem.to_string()),
+        Some(problem) => Err(CacheError::Untrusted(problem)),
     }
 }
 
 /// Opens `name` in `dir` if it exists and is trusted; `Err` says why it is not.
-fn open_trusted(dir: &OwnedFd, name: &str) -> Result<Option<File>, String> {
+fn open_trusted(dir: &OwnedFd, name: &str) -> Result<Option<File>, CacheError> {
     let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
     let fd = match rustix::fs::openat(dir, name, flags, Mode::empty()) {
         Ok(fd) => fd,
         Err(Errno::NOENT) => return Ok(None),
-        Err(Errno::LOOP) => return Err("it is a symlink".to_owned()),
-        Err(e) => return Err(format!("cannot open it: {e}")),
+        Err(Errno::LOOP) => return Err(CacheError::Symlink),
+        Err(e) => return Err(CacheError::Open(e)),
     };
-    let stat = rustix::fs::fstat(&fd).map_err(|e| format!("cannot inspect it: {e}"))?;
+    let stat = rustix::fs::fstat(&fd).map_err(CacheError::Inspect)?;
     let is_file = FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile;
     match judge(is_file, stat.st_uid, stat.st_mode, my_uid()) {
         None => Ok(Some(File::from(fd))),
-        Some(problem) => Err(problem.to_string()),
+        Some(problem) => Err(CacheError::Untrusted(problem)),
     }
 }
 

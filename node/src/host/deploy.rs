@@ -116,7 +116,7 @@ pub fn apply(
         manifest
             .work_types
             .iter()
-            .any(|w| *w == a.work_type || *w == a.handler_name)
+            .any(|w| *w == a.work_type || w == a.handler_name())
     };
     let affected: Vec<Arc<ActiveHandler>> =
         current.iter().filter(|a| signed_for(a)).cloned().collect();
@@ -159,11 +159,10 @@ pub fn apply(
     for active in &affected {
         next.insert(ActiveHandler {
             work_type: active.work_type.clone(),
-            handler_name: active.handler_name.clone(),
+            task: active.task.clone(),
             handler: handler.clone(),
             policy: active.policy.clone(),
             info: info.clone(),
-            fixed_params: active.fixed_params.clone(),
             allow_runtime_params: active.allow_runtime_params,
         });
     }

@@ -2,7 +2,8 @@
 //! what the node's policy grants it.
 //!
 //! - [`builtin`]: the work-handler components built into the node (guest-runner).
-//! - [`bindings`]: the generated types of the `warren:worker` world.
+//! - [`bindings`]: the generated types of the `warren:worker` world; [`world`]: its
+//!   version, which components link, and the job as its `job` record.
 //! - [`policy`]: what a work type may do, as pure checks (testable without wasm), with
 //!   [`args`]: what arguments a granted program may be given.
 //! - [`state`]: the per-job store data: WASI context, resource table, capabilities.
@@ -12,6 +13,8 @@
 //!   the job's limits inside WASI's filesystem.
 //! - [`contain`]: job containment: cgroups or a subreaper supervisor, rlimits, a private
 //!   network on request, and detached jobs that survive a restart of the node.
+//! - [`params`]: what a handler is told about its job, typed (the work type's task and the
+//!   submission's parameters), converted once from the control protocol's name/value map.
 //! - [`registry`]: the offered work types and their active components.
 //! - [`runner`]: one engine per node; per job a store with limits, an instance, a call.
 //! - [`cache`]: the compiled-component cache, trusted only if the node's user alone can
@@ -23,7 +26,7 @@
 //! - [`signing`]: signed component manifests, signer keys, and verification before a
 //!   component may run.
 //!
-//! Without feature `host` only the pure parts remain (`policy`, `args`, `disk`, `fds`,
+//! Without feature `host` only the pure parts remain (`policy`, `args`, `params`, `disk`, `fds`,
 //! `signing` less its wasm reader, `detect`, `contain` less re-attaching): the config
 //! needs them (and the supervisor binary `contain`), the client node
 //! nothing else.
@@ -47,6 +50,7 @@ pub mod fds;
 pub mod guestfs;
 #[cfg(feature = "host")]
 pub mod jobio;
+pub mod params;
 pub mod policy;
 #[cfg(feature = "host")]
 pub mod process;
@@ -59,6 +63,8 @@ pub mod runner;
 pub mod signing;
 #[cfg(feature = "host")]
 pub mod state;
+#[cfg(feature = "host")]
+pub mod world;
 
 #[cfg(test)]
 mod tests;

@@ -121,7 +121,8 @@ impl JobState {
         merge_stderr: bool,
     ) -> Result<Child, SpawnError> {
         let resolved = self.resolve(cmd)?;
-        self.admit(CHILD_DESCRIPTORS, 1).map_err(SpawnError::Io)?;
+        self.admit(CHILD_DESCRIPTORS, 1)
+            .map_err(|e| SpawnError::Io(e.to_string()))?;
         let io = |e: std::io::Error| SpawnError::Io(format!("cannot start {:?}: {e}", cmd.program));
         let pipes = if merge_stderr {
             let (reader, writer) = std::io::pipe().map_err(io)?;
@@ -139,7 +140,7 @@ impl JobState {
         };
         let spawned = spawn::piped(&self.contain, &self.unit, &resolved, pipes)
             .await
-            .map_err(SpawnError::Io)?;
+            .map_err(|e| SpawnError::Io(e.to_string()))?;
         tracing::info!(unit = %self.unit, program = %cmd.program, pid = spawned.pid, "spawned child");
         let fds = self.track_child();
         Ok(Child::new(spawned, None, fds))
@@ -151,11 +152,12 @@ impl JobState {
         label: &str,
     ) -> Result<Child, SpawnError> {
         let resolved = self.resolve(cmd)?;
-        self.admit(CHILD_DESCRIPTORS, 1).map_err(SpawnError::Io)?;
+        self.admit(CHILD_DESCRIPTORS, 1)
+            .map_err(|e| SpawnError::Io(e.to_string()))?;
         let label = printable_label(label);
         let spawned = spawn::detached(&mut self.contain, &self.unit, &resolved, &label)
             .await
-            .map_err(SpawnError::Io)?;
+            .map_err(|e| SpawnError::Io(e.to_string()))?;
         tracing::info!(unit = %self.unit, program = %cmd.program, pid = spawned.pid, "spawned detached child");
         let containment = self.contain.containment.clone();
         // It writes into the job directory like any child: its disk is watched from now.

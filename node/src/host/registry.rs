@@ -6,40 +6,43 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::args::ArgPolicy;
 use super::builtin::GUEST_RUNNER;
-use super::component::{ComponentInfo, load_signed};
+use super::component::{ComponentError, ComponentInfo, load_signed};
 use super::contain::ProgramLimits;
-use super::detect::{find_ansible_runner, resolve_program};
+use super::detect::{DetectError, find_ansible_runner, resolve_program};
 use super::fds::{Budget, nofile_limit, per_job_budget};
+use super::params::Task;
 use super::policy::{Limits, Policy};
 use super::runner::{Handler, Host, HostError};
-use super::signing::{SignedManifest, SignerKey, embedded_manifest};
+use super::signing::{SignedManifest, SignerKey, VerifyError, embedded_manifest};
 use crate::config::{ANSIBLE_RUNNER_WORK_TYPE, Config, HandlerKind, WorkTypeConfig};
-
-/// The handler name guest-runner serves the `command` work types with.
-pub const COMMAND_HANDLER: &str = "command";
 
 /// One offered work type.
 #[derive(Debug)]
 pub struct ActiveHandler {
     /// The work type's name.
     pub work_type: String,
-    /// What the component's `handle` is told to do (`job.handler`).
-    pub handler_name: String,
+    /// What the work type's config asks of the component (`job.task`).
+    pub task: Task,
     /// The compiled component.
     pub handler: Handler,
     /// What its jobs may do.
     pub policy: Arc<Policy>,
     /// Which component it is.
     pub info: ComponentInfo,
-    /// Parameters every job gets first (the program and fixed arguments of a command).
-    pub fixed_params: Vec<(String, String)>,
     /// Whether a submission may add arguments.
     pub allow_runtime_params: bool,
+}
+
+impl ActiveHandler {
+    /// The handler name shown in status and matched by a deploy's signed work types.
+    pub fn handler_name(&self) -> &str {
+        self.task.handler_name(&self.work_type)
+    }
 }
 
 /// Every offered work type, by name.
@@ -99,13 +102,64 @@ pub fn builtin(host: &Host) -> Result<(Handler, ComponentInfo), HostError> {
     Ok((handler, info))
 }
 
+/// Why a configured work type is not offered.
+#[derive(Debug, thiserror::Error)]
+pub enum OfferError {
+    /// A command work type's program does not exist.
+    #[error("work type {work_type}: program {} not found", program.display())]
+    ProgramNotFound {
+        /// The work type.
+        work_type: String,
+        /// The configured program.
+        program: PathBuf,
+    },
+    /// No working ansible-runner was found.
+    #[error("work type {work_type}: {source}")]
+    AnsibleRunner {
+        /// The work type.
+        work_type: String,
+        /// What was tried.
+        #[source]
+        source: DetectError,
+    },
+    /// A component or signature file could not be read.
+    #[error("work type {work_type}: {}: {source}", path.display())]
+    Read {
+        /// The work type.
+        work_type: String,
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The signature file is not a signed manifest.
+    #[error("work type {work_type}: {source}")]
+    Signature {
+        /// The work type.
+        work_type: String,
+        /// Why.
+        #[source]
+        source: VerifyError,
+    },
+    /// The component failed a check or does not load.
+    #[error("work type {work_type}: {source}")]
+    Component {
+        /// The work type.
+        work_type: String,
+        /// Which check.
+        #[source]
+        source: ComponentError,
+    },
+}
+
 /// What building the registry found.
 #[derive(Debug, Default)]
 pub struct Built {
     /// The offered work types.
     pub registry: Registry,
     /// Work types not offered, and why (for the log).
-    pub skipped: Vec<String>,
+    pub skipped: Vec<OfferError>,
 }
 
 /// The descriptor limit assumed when this process's cannot be read: a common soft limit.
@@ -187,7 +241,7 @@ fn with_descriptors(config: &Config, budget: Budget) -> Config {
     config
 }
 
-fn add(built: &mut Built, result: Result<ActiveHandler, String>) {
+fn add(built: &mut Built, result: Result<ActiveHandler, OfferError>) {
     match result {
         Ok(active) => built.registry.insert(active),
         Err(why) => built.skipped.push(why),
@@ -201,7 +255,7 @@ fn offer(
     work_type: &WorkTypeConfig,
     path_env: Option<&OsStr>,
     node_env: &(dyn Fn(&str) -> Option<String> + Sync),
-) -> Result<ActiveHandler, String> {
+) -> Result<ActiveHandler, OfferError> {
     let name = &work_type.name;
     match &work_type.handler {
         HandlerKind::Command {
@@ -210,9 +264,11 @@ fn offer(
             allow_runtime_params,
             args,
         } => {
-            let path = resolve_program(program, path_env).ok_or_else(|| {
-                format!("work type {name}: program {} not found", program.display())
-            })?;
+            let path =
+                resolve_program(program, path_env).ok_or_else(|| OfferError::ProgramNotFound {
+                    work_type: name.clone(),
+                    program: program.clone(),
+                })?;
             let mut policy = Policy {
                 program_limits: work_type.program_limits,
                 ..Policy::for_command(
@@ -235,15 +291,15 @@ fn offer(
             policy
                 .args
                 .insert(name.clone(), ArgPolicy { prefix, allow });
-            let mut fixed = vec![("program".to_owned(), name.clone())];
-            fixed.extend(params.iter().map(|p| ("arg".to_owned(), p.clone())));
             Ok(ActiveHandler {
                 work_type: name.clone(),
-                handler_name: COMMAND_HANDLER.to_owned(),
+                task: Task::Command {
+                    program: name.clone(),
+                    args: params.clone(),
+                },
                 handler: builtin.0.clone(),
                 policy: Arc::new(policy),
                 info: builtin.1.clone(),
-                fixed_params: fixed,
                 allow_runtime_params: *allow_runtime_params,
             })
         }
@@ -270,11 +326,10 @@ fn offer(
                 load_from_disk(host, path, signature, &config.signers, name, &policy)?;
             Ok(ActiveHandler {
                 work_type: name.clone(),
-                handler_name: name.clone(),
+                task: Task::Component,
                 handler,
                 policy: Arc::new(policy),
                 info,
-                fixed_params: Vec::new(),
                 allow_runtime_params: true,
             })
         }
@@ -299,15 +354,19 @@ pub struct AnsibleRunnerSetup<'a> {
 /// The handler for work type `name` served by a working ansible-runner, if one is found.
 ///
 /// # Errors
-/// Why no usable ansible-runner was found (what was tried).
+/// [`OfferError::AnsibleRunner`]: why no usable ansible-runner was found (what was tried).
 pub fn ansible_runner(
     builtin: &(Handler, ComponentInfo),
     name: &str,
     setup: &AnsibleRunnerSetup<'_>,
     node_env: &(dyn Fn(&str) -> Option<String> + Sync),
-) -> Result<ActiveHandler, String> {
-    let runner = find_ansible_runner(setup.configured, setup.path_env)
-        .map_err(|e| format!("work type {name}: {e}"))?;
+) -> Result<ActiveHandler, OfferError> {
+    let runner = find_ansible_runner(setup.configured, setup.path_env).map_err(|source| {
+        OfferError::AnsibleRunner {
+            work_type: name.to_owned(),
+            source,
+        }
+    })?;
     let policy = Policy {
         program_limits: setup.program_limits,
         ..Policy::for_ansible_runner(&runner.path, setup.env_pass, node_env, setup.limits.clone())
@@ -315,11 +374,10 @@ pub fn ansible_runner(
     tracing::info!(work_type = %name, path = %runner.path.display(), version = %runner.version, "found ansible-runner");
     Ok(ActiveHandler {
         work_type: name.to_owned(),
-        handler_name: ANSIBLE_RUNNER_WORK_TYPE.to_owned(),
+        task: Task::AnsibleRunner,
         handler: builtin.0.clone(),
         policy: Arc::new(policy),
         info: builtin.1.clone(),
-        fixed_params: Vec::new(),
         allow_runtime_params: true,
     })
 }
@@ -331,11 +389,24 @@ fn load_from_disk(
     signers: &[SignerKey],
     work_type: &str,
     policy: &Policy,
-) -> Result<(Handler, ComponentInfo), String> {
-    let why = |e: &dyn std::fmt::Display| format!("work type {work_type}: {e}");
-    let bytes = std::fs::read(path).map_err(|e| why(&format!("{}: {e}", path.display())))?;
-    let sig_bytes =
-        std::fs::read(signature).map_err(|e| why(&format!("{}: {e}", signature.display())))?;
-    let sig = SignedManifest::from_json(&sig_bytes).map_err(|e| why(&e))?;
-    load_signed(host, &bytes, &sig, signers, work_type, &[], policy).map_err(|e| why(&e))
+) -> Result<(Handler, ComponentInfo), OfferError> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|source| OfferError::Read {
+            work_type: work_type.to_owned(),
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let bytes = read(path)?;
+    let sig =
+        SignedManifest::from_json(&read(signature)?).map_err(|source| OfferError::Signature {
+            work_type: work_type.to_owned(),
+            source,
+        })?;
+    load_signed(host, &bytes, &sig, signers, work_type, &[], policy).map_err(|source| {
+        OfferError::Component {
+            work_type: work_type.to_owned(),
+            source,
+        }
+    })
 }

@@ -23,12 +23,13 @@ use wasmtime::{Config, Engine, Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::{AsyncReadStream, AsyncWriteStream};
 
 use super::bindings::WorkHandlerPre;
-use super::bindings::warren::worker::types::{Job as WitJob, Outcome as WitOutcome};
+use super::bindings::warren::worker::types::Outcome as WitOutcome;
 use super::cache::Cache;
 use super::contain::detached::{Reattach, reattach};
 use super::contain::spawn::JobContain;
 use super::contain::{Breach, Containment, UnitFiles};
 use super::fds::FdLimit;
+use super::params::{JobParams, Task};
 use super::policy::Policy;
 use super::quota::{self, DiskLedger, DiskStop};
 use super::state::JobState;
@@ -49,6 +50,17 @@ pub enum HostError {
     /// The component is not a valid work handler (or does not compile).
     #[error("component is not a usable work handler: {0}")]
     Component(String),
+    /// The component was built against a `warren:worker` world this node does not run.
+    #[error(
+        "component is built against warren:worker@{found}, but this node runs \
+         warren:worker@{world} (0.2.0 typed the job's parameters); rebuild it \
+         against this node's wit/worker.wit and sign it again",
+        world = super::world::WORLD_VERSION
+    )]
+    WorldVersion {
+        /// The world version the component imports or exports.
+        found: String,
+    },
 }
 
 /// A job for a handler.
@@ -58,10 +70,10 @@ pub struct Job {
     pub id: String,
     /// The work type asked for.
     pub work_type: String,
-    /// The handler behaviour serving it (`ansible-runner`, `command`).
-    pub handler: String,
-    /// Submission parameters, in order.
-    pub params: Vec<(String, String)>,
+    /// What the work type's config asks of the handler.
+    pub task: Task,
+    /// The submission's parameters, typed.
+    pub params: JobParams,
 }
 
 /// A job's I/O: its directory (the guest's only preopen), payload and results.
@@ -267,8 +279,9 @@ impl Host {
     /// Compiles (or loads from the cache) a component and links it.
     ///
     /// # Errors
-    /// [`HostError::Component`] when the bytes are not a work handler that this node can
-    /// link.
+    /// [`HostError::WorldVersion`] when the component is built against another version of
+    /// the world; [`HostError::Component`] when the bytes are not a work handler that this
+    /// node can link.
     pub fn load(&self, bytes: &[u8]) -> Result<Handler, HostError> {
         let sha256: [u8; 32] = Sha256::digest(bytes).into();
         let component = self.cached(bytes, &sha256)?;
@@ -277,6 +290,13 @@ impl Host {
             .imports(&self.engine)
             .map(|(n, _)| n.to_owned())
             .collect();
+        let exports = ty.exports(&self.engine).map(|(n, _)| n.to_owned());
+        let names: Vec<String> = imports.iter().cloned().chain(exports).collect();
+        if let Some(found) = super::world::foreign_world(names.iter().map(String::as_str)) {
+            return Err(HostError::WorldVersion {
+                found: found.to_owned(),
+            });
+        }
         if let Some(name) = super::component::forbidden_import(imports.iter().map(String::as_str)) {
             return Err(HostError::Component(format!(
                 "it imports {name}, which work handlers may not use (no network or other host access)"
@@ -299,7 +319,7 @@ impl Host {
 
     /// Why the compile cache is not used, if it is not.
     #[cfg(test)]
-    pub(crate) fn cache_problem(&self) -> Option<&str> {
+    pub(crate) fn cache_problem(&self) -> Option<String> {
         self.cache.problem()
     }
 
@@ -494,12 +514,7 @@ async fn call_with_limits(
         mut cancelled,
         disk,
     } = stops;
-    let wit_job = WitJob {
-        id: job.id.clone(),
-        work_type: job.work_type.clone(),
-        handler: job.handler.clone(),
-        params: job.params.clone(),
-    };
+    let wit_job = super::world::job(job);
     let call = async {
         let instance = handler.pre.instantiate_async(&mut *store).await?;
         instance

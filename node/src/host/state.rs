@@ -136,16 +136,15 @@ impl JobState {
     /// resource-table entries; the refusal is for the guest.
     ///
     /// # Errors
-    /// Why not, naming the cap.
-    pub(crate) fn admit(&mut self, descriptors: usize, entries: usize) -> Result<(), String> {
-        self.fds.check(descriptors).map_err(|e| e.to_string())?;
+    /// [`AdmitError`] naming the cap.
+    pub(crate) fn admit(&mut self, descriptors: usize, entries: usize) -> Result<(), AdmitError> {
+        self.fds.check(descriptors)?;
         if self.table_has_room(entries) {
             Ok(())
         } else {
-            Err(format!(
-                "too many open resources: the job may hold {} handles, streams and pollables",
-                self.table.max_capacity()
-            ))
+            Err(AdmitError::Table {
+                cap: self.table.max_capacity(),
+            })
         }
     }
 
@@ -169,6 +168,21 @@ impl JobState {
         }
         room
     }
+}
+
+/// Why a job may not take more host descriptors or resource-table entries; the text goes
+/// to the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum AdmitError {
+    /// Past the job's descriptor cap.
+    #[error(transparent)]
+    Descriptors(#[from] super::fds::FdLimit),
+    /// Past the resource table's capacity.
+    #[error("too many open resources: the job may hold {cap} handles, streams and pollables")]
+    Table {
+        /// The table's capacity.
+        cap: usize,
+    },
 }
 
 impl WasiView for JobState {

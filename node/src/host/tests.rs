@@ -10,10 +10,12 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::builtin::GUEST_RUNNER;
+use super::params::{JobParams, Task};
 use super::policy::{Limits, Policy};
 use super::runner::{Handler, Host, Job, JobIo, Outcome};
 
 mod limits;
+mod params;
 
 /// The probe handler, for tests only.
 const PROBE_HANDLER: &[u8] = include_bytes!(env!("WARREN_PROBE_HANDLER_WASM"));
@@ -54,15 +56,33 @@ fn policy(programs: &[(&str, &str)], limits: Limits) -> Arc<Policy> {
     })
 }
 
-fn job(handler: &str, params: &[(&str, &str)]) -> Job {
+/// A job for the probe: work type `behaviour` (the probe's default behaviour), `params` as
+/// the submission's other parameters.
+fn job(behaviour: &str, params: &[(&str, &str)]) -> Job {
     Job {
         id: "Test0001".into(),
-        work_type: handler.into(),
-        handler: handler.into(),
-        params: params
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect(),
+        work_type: behaviour.into(),
+        task: Task::Component,
+        params: JobParams {
+            other: params
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..JobParams::default()
+        },
+    }
+}
+
+/// A job of a command work type running `program` with configured `args`.
+fn command_job(program: &str, args: &[&str]) -> Job {
+    Job {
+        id: "Test0001".into(),
+        work_type: program.into(),
+        task: Task::Command {
+            program: program.into(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+        },
+        params: JobParams::default(),
     }
 }
 
@@ -120,7 +140,7 @@ fn text(bytes: &[u8]) -> String {
 async fn command_relays_megabytes_through_cat_byte_for_byte() {
     let payload: Vec<u8> = (0..6_000_000u32).map(|i| (i * 7 % 253) as u8).collect();
     let policy = policy(&[("cat", "/bin/cat")], Limits::default());
-    let job = job("command", &[("program", "cat")]);
+    let job = command_job("cat", &[]);
     let (outcome, results, _dir) = run(&shared().guest, policy, job, payload.clone(), None).await;
     assert_eq!(outcome, Outcome::Succeeded);
     assert!(
@@ -152,7 +172,7 @@ async fn unlisted_program_is_refused_with_a_value_not_a_trap() {
     let (outcome, _, _dir) = run(
         &shared().guest,
         policy,
-        job("command", &[("program", "sh")]),
+        command_job("sh", &[]),
         vec![],
         None,
     )
@@ -303,12 +323,11 @@ async fn cancel_reaches_the_guest_and_a_deaf_guest_is_stopped_after_the_grace() 
 #[tokio::test]
 async fn cancel_terminates_the_child_and_the_job_is_canceled() {
     let policy = policy(&[("sleep", "/bin/sleep")], Limits::default());
-    let params = [("program", "sleep"), ("arg", "30")];
     let started = std::time::Instant::now();
     let (outcome, _, _dir) = run(
         &shared().guest,
         policy,
-        job("command", &params),
+        command_job("sleep", &["30"]),
         vec![],
         Some(Duration::from_millis(200)),
     )
@@ -335,7 +354,7 @@ async fn output_past_the_cap_fails_the_job() {
     let (outcome, results, _dir) = run(
         &shared().guest,
         policy,
-        job("command", &[("program", "cat")]),
+        command_job("cat", &[]),
         vec![b'x'; 1 << 20],
         None,
     )
@@ -373,13 +392,16 @@ async fn a_planted_cwasm_owned_by_another_user_is_not_loaded() {
     let host = Host::new(&cache).expect("host");
     assert_eq!(host.cache_problem(), None);
     let guest = host.load(GUEST_RUNNER).expect("guest-runner loads");
-    // The probe would succeed at "noop"; guest-runner has no such handler.
+    // The probe would succeed at "noop"; guest-runner serves no component work type.
     let policy = policy(&[], Limits::default());
     let (outcome, _, _dir) = run_on(&host, &guest, policy, job("noop", &[]), vec![], None).await;
     let Outcome::Failed { detail, .. } = outcome else {
         panic!("the planted code ran: {outcome:?}");
     };
-    assert!(detail.contains("no handler named noop"), "{detail}");
+    assert!(
+        detail.contains("work type noop is configured for a component of its own"),
+        "{detail}"
+    );
     // And the planted file was replaced by this node's own.
     let meta = std::fs::metadata(&target).unwrap();
     assert_eq!(

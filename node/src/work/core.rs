@@ -647,28 +647,15 @@ fn expired_detail(expires_at_ms: u64) -> String {
     )
 }
 
-/// Keys a submitter may not set: they name the program and arguments of a command.
-const RESERVED_PARAMS: [&str; 2] = ["program", "arg"];
-
+/// The submission's parameter names checked against what the work type takes (the names
+/// themselves belong to [`crate::host::params`]).
 fn check_params(
     work_type: &str,
     params: &BTreeMap<String, String>,
     offer: Offer,
 ) -> Result<(), WorkError> {
-    if let Some(key) = params
-        .keys()
-        .find(|k| RESERVED_PARAMS.contains(&k.as_str()))
-    {
-        return Err(WorkError::BadParameters(format!(
-            "parameter {key:?} is reserved"
-        )));
-    }
-    if params.contains_key("params") && !offer.allow_runtime_params {
-        return Err(WorkError::BadParameters(format!(
-            "work type {work_type} does not allow runtime params"
-        )));
-    }
-    Ok(())
+    crate::host::params::check_submission(work_type, params, offer.allow_runtime_params)
+        .map_err(|e| WorkError::BadParameters(e.to_string()))
 }
 
 #[cfg(test)]

@@ -9,8 +9,9 @@ use tokio::sync::watch;
 
 use super::{Requester, Submission, UnitId, UnitState, Work, WorkConfig, WorkError, WorkSetup};
 use crate::host::component::ComponentInfo;
+use crate::host::params::Task;
 use crate::host::policy::{Limits, Policy};
-use crate::host::registry::{self, ActiveHandler, COMMAND_HANDLER, Registry};
+use crate::host::registry::{self, ActiveHandler, Registry};
 use crate::host::runner::{Handler, Host};
 use crate::id::NodeId;
 
@@ -43,18 +44,18 @@ pub(super) fn command(
 ) -> ActiveHandler {
     let (_, (handler, info)) = host();
     let policy = Policy::for_command(name, program.as_ref(), &[], |_| None, Limits::default());
-    let mut fixed = vec![("program".to_owned(), name.to_owned())];
-    fixed.extend(args.iter().map(|a| ("arg".to_owned(), (*a).to_owned())));
     ActiveHandler {
         work_type: name.to_owned(),
-        handler_name: COMMAND_HANDLER.to_owned(),
+        task: Task::Command {
+            program: name.to_owned(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+        },
         handler: handler.clone(),
         policy: Arc::new(policy),
         info: ComponentInfo {
             version: version.to_owned(),
             ..info.clone()
         },
-        fixed_params: fixed,
         allow_runtime_params: runtime,
     }
 }

@@ -44,7 +44,7 @@ pub(super) fn terminal_param() -> std::collections::BTreeMap<String, String> {
     std::env::var("TERM")
         .ok()
         .filter(|t| !t.is_empty())
-        .map(|t| ("term".to_owned(), t))
+        .map(|t| (crate::host::params::TERMINAL.to_owned(), t))
         .into_iter()
         .collect()
 }

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use super::ContainError;
 use super::detect::OwnCgroups;
 use super::limits::ProgramLimits;
 use super::setup::{ChildSetup, MAX_CGROUP_FDS};
@@ -291,13 +292,18 @@ impl JobCgroup {
     /// spawn.
     ///
     /// # Errors
-    /// A `cgroup.procs` that cannot be opened.
-    pub(crate) fn join_on_exec(&self, setup: &mut ChildSetup) -> io::Result<Vec<OwnedFd>> {
+    /// [`ContainError::CgroupAttach`] naming a `cgroup.procs` that cannot be opened.
+    pub(crate) fn join_on_exec(
+        &self,
+        setup: &mut ChildSetup,
+    ) -> Result<Vec<OwnedFd>, ContainError> {
         let mut fds = Vec::new();
         for dir in self.paths().iter().take(MAX_CGROUP_FDS) {
+            let path = dir.join("cgroup.procs");
             let file = fs::OpenOptions::new()
                 .write(true)
-                .open(dir.join("cgroup.procs"))?;
+                .open(&path)
+                .map_err(|source| ContainError::CgroupAttach { path, source })?;
             let fd = OwnedFd::from(file);
             setup.procs[fds.len()] = fd.as_raw_fd();
             fds.push(fd);

@@ -35,6 +35,7 @@ pub mod cgroup;
 #[cfg(feature = "host")]
 pub mod detached;
 pub(crate) mod detect;
+pub mod error;
 pub mod limits;
 pub mod record;
 pub(crate) mod setup;
@@ -50,6 +51,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use serde::Serialize;
 
+pub use error::ContainError;
 pub use limits::{Network, ProgramLimits};
 
 use cgroup::{Hit, JobCgroup, Roots};
@@ -65,26 +67,6 @@ pub enum ContainMode {
     Cgroup,
     /// The subreaper supervisor even where cgroups are usable.
     Subreaper,
-}
-
-/// Why containment cannot be set up as asked.
-#[derive(Debug, thiserror::Error)]
-pub enum ContainError {
-    /// `containment = "cgroup"` on a node where no cgroup hierarchy is usable.
-    #[error("containment = \"cgroup\", but no cgroup hierarchy is usable here: {0}")]
-    NoCgroups(String),
-    /// `containment = "subreaper"` without a binary to run as supervisor.
-    #[error("containment = \"subreaper\" needs the warren binary to run as supervisor: {0}")]
-    NoSupervisor(String),
-    /// A program's cgroup could not be created.
-    #[error("cannot create the job's cgroup {name}: {source}")]
-    Cgroup {
-        /// The cgroup's name.
-        name: String,
-        /// What the kernel said.
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 /// The mechanism in use.

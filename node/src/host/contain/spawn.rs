@@ -20,7 +20,7 @@ use super::record::{self, JobRecord, ProgramExit};
 use super::supervised::{self, LaunchOptions};
 use super::supervisor::{Spec, SpecFiles};
 use super::watch::{self as watcher, BreachLog, Killer, SupervisorWait, Target, Watch};
-use super::{Cell, Containment, ProgramLimits, UnitFiles};
+use super::{Cell, ContainError, Containment, ProgramLimits, UnitFiles};
 
 /// A resolved command: what the policy allowed.
 #[derive(Debug, Clone)]
@@ -118,17 +118,15 @@ fn watch_for(job: &JobContain, cell: &Cell, killer: Killer, output_cap: Option<u
 /// Starts `cmd` with piped stdio, directly or (without cgroups) under a supervisor.
 ///
 /// # Errors
-/// Why it could not start.
+/// [`ContainError`] naming what failed: its cgroup, the supervisor, or its start.
 pub(crate) async fn piped(
     job: &JobContain,
     unit: &str,
     cmd: &Resolved,
     pipes: Pipes,
-) -> Result<Spawned, String> {
+) -> Result<Spawned, ContainError> {
     let containment = containment_of(job);
-    let cell = containment
-        .cell(unit, &job.limits, false)
-        .map_err(|e| e.to_string())?;
+    let cell = containment.cell(unit, &job.limits, false)?;
     if let Some(files) = &job.files {
         files.record(&cell.info);
     }
@@ -140,11 +138,19 @@ pub(crate) async fn piped(
     direct(job, cmd, cell, pipes)
 }
 
-fn direct(job: &JobContain, cmd: &Resolved, cell: Cell, pipes: Pipes) -> Result<Spawned, String> {
-    let io = |e: std::io::Error| format!("cannot start {}: {e}", cmd.program.display());
+fn direct(
+    job: &JobContain,
+    cmd: &Resolved,
+    cell: Cell,
+    pipes: Pipes,
+) -> Result<Spawned, ContainError> {
+    let io = |source| ContainError::Spawn {
+        program: cmd.program.clone(),
+        source,
+    };
     let mut setup = cell.setup;
     let join = match &cell.cgroup {
-        Some(cgroup) => cgroup.join_on_exec(&mut setup).map_err(io)?,
+        Some(cgroup) => cgroup.join_on_exec(&mut setup)?,
         None => Vec::new(),
     };
     let mut command = tokio::process::Command::new(&cmd.program);
@@ -219,7 +225,7 @@ async fn supervised_piped(
     cmd: &Resolved,
     cell: Cell,
     pipes: Pipes,
-) -> Result<Spawned, String> {
+) -> Result<Spawned, ContainError> {
     let spec = Spec {
         program: cmd.program.clone(),
         args: cmd.args.clone(),
@@ -238,7 +244,10 @@ async fn supervised_piped(
     };
     let mut launched = supervised::launch(exe, &spec, options).await?;
     let (stdin, stdout, stderr) =
-        take_stdio(&mut launched.child, pipes.merged).map_err(|e| e.to_string())?;
+        take_stdio(&mut launched.child, pipes.merged).map_err(|source| ContainError::Pipe {
+            what: "stdout pipe",
+            source,
+        })?;
     let pid = u32::try_from(launched.program.pid).unwrap_or(0);
     let killer = Killer {
         cgroup: cell.cgroup.clone(),
@@ -266,31 +275,28 @@ async fn supervised_piped(
 /// `detached/stderr`, and a job record so a restarted node can re-attach.
 ///
 /// # Errors
-/// Why it could not start (including: this job cannot detach).
+/// [`ContainError`] naming what failed (including: this job cannot detach).
 pub(crate) async fn detached(
     job: &mut JobContain,
     unit: &str,
     cmd: &Resolved,
     label: &str,
-) -> Result<Spawned, String> {
-    let files = job
-        .files
-        .clone()
-        .ok_or("this job has no unit files to detach to")?;
+) -> Result<Spawned, ContainError> {
+    let files = job.files.clone().ok_or(ContainError::NoUnitFiles)?;
     let containment = containment_of(job);
     let exe = containment
         .supervisor()
         .cloned()
-        .ok_or("this node has no supervisor binary to detach with")?;
+        .ok_or(ContainError::NoSupervisorBinary)?;
     if job.detached_started {
-        return Err("this job already started its detached program".into());
+        return Err(ContainError::AlreadyDetached);
     }
     job.detached_started = true;
-    let cell = containment
-        .cell(unit, &job.limits, true)
-        .map_err(|e| e.to_string())?;
-    let dir =
-        record::detached_dir(&files.dir).map_err(|e| format!("{}: {e}", files.dir.display()))?;
+    let cell = containment.cell(unit, &job.limits, true)?;
+    let dir = record::detached_dir(&files.dir).map_err(|source| ContainError::Io {
+        path: files.dir.clone(),
+        source,
+    })?;
     let _ = std::fs::remove_file(dir.join(record::EXIT_FILE));
     let mut job_record = job_record(job, unit, label, &cell);
     // Provisional: a node that dies before the supervisor is recorded still finds the
@@ -338,9 +344,11 @@ fn job_record(job: &JobContain, unit: &str, label: &str, cell: &Cell) -> JobReco
     }
 }
 
-fn write_record(dir: &std::path::Path, job_record: &JobRecord) -> Result<(), String> {
-    record::write_json(dir, record::JOB_FILE, job_record)
-        .map_err(|e| format!("writing the job record in {}: {e}", dir.display()))
+fn write_record(dir: &std::path::Path, job_record: &JobRecord) -> Result<(), ContainError> {
+    record::write_json(dir, record::JOB_FILE, job_record).map_err(|source| ContainError::Record {
+        dir: dir.to_owned(),
+        source,
+    })
 }
 
 /// Launches a detached supervisor in its own process group inside `cell`'s cgroups.
@@ -348,11 +356,11 @@ async fn launch_in_cell(
     exe: &std::path::Path,
     spec: &Spec,
     cell: &Cell,
-) -> Result<supervised::Launched, String> {
+) -> Result<supervised::Launched, ContainError> {
     let mut join = cell.setup;
     // The descriptors must stay open until the supervisor has joined.
     let _fds = match &cell.cgroup {
-        Some(cgroup) => cgroup.join_on_exec(&mut join).map_err(|e| e.to_string())?,
+        Some(cgroup) => cgroup.join_on_exec(&mut join)?,
         None => Vec::new(),
     };
     let options = LaunchOptions {

@@ -11,6 +11,7 @@ use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
 use tokio::net::unix::pipe;
 
+use super::ContainError;
 use super::record::ProcessRef;
 use super::setup::ChildSetup;
 use super::supervisor::{LIFELINE_FD, REPORT_FD, SPEC_FD, SUPERVISE_ARG, Spec};
@@ -52,14 +53,15 @@ pub(crate) struct LaunchOptions {
 /// Starts a supervisor running `spec` and waits for its first report.
 ///
 /// # Errors
-/// A message naming what failed: the pipes, the supervisor's start, or the program's
+/// [`ContainError`] naming what failed: the pipes, the supervisor's start, its protocol,
+/// or the program's start as the supervisor reports it
 /// (`cannot start /path: No such file or directory`).
 pub(crate) async fn launch(
     exe: &Path,
     spec: &Spec,
     options: LaunchOptions,
-) -> Result<Launched, String> {
-    let io = |what: &'static str| move |e: io::Error| format!("supervisor {what}: {e}");
+) -> Result<Launched, ContainError> {
+    let io = |what: &'static str| move |source: io::Error| ContainError::Pipe { what, source };
     let (spec_r, spec_w) = io::pipe().map_err(io("spec pipe"))?;
     let (report_r, report_w) = io::pipe().map_err(io("report pipe"))?;
     let spec_fd = high(&OwnedFd::from(spec_r)).map_err(io("spec pipe"))?;
@@ -107,7 +109,10 @@ pub(crate) async fn launch(
     }
     let child = command
         .spawn()
-        .map_err(|e| format!("cannot start the supervisor {}: {e}", exe.display()))?;
+        .map_err(|source| ContainError::SupervisorStart {
+            exe: exe.to_owned(),
+            source,
+        })?;
     drop(command);
     drop((spec_fd, report_fd, life_fd));
     send_spec(spec_w, spec).await?;
@@ -138,40 +143,41 @@ fn high(fd: &OwnedFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
-async fn send_spec(writer: io::PipeWriter, spec: &Spec) -> Result<(), String> {
-    let bytes = serde_json::to_vec(spec).map_err(|e| format!("supervisor spec: {e}"))?;
-    let mut sender = pipe::Sender::from_owned_fd(OwnedFd::from(writer))
-        .map_err(|e| format!("supervisor spec pipe: {e}"))?;
-    sender
-        .write_all(&bytes)
-        .await
-        .map_err(|e| format!("sending the supervisor its spec: {e}"))
+async fn send_spec(writer: io::PipeWriter, spec: &Spec) -> Result<(), ContainError> {
+    let source = |source| ContainError::SupervisorSpec { source };
+    let bytes = serde_json::to_vec(spec).map_err(|e| source(io::Error::other(e)))?;
+    let mut sender = pipe::Sender::from_owned_fd(OwnedFd::from(writer)).map_err(|source| {
+        ContainError::Pipe {
+            what: "spec pipe",
+            source,
+        }
+    })?;
+    sender.write_all(&bytes).await.map_err(source)
 }
 
 /// Reads `started <pid> <start time>` (the program's) or `error <why>`.
 async fn first_report(
     reports: &mut Lines<BufReader<pipe::Receiver>>,
     exe: &Path,
-) -> Result<ProcessRef, String> {
+) -> Result<ProcessRef, ContainError> {
     let line = reports
         .next_line()
         .await
-        .map_err(|e| format!("supervisor report: {e}"))?;
+        .map_err(|source| ContainError::SupervisorReport { source })?;
     let Some(line) = line else {
-        return Err(format!(
-            "the supervisor {} ended without starting the program (is it a warren binary?)",
-            exe.display()
-        ));
+        return Err(ContainError::SupervisorEnded {
+            exe: exe.to_owned(),
+        });
     };
     if let Some(why) = line.strip_prefix("error ") {
-        return Err(why.to_owned());
+        return Err(ContainError::Refused(why.to_owned()));
     }
     let mut words = line.strip_prefix("started ").unwrap_or("").split(' ');
     let pid = words.next().and_then(|w| w.parse().ok());
     let start_time = words.next().and_then(|w| w.parse().ok());
     match (pid, start_time) {
         (Some(pid), Some(start_time)) => Ok(ProcessRef { pid, start_time }),
-        _ => Err(format!("unexpected supervisor report {line:?}")),
+        _ => Err(ContainError::SupervisorProtocol { line }),
     }
 }
 
@@ -249,4 +255,86 @@ pub(crate) fn answers_as_supervisor(exe: &Path) -> bool {
     let _ = child.kill();
     let _ = child.wait();
     line.starts_with("error supervisor: bad spec")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::path::PathBuf;
+
+    use super::*;
+
+    /// A stand-in supervisor: reads the spec to its end, then runs `then` (a shell line;
+    /// fd 4 is the report pipe).
+    fn fake_supervisor(dir: &Path, then: &str) -> PathBuf {
+        let path = dir.join("fake-supervisor");
+        std::fs::write(&path, format!("#!/bin/sh\ncat <&3 >/dev/null\n{then}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    async fn launch_with(exe: &Path) -> Result<Launched, ContainError> {
+        let spec = Spec {
+            program: "/bin/true".into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            cwd: "/".into(),
+            files: None,
+            setup: ChildSetup::new(64, 1 << 20),
+            exit_dir: None,
+            deadline_ms: None,
+            lifeline: false,
+        };
+        let options = LaunchOptions {
+            stdio: (Stdio::null(), Stdio::null(), Stdio::null()),
+            own_group: false,
+            join: spec.setup,
+        };
+        launch(exe, &spec, options).await
+    }
+
+    #[tokio::test]
+    async fn a_supervisor_that_ends_without_a_report_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = fake_supervisor(dir.path(), "exit 0");
+        let err = launch_with(&exe).await.unwrap_err();
+        assert!(
+            matches!(&err, ContainError::SupervisorEnded { exe: named } if *named == exe),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("is it a warren binary?"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_garbled_report_is_a_protocol_error_quoting_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = fake_supervisor(dir.path(), "echo 'started lots' >&4");
+        let err = launch_with(&exe).await.unwrap_err();
+        assert!(
+            matches!(&err, ContainError::SupervisorProtocol { line } if line == "started lots"),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_supervisors_refusal_is_passed_on_in_its_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let said = "cannot start /nowhere: No such file or directory (os error 2)";
+        let exe = fake_supervisor(dir.path(), &format!("echo 'error {said}' >&4"));
+        let err = launch_with(&exe).await.unwrap_err();
+        assert!(matches!(&err, ContainError::Refused(_)), "{err:?}");
+        assert_eq!(err.to_string(), said);
+    }
+
+    #[tokio::test]
+    async fn a_missing_supervisor_binary_is_named_with_the_os_error() {
+        let err = launch_with(Path::new("/nonexistent/warren-supervisor"))
+            .await
+            .unwrap_err();
+        let ContainError::SupervisorStart { exe, source } = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(exe, Path::new("/nonexistent/warren-supervisor"));
+        assert_eq!(source.kind(), io::ErrorKind::NotFound);
+    }
 }

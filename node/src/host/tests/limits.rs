@@ -232,16 +232,10 @@ async fn a_granted_program_with_arguments_the_policy_refuses_gets_a_value() {
             text(&results)
         );
     }
-    // guest-runner's command handler: the unit fails naming the argument.
-    let params = [("program", "cat"), ("arg", "/etc/passwd")];
-    let (outcome, results, _dir) = run(
-        &shared().guest,
-        policy,
-        job("command", &params),
-        vec![],
-        None,
-    )
-    .await;
+    // guest-runner's command handler, asked at run time: the unit fails naming the argument.
+    let mut job = command_job("cat", &[]);
+    job.params.runtime_args = vec!["/etc/passwd".to_owned()];
+    let (outcome, results, _dir) = run(&shared().guest, policy, job, vec![], None).await;
     assert_eq!(
         failure(&outcome),
         "cannot start cat: program \"cat\" may not be run with these arguments: argument 0 \

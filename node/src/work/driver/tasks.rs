@@ -2,7 +2,6 @@
 //! it runs on, following a remote unit's output, and telling a remote node to cancel or
 //! release. Each reports its outcome to the owner as a [`Command`].
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -14,7 +13,8 @@ use super::Command;
 use super::results::{Progress, ResultsSink, failure_of};
 use crate::host::contain::UnitFiles;
 use crate::host::contain::detached::Reattach;
-use crate::host::registry::{ActiveHandler, COMMAND_HANDLER};
+use crate::host::params::JobParams;
+use crate::host::registry::ActiveHandler;
 use crate::host::runner::{Host, Job, JobIo, Outcome};
 use crate::id::NodeId;
 use crate::keys::SigningKeypair;
@@ -117,11 +117,18 @@ pub(super) async fn run_handler(
         Ok(io) => io,
         Err(detail) => return ctx.ended(id, UnitState::Failed, detail),
     };
+    let submitted = &status.params;
+    let params =
+        match JobParams::from_submission(&status.work_type, submitted, active.allow_runtime_params)
+        {
+            Ok(params) => params,
+            Err(e) => return ctx.ended(id, UnitState::Failed, e.to_string()),
+        };
     let job = Job {
         id: id.to_string(),
         work_type: status.work_type.clone(),
-        handler: active.handler_name.clone(),
-        params: job_params(&active, &status.params),
+        task: active.task.clone(),
+        params,
     };
     let outcome = ctx
         .host
@@ -163,27 +170,6 @@ async fn open_io(
         },
         failure,
     ))
-}
-
-/// The handler's parameters: the work type's fixed ones first, then the submission's, with
-/// a command's runtime `params` split into arguments.
-fn job_params(
-    active: &ActiveHandler,
-    submitted: &BTreeMap<String, String>,
-) -> Vec<(String, String)> {
-    let mut params = active.fixed_params.clone();
-    for (key, value) in submitted {
-        if key == "params" && active.handler_name == COMMAND_HANDLER {
-            params.extend(
-                value
-                    .split_whitespace()
-                    .map(|w| ("arg".to_owned(), w.to_owned())),
-            );
-        } else {
-            params.push((key.clone(), value.clone()));
-        }
-    }
-    params
 }
 
 /// A unit that was running when the node stopped: its detached job is found again through
