@@ -338,8 +338,11 @@ impl Host {
         self.metrics.component_compiled();
         self.cache.store(&name, &compiled);
         // SAFETY: `compiled` was produced by this engine just now.
-        unsafe { Component::deserialize(&self.engine, &compiled) }
-            .map_err(|e| HostError::Component(format!("{e:#}")))
+        let component = unsafe { Component::deserialize(&self.engine, &compiled) }
+            .map_err(|e| HostError::Component(format!("{e:#}")));
+        drop(compiled);
+        give_back_freed_memory();
+        component
     }
 
     /// Runs one job to its end. Never panics on guest behaviour: every failure is an
@@ -620,5 +623,16 @@ impl AsyncWrite for CappedWriter {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Returns the heap the compiler freed to the system. Cranelift's working memory (several MiB,
+/// on the thread that compiled) would otherwise stay in the allocator's arenas for the
+/// node's whole life, counted in its resident memory though nothing uses it.
+fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory at the allocator's discretion.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
