@@ -4,11 +4,12 @@
 //! (mode 0600): `status` (one JSON line, see [`UnitStatus`]), `stdin` (the whole payload,
 //! written before the unit starts) and `stdout` (the results, appended while it runs).
 //!
-//! `status` is always replaced whole: written to a temp file, synced, then renamed over the
-//! old one and the directory synced, so a crash leaves either the old or the new status,
-//! never half of one. Every change goes through [`UnitStore::update`], which enforces
-//! [`UnitState::transition`], or [`UnitStore::write_batch`], which commits a batch with one
-//! file system sync on each side of the renames.
+//! `status` is always replaced whole: written to a temp file, then renamed over the old one,
+//! so a crash leaves either the old or the new status, never half of one. Every change goes
+//! through [`UnitStore::update`], which enforces [`UnitState::transition`] and syncs the
+//! file and its directory, or [`UnitStore::commit`], which makes a batch of changes durable
+//! with one flush of the write-ahead journal (see [`journal`]) before it touches the status
+//! files; at the next open the journal is replayed over them.
 //!
 //! The IO is blocking `std::fs`; async callers use `spawn_blocking`. The store does not run
 //! work, watch files or talk to other nodes.
@@ -23,6 +24,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
+pub use self::journal::Entry;
+use self::journal::{JOURNAL_SIZE, Journal};
 use super::status::UnitStatus;
 use super::unit::{TransitionError, UnitId, UnitState};
 use crate::id::NodeId;
@@ -228,6 +231,9 @@ pub struct UnitStore {
     /// Held across each status read-modify-write so that concurrent updates through
     /// `&self` do not lose each other's changes. Guards no data of its own.
     update_lock: Mutex<()>,
+    /// The write-ahead journal of [`UnitStore::commit`] (`None` when it could not be
+    /// opened: batches are then made durable by syncing the file system).
+    journal: Mutex<Option<Journal>>,
 }
 
 impl UnitStore {
@@ -245,10 +251,64 @@ impl UnitStore {
                 path: root.clone(),
                 source,
             })?;
-        Ok(Self {
+        let store = Self {
             root,
             update_lock: Mutex::new(()),
-        })
+            journal: Mutex::new(None),
+        };
+        let path = data_dir.as_ref().join("units.journal");
+        match Journal::open(&path, JOURNAL_SIZE) {
+            Ok((mut journal, entries)) => {
+                if !entries.is_empty() {
+                    store.replay(&entries);
+                    store.sync_fs();
+                    if let Err(e) = journal.reset() {
+                        tracing::error!(path = %path.display(), error = %e, "cannot reset the unit journal");
+                    }
+                }
+                *store.journal.lock().unwrap_or_else(PoisonError::into_inner) = Some(journal);
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "cannot open the unit journal; status batches will sync the file system");
+            }
+        }
+        Ok(store)
+    }
+
+    /// Applies what the journal holds over the status files (a crash may have left them
+    /// behind it): statuses are written, a unit whose directory the crash lost is made again
+    /// (with whatever output survived), released units are removed.
+    fn replay(&self, entries: &[Entry]) {
+        for entry in entries {
+            let result = match entry {
+                Entry::Status { unit, status } => self.restore(*unit, status),
+                Entry::Released { unit } => match fs::remove_dir_all(self.unit_dir(*unit)) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                    _ => Ok(()),
+                },
+            };
+            if let Err(e) = result {
+                tracing::error!(error = %e, "cannot replay a unit journal record");
+            }
+        }
+    }
+
+    fn restore(&self, id: UnitId, status: &UnitStatus) -> io::Result<()> {
+        let dir = self.unit_dir(id);
+        if !dir.is_dir() {
+            DirBuilder::new().mode(DIR_MODE).create(&dir)?;
+        }
+        let stdout = dir.join(STDOUT_FILE);
+        if !stdout.exists() {
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(FILE_MODE)
+                .open(&stdout)?;
+        }
+        self.write_status(id, status, Durability::No)
+            .map_err(io::Error::other)
     }
 
     /// The units directory, `<data_dir>/units`.
@@ -442,41 +502,109 @@ impl UnitStore {
         })
     }
 
-    /// Writes the statuses of a batch of units durably with two `syncfs` calls for the whole
-    /// batch instead of two `fsync`s per unit (group commit): every temp file is written,
-    /// the file system synced, every temp renamed over its status, and the file system
-    /// synced again so the renames (directory entries) are durable too.
+    /// Makes a batch of changes durable, then applies them: the entries are appended to the
+    /// journal with one flush (a full journal is first emptied by a checkpoint: one sync of
+    /// the file system, after which the status files hold everything), then each status is
+    /// written to its file (temp and rename, not synced: the journal has it) and each
+    /// released unit's files are removed.
     ///
-    /// Returns one result per status, in order.
-    pub fn write_batch(&self, batch: &[(UnitId, UnitStatus)]) -> Vec<Result<(), StoreError>> {
+    /// Returns one result per entry, in order; an entry that fails is not applied. When the
+    /// journal cannot take the batch, the file system is synced around the renames instead.
+    pub fn commit(&self, batch: &[Entry]) -> Vec<Result<(), StoreError>> {
         let _guard = self.lock();
-        let mut results: Vec<Result<(), StoreError>> = batch
-            .iter()
-            .map(|(id, status)| {
-                self.check_exists(*id)?;
-                let mut line = serde_json::to_vec(status)
-                    .map_err(|source| StoreError::EncodeStatus { unit: *id, source })?;
-                line.push(b'\n');
-                let temp = self.unit_dir(*id).join(STATUS_TEMP_FILE);
-                write_file(&temp, &line, Durability::No).map_err(|source| StoreError::WriteStatus {
-                    unit: *id,
-                    path: temp,
+        let journaled = self.journal_append(batch);
+        if !journaled {
+            return self.commit_synced(batch);
+        }
+        batch.iter().map(|entry| self.apply(entry)).collect()
+    }
+
+    /// Appends `batch` to the journal (checkpointing a full one); whether it is there.
+    fn journal_append(&self, batch: &[Entry]) -> bool {
+        let mut journal = self.journal.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(j) = journal.as_mut() else {
+            return false;
+        };
+        let appended = match j.append(batch) {
+            Ok(false) => {
+                // Full: every status applied so far goes to the disk, then start again.
+                self.sync_fs();
+                j.reset().and_then(|()| j.append(batch))
+            }
+            other => other,
+        };
+        match appended {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::error!(path = %j.path().display(), error = %e, "cannot write the unit journal; syncing the file system instead");
+                *journal = None;
+                false
+            }
+        }
+    }
+
+    fn apply(&self, entry: &Entry) -> Result<(), StoreError> {
+        match entry {
+            Entry::Status { unit, status } => {
+                self.check_exists(*unit)?;
+                self.write_status(*unit, status, Durability::No)
+            }
+            Entry::Released { unit } => {
+                self.check_exists(*unit)?;
+                let path = self.unit_dir(*unit);
+                fs::remove_dir_all(&path).map_err(|source| StoreError::Release {
+                    unit: *unit,
+                    path,
                     source,
                 })
+            }
+        }
+    }
+
+    /// The batch without the journal: temp files, a file system sync, the renames and
+    /// removals, another sync.
+    fn commit_synced(&self, batch: &[Entry]) -> Vec<Result<(), StoreError>> {
+        let mut results: Vec<Result<(), StoreError>> = batch
+            .iter()
+            .map(|entry| match entry {
+                Entry::Status { unit, status } => {
+                    self.check_exists(*unit)?;
+                    let mut line =
+                        serde_json::to_vec(status).map_err(|source| StoreError::EncodeStatus {
+                            unit: *unit,
+                            source,
+                        })?;
+                    line.push(b'\n');
+                    let temp = self.unit_dir(*unit).join(STATUS_TEMP_FILE);
+                    write_file(&temp, &line, Durability::No).map_err(|source| {
+                        StoreError::WriteStatus {
+                            unit: *unit,
+                            path: temp,
+                            source,
+                        }
+                    })
+                }
+                Entry::Released { .. } => Ok(()),
             })
             .collect();
         self.sync_fs();
-        for ((id, _), result) in batch.iter().zip(&mut results) {
-            if result.is_ok() {
-                let dir = self.unit_dir(*id);
-                *result = fs::rename(dir.join(STATUS_TEMP_FILE), dir.join(STATUS_FILE)).map_err(
-                    |source| StoreError::WriteStatus {
-                        unit: *id,
-                        path: dir.join(STATUS_FILE),
-                        source,
-                    },
-                );
+        for (entry, result) in batch.iter().zip(&mut results) {
+            if result.is_err() {
+                continue;
             }
+            *result = match entry {
+                Entry::Status { unit, .. } => {
+                    let dir = self.unit_dir(*unit);
+                    fs::rename(dir.join(STATUS_TEMP_FILE), dir.join(STATUS_FILE)).map_err(
+                        |source| StoreError::WriteStatus {
+                            unit: *unit,
+                            path: dir.join(STATUS_FILE),
+                            source,
+                        },
+                    )
+                }
+                released => self.apply(released),
+            };
         }
         self.sync_fs();
         results
@@ -687,5 +815,6 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+pub mod journal;
 #[cfg(test)]
 mod tests;

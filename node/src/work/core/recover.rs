@@ -28,6 +28,7 @@ impl Core {
             let expires = status
                 .expires_at
                 .map(|at| now + Duration::from_millis(at.saturating_sub(wall_ms)));
+            self.index_nonce(id, &status);
             self.insert(id, status, phase.clone());
             if let Some(entry) = self.units.get_mut(&id) {
                 entry.expires = expires;
