@@ -12,6 +12,9 @@
 //! action in order (status writes may be batched, but not reordered for one unit), then
 //! re-arms its timer with [`Core::poll_timeout`] and calls [`Core::handle_timeout`] when it
 //! fires. Outcomes of actions come back through the `*_ended`, `*_created` and similar calls.
+//! Status writes carry increasing numbers; the driver reports with
+//! [`Core::statuses_durable`] how far they are on the disk, and the core holds back what
+//! must not happen before (a remote submission waits for the status naming its nonce).
 
 pub mod durable;
 pub mod flow;
