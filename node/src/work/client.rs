@@ -254,29 +254,29 @@ impl WorkClient {
             nonce,
         };
         protocol::write(stream, &submit).await.map_err(proto)?;
-        let unit = match protocol::read(stream).await.map_err(proto)? {
-            Reply::Created { unit } => unit,
-            Reply::Existing { unit } => {
-                // Made by this submission before: its payload is there already.
+        // The payload follows at once, without waiting a round trip for `Created`: the node
+        // reads it once the unit exists, or drops it with its refusal.
+        let sent = send_payload(payload, stream, node).await;
+        let unit = match protocol::read(stream).await {
+            Ok(Reply::Created { unit }) => unit,
+            Ok(Reply::Existing { unit }) => {
+                // Made by this submission before, with its payload: it runs (or ran).
                 created(unit);
                 return Ok(unit);
             }
-            Reply::Refused(refusal) => return Err(refusal.into()),
-            other => return Err(Self::unexpected(node, &other)),
+            Ok(Reply::Refused(refusal)) => return Err(refusal.into()),
+            Ok(other) => return Err(Self::unexpected(node, &other)),
+            Err(e) => return Err(sent.err().unwrap_or_else(|| proto(e))),
         };
         created(unit);
-        copy_payload(payload, stream, node).await?;
-        stream
-            .shutdown()
-            .await
-            .map_err(|e| ClientError::Unreachable {
-                node: node.clone(),
-                reason: e.to_string(),
-            })?;
-        match protocol::read(stream).await.map_err(proto)? {
-            Reply::Started => Ok(unit),
-            Reply::Refused(refusal) => Err(refusal.into()),
-            other => Err(Self::unexpected(node, &other)),
+        // A refusal of the payload (over the limit, a bad signature) is read even when it
+        // cut the sending short.
+        match (protocol::read(stream).await, sent) {
+            (Ok(Reply::Refused(refusal)), _) => Err(refusal.into()),
+            (_, Err(e)) => Err(e),
+            (Ok(Reply::Started), Ok(())) => Ok(unit),
+            (Ok(other), Ok(())) => Err(Self::unexpected(node, &other)),
+            (Err(e), Ok(())) => Err(proto(e)),
         }
     }
 
@@ -368,6 +368,22 @@ impl WorkClient {
             other => Err(Self::unexpected(node, &other)),
         }
     }
+}
+
+/// Sends the whole payload, then half-closes.
+async fn send_payload(
+    payload: &mut (dyn AsyncRead + Unpin + Send),
+    stream: &mut MeshStream,
+    node: &NodeId,
+) -> Result<(), ClientError> {
+    copy_payload(payload, stream, node).await?;
+    stream
+        .shutdown()
+        .await
+        .map_err(|e| ClientError::Unreachable {
+            node: node.clone(),
+            reason: e.to_string(),
+        })
 }
 
 async fn copy_payload(

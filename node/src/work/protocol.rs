@@ -2,8 +2,9 @@
 //! service, separate from the operator's control protocol.
 //!
 //! Each message is a postcard frame behind a 4-byte length. A `Submit` is answered with
-//! `Created`; the payload's raw bytes follow up to the submitter's half-close, then
-//! `Started` (or a refusal). A `Submit` whose nonce the node has seen before from the same
+//! `Created`; the payload's raw bytes follow up to the submitter's half-close (the submitter
+//! sends them right behind the `Submit`, without waiting for `Created`), then `Started` (or
+//! a refusal). A `Submit` whose nonce the node has seen before from the same
 //! key, for a unit that has its payload, is answered with `Existing` instead and no payload
 //! follows. `Results` (and a `Submit` asked to follow) are answered with
 //! [`ResultsFrame`]s: output from the asked offset, then the unit's final status. Refusals are

@@ -203,6 +203,9 @@ impl Server {
         let unit = match self.work.create_submitted(submission, request.nonce).await {
             Ok(Created::New(unit)) => unit,
             Ok(Created::Existing(unit)) => {
+                // The payload sent again is not needed: read it away first, so the results
+                // that follow never wait on a submitter still sending.
+                tokio::io::copy(stream, &mut tokio::io::sink()).await?;
                 protocol::write(stream, &Reply::Existing { unit }).await?;
                 if let Some(offset) = request.follow {
                     return self.results(stream, unit, offset, by).await;

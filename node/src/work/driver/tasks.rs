@@ -277,6 +277,15 @@ pub(super) async fn submit(
                     outcome,
                 });
             }
+            Err((created, e))
+                if e.is_transient() && (created.is_none() || status.submit_nonce.is_some()) =>
+            {
+                // Sent again under the same nonce, a submission cut short finds its unit
+                // (or replaces one whose payload was cut).
+                tracing::info!(unit = %id, %node, error = %e, "cannot submit yet; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(30));
+            }
             Err((Some(remote), _)) => {
                 // The unit exists there: following it tells what became of it.
                 return ctx.report(Command::RemoteStarted {
@@ -285,11 +294,6 @@ pub(super) async fn submit(
                     remote,
                     followed: false,
                 });
-            }
-            Err((None, e)) if e.is_transient() => {
-                tracing::info!(unit = %id, %node, error = %e, "cannot submit yet; retrying");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(std::time::Duration::from_secs(30));
             }
             Err((None, e)) => {
                 return ctx.report(Command::RemoteSubmitFailed {

@@ -78,10 +78,20 @@ impl Journal {
             .open(path)?;
         let len = file.metadata()?.len();
         if len < size {
-            fill_zeros(&file, len, size)?;
-            file.sync_all()?;
-            if let Some(dir) = path.parent() {
-                File::open(dir)?.sync_all()?;
+            let made = make_room(path, len, size).and_then(|()| {
+                fill_zeros(&file, len, size)?;
+                file.sync_all()?;
+                match path.parent() {
+                    Some(dir) => File::open(dir)?.sync_all(),
+                    None => Ok(()),
+                }
+            });
+            if let Err(e) = made {
+                // A part-filled journal would only take the units' room.
+                if len == 0 {
+                    let _ = std::fs::remove_file(path);
+                }
+                return Err(e);
             }
         }
         let size = size.max(len);
@@ -148,6 +158,21 @@ impl Journal {
         self.offset = 0;
         Ok(())
     }
+}
+
+/// Refuses to grow the journal on a file system with less than four times its size free:
+/// the units need that room more (their statuses are then synced without it).
+fn make_room(path: &Path, len: u64, size: u64) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let free = crate::host::disk::space(dir)?.free_bytes;
+    if free < 4 * (size - len) {
+        return Err(io::Error::other(format!(
+            "{} bytes free, the journal needs {} and leaves room for the units only with 4 times that",
+            free,
+            size - len
+        )));
+    }
+    Ok(())
 }
 
 fn fill_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
