@@ -249,7 +249,7 @@ impl WorkClient {
         let submit = Request::Submit {
             work_type: request.work_type,
             params: request.params,
-            signature: request.signature,
+            signature: request.signature.map(Box::new),
             follow,
             nonce,
         };

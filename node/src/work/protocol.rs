@@ -47,7 +47,7 @@ pub enum Request {
         /// The submission's parameters.
         params: BTreeMap<String, String>,
         /// The submitting node's signature, when it signs work (receptorctl's `signwork`).
-        signature: Option<WorkSignature>,
+        signature: Option<Box<WorkSignature>>,
         /// Stream the unit's results on this stream once started, from this offset (saves a
         /// second stream).
         follow: Option<u64>,

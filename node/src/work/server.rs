@@ -139,7 +139,7 @@ impl Server {
                 let submit = SubmitRequest {
                     work_type,
                     params,
-                    signature,
+                    signature: signature.map(|s| *s),
                     follow,
                     nonce,
                 };

@@ -65,7 +65,7 @@ struct Batch {
 }
 
 impl Batch {
-    fn status(&mut self, id: UnitId, status: UnitStatus, seq: u64) {
+    fn status(&mut self, id: UnitId, status: Box<UnitStatus>, seq: u64) {
         // A later status of the same unit replaces an earlier one in the batch.
         self.entries
             .retain(|e| !matches!(e, Entry::Status { unit, .. } if *unit == id));
@@ -84,14 +84,14 @@ fn run(
         let mut job = Some(first);
         while let Some(current) = job.take() {
             match current {
-                StoreJob::Write { id, status, seq } => batch.status(id, *status, seq),
+                StoreJob::Write { id, status, seq } => batch.status(id, status, seq),
                 StoreJob::Create { id, status, seq } => {
                     let result = store
                         .create_unit(id, &status)
                         .map(|_| ())
                         .map_err(|e| e.to_string());
                     if result.is_ok() {
-                        batch.status(id, *status, seq);
+                        batch.status(id, status, seq);
                     } else {
                         // Nothing to commit for it, but its write number is done with.
                         batch.seq = Some(batch.seq.map_or(seq, |s| s.max(seq)));

@@ -43,7 +43,7 @@ pub enum Entry {
         /// The unit.
         unit: UnitId,
         /// Its whole status.
-        status: UnitStatus,
+        status: Box<UnitStatus>,
     },
     /// The unit was released: its files go.
     Released {
@@ -268,7 +268,7 @@ mod tests {
         assert!(found.is_empty());
         let a = Entry::Status {
             unit: unit("Aaaaaaa1"),
-            status: status("one"),
+            status: Box::new(status("one")),
         };
         let b = Entry::Released {
             unit: unit("Aaaaaaa1"),
@@ -289,7 +289,7 @@ mod tests {
             .iter()
             .map(|d| Entry::Status {
                 unit: unit("Aaaaaaa1"),
-                status: status(d),
+                status: Box::new(status(d)),
             })
             .collect();
         assert!(j.append(&entries).unwrap());
@@ -302,7 +302,7 @@ mod tests {
         j.reset().unwrap();
         let new = Entry::Status {
             unit: unit("Bbbbbbb2"),
-            status: status("new"),
+            status: Box::new(status("new")),
         };
         assert!(j.append(std::slice::from_ref(&new)).unwrap());
         let end = j.offset;
@@ -324,7 +324,7 @@ mod tests {
         let (mut j, _) = Journal::open(&path, 4096).unwrap();
         let big = Entry::Status {
             unit: unit("Aaaaaaa1"),
-            status: status(&"x".repeat(3000)),
+            status: Box::new(status(&"x".repeat(3000))),
         };
         assert!(j.append(std::slice::from_ref(&big)).unwrap());
         assert!(!j.append(std::slice::from_ref(&big)).unwrap());
