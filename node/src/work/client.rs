@@ -253,11 +253,20 @@ impl WorkClient {
             follow,
             nonce,
         };
+        let named = nonce.is_some();
         protocol::write(stream, &submit).await.map_err(proto)?;
-        // The payload follows at once, without waiting a round trip for `Created`: the node
-        // reads it once the unit exists, or drops it with its refusal.
-        let sent = send_payload(payload, stream, node).await;
-        let unit = match protocol::read(stream).await {
+        // A submission named by a nonce sends its payload at once, without waiting a round
+        // trip for `Created` (the node reads it once the unit exists, or drops it with its
+        // refusal): the unit can be found through the nonce, so its id may come last. One
+        // without learns the id first, so that its caller can cancel it while the payload
+        // is still on its way.
+        let (first, sent) = if named {
+            let sent = send_payload(payload, stream, node).await;
+            (protocol::read(stream).await, Some(sent))
+        } else {
+            (protocol::read(stream).await, None)
+        };
+        let unit = match first {
             Ok(Reply::Created { unit }) => unit,
             Ok(Reply::Existing { unit }) => {
                 // Made by this submission before, with its payload: it runs (or ran).
@@ -266,9 +275,17 @@ impl WorkClient {
             }
             Ok(Reply::Refused(refusal)) => return Err(refusal.into()),
             Ok(other) => return Err(Self::unexpected(node, &other)),
-            Err(e) => return Err(sent.err().unwrap_or_else(|| proto(e))),
+            Err(e) => return Err(sent.and_then(Result::err).unwrap_or_else(|| proto(e))),
         };
         created(unit);
+        let sent = match sent {
+            Some(sent) => sent,
+            None => send_payload(payload, stream, node).await,
+        };
+        if let Err(e @ ClientError::Payload(_)) = sent {
+            // Our side failed: the node waits for bytes that will not come.
+            return Err(e);
+        }
         // A refusal of the payload (over the limit, a bad signature) is read even when it
         // cut the sending short.
         match (protocol::read(stream).await, sent) {
