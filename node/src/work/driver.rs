@@ -278,6 +278,11 @@ impl Work {
         &self.node
     }
 
+    /// The largest payload accepted now, in bytes.
+    pub fn max_payload(&self) -> u64 {
+        self.max_payload.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Whether `node` (as an operator typed it) means this node: its id or `localhost`.
     pub fn is_local(&self, node: &str) -> bool {
         node.eq_ignore_ascii_case("localhost") || node == self.node.as_str()

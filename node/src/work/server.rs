@@ -203,9 +203,11 @@ impl Server {
         let unit = match self.work.create_submitted(submission, request.nonce).await {
             Ok(Created::New(unit)) => unit,
             Ok(Created::Existing(unit)) => {
-                // The payload sent again is not needed: read it away first, so the results
-                // that follow never wait on a submitter still sending.
-                tokio::io::copy(stream, &mut tokio::io::sink()).await?;
+                // The payload sent again is not needed: read it away first (no more than a
+                // payload may hold), so the results that follow never wait on a submitter
+                // still sending.
+                let limit = self.work.max_payload().saturating_add(1);
+                tokio::io::copy(&mut (&mut *stream).take(limit), &mut tokio::io::sink()).await?;
                 protocol::write(stream, &Reply::Existing { unit }).await?;
                 if let Some(offset) = request.follow {
                     return self.results(stream, unit, offset, by).await;
