@@ -29,6 +29,7 @@ mod receptorctl;
 mod reload;
 mod run;
 mod survive;
+mod survive_submit;
 mod toolchain;
 mod trust;
 mod websocket;

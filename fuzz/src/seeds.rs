@@ -664,8 +664,9 @@ fn work_protocol() -> Vec<Seed> {
         Request::Submit {
             work_type: "cat".into(),
             params: params.clone(),
-            signature: Some(signature),
-            follow: true,
+            signature: Some(Box::new(signature)),
+            follow: Some(0),
+            nonce: Some(warren::work::SubmitNonce([5; 16])),
         },
         Request::Results { unit, offset: 42 },
         Request::Status { unit },
@@ -679,6 +680,7 @@ fn work_protocol() -> Vec<Seed> {
     };
     let replies = vec![
         Reply::Created { unit },
+        Reply::Existing { unit },
         Reply::Started,
         Reply::Status(status.clone()),
         Reply::Ok,

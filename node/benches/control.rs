@@ -8,7 +8,8 @@
 //! every second) against the first, batches alternating between them (target: at least
 //! 97 %).
 //!
-//! `cargo bench -p warren --bench control`
+//! `cargo bench -p warren --bench control` (with `WARREN_BENCH_QUICK=1`: the sequential and
+//! in-flight figures only, on one mesh).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -289,13 +290,84 @@ async fn metrics_overhead(plain: &Path, with: &Path, addrs: Vec<String>) -> anyh
     Ok(())
 }
 
+/// CPU time (user + system, in clock ticks) process `pid` and its reaped children used.
+fn cpu_ticks(pid: &str) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start at state.
+    let rest = &stat[stat.rfind(')').context("stat")? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime, stime, cutime, cstime are fields 14-17 of stat, 12-15 after the name.
+    fields[11..15]
+        .iter()
+        .map(|f| f.parse::<u64>().context("stat field"))
+        .sum()
+}
+
+/// Each node's and this process's CPU ticks.
+fn cpu_now(nodes: &[Node]) -> anyhow::Result<Vec<u64>> {
+    let mut ticks: Vec<u64> = nodes
+        .iter()
+        .map(|n| cpu_ticks(&n.0.id().to_string()))
+        .collect::<anyhow::Result<_>>()?;
+    ticks.push(cpu_ticks("self")?);
+    Ok(ticks)
+}
+
+/// The sequential round trips and the rate with [`IN_FLIGHT`] jobs at once, and the CPU
+/// time each process spent per job meanwhile.
+async fn rates_and_round_trips(nodes: &[Node], socket: &Path) -> anyhow::Result<()> {
+    let mut times = Vec::with_capacity(SEQUENTIAL);
+    for _ in 0..SEQUENTIAL {
+        times.push(job(socket).await?.as_secs_f64() * 1e3);
+    }
+    println!(
+        "== control: `work submit cat --node node1 -f` over 2 hops ({SEQUENTIAL} jobs, one at a time)"
+    );
+    println!(
+        "  round trip, ms: median {:.2}  p99 {:.2} (target: median < 3)",
+        stats::median(&times),
+        stats::percentile(&times, 99.0)
+    );
+    let mut rates = Vec::new();
+    let before = cpu_now(nodes)?;
+    for _ in 0..BATCHES {
+        rates.push(batch_rate(socket).await?);
+    }
+    let after = cpu_now(nodes)?;
+    println!(
+        "  {IN_FLIGHT} in flight: {:.0} jobs/s (median of {BATCHES} batches; runs {}; target >= 1000)",
+        stats::median(&rates),
+        stats::runs(&rates, 0)
+    );
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let jobs = (BATCHES * IN_FLIGHT) as f64;
+    let per_job: Vec<String> = ["node1", "relay", "controller", "bench"]
+        .iter()
+        .zip(before.iter().zip(&after))
+        .map(|(name, (b, a))| format!("{name} {:.2}", (a - b) as f64 / hz / jobs * 1e3))
+        .collect();
+    println!("  CPU ms per job meanwhile: {}", per_job.join("  "));
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let plain_dir = dir.path().join("plain");
     let metrics_dir = dir.path().join("metrics");
     std::fs::create_dir_all(&plain_dir)?;
     std::fs::create_dir_all(&metrics_dir)?;
+    let quick = std::env::var_os("WARREN_BENCH_QUICK").is_some();
     let (plain, socket) = mesh(&plain_dir, &[])?;
+    if quick {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        return runtime.block_on(async {
+            wait_offered(&socket).await.context("warming up")?;
+            rates_and_round_trips(&plain, &socket).await
+        });
+    }
     let (_with, metrics_socket) = mesh(&metrics_dir, &["--metrics", "127.0.0.1:0"])?;
     let addrs = ["controller", "relay", "node1"]
         .iter()
@@ -307,17 +379,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         wait_offered(&socket).await.context("warming up")?;
         wait_offered(&metrics_socket).await.context("warming up")?;
-        let mut times = Vec::with_capacity(SEQUENTIAL);
-        for _ in 0..SEQUENTIAL {
-            times.push(job(&socket).await?.as_secs_f64() * 1e3);
-        }
-        println!("== control: `work submit cat --node node1 -f` over 2 hops ({SEQUENTIAL} jobs, one at a time)");
-        println!("  round trip, ms: median {:.2}  p99 {:.2} (target: median < 3)", stats::median(&times), stats::percentile(&times, 99.0));
-        let mut rates = Vec::new();
-        for _ in 0..BATCHES {
-            rates.push(batch_rate(&socket).await?);
-        }
-        println!("  {IN_FLIGHT} in flight: {:.0} jobs/s (median of {BATCHES} batches; runs {}; target >= 1000)", stats::median(&rates), stats::runs(&rates, 0));
+        rates_and_round_trips(&plain, &socket).await?;
         soak(&plain, &socket).await?;
         metrics_overhead(&socket, &metrics_socket, addrs).await
     })

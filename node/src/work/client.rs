@@ -15,7 +15,7 @@ use super::protocol::{
     self, ProtocolError, RemoteStatus, Reply, Request, ResultsFrame, WORK_SERVICE, WorkRefusal,
 };
 use super::signature::WorkSignature;
-use super::unit::UnitId;
+use super::unit::{SubmitNonce, UnitId};
 use crate::id::{NodeId, ServiceName};
 use crate::mesh::driver::{MeshHandle, MeshStream};
 
@@ -86,6 +86,18 @@ pub struct SubmitRequest {
     pub signature: Option<WorkSignature>,
 }
 
+/// A started submission whose output is being read (see [`WorkClient::submit_following`]).
+#[derive(Debug)]
+pub struct Following {
+    node: NodeId,
+    /// The unit's id on the running node.
+    pub unit: UnitId,
+    /// Output bytes received so far (and where reading resumes).
+    pub offset: u64,
+    /// The submission's stream, until it is read or broken.
+    stream: Option<MeshStream>,
+}
+
 /// Talks to other nodes' `work` service.
 #[derive(Debug, Clone)]
 pub struct WorkClient {
@@ -147,7 +159,7 @@ impl WorkClient {
     ) -> Result<UnitId, ClientError> {
         let mut stream = self.connect(node).await?;
         let unit = self
-            .send_submit(&mut stream, node, request, false, payload, created)
+            .send_submit(&mut stream, node, (request, None), None, payload, created)
             .await?;
         let _ = stream.shutdown().await;
         Ok(unit)
@@ -168,25 +180,68 @@ impl WorkClient {
         created: impl FnOnce(UnitId),
         sink: &mut (dyn AsyncWrite + Unpin + Send),
     ) -> Result<(UnitId, RemoteStatus), ClientError> {
+        let mut session = self
+            .submit_following(node, (request, None), 0, payload, created)
+            .await?;
+        let status = self.keep_following(&mut session, sink).await?;
+        Ok((session.unit, status))
+    }
+
+    /// Submits `payload` as a unit on `node`, named by `nonce` when given, and asks for its
+    /// output from byte `offset` on the same stream; returns once the unit has started
+    /// (then read its output with [`WorkClient::keep_following`]). A submission sent again
+    /// with the same nonce (after a restart here) finds the unit the first one made, if that
+    /// one has its payload, instead of making another; `offset` then skips what was already
+    /// received.
+    ///
+    /// # Errors
+    /// As [`WorkClient::submit`].
+    pub async fn submit_following(
+        &self,
+        node: &NodeId,
+        request: (SubmitRequest, Option<SubmitNonce>),
+        offset: u64,
+        payload: &mut (dyn AsyncRead + Unpin + Send),
+        created: impl FnOnce(UnitId),
+    ) -> Result<Following, ClientError> {
         let mut stream = self.connect(node).await?;
         let unit = self
-            .send_submit(&mut stream, node, request, true, payload, created)
+            .send_submit(&mut stream, node, request, Some(offset), payload, created)
             .await?;
-        let mut offset = 0;
-        let status = match read_results(&mut stream, node, &mut offset, sink).await {
-            Ok(status) => status,
-            Err(e) if e.is_transient() => self.follow_from(node, unit, offset, sink).await?,
-            Err(e) => return Err(e),
-        };
-        Ok((unit, status))
+        Ok(Following {
+            node: node.clone(),
+            unit,
+            offset,
+            stream: Some(stream),
+        })
+    }
+
+    /// Reads a started unit's output into `sink` until it is finished, on the submission's
+    /// stream and, should that path break, from the bytes already written on a new one.
+    /// Returns the unit's final status.
+    ///
+    /// # Errors
+    /// As [`WorkClient::follow_from`].
+    pub async fn keep_following(
+        &self,
+        session: &mut Following,
+        sink: &mut (dyn AsyncWrite + Unpin + Send),
+    ) -> Result<RemoteStatus, ClientError> {
+        if let Some(mut stream) = session.stream.take() {
+            match read_results(&mut stream, &session.node, &mut session.offset, sink).await {
+                Err(e) if e.is_transient() => {}
+                done => return done,
+            }
+        }
+        (self.follow_from(&session.node, session.unit, session.offset, sink)).await
     }
 
     async fn send_submit(
         &self,
         stream: &mut MeshStream,
         node: &NodeId,
-        request: SubmitRequest,
-        follow: bool,
+        (request, nonce): (SubmitRequest, Option<SubmitNonce>),
+        follow: Option<u64>,
         payload: &mut (dyn AsyncRead + Unpin + Send),
         created: impl FnOnce(UnitId),
     ) -> Result<UnitId, ClientError> {
@@ -194,28 +249,51 @@ impl WorkClient {
         let submit = Request::Submit {
             work_type: request.work_type,
             params: request.params,
-            signature: request.signature,
+            signature: request.signature.map(Box::new),
             follow,
+            nonce,
         };
+        let named = nonce.is_some();
         protocol::write(stream, &submit).await.map_err(proto)?;
-        let unit = match protocol::read(stream).await.map_err(proto)? {
-            Reply::Created { unit } => unit,
-            Reply::Refused(refusal) => return Err(refusal.into()),
-            other => return Err(Self::unexpected(node, &other)),
+        // A submission named by a nonce sends its payload at once, without waiting a round
+        // trip for `Created` (the node reads it once the unit exists, or drops it with its
+        // refusal): the unit can be found through the nonce, so its id may come last. One
+        // without learns the id first, so that its caller can cancel it while the payload
+        // is still on its way.
+        let (first, sent) = if named {
+            let sent = send_payload(payload, stream, node).await;
+            (protocol::read(stream).await, Some(sent))
+        } else {
+            (protocol::read(stream).await, None)
+        };
+        let unit = match first {
+            Ok(Reply::Created { unit }) => unit,
+            Ok(Reply::Existing { unit }) => {
+                // Made by this submission before, with its payload: it runs (or ran).
+                created(unit);
+                return Ok(unit);
+            }
+            Ok(Reply::Refused(refusal)) => return Err(refusal.into()),
+            Ok(other) => return Err(Self::unexpected(node, &other)),
+            Err(e) => return Err(sent.and_then(Result::err).unwrap_or_else(|| proto(e))),
         };
         created(unit);
-        copy_payload(payload, stream, node).await?;
-        stream
-            .shutdown()
-            .await
-            .map_err(|e| ClientError::Unreachable {
-                node: node.clone(),
-                reason: e.to_string(),
-            })?;
-        match protocol::read(stream).await.map_err(proto)? {
-            Reply::Started => Ok(unit),
-            Reply::Refused(refusal) => Err(refusal.into()),
-            other => Err(Self::unexpected(node, &other)),
+        let sent = match sent {
+            Some(sent) => sent,
+            None => send_payload(payload, stream, node).await,
+        };
+        if let Err(e @ ClientError::Payload(_)) = sent {
+            // Our side failed: the node waits for bytes that will not come.
+            return Err(e);
+        }
+        // A refusal of the payload (over the limit, a bad signature) is read even when it
+        // cut the sending short.
+        match (protocol::read(stream).await, sent) {
+            (Ok(Reply::Refused(refusal)), _) => Err(refusal.into()),
+            (_, Err(e)) => Err(e),
+            (Ok(Reply::Started), Ok(())) => Ok(unit),
+            (Ok(other), Ok(())) => Err(Self::unexpected(node, &other)),
+            (Err(e), Ok(())) => Err(proto(e)),
         }
     }
 
@@ -307,6 +385,22 @@ impl WorkClient {
             other => Err(Self::unexpected(node, &other)),
         }
     }
+}
+
+/// Sends the whole payload, then half-closes.
+async fn send_payload(
+    payload: &mut (dyn AsyncRead + Unpin + Send),
+    stream: &mut MeshStream,
+    node: &NodeId,
+) -> Result<(), ClientError> {
+    copy_payload(payload, stream, node).await?;
+    stream
+        .shutdown()
+        .await
+        .map_err(|e| ClientError::Unreachable {
+            node: node.clone(),
+            reason: e.to_string(),
+        })
 }
 
 async fn copy_payload(

@@ -12,7 +12,11 @@
 //! action in order (status writes may be batched, but not reordered for one unit), then
 //! re-arms its timer with [`Core::poll_timeout`] and calls [`Core::handle_timeout`] when it
 //! fires. Outcomes of actions come back through the `*_ended`, `*_created` and similar calls.
+//! Status writes carry increasing numbers; the driver reports with
+//! [`Core::statuses_durable`] how far they are on the disk, and the core holds back what
+//! must not happen before (a remote submission waits for the status naming its nonce).
 
+pub mod durable;
 pub mod flow;
 pub mod recover;
 
@@ -22,7 +26,7 @@ use std::time::{Duration, Instant};
 use super::error::WorkError;
 use super::protocol::RemoteStatus;
 use super::status::{Component, UnitStatus};
-use super::unit::{UnitId, UnitState};
+use super::unit::{SubmitNonce, UnitId, UnitState};
 use crate::id::NodeId;
 use crate::keys::PublicKey;
 
@@ -48,6 +52,9 @@ pub struct Ticket(pub u64);
 pub enum Answered {
     /// The unit was created (its files exist).
     Created(UnitId),
+    /// The submission was made before under the same nonce (by a submitter that restarted):
+    /// this is the unit made then, with its payload.
+    Existing(UnitId),
     /// Done.
     Done,
 }
@@ -87,6 +94,10 @@ pub struct NewUnit {
     pub expires_at: Option<u64>,
     /// Remote work: sign the submission.
     pub sign_work: bool,
+    /// Remote work, on the submitting node: the nonce its submission will carry. On the
+    /// running node: the nonce the submitter gave (a second submission with the same
+    /// nonce and key finds this unit instead of making another).
+    pub nonce: Option<SubmitNonce>,
 }
 
 /// A unit's payload, once stored.
@@ -127,13 +138,18 @@ pub enum Action {
         id: UnitId,
         /// Its first status.
         status: Box<UnitStatus>,
+        /// This write's number: report it with [`Core::statuses_durable`] once durable.
+        seq: u64,
     },
-    /// Persist this status (durably before acting on anything that depends on it).
+    /// Persist this status. Writes may be batched; actions that depend on a status being
+    /// durable are held back by the core until [`Core::statuses_durable`] covers it.
     WriteStatus {
         /// The unit.
         id: UnitId,
         /// Its status.
         status: Box<UnitStatus>,
+        /// This write's number: report it with [`Core::statuses_durable`] once durable.
+        seq: u64,
     },
     /// Run the unit here in its work type's handler.
     Start {
@@ -260,6 +276,14 @@ pub struct Core {
     actions: VecDeque<Action>,
     /// Draining before a stop: no new local units, nothing more started from the queue.
     draining: bool,
+    /// The number of the last status write asked for.
+    write_seq: u64,
+    /// Status writes up to this number are durable.
+    durable_seq: u64,
+    /// Actions waiting for a status write to be durable, with its number.
+    gated: VecDeque<(u64, Action)>,
+    /// Units submitted by a peer under a nonce, by the peer's key and the nonce.
+    nonces: HashMap<(PublicKey, SubmitNonce), UnitId>,
 }
 
 impl Core {
@@ -274,6 +298,10 @@ impl Core {
             timers: BTreeSet::new(),
             actions: VecDeque::new(),
             draining: false,
+            write_seq: 0,
+            durable_seq: 0,
+            gated: VecDeque::new(),
+            nonces: HashMap::new(),
         }
     }
 
@@ -355,6 +383,10 @@ impl Core {
                 work_type: unit.work_type.clone(),
             })?;
             check_params(&unit.work_type, &unit.params, offer)?;
+            if let Some(existing) = self.resubmitted(&unit) {
+                self.answer(ticket, Ok(Answered::Existing(existing)));
+                return Ok(());
+            }
         }
         let (submitter, key) = unit.submitter;
         let mut status =
@@ -362,10 +394,14 @@ impl Core {
         status.submitter_key = key;
         status.expires_at = unit.expires_at;
         status.sign_work = unit.sign_work;
+        status.submit_nonce = unit.nonce;
+        self.write_seq += 1;
         self.actions.push_back(Action::CreateFiles {
             id: unit.id,
             status: Box::new(status.clone()),
+            seq: self.write_seq,
         });
+        self.index_nonce(unit.id, &status);
         self.insert(unit.id, status, Phase::Creating { ticket });
         if let (Some(entry), Some(at)) = (self.units.get_mut(&unit.id), unit.expires_at) {
             entry.expires = Some(now + Duration::from_millis(at.saturating_sub(wall_ms)));
@@ -446,9 +482,11 @@ impl Core {
 
     fn persist(&mut self, id: UnitId) {
         if let Some(entry) = self.units.get(&id) {
+            self.write_seq += 1;
             self.actions.push_back(Action::WriteStatus {
                 id,
                 status: Box::new(entry.status.clone()),
+                seq: self.write_seq,
             });
         }
     }
@@ -557,6 +595,7 @@ impl Core {
     fn drop_unit(&mut self, id: UnitId) {
         self.set_timer(id, None);
         if let Some(entry) = self.units.remove(&id) {
+            self.unindex_nonce(&entry.status);
             if entry.phase == Phase::Running {
                 self.running = self.running.saturating_sub(1);
             }
@@ -660,3 +699,5 @@ fn check_params(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_durable;

@@ -27,7 +27,7 @@ use super::error::WorkError;
 use super::protocol::RemoteStatus;
 use super::status::{Component, UnitStatus};
 use super::store::UnitStore;
-use super::unit::UnitId;
+use super::unit::{SubmitNonce, UnitId};
 use crate::host::registry::Registry;
 use crate::host::runner::Host;
 use crate::id::NodeId;
@@ -106,7 +106,7 @@ pub struct Submission {
 pub(super) enum Command {
     Create {
         unit: NewUnit,
-        reply: oneshot::Sender<Result<UnitId, WorkError>>,
+        reply: oneshot::Sender<Result<Created, WorkError>>,
     },
     PayloadStored {
         id: UnitId,
@@ -165,6 +165,8 @@ pub(super) enum Command {
         id: UnitId,
         node: NodeId,
         remote: UnitId,
+        /// The submitting task follows its output already.
+        followed: bool,
     },
     RemoteSubmitFailed {
         id: UnitId,
@@ -185,6 +187,9 @@ pub(super) enum Command {
     },
     Dropped {
         id: UnitId,
+    },
+    Durable {
+        upto: u64,
     },
     Drain {
         reply: oneshot::Sender<watch::Receiver<usize>>,
@@ -215,6 +220,16 @@ impl std::fmt::Debug for Work {
             .field("node", &self.node)
             .finish_non_exhaustive()
     }
+}
+
+/// What a create made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// A new unit, waiting for its payload.
+    New(UnitId),
+    /// The unit an earlier submission with the same key and nonce made, with its payload
+    /// (its submitter restarted): no payload follows.
+    Existing(UnitId),
 }
 
 /// The answer to a payload: where the unit stands once it was taken.
@@ -263,6 +278,11 @@ impl Work {
         &self.node
     }
 
+    /// The largest payload accepted now, in bytes.
+    pub fn max_payload(&self) -> u64 {
+        self.max_payload.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Whether `node` (as an operator typed it) means this node: its id or `localhost`.
     pub fn is_local(&self, node: &str) -> bool {
         node.eq_ignore_ascii_case("localhost") || node == self.node.as_str()
@@ -285,12 +305,47 @@ impl Work {
     /// # Errors
     /// [`WorkError`]: an unoffered work type, bad parameters, no mesh for remote work.
     pub async fn create(&self, submission: Submission) -> Result<UnitId, WorkError> {
-        let node = if self.is_local(&submission.node) {
-            self.node.clone()
+        let node = self.target(&submission.node)?;
+        // A mirror's submission carries a nonce, recorded before it leaves.
+        let nonce = if node == self.node {
+            None
         } else {
-            NodeId::new(submission.node.clone())
-                .map_err(|e| WorkError::BadParameters(e.to_string()))?
+            Some(SubmitNonce::random().map_err(|e| WorkError::Internal(e.to_string()))?)
         };
+        match self.create_unit(submission, node, nonce).await? {
+            Created::New(id) | Created::Existing(id) => Ok(id),
+        }
+    }
+
+    /// Creates a unit to run here for a peer's submission made under `nonce`: a second
+    /// submission with the same key and nonce finds the unit the first made
+    /// ([`Created::Existing`]) once that has its payload.
+    ///
+    /// # Errors
+    /// As [`Work::create`].
+    pub async fn create_submitted(
+        &self,
+        submission: Submission,
+        nonce: Option<SubmitNonce>,
+    ) -> Result<Created, WorkError> {
+        let node = self.target(&submission.node)?;
+        self.create_unit(submission, node, nonce).await
+    }
+
+    fn target(&self, node: &str) -> Result<NodeId, WorkError> {
+        if self.is_local(node) {
+            Ok(self.node.clone())
+        } else {
+            NodeId::new(node.to_owned()).map_err(|e| WorkError::BadParameters(e.to_string()))
+        }
+    }
+
+    async fn create_unit(
+        &self,
+        submission: Submission,
+        node: NodeId,
+        nonce: Option<SubmitNonce>,
+    ) -> Result<Created, WorkError> {
         self.check_room()?;
         let expires_at = submission
             .ttl
@@ -305,6 +360,7 @@ impl Work {
                 node: node.clone(),
                 expires_at,
                 sign_work: submission.sign_work,
+                nonce,
             };
             match self.ask(|reply| Command::Create { unit, reply }).await? {
                 Err(WorkError::Internal(e)) if e.contains("is taken") => continue,

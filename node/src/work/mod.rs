@@ -37,11 +37,11 @@ pub mod unit;
 
 pub use core::Requester;
 #[cfg(feature = "host")]
-pub use driver::{Submission, Taken, Work, WorkConfig, WorkSetup};
+pub use driver::{Created, Submission, Taken, Work, WorkConfig, WorkSetup};
 pub use error::WorkError;
 pub use status::{Component, UnitStatus};
 pub use store::{Recovery, StoreError, UnitHandle, UnitStore};
-pub use unit::{TransitionError, UnitId, UnitIdError, UnitState};
+pub use unit::{SubmitNonce, TransitionError, UnitId, UnitIdError, UnitState};
 
 #[cfg(test)]
 mod tests;

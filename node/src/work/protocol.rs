@@ -2,8 +2,11 @@
 //! service, separate from the operator's control protocol.
 //!
 //! Each message is a postcard frame behind a 4-byte length. A `Submit` is answered with
-//! `Created`; the payload's raw bytes follow up to the submitter's half-close, then
-//! `Started` (or a refusal). `Results` (and a `Submit` asked to follow) are answered with
+//! `Created`; the payload's raw bytes follow up to the submitter's half-close (the submitter
+//! sends them right behind the `Submit`, without waiting for `Created`), then `Started` (or
+//! a refusal). A `Submit` whose nonce the node has seen before from the same
+//! key, for a unit that has its payload, is answered with `Existing` instead and no payload
+//! follows. `Results` (and a `Submit` asked to follow) are answered with
 //! [`ResultsFrame`]s: output from the asked offset, then the unit's final status. Refusals are
 //! typed, so a client can tell "unknown unit" (permanent) from a broken path (retry). The
 //! peer is whoever the stream's end-to-end session proved, never a field of a message. No IO
@@ -16,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::signature::WorkSignature;
-use super::unit::{UnitId, UnitState};
+use super::unit::{SubmitNonce, UnitId, UnitState};
 use crate::access::Refusal;
 use crate::id::NodeId;
 
@@ -25,7 +28,7 @@ pub const WORK_SERVICE: &str = "work";
 
 /// Version of this protocol; a node answers a request of another version with a refusal
 /// naming both.
-pub const WORK_PROTOCOL_VERSION: u16 = 2;
+pub const WORK_PROTOCOL_VERSION: u16 = 3;
 
 /// Largest encoded message (requests and replies are small; payloads travel raw, results in
 /// chunks of at most [`RESULTS_CHUNK`]).
@@ -44,9 +47,13 @@ pub enum Request {
         /// The submission's parameters.
         params: BTreeMap<String, String>,
         /// The submitting node's signature, when it signs work (receptorctl's `signwork`).
-        signature: Option<WorkSignature>,
-        /// Stream the unit's results on this stream once started (saves a second stream).
-        follow: bool,
+        signature: Option<Box<WorkSignature>>,
+        /// Stream the unit's results on this stream once started, from this offset (saves a
+        /// second stream).
+        follow: Option<u64>,
+        /// The submitter's name for this submission (see [`SubmitNonce`]): sent again after
+        /// a restart, it finds the unit the first one made.
+        nonce: Option<SubmitNonce>,
     },
     /// Send the unit's output from `offset` until the unit is finished.
     Results {
@@ -103,6 +110,12 @@ pub enum Reply {
     },
     /// The payload arrived and the unit is queued to run.
     Started,
+    /// This submission's nonce was seen before: the unit made then has its payload (send
+    /// none); it runs, or ran, as usual.
+    Existing {
+        /// Its id on the running node.
+        unit: UnitId,
+    },
     /// A unit's status.
     Status(RemoteStatus),
     /// Done.

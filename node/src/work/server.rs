@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use super::core::Requester;
-use super::driver::{Submission, Work};
+use super::driver::{Created, Submission, Work};
 use super::error::WorkError;
 use super::protocol::{
     self, ProtocolError, RESULTS_CHUNK, RemoteStatus, Reply, Request, ResultsFrame,
@@ -134,12 +134,14 @@ impl Server {
                 params,
                 signature,
                 follow,
+                nonce,
             } => {
                 let submit = SubmitRequest {
                     work_type,
                     params,
-                    signature,
+                    signature: signature.map(|s| *s),
                     follow,
+                    nonce,
                 };
                 self.submit(&mut stream, &peer, &access, &by, submit).await
             }
@@ -198,8 +200,21 @@ impl Server {
             ttl: None,
             sign_work: false,
         };
-        let unit = match self.work.create(submission).await {
-            Ok(unit) => unit,
+        let unit = match self.work.create_submitted(submission, request.nonce).await {
+            Ok(Created::New(unit)) => unit,
+            Ok(Created::Existing(unit)) => {
+                // The payload sent again is not needed: read it away first (no more than a
+                // payload may hold), so the results that follow never wait on a submitter
+                // still sending.
+                let limit = self.work.max_payload().saturating_add(1);
+                tokio::io::copy(&mut (&mut *stream).take(limit), &mut tokio::io::sink()).await?;
+                protocol::write(stream, &Reply::Existing { unit }).await?;
+                if let Some(offset) = request.follow {
+                    return self.results(stream, unit, offset, by).await;
+                }
+                stream.shutdown().await?;
+                return Ok(());
+            }
             Err(e) => {
                 let reply = self.refuse(peer, &e);
                 return finish(stream, &reply).await;
@@ -219,8 +234,8 @@ impl Server {
         };
         let started = reply == Reply::Started;
         protocol::write(stream, &reply).await?;
-        if started && request.follow {
-            return self.results(stream, unit, 0, by).await;
+        if let (true, Some(offset)) = (started, request.follow) {
+            return self.results(stream, unit, offset, by).await;
         }
         stream.shutdown().await?;
         Ok(())
@@ -303,7 +318,8 @@ struct SubmitRequest {
     work_type: String,
     params: std::collections::BTreeMap<String, String>,
     signature: Option<WorkSignature>,
-    follow: bool,
+    follow: Option<u64>,
+    nonce: Option<crate::work::unit::SubmitNonce>,
 }
 
 async fn finish(stream: &mut MeshStream, reply: &Reply) -> Result<(), ProtocolError> {

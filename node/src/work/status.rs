@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::unit::{UnitId, UnitState};
+use super::unit::{SubmitNonce, UnitId, UnitState};
 use crate::id::NodeId;
 use crate::keys::PublicKey;
 
@@ -71,6 +71,11 @@ pub struct UnitStatus {
     /// Remote work only: sign the submission (receptorctl's `signwork`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sign_work: bool,
+    /// The submission's nonce: on the submitting node, the one it sends (recorded before
+    /// the submission leaves, so a restart can ask for the same unit again); on the running
+    /// node, the one the submitter gave.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submit_nonce: Option<SubmitNonce>,
 }
 
 /// Which work-handler component runs a unit.
@@ -111,6 +116,7 @@ impl UnitStatus {
             payload_size: None,
             submitter_key: None,
             sign_work: false,
+            submit_nonce: None,
         }
     }
 

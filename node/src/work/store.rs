@@ -4,11 +4,12 @@
 //! (mode 0600): `status` (one JSON line, see [`UnitStatus`]), `stdin` (the whole payload,
 //! written before the unit starts) and `stdout` (the results, appended while it runs).
 //!
-//! `status` is always replaced whole: written to a temp file, synced, then renamed over the
-//! old one and the directory synced, so a crash leaves either the old or the new status,
-//! never half of one. Every change goes through [`UnitStore::update`], which enforces
-//! [`UnitState::transition`], or [`UnitStore::write_batch`], which commits a batch with one
-//! file system sync on each side of the renames.
+//! `status` is always replaced whole: written to a temp file, then renamed over the old one,
+//! so a crash leaves either the old or the new status, never half of one. Every change goes
+//! through [`UnitStore::update`], which enforces [`UnitState::transition`] and syncs the
+//! file and its directory, or [`UnitStore::commit`], which makes a batch of changes durable
+//! with one flush of the write-ahead journal (see [`journal`]) before it touches the status
+//! files; at the next open the journal is replayed over them.
 //!
 //! The IO is blocking `std::fs`; async callers use `spawn_blocking`. The store does not run
 //! work, watch files or talk to other nodes.
@@ -23,6 +24,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
+pub use self::journal::Entry;
+use self::journal::{JOURNAL_SIZE, Journal};
 use super::status::UnitStatus;
 use super::unit::{TransitionError, UnitId, UnitState};
 use crate::id::NodeId;
@@ -228,6 +231,9 @@ pub struct UnitStore {
     /// Held across each status read-modify-write so that concurrent updates through
     /// `&self` do not lose each other's changes. Guards no data of its own.
     update_lock: Mutex<()>,
+    /// The write-ahead journal of [`UnitStore::commit`] (`None` when it could not be
+    /// opened: batches are then made durable by syncing the file system).
+    journal: Mutex<Option<Journal>>,
 }
 
 impl UnitStore {
@@ -245,10 +251,28 @@ impl UnitStore {
                 path: root.clone(),
                 source,
             })?;
-        Ok(Self {
+        let store = Self {
             root,
             update_lock: Mutex::new(()),
-        })
+            journal: Mutex::new(None),
+        };
+        let path = data_dir.as_ref().join("units.journal");
+        match Journal::open(&path, JOURNAL_SIZE) {
+            Ok((mut journal, entries)) => {
+                if !entries.is_empty() {
+                    store.replay(&entries);
+                    store.sync_fs();
+                    if let Err(e) = journal.reset() {
+                        tracing::error!(path = %path.display(), error = %e, "cannot reset the unit journal");
+                    }
+                }
+                *store.journal.lock().unwrap_or_else(PoisonError::into_inner) = Some(journal);
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "cannot open the unit journal; status batches will sync the file system");
+            }
+        }
+        Ok(store)
     }
 
     /// The units directory, `<data_dir>/units`.
@@ -440,57 +464,6 @@ impl UnitStore {
             path,
             source,
         })
-    }
-
-    /// Writes the statuses of a batch of units durably with two `syncfs` calls for the whole
-    /// batch instead of two `fsync`s per unit (group commit): every temp file is written,
-    /// the file system synced, every temp renamed over its status, and the file system
-    /// synced again so the renames (directory entries) are durable too.
-    ///
-    /// Returns one result per status, in order.
-    pub fn write_batch(&self, batch: &[(UnitId, UnitStatus)]) -> Vec<Result<(), StoreError>> {
-        let _guard = self.lock();
-        let mut results: Vec<Result<(), StoreError>> = batch
-            .iter()
-            .map(|(id, status)| {
-                self.check_exists(*id)?;
-                let mut line = serde_json::to_vec(status)
-                    .map_err(|source| StoreError::EncodeStatus { unit: *id, source })?;
-                line.push(b'\n');
-                let temp = self.unit_dir(*id).join(STATUS_TEMP_FILE);
-                write_file(&temp, &line, Durability::No).map_err(|source| StoreError::WriteStatus {
-                    unit: *id,
-                    path: temp,
-                    source,
-                })
-            })
-            .collect();
-        self.sync_fs();
-        for ((id, _), result) in batch.iter().zip(&mut results) {
-            if result.is_ok() {
-                let dir = self.unit_dir(*id);
-                *result = fs::rename(dir.join(STATUS_TEMP_FILE), dir.join(STATUS_FILE)).map_err(
-                    |source| StoreError::WriteStatus {
-                        unit: *id,
-                        path: dir.join(STATUS_FILE),
-                        source,
-                    },
-                );
-            }
-        }
-        self.sync_fs();
-        results
-    }
-
-    /// Flushes the file system holding the store (data and directory entries).
-    fn sync_fs(&self) {
-        use std::os::fd::AsRawFd;
-        if let Ok(dir) = File::open(&self.root) {
-            // SAFETY: syncfs takes a valid descriptor and only flushes.
-            unsafe {
-                libc::syncfs(dir.as_raw_fd());
-            }
-        }
     }
 
     /// Removes what a finished unit must not keep: its payload (which may hold keys and
@@ -687,5 +660,7 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+mod commit;
+pub mod journal;
 #[cfg(test)]
 mod tests;

@@ -67,7 +67,7 @@ async fn relay(port: u16) -> MeshHandle {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn remote_output_survives_a_relay_restart_without_loss_or_duplication() {
+async fn remote_output_survives_a_relay_restart_and_a_submission_sent_twice_runs_once() {
     let port = TcpListener::bind("127.0.0.1:0")
         .await
         .unwrap()
@@ -126,7 +126,7 @@ async fn remote_output_survives_a_relay_restart_without_loss_or_duplication() {
     };
     let (_access, access) = watch::channel(Arc::new(allow));
     super::server::serve(
-        on_c,
+        on_c.clone(),
         &c,
         ServerSetup {
             access,
@@ -173,4 +173,54 @@ async fn remote_output_survives_a_relay_restart_without_loss_or_duplication() {
             .contains("start c with `--allow-work ansible-runner=x25519:"),
         "{err}"
     );
+
+    // A submission sent twice under one nonce (its submitter restarted after sending it):
+    // c makes one unit, and the second submission finds it and reads all of its output.
+    let client = crate::work::client::WorkClient::new(a.clone());
+    let nonce = Some(crate::work::SubmitNonce([9; 16]));
+    let request = || crate::work::client::SubmitRequest {
+        work_type: "talk".into(),
+        params: Default::default(),
+        signature: None,
+    };
+    let mut first = client
+        .submit_following(
+            &id("c"),
+            (request(), nonce),
+            0,
+            &mut &b"twice\n"[..],
+            |_| {},
+        )
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    client.keep_following(&mut first, &mut out).await.unwrap();
+    assert_eq!(out, b"twice\ndone\n");
+    let mut again = client
+        .submit_following(
+            &id("c"),
+            (request(), nonce),
+            0,
+            &mut &b"other\n"[..],
+            |_| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.unit, first.unit, "the same unit, not a second one");
+    let mut again_out = Vec::new();
+    let end = client
+        .keep_following(&mut again, &mut again_out)
+        .await
+        .unwrap();
+    assert_eq!(
+        again_out, out,
+        "its output, not a run of the second payload"
+    );
+    assert_eq!(end.state, UnitState::Succeeded);
+    let units = on_c.list(&op).await.unwrap();
+    let named = units
+        .iter()
+        .filter(|(_, s)| s.submit_nonce == nonce)
+        .count();
+    assert_eq!(named, 1, "{units:?}");
 }

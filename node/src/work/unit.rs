@@ -123,6 +123,61 @@ impl<'de> Deserialize<'de> for UnitId {
     }
 }
 
+/// A submitting node's name for one submission, chosen and recorded (durably) before the
+/// submission leaves: a submitter that restarted without knowing whether its submission
+/// arrived sends it again under the same nonce, and the running node answers with the unit
+/// it already made for it instead of making a second one. Nonces are scoped to the
+/// submitter's key, so one peer's nonces never reach another's units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SubmitNonce(pub [u8; 16]);
+
+impl SubmitNonce {
+    /// A fresh random nonce.
+    ///
+    /// # Errors
+    /// When the OS random source fails.
+    pub fn random() -> Result<Self, getrandom::Error> {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes)?;
+        Ok(Self(bytes))
+    }
+}
+
+impl fmt::Display for SubmitNonce {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl Serialize for SubmitNonce {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.serialize_str(&self.to_string())
+        } else {
+            self.0.serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SubmitNonce {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if !d.is_human_readable() {
+            return <[u8; 16]>::deserialize(d).map(Self);
+        }
+        let text = String::deserialize(d)?;
+        let bad =
+            || serde::de::Error::custom(format!("submit nonce {text:?} is not 32 hex digits"));
+        if text.len() != 32 || !text.is_ascii() {
+            return Err(bad());
+        }
+        let mut bytes = [0u8; 16];
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        }
+        Ok(Self(bytes))
+    }
+}
+
 /// Where a work unit is in its life cycle. The numeric codes and names are Receptor's
 /// (`workunitbase.go`), so `work status` output stays compatible.
 ///

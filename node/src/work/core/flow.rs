@@ -59,7 +59,9 @@ impl Core {
         let node = entry.status.node.clone();
         let expires = entry.expires;
         self.persist(id);
-        self.actions.push_back(Action::Submit { id, node });
+        // The status naming the submission's nonce must be on the disk before it leaves:
+        // a node restarted after sending finds the remote unit again through it.
+        self.after_durable(Action::Submit { id, node });
         self.set_timer(id, expires);
         let _ = now;
     }
@@ -73,10 +75,18 @@ impl Core {
         self.persist(id);
     }
 
-    /// The remote unit started: follow its output. A unit cancelled or released meanwhile
-    /// has the remote cancelled or released too. `node` names the running node even when
-    /// the local unit is gone.
-    pub fn remote_started(&mut self, now: Instant, id: UnitId, node: NodeId, remote: UnitId) {
+    /// The remote unit started: follow its output (unless the submission `followed` it
+    /// already, on its own stream). A unit cancelled or released meanwhile has the remote
+    /// cancelled or released too. `node` names the running node even when the local unit is
+    /// gone.
+    pub fn remote_started(
+        &mut self,
+        now: Instant,
+        id: UnitId,
+        node: NodeId,
+        remote: UnitId,
+        followed: bool,
+    ) {
         let Some(entry) = self.units.get_mut(&id) else {
             // Released while the submission was under way: release the remote unit too.
             self.actions
@@ -102,7 +112,9 @@ impl Core {
         self.persist(id);
         // The payload is with the running node now: the local copy may hold secrets.
         self.actions.push_back(Action::DropSecrets { id });
-        self.actions.push_back(Action::Follow { id, node, remote });
+        if !followed {
+            self.actions.push_back(Action::Follow { id, node, remote });
+        }
         let _ = now;
     }
 

@@ -20,6 +20,13 @@ impl Core {
                 (state, _) if state.is_terminal() => Phase::Done,
                 (UnitState::Pending, true) if status.payload_size.is_some() => Phase::Queued,
                 (UnitState::Running, true) => Phase::Running,
+                // Submitted under a nonce but not known to have started: sent again under
+                // it, it finds the remote unit if that has its payload, or replaces it.
+                (UnitState::Pending, false)
+                    if status.payload_size.is_some() && status.submit_nonce.is_some() =>
+                {
+                    Phase::Submitting
+                }
                 (_, false) if status.remote_unit_id.is_some() => Phase::Following,
                 (UnitState::Pending, false) if status.payload_size.is_some() => Phase::Submitting,
                 _ => Phase::AwaitingPayload,
@@ -28,6 +35,7 @@ impl Core {
             let expires = status
                 .expires_at
                 .map(|at| now + Duration::from_millis(at.saturating_sub(wall_ms)));
+            self.index_nonce(id, &status);
             self.insert(id, status, phase.clone());
             if let Some(entry) = self.units.get_mut(&id) {
                 entry.expires = expires;
@@ -44,7 +52,10 @@ impl Core {
                     self.actions.push_back(Action::Reattach { id });
                 }
                 Phase::Following => self.resume_following(id),
-                Phase::Submitting => self.submit(now, id),
+                Phase::Submitting => {
+                    tracing::info!(unit = %id, "submitting again after a restart, under the same nonce");
+                    self.submit(now, id);
+                }
                 _ => {
                     let detail = if local {
                         DETAIL_RESTARTED_PENDING

@@ -57,6 +57,7 @@ fn submit(
         node: node(on),
         expires_at: None,
         sign_work: false,
+        nonce: None,
     };
     core.create(now, WALL, Ticket(u64::from(n)), unit, offer)
         .unwrap();
@@ -69,7 +70,21 @@ fn submit(
         result: Ok(Answered::Created(id(n)))
     }));
     core.payload_stored(now, id(n), Ok(PayloadInfo { size: 3 }));
-    actions(core)
+    let mut acts = actions(core);
+    // The store reports every write durable.
+    core.statuses_durable(last_write(&acts).unwrap_or(0));
+    acts.extend(actions(core));
+    acts
+}
+
+/// The number of the last status write among `acts`.
+fn last_write(acts: &[Action]) -> Option<u64> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::WriteStatus { seq, .. } | Action::CreateFiles { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .max()
 }
 
 fn state(core: &Core, n: u32) -> UnitState {
@@ -212,7 +227,7 @@ fn a_remote_unit_is_submitted_followed_and_finished_with_the_remote_state() {
         node: node("node1")
     }));
     core.remote_created(id(1), id(77));
-    core.remote_started(now, id(1), node("node1"), id(77));
+    core.remote_started(now, id(1), node("node1"), id(77), false);
     let acts = actions(&mut core);
     assert!(acts.contains(&Action::Follow {
         id: id(1),
@@ -242,7 +257,7 @@ fn a_vanished_remote_unit_fails_the_mirror_with_the_reason() {
     let now = Instant::now();
     let mut core = core(1);
     submit(&mut core, now, 1, "node1", None);
-    core.remote_started(now, id(1), node("node1"), id(77));
+    core.remote_started(now, id(1), node("node1"), id(77), false);
     actions(&mut core);
     let gone = RemoteFailure::Gone("remote work unit unit0077 is gone from node1".into());
     core.mirror_ended(now, id(1), 3, Err(gone));
@@ -304,7 +319,7 @@ fn a_remote_release_that_fails_keeps_the_unit_unless_forced() {
     let now = Instant::now();
     let mut core = core(1);
     submit(&mut core, now, 1, "node1", None);
-    core.remote_started(now, id(1), node("node1"), id(77));
+    core.remote_started(now, id(1), node("node1"), id(77), false);
     actions(&mut core);
     core.release(now, id(1), false, &Requester::Operator, Ticket(3))
         .unwrap();
@@ -338,6 +353,7 @@ fn a_remote_unit_not_started_by_its_ttl_expires() {
         node: node("node1"),
         expires_at: Some(WALL + 20_000),
         sign_work: false,
+        nonce: None,
     };
     core.create(now, WALL, Ticket(1), unit, offer).unwrap();
     core.files_created(id(1), Ok(()));
@@ -366,6 +382,7 @@ fn unoffered_work_types_and_reserved_params_are_refused() {
         node: node("me"),
         expires_at: None,
         sign_work: false,
+        nonce: None,
     };
     assert!(matches!(
         core.create(now, WALL, Ticket(1), unit.clone(), offer),
@@ -395,6 +412,7 @@ fn draining_refuses_new_local_units_holds_the_queue_and_ends_when_running_units_
         node: node("me"),
         expires_at: None,
         sign_work: false,
+        nonce: None,
     };
     let refused = core.create(now, WALL, Ticket(3), unit.clone(), offer);
     assert!(

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use super::results::Progress;
 use super::store_thread::{self, StoreJob};
 use super::tasks::{self, TaskCtx};
-use super::{Command, WorkSetup};
+use super::{Command, Created, WorkSetup};
 use crate::host::registry::Registry;
 use crate::work::core::flow::CancelOutcome;
 use crate::work::core::{Action, Answered, Core, CoreConfig, Offer, Requester, Ticket};
@@ -46,7 +46,7 @@ struct Owner {
     tickets: HashMap<Ticket, (Option<UnitId>, Reply)>,
     /// Units whose files are being removed, and the releases answered once they are.
     dropping: HashMap<UnitId, Vec<(Reply, Answer)>>,
-    creates: HashMap<Ticket, oneshot::Sender<Result<UnitId, WorkError>>>,
+    creates: HashMap<Ticket, oneshot::Sender<Result<Created, WorkError>>>,
     next_ticket: u64,
     /// Each unit's output progress, watched by its results followers.
     progress: HashMap<UnitId, watch::Sender<Progress>>,
@@ -181,8 +181,13 @@ impl Owner {
                 self.core.handler_ended(now, id, end);
             }
             Command::RemoteCreated { id, remote } => self.core.remote_created(id, remote),
-            Command::RemoteStarted { id, node, remote } => {
-                self.core.remote_started(now, id, node, remote);
+            Command::RemoteStarted {
+                id,
+                node,
+                remote,
+                followed,
+            } => {
+                self.core.remote_started(now, id, node, remote, followed);
             }
             Command::RemoteSubmitFailed { id, failure } => {
                 self.core.remote_submit_failed(now, id, failure);
@@ -205,6 +210,7 @@ impl Owner {
                     .get_or_insert_with(|| watch::channel(self.core.running()).0);
                 let _ = reply.send(running.subscribe());
             }
+            Command::Durable { upto } => self.core.statuses_durable(upto),
             Command::Dropped { id } => {
                 for (reply, result) in self.dropping.remove(&id).unwrap_or_default() {
                     let _ = reply.send(result);
@@ -218,7 +224,7 @@ impl Owner {
         &mut self,
         now: std::time::Instant,
         unit: crate::work::core::NewUnit,
-        reply: oneshot::Sender<Result<UnitId, WorkError>>,
+        reply: oneshot::Sender<Result<Created, WorkError>>,
     ) {
         if unit.node != *self.core.me() && self.ctx.client.is_none() {
             let _ = reply.send(Err(WorkError::NoMesh));
@@ -337,8 +343,12 @@ impl Owner {
 
     fn execute(&mut self, action: Action) {
         match action {
-            Action::CreateFiles { id, status } => self.job(StoreJob::Create { id, status }),
-            Action::WriteStatus { id, status } => self.job(StoreJob::Write { id, status }),
+            Action::CreateFiles { id, status, seq } => {
+                self.job(StoreJob::Create { id, status, seq });
+            }
+            Action::WriteStatus { id, status, seq } => {
+                self.job(StoreJob::Write { id, status, seq });
+            }
             Action::DropSecrets { id } => self.job(StoreJob::DropSecrets { id }),
             Action::DropUnit { id } => {
                 self.dropping.entry(id).or_default();
@@ -385,7 +395,8 @@ impl Owner {
             Action::Submit { id, node } => {
                 let status = self.core.status(id, &Requester::Operator).ok().cloned();
                 if let Some(status) = status {
-                    let task = tokio::spawn(tasks::submit(ctx, id, node, status));
+                    let progress = self.progress_of(id).clone();
+                    let task = tokio::spawn(tasks::submit(ctx, id, node, status, progress));
                     self.tasks.entry(id).or_default().push(task);
                 }
             }
@@ -421,7 +432,8 @@ impl Owner {
     fn answer(&mut self, ticket: Ticket, result: Result<Answered, String>) {
         if let Some(reply) = self.creates.remove(&ticket) {
             let result = match result {
-                Ok(Answered::Created(id)) => Ok(id),
+                Ok(Answered::Created(id)) => Ok(Created::New(id)),
+                Ok(Answered::Existing(id)) => Ok(Created::Existing(id)),
                 Ok(Answered::Done) => Err(WorkError::Internal("no unit created".into())),
                 Err(e) => Err(WorkError::Internal(e)),
             };

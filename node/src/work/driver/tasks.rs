@@ -18,7 +18,7 @@ use crate::host::registry::ActiveHandler;
 use crate::host::runner::{Host, Job, JobIo, Outcome};
 use crate::id::NodeId;
 use crate::keys::SigningKeypair;
-use crate::work::client::{ClientError, SubmitRequest, WorkClient};
+use crate::work::client::{ClientError, Following, SubmitRequest, WorkClient};
 use crate::work::core::recover::not_reattached;
 use crate::work::core::{HandlerEnd, RemoteFailure};
 use crate::work::protocol::WorkRefusal;
@@ -220,26 +220,66 @@ fn end_of(outcome: Outcome, write_error: Option<String>) -> (UnitState, String) 
     }
 }
 
-/// Submits a remote unit's stored payload to its node, retrying while the node cannot be
-/// reached (the core fails the unit at its expiry).
-pub(super) async fn submit(ctx: TaskCtx, id: UnitId, node: NodeId, status: UnitStatus) {
+/// Submits a remote unit's stored payload to its node under the unit's nonce, retrying
+/// while the node cannot be reached (the core fails the unit at its expiry), and follows its
+/// output into the local results on the same stream until it is finished.
+pub(super) async fn submit(
+    ctx: TaskCtx,
+    id: UnitId,
+    node: NodeId,
+    status: UnitStatus,
+    progress: watch::Sender<Progress>,
+) {
     let Some(client) = ctx.client.clone() else {
         return;
     };
+    let stdout = ctx.store.stdout_path(id);
+    let mut sink = match ResultsSink::open(&stdout, progress.clone()).await {
+        Ok((sink, _failure)) => sink,
+        Err(e) => {
+            let failure = RemoteFailure::Local(format!("{}: {e}", stdout.display()));
+            return ctx.report(Command::RemoteSubmitFailed { id, failure });
+        }
+    };
     let mut wait = std::time::Duration::from_millis(200);
     loop {
-        match submit_once(&ctx, &client, id, &node, &status).await {
-            Ok(remote) => {
-                return ctx.report(Command::RemoteStarted { id, node, remote });
+        // Output already here (a restart after it started) is not asked for again.
+        let offset = progress.borrow().size;
+        match submit_once(&ctx, &client, id, &node, &status, offset).await {
+            Ok(mut session) => {
+                let remote = session.unit;
+                ctx.report(Command::RemoteStarted {
+                    id,
+                    node: node.clone(),
+                    remote,
+                    followed: true,
+                });
+                let result = client.keep_following(&mut session, &mut sink).await;
+                let local_size = progress.borrow().size;
+                let outcome = result.map_err(|e| mirror_failure(e, &node, remote));
+                return ctx.report(Command::MirrorEnded {
+                    id,
+                    local_size,
+                    outcome,
+                });
             }
-            Err((Some(remote), _)) => {
-                // The unit exists there: following it tells what became of it.
-                return ctx.report(Command::RemoteStarted { id, node, remote });
-            }
-            Err((None, e)) if e.is_transient() => {
+            Err((created, e))
+                if e.is_transient() && (created.is_none() || status.submit_nonce.is_some()) =>
+            {
+                // Sent again under the same nonce, a submission cut short finds its unit
+                // (or replaces one whose payload was cut).
                 tracing::info!(unit = %id, %node, error = %e, "cannot submit yet; retrying");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(std::time::Duration::from_secs(30));
+            }
+            Err((Some(remote), _)) => {
+                // The unit exists there: following it tells what became of it.
+                return ctx.report(Command::RemoteStarted {
+                    id,
+                    node,
+                    remote,
+                    followed: false,
+                });
             }
             Err((None, e)) => {
                 return ctx.report(Command::RemoteSubmitFailed {
@@ -257,7 +297,8 @@ async fn submit_once(
     id: UnitId,
     node: &NodeId,
     status: &UnitStatus,
-) -> Result<UnitId, (Option<UnitId>, ClientError)> {
+    offset: u64,
+) -> Result<Following, (Option<UnitId>, ClientError)> {
     let path = ctx.store.stdin_path(id);
     let signature = if status.sign_work {
         Some(
@@ -278,13 +319,25 @@ async fn submit_once(
     };
     let mut created = None;
     let commands = ctx.commands.clone();
+    let request = (request, status.submit_nonce);
     let result = client
-        .submit(node, request, &mut payload, |remote| {
+        .submit_following(node, request, offset, &mut payload, |remote| {
             created = Some(remote);
             let _ = commands.send(Command::RemoteCreated { id, remote });
         })
         .await;
     result.map_err(|e| (created, e))
+}
+
+/// What a mirror's failure means for its unit.
+fn mirror_failure(e: ClientError, node: &NodeId, remote: UnitId) -> RemoteFailure {
+    match e {
+        ClientError::Refused(WorkRefusal::UnknownUnit { .. }) => RemoteFailure::Gone(format!(
+            "remote work unit {remote} is gone from {node} (released there, or the node lost its data)"
+        )),
+        ClientError::Sink(e) => RemoteFailure::Local(e.to_string()),
+        other => RemoteFailure::Refused(other.to_string()),
+    }
 }
 
 /// The submission's signature by this node's work signing key.
@@ -352,13 +405,7 @@ pub(super) async fn follow(
     let offset = progress.borrow().size;
     let result = client.follow_from(&node, remote, offset, &mut sink).await;
     let local_size = progress.borrow().size;
-    let outcome = result.map_err(|e| match e {
-        ClientError::Refused(WorkRefusal::UnknownUnit { .. }) => RemoteFailure::Gone(format!(
-            "remote work unit {remote} is gone from {node} (released there, or the node lost its data)"
-        )),
-        ClientError::Sink(e) => RemoteFailure::Local(e.to_string()),
-        other => RemoteFailure::Refused(other.to_string()),
-    });
+    let outcome = result.map_err(|e| mirror_failure(e, &node, remote));
     ctx.report(Command::MirrorEnded {
         id,
         local_size,

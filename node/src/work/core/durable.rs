@@ -1,0 +1,96 @@
+//! What waits for the disk, and submissions made twice.
+//!
+//! Every status write the core asks for carries a number; the driver reports how far the
+//! writes are durable ([`Core::statuses_durable`]). An action that must not happen before
+//! the unit's current status is on the disk — sending a remote submission, whose nonce a
+//! restarted node needs to find the remote unit again — is held back until then.
+//!
+//! On the running node, a peer's submission carries a nonce: a second submission with the
+//! same key and nonce (its submitter restarted without knowing whether the first arrived)
+//! finds the unit made for the first one when that unit has its payload, or replaces it
+//! when it has not (the first payload never arrived whole), so no unit is left behind
+//! unowned and none runs twice.
+
+use super::{Action, Core, NewUnit, Phase};
+use crate::work::status::UnitStatus;
+use crate::work::unit::UnitId;
+
+impl Core {
+    /// Status writes up to number `upto` are durable: releases the actions that waited for
+    /// them.
+    pub fn statuses_durable(&mut self, upto: u64) {
+        self.durable_seq = self.durable_seq.max(upto);
+        while let Some((seq, _)) = self.gated.front() {
+            if *seq > self.durable_seq {
+                break;
+            }
+            let Some((_, action)) = self.gated.pop_front() else {
+                break;
+            };
+            if self.still_wanted(&action) {
+                self.actions.push_back(action);
+            }
+        }
+    }
+
+    /// Queues `action` to run once every status write asked for so far is durable.
+    pub(super) fn after_durable(&mut self, action: Action) {
+        if self.write_seq <= self.durable_seq {
+            self.actions.push_back(action);
+        } else {
+            self.gated.push_back((self.write_seq, action));
+        }
+    }
+
+    /// Whether a held-back action still applies: a submission of a unit cancelled or
+    /// released meanwhile is not sent.
+    fn still_wanted(&self, action: &Action) -> bool {
+        match action {
+            Action::Submit { id, .. } => self
+                .units
+                .get(id)
+                .is_some_and(|e| e.phase == Phase::Submitting),
+            _ => true,
+        }
+    }
+
+    /// The unit an earlier submission under `unit`'s key and nonce made, when it has its
+    /// payload (answer with it); an earlier one without its payload is dropped, and its
+    /// creator told, so that `unit` replaces it.
+    pub(super) fn resubmitted(&mut self, unit: &NewUnit) -> Option<UnitId> {
+        let key = unit.submitter.1?;
+        let nonce = unit.nonce?;
+        let existing = *self.nonces.get(&(key, nonce))?;
+        let entry = self.units.get(&existing)?;
+        if entry.status.payload_size.is_some() {
+            tracing::info!(unit = %existing, %nonce, "submission made again after a restart of its submitter; answering with its unit");
+            return Some(existing);
+        }
+        tracing::info!(unit = %existing, %nonce, "submission made again before its payload arrived whole; replacing its unit");
+        if let Phase::Creating { ticket } = entry.phase {
+            self.answer(
+                ticket,
+                Err("replaced by a later submission with the same nonce".into()),
+            );
+        }
+        self.drop_unit(existing);
+        None
+    }
+
+    /// Remembers a peer's unit under its nonce.
+    pub(super) fn index_nonce(&mut self, id: UnitId, status: &UnitStatus) {
+        if status.node != self.me {
+            return;
+        }
+        if let (Some(key), Some(nonce)) = (status.submitter_key, status.submit_nonce) {
+            self.nonces.insert((key, nonce), id);
+        }
+    }
+
+    /// Forgets a unit's nonce (it was released).
+    pub(super) fn unindex_nonce(&mut self, status: &UnitStatus) {
+        if let (Some(key), Some(nonce)) = (status.submitter_key, status.submit_nonce) {
+            self.nonces.remove(&(key, nonce));
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! The core's waits for the disk and its handling of submissions made twice, on its own
+//! clock: no files, no network.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use super::*;
+
+const WALL: u64 = 1_700_000_000_000;
+
+fn node(s: &str) -> NodeId {
+    s.parse().unwrap()
+}
+
+fn id(n: u32) -> UnitId {
+    format!("unit{n:04}").parse().unwrap()
+}
+
+fn core_on(me: &str) -> Core {
+    Core::new(
+        node(me),
+        CoreConfig {
+            max_running: 4,
+            keep_finished: None,
+        },
+    )
+}
+
+fn offer(_: &str) -> Option<Offer> {
+    Some(Offer {
+        allow_runtime_params: false,
+    })
+}
+
+fn actions(core: &mut Core) -> Vec<Action> {
+    std::iter::from_fn(|| core.poll_action()).collect()
+}
+
+fn nonce(b: u8) -> SubmitNonce {
+    SubmitNonce([b; 16])
+}
+
+fn new_unit(n: u32, on: &str, key: Option<PublicKey>, nonce: Option<SubmitNonce>) -> NewUnit {
+    NewUnit {
+        id: id(n),
+        work_type: "cat".into(),
+        params: BTreeMap::new(),
+        submitter: (node("ctl"), key),
+        node: node(on),
+        expires_at: None,
+        sign_work: false,
+        nonce,
+    }
+}
+
+/// The status writes among `acts`: (number, status).
+fn writes(acts: &[Action]) -> Vec<(u64, UnitStatus)> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::WriteStatus { seq, status, .. } | Action::CreateFiles { seq, status, .. } => {
+                Some((*seq, (**status).clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn is_submit(a: &Action) -> bool {
+    matches!(a, Action::Submit { .. })
+}
+
+/// Creates unit `n` and stores its payload; the actions after the payload.
+fn create_and_store(core: &mut Core, now: Instant, unit: NewUnit) -> Vec<Action> {
+    let n = unit.id;
+    core.create(now, WALL, Ticket(1), unit, offer).unwrap();
+    actions(core);
+    core.files_created(n, Ok(()));
+    actions(core);
+    core.payload_stored(now, n, Ok(PayloadInfo { size: 5 }));
+    actions(core)
+}
+
+#[test]
+fn a_remote_submission_leaves_only_once_its_nonce_is_durable() {
+    let now = Instant::now();
+    let mut core = core_on("me");
+    let acts = create_and_store(&mut core, now, new_unit(1, "node1", None, Some(nonce(7))));
+    assert!(
+        !acts.iter().any(is_submit),
+        "sent before the disk had it: {acts:?}"
+    );
+    let written = writes(&acts);
+    let (seq, status) = written.last().expect("the submitting status is written");
+    assert_eq!(status.submit_nonce, Some(nonce(7)));
+    assert_eq!(status.payload_size, Some(5));
+    // Earlier writes being durable is not enough.
+    core.statuses_durable(seq - 1);
+    assert!(actions(&mut core).is_empty());
+    core.statuses_durable(*seq);
+    assert_eq!(
+        actions(&mut core),
+        vec![Action::Submit {
+            id: id(1),
+            node: node("node1")
+        }]
+    );
+}
+
+#[test]
+fn a_unit_cancelled_while_its_submission_waits_for_the_disk_is_never_sent() {
+    let now = Instant::now();
+    let mut core = core_on("me");
+    let acts = create_and_store(&mut core, now, new_unit(1, "node1", None, Some(nonce(7))));
+    core.cancel(now, id(1), &Requester::Operator, Ticket(2))
+        .unwrap();
+    let later = actions(&mut core);
+    let last = writes(&acts)
+        .into_iter()
+        .chain(writes(&later))
+        .map(|(s, _)| s)
+        .max()
+        .unwrap();
+    core.statuses_durable(last);
+    assert!(!actions(&mut core).iter().any(is_submit));
+    let status = core.status(id(1), &Requester::Operator).unwrap();
+    assert_eq!(status.state, UnitState::Canceled);
+}
+
+#[test]
+fn a_restart_after_the_submission_left_sends_it_again_under_the_same_nonce() {
+    let now = Instant::now();
+    let mut status = UnitStatus::new("cat", BTreeMap::new(), node("me"), node("node1"), WALL);
+    status.payload_size = Some(5);
+    status.submit_nonce = Some(nonce(7));
+    status.detail = "Submitting to node1".into();
+    let mut core = core_on("me");
+    core.recover(now, WALL, vec![(id(1), status)]);
+    let acts = actions(&mut core);
+    assert!(!acts.iter().any(is_submit), "{acts:?}");
+    let (seq, _) = *writes(&acts).last().unwrap();
+    core.statuses_durable(seq);
+    assert!(actions(&mut core).iter().any(is_submit));
+    let status = core.status(id(1), &Requester::Operator).unwrap();
+    assert_eq!(status.state, UnitState::Pending);
+    assert_eq!(
+        status.submit_nonce,
+        Some(nonce(7)),
+        "the same nonce goes again"
+    );
+}
+
+#[test]
+fn a_submission_made_again_finds_its_unit_once_it_has_its_payload() {
+    let now = Instant::now();
+    let (peer, other) = (
+        PublicKey::from_bytes([1; 32]),
+        PublicKey::from_bytes([2; 32]),
+    );
+    let mut core = core_on("node1");
+    create_and_store(
+        &mut core,
+        now,
+        new_unit(1, "node1", Some(peer), Some(nonce(7))),
+    );
+    // The submitter restarted and sends it again: no second unit.
+    core.create(
+        now,
+        WALL,
+        Ticket(5),
+        new_unit(2, "node1", Some(peer), Some(nonce(7))),
+        offer,
+    )
+    .unwrap();
+    assert_eq!(
+        actions(&mut core),
+        vec![Action::Answer {
+            ticket: Ticket(5),
+            result: Ok(Answered::Existing(id(1)))
+        }]
+    );
+    assert_eq!(core.list(&Requester::Operator).len(), 1);
+    // Another peer's nonce never reaches it.
+    core.create(
+        now,
+        WALL,
+        Ticket(6),
+        new_unit(3, "node1", Some(other), Some(nonce(7))),
+        offer,
+    )
+    .unwrap();
+    assert!(matches!(actions(&mut core)[0], Action::CreateFiles { .. }));
+    // Released, the nonce is forgotten with the unit.
+    core.release(now, id(1), true, &Requester::Operator, Ticket(7))
+        .unwrap();
+    actions(&mut core);
+    core.create(
+        now,
+        WALL,
+        Ticket(8),
+        new_unit(4, "node1", Some(peer), Some(nonce(7))),
+        offer,
+    )
+    .unwrap();
+    assert!(matches!(actions(&mut core)[0], Action::CreateFiles { .. }));
+}
+
+#[test]
+fn a_submission_made_again_replaces_a_unit_whose_payload_never_arrived_whole() {
+    let now = Instant::now();
+    let peer = PublicKey::from_bytes([1; 32]);
+    let mut core = core_on("node1");
+    core.create(
+        now,
+        WALL,
+        Ticket(1),
+        new_unit(1, "node1", Some(peer), Some(nonce(7))),
+        offer,
+    )
+    .unwrap();
+    core.files_created(id(1), Ok(()));
+    actions(&mut core);
+    // The first payload was cut (its submitter died); the submission comes again.
+    core.create(
+        now,
+        WALL,
+        Ticket(2),
+        new_unit(2, "node1", Some(peer), Some(nonce(7))),
+        offer,
+    )
+    .unwrap();
+    let acts = actions(&mut core);
+    assert!(acts.contains(&Action::DropUnit { id: id(1) }), "{acts:?}");
+    assert!(
+        acts.iter()
+            .any(|a| matches!(a, Action::CreateFiles { id: n, .. } if *n == id(2))),
+        "{acts:?}"
+    );
+    // A submission still being created when it comes again: its creator is told.
+    core.create(
+        now,
+        WALL,
+        Ticket(3),
+        new_unit(3, "node1", Some(peer), Some(nonce(7))),
+        offer,
+    )
+    .unwrap();
+    let acts = actions(&mut core);
+    assert!(
+        acts.iter().any(|a| matches!(
+            a,
+            Action::Answer {
+                ticket: Ticket(2),
+                result: Err(_)
+            }
+        )),
+        "{acts:?}"
+    );
+    let ids: Vec<UnitId> = core.units.keys().copied().collect();
+    assert_eq!(ids, vec![id(3)]);
+}

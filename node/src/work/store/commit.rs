@@ -1,0 +1,172 @@
+//! How the store commits a batch of changes: through the write-ahead journal (one flush),
+//! or, without one, with a file system sync on each side of the renames; and how a journal
+//! left by a crash is replayed over the status files at the next open.
+
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::sync::PoisonError;
+
+use super::{
+    DIR_MODE, Durability, Entry, FILE_MODE, STATUS_FILE, STATUS_TEMP_FILE, STDOUT_FILE, StoreError,
+    UnitStore, write_file,
+};
+use crate::work::status::UnitStatus;
+use crate::work::unit::UnitId;
+
+impl UnitStore {
+    /// Applies what the journal holds over the status files (a crash may have left them
+    /// behind it): statuses are written, a unit whose directory the crash lost is made again
+    /// (with whatever output survived), released units are removed.
+    pub(super) fn replay(&self, entries: &[Entry]) {
+        for entry in entries {
+            let result = match entry {
+                Entry::Status { unit, status } => self.restore(*unit, status),
+                Entry::Released { unit } => match fs::remove_dir_all(self.unit_dir(*unit)) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                    _ => Ok(()),
+                },
+            };
+            if let Err(e) = result {
+                tracing::error!(error = %e, "cannot replay a unit journal record");
+            }
+        }
+    }
+
+    fn restore(&self, id: UnitId, status: &UnitStatus) -> io::Result<()> {
+        let dir = self.unit_dir(id);
+        if !dir.is_dir() {
+            DirBuilder::new().mode(DIR_MODE).create(&dir)?;
+        }
+        let stdout = dir.join(STDOUT_FILE);
+        if !stdout.exists() {
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(FILE_MODE)
+                .open(&stdout)?;
+        }
+        self.write_status(id, status, Durability::No)
+            .map_err(io::Error::other)
+    }
+
+    /// Makes a batch of changes durable, then applies them: the entries are appended to the
+    /// journal with one flush (a full journal is first emptied by a checkpoint: one sync of
+    /// the file system, after which the status files hold everything), then each status is
+    /// written to its file (temp and rename, not synced: the journal has it) and each
+    /// released unit's files are removed.
+    ///
+    /// Returns one result per entry, in order; an entry that fails is not applied. When the
+    /// journal cannot take the batch, the file system is synced around the renames instead.
+    pub fn commit(&self, batch: &[Entry]) -> Vec<Result<(), StoreError>> {
+        let _guard = self.lock();
+        let journaled = self.journal_append(batch);
+        if !journaled {
+            return self.commit_synced(batch);
+        }
+        batch.iter().map(|entry| self.apply(entry)).collect()
+    }
+
+    /// Appends `batch` to the journal (checkpointing a full one); whether it is there.
+    fn journal_append(&self, batch: &[Entry]) -> bool {
+        let mut journal = self.journal.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(j) = journal.as_mut() else {
+            return false;
+        };
+        let appended = match j.append(batch) {
+            Ok(false) => {
+                // Full: every status applied so far goes to the disk, then start again.
+                self.sync_fs();
+                j.reset().and_then(|()| j.append(batch))
+            }
+            other => other,
+        };
+        match appended {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::error!(path = %j.path().display(), error = %e, "cannot write the unit journal; syncing the file system instead");
+                *journal = None;
+                false
+            }
+        }
+    }
+
+    fn apply(&self, entry: &Entry) -> Result<(), StoreError> {
+        match entry {
+            Entry::Status { unit, status } => {
+                self.check_exists(*unit)?;
+                self.write_status(*unit, status, Durability::No)
+            }
+            Entry::Released { unit } => {
+                self.check_exists(*unit)?;
+                let path = self.unit_dir(*unit);
+                fs::remove_dir_all(&path).map_err(|source| StoreError::Release {
+                    unit: *unit,
+                    path,
+                    source,
+                })
+            }
+        }
+    }
+
+    /// The batch without the journal: temp files, a file system sync, the renames and
+    /// removals, another sync.
+    fn commit_synced(&self, batch: &[Entry]) -> Vec<Result<(), StoreError>> {
+        let mut results: Vec<Result<(), StoreError>> = batch
+            .iter()
+            .map(|entry| match entry {
+                Entry::Status { unit, status } => {
+                    self.check_exists(*unit)?;
+                    let mut line =
+                        serde_json::to_vec(status).map_err(|source| StoreError::EncodeStatus {
+                            unit: *unit,
+                            source,
+                        })?;
+                    line.push(b'\n');
+                    let temp = self.unit_dir(*unit).join(STATUS_TEMP_FILE);
+                    write_file(&temp, &line, Durability::No).map_err(|source| {
+                        StoreError::WriteStatus {
+                            unit: *unit,
+                            path: temp,
+                            source,
+                        }
+                    })
+                }
+                Entry::Released { .. } => Ok(()),
+            })
+            .collect();
+        self.sync_fs();
+        for (entry, result) in batch.iter().zip(&mut results) {
+            if result.is_err() {
+                continue;
+            }
+            *result = match entry {
+                Entry::Status { unit, .. } => {
+                    let dir = self.unit_dir(*unit);
+                    fs::rename(dir.join(STATUS_TEMP_FILE), dir.join(STATUS_FILE)).map_err(
+                        |source| StoreError::WriteStatus {
+                            unit: *unit,
+                            path: dir.join(STATUS_FILE),
+                            source,
+                        },
+                    )
+                }
+                released => self.apply(released),
+            };
+        }
+        self.sync_fs();
+        results
+    }
+
+    /// Flushes the file system holding the store (data and directory entries).
+    pub(super) fn sync_fs(&self) {
+        use std::os::fd::AsRawFd;
+        if let Ok(dir) = File::open(&self.root) {
+            // SAFETY: syncfs takes a valid descriptor and only flushes.
+            unsafe {
+                libc::syncfs(dir.as_raw_fd());
+            }
+        }
+    }
+}
