@@ -576,8 +576,8 @@ enum PayloadError {
     Io(std::io::Error),
 }
 
-/// Copies `payload` into the stdin file at `path`, at most `limit` bytes; returns its size
-/// and SHA-256.
+/// Copies `payload` into the stdin file at `path`, at most `limit` bytes, and syncs it;
+/// returns its size and SHA-256.
 async fn store_payload(
     path: &Path,
     payload: &mut (dyn AsyncRead + Unpin + Send),
@@ -605,5 +605,8 @@ async fn store_payload(
         file.write_all(&buf[..n]).await.map_err(PayloadError::Io)?;
     }
     file.flush().await.map_err(PayloadError::Io)?;
+    // On disk before its size is recorded: a status that says the payload is stored (and
+    // lets a restarted node start or resubmit it) never points at a payload a power loss cut.
+    file.sync_data().await.map_err(PayloadError::Io)?;
     Ok((size, hasher.finalize().into()))
 }
