@@ -664,3 +664,77 @@ fn ctrl_c_cancels_the_remote_unit_and_leaves_no_process_of_the_job() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// `len` bytes of a xorshift stream (deflate cannot shrink them).
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64 ^ seed;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+#[test]
+fn a_big_payload_streams_without_any_temp_file_and_arrives_whole() {
+    let setup = setup(None, None);
+    let pdd = setup.mesh.path("demo");
+    copy_demo(&pdd);
+    let blob = random_bytes(12 << 20, 42);
+    std::fs::write(pdd.join("project/blob.bin"), &blob).unwrap();
+    std::fs::write(
+        pdd.join("project/blob.yml"),
+        "- hosts: all\n  gather_facts: false\n  tasks:\n    - stat:\n        path: \
+         \"{{ playbook_dir }}/blob.bin\"\n        checksum_algorithm: sha256\n      \
+         register: blob\n    - debug:\n        msg: \"blob {{ blob.stat.checksum }} \
+         {{ blob.stat.size }}\"\n",
+    )
+    .unwrap();
+    let want = {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(&blob);
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        format!("blob {hex} {}", blob.len())
+    };
+    let peer = format!("receptor://{}", setup.controller_addr);
+    let args = [
+        "run",
+        pdd.to_str().unwrap(),
+        "-p",
+        "blob.yml",
+        "--via-receptor",
+        "node1",
+        "--receptor-peer",
+        &peer,
+        "-i",
+        "blob",
+    ];
+    // The front end may write no file over 4 MiB (RLIMIT_FSIZE; SIGXFSZ ignored, so such a
+    // write fails with EFBIG): the old transmit spooled the 12 MiB zip into a temp file
+    // first and failed here.
+    let mut command = frontend(&setup, &args);
+    // SAFETY: between fork and exec only async-signal-safe calls (setrlimit, signal).
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            let limit = libc::rlimit {
+                rlim_cur: 4 << 20,
+                rlim_max: 4 << 20,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0
+                || libc::signal(libc::SIGXFSZ, libc::SIG_IGN) == libc::SIG_ERR
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = command.output().unwrap();
+    assert!(out.status.success(), "{out:?}\n{}", setup.mesh.logs());
+    assert!(text(&out.stdout).contains(&want), "{}", text(&out.stdout));
+    // Standard error is not a terminal: no progress lines.
+    assert!(!text(&out.stderr).contains('\r'), "{}", text(&out.stderr));
+}
