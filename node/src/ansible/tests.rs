@@ -418,7 +418,7 @@ fn real_worker_refuses_a_stream_cut_short_by_a_file_that_grew() {
             .contains("changed while it was being sent")
     );
     assert!(
-        !find(&stream, b"{\"eof\"").is_some(),
+        find(&stream, b"{\"eof\"").is_none(),
         "the cut stream must not end cleanly"
     );
     let worker_stream = real_worker(&stream);
