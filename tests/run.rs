@@ -738,3 +738,68 @@ fn a_big_payload_streams_without_any_temp_file_and_arrives_whole() {
     // Standard error is not a terminal: no progress lines.
     assert!(!text(&out.stderr).contains('\r'), "{}", text(&out.stderr));
 }
+
+#[test]
+fn a_file_written_to_during_the_run_fails_it_and_no_job_runs_on_half_a_dir() {
+    let setup = setup(None, None);
+    let pdd = setup.mesh.path("demo");
+    copy_demo(&pdd);
+    let growing = pdd.join("project/growing.log");
+    std::fs::write(&growing, "start\n").unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, growing) = (stop.clone(), growing.clone());
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut file = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&growing)
+                .unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                file.write_all(b"another line\n").unwrap();
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+        })
+    };
+    let peer = format!("receptor://{}", setup.controller_addr);
+    let args = [
+        "run",
+        pdd.to_str().unwrap(),
+        "-p",
+        "test.yml",
+        "--via-receptor",
+        "node1",
+        "--receptor-peer",
+        &peer,
+        "-i",
+        "moving",
+    ];
+    let out = ansible_runner(&setup, &args);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("growing.log changed while it was being sent"),
+        "{stderr}"
+    );
+    assert!(!text(&out.stdout).contains("Test!"), "{out:?}");
+    // Whatever unit node1 made never ran the job: none succeeded, none is left running.
+    wait_for("node1's units to end", || {
+        let list = setup.mesh.ctl(setup.node1, &["work", "list", "--json"]);
+        let units: serde_json::Value = serde_json::from_slice(&list.stdout).ok()?;
+        let states: Vec<String> = units
+            .as_object()?
+            .values()
+            .map(|u| u["StateName"].as_str().unwrap_or("").to_owned())
+            .collect();
+        assert!(
+            !states.iter().any(|s| s == "Succeeded"),
+            "a unit ran: {units}"
+        );
+        states
+            .iter()
+            .all(|s| s != "Running" && s != "Pending")
+            .then_some(())
+    });
+}
