@@ -127,12 +127,13 @@ impl<T> Progress<T> {
         }
     }
 
-    /// Ends the progress line; `done` says whether the whole payload went.
+    /// Ends the progress line; `done` says whether the whole payload went. (Dropped
+    /// unfinished, as when Ctrl-C abandons the payload, it ends the line as stopped.)
     pub(crate) fn finish(&mut self, done: bool) {
         if let Some(line) = self
             .meter
-            .as_mut()
-            .and_then(|m| m.finish(Instant::now(), done))
+            .take()
+            .and_then(|mut m| m.finish(Instant::now(), done))
         {
             show(&line);
         }
@@ -145,6 +146,12 @@ impl<T> Progress<T> {
                 show(&line);
             }
         }
+    }
+}
+
+impl<T> Drop for Progress<T> {
+    fn drop(&mut self) {
+        self.finish(false);
     }
 }
 

@@ -294,6 +294,7 @@ async fn send_payload(
     let mut counted = Progress::new(&mut *out, Some(total), prepared.process.quiet);
     let sent = transmit.send(&mut counted).await;
     counted.finish(sent.is_ok());
+    drop(counted);
     sent.context("sending the private data dir")?;
     out.shutdown().await.ok();
     Ok(())
