@@ -803,3 +803,56 @@ fn a_file_written_to_during_the_run_fails_it_and_no_job_runs_on_half_a_dir() {
             .then_some(())
     });
 }
+
+/// `ansible-runner ARGS` (the front end) on a pseudo-terminal (`script`), as a user types
+/// it: what the terminal showed.
+fn on_terminal(setup: &Setup, args: &[&str]) -> String {
+    let line: Vec<String> = std::iter::once("ansible-runner".to_owned())
+        .chain(args.iter().map(|a| format!("'{a}'")))
+        .collect();
+    let env = frontend(setup, &[]);
+    let out = Command::new("script")
+        .args(["-qec", &line.join(" "), "/dev/null"])
+        .env_clear()
+        .envs(env.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}\n{}", setup.mesh.logs());
+    text(&out.stdout)
+}
+
+#[test]
+fn a_big_payload_shows_its_progress_on_a_terminal_unless_quiet() {
+    let setup = setup(None, None);
+    let pdd = setup.mesh.path("demo");
+    copy_demo(&pdd);
+    std::fs::write(pdd.join("project/blob.bin"), random_bytes(12 << 20, 7)).unwrap();
+    let peer = format!("receptor://{}", setup.controller_addr);
+    let args = |ident: &'static str| {
+        vec![
+            "run".to_owned(),
+            pdd.display().to_string(),
+            "-p".into(),
+            "test.yml".into(),
+            "--via-receptor".into(),
+            "node1".into(),
+            "--receptor-peer".into(),
+            peer.clone(),
+            "-i".into(),
+            ident.into(),
+        ]
+    };
+    let shown = args("shown");
+    let shown: Vec<&str> = shown.iter().map(String::as_str).collect();
+    let screen = on_terminal(&setup, &shown);
+    // The transmit stream is the zip in base64: about 4/3 of the 12.6 MB.
+    let total = " of 16.8 MB (";
+    assert!(screen.contains("\r\x1b[Ksent "), "{screen:?}");
+    assert!(screen.contains(total), "{screen:?}");
+    assert!(screen.contains("\r\x1b[Ksent 16.8 MB in "), "{screen:?}");
+    assert!(screen.contains("Test!"), "{screen:?}");
+    let quiet = [args("quiet"), vec!["-q".to_owned()]].concat();
+    let quiet: Vec<&str> = quiet.iter().map(String::as_str).collect();
+    let screen = on_terminal(&setup, &quiet);
+    assert!(!screen.contains("sent "), "{screen}");
+}
