@@ -664,3 +664,195 @@ fn ctrl_c_cancels_the_remote_unit_and_leaves_no_process_of_the_job() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// `len` bytes of a xorshift stream (deflate cannot shrink them).
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64 ^ seed;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+#[test]
+fn a_big_payload_streams_without_any_temp_file_and_arrives_whole() {
+    let setup = setup(None, None);
+    let pdd = setup.mesh.path("demo");
+    copy_demo(&pdd);
+    let blob = random_bytes(12 << 20, 42);
+    std::fs::write(pdd.join("project/blob.bin"), &blob).unwrap();
+    std::fs::write(
+        pdd.join("project/blob.yml"),
+        "- hosts: all\n  gather_facts: false\n  tasks:\n    - stat:\n        path: \
+         \"{{ playbook_dir }}/blob.bin\"\n        checksum_algorithm: sha256\n      \
+         register: blob\n    - debug:\n        msg: \"blob {{ blob.stat.checksum }} \
+         {{ blob.stat.size }}\"\n",
+    )
+    .unwrap();
+    let want = {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(&blob);
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        format!("blob {hex} {}", blob.len())
+    };
+    let peer = format!("receptor://{}", setup.controller_addr);
+    let args = [
+        "run",
+        pdd.to_str().unwrap(),
+        "-p",
+        "blob.yml",
+        "--via-receptor",
+        "node1",
+        "--receptor-peer",
+        &peer,
+        "-i",
+        "blob",
+    ];
+    // The front end may write no file over 4 MiB (RLIMIT_FSIZE; SIGXFSZ ignored, so such a
+    // write fails with EFBIG): the old transmit spooled the 12 MiB zip into a temp file
+    // first and failed here.
+    let mut command = frontend(&setup, &args);
+    // SAFETY: between fork and exec only async-signal-safe calls (setrlimit, signal).
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            let limit = libc::rlimit {
+                rlim_cur: 4 << 20,
+                rlim_max: 4 << 20,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0
+                || libc::signal(libc::SIGXFSZ, libc::SIG_IGN) == libc::SIG_ERR
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = command.output().unwrap();
+    assert!(out.status.success(), "{out:?}\n{}", setup.mesh.logs());
+    assert!(text(&out.stdout).contains(&want), "{}", text(&out.stdout));
+    // Standard error is not a terminal: no progress lines.
+    assert!(!text(&out.stderr).contains('\r'), "{}", text(&out.stderr));
+}
+
+#[test]
+fn a_file_written_to_during_the_run_fails_it_and_no_job_runs_on_half_a_dir() {
+    let setup = setup(None, None);
+    let pdd = setup.mesh.path("demo");
+    copy_demo(&pdd);
+    let growing = pdd.join("project/growing.log");
+    std::fs::write(&growing, "start\n").unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, growing) = (stop.clone(), growing.clone());
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut file = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&growing)
+                .unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                file.write_all(b"another line\n").unwrap();
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+        })
+    };
+    let peer = format!("receptor://{}", setup.controller_addr);
+    let args = [
+        "run",
+        pdd.to_str().unwrap(),
+        "-p",
+        "test.yml",
+        "--via-receptor",
+        "node1",
+        "--receptor-peer",
+        &peer,
+        "-i",
+        "moving",
+    ];
+    let out = ansible_runner(&setup, &args);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("growing.log changed while it was being sent"),
+        "{stderr}"
+    );
+    assert!(!text(&out.stdout).contains("Test!"), "{out:?}");
+    // Whatever unit node1 made never ran the job: none succeeded, none is left running.
+    wait_for("node1's units to end", || {
+        let list = setup.mesh.ctl(setup.node1, &["work", "list", "--json"]);
+        let units: serde_json::Value = serde_json::from_slice(&list.stdout).ok()?;
+        let states: Vec<String> = units
+            .as_object()?
+            .values()
+            .map(|u| u["StateName"].as_str().unwrap_or("").to_owned())
+            .collect();
+        assert!(
+            !states.iter().any(|s| s == "Succeeded"),
+            "a unit ran: {units}"
+        );
+        states
+            .iter()
+            .all(|s| s != "Running" && s != "Pending")
+            .then_some(())
+    });
+}
+
+/// `ansible-runner ARGS` (the front end) on a pseudo-terminal (`script`), as a user types
+/// it: what the terminal showed.
+fn on_terminal(setup: &Setup, args: &[&str]) -> String {
+    let line: Vec<String> = std::iter::once("ansible-runner".to_owned())
+        .chain(args.iter().map(|a| format!("'{a}'")))
+        .collect();
+    let env = frontend(setup, &[]);
+    let out = Command::new("script")
+        .args(["-qec", &line.join(" "), "/dev/null"])
+        .env_clear()
+        .envs(env.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}\n{}", setup.mesh.logs());
+    text(&out.stdout)
+}
+
+#[test]
+fn a_big_payload_shows_its_progress_on_a_terminal_unless_quiet() {
+    let setup = setup(None, None);
+    let pdd = setup.mesh.path("demo");
+    copy_demo(&pdd);
+    std::fs::write(pdd.join("project/blob.bin"), random_bytes(12 << 20, 7)).unwrap();
+    let peer = format!("receptor://{}", setup.controller_addr);
+    let args = |ident: &'static str| {
+        vec![
+            "run".to_owned(),
+            pdd.display().to_string(),
+            "-p".into(),
+            "test.yml".into(),
+            "--via-receptor".into(),
+            "node1".into(),
+            "--receptor-peer".into(),
+            peer.clone(),
+            "-i".into(),
+            ident.into(),
+        ]
+    };
+    let shown = args("shown");
+    let shown: Vec<&str> = shown.iter().map(String::as_str).collect();
+    let screen = on_terminal(&setup, &shown);
+    // The transmit stream is the zip in base64: about 4/3 of the 12.6 MB.
+    let total = " of 16.8 MB (";
+    assert!(screen.contains("\r\x1b[Ksent "), "{screen:?}");
+    assert!(screen.contains(total), "{screen:?}");
+    assert!(screen.contains("\r\x1b[Ksent 16.8 MB in "), "{screen:?}");
+    assert!(screen.contains("Test!"), "{screen:?}");
+    let quiet = [args("quiet"), vec!["-q".to_owned()]].concat();
+    let quiet: Vec<&str> = quiet.iter().map(String::as_str).collect();
+    let screen = on_terminal(&setup, &quiet);
+    assert!(!screen.contains("sent "), "{screen}");
+}

@@ -10,6 +10,9 @@
 //!   of the demo; every remote run is checked (exit 0, status, own output, event count).
 //! - `large`: a 200 MB private data dir against a 2 MB one: run time and peak RSS of the
 //!   front end and of each node.
+//! - `transmit`: a 200 MB incompressible private data dir run remotely, locally and through
+//!   AWX's pipeline (`ansible-runner transmit | receptorctl work submit | ansible-runner
+//!   process`) in the same rounds: remote / local, AWX / local, the front end's peak RSS.
 //!
 //! Needs the project's venv (`scripts/setup-python.sh`). The sections live in `benches/run/`
 //! (the shared statistics in `benches/mesh/`), named by `#[path]` because a file directly in
@@ -30,6 +33,8 @@ mod sections;
 #[path = "mesh/stats.rs"]
 #[allow(dead_code, reason = "shared with the mesh bench, which uses all of it")]
 mod stats;
+#[path = "run/transmit.rs"]
+mod transmit;
 
 use std::process::ExitCode;
 
@@ -38,10 +43,11 @@ use mesh::Bench;
 /// A section: its name (the filter matches it) and its body.
 type Section = (&'static str, fn(&Bench) -> anyhow::Result<()>);
 
-const SECTIONS: [Section; 3] = [
+const SECTIONS: [Section; 4] = [
     ("latency", latency::run),
     ("concurrent", concurrent::run),
     ("large", large::run),
+    ("transmit", transmit::run),
 ];
 
 fn main() -> ExitCode {

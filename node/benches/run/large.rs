@@ -107,7 +107,7 @@ fn print(bench: &Bench, figures: &[Figures]) {
 }
 
 /// Writes `size` bytes of a xorshift stream (incompressible to deflate) to `path`.
-fn write_random(path: &Path, size: u64) -> anyhow::Result<()> {
+pub(crate) fn write_random(path: &Path, size: u64) -> anyhow::Result<()> {
     let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
     let mut state = 0x9E37_79B9_7F4A_7C15_u64 ^ size;
     let mut chunk = vec![0u8; 1 << 20];

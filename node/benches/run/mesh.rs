@@ -103,7 +103,20 @@ impl Bench {
             trust.extend(["--trust".to_owned(), format!("{name}={token}")]);
         }
         let runner = self.venv.join("ansible-runner").display().to_string();
-        let node1 = [trust.clone(), vec!["--ansible-runner".into(), runner]].concat();
+        // The client (the front end) and the controller's operator (receptorctl) may run
+        // ansible-runner on node1.
+        let allow = [
+            "--allow-work".to_owned(),
+            format!("ansible-runner={client}"),
+            "--allow-work".to_owned(),
+            "ansible-runner=controller".to_owned(),
+        ];
+        let node1 = [
+            trust.clone(),
+            vec!["--ansible-runner".into(), runner],
+            allow.to_vec(),
+        ]
+        .concat();
         let addr = self.spawn_node("node1", &node1)?;
         let relay = [trust.clone(), vec!["--peer".into(), addr]].concat();
         let addr = self.spawn_node("relay", &relay)?;
@@ -169,6 +182,25 @@ impl Bench {
         cmd.arg("run")
             .arg(pdd)
             .args(["-p", "test.yml", "-i", ident]);
+        self.env(&mut cmd, path);
+        cmd
+    }
+
+    /// AWX's pipeline over the controller's control socket, all real ansible-runner and
+    /// receptorctl: `ansible-runner transmit PDD | receptorctl work submit ansible-runner
+    /// --node node1 -f | ansible-runner process PDD`. Its status is `process`'s: receptorctl
+    /// may hit the pipe that `process` left after the eof line.
+    pub(crate) fn awx(&self, pdd: &Path, ident: &str) -> Command {
+        let path = format!("{}:/usr/bin:/bin", self.venv.display());
+        let script = "ansible-runner transmit \"$1\" -p test.yml -i \"$2\" \
+             | receptorctl --socket \"$3\" work submit ansible-runner --node node1 \
+               --payload - -f \
+             | ansible-runner process \"$1\" -i \"$2\"";
+        let mut cmd = Command::new("bash");
+        cmd.args(["-c", script, "awx"])
+            .arg(pdd)
+            .arg(ident)
+            .arg(self.path("controller.sock"));
         self.env(&mut cmd, path);
         cmd
     }

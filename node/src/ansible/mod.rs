@@ -7,11 +7,11 @@
 //! `{"eof": true}`). Nothing here runs Ansible; the worker side stays real ansible-runner.
 //!
 //! - [`kwargs`]: the job's run options, built as `ansible-runner transmit` builds them.
-//! - [`transmit`]: writes the transmit stream for a private data dir.
+//! - [`transmit`]: writes the transmit stream for a private data dir, streaming its zip.
 //! - [`process`]: reads a worker stream: a sans-IO line [`process::Processor`] and the
 //!   async driver [`process::process`].
 //! - `pyjson`: Python `json.dumps` formatting, so our lines match the reference's bytes.
-//! - `archive`: the zip of a directory (`stream_dir`).
+//! - `archive`: zip timestamps (DOS time in local time) both ways.
 //! - [`unpack`]: a worker's artifacts zip into the artifacts dir (`unstream_dir`), unable to
 //!   leave it or fill the disk, within [`unpack::ArtifactLimits`].
 //! - `beneath`: files under one directory opened by fd without following symlinks;

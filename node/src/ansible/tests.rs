@@ -28,9 +28,13 @@ fn our_transmit(pdd: &Path, options: &RunOptions) -> Vec<u8> {
 
 fn real_worker(stream: &[u8]) -> Vec<u8> {
     let worker_dir = tempfile::tempdir().expect("tempdir");
-    let pdd = worker_dir.path().join("pdd");
+    real_worker_in(stream, &worker_dir.path().join("pdd"))
+}
+
+/// The real worker's stream for `stream`, unpacking into `pdd` (left for inspection).
+fn real_worker_in(stream: &[u8], pdd: &Path) -> Vec<u8> {
     let mut worker = runner_command(&["worker", "--private-data-dir"]);
-    worker.arg(&pdd);
+    worker.arg(pdd);
     // The worker exits with the job's rc; a failed job still streams everything.
     run_with_input(worker, stream).stdout
 }
@@ -326,4 +330,99 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack
         .windows(needle.len())
         .position(|window| window == needle)
+}
+
+/// The demo plus what a real project carries: a big incompressible file (stored), a big log
+/// (deflated twice, not held), an archive by extension, an empty file, a UTF-8 name, a
+/// symlink and an executable script.
+fn mixed_demo() -> (tempfile::TempDir, std::path::PathBuf) {
+    use super::transmit::tests::{random_bytes, text_bytes};
+    let (temp, demo) = demo_copy();
+    let project = demo.join("project");
+    std::fs::write(project.join("blob.bin"), random_bytes(3 << 20, 11)).expect("blob");
+    std::fs::write(project.join("big.log"), text_bytes(6 << 20)).expect("log");
+    std::fs::write(project.join("vendored.tgz"), random_bytes(100_000, 12)).expect("tgz");
+    std::fs::write(project.join("empty"), b"").expect("empty");
+    std::fs::write(project.join("café.txt"), "crème\n").expect("utf8 name");
+    std::os::unix::fs::symlink("test.yml", project.join("alias.yml")).expect("symlink");
+    let script = project.join("run.sh");
+    std::fs::write(&script, "#!/bin/sh\n").expect("script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o750))
+        .expect("chmod");
+    (temp, demo)
+}
+
+#[test]
+fn real_worker_unpacks_a_streamed_mixed_payload_byte_for_byte() {
+    let (_temp, demo) = mixed_demo();
+    let stream = our_transmit(&demo, &playbook("mixed", "alias.yml"));
+    let worker_dir = tempfile::tempdir().expect("tempdir");
+    let unpacked = worker_dir.path().join("pdd");
+    let worker_stream = real_worker_in(&stream, &unpacked);
+    let out = tempfile::tempdir().expect("tempdir");
+    let config = ProcessConfig::new(out.path(), Some("mixed"));
+    let mut printed = Vec::new();
+    let outcome = block_on(process(&worker_stream[..], &config, &mut printed)).expect("process");
+    assert_eq!(outcome.status.as_deref(), Some("successful"), "{outcome:?}");
+    assert!(String::from_utf8_lossy(&printed).contains("Test!"));
+    for file in [
+        "blob.bin",
+        "big.log",
+        "vendored.tgz",
+        "empty",
+        "café.txt",
+        "run.sh",
+    ] {
+        let sent = std::fs::read(demo.join("project").join(file)).expect("source");
+        let got = std::fs::read(unpacked.join("project").join(file)).expect(file);
+        assert!(
+            sent == got,
+            "{file} differs after the real worker unpacked it"
+        );
+    }
+    let link = std::fs::read_link(unpacked.join("project/alias.yml")).expect("a symlink");
+    assert_eq!(link, Path::new("test.yml"));
+    let mode = std::fs::metadata(unpacked.join("project/run.sh"))
+        .expect("meta")
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o750
+    );
+}
+
+#[test]
+fn real_worker_refuses_a_stream_cut_short_by_a_file_that_grew() {
+    let (_temp, demo) = mixed_demo();
+    let kwargs = cli_kwargs(&demo, &playbook("cut", "test.yml")).expect("kwargs");
+    let mut stream = Vec::new();
+    let error = block_on(async {
+        let prepared = super::transmit::Transmit::prepare(&demo, &kwargs)
+            .await
+            .expect("prepare");
+        let mut blob = std::fs::OpenOptions::new()
+            .append(true)
+            .open(demo.join("project/blob.bin"))
+            .expect("open blob");
+        blob.write_all(b"appended after the length was sent")
+            .expect("append");
+        prepared.send(&mut stream).await.unwrap_err()
+    });
+    assert!(
+        matches!(&error, super::transmit::TransmitError::Changed { path } if path.ends_with("blob.bin")),
+        "{error}"
+    );
+    assert!(
+        error
+            .to_string()
+            .contains("changed while it was being sent")
+    );
+    assert!(
+        find(&stream, b"{\"eof\"").is_none(),
+        "the cut stream must not end cleanly"
+    );
+    let worker_stream = real_worker(&stream);
+    let text = String::from_utf8_lossy(&worker_stream);
+    assert!(text.contains("\"status\": \"error\""), "{text}");
+    assert!(!text.contains("Test!"), "the worker ran the job: {text}");
 }

@@ -8,6 +8,7 @@ pub mod frontend;
 mod keygen;
 mod node_args;
 mod ops;
+mod progress;
 mod run;
 mod top;
 mod work;

@@ -17,8 +17,9 @@ use tokio::io::AsyncWriteExt;
 
 use crate::ansible::kwargs::{RunOptions, cli_kwargs};
 use crate::ansible::process::{ProcessConfig, ProcessError, ProcessOutcome, process};
-use crate::ansible::transmit::transmit;
+use crate::ansible::transmit::Transmit;
 use crate::ansible::unpack::{ArtifactLimits, parse_size};
+use crate::cli::progress::Progress;
 use crate::config::EndpointAddr;
 use crate::id::NodeId;
 
@@ -279,13 +280,43 @@ fn exit_code(outcome: &ProcessOutcome) -> ExitCode {
     }
 }
 
-/// Packs the transmit stream into `out` (one end of a pipe to the submitter).
-async fn send_payload(prepared: &Prepared, mut out: tokio::io::DuplexStream) -> anyhow::Result<()> {
-    transmit(&prepared.private_data_dir, &prepared.kwargs, &mut out)
+/// Streams the transmit stream into `out` (one end of a pipe to the submitter), with
+/// progress on a terminal, and closes `out` when all is sent. On failure `out` is left open,
+/// so the submitter never mistakes a cut stream for a whole one.
+async fn send_payload(
+    prepared: &Prepared,
+    out: &mut tokio::io::DuplexStream,
+) -> anyhow::Result<()> {
+    let transmit = Transmit::prepare(&prepared.private_data_dir, &prepared.kwargs)
         .await
         .context("packing the private data dir")?;
+    let total = transmit.stream_len();
+    let mut counted = Progress::new(&mut *out, Some(total), prepared.process.quiet);
+    let sent = transmit.send(&mut counted).await;
+    counted.finish(sent.is_ok());
+    drop(counted);
+    sent.context("sending the private data dir")?;
     out.shutdown().await.ok();
     Ok(())
+}
+
+/// Completes only if sending the payload fails, with its error: raced against the job, it
+/// ends the run on a failed payload; once the payload is sent it never completes.
+async fn payload_failure(prepared: &Prepared, out: &mut tokio::io::DuplexStream) -> anyhow::Error {
+    match send_payload(prepared, out).await {
+        Ok(()) => std::future::pending().await,
+        Err(e) => e,
+    }
+}
+
+/// Whether the payload failed only because its reader went away (the submission's stream
+/// ended first), rather than because the private data dir could not be packed.
+fn reader_gone(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Processes the worker stream from `input` to standard output and the artifact dir.

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
+use crate::cli::progress::Progress;
 use crate::control::render::{render_work_list, render_work_status};
 use crate::control::request::WorkRequest;
 use crate::control::{Client, Request, default_socket_path};
@@ -73,6 +74,10 @@ pub struct SubmitArgs {
     /// Stream the unit's output to standard output until it finishes.
     #[arg(long, short = 'f')]
     pub follow: bool,
+    /// Show no progress (payloads over 4 MiB show bytes sent and the rate on standard
+    /// error when it is a terminal).
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
     #[command(flatten)]
     socket: WorkSocketArgs,
 }
@@ -171,21 +176,42 @@ pub(super) async fn run(command: WorkCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
-    let mut payload: Box<dyn AsyncRead + Unpin + Send> = match &args.payload {
-        None => Box::new(tokio::io::empty()),
-        Some(path) if path.as_os_str() == "-" => Box::new(tokio::io::stdin()),
-        Some(path) => Box::new(
-            tokio::fs::File::open(path)
-                .await
-                .with_context(|| format!("cannot open payload {}", path.display()))?,
-        ),
+/// The payload of `warren work submit` and its size when known (a file, or standard input
+/// redirected from one).
+async fn open_payload(
+    path: Option<&std::path::Path>,
+) -> anyhow::Result<(Box<dyn AsyncRead + Unpin + Send>, Option<u64>)> {
+    let size_of = |meta: std::io::Result<std::fs::Metadata>| {
+        meta.ok()
+            .filter(std::fs::Metadata::is_file)
+            .map(|m| m.len())
     };
+    Ok(match path {
+        None => (Box::new(tokio::io::empty()), Some(0)),
+        Some(path) if path.as_os_str() == "-" => {
+            let size = size_of(std::fs::metadata("/dev/stdin"));
+            (Box::new(tokio::io::stdin()), size)
+        }
+        Some(path) => {
+            let file = tokio::fs::File::open(path)
+                .await
+                .with_context(|| format!("cannot open payload {}", path.display()))?;
+            let size = size_of(file.metadata().await);
+            (Box::new(file), size)
+        }
+    })
+}
+
+async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
+    let (payload, size) = open_payload(args.payload.as_deref()).await?;
+    let mut payload = Progress::new(payload, size, args.quiet);
     let params: BTreeMap<String, String> = args.params.into_iter().collect();
     let client = connect(&args.socket).await?;
     let submitted = client
         .work_submit(&args.node, &args.work_type, params, &mut payload)
-        .await?;
+        .await;
+    payload.finish(submitted.is_ok());
+    let submitted = submitted?;
     let unit = submitted.unit_id;
     if !args.follow {
         println!("{unit}");
@@ -322,9 +348,11 @@ mod tests {
             "-a",
             "x=",
             "-f",
+            "-q",
         ]) else {
             panic!()
         };
+        assert!(args.quiet);
         assert_eq!(args.node, "localhost");
         assert_eq!(args.payload.as_deref(), Some(std::path::Path::new("-")));
         assert_eq!(

@@ -2,7 +2,7 @@
 //! submits the job and follows its results. The client node itself (identity, known keys,
 //! explanations) is the library's [`ClientNode`].
 
-use super::{Prepared, RunArgs, WORK_TYPE, receive, send_payload, timeout};
+use super::{Prepared, RunArgs, WORK_TYPE, payload_failure, receive, timeout};
 use crate::ansible::process::ProcessOutcome;
 use crate::client::{ClientNode, ClientOptions};
 use crate::config::{DEFAULT_PORT, EndpointAddr, Scheme};
@@ -59,7 +59,7 @@ async fn submit_and_follow(
     prepared: &Prepared,
 ) -> anyhow::Result<ProcessOutcome> {
     let client = WorkClient::new(mesh.clone());
-    let (payload_in, mut payload_out) = tokio::io::duplex(256 * 1024);
+    let (mut payload_in, mut payload_out) = tokio::io::duplex(256 * 1024);
     let (results_in, mut results_out) = tokio::io::duplex(256 * 1024);
     let unit_cell: std::sync::Mutex<Option<UnitId>> = std::sync::Mutex::new(None);
     let request = SubmitRequest {
@@ -103,34 +103,35 @@ async fn submit_and_follow(
             _ = tokio::signal::ctrl_c() => {}
         }
     };
-    let work = async {
-        tokio::join!(
-            send_payload(prepared, payload_in),
-            job,
-            receive(prepared, results_in)
-        )
-    };
-    let (sent, followed, processed) = tokio::select! {
-        done = work => done,
+    let work = async { tokio::join!(job, receive(prepared, results_in)) };
+    tokio::pin!(work);
+    let (followed, processed) = tokio::select! {
+        done = &mut work => done,
+        // The stream ended first (its path broke during the upload, or the node refused):
+        // the packer's broken pipe only echoes that, and the stream's end says why.
+        failed = payload_failure(prepared, &mut payload_in) => {
+            if super::reader_gone(&failed) {
+                (&mut work).await
+            } else {
+                // The payload broke off (a file changed, or could not be read): the node
+                // never saw its end, so the unit is cancelled rather than run on half a dir.
+                return Err(abandon(&client, node, unit_now(), failed).await);
+            }
+        }
         () = interrupt => return stop_waiting(prepared, node, unit_now()),
     };
     let followed = followed.map_err(|e| anyhow::anyhow!("{e}"));
-    let (unit, unit_status) = match (followed, sent) {
-        (Ok(done), _) => done,
+    let (unit, unit_status) = match followed {
+        Ok(done) => done,
         // The processor refused the stream and stopped reading it: the follower's broken
         // pipe only echoes that.
-        (Err(_), _) if processed.as_ref().is_err_and(super::refused_stream) => {
-            let unit = *unit_cell
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(unit) = unit {
+        Err(_) if processed.as_ref().is_err_and(super::refused_stream) => {
+            if let Some(unit) = unit_now() {
                 release(&client, node, unit).await;
             }
             return processed;
         }
-        // The packer's broken pipe only echoes the stream's end.
-        (Err(e), Err(_)) => return Err(e.context(format!("sending the job to {node}"))),
-        (Err(e), Ok(())) => return Err(e.context(format!("running the job on {node}"))),
+        Err(e) => return Err(e.context(format!("running the job on {node}"))),
     };
     let outcome = match processed {
         // Cancelled before the worker could report it: end as a cancelled run does.
@@ -150,6 +151,27 @@ async fn submit_and_follow(
     // events and facts) need not outlive the run.
     release(&client, node, unit).await;
     Ok(outcome)
+}
+
+/// After the payload failed: cancels and releases the unit on `node` if it was created, and
+/// returns the payload's error saying so.
+async fn abandon(
+    client: &WorkClient,
+    node: &NodeId,
+    unit: Option<UnitId>,
+    failed: anyhow::Error,
+) -> anyhow::Error {
+    let Some(unit) = unit else {
+        return failed;
+    };
+    if let Err(e) = client.cancel(node, unit).await {
+        eprintln!(
+            "could not cancel unit {unit} on {node}: {}",
+            crate::terminal::sanitize(&e.to_string())
+        );
+    }
+    release(client, node, unit).await;
+    failed.context(format!("unit {unit} on {node} was cancelled"))
 }
 
 /// Asks `node` to cancel `unit` (after a first Ctrl-C), saying so.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::sync::watch;
 
-use super::{Prepared, WORK_TYPE, receive, send_payload};
+use super::{Prepared, WORK_TYPE, payload_failure, receive};
 use crate::ansible::process::ProcessOutcome;
 use crate::host::contain::ProgramLimits;
 use crate::host::policy::Limits;
@@ -60,13 +60,12 @@ pub(super) async fn run_local(prepared: Prepared) -> anyhow::Result<ProcessOutco
             sign_work: false,
         })
         .await?;
-    let (payload_in, mut payload_out) = tokio::io::duplex(256 * 1024);
-    let (sent, started) = tokio::join!(
-        send_payload(&prepared, payload_in),
-        work.start(unit, &mut payload_out)
-    );
-    sent?;
-    started?;
+    let (mut payload_in, mut payload_out) = tokio::io::duplex(256 * 1024);
+    // A failed payload ends the run before the unit sees the end of its input.
+    tokio::select! {
+        failed = payload_failure(&prepared, &mut payload_in) => return Err(failed),
+        started = work.start(unit, &mut payload_out) => drop(started?),
+    }
     let results = work.results(unit, 0, &Requester::Operator).await?;
     let (results_in, mut results_out) = tokio::io::duplex(256 * 1024);
     let copy = async move {
