@@ -337,14 +337,9 @@ impl Host {
         tracing::info!(sha256 = %hex(sha256), took = ?started.elapsed(), "compiled component");
         self.metrics.component_compiled();
         self.cache.store(&name, &compiled);
-        // Loaded back from the cache when it took it: mapped from the file, its code is not
-        // a private copy in the node's memory.
-        let component = match self.cache.load(&self.engine, &name) {
-            Some(component) => Ok(component),
-            // SAFETY: `compiled` was produced by this engine just now.
-            None => unsafe { Component::deserialize(&self.engine, &compiled) }
-                .map_err(|e| HostError::Component(format!("{e:#}"))),
-        };
+        // SAFETY: `compiled` was produced by this engine just now.
+        let component = unsafe { Component::deserialize(&self.engine, &compiled) }
+            .map_err(|e| HostError::Component(format!("{e:#}")));
         drop(compiled);
         give_back_freed_memory();
         component
