@@ -229,6 +229,17 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
+    /// A temp dir holding a fresh key at `node.key` (the dir lives as long as the guard).
+    fn key_file_in_temp_dir() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("node.key");
+        LinkKeypair::generate()
+            .unwrap()
+            .save(&key_file, false)
+            .unwrap();
+        (dir, key_file)
+    }
+
     #[test]
     fn rotation_keeps_the_old_key_and_chains_successions() {
         let dir = tempfile::tempdir().unwrap();
@@ -272,12 +283,7 @@ mod tests {
 
     #[test]
     fn refuses_to_overwrite_a_previous_key_nothing_retired() {
-        let dir = tempfile::tempdir().unwrap();
-        let key_file = dir.path().join("node.key");
-        LinkKeypair::generate()
-            .unwrap()
-            .save(&key_file, false)
-            .unwrap();
+        let (_dir, key_file) = key_file_in_temp_dir();
         let stranger = LinkKeypair::generate().unwrap();
         stranger.save(&previous_path(&key_file), false).unwrap();
         let before = fs::read_to_string(&key_file).unwrap();
@@ -296,12 +302,7 @@ mod tests {
 
     #[test]
     fn a_chain_not_ending_at_the_key_is_not_used() {
-        let dir = tempfile::tempdir().unwrap();
-        let key_file = dir.path().join("node.key");
-        LinkKeypair::generate()
-            .unwrap()
-            .save(&key_file, false)
-            .unwrap();
+        let (_dir, key_file) = key_file_in_temp_dir();
         rotate(&key_file, 1).unwrap();
         // The operator replaces the key by hand.
         let other = LinkKeypair::generate().unwrap();

@@ -164,12 +164,7 @@ impl Opener {
         let mut buf = sealed
             .try_into_mut()
             .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
-        let len = self
-            .key
-            .open_in_place(nonce(self.next), Aad::empty(), &mut buf)
-            .map_err(|_| OpenError)?
-            .len();
-        self.next += 1;
+        let len = self.open_in_place(&mut buf)?;
         buf.truncate(len);
         Ok(buf)
     }
@@ -180,14 +175,20 @@ impl Opener {
     /// [`OpenError`] when it is not the next message of this direction, sealed by the peer.
     pub fn open(&mut self, sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
         let mut buf = sealed.to_vec();
+        let len = self.open_in_place(&mut buf)?;
+        buf.truncate(len);
+        Ok(buf)
+    }
+
+    /// Opens the next message where it lies; returns the plaintext's length.
+    fn open_in_place(&mut self, buf: &mut [u8]) -> Result<usize, OpenError> {
         let len = self
             .key
-            .open_in_place(nonce(self.next), Aad::empty(), &mut buf)
+            .open_in_place(nonce(self.next), Aad::empty(), buf)
             .map_err(|_| OpenError)?
             .len();
         self.next += 1;
-        buf.truncate(len);
-        Ok(buf)
+        Ok(len)
     }
 }
 
