@@ -157,6 +157,17 @@ impl Certificate {
     }
 }
 
+/// Whether a certificate's signature is still to be checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertSignature {
+    /// Check it.
+    Unchecked,
+    /// These exact bytes (certificate and signature) passed the check before: only the
+    /// rest (issuer trusted, not revoked, validity, binding) is judged again. A signature's
+    /// validity never changes, so this is sound for byte-equal certificates.
+    CheckedBefore,
+}
+
 impl SignedCertificate {
     /// Whether the issuer's signature verifies (the issuer may still be untrusted).
     pub fn has_valid_signature(&self) -> bool {
@@ -175,6 +186,21 @@ impl SignedCertificate {
         node: &NodeId,
         key: &PublicKey,
         now_ms: u64,
+    ) -> Result<(), CertError> {
+        self.check_binding_with(node, key, now_ms, CertSignature::Unchecked)
+    }
+
+    /// [`SignedCertificate::check_binding`], skipping the signature when the caller
+    /// checked these exact bytes before (`signature`).
+    ///
+    /// # Errors
+    /// The first [`CertError`] found.
+    pub fn check_binding_with(
+        &self,
+        node: &NodeId,
+        key: &PublicKey,
+        now_ms: u64,
+        signature: CertSignature,
     ) -> Result<(), CertError> {
         let cert = &self.cert;
         cert.check_shape()?;
@@ -202,7 +228,7 @@ impl SignedCertificate {
                 not_after_ms: cert.not_after_ms,
             });
         }
-        if !self.has_valid_signature() {
+        if signature == CertSignature::Unchecked && !self.has_valid_signature() {
             return Err(CertError::BadSignature);
         }
         Ok(())

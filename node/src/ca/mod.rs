@@ -15,7 +15,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 pub use armor::ArmorError;
 pub use cert::{
-    CERT_LABEL, CERT_VERSION, CertDecodeError, CertError, Certificate, SignedCertificate,
+    CERT_LABEL, CERT_VERSION, CertDecodeError, CertError, CertSignature, Certificate,
+    SignedCertificate,
 };
 pub use revocation::{REVOCATION_LABEL, RevocationError, RevocationList, SignedRevocationList};
 
@@ -103,6 +104,21 @@ impl Authorities {
         key: &PublicKey,
         now_ms: u64,
     ) -> Result<&'a [GroupName], CertError> {
+        self.check_with(cert, node, key, now_ms, CertSignature::Unchecked)
+    }
+
+    /// [`Authorities::check`], skipping the signature of bytes checked before.
+    ///
+    /// # Errors
+    /// The [`CertError`] that makes it fail.
+    pub fn check_with<'a>(
+        &self,
+        cert: &'a SignedCertificate,
+        node: &NodeId,
+        key: &PublicKey,
+        now_ms: u64,
+        signature: CertSignature,
+    ) -> Result<&'a [GroupName], CertError> {
         let issuer = cert.cert.issuer;
         if !self.trusted.contains(&issuer) {
             return Err(CertError::UnknownIssuer { issuer });
@@ -112,7 +128,7 @@ impl Authorities {
                 serial: cert.cert.serial,
             });
         }
-        cert.check_binding(node, key, now_ms)?;
+        cert.check_binding_with(node, key, now_ms, signature)?;
         Ok(&cert.cert.groups)
     }
 }

@@ -145,6 +145,11 @@ impl Advert {
         xeddsa::verify(&self.key, &self.signed_bytes(), &self.signature.0)
     }
 
+    /// Whether `key`, made ready beforehand, is the advert's key and signed it.
+    pub fn is_signed_by(&self, key: &xeddsa::VerifyingKey) -> bool {
+        *key.public() == self.key && key.verify(&self.signed_bytes(), &self.signature.0)
+    }
+
     /// Checks the advert's limits and consistency (not its signature).
     ///
     /// # Errors

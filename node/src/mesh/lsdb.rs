@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 
 pub use super::advert::{Advert, AdvertLink, ShapeError};
 use super::trust::{self, Binding, TrustDecision, TrustPolicy};
+use crate::ca::CertSignature;
 use crate::id::NodeId;
+use crate::keys::xeddsa::VerifyingKey;
 use crate::keys::{PublicKey, succession};
 use crate::mesh::route::Topology;
 
@@ -145,6 +147,9 @@ struct Entry {
     advert: Advert,
     /// How the advert's key is bound to its origin here.
     binding: Binding,
+    /// The advert's key made ready to check the origin's next adverts with (`None` for our
+    /// own, which is never checked).
+    verifying: Option<VerifyingKey>,
     /// When the advert ages out unless refreshed; `None` for our own, which never does (and
     /// for a `max_age` too large to add to `now`).
     expires: Option<Instant>,
@@ -153,6 +158,51 @@ struct Entry {
     /// The origin's rate limit: tokens left, and when they were last topped up.
     tokens: u32,
     refilled: Instant,
+}
+
+impl Entry {
+    /// The origin's tokens at `now`, topped up for the time since the last refill, and
+    /// when that refill happened.
+    fn tokens_at(&self, now: Instant) -> (u32, Instant) {
+        let earned = now.saturating_duration_since(self.refilled).as_millis()
+            / RATE_REFILL.as_millis().max(1);
+        if earned == 0 {
+            return (self.tokens, self.refilled);
+        }
+        let earned = u32::try_from(earned).unwrap_or(u32::MAX);
+        (self.tokens.saturating_add(earned).min(RATE_BURST), now)
+    }
+}
+
+impl Entry {
+    /// Whether `advert`'s certificate is the one this entry's binding was certified by, its
+    /// signature checked then. Only a certified binding says so: an entry bound by a
+    /// trusted key may carry a certificate that never passed.
+    fn cert_signature(&self, advert: &Advert) -> CertSignature {
+        let certified = matches!(self.binding, Binding::Certified { .. });
+        if certified && advert.cert.is_some() && advert.cert == self.advert.cert {
+            CertSignature::CheckedBefore
+        } else {
+            CertSignature::Unchecked
+        }
+    }
+}
+
+/// What an origin's stored advert already established for its next one with the same key.
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    /// The key, made ready.
+    key: Option<VerifyingKey>,
+    /// Whether the certificate is the one checked then.
+    cert: CertSignature,
+}
+
+/// What checking an advert established: how its key is bound to its origin, and the key
+/// made ready for the origin's next adverts.
+#[derive(Debug, Clone)]
+struct Checked {
+    binding: Binding,
+    verifying: VerifyingKey,
 }
 
 /// The link-state database of one node: its own advert plus the newest verified advert of
@@ -215,6 +265,7 @@ impl Lsdb {
         let entry = Entry {
             advert,
             binding: Binding::Pinned,
+            verifying: None,
             expires: None,
             size,
             tokens: RATE_BURST,
@@ -248,26 +299,39 @@ impl Lsdb {
         if stored.is_some_and(|s| s.advert.successions.iter().any(|x| x.old() == advert.key)) {
             return AdvertOutcome::Ignored;
         }
-        let binding = match self.verify(wall_ms, &advert, policy) {
-            Ok(binding) => binding,
+        let same_key = stored.filter(|s| s.advert.key == advert.key);
+        // Out of tokens: refused before the signature check, so that a flood of an origin's
+        // adverts costs no more than counting them.
+        if same_key.is_some_and(|s| s.tokens_at(now).0 == 0) {
+            return AdvertOutcome::Refused(AdvertRefusal::RateLimited);
+        }
+        let known = Known {
+            key: same_key.and_then(|s| s.verifying),
+            cert: same_key.map_or(CertSignature::Unchecked, |s| s.cert_signature(&advert)),
+        };
+        let (binding, verifying) = match self.verify(wall_ms, &advert, known, policy) {
+            Ok(checked) => checked,
             Err(refusal) => return AdvertOutcome::Refused(refusal),
         };
+        let checked = Checked { binding, verifying };
         match self.entries.get(&advert.origin) {
             Some(stored) if stored.advert.key != advert.key => {
-                self.replace_key(now, advert, binding)
+                self.replace_key(now, advert, checked)
             }
-            Some(_) => self.refresh(now, advert, binding),
-            None => self.admit(now, advert, binding),
+            Some(_) => self.refresh(now, advert, checked),
+            None => self.admit(now, advert, checked),
         }
     }
 
-    /// Shape, epoch, signature and binding of an advert that would be new information.
+    /// Shape, epoch, signature and binding of an advert that would be new information;
+    /// `known` is what the origin's stored advert already established.
     fn verify(
         &self,
         wall_ms: u64,
         advert: &Advert,
+        known: Known,
         policy: &TrustPolicy,
-    ) -> Result<Binding, AdvertRefusal> {
+    ) -> Result<(Binding, VerifyingKey), AdvertRefusal> {
         advert.check_shape()?;
         let horizon = wall_ms.saturating_add(MAX_CLOCK_SKEW.as_millis() as u64);
         if advert.epoch > horizon {
@@ -275,44 +339,38 @@ impl Lsdb {
                 epoch: advert.epoch,
             });
         }
-        if !advert.has_valid_signature() {
-            return Err(AdvertRefusal::BadSignature);
-        }
-        match trust::decide_remote(
+        let verifying = known
+            .key
+            .or_else(|| VerifyingKey::new(&advert.key))
+            .filter(|key| advert.is_signed_by(key))
+            .ok_or(AdvertRefusal::BadSignature)?;
+        match trust::decide_remote_with(
             policy,
             &advert.key,
             &advert.origin,
             advert.cert.as_deref(),
             wall_ms,
+            known.cert,
         ) {
-            TrustDecision::Trusted(binding) => Ok(binding),
+            TrustDecision::Trusted(binding) => Ok((binding, verifying)),
             other => Err(AdvertRefusal::Untrusted(other)),
         }
     }
 
     /// A known origin's newer advert with the same key: store it if its rate allows.
-    fn refresh(&mut self, now: Instant, advert: Advert, binding: Binding) -> AdvertOutcome {
-        let Some(entry) = self.entries.get_mut(&advert.origin) else {
+    fn refresh(&mut self, now: Instant, advert: Advert, checked: Checked) -> AdvertOutcome {
+        let Some(entry) = self.entries.get(&advert.origin) else {
             return AdvertOutcome::Ignored;
         };
-        let earned = now.saturating_duration_since(entry.refilled).as_millis()
-            / RATE_REFILL.as_millis().max(1);
-        if earned > 0 {
-            let earned = u32::try_from(earned).unwrap_or(u32::MAX);
-            entry.tokens = entry.tokens.saturating_add(earned).min(RATE_BURST);
-            entry.refilled = now;
-        }
-        if entry.tokens == 0 {
+        let (tokens, refilled) = entry.tokens_at(now);
+        if tokens == 0 {
             return AdvertOutcome::Refused(AdvertRefusal::RateLimited);
         }
-        entry.tokens -= 1;
-        let tokens = entry.tokens;
-        let refilled = entry.refilled;
-        self.store(now, advert, binding, tokens, refilled)
+        self.store(now, advert, checked, tokens - 1, refilled)
     }
 
     /// An origin's advert with another key than the stored one.
-    fn replace_key(&mut self, now: Instant, advert: Advert, binding: Binding) -> AdvertOutcome {
+    fn replace_key(&mut self, now: Instant, advert: Advert, checked: Checked) -> AdvertOutcome {
         let Some(stored) = self.entries.get(&advert.origin) else {
             return AdvertOutcome::Ignored;
         };
@@ -320,12 +378,12 @@ impl Lsdb {
         // The node rotated its key, and its advert carries the succession from the stored
         // key, each step signed by the key it retires.
         if succession::leads(&advert.successions, &stored.advert.key, &advert.key) {
-            return self.store(now, advert, binding, RATE_BURST - 1, now);
+            return self.store(now, advert, checked, RATE_BURST - 1, now);
         }
         // A node that restarted with a new key is refused until its old advert ages out,
         // unless something this node configured vouches for the new key and nothing did
         // for the old.
-        let outranks = binding.is_verified() && !stored.binding.is_verified();
+        let outranks = checked.binding.is_verified() && !stored.binding.is_verified();
         if live && !outranks {
             return AdvertOutcome::DuplicateId {
                 id: advert.origin,
@@ -333,18 +391,18 @@ impl Lsdb {
                 other: advert.key,
             };
         }
-        self.store(now, advert, binding, RATE_BURST - 1, now)
+        self.store(now, advert, checked, RATE_BURST - 1, now)
     }
 
     /// A new origin: store it if the database has room.
-    fn admit(&mut self, now: Instant, advert: Advert, binding: Binding) -> AdvertOutcome {
+    fn admit(&mut self, now: Instant, advert: Advert, checked: Checked) -> AdvertOutcome {
         let size = encoded_len(&advert);
         if self.entries.len() >= self.limits.max_nodes
             || self.bytes.saturating_add(size) > self.limits.max_bytes
         {
             return AdvertOutcome::Refused(AdvertRefusal::Full);
         }
-        self.store(now, advert, binding, RATE_BURST - 1, now)
+        self.store(now, advert, checked, RATE_BURST - 1, now)
     }
 
     /// Removes entries whose expiry <= now; returns removed ids, earliest expiry first.
@@ -535,7 +593,7 @@ impl Lsdb {
         &mut self,
         now: Instant,
         advert: Advert,
-        binding: Binding,
+        checked: Checked,
         tokens: u32,
         refilled: Instant,
     ) -> AdvertOutcome {
@@ -544,7 +602,8 @@ impl Lsdb {
         let size = encoded_len(&advert);
         let entry = Entry {
             advert,
-            binding,
+            binding: checked.binding,
+            verifying: Some(checked.verifying),
             expires,
             size,
             tokens,

@@ -364,6 +364,8 @@ pub struct MeshNode {
     rng: Rng,
     peers: Peers,
     advert_due: Option<Instant>,
+    /// When an advert of ours last went to a neighbour: the next waits the debounce delay.
+    last_flooded: Option<Instant>,
     refresh_due: Instant,
     sweep_due: Instant,
     advert_counts: AdvertCounts,
@@ -399,6 +401,7 @@ impl MeshNode {
             rng: Rng::new(config.rng_seed ^ 0x5EED_1D5E_55F0_0D00),
             peers: Peers::new(config.backoff.clone(), config.rng_seed),
             advert_due: None,
+            last_flooded: None,
             refresh_due: now + config.refresh_interval,
             sweep_due: now + SWEEP_INTERVAL,
             advert_counts: AdvertCounts::default(),
@@ -737,9 +740,9 @@ impl MeshNode {
             link: id,
             peer: peer.clone(),
         });
-        // The first advert after a link comes up goes at once, so that short-lived nodes
-        // (the CLI's) are routable within milliseconds; then the new peer gets our database.
-        self.originate(now);
+        // The first link's advert goes at once, so that short-lived nodes (the CLI's) are
+        // routable within milliseconds; then the new peer gets our database.
+        self.schedule_advert(now);
         self.send_summary(id);
     }
 

@@ -12,7 +12,7 @@
 use std::collections::BTreeSet;
 
 use super::succession::Successions;
-use crate::ca::{Authorities, CertError, SignedCertificate};
+use crate::ca::{Authorities, CertError, CertSignature, SignedCertificate};
 use crate::id::{GroupName, NodeId};
 use crate::keys::PublicKey;
 
@@ -151,7 +151,15 @@ pub fn decide_peer(
     cert: Option<&SignedCertificate>,
     now_ms: u64,
 ) -> TrustDecision {
-    decide(policy, key, claimed, cert, now_ms, false)
+    decide(
+        policy,
+        key,
+        claimed,
+        cert,
+        now_ms,
+        false,
+        CertSignature::Unchecked,
+    )
 }
 
 /// Decides whether `key` may speak for the far node `claimed` (its adverts, its end-to-end
@@ -164,7 +172,28 @@ pub fn decide_remote(
     cert: Option<&SignedCertificate>,
     now_ms: u64,
 ) -> TrustDecision {
-    decide(policy, key, claimed, cert, now_ms, true)
+    decide(
+        policy,
+        key,
+        claimed,
+        cert,
+        now_ms,
+        true,
+        CertSignature::Unchecked,
+    )
+}
+
+/// [`decide_remote`] for a certificate whose exact bytes passed the signature check before
+/// (an origin's next advert carrying the certificate its stored one did).
+pub fn decide_remote_with(
+    policy: &TrustPolicy,
+    key: &PublicKey,
+    claimed: &NodeId,
+    cert: Option<&SignedCertificate>,
+    now_ms: u64,
+    signature: CertSignature,
+) -> TrustDecision {
+    decide(policy, key, claimed, cert, now_ms, true, signature)
 }
 
 fn decide(
@@ -174,6 +203,7 @@ fn decide(
     cert: Option<&SignedCertificate>,
     now_ms: u64,
     remote: bool,
+    signature: CertSignature,
 ) -> TrustDecision {
     if let Some(decision) = decide_by_entries(policy, key, claimed) {
         return decision;
@@ -183,7 +213,7 @@ fn decide(
     let certified = cert.map(|c| {
         policy
             .authorities
-            .check(c, claimed, key, now_ms)
+            .check_with(c, claimed, key, now_ms, signature)
             .map(|groups| Binding::Certified {
                 serial: c.cert.serial,
                 groups: groups.to_vec(),

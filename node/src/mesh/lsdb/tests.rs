@@ -1,7 +1,10 @@
 use super::*;
-use crate::ca::{Authorities, CERT_VERSION, Certificate};
+use crate::ca::{Authorities, CERT_VERSION, CertError, Certificate, SignedCertificate};
+use crate::keys::SignatureBytes;
 use crate::keys::{LinkKeypair, SigningKeypair};
+use crate::mesh::advert::AdvertLink;
 use crate::mesh::advert::tests::signed;
+use crate::mesh::route::Cost;
 use crate::mesh::trust::TrustEntry;
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -392,7 +395,7 @@ fn topology_uses_only_links_both_ends_advertise() {
         advert("dead", 3, 1, 1, &[("b", 1000), ("me", 1000)]),
     );
     let mut only_me_a = Topology::new();
-    let cost = crate::mesh::route::Cost::from_millis;
+    let cost = Cost::from_millis;
     only_me_a.add_link(&id("me"), &id("a"), cost(3000));
     only_me_a.add_link(&id("me"), &id("dead"), cost(1000));
     assert_eq!(db.topology(), only_me_a);
@@ -541,5 +544,153 @@ fn adverts_with_a_chain_not_ending_at_their_key_are_misshapen() {
             rotated("a", 3, 1, vec![step(1, 2)])
         ),
         AdvertOutcome::Refused(AdvertRefusal::Shape(ShapeError::SuccessionMismatch))
+    );
+}
+
+/// A certificate for `node` (key `k`) in `groups`, issued by `ca`.
+fn cert_for(
+    ca: &SigningKeypair,
+    node: &str,
+    k: u8,
+    serial: u64,
+    groups: &[&str],
+) -> SignedCertificate {
+    Certificate {
+        version: CERT_VERSION,
+        serial,
+        node: id(node),
+        key: key(k),
+        groups: groups.iter().map(|g| g.parse().unwrap()).collect(),
+        not_before_ms: 0,
+        not_after_ms: WALL * 2,
+        issuer: ca.public(),
+    }
+    .sign(ca)
+}
+
+/// `origin`'s advert (key `k`) at `seq`, carrying `cert`.
+fn with_cert(origin: &str, k: u8, seq: u64, cert: &SignedCertificate) -> Advert {
+    let mut advert = advert(origin, k, 1, seq, &[]);
+    advert.cert = Some(Box::new(cert.clone()));
+    advert.sign(&keys(k), &[0; 64])
+}
+
+#[test]
+fn a_forged_certificate_riding_on_a_trusted_key_never_becomes_a_certified_binding() {
+    // The origin's key is trusted by itself, so its first advert is stored although the
+    // certificate it carries (claiming the `admin` group) has a forged signature. Its next
+    // advert with the same certificate must not be taken as certified on the strength of
+    // the first: that certificate never passed a check.
+    let now = Instant::now();
+    let ca = SigningKeypair::from_private([9; 32]);
+    let policy = TrustPolicy {
+        entries: vec![TrustEntry {
+            key: key(1),
+            node: None,
+        }],
+        authorities: Authorities::new([ca.public()]),
+        successions: Default::default(),
+    };
+    let mut forged = cert_for(&ca, "w1", 1, 7, &["admin"]);
+    forged.cert.groups.push("root".parse().unwrap());
+    let mut db = db(&[]);
+    for seq in 1..=3 {
+        let outcome = db.handle_advert(now, WALL, with_cert("w1", 1, seq, &forged), &policy);
+        assert_eq!(outcome, AdvertOutcome::Stored);
+        assert_eq!(
+            db.binding(&id("w1")).unwrap().1,
+            &Binding::TrustedKey,
+            "advert {seq}"
+        );
+    }
+}
+
+#[test]
+fn a_certified_origin_stays_certified_and_a_revocation_still_bites_on_its_next_advert() {
+    let now = Instant::now();
+    let ca = SigningKeypair::from_private([9; 32]);
+    let mut policy = TrustPolicy {
+        entries: Vec::new(),
+        authorities: Authorities::new([ca.public()]),
+        successions: Default::default(),
+    };
+    let cert = cert_for(&ca, "w1", 1, 3, &["ops"]);
+    let mut db = db(&[]);
+    for seq in 1..=2 {
+        let outcome = db.handle_advert(now, WALL, with_cert("w1", 1, seq, &cert), &policy);
+        assert_eq!(outcome, AdvertOutcome::Stored);
+        assert!(matches!(
+            db.binding(&id("w1")).unwrap().1,
+            Binding::Certified { serial: 3, groups } if groups.len() == 1
+        ));
+    }
+    let list = crate::ca::RevocationList {
+        issuer: ca.public(),
+        issued_at_ms: 1,
+        serials: [3].into(),
+    }
+    .sign(&ca);
+    policy.authorities.revoke(&list).unwrap();
+    assert!(matches!(
+        db.handle_advert(now, WALL, with_cert("w1", 1, 3, &cert), &policy),
+        AdvertOutcome::Refused(AdvertRefusal::Untrusted(TrustDecision::BadCertificate(
+            CertError::Revoked { serial: 3 }
+        )))
+    ));
+    // Expiry is judged again too.
+    let later = WALL * 2;
+    policy.authorities = Authorities::new([ca.public()]);
+    assert!(matches!(
+        db.handle_advert(now, later, with_cert("w1", 1, 4, &cert), &policy),
+        AdvertOutcome::Refused(AdvertRefusal::Untrusted(TrustDecision::BadCertificate(
+            CertError::Expired { serial: 3, .. }
+        )))
+    ));
+}
+
+#[test]
+fn a_known_origins_next_advert_is_still_checked_against_its_signature() {
+    // The origin's key is kept ready from its first advert; a later advert under that key
+    // with a signature that does not verify is refused all the same.
+    let now = Instant::now();
+    let mut db = db(&[]);
+    assert_eq!(
+        handle(&mut db, now, advert("a", 1, 1, 1, &[])),
+        AdvertOutcome::Stored
+    );
+    let mut tampered = advert("a", 1, 1, 2, &[]);
+    tampered.links.push(AdvertLink {
+        peer: id("evil"),
+        cost: Cost::DEFAULT,
+    });
+    assert_eq!(
+        handle(&mut db, now, tampered),
+        AdvertOutcome::Refused(AdvertRefusal::BadSignature)
+    );
+    assert_eq!(db.get(&id("a")).unwrap().seq, 1);
+}
+
+#[test]
+fn an_origin_out_of_tokens_is_refused_before_its_signature_is_checked() {
+    // Once an origin has spent its burst, its next adverts cost a count, not a signature
+    // check: a bad signature then reads as rate-limited.
+    let now = Instant::now();
+    let mut db = db(&[]);
+    for seq in 1..=u64::from(RATE_BURST) {
+        assert_eq!(
+            handle(&mut db, now, advert("a", 1, 1, seq, &[])),
+            AdvertOutcome::Stored
+        );
+    }
+    let mut bad = advert("a", 1, 1, 100, &[]);
+    bad.signature = SignatureBytes([7; 64]);
+    assert_eq!(
+        handle(&mut db, now, bad.clone()),
+        AdvertOutcome::Refused(AdvertRefusal::RateLimited)
+    );
+    // Once tokens are back, the same advert is judged on its signature.
+    assert_eq!(
+        handle(&mut db, now + RATE_REFILL, bad),
+        AdvertOutcome::Refused(AdvertRefusal::BadSignature)
     );
 }

@@ -96,13 +96,25 @@ impl MeshNode {
         self.routes_dirty = true;
         self.advert_due = None;
         self.refresh_due = now + self.config.refresh_interval;
+        if !self.neighbours.is_empty() {
+            self.last_flooded = Some(now);
+        }
         self.flood(&advert, None);
     }
 
-    /// Asks for a new advert after the debounce delay (several changes, one advert).
+    /// Asks for a new advert: at once when none went to a neighbour within the debounce
+    /// delay, else when that delay since the last one has passed. A lone change (a link
+    /// cut, a new service) is advertised without delay, and a burst of them (every link of
+    /// a cold start coming up) costs two adverts however long it is: each one is checked by
+    /// every node of the mesh.
     pub(super) fn schedule_advert(&mut self, now: Instant) {
-        if self.advert_due.is_none() {
-            self.advert_due = Some(now + self.config.advert_debounce);
+        let ready = self
+            .last_flooded
+            .map_or(now, |last| last + self.config.advert_debounce);
+        if ready <= now {
+            self.originate(now);
+        } else if self.advert_due.is_none() {
+            self.advert_due = Some(ready);
         }
     }
 

@@ -234,3 +234,33 @@ fn crashed_node_relinks_after_restart_at_once_when_it_dials() {
         sim.assert_no_loops();
     }
 }
+
+#[test]
+fn a_burst_of_links_coming_up_costs_two_adverts_and_a_lone_cut_is_advertised_at_once() {
+    // Every advert is checked by every node of the mesh, so a hub whose eight links come
+    // up together advertises the first at once (a leaf is routable within milliseconds)
+    // and the other seven in one advert after the debounce delay, not one each.
+    let mut sim = Sim::new(21);
+    let hub = sim.add_node("hub");
+    let leaves: Vec<NodeIdx> = (0..8).map(|i| sim.add_node(&format!("l{i}"))).collect();
+    for &leaf in &leaves {
+        sim.connect(hub, leaf, cost());
+    }
+    settle(&mut sim);
+    let hub_id = sim.id(hub);
+    let seq = |sim: &mut Sim| sim.node(hub).advert(&hub_id).unwrap().seq;
+    // One at start (no links yet, sent to no one), the first link's, the burst's.
+    assert_eq!(seq(&mut sim), 3);
+    // Long after, a cut goes out without waiting for the debounce delay.
+    sim.run_for(Duration::from_secs(1));
+    let start = sim.elapsed();
+    sim.cut(hub, leaves[0]);
+    sim.run_until(Sim::is_converged, STEPS).unwrap();
+    assert_eq!(seq(&mut sim), 4);
+    let advertised_within = sim.elapsed() - start;
+    let debounce = Duration::from_millis(50); // MeshConfig's default
+    assert!(
+        advertised_within < debounce,
+        "converged after {advertised_within:?}"
+    );
+}
