@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 
@@ -133,11 +133,6 @@ fn load_authority(path: &Path) -> anyhow::Result<SigningKeypair> {
     })
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
 
 fn sign(args: &CertSignArgs) -> anyhow::Result<ExitCode> {
     let authority = load_authority(&args.ca)?;
@@ -149,7 +144,7 @@ fn sign(args: &CertSignArgs) -> anyhow::Result<ExitCode> {
             u64::from_le_bytes(b) >> 1
         }
     };
-    let now = now_ms();
+    let now = crate::clock::now_ms();
     let lifetime = u64::try_from(args.expires.as_millis()).unwrap_or(u64::MAX);
     let cert = Certificate {
         version: CERT_VERSION,
@@ -201,7 +196,7 @@ fn revoke(args: &RevokeArgs) -> anyhow::Result<ExitCode> {
     }
     let list = RevocationList {
         issuer: authority.public(),
-        issued_at_ms: now_ms(),
+        issued_at_ms: crate::clock::now_ms(),
         serials,
     }
     .sign(&authority);

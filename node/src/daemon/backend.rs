@@ -341,7 +341,3 @@ fn system_memory_mib() -> u64 {
         .map_or(0, |kib| kib / 1024)
 }
 
-/// Milliseconds since the UNIX epoch now: a run's epoch.
-pub fn wall_clock_ms() -> u64 {
-    crate::clock::now_ms()
-}

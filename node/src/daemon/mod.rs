@@ -159,7 +159,7 @@ pub fn mesh_config(config: &Config) -> Result<MeshConfig, StartError> {
         config.node_id.clone(),
         keys,
         trust,
-        backend::wall_clock_ms(),
+        crate::clock::now_ms(),
     );
     mesh.cert = cert;
     mesh.successions = successions;
@@ -184,7 +184,7 @@ pub fn mesh_config(config: &Config) -> Result<MeshConfig, StartError> {
 fn random_seed() -> u64 {
     let mut b = [0u8; 8];
     if getrandom::fill(&mut b).is_err() {
-        return backend::wall_clock_ms();
+        return crate::clock::now_ms();
     }
     u64::from_le_bytes(b)
 }
@@ -243,7 +243,7 @@ fn own_certificate(
     };
     let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
     let cert = SignedCertificate::from_armored(&text).map_err(|e| bad(e.to_string()))?;
-    cert.check_binding(&config.node_id, &keys.public(), backend::wall_clock_ms())
+    cert.check_binding(&config.node_id, &keys.public(), crate::clock::now_ms())
         .map_err(|e| {
             bad(format!(
                 "{e}; issue a certificate for node {} and key {} with `warren ca sign`",

@@ -20,7 +20,6 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
@@ -295,7 +294,7 @@ impl UnitStore {
         node: NodeId,
     ) -> Result<UnitHandle, StoreError> {
         let handle = self.create_dir()?;
-        let status = UnitStatus::new(work_type, params, submitter, node, now_ms());
+        let status = UnitStatus::new(work_type, params, submitter, node, crate::clock::now_ms());
         let filled = self.fill_unit_dir(&handle, &status);
         if filled.is_err() {
             // Best effort: the error being returned matters more than a cleanup failure.
@@ -423,7 +422,7 @@ impl UnitStore {
                 .transition(new.state)
                 .map_err(|source| StoreError::IllegalTransition { unit: id, source })?;
         }
-        new.updated_at = now_ms().max(old.updated_at);
+        new.updated_at = crate::clock::now_ms().max(old.updated_at);
         self.write_status(id, &new, Durability::Yes)?;
         Ok(new)
     }
@@ -653,12 +652,6 @@ fn read_range(path: &Path, offset: u64, max: usize) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Milliseconds since the Unix epoch (0 if the clock is before it).
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
 
 mod commit;
 pub mod journal;
