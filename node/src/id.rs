@@ -84,7 +84,8 @@ macro_rules! name_type {
                 let value = value.into();
                 validate($kind, &value)?;
                 let reserved: &[&str] = $reserved;
-                if reserved.contains(&value.as_str()) {
+                // In any case: `LocalHost` would otherwise be a node no one can target.
+                if reserved.iter().any(|r| r.eq_ignore_ascii_case(&value)) {
                     return Err(NameError::Reserved { kind: $kind, value });
                 }
                 Ok(Self(value))
@@ -131,6 +132,15 @@ name_type!(
     &["localhost"]
 );
 
+impl NodeId {
+    /// Whether `typed` (a target node as an operator or a client names it) means this node:
+    /// its id, or `localhost` in any case (which no node may take as its id). The one place
+    /// that decides "is it local?".
+    pub fn is_named_by(&self, typed: &str) -> bool {
+        typed.eq_ignore_ascii_case("localhost") || typed == self.as_str()
+    }
+}
+
 name_type!(
     /// The name of a service a node offers on the mesh (`control`, `ping`, ...).
     ServiceName,
@@ -172,10 +182,23 @@ mod tests {
             NodeId::new("x".repeat(65)),
             Err(NameError::TooLong { .. })
         ));
-        assert!(matches!(
-            NodeId::new("localhost"),
-            Err(NameError::Reserved { .. })
-        ));
+        for reserved in ["localhost", "LocalHost", "LOCALHOST"] {
+            assert!(matches!(
+                NodeId::new(reserved),
+                Err(NameError::Reserved { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn a_node_is_named_by_its_id_or_localhost_in_any_case() {
+        let me = NodeId::new("node1").unwrap();
+        for typed in ["node1", "localhost", "LOCALHOST", "Localhost"] {
+            assert!(me.is_named_by(typed), "{typed}");
+        }
+        for typed in ["Node1", "node2", "", "localhost2"] {
+            assert!(!me.is_named_by(typed), "{typed}");
+        }
     }
 
     #[test]

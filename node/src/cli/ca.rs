@@ -133,7 +133,6 @@ fn load_authority(path: &Path) -> anyhow::Result<SigningKeypair> {
     })
 }
 
-
 fn sign(args: &CertSignArgs) -> anyhow::Result<ExitCode> {
     let authority = load_authority(&args.ca)?;
     let serial = match args.serial {

@@ -340,4 +340,3 @@ fn system_memory_mib() -> u64 {
         })
         .map_or(0, |kib| kib / 1024)
 }
-

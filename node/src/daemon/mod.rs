@@ -155,12 +155,7 @@ pub fn mesh_config(config: &Config) -> Result<MeshConfig, StartError> {
     let trust = trust_policy(config)?;
     let cert = own_certificate(config, &keys)?;
     let successions = own_successions(config, &keys)?;
-    let mut mesh = MeshConfig::new(
-        config.node_id.clone(),
-        keys,
-        trust,
-        crate::clock::now_ms(),
-    );
+    let mut mesh = MeshConfig::new(config.node_id.clone(), keys, trust, crate::clock::now_ms());
     mesh.cert = cert;
     mesh.successions = successions;
     mesh.rng_seed = random_seed();

@@ -310,11 +310,6 @@ impl Core {
         &self.me
     }
 
-    /// Whether `node` (as an operator typed it) means this node: its id, or `localhost`.
-    pub fn is_local(&self, node: &str) -> bool {
-        node.eq_ignore_ascii_case("localhost") || node == self.me.as_str()
-    }
-
     /// The next thing to do.
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()

@@ -285,7 +285,7 @@ impl Work {
 
     /// Whether `node` (as an operator typed it) means this node: its id or `localhost`.
     pub fn is_local(&self, node: &str) -> bool {
-        node.eq_ignore_ascii_case("localhost") || node == self.node.as_str()
+        self.node.is_named_by(node)
     }
 
     async fn ask<T>(

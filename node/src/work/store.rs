@@ -652,7 +652,6 @@ fn read_range(path: &Path, offset: u64, max: usize) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-
 mod commit;
 pub mod journal;
 #[cfg(test)]
