@@ -4,6 +4,8 @@
 //! units live in memory: `echo` succeeds and `fail` fails, each with its payload as output;
 //! `nostart` never starts; other work types are unknown.
 
+use crate::control::DeployFailure;
+use crate::host::signing::VerifyError;
 use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::sync::Mutex;
@@ -159,9 +161,11 @@ impl Backend for FakeBackend {
         node: String,
         signature: String,
         component: Vec<u8>,
-    ) -> Result<DeployReply, String> {
+    ) -> Result<DeployReply, DeployFailure> {
         if signature != "good" {
-            return Err("signature check failed".into());
+            return Err(DeployFailure::BadSignatureFile(VerifyError::Malformed(
+                "signature check failed".into(),
+            )));
         }
         Ok(DeployReply {
             node,

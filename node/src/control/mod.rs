@@ -14,6 +14,7 @@
 //! pure; only `session`, `listener`, `socket_dir` and `client` do IO.
 
 pub mod client;
+mod deploy_failure;
 pub mod goformat;
 pub mod line;
 pub mod listener;
@@ -27,6 +28,7 @@ pub mod socket_dir;
 mod fake;
 
 pub use client::{Client, ClientError};
+pub use deploy_failure::DeployFailure;
 pub use listener::{ControlSocket, ListenError, default_socket_path, serve_unix};
 pub use reply::{
     Advertisement, Connection, PingReply, Reply, StatusReport, SubmitReply, TraceHop,

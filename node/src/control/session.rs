@@ -7,6 +7,7 @@
 mod connect;
 mod work;
 
+use crate::control::DeployFailure;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
@@ -48,14 +49,13 @@ pub trait Backend: Send + Sync + 'static {
     /// Traces the route to `target`, one entry per hop.
     fn traceroute(&self, target: NodeId) -> impl Future<Output = Vec<TraceHop>> + Send;
 
-    /// Deploys a signed component to `node` (this node for `localhost` or its own id);
-    /// the error is the `ERROR:` text.
+    /// Deploys a signed component to `node` (this node for `localhost` or its own id).
     fn deploy(
         &self,
         node: String,
         signature: String,
         component: Vec<u8>,
-    ) -> impl Future<Output = Result<DeployReply, String>> + Send;
+    ) -> impl Future<Output = Result<DeployReply, DeployFailure>> + Send;
 
     /// Creates a work unit on this node for `request.node` (`localhost` or this node's id
     /// for local work; any other node for remote work, which this node mirrors) and returns
@@ -209,7 +209,7 @@ async fn deploy<S: AsyncRead + AsyncWrite + Unpin, B: Backend>(
     }
     Ok(match backend.deploy(node, signature, component).await {
         Ok(deployed) => Reply::Deploy(deployed),
-        Err(message) => Reply::Error(message),
+        Err(failure) => Reply::Error(failure.to_string()),
     })
 }
 

@@ -1,6 +1,7 @@
 //! The control service's view of a running node: Receptor-shaped status, ping and traceroute
 //! answered from the mesh, and work units answered by the node's [`Work`].
 
+use crate::control::DeployFailure;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -109,7 +110,7 @@ impl Backend for NodeBackend {
         node: String,
         signature: String,
         component: Vec<u8>,
-    ) -> Result<DeployReply, String> {
+    ) -> Result<DeployReply, DeployFailure> {
         self.deployer.deploy(&node, signature, component).await
     }
 

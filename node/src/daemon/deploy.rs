@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use super::deployed::DeployedStore;
 use crate::access::{AccessPolicy, Act};
+use crate::control::DeployFailure;
 use crate::control::reply::DeployReply;
 use crate::host::deploy::{MAX_COMPONENT_LEN, apply};
 use crate::host::registry::Registry;
@@ -69,25 +70,29 @@ impl Deployer {
         }
     }
 
-    /// Deploys to `node`; the error is a message for the operator.
+    /// Deploys to `node` (this node for `localhost` or its own id).
     pub async fn deploy(
         &self,
         node: &str,
         signature: String,
         component: Vec<u8>,
-    ) -> Result<DeployReply, String> {
-        if node == "localhost" || node == self.node.as_str() {
+    ) -> Result<DeployReply, DeployFailure> {
+        if self.node.is_named_by(node) {
             return self.apply_here(&signature, component).await;
         }
-        let target = NodeId::new(node).map_err(|e| e.to_string())?;
+        let target = NodeId::new(node)?;
         self.forward(&target, signature, component).await
     }
 
     /// Verifies, compiles and switches in a component on this node.
-    async fn apply_here(&self, signature: &str, component: Vec<u8>) -> Result<DeployReply, String> {
+    async fn apply_here(
+        &self,
+        signature: &str,
+        component: Vec<u8>,
+    ) -> Result<DeployReply, DeployFailure> {
         let text = signature.to_owned();
-        let signature =
-            SignedManifest::from_json(signature.as_bytes()).map_err(|e| e.to_string())?;
+        let signature = SignedManifest::from_json(signature.as_bytes())
+            .map_err(DeployFailure::BadSignatureFile)?;
         let this = self.clone();
         let outcome = tokio::task::spawn_blocking(move || {
             let current = this.registry.borrow().clone();
@@ -105,11 +110,9 @@ impl Deployer {
             }
             applied
         })
-        .await
-        .map_err(|e| format!("deploy task failed: {e}"))?;
-        let (next, deployed) = outcome.map_err(|e| {
+        .await?;
+        let (next, deployed) = outcome.inspect_err(|e| {
             tracing::warn!(error = %e, "deploy refused");
-            e.to_string()
         })?;
         let names = next.names();
         self.registry.send_replace(Arc::new(next));
@@ -135,20 +138,24 @@ impl Deployer {
         node: &NodeId,
         signature: String,
         component: Vec<u8>,
-    ) -> Result<DeployReply, String> {
-        let service = ServiceName::new(DEPLOY_SERVICE).map_err(|e| e.to_string())?;
-        let mut stream = self
-            .mesh
-            .connect(node, &service)
-            .await
-            .map_err(|e| format!("cannot reach the deploy service of {node}: {e}"))?;
+    ) -> Result<DeployReply, DeployFailure> {
+        let service = ServiceName::new(DEPLOY_SERVICE)?;
+        let mut stream = self.mesh.connect(node, &service).await.map_err(|source| {
+            DeployFailure::Unreachable {
+                node: node.clone(),
+                source,
+            }
+        })?;
         let header = Header {
             signature,
             length: component.len().to_string(),
         };
-        let mut line = serde_json::to_vec(&header).map_err(|e| e.to_string())?;
+        let mut line = serde_json::to_vec(&header).map_err(DeployFailure::BadHeader)?;
         line.push(b'\n');
-        let io = |e: std::io::Error| format!("deploy to {node}: {e}");
+        let io = |source| DeployFailure::Io {
+            node: node.clone(),
+            source,
+        };
         stream.write_all(&line).await.map_err(io)?;
         stream.write_all(&component).await.map_err(io)?;
         stream.shutdown().await.map_err(io)?;
@@ -158,7 +165,7 @@ impl Deployer {
             .read_line(&mut reply)
             .await
             .map_err(io)?;
-        parse_reply(reply.trim_end())
+        parse_reply(node, reply.trim_end())
     }
 
     /// Serves the `deploy` mesh service until the mesh stops.
@@ -203,7 +210,7 @@ impl Deployer {
             .await?;
         let reply = match self.receive(&mut reader, &line).await {
             Ok(deployed) => format!("{}\n", serde_json::to_string(&deployed).unwrap_or_default()),
-            Err(message) => crate::control::reply::error_line(&message),
+            Err(failure) => crate::control::reply::error_line(&failure.to_string()),
         };
         let stream = reader.get_mut();
         stream.write_all(reply.as_bytes()).await?;
@@ -214,29 +221,24 @@ impl Deployer {
         &self,
         reader: &mut R,
         line: &str,
-    ) -> Result<DeployReply, String> {
+    ) -> Result<DeployReply, DeployFailure> {
         let header: Header =
-            serde_json::from_str(line.trim_end()).map_err(|e| format!("bad deploy header: {e}"))?;
-        let length: u64 = header
-            .length
-            .parse()
-            .map_err(|_| "bad deploy length".to_owned())?;
+            serde_json::from_str(line.trim_end()).map_err(DeployFailure::BadHeader)?;
+        let length: u64 =
+            (header.length.parse()).map_err(|_| DeployFailure::BadLength(header.length.clone()))?;
         if length > MAX_COMPONENT_LEN {
-            return Err(format!(
-                "component of {length} bytes exceeds {MAX_COMPONENT_LEN} bytes"
-            ));
+            return Err(DeployFailure::TooLarge {
+                length,
+                limit: MAX_COMPONENT_LEN,
+            });
         }
         let mut component = Vec::new();
-        reader
-            .take(length)
-            .read_to_end(&mut component)
-            .await
-            .map_err(|e| e.to_string())?;
+        (reader.take(length).read_to_end(&mut component).await).map_err(DeployFailure::Read)?;
         if component.len() as u64 != length {
-            return Err(format!(
-                "got {} of {length} component bytes",
-                component.len()
-            ));
+            return Err(DeployFailure::Short {
+                got: component.len() as u64,
+                length,
+            });
         }
         self.apply_here(&header.signature, component).await
     }
@@ -249,9 +251,15 @@ async fn refuse<S: AsyncWrite + Unpin>(mut stream: S, message: &str) -> std::io:
     stream.shutdown().await
 }
 
-fn parse_reply(line: &str) -> Result<DeployReply, String> {
+fn parse_reply(node: &NodeId, line: &str) -> Result<DeployReply, DeployFailure> {
     if let Some(message) = line.strip_prefix(crate::control::reply::ERROR_PREFIX) {
-        return Err(message.to_owned());
+        return Err(DeployFailure::Remote {
+            node: node.clone(),
+            message: message.to_owned(),
+        });
     }
-    serde_json::from_str(line).map_err(|e| format!("bad deploy reply {line:?}: {e}"))
+    serde_json::from_str(line).map_err(|source| DeployFailure::BadReply {
+        line: line.to_owned(),
+        source,
+    })
 }
