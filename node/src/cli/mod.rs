@@ -141,9 +141,62 @@ impl Cli {
             Ok(code) => code,
             Err(e) => {
                 // Errors quote what peers, workers and nodes said.
-                eprintln!("warren: {}", crate::terminal::sanitize(&format!("{e:#}")));
+                eprintln!("warren: {}", crate::terminal::sanitize(&error_text(&e)));
                 ExitCode::FAILURE
             }
         }
+    }
+}
+
+/// An error and its causes on one line, `: `-separated, each cause left out when the text
+/// before it already says it (many messages quote their cause, and would otherwise print
+/// it twice or three times).
+pub(crate) fn error_text(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
+}
+
+#[cfg(test)]
+mod error_text_tests {
+    use super::error_text;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("key file {path}: {source}")]
+    struct Quoting {
+        path: &'static str,
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn a_cause_the_message_already_quotes_is_printed_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let error = anyhow::Error::new(Quoting {
+            path: "/k",
+            source: io,
+        })
+        .context("cannot start the node");
+        assert_eq!(
+            error_text(&error),
+            "cannot start the node: key file /k: No such file"
+        );
+    }
+
+    #[test]
+    fn a_cause_the_message_does_not_quote_follows_it() {
+        let error = anyhow::anyhow!("No such file").context("cannot rotate the key in /k");
+        assert_eq!(
+            error_text(&error),
+            "cannot rotate the key in /k: No such file"
+        );
     }
 }

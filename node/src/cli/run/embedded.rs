@@ -136,7 +136,7 @@ async fn submit_and_follow(
     let outcome = match processed {
         // Cancelled before the worker could report it: end as a cancelled run does.
         Err(e) if interrupted.load(std::sync::atomic::Ordering::Relaxed) => {
-            eprintln!("{}", crate::terminal::sanitize(&format!("{e:#}")));
+            eprintln!("{}", crate::terminal::sanitize(&crate::cli::error_text(&e)));
             super::canceled_outcome(&prepared.process)
         }
         // The worker's stream broke off: say what became of the unit on the node.
