@@ -43,6 +43,8 @@ pub(crate) mod setup;
 pub(crate) mod spawn;
 pub(crate) mod supervised;
 pub mod supervisor;
+#[cfg(feature = "host")]
+pub(crate) mod vfork;
 pub mod watch;
 
 use std::path::PathBuf;
