@@ -11,7 +11,6 @@
 use std::sync::Arc;
 
 use tokio::io::AsyncRead;
-use tokio::process::ChildStdin;
 use tokio::sync::watch;
 use wasmtime::component::Resource;
 use wasmtime_wasi::p2::pipe::{AsyncReadStream, AsyncWriteStream};
@@ -20,7 +19,7 @@ use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, DynPollable, Pollable, 
 use super::bindings::warren::worker::process::{self as wit, ExitStatus as WitExit, SpawnError};
 use super::contain::Containment;
 use super::contain::record::ProgramExit;
-use super::contain::spawn::{self, Pipes, Resolved, Spawned};
+use super::contain::spawn::{self, BoxedWrite, Pipes, Resolved, Spawned};
 use super::contain::watch::Killer;
 use super::fds::{CHILD_DESCRIPTORS, FdToken, Held};
 use super::policy::{Denied, resolve_cwd};
@@ -32,7 +31,7 @@ const STDIN_WRITE_BUDGET: usize = 64 * 1024;
 /// A running child process (the `child` resource).
 pub struct Child {
     pid: u32,
-    stdin: Option<Held<ChildStdin>>,
+    stdin: Option<Held<BoxedWrite>>,
     stdout: Option<Box<dyn AsyncRead + Send + Unpin>>,
     stderr: Option<Box<dyn AsyncRead + Send + Unpin>>,
     exit: watch::Receiver<Option<ProgramExit>>,
@@ -124,20 +123,7 @@ impl JobState {
         self.admit(CHILD_DESCRIPTORS, 1)
             .map_err(|e| SpawnError::Io(e.to_string()))?;
         let io = |e: std::io::Error| SpawnError::Io(format!("cannot start {:?}: {e}", cmd.program));
-        let pipes = if merge_stderr {
-            let (reader, writer) = std::io::pipe().map_err(io)?;
-            Pipes {
-                stdout: writer.try_clone().map_err(io)?.into(),
-                stderr: writer.into(),
-                merged: Some(reader),
-            }
-        } else {
-            Pipes {
-                stdout: std::process::Stdio::piped(),
-                stderr: std::process::Stdio::piped(),
-                merged: None,
-            }
-        };
+        let pipes = Pipes::new(merge_stderr).map_err(io)?;
         let spawned = spawn::piped(&self.contain, &self.unit, &resolved, pipes)
             .await
             .map_err(|e| SpawnError::Io(e.to_string()))?;

@@ -4,12 +4,13 @@
 //! (mode 0600): `status` (one JSON line, see [`UnitStatus`]), `stdin` (the whole payload,
 //! written before the unit starts) and `stdout` (the results, appended while it runs).
 //!
-//! `status` is always replaced whole: written to a temp file, then renamed over the old one,
-//! so a crash leaves either the old or the new status, never half of one. Every change goes
-//! through [`UnitStore::update`], which enforces [`UnitState::transition`] and syncs the
-//! file and its directory, or [`UnitStore::commit`], which makes a batch of changes durable
-//! with one flush of the write-ahead journal (see [`journal`]) before it touches the status
-//! files; at the next open the journal is replayed over them.
+//! Every change of `status` goes through [`UnitStore::update`], which enforces
+//! [`UnitState::transition`] and replaces the file whole (a temp file, synced, renamed over
+//! the old one, the directory synced: a crash leaves either the old or the new status), or
+//! through [`UnitStore::commit`], which makes a batch of changes durable with one flush of
+//! the write-ahead journal (see [`journal`]) and then overwrites the status files in place;
+//! at the next open the journal is replayed over them, so a status file a crash tore is
+//! rewritten from its record.
 //!
 //! The IO is blocking `std::fs`; async callers use `spawn_blocking`. The store does not run
 //! work, watch files or talk to other nodes.
@@ -550,8 +551,13 @@ impl UnitStore {
         Ok(ids)
     }
 
-    /// Writes `status` to the temp file, syncs it if asked, and renames it over the status
-    /// file.
+    /// Writes `status` to the unit's status file. Durably ([`Durability::Yes`]): to the
+    /// temp file, synced, renamed over the status file, the directory synced. Otherwise
+    /// (the journal holds the status, or the caller syncs the file system next) in place:
+    /// no new inode, no rename, no old inode to free on every change of every unit. A
+    /// crash in the middle of an in-place write can tear the file, but the status is then
+    /// still in the journal, whose replay at the next open rewrites it (the journal is only
+    /// emptied after a sync of the file system).
     fn write_status(
         &self,
         id: UnitId,
@@ -562,7 +568,6 @@ impl UnitStore {
             .map_err(|source| StoreError::EncodeStatus { unit: id, source })?;
         line.push(b'\n');
         let dir = self.unit_dir(id);
-        let temp = dir.join(STATUS_TEMP_FILE);
         let write_error = |path: &Path| {
             let path = path.to_owned();
             move |source| StoreError::WriteStatus {
@@ -571,14 +576,17 @@ impl UnitStore {
                 source,
             }
         };
+        if sync == Durability::No {
+            let path = dir.join(STATUS_FILE);
+            return overwrite_file(&path, &line).map_err(write_error(&path));
+        }
+        let temp = dir.join(STATUS_TEMP_FILE);
         write_file(&temp, &line, sync).map_err(write_error(&temp))?;
         fs::rename(&temp, dir.join(STATUS_FILE)).map_err(write_error(&temp))?;
-        if sync == Durability::Yes {
-            // The rename is a change of the directory: durable only once it is synced.
-            File::open(&dir)
-                .and_then(|d| d.sync_all())
-                .map_err(write_error(&dir))?;
-        }
+        // The rename is a change of the directory: durable only once it is synced.
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(write_error(&dir))?;
         Ok(())
     }
 
@@ -636,6 +644,19 @@ fn write_file(path: &Path, bytes: &[u8], sync: Durability) -> io::Result<()> {
         Durability::Yes => file.sync_all(),
         Durability::No => Ok(()),
     }
+}
+
+/// Replaces the contents of the owner-only file at `path` (created if missing) with
+/// `bytes`, in place: written from offset 0, then cut to their length.
+fn overwrite_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(FILE_MODE)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.set_len(bytes.len() as u64)
 }
 
 /// Reads up to `max` bytes of the file at `path` from byte `offset`.

@@ -70,6 +70,40 @@ impl Roots {
         self.v2.as_ref().is_some_and(|v| v.pids) || self.pids.is_some()
     }
 
+    /// Every `warren` parent directory, with the v2 controllers its children get.
+    fn parents(&self) -> Vec<(&Path, Vec<&'static str>)> {
+        let v2 = self.v2.iter().map(|v| {
+            let controllers = [("memory", v.memory), ("pids", v.pids)]
+                .into_iter()
+                .filter_map(|(c, on)| on.then_some(c))
+                .collect();
+            (v.dir.as_path(), controllers)
+        });
+        let v1 = [&self.memory, &self.pids, &self.freezer]
+            .into_iter()
+            .flatten()
+            .map(|dir| (dir.as_path(), Vec::new()));
+        v2.chain(v1).collect()
+    }
+
+    /// Creates the `warren` parents once, so each job creates (and removes) only its own
+    /// directories; a missing parent is still recreated by the job that finds it gone.
+    pub(crate) fn make_parents(&self) {
+        for (dir, controllers) in self.parents() {
+            if let Err(e) = make_parent(dir, &controllers) {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot create the job cgroups' parent");
+            }
+        }
+    }
+
+    /// Removes the `warren` parents where empty (the node is done with them; a detached
+    /// job's cgroup keeps its parent).
+    pub(crate) fn remove_parents(&self) {
+        for (dir, _) in self.parents() {
+            let _ = fs::remove_dir(dir);
+        }
+    }
+
     /// For status: `cgroup v2 (memory, pids, kill)`, `cgroup v1 (memory, pids, freezer) +
     /// cgroup v2 (kill)`, ...
     pub(crate) fn describe(&self) -> String {
@@ -427,17 +461,13 @@ impl Drop for JobCgroup {
     }
 }
 
-/// Removes each existing directory and then tries its parent; true when none is left.
+/// Removes each existing directory; true when none is left. The `warren` parents stay
+/// (the next job's cgroups go there) until the node's containment is dropped.
 fn remove_dirs(dirs: &[PathBuf]) -> bool {
     let mut all = true;
     for dir in dirs {
         match fs::remove_dir(dir) {
-            Ok(()) => {
-                // Fails while another job's cgroup is in it, which is fine.
-                if let Some(parent) = dir.parent() {
-                    let _ = fs::remove_dir(parent);
-                }
-            }
+            Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(_) => all = false,
         }
@@ -445,26 +475,33 @@ fn remove_dirs(dirs: &[PathBuf]) -> bool {
     all
 }
 
-/// Creates `<root>/<name>`, (re)creating `root` (the `warren` parent, which the last job
-/// to finish removes) and handing it the v2 `controllers`.
+/// Creates `<root>/<name>`. The `warren` parent `root` normally exists (made at start,
+/// kept while the node runs: [`Roots::make_parents`]); when someone removed it, it is
+/// recreated and handed the v2 `controllers`.
 fn make(root: &Path, name: &str, controllers: &[&str]) -> io::Result<PathBuf> {
     let dir = root.join(name);
     for _ in 0..3 {
-        create_dir(root)?;
-        for controller in controllers {
-            // Already enabled is fine; a real failure shows as a missing limit file.
-            let _ = write(
-                &root.join("cgroup.subtree_control"),
-                &format!("+{controller}"),
-            );
-        }
         match fs::create_dir(&dir) {
             Ok(()) => return Ok(dir),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
+        make_parent(root, controllers)?;
     }
     fs::create_dir(&dir).map(|()| dir)
+}
+
+/// Creates `root` (if missing) and enables the v2 `controllers` for its children.
+fn make_parent(root: &Path, controllers: &[&str]) -> io::Result<()> {
+    create_dir(root)?;
+    for controller in controllers {
+        // Already enabled is fine; a real failure shows as a missing limit file.
+        let _ = write(
+            &root.join("cgroup.subtree_control"),
+            &format!("+{controller}"),
+        );
+    }
+    Ok(())
 }
 
 /// A job cgroup recorded by path (a detached job's record), for killing and removing it

@@ -43,6 +43,8 @@ pub(crate) mod setup;
 pub(crate) mod spawn;
 pub(crate) mod supervised;
 pub mod supervisor;
+#[cfg(feature = "host")]
+pub(crate) mod vfork;
 pub mod watch;
 
 use std::path::PathBuf;
@@ -122,6 +124,7 @@ impl Containment {
                 notes.extend(why);
                 if roots.is_usable() {
                     cgroup::sweep(&roots);
+                    roots.make_parents();
                     Kind::Cgroups(roots)
                 } else if mode == ContainMode::Cgroup {
                     return Err(ContainError::NoCgroups(notes.join("; ")));
@@ -274,6 +277,15 @@ impl Containment {
             ""
         };
         format!("{unit}-{}-{serial}{suffix}", std::process::id())
+    }
+}
+
+impl Drop for Containment {
+    /// The node is done with job cgroups: their empty parents go.
+    fn drop(&mut self) {
+        if let Kind::Cgroups(roots) = &self.kind {
+            roots.remove_parents();
+        }
     }
 }
 

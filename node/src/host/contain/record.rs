@@ -43,16 +43,6 @@ impl ProgramExit {
             Self::Exited(libc::WEXITSTATUS(status))
         }
     }
-
-    /// From std's exit status.
-    pub(crate) fn from_std(status: std::process::ExitStatus) -> Self {
-        use std::os::unix::process::ExitStatusExt as _;
-        match (status.code(), status.signal()) {
-            (Some(code), _) => Self::Exited(code),
-            (None, Some(signal)) => Self::Signaled(signal),
-            (None, None) => Self::Exited(-1),
-        }
-    }
 }
 
 /// Why a supervisor ended its program (besides the program simply exiting).

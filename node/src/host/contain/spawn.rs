@@ -12,13 +12,13 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncRead;
-use tokio::process::ChildStdin;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 use super::record::{self, JobRecord, ProgramExit};
 use super::supervised::{self, LaunchOptions};
 use super::supervisor::{Spec, SpecFiles};
+use super::vfork;
 use super::watch::{self as watcher, BreachLog, Killer, SupervisorWait, Target, Watch};
 use super::{Cell, ContainError, Containment, ProgramLimits, UnitFiles};
 
@@ -70,7 +70,7 @@ pub(crate) struct Spawned {
     /// The program's pid.
     pub(crate) pid: u32,
     /// Its stdin (piped forms only).
-    pub(crate) stdin: Option<ChildStdin>,
+    pub(crate) stdin: Option<BoxedWrite>,
     /// Its stdout, or stdout and stderr merged (piped forms only).
     pub(crate) stdout: Option<Box<dyn AsyncRead + Send + Unpin>>,
     /// Its stderr (piped forms, not merged).
@@ -89,14 +89,59 @@ impl std::fmt::Debug for Spawned {
     }
 }
 
-/// The program's stdio for the piped forms.
+/// The program's stdout and stderr for the piped forms: its ends and ours.
 pub(crate) struct Pipes {
-    /// Stdout, and stderr: the same pipe when merged.
-    pub(crate) stdout: Stdio,
-    pub(crate) stderr: Stdio,
-    /// Our end of the merged pipe, when merged.
-    pub(crate) merged: Option<std::io::PipeReader>,
+    /// The program's stdout, and stderr: the same pipe when merged.
+    pub(crate) stdout: OwnedFd,
+    pub(crate) stderr: OwnedFd,
+    /// Our end of stdout (of the merged pipe, when merged).
+    pub(crate) stdout_reader: std::io::PipeReader,
+    /// Our end of stderr, when not merged.
+    pub(crate) stderr_reader: Option<std::io::PipeReader>,
 }
+
+impl Pipes {
+    /// New close-on-exec pipes; one for both streams when `merge`.
+    ///
+    /// # Errors
+    /// The OS error of a `pipe` or `dup`.
+    pub(crate) fn new(merge: bool) -> std::io::Result<Self> {
+        let (stdout_reader, writer) = std::io::pipe()?;
+        let stdout = OwnedFd::from(writer);
+        let (stderr, stderr_reader) = if merge {
+            (stdout.try_clone()?, None)
+        } else {
+            let (reader, writer) = std::io::pipe()?;
+            (OwnedFd::from(writer), Some(reader))
+        };
+        Ok(Self {
+            stdout,
+            stderr,
+            stdout_reader,
+            stderr_reader,
+        })
+    }
+
+    /// Our ends (`stdout`, `stderr`), readable on the runtime.
+    fn readers_of(
+        stdout: std::io::PipeReader,
+        stderr: Option<std::io::PipeReader>,
+    ) -> std::io::Result<(BoxedRead, Option<BoxedRead>)> {
+        let reader = |r: std::io::PipeReader| -> std::io::Result<BoxedRead> {
+            Ok(Box::new(tokio::net::unix::pipe::Receiver::from_owned_fd(
+                OwnedFd::from(r),
+            )?))
+        };
+        let stderr = stderr.map(reader).transpose()?;
+        Ok((reader(stdout)?, stderr))
+    }
+}
+
+/// A boxed reader of a program's output.
+type BoxedRead = Box<dyn AsyncRead + Send + Unpin>;
+
+/// A boxed writer to a program's stdin.
+pub(crate) type BoxedWrite = Box<dyn AsyncWrite + Send + Unpin>;
 
 fn containment_of(job: &JobContain) -> Arc<Containment> {
     job.containment
@@ -153,30 +198,29 @@ fn direct(
         Some(cgroup) => cgroup.join_on_exec(&mut setup)?,
         None => Vec::new(),
     };
-    let mut command = tokio::process::Command::new(&cmd.program);
-    command
-        .args(&cmd.args)
-        .env_clear()
-        .envs(cmd.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&cmd.cwd)
-        .process_group(0)
-        .kill_on_drop(true)
-        .stdin(Stdio::piped())
-        .stdout(pipes.stdout)
-        .stderr(pipes.stderr);
-    // SAFETY: `apply` makes only async-signal-safe system calls.
-    unsafe {
-        command.pre_exec(move || setup.apply());
-    }
-    let mut child = command.spawn().map_err(io)?;
-    // The command holds the pipes' write ends: it must be gone before EOF can come.
-    drop(command);
-    drop(join);
-    let pid = child.id().unwrap_or(0);
-    let (stdin, stdout, stderr) = take_stdio(&mut child, pipes.merged).map_err(io)?;
+    let (stdin_r, stdin_w) = std::io::pipe().map_err(io)?;
+    let stdin_r = OwnedFd::from(stdin_r);
+    let plan = vfork::Plan {
+        program: &cmd.program,
+        args: &cmd.args,
+        env: &cmd.env,
+        cwd: &cmd.cwd,
+        stdio: [&stdin_r, &pipes.stdout, &pipes.stderr],
+        setup,
+    };
+    let child = vfork::spawn(&plan).map_err(io)?;
+    // Our copies of the program's ends must be gone before EOF can come.
+    drop((stdin_r, join));
+    drop((pipes.stdout, pipes.stderr));
+    let pid = child.id();
+    let stdin: BoxedWrite = Box::new(
+        tokio::net::unix::pipe::Sender::from_owned_fd(OwnedFd::from(stdin_w)).map_err(io)?,
+    );
+    let (stdout, stderr) =
+        Pipes::readers_of(pipes.stdout_reader, pipes.stderr_reader).map_err(io)?;
     let killer = Killer {
         cgroup: cell.cgroup.clone(),
-        target: Target::Group(i32::try_from(pid).unwrap_or(0)),
+        target: Target::Group(pid),
     };
     let watch = watch_for(job, &cell, killer.clone(), None);
     let (tx, exit) = watch::channel(None);
@@ -185,38 +229,13 @@ fn direct(
         let _ = tx.send(Some(status));
     });
     Ok(Spawned {
-        pid,
-        stdin,
-        stdout,
+        pid: u32::try_from(pid).unwrap_or(0),
+        stdin: Some(stdin),
+        stdout: Some(stdout),
         stderr,
         exit,
         killer,
     })
-}
-
-/// A spawned child's stdin, stdout (or the merged stdout+stderr pipe) and stderr.
-type Stdio3 = (
-    Option<ChildStdin>,
-    Option<Box<dyn AsyncRead + Send + Unpin>>,
-    Option<Box<dyn AsyncRead + Send + Unpin>>,
-);
-
-/// Takes `child`'s pipes; stdout is `merged` when stdout and stderr share one pipe.
-fn take_stdio(
-    child: &mut tokio::process::Child,
-    merged: Option<std::io::PipeReader>,
-) -> std::io::Result<Stdio3> {
-    let stdout: Option<Box<dyn AsyncRead + Send + Unpin>> = match merged {
-        Some(reader) => Some(Box::new(tokio::net::unix::pipe::Receiver::from_owned_fd(
-            OwnedFd::from(reader),
-        )?)),
-        None => child.stdout.take().map(|s| Box::new(s) as _),
-    };
-    let stderr = child
-        .stderr
-        .take()
-        .map(|s| Box::new(s) as Box<dyn AsyncRead + Send + Unpin>);
-    Ok((child.stdin.take(), stdout, stderr))
 }
 
 async fn supervised_piped(
@@ -238,15 +257,26 @@ async fn supervised_piped(
         lifeline: true,
     };
     let options = LaunchOptions {
-        stdio: (Stdio::piped(), pipes.stdout, pipes.stderr),
+        stdio: (
+            Stdio::piped(),
+            Stdio::from(pipes.stdout),
+            Stdio::from(pipes.stderr),
+        ),
         own_group: false,
         join: cell.setup,
     };
     let mut launched = supervised::launch(exe, &spec, options).await?;
-    let (stdin, stdout, stderr) =
-        take_stdio(&mut launched.child, pipes.merged).map_err(|source| ContainError::Pipe {
-            what: "stdout pipe",
-            source,
+    let stdin = launched
+        .child
+        .stdin
+        .take()
+        .map(|s| Box::new(s) as BoxedWrite);
+    let (stdout, stderr) =
+        Pipes::readers_of(pipes.stdout_reader, pipes.stderr_reader).map_err(|source| {
+            ContainError::Pipe {
+                what: "stdout pipe",
+                source,
+            }
         })?;
     let pid = u32::try_from(launched.program.pid).unwrap_or(0);
     let killer = Killer {
@@ -263,7 +293,7 @@ async fn supervised_piped(
     Ok(Spawned {
         pid,
         stdin,
-        stdout,
+        stdout: Some(stdout),
         stderr,
         exit,
         killer,

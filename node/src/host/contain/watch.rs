@@ -145,12 +145,12 @@ impl Watch {
 }
 
 /// Watches a program the node started itself until it exits; returns how it ended.
-pub(crate) async fn direct(mut child: tokio::process::Child, mut watch: Watch) -> ProgramExit {
+pub(crate) async fn direct(mut child: super::vfork::Process, mut watch: Watch) -> ProgramExit {
     let mut tick = tokio::time::interval(MONITOR_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let status = loop {
         tokio::select! {
-            status = child.wait() => break status.map_or(ProgramExit::Exited(-1), ProgramExit::from_std),
+            status = child.wait() => break status.unwrap_or(ProgramExit::Exited(-1)),
             _ = tick.tick() => watch.check(),
         }
     };

@@ -310,3 +310,53 @@ fn status_file_is_one_receptor_compatible_json_line() {
     assert_eq!(shown["Params"]["Secret_Token"], REDACTED);
     assert_eq!(shown["Params"]["params"], "worker");
 }
+
+#[test]
+fn a_committed_status_overwrites_its_file_in_place() {
+    use std::os::unix::fs::MetadataExt as _;
+    let (_dir, store) = store();
+    let id = create(&store);
+    let path = store.root().join(id.as_str()).join(STATUS_FILE);
+    let inode = fs::metadata(&path).unwrap().ino();
+    let mut status = store.status(id).unwrap();
+    status.state = UnitState::Running;
+    status.detail = "a detail longer than the pending one had, to change the length".into();
+    let results = store.commit(&[Entry::Status {
+        unit: id,
+        status: Box::new(status.clone()),
+    }]);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(store.status(id).unwrap(), status);
+    status.detail = "short".into();
+    store.commit(&[Entry::Status {
+        unit: id,
+        status: Box::new(status.clone()),
+    }]);
+    // Cut to the new, shorter length: one whole JSON line, nothing of the old one after it.
+    assert_eq!(store.status(id).unwrap(), status);
+    assert_eq!(fs::metadata(&path).unwrap().ino(), inode, "no new file");
+    assert!(!path.with_file_name(STATUS_TEMP_FILE).exists());
+}
+
+#[test]
+fn a_status_file_torn_after_its_commit_is_rewritten_from_the_journal_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = UnitStore::open(dir.path()).unwrap();
+    let id = create(&store);
+    let mut status = store.status(id).unwrap();
+    status.state = UnitState::Running;
+    status.detail = "committed".into();
+    store.commit(&[Entry::Status {
+        unit: id,
+        status: Box::new(status.clone()),
+    }]);
+    drop(store);
+    // A crash in the middle of the in-place write: half a line on the disk.
+    let path = dir.path().join("units").join(id.as_str()).join(STATUS_FILE);
+    let whole = fs::read(&path).unwrap();
+    fs::write(&path, &whole[..whole.len() / 2]).unwrap();
+    assert!(serde_json::from_slice::<UnitStatus>(&fs::read(&path).unwrap()).is_err());
+
+    let reopened = UnitStore::open(dir.path()).unwrap();
+    assert_eq!(reopened.status(id).unwrap(), status);
+}

@@ -1,0 +1,455 @@
+//! Starting a program without copying the node: `clone(CLONE_VM | CLONE_VFORK)`, so the
+//! child borrows the node's memory (no page tables copied; a `fork` of the node, with its
+//! wasmtime mappings, cost milliseconds of kernel time per job) until it calls `execve`,
+//! while the calling thread waits. The child sets itself up exactly as a forked one did
+//! (stdio, working directory, its own process group, its cgroups, rlimits, a private
+//! network namespace: [`ChildSetup::apply`]) before `exec`, so every containment guarantee
+//! holds from the program's first instruction.
+//!
+//! Running on the node's memory, the child makes only async-signal-safe system calls on
+//! data prepared before the clone, never allocates or takes a lock, and reports a failure
+//! through a word in that shared memory, so a program that cannot start fails the spawn
+//! with its `errno` as `fork`+`exec` did. Every signal is blocked around the clone, and the
+//! child resets the handlers the node installed to their defaults before unblocking, so no
+//! node signal handler ever runs on the borrowed memory.
+//!
+//! The started program is a [`Process`]: waited for through a pidfd (no reliance on
+//! `SIGCHLD` bookkeeping, no pid reuse race), killed if dropped before it was reaped.
+
+use std::ffi::{CString, c_char, c_int, c_void};
+use std::io;
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt as _;
+use std::path::Path;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use tokio::io::unix::AsyncFd;
+
+use super::record::ProgramExit;
+use super::setup::ChildSetup;
+
+/// The child's stack while it runs on the node's memory (it only makes system calls).
+const CHILD_STACK: usize = 128 * 1024;
+
+/// Highest signal number plus one (Linux).
+const NSIG: c_int = 65;
+
+/// What to start: the program, its argument and environment vectors, working directory,
+/// stdio and setup.
+pub(crate) struct Plan<'a> {
+    /// The executable (a path: no `PATH` search).
+    pub(crate) program: &'a Path,
+    /// `argv[1..]`.
+    pub(crate) args: &'a [String],
+    /// The whole environment.
+    pub(crate) env: &'a [(String, String)],
+    /// The working directory.
+    pub(crate) cwd: &'a Path,
+    /// Descriptors to become the program's 0, 1 and 2.
+    pub(crate) stdio: [&'a OwnedFd; 3],
+    /// Cgroups to join, rlimits, network namespace.
+    pub(crate) setup: ChildSetup,
+}
+
+/// Everything the child reads, as raw pointers into memory the parent keeps alive.
+struct ChildPlan {
+    program: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+    cwd: *const c_char,
+    stdio: [RawFd; 3],
+    setup: ChildSetup,
+    /// Set by the child to the `errno` of the step that failed.
+    error: AtomicI32,
+}
+
+/// A started program, the node's child until waited for.
+#[derive(Debug)]
+pub(crate) struct Process {
+    pid: i32,
+    pidfd: Option<AsyncFd<OwnedFd>>,
+}
+
+fn cstring(bytes: &[u8]) -> io::Result<CString> {
+    CString::new(bytes).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "an argument, variable or path holds a NUL byte",
+        )
+    })
+}
+
+/// Starts `plan` in a new process; returns once it has called `execve` (or failed).
+///
+/// # Errors
+/// The failing step's OS error: a descriptor, the working directory, a cgroup join, an
+/// rlimit, or the `execve` itself (`NotFound`, `PermissionDenied`, ...).
+pub(crate) fn spawn(plan: &Plan<'_>) -> io::Result<Process> {
+    let program = cstring(plan.program.as_os_str().as_bytes())?;
+    let cwd = cstring(plan.cwd.as_os_str().as_bytes())?;
+    let argv: Vec<CString> = std::iter::once(Ok(program.clone()))
+        .chain(plan.args.iter().map(|a| cstring(a.as_bytes())))
+        .collect::<io::Result<_>>()?;
+    let envp: Vec<CString> = plan
+        .env
+        .iter()
+        .map(|(k, v)| cstring(format!("{k}={v}").as_bytes()))
+        .collect::<io::Result<_>>()?;
+    let pointers = |v: &[CString]| -> Vec<*const c_char> {
+        v.iter()
+            .map(|s| s.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect()
+    };
+    let (argv_ptrs, envp_ptrs) = (pointers(&argv), pointers(&envp));
+    // Sources below 3 could be overwritten by an earlier dup2 onto 0..2: move them up.
+    let raised: Vec<OwnedFd> = plan
+        .stdio
+        .iter()
+        .map(|fd| duplicate_above(fd, 3))
+        .collect::<io::Result<_>>()?;
+    let child = ChildPlan {
+        program: program.as_ptr(),
+        argv: argv_ptrs.as_ptr(),
+        envp: envp_ptrs.as_ptr(),
+        cwd: cwd.as_ptr(),
+        stdio: [0, 1, 2].map(|i| raised[i].as_raw_fd()),
+        setup: plan.setup,
+        error: AtomicI32::new(0),
+    };
+    let (pid, pidfd) = clone_child(&child)?;
+    let failed = child.error.load(Ordering::Acquire);
+    if failed != 0 {
+        reap_blocking(&pidfd);
+        return Err(io::Error::from_raw_os_error(failed));
+    }
+    // SAFETY: the AsyncFd owns the pidfd outright.
+    let pidfd = unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }?;
+    Ok(Process {
+        pid,
+        pidfd: Some(pidfd),
+    })
+}
+
+/// A close-on-exec duplicate of `fd` numbered at least `min`.
+fn duplicate_above(fd: &OwnedFd, min: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: fcntl F_DUPFD_CLOEXEC returns a new descriptor we then own.
+    let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) };
+    if new < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `new` is a fresh descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// Clones the child with every signal blocked; returns its pid and pidfd once it has
+/// exec'd or exited.
+fn clone_child(child: &ChildPlan) -> io::Result<(i32, OwnedFd)> {
+    let mut stack = vec![0u8; CHILD_STACK];
+    // The stack grows down from its (16-byte aligned) top.
+    let top = (stack.as_mut_ptr() as usize + CHILD_STACK) & !15;
+    let mut pidfd: c_int = -1;
+    // SAFETY: sigfillset/pthread_sigmask on sets on our stack.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&raw mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &raw const all, &raw mut old);
+    }
+    // SAFETY: the child runs `child_main` on `stack` sharing our memory; CLONE_VFORK keeps
+    // this thread (and so `child`, `stack` and everything they point to) in place until
+    // the child has exec'd or exited. The child only makes async-signal-safe calls.
+    let pid = unsafe {
+        libc::clone(
+            child_main,
+            top as *mut c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
+            std::ptr::from_ref(child).cast_mut().cast(),
+            &raw mut pidfd,
+        )
+    };
+    let cloned = io::Error::last_os_error();
+    // SAFETY: restores this thread's mask from our stack.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &raw const old, std::ptr::null_mut()) };
+    drop(stack);
+    if pid < 0 {
+        return Err(cloned);
+    }
+    // SAFETY: CLONE_PIDFD stored a fresh descriptor for the child that we now own.
+    Ok((pid, unsafe { OwnedFd::from_raw_fd(pidfd) }))
+}
+
+/// The child, on the node's memory: set up, `execve`, or report `errno` and `_exit`.
+extern "C" fn child_main(arg: *mut c_void) -> c_int {
+    // SAFETY: `arg` is the parent's `ChildPlan`, kept alive by CLONE_VFORK.
+    let plan = unsafe { &*(arg as *const ChildPlan) };
+    // SAFETY: only async-signal-safe calls on prepared data, in the new process.
+    let errno = unsafe { prepare_and_exec(plan) };
+    plan.error.store(errno.max(1), Ordering::Release);
+    // SAFETY: _exit ends only this process, running no handlers.
+    unsafe { libc::_exit(127) }
+}
+
+/// Returns only on failure, with the `errno` of the failing step.
+unsafe fn prepare_and_exec(plan: &ChildPlan) -> c_int {
+    let errno = || {
+        io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EINVAL)
+    };
+    // SAFETY (whole body): system calls on the plan's prepared data; see the module doc.
+    unsafe {
+        default_signal_handlers();
+        for (target, &fd) in plan.stdio.iter().enumerate() {
+            if libc::dup2(fd, target as c_int) < 0 {
+                return errno();
+            }
+        }
+        if libc::chdir(plan.cwd) < 0 || libc::setpgid(0, 0) < 0 {
+            return errno();
+        }
+        if let Err(e) = plan.setup.apply() {
+            return e.raw_os_error().unwrap_or(libc::EINVAL);
+        }
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&raw mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &raw const none, std::ptr::null_mut());
+        libc::execve(plan.program, plan.argv, plan.envp);
+    }
+    errno()
+}
+
+/// Every signal the node handles goes back to its default (as `exec` would do), and
+/// `SIGPIPE`, which the Rust runtime ignores, too; ignored ones stay ignored.
+unsafe fn default_signal_handlers() {
+    for signal in 1..NSIG {
+        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: sigaction reads and writes structs on our stack.
+        unsafe {
+            let mut current: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(signal, std::ptr::null(), &raw mut current) < 0 {
+                continue;
+            }
+            if current.sa_sigaction == libc::SIG_DFL
+                || (current.sa_sigaction == libc::SIG_IGN && signal != libc::SIGPIPE)
+            {
+                continue;
+            }
+            let mut default: libc::sigaction = std::mem::zeroed();
+            default.sa_sigaction = libc::SIG_DFL;
+            libc::sigaction(signal, &raw const default, std::ptr::null_mut());
+        }
+    }
+}
+
+/// `waitid` on `pidfd`; `None` while the process runs (with `WNOHANG`).
+fn wait_pidfd(pidfd: &OwnedFd, flags: c_int) -> io::Result<Option<ProgramExit>> {
+    // SAFETY: waitid fills the zeroed siginfo on our stack.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        let id = libc::id_t::try_from(pidfd.as_raw_fd()).unwrap_or(libc::id_t::MAX);
+        if libc::waitid(libc::P_PIDFD, id, &raw mut info, libc::WEXITED | flags) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if info.si_pid() == 0 {
+            return Ok(None);
+        }
+        let status = info.si_status();
+        Ok(Some(if info.si_code == libc::CLD_EXITED {
+            ProgramExit::Exited(status)
+        } else {
+            ProgramExit::Signaled(status)
+        }))
+    }
+}
+
+/// Waits for (and so reaps) the process of `pidfd`, blocking.
+fn reap_blocking(pidfd: &OwnedFd) {
+    loop {
+        match wait_pidfd(pidfd, 0) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            _ => return,
+        }
+    }
+}
+
+impl Process {
+    /// Its pid.
+    pub(crate) fn id(&self) -> i32 {
+        self.pid
+    }
+
+    /// Waits until it has exited, and reaps it.
+    ///
+    /// # Errors
+    /// The `waitid` or reactor error (it was then reaped already, or never will be here).
+    pub(crate) async fn wait(&mut self) -> io::Result<ProgramExit> {
+        let Some(pidfd) = &self.pidfd else {
+            return Err(io::Error::other("the process was waited for already"));
+        };
+        loop {
+            let mut ready = pidfd.readable().await?;
+            match wait_pidfd(pidfd.get_ref(), libc::WNOHANG) {
+                Ok(Some(exit)) => {
+                    self.pidfd = None;
+                    return Ok(exit);
+                }
+                Ok(None) => ready.clear_ready(),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.pidfd = None;
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Process {
+    /// Not waited for: killed (as `kill_on_drop` did), and reaped off this thread.
+    fn drop(&mut self) {
+        let Some(pidfd) = self.pidfd.take() else {
+            return;
+        };
+        let pidfd = pidfd.into_inner();
+        // SAFETY: pidfd_send_signal on a pidfd we own, no siginfo.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                pidfd.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            );
+        }
+        if let Ok(None) = wait_pidfd(&pidfd, libc::WNOHANG) {
+            let _ = std::thread::Builder::new()
+                .name("warren-reap".into())
+                .spawn(move || reap_blocking(&pidfd));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read as _;
+
+    use super::*;
+
+    /// Runs `sh -c script` with `setup`; returns its exit and everything it wrote to
+    /// stdout and stderr.
+    async fn sh(script: &str, setup: ChildSetup) -> (ProgramExit, String) {
+        let (mut reader, writer) = io::pipe().unwrap();
+        let out = OwnedFd::from(writer);
+        let stdin = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        let args = ["-c".to_owned(), script.to_owned(), "first".to_owned()];
+        let env = [("WHO".to_owned(), "warren".to_owned())];
+        let plan = Plan {
+            program: Path::new("/bin/sh"),
+            args: &args,
+            env: &env,
+            cwd: Path::new("/tmp"),
+            stdio: [&stdin, &out, &out],
+            setup,
+        };
+        let mut process = spawn(&plan).unwrap();
+        drop((out, stdin));
+        let exit = process.wait().await.unwrap();
+        let mut text = String::new();
+        reader.read_to_string(&mut text).unwrap();
+        (exit, text)
+    }
+
+    #[tokio::test]
+    async fn the_program_gets_its_arguments_environment_directory_and_exit_code() {
+        let (exit, out) = sh(
+            r#"echo "$0 $WHO $(pwd)"; env | grep -c . ; echo err >&2; exit 3"#,
+            ChildSetup::new(1024, 1 << 30),
+        )
+        .await;
+        assert_eq!(exit, ProgramExit::Exited(3));
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "first warren /tmp");
+        // WHO, plus what sh itself sets (PWD, maybe SHLVL, _): nothing of ours.
+        let count: usize = lines[1].parse().unwrap();
+        assert!(count <= 4, "environment leaked: {out}");
+        assert_eq!(lines[2], "err");
+    }
+
+    #[tokio::test]
+    async fn rlimits_and_the_process_group_are_set_before_exec() {
+        let (exit, out) = sh(
+            "ulimit -n; ulimit -c; ps -o pgid= -p $$; echo $$",
+            ChildSetup::new(77, 1 << 30),
+        )
+        .await;
+        assert_eq!(exit, ProgramExit::Exited(0));
+        let lines: Vec<&str> = out.lines().map(str::trim).collect();
+        assert_eq!(&lines[..2], ["77", "0"], "{out}");
+        assert_eq!(lines[2], lines[3], "its own process group: {out}");
+    }
+
+    #[tokio::test]
+    async fn the_program_starts_with_no_signal_blocked_and_sigpipe_at_its_default() {
+        // This test binary ignores SIGPIPE (the Rust runtime does) and a clone with every
+        // signal blocked is how the child starts: neither may reach the program.
+        let (_, out) = sh(
+            "grep -E '^Sig(Blk|Ign)' /proc/self/status",
+            ChildSetup::new(1024, 1 << 30),
+        )
+        .await;
+        let mask = |name: &str| {
+            let line = out.lines().find(|l| l.starts_with(name)).unwrap();
+            u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+        };
+        assert_eq!(mask("SigBlk:"), 0, "{out}");
+        let sigpipe = 1u64 << (libc::SIGPIPE - 1);
+        assert_eq!(mask("SigIgn:") & sigpipe, 0, "{out}");
+    }
+
+    #[tokio::test]
+    async fn a_program_that_cannot_be_executed_fails_the_spawn_with_the_os_error() {
+        let null = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        let mut plan = Plan {
+            program: Path::new("/nonexistent/program"),
+            args: &[],
+            env: &[],
+            cwd: Path::new("/"),
+            stdio: [&null, &null, &null],
+            setup: ChildSetup::new(64, 1 << 20),
+        };
+        let err = spawn(&plan).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+        plan.program = Path::new("/bin/true");
+        plan.cwd = Path::new("/nonexistent-dir");
+        let err = spawn(&plan).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "bad cwd: {err}");
+    }
+
+    #[tokio::test]
+    async fn a_process_dropped_before_it_was_waited_for_is_killed() {
+        let null = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        let args = ["30".to_owned()];
+        let plan = Plan {
+            program: Path::new("/bin/sleep"),
+            args: &args,
+            env: &[],
+            cwd: Path::new("/"),
+            stdio: [&null, &null, &null],
+            setup: ChildSetup::new(64, 1 << 20),
+        };
+        let process = spawn(&plan).unwrap();
+        let pid = process.id();
+        let stat = format!("/proc/{pid}/stat");
+        assert!(Path::new(&stat).exists());
+        drop(process);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        // Killed and reaped: the pid is gone from /proc.
+        while Path::new(&stat).exists() {
+            assert!(std::time::Instant::now() < deadline, "sleep still there");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+}
