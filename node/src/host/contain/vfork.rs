@@ -85,7 +85,7 @@ fn cstring(bytes: &[u8]) -> io::Result<CString> {
 /// The failing step's OS error: a descriptor, the working directory, a cgroup join, an
 /// rlimit, or the `execve` itself (`NotFound`, `PermissionDenied`, ...).
 pub(crate) fn spawn(plan: &Plan<'_>) -> io::Result<Process> {
-    let program = cstring(plan.program.as_os_str().as_bytes())?;
+    let program = cstring(on_path(plan).as_os_str().as_bytes())?;
     let cwd = cstring(plan.cwd.as_os_str().as_bytes())?;
     let argv: Vec<CString> = std::iter::once(Ok(program.clone()))
         .chain(plan.args.iter().map(|a| cstring(a.as_bytes())))
@@ -129,6 +129,29 @@ pub(crate) fn spawn(plan: &Plan<'_>) -> io::Result<Process> {
         pid,
         pidfd: Some(pidfd),
     })
+}
+
+/// Where `execvp` would find the plan's program: a name without a `/` is looked up on the
+/// job's `PATH` (`/bin:/usr/bin` when it has none; an empty entry is the working
+/// directory), the first executable file winning. Not found, the name is kept, and
+/// `execve` fails with `ENOENT` as `execvp` did.
+fn on_path(plan: &Plan<'_>) -> std::path::PathBuf {
+    let program = plan.program;
+    if program.as_os_str().as_bytes().contains(&b'/') {
+        return program.to_owned();
+    }
+    let path = (plan.env.iter())
+        .find(|(name, _)| name == "PATH")
+        .map_or("/bin:/usr/bin", |(_, value)| value.as_str());
+    path.split(':')
+        .map(|dir| plan.cwd.join(dir).join(program))
+        .find(|candidate| is_executable_file(candidate))
+        .unwrap_or_else(|| program.to_owned())
+}
+
+fn is_executable_file(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// A close-on-exec duplicate of `fd` numbered at least `min`.
@@ -426,6 +449,45 @@ mod tests {
         plan.cwd = Path::new("/nonexistent-dir");
         let err = spawn(&plan).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound, "bad cwd: {err}");
+    }
+
+    #[tokio::test]
+    async fn a_bare_program_name_is_found_on_the_jobs_path_as_execvp_would() {
+        // `program = "cat"` in a work type is a name found on PATH: the job's own PATH, else
+        // /bin:/usr/bin (what fork + execvp did).
+        let tmp = tempfile::tempdir().unwrap();
+        let tool = tmp.path().join("warren-test-tool");
+        std::fs::write(&tool, "#!/bin/sh\necho found \"$@\"\n").unwrap();
+        std::fs::set_permissions(&tool, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let path = format!("/nonexistent:{}", tmp.path().display());
+        for (env, program, want) in [
+            (
+                vec![("PATH".to_owned(), path)],
+                "warren-test-tool",
+                "found a\n",
+            ),
+            (vec![], "echo", "a\n"),
+        ] {
+            let (mut reader, writer) = io::pipe().unwrap();
+            let out = OwnedFd::from(writer);
+            let null = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+            let args = ["a".to_owned()];
+            let plan = Plan {
+                program: Path::new(program),
+                args: &args,
+                env: &env,
+                cwd: Path::new("/"),
+                stdio: [&null, &out, &null],
+                setup: ChildSetup::new(64, 1 << 20),
+            };
+            let mut process = spawn(&plan).unwrap();
+            drop(out);
+            assert_eq!(process.wait().await.unwrap(), ProgramExit::Exited(0));
+            let mut text = String::new();
+            reader.read_to_string(&mut text).unwrap();
+            assert_eq!(text, want, "{program}");
+        }
     }
 
     #[tokio::test]
