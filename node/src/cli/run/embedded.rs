@@ -60,7 +60,7 @@ pub(super) fn terminal_param() -> std::collections::BTreeMap<String, String> {
 /// How the payload goes to the node.
 enum Upload {
     /// The node keeps a content cache and answered the manifest: send what it lacks.
-    Contents(ContentPlan, Offered),
+    Contents(ContentPlan, Box<Offered>),
     /// The node keeps none (or does not know content-addressed submissions): send the
     /// transmit stream whole.
     Whole,
@@ -74,7 +74,7 @@ async fn offer(client: &WorkClient, node: &NodeId, prepared: &Prepared) -> anyho
         .context("packing the private data dir")?;
     let request = (WORK_TYPE.to_owned(), terminal_param());
     match client.offer_manifest(node, request, plan.manifest()).await {
-        Ok(offered) => Ok(Upload::Contents(plan, offered)),
+        Ok(offered) => Ok(Upload::Contents(plan, Box::new(offered))),
         Err(ClientError::Refused(WorkRefusal::ContentCacheOff { .. })) => Ok(Upload::Whole),
         Err(e) => Err(anyhow::anyhow!("{e}").context(format!("running the job on {node}"))),
     }
@@ -138,7 +138,7 @@ async fn submit_and_follow(
                 Box::pin(
                     async move { contents_failure(plan, &lacking, quiet, &mut payload_in).await },
                 );
-            (Some(offered), sending)
+            (Some(*offered), sending)
         }
         Upload::Whole => (None, Box::pin(payload_failure(prepared, &mut payload_in))),
     };
