@@ -17,7 +17,7 @@ use std::path::Path;
 use anyhow::ensure;
 
 use crate::job;
-use crate::large::write_random;
+use crate::large::{renew, write_random};
 use crate::mesh::Bench;
 use crate::stats::{median, runs};
 
@@ -53,16 +53,6 @@ struct Figures {
     first_mb: Vec<f64>,
     repeat_mb: Vec<f64>,
     repeat_share: Vec<f64>,
-}
-
-/// Makes the big file's content new (its first 8 bytes), so the next remote run finds none
-/// of it cached.
-fn renew(blob: &Path, round: usize) -> anyhow::Result<()> {
-    use std::io::{Seek, Write};
-    let mut file = std::fs::OpenOptions::new().write(true).open(blob)?;
-    file.seek(std::io::SeekFrom::Start(0))?;
-    file.write_all(&(round as u64 + 1).to_le_bytes())?;
-    Ok(())
 }
 
 pub(crate) fn run(bench: &Bench) -> anyhow::Result<()> {
