@@ -14,7 +14,7 @@
 
 use std::path::Path;
 
-use anyhow::ensure;
+use anyhow::{Context, ensure};
 
 use crate::job;
 use crate::large::{renew, write_random};
@@ -48,6 +48,8 @@ struct Figures {
     rss_small: Vec<f64>,
     /// The second run of the unchanged dir.
     repeat: Vec<f64>,
+    /// Of which node1's ansible-runner worker ran (spawn to end).
+    repeat_worker: Vec<f64>,
     repeat_ratio: Vec<f64>,
     /// Bytes the relay forwarded to node1: first run, repeat run (MB).
     first_mb: Vec<f64>,
@@ -95,6 +97,10 @@ pub(crate) fn run(bench: &Bench) -> anyhow::Result<()> {
             "the repeat run printed no Test!"
         );
         let sent = bench.relay_sent_to_node1()? - before;
+        let unit = (repeat.stderr.lines())
+            .find_map(|l| l.strip_prefix("running as unit ")?.split(' ').next())
+            .context("the front end named no unit")?;
+        f.repeat_worker.push(bench.worker_secs(unit)?);
         f.repeat.push(repeat.secs);
         f.repeat_ratio.push(repeat.secs / secs[1]);
         f.repeat_mb.push(sent / 1e6);
@@ -150,6 +156,7 @@ fn print(f: &Figures, pdd: &Path) {
         }
     );
     row("second run of the unchanged dir (2 hops)", &f.repeat, "s");
+    row("  of which node1's worker ran (spawn to end)", &f.repeat_worker, "s");
     row("second run / local (per round)", &f.repeat_ratio, "x");
     row("relay -> node1, first run", &f.first_mb, "MB");
     row("relay -> node1, second run", &f.repeat_mb, "MB");
