@@ -302,6 +302,19 @@ impl Bench {
         }
     }
 
+    /// How long `unit` ran on node1, payload stored to end: from its log, the time from
+    /// `unit started unit=U` to `unit finished unit=U`, seconds.
+    pub(crate) fn unit_secs(&self, unit: &str) -> anyhow::Result<f64> {
+        let log = std::fs::read_to_string(self.path("node1.log"))?;
+        let at = |needle: String| {
+            log.lines()
+                .find(|l| l.contains(&needle))
+                .and_then(time_of_day)
+                .with_context(|| format!("no {needle:?} in node1's log"))
+        };
+        Ok(at(format!("unit finished unit={unit} "))? - at(format!("unit started unit={unit} "))?)
+    }
+
     /// How long node1's ansible-runner worker ran for `unit`: from its log, the time from
     /// `spawned child unit=U` to `unit finished unit=U`, seconds.
     pub(crate) fn worker_secs(&self, unit: &str) -> anyhow::Result<f64> {
