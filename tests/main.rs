@@ -15,6 +15,7 @@ mod access;
 mod cli;
 mod component;
 mod contain;
+mod content;
 mod control_socket;
 mod demo;
 mod deploy;

@@ -10,7 +10,7 @@ use crate::run::venv_bin;
 use crate::support::{Mesh, peer, trust, wait_for, warren};
 
 /// The metrics address node `index` logged at start (`--metrics 127.0.0.1:0`).
-fn metrics_addr(mesh: &Mesh, index: usize) -> String {
+pub fn metrics_addr(mesh: &Mesh, index: usize) -> String {
     wait_for("the node to log its metrics address", || {
         let log = mesh.node(index).log_text();
         let at = log.find("metrics=Some(")? + "metrics=Some(".len();
@@ -20,7 +20,7 @@ fn metrics_addr(mesh: &Mesh, index: usize) -> String {
 }
 
 /// `GET /metrics` over plain HTTP/1.1; the status line and body.
-fn get(addr: &str, path: &str) -> (String, String) {
+pub fn get(addr: &str, path: &str) -> (String, String) {
     let mut socket = TcpStream::connect(addr).unwrap();
     write!(
         socket,
@@ -34,7 +34,7 @@ fn get(addr: &str, path: &str) -> (String, String) {
 }
 
 /// The value of the sample written exactly as `series` (name and labels).
-fn sample(body: &str, series: &str) -> Option<f64> {
+pub fn sample(body: &str, series: &str) -> Option<f64> {
     body.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }

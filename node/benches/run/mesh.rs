@@ -118,7 +118,9 @@ impl Bench {
         ]
         .concat();
         let addr = self.spawn_node("node1", &node1)?;
-        let relay = [trust.clone(), vec!["--peer".into(), addr]].concat();
+        // The relay's /metrics tell the bytes it forwarded to node1.
+        let metrics = vec!["--metrics".into(), "127.0.0.1:0".into()];
+        let relay = [trust.clone(), vec!["--peer".into(), addr], metrics].concat();
         let addr = self.spawn_node("relay", &relay)?;
         let controller = [trust, vec!["--peer".into(), addr, "--trust".into(), client]].concat();
         self.controller_addr = self.spawn_node("controller", &controller)?;
@@ -300,6 +302,19 @@ impl Bench {
         }
     }
 
+    /// How long `unit` ran on node1, payload stored to end: from its log, the time from
+    /// `unit started unit=U` to `unit finished unit=U`, seconds.
+    pub(crate) fn unit_secs(&self, unit: &str) -> anyhow::Result<f64> {
+        let log = std::fs::read_to_string(self.path("node1.log"))?;
+        let at = |needle: String| {
+            log.lines()
+                .find(|l| l.contains(&needle))
+                .and_then(time_of_day)
+                .with_context(|| format!("no {needle:?} in node1's log"))
+        };
+        Ok(at(format!("unit finished unit={unit} "))? - at(format!("unit started unit={unit} "))?)
+    }
+
     /// How long node1's ansible-runner worker ran for `unit`: from its log, the time from
     /// `spawned child unit=U` to `unit finished unit=U`, seconds.
     pub(crate) fn worker_secs(&self, unit: &str) -> anyhow::Result<f64> {
@@ -313,6 +328,30 @@ impl Bench {
         let spawned = at(format!("spawned child unit={unit} "))?;
         let finished = at(format!("unit finished unit={unit} "))?;
         Ok(finished - spawned)
+    }
+
+    /// Bytes the relay has sent to node1 so far (its `/metrics`).
+    pub(crate) fn relay_sent_to_node1(&self) -> anyhow::Result<f64> {
+        use std::io::{Read, Write};
+        let log = std::fs::read_to_string(self.path("relay.log"))?;
+        let at = log
+            .find("metrics=Some(")
+            .context("the relay logged no metrics address")?;
+        let rest = &log[at + "metrics=Some(".len()..];
+        let addr = &rest[..rest.find(')').context("metrics address unterminated")?];
+        let mut socket = std::net::TcpStream::connect(addr)?;
+        write!(
+            socket,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut text = String::new();
+        socket.read_to_string(&mut text)?;
+        let series = "warren_link_sent_bytes_total{peer=\"node1\"} ";
+        let value = text
+            .lines()
+            .find_map(|l| l.strip_prefix(series))
+            .context("no bytes sent to node1 in the relay's metrics")?;
+        Ok(value.trim().parse()?)
     }
 
     /// Every node's log, for failure messages.

@@ -140,6 +140,7 @@ struct WorkSection {
     require_signed: Option<Spanned<bool>>,
     drain_on_stop: Option<Spanned<bool>>,
     free_space_floor_mb: Option<Spanned<u64>>,
+    content_cache_mb: Option<Spanned<u64>>,
     containment: Option<Spanned<String>>,
 }
 
@@ -147,6 +148,8 @@ struct WorkSection {
 const MAX_RUNNING: (u64, u64) = (1, 4_096);
 /// Allowed range of `[work] max-payload-mb`: up to 1 TiB.
 const MAX_PAYLOAD_MB: (u64, u64) = (1, 1 << 20);
+/// Allowed range of `[work] content-cache-mb`: off, up to a pebibyte.
+const CONTENT_CACHE_MB: (u64, u64) = (0, 1 << 30);
 /// Allowed range of `[work] free-space-floor-mb`: off, up to a pebibyte.
 const FREE_SPACE_FLOOR_MB: (u64, u64) = (0, 1 << 30);
 
@@ -355,6 +358,11 @@ impl Decoder<'_> {
             "[work] free-space-floor-mb",
             FREE_SPACE_FLOOR_MB,
         )?;
+        let cache = self.bounded(
+            work.content_cache_mb.as_ref(),
+            "[work] content-cache-mb",
+            CONTENT_CACHE_MB,
+        )?;
         let signing_key = match &work.signing_key {
             None => None,
             Some(path) => Some(self.path_value(path, "[work] signing-key")?),
@@ -369,6 +377,7 @@ impl Decoder<'_> {
             max_running: running.map_or(defaults.max_running, |n| usize::try_from(n).unwrap_or(1)),
             max_payload: payload.map_or(defaults.max_payload, |mb| mb << 20),
             free_space_floor: floor.map_or(defaults.free_space_floor, |mb| mb << 20),
+            content_cache: cache.map_or(defaults.content_cache, |mb| mb << 20),
             keep_finished: keep.map_or(defaults.keep_finished, |h| {
                 (h > 0).then(|| Duration::from_secs(h * 3600))
             }),

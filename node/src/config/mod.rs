@@ -35,6 +35,7 @@
 //! verify-keys = ["ed25519:..."]       # accept work signed by these keys
 //! require-signed = false              # refuse unsigned submissions from other nodes
 //! drain-on-stop = false               # on SIGTERM, let running units end first
+//! content-cache-mb = 2048             # contents kept for content-addressed runs (0: off)
 //! containment = "auto"                # "auto" | "cgroup" | "subreaper" (see host::contain)
 //!
 //! [mesh]                              # optional tuning
@@ -81,6 +82,9 @@
 //! max-payload-mb = 1024               # largest payload (default 1 GiB)
 //! free-space-floor-mb = 512           # new units are refused, and jobs that write are
 //!                                     # stopped, below this much free space (0: off)
+//! content-cache-mb = 2048             # file contents kept for content-addressed runs,
+//!                                     # per submitter, LRU (default 2 GiB; 0: off;
+//!                                     # read at start)
 //!
 //! [[signer]]                          # optional, repeatable: whose components run here
 //! key = "ed25519:..."
@@ -137,6 +141,10 @@ pub use worktype::{
     DEFAULT_DISK_MB, DEFAULT_FREE_SPACE_FLOOR_MB, DEFAULT_MEMORY_MB, DEFAULT_OUTPUT_MB,
     HANDLER_NAMES, HandlerKind, MAX_WORK_TYPE_NAME, WorkTypeConfig,
 };
+
+/// `[work] content-cache-mb` when none is configured: a few large private data dirs per
+/// submitter fit, on any data disk worth running jobs from.
+pub const DEFAULT_CONTENT_CACHE_MB: u64 = 2048;
 
 /// Keepalive interval when none is configured: frequent enough to hold NAT and firewall
 /// state open, rare enough to cost nothing.
@@ -277,6 +285,8 @@ pub struct WorkLimits {
     /// Free bytes the node keeps for results and status: below them it refuses new units
     /// and stops jobs that write. 0 turns the floor off.
     pub free_space_floor: u64,
+    /// Bytes the content cache of content-addressed submissions may hold (0: off).
+    pub content_cache: u64,
     /// How jobs' programs are contained (`containment = "auto" | "cgroup" | "subreaper"`).
     pub containment: ContainMode,
 }
@@ -294,6 +304,7 @@ impl Default for WorkLimits {
             require_signed: false,
             drain_on_stop: false,
             free_space_floor: DEFAULT_FREE_SPACE_FLOOR_MB << 20,
+            content_cache: DEFAULT_CONTENT_CACHE_MB << 20,
             containment: ContainMode::Auto,
         }
     }

@@ -431,6 +431,7 @@ pub async fn start(
         ServerSetup {
             access: access.clone(),
             signed: signed_rx,
+            contents: content_cache(config),
         },
     );
     let (signers_tx, signers) = watch::channel(config.signers.clone());
@@ -779,5 +780,20 @@ impl Signals {
     /// The next SIGINT or SIGTERM (SIGHUP is ignored meanwhile).
     async fn next_stop(&mut self) {
         while let Signal::Reload = self.next().await {}
+    }
+}
+
+/// The content cache `[work] content-cache-mb` asks for (`None`: off, or it could not be
+/// opened, which is logged and leaves content-addressed submissions to send whole).
+fn content_cache(config: &Config) -> Option<Arc<crate::work::cache::ContentCache>> {
+    if config.work.content_cache == 0 {
+        return None;
+    }
+    match crate::work::cache::ContentCache::open(&config.data_dir, config.work.content_cache) {
+        Ok(cache) => Some(cache),
+        Err(e) => {
+            tracing::warn!(error = %e, "content cache unavailable; submissions are sent whole");
+            None
+        }
     }
 }

@@ -83,6 +83,8 @@ pub(crate) struct Families {
     job_seconds: Family<WorkTypeLabel, Histogram, fn() -> Histogram>,
     queue_depth: Gauge,
     payload_bytes: Counter,
+    content_received_bytes: Counter,
+    content_cached_bytes: Counter,
     result_bytes: Counter,
     component_compiles: Counter,
     component_cache_hits: Counter,
@@ -113,6 +115,8 @@ impl Families {
             job_seconds: Family::new_with_constructor(job_histogram as fn() -> Histogram),
             queue_depth: Default::default(),
             payload_bytes: Default::default(),
+            content_received_bytes: Default::default(),
+            content_cached_bytes: Default::default(),
             result_bytes: Default::default(),
             component_compiles: Default::default(),
             component_cache_hits: Default::default(),
@@ -202,6 +206,20 @@ impl Metrics {
     pub fn payload_bytes(&self, bytes: u64) {
         if let Some(f) = self.families() {
             f.payload_bytes.inc_by(bytes);
+        }
+    }
+
+    /// A content-addressed submission sent `bytes` of file contents this node lacked.
+    pub fn content_received(&self, bytes: u64) {
+        if let Some(f) = self.families() {
+            f.content_received_bytes.inc_by(bytes);
+        }
+    }
+
+    /// A content-addressed submission used `bytes` of file contents already cached here.
+    pub fn content_cached(&self, bytes: u64) {
+        if let Some(f) = self.families() {
+            f.content_cached_bytes.inc_by(bytes);
         }
     }
 
@@ -377,6 +395,16 @@ fn register_work(r: &mut Registry, f: &Families) {
         "payload_bytes",
         "Bytes of unit payloads stored here",
         f.payload_bytes.clone(),
+    );
+    r.register(
+        "content_received_bytes",
+        "Bytes of file contents received in content-addressed submissions (not cached here)",
+        f.content_received_bytes.clone(),
+    );
+    r.register(
+        "content_cached_bytes",
+        "Bytes of file contents content-addressed submissions found in the content cache",
+        f.content_cached_bytes.clone(),
     );
     r.register(
         "result_bytes",

@@ -16,6 +16,7 @@ use super::protocol::{
 };
 use super::signature::WorkSignature;
 use super::unit::{SubmitNonce, UnitId};
+use crate::ansible::transmit::manifest::Manifest;
 use crate::id::{NodeId, ServiceName};
 use crate::mesh::driver::{MeshHandle, MeshStream};
 
@@ -96,6 +97,18 @@ pub struct Following {
     pub offset: u64,
     /// The submission's stream, until it is read or broken.
     stream: Option<MeshStream>,
+}
+
+/// A content-addressed submission the node has answered (see
+/// [`WorkClient::offer_manifest`]).
+#[derive(Debug)]
+pub struct Offered {
+    node: NodeId,
+    /// The unit's id on the running node.
+    pub unit: UnitId,
+    /// The manifest entries whose contents the node lacks.
+    pub lacking: Vec<u32>,
+    stream: MeshStream,
 }
 
 /// Talks to other nodes' `work` service.
@@ -234,6 +247,89 @@ impl WorkClient {
             }
         }
         (self.follow_from(&session.node, session.unit, session.offset, sink)).await
+    }
+
+    /// Offers a content-addressed submission to `node`: sends `manifest` and returns the
+    /// unit the node made and the entries whose contents it lacks. Finish it with
+    /// [`WorkClient::finish_offer`].
+    ///
+    /// # Errors
+    /// [`ClientError`]; [`ClientError::Refused`] with [`WorkRefusal::ContentCacheOff`]
+    /// (no unit exists then) when the node keeps no content cache or does not know this
+    /// request: send the payload whole instead.
+    pub async fn offer_manifest(
+        &self,
+        node: &NodeId,
+        (work_type, params): (String, BTreeMap<String, String>),
+        manifest: &Manifest,
+    ) -> Result<Offered, ClientError> {
+        let proto = |e| ClientError::from_protocol(node, e);
+        let mut stream = self.connect(node).await?;
+        let submit = Request::SubmitManifest {
+            work_type,
+            params,
+            follow: Some(0),
+        };
+        protocol::write(&mut stream, &submit).await.map_err(proto)?;
+        protocol::write(&mut stream, manifest)
+            .await
+            .map_err(proto)?;
+        match protocol::read(&mut stream).await {
+            Ok(Reply::Lacking { unit, lacking }) => Ok(Offered {
+                node: node.clone(),
+                unit,
+                lacking,
+                stream,
+            }),
+            Ok(Reply::Refused(refusal)) => Err(refusal.into()),
+            Ok(other) => Err(Self::unexpected(node, &other)),
+            // A node that does not know the request closes the stream unanswered.
+            Err(ProtocolError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                Err(WorkRefusal::ContentCacheOff { node: node.clone() }.into())
+            }
+            Err(e) => Err(proto(e)),
+        }
+    }
+
+    /// Sends `contents` (the lacking entries' bytes and the inline ones, in manifest order)
+    /// to its end, then follows the unit's output into `sink` as
+    /// [`WorkClient::submit_and_follow`] does.
+    ///
+    /// # Errors
+    /// As [`WorkClient::submit_and_follow`]; a refusal of the contents (a hash mismatch)
+    /// is read even when it cut the sending short.
+    pub async fn finish_offer(
+        &self,
+        offered: Offered,
+        contents: &mut (dyn AsyncRead + Unpin + Send),
+        sink: &mut (dyn AsyncWrite + Unpin + Send),
+    ) -> Result<(UnitId, RemoteStatus), ClientError> {
+        let Offered {
+            node,
+            unit,
+            mut stream,
+            ..
+        } = offered;
+        let proto = |e| ClientError::from_protocol(&node, e);
+        let sent = send_payload(contents, &mut stream, &node).await;
+        if let Err(e @ ClientError::Payload(_)) = sent {
+            return Err(e);
+        }
+        match (protocol::read(&mut stream).await, sent) {
+            (Ok(Reply::Refused(refusal)), _) => return Err(refusal.into()),
+            (_, Err(e)) => return Err(e),
+            (Ok(Reply::Started), Ok(())) => {}
+            (Ok(other), Ok(())) => return Err(Self::unexpected(&node, &other)),
+            (Err(e), Ok(())) => return Err(proto(e)),
+        }
+        let mut session = Following {
+            node,
+            unit,
+            offset: 0,
+            stream: Some(stream),
+        };
+        let status = self.keep_following(&mut session, sink).await?;
+        Ok((unit, status))
     }
 
     async fn send_submit(

@@ -371,11 +371,44 @@ impl Work {
 
     /// Refuses new units while the data dir's file system is below the free-space floor.
     fn check_room(&self) -> Result<(), WorkError> {
+        self.check_room_for(0)
+    }
+
+    /// Refuses writing `bytes` more when that would take the data dir's file system below
+    /// the free-space floor (a floor of 0 is not checked).
+    ///
+    /// # Errors
+    /// [`WorkError::NoRoom`].
+    pub fn check_room_for(&self, bytes: u64) -> Result<(), WorkError> {
         let floor = (self.free_space_floor).load(std::sync::atomic::Ordering::Relaxed);
-        crate::host::disk::has_room(&self.data_dir, floor).map_err(|e| WorkError::NoRoom {
-            node: self.node.clone(),
-            reason: e.to_string(),
+        if floor == 0 {
+            return Ok(());
+        }
+        crate::host::disk::has_room(&self.data_dir, floor.saturating_add(bytes)).map_err(|e| {
+            WorkError::NoRoom {
+                node: self.node.clone(),
+                reason: e.to_string(),
+            }
         })
+    }
+
+    /// Fails a unit still waiting for its payload, with `detail` (a payload that could not
+    /// be put together: the unit never runs).
+    pub fn fail_payload(&self, id: UnitId, detail: String) {
+        let _ = self.commands.send(Command::PayloadStored {
+            id,
+            result: Err(detail),
+        });
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
+    }
+
+    /// The node's data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
     }
 
     /// Reads `payload` to EOF into the unit's stdin (at most the node's payload limit),

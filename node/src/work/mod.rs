@@ -15,13 +15,17 @@
 //! - [`protocol`]: the typed, versioned node-to-node work messages, with typed refusals.
 //! - [`client`]: the one client of that protocol (submit, follow from an offset, status,
 //!   cancel, release), used by `warren run`, mirrors and the Python package.
-//! - [`server`]: the mesh `work` service: access checks, ownership, signed work.
+//! - [`server`]: the mesh `work` service: access checks, ownership, signed work, and
+//!   content-addressed submissions.
+//! - [`cache`]: the content cache those use, scoped per submitter, bounded, LRU.
 //! - [`signature`]: signed work (receptorctl's `signwork`).
 //! - [`error`]: [`WorkError`], and how it travels.
 //!
 //! This module does not run handlers itself (that is `host`) and does not speak to
 //! operators (that is `control`).
 
+#[cfg(feature = "host")]
+pub mod cache;
 pub mod client;
 pub mod core;
 #[cfg(feature = "host")]
@@ -45,5 +49,7 @@ pub use unit::{SubmitNonce, TransitionError, UnitId, UnitIdError, UnitState};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_contents;
 #[cfg(test)]
 mod tests_remote;

@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::signature::WorkSignature;
 use super::unit::{SubmitNonce, UnitId, UnitState};
 use crate::access::Refusal;
+pub use crate::ansible::transmit::manifest::MAX_MANIFEST_LEN;
 use crate::id::NodeId;
 
 /// The mesh service that takes remote work.
@@ -77,6 +78,20 @@ pub enum Request {
         /// The unit.
         unit: UnitId,
     },
+    /// Create a unit of `work_type` whose payload is a transmit stream the node assembles
+    /// from a manifest (the next frame, at most [`MAX_MANIFEST_LEN`] bytes) and its content
+    /// cache. Answered with `Lacking`, then the contents it lacks and the inline ones follow
+    /// raw, in manifest order, up to the submitter's half-close; then `Started` (or a
+    /// refusal). A node without a content cache refuses with `ContentCacheOff` before
+    /// making a unit: the submitter sends the stream whole instead.
+    SubmitManifest {
+        /// The work type.
+        work_type: String,
+        /// The submission's parameters.
+        params: BTreeMap<String, String>,
+        /// As for `Submit`.
+        follow: Option<u64>,
+    },
 }
 
 impl Request {
@@ -84,7 +99,10 @@ impl Request {
     pub fn is_mutating(&self) -> bool {
         matches!(
             self,
-            Self::Submit { .. } | Self::Cancel { .. } | Self::Release { .. }
+            Self::Submit { .. }
+                | Self::SubmitManifest { .. }
+                | Self::Cancel { .. }
+                | Self::Release { .. }
         )
     }
 }
@@ -122,6 +140,14 @@ pub enum Reply {
     Ok,
     /// Refused, and why.
     Refused(WorkRefusal),
+    /// The unit for a `SubmitManifest` exists; send the contents of these entries (indices
+    /// into the manifest) and every inline one.
+    Lacking {
+        /// Its id on the running node.
+        unit: UnitId,
+        /// The entries whose contents the node does not hold, ascending.
+        lacking: Vec<u32>,
+    },
 }
 
 /// One frame of a results stream.
@@ -203,6 +229,21 @@ pub enum WorkRefusal {
         /// The node.
         node: NodeId,
     },
+    /// The node keeps no content cache (`[work] content-cache-mb = 0`): send the
+    /// payload whole.
+    #[error("node {node} keeps no content cache ([work] content-cache-mb is 0)")]
+    ContentCacheOff {
+        /// The node.
+        node: NodeId,
+    },
+    /// A content-addressed submission's manifest or contents were refused.
+    #[error("node {node} refused the submission's manifest: {reason}")]
+    Manifest {
+        /// The node.
+        node: NodeId,
+        /// What was wrong.
+        reason: String,
+    },
     /// The peer speaks another version of this protocol.
     #[error("work protocol version mismatch: node {node} speaks v{ours}, the request v{theirs}")]
     Version {
@@ -268,10 +309,21 @@ pub async fn write<T: Serialize, W: AsyncWrite + Unpin + ?Sized>(
 pub async fn read<T: for<'de> Deserialize<'de>, R: AsyncRead + Unpin + ?Sized>(
     input: &mut R,
 ) -> Result<T, ProtocolError> {
+    read_limited(input, MAX_MESSAGE_LEN).await
+}
+
+/// Reads one message of at most `limit` bytes (a manifest's limit is its own).
+///
+/// # Errors
+/// As [`read`].
+pub async fn read_limited<T: for<'de> Deserialize<'de>, R: AsyncRead + Unpin + ?Sized>(
+    input: &mut R,
+    limit: usize,
+) -> Result<T, ProtocolError> {
     let mut len = [0u8; 4];
     input.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_MESSAGE_LEN {
+    if len > limit {
         return Err(ProtocolError::TooLarge(len));
     }
     let mut bytes = vec![0u8; len];

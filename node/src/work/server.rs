@@ -6,6 +6,8 @@
 //! told "unknown unit" and learns nothing of its existence. Refusals and every mutating
 //! request are logged at info with the peer's identity.
 
+mod contents;
+
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -30,6 +32,9 @@ pub struct ServerSetup {
     pub access: watch::Receiver<Arc<AccessPolicy>>,
     /// Which work signatures are required and trusted (replaced on reload).
     pub signed: watch::Receiver<SignedWork>,
+    /// The content cache for content-addressed submissions (`None`: off, such submissions
+    /// are told to send their payload whole).
+    pub contents: Option<Arc<super::cache::ContentCache>>,
 }
 
 /// The node's rule for signed work.
@@ -53,6 +58,7 @@ struct Server {
     signed: watch::Receiver<SignedWork>,
     /// Remembers the nonces seen; its keys follow `signed`.
     verifier: Mutex<Verifier>,
+    contents: Option<Arc<super::cache::ContentCache>>,
 }
 
 /// Serves the `work` mesh service until the mesh stops. The receiver counts the results
@@ -69,6 +75,7 @@ pub fn serve(work: Work, mesh: &MeshHandle, setup: ServerSetup) -> watch::Receiv
         access: setup.access,
         verifier: Mutex::new(Verifier::new(Vec::new())),
         signed: setup.signed,
+        contents: setup.contents,
     });
     tokio::spawn(async move {
         while let Some(stream) = incoming.recv().await {
@@ -144,6 +151,20 @@ impl Server {
                     nonce,
                 };
                 self.submit(&mut stream, &peer, &access, &by, submit).await
+            }
+            Request::SubmitManifest {
+                work_type,
+                params,
+                follow,
+            } => {
+                let submit = SubmitRequest {
+                    work_type,
+                    params,
+                    signature: None,
+                    follow,
+                    nonce: None,
+                };
+                (self.submit_manifest(&mut stream, &peer, &access, &by, submit)).await
             }
             Request::Results { unit, offset } => self.results(&mut stream, unit, offset, &by).await,
             Request::Status { unit } => {
@@ -353,6 +374,7 @@ fn describe(request: &Request) -> String {
             "submit {work_type}{}",
             if signature.is_some() { " (signed)" } else { "" }
         ),
+        Request::SubmitManifest { work_type, .. } => format!("submit {work_type} (manifest)"),
         Request::Results { unit, offset } => format!("results {unit} from {offset}"),
         Request::Status { unit } => format!("status {unit}"),
         Request::Cancel { unit } => format!("cancel {unit}"),

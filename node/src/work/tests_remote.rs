@@ -131,6 +131,7 @@ async fn remote_output_survives_a_relay_restart_and_a_submission_sent_twice_runs
         ServerSetup {
             access,
             signed: watch::channel(super::server::SignedWork::default()).1,
+            contents: None,
         },
     );
     let (_none, empty) = watch::channel(Arc::new(Registry::default()));

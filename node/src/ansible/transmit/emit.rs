@@ -103,6 +103,7 @@ impl Zip {
         match (&self.entries[index].body, &self.data[index]) {
             (Body::Dir, _) => {}
             (Body::Link { target }, _) => out.put(target.as_bytes())?,
+            (Body::Bytes(bytes), _) => out.put(bytes)?,
             (Body::File { path, stamp }, Data::Held { bytes, .. }) => {
                 // Read when planned; still the same file now, or the transmit says so.
                 drop(source::open(path, stamp)?);
@@ -150,6 +151,7 @@ fn record(entry: &Entry, data: &Data, offset: u64) -> Record {
             (Method::Deflated, *crc, *compressed)
         }
         (Body::Link { target }, _) => (Method::Stored, crc32fast::hash(target.as_bytes()), size),
+        (Body::Bytes(bytes), _) => (Method::Stored, crc32fast::hash(bytes), size),
         _ => (Method::Stored, 0, size),
     };
     Record {

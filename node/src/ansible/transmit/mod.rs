@@ -11,10 +11,16 @@
 //! and the stream then ends without its central directory and without `{"eof": true}`: the
 //! real worker refuses such a stream ("Failed to extract private data directory") rather
 //! than run the job on half a dir.
+//!
+//! To a node with a content cache the client sends a manifest instead (`manifest`): the
+//! kwargs line and each entry's hash; then only the contents the node lacks (`contents`),
+//! from which the node assembles this same stream with this same zip writer.
 
 mod compress;
+mod contents;
 mod emit;
 mod layout;
+pub mod manifest;
 mod plan;
 mod source;
 #[cfg(test)]
@@ -28,6 +34,7 @@ use base64::engine::general_purpose::STANDARD;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+pub use self::contents::{ContentPlan, Held};
 use self::emit::{Zip, ZipOut};
 use super::kwargs::Kwargs;
 

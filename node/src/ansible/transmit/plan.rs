@@ -46,6 +46,9 @@ pub(super) enum Body {
     Dir,
     /// A symlink: its data is the target.
     Link { target: String },
+    /// A regular file whose contents are already here (a node assembling a submission's
+    /// stream from a manifest: the contents sent inline).
+    Bytes(Vec<u8>),
 }
 
 /// One zip entry.
@@ -66,13 +69,14 @@ impl Entry {
             Body::File { stamp, .. } => stamp.len,
             Body::Dir => 0,
             Body::Link { target } => target.len() as u64,
+            Body::Bytes(bytes) => bytes.len() as u64,
         }
     }
 }
 
-const TYPE_FILE: u32 = 0o100_000;
-const TYPE_DIR: u32 = 0o040_000;
-const TYPE_LINK: u32 = 0o120_000;
+pub(super) const TYPE_FILE: u32 = 0o100_000;
+pub(super) const TYPE_DIR: u32 = 0o040_000;
+pub(super) const TYPE_LINK: u32 = 0o120_000;
 
 /// Every entry of the zip of `dir`, in the reference's order.
 ///

@@ -1,15 +1,23 @@
 //! `--via-receptor NODE`: a short-lived node inside the CLI links to a peer, waits for NODE,
 //! submits the job and follows its results. The client node itself (identity, known keys,
-//! explanations) is the library's [`ClientNode`].
+//! explanations) is the library's [`ClientNode`]. The private data dir goes as a manifest
+//! and only the contents the node's cache lacks; to a node that keeps no content cache, as
+//! the whole transmit stream.
+
+use anyhow::Context as _;
+use tokio::io::AsyncWriteExt as _;
 
 use super::{Prepared, RunArgs, WORK_TYPE, payload_failure, receive, timeout};
 use crate::ansible::process::ProcessOutcome;
+use crate::ansible::transmit::ContentPlan;
+use crate::cli::progress::Progress;
 use crate::client::{ClientNode, ClientOptions};
 use crate::config::{DEFAULT_PORT, EndpointAddr, Scheme};
 use crate::id::NodeId;
 use crate::mesh::driver::MeshHandle;
 use crate::work::UnitId;
-use crate::work::client::{SubmitRequest, WorkClient};
+use crate::work::client::{ClientError, Offered, SubmitRequest, WorkClient};
+use crate::work::protocol::WorkRefusal;
 
 /// Runs the job on `node` through the peer; returns what processing the results found.
 pub(super) async fn run_remote(
@@ -49,16 +57,62 @@ pub(super) fn terminal_param() -> std::collections::BTreeMap<String, String> {
         .collect()
 }
 
-/// Streams the payload to a new unit on `node` and follows its results into the processor
-/// on the same stream (resuming by offset if the path breaks). Ctrl-C cancels the unit and
-/// goes on reading until it ends. Once the artifacts are written, the unit is released on
-/// the node: its output holds the job's events, which need not stay there.
+/// How the payload goes to the node.
+enum Upload {
+    /// The node keeps a content cache and answered the manifest: send what it lacks.
+    Contents(ContentPlan, Box<Offered>),
+    /// The node keeps none (or does not know content-addressed submissions): send the
+    /// transmit stream whole.
+    Whole,
+}
+
+/// Offers the private data dir's manifest to `node`; [`Upload::Whole`] when it keeps no
+/// content cache.
+async fn offer(client: &WorkClient, node: &NodeId, prepared: &Prepared) -> anyhow::Result<Upload> {
+    let plan = ContentPlan::prepare(&prepared.private_data_dir, &prepared.kwargs)
+        .await
+        .context("packing the private data dir")?;
+    let request = (WORK_TYPE.to_owned(), terminal_param());
+    match client.offer_manifest(node, request, plan.manifest()).await {
+        Ok(offered) => Ok(Upload::Contents(plan, Box::new(offered))),
+        Err(ClientError::Refused(WorkRefusal::ContentCacheOff { .. })) => Ok(Upload::Whole),
+        Err(e) => Err(anyhow::anyhow!("{e}").context(format!("running the job on {node}"))),
+    }
+}
+
+/// Sends the contents `node` lacks and the inline ones into `out` (with progress on a
+/// terminal), closing it when all is sent; completes only on failure, with its error.
+async fn contents_failure(
+    plan: ContentPlan,
+    lacking: &[u32],
+    quiet: bool,
+    out: &mut tokio::io::DuplexStream,
+) -> anyhow::Error {
+    let indices = plan.to_send(lacking);
+    let total = plan.send_len(&indices);
+    let mut counted = Progress::new(&mut *out, Some(total), quiet);
+    let sent = plan.send(indices, &mut counted).await;
+    counted.finish(sent.is_ok());
+    drop(counted);
+    if let Err(e) = sent {
+        return anyhow::Error::new(e).context("sending the private data dir");
+    }
+    out.shutdown().await.ok();
+    std::future::pending().await
+}
+
+/// Streams the payload to a new unit on `node` (only what its content cache lacks, when
+/// it keeps one) and follows its results into the processor on the same stream (resuming
+/// by offset if the path breaks). Ctrl-C cancels the unit and goes on reading until it
+/// ends. Once the artifacts are written, the unit is released on the node: its output
+/// holds the job's events, which need not stay there.
 async fn submit_and_follow(
     mesh: &MeshHandle,
     node: &NodeId,
     prepared: &Prepared,
 ) -> anyhow::Result<ProcessOutcome> {
     let client = WorkClient::new(mesh.clone());
+    let upload = offer(&client, node, prepared).await?;
     let (mut payload_in, mut payload_out) = tokio::io::duplex(256 * 1024);
     let (results_in, mut results_out) = tokio::io::duplex(256 * 1024);
     let unit_cell: std::sync::Mutex<Option<UnitId>> = std::sync::Mutex::new(None);
@@ -74,10 +128,31 @@ async fn submit_and_follow(
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(unit);
     };
     let client_ref = &client;
+    type Sending<'a> = std::pin::Pin<Box<dyn Future<Output = anyhow::Error> + Send + 'a>>;
+    let (offered, sending): (Option<Offered>, Sending<'_>) = match upload {
+        Upload::Contents(plan, offered) => {
+            created(offered.unit);
+            let lacking = offered.lacking.clone();
+            let quiet = prepared.process.quiet;
+            let sending =
+                Box::pin(
+                    async move { contents_failure(plan, &lacking, quiet, &mut payload_in).await },
+                );
+            (Some(*offered), sending)
+        }
+        Upload::Whole => (None, Box::pin(payload_failure(prepared, &mut payload_in))),
+    };
     let job = async move {
-        let result = client_ref
-            .submit_and_follow(node, request, &mut payload_out, created, &mut results_out)
-            .await;
+        let result = match offered {
+            Some(offered) => {
+                (client_ref.finish_offer(offered, &mut payload_out, &mut results_out)).await
+            }
+            None => {
+                client_ref
+                    .submit_and_follow(node, request, &mut payload_out, created, &mut results_out)
+                    .await
+            }
+        };
         // Both pipes close with the stream: a packer still writing gets a broken pipe rather
         // than waiting for a reader that is gone (it hung there when the path broke during
         // the upload), and the processor sees the end of the results.
@@ -109,7 +184,7 @@ async fn submit_and_follow(
         done = &mut work => done,
         // The stream ended first (its path broke during the upload, or the node refused):
         // the packer's broken pipe only echoes that, and the stream's end says why.
-        failed = payload_failure(prepared, &mut payload_in) => {
+        failed = sending => {
             if super::reader_gone(&failed) {
                 (&mut work).await
             } else {

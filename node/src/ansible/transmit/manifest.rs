@@ -1,0 +1,313 @@
+//! The manifest of a private data dir, sent instead of its transmit stream to a node that
+//! keeps a content cache: the kwargs line, and per zip entry its name, mode, time, size
+//! and where its bytes come from (a SHA-256 the node may hold, inline after the manifest,
+//! a symlink's target, or nothing for a directory).
+//!
+//! Pure: the wire types and the node's checks of a peer's manifest, no IO. A manifest is
+//! peer input: [`Manifest::check`] bounds it (entries, sizes, inline bytes, the payload
+//! cap) and refuses names a zip must not carry before the node writes anything.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+
+use super::layout::MAX_NAME_LEN;
+use super::plan::{TYPE_DIR, TYPE_FILE, TYPE_LINK};
+
+/// SHA-256 of a file's contents.
+pub type ContentHash = [u8; 32];
+
+/// Most entries a manifest may list: the node's lacking list and the manifest itself stay
+/// a few MiB at most.
+pub const MAX_ENTRIES: usize = 200_000;
+
+/// Largest encoded manifest, in bytes (names of 80 bytes on average at [`MAX_ENTRIES`]).
+pub const MAX_MANIFEST_LEN: usize = 32 << 20;
+
+/// Most bytes sent inline (files under `env/`): the node holds them in memory until the
+/// stream is assembled, so they are never written under its content cache.
+pub const MAX_INLINE_BYTES: u64 = 64 << 20;
+
+/// Where an entry's bytes come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Content {
+    /// A directory: no bytes.
+    Dir,
+    /// A symlink: its target.
+    Link(String),
+    /// A regular file the node may have cached: sent only if the node lacks it.
+    Hashed(ContentHash),
+    /// A regular file never cached (`env/`: keys, passwords): always sent, after the
+    /// manifest in manifest order.
+    Inline,
+}
+
+/// One zip entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestEntry {
+    /// The name in the zip (relative, `/`-separated; directories end with `/`).
+    pub name: String,
+    /// `st_mode`: type bits and permission bits.
+    pub mode: u32,
+    /// DOS date and time.
+    pub time: (u16, u16),
+    /// Bytes of a regular file (0 otherwise).
+    pub size: u64,
+    /// Where its bytes come from.
+    pub content: Content,
+}
+
+/// A whole manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The transmit stream's first line (the job's kwargs as JSON, with its `\n`).
+    pub kwargs_line: String,
+    /// The zip's entries in order.
+    pub entries: Vec<ManifestEntry>,
+}
+
+/// Why a node refuses a manifest. `Display` names the entry and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    /// More entries than [`MAX_ENTRIES`].
+    #[error("the manifest lists {entries} entries, over the limit of {MAX_ENTRIES}")]
+    TooManyEntries {
+        /// How many it lists.
+        entries: usize,
+    },
+    /// The stream assembled from it would pass the node's payload limit.
+    #[error(
+        "the private data dir makes a payload of about {bytes} bytes, over the node's limit of {limit} ([work] max-payload-mb)"
+    )]
+    TooLarge {
+        /// The assembled stream's least length.
+        bytes: u64,
+        /// The node's limit.
+        limit: u64,
+    },
+    /// More inline bytes than [`MAX_INLINE_BYTES`].
+    #[error(
+        "files under env/ hold {bytes} bytes, over the limit of {MAX_INLINE_BYTES} sent inline"
+    )]
+    TooMuchInline {
+        /// Their total.
+        bytes: u64,
+    },
+    /// A name a zip entry must not have.
+    #[error("entry {name:?} is refused: {why}")]
+    BadName {
+        /// The name (as sent).
+        name: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// The mode's type bits do not match the entry's kind.
+    #[error("entry {name:?} has mode {mode:o}, which is not that of a {kind}")]
+    BadMode {
+        /// The name.
+        name: String,
+        /// The mode.
+        mode: u32,
+        /// What the content says it is.
+        kind: &'static str,
+    },
+    /// The kwargs line is not one line.
+    #[error("the kwargs line must be one line ending with a newline")]
+    BadKwargs,
+}
+
+impl ManifestEntry {
+    /// Bytes this entry puts in the zip's data.
+    pub fn data_len(&self) -> u64 {
+        match &self.content {
+            Content::Dir => 0,
+            Content::Link(target) => target.len() as u64,
+            Content::Hashed(_) | Content::Inline => self.size,
+        }
+    }
+}
+
+impl Manifest {
+    /// Checks a peer's manifest against the node's bounds: at most [`MAX_ENTRIES`], an
+    /// assembled stream of at most `max_payload` bytes, at most [`MAX_INLINE_BYTES`] inline,
+    /// names relative without `..`, empty parts or NUL, unique, and modes matching kinds.
+    ///
+    /// # Errors
+    /// The first [`ManifestError`] found.
+    pub fn check(&self, max_payload: u64) -> Result<(), ManifestError> {
+        let body = self.kwargs_line.strip_suffix('\n');
+        if body.is_none_or(|b| b.contains('\n')) {
+            return Err(ManifestError::BadKwargs);
+        }
+        if self.entries.len() > MAX_ENTRIES {
+            return Err(ManifestError::TooManyEntries {
+                entries: self.entries.len(),
+            });
+        }
+        let mut names = HashSet::with_capacity(self.entries.len());
+        let (mut data, mut inline) = (0u64, 0u64);
+        for entry in &self.entries {
+            check_name(entry)?;
+            check_mode(entry)?;
+            if !names.insert(entry.name.as_str()) {
+                return Err(bad_name(entry, "it is listed twice"));
+            }
+            data = data.saturating_add(entry.data_len());
+            if entry.content == Content::Inline {
+                inline = inline.saturating_add(entry.size);
+            }
+        }
+        if inline > MAX_INLINE_BYTES {
+            return Err(ManifestError::TooMuchInline { bytes: inline });
+        }
+        // Base64 of the data alone is a lower bound of the stream's length.
+        let bytes = data.saturating_add(2) / 3 * 4;
+        if bytes > max_payload {
+            return Err(ManifestError::TooLarge {
+                bytes,
+                limit: max_payload,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn bad_name(entry: &ManifestEntry, why: &'static str) -> ManifestError {
+    ManifestError::BadName {
+        name: entry.name.clone(),
+        why,
+    }
+}
+
+fn check_name(entry: &ManifestEntry) -> Result<(), ManifestError> {
+    let name = entry.name.as_str();
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(bad_name(entry, "its length is 0 or over 65535 bytes"));
+    }
+    if name.contains('\0') || name.contains('\\') {
+        return Err(bad_name(entry, "it contains NUL or a backslash"));
+    }
+    if name.starts_with('/') {
+        return Err(bad_name(entry, "it is absolute"));
+    }
+    let is_dir = entry.content == Content::Dir;
+    if name.ends_with('/') != is_dir {
+        return Err(bad_name(entry, "only a directory's name ends with /"));
+    }
+    let parts = name.strip_suffix('/').unwrap_or(name);
+    for part in parts.split('/') {
+        match part {
+            "" => return Err(bad_name(entry, "it has an empty part")),
+            "." | ".." => return Err(bad_name(entry, "it has a . or .. part")),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn check_mode(entry: &ManifestEntry) -> Result<(), ManifestError> {
+    let (want, kind) = match entry.content {
+        Content::Dir => (TYPE_DIR, "directory"),
+        Content::Link(_) => (TYPE_LINK, "symlink"),
+        Content::Hashed(_) | Content::Inline => (TYPE_FILE, "regular file"),
+    };
+    let sized = matches!(entry.content, Content::Hashed(_) | Content::Inline) || entry.size == 0;
+    if entry.mode & !0o777 != want || !sized {
+        return Err(ManifestError::BadMode {
+            name: entry.name.clone(),
+            mode: entry.mode,
+            kind,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(name: &str, size: u64) -> ManifestEntry {
+        ManifestEntry {
+            name: name.into(),
+            mode: TYPE_FILE | 0o644,
+            time: (0, 0),
+            size,
+            content: Content::Hashed([7; 32]),
+        }
+    }
+
+    fn manifest(entries: Vec<ManifestEntry>) -> Manifest {
+        Manifest {
+            kwargs_line: "{}\n".into(),
+            entries,
+        }
+    }
+
+    #[test]
+    fn refuses_traversal_absolute_and_odd_names() {
+        for name in [
+            "../x",
+            "project/../../x",
+            "/etc/passwd",
+            "a//b",
+            "./a",
+            "a\0b",
+            "a\\..\\b",
+            "",
+        ] {
+            let err = manifest(vec![file(name, 1)]).check(u64::MAX).unwrap_err();
+            assert!(
+                matches!(err, ManifestError::BadName { .. }),
+                "{name:?}: {err}"
+            );
+        }
+        assert!(
+            manifest(vec![file("project/a.yml", 1)])
+                .check(u64::MAX)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn refuses_duplicates_wrong_modes_and_a_multi_line_kwargs() {
+        let twice = manifest(vec![file("a", 1), file("a", 2)]);
+        assert!(matches!(
+            twice.check(u64::MAX),
+            Err(ManifestError::BadName { .. })
+        ));
+        let mut device = file("a", 1);
+        device.mode = 0o020_644;
+        assert!(matches!(
+            manifest(vec![device]).check(u64::MAX),
+            Err(ManifestError::BadMode { .. })
+        ));
+        let mut lines = manifest(vec![]);
+        lines.kwargs_line = "{}\n{}\n".into();
+        assert_eq!(lines.check(u64::MAX), Err(ManifestError::BadKwargs));
+    }
+
+    #[test]
+    fn bounds_entries_payload_and_inline_bytes() {
+        let many = manifest(
+            (0..=MAX_ENTRIES)
+                .map(|i| file(&format!("f{i}"), 0))
+                .collect(),
+        );
+        assert!(matches!(
+            many.check(u64::MAX),
+            Err(ManifestError::TooManyEntries { .. })
+        ));
+        let big = manifest(vec![file("a", 3_000)]);
+        assert!(matches!(
+            big.check(3_999),
+            Err(ManifestError::TooLarge { .. })
+        ));
+        assert!(big.check(4_000).is_ok());
+        let mut secret = file("env/password", MAX_INLINE_BYTES + 1);
+        secret.content = Content::Inline;
+        assert!(matches!(
+            manifest(vec![secret]).check(u64::MAX),
+            Err(ManifestError::TooMuchInline { .. })
+        ));
+    }
+}

@@ -1,0 +1,292 @@
+//! The node's content cache: file contents received in content-addressed submissions, kept
+//! under `<data_dir>/content-cache/<scope>/<sha256>` so that a submitter's next run sends
+//! only what changed.
+//!
+//! Owns that directory and its index ([`lru`]). A scope is derived from the submitter's
+//! proven key: a submission finds only what the same identity sent, so no one learns
+//! whether another submitter has a file. Contents are written to a temp file created
+//! exclusively, verified by the caller, then renamed into place; the cache stays within
+//! `[work] content-cache-mb` by evicting the least recently used entries, never one pinned
+//! by a submission still being assembled. The index lock is held only for short file
+//! operations (rename, unlink), so an eviction never removes a file a concurrent insert just
+//! put in place.
+
+pub(crate) mod lru;
+
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use sha2::{Digest, Sha256};
+
+use crate::keys::PublicKey;
+use lru::{Key, Lru};
+
+/// The cache's directory under the data dir.
+pub const CACHE_DIR: &str = "content-cache";
+
+/// Prefix of files being received (removed at start).
+const TEMP_PREFIX: &str = ".tmp-";
+
+/// Most entries indexed (each costs about 100 bytes of memory): ample for many private
+/// data dirs of thousands of files.
+const MAX_ENTRIES: usize = 1_000_000;
+
+/// The content cache of a node. Shared by the work service's sessions.
+#[derive(Debug)]
+pub struct ContentCache {
+    root: PathBuf,
+    index: Mutex<Lru>,
+}
+
+/// Whose contents a submission may use: derived from the submitter's proven key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scope([u8; 32]);
+
+impl Scope {
+    /// The scope of submissions proven to come from `key`.
+    pub fn of(key: &PublicKey) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(b"warren content-cache scope\0");
+        hasher.update(key.as_bytes());
+        Self(hasher.finalize().into())
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+impl ContentCache {
+    /// Opens (or creates) the cache under `data_dir`, bounded to `max_bytes`: indexes what
+    /// an earlier run left (oldest modified first), removes unfinished temp files, and
+    /// evicts down to the bound.
+    ///
+    /// # Errors
+    /// When the directory cannot be created or read.
+    pub fn open(data_dir: &Path, max_bytes: u64) -> io::Result<Arc<Self>> {
+        let root = data_dir.join(CACHE_DIR);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&root)?;
+        let mut found = Vec::new();
+        for scope_dir in std::fs::read_dir(&root)? {
+            let scope_dir = scope_dir?;
+            let Some(scope) = scope_dir.file_name().to_str().and_then(unhex) else {
+                continue;
+            };
+            for file in std::fs::read_dir(scope_dir.path())? {
+                let file = file?;
+                let name = file.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with(TEMP_PREFIX) {
+                    let _ = std::fs::remove_file(file.path());
+                    continue;
+                }
+                let (Some(hash), Ok(meta)) = (unhex(&name), file.metadata()) else {
+                    continue;
+                };
+                let modified = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+                found.push((modified, Key { scope, hash }, meta.len()));
+            }
+        }
+        found.sort();
+        let mut index = Lru::new(max_bytes, MAX_ENTRIES);
+        for (_, key, size) in found {
+            index.insert(key, size, false);
+        }
+        let cache = Arc::new(Self {
+            root,
+            index: Mutex::new(index),
+        });
+        let mut index = cache.lock();
+        cache.evict(&mut index);
+        drop(index);
+        Ok(cache)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Lru> {
+        self.index.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The cache's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn scope_dir(&self, scope: &[u8; 32]) -> PathBuf {
+        self.root.join(hex(scope))
+    }
+
+    fn path(&self, key: &Key) -> PathBuf {
+        self.scope_dir(&key.scope).join(hex(&key.hash))
+    }
+
+    /// Removes evicted entries' files. Called with the index locked.
+    fn evict(&self, index: &mut Lru) {
+        for key in index.evict() {
+            if let Err(e) = std::fs::remove_file(self.path(&key)) {
+                tracing::warn!(error = %e, "could not remove an evicted cache file");
+            }
+        }
+    }
+
+    /// A submission's view of the cache: what it pins stays until it is dropped.
+    pub fn session(self: &Arc<Self>, scope: Scope) -> Session {
+        Session {
+            cache: self.clone(),
+            scope: scope.0,
+            pinned: Vec::new(),
+        }
+    }
+
+    /// Bytes and entries indexed now.
+    pub fn usage(&self) -> (u64, usize) {
+        let index = self.lock();
+        (index.bytes(), index.len())
+    }
+}
+
+/// One submission's pins in one scope. Dropping it releases them (and evicts what no
+/// longer fits).
+#[derive(Debug)]
+pub struct Session {
+    cache: Arc<ContentCache>,
+    scope: [u8; 32],
+    pinned: Vec<Key>,
+}
+
+impl Session {
+    fn key(&self, hash: &[u8; 32]) -> Key {
+        Key {
+            scope: self.scope,
+            hash: *hash,
+        }
+    }
+
+    /// Pins the content `hash` if this scope has it: its file and size.
+    pub fn hit(&mut self, hash: &[u8; 32]) -> Option<(PathBuf, u64)> {
+        let key = self.key(hash);
+        let size = self.cache.lock().pin(&key)?;
+        self.pinned.push(key);
+        Some((self.cache.path(&key), size))
+    }
+
+    /// A new temp file in this scope's directory, created exclusively (nothing else can
+    /// have it open or point it elsewhere).
+    ///
+    /// # Errors
+    /// When it cannot be created.
+    pub fn temp_file(&self) -> io::Result<(PathBuf, std::fs::File)> {
+        let dir = self.cache.scope_dir(&self.scope);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)?;
+        loop {
+            let mut tag = [0u8; 12];
+            getrandom::fill(&mut tag).map_err(|e| io::Error::other(e.to_string()))?;
+            let path = dir.join(format!("{TEMP_PREFIX}{}", hex(&tag)));
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(file) => return Ok((path, file)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Puts the verified temp file `temp` (of `size` bytes) in place as content `hash`,
+    /// pinned, and evicts what no longer fits; returns its path. A content already there
+    /// (another submission sent it meanwhile) is kept and `temp` removed.
+    ///
+    /// # Errors
+    /// When the rename fails (`temp` is removed).
+    pub fn commit(&mut self, hash: &[u8; 32], temp: &Path, size: u64) -> io::Result<PathBuf> {
+        let key = self.key(hash);
+        let path = self.cache.path(&key);
+        let mut index = self.cache.lock();
+        if index.contains(&key) {
+            let _ = std::fs::remove_file(temp);
+        } else if let Err(e) = std::fs::rename(temp, &path) {
+            let _ = std::fs::remove_file(temp);
+            return Err(e);
+        }
+        index.insert(key, size, true);
+        self.pinned.push(key);
+        self.cache.evict(&mut index);
+        Ok(path)
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let mut index = self.cache.lock();
+        for key in &self.pinned {
+            index.unpin(key);
+        }
+        self.cache.evict(&mut index);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(session: &mut Session, content: &[u8]) -> PathBuf {
+        let hash: [u8; 32] = Sha256::digest(content).into();
+        let (temp, _) = session.temp_file().unwrap();
+        std::fs::write(&temp, content).unwrap();
+        session.commit(&hash, &temp, content.len() as u64).unwrap()
+    }
+
+    #[test]
+    fn a_session_pins_what_it_uses_until_dropped_and_the_bound_holds_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ContentCache::open(dir.path(), 100).unwrap();
+        let scope = Scope::of(&PublicKey::from_bytes([3; 32]));
+        let mut first = cache.session(scope);
+        let a = put(&mut first, &[b'a'; 60]);
+        let b = put(&mut first, &[b'b'; 60]);
+        // Over the bound, but both are pinned by the session assembling them.
+        assert!(a.is_file() && b.is_file());
+        drop(first);
+        // Released: the older goes.
+        assert!(!a.exists() && b.is_file());
+        assert_eq!(cache.usage(), (60, 1));
+        // Found again after a restart, still bounded.
+        drop(cache);
+        let cache = ContentCache::open(dir.path(), 100).unwrap();
+        let mut again = cache.session(scope);
+        let hash: [u8; 32] = Sha256::digest([b'b'; 60]).into();
+        assert_eq!(again.hit(&hash), Some((b, 60)));
+    }
+
+    #[test]
+    fn another_identity_does_not_see_a_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ContentCache::open(dir.path(), 1 << 20).unwrap();
+        let mine = Scope::of(&PublicKey::from_bytes([3; 32]));
+        let theirs = Scope::of(&PublicKey::from_bytes([4; 32]));
+        put(&mut cache.session(mine), b"secret");
+        let hash: [u8; 32] = Sha256::digest(b"secret").into();
+        assert!(cache.session(theirs).hit(&hash).is_none());
+        assert!(cache.session(mine).hit(&hash).is_some());
+    }
+}

@@ -1,0 +1,185 @@
+//! The content cache's index: which contents each scope holds, their sizes, how recently
+//! each was used, and which are pinned by a submission being assembled. Decides what to
+//! evict to stay under the bounds; pinned entries are never evicted.
+//!
+//! Pure: no IO, no clock (recency is a counter).
+
+use std::collections::{BTreeMap, HashMap};
+
+/// A cached content: the scope (whose submissions may use it) and its SHA-256.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct Key {
+    /// Derived from the submitter's proven identity.
+    pub(crate) scope: [u8; 32],
+    /// The content's SHA-256.
+    pub(crate) hash: [u8; 32],
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    size: u64,
+    /// When it was last used (higher: more recent).
+    used: u64,
+    /// Submissions holding it.
+    pins: u32,
+}
+
+/// The index, bounded by total bytes and entry count.
+#[derive(Debug)]
+pub(crate) struct Lru {
+    max_bytes: u64,
+    max_entries: usize,
+    bytes: u64,
+    slots: HashMap<Key, Slot>,
+    /// Recency order: `used` -> key.
+    order: BTreeMap<u64, Key>,
+    clock: u64,
+}
+
+impl Lru {
+    /// An empty index holding at most `max_bytes` in at most `max_entries` entries (once
+    /// nothing is pinned).
+    pub(crate) fn new(max_bytes: u64, max_entries: usize) -> Self {
+        Self {
+            max_bytes,
+            max_entries,
+            bytes: 0,
+            slots: HashMap::new(),
+            order: BTreeMap::new(),
+            clock: 0,
+        }
+    }
+
+    /// Bytes indexed.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Entries indexed.
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    /// Whether `key` is indexed.
+    pub(crate) fn contains(&self, key: &Key) -> bool {
+        self.slots.contains_key(key)
+    }
+
+    /// Pins `key` if it is indexed (and marks it used); returns its size.
+    pub(crate) fn pin(&mut self, key: &Key) -> Option<u64> {
+        let now = self.tick();
+        let slot = self.slots.get_mut(key)?;
+        self.order.remove(&slot.used);
+        slot.used = now;
+        slot.pins += 1;
+        self.order.insert(now, *key);
+        Some(slot.size)
+    }
+
+    /// Releases one pin of `key`.
+    pub(crate) fn unpin(&mut self, key: &Key) {
+        if let Some(slot) = self.slots.get_mut(key) {
+            slot.pins = slot.pins.saturating_sub(1);
+        }
+    }
+
+    /// Indexes `key` of `size` bytes as the most recently used, pinned once if `pinned`. A
+    /// key already indexed is pinned (if asked) rather than added twice.
+    pub(crate) fn insert(&mut self, key: Key, size: u64, pinned: bool) {
+        if self.contains(&key) {
+            if pinned {
+                self.pin(&key);
+            }
+            return;
+        }
+        let used = self.tick();
+        let pins = u32::from(pinned);
+        self.slots.insert(key, Slot { size, used, pins });
+        self.order.insert(used, key);
+        self.bytes += size;
+    }
+
+    /// Removes least recently used unpinned entries until the index is within its bounds
+    /// (or only pinned entries are left); returns them, for their files to be deleted.
+    pub(crate) fn evict(&mut self) -> Vec<Key> {
+        let mut gone = Vec::new();
+        let mut cursor = 0;
+        while self.bytes > self.max_bytes || self.slots.len() > self.max_entries {
+            let Some((&used, &key)) = self.order.range(cursor..).next() else {
+                break;
+            };
+            cursor = used + 1;
+            let Some(&slot) = self.slots.get(&key) else {
+                continue;
+            };
+            if slot.pins > 0 {
+                continue;
+            }
+            self.order.remove(&used);
+            self.slots.remove(&key);
+            self.bytes -= slot.size;
+            gone.push(key);
+        }
+        gone
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u8) -> Key {
+        Key {
+            scope: [1; 32],
+            hash: [n; 32],
+        }
+    }
+
+    #[test]
+    fn eviction_keeps_the_cache_under_its_bound_oldest_first() {
+        let mut lru = Lru::new(100, 1_000);
+        for n in 0..10 {
+            lru.insert(key(n), 30, false);
+            lru.evict();
+            assert!(lru.bytes() <= 100, "{} bytes after {n}", lru.bytes());
+        }
+        // The three most recent stay.
+        assert_eq!(lru.len(), 3);
+        assert!(lru.contains(&key(9)) && lru.contains(&key(8)) && lru.contains(&key(7)));
+        // A use makes an entry the most recent: it outlives newer ones.
+        assert_eq!(lru.pin(&key(7)), Some(30));
+        lru.unpin(&key(7));
+        lru.insert(key(10), 30, false);
+        assert_eq!(lru.evict(), vec![key(8)]);
+        assert!(lru.contains(&key(7)));
+    }
+
+    #[test]
+    fn pinned_entries_survive_eviction_and_go_once_released() {
+        let mut lru = Lru::new(50, 1_000);
+        lru.insert(key(1), 40, true);
+        lru.insert(key(2), 40, true);
+        assert!(lru.evict().is_empty(), "both are pinned");
+        assert_eq!(lru.bytes(), 80);
+        lru.unpin(&key(1));
+        assert_eq!(lru.evict(), vec![key(1)]);
+        assert!(lru.contains(&key(2)));
+        lru.unpin(&key(2));
+        assert!(lru.evict().is_empty(), "40 bytes fit");
+    }
+
+    #[test]
+    fn the_entry_count_is_bounded_too() {
+        let mut lru = Lru::new(u64::MAX, 2);
+        for n in 0..5 {
+            lru.insert(key(n), 1, false);
+        }
+        assert_eq!(lru.evict().len(), 3);
+        assert_eq!(lru.len(), 2);
+    }
+}

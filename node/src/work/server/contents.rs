@@ -1,0 +1,364 @@
+//! Content-addressed submissions on the node (`SubmitManifest`): check the manifest, pin
+//! what the submitter's scope of the content cache holds, ask for the rest, receive and
+//! verify it, assemble the exact transmit stream and store it as the unit's payload.
+//!
+//! Everything is checked before anything is written: the manifest against its caps and the
+//! payload limit, the disk against the free-space floor. A content whose SHA-256 is not the
+//! one listed fails the unit and is never cached; files sent inline (`env/`) stay in memory
+//! until the stream is assembled and never reach the cache.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+
+use super::{Server, SubmitRequest, finish};
+use crate::access::AccessPolicy;
+use crate::ansible::transmit::manifest::{Content, ContentHash, MAX_MANIFEST_LEN, Manifest};
+use crate::ansible::transmit::{Held, Transmit};
+use crate::mesh::driver::{MeshStream, PeerIdentity};
+use crate::work::cache::{Scope, Session};
+use crate::work::core::Requester;
+use crate::work::driver::{Created, Submission};
+use crate::work::error::WorkError;
+use crate::work::protocol::{self, ProtocolError, Reply, WorkRefusal};
+use crate::work::unit::UnitId;
+
+/// Bytes read from the stream at a time.
+const READ_LEN: usize = 256 * 1024;
+
+/// Why the contents were refused.
+#[derive(Debug, thiserror::Error)]
+enum ReceiveError {
+    /// The stream ended before an entry's last byte.
+    #[error("the contents ended before all of {name} arrived")]
+    Short { name: String },
+    /// A content's SHA-256 is not the one listed.
+    #[error("the content sent for {name} does not match its SHA-256 (nothing was cached)")]
+    Mismatch { name: String },
+    /// Bytes after the last content.
+    #[error("bytes follow the last content")]
+    Trailing,
+    /// Writing to the cache failed.
+    #[error("storing a content: {0}")]
+    Store(std::io::Error),
+    /// The stream failed.
+    #[error("reading the contents: {0}")]
+    Stream(std::io::Error),
+}
+
+/// A submission, its manifest checked, with what the node holds of it.
+struct Plan {
+    manifest: Manifest,
+    held: Vec<Held>,
+    /// Entries whose content is asked for.
+    lacking: Vec<u32>,
+    /// Bytes to receive.
+    lacking_bytes: u64,
+}
+
+impl Server {
+    fn manifest_refusal(&self, peer: &PeerIdentity, reason: String) -> Reply {
+        tracing::info!(peer = %peer.node, key = %peer.key, %reason, "manifest refused");
+        Reply::Refused(WorkRefusal::Manifest {
+            node: self.node().clone(),
+            reason,
+        })
+    }
+
+    /// Answers a `SubmitManifest` (the manifest is the next frame).
+    pub(super) async fn submit_manifest(
+        &self,
+        stream: &mut MeshStream,
+        peer: &PeerIdentity,
+        access: &AccessPolicy,
+        by: &Requester,
+        request: SubmitRequest,
+    ) -> Result<(), ProtocolError> {
+        if let Err(e) = self.admit(peer, access, &request) {
+            let reply = self.refuse(peer, &e);
+            skip_frame(stream).await?;
+            return finish(stream, &reply).await;
+        }
+        let Some(cache) = self.contents.clone() else {
+            let off = WorkRefusal::ContentCacheOff {
+                node: self.node().clone(),
+            };
+            skip_frame(stream).await?;
+            return finish(stream, &Reply::Refused(off)).await;
+        };
+        let manifest: Manifest = match protocol::read_limited(stream, MAX_MANIFEST_LEN).await {
+            Ok(manifest) => manifest,
+            Err(ProtocolError::TooLarge(len)) => {
+                let reason =
+                    format!("the manifest of {len} bytes is over the limit of {MAX_MANIFEST_LEN}");
+                return finish(stream, &self.manifest_refusal(peer, reason)).await;
+            }
+            Err(e) => return Err(e),
+        };
+        if let Err(e) = manifest.check(self.work.max_payload()) {
+            return finish(stream, &self.manifest_refusal(peer, e.to_string())).await;
+        }
+        let mut session = cache.session(Scope::of(&peer.key));
+        let plan = look_up(manifest, &mut session);
+        let cached = plan.manifest.entries.iter().zip(&plan.held);
+        let cached: u64 = cached
+            .filter(|(_, held)| matches!(held, Held::File(_)))
+            .map(|(e, _)| e.size)
+            .sum();
+        self.work.metrics().content_cached(cached);
+        let stream_len = plan
+            .manifest
+            .entries
+            .iter()
+            .map(|e| e.data_len())
+            .sum::<u64>()
+            / 3
+            * 4;
+        if let Err(e) = (self.work).check_room_for(plan.lacking_bytes.saturating_add(stream_len)) {
+            return finish(stream, &self.refuse(peer, &e)).await;
+        }
+        let unit = match self.create_for(peer, &request).await {
+            Ok(unit) => unit,
+            Err(e) => return finish(stream, &self.refuse(peer, &e)).await,
+        };
+        let lacking = plan.lacking.clone();
+        protocol::write(stream, &Reply::Lacking { unit, lacking }).await?;
+        let reply = self
+            .take_contents(stream, peer, unit, plan, &mut session)
+            .await?;
+        // The payload is stored: the cache may evict what this submission used.
+        drop(session);
+        let started = reply == Reply::Started;
+        protocol::write(stream, &reply).await?;
+        if let (true, Some(offset)) = (started, request.follow) {
+            return self.results(stream, unit, offset, by).await;
+        }
+        stream.shutdown().await?;
+        Ok(())
+    }
+
+    async fn create_for(
+        &self,
+        peer: &PeerIdentity,
+        request: &SubmitRequest,
+    ) -> Result<UnitId, WorkError> {
+        let submission = Submission {
+            node: self.node().to_string(),
+            work_type: request.work_type.clone(),
+            params: request.params.clone(),
+            submitter: (peer.node.clone(), Some(peer.key)),
+            ttl: None,
+            sign_work: false,
+        };
+        match self.work.create_submitted(submission, None).await? {
+            Created::New(unit) | Created::Existing(unit) => Ok(unit),
+        }
+    }
+
+    /// Receives the contents, assembles the stream and stores it as `unit`'s payload; the
+    /// reply to send (a refusal fails the unit).
+    async fn take_contents(
+        &self,
+        stream: &mut MeshStream,
+        peer: &PeerIdentity,
+        unit: UnitId,
+        mut plan: Plan,
+        session: &mut Session,
+    ) -> Result<Reply, ProtocolError> {
+        match receive(stream, &mut plan, session).await {
+            Ok(()) => {}
+            Err(ReceiveError::Stream(e)) => {
+                self.work
+                    .fail_payload(unit, format!("the contents broke off: {e}"));
+                return Err(ProtocolError::Io(e));
+            }
+            Err(e) => {
+                self.work.fail_payload(unit, e.to_string());
+                return Ok(self.manifest_refusal(peer, e.to_string()));
+            }
+        }
+        self.work.metrics().content_received(plan.lacking_bytes);
+        let transmit = match Transmit::assemble(plan.manifest, plan.held) {
+            Ok(transmit) => transmit,
+            Err(e) => {
+                self.work
+                    .fail_payload(unit, format!("assembling the payload: {e}"));
+                return Ok(self.manifest_refusal(peer, e.to_string()));
+            }
+        };
+        let failed = AtomicBool::new(false);
+        let (mut reader, mut writer) = tokio::io::duplex(READ_LEN);
+        let send = async {
+            let sent = transmit.send(&mut writer).await;
+            // Set before the writer closes, so the store never takes a cut stream as whole.
+            failed.store(sent.is_err(), Ordering::SeqCst);
+            drop(writer);
+            sent
+        };
+        let node = self.node().clone();
+        let failed = &failed;
+        let store = async move {
+            let check = |_: &[u8; 32]| match failed.load(Ordering::SeqCst) {
+                true => Err(WorkError::Internal(format!(
+                    "node {node} could not assemble the payload from its content cache"
+                ))),
+                false => Ok(()),
+            };
+            self.work.start_checked(unit, &mut reader, check).await
+        };
+        let (sent, stored) = tokio::join!(send, store);
+        if let Err(e) = sent {
+            tracing::warn!(%unit, error = %e, "assembling a payload failed");
+        }
+        Ok(match stored {
+            Ok(_) => Reply::Started,
+            Err(e) => self.refuse(peer, &e),
+        })
+    }
+}
+
+/// Reads away the manifest frame unread (at most [`MAX_MANIFEST_LEN`] bytes), so that the
+/// refusal that follows reaches a submitter still sending it.
+async fn skip_frame(stream: &mut MeshStream) -> Result<(), ProtocolError> {
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).await?;
+    let len = u64::from(u32::from_be_bytes(len)).min(MAX_MANIFEST_LEN as u64);
+    tokio::io::copy(&mut (&mut *stream).take(len), &mut tokio::io::sink()).await?;
+    Ok(())
+}
+
+/// Pins what the scope holds; asks for each other content once (the first entry with it).
+fn look_up(manifest: Manifest, session: &mut Session) -> Plan {
+    let mut held = Vec::with_capacity(manifest.entries.len());
+    let mut lacking = Vec::new();
+    let mut lacking_bytes = 0;
+    let mut asked: HashSet<ContentHash> = HashSet::new();
+    for (index, entry) in manifest.entries.iter().enumerate() {
+        let Content::Hashed(hash) = &entry.content else {
+            held.push(Held::Listed);
+            continue;
+        };
+        match session.hit(hash) {
+            Some((path, _)) => held.push(Held::File(path)),
+            None => {
+                if asked.insert(*hash) {
+                    lacking.push(u32::try_from(index).unwrap_or(u32::MAX));
+                    lacking_bytes += entry.size;
+                }
+                held.push(Held::Listed);
+            }
+        }
+    }
+    Plan {
+        manifest,
+        held,
+        lacking,
+        lacking_bytes,
+    }
+}
+
+/// Reads the asked and inline contents in manifest order, then the end of the stream.
+async fn receive(
+    stream: &mut (dyn AsyncRead + Unpin + Send),
+    plan: &mut Plan,
+    session: &mut Session,
+) -> Result<(), ReceiveError> {
+    let asked: HashSet<usize> = plan.lacking.iter().map(|&i| i as usize).collect();
+    let mut received: HashMap<ContentHash, PathBuf> = HashMap::new();
+    for (index, entry) in plan.manifest.entries.iter().enumerate() {
+        match &entry.content {
+            Content::Inline => {
+                let mut bytes = Vec::new();
+                let mut limited = (&mut *stream).take(entry.size);
+                limited
+                    .read_to_end(&mut bytes)
+                    .await
+                    .map_err(ReceiveError::Stream)?;
+                if bytes.len() as u64 != entry.size {
+                    return Err(ReceiveError::Short {
+                        name: entry.name.clone(),
+                    });
+                }
+                plan.held[index] = Held::Bytes(bytes);
+            }
+            Content::Hashed(hash) if asked.contains(&index) => {
+                let path = receive_file(stream, session, &entry.name, hash, entry.size).await?;
+                received.insert(*hash, path.clone());
+                plan.held[index] = Held::File(path);
+            }
+            _ => {}
+        }
+    }
+    // Later entries with a content received for an earlier one.
+    for (index, entry) in plan.manifest.entries.iter().enumerate() {
+        if let (Content::Hashed(hash), Held::Listed) = (&entry.content, &plan.held[index])
+            && let Some(path) = received.get(hash)
+        {
+            plan.held[index] = Held::File(path.clone());
+        }
+    }
+    let mut probe = [0u8; 1];
+    match stream
+        .read(&mut probe)
+        .await
+        .map_err(ReceiveError::Stream)?
+    {
+        0 => Ok(()),
+        _ => Err(ReceiveError::Trailing),
+    }
+}
+
+/// Receives one content into a temp file, verifies it, and commits it to the cache.
+async fn receive_file(
+    stream: &mut (dyn AsyncRead + Unpin + Send),
+    session: &mut Session,
+    name: &str,
+    hash: &ContentHash,
+    size: u64,
+) -> Result<PathBuf, ReceiveError> {
+    let (temp, file) = session.temp_file().map_err(ReceiveError::Store)?;
+    let written = write_verified(stream, tokio::fs::File::from_std(file), name, hash, size).await;
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&temp);
+        return Err(e);
+    }
+    session
+        .commit(hash, &temp, size)
+        .map_err(ReceiveError::Store)
+}
+
+async fn write_verified(
+    stream: &mut (dyn AsyncRead + Unpin + Send),
+    mut file: tokio::fs::File,
+    name: &str,
+    hash: &ContentHash,
+    size: u64,
+) -> Result<(), ReceiveError> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; READ_LEN];
+    let mut left = size;
+    while left > 0 {
+        let want = usize::try_from(left).map_or(READ_LEN, |l| l.min(READ_LEN));
+        let n = stream
+            .read(&mut buf[..want])
+            .await
+            .map_err(ReceiveError::Stream)?;
+        if n == 0 {
+            return Err(ReceiveError::Short { name: name.into() });
+        }
+        hasher.update(&buf[..n]);
+        file.write_all(&buf[..n])
+            .await
+            .map_err(ReceiveError::Store)?;
+        left -= n as u64;
+    }
+    if <[u8; 32]>::from(hasher.finalize()) != *hash {
+        return Err(ReceiveError::Mismatch { name: name.into() });
+    }
+    // On disk before it is named by its hash: a power loss never leaves a cut file there.
+    file.sync_data().await.map_err(ReceiveError::Store)?;
+    Ok(())
+}
