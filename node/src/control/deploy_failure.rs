@@ -1,6 +1,7 @@
 //! Why a `deploy` failed, as the control socket's backend reports it: typed up to the
 //! seam, printed as the reply's `ERROR:` line only there.
 
+#[cfg(feature = "host")]
 use crate::host::deploy::DeployError;
 use crate::host::signing::VerifyError;
 use crate::id::{NameError, NodeId};
@@ -16,6 +17,7 @@ pub enum DeployFailure {
     #[error("{0}")]
     BadSignatureFile(VerifyError),
     /// The node checked the component and refused it.
+    #[cfg(feature = "host")]
     #[error(transparent)]
     Refused(#[from] DeployError),
     /// The task that checks and compiles the component ended abnormally.

@@ -43,7 +43,6 @@ pub(crate) mod setup;
 pub(crate) mod spawn;
 pub(crate) mod supervised;
 pub mod supervisor;
-#[cfg(feature = "host")]
 pub(crate) mod vfork;
 pub mod watch;
 
