@@ -638,7 +638,7 @@ impl Link {
                 return false;
             }
         };
-        match Message::decode(&frame) {
+        match Message::decode_shared(&frame) {
             Ok(Message::Hello(hello)) => {
                 let State::AwaitingHello { transport, key } =
                     std::mem::replace(&mut self.state, State::Closed)
@@ -720,7 +720,7 @@ impl Link {
             if self.config.tap {
                 self.events.push_back(LinkEvent::Plaintext(frame.clone()));
             }
-            let message = match Message::decode(&frame) {
+            let message = match Message::decode_shared(&frame) {
                 Ok(message) => message,
                 Err(e) => {
                     self.fail(e.to_string());

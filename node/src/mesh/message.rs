@@ -13,6 +13,8 @@ use crate::ca::SignedCertificate;
 use crate::id::NodeId;
 use crate::keys::SignedSuccession;
 
+mod shared;
+
 /// Version of the mesh protocol. The initiator states it in clear in the first handshake
 /// message, so a responder of another version can name both versions in its refusal.
 ///
