@@ -455,6 +455,7 @@ impl Link {
             self.next_rekey = now + self.config.rekey_interval;
         }
         if now >= self.last_tx + self.config.keepalive && !self.outbox.has_open() {
+            self.outbox.shrink();
             let _ = self.send(&Message::Keepalive);
             self.last_tx = now;
         }

@@ -421,3 +421,22 @@ proptest::proptest! {
         proptest::prop_assert_eq!(events(&mut b), expected);
     }
 }
+
+#[test]
+fn a_busy_link_reuses_the_buffers_the_socket_is_done_with() {
+    let now = Instant::now();
+    let (mut a, mut b) = connected(now);
+    let before = a.outbox.allocated;
+    for round in 0..20 {
+        for _ in 0..3 {
+            a.send(&datagram(60_000)).unwrap();
+        }
+        // Each buffer is dropped once handled, as the socket writer drops what it wrote.
+        while let Some(bytes) = a.poll_transmit(now) {
+            b.handle_bytes(now, &bytes);
+        }
+        assert_eq!(events(&mut b).len(), 3, "round {round}");
+    }
+    let fresh = a.outbox.allocated - before;
+    assert!(fresh <= 3, "{fresh} buffers allocated for 60 messages");
+}
