@@ -30,8 +30,10 @@ const MESSAGE_ROOM: usize = NOISE_PREFIX + MAX_PLAINTEXT_LEN + TAG_LEN;
 /// with it, since fresh memory per burst costs more in page faults than the copies saved.
 const BLOCK: usize = 2 * MESSAGE_ROOM;
 
-/// Spare buffers kept for reuse (dropped when the link goes quiet, see [`Outbox::shrink`]).
-const MAX_SPARE: usize = 2;
+/// Spare buffers kept for reuse: enough for the bursts a busy link has in flight towards its
+/// socket (with two, most were still in flight and fresh memory was taken anyway). At most
+/// about 1 MiB per busy link; dropped when the link goes quiet, see [`Outbox::shrink`].
+const MAX_SPARE: usize = 8;
 
 /// Queued wire bytes and the transport message being filled.
 #[derive(Debug, Default)]
