@@ -12,6 +12,7 @@ mod stream;
 pub mod succession_store;
 #[cfg(test)]
 mod tests;
+mod writer;
 
 use std::collections::HashMap;
 use std::io;
@@ -20,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -368,7 +369,7 @@ impl Driver {
         let (read, write) = tokio::io::split(stream);
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
-        let writer = tokio::spawn(write_loop(write, rx, queued.clone()));
+        let writer = tokio::spawn(writer::write_loop(write, rx, queued.clone()));
         let reader = tokio::spawn(read_loop(link, read, self.socket_tx.clone()));
         self.writers.insert(
             link,
@@ -580,19 +581,4 @@ async fn read_loop<R: AsyncRead + Unpin>(link: LinkId, mut read: R, tx: mpsc::Se
         }
     };
     let _ = tx.send(SocketEvent::Closed(link, why)).await;
-}
-
-async fn write_loop<W: AsyncWrite + Unpin>(
-    mut write: W,
-    mut rx: mpsc::UnboundedReceiver<Bytes>,
-    queued: Arc<AtomicUsize>,
-) {
-    while let Some(bytes) = rx.recv().await {
-        let len = bytes.len();
-        if write.write_all(&bytes).await.is_err() {
-            break;
-        }
-        queued.fetch_sub(len, Ordering::Relaxed);
-    }
-    let _ = write.shutdown().await;
 }

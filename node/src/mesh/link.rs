@@ -18,12 +18,11 @@ use bytes::{Bytes, BytesMut};
 
 use super::frame::{self, FrameError};
 use super::message::{CloseReason, Hello, Message};
-use super::noise::{
-    Handshake, HandshakeError, HandshakeOutput, MAX_PLAINTEXT_LEN, Role, Transport,
-};
+use super::noise::{CipherError, Handshake, HandshakeError, HandshakeOutput, Role, Transport};
 use crate::ca::SignedCertificate;
 use crate::id::NodeId;
 use crate::keys::{LinkKeypair, PublicKey};
+use outbox::Outbox;
 
 /// A link's handle on its node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -166,10 +165,8 @@ pub struct Link {
     rx_wire: BytesMut,
     /// Decrypted bytes not yet made into frames.
     rx_plain: BytesMut,
-    /// Encoded frames waiting to be encrypted.
-    tx_plain: BytesMut,
-    /// Encrypted bytes waiting for the socket.
-    tx_wire: BytesMut,
+    /// Bytes waiting for the socket, sealed or being filled.
+    outbox: Outbox,
     events: VecDeque<LinkEvent>,
     started: Instant,
     last_rx: Instant,
@@ -195,6 +192,9 @@ pub enum SendError {
     /// The encoded message is over the frame limit.
     #[error(transparent)]
     Frame(#[from] FrameError),
+    /// The transport cannot seal any more (its nonce is spent).
+    #[error(transparent)]
+    Cipher(CipherError),
 }
 
 impl Link {
@@ -243,8 +243,7 @@ impl Link {
             hello,
             rx_wire: BytesMut::new(),
             rx_plain: BytesMut::new(),
-            tx_plain: BytesMut::new(),
-            tx_wire: BytesMut::new(),
+            outbox: Outbox::default(),
             events: VecDeque::new(),
             started: now,
             last_rx: now,
@@ -394,34 +393,23 @@ impl Link {
     /// [`SendError::NotUp`] before the handshake ends or after close;
     /// [`SendError::Frame`] for a message over the frame limit.
     pub fn send(&mut self, message: &Message) -> Result<(), SendError> {
-        if !self.is_up() {
+        let State::Up { transport, .. } = &mut self.state else {
             return Err(SendError::NotUp);
-        }
-        frame::encode_frame_with(&mut self.tx_plain, |out| message.encode_into(out)).map_err(
-            |e| match e {
-                Some(frame) => SendError::Frame(frame),
-                None => SendError::Frame(FrameError::Empty),
-            },
-        )?;
-        if self.tx_plain.len() >= MAX_PLAINTEXT_LEN {
-            self.flush();
-        }
-        Ok(())
+        };
+        self.outbox.push_frame(transport, message)
     }
 
     /// Bytes queued for the peer and not yet taken by [`Link::poll_transmit`].
     pub fn queued_bytes(&self) -> usize {
-        self.tx_plain.len() + self.tx_wire.len()
+        self.outbox.len()
     }
 
     /// Bytes for the socket, if any. Encrypts whatever is queued first.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Bytes> {
         self.flush();
-        if self.tx_wire.is_empty() {
-            return None;
-        }
+        let bytes = self.outbox.take()?;
         self.last_tx = now;
-        Some(self.tx_wire.split().freeze())
+        Some(bytes)
     }
 
     /// The next event, if any.
@@ -466,7 +454,8 @@ impl Link {
             self.rekey_outgoing();
             self.next_rekey = now + self.config.rekey_interval;
         }
-        if now >= self.last_tx + self.config.keepalive && self.tx_plain.is_empty() {
+        if now >= self.last_tx + self.config.keepalive && !self.outbox.has_open() {
+            self.outbox.shrink();
             let _ = self.send(&Message::Keepalive);
             self.last_tx = now;
         }
@@ -483,24 +472,21 @@ impl Link {
     }
 
     fn queue_handshake(&mut self, message: &[u8]) {
-        frame::encode_noise(message, &mut self.tx_wire)
-            .expect("invariant: handshake messages fit a noise frame");
+        self.outbox.push_noise(message);
     }
 
-    /// Encrypts all queued frames into Noise messages.
+    /// Seals the transport message being filled.
     fn flush(&mut self) {
         let State::Up { transport, .. } = &mut self.state else {
             return;
         };
-        while !self.tx_plain.is_empty() {
-            let n = self.tx_plain.len().min(MAX_PLAINTEXT_LEN);
-            let chunk = self.tx_plain.split_to(n);
-            if transport.encrypt(&chunk, &mut self.tx_wire).is_err() {
-                // Only a nonce exhausted after 2^64 messages gets here.
-                self.tx_plain.clear();
-                self.fail("noise nonce exhausted".to_owned());
-                return;
-            }
+        if self.outbox.seal(transport).is_err() {
+            // Only a nonce exhausted after 2^64 messages gets here.
+            self.state = State::Closed;
+            self.rx_wire.clear();
+            self.events.push_back(LinkEvent::Closed(LinkEnd::Failed(
+                "noise nonce exhausted".to_owned(),
+            )));
         }
     }
 
@@ -653,7 +639,7 @@ impl Link {
                 return false;
             }
         };
-        match Message::decode(&frame) {
+        match Message::decode_shared(&frame) {
             Ok(Message::Hello(hello)) => {
                 let State::AwaitingHello { transport, key } =
                     std::mem::replace(&mut self.state, State::Closed)
@@ -735,7 +721,7 @@ impl Link {
             if self.config.tap {
                 self.events.push_back(LinkEvent::Plaintext(frame.clone()));
             }
-            let message = match Message::decode(&frame) {
+            let message = match Message::decode_shared(&frame) {
                 Ok(message) => message,
                 Err(e) => {
                     self.fail(e.to_string());
@@ -777,5 +763,6 @@ fn identified_event(key: PublicKey, hello: Box<Hello>) -> LinkEvent {
     }
 }
 
+mod outbox;
 #[cfg(test)]
 mod tests;

@@ -13,6 +13,8 @@ use crate::ca::SignedCertificate;
 use crate::id::NodeId;
 use crate::keys::SignedSuccession;
 
+mod shared;
+
 /// Version of the mesh protocol. The initiator states it in clear in the first handshake
 /// message, so a responder of another version can name both versions in its refusal.
 ///
@@ -291,6 +293,17 @@ impl Message {
         Ok(postcard::to_stdvec(self)?)
     }
 
+    /// Length of the postcard encoding, found without writing it.
+    ///
+    /// # Errors
+    /// [`MessageError`] if the message does not serialise.
+    pub fn encoded_len(&self) -> Result<usize, MessageError> {
+        Ok(postcard::serialize_with_flavor(
+            self,
+            postcard::ser_flavors::Size::default(),
+        )?)
+    }
+
     /// Appends the postcard encoding to `out`: the same bytes as [`Message::encode`], written
     /// where they will be sent instead of into a vector of their own.
     ///
@@ -395,6 +408,7 @@ mod tests {
         ] {
             let mut out = BytesMut::from(&b"before"[..]);
             msg.encode_into(&mut out).unwrap();
+            assert_eq!(msg.encoded_len().unwrap(), out.len() - 6);
             assert_eq!(&out[..6], b"before");
             assert_eq!(out[6..], msg.encode().unwrap()[..]);
         }

@@ -19,6 +19,7 @@
 //! therefore holds at most one window per stream, whatever the speeds on either side.
 //! No IO; time is passed in.
 
+mod data;
 mod inner;
 mod relay;
 
@@ -27,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+pub use data::StreamData;
 pub(crate) use inner::Inner;
 pub use relay::{MAX_RELAYED, MAX_RELAYED_PER_OPENER, RELAY_IDLE, RelayVerdict, Relays};
 
@@ -45,8 +47,9 @@ pub const DEFAULT_WINDOW: u32 = 1 << 20;
 pub const MAX_SEND_CREDIT: u64 = 4 * DEFAULT_WINDOW as u64;
 
 /// Largest data chunk per packet: small enough to interleave streams on a link, large enough
-/// that per-packet costs vanish.
-pub const MAX_CHUNK: usize = 32 * 1024;
+/// that per-packet costs vanish, and small enough that a data packet between nodes with the
+/// longest ids still fits one link transport message (65,519 bytes of plaintext).
+pub const MAX_CHUNK: usize = 64 * 1024 - 512;
 
 /// An opened stream not accepted within this long is reset.
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -290,7 +293,7 @@ impl Streams {
         }
     }
 
-    /// Queues `data` (at most the credit left) as sealed data packets.
+    /// Queues `data` (at most the credit left) as sealed data packets, one per chunk.
     ///
     /// # Errors
     /// [`StreamError`] for an unknown stream, one not open for sending, or too little credit.
@@ -298,7 +301,7 @@ impl Streams {
         &mut self,
         now: Instant,
         id: StreamId,
-        data: Bytes,
+        data: StreamData,
         out: &mut Vec<Outgoing>,
     ) -> Result<(), StreamError> {
         let ep = self
@@ -316,10 +319,10 @@ impl Streams {
             });
         }
         ep.send_credit -= data.len() as u64;
-        let mut rest = data;
-        while !rest.is_empty() {
-            let chunk = rest.split_to(rest.len().min(MAX_CHUNK));
-            out.push(ep.sealed(now, &Inner::Data(chunk)));
+        ep.last_tx = now;
+        for encoded in data.into_encoded() {
+            let sealed = ep.sealer.seal(encoded);
+            out.push(ep.clear(StreamKind::Sealed(sealed)));
         }
         Ok(())
     }

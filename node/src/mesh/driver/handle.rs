@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -12,7 +11,7 @@ use super::stream::{MeshStream, StreamSlot};
 use crate::id::{NodeId, ServiceName};
 use crate::mesh::message::ResetReason;
 use crate::mesh::node::{MeshStatus, OpenError, ProbeFailure};
-use crate::mesh::stream::StreamId;
+use crate::mesh::stream::{StreamData, StreamId};
 
 /// A probe's result: who answered and the round trip, or who reported what failure after how
 /// long.
@@ -49,7 +48,7 @@ pub(super) enum Command {
     },
     Send {
         id: StreamId,
-        data: Bytes,
+        data: StreamData,
     },
     Consumed {
         id: StreamId,

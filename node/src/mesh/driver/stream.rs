@@ -19,7 +19,7 @@ use super::handle::Command;
 use crate::id::{NodeId, ServiceName};
 use crate::mesh::message::ResetReason;
 use crate::mesh::session::PeerIdentity;
-use crate::mesh::stream::{MAX_CHUNK, StreamId};
+use crate::mesh::stream::{MAX_CHUNK, StreamData, StreamId};
 
 enum Chunk {
     Data(Bytes),
@@ -301,7 +301,8 @@ impl AsyncWrite for MeshStream {
         let n = buf.len().min(MAX_CHUNK * 4).min(state.credit as usize);
         state.credit -= n as u64;
         drop(state);
-        let data = Bytes::copy_from_slice(&buf[..n]);
+        // The one copy of the application's bytes, laid out for sealing as it is made.
+        let data = StreamData::copy_from(&buf[..n]);
         if self
             .commands
             .send(Command::Send { id: self.id, data })

@@ -346,3 +346,97 @@ fn close_reason_reaches_peer() {
         vec![LinkEvent::Closed(LinkEnd::ByPeer(CloseReason::Shutdown))]
     );
 }
+
+/// Feeds `wire` to `to` one Noise message at a time; returns, per message, whether it
+/// ended inside a frame (plaintext left over for the next message).
+fn feed_by_message(now: Instant, wire: &[u8], to: &mut Link) -> Vec<bool> {
+    let mut wire = BytesMut::from(wire);
+    let mut split = Vec::new();
+    while let Some(message) = frame::decode_noise(&mut wire).unwrap() {
+        assert!(message.len() <= frame::MAX_NOISE_MESSAGE_LEN);
+        let mut one = BytesMut::new();
+        frame::encode_noise(&message, &mut one).unwrap();
+        to.handle_bytes(now, &one);
+        split.push(!to.rx_plain.is_empty());
+    }
+    assert!(wire.is_empty(), "the wire ends on a message boundary");
+    split
+}
+
+#[test]
+fn messages_end_on_frame_boundaries_unless_a_frame_needs_several() {
+    let now = Instant::now();
+    let (mut a, mut b) = connected(now);
+    let small = [10, 32 * 1024, 40_000, 65_000, 100, 3, 63 * 1024];
+    for n in small {
+        a.send(&datagram(n)).unwrap();
+    }
+    let mut wire = BytesMut::new();
+    while let Some(bytes) = a.poll_transmit(now) {
+        wire.extend_from_slice(&bytes);
+    }
+    let split = feed_by_message(now, &wire, &mut b);
+    assert!(split.iter().all(|s| !s), "a frame was cut: {split:?}");
+    let expected: Vec<LinkEvent> = small
+        .iter()
+        .map(|&n| LinkEvent::Message(datagram(n)))
+        .collect();
+    assert_eq!(events(&mut b), expected);
+
+    // A frame larger than a message spans full messages, and the next starts afresh.
+    a.send(&datagram(200_000)).unwrap();
+    a.send(&datagram(5)).unwrap();
+    let mut wire = BytesMut::new();
+    while let Some(bytes) = a.poll_transmit(now) {
+        wire.extend_from_slice(&bytes);
+    }
+    let split = feed_by_message(now, &wire, &mut b);
+    assert_eq!(split, [true, true, true, false, false]);
+    assert_eq!(
+        events(&mut b),
+        vec![
+            LinkEvent::Message(datagram(200_000)),
+            LinkEvent::Message(datagram(5))
+        ]
+    );
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+    #[test]
+    fn any_mix_of_frame_sizes_and_transmit_points_arrives_whole_and_in_order(
+        sizes in proptest::collection::vec((0usize..140_000, proptest::bool::ANY), 1..12),
+    ) {
+        let now = Instant::now();
+        let (mut a, mut b) = connected(now);
+        let mut expected = Vec::new();
+        for (n, transmit) in sizes {
+            a.send(&datagram(n)).unwrap();
+            expected.push(LinkEvent::Message(datagram(n)));
+            if transmit {
+                pump(now, &mut a, &mut b);
+            }
+        }
+        pump(now, &mut a, &mut b);
+        proptest::prop_assert_eq!(events(&mut b), expected);
+    }
+}
+
+#[test]
+fn a_busy_link_reuses_the_buffers_the_socket_is_done_with() {
+    let now = Instant::now();
+    let (mut a, mut b) = connected(now);
+    let before = a.outbox.allocated;
+    for round in 0..20 {
+        for _ in 0..3 {
+            a.send(&datagram(60_000)).unwrap();
+        }
+        // Each buffer is dropped once handled, as the socket writer drops what it wrote.
+        while let Some(bytes) = a.poll_transmit(now) {
+            b.handle_bytes(now, &bytes);
+        }
+        assert_eq!(events(&mut b).len(), 3, "round {round}");
+    }
+    let fresh = a.outbox.allocated - before;
+    assert!(fresh <= 3, "{fresh} buffers allocated for 60 messages");
+}

@@ -4,14 +4,12 @@
 
 use std::time::Instant;
 
-use bytes::Bytes;
-
 use super::{Event, MeshNode, OpenError, PendingOpen};
 use crate::id::{NodeId, ServiceName};
 use crate::keys::PublicKey;
 use crate::mesh::message::{PacketBody, ResetReason, Unreachable};
 use crate::mesh::session::{PeerIdentity, SessionMsg, SessionRefusal};
-use crate::mesh::stream::{StreamError, StreamEvent, StreamId};
+use crate::mesh::stream::{StreamData, StreamError, StreamEvent, StreamId};
 use crate::mesh::trust::{Binding, TrustDecision, decide_remote};
 
 impl MeshNode {
@@ -259,10 +257,10 @@ impl MeshNode {
         &mut self,
         now: Instant,
         id: StreamId,
-        data: Bytes,
+        data: impl Into<StreamData>,
     ) -> Result<(), StreamError> {
         let mut out = Vec::new();
-        self.streams.send(now, id, data, &mut out)?;
+        self.streams.send(now, id, data.into(), &mut out)?;
         self.emit_stream(Vec::new(), out);
         Ok(())
     }

@@ -68,7 +68,7 @@ impl Inner {
 }
 
 /// `Inner::Data`'s variant index, as postcard writes it (a one-byte varint).
-const DATA_VARIANT: u8 = 2;
+pub(super) const DATA_VARIANT: u8 = 2;
 
 /// A canonical LEB128 varint of one to three bytes (below 2 MiB, far above any chunk) at the
 /// start of `bytes`: its value and length.
