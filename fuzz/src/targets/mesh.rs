@@ -87,6 +87,14 @@ fn decode_all(
 /// something that decodes to the same value, and adverts are checked as a receiver does.
 pub fn mesh_message(data: &[u8]) -> Reached {
     let mut reached = Reached::new();
+    // What a relay does with a received frame: decode it as a view of the frame. It must
+    // agree with the plain decode on every input, accepted or not.
+    let shared = Message::decode_shared(&bytes::Bytes::copy_from_slice(data));
+    match (&shared, Message::decode(data)) {
+        (Ok(view), Ok(plain)) => assert_eq!(view, &plain, "the shared decode differs"),
+        (Err(_), Err(_)) => {}
+        (view, plain) => panic!("the decodes disagree: shared {view:?}, plain {plain:?}"),
+    }
     if let Ok(message) = Message::decode(data) {
         let again = Message::decode(&message.encode().expect("a decoded message encodes"))
             .expect("an encoded message decodes");
