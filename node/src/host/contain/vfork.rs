@@ -491,6 +491,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_private_network_is_made_in_the_vfork_child() {
+        // Root makes the network namespace directly; a node that is not root makes it
+        // inside a new user namespace (`unshare(CLONE_NEWUSER)`, which refuses a threaded
+        // caller, while the vfork child shares the node's memory). The suite runs as root;
+        // run this test as another user to take the second path.
+        let mut setup = ChildSetup::new(1024, 1 << 30);
+        setup.private_network = true;
+        let (exit, out) = sh("cat /proc/net/dev", setup).await;
+        assert_eq!(exit, ProgramExit::Exited(0), "{out}");
+        let interfaces: Vec<&str> = (out.lines())
+            .filter_map(|l| l.split_once(':').map(|(name, _)| name.trim()))
+            .filter(|name| !name.contains('|'))
+            .collect();
+        assert_eq!(interfaces, ["lo"], "{out}");
+    }
+
+    #[tokio::test]
     async fn a_process_dropped_before_it_was_waited_for_is_killed() {
         let null = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
         let args = ["30".to_owned()];
