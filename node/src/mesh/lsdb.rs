@@ -396,10 +396,7 @@ impl Lsdb {
 
     /// A new origin: store it if the database has room.
     fn admit(&mut self, now: Instant, advert: Advert, checked: Checked) -> AdvertOutcome {
-        let size = encoded_len(&advert);
-        if self.entries.len() >= self.limits.max_nodes
-            || self.bytes.saturating_add(size) > self.limits.max_bytes
-        {
+        if self.entries.len() >= self.limits.max_nodes {
             return AdvertOutcome::Refused(AdvertRefusal::Full);
         }
         self.store(now, advert, checked, RATE_BURST - 1, now)
@@ -600,6 +597,11 @@ impl Lsdb {
         let id = advert.origin.clone();
         let expires = now.checked_add(self.limits.max_age);
         let size = encoded_len(&advert);
+        // Whatever replaces what: an origin first stored small may not grow past the cap.
+        let replaced = self.entries.get(&id).map_or(0, |old| old.size);
+        if (self.bytes - replaced).saturating_add(size) > self.limits.max_bytes {
+            return AdvertOutcome::Refused(AdvertRefusal::Full);
+        }
         let entry = Entry {
             advert,
             binding: checked.binding,

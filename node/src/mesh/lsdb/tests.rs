@@ -694,3 +694,37 @@ fn an_origin_out_of_tokens_is_refused_before_its_signature_is_checked() {
         AdvertOutcome::Refused(AdvertRefusal::BadSignature)
     );
 }
+
+#[test]
+fn a_known_origin_cannot_grow_the_database_past_its_byte_cap() {
+    // Found by the lsdb_advert fuzz target: the cap was checked only for new origins, so an
+    // origin admitted with a small advert could replace it with a large one past the cap.
+    let now = Instant::now();
+    let small = advert("a", 1, 1, 1, &[]);
+    let links: Vec<(String, u32)> = (0..40).map(|i| (format!("peer-{i:02}"), 1)).collect();
+    let links: Vec<(&str, u32)> = links.iter().map(|(p, c)| (p.as_str(), *c)).collect();
+    let large = advert("a", 1, 1, 2, &links);
+    let (own, small_len, large_len) = {
+        let mut db = db(&[]);
+        let own = db.bytes();
+        handle(&mut db, now, small.clone());
+        (own, db.bytes() - own, encoded_len(&large))
+    };
+    assert!(large_len > small_len + 100);
+    let mut db = Lsdb::new(
+        id("me"),
+        key(0),
+        LsdbLimits {
+            max_bytes: own + small_len + 100,
+            ..LsdbLimits::new(AGE)
+        },
+    );
+    db.set_own(now, advert("me", 0, OWN_EPOCH, 5, &[]));
+    assert_eq!(handle(&mut db, now, small), AdvertOutcome::Stored);
+    assert_eq!(
+        handle(&mut db, now, large),
+        AdvertOutcome::Refused(AdvertRefusal::Full)
+    );
+    assert!(db.bytes() <= own + small_len + 100);
+    assert_eq!(db.get(&id("a")).unwrap().seq, 1, "the stored advert stays");
+}
