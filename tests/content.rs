@@ -7,26 +7,13 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use crate::metrics::{get, metrics_addr, sample};
-use crate::run::{Setup, copy_demo, frontend, relayed_setup, text};
+use crate::run::{Setup, copy_demo, frontend, random_bytes, relayed_setup, text};
 
 /// The big file's size: a second run must send under a twentieth of it.
 const BIG: usize = 8 << 20;
 
 /// The password under env/, which must never be cached.
 const SECRET: &str = "correct-horse-battery-staple-7f3a";
-
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = 0x9E37_79B9_7F4A_7C15_u64 ^ seed;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 fn metrics_flags() -> Vec<String> {
     vec!["--metrics".to_owned(), "127.0.0.1:0".to_owned()]

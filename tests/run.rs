@@ -678,7 +678,7 @@ fn ctrl_c_cancels_the_remote_unit_and_leaves_no_process_of_the_job() {
 }
 
 /// `len` bytes of a xorshift stream (deflate cannot shrink them).
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut state = 0x9E37_79B9_7F4A_7C15_u64 ^ seed;
     let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {

@@ -151,20 +151,7 @@ fn with_an_authority_only_certified_nodes_are_stored() {
         db.handle_advert(now, WALL, advert("w1", 1, 1, 1, &[]), &policy),
         AdvertOutcome::Refused(AdvertRefusal::Untrusted(TrustDecision::Untrusted))
     ));
-    let cert = Certificate {
-        version: CERT_VERSION,
-        serial: 1,
-        node: id("w1"),
-        key: key(1),
-        groups: Vec::new(),
-        not_before_ms: 0,
-        not_after_ms: WALL * 2,
-        issuer: ca.public(),
-    }
-    .sign(&ca);
-    let mut certified = advert("w1", 1, 1, 1, &[]);
-    certified.cert = Some(Box::new(cert));
-    let certified = certified.sign(&keys(1), &[0; 64]);
+    let certified = with_cert("w1", 1, 1, &cert_for(&ca, "w1", 1, 1, &[]));
     assert_eq!(
         db.handle_advert(now, WALL, certified, &policy),
         AdvertOutcome::Stored
@@ -186,20 +173,7 @@ fn a_revocation_applied_by_rejudging_removes_the_revoked_node_only() {
     };
     let mut db = db(&[]);
     for (name, k, serial) in [("w1", 1, 1), ("w2", 2, 2)] {
-        let cert = Certificate {
-            version: CERT_VERSION,
-            serial,
-            node: id(name),
-            key: key(k),
-            groups: Vec::new(),
-            not_before_ms: 0,
-            not_after_ms: WALL * 2,
-            issuer: ca.public(),
-        }
-        .sign(&ca);
-        let mut certified = advert(name, k, 1, 1, &[]);
-        certified.cert = Some(Box::new(cert));
-        let certified = certified.sign(&keys(k), &[0; 64]);
+        let certified = with_cert(name, k, 1, &cert_for(&ca, name, k, serial, &[]));
         assert_eq!(
             db.handle_advert(now, WALL, certified, &policy),
             AdvertOutcome::Stored

@@ -109,14 +109,9 @@ impl Server {
             .map(|(e, _)| e.size)
             .sum();
         self.work.metrics().content_cached(cached);
-        let stream_len = plan
-            .manifest
-            .entries
-            .iter()
-            .map(|e| e.data_len())
-            .sum::<u64>()
-            / 3
-            * 4;
+        // The assembled stream is base64: four bytes for every three, rounded up.
+        let data_len: u64 = plan.manifest.entries.iter().map(|e| e.data_len()).sum();
+        let stream_len = data_len.div_ceil(3) * 4;
         if let Err(e) = (self.work).check_room_for(plan.lacking_bytes.saturating_add(stream_len)) {
             return finish(stream, &self.refuse(peer, &e)).await;
         }
