@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use crate::metrics::{get, metrics_addr, sample};
-use crate::run::{Setup, copy_demo, frontend, random_bytes, relayed_setup, text};
+use crate::run::{Setup, copy_demo, frontend, random_bytes, relayed_setup, seed_args, text};
 
 /// The big file's size: a second run must send under a twentieth of it.
 const BIG: usize = 8 << 20;
@@ -26,19 +26,7 @@ fn relay_to_node1(addr: &str) -> f64 {
 }
 
 fn run(setup: &Setup, pdd: &Path, ident: &str) -> Output {
-    let peer = format!("receptor://{}", setup.controller_addr);
-    let args = [
-        "run",
-        pdd.to_str().unwrap(),
-        "-p",
-        "test.yml",
-        "--via-receptor",
-        "node1",
-        "--receptor-peer",
-        &peer,
-        "-i",
-        ident,
-    ];
+    let args = seed_args(setup, pdd, "test.yml", &["-i", ident]);
     let out = frontend(setup, &args).output().unwrap();
     assert!(out.status.success(), "{out:?}\n{}", setup.mesh.logs());
     out

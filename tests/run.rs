@@ -3,6 +3,7 @@
 //! ansible-core from the project's venv, compared with a local `ansible-runner run`.
 
 use std::collections::BTreeSet;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -199,13 +200,30 @@ fn build(
     }
 }
 
+/// The seed's command through this setup's controller, then `extra`:
+/// `run PDD -p PLAYBOOK --via-receptor node1 --receptor-peer receptor://CONTROLLER EXTRA...`.
+pub fn seed_args(setup: &Setup, pdd: &Path, playbook: &str, extra: &[&str]) -> Vec<String> {
+    let peer = format!("receptor://{}", setup.controller_addr);
+    let seed = [
+        "run",
+        pdd.to_str().unwrap(),
+        "-p",
+        playbook,
+        "--via-receptor",
+        "node1",
+        "--receptor-peer",
+        &peer,
+    ];
+    seed.iter().chain(extra).map(|&a| a.to_owned()).collect()
+}
+
 /// `ansible-runner ARGS` with the front end first on PATH.
-fn ansible_runner(setup: &Setup, args: &[&str]) -> Output {
+fn ansible_runner(setup: &Setup, args: &[impl AsRef<OsStr>]) -> Output {
     frontend(setup, args).output().unwrap()
 }
 
 /// The front end with `args`, in the client's clean environment.
-pub fn frontend(setup: &Setup, args: &[&str]) -> Command {
+pub fn frontend(setup: &Setup, args: &[impl AsRef<OsStr>]) -> Command {
     let mut command = Command::new("ansible-runner");
     command
         .args(args)
@@ -254,19 +272,7 @@ fn the_seed_command_runs_the_demo_on_node1_like_a_local_run() {
     let setup = setup(None, None);
     let pdd = setup.mesh.path("demo");
     copy_demo(&pdd);
-    let peer = format!("receptor://{}", setup.controller_addr);
-    let args = [
-        "run",
-        pdd.to_str().unwrap(),
-        "-p",
-        "test.yml",
-        "--via-receptor",
-        "node1",
-        "--receptor-peer",
-        &peer,
-        "-i",
-        "remote",
-    ];
+    let args = seed_args(&setup, &pdd, "test.yml", &["-i", "remote"]);
     let remote = ansible_runner(&setup, &args);
     assert!(remote.status.success(), "{remote:?}\n{}", setup.mesh.logs());
     let local = local_run(&setup, &pdd, "local");
@@ -297,19 +303,7 @@ fn a_failing_playbook_exits_non_zero_with_status_failed() {
         "- hosts: all\n  gather_facts: false\n  tasks:\n    - fail:\n        msg: on purpose\n",
     )
     .unwrap();
-    let peer = format!("receptor://{}", setup.controller_addr);
-    let args = [
-        "run",
-        pdd.to_str().unwrap(),
-        "-p",
-        "fail.yml",
-        "--via-receptor",
-        "node1",
-        "--receptor-peer",
-        &peer,
-        "-i",
-        "f",
-    ];
+    let args = seed_args(&setup, &pdd, "fail.yml", &["-i", "f"]);
     let out = ansible_runner(&setup, &args);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert_eq!(
@@ -324,19 +318,12 @@ fn receptor_node_id_is_the_submitter_seen_on_node1() {
     let setup = setup(Some("runner-node"), None);
     let pdd = setup.mesh.path("demo");
     copy_demo(&pdd);
-    let peer = format!("receptor://{}", setup.controller_addr);
-    let args = [
-        "run",
-        pdd.to_str().unwrap(),
-        "-p",
+    let args = seed_args(
+        &setup,
+        &pdd,
         "test.yml",
-        "--via-receptor",
-        "node1",
-        "--receptor-peer",
-        &peer,
-        "--receptor-node-id",
-        "runner-node",
-    ];
+        &["--receptor-node-id", "runner-node"],
+    );
     let out = ansible_runner(&setup, &args);
     assert!(out.status.success(), "{out:?}\n{}", setup.mesh.logs());
     // node1 logged the submission with the submitter's proven identity...
@@ -362,11 +349,16 @@ fn receptor_node_id_is_the_submitter_seen_on_node1() {
 
     // A second run with the same ident adds its events to the same artifacts dir, as
     // ansible-runner does.
-    let ident = ["-i", "same"];
-    let first = ansible_runner(&setup, &[&args[..], &ident].concat());
+    let same = seed_args(
+        &setup,
+        &pdd,
+        "test.yml",
+        &["--receptor-node-id", "runner-node", "-i", "same"],
+    );
+    let first = ansible_runner(&setup, &same);
     assert!(first.status.success(), "{first:?}");
     let events = counters(&pdd.join("artifacts/same")).len();
-    let second = ansible_runner(&setup, &[&args[..], &ident].concat());
+    let second = ansible_runner(&setup, &same);
     assert!(second.status.success(), "{second:?}");
     assert_eq!(
         files(&pdd.join("artifacts/same/job_events")).len(),
@@ -379,17 +371,7 @@ fn a_client_node1_does_not_allow_is_told_the_exact_allow_work_flag() {
     let setup = setup_with(None, None, false, None);
     let pdd = setup.mesh.path("demo");
     copy_demo(&pdd);
-    let peer = format!("receptor://{}", setup.controller_addr);
-    let args = [
-        "run",
-        pdd.to_str().unwrap(),
-        "-p",
-        "test.yml",
-        "--via-receptor",
-        "node1",
-        "--receptor-peer",
-        &peer,
-    ];
+    let args = seed_args(&setup, &pdd, "test.yml", &[]);
     let out = ansible_runner(&setup, &args);
     assert!(!out.status.success(), "{out:?}");
     let token = crate::support::warren(&["keygen", "--show", setup.identity.to_str().unwrap()]);
@@ -408,27 +390,14 @@ fn a_target_whose_key_changed_since_the_last_run_is_refused() {
     let first = setup(None, None);
     let pdd = first.mesh.path("demo");
     copy_demo(&pdd);
-    let args = |setup: &Setup| {
-        let peer = format!("receptor://{}", setup.controller_addr);
-        [
-            "run",
-            pdd.to_str().unwrap(),
-            "-p",
-            "test.yml",
-            "--via-receptor",
-            "node1",
-            "--receptor-peer",
-            &peer,
-        ]
-        .map(str::to_owned)
-    };
-    let out = ansible_runner(&first, &args(&first).each_ref().map(String::as_str));
+    let args = |setup: &Setup| seed_args(setup, &pdd, "test.yml", &[]);
+    let out = ansible_runner(&first, &args(&first));
     assert!(out.status.success(), "{out:?}");
     let known = std::fs::read_to_string(first.identity.with_file_name("known_nodes")).unwrap();
     assert!(known.starts_with("node1 x25519:"), "{known}");
     // Another mesh where something else answers as node1, with another key.
     let second = setup_with(None, None, true, Some(&first.identity));
-    let out = ansible_runner(&second, &args(&second).each_ref().map(String::as_str));
+    let out = ansible_runner(&second, &args(&second));
     assert!(!out.status.success(), "{out:?}");
     let said = text(&out.stderr);
     assert!(
@@ -541,7 +510,7 @@ pub fn slow_playbook(pdd: &Path, secs: u32) {
     std::fs::write(pdd.join("project/slow.yml"), play).unwrap();
 }
 
-pub fn spawn_run(setup: &Setup, args: &[&str]) -> std::process::Child {
+pub fn spawn_run(setup: &Setup, args: &[impl AsRef<OsStr>]) -> std::process::Child {
     frontend(setup, args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -568,19 +537,7 @@ fn the_relay_dies_and_returns_mid_job_and_the_output_is_complete() {
     let pdd = setup.mesh.path("demo");
     copy_demo(&pdd);
     slow_playbook(&pdd, 4);
-    let peer = format!("receptor://{}", setup.controller_addr);
-    let args = [
-        "run",
-        pdd.to_str().unwrap(),
-        "-p",
-        "slow.yml",
-        "--via-receptor",
-        "node1",
-        "--receptor-peer",
-        &peer,
-        "-i",
-        "r",
-    ];
+    let args = seed_args(&setup, &pdd, "slow.yml", &["-i", "r"]);
     let child = spawn_run(&setup, &args);
     wait_running(&setup);
     let relay = setup.relay.expect("a relay");
@@ -606,19 +563,7 @@ fn ctrl_c_cancels_the_remote_unit_and_leaves_no_process_of_the_job() {
     let pdd = setup.mesh.path("demo");
     copy_demo(&pdd);
     slow_playbook(&pdd, 60);
-    let peer = format!("receptor://{}", setup.controller_addr);
-    let args = [
-        "run",
-        pdd.to_str().unwrap(),
-        "-p",
-        "slow.yml",
-        "--via-receptor",
-        "node1",
-        "--receptor-peer",
-        &peer,
-        "-i",
-        "c",
-    ];
+    let args = seed_args(&setup, &pdd, "slow.yml", &["-i", "c"]);
     let child = spawn_run(&setup, &args);
     wait_running(&setup);
     wait_for("the job's first output on node1", || {
@@ -712,19 +657,7 @@ fn a_big_payload_streams_without_any_temp_file_and_arrives_whole() {
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         format!("blob {hex} {}", blob.len())
     };
-    let peer = format!("receptor://{}", setup.controller_addr);
-    let args = [
-        "run",
-        pdd.to_str().unwrap(),
-        "-p",
-        "blob.yml",
-        "--via-receptor",
-        "node1",
-        "--receptor-peer",
-        &peer,
-        "-i",
-        "blob",
-    ];
+    let args = seed_args(&setup, &pdd, "blob.yml", &["-i", "blob"]);
     // The front end may write no file over 4 MiB (RLIMIT_FSIZE; SIGXFSZ ignored, so such a
     // write fails with EFBIG): the old transmit spooled the 12 MiB zip into a temp file
     // first and failed here.
@@ -773,19 +706,7 @@ fn a_file_written_to_during_the_run_fails_it_and_no_job_runs_on_half_a_dir() {
             }
         })
     };
-    let peer = format!("receptor://{}", setup.controller_addr);
-    let args = [
-        "run",
-        pdd.to_str().unwrap(),
-        "-p",
-        "test.yml",
-        "--via-receptor",
-        "node1",
-        "--receptor-peer",
-        &peer,
-        "-i",
-        "moving",
-    ];
+    let args = seed_args(&setup, &pdd, "test.yml", &["-i", "moving"]);
     let out = ansible_runner(&setup, &args);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.join().unwrap();
@@ -818,11 +739,11 @@ fn a_file_written_to_during_the_run_fails_it_and_no_job_runs_on_half_a_dir() {
 
 /// `ansible-runner ARGS` (the front end) on a pseudo-terminal (`script`), as a user types
 /// it: what the terminal showed.
-fn on_terminal(setup: &Setup, args: &[&str]) -> String {
+fn on_terminal(setup: &Setup, args: &[String]) -> String {
     let line: Vec<String> = std::iter::once("ansible-runner".to_owned())
         .chain(args.iter().map(|a| format!("'{a}'")))
         .collect();
-    let env = frontend(setup, &[]);
+    let env = frontend(setup, &[] as &[&str]);
     let out = Command::new("script")
         .args(["-qec", &line.join(" "), "/dev/null"])
         .env_clear()
@@ -839,23 +760,7 @@ fn a_big_payload_shows_its_progress_on_a_terminal_unless_quiet() {
     let pdd = setup.mesh.path("demo");
     copy_demo(&pdd);
     std::fs::write(pdd.join("project/blob.bin"), random_bytes(12 << 20, 7)).unwrap();
-    let peer = format!("receptor://{}", setup.controller_addr);
-    let args = |ident: &'static str| {
-        vec![
-            "run".to_owned(),
-            pdd.display().to_string(),
-            "-p".into(),
-            "test.yml".into(),
-            "--via-receptor".into(),
-            "node1".into(),
-            "--receptor-peer".into(),
-            peer.clone(),
-            "-i".into(),
-            ident.into(),
-        ]
-    };
-    let shown = args("shown");
-    let shown: Vec<&str> = shown.iter().map(String::as_str).collect();
+    let shown = seed_args(&setup, &pdd, "test.yml", &["-i", "shown"]);
     let screen = on_terminal(&setup, &shown);
     // node1's content cache has none of it: the files' 12.6 MB go raw (the bytes really
     // sent; the node assembles the base64 transmit stream itself).
@@ -864,8 +769,7 @@ fn a_big_payload_shows_its_progress_on_a_terminal_unless_quiet() {
     assert!(screen.contains(total), "{screen:?}");
     assert!(screen.contains("\r\x1b[Ksent 12.6 MB in "), "{screen:?}");
     assert!(screen.contains("Test!"), "{screen:?}");
-    let quiet = [args("quiet"), vec!["-q".to_owned()]].concat();
-    let quiet: Vec<&str> = quiet.iter().map(String::as_str).collect();
+    let quiet = seed_args(&setup, &pdd, "test.yml", &["-i", "quiet", "-q"]);
     let screen = on_terminal(&setup, &quiet);
     assert!(!screen.contains("sent "), "{screen}");
 }

@@ -183,17 +183,7 @@ fn warren_run_follows_the_rotated_keys_of_its_peer_and_target() {
     let setup = crate::run::direct_setup();
     let pdd = setup.mesh.path("demo");
     crate::run::copy_demo(&pdd);
-    let peer = format!("receptor://{}", setup.controller_addr);
-    let args = [
-        "run",
-        pdd.to_str().unwrap(),
-        "-p",
-        "test.yml",
-        "--via-receptor",
-        "node1",
-        "--receptor-peer",
-        &peer,
-    ];
+    let args = crate::run::seed_args(&setup, &pdd, "test.yml", &[]);
     let run = || crate::run::frontend(&setup, &args).output().unwrap();
     let first = run();
     assert!(first.status.success(), "{first:?}\n{}", setup.mesh.logs());

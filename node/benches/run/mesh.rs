@@ -316,7 +316,8 @@ impl Bench {
     }
 
     /// How long node1's ansible-runner worker ran for `unit`: from its log, the time from
-    /// `spawned child unit=U` to `unit finished unit=U`, seconds.
+    /// `spawned child unit=U` (or `spawned detached child unit=U`, as ansible-runner jobs
+    /// are started) to `unit finished unit=U`, seconds.
     pub(crate) fn worker_secs(&self, unit: &str) -> anyhow::Result<f64> {
         let log = std::fs::read_to_string(self.path("node1.log"))?;
         let at = |needle: String| {
@@ -325,7 +326,8 @@ impl Bench {
                 .and_then(time_of_day)
                 .with_context(|| format!("no {needle:?} in node1's log"))
         };
-        let spawned = at(format!("spawned child unit={unit} "))?;
+        let spawned = at(format!("spawned detached child unit={unit} "))
+            .or_else(|_| at(format!("spawned child unit={unit} ")))?;
         let finished = at(format!("unit finished unit={unit} "))?;
         Ok(finished - spawned)
     }
