@@ -33,6 +33,10 @@ const RATE_BURST: u32 = 20;
 /// far below this.
 const RATE_REFILL: Duration = Duration::from_millis(500);
 
+/// New origins may not take the last `1 / GROWTH_RESERVE` of a database's byte cap: it is
+/// kept for known origins' adverts to grow into.
+const GROWTH_RESERVE: usize = 8;
+
 /// Limits of a database.
 #[derive(Debug, Clone)]
 pub struct LsdbLimits {
@@ -585,6 +589,23 @@ impl Lsdb {
         }
     }
 
+    /// Whether an advert of `size` bytes fits, replacing one of `replaced` bytes (a known
+    /// origin) or none (a new one).
+    ///
+    /// A new origin may fill the database only up to all but [`GROWTH_RESERVE`] of its
+    /// byte cap: the rest is kept for known origins whose adverts grow (a new link, a
+    /// longer sequence number), so that strangers filling the database cannot get a known
+    /// node's next advert refused and let it expire from the mesh. A known origin may
+    /// grow up to the cap, and an advert that does not grow is always taken, even when our
+    /// own advert (never refused) has pushed the total past the cap.
+    fn has_room(&self, replaced: Option<usize>, size: usize) -> bool {
+        let cap = self.limits.max_bytes;
+        match replaced {
+            Some(old) => size <= old || self.bytes - old + size <= cap,
+            None => self.bytes.saturating_add(size) <= cap - cap / GROWTH_RESERVE,
+        }
+    }
+
     /// Stores `advert`, replacing any entry for its origin, and (re)arms its expiry.
     fn store(
         &mut self,
@@ -597,9 +618,8 @@ impl Lsdb {
         let id = advert.origin.clone();
         let expires = now.checked_add(self.limits.max_age);
         let size = encoded_len(&advert);
-        // Whatever replaces what: an origin first stored small may not grow past the cap.
-        let replaced = self.entries.get(&id).map_or(0, |old| old.size);
-        if (self.bytes - replaced).saturating_add(size) > self.limits.max_bytes {
+        let replaced = self.entries.get(&id).map(|old| old.size);
+        if !self.has_room(replaced, size) {
             return AdvertOutcome::Refused(AdvertRefusal::Full);
         }
         let entry = Entry {
