@@ -83,8 +83,8 @@
 //! free-space-floor-mb = 512           # new units are refused, and jobs that write are
 //!                                     # stopped, below this much free space (0: off)
 //! content-cache-mb = 2048             # file contents kept for content-addressed runs,
-//!                                     # per submitter, LRU (default 2 GiB; 0: off;
-//!                                     # read at start)
+//!                                     # all submitters together, LRU (default 2 GiB;
+//!                                     # 0: off; read at start)
 //!
 //! [[signer]]                          # optional, repeatable: whose components run here
 //! key = "ed25519:..."

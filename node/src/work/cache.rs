@@ -7,14 +7,18 @@
 //! whether another submitter has a file. Contents are written to a temp file created
 //! exclusively, verified by the caller, then renamed into place; the cache stays within
 //! `[work] content-cache-mb` by evicting the least recently used entries, never one pinned
-//! by a submission still being assembled. The index lock is held only for short file
+//! by a submission still being assembled. At most [`MAX_SESSIONS`] submissions are
+//! assembled at once ([`MAX_SESSIONS_PER_SCOPE`] per submitter), and a cached file is
+//! checked against its hash ([`holds`]) before it is used again. The index lock is held only for short file
 //! operations (rename, unlink), so an eviction never removes a file a concurrent insert just
 //! put in place.
 
 pub(crate) mod lru;
 
+use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -33,11 +37,20 @@ const TEMP_PREFIX: &str = ".tmp-";
 /// data dirs of thousands of files.
 const MAX_ENTRIES: usize = 1_000_000;
 
+/// Most submissions assembled from the cache at once, and per scope. Each holds its
+/// manifest and its inline files in memory (up to about 100 MiB at the bounds), and pins
+/// what it uses; a submission over these counts is told to send its payload whole.
+pub const MAX_SESSIONS: usize = 8;
+/// See [`MAX_SESSIONS`].
+pub const MAX_SESSIONS_PER_SCOPE: usize = 4;
+
 /// The content cache of a node. Shared by the work service's sessions.
 #[derive(Debug)]
 pub struct ContentCache {
     root: PathBuf,
     index: Mutex<Lru>,
+    /// Sessions open, per scope.
+    sessions: Mutex<HashMap<[u8; 32], usize>>,
 }
 
 /// Whose contents a submission may use: derived from the submitter's proven key.
@@ -111,6 +124,7 @@ impl ContentCache {
         let cache = Arc::new(Self {
             root,
             index: Mutex::new(index),
+            sessions: Mutex::new(HashMap::new()),
         });
         let mut index = cache.lock();
         cache.evict(&mut index);
@@ -144,12 +158,33 @@ impl ContentCache {
         }
     }
 
-    /// A submission's view of the cache: what it pins stays until it is dropped.
-    pub fn session(self: &Arc<Self>, scope: Scope) -> Session {
-        Session {
+    /// A submission's view of the cache: what it pins stays until it is dropped. `None`
+    /// when [`MAX_SESSIONS`] are open, or [`MAX_SESSIONS_PER_SCOPE`] for `scope`.
+    pub fn session(self: &Arc<Self>, scope: Scope) -> Option<Session> {
+        let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        let open: usize = sessions.values().sum();
+        let ours = sessions.entry(scope.0).or_default();
+        if open >= MAX_SESSIONS || *ours >= MAX_SESSIONS_PER_SCOPE {
+            if *ours == 0 {
+                sessions.remove(&scope.0);
+            }
+            return None;
+        }
+        *ours += 1;
+        Some(Session {
             cache: self.clone(),
             scope: scope.0,
             pinned: Vec::new(),
+        })
+    }
+
+    fn close_session(&self, scope: &[u8; 32]) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(open) = sessions.get_mut(scope) {
+            *open -= 1;
+            if *open == 0 {
+                sessions.remove(scope);
+            }
         }
     }
 
@@ -203,6 +238,7 @@ impl Session {
             match std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
+                .mode(0o600)
                 .open(&path)
             {
                 Ok(file) => return Ok((path, file)),
@@ -235,6 +271,23 @@ impl Session {
     }
 }
 
+impl Session {
+    /// Forgets the content `hash` (its file is missing or no longer holds it): removes it
+    /// from the index and the disk, so that it is asked for again rather than failing
+    /// every later submission.
+    pub fn forget(&mut self, hash: &[u8; 32]) {
+        let key = self.key(hash);
+        self.pinned.retain(|pinned| *pinned != key);
+        let mut index = self.cache.lock();
+        index.remove(&key);
+        if let Err(e) = std::fs::remove_file(self.cache.path(&key))
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(error = %e, "could not remove a damaged cache file");
+        }
+    }
+}
+
 impl Drop for Session {
     fn drop(&mut self) {
         let mut index = self.cache.lock();
@@ -242,7 +295,24 @@ impl Drop for Session {
             index.unpin(key);
         }
         self.cache.evict(&mut index);
+        drop(index);
+        self.cache.close_session(&self.scope);
     }
+}
+
+/// Whether the file at `path` holds `size` bytes whose SHA-256 is `hash` (a cached content
+/// may have been removed, cut or changed on disk since it was stored).
+///
+/// # Errors
+/// When it cannot be read.
+pub fn holds(path: &Path, hash: &[u8; 32], size: u64) -> io::Result<bool> {
+    let mut file = std::fs::File::open(path)?;
+    if file.metadata()?.len() != size {
+        return Ok(false);
+    }
+    let mut hasher = Sha256::new();
+    let read = io::copy(&mut io::Read::take(&mut file, size), &mut hasher)?;
+    Ok(read == size && <[u8; 32]>::from(hasher.finalize()) == *hash)
 }
 
 #[cfg(test)]
@@ -261,7 +331,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = ContentCache::open(dir.path(), 100).unwrap();
         let scope = Scope::of(&PublicKey::from_bytes([3; 32]));
-        let mut first = cache.session(scope);
+        let mut first = cache.session(scope).unwrap();
         let a = put(&mut first, &[b'a'; 60]);
         let b = put(&mut first, &[b'b'; 60]);
         // Over the bound, but both are pinned by the session assembling them.
@@ -273,7 +343,7 @@ mod tests {
         // Found again after a restart, still bounded.
         drop(cache);
         let cache = ContentCache::open(dir.path(), 100).unwrap();
-        let mut again = cache.session(scope);
+        let mut again = cache.session(scope).unwrap();
         let hash: [u8; 32] = Sha256::digest([b'b'; 60]).into();
         assert_eq!(again.hit(&hash), Some((b, 60)));
     }
@@ -284,9 +354,61 @@ mod tests {
         let cache = ContentCache::open(dir.path(), 1 << 20).unwrap();
         let mine = Scope::of(&PublicKey::from_bytes([3; 32]));
         let theirs = Scope::of(&PublicKey::from_bytes([4; 32]));
-        put(&mut cache.session(mine), b"secret");
+        put(&mut cache.session(mine).unwrap(), b"secret");
         let hash: [u8; 32] = Sha256::digest(b"secret").into();
-        assert!(cache.session(theirs).hit(&hash).is_none());
-        assert!(cache.session(mine).hit(&hash).is_some());
+        assert!(cache.session(theirs).unwrap().hit(&hash).is_none());
+        assert!(cache.session(mine).unwrap().hit(&hash).is_some());
+    }
+
+    #[test]
+    fn sessions_are_bounded_in_all_and_per_scope_and_a_closed_one_frees_its_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ContentCache::open(dir.path(), 1 << 20).unwrap();
+        let scope = |n: u8| Scope::of(&PublicKey::from_bytes([n; 32]));
+        let mine: Vec<Session> = (0..MAX_SESSIONS_PER_SCOPE)
+            .map(|_| cache.session(scope(1)).unwrap())
+            .collect();
+        assert!(
+            cache.session(scope(1)).is_none(),
+            "one scope's share is taken"
+        );
+        let others: Vec<Session> = (MAX_SESSIONS_PER_SCOPE..MAX_SESSIONS)
+            .map(|n| cache.session(scope(2 + n as u8)).unwrap())
+            .collect();
+        assert!(cache.session(scope(99)).is_none(), "every slot is taken");
+        drop(others);
+        assert!(cache.session(scope(99)).is_some());
+        drop(mine);
+        assert!(cache.session(scope(1)).is_some());
+    }
+
+    #[test]
+    fn a_cached_file_cut_or_changed_on_disk_no_longer_holds_its_content_and_is_forgotten() {
+        // Found by an attacker's review: a cached file removed or changed on disk was a
+        // hit for ever after, and every later submission of that scope failed.
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ContentCache::open(dir.path(), 1 << 20).unwrap();
+        let scope = Scope::of(&PublicKey::from_bytes([3; 32]));
+        let mut session = cache.session(scope).unwrap();
+        let path = put(&mut session, b"the playbook");
+        let mode = std::fs::metadata(&path).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
+        let hash: [u8; 32] = Sha256::digest(b"the playbook").into();
+        assert!(holds(&path, &hash, 12).unwrap());
+        std::fs::write(&path, b"POISONED!!!!").unwrap();
+        assert!(
+            !holds(&path, &hash, 12).unwrap(),
+            "same length, other bytes"
+        );
+        std::fs::write(&path, b"cut").unwrap();
+        assert!(!holds(&path, &hash, 12).unwrap());
+        session.forget(&hash);
+        assert!(!path.exists());
+        assert_eq!(session.hit(&hash), None);
+        drop(session);
+        assert_eq!(cache.usage(), (0, 0));
     }
 }

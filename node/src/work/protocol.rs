@@ -229,9 +229,12 @@ pub enum WorkRefusal {
         /// The node.
         node: NodeId,
     },
-    /// The node keeps no content cache (`[work] content-cache-mb = 0`): send the
-    /// payload whole.
-    #[error("node {node} keeps no content cache ([work] content-cache-mb is 0)")]
+    /// The node takes no content-addressed submission now: it keeps no content cache
+    /// (`[work] content-cache-mb = 0`), or as many are being assembled as it allows. Send
+    /// the payload whole.
+    #[error(
+        "node {node} takes no content-addressed submission now (its [work] content-cache-mb is 0, or it is assembling as many as it allows): send the payload whole"
+    )]
     ContentCacheOff {
         /// The node.
         node: NodeId,

@@ -413,3 +413,88 @@ async fn a_node_without_a_cache_says_so_before_making_a_unit() {
     );
     assert!(nodes.c.list(&Requester::Operator).await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_file_changed_or_removed_on_disk_is_asked_for_again_and_never_used() {
+    // Found by an attacker's review: a job running as the node's user rewrote a cached
+    // playbook with bytes of the same length, and the next run of its owner assembled
+    // and ran it; a removed cached file failed every later run of that submitter.
+    let nodes = nodes(64 << 20, 1 << 30).await;
+    let pdd = private_data_dir();
+    let kw = kwargs(pdd.path());
+    let prepare = || ContentPlan::prepare(pdd.path(), &kw);
+    let first = run(&nodes.a, prepare().await.unwrap()).await;
+    assert!(first.result.is_ok(), "{:?}", first.result);
+    let cached = files_under(&nodes.data.path().join("content-cache"));
+    let size = |p: &std::path::PathBuf| std::fs::metadata(p).unwrap().len();
+    let big = cached.iter().find(|p| size(p) == 3 << 20).unwrap();
+    let poison = b"POISON!".repeat((3 << 20) / 7 + 1);
+    std::fs::write(big, &poison[..3 << 20]).unwrap();
+    let small = cached.iter().find(|p| size(p) == 4).unwrap();
+    std::fs::remove_file(small).unwrap();
+
+    let second = run(&nodes.a, prepare().await.unwrap()).await;
+    assert!(second.result.is_ok(), "{:?}", second.result);
+    assert_eq!(
+        second.lacking.len(),
+        2,
+        "both asked for again: {:?}",
+        second.lacking
+    );
+    assert_eq!(
+        second.output, first.output,
+        "the same stream, byte for byte"
+    );
+    assert!(!second.output.windows(7).any(|w| w == b"POISON!"));
+    let third = run(&nodes.a, prepare().await.unwrap()).await;
+    assert!(
+        third.lacking.is_empty(),
+        "cached again: {:?}",
+        third.lacking
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submitter_over_its_share_of_assemblies_is_told_to_send_whole_and_others_are_not() {
+    use super::cache::MAX_SESSIONS_PER_SCOPE;
+    let nodes = nodes(64 << 20, 1 << 30).await;
+    let client = WorkClient::new(nodes.a.clone());
+    let request = || ("cat".to_owned(), Default::default());
+    let manifest = one_file("project/x", b"good", 4);
+    // Offers whose contents never come hold their slots.
+    let mut stalled = Vec::new();
+    for _ in 0..MAX_SESSIONS_PER_SCOPE {
+        stalled.push(
+            client
+                .offer_manifest(&id("c"), request(), &manifest)
+                .await
+                .unwrap(),
+        );
+    }
+    let refused = client
+        .offer_manifest(&id("c"), request(), &manifest)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            ClientError::Refused(WorkRefusal::ContentCacheOff { .. })
+        ),
+        "{refused:?}"
+    );
+    offer(&nodes.d, &manifest, b"good").await.unwrap();
+    // Given up, they free their slots.
+    drop(stalled);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match offer(&nodes.a, &manifest, b"good").await {
+            Ok(()) => break,
+            Err(ClientError::Refused(WorkRefusal::ContentCacheOff { .. }))
+                if tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+}

@@ -17,13 +17,10 @@ use tokio::sync::mpsc;
 use super::compress::Data;
 use super::emit::Zip;
 use super::layout::DosTime;
-use super::manifest::{Content, ContentHash, Manifest, ManifestEntry};
+use super::manifest::{Content, ContentHash, Manifest, ManifestEntry, NEVER_CACHED};
 use super::plan::{self, Body, Entry, Stamp};
 use super::{CHUNKS_IN_FLIGHT, Transmit, TransmitError, source};
 use crate::ansible::kwargs::Kwargs;
-
-/// The top-level directory whose files are never cached (keys, passwords, extra vars).
-const NEVER_CACHED: &str = "env/";
 
 /// A private data dir planned for a content-addressed submission: its manifest, and where
 /// each regular file's bytes are read from.

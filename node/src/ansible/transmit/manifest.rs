@@ -28,6 +28,10 @@ pub const MAX_MANIFEST_LEN: usize = 32 << 20;
 /// stream is assembled, so they are never written under its content cache.
 pub const MAX_INLINE_BYTES: u64 = 64 << 20;
 
+/// The top-level directory whose files are never cached (keys, passwords, extra vars):
+/// the client sends them inline, and the node refuses a manifest that offers one by hash.
+pub const NEVER_CACHED: &str = "env/";
+
 /// Where an entry's bytes come from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Content {
@@ -62,8 +66,45 @@ pub struct ManifestEntry {
 pub struct Manifest {
     /// The transmit stream's first line (the job's kwargs as JSON, with its `\n`).
     pub kwargs_line: String,
-    /// The zip's entries in order.
+    /// The zip's entries in order. Decoding a peer's list stops as soon as it says it
+    /// holds more than [`MAX_ENTRIES`], before anything is allocated for them.
+    #[serde(deserialize_with = "at_most_max_entries")]
     pub entries: Vec<ManifestEntry>,
+}
+
+/// Decodes a list of at most [`MAX_ENTRIES`] entries. Without the bound, a 32 MiB manifest
+/// of 6-byte entries decodes into 5.6 M entries, over 500 MB, before [`Manifest::check`]
+/// could refuse it.
+fn at_most_max_entries<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<ManifestEntry>, D::Error> {
+    struct Bounded;
+    impl<'de> serde::de::Visitor<'de> for Bounded {
+        type Value = Vec<ManifestEntry>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "at most {MAX_ENTRIES} manifest entries")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let said = seq.size_hint().unwrap_or(0);
+            if said > MAX_ENTRIES {
+                return Err(serde::de::Error::invalid_length(said, &self));
+            }
+            let mut entries = Vec::with_capacity(said);
+            while let Some(entry) = seq.next_element()? {
+                if entries.len() == MAX_ENTRIES {
+                    return Err(serde::de::Error::invalid_length(MAX_ENTRIES + 1, &self));
+                }
+                entries.push(entry);
+            }
+            Ok(entries)
+        }
+    }
+    deserializer.deserialize_seq(Bounded)
 }
 
 /// Why a node refuses a manifest. `Display` names the entry and what to do.
@@ -114,6 +155,12 @@ pub enum ManifestError {
     /// The kwargs line is not one line.
     #[error("the kwargs line must be one line ending with a newline")]
     BadKwargs,
+    /// A file under `env/` offered by hash: secrets are sent inline and never cached.
+    #[error("entry {name:?} is under env/ (keys, passwords) and must be sent inline, never cached")]
+    CachedSecret {
+        /// The name.
+        name: String,
+    },
 }
 
 impl ManifestEntry {
@@ -128,9 +175,20 @@ impl ManifestEntry {
 }
 
 impl Manifest {
+    /// Whether a node can take this manifest at all: at most [`MAX_ENTRIES`] entries and
+    /// [`MAX_INLINE_BYTES`] inline. A client sends a dir that does not fit whole instead.
+    pub fn fits_the_wire(&self) -> bool {
+        let inline: u64 = (self.entries.iter())
+            .filter(|e| e.content == Content::Inline)
+            .map(|e| e.size)
+            .fold(0, u64::saturating_add);
+        self.entries.len() <= MAX_ENTRIES && inline <= MAX_INLINE_BYTES
+    }
+
     /// Checks a peer's manifest against the node's bounds: at most [`MAX_ENTRIES`], an
     /// assembled stream of at most `max_payload` bytes, at most [`MAX_INLINE_BYTES`] inline,
-    /// names relative without `..`, empty parts or NUL, unique, and modes matching kinds.
+    /// names relative without `..`, empty parts or NUL, unique, modes matching kinds, and
+    /// no file under `env/` offered by hash.
     ///
     /// # Errors
     /// The first [`ManifestError`] found.
@@ -151,6 +209,11 @@ impl Manifest {
             check_mode(entry)?;
             if !names.insert(entry.name.as_str()) {
                 return Err(bad_name(entry, "it is listed twice"));
+            }
+            if entry.name.starts_with(NEVER_CACHED) && matches!(entry.content, Content::Hashed(_)) {
+                return Err(ManifestError::CachedSecret {
+                    name: entry.name.clone(),
+                });
             }
             data = data.saturating_add(entry.data_len());
             if entry.content == Content::Inline {
@@ -309,5 +372,64 @@ mod tests {
             manifest(vec![secret]).check(u64::MAX),
             Err(ManifestError::TooMuchInline { .. })
         ));
+    }
+
+    #[test]
+    fn a_file_under_env_offered_by_hash_is_refused() {
+        let secret = file("env/ssh_key", 10);
+        assert!(matches!(secret.content, Content::Hashed(_)));
+        assert_eq!(
+            manifest(vec![secret]).check(u64::MAX),
+            Err(ManifestError::CachedSecret {
+                name: "env/ssh_key".into()
+            })
+        );
+        let mut inline = file("env/ssh_key", 10);
+        inline.content = Content::Inline;
+        assert!(manifest(vec![inline]).check(u64::MAX).is_ok());
+    }
+
+    /// An encoded manifest listing `n` directories with empty names (6 bytes each).
+    fn listing(n: usize) -> Vec<u8> {
+        let mut bytes = postcard::to_stdvec(&manifest(vec![])).unwrap();
+        // An empty list is its length, 0, last: say there are `n`, then send them.
+        assert_eq!(bytes.pop(), Some(0));
+        bytes.extend(postcard::to_stdvec(&n).unwrap());
+        let dir = ManifestEntry {
+            name: String::new(),
+            mode: 0,
+            time: (0, 0),
+            size: 0,
+            content: Content::Dir,
+        };
+        let one = postcard::to_stdvec(&dir).unwrap();
+        assert_eq!(one.len(), 6);
+        bytes.extend(one.repeat(n));
+        bytes
+    }
+
+    #[test]
+    fn a_list_longer_than_the_bound_is_refused_while_it_is_decoded() {
+        // Found by an attacker's review: 5.6 M six-byte entries fit a 32 MiB frame, and
+        // decoding them all took over 500 MB before check() refused the count.
+        let over = listing(MAX_ENTRIES + 1);
+        assert!(over.len() < MAX_MANIFEST_LEN);
+        assert!(postcard::from_bytes::<Manifest>(&over).is_err());
+        let at = postcard::from_bytes::<Manifest>(&listing(MAX_ENTRIES)).unwrap();
+        assert_eq!(at.entries.len(), MAX_ENTRIES);
+    }
+
+    #[test]
+    fn a_manifest_over_the_bounds_does_not_fit_the_wire() {
+        assert!(manifest(vec![file("a", 1)]).fits_the_wire());
+        let many = manifest(
+            (0..=MAX_ENTRIES)
+                .map(|i| file(&format!("f{i}"), 0))
+                .collect(),
+        );
+        assert!(!many.fits_the_wire());
+        let mut secret = file("env/password", MAX_INLINE_BYTES + 1);
+        secret.content = Content::Inline;
+        assert!(!manifest(vec![secret]).fits_the_wire());
     }
 }

@@ -67,11 +67,15 @@ enum Upload {
 }
 
 /// Offers the private data dir's manifest to `node`; [`Upload::Whole`] when it keeps no
-/// content cache.
+/// content cache, takes no content-addressed submission now, or the manifest is over the
+/// bounds any node takes.
 async fn offer(client: &WorkClient, node: &NodeId, prepared: &Prepared) -> anyhow::Result<Upload> {
     let plan = ContentPlan::prepare(&prepared.private_data_dir, &prepared.kwargs)
         .await
         .context("packing the private data dir")?;
+    if !plan.manifest().fits_the_wire() {
+        return Ok(Upload::Whole);
+    }
     let request = (WORK_TYPE.to_owned(), terminal_param());
     match client.offer_manifest(node, request, plan.manifest()).await {
         Ok(offered) => Ok(Upload::Contents(plan, Box::new(offered))),

@@ -31,7 +31,7 @@ pub(crate) struct Lru {
     max_entries: usize,
     bytes: u64,
     slots: HashMap<Key, Slot>,
-    /// Recency order: `used` -> key.
+    /// Recency order of the unpinned entries: `used` -> key.
     order: BTreeMap<u64, Key>,
     clock: u64,
 }
@@ -74,17 +74,23 @@ impl Lru {
     pub(crate) fn pin(&mut self, key: &Key) -> Option<u64> {
         let now = self.tick();
         let slot = self.slots.get_mut(key)?;
-        self.order.remove(&slot.used);
+        if slot.pins == 0 {
+            self.order.remove(&slot.used);
+        }
         slot.used = now;
         slot.pins += 1;
-        self.order.insert(now, *key);
         Some(slot.size)
     }
 
-    /// Releases one pin of `key`.
+    /// Releases one pin of `key`; once none is left it can be evicted again.
     pub(crate) fn unpin(&mut self, key: &Key) {
-        if let Some(slot) = self.slots.get_mut(key) {
-            slot.pins = slot.pins.saturating_sub(1);
+        if let Some(slot) = self.slots.get_mut(key)
+            && slot.pins > 0
+        {
+            slot.pins -= 1;
+            if slot.pins == 0 {
+                self.order.insert(slot.used, *key);
+            }
         }
     }
 
@@ -100,30 +106,33 @@ impl Lru {
         let used = self.tick();
         let pins = u32::from(pinned);
         self.slots.insert(key, Slot { size, used, pins });
-        self.order.insert(used, key);
+        if !pinned {
+            self.order.insert(used, key);
+        }
         self.bytes += size;
+    }
+
+    /// Forgets `key` whatever its pins (its file is gone or wrong): it is no longer a hit.
+    pub(crate) fn remove(&mut self, key: &Key) {
+        if let Some(slot) = self.slots.remove(key) {
+            self.order.remove(&slot.used);
+            self.bytes -= slot.size;
+        }
     }
 
     /// Removes least recently used unpinned entries until the index is within its bounds
     /// (or only pinned entries are left); returns them, for their files to be deleted.
+    /// Only unpinned entries are in the recency order, so pinned ones cost nothing here.
     pub(crate) fn evict(&mut self) -> Vec<Key> {
         let mut gone = Vec::new();
-        let mut cursor = 0;
         while self.bytes > self.max_bytes || self.slots.len() > self.max_entries {
-            let Some((&used, &key)) = self.order.range(cursor..).next() else {
+            let Some((_, key)) = self.order.pop_first() else {
                 break;
             };
-            cursor = used + 1;
-            let Some(&slot) = self.slots.get(&key) else {
-                continue;
-            };
-            if slot.pins > 0 {
-                continue;
+            if let Some(slot) = self.slots.remove(&key) {
+                self.bytes -= slot.size;
+                gone.push(key);
             }
-            self.order.remove(&used);
-            self.slots.remove(&key);
-            self.bytes -= slot.size;
-            gone.push(key);
         }
         gone
     }
@@ -181,5 +190,38 @@ mod tests {
         }
         assert_eq!(lru.evict().len(), 3);
         assert_eq!(lru.len(), 2);
+    }
+
+    #[test]
+    fn an_unpinned_entry_is_evicted_past_any_number_of_pinned_ones_and_they_cost_no_walk() {
+        // Found by an attacker's review: eviction walked every pinned entry on each call.
+        let mut lru = Lru::new(u64::MAX, 3);
+        for n in 0..3 {
+            lru.insert(key(n), 1, true);
+        }
+        lru.insert(key(9), 1, false);
+        assert_eq!(lru.evict(), vec![key(9)], "only the unpinned entry can go");
+        assert!(
+            lru.order.is_empty(),
+            "pinned entries are not in the recency order"
+        );
+        lru.unpin(&key(1));
+        lru.insert(key(10), 1, false);
+        assert_eq!(
+            lru.evict(),
+            vec![key(1)],
+            "the least recently used unpinned one"
+        );
+    }
+
+    #[test]
+    fn a_removed_entry_is_no_longer_a_hit_even_while_pinned() {
+        let mut lru = Lru::new(100, 10);
+        lru.insert(key(1), 40, true);
+        lru.remove(&key(1));
+        assert_eq!(lru.pin(&key(1)), None);
+        assert_eq!(lru.bytes(), 0);
+        lru.unpin(&key(1));
+        assert!(lru.evict().is_empty());
     }
 }

@@ -10,16 +10,19 @@
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use super::{Server, SubmitRequest, finish};
 use crate::access::AccessPolicy;
-use crate::ansible::transmit::manifest::{Content, ContentHash, MAX_MANIFEST_LEN, Manifest};
+use crate::ansible::transmit::manifest::{
+    Content, ContentHash, MAX_ENTRIES, MAX_MANIFEST_LEN, Manifest,
+};
 use crate::ansible::transmit::{Held, Transmit};
 use crate::mesh::driver::{MeshStream, PeerIdentity};
-use crate::work::cache::{Scope, Session};
+use crate::work::cache::{self, Scope, Session};
 use crate::work::core::Requester;
 use crate::work::driver::{Created, Submission};
 use crate::work::error::WorkError;
@@ -28,6 +31,23 @@ use crate::work::unit::UnitId;
 
 /// Bytes read from the stream at a time.
 const READ_LEN: usize = 256 * 1024;
+
+/// How long the contents of a submission may take to arrive: this, plus their bytes at
+/// [`RECEIVE_FLOOR_RATE`]. A submitter that stalls cannot hold its pins (and its session
+/// slot) for ever.
+const RECEIVE_GRACE: Duration = Duration::from_secs(120);
+
+/// The slowest upload accepted, bytes per second (128 kbit/s).
+const RECEIVE_FLOOR_RATE: u64 = 16 * 1024;
+
+/// The deadline of `plan`'s contents.
+fn receive_deadline(plan: &Plan) -> Duration {
+    let inline: u64 = (plan.manifest.entries.iter())
+        .filter(|e| e.content == Content::Inline)
+        .map(|e| e.size)
+        .sum();
+    RECEIVE_GRACE + Duration::from_secs((plan.lacking_bytes + inline) / RECEIVE_FLOOR_RATE)
+}
 
 /// Why the contents were refused.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +61,9 @@ enum ReceiveError {
     /// Bytes after the last content.
     #[error("bytes follow the last content")]
     Trailing,
+    /// The contents did not all arrive in time.
+    #[error("the contents did not all arrive within {} s", .0.as_secs())]
+    Late(Duration),
     /// Writing to the cache failed.
     #[error("storing a content: {0}")]
     Store(std::io::Error),
@@ -82,7 +105,11 @@ impl Server {
             skip_frame(stream).await?;
             return finish(stream, &reply).await;
         }
-        let Some(cache) = self.contents.clone() else {
+        let session = (self.contents.as_ref()).and_then(|c| c.session(Scope::of(&peer.key)));
+        let Some(mut session) = session else {
+            if self.contents.is_some() {
+                tracing::info!(peer = %peer.node, "content cache busy: the payload is to be sent whole");
+            }
             let off = WorkRefusal::ContentCacheOff {
                 node: self.node().clone(),
             };
@@ -96,13 +123,24 @@ impl Server {
                     format!("the manifest of {len} bytes is over the limit of {MAX_MANIFEST_LEN}");
                 return finish(stream, &self.manifest_refusal(peer, reason)).await;
             }
+            Err(ProtocolError::Decode(e)) => {
+                let reason = format!(
+                    "the manifest does not decode ({e}); a manifest lists at most {MAX_ENTRIES} entries"
+                );
+                return finish(stream, &self.manifest_refusal(peer, reason)).await;
+            }
             Err(e) => return Err(e),
         };
         if let Err(e) = manifest.check(self.work.max_payload()) {
             return finish(stream, &self.manifest_refusal(peer, e.to_string())).await;
         }
-        let mut session = cache.session(Scope::of(&peer.key));
-        let plan = look_up(manifest, &mut session);
+        let plan = match look_up(manifest, &mut session).await {
+            Ok(plan) => plan,
+            Err(e) => {
+                let reply = self.refuse(peer, &WorkError::Internal(e));
+                return finish(stream, &reply).await;
+            }
+        };
         let cached = plan.manifest.entries.iter().zip(&plan.held);
         let cached: u64 = cached
             .filter(|(_, held)| matches!(held, Held::File(_)))
@@ -163,7 +201,9 @@ impl Server {
         mut plan: Plan,
         session: &mut Session,
     ) -> Result<Reply, ProtocolError> {
-        match receive(stream, &mut plan, session).await {
+        let deadline = receive_deadline(&plan);
+        let received = tokio::time::timeout(deadline, receive(stream, &mut plan, session)).await;
+        match received.unwrap_or(Err(ReceiveError::Late(deadline))) {
             Ok(()) => {}
             Err(ReceiveError::Stream(e)) => {
                 self.work
@@ -225,8 +265,43 @@ async fn skip_frame(stream: &mut MeshStream) -> Result<(), ProtocolError> {
     Ok(())
 }
 
-/// Pins what the scope holds; asks for each other content once (the first entry with it).
-fn look_up(manifest: Manifest, session: &mut Session) -> Plan {
+/// Pins what the scope holds, checks that each pinned file still holds its content (off
+/// the async workers), forgets those that do not, and asks for every content not held
+/// once (the first entry with it).
+async fn look_up(manifest: Manifest, session: &mut Session) -> Result<Plan, String> {
+    let mut hits: Vec<(ContentHash, PathBuf, u64)> = Vec::new();
+    for entry in &manifest.entries {
+        if let Content::Hashed(hash) = &entry.content
+            && !hits.iter().any(|(h, _, _)| h == hash)
+            && let Some((path, size)) = session.hit(hash)
+        {
+            hits.push((*hash, path, size));
+        }
+    }
+    let checked = tokio::task::spawn_blocking(move || {
+        hits.into_iter()
+            .map(|(hash, path, size)| {
+                let good = cache::holds(&path, &hash, size).unwrap_or(false);
+                (hash, path, good)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|e| format!("checking the content cache: {e}"))?;
+    let mut held_files: HashMap<ContentHash, PathBuf> = HashMap::new();
+    for (hash, path, good) in checked {
+        if good {
+            held_files.insert(hash, path);
+        } else {
+            tracing::warn!(file = %path.display(), "a cached content is missing or changed on disk: forgotten, asked for again");
+            session.forget(&hash);
+        }
+    }
+    Ok(plan(manifest, &held_files))
+}
+
+/// What to ask for, given the contents held.
+fn plan(manifest: Manifest, held_files: &HashMap<ContentHash, PathBuf>) -> Plan {
     let mut held = Vec::with_capacity(manifest.entries.len());
     let mut lacking = Vec::new();
     let mut lacking_bytes = 0;
@@ -236,8 +311,8 @@ fn look_up(manifest: Manifest, session: &mut Session) -> Plan {
             held.push(Held::Listed);
             continue;
         };
-        match session.hit(hash) {
-            Some((path, _)) => held.push(Held::File(path)),
+        match held_files.get(hash) {
+            Some(path) => held.push(Held::File(path.clone())),
             None => {
                 if asked.insert(*hash) {
                     lacking.push(u32::try_from(index).unwrap_or(u32::MAX));
