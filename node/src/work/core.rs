@@ -16,9 +16,13 @@
 //! [`Core::statuses_durable`] how far they are on the disk, and the core holds back what
 //! must not happen before (a remote submission waits for the status naming its nonce).
 
+mod action;
 pub mod durable;
 pub mod flow;
 pub mod recover;
+mod timers;
+
+pub use action::{Action, Answered, Ticket};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -41,22 +45,6 @@ pub struct CoreConfig {
     /// How long a finished unit is kept before it is released (its files removed);
     /// `None` keeps it until someone releases it.
     pub keep_finished: Option<Duration>,
-}
-
-/// An opaque handle for a request answered later by [`Action::Answer`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Ticket(pub u64);
-
-/// What an answered request produced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Answered {
-    /// The unit was created (its files exist).
-    Created(UnitId),
-    /// The submission was made before under the same nonce (by a submitter that restarted):
-    /// this is the unit made then, with its payload.
-    Existing(UnitId),
-    /// Done.
-    Done,
 }
 
 /// Who asks: an operator (the local control socket, or a mesh peer allowed control) sees
@@ -127,103 +115,6 @@ pub enum RemoteFailure {
     Gone(String),
     /// Writing its output here failed.
     Local(String),
-}
-
-/// What the driver must do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    /// Create the unit's directory and files with this first status.
-    CreateFiles {
-        /// The unit.
-        id: UnitId,
-        /// Its first status.
-        status: Box<UnitStatus>,
-        /// This write's number: report it with [`Core::statuses_durable`] once durable.
-        seq: u64,
-    },
-    /// Persist this status. Writes may be batched; actions that depend on a status being
-    /// durable are held back by the core until [`Core::statuses_durable`] covers it.
-    WriteStatus {
-        /// The unit.
-        id: UnitId,
-        /// Its status.
-        status: Box<UnitStatus>,
-        /// This write's number: report it with [`Core::statuses_durable`] once durable.
-        seq: u64,
-    },
-    /// Run the unit here in its work type's handler.
-    Start {
-        /// The unit.
-        id: UnitId,
-    },
-    /// Ask the unit's running handler to stop.
-    Stop {
-        /// The unit.
-        id: UnitId,
-    },
-    /// A unit that was running when the node stopped: re-attach to its job if it is still
-    /// running detached, else report it ended (see `handler_ended`).
-    Reattach {
-        /// The unit.
-        id: UnitId,
-    },
-    /// Submit the unit's stored payload to the node it runs on, and report progress.
-    Submit {
-        /// The unit.
-        id: UnitId,
-        /// The node.
-        node: NodeId,
-    },
-    /// Follow the remote unit's output into the local results, from the local size.
-    Follow {
-        /// The unit.
-        id: UnitId,
-        /// The node it runs on.
-        node: NodeId,
-        /// Its id there.
-        remote: UnitId,
-    },
-    /// Ask the running node to cancel the remote unit (answer `remote_cancelled`).
-    CancelRemote {
-        /// The unit.
-        id: UnitId,
-        /// The node.
-        node: NodeId,
-        /// Its id there.
-        remote: UnitId,
-    },
-    /// Ask the running node to release the remote unit (answer `remote_released`).
-    ReleaseRemote {
-        /// The unit (gone here already when its local release did not wait).
-        id: UnitId,
-        /// The node.
-        node: NodeId,
-        /// Its id there.
-        remote: UnitId,
-    },
-    /// Remove what the unit no longer needs and must not keep: its payload (it may hold
-    /// keys and passwords) and its job directory. The results stay until release.
-    DropSecrets {
-        /// The unit.
-        id: UnitId,
-    },
-    /// Remove the unit's files.
-    DropUnit {
-        /// The unit.
-        id: UnitId,
-    },
-    /// The unit's output is complete: wake its results followers for the last time.
-    Ended {
-        /// The unit.
-        id: UnitId,
-    },
-    /// Settle a request.
-    Answer {
-        /// The request.
-        ticket: Ticket,
-        /// Its result.
-        result: Result<Answered, String>,
-    },
 }
 
 /// Where a unit is in its life here.
@@ -490,64 +381,6 @@ impl Core {
         self.actions.push_back(Action::Answer { ticket, result });
     }
 
-    fn set_timer(&mut self, id: UnitId, at: Option<Instant>) {
-        let Some(entry) = self.units.get_mut(&id) else {
-            return;
-        };
-        if let Some(old) = entry.wake_at.take() {
-            self.timers.remove(&(old, id));
-        }
-        if let Some(at) = at {
-            entry.wake_at = Some(at);
-            self.timers.insert((at, id));
-        }
-    }
-
-    /// Fires every due timer: retention, release waits, remote start expiries.
-    pub fn handle_timeout(&mut self, now: Instant, wall_ms: u64) {
-        while let Some(&(at, id)) = self.timers.first() {
-            if at > now {
-                break;
-            }
-            self.timers.pop_first();
-            if let Some(entry) = self.units.get_mut(&id) {
-                entry.wake_at = None;
-            }
-            self.timer_fired(now, wall_ms, id);
-        }
-    }
-
-    fn timer_fired(&mut self, now: Instant, wall_ms: u64, id: UnitId) {
-        let Some(entry) = self.units.get(&id) else {
-            return;
-        };
-        match entry.phase {
-            Phase::Done if entry.release_waiters.is_empty() => {
-                tracing::info!(unit = %id, "finished unit released after the retention period");
-                self.drop_unit(id);
-            }
-            Phase::Running => {
-                // A release gave the unit RELEASE_WAIT to stop; remove it regardless.
-                let waiters = self
-                    .units
-                    .get_mut(&id)
-                    .map(|e| std::mem::take(&mut e.release_waiters))
-                    .unwrap_or_default();
-                if !waiters.is_empty() {
-                    self.drop_unit(id);
-                    for t in waiters {
-                        self.answer(t, Ok(Answered::Done));
-                    }
-                }
-            }
-            Phase::Submitting => {
-                let detail = expired_detail(entry.status.expires_at.unwrap_or(wall_ms));
-                self.finish(now, id, UnitState::Failed, detail);
-            }
-            _ => {}
-        }
-    }
-
     /// Records the end of a unit: state, detail, size; wakes followers, drops secrets,
     /// starts its retention.
     fn finish(&mut self, now: Instant, id: UnitId, state: UnitState, detail: String) {
@@ -671,14 +504,6 @@ fn may_see(entry: &Entry, by: &Requester) -> bool {
         Requester::Operator => true,
         Requester::Peer(key) => entry.status.submitter_key.as_ref() == Some(key),
     }
-}
-
-fn expired_detail(expires_at_ms: u64) -> String {
-    let when = std::time::UNIX_EPOCH + Duration::from_millis(expires_at_ms);
-    format!(
-        "Work unit expired on {}",
-        crate::control::goformat::rfc3339_utc(when)
-    )
 }
 
 /// The submission's parameter names checked against what the work type takes (the names
