@@ -6,7 +6,9 @@
 //! remote exchanges as tasks that report back. Byte streams (payloads coming in, results
 //! going out) run in the caller's task, so the owner never waits on a slow peer.
 
+mod command;
 mod owner;
+mod payload;
 pub(crate) mod results;
 mod store_thread;
 mod tasks;
@@ -16,16 +18,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncRead;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::core::{
-    Answered, CoreConfig, HandlerEnd, NewUnit, PayloadInfo, RemoteFailure, Requester,
-};
+use super::core::{CoreConfig, NewUnit, PayloadInfo, Requester};
 use super::error::WorkError;
-use super::protocol::RemoteStatus;
-use super::status::{Component, UnitStatus};
+use super::status::UnitStatus;
 use super::store::UnitStore;
 use super::unit::{SubmitNonce, UnitId};
 use crate::host::registry::Registry;
@@ -33,7 +31,8 @@ use crate::host::runner::Host;
 use crate::id::NodeId;
 use crate::keys::{PublicKey, SigningKeypair};
 use crate::mesh::driver::MeshHandle;
-use results::Progress;
+use command::Command;
+use payload::{PayloadError, store_payload};
 
 /// How long a submission through the control socket waits for the remote node to take the
 /// unit before answering (the unit then goes on being submitted in the background).
@@ -100,104 +99,6 @@ pub struct Submission {
     pub ttl: Option<Duration>,
     /// Remote work: sign the submission (receptorctl's `signwork`).
     pub sign_work: bool,
-}
-
-/// Requests to the owner task, and the reports of its helpers.
-pub(super) enum Command {
-    Create {
-        unit: NewUnit,
-        reply: oneshot::Sender<Result<Created, WorkError>>,
-    },
-    PayloadStored {
-        id: UnitId,
-        result: Result<PayloadInfo, String>,
-    },
-    WaitTaken {
-        id: UnitId,
-        reply: oneshot::Sender<UnitStatus>,
-    },
-    Status {
-        id: UnitId,
-        by: Requester,
-        reply: oneshot::Sender<Result<UnitStatus, WorkError>>,
-    },
-    List {
-        by: Requester,
-        reply: oneshot::Sender<Vec<(UnitId, UnitStatus)>>,
-    },
-    Follow {
-        id: UnitId,
-        by: Requester,
-        reply: oneshot::Sender<Result<(PathBuf, watch::Receiver<Progress>), WorkError>>,
-    },
-    Cancel {
-        id: UnitId,
-        by: Requester,
-        reply: oneshot::Sender<Result<Answered, WorkError>>,
-    },
-    Release {
-        id: UnitId,
-        force: bool,
-        by: Requester,
-        reply: oneshot::Sender<Result<Answered, WorkError>>,
-    },
-    FilesCreated {
-        id: UnitId,
-        result: Result<(), String>,
-    },
-    HandlerStarted {
-        id: UnitId,
-        component: Component,
-    },
-    HandlerEnded {
-        id: UnitId,
-        end: HandlerEnd,
-    },
-    ExtraData {
-        id: UnitId,
-        value: serde_json::Value,
-    },
-    RemoteCreated {
-        id: UnitId,
-        remote: UnitId,
-    },
-    RemoteStarted {
-        id: UnitId,
-        node: NodeId,
-        remote: UnitId,
-        /// The submitting task follows its output already.
-        followed: bool,
-    },
-    RemoteSubmitFailed {
-        id: UnitId,
-        failure: RemoteFailure,
-    },
-    MirrorEnded {
-        id: UnitId,
-        local_size: u64,
-        outcome: Result<RemoteStatus, RemoteFailure>,
-    },
-    RemoteCancelled {
-        id: UnitId,
-        result: Result<(), String>,
-    },
-    RemoteReleased {
-        id: UnitId,
-        result: Result<(), String>,
-    },
-    Dropped {
-        id: UnitId,
-    },
-    Durable {
-        upto: u64,
-    },
-    Drain {
-        reply: oneshot::Sender<watch::Receiver<usize>>,
-    },
-    Reconfigure {
-        core: CoreConfig,
-        signing_key: Option<SigningKeypair>,
-    },
 }
 
 /// Runs work units on this node and mirrors units it sent to others. Cheap to clone.
@@ -601,45 +502,4 @@ fn with_detached_jobs(
         }
     }
     units
-}
-
-/// Why a payload could not be stored.
-enum PayloadError {
-    TooLarge,
-    Io(std::io::Error),
-}
-
-/// Copies `payload` into the stdin file at `path`, at most `limit` bytes, and syncs it;
-/// returns its size and SHA-256.
-async fn store_payload(
-    path: &Path,
-    payload: &mut (dyn AsyncRead + Unpin + Send),
-    limit: u64,
-) -> Result<(u64, [u8; 32]), PayloadError> {
-    let mut file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(path)
-        .await
-        .map_err(PayloadError::Io)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut size = 0u64;
-    loop {
-        let n = payload.read(&mut buf).await.map_err(PayloadError::Io)?;
-        if n == 0 {
-            break;
-        }
-        size += n as u64;
-        if size > limit {
-            return Err(PayloadError::TooLarge);
-        }
-        hasher.update(&buf[..n]);
-        file.write_all(&buf[..n]).await.map_err(PayloadError::Io)?;
-    }
-    file.flush().await.map_err(PayloadError::Io)?;
-    // On disk before its size is recorded: a status that says the payload is stored (and
-    // lets a restarted node start or resubmit it) never points at a payload a power loss cut.
-    file.sync_data().await.map_err(PayloadError::Io)?;
-    Ok((size, hasher.finalize().into()))
 }
