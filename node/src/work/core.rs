@@ -18,18 +18,22 @@
 
 mod action;
 pub mod durable;
+mod error;
 pub mod flow;
 pub mod recover;
 mod timers;
 
 pub use action::{Action, Answered, Ticket};
+pub use error::{PayloadError, TicketError};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::error::WorkError;
 use super::protocol::RemoteStatus;
 use super::status::{Component, UnitStatus};
+use super::store::StoreError;
 use super::unit::{SubmitNonce, UnitId, UnitState};
 use crate::id::NodeId;
 use crate::keys::PublicKey;
@@ -246,7 +250,7 @@ impl Core {
     ///
     /// # Errors
     /// [`WorkError::UnknownWorkType`] or [`WorkError::BadParameters`] for a local unit this
-    /// node cannot run; [`WorkError::Internal`] for an id already taken (draw another).
+    /// node cannot run; [`WorkError::UnitIdTaken`] for an id already taken (draw another).
     pub fn create(
         &mut self,
         now: Instant,
@@ -256,7 +260,7 @@ impl Core {
         offer: impl FnOnce(&str) -> Option<Offer>,
     ) -> Result<(), WorkError> {
         if self.units.contains_key(&unit.id) {
-            return Err(WorkError::Internal(format!("unit id {} is taken", unit.id)));
+            return Err(WorkError::UnitIdTaken(unit.id));
         }
         if unit.node == self.me && self.draining {
             return Err(WorkError::Draining {
@@ -311,7 +315,7 @@ impl Core {
     }
 
     /// The unit's files exist (or could not be made).
-    pub fn files_created(&mut self, id: UnitId, result: Result<(), String>) {
+    pub fn files_created(&mut self, id: UnitId, result: Result<(), StoreError>) {
         let Some(entry) = self.units.get_mut(&id) else {
             return;
         };
@@ -327,7 +331,7 @@ impl Core {
             }
             Err(e) => {
                 self.units.remove(&id);
-                self.answer(ticket, Err(e));
+                self.answer(ticket, Err(TicketError::CreateFiles(Arc::new(e))));
             }
         }
     }
@@ -377,7 +381,7 @@ impl Core {
         }
     }
 
-    fn answer(&mut self, ticket: Ticket, result: Result<Answered, String>) {
+    fn answer(&mut self, ticket: Ticket, result: Result<Answered, TicketError>) {
         self.actions.push_back(Action::Answer { ticket, result });
     }
 

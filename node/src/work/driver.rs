@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio::io::AsyncRead;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::core::{CoreConfig, NewUnit, PayloadInfo, Requester};
+use super::core::{CoreConfig, NewUnit, PayloadError, PayloadInfo, Requester};
 use super::error::WorkError;
 use super::status::UnitStatus;
 use super::store::UnitStore;
@@ -32,7 +32,7 @@ use crate::id::NodeId;
 use crate::keys::{PublicKey, SigningKeypair};
 use crate::mesh::driver::MeshHandle;
 use command::Command;
-use payload::{PayloadError, store_payload};
+use payload::{CopyError, store_payload};
 
 /// How long a submission through the control socket waits for the remote node to take the
 /// unit before answering (the unit then goes on being submitted in the background).
@@ -211,7 +211,7 @@ impl Work {
         let nonce = if node == self.node {
             None
         } else {
-            Some(SubmitNonce::random().map_err(|e| WorkError::Internal(e.to_string()))?)
+            Some(SubmitNonce::random().map_err(WorkError::Random)?)
         };
         match self.create_unit(submission, node, nonce).await? {
             Created::New(id) | Created::Existing(id) => Ok(id),
@@ -252,7 +252,7 @@ impl Work {
             .ttl
             .map(|ttl| crate::clock::now_ms().saturating_add(ttl.as_millis() as u64));
         loop {
-            let id = UnitId::random().map_err(|e| WorkError::Internal(e.to_string()))?;
+            let id = UnitId::random().map_err(WorkError::Random)?;
             let unit = NewUnit {
                 id,
                 work_type: submission.work_type.clone(),
@@ -264,7 +264,7 @@ impl Work {
                 nonce,
             };
             match self.ask(|reply| Command::Create { unit, reply }).await? {
-                Err(WorkError::Internal(e)) if e.contains("is taken") => continue,
+                Err(WorkError::UnitIdTaken(_)) => continue,
                 other => return other,
             }
         }
@@ -293,12 +293,12 @@ impl Work {
         })
     }
 
-    /// Fails a unit still waiting for its payload, with `detail` (a payload that could not
+    /// Fails a unit still waiting for its payload, with `error` (a payload that could not
     /// be put together: the unit never runs).
-    pub fn fail_payload(&self, id: UnitId, detail: String) {
+    pub fn fail_payload(&self, id: UnitId, error: PayloadError) {
         let _ = self.commands.send(Command::PayloadStored {
             id,
-            result: Err(detail),
+            result: Err(error),
         });
     }
 
@@ -318,7 +318,7 @@ impl Work {
     ///
     /// # Errors
     /// [`WorkError::OverLimit`] for a payload over the limit (the unit fails);
-    /// [`WorkError::Remote`] when the remote node refused it; store failures.
+    /// [`WorkError::RemoteFailed`] when the remote node refused it; store failures.
     pub async fn start(
         &self,
         id: UnitId,
@@ -336,35 +336,26 @@ impl Work {
         &self,
         id: UnitId,
         payload: &mut (dyn AsyncRead + Unpin + Send),
-        check: impl FnOnce(&[u8; 32]) -> Result<(), WorkError>,
+        check: impl FnOnce(&[u8; 32]) -> Result<(), PayloadError>,
     ) -> Result<Taken, WorkError> {
         let limit = self.max_payload.load(std::sync::atomic::Ordering::Relaxed);
         let stored = store_payload(&self.store.stdin_path(id), payload, limit).await;
-        let (result, error) = match stored {
-            Ok((size, digest)) => match check(&digest) {
-                Ok(()) => {
-                    self.metrics.payload_bytes(size);
-                    (Ok(PayloadInfo { size }), None)
-                }
-                Err(e) => (Err(e.to_string()), Some(e)),
-            },
-            Err(PayloadError::TooLarge) => {
-                let e = WorkError::OverLimit {
-                    node: self.node.clone(),
-                    what: "the payload (bytes)".into(),
-                    limit,
-                };
-                (Err(e.to_string()), Some(e))
-            }
-            Err(PayloadError::Io(e)) => (Err(format!("storing the payload: {e}")), None),
+        let result = match stored {
+            Ok((size, digest)) => check(&digest).map(|()| {
+                self.metrics.payload_bytes(size);
+                PayloadInfo { size }
+            }),
+            Err(CopyError::TooLarge) => Err(PayloadError::TooLarge {
+                node: self.node.clone(),
+                limit,
+            }),
+            Err(CopyError::Io(e)) => Err(PayloadError::Store(Arc::new(e))),
         };
-        let failed = result.clone().err();
+        // The unit fails with the error, and the caller hears it too.
+        let failed = result.as_ref().err().cloned();
         let _ = self.commands.send(Command::PayloadStored { id, result });
-        if let Some(e) = error {
-            return Err(e);
-        }
-        if let Some(detail) = failed {
-            return Err(WorkError::Internal(detail));
+        if let Some(e) = failed {
+            return Err(e.into());
         }
         let status = match tokio::time::timeout(
             SUBMIT_WAIT,
@@ -376,7 +367,10 @@ impl Work {
             Err(_) => self.status(id, &Requester::Operator).await?,
         };
         if status.state == super::unit::UnitState::Failed && status.node != self.node {
-            return Err(WorkError::Remote(status.detail));
+            return Err(WorkError::RemoteFailed {
+                node: status.node,
+                detail: status.detail,
+            });
         }
         Ok(Taken { status })
     }
@@ -454,7 +448,8 @@ impl Work {
     /// stop, a remote one is cancelled on its node.
     ///
     /// # Errors
-    /// [`WorkError::UnknownUnit`]; [`WorkError::Remote`] when the running node refused.
+    /// [`WorkError::UnknownUnit`]; [`WorkError::Ticket`] when the running node did not
+    /// cancel it.
     pub async fn cancel(&self, id: UnitId, by: &Requester) -> Result<(), WorkError> {
         let by = by.clone();
         self.ask(|reply| Command::Cancel { id, by, reply })
@@ -466,7 +461,8 @@ impl Work {
     /// unit on its node too).
     ///
     /// # Errors
-    /// [`WorkError::UnknownUnit`]; [`WorkError::Remote`] with "release pending" when the
+    /// [`WorkError::UnknownUnit`]; [`WorkError::Ticket`] with
+    /// [`TicketError::ReleasePending`](super::core::TicketError::ReleasePending) when the
     /// running node could not be told (use `force` to drop it here anyway).
     pub async fn release(&self, id: UnitId, force: bool, by: &Requester) -> Result<(), WorkError> {
         let by = by.clone();

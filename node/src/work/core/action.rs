@@ -1,7 +1,7 @@
 //! What the core asks of its driver: the [`Action`]s it drains with `poll_action`, and the
 //! [`Ticket`]s that settle requests answered later. Plain data; no IO.
 
-use super::UnitStatus;
+use super::{TicketError, UnitStatus};
 use crate::id::NodeId;
 use crate::work::unit::UnitId;
 
@@ -30,17 +30,17 @@ pub enum Action {
         id: UnitId,
         /// Its first status.
         status: Box<UnitStatus>,
-        /// This write's number: report it with [`Core::statuses_durable`] once durable.
+        /// This write's number: report it with [`Core::statuses_durable`](super::Core::statuses_durable) once durable.
         seq: u64,
     },
     /// Persist this status. Writes may be batched; actions that depend on a status being
-    /// durable are held back by the core until [`Core::statuses_durable`] covers it.
+    /// durable are held back by the core until [`Core::statuses_durable`](super::Core::statuses_durable) covers it.
     WriteStatus {
         /// The unit.
         id: UnitId,
         /// Its status.
         status: Box<UnitStatus>,
-        /// This write's number: report it with [`Core::statuses_durable`] once durable.
+        /// This write's number: report it with [`Core::statuses_durable`](super::Core::statuses_durable) once durable.
         seq: u64,
     },
     /// Run the unit here in its work type's handler.
@@ -114,6 +114,6 @@ pub enum Action {
         /// The request.
         ticket: Ticket,
         /// Its result.
-        result: Result<Answered, String>,
+        result: Result<Answered, TicketError>,
     },
 }

@@ -10,12 +10,14 @@ use super::Created;
 use super::results::Progress;
 use crate::id::NodeId;
 use crate::keys::SigningKeypair;
+use crate::work::client::ClientError;
 use crate::work::core::{
-    Answered, CoreConfig, HandlerEnd, NewUnit, PayloadInfo, RemoteFailure, Requester,
+    Answered, CoreConfig, HandlerEnd, NewUnit, PayloadError, PayloadInfo, RemoteFailure, Requester,
 };
 use crate::work::error::WorkError;
 use crate::work::protocol::RemoteStatus;
 use crate::work::status::{Component, UnitStatus};
+use crate::work::store::StoreError;
 use crate::work::unit::UnitId;
 
 /// Requests to the owner task, and the reports of its helpers.
@@ -26,7 +28,7 @@ pub(in crate::work) enum Command {
     },
     PayloadStored {
         id: UnitId,
-        result: Result<PayloadInfo, String>,
+        result: Result<PayloadInfo, PayloadError>,
     },
     WaitTaken {
         id: UnitId,
@@ -59,7 +61,7 @@ pub(in crate::work) enum Command {
     },
     FilesCreated {
         id: UnitId,
-        result: Result<(), String>,
+        result: Result<(), StoreError>,
     },
     HandlerStarted {
         id: UnitId,
@@ -95,11 +97,11 @@ pub(in crate::work) enum Command {
     },
     RemoteCancelled {
         id: UnitId,
-        result: Result<(), String>,
+        result: Result<(), ClientError>,
     },
     RemoteReleased {
         id: UnitId,
-        result: Result<(), String>,
+        result: Result<(), ClientError>,
     },
     Dropped {
         id: UnitId,

@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 /// Why a payload could not be stored.
-pub(super) enum PayloadError {
+pub(super) enum CopyError {
     TooLarge,
     Io(std::io::Error),
 }
@@ -19,31 +19,31 @@ pub(super) async fn store_payload(
     path: &Path,
     payload: &mut (dyn AsyncRead + Unpin + Send),
     limit: u64,
-) -> Result<(u64, [u8; 32]), PayloadError> {
+) -> Result<(u64, [u8; 32]), CopyError> {
     let mut file = tokio::fs::OpenOptions::new()
         .write(true)
         .truncate(true)
         .open(path)
         .await
-        .map_err(PayloadError::Io)?;
+        .map_err(CopyError::Io)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     let mut size = 0u64;
     loop {
-        let n = payload.read(&mut buf).await.map_err(PayloadError::Io)?;
+        let n = payload.read(&mut buf).await.map_err(CopyError::Io)?;
         if n == 0 {
             break;
         }
         size += n as u64;
         if size > limit {
-            return Err(PayloadError::TooLarge);
+            return Err(CopyError::TooLarge);
         }
         hasher.update(&buf[..n]);
-        file.write_all(&buf[..n]).await.map_err(PayloadError::Io)?;
+        file.write_all(&buf[..n]).await.map_err(CopyError::Io)?;
     }
-    file.flush().await.map_err(PayloadError::Io)?;
+    file.flush().await.map_err(CopyError::Io)?;
     // On disk before its size is recorded: a status that says the payload is stored (and
     // lets a restarted node start or resubmit it) never points at a payload a power loss cut.
-    file.sync_data().await.map_err(PayloadError::Io)?;
+    file.sync_data().await.map_err(CopyError::Io)?;
     Ok((size, hasher.finalize().into()))
 }

@@ -115,7 +115,7 @@ pub(super) async fn run_handler(
     ctx.metrics.unit_started(&status.work_type);
     let (io, failure) = match open_io(&ctx, id, progress).await {
         Ok(io) => io,
-        Err(detail) => return ctx.ended(id, UnitState::Failed, detail),
+        Err(e) => return ctx.ended(id, UnitState::Failed, e.to_string()),
     };
     let submitted = &status.params;
     let params =
@@ -139,11 +139,32 @@ pub(super) async fn run_handler(
     ctx.ended(id, state, detail);
 }
 
+/// A unit's file (its job directory, payload or results) could not be opened for its job;
+/// the unit fails with this as its detail.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {source}", path.display())]
+struct OpenIoError {
+    /// The file or directory.
+    path: PathBuf,
+    /// What the OS said.
+    #[source]
+    source: std::io::Error,
+}
+
+impl OpenIoError {
+    fn at(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Self + '_ {
+        move |source| Self {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
 async fn open_io(
     ctx: &TaskCtx,
     id: UnitId,
     progress: watch::Sender<Progress>,
-) -> Result<(JobIo, super::results::WriteFailure), String> {
+) -> Result<(JobIo, super::results::WriteFailure), OpenIoError> {
     use std::os::unix::fs::DirBuilderExt;
     let store = &ctx.store;
     let job_dir = store.job_dir(id);
@@ -151,16 +172,16 @@ async fn open_io(
         .mode(0o700)
         .recursive(true)
         .create(&job_dir)
-        .map_err(|e| format!("{}: {e}", job_dir.display()))?;
+        .map_err(OpenIoError::at(&job_dir))?;
     let stdin = store.stdin_path(id);
     let payload = tokio::fs::File::open(&stdin)
         .await
-        .map_err(|e| format!("{}: {e}", stdin.display()))?;
+        .map_err(OpenIoError::at(&stdin))?;
     let stdout = store.stdout_path(id);
     let files = ctx.unit_files(id, progress.clone());
     let (sink, failure) = ResultsSink::open(&stdout, progress)
         .await
-        .map_err(|e| format!("{}: {e}", stdout.display()))?;
+        .map_err(OpenIoError::at(&stdout))?;
     Ok((
         JobIo {
             job_dir,
@@ -418,10 +439,7 @@ pub(super) async fn cancel_remote(ctx: TaskCtx, id: UnitId, node: NodeId, remote
     let Some(client) = ctx.client.clone() else {
         return;
     };
-    let result = client
-        .cancel(&node, remote)
-        .await
-        .map_err(|e| e.to_string());
+    let result = client.cancel(&node, remote).await;
     ctx.report(Command::RemoteCancelled { id, result });
 }
 
@@ -433,7 +451,7 @@ pub(super) async fn release_remote(ctx: TaskCtx, id: UnitId, node: NodeId, remot
     let result = match client.release(&node, remote).await {
         // Gone there already: released as far as anyone can tell.
         Err(ClientError::Refused(WorkRefusal::UnknownUnit { .. })) => Ok(()),
-        other => other.map_err(|e| e.to_string()),
+        other => other,
     };
     ctx.report(Command::RemoteReleased { id, result });
 }
