@@ -24,7 +24,7 @@ pub mod recover;
 mod timers;
 
 pub use action::{Action, Answered, Ticket};
-pub use error::{PayloadError, TicketError};
+pub use error::{PayloadError, RemoteFailure, TicketError};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -108,17 +108,6 @@ pub struct HandlerEnd {
     pub detail: String,
     /// Bytes of output.
     pub stdout_size: u64,
-}
-
-/// Why a mirror or remote request failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RemoteFailure {
-    /// The remote node refused for good (no such unit, not allowed, bad parameters).
-    Refused(String),
-    /// The remote unit is gone (released there, or the node lost its data).
-    Gone(String),
-    /// Writing its output here failed.
-    Local(String),
 }
 
 /// Where a unit is in its life here.
@@ -492,12 +481,8 @@ impl Core {
         }
         let (state, detail) = match outcome {
             Ok(status) => (status.state, status.detail),
-            Err(RemoteFailure::Gone(detail) | RemoteFailure::Refused(detail)) => {
-                (UnitState::Failed, detail)
-            }
-            Err(RemoteFailure::Local(detail)) => {
-                (UnitState::Failed, format!("writing results: {detail}"))
-            }
+            Err(e) if e.is_local() => (UnitState::Failed, format!("writing results: {e}")),
+            Err(e) => (UnitState::Failed, e.to_string()),
         };
         self.finish(now, id, state, detail);
     }

@@ -4,6 +4,7 @@
 //! that one failure hands to several waiters are shared (`Arc`), so both are `Clone`.
 //! `Display` is the operator's text, the same text these failures always had.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::id::NodeId;
@@ -53,6 +54,44 @@ impl PartialEq for TicketError {
 }
 
 impl Eq for TicketError {}
+
+/// Why a mirror of a remote unit, or its submission, failed for good. `Display` is the
+/// unit's detail.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteFailure {
+    /// The remote node refused (not allowed, bad parameters, ...) or broke the protocol.
+    #[error(transparent)]
+    Refused(ClientError),
+    /// The remote unit is gone (released there, or the node lost its data).
+    #[error(
+        "remote work unit {remote} is gone from {node} (released there, or the node lost its data)"
+    )]
+    Gone {
+        /// The node it ran on.
+        node: NodeId,
+        /// Its id there.
+        remote: UnitId,
+    },
+    /// The local results file could not be opened.
+    #[error("{}: {source}", path.display())]
+    OpenResults {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Writing the remote unit's output to the local results failed.
+    #[error("{0}")]
+    WriteResults(#[source] std::io::Error),
+}
+
+impl RemoteFailure {
+    /// Whether it failed here (the local results), not on the remote node.
+    pub fn is_local(&self) -> bool {
+        matches!(self, Self::OpenResults { .. } | Self::WriteResults(_))
+    }
+}
 
 /// Why a unit's payload was not stored. The unit fails with its text as the detail.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -124,10 +124,7 @@ impl Core {
     /// The submission failed for good (a refusal), or could not reach the node before the
     /// unit's expiry.
     pub fn remote_submit_failed(&mut self, now: Instant, id: UnitId, failure: RemoteFailure) {
-        let detail = match failure {
-            RemoteFailure::Refused(d) | RemoteFailure::Gone(d) | RemoteFailure::Local(d) => d,
-        };
-        self.finish(now, id, UnitState::Failed, detail);
+        self.finish(now, id, UnitState::Failed, failure.to_string());
     }
 
     /// Cancels a unit: a waiting one ends Canceled at once, a running one is asked to stop,

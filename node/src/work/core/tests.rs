@@ -267,14 +267,16 @@ fn a_vanished_remote_unit_fails_the_mirror_with_the_reason() {
     submit(&mut core, now, 1, "node1", None);
     core.remote_started(now, id(1), node("node1"), id(77), false);
     actions(&mut core);
-    let gone = RemoteFailure::Gone("remote work unit unit0077 is gone from node1".into());
+    let gone = RemoteFailure::Gone {
+        node: node("node1"),
+        remote: id(77),
+    };
     core.mirror_ended(now, id(1), 3, Err(gone));
     let status = core.status(id(1), &Requester::Operator).unwrap();
     assert_eq!(status.state, UnitState::Failed);
-    assert!(
-        status.detail.contains("is gone from node1"),
-        "{}",
-        status.detail
+    assert_eq!(
+        status.detail,
+        "remote work unit unit0077 is gone from node1 (released there, or the node lost its data)"
     );
 }
 

@@ -258,7 +258,10 @@ pub(super) async fn submit(
     let mut sink = match ResultsSink::open(&stdout, progress.clone()).await {
         Ok((sink, _failure)) => sink,
         Err(e) => {
-            let failure = RemoteFailure::Local(format!("{}: {e}", stdout.display()));
+            let failure = RemoteFailure::OpenResults {
+                path: stdout,
+                source: e,
+            };
             return ctx.report(Command::RemoteSubmitFailed { id, failure });
         }
     };
@@ -305,7 +308,7 @@ pub(super) async fn submit(
             Err((None, e)) => {
                 return ctx.report(Command::RemoteSubmitFailed {
                     id,
-                    failure: RemoteFailure::Refused(e.to_string()),
+                    failure: RemoteFailure::Refused(e),
                 });
             }
         }
@@ -353,11 +356,12 @@ async fn submit_once(
 /// What a mirror's failure means for its unit.
 fn mirror_failure(e: ClientError, node: &NodeId, remote: UnitId) -> RemoteFailure {
     match e {
-        ClientError::Refused(WorkRefusal::UnknownUnit { .. }) => RemoteFailure::Gone(format!(
-            "remote work unit {remote} is gone from {node} (released there, or the node lost its data)"
-        )),
-        ClientError::Sink(e) => RemoteFailure::Local(e.to_string()),
-        other => RemoteFailure::Refused(other.to_string()),
+        ClientError::Refused(WorkRefusal::UnknownUnit { .. }) => RemoteFailure::Gone {
+            node: node.clone(),
+            remote,
+        },
+        ClientError::Sink(e) => RemoteFailure::WriteResults(e),
+        other => RemoteFailure::Refused(other),
     }
 }
 
@@ -418,7 +422,10 @@ pub(super) async fn follow(
             return ctx.report(Command::MirrorEnded {
                 id,
                 local_size: 0,
-                outcome: Err(RemoteFailure::Local(format!("{}: {e}", stdout.display()))),
+                outcome: Err(RemoteFailure::OpenResults {
+                    path: stdout,
+                    source: e,
+                }),
             });
         }
     };
