@@ -10,7 +10,7 @@ use std::sync::{Mutex, OnceLock};
 use tracing_subscriber::EnvFilter;
 
 /// Replaces the installed filter.
-type Swap = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+type Swap = Box<dyn Fn(EnvFilter) -> Result<(), tracing_subscriber::reload::Error> + Send + Sync>;
 
 struct Installed {
     swap: Swap,
@@ -85,7 +85,7 @@ pub fn init(default_level: &str, verbose: u8) {
     if tracing::subscriber::set_global_default(builder.finish()).is_err() {
         return; // a subscriber is already installed (tests): leave it
     }
-    let swap: Swap = Box::new(move |filter| handle.reload(filter).map_err(|e| e.to_string()));
+    let swap: Swap = Box::new(move |filter| handle.reload(filter));
     let _ = INSTALLED.set(Installed {
         swap,
         pinned_by,
@@ -129,9 +129,9 @@ pub fn apply_config(level: Option<&str>) -> Result<LogChange, LogLevelError> {
         return Ok(LogChange::Unchanged);
     }
     let filter = filter.unwrap_or_else(|| EnvFilter::new(&installed.default));
-    (installed.swap)(filter).map_err(|reason| LogLevelError {
+    (installed.swap)(filter).map_err(|e| LogLevelError {
         value: level.unwrap_or_default().to_owned(),
-        reason,
+        reason: e.to_string(),
     })?;
     *current = wanted;
     Ok(LogChange::Applied)

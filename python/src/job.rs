@@ -111,7 +111,7 @@ pub(crate) fn start(
         .map(|id| NodeId::new(id.to_owned()))
         .transpose()
         .map_err(|e| native(Kind::Value, &format!("receptor_node_id: {e}")))?;
-    let limits = ArtifactLimits::from_env().map_err(|e| native(Kind::Value, &e))?;
+    let limits = ArtifactLimits::from_env().map_err(|e| native(Kind::Value, &e.to_string()))?;
     let options = ClientOptions {
         peer,
         node_id,

@@ -6,6 +6,8 @@
 pub mod backend;
 pub mod deploy;
 pub mod deployed;
+mod lifecycle;
+mod mesh_config;
 pub mod reload;
 
 use std::io;
@@ -13,33 +15,31 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::access::{AccessPolicy, Act};
-use crate::ca::{Authorities, SignedCertificate, SignedRevocationList};
-use crate::config::{Config, LinkCost, ListenConfig, Scheme, TlsConfig};
+use crate::config::Config;
 use crate::control::{ControlSocket, ListenError, default_socket_path, serve_session};
 use crate::host::contain::{ContainError, Containment, supervisor_binary};
 use crate::host::registry::{self, Registry};
 use crate::host::runner::{Host, HostError};
 use crate::id::ServiceName;
 use crate::keys::SigningKeypair;
-use crate::keys::{KeyError, LinkKeypair, SignedSuccession, rotation};
+use crate::keys::{KeyError, rotation};
 use crate::mesh::driver::succession_store;
-use crate::mesh::driver::{self, DriverConfig, MeshHandle, MeshStream, PeerTarget};
-use crate::mesh::link::LinkConfig;
-use crate::mesh::node::MeshConfig;
-use crate::mesh::route::Cost;
-use crate::mesh::transport::tls::{self, TlsError};
-use crate::mesh::transport::{Accept, Dial, Listener};
-use crate::mesh::trust::TrustPolicy;
+use crate::mesh::driver::{self, DriverConfig, MeshHandle, MeshStream};
+use crate::mesh::transport::tls::TlsError;
 use crate::metrics::{Metrics, MetricsServer};
 use crate::work::server::{ServerSetup, SignedWork};
 use crate::work::{Work, WorkConfig, WorkError, WorkSetup};
 pub use backend::{CONTROL_SERVICE, NodeBackend};
 pub use deploy::{DEPLOY_SERVICE, Deployer};
+pub(crate) use lifecycle::apply_log_level;
+pub use lifecycle::run;
+use mesh_config::bind_listeners;
+pub(crate) use mesh_config::{bind_listener, peer_targets, trust_settings};
+pub use mesh_config::{mesh_config, trust_policy};
 pub use reload::{Applier, ConfigSource, LiveListener, Reloader};
 
 /// Why a node could not start.
@@ -139,202 +139,6 @@ pub struct RunningNode {
     stop: watch::Sender<bool>,
     driver: JoinHandle<()>,
     control: JoinHandle<()>,
-}
-
-fn cost(c: LinkCost) -> Cost {
-    Cost::from_f64(c.as_f64()).unwrap_or(Cost::DEFAULT)
-}
-
-/// The mesh settings of a node config.
-///
-/// # Errors
-/// [`StartError::Key`] when the key file cannot be loaded.
-pub fn mesh_config(config: &Config) -> Result<MeshConfig, StartError> {
-    let keys = LinkKeypair::load(&config.key_file)?;
-    warn_if_readable_by_others(&config.key_file);
-    let trust = trust_policy(config)?;
-    let cert = own_certificate(config, &keys)?;
-    let successions = own_successions(config, &keys)?;
-    let mut mesh = MeshConfig::new(config.node_id.clone(), keys, trust, crate::clock::now_ms());
-    mesh.cert = cert;
-    mesh.successions = successions;
-    mesh.rng_seed = random_seed();
-    mesh.link = LinkConfig {
-        keepalive: config.mesh.keepalive,
-        idle_timeout: config.mesh.idle_timeout,
-        rekey_interval: config.mesh.rekey_interval,
-        ..LinkConfig::default()
-    };
-    mesh.max_hops = config.mesh.max_hops;
-    mesh.link_costs = config
-        .link_costs
-        .iter()
-        .map(|(n, c)| (n.clone(), cost(*c)))
-        .collect();
-    Ok(mesh)
-}
-
-/// A seed from the OS for the node's ids and jitter (a clock-derived seed would make circuit
-/// numbers and probe ids guessable).
-fn random_seed() -> u64 {
-    let mut b = [0u8; 8];
-    if getrandom::fill(&mut b).is_err() {
-        return crate::clock::now_ms();
-    }
-    u64::from_le_bytes(b)
-}
-
-/// The trust entries, authorities and revocation lists of a config, files read and checked.
-///
-/// # Errors
-/// [`StartError::Certificates`] for an unreadable or invalid revocation list.
-pub fn trust_policy(config: &Config) -> Result<TrustPolicy, StartError> {
-    let mut authorities = Authorities::new(config.certificates.authorities.iter().copied());
-    for path in &config.certificates.revocations {
-        let bad = |problem: String| StartError::Certificates {
-            path: path.clone(),
-            problem,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-        let list = SignedRevocationList::from_armored(&text).map_err(|e| bad(e.to_string()))?;
-        authorities.revoke(&list).map_err(|e| bad(e.to_string()))?;
-    }
-    let store = succession_store::store_path(&config.data_dir);
-    let successions =
-        succession_store::load(&store).map_err(|source| StartError::SuccessionStore {
-            path: store.clone(),
-            source,
-        })?;
-    Ok(TrustPolicy {
-        entries: config.trust.clone(),
-        authorities,
-        successions,
-    })
-}
-
-/// This node's key succession chain (`<key file>.succession`, written by `warren keygen
-/// --rotate`), when it ends at the node's key.
-///
-/// # Errors
-/// [`StartError::KeySuccession`] when the chain file is unreadable or invalid.
-pub(crate) fn own_successions(
-    config: &Config,
-    keys: &LinkKeypair,
-) -> Result<Vec<SignedSuccession>, StartError> {
-    Ok(rotation::chain_for(&config.key_file, keys)?)
-}
-
-/// This node's certificate, checked to be for its id and key and still valid.
-fn own_certificate(
-    config: &Config,
-    keys: &LinkKeypair,
-) -> Result<Option<SignedCertificate>, StartError> {
-    let Some(path) = &config.certificates.cert else {
-        return Ok(None);
-    };
-    let bad = |problem: String| StartError::Certificates {
-        path: path.clone(),
-        problem,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-    let cert = SignedCertificate::from_armored(&text).map_err(|e| bad(e.to_string()))?;
-    cert.check_binding(&config.node_id, &keys.public(), crate::clock::now_ms())
-        .map_err(|e| {
-            bad(format!(
-                "{e}; issue a certificate for node {} and key {} with `warren ca sign`",
-                config.node_id,
-                keys.public()
-            ))
-        })?;
-    Ok(Some(cert))
-}
-
-/// A private key others can read is a key others may have copied; say so (as ssh does).
-fn warn_if_readable_by_others(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = std::fs::metadata(path) {
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            tracing::warn!(
-                path = %path.display(),
-                mode = %format!("{mode:04o}"),
-                "private key file is readable by others; run `chmod 600` on it"
-            );
-        }
-    }
-}
-
-/// Binds the config's listeners, in order, each with where it is bound.
-async fn bind_listeners(config: &Config) -> Result<Vec<(Listener, Cost)>, StartError> {
-    let mut listeners = Vec::new();
-    for listen in &config.listen {
-        listeners.push(bind_listener(listen, &config.tls).await?);
-    }
-    Ok(listeners)
-}
-
-/// Binds one listener (with its TLS acceptor for `wss://`).
-///
-/// # Errors
-/// [`StartError::Bind`] or [`StartError::Tls`].
-pub(crate) async fn bind_listener(
-    listen: &ListenConfig,
-    tls_config: &TlsConfig,
-) -> Result<(Listener, Cost), StartError> {
-    let addr = listen.addr.to_string();
-    let tcp = TcpListener::bind((listen.addr.host.as_str(), listen.addr.port))
-        .await
-        .map_err(|source| StartError::Bind { addr, source })?;
-    let accept = match listen.addr.scheme {
-        Scheme::Tcp => Accept::Tcp,
-        Scheme::Ws => Accept::Ws {
-            path: listen.addr.path.clone(),
-            tls: None,
-        },
-        Scheme::Wss => {
-            let (Some(cert), Some(key)) = (&tls_config.cert, &tls_config.key) else {
-                return Err(StartError::Tls(TlsError::File {
-                    path: PathBuf::from("[tls] cert"),
-                    problem: "a wss:// listener needs --tls-cert and --tls-key".into(),
-                }));
-            };
-            Accept::Ws {
-                path: listen.addr.path.clone(),
-                tls: Some(tls::acceptor(cert, key).map_err(StartError::Tls)?),
-            }
-        }
-    };
-    Ok((Listener { tcp, accept }, cost(listen.cost)))
-}
-
-/// The peers to dial and how.
-///
-/// # Errors
-/// [`StartError::Tls`] when a `wss://` peer's roots cannot be loaded.
-pub(crate) fn peer_targets(config: &Config) -> Result<Vec<(PeerTarget, Dial)>, StartError> {
-    (config.peers.iter())
-        .map(|p| {
-            let target = PeerTarget {
-                host: p.addr.host.clone(),
-                port: p.addr.port,
-                cost: cost(p.cost),
-            };
-            Ok((target, dial_for(&p.addr, &config.tls.ca)?))
-        })
-        .collect::<Result<_, TlsError>>()
-        .map_err(StartError::Tls)
-}
-
-/// The trust policy and this node's certificate, as the config says (files read and
-/// checked against the node's key).
-///
-/// # Errors
-/// [`StartError`] for an unreadable key, certificate or revocation list.
-pub(crate) fn trust_settings(
-    config: &Config,
-) -> Result<(TrustPolicy, Option<SignedCertificate>), StartError> {
-    let keys = LinkKeypair::load(&config.key_file)?;
-    Ok((trust_policy(config)?, own_certificate(config, &keys)?))
 }
 
 /// How to dial `addr` (the client's helper, shared with the daemon's peers).
@@ -620,166 +424,6 @@ impl RunningNode {
         self.mesh.shutdown().await;
         let _ = self.driver.await;
         let _ = self.control.await;
-    }
-}
-
-/// Applies the config's `[node] log-level` to the process's log filter, saying so when a
-/// higher source (`RUST_LOG`, `-v`) keeps its own.
-pub(crate) fn apply_log_level(config: &Config) {
-    use crate::logging::LogChange;
-    match crate::logging::apply_config(config.log_level.as_deref()) {
-        Ok(LogChange::Applied) => tracing::info!(
-            level = config.log_level.as_deref().unwrap_or("the default"),
-            "log level set from the config"
-        ),
-        Ok(LogChange::Pinned(by)) if config.log_level.is_some() => tracing::info!(
-            pinned_by = by,
-            "[node] log-level not applied: {by} sets the log filter"
-        ),
-        Ok(_) => {}
-        // Validated when the config was read; a failure here is the subscriber's.
-        Err(e) => tracing::warn!(error = %e, "cannot change the log level"),
-    }
-}
-
-/// Runs a node until SIGINT or SIGTERM; `source` as for [`start`].
-///
-/// # Errors
-/// [`StartError`] when the node cannot start.
-pub async fn run(
-    config: &Config,
-    ready_file: Option<&Path>,
-    source: Option<ConfigSource>,
-) -> Result<(), StartError> {
-    raise_fd_limit();
-    apply_log_level(config);
-    let node = start(config, source).await?;
-    if let Some(path) = ready_file {
-        node.write_ready_file(path)?;
-    }
-    let mut signals = Signals::new();
-    loop {
-        match signals.next().await {
-            Signal::Stop => break,
-            Signal::Reload => {
-                tracing::info!("SIGHUP: reloading the config");
-                let _ = node.reloader.reload().await;
-            }
-        }
-    }
-    if node.reloader.current().await.work.drain_on_stop {
-        tokio::select! {
-            () = drain(&node.work, node.work_sessions.clone()) => {}
-            () = signals.next_stop() => tracing::warn!("second signal: stopping without waiting for running units"),
-        }
-    }
-    tracing::info!("shutting down");
-    node.shutdown().await;
-    Ok(())
-}
-
-/// Waits for the units running here to end, refusing new ones meanwhile (logging how many
-/// remain every [`DRAIN_REPORT`]), then for their followers on the mesh to read the end
-/// (at most [`DRAIN_FOLLOWERS`]).
-async fn drain(work: &Work, mut sessions: watch::Receiver<usize>) {
-    let Ok(mut running) = work.drain().await else {
-        return;
-    };
-    loop {
-        let left = *running.borrow_and_update();
-        if left == 0 {
-            tracing::info!("drained: no unit runs here; letting followers read the end");
-            let followers = sessions.wait_for(|n| *n == 0);
-            let _ = tokio::time::timeout(DRAIN_FOLLOWERS, followers).await;
-            return;
-        }
-        tracing::info!(
-            running = left,
-            "draining: waiting for running units to end (a second signal stops at once)"
-        );
-        if let Ok(Err(_gone)) = tokio::time::timeout(DRAIN_REPORT, running.changed()).await {
-            // The work layer stopped: nothing left to wait for.
-            return;
-        }
-    }
-}
-
-/// How often draining reports the units still running.
-const DRAIN_REPORT: std::time::Duration = std::time::Duration::from_secs(10);
-/// How long a drained node waits for results followers on the mesh to finish.
-const DRAIN_FOLLOWERS: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Raises the soft limit on open files to the hard limit: links, streams, jobs and the
-/// control socket all take descriptors, and the usual soft limit of 1024 is low for a relay.
-/// The connection caps keep a flood of half-open connections from using them up.
-fn raise_fd_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                tracing::debug!(
-                    from = limit.rlim_cur,
-                    to = limit.rlim_max,
-                    "raised the open files limit"
-                );
-            }
-        }
-    }
-}
-
-/// What a signal asks of the node.
-enum Signal {
-    /// SIGINT or SIGTERM.
-    Stop,
-    /// SIGHUP.
-    Reload,
-}
-
-/// SIGINT, SIGTERM and SIGHUP.
-struct Signals {
-    handlers: Option<[tokio::signal::unix::Signal; 3]>,
-}
-
-impl Signals {
-    fn new() -> Self {
-        use tokio::signal::unix::{SignalKind, signal};
-        let handlers = match (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-            signal(SignalKind::hangup()),
-        ) {
-            (Ok(int), Ok(term), Ok(hup)) => Some([int, term, hup]),
-            _ => None,
-        };
-        Self { handlers }
-    }
-
-    /// The next signal (never, without handlers: the node runs until killed).
-    async fn next(&mut self) -> Signal {
-        let Some([int, term, hup]) = &mut self.handlers else {
-            return std::future::pending().await;
-        };
-        tokio::select! {
-            _ = int.recv() => Signal::Stop,
-            _ = term.recv() => Signal::Stop,
-            _ = hup.recv() => Signal::Reload,
-        }
-    }
-
-    /// The next SIGINT or SIGTERM (SIGHUP is ignored meanwhile).
-    async fn next_stop(&mut self) {
-        while let Signal::Reload = self.next().await {}
     }
 }
 

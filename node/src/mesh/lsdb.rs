@@ -8,6 +8,8 @@
 //! No IO and no clock: time comes in as `now` (monotonic) and `wall_ms` (for epochs and
 //! certificates), and the caller does the flooding.
 
+mod outcome;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -20,6 +22,7 @@ use crate::id::NodeId;
 use crate::keys::xeddsa::VerifyingKey;
 use crate::keys::{PublicKey, succession};
 use crate::mesh::route::Topology;
+pub use outcome::{AdvertOutcome, AdvertRefusal};
 
 /// How far in the future an advert's epoch may lie (clock skew between nodes). Beyond it
 /// the advert is refused: one node with a clock years ahead must not lock its own later
@@ -57,81 +60,6 @@ impl LsdbLimits {
             max_bytes: 64 << 20,
         }
     }
-}
-
-/// Why an advert was refused (not stored, not flooded).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AdvertRefusal {
-    /// Over a limit or inconsistent.
-    #[error(transparent)]
-    Shape(#[from] ShapeError),
-    /// The signature does not verify with the advert's key.
-    #[error("the signature does not verify")]
-    BadSignature,
-    /// The epoch lies further in the future than clock skew explains.
-    #[error("epoch {epoch} is more than {} s ahead of this node's clock", MAX_CLOCK_SKEW.as_secs())]
-    FutureEpoch {
-        /// The advert's epoch.
-        epoch: u64,
-    },
-    /// Nothing here binds the key to the node id.
-    #[error("its key may not speak for this node id ({0:?})")]
-    Untrusted(TrustDecision),
-    /// The origin advertises faster than any honest node does.
-    #[error("the origin advertises too fast")]
-    RateLimited,
-    /// The database is at its node or byte cap.
-    #[error("the link-state database is full")]
-    Full,
-}
-
-impl AdvertRefusal {
-    /// A short stable name for the refusal's kind (a metrics label).
-    #[must_use]
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Shape(_) => "shape",
-            Self::BadSignature => "bad_signature",
-            Self::FutureEpoch { .. } => "future_epoch",
-            Self::Untrusted(_) => "untrusted",
-            Self::RateLimited => "rate_limited",
-            Self::Full => "full",
-        }
-    }
-}
-
-/// What [`Lsdb::handle_advert`] made of an advert.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AdvertOutcome {
-    /// New information: stored; the caller floods it to every other link.
-    Stored,
-    /// Same or older than what is stored: ignored, not flooded.
-    Ignored,
-    /// Refused: not stored, not flooded; worth a log line.
-    Refused(AdvertRefusal),
-    /// A signed advert for our own id but from someone else (a different key, or our key
-    /// with a newer epoch than ours): a duplicate node id. Not stored.
-    DuplicateOfMe {
-        /// The key the advert carries.
-        key: PublicKey,
-    },
-    /// A signed advert for a known id with a different key than the one stored (and the
-    /// stored one has not expired and is as well vouched for): a duplicate node id. Not
-    /// stored.
-    DuplicateId {
-        /// The id both nodes claim.
-        id: NodeId,
-        /// The key stored for the id.
-        known: PublicKey,
-        /// The key of the rejected advert.
-        other: PublicKey,
-    },
-    /// An advert of our own from an earlier life in this epoch with a higher seq than ours
-    /// (we restarted fast): the caller must bump its seq above `seq`.
-    OwnStale {
-        /// The highest seq seen from our earlier life.
-        seq: u64,
-    },
 }
 
 /// One line of a database summary: which version of an origin's advert a node holds.

@@ -16,16 +16,24 @@
 //! [`Core::statuses_durable`] how far they are on the disk, and the core holds back what
 //! must not happen before (a remote submission waits for the status naming its nonce).
 
+mod action;
 pub mod durable;
+mod error;
 pub mod flow;
 pub mod recover;
+mod timers;
+
+pub use action::{Action, Answered, Ticket};
+pub use error::{PayloadError, RemoteFailure, TicketError};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::error::WorkError;
 use super::protocol::RemoteStatus;
 use super::status::{Component, UnitStatus};
+use super::store::StoreError;
 use super::unit::{SubmitNonce, UnitId, UnitState};
 use crate::id::NodeId;
 use crate::keys::PublicKey;
@@ -41,22 +49,6 @@ pub struct CoreConfig {
     /// How long a finished unit is kept before it is released (its files removed);
     /// `None` keeps it until someone releases it.
     pub keep_finished: Option<Duration>,
-}
-
-/// An opaque handle for a request answered later by [`Action::Answer`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Ticket(pub u64);
-
-/// What an answered request produced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Answered {
-    /// The unit was created (its files exist).
-    Created(UnitId),
-    /// The submission was made before under the same nonce (by a submitter that restarted):
-    /// this is the unit made then, with its payload.
-    Existing(UnitId),
-    /// Done.
-    Done,
 }
 
 /// Who asks: an operator (the local control socket, or a mesh peer allowed control) sees
@@ -116,114 +108,6 @@ pub struct HandlerEnd {
     pub detail: String,
     /// Bytes of output.
     pub stdout_size: u64,
-}
-
-/// Why a mirror or remote request failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RemoteFailure {
-    /// The remote node refused for good (no such unit, not allowed, bad parameters).
-    Refused(String),
-    /// The remote unit is gone (released there, or the node lost its data).
-    Gone(String),
-    /// Writing its output here failed.
-    Local(String),
-}
-
-/// What the driver must do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    /// Create the unit's directory and files with this first status.
-    CreateFiles {
-        /// The unit.
-        id: UnitId,
-        /// Its first status.
-        status: Box<UnitStatus>,
-        /// This write's number: report it with [`Core::statuses_durable`] once durable.
-        seq: u64,
-    },
-    /// Persist this status. Writes may be batched; actions that depend on a status being
-    /// durable are held back by the core until [`Core::statuses_durable`] covers it.
-    WriteStatus {
-        /// The unit.
-        id: UnitId,
-        /// Its status.
-        status: Box<UnitStatus>,
-        /// This write's number: report it with [`Core::statuses_durable`] once durable.
-        seq: u64,
-    },
-    /// Run the unit here in its work type's handler.
-    Start {
-        /// The unit.
-        id: UnitId,
-    },
-    /// Ask the unit's running handler to stop.
-    Stop {
-        /// The unit.
-        id: UnitId,
-    },
-    /// A unit that was running when the node stopped: re-attach to its job if it is still
-    /// running detached, else report it ended (see `handler_ended`).
-    Reattach {
-        /// The unit.
-        id: UnitId,
-    },
-    /// Submit the unit's stored payload to the node it runs on, and report progress.
-    Submit {
-        /// The unit.
-        id: UnitId,
-        /// The node.
-        node: NodeId,
-    },
-    /// Follow the remote unit's output into the local results, from the local size.
-    Follow {
-        /// The unit.
-        id: UnitId,
-        /// The node it runs on.
-        node: NodeId,
-        /// Its id there.
-        remote: UnitId,
-    },
-    /// Ask the running node to cancel the remote unit (answer `remote_cancelled`).
-    CancelRemote {
-        /// The unit.
-        id: UnitId,
-        /// The node.
-        node: NodeId,
-        /// Its id there.
-        remote: UnitId,
-    },
-    /// Ask the running node to release the remote unit (answer `remote_released`).
-    ReleaseRemote {
-        /// The unit (gone here already when its local release did not wait).
-        id: UnitId,
-        /// The node.
-        node: NodeId,
-        /// Its id there.
-        remote: UnitId,
-    },
-    /// Remove what the unit no longer needs and must not keep: its payload (it may hold
-    /// keys and passwords) and its job directory. The results stay until release.
-    DropSecrets {
-        /// The unit.
-        id: UnitId,
-    },
-    /// Remove the unit's files.
-    DropUnit {
-        /// The unit.
-        id: UnitId,
-    },
-    /// The unit's output is complete: wake its results followers for the last time.
-    Ended {
-        /// The unit.
-        id: UnitId,
-    },
-    /// Settle a request.
-    Answer {
-        /// The request.
-        ticket: Ticket,
-        /// Its result.
-        result: Result<Answered, String>,
-    },
 }
 
 /// Where a unit is in its life here.
@@ -355,7 +239,7 @@ impl Core {
     ///
     /// # Errors
     /// [`WorkError::UnknownWorkType`] or [`WorkError::BadParameters`] for a local unit this
-    /// node cannot run; [`WorkError::Internal`] for an id already taken (draw another).
+    /// node cannot run; [`WorkError::UnitIdTaken`] for an id already taken (draw another).
     pub fn create(
         &mut self,
         now: Instant,
@@ -365,7 +249,7 @@ impl Core {
         offer: impl FnOnce(&str) -> Option<Offer>,
     ) -> Result<(), WorkError> {
         if self.units.contains_key(&unit.id) {
-            return Err(WorkError::Internal(format!("unit id {} is taken", unit.id)));
+            return Err(WorkError::UnitIdTaken(unit.id));
         }
         if unit.node == self.me && self.draining {
             return Err(WorkError::Draining {
@@ -420,7 +304,7 @@ impl Core {
     }
 
     /// The unit's files exist (or could not be made).
-    pub fn files_created(&mut self, id: UnitId, result: Result<(), String>) {
+    pub fn files_created(&mut self, id: UnitId, result: Result<(), StoreError>) {
         let Some(entry) = self.units.get_mut(&id) else {
             return;
         };
@@ -436,7 +320,7 @@ impl Core {
             }
             Err(e) => {
                 self.units.remove(&id);
-                self.answer(ticket, Err(e));
+                self.answer(ticket, Err(TicketError::CreateFiles(Arc::new(e))));
             }
         }
     }
@@ -486,66 +370,8 @@ impl Core {
         }
     }
 
-    fn answer(&mut self, ticket: Ticket, result: Result<Answered, String>) {
+    fn answer(&mut self, ticket: Ticket, result: Result<Answered, TicketError>) {
         self.actions.push_back(Action::Answer { ticket, result });
-    }
-
-    fn set_timer(&mut self, id: UnitId, at: Option<Instant>) {
-        let Some(entry) = self.units.get_mut(&id) else {
-            return;
-        };
-        if let Some(old) = entry.wake_at.take() {
-            self.timers.remove(&(old, id));
-        }
-        if let Some(at) = at {
-            entry.wake_at = Some(at);
-            self.timers.insert((at, id));
-        }
-    }
-
-    /// Fires every due timer: retention, release waits, remote start expiries.
-    pub fn handle_timeout(&mut self, now: Instant, wall_ms: u64) {
-        while let Some(&(at, id)) = self.timers.first() {
-            if at > now {
-                break;
-            }
-            self.timers.pop_first();
-            if let Some(entry) = self.units.get_mut(&id) {
-                entry.wake_at = None;
-            }
-            self.timer_fired(now, wall_ms, id);
-        }
-    }
-
-    fn timer_fired(&mut self, now: Instant, wall_ms: u64, id: UnitId) {
-        let Some(entry) = self.units.get(&id) else {
-            return;
-        };
-        match entry.phase {
-            Phase::Done if entry.release_waiters.is_empty() => {
-                tracing::info!(unit = %id, "finished unit released after the retention period");
-                self.drop_unit(id);
-            }
-            Phase::Running => {
-                // A release gave the unit RELEASE_WAIT to stop; remove it regardless.
-                let waiters = self
-                    .units
-                    .get_mut(&id)
-                    .map(|e| std::mem::take(&mut e.release_waiters))
-                    .unwrap_or_default();
-                if !waiters.is_empty() {
-                    self.drop_unit(id);
-                    for t in waiters {
-                        self.answer(t, Ok(Answered::Done));
-                    }
-                }
-            }
-            Phase::Submitting => {
-                let detail = expired_detail(entry.status.expires_at.unwrap_or(wall_ms));
-                self.finish(now, id, UnitState::Failed, detail);
-            }
-            _ => {}
-        }
     }
 
     /// Records the end of a unit: state, detail, size; wakes followers, drops secrets,
@@ -655,12 +481,8 @@ impl Core {
         }
         let (state, detail) = match outcome {
             Ok(status) => (status.state, status.detail),
-            Err(RemoteFailure::Gone(detail) | RemoteFailure::Refused(detail)) => {
-                (UnitState::Failed, detail)
-            }
-            Err(RemoteFailure::Local(detail)) => {
-                (UnitState::Failed, format!("writing results: {detail}"))
-            }
+            Err(e) if e.is_local() => (UnitState::Failed, format!("writing results: {e}")),
+            Err(e) => (UnitState::Failed, e.to_string()),
         };
         self.finish(now, id, state, detail);
     }
@@ -671,14 +493,6 @@ fn may_see(entry: &Entry, by: &Requester) -> bool {
         Requester::Operator => true,
         Requester::Peer(key) => entry.status.submitter_key.as_ref() == Some(key),
     }
-}
-
-fn expired_detail(expires_at_ms: u64) -> String {
-    let when = std::time::UNIX_EPOCH + Duration::from_millis(expires_at_ms);
-    format!(
-        "Work unit expired on {}",
-        crate::control::goformat::rfc3339_utc(when)
-    )
 }
 
 /// The submission's parameter names checked against what the work type takes (the names

@@ -6,7 +6,9 @@
 //! remote exchanges as tasks that report back. Byte streams (payloads coming in, results
 //! going out) run in the caller's task, so the owner never waits on a slow peer.
 
+mod command;
 mod owner;
+mod payload;
 pub(crate) mod results;
 mod store_thread;
 mod tasks;
@@ -16,16 +18,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncRead;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::core::{
-    Answered, CoreConfig, HandlerEnd, NewUnit, PayloadInfo, RemoteFailure, Requester,
-};
+use super::core::{CoreConfig, NewUnit, PayloadError, PayloadInfo, Requester};
 use super::error::WorkError;
-use super::protocol::RemoteStatus;
-use super::status::{Component, UnitStatus};
+use super::status::UnitStatus;
 use super::store::UnitStore;
 use super::unit::{SubmitNonce, UnitId};
 use crate::host::registry::Registry;
@@ -33,7 +31,8 @@ use crate::host::runner::Host;
 use crate::id::NodeId;
 use crate::keys::{PublicKey, SigningKeypair};
 use crate::mesh::driver::MeshHandle;
-use results::Progress;
+use command::Command;
+use payload::{CopyError, store_payload};
 
 /// How long a submission through the control socket waits for the remote node to take the
 /// unit before answering (the unit then goes on being submitted in the background).
@@ -100,104 +99,6 @@ pub struct Submission {
     pub ttl: Option<Duration>,
     /// Remote work: sign the submission (receptorctl's `signwork`).
     pub sign_work: bool,
-}
-
-/// Requests to the owner task, and the reports of its helpers.
-pub(super) enum Command {
-    Create {
-        unit: NewUnit,
-        reply: oneshot::Sender<Result<Created, WorkError>>,
-    },
-    PayloadStored {
-        id: UnitId,
-        result: Result<PayloadInfo, String>,
-    },
-    WaitTaken {
-        id: UnitId,
-        reply: oneshot::Sender<UnitStatus>,
-    },
-    Status {
-        id: UnitId,
-        by: Requester,
-        reply: oneshot::Sender<Result<UnitStatus, WorkError>>,
-    },
-    List {
-        by: Requester,
-        reply: oneshot::Sender<Vec<(UnitId, UnitStatus)>>,
-    },
-    Follow {
-        id: UnitId,
-        by: Requester,
-        reply: oneshot::Sender<Result<(PathBuf, watch::Receiver<Progress>), WorkError>>,
-    },
-    Cancel {
-        id: UnitId,
-        by: Requester,
-        reply: oneshot::Sender<Result<Answered, WorkError>>,
-    },
-    Release {
-        id: UnitId,
-        force: bool,
-        by: Requester,
-        reply: oneshot::Sender<Result<Answered, WorkError>>,
-    },
-    FilesCreated {
-        id: UnitId,
-        result: Result<(), String>,
-    },
-    HandlerStarted {
-        id: UnitId,
-        component: Component,
-    },
-    HandlerEnded {
-        id: UnitId,
-        end: HandlerEnd,
-    },
-    ExtraData {
-        id: UnitId,
-        value: serde_json::Value,
-    },
-    RemoteCreated {
-        id: UnitId,
-        remote: UnitId,
-    },
-    RemoteStarted {
-        id: UnitId,
-        node: NodeId,
-        remote: UnitId,
-        /// The submitting task follows its output already.
-        followed: bool,
-    },
-    RemoteSubmitFailed {
-        id: UnitId,
-        failure: RemoteFailure,
-    },
-    MirrorEnded {
-        id: UnitId,
-        local_size: u64,
-        outcome: Result<RemoteStatus, RemoteFailure>,
-    },
-    RemoteCancelled {
-        id: UnitId,
-        result: Result<(), String>,
-    },
-    RemoteReleased {
-        id: UnitId,
-        result: Result<(), String>,
-    },
-    Dropped {
-        id: UnitId,
-    },
-    Durable {
-        upto: u64,
-    },
-    Drain {
-        reply: oneshot::Sender<watch::Receiver<usize>>,
-    },
-    Reconfigure {
-        core: CoreConfig,
-        signing_key: Option<SigningKeypair>,
-    },
 }
 
 /// Runs work units on this node and mirrors units it sent to others. Cheap to clone.
@@ -310,7 +211,7 @@ impl Work {
         let nonce = if node == self.node {
             None
         } else {
-            Some(SubmitNonce::random().map_err(|e| WorkError::Internal(e.to_string()))?)
+            Some(SubmitNonce::random().map_err(WorkError::Random)?)
         };
         match self.create_unit(submission, node, nonce).await? {
             Created::New(id) | Created::Existing(id) => Ok(id),
@@ -351,7 +252,7 @@ impl Work {
             .ttl
             .map(|ttl| crate::clock::now_ms().saturating_add(ttl.as_millis() as u64));
         loop {
-            let id = UnitId::random().map_err(|e| WorkError::Internal(e.to_string()))?;
+            let id = UnitId::random().map_err(WorkError::Random)?;
             let unit = NewUnit {
                 id,
                 work_type: submission.work_type.clone(),
@@ -363,7 +264,7 @@ impl Work {
                 nonce,
             };
             match self.ask(|reply| Command::Create { unit, reply }).await? {
-                Err(WorkError::Internal(e)) if e.contains("is taken") => continue,
+                Err(WorkError::UnitIdTaken(_)) => continue,
                 other => return other,
             }
         }
@@ -392,12 +293,12 @@ impl Work {
         })
     }
 
-    /// Fails a unit still waiting for its payload, with `detail` (a payload that could not
+    /// Fails a unit still waiting for its payload, with `error` (a payload that could not
     /// be put together: the unit never runs).
-    pub fn fail_payload(&self, id: UnitId, detail: String) {
+    pub fn fail_payload(&self, id: UnitId, error: PayloadError) {
         let _ = self.commands.send(Command::PayloadStored {
             id,
-            result: Err(detail),
+            result: Err(error),
         });
     }
 
@@ -417,7 +318,7 @@ impl Work {
     ///
     /// # Errors
     /// [`WorkError::OverLimit`] for a payload over the limit (the unit fails);
-    /// [`WorkError::Remote`] when the remote node refused it; store failures.
+    /// [`WorkError::RemoteFailed`] when the remote node refused it; store failures.
     pub async fn start(
         &self,
         id: UnitId,
@@ -435,35 +336,26 @@ impl Work {
         &self,
         id: UnitId,
         payload: &mut (dyn AsyncRead + Unpin + Send),
-        check: impl FnOnce(&[u8; 32]) -> Result<(), WorkError>,
+        check: impl FnOnce(&[u8; 32]) -> Result<(), PayloadError>,
     ) -> Result<Taken, WorkError> {
         let limit = self.max_payload.load(std::sync::atomic::Ordering::Relaxed);
         let stored = store_payload(&self.store.stdin_path(id), payload, limit).await;
-        let (result, error) = match stored {
-            Ok((size, digest)) => match check(&digest) {
-                Ok(()) => {
-                    self.metrics.payload_bytes(size);
-                    (Ok(PayloadInfo { size }), None)
-                }
-                Err(e) => (Err(e.to_string()), Some(e)),
-            },
-            Err(PayloadError::TooLarge) => {
-                let e = WorkError::OverLimit {
-                    node: self.node.clone(),
-                    what: "the payload (bytes)".into(),
-                    limit,
-                };
-                (Err(e.to_string()), Some(e))
-            }
-            Err(PayloadError::Io(e)) => (Err(format!("storing the payload: {e}")), None),
+        let result = match stored {
+            Ok((size, digest)) => check(&digest).map(|()| {
+                self.metrics.payload_bytes(size);
+                PayloadInfo { size }
+            }),
+            Err(CopyError::TooLarge) => Err(PayloadError::TooLarge {
+                node: self.node.clone(),
+                limit,
+            }),
+            Err(CopyError::Io(e)) => Err(PayloadError::Store(Arc::new(e))),
         };
-        let failed = result.clone().err();
+        // The unit fails with the error, and the caller hears it too.
+        let failed = result.as_ref().err().cloned();
         let _ = self.commands.send(Command::PayloadStored { id, result });
-        if let Some(e) = error {
-            return Err(e);
-        }
-        if let Some(detail) = failed {
-            return Err(WorkError::Internal(detail));
+        if let Some(e) = failed {
+            return Err(e.into());
         }
         let status = match tokio::time::timeout(
             SUBMIT_WAIT,
@@ -475,7 +367,10 @@ impl Work {
             Err(_) => self.status(id, &Requester::Operator).await?,
         };
         if status.state == super::unit::UnitState::Failed && status.node != self.node {
-            return Err(WorkError::Remote(status.detail));
+            return Err(WorkError::RemoteFailed {
+                node: status.node,
+                detail: status.detail,
+            });
         }
         Ok(Taken { status })
     }
@@ -553,7 +448,8 @@ impl Work {
     /// stop, a remote one is cancelled on its node.
     ///
     /// # Errors
-    /// [`WorkError::UnknownUnit`]; [`WorkError::Remote`] when the running node refused.
+    /// [`WorkError::UnknownUnit`]; [`WorkError::Ticket`] when the running node did not
+    /// cancel it.
     pub async fn cancel(&self, id: UnitId, by: &Requester) -> Result<(), WorkError> {
         let by = by.clone();
         self.ask(|reply| Command::Cancel { id, by, reply })
@@ -565,7 +461,8 @@ impl Work {
     /// unit on its node too).
     ///
     /// # Errors
-    /// [`WorkError::UnknownUnit`]; [`WorkError::Remote`] with "release pending" when the
+    /// [`WorkError::UnknownUnit`]; [`WorkError::Ticket`] with
+    /// [`TicketError::ReleasePending`](super::core::TicketError::ReleasePending) when the
     /// running node could not be told (use `force` to drop it here anyway).
     pub async fn release(&self, id: UnitId, force: bool, by: &Requester) -> Result<(), WorkError> {
         let by = by.clone();
@@ -601,45 +498,4 @@ fn with_detached_jobs(
         }
     }
     units
-}
-
-/// Why a payload could not be stored.
-enum PayloadError {
-    TooLarge,
-    Io(std::io::Error),
-}
-
-/// Copies `payload` into the stdin file at `path`, at most `limit` bytes, and syncs it;
-/// returns its size and SHA-256.
-async fn store_payload(
-    path: &Path,
-    payload: &mut (dyn AsyncRead + Unpin + Send),
-    limit: u64,
-) -> Result<(u64, [u8; 32]), PayloadError> {
-    let mut file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(path)
-        .await
-        .map_err(PayloadError::Io)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut size = 0u64;
-    loop {
-        let n = payload.read(&mut buf).await.map_err(PayloadError::Io)?;
-        if n == 0 {
-            break;
-        }
-        size += n as u64;
-        if size > limit {
-            return Err(PayloadError::TooLarge);
-        }
-        hasher.update(&buf[..n]);
-        file.write_all(&buf[..n]).await.map_err(PayloadError::Io)?;
-    }
-    file.flush().await.map_err(PayloadError::Io)?;
-    // On disk before its size is recorded: a status that says the payload is stored (and
-    // lets a restarted node start or resubmit it) never points at a payload a power loss cut.
-    file.sync_data().await.map_err(PayloadError::Io)?;
-    Ok((size, hasher.finalize().into()))
 }

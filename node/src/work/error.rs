@@ -1,6 +1,7 @@
 //! Why a work request failed, and how that travels: [`WorkError`] in the library, its
 //! [`WorkRefusal`] on the wire, and its text at the control socket.
 
+use super::core::{PayloadError, TicketError};
 use super::protocol::WorkRefusal;
 use super::signature::SignatureError;
 use super::store::StoreError;
@@ -47,12 +48,29 @@ pub enum WorkError {
         #[source]
         source: SignatureError,
     },
-    /// The node that runs the unit refused or could not be reached.
-    #[error("{0}")]
-    Remote(String),
-    /// A remote release did not complete; the unit is kept (use force-release to drop it).
-    #[error("release pending: {0}")]
-    ReleasePending(String),
+    /// The unit sent to another node failed there (refused, or it could not be reached
+    /// before the unit expired).
+    #[error("{detail}")]
+    RemoteFailed {
+        /// The node it was sent to.
+        node: NodeId,
+        /// The unit's detail: why it failed.
+        detail: String,
+    },
+    /// A request settled later failed: the unit's files could not be made, or the node
+    /// that runs it did not cancel or release it (a release is then pending: the unit is
+    /// kept; force-release drops it here anyway).
+    #[error(transparent)]
+    Ticket(#[from] TicketError),
+    /// The unit's payload was not stored (the unit fails).
+    #[error(transparent)]
+    Payload(PayloadError),
+    /// The unit id drawn is taken already (draw another).
+    #[error("unit id {0} is taken")]
+    UnitIdTaken(UnitId),
+    /// The OS random source failed (drawing a unit id or a submission nonce).
+    #[error(transparent)]
+    Random(getrandom::Error),
     /// This node cannot reach other nodes (a local-only node).
     #[error("this node cannot reach other nodes")]
     NoMesh,
@@ -89,6 +107,22 @@ impl From<StoreError> for WorkError {
         match e {
             StoreError::UnknownUnit { unit } => Self::UnknownUnit(unit),
             other => Self::Store(other),
+        }
+    }
+}
+
+impl From<PayloadError> for WorkError {
+    /// A payload over the limit and a signature that does not match keep their own
+    /// refusals on the wire; other payload failures are this node's.
+    fn from(e: PayloadError) -> Self {
+        match e {
+            PayloadError::TooLarge { node, limit } => Self::OverLimit {
+                node,
+                what: "the payload (bytes)".into(),
+                limit,
+            },
+            PayloadError::Signature { node, source } => Self::Signature { node, source },
+            other => Self::Payload(other),
         }
     }
 }

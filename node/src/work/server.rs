@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
-use super::core::Requester;
+use super::core::{PayloadError, Requester};
 use super::driver::{Created, Submission, Work};
 use super::error::WorkError;
 use super::protocol::{
@@ -246,7 +246,7 @@ impl Server {
         let signature = request.signature.clone();
         let check = move |digest: &[u8; 32]| match &signature {
             Some(sig) => signature::check_payload(sig, digest)
-                .map_err(|source| WorkError::Signature { node, source }),
+                .map_err(|source| PayloadError::Signature { node, source }),
             None => Ok(()),
         };
         let reply = match self.work.start_checked(unit, stream, check).await {

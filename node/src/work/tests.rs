@@ -7,6 +7,9 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
+use super::core::PayloadError;
+use super::protocol::WorkRefusal;
+use super::signature::SignatureError;
 use super::{Requester, Submission, UnitId, UnitState, Work, WorkConfig, WorkError, WorkSetup};
 use crate::host::component::ComponentInfo;
 use crate::host::params::Task;
@@ -243,12 +246,56 @@ async fn a_payload_over_the_limit_fails_the_unit() {
     let id = s.work.create(local("cat", BTreeMap::new())).await.unwrap();
     let big = vec![0u8; (1 << 20) + 1];
     let refused = s.work.start(id, &mut &big[..]).await;
+    let Err(e) = refused else {
+        panic!("a payload over the limit was taken");
+    };
     assert!(
-        matches!(refused, Err(WorkError::OverLimit { .. })),
-        "{refused:?}"
+        matches!(e, WorkError::OverLimit { limit, .. } if limit == 1 << 20),
+        "{e:?}"
     );
-    assert_eq!(
-        s.work.status(id, &OP).await.unwrap().state,
-        UnitState::Failed
+    // The submitter hears the limit as a typed refusal on the wire.
+    assert!(matches!(
+        e.to_refusal(s.work.node()),
+        WorkRefusal::OverLimit { limit, .. } if limit == 1 << 20
+    ));
+    let status = s.work.status(id, &OP).await.unwrap();
+    assert_eq!(status.state, UnitState::Failed);
+    // The unit's detail is what the caller was told.
+    assert_eq!(status.detail, e.to_string());
+    assert!(
+        status
+            .detail
+            .starts_with("the payload (bytes) exceeds node ")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_its_check_refuses_fails_the_unit_with_that_reason() {
+    let s = setup(4);
+    let id = s.work.create(local("cat", BTreeMap::new())).await.unwrap();
+    let node = s.work.node().clone();
+    let refuse = |_: &[u8; 32]| {
+        Err(PayloadError::Signature {
+            node: node.clone(),
+            source: SignatureError::Missing,
+        })
+    };
+    let refused = s.work.start_checked(id, &mut &b"payload"[..], refuse).await;
+    let Err(e) = refused else {
+        panic!("a payload its check refused was taken");
+    };
+    assert!(
+        matches!(
+            &e,
+            WorkError::Signature {
+                source: SignatureError::Missing,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(matches!(e.to_refusal(&node), WorkRefusal::Signature { .. }));
+    let status = s.work.status(id, &OP).await.unwrap();
+    assert_eq!(status.state, UnitState::Failed);
+    assert_eq!(status.detail, e.to_string());
 }

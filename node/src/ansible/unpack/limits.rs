@@ -29,8 +29,8 @@ impl ArtifactLimits {
     /// them when no flag is given): for the Python package.
     ///
     /// # Errors
-    /// The variable and what is wrong with its value.
-    pub fn from_env() -> Result<Self, String> {
+    /// [`LimitEnvError`]: the variable and what is wrong with its value.
+    pub fn from_env() -> Result<Self, LimitEnvError> {
         let mut limits = Self::DEFAULT;
         for limit in [
             Limit::ZipBytes,
@@ -43,13 +43,22 @@ impl ArtifactLimits {
             };
             let value = value.to_string_lossy();
             let parsed = match limit {
-                Limit::ZipBytes | Limit::UnpackedBytes => parse_size(&value),
-                Limit::Entries | Limit::Ratio => value
-                    .trim()
-                    .parse()
-                    .map_err(|_| format!("{value:?} is not a number")),
+                Limit::ZipBytes | Limit::UnpackedBytes => {
+                    parse_size(&value).map_err(LimitValueError::Size)
+                }
+                Limit::Entries | Limit::Ratio => {
+                    value
+                        .trim()
+                        .parse()
+                        .map_err(|_| LimitValueError::NotANumber {
+                            value: value.clone().into_owned(),
+                        })
+                }
             }
-            .map_err(|why| format!("${}: {why}", limit.env()))?;
+            .map_err(|problem| LimitEnvError {
+                var: limit.env(),
+                problem,
+            })?;
             match limit {
                 Limit::ZipBytes => limits.zip_bytes = parsed,
                 Limit::UnpackedBytes => limits.unpacked_bytes = parsed,
@@ -76,12 +85,57 @@ impl Default for ArtifactLimits {
     }
 }
 
+/// A cap's environment variable whose value is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("${var}: {problem}")]
+pub struct LimitEnvError {
+    /// The variable.
+    pub var: &'static str,
+    /// What is wrong with its value.
+    #[source]
+    pub problem: LimitValueError,
+}
+
+/// What is wrong with a cap's value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitValueError {
+    /// A byte cap that is not a size.
+    #[error(transparent)]
+    Size(SizeError),
+    /// A count that is not a number.
+    #[error("{value:?} is not a number")]
+    NotANumber {
+        /// The value.
+        value: String,
+    },
+}
+
+/// Why a size was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    /// Not digits with an optional K, M, G or T.
+    #[error("{text:?} is not a size (examples: 1048576, 512M, 2G)")]
+    NotASize {
+        /// The text.
+        text: String,
+    },
+    /// More bytes than a `u64` counts.
+    #[error("{text:?} is too large")]
+    TooLarge {
+        /// The text.
+        text: String,
+    },
+}
+
 /// A byte count: digits with an optional K, M, G or T (powers of 1024; `KiB`, `MB` and the
 /// like are read the same way).
 ///
 /// # Errors
-/// What is wrong with `text`, with examples.
-pub fn parse_size(text: &str) -> Result<u64, String> {
+/// [`SizeError`]: what is wrong with `text`, with examples.
+pub fn parse_size(text: &str) -> Result<u64, SizeError> {
+    let not_a_size = || SizeError::NotASize {
+        text: text.to_owned(),
+    };
     let trimmed = text.trim();
     let lower = trimmed.to_ascii_lowercase();
     let unit = lower.trim_end_matches("ib").trim_end_matches('b');
@@ -95,18 +149,14 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "m" => 20,
         "g" => 30,
         "t" => 40,
-        _ => {
-            return Err(format!(
-                "{text:?} is not a size (examples: 1048576, 512M, 2G)"
-            ));
-        }
+        _ => return Err(not_a_size()),
     };
-    let number: u64 = digits
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size (examples: 1048576, 512M, 2G)"))?;
+    let number: u64 = digits.parse().map_err(|_| not_a_size())?;
     number
         .checked_mul(1 << shift)
-        .ok_or_else(|| format!("{text:?} is too large"))
+        .ok_or_else(|| SizeError::TooLarge {
+            text: text.to_owned(),
+        })
 }
 
 /// One of the [`ArtifactLimits`].

@@ -32,7 +32,7 @@ mod eocd;
 mod limits;
 mod note;
 
-pub use limits::{ArtifactLimits, Limit, parse_size};
+pub use limits::{ArtifactLimits, Limit, LimitEnvError, LimitValueError, SizeError, parse_size};
 
 use super::archive::system_time;
 use super::beneath::{self, Kind, Tree};

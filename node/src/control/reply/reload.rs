@@ -37,17 +37,38 @@ struct ReloadWire {
     error: String,
 }
 
+/// A `reload` reply that is not the shape Receptor gives it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReloadReplyError {
+    /// A failure whose `Error` does not end in ` ERRORCODE <code>`.
+    #[error("reload error without ERRORCODE: {error}")]
+    NoErrorCode {
+        /// The `Error` received.
+        error: String,
+    },
+    /// An `ERRORCODE` that is not a number from 0 to 255.
+    #[error("bad ERRORCODE {code}")]
+    BadErrorCode {
+        /// The code received.
+        code: String,
+    },
+}
+
 impl TryFrom<ReloadWire> for ReloadReply {
-    type Error = String;
-    fn try_from(wire: ReloadWire) -> Result<Self, String> {
+    type Error = ReloadReplyError;
+    fn try_from(wire: ReloadWire) -> Result<Self, ReloadReplyError> {
         if wire.success {
             return Ok(Self::Applied);
         }
-        let (message, code) = wire
-            .error
-            .rsplit_once(" ERRORCODE ")
-            .ok_or_else(|| format!("reload error without ERRORCODE: {}", wire.error))?;
-        let code = code.parse().map_err(|_| format!("bad ERRORCODE {code}"))?;
+        let (message, code) =
+            wire.error
+                .rsplit_once(" ERRORCODE ")
+                .ok_or_else(|| ReloadReplyError::NoErrorCode {
+                    error: wire.error.clone(),
+                })?;
+        let code = code.parse().map_err(|_| ReloadReplyError::BadErrorCode {
+            code: code.to_owned(),
+        })?;
         Ok(Self::Failed {
             message: message.to_owned(),
             code,

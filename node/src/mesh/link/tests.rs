@@ -1,4 +1,5 @@
 use super::*;
+use crate::mesh::frame;
 use crate::mesh::message::{
     CircuitId, PROTOCOL_VERSION, Packet, PacketBody, StreamKind, StreamPacket,
 };

@@ -450,178 +450,6 @@ proptest! {
     }
 }
 
-/// `origin`'s advert under key `k`, carrying `chain`, signed by `k`.
-fn rotated(origin: &str, k: u8, seq: u64, chain: Vec<crate::keys::SignedSuccession>) -> Advert {
-    let mut a = advert(origin, k, 1, seq, &[]);
-    a.successions = chain;
-    a.sign(&keys(k), &[0; 64])
-}
-
-#[test]
-fn a_first_seen_node_that_rotated_keeps_its_id_and_a_fork_does_not() {
-    use crate::keys::succession::tests::step;
-    let now = Instant::now();
-    let mut db = db(&[]);
-    assert_eq!(
-        handle(&mut db, now, advert("a", 1, 1, 1, &[])),
-        AdvertOutcome::Stored
-    );
-    // a rotated 1 -> 2: its advert carries the statement signed by key 1.
-    assert_eq!(
-        handle(&mut db, now, rotated("a", 2, 2, vec![step(1, 2)])),
-        AdvertOutcome::Stored
-    );
-    assert_eq!(db.get(&id("a")).unwrap().key, key(2));
-    // A late copy of its advert under the retired key is from before the rotation.
-    assert_eq!(
-        handle(&mut db, now, advert("a", 1, 1, 9, &[])),
-        AdvertOutcome::Ignored
-    );
-    // Whoever kept key 1 signs it over to key 3: the stored key is 2 now, so no chain
-    // leads there, and the id is not taken.
-    assert!(matches!(
-        handle(&mut db, now, rotated("a", 3, 10, vec![step(1, 3)])),
-        AdvertOutcome::DuplicateId { .. }
-    ));
-    // A statement not signed by the retired key does not carry another key in either.
-    let mut forged = step(2, 4);
-    forged.succession.new = key(5);
-    assert!(matches!(
-        handle(&mut db, now, rotated("a", 5, 11, vec![forged])),
-        AdvertOutcome::DuplicateId { .. }
-    ));
-    assert_eq!(db.get(&id("a")).unwrap().key, key(2));
-}
-
-#[test]
-fn our_own_advert_under_a_retired_key_is_not_a_duplicate() {
-    let mut db = db(&[]);
-    db.set_key(key(7), [key(0)]);
-    assert_eq!(
-        handle(&mut db, Instant::now(), advert("me", 0, OWN_EPOCH, 4, &[])),
-        AdvertOutcome::Ignored
-    );
-    assert!(matches!(
-        handle(&mut db, Instant::now(), advert("me", 8, OWN_EPOCH, 4, &[])),
-        AdvertOutcome::DuplicateOfMe { .. }
-    ));
-}
-
-#[test]
-fn adverts_with_a_chain_not_ending_at_their_key_are_misshapen() {
-    use crate::keys::succession::tests::step;
-    let mut db = db(&[]);
-    assert_eq!(
-        handle(
-            &mut db,
-            Instant::now(),
-            rotated("a", 3, 1, vec![step(1, 2)])
-        ),
-        AdvertOutcome::Refused(AdvertRefusal::Shape(ShapeError::SuccessionMismatch))
-    );
-}
-
-/// A certificate for `node` (key `k`) in `groups`, issued by `ca`.
-fn cert_for(
-    ca: &SigningKeypair,
-    node: &str,
-    k: u8,
-    serial: u64,
-    groups: &[&str],
-) -> SignedCertificate {
-    Certificate {
-        version: CERT_VERSION,
-        serial,
-        node: id(node),
-        key: key(k),
-        groups: groups.iter().map(|g| g.parse().unwrap()).collect(),
-        not_before_ms: 0,
-        not_after_ms: WALL * 2,
-        issuer: ca.public(),
-    }
-    .sign(ca)
-}
-
-/// `origin`'s advert (key `k`) at `seq`, carrying `cert`.
-fn with_cert(origin: &str, k: u8, seq: u64, cert: &SignedCertificate) -> Advert {
-    let mut advert = advert(origin, k, 1, seq, &[]);
-    advert.cert = Some(Box::new(cert.clone()));
-    advert.sign(&keys(k), &[0; 64])
-}
-
-#[test]
-fn a_forged_certificate_riding_on_a_trusted_key_never_becomes_a_certified_binding() {
-    // The origin's key is trusted by itself, so its first advert is stored although the
-    // certificate it carries (claiming the `admin` group) has a forged signature. Its next
-    // advert with the same certificate must not be taken as certified on the strength of
-    // the first: that certificate never passed a check.
-    let now = Instant::now();
-    let ca = SigningKeypair::from_private([9; 32]);
-    let policy = TrustPolicy {
-        entries: vec![TrustEntry {
-            key: key(1),
-            node: None,
-        }],
-        authorities: Authorities::new([ca.public()]),
-        successions: Default::default(),
-    };
-    let mut forged = cert_for(&ca, "w1", 1, 7, &["admin"]);
-    forged.cert.groups.push("root".parse().unwrap());
-    let mut db = db(&[]);
-    for seq in 1..=3 {
-        let outcome = db.handle_advert(now, WALL, with_cert("w1", 1, seq, &forged), &policy);
-        assert_eq!(outcome, AdvertOutcome::Stored);
-        assert_eq!(
-            db.binding(&id("w1")).unwrap().1,
-            &Binding::TrustedKey,
-            "advert {seq}"
-        );
-    }
-}
-
-#[test]
-fn a_certified_origin_stays_certified_and_a_revocation_still_bites_on_its_next_advert() {
-    let now = Instant::now();
-    let ca = SigningKeypair::from_private([9; 32]);
-    let mut policy = TrustPolicy {
-        entries: Vec::new(),
-        authorities: Authorities::new([ca.public()]),
-        successions: Default::default(),
-    };
-    let cert = cert_for(&ca, "w1", 1, 3, &["ops"]);
-    let mut db = db(&[]);
-    for seq in 1..=2 {
-        let outcome = db.handle_advert(now, WALL, with_cert("w1", 1, seq, &cert), &policy);
-        assert_eq!(outcome, AdvertOutcome::Stored);
-        assert!(matches!(
-            db.binding(&id("w1")).unwrap().1,
-            Binding::Certified { serial: 3, groups } if groups.len() == 1
-        ));
-    }
-    let list = crate::ca::RevocationList {
-        issuer: ca.public(),
-        issued_at_ms: 1,
-        serials: [3].into(),
-    }
-    .sign(&ca);
-    policy.authorities.revoke(&list).unwrap();
-    assert!(matches!(
-        db.handle_advert(now, WALL, with_cert("w1", 1, 3, &cert), &policy),
-        AdvertOutcome::Refused(AdvertRefusal::Untrusted(TrustDecision::BadCertificate(
-            CertError::Revoked { serial: 3 }
-        )))
-    ));
-    // Expiry is judged again too.
-    let later = WALL * 2;
-    policy.authorities = Authorities::new([ca.public()]);
-    assert!(matches!(
-        db.handle_advert(now, later, with_cert("w1", 1, 4, &cert), &policy),
-        AdvertOutcome::Refused(AdvertRefusal::Untrusted(TrustDecision::BadCertificate(
-            CertError::Expired { serial: 3, .. }
-        )))
-    ));
-}
-
 #[test]
 fn a_known_origins_next_advert_is_still_checked_against_its_signature() {
     // The origin's key is kept ready from its first advert; a later advert under that key
@@ -669,93 +497,33 @@ fn an_origin_out_of_tokens_is_refused_before_its_signature_is_checked() {
     );
 }
 
-/// `n` links, to `peer-00`...
-fn links(n: usize) -> Vec<(String, u32)> {
-    (0..n).map(|i| (format!("peer-{i:02}"), 1)).collect()
-}
-
-fn as_links(links: &[(String, u32)]) -> Vec<(&str, u32)> {
-    links.iter().map(|(p, c)| (p.as_str(), *c)).collect()
-}
-
-/// A database for `me` holding only its own advert, capped at `max_bytes`.
-fn capped(now: Instant, max_bytes: usize) -> Lsdb {
-    let limits = LsdbLimits {
-        max_bytes,
-        ..LsdbLimits::new(AGE)
-    };
-    let mut db = Lsdb::new(id("me"), key(0), limits);
-    db.set_own(now, advert("me", 0, OWN_EPOCH, 5, &[]));
-    db
-}
-
-#[test]
-fn a_known_origin_cannot_grow_the_database_past_its_byte_cap() {
-    // Found by the lsdb_advert fuzz target: the cap was checked only for new origins, so an
-    // origin admitted with a small advert could replace it with a large one past the cap.
-    let now = Instant::now();
-    let small = advert("a", 1, 1, 1, &[]);
-    let large = advert("a", 1, 1, 2, &as_links(&links(40)));
-    let own = capped(now, usize::MAX).bytes();
-    let (small_len, large_len) = (encoded_len(&small), encoded_len(&large));
-    let cap = (own + small_len) * 8 / 7 + 8;
-    assert!(own + large_len > cap);
-    let mut db = capped(now, cap);
-    assert_eq!(handle(&mut db, now, small), AdvertOutcome::Stored);
-    assert_eq!(
-        handle(&mut db, now, large),
-        AdvertOutcome::Refused(AdvertRefusal::Full)
-    );
-    assert!(db.bytes() <= cap);
-    assert_eq!(db.get(&id("a")).unwrap().seq, 1, "the stored advert stays");
-}
-
-#[test]
-fn strangers_filling_the_database_cannot_get_a_known_origins_growing_advert_refused() {
-    // An insider floods made-up origins until the database refuses new ones. Before the
-    // growth reserve, the next advert of a known origin that had grown by a link was
-    // refused too, and that origin expired from the mesh.
-    let now = Instant::now();
-    let mut db = capped(now, 4096);
-    assert_eq!(
-        handle(&mut db, now, advert("a", 1, 1, 1, &[])),
-        AdvertOutcome::Stored
-    );
-    let mut strangers = 0u8;
-    loop {
-        strangers += 1;
-        let origin = format!("stranger-{strangers}");
-        let flood = advert(&origin, 100 + strangers, 1, 1, &as_links(&links(3)));
-        match handle(&mut db, now, flood) {
-            AdvertOutcome::Stored => continue,
-            refused => {
-                assert_eq!(refused, AdvertOutcome::Refused(AdvertRefusal::Full));
-                break;
-            }
-        }
+/// A certificate for `node` (key `k`) in `groups`, issued by `ca`.
+fn cert_for(
+    ca: &SigningKeypair,
+    node: &str,
+    k: u8,
+    serial: u64,
+    groups: &[&str],
+) -> SignedCertificate {
+    Certificate {
+        version: CERT_VERSION,
+        serial,
+        node: id(node),
+        key: key(k),
+        groups: groups.iter().map(|g| g.parse().unwrap()).collect(),
+        not_before_ms: 0,
+        not_after_ms: WALL * 2,
+        issuer: ca.public(),
     }
-    assert!(strangers > 3, "the flood filled the database");
-    let grown = advert("a", 1, 1, 2, &as_links(&links(3)));
-    assert_eq!(handle(&mut db, now, grown), AdvertOutcome::Stored);
-    assert!(db.bytes() <= 4096);
+    .sign(ca)
 }
 
-#[test]
-fn an_advert_that_does_not_grow_is_taken_even_when_our_own_has_passed_the_cap() {
-    // Our own advert is never refused: when it grows it may push the total past the cap.
-    // A known origin's same-sized refresh must still be taken, or every origin would
-    // expire from the mesh within one advert age.
-    let now = Instant::now();
-    let a = advert("a", 1, 1, 1, &[]);
-    let own = capped(now, usize::MAX).bytes();
-    let cap = (own + encoded_len(&a)) * 8 / 7 + 8;
-    let mut db = capped(now, cap);
-    assert_eq!(handle(&mut db, now, a), AdvertOutcome::Stored);
-    db.set_own(now, advert("me", 0, OWN_EPOCH, 6, &as_links(&links(10))));
-    assert!(db.bytes() > cap, "our own advert passed the cap");
-    assert_eq!(
-        handle(&mut db, now, advert("a", 1, 1, 2, &[])),
-        AdvertOutcome::Stored
-    );
-    assert_eq!(db.get(&id("a")).unwrap().seq, 2);
+/// `origin`'s advert (key `k`) at `seq`, carrying `cert`.
+fn with_cert(origin: &str, k: u8, seq: u64, cert: &SignedCertificate) -> Advert {
+    let mut advert = advert(origin, k, 1, seq, &[]);
+    advert.cert = Some(Box::new(cert.clone()));
+    advert.sign(&keys(k), &[0; 64])
 }
+
+mod byte_cap;
+mod identity;

@@ -4,7 +4,8 @@
 
 use std::time::Instant;
 
-use super::{LinkId, MeshNode, admitted};
+use super::links::admitted;
+use super::{LinkId, MeshNode};
 use crate::ca::SignedCertificate;
 use crate::mesh::message::CloseReason;
 use crate::mesh::peers::PeerSlotId;

@@ -63,17 +63,31 @@ pub fn bypasses(list: &str, host: &str) -> bool {
         .any(|entry| entry == "*" || host == entry || host.ends_with(&format!(".{entry}")))
 }
 
+/// Why a proxy URL was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyUrlError {
+    /// A scheme other than `http://`.
+    #[error("proxy scheme {scheme:?} is not supported; use http://host:port")]
+    Scheme {
+        /// The scheme given.
+        scheme: String,
+    },
+    /// What follows the scheme (and credentials) is not `host[:port]`.
+    #[error("not host:port: {0}")]
+    Address(#[source] crate::config::AddrError),
+}
+
 /// Parses `http://[user:pass@]host[:port][/]` (port 80 by default).
 ///
 /// # Errors
-/// A description of what is wrong.
-pub fn parse(url: &str) -> Result<Proxy, String> {
+/// [`ProxyUrlError`]: an unsupported scheme, or no `host[:port]`.
+pub fn parse(url: &str) -> Result<Proxy, ProxyUrlError> {
     let rest = match url.split_once("://") {
         Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
         Some((scheme, _)) => {
-            return Err(format!(
-                "proxy scheme {scheme:?} is not supported; use http://host:port"
-            ));
+            return Err(ProxyUrlError::Scheme {
+                scheme: scheme.to_owned(),
+            });
         }
         None => url,
     };
@@ -82,9 +96,7 @@ pub fn parse(url: &str) -> Result<Proxy, String> {
         Some((credentials, authority)) => (Some(credentials), authority),
         None => (None, rest),
     };
-    let addr: crate::config::EndpointAddr = authority
-        .parse()
-        .map_err(|e| format!("not host:port: {e}"))?;
+    let addr: crate::config::EndpointAddr = authority.parse().map_err(ProxyUrlError::Address)?;
     let port = if authority.contains(':') && !authority.ends_with(']') {
         addr.port
     } else {

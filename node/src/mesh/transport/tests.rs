@@ -2,7 +2,7 @@
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::proxy::{bypasses, parse};
+use super::proxy::{ProxyUrlError, bypasses, parse};
 use super::ws;
 
 /// A connected pair of WebSocket links over an in-memory pipe, the server at `path`.
@@ -92,8 +92,16 @@ fn proxy_urls_parse_with_default_port_and_credentials() {
     assert_eq!(parse("http://[::1]:8080").unwrap().port, 8080);
     assert!(parse("http://u:p@proxy:1").is_ok());
     let err = parse("socks5://proxy:1080").unwrap_err();
-    assert!(err.contains("socks5"), "{err}");
-    assert!(parse("http://bad host:1").is_err());
+    assert!(
+        matches!(&err, ProxyUrlError::Scheme { scheme } if scheme == "socks5"),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "proxy scheme \"socks5\" is not supported; use http://host:port"
+    );
+    let bad = parse("http://bad host:1");
+    assert!(matches!(bad, Err(ProxyUrlError::Address(_))), "{bad:?}");
 }
 
 #[test]

@@ -11,7 +11,7 @@
 //! when it has not (the first payload never arrived whole), so no unit is left behind
 //! unowned and none runs twice.
 
-use super::{Action, Core, NewUnit, Phase};
+use super::{Action, Core, NewUnit, Phase, TicketError};
 use crate::work::status::UnitStatus;
 use crate::work::unit::UnitId;
 
@@ -68,10 +68,8 @@ impl Core {
         }
         tracing::info!(unit = %existing, %nonce, "submission made again before its payload arrived whole; replacing its unit");
         if let Phase::Creating { ticket } = entry.phase {
-            self.answer(
-                ticket,
-                Err("replaced by a later submission with the same nonce".into()),
-            );
+            let replaced = TicketError::Resubmitted { unit: existing };
+            self.answer(ticket, Err(replaced));
         }
         self.drop_unit(existing);
         None

@@ -1,12 +1,15 @@
 //! The core's requests and the outcomes of its actions: payloads, remote submission,
 //! cancel and release.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::{
-    Action, Answered, Core, PayloadInfo, Phase, RELEASE_WAIT, RemoteFailure, Requester, Ticket,
+    Action, Answered, Core, PayloadError, PayloadInfo, Phase, RELEASE_WAIT, RemoteFailure,
+    Requester, Ticket, TicketError,
 };
 use crate::id::NodeId;
+use crate::work::client::ClientError;
 use crate::work::error::WorkError;
 use crate::work::unit::{UnitId, UnitState};
 
@@ -25,7 +28,7 @@ impl Core {
         &mut self,
         now: Instant,
         id: UnitId,
-        result: Result<PayloadInfo, String>,
+        result: Result<PayloadInfo, PayloadError>,
     ) {
         let Some(entry) = self.units.get_mut(&id) else {
             return;
@@ -35,7 +38,7 @@ impl Core {
         }
         let info = match result {
             Ok(info) => info,
-            Err(detail) => return self.finish(now, id, UnitState::Failed, detail),
+            Err(e) => return self.finish(now, id, UnitState::Failed, e.to_string()),
         };
         entry.status.payload_size = Some(info.size);
         if entry.status.node == self.me {
@@ -121,10 +124,7 @@ impl Core {
     /// The submission failed for good (a refusal), or could not reach the node before the
     /// unit's expiry.
     pub fn remote_submit_failed(&mut self, now: Instant, id: UnitId, failure: RemoteFailure) {
-        let detail = match failure {
-            RemoteFailure::Refused(d) | RemoteFailure::Gone(d) | RemoteFailure::Local(d) => d,
-        };
-        self.finish(now, id, UnitState::Failed, detail);
+        self.finish(now, id, UnitState::Failed, failure.to_string());
     }
 
     /// Cancels a unit: a waiting one ends Canceled at once, a running one is asked to stop,
@@ -184,13 +184,16 @@ impl Core {
     }
 
     /// The running node answered a cancel.
-    pub fn remote_cancelled(&mut self, id: UnitId, result: Result<(), String>) {
+    pub fn remote_cancelled(&mut self, id: UnitId, result: Result<(), ClientError>) {
         let Some(entry) = self.units.get_mut(&id) else {
             return;
         };
         let waiters = std::mem::take(&mut entry.cancel_waiters);
+        let result = result
+            .map(|()| Answered::Done)
+            .map_err(|e| TicketError::CancelRemote(Arc::new(e)));
         for t in waiters {
-            self.answer(t, result.clone().map(|()| Answered::Done));
+            self.answer(t, result.clone());
         }
     }
 
@@ -219,7 +222,7 @@ impl Core {
                 self.actions.push_back(Action::Stop { id });
                 self.set_timer(id, Some(now + RELEASE_WAIT));
             }
-            Phase::Releasing { .. } => self.answer(ticket, Err("release already under way".into())),
+            Phase::Releasing { .. } => self.answer(ticket, Err(TicketError::ReleaseUnderWay)),
             _ => {
                 let (node, remote) = remote_of(&entry.status);
                 match remote {
@@ -242,7 +245,7 @@ impl Core {
     }
 
     /// The running node answered a release.
-    pub fn remote_released(&mut self, now: Instant, id: UnitId, result: Result<(), String>) {
+    pub fn remote_released(&mut self, now: Instant, id: UnitId, result: Result<(), ClientError>) {
         let Some(entry) = self.units.get_mut(&id) else {
             return;
         };
@@ -266,7 +269,7 @@ impl Core {
                 } else {
                     Phase::Following
                 };
-                self.answer(ticket, Err(format!("release pending: {e}")));
+                self.answer(ticket, Err(TicketError::ReleasePending(Arc::new(e))));
                 let _ = now;
             }
         }
@@ -275,9 +278,4 @@ impl Core {
 
 fn remote_of(status: &crate::work::status::UnitStatus) -> (NodeId, Option<UnitId>) {
     (status.node.clone(), status.remote_unit_id)
-}
-
-/// The answer a caller waiting on a ticket gets.
-pub fn answer_result(result: Result<Answered, String>) -> Result<Answered, WorkError> {
-    result.map_err(WorkError::Remote)
 }

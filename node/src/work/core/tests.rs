@@ -9,6 +9,14 @@ use crate::work::protocol::RemoteStatus;
 
 const WALL: u64 = 1_700_000_000_000;
 
+/// The client's error for a node it cannot reach.
+fn unreachable(node_id: &str, reason: &str) -> crate::work::client::ClientError {
+    crate::work::client::ClientError::Unreachable {
+        node: node(node_id),
+        reason: reason.into(),
+    }
+}
+
 fn node(s: &str) -> NodeId {
     s.parse().unwrap()
 }
@@ -259,14 +267,16 @@ fn a_vanished_remote_unit_fails_the_mirror_with_the_reason() {
     submit(&mut core, now, 1, "node1", None);
     core.remote_started(now, id(1), node("node1"), id(77), false);
     actions(&mut core);
-    let gone = RemoteFailure::Gone("remote work unit unit0077 is gone from node1".into());
+    let gone = RemoteFailure::Gone {
+        node: node("node1"),
+        remote: id(77),
+    };
     core.mirror_ended(now, id(1), 3, Err(gone));
     let status = core.status(id(1), &Requester::Operator).unwrap();
     assert_eq!(status.state, UnitState::Failed);
-    assert!(
-        status.detail.contains("is gone from node1"),
-        "{}",
-        status.detail
+    assert_eq!(
+        status.detail,
+        "remote work unit unit0077 is gone from node1 (released there, or the node lost its data)"
     );
 }
 
@@ -328,16 +338,22 @@ fn a_remote_release_that_fails_keeps_the_unit_unless_forced() {
         node: node("node1"),
         remote: id(77)
     }));
-    core.remote_released(now, id(1), Err("node1 is not reachable".into()));
+    core.remote_released(now, id(1), Err(unreachable("node1", "no route")));
     let acts = actions(&mut core);
-    assert!(
-        matches!(&acts[..], [Action::Answer { result: Err(e), .. }] if e.contains("release pending"))
+    let [Action::Answer { result: Err(e), .. }] = &acts[..] else {
+        panic!("one failed answer expected: {acts:?}");
+    };
+    assert!(matches!(e, TicketError::ReleasePending(_)), "{e:?}");
+    // The operator's text (and the refusal's reason on the wire) reads as it always did.
+    assert_eq!(
+        e.to_string(),
+        "release pending: node node1 is not reachable: no route"
     );
     assert!(core.status(id(1), &Requester::Operator).is_ok(), "kept");
     core.release(now, id(1), true, &Requester::Operator, Ticket(4))
         .unwrap();
     actions(&mut core);
-    core.remote_released(now, id(1), Err("still unreachable".into()));
+    core.remote_released(now, id(1), Err(unreachable("node1", "still no route")));
     assert!(actions(&mut core).contains(&Action::DropUnit { id: id(1) }));
 }
 

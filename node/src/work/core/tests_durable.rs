@@ -250,11 +250,69 @@ fn a_submission_made_again_replaces_a_unit_whose_payload_never_arrived_whole() {
             a,
             Action::Answer {
                 ticket: Ticket(2),
-                result: Err(_)
-            }
+                result: Err(TicketError::Resubmitted { unit })
+            } if *unit == id(2)
         )),
         "{acts:?}"
     );
     let ids: Vec<UnitId> = core.units.keys().copied().collect();
     assert_eq!(ids, vec![id(3)]);
+}
+
+#[test]
+fn a_unit_id_already_taken_is_refused_as_taken() {
+    let now = Instant::now();
+    let mut core = core_on("me");
+    let unit = || new_unit(1, "me", None, None);
+    core.create(now, WALL, Ticket(1), unit(), offer).unwrap();
+    let again = core.create(now, WALL, Ticket(2), unit(), offer);
+    // The driver draws another id on exactly this error, never on its text.
+    assert!(
+        matches!(again, Err(WorkError::UnitIdTaken(taken)) if taken == id(1)),
+        "{again:?}"
+    );
+}
+
+#[test]
+fn files_that_cannot_be_made_fail_the_create_with_the_store_error() {
+    let now = Instant::now();
+    let mut core = core_on("me");
+    core.create(now, WALL, Ticket(1), new_unit(1, "me", None, None), offer)
+        .unwrap();
+    actions(&mut core);
+    let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+    let failure = StoreError::CreateUnit {
+        unit: id(1),
+        path: "/data/units/unit0001".into(),
+        source: full,
+    };
+    let text = failure.to_string();
+    core.files_created(id(1), Err(failure));
+    let acts = actions(&mut core);
+    let [
+        Action::Answer {
+            ticket: Ticket(1),
+            result: Err(TicketError::CreateFiles(e)),
+        },
+    ] = &acts[..]
+    else {
+        panic!("one failed answer expected: {acts:?}");
+    };
+    assert!(
+        matches!(
+            &**e,
+            StoreError::CreateUnit { source, .. }
+                if source.kind() == std::io::ErrorKind::StorageFull
+        ),
+        "{e:?}"
+    );
+    // The caller's text is the store's, as it was when it travelled as a string.
+    assert_eq!(
+        WorkError::from(TicketError::CreateFiles(e.clone())).to_string(),
+        text
+    );
+    assert!(
+        core.list(&Requester::Operator).is_empty(),
+        "no unit is left"
+    );
 }

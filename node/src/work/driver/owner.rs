@@ -14,7 +14,9 @@ use super::tasks::{self, TaskCtx};
 use super::{Command, Created, WorkSetup};
 use crate::host::registry::Registry;
 use crate::work::core::flow::CancelOutcome;
-use crate::work::core::{Action, Answered, Core, CoreConfig, Offer, Requester, Ticket};
+use crate::work::core::{
+    Action, Answered, Core, CoreConfig, Offer, Requester, Ticket, TicketError,
+};
 use crate::work::error::WorkError;
 use crate::work::status::UnitStatus;
 use crate::work::store::UnitStore;
@@ -429,17 +431,17 @@ impl Owner {
         self.tasks.entry(id).or_default().push(task);
     }
 
-    fn answer(&mut self, ticket: Ticket, result: Result<Answered, String>) {
+    fn answer(&mut self, ticket: Ticket, result: Result<Answered, TicketError>) {
         if let Some(reply) = self.creates.remove(&ticket) {
             let result = match result {
                 Ok(Answered::Created(id)) => Ok(Created::New(id)),
                 Ok(Answered::Existing(id)) => Ok(Created::Existing(id)),
                 Ok(Answered::Done) => Err(WorkError::Internal("no unit created".into())),
-                Err(e) => Err(WorkError::Internal(e)),
+                Err(e) => Err(e.into()),
             };
             let _ = reply.send(result);
         } else if let Some((unit, reply)) = self.tickets.remove(&ticket) {
-            let result = result.map_err(WorkError::Remote);
+            let result = result.map_err(WorkError::from);
             // A release is answered once the unit's files are gone.
             match unit.and_then(|u| self.dropping.get_mut(&u)) {
                 Some(waiting) => waiting.push((reply, result)),

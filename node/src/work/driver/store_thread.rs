@@ -86,10 +86,7 @@ fn run(
             match current {
                 StoreJob::Write { id, status, seq } => batch.status(id, status, seq),
                 StoreJob::Create { id, status, seq } => {
-                    let result = store
-                        .create_unit(id, &status)
-                        .map(|_| ())
-                        .map_err(|e| e.to_string());
+                    let result = store.create_unit(id, &status).map(|_| ());
                     if result.is_ok() {
                         batch.status(id, status, seq);
                     } else {

@@ -115,7 +115,7 @@ pub(super) async fn run_handler(
     ctx.metrics.unit_started(&status.work_type);
     let (io, failure) = match open_io(&ctx, id, progress).await {
         Ok(io) => io,
-        Err(detail) => return ctx.ended(id, UnitState::Failed, detail),
+        Err(e) => return ctx.ended(id, UnitState::Failed, e.to_string()),
     };
     let submitted = &status.params;
     let params =
@@ -139,11 +139,32 @@ pub(super) async fn run_handler(
     ctx.ended(id, state, detail);
 }
 
+/// A unit's file (its job directory, payload or results) could not be opened for its job;
+/// the unit fails with this as its detail.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {source}", path.display())]
+struct OpenIoError {
+    /// The file or directory.
+    path: PathBuf,
+    /// What the OS said.
+    #[source]
+    source: std::io::Error,
+}
+
+impl OpenIoError {
+    fn at(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Self + '_ {
+        move |source| Self {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
 async fn open_io(
     ctx: &TaskCtx,
     id: UnitId,
     progress: watch::Sender<Progress>,
-) -> Result<(JobIo, super::results::WriteFailure), String> {
+) -> Result<(JobIo, super::results::WriteFailure), OpenIoError> {
     use std::os::unix::fs::DirBuilderExt;
     let store = &ctx.store;
     let job_dir = store.job_dir(id);
@@ -151,16 +172,16 @@ async fn open_io(
         .mode(0o700)
         .recursive(true)
         .create(&job_dir)
-        .map_err(|e| format!("{}: {e}", job_dir.display()))?;
+        .map_err(OpenIoError::at(&job_dir))?;
     let stdin = store.stdin_path(id);
     let payload = tokio::fs::File::open(&stdin)
         .await
-        .map_err(|e| format!("{}: {e}", stdin.display()))?;
+        .map_err(OpenIoError::at(&stdin))?;
     let stdout = store.stdout_path(id);
     let files = ctx.unit_files(id, progress.clone());
     let (sink, failure) = ResultsSink::open(&stdout, progress)
         .await
-        .map_err(|e| format!("{}: {e}", stdout.display()))?;
+        .map_err(OpenIoError::at(&stdout))?;
     Ok((
         JobIo {
             job_dir,
@@ -237,7 +258,10 @@ pub(super) async fn submit(
     let mut sink = match ResultsSink::open(&stdout, progress.clone()).await {
         Ok((sink, _failure)) => sink,
         Err(e) => {
-            let failure = RemoteFailure::Local(format!("{}: {e}", stdout.display()));
+            let failure = RemoteFailure::OpenResults {
+                path: stdout,
+                source: e,
+            };
             return ctx.report(Command::RemoteSubmitFailed { id, failure });
         }
     };
@@ -284,7 +308,7 @@ pub(super) async fn submit(
             Err((None, e)) => {
                 return ctx.report(Command::RemoteSubmitFailed {
                     id,
-                    failure: RemoteFailure::Refused(e.to_string()),
+                    failure: RemoteFailure::Refused(e),
                 });
             }
         }
@@ -332,11 +356,12 @@ async fn submit_once(
 /// What a mirror's failure means for its unit.
 fn mirror_failure(e: ClientError, node: &NodeId, remote: UnitId) -> RemoteFailure {
     match e {
-        ClientError::Refused(WorkRefusal::UnknownUnit { .. }) => RemoteFailure::Gone(format!(
-            "remote work unit {remote} is gone from {node} (released there, or the node lost its data)"
-        )),
-        ClientError::Sink(e) => RemoteFailure::Local(e.to_string()),
-        other => RemoteFailure::Refused(other.to_string()),
+        ClientError::Refused(WorkRefusal::UnknownUnit { .. }) => RemoteFailure::Gone {
+            node: node.clone(),
+            remote,
+        },
+        ClientError::Sink(e) => RemoteFailure::WriteResults(e),
+        other => RemoteFailure::Refused(other),
     }
 }
 
@@ -397,7 +422,10 @@ pub(super) async fn follow(
             return ctx.report(Command::MirrorEnded {
                 id,
                 local_size: 0,
-                outcome: Err(RemoteFailure::Local(format!("{}: {e}", stdout.display()))),
+                outcome: Err(RemoteFailure::OpenResults {
+                    path: stdout,
+                    source: e,
+                }),
             });
         }
     };
@@ -418,10 +446,7 @@ pub(super) async fn cancel_remote(ctx: TaskCtx, id: UnitId, node: NodeId, remote
     let Some(client) = ctx.client.clone() else {
         return;
     };
-    let result = client
-        .cancel(&node, remote)
-        .await
-        .map_err(|e| e.to_string());
+    let result = client.cancel(&node, remote).await;
     ctx.report(Command::RemoteCancelled { id, result });
 }
 
@@ -433,7 +458,7 @@ pub(super) async fn release_remote(ctx: TaskCtx, id: UnitId, node: NodeId, remot
     let result = match client.release(&node, remote).await {
         // Gone there already: released as far as anyone can tell.
         Err(ClientError::Refused(WorkRefusal::UnknownUnit { .. })) => Ok(()),
-        other => other.map_err(|e| e.to_string()),
+        other => other,
     };
     ctx.report(Command::RemoteReleased { id, result });
 }

@@ -9,6 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -23,7 +24,7 @@ use crate::ansible::transmit::manifest::{
 use crate::ansible::transmit::{Held, Transmit};
 use crate::mesh::driver::{MeshStream, PeerIdentity};
 use crate::work::cache::{self, Scope, Session};
-use crate::work::core::Requester;
+use crate::work::core::{PayloadError, Requester};
 use crate::work::driver::{Created, Submission};
 use crate::work::error::WorkError;
 use crate::work::protocol::{self, ProtocolError, Reply, WorkRefusal};
@@ -206,22 +207,25 @@ impl Server {
         match received.unwrap_or(Err(ReceiveError::Late(deadline))) {
             Ok(()) => {}
             Err(ReceiveError::Stream(e)) => {
-                self.work
-                    .fail_payload(unit, format!("the contents broke off: {e}"));
+                // The unit's detail keeps what the stream said; the error itself ends this
+                // exchange.
+                let copy = std::io::Error::new(e.kind(), e.to_string());
+                (self.work).fail_payload(unit, PayloadError::ContentsBroke(Arc::new(copy)));
                 return Err(ProtocolError::Io(e));
             }
             Err(e) => {
-                self.work.fail_payload(unit, e.to_string());
-                return Ok(self.manifest_refusal(peer, e.to_string()));
+                let reason = e.to_string();
+                (self.work).fail_payload(unit, PayloadError::ContentsRefused(Arc::new(e)));
+                return Ok(self.manifest_refusal(peer, reason));
             }
         }
         self.work.metrics().content_received(plan.lacking_bytes);
         let transmit = match Transmit::assemble(plan.manifest, plan.held) {
             Ok(transmit) => transmit,
             Err(e) => {
-                self.work
-                    .fail_payload(unit, format!("assembling the payload: {e}"));
-                return Ok(self.manifest_refusal(peer, e.to_string()));
+                let reason = e.to_string();
+                (self.work).fail_payload(unit, PayloadError::Assembly(Arc::new(e)));
+                return Ok(self.manifest_refusal(peer, reason));
             }
         };
         let failed = AtomicBool::new(false);
@@ -237,9 +241,7 @@ impl Server {
         let failed = &failed;
         let store = async move {
             let check = |_: &[u8; 32]| match failed.load(Ordering::SeqCst) {
-                true => Err(WorkError::Internal(format!(
-                    "node {node} could not assemble the payload from its content cache"
-                ))),
+                true => Err(PayloadError::NotAssembled { node: node.clone() }),
                 false => Ok(()),
             };
             self.work.start_checked(unit, &mut reader, check).await
