@@ -167,7 +167,9 @@ fn read_spec() -> io::Result<Spec> {
 fn start(spec: &Spec) -> io::Result<i32> {
     let stdio = program_stdio(spec.files.as_ref())?;
     let mut setup = spec.setup;
+    // The supervisor joined the cgroups: the program is born in them.
     setup.procs_len = 0;
+    (setup.into_cgroup, setup.v2_procs) = (-1, -1);
     setup.unblock_signals = true;
     let plan = vfork::Plan {
         program: &spec.program,

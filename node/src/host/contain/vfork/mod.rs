@@ -31,6 +31,8 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use tokio::io::unix::AsyncFd;
 
+mod clone3;
+
 use super::record::ProgramExit;
 use super::setup::ChildSetup;
 
@@ -168,7 +170,7 @@ pub(crate) fn start(plan: &Plan<'_>) -> io::Result<(i32, OwnedFd)> {
                 .transpose()
         })
         .collect::<io::Result<_>>()?;
-    let child = ChildPlan {
+    let mut child = ChildPlan {
         program: program.as_ptr(),
         argv: argv_ptrs.as_ptr(),
         envp: envp_ptrs.as_ptr(),
@@ -180,7 +182,7 @@ pub(crate) fn start(plan: &Plan<'_>) -> io::Result<(i32, OwnedFd)> {
         setup: plan.setup,
         error: AtomicI32::new(0),
     };
-    let (pid, pidfd) = clone_child(&child)?;
+    let (pid, pidfd) = clone_child(&mut child)?;
     let failed = child.error.load(Ordering::Acquire);
     if failed != 0 {
         reap_blocking(&pidfd);
@@ -224,8 +226,9 @@ fn duplicate_above(fd: &OwnedFd, min: RawFd) -> io::Result<OwnedFd> {
 }
 
 /// Clones the child with every signal blocked; returns its pid and pidfd once it has
-/// exec'd or exited.
-fn clone_child(child: &ChildPlan) -> io::Result<(i32, OwnedFd)> {
+/// exec'd or exited. A child with a v2 cgroup is created in it where the kernel can
+/// ([`clone3`]), and then does not move there itself.
+fn clone_child(child: &mut ChildPlan) -> io::Result<(i32, OwnedFd)> {
     let mut stack = vec![0u8; CHILD_STACK];
     // The stack grows down from its (16-byte aligned) top.
     let top = (stack.as_mut_ptr() as usize + CHILD_STACK) & !15;
@@ -237,25 +240,42 @@ fn clone_child(child: &ChildPlan) -> io::Result<(i32, OwnedFd)> {
         libc::sigfillset(&raw mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &raw const all, &raw mut old);
     }
-    // SAFETY: the child runs `child_main` on `stack` sharing our memory; CLONE_VFORK keeps
-    // this thread (and so `child`, `stack` and everything they point to) in place until
-    // the child has exec'd or exited. The child only makes async-signal-safe calls.
-    let pid = unsafe {
-        libc::clone(
-            child_main,
-            top as *mut c_void,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
-            std::ptr::from_ref(child).cast_mut().cast(),
-            &raw mut pidfd,
-        )
-    };
-    let cloned = io::Error::last_os_error();
+    let mut placed = None;
+    let into = child.setup.into_cgroup;
+    if into >= 0 {
+        let procs = std::mem::replace(&mut child.setup.v2_procs, -1);
+        let arg = std::ptr::from_mut(child).cast();
+        // SAFETY: as for the clone below; the child runs `child_main`, which execs or exits.
+        placed =
+            unsafe { clone3::clone_into_cgroup(child_main, arg, &mut stack, into, &mut pidfd) };
+        if placed.is_none() {
+            child.setup.v2_procs = procs;
+        }
+    }
+    let cloned = placed.unwrap_or_else(|| {
+        // SAFETY: the child runs `child_main` on `stack` sharing our memory; CLONE_VFORK
+        // keeps this thread (and so `child`, `stack` and everything they point to) in
+        // place until the child has exec'd or exited. It only makes async-signal-safe
+        // calls.
+        let pid = unsafe {
+            libc::clone(
+                child_main,
+                top as *mut c_void,
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
+                std::ptr::from_mut(child).cast(),
+                &raw mut pidfd,
+            )
+        };
+        if pid < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(pid)
+        }
+    });
     // SAFETY: restores this thread's mask from our stack.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &raw const old, std::ptr::null_mut()) };
     drop(stack);
-    if pid < 0 {
-        return Err(cloned);
-    }
+    let pid = cloned?;
     // SAFETY: CLONE_PIDFD stored a fresh descriptor for the child that we now own.
     Ok((pid, unsafe { OwnedFd::from_raw_fd(pidfd) }))
 }

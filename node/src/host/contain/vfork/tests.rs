@@ -2,7 +2,10 @@
 //! supervisor role, and what a dropped handle does.
 
 use std::io::Read as _;
+use std::sync::Arc;
 
+use super::super::cgroup::JobCgroup;
+use super::super::{ContainMode, Containment, ProgramLimits};
 use super::*;
 
 /// Runs `sh -c script` with `setup`; returns its exit and everything it wrote to
@@ -264,4 +267,87 @@ async fn a_process_that_outlives_its_handle_is_left_running_and_reaped_at_its_en
         assert!(std::time::Instant::now() < deadline, "{pid} not reaped");
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+}
+
+/// The job cgroups of a fresh program cell, the program's setup joining them, and the open
+/// descriptors that setup uses; `None` (the test then checks nothing) without usable
+/// cgroups.
+fn cgroup_cell(unit: &str) -> Option<(Arc<JobCgroup>, ChildSetup, Vec<OwnedFd>)> {
+    let containment = Containment::detect(ContainMode::Cgroup, None).ok()?;
+    let cell = containment
+        .cell(unit, &ProgramLimits::default(), false)
+        .unwrap();
+    let cgroup = cell.cgroup.clone()?;
+    let mut setup = cell.setup;
+    let fds = cgroup.join_on_exec(&mut setup).unwrap();
+    Some((cgroup, setup, fds))
+}
+
+#[tokio::test]
+async fn a_program_is_in_every_job_cgroup_before_it_runs() {
+    let Some((cgroup, setup, fds)) = cgroup_cell("vforkjoin") else {
+        eprintln!("no usable cgroups: nothing to check");
+        return;
+    };
+    let (exit, out) = sh("cat /proc/self/cgroup", setup).await;
+    drop(fds);
+    cgroup.kill();
+    cgroup.remove();
+    assert_eq!(exit, ProgramExit::Exited(0), "{out}");
+    for dir in cgroup.paths() {
+        let name = dir.file_name().unwrap().to_str().unwrap();
+        let parent = dir.parent().unwrap().file_name().unwrap().to_str().unwrap();
+        let needle = format!("/{parent}/{name}\n");
+        let hierarchy = dir
+            .components()
+            .nth(4)
+            .unwrap()
+            .as_os_str()
+            .to_str()
+            .unwrap();
+        let line = out.lines().find(|l| {
+            let controllers = l.split(':').nth(1).unwrap_or("");
+            (hierarchy == "unified" && controllers.is_empty())
+                || controllers.split(',').any(|c| c == hierarchy)
+        });
+        let line = line.unwrap_or_else(|| panic!("no {hierarchy} line: {out}"));
+        assert!(
+            format!("{line}\n").ends_with(&needle),
+            "{line} is not in {}",
+            dir.display()
+        );
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[tokio::test]
+async fn a_program_is_created_in_its_v2_cgroup_rather_than_moved_there() {
+    // The v2 `cgroup.procs` write (a move, which waits for an RCU grace period) is the
+    // fallback of a kernel that cannot create the process in place: with it pointing at
+    // /dev/full, a move would fail the spawn with ENOSPC.
+    let Some((cgroup, mut setup, fds)) = cgroup_cell("vforkinto") else {
+        eprintln!("no usable cgroups: nothing to check");
+        return;
+    };
+    if setup.into_cgroup < 0 {
+        eprintln!("no cgroup v2 here: nothing to check");
+        return;
+    }
+    let full = OwnedFd::from(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap(),
+    );
+    setup.v2_procs = full.as_raw_fd();
+    let (exit, out) = sh("cat /proc/self/cgroup", setup).await;
+    drop(fds);
+    cgroup.kill();
+    cgroup.remove();
+    assert_eq!(exit, ProgramExit::Exited(0), "{out}");
+    let v2 = out.lines().find(|l| l.starts_with("0::")).unwrap();
+    assert!(
+        v2.ends_with(cgroup.paths()[0].file_name().unwrap().to_str().unwrap()),
+        "{out}"
+    );
 }
