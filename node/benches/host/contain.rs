@@ -10,11 +10,13 @@
 //! - `detached`: the `ansible-runner` handler's detached form (supervisor in its own process group,
 //!   the job record written twice, stdio on the unit's files), without and with cgroups.
 //!
-//! Rows are measured back to back and again spaced [`GAP`] apart: moving a process into a
-//! cgroup takes the kernel's `cgroup_threadgroup_rwsem` for writing, which waits for an RCU
-//! grace period (about 9 ms here) unless a move happened within the last one, or a hierarchy
-//! is mounted with `favordynmods` (v1: boot with `cgroup_favordynmods=true`), or the
-//! process is created in place with v2's `CLONE_INTO_CGROUP`.
+//! Rows are measured back to back and again spaced [`GAP`] apart: moving a whole process
+//! into a cgroup (a `cgroup.procs` write) takes the kernel's `cgroup_threadgroup_rwsem` for
+//! writing, which waits for an RCU grace period (7 to 18 ms here, with load) unless a move
+//! happened within the last one or `favordynmods` is on. The node avoids such moves: the
+//! program's process is created in its v2 cgroup (`CLONE_INTO_CGROUP`) and moves its one
+//! thread into each v1 hierarchy (a v1 `tasks` write by the thread itself takes no
+//! threadgroup lock), so spaced jobs should cost what back-to-back ones do.
 
 use std::path::Path;
 use std::sync::Arc;

@@ -11,6 +11,7 @@
 use std::fs;
 use std::io::{self, Write as _};
 use std::os::fd::{AsRawFd as _, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -321,28 +322,49 @@ impl JobCgroup {
             .collect()
     }
 
-    /// Opens every `cgroup.procs` and puts their descriptors into `setup`, so the program's
-    /// process joins before it runs any code of its own. The descriptors must outlive the
-    /// spawn.
+    /// Opens what the program's process joins its cgroups through and puts the descriptors
+    /// into `setup`, so it is in them before it runs any code of its own: the v2 directory
+    /// (the process is created in it) and its `cgroup.procs` (for a kernel that cannot), and
+    /// each v1 directory's `tasks` (the process moves its one thread, which does not wait
+    /// for an RCU grace period as a `cgroup.procs` move does). The descriptors must
+    /// outlive the spawn.
     ///
     /// # Errors
-    /// [`ContainError::CgroupAttach`] naming a `cgroup.procs` that cannot be opened.
+    /// [`ContainError::CgroupAttach`] naming a file that cannot be opened.
     pub(crate) fn join_on_exec(
         &self,
         setup: &mut ChildSetup,
     ) -> Result<Vec<OwnedFd>, ContainError> {
+        let open = |path: PathBuf, directory: bool| {
+            let mut options = fs::OpenOptions::new();
+            if directory {
+                options.read(true).custom_flags(libc::O_DIRECTORY);
+            } else {
+                options.write(true);
+            }
+            match options.open(&path) {
+                Ok(file) => Ok(OwnedFd::from(file)),
+                Err(source) => Err(ContainError::CgroupAttach { path, source }),
+            }
+        };
         let mut fds = Vec::new();
-        for dir in self.paths().iter().take(MAX_CGROUP_FDS) {
-            let path = dir.join("cgroup.procs");
-            let file = fs::OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(|source| ContainError::CgroupAttach { path, source })?;
-            let fd = OwnedFd::from(file);
-            setup.procs[fds.len()] = fd.as_raw_fd();
+        if let Some((dir, _)) = &self.v2 {
+            let (into, procs) = (
+                open(dir.clone(), true)?,
+                open(dir.join("cgroup.procs"), false)?,
+            );
+            (setup.into_cgroup, setup.v2_procs) = (into.as_raw_fd(), procs.as_raw_fd());
+            fds.extend([into, procs]);
+        }
+        let v1 = [&self.memory, &self.pids, &self.freezer];
+        let mut joined = 0;
+        for dir in v1.into_iter().flatten().take(MAX_CGROUP_FDS) {
+            let fd = open(dir.join("tasks"), false)?;
+            setup.procs[joined] = fd.as_raw_fd();
+            joined += 1;
             fds.push(fd);
         }
-        setup.procs_len = fds.len();
+        setup.procs_len = joined;
         Ok(fds)
     }
 

@@ -23,10 +23,11 @@ pub enum ContainError {
         #[source]
         source: io::Error,
     },
-    /// A cgroup's `cgroup.procs` could not be opened for the program to join on exec.
+    /// A cgroup's directory, `cgroup.procs` or `tasks` could not be opened for the program
+    /// to join on exec.
     #[error("cannot join the job's cgroup through {}: {source}", path.display())]
     CgroupAttach {
-        /// The `cgroup.procs` file.
+        /// The file or directory.
         path: PathBuf,
         /// What the kernel said.
         #[source]

@@ -17,12 +17,22 @@ pub(crate) const MAX_CGROUP_FDS: usize = 4;
 /// starts (the descriptors are meaningless there and are not sent).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct ChildSetup {
-    /// Open `cgroup.procs` files to write `0` (this process) to; the first `procs_len`.
+    /// Open v1 `tasks` files to write `0` (this thread, and so this single-threaded
+    /// process) to; the first `procs_len`. A thread moving itself does not take the
+    /// kernel's threadgroup lock, so it does not wait for an RCU grace period as a
+    /// `cgroup.procs` write does.
     #[serde(skip, default = "no_fds")]
     pub(crate) procs: [RawFd; MAX_CGROUP_FDS],
     /// How many of `procs` are set.
     #[serde(skip)]
     pub(crate) procs_len: usize,
+    /// A v2 cgroup directory to create the process in (`CLONE_INTO_CGROUP`); -1: none.
+    #[serde(skip, default = "no_fd")]
+    pub(crate) into_cgroup: RawFd,
+    /// That cgroup's `cgroup.procs`, written `0` when the process could not be created in
+    /// it (an older kernel); -1 once it was.
+    #[serde(skip, default = "no_fd")]
+    pub(crate) v2_procs: RawFd,
     /// `RLIMIT_NOFILE`, lowered to the current hard limit if that is lower.
     pub(crate) open_files: u64,
     /// `RLIMIT_FSIZE` (soft and hard).
@@ -45,6 +55,10 @@ fn no_fds() -> [RawFd; MAX_CGROUP_FDS] {
     [-1; MAX_CGROUP_FDS]
 }
 
+fn no_fd() -> RawFd {
+    -1
+}
+
 impl ChildSetup {
     /// A plan with no cgroups, the given rlimits and nothing else.
     pub(crate) fn new(open_files: u64, file_size: u64) -> Self {
@@ -53,6 +67,8 @@ impl ChildSetup {
         Self {
             procs: [-1; MAX_CGROUP_FDS],
             procs_len: 0,
+            into_cgroup: -1,
+            v2_procs: -1,
             open_files,
             file_size,
             address_space: None,
@@ -110,8 +126,13 @@ impl ChildSetup {
     /// # Errors
     /// A `cgroup.procs` write that failed.
     pub(crate) unsafe fn join_cgroups(&self) -> io::Result<()> {
-        for &fd in &self.procs[..self.procs_len.min(MAX_CGROUP_FDS)] {
-            // Writing 0 to cgroup.procs moves the writing process (v1 and v2 alike).
+        let v2 = (self.v2_procs >= 0).then_some(self.v2_procs);
+        for &fd in self.procs[..self.procs_len.min(MAX_CGROUP_FDS)]
+            .iter()
+            .chain(&v2)
+        {
+            // Writing 0 moves the writing thread: a v1 `tasks` file moves only it (the
+            // whole process: it is single-threaded), a `cgroup.procs` its thread group.
             // SAFETY: a plain write of a static byte to an fd opened before the fork.
             check(unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } as i64)?;
         }

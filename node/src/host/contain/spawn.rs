@@ -8,7 +8,6 @@
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 use super::record::{self, JobRecord, ProgramExit};
-use super::supervised::{self, LaunchOptions};
+use super::supervised::{self, LaunchOptions, SupervisorStdio};
 use super::supervisor::{Spec, SpecFiles};
 use super::vfork;
 use super::watch::{self as watcher, BreachLog, Killer, SupervisorWait, Target, Watch};
@@ -207,6 +206,7 @@ fn direct(
         cwd: &cmd.cwd,
         stdio: [&stdin_r, &pipes.stdout, &pipes.stderr],
         setup,
+        role: vfork::Role::Program,
     };
     let child = vfork::spawn(&plan).map_err(io)?;
     // Our copies of the program's ends must be gone before EOF can come.
@@ -257,20 +257,15 @@ async fn supervised_piped(
         lifeline: true,
     };
     let options = LaunchOptions {
-        stdio: (
-            Stdio::piped(),
-            Stdio::from(pipes.stdout),
-            Stdio::from(pipes.stderr),
-        ),
+        stdio: SupervisorStdio::Piped {
+            stdout: pipes.stdout,
+            stderr: pipes.stderr,
+        },
         own_group: false,
         join: cell.setup,
     };
     let mut launched = supervised::launch(exe, &spec, options).await?;
-    let stdin = launched
-        .child
-        .stdin
-        .take()
-        .map(|s| Box::new(s) as BoxedWrite);
+    let stdin = launched.stdin.take().map(|s| Box::new(s) as BoxedWrite);
     let (stdout, stderr) =
         Pipes::readers_of(pipes.stdout_reader, pipes.stderr_reader).map_err(|source| {
             ContainError::Pipe {
@@ -394,7 +389,7 @@ async fn launch_in_cell(
         None => Vec::new(),
     };
     let options = LaunchOptions {
-        stdio: (Stdio::null(), Stdio::null(), Stdio::null()),
+        stdio: SupervisorStdio::Null,
         own_group: true,
         join,
     };

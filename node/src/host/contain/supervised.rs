@@ -2,6 +2,10 @@
 //! cgroups with its descriptors 3 to 5 set up, send it the spec, and learn the program's
 //! pid or why it could not start. Then signal it, race-free through a pidfd where the
 //! kernel has them.
+//!
+//! The supervisor starts as a job's program does ([`vfork`]): the node is not forked, and
+//! the child joins the cgroups before `exec`, so the supervisor and everything it starts
+//! are inside them from their first instruction.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd as _, OwnedFd, RawFd};
@@ -14,7 +18,8 @@ use tokio::net::unix::pipe;
 use super::ContainError;
 use super::record::ProcessRef;
 use super::setup::ChildSetup;
-use super::supervisor::{LIFELINE_FD, REPORT_FD, SPEC_FD, SUPERVISE_ARG, Spec};
+use super::supervisor::{REPORT_FD, SPEC_FD, SUPERVISE_ARG, Spec};
+use super::vfork::{self, Role};
 
 /// Lowest descriptor the child-side ends are moved to before the fork, so the `dup2`s onto
 /// 3, 4 and 5 never overwrite one another.
@@ -23,8 +28,11 @@ const HIGH_FD: RawFd = 10;
 /// A started supervisor and its program.
 #[derive(Debug)]
 pub(crate) struct Launched {
-    /// The supervisor process (our child until the node process ends).
-    pub(crate) child: tokio::process::Child,
+    /// The supervisor process (our child until the node process ends; a dropped handle
+    /// leaves it running: it kills its tree itself when the lifeline ends).
+    pub(crate) child: vfork::Process,
+    /// Its stdin, when [`SupervisorStdio::Piped`].
+    pub(crate) stdin: Option<pipe::Sender>,
     /// The supervisor, named by pid and start time.
     pub(crate) supervisor: ProcessRef,
     /// A pidfd of the supervisor, where the kernel has them.
@@ -37,10 +45,19 @@ pub(crate) struct Launched {
     pub(crate) _lifeline: Option<OwnedFd>,
 }
 
+/// The supervisor's own stdio (and so the program's, unless the spec names files).
+pub(crate) enum SupervisorStdio {
+    /// `/dev/null` for all three (a detached job: its program writes to the unit's files).
+    Null,
+    /// A pipe to its stdin (the node's end is [`Launched::stdin`]), and these as stdout
+    /// and stderr.
+    Piped { stdout: OwnedFd, stderr: OwnedFd },
+}
+
 /// How the supervisor's own process is set up.
 pub(crate) struct LaunchOptions {
     /// Its (and so the program's) stdin, stdout, stderr.
-    pub(crate) stdio: (Stdio, Stdio, Stdio),
+    pub(crate) stdio: SupervisorStdio,
     /// Put it in a process group of its own (a detached job): terminal signals to the
     /// node's group (Ctrl-C, a hangup) do not reach it. Not a new session: that would also
     /// give it a scheduling autogroup of its own, which on a busy machine delays its start
@@ -64,72 +81,75 @@ pub(crate) async fn launch(
     let io = |what: &'static str| move |source: io::Error| ContainError::Pipe { what, source };
     let (spec_r, spec_w) = io::pipe().map_err(io("spec pipe"))?;
     let (report_r, report_w) = io::pipe().map_err(io("report pipe"))?;
-    let spec_fd = high(&OwnedFd::from(spec_r)).map_err(io("spec pipe"))?;
-    let report_fd = high(&OwnedFd::from(report_w)).map_err(io("report pipe"))?;
+    let (spec_r, report_w) = (OwnedFd::from(spec_r), OwnedFd::from(report_w));
     // The supervisor reads the lifeline; the node holds the write end (close-on-exec, so
     // no other child inherits it) until it goes away.
-    let (life_fd, node_lifeline) = if spec.lifeline {
+    let (life_r, node_lifeline) = if spec.lifeline {
         let (r, w) = io::pipe().map_err(io("lifeline pipe"))?;
-        (
-            Some(high(&OwnedFd::from(r)).map_err(io("lifeline pipe"))?),
-            Some(OwnedFd::from(w)),
-        )
+        (Some(OwnedFd::from(r)), Some(OwnedFd::from(w)))
     } else {
         (None, None)
     };
-    let targets = [
-        (spec_fd.as_raw_fd(), SPEC_FD),
-        (report_fd.as_raw_fd(), REPORT_FD),
-        (life_fd.as_ref().map_or(-1, AsRawFd::as_raw_fd), LIFELINE_FD),
-    ];
-    let mut command = tokio::process::Command::new(exe);
-    let (stdin, stdout, stderr) = options.stdio;
-    command
-        .arg(SUPERVISE_ARG)
-        .env_clear()
-        .stdin(stdin)
-        .stdout(stdout)
-        .stderr(stderr)
-        .kill_on_drop(false);
-    let join = options.join;
-    let own_group = options.own_group;
-    // SAFETY: dup2, setpgid and cgroup writes only: async-signal-safe.
-    unsafe {
-        command.pre_exec(move || {
-            for (from, to) in targets {
-                if from >= 0 && libc::dup2(from, to) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            if own_group && libc::setpgid(0, 0) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            join.join_cgroups()
-        });
-    }
-    let child = command
-        .spawn()
-        .map_err(|source| ContainError::SupervisorStart {
-            exe: exe.to_owned(),
-            source,
-        })?;
-    drop(command);
-    drop((spec_fd, report_fd, life_fd));
+    let (stdio, stdin) = stdio_of(options.stdio).map_err(io("supervisor stdio"))?;
+    let args = [SUPERVISE_ARG.to_owned()];
+    let plan = vfork::Plan {
+        program: exe,
+        args: &args,
+        env: &[],
+        cwd: Path::new("/"),
+        stdio: [&stdio[0], &stdio[1], &stdio[2]],
+        setup: options.join,
+        role: Role::Supervisor {
+            pass: [Some(&spec_r), Some(&report_w), life_r.as_ref()],
+            own_group: options.own_group,
+        },
+    };
+    let mut child = vfork::spawn(&plan).map_err(|source| ContainError::SupervisorStart {
+        exe: exe.to_owned(),
+        source,
+    })?;
+    child.outlive_handle();
+    // Our copies of its ends must be gone before end of file can come.
+    drop((spec_r, report_w, life_r, stdio));
     send_spec(spec_w, spec).await?;
     let receiver =
         pipe::Receiver::from_owned_fd(OwnedFd::from(report_r)).map_err(io("report pipe"))?;
     let mut reports = BufReader::new(receiver).lines();
     let program = first_report(&mut reports, exe).await?;
-    let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
+    let pid = child.id();
     let supervisor = ProcessRef::of(pid).unwrap_or(ProcessRef { pid, start_time: 0 });
+    let stdin = stdin
+        .map(pipe::Sender::from_owned_fd)
+        .transpose()
+        .map_err(io("supervisor stdin"))?;
     Ok(Launched {
         child,
+        stdin,
         supervisor,
         pidfd: pidfd_open(pid),
         program,
         reports,
         _lifeline: node_lifeline,
     })
+}
+
+/// The supervisor's descriptors 0 to 2, and the node's end of its stdin pipe when piped.
+fn stdio_of(stdio: SupervisorStdio) -> io::Result<([OwnedFd; 3], Option<OwnedFd>)> {
+    match stdio {
+        SupervisorStdio::Null => {
+            let null = OwnedFd::from(
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/null")?,
+            );
+            Ok(([null.try_clone()?, null.try_clone()?, null], None))
+        }
+        SupervisorStdio::Piped { stdout, stderr } => {
+            let (reader, writer) = io::pipe()?;
+            Ok(([OwnedFd::from(reader), stdout, stderr], Some(writer.into())))
+        }
+    }
 }
 
 /// A duplicate of `fd` numbered at least [`HIGH_FD`], close-on-exec.
@@ -286,7 +306,7 @@ mod tests {
             lifeline: false,
         };
         let options = LaunchOptions {
-            stdio: (Stdio::null(), Stdio::null(), Stdio::null()),
+            stdio: SupervisorStdio::Null,
             own_group: false,
             join: spec.setup,
         };

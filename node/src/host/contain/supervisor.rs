@@ -19,17 +19,16 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read as _, Write as _};
-use std::os::fd::{AsRawFd as _, FromRawFd as _, RawFd};
+use std::os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt as _;
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use super::record::{self, EndReason, ExitRecord, ProcessRef, ProgramExit};
 use super::setup::ChildSetup;
+use super::vfork::{self, Role};
 
 /// The first argument that turns the node's binary into a supervisor.
 pub const SUPERVISE_ARG: &str = "__warren-supervise";
@@ -164,47 +163,61 @@ fn read_spec() -> io::Result<Spec> {
 }
 
 /// Starts the program in its own process group with the spec's stdio; returns its pid.
+/// Started as the node starts programs ([`vfork`]): the supervisor is not copied either.
 fn start(spec: &Spec) -> io::Result<i32> {
-    let mut command = Command::new(&spec.program);
-    command
-        .args(&spec.args)
-        .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&spec.cwd)
-        .process_group(0);
-    if let Some(files) = &spec.files {
-        let append = |path: &PathBuf, create: bool| {
-            OpenOptions::new()
-                .append(true)
-                .create(create)
-                .mode(0o600)
-                .open(path)
-                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
-        };
-        let stdin = File::open(&files.stdin)
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", files.stdin.display())))?;
-        command
-            .stdin(stdin)
-            .stdout(append(&files.stdout, false)?)
-            .stderr(append(&files.stderr, true)?);
-    }
+    let stdio = program_stdio(spec.files.as_ref())?;
     let mut setup = spec.setup;
+    // The supervisor joined the cgroups: the program is born in them.
     setup.procs_len = 0;
+    (setup.into_cgroup, setup.v2_procs) = (-1, -1);
     setup.unblock_signals = true;
-    // SAFETY: `apply` is async-signal-safe (and the supervisor is single-threaded anyway).
-    unsafe {
-        command.pre_exec(move || setup.apply());
-    }
-    let child = command.spawn().map_err(|e| {
+    let plan = vfork::Plan {
+        program: &spec.program,
+        args: &spec.args,
+        env: &spec.env,
+        cwd: &spec.cwd,
+        stdio: [&stdio[0], &stdio[1], &stdio[2]],
+        setup,
+        role: Role::Program,
+    };
+    // The supervisor reaps with waitpid(-1): the pidfd is not needed.
+    let (pid, _pidfd) = vfork::start(&plan).map_err(|e| {
         io::Error::new(
             e.kind(),
             format!("cannot start {}: {e}", spec.program.display()),
         )
     })?;
-    let pid = i32::try_from(child.id()).map_err(io::Error::other)?;
-    // The supervisor reaps with waitpid(-1); std's handle is not needed.
-    std::mem::forget(child);
     Ok(pid)
+}
+
+/// The program's stdin, stdout and stderr: the spec's files, else the supervisor's own.
+fn program_stdio(files: Option<&SpecFiles>) -> io::Result<[OwnedFd; 3]> {
+    let Some(files) = files else {
+        let own = |fd: RawFd| {
+            // SAFETY: the supervisor's stdio, open for its whole life (the node set them up).
+            unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()
+        };
+        return Ok([own(0)?, own(1)?, own(2)?]);
+    };
+    let append = |path: &PathBuf, create: bool| {
+        OpenOptions::new()
+            .append(true)
+            .create(create)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| named(path, e))
+    };
+    let stdin = File::open(&files.stdin).map_err(|e| named(&files.stdin, e))?;
+    Ok([
+        stdin.into(),
+        append(&files.stdout, false)?.into(),
+        append(&files.stderr, true)?.into(),
+    ])
+}
+
+/// `e`, saying which file it is about.
+fn named(path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
 /// Points the supervisor's own stdio at `/dev/null`, so the node sees end of file on its
@@ -434,7 +447,7 @@ mod tests {
     fn descendants_are_found_by_both_ways() {
         // Rooted at a shell of our own, not at the test process: other tests' children
         // are none of this test's business (killing them failed those tests).
-        let mut child = Command::new("/bin/sh")
+        let mut child = std::process::Command::new("/bin/sh")
             .args(["-c", "sleep 30 & sleep 30 & wait"])
             .spawn()
             .unwrap();

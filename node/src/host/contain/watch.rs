@@ -189,7 +189,7 @@ fn parse_ended(line: &str) -> Option<ExitRecord> {
 #[derive(Debug)]
 pub(crate) struct SupervisorWait {
     /// Our child (first run): waited for, which also reaps it.
-    pub(crate) child: Option<tokio::process::Child>,
+    pub(crate) child: Option<super::vfork::Process>,
     /// Its pidfd (readable once it exited), where the kernel has them.
     pub(crate) pidfd: Option<Arc<OwnedFd>>,
     /// It, by pid and start time (polled where there is no pidfd).

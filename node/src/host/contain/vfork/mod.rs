@@ -13,17 +13,25 @@
 //! child resets the handlers the node installed to their defaults before unblocking, so no
 //! node signal handler ever runs on the borrowed memory.
 //!
-//! The started program is a [`Process`]: waited for through a pidfd (no reliance on
-//! `SIGCHLD` bookkeeping, no pid reuse race), killed if dropped before it was reaped.
+//! The same path starts a job's supervisor ([`Role::Supervisor`]): then the child joins
+//! the job's cgroups and nothing else of the setup (the supervisor applies the rest to the
+//! program it starts), takes the supervisor's protocol descriptors as 3, 4 and 5, and keeps
+//! the node's process group unless asked for its own.
+//!
+//! The started process is a [`Process`]: waited for through a pidfd (no reliance on
+//! `SIGCHLD` bookkeeping, no pid reuse race), killed if dropped before it was reaped unless
+//! it was told to outlive its handle ([`Process::outlive_handle`], a detached supervisor).
 
 use std::ffi::{CString, c_char, c_int, c_void};
 use std::io;
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd as _, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use tokio::io::unix::AsyncFd;
+
+mod clone3;
 
 use super::record::ProgramExit;
 use super::setup::ChildSetup;
@@ -33,6 +41,24 @@ const CHILD_STACK: usize = 128 * 1024;
 
 /// Highest signal number plus one (Linux).
 const NSIG: c_int = 65;
+
+/// The child's descriptors 0 to 5 are set by `dup2`; every source is first moved to at
+/// least this, so no `dup2` overwrites a source still to be used.
+const FIRST_SOURCE_FD: RawFd = 6;
+
+/// What the new process is, which decides how much of the setup it applies itself.
+#[derive(Clone, Copy)]
+pub(crate) enum Role<'a> {
+    /// A job's program: its own process group, the whole [`ChildSetup`] applied.
+    Program,
+    /// A job's supervisor: joins the setup's cgroups only (it applies the rest to the
+    /// program it starts); `pass` become its descriptors 3, 4 and 5 (`None`: left closed);
+    /// a process group of its own only when `own_group`.
+    Supervisor {
+        pass: [Option<&'a OwnedFd>; 3],
+        own_group: bool,
+    },
+}
 
 /// What to start: the program, its argument and environment vectors, working directory,
 /// stdio and setup.
@@ -49,6 +75,8 @@ pub(crate) struct Plan<'a> {
     pub(crate) stdio: [&'a OwnedFd; 3],
     /// Cgroups to join, rlimits, network namespace.
     pub(crate) setup: ChildSetup,
+    /// A program or a supervisor.
+    pub(crate) role: Role<'a>,
 }
 
 /// Everything the child reads, as raw pointers into memory the parent keeps alive.
@@ -58,6 +86,11 @@ struct ChildPlan {
     envp: *const *const c_char,
     cwd: *const c_char,
     stdio: [RawFd; 3],
+    /// Descriptors to become 3, 4 and 5 (-1: none).
+    pass: [RawFd; 3],
+    own_group: bool,
+    /// Join the setup's cgroups and apply nothing else of it.
+    cgroups_only: bool,
     setup: ChildSetup,
     /// Set by the child to the `errno` of the step that failed.
     error: AtomicI32,
@@ -68,6 +101,8 @@ struct ChildPlan {
 pub(crate) struct Process {
     pid: i32,
     pidfd: Option<AsyncFd<OwnedFd>>,
+    /// Left running (and reaped when it ends) if dropped before it was waited for.
+    outlives_handle: bool,
 }
 
 fn cstring(bytes: &[u8]) -> io::Result<CString> {
@@ -85,6 +120,22 @@ fn cstring(bytes: &[u8]) -> io::Result<CString> {
 /// The failing step's OS error: a descriptor, the working directory, a cgroup join, an
 /// rlimit, or the `execve` itself (`NotFound`, `PermissionDenied`, ...).
 pub(crate) fn spawn(plan: &Plan<'_>) -> io::Result<Process> {
+    let (pid, pidfd) = start(plan)?;
+    // SAFETY: the AsyncFd owns the pidfd outright.
+    let pidfd = unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }?;
+    Ok(Process {
+        pid,
+        pidfd: Some(pidfd),
+        outlives_handle: false,
+    })
+}
+
+/// Starts `plan` in a new process; returns its pid and a pidfd once it has called `execve`
+/// (the caller reaps it). For a caller without an async runtime (the supervisor).
+///
+/// # Errors
+/// As [`spawn`].
+pub(crate) fn start(plan: &Plan<'_>) -> io::Result<(i32, OwnedFd)> {
     let program = cstring(on_path(plan).as_os_str().as_bytes())?;
     let cwd = cstring(plan.cwd.as_os_str().as_bytes())?;
     let argv: Vec<CString> = std::iter::once(Ok(program.clone()))
@@ -102,33 +153,42 @@ pub(crate) fn spawn(plan: &Plan<'_>) -> io::Result<Process> {
             .collect()
     };
     let (argv_ptrs, envp_ptrs) = (pointers(&argv), pointers(&envp));
-    // Sources below 3 could be overwritten by an earlier dup2 onto 0..2: move them up.
+    // Sources below 6 could be overwritten by an earlier dup2 onto 0..5: move them up.
     let raised: Vec<OwnedFd> = plan
         .stdio
         .iter()
-        .map(|fd| duplicate_above(fd, 3))
+        .map(|fd| duplicate_above(fd, FIRST_SOURCE_FD))
         .collect::<io::Result<_>>()?;
-    let child = ChildPlan {
+    let (pass, own_group, cgroups_only) = match plan.role {
+        Role::Program => ([None, None, None], true, false),
+        Role::Supervisor { pass, own_group } => (pass, own_group, true),
+    };
+    let passed: Vec<Option<OwnedFd>> = pass
+        .iter()
+        .map(|fd| {
+            fd.map(|fd| duplicate_above(fd, FIRST_SOURCE_FD))
+                .transpose()
+        })
+        .collect::<io::Result<_>>()?;
+    let mut child = ChildPlan {
         program: program.as_ptr(),
         argv: argv_ptrs.as_ptr(),
         envp: envp_ptrs.as_ptr(),
         cwd: cwd.as_ptr(),
         stdio: [0, 1, 2].map(|i| raised[i].as_raw_fd()),
+        pass: [0, 1, 2].map(|i| passed[i].as_ref().map_or(-1, AsRawFd::as_raw_fd)),
+        own_group,
+        cgroups_only,
         setup: plan.setup,
         error: AtomicI32::new(0),
     };
-    let (pid, pidfd) = clone_child(&child)?;
+    let (pid, pidfd) = clone_child(&mut child)?;
     let failed = child.error.load(Ordering::Acquire);
     if failed != 0 {
         reap_blocking(&pidfd);
         return Err(io::Error::from_raw_os_error(failed));
     }
-    // SAFETY: the AsyncFd owns the pidfd outright.
-    let pidfd = unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }?;
-    Ok(Process {
-        pid,
-        pidfd: Some(pidfd),
-    })
+    Ok((pid, pidfd))
 }
 
 /// Where `execvp` would find the plan's program: a name without a `/` is looked up on the
@@ -166,8 +226,9 @@ fn duplicate_above(fd: &OwnedFd, min: RawFd) -> io::Result<OwnedFd> {
 }
 
 /// Clones the child with every signal blocked; returns its pid and pidfd once it has
-/// exec'd or exited.
-fn clone_child(child: &ChildPlan) -> io::Result<(i32, OwnedFd)> {
+/// exec'd or exited. A child with a v2 cgroup is created in it where the kernel can
+/// ([`clone3`]), and then does not move there itself.
+fn clone_child(child: &mut ChildPlan) -> io::Result<(i32, OwnedFd)> {
     let mut stack = vec![0u8; CHILD_STACK];
     // The stack grows down from its (16-byte aligned) top.
     let top = (stack.as_mut_ptr() as usize + CHILD_STACK) & !15;
@@ -179,25 +240,42 @@ fn clone_child(child: &ChildPlan) -> io::Result<(i32, OwnedFd)> {
         libc::sigfillset(&raw mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &raw const all, &raw mut old);
     }
-    // SAFETY: the child runs `child_main` on `stack` sharing our memory; CLONE_VFORK keeps
-    // this thread (and so `child`, `stack` and everything they point to) in place until
-    // the child has exec'd or exited. The child only makes async-signal-safe calls.
-    let pid = unsafe {
-        libc::clone(
-            child_main,
-            top as *mut c_void,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
-            std::ptr::from_ref(child).cast_mut().cast(),
-            &raw mut pidfd,
-        )
-    };
-    let cloned = io::Error::last_os_error();
+    let mut placed = None;
+    let into = child.setup.into_cgroup;
+    if into >= 0 {
+        let procs = std::mem::replace(&mut child.setup.v2_procs, -1);
+        let arg = std::ptr::from_mut(child).cast();
+        // SAFETY: as for the clone below; the child runs `child_main`, which execs or exits.
+        placed =
+            unsafe { clone3::clone_into_cgroup(child_main, arg, &mut stack, into, &mut pidfd) };
+        if placed.is_none() {
+            child.setup.v2_procs = procs;
+        }
+    }
+    let cloned = placed.unwrap_or_else(|| {
+        // SAFETY: the child runs `child_main` on `stack` sharing our memory; CLONE_VFORK
+        // keeps this thread (and so `child`, `stack` and everything they point to) in
+        // place until the child has exec'd or exited. It only makes async-signal-safe
+        // calls.
+        let pid = unsafe {
+            libc::clone(
+                child_main,
+                top as *mut c_void,
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
+                std::ptr::from_mut(child).cast(),
+                &raw mut pidfd,
+            )
+        };
+        if pid < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(pid)
+        }
+    });
     // SAFETY: restores this thread's mask from our stack.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &raw const old, std::ptr::null_mut()) };
     drop(stack);
-    if pid < 0 {
-        return Err(cloned);
-    }
+    let pid = cloned?;
     // SAFETY: CLONE_PIDFD stored a fresh descriptor for the child that we now own.
     Ok((pid, unsafe { OwnedFd::from_raw_fd(pidfd) }))
 }
@@ -223,15 +301,22 @@ unsafe fn prepare_and_exec(plan: &ChildPlan) -> c_int {
     // SAFETY (whole body): system calls on the plan's prepared data; see the module doc.
     unsafe {
         default_signal_handlers();
-        for (target, &fd) in plan.stdio.iter().enumerate() {
-            if libc::dup2(fd, target as c_int) < 0 {
+        let sources = plan.stdio.iter().chain(&plan.pass);
+        for (target, &fd) in sources.enumerate() {
+            // dup2 clears close-on-exec on the target: these are the ones passed on.
+            if fd >= 0 && libc::dup2(fd, target as c_int) < 0 {
                 return errno();
             }
         }
-        if libc::chdir(plan.cwd) < 0 || libc::setpgid(0, 0) < 0 {
+        if libc::chdir(plan.cwd) < 0 || (plan.own_group && libc::setpgid(0, 0) < 0) {
             return errno();
         }
-        if let Err(e) = plan.setup.apply() {
+        let applied = if plan.cgroups_only {
+            plan.setup.join_cgroups()
+        } else {
+            plan.setup.apply()
+        };
+        if let Err(e) = applied {
             return e.raw_os_error().unwrap_or(libc::EINVAL);
         }
         let mut none: libc::sigset_t = std::mem::zeroed();
@@ -304,6 +389,12 @@ impl Process {
         self.pid
     }
 
+    /// From now on a drop before it was waited for leaves it running (a detached job's
+    /// supervisor outlives a node that stops); it is still reaped when it ends.
+    pub(crate) fn outlive_handle(&mut self) {
+        self.outlives_handle = true;
+    }
+
     /// Waits until it has exited, and reaps it.
     ///
     /// # Errors
@@ -331,21 +422,24 @@ impl Process {
 }
 
 impl Drop for Process {
-    /// Not waited for: killed (as `kill_on_drop` did), and reaped off this thread.
+    /// Not waited for: killed (as `kill_on_drop` did) unless it outlives its handle, and
+    /// reaped off this thread.
     fn drop(&mut self) {
         let Some(pidfd) = self.pidfd.take() else {
             return;
         };
         let pidfd = pidfd.into_inner();
-        // SAFETY: pidfd_send_signal on a pidfd we own, no siginfo.
-        unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                pidfd.as_raw_fd(),
-                libc::SIGKILL,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            );
+        if !self.outlives_handle {
+            // SAFETY: pidfd_send_signal on a pidfd we own, no siginfo.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    pidfd.as_raw_fd(),
+                    libc::SIGKILL,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                );
+            }
         }
         if let Ok(None) = wait_pidfd(&pidfd, libc::WNOHANG) {
             let _ = std::thread::Builder::new()
@@ -356,179 +450,4 @@ impl Drop for Process {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::io::Read as _;
-
-    use super::*;
-
-    /// Runs `sh -c script` with `setup`; returns its exit and everything it wrote to
-    /// stdout and stderr.
-    async fn sh(script: &str, setup: ChildSetup) -> (ProgramExit, String) {
-        let (mut reader, writer) = io::pipe().unwrap();
-        let out = OwnedFd::from(writer);
-        let stdin = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
-        let args = ["-c".to_owned(), script.to_owned(), "first".to_owned()];
-        let env = [("WHO".to_owned(), "warren".to_owned())];
-        let plan = Plan {
-            program: Path::new("/bin/sh"),
-            args: &args,
-            env: &env,
-            cwd: Path::new("/tmp"),
-            stdio: [&stdin, &out, &out],
-            setup,
-        };
-        let mut process = spawn(&plan).unwrap();
-        drop((out, stdin));
-        let exit = process.wait().await.unwrap();
-        let mut text = String::new();
-        reader.read_to_string(&mut text).unwrap();
-        (exit, text)
-    }
-
-    #[tokio::test]
-    async fn the_program_gets_its_arguments_environment_directory_and_exit_code() {
-        let (exit, out) = sh(
-            r#"echo "$0 $WHO $(pwd)"; env | grep -c . ; echo err >&2; exit 3"#,
-            ChildSetup::new(1024, 1 << 30),
-        )
-        .await;
-        assert_eq!(exit, ProgramExit::Exited(3));
-        let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines[0], "first warren /tmp");
-        // WHO, plus what sh itself sets (PWD, maybe SHLVL, _): nothing of ours.
-        let count: usize = lines[1].parse().unwrap();
-        assert!(count <= 4, "environment leaked: {out}");
-        assert_eq!(lines[2], "err");
-    }
-
-    #[tokio::test]
-    async fn rlimits_and_the_process_group_are_set_before_exec() {
-        let (exit, out) = sh(
-            "ulimit -n; ulimit -c; ps -o pgid= -p $$; echo $$",
-            ChildSetup::new(77, 1 << 30),
-        )
-        .await;
-        assert_eq!(exit, ProgramExit::Exited(0));
-        let lines: Vec<&str> = out.lines().map(str::trim).collect();
-        assert_eq!(&lines[..2], ["77", "0"], "{out}");
-        assert_eq!(lines[2], lines[3], "its own process group: {out}");
-    }
-
-    #[tokio::test]
-    async fn the_program_starts_with_no_signal_blocked_and_sigpipe_at_its_default() {
-        // This test binary ignores SIGPIPE (the Rust runtime does) and a clone with every
-        // signal blocked is how the child starts: neither may reach the program.
-        let (_, out) = sh(
-            "grep -E '^Sig(Blk|Ign)' /proc/self/status",
-            ChildSetup::new(1024, 1 << 30),
-        )
-        .await;
-        let mask = |name: &str| {
-            let line = out.lines().find(|l| l.starts_with(name)).unwrap();
-            u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
-        };
-        assert_eq!(mask("SigBlk:"), 0, "{out}");
-        let sigpipe = 1u64 << (libc::SIGPIPE - 1);
-        assert_eq!(mask("SigIgn:") & sigpipe, 0, "{out}");
-    }
-
-    #[tokio::test]
-    async fn a_program_that_cannot_be_executed_fails_the_spawn_with_the_os_error() {
-        let null = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
-        let mut plan = Plan {
-            program: Path::new("/nonexistent/program"),
-            args: &[],
-            env: &[],
-            cwd: Path::new("/"),
-            stdio: [&null, &null, &null],
-            setup: ChildSetup::new(64, 1 << 20),
-        };
-        let err = spawn(&plan).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
-        plan.program = Path::new("/bin/true");
-        plan.cwd = Path::new("/nonexistent-dir");
-        let err = spawn(&plan).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::NotFound, "bad cwd: {err}");
-    }
-
-    #[tokio::test]
-    async fn a_bare_program_name_is_found_on_the_jobs_path_as_execvp_would() {
-        // `program = "cat"` in a work type is a name found on PATH: the job's own PATH, else
-        // /bin:/usr/bin (what fork + execvp did).
-        let tmp = tempfile::tempdir().unwrap();
-        let tool = tmp.path().join("warren-test-tool");
-        std::fs::write(&tool, "#!/bin/sh\necho found \"$@\"\n").unwrap();
-        std::fs::set_permissions(&tool, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
-        let path = format!("/nonexistent:{}", tmp.path().display());
-        for (env, program, want) in [
-            (
-                vec![("PATH".to_owned(), path)],
-                "warren-test-tool",
-                "found a\n",
-            ),
-            (vec![], "echo", "a\n"),
-        ] {
-            let (mut reader, writer) = io::pipe().unwrap();
-            let out = OwnedFd::from(writer);
-            let null = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
-            let args = ["a".to_owned()];
-            let plan = Plan {
-                program: Path::new(program),
-                args: &args,
-                env: &env,
-                cwd: Path::new("/"),
-                stdio: [&null, &out, &null],
-                setup: ChildSetup::new(64, 1 << 20),
-            };
-            let mut process = spawn(&plan).unwrap();
-            drop(out);
-            assert_eq!(process.wait().await.unwrap(), ProgramExit::Exited(0));
-            let mut text = String::new();
-            reader.read_to_string(&mut text).unwrap();
-            assert_eq!(text, want, "{program}");
-        }
-    }
-
-    #[tokio::test]
-    async fn a_private_network_is_made_in_the_vfork_child() {
-        // Root makes the network namespace directly; a node that is not root makes it
-        // inside a new user namespace (`unshare(CLONE_NEWUSER)`, which refuses a threaded
-        // caller, while the vfork child shares the node's memory). The suite runs as root;
-        // run this test as another user to take the second path.
-        let mut setup = ChildSetup::new(1024, 1 << 30);
-        setup.private_network = true;
-        let (exit, out) = sh("cat /proc/net/dev", setup).await;
-        assert_eq!(exit, ProgramExit::Exited(0), "{out}");
-        let interfaces: Vec<&str> = (out.lines())
-            .filter_map(|l| l.split_once(':').map(|(name, _)| name.trim()))
-            .filter(|name| !name.contains('|'))
-            .collect();
-        assert_eq!(interfaces, ["lo"], "{out}");
-    }
-
-    #[tokio::test]
-    async fn a_process_dropped_before_it_was_waited_for_is_killed() {
-        let null = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
-        let args = ["30".to_owned()];
-        let plan = Plan {
-            program: Path::new("/bin/sleep"),
-            args: &args,
-            env: &[],
-            cwd: Path::new("/"),
-            stdio: [&null, &null, &null],
-            setup: ChildSetup::new(64, 1 << 20),
-        };
-        let process = spawn(&plan).unwrap();
-        let pid = process.id();
-        let stat = format!("/proc/{pid}/stat");
-        assert!(Path::new(&stat).exists());
-        drop(process);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        // Killed and reaped: the pid is gone from /proc.
-        while Path::new(&stat).exists() {
-            assert!(std::time::Instant::now() < deadline, "sleep still there");
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    }
-}
+mod tests;
