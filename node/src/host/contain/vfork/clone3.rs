@@ -68,8 +68,12 @@ pub(super) unsafe fn clone_into_cgroup(
     }
     let errno = i32::try_from(-ret).unwrap_or(libc::EINVAL);
     // ENOSYS: no clone3 (before 5.3); E2BIG / EINVAL: a clone3 that does not know the
-    // `cgroup` field or flag (before 5.7).
-    if matches!(errno, libc::ENOSYS | libc::E2BIG | libc::EINVAL) {
+    // `cgroup` field or flag (before 5.7); EPERM: a seccomp filter that refuses clone3
+    // (some container runtimes' profiles did, to make libc fall back to clone).
+    if matches!(
+        errno,
+        libc::ENOSYS | libc::E2BIG | libc::EINVAL | libc::EPERM
+    ) {
         return None;
     }
     Some(Err(std::io::Error::from_raw_os_error(errno)))
