@@ -92,11 +92,14 @@ pub(crate) async fn launch(
     };
     let (stdio, stdin) = stdio_of(options.stdio).map_err(io("supervisor stdio"))?;
     let args = [SUPERVISE_ARG.to_owned()];
+    // The node's own directory: the spec's paths may be relative to it (a relative
+    // `--data-dir`, as the demo uses).
+    let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
     let plan = vfork::Plan {
         program: exe,
         args: &args,
         env: &[],
-        cwd: Path::new("/"),
+        cwd: &cwd,
         stdio: [&stdio[0], &stdio[1], &stdio[2]],
         setup: options.join,
         role: Role::Supervisor {
