@@ -191,6 +191,10 @@ pub(super) enum Command {
     Durable {
         upto: u64,
     },
+    /// Commit what the store holds, stop its thread, and stop serving.
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
     Drain {
         reply: oneshot::Sender<watch::Receiver<usize>>,
     },
@@ -520,6 +524,14 @@ impl Work {
         (self.commands)
             .send(Command::Reconfigure { core, signing_key })
             .map_err(|_| WorkError::Stopped)
+    }
+
+    /// Stops the work layer as a node shuts down: every status write and release still
+    /// queued is committed to the disk and the store's thread joined before this returns.
+    /// Requests made afterwards fail with [`WorkError::Stopped`].
+    pub async fn shutdown(&self) {
+        // An error means the owner is gone already, and with it the store's thread.
+        let _ = self.ask(|reply| Command::Shutdown { reply }).await;
     }
 
     /// Every unit `by` may see, sorted by id.
