@@ -7,6 +7,7 @@
 //! going out) run in the caller's task, so the owner never waits on a slow peer.
 
 mod owner;
+mod payload;
 pub(crate) mod results;
 mod store_thread;
 mod tasks;
@@ -628,15 +629,30 @@ async fn store_payload(
     payload: &mut (dyn AsyncRead + Unpin + Send),
     limit: u64,
 ) -> Result<(u64, [u8; 32]), PayloadError> {
+    let mut hasher = Sha256::new();
+    let (head, whole) = payload::read_head(payload, payload::SMALL_PAYLOAD)
+        .await
+        .map_err(PayloadError::Io)?;
+    let mut size = head.len() as u64;
+    if size > limit {
+        return Err(PayloadError::TooLarge);
+    }
+    hasher.update(&head);
+    if whole {
+        // Written and synced in one trip (why synced: below).
+        payload::write_synced(path.to_owned(), head)
+            .await
+            .map_err(PayloadError::Io)?;
+        return Ok((size, hasher.finalize().into()));
+    }
     let mut file = tokio::fs::OpenOptions::new()
         .write(true)
         .truncate(true)
         .open(path)
         .await
         .map_err(PayloadError::Io)?;
-    let mut hasher = Sha256::new();
+    file.write_all(&head).await.map_err(PayloadError::Io)?;
     let mut buf = vec![0u8; 256 * 1024];
-    let mut size = 0u64;
     loop {
         let n = payload.read(&mut buf).await.map_err(PayloadError::Io)?;
         if n == 0 {
