@@ -52,7 +52,7 @@ mod tests {
     async fn a_payload_shorter_than_the_head_is_read_whole_and_a_longer_one_is_not() {
         let (whole, ended) = read_head(&mut &b"hello\n"[..], 16).await.unwrap();
         assert_eq!((whole.as_slice(), ended), (&b"hello\n"[..], true));
-        let long = vec![7u8; 40];
+        let long = [7u8; 40];
         let (head, ended) = read_head(&mut &long[..], 16).await.unwrap();
         assert_eq!((head.len(), ended), (16, false));
     }
