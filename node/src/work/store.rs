@@ -255,6 +255,9 @@ impl UnitStore {
                 path: root.clone(),
                 source,
             })?;
+        if let Err(e) = spread::mark_top_directory(&root) {
+            tracing::debug!(path = %root.display(), error = %e, "units directory not marked a top directory");
+        }
         let store = Self {
             root,
             update_lock: Mutex::new(()),
@@ -692,5 +695,6 @@ fn read_range(path: &Path, offset: u64, max: usize) -> io::Result<Vec<u8>> {
 
 mod commit;
 pub mod journal;
+mod spread;
 #[cfg(test)]
 mod tests;
