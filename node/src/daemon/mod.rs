@@ -417,13 +417,15 @@ impl RunningNode {
         std::fs::rename(&tmp, path).map_err(io)
     }
 
-    /// Closes every link (telling peers why), removes the control socket, and waits for the
-    /// tasks to end.
+    /// Closes every link (telling peers why), removes the control socket, waits for the
+    /// tasks to end, and commits the unit store's pending writes.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         self.mesh.shutdown().await;
         let _ = self.driver.await;
         let _ = self.control.await;
+        // Last: what the store still holds goes to the disk.
+        self.work.shutdown().await;
     }
 }
 

@@ -417,6 +417,14 @@ impl Work {
             .map_err(|_| WorkError::Stopped)
     }
 
+    /// Stops the work layer as a node shuts down: every status write and release still
+    /// queued is committed to the disk and the store's thread joined before this returns.
+    /// Requests made afterwards fail with [`WorkError::Stopped`].
+    pub async fn shutdown(&self) {
+        // An error means the owner is gone already, and with it the store's thread.
+        let _ = self.ask(|reply| Command::Shutdown { reply }).await;
+    }
+
     /// Every unit `by` may see, sorted by id.
     ///
     /// # Errors

@@ -20,6 +20,7 @@ use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
@@ -234,6 +235,9 @@ pub struct UnitStore {
     /// The write-ahead journal of [`UnitStore::commit`] (`None` when it could not be
     /// opened: batches are then made durable by syncing the file system).
     journal: Mutex<Option<Journal>>,
+    /// How many times the store has waited for the disk (journal flushes, file and file
+    /// system syncs): what group commit saves, counted.
+    syncs: AtomicU64,
 }
 
 impl UnitStore {
@@ -251,10 +255,14 @@ impl UnitStore {
                 path: root.clone(),
                 source,
             })?;
+        if let Err(e) = spread::mark_top_directory(&root) {
+            tracing::debug!(path = %root.display(), error = %e, "units directory not marked a top directory");
+        }
         let store = Self {
             root,
             update_lock: Mutex::new(()),
             journal: Mutex::new(None),
+            syncs: AtomicU64::new(0),
         };
         let path = data_dir.as_ref().join("units.journal");
         match Journal::open(&path, JOURNAL_SIZE) {
@@ -278,6 +286,17 @@ impl UnitStore {
     /// The units directory, `<data_dir>/units`.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// How many times this store has waited for the disk since it was opened: each flush
+    /// of the journal, each synced status file and its directory, each file system sync.
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
+    }
+
+    /// Counts `n` waits for the disk.
+    fn count_syncs(&self, n: u64) {
+        self.syncs.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Creates a `Pending` unit with a fresh random id, an empty `stdin` and `stdout`, and
@@ -584,6 +603,7 @@ impl UnitStore {
         write_file(&temp, &line, sync).map_err(write_error(&temp))?;
         fs::rename(&temp, dir.join(STATUS_FILE)).map_err(write_error(&temp))?;
         // The rename is a change of the directory: durable only once it is synced.
+        self.count_syncs(2);
         File::open(&dir)
             .and_then(|d| d.sync_all())
             .map_err(write_error(&dir))?;
@@ -675,5 +695,6 @@ fn read_range(path: &Path, offset: u64, max: usize) -> io::Result<Vec<u8>> {
 
 mod commit;
 pub mod journal;
+mod spread;
 #[cfg(test)]
 mod tests;

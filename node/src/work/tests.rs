@@ -299,3 +299,22 @@ async fn a_payload_its_check_refuses_fails_the_unit_with_that_reason() {
     assert_eq!(status.state, UnitState::Failed);
     assert_eq!(status.detail, e.to_string());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_work_layer_shut_down_has_committed_every_held_back_status_and_answers_no_more() {
+    let s = setup(1);
+    let id = submit(&s.work, "slow", &[], b"").await;
+    wait_state(&s.work, id, UnitState::Running).await;
+    // Its queued and running statuses are held back (nobody waits for them) until the
+    // store's next commit: the shutdown's.
+    s.work.shutdown().await;
+    // Opened again, as the restarted node does.
+    let store = crate::work::store::UnitStore::open(s._dir.path()).unwrap();
+    let status = store.status(id).unwrap();
+    assert_eq!(status.state, UnitState::Running, "{status:?}");
+    assert_eq!(status.payload_size, Some(0));
+    assert!(matches!(
+        s.work.status(id, &OP).await,
+        Err(WorkError::Stopped)
+    ));
+}

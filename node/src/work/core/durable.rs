@@ -33,6 +33,12 @@ impl Core {
         }
     }
 
+    /// The status write number the latest held-back action waits for, if any: the driver
+    /// commits the pending writes at once rather than letting them wait for more company.
+    pub fn awaited_write(&self) -> Option<u64> {
+        self.gated.back().map(|(seq, _)| *seq)
+    }
+
     /// Queues `action` to run once every status write asked for so far is durable.
     pub(super) fn after_durable(&mut self, action: Action) {
         if self.write_seq <= self.durable_seq {

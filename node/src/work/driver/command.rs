@@ -109,6 +109,10 @@ pub(in crate::work) enum Command {
     Durable {
         upto: u64,
     },
+    /// Commit what the store holds, stop its thread, and stop serving.
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
     Drain {
         reply: oneshot::Sender<watch::Receiver<usize>>,
     },

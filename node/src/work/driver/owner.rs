@@ -2,14 +2,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::mpsc as std_mpsc;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::results::Progress;
-use super::store_thread::{self, StoreJob};
+use super::store_thread::{StoreJob, StoreThread};
 use super::tasks::{self, TaskCtx};
 use super::{Command, Created, WorkSetup};
 use crate::host::registry::Registry;
@@ -41,7 +40,10 @@ type Answer = Result<Answered, WorkError>;
 struct Owner {
     core: Core,
     store: Arc<UnitStore>,
-    jobs: std_mpsc::Sender<StoreJob>,
+    /// The store's thread (`None` once stopped).
+    store_thread: Option<StoreThread>,
+    /// The highest held-back write a flush was asked for.
+    flush_asked: u64,
     registry: watch::Receiver<Arc<Registry>>,
     ctx: TaskCtx,
     /// Requests waiting for the core's answer, with the unit a release removes.
@@ -63,7 +65,11 @@ struct Owner {
 }
 
 pub(super) fn spawn(o: OwnerSetup) {
-    let jobs = store_thread::start(o.store.clone(), o.commands.clone());
+    let store_thread = StoreThread::start(
+        o.store.clone(),
+        o.commands.clone(),
+        super::store_thread::FLUSH_DELAY,
+    );
     let ctx = TaskCtx {
         store: o.store.clone(),
         host: o.setup.host.clone(),
@@ -80,7 +86,8 @@ pub(super) fn spawn(o: OwnerSetup) {
     let mut owner = Owner {
         core: Core::new(o.setup.node.clone(), o.core_config),
         store: o.store,
-        jobs,
+        store_thread: Some(store_thread),
+        flush_asked: 0,
         registry: o.setup.registry,
         ctx,
         tickets: HashMap::new(),
@@ -109,6 +116,11 @@ pub(super) fn spawn(o: OwnerSetup) {
             };
             tokio::select! {
                 command = rx.recv() => match command {
+                    Some(Command::Shutdown { reply }) => {
+                        owner.stop_store().await;
+                        let _ = reply.send(());
+                        break;
+                    }
                     Some(command) => owner.handle(command),
                     None => break,
                 },
@@ -315,6 +327,13 @@ impl Owner {
             self.execute(action);
         }
         self.settle_taken();
+        // A held-back action (a remote submission) waits for its status: commit now.
+        if let Some(seq) = self.core.awaited_write()
+            && seq > self.flush_asked
+        {
+            self.flush_asked = seq;
+            self.job(StoreJob::Flush);
+        }
         if let Some(running) = &self.draining {
             running.send_if_modified(|n| std::mem::replace(n, self.core.running()) != *n);
         }
@@ -459,8 +478,20 @@ impl Owner {
     }
 
     fn job(&self, job: StoreJob) {
-        if self.jobs.send(job).is_err() {
+        let sent = self.store_thread.as_ref().is_some_and(|t| t.send(job));
+        if !sent {
             tracing::error!("the unit store's thread has stopped");
+        }
+    }
+
+    /// Commits what the store thread holds and joins it: the work layer is stopping.
+    async fn stop_store(&mut self) {
+        if let Some(thread) = self.store_thread.take()
+            && tokio::task::spawn_blocking(move || thread.stop())
+                .await
+                .is_err()
+        {
+            tracing::error!("cannot join the unit store's thread");
         }
     }
 }

@@ -78,10 +78,14 @@ impl UnitStore {
             Ok(false) => {
                 // Full: every status applied so far goes to the disk, then start again.
                 self.sync_fs();
+                self.count_syncs(1);
                 j.reset().and_then(|()| j.append(batch))
             }
             other => other,
         };
+        if matches!(appended, Ok(true)) {
+            self.count_syncs(1);
+        }
         match appended {
             Ok(done) => done,
             Err(e) => {
@@ -162,6 +166,7 @@ impl UnitStore {
     /// Flushes the file system holding the store (data and directory entries).
     pub(super) fn sync_fs(&self) {
         use std::os::fd::AsRawFd;
+        self.count_syncs(1);
         if let Ok(dir) = File::open(&self.root) {
             // SAFETY: syncfs takes a valid descriptor and only flushes.
             unsafe {

@@ -360,3 +360,27 @@ fn a_status_file_torn_after_its_commit_is_rewritten_from_the_journal_at_open() {
     let reopened = UnitStore::open(dir.path()).unwrap();
     assert_eq!(reopened.status(id).unwrap(), status);
 }
+
+#[test]
+fn the_units_directory_is_a_top_directory_where_the_file_system_has_them() {
+    let (_dir, store) = store();
+    let root = File::open(store.root()).unwrap();
+    // SAFETY: fstatfs fills a zeroed statfs of our own.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    assert_eq!(
+        unsafe { libc::fstatfs(std::os::fd::AsRawFd::as_raw_fd(&root), &mut fs) },
+        0
+    );
+    let flags = spread::flags(&root);
+    if fs.f_type == libc::EXT4_SUPER_MAGIC {
+        // ext2, ext3 and ext4 share the magic, and all three keep the mark.
+        assert_ne!(flags.unwrap() & spread::TOPDIR_FLAG, 0);
+    } else {
+        eprintln!(
+            "not ext4 (f_type {:#x}): the mark is optional here",
+            fs.f_type
+        );
+    }
+    // Opened again, a marked directory stays as it is.
+    drop(UnitStore::open(store.root().parent().unwrap()).unwrap());
+}

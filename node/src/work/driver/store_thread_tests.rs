@@ -1,0 +1,198 @@
+//! The store thread against a temp dir: group commit, held-back writes, stop.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::{FLUSH_DELAY, StoreJob, StoreThread};
+use crate::id::NodeId;
+use crate::work::driver::Command;
+use crate::work::status::UnitStatus;
+use crate::work::store::UnitStore;
+use crate::work::unit::{UnitId, UnitState};
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    store: Arc<UnitStore>,
+    thread: StoreThread,
+    events: mpsc::UnboundedReceiver<Command>,
+}
+
+/// Longer than any test: a write held back for it is never committed by the delay.
+const FOREVER: Duration = Duration::from_secs(3600);
+
+fn fixture(delay: Duration) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(UnitStore::open(dir.path()).unwrap());
+    let (tx, events) = mpsc::unbounded_channel();
+    let thread = StoreThread::start(store.clone(), tx, delay);
+    Fixture {
+        dir,
+        store,
+        thread,
+        events,
+    }
+}
+
+fn status(state: UnitState) -> Box<UnitStatus> {
+    let node = NodeId::new("exec").unwrap();
+    let mut s = UnitStatus::new("cat", BTreeMap::new(), node.clone(), node, 1);
+    s.state = state;
+    Box::new(s)
+}
+
+/// Creates `n` pending units directly in the store.
+fn units(store: &UnitStore, n: usize) -> Vec<UnitId> {
+    let node = NodeId::new("exec").unwrap();
+    (0..n)
+        .map(|_| {
+            let handle = store
+                .create("cat", BTreeMap::new(), node.clone(), node.clone())
+                .unwrap();
+            handle.id()
+        })
+        .collect()
+}
+
+/// Waits (up to 10 s) for the event `wanted` picks out.
+fn wait_for<T>(
+    events: &mut mpsc::UnboundedReceiver<Command>,
+    wanted: impl Fn(&Command) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match events.try_recv() {
+            Ok(event) => {
+                if let Some(found) = wanted(&event) {
+                    return found;
+                }
+            }
+            Err(_) => {
+                assert!(Instant::now() < deadline, "the store thread never answered");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+fn durable(event: &Command) -> Option<u64> {
+    match event {
+        Command::Durable { upto } => Some(*upto),
+        _ => None,
+    }
+}
+
+#[test]
+fn writes_queued_together_are_committed_with_fewer_syncs_than_writes() {
+    const N: usize = 32;
+    let mut f = fixture(FOREVER);
+    let ids = units(&f.store, N);
+    let before = f.store.syncs();
+    for (seq, id) in ids.iter().enumerate() {
+        let job = StoreJob::Write {
+            id: *id,
+            status: status(UnitState::Running),
+            seq: seq as u64 + 1,
+        };
+        assert!(f.thread.send(job));
+    }
+    assert!(f.thread.send(StoreJob::Flush));
+    let mut upto = 0;
+    while upto < N as u64 {
+        upto = wait_for(&mut f.events, durable);
+    }
+    let syncs = f.store.syncs() - before;
+    assert!(syncs >= 1, "the writes were never flushed");
+    assert!(syncs < N as u64, "{N} writes cost {syncs} syncs");
+    for id in &ids {
+        assert_eq!(f.store.status(*id).unwrap().state, UnitState::Running);
+    }
+}
+
+#[test]
+fn a_write_nobody_waits_for_is_committed_after_the_delay_with_one_sync() {
+    let mut f = fixture(FLUSH_DELAY);
+    let id = units(&f.store, 1)[0];
+    let before = f.store.syncs();
+    let sent = Instant::now();
+    let job = StoreJob::Write {
+        id,
+        status: status(UnitState::Running),
+        seq: 1,
+    };
+    assert!(f.thread.send(job));
+    // A later status of the same unit joins the held-back one: still one record.
+    let job = StoreJob::Write {
+        id,
+        status: status(UnitState::Running),
+        seq: 2,
+    };
+    assert!(f.thread.send(job));
+    assert_eq!(wait_for(&mut f.events, durable), 2);
+    assert!(sent.elapsed() >= FLUSH_DELAY, "committed before the delay");
+    assert_eq!(f.store.syncs() - before, 1);
+}
+
+#[test]
+fn a_final_status_and_a_release_are_committed_at_once_and_secrets_dropped_after() {
+    // Held back forever, a write nobody waits for would never be committed here.
+    let mut f = fixture(FOREVER);
+    let ids = units(&f.store, 2);
+    std::fs::write(f.store.stdin_path(ids[0]), b"secret").unwrap();
+    let job = StoreJob::Write {
+        id: ids[0],
+        status: status(UnitState::Succeeded),
+        seq: 1,
+    };
+    assert!(f.thread.send(job));
+    assert!(f.thread.send(StoreJob::DropSecrets { id: ids[0] }));
+    assert_eq!(wait_for(&mut f.events, durable), 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while f.store.stdin_path(ids[0]).exists() {
+        assert!(Instant::now() < deadline, "the payload is kept");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(f.store.status(ids[0]).unwrap().state, UnitState::Succeeded);
+    assert!(f.thread.send(StoreJob::Drop { id: ids[1] }));
+    let dropped = wait_for(&mut f.events, |e| match e {
+        Command::Dropped { id } => Some(*id),
+        _ => None,
+    });
+    assert_eq!(dropped, ids[1]);
+    assert!(
+        f.store.status(ids[1]).is_err(),
+        "the released unit is still there"
+    );
+}
+
+#[test]
+fn stopping_the_thread_commits_every_held_back_write() {
+    const N: usize = 8;
+    let f = fixture(FOREVER);
+    let ids = units(&f.store, N);
+    for (seq, id) in ids.iter().enumerate() {
+        let job = StoreJob::Write {
+            id: *id,
+            status: status(UnitState::Running),
+            seq: seq as u64 + 1,
+        };
+        assert!(f.thread.send(job));
+    }
+    let before = f.store.syncs();
+    f.thread.stop();
+    assert_eq!(
+        f.store.syncs() - before,
+        1,
+        "one commit for the held-back writes"
+    );
+    // Opened again, as a restarted node does (the journal replayed over the files).
+    drop(f.store);
+    let reopened = UnitStore::open(f.dir.path()).unwrap();
+    for id in &ids {
+        assert_eq!(reopened.status(*id).unwrap().state, UnitState::Running);
+    }
+    let mut events = f.events;
+    assert_eq!(wait_for(&mut events, durable), N as u64);
+}
