@@ -138,8 +138,8 @@ impl Server {
         let plan = match look_up(manifest, &mut session).await {
             Ok(plan) => plan,
             Err(e) => {
-                let reply = self.refuse(peer, &WorkError::Internal(e));
-                return finish(stream, &reply).await;
+                let e = WorkError::Internal(format!("checking the content cache: {e}"));
+                return finish(stream, &self.refuse(peer, &e)).await;
             }
         };
         let cached = plan.manifest.entries.iter().zip(&plan.held);
@@ -270,7 +270,10 @@ async fn skip_frame(stream: &mut MeshStream) -> Result<(), ProtocolError> {
 /// Pins what the scope holds, checks that each pinned file still holds its content (off
 /// the async workers), forgets those that do not, and asks for every content not held
 /// once (the first entry with it).
-async fn look_up(manifest: Manifest, session: &mut Session) -> Result<Plan, String> {
+async fn look_up(
+    manifest: Manifest,
+    session: &mut Session,
+) -> Result<Plan, tokio::task::JoinError> {
     let mut hits: Vec<(ContentHash, PathBuf, u64)> = Vec::new();
     for entry in &manifest.entries {
         if let Content::Hashed(hash) = &entry.content
@@ -288,8 +291,7 @@ async fn look_up(manifest: Manifest, session: &mut Session) -> Result<Plan, Stri
             })
             .collect::<Vec<_>>()
     })
-    .await
-    .map_err(|e| format!("checking the content cache: {e}"))?;
+    .await?;
     let mut held_files: HashMap<ContentHash, PathBuf> = HashMap::new();
     for (hash, path, good) in checked {
         if good {
