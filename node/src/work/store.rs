@@ -651,13 +651,15 @@ enum Durability {
     No,
 }
 
-/// Writes `bytes` to an owner-only file at `path`, syncing it to disk if asked.
+/// Writes `bytes` to an owner-only file at `path`, syncing it to disk if asked. A symlink
+/// at `path` (a job runs as the node's user and could plant one) is refused, not followed.
 fn write_file(path: &Path, bytes: &[u8], sync: Durability) -> io::Result<()> {
     let mut file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(FILE_MODE)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)?;
     file.write_all(bytes)?;
     match sync {
@@ -667,13 +669,15 @@ fn write_file(path: &Path, bytes: &[u8], sync: Durability) -> io::Result<()> {
 }
 
 /// Replaces the contents of the owner-only file at `path` (created if missing) with
-/// `bytes`, in place: written from offset 0, then cut to their length.
+/// `bytes`, in place: written from offset 0, then cut to their length. A symlink at `path`
+/// is refused, as by [`write_file`].
 fn overwrite_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(false)
         .mode(FILE_MODE)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)?;
     file.write_all(bytes)?;
     file.set_len(bytes.len() as u64)

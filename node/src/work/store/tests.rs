@@ -384,3 +384,19 @@ fn the_units_directory_is_a_top_directory_where_the_file_system_has_them() {
     // Opened again, a marked directory stays as it is.
     drop(UnitStore::open(store.root().parent().unwrap()).unwrap());
 }
+
+#[test]
+fn a_status_write_never_follows_a_symlink_planted_at_its_path() {
+    // A job runs as the node's user and could replace its unit's status file with a link
+    // to a file of that user; the next status write would have overwritten that file.
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim");
+    fs::write(&victim, "precious\n").unwrap();
+    let planted = dir.path().join("status");
+    std::os::unix::fs::symlink(&victim, &planted).unwrap();
+    let refused = overwrite_file(&planted, b"{}\n").unwrap_err();
+    assert_eq!(refused.raw_os_error(), Some(libc::ELOOP), "{refused}");
+    let refused = write_file(&planted, b"{}\n", Durability::No).unwrap_err();
+    assert_eq!(refused.raw_os_error(), Some(libc::ELOOP), "{refused}");
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "precious\n");
+}
