@@ -2,7 +2,7 @@
 //!
 //! Owns layout only (aligned columns, units); pure functions of the typed replies. Every
 //! value in a reply may come from another node, so each is printed through
-//! [`terminal::one_line`]: no escape sequence, no line break, whatever a peer advertises.
+//! [`crate::terminal::one_line`]: no escape sequence, no line break, whatever a peer advertises.
 
 use std::fmt::Write as _;
 

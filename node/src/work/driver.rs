@@ -1,5 +1,5 @@
-//! The work layer's driver: the one task that owns the [`Core`] and carries out its actions,
-//! and [`Work`], the cheap handle everyone else uses.
+//! The work layer's driver: the one task that owns the [`Core`](super::core::Core) and
+//! carries out its actions, and [`Work`], the cheap handle everyone else uses.
 //!
 //! The owner task decides nothing itself: it feeds requests and outcomes to the core and
 //! executes what the core asks — file operations on the store's own thread, handlers and

@@ -12,7 +12,7 @@ pub struct ArtifactLimits {
     pub unpacked_bytes: u64,
     /// Most entries (files, directories, links) in it.
     pub entries: u64,
-    /// Largest unpacked : packed ratio of one entry over [`RATIO_FLOOR`].
+    /// Largest unpacked : packed ratio of one entry over [`RATIO_FLOOR`](super::RATIO_FLOOR).
     pub ratio: u64,
 }
 
