@@ -456,20 +456,7 @@ fn slow_playbook_on(
     let pdd = setup.mesh.path("demo");
     run::copy_demo(&pdd);
     run::slow_playbook(&pdd, secs);
-    let peer = format!("receptor://{}", setup.controller_addr);
-    let pdd_arg = pdd.to_str().unwrap();
-    let args = [
-        "run",
-        pdd_arg,
-        "-p",
-        "slow.yml",
-        "--via-receptor",
-        "node1",
-        "--receptor-peer",
-        &peer,
-        "-i",
-        ident,
-    ];
+    let args = run::seed_args(&setup, &pdd, "slow.yml", &["-i", ident]);
     let child = run::spawn_run(&setup, &args);
     run::wait_running(&setup);
     wait_for("the playbook's first debug line on node1", || {
