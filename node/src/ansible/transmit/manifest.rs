@@ -178,11 +178,15 @@ impl Manifest {
     /// Whether a node can take this manifest at all: at most [`MAX_ENTRIES`] entries and
     /// [`MAX_INLINE_BYTES`] inline. A client sends a dir that does not fit whole instead.
     pub fn fits_the_wire(&self) -> bool {
-        let inline: u64 = (self.entries.iter())
+        self.entries.len() <= MAX_ENTRIES && self.inline_bytes() <= MAX_INLINE_BYTES
+    }
+
+    /// Bytes of the files sent inline (after the manifest, every time).
+    pub fn inline_bytes(&self) -> u64 {
+        (self.entries.iter())
             .filter(|e| e.content == Content::Inline)
             .map(|e| e.size)
-            .fold(0, u64::saturating_add);
-        self.entries.len() <= MAX_ENTRIES && inline <= MAX_INLINE_BYTES
+            .fold(0, u64::saturating_add)
     }
 
     /// Checks a peer's manifest against the node's bounds: at most [`MAX_ENTRIES`], an
@@ -203,7 +207,7 @@ impl Manifest {
             });
         }
         let mut names = HashSet::with_capacity(self.entries.len());
-        let (mut data, mut inline) = (0u64, 0u64);
+        let mut data = 0u64;
         for entry in &self.entries {
             check_name(entry)?;
             check_mode(entry)?;
@@ -216,10 +220,8 @@ impl Manifest {
                 });
             }
             data = data.saturating_add(entry.data_len());
-            if entry.content == Content::Inline {
-                inline = inline.saturating_add(entry.size);
-            }
         }
+        let inline = self.inline_bytes();
         if inline > MAX_INLINE_BYTES {
             return Err(ManifestError::TooMuchInline { bytes: inline });
         }

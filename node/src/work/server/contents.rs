@@ -43,11 +43,10 @@ const RECEIVE_FLOOR_RATE: u64 = 16 * 1024;
 
 /// The deadline of `plan`'s contents.
 fn receive_deadline(plan: &Plan) -> Duration {
-    let inline: u64 = (plan.manifest.entries.iter())
-        .filter(|e| e.content == Content::Inline)
-        .map(|e| e.size)
-        .sum();
-    RECEIVE_GRACE + Duration::from_secs((plan.lacking_bytes + inline) / RECEIVE_FLOOR_RATE)
+    let bytes = plan
+        .lacking_bytes
+        .saturating_add(plan.manifest.inline_bytes());
+    RECEIVE_GRACE + Duration::from_secs(bytes / RECEIVE_FLOOR_RATE)
 }
 
 /// Why the contents were refused.
@@ -202,9 +201,7 @@ impl Server {
         mut plan: Plan,
         session: &mut Session,
     ) -> Result<Reply, ProtocolError> {
-        let deadline = receive_deadline(&plan);
-        let received = tokio::time::timeout(deadline, receive(stream, &mut plan, session)).await;
-        match received.unwrap_or(Err(ReceiveError::Late(deadline))) {
+        match receive_in_time(stream, &mut plan, session).await {
             Ok(()) => {}
             Err(ReceiveError::Stream(e)) => {
                 // The unit's detail keeps what the stream said; the error itself ends this
@@ -334,6 +331,17 @@ fn plan(manifest: Manifest, held_files: &HashMap<ContentHash, PathBuf>) -> Plan 
     }
 }
 
+/// [`receive`] within the plan's deadline ([`receive_deadline`]).
+async fn receive_in_time(
+    stream: &mut (dyn AsyncRead + Unpin + Send),
+    plan: &mut Plan,
+    session: &mut Session,
+) -> Result<(), ReceiveError> {
+    let deadline = receive_deadline(plan);
+    let received = tokio::time::timeout(deadline, receive(stream, plan, session)).await;
+    received.unwrap_or(Err(ReceiveError::Late(deadline)))
+}
+
 /// Reads the asked and inline contents in manifest order, then the end of the stream.
 async fn receive(
     stream: &mut (dyn AsyncRead + Unpin + Send),
@@ -435,4 +443,59 @@ async fn write_verified(
     // On disk before it is named by its hash: a power loss never leaves a cut file there.
     file.sync_data().await.map_err(ReceiveError::Store)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ansible::transmit::manifest::ManifestEntry;
+    use crate::keys::PublicKey;
+    use crate::work::cache::ContentCache;
+
+    #[tokio::test(start_paused = true)]
+    async fn contents_that_never_come_end_the_submission_at_its_deadline() {
+        // A submitter that offers a manifest and then sends nothing, its stream kept open,
+        // held its pins and its session slot for ever.
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ContentCache::open(dir.path(), 1 << 20).unwrap();
+        let mut session = cache
+            .session(Scope::of(&PublicKey::from_bytes([3; 32])))
+            .unwrap();
+        let secret = ManifestEntry {
+            name: "env/password".into(),
+            mode: 0o100_600,
+            time: (0, 0),
+            size: 10,
+            content: Content::Inline,
+        };
+        let manifest = Manifest {
+            kwargs_line: "{}\n".into(),
+            entries: vec![secret],
+        };
+        let mut plan = plan(manifest, &HashMap::new());
+        // The writing end stays open and silent.
+        let (mut stalled, _writer) = tokio::io::duplex(64);
+        let started = tokio::time::Instant::now();
+        let ended = receive_in_time(&mut stalled, &mut plan, &mut session).await;
+        assert!(
+            matches!(ended, Err(ReceiveError::Late(d)) if d == RECEIVE_GRACE),
+            "{ended:?}"
+        );
+        assert_eq!(started.elapsed(), RECEIVE_GRACE);
+    }
+
+    #[test]
+    fn the_deadline_grows_with_the_bytes_to_receive() {
+        let manifest = Manifest {
+            kwargs_line: "{}\n".into(),
+            entries: Vec::new(),
+        };
+        let mut plan = plan(manifest, &HashMap::new());
+        assert_eq!(receive_deadline(&plan), RECEIVE_GRACE);
+        plan.lacking_bytes = 100 * RECEIVE_FLOOR_RATE;
+        assert_eq!(
+            receive_deadline(&plan),
+            RECEIVE_GRACE + Duration::from_secs(100)
+        );
+    }
 }
