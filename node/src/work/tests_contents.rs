@@ -169,6 +169,11 @@ fn private_data_dir() -> tempfile::TempDir {
     dir
 }
 
+/// The content plan of the private data dir `pdd` for the demo's kwargs.
+async fn plan_of(pdd: &Path) -> ContentPlan {
+    ContentPlan::prepare(pdd, &kwargs(pdd)).await.unwrap()
+}
+
 /// What a run of `plan` did: the lacking list, the bytes sent, and the unit's echo.
 struct Ran {
     lacking: Vec<u32>,
@@ -250,9 +255,7 @@ fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
 async fn a_repeat_submission_sends_only_inline_bytes_and_the_node_assembles_the_same_stream() {
     let nodes = nodes(64 << 20, 1 << 30).await;
     let pdd = private_data_dir();
-    let kw = kwargs(pdd.path());
-    let prepare = || ContentPlan::prepare(pdd.path(), &kw);
-    let first = run(&nodes.a, prepare().await.unwrap()).await;
+    let first = run(&nodes.a, plan_of(pdd.path()).await).await;
     let (unit, status) = first.result.as_ref().unwrap();
     assert_eq!(status.state, UnitState::Succeeded, "{status:?}");
     // Everything but the duplicate "same" and the inline password was asked for.
@@ -273,7 +276,7 @@ async fn a_repeat_submission_sends_only_inline_bytes_and_the_node_assembles_the_
         .await
         .unwrap();
 
-    let second = run(&nodes.a, prepare().await.unwrap()).await;
+    let second = run(&nodes.a, plan_of(pdd.path()).await).await;
     assert!(second.lacking.is_empty(), "{:?}", second.lacking);
     assert_eq!(second.sent, "hunter2-never-cached".len() as u64);
     assert_eq!(
@@ -302,11 +305,9 @@ async fn a_repeat_submission_sends_only_inline_bytes_and_the_node_assembles_the_
 async fn another_identity_gets_no_cache_hit() {
     let nodes = nodes(64 << 20, 1 << 30).await;
     let pdd = private_data_dir();
-    let kw = kwargs(pdd.path());
-    let prepare = || ContentPlan::prepare(pdd.path(), &kw);
-    let mine = run(&nodes.a, prepare().await.unwrap()).await;
+    let mine = run(&nodes.a, plan_of(pdd.path()).await).await;
     assert!(mine.result.is_ok());
-    let theirs = run(&nodes.d, prepare().await.unwrap()).await;
+    let theirs = run(&nodes.d, plan_of(pdd.path()).await).await;
     assert_eq!(
         theirs.lacking, mine.lacking,
         "d must send everything a sent"
@@ -421,9 +422,7 @@ async fn a_cached_file_changed_or_removed_on_disk_is_asked_for_again_and_never_u
     // and ran it; a removed cached file failed every later run of that submitter.
     let nodes = nodes(64 << 20, 1 << 30).await;
     let pdd = private_data_dir();
-    let kw = kwargs(pdd.path());
-    let prepare = || ContentPlan::prepare(pdd.path(), &kw);
-    let first = run(&nodes.a, prepare().await.unwrap()).await;
+    let first = run(&nodes.a, plan_of(pdd.path()).await).await;
     assert!(first.result.is_ok(), "{:?}", first.result);
     let cached = files_under(&nodes.data.path().join("content-cache"));
     let size = |p: &std::path::PathBuf| std::fs::metadata(p).unwrap().len();
@@ -433,7 +432,7 @@ async fn a_cached_file_changed_or_removed_on_disk_is_asked_for_again_and_never_u
     let small = cached.iter().find(|p| size(p) == 4).unwrap();
     std::fs::remove_file(small).unwrap();
 
-    let second = run(&nodes.a, prepare().await.unwrap()).await;
+    let second = run(&nodes.a, plan_of(pdd.path()).await).await;
     assert!(second.result.is_ok(), "{:?}", second.result);
     assert_eq!(
         second.lacking.len(),
@@ -446,7 +445,7 @@ async fn a_cached_file_changed_or_removed_on_disk_is_asked_for_again_and_never_u
         "the same stream, byte for byte"
     );
     assert!(!second.output.windows(7).any(|w| w == b"POISON!"));
-    let third = run(&nodes.a, prepare().await.unwrap()).await;
+    let third = run(&nodes.a, plan_of(pdd.path()).await).await;
     assert!(
         third.lacking.is_empty(),
         "cached again: {:?}",

@@ -56,6 +56,18 @@ fn units(store: &UnitStore, n: usize) -> Vec<UnitId> {
         .collect()
 }
 
+/// Sends a `Running` status for each of `ids`, write numbers 1, 2, ...
+fn send_running(thread: &StoreThread, ids: &[UnitId]) {
+    for (seq, id) in (1..).zip(ids) {
+        let job = StoreJob::Write {
+            id: *id,
+            status: status(UnitState::Running),
+            seq,
+        };
+        assert!(thread.send(job));
+    }
+}
+
 /// Waits (up to 10 s) for the event `wanted` picks out.
 fn wait_for<T>(
     events: &mut mpsc::UnboundedReceiver<Command>,
@@ -90,14 +102,7 @@ fn writes_queued_together_are_committed_with_fewer_syncs_than_writes() {
     let mut f = fixture(FOREVER);
     let ids = units(&f.store, N);
     let before = f.store.syncs();
-    for (seq, id) in ids.iter().enumerate() {
-        let job = StoreJob::Write {
-            id: *id,
-            status: status(UnitState::Running),
-            seq: seq as u64 + 1,
-        };
-        assert!(f.thread.send(job));
-    }
+    send_running(&f.thread, &ids);
     assert!(f.thread.send(StoreJob::Flush));
     let mut upto = 0;
     while upto < N as u64 {
@@ -172,14 +177,7 @@ fn stopping_the_thread_commits_every_held_back_write() {
     const N: usize = 8;
     let f = fixture(FOREVER);
     let ids = units(&f.store, N);
-    for (seq, id) in ids.iter().enumerate() {
-        let job = StoreJob::Write {
-            id: *id,
-            status: status(UnitState::Running),
-            seq: seq as u64 + 1,
-        };
-        assert!(f.thread.send(job));
-    }
+    send_running(&f.thread, &ids);
     let before = f.store.syncs();
     f.thread.stop();
     assert_eq!(
