@@ -261,23 +261,16 @@ impl Streams {
         self.endpoints.insert(
             id,
             Endpoint {
-                circuit: circuit.clone(),
                 is_opener: true,
-                peer: session.peer.clone(),
-                link,
-                sealer,
-                opener,
                 asked: Some((from_service, service)),
-                accepted: false,
-                send_credit: 0,
-                fin_sent: false,
-                fin_received: false,
-                recv_allowed: u64::from(DEFAULT_WINDOW),
-                recv_unacked: 0,
-                window: DEFAULT_WINDOW,
-                opened_at: now,
-                last_rx: now,
-                last_tx: now,
+                ..Endpoint::new(
+                    circuit.clone(),
+                    session.peer.clone(),
+                    link,
+                    sealer,
+                    opener,
+                    now,
+                )
             },
         );
         Outgoing {
@@ -523,6 +516,37 @@ impl Streams {
 }
 
 impl Endpoint {
+    /// A new endpoint of `circuit` with `peer` over `link`: not yet accepted, no credit to
+    /// send, our default window offered, nothing sent or received.
+    fn new(
+        circuit: CircuitId,
+        peer: PeerIdentity,
+        link: LinkId,
+        sealer: Sealer,
+        opener: Opener,
+        now: Instant,
+    ) -> Self {
+        Self {
+            circuit,
+            is_opener: false,
+            peer,
+            link,
+            sealer,
+            opener,
+            asked: None,
+            accepted: false,
+            send_credit: 0,
+            fin_sent: false,
+            fin_received: false,
+            recv_allowed: u64::from(DEFAULT_WINDOW),
+            recv_unacked: 0,
+            window: DEFAULT_WINDOW,
+            opened_at: now,
+            last_rx: now,
+            last_tx: now,
+        }
+    }
+
     /// Adds credit the peer granted, up to [`MAX_SEND_CREDIT`]; returns what was added.
     fn grant(&mut self, n: u32) -> u64 {
         let before = self.send_credit;

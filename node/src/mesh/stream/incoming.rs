@@ -62,23 +62,9 @@ impl Streams {
         *self.accepted_per_peer.entry(peer.node.clone()).or_default() += 1;
         let credit = u64::from(window).min(MAX_SEND_CREDIT);
         let mut ep = Endpoint {
-            circuit: circuit.clone(),
-            is_opener: false,
-            peer: peer.clone(),
-            link,
-            sealer,
-            opener,
-            asked: None,
             accepted: true,
             send_credit: credit,
-            fin_sent: false,
-            fin_received: false,
-            recv_allowed: u64::from(DEFAULT_WINDOW),
-            recv_unacked: 0,
-            window: DEFAULT_WINDOW,
-            opened_at: now,
-            last_rx: now,
-            last_tx: now,
+            ..Endpoint::new(circuit.clone(), peer.clone(), link, sealer, opener, now)
         };
         out.push(ep.sealed(
             now,
