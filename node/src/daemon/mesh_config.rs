@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use tokio::net::TcpListener;
 
-use super::StartError;
+use super::{KeyFileError, StartError};
 use crate::ca::{Authorities, SignedCertificate, SignedRevocationList};
 use crate::client::dial_for;
 use crate::config::{Config, LinkCost, ListenConfig, Scheme, TlsConfig};
@@ -70,13 +70,13 @@ fn random_seed() -> u64 {
 pub fn trust_policy(config: &Config) -> Result<TrustPolicy, StartError> {
     let mut authorities = Authorities::new(config.certificates.authorities.iter().copied());
     for path in &config.certificates.revocations {
-        let bad = |problem: String| StartError::Certificates {
+        let bad = |problem: KeyFileError| StartError::Certificates {
             path: path.clone(),
-            problem,
+            problem: Box::new(problem),
         };
-        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-        let list = SignedRevocationList::from_armored(&text).map_err(|e| bad(e.to_string()))?;
-        authorities.revoke(&list).map_err(|e| bad(e.to_string()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.into()))?;
+        let list = SignedRevocationList::from_armored(&text).map_err(|e| bad(e.into()))?;
+        authorities.revoke(&list).map_err(|e| bad(e.into()))?;
     }
     let store = succession_store::store_path(&config.data_dir);
     let successions =
@@ -111,19 +111,19 @@ fn own_certificate(
     let Some(path) = &config.certificates.cert else {
         return Ok(None);
     };
-    let bad = |problem: String| StartError::Certificates {
+    let bad = |problem: KeyFileError| StartError::Certificates {
         path: path.clone(),
-        problem,
+        problem: Box::new(problem),
     };
-    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-    let cert = SignedCertificate::from_armored(&text).map_err(|e| bad(e.to_string()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.into()))?;
+    let cert = SignedCertificate::from_armored(&text).map_err(|e| bad(e.into()))?;
     cert.check_binding(&config.node_id, &keys.public(), crate::clock::now_ms())
-        .map_err(|e| {
-            bad(format!(
-                "{e}; issue a certificate for node {} and key {} with `warren ca sign`",
-                config.node_id,
-                keys.public()
-            ))
+        .map_err(|source| {
+            bad(KeyFileError::NotOurs {
+                source,
+                node: config.node_id.clone(),
+                key: keys.public(),
+            })
         })?;
     Ok(Some(cert))
 }

@@ -77,13 +77,14 @@ pub enum StartError {
     /// The configured job containment is not available.
     #[error("job containment: {0}")]
     Containment(#[from] ContainError),
-    /// A certificate or revocation list could not be used.
+    /// A certificate, revocation list or work signing key could not be used.
     #[error("{path}: {problem}")]
     Certificates {
         /// The file.
         path: PathBuf,
         /// What is wrong.
-        problem: String,
+        #[source]
+        problem: Box<KeyFileError>,
     },
     /// A `wss://` listener's certificate or a `wss://` peer's roots could not be loaded.
     #[error("{0}")]
@@ -388,6 +389,37 @@ async fn control_session(
     }
 }
 
+/// Why a certificate, revocation list or work signing key file named in the config cannot
+/// be used ([`StartError::Certificates`] names the file).
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    /// It cannot be read.
+    #[error(transparent)]
+    Read(#[from] io::Error),
+    /// Not a certificate.
+    #[error(transparent)]
+    Certificate(#[from] crate::ca::CertDecodeError),
+    /// Not a revocation list.
+    #[error(transparent)]
+    RevocationList(#[from] crate::ca::RevocationError),
+    /// A revocation list this node does not take.
+    #[error(transparent)]
+    RevocationRefused(#[from] crate::ca::RevocationRefused),
+    /// This node's certificate is not for its id and key, or no longer valid.
+    #[error("{source}; issue a certificate for node {node} and key {key} with `warren ca sign`")]
+    NotOurs {
+        /// What the check found.
+        source: crate::ca::CertError,
+        /// This node's id.
+        node: crate::id::NodeId,
+        /// This node's key.
+        key: crate::keys::PublicKey,
+    },
+    /// The work signing key cannot be loaded.
+    #[error("cannot load the work signing key: {0}")]
+    SigningKey(#[source] crate::keys::SigningKeyError),
+}
+
 /// The key this node signs work with when asked (`signwork`).
 pub(crate) fn work_signing_key(config: &Config) -> Result<Option<SigningKeypair>, StartError> {
     let Some(path) = &config.work.signing_key else {
@@ -397,7 +429,7 @@ pub(crate) fn work_signing_key(config: &Config) -> Result<Option<SigningKeypair>
         .map(Some)
         .map_err(|e| StartError::Certificates {
             path: path.clone(),
-            problem: format!("cannot load the work signing key: {e}"),
+            problem: Box::new(KeyFileError::SigningKey(e)),
         })
 }
 
@@ -441,5 +473,39 @@ fn content_cache(config: &Config) -> Option<Arc<crate::work::cache::ContentCache
             tracing::warn!(error = %e, "content cache unavailable; submissions are sent whole");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod key_file_error_tests {
+    use super::*;
+
+    #[test]
+    fn a_certificate_not_ours_names_the_file_the_check_and_what_to_issue() {
+        let key = crate::keys::LinkKeypair::from_private([1; 32]).public();
+        let error = StartError::Certificates {
+            path: "node.cert".into(),
+            problem: Box::new(KeyFileError::NotOurs {
+                source: crate::ca::CertError::Expired {
+                    serial: 7,
+                    not_after_ms: 5,
+                },
+                node: crate::id::NodeId::new("node1").unwrap(),
+                key,
+            }),
+        };
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "node.cert: certificate serial 7 expired at 5 ms; issue a certificate for node \
+                 node1 and key {key} with `warren ca sign`"
+            )
+        );
+        let cause = std::error::Error::source(&error).unwrap().to_string();
+        assert!(error.to_string().ends_with(&cause), "{cause}");
+        assert!(matches!(
+            error,
+            StartError::Certificates { problem, .. } if matches!(*problem, KeyFileError::NotOurs { .. })
+        ));
     }
 }
