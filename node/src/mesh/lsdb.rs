@@ -37,7 +37,7 @@ const RATE_BURST: u32 = 20;
 const RATE_REFILL: Duration = Duration::from_millis(500);
 
 /// New origins may not take the last `1 / GROWTH_RESERVE` of a database's byte cap: it is
-/// kept for known origins' adverts to grow into.
+/// kept for known origins' adverts to grow into, each origin an equal share of it.
 const GROWTH_RESERVE: usize = 8;
 
 /// Limits of a database.
@@ -87,6 +87,10 @@ struct Entry {
     expires: Option<Instant>,
     /// Encoded size, for the byte cap.
     size: usize,
+    /// What the entry may grow from into its share of the growth reserve: its size when last
+    /// stored with the database under the reserve line, lowered when it shrinks. Never above
+    /// `size`.
+    baseline: usize,
     /// The origin's rate limit: tokens left, and when they were last topped up.
     tokens: u32,
     refilled: Instant,
@@ -200,6 +204,7 @@ impl Lsdb {
             verifying: None,
             expires: None,
             size,
+            baseline: size,
             tokens: RATE_BURST,
             refilled: now,
         };
@@ -517,20 +522,34 @@ impl Lsdb {
         }
     }
 
-    /// Whether an advert of `size` bytes fits, replacing one of `replaced` bytes (a known
-    /// origin) or none (a new one).
+    /// The baseline an advert of `size` bytes is stored with, if it fits: replacing a known
+    /// origin's entry `old`, or as a new origin's (`None`).
     ///
-    /// A new origin may fill the database only up to all but [`GROWTH_RESERVE`] of its
-    /// byte cap: the rest is kept for known origins whose adverts grow (a new link, a
-    /// longer sequence number), so that strangers filling the database cannot get a known
-    /// node's next advert refused and let it expire from the mesh. A known origin may
-    /// grow up to the cap, and an advert that does not grow is always taken, even when our
-    /// own advert (never refused) has pushed the total past the cap.
-    fn has_room(&self, replaced: Option<usize>, size: usize) -> bool {
+    /// The last [`GROWTH_RESERVE`]th of the byte cap (above the "line") is kept for known
+    /// origins whose adverts grow (a new link, a longer sequence number), so that strangers
+    /// filling the database cannot get a known node's next advert refused and let it expire
+    /// from the mesh:
+    /// - a new origin is stored only while the total stays under the line;
+    /// - a known origin may grow freely while the total stays under the line, and past it
+    ///   only within its own share of the reserve (the reserve split over `max_nodes`)
+    ///   above its baseline, so no set of origins can use up another's share;
+    /// - an advert that does not grow is always taken, even when our own advert (never
+    ///   refused) has pushed the total past the cap.
+    ///
+    /// So the sum of baselines stays under the line, each entry's size stays within its
+    /// share of its baseline, and the total (our own advert aside) stays under the cap.
+    fn room(&self, old: Option<&Entry>, size: usize) -> Option<usize> {
         let cap = self.limits.max_bytes;
-        match replaced {
-            Some(old) => size <= old || self.bytes - old + size <= cap,
-            None => self.bytes.saturating_add(size) <= cap - cap / GROWTH_RESERVE,
+        let line = cap - cap / GROWTH_RESERVE;
+        let share = cap / GROWTH_RESERVE / self.limits.max_nodes.max(1);
+        let total = (self.bytes - old.map_or(0, |entry| entry.size)).saturating_add(size);
+        match old {
+            None => (total <= line).then_some(size),
+            Some(_) if total <= line => Some(size),
+            Some(entry) if size <= entry.size || size - entry.baseline <= share => {
+                Some(entry.baseline.min(size))
+            }
+            Some(_) => None,
         }
     }
 
@@ -546,16 +565,16 @@ impl Lsdb {
         let id = advert.origin.clone();
         let expires = now.checked_add(self.limits.max_age);
         let size = encoded_len(&advert);
-        let replaced = self.entries.get(&id).map(|old| old.size);
-        if !self.has_room(replaced, size) {
+        let Some(baseline) = self.room(self.entries.get(&id), size) else {
             return AdvertOutcome::Refused(AdvertRefusal::Full);
-        }
+        };
         let entry = Entry {
             advert,
             binding: checked.binding,
             verifying: Some(checked.verifying),
             expires,
             size,
+            baseline,
             tokens,
             refilled,
         };
