@@ -185,18 +185,25 @@ fn run(
             Err(std_mpsc::RecvTimeoutError::Timeout) => batch.urgent = true,
             Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
         }
-        // Whatever arrived meanwhile joins this batch.
-        while batch.entries.len() < MAX_BATCH {
+        // The clock starts at the first write held back.
+        if due.is_none() && !batch.is_empty() {
+            due = Some(Instant::now() + delay);
+        }
+        // Whatever arrived meanwhile joins this batch, a bounded number of jobs at a time:
+        // one unit's writes replace each other, so a steady stream of them never fills it.
+        for _ in 0..MAX_BATCH {
             match rx.try_recv() {
                 Ok(job) => batch.take(store, events, job),
                 Err(_) => break,
             }
         }
+        // Jobs arriving without pause must not hold back a write past its due time.
+        if due.is_some_and(|at| Instant::now() >= at) {
+            batch.urgent = true;
+        }
         if batch.urgent || batch.entries.len() >= MAX_BATCH {
             commit(store, &mut batch, events);
             due = None;
-        } else if !batch.is_empty() && due.is_none() {
-            due = Some(Instant::now() + delay);
         }
     }
     // Every sender is gone (the work layer stops): nothing queued is lost.

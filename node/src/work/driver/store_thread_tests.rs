@@ -194,3 +194,29 @@ fn stopping_the_thread_commits_every_held_back_write() {
     let mut events = f.events;
     assert_eq!(wait_for(&mut events, durable), N as u64);
 }
+
+#[test]
+fn writes_arriving_without_pause_do_not_hold_back_a_commit_past_its_delay() {
+    // Every wait for the next job returned one, never a timeout, so a held-back write
+    // stayed uncommitted for as long as writes kept coming (one unit's writes replace each
+    // other, so the batch never filled). Here the jobs are all queued before the thread
+    // looks, with no delay at all: each write is due at once.
+    const JOBS: u64 = 2_000;
+    let dir = tempfile::tempdir().unwrap();
+    let store = UnitStore::open(dir.path()).unwrap();
+    let id = units(&store, 1)[0];
+    let (jobs, rx) = std::sync::mpsc::channel();
+    for seq in 1..=JOBS {
+        let job = StoreJob::Write {
+            id,
+            status: status(UnitState::Running),
+            seq,
+        };
+        jobs.send(job).unwrap();
+    }
+    drop(jobs);
+    let (tx, mut events) = mpsc::unbounded_channel();
+    super::run(&store, &rx, &tx, Duration::ZERO);
+    let first = wait_for(&mut events, durable);
+    assert!(first < JOBS, "committed only once the writes stopped");
+}
