@@ -224,6 +224,7 @@ pub async fn start(
             keep_finished: config.work.keep_finished,
             metrics: metrics.clone(),
             free_space_floor: config.work.free_space_floor,
+            ..WorkConfig::default()
         },
         mesh: Some(mesh.clone()),
         signing_key: work_signing_key(config)?,

@@ -146,6 +146,8 @@ struct Entry {
     wake_at: Option<Instant>,
     /// Remote work: when it fails unless the running node has started it.
     expires: Option<Instant>,
+    /// The number of the unit's latest status write (0: none since it was loaded).
+    written: u64,
 }
 
 /// The work core. See the module doc for the driving contract.
@@ -282,6 +284,9 @@ impl Core {
         });
         self.index_nonce(unit.id, &status);
         self.insert(unit.id, status, Phase::Creating { ticket });
+        if let Some(entry) = self.units.get_mut(&unit.id) {
+            entry.written = self.write_seq;
+        }
         if let (Some(entry), Some(at)) = (self.units.get_mut(&unit.id), unit.expires_at) {
             entry.expires = Some(now + Duration::from_millis(at.saturating_sub(wall_ms)));
         }
@@ -299,6 +304,7 @@ impl Core {
                 cancel_waiters: Vec::new(),
                 wake_at: None,
                 expires: None,
+                written: 0,
             },
         );
     }
@@ -360,8 +366,9 @@ impl Core {
     }
 
     fn persist(&mut self, id: UnitId) {
-        if let Some(entry) = self.units.get(&id) {
+        if let Some(entry) = self.units.get_mut(&id) {
             self.write_seq += 1;
+            entry.written = self.write_seq;
             self.actions.push_back(Action::WriteStatus {
                 id,
                 status: Box::new(entry.status.clone()),

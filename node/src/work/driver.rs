@@ -52,6 +52,10 @@ pub struct WorkConfig {
     /// Free bytes the data dir's file system must keep for new units to be accepted (0:
     /// not checked): the units already here need room for their results and status.
     pub free_space_floor: u64,
+    /// How long a status write nobody waits for may be held back, so that several units'
+    /// writes share one commit (group commit). A submitter is answered only once its
+    /// unit's status is committed, whatever this is.
+    pub commit_delay: Duration,
 }
 
 impl Default for WorkConfig {
@@ -62,6 +66,7 @@ impl Default for WorkConfig {
             keep_finished: Some(Duration::from_secs(24 * 60 * 60)),
             metrics: crate::metrics::Metrics::default(),
             free_space_floor: crate::config::DEFAULT_FREE_SPACE_FLOOR_MB << 20,
+            commit_delay: store_thread::FLUSH_DELAY,
         }
     }
 }

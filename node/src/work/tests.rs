@@ -70,6 +70,11 @@ struct Setup {
 }
 
 fn setup(max_running: usize) -> Setup {
+    setup_with(max_running, WorkConfig::default().commit_delay)
+}
+
+/// As [`setup`], with status writes nobody waits for held back up to `commit_delay`.
+fn setup_with(max_running: usize, commit_delay: Duration) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let mut registry = Registry::default();
     registry.insert(command("cat", "/bin/cat", &[], "1.0.0", false));
@@ -80,6 +85,7 @@ fn setup(max_running: usize) -> Setup {
         max_running,
         max_payload: 1 << 20,
         keep_finished: None,
+        commit_delay,
         ..WorkConfig::default()
     };
     let work = Work::open(WorkSetup {
@@ -317,4 +323,26 @@ async fn a_work_layer_shut_down_has_committed_every_held_back_status_and_answers
         s.work.status(id, &OP).await,
         Err(WorkError::Stopped)
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submitter_is_answered_only_once_its_units_status_is_committed() {
+    // The submitter deletes its copy of the payload once answered, so a node that crashes
+    // right after must come back with the unit and its payload. Writes nobody waits for
+    // are held back for an hour here: the answer itself must commit the unit's status.
+    let s = setup_with(1, Duration::from_secs(3600));
+    let id = submit(&s.work, "slow", &[], b"payload").await;
+    // What a crash now would leave: a copy of the data dir, opened as a restarted node does.
+    let crashed = tempfile::tempdir().unwrap();
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(s._dir.path().join("."))
+        .arg(crashed.path())
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let store = crate::work::store::UnitStore::open(crashed.path()).unwrap();
+    let status = store.status(id).unwrap();
+    assert_eq!(status.payload_size, Some(7), "{status:?}");
+    s.work.shutdown().await;
 }

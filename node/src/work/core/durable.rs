@@ -39,6 +39,15 @@ impl Core {
         self.gated.back().map(|(seq, _)| *seq)
     }
 
+    /// The number of `id`'s latest status write while it is not yet durable: `None` when
+    /// the unit's status on the disk is its current one (or the unit is gone). A driver
+    /// tells a submitter its unit is taken only once this is `None`, so that a node that
+    /// crashes right after cannot come back without the unit it accepted.
+    pub fn unit_write_pending(&self, id: UnitId) -> Option<u64> {
+        let written = self.units.get(&id)?.written;
+        (written > self.durable_seq).then_some(written)
+    }
+
     /// Queues `action` to run once every status write asked for so far is durable.
     pub(super) fn after_durable(&mut self, action: Action) {
         if self.write_seq <= self.durable_seq {

@@ -68,7 +68,7 @@ pub(super) fn spawn(o: OwnerSetup) {
     let store_thread = StoreThread::start(
         o.store.clone(),
         o.commands.clone(),
-        super::store_thread::FLUSH_DELAY,
+        o.setup.config.commit_delay,
     );
     let ctx = TaskCtx {
         store: o.store.clone(),
@@ -326,9 +326,10 @@ impl Owner {
         while let Some(action) = self.core.poll_action() {
             self.execute(action);
         }
-        self.settle_taken();
-        // A held-back action (a remote submission) waits for its status: commit now.
-        if let Some(seq) = self.core.awaited_write()
+        let answer_waits = self.settle_taken();
+        // A held-back action (a remote submission) or a submitter's answer waits for a
+        // status write: commit now.
+        if let Some(seq) = self.core.awaited_write().max(answer_waits)
             && seq > self.flush_asked
         {
             self.flush_asked = seq;
@@ -340,16 +341,25 @@ impl Owner {
         self.ctx.metrics.queue_depth(self.core.queued());
     }
 
-    fn settle_taken(&mut self) {
+    /// Answers the submitters whose units are taken: a remote unit once it left Pending,
+    /// a local one once it has its payload and its status saying so is on the disk.
+    /// Returns the status write a local unit's answer waits for, if any.
+    fn settle_taken(&mut self) -> Option<u64> {
         let ids: Vec<UnitId> = self.taken_waiters.keys().copied().collect();
+        let mut awaited = None;
         for id in ids {
             let status = self.core.status(id, &Requester::Operator).ok().cloned();
             let taken = match &status {
                 None => true,
-                Some(s) => {
-                    s.state != UnitState::Pending
-                        || (s.node == *self.core.me() && s.payload_size.is_some())
+                Some(s) if s.node == *self.core.me() => {
+                    let has_payload = s.state != UnitState::Pending || s.payload_size.is_some();
+                    let pending = self.core.unit_write_pending(id);
+                    if has_payload && pending.is_some() {
+                        awaited = awaited.max(pending);
+                    }
+                    has_payload && pending.is_none()
                 }
+                Some(s) => s.state != UnitState::Pending,
             };
             if !taken {
                 continue;
@@ -360,6 +370,7 @@ impl Owner {
                 }
             }
         }
+        awaited
     }
 
     fn execute(&mut self, action: Action) {
