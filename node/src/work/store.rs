@@ -269,8 +269,10 @@ impl UnitStore {
             Ok((mut journal, entries)) => {
                 if !entries.is_empty() {
                     store.replay(&entries);
-                    store.sync_fs();
-                    if let Err(e) = journal.reset() {
+                    // A failed sync keeps the journal, to be replayed again next time.
+                    if let Err(e) = store.sync_fs() {
+                        tracing::error!(error = %e, "cannot sync the units' file system after replaying the unit journal; keeping it");
+                    } else if let Err(e) = journal.reset() {
                         tracing::error!(path = %path.display(), error = %e, "cannot reset the unit journal");
                     }
                 }

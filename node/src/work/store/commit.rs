@@ -76,9 +76,12 @@ impl UnitStore {
         };
         let appended = match j.append(batch) {
             Ok(false) => {
-                // Full: every status applied so far goes to the disk, then start again.
-                self.sync_fs();
-                self.count_syncs(1);
+                // Full: every status applied so far goes to the disk, then start again. A
+                // failed sync keeps the journal: its records are the only durable copy.
+                if let Err(e) = self.sync_fs() {
+                    tracing::error!(error = %e, "cannot sync the units' file system; keeping the full journal and syncing this batch directly");
+                    return false;
+                }
                 j.reset().and_then(|()| j.append(batch))
             }
             other => other,
@@ -140,7 +143,7 @@ impl UnitStore {
                 Entry::Released { .. } => Ok(()),
             })
             .collect();
-        self.sync_fs();
+        let synced = self.sync_fs();
         for (entry, result) in batch.iter().zip(&mut results) {
             if result.is_err() {
                 continue;
@@ -159,19 +162,25 @@ impl UnitStore {
                 released => self.apply(released),
             };
         }
-        self.sync_fs();
+        if let Err(e) = synced.and_then(|()| self.sync_fs()) {
+            tracing::error!(error = %e, "cannot sync the units' file system: this batch of statuses may not survive a crash");
+        }
         results
     }
 
     /// Flushes the file system holding the store (data and directory entries).
-    pub(super) fn sync_fs(&self) {
+    ///
+    /// # Errors
+    /// The units directory cannot be opened, or the kernel reports a write-back error.
+    pub(super) fn sync_fs(&self) -> io::Result<()> {
         use std::os::fd::AsRawFd;
         self.count_syncs(1);
-        if let Ok(dir) = File::open(&self.root) {
-            // SAFETY: syncfs takes a valid descriptor and only flushes.
-            unsafe {
-                libc::syncfs(dir.as_raw_fd());
-            }
+        let dir = File::open(&self.root)?;
+        // SAFETY: syncfs takes a valid descriptor and only flushes.
+        if unsafe { libc::syncfs(dir.as_raw_fd()) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
         }
     }
 }
