@@ -1,6 +1,7 @@
 //! Guest resource limits across real nodes: a component hoarding descriptors, a job filling
-//! its directory, arguments a granted program may not be given, the free-space floor, and
-//! absolute paths for children of a node started with a relative data dir.
+//! its directory, arguments a granted program may not be given, the free-space floor, the
+//! units one submitter may hold, and absolute paths for children of a node started with a
+//! relative data dir.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -376,6 +377,46 @@ fn below_the_free_space_floor_new_work_is_refused_naming_floor_and_free_space() 
         pair.mesh.status(pair.node1).is_some(),
         "node1 keeps running"
     );
+}
+
+#[test]
+fn a_submitter_holding_its_limit_of_units_is_refused_more_until_it_releases_one() {
+    // Without the limit a peer could submit units and never release them, growing the
+    // node's memory and disk until the free-space floor stops everyone's work.
+    let pair = pair(
+        "[work]\nmax-units-per-submitter = 2\n",
+        &["--work-type", "cat=/bin/cat"],
+        1,
+    );
+    let submit = || pair.ctl(&["work", "submit", "cat", "--node", "node1", "-f"]);
+    ok(submit(), &pair.mesh);
+    ok(submit(), &pair.mesh);
+    let out = submit();
+    assert!(!out.status.success(), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("exceeds node node1's limit of 2")
+            && err.contains("release finished units")
+            && err.contains("[work] max-units-per-submitter"),
+        "{err}"
+    );
+    assert_eq!(
+        pair.node1_units().len(),
+        2,
+        "no unit made for the refused one"
+    );
+    // Releasing one of them (through the controller's mirror) makes room again.
+    let out = pair.ctl(&["work", "list", "--json"]);
+    let mirrors: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let succeeded = mirrors
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(_, s)| s["StateName"] == "Succeeded")
+        .map(|(id, _)| id.clone())
+        .unwrap();
+    ok(pair.ctl(&["work", "release", &succeeded]), &pair.mesh);
+    ok(submit(), &pair.mesh);
 }
 
 #[test]

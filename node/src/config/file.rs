@@ -141,6 +141,7 @@ struct WorkSection {
     drain_on_stop: Option<Spanned<bool>>,
     free_space_floor_mb: Option<Spanned<u64>>,
     content_cache_mb: Option<Spanned<u64>>,
+    max_units_per_submitter: Option<Spanned<u64>>,
     containment: Option<Spanned<String>>,
 }
 
@@ -148,6 +149,8 @@ struct WorkSection {
 const MAX_RUNNING: (u64, u64) = (1, 4_096);
 /// Allowed range of `[work] max-payload-mb`: up to 1 TiB.
 const MAX_PAYLOAD_MB: (u64, u64) = (1, 1 << 20);
+/// Allowed range of `[work] max-units-per-submitter`.
+const MAX_UNITS_PER_SUBMITTER: (u64, u64) = (1, 10_000_000);
 /// Allowed range of `[work] content-cache-mb`: off, up to a pebibyte.
 const CONTENT_CACHE_MB: (u64, u64) = (0, 1 << 30);
 /// Allowed range of `[work] free-space-floor-mb`: off, up to a pebibyte.
@@ -363,6 +366,11 @@ impl Decoder<'_> {
             "[work] content-cache-mb",
             CONTENT_CACHE_MB,
         )?;
+        let held = self.bounded(
+            work.max_units_per_submitter.as_ref(),
+            "[work] max-units-per-submitter",
+            MAX_UNITS_PER_SUBMITTER,
+        )?;
         let signing_key = match &work.signing_key {
             None => None,
             Some(path) => Some(self.path_value(path, "[work] signing-key")?),
@@ -378,6 +386,9 @@ impl Decoder<'_> {
             max_payload: payload.map_or(defaults.max_payload, |mb| mb << 20),
             free_space_floor: floor.map_or(defaults.free_space_floor, |mb| mb << 20),
             content_cache: cache.map_or(defaults.content_cache, |mb| mb << 20),
+            max_units_per_submitter: held.map_or(defaults.max_units_per_submitter, |n| {
+                usize::try_from(n).unwrap_or(usize::MAX)
+            }),
             keep_finished: keep.map_or(defaults.keep_finished, |h| {
                 (h > 0).then(|| Duration::from_secs(h * 3600))
             }),

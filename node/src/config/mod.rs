@@ -85,6 +85,8 @@
 //! content-cache-mb = 2048             # file contents kept for content-addressed runs,
 //!                                     # all submitters together, LRU (default 2 GiB;
 //!                                     # 0: off; read at start)
+//! max-units-per-submitter = 10000     # units one peer may hold here until it releases
+//!                                     # them; more are refused (default 10,000)
 //!
 //! [[signer]]                          # optional, repeatable: whose components run here
 //! key = "ed25519:..."
@@ -287,6 +289,8 @@ pub struct WorkLimits {
     pub free_space_floor: u64,
     /// Bytes the content cache of content-addressed submissions may hold (0: off).
     pub content_cache: u64,
+    /// Most units one peer may hold here, submitted and not yet released.
+    pub max_units_per_submitter: usize,
     /// How jobs' programs are contained (`containment = "auto" | "cgroup" | "subreaper"`).
     pub containment: ContainMode,
 }
@@ -305,6 +309,7 @@ impl Default for WorkLimits {
             drain_on_stop: false,
             free_space_floor: DEFAULT_FREE_SPACE_FLOOR_MB << 20,
             content_cache: DEFAULT_CONTENT_CACHE_MB << 20,
+            max_units_per_submitter: defaults.max_units_per_submitter,
             containment: ContainMode::Auto,
         }
     }

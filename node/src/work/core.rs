@@ -20,6 +20,7 @@ mod action;
 pub mod durable;
 mod error;
 pub mod flow;
+mod held;
 pub mod recover;
 mod timers;
 
@@ -49,6 +50,8 @@ pub struct CoreConfig {
     /// How long a finished unit is kept before it is released (its files removed);
     /// `None` keeps it until someone releases it.
     pub keep_finished: Option<Duration>,
+    /// Most units one peer may hold here (submitted to run here and not yet released).
+    pub max_units_per_submitter: usize,
 }
 
 /// Who asks: an operator (the local control socket, or a mesh peer allowed control) sees
@@ -170,6 +173,8 @@ pub struct Core {
     gated: VecDeque<(u64, Action)>,
     /// Units submitted by a peer under a nonce, by the peer's key and the nonce.
     nonces: HashMap<(PublicKey, SubmitNonce), UnitId>,
+    /// How many units each peer holds here (see `held.rs`).
+    held: HashMap<PublicKey, usize>,
 }
 
 impl Core {
@@ -188,6 +193,7 @@ impl Core {
             durable_seq: 0,
             gated: VecDeque::new(),
             nonces: HashMap::new(),
+            held: HashMap::new(),
         }
     }
 
@@ -268,6 +274,7 @@ impl Core {
                 self.answer(ticket, Ok(Answered::Existing(existing)));
                 return Ok(());
             }
+            self.check_held(unit.submitter.1.as_ref())?;
         }
         let (submitter, key) = unit.submitter;
         let mut status =
@@ -294,6 +301,7 @@ impl Core {
     }
 
     fn insert(&mut self, id: UnitId, status: UnitStatus, phase: Phase) {
+        self.count_held(&status);
         self.units.insert(
             id,
             Entry {
@@ -325,7 +333,9 @@ impl Core {
                 self.answer(ticket, Ok(Answered::Created(id)));
             }
             Err(e) => {
-                self.units.remove(&id);
+                if let Some(entry) = self.units.remove(&id) {
+                    self.uncount_held(&entry.status);
+                }
                 self.answer(ticket, Err(TicketError::CreateFiles(Arc::new(e))));
             }
         }
@@ -424,6 +434,7 @@ impl Core {
         self.set_timer(id, None);
         if let Some(entry) = self.units.remove(&id) {
             self.unindex_nonce(&entry.status);
+            self.uncount_held(&entry.status);
             if entry.phase == Phase::Running {
                 self.running = self.running.saturating_sub(1);
             }

@@ -38,6 +38,10 @@ use payload::{CopyError, store_payload};
 /// unit before answering (the unit then goes on being submitted in the background).
 const SUBMIT_WAIT: Duration = Duration::from_secs(10);
 
+/// `[work] max-units-per-submitter` when none is configured: far more than a controller
+/// that releases what it collected ever holds, far fewer than would fill a node.
+pub const DEFAULT_MAX_UNITS_PER_SUBMITTER: usize = 10_000;
+
 /// Limits of a node's work.
 #[derive(Debug, Clone)]
 pub struct WorkConfig {
@@ -52,6 +56,9 @@ pub struct WorkConfig {
     /// Free bytes the data dir's file system must keep for new units to be accepted (0:
     /// not checked): the units already here need room for their results and status.
     pub free_space_floor: u64,
+    /// Most units one peer may hold here: submitted over the mesh to run here and not yet
+    /// released. More are refused with [`WorkError::OverLimit`].
+    pub max_units_per_submitter: usize,
     /// How long a status write nobody waits for may be held back, so that several units'
     /// writes share one commit (group commit). A submitter is answered only once its
     /// unit's status is committed, whatever this is.
@@ -67,6 +74,7 @@ impl Default for WorkConfig {
             metrics: crate::metrics::Metrics::default(),
             free_space_floor: crate::config::DEFAULT_FREE_SPACE_FLOOR_MB << 20,
             commit_delay: store_thread::FLUSH_DELAY,
+            max_units_per_submitter: DEFAULT_MAX_UNITS_PER_SUBMITTER,
         }
     }
 }
@@ -158,6 +166,7 @@ impl Work {
         let core_config = CoreConfig {
             max_running: setup.config.max_running,
             keep_finished: setup.config.keep_finished,
+            max_units_per_submitter: setup.config.max_units_per_submitter,
         };
         let work = Self {
             commands: commands.clone(),
@@ -416,6 +425,7 @@ impl Work {
         let core = CoreConfig {
             max_running: config.max_running,
             keep_finished: config.keep_finished,
+            max_units_per_submitter: config.max_units_per_submitter,
         };
         (self.commands)
             .send(Command::Reconfigure { core, signing_key })

@@ -31,6 +31,7 @@ fn core(max_running: usize) -> Core {
         CoreConfig {
             max_running,
             keep_finished: Some(Duration::from_secs(3600)),
+            max_units_per_submitter: 10_000,
         },
     )
 }
@@ -498,4 +499,68 @@ fn a_reattached_unit_force_released_is_stopped_before_its_files_go() {
         "{acts:?}"
     );
     assert_eq!(core.running(), 0);
+}
+
+/// A peer's unit `n` to run here, created (not yet given its payload).
+fn create_from(
+    core: &mut Core,
+    now: Instant,
+    n: u32,
+    owner: Option<PublicKey>,
+) -> Result<(), WorkError> {
+    let unit = NewUnit {
+        id: id(n),
+        work_type: "cat".into(),
+        params: BTreeMap::new(),
+        submitter: (node("ctl"), owner),
+        node: node("me"),
+        expires_at: None,
+        sign_work: false,
+        nonce: None,
+    };
+    core.create(now, WALL, Ticket(u64::from(n)), unit, offer)
+}
+
+#[test]
+fn a_peer_holding_its_limit_of_units_is_refused_more_until_it_releases_one() {
+    let now = Instant::now();
+    let mut core = Core::new(
+        node("me"),
+        CoreConfig {
+            max_running: 1,
+            keep_finished: None,
+            max_units_per_submitter: 2,
+        },
+    );
+    submit(&mut core, now, 1, "me", Some(key(1)));
+    submit(&mut core, now, 2, "me", Some(key(1)));
+    let refused = create_from(&mut core, now, 3, Some(key(1)));
+    assert!(
+        matches!(&refused, Err(WorkError::OverLimit { limit: 2, what, .. }) if what.contains("max-units-per-submitter")),
+        "{refused:?}"
+    );
+    // Another peer, and the local control socket, are not held to that peer's count.
+    create_from(&mut core, now, 4, Some(key(2))).unwrap();
+    create_from(&mut core, now, 5, None).unwrap();
+    // A release frees room.
+    ended(&mut core, now, 1, UnitState::Succeeded);
+    core.release(now, id(1), false, &Requester::Peer(key(1)), Ticket(9))
+        .unwrap();
+    submit(&mut core, now, 6, "me", Some(key(1)));
+    // Units found again at a restart count too.
+    let mut restarted = Core::new(node("me"), core.config.clone());
+    let held: Vec<_> = [2, 6]
+        .into_iter()
+        .map(|n| {
+            (
+                id(n),
+                core.status(id(n), &Requester::Operator).unwrap().clone(),
+            )
+        })
+        .collect();
+    restarted.recover(now, WALL, held);
+    assert!(matches!(
+        create_from(&mut restarted, now, 7, Some(key(1))),
+        Err(WorkError::OverLimit { .. })
+    ));
 }

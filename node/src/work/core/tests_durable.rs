@@ -22,6 +22,7 @@ fn core_on(me: &str) -> Core {
         CoreConfig {
             max_running: 4,
             keep_finished: None,
+            max_units_per_submitter: 10_000,
         },
     )
 }
