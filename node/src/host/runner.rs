@@ -25,7 +25,6 @@ use wasmtime_wasi::p2::pipe::{AsyncReadStream, AsyncWriteStream};
 use super::bindings::WorkHandlerPre;
 use super::bindings::warren::worker::types::Outcome as WitOutcome;
 use super::cache::Cache;
-use super::contain::detached::{Reattach, reattach};
 use super::contain::spawn::JobContain;
 use super::contain::{Breach, Containment, UnitFiles};
 use super::fds::FdLimit;
@@ -148,9 +147,9 @@ pub struct Host {
     /// Counts compiles and cache hits (disabled unless [`Host::set_metrics`] was called).
     metrics: crate::metrics::Metrics,
     /// How jobs' programs are contained.
-    containment: Arc<Containment>,
+    pub(super) containment: Arc<Containment>,
     /// The node's free-space floor in bytes, watched while jobs write; 0 is not watched.
-    free_space_floor: u64,
+    pub(super) free_space_floor: u64,
     /// Stops the epoch ticker thread when the host is dropped.
     _ticker: Ticker,
 }
@@ -248,19 +247,6 @@ impl Host {
     /// How this host contains jobs' programs.
     pub fn containment(&self) -> &Containment {
         &self.containment
-    }
-
-    /// Finds the detached job of a unit that was running when the node stopped; see
-    /// [`reattach`]. Call it once per such unit at startup, before new jobs start.
-    /// A job found running is killed with its containment if its wait is dropped before
-    /// it ended, unless this host's containment leaves detached jobs running.
-    pub fn reattach(&self, files: UnitFiles) -> Reattach {
-        match reattach(files) {
-            Reattach::Running(job) => {
-                Reattach::Running(Box::new((*job).with_containment(self.containment.clone())))
-            }
-            other => other,
-        }
     }
 
     /// Counts this host's component compiles and cache hits in `metrics`.
@@ -444,7 +430,7 @@ struct Stops {
 /// Watches the job's directory (once the job has a child: the guest's own writes are
 /// charged as they happen) and resolves with the reason once the job must stop; never
 /// without a quota. Part of the job's own task, so a job without children pays nothing.
-async fn disk_stopped(disk: Option<Arc<DiskLedger>>) -> DiskStop {
+pub(super) async fn disk_stopped(disk: Option<Arc<DiskLedger>>) -> DiskStop {
     let Some(disk) = disk else {
         return std::future::pending().await;
     };
@@ -462,7 +448,7 @@ async fn disk_stopped(disk: Option<Arc<DiskLedger>>) -> DiskStop {
 /// Removes what a job that failed for its disk left in its directory: it holds nothing
 /// anyone reads (results are separate), and keeping it would keep the disk full until
 /// release.
-async fn free_job_dir(job_dir: &Path, unit: &str, stop: &DiskStop) {
+pub(super) async fn free_job_dir(job_dir: &Path, unit: &str, stop: &DiskStop) {
     let dir = job_dir.to_owned();
     let removed = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir)).await;
     match removed {
