@@ -163,37 +163,67 @@ impl OpenIoError {
     }
 }
 
+/// Payloads up to this size are read whole when a job's files are opened, in the same trip
+/// to a blocking thread: the job then reads them from memory, not through a blocking-pool
+/// round trip per read (two for a tiny payload: its bytes and the end). The size of the
+/// payloads the store writes and syncs in one trip.
+const INLINE_PAYLOAD_BYTES: u64 = 64 * 1024;
+
 async fn open_io(
     ctx: &TaskCtx,
     id: UnitId,
     progress: watch::Sender<Progress>,
 ) -> Result<(JobIo, super::results::WriteFailure), OpenIoError> {
-    use std::os::unix::fs::DirBuilderExt;
     let store = &ctx.store;
     let job_dir = store.job_dir(id);
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .recursive(true)
-        .create(&job_dir)
-        .map_err(OpenIoError::at(&job_dir))?;
-    let stdin = store.stdin_path(id);
-    let payload = tokio::fs::File::open(&stdin)
-        .await
-        .map_err(OpenIoError::at(&stdin))?;
-    let stdout = store.stdout_path(id);
     let files = ctx.unit_files(id, progress.clone());
-    let (sink, failure) = ResultsSink::open(&stdout, progress)
-        .await
-        .map_err(OpenIoError::at(&stdout))?;
+    let paths = (job_dir.clone(), store.stdin_path(id), store.stdout_path(id));
+    // One trip to a blocking thread for the job directory, the payload and the results.
+    let opened = tokio::task::spawn_blocking(move || open_files(paths, progress)).await;
+    let (payload, sink, failure) = opened.map_err(|e| OpenIoError {
+        path: job_dir.clone(),
+        source: std::io::Error::other(e),
+    })??;
     Ok((
         JobIo {
             job_dir,
-            payload: Box::new(payload),
+            payload,
             results: Box::new(sink),
             files: Some(files),
         },
         failure,
     ))
+}
+
+/// The payload as the job reads it.
+type PayloadReader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+
+/// Creates the job directory and opens the payload (read whole when it is small) and the
+/// results; blocking file IO.
+fn open_files(
+    (job_dir, stdin, stdout): (PathBuf, PathBuf, PathBuf),
+    progress: watch::Sender<Progress>,
+) -> Result<(PayloadReader, ResultsSink, super::results::WriteFailure), OpenIoError> {
+    use std::io::Read as _;
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(&job_dir)
+        .map_err(OpenIoError::at(&job_dir))?;
+    let mut file = std::fs::File::open(&stdin).map_err(OpenIoError::at(&stdin))?;
+    let len = file.metadata().map_err(OpenIoError::at(&stdin))?.len();
+    let payload: PayloadReader = if len <= INLINE_PAYLOAD_BYTES {
+        let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        file.read_to_end(&mut bytes)
+            .map_err(OpenIoError::at(&stdin))?;
+        Box::new(std::io::Cursor::new(bytes))
+    } else {
+        Box::new(tokio::fs::File::from_std(file))
+    };
+    let (sink, failure) =
+        ResultsSink::open_blocking(&stdout, progress).map_err(OpenIoError::at(&stdout))?;
+    Ok((payload, sink, failure))
 }
 
 /// A unit that was running when the node stopped: its detached job is found again through
