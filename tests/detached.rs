@@ -417,7 +417,7 @@ fn job_processes(data: &Path) -> Vec<(i32, String)> {
 }
 
 /// Waits until nothing works in `data` any more; fails naming the survivors.
-fn assert_no_job_process(data: &Path, after: &str) {
+pub(crate) fn assert_no_job_process(data: &Path, after: &str) {
     let start = std::time::Instant::now();
     loop {
         let left = job_processes(data);
@@ -433,7 +433,7 @@ fn assert_no_job_process(data: &Path, after: &str) {
 }
 
 /// node1's one unit, as `work list` shows it.
-fn node1_unit(setup: &run::Setup) -> Option<(String, serde_json::Value)> {
+pub(crate) fn node1_unit(setup: &run::Setup) -> Option<(String, serde_json::Value)> {
     let out = setup.mesh.ctl(setup.node1, &["work", "list", "--json"]);
     let units: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
     let (id, unit) = units.as_object()?.iter().next()?;
@@ -453,10 +453,24 @@ fn slow_playbook_on(
     secs: u32,
     ident: &str,
 ) -> (run::Setup, PathBuf, std::process::Child) {
+    playbook_on(setup, ident, |pdd| {
+        run::slow_playbook(pdd, secs);
+        "slow.yml"
+    })
+}
+
+/// As [`run_slow_playbook`] on `setup`, with the playbook `write` puts in the private data
+/// dir's `project/` (it returns its name); the playbook must print more than a few lines
+/// (a debug task) and then run a while.
+pub(crate) fn playbook_on(
+    setup: run::Setup,
+    ident: &str,
+    write: impl FnOnce(&Path) -> &'static str,
+) -> (run::Setup, PathBuf, std::process::Child) {
     let pdd = setup.mesh.path("demo");
     run::copy_demo(&pdd);
-    run::slow_playbook(&pdd, secs);
-    let args = run::seed_args(&setup, &pdd, "slow.yml", &["-i", ident]);
+    let playbook = write(&pdd);
+    let args = run::seed_args(&setup, &pdd, playbook, &["-i", ident]);
     let child = run::spawn_run(&setup, &args);
     run::wait_running(&setup);
     wait_for("the playbook's first debug line on node1", || {
@@ -473,7 +487,12 @@ fn slow_playbook_on(
 }
 
 /// SIGKILLs node1 (its detached job runs on) and starts it again on the same data dir.
-fn kill_and_restart_node1(setup: &mut run::Setup) {
+pub(crate) fn kill_and_restart_node1(setup: &mut run::Setup) {
+    kill_and_restart_node1_after(setup, Duration::ZERO);
+}
+
+/// As [`kill_and_restart_node1`], restarting node1 only `down` after the kill.
+pub(crate) fn kill_and_restart_node1_after(setup: &mut run::Setup, down: Duration) {
     let data = setup.mesh.path("node1-data");
     let before = job_processes(&data);
     let node1 = setup.node1;
@@ -485,6 +504,7 @@ fn kill_and_restart_node1(setup: &mut run::Setup) {
             .any(|(_, cmd)| cmd.contains("ansible-playbook")),
         "the job died with its node: before {before:?}, after {after:?}"
     );
+    std::thread::sleep(down);
     setup.mesh.restart(node1);
 }
 

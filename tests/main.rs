@@ -26,6 +26,7 @@ mod hostile_worker;
 mod limits;
 mod mesh;
 mod metrics;
+mod reattached;
 mod receptorctl;
 mod reload;
 mod run;

@@ -96,6 +96,12 @@ pub fn direct_setup_contained(containment: &str) -> Setup {
     build(None, None, true, None, false, (Some(&work), &[]))
 }
 
+/// [`direct_setup`] with `config` (TOML: `[work]` keys first, then any other tables) in
+/// node1's config file.
+pub fn direct_setup_configured(config: &str) -> Setup {
+    build(None, None, true, None, false, (Some(config), &[]))
+}
+
 /// `--config` of a file giving node1 these `[work]` lines when some were asked for (the
 /// flags still set its id, key and data dir).
 fn work_config(mesh: &Mesh, node1: &Identity, work: Option<&str>) -> Vec<String> {

@@ -15,6 +15,8 @@
 //!   network on request, and detached jobs that survive a restart of the node.
 //! - [`params`]: what a handler is told about its job, typed (the work type's task and the
 //!   submission's parameters), converted once from the control protocol's name/value map.
+//! - [`reattach`]: finishing a detached job a restarted node found running: its quota,
+//!   containment and real start time.
 //! - [`registry`]: the offered work types and their active components.
 //! - [`runner`]: one engine per node; per job a store with limits, an instance, a call.
 //! - [`cache`]: the compiled-component cache, trusted only if the node's user alone can
@@ -56,6 +58,8 @@ pub mod policy;
 pub mod process;
 #[cfg(feature = "host")]
 pub mod quota;
+#[cfg(feature = "host")]
+pub mod reattach;
 #[cfg(feature = "host")]
 pub mod registry;
 #[cfg(feature = "host")]

@@ -1,7 +1,8 @@
 //! Runs jobs: one engine per node; per job a store with a memory cap, a wall-clock deadline,
 //! an output cap, caps on descriptors and resources, a disk quota on the job directory
 //! (watched while the job runs), cancellation with a grace period, and one instance whose
-//! handler is called once.
+//! handler is called once. How the job ends (stops, the handler call under its limits, the
+//! outcome) is in `end`; the results cap in `capped`.
 //!
 //! Components are compiled once and cached in the data dir, keyed by content hash and
 //! engine compatibility, so a job pays an instantiation, not a compilation. The cache holds
@@ -9,10 +10,8 @@
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
@@ -23,16 +22,20 @@ use wasmtime::{Config, Engine, Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::{AsyncReadStream, AsyncWriteStream};
 
 use super::bindings::WorkHandlerPre;
-use super::bindings::warren::worker::types::Outcome as WitOutcome;
 use super::cache::Cache;
-use super::contain::detached::{Reattach, reattach};
 use super::contain::spawn::JobContain;
-use super::contain::{Breach, Containment, UnitFiles};
-use super::fds::FdLimit;
+use super::contain::{Containment, UnitFiles};
 use super::params::{JobParams, Task};
 use super::policy::Policy;
-use super::quota::{self, DiskLedger, DiskStop};
+use super::quota::DiskLedger;
 use super::state::JobState;
+
+mod capped;
+mod end;
+
+use capped::CappedWriter;
+use end::{Stops, call_with_limits, with_breach, with_fd_note};
+pub(super) use end::{disk_stopped, free_job_dir};
 
 /// How often the engine's epoch advances: the granularity of deadlines and of yielding to
 /// other tasks while a guest computes.
@@ -148,9 +151,9 @@ pub struct Host {
     /// Counts compiles and cache hits (disabled unless [`Host::set_metrics`] was called).
     metrics: crate::metrics::Metrics,
     /// How jobs' programs are contained.
-    containment: Arc<Containment>,
+    pub(super) containment: Arc<Containment>,
     /// The node's free-space floor in bytes, watched while jobs write; 0 is not watched.
-    free_space_floor: u64,
+    pub(super) free_space_floor: u64,
     /// Stops the epoch ticker thread when the host is dropped.
     _ticker: Ticker,
 }
@@ -248,19 +251,6 @@ impl Host {
     /// How this host contains jobs' programs.
     pub fn containment(&self) -> &Containment {
         &self.containment
-    }
-
-    /// Finds the detached job of a unit that was running when the node stopped; see
-    /// [`reattach`]. Call it once per such unit at startup, before new jobs start.
-    /// A job found running is killed with its containment if its wait is dropped before
-    /// it ended, unless this host's containment leaves detached jobs running.
-    pub fn reattach(&self, files: UnitFiles) -> Reattach {
-        match reattach(files) {
-            Reattach::Running(job) => {
-                Reattach::Running(Box::new((*job).with_containment(self.containment.clone())))
-            }
-            other => other,
-        }
     }
 
     /// Counts this host's component compiles and cache hits in `metrics`.
@@ -431,198 +421,6 @@ impl Host {
             output_bytes: limits.output_bytes,
             ..JobContain::default()
         }
-    }
-}
-
-/// What may stop a job besides its deadline: a cancel, and its disk.
-struct Stops {
-    cancelled: watch::Receiver<bool>,
-    /// `None` when the job's disk is not watched.
-    disk: Option<Arc<DiskLedger>>,
-}
-
-/// Watches the job's directory (once the job has a child: the guest's own writes are
-/// charged as they happen) and resolves with the reason once the job must stop; never
-/// without a quota. Part of the job's own task, so a job without children pays nothing.
-async fn disk_stopped(disk: Option<Arc<DiskLedger>>) -> DiskStop {
-    let Some(disk) = disk else {
-        return std::future::pending().await;
-    };
-    let mut stop = disk.subscribe();
-    tokio::select! {
-        () = quota::watch(disk.clone()) => {}
-        _ = stop.wait_for(Option::is_some) => {}
-    }
-    match disk.stopped() {
-        Some(stop) => stop,
-        None => std::future::pending().await,
-    }
-}
-
-/// Removes what a job that failed for its disk left in its directory: it holds nothing
-/// anyone reads (results are separate), and keeping it would keep the disk full until
-/// release.
-async fn free_job_dir(job_dir: &Path, unit: &str, stop: &DiskStop) {
-    let dir = job_dir.to_owned();
-    let removed = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir)).await;
-    match removed {
-        Ok(Ok(())) => {
-            tracing::warn!(%unit, reason = %stop, "job failed for its disk; its directory was removed")
-        }
-        Ok(Err(e)) => {
-            tracing::error!(%unit, reason = %stop, error = %e, "job failed for its disk; its directory could not be removed")
-        }
-        Err(e) => tracing::error!(%unit, error = %e, "removing a job directory failed"),
-    }
-}
-
-/// A failed job that was refused a descriptor says so in its detail.
-fn with_fd_note(outcome: Outcome, refusal: Option<FdLimit>) -> Outcome {
-    match (outcome, refusal) {
-        (Outcome::Failed { detail, exit_code }, Some(limit)) => Outcome::Failed {
-            detail: format!(
-                "{detail} (the job reached its limit of {} open host descriptors)",
-                limit.cap
-            ),
-            exit_code,
-        },
-        (outcome, _) => outcome,
-    }
-}
-
-/// A job whose programs broke a limit failed, whatever the handler made of their end; the
-/// detail names the limit first. A cancelled job stays cancelled.
-fn with_breach(outcome: Outcome, breach: Option<Breach>) -> Outcome {
-    let Some(breach) = breach else {
-        return outcome;
-    };
-    match outcome {
-        Outcome::Succeeded => Outcome::failed(breach.to_string()),
-        Outcome::Failed { detail, exit_code } => Outcome::Failed {
-            detail: format!("{breach}; {detail}"),
-            exit_code,
-        },
-        canceled @ Outcome::Canceled { .. } => canceled,
-    }
-}
-
-async fn call_with_limits(
-    store: &mut Store<JobState>,
-    handler: &Handler,
-    job: &Job,
-    limits: &super::policy::Limits,
-    stops: Stops,
-) -> Outcome {
-    let Stops {
-        mut cancelled,
-        disk,
-    } = stops;
-    let wit_job = super::world::job(job);
-    let call = async {
-        let instance = handler.pre.instantiate_async(&mut *store).await?;
-        instance
-            .warren_worker_handler()
-            .call_handle(&mut *store, &wit_job)
-            .await
-    };
-    let grace = limits.cancel_grace;
-    let cancel_expired = async {
-        let _ = cancelled.wait_for(|c| *c).await;
-        tokio::time::sleep(grace).await;
-    };
-    tokio::select! {
-        result = call => match result {
-            Ok(outcome) => outcome.into(),
-            Err(e) => trap_outcome(&e, limits),
-        },
-        () = tokio::time::sleep(limits.deadline) => {
-            Outcome::failed(format!("job deadline of {:?} exceeded", limits.deadline))
-        }
-        () = cancel_expired => Outcome::Canceled {
-            detail: format!("handler did not finish within {grace:?} of the cancel; stopped"),
-        },
-        stop = disk_stopped(disk) => Outcome::failed(stop.to_string()),
-    }
-}
-
-fn trap_outcome(e: &wasmtime::Error, limits: &super::policy::Limits) -> Outcome {
-    let text = format!("{e:#}");
-    if text.contains("deadline exceeded") {
-        return Outcome::failed(format!("job deadline of {:?} exceeded", limits.deadline));
-    }
-    if text.contains("forcing trap when growing memory")
-        || text.contains("memory") && text.contains("limit")
-    {
-        return Outcome::failed(format!(
-            "handler exceeded its memory limit of {} bytes",
-            limits.memory_bytes
-        ));
-    }
-    if text.contains("resource table has no free keys") {
-        return Outcome::failed(format!(
-            "handler exceeded its limit of {} open resources (handles, streams, pollables)",
-            super::fds::resource_cap(limits.descriptors)
-        ));
-    }
-    Outcome::failed(format!("handler trapped: {text}"))
-}
-
-impl From<WitOutcome> for Outcome {
-    fn from(outcome: WitOutcome) -> Self {
-        match outcome {
-            WitOutcome::Succeeded => Self::Succeeded,
-            WitOutcome::Failed(f) => Self::Failed {
-                detail: f.detail,
-                exit_code: f.exit_code,
-            },
-            WitOutcome::Canceled(f) => Self::Canceled { detail: f.detail },
-        }
-    }
-}
-
-/// Passes writes through until `cap` bytes, then fails them and raises `exceeded`.
-struct CappedWriter {
-    inner: Box<dyn AsyncWrite + Send + Unpin>,
-    written: AtomicU64,
-    cap: u64,
-    exceeded: Arc<AtomicBool>,
-}
-
-impl CappedWriter {
-    fn new(inner: Box<dyn AsyncWrite + Send + Unpin>, cap: u64) -> Self {
-        Self {
-            inner,
-            written: AtomicU64::new(0),
-            cap,
-            exceeded: Arc::new(AtomicBool::new(false)),
-        }
-    }
-}
-
-impl AsyncWrite for CappedWriter {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let written = self.written.load(Ordering::Relaxed);
-        if written + buf.len() as u64 > self.cap {
-            self.exceeded.store(true, Ordering::Relaxed);
-            return Poll::Ready(Err(std::io::Error::other("output limit exceeded")));
-        }
-        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = poll {
-            self.written.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        poll
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

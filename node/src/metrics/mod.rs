@@ -78,6 +78,7 @@ pub(crate) struct Families {
     adverts_stored: Counter,
     adverts_refused: Family<KindLabel, Counter>,
     units_started: Family<WorkTypeLabel, Counter>,
+    units_reattached: Family<WorkTypeLabel, Counter>,
     units_finished: Family<UnitLabel, Counter>,
     units_running: Family<WorkTypeLabel, Gauge>,
     job_seconds: Family<WorkTypeLabel, Histogram, fn() -> Histogram>,
@@ -110,6 +111,7 @@ impl Families {
             adverts_stored: Default::default(),
             adverts_refused: Default::default(),
             units_started: Default::default(),
+            units_reattached: Default::default(),
             units_finished: Default::default(),
             units_running: Default::default(),
             job_seconds: Family::new_with_constructor(job_histogram as fn() -> Histogram),
@@ -176,16 +178,35 @@ impl Metrics {
         }
     }
 
-    /// A unit that [`Metrics::unit_started`] counted ended in `state` after `took`.
-    pub fn unit_finished(&self, work_type: &str, state: UnitState, took: Duration) {
+    /// A unit that this node was running when its previous process stopped, and that this
+    /// process finishes: its detached job re-attached, or found ended. It counts as started
+    /// here too, so that within one process `units_started_total` less
+    /// `units_finished_total` is what runs (counters start again at each process start),
+    /// and as re-attached.
+    pub fn unit_reattached(&self, work_type: &str) {
+        self.unit_started(work_type);
+        if let Some(f) = self.families() {
+            let label = WorkTypeLabel {
+                work_type: work_type.to_owned(),
+            };
+            f.units_reattached.get_or_create(&label).inc();
+        }
+    }
+
+    /// A unit that [`Metrics::unit_started`] counted ended in `state` after `took`, from
+    /// its job's own start (`None`: not known, as for a re-attached unit whose job left no
+    /// record; the duration histogram then does not count it).
+    pub fn unit_finished(&self, work_type: &str, state: UnitState, took: Option<Duration>) {
         if let Some(f) = self.families() {
             let label = WorkTypeLabel {
                 work_type: work_type.to_owned(),
             };
             f.units_running.get_or_create(&label).dec();
-            f.job_seconds
-                .get_or_create(&label)
-                .observe(took.as_secs_f64());
+            if let Some(took) = took {
+                f.job_seconds
+                    .get_or_create(&label)
+                    .observe(took.as_secs_f64());
+            }
             let state = UnitLabel {
                 work_type: label.work_type,
                 state: state.to_string(),
@@ -370,6 +391,12 @@ fn register_work(r: &mut Registry, f: &Families) {
         "units_started",
         "Work units started here, by work type",
         f.units_started.clone(),
+    );
+    r.register(
+        "units_reattached",
+        "Work units a restarted node found running (or ended) and finished, by work type; \
+         counted in units_started too",
+        f.units_reattached.clone(),
     );
     r.register(
         "units_finished",

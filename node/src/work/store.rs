@@ -13,11 +13,12 @@
 //! rewritten from its record.
 //!
 //! The IO is blocking `std::fs`; async callers use `spawn_blocking`. The store does not run
-//! work, watch files or talk to other nodes.
+//! work, watch files or talk to other nodes. Its errors are in `error`, its file writes and
+//! reads in `file`, batched commits in `commit`.
 
 use std::collections::BTreeMap;
 use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,10 +26,12 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
 
+pub use self::error::StoreError;
+use self::file::{Durability, overwrite_file, read_range, write_file};
 pub use self::journal::Entry;
 use self::journal::{JOURNAL_SIZE, Journal};
 use super::status::UnitStatus;
-use super::unit::{TransitionError, UnitId, UnitState};
+use super::unit::{UnitId, UnitState};
 use crate::id::NodeId;
 
 /// Mode of the units directory and of each unit's directory: owner only.
@@ -55,133 +58,6 @@ pub const DETAIL_RESTARTED_RUNNING: &str = "node restarted while the unit was ru
 /// Detail recorded by [`UnitStore::recover`] for a unit that was pending (Receptor says
 /// "Pending at restart").
 pub const DETAIL_RESTARTED_PENDING: &str = "node restarted while the unit was pending";
-
-/// Why a unit store operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The units directory could not be created.
-    #[error("cannot create the units directory {}", path.display())]
-    CreateUnitsDir {
-        /// The directory.
-        path: PathBuf,
-        /// What the OS said.
-        #[source]
-        source: io::Error,
-    },
-    /// The units directory could not be listed.
-    #[error("cannot list the units directory {}", path.display())]
-    ListUnits {
-        /// The directory.
-        path: PathBuf,
-        /// What the OS said.
-        #[source]
-        source: io::Error,
-    },
-    /// No unit with this id exists.
-    #[error("unknown work unit {unit}")]
-    UnknownUnit {
-        /// The id asked for.
-        unit: UnitId,
-    },
-    /// The OS random source failed while drawing a unit id.
-    #[error("cannot draw a random unit id")]
-    Random {
-        /// What getrandom said.
-        #[source]
-        source: getrandom::Error,
-    },
-    /// Every id drawn was already taken.
-    #[error("no free unit id after {MAX_ID_DRAWS} draws in {}", path.display())]
-    NoFreeId {
-        /// The units directory.
-        path: PathBuf,
-    },
-    /// A unit's directory or one of its files could not be created.
-    #[error("cannot create {} for work unit {unit}", path.display())]
-    CreateUnit {
-        /// The unit.
-        unit: UnitId,
-        /// The directory or file.
-        path: PathBuf,
-        /// What the OS said.
-        #[source]
-        source: io::Error,
-    },
-    /// A unit's status file could not be read.
-    #[error("cannot read the status of work unit {unit} from {}", path.display())]
-    ReadStatus {
-        /// The unit.
-        unit: UnitId,
-        /// The status file.
-        path: PathBuf,
-        /// What the OS said.
-        #[source]
-        source: io::Error,
-    },
-    /// A unit's status file is not valid status JSON.
-    #[error("corrupt status for work unit {unit} in {}", path.display())]
-    CorruptStatus {
-        /// The unit.
-        unit: UnitId,
-        /// The status file.
-        path: PathBuf,
-        /// Why it did not parse.
-        #[source]
-        source: serde_json::Error,
-    },
-    /// A unit's status could not be encoded as JSON.
-    #[error("cannot encode the status of work unit {unit}")]
-    EncodeStatus {
-        /// The unit.
-        unit: UnitId,
-        /// What serde_json said.
-        #[source]
-        source: serde_json::Error,
-    },
-    /// A unit's status file could not be written.
-    #[error("cannot write the status of work unit {unit} to {}", path.display())]
-    WriteStatus {
-        /// The unit.
-        unit: UnitId,
-        /// The file being written or renamed.
-        path: PathBuf,
-        /// What the OS said.
-        #[source]
-        source: io::Error,
-    },
-    /// An update asked for a state change the life cycle does not allow; nothing was
-    /// written.
-    #[error("illegal state change for work unit {unit}")]
-    IllegalTransition {
-        /// The unit.
-        unit: UnitId,
-        /// The refused move.
-        #[source]
-        source: TransitionError,
-    },
-    /// A unit's stdout could not be read.
-    #[error("cannot read the stdout of work unit {unit} from {}", path.display())]
-    ReadStdout {
-        /// The unit.
-        unit: UnitId,
-        /// The stdout file.
-        path: PathBuf,
-        /// What the OS said.
-        #[source]
-        source: io::Error,
-    },
-    /// A unit's directory could not be removed.
-    #[error("cannot remove work unit {unit} at {}", path.display())]
-    Release {
-        /// The unit.
-        unit: UnitId,
-        /// The unit directory.
-        path: PathBuf,
-        /// What the OS said.
-        #[source]
-        source: io::Error,
-    },
-}
 
 /// A unit just created by [`UnitStore::create`]: its id and where its files are.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -644,62 +520,9 @@ fn fail_unfinished(status: &mut UnitStatus) {
     detail.clone_into(&mut status.detail);
 }
 
-/// Whether a status write waits for the disk before the rename.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Durability {
-    /// Sync the temp file first, so the renamed status survives a crash.
-    Yes,
-    /// Leave it to the OS.
-    No,
-}
-
-/// Writes `bytes` to an owner-only file at `path`, syncing it to disk if asked. A symlink
-/// at `path` (a job runs as the node's user and could plant one) is refused, not followed.
-fn write_file(path: &Path, bytes: &[u8], sync: Durability) -> io::Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(FILE_MODE)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)?;
-    file.write_all(bytes)?;
-    match sync {
-        Durability::Yes => file.sync_all(),
-        Durability::No => Ok(()),
-    }
-}
-
-/// Replaces the contents of the owner-only file at `path` (created if missing) with
-/// `bytes`, in place: written from offset 0, then cut to their length. A symlink at `path`
-/// is refused, as by [`write_file`].
-fn overwrite_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(FILE_MODE)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)?;
-    file.write_all(bytes)?;
-    file.set_len(bytes.len() as u64)
-}
-
-/// Reads up to `max` bytes of the file at `path` from byte `offset`.
-fn read_range(path: &Path, offset: u64, max: usize) -> io::Result<Vec<u8>> {
-    let mut file = File::open(path)?;
-    let len = file.metadata()?.len();
-    if offset >= len {
-        return Ok(Vec::new());
-    }
-    file.seek(SeekFrom::Start(offset))?;
-    let want = usize::try_from(len - offset).map_or(max, |rest| rest.min(max));
-    let mut buf = Vec::with_capacity(want);
-    file.take(want as u64).read_to_end(&mut buf)?;
-    Ok(buf)
-}
-
 mod commit;
+mod error;
+mod file;
 pub mod journal;
 mod spread;
 #[cfg(test)]

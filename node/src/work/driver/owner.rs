@@ -403,14 +403,7 @@ impl Owner {
                 }
             }
             Action::Start { id } => self.start(id),
-            Action::Reattach { id } => {
-                let (stop, stopped) = watch::channel(false);
-                self.stops.insert(id, stop);
-                let progress = self.progress_of(id).clone();
-                let run = tasks::reattach(self.ctx.clone(), id, stopped, progress);
-                let task = tokio::spawn(run);
-                self.tasks.entry(id).or_default().push(task);
-            }
+            Action::Reattach { id } => self.reattach(id),
             Action::Stop { id } => {
                 if let Some(stop) = self.stops.get(&id) {
                     let _ = stop.send(true);
@@ -457,6 +450,21 @@ impl Owner {
         self.stops.insert(id, stop);
         let progress = self.progress_of(id).clone();
         let run = tasks::run_handler(self.ctx.clone(), id, status, active, stopped, progress);
+        let task = tokio::spawn(run);
+        self.tasks.entry(id).or_default().push(task);
+    }
+
+    fn reattach(&mut self, id: UnitId) {
+        let Ok(status) = self.core.status(id, &Requester::Operator) else {
+            return;
+        };
+        let work_type = status.work_type.clone();
+        // The job is held to its work type's quota as configured now (the record has none).
+        let registry = self.registry.clone();
+        let (stop, stopped) = watch::channel(false);
+        self.stops.insert(id, stop);
+        let progress = self.progress_of(id).clone();
+        let run = tasks::reattach(self.ctx.clone(), id, work_type, registry, stopped, progress);
         let task = tokio::spawn(run);
         self.tasks.entry(id).or_default().push(task);
     }

@@ -44,12 +44,21 @@ impl ResultsSink {
         path: &std::path::Path,
         progress: watch::Sender<Progress>,
     ) -> io::Result<(Self, WriteFailure)> {
-        let file = tokio::fs::OpenOptions::new()
-            .append(true)
-            .open(path)
-            .await?
-            .into_std()
-            .await;
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || Self::open_blocking(&path, progress))
+            .await
+            .map_err(io::Error::other)?
+    }
+
+    /// [`ResultsSink::open`] on a thread that may block (its file IO is done in place).
+    ///
+    /// # Errors
+    /// When the file cannot be opened.
+    pub(crate) fn open_blocking(
+        path: &std::path::Path,
+        progress: watch::Sender<Progress>,
+    ) -> io::Result<(Self, WriteFailure)> {
+        let file = std::fs::OpenOptions::new().append(true).open(path)?;
         let size = file.metadata()?.len();
         progress.send_modify(|p| p.size = size);
         let failure = WriteFailure::default();

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
@@ -13,8 +14,10 @@ use super::Command;
 use super::results::{Progress, ResultsSink, failure_of};
 use crate::host::contain::UnitFiles;
 use crate::host::contain::detached::Reattach;
+use crate::host::disk::DiskQuota;
 use crate::host::params::JobParams;
-use crate::host::registry::ActiveHandler;
+use crate::host::reattach::job_started;
+use crate::host::registry::{ActiveHandler, Registry};
 use crate::host::runner::{Host, Job, JobIo, Outcome};
 use crate::id::NodeId;
 use crate::keys::SigningKeypair;
@@ -135,7 +138,7 @@ pub(super) async fn run_handler(
         .run(&active.handler, active.policy.clone(), job, io, stopped)
         .await;
     let (state, detail) = end_of(outcome, failure_of(&failure));
-    (ctx.metrics).unit_finished(&status.work_type, state, started.elapsed());
+    (ctx.metrics).unit_finished(&status.work_type, state, Some(started.elapsed()));
     ctx.ended(id, state, detail);
 }
 
@@ -160,32 +163,31 @@ impl OpenIoError {
     }
 }
 
+/// Payloads up to this size are read whole when a job's files are opened, in the same trip
+/// to a blocking thread: the job then reads them from memory, not through a blocking-pool
+/// round trip per read (two for a tiny payload: its bytes and the end). The size of the
+/// payloads the store writes and syncs in one trip.
+const INLINE_PAYLOAD_BYTES: u64 = 64 * 1024;
+
 async fn open_io(
     ctx: &TaskCtx,
     id: UnitId,
     progress: watch::Sender<Progress>,
 ) -> Result<(JobIo, super::results::WriteFailure), OpenIoError> {
-    use std::os::unix::fs::DirBuilderExt;
     let store = &ctx.store;
     let job_dir = store.job_dir(id);
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .recursive(true)
-        .create(&job_dir)
-        .map_err(OpenIoError::at(&job_dir))?;
-    let stdin = store.stdin_path(id);
-    let payload = tokio::fs::File::open(&stdin)
-        .await
-        .map_err(OpenIoError::at(&stdin))?;
-    let stdout = store.stdout_path(id);
     let files = ctx.unit_files(id, progress.clone());
-    let (sink, failure) = ResultsSink::open(&stdout, progress)
-        .await
-        .map_err(OpenIoError::at(&stdout))?;
+    let paths = (job_dir.clone(), store.stdin_path(id), store.stdout_path(id));
+    // One trip to a blocking thread for the job directory, the payload and the results.
+    let opened = tokio::task::spawn_blocking(move || open_files(paths, progress)).await;
+    let (payload, sink, failure) = opened.map_err(|e| OpenIoError {
+        path: job_dir.clone(),
+        source: std::io::Error::other(e),
+    })??;
     Ok((
         JobIo {
             job_dir,
-            payload: Box::new(payload),
+            payload,
             results: Box::new(sink),
             files: Some(files),
         },
@@ -193,14 +195,50 @@ async fn open_io(
     ))
 }
 
+/// The payload as the job reads it.
+type PayloadReader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+
+/// Creates the job directory and opens the payload (read whole when it is small) and the
+/// results; blocking file IO.
+fn open_files(
+    (job_dir, stdin, stdout): (PathBuf, PathBuf, PathBuf),
+    progress: watch::Sender<Progress>,
+) -> Result<(PayloadReader, ResultsSink, super::results::WriteFailure), OpenIoError> {
+    use std::io::Read as _;
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(&job_dir)
+        .map_err(OpenIoError::at(&job_dir))?;
+    let mut file = std::fs::File::open(&stdin).map_err(OpenIoError::at(&stdin))?;
+    let len = file.metadata().map_err(OpenIoError::at(&stdin))?.len();
+    let payload: PayloadReader = if len <= INLINE_PAYLOAD_BYTES {
+        let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        file.read_to_end(&mut bytes)
+            .map_err(OpenIoError::at(&stdin))?;
+        Box::new(std::io::Cursor::new(bytes))
+    } else {
+        Box::new(tokio::fs::File::from_std(file))
+    };
+    let (sink, failure) =
+        ResultsSink::open_blocking(&stdout, progress).map_err(OpenIoError::at(&stdout))?;
+    Ok((payload, sink, failure))
+}
+
 /// A unit that was running when the node stopped: its detached job is found again through
 /// the host's job record and finished (its output keeps going to the unit's results, where
-/// followers read it from wherever they are; a cancel or a release stops it); a job that
-/// ended while the node was down reports its recorded exit; with no record the unit fails
-/// and says why.
+/// followers read it from wherever they are; a cancel or a release stops it, and its
+/// directory is held to its work type's quota as a job started here is); a job that ended while the node
+/// was down reports its recorded exit; with no record the unit fails and says why.
+///
+/// In the metrics the unit counts as started and re-attached here, and its duration runs
+/// from its job's start as recorded (the supervisor's start time), not from the restart.
 pub(super) async fn reattach(
     ctx: TaskCtx,
     id: UnitId,
+    work_type: String,
+    registry: watch::Receiver<Arc<Registry>>,
     stopped: watch::Receiver<bool>,
     progress: watch::Sender<Progress>,
 ) {
@@ -209,24 +247,48 @@ pub(super) async fn reattach(
     (files.on_output)();
     let host = ctx.host.clone();
     // Reads the job's record and /proc: small, but file IO, so off the async workers.
-    let found = tokio::task::spawn_blocking(move || host.reattach(files)).await;
-    let outcome = match found {
-        Ok(Reattach::Running(job)) => {
+    let found = tokio::task::spawn_blocking(move || {
+        let started = job_started(&files.dir);
+        (host.reattach(files), started)
+    })
+    .await;
+    ctx.metrics.unit_reattached(&work_type);
+    let (outcome, took) = match found {
+        Ok((Reattach::Running(job), started)) => {
             tracing::info!(unit = %id, supervisor = ?job.record().supervisor, "re-attached a running job");
-            job.finish(stopped).await
+            let job_dir = ctx.store.job_dir(id);
+            let host = &ctx.host;
+            let quota = quota_of(registry, work_type.clone());
+            let outcome = host.finish_reattached(*job, job_dir, quota, stopped).await;
+            (outcome, started.and_then(|s| s.elapsed().ok()))
         }
-        Ok(Reattach::Ended { outcome, exit }) => {
+        Ok((Reattach::Ended { outcome, exit }, started)) => {
             tracing::info!(unit = %id, status = ?exit.status, "job ended while the node was down");
-            outcome
+            let ended = UNIX_EPOCH + Duration::from_millis(exit.ended_at_ms);
+            (outcome, started.and_then(|s| ended.duration_since(s).ok()))
         }
-        Ok(Reattach::Gone { detail }) => {
+        Ok((Reattach::Gone { detail }, _)) => {
             tracing::warn!(unit = %id, %detail, "unit was running when the node stopped; cannot re-attach");
-            Outcome::failed(format!("{}: {detail}", not_reattached()))
+            let detail = format!("{}: {detail}", not_reattached());
+            (Outcome::failed(detail), None)
         }
-        Err(e) => Outcome::failed(format!("{}: {e}", not_reattached())),
+        Err(e) => (Outcome::failed(format!("{}: {e}", not_reattached())), None),
     };
     let (state, detail) = end_of(outcome, None);
+    ctx.metrics.unit_finished(&work_type, state, took);
     ctx.ended(id, state, detail);
+}
+
+/// The disk quota of `work_type` once this node offers it (ansible-runner is offered only
+/// once it was probed, which may be after its units were re-attached); never while it is
+/// not offered.
+async fn quota_of(
+    mut registry: watch::Receiver<Arc<Registry>>,
+    work_type: String,
+) -> Option<DiskQuota> {
+    let offered = registry.wait_for(|r| r.get(&work_type).is_some()).await;
+    let active = offered.ok()?.get(&work_type)?;
+    active.policy.limits.disk
 }
 
 /// The unit's end from its handler's outcome and the first results write error, if any.
@@ -265,7 +327,7 @@ pub(super) async fn submit(
             return ctx.report(Command::RemoteSubmitFailed { id, failure });
         }
     };
-    let mut wait = std::time::Duration::from_millis(200);
+    let mut wait = Duration::from_millis(200);
     loop {
         // Output already here (a restart after it started) is not asked for again.
         let offset = progress.borrow().size;
@@ -294,7 +356,7 @@ pub(super) async fn submit(
                 // (or replaces one whose payload was cut).
                 tracing::info!(unit = %id, %node, error = %e, "cannot submit yet; retrying");
                 tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(std::time::Duration::from_secs(30));
+                wait = (wait * 2).min(Duration::from_secs(30));
             }
             Err((Some(remote), _)) => {
                 // The unit exists there: following it tells what became of it.
