@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use warren::host::contain::detached::Reattach;
 use warren::host::contain::record::{
-    DETACHED_DIR, EXIT_FILE, EndReason, ExitRecord, JOB_FILE, JobRecord, ProgramExit,
+    DETACHED_DIR, EndReason, ExitRecord, JobRecord, ProgramExit, read_job_log,
 };
 use warren::host::contain::{ContainMode, Containment, UnitFiles};
 use warren::host::params::{JobParams, Task};
@@ -85,16 +85,12 @@ impl Unit {
     }
 
     fn record(&self) -> Option<JobRecord> {
-        read(&self.path().join(DETACHED_DIR).join(JOB_FILE))
+        Some(read_job_log(&self.path().join(DETACHED_DIR)).ok()??.record)
     }
 
     fn exit(&self) -> Option<ExitRecord> {
-        read(&self.path().join(DETACHED_DIR).join(EXIT_FILE))
+        read_job_log(&self.path().join(DETACHED_DIR)).ok()??.exit
     }
-}
-
-fn read<T: for<'de> serde::Deserialize<'de>>(path: &Path) -> Option<T> {
-    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
 /// The complete output the stand-in writes when not interrupted.
@@ -377,6 +373,15 @@ fn a_detached_job_runs_to_its_end_under_its_handler_and_records_its_containment(
     assert!(record.supervisor.is_some() && record.program.is_some());
     let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
     assert_eq!(record.boot_id, boot.trim());
+    let exit = unit.exit().expect("the exit is in the job log");
+    assert_eq!(exit.status, ProgramExit::Exited(3));
+    // Every file a job creates costs its start: one log, no temp files, no exit file.
+    let mut names: Vec<String> = std::fs::read_dir(unit.path().join(DETACHED_DIR))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["job.json", "stderr"]);
     assert_all_gone(&unit.marker, "the job's end");
 }
 

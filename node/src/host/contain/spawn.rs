@@ -252,7 +252,7 @@ async fn supervised_piped(
         cwd: cmd.cwd.clone(),
         files: None,
         setup: cell.setup,
-        exit_dir: None,
+        job_log: None,
         deadline_ms: None,
         lifeline: true,
     };
@@ -318,15 +318,23 @@ pub(crate) async fn detached(
     }
     job.detached_started = true;
     let cell = containment.cell(unit, &job.limits, true)?;
-    let dir = record::detached_dir(&files.dir).map_err(|source| ContainError::Io {
+    let (dir, reused) = record::detached_dir(&files.dir).map_err(|source| ContainError::Io {
         path: files.dir.clone(),
         source,
     })?;
-    let _ = std::fs::remove_file(dir.join(record::EXIT_FILE));
-    let mut job_record = job_record(job, unit, label, &cell);
-    // Provisional: a node that dies before the supervisor is recorded still finds the
-    // cgroups to clean up.
-    write_record(&dir, &job_record)?;
+    if reused {
+        // An older node's exit record must not be taken for this job's.
+        let _ = std::fs::remove_file(dir.join(record::EXIT_FILE));
+    }
+    // Written once, before the spawn: a node that dies before the supervisor is recorded
+    // still finds the cgroups to clean up. The supervisor appends itself and the program
+    // to it before it reports the start, and the exit at the end.
+    record::create_job_log(&dir, &job_record(job, unit, label, &cell)).map_err(|source| {
+        ContainError::Record {
+            dir: dir.clone(),
+            source,
+        }
+    })?;
     let spec = Spec {
         program: cmd.program.clone(),
         args: cmd.args.clone(),
@@ -338,14 +346,11 @@ pub(crate) async fn detached(
             stderr: dir.join(record::STDERR_FILE),
         }),
         setup: cell.setup,
-        exit_dir: Some(dir.clone()),
+        job_log: Some(dir.join(record::JOB_FILE)),
         deadline_ms: Some(job.deadline_ms),
         lifeline: false,
     };
     let launched = launch_in_cell(&exe, &spec, &cell).await?;
-    job_record.supervisor = Some(launched.supervisor);
-    job_record.program = Some(launched.program);
-    write_record(&dir, &job_record)?;
     files.record(&cell.info);
     Ok(watch_detached(job, &cell, launched, dir, unit))
 }
@@ -367,13 +372,6 @@ fn job_record(job: &JobContain, unit: &str, label: &str, cell: &Cell) -> JobReco
         cancel_grace_ms: ms(job.cancel_grace),
         output_bytes: job.output_bytes,
     }
-}
-
-fn write_record(dir: &std::path::Path, job_record: &JobRecord) -> Result<(), ContainError> {
-    record::write_json(dir, record::JOB_FILE, job_record).map_err(|source| ContainError::Record {
-        dir: dir.to_owned(),
-        source,
-    })
 }
 
 /// Launches a detached supervisor in its own process group inside `cell`'s cgroups.

@@ -304,7 +304,7 @@ mod tests {
             cwd: "/".into(),
             files: None,
             setup: ChildSetup::new(64, 1 << 20),
-            exit_dir: None,
+            job_log: None,
             deadline_ms: None,
             lifeline: false,
         };

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::record::{self, EndReason, ExitRecord, ProcessRef, ProgramExit};
+use super::record::{self, EndReason, Entry, ExitRecord, ProcessRef, ProgramExit};
 use super::setup::ChildSetup;
 use super::vfork::{self, Role};
 
@@ -59,8 +59,9 @@ pub(crate) struct Spec {
     pub(crate) files: Option<SpecFiles>,
     /// Its rlimits and network (the supervisor already joined the cgroups).
     pub(crate) setup: ChildSetup,
-    /// Where to record how it ended (detached jobs).
-    pub(crate) exit_dir: Option<PathBuf>,
+    /// The job log to append the program's start and end to (detached jobs; the node
+    /// wrote its first line).
+    pub(crate) job_log: Option<PathBuf>,
     /// When to kill it, in milliseconds since the Unix epoch.
     pub(crate) deadline_ms: Option<u64>,
     /// Whether fd 5 is the node's lifeline.
@@ -118,6 +119,18 @@ fn run() -> i32 {
             return 126;
         }
     };
+    let log = match spec
+        .job_log
+        .as_deref()
+        .map(record::open_job_log)
+        .transpose()
+    {
+        Ok(log) => log,
+        Err(e) => {
+            let _ = writeln!(report, "error cannot open the job log: {e}");
+            return 127;
+        }
+    };
     let main = match start(&spec) {
         Ok(pid) => pid,
         Err(e) => {
@@ -125,8 +138,20 @@ fn run() -> i32 {
             return 127;
         }
     };
-    let start_time = ProcessRef::of(main).map_or(0, |p| p.start_time);
-    let _ = writeln!(report, "started {main} {start_time}");
+    let program = ProcessRef::of(main).unwrap_or(ProcessRef {
+        pid: main,
+        start_time: 0,
+    });
+    if let Some(log) = &log
+        && let Err(e) = log_start(log, program)
+    {
+        // A job no restarted node could find again must not run.
+        kill_tree();
+        sweep();
+        let _ = writeln!(report, "error cannot write to the job log: {e}");
+        return 127;
+    }
+    let _ = writeln!(report, "started {main} {}", program.start_time);
     detach_stdio();
     let lifeline = spec.lifeline.then_some(LIFELINE_FD);
     let (status, reason) = watch(main, &mut signals, lifeline, spec.deadline_ms);
@@ -135,14 +160,28 @@ fn run() -> i32 {
         reason,
         ended_at_ms: record::now_ms(),
     };
-    if let Some(dir) = &spec.exit_dir {
-        let _ = record::write_json(dir, record::EXIT_FILE, &ended);
+    if let Some(log) = &log {
+        let _ = record::write_line(log, &Entry::Ended(ended));
     }
     if let Ok(json) = serde_json::to_string(&ended) {
         let _ = writeln!(report, "ended {json}");
     }
     sweep();
     0
+}
+
+/// Appends who runs the job to its log, before the node hears of the start: a node that
+/// dies now still finds the job when it restarts.
+fn log_start(log: &File, program: ProcessRef) -> io::Result<()> {
+    let me = std::process::id().cast_signed();
+    let supervisor = ProcessRef::of(me).ok_or_else(|| io::Error::other("no /proc/self/stat"))?;
+    record::write_line(
+        log,
+        &Entry::Started {
+            supervisor,
+            program,
+        },
+    )
 }
 
 /// Whether `fd` is an open descriptor (taking ownership of a closed one is undefined).
