@@ -571,3 +571,67 @@ fn a_reattached_unit_force_released_under_the_subreaper_leaves_no_process_of_its
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `warren-supervisor` has no Rust runtime to ignore `SIGPIPE` for it: a node that stopped
+/// reading its reports (gone, or a detached job's, which never reads the last one) must not
+/// kill it with its `ended` report before it has swept the job's daemons. The supervisor is
+/// started by hand here, as a node would, with the spec on fd 3 and reports on fd 4.
+#[test]
+fn a_supervisor_whose_reports_nobody_reads_still_sweeps_the_jobs_daemons() {
+    use std::io::{BufRead as _, Write as _};
+    use std::os::fd::{AsRawFd as _, OwnedFd};
+    use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
+    let dir = tempfile::tempdir().unwrap();
+    let marker = marker();
+    let sleep = marked_sleep(dir.path(), &marker);
+    let job = format!("setsid {} 300 & sleep 0.3; exit 3", sleep.display());
+    let spec = serde_json::json!({
+        "program": "/bin/sh", "args": ["-c", job], "env": [["PATH", "/bin:/usr/bin"]],
+        "cwd": "/", "files": null, "job_log": null, "deadline_ms": null, "lifeline": false,
+        "setup": {"open_files": 1024, "file_size": 1u64 << 30, "address_space": null,
+                  "nproc": null, "private_network": false, "ids": [0, 0],
+                  "unblock_signals": false},
+    });
+    let (spec_r, mut spec_w) = std::io::pipe().unwrap();
+    let (report_r, report_w) = std::io::pipe().unwrap();
+    let (spec_r, report_w) = (OwnedFd::from(spec_r), OwnedFd::from(report_w));
+    let (spec_fd, report_fd) = (spec_r.as_raw_fd(), report_w.as_raw_fd());
+    let mut command = Command::new(env!("CARGO_BIN_EXE_warren-supervisor"));
+    command
+        .arg("__warren-supervise")
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: fcntl and dup2 only (async-signal-safe). Both ends are first copied above
+    // any fd the test process may hold, so neither dup2 overwrites the other's source.
+    unsafe {
+        command.pre_exec(move || {
+            let high = [spec_fd, report_fd].map(|fd| libc::fcntl(fd, libc::F_DUPFD, 1000));
+            for (from, to) in high.into_iter().zip([3, 4]) {
+                if from < 0 || libc::dup2(from, to) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut supervisor = command.spawn().unwrap();
+    drop((spec_r, report_w, command));
+    spec_w.write_all(spec.to_string().as_bytes()).unwrap();
+    drop(spec_w);
+    let mut started = String::new();
+    std::io::BufReader::new(&report_r)
+        .read_line(&mut started)
+        .unwrap();
+    assert!(started.starts_with("started "), "{started:?}");
+    // Stop listening, as a node does once a detached job has started.
+    drop(report_r);
+    let status = supervisor.wait().unwrap();
+    assert_eq!(
+        (status.code(), status.signal()),
+        (Some(0), None),
+        "the supervisor must end by itself, not by SIGPIPE"
+    );
+    assert_all_gone(&marker, "the supervisor's end");
+}

@@ -92,6 +92,11 @@ pub fn main_if_requested() {
 /// The supervisor's whole life; the exit code is 0 once it reported an end, 127 when the
 /// program could not start, 126 for a broken protocol.
 fn run() -> i32 {
+    // A node gone before the last report must not kill the supervisor through SIGPIPE before
+    // it has swept its tree (`warren-supervisor` has no Rust runtime to ignore it; the
+    // program gets it back at its default).
+    // SAFETY: signal(2) with SIG_IGN installs no handler code.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     // The report pipe and the lifeline arrive inheritable; the program must not hold them
     // (the node waits for the report pipe's end of file, which is the supervisor's exit).
     for fd in [REPORT_FD, LIFELINE_FD] {
