@@ -635,3 +635,57 @@ fn a_supervisor_whose_reports_nobody_reads_still_sweeps_the_jobs_daemons() {
     );
     assert_all_gone(&marker, "the supervisor's end");
 }
+
+/// The names of the cgroups `/proc/<pid>/cgroup` lists for a process.
+fn cgroups_of(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default()
+}
+
+/// A host keeps a supervisor started ahead for its next detached job, so that job does not
+/// wait for a process start. That supervisor was started before its job's cgroups existed:
+/// its program must still be born in them, and cancel must still leave nothing.
+#[test]
+fn a_detached_job_under_a_supervisor_started_ahead_is_in_its_cgroups_and_leaves_nothing() {
+    let (first, second) = (Unit::new(), Unit::new());
+    let host = host();
+    runtime().block_on(async {
+        let (_cancel, rx) = watch::channel(false);
+        let (outcome, _) = run(&host, first.path(), &first.runner, rx).await;
+        assert!(
+            matches!(
+                outcome,
+                Outcome::Failed {
+                    exit_code: Some(3),
+                    ..
+                }
+            ),
+            "{outcome:?}"
+        );
+        let (cancel, rx) = watch::channel(false);
+        let job = run(&host, second.path(), &second.runner, rx);
+        let check = async {
+            while !second.results().contains("line 3") {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let record = second.record().unwrap();
+            let (supervisor, program) = (record.supervisor.unwrap(), record.program.unwrap());
+            // SAFETY: sysconf has no memory effects.
+            let ticks = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap();
+            assert!(
+                program.start_time >= supervisor.start_time + 2 * ticks,
+                "the supervisor was started ahead, during the first job's 5 s: {record:?}"
+            );
+            let (inside, outside) = (cgroups_of(program.pid), cgroups_of(supervisor.pid));
+            for cgroup in &record.cgroups {
+                let name = cgroup.file_name().unwrap().to_string_lossy().into_owned();
+                assert!(inside.contains(&name), "program not in {name}: {inside}");
+                assert!(!outside.contains(&name), "supervisor in {name}: {outside}");
+            }
+            cancel.send(true).unwrap();
+        };
+        let ((outcome, _), ()) = tokio::join!(job, check);
+        assert!(matches!(outcome, Outcome::Canceled { .. }), "{outcome:?}");
+    });
+    assert_all_gone(&first.marker, "the first job's end");
+    assert_all_gone(&second.marker, "the second job's cancel");
+}

@@ -253,6 +253,7 @@ async fn supervised_piped(
         files: None,
         setup: cell.setup,
         job_log: None,
+        join: Vec::new(),
         deadline_ms: None,
         lifeline: true,
     };
@@ -349,8 +350,9 @@ pub(crate) async fn detached(
         job_log: Some(dir.join(record::JOB_FILE)),
         deadline_ms: Some(job.deadline_ms),
         lifeline: false,
+        join: Vec::new(),
     };
-    let launched = launch_in_cell(&exe, &spec, &cell).await?;
+    let launched = launch_detached(&containment, &exe, &spec, &cell).await?;
     files.record(&cell.info);
     Ok(watch_detached(job, &cell, launched, dir, unit))
 }
@@ -372,6 +374,34 @@ fn job_record(job: &JobContain, unit: &str, label: &str, cell: &Cell) -> JobReco
         cancel_grace_ms: ms(job.cancel_grace),
         output_bytes: job.output_bytes,
     }
+}
+
+/// Launches a detached job's supervisor: the spare the containment keeps waiting (started
+/// ahead, so this job does not wait for a process start), else a new one. Then has the
+/// next spare started, off the runtime's threads.
+async fn launch_detached(
+    containment: &Arc<Containment>,
+    exe: &std::path::Path,
+    spec: &Spec,
+    cell: &Cell,
+) -> Result<supervised::Launched, ContainError> {
+    let launched = match containment.take_spare() {
+        Some(spare) => {
+            let joining = Spec {
+                join: cell.info.cgroups.clone(),
+                ..spec.clone()
+            };
+            match spare.launch(&joining).await {
+                // It never got the spec (it ended while it waited): start one afresh.
+                Err(ContainError::SupervisorSpec { .. }) => launch_in_cell(exe, spec, cell).await,
+                launched => launched,
+            }
+        }
+        None => launch_in_cell(exe, spec, cell).await,
+    };
+    let refill = Arc::clone(containment);
+    drop(tokio::task::spawn_blocking(move || refill.refill_spare()));
+    launched
 }
 
 /// Launches a detached supervisor in its own process group inside `cell`'s cgroups.

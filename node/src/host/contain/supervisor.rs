@@ -66,6 +66,12 @@ pub(crate) struct Spec {
     pub(crate) deadline_ms: Option<u64>,
     /// Whether fd 5 is the node's lifeline.
     pub(crate) lifeline: bool,
+    /// The job's cgroup directories, for the program to join itself: set when the
+    /// supervisor was started before its job (a spare, see `supervised::Spare`), so it is
+    /// in none of them. The program is created in the v2 one (no RCU grace period, as
+    /// the node's own programs) and moves its one thread into each v1 one (`tasks`).
+    #[serde(default)]
+    pub(crate) join: Vec<PathBuf>,
 }
 
 /// A detached program's stdio.
@@ -211,10 +217,12 @@ fn read_spec() -> io::Result<Spec> {
 fn start(spec: &Spec) -> io::Result<i32> {
     let stdio = program_stdio(spec.files.as_ref())?;
     let mut setup = spec.setup;
-    // The supervisor joined the cgroups: the program is born in them.
+    // Without `join` the supervisor joined the cgroups: the program is born in them.
     setup.procs_len = 0;
     (setup.into_cgroup, setup.v2_procs) = (-1, -1);
     setup.unblock_signals = true;
+    // Open until the program has started.
+    let _join = join_on_exec(&spec.join, &mut setup)?;
     let plan = vfork::Plan {
         program: &spec.program,
         args: &spec.args,
@@ -232,6 +240,41 @@ fn start(spec: &Spec) -> io::Result<i32> {
         )
     })?;
     Ok(pid)
+}
+
+/// Opens what the program needs to join `dirs` as it starts: a v1 directory's `tasks`, else
+/// (v2 has no `tasks`) the directory itself to be created in and its `cgroup.procs`.
+fn join_on_exec(dirs: &[PathBuf], setup: &mut ChildSetup) -> io::Result<Vec<OwnedFd>> {
+    let mut fds = Vec::new();
+    for dir in dirs {
+        let opened = OpenOptions::new().write(true).open(dir.join("tasks"));
+        match opened {
+            Ok(tasks) if setup.procs_len < setup.procs.len() => {
+                let tasks = OwnedFd::from(tasks);
+                setup.procs[setup.procs_len] = tasks.as_raw_fd();
+                setup.procs_len += 1;
+                fds.push(tasks);
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let into = OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_DIRECTORY)
+                    .open(dir)
+                    .map_err(|e| named(dir, e))?;
+                let procs = dir.join("cgroup.procs");
+                let procs = OpenOptions::new()
+                    .write(true)
+                    .open(&procs)
+                    .map_err(|e| named(&procs, e))?;
+                let (into, procs) = (OwnedFd::from(into), OwnedFd::from(procs));
+                (setup.into_cgroup, setup.v2_procs) = (into.as_raw_fd(), procs.as_raw_fd());
+                fds.extend([into, procs]);
+            }
+            Err(e) => return Err(named(&dir.join("tasks"), e)),
+        }
+    }
+    Ok(fds)
 }
 
 /// The program's stdin, stdout and stderr: the spec's files, else the supervisor's own.
