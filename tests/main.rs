@@ -29,6 +29,7 @@ mod metrics;
 mod receptorctl;
 mod reload;
 mod run;
+mod supervisor;
 mod survive;
 mod survive_submit;
 mod toolchain;
