@@ -211,7 +211,7 @@ impl Containment {
 
     /// The supervisor started ahead for the next detached job, if one is waiting.
     pub(crate) fn take_spare(&self) -> Option<supervised::Spare> {
-        self.spare.lock().ok()?.take()
+        self.spare.lock().ok()?.take().filter(|s| !s.has_ended())
     }
 
     /// Starts a supervisor ahead for the next detached job, unless one waits already or

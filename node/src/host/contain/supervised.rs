@@ -216,6 +216,11 @@ impl Spare {
         })
     }
 
+    /// Whether it ended while it waited (killed, say): then it is not to be used.
+    pub(crate) fn has_ended(&self) -> bool {
+        self.child.has_exited()
+    }
+
     /// Gives it `spec` (a detached job's, with `join` naming the job's cgroups) and waits
     /// for the program's start.
     ///
@@ -392,8 +397,8 @@ mod tests {
         path
     }
 
-    async fn launch_with(exe: &Path) -> Result<Launched, ContainError> {
-        let spec = Spec {
+    fn spec() -> Spec {
+        Spec {
             program: "/bin/true".into(),
             args: Vec::new(),
             env: Vec::new(),
@@ -404,7 +409,11 @@ mod tests {
             deadline_ms: None,
             lifeline: false,
             join: Vec::new(),
-        };
+        }
+    }
+
+    async fn launch_with(exe: &Path) -> Result<Launched, ContainError> {
+        let spec = spec();
         let options = LaunchOptions {
             stdio: SupervisorStdio::Null,
             own_group: false,
@@ -456,5 +465,44 @@ mod tests {
         };
         assert_eq!(exe, Path::new("/nonexistent/warren-supervisor"));
         assert_eq!(source.kind(), io::ErrorKind::NotFound);
+    }
+
+    /// A spare of the script `exe`, written just before: another test's fork may still hold
+    /// the script open for writing for a moment (`ETXTBSY`).
+    fn start_spare(exe: &Path) -> Spare {
+        for _ in 0..100 {
+            match Spare::start(exe) {
+                Err(ContainError::SupervisorStart { source, .. })
+                    if source.raw_os_error() == Some(libc::ETXTBSY) =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                started => return started.unwrap(),
+            }
+        }
+        panic!("{} stayed busy", exe.display());
+    }
+
+    /// A spare that ended while it waited (killed, say) is not handed to a job, which
+    /// then starts a supervisor of its own.
+    #[tokio::test]
+    async fn a_spare_that_ended_while_it_waited_is_not_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("ends-at-once");
+        std::fs::write(&exe, "#!/bin/sh\nexit 0\n").unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let containment = super::super::Containment::process_groups();
+        let spare = start_spare(&exe);
+        let start = std::time::Instant::now();
+        while !spare.has_ended() {
+            assert!(start.elapsed().as_secs() < 10, "the stand-in did not end");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        *containment.spare.lock().unwrap() = Some(spare);
+        assert!(containment.take_spare().is_none());
+        let waiting = start_spare(&fake_supervisor(dir.path(), "exit 0"));
+        assert!(!waiting.has_ended(), "it waits for its spec");
+        *containment.spare.lock().unwrap() = Some(waiting);
+        assert!(containment.take_spare().is_some());
     }
 }
