@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use warren::host::contain::detached::Reattach;
 use warren::host::contain::record::{
-    DETACHED_DIR, EXIT_FILE, EndReason, ExitRecord, JOB_FILE, JobRecord, ProgramExit,
+    DETACHED_DIR, EndReason, ExitRecord, JobRecord, ProgramExit, read_job_log,
 };
 use warren::host::contain::{ContainMode, Containment, UnitFiles};
 use warren::host::params::{JobParams, Task};
@@ -37,14 +37,14 @@ const NODE_ROLE: &str = "WARREN_DETACHED_NODE";
 const LINES: usize = 100;
 
 /// A unit directory as the work layer lays it out, with the stand-in program.
-struct Unit {
+pub struct Unit {
     dir: tempfile::TempDir,
-    marker: String,
-    runner: PathBuf,
+    pub marker: String,
+    pub runner: PathBuf,
 }
 
 impl Unit {
-    fn new() -> Self {
+    pub fn new() -> Self {
         let dir = tempfile::Builder::new()
             .prefix("warren-detached")
             .tempdir()
@@ -76,25 +76,21 @@ impl Unit {
         }
     }
 
-    fn path(&self) -> &Path {
+    pub fn path(&self) -> &Path {
         self.dir.path()
     }
 
-    fn results(&self) -> String {
+    pub fn results(&self) -> String {
         std::fs::read_to_string(self.path().join("stdout")).unwrap_or_default()
     }
 
-    fn record(&self) -> Option<JobRecord> {
-        read(&self.path().join(DETACHED_DIR).join(JOB_FILE))
+    pub fn record(&self) -> Option<JobRecord> {
+        Some(read_job_log(&self.path().join(DETACHED_DIR)).ok()??.record)
     }
 
-    fn exit(&self) -> Option<ExitRecord> {
-        read(&self.path().join(DETACHED_DIR).join(EXIT_FILE))
+    pub fn exit(&self) -> Option<ExitRecord> {
+        read_job_log(&self.path().join(DETACHED_DIR)).ok()??.exit
     }
-}
-
-fn read<T: for<'de> serde::Deserialize<'de>>(path: &Path) -> Option<T> {
-    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
 /// The complete output the stand-in writes when not interrupted.
@@ -106,7 +102,7 @@ fn full_output() -> String {
     text
 }
 
-fn host() -> Host {
+pub fn host() -> Host {
     let containment = Containment::detect(ContainMode::Auto, Some(warren_bin())).unwrap();
     Host::with_containment(&component_cache(), containment).unwrap()
 }
@@ -123,7 +119,7 @@ fn files(dir: &Path, extra: Arc<Mutex<Vec<serde_json::Value>>>) -> UnitFiles {
 }
 
 /// Runs the stand-in as the `ansible-runner` handler would, with the unit's files.
-async fn run(
+pub async fn run(
     host: &Host,
     dir: &Path,
     runner: &Path,
@@ -171,7 +167,7 @@ async fn run_with(
     (outcome, extra)
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -377,6 +373,15 @@ fn a_detached_job_runs_to_its_end_under_its_handler_and_records_its_containment(
     assert!(record.supervisor.is_some() && record.program.is_some());
     let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
     assert_eq!(record.boot_id, boot.trim());
+    let exit = unit.exit().expect("the exit is in the job log");
+    assert_eq!(exit.status, ProgramExit::Exited(3));
+    // Every file a job creates costs its start: one log, no temp files, no exit file.
+    let mut names: Vec<String> = std::fs::read_dir(unit.path().join(DETACHED_DIR))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["job.json", "stderr"]);
     assert_all_gone(&unit.marker, "the job's end");
 }
 

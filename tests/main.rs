@@ -30,6 +30,7 @@ mod reattached;
 mod receptorctl;
 mod reload;
 mod run;
+mod supervisor;
 mod survive;
 mod survive_submit;
 mod toolchain;

@@ -7,8 +7,9 @@
 //! - `cgroup`: per program a cgroup in each usable hierarchy, limits written, joined in
 //!   `pre_exec`, killed and removed at the end;
 //! - `subreaper`: the `warren-supervisor` binary as the program's supervisor;
-//! - `detached`: the `ansible-runner` handler's detached form (supervisor in its own process group,
-//!   the job record written twice, stdio on the unit's files), without and with cgroups.
+//! - `detached`: the `ansible-runner` handler's detached form (supervisor in its own process
+//!   group, a job log the node writes once and the supervisor appends to, stdio on the unit's
+//!   files), without and with cgroups.
 //!
 //! Rows are measured back to back and again spaced [`GAP`] apart: moving a whole process
 //! into a cgroup (a `cgroup.procs` write) takes the kernel's `cgroup_threadgroup_rwsem` for

@@ -234,8 +234,8 @@ pub(crate) fn outcome(
 /// unit that was `Running`). Never blocks for long: it reads two small files and `/proc`.
 pub fn reattach(files: UnitFiles) -> Reattach {
     let dir = files.dir.join(record::DETACHED_DIR);
-    let record: JobRecord = match record::read_json(&dir, record::JOB_FILE) {
-        Ok(Some(record)) => record,
+    let (record, exit) = match record::read_job_log(&dir) {
+        Ok(Some(log)) => (log.record, log.exit),
         Ok(None) => {
             return Reattach::Gone {
                 detail: "no detached job was recorded for this unit".into(),
@@ -247,7 +247,6 @@ pub fn reattach(files: UnitFiles) -> Reattach {
             };
         }
     };
-    let exit: Option<ExitRecord> = record::read_json(&dir, record::EXIT_FILE).ok().flatten();
     if let Some(exit) = exit {
         // The program ended; its supervisor may still be sweeping up. Finish that.
         cgroup::from_paths(&record.cgroups).remove();

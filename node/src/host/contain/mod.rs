@@ -47,8 +47,8 @@ pub(crate) mod vfork;
 pub mod watch;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
@@ -94,6 +94,9 @@ pub struct Containment {
     leave_detached: AtomicBool,
     /// Makes each program's cgroup name unique within this node process.
     serial: AtomicU64,
+    /// A supervisor started ahead for the next detached job ([`supervised::Spare`]): taken
+    /// by that job, refilled after its start. Held only for a take or a put.
+    spare: Mutex<Option<supervised::Spare>>,
 }
 
 impl Containment {
@@ -141,6 +144,7 @@ impl Containment {
             user_processes: if is_root() { 0 } else { count_user_processes() },
             leave_detached: AtomicBool::new(false),
             serial: AtomicU64::new(0),
+            spare: Mutex::new(None),
         })
     }
 
@@ -161,6 +165,7 @@ impl Containment {
             user_processes: 0,
             leave_detached: AtomicBool::new(false),
             serial: AtomicU64::new(0),
+            spare: Mutex::new(None),
         }
     }
 
@@ -202,6 +207,33 @@ impl Containment {
     /// The supervisor binary, if there is one.
     pub(crate) fn supervisor(&self) -> Option<&PathBuf> {
         self.supervisor.as_ref()
+    }
+
+    /// The supervisor started ahead for the next detached job, if one is waiting.
+    pub(crate) fn take_spare(&self) -> Option<supervised::Spare> {
+        self.spare.lock().ok()?.take().filter(|s| !s.has_ended())
+    }
+
+    /// Starts a supervisor ahead for the next detached job, unless one waits already or
+    /// there is no supervisor binary. Blocks for a process start: call it off the
+    /// runtime's threads. Without a spare the next job starts its own supervisor.
+    pub(crate) fn refill_spare(&self) {
+        let Some(exe) = &self.supervisor else {
+            return;
+        };
+        if self.spare.lock().map_or(true, |slot| slot.is_some()) {
+            return;
+        }
+        match supervised::Spare::start(exe) {
+            Ok(spare) => {
+                if let Ok(mut slot) = self.spare.lock()
+                    && slot.is_none()
+                {
+                    *slot = Some(spare);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "no supervisor started ahead"),
+        }
     }
 
     /// From now on detached jobs keep running when their handles are dropped (the node is

@@ -1,13 +1,19 @@
-//! What outlives the node process for a detached job: the job record (who supervises it,
-//! its containment, limits and deadline) and the exit record its supervisor writes when the
-//! program ends. Both are JSON files in the unit's `detached/` directory, written to a temp
-//! file and renamed, so a crash of the node leaves the old or the new file, never half of
-//! one.
+//! What outlives the node process for a detached job: its job log `detached/job.json`, one
+//! JSON line per fact, only ever appended to. The node writes the first line, the
+//! [`JobRecord`] (containment, limits and deadline), before it starts the supervisor; the
+//! supervisor appends [`Entry::Started`] (its own pid and the program's) before it reports
+//! the start, and [`Entry::Ended`] when the program has ended. One file, created once: each
+//! file a job creates costs it tens of microseconds on a busy ext4 directory.
+//!
+//! A line is one `write` to a file opened `O_APPEND`, so a process killed at any moment
+//! leaves whole lines; a reader ignores a last line it cannot parse (one being written).
+//! Records of an older node (a whole record rewritten by rename, the exit in `exit.json`)
+//! are still read, so jobs started before an upgrade re-attach after it.
 //!
 //! Also the `/proc` facts that guard against pid reuse: a process's start time and the boot
 //! id.
 
-use std::fs;
+use std::fs::{self, File};
 use std::io::{self, Write as _};
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
@@ -18,9 +24,9 @@ use super::limits::ProgramLimits;
 
 /// The directory in a unit's directory that holds its detached job's files.
 pub const DETACHED_DIR: &str = "detached";
-/// The job record's file name.
+/// The job log's file name.
 pub const JOB_FILE: &str = "job.json";
-/// The exit record's file name.
+/// Where an older node's supervisor recorded the exit (read for jobs it started).
 pub const EXIT_FILE: &str = "exit.json";
 /// Where a detached program's stderr goes.
 pub const STDERR_FILE: &str = "stderr";
@@ -95,6 +101,20 @@ impl ProcessRef {
     }
 }
 
+/// A line of the job log after the job record: what the supervisor appends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Entry {
+    /// The supervisor started the program.
+    Started {
+        /// The supervisor.
+        supervisor: ProcessRef,
+        /// The program.
+        program: ProcessRef,
+    },
+    /// The program ended.
+    Ended(ExitRecord),
+}
+
 /// A detached job, as recorded for the node that restarts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -106,8 +126,8 @@ pub struct JobRecord {
     /// The boot the job started in (`/proc/sys/kernel/random/boot_id`): after a reboot
     /// no pid in this record means anything.
     pub boot_id: String,
-    /// The supervisor, once started; `None` in the provisional record written before the
-    /// spawn.
+    /// The supervisor, once started (from the log's [`Entry::Started`]; an older node
+    /// wrote it into the record itself).
     pub supervisor: Option<ProcessRef>,
     /// The program, once started.
     pub program: Option<ProcessRef>,
@@ -128,40 +148,108 @@ pub struct JobRecord {
 }
 
 /// The `detached/` directory of the unit whose directory is `unit_dir`, created (mode 0700)
-/// when missing.
+/// when missing; `true` when it was already there (it may hold an older job's files).
 ///
 /// # Errors
 /// When it cannot be created.
-pub(crate) fn detached_dir(unit_dir: &Path) -> io::Result<PathBuf> {
+pub(crate) fn detached_dir(unit_dir: &Path) -> io::Result<(PathBuf, bool)> {
     let dir = unit_dir.join(DETACHED_DIR);
     match fs::DirBuilder::new().mode(0o700).create(&dir) {
-        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
-        _ => Ok(dir),
+        Ok(()) => Ok((dir, false)),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok((dir, true)),
+        Err(e) => Err(e),
     }
 }
 
-/// Writes `value` as JSON to `dir/name` atomically (a temp file renamed over it).
+/// Starts the job log `dir/job.json` with `record` as its first line (mode 0600; an older
+/// log is truncated; a symlink there is refused, not followed).
 ///
-/// Both records are written without syncing (a sync costs about 10 ms here): they have to
-/// outlive the node *process*, which the page cache does. After a crash of the machine no
-/// process a job record names is running (the boot id tells so), and an exit record lost
-/// with the page cache only turns a job that ended in the last seconds before the crash,
-/// while its node was down, from "ended" into "gone".
+/// Not synced (a sync costs about 10 ms here): the log has to outlive the node *process*,
+/// which the page cache does. After a crash of the machine no process it names is running
+/// (the boot id tells so), and an `Ended` line lost with the page cache only turns a job
+/// that ended in the last seconds before the crash, while its node was down, from "ended"
+/// into "gone".
 ///
 /// # Errors
-/// Any step that failed; the old file (if any) is then still whole.
-pub(crate) fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T) -> io::Result<()> {
-    let bytes = serde_json::to_vec(value).map_err(io::Error::other)?;
-    let tmp = dir.join(format!("{name}.tmp"));
-    let mut file = fs::OpenOptions::new()
+/// When it cannot be created or written.
+pub(crate) fn create_job_log(dir: &Path, record: &JobRecord) -> io::Result<()> {
+    let file = fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(&bytes)?;
-    drop(file);
-    fs::rename(&tmp, dir.join(name))
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(dir.join(JOB_FILE))?;
+    write_line(&file, record)
+}
+
+/// Opens the job log at `path` to append to (a symlink is refused, not followed). The
+/// supervisor keeps it open, so what a job later does to the path does not redirect its
+/// writes.
+///
+/// # Errors
+/// When it cannot be opened.
+pub(crate) fn open_job_log(path: &Path) -> io::Result<File> {
+    fs::OpenOptions::new()
+        .append(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Appends `value` as one JSON line, in one `write`.
+///
+/// # Errors
+/// When it cannot be serialised or written.
+pub(crate) fn write_line<T: Serialize>(mut file: &File, value: &T) -> io::Result<()> {
+    let mut bytes = serde_json::to_vec(value).map_err(io::Error::other)?;
+    bytes.push(b'\n');
+    file.write_all(&bytes)
+}
+
+/// A detached job as its log tells it: the record (with the supervisor and program once
+/// started) and the exit once recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobLog {
+    /// The job record.
+    pub record: JobRecord,
+    /// How the program ended, once it did.
+    pub exit: Option<ExitRecord>,
+}
+
+/// Reads the job log in `dir` (a unit's `detached/` directory): `Ok(None)` when there is
+/// none. The first `Started` and the first `Ended` line count; reading stops at a line that
+/// does not parse. Without an `Ended` line, an older node's `exit.json` is read.
+///
+/// # Errors
+/// When the log exists but cannot be read, or its first line is not a job record.
+pub fn read_job_log(dir: &Path) -> io::Result<Option<JobLog>> {
+    let bytes = match fs::read(dir.join(JOB_FILE)) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut lines = bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or_default();
+    let mut record: JobRecord =
+        serde_json::from_slice(first).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let mut exit = None;
+    for entry in lines.map_while(|l| serde_json::from_slice::<Entry>(l).ok()) {
+        match entry {
+            Entry::Started {
+                supervisor,
+                program,
+            } if record.supervisor.is_none() => {
+                record.supervisor = Some(supervisor);
+                record.program = Some(program);
+            }
+            Entry::Ended(ended) if exit.is_none() => exit = Some(ended),
+            Entry::Started { .. } | Entry::Ended(_) => {}
+        }
+    }
+    if exit.is_none() {
+        exit = read_json(dir, EXIT_FILE).ok().flatten();
+    }
+    Ok(Some(JobLog { record, exit }))
 }
 
 /// Reads `dir/name` as JSON: `Ok(None)` when it does not exist.
@@ -236,22 +324,115 @@ mod tests {
         assert!(!reused.is_alive());
     }
 
+    fn a_record() -> JobRecord {
+        JobRecord {
+            unit: "u1".into(),
+            label: "ansible-runner worker".into(),
+            boot_id: boot_id(),
+            supervisor: None,
+            program: None,
+            containment: "subreaper supervisor".into(),
+            cgroups: Vec::new(),
+            limits: ProgramLimits::default(),
+            deadline_ms: 7,
+            deadline_ms_total: 8,
+            cancel_grace_ms: 9,
+            output_bytes: 10,
+        }
+    }
+
+    const SUPERVISOR: ProcessRef = ProcessRef {
+        pid: 11,
+        start_time: 12,
+    };
+    const PROGRAM: ProcessRef = ProcessRef {
+        pid: 13,
+        start_time: 14,
+    };
+    const EXIT: ExitRecord = ExitRecord {
+        status: ProgramExit::Signaled(9),
+        reason: EndReason::Deadline,
+        ended_at_ms: 5,
+    };
+
     #[test]
-    fn records_round_trip_atomically() {
+    fn the_job_log_reads_as_its_record_with_the_start_and_the_end_appended() {
         let dir = tempfile::tempdir().unwrap();
-        let exit = ExitRecord {
-            status: ProgramExit::Signaled(9),
-            reason: EndReason::Deadline,
-            ended_at_ms: 5,
-        };
-        write_json(dir.path(), EXIT_FILE, &exit).unwrap();
-        assert_eq!(read_json(dir.path(), EXIT_FILE).unwrap(), Some(exit));
-        assert!(!dir.path().join("exit.json.tmp").exists());
+        assert_eq!(read_job_log(dir.path()).unwrap(), None);
+        create_job_log(dir.path(), &a_record()).unwrap();
+        let mode = fs::metadata(dir.path().join(JOB_FILE))
+            .unwrap()
+            .permissions();
         assert_eq!(
-            read_json::<ExitRecord>(dir.path(), "missing").unwrap(),
-            None
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
         );
-        fs::write(dir.path().join("bad"), b"{").unwrap();
-        assert!(read_json::<ExitRecord>(dir.path(), "bad").is_err());
+        let read = read_job_log(dir.path()).unwrap().unwrap();
+        assert_eq!((read.record, read.exit), (a_record(), None));
+        let log = open_job_log(&dir.path().join(JOB_FILE)).unwrap();
+        let started = Entry::Started {
+            supervisor: SUPERVISOR,
+            program: PROGRAM,
+        };
+        write_line(&log, &started).unwrap();
+        write_line(&log, &Entry::Ended(EXIT)).unwrap();
+        // Later lines (a job appending to its own log) change nothing.
+        let other = ExitRecord {
+            status: ProgramExit::Exited(0),
+            ..EXIT
+        };
+        write_line(&log, &Entry::Ended(other)).unwrap();
+        let read = read_job_log(dir.path()).unwrap().unwrap();
+        assert_eq!(read.record.supervisor, Some(SUPERVISOR));
+        assert_eq!(read.record.program, Some(PROGRAM));
+        assert_eq!(read.exit, Some(EXIT));
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "one file");
+    }
+
+    #[test]
+    fn a_line_cut_short_is_ignored_and_a_log_without_a_record_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        create_job_log(dir.path(), &a_record()).unwrap();
+        let log = open_job_log(&dir.path().join(JOB_FILE)).unwrap();
+        (&log).write_all(br#"{"Ended":{"Status":{"Exi"#).unwrap();
+        let read = read_job_log(dir.path()).unwrap().unwrap();
+        assert_eq!(read.exit, None);
+        fs::write(dir.path().join(JOB_FILE), b"{\"Ended\":1}\n").unwrap();
+        let err = read_job_log(dir.path()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn an_older_nodes_record_and_exit_file_are_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = JobRecord {
+            supervisor: Some(SUPERVISOR),
+            program: Some(PROGRAM),
+            ..a_record()
+        };
+        fs::write(dir.path().join(JOB_FILE), serde_json::to_vec(&old).unwrap()).unwrap();
+        let read = read_job_log(dir.path()).unwrap().unwrap();
+        assert_eq!((&read.record, read.exit), (&old, None));
+        fs::write(
+            dir.path().join(EXIT_FILE),
+            serde_json::to_vec(&EXIT).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(read_job_log(dir.path()).unwrap().unwrap().exit, Some(EXIT));
+    }
+
+    /// A job runs as the node's user and can reach its unit's `detached/`: a symlink it
+    /// plants where the log goes must not make the node or the supervisor write through it.
+    #[test]
+    fn a_symlink_in_place_of_the_job_log_is_refused_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join(JOB_FILE)).unwrap();
+        let err = create_job_log(dir.path(), &a_record()).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ELOOP), "{err}");
+        let err = open_job_log(&dir.path().join(JOB_FILE)).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ELOOP), "{err}");
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
     }
 }

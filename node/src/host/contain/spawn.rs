@@ -252,7 +252,8 @@ async fn supervised_piped(
         cwd: cmd.cwd.clone(),
         files: None,
         setup: cell.setup,
-        exit_dir: None,
+        job_log: None,
+        join: Vec::new(),
         deadline_ms: None,
         lifeline: true,
     };
@@ -318,15 +319,23 @@ pub(crate) async fn detached(
     }
     job.detached_started = true;
     let cell = containment.cell(unit, &job.limits, true)?;
-    let dir = record::detached_dir(&files.dir).map_err(|source| ContainError::Io {
+    let (dir, reused) = record::detached_dir(&files.dir).map_err(|source| ContainError::Io {
         path: files.dir.clone(),
         source,
     })?;
-    let _ = std::fs::remove_file(dir.join(record::EXIT_FILE));
-    let mut job_record = job_record(job, unit, label, &cell);
-    // Provisional: a node that dies before the supervisor is recorded still finds the
-    // cgroups to clean up.
-    write_record(&dir, &job_record)?;
+    if reused {
+        // An older node's exit record must not be taken for this job's.
+        let _ = std::fs::remove_file(dir.join(record::EXIT_FILE));
+    }
+    // Written once, before the spawn: a node that dies before the supervisor is recorded
+    // still finds the cgroups to clean up. The supervisor appends itself and the program
+    // to it before it reports the start, and the exit at the end.
+    record::create_job_log(&dir, &job_record(job, unit, label, &cell)).map_err(|source| {
+        ContainError::Record {
+            dir: dir.clone(),
+            source,
+        }
+    })?;
     let spec = Spec {
         program: cmd.program.clone(),
         args: cmd.args.clone(),
@@ -338,14 +347,12 @@ pub(crate) async fn detached(
             stderr: dir.join(record::STDERR_FILE),
         }),
         setup: cell.setup,
-        exit_dir: Some(dir.clone()),
+        job_log: Some(dir.join(record::JOB_FILE)),
         deadline_ms: Some(job.deadline_ms),
         lifeline: false,
+        join: Vec::new(),
     };
-    let launched = launch_in_cell(&exe, &spec, &cell).await?;
-    job_record.supervisor = Some(launched.supervisor);
-    job_record.program = Some(launched.program);
-    write_record(&dir, &job_record)?;
+    let launched = launch_detached(&containment, &exe, &spec, &cell).await?;
     files.record(&cell.info);
     Ok(watch_detached(job, &cell, launched, dir, unit))
 }
@@ -369,11 +376,32 @@ fn job_record(job: &JobContain, unit: &str, label: &str, cell: &Cell) -> JobReco
     }
 }
 
-fn write_record(dir: &std::path::Path, job_record: &JobRecord) -> Result<(), ContainError> {
-    record::write_json(dir, record::JOB_FILE, job_record).map_err(|source| ContainError::Record {
-        dir: dir.to_owned(),
-        source,
-    })
+/// Launches a detached job's supervisor: the spare the containment keeps waiting (started
+/// ahead, so this job does not wait for a process start), else a new one. Then has the
+/// next spare started, off the runtime's threads.
+async fn launch_detached(
+    containment: &Arc<Containment>,
+    exe: &std::path::Path,
+    spec: &Spec,
+    cell: &Cell,
+) -> Result<supervised::Launched, ContainError> {
+    let launched = match containment.take_spare() {
+        Some(spare) => {
+            let joining = Spec {
+                join: cell.info.cgroups.clone(),
+                ..spec.clone()
+            };
+            match spare.launch(&joining).await {
+                // It never got the spec (it ended while it waited): start one afresh.
+                Err(ContainError::SupervisorSpec { .. }) => launch_in_cell(exe, spec, cell).await,
+                launched => launched,
+            }
+        }
+        None => launch_in_cell(exe, spec, cell).await,
+    };
+    let refill = Arc::clone(containment);
+    drop(tokio::task::spawn_blocking(move || refill.refill_spare()));
+    launched
 }
 
 /// Launches a detached supervisor in its own process group inside `cell`'s cgroups.

@@ -107,33 +107,134 @@ pub(crate) async fn launch(
             own_group: options.own_group,
         },
     };
-    let mut child = vfork::spawn(&plan).map_err(|source| ContainError::SupervisorStart {
+    let child = vfork::spawn(&plan).map_err(|source| ContainError::SupervisorStart {
         exe: exe.to_owned(),
         source,
     })?;
-    child.outlive_handle();
     // Our copies of its ends must be gone before end of file can come.
     drop((spec_r, report_w, life_r, stdio));
-    send_spec(spec_w, spec).await?;
-    let receiver =
-        pipe::Receiver::from_owned_fd(OwnedFd::from(report_r)).map_err(io("report pipe"))?;
-    let mut reports = BufReader::new(receiver).lines();
-    let program = first_report(&mut reports, exe).await?;
-    let pid = child.id();
-    let supervisor = ProcessRef::of(pid).unwrap_or(ProcessRef { pid, start_time: 0 });
-    let stdin = stdin
-        .map(pipe::Sender::from_owned_fd)
-        .transpose()
-        .map_err(io("supervisor stdin"))?;
-    Ok(Launched {
+    let started = Started {
+        exe,
         child,
-        stdin,
-        supervisor,
-        pidfd: pidfd_open(pid),
-        program,
-        reports,
-        _lifeline: node_lifeline,
-    })
+        spec: spec_w,
+        reports: report_r,
+    };
+    started.handshake(spec, stdin, node_lifeline).await
+}
+
+/// A supervisor process that has not been sent its spec yet.
+#[derive(Debug)]
+struct Started<'a> {
+    exe: &'a Path,
+    child: vfork::Process,
+    spec: io::PipeWriter,
+    reports: io::PipeReader,
+}
+
+impl Started<'_> {
+    /// Sends `spec`, waits for the program's start and returns the launched job.
+    async fn handshake(
+        self,
+        spec: &Spec,
+        stdin: Option<OwnedFd>,
+        lifeline: Option<OwnedFd>,
+    ) -> Result<Launched, ContainError> {
+        let io = |what: &'static str| move |source: io::Error| ContainError::Pipe { what, source };
+        let mut child = self.child;
+        child.outlive_handle();
+        send_spec(self.spec, spec).await?;
+        let receiver = pipe::Receiver::from_owned_fd(OwnedFd::from(self.reports))
+            .map_err(io("report pipe"))?;
+        let mut reports = BufReader::new(receiver).lines();
+        let program = first_report(&mut reports, self.exe).await?;
+        let pid = child.id();
+        let supervisor = ProcessRef::of(pid).unwrap_or(ProcessRef { pid, start_time: 0 });
+        let stdin = stdin
+            .map(pipe::Sender::from_owned_fd)
+            .transpose()
+            .map_err(io("supervisor stdin"))?;
+        Ok(Launched {
+            child,
+            stdin,
+            supervisor,
+            pidfd: pidfd_open(pid),
+            program,
+            reports,
+            _lifeline: lifeline,
+        })
+    }
+}
+
+/// A supervisor started ahead of its job and waiting for its spec, so that a detached job
+/// does not wait for a process start (about a millisecond here): in a process group of its
+/// own, stdio on `/dev/null`, no lifeline, in none of the job's cgroups (the spec's `join`
+/// has the program join them). Dropped unused, it is killed; a node that dies closes its
+/// spec pipe, and a supervisor that reads an empty spec exits.
+#[derive(Debug)]
+pub(crate) struct Spare {
+    exe: std::path::PathBuf,
+    child: vfork::Process,
+    spec: io::PipeWriter,
+    reports: io::PipeReader,
+}
+
+impl Spare {
+    /// Starts one. Blocks for the spawn (until the supervisor's `exec`): call it off the
+    /// runtime's threads.
+    ///
+    /// # Errors
+    /// When the pipes or the process cannot be made.
+    pub(crate) fn start(exe: &Path) -> Result<Self, ContainError> {
+        let io = |what: &'static str| move |source: io::Error| ContainError::Pipe { what, source };
+        let (spec_r, spec) = io::pipe().map_err(io("spec pipe"))?;
+        let (reports, report_w) = io::pipe().map_err(io("report pipe"))?;
+        let (spec_r, report_w) = (OwnedFd::from(spec_r), OwnedFd::from(report_w));
+        let (stdio, _) = stdio_of(SupervisorStdio::Null).map_err(io("supervisor stdio"))?;
+        let args = [SUPERVISE_ARG.to_owned()];
+        let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
+        let plan = vfork::Plan {
+            program: exe,
+            args: &args,
+            env: &[],
+            cwd: &cwd,
+            stdio: [&stdio[0], &stdio[1], &stdio[2]],
+            setup: ChildSetup::new(0, 0),
+            role: Role::Supervisor {
+                pass: [Some(&spec_r), Some(&report_w), None],
+                own_group: true,
+            },
+        };
+        let child = vfork::spawn(&plan).map_err(|source| ContainError::SupervisorStart {
+            exe: exe.to_owned(),
+            source,
+        })?;
+        Ok(Self {
+            exe: exe.to_owned(),
+            child,
+            spec,
+            reports,
+        })
+    }
+
+    /// Whether it ended while it waited (killed, say): then it is not to be used.
+    pub(crate) fn has_ended(&self) -> bool {
+        self.child.has_exited()
+    }
+
+    /// Gives it `spec` (a detached job's, with `join` naming the job's cgroups) and waits
+    /// for the program's start.
+    ///
+    /// # Errors
+    /// As [`launch`]; [`ContainError::SupervisorSpec`] when it ended before it got the spec.
+    pub(crate) async fn launch(self, spec: &Spec) -> Result<Launched, ContainError> {
+        let started = Started {
+            exe: &self.exe,
+            child: self.child,
+            spec: self.spec,
+            reports: self.reports,
+        };
+        started.handshake(spec, None, None).await
+    }
 }
 
 /// The supervisor's descriptors 0 to 2, and the node's end of its stdin pipe when piped.
@@ -296,18 +397,23 @@ mod tests {
         path
     }
 
-    async fn launch_with(exe: &Path) -> Result<Launched, ContainError> {
-        let spec = Spec {
+    fn spec() -> Spec {
+        Spec {
             program: "/bin/true".into(),
             args: Vec::new(),
             env: Vec::new(),
             cwd: "/".into(),
             files: None,
             setup: ChildSetup::new(64, 1 << 20),
-            exit_dir: None,
+            job_log: None,
             deadline_ms: None,
             lifeline: false,
-        };
+            join: Vec::new(),
+        }
+    }
+
+    async fn launch_with(exe: &Path) -> Result<Launched, ContainError> {
+        let spec = spec();
         let options = LaunchOptions {
             stdio: SupervisorStdio::Null,
             own_group: false,
@@ -359,5 +465,44 @@ mod tests {
         };
         assert_eq!(exe, Path::new("/nonexistent/warren-supervisor"));
         assert_eq!(source.kind(), io::ErrorKind::NotFound);
+    }
+
+    /// A spare of the script `exe`, written just before: another test's fork may still hold
+    /// the script open for writing for a moment (`ETXTBSY`).
+    fn start_spare(exe: &Path) -> Spare {
+        for _ in 0..100 {
+            match Spare::start(exe) {
+                Err(ContainError::SupervisorStart { source, .. })
+                    if source.raw_os_error() == Some(libc::ETXTBSY) =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                started => return started.unwrap(),
+            }
+        }
+        panic!("{} stayed busy", exe.display());
+    }
+
+    /// A spare that ended while it waited (killed, say) is not handed to a job, which
+    /// then starts a supervisor of its own.
+    #[tokio::test]
+    async fn a_spare_that_ended_while_it_waited_is_not_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("ends-at-once");
+        std::fs::write(&exe, "#!/bin/sh\nexit 0\n").unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let containment = super::super::Containment::process_groups();
+        let spare = start_spare(&exe);
+        let start = std::time::Instant::now();
+        while !spare.has_ended() {
+            assert!(start.elapsed().as_secs() < 10, "the stand-in did not end");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        *containment.spare.lock().unwrap() = Some(spare);
+        assert!(containment.take_spare().is_none());
+        let waiting = start_spare(&fake_supervisor(dir.path(), "exit 0"));
+        assert!(!waiting.has_ended(), "it waits for its spec");
+        *containment.spare.lock().unwrap() = Some(waiting);
+        assert!(containment.take_spare().is_some());
     }
 }

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::record::{self, EndReason, ExitRecord, ProcessRef, ProgramExit};
+use super::record::{self, EndReason, Entry, ExitRecord, ProcessRef, ProgramExit};
 use super::setup::ChildSetup;
 use super::vfork::{self, Role};
 
@@ -59,12 +59,19 @@ pub(crate) struct Spec {
     pub(crate) files: Option<SpecFiles>,
     /// Its rlimits and network (the supervisor already joined the cgroups).
     pub(crate) setup: ChildSetup,
-    /// Where to record how it ended (detached jobs).
-    pub(crate) exit_dir: Option<PathBuf>,
+    /// The job log to append the program's start and end to (detached jobs; the node
+    /// wrote its first line).
+    pub(crate) job_log: Option<PathBuf>,
     /// When to kill it, in milliseconds since the Unix epoch.
     pub(crate) deadline_ms: Option<u64>,
     /// Whether fd 5 is the node's lifeline.
     pub(crate) lifeline: bool,
+    /// The job's cgroup directories, for the program to join itself: set when the
+    /// supervisor was started before its job (a spare, see `supervised::Spare`), so it is
+    /// in none of them. The program is created in the v2 one (no RCU grace period, as
+    /// the node's own programs) and moves its one thread into each v1 one (`tasks`).
+    #[serde(default)]
+    pub(crate) join: Vec<PathBuf>,
 }
 
 /// A detached program's stdio.
@@ -91,6 +98,11 @@ pub fn main_if_requested() {
 /// The supervisor's whole life; the exit code is 0 once it reported an end, 127 when the
 /// program could not start, 126 for a broken protocol.
 fn run() -> i32 {
+    // A node gone before the last report must not kill the supervisor through SIGPIPE before
+    // it has swept its tree (`warren-supervisor` has no Rust runtime to ignore it; the
+    // program gets it back at its default).
+    // SAFETY: signal(2) with SIG_IGN installs no handler code.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     // The report pipe and the lifeline arrive inheritable; the program must not hold them
     // (the node waits for the report pipe's end of file, which is the supervisor's exit).
     for fd in [REPORT_FD, LIFELINE_FD] {
@@ -118,6 +130,18 @@ fn run() -> i32 {
             return 126;
         }
     };
+    let log = match spec
+        .job_log
+        .as_deref()
+        .map(record::open_job_log)
+        .transpose()
+    {
+        Ok(log) => log,
+        Err(e) => {
+            let _ = writeln!(report, "error cannot open the job log: {e}");
+            return 127;
+        }
+    };
     let main = match start(&spec) {
         Ok(pid) => pid,
         Err(e) => {
@@ -125,8 +149,20 @@ fn run() -> i32 {
             return 127;
         }
     };
-    let start_time = ProcessRef::of(main).map_or(0, |p| p.start_time);
-    let _ = writeln!(report, "started {main} {start_time}");
+    let program = ProcessRef::of(main).unwrap_or(ProcessRef {
+        pid: main,
+        start_time: 0,
+    });
+    if let Some(log) = &log
+        && let Err(e) = log_start(log, program)
+    {
+        // A job no restarted node could find again must not run.
+        kill_tree();
+        sweep();
+        let _ = writeln!(report, "error cannot write to the job log: {e}");
+        return 127;
+    }
+    let _ = writeln!(report, "started {main} {}", program.start_time);
     detach_stdio();
     let lifeline = spec.lifeline.then_some(LIFELINE_FD);
     let (status, reason) = watch(main, &mut signals, lifeline, spec.deadline_ms);
@@ -135,14 +171,28 @@ fn run() -> i32 {
         reason,
         ended_at_ms: record::now_ms(),
     };
-    if let Some(dir) = &spec.exit_dir {
-        let _ = record::write_json(dir, record::EXIT_FILE, &ended);
+    if let Some(log) = &log {
+        let _ = record::write_line(log, &Entry::Ended(ended));
     }
     if let Ok(json) = serde_json::to_string(&ended) {
         let _ = writeln!(report, "ended {json}");
     }
     sweep();
     0
+}
+
+/// Appends who runs the job to its log, before the node hears of the start: a node that
+/// dies now still finds the job when it restarts.
+fn log_start(log: &File, program: ProcessRef) -> io::Result<()> {
+    let me = std::process::id().cast_signed();
+    let supervisor = ProcessRef::of(me).ok_or_else(|| io::Error::other("no /proc/self/stat"))?;
+    record::write_line(
+        log,
+        &Entry::Started {
+            supervisor,
+            program,
+        },
+    )
 }
 
 /// Whether `fd` is an open descriptor (taking ownership of a closed one is undefined).
@@ -167,10 +217,12 @@ fn read_spec() -> io::Result<Spec> {
 fn start(spec: &Spec) -> io::Result<i32> {
     let stdio = program_stdio(spec.files.as_ref())?;
     let mut setup = spec.setup;
-    // The supervisor joined the cgroups: the program is born in them.
+    // Without `join` the supervisor joined the cgroups: the program is born in them.
     setup.procs_len = 0;
     (setup.into_cgroup, setup.v2_procs) = (-1, -1);
     setup.unblock_signals = true;
+    // Open until the program has started.
+    let _join = join_on_exec(&spec.join, &mut setup)?;
     let plan = vfork::Plan {
         program: &spec.program,
         args: &spec.args,
@@ -188,6 +240,41 @@ fn start(spec: &Spec) -> io::Result<i32> {
         )
     })?;
     Ok(pid)
+}
+
+/// Opens what the program needs to join `dirs` as it starts: a v1 directory's `tasks`, else
+/// (v2 has no `tasks`) the directory itself to be created in and its `cgroup.procs`.
+fn join_on_exec(dirs: &[PathBuf], setup: &mut ChildSetup) -> io::Result<Vec<OwnedFd>> {
+    let mut fds = Vec::new();
+    for dir in dirs {
+        let opened = OpenOptions::new().write(true).open(dir.join("tasks"));
+        match opened {
+            Ok(tasks) if setup.procs_len < setup.procs.len() => {
+                let tasks = OwnedFd::from(tasks);
+                setup.procs[setup.procs_len] = tasks.as_raw_fd();
+                setup.procs_len += 1;
+                fds.push(tasks);
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let into = OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_DIRECTORY)
+                    .open(dir)
+                    .map_err(|e| named(dir, e))?;
+                let procs = dir.join("cgroup.procs");
+                let procs = OpenOptions::new()
+                    .write(true)
+                    .open(&procs)
+                    .map_err(|e| named(&procs, e))?;
+                let (into, procs) = (OwnedFd::from(into), OwnedFd::from(procs));
+                (setup.into_cgroup, setup.v2_procs) = (into.as_raw_fd(), procs.as_raw_fd());
+                fds.extend([into, procs]);
+            }
+            Err(e) => return Err(named(&dir.join("tasks"), e)),
+        }
+    }
+    Ok(fds)
 }
 
 /// The program's stdin, stdout and stderr: the spec's files, else the supervisor's own.

@@ -247,9 +247,10 @@ pub(crate) async fn detached(
     close_off_path(results);
     watch.finish();
     watch.announce_output();
-    let recorded: Option<ExitRecord> = record::read_json(&exit_dir, record::EXIT_FILE)
+    let recorded = record::read_job_log(&exit_dir)
         .ok()
-        .flatten();
+        .flatten()
+        .and_then(|log| log.exit);
     recorded.map_or(
         (ProgramExit::Signaled(libc::SIGKILL), EndReason::Killed),
         |r| (r.status, r.reason),

@@ -395,6 +395,20 @@ impl Process {
         self.outlives_handle = true;
     }
 
+    /// Whether it has exited (its pidfd is readable), without reaping it.
+    pub(crate) fn has_exited(&self) -> bool {
+        let Some(pidfd) = &self.pidfd else {
+            return true;
+        };
+        let mut fds = [libc::pollfd {
+            fd: pidfd.get_ref().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: poll on one pollfd on our stack, without waiting.
+        unsafe { libc::poll(fds.as_mut_ptr(), 1, 0) == 1 }
+    }
+
     /// Waits until it has exited, and reaps it.
     ///
     /// # Errors
