@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use super::contain::UnitFiles;
 use super::contain::detached::{self, DetachedJob, Reattach};
-use super::contain::record::{self, JobRecord, ProcessRef};
+use super::contain::record::{self, ProcessRef};
 use super::disk::DiskQuota;
 use super::quota::DiskLedger;
 use super::runner::{Host, Outcome, disk_stopped, free_job_dir};
@@ -87,7 +87,7 @@ impl Host {
 /// supervisor, or from another boot. Reads a small file: call it off the async workers.
 pub fn job_started(unit_dir: &Path) -> Option<SystemTime> {
     let dir = unit_dir.join(record::DETACHED_DIR);
-    let record: JobRecord = record::read_json(&dir, record::JOB_FILE).ok()??;
+    let record = record::read_job_log(&dir).ok()??.record;
     if record.boot_id != record::boot_id() {
         return None;
     }
@@ -132,6 +132,7 @@ fn start_of(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::contain::record::JobRecord;
 
     #[test]
     fn a_start_in_ticks_after_boot_is_the_time_that_long_before_now() {
@@ -161,7 +162,7 @@ mod tests {
     fn a_record_from_another_boot_or_without_a_supervisor_has_no_start() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(job_started(dir.path()), None, "no record");
-        let detached = record::detached_dir(dir.path()).unwrap();
+        let (detached, _) = record::detached_dir(dir.path()).unwrap();
         let me = ProcessRef::of(std::process::id() as i32).unwrap();
         let mut job = JobRecord {
             unit: "u".into(),
@@ -177,16 +178,16 @@ mod tests {
             cancel_grace_ms: 0,
             output_bytes: 0,
         };
-        record::write_json(&detached, record::JOB_FILE, &job).unwrap();
+        record::create_job_log(&detached, &job).unwrap();
         let started = job_started(dir.path()).expect("a start from this boot's record");
         let ago = SystemTime::now().duration_since(started).unwrap();
         assert!(ago < Duration::from_secs(3600), "{ago:?}");
         job.boot_id = "another boot".into();
-        record::write_json(&detached, record::JOB_FILE, &job).unwrap();
+        record::create_job_log(&detached, &job).unwrap();
         assert_eq!(job_started(dir.path()), None);
         job.boot_id = record::boot_id();
         job.supervisor = None;
-        record::write_json(&detached, record::JOB_FILE, &job).unwrap();
+        record::create_job_log(&detached, &job).unwrap();
         assert_eq!(job_started(dir.path()), None);
     }
 }
