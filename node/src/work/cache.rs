@@ -175,6 +175,8 @@ impl ContentCache {
             cache: self.clone(),
             scope: scope.0,
             pinned: Vec::new(),
+            #[cfg(test)]
+            lookups: Vec::new(),
         })
     }
 
@@ -202,6 +204,10 @@ pub struct Session {
     cache: Arc<ContentCache>,
     scope: [u8; 32],
     pinned: Vec<Key>,
+    /// The thread of each look-up ([`Session::hit`]), for tests to see how often and where
+    /// the index was asked.
+    #[cfg(test)]
+    pub(crate) lookups: Vec<std::thread::ThreadId>,
 }
 
 impl Session {
@@ -215,6 +221,8 @@ impl Session {
     /// Pins the content `hash` if this scope has it: its file and size.
     pub fn hit(&mut self, hash: &[u8; 32]) -> Option<(PathBuf, u64)> {
         let key = self.key(hash);
+        #[cfg(test)]
+        self.lookups.push(std::thread::current().id());
         let size = self.cache.lock().pin(&key)?;
         self.pinned.push(key);
         Some((self.cache.path(&key), size))

@@ -106,7 +106,7 @@ impl Server {
             return finish(stream, &reply).await;
         }
         let session = (self.contents.as_ref()).and_then(|c| c.session(Scope::of(&peer.key)));
-        let Some(mut session) = session else {
+        let Some(session) = session else {
             if self.contents.is_some() {
                 tracing::info!(peer = %peer.node, "content cache busy: the payload is to be sent whole");
             }
@@ -134,8 +134,8 @@ impl Server {
         if let Err(e) = manifest.check(self.work.max_payload()) {
             return finish(stream, &self.manifest_refusal(peer, e.to_string())).await;
         }
-        let plan = match look_up(manifest, &mut session).await {
-            Ok(plan) => plan,
+        let (plan, mut session) = match look_up(manifest, session).await {
+            Ok(done) => done,
             Err(e) => {
                 let e = WorkError::Internal(format!("checking the content cache: {e}"));
                 return finish(stream, &self.refuse(peer, &e)).await;
@@ -264,41 +264,43 @@ async fn skip_frame(stream: &mut MeshStream) -> Result<(), ProtocolError> {
     Ok(())
 }
 
-/// Pins what the scope holds, checks that each pinned file still holds its content (off
-/// the async workers), forgets those that do not, and asks for every content not held
-/// once (the first entry with it).
+/// Pins what the scope holds, checks that each pinned file still holds its content,
+/// forgets those that do not, and asks for every content not held once (the first entry
+/// with it). Runs on a blocking thread, all of it: a manifest lists up to [`MAX_ENTRIES`]
+/// entries, and each distinct content is looked up (and pinned) once, through a set.
 async fn look_up(
     manifest: Manifest,
-    session: &mut Session,
-) -> Result<Plan, tokio::task::JoinError> {
-    let mut hits: Vec<(ContentHash, PathBuf, u64)> = Vec::new();
-    for entry in &manifest.entries {
-        if let Content::Hashed(hash) = &entry.content
-            && !hits.iter().any(|(h, _, _)| h == hash)
-            && let Some((path, size)) = session.hit(hash)
-        {
-            hits.push((*hash, path, size));
-        }
-    }
-    let checked = tokio::task::spawn_blocking(move || {
-        hits.into_iter()
-            .map(|(hash, path, size)| {
-                let good = cache::holds(&path, &hash, size).unwrap_or(false);
-                (hash, path, good)
-            })
-            .collect::<Vec<_>>()
+    mut session: Session,
+) -> Result<(Plan, Session), tokio::task::JoinError> {
+    tokio::task::spawn_blocking(move || {
+        let held_files = held_files(&manifest, &mut session);
+        (plan(manifest, &held_files), session)
     })
-    .await?;
+    .await
+}
+
+/// The contents of `manifest` this scope holds and that still hold on disk, pinned.
+fn held_files(manifest: &Manifest, session: &mut Session) -> HashMap<ContentHash, PathBuf> {
+    let mut seen: HashSet<ContentHash> = HashSet::new();
     let mut held_files: HashMap<ContentHash, PathBuf> = HashMap::new();
-    for (hash, path, good) in checked {
-        if good {
-            held_files.insert(hash, path);
+    for entry in &manifest.entries {
+        let Content::Hashed(hash) = &entry.content else {
+            continue;
+        };
+        if !seen.insert(*hash) {
+            continue;
+        }
+        let Some((path, size)) = session.hit(hash) else {
+            continue;
+        };
+        if cache::holds(&path, hash, size).unwrap_or(false) {
+            held_files.insert(*hash, path);
         } else {
             tracing::warn!(file = %path.display(), "a cached content is missing or changed on disk: forgotten, asked for again");
-            session.forget(&hash);
+            session.forget(hash);
         }
     }
-    Ok(plan(manifest, &held_files))
+    held_files
 }
 
 /// What to ask for, given the contents held.
@@ -451,6 +453,64 @@ mod tests {
     use crate::ansible::transmit::manifest::ManifestEntry;
     use crate::keys::PublicKey;
     use crate::work::cache::ContentCache;
+
+    fn hashed(name: &str, content: &[u8]) -> ManifestEntry {
+        ManifestEntry {
+            name: name.into(),
+            mode: 0o100_644,
+            time: (0, 0),
+            size: content.len() as u64,
+            content: Content::Hashed(Sha256::digest(content).into()),
+        }
+    }
+
+    /// Puts `content` in `scope`'s part of `cache` (as an earlier submission would have).
+    fn cached(cache: &Arc<ContentCache>, scope: Scope, content: &[u8]) {
+        let mut session = cache.session(scope).unwrap();
+        let (temp, _) = session.temp_file().unwrap();
+        std::fs::write(&temp, content).unwrap();
+        let hash: ContentHash = Sha256::digest(content).into();
+        session.commit(&hash, &temp, content.len() as u64).unwrap();
+    }
+
+    #[tokio::test]
+    async fn each_distinct_content_is_looked_up_and_pinned_once_off_the_async_worker() {
+        // Found by an attacker's review: duplicates were found by scanning a Vec for each
+        // entry, on the async worker: 200,000 entries over tens of thousands of cached
+        // contents blocked it for seconds. A content the node lacked was looked up again
+        // for every entry listing it.
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ContentCache::open(dir.path(), 1 << 20).unwrap();
+        let scope = Scope::of(&PublicKey::from_bytes([3; 32]));
+        cached(&cache, scope, b"held");
+        let entries = (0..2_000)
+            .map(|i| match i % 2 {
+                0 => hashed(&format!("project/held{i}"), b"held"),
+                _ => hashed(&format!("project/new{i}"), b"new"),
+            })
+            .collect();
+        let manifest = Manifest {
+            kwargs_line: "{}\n".into(),
+            entries,
+        };
+        let (plan, session) = look_up(manifest, cache.session(scope).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(plan.lacking, vec![1], "the lacking content asked for once");
+        assert_eq!(plan.lacking_bytes, 3);
+        let held = plan.held.iter().filter(|h| matches!(h, Held::File(_)));
+        assert_eq!(held.count(), 1_000);
+        assert_eq!(
+            session.lookups.len(),
+            2,
+            "one look-up (and pin) per content"
+        );
+        let here = std::thread::current().id();
+        assert!(
+            session.lookups.iter().all(|thread| *thread != here),
+            "looked up on the async worker"
+        );
+    }
 
     #[tokio::test(start_paused = true)]
     async fn contents_that_never_come_end_the_submission_at_its_deadline() {
