@@ -44,13 +44,28 @@ pub const MAX_SESSIONS: usize = 8;
 /// See [`MAX_SESSIONS`].
 pub const MAX_SESSIONS_PER_SCOPE: usize = 4;
 
+/// The share of the cache one scope's open sessions may pin at once (one in this many
+/// bytes): pinned contents cannot be evicted, so one submitter must not hold the cache
+/// against everyone else. A submission over it is told to send its payload whole.
+pub const PINNED_SHARE: u64 = 4;
+
 /// The content cache of a node. Shared by the work service's sessions.
 #[derive(Debug)]
 pub struct ContentCache {
     root: PathBuf,
+    /// The bound on the bytes cached.
+    max_bytes: u64,
     index: Mutex<Lru>,
-    /// Sessions open, per scope.
-    sessions: Mutex<HashMap<[u8; 32], usize>>,
+    /// Sessions open and the bytes they pin or have reserved, per scope.
+    sessions: Mutex<HashMap<[u8; 32], ScopeUse>>,
+}
+
+/// One scope's open sessions.
+#[derive(Debug, Default)]
+struct ScopeUse {
+    open: usize,
+    /// Bytes its sessions pin or have reserved to receive.
+    charged: u64,
 }
 
 /// Whose contents a submission may use: derived from the submitter's proven key.
@@ -123,6 +138,7 @@ impl ContentCache {
         }
         let cache = Arc::new(Self {
             root,
+            max_bytes,
             index: Mutex::new(index),
             sessions: Mutex::new(HashMap::new()),
         });
@@ -161,32 +177,52 @@ impl ContentCache {
     /// A submission's view of the cache: what it pins stays until it is dropped. `None`
     /// when [`MAX_SESSIONS`] are open, or [`MAX_SESSIONS_PER_SCOPE`] for `scope`.
     pub fn session(self: &Arc<Self>, scope: Scope) -> Option<Session> {
-        let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
-        let open: usize = sessions.values().sum();
+        let mut sessions = self.sessions();
+        let open: usize = sessions.values().map(|s| s.open).sum();
         let ours = sessions.entry(scope.0).or_default();
-        if open >= MAX_SESSIONS || *ours >= MAX_SESSIONS_PER_SCOPE {
-            if *ours == 0 {
+        if open >= MAX_SESSIONS || ours.open >= MAX_SESSIONS_PER_SCOPE {
+            if ours.open == 0 {
                 sessions.remove(&scope.0);
             }
             return None;
         }
-        *ours += 1;
+        ours.open += 1;
         Some(Session {
             cache: self.clone(),
             scope: scope.0,
             pinned: Vec::new(),
+            charged: 0,
             #[cfg(test)]
             lookups: Vec::new(),
         })
     }
 
-    fn close_session(&self, scope: &[u8; 32]) {
-        let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(open) = sessions.get_mut(scope) {
-            *open -= 1;
-            if *open == 0 {
+    fn sessions(&self) -> MutexGuard<'_, HashMap<[u8; 32], ScopeUse>> {
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn close_session(&self, scope: &[u8; 32], charged: u64) {
+        let mut sessions = self.sessions();
+        if let Some(ours) = sessions.get_mut(scope) {
+            ours.open -= 1;
+            ours.charged = ours.charged.saturating_sub(charged);
+            if ours.open == 0 {
                 sessions.remove(scope);
             }
+        }
+    }
+
+    /// Adds `bytes` to what `scope` pins.
+    fn charge(&self, scope: &[u8; 32], bytes: u64) {
+        if let Some(ours) = self.sessions().get_mut(scope) {
+            ours.charged = ours.charged.saturating_add(bytes);
+        }
+    }
+
+    /// Takes `bytes` off what `scope` pins.
+    fn release(&self, scope: &[u8; 32], bytes: u64) {
+        if let Some(ours) = self.sessions().get_mut(scope) {
+            ours.charged = ours.charged.saturating_sub(bytes);
         }
     }
 
@@ -204,6 +240,8 @@ pub struct Session {
     cache: Arc<ContentCache>,
     scope: [u8; 32],
     pinned: Vec<Key>,
+    /// Bytes this session pins or has reserved, counted in its scope's [`ScopeUse`].
+    charged: u64,
     /// The thread of each look-up ([`Session::hit`]), for tests to see how often and where
     /// the index was asked.
     #[cfg(test)]
@@ -225,7 +263,27 @@ impl Session {
         self.lookups.push(std::thread::current().id());
         let size = self.cache.lock().pin(&key)?;
         self.pinned.push(key);
+        self.charged = self.charged.saturating_add(size);
+        self.cache.charge(&self.scope, size);
         Some((self.cache.path(&key), size))
+    }
+
+    /// Reserves `bytes` more for this session to pin (the contents it is about to
+    /// receive), if the scope's sessions would then pin at most 1/[`PINNED_SHARE`] of the
+    /// cache; whether it did.
+    pub fn reserve(&mut self, bytes: u64) -> bool {
+        let share = self.cache.max_bytes / PINNED_SHARE;
+        let mut sessions = self.cache.sessions();
+        let Some(ours) = sessions.get_mut(&self.scope) else {
+            return false;
+        };
+        let charged = ours.charged.saturating_add(bytes);
+        if charged > share {
+            return false;
+        }
+        ours.charged = charged;
+        self.charged = self.charged.saturating_add(bytes);
+        true
     }
 
     /// A new temp file in this scope's directory, created exclusively (nothing else can
@@ -283,9 +341,14 @@ impl Session {
     /// Forgets the content `hash` (its file is missing or no longer holds it): removes it
     /// from the index and the disk, so that it is asked for again rather than failing
     /// every later submission.
-    pub fn forget(&mut self, hash: &[u8; 32]) {
+    pub fn forget(&mut self, hash: &[u8; 32], size: u64) {
         let key = self.key(hash);
+        let before = self.pinned.len();
         self.pinned.retain(|pinned| *pinned != key);
+        if self.pinned.len() < before {
+            self.charged = self.charged.saturating_sub(size);
+            self.cache.release(&self.scope, size);
+        }
         let mut index = self.cache.lock();
         index.remove(&key);
         if let Err(e) = std::fs::remove_file(self.cache.path(&key))
@@ -304,7 +367,7 @@ impl Drop for Session {
         }
         self.cache.evict(&mut index);
         drop(index);
-        self.cache.close_session(&self.scope);
+        self.cache.close_session(&self.scope, self.charged);
     }
 }
 
@@ -413,7 +476,7 @@ mod tests {
         );
         std::fs::write(&path, b"cut").unwrap();
         assert!(!holds(&path, &hash, 12).unwrap());
-        session.forget(&hash);
+        session.forget(&hash, 12);
         assert!(!path.exists());
         assert_eq!(session.hit(&hash), None);
         drop(session);

@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::{Server, SubmitRequest, finish};
+use super::{Server, SubmitRequest};
 use crate::access::AccessPolicy;
 use crate::ansible::transmit::manifest::{
     Content, ContentHash, MAX_ENTRIES, MAX_MANIFEST_LEN, Manifest,
@@ -29,25 +29,16 @@ use crate::work::driver::{Created, Submission};
 use crate::work::error::WorkError;
 use crate::work::protocol::{self, ProtocolError, Reply, WorkRefusal};
 use crate::work::unit::UnitId;
+use pace::Paced;
+
+mod pace;
 
 /// Bytes read from the stream at a time.
 const READ_LEN: usize = 256 * 1024;
 
-/// How long the contents of a submission may take to arrive: this, plus their bytes at
-/// [`RECEIVE_FLOOR_RATE`]. A submitter that stalls cannot hold its pins (and its session
-/// slot) for ever.
-const RECEIVE_GRACE: Duration = Duration::from_secs(120);
-
-/// The slowest upload accepted, bytes per second (128 kbit/s).
-const RECEIVE_FLOOR_RATE: u64 = 16 * 1024;
-
-/// The deadline of `plan`'s contents.
-fn receive_deadline(plan: &Plan) -> Duration {
-    let bytes = plan
-        .lacking_bytes
-        .saturating_add(plan.manifest.inline_bytes());
-    RECEIVE_GRACE + Duration::from_secs(bytes / RECEIVE_FLOOR_RATE)
-}
+/// How long a peer that has not taken the final reply within is given up on (the
+/// session's slot and pins are released before that reply).
+const REPLY_LINGER: Duration = pace::IDLE;
 
 /// Why the contents were refused.
 #[derive(Debug, thiserror::Error)]
@@ -61,9 +52,21 @@ enum ReceiveError {
     /// Bytes after the last content.
     #[error("bytes follow the last content")]
     Trailing,
-    /// The contents did not all arrive in time.
-    #[error("the contents did not all arrive within {} s", .0.as_secs())]
-    Late(Duration),
+    /// The submission fell behind its pace ([`pace`]).
+    #[error(
+        "the submission fell behind: {received} bytes in {} s; after the first {} s it must \
+         keep to at least {} KiB/s and never pause over {} s",
+        elapsed.as_secs(),
+        pace::GRACE.as_secs(),
+        pace::FLOOR_RATE / 1024,
+        pace::IDLE.as_secs()
+    )]
+    Late {
+        /// Bytes received since the session slot was taken.
+        received: u64,
+        /// Since the session slot was taken.
+        elapsed: Duration,
+    },
     /// Writing to the cache failed.
     #[error("storing a content: {0}")]
     Store(std::io::Error),
@@ -100,47 +103,103 @@ impl Server {
         by: &Requester,
         request: SubmitRequest,
     ) -> Result<(), ProtocolError> {
-        if let Err(e) = self.admit(peer, access, &request) {
+        let Some((unit, reply)) = self.take_submission(stream, peer, access, &request).await?
+        else {
+            return Ok(());
+        };
+        let started = reply == Reply::Started;
+        let write = tokio::time::timeout(REPLY_LINGER, protocol::write(stream, &reply));
+        write.await.map_err(|_| lingered())??;
+        if let (true, Some(offset)) = (started, request.follow) {
+            return self.results(stream, unit, offset, by).await;
+        }
+        stream.shutdown().await?;
+        Ok(())
+    }
+
+    /// Everything before the final reply: `None` once refused (the refusal sent), else the
+    /// unit and the reply to send. The session's slot and pins are held only in here, from
+    /// the manifest to the last content under one [`Paced`] deadline: a peer that stalls
+    /// anywhere (not sending its manifest, not taking the `Lacking` reply, not sending its
+    /// contents) loses them at the pace's deadline, whatever sizes it declared.
+    async fn take_submission<S>(
+        &self,
+        stream: &mut S,
+        peer: &PeerIdentity,
+        access: &AccessPolicy,
+        request: &SubmitRequest,
+    ) -> Result<Option<(UnitId, Reply)>, ProtocolError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + ?Sized,
+    {
+        if let Err(e) = self.admit(peer, access, request) {
             let reply = self.refuse(peer, &e);
             skip_frame(stream).await?;
-            return finish(stream, &reply).await;
+            return answer(stream, &reply).await;
         }
         let session = (self.contents.as_ref()).and_then(|c| c.session(Scope::of(&peer.key)));
         let Some(session) = session else {
             if self.contents.is_some() {
                 tracing::info!(peer = %peer.node, "content cache busy: the payload is to be sent whole");
             }
-            let off = WorkRefusal::ContentCacheOff {
-                node: self.node().clone(),
-            };
             skip_frame(stream).await?;
-            return finish(stream, &Reply::Refused(off)).await;
+            return answer(stream, &self.cache_off()).await;
         };
-        let manifest: Manifest = match protocol::read_limited(stream, MAX_MANIFEST_LEN).await {
-            Ok(manifest) => manifest,
-            Err(ProtocolError::TooLarge(len)) => {
-                let reason =
-                    format!("the manifest of {len} bytes is over the limit of {MAX_MANIFEST_LEN}");
-                return finish(stream, &self.manifest_refusal(peer, reason)).await;
+        let mut paced = Paced::new(stream);
+        let asked = self.ask(&mut paced, peer, request, session).await;
+        let reply = match asked {
+            Ok(Some((unit, plan, mut session))) => {
+                let reply = self.take_contents(&mut paced, peer, unit, plan, &mut session);
+                let reply = reply.await.map(|reply| Some((unit, reply)));
+                // The payload is stored: the cache may evict what this submission used.
+                drop(session);
+                reply
             }
-            Err(ProtocolError::Decode(e)) => {
-                let reason = format!(
-                    "the manifest does not decode ({e}); a manifest lists at most {MAX_ENTRIES} entries"
-                );
-                return finish(stream, &self.manifest_refusal(peer, reason)).await;
-            }
-            Err(e) => return Err(e),
+            other => other.map(|_| None),
         };
-        if let Err(e) = manifest.check(self.work.max_payload()) {
-            return finish(stream, &self.manifest_refusal(peer, e.to_string())).await;
+        if paced.is_behind() {
+            let (pace, now) = (paced.pace(), tokio::time::Instant::now().into_std());
+            tracing::info!(peer = %peer.node, key = %peer.key, received = pace.received(), elapsed_s = pace.elapsed(now).as_secs(), "a content-addressed submission fell behind its pace: given up");
         }
+        reply
+    }
+
+    /// The answer when the cache is off, busy, or the submission would pin too much of it:
+    /// the client sends the payload whole.
+    fn cache_off(&self) -> Reply {
+        Reply::Refused(WorkRefusal::ContentCacheOff {
+            node: self.node().clone(),
+        })
+    }
+
+    /// Reads and checks the manifest, looks it up, makes the unit and asks for what is
+    /// lacking: the unit, the plan and the session, or `None` once refused.
+    async fn ask<S>(
+        &self,
+        stream: &mut Paced<'_, S>,
+        peer: &PeerIdentity,
+        request: &SubmitRequest,
+        session: Session,
+    ) -> Result<Option<(UnitId, Plan, Session)>, ProtocolError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + ?Sized,
+    {
+        let manifest = match self.read_manifest(stream, peer).await? {
+            Ok(manifest) => manifest,
+            Err(refusal) => return answer(stream, &refusal).await,
+        };
         let (plan, mut session) = match look_up(manifest, session).await {
             Ok(done) => done,
             Err(e) => {
                 let e = WorkError::Internal(format!("checking the content cache: {e}"));
-                return finish(stream, &self.refuse(peer, &e)).await;
+                return answer(stream, &self.refuse(peer, &e)).await;
             }
         };
+        if !session.reserve(plan.lacking_bytes) {
+            tracing::info!(peer = %peer.node, lacking = plan.lacking_bytes, "a submission would pin over its share of the content cache: the payload is to be sent whole");
+            drop(session);
+            return answer(stream, &self.cache_off()).await;
+        }
         let cached = plan.manifest.entries.iter().zip(&plan.held);
         let cached: u64 = cached
             .filter(|(_, held)| matches!(held, Held::File(_)))
@@ -151,26 +210,56 @@ impl Server {
         let data_len: u64 = plan.manifest.entries.iter().map(|e| e.data_len()).sum();
         let stream_len = data_len.div_ceil(3) * 4;
         if let Err(e) = (self.work).check_room_for(plan.lacking_bytes.saturating_add(stream_len)) {
-            return finish(stream, &self.refuse(peer, &e)).await;
+            return answer(stream, &self.refuse(peer, &e)).await;
         }
-        let unit = match self.create_for(peer, &request).await {
+        let unit = match self.create_for(peer, request).await {
             Ok(unit) => unit,
-            Err(e) => return finish(stream, &self.refuse(peer, &e)).await,
+            Err(e) => return answer(stream, &self.refuse(peer, &e)).await,
         };
         let lacking = plan.lacking.clone();
-        protocol::write(stream, &Reply::Lacking { unit, lacking }).await?;
-        let reply = self
-            .take_contents(stream, peer, unit, plan, &mut session)
-            .await?;
-        // The payload is stored: the cache may evict what this submission used.
-        drop(session);
-        let started = reply == Reply::Started;
-        protocol::write(stream, &reply).await?;
-        if let (true, Some(offset)) = (started, request.follow) {
-            return self.results(stream, unit, offset, by).await;
+        if let Err(e) = protocol::write(stream, &Reply::Lacking { unit, lacking }).await {
+            let error = match e {
+                ProtocolError::Io(e) if !stream.is_behind() => ReceiveError::Stream(e),
+                _ => late(stream),
+            };
+            self.fail_contents(unit, error);
+            return Err(ProtocolError::Io(std::io::ErrorKind::TimedOut.into()));
         }
-        stream.shutdown().await?;
-        Ok(())
+        Ok(Some((unit, plan, session)))
+    }
+
+    /// The manifest, or the refusal of one that is too large or does not decode.
+    async fn read_manifest<S>(
+        &self,
+        stream: &mut S,
+        peer: &PeerIdentity,
+    ) -> Result<Result<Manifest, Reply>, ProtocolError>
+    where
+        S: AsyncRead + Unpin + Send + ?Sized,
+    {
+        let reason = match protocol::read_limited::<Manifest, _>(stream, MAX_MANIFEST_LEN).await {
+            Ok(manifest) => match manifest.check(self.work.max_payload()) {
+                Ok(()) => return Ok(Ok(manifest)),
+                Err(e) => e.to_string(),
+            },
+            Err(ProtocolError::TooLarge(len)) => {
+                format!("the manifest of {len} bytes is over the limit of {MAX_MANIFEST_LEN}")
+            }
+            Err(ProtocolError::Decode(e)) => format!(
+                "the manifest does not decode ({e}); a manifest lists at most {MAX_ENTRIES} entries"
+            ),
+            Err(e) => return Err(e),
+        };
+        Ok(Err(self.manifest_refusal(peer, reason)))
+    }
+
+    /// Fails `unit` for its contents: broken off (the stream failed) or refused.
+    fn fail_contents(&self, unit: UnitId, error: ReceiveError) {
+        let error = match error {
+            ReceiveError::Stream(e) => PayloadError::ContentsBroke(Arc::new(e)),
+            e => PayloadError::ContentsRefused(Arc::new(e)),
+        };
+        self.work.fail_payload(unit, error);
     }
 
     async fn create_for(
@@ -193,26 +282,33 @@ impl Server {
 
     /// Receives the contents, assembles the stream and stores it as `unit`'s payload; the
     /// reply to send (a refusal fails the unit).
-    async fn take_contents(
+    async fn take_contents<S>(
         &self,
-        stream: &mut MeshStream,
+        stream: &mut Paced<'_, S>,
         peer: &PeerIdentity,
         unit: UnitId,
         mut plan: Plan,
         session: &mut Session,
-    ) -> Result<Reply, ProtocolError> {
-        match receive_in_time(stream, &mut plan, session).await {
+    ) -> Result<Reply, ProtocolError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + ?Sized,
+    {
+        match receive(stream, &mut plan, session).await {
             Ok(()) => {}
-            Err(ReceiveError::Stream(e)) => {
+            Err(ReceiveError::Stream(e)) if !stream.is_behind() => {
                 // The unit's detail keeps what the stream said; the error itself ends this
                 // exchange.
                 let copy = std::io::Error::new(e.kind(), e.to_string());
-                (self.work).fail_payload(unit, PayloadError::ContentsBroke(Arc::new(copy)));
+                self.fail_contents(unit, ReceiveError::Stream(copy));
                 return Err(ProtocolError::Io(e));
             }
             Err(e) => {
+                let e = match e {
+                    ReceiveError::Stream(_) => late(stream),
+                    e => e,
+                };
                 let reason = e.to_string();
-                (self.work).fail_payload(unit, PayloadError::ContentsRefused(Arc::new(e)));
+                self.fail_contents(unit, e);
                 return Ok(self.manifest_refusal(peer, reason));
             }
         }
@@ -254,9 +350,40 @@ impl Server {
     }
 }
 
+/// Sends `reply` as the last frame: the exchange is over, `None` comes of it.
+async fn answer<S, T>(stream: &mut S, reply: &Reply) -> Result<Option<T>, ProtocolError>
+where
+    S: AsyncWrite + Unpin + Send + ?Sized,
+{
+    protocol::write(stream, reply).await?;
+    stream.shutdown().await?;
+    Ok(None)
+}
+
+/// Why the submission on `stream` was given up, once it fell behind.
+fn late<S: ?Sized>(stream: &Paced<'_, S>) -> ReceiveError {
+    let pace = stream.pace();
+    ReceiveError::Late {
+        received: pace.received(),
+        elapsed: pace.elapsed(tokio::time::Instant::now().into_std()),
+    }
+}
+
+/// The error of a final reply the peer did not take within [`REPLY_LINGER`].
+fn lingered() -> ProtocolError {
+    let e = std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "the peer did not take the reply",
+    );
+    ProtocolError::Io(e)
+}
+
 /// Reads away the manifest frame unread (at most [`MAX_MANIFEST_LEN`] bytes), so that the
 /// refusal that follows reaches a submitter still sending it.
-async fn skip_frame(stream: &mut MeshStream) -> Result<(), ProtocolError> {
+async fn skip_frame<S>(stream: &mut S) -> Result<(), ProtocolError>
+where
+    S: AsyncRead + Unpin + Send + ?Sized,
+{
     let mut len = [0u8; 4];
     stream.read_exact(&mut len).await?;
     let len = u64::from(u32::from_be_bytes(len)).min(MAX_MANIFEST_LEN as u64);
@@ -297,7 +424,7 @@ fn held_files(manifest: &Manifest, session: &mut Session) -> HashMap<ContentHash
             held_files.insert(*hash, path);
         } else {
             tracing::warn!(file = %path.display(), "a cached content is missing or changed on disk: forgotten, asked for again");
-            session.forget(hash);
+            session.forget(hash, size);
         }
     }
     held_files
@@ -331,17 +458,6 @@ fn plan(manifest: Manifest, held_files: &HashMap<ContentHash, PathBuf>) -> Plan 
         lacking,
         lacking_bytes,
     }
-}
-
-/// [`receive`] within the plan's deadline ([`receive_deadline`]).
-async fn receive_in_time(
-    stream: &mut (dyn AsyncRead + Unpin + Send),
-    plan: &mut Plan,
-    session: &mut Session,
-) -> Result<(), ReceiveError> {
-    let deadline = receive_deadline(plan);
-    let received = tokio::time::timeout(deadline, receive(stream, plan, session)).await;
-    received.unwrap_or(Err(ReceiveError::Late(deadline)))
 }
 
 /// Reads the asked and inline contents in manifest order, then the end of the stream.
@@ -448,114 +564,4 @@ async fn write_verified(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ansible::transmit::manifest::ManifestEntry;
-    use crate::keys::PublicKey;
-    use crate::work::cache::ContentCache;
-
-    fn hashed(name: &str, content: &[u8]) -> ManifestEntry {
-        ManifestEntry {
-            name: name.into(),
-            mode: 0o100_644,
-            time: (0, 0),
-            size: content.len() as u64,
-            content: Content::Hashed(Sha256::digest(content).into()),
-        }
-    }
-
-    /// Puts `content` in `scope`'s part of `cache` (as an earlier submission would have).
-    fn cached(cache: &Arc<ContentCache>, scope: Scope, content: &[u8]) {
-        let mut session = cache.session(scope).unwrap();
-        let (temp, _) = session.temp_file().unwrap();
-        std::fs::write(&temp, content).unwrap();
-        let hash: ContentHash = Sha256::digest(content).into();
-        session.commit(&hash, &temp, content.len() as u64).unwrap();
-    }
-
-    #[tokio::test]
-    async fn each_distinct_content_is_looked_up_and_pinned_once_off_the_async_worker() {
-        // Found by an attacker's review: duplicates were found by scanning a Vec for each
-        // entry, on the async worker: 200,000 entries over tens of thousands of cached
-        // contents blocked it for seconds. A content the node lacked was looked up again
-        // for every entry listing it.
-        let dir = tempfile::tempdir().unwrap();
-        let cache = ContentCache::open(dir.path(), 1 << 20).unwrap();
-        let scope = Scope::of(&PublicKey::from_bytes([3; 32]));
-        cached(&cache, scope, b"held");
-        let entries = (0..2_000)
-            .map(|i| match i % 2 {
-                0 => hashed(&format!("project/held{i}"), b"held"),
-                _ => hashed(&format!("project/new{i}"), b"new"),
-            })
-            .collect();
-        let manifest = Manifest {
-            kwargs_line: "{}\n".into(),
-            entries,
-        };
-        let (plan, session) = look_up(manifest, cache.session(scope).unwrap())
-            .await
-            .unwrap();
-        assert_eq!(plan.lacking, vec![1], "the lacking content asked for once");
-        assert_eq!(plan.lacking_bytes, 3);
-        let held = plan.held.iter().filter(|h| matches!(h, Held::File(_)));
-        assert_eq!(held.count(), 1_000);
-        assert_eq!(
-            session.lookups.len(),
-            2,
-            "one look-up (and pin) per content"
-        );
-        let here = std::thread::current().id();
-        assert!(
-            session.lookups.iter().all(|thread| *thread != here),
-            "looked up on the async worker"
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn contents_that_never_come_end_the_submission_at_its_deadline() {
-        // A submitter that offers a manifest and then sends nothing, its stream kept open,
-        // held its pins and its session slot for ever.
-        let dir = tempfile::tempdir().unwrap();
-        let cache = ContentCache::open(dir.path(), 1 << 20).unwrap();
-        let mut session = cache
-            .session(Scope::of(&PublicKey::from_bytes([3; 32])))
-            .unwrap();
-        let secret = ManifestEntry {
-            name: "env/password".into(),
-            mode: 0o100_600,
-            time: (0, 0),
-            size: 10,
-            content: Content::Inline,
-        };
-        let manifest = Manifest {
-            kwargs_line: "{}\n".into(),
-            entries: vec![secret],
-        };
-        let mut plan = plan(manifest, &HashMap::new());
-        // The writing end stays open and silent.
-        let (mut stalled, _writer) = tokio::io::duplex(64);
-        let started = tokio::time::Instant::now();
-        let ended = receive_in_time(&mut stalled, &mut plan, &mut session).await;
-        assert!(
-            matches!(ended, Err(ReceiveError::Late(d)) if d == RECEIVE_GRACE),
-            "{ended:?}"
-        );
-        assert_eq!(started.elapsed(), RECEIVE_GRACE);
-    }
-
-    #[test]
-    fn the_deadline_grows_with_the_bytes_to_receive() {
-        let manifest = Manifest {
-            kwargs_line: "{}\n".into(),
-            entries: Vec::new(),
-        };
-        let mut plan = plan(manifest, &HashMap::new());
-        assert_eq!(receive_deadline(&plan), RECEIVE_GRACE);
-        plan.lacking_bytes = 100 * RECEIVE_FLOOR_RATE;
-        assert_eq!(
-            receive_deadline(&plan),
-            RECEIVE_GRACE + Duration::from_secs(100)
-        );
-    }
-}
+mod tests;
