@@ -287,11 +287,12 @@ impl Session {
     }
 
     /// A new temp file in this scope's directory, created exclusively (nothing else can
-    /// have it open or point it elsewhere).
+    /// have it open or point it elsewhere); removed when its [`TempFile`] is dropped
+    /// uncommitted.
     ///
     /// # Errors
     /// When it cannot be created.
-    pub fn temp_file(&self) -> io::Result<(PathBuf, std::fs::File)> {
+    pub fn temp_file(&self) -> io::Result<(TempFile, std::fs::File)> {
         let dir = self.cache.scope_dir(&self.scope);
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -307,7 +308,7 @@ impl Session {
                 .mode(0o600)
                 .open(&path)
             {
-                Ok(file) => return Ok((path, file)),
+                Ok(file) => return Ok((TempFile(Some(path)), file)),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(e),
             }
@@ -320,20 +321,51 @@ impl Session {
     ///
     /// # Errors
     /// When the rename fails (`temp` is removed).
-    pub fn commit(&mut self, hash: &[u8; 32], temp: &Path, size: u64) -> io::Result<PathBuf> {
+    pub fn commit(
+        &mut self,
+        hash: &[u8; 32],
+        mut temp: TempFile,
+        size: u64,
+    ) -> io::Result<PathBuf> {
         let key = self.key(hash);
         let path = self.cache.path(&key);
         let mut index = self.cache.lock();
-        if index.contains(&key) {
-            let _ = std::fs::remove_file(temp);
-        } else if let Err(e) = std::fs::rename(temp, &path) {
-            let _ = std::fs::remove_file(temp);
+        if !index.contains(&key)
+            && let Some(from) = temp.0.take()
+            && let Err(e) = std::fs::rename(&from, &path)
+        {
+            let _ = std::fs::remove_file(&from);
             return Err(e);
         }
+        drop(temp);
         index.insert(key, size, true);
         self.pinned.push(key);
         self.cache.evict(&mut index);
         Ok(path)
+    }
+}
+
+/// A content being received, under a temp name in its scope's directory: removed when
+/// dropped unless [`Session::commit`] put it in place, so that a submission given up
+/// mid-content (its future dropped at a deadline or a shutdown) leaves nothing behind.
+#[derive(Debug)]
+pub struct TempFile(Option<PathBuf>);
+
+impl TempFile {
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        self.0.as_deref().unwrap_or(Path::new(""))
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take()
+            && let Err(e) = std::fs::remove_file(&path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(file = %path.display(), error = %e, "could not remove a cache temp file");
+        }
     }
 }
 
@@ -393,8 +425,8 @@ mod tests {
     fn put(session: &mut Session, content: &[u8]) -> PathBuf {
         let hash: [u8; 32] = Sha256::digest(content).into();
         let (temp, _) = session.temp_file().unwrap();
-        std::fs::write(&temp, content).unwrap();
-        session.commit(&hash, &temp, content.len() as u64).unwrap()
+        std::fs::write(temp.path(), content).unwrap();
+        session.commit(&hash, temp, content.len() as u64).unwrap()
     }
 
     #[test]

@@ -511,7 +511,8 @@ async fn receive(
     }
 }
 
-/// Receives one content into a temp file, verifies it, and commits it to the cache.
+/// Receives one content into a temp file, verifies it, and commits it to the cache. The
+/// temp file goes however this ends, the future dropped included.
 async fn receive_file(
     stream: &mut (dyn AsyncRead + Unpin + Send),
     session: &mut Session,
@@ -520,13 +521,9 @@ async fn receive_file(
     size: u64,
 ) -> Result<PathBuf, ReceiveError> {
     let (temp, file) = session.temp_file().map_err(ReceiveError::Store)?;
-    let written = write_verified(stream, tokio::fs::File::from_std(file), name, hash, size).await;
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&temp);
-        return Err(e);
-    }
+    write_verified(stream, tokio::fs::File::from_std(file), name, hash, size).await?;
     session
-        .commit(hash, &temp, size)
+        .commit(hash, temp, size)
         .map_err(ReceiveError::Store)
 }
 

@@ -41,9 +41,9 @@ fn manifest(entries: Vec<ManifestEntry>) -> Manifest {
 fn cached(cache: &Arc<ContentCache>, scope: Scope, content: &[u8]) {
     let mut session = cache.session(scope).unwrap();
     let (temp, _) = session.temp_file().unwrap();
-    std::fs::write(&temp, content).unwrap();
+    std::fs::write(temp.path(), content).unwrap();
     let hash: ContentHash = Sha256::digest(content).into();
-    session.commit(&hash, &temp, content.len() as u64).unwrap();
+    session.commit(&hash, temp, content.len() as u64).unwrap();
 }
 
 fn scope() -> Scope {
@@ -358,4 +358,51 @@ async fn a_submission_that_would_pin_over_its_scopes_share_is_told_to_send_whole
             .unwrap()
             .is_empty()
     );
+}
+
+/// The temp files left in `cache`'s directories.
+fn temp_files(cache: &ContentCache) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for scope in std::fs::read_dir(cache.root()).unwrap().flatten() {
+        for file in std::fs::read_dir(scope.path()).unwrap().flatten() {
+            if file.file_name().to_string_lossy().starts_with(".tmp-") {
+                out.push(file.path());
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_content_cut_short_leaves_no_temp_file_when_given_up_or_when_dropped() {
+    // Found by an attacker's review: the temp file was removed only when receiving
+    // failed, not when the deadline dropped the receiving future: every stalled
+    // submission left its partial content on disk.
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ContentCache::open(dir.path(), 1 << 20).unwrap();
+    for given_up in [true, false] {
+        let mut session = cache.session(scope()).unwrap();
+        let mut plan = plan(
+            manifest(vec![hashed("project/ten", b"0123456789")]),
+            &HashMap::new(),
+        );
+        let (mut ours, mut theirs) = tokio::io::duplex(64);
+        theirs.write_all(b"01234").await.unwrap();
+        let mut paced = Paced::new(&mut ours);
+        let receiving = receive(&mut paced, &mut plan, &mut session);
+        if given_up {
+            let ended = receiving.await;
+            assert!(matches!(ended, Err(ReceiveError::Stream(_))), "{ended:?}");
+            assert!(paced.is_behind());
+        } else {
+            // Dropped mid-content, as a shutdown or an outer deadline would.
+            let cut = tokio::time::timeout(Duration::from_secs(1), receiving).await;
+            assert!(cut.is_err());
+        }
+        assert_eq!(
+            temp_files(&cache),
+            Vec::<std::path::PathBuf>::new(),
+            "given up: {given_up}"
+        );
+    }
 }
