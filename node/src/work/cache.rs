@@ -13,6 +13,7 @@
 //! operations (rename, unlink), so an eviction never removes a file a concurrent insert just
 //! put in place.
 
+mod check;
 pub(crate) mod lru;
 
 use std::collections::HashMap;
@@ -20,6 +21,7 @@ use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use sha2::{Digest, Sha256};
@@ -58,6 +60,8 @@ pub struct ContentCache {
     index: Mutex<Lru>,
     /// Sessions open and the bytes they pin or have reserved, per scope.
     sessions: Mutex<HashMap<[u8; 32], ScopeUse>>,
+    /// Bytes read back from cached files to check them against their hash.
+    rehashed: AtomicU64,
 }
 
 /// One scope's open sessions.
@@ -141,6 +145,7 @@ impl ContentCache {
             max_bytes,
             index: Mutex::new(index),
             sessions: Mutex::new(HashMap::new()),
+            rehashed: AtomicU64::new(0),
         });
         let mut index = cache.lock();
         cache.evict(&mut index);
@@ -224,6 +229,12 @@ impl ContentCache {
         if let Some(ours) = self.sessions().get_mut(scope) {
             ours.charged = ours.charged.saturating_sub(bytes);
         }
+    }
+
+    /// Bytes read back from cached files so far to check them against their hash (a file
+    /// unchanged since it was last checked is not read again).
+    pub fn rehashed_bytes(&self) -> u64 {
+        self.rehashed.load(Ordering::Relaxed)
     }
 
     /// Bytes and entries indexed now.
@@ -403,23 +414,9 @@ impl Drop for Session {
     }
 }
 
-/// Whether the file at `path` holds `size` bytes whose SHA-256 is `hash` (a cached content
-/// may have been removed, cut or changed on disk since it was stored).
-///
-/// # Errors
-/// When it cannot be read.
-pub fn holds(path: &Path, hash: &[u8; 32], size: u64) -> io::Result<bool> {
-    let mut file = std::fs::File::open(path)?;
-    if file.metadata()?.len() != size {
-        return Ok(false);
-    }
-    let mut hasher = Sha256::new();
-    let read = io::copy(&mut io::Read::take(&mut file, size), &mut hasher)?;
-    Ok(read == size && <[u8; 32]>::from(hasher.finalize()) == *hash)
-}
-
 #[cfg(test)]
 mod tests {
+    use super::check::SETTLED;
     use super::*;
 
     fn put(session: &mut Session, content: &[u8]) -> PathBuf {
@@ -500,18 +497,55 @@ mod tests {
             0o600
         );
         let hash: [u8; 32] = Sha256::digest(b"the playbook").into();
-        assert!(holds(&path, &hash, 12).unwrap());
+        let later = std::time::SystemTime::now() + SETTLED;
+        assert!(session.check(&hash, &path, 12, later).unwrap());
         std::fs::write(&path, b"POISONED!!!!").unwrap();
         assert!(
-            !holds(&path, &hash, 12).unwrap(),
+            !session.check(&hash, &path, 12, later).unwrap(),
             "same length, other bytes"
         );
         std::fs::write(&path, b"cut").unwrap();
-        assert!(!holds(&path, &hash, 12).unwrap());
+        assert!(!session.check(&hash, &path, 12, later).unwrap());
         session.forget(&hash, 12);
         assert!(!path.exists());
         assert_eq!(session.hit(&hash), None);
         drop(session);
         assert_eq!(cache.usage(), (0, 0));
+    }
+
+    #[test]
+    fn an_unchanged_cached_file_is_hashed_once_settled_and_not_again_until_it_changes() {
+        // Found by an attacker's review: every reuse re-read and hashed every cached
+        // content it listed, up to 768 MiB for a 100-byte manifest.
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ContentCache::open(dir.path(), 1 << 20).unwrap();
+        let mut session = cache
+            .session(Scope::of(&PublicKey::from_bytes([3; 32])))
+            .unwrap();
+        let content = vec![b'p'; 1000];
+        let path = put(&mut session, &content);
+        let hash: [u8; 32] = Sha256::digest(&content).into();
+        let now = std::time::SystemTime::now();
+        // Just written: its times may not have moved past a write in the same tick.
+        assert!(session.check(&hash, &path, 1000, now).unwrap());
+        assert!(session.check(&hash, &path, 1000, now).unwrap());
+        assert_eq!(
+            cache.rehashed_bytes(),
+            2000,
+            "not settled: hashed each time"
+        );
+        let later = now + SETTLED;
+        assert!(session.check(&hash, &path, 1000, later).unwrap());
+        assert_eq!(cache.rehashed_bytes(), 3000);
+        for _ in 0..3 {
+            assert!(session.check(&hash, &path, 1000, later).unwrap());
+        }
+        assert_eq!(cache.rehashed_bytes(), 3000, "unchanged: not read again");
+        // Same length, other bytes, then the same bytes again: both show in fstat.
+        std::fs::write(&path, vec![b'q'; 1000]).unwrap();
+        assert!(!session.check(&hash, &path, 1000, later).unwrap());
+        std::fs::write(&path, &content).unwrap();
+        assert!(session.check(&hash, &path, 1000, later).unwrap());
+        assert_eq!(cache.rehashed_bytes(), 5000);
     }
 }

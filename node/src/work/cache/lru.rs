@@ -15,9 +15,24 @@ pub(crate) struct Key {
     pub(crate) hash: [u8; 32],
 }
 
+/// What a cached file looked like on disk when it was last found to hold its content:
+/// while `fstat` still shows exactly this, it has not been written since (a write moves
+/// the change time, which no one can set back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    /// Device and inode: the same file, not another put in its place.
+    pub(crate) file: (u64, u64),
+    /// Its length.
+    pub(crate) size: u64,
+    /// Modification and change times, seconds and nanoseconds.
+    pub(crate) times: [(i64, i64); 2],
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     size: u64,
+    /// How its file looked when last verified.
+    stamp: Option<Stamp>,
     /// When it was last used (higher: more recent).
     used: u64,
     /// Submissions holding it.
@@ -105,11 +120,32 @@ impl Lru {
         }
         let used = self.tick();
         let pins = u32::from(pinned);
-        self.slots.insert(key, Slot { size, used, pins });
+        let stamp = None;
+        self.slots.insert(
+            key,
+            Slot {
+                size,
+                stamp,
+                used,
+                pins,
+            },
+        );
         if !pinned {
             self.order.insert(used, key);
         }
         self.bytes += size;
+    }
+
+    /// How `key`'s file looked when last verified.
+    pub(crate) fn stamp(&self, key: &Key) -> Option<Stamp> {
+        self.slots.get(key)?.stamp
+    }
+
+    /// Records how `key`'s file looked when it was verified.
+    pub(crate) fn set_stamp(&mut self, key: &Key, stamp: Stamp) {
+        if let Some(slot) = self.slots.get_mut(key) {
+            slot.stamp = Some(stamp);
+        }
     }
 
     /// Forgets `key` whatever its pins (its file is gone or wrong): it is no longer a hit.

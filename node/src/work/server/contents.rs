@@ -23,7 +23,7 @@ use crate::ansible::transmit::manifest::{
 };
 use crate::ansible::transmit::{Held, Transmit};
 use crate::mesh::driver::{MeshStream, PeerIdentity};
-use crate::work::cache::{self, Scope, Session};
+use crate::work::cache::{Scope, Session};
 use crate::work::core::{PayloadError, Requester};
 use crate::work::driver::{Created, Submission};
 use crate::work::error::WorkError;
@@ -408,6 +408,7 @@ async fn look_up(
 
 /// The contents of `manifest` this scope holds and that still hold on disk, pinned.
 fn held_files(manifest: &Manifest, session: &mut Session) -> HashMap<ContentHash, PathBuf> {
+    let now = std::time::SystemTime::now();
     let mut seen: HashSet<ContentHash> = HashSet::new();
     let mut held_files: HashMap<ContentHash, PathBuf> = HashMap::new();
     for entry in &manifest.entries {
@@ -420,7 +421,7 @@ fn held_files(manifest: &Manifest, session: &mut Session) -> HashMap<ContentHash
         let Some((path, size)) = session.hit(hash) else {
             continue;
         };
-        if cache::holds(&path, hash, size).unwrap_or(false) {
+        if session.check(hash, &path, size, now).unwrap_or(false) {
             held_files.insert(*hash, path);
         } else {
             tracing::warn!(file = %path.display(), "a cached content is missing or changed on disk: forgotten, asked for again");

@@ -15,7 +15,7 @@ use crate::ansible::transmit::manifest::ManifestEntry;
 use crate::host::registry::Registry;
 use crate::keys::{LinkKeypair, PublicKey};
 use crate::mesh::trust::Binding;
-use crate::work::cache::{ContentCache, MAX_SESSIONS_PER_SCOPE};
+use crate::work::cache::{ContentCache, MAX_SESSIONS_PER_SCOPE, PINNED_SHARE};
 use crate::work::server::SignedWork;
 use crate::work::signature::Verifier;
 use crate::work::{UnitState, Work, WorkConfig, WorkSetup};
@@ -336,7 +336,7 @@ async fn a_submission_that_would_pin_over_its_scopes_share_is_told_to_send_whole
     // Pinned contents cannot be evicted: one submitter must not hold the cache against
     // everyone else.
     let node = node(1 << 20);
-    let too_big = vec![1u8; (1 << 20) / cache::PINNED_SHARE as usize + 1];
+    let too_big = vec![1u8; (1 << 20) / PINNED_SHARE as usize + 1];
     let (mut theirs, task) = node.offer();
     protocol::write(
         &mut theirs,
@@ -361,7 +361,7 @@ async fn a_submission_that_would_pin_over_its_scopes_share_is_told_to_send_whole
 }
 
 /// The temp files left in `cache`'s directories.
-fn temp_files(cache: &ContentCache) -> Vec<std::path::PathBuf> {
+fn temp_files(cache: &ContentCache) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for scope in std::fs::read_dir(cache.root()).unwrap().flatten() {
         for file in std::fs::read_dir(scope.path()).unwrap().flatten() {
@@ -401,7 +401,7 @@ async fn a_content_cut_short_leaves_no_temp_file_when_given_up_or_when_dropped()
         }
         assert_eq!(
             temp_files(&cache),
-            Vec::<std::path::PathBuf>::new(),
+            Vec::<PathBuf>::new(),
             "given up: {given_up}"
         );
     }
