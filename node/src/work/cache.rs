@@ -9,7 +9,7 @@
 //! `[work] content-cache-mb` by evicting the least recently used entries, never one pinned
 //! by a submission still being assembled. At most [`MAX_SESSIONS`] submissions are
 //! assembled at once ([`MAX_SESSIONS_PER_SCOPE`] per submitter), and a cached file is
-//! checked against its hash ([`holds`]) before it is used again. The index lock is held only for short file
+//! checked against its hash ([`Session::check`]) before it is used again. The index lock is held only for short file
 //! operations (rename, unlink), so an eviction never removes a file a concurrent insert just
 //! put in place.
 
@@ -327,8 +327,8 @@ impl Session {
     }
 
     /// Puts the verified temp file `temp` (of `size` bytes) in place as content `hash`,
-    /// pinned, and evicts what no longer fits; returns its path. A content already there
-    /// (another submission sent it meanwhile) is kept and `temp` removed.
+    /// pinned, and evicts what no longer fits; returns its path. A file already there for
+    /// the content is replaced (its readers keep what they opened).
     ///
     /// # Errors
     /// When the rename fails (`temp` is removed).
@@ -341,8 +341,9 @@ impl Session {
         let key = self.key(hash);
         let path = self.cache.path(&key);
         let mut index = self.cache.lock();
-        if !index.contains(&key)
-            && let Some(from) = temp.0.take()
+        // Verified just now, so it replaces a file already there for the same content
+        // (another submission sent it meanwhile, or it could not be checked).
+        if let Some(from) = temp.0.take()
             && let Err(e) = std::fs::rename(&from, &path)
         {
             let _ = std::fs::remove_file(&from);
@@ -381,19 +382,24 @@ impl Drop for TempFile {
 }
 
 impl Session {
-    /// Forgets the content `hash` (its file is missing or no longer holds it): removes it
+    /// Forgets the content `hash`, pinned by this session (its file is missing or no
+    /// longer holds it): releases this session's pin and, if it was the last, removes it
     /// from the index and the disk, so that it is asked for again rather than failing
     /// every later submission.
     pub fn forget(&mut self, hash: &[u8; 32], size: u64) {
         let key = self.key(hash);
-        let before = self.pinned.len();
-        self.pinned.retain(|pinned| *pinned != key);
-        if self.pinned.len() < before {
-            self.charged = self.charged.saturating_sub(size);
-            self.cache.release(&self.scope, size);
-        }
+        let Some(ours) = self.pinned.iter().position(|pinned| *pinned == key) else {
+            return;
+        };
+        self.pinned.swap_remove(ours);
+        self.charged = self.charged.saturating_sub(size);
+        self.cache.release(&self.scope, size);
         let mut index = self.cache.lock();
-        index.remove(&key);
+        // Another session of this scope still pins it: only our pin goes. What this one
+        // receives for it replaces the file ([`Session::commit`]).
+        if !index.forget_if_last(&key) {
+            return;
+        }
         if let Err(e) = std::fs::remove_file(self.cache.path(&key))
             && e.kind() != io::ErrorKind::NotFound
         {

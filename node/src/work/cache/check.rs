@@ -3,6 +3,7 @@
 //! that record kept only once the file's times have settled past the coarse clock's tick.
 
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -23,7 +24,8 @@ impl Session {
     /// it exactly as when it was last read and found good.
     ///
     /// # Errors
-    /// When it cannot be read.
+    /// When it cannot be read, for another reason than being missing or not a regular
+    /// file: the entry may well be good, so it is not to be forgotten for that.
     pub fn check(
         &mut self,
         hash: &[u8; 32],
@@ -82,7 +84,8 @@ enum Found {
 /// before the read, so a write during it shows next time.
 ///
 /// # Errors
-/// When it cannot be read.
+/// When it cannot be read for another reason than its absence or its kind (running out of
+/// descriptors, say): that says nothing of the content, so the caller must not forget it.
 fn holds(
     path: &Path,
     hash: &[u8; 32],
@@ -90,9 +93,22 @@ fn holds(
     known: Option<Stamp>,
     rehashed: &AtomicU64,
 ) -> io::Result<Found> {
-    let mut file = std::fs::File::open(path)?;
-    let stamp = stamp_of(&file.metadata()?);
-    if stamp.size != size {
+    // Without following a link or waiting for a writer: something other than a regular
+    // file planted at the path (a FIFO would block this thread, with the session's slot
+    // and pins, for ever) is lost, not waited for.
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path);
+    let mut file = match opened {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Found::Lost),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(Found::Lost),
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    let stamp = stamp_of(&meta);
+    if !meta.is_file() || stamp.size != size {
         return Ok(Found::Lost);
     }
     if known == Some(stamp) {

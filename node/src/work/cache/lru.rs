@@ -148,6 +148,23 @@ impl Lru {
         }
     }
 
+    /// Releases one pin of `key` and forgets it if that was the last one; whether it did
+    /// (a key that others still pin stays: forgetting it would let their unpins release
+    /// a later insert's pin).
+    pub(crate) fn forget_if_last(&mut self, key: &Key) -> bool {
+        match self.slots.get(key) {
+            Some(slot) if slot.pins > 1 => {
+                self.unpin(key);
+                false
+            }
+            Some(_) => {
+                self.remove(key);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Forgets `key` whatever its pins (its file is gone or wrong): it is no longer a hit.
     pub(crate) fn remove(&mut self, key: &Key) {
         if let Some(slot) = self.slots.remove(key) {
@@ -259,5 +276,18 @@ mod tests {
         assert_eq!(lru.bytes(), 0);
         lru.unpin(&key(1));
         assert!(lru.evict().is_empty());
+    }
+
+    #[test]
+    fn forgetting_a_key_another_holder_pins_only_drops_ones_own_pin() {
+        let mut lru = Lru::new(100, 10);
+        lru.insert(key(1), 40, true);
+        lru.pin(&key(1));
+        assert!(!lru.forget_if_last(&key(1)), "the other holder keeps it");
+        assert!(lru.contains(&key(1)));
+        assert!(lru.evict().is_empty());
+        assert!(lru.forget_if_last(&key(1)), "the last pin");
+        assert!(!lru.contains(&key(1)));
+        assert_eq!(lru.bytes(), 0);
     }
 }

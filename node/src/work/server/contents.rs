@@ -421,11 +421,19 @@ fn held_files(manifest: &Manifest, session: &mut Session) -> HashMap<ContentHash
         let Some((path, size)) = session.hit(hash) else {
             continue;
         };
-        if session.check(hash, &path, size, now).unwrap_or(false) {
-            held_files.insert(*hash, path);
-        } else {
-            tracing::warn!(file = %path.display(), "a cached content is missing or changed on disk: forgotten, asked for again");
-            session.forget(hash, size);
+        match session.check(hash, &path, size, now) {
+            Ok(true) => {
+                held_files.insert(*hash, path);
+            }
+            Ok(false) => {
+                tracing::warn!(file = %path.display(), "a cached content is missing or changed on disk: forgotten, asked for again");
+                session.forget(hash, size);
+            }
+            // Says nothing of the content (out of descriptors, say): not used this time,
+            // not forgotten; what arrives for it replaces the file.
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "a cached content could not be checked: asked for again");
+            }
         }
     }
     held_files
