@@ -6,6 +6,10 @@
 //! payload limit, the disk against the free-space floor. A content whose SHA-256 is not the
 //! one listed fails the unit and is never cached; files sent inline (`env/`) stay in memory
 //! until the stream is assembled and never reach the cache.
+//!
+//! A submission holds a session slot and its pins only from the manifest to its last
+//! content, and only while it keeps the pace of [`pace`]: the sizes it declares buy it no
+//! time. The look-up runs on a blocking thread, linear in the manifest's entries.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
