@@ -9,10 +9,11 @@
 //! `[work] content-cache-mb` by evicting the least recently used entries, never one pinned
 //! by a submission still being assembled. At most [`MAX_SESSIONS`] submissions are
 //! assembled at once ([`MAX_SESSIONS_PER_SCOPE`] per submitter), and a cached file is
-//! checked against its hash ([`holds`]) before it is used again. The index lock is held only for short file
+//! checked against its hash ([`Session::check`]) before it is used again. The index lock is held only for short file
 //! operations (rename, unlink), so an eviction never removes a file a concurrent insert just
 //! put in place.
 
+mod check;
 pub(crate) mod lru;
 
 use std::collections::HashMap;
@@ -20,6 +21,7 @@ use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use sha2::{Digest, Sha256};
@@ -44,13 +46,30 @@ pub const MAX_SESSIONS: usize = 8;
 /// See [`MAX_SESSIONS`].
 pub const MAX_SESSIONS_PER_SCOPE: usize = 4;
 
+/// The share of the cache one scope's open sessions may pin at once (one in this many
+/// bytes): pinned contents cannot be evicted, so one submitter must not hold the cache
+/// against everyone else. A submission over it is told to send its payload whole.
+pub const PINNED_SHARE: u64 = 4;
+
 /// The content cache of a node. Shared by the work service's sessions.
 #[derive(Debug)]
 pub struct ContentCache {
     root: PathBuf,
+    /// The bound on the bytes cached.
+    max_bytes: u64,
     index: Mutex<Lru>,
-    /// Sessions open, per scope.
-    sessions: Mutex<HashMap<[u8; 32], usize>>,
+    /// Sessions open and the bytes they pin or have reserved, per scope.
+    sessions: Mutex<HashMap<[u8; 32], ScopeUse>>,
+    /// Bytes read back from cached files to check them against their hash.
+    rehashed: AtomicU64,
+}
+
+/// One scope's open sessions.
+#[derive(Debug, Default)]
+struct ScopeUse {
+    open: usize,
+    /// Bytes its sessions pin or have reserved to receive.
+    charged: u64,
 }
 
 /// Whose contents a submission may use: derived from the submitter's proven key.
@@ -123,8 +142,10 @@ impl ContentCache {
         }
         let cache = Arc::new(Self {
             root,
+            max_bytes,
             index: Mutex::new(index),
             sessions: Mutex::new(HashMap::new()),
+            rehashed: AtomicU64::new(0),
         });
         let mut index = cache.lock();
         cache.evict(&mut index);
@@ -161,31 +182,59 @@ impl ContentCache {
     /// A submission's view of the cache: what it pins stays until it is dropped. `None`
     /// when [`MAX_SESSIONS`] are open, or [`MAX_SESSIONS_PER_SCOPE`] for `scope`.
     pub fn session(self: &Arc<Self>, scope: Scope) -> Option<Session> {
-        let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
-        let open: usize = sessions.values().sum();
+        let mut sessions = self.sessions();
+        let open: usize = sessions.values().map(|s| s.open).sum();
         let ours = sessions.entry(scope.0).or_default();
-        if open >= MAX_SESSIONS || *ours >= MAX_SESSIONS_PER_SCOPE {
-            if *ours == 0 {
+        if open >= MAX_SESSIONS || ours.open >= MAX_SESSIONS_PER_SCOPE {
+            if ours.open == 0 {
                 sessions.remove(&scope.0);
             }
             return None;
         }
-        *ours += 1;
+        ours.open += 1;
         Some(Session {
             cache: self.clone(),
             scope: scope.0,
             pinned: Vec::new(),
+            charged: 0,
+            #[cfg(test)]
+            lookups: Vec::new(),
         })
     }
 
-    fn close_session(&self, scope: &[u8; 32]) {
-        let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(open) = sessions.get_mut(scope) {
-            *open -= 1;
-            if *open == 0 {
+    fn sessions(&self) -> MutexGuard<'_, HashMap<[u8; 32], ScopeUse>> {
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn close_session(&self, scope: &[u8; 32], charged: u64) {
+        let mut sessions = self.sessions();
+        if let Some(ours) = sessions.get_mut(scope) {
+            ours.open -= 1;
+            ours.charged = ours.charged.saturating_sub(charged);
+            if ours.open == 0 {
                 sessions.remove(scope);
             }
         }
+    }
+
+    /// Adds `bytes` to what `scope` pins.
+    fn charge(&self, scope: &[u8; 32], bytes: u64) {
+        if let Some(ours) = self.sessions().get_mut(scope) {
+            ours.charged = ours.charged.saturating_add(bytes);
+        }
+    }
+
+    /// Takes `bytes` off what `scope` pins.
+    fn release(&self, scope: &[u8; 32], bytes: u64) {
+        if let Some(ours) = self.sessions().get_mut(scope) {
+            ours.charged = ours.charged.saturating_sub(bytes);
+        }
+    }
+
+    /// Bytes read back from cached files so far to check them against their hash (a file
+    /// unchanged since it was last checked is not read again).
+    pub fn rehashed_bytes(&self) -> u64 {
+        self.rehashed.load(Ordering::Relaxed)
     }
 
     /// Bytes and entries indexed now.
@@ -202,6 +251,12 @@ pub struct Session {
     cache: Arc<ContentCache>,
     scope: [u8; 32],
     pinned: Vec<Key>,
+    /// Bytes this session pins or has reserved, counted in its scope's [`ScopeUse`].
+    charged: u64,
+    /// The thread of each look-up ([`Session::hit`]), for tests to see how often and where
+    /// the index was asked.
+    #[cfg(test)]
+    pub(crate) lookups: Vec<std::thread::ThreadId>,
 }
 
 impl Session {
@@ -215,17 +270,40 @@ impl Session {
     /// Pins the content `hash` if this scope has it: its file and size.
     pub fn hit(&mut self, hash: &[u8; 32]) -> Option<(PathBuf, u64)> {
         let key = self.key(hash);
+        #[cfg(test)]
+        self.lookups.push(std::thread::current().id());
         let size = self.cache.lock().pin(&key)?;
         self.pinned.push(key);
+        self.charged = self.charged.saturating_add(size);
+        self.cache.charge(&self.scope, size);
         Some((self.cache.path(&key), size))
     }
 
+    /// Reserves `bytes` more for this session to pin (the contents it is about to
+    /// receive), if the scope's sessions would then pin at most 1/[`PINNED_SHARE`] of the
+    /// cache; whether it did.
+    pub fn reserve(&mut self, bytes: u64) -> bool {
+        let share = self.cache.max_bytes / PINNED_SHARE;
+        let mut sessions = self.cache.sessions();
+        let Some(ours) = sessions.get_mut(&self.scope) else {
+            return false;
+        };
+        let charged = ours.charged.saturating_add(bytes);
+        if charged > share {
+            return false;
+        }
+        ours.charged = charged;
+        self.charged = self.charged.saturating_add(bytes);
+        true
+    }
+
     /// A new temp file in this scope's directory, created exclusively (nothing else can
-    /// have it open or point it elsewhere).
+    /// have it open or point it elsewhere); removed when its [`TempFile`] is dropped
+    /// uncommitted.
     ///
     /// # Errors
     /// When it cannot be created.
-    pub fn temp_file(&self) -> io::Result<(PathBuf, std::fs::File)> {
+    pub fn temp_file(&self) -> io::Result<(TempFile, std::fs::File)> {
         let dir = self.cache.scope_dir(&self.scope);
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -241,7 +319,7 @@ impl Session {
                 .mode(0o600)
                 .open(&path)
             {
-                Ok(file) => return Ok((path, file)),
+                Ok(file) => return Ok((TempFile(Some(path)), file)),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(e),
             }
@@ -249,21 +327,29 @@ impl Session {
     }
 
     /// Puts the verified temp file `temp` (of `size` bytes) in place as content `hash`,
-    /// pinned, and evicts what no longer fits; returns its path. A content already there
-    /// (another submission sent it meanwhile) is kept and `temp` removed.
+    /// pinned, and evicts what no longer fits; returns its path. A file already there for
+    /// the content is replaced (its readers keep what they opened).
     ///
     /// # Errors
     /// When the rename fails (`temp` is removed).
-    pub fn commit(&mut self, hash: &[u8; 32], temp: &Path, size: u64) -> io::Result<PathBuf> {
+    pub fn commit(
+        &mut self,
+        hash: &[u8; 32],
+        mut temp: TempFile,
+        size: u64,
+    ) -> io::Result<PathBuf> {
         let key = self.key(hash);
         let path = self.cache.path(&key);
         let mut index = self.cache.lock();
-        if index.contains(&key) {
-            let _ = std::fs::remove_file(temp);
-        } else if let Err(e) = std::fs::rename(temp, &path) {
-            let _ = std::fs::remove_file(temp);
+        // Verified just now, so it replaces a file already there for the same content
+        // (another submission sent it meanwhile, or it could not be checked).
+        if let Some(from) = temp.0.take()
+            && let Err(e) = std::fs::rename(&from, &path)
+        {
+            let _ = std::fs::remove_file(&from);
             return Err(e);
         }
+        drop(temp);
         index.insert(key, size, true);
         self.pinned.push(key);
         self.cache.evict(&mut index);
@@ -271,15 +357,49 @@ impl Session {
     }
 }
 
+/// A content being received, under a temp name in its scope's directory: removed when
+/// dropped unless [`Session::commit`] put it in place, so that a submission given up
+/// mid-content (its future dropped at a deadline or a shutdown) leaves nothing behind.
+#[derive(Debug)]
+pub struct TempFile(Option<PathBuf>);
+
+impl TempFile {
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        self.0.as_deref().unwrap_or(Path::new(""))
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take()
+            && let Err(e) = std::fs::remove_file(&path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(file = %path.display(), error = %e, "could not remove a cache temp file");
+        }
+    }
+}
+
 impl Session {
-    /// Forgets the content `hash` (its file is missing or no longer holds it): removes it
+    /// Forgets the content `hash`, pinned by this session (its file is missing or no
+    /// longer holds it): releases this session's pin and, if it was the last, removes it
     /// from the index and the disk, so that it is asked for again rather than failing
     /// every later submission.
-    pub fn forget(&mut self, hash: &[u8; 32]) {
+    pub fn forget(&mut self, hash: &[u8; 32], size: u64) {
         let key = self.key(hash);
-        self.pinned.retain(|pinned| *pinned != key);
+        let Some(ours) = self.pinned.iter().position(|pinned| *pinned == key) else {
+            return;
+        };
+        self.pinned.swap_remove(ours);
+        self.charged = self.charged.saturating_sub(size);
+        self.cache.release(&self.scope, size);
         let mut index = self.cache.lock();
-        index.remove(&key);
+        // Another session of this scope still pins it: only our pin goes. What this one
+        // receives for it replaces the file ([`Session::commit`]).
+        if !index.forget_if_last(&key) {
+            return;
+        }
         if let Err(e) = std::fs::remove_file(self.cache.path(&key))
             && e.kind() != io::ErrorKind::NotFound
         {
@@ -296,34 +416,20 @@ impl Drop for Session {
         }
         self.cache.evict(&mut index);
         drop(index);
-        self.cache.close_session(&self.scope);
+        self.cache.close_session(&self.scope, self.charged);
     }
-}
-
-/// Whether the file at `path` holds `size` bytes whose SHA-256 is `hash` (a cached content
-/// may have been removed, cut or changed on disk since it was stored).
-///
-/// # Errors
-/// When it cannot be read.
-pub fn holds(path: &Path, hash: &[u8; 32], size: u64) -> io::Result<bool> {
-    let mut file = std::fs::File::open(path)?;
-    if file.metadata()?.len() != size {
-        return Ok(false);
-    }
-    let mut hasher = Sha256::new();
-    let read = io::copy(&mut io::Read::take(&mut file, size), &mut hasher)?;
-    Ok(read == size && <[u8; 32]>::from(hasher.finalize()) == *hash)
 }
 
 #[cfg(test)]
 mod tests {
+    use super::check::SETTLED;
     use super::*;
 
     fn put(session: &mut Session, content: &[u8]) -> PathBuf {
         let hash: [u8; 32] = Sha256::digest(content).into();
         let (temp, _) = session.temp_file().unwrap();
-        std::fs::write(&temp, content).unwrap();
-        session.commit(&hash, &temp, content.len() as u64).unwrap()
+        std::fs::write(temp.path(), content).unwrap();
+        session.commit(&hash, temp, content.len() as u64).unwrap()
     }
 
     #[test]
@@ -397,18 +503,55 @@ mod tests {
             0o600
         );
         let hash: [u8; 32] = Sha256::digest(b"the playbook").into();
-        assert!(holds(&path, &hash, 12).unwrap());
+        let later = std::time::SystemTime::now() + SETTLED;
+        assert!(session.check(&hash, &path, 12, later).unwrap());
         std::fs::write(&path, b"POISONED!!!!").unwrap();
         assert!(
-            !holds(&path, &hash, 12).unwrap(),
+            !session.check(&hash, &path, 12, later).unwrap(),
             "same length, other bytes"
         );
         std::fs::write(&path, b"cut").unwrap();
-        assert!(!holds(&path, &hash, 12).unwrap());
-        session.forget(&hash);
+        assert!(!session.check(&hash, &path, 12, later).unwrap());
+        session.forget(&hash, 12);
         assert!(!path.exists());
         assert_eq!(session.hit(&hash), None);
         drop(session);
         assert_eq!(cache.usage(), (0, 0));
+    }
+
+    #[test]
+    fn an_unchanged_cached_file_is_hashed_once_settled_and_not_again_until_it_changes() {
+        // Found by an attacker's review: every reuse re-read and hashed every cached
+        // content it listed, up to 768 MiB for a 100-byte manifest.
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ContentCache::open(dir.path(), 1 << 20).unwrap();
+        let mut session = cache
+            .session(Scope::of(&PublicKey::from_bytes([3; 32])))
+            .unwrap();
+        let content = vec![b'p'; 1000];
+        let path = put(&mut session, &content);
+        let hash: [u8; 32] = Sha256::digest(&content).into();
+        let now = std::time::SystemTime::now();
+        // Just written: its times may not have moved past a write in the same tick.
+        assert!(session.check(&hash, &path, 1000, now).unwrap());
+        assert!(session.check(&hash, &path, 1000, now).unwrap());
+        assert_eq!(
+            cache.rehashed_bytes(),
+            2000,
+            "not settled: hashed each time"
+        );
+        let later = now + SETTLED;
+        assert!(session.check(&hash, &path, 1000, later).unwrap());
+        assert_eq!(cache.rehashed_bytes(), 3000);
+        for _ in 0..3 {
+            assert!(session.check(&hash, &path, 1000, later).unwrap());
+        }
+        assert_eq!(cache.rehashed_bytes(), 3000, "unchanged: not read again");
+        // Same length, other bytes, then the same bytes again: both show in fstat.
+        std::fs::write(&path, vec![b'q'; 1000]).unwrap();
+        assert!(!session.check(&hash, &path, 1000, later).unwrap());
+        std::fs::write(&path, &content).unwrap();
+        assert!(session.check(&hash, &path, 1000, later).unwrap());
+        assert_eq!(cache.rehashed_bytes(), 5000);
     }
 }

@@ -497,3 +497,40 @@ async fn a_submitter_over_its_share_of_assemblies_is_told_to_send_whole_and_othe
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_planted_at_a_cached_path_is_forgotten_and_the_repeat_run_completes() {
+    // Found by an attacker's review: the check opened a cached file with a plain open, so
+    // a FIFO planted at its path (by a job running as the node's user) blocked a thread,
+    // with the submission's slot and pins, for ever.
+    let nodes = nodes(64 << 20, 1 << 30).await;
+    let pdd = private_data_dir();
+    let first = run(&nodes.a, plan_of(pdd.path()).await).await;
+    assert!(first.result.is_ok(), "{:?}", first.result);
+    let cached = files_under(&nodes.data.path().join("content-cache"));
+    let small = cached
+        .iter()
+        .find(|p| std::fs::metadata(p).unwrap().len() == 4)
+        .unwrap();
+    std::fs::remove_file(small).unwrap();
+    let fifo = std::process::Command::new("mkfifo")
+        .arg(small)
+        .status()
+        .unwrap();
+    assert!(fifo.success());
+
+    let plan = plan_of(pdd.path()).await;
+    let second = tokio::time::timeout(Duration::from_secs(30), run(&nodes.a, plan))
+        .await
+        .expect("the repeat run completes");
+    assert!(second.result.is_ok(), "{:?}", second.result);
+    assert_eq!(second.lacking.len(), 1, "{:?}", second.lacking);
+    assert_eq!(
+        second.output, first.output,
+        "the same stream, byte for byte"
+    );
+    assert!(
+        std::fs::metadata(small).unwrap().is_file(),
+        "the FIFO replaced"
+    );
+}

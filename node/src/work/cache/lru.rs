@@ -15,9 +15,24 @@ pub(crate) struct Key {
     pub(crate) hash: [u8; 32],
 }
 
+/// What a cached file looked like on disk when it was last found to hold its content:
+/// while `fstat` still shows exactly this, it has not been written since (a write moves
+/// the change time, which no one can set back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    /// Device and inode: the same file, not another put in its place.
+    pub(crate) file: (u64, u64),
+    /// Its length.
+    pub(crate) size: u64,
+    /// Modification and change times, seconds and nanoseconds.
+    pub(crate) times: [(i64, i64); 2],
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     size: u64,
+    /// How its file looked when last verified.
+    stamp: Option<Stamp>,
     /// When it was last used (higher: more recent).
     used: u64,
     /// Submissions holding it.
@@ -105,11 +120,49 @@ impl Lru {
         }
         let used = self.tick();
         let pins = u32::from(pinned);
-        self.slots.insert(key, Slot { size, used, pins });
+        let stamp = None;
+        self.slots.insert(
+            key,
+            Slot {
+                size,
+                stamp,
+                used,
+                pins,
+            },
+        );
         if !pinned {
             self.order.insert(used, key);
         }
         self.bytes += size;
+    }
+
+    /// How `key`'s file looked when last verified.
+    pub(crate) fn stamp(&self, key: &Key) -> Option<Stamp> {
+        self.slots.get(key)?.stamp
+    }
+
+    /// Records how `key`'s file looked when it was verified.
+    pub(crate) fn set_stamp(&mut self, key: &Key, stamp: Stamp) {
+        if let Some(slot) = self.slots.get_mut(key) {
+            slot.stamp = Some(stamp);
+        }
+    }
+
+    /// Releases one pin of `key` and forgets it if that was the last one; whether it did
+    /// (a key that others still pin stays: forgetting it would let their unpins release
+    /// a later insert's pin).
+    pub(crate) fn forget_if_last(&mut self, key: &Key) -> bool {
+        match self.slots.get(key) {
+            Some(slot) if slot.pins > 1 => {
+                self.unpin(key);
+                false
+            }
+            Some(_) => {
+                self.remove(key);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Forgets `key` whatever its pins (its file is gone or wrong): it is no longer a hit.
@@ -223,5 +276,18 @@ mod tests {
         assert_eq!(lru.bytes(), 0);
         lru.unpin(&key(1));
         assert!(lru.evict().is_empty());
+    }
+
+    #[test]
+    fn forgetting_a_key_another_holder_pins_only_drops_ones_own_pin() {
+        let mut lru = Lru::new(100, 10);
+        lru.insert(key(1), 40, true);
+        lru.pin(&key(1));
+        assert!(!lru.forget_if_last(&key(1)), "the other holder keeps it");
+        assert!(lru.contains(&key(1)));
+        assert!(lru.evict().is_empty());
+        assert!(lru.forget_if_last(&key(1)), "the last pin");
+        assert!(!lru.contains(&key(1)));
+        assert_eq!(lru.bytes(), 0);
     }
 }

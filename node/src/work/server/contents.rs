@@ -6,6 +6,10 @@
 //! payload limit, the disk against the free-space floor. A content whose SHA-256 is not the
 //! one listed fails the unit and is never cached; files sent inline (`env/`) stay in memory
 //! until the stream is assembled and never reach the cache.
+//!
+//! A submission holds a session slot and its pins only from the manifest to its last
+//! content, and only while it keeps the pace of [`pace`]: the sizes it declares buy it no
+//! time. The look-up runs on a blocking thread, linear in the manifest's entries.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -14,40 +18,31 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::{Server, SubmitRequest, finish};
+use super::{Server, SubmitRequest};
 use crate::access::AccessPolicy;
 use crate::ansible::transmit::manifest::{
     Content, ContentHash, MAX_ENTRIES, MAX_MANIFEST_LEN, Manifest,
 };
 use crate::ansible::transmit::{Held, Transmit};
 use crate::mesh::driver::{MeshStream, PeerIdentity};
-use crate::work::cache::{self, Scope, Session};
+use crate::work::cache::{Scope, Session};
 use crate::work::core::{PayloadError, Requester};
 use crate::work::driver::{Created, Submission};
 use crate::work::error::WorkError;
 use crate::work::protocol::{self, ProtocolError, Reply, WorkRefusal};
 use crate::work::unit::UnitId;
+use pace::Paced;
+
+mod pace;
 
 /// Bytes read from the stream at a time.
 const READ_LEN: usize = 256 * 1024;
 
-/// How long the contents of a submission may take to arrive: this, plus their bytes at
-/// [`RECEIVE_FLOOR_RATE`]. A submitter that stalls cannot hold its pins (and its session
-/// slot) for ever.
-const RECEIVE_GRACE: Duration = Duration::from_secs(120);
-
-/// The slowest upload accepted, bytes per second (128 kbit/s).
-const RECEIVE_FLOOR_RATE: u64 = 16 * 1024;
-
-/// The deadline of `plan`'s contents.
-fn receive_deadline(plan: &Plan) -> Duration {
-    let bytes = plan
-        .lacking_bytes
-        .saturating_add(plan.manifest.inline_bytes());
-    RECEIVE_GRACE + Duration::from_secs(bytes / RECEIVE_FLOOR_RATE)
-}
+/// How long a peer that has not taken the final reply within is given up on (the
+/// session's slot and pins are released before that reply).
+const REPLY_LINGER: Duration = pace::IDLE;
 
 /// Why the contents were refused.
 #[derive(Debug, thiserror::Error)]
@@ -61,9 +56,21 @@ enum ReceiveError {
     /// Bytes after the last content.
     #[error("bytes follow the last content")]
     Trailing,
-    /// The contents did not all arrive in time.
-    #[error("the contents did not all arrive within {} s", .0.as_secs())]
-    Late(Duration),
+    /// The submission fell behind its pace ([`pace`]).
+    #[error(
+        "the submission fell behind: {received} bytes in {} s; after the first {} s it must \
+         keep to at least {} KiB/s and never pause over {} s",
+        elapsed.as_secs(),
+        pace::GRACE.as_secs(),
+        pace::FLOOR_RATE / 1024,
+        pace::IDLE.as_secs()
+    )]
+    Late {
+        /// Bytes received since the session slot was taken.
+        received: u64,
+        /// Since the session slot was taken.
+        elapsed: Duration,
+    },
     /// Writing to the cache failed.
     #[error("storing a content: {0}")]
     Store(std::io::Error),
@@ -100,47 +107,103 @@ impl Server {
         by: &Requester,
         request: SubmitRequest,
     ) -> Result<(), ProtocolError> {
-        if let Err(e) = self.admit(peer, access, &request) {
+        let Some((unit, reply)) = self.take_submission(stream, peer, access, &request).await?
+        else {
+            return Ok(());
+        };
+        let started = reply == Reply::Started;
+        let write = tokio::time::timeout(REPLY_LINGER, protocol::write(stream, &reply));
+        write.await.map_err(|_| lingered())??;
+        if let (true, Some(offset)) = (started, request.follow) {
+            return self.results(stream, unit, offset, by).await;
+        }
+        stream.shutdown().await?;
+        Ok(())
+    }
+
+    /// Everything before the final reply: `None` once refused (the refusal sent), else the
+    /// unit and the reply to send. The session's slot and pins are held only in here, from
+    /// the manifest to the last content under one [`Paced`] deadline: a peer that stalls
+    /// anywhere (not sending its manifest, not taking the `Lacking` reply, not sending its
+    /// contents) loses them at the pace's deadline, whatever sizes it declared.
+    async fn take_submission<S>(
+        &self,
+        stream: &mut S,
+        peer: &PeerIdentity,
+        access: &AccessPolicy,
+        request: &SubmitRequest,
+    ) -> Result<Option<(UnitId, Reply)>, ProtocolError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + ?Sized,
+    {
+        if let Err(e) = self.admit(peer, access, request) {
             let reply = self.refuse(peer, &e);
             skip_frame(stream).await?;
-            return finish(stream, &reply).await;
+            return answer(stream, &reply).await;
         }
         let session = (self.contents.as_ref()).and_then(|c| c.session(Scope::of(&peer.key)));
-        let Some(mut session) = session else {
+        let Some(session) = session else {
             if self.contents.is_some() {
                 tracing::info!(peer = %peer.node, "content cache busy: the payload is to be sent whole");
             }
-            let off = WorkRefusal::ContentCacheOff {
-                node: self.node().clone(),
-            };
             skip_frame(stream).await?;
-            return finish(stream, &Reply::Refused(off)).await;
+            return answer(stream, &self.cache_off()).await;
         };
-        let manifest: Manifest = match protocol::read_limited(stream, MAX_MANIFEST_LEN).await {
-            Ok(manifest) => manifest,
-            Err(ProtocolError::TooLarge(len)) => {
-                let reason =
-                    format!("the manifest of {len} bytes is over the limit of {MAX_MANIFEST_LEN}");
-                return finish(stream, &self.manifest_refusal(peer, reason)).await;
+        let mut paced = Paced::new(stream);
+        let asked = self.ask(&mut paced, peer, request, session).await;
+        let reply = match asked {
+            Ok(Some((unit, plan, mut session))) => {
+                let reply = self.take_contents(&mut paced, peer, unit, plan, &mut session);
+                let reply = reply.await.map(|reply| Some((unit, reply)));
+                // The payload is stored: the cache may evict what this submission used.
+                drop(session);
+                reply
             }
-            Err(ProtocolError::Decode(e)) => {
-                let reason = format!(
-                    "the manifest does not decode ({e}); a manifest lists at most {MAX_ENTRIES} entries"
-                );
-                return finish(stream, &self.manifest_refusal(peer, reason)).await;
-            }
-            Err(e) => return Err(e),
+            other => other.map(|_| None),
         };
-        if let Err(e) = manifest.check(self.work.max_payload()) {
-            return finish(stream, &self.manifest_refusal(peer, e.to_string())).await;
+        if paced.is_behind() {
+            let (pace, now) = (paced.pace(), tokio::time::Instant::now().into_std());
+            tracing::info!(peer = %peer.node, key = %peer.key, received = pace.received(), elapsed_s = pace.elapsed(now).as_secs(), "a content-addressed submission fell behind its pace: given up");
         }
-        let plan = match look_up(manifest, &mut session).await {
-            Ok(plan) => plan,
+        reply
+    }
+
+    /// The answer when the cache is off, busy, or the submission would pin too much of it:
+    /// the client sends the payload whole.
+    fn cache_off(&self) -> Reply {
+        Reply::Refused(WorkRefusal::ContentCacheOff {
+            node: self.node().clone(),
+        })
+    }
+
+    /// Reads and checks the manifest, looks it up, makes the unit and asks for what is
+    /// lacking: the unit, the plan and the session, or `None` once refused.
+    async fn ask<S>(
+        &self,
+        stream: &mut Paced<'_, S>,
+        peer: &PeerIdentity,
+        request: &SubmitRequest,
+        session: Session,
+    ) -> Result<Option<(UnitId, Plan, Session)>, ProtocolError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + ?Sized,
+    {
+        let manifest = match self.read_manifest(stream, peer).await? {
+            Ok(manifest) => manifest,
+            Err(refusal) => return answer(stream, &refusal).await,
+        };
+        let (plan, mut session) = match look_up(manifest, session).await {
+            Ok(done) => done,
             Err(e) => {
                 let e = WorkError::Internal(format!("checking the content cache: {e}"));
-                return finish(stream, &self.refuse(peer, &e)).await;
+                return answer(stream, &self.refuse(peer, &e)).await;
             }
         };
+        if !session.reserve(plan.lacking_bytes) {
+            tracing::info!(peer = %peer.node, lacking = plan.lacking_bytes, "a submission would pin over its share of the content cache: the payload is to be sent whole");
+            drop(session);
+            return answer(stream, &self.cache_off()).await;
+        }
         let cached = plan.manifest.entries.iter().zip(&plan.held);
         let cached: u64 = cached
             .filter(|(_, held)| matches!(held, Held::File(_)))
@@ -151,26 +214,56 @@ impl Server {
         let data_len: u64 = plan.manifest.entries.iter().map(|e| e.data_len()).sum();
         let stream_len = data_len.div_ceil(3) * 4;
         if let Err(e) = (self.work).check_room_for(plan.lacking_bytes.saturating_add(stream_len)) {
-            return finish(stream, &self.refuse(peer, &e)).await;
+            return answer(stream, &self.refuse(peer, &e)).await;
         }
-        let unit = match self.create_for(peer, &request).await {
+        let unit = match self.create_for(peer, request).await {
             Ok(unit) => unit,
-            Err(e) => return finish(stream, &self.refuse(peer, &e)).await,
+            Err(e) => return answer(stream, &self.refuse(peer, &e)).await,
         };
         let lacking = plan.lacking.clone();
-        protocol::write(stream, &Reply::Lacking { unit, lacking }).await?;
-        let reply = self
-            .take_contents(stream, peer, unit, plan, &mut session)
-            .await?;
-        // The payload is stored: the cache may evict what this submission used.
-        drop(session);
-        let started = reply == Reply::Started;
-        protocol::write(stream, &reply).await?;
-        if let (true, Some(offset)) = (started, request.follow) {
-            return self.results(stream, unit, offset, by).await;
+        if let Err(e) = protocol::write(stream, &Reply::Lacking { unit, lacking }).await {
+            let error = match e {
+                ProtocolError::Io(e) if !stream.is_behind() => ReceiveError::Stream(e),
+                _ => late(stream),
+            };
+            self.fail_contents(unit, error);
+            return Err(ProtocolError::Io(std::io::ErrorKind::TimedOut.into()));
         }
-        stream.shutdown().await?;
-        Ok(())
+        Ok(Some((unit, plan, session)))
+    }
+
+    /// The manifest, or the refusal of one that is too large or does not decode.
+    async fn read_manifest<S>(
+        &self,
+        stream: &mut S,
+        peer: &PeerIdentity,
+    ) -> Result<Result<Manifest, Reply>, ProtocolError>
+    where
+        S: AsyncRead + Unpin + Send + ?Sized,
+    {
+        let reason = match protocol::read_limited::<Manifest, _>(stream, MAX_MANIFEST_LEN).await {
+            Ok(manifest) => match manifest.check(self.work.max_payload()) {
+                Ok(()) => return Ok(Ok(manifest)),
+                Err(e) => e.to_string(),
+            },
+            Err(ProtocolError::TooLarge(len)) => {
+                format!("the manifest of {len} bytes is over the limit of {MAX_MANIFEST_LEN}")
+            }
+            Err(ProtocolError::Decode(e)) => format!(
+                "the manifest does not decode ({e}); a manifest lists at most {MAX_ENTRIES} entries"
+            ),
+            Err(e) => return Err(e),
+        };
+        Ok(Err(self.manifest_refusal(peer, reason)))
+    }
+
+    /// Fails `unit` for its contents: broken off (the stream failed) or refused.
+    fn fail_contents(&self, unit: UnitId, error: ReceiveError) {
+        let error = match error {
+            ReceiveError::Stream(e) => PayloadError::ContentsBroke(Arc::new(e)),
+            e => PayloadError::ContentsRefused(Arc::new(e)),
+        };
+        self.work.fail_payload(unit, error);
     }
 
     async fn create_for(
@@ -193,26 +286,33 @@ impl Server {
 
     /// Receives the contents, assembles the stream and stores it as `unit`'s payload; the
     /// reply to send (a refusal fails the unit).
-    async fn take_contents(
+    async fn take_contents<S>(
         &self,
-        stream: &mut MeshStream,
+        stream: &mut Paced<'_, S>,
         peer: &PeerIdentity,
         unit: UnitId,
         mut plan: Plan,
         session: &mut Session,
-    ) -> Result<Reply, ProtocolError> {
-        match receive_in_time(stream, &mut plan, session).await {
+    ) -> Result<Reply, ProtocolError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + ?Sized,
+    {
+        match receive(stream, &mut plan, session).await {
             Ok(()) => {}
-            Err(ReceiveError::Stream(e)) => {
+            Err(ReceiveError::Stream(e)) if !stream.is_behind() => {
                 // The unit's detail keeps what the stream said; the error itself ends this
                 // exchange.
                 let copy = std::io::Error::new(e.kind(), e.to_string());
-                (self.work).fail_payload(unit, PayloadError::ContentsBroke(Arc::new(copy)));
+                self.fail_contents(unit, ReceiveError::Stream(copy));
                 return Err(ProtocolError::Io(e));
             }
             Err(e) => {
+                let e = match e {
+                    ReceiveError::Stream(_) => late(stream),
+                    e => e,
+                };
                 let reason = e.to_string();
-                (self.work).fail_payload(unit, PayloadError::ContentsRefused(Arc::new(e)));
+                self.fail_contents(unit, e);
                 return Ok(self.manifest_refusal(peer, reason));
             }
         }
@@ -254,9 +354,40 @@ impl Server {
     }
 }
 
+/// Sends `reply` as the last frame: the exchange is over, `None` comes of it.
+async fn answer<S, T>(stream: &mut S, reply: &Reply) -> Result<Option<T>, ProtocolError>
+where
+    S: AsyncWrite + Unpin + Send + ?Sized,
+{
+    protocol::write(stream, reply).await?;
+    stream.shutdown().await?;
+    Ok(None)
+}
+
+/// Why the submission on `stream` was given up, once it fell behind.
+fn late<S: ?Sized>(stream: &Paced<'_, S>) -> ReceiveError {
+    let pace = stream.pace();
+    ReceiveError::Late {
+        received: pace.received(),
+        elapsed: pace.elapsed(tokio::time::Instant::now().into_std()),
+    }
+}
+
+/// The error of a final reply the peer did not take within [`REPLY_LINGER`].
+fn lingered() -> ProtocolError {
+    let e = std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "the peer did not take the reply",
+    );
+    ProtocolError::Io(e)
+}
+
 /// Reads away the manifest frame unread (at most [`MAX_MANIFEST_LEN`] bytes), so that the
 /// refusal that follows reaches a submitter still sending it.
-async fn skip_frame(stream: &mut MeshStream) -> Result<(), ProtocolError> {
+async fn skip_frame<S>(stream: &mut S) -> Result<(), ProtocolError>
+where
+    S: AsyncRead + Unpin + Send + ?Sized,
+{
     let mut len = [0u8; 4];
     stream.read_exact(&mut len).await?;
     let len = u64::from(u32::from_be_bytes(len)).min(MAX_MANIFEST_LEN as u64);
@@ -264,41 +395,52 @@ async fn skip_frame(stream: &mut MeshStream) -> Result<(), ProtocolError> {
     Ok(())
 }
 
-/// Pins what the scope holds, checks that each pinned file still holds its content (off
-/// the async workers), forgets those that do not, and asks for every content not held
-/// once (the first entry with it).
+/// Pins what the scope holds, checks that each pinned file still holds its content,
+/// forgets those that do not, and asks for every content not held once (the first entry
+/// with it). Runs on a blocking thread, all of it: a manifest lists up to [`MAX_ENTRIES`]
+/// entries, and each distinct content is looked up (and pinned) once, through a set.
 async fn look_up(
     manifest: Manifest,
-    session: &mut Session,
-) -> Result<Plan, tokio::task::JoinError> {
-    let mut hits: Vec<(ContentHash, PathBuf, u64)> = Vec::new();
-    for entry in &manifest.entries {
-        if let Content::Hashed(hash) = &entry.content
-            && !hits.iter().any(|(h, _, _)| h == hash)
-            && let Some((path, size)) = session.hit(hash)
-        {
-            hits.push((*hash, path, size));
-        }
-    }
-    let checked = tokio::task::spawn_blocking(move || {
-        hits.into_iter()
-            .map(|(hash, path, size)| {
-                let good = cache::holds(&path, &hash, size).unwrap_or(false);
-                (hash, path, good)
-            })
-            .collect::<Vec<_>>()
+    mut session: Session,
+) -> Result<(Plan, Session), tokio::task::JoinError> {
+    tokio::task::spawn_blocking(move || {
+        let held_files = held_files(&manifest, &mut session);
+        (plan(manifest, &held_files), session)
     })
-    .await?;
+    .await
+}
+
+/// The contents of `manifest` this scope holds and that still hold on disk, pinned.
+fn held_files(manifest: &Manifest, session: &mut Session) -> HashMap<ContentHash, PathBuf> {
+    let now = std::time::SystemTime::now();
+    let mut seen: HashSet<ContentHash> = HashSet::new();
     let mut held_files: HashMap<ContentHash, PathBuf> = HashMap::new();
-    for (hash, path, good) in checked {
-        if good {
-            held_files.insert(hash, path);
-        } else {
-            tracing::warn!(file = %path.display(), "a cached content is missing or changed on disk: forgotten, asked for again");
-            session.forget(&hash);
+    for entry in &manifest.entries {
+        let Content::Hashed(hash) = &entry.content else {
+            continue;
+        };
+        if !seen.insert(*hash) {
+            continue;
+        }
+        let Some((path, size)) = session.hit(hash) else {
+            continue;
+        };
+        match session.check(hash, &path, size, now) {
+            Ok(true) => {
+                held_files.insert(*hash, path);
+            }
+            Ok(false) => {
+                tracing::warn!(file = %path.display(), "a cached content is missing or changed on disk: forgotten, asked for again");
+                session.forget(hash, size);
+            }
+            // Says nothing of the content (out of descriptors, say): not used this time,
+            // not forgotten; what arrives for it replaces the file.
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "a cached content could not be checked: asked for again");
+            }
         }
     }
-    Ok(plan(manifest, &held_files))
+    held_files
 }
 
 /// What to ask for, given the contents held.
@@ -329,17 +471,6 @@ fn plan(manifest: Manifest, held_files: &HashMap<ContentHash, PathBuf>) -> Plan 
         lacking,
         lacking_bytes,
     }
-}
-
-/// [`receive`] within the plan's deadline ([`receive_deadline`]).
-async fn receive_in_time(
-    stream: &mut (dyn AsyncRead + Unpin + Send),
-    plan: &mut Plan,
-    session: &mut Session,
-) -> Result<(), ReceiveError> {
-    let deadline = receive_deadline(plan);
-    let received = tokio::time::timeout(deadline, receive(stream, plan, session)).await;
-    received.unwrap_or(Err(ReceiveError::Late(deadline)))
 }
 
 /// Reads the asked and inline contents in manifest order, then the end of the stream.
@@ -393,7 +524,8 @@ async fn receive(
     }
 }
 
-/// Receives one content into a temp file, verifies it, and commits it to the cache.
+/// Receives one content into a temp file, verifies it, and commits it to the cache. The
+/// temp file goes however this ends, the future dropped included.
 async fn receive_file(
     stream: &mut (dyn AsyncRead + Unpin + Send),
     session: &mut Session,
@@ -402,13 +534,9 @@ async fn receive_file(
     size: u64,
 ) -> Result<PathBuf, ReceiveError> {
     let (temp, file) = session.temp_file().map_err(ReceiveError::Store)?;
-    let written = write_verified(stream, tokio::fs::File::from_std(file), name, hash, size).await;
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&temp);
-        return Err(e);
-    }
+    write_verified(stream, tokio::fs::File::from_std(file), name, hash, size).await?;
     session
-        .commit(hash, &temp, size)
+        .commit(hash, temp, size)
         .map_err(ReceiveError::Store)
 }
 
@@ -446,56 +574,4 @@ async fn write_verified(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ansible::transmit::manifest::ManifestEntry;
-    use crate::keys::PublicKey;
-    use crate::work::cache::ContentCache;
-
-    #[tokio::test(start_paused = true)]
-    async fn contents_that_never_come_end_the_submission_at_its_deadline() {
-        // A submitter that offers a manifest and then sends nothing, its stream kept open,
-        // held its pins and its session slot for ever.
-        let dir = tempfile::tempdir().unwrap();
-        let cache = ContentCache::open(dir.path(), 1 << 20).unwrap();
-        let mut session = cache
-            .session(Scope::of(&PublicKey::from_bytes([3; 32])))
-            .unwrap();
-        let secret = ManifestEntry {
-            name: "env/password".into(),
-            mode: 0o100_600,
-            time: (0, 0),
-            size: 10,
-            content: Content::Inline,
-        };
-        let manifest = Manifest {
-            kwargs_line: "{}\n".into(),
-            entries: vec![secret],
-        };
-        let mut plan = plan(manifest, &HashMap::new());
-        // The writing end stays open and silent.
-        let (mut stalled, _writer) = tokio::io::duplex(64);
-        let started = tokio::time::Instant::now();
-        let ended = receive_in_time(&mut stalled, &mut plan, &mut session).await;
-        assert!(
-            matches!(ended, Err(ReceiveError::Late(d)) if d == RECEIVE_GRACE),
-            "{ended:?}"
-        );
-        assert_eq!(started.elapsed(), RECEIVE_GRACE);
-    }
-
-    #[test]
-    fn the_deadline_grows_with_the_bytes_to_receive() {
-        let manifest = Manifest {
-            kwargs_line: "{}\n".into(),
-            entries: Vec::new(),
-        };
-        let mut plan = plan(manifest, &HashMap::new());
-        assert_eq!(receive_deadline(&plan), RECEIVE_GRACE);
-        plan.lacking_bytes = 100 * RECEIVE_FLOOR_RATE;
-        assert_eq!(
-            receive_deadline(&plan),
-            RECEIVE_GRACE + Duration::from_secs(100)
-        );
-    }
-}
+mod tests;

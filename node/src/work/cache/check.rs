@@ -1,0 +1,124 @@
+//! Checks that a cached file still holds its content before it is used again: read and
+//! hashed only when `fstat` shows it changed since it was last read and found good, and
+//! that record kept only once the file's times have settled past the coarse clock's tick.
+
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sha2::{Digest, Sha256};
+
+use super::Session;
+use super::lru::Stamp;
+
+/// How long after its last change a file's stamp is trusted: file times come from a
+/// coarse clock (a tick of up to 10 ms, far more on some filesystems), so a write in the
+/// same tick as the `fstat` would leave the stamp unchanged. A file changed less than this
+/// before it was checked is hashed again next time.
+pub(super) const SETTLED: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl Session {
+    /// Whether the cached file `path` of the content `hash` (pinned by [`Session::hit`])
+    /// still holds its `size` bytes, at `now`. It is read and hashed unless `fstat` shows
+    /// it exactly as when it was last read and found good.
+    ///
+    /// # Errors
+    /// When it cannot be read, for another reason than being missing or not a regular
+    /// file: the entry may well be good, so it is not to be forgotten for that.
+    pub fn check(
+        &mut self,
+        hash: &[u8; 32],
+        path: &Path,
+        size: u64,
+        now: std::time::SystemTime,
+    ) -> io::Result<bool> {
+        let key = self.key(hash);
+        let known = self.cache.lock().stamp(&key);
+        match holds(path, hash, size, known, &self.cache.rehashed)? {
+            Found::Lost => Ok(false),
+            Found::Good(stamp) => {
+                if is_settled(&stamp, now) {
+                    self.cache.lock().set_stamp(&key, stamp);
+                }
+                Ok(true)
+            }
+        }
+    }
+}
+
+fn stamp_of(meta: &std::fs::Metadata) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    Stamp {
+        file: (meta.dev(), meta.ino()),
+        size: meta.size(),
+        times: [
+            (meta.mtime(), meta.mtime_nsec()),
+            (meta.ctime(), meta.ctime_nsec()),
+        ],
+    }
+}
+
+/// Whether the file `stamp` describes last changed at least [`SETTLED`] before `now`.
+fn is_settled(stamp: &Stamp, now: std::time::SystemTime) -> bool {
+    let (secs, nanos) = stamp.times[1];
+    let (Ok(secs), Ok(nanos)) = (u64::try_from(secs), u32::try_from(nanos)) else {
+        return false;
+    };
+    let changed = std::time::UNIX_EPOCH + std::time::Duration::new(secs, nanos);
+    changed + SETTLED <= now
+}
+
+/// What [`holds`] found.
+enum Found {
+    /// The file holds its content; it looked like this when `fstat`ed before it was read
+    /// (or it was not read: it still looks as it did when last found good).
+    Good(Stamp),
+    /// Missing, cut or changed.
+    Lost,
+}
+
+/// Whether the file at `path` holds `size` bytes whose SHA-256 is `hash` (a cached
+/// content may have been removed, cut or changed on disk since it was stored). Read (and
+/// counted in `rehashed`) only if it no longer looks as `known`; the stamp is taken
+/// before the read, so a write during it shows next time.
+///
+/// # Errors
+/// When it cannot be read for another reason than its absence or its kind (running out of
+/// descriptors, say): that says nothing of the content, so the caller must not forget it.
+fn holds(
+    path: &Path,
+    hash: &[u8; 32],
+    size: u64,
+    known: Option<Stamp>,
+    rehashed: &AtomicU64,
+) -> io::Result<Found> {
+    // Without following a link or waiting for a writer: something other than a regular
+    // file planted at the path (a FIFO would block this thread, with the session's slot
+    // and pins, for ever) is lost, not waited for.
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path);
+    let mut file = match opened {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Found::Lost),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(Found::Lost),
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    let stamp = stamp_of(&meta);
+    if !meta.is_file() || stamp.size != size {
+        return Ok(Found::Lost);
+    }
+    if known == Some(stamp) {
+        return Ok(Found::Good(stamp));
+    }
+    let mut hasher = Sha256::new();
+    let read = io::copy(&mut io::Read::take(&mut file, size), &mut hasher)?;
+    rehashed.fetch_add(read, Ordering::Relaxed);
+    match read == size && <[u8; 32]>::from(hasher.finalize()) == *hash {
+        true => Ok(Found::Good(stamp)),
+        false => Ok(Found::Lost),
+    }
+}

@@ -1,0 +1,224 @@
+//! The pace a content-addressed submission must keep from the moment it takes a session
+//! slot (and starts pinning cached contents) to its last content: [`Pace`] decides when it
+//! has fallen behind (no IO, time passed in); [`Paced`] applies that to the submission's
+//! stream, checking on every read and write and on a timer.
+//!
+//! The rule: a fixed [`GRACE`] for the manifest frame and the `Lacking` reply, then at
+//! least [`FLOOR_RATE`] on average from the start, and never a pause longer than [`IDLE`]
+//! once the grace is over. The sizes a peer declares play no part, so a declared 700 MiB
+//! buys no time: only bytes that arrive do.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
+
+/// Time for the manifest frame (up to 32 MiB) and the `Lacking` reply before the floor
+/// applies: a minute covers a slow link's round trips and a manifest of ordinary size.
+pub(super) const GRACE: Duration = Duration::from_secs(60);
+
+/// The slowest upload accepted on average, bytes per second (128 kbit/s).
+pub(super) const FLOOR_RATE: u64 = 16 * 1024;
+
+/// The longest pause accepted after the grace, however far ahead of the floor the peer is:
+/// bytes sent early buy no right to stall with the pins held.
+pub(super) const IDLE: Duration = Duration::from_secs(60);
+
+/// How far a submission has come, and whether it has fallen behind.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Pace {
+    start: Instant,
+    received: u64,
+    /// When the last byte arrived.
+    last: Instant,
+}
+
+impl Pace {
+    /// A submission that took its slot at `now`.
+    pub(super) fn new(now: Instant) -> Self {
+        Self {
+            start: now,
+            received: 0,
+            last: now,
+        }
+    }
+
+    /// `bytes` arrived at `now`.
+    pub(super) fn handle_received(&mut self, now: Instant, bytes: u64) {
+        self.received = self.received.saturating_add(bytes);
+        if bytes > 0 {
+            self.last = self.last.max(now);
+        }
+    }
+
+    /// Bytes received so far.
+    pub(super) fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// How long the submission has run at `now`.
+    pub(super) fn elapsed(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.start)
+    }
+
+    /// When the submission falls behind if nothing more arrives.
+    pub(super) fn deadline(&self) -> Instant {
+        let whole = Duration::from_secs(self.received / FLOOR_RATE);
+        let part = Duration::from_nanos((self.received % FLOOR_RATE) * 1_000_000_000 / FLOOR_RATE);
+        let earned = self.start + GRACE;
+        let floor = earned.checked_add(whole + part).unwrap_or(earned + whole);
+        let idle = earned.max(self.last) + IDLE;
+        floor.min(idle)
+    }
+
+    /// Whether the submission has fallen behind at `now`.
+    pub(super) fn is_behind(&self, now: Instant) -> bool {
+        now >= self.deadline()
+    }
+}
+
+/// A stream that fails with `TimedOut` once its [`Pace`] has fallen behind: on a read or
+/// write that finds it behind, or when the timer set for its deadline fires while one
+/// waits.
+pub(super) struct Paced<'a, S: ?Sized> {
+    inner: &'a mut S,
+    pace: Pace,
+    /// Fires at the pace's deadline; reset whenever bytes arrive. Dropped with the stream.
+    timer: Pin<Box<Sleep>>,
+    behind: bool,
+}
+
+impl<'a, S: ?Sized> Paced<'a, S> {
+    /// `inner`, paced from now.
+    pub(super) fn new(inner: &'a mut S) -> Self {
+        let now = tokio::time::Instant::now();
+        let pace = Pace::new(now.into_std());
+        let timer = Box::pin(tokio::time::sleep_until(pace.deadline().into()));
+        Self {
+            inner,
+            pace,
+            timer,
+            behind: false,
+        }
+    }
+
+    /// Whether the stream failed for falling behind.
+    pub(super) fn is_behind(&self) -> bool {
+        self.behind
+    }
+
+    /// The pace so far.
+    pub(super) fn pace(&self) -> &Pace {
+        &self.pace
+    }
+
+    fn fell_behind(&mut self) -> io::Error {
+        self.behind = true;
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the submission fell behind its pace",
+        )
+    }
+
+    /// `Ready` with the error once behind; otherwise registers the timer.
+    fn poll_behind(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        if self.behind {
+            return Poll::Ready(self.fell_behind());
+        }
+        let now = tokio::time::Instant::now().into_std();
+        if self.pace.is_behind(now) {
+            return Poll::Ready(self.fell_behind());
+        }
+        let deadline = tokio::time::Instant::from_std(self.pace.deadline());
+        if self.timer.deadline() != deadline {
+            self.timer.as_mut().reset(deadline);
+        }
+        // Set for the deadline as it stands: firing means that deadline has passed.
+        match self.timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(self.fell_behind()),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin + ?Sized> AsyncRead for Paced<'_, S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if let Poll::Ready(e) = this.poll_behind(cx) {
+            return Poll::Ready(Err(e));
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut *this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let now = tokio::time::Instant::now().into_std();
+                let read = (buf.filled().len() - before) as u64;
+                this.pace.handle_received(now, read);
+                Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin + ?Sized> AsyncWrite for Paced<'_, S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if let Poll::Ready(e) = this.poll_behind(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut *this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if let Poll::Ready(e) = this.poll_behind(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut *this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if let Poll::Ready(e) = this.poll_behind(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut *this.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn silence_falls_behind_at_the_grace_and_bytes_buy_time_at_the_floor_rate_up_to_the_idle_limit()
+    {
+        let start = Instant::now();
+        let mut pace = Pace::new(start);
+        assert_eq!(pace.deadline(), start + GRACE, "nothing received");
+        assert!(!pace.is_behind(start + GRACE - Duration::from_millis(1)));
+        assert!(pace.is_behind(start + GRACE));
+        // 10 s worth of bytes at the floor: 10 s more.
+        pace.handle_received(start + Duration::from_secs(1), 10 * FLOOR_RATE);
+        assert_eq!(pace.deadline(), start + GRACE + Duration::from_secs(10));
+        // Far ahead of the floor, but a pause past the grace is bounded.
+        pace.handle_received(start + Duration::from_secs(2), 1 << 30);
+        assert_eq!(pace.deadline(), start + GRACE + IDLE);
+        pace.handle_received(start + GRACE + Duration::from_secs(30), 1);
+        assert_eq!(
+            pace.deadline(),
+            start + GRACE + Duration::from_secs(30) + IDLE
+        );
+    }
+}
