@@ -341,6 +341,20 @@ fn make_parent(root: &Path, controllers: &[&str]) -> io::Result<()> {
 
 /// A job cgroup recorded by path (a detached job's record), for killing and removing it
 /// after a node restart without knowing the roots it was made under.
+/// Whether a path read from a job record names a directory a node made: `.../warren/<name>`
+/// as written, with no `.` or `..` in it and no symlink on the way. A job runs as the
+/// node's user and can rewrite its record; a path like `.../memory/warren/..` (the
+/// hierarchy's root) or a symlink under a directory named `warren` must not make the node
+/// kill or remove another cgroup.
+fn made_by_a_node(path: &Path) -> bool {
+    use std::path::Component;
+    path.parent().and_then(Path::file_name) == Some(PARENT.as_ref())
+        && path
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+        && fs::canonicalize(path).is_ok_and(|real| real == path)
+}
+
 pub(crate) fn from_paths(paths: &[PathBuf]) -> JobCgroup {
     let mut cgroup = JobCgroup {
         v2: None,
@@ -349,10 +363,7 @@ pub(crate) fn from_paths(paths: &[PathBuf]) -> JobCgroup {
         freezer: None,
         removed: AtomicBool::new(false),
     };
-    // Only directories a node made (`.../warren/<name>`) are taken from a record.
-    let made_by_a_node =
-        |p: &&PathBuf| p.parent().and_then(Path::file_name) == Some(PARENT.as_ref());
-    for path in paths.iter().filter(made_by_a_node) {
+    for path in paths.iter().filter(|p| made_by_a_node(p)) {
         if path.join("cgroup.kill").exists() || path.join("cgroup.type").exists() {
             let root = V2Root {
                 dir: path.parent().map(Path::to_owned).unwrap_or_default(),
@@ -445,5 +456,35 @@ mod tests {
         );
         assert!(!node_is_gone("probe-12"));
         assert!(!node_is_gone("something-else"));
+    }
+}
+
+#[cfg(test)]
+mod record_path_tests {
+    use super::*;
+
+    #[test]
+    fn a_recorded_path_out_of_a_warren_directory_is_never_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let made = root.join(PARENT).join("unit-d");
+        let other = root.join("elsewhere");
+        for d in [&made, &other] {
+            fs::create_dir_all(d).unwrap();
+            fs::write(d.join("pids.max"), "max").unwrap();
+        }
+        fs::write(root.join("pids.max"), "max").unwrap();
+        std::os::unix::fs::symlink(&other, root.join(PARENT).join("link")).unwrap();
+        assert!(made_by_a_node(&made));
+        for forged in [
+            root.join(PARENT).join(".."),
+            root.join(PARENT).join("link"),
+            root.join(PARENT).join("unit-d").join("..").join("unit-d"),
+            PathBuf::from("warren/unit-d"),
+        ] {
+            assert!(!made_by_a_node(&forged), "{}", forged.display());
+            assert!(from_paths(&[forged]).pids.is_none());
+        }
+        assert_eq!(from_paths(std::slice::from_ref(&made)).pids, Some(made));
     }
 }
