@@ -91,26 +91,8 @@ pub(crate) async fn launch(
         (None, None)
     };
     let (stdio, stdin) = stdio_of(options.stdio).map_err(io("supervisor stdio"))?;
-    let args = [SUPERVISE_ARG.to_owned()];
-    // The node's own directory: the spec's paths may be relative to it (a relative
-    // `--data-dir`, as the demo uses).
-    let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
-    let plan = vfork::Plan {
-        program: exe,
-        args: &args,
-        env: &[],
-        cwd: &cwd,
-        stdio: [&stdio[0], &stdio[1], &stdio[2]],
-        setup: options.join,
-        role: Role::Supervisor {
-            pass: [Some(&spec_r), Some(&report_w), life_r.as_ref()],
-            own_group: options.own_group,
-        },
-    };
-    let child = vfork::spawn(&plan).map_err(|source| ContainError::SupervisorStart {
-        exe: exe.to_owned(),
-        source,
-    })?;
+    let pass = [Some(&spec_r), Some(&report_w), life_r.as_ref()];
+    let child = spawn_supervisor(exe, &stdio, options.join, pass, options.own_group)?;
     // Our copies of its ends must be gone before end of file can come.
     drop((spec_r, report_w, life_r, stdio));
     let started = Started {
@@ -120,6 +102,33 @@ pub(crate) async fn launch(
         reports: report_r,
     };
     started.handshake(spec, stdin, node_lifeline).await
+}
+
+/// Starts `exe` as a supervisor with `stdio`, `setup` and `pass` as its descriptors 3–5,
+/// in the node's own directory: the spec's paths may be relative to it (a relative
+/// `--data-dir`, as the demo uses).
+fn spawn_supervisor(
+    exe: &Path,
+    stdio: &[OwnedFd; 3],
+    setup: ChildSetup,
+    pass: [Option<&OwnedFd>; 3],
+    own_group: bool,
+) -> Result<vfork::Process, ContainError> {
+    let args = [SUPERVISE_ARG.to_owned()];
+    let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
+    let plan = vfork::Plan {
+        program: exe,
+        args: &args,
+        env: &[],
+        cwd: &cwd,
+        stdio: [&stdio[0], &stdio[1], &stdio[2]],
+        setup,
+        role: Role::Supervisor { pass, own_group },
+    };
+    vfork::spawn(&plan).map_err(|source| ContainError::SupervisorStart {
+        exe: exe.to_owned(),
+        source,
+    })
 }
 
 /// A supervisor process that has not been sent its spec yet.
@@ -190,24 +199,8 @@ impl Spare {
         let (reports, report_w) = io::pipe().map_err(io("report pipe"))?;
         let (spec_r, report_w) = (OwnedFd::from(spec_r), OwnedFd::from(report_w));
         let (stdio, _) = stdio_of(SupervisorStdio::Null).map_err(io("supervisor stdio"))?;
-        let args = [SUPERVISE_ARG.to_owned()];
-        let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
-        let plan = vfork::Plan {
-            program: exe,
-            args: &args,
-            env: &[],
-            cwd: &cwd,
-            stdio: [&stdio[0], &stdio[1], &stdio[2]],
-            setup: ChildSetup::new(0, 0),
-            role: Role::Supervisor {
-                pass: [Some(&spec_r), Some(&report_w), None],
-                own_group: true,
-            },
-        };
-        let child = vfork::spawn(&plan).map_err(|source| ContainError::SupervisorStart {
-            exe: exe.to_owned(),
-            source,
-        })?;
+        let pass = [Some(&spec_r), Some(&report_w), None];
+        let child = spawn_supervisor(exe, &stdio, ChildSetup::new(0, 0), pass, true)?;
         Ok(Self {
             exe: exe.to_owned(),
             child,
