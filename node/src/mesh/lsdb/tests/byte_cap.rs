@@ -82,18 +82,25 @@ fn flood_strangers(db: &mut Lsdb, now: Instant) -> Vec<String> {
     }
 }
 
-#[test]
-fn strangers_filling_the_database_cannot_get_a_known_origins_growing_advert_refused() {
-    // An insider floods made-up origins until the database refuses new ones. Before the
-    // growth reserve, the next advert of a known origin that had grown by a link was
-    // refused too, and that origin expired from the mesh.
-    let now = Instant::now();
+/// A reserve-capped database holding the known origin `a` (two links), then flooded with
+/// strangers until it refuses a new one; returns it and the strangers stored.
+fn known_then_flooded(now: Instant) -> (Lsdb, Vec<String>) {
     let mut db = capped_to(now, RESERVE_CAP, RESERVE_NODES);
     assert_eq!(
         handle(&mut db, now, advert("a", 1, 1, 1, &as_links(&links(2)))),
         AdvertOutcome::Stored
     );
     let strangers = flood_strangers(&mut db, now);
+    (db, strangers)
+}
+
+#[test]
+fn strangers_filling_the_database_cannot_get_a_known_origins_growing_advert_refused() {
+    // An insider floods made-up origins until the database refuses new ones. Before the
+    // growth reserve, the next advert of a known origin that had grown by a link was
+    // refused too, and that origin expired from the mesh.
+    let now = Instant::now();
+    let (mut db, strangers) = known_then_flooded(now);
     assert!(strangers.len() > 3, "the flood filled the database");
     let grown = advert("a", 1, 1, 2, &as_links(&links(3)));
     assert_eq!(handle(&mut db, now, grown), AdvertOutcome::Stored);
@@ -107,12 +114,7 @@ fn strangers_growing_into_the_reserve_cannot_use_up_a_known_origins_share_of_it(
     // its own share of the reserve, they used it all up, and a known node's next advert,
     // grown by one link, was refused.
     let now = Instant::now();
-    let mut db = capped_to(now, RESERVE_CAP, RESERVE_NODES);
-    assert_eq!(
-        handle(&mut db, now, advert("a", 1, 1, 1, &as_links(&links(2)))),
-        AdvertOutcome::Stored
-    );
-    let strangers = flood_strangers(&mut db, now);
+    let (mut db, strangers) = known_then_flooded(now);
     let mut grown = 0;
     for (i, origin) in strangers.iter().enumerate() {
         let seed = u8::try_from(100 + i).unwrap();
