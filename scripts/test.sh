@@ -20,5 +20,7 @@ cargo clippy -p guest-runner -p probe-handler --target wasm32-wasip2 -- -D warni
 cargo fmt --manifest-path fuzz/Cargo.toml --check
 cargo clippy --manifest-path fuzz/Cargo.toml --no-default-features --all-targets --locked \
     -- -D warnings
+# The API docs build without a broken or private link (`cargo doc` warnings are errors here).
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 cargo test --workspace
 .venv/bin/python -m pytest -q python/tests

@@ -14,6 +14,10 @@
 //!   and the child's, and its pure parts ([`relay::Pipe`], [`relay::Lines`]).
 //! - [`manifest`]: the `warren-manifest` custom section embedded in the component.
 
+// The crate map above is for people reading the source (`cargo doc --document-private-items`):
+// every module is private, as a component exports only its world.
+#![allow(rustdoc::private_intra_doc_links)]
+
 mod ansible;
 mod child;
 mod command;

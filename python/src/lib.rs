@@ -7,7 +7,7 @@
 //!   forked child starts its own).
 //! - `shared`: one embedded node per (peer, identity, node id), shared by every job that
 //!   names them, closed when idle.
-//! - `job`: [`job::Job`], one submitted unit: payload in, results out, cancel, release, and
+//! - `job`: `job::Job`, one submitted unit: payload in, results out, cancel, release, and
 //!   the artifact dir written without following symlinks.
 //! - `errors`: Rust errors as the `NativeError(kind, message)` the Python half maps to its
 //!   exception classes.

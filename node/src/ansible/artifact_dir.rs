@@ -1,6 +1,6 @@
 //! The artifact dir while a worker stream is processed: `job_events/` files, the artifacts
 //! zip and the `rc` file, each reached through a held directory fd without following a
-//! symlink (see [`beneath`]).
+//! symlink (see `beneath`).
 //!
 //! `warren run` drives it from [`super::process::process`]; the Python package, whose line
 //! handling is ansible-runner's own `Processor`, calls it for every file it writes.

@@ -49,7 +49,7 @@ pub struct Certificate {
 pub struct SignedCertificate {
     /// The statement.
     pub cert: Certificate,
-    /// The issuer's Ed25519 signature over [`SIGNING_CONTEXT`] and the postcard body.
+    /// The issuer's Ed25519 signature over `SIGNING_CONTEXT` and the postcard body.
     pub signature: SignatureBytes,
 }
 

@@ -34,7 +34,7 @@ pub struct RevocationList {
 pub struct SignedRevocationList {
     /// The list.
     pub list: RevocationList,
-    /// The issuer's Ed25519 signature over [`SIGNING_CONTEXT`] and the postcard body.
+    /// The issuer's Ed25519 signature over `SIGNING_CONTEXT` and the postcard body.
     pub signature: SignatureBytes,
 }
 

@@ -17,6 +17,8 @@ use crate::id::NodeId;
 use crate::terminal::json_safe;
 
 /// Where the node's control socket is.
+// Help text (clap prints these comments as written): `<uid>` is a placeholder, not HTML.
+#[allow(rustdoc::invalid_html_tags)]
 #[derive(Debug, Clone, clap::Args)]
 pub struct SocketArgs {
     /// The node's control socket [default: $WARREN_SOCKET, else

@@ -16,6 +16,8 @@ use crate::terminal::{Mode, Sanitizer, json_safe, one_line, sanitize};
 use crate::work::UnitId;
 
 /// `warren work` subcommands.
+// Help text (clap prints these comments as written): `<detail>` is a placeholder, not HTML.
+#[allow(rustdoc::invalid_html_tags)]
 #[derive(Debug, clap::Subcommand)]
 pub enum WorkCommand {
     /// Create a work unit, send it its input, and print its id.
@@ -43,6 +45,8 @@ pub enum WorkCommand {
 }
 
 /// Where the node's control socket is.
+// Help text (clap prints these comments as written): `<uid>` is a placeholder, not HTML.
+#[allow(rustdoc::invalid_html_tags)]
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkSocketArgs {
     /// The node's control socket [default: $WARREN_SOCKET, else

@@ -3,7 +3,7 @@
 //!
 //! Owns connecting, checking the greeting, sending JSON requests and turning reply lines
 //! into typed values. It also speaks to a real Receptor node. Rendering for people is
-//! [`super::render`]'s. The `work` verbs are in [`work`](mod@work).
+//! [`super::render`]'s. The `work` verbs are in `work`.
 
 mod work;
 

@@ -3,12 +3,12 @@
 //! A reload re-reads the config the way the node was started (the file, then the flags
 //! given with it) and compares it with the running one. Peers, listeners, trust and
 //! certificates, allow rules, work limits and signing, and the offered work types change
-//! live, without touching unaffected links or running jobs ([`apply`]). Settings a running
+//! live, without touching unaffected links or running jobs (`apply`). Settings a running
 //! node cannot change (its id, data dir, key, control socket, mesh tuning, link costs,
 //! metrics and TLS) are named with Receptor's error code for "restart needed", and then
 //! nothing is applied: a reload never claims a change it did not make. Each applied reload
 //! raises the config generation shown in `status`. A key file rotated with `warren keygen
-//! --rotate` is adopted live ([`rotation`]): links and jobs running under the old key go on.
+//! --rotate` is adopted live (`rotation`): links and jobs running under the old key go on.
 
 mod apply;
 mod rotation;

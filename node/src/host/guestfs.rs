@@ -10,7 +10,7 @@
 //! - `write`, `set-size` and creates (`open-at` with `create`, `create-directory-at`,
 //!   `symlink-at`, `link-at`) are charged to the job's [`DiskLedger`]; past the quota the
 //!   guest gets `error-code::quota` (and its job fails when it ends). Streams from
-//!   `write-via-stream` and `append-via-stream` are charged per write ([`QuotaStream`])
+//!   `write-via-stream` and `append-via-stream` are charged per write (`QuotaStream`)
 //!   and fail with `ENOSPC`.
 //!
 //! Everything else is wasmtime-wasi's implementation, called as it is.

@@ -1,11 +1,11 @@
 //! One job's disk quota while it runs: a [`DiskLedger`] of what the job directory holds,
-//! and [`watch`], which re-measures the directory while the job runs.
+//! and [`watch()`], which re-measures the directory while the job runs.
 //!
 //! Two writers fill a job directory. The guest writes through WASI, and the host charges
 //! each of its writes and creates before doing them ([`DiskLedger::admit`]): a write past
 //! the quota is refused with an error value (nothing was written, so the guest may go on;
 //! its job fails when it ends). The programs the guest spawns (ansible-runner unpacking the private data dir, playbooks writing artifacts)
-//! write with their own system calls, so [`watch`] measures the directory again and again,
+//! write with their own system calls, so [`watch()`] measures the directory again and again,
 //! sooner the nearer the job is to its quota, and stops the job once it is over.
 //!
 //! Why measuring rather than a kernel quota: a per-job tmpfs or loop-mounted file system

@@ -243,7 +243,7 @@ impl Handshake {
     }
 }
 
-/// The encrypted transport after a finished handshake: one [`CipherState`] each way.
+/// The encrypted transport after a finished handshake: one `CipherState` each way.
 pub struct Transport {
     send: CipherState,
     recv: CipherState,

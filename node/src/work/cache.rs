@@ -2,7 +2,7 @@
 //! under `<data_dir>/content-cache/<scope>/<sha256>` so that a submitter's next run sends
 //! only what changed.
 //!
-//! Owns that directory and its index ([`lru`]). A scope is derived from the submitter's
+//! Owns that directory and its index (`lru`). A scope is derived from the submitter's
 //! proven key: a submission finds only what the same identity sent, so no one learns
 //! whether another submitter has a file. Contents are written to a temp file created
 //! exclusively, verified by the caller, then renamed into place; the cache stays within

@@ -3,7 +3,7 @@
 //!
 //! Map:
 //!
-//! - [`unit`]: [`UnitId`] and the [`UnitState`] life cycle (which moves are legal). No IO.
+//! - [`unit`](mod@unit): [`UnitId`] and the [`UnitState`] life cycle (which moves are legal). No IO.
 //! - [`status`]: [`UnitStatus`], the JSON in a unit's `status` file (Receptor's keys plus
 //!   Warren's), and redaction of secret parameters. No IO.
 //! - [`core`]: the sans-IO work core: every unit's life as a state machine (queue, placement,

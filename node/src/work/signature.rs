@@ -34,7 +34,7 @@ pub struct WorkSignature {
     pub nonce: [u8; 16],
     /// SHA-256 of the payload.
     pub payload_sha256: [u8; 32],
-    /// Ed25519 over the context and [`Signed`].
+    /// Ed25519 over the context and `Signed`.
     pub signature: SignatureBytes,
 }
 

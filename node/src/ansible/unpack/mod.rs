@@ -2,7 +2,7 @@
 //! does (modes and mtimes restored, existing directories left alone, FIFOs removed), but
 //! unable to write outside the artifacts dir or to fill the disk.
 //!
-//! - Every file is opened through [`beneath`](super::beneath): relative to the artifacts
+//! - Every file is opened through `beneath`: relative to the artifacts
 //!   dir's fd, no symlink followed, on the way or at the end.
 //! - A symlink entry is created only when its target is relative and made of plain names
 //!   (no `..`, no absolute path): it can then only point beneath its own directory, however
@@ -104,7 +104,7 @@ pub enum UnpackError {
         limit: Limit,
         /// Its value.
         cap: u64,
-        /// The first entries cut, quoted (at most [`NAMED_CUTS`]), or what was cut.
+        /// The first entries cut, quoted (at most `NAMED_CUTS`), or what was cut.
         cut: Vec<String>,
         /// How many entries were cut in all.
         cut_count: u64,

@@ -6,7 +6,7 @@
 //! Job cgroups live under a `warren` directory inside the node's own cgroup in each
 //! hierarchy, so a node confined by its service manager keeps its jobs inside that
 //! confinement. Blocking `std::fs` IO on cgroupfs (microseconds); callers on the async
-//! runtime keep it short. Where job cgroups can go ([`Roots`], probed at start) is in
+//! runtime keep it short. Where job cgroups can go (`Roots`, probed at start) is in
 //! `roots`.
 
 use std::fs;

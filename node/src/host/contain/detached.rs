@@ -4,7 +4,7 @@
 //!
 //! The host finishes a re-attached unit alone, without the handler: a detached program's
 //! outcome is a pure function of its exit status, whether it was cancelled, and any limit
-//! it broke ([`outcome`]), and on cancel the host does what the handler would (SIGTERM to
+//! it broke (`outcome`), and on cancel the host does what the handler would (SIGTERM to
 //! the program, the grace period, then kill the containment). The label the handler
 //! declared when it detached names the program in the detail, so the detail reads the same
 //! as after an uninterrupted run.

@@ -16,7 +16,7 @@
 //! - else only the program's process group (a node with neither: no cgroups and no binary
 //!   to run as supervisor, as in embedded tests).
 //!
-//! In every case the program gets rlimits before `exec` ([`setup`]): `RLIMIT_NOFILE`,
+//! In every case the program gets rlimits before `exec` (`setup`): `RLIMIT_NOFILE`,
 //! `RLIMIT_FSIZE`, `RLIMIT_CORE` = 0, and where no cgroup bounds them `RLIMIT_AS` (per
 //! process) and `RLIMIT_NPROC` (for a node not running as root); and, when the work type
 //! says `network = "none"`, a private network namespace with only loopback.

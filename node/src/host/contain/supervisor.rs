@@ -8,7 +8,7 @@
 //! containment), and detached jobs (it records the program's exit status in a file, so a
 //! node that restarts learns how the job ended).
 //!
-//! Protocol, on descriptors the node sets up: fd 3 carries the [`Spec`] as JSON (read to
+//! Protocol, on descriptors the node sets up: fd 3 carries the `Spec` as JSON (read to
 //! end of file); fd 4 gets report lines: `started <pid> <start time>` or `error <why>`, and
 //! at the end `ended <exit record JSON>`; fd 5, when `lifeline` is set, is the read end of a
 //! pipe the node holds open: its end of file means the node is gone. Signals: SIGTERM is

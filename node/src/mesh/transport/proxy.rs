@@ -3,7 +3,7 @@
 //! `CONNECT` tunnel, unless `NO_PROXY` (`no_proxy`) names the host. TCP links never use a
 //! proxy.
 //!
-//! The proxy's reply is read up to [`MAX_REPLY`] bytes and only its status line is used.
+//! The proxy's reply is read up to `MAX_REPLY` bytes and only its status line is used.
 
 use std::io;
 
