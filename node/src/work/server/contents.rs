@@ -138,16 +138,14 @@ impl Server {
     {
         if let Err(e) = self.admit(peer, access, request) {
             let reply = self.refuse(peer, &e);
-            skip_frame(stream).await?;
-            return answer(stream, &reply).await;
+            return refuse_unread(stream, &reply).await;
         }
         let session = (self.contents.as_ref()).and_then(|c| c.session(Scope::of(&peer.key)));
         let Some(session) = session else {
             if self.contents.is_some() {
                 tracing::info!(peer = %peer.node, "content cache busy: the payload is to be sent whole");
             }
-            skip_frame(stream).await?;
-            return answer(stream, &self.cache_off()).await;
+            return refuse_unread(stream, &self.cache_off()).await;
         };
         let mut paced = Paced::new(stream);
         let asked = self.ask(&mut paced, peer, request, session).await;
@@ -380,6 +378,22 @@ fn lingered() -> ProtocolError {
         "the peer did not take the reply",
     );
     ProtocolError::Io(e)
+}
+
+/// Answers before the manifest is read (refused, or the cache busy): reads the manifest
+/// frame away and sends `reply`, all within [`REPLY_LINGER`]. Such a peer holds no session
+/// slot, but a peer that stalls here must not hold its task and stream for ever either.
+async fn refuse_unread<S, T>(stream: &mut S, reply: &Reply) -> Result<Option<T>, ProtocolError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + ?Sized,
+{
+    let refuse = async {
+        skip_frame(stream).await?;
+        answer(stream, reply).await
+    };
+    tokio::time::timeout(REPLY_LINGER, refuse)
+        .await
+        .map_err(|_| lingered())?
 }
 
 /// Reads away the manifest frame unread (at most [`MAX_MANIFEST_LEN`] bytes), so that the

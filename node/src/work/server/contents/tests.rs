@@ -258,6 +258,23 @@ async fn offers_that_never_send_their_manifest_lose_their_slots_after_the_grace(
     task.abort();
 }
 
+#[tokio::test(start_paused = true)]
+async fn an_offer_answered_before_its_manifest_that_never_sends_it_is_given_up_after_the_linger() {
+    // Noticed last stop: with the cache busy (or the submission refused), the manifest
+    // frame was read away with no deadline, so a peer that sent only its request held
+    // the node's task and stream for ever (no session slot, but no end either).
+    let node = node(64 << 20);
+    let scope = Scope::of(&node.peer.key);
+    let busy: Vec<_> = (0..MAX_SESSIONS_PER_SCOPE)
+        .map(|_| node.cache.session(scope).unwrap())
+        .collect();
+    let (silent, task) = node.offer();
+    let ended = tokio::time::timeout(REPLY_LINGER + Duration::from_secs(1), task).await;
+    let ended = ended.expect("the stalled offer was not given up");
+    assert!(ended.unwrap().is_none(), "no unit for a refused offer");
+    drop((silent, busy));
+}
+
 /// A stream whose peer never grants credit: reads work, writes wait for ever (a mesh
 /// stream opened with a window of 0).
 struct NoCredit(DuplexStream);
