@@ -35,8 +35,9 @@ use command::Command;
 use payload::{CopyError, store_payload};
 
 /// How long a submission through the control socket waits for the remote node to take the
-/// unit before answering (the unit then goes on being submitted in the background).
-const SUBMIT_WAIT: Duration = Duration::from_secs(10);
+/// unit before answering (the unit then goes on being submitted in the background). A unit
+/// that runs here is answered only once its status is on the disk, however long that takes.
+pub(crate) const SUBMIT_WAIT: Duration = Duration::from_secs(10);
 
 /// `[work] max-units-per-submitter` when none is configured: far more than a controller
 /// that releases what it collected ever holds, far fewer than would fill a node.
@@ -371,14 +372,20 @@ impl Work {
         if let Some(e) = failed {
             return Err(e.into());
         }
-        let status = match tokio::time::timeout(
-            SUBMIT_WAIT,
-            self.ask(|reply| Command::WaitTaken { id, reply }),
-        )
-        .await
-        {
-            Ok(status) => status?,
-            Err(_) => self.status(id, &Requester::Operator).await?,
+        let taken = self.ask(|reply| Command::WaitTaken { id, reply });
+        let status = match tokio::time::timeout(SUBMIT_WAIT, taken).await {
+            Ok(status) => status??,
+            Err(_) => {
+                let status = self.status(id, &Requester::Operator).await?;
+                if status.node == self.node {
+                    // Taken means on the disk: a node that crashed after saying so must
+                    // come back with the unit. Only the disk is awaited here.
+                    tracing::warn!(unit = %id, "the unit's status is not on the disk after {} s; the submitter waits for it", SUBMIT_WAIT.as_secs());
+                    self.ask(|reply| Command::WaitTaken { id, reply }).await??
+                } else {
+                    status
+                }
+            }
         };
         if status.state == super::unit::UnitState::Failed && status.node != self.node {
             return Err(WorkError::RemoteFailed {
@@ -430,6 +437,12 @@ impl Work {
         (self.commands)
             .send(Command::Reconfigure { core, signing_key })
             .map_err(|_| WorkError::Stopped)
+    }
+
+    /// Tests: the store's thread sleeps `time` before its next job.
+    #[cfg(test)]
+    pub(crate) fn stall_store(&self, time: Duration) {
+        let _ = self.commands.send(Command::StallStore(time));
     }
 
     /// Stops the work layer as a node shuts down: every status write and release still

@@ -1,6 +1,8 @@
 //! Why a work request failed, and how that travels: [`WorkError`] in the library, its
 //! [`WorkRefusal`] on the wire, and its text at the control socket.
 
+use std::sync::Arc;
+
 use super::core::{PayloadError, TicketError};
 use super::protocol::WorkRefusal;
 use super::signature::SignatureError;
@@ -77,6 +79,15 @@ pub enum WorkError {
     /// The unit store failed.
     #[error(transparent)]
     Store(StoreError),
+    /// The unit's status did not reach the node's disk: it was not taken (a unit not yet
+    /// started fails).
+    #[error("work unit {unit} was not taken: its status did not reach the node's disk ({error})")]
+    NotStored {
+        /// The unit.
+        unit: UnitId,
+        /// Why the write failed.
+        error: Arc<StoreError>,
+    },
     /// The node's disk is below its free-space floor: no new units until there is room.
     #[error("node {node} refuses new work: {reason} (the floor is [work] free-space-floor-mb)")]
     NoRoom {

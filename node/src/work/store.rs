@@ -14,7 +14,8 @@
 //!
 //! The IO is blocking `std::fs`; async callers use `spawn_blocking`. The store does not run
 //! work, watch files or talk to other nodes. Its errors are in `error`, its file writes and
-//! reads in `file`, batched commits in `commit`.
+//! reads in `file`, batched commits in `commit`; trees it removes (a released unit, a
+//! finished unit's job directory) go to `trash`, emptied by a thread of its own.
 
 use std::collections::BTreeMap;
 use std::fs::{self, DirBuilder, File, OpenOptions};
@@ -30,6 +31,7 @@ pub use self::error::StoreError;
 use self::file::{Durability, overwrite_file, read_range, write_file};
 pub use self::journal::Entry;
 use self::journal::{JOURNAL_SIZE, Journal};
+use self::trash::Trash;
 use super::status::UnitStatus;
 use super::unit::{UnitId, UnitState};
 use crate::id::NodeId;
@@ -114,6 +116,8 @@ pub struct UnitStore {
     /// How many times the store has waited for the disk (journal flushes, file and file
     /// system syncs): what group commit saves, counted.
     syncs: AtomicU64,
+    /// `<data_dir>/trash`: removed trees go there, and its thread deletes them.
+    trash: Trash,
 }
 
 impl UnitStore {
@@ -134,11 +138,18 @@ impl UnitStore {
         if let Err(e) = spread::mark_top_directory(&root) {
             tracing::debug!(path = %root.display(), error = %e, "units directory not marked a top directory");
         }
+        let trash_dir = data_dir.as_ref().join("trash");
+        let trash =
+            Trash::open(trash_dir.clone()).map_err(|source| StoreError::CreateUnitsDir {
+                path: trash_dir,
+                source,
+            })?;
         let store = Self {
             root,
             update_lock: Mutex::new(()),
             journal: Mutex::new(None),
             syncs: AtomicU64::new(0),
+            trash,
         };
         let path = data_dir.as_ref().join("units.journal");
         match Journal::open(&path, JOURNAL_SIZE) {
@@ -356,11 +367,13 @@ impl UnitStore {
         let _guard = self.lock();
         self.check_exists(id)?;
         let path = self.unit_dir(id);
-        fs::remove_dir_all(&path).map_err(|source| StoreError::Release {
-            unit: id,
-            path,
-            source,
-        })
+        self.trash
+            .discard(&path)
+            .map_err(|source| StoreError::Release {
+                unit: id,
+                path,
+                source,
+            })
     }
 
     /// Removes what a finished unit must not keep: its payload (which may hold keys and
@@ -380,8 +393,9 @@ impl UnitStore {
         };
         let stdin = dir.join(STDIN_FILE);
         remove(stdin.clone(), fs::remove_file(&stdin))?;
+        // The job directory can hold a quota's worth of files: it goes to the trash.
         let job = dir.join(JOB_DIR);
-        remove(job.clone(), fs::remove_dir_all(&job))
+        remove(job.clone(), self.trash.discard(&job))
     }
 
     /// Where unit `id`'s job directory is (the handler's only preopen).
@@ -527,3 +541,4 @@ pub mod journal;
 mod spread;
 #[cfg(test)]
 mod tests;
+mod trash;

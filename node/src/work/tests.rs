@@ -346,3 +346,36 @@ async fn a_submitter_is_answered_only_once_its_units_status_is_committed() {
     assert_eq!(status.payload_size, Some(7), "{status:?}");
     s.work.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_submitter_is_not_answered_before_its_units_status_is_committed_however_long_the_disk_takes()
+ {
+    // Found by an attacker's review: past the submit wait (10 s), a unit that runs here
+    // was answered with whatever status it had, committed or not; a store thread busy
+    // for that long (removing a job's 200,000 files) let a submitter drop its payload
+    // before the node had the unit on disk.
+    // Nothing starts (no handler's compile on the blocking pool keeps the paused clock
+    // from advancing): the runtime idles while the store's thread is busy.
+    let s = setup_with(0, Duration::from_secs(3600));
+    let id = s.work.create(local("slow", BTreeMap::new())).await.unwrap();
+    s.work.stall_store(Duration::from_secs(1));
+    let started = tokio::time::Instant::now();
+    s.work.start(id, &mut &b"payload"[..]).await.unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= super::driver::SUBMIT_WAIT,
+        "the store was not slow enough: {waited:?}"
+    );
+    let crashed = tempfile::tempdir().unwrap();
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(s._dir.path().join("."))
+        .arg(crashed.path())
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let store = crate::work::store::UnitStore::open(crashed.path()).unwrap();
+    let status = store.status(id).unwrap();
+    assert_eq!(status.payload_size, Some(7), "{status:?}");
+    s.work.shutdown().await;
+}

@@ -11,9 +11,11 @@
 //! when it has not (the first payload never arrived whole), so no unit is left behind
 //! unowned and none runs twice.
 
+use std::time::Instant;
+
 use super::{Action, Core, NewUnit, Phase, TicketError};
 use crate::work::status::UnitStatus;
-use crate::work::unit::UnitId;
+use crate::work::unit::{UnitId, UnitState};
 
 impl Core {
     /// Status writes up to number `upto` are durable: releases the actions that waited for
@@ -30,6 +32,24 @@ impl Core {
             if self.still_wanted(&action) {
                 self.actions.push_back(action);
             }
+        }
+    }
+
+    /// A status write of unit `id` failed (`reason`): the disk does not have what the core
+    /// holds. A unit not yet started fails with the reason rather than run with no record a
+    /// restarted node would find; a running or ended one keeps its state (its next write is
+    /// tried again, and a restart finds its last durable status).
+    pub fn status_not_stored(&mut self, now: Instant, id: UnitId, reason: &str) {
+        let Some(entry) = self.units.get(&id) else {
+            return;
+        };
+        tracing::error!(unit = %id, %reason, phase = ?entry.phase, "a unit's status did not reach the disk");
+        if matches!(
+            entry.phase,
+            Phase::AwaitingPayload | Phase::Queued | Phase::Submitting
+        ) {
+            let detail = format!("the node cannot store the unit's status: {reason}");
+            self.finish(now, id, UnitState::Failed, detail);
         }
     }
 

@@ -317,3 +317,68 @@ fn files_that_cannot_be_made_fail_the_create_with_the_store_error() {
         "no unit is left"
     );
 }
+
+#[test]
+fn a_queued_unit_whose_status_did_not_reach_the_disk_fails_with_the_reason_and_never_starts() {
+    let now = Instant::now();
+    let mut core = Core::new(
+        node("me"),
+        CoreConfig {
+            max_running: 0,
+            keep_finished: None,
+            max_units_per_submitter: 10_000,
+        },
+    );
+    create_and_store(&mut core, now, new_unit(1, "me", None, None));
+    core.status_not_stored(now, id(1), "No space left on device");
+    let status = core.status(id(1), &Requester::Operator).unwrap();
+    assert_eq!(status.state, UnitState::Failed);
+    assert!(
+        status.detail.contains("No space left on device"),
+        "{}",
+        status.detail
+    );
+    assert_eq!(core.queued(), 0, "taken off the queue");
+    let acts = actions(&mut core);
+    assert!(
+        !acts.iter().any(|a| matches!(a, Action::Start { .. })),
+        "{acts:?}"
+    );
+}
+
+#[test]
+fn a_remote_submission_whose_status_did_not_reach_the_disk_is_never_sent() {
+    let now = Instant::now();
+    let mut core = core_on("me");
+    let acts = create_and_store(&mut core, now, new_unit(1, "node1", None, Some(nonce(7))));
+    core.status_not_stored(now, id(1), "Input/output error");
+    let later = actions(&mut core);
+    let last = writes(&acts)
+        .into_iter()
+        .chain(writes(&later))
+        .map(|(s, _)| s)
+        .max();
+    core.statuses_durable(last.unwrap());
+    assert!(!actions(&mut core).iter().any(is_submit));
+    let status = core.status(id(1), &Requester::Operator).unwrap();
+    assert_eq!(status.state, UnitState::Failed);
+}
+
+#[test]
+fn a_running_unit_whose_status_did_not_reach_the_disk_keeps_running() {
+    let now = Instant::now();
+    let mut core = core_on("me");
+    let acts = create_and_store(&mut core, now, new_unit(1, "me", None, None));
+    assert!(
+        acts.iter().any(|a| matches!(a, Action::Start { .. })),
+        "{acts:?}"
+    );
+    core.status_not_stored(now, id(1), "Input/output error");
+    let status = core.status(id(1), &Requester::Operator).unwrap();
+    assert_eq!(status.state, UnitState::Running);
+    assert!(
+        !actions(&mut core)
+            .iter()
+            .any(|a| matches!(a, Action::Stop { .. }))
+    );
+}

@@ -3,6 +3,7 @@
 //! tasks) report. Plain data.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use tokio::sync::{oneshot, watch};
 
@@ -32,7 +33,7 @@ pub(in crate::work) enum Command {
     },
     WaitTaken {
         id: UnitId,
-        reply: oneshot::Sender<UnitStatus>,
+        reply: oneshot::Sender<Result<UnitStatus, WorkError>>,
     },
     Status {
         id: UnitId,
@@ -109,7 +110,15 @@ pub(in crate::work) enum Command {
     Durable {
         upto: u64,
     },
+    /// A status write of this unit failed (reported before the `Durable` that covers it).
+    NotStored {
+        id: UnitId,
+        error: Arc<StoreError>,
+    },
     /// Commit what the store holds, stop its thread, and stop serving.
+    /// Tests: the store's thread sleeps this long.
+    #[cfg(test)]
+    StallStore(std::time::Duration),
     Shutdown {
         reply: oneshot::Sender<()>,
     },

@@ -18,7 +18,7 @@ use crate::work::core::{
 };
 use crate::work::error::WorkError;
 use crate::work::status::UnitStatus;
-use crate::work::store::UnitStore;
+use crate::work::store::{StoreError, UnitStore};
 use crate::work::unit::{UnitId, UnitState};
 
 pub(super) struct OwnerSetup {
@@ -59,7 +59,7 @@ struct Owner {
     /// Tasks working for a unit (handler, submission, mirror); aborted when it is dropped.
     tasks: HashMap<UnitId, Vec<JoinHandle<()>>>,
     /// Callers waiting for a unit to be taken (queued here, or started remotely, or failed).
-    taken_waiters: HashMap<UnitId, Vec<oneshot::Sender<UnitStatus>>>,
+    taken_waiters: HashMap<UnitId, Vec<oneshot::Sender<Result<UnitStatus, WorkError>>>>,
     /// Once draining: how many units still run here.
     draining: Option<watch::Sender<usize>>,
 }
@@ -225,6 +225,9 @@ impl Owner {
                 let _ = reply.send(running.subscribe());
             }
             Command::Durable { upto } => self.core.statuses_durable(upto),
+            Command::NotStored { id, error } => self.not_stored(now, id, error),
+            #[cfg(test)]
+            Command::StallStore(time) => self.job(StoreJob::Stall(time)),
             Command::Dropped { id } => {
                 for (reply, result) in self.dropping.remove(&id).unwrap_or_default() {
                     let _ = reply.send(result);
@@ -341,6 +344,18 @@ impl Owner {
         self.ctx.metrics.queue_depth(self.core.queued());
     }
 
+    /// A status write of `id` failed: its submitter, if one waits, is told the unit was not
+    /// taken (never that it was), and the core fails a unit not yet started.
+    fn not_stored(&mut self, now: std::time::Instant, id: UnitId, error: Arc<StoreError>) {
+        for waiter in self.taken_waiters.remove(&id).unwrap_or_default() {
+            let _ = waiter.send(Err(WorkError::NotStored {
+                unit: id,
+                error: error.clone(),
+            }));
+        }
+        self.core.status_not_stored(now, id, &error.to_string());
+    }
+
     /// Answers the submitters whose units are taken: a remote unit once it left Pending,
     /// a local one once it has its payload and its status saying so is on the disk.
     /// Returns the status write a local unit's answer waits for, if any.
@@ -366,7 +381,7 @@ impl Owner {
             }
             for waiter in self.taken_waiters.remove(&id).unwrap_or_default() {
                 if let Some(s) = &status {
-                    let _ = waiter.send(s.clone());
+                    let _ = waiter.send(Ok(s.clone()));
                 }
             }
         }

@@ -53,6 +53,9 @@ pub(super) enum StoreJob {
     Drop { id: UnitId },
     /// Commit what is pending now: something waits for it to be durable.
     Flush,
+    /// Tests: the thread sleeps this long (a disk busy with a big removal).
+    #[cfg(test)]
+    Stall(Duration),
 }
 
 /// The running thread and the way to it.
@@ -160,6 +163,8 @@ impl Batch {
             }
             StoreJob::DropSecrets { id } => self.secrets.push(id),
             StoreJob::Flush => self.urgent = true,
+            #[cfg(test)]
+            StoreJob::Stall(time) => std::thread::sleep(time),
         }
     }
 }
@@ -220,8 +225,11 @@ fn commit(store: &UnitStore, batch: &mut Batch, events: &mpsc::UnboundedSender<C
                     Entry::Released { .. },
                     Err(crate::work::store::StoreError::UnknownUnit { .. }),
                 ) => {}
+                // Told before the batch is reported durable: the owner must not take
+                // this write for a durable one.
                 (Entry::Status { unit, .. }, Err(e)) => {
-                    tracing::error!(unit = %unit, error = %e, "cannot write a unit's status");
+                    let (id, error) = (*unit, Arc::new(e));
+                    let _ = events.send(Command::NotStored { id, error });
                 }
                 (Entry::Released { unit }, Err(e)) => {
                     tracing::error!(unit = %unit, error = %e, "cannot remove a released unit");

@@ -71,7 +71,7 @@ fn send_running(thread: &StoreThread, ids: &[UnitId]) {
 /// Waits (up to 10 s) for the event `wanted` picks out.
 fn wait_for<T>(
     events: &mut mpsc::UnboundedReceiver<Command>,
-    wanted: impl Fn(&Command) -> Option<T>,
+    mut wanted: impl FnMut(&Command) -> Option<T>,
 ) -> T {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -219,4 +219,25 @@ fn writes_arriving_without_pause_do_not_hold_back_a_commit_past_its_delay() {
     super::run(&store, &rx, &tx, Duration::ZERO);
     let first = wait_for(&mut events, durable);
     assert!(first < JOBS, "committed only once the writes stopped");
+}
+
+#[test]
+fn a_status_write_that_fails_is_reported_before_the_batch_is_reported_durable() {
+    // A failed write was logged and then covered by the batch's `Durable`: the owner took
+    // it for a durable one and answered the unit's submitter.
+    let mut f = fixture(FOREVER);
+    let ids = units(&f.store, 2);
+    std::fs::remove_dir_all(f.store.root().join(ids[0].as_str())).unwrap();
+    send_running(&f.thread, &ids);
+    assert!(f.thread.send(StoreJob::Flush));
+    let mut seen = Vec::new();
+    let upto = wait_for(&mut f.events, |event| match event {
+        Command::NotStored { id, .. } => {
+            seen.push(*id);
+            None
+        }
+        other => durable(other),
+    });
+    assert_eq!(upto, 2);
+    assert_eq!(seen, vec![ids[0]], "the failed write reported, and first");
 }

@@ -22,10 +22,7 @@ impl UnitStore {
         for entry in entries {
             let result = match entry {
                 Entry::Status { unit, status } => self.restore(*unit, status),
-                Entry::Released { unit } => match fs::remove_dir_all(self.unit_dir(*unit)) {
-                    Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-                    _ => Ok(()),
-                },
+                Entry::Released { unit } => self.trash.discard(&self.unit_dir(*unit)),
             };
             if let Err(e) = result {
                 tracing::error!(error = %e, "cannot replay a unit journal record");
@@ -107,12 +104,15 @@ impl UnitStore {
             }
             Entry::Released { unit } => {
                 self.check_exists(*unit)?;
+                // Out of the units directory at once, removed by the trash's thread.
                 let path = self.unit_dir(*unit);
-                fs::remove_dir_all(&path).map_err(|source| StoreError::Release {
-                    unit: *unit,
-                    path,
-                    source,
-                })
+                self.trash
+                    .discard(&path)
+                    .map_err(|source| StoreError::Release {
+                        unit: *unit,
+                        path,
+                        source,
+                    })
             }
         }
     }
@@ -144,6 +144,10 @@ impl UnitStore {
             })
             .collect();
         let synced = self.sync_fs();
+        if let Err(e) = &synced {
+            // The temp files may not be on the disk: no status of this batch is durable.
+            self.fail_statuses(batch, &mut results, e);
+        }
         for (entry, result) in batch.iter().zip(&mut results) {
             if result.is_err() {
                 continue;
@@ -162,10 +166,33 @@ impl UnitStore {
                 released => self.apply(released),
             };
         }
-        if let Err(e) = synced.and_then(|()| self.sync_fs()) {
+        if synced.is_ok()
+            && let Err(e) = self.sync_fs()
+        {
+            // The renames may not be on the disk: a crash could bring back the old statuses.
             tracing::error!(error = %e, "cannot sync the units' file system: this batch of statuses may not survive a crash");
+            self.fail_statuses(batch, &mut results, &e);
         }
         results
+    }
+
+    /// Marks every status write of `batch` not failed yet as failed by `error` (a sync that
+    /// did not reach the disk).
+    fn fail_statuses(
+        &self,
+        batch: &[Entry],
+        results: &mut [Result<(), StoreError>],
+        error: &io::Error,
+    ) {
+        for (entry, result) in batch.iter().zip(results) {
+            if let (Entry::Status { unit, .. }, Ok(())) = (entry, &result) {
+                *result = Err(StoreError::WriteStatus {
+                    unit: *unit,
+                    path: self.root.clone(),
+                    source: io::Error::new(error.kind(), error.to_string()),
+                });
+            }
+        }
     }
 
     /// Flushes the file system holding the store (data and directory entries).
