@@ -94,6 +94,23 @@ pub fn job_started(unit_dir: &Path) -> Option<SystemTime> {
     started_at(record.supervisor?)
 }
 
+/// How long a re-attached unit's job took, for the duration histogram: from `started`
+/// ([`job_started`]) to `ended` (the end its supervisor recorded; `None` while it was found
+/// running: now), as of `now`.
+///
+/// Both come from the job log, which the job can rewrite. The start is read through `/proc`
+/// and lies in this boot, before now (`started_at`); the end is clamped to `now`. So a
+/// sample is at most the node's uptime, however the log was forged. An end before the start
+/// cannot both be true: then there is no sample (`None`), rather than a guess.
+pub fn job_duration(
+    started: Option<SystemTime>,
+    ended: Option<SystemTime>,
+    now: SystemTime,
+) -> Option<Duration> {
+    let ended = ended.map_or(now, |ended| ended.min(now));
+    ended.duration_since(started?).ok()
+}
+
 /// The wall-clock time `process` (of this boot) started: its start time is clock ticks
 /// after boot, on the clock that counts suspended time too.
 fn started_at(process: ProcessRef) -> Option<SystemTime> {
@@ -146,6 +163,34 @@ mod tests {
         assert_eq!(start_of(1, 0, boot, now), None, "no tick rate");
         assert_eq!(start_of(60_000, 100, boot, now), None, "after now");
         assert_eq!(start_of(u64::MAX, 100, boot, now), None);
+    }
+
+    /// The end comes from the job log, which the job can rewrite: `ended_at_ms` near
+    /// `u64::MAX` made one sample about 5.8e8 years and spoiled the histogram's sum for
+    /// good. The end is clamped to now, so a sample is at most the time since the job's
+    /// start (which is after this boot's start: at most the uptime); an end before the start
+    /// is not believed and the sample is dropped.
+    #[test]
+    fn a_job_logs_end_in_the_future_counts_no_later_than_now_and_one_before_the_start_not_at_all() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let started = Some(now - Duration::from_secs(300));
+        let forged = SystemTime::UNIX_EPOCH + Duration::from_millis(u64::MAX);
+        assert_eq!(
+            job_duration(started, Some(forged), now),
+            Some(Duration::from_secs(300))
+        );
+        let real = now - Duration::from_secs(100);
+        assert_eq!(
+            job_duration(started, Some(real), now),
+            Some(Duration::from_secs(200))
+        );
+        assert_eq!(
+            job_duration(started, None, now),
+            Some(Duration::from_secs(300))
+        );
+        let before = now - Duration::from_secs(400);
+        assert_eq!(job_duration(started, Some(before), now), None);
+        assert_eq!(job_duration(None, Some(real), now), None);
     }
 
     #[test]

@@ -133,6 +133,38 @@ fn job_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.01, 2.5, 16))
 }
 
+/// A unit counted in `units_running` ([`Metrics::unit_started`]). [`RunningUnit::finished`]
+/// counts its end; dropped without it (its task aborted, as when a released unit is
+/// dropped after the release wait while its job has not ended) it is only no longer
+/// counted running: a gauge that only a finished task lowered stayed one too high.
+#[derive(Debug)]
+#[must_use = "dropping it stops counting the unit running"]
+pub struct RunningUnit {
+    metrics: Metrics,
+    work_type: String,
+    running: bool,
+}
+
+impl RunningUnit {
+    /// The unit ended in `state` after `took`, from its job's own start (`None`: not
+    /// known; the duration histogram then does not count it).
+    pub fn finished(mut self, state: UnitState, took: Option<Duration>) {
+        self.running = false;
+        self.metrics.unit_finished(&self.work_type, state, took);
+    }
+}
+
+impl Drop for RunningUnit {
+    fn drop(&mut self) {
+        if let (true, Some(f)) = (self.running, self.metrics.families()) {
+            let label = WorkTypeLabel {
+                work_type: std::mem::take(&mut self.work_type),
+            };
+            f.units_running.get_or_create(&label).dec();
+        }
+    }
+}
+
 /// The node's metrics. Clone it into each counting part; [`Metrics::default`] is disabled.
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
@@ -167,14 +199,20 @@ impl Metrics {
         self.inner.as_deref().map(|i| &i.families)
     }
 
-    /// A unit of `work_type` started running here.
-    pub fn unit_started(&self, work_type: &str) {
+    /// A unit of `work_type` started running here: counted running until the returned
+    /// [`RunningUnit`] is finished or dropped.
+    pub fn unit_started(&self, work_type: &str) -> RunningUnit {
         if let Some(f) = self.families() {
             let label = WorkTypeLabel {
                 work_type: work_type.to_owned(),
             };
             f.units_started.get_or_create(&label).inc();
             f.units_running.get_or_create(&label).inc();
+        }
+        RunningUnit {
+            metrics: self.clone(),
+            work_type: work_type.to_owned(),
+            running: true,
         }
     }
 
@@ -183,20 +221,21 @@ impl Metrics {
     /// here too, so that within one process `units_started_total` less
     /// `units_finished_total` is what runs (counters start again at each process start),
     /// and as re-attached.
-    pub fn unit_reattached(&self, work_type: &str) {
-        self.unit_started(work_type);
+    pub fn unit_reattached(&self, work_type: &str) -> RunningUnit {
+        let running = self.unit_started(work_type);
         if let Some(f) = self.families() {
             let label = WorkTypeLabel {
                 work_type: work_type.to_owned(),
             };
             f.units_reattached.get_or_create(&label).inc();
         }
+        running
     }
 
     /// A unit that [`Metrics::unit_started`] counted ended in `state` after `took`, from
     /// its job's own start (`None`: not known, as for a re-attached unit whose job left no
     /// record; the duration histogram then does not count it).
-    pub fn unit_finished(&self, work_type: &str, state: UnitState, took: Option<Duration>) {
+    fn unit_finished(&self, work_type: &str, state: UnitState, took: Option<Duration>) {
         if let Some(f) = self.families() {
             let label = WorkTypeLabel {
                 work_type: work_type.to_owned(),

@@ -84,6 +84,22 @@ pub enum ContainError {
         /// The binary.
         exe: PathBuf,
     },
+    /// The supervisor did not report the program's start (or why it could not start) in
+    /// time: stopped (a job can `SIGSTOP` a spare supervisor of its user) or wedged. It was
+    /// killed.
+    #[error(
+        "the job's supervisor (pid {pid}) did not answer within {waited:?} and was killed{}",
+        if *spec_read { "; the program may have started: its containment is killed" } else { "" }
+    )]
+    SupervisorSilent {
+        /// The supervisor's pid.
+        pid: i32,
+        /// How long it was given.
+        waited: std::time::Duration,
+        /// Whether it had read its whole spec (so may have started the program); `false`:
+        /// it certainly did not, and the job may start on another supervisor.
+        spec_read: bool,
+    },
     /// The supervisor reported something other than `started` or `error`.
     #[error("unexpected supervisor report {line:?}")]
     SupervisorProtocol {

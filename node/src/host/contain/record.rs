@@ -10,11 +10,18 @@
 //! Records of an older node (a whole record rewritten by rename, the exit in `exit.json`)
 //! are still read, so jobs started before an upgrade re-attach after it.
 //!
+//! The job runs as the node's user and can replace its log: every read opens it without
+//! following a symlink (at `detached/` or `job.json`), refuses anything but a regular file
+//! (a FIFO would block the reader, `/dev/zero` would fill its memory) and reads at most
+//! [`JOB_LOG_CAP`] bytes. A refused log is an error naming why, for that unit alone.
+//!
 //! Also the `/proc` facts that guard against pid reuse: a process's start time and the boot
 //! id.
 
 use std::fs::{self, File};
-use std::io::{self, Write as _};
+use std::io::{self, Read as _, Write as _};
+use std::os::fd::{AsRawFd as _, FromRawFd as _};
+use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
@@ -30,6 +37,13 @@ pub const JOB_FILE: &str = "job.json";
 pub const EXIT_FILE: &str = "exit.json";
 /// Where a detached program's stderr goes.
 pub const STDERR_FILE: &str = "stderr";
+
+/// Most bytes of a job log (or an older node's exit file) the node reads. A real log is
+/// three lines of well under a kilobyte each (the record names a few cgroup paths; the
+/// supervisor's two lines are fixed-size), so this is three orders of magnitude of room
+/// and still a bounded read: each unit found running at start is read on a blocking
+/// thread, so what a node holds for it is this times the threads reading at once.
+pub const JOB_LOG_CAP: u64 = 1 << 20;
 
 /// How a program ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -223,10 +237,8 @@ pub struct JobLog {
 /// # Errors
 /// When the log exists but cannot be read, or its first line is not a job record.
 pub fn read_job_log(dir: &Path) -> io::Result<Option<JobLog>> {
-    let bytes = match fs::read(dir.join(JOB_FILE)) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
+    let Some(bytes) = read_capped(dir, JOB_FILE)? else {
+        return Ok(None);
     };
     let mut lines = bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty());
     let first = lines.next().unwrap_or_default();
@@ -260,13 +272,90 @@ pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(
     dir: &Path,
     name: &str,
 ) -> io::Result<Option<T>> {
-    match fs::read(dir.join(name)) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
+    let Some(bytes) = read_capped(dir, name)? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Reads the regular file `dir/name`, at most [`JOB_LOG_CAP`] bytes: `Ok(None)` when it
+/// (or `dir`) does not exist. Neither `dir` nor `name` is followed when it is a symlink,
+/// and the open never blocks (`O_NONBLOCK`: a FIFO); what is not a regular file, or is
+/// larger than the cap, is refused with an error saying so.
+///
+/// # Errors
+/// When it cannot be opened or read, or is refused.
+fn read_capped(dir: &Path, name: &str) -> io::Result<Option<Vec<u8>>> {
+    let path = dir.join(name);
+    let refused = |why: &str| {
+        let text = format!(
+            "{} {why}; the node writes it as a regular file, so something replaced it \
+             (the job?) and it is not read",
+            path.display()
+        );
+        io::Error::new(io::ErrorKind::InvalidData, text)
+    };
+    let nofollow = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY;
+    let opened = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | nofollow)
+        .open(dir);
+    let dir_fd = match opened {
+        Ok(fd) => fd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
+            return Err(refused(
+                "is in a directory that is a symbolic link or no directory",
+            ));
+        }
+        Err(e) => return Err(e),
+    };
+    let name_c =
+        std::ffi::CString::new(std::ffi::OsStr::new(name).as_bytes()).map_err(io::Error::other)?;
+    // Looked at before it is opened: opening a device can have effects of its own.
+    // SAFETY: a plain C struct; all zeroes is a valid value.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    let at = libc::AT_SYMLINK_NOFOLLOW;
+    // SAFETY: fstatat fills `stat` on our stack; the name is NUL-terminated.
+    if unsafe { libc::fstatat(dir_fd.as_raw_fd(), name_c.as_ptr(), &raw mut stat, at) } != 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::NotFound {
+            Ok(None)
+        } else {
+            Err(e)
+        };
     }
+    match stat.st_mode & libc::S_IFMT {
+        libc::S_IFREG => {}
+        libc::S_IFLNK => return Err(refused("is a symbolic link")),
+        _ => return Err(refused("is not a regular file")),
+    }
+    let flags = libc::O_RDONLY | libc::O_CLOEXEC | nofollow;
+    // SAFETY: openat with a NUL-terminated name relative to a directory we hold open.
+    let fd = unsafe { libc::openat(dir_fd.as_raw_fd(), name_c.as_ptr(), flags) };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENOENT) => Ok(None),
+            Some(libc::ELOOP) => Err(refused("is a symbolic link")),
+            _ => Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+        };
+    }
+    // SAFETY: `fd` is a fresh descriptor nothing else owns.
+    let file = unsafe { File::from_raw_fd(fd) };
+    let meta = file.metadata()?;
+    // Swapped for something else between the look and the open.
+    if !meta.file_type().is_file() {
+        return Err(refused("is not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    file.take(JOB_LOG_CAP + 1).read_to_end(&mut bytes)?;
+    if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > JOB_LOG_CAP {
+        return Err(refused(&format!("is larger than {JOB_LOG_CAP} bytes")));
+    }
+    Ok(Some(bytes))
 }
 
 /// Field 22 of `/proc/<pid>/stat`, the process's start time in clock ticks after boot.
@@ -302,137 +391,5 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stat_with_a_hostile_command_name_parses() {
-        let text = "4242 (evil) 1 2 (x) S 17 4242 4242 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 \
-                    987654 1000 100\n";
-        assert_eq!(parse_stat(text), Some((17, 987_654)));
-        assert_eq!(parse_stat("garbage"), None);
-    }
-
-    #[test]
-    fn own_process_is_alive_and_a_changed_start_time_is_not() {
-        let me = ProcessRef::of(std::process::id() as i32).expect("own stat");
-        assert!(me.is_alive());
-        let reused = ProcessRef {
-            start_time: me.start_time + 1,
-            ..me
-        };
-        assert!(!reused.is_alive());
-    }
-
-    fn a_record() -> JobRecord {
-        JobRecord {
-            unit: "u1".into(),
-            label: "ansible-runner worker".into(),
-            boot_id: boot_id(),
-            supervisor: None,
-            program: None,
-            containment: "subreaper supervisor".into(),
-            cgroups: Vec::new(),
-            limits: ProgramLimits::default(),
-            deadline_ms: 7,
-            deadline_ms_total: 8,
-            cancel_grace_ms: 9,
-            output_bytes: 10,
-        }
-    }
-
-    const SUPERVISOR: ProcessRef = ProcessRef {
-        pid: 11,
-        start_time: 12,
-    };
-    const PROGRAM: ProcessRef = ProcessRef {
-        pid: 13,
-        start_time: 14,
-    };
-    const EXIT: ExitRecord = ExitRecord {
-        status: ProgramExit::Signaled(9),
-        reason: EndReason::Deadline,
-        ended_at_ms: 5,
-    };
-
-    #[test]
-    fn the_job_log_reads_as_its_record_with_the_start_and_the_end_appended() {
-        let dir = tempfile::tempdir().unwrap();
-        assert_eq!(read_job_log(dir.path()).unwrap(), None);
-        create_job_log(dir.path(), &a_record()).unwrap();
-        let mode = fs::metadata(dir.path().join(JOB_FILE))
-            .unwrap()
-            .permissions();
-        assert_eq!(
-            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
-            0o600
-        );
-        let read = read_job_log(dir.path()).unwrap().unwrap();
-        assert_eq!((read.record, read.exit), (a_record(), None));
-        let log = open_job_log(&dir.path().join(JOB_FILE)).unwrap();
-        let started = Entry::Started {
-            supervisor: SUPERVISOR,
-            program: PROGRAM,
-        };
-        write_line(&log, &started).unwrap();
-        write_line(&log, &Entry::Ended(EXIT)).unwrap();
-        // Later lines (a job appending to its own log) change nothing.
-        let other = ExitRecord {
-            status: ProgramExit::Exited(0),
-            ..EXIT
-        };
-        write_line(&log, &Entry::Ended(other)).unwrap();
-        let read = read_job_log(dir.path()).unwrap().unwrap();
-        assert_eq!(read.record.supervisor, Some(SUPERVISOR));
-        assert_eq!(read.record.program, Some(PROGRAM));
-        assert_eq!(read.exit, Some(EXIT));
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "one file");
-    }
-
-    #[test]
-    fn a_line_cut_short_is_ignored_and_a_log_without_a_record_is_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        create_job_log(dir.path(), &a_record()).unwrap();
-        let log = open_job_log(&dir.path().join(JOB_FILE)).unwrap();
-        (&log).write_all(br#"{"Ended":{"Status":{"Exi"#).unwrap();
-        let read = read_job_log(dir.path()).unwrap().unwrap();
-        assert_eq!(read.exit, None);
-        fs::write(dir.path().join(JOB_FILE), b"{\"Ended\":1}\n").unwrap();
-        let err = read_job_log(dir.path()).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
-    }
-
-    #[test]
-    fn an_older_nodes_record_and_exit_file_are_still_read() {
-        let dir = tempfile::tempdir().unwrap();
-        let old = JobRecord {
-            supervisor: Some(SUPERVISOR),
-            program: Some(PROGRAM),
-            ..a_record()
-        };
-        fs::write(dir.path().join(JOB_FILE), serde_json::to_vec(&old).unwrap()).unwrap();
-        let read = read_job_log(dir.path()).unwrap().unwrap();
-        assert_eq!((&read.record, read.exit), (&old, None));
-        fs::write(
-            dir.path().join(EXIT_FILE),
-            serde_json::to_vec(&EXIT).unwrap(),
-        )
-        .unwrap();
-        assert_eq!(read_job_log(dir.path()).unwrap().unwrap().exit, Some(EXIT));
-    }
-
-    /// A job runs as the node's user and can reach its unit's `detached/`: a symlink it
-    /// plants where the log goes must not make the node or the supervisor write through it.
-    #[test]
-    fn a_symlink_in_place_of_the_job_log_is_refused_not_followed() {
-        let dir = tempfile::tempdir().unwrap();
-        let victim = dir.path().join("victim");
-        fs::write(&victim, b"precious").unwrap();
-        std::os::unix::fs::symlink(&victim, dir.path().join(JOB_FILE)).unwrap();
-        let err = create_job_log(dir.path(), &a_record()).unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(libc::ELOOP), "{err}");
-        let err = open_job_log(&dir.path().join(JOB_FILE)).unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(libc::ELOOP), "{err}");
-        assert_eq!(fs::read(&victim).unwrap(), b"precious");
-    }
-}
+#[path = "record_tests.rs"]
+mod tests;

@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 use super::record::{self, JobRecord, ProgramExit};
-use super::supervised::{self, LaunchOptions, SupervisorStdio};
+use super::supervised::{self, HANDSHAKE_WAIT, LaunchOptions, SupervisorStdio};
 use super::supervisor::{Spec, SpecFiles};
 use super::vfork;
 use super::watch::{self as watcher, BreachLog, Killer, SupervisorWait, Target, Watch};
@@ -264,6 +264,7 @@ async fn supervised_piped(
         },
         own_group: false,
         join: cell.setup,
+        wait: HANDSHAKE_WAIT,
     };
     let mut launched = supervised::launch(exe, &spec, options).await?;
     let stdin = launched.stdin.take().map(|s| Box::new(s) as BoxedWrite);
@@ -352,7 +353,7 @@ pub(crate) async fn detached(
         lifeline: false,
         join: Vec::new(),
     };
-    let launched = launch_detached(&containment, &exe, &spec, &cell).await?;
+    let launched = launch_detached(&containment, &exe, &spec, &cell, HANDSHAKE_WAIT).await?;
     files.record(&cell.info);
     Ok(watch_detached(job, &cell, launched, dir, unit))
 }
@@ -377,13 +378,15 @@ fn job_record(job: &JobContain, unit: &str, label: &str, cell: &Cell) -> JobReco
 }
 
 /// Launches a detached job's supervisor: the spare the containment keeps waiting (started
-/// ahead, so this job does not wait for a process start), else a new one. Then has the
-/// next spare started, off the runtime's threads.
+/// ahead, so this job does not wait for a process start), else a new one; each has `wait`
+/// to report the program's start. Then has the next spare started, off the runtime's
+/// threads.
 async fn launch_detached(
     containment: &Arc<Containment>,
     exe: &std::path::Path,
     spec: &Spec,
     cell: &Cell,
+    wait: Duration,
 ) -> Result<supervised::Launched, ContainError> {
     let launched = match containment.take_spare() {
         Some(spare) => {
@@ -391,14 +394,27 @@ async fn launch_detached(
                 join: cell.info.cgroups.clone(),
                 ..spec.clone()
             };
-            match spare.launch(&joining).await {
-                // It never got the spec (it ended while it waited): start one afresh.
-                Err(ContainError::SupervisorSpec { .. }) => launch_in_cell(exe, spec, cell).await,
+            match spare.launch(&joining, wait).await {
+                // It never got the spec (it ended while it waited), or never read it (a
+                // job stopped it; it was killed): start one afresh.
+                Err(
+                    ContainError::SupervisorSpec { .. }
+                    | ContainError::SupervisorSilent {
+                        spec_read: false, ..
+                    },
+                ) => launch_in_cell(exe, spec, cell, wait).await,
                 launched => launched,
             }
         }
-        None => launch_in_cell(exe, spec, cell).await,
+        None => launch_in_cell(exe, spec, cell, wait).await,
     };
+    // A supervisor killed after it read its spec may have started the program: in the
+    // job's cgroups, which are killed with it (without cgroups it cannot be found).
+    if let Err(ContainError::SupervisorSilent { .. }) = &launched
+        && let Some(cgroup) = &cell.cgroup
+    {
+        cgroup.kill();
+    }
     let refill = Arc::clone(containment);
     drop(tokio::task::spawn_blocking(move || refill.refill_spare()));
     launched
@@ -409,6 +425,7 @@ async fn launch_in_cell(
     exe: &std::path::Path,
     spec: &Spec,
     cell: &Cell,
+    wait: Duration,
 ) -> Result<supervised::Launched, ContainError> {
     let mut join = cell.setup;
     // The descriptors must stay open until the supervisor has joined.
@@ -420,6 +437,7 @@ async fn launch_in_cell(
         stdio: SupervisorStdio::Null,
         own_group: true,
         join,
+        wait,
     };
     supervised::launch(exe, spec, options).await
 }
@@ -458,3 +476,7 @@ fn watch_detached(
         killer,
     }
 }
+
+#[cfg(test)]
+#[path = "spawn_tests.rs"]
+mod tests;

@@ -6,13 +6,24 @@
 //! The supervisor starts as a job's program does ([`vfork`]): the node is not forked, and
 //! the child joins the cgroups before `exec`, so the supervisor and everything it starts
 //! are inside them from their first instruction.
+//!
+//! The spec, report and lifeline channels are Unix socket pairs, not pipes: a job runs as
+//! the node's user and sees `/proc/<supervisor>/fd` and `/proc/<node>/fd`, and a pipe there
+//! can be opened (a job could then plant its own spec ahead of the next job's in a waiting
+//! spare, or hold the spec open so its end never comes), where opening a socket fails with
+//! `ENXIO`. The node ends the spec with `shutdown(SHUT_WR)`; the whole exchange up to the
+//! program's start has [`HANDSHAKE_WAIT`] (a spare a job stopped with `SIGSTOP` answers
+//! never).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd as _, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream as StdStream;
 use std::path::Path;
 use std::process::Stdio;
+use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
+use tokio::net::UnixStream;
 use tokio::net::unix::pipe;
 
 use super::ContainError;
@@ -24,6 +35,12 @@ use super::vfork::{self, Role};
 /// Lowest descriptor the child-side ends are moved to before the fork, so the `dup2`s onto
 /// 3, 4 and 5 never overwrite one another.
 const HIGH_FD: RawFd = 10;
+
+/// How long a supervisor has from being handed its spec to reporting the program's start
+/// (or why it could not): a spare answers in about a millisecond and a fresh supervisor
+/// in a few on a loaded node, so only a stopped or wedged one takes this long. It is then
+/// killed, and the start fails with [`ContainError::SupervisorSilent`].
+pub(crate) const HANDSHAKE_WAIT: Duration = Duration::from_secs(30);
 
 /// A started supervisor and its program.
 #[derive(Debug)]
@@ -40,7 +57,7 @@ pub(crate) struct Launched {
     /// The program.
     pub(crate) program: ProcessRef,
     /// The supervisor's later report lines (`ended ...`).
-    pub(crate) reports: Lines<BufReader<pipe::Receiver>>,
+    pub(crate) reports: Lines<BufReader<UnixStream>>,
     /// The node's end of the lifeline: dropping it tells the supervisor the node is gone.
     pub(crate) _lifeline: Option<OwnedFd>,
 }
@@ -65,6 +82,8 @@ pub(crate) struct LaunchOptions {
     pub(crate) own_group: bool,
     /// The cgroups it joins (only `procs` of this setup is used here).
     pub(crate) join: ChildSetup,
+    /// How long it has to report the program's start ([`HANDSHAKE_WAIT`]).
+    pub(crate) wait: Duration,
 }
 
 /// Starts a supervisor running `spec` and waits for its first report.
@@ -79,13 +98,13 @@ pub(crate) async fn launch(
     options: LaunchOptions,
 ) -> Result<Launched, ContainError> {
     let io = |what: &'static str| move |source: io::Error| ContainError::Pipe { what, source };
-    let (spec_r, spec_w) = io::pipe().map_err(io("spec pipe"))?;
-    let (report_r, report_w) = io::pipe().map_err(io("report pipe"))?;
+    let (spec_w, spec_r) = channel().map_err(io("spec socket"))?;
+    let (report_r, report_w) = channel().map_err(io("report socket"))?;
     let (spec_r, report_w) = (OwnedFd::from(spec_r), OwnedFd::from(report_w));
-    // The supervisor reads the lifeline; the node holds the write end (close-on-exec, so
-    // no other child inherits it) until it goes away.
+    // The supervisor reads the lifeline; the node holds its end (close-on-exec, so no
+    // other child inherits it) until it goes away.
     let (life_r, node_lifeline) = if spec.lifeline {
-        let (r, w) = io::pipe().map_err(io("lifeline pipe"))?;
+        let (w, r) = channel().map_err(io("lifeline socket"))?;
         (Some(OwnedFd::from(r)), Some(OwnedFd::from(w)))
     } else {
         (None, None)
@@ -101,7 +120,9 @@ pub(crate) async fn launch(
         spec: spec_w,
         reports: report_r,
     };
-    started.handshake(spec, stdin, node_lifeline).await
+    started
+        .handshake(spec, stdin, node_lifeline, options.wait)
+        .await
 }
 
 /// Starts `exe` as a supervisor with `stdio`, `setup` and `pass` as its descriptors 3–5,
@@ -131,31 +152,52 @@ fn spawn_supervisor(
     })
 }
 
+/// A connected pair of close-on-exec Unix stream sockets: `open()` of either through
+/// `/proc/<pid>/fd` fails (`ENXIO`), unlike a pipe's ends.
+fn channel() -> io::Result<(StdStream, StdStream)> {
+    StdStream::pair()
+}
+
+/// `stream` for the runtime.
+fn tokio_stream(stream: StdStream, what: &'static str) -> Result<UnixStream, ContainError> {
+    stream
+        .set_nonblocking(true)
+        .and_then(|()| UnixStream::from_std(stream))
+        .map_err(|source| ContainError::Pipe { what, source })
+}
+
 /// A supervisor process that has not been sent its spec yet.
 #[derive(Debug)]
 struct Started<'a> {
     exe: &'a Path,
     child: vfork::Process,
-    spec: io::PipeWriter,
-    reports: io::PipeReader,
+    spec: StdStream,
+    reports: StdStream,
 }
 
 impl Started<'_> {
-    /// Sends `spec`, waits for the program's start and returns the launched job.
+    /// Sends `spec`, waits (at most `wait`) for the program's start and returns the
+    /// launched job.
     async fn handshake(
         self,
         spec: &Spec,
         stdin: Option<OwnedFd>,
         lifeline: Option<OwnedFd>,
+        wait: Duration,
     ) -> Result<Launched, ContainError> {
         let io = |what: &'static str| move |source: io::Error| ContainError::Pipe { what, source };
         let mut child = self.child;
         child.outlive_handle();
-        send_spec(self.spec, spec).await?;
-        let receiver = pipe::Receiver::from_owned_fd(OwnedFd::from(self.reports))
-            .map_err(io("report pipe"))?;
-        let mut reports = BufReader::new(receiver).lines();
-        let program = first_report(&mut reports, self.exe).await?;
+        let mut sender = tokio_stream(self.spec, "spec socket")?;
+        let mut reports = BufReader::new(tokio_stream(self.reports, "report socket")?).lines();
+        let exchange = async {
+            send_spec(&mut sender, spec).await?;
+            first_report(&mut reports, self.exe).await
+        };
+        let program = match tokio::time::timeout(wait, exchange).await {
+            Ok(program) => program?,
+            Err(_) => return Err(silenced(&child, &sender, wait)),
+        };
         let pid = child.id();
         let supervisor = ProcessRef::of(pid).unwrap_or(ProcessRef { pid, start_time: 0 });
         let stdin = stdin
@@ -174,17 +216,40 @@ impl Started<'_> {
     }
 }
 
+/// Kills a supervisor that did not answer within `waited` and says whether it had read its
+/// spec: the node's socket still holds bytes the supervisor has not taken.
+fn silenced(child: &vfork::Process, sender: &UnixStream, waited: Duration) -> ContainError {
+    let pid = child.id();
+    let mut unread: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one int: the bytes sent on this socket not yet read.
+    let asked = unsafe { libc::ioctl(sender.as_raw_fd(), libc::TIOCOUTQ, &raw mut unread) };
+    let spec_read = asked == 0 && unread == 0;
+    if let Some(process) = ProcessRef::of(pid) {
+        signal(&process, pidfd_open(pid).as_ref(), libc::SIGKILL);
+    }
+    tracing::warn!(
+        supervisor = pid,
+        spec_read,
+        "a supervisor did not answer; killed it"
+    );
+    ContainError::SupervisorSilent {
+        pid,
+        waited,
+        spec_read,
+    }
+}
+
 /// A supervisor started ahead of its job and waiting for its spec, so that a detached job
 /// does not wait for a process start (about a millisecond here): in a process group of its
 /// own, stdio on `/dev/null`, no lifeline, in none of the job's cgroups (the spec's `join`
 /// has the program join them). Dropped unused, it is killed; a node that dies closes its
-/// spec pipe, and a supervisor that reads an empty spec exits.
+/// spec socket, and a supervisor that reads an empty spec exits.
 #[derive(Debug)]
 pub(crate) struct Spare {
     exe: std::path::PathBuf,
     child: vfork::Process,
-    spec: io::PipeWriter,
-    reports: io::PipeReader,
+    spec: StdStream,
+    reports: StdStream,
 }
 
 impl Spare {
@@ -195,8 +260,8 @@ impl Spare {
     /// When the pipes or the process cannot be made.
     pub(crate) fn start(exe: &Path) -> Result<Self, ContainError> {
         let io = |what: &'static str| move |source: io::Error| ContainError::Pipe { what, source };
-        let (spec_r, spec) = io::pipe().map_err(io("spec pipe"))?;
-        let (reports, report_w) = io::pipe().map_err(io("report pipe"))?;
+        let (spec, spec_r) = channel().map_err(io("spec socket"))?;
+        let (reports, report_w) = channel().map_err(io("report socket"))?;
         let (spec_r, report_w) = (OwnedFd::from(spec_r), OwnedFd::from(report_w));
         let (stdio, _) = stdio_of(SupervisorStdio::Null).map_err(io("supervisor stdio"))?;
         let pass = [Some(&spec_r), Some(&report_w), None];
@@ -209,6 +274,12 @@ impl Spare {
         })
     }
 
+    /// Its pid.
+    #[cfg(test)]
+    pub(crate) fn pid(&self) -> i32 {
+        self.child.id()
+    }
+
     /// Whether it ended while it waited (killed, say): then it is not to be used.
     pub(crate) fn has_ended(&self) -> bool {
         self.child.has_exited()
@@ -218,15 +289,20 @@ impl Spare {
     /// for the program's start.
     ///
     /// # Errors
-    /// As [`launch`]; [`ContainError::SupervisorSpec`] when it ended before it got the spec.
-    pub(crate) async fn launch(self, spec: &Spec) -> Result<Launched, ContainError> {
+    /// As [`launch`]; [`ContainError::SupervisorSpec`] when it ended before it got the spec,
+    /// [`ContainError::SupervisorSilent`] when it did not answer in time (then killed).
+    pub(crate) async fn launch(
+        self,
+        spec: &Spec,
+        wait: Duration,
+    ) -> Result<Launched, ContainError> {
         let started = Started {
             exe: &self.exe,
             child: self.child,
             spec: self.spec,
             reports: self.reports,
         };
-        started.handshake(spec, None, None).await
+        started.handshake(spec, None, None, wait).await
     }
 }
 
@@ -260,21 +336,17 @@ fn high(fd: &OwnedFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
-async fn send_spec(writer: io::PipeWriter, spec: &Spec) -> Result<(), ContainError> {
+/// Writes `spec` and ends it (`shutdown(SHUT_WR)`: the supervisor reads to end of file).
+async fn send_spec(sender: &mut UnixStream, spec: &Spec) -> Result<(), ContainError> {
     let source = |source| ContainError::SupervisorSpec { source };
     let bytes = serde_json::to_vec(spec).map_err(|e| source(io::Error::other(e)))?;
-    let mut sender = pipe::Sender::from_owned_fd(OwnedFd::from(writer)).map_err(|source| {
-        ContainError::Pipe {
-            what: "spec pipe",
-            source,
-        }
-    })?;
-    sender.write_all(&bytes).await.map_err(source)
+    sender.write_all(&bytes).await.map_err(source)?;
+    sender.shutdown().await.map_err(source)
 }
 
 /// Reads `started <pid> <start time>` (the program's) or `error <why>`.
 async fn first_report(
-    reports: &mut Lines<BufReader<pipe::Receiver>>,
+    reports: &mut Lines<BufReader<UnixStream>>,
     exe: &Path,
 ) -> Result<ProcessRef, ContainError> {
     let line = reports
@@ -337,7 +409,7 @@ pub(crate) fn signal(supervisor: &ProcessRef, pidfd: Option<&OwnedFd>, signal: i
 pub(crate) fn answers_as_supervisor(exe: &Path) -> bool {
     use std::io::BufRead as _;
     use std::os::unix::process::CommandExt as _;
-    let Ok((report_r, report_w)) = io::pipe() else {
+    let Ok((report_r, report_w)) = channel() else {
         return false;
     };
     let Ok(report_fd) = high(&OwnedFd::from(report_w)) else {
@@ -375,127 +447,5 @@ pub(crate) fn answers_as_supervisor(exe: &Path) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::os::unix::fs::PermissionsExt as _;
-    use std::path::PathBuf;
-
-    use super::*;
-
-    /// A stand-in supervisor: reads the spec to its end, then runs `then` (a shell line;
-    /// fd 4 is the report pipe).
-    fn fake_supervisor(dir: &Path, then: &str) -> PathBuf {
-        let path = dir.join("fake-supervisor");
-        std::fs::write(&path, format!("#!/bin/sh\ncat <&3 >/dev/null\n{then}\n")).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        path
-    }
-
-    fn spec() -> Spec {
-        Spec {
-            program: "/bin/true".into(),
-            args: Vec::new(),
-            env: Vec::new(),
-            cwd: "/".into(),
-            files: None,
-            setup: ChildSetup::new(64, 1 << 20),
-            job_log: None,
-            deadline_ms: None,
-            lifeline: false,
-            join: Vec::new(),
-        }
-    }
-
-    async fn launch_with(exe: &Path) -> Result<Launched, ContainError> {
-        let spec = spec();
-        let options = LaunchOptions {
-            stdio: SupervisorStdio::Null,
-            own_group: false,
-            join: spec.setup,
-        };
-        launch(exe, &spec, options).await
-    }
-
-    #[tokio::test]
-    async fn a_supervisor_that_ends_without_a_report_is_named() {
-        let dir = tempfile::tempdir().unwrap();
-        let exe = fake_supervisor(dir.path(), "exit 0");
-        let err = launch_with(&exe).await.unwrap_err();
-        assert!(
-            matches!(&err, ContainError::SupervisorEnded { exe: named } if *named == exe),
-            "{err:?}"
-        );
-        assert!(err.to_string().contains("is it a warren binary?"), "{err}");
-    }
-
-    #[tokio::test]
-    async fn a_garbled_report_is_a_protocol_error_quoting_the_line() {
-        let dir = tempfile::tempdir().unwrap();
-        let exe = fake_supervisor(dir.path(), "echo 'started lots' >&4");
-        let err = launch_with(&exe).await.unwrap_err();
-        assert!(
-            matches!(&err, ContainError::SupervisorProtocol { line } if line == "started lots"),
-            "{err:?}"
-        );
-    }
-
-    #[tokio::test]
-    async fn the_supervisors_refusal_is_passed_on_in_its_words() {
-        let dir = tempfile::tempdir().unwrap();
-        let said = "cannot start /nowhere: No such file or directory (os error 2)";
-        let exe = fake_supervisor(dir.path(), &format!("echo 'error {said}' >&4"));
-        let err = launch_with(&exe).await.unwrap_err();
-        assert!(matches!(&err, ContainError::Refused(_)), "{err:?}");
-        assert_eq!(err.to_string(), said);
-    }
-
-    #[tokio::test]
-    async fn a_missing_supervisor_binary_is_named_with_the_os_error() {
-        let err = launch_with(Path::new("/nonexistent/warren-supervisor"))
-            .await
-            .unwrap_err();
-        let ContainError::SupervisorStart { exe, source } = &err else {
-            panic!("{err:?}")
-        };
-        assert_eq!(exe, Path::new("/nonexistent/warren-supervisor"));
-        assert_eq!(source.kind(), io::ErrorKind::NotFound);
-    }
-
-    /// A spare of the script `exe`, written just before: another test's fork may still hold
-    /// the script open for writing for a moment (`ETXTBSY`).
-    fn start_spare(exe: &Path) -> Spare {
-        for _ in 0..100 {
-            match Spare::start(exe) {
-                Err(ContainError::SupervisorStart { source, .. })
-                    if source.raw_os_error() == Some(libc::ETXTBSY) =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                started => return started.unwrap(),
-            }
-        }
-        panic!("{} stayed busy", exe.display());
-    }
-
-    /// A spare that ended while it waited (killed, say) is not handed to a job, which
-    /// then starts a supervisor of its own.
-    #[tokio::test]
-    async fn a_spare_that_ended_while_it_waited_is_not_taken() {
-        let dir = tempfile::tempdir().unwrap();
-        let exe = dir.path().join("ends-at-once");
-        std::fs::write(&exe, "#!/bin/sh\nexit 0\n").unwrap();
-        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let containment = super::super::Containment::process_groups();
-        let spare = start_spare(&exe);
-        let start = std::time::Instant::now();
-        while !spare.has_ended() {
-            assert!(start.elapsed().as_secs() < 10, "the stand-in did not end");
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-        *containment.spare.lock().unwrap() = Some(spare);
-        assert!(containment.take_spare().is_none());
-        let waiting = start_spare(&fake_supervisor(dir.path(), "exit 0"));
-        assert!(!waiting.has_ended(), "it waits for its spec");
-        *containment.spare.lock().unwrap() = Some(waiting);
-        assert!(containment.take_spare().is_some());
-    }
-}
+#[path = "supervised_tests.rs"]
+mod tests;

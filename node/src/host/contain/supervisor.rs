@@ -8,12 +8,20 @@
 //! containment), and detached jobs (it records the program's exit status in a file, so a
 //! node that restarts learns how the job ended).
 //!
-//! Protocol, on descriptors the node sets up: fd 3 carries the `Spec` as JSON (read to
-//! end of file); fd 4 gets report lines: `started <pid> <start time>` or `error <why>`, and
-//! at the end `ended <exit record JSON>`; fd 5, when `lifeline` is set, is the read end of a
-//! pipe the node holds open: its end of file means the node is gone. Signals: SIGTERM is
-//! forwarded to the program (a handler's `terminate`); SIGUSR1, SIGHUP, SIGINT and SIGQUIT
-//! kill the whole tree.
+//! Protocol, on descriptors the node sets up (Unix stream sockets, which no other process
+//! can open through `/proc/<pid>/fd`): fd 3 carries the `Spec` as JSON (read to end of
+//! file: the node shuts its end down for writing); fd 4 gets report lines:
+//! `started <pid> <start time>` or `error <why>`, and at the end
+//! `ended <exit record JSON>`; fd 5, when `lifeline` is set, is a socket whose other end the
+//! node holds open: its end of file means the node is gone. Signals: SIGTERM is forwarded
+//! to the program (a handler's `terminate`); SIGUSR1, SIGHUP, SIGINT and SIGQUIT kill the
+//! whole tree.
+//!
+//! The supervisor makes itself non-dumpable first thing: a job of the same (non-root)
+//! user can then neither open its `/proc/<pid>/fd` nor read its memory (which holds the
+//! job's whole spec, environment included). The program gets the ordinary setting back at
+//! its `exec`. A job running as root passes that check, which is why the channels are
+//! sockets as well.
 //!
 //! Single-threaded and synchronous; it runs after `exec`, so ordinary Rust is safe here.
 
@@ -103,6 +111,8 @@ fn run() -> i32 {
     // program gets it back at its default).
     // SAFETY: signal(2) with SIG_IGN installs no handler code.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    // SAFETY: prctl with integer arguments. Reset at the program's exec.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     // The report pipe and the lifeline arrive inheritable; the program must not hold them
     // (the node waits for the report pipe's end of file, which is the supervisor's exit).
     for fd in [REPORT_FD, LIFELINE_FD] {
@@ -205,7 +215,7 @@ fn read_spec() -> io::Result<Spec> {
     if !is_open(SPEC_FD) {
         return Err(io::Error::other("no spec descriptor"));
     }
-    // SAFETY: the node set up fd 3 as our spec pipe (checked open); nothing else owns it.
+    // SAFETY: the node set up fd 3 as our spec socket (checked open); nothing else owns it.
     let mut file = unsafe { File::from_raw_fd(SPEC_FD) };
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes)?;

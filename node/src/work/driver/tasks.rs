@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
@@ -16,7 +16,7 @@ use crate::host::contain::UnitFiles;
 use crate::host::contain::detached::Reattach;
 use crate::host::disk::DiskQuota;
 use crate::host::params::JobParams;
-use crate::host::reattach::job_started;
+use crate::host::reattach::{job_duration, job_started};
 use crate::host::registry::{ActiveHandler, Registry};
 use crate::host::runner::{Host, Job, JobIo, Outcome};
 use crate::id::NodeId;
@@ -115,17 +115,24 @@ pub(super) async fn run_handler(
     });
     tracing::info!(unit = %id, work_type = %status.work_type, component = %info.name, version = %info.version, "unit started");
     let started = std::time::Instant::now();
-    ctx.metrics.unit_started(&status.work_type);
+    // Counted running until `finished`; an abort or an early return stops the count too.
+    let running = ctx.metrics.unit_started(&status.work_type);
     let (io, failure) = match open_io(&ctx, id, progress).await {
         Ok(io) => io,
-        Err(e) => return ctx.ended(id, UnitState::Failed, e.to_string()),
+        Err(e) => {
+            running.finished(UnitState::Failed, Some(started.elapsed()));
+            return ctx.ended(id, UnitState::Failed, e.to_string());
+        }
     };
     let submitted = &status.params;
     let params =
         match JobParams::from_submission(&status.work_type, submitted, active.allow_runtime_params)
         {
             Ok(params) => params,
-            Err(e) => return ctx.ended(id, UnitState::Failed, e.to_string()),
+            Err(e) => {
+                running.finished(UnitState::Failed, Some(started.elapsed()));
+                return ctx.ended(id, UnitState::Failed, e.to_string());
+            }
         };
     let job = Job {
         id: id.to_string(),
@@ -138,7 +145,7 @@ pub(super) async fn run_handler(
         .run(&active.handler, active.policy.clone(), job, io, stopped)
         .await;
     let (state, detail) = end_of(outcome, failure_of(&failure));
-    (ctx.metrics).unit_finished(&status.work_type, state, Some(started.elapsed()));
+    running.finished(state, Some(started.elapsed()));
     ctx.ended(id, state, detail);
 }
 
@@ -252,7 +259,9 @@ pub(super) async fn reattach(
         (host.reattach(files), started)
     })
     .await;
-    ctx.metrics.unit_reattached(&work_type);
+    // Counted running until `finished`: a task aborted before (the unit released and
+    // dropped after RELEASE_WAIT while its job had not ended) stops the count on drop.
+    let running = ctx.metrics.unit_reattached(&work_type);
     let (outcome, took) = match found {
         Ok((Reattach::Running(job), started)) => {
             tracing::info!(unit = %id, supervisor = ?job.record().supervisor, "re-attached a running job");
@@ -260,12 +269,15 @@ pub(super) async fn reattach(
             let host = &ctx.host;
             let quota = quota_of(registry, work_type.clone());
             let outcome = host.finish_reattached(*job, job_dir, quota, stopped).await;
-            (outcome, started.and_then(|s| s.elapsed().ok()))
+            (outcome, job_duration(started, None, SystemTime::now()))
         }
         Ok((Reattach::Ended { outcome, exit }, started)) => {
             tracing::info!(unit = %id, status = ?exit.status, "job ended while the node was down");
             let ended = UNIX_EPOCH + Duration::from_millis(exit.ended_at_ms);
-            (outcome, started.and_then(|s| ended.duration_since(s).ok()))
+            (
+                outcome,
+                job_duration(started, Some(ended), SystemTime::now()),
+            )
         }
         Ok((Reattach::Gone { detail }, _)) => {
             tracing::warn!(unit = %id, %detail, "unit was running when the node stopped; cannot re-attach");
@@ -275,7 +287,7 @@ pub(super) async fn reattach(
         Err(e) => (Outcome::failed(format!("{}: {e}", not_reattached())), None),
     };
     let (state, detail) = end_of(outcome, None);
-    ctx.metrics.unit_finished(&work_type, state, took);
+    running.finished(state, took);
     ctx.ended(id, state, detail);
 }
 
@@ -524,3 +536,7 @@ pub(super) async fn release_remote(ctx: TaskCtx, id: UnitId, node: NodeId, remot
     };
     ctx.report(Command::RemoteReleased { id, result });
 }
+
+#[cfg(test)]
+#[path = "tasks_tests.rs"]
+mod tests;

@@ -1,0 +1,187 @@
+//! The node's side of a supervisor against stand-ins: refusals, silence, and what a job
+//! can reach of a spare.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::PathBuf;
+
+use super::*;
+
+/// A stand-in supervisor: reads the spec to its end, then runs `then` (a shell line;
+/// fd 4 is the report socket).
+fn fake_supervisor(dir: &Path, then: &str) -> PathBuf {
+    let path = dir.join("fake-supervisor");
+    std::fs::write(&path, format!("#!/bin/sh\ncat <&3 >/dev/null\n{then}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+fn spec() -> Spec {
+    Spec {
+        program: "/bin/true".into(),
+        args: Vec::new(),
+        env: Vec::new(),
+        cwd: "/".into(),
+        files: None,
+        setup: ChildSetup::new(64, 1 << 20),
+        job_log: None,
+        deadline_ms: None,
+        lifeline: false,
+        join: Vec::new(),
+    }
+}
+
+async fn launch_with(exe: &Path) -> Result<Launched, ContainError> {
+    let spec = spec();
+    let options = LaunchOptions {
+        stdio: SupervisorStdio::Null,
+        own_group: false,
+        join: spec.setup,
+        wait: HANDSHAKE_WAIT,
+    };
+    launch(exe, &spec, options).await
+}
+
+#[tokio::test]
+async fn a_supervisor_that_ends_without_a_report_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = fake_supervisor(dir.path(), "exit 0");
+    let err = launch_with(&exe).await.unwrap_err();
+    assert!(
+        matches!(&err, ContainError::SupervisorEnded { exe: named } if *named == exe),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("is it a warren binary?"), "{err}");
+}
+
+#[tokio::test]
+async fn a_garbled_report_is_a_protocol_error_quoting_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = fake_supervisor(dir.path(), "echo 'started lots' >&4");
+    let err = launch_with(&exe).await.unwrap_err();
+    assert!(
+        matches!(&err, ContainError::SupervisorProtocol { line } if line == "started lots"),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_supervisors_refusal_is_passed_on_in_its_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let said = "cannot start /nowhere: No such file or directory (os error 2)";
+    let exe = fake_supervisor(dir.path(), &format!("echo 'error {said}' >&4"));
+    let err = launch_with(&exe).await.unwrap_err();
+    assert!(matches!(&err, ContainError::Refused(_)), "{err:?}");
+    assert_eq!(err.to_string(), said);
+}
+
+#[tokio::test]
+async fn a_missing_supervisor_binary_is_named_with_the_os_error() {
+    let err = launch_with(Path::new("/nonexistent/warren-supervisor"))
+        .await
+        .unwrap_err();
+    let ContainError::SupervisorStart { exe, source } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(exe, Path::new("/nonexistent/warren-supervisor"));
+    assert_eq!(source.kind(), io::ErrorKind::NotFound);
+}
+
+/// A spare of the script `exe`, written just before: another test's fork may still hold
+/// the script open for writing for a moment (`ETXTBSY`).
+fn start_spare(exe: &Path) -> Spare {
+    for _ in 0..100 {
+        match Spare::start(exe) {
+            Err(ContainError::SupervisorStart { source, .. })
+                if source.raw_os_error() == Some(libc::ETXTBSY) =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            started => return started.unwrap(),
+        }
+    }
+    panic!("{} stayed busy", exe.display());
+}
+
+/// A job runs as the node's user and can open what `/proc/<pid>/fd` shows of a spare
+/// supervisor: through its spec channel it could plant its own spec ahead of the next
+/// job's (its program run outside every job cgroup), or hold it to hang the next
+/// start. Opening a socket through `/proc` fails (`ENXIO`); a pipe opens.
+#[tokio::test]
+async fn a_spares_spec_and_report_channels_cannot_be_opened_through_proc() {
+    let dir = tempfile::tempdir().unwrap();
+    let spare = start_spare(&fake_supervisor(dir.path(), "exit 0"));
+    let pid = spare.child.id();
+    for fd in [SPEC_FD, REPORT_FD] {
+        let path = format!("/proc/{pid}/fd/{fd}");
+        for write in [true, false] {
+            let opened = std::fs::OpenOptions::new()
+                .write(write)
+                .read(!write)
+                .open(&path);
+            let err = opened.expect_err(&format!("{path} opened (write: {write})"));
+            assert_eq!(err.raw_os_error(), Some(libc::ENXIO), "{path}: {err}");
+        }
+    }
+    // The node's own ends, through /proc/<node>/fd, neither.
+    for fd in [spare.spec.as_raw_fd(), spare.reports.as_raw_fd()] {
+        let path = format!("/proc/self/fd/{fd}");
+        let err = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect_err(&path);
+        assert_eq!(err.raw_os_error(), Some(libc::ENXIO), "{path}: {err}");
+    }
+}
+
+/// A spare that never reads its spec (a job of the node's user stopped it with
+/// `SIGSTOP`; here a stand-in that only sleeps) hung the next detached job's start for
+/// ever. The start now gives up after [`HANDSHAKE_WAIT`], kills it, and says the spec
+/// was not read, so the job may start on a fresh supervisor.
+#[tokio::test(start_paused = true)]
+async fn a_spare_that_never_answers_is_killed_after_the_handshake_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("deaf");
+    std::fs::write(&exe, "#!/bin/sh\nexec sleep 600\n").unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let spare = start_spare(&exe);
+    let pid = spare.child.id();
+    let asked = tokio::time::Instant::now();
+    let err = spare.launch(&spec(), HANDSHAKE_WAIT).await.unwrap_err();
+    assert!(asked.elapsed() >= HANDSHAKE_WAIT, "gave up early");
+    assert!(
+        matches!(err, ContainError::SupervisorSilent { pid: p, spec_read: false, .. } if p == pid),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("did not answer"), "{err}");
+    let start = std::time::Instant::now();
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            start.elapsed().as_secs() < 10,
+            "the silent spare was not killed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A spare that ended while it waited (killed, say) is not handed to a job, which
+/// then starts a supervisor of its own.
+#[tokio::test]
+async fn a_spare_that_ended_while_it_waited_is_not_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("ends-at-once");
+    std::fs::write(&exe, "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let containment = super::super::Containment::process_groups();
+    let spare = start_spare(&exe);
+    let start = std::time::Instant::now();
+    while !spare.has_ended() {
+        assert!(start.elapsed().as_secs() < 10, "the stand-in did not end");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    *containment.spare.lock().unwrap() = Some(spare);
+    assert!(containment.take_spare().is_none());
+    let waiting = start_spare(&fake_supervisor(dir.path(), "exit 0"));
+    assert!(!waiting.has_ended(), "it waits for its spec");
+    *containment.spare.lock().unwrap() = Some(waiting);
+    assert!(containment.take_spare().is_some());
+}
