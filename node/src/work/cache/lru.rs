@@ -31,6 +31,9 @@ pub(crate) struct Stamp {
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     size: u64,
+    /// What it counts against the byte bound: its size, at least the index's least
+    /// charge.
+    charge: u64,
     /// How its file looked when last verified.
     stamp: Option<Stamp>,
     /// When it was last used (higher: more recent).
@@ -44,6 +47,9 @@ struct Slot {
 pub(crate) struct Lru {
     max_bytes: u64,
     max_entries: usize,
+    /// The least an entry counts against `max_bytes`.
+    min_charge: u64,
+    /// What the entries count against `max_bytes`.
     bytes: u64,
     slots: HashMap<Key, Slot>,
     /// Recency order of the unpinned entries: `used` -> key.
@@ -58,6 +64,7 @@ impl Lru {
         Self {
             max_bytes,
             max_entries,
+            min_charge: 0,
             bytes: 0,
             slots: HashMap::new(),
             order: BTreeMap::new(),
@@ -65,7 +72,14 @@ impl Lru {
         }
     }
 
-    /// Bytes indexed.
+    /// The same, each entry counting at least `min_charge` bytes against the bound (so
+    /// that entries are at most `max_bytes / min_charge`).
+    pub(crate) fn charging_at_least(mut self, min_charge: u64) -> Self {
+        self.min_charge = min_charge;
+        self
+    }
+
+    /// Bytes the entries count against the bound.
     pub(crate) fn bytes(&self) -> u64 {
         self.bytes
     }
@@ -121,10 +135,12 @@ impl Lru {
         let used = self.tick();
         let pins = u32::from(pinned);
         let stamp = None;
+        let charge = size.max(self.min_charge);
         self.slots.insert(
             key,
             Slot {
                 size,
+                charge,
                 stamp,
                 used,
                 pins,
@@ -133,7 +149,7 @@ impl Lru {
         if !pinned {
             self.order.insert(used, key);
         }
-        self.bytes += size;
+        self.bytes += charge;
     }
 
     /// How `key`'s file looked when last verified.
@@ -169,7 +185,7 @@ impl Lru {
     pub(crate) fn remove(&mut self, key: &Key) {
         if let Some(slot) = self.slots.remove(key) {
             self.order.remove(&slot.used);
-            self.bytes -= slot.size;
+            self.bytes -= slot.charge;
         }
     }
 
@@ -183,7 +199,7 @@ impl Lru {
                 break;
             };
             if let Some(slot) = self.slots.remove(&key) {
-                self.bytes -= slot.size;
+                self.bytes -= slot.charge;
                 gone.push(key);
             }
         }
@@ -233,6 +249,20 @@ mod tests {
         assert!(lru.contains(&key(2)));
         lru.unpin(&key(2));
         assert!(lru.evict().is_empty(), "40 bytes fit");
+    }
+
+    #[test]
+    fn each_entry_counts_at_least_the_least_charge_but_keeps_its_size() {
+        let mut lru = Lru::new(4096 * 3, 1_000).charging_at_least(4096);
+        for n in 0..10 {
+            lru.insert(key(n), 1, false);
+        }
+        assert_eq!(lru.evict().len(), 7);
+        assert_eq!((lru.len(), lru.bytes()), (3, 4096 * 3));
+        assert_eq!(lru.pin(&key(9)), Some(1), "its real size");
+        lru.insert(key(20), 5000, false);
+        assert_eq!(lru.evict().len(), 2, "5000 bytes count as they are");
+        assert_eq!(lru.bytes(), 4096 + 5000);
     }
 
     #[test]
