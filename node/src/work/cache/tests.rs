@@ -188,3 +188,75 @@ fn each_entry_is_charged_at_least_4_kib_so_tiny_contents_cannot_crowd_a_small_ca
     }
     assert_eq!(cache.usage(), (1 << 20, 256), "1 MiB holds 256 entries");
 }
+
+/// Maps `path` shared and writable, as a job of the node's user could.
+struct Shared {
+    addr: *mut u8,
+    len: usize,
+}
+
+impl Shared {
+    fn map(path: &Path, len: usize) -> Self {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                0,
+            )
+        };
+        assert_ne!(addr, libc::MAP_FAILED);
+        // The mapping keeps the file open for writing once the descriptor is closed.
+        drop(file);
+        Self {
+            addr: addr.cast(),
+            len,
+        }
+    }
+
+    fn write(&self, at: usize, bytes: &[u8]) {
+        assert!(at + bytes.len() <= self.len);
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.addr.add(at), bytes.len()) };
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        unsafe { libc::munmap(self.addr.cast(), self.len) };
+    }
+}
+
+#[test]
+fn a_cached_file_changed_through_a_shared_mapping_is_hashed_again() {
+    // Found by an attacker's review: a page made dirty and writable through a shared
+    // mapping takes later writes with no fault and no time update, so once its stamp was
+    // recorded the file was never hashed again (a permanent bypass of the check).
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ContentCache::open(dir.path(), 1 << 20).unwrap();
+    let mut session = cache
+        .session(Scope::of(&PublicKey::from_bytes([3; 32])))
+        .unwrap();
+    let content = vec![b'A'; 8192];
+    let path = put(&mut session, &content);
+    let hash: [u8; 32] = Sha256::digest(&content).into();
+    let mapped = Shared::map(&path, 8192);
+    mapped.write(0, b"A");
+    let later = std::time::SystemTime::now() + SETTLED + std::time::Duration::from_secs(1);
+    assert!(
+        session.check(&hash, &path, 8192, later).unwrap(),
+        "still good"
+    );
+    mapped.write(0, &[b'P'; 4096]);
+    assert_eq!(&std::fs::read(&path).unwrap()[..4], b"PPPP");
+    assert!(
+        !session.check(&hash, &path, 8192, later).unwrap(),
+        "poisoned through the mapping: must be hashed again"
+    );
+}
