@@ -423,3 +423,26 @@ async fn a_content_cut_short_leaves_no_temp_file_when_given_up_or_when_dropped()
         );
     }
 }
+
+#[tokio::test]
+async fn a_manifest_listing_one_cached_content_many_times_is_assembled_off_the_async_worker_with_one_stat()
+ {
+    // Found by an attacker's review: the stream was assembled on the async worker, one
+    // `lstat` per entry: 200,000 entries listing one cached content held it for 0.6 s.
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ContentCache::open(dir.path(), 1 << 20).unwrap();
+    cached(&cache, scope(), b"held");
+    let entries = (0..2_000)
+        .map(|i| hashed(&format!("project/held{i}"), b"held"))
+        .collect();
+    let session = cache.session(scope()).unwrap();
+    let (plan, _session) = look_up(manifest(entries), session).await.unwrap();
+    assert!(plan.lacking.is_empty());
+    let transmit = assemble(plan).await.unwrap();
+    assert_eq!(transmit.stat_threads.len(), 1, "one stat per distinct file");
+    let here = std::thread::current().id();
+    assert!(
+        transmit.stat_threads.iter().all(|thread| *thread != here),
+        "stated on the async worker"
+    );
+}
