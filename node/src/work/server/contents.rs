@@ -228,6 +228,8 @@ impl Server {
             self.fail_contents(unit, error);
             return Err(ProtocolError::Io(std::io::ErrorKind::TimedOut.into()));
         }
+        // Only the contents count toward the pace, not the manifest before them.
+        stream.asked();
         Ok(Some((unit, plan, session)))
     }
 
