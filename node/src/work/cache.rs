@@ -7,7 +7,8 @@
 //! whether another submitter has a file. Contents are written to a temp file created
 //! exclusively, verified by the caller, then renamed into place; the cache stays within
 //! `[work] content-cache-mb` by evicting the least recently used entries, never one pinned
-//! by a submission still being assembled. At most [`MAX_SESSIONS`] submissions are
+//! by a submission still being assembled, and a submitter over half the cache its own
+//! first (`lru`'s per-scope quota). At most [`MAX_SESSIONS`] submissions are
 //! assembled at once ([`MAX_SESSIONS_PER_SCOPE`] per submitter), and a cached file is
 //! checked against its hash ([`Session::check`]) before it is used again.
 //!

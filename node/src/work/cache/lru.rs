@@ -2,9 +2,20 @@
 //! each was used, and which are pinned by a submission being assembled. Decides what to
 //! evict to stay under the bounds; pinned entries are never evicted.
 //!
+//! Per-scope quota: a scope may hold more than its share while there is room, but once
+//! the index is over its bounds, a scope holding more than half of the bytes or half of
+//! the entries (the largest such) loses its own least recently used entries first, and
+//! only then does the least recently used entry of all go. So one submitter sending the
+//! cache's size in new contents evicts its own older ones, not everyone else's: a scope
+//! within half of both bounds keeps its entries as long as no scope under it goes over.
+//!
 //! Pure: no IO, no clock (recency is a counter).
 
+mod parts;
+
 use std::collections::{BTreeMap, HashMap};
+
+use parts::Parts;
 
 /// A cached content: the scope (whose submissions may use it) and its SHA-256.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -54,6 +65,8 @@ pub(crate) struct Lru {
     slots: HashMap<Key, Slot>,
     /// Recency order of the unpinned entries: `used` -> key.
     order: BTreeMap<u64, Key>,
+    /// The same per scope, with each scope's size.
+    parts: Parts,
     clock: u64,
 }
 
@@ -68,6 +81,7 @@ impl Lru {
             bytes: 0,
             slots: HashMap::new(),
             order: BTreeMap::new(),
+            parts: Parts::default(),
             clock: 0,
         }
     }
@@ -105,6 +119,7 @@ impl Lru {
         let slot = self.slots.get_mut(key)?;
         if slot.pins == 0 {
             self.order.remove(&slot.used);
+            self.parts.delist(slot.used, key);
         }
         slot.used = now;
         slot.pins += 1;
@@ -119,6 +134,7 @@ impl Lru {
             slot.pins -= 1;
             if slot.pins == 0 {
                 self.order.insert(slot.used, *key);
+                self.parts.enlist(slot.used, *key);
             }
         }
     }
@@ -146,8 +162,10 @@ impl Lru {
                 pins,
             },
         );
+        self.parts.added(&key, charge);
         if !pinned {
             self.order.insert(used, key);
+            self.parts.enlist(used, key);
         }
         self.bytes += charge;
     }
@@ -185,23 +203,28 @@ impl Lru {
     pub(crate) fn remove(&mut self, key: &Key) {
         if let Some(slot) = self.slots.remove(key) {
             self.order.remove(&slot.used);
+            self.parts.delist(slot.used, key);
+            self.parts.removed(key, slot.charge);
             self.bytes -= slot.charge;
         }
     }
 
-    /// Removes least recently used unpinned entries until the index is within its bounds
-    /// (or only pinned entries are left); returns them, for their files to be deleted.
-    /// Only unpinned entries are in the recency order, so pinned ones cost nothing here.
+    /// Removes unpinned entries until the index is within its bounds (or only pinned
+    /// entries are left): a scope over half the bytes or entries loses its own least
+    /// recently used first, then the least recently used of all go. Returns them, for
+    /// their files to be deleted. Only unpinned entries are in the recency orders, so
+    /// pinned ones cost nothing here.
     pub(crate) fn evict(&mut self) -> Vec<Key> {
         let mut gone = Vec::new();
         while self.bytes > self.max_bytes || self.slots.len() > self.max_entries {
-            let Some((_, key)) = self.order.pop_first() else {
+            let over = self
+                .parts
+                .oldest_over(self.max_bytes / 2, self.max_entries / 2);
+            let Some(key) = over.or_else(|| self.order.values().next().copied()) else {
                 break;
             };
-            if let Some(slot) = self.slots.remove(&key) {
-                self.bytes -= slot.charge;
-                gone.push(key);
-            }
+            self.remove(&key);
+            gone.push(key);
         }
         gone
     }
@@ -263,6 +286,55 @@ mod tests {
         lru.insert(key(20), 5000, false);
         assert_eq!(lru.evict().len(), 2, "5000 bytes count as they are");
         assert_eq!(lru.bytes(), 4096 + 5000);
+    }
+
+    fn scoped(scope: u8, n: u8) -> Key {
+        Key {
+            scope: [scope; 32],
+            hash: [n; 32],
+        }
+    }
+
+    #[test]
+    fn a_scope_over_half_the_bytes_loses_its_own_oldest_before_an_older_entry_of_another() {
+        let mut lru = Lru::new(100, 1_000);
+        lru.insert(scoped(2, 0), 10, false);
+        for n in 0..10 {
+            lru.insert(scoped(1, n), 20, false);
+            lru.evict();
+            assert!(lru.bytes() <= 100);
+        }
+        assert!(
+            lru.contains(&scoped(2, 0)),
+            "the other scope's oldest stays"
+        );
+        assert_eq!(lru.len(), 5, "10 + 4 x 20");
+        assert!(lru.contains(&scoped(1, 9)) && !lru.contains(&scoped(1, 5)));
+        // Within half, a scope's entries go by recency of all.
+        let mut lru = Lru::new(100, 1_000);
+        lru.insert(scoped(2, 0), 50, false);
+        lru.insert(scoped(1, 0), 50, false);
+        lru.insert(scoped(3, 0), 10, false);
+        assert_eq!(lru.evict(), vec![scoped(2, 0)]);
+    }
+
+    #[test]
+    fn a_scope_over_half_the_entries_loses_its_own_oldest_first() {
+        let mut lru = Lru::new(u64::MAX, 10);
+        lru.insert(scoped(2, 0), 1, false);
+        for n in 0..20 {
+            lru.insert(scoped(1, n), 1, false);
+        }
+        assert_eq!(lru.evict().len(), 11);
+        assert!(lru.contains(&scoped(2, 0)));
+        assert!(lru.contains(&scoped(1, 19)) && !lru.contains(&scoped(1, 10)));
+        // A pinned scope over its share cannot give: the oldest of all goes instead.
+        let mut lru = Lru::new(u64::MAX, 3);
+        lru.insert(scoped(2, 0), 1, false);
+        for n in 0..3 {
+            lru.insert(scoped(1, n), 1, true);
+        }
+        assert_eq!(lru.evict(), vec![scoped(2, 0)]);
     }
 
     #[test]

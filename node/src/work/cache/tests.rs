@@ -260,3 +260,30 @@ fn a_cached_file_changed_through_a_shared_mapping_is_hashed_again() {
         "poisoned through the mapping: must be hashed again"
     );
 }
+
+#[test]
+fn one_scope_filling_the_cache_does_not_evict_another_scopes_contents() {
+    // Found by an attacker's review: one global LRU, so one submitter sending
+    // `max_bytes` of new contents evicted every other submitter's cache.
+    let dir = tempfile::tempdir().unwrap();
+    let max_bytes = 1 << 20;
+    let cache = ContentCache::open(dir.path(), max_bytes).unwrap();
+    let a = Scope::of(&PublicKey::from_bytes([1; 32]));
+    let b = Scope::of(&PublicKey::from_bytes([2; 32]));
+    let x = put(&mut cache.session(b).unwrap(), &[b'x'; 4096]);
+    let hash: [u8; 32] = Sha256::digest([b'x'; 4096]).into();
+    // A sends the cache's size in distinct contents, over successive sessions.
+    for round in 0..8u32 {
+        let mut session = cache.session(a).unwrap();
+        for n in 0..8 {
+            put_sized(&mut session, numbered(round * 8 + n), max_bytes / 64);
+        }
+    }
+    assert_eq!(
+        cache.session(b).unwrap().hit(&hash),
+        Some((x, 4096)),
+        "B's content evicted by A's"
+    );
+    // A keeps its newest.
+    assert!(cache.session(a).unwrap().hit(&numbered(63)).is_some());
+}
