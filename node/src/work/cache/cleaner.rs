@@ -131,3 +131,37 @@ fn remove(
         drop(index);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_whose_key_was_indexed_again_before_its_turn_is_kept() {
+        // A commit renames a new file into an evicted key's place while the old one waits
+        // in the queue: the cleaner must not remove the new one.
+        let root = tempfile::tempdir().unwrap();
+        let (again, gone) = (
+            Key {
+                scope: [1; 32],
+                hash: [1; 32],
+            },
+            Key {
+                scope: [1; 32],
+                hash: [2; 32],
+            },
+        );
+        for key in [again, gone] {
+            let path = content_path(root.path(), &key);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, b"x").unwrap();
+        }
+        let mut lru = Lru::new(1 << 20, 10);
+        lru.insert(again, 1, false);
+        let removals = Removals::default();
+        remove(vec![again, gone], root.path(), &Mutex::new(lru), &removals);
+        assert!(content_path(root.path(), &again).is_file());
+        assert!(!content_path(root.path(), &gone).exists());
+        assert_eq!(removals.lock().unwrap().len(), 1);
+    }
+}
