@@ -7,13 +7,20 @@
 //! whether another submitter has a file. Contents are written to a temp file created
 //! exclusively, verified by the caller, then renamed into place; the cache stays within
 //! `[work] content-cache-mb` by evicting the least recently used entries, never one pinned
-//! by a submission still being assembled. At most [`MAX_SESSIONS`] submissions are
+//! by a submission still being assembled, and a submitter over half the cache its own
+//! first (`lru`'s per-scope quota). At most [`MAX_SESSIONS`] submissions are
 //! assembled at once ([`MAX_SESSIONS_PER_SCOPE`] per submitter), and a cached file is
-//! checked against its hash ([`Session::check`]) before it is used again. The index lock is held only for short file
-//! operations (rename, unlink), so an eviction never removes a file a concurrent insert just
-//! put in place.
+//! checked against its hash ([`Session::check`]) before it is used again.
+//!
+//! Each entry counts at least [`MIN_CHARGE`] against the bound (its real cost on disk: an
+//! inode and a block), so tiny contents cannot fill the index. An eviction takes the
+//! entries out of the index under its lock and hands their files to the `cleaner` thread:
+//! no caller unlinks them, however many there are. The index lock is held for one file
+//! operation at most (a commit's rename, a forgotten file's or one evicted file's unlink),
+//! so an eviction never removes a file a concurrent insert just put in place.
 
 mod check;
+mod cleaner;
 pub(crate) mod lru;
 
 use std::collections::HashMap;
@@ -27,6 +34,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use sha2::{Digest, Sha256};
 
 use crate::keys::PublicKey;
+use cleaner::Cleaner;
 use lru::{Key, Lru};
 
 /// The cache's directory under the data dir.
@@ -38,6 +46,10 @@ const TEMP_PREFIX: &str = ".tmp-";
 /// Most entries indexed (each costs about 100 bytes of memory): ample for many private
 /// data dirs of thousands of files.
 const MAX_ENTRIES: usize = 1_000_000;
+
+/// The least an entry counts against the cache's bound, whatever its size: a file costs
+/// an inode and a block on disk however small it is.
+pub const MIN_CHARGE: u64 = 4096;
 
 /// Most submissions assembled from the cache at once, and per scope. Each holds its
 /// manifest and its inline files in memory (up to about 100 MiB at the bounds), and pins
@@ -57,11 +69,16 @@ pub struct ContentCache {
     root: PathBuf,
     /// The bound on the bytes cached.
     max_bytes: u64,
-    index: Mutex<Lru>,
+    index: Arc<Mutex<Lru>>,
+    /// Removes evicted files.
+    cleaner: Cleaner,
     /// Sessions open and the bytes they pin or have reserved, per scope.
     sessions: Mutex<HashMap<[u8; 32], ScopeUse>>,
     /// Bytes read back from cached files to check them against their hash.
     rehashed: AtomicU64,
+    /// The thread that removed each evicted file, for tests to see where it ran.
+    #[cfg(test)]
+    removed_by: cleaner::Removals,
 }
 
 /// One scope's open sessions.
@@ -88,6 +105,11 @@ impl Scope {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Where the content `key` is kept under the cache's `root`.
+fn content_path(root: &Path, key: &Key) -> PathBuf {
+    root.join(hex(&key.scope)).join(hex(&key.hash))
 }
 
 fn unhex(text: &str) -> Option<[u8; 32]> {
@@ -136,21 +158,31 @@ impl ContentCache {
             }
         }
         found.sort();
-        let mut index = Lru::new(max_bytes, MAX_ENTRIES);
+        let mut index = Lru::new(max_bytes, MAX_ENTRIES).charging_at_least(MIN_CHARGE);
         for (_, key, size) in found {
             index.insert(key, size, false);
         }
-        let cache = Arc::new(Self {
+        let evicted = index.evict();
+        let index = Arc::new(Mutex::new(index));
+        #[cfg(test)]
+        let removed_by = cleaner::Removals::default();
+        let cleaner = Cleaner::start(
+            root.clone(),
+            index.clone(),
+            #[cfg(test)]
+            removed_by.clone(),
+        )?;
+        cleaner.remove(evicted);
+        Ok(Arc::new(Self {
             root,
             max_bytes,
-            index: Mutex::new(index),
+            index,
+            cleaner,
             sessions: Mutex::new(HashMap::new()),
             rehashed: AtomicU64::new(0),
-        });
-        let mut index = cache.lock();
-        cache.evict(&mut index);
-        drop(index);
-        Ok(cache)
+            #[cfg(test)]
+            removed_by,
+        }))
     }
 
     fn lock(&self) -> MutexGuard<'_, Lru> {
@@ -167,16 +199,7 @@ impl ContentCache {
     }
 
     fn path(&self, key: &Key) -> PathBuf {
-        self.scope_dir(&key.scope).join(hex(&key.hash))
-    }
-
-    /// Removes evicted entries' files. Called with the index locked.
-    fn evict(&self, index: &mut Lru) {
-        for key in index.evict() {
-            if let Err(e) = std::fs::remove_file(self.path(&key)) {
-                tracing::warn!(error = %e, "could not remove an evicted cache file");
-            }
-        }
+        content_path(&self.root, key)
     }
 
     /// A submission's view of the cache: what it pins stays until it is dropped. `None`
@@ -237,7 +260,13 @@ impl ContentCache {
         self.rehashed.load(Ordering::Relaxed)
     }
 
-    /// Bytes and entries indexed now.
+    /// Waits until every evicted file so far is removed (test hook).
+    #[cfg(test)]
+    fn settle_removals(&self) {
+        self.cleaner.settle();
+    }
+
+    /// Bytes (each entry counted at least [`MIN_CHARGE`]) and entries indexed now.
     pub fn usage(&self) -> (u64, usize) {
         let index = self.lock();
         (index.bytes(), index.len())
@@ -352,7 +381,9 @@ impl Session {
         drop(temp);
         index.insert(key, size, true);
         self.pinned.push(key);
-        self.cache.evict(&mut index);
+        let evicted = index.evict();
+        drop(index);
+        self.cache.cleaner.remove(evicted);
         Ok(path)
     }
 }
@@ -414,144 +445,12 @@ impl Drop for Session {
         for key in &self.pinned {
             index.unpin(key);
         }
-        self.cache.evict(&mut index);
+        let evicted = index.evict();
         drop(index);
+        self.cache.cleaner.remove(evicted);
         self.cache.close_session(&self.scope, self.charged);
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::check::SETTLED;
-    use super::*;
-
-    fn put(session: &mut Session, content: &[u8]) -> PathBuf {
-        let hash: [u8; 32] = Sha256::digest(content).into();
-        let (temp, _) = session.temp_file().unwrap();
-        std::fs::write(temp.path(), content).unwrap();
-        session.commit(&hash, temp, content.len() as u64).unwrap()
-    }
-
-    #[test]
-    fn a_session_pins_what_it_uses_until_dropped_and_the_bound_holds_after() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = ContentCache::open(dir.path(), 100).unwrap();
-        let scope = Scope::of(&PublicKey::from_bytes([3; 32]));
-        let mut first = cache.session(scope).unwrap();
-        let a = put(&mut first, &[b'a'; 60]);
-        let b = put(&mut first, &[b'b'; 60]);
-        // Over the bound, but both are pinned by the session assembling them.
-        assert!(a.is_file() && b.is_file());
-        drop(first);
-        // Released: the older goes.
-        assert!(!a.exists() && b.is_file());
-        assert_eq!(cache.usage(), (60, 1));
-        // Found again after a restart, still bounded.
-        drop(cache);
-        let cache = ContentCache::open(dir.path(), 100).unwrap();
-        let mut again = cache.session(scope).unwrap();
-        let hash: [u8; 32] = Sha256::digest([b'b'; 60]).into();
-        assert_eq!(again.hit(&hash), Some((b, 60)));
-    }
-
-    #[test]
-    fn another_identity_does_not_see_a_content() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = ContentCache::open(dir.path(), 1 << 20).unwrap();
-        let mine = Scope::of(&PublicKey::from_bytes([3; 32]));
-        let theirs = Scope::of(&PublicKey::from_bytes([4; 32]));
-        put(&mut cache.session(mine).unwrap(), b"secret");
-        let hash: [u8; 32] = Sha256::digest(b"secret").into();
-        assert!(cache.session(theirs).unwrap().hit(&hash).is_none());
-        assert!(cache.session(mine).unwrap().hit(&hash).is_some());
-    }
-
-    #[test]
-    fn sessions_are_bounded_in_all_and_per_scope_and_a_closed_one_frees_its_slot() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = ContentCache::open(dir.path(), 1 << 20).unwrap();
-        let scope = |n: u8| Scope::of(&PublicKey::from_bytes([n; 32]));
-        let mine: Vec<Session> = (0..MAX_SESSIONS_PER_SCOPE)
-            .map(|_| cache.session(scope(1)).unwrap())
-            .collect();
-        assert!(
-            cache.session(scope(1)).is_none(),
-            "one scope's share is taken"
-        );
-        let others: Vec<Session> = (MAX_SESSIONS_PER_SCOPE..MAX_SESSIONS)
-            .map(|n| cache.session(scope(2 + n as u8)).unwrap())
-            .collect();
-        assert!(cache.session(scope(99)).is_none(), "every slot is taken");
-        drop(others);
-        assert!(cache.session(scope(99)).is_some());
-        drop(mine);
-        assert!(cache.session(scope(1)).is_some());
-    }
-
-    #[test]
-    fn a_cached_file_cut_or_changed_on_disk_no_longer_holds_its_content_and_is_forgotten() {
-        // Found by an attacker's review: a cached file removed or changed on disk was a
-        // hit for ever after, and every later submission of that scope failed.
-        let dir = tempfile::tempdir().unwrap();
-        let cache = ContentCache::open(dir.path(), 1 << 20).unwrap();
-        let scope = Scope::of(&PublicKey::from_bytes([3; 32]));
-        let mut session = cache.session(scope).unwrap();
-        let path = put(&mut session, b"the playbook");
-        let mode = std::fs::metadata(&path).unwrap().permissions();
-        assert_eq!(
-            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
-            0o600
-        );
-        let hash: [u8; 32] = Sha256::digest(b"the playbook").into();
-        let later = std::time::SystemTime::now() + SETTLED;
-        assert!(session.check(&hash, &path, 12, later).unwrap());
-        std::fs::write(&path, b"POISONED!!!!").unwrap();
-        assert!(
-            !session.check(&hash, &path, 12, later).unwrap(),
-            "same length, other bytes"
-        );
-        std::fs::write(&path, b"cut").unwrap();
-        assert!(!session.check(&hash, &path, 12, later).unwrap());
-        session.forget(&hash, 12);
-        assert!(!path.exists());
-        assert_eq!(session.hit(&hash), None);
-        drop(session);
-        assert_eq!(cache.usage(), (0, 0));
-    }
-
-    #[test]
-    fn an_unchanged_cached_file_is_hashed_once_settled_and_not_again_until_it_changes() {
-        // Found by an attacker's review: every reuse re-read and hashed every cached
-        // content it listed, up to 768 MiB for a 100-byte manifest.
-        let dir = tempfile::tempdir().unwrap();
-        let cache = ContentCache::open(dir.path(), 1 << 20).unwrap();
-        let mut session = cache
-            .session(Scope::of(&PublicKey::from_bytes([3; 32])))
-            .unwrap();
-        let content = vec![b'p'; 1000];
-        let path = put(&mut session, &content);
-        let hash: [u8; 32] = Sha256::digest(&content).into();
-        let now = std::time::SystemTime::now();
-        // Just written: its times may not have moved past a write in the same tick.
-        assert!(session.check(&hash, &path, 1000, now).unwrap());
-        assert!(session.check(&hash, &path, 1000, now).unwrap());
-        assert_eq!(
-            cache.rehashed_bytes(),
-            2000,
-            "not settled: hashed each time"
-        );
-        let later = now + SETTLED;
-        assert!(session.check(&hash, &path, 1000, later).unwrap());
-        assert_eq!(cache.rehashed_bytes(), 3000);
-        for _ in 0..3 {
-            assert!(session.check(&hash, &path, 1000, later).unwrap());
-        }
-        assert_eq!(cache.rehashed_bytes(), 3000, "unchanged: not read again");
-        // Same length, other bytes, then the same bytes again: both show in fstat.
-        std::fs::write(&path, vec![b'q'; 1000]).unwrap();
-        assert!(!session.check(&hash, &path, 1000, later).unwrap());
-        std::fs::write(&path, &content).unwrap();
-        assert!(session.check(&hash, &path, 1000, later).unwrap());
-        assert_eq!(cache.rehashed_bytes(), 5000);
-    }
-}
+mod tests;

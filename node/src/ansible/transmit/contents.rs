@@ -7,7 +7,8 @@
 //! Synchronous file IO runs on blocking threads; no network IO here (the caller gives the
 //! output).
 
-use std::collections::HashSet;
+use std::collections::hash_map::Entry as Stat;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -172,7 +173,9 @@ pub enum Held {
 
 impl Transmit {
     /// The transmit stream of `manifest` with every entry's bytes in `held` (one per
-    /// entry), every file stored as is. Reads file metadata only.
+    /// entry), every file stored as is. Reads file metadata only, once per distinct file
+    /// (a manifest may list one content 200,000 times); blocking, so an async caller runs
+    /// it on a blocking thread.
     ///
     /// # Errors
     /// [`TransmitError::Changed`] when a held file's size is not the manifest's, or `held`
@@ -184,18 +187,53 @@ impl Transmit {
             ));
         }
         let mut entries = Vec::with_capacity(held.len());
+        let mut stated = Stated::default();
         for (listed, held) in manifest.entries.into_iter().zip(held) {
-            entries.push(assembled_entry(listed, held)?);
+            entries.push(assembled_entry(listed, held, &mut stated)?);
         }
         let data = entries.iter().map(|_| Data::Stored).collect();
         Ok(Self {
             kwargs_line: manifest.kwargs_line,
             zip: Zip::new(entries, data),
+            #[cfg(test)]
+            stat_threads: stated.threads,
         })
     }
 }
 
-fn assembled_entry(listed: ManifestEntry, held: Held) -> Result<Entry, TransmitError> {
+/// The metadata of each file held, taken once.
+#[derive(Default)]
+struct Stated {
+    files: HashMap<PathBuf, std::fs::Metadata>,
+    /// The thread of each `lstat`, for tests.
+    #[cfg(test)]
+    threads: Vec<std::thread::ThreadId>,
+}
+
+impl Stated {
+    /// `path`'s metadata (not following a link), from the first time it was asked for.
+    fn of(&mut self, path: &Path) -> Result<&std::fs::Metadata, TransmitError> {
+        match self.files.entry(path.to_owned()) {
+            Stat::Occupied(known) => Ok(known.into_mut()),
+            Stat::Vacant(new) => {
+                #[cfg(test)]
+                self.threads.push(std::thread::current().id());
+                let meta =
+                    std::fs::symlink_metadata(path).map_err(|source| TransmitError::Read {
+                        path: path.to_owned(),
+                        source,
+                    })?;
+                Ok(new.insert(meta))
+            }
+        }
+    }
+}
+
+fn assembled_entry(
+    listed: ManifestEntry,
+    held: Held,
+    stated: &mut Stated,
+) -> Result<Entry, TransmitError> {
     let mismatch = |name: &str| TransmitError::Changed {
         path: PathBuf::from(name),
     };
@@ -209,11 +247,8 @@ fn assembled_entry(listed: ManifestEntry, held: Held) -> Result<Entry, TransmitE
             Body::Bytes(bytes)
         }
         (Content::Hashed(_), Held::File(path)) => {
-            let meta = std::fs::symlink_metadata(&path).map_err(|source| TransmitError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            let stamp = Stamp::of(&meta);
+            let meta = stated.of(&path)?;
+            let stamp = Stamp::of(meta);
             if !meta.is_file() || stamp.len != listed.size {
                 return Err(mismatch(&listed.name));
             }

@@ -97,6 +97,10 @@ pub enum TransmitError {
 pub struct Transmit {
     kwargs_line: String,
     zip: Zip,
+    /// The thread of each file `stat` made while assembling it, for tests to see how often
+    /// and where the files were looked at.
+    #[cfg(test)]
+    pub(crate) stat_threads: Vec<std::thread::ThreadId>,
 }
 
 impl Transmit {
@@ -118,6 +122,8 @@ impl Transmit {
         Ok(Self {
             kwargs_line: kwargs.to_line(),
             zip,
+            #[cfg(test)]
+            stat_threads: Vec::new(),
         })
     }
 

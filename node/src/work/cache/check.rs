@@ -1,6 +1,16 @@
 //! Checks that a cached file still holds its content before it is used again: read and
 //! hashed only when `fstat` shows it changed since it was last read and found good, and
-//! that record kept only once the file's times have settled past the coarse clock's tick.
+//! that record kept only once the file's times have settled past the coarse clock's tick
+//! and no one could write it unseen.
+//!
+//! A write moves the file's change time, with one exception: a page already made dirty
+//! through a writable shared mapping takes later writes through that mapping with no fault
+//! and no time update. So a stamp is recorded only when, after the `fstat` it comes from
+//! and before the read, a read lease (`F_SETLEASE F_RDLCK`) was granted on the read-only
+//! descriptor: the kernel refuses it while anyone holds the file open for writing, a
+//! writable mapping included (it keeps its file open). Any writer after that must open
+//! and fault anew, which moves the times. The lease is released at once; where leases are
+//! not available, no stamp is recorded and every reuse hashes the file.
 
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
@@ -35,14 +45,13 @@ impl Session {
     ) -> io::Result<bool> {
         let key = self.key(hash);
         let known = self.cache.lock().stamp(&key);
-        match holds(path, hash, size, known, &self.cache.rehashed)? {
+        match holds(path, hash, size, known, now, &self.cache.rehashed)? {
             Found::Lost => Ok(false),
-            Found::Good(stamp) => {
-                if is_settled(&stamp, now) {
-                    self.cache.lock().set_stamp(&key, stamp);
-                }
+            Found::Good(stamp, Settled::Yes) => {
+                self.cache.lock().set_stamp(&key, stamp);
                 Ok(true)
             }
+            Found::Good(_, Settled::No) => Ok(true),
         }
     }
 }
@@ -72,16 +81,50 @@ fn is_settled(stamp: &Stamp, now: std::time::SystemTime) -> bool {
 /// What [`holds`] found.
 enum Found {
     /// The file holds its content; it looked like this when `fstat`ed before it was read
-    /// (or it was not read: it still looks as it did when last found good).
-    Good(Stamp),
+    /// (or it was not read: it still looks as it did when last found good), and whether
+    /// that stamp may be trusted next time.
+    Good(Stamp, Settled),
     /// Missing, cut or changed.
     Lost,
+}
+
+/// Whether a stamp may be recorded: the file's times had settled and no one held it open
+/// for writing after it was stamped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    Yes,
+    No,
+}
+
+/// `fcntl`'s command choosing the signal a lease break sends (`F_SETSIG`, 10 on Linux;
+/// not in the `libc` crate for glibc targets).
+const F_SETSIG: libc::c_int = 10;
+
+/// Whether no one holds `file` open for writing now: a read lease is granted (and given
+/// back at once). A lease break signals its holder, `SIGIO` by default, which would end
+/// the node; it is made `SIGURG`, ignored unless handled, before the lease is asked for.
+/// False where leases are not available (`EINVAL`, `ENOLCK`, ...) or refused (`EAGAIN`).
+fn no_writer(file: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor this function borrows, with integer arguments.
+    unsafe {
+        if libc::fcntl(fd, F_SETSIG, libc::SIGURG) != 0 {
+            return false;
+        }
+        if libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) != 0 {
+            return false;
+        }
+        libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK);
+    }
+    true
 }
 
 /// Whether the file at `path` holds `size` bytes whose SHA-256 is `hash` (a cached
 /// content may have been removed, cut or changed on disk since it was stored). Read (and
 /// counted in `rehashed`) only if it no longer looks as `known`; the stamp is taken
-/// before the read, so a write during it shows next time.
+/// before the read, so a write during it shows next time, and it is settled when its
+/// times are [`SETTLED`] before `now` and [`no_writer`] held between stamp and read.
 ///
 /// # Errors
 /// When it cannot be read for another reason than its absence or its kind (running out of
@@ -91,6 +134,7 @@ fn holds(
     hash: &[u8; 32],
     size: u64,
     known: Option<Stamp>,
+    now: std::time::SystemTime,
     rehashed: &AtomicU64,
 ) -> io::Result<Found> {
     // Without following a link or waiting for a writer: something other than a regular
@@ -112,13 +156,17 @@ fn holds(
         return Ok(Found::Lost);
     }
     if known == Some(stamp) {
-        return Ok(Found::Good(stamp));
+        return Ok(Found::Good(stamp, Settled::Yes));
     }
+    let settled = match is_settled(&stamp, now) && no_writer(&file) {
+        true => Settled::Yes,
+        false => Settled::No,
+    };
     let mut hasher = Sha256::new();
     let read = io::copy(&mut io::Read::take(&mut file, size), &mut hasher)?;
     rehashed.fetch_add(read, Ordering::Relaxed);
     match read == size && <[u8; 32]>::from(hasher.finalize()) == *hash {
-        true => Ok(Found::Good(stamp)),
+        true => Ok(Found::Good(stamp, settled)),
         false => Ok(Found::Lost),
     }
 }

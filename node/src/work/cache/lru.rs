@@ -2,9 +2,20 @@
 //! each was used, and which are pinned by a submission being assembled. Decides what to
 //! evict to stay under the bounds; pinned entries are never evicted.
 //!
+//! Per-scope quota: a scope may hold more than its share while there is room, but once
+//! the index is over its bounds, a scope holding more than half of the bytes or half of
+//! the entries (the largest such) loses its own least recently used entries first, and
+//! only then does the least recently used entry of all go. So one submitter sending the
+//! cache's size in new contents evicts its own older ones, not everyone else's: a scope
+//! within half of both bounds keeps its entries as long as no scope under it goes over.
+//!
 //! Pure: no IO, no clock (recency is a counter).
 
+mod parts;
+
 use std::collections::{BTreeMap, HashMap};
+
+use parts::Parts;
 
 /// A cached content: the scope (whose submissions may use it) and its SHA-256.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -31,6 +42,9 @@ pub(crate) struct Stamp {
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     size: u64,
+    /// What it counts against the byte bound: its size, at least the index's least
+    /// charge.
+    charge: u64,
     /// How its file looked when last verified.
     stamp: Option<Stamp>,
     /// When it was last used (higher: more recent).
@@ -44,10 +58,15 @@ struct Slot {
 pub(crate) struct Lru {
     max_bytes: u64,
     max_entries: usize,
+    /// The least an entry counts against `max_bytes`.
+    min_charge: u64,
+    /// What the entries count against `max_bytes`.
     bytes: u64,
     slots: HashMap<Key, Slot>,
     /// Recency order of the unpinned entries: `used` -> key.
     order: BTreeMap<u64, Key>,
+    /// The same per scope, with each scope's size.
+    parts: Parts,
     clock: u64,
 }
 
@@ -58,14 +77,23 @@ impl Lru {
         Self {
             max_bytes,
             max_entries,
+            min_charge: 0,
             bytes: 0,
             slots: HashMap::new(),
             order: BTreeMap::new(),
+            parts: Parts::default(),
             clock: 0,
         }
     }
 
-    /// Bytes indexed.
+    /// The same, each entry counting at least `min_charge` bytes against the bound (so
+    /// that entries are at most `max_bytes / min_charge`).
+    pub(crate) fn charging_at_least(mut self, min_charge: u64) -> Self {
+        self.min_charge = min_charge;
+        self
+    }
+
+    /// Bytes the entries count against the bound.
     pub(crate) fn bytes(&self) -> u64 {
         self.bytes
     }
@@ -91,6 +119,7 @@ impl Lru {
         let slot = self.slots.get_mut(key)?;
         if slot.pins == 0 {
             self.order.remove(&slot.used);
+            self.parts.delist(slot.used, key);
         }
         slot.used = now;
         slot.pins += 1;
@@ -105,6 +134,7 @@ impl Lru {
             slot.pins -= 1;
             if slot.pins == 0 {
                 self.order.insert(slot.used, *key);
+                self.parts.enlist(slot.used, *key);
             }
         }
     }
@@ -121,19 +151,23 @@ impl Lru {
         let used = self.tick();
         let pins = u32::from(pinned);
         let stamp = None;
+        let charge = size.max(self.min_charge);
         self.slots.insert(
             key,
             Slot {
                 size,
+                charge,
                 stamp,
                 used,
                 pins,
             },
         );
+        self.parts.added(&key, charge);
         if !pinned {
             self.order.insert(used, key);
+            self.parts.enlist(used, key);
         }
-        self.bytes += size;
+        self.bytes += charge;
     }
 
     /// How `key`'s file looked when last verified.
@@ -169,23 +203,28 @@ impl Lru {
     pub(crate) fn remove(&mut self, key: &Key) {
         if let Some(slot) = self.slots.remove(key) {
             self.order.remove(&slot.used);
-            self.bytes -= slot.size;
+            self.parts.delist(slot.used, key);
+            self.parts.removed(key, slot.charge);
+            self.bytes -= slot.charge;
         }
     }
 
-    /// Removes least recently used unpinned entries until the index is within its bounds
-    /// (or only pinned entries are left); returns them, for their files to be deleted.
-    /// Only unpinned entries are in the recency order, so pinned ones cost nothing here.
+    /// Removes unpinned entries until the index is within its bounds (or only pinned
+    /// entries are left): a scope over half the bytes or entries loses its own least
+    /// recently used first, then the least recently used of all go. Returns them, for
+    /// their files to be deleted. Only unpinned entries are in the recency orders, so
+    /// pinned ones cost nothing here.
     pub(crate) fn evict(&mut self) -> Vec<Key> {
         let mut gone = Vec::new();
         while self.bytes > self.max_bytes || self.slots.len() > self.max_entries {
-            let Some((_, key)) = self.order.pop_first() else {
+            let over = self
+                .parts
+                .oldest_over(self.max_bytes / 2, self.max_entries / 2);
+            let Some(key) = over.or_else(|| self.order.values().next().copied()) else {
                 break;
             };
-            if let Some(slot) = self.slots.remove(&key) {
-                self.bytes -= slot.size;
-                gone.push(key);
-            }
+            self.remove(&key);
+            gone.push(key);
         }
         gone
     }
@@ -233,6 +272,69 @@ mod tests {
         assert!(lru.contains(&key(2)));
         lru.unpin(&key(2));
         assert!(lru.evict().is_empty(), "40 bytes fit");
+    }
+
+    #[test]
+    fn each_entry_counts_at_least_the_least_charge_but_keeps_its_size() {
+        let mut lru = Lru::new(4096 * 3, 1_000).charging_at_least(4096);
+        for n in 0..10 {
+            lru.insert(key(n), 1, false);
+        }
+        assert_eq!(lru.evict().len(), 7);
+        assert_eq!((lru.len(), lru.bytes()), (3, 4096 * 3));
+        assert_eq!(lru.pin(&key(9)), Some(1), "its real size");
+        lru.insert(key(20), 5000, false);
+        assert_eq!(lru.evict().len(), 2, "5000 bytes count as they are");
+        assert_eq!(lru.bytes(), 4096 + 5000);
+    }
+
+    fn scoped(scope: u8, n: u8) -> Key {
+        Key {
+            scope: [scope; 32],
+            hash: [n; 32],
+        }
+    }
+
+    #[test]
+    fn a_scope_over_half_the_bytes_loses_its_own_oldest_before_an_older_entry_of_another() {
+        let mut lru = Lru::new(100, 1_000);
+        lru.insert(scoped(2, 0), 10, false);
+        for n in 0..10 {
+            lru.insert(scoped(1, n), 20, false);
+            lru.evict();
+            assert!(lru.bytes() <= 100);
+        }
+        assert!(
+            lru.contains(&scoped(2, 0)),
+            "the other scope's oldest stays"
+        );
+        assert_eq!(lru.len(), 5, "10 + 4 x 20");
+        assert!(lru.contains(&scoped(1, 9)) && !lru.contains(&scoped(1, 5)));
+        // Within half, a scope's entries go by recency of all.
+        let mut lru = Lru::new(100, 1_000);
+        lru.insert(scoped(2, 0), 50, false);
+        lru.insert(scoped(1, 0), 50, false);
+        lru.insert(scoped(3, 0), 10, false);
+        assert_eq!(lru.evict(), vec![scoped(2, 0)]);
+    }
+
+    #[test]
+    fn a_scope_over_half_the_entries_loses_its_own_oldest_first() {
+        let mut lru = Lru::new(u64::MAX, 10);
+        lru.insert(scoped(2, 0), 1, false);
+        for n in 0..20 {
+            lru.insert(scoped(1, n), 1, false);
+        }
+        assert_eq!(lru.evict().len(), 11);
+        assert!(lru.contains(&scoped(2, 0)));
+        assert!(lru.contains(&scoped(1, 19)) && !lru.contains(&scoped(1, 10)));
+        // A pinned scope over its share cannot give: the oldest of all goes instead.
+        let mut lru = Lru::new(u64::MAX, 3);
+        lru.insert(scoped(2, 0), 1, false);
+        for n in 0..3 {
+            lru.insert(scoped(1, n), 1, true);
+        }
+        assert_eq!(lru.evict(), vec![scoped(2, 0)]);
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //!
 //! A submission holds a session slot and its pins only from the manifest to its last
 //! content, and only while it keeps the pace of [`pace`]: the sizes it declares buy it no
-//! time. The look-up runs on a blocking thread, linear in the manifest's entries.
+//! time. The look-up and the assembly run on blocking threads, linear in the manifest's
+//! entries.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -25,7 +26,7 @@ use crate::access::AccessPolicy;
 use crate::ansible::transmit::manifest::{
     Content, ContentHash, MAX_ENTRIES, MAX_MANIFEST_LEN, Manifest,
 };
-use crate::ansible::transmit::{Held, Transmit};
+use crate::ansible::transmit::{Held, Transmit, TransmitError};
 use crate::mesh::driver::{MeshStream, PeerIdentity};
 use crate::work::cache::{Scope, Session};
 use crate::work::core::{PayloadError, Requester};
@@ -227,6 +228,8 @@ impl Server {
             self.fail_contents(unit, error);
             return Err(ProtocolError::Io(std::io::ErrorKind::TimedOut.into()));
         }
+        // Only the contents count toward the pace, not the manifest before them.
+        stream.asked();
         Ok(Some((unit, plan, session)))
     }
 
@@ -315,7 +318,7 @@ impl Server {
             }
         }
         self.work.metrics().content_received(plan.lacking_bytes);
-        let transmit = match Transmit::assemble(plan.manifest, plan.held) {
+        let transmit = match assemble(plan).await {
             Ok(transmit) => transmit,
             Err(e) => {
                 let reason = e.to_string();
@@ -485,6 +488,14 @@ fn plan(manifest: Manifest, held_files: &HashMap<ContentHash, PathBuf>) -> Plan 
         lacking,
         lacking_bytes,
     }
+}
+
+/// The transmit stream of `plan`, every content received or held: on a blocking thread,
+/// as it reads the metadata of every cached file it uses.
+async fn assemble(plan: Plan) -> Result<Transmit, TransmitError> {
+    tokio::task::spawn_blocking(move || Transmit::assemble(plan.manifest, plan.held))
+        .await
+        .map_err(|join| TransmitError::Worker(join.to_string()))?
 }
 
 /// Reads the asked and inline contents in manifest order, then the end of the stream.

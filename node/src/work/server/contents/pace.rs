@@ -6,7 +6,9 @@
 //! The rule: a fixed [`GRACE`] for the manifest frame and the `Lacking` reply, then at
 //! least [`FLOOR_RATE`] on average from the start, and never a pause longer than [`IDLE`]
 //! once the grace is over. The sizes a peer declares play no part, so a declared 700 MiB
-//! buys no time: only bytes that arrive do.
+//! buys no time: only content bytes that arrive do. Only bytes read after the `Lacking`
+//! reply count ([`Pace::handle_asked`]): a 32 MiB manifest (or bytes pushed before the
+//! node asked) buys no time either.
 
 use std::io;
 use std::pin::Pin;
@@ -31,6 +33,9 @@ pub(super) const IDLE: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Pace {
     start: Instant,
+    /// Whether the contents were asked for: bytes before count for nothing.
+    asked: bool,
+    /// Content bytes received since.
     received: u64,
     /// When the last byte arrived.
     last: Instant,
@@ -41,20 +46,30 @@ impl Pace {
     pub(super) fn new(now: Instant) -> Self {
         Self {
             start: now,
+            asked: false,
             received: 0,
             last: now,
         }
     }
 
-    /// `bytes` arrived at `now`.
+    /// The contents were asked for (the `Lacking` reply is written): bytes from now on
+    /// count.
+    pub(super) fn handle_asked(&mut self) {
+        self.asked = true;
+    }
+
+    /// `bytes` arrived at `now`; counted once the contents were asked for.
     pub(super) fn handle_received(&mut self, now: Instant, bytes: u64) {
+        if !self.asked {
+            return;
+        }
         self.received = self.received.saturating_add(bytes);
         if bytes > 0 {
             self.last = self.last.max(now);
         }
     }
 
-    /// Bytes received so far.
+    /// Content bytes received so far.
     pub(super) fn received(&self) -> u64 {
         self.received
     }
@@ -113,6 +128,11 @@ impl<'a, S: ?Sized> Paced<'a, S> {
     /// The pace so far.
     pub(super) fn pace(&self) -> &Pace {
         &self.pace
+    }
+
+    /// The contents were asked for: bytes read from now on count.
+    pub(super) fn asked(&mut self) {
+        self.pace.handle_asked();
     }
 
     fn fell_behind(&mut self) -> io::Error {
@@ -206,6 +226,7 @@ mod tests {
     {
         let start = Instant::now();
         let mut pace = Pace::new(start);
+        pace.handle_asked();
         assert_eq!(pace.deadline(), start + GRACE, "nothing received");
         assert!(!pace.is_behind(start + GRACE - Duration::from_millis(1)));
         assert!(pace.is_behind(start + GRACE));
@@ -220,5 +241,18 @@ mod tests {
             pace.deadline(),
             start + GRACE + Duration::from_secs(30) + IDLE
         );
+    }
+
+    #[test]
+    fn bytes_before_the_contents_are_asked_for_buy_no_time() {
+        // Found by an attacker's review: the manifest's bytes counted, so a 32 MiB one
+        // earned 34 minutes at the floor.
+        let start = Instant::now();
+        let mut pace = Pace::new(start);
+        pace.handle_received(start, 32 << 20);
+        assert_eq!((pace.received(), pace.deadline()), (0, start + GRACE));
+        pace.handle_asked();
+        pace.handle_received(start + Duration::from_secs(1), FLOOR_RATE);
+        assert_eq!(pace.deadline(), start + GRACE + Duration::from_secs(1));
     }
 }

@@ -98,6 +98,7 @@ async fn a_silent_stream_that_declares_700_mib_lacking_is_given_up_within_the_gr
     let (mut stalled, _writer) = tokio::io::duplex(64);
     let started = tokio::time::Instant::now();
     let mut paced = Paced::new(&mut stalled);
+    paced.asked();
     let ended = receive(&mut paced, &mut plan, &mut session).await;
     assert!(matches!(ended, Err(ReceiveError::Stream(_))), "{ended:?}");
     assert!(paced.is_behind());
@@ -129,6 +130,7 @@ async fn a_trickle_under_the_floor_rate_is_given_up_and_one_above_it_is_not() {
             let _ = theirs.shutdown().await;
         });
         let mut paced = Paced::new(&mut ours);
+        paced.asked();
         let ended = receive(&mut paced, &mut plan, &mut session).await;
         assert_eq!(ended.is_ok(), kept, "{per_second} B/s: {ended:?}");
         assert_eq!(paced.is_behind(), !kept);
@@ -406,6 +408,7 @@ async fn a_content_cut_short_leaves_no_temp_file_when_given_up_or_when_dropped()
         let (mut ours, mut theirs) = tokio::io::duplex(64);
         theirs.write_all(b"01234").await.unwrap();
         let mut paced = Paced::new(&mut ours);
+        paced.asked();
         let receiving = receive(&mut paced, &mut plan, &mut session);
         if given_up {
             let ended = receiving.await;
@@ -422,4 +425,64 @@ async fn a_content_cut_short_leaves_no_temp_file_when_given_up_or_when_dropped()
             "given up: {given_up}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_manifest_listing_one_cached_content_many_times_is_assembled_off_the_async_worker_with_one_stat()
+ {
+    // Found by an attacker's review: the stream was assembled on the async worker, one
+    // `lstat` per entry: 200,000 entries listing one cached content held it for 0.6 s.
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ContentCache::open(dir.path(), 1 << 20).unwrap();
+    cached(&cache, scope(), b"held");
+    let entries = (0..2_000)
+        .map(|i| hashed(&format!("project/held{i}"), b"held"))
+        .collect();
+    let session = cache.session(scope()).unwrap();
+    let (plan, _session) = look_up(manifest(entries), session).await.unwrap();
+    assert!(plan.lacking.is_empty());
+    let transmit = assemble(plan).await.unwrap();
+    assert_eq!(transmit.stat_threads.len(), 1, "one stat per distinct file");
+    let here = std::thread::current().id();
+    assert!(
+        transmit.stat_threads.iter().all(|thread| *thread != here),
+        "stated on the async worker"
+    );
+}
+
+#[tokio::test]
+async fn a_big_manifest_buys_no_time_for_the_contents_that_follow() {
+    // Found by an attacker's review: the manifest's bytes counted toward the pace, so a
+    // 32 MiB manifest earned 34 min at the floor, held with one byte every 59 s.
+    let node = node(64 << 20);
+    let mut entries: Vec<ManifestEntry> = (0..20_000)
+        .map(|i| ManifestEntry {
+            name: format!("project/{}{i}/", "d".repeat(200)),
+            mode: 0o040_755,
+            time: (0, 0),
+            size: 0,
+            content: Content::Dir,
+        })
+        .collect();
+    entries.push(hashed("project/f", &[b'f'; 100]));
+    let listed = manifest(entries);
+    let started = tokio::time::Instant::now();
+    let (mut theirs, task) = node.offer();
+    protocol::write(&mut theirs, &listed).await.unwrap();
+    let reply: Reply = protocol::read(&mut theirs).await.unwrap();
+    assert!(matches!(reply, Reply::Lacking { .. }), "{reply:?}");
+    // Paused only now: the unit's creation waits on the store's thread, which a paused
+    // clock would not wait for.
+    tokio::time::pause();
+    let trickle = tokio::spawn(async move {
+        loop {
+            if theirs.write_all(b"f").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(59)).await;
+        }
+    });
+    let ended = tokio::time::timeout(GRACE + IDLE + Duration::from_secs(1), task).await;
+    assert!(ended.is_ok(), "still held at {:?}", started.elapsed());
+    trickle.abort();
 }
