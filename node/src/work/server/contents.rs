@@ -376,11 +376,8 @@ fn late<S: ?Sized>(stream: &Paced<'_, S>) -> ReceiveError {
 
 /// The error of a final reply the peer did not take within [`REPLY_LINGER`].
 fn lingered() -> ProtocolError {
-    let e = std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        "the peer did not take the reply",
-    );
-    ProtocolError::Io(e)
+    let e = "the peer did not take the reply";
+    ProtocolError::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, e))
 }
 
 /// Answers before the manifest is read (refused, or the cache busy): reads the manifest

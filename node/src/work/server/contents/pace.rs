@@ -3,10 +3,13 @@
 //! has fallen behind (no IO, time passed in); [`Paced`] applies that to the submission's
 //! stream, checking on every read and write and on a timer.
 //!
-//! The rule: a fixed [`GRACE`] for the manifest frame and the `Lacking` reply, then at
-//! least [`FLOOR_RATE`] on average from the start, and never a pause longer than [`IDLE`]
-//! once the grace is over. The sizes a peer declares play no part, so a declared 700 MiB
-//! buys no time: only content bytes that arrive do. Only bytes read after the `Lacking`
+//! The rule: a fixed [`GRACE`] for the manifest frame and the `Lacking` reply; after it,
+//! every content byte buys `1 / FLOOR_RATE` s of time, but the time bought never reaches
+//! more than [`IDLE`] past the later of the grace and the byte's arrival. So the peer keeps
+//! at least [`FLOOR_RATE`] on average from the start, and bytes sent fast early bank at
+//! most [`IDLE`]: after 350 MiB in a burst, one byte every 59 s buys 61 µs each, not another
+//! minute. The sizes a peer declares play no part, so a declared 700 MiB buys no time:
+//! only content bytes that arrive do. Only bytes read after the `Lacking`
 //! reply count ([`Pace::handle_asked`]): a 32 MiB manifest (or bytes pushed before the
 //! node asked) buys no time either.
 
@@ -25,8 +28,8 @@ pub(super) const GRACE: Duration = Duration::from_secs(60);
 /// The slowest upload accepted on average, bytes per second (128 kbit/s).
 pub(super) const FLOOR_RATE: u64 = 16 * 1024;
 
-/// The longest pause accepted after the grace, however far ahead of the floor the peer is:
-/// bytes sent early buy no right to stall with the pins held.
+/// The most time bytes can buy ahead of their arrival, however far ahead of the floor the
+/// peer is: bytes sent early buy no right to stall (or to trickle) with the pins held.
 pub(super) const IDLE: Duration = Duration::from_secs(60);
 
 /// How far a submission has come, and whether it has fallen behind.
@@ -37,8 +40,9 @@ pub(super) struct Pace {
     asked: bool,
     /// Content bytes received since.
     received: u64,
-    /// When the last byte arrived.
-    last: Instant,
+    /// When the submission falls behind if nothing more arrives: the grace, plus what
+    /// the bytes bought, each purchase capped at [`IDLE`] past its arrival.
+    paid_until: Instant,
 }
 
 impl Pace {
@@ -48,7 +52,7 @@ impl Pace {
             start: now,
             asked: false,
             received: 0,
-            last: now,
+            paid_until: now + GRACE,
         }
     }
 
@@ -64,9 +68,11 @@ impl Pace {
             return;
         }
         self.received = self.received.saturating_add(bytes);
-        if bytes > 0 {
-            self.last = self.last.max(now);
-        }
+        let whole = Duration::from_secs(bytes / FLOOR_RATE);
+        let part = Duration::from_nanos((bytes % FLOOR_RATE) * 1_000_000_000 / FLOOR_RATE);
+        let cap = (self.start + GRACE).max(now) + IDLE;
+        let bought = self.paid_until.checked_add(whole + part).unwrap_or(cap);
+        self.paid_until = bought.min(cap).max(self.paid_until);
     }
 
     /// Content bytes received so far.
@@ -81,12 +87,7 @@ impl Pace {
 
     /// When the submission falls behind if nothing more arrives.
     pub(super) fn deadline(&self) -> Instant {
-        let whole = Duration::from_secs(self.received / FLOOR_RATE);
-        let part = Duration::from_nanos((self.received % FLOOR_RATE) * 1_000_000_000 / FLOOR_RATE);
-        let earned = self.start + GRACE;
-        let floor = earned.checked_add(whole + part).unwrap_or(earned + whole);
-        let idle = earned.max(self.last) + IDLE;
-        floor.min(idle)
+        self.paid_until
     }
 
     /// Whether the submission has fallen behind at `now`.
@@ -236,11 +237,16 @@ mod tests {
         // Far ahead of the floor, but a pause past the grace is bounded.
         pace.handle_received(start + Duration::from_secs(2), 1 << 30);
         assert_eq!(pace.deadline(), start + GRACE + IDLE);
-        pace.handle_received(start + GRACE + Duration::from_secs(30), 1);
-        assert_eq!(
-            pace.deadline(),
-            start + GRACE + Duration::from_secs(30) + IDLE
-        );
+        // Found by an attacker's review: after a fast burst, one byte just inside every
+        // minute held the slot for hours; now a byte buys its own worth only.
+        pace.handle_received(start + GRACE + Duration::from_secs(59), 1);
+        let one_byte = Duration::from_nanos(1_000_000_000 / FLOOR_RATE);
+        assert_eq!(pace.deadline(), start + GRACE + IDLE + one_byte);
+        assert!(pace.is_behind(start + GRACE + IDLE + Duration::from_millis(1)));
+        // Enough bytes buy time up to a minute past their arrival again.
+        let now = start + GRACE + Duration::from_secs(59);
+        pace.handle_received(now, 1 << 30);
+        assert_eq!(pace.deadline(), now + IDLE);
     }
 
     #[test]
