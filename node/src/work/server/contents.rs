@@ -60,7 +60,7 @@ enum ReceiveError {
     /// The submission fell behind its pace ([`pace`]).
     #[error(
         "the submission fell behind: {received} bytes in {} s; after the first {} s it must \
-         keep to at least {} KiB/s and never pause over {} s",
+         keep to at least {} KiB/s, and bytes sent early bank at most {} s",
         elapsed.as_secs(),
         pace::GRACE.as_secs(),
         pace::FLOOR_RATE / 1024,
