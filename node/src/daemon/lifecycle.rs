@@ -40,6 +40,7 @@ pub async fn run(
     source: Option<ConfigSource>,
 ) -> Result<(), StartError> {
     raise_fd_limit();
+    forbid_inspection();
     apply_log_level(config);
     let node = start(config, source).await?;
     if let Some(path) = ready_file {
@@ -96,6 +97,20 @@ async fn drain(work: &Work, mut sessions: watch::Receiver<usize>) {
 const DRAIN_REPORT: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long a drained node waits for results followers on the mesh to finish.
 const DRAIN_FOLLOWERS: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Makes the node non-dumpable: no core file (its memory holds payloads, `secret_*`
+/// parameters and its private keys), and no process of the same user but root may trace it
+/// or open its `/proc/<pid>/` files. Jobs run as the node's user: without this, a job could
+/// open another job's stdin or stdout pipe through `/proc/<node>/fd` (the node holds their
+/// other ends) and read its payload or output, or read the node's memory. A job gets the
+/// usual setting back at its `exec`; root is not held back by it.
+fn forbid_inspection() {
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        let e = std::io::Error::last_os_error();
+        tracing::warn!(error = %e, "cannot make the node non-dumpable: jobs of its user could open its descriptors through /proc");
+    }
+}
 
 /// Raises the soft limit on open files to the hard limit: links, streams, jobs and the
 /// control socket all take descriptors, and the usual soft limit of 1024 is low for a relay.
@@ -168,5 +183,28 @@ impl Signals {
     /// The next SIGINT or SIGTERM (SIGHUP is ignored meanwhile).
     async fn next_stop(&mut self) {
         while let Signal::Reload = self.next().await {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_node_process_is_made_non_dumpable() {
+        // In a child, so that this test binary keeps its own setting.
+        // SAFETY: the child only calls async-signal-safe prctl and _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            super::forbid_inspection();
+            // SAFETY: prctl with integer arguments; _exit ends the child at once.
+            unsafe {
+                let dumpable = libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0);
+                libc::_exit(if dumpable == 0 { 0 } else { 1 });
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
     }
 }
