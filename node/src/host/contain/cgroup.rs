@@ -21,8 +21,10 @@ use super::ContainError;
 use super::limits::ProgramLimits;
 use super::setup::{ChildSetup, MAX_CGROUP_FDS};
 
+mod adopt;
 mod roots;
 
+pub(crate) use adopt::from_record;
 use roots::create_dir;
 pub(crate) use roots::{Roots, V2Root, probe};
 

@@ -247,9 +247,25 @@ pub fn reattach(files: UnitFiles) -> Reattach {
             };
         }
     };
+    // The unit's directory is named for it: a record naming another unit (a copy of that
+    // unit's log) is not this unit's job.
+    let unit = files
+        .dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_owned();
+    if record.unit != unit {
+        return Reattach::Gone {
+            detail: format!(
+                "the unit's job record names another unit ({}): not adopted",
+                crate::terminal::one_line(&record.unit.chars().take(64).collect::<String>())
+            ),
+        };
+    }
     if let Some(exit) = exit {
         // The program ended; its supervisor may still be sweeping up. Finish that.
-        cgroup::from_paths(&record.cgroups).remove();
+        cgroup::from_record(&record.cgroups, &unit).remove();
         let deadline = exit.reason == EndReason::Deadline;
         return Reattach::Ended {
             outcome: outcome(&record, exit.status, false, deadline, None),
@@ -260,7 +276,7 @@ pub fn reattach(files: UnitFiles) -> Reattach {
     let supervisor = record.supervisor.filter(|s| same_boot && s.is_alive());
     let Some(supervisor) = supervisor else {
         // Nothing runs the job any more: clean up whatever it left in its cgroups.
-        cgroup::from_paths(&record.cgroups).remove();
+        cgroup::from_record(&record.cgroups, &unit).remove();
         return Reattach::Gone {
             detail: gone_detail(&record, same_boot),
         };
@@ -273,7 +289,7 @@ pub fn reattach(files: UnitFiles) -> Reattach {
     }
     let pidfd = pidfd.map(Arc::<OwnedFd>::new);
     let cgroup =
-        (!record.cgroups.is_empty()).then(|| Arc::new(cgroup::from_paths(&record.cgroups)));
+        (!record.cgroups.is_empty()).then(|| Arc::new(cgroup::from_record(&record.cgroups, &unit)));
     let killer = Killer {
         cgroup,
         target: Target::Supervisor(supervisor, pidfd.clone()),
@@ -324,6 +340,33 @@ mod tests {
             cancel_grace_ms: 10_000,
             output_bytes: 1,
         }
+    }
+
+    #[test]
+    fn a_record_naming_another_unit_is_not_adopted_and_its_process_left_alone() {
+        // Found by this stop's review: a job could copy another unit's log (a regular file,
+        // so the reader takes it) into its own unit's `detached/`: the node adopted that
+        // job's supervisor and cgroups, and killed them on cancel or release.
+        let units = tempfile::tempdir().unwrap();
+        let mine = units.path().join("mine0001");
+        std::fs::create_dir(&mine).unwrap();
+        let (dir, _) = record::detached_dir(&mine).unwrap();
+        let mut other = record();
+        other.unit = "theirs01".into();
+        other.boot_id = record::boot_id();
+        other.supervisor = Some(record::ProcessRef::of(std::process::id() as i32).unwrap());
+        record::create_job_log(&dir, &other).unwrap();
+        let files = UnitFiles {
+            dir: mine.clone(),
+            payload: mine.join("stdin"),
+            results: mine.join("stdout"),
+            on_output: Arc::new(|| {}),
+            on_extra_data: Arc::new(|_| {}),
+        };
+        let Reattach::Gone { detail } = reattach(files) else {
+            panic!("another unit's job was adopted");
+        };
+        assert!(detail.contains("names another unit (theirs01)"), "{detail}");
     }
 
     /// The same words guest-runner's `child::outcome` tests expect.
