@@ -205,11 +205,10 @@ fn decide(
     remote: bool,
     signature: CertSignature,
 ) -> TrustDecision {
-    if let Some(decision) = decide_by_entries(policy, key, claimed) {
+    let scan = scan_entries(policy, key, claimed);
+    if let Some(decision) = scan.decision {
         return decision;
     }
-    let key_trusted = (policy.entries.iter())
-        .any(|e| e.node.is_none() && policy.successions.current(&e.key) == *key);
     let certified = cert.map(|c| {
         policy
             .authorities
@@ -219,7 +218,7 @@ fn decide(
                 groups: groups.to_vec(),
             })
     });
-    match (certified, key_trusted) {
+    match (certified, scan.key_trusted) {
         (Some(Ok(binding)), _) => TrustDecision::Trusted(binding),
         (_, true) => TrustDecision::Trusted(Binding::TrustedKey),
         (Some(Err(e)), false) => TrustDecision::BadCertificate(e),
@@ -230,33 +229,52 @@ fn decide(
     }
 }
 
-/// What pins alone decide: `Some` when a pin settles it either way. A pin stands for the
-/// keys on its succession path: the current one is the node's, the retired ones are no
-/// one's (and never another id's).
-fn decide_by_entries(
-    policy: &TrustPolicy,
+/// What one pass over the trust entries found for a key and the id it claims.
+struct EntryScan {
+    /// What pins alone decide: `Some` when a pin settles it either way.
+    decision: Option<TrustDecision>,
+    /// Whether an unpinned entry's current key is the key.
+    key_trusted: bool,
+}
+
+/// Where `key` lies on the succession path of the configured key `anchor`: `None` off the
+/// path, else whether it is the current key, and the current key. Allocates nothing when
+/// no succession was accepted (every check of every advert comes here, once per entry).
+fn on_path(
+    successions: &Successions,
+    anchor: &PublicKey,
     key: &PublicKey,
-    claimed: &NodeId,
-) -> Option<TrustDecision> {
+) -> Option<(bool, PublicKey)> {
+    if successions.is_empty() {
+        return (anchor == key).then_some((true, *anchor));
+    }
+    let path = successions.path(anchor);
+    let at = path.iter().position(|k| k == key)?;
+    let current = *path.last()?;
+    Some((at + 1 == path.len(), current))
+}
+
+/// One pass over the entries. A pin stands for the keys on its succession path: the
+/// current one is the node's, the retired ones are no one's (and never another id's).
+fn scan_entries(policy: &TrustPolicy, key: &PublicKey, claimed: &NodeId) -> EntryScan {
     let mut pinned_elsewhere = None;
     let mut superseded = None;
+    let mut id_pinned = false;
+    let mut key_trusted = false;
     for entry in &policy.entries {
-        let path = if policy.successions.is_empty() {
-            vec![entry.key]
-        } else {
-            policy.successions.path(&entry.key)
-        };
-        let Some(at) = path.iter().position(|k| k == key) else {
+        id_pinned |= entry.node.as_ref() == Some(claimed);
+        let Some((is_current, current)) = on_path(&policy.successions, &entry.key, key) else {
             continue;
         };
-        let current = path[path.len() - 1];
-        let is_current = at + 1 == path.len();
         match &entry.node {
             // An unpinned key (or its successor) is judged by the caller.
-            None if is_current => {}
+            None if is_current => key_trusted = true,
             None => superseded = Some(current),
             Some(node) if node == claimed && is_current => {
-                return Some(TrustDecision::Trusted(Binding::Pinned));
+                return EntryScan {
+                    decision: Some(TrustDecision::Trusted(Binding::Pinned)),
+                    key_trusted,
+                };
             }
             Some(node) if node == claimed => superseded = Some(current),
             Some(node) => {
@@ -264,20 +282,19 @@ fn decide_by_entries(
             }
         }
     }
-    if let Some(expected) = pinned_elsewhere {
-        return Some(TrustDecision::PinnedToOther { expected });
+    let decision = if let Some(expected) = pinned_elsewhere {
+        Some(TrustDecision::PinnedToOther { expected })
+    } else if let Some(successor) = superseded {
+        Some(TrustDecision::Superseded { successor })
+    } else if id_pinned {
+        Some(TrustDecision::IdPinnedToOtherKey)
+    } else {
+        None
+    };
+    EntryScan {
+        decision,
+        key_trusted,
     }
-    if let Some(successor) = superseded {
-        return Some(TrustDecision::Superseded { successor });
-    }
-    if policy
-        .entries
-        .iter()
-        .any(|e| e.node.as_ref() == Some(claimed))
-    {
-        return Some(TrustDecision::IdPinnedToOtherKey);
-    }
-    None
 }
 
 #[cfg(test)]
