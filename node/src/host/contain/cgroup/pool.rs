@@ -69,14 +69,18 @@ impl Pool {
         Some(group)
     }
 
-    /// Keeps `group` for a later job; hands it back when the pool is full.
-    fn put(&self, group: JobCgroup) -> Result<(), JobCgroup> {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        if idle.len() >= POOL_CAP {
-            return Err(group);
-        }
-        idle.push(group);
-        Ok(())
+    /// Keeps `group` for a later job; removes it (outside the lock) when the pool is full.
+    fn put(&self, group: JobCgroup) {
+        let rejected = {
+            let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+            if idle.len() >= POOL_CAP {
+                Some(group)
+            } else {
+                idle.push(group);
+                None
+            }
+        };
+        drop(rejected);
     }
 
     /// How many groups wait.
@@ -113,7 +117,7 @@ impl JobCgroup {
                 return self.remove();
             }
             *retired = true;
-            JobCgroup {
+            Self {
                 v2: self.v2.clone(),
                 memory: self.memory.clone(),
                 pids: self.pids.clone(),
@@ -124,8 +128,7 @@ impl JobCgroup {
                 killed: AtomicBool::new(false),
             }
         };
-        // A full pool gives it back: dropping it removes the directories.
-        drop(pool.put(fresh));
+        pool.put(fresh);
     }
 
     /// Whether nothing of the ended job can reach the next one through this group.
