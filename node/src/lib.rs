@@ -41,6 +41,8 @@ pub mod config;
 pub mod control;
 #[cfg(feature = "host")]
 pub mod daemon;
+#[cfg(feature = "host")]
+pub(crate) mod heap;
 pub mod host;
 pub mod id;
 pub mod keys;

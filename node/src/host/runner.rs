@@ -331,7 +331,9 @@ impl Host {
         let component = unsafe { Component::deserialize(&self.engine, &compiled) }
             .map_err(|e| HostError::Component(format!("{e:#}")));
         drop(compiled);
-        give_back_freed_memory();
+        // Cranelift's working memory (several MiB, on the thread that compiled) would
+        // otherwise stay in the allocator's arenas for the node's whole life.
+        crate::heap::give_back_freed_memory();
         component
     }
 
@@ -421,16 +423,5 @@ impl Host {
             output_bytes: limits.output_bytes,
             ..JobContain::default()
         }
-    }
-}
-
-/// Returns the heap the compiler freed to the system. Cranelift's working memory (several MiB,
-/// on the thread that compiled) would otherwise stay in the allocator's arenas for the
-/// node's whole life, counted in its resident memory though nothing uses it.
-fn give_back_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free memory at the allocator's discretion.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }

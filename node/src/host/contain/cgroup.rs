@@ -15,6 +15,7 @@ use std::os::fd::{AsRawFd as _, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use super::ContainError;
@@ -22,9 +23,11 @@ use super::limits::ProgramLimits;
 use super::setup::{ChildSetup, MAX_CGROUP_FDS};
 
 mod adopt;
+mod pool;
 mod roots;
 
 pub(crate) use adopt::from_record;
+pub(crate) use pool::Pool;
 use roots::create_dir;
 pub(crate) use roots::{Roots, V2Root, probe};
 
@@ -49,7 +52,11 @@ pub(crate) enum Hit {
     Pids,
 }
 
-/// One program's cgroups: one directory per hierarchy in use, removed on drop.
+/// The limits a group was prepared with.
+type Limits = ProgramLimits;
+
+/// One program's cgroups: one directory per hierarchy in use, removed on drop (or handed
+/// back to its [`Pool`] when its job ends cleanly).
 #[derive(Debug)]
 pub(crate) struct JobCgroup {
     /// The v2 directory, and whether it has `cgroup.kill` and memory/pids files.
@@ -60,24 +67,34 @@ pub(crate) struct JobCgroup {
     pids: Option<PathBuf>,
     /// The v1 freezer directory.
     freezer: Option<PathBuf>,
-    /// Set once removed, so drop does nothing more.
-    removed: AtomicBool,
+    /// The limits written into it (the defaults for a group read from a record, which is
+    /// never pooled).
+    limits: Limits,
+    /// Set once removed or handed back to the pool: from then on this handle kills nothing
+    /// and reads no counter (the directories may serve another job). Held across a kill,
+    /// so a hand-back waits for a kill under way.
+    retired: Mutex<bool>,
+    /// The pool the group goes back to when its job ends cleanly (none: removed).
+    pool: Option<Weak<Pool>>,
+    /// Set once a kill was sent: such a group is never reused (on some kernels a process
+    /// later cloned into a group that was sent `cgroup.kill` is killed at birth).
+    killed: AtomicBool,
 }
 
 impl JobCgroup {
-    /// Creates the cgroups `name` under `roots` with `limits`.
+    /// Creates the cgroups `name` under `roots` with `limits`; with a `pool`, the group
+    /// goes back there when its job ends cleanly ([`JobCgroup::end_of_job`]).
     ///
     /// # Errors
     /// The first directory or limit file that could not be written (what was created is
     /// removed again).
-    pub(crate) fn create(roots: &Roots, name: &str, limits: &ProgramLimits) -> io::Result<Self> {
-        let mut cgroup = Self {
-            v2: None,
-            memory: None,
-            pids: None,
-            freezer: None,
-            removed: AtomicBool::new(false),
-        };
+    pub(crate) fn create(
+        roots: &Roots,
+        name: &str,
+        limits: &ProgramLimits,
+        pool: Option<Weak<Pool>>,
+    ) -> io::Result<Self> {
+        let mut cgroup = Self::empty(*limits, pool);
         if let Some(root) = &roots.v2 {
             let controllers: Vec<&str> = [("memory", root.memory), ("pids", root.pids)]
                 .into_iter()
@@ -96,6 +113,20 @@ impl JobCgroup {
         }
         cgroup.set_limits(limits)?;
         Ok(cgroup)
+    }
+
+    /// A handle on no directory yet.
+    fn empty(limits: Limits, pool: Option<Weak<Pool>>) -> Self {
+        Self {
+            v2: None,
+            memory: None,
+            pids: None,
+            freezer: None,
+            limits,
+            retired: Mutex::new(false),
+            pool,
+            killed: AtomicBool::new(false),
+        }
     }
 
     fn set_limits(&self, limits: &ProgramLimits) -> io::Result<()> {
@@ -185,7 +216,16 @@ impl JobCgroup {
 
     /// Kills every process in the group: `cgroup.kill` where v2 has it, else freeze, kill
     /// each listed process, thaw, until the group is empty (so a fork cannot slip through).
+    /// Nothing once the group is retired (removed, or pooled for another job).
     pub(crate) fn kill(&self) {
+        let retired = self.retired.lock().unwrap_or_else(PoisonError::into_inner);
+        if !*retired {
+            self.kill_now();
+        }
+    }
+
+    fn kill_now(&self) {
+        self.killed.store(true, Ordering::Release);
         if let Some((dir, root)) = &self.v2
             && root.kill
             && write(&dir.join("cgroup.kill"), "1").is_ok()
@@ -235,8 +275,14 @@ impl JobCgroup {
     }
 
     /// Which limit the group hit, if any: an OOM kill (v2 `memory.events`, v1
-    /// `memory.oom_control`) or a fork refused at the pids limit (`pids.events`).
+    /// `memory.oom_control`) or a fork refused at the pids limit (`pids.events`). `None`
+    /// once the group is retired (its counters may be another job's).
     pub(crate) fn hit(&self) -> Option<Hit> {
+        let retired = self.retired.lock().unwrap_or_else(PoisonError::into_inner);
+        if *retired { None } else { self.hit_now() }
+    }
+
+    fn hit_now(&self) -> Option<Hit> {
         let counter = |file: PathBuf, key: &str| -> u64 {
             let text = fs::read_to_string(file).unwrap_or_default();
             text.lines()
@@ -264,13 +310,17 @@ impl JobCgroup {
     /// other job uses them). Never blocks: a group still emptying after the kill is removed
     /// by a background thread that retries for a while.
     pub(crate) fn remove(&self) {
-        if self.removed.swap(true, Ordering::AcqRel) {
-            return;
+        {
+            let mut retired = self.retired.lock().unwrap_or_else(PoisonError::into_inner);
+            if *retired {
+                return;
+            }
+            *retired = true;
+            if !self.is_empty() {
+                self.kill_now();
+            }
         }
         let dirs = self.paths();
-        if !self.is_empty() {
-            self.kill();
-        }
         if remove_dirs(&dirs) {
             return;
         }
@@ -358,13 +408,7 @@ fn made_by_a_node(path: &Path) -> bool {
 }
 
 pub(crate) fn from_paths(paths: &[PathBuf]) -> JobCgroup {
-    let mut cgroup = JobCgroup {
-        v2: None,
-        memory: None,
-        pids: None,
-        freezer: None,
-        removed: AtomicBool::new(false),
-    };
+    let mut cgroup = JobCgroup::empty(ProgramLimits::default(), None);
     for path in paths.iter().filter(|p| made_by_a_node(p)) {
         if path.join("cgroup.kill").exists() || path.join("cgroup.type").exists() {
             let root = V2Root {

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -64,6 +65,11 @@ struct Owner {
     draining: Option<watch::Sender<usize>>,
 }
 
+/// How long after its last command the owner gives the freed heap back to the system, so
+/// an idle node's resident memory is not that of its busiest moment
+/// ([`crate::heap::give_back_freed_memory`]).
+const IDLE_TRIM_AFTER: Duration = Duration::from_secs(1);
+
 pub(super) fn spawn(o: OwnerSetup) {
     let store_thread = StoreThread::start(
         o.store.clone(),
@@ -106,6 +112,9 @@ pub(super) fn spawn(o: OwnerSetup) {
         let now = Instant::now().into_std();
         owner.core.recover(now, crate::clock::now_ms(), recovered);
         owner.run_actions();
+        // When the heap is next given back: a while after the last command (work went
+        // quiet), once.
+        let mut trim_at: Option<Instant> = None;
         loop {
             let deadline = owner.core.poll_timeout().map(Instant::from_std);
             let sleep = async {
@@ -114,14 +123,28 @@ pub(super) fn spawn(o: OwnerSetup) {
                     None => std::future::pending().await,
                 }
             };
+            let trim = async {
+                match trim_at {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                () = trim => {
+                    trim_at = None;
+                    drop(tokio::task::spawn_blocking(crate::heap::give_back_freed_memory));
+                    continue;
+                }
                 command = rx.recv() => match command {
                     Some(Command::Shutdown { reply }) => {
                         owner.stop_store().await;
                         let _ = reply.send(());
                         break;
                     }
-                    Some(command) => owner.handle(command),
+                    Some(command) => {
+                        trim_at = Some(Instant::now() + IDLE_TRIM_AFTER);
+                        owner.handle(command);
+                    }
                     None => break,
                 },
                 () = sleep => {
