@@ -37,7 +37,7 @@ use super::message::{CloseReason, ResetReason};
 use super::node::{Event, MeshConfig, MeshNode, ProbeId, Transmit};
 use super::peers::PeerSlotId;
 use super::route::Cost;
-use super::stream::{StreamEvent, StreamId};
+use super::stream::{ChunkPool, StreamEvent, StreamId};
 use super::transport::{self, Accept, BoxedLink, Dial, Listener};
 use crate::id::ServiceName;
 use crate::metrics::{LinkMetrics, Metrics};
@@ -147,6 +147,11 @@ struct Driver {
     last_link_end: Option<String>,
     /// Per-link counters for `/metrics`.
     link_metrics: LinkMetrics,
+    /// Buffers the streams' writers lay their chunks into, shared by all of them.
+    chunks: ChunkPool,
+    /// Whether a stream sent data since the last timer: when none did, the pool lets its
+    /// buffers go.
+    sent_since_timer: bool,
 }
 
 /// Starts the mesh over TCP: accepts on `listeners`, dials `peers`, and returns the handle
@@ -212,6 +217,8 @@ pub fn start_with(
         accepts,
         last_link_end: None,
         link_metrics,
+        chunks: ChunkPool::new(),
+        sent_since_timer: false,
     };
     let task = tokio::spawn(driver.run());
     (MeshHandle::new(id, command_tx), task)
@@ -298,7 +305,7 @@ impl Driver {
                     }
                     None => break,
                 },
-                () = sleep => self.node.handle_timeout(Instant::now().into_std()),
+                () = sleep => self.handle_timer(),
             }
             self.drain();
             if let Some(done) = self.shutdown.take() {
@@ -306,6 +313,13 @@ impl Driver {
                 let _ = done.send(());
                 break;
             }
+        }
+    }
+
+    fn handle_timer(&mut self) {
+        self.node.handle_timeout(Instant::now().into_std());
+        if !std::mem::take(&mut self.sent_since_timer) {
+            self.chunks.shrink();
         }
     }
 
@@ -528,7 +542,8 @@ impl Driver {
         let Some(commands) = self.command_tx.upgrade() else {
             return;
         };
-        let (slot, stream) = StreamSlot::new(id, from, service.clone(), commands);
+        let pool = self.chunks.clone();
+        let (slot, stream) = StreamSlot::new(id, from, service.clone(), commands, pool);
         self.streams.insert(id, slot);
         if listener.try_send(stream).is_err() {
             tracing::warn!(%service, "listener is not accepting; refusing stream");
