@@ -14,7 +14,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use super::frame::FrameError;
 use super::message::{CloseReason, Hello, Message};
@@ -280,19 +280,44 @@ impl Link {
     }
 
     /// As [`Link::handle_bytes`], keeping the buffer the socket was read into instead of
-    /// copying it: it becomes the receive buffer when that is empty (the usual case), or
-    /// joins it, in place when the two are adjacent in memory.
-    pub fn handle_owned_bytes(&mut self, now: Instant, bytes: BytesMut) {
+    /// copying it: it becomes the receive buffer when that is empty, or joins it, in place
+    /// when the two are adjacent in memory.
+    ///
+    /// A read rarely ends on a message boundary, so a partial message usually waits. Only
+    /// the bytes that complete it are copied behind it; once it is handled, the rest of the
+    /// read becomes the receive buffer as it lies (rather than all of the read being copied
+    /// behind the partial message).
+    pub fn handle_owned_bytes(&mut self, now: Instant, mut bytes: BytesMut) {
         if self.is_closed() {
             return;
         }
         self.last_rx = now;
+        if let Some(lack) = self.lacking()
+            && lack < bytes.len()
+        {
+            self.rx_wire.extend_from_slice(&bytes[..lack]);
+            bytes.advance(lack);
+            self.process();
+            if self.is_closed() {
+                return;
+            }
+        }
         if self.rx_wire.is_empty() {
             self.rx_wire = bytes;
         } else {
             self.rx_wire.unsplit(bytes);
         }
         self.process();
+    }
+
+    /// Bytes that would complete the partial Noise message waiting in the receive buffer,
+    /// when one waits and its length prefix is in.
+    fn lacking(&self) -> Option<usize> {
+        let [a, b, ..] = self.rx_wire[..] else {
+            return None;
+        };
+        let whole = 2 + usize::from(u16::from_be_bytes([a, b]));
+        whole.checked_sub(self.rx_wire.len()).filter(|&n| n > 0)
     }
 
     /// The socket reached EOF or failed.
