@@ -163,6 +163,9 @@ pub struct Link {
     hello: Hello,
     /// Bytes from the socket not yet made into Noise messages.
     rx_wire: BytesMut,
+    /// The handle of the buffer the last partial message was completed in: reused for the
+    /// next once everything taken from it is dropped (see [`Link::handle_owned_bytes`]).
+    rx_spare: BytesMut,
     /// Decrypted bytes not yet made into frames.
     rx_plain: BytesMut,
     /// Bytes waiting for the socket, sealed or being filled.
@@ -242,6 +245,7 @@ impl Link {
             },
             hello,
             rx_wire: BytesMut::new(),
+            rx_spare: BytesMut::new(),
             rx_plain: BytesMut::new(),
             outbox: Outbox::default(),
             events: VecDeque::new(),
@@ -295,7 +299,7 @@ impl Link {
         if let Some(lack) = self.lacking()
             && lack < bytes.len()
         {
-            self.rx_wire.extend_from_slice(&bytes[..lack]);
+            self.complete_partial(&bytes[..lack]);
             bytes.advance(lack);
             self.process();
             if self.is_closed() {
@@ -308,6 +312,24 @@ impl Link {
             self.rx_wire.unsplit(bytes);
         }
         self.process();
+    }
+
+    /// Makes the waiting partial message whole with `rest`, in the reused spare buffer (a
+    /// fresh one only while the last is still in use).
+    fn complete_partial(&mut self, rest: &[u8]) {
+        let whole = self.rx_wire.len() + rest.len();
+        if self.rx_plain.is_empty() {
+            // An empty view still holds the last message's buffer, which may be the spare.
+            self.rx_plain = BytesMut::new();
+        }
+        let mut buf = std::mem::take(&mut self.rx_spare);
+        if !buf.try_reclaim(whole) {
+            buf = BytesMut::with_capacity(whole.max(2 + super::frame::MAX_NOISE_MESSAGE_LEN));
+        }
+        buf.extend_from_slice(&self.rx_wire);
+        buf.extend_from_slice(rest);
+        self.rx_wire = buf.split();
+        self.rx_spare = buf;
     }
 
     /// Bytes that would complete the partial Noise message waiting in the receive buffer,

@@ -478,6 +478,32 @@ fn a_read_completing_a_partial_message_copies_only_what_it_lacks() {
     assert!(b.rx_wire.is_empty());
 }
 
+#[test]
+fn partial_messages_are_completed_in_one_reused_buffer() {
+    let now = Instant::now();
+    let (mut a, mut b) = connected(now);
+    for _ in 0..4 {
+        a.send(&datagram(40_000)).unwrap();
+    }
+    let wire = wire_of(now, &mut a);
+    let (mut spares, mut got) = (Vec::new(), 0);
+    let mut from = 0;
+    // Every read ends inside a message, so each read completes the one before.
+    for to in [20_000, 60_000, 100_000, 140_000, wire.len()] {
+        b.handle_owned_bytes(now, BytesMut::from(&wire[from..to]));
+        spares.push(b.rx_spare.as_ptr());
+        // Handled (and dropped) at once, as the node does.
+        got += events(&mut b).len();
+        from = to;
+    }
+    assert_eq!(got, 4);
+    // The first completion allocates; the others reuse its buffer.
+    assert!(
+        spares[1..].iter().all(|&p| p == spares[1]),
+        "a fresh buffer per partial message"
+    );
+}
+
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
     #[test]
