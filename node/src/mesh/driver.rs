@@ -7,6 +7,7 @@
 //! implement `AsyncRead + AsyncWrite`.
 
 mod handle;
+mod reader;
 mod reconfig;
 mod stream;
 pub mod succession_store;
@@ -21,7 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -56,9 +57,6 @@ const MAX_BATCH: usize = 64;
 
 /// Longest a shutdown waits for its links' last bytes (their close reasons) to go out.
 const SHUTDOWN_FLUSH: Duration = Duration::from_millis(500);
-
-/// Size of one socket read.
-const READ_CHUNK: usize = 64 * 1024;
 
 /// How long a closed link's writer may go on flushing (its close reason, its last frames)
 /// before the socket is dropped regardless: a peer that stopped reading must not keep the
@@ -384,7 +382,7 @@ impl Driver {
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let writer = tokio::spawn(writer::write_loop(write, rx, queued.clone()));
-        let reader = tokio::spawn(read_loop(link, read, self.socket_tx.clone()));
+        let reader = tokio::spawn(reader::read_loop(link, read, self.socket_tx.clone()));
         self.writers.insert(
             link,
             Writer {
@@ -575,25 +573,4 @@ fn retire(writer: Writer) {
             task.abort();
         }
     });
-}
-
-async fn read_loop<R: AsyncRead + Unpin>(link: LinkId, mut read: R, tx: mpsc::Sender<SocketEvent>) {
-    let mut buf = BytesMut::new();
-    let why = loop {
-        // Read straight into the buffer the owner receives instead of copying each read out
-        // of a scratch buffer. `reserve` reuses the block in place once the owner has
-        // dropped the earlier reads from it.
-        buf.reserve(READ_CHUNK);
-        match read.read_buf(&mut buf).await {
-            Ok(0) => break "connection closed by peer".to_owned(),
-            Ok(_) => {
-                let bytes = buf.split();
-                if tx.send(SocketEvent::Bytes(link, bytes)).await.is_err() {
-                    return;
-                }
-            }
-            Err(e) => break e.to_string(),
-        }
-    };
-    let _ = tx.send(SocketEvent::Closed(link, why)).await;
 }
