@@ -7,6 +7,7 @@
 //! implement `AsyncRead + AsyncWrite`.
 
 mod handle;
+mod reader;
 mod reconfig;
 mod stream;
 pub mod succession_store;
@@ -21,7 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -37,7 +38,7 @@ use super::message::{CloseReason, ResetReason};
 use super::node::{Event, MeshConfig, MeshNode, ProbeId, Transmit};
 use super::peers::PeerSlotId;
 use super::route::Cost;
-use super::stream::{StreamEvent, StreamId};
+use super::stream::{ChunkPool, StreamEvent, StreamId};
 use super::transport::{self, Accept, BoxedLink, Dial, Listener};
 use crate::id::ServiceName;
 use crate::metrics::{LinkMetrics, Metrics};
@@ -56,9 +57,6 @@ const MAX_BATCH: usize = 64;
 
 /// Longest a shutdown waits for its links' last bytes (their close reasons) to go out.
 const SHUTDOWN_FLUSH: Duration = Duration::from_millis(500);
-
-/// Size of one socket read.
-const READ_CHUNK: usize = 64 * 1024;
 
 /// How long a closed link's writer may go on flushing (its close reason, its last frames)
 /// before the socket is dropped regardless: a peer that stopped reading must not keep the
@@ -147,6 +145,11 @@ struct Driver {
     last_link_end: Option<String>,
     /// Per-link counters for `/metrics`.
     link_metrics: LinkMetrics,
+    /// Buffers the streams' writers lay their chunks into, shared by all of them.
+    chunks: ChunkPool,
+    /// Whether a stream sent data since the last timer: when none did, the pool lets its
+    /// buffers go.
+    sent_since_timer: bool,
 }
 
 /// Starts the mesh over TCP: accepts on `listeners`, dials `peers`, and returns the handle
@@ -212,6 +215,8 @@ pub fn start_with(
         accepts,
         last_link_end: None,
         link_metrics,
+        chunks: ChunkPool::new(),
+        sent_since_timer: false,
     };
     let task = tokio::spawn(driver.run());
     (MeshHandle::new(id, command_tx), task)
@@ -298,7 +303,7 @@ impl Driver {
                     }
                     None => break,
                 },
-                () = sleep => self.node.handle_timeout(Instant::now().into_std()),
+                () = sleep => self.handle_timer(),
             }
             self.drain();
             if let Some(done) = self.shutdown.take() {
@@ -306,6 +311,13 @@ impl Driver {
                 let _ = done.send(());
                 break;
             }
+        }
+    }
+
+    fn handle_timer(&mut self) {
+        self.node.handle_timeout(Instant::now().into_std());
+        if !std::mem::take(&mut self.sent_since_timer) {
+            self.chunks.shrink();
         }
     }
 
@@ -370,7 +382,7 @@ impl Driver {
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let writer = tokio::spawn(writer::write_loop(write, rx, queued.clone()));
-        let reader = tokio::spawn(read_loop(link, read, self.socket_tx.clone()));
+        let reader = tokio::spawn(reader::read_loop(link, read, self.socket_tx.clone()));
         self.writers.insert(
             link,
             Writer {
@@ -528,7 +540,8 @@ impl Driver {
         let Some(commands) = self.command_tx.upgrade() else {
             return;
         };
-        let (slot, stream) = StreamSlot::new(id, from, service.clone(), commands);
+        let pool = self.chunks.clone();
+        let (slot, stream) = StreamSlot::new(id, from, service.clone(), commands, pool);
         self.streams.insert(id, slot);
         if listener.try_send(stream).is_err() {
             tracing::warn!(%service, "listener is not accepting; refusing stream");
@@ -560,25 +573,4 @@ fn retire(writer: Writer) {
             task.abort();
         }
     });
-}
-
-async fn read_loop<R: AsyncRead + Unpin>(link: LinkId, mut read: R, tx: mpsc::Sender<SocketEvent>) {
-    let mut buf = BytesMut::new();
-    let why = loop {
-        // Read straight into the buffer the owner receives instead of copying each read out
-        // of a scratch buffer. `reserve` reuses the block in place once the owner has
-        // dropped the earlier reads from it.
-        buf.reserve(READ_CHUNK);
-        match read.read_buf(&mut buf).await {
-            Ok(0) => break "connection closed by peer".to_owned(),
-            Ok(_) => {
-                let bytes = buf.split();
-                if tx.send(SocketEvent::Bytes(link, bytes)).await.is_err() {
-                    return;
-                }
-            }
-            Err(e) => break e.to_string(),
-        }
-    };
-    let _ = tx.send(SocketEvent::Closed(link, why)).await;
 }

@@ -59,7 +59,6 @@ pub fn decode_noise(buf: &mut BytesMut) -> Result<Option<BytesMut>, FrameError> 
         return Err(FrameError::Empty);
     }
     if buf.len() < 2 + len {
-        buf.reserve(2 + len - buf.len());
         return Ok(None);
     }
     buf.advance(2);

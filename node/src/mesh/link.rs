@@ -14,7 +14,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use super::frame::FrameError;
 use super::message::{CloseReason, Hello, Message};
@@ -163,6 +163,9 @@ pub struct Link {
     hello: Hello,
     /// Bytes from the socket not yet made into Noise messages.
     rx_wire: BytesMut,
+    /// The handle of the buffer the last partial message was completed in: reused for the
+    /// next once everything taken from it is dropped (see [`Link::handle_owned_bytes`]).
+    rx_spare: BytesMut,
     /// Decrypted bytes not yet made into frames.
     rx_plain: BytesMut,
     /// Bytes waiting for the socket, sealed or being filled.
@@ -242,6 +245,7 @@ impl Link {
             },
             hello,
             rx_wire: BytesMut::new(),
+            rx_spare: BytesMut::new(),
             rx_plain: BytesMut::new(),
             outbox: Outbox::default(),
             events: VecDeque::new(),
@@ -280,19 +284,62 @@ impl Link {
     }
 
     /// As [`Link::handle_bytes`], keeping the buffer the socket was read into instead of
-    /// copying it: it becomes the receive buffer when that is empty (the usual case), or
-    /// joins it, in place when the two are adjacent in memory.
-    pub fn handle_owned_bytes(&mut self, now: Instant, bytes: BytesMut) {
+    /// copying it: it becomes the receive buffer when that is empty, or joins it, in place
+    /// when the two are adjacent in memory.
+    ///
+    /// A read rarely ends on a message boundary, so a partial message usually waits. Only
+    /// the bytes that complete it are copied behind it; once it is handled, the rest of the
+    /// read becomes the receive buffer as it lies (rather than all of the read being copied
+    /// behind the partial message).
+    pub fn handle_owned_bytes(&mut self, now: Instant, mut bytes: BytesMut) {
         if self.is_closed() {
             return;
         }
         self.last_rx = now;
+        if let Some(lack) = self.lacking()
+            && lack < bytes.len()
+        {
+            self.complete_partial(&bytes[..lack]);
+            bytes.advance(lack);
+            self.process();
+            if self.is_closed() {
+                return;
+            }
+        }
         if self.rx_wire.is_empty() {
             self.rx_wire = bytes;
         } else {
             self.rx_wire.unsplit(bytes);
         }
         self.process();
+    }
+
+    /// Makes the waiting partial message whole with `rest`, in the reused spare buffer (a
+    /// fresh one only while the last is still in use).
+    fn complete_partial(&mut self, rest: &[u8]) {
+        let whole = self.rx_wire.len() + rest.len();
+        if self.rx_plain.is_empty() {
+            // An empty view still holds the last message's buffer, which may be the spare.
+            self.rx_plain = BytesMut::new();
+        }
+        let mut buf = std::mem::take(&mut self.rx_spare);
+        if !buf.try_reclaim(whole) {
+            buf = BytesMut::with_capacity(whole.max(2 + super::frame::MAX_NOISE_MESSAGE_LEN));
+        }
+        buf.extend_from_slice(&self.rx_wire);
+        buf.extend_from_slice(rest);
+        self.rx_wire = buf.split();
+        self.rx_spare = buf;
+    }
+
+    /// Bytes that would complete the partial Noise message waiting in the receive buffer,
+    /// when one waits and its length prefix is in.
+    fn lacking(&self) -> Option<usize> {
+        let [a, b, ..] = self.rx_wire[..] else {
+            return None;
+        };
+        let whole = 2 + usize::from(u16::from_be_bytes([a, b]));
+        whole.checked_sub(self.rx_wire.len()).filter(|&n| n > 0)
     }
 
     /// The socket reached EOF or failed.

@@ -11,6 +11,7 @@ use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use ring::hkdf::{HKDF_SHA256, KeyType, Salt};
 
 use super::message::CircuitId;
+use super::stream::ChunkPool;
 
 /// Bytes a seal adds: the GCM tag.
 pub const TAG_LEN: usize = 16;
@@ -152,6 +153,17 @@ impl Sealer {
             .expect("invariant: messages are far below AES-GCM's length limit");
         Bytes::from(plaintext)
     }
+
+    /// Seals `plaintext` as [`Sealer::seal`] does, appending the tag in the buffer's spare
+    /// capacity (no copy when it has [`TAG_LEN`] bytes to spare).
+    pub fn seal_chunk(&mut self, mut plaintext: BytesMut) -> Bytes {
+        let counter = self.next;
+        self.next += 1;
+        self.key
+            .seal_in_place_append_tag(nonce(counter), Aad::empty(), &mut plaintext)
+            .expect("invariant: messages are far below AES-GCM's length limit");
+        plaintext.freeze()
+    }
 }
 
 impl Opener {
@@ -161,9 +173,17 @@ impl Opener {
     /// # Errors
     /// [`OpenError`] as [`Opener::open`].
     pub fn open_owned(&mut self, sealed: Bytes) -> Result<BytesMut, OpenError> {
+        self.open_pooled(sealed, &ChunkPool::new())
+    }
+
+    /// [`Opener::open_owned`], copying (when it must) into a buffer of `pool`.
+    ///
+    /// # Errors
+    /// [`OpenError`] as [`Opener::open`].
+    pub fn open_pooled(&mut self, sealed: Bytes, pool: &ChunkPool) -> Result<BytesMut, OpenError> {
         let mut buf = sealed
             .try_into_mut()
-            .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+            .unwrap_or_else(|shared| pool.copy(&shared));
         let len = self.open_in_place(&mut buf)?;
         buf.truncate(len);
         Ok(buf)

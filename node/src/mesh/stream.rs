@@ -22,6 +22,7 @@
 mod data;
 mod incoming;
 mod inner;
+mod pool;
 mod relay;
 
 use std::collections::HashMap;
@@ -31,6 +32,7 @@ use bytes::Bytes;
 
 pub use data::StreamData;
 pub(crate) use inner::Inner;
+pub use pool::ChunkPool;
 pub use relay::{MAX_RELAYED, MAX_RELAYED_PER_OPENER, RELAY_IDLE, RelayVerdict, Relays};
 
 use super::link::LinkId;
@@ -202,6 +204,11 @@ pub struct Streams {
     accepted_per_peer: HashMap<NodeId, usize>,
     relays: Relays,
     next_id: u64,
+    /// Buffers received chunks are opened in, until the application has read them.
+    pool: ChunkPool,
+    /// Whether a chunk was opened since the last timer sweep: when none was, the pool lets
+    /// its buffers go.
+    pool_used: bool,
 }
 
 /// What an arriving open needs from the node besides the session.
@@ -315,7 +322,7 @@ impl Streams {
         ep.send_credit -= data.len() as u64;
         ep.last_tx = now;
         for encoded in data.into_encoded() {
-            let sealed = ep.sealer.seal(encoded);
+            let sealed = ep.sealer.seal_chunk(encoded);
             out.push(ep.clear(StreamKind::Sealed(sealed)));
         }
         Ok(())
@@ -358,6 +365,10 @@ impl Streams {
     fn remove(&mut self, id: StreamId) -> Option<Endpoint> {
         let ep = self.endpoints.remove(&id)?;
         self.by_circuit.remove(&ep.circuit);
+        if self.endpoints.is_empty() {
+            // No stream left to receive on (buffers still being read stay with their data).
+            self.pool.shrink();
+        }
         if !ep.is_opener
             && let Some(count) = self.accepted_per_peer.get_mut(&ep.peer.node)
         {
@@ -475,6 +486,9 @@ impl Streams {
             events.push(StreamEvent::Reset { id, reason });
         }
         self.relays.expire(now, out);
+        if !std::mem::take(&mut self.pool_used) {
+            self.pool.shrink();
+        }
     }
 
     /// Whether any endpoint or relayed circuit has timers to sweep.

@@ -230,6 +230,7 @@ impl Driver {
                 self.listeners.insert(service, streams);
             }
             Command::Send { id, data } => {
+                self.sent_since_timer = true;
                 if let Err(e) = self.node.stream_send(now, id, data) {
                     tracing::debug!(stream = %id, error = %e, "stream send refused");
                 }
@@ -269,7 +270,8 @@ impl Driver {
         let from = ServiceName::new("client").expect("invariant: valid service name");
         match self.node.open_stream(now, &node, service.clone(), from) {
             Ok(id) => {
-                let slot = StreamSlot::pending(id, node, service, commands);
+                let pool = self.chunks.clone();
+                let slot = StreamSlot::pending(id, node, service, commands, pool);
                 self.streams.insert(id, slot);
                 self.opening.insert(id, reply);
             }

@@ -19,7 +19,7 @@ use super::handle::Command;
 use crate::id::{NodeId, ServiceName};
 use crate::mesh::message::ResetReason;
 use crate::mesh::session::PeerIdentity;
-use crate::mesh::stream::{MAX_CHUNK, StreamData, StreamId};
+use crate::mesh::stream::{ChunkPool, MAX_CHUNK, StreamData, StreamId};
 
 enum Chunk {
     Data(Bytes),
@@ -49,6 +49,7 @@ impl StreamSlot {
         peer: PeerIdentity,
         service: ServiceName,
         commands: mpsc::UnboundedSender<Command>,
+        pool: ChunkPool,
     ) -> (Self, MeshStream) {
         let (tx, rx) = mpsc::unbounded_channel();
         let write = Arc::new(Mutex::new(WriteState::default()));
@@ -64,6 +65,7 @@ impl StreamSlot {
             read_done: false,
             write: write.clone(),
             finished: false,
+            pool,
         };
         let slot = Self {
             chunks: tx,
@@ -80,13 +82,14 @@ impl StreamSlot {
         node: NodeId,
         service: ServiceName,
         commands: mpsc::UnboundedSender<Command>,
+        pool: ChunkPool,
     ) -> Self {
         let unproven = PeerIdentity {
             node,
             key: crate::keys::PublicKey::from_bytes([0; 32]),
             binding: crate::mesh::trust::Binding::FirstSeen,
         };
-        let (mut slot, stream) = Self::new(id, unproven, service, commands);
+        let (mut slot, stream) = Self::new(id, unproven, service, commands, pool);
         slot.pending = Some(stream);
         slot
     }
@@ -152,6 +155,8 @@ pub struct MeshStream {
     read_done: bool,
     write: Arc<Mutex<WriteState>>,
     finished: bool,
+    /// The node's chunk buffers, which writes are copied into.
+    pool: ChunkPool,
 }
 
 impl std::fmt::Debug for MeshStream {
@@ -302,7 +307,7 @@ impl AsyncWrite for MeshStream {
         state.credit -= n as u64;
         drop(state);
         // The one copy of the application's bytes, laid out for sealing as it is made.
-        let data = StreamData::copy_from(&buf[..n]);
+        let data = StreamData::copy_pooled(&buf[..n], &self.pool);
         if self
             .commands
             .send(Command::Send { id: self.id, data })

@@ -441,3 +441,92 @@ fn a_busy_link_reuses_the_buffers_the_socket_is_done_with() {
     let fresh = a.outbox.allocated - before;
     assert!(fresh <= 3, "{fresh} buffers allocated for 60 messages");
 }
+
+/// Everything `a` has queued, as one byte string.
+fn wire_of(now: Instant, a: &mut Link) -> BytesMut {
+    let mut wire = BytesMut::new();
+    while let Some(bytes) = a.poll_transmit(now) {
+        wire.extend_from_slice(&bytes);
+    }
+    wire
+}
+
+#[test]
+fn a_read_completing_a_partial_message_copies_only_what_it_lacks() {
+    let now = Instant::now();
+    let (mut a, mut b) = connected(now);
+    // Two frames too large to share a message: two messages.
+    a.send(&datagram(40_000)).unwrap();
+    a.send(&datagram(40_001)).unwrap();
+    let wire = wire_of(now, &mut a);
+    let (cut, cut2) = (20_000, 60_000);
+    // Separate allocations, as two socket reads are.
+    b.handle_owned_bytes(now, BytesMut::from(&wire[..cut]));
+    assert!(events(&mut b).is_empty());
+    let read = BytesMut::from(&wire[cut..cut2]);
+    let at = read.as_ptr() as usize;
+    b.handle_owned_bytes(now, read);
+    assert_eq!(events(&mut b), vec![LinkEvent::Message(datagram(40_000))]);
+    // The second message's start stays where it was read: not copied behind the first.
+    let rx = b.rx_wire.as_ptr() as usize;
+    assert!(
+        rx > at && rx < at + (cut2 - cut),
+        "the rest of the read was copied"
+    );
+    b.handle_owned_bytes(now, BytesMut::from(&wire[cut2..]));
+    assert_eq!(events(&mut b), vec![LinkEvent::Message(datagram(40_001))]);
+    assert!(b.rx_wire.is_empty());
+}
+
+#[test]
+fn partial_messages_are_completed_in_one_reused_buffer() {
+    let now = Instant::now();
+    let (mut a, mut b) = connected(now);
+    for _ in 0..4 {
+        a.send(&datagram(40_000)).unwrap();
+    }
+    let wire = wire_of(now, &mut a);
+    let (mut spares, mut got) = (Vec::new(), 0);
+    let mut from = 0;
+    // Every read ends inside a message, so each read completes the one before.
+    for to in [20_000, 60_000, 100_000, 140_000, wire.len()] {
+        b.handle_owned_bytes(now, BytesMut::from(&wire[from..to]));
+        spares.push(b.rx_spare.as_ptr());
+        // Handled (and dropped) at once, as the node does.
+        got += events(&mut b).len();
+        from = to;
+    }
+    assert_eq!(got, 4);
+    // The first completion allocates; the others reuse its buffer.
+    assert!(
+        spares[1..].iter().all(|&p| p == spares[1]),
+        "a fresh buffer per partial message"
+    );
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+    #[test]
+    fn a_wire_read_in_pieces_of_any_size_arrives_whole_and_in_order(
+        sizes in proptest::collection::vec(0usize..100_000, 1..8),
+        reads in proptest::collection::vec(1usize..90_000, 1..16),
+    ) {
+        let now = Instant::now();
+        let (mut a, mut b) = connected(now);
+        let mut expected = Vec::new();
+        for n in sizes {
+            a.send(&datagram(n)).unwrap();
+            expected.push(LinkEvent::Message(datagram(n)));
+        }
+        let mut wire = wire_of(now, &mut a);
+        for n in reads.into_iter().cycle() {
+            if wire.is_empty() {
+                break;
+            }
+            let n = n.min(wire.len());
+            b.handle_owned_bytes(now, BytesMut::from(&wire[..n]));
+            wire.advance(n);
+        }
+        proptest::prop_assert_eq!(events(&mut b), expected);
+    }
+}

@@ -1,32 +1,40 @@
 //! [`StreamData`]: bytes an application hands a stream, cut into chunks and laid out as the
 //! plaintext of sealed `Inner::Data` messages as they are copied from the application's
-//! buffer, so sealing them takes no further copy. No IO.
+//! buffer (into buffers of the node's [`ChunkPool`]), so sealing them takes no further copy
+//! and no allocation. No IO.
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 
 use super::MAX_CHUNK;
 use super::inner::DATA_VARIANT;
+use super::pool::ChunkPool;
 use crate::mesh::seal::TAG_LEN;
 
 /// Room for `Inner::Data`'s variant index and length (a varint of at most three bytes
 /// for any chunk).
-const HEADER_ROOM: usize = 4;
+pub(super) const HEADER_ROOM: usize = 4;
 
 /// Bytes for a stream, chunked and encoded for sealing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamData {
     /// Each chunk as `Inner::Data`'s encoding, with spare capacity for the tag.
-    chunks: Vec<Vec<u8>>,
+    chunks: Vec<BytesMut>,
     len: usize,
 }
 
 impl StreamData {
     /// Copies `bytes`, cut into chunks of at most [`MAX_CHUNK`] bytes of about equal size
-    /// (so a write a little over a chunk does not leave a sliver of a packet).
+    /// (so a write a little over a chunk does not leave a sliver of a packet), into fresh
+    /// buffers.
     pub fn copy_from(bytes: &[u8]) -> Self {
+        Self::copy_pooled(bytes, &ChunkPool::new())
+    }
+
+    /// [`StreamData::copy_from`] into buffers of `pool`.
+    pub fn copy_pooled(bytes: &[u8], pool: &ChunkPool) -> Self {
         let pieces = bytes.len().div_ceil(MAX_CHUNK).max(1);
         let size = bytes.len().div_ceil(pieces).max(1);
-        let chunks = bytes.chunks(size).map(encode_data).collect();
+        let chunks = bytes.chunks(size).map(|c| encode_data(c, pool)).collect();
         Self {
             chunks,
             len: bytes.len(),
@@ -43,8 +51,9 @@ impl StreamData {
         self.len == 0
     }
 
-    /// The chunks, each encoded as `Inner::Data` and ready to seal.
-    pub(crate) fn into_encoded(self) -> impl Iterator<Item = Vec<u8>> {
+    /// The chunks, each encoded as `Inner::Data` and ready to seal: capacity for the tag
+    /// follows each, so sealing appends it in place.
+    pub(crate) fn into_encoded(self) -> impl Iterator<Item = BytesMut> {
         self.chunks.into_iter()
     }
 }
@@ -61,18 +70,34 @@ impl From<&[u8]> for StreamData {
     }
 }
 
-/// `Inner::Data(chunk)` as [`Inner::encode`] writes it, from a borrowed chunk.
-fn encode_data(chunk: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_ROOM + chunk.len() + TAG_LEN);
-    out.push(DATA_VARIANT);
+/// `Inner::Data(chunk)` as [`Inner::encode`] writes it, from a borrowed chunk. A chunk of
+/// at least half the largest size goes in a buffer of `pool`, whose handle the pool keeps
+/// for reuse; a smaller one gets a buffer of its own size, so queued small writes never pin
+/// more memory than twice what they carry.
+fn encode_data(chunk: &[u8], pool: &ChunkPool) -> BytesMut {
+    let pooled = chunk.len() >= MAX_CHUNK / 2;
+    let mut buf = if pooled {
+        pool.take()
+    } else {
+        BytesMut::with_capacity(HEADER_ROOM + chunk.len() + TAG_LEN)
+    };
+    buf.put_u8(DATA_VARIANT);
     let mut n = chunk.len();
     while n >= 0x80 {
         // Cannot truncate: the low seven bits with the continuation bit.
-        out.push((n as u8 & 0x7f) | 0x80);
+        buf.put_u8((n as u8 & 0x7f) | 0x80);
         n >>= 7;
     }
-    out.push(n as u8);
-    out.extend_from_slice(chunk);
+    buf.put_u8(n as u8);
+    buf.put_slice(chunk);
+    // Split off with the tag's room, so the chunk's own capacity takes the tag.
+    let len = buf.len();
+    buf.put_bytes(0, TAG_LEN);
+    let mut out = buf.split();
+    out.truncate(len);
+    if pooled {
+        pool.keep(buf);
+    }
     out
 }
 
@@ -104,7 +129,11 @@ mod tests {
                     panic!("a chunk of {len} bytes did not decode as data");
                 };
                 assert!(chunk.len() <= MAX_CHUNK);
-                assert_eq!(encoded, Inner::Data(chunk.clone()).encode());
+                assert_eq!(&encoded[..], &Inner::Data(chunk.clone()).encode()[..]);
+                assert!(
+                    encoded.capacity() >= encoded.len() + TAG_LEN,
+                    "no room for the tag"
+                );
                 joined.extend_from_slice(&chunk);
             }
             assert_eq!(joined, bytes);

@@ -109,9 +109,10 @@ impl Streams {
         }
         match packet.kind {
             StreamKind::Sealed(sealed) => {
+                self.pool_used = true;
                 let Some(inner) = ep
                     .opener
-                    .open_owned(sealed)
+                    .open_pooled(sealed, &self.pool)
                     .ok()
                     .and_then(Inner::decode_owned)
                 else {
