@@ -18,9 +18,9 @@ fn running(metrics: &Metrics) -> Option<f64> {
 
 /// A job record naming `supervisor` as this boot's running supervisor, with a deadline
 /// and a cancel grace far off: only an abort ends its wait.
-fn record_for(supervisor: ProcessRef) -> JobRecord {
+fn record_for(unit: UnitId, supervisor: ProcessRef) -> JobRecord {
     JobRecord {
-        unit: "u".into(),
+        unit: unit.as_str().into(),
         label: "sleep".into(),
         boot_id: record::boot_id(),
         supervisor: Some(supervisor),
@@ -53,7 +53,7 @@ async fn a_reattached_units_task_aborted_before_its_end_leaves_it_not_counted_ru
         .unwrap();
     let supervisor = ProcessRef::of(i32::try_from(sleeper.id()).unwrap()).unwrap();
     let (detached, _) = record::detached_dir(&unit_dir).unwrap();
-    record::create_job_log(&detached, &record_for(supervisor)).unwrap();
+    record::create_job_log(&detached, &record_for(id, supervisor)).unwrap();
     let metrics = Metrics::new();
     let (commands, _commands) = mpsc::unbounded_channel();
     let ctx = TaskCtx {
