@@ -33,28 +33,36 @@ use crate::support::{component_cache, wait_for, warren_bin};
 /// Set in the re-executed test process that plays the node: the unit directory.
 const NODE_ROLE: &str = "WARREN_DETACHED_NODE";
 
+/// The unit's id, which names its directory (a job log is adopted only by its own unit).
+const UNIT_ID: &str = "Detach01";
+
 /// Lines the stand-in prints, one every 50 ms.
 const LINES: usize = 100;
 
 /// A unit directory as the work layer lays it out, with the stand-in program.
 pub struct Unit {
-    dir: tempfile::TempDir,
+    /// Holds the unit's directory and the stand-in's scripts until the test ends.
+    _root: tempfile::TempDir,
+    /// `<root>/Detach01`: named for its unit, as in `<data_dir>/units/`.
+    dir: PathBuf,
     pub marker: String,
     pub runner: PathBuf,
 }
 
 impl Unit {
     pub fn new() -> Self {
-        let dir = tempfile::Builder::new()
+        let root = tempfile::Builder::new()
             .prefix("warren-detached")
             .tempdir()
             .unwrap();
+        let unit_dir = root.path().join(UNIT_ID);
+        std::fs::create_dir(&unit_dir).unwrap();
         let marker = marker();
-        let sleep = marked_sleep(dir.path(), &marker);
+        let sleep = marked_sleep(root.path(), &marker);
         // Called as `<runner> worker --private-data-dir .`: echoes the payload, leaves a
         // daemon behind, prints numbered lines, and exits 3 (143 on SIGTERM).
         let runner = script(
-            dir.path(),
+            root.path(),
             &format!("runner-{marker}"),
             &format!(
                 "trap 'echo terminated; exit 143' TERM\n\
@@ -66,18 +74,19 @@ impl Unit {
                 sleep.display()
             ),
         );
-        std::fs::create_dir(dir.path().join("job")).unwrap();
-        std::fs::write(dir.path().join("stdin"), "hello").unwrap();
-        std::fs::write(dir.path().join("stdout"), "").unwrap();
+        std::fs::create_dir(unit_dir.join("job")).unwrap();
+        std::fs::write(unit_dir.join("stdin"), "hello").unwrap();
+        std::fs::write(unit_dir.join("stdout"), "").unwrap();
         Self {
-            dir,
+            _root: root,
+            dir: unit_dir,
             marker,
             runner,
         }
     }
 
     pub fn path(&self) -> &Path {
-        self.dir.path()
+        &self.dir
     }
 
     pub fn results(&self) -> String {
@@ -144,7 +153,7 @@ async fn run_with(
     let guest = host.load(warren::host::builtin::GUEST_RUNNER).unwrap();
     let policy = Arc::new(Policy::for_ansible_runner(runner, &[], |_| None, limits));
     let job = Job {
-        id: "Detach01".into(),
+        id: UNIT_ID.into(),
         work_type: "ansible-runner".into(),
         task: Task::AnsibleRunner,
         params: JobParams::default(),
