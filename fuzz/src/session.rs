@@ -126,7 +126,12 @@ impl SessionHarness {
         let Ok(init) = self.sessions.initiate(
             now,
             &target,
-            (target_keys.public(), Binding::Pinned),
+            (
+                target_keys.public(),
+                Binding::Pinned {
+                    anchor: target_keys.public(),
+                },
+            ),
             id,
             &own,
         ) else {
@@ -273,7 +278,7 @@ impl SessionHarness {
         let peer = PeerIdentity {
             node: from.clone(),
             key,
-            binding: Binding::Pinned,
+            binding: Binding::Pinned { anchor: key },
         };
         if let Ok(Some(accept)) = self.sessions.accept(now, pending, session, peer) {
             self.session = session;

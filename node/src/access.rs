@@ -32,7 +32,10 @@ impl Who {
         match self {
             Self::Node(node) => {
                 &peer.node == node
-                    && matches!(peer.binding, Binding::Pinned | Binding::Certified { .. })
+                    && matches!(
+                        peer.binding,
+                        Binding::Pinned { .. } | Binding::Certified { .. }
+                    )
             }
             Self::Group(group) => peer.groups().contains(group),
             Self::Key(key) => &peer.key == key,
@@ -43,7 +46,7 @@ impl Who {
     /// binds it, else its key.
     pub fn suggest(peer: &PeerIdentity) -> Self {
         match peer.binding {
-            Binding::Pinned | Binding::Certified { .. } => Self::Node(peer.node.clone()),
+            Binding::Pinned { .. } | Binding::Certified { .. } => Self::Node(peer.node.clone()),
             Binding::TrustedKey | Binding::FirstSeen => Self::Key(peer.key),
         }
     }
@@ -246,6 +249,12 @@ mod tests {
         }
     }
 
+    fn pinned_as(key: u8) -> Binding {
+        Binding::Pinned {
+            anchor: PublicKey::from_bytes([key; 32]),
+        }
+    }
+
     fn me() -> NodeId {
         "node1".parse().unwrap()
     }
@@ -253,7 +262,7 @@ mod tests {
     #[test]
     fn nothing_is_allowed_by_default_and_the_refusal_names_the_flag() {
         let policy = AccessPolicy::default();
-        let p = peer("controller", 1, Binding::Pinned);
+        let p = peer("controller", 1, pinned_as(1));
         let refusal = policy
             .check(&me(), &p, Act::Submit("ansible-runner"))
             .unwrap_err();
@@ -273,7 +282,7 @@ mod tests {
             work: vec!["cat=controller".parse().unwrap()],
             ..AccessPolicy::default()
         };
-        let pinned = peer("controller", 1, Binding::Pinned);
+        let pinned = peer("controller", 1, pinned_as(1));
         assert!(policy.check(&me(), &pinned, Act::Submit("cat")).is_ok());
         assert!(policy.check(&me(), &pinned, Act::Submit("sh")).is_err());
         // Anyone can *claim* "controller" in a mesh without authority: not enough.

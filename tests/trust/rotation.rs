@@ -285,3 +285,51 @@ fn in_a_mesh_with_an_authority_a_rotated_key_is_adopted_with_its_new_certificate
     let out = mesh.ctl(ib, &["ping", "a", "--count", "1"]);
     assert!(out.status.success(), "{out:?}\n{}", mesh.logs());
 }
+
+#[test]
+fn a_submitter_that_rotates_its_key_keeps_its_units_on_the_node() {
+    // Noticed by this stop's review: units were held under the submitter's key, so after
+    // `warren keygen --rotate` its mirror's follow, status and release reached node1 as
+    // another submitter's ("unknown unit"), and the rotated key counted afresh against
+    // `max-units-per-submitter`. A pinned submitter's units are held under its pinned key.
+    let mut mesh = Mesh::new();
+    let node1 = mesh.identity("node1");
+    let controller = mesh.identity("controller");
+    let slow = mesh.path("slow.sh");
+    std::fs::write(&slow, "#!/bin/sh\ncat\nsleep 4\necho done\n").unwrap();
+    std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let worker_flags = [
+        trust(&[&controller]),
+        ["--work-type".into(), format!("slow={}", slow.display())].to_vec(),
+        ["--allow-work".into(), "slow=controller".into()].to_vec(),
+    ]
+    .concat();
+    let n1 = mesh.start(&node1, &worker_flags);
+    let n1_addr = mesh.node(n1).addr().to_owned();
+    let ic = mesh.start(&controller, &[trust(&[&node1]), peer(&n1_addr)].concat());
+    mesh.wait_route(ic, "node1", None);
+    wait_for("node1 to offer slow", || {
+        let status = mesh.status(ic)?;
+        (status["Advertisements"].to_string().contains("slow")).then_some(())
+    });
+    let unit = submit(&mesh, ic, "payload\n");
+    wait_for("the job to run on node1", || {
+        (state(&mesh, ic, &unit)?["StateName"] == "Running").then_some(())
+    });
+    rotate_and_reload(&mesh, ic);
+    wait_for("node1 to accept the controller's rotation", || {
+        (count(&mesh.node(n1).log_text(), ACCEPTED) == 1).then_some(())
+    });
+    assert_eq!(finished(&mesh, ic, &unit), "payload\ndone\n");
+    // The release reaches node1 under the new key and removes the unit there.
+    let out = mesh.ctl(ic, &["work", "release", &unit]);
+    assert!(out.status.success(), "{out:?}\n{}", mesh.logs());
+    let listed = mesh.ctl(n1, &["work", "list", "--json"]);
+    let units: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(
+        units,
+        serde_json::json!({}),
+        "left on node1\n{}",
+        mesh.logs()
+    );
+}

@@ -198,9 +198,10 @@ impl Lsdb {
     pub fn set_own(&mut self, now: Instant, advert: Advert) {
         debug_assert_eq!(advert.origin, self.me, "own advert for another id");
         let size = encoded_len(&advert);
+        let anchor = advert.key;
         let entry = Entry {
             advert,
-            binding: Binding::Pinned,
+            binding: Binding::Pinned { anchor },
             verifying: None,
             expires: None,
             size,

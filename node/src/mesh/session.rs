@@ -97,6 +97,16 @@ impl PeerIdentity {
     pub fn groups(&self) -> &[GroupName] {
         self.binding.groups()
     }
+
+    /// The key the node's work is held under here: for a pinned node that rotated its key,
+    /// the pinned key its current one succeeded (a rotation is the same submitter, and
+    /// keeps its units, its count and its cache); otherwise its key.
+    pub fn owner(&self) -> PublicKey {
+        match &self.binding {
+            Binding::Pinned { anchor } => *anchor,
+            _ => self.key,
+        }
+    }
 }
 
 /// Why a session message could not be used.

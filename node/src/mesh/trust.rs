@@ -58,9 +58,15 @@ impl TrustPolicy {
 
     /// The current key of `node` by its pin, following accepted successions.
     pub fn pinned_key(&self, node: &NodeId) -> Option<PublicKey> {
+        self.pin_of(node).map(|(_, current)| current)
+    }
+
+    /// `node`'s pin: the key it names and the node's current key (after the successions
+    /// accepted here).
+    pub fn pin_of(&self, node: &NodeId) -> Option<(PublicKey, PublicKey)> {
         (self.entries.iter())
             .find(|e| e.node.as_ref() == Some(node))
-            .map(|e| self.successions.current(&e.key))
+            .map(|e| (e.key, self.successions.current(&e.key)))
     }
 
     /// Whether `key` is the current key of an anchor of `node` (nothing to follow).
@@ -81,7 +87,12 @@ impl TrustPolicy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Binding {
     /// A local trust entry pins the id to this key.
-    Pinned,
+    Pinned {
+        /// The key the pin names, which the node's current key succeeded through key
+        /// rotations accepted here (the current key itself when it never rotated): what
+        /// the node's work is held under, so that a rotation keeps its units.
+        anchor: PublicKey,
+    },
     /// A local trust entry trusts the key unpinned (as any id no other key is pinned to).
     TrustedKey,
     /// A trusted authority's certificate binds them.
@@ -272,7 +283,9 @@ fn scan_entries(policy: &TrustPolicy, key: &PublicKey, claimed: &NodeId) -> Entr
             None => superseded = Some(current),
             Some(node) if node == claimed && is_current => {
                 return EntryScan {
-                    decision: Some(TrustDecision::Trusted(Binding::Pinned)),
+                    decision: Some(TrustDecision::Trusted(Binding::Pinned {
+                        anchor: entry.key,
+                    })),
                     key_trusted,
                 };
             }
@@ -331,7 +344,8 @@ mod tests {
     #[test]
     fn pinned_key_only_as_its_id() {
         let p = policy(&[(1, Some("a"))]);
-        assert_eq!(peer(&p, 1, "a"), TrustDecision::Trusted(Binding::Pinned));
+        let pinned = Binding::Pinned { anchor: key(1) };
+        assert_eq!(peer(&p, 1, "a"), TrustDecision::Trusted(pinned));
         assert_eq!(
             peer(&p, 1, "b"),
             TrustDecision::PinnedToOther { expected: id("a") }
@@ -427,7 +441,11 @@ mod tests {
         let decide = |p: &TrustPolicy, k: u8, claimed: &str| {
             decide_peer(p, &pair(k).public(), &id(claimed), None, 0)
         };
-        assert_eq!(decide(&p, 3, "a"), TrustDecision::Trusted(Binding::Pinned));
+        // The current key is the pin's, and the node's work stays under the pinned key.
+        let anchored = Binding::Pinned {
+            anchor: pair(1).public(),
+        };
+        assert_eq!(decide(&p, 3, "a"), TrustDecision::Trusted(anchored));
         for retired in [1, 2] {
             assert_eq!(
                 decide(&p, retired, "a"),

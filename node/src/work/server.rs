@@ -133,7 +133,7 @@ impl Server {
         let by = if access.may_control(&peer) {
             Requester::Operator
         } else {
-            Requester::Peer(peer.key)
+            Requester::Peer(peer.owner())
         };
         match request {
             Request::Submit {
@@ -217,7 +217,7 @@ impl Server {
             node: self.node().to_string(),
             work_type: request.work_type.clone(),
             params: request.params.clone(),
-            submitter: (peer.node.clone(), Some(peer.key)),
+            submitter: (peer.node.clone(), Some(peer.owner())),
             ttl: None,
             sign_work: false,
         };

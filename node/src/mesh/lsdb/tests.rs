@@ -129,7 +129,10 @@ fn another_key_cannot_take_a_live_id_unless_a_pin_vouches_for_it() {
         db.handle_advert(now, WALL, advert("a", 2, 9, 9, &[]), &pinned),
         AdvertOutcome::Stored
     );
-    assert_eq!(db.binding(&id("a")).unwrap(), (key(2), &Binding::Pinned));
+    assert_eq!(
+        db.binding(&id("a")).unwrap(),
+        (key(2), &Binding::Pinned { anchor: key(2) })
+    );
     // And a pinned id refuses any other key outright.
     assert!(matches!(
         db.handle_advert(now, WALL, advert("a", 1, 10, 1, &[]), &pinned),

@@ -43,8 +43,8 @@ impl MeshNode {
     /// first (followed through key successions), else the key of its verified advert.
     fn target_key(&self, dst: &NodeId) -> Option<(PublicKey, Binding)> {
         // A pin stands for the node's current key (after the rotations accepted here).
-        if let Some(key) = self.config.trust.pinned_key(dst) {
-            return Some((key, Binding::Pinned));
+        if let Some((anchor, key)) = self.config.trust.pin_of(dst) {
+            return Some((key, Binding::Pinned { anchor }));
         }
         self.lsdb
             .binding(dst)
@@ -209,7 +209,7 @@ impl MeshNode {
     /// What binds `key` to `node` when no stored advert does: only a local pin.
     fn bind_remote(&self, now: Instant, node: &NodeId, key: &PublicKey) -> Option<Binding> {
         match decide_remote(&self.config.trust, key, node, None, self.wall_ms(now)) {
-            TrustDecision::Trusted(binding @ (Binding::Pinned | Binding::TrustedKey)) => {
+            TrustDecision::Trusted(binding @ (Binding::Pinned { .. } | Binding::TrustedKey)) => {
                 Some(binding)
             }
             _ => None,

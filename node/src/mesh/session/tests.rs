@@ -21,7 +21,12 @@ fn handshake(now: Instant) -> (Sessions, Sessions) {
         .initiate(
             now,
             &id("b"),
-            (b_keys.public(), Binding::Pinned),
+            (
+                b_keys.public(),
+                Binding::Pinned {
+                    anchor: b_keys.public(),
+                },
+            ),
             77,
             &advert,
         )
@@ -72,7 +77,12 @@ fn a_handshake_for_another_node_does_not_verify() {
         .initiate(
             now,
             &id("b"),
-            (keys(2).public(), Binding::Pinned),
+            (
+                keys(2).public(),
+                Binding::Pinned {
+                    anchor: keys(2).public(),
+                },
+            ),
             1,
             &advert,
         )
@@ -99,7 +109,12 @@ fn an_init_carrying_someone_elses_advert_is_refused() {
         .initiate(
             now,
             &id("b"),
-            (keys(2).public(), Binding::Pinned),
+            (
+                keys(2).public(),
+                Binding::Pinned {
+                    anchor: keys(2).public(),
+                },
+            ),
             1,
             &foreign,
         )
@@ -142,7 +157,12 @@ fn simultaneous_initiation_keeps_the_smaller_ids_handshake() {
         .initiate(
             now,
             &id("b"),
-            (b_keys.public(), Binding::Pinned),
+            (
+                b_keys.public(),
+                Binding::Pinned {
+                    anchor: b_keys.public(),
+                },
+            ),
             10,
             &a_advert,
         )
@@ -157,7 +177,12 @@ fn simultaneous_initiation_keeps_the_smaller_ids_handshake() {
         .initiate(
             now,
             &id("a"),
-            (a_keys.public(), Binding::Pinned),
+            (
+                a_keys.public(),
+                Binding::Pinned {
+                    anchor: a_keys.public(),
+                },
+            ),
             20,
             &b_advert,
         )
@@ -170,14 +195,18 @@ fn simultaneous_initiation_keeps_the_smaller_ids_handshake() {
     let peer_b = PeerIdentity {
         node: id("b"),
         key: b_keys.public(),
-        binding: Binding::Pinned,
+        binding: Binding::Pinned {
+            anchor: b_keys.public(),
+        },
     };
     assert_eq!(a.accept(now, pending, sb, peer_b).unwrap(), None);
     let (_, _, pending) = b.read_init(&id("a"), &na).unwrap();
     let peer_a = PeerIdentity {
         node: id("a"),
         key: a_keys.public(),
-        binding: Binding::Pinned,
+        binding: Binding::Pinned {
+            anchor: a_keys.public(),
+        },
     };
     let Some(SessionMsg::Accept { noise, .. }) = b.accept(now, pending, sa, peer_a).unwrap() else {
         panic!()

@@ -141,7 +141,7 @@ impl Server {
             let reply = self.refuse(peer, &e);
             return refuse_unread(stream, &reply).await;
         }
-        let session = (self.contents.as_ref()).and_then(|c| c.session(Scope::of(&peer.key)));
+        let session = (self.contents.as_ref()).and_then(|c| c.session(Scope::of(&peer.owner())));
         let Some(session) = session else {
             if self.contents.is_some() {
                 tracing::info!(peer = %peer.node, "content cache busy: the payload is to be sent whole");
@@ -276,7 +276,7 @@ impl Server {
             node: self.node().to_string(),
             work_type: request.work_type.clone(),
             params: request.params.clone(),
-            submitter: (peer.node.clone(), Some(peer.key)),
+            submitter: (peer.node.clone(), Some(peer.owner())),
             ttl: None,
             sign_work: false,
         };
