@@ -69,18 +69,14 @@ impl Pool {
         Some(group)
     }
 
-    /// Keeps `group` for a later job; removes it (outside the lock) when the pool is full.
-    fn put(&self, group: JobCgroup) {
-        let rejected = {
-            let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-            if idle.len() >= POOL_CAP {
-                Some(group)
-            } else {
-                idle.push(group);
-                None
-            }
-        };
-        drop(rejected);
+    /// Keeps `group` for a later job; hands it back when the pool is full.
+    fn put(&self, group: JobCgroup) -> Result<(), JobCgroup> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() >= POOL_CAP {
+            return Err(group);
+        }
+        idle.push(group);
+        Ok(())
     }
 
     /// How many groups wait.
@@ -117,7 +113,7 @@ impl JobCgroup {
                 return self.remove();
             }
             *retired = true;
-            Self {
+            JobCgroup {
                 v2: self.v2.clone(),
                 memory: self.memory.clone(),
                 pids: self.pids.clone(),
@@ -128,7 +124,8 @@ impl JobCgroup {
                 killed: AtomicBool::new(false),
             }
         };
-        pool.put(fresh);
+        // A full pool gives it back: dropping it removes the directories.
+        drop(pool.put(fresh));
     }
 
     /// Whether nothing of the ended job can reach the next one through this group.
