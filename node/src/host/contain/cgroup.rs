@@ -15,7 +15,6 @@ use std::os::fd::{AsRawFd as _, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use super::ContainError;
@@ -23,11 +22,9 @@ use super::limits::ProgramLimits;
 use super::setup::{ChildSetup, MAX_CGROUP_FDS};
 
 mod adopt;
-mod pool;
 mod roots;
 
 pub(crate) use adopt::from_record;
-pub(crate) use pool::Pool;
 use roots::create_dir;
 pub(crate) use roots::{Roots, V2Root, probe};
 
@@ -52,11 +49,7 @@ pub(crate) enum Hit {
     Pids,
 }
 
-/// The limits a group was prepared with.
-type Limits = ProgramLimits;
-
-/// One program's cgroups: one directory per hierarchy in use, removed on drop (or handed
-/// back to its [`Pool`] when its job ends cleanly).
+/// One program's cgroups: one directory per hierarchy in use, removed on drop.
 #[derive(Debug)]
 pub(crate) struct JobCgroup {
     /// The v2 directory, and whether it has `cgroup.kill` and memory/pids files.
@@ -67,34 +60,24 @@ pub(crate) struct JobCgroup {
     pids: Option<PathBuf>,
     /// The v1 freezer directory.
     freezer: Option<PathBuf>,
-    /// The limits written into it (the defaults for a group read from a record, which is
-    /// never pooled).
-    limits: Limits,
-    /// Set once removed or handed back to the pool: from then on this handle kills nothing
-    /// and reads no counter (the directories may serve another job). Held across a kill,
-    /// so a hand-back waits for a kill under way.
-    retired: Mutex<bool>,
-    /// The pool the group goes back to when its job ends cleanly (none: removed).
-    pool: Option<Weak<Pool>>,
-    /// Set once a kill was sent: such a group is never reused (on some kernels a process
-    /// later cloned into a group that was sent `cgroup.kill` is killed at birth).
-    killed: AtomicBool,
+    /// Set once removed, so drop does nothing more.
+    removed: AtomicBool,
 }
 
 impl JobCgroup {
-    /// Creates the cgroups `name` under `roots` with `limits`; with a `pool`, the group
-    /// goes back there when its job ends cleanly ([`JobCgroup::end_of_job`]).
+    /// Creates the cgroups `name` under `roots` with `limits`.
     ///
     /// # Errors
     /// The first directory or limit file that could not be written (what was created is
     /// removed again).
-    pub(crate) fn create(
-        roots: &Roots,
-        name: &str,
-        limits: &ProgramLimits,
-        pool: Option<Weak<Pool>>,
-    ) -> io::Result<Self> {
-        let mut cgroup = Self::empty(*limits, pool);
+    pub(crate) fn create(roots: &Roots, name: &str, limits: &ProgramLimits) -> io::Result<Self> {
+        let mut cgroup = Self {
+            v2: None,
+            memory: None,
+            pids: None,
+            freezer: None,
+            removed: AtomicBool::new(false),
+        };
         if let Some(root) = &roots.v2 {
             let controllers: Vec<&str> = [("memory", root.memory), ("pids", root.pids)]
                 .into_iter()
@@ -113,20 +96,6 @@ impl JobCgroup {
         }
         cgroup.set_limits(limits)?;
         Ok(cgroup)
-    }
-
-    /// A handle on no directory yet.
-    fn empty(limits: Limits, pool: Option<Weak<Pool>>) -> Self {
-        Self {
-            v2: None,
-            memory: None,
-            pids: None,
-            freezer: None,
-            limits,
-            retired: Mutex::new(false),
-            pool,
-            killed: AtomicBool::new(false),
-        }
     }
 
     fn set_limits(&self, limits: &ProgramLimits) -> io::Result<()> {
@@ -216,16 +185,7 @@ impl JobCgroup {
 
     /// Kills every process in the group: `cgroup.kill` where v2 has it, else freeze, kill
     /// each listed process, thaw, until the group is empty (so a fork cannot slip through).
-    /// Nothing once the group is retired (removed, or pooled for another job).
     pub(crate) fn kill(&self) {
-        let retired = self.retired.lock().unwrap_or_else(PoisonError::into_inner);
-        if !*retired {
-            self.kill_now();
-        }
-    }
-
-    fn kill_now(&self) {
-        self.killed.store(true, Ordering::Release);
         if let Some((dir, root)) = &self.v2
             && root.kill
             && write(&dir.join("cgroup.kill"), "1").is_ok()
@@ -275,14 +235,8 @@ impl JobCgroup {
     }
 
     /// Which limit the group hit, if any: an OOM kill (v2 `memory.events`, v1
-    /// `memory.oom_control`) or a fork refused at the pids limit (`pids.events`). `None`
-    /// once the group is retired (its counters may be another job's).
+    /// `memory.oom_control`) or a fork refused at the pids limit (`pids.events`).
     pub(crate) fn hit(&self) -> Option<Hit> {
-        let retired = self.retired.lock().unwrap_or_else(PoisonError::into_inner);
-        if *retired { None } else { self.hit_now() }
-    }
-
-    fn hit_now(&self) -> Option<Hit> {
         let counter = |file: PathBuf, key: &str| -> u64 {
             let text = fs::read_to_string(file).unwrap_or_default();
             text.lines()
@@ -310,17 +264,13 @@ impl JobCgroup {
     /// other job uses them). Never blocks: a group still emptying after the kill is removed
     /// by a background thread that retries for a while.
     pub(crate) fn remove(&self) {
-        {
-            let mut retired = self.retired.lock().unwrap_or_else(PoisonError::into_inner);
-            if *retired {
-                return;
-            }
-            *retired = true;
-            if !self.is_empty() {
-                self.kill_now();
-            }
+        if self.removed.swap(true, Ordering::AcqRel) {
+            return;
         }
         let dirs = self.paths();
+        if !self.is_empty() {
+            self.kill();
+        }
         if remove_dirs(&dirs) {
             return;
         }
@@ -408,7 +358,13 @@ fn made_by_a_node(path: &Path) -> bool {
 }
 
 pub(crate) fn from_paths(paths: &[PathBuf]) -> JobCgroup {
-    let mut cgroup = JobCgroup::empty(ProgramLimits::default(), None);
+    let mut cgroup = JobCgroup {
+        v2: None,
+        memory: None,
+        pids: None,
+        freezer: None,
+        removed: AtomicBool::new(false),
+    };
     for path in paths.iter().filter(|p| made_by_a_node(p)) {
         if path.join("cgroup.kill").exists() || path.join("cgroup.type").exists() {
             let root = V2Root {

@@ -55,12 +55,8 @@ use serde::Serialize;
 pub use error::ContainError;
 pub use limits::{Network, ProgramLimits};
 
-use cgroup::{Hit, JobCgroup, Pool, Roots};
+use cgroup::{Hit, JobCgroup, Roots};
 use setup::ChildSetup;
-
-/// Makes each program's cgroup name unique within this process (a process can hold more
-/// than one [`Containment`], and piped programs' names carry no unit).
-static CGROUP_SERIAL: AtomicU64 = AtomicU64::new(0);
 
 /// How a node contains programs, as its config asks (`[work] containment`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -96,11 +92,11 @@ pub struct Containment {
     /// Set by [`Containment::leave_detached_running`]: detached jobs are not killed when
     /// their handles drop (the node is stopping and will re-attach).
     leave_detached: AtomicBool,
+    /// Makes each program's cgroup name unique within this node process.
+    serial: AtomicU64,
     /// A supervisor started ahead for the next detached job ([`supervised::Spare`]): taken
     /// by that job, refilled after its start. Held only for a take or a put.
     spare: Mutex<Option<supervised::Spare>>,
-    /// Empty job cgroups kept for the next piped programs ([`cgroup::Pool`]).
-    pool: Arc<Pool>,
 }
 
 impl Containment {
@@ -147,8 +143,8 @@ impl Containment {
             notes,
             user_processes: if is_root() { 0 } else { count_user_processes() },
             leave_detached: AtomicBool::new(false),
+            serial: AtomicU64::new(0),
             spare: Mutex::new(None),
-            pool: Pool::new(),
         })
     }
 
@@ -168,8 +164,8 @@ impl Containment {
             notes: Vec::new(),
             user_processes: 0,
             leave_detached: AtomicBool::new(false),
+            serial: AtomicU64::new(0),
             spare: Mutex::new(None),
-            pool: Pool::new(),
         }
     }
 
@@ -265,7 +261,9 @@ impl Containment {
         setup.private_network = limits.network == Network::None;
         let (cgroup, bounded) = match &self.kind {
             Kind::Cgroups(roots) => {
-                let cgroup = self.job_cgroup(roots, unit, limits, detached)?;
+                let name = self.cgroup_name(unit, detached);
+                let cgroup = JobCgroup::create(roots, &name, limits)
+                    .map_err(|source| ContainError::Cgroup { name, source })?;
                 (
                     Some(Arc::new(cgroup)),
                     (roots.bounds_memory(), roots.bounds_pids()),
@@ -296,42 +294,14 @@ impl Containment {
         })
     }
 
-    /// A program's cgroup: for a piped program one from the pool where one waits, else a
-    /// new one (pooled again when its job ends cleanly); for a detached program always a
-    /// new one, never pooled (it outlives the node).
-    fn job_cgroup(
-        &self,
-        roots: &Roots,
-        unit: &str,
-        limits: &ProgramLimits,
-        detached: bool,
-    ) -> Result<JobCgroup, ContainError> {
-        if !detached && let Some(pooled) = self.pool.take(limits) {
-            return Ok(pooled);
-        }
-        let name = self.cgroup_name(unit, detached);
-        let pool = (!detached).then(|| Arc::downgrade(&self.pool));
-        JobCgroup::create(roots, &name, limits, pool)
-            .map_err(|source| ContainError::Cgroup { name, source })
-    }
-
-    /// How many empty job cgroups wait in the pool.
-    pub fn pooled_cgroups(&self) -> usize {
-        self.pool.len()
-    }
-
-    /// `<unit>-<node pid>-<n>-d` for a detached program, `job-<node pid>-<n>` for a piped
-    /// one (its group may serve later jobs of other units); see [`cgroup::sweep`].
+    /// `<unit>-<node pid>-<n>`, plus `-d` for a detached program (see [`cgroup::sweep`]).
     fn cgroup_name(&self, unit: &str, detached: bool) -> String {
-        let unit: String = if detached {
-            unit.chars()
-                .filter(char::is_ascii_alphanumeric)
-                .take(32)
-                .collect()
-        } else {
-            "job".to_owned()
-        };
-        let serial = CGROUP_SERIAL.fetch_add(1, Ordering::Relaxed);
+        let unit: String = unit
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(32)
+            .collect();
+        let serial = self.serial.fetch_add(1, Ordering::Relaxed);
         let suffix = if detached {
             cgroup::DETACHED_SUFFIX
         } else {
@@ -345,7 +315,6 @@ impl Drop for Containment {
     /// The node is done with job cgroups: their empty parents go.
     fn drop(&mut self) {
         if let Kind::Cgroups(roots) = &self.kind {
-            self.pool.drain();
             roots.remove_parents();
         }
     }

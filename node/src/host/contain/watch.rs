@@ -128,24 +128,12 @@ impl Watch {
     }
 
     /// The program has ended: look once more (an OOM kill of the program itself shows only
-    /// now), kill what it left, and remove its cgroups (or pool them for another job, when
-    /// it left nothing running) off the async threads.
+    /// now), kill what it left, and remove its cgroups off the async threads.
     fn finish(&mut self) {
         self.check();
-        let left_running = self.killer.cgroup.as_ref().is_some_and(|c| !c.is_empty());
-        // An empty group has nothing to kill, and a group that was sent `cgroup.kill` is
-        // never reused (some kernels kill a process later cloned into it).
-        let only_the_group = matches!(
-            (&self.killer.cgroup, &self.killer.target),
-            (Some(_), Target::Group(_))
-        );
-        if left_running || !only_the_group {
-            self.killer.kill();
-        }
+        self.killer.kill();
         if let Some(cgroup) = self.killer.cgroup.clone() {
-            drop(tokio::task::spawn_blocking(move || {
-                cgroup.end_of_job(left_running);
-            }));
+            drop(tokio::task::spawn_blocking(move || cgroup.remove()));
         }
     }
 
