@@ -37,19 +37,25 @@ impl Core {
 
     /// A status write of unit `id` failed (`reason`): the disk does not have what the core
     /// holds. A unit not yet started fails with the reason rather than run with no record a
-    /// restarted node would find; a running or ended one keeps its state (its next write is
-    /// tried again, and a restart finds its last durable status).
-    pub fn status_not_stored(&mut self, now: Instant, id: UnitId, reason: &str) {
+    /// restarted node would find, and so does a running one whose submitter was not yet
+    /// answered (`unanswered`: it is told the unit was not taken, so its job is stopped).
+    /// Otherwise a running or ended unit keeps its state: its next write is tried again,
+    /// and a restart finds its last durable status.
+    pub fn status_not_stored(&mut self, now: Instant, id: UnitId, reason: &str, unanswered: bool) {
         let Some(entry) = self.units.get(&id) else {
             return;
         };
         tracing::error!(unit = %id, %reason, phase = ?entry.phase, "a unit's status did not reach the disk");
-        if matches!(
-            entry.phase,
-            Phase::AwaitingPayload | Phase::Queued | Phase::Submitting
-        ) {
-            let detail = format!("the node cannot store the unit's status: {reason}");
-            self.finish(now, id, UnitState::Failed, detail);
+        let detail = format!("the node cannot store the unit's status: {reason}");
+        match entry.phase {
+            Phase::AwaitingPayload | Phase::Queued | Phase::Submitting => {
+                self.finish(now, id, UnitState::Failed, detail);
+            }
+            Phase::Running if unanswered => {
+                self.actions.push_back(Action::Stop { id });
+                self.finish(now, id, UnitState::Failed, detail);
+            }
+            _ => {}
         }
     }
 

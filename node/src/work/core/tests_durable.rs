@@ -330,7 +330,7 @@ fn a_queued_unit_whose_status_did_not_reach_the_disk_fails_with_the_reason_and_n
         },
     );
     create_and_store(&mut core, now, new_unit(1, "me", None, None));
-    core.status_not_stored(now, id(1), "No space left on device");
+    core.status_not_stored(now, id(1), "No space left on device", true);
     let status = core.status(id(1), &Requester::Operator).unwrap();
     assert_eq!(status.state, UnitState::Failed);
     assert!(
@@ -351,7 +351,7 @@ fn a_remote_submission_whose_status_did_not_reach_the_disk_is_never_sent() {
     let now = Instant::now();
     let mut core = core_on("me");
     let acts = create_and_store(&mut core, now, new_unit(1, "node1", None, Some(nonce(7))));
-    core.status_not_stored(now, id(1), "Input/output error");
+    core.status_not_stored(now, id(1), "Input/output error", true);
     let later = actions(&mut core);
     let last = writes(&acts)
         .into_iter()
@@ -365,7 +365,8 @@ fn a_remote_submission_whose_status_did_not_reach_the_disk_is_never_sent() {
 }
 
 #[test]
-fn a_running_unit_whose_status_did_not_reach_the_disk_keeps_running() {
+fn a_running_unit_whose_status_did_not_reach_the_disk_keeps_running_once_its_submitter_was_answered()
+ {
     let now = Instant::now();
     let mut core = core_on("me");
     let acts = create_and_store(&mut core, now, new_unit(1, "me", None, None));
@@ -373,7 +374,7 @@ fn a_running_unit_whose_status_did_not_reach_the_disk_keeps_running() {
         acts.iter().any(|a| matches!(a, Action::Start { .. })),
         "{acts:?}"
     );
-    core.status_not_stored(now, id(1), "Input/output error");
+    core.status_not_stored(now, id(1), "Input/output error", false);
     let status = core.status(id(1), &Requester::Operator).unwrap();
     assert_eq!(status.state, UnitState::Running);
     assert!(
@@ -381,4 +382,24 @@ fn a_running_unit_whose_status_did_not_reach_the_disk_keeps_running() {
             .iter()
             .any(|a| matches!(a, Action::Stop { .. }))
     );
+}
+
+#[test]
+fn a_running_unit_whose_submitter_is_told_it_was_not_taken_is_stopped_and_fails() {
+    // Found by this stop's second review: a local unit starts before its first status is
+    // durable; a failed write told its submitter "not taken" while its job ran on, and a
+    // controller retrying without the same nonce ran the playbook twice.
+    let now = Instant::now();
+    let mut core = core_on("me");
+    let acts = create_and_store(&mut core, now, new_unit(1, "me", None, None));
+    assert!(
+        acts.iter().any(|a| matches!(a, Action::Start { .. })),
+        "{acts:?}"
+    );
+    core.status_not_stored(now, id(1), "Input/output error", true);
+    let acts = actions(&mut core);
+    assert!(acts.contains(&Action::Stop { id: id(1) }), "{acts:?}");
+    let status = core.status(id(1), &Requester::Operator).unwrap();
+    assert_eq!(status.state, UnitState::Failed);
+    assert_eq!(core.running(), 0);
 }

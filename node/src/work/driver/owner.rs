@@ -61,6 +61,11 @@ struct Owner {
     tasks: HashMap<UnitId, Vec<JoinHandle<()>>>,
     /// Callers waiting for a unit to be taken (queued here, or started remotely, or failed).
     taken_waiters: HashMap<UnitId, Vec<oneshot::Sender<Result<UnitStatus, WorkError>>>>,
+    /// Units whose payload is stored and whose submitter has not been answered yet.
+    unanswered: std::collections::HashSet<UnitId>,
+    /// Units whose status did not reach the disk before their submitter was answered: a
+    /// later wait for them is answered with this error at once.
+    unstored: HashMap<UnitId, Arc<StoreError>>,
     /// Once draining: how many units still run here.
     draining: Option<watch::Sender<usize>>,
 }
@@ -104,6 +109,8 @@ pub(super) fn spawn(o: OwnerSetup) {
         stops: HashMap::new(),
         tasks: HashMap::new(),
         taken_waiters: HashMap::new(),
+        unanswered: std::collections::HashSet::new(),
+        unstored: HashMap::new(),
         draining: None,
     };
     let recovered = o.recovered;
@@ -166,10 +173,19 @@ impl Owner {
         let now = Instant::now().into_std();
         match command {
             Command::Create { unit, reply } => self.create(now, unit, reply),
-            Command::PayloadStored { id, result } => self.core.payload_stored(now, id, result),
-            Command::WaitTaken { id, reply } => {
-                self.taken_waiters.entry(id).or_default().push(reply);
+            Command::PayloadStored { id, result } => {
+                if result.is_ok() {
+                    self.unanswered.insert(id);
+                }
+                self.core.payload_stored(now, id, result);
             }
+            Command::WaitTaken { id, reply } => match self.unstored.get(&id) {
+                Some(error) => {
+                    let error = error.clone();
+                    let _ = reply.send(Err(WorkError::NotStored { unit: id, error }));
+                }
+                None => self.taken_waiters.entry(id).or_default().push(reply),
+            },
             Command::Status { id, by, reply } => {
                 let _ = reply.send(self.status(id, &by));
             }
@@ -252,6 +268,8 @@ impl Owner {
             #[cfg(test)]
             Command::StallStore(time) => self.job(StoreJob::Stall(time)),
             Command::Dropped { id } => {
+                self.unanswered.remove(&id);
+                self.unstored.remove(&id);
                 for (reply, result) in self.dropping.remove(&id).unwrap_or_default() {
                     let _ = reply.send(result);
                 }
@@ -367,16 +385,24 @@ impl Owner {
         self.ctx.metrics.queue_depth(self.core.queued());
     }
 
-    /// A status write of `id` failed: its submitter, if one waits, is told the unit was not
-    /// taken (never that it was), and the core fails a unit not yet started.
+    /// A status write of `id` failed. A submitter not answered yet is told the unit was
+    /// not taken (never that it was; now, or when it next asks), and the core fails the
+    /// unit, stopping its job if it already started: nothing runs that its submitter was
+    /// told is not taken.
     fn not_stored(&mut self, now: std::time::Instant, id: UnitId, error: Arc<StoreError>) {
-        for waiter in self.taken_waiters.remove(&id).unwrap_or_default() {
+        let waiters = self.taken_waiters.remove(&id).unwrap_or_default();
+        let unanswered = self.unanswered.remove(&id) || !waiters.is_empty();
+        for waiter in waiters {
             let _ = waiter.send(Err(WorkError::NotStored {
                 unit: id,
                 error: error.clone(),
             }));
         }
-        self.core.status_not_stored(now, id, &error.to_string());
+        let reason = error.to_string();
+        if unanswered {
+            self.unstored.insert(id, error);
+        }
+        self.core.status_not_stored(now, id, &reason, unanswered);
     }
 
     /// Answers the submitters whose units are taken: a remote unit once it left Pending,
@@ -402,6 +428,7 @@ impl Owner {
             if !taken {
                 continue;
             }
+            self.unanswered.remove(&id);
             for waiter in self.taken_waiters.remove(&id).unwrap_or_default() {
                 if let Some(s) = &status {
                     let _ = waiter.send(Ok(s.clone()));
