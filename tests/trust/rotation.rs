@@ -320,6 +320,11 @@ fn a_submitter_that_rotates_its_key_keeps_its_units_on_the_node() {
     wait_for("node1 to accept the controller's rotation", || {
         (count(&mesh.node(n1).log_text(), ACCEPTED) == 1).then_some(())
     });
+    // Restarted, the controller meets node1 in a new session, under its new key only; its
+    // mirror resumes from there.
+    mesh.node_mut(ic).kill();
+    mesh.restart(ic);
+    mesh.wait_route(ic, "node1", None);
     assert_eq!(finished(&mesh, ic, &unit), "payload\ndone\n");
     // The release reaches node1 under the new key and removes the unit there.
     let out = mesh.ctl(ic, &["work", "release", &unit]);
