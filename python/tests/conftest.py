@@ -141,8 +141,18 @@ class Mesh:
         return "".join(f"===== {n} log =====\n{node.log_text()}\n" for n, node in self.nodes.items())
 
     def stop(self) -> None:
+        """SIGTERM first, SIGKILL for what is still up after 5 s: a node stopped with SIGTERM
+        stops its jobs, whereas a SIGKILLed one leaves its detached jobs (ansible-runner's)
+        running on purpose, to re-attach them. A test must not leave a job behind."""
         for node in self.nodes.values():
-            node.kill()
+            if node.process.poll() is None:
+                node.process.terminate()
+        deadline = time.monotonic() + 5
+        for node in self.nodes.values():
+            try:
+                node.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                node.kill()
 
 
 def trust(ids: list[Identity]) -> list[str]:

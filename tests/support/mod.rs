@@ -272,10 +272,24 @@ impl Mesh {
     }
 }
 
+/// How long the nodes of a test's mesh get to stop on SIGTERM before they are killed.
+const NODE_STOP_GRACE: Duration = Duration::from_secs(5);
+
 impl Drop for Mesh {
+    /// SIGTERM first, SIGKILL for what is still up after [`NODE_STOP_GRACE`]: a node stopped
+    /// with SIGTERM stops its jobs, whereas a SIGKILLed one leaves its detached jobs
+    /// (ansible-runner's) running on purpose, to re-attach them. A test must not leave a
+    /// job behind.
     fn drop(&mut self) {
+        for node in &self.nodes {
+            if let Some(child) = &node.child {
+                // SAFETY: kill(2) with a valid pid and signal has no memory effects.
+                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            }
+        }
+        let deadline = Instant::now() + NODE_STOP_GRACE;
         for node in &mut self.nodes {
-            node.kill();
+            node.reap_by(deadline);
         }
         if std::thread::panicking() {
             eprintln!("{}", self.logs());
@@ -341,6 +355,21 @@ impl Node {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Waits for the node to exit until `deadline`, then kills it.
+    fn reap_by(&mut self, deadline: Instant) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        while Instant::now() < deadline {
+            if !matches!(child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     /// Sends SIGTERM and waits for a clean exit; returns the exit status.
