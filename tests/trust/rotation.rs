@@ -41,33 +41,48 @@ fn count(log: &str, needle: &str) -> usize {
 
 const ACCEPTED: &str = "accepted a key rotation";
 
+/// node1 offering `slow` (its payload, then `secs` s, then "done") to `controller`, which
+/// links to it; `also`, if any, is trusted by node1 too. Returns node1, the controller and the unit
+/// the controller submitted, once it runs on node1.
+fn slow_job_running(
+    mesh: &mut Mesh,
+    node1: &Identity,
+    controller: &Identity,
+    also: Option<&Identity>,
+    secs: u32,
+) -> (usize, usize, String) {
+    let slow = mesh.path("slow.sh");
+    std::fs::write(&slow, format!("#!/bin/sh\ncat\nsleep {secs}\necho done\n")).unwrap();
+    std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let worker_flags = [
+        trust(&[&[controller][..], also.as_slice()].concat()),
+        ["--work-type".into(), format!("slow={}", slow.display())].to_vec(),
+        ["--allow-work".into(), "slow=controller".into()].to_vec(),
+    ]
+    .concat();
+    let n1 = mesh.start(node1, &worker_flags);
+    let n1_addr = mesh.node(n1).addr().to_owned();
+    let ic = mesh.start(controller, &[trust(&[node1]), peer(&n1_addr)].concat());
+    mesh.wait_route(ic, "node1", None);
+    wait_for("node1 to offer slow", || {
+        let status = mesh.status(ic)?;
+        (status["Advertisements"].to_string().contains("slow")).then_some(())
+    });
+    let unit = submit(mesh, ic, "payload\n");
+    wait_for("the job to run on node1", || {
+        (state(mesh, ic, &unit)?["StateName"] == "Running").then_some(())
+    });
+    (n1, ic, unit)
+}
+
 #[test]
 fn rotated_key_reload_keeps_running_jobs_and_peers_pinned_to_the_old_key_follow_it() {
     let mut mesh = Mesh::new();
     let node1 = mesh.identity("node1");
     let controller = mesh.identity("controller");
     let late = mesh.identity("late");
-    let slow = mesh.path("slow.sh");
-    std::fs::write(&slow, "#!/bin/sh\ncat\nsleep 6\necho done\n").unwrap();
-    std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let worker_flags = [
-        trust(&[&controller, &late]),
-        ["--work-type".into(), format!("slow={}", slow.display())].to_vec(),
-        ["--allow-work".into(), "slow=controller".into()].to_vec(),
-    ]
-    .concat();
-    let n1 = mesh.start(&node1, &worker_flags);
+    let (n1, ic, running) = slow_job_running(&mut mesh, &node1, &controller, Some(&late), 6);
     let n1_addr = mesh.node(n1).addr().to_owned();
-    let ic = mesh.start(&controller, &[trust(&[&node1]), peer(&n1_addr)].concat());
-    mesh.wait_route(ic, "node1", None);
-    wait_for("node1 to offer slow", || {
-        let status = mesh.status(ic)?;
-        (status["Advertisements"].to_string().contains("slow")).then_some(())
-    });
-    let running = submit(&mesh, ic, "payload\n");
-    wait_for("the job to run on node1", || {
-        (state(&mesh, ic, &running)?["StateName"] == "Running").then_some(())
-    });
 
     // Rotate node1's key and reload it, while the job runs.
     let out = warren(&["keygen", "--rotate", "--out", node1.key.to_str().unwrap()]);
@@ -295,27 +310,7 @@ fn a_submitter_that_rotates_its_key_keeps_its_units_on_the_node() {
     let mut mesh = Mesh::new();
     let node1 = mesh.identity("node1");
     let controller = mesh.identity("controller");
-    let slow = mesh.path("slow.sh");
-    std::fs::write(&slow, "#!/bin/sh\ncat\nsleep 4\necho done\n").unwrap();
-    std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let worker_flags = [
-        trust(&[&controller]),
-        ["--work-type".into(), format!("slow={}", slow.display())].to_vec(),
-        ["--allow-work".into(), "slow=controller".into()].to_vec(),
-    ]
-    .concat();
-    let n1 = mesh.start(&node1, &worker_flags);
-    let n1_addr = mesh.node(n1).addr().to_owned();
-    let ic = mesh.start(&controller, &[trust(&[&node1]), peer(&n1_addr)].concat());
-    mesh.wait_route(ic, "node1", None);
-    wait_for("node1 to offer slow", || {
-        let status = mesh.status(ic)?;
-        (status["Advertisements"].to_string().contains("slow")).then_some(())
-    });
-    let unit = submit(&mesh, ic, "payload\n");
-    wait_for("the job to run on node1", || {
-        (state(&mesh, ic, &unit)?["StateName"] == "Running").then_some(())
-    });
+    let (n1, ic, unit) = slow_job_running(&mut mesh, &node1, &controller, None, 4);
     rotate_and_reload(&mesh, ic);
     wait_for("node1 to accept the controller's rotation", || {
         (count(&mesh.node(n1).log_text(), ACCEPTED) == 1).then_some(())

@@ -325,14 +325,9 @@ async fn a_work_layer_shut_down_has_committed_every_held_back_status_and_answers
     ));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_submitter_is_answered_only_once_its_units_status_is_committed() {
-    // The submitter deletes its copy of the payload once answered, so a node that crashes
-    // right after must come back with the unit and its payload. Writes nobody waits for
-    // are held back for an hour here: the answer itself must commit the unit's status.
-    let s = setup_with(1, Duration::from_secs(3600));
-    let id = submit(&s.work, "slow", &[], b"payload").await;
-    // What a crash now would leave: a copy of the data dir, opened as a restarted node does.
+/// Unit `id`'s status as a crash now would leave it: a copy of the data dir, opened as a
+/// restarted node opens it.
+fn status_after_a_crash(s: &Setup, id: UnitId) -> crate::work::UnitStatus {
     let crashed = tempfile::tempdir().unwrap();
     let copied = std::process::Command::new("cp")
         .arg("-a")
@@ -342,7 +337,17 @@ async fn a_submitter_is_answered_only_once_its_units_status_is_committed() {
         .unwrap();
     assert!(copied.success());
     let store = crate::work::store::UnitStore::open(crashed.path()).unwrap();
-    let status = store.status(id).unwrap();
+    store.status(id).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submitter_is_answered_only_once_its_units_status_is_committed() {
+    // The submitter deletes its copy of the payload once answered, so a node that crashes
+    // right after must come back with the unit and its payload. Writes nobody waits for
+    // are held back for an hour here: the answer itself must commit the unit's status.
+    let s = setup_with(1, Duration::from_secs(3600));
+    let id = submit(&s.work, "slow", &[], b"payload").await;
+    let status = status_after_a_crash(&s, id);
     assert_eq!(status.payload_size, Some(7), "{status:?}");
     s.work.shutdown().await;
 }
@@ -366,16 +371,7 @@ async fn a_submitter_is_not_answered_before_its_units_status_is_committed_howeve
         waited >= super::driver::SUBMIT_WAIT,
         "the store was not slow enough: {waited:?}"
     );
-    let crashed = tempfile::tempdir().unwrap();
-    let copied = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(s._dir.path().join("."))
-        .arg(crashed.path())
-        .status()
-        .unwrap();
-    assert!(copied.success());
-    let store = crate::work::store::UnitStore::open(crashed.path()).unwrap();
-    let status = store.status(id).unwrap();
+    let status = status_after_a_crash(&s, id);
     assert_eq!(status.payload_size, Some(7), "{status:?}");
     s.work.shutdown().await;
 }
