@@ -12,6 +12,13 @@
 //! with the pin removed from the config its recorded successions vouch for nothing. The
 //! daemon persists accepted statements (see `mesh::driver`) so they outlive a restart. No
 //! IO.
+//!
+//! One chain holds at most [`MAX_CHAIN`] statements, so that one pinned peer cannot fill
+//! the book with keys of its own making: every statement accepted lies on a pin's chain, so
+//! the book holds at most `MAX_CHAIN` per pin. A node rotates rarely, and carries only its
+//! last `MAX_CHAIN` statements itself; a pin whose chain is full follows no further rotation
+//! (the refusal names the key to pin by hand), and a chain read back longer than that (a
+//! book of an older version) keeps its oldest statements, which still lead from the pin.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -57,12 +64,29 @@ pub enum SuccessionRefusal {
     /// The book is full.
     #[error("the key succession book is full ({MAX_BOOK} statements)")]
     Full,
+    /// The chain through the statement's old key already holds [`MAX_CHAIN`] statements.
+    #[error(
+        "the key succession chain from {first} already holds {MAX_CHAIN} statements: no \
+         further rotation of that node is followed; to trust its new key {new}, pin it \
+         by hand (`--trust NODE={new}`)"
+    )]
+    ChainFull {
+        /// The chain's oldest key.
+        first: PublicKey,
+        /// The successor refused.
+        new: PublicKey,
+    },
 }
 
 /// Accepted successions, by retired key.
+///
+/// Invariants: no key is the successor of two keys, no chain loops, and no chain holds more
+/// than [`MAX_CHAIN`] statements, so walking a chain takes at most `MAX_CHAIN` steps.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Successions {
     by_old: BTreeMap<PublicKey, SignedSuccession>,
+    /// The key each successor retired (the reverse of `by_old`).
+    by_new: BTreeMap<PublicKey, PublicKey>,
 }
 
 impl Successions {
@@ -81,19 +105,32 @@ impl Successions {
         self.by_old.values()
     }
 
-    /// The keys from `pinned` to its current successor, `pinned` first, current last.
-    /// Bounded, whatever the book holds.
+    /// The keys from `pinned` to its current successor, `pinned` first, current last: at
+    /// most `MAX_CHAIN + 1` keys, found in as many look-ups.
     pub fn path(&self, pinned: &PublicKey) -> Vec<PublicKey> {
         let mut path = vec![*pinned];
         let mut key = *pinned;
         while let Some(next) = self.by_old.get(&key).map(SignedSuccession::new_key) {
-            if path.contains(&next) || path.len() > MAX_BOOK {
+            if path.len() > MAX_CHAIN {
                 break;
             }
             path.push(next);
             key = next;
         }
         path
+    }
+
+    /// The oldest key of the chain through `key`, and how many statements lead to `key`.
+    fn first_of(&self, key: &PublicKey) -> (PublicKey, usize) {
+        let (mut first, mut steps) = (*key, 0);
+        while let Some(older) = self.by_new.get(&first) {
+            if steps > MAX_CHAIN {
+                break;
+            }
+            first = *older;
+            steps += 1;
+        }
+        (first, steps)
     }
 
     /// The current key of a peer pinned as `pinned`.
@@ -114,6 +151,14 @@ impl Successions {
     pub fn restore(&mut self, statement: SignedSuccession) -> Result<bool, SuccessionRefusal> {
         statement.verify()?;
         self.insert(statement, &BTreeSet::new())
+    }
+
+    /// A [`Restore`] reading a stored book (in the order it was written) into this one.
+    pub fn restorer(&mut self) -> Restore<'_> {
+        Restore {
+            book: self,
+            cut: BTreeMap::new(),
+        }
     }
 
     /// Adds every statement of `other` this book lacks (a reload keeps what was learned).
@@ -140,13 +185,20 @@ impl Successions {
                 other: new,
             });
         }
-        if self.by_old.contains_key(&new) || in_use.contains(&new) {
+        let taken = self.by_new.contains_key(&new);
+        if taken || self.by_old.contains_key(&new) || in_use.contains(&new) {
             return Err(SuccessionRefusal::Loop(new));
+        }
+        // `new` retires nothing (checked above), so the chain grows by one at its end.
+        let (first, before) = self.first_of(&old);
+        if before >= MAX_CHAIN {
+            return Err(SuccessionRefusal::ChainFull { first, new });
         }
         if self.by_old.len() >= MAX_BOOK {
             return Err(SuccessionRefusal::Full);
         }
         self.by_old.insert(old, statement);
+        self.by_new.insert(new, old);
         Ok(true)
     }
 
@@ -216,6 +268,36 @@ impl Successions {
             known: known.new_key(),
             other: statement.new_key(),
         })
+    }
+}
+
+/// Reads a stored book back, statement by statement ([`Successions::restore`]), trimming a
+/// chain longer than [`MAX_CHAIN`] (a book of an older version) to its oldest statements:
+/// those beyond the limit are refused with [`SuccessionRefusal::ChainFull`], and so are the
+/// statements that continue from them.
+#[derive(Debug)]
+pub struct Restore<'a> {
+    book: &'a mut Successions,
+    /// The successors of trimmed statements, with the first key of their chain.
+    cut: BTreeMap<PublicKey, PublicKey>,
+}
+
+impl Restore<'_> {
+    /// Adds the next stored statement; `Ok(false)` when it was already known.
+    ///
+    /// # Errors
+    /// The [`SuccessionRefusal`]: `ChainFull` for a statement trimmed.
+    pub fn add(&mut self, statement: SignedSuccession) -> Result<bool, SuccessionRefusal> {
+        let new = statement.new_key();
+        if let Some(&first) = self.cut.get(&statement.old()) {
+            self.cut.insert(new, first);
+            return Err(SuccessionRefusal::ChainFull { first, new });
+        }
+        let restored = self.book.restore(statement);
+        if let Err(SuccessionRefusal::ChainFull { first, .. }) = &restored {
+            self.cut.insert(new, *first);
+        }
+        restored
     }
 }
 
@@ -347,6 +429,121 @@ mod tests {
             Some(SuccessionError::TooLong(MAX_CHAIN + 1).into())
         );
         assert!(book.is_empty());
+    }
+
+    /// A key pair for any `n` (the `u8` test keys run out).
+    fn wide_pair(n: u16) -> crate::keys::LinkKeypair {
+        let mut private = [0x5a; 32];
+        private[8..10].copy_from_slice(&n.to_le_bytes());
+        crate::keys::LinkKeypair::from_private(private)
+    }
+
+    /// The statement retiring wide key `a` for wide key `b`.
+    fn wide_step(a: u16, b: u16) -> SignedSuccession {
+        Succession::new(wide_pair(a).public(), wide_pair(b).public(), 1)
+            .sign(&wide_pair(a), &[3; 64])
+            .unwrap()
+    }
+
+    #[test]
+    fn one_pin_cannot_fill_the_book_nor_starve_another_pins_rotation() {
+        let mut book = Successions::default();
+        let attacker = wide_pair(0).public();
+        // The pinned attacker presents 520 chains of fresh keys of its own, each from its
+        // current key here (more than the whole book used to hold).
+        let mut current = 0u16;
+        for round in 0..520u16 {
+            let mut from = current;
+            let chain: Vec<_> = (0..MAX_CHAIN as u16)
+                .map(|i| {
+                    let to = 1 + round * MAX_CHAIN as u16 + i;
+                    let statement = wide_step(from, to);
+                    from = to;
+                    statement
+                })
+                .collect();
+            let (accepted, refusal) =
+                book.learn_chain(&node(), &[attacker], &BTreeSet::new(), &chain);
+            if let Some(last) = accepted.last() {
+                current = 1 + round * MAX_CHAIN as u16 + accepted.len() as u16 - 1;
+                assert_eq!(last.new_key(), wide_pair(current).public());
+            }
+            if round > 0 {
+                assert!(
+                    matches!(refusal, Some(SuccessionRefusal::ChainFull { first, .. }) if first == attacker),
+                    "{refusal:?}"
+                );
+            }
+        }
+        // Another pinned node's genuine rotation is still accepted.
+        let other = NodeId::new("node2").unwrap();
+        let (accepted, refusal) =
+            book.learn_chain(&other, &[key(1)], &BTreeSet::new(), &[step(1, 2)]);
+        assert_eq!((accepted.len(), refusal), (1, None));
+        assert_eq!(book.current(&key(1)), key(2));
+        assert_eq!(
+            book.len(),
+            MAX_CHAIN + 1,
+            "the attacker's first chain and node2's"
+        );
+        assert!(book.path(&attacker).len() <= MAX_CHAIN + 1);
+    }
+
+    #[test]
+    fn a_stored_chain_longer_than_the_cap_is_restored_trimmed_to_its_oldest_statements() {
+        let mut book = Successions::default();
+        let mut restore = book.restorer();
+        let mut trimmed = 0;
+        for k in 0..20u16 {
+            match restore.add(wide_step(k, k + 1)) {
+                Ok(_) => {}
+                Err(SuccessionRefusal::ChainFull { .. }) => trimmed += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!((book.len(), trimmed), (MAX_CHAIN, 20 - MAX_CHAIN));
+        let path = book.path(&wide_pair(0).public());
+        assert_eq!(path.len(), MAX_CHAIN + 1);
+        assert_eq!(book.current(&wide_pair(0).public()), wide_pair(8).public());
+    }
+
+    #[test]
+    fn a_node_that_rotates_past_the_cap_is_told_to_be_pinned_by_hand() {
+        let mut book = Successions::default();
+        // The node rotates MAX_CHAIN times, this node following each rotation.
+        for k in 0..MAX_CHAIN as u16 {
+            let r = book.learn_chain(
+                &node(),
+                &[wide_pair(0).public()],
+                &BTreeSet::new(),
+                &[wide_step(k, k + 1)],
+            );
+            assert_eq!((r.0.len(), r.1), (1, None));
+        }
+        // Once more: it presents its last MAX_CHAIN statements, as a node does.
+        let last = MAX_CHAIN as u16 + 1;
+        let chain: Vec<_> = (1..last).map(|k| wide_step(k, k + 1)).collect();
+        let (accepted, refusal) =
+            book.learn_chain(&node(), &[wide_pair(0).public()], &BTreeSet::new(), &chain);
+        assert!(accepted.is_empty());
+        let refusal = refusal.unwrap();
+        assert_eq!(
+            refusal,
+            SuccessionRefusal::ChainFull {
+                first: wide_pair(0).public(),
+                new: wide_pair(last).public()
+            }
+        );
+        assert!(
+            refusal
+                .to_string()
+                .contains(&format!("--trust NODE={}", wide_pair(last).public())),
+            "{refusal}"
+        );
+        assert_eq!(
+            book.current(&wide_pair(0).public()),
+            wide_pair(MAX_CHAIN as u16).public()
+        );
     }
 
     #[test]
