@@ -76,6 +76,25 @@ pub enum SuccessionRefusal {
         /// The successor refused.
         new: PublicKey,
     },
+    /// The chain does not end at the key its presenter proved it holds (the link's
+    /// handshake key, or the key that signed the advert).
+    #[error(
+        "the presented key succession ends at {last}, not at the presenter's own key {presented}"
+    )]
+    NotPresentersKey {
+        /// The key the presenter proved it holds.
+        presented: PublicKey,
+        /// The chain's last key.
+        last: PublicKey,
+    },
+    /// A successor in the chain already speaks for another node here.
+    #[error("successor {key} already speaks for node {other} here (pinned or certified for it)")]
+    KeyOfOtherNode {
+        /// The successor refused.
+        key: PublicKey,
+        /// The node the key speaks for.
+        other: NodeId,
+    },
 }
 
 /// Accepted successions, by retired key.
@@ -202,22 +221,31 @@ impl Successions {
         Ok(true)
     }
 
-    /// Judges the chain `node` presents (oldest first), against `pins`, the keys this node
-    /// pins for `node`, and `in_use`, every key trusted here for anything (no successor may
-    /// be one of them). Statements before the one retiring the pinned (current) key are
-    /// history this node does not need; from there on each must connect, verify and not
-    /// fork or loop. Returns the statements newly accepted (to persist and log) and the
-    /// refusal that stopped it, if any.
+    /// Judges the chain `node` presents (oldest first) with `presented`, the key it proved
+    /// it holds, against `pins`, the keys this node pins for `node`, and `in_use`, every key
+    /// trusted here for anything (no successor may be one of them). The chain must end at
+    /// `presented`. Statements before the one retiring the pinned (current) key are history
+    /// this node does not need; from there on each must connect, verify and not fork or
+    /// loop. Returns the statements newly accepted (to persist and log) and the refusal
+    /// that stopped it, if any.
     pub fn learn_chain(
         &mut self,
         node: &NodeId,
         pins: &[PublicKey],
         in_use: &BTreeSet<PublicKey>,
         chain: &[SignedSuccession],
+        presented: &PublicKey,
     ) -> (Vec<SignedSuccession>, Option<SuccessionRefusal>) {
         let mut accepted = Vec::new();
         if chain.len() > MAX_CHAIN {
             return (accepted, Some(SuccessionError::TooLong(chain.len()).into()));
+        }
+        if let Some(last) = chain.last().map(SignedSuccession::new_key)
+            && last != *presented
+        {
+            let presented = *presented;
+            let refusal = SuccessionRefusal::NotPresentersKey { presented, last };
+            return (accepted, Some(refusal));
         }
         if let Some(refusal) = self.find_fork(chain) {
             return (accepted, Some(refusal));
@@ -316,11 +344,24 @@ mod tests {
     }
 
     fn learn(book: &mut Successions, pin: u8, chain: &[SignedSuccession]) -> LearnResult {
-        let (accepted, refusal) = book.learn_chain(&node(), &[key(pin)], &BTreeSet::new(), chain);
+        let (accepted, refusal) =
+            learn_as_shown(book, &node(), &[key(pin)], &BTreeSet::new(), chain);
         LearnResult {
             accepted: accepted.len(),
             refusal,
         }
+    }
+
+    /// Learns `chain` as presented with its last key (the pin's key for an empty chain).
+    fn learn_as_shown(
+        book: &mut Successions,
+        node: &NodeId,
+        pins: &[PublicKey],
+        in_use: &BTreeSet<PublicKey>,
+        chain: &[SignedSuccession],
+    ) -> (Vec<SignedSuccession>, Option<SuccessionRefusal>) {
+        let presented = chain.last().map_or(pins[0], SignedSuccession::new_key);
+        book.learn_chain(node, pins, in_use, chain, &presented)
     }
 
     #[derive(Debug)]
@@ -414,7 +455,8 @@ mod tests {
         assert_eq!(book.current(&key(1)), key(2));
         // A successor that is another peer's trusted key is refused too.
         let in_use = BTreeSet::from([key(7)]);
-        let (accepted, refusal) = book.learn_chain(&node(), &[key(1)], &in_use, &[step(2, 7)]);
+        let (accepted, refusal) =
+            learn_as_shown(&mut book, &node(), &[key(1)], &in_use, &[step(2, 7)]);
         assert!(accepted.is_empty());
         assert_eq!(refusal, Some(SuccessionRefusal::Loop(key(7))));
     }
@@ -463,7 +505,7 @@ mod tests {
                 })
                 .collect();
             let (accepted, refusal) =
-                book.learn_chain(&node(), &[attacker], &BTreeSet::new(), &chain);
+                learn_as_shown(&mut book, &node(), &[attacker], &BTreeSet::new(), &chain);
             if let Some(last) = accepted.last() {
                 current = 1 + round * MAX_CHAIN as u16 + accepted.len() as u16 - 1;
                 assert_eq!(last.new_key(), wide_pair(current).public());
@@ -477,8 +519,13 @@ mod tests {
         }
         // Another pinned node's genuine rotation is still accepted.
         let other = NodeId::new("node2").unwrap();
-        let (accepted, refusal) =
-            book.learn_chain(&other, &[key(1)], &BTreeSet::new(), &[step(1, 2)]);
+        let (accepted, refusal) = learn_as_shown(
+            &mut book,
+            &other,
+            &[key(1)],
+            &BTreeSet::new(),
+            &[step(1, 2)],
+        );
         assert_eq!((accepted.len(), refusal), (1, None));
         assert_eq!(book.current(&key(1)), key(2));
         assert_eq!(
@@ -512,7 +559,8 @@ mod tests {
         let mut book = Successions::default();
         // The node rotates MAX_CHAIN times, this node following each rotation.
         for k in 0..MAX_CHAIN as u16 {
-            let r = book.learn_chain(
+            let r = learn_as_shown(
+                &mut book,
                 &node(),
                 &[wide_pair(0).public()],
                 &BTreeSet::new(),
@@ -523,8 +571,13 @@ mod tests {
         // Once more: it presents its last MAX_CHAIN statements, as a node does.
         let last = MAX_CHAIN as u16 + 1;
         let chain: Vec<_> = (1..last).map(|k| wide_step(k, k + 1)).collect();
-        let (accepted, refusal) =
-            book.learn_chain(&node(), &[wide_pair(0).public()], &BTreeSet::new(), &chain);
+        let (accepted, refusal) = learn_as_shown(
+            &mut book,
+            &node(),
+            &[wide_pair(0).public()],
+            &BTreeSet::new(),
+            &chain,
+        );
         assert!(accepted.is_empty());
         let refusal = refusal.unwrap();
         assert_eq!(
@@ -544,6 +597,24 @@ mod tests {
             book.current(&wide_pair(0).public()),
             wide_pair(MAX_CHAIN as u16).public()
         );
+    }
+
+    #[test]
+    fn a_chain_that_does_not_end_at_the_presenters_key_is_refused() {
+        let mut book = Successions::default();
+        // Pinned as key 1, the node signs key 1 over to key 3 (someone else's, public) and
+        // shows it under its own key 9.
+        let (accepted, refusal) =
+            book.learn_chain(&node(), &[key(1)], &BTreeSet::new(), &[step(1, 3)], &key(9));
+        assert!(accepted.is_empty());
+        assert_eq!(
+            refusal,
+            Some(SuccessionRefusal::NotPresentersKey {
+                presented: key(9),
+                last: key(3)
+            })
+        );
+        assert!(book.is_empty());
     }
 
     #[test]
