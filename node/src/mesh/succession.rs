@@ -12,6 +12,13 @@
 //! with the pin removed from the config its recorded successions vouch for nothing. The
 //! daemon persists accepted statements (see `mesh::driver`) so they outlive a restart. No
 //! IO.
+//!
+//! One chain holds at most [`MAX_CHAIN`] statements, so that one pinned peer cannot fill
+//! the book with keys of its own making: every statement accepted lies on a pin's chain, so
+//! the book holds at most `MAX_CHAIN` per pin. A node rotates rarely, and carries only its
+//! last `MAX_CHAIN` statements itself; a pin whose chain is full follows no further rotation
+//! (the refusal names the key to pin by hand), and a chain read back longer than that (a
+//! book of an older version) keeps its oldest statements, which still lead from the pin.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -57,12 +64,48 @@ pub enum SuccessionRefusal {
     /// The book is full.
     #[error("the key succession book is full ({MAX_BOOK} statements)")]
     Full,
+    /// The chain through the statement's old key already holds [`MAX_CHAIN`] statements.
+    #[error(
+        "the key succession chain from {first} already holds {MAX_CHAIN} statements: no \
+         further rotation of that node is followed; to trust its new key {new}, pin it \
+         by hand (`--trust NODE={new}`)"
+    )]
+    ChainFull {
+        /// The chain's oldest key.
+        first: PublicKey,
+        /// The successor refused.
+        new: PublicKey,
+    },
+    /// The chain does not end at the key its presenter proved it holds (the link's
+    /// handshake key, or the key that signed the advert).
+    #[error(
+        "the presented key succession ends at {last}, not at the presenter's own key {presented}"
+    )]
+    NotPresentersKey {
+        /// The key the presenter proved it holds.
+        presented: PublicKey,
+        /// The chain's last key.
+        last: PublicKey,
+    },
+    /// A successor in the chain already speaks for another node here.
+    #[error("successor {key} already speaks for node {other} here (pinned or certified for it)")]
+    KeyOfOtherNode {
+        /// The successor refused.
+        key: PublicKey,
+        /// The node the key speaks for.
+        other: NodeId,
+    },
 }
 
 /// Accepted successions, by retired key.
+///
+/// Invariants: no key is the successor of two keys, no chain loops, and no chain holds more
+/// than [`MAX_CHAIN`] statements, so walking a chain takes at most `MAX_CHAIN` steps.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Successions {
     by_old: BTreeMap<PublicKey, SignedSuccession>,
+    /// The key each successor retired (the reverse of `by_old`).
+    by_new: BTreeMap<PublicKey, PublicKey>,
 }
 
 impl Successions {
@@ -81,19 +124,32 @@ impl Successions {
         self.by_old.values()
     }
 
-    /// The keys from `pinned` to its current successor, `pinned` first, current last.
-    /// Bounded, whatever the book holds.
+    /// The keys from `pinned` to its current successor, `pinned` first, current last: at
+    /// most `MAX_CHAIN + 1` keys, found in as many look-ups.
     pub fn path(&self, pinned: &PublicKey) -> Vec<PublicKey> {
         let mut path = vec![*pinned];
         let mut key = *pinned;
         while let Some(next) = self.by_old.get(&key).map(SignedSuccession::new_key) {
-            if path.contains(&next) || path.len() > MAX_BOOK {
+            if path.len() > MAX_CHAIN {
                 break;
             }
             path.push(next);
             key = next;
         }
         path
+    }
+
+    /// The oldest key of the chain through `key`, and how many statements lead to `key`.
+    fn first_of(&self, key: &PublicKey) -> (PublicKey, usize) {
+        let (mut first, mut steps) = (*key, 0);
+        while let Some(older) = self.by_new.get(&first) {
+            if steps > MAX_CHAIN {
+                break;
+            }
+            first = *older;
+            steps += 1;
+        }
+        (first, steps)
     }
 
     /// The current key of a peer pinned as `pinned`.
@@ -114,6 +170,14 @@ impl Successions {
     pub fn restore(&mut self, statement: SignedSuccession) -> Result<bool, SuccessionRefusal> {
         statement.verify()?;
         self.insert(statement, &BTreeSet::new())
+    }
+
+    /// A [`Restore`] reading a stored book (in the order it was written) into this one.
+    pub fn restorer(&mut self) -> Restore<'_> {
+        Restore {
+            book: self,
+            cut: BTreeMap::new(),
+        }
     }
 
     /// Adds every statement of `other` this book lacks (a reload keeps what was learned).
@@ -140,32 +204,48 @@ impl Successions {
                 other: new,
             });
         }
-        if self.by_old.contains_key(&new) || in_use.contains(&new) {
+        let taken = self.by_new.contains_key(&new);
+        if taken || self.by_old.contains_key(&new) || in_use.contains(&new) {
             return Err(SuccessionRefusal::Loop(new));
+        }
+        // `new` retires nothing (checked above), so the chain grows by one at its end.
+        let (first, before) = self.first_of(&old);
+        if before >= MAX_CHAIN {
+            return Err(SuccessionRefusal::ChainFull { first, new });
         }
         if self.by_old.len() >= MAX_BOOK {
             return Err(SuccessionRefusal::Full);
         }
         self.by_old.insert(old, statement);
+        self.by_new.insert(new, old);
         Ok(true)
     }
 
-    /// Judges the chain `node` presents (oldest first), against `pins`, the keys this node
-    /// pins for `node`, and `in_use`, every key trusted here for anything (no successor may
-    /// be one of them). Statements before the one retiring the pinned (current) key are
-    /// history this node does not need; from there on each must connect, verify and not
-    /// fork or loop. Returns the statements newly accepted (to persist and log) and the
-    /// refusal that stopped it, if any.
+    /// Judges the chain `node` presents (oldest first) with `presented`, the key it proved
+    /// it holds, against `pins`, the keys this node pins for `node`, and `in_use`, every key
+    /// trusted here for anything (no successor may be one of them). The chain must end at
+    /// `presented`. Statements before the one retiring the pinned (current) key are history
+    /// this node does not need; from there on each must connect, verify and not fork or
+    /// loop. Returns the statements newly accepted (to persist and log) and the refusal
+    /// that stopped it, if any.
     pub fn learn_chain(
         &mut self,
         node: &NodeId,
         pins: &[PublicKey],
         in_use: &BTreeSet<PublicKey>,
         chain: &[SignedSuccession],
+        presented: &PublicKey,
     ) -> (Vec<SignedSuccession>, Option<SuccessionRefusal>) {
         let mut accepted = Vec::new();
         if chain.len() > MAX_CHAIN {
             return (accepted, Some(SuccessionError::TooLong(chain.len()).into()));
+        }
+        if let Some(last) = chain.last().map(SignedSuccession::new_key)
+            && last != *presented
+        {
+            let presented = *presented;
+            let refusal = SuccessionRefusal::NotPresentersKey { presented, last };
+            return (accepted, Some(refusal));
         }
         if let Some(refusal) = self.find_fork(chain) {
             return (accepted, Some(refusal));
@@ -219,147 +299,35 @@ impl Successions {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::keys::succession::tests::{pair, step};
-    use crate::keys::{SignatureBytes, Succession};
+/// Reads a stored book back, statement by statement ([`Successions::restore`]), trimming a
+/// chain longer than [`MAX_CHAIN`] (a book of an older version) to its oldest statements:
+/// those beyond the limit are refused with [`SuccessionRefusal::ChainFull`], and so are the
+/// statements that continue from them.
+#[derive(Debug)]
+pub struct Restore<'a> {
+    book: &'a mut Successions,
+    /// The successors of trimmed statements, with the first key of their chain.
+    cut: BTreeMap<PublicKey, PublicKey>,
+}
 
-    fn key(b: u8) -> PublicKey {
-        pair(b).public()
-    }
-
-    fn node() -> NodeId {
-        NodeId::new("node1").unwrap()
-    }
-
-    fn learn(book: &mut Successions, pin: u8, chain: &[SignedSuccession]) -> LearnResult {
-        let (accepted, refusal) = book.learn_chain(&node(), &[key(pin)], &BTreeSet::new(), chain);
-        LearnResult {
-            accepted: accepted.len(),
-            refusal,
+impl Restore<'_> {
+    /// Adds the next stored statement; `Ok(false)` when it was already known.
+    ///
+    /// # Errors
+    /// The [`SuccessionRefusal`]: `ChainFull` for a statement trimmed.
+    pub fn add(&mut self, statement: SignedSuccession) -> Result<bool, SuccessionRefusal> {
+        let new = statement.new_key();
+        if let Some(&first) = self.cut.get(&statement.old()) {
+            self.cut.insert(new, first);
+            return Err(SuccessionRefusal::ChainFull { first, new });
         }
-    }
-
-    #[derive(Debug)]
-    struct LearnResult {
-        accepted: usize,
-        refusal: Option<SuccessionRefusal>,
-    }
-
-    #[test]
-    fn a_chain_from_the_pinned_key_is_accepted_once() {
-        let mut book = Successions::default();
-        let r = learn(&mut book, 1, &[step(1, 2), step(2, 3)]);
-        assert_eq!((r.accepted, r.refusal), (2, None));
-        assert_eq!(book.current(&key(1)), key(3));
-        assert!(book.is_retired(&key(1)) && book.is_retired(&key(2)));
-        assert_eq!(book.path(&key(1)), [key(1), key(2), key(3)]);
-        // Replayed: nothing new, nothing refused.
-        let r = learn(&mut book, 1, &[step(1, 2), step(2, 3)]);
-        assert_eq!((r.accepted, r.refusal), (0, None));
-        // An old statement alone, replayed after the chain moved on: nothing changes.
-        let r = learn(&mut book, 1, &[step(1, 2)]);
-        assert_eq!((r.accepted, r.refusal), (0, None));
-        assert_eq!(book.current(&key(1)), key(3));
-    }
-
-    #[test]
-    fn history_before_the_pin_is_skipped() {
-        let mut book = Successions::default();
-        // This node pinned key 2 directly; the chain starts at key 1.
-        let r = learn(&mut book, 2, &[step(1, 2), step(2, 3)]);
-        assert_eq!((r.accepted, r.refusal), (1, None));
-        assert_eq!(book.current(&key(2)), key(3));
-        assert!(!book.is_retired(&key(1)));
-    }
-
-    #[test]
-    fn a_forged_statement_is_refused() {
-        let mut book = Successions::default();
-        let forged = SignedSuccession {
-            succession: Succession::new(key(1), key(9), 5),
-            signature: SignatureBytes([7; 64]),
-        };
-        let r = learn(&mut book, 1, &[forged]);
-        assert!(
-            matches!(
-                r.refusal,
-                Some(SuccessionRefusal::Invalid(
-                    SuccessionError::BadSignature { .. }
-                ))
-            ),
-            "{r:?}"
-        );
-        assert!(book.is_empty());
-    }
-
-    #[test]
-    fn a_succession_for_another_key_than_the_pin_is_refused() {
-        let mut book = Successions::default();
-        // node1 is pinned to key 1; the attacker rotates its own key 5.
-        let r = learn(&mut book, 1, &[step(5, 6)]);
-        assert!(
-            matches!(r.refusal, Some(SuccessionRefusal::NotAnchored { .. })),
-            "{r:?}"
-        );
-        assert!(book.is_empty());
-    }
-
-    #[test]
-    fn a_second_successor_for_a_key_is_a_refused_fork() {
-        let mut book = Successions::default();
-        learn(&mut book, 1, &[step(1, 2)]);
-        // Whoever kept key 1 signs it over to their own key 9.
-        let r = learn(&mut book, 1, &[step(1, 9)]);
-        assert_eq!(
-            r.refusal,
-            Some(SuccessionRefusal::Fork {
-                old: key(1),
-                known: key(2),
-                other: key(9)
-            })
-        );
-        assert_eq!(book.current(&key(1)), key(2));
-    }
-
-    #[test]
-    fn a_chain_returning_to_a_retired_key_is_a_refused_loop() {
-        let mut book = Successions::default();
-        learn(&mut book, 1, &[step(1, 2)]);
-        let r = learn(&mut book, 1, &[step(1, 2), step(2, 1)]);
-        assert_eq!(r.refusal, Some(SuccessionRefusal::Loop(key(1))));
-        assert_eq!(book.current(&key(1)), key(2));
-        // A successor that is another peer's trusted key is refused too.
-        let in_use = BTreeSet::from([key(7)]);
-        let (accepted, refusal) = book.learn_chain(&node(), &[key(1)], &in_use, &[step(2, 7)]);
-        assert!(accepted.is_empty());
-        assert_eq!(refusal, Some(SuccessionRefusal::Loop(key(7))));
-    }
-
-    #[test]
-    fn an_oversized_chain_is_refused_unread() {
-        let mut book = Successions::default();
-        let long: Vec<_> = (1..=MAX_CHAIN as u8 + 1).map(|i| step(i, i + 1)).collect();
-        let r = learn(&mut book, 1, &long);
-        assert_eq!(
-            r.refusal,
-            Some(SuccessionError::TooLong(MAX_CHAIN + 1).into())
-        );
-        assert!(book.is_empty());
-    }
-
-    #[test]
-    fn restore_verifies_and_refuses_forks() {
-        let mut book = Successions::default();
-        assert_eq!(book.restore(step(1, 2)), Ok(true));
-        assert_eq!(book.restore(step(1, 2)), Ok(false));
-        assert!(matches!(
-            book.restore(step(1, 3)),
-            Err(SuccessionRefusal::Fork { .. })
-        ));
-        let mut bad = step(4, 5);
-        bad.succession.new = key(6);
-        assert!(book.restore(bad).is_err());
+        let restored = self.book.restore(statement);
+        if let Err(SuccessionRefusal::ChainFull { first, .. }) = &restored {
+            self.cut.insert(new, *first);
+        }
+        restored
     }
 }
+
+#[cfg(test)]
+mod tests;

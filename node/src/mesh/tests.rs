@@ -6,6 +6,7 @@ mod rotation;
 mod routing;
 mod scale;
 mod streams;
+mod succession_claims;
 mod trust;
 
 use super::route::Cost;

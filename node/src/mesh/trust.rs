@@ -436,6 +436,7 @@ mod tests {
             &p.anchors_for(&a),
             &p.keys_in_use(),
             &[step(1, 2), step(2, 3)],
+            &pair(3).public(),
         );
         assert_eq!((accepted.len(), refusal), (2, None));
         let decide = |p: &TrustPolicy, k: u8, claimed: &str| {

@@ -10,7 +10,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::keys::SignedSuccession;
-use crate::mesh::succession::Successions;
+use crate::keys::succession::MAX_CHAIN;
+use crate::mesh::succession::{SuccessionRefusal, Successions};
 
 /// The store's file name in the data dir.
 pub const STORE_FILE: &str = "key-successions";
@@ -46,6 +47,8 @@ pub fn load(path: &Path) -> io::Result<Successions> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(book),
         Err(e) => return Err(e),
     };
+    let mut trimmed = 0usize;
+    let mut restore = book.restorer();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -53,10 +56,22 @@ pub fn load(path: &Path) -> io::Result<Successions> {
         }
         let restored = SignedSuccession::from_line(line)
             .map_err(|e| e.to_string())
-            .and_then(|s| book.restore(s).map_err(|e| e.to_string()));
+            .and_then(|s| match restore.add(s) {
+                Err(SuccessionRefusal::ChainFull { .. }) => {
+                    trimmed += 1;
+                    Ok(false)
+                }
+                other => other.map_err(|e| e.to_string()),
+            });
         if let Err(problem) = restored {
             tracing::warn!(path = %path.display(), line = n + 1, %problem, "skipped a stored key succession");
         }
+    }
+    if trimmed > 0 {
+        tracing::warn!(
+            path = %path.display(), trimmed, limit = MAX_CHAIN,
+            "skipped stored key successions beyond a chain's limit (kept each chain's oldest statements, which lead from the pin); pin such a node's current key by hand"
+        );
     }
     Ok(book)
 }
@@ -82,5 +97,19 @@ mod tests {
         let book = load(&path).unwrap();
         assert_eq!(book.len(), 1, "only the genuine, first statement");
         assert_eq!(book.current(&pair(1).public()), pair(2).public());
+    }
+
+    #[test]
+    fn a_store_with_a_chain_beyond_the_limit_loads_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = store_path(dir.path());
+        let chain = 1..=MAX_CHAIN as u8 + 4;
+        for k in chain {
+            append(&path, &step(k, k + 1)).unwrap();
+        }
+        let book = load(&path).unwrap();
+        assert_eq!(book.len(), MAX_CHAIN);
+        let pinned = pair(1).public();
+        assert_eq!(book.current(&pinned), pair(MAX_CHAIN as u8 + 1).public());
     }
 }

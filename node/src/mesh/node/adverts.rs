@@ -13,6 +13,7 @@ use std::time::Instant;
 use super::{Event, MeshNode};
 use crate::id::NodeId;
 use crate::keys::SignatureBytes;
+use crate::keys::xeddsa::VerifyingKey;
 use crate::mesh::advert::AdvertLink;
 use crate::mesh::link::LinkId;
 use crate::mesh::lsdb::{Advert, AdvertOutcome, SummaryEntry};
@@ -228,8 +229,14 @@ impl MeshNode {
         let origin = advert.origin.clone();
         let wall = self.wall_ms(now);
         self.advert_counts.received += 1;
-        if !advert.successions.is_empty() && origin != self.config.id {
-            self.learn_successions(now, &origin, &advert.key, &advert.successions);
+        // Only an advert signed by the key its chain leads to proves the origin holds it.
+        if origin != self.config.id
+            && self.would_follow(&origin, &advert.key, &advert.successions)
+            && advert.check_shape().is_ok()
+            && VerifyingKey::new(&advert.key).is_some_and(|k| advert.is_signed_by(&k))
+        {
+            let cert = advert.cert.as_deref();
+            self.learn_successions(now, &origin, &advert.key, &advert.successions, cert);
         }
         match self
             .lsdb

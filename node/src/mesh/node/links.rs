@@ -167,8 +167,11 @@ impl MeshNode {
                     cert,
                     successions,
                 } => {
-                    self.learn_successions(now, &node, &key, &successions);
-                    self.judge_peer(now, id, node, key, epoch, cert.as_deref());
+                    // The handshake proved `key`: the chain may lead to it, and the pin then
+                    // stands for it when the peer is judged.
+                    let cert = cert.as_deref();
+                    self.learn_successions(now, &node, &key, &successions, cert);
+                    self.judge_peer(now, id, node, key, epoch, cert);
                 }
                 LinkEvent::Up => self.handle_link_up(now, id),
                 LinkEvent::Message(message) => self.handle_message(now, id, message),
