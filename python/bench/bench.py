@@ -15,7 +15,10 @@ running the venv's real ansible-runner), then:
    and the load average before it, then the medians and their ratios. node1 runs all 20
    at once as the local side does (`[work] max-running` = 20; with
    `--node-default-max-running` it keeps its default, twice the cores, and queues the
-   rest). The nodes log at their default level, as deployed. With
+   rest). The nodes log at their default level, as deployed. Every run gets a fresh copy
+   of the demo: ansible-runner's transmit (which the package sends unchanged) zips the
+   whole private data dir, the artifacts of earlier runs in it included, which a local
+   run never reads. With
    WARREN_BENCH_PIPELINE=1 it also times 20 pipelines as above.
 
 Run it with release builds (figures from debug builds mean little):
@@ -91,16 +94,18 @@ def pipeline(ansible_runner, demo: Path, ident: str, scratch: Path):
                               streamer="process", _input=io.BytesIO(worker.stdout))
 
 
-def latency(ansible_runner, demo: Path, peer: str, rounds: int, scratch: Path) -> None:
+def latency(ansible_runner, root: Path, peer: str, rounds: int, scratch: Path) -> None:
     local, piped, remote = [], [], []
     # One warm-up of each: the embedded node's link and node1's component are set up once.
+    # Each run gets a fresh copy of the demo: ansible-runner's transmit zips the whole
+    # private data dir, artifacts of earlier runs included, and a local run zips nothing.
     for i in range(rounds + 1):
-        a = timed(lambda: ansible_runner.run(private_data_dir=str(demo), playbook="test.yml",
-                                             ident=f"l{i}", quiet=True))
-        b = timed(lambda: pipeline(ansible_runner, demo, f"p{i}", scratch))
-        c = timed(lambda: ansible_runner.run(private_data_dir=str(demo), playbook="test.yml",
-                                             ident=f"r{i}", quiet=True, via_receptor="node1",
-                                             receptor_peer=peer))
+        a = timed(lambda: ansible_runner.run(private_data_dir=str(demo_copy(root, f"l{i}")),
+                                             playbook="test.yml", ident=f"l{i}", quiet=True))
+        b = timed(lambda: pipeline(ansible_runner, demo_copy(root, f"p{i}"), f"p{i}", scratch))
+        c = timed(lambda: ansible_runner.run(private_data_dir=str(demo_copy(root, f"r{i}")),
+                                             playbook="test.yml", ident=f"r{i}", quiet=True,
+                                             via_receptor="node1", receptor_peer=peer))
         if i:
             local.append(a)
             piped.append(b)
@@ -145,17 +150,20 @@ class CpuMeter:
         return {name: after[name] - before[name] for name in before}
 
 
-def concurrent(ansible_runner, demo: Path, peer: str, scratch: Path, meter: CpuMeter,
+def concurrent(ansible_runner, root: Path, peer: str, scratch: Path, meter: CpuMeter,
                waves: int, max_running: str) -> None:
     def wave(remote: bool, n: int) -> tuple[float, int, dict[str, float], str]:
         extra = {"via_receptor": "node1", "receptor_peer": peer} if remote else {}
+        # A fresh demo per job, as AWX gives each job its own dir: a dir shared by the wave
+        # would have each remote job's transmit zip the others' artifacts as they grow.
+        tag = f"{'r' if remote else 'l'}c{n}-"
+        demos = [demo_copy(root, f"{tag}{i}") for i in range(CONCURRENT)]
         peak = [rss_kib()]
         load = loadavg()
         before = meter.sample()
         start = time.perf_counter()
-        jobs = [ansible_runner.run_async(private_data_dir=str(demo), playbook="test.yml",
-                                         ident=f"{'r' if remote else 'l'}c{n}-{i}", quiet=True,
-                                         **extra)
+        jobs = [ansible_runner.run_async(private_data_dir=str(demos[i]), playbook="test.yml",
+                                         ident=f"{tag}{i}", quiet=True, **extra)
                 for i in range(CONCURRENT)]
         while any(t.is_alive() for t, _ in jobs):
             peak[0] = max(peak[0], rss_kib())
@@ -168,8 +176,9 @@ def concurrent(ansible_runner, demo: Path, peer: str, scratch: Path, meter: CpuM
         return took, peak[0], spent, load
 
     def piped_wave() -> float:
+        demos = [demo_copy(root, f"pc{i}") for i in range(CONCURRENT)]
         start = time.perf_counter()
-        threads = [threading.Thread(target=pipeline, args=(ansible_runner, demo, f"pc{i}", scratch))
+        threads = [threading.Thread(target=pipeline, args=(ansible_runner, demos[i], f"pc{i}", scratch))
                    for i in range(CONCURRENT)]
         for t in threads:
             t.start()
@@ -225,12 +234,13 @@ def main() -> None:
         import ansible_runner
 
         print(f"warren binary: {conftest.warren_bin()}")
-        demo = demo_copy(root, "demo")
         scratch = root / "pipeline"
         scratch.mkdir()
+        demos = root / "demos"
+        demos.mkdir()
         if rounds:
-            latency(ansible_runner, demo, setup.peer, rounds, scratch)
-        concurrent(ansible_runner, demo, setup.peer, scratch, CpuMeter(mesh), waves,
+            latency(ansible_runner, demos, setup.peer, rounds, scratch)
+        concurrent(ansible_runner, demos, setup.peer, scratch, CpuMeter(mesh), waves,
                    "default (2 per CPU)" if node_default else str(CONCURRENT))
     finally:
         from warren import _native
