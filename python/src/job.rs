@@ -162,8 +162,7 @@ impl UnitSpec {
         params: BTreeMap<String, String>,
         lost_contact: f64,
     ) -> PyResult<Self> {
-        let limits =
-            ArtifactLimits::from_env().map_err(|e| native(Kind::Value, &e.to_string()))?;
+        let limits = ArtifactLimits::from_env().map_err(|e| native(Kind::Value, &e.to_string()))?;
         Ok(Self {
             request: SubmitRequest {
                 work_type: WORK_TYPE.to_owned(),
