@@ -35,7 +35,7 @@ use crate::process;
 use crate::shared::Lease;
 
 /// The work type every job here runs.
-const WORK_TYPE: &str = "ansible-runner";
+pub(crate) const WORK_TYPE: &str = "ansible-runner";
 
 /// Bytes in flight between Python and the mesh in each direction.
 const PIPE_LEN: usize = 256 * 1024;
@@ -84,9 +84,10 @@ struct Results {
 }
 
 /// Links to `peer` (or reuses this process's node for it), waits up to `timeout` seconds
-/// for a route to `node` offering ansible-runner, and has `node` create the unit. Results
-/// may be unreachable for `lost_contact` seconds before the job gives up. Events and
-/// artifacts land in `artifact_dir`.
+/// for a route to `node` offering ansible-runner, and has `node` create the unit: what
+/// [`crate::link::link`] then [`crate::link::Link::start`] do, in one call. Results may be
+/// unreachable for `lost_contact` seconds before the job gives up. Events and artifacts
+/// land in `artifact_dir`.
 ///
 /// Raises `NativeError(kind, message)`: `peer_unreachable`, `peer_refused`, `key_changed`,
 /// `unknown_node`, `not_offered`, `submit_refused`, `identity`, `value`, `other`.
@@ -103,61 +104,97 @@ pub(crate) fn start(
     timeout: f64,
     lost_contact: f64,
 ) -> PyResult<Job> {
-    let peer = EndpointAddr::parse_peer(peer)
-        .map_err(|e| native(Kind::Value, &format!("receptor_peer {peer:?}: {e}")))?;
-    let node = NodeId::new(node.to_owned())
-        .map_err(|e| native(Kind::Value, &format!("via_receptor {node:?}: {e}")))?;
-    let node_id = node_id
-        .map(|id| NodeId::new(id.to_owned()))
-        .transpose()
-        .map_err(|e| native(Kind::Value, &format!("receptor_node_id: {e}")))?;
-    let limits = ArtifactLimits::from_env().map_err(|e| native(Kind::Value, &e.to_string()))?;
-    let options = ClientOptions {
-        peer,
-        node_id,
-        identity: None,
-        timeout: errors::seconds(timeout),
-    };
-    let process = ProcessConfig {
-        artifact_dir,
-        quiet: true,
-        skip_empty_stdout: false,
-        json: false,
-        limits,
-    };
-    let request = SubmitRequest {
-        work_type: WORK_TYPE.to_owned(),
-        params,
-        signature: None,
-    };
-    let lost_contact = errors::seconds(lost_contact);
+    let target = Target::parse(peer, node, node_id, timeout)?;
+    let unit = UnitSpec::new(artifact_dir, params, lost_contact)?;
     py.detach(|| {
-        process::block_on(submit(options, node, request, process, lost_contact))
-            .map_err(|e| PyOSError::new_err(format!("starting Warren's client runtime: {e}")))?
+        process::block_on(async {
+            let (lease, notices) = crate::link::connect(&target).await?;
+            create(lease, target.node, unit, notices).await
+        })
+        .map_err(|e| PyOSError::new_err(format!("starting Warren's client runtime: {e}")))?
     })
 }
 
-/// [`start`]'s work, without the GIL.
-async fn submit(
-    options: ClientOptions,
-    node: NodeId,
+/// Where a job goes: the peer to link to, the node to run on, this client's node id.
+pub(crate) struct Target {
+    pub(crate) options: ClientOptions,
+    pub(crate) node: NodeId,
+}
+
+impl Target {
+    /// Checks the Python arguments (`NativeError('value', ...)` naming the bad one).
+    pub(crate) fn parse(
+        peer: &str,
+        node: &str,
+        node_id: Option<&str>,
+        timeout: f64,
+    ) -> PyResult<Self> {
+        let peer = EndpointAddr::parse_peer(peer)
+            .map_err(|e| native(Kind::Value, &format!("receptor_peer {peer:?}: {e}")))?;
+        let node = NodeId::new(node.to_owned())
+            .map_err(|e| native(Kind::Value, &format!("via_receptor {node:?}: {e}")))?;
+        let node_id = node_id
+            .map(|id| NodeId::new(id.to_owned()))
+            .transpose()
+            .map_err(|e| native(Kind::Value, &format!("receptor_node_id: {e}")))?;
+        let options = ClientOptions {
+            peer,
+            node_id,
+            identity: None,
+            timeout: errors::seconds(timeout),
+        };
+        Ok(Self { options, node })
+    }
+}
+
+/// What the unit is made with: its submission, where its results are written, and how
+/// long its node may stay unreachable.
+pub(crate) struct UnitSpec {
     request: SubmitRequest,
     process: ProcessConfig,
     lost_contact: Duration,
+}
+
+impl UnitSpec {
+    /// Checks the Python arguments and the artifact caps (`WARREN_ARTIFACTS_MAX_*`).
+    pub(crate) fn new(
+        artifact_dir: PathBuf,
+        params: BTreeMap<String, String>,
+        lost_contact: f64,
+    ) -> PyResult<Self> {
+        let limits = ArtifactLimits::from_env().map_err(|e| native(Kind::Value, &e.to_string()))?;
+        Ok(Self {
+            request: SubmitRequest {
+                work_type: WORK_TYPE.to_owned(),
+                params,
+                signature: None,
+            },
+            process: ProcessConfig {
+                artifact_dir,
+                quiet: true,
+                skip_empty_stdout: false,
+                json: false,
+                limits,
+            },
+            lost_contact: errors::seconds(lost_contact),
+        })
+    }
+}
+
+/// Has `node` create the unit through the shared node `lease` holds, without the GIL.
+pub(crate) async fn create(
+    lease: Lease,
+    node: NodeId,
+    unit: UnitSpec,
+    notices: Vec<String>,
 ) -> PyResult<Job> {
+    let UnitSpec {
+        request,
+        process,
+        lost_contact,
+    } = unit;
     let dirs = ArtifactDirs::create(&process.artifact_dir)
         .map_err(|e| native(Kind::Other, &errors::chain(&e)))?;
-    let (_, registry) = process::current()
-        .map_err(|e| PyOSError::new_err(format!("starting Warren's client runtime: {e}")))?;
-    let mut notices = Vec::new();
-    let lease = registry
-        .lease(options.clone(), |note| notices.push(note))
-        .await
-        .map_err(|e| errors::client(&e))?;
-    lease
-        .wait_for(&node, WORK_TYPE, options.timeout)
-        .await
-        .map_err(|e| errors::client(&e))?;
     let work = WorkClient::new(lease.mesh().clone());
     let (payload_in, payload_out) = tokio::io::duplex(PIPE_LEN);
     let (results_in, results_out) = tokio::io::duplex(PIPE_LEN);

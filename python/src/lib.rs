@@ -7,6 +7,8 @@
 //!   forked child starts its own).
 //! - `shared`: one embedded node per (peer, identity, node id), shared by every job that
 //!   names them, closed when idle.
+//! - `link`: `link::Link`, the link and the route checked before a unit is made (what
+//!   `run_async` waits for).
 //! - `job`: `job::Job`, one submitted unit: payload in, results out, cancel, release, and
 //!   the artifact dir written without following symlinks.
 //! - `errors`: Rust errors as the `NativeError(kind, message)` the Python half maps to its
@@ -16,6 +18,7 @@
 
 mod errors;
 mod job;
+mod link;
 mod process;
 mod shared;
 
@@ -49,6 +52,8 @@ mod _native {
     use super::errors::NativeError;
     #[pymodule_export]
     use super::job::{Job, start};
+    #[pymodule_export]
+    use super::link::{Link, link};
     #[pymodule_export]
     use super::{node_count, sanitize, shutdown_all};
 

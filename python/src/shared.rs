@@ -208,6 +208,13 @@ impl Lease {
     }
 }
 
+impl Clone for Lease {
+    /// Another hold on the same node.
+    fn clone(&self) -> Self {
+        Self::new(Arc::clone(&self.0))
+    }
+}
+
 impl Drop for Lease {
     fn drop(&mut self) {
         *self

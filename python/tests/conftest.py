@@ -80,7 +80,7 @@ class Node:
         if "--listen" not in extra:
             self.args += ["--listen", "127.0.0.1:0"]
         ready = mesh.dir / f"{identity.id}.ready"
-        env = dict(os.environ, RUST_LOG="warren=debug",
+        env = dict(os.environ, RUST_LOG=mesh.log_filter,
                    WARREN_COMPONENT_CACHE=str(mesh.component_cache))
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
@@ -110,11 +110,14 @@ class Node:
 
 
 class Mesh:
-    """A temp dir of node processes, killed at the end; their logs are printed on failure."""
+    """A temp dir of node processes, killed at the end; their logs are printed on failure.
+    The nodes log at `log_filter` (a RUST_LOG filter; the tests want debug lines, the
+    benchmark the default a deployed node runs with)."""
 
-    def __init__(self, root: Path, component_cache: Path):
+    def __init__(self, root: Path, component_cache: Path, log_filter: str = "warren=debug"):
         self.dir = root
         self.component_cache = component_cache
+        self.log_filter = log_filter
         self.nodes: dict[str, Node] = {}
 
     def identity(self, node_id: str) -> Identity:
@@ -162,9 +165,11 @@ def trust(ids: list[Identity]) -> list[str]:
 class Setup:
     """controller -> relay -> node1, a client identity (`identity`) that the controller
     trusts and node1 lets run ansible-runner, and one (`stranger`) it trusts but node1
-    does not let run anything."""
+    does not let run anything. `node1_max_running` sets node1's `[work] max-running`
+    (default: the node's own, two per CPU)."""
 
-    def __init__(self, mesh: Mesh, controller_listen: str | None = None):
+    def __init__(self, mesh: Mesh, controller_listen: str | None = None,
+                 node1_max_running: int | None = None):
         self.mesh = mesh
         client_dir = mesh.dir / "client"
         client_dir.mkdir()
@@ -181,10 +186,18 @@ class Setup:
         self.stranger_token = out.stdout.strip().splitlines()[-1]
         ids = [mesh.identity(n) for n in ("controller", "relay", "node1")]
         runner = VENV_BIN / "ansible-runner"
-        node1 = mesh.start(ids[2], trust(ids) + [
+        node1_extra = trust(ids) + [
             "--ansible-runner", str(runner),
             "--allow-work", f"ansible-runner={self.client_token}",
-        ])
+        ]
+        if node1_max_running is not None:
+            # A file for the one setting without a flag; the flags fill in the rest.
+            config = mesh.dir / "node1.toml"
+            config.write_text(f'[node]\nid = "node1"\ndata-dir = "node1-data"\n'
+                              f'key-file = "node1.key"\n\n[work]\n'
+                              f"max-running = {int(node1_max_running)}\n")
+            node1_extra += ["--config", str(config)]
+        node1 = mesh.start(ids[2], node1_extra)
         # Only node1 offers ansible-runner (the others would find the venv's on PATH).
         relay = mesh.start(ids[1], trust(ids) + ["--peer", f"receptor://{node1.addr}",
                                                  "--no-ansible-runner"])

@@ -87,6 +87,48 @@ def test_a_node_that_does_not_allow_the_client_says_which_flag_would(
     assert mesh3.mesh.units("node1") == {}
 
 
+def test_run_async_refused_by_the_node_ends_error_saying_which_flag_would(
+        mesh3: Setup, demo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # run_async returns once the link and the node are checked; node1 makes the unit in
+    # the thread, so its refusal ends the run there, as handlers and artifacts show it.
+    monkeypatch.setenv("WARREN_IDENTITY", str(mesh3.stranger))
+    statuses: list[str] = []
+    finished: list[object] = []
+    thread, runner = ansible_runner.run_async(
+        private_data_dir=str(demo), playbook="test.yml", ident="refused", quiet=True,
+        via_receptor="node1", receptor_peer=mesh3.peer,
+        status_handler=lambda data, runner_config: statuses.append(data["status"]),
+        finished_callback=finished.append)
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert runner.status == "error"
+    assert runner.errored and runner.rc == 254
+    assert runner.unit_id is None
+    assert f"--allow-work ansible-runner={mesh3.stranger_token}" in runner.job_explanation
+    assert statuses == ["error"]
+    assert finished == [runner]
+    artifacts = demo / "artifacts" / "refused"
+    assert (artifacts / "status").read_text() == "error"
+    assert (artifacts / "rc").read_text() == "254"
+    assert mesh3.mesh.units("node1") == {}
+
+
+def test_run_async_cancelled_at_once_ends_canceled_and_leaves_nothing_on_node1(
+        mesh3: Setup, demo: Path) -> None:
+    # Cancelled before or while node1 makes the unit (whichever comes first here): the run
+    # ends canceled either way and node1 keeps nothing.
+    slow_playbook(demo, 30)
+    thread, runner = ansible_runner.run_async(
+        private_data_dir=str(demo), playbook="slow.yml", ident="early", quiet=True,
+        via_receptor="node1", receptor_peer=mesh3.peer)
+    runner.cancel()
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert runner.status == "canceled"
+    assert runner.canceled
+    assert wait_for("node1 to keep no unit", lambda: mesh3.mesh.units("node1") == {})
+
+
 def test_losing_the_node_mid_job_ends_with_error_and_keeps_partial_artifacts(
         own_mesh3: Setup, demo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WARREN_LOST_CONTACT_TIMEOUT", "2")

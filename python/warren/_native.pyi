@@ -27,6 +27,31 @@ class Job:
     def outcome(self, timeout: float | None = None) -> tuple[str, str] | None: ...
     def abort(self) -> None: ...
 
+class Link:
+    """A checked way to a node (linked, the node offers ansible-runner); ``start`` has the
+    node create the unit."""
+
+    @property
+    def node(self) -> str: ...
+    @property
+    def client_id(self) -> str: ...
+    @property
+    def notices(self) -> list[str]: ...
+    def start(
+        self,
+        *,
+        artifact_dir: str,
+        params: dict[str, str] = ...,
+        lost_contact: float = 60.0,
+    ) -> Job: ...
+
+def link(
+    *,
+    peer: str,
+    node: str,
+    node_id: str | None = None,
+    timeout: float = 15.0,
+) -> Link: ...
 def start(
     *,
     peer: str,

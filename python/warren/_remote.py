@@ -258,12 +258,13 @@ class RemoteRunner(Runner):
     ``rc`` (the remote playbook's), ``canceled``, ``timed_out``, ``errored``,
     ``config.ident``, ``config.artifact_dir``, ``stdout``, ``stderr``, ``events``, ``stats``,
     ``host_events()``, ``get_fact_cache()``. Besides: ``via_receptor`` (the node),
-    ``unit_id`` (the unit there), ``receptor_node_id`` (this client's node id) and
+    ``unit_id`` (the unit there; ``None`` until it is made, which ``run_async`` leaves to
+    the thread), ``receptor_node_id`` (this client's node id) and
     ``job_explanation`` (why a run ended with status ``error``).
     """
 
     def __init__(self, config: RunnerConfig, transmitter: Any, job: Any,
-                 handlers: dict[str, Callable[..., Any] | None]):
+                 handlers: dict[str, Callable[..., Any] | None], pending: Any = None):
         super().__init__(
             config,
             cancel_callback=handlers["cancel_callback"],
@@ -274,11 +275,14 @@ class RemoteRunner(Runner):
         )
         self._transmitter = transmitter
         self._job = job
+        # (link, start keywords, peer) of a unit not made yet: run() makes it.
+        self._pending = pending
         self._cancel_sent = False
         self._cancel_lock = threading.Lock()
-        self.via_receptor: str = job.node
-        self.unit_id: str = job.unit
-        self.receptor_node_id: str = job.client_id
+        origin = job if job is not None else pending[0]
+        self.via_receptor: str = origin.node
+        self.unit_id: str | None = job.unit if job is not None else None
+        self.receptor_node_id: str = origin.client_id
         self.job_explanation: str | None = None
 
     def cancel(self) -> None:
@@ -289,7 +293,8 @@ class RemoteRunner(Runner):
 
     def _send_cancel(self) -> None:
         with self._cancel_lock:
-            if self._cancel_sent:
+            if self._cancel_sent or self._job is None:
+                # Nothing made yet: run() sees `canceled` and makes nothing.
                 return
             self._cancel_sent = True
         try:
@@ -301,6 +306,8 @@ class RemoteRunner(Runner):
     def run(self) -> tuple[str, int | None]:
         """Sends the job, follows it to its end and writes its artifacts; returns
         ``(status, rc)`` as ``Runner.run`` does."""
+        if self._job is None and not self._make_unit():
+            return self._end_unmade()
         try:
             self._send_payload()
             if self.config.ident is not None:
@@ -326,6 +333,58 @@ class RemoteRunner(Runner):
             self._abandon()
             raise
         self._finish()
+        if self.finished_callback is not None:
+            try:
+                self.finished_callback(self)
+            except Exception as error:
+                raise CallbackError(f"Exception in Finished Callback: {error}") from error
+        return self.status, self.rc
+
+    def _make_unit(self) -> bool:
+        """Has the node create the unit (``run_async`` returned before it did); False if it
+        was not made: cancelled first, or the node refused (``job_explanation`` says why)."""
+        link, start, peer = self._pending
+        with self._cancel_lock:
+            if self.canceled:
+                self.status = "canceled"
+                return False
+        try:
+            job = link.start(**start)
+        except _native.NativeError as error:
+            kind, message = error.args
+            refusal = errors.from_native(kind, message, node=self.via_receptor,
+                                         peer=peer)
+            self.status = "error"
+            self.job_explanation = str(refusal)
+            return False
+        with self._cancel_lock:
+            self._job = job
+            self.unit_id = job.unit
+            cancel = self.canceled
+        if cancel:
+            # cancel() came while the node was making it.
+            self._send_cancel()
+        return True
+
+    def _end_unmade(self) -> tuple[str, int | None]:
+        """Ends a run whose unit was never made as a local run that failed to start
+        ends: its status through the handlers, ``status`` and ``rc`` in the artifacts."""
+        self.rc = 254
+        self.canceled = self.status == "canceled"
+        self.errored = self.status == "error"
+        os.makedirs(self.config.artifact_dir, mode=0o700, exist_ok=True)
+        for name, value in (("status", self.status), ("rc", self.rc)):
+            _write_new(os.path.join(self.config.artifact_dir, name), str(value))
+        data = {"status": self.status, "runner_ident": str(self.config.ident)}
+        if self.job_explanation:
+            data["job_explanation"] = self.job_explanation
+        if self.status_handler is not None:
+            try:
+                self.status_handler(data, runner_config=self.config)
+            except _HandlerError as error:
+                raise error.error from None
+        for plugin in ansible_runner.plugins:
+            ansible_runner.plugins[plugin].status_handler(self.config, data)
         if self.finished_callback is not None:
             try:
                 self.finished_callback(self)
@@ -386,11 +445,15 @@ def _never() -> bool:
     return False
 
 
-def prepare(kwargs: dict[str, Any]) -> RemoteRunner:
+def prepare(kwargs: dict[str, Any], make_unit: bool = True) -> RemoteRunner:
     """Builds the payload and the local config from ansible-runner keywords plus
     ``via_receptor``, ``receptor_peer``, ``receptor_node_id`` and ``receptor_timeout``,
     then links, waits for the node and has it create the unit. Raises what a local run
-    raises for bad keywords, and :mod:`warren.errors` for the mesh."""
+    raises for bad keywords, and :mod:`warren.errors` for the mesh.
+
+    With ``make_unit=False`` (``run_async``) it returns once the link and the node are
+    checked: the Runner's ``run`` has the node create the unit, and a refusal there ends
+    the run with status ``error`` and the refusal as its ``job_explanation``."""
     kwargs = dict(kwargs)
     node = kwargs.pop("via_receptor", None)
     if not isinstance(node, str) or not node:
@@ -411,19 +474,21 @@ def prepare(kwargs: dict[str, Any]) -> RemoteRunner:
     transmitter = init_runner(streamer="transmit", cancel_callback=_never, **kwargs)
     config = _local_config(transmitter)
     params = {"term": os.environ["TERM"]} if os.environ.get("TERM") else {}
+    unit = {"artifact_dir": config.artifact_dir, "params": params,
+            "lost_contact": lost_contact_timeout()}
     try:
-        job = _native.start(
-            peer=str(peer),
-            node=node,
-            node_id=node_id,
-            artifact_dir=config.artifact_dir,
-            params=params,
-            timeout=timeout,
-            lost_contact=lost_contact_timeout(),
-        )
+        if make_unit:
+            job = _native.start(peer=str(peer), node=node, node_id=node_id, timeout=timeout,
+                                **unit)
+        else:
+            link = _native.link(peer=str(peer), node=node, node_id=node_id, timeout=timeout)
     except _native.NativeError as error:
         kind, message = error.args
         raise errors.from_native(kind, message, node=node, peer=str(peer)) from None
+    if not make_unit:
+        for notice in link.notices:
+            _log.info("%s", notice)
+        return RemoteRunner(config, transmitter, None, handlers, pending=(link, unit, str(peer)))
     for notice in job.notices:
         _log.info("%s", notice)
     return RemoteRunner(config, transmitter, job, handlers)

@@ -47,12 +47,16 @@ def run_async(**kwargs: Any) -> tuple[threading.Thread, RemoteRunner]:
     """Starts an ansible-runner job on ``via_receptor`` and returns at once with the
     started thread following it and the Runner, whose ``status`` changes as the job runs.
 
-    The link, the route to the node and the unit's creation happen before it returns, so
-    their errors raise here, as ansible-runner's own keyword errors do.
+    The link and the route to a node offering ansible-runner are checked before it
+    returns, so their errors raise here, as ansible-runner's own keyword errors do. The
+    node makes the unit in the thread, so that many calls in a row do not each wait for
+    it: a refusal by the node (:class:`warren.errors.SubmitRefused` from :func:`run`)
+    ends the run with status ``error`` and the refusal as ``runner.job_explanation``;
+    ``runner.unit_id`` is ``None`` until the unit exists.
 
     :raises warren.errors.WarrenError: the peer or the node cannot take the job.
     """
-    runner = prepare(kwargs)
-    thread = threading.Thread(target=runner.run, name=f"warren-{runner.unit_id}")
+    runner = prepare(kwargs, make_unit=False)
+    thread = threading.Thread(target=runner.run, name=f"warren-{runner.config.ident}")
     thread.start()
     return thread, runner
