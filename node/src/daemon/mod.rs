@@ -339,6 +339,14 @@ fn with_job_users(containment: Containment, config: &Config) -> Result<Containme
         source,
     })?;
     tracing::info!(range = %range, "each job runs as a uid of its own");
+    let size = u64::from(range.last - range.first) + 1;
+    if size < config.work.max_running as u64 {
+        tracing::warn!(
+            range = %range,
+            max_running = config.work.max_running,
+            "[work] job-users holds fewer uids than max-running: jobs beyond them fail; reserve at least max-running uids"
+        );
+    }
     Ok(containment.with_job_users(users))
 }
 
