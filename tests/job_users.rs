@@ -21,8 +21,10 @@ use crate::contain::{assert_all_gone, marked_sleep, marker, script};
 use crate::detached;
 use crate::support::{Mesh, component_cache, wait_for, warren_bin, warren_exits};
 
-/// uids the tests reserve (no account uses them on a test machine).
-const RANGE: (u32, u32) = (3_910_000, 3_910_009);
+/// uids the tests reserve (no account uses them on a test machine); the tests that need
+/// few uids take their own below 3_910_010, so tests running at once do not wait on each
+/// other's uids.
+const RANGE: (u32, u32) = (3_910_100, 3_910_109);
 
 fn job_users_line() -> String {
     format!("job-users = \"{}-{}\"\n", RANGE.0, RANGE.1)
@@ -244,8 +246,8 @@ fn concurrent_jobs_never_share_a_uid_and_a_full_range_fails_the_next_clearly() {
     let dir = open_dir();
     let config = format!(
         "[work]\njob-users = \"{}-{}\"\n{}",
-        RANGE.0 + 5,
-        RANGE.0 + 7,
+        3_910_005,
+        3_910_007,
         command_type("uid", &uid_printer(dir.path()))
     );
     let mesh = node(&config, 1);
@@ -537,4 +539,62 @@ fn the_seed_command_under_job_users_prints_what_a_local_run_prints() {
     );
     let log = setup.mesh.logs();
     assert!(log.contains("each job runs as a uid of its own"), "{log}");
+}
+
+/// One uid, two jobs one after the other: the first leaves a daemon (`setsid`) of its uid
+/// behind; the second, which gets the same uid, finds no process of the first alive.
+fn a_uid_comes_back_only_without_the_last_jobs_processes(containment: &str, uid: u32) {
+    let dir = open_dir();
+    let mark = marker();
+    let sleep = marked_sleep(dir.path(), &mark);
+    let leaver = script(
+        dir.path(),
+        "leave.sh",
+        &format!("setsid {} 300 &\nid -u\n", sleep.display()),
+    );
+    let counter = script(
+        dir.path(),
+        "count.sh",
+        &format!(
+            "id -u\nn=0\nfor p in /proc/[0-9]*; do\n\
+               if tr '\\0' ' ' 2>/dev/null < $p/cmdline | grep -q \"[s]leep-{mark}\"; then n=$((n+1)); fi\n\
+             done\necho \"left: $n\"\n"
+        ),
+    );
+    let config = format!(
+        "[work]\ncontainment = {containment:?}\njob-users = \"{uid}-{uid}\"\n{0}{1}",
+        command_type("leave", &leaver),
+        command_type("count", &counter)
+    );
+    let mesh = node(&config, 2);
+    let first = submit(&mesh, "leave", "");
+    let status = wait_done(&mesh, &first);
+    assert_eq!(
+        status["StateName"],
+        "Succeeded",
+        "{status}\n{}",
+        mesh.logs()
+    );
+    let second = submit(&mesh, "count", "");
+    let status = wait_done(&mesh, &second);
+    let out = results(&mesh, &second);
+    assert_eq!(
+        status["StateName"],
+        "Succeeded",
+        "{status}\n{out}\n{}",
+        mesh.logs()
+    );
+    let uid = uid.to_string();
+    assert_eq!(results(&mesh, &first), format!("{uid}\n"));
+    assert_eq!(out, format!("{uid}\nleft: 0\n"), "{}", mesh.logs());
+}
+
+#[test]
+fn a_uid_is_handed_out_again_only_once_the_daemon_its_job_left_is_gone_in_cgroups() {
+    a_uid_comes_back_only_without_the_last_jobs_processes("cgroup", 3_910_004);
+}
+
+#[test]
+fn a_uid_is_handed_out_again_only_once_the_daemon_its_job_left_is_gone_under_the_subreaper() {
+    a_uid_comes_back_only_without_the_last_jobs_processes("subreaper", 3_910_003);
 }

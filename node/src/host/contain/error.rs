@@ -35,7 +35,7 @@ pub enum ContainError {
     },
     /// Every uid of `[work] job-users` is held by a running job or still used by a process.
     #[error(
-        "every uid of [work] job-users ({range}) is held by a running job or still runs a process; widen the range or lower max-running"
+        "every uid of [work] job-users ({range}) is held by a running job or still runs a process (waited 10s); widen the range or lower max-running"
     )]
     NoJobUser {
         /// The configured range.

@@ -177,7 +177,7 @@ pub(crate) async fn piped(
 ) -> Result<Spawned, ContainError> {
     let containment = containment_of(job);
     let mut cell = containment.cell(unit, &job.limits, false)?;
-    let cmd = &as_job_user(job, &containment, cmd, &mut cell)?;
+    let cmd = &as_job_user(job, &containment, cmd, &mut cell).await?;
     if let Some(files) = &job.files {
         files.record(&cell.info);
     }
@@ -331,7 +331,7 @@ pub(crate) async fn detached(
     }
     job.detached_started = true;
     let mut cell = containment.cell(unit, &job.limits, true)?;
-    let cmd = &as_job_user(job, &containment, cmd, &mut cell)?;
+    let cmd = &as_job_user(job, &containment, cmd, &mut cell).await?;
     let (dir, reused) = record::detached_dir(&files.dir).map_err(|source| ContainError::Io {
         path: files.dir.clone(),
         source,
@@ -390,11 +390,31 @@ fn job_record(job: &JobContain, unit: &str, label: &str, cell: &Cell) -> JobReco
     }
 }
 
+/// How long a job waits for a uid of `[work] job-users` to come free (the last job of one
+/// may still be stopping: its processes are being killed) before it fails.
+const JOB_USER_WAIT: Duration = Duration::from_secs(10);
+
+/// A uid for a new job, waiting up to [`JOB_USER_WAIT`] for one to come free.
+async fn take_job_user(users: &super::users::JobUsers) -> Result<JobUser, ContainError> {
+    let until = tokio::time::Instant::now() + JOB_USER_WAIT;
+    loop {
+        if let Some(user) = users.take() {
+            return Ok(user);
+        }
+        if tokio::time::Instant::now() >= until {
+            return Err(ContainError::NoJobUser {
+                range: users.range().to_string(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// With `[work] job-users`: the job's uid (taken at its first program, with its job
 /// directory handed over to it), set as the last step of the program's setup with
 /// `RLIMIT_NPROC` bounding that uid, and `cmd` with `TMPDIR` in the job directory.
 /// Without: `cmd` as it is.
-fn as_job_user(
+async fn as_job_user(
     job: &mut JobContain,
     containment: &Containment,
     cmd: &Resolved,
@@ -407,9 +427,7 @@ fn as_job_user(
     let user = match &job.job_user {
         Some(user) => user.clone(),
         None => {
-            let user = users.take().ok_or_else(|| ContainError::NoJobUser {
-                range: users.range().to_string(),
-            })?;
+            let user = take_job_user(users).await?;
             let unit_dir = job.files.as_ref().map_or_else(
                 || job_dir.parent().unwrap_or(&job_dir).to_owned(),
                 |f| f.dir.clone(),

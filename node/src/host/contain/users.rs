@@ -7,9 +7,9 @@
 //! holds and no process runs as ([`JobUsers::take`], a `/proc` scan), and gives it back when
 //! the last [`JobUser`] handle drops, which its spawns and watchers keep until nothing of the
 //! job can run. A restarted node claims the uids its re-attached jobs recorded
-//! ([`JobUsers::claim`]) before any new job starts. When a uid comes back, what it left in
-//! the world-writable directories (`/tmp`, `/var/tmp`, `/dev/shm`) is removed, so the next
-//! job of that uid does not find it.
+//! ([`JobUsers::claim`]) before any new job starts. Before a uid is handed out, what an
+//! earlier job of it left in the world-writable directories (`/tmp`, `/var/tmp`,
+//! `/dev/shm`) is removed, so the next job of that uid does not find it.
 //!
 //! The checks at start ([`JobUsers::new`]) refuse a range that is empty, too large, holds
 //! uid 0 or the node's own uid, or overlaps a user of `/etc/passwd` or a group of
@@ -212,14 +212,19 @@ impl JobUsers {
     }
 
     /// A uid for a new job: the least recently used one that no job holds and that no
-    /// process runs as (a daemon a job left behind keeps its uid out of the pool).
-    /// `None` when every uid is held or busy.
+    /// process runs as (a daemon a job left behind keeps its uid out of the pool), with
+    /// what an earlier job of it left in `/tmp`, `/var/tmp` and `/dev/shm` removed.
+    /// `None` when every uid is held or busy. Reads `/proc` and those directories: call it
+    /// where blocking briefly is fine (a job's start).
     pub fn take(&self) -> Option<JobUser> {
         let busy = uids_in_use(self.range);
         let mut pool = self.pool.lock().ok()?;
         let at = pool.free.iter().position(|uid| !busy.contains(uid))?;
         let uid = pool.free.remove(at)?;
         pool.held.insert(uid);
+        drop(pool);
+        // Held now, so no one else takes it while what its last job left goes.
+        remove_leftovers(uid);
         Some(self.handle(uid))
     }
 
@@ -253,7 +258,7 @@ impl JobUsers {
 }
 
 /// A job's hold on its uid; clones share it, and the uid goes back to the pool (to the end
-/// of the queue) when the last one drops, after what it left in `/tmp` is removed.
+/// of the queue) when the last one drops.
 #[derive(Debug, Clone)]
 pub struct JobUser(Arc<Lease>);
 
@@ -272,21 +277,9 @@ struct Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let (uid, pool) = (self.uid, Arc::clone(&self.pool));
-        let give_back = move || {
-            remove_leftovers(uid);
-            if let Ok(mut pool) = pool.lock() {
-                pool.held.remove(&uid);
-                pool.free.push_back(uid);
-            }
-        };
-        // Off the async workers: the sweep reads directories.
-        if std::thread::Builder::new()
-            .name("job-user-return".into())
-            .spawn(give_back.clone())
-            .is_err()
-        {
-            give_back();
+        if let Ok(mut pool) = self.pool.lock() {
+            pool.held.remove(&self.uid);
+            pool.free.push_back(self.uid);
         }
     }
 }

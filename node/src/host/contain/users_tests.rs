@@ -172,13 +172,19 @@ fn a_reattached_jobs_uid_is_claimed_and_not_handed_out() {
 }
 
 #[test]
-fn what_a_uid_left_in_tmp_is_removed_when_it_comes_back() {
+fn what_a_uid_left_in_tmp_is_removed_before_it_is_handed_out_again() {
     let users = pool(3_900_040, 3_900_040);
     let user = users.take().unwrap();
     let left = Path::new("/tmp").join(format!("warren-left-{}", std::process::id()));
+    let other = Path::new("/tmp").join(format!("warren-other-{}", std::process::id()));
     std::fs::create_dir_all(left.join("deep")).unwrap();
+    std::fs::write(&other, b"another user's").unwrap();
     std::os::unix::fs::lchown(&left, Some(user.uid()), Some(user.uid())).unwrap();
     drop(user);
     wait_returned(&users, 3_900_040);
+    let again = users.take().unwrap();
+    assert_eq!(again.uid(), 3_900_040);
     assert!(!left.exists(), "{} is still there", left.display());
+    assert!(other.exists(), "a file of another uid was removed");
+    std::fs::remove_file(other).unwrap();
 }
