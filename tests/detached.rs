@@ -117,7 +117,7 @@ pub fn host() -> Host {
 }
 
 /// The unit's files, recording every `ExtraData` the host reports.
-fn files(dir: &Path, extra: Arc<Mutex<Vec<serde_json::Value>>>) -> UnitFiles {
+pub fn files(dir: &Path, extra: Arc<Mutex<Vec<serde_json::Value>>>) -> UnitFiles {
     UnitFiles {
         dir: dir.to_owned(),
         payload: dir.join("stdin"),

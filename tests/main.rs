@@ -23,6 +23,7 @@ mod detached;
 mod docs;
 mod faults;
 mod hostile_worker;
+mod job_users;
 mod limits;
 mod mesh;
 mod metrics;

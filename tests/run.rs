@@ -75,31 +75,53 @@ fn setup_with(
         identity_from,
         true,
         (None, &[]),
+        None,
     )
 }
 
 /// controller -> relay -> node1 with extra flags for the relay and `[work]` lines for
 /// node1's config file.
 pub fn relayed_setup(relay_extra: &[String], node1_work: Option<&str>) -> Setup {
-    build(None, None, true, None, true, (node1_work, relay_extra))
+    build(
+        None,
+        None,
+        true,
+        None,
+        true,
+        (node1_work, relay_extra),
+        None,
+    )
 }
 
 /// controller -> node1, no relay (node1 runs ansible-runner from the venv and lets the
 /// client run it).
 pub fn direct_setup() -> Setup {
-    build(None, None, true, None, false, (None, &[]))
+    build(None, None, true, None, false, (None, &[]), None)
 }
 
 /// [`direct_setup`] with node1's `[work] containment` set to `containment`.
 pub fn direct_setup_contained(containment: &str) -> Setup {
     let work = format!("containment = {containment:?}");
-    build(None, None, true, None, false, (Some(&work), &[]))
+    build(None, None, true, None, false, (Some(&work), &[]), None)
+}
+
+/// [`direct_setup_configured`] with node1 running `runner` as ansible-runner.
+pub fn direct_setup_with_runner(config: &str, runner: &Path) -> Setup {
+    build(
+        None,
+        None,
+        true,
+        None,
+        false,
+        (Some(config), &[]),
+        Some(runner),
+    )
 }
 
 /// [`direct_setup`] with `config` (TOML: `[work]` keys first, then any other tables) in
 /// node1's config file.
 pub fn direct_setup_configured(config: &str) -> Setup {
-    build(None, None, true, None, false, (Some(config), &[]))
+    build(None, None, true, None, false, (Some(config), &[]), None)
 }
 
 /// `--config` of a file giving node1 these `[work]` lines when some were asked for (the
@@ -125,6 +147,7 @@ fn build(
     identity_from: Option<&Path>,
     with_relay: bool,
     (node1_work, relay_extra): (Option<&str>, &[String]),
+    runner: Option<&Path>,
 ) -> Setup {
     let mut mesh = Mesh::new();
     let identity = mesh.path("client/identity.key");
@@ -147,7 +170,7 @@ fn build(
         .map(|n| mesh.identity(n))
         .collect();
     let all: Vec<&Identity> = ids.iter().collect();
-    let runner = venv_bin().join("ansible-runner");
+    let runner = runner.map_or_else(|| venv_bin().join("ansible-runner"), Path::to_owned);
     // node1 lets the client's key (whatever node id it uses) run ansible-runner.
     let mut node1_extra = vec!["--ansible-runner".to_owned(), runner.display().to_string()];
     if allow_client {
@@ -224,7 +247,7 @@ pub fn seed_args(setup: &Setup, pdd: &Path, playbook: &str, extra: &[&str]) -> V
 }
 
 /// `ansible-runner ARGS` with the front end first on PATH.
-fn ansible_runner(setup: &Setup, args: &[impl AsRef<OsStr>]) -> Output {
+pub fn ansible_runner(setup: &Setup, args: &[impl AsRef<OsStr>]) -> Output {
     frontend(setup, args).output().unwrap()
 }
 
@@ -243,7 +266,7 @@ pub fn frontend(setup: &Setup, args: &[impl AsRef<OsStr>]) -> Command {
 }
 
 /// The real `ansible-runner run` of the same demo, locally.
-fn local_run(setup: &Setup, pdd: &Path, ident: &str) -> Output {
+pub fn local_run(setup: &Setup, pdd: &Path, ident: &str) -> Output {
     Command::new(venv_bin().join("ansible-runner"))
         .args(["run", pdd.to_str().unwrap(), "-p", "test.yml", "-i", ident])
         .env_clear()
@@ -254,7 +277,7 @@ fn local_run(setup: &Setup, pdd: &Path, ident: &str) -> Output {
         .unwrap()
 }
 
-fn files(dir: &Path) -> BTreeSet<String> {
+pub fn files(dir: &Path) -> BTreeSet<String> {
     std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -262,7 +285,7 @@ fn files(dir: &Path) -> BTreeSet<String> {
 }
 
 /// Event counters from `job_events/<counter>-<uuid>.json`.
-fn counters(dir: &Path) -> BTreeSet<u64> {
+pub fn counters(dir: &Path) -> BTreeSet<u64> {
     files(&dir.join("job_events"))
         .iter()
         .filter_map(|f| f.split('-').next()?.parse().ok())

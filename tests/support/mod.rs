@@ -98,11 +98,17 @@ pub struct Node {
 
 impl Mesh {
     pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("warren-test")
+            .tempdir()
+            .expect("temp dir");
+        // Traversable, not listable: a node with `[work] job-users` refuses a data dir
+        // whose parents its jobs' uids cannot pass through.
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))
+            .expect("temp dir mode");
         Self {
-            dir: tempfile::Builder::new()
-                .prefix("warren-test")
-                .tempdir()
-                .expect("temp dir"),
+            dir,
             nodes: Vec::new(),
         }
     }

@@ -220,6 +220,9 @@ pub enum Problem {
         /// The missing key.
         key: &'static str,
     },
+    /// Not a usable range of job uids.
+    #[error(transparent)]
+    JobUsers(#[from] crate::host::contain::users::JobUsersError),
     /// A value that is not one of the few a key accepts.
     #[error("{value:?} is not one of: {accepted}")]
     UnknownChoice {

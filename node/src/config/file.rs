@@ -143,6 +143,7 @@ struct WorkSection {
     content_cache_mb: Option<Spanned<u64>>,
     max_units_per_submitter: Option<Spanned<u64>>,
     containment: Option<Spanned<String>>,
+    job_users: Option<Spanned<String>>,
 }
 
 /// Allowed range of `[work] max-running`.
@@ -397,6 +398,9 @@ impl Decoder<'_> {
             require_signed: work.require_signed.as_ref().is_some_and(|r| *r.get_ref()),
             drain_on_stop: work.drain_on_stop.as_ref().is_some_and(|d| *d.get_ref()),
             containment: self.containment(work)?,
+            job_users: (work.job_users.as_ref())
+                .map(|v| self.parse(v, "[work] job-users", |s| Ok(s.parse()?)))
+                .transpose()?,
         })
     }
 

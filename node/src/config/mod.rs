@@ -293,6 +293,9 @@ pub struct WorkLimits {
     pub max_units_per_submitter: usize,
     /// How jobs' programs are contained (`containment = "auto" | "cgroup" | "subreaper"`).
     pub containment: ContainMode,
+    /// The uids (each also a gid) reserved for jobs' programs (`job-users = "FIRST-LAST"`);
+    /// `None`: they run as the node's user.
+    pub job_users: Option<crate::host::contain::users::UidRange>,
 }
 
 #[cfg(feature = "host")]
@@ -311,6 +314,7 @@ impl Default for WorkLimits {
             content_cache: DEFAULT_CONTENT_CACHE_MB << 20,
             max_units_per_submitter: defaults.max_units_per_submitter,
             containment: ContainMode::Auto,
+            job_users: None,
         }
     }
 }

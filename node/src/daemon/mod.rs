@@ -21,7 +21,8 @@ use tokio::task::JoinHandle;
 use crate::access::{AccessPolicy, Act};
 use crate::config::Config;
 use crate::control::{ControlSocket, ListenError, default_socket_path, serve_session};
-use crate::host::contain::{ContainError, Containment, supervisor_binary};
+use crate::host::contain::users::JobUsers;
+use crate::host::contain::{ContainError, Containment, jobdir, supervisor_binary};
 use crate::host::registry::{self, Registry};
 use crate::host::runner::{Host, HostError};
 use crate::id::ServiceName;
@@ -77,6 +78,17 @@ pub enum StartError {
     /// The configured job containment is not available.
     #[error("job containment: {0}")]
     Containment(#[from] ContainError),
+    /// `[work] job-users` cannot be used as configured.
+    #[error("[work] job-users: {0}")]
+    JobUsers(#[from] crate::host::contain::users::JobUsersError),
+    /// The data dir could not be closed to job users.
+    #[error("[work] job-users: cannot close the data dir {path} to jobs: {source}")]
+    LockDataDir {
+        /// The data dir.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
     /// A certificate, revocation list or work signing key could not be used.
     #[error("{path}: {problem}")]
     Certificates {
@@ -184,7 +196,10 @@ pub async fn start(
         Some(_) => Metrics::new(),
         None => Metrics::default(),
     };
-    let containment = Containment::detect(config.work.containment, supervisor_binary())?;
+    let containment = with_job_users(
+        Containment::detect(config.work.containment, supervisor_binary())?,
+        config,
+    )?;
     tracing::info!(containment = %containment.describe(), "job containment");
     let mut host = Host::with_containment(&component_cache(config), containment)
         .map_err(StartError::Host)?
@@ -305,6 +320,36 @@ pub(crate) fn signed_work(config: &Config) -> SignedWork {
 
 /// Where compiled components are cached: `$WARREN_COMPONENT_CACHE` (tests share one
 /// across nodes), else `<data-dir>/component-cache`.
+/// With `[work] job-users`: the pool checked (range, accounts, capabilities, the data
+/// dir's parents), the data dir closed to jobs and the node's umask 077. Without, and run
+/// as root: one warning that jobs run as root.
+fn with_job_users(containment: Containment, config: &Config) -> Result<Containment, StartError> {
+    let Some(range) = config.work.job_users else {
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            tracing::warn!(
+                "the node runs as root without [work] job-users: jobs' programs run as root and can reach everything the node can (other jobs' payloads and results, its keys, its control socket); set [work] job-users = \"FIRST-LAST\" to run each job as a uid of its own"
+            );
+        }
+        return Ok(containment);
+    };
+    let users = JobUsers::new(range, &config.data_dir)?;
+    jobdir::lock_data_dir(&config.data_dir).map_err(|source| StartError::LockDataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    tracing::info!(range = %range, "each job runs as a uid of its own");
+    let size = u64::from(range.last - range.first) + 1;
+    if size < config.work.max_running as u64 {
+        tracing::warn!(
+            range = %range,
+            max_running = config.work.max_running,
+            "[work] job-users holds fewer uids than max-running: jobs beyond them fail; reserve at least max-running uids"
+        );
+    }
+    Ok(containment.with_job_users(users))
+}
+
 fn component_cache(config: &Config) -> PathBuf {
     std::env::var_os("WARREN_COMPONENT_CACHE")
         .filter(|v| !v.is_empty())

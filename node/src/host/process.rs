@@ -124,7 +124,7 @@ impl JobState {
             .map_err(|e| SpawnError::Io(e.to_string()))?;
         let io = |e: std::io::Error| SpawnError::Io(format!("cannot start {:?}: {e}", cmd.program));
         let pipes = Pipes::new(merge_stderr).map_err(io)?;
-        let spawned = spawn::piped(&self.contain, &self.unit, &resolved, pipes)
+        let spawned = spawn::piped(&mut self.contain, &self.unit, &resolved, pipes)
             .await
             .map_err(|e| SpawnError::Io(e.to_string()))?;
         tracing::info!(unit = %self.unit, program = %cmd.program, pid = spawned.pid, "spawned child");

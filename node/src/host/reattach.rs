@@ -222,6 +222,7 @@ mod tests {
             deadline_ms_total: 0,
             cancel_grace_ms: 0,
             output_bytes: 0,
+            job_user: None,
         };
         record::create_job_log(&detached, &job).unwrap();
         let started = job_started(dir.path()).expect("a start from this boot's record");

@@ -352,7 +352,8 @@ impl Host {
         let exceeded = capped.exceeded.clone();
         let payload = Box::new(AsyncReadStream::new(io.payload));
         let results = Box::new(AsyncWriteStream::new(RESULTS_WRITE_BUDGET, capped));
-        let contain = self.job_contain(&policy, io.files);
+        let mut contain = self.job_contain(&policy, io.files);
+        contain.job_dir = Some(io.job_dir.clone());
         let breaches = contain.breaches().clone();
         let disk =
             (limits.disk).map(|q| DiskLedger::new(io.job_dir.clone(), q, self.free_space_floor));

@@ -19,6 +19,7 @@ use tokio::sync::watch as tokio_watch;
 use super::cgroup;
 use super::record::{self, EndReason, ExitRecord, JobRecord, ProgramExit};
 use super::supervised::pidfd_open;
+use super::users::JobUser;
 use super::watch::{self as watcher, BreachLog, Killer, SupervisorWait, Target, Watch};
 use super::{Breach, Containment, ContainmentInfo, UnitFiles};
 use crate::host::runner::Outcome;
@@ -56,6 +57,8 @@ pub struct DetachedJob {
     /// The node's containment, when known: whether a dropped wait leaves the job running
     /// (the node is stopping and will re-attach again).
     containment: Option<Arc<Containment>>,
+    /// The job's uid (`[work] job-users`), held in the pool until the job has ended.
+    user: Option<JobUser>,
 }
 
 /// Kills a re-attached job's whole containment when its wait is dropped before the job
@@ -93,8 +96,19 @@ impl DetachedJob {
     /// [`Containment::leave_detached_running`]).
     #[must_use]
     pub fn with_containment(mut self, containment: Arc<Containment>) -> Self {
+        if let (Some(users), Some(uid)) = (containment.job_users(), self.record.job_user) {
+            self.user = users.claim(uid);
+            if self.user.is_none() {
+                tracing::warn!(unit = %self.record.unit, uid, range = %users.range(), "a re-attached job's uid is outside [work] job-users or held twice");
+            }
+        }
         self.containment = Some(containment);
         self
+    }
+
+    /// The uid the job runs as and holds in the pool, when it runs as a job user.
+    pub fn job_user(&self) -> Option<u32> {
+        self.user.as_ref().map(JobUser::uid)
     }
 
     /// Waits for the job to end and returns the unit's outcome. Enforces what is left of
@@ -164,6 +178,8 @@ impl DetachedJob {
             }
         };
         guard.armed = false;
+        // The program has ended: its uid may go back to the pool.
+        drop(self.user);
         let deadline_hit = timed_out || reason == EndReason::Deadline;
         outcome(&record, status, canceled, deadline_hit, breaches.get())
     }
@@ -306,6 +322,7 @@ pub fn reattach(files: UnitFiles) -> Reattach {
         dir,
         record,
         containment: None,
+        user: None,
     }))
 }
 
@@ -339,6 +356,7 @@ mod tests {
             deadline_ms_total: 21_600_000,
             cancel_grace_ms: 10_000,
             output_bytes: 1,
+            job_user: None,
         }
     }
 

@@ -33,6 +33,25 @@ pub enum ContainError {
         #[source]
         source: io::Error,
     },
+    /// Every uid of `[work] job-users` is held by a running job or still used by a process.
+    #[error(
+        "every uid of [work] job-users ({range}) is held by a running job or still runs a process (waited 10s); widen the range or lower max-running"
+    )]
+    NoJobUser {
+        /// The configured range.
+        range: String,
+    },
+    /// The job directory could not be given to the job's uid.
+    #[error("cannot give the job directory {} to the job's uid {uid}: {source}", path.display())]
+    JobDir {
+        /// The job directory.
+        path: PathBuf,
+        /// The uid.
+        uid: u32,
+        /// What failed.
+        #[source]
+        source: io::Error,
+    },
     /// The program could not be started (fork, exec, or its rlimits, network namespace or
     /// cgroup join before exec).
     #[error("cannot start {}: {source}", program.display())]

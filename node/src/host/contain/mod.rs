@@ -24,6 +24,10 @@
 //! Detached programs ([`detached`]) always run under a supervisor that outlives the node
 //! process and records the exit status ([`record`]), so a restarted node re-attaches.
 //!
+//! With `[work] job-users` ([`users`]), each job's programs also run as a uid of their own
+//! (gid the same, no supplementary groups, no capabilities, `PR_SET_NO_NEW_PRIVS`), set
+//! last before `exec`, in a job directory given to that uid ([`jobdir`]).
+//!
 //! This module decides and sets up; the `process` capability (`host/process.rs`) spawns
 //! through it.
 
@@ -36,6 +40,7 @@ pub mod cgroup;
 pub mod detached;
 pub(crate) mod detect;
 pub mod error;
+pub mod jobdir;
 pub mod limits;
 pub mod record;
 pub(crate) mod setup;
@@ -43,6 +48,7 @@ pub(crate) mod setup;
 pub(crate) mod spawn;
 pub(crate) mod supervised;
 pub mod supervisor;
+pub mod users;
 pub(crate) mod vfork;
 pub mod watch;
 
@@ -97,6 +103,8 @@ pub struct Containment {
     /// A supervisor started ahead for the next detached job ([`supervised::Spare`]): taken
     /// by that job, refilled after its start. Held only for a take or a put.
     spare: Mutex<Option<supervised::Spare>>,
+    /// The uids reserved for jobs (`[work] job-users`); `None`: jobs run as the node's user.
+    job_users: Option<Arc<users::JobUsers>>,
 }
 
 impl Containment {
@@ -145,6 +153,7 @@ impl Containment {
             leave_detached: AtomicBool::new(false),
             serial: AtomicU64::new(0),
             spare: Mutex::new(None),
+            job_users: None,
         })
     }
 
@@ -166,12 +175,33 @@ impl Containment {
             leave_detached: AtomicBool::new(false),
             serial: AtomicU64::new(0),
             spare: Mutex::new(None),
+            job_users: None,
         }
+    }
+
+    /// Runs every job's programs as a uid of `users` from now on.
+    #[must_use]
+    pub fn with_job_users(mut self, users: users::JobUsers) -> Self {
+        self.job_users = Some(Arc::new(users));
+        self
+    }
+
+    /// The pool of job uids, when `[work] job-users` is set.
+    pub fn job_users(&self) -> Option<&Arc<users::JobUsers>> {
+        self.job_users.as_ref()
     }
 
     /// What is in use, for `warren status` and `ExtraData`: `cgroup v1 (memory, pids) +
     /// cgroup v2 (kill)`, `subreaper (...)`, `process group (...)`.
     pub fn describe(&self) -> String {
+        let mut text = self.describe_mechanism();
+        if let Some(users) = &self.job_users {
+            text.push_str(&format!("; each job as its own uid of {}", users.range()));
+        }
+        text
+    }
+
+    fn describe_mechanism(&self) -> String {
         let unbounded = if is_root() {
             "memory per process (RLIMIT_AS); pids not bounded (root)"
         } else {

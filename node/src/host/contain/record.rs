@@ -159,6 +159,9 @@ pub struct JobRecord {
     pub cancel_grace_ms: u64,
     /// The results cap, in bytes.
     pub output_bytes: u64,
+    /// The uid the program runs as (`[work] job-users`); `None`: the node's user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_user: Option<u32>,
 }
 
 /// The `detached/` directory of the unit whose directory is `unit_dir`, created (mode 0700)

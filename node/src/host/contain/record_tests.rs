@@ -35,6 +35,7 @@ fn a_record() -> JobRecord {
         deadline_ms_total: 8,
         cancel_grace_ms: 9,
         output_bytes: 10,
+        job_user: None,
     }
 }
 

@@ -1,5 +1,7 @@
 //! What a program's process does to itself between `fork` and `exec`: join its cgroups, take
-//! its rlimits, and (when asked) enter a private network namespace.
+//! its rlimits, (when asked) enter a private network namespace, and last (with `[work]
+//! job-users`) become its job's own user: no supplementary groups, gid and uid the job's,
+//! no capabilities, `PR_SET_NO_NEW_PRIVS`.
 //!
 //! [`ChildSetup::apply`] runs in the child of a possibly multi-threaded process, so it makes
 //! only async-signal-safe system calls: no allocation, no locks, no formatting through
@@ -49,6 +51,9 @@ pub(crate) struct ChildSetup {
     /// Unblock every signal (a supervisor blocks the ones it takes through a signalfd, and
     /// a signal mask survives `exec`).
     pub(crate) unblock_signals: bool,
+    /// The job's own uid (used as its gid too), taken last; `None`: the node's user.
+    #[serde(default)]
+    pub(crate) job_user: Option<u32>,
 }
 
 fn no_fds() -> [RawFd; MAX_CGROUP_FDS] {
@@ -76,6 +81,7 @@ impl ChildSetup {
             private_network: false,
             ids,
             unblock_signals: false,
+            job_user: None,
         }
     }
 
@@ -114,6 +120,9 @@ impl ChildSetup {
             // SAFETY: as above; only system calls on stack data.
             unsafe { self.enter_private_network()? };
         }
+        if let Some(uid) = self.job_user {
+            become_job_user(uid)?;
+        }
         Ok(())
     }
 
@@ -143,7 +152,9 @@ impl ChildSetup {
     /// the node's own ids; then brings `lo` up, so 127.0.0.1 works inside.
     unsafe fn enter_private_network(&self) -> io::Result<()> {
         let (uid, gid) = self.ids;
-        if uid == 0 {
+        // A job user is not mapped in a namespace of the node's user: the node needs
+        // CAP_SYS_ADMIN (root) for the plain network namespace then.
+        if uid == 0 || self.job_user.is_some() {
             // SAFETY: unshare has no memory effects.
             check(unsafe { libc::unshare(libc::CLONE_NEWNET) }.into())?;
         } else {
@@ -156,6 +167,70 @@ impl ChildSetup {
         // SAFETY: only system calls on stack data.
         unsafe { loopback_up() }
     }
+}
+
+/// Drops every supplementary group, takes `uid` as real, effective and saved gid and uid,
+/// clears every capability (a non-root node's capabilities survive a change between two
+/// non-zero uids) and sets `PR_SET_NO_NEW_PRIVS`, so no set-uid program or file capability
+/// gives any of it back.
+///
+/// Raw system calls: the libc wrappers of `setuid` and friends change every thread of the
+/// calling process through a signal broadcast, and this child runs on the node's memory
+/// (`CLONE_VM`), where that thread list is the node's. The kernel calls change only the
+/// calling task, which is this whole single-threaded process.
+fn become_job_user(uid: u32) -> io::Result<()> {
+    let id = libc::c_long::from(uid);
+    // SAFETY: system calls on integers and a stack buffer; async-signal-safe.
+    unsafe {
+        check(libc::syscall(
+            libc::SYS_setgroups,
+            0 as libc::c_long,
+            std::ptr::null::<u32>(),
+        ))?;
+        check(libc::syscall(libc::SYS_setresgid, id, id, id))?;
+        check(libc::syscall(libc::SYS_setresuid, id, id, id))?;
+        // Ambient capabilities would be raised again at exec: clear them first.
+        check(
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                0,
+                0,
+                0,
+            )
+            .into(),
+        )?;
+        let header = CapHeader {
+            version: LINUX_CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        let data = [CapData::default(); 2];
+        check(libc::syscall(
+            libc::SYS_capset,
+            &raw const header,
+            data.as_ptr(),
+        ))?;
+        check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0).into())
+    }
+}
+
+/// `_LINUX_CAPABILITY_VERSION_3`: two 32-bit words per set.
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// `struct __user_cap_header_struct`.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// `struct __user_cap_data_struct`: all zero is no capability at all.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
 }
 
 /// Sets a resource limit. The soft limit is `value`, capped at the current hard limit; with

@@ -17,9 +17,10 @@ use tokio::sync::watch;
 use super::record::{self, JobRecord, ProgramExit};
 use super::supervised::{self, HANDSHAKE_WAIT, LaunchOptions, SupervisorStdio};
 use super::supervisor::{Spec, SpecFiles};
+use super::users::JobUser;
 use super::vfork;
 use super::watch::{self as watcher, BreachLog, Killer, SupervisorWait, Target, Watch};
-use super::{Cell, ContainError, Containment, ProgramLimits, UnitFiles};
+use super::{Cell, ContainError, Containment, ProgramLimits, UnitFiles, jobdir};
 
 /// A resolved command: what the policy allowed.
 #[derive(Debug, Clone)]
@@ -55,6 +56,11 @@ pub(crate) struct JobContain {
     pub(crate) output_bytes: u64,
     /// Whether this job already started its detached program (one per job).
     pub(crate) detached_started: bool,
+    /// The job directory (given to the job's uid with `[work] job-users`).
+    pub(crate) job_dir: Option<PathBuf>,
+    /// The job's uid, taken at its first program (with `[work] job-users`); each program's
+    /// watcher keeps a clone until the program has ended.
+    pub(crate) job_user: Option<JobUser>,
 }
 
 impl JobContain {
@@ -164,13 +170,14 @@ fn watch_for(job: &JobContain, cell: &Cell, killer: Killer, output_cap: Option<u
 /// # Errors
 /// [`ContainError`] naming what failed: its cgroup, the supervisor, or its start.
 pub(crate) async fn piped(
-    job: &JobContain,
+    job: &mut JobContain,
     unit: &str,
     cmd: &Resolved,
     pipes: Pipes,
 ) -> Result<Spawned, ContainError> {
     let containment = containment_of(job);
-    let cell = containment.cell(unit, &job.limits, false)?;
+    let mut cell = containment.cell(unit, &job.limits, false)?;
+    let cmd = &as_job_user(job, &containment, cmd, &mut cell).await?;
     if let Some(files) = &job.files {
         files.record(&cell.info);
     }
@@ -224,8 +231,10 @@ fn direct(
     };
     let watch = watch_for(job, &cell, killer.clone(), None);
     let (tx, exit) = watch::channel(None);
+    let user = job.job_user.clone();
     tokio::spawn(async move {
         let status = watcher::direct(child, watch).await;
+        drop(user);
         let _ = tx.send(Some(status));
     });
     Ok(Spawned {
@@ -282,9 +291,11 @@ async fn supervised_piped(
     };
     let watch = watch_for(job, &cell, killer.clone(), None);
     let (tx, exit) = watch::channel(None);
+    let user = job.job_user.clone();
     tokio::spawn(async move {
         // The lifeline stays open (in `launched`) until the supervisor has ended.
         let status = watcher::supervised(launched, watch).await;
+        drop(user);
         let _ = tx.send(Some(status));
     });
     Ok(Spawned {
@@ -319,7 +330,8 @@ pub(crate) async fn detached(
         return Err(ContainError::AlreadyDetached);
     }
     job.detached_started = true;
-    let cell = containment.cell(unit, &job.limits, true)?;
+    let mut cell = containment.cell(unit, &job.limits, true)?;
+    let cmd = &as_job_user(job, &containment, cmd, &mut cell).await?;
     let (dir, reused) = record::detached_dir(&files.dir).map_err(|source| ContainError::Io {
         path: files.dir.clone(),
         source,
@@ -374,7 +386,70 @@ fn job_record(job: &JobContain, unit: &str, label: &str, cell: &Cell) -> JobReco
         deadline_ms_total: ms(job.deadline),
         cancel_grace_ms: ms(job.cancel_grace),
         output_bytes: job.output_bytes,
+        job_user: job.job_user.as_ref().map(JobUser::uid),
     }
+}
+
+/// How long a job waits for a uid of `[work] job-users` to come free (the last job of one
+/// may still be stopping: its processes are being killed) before it fails.
+const JOB_USER_WAIT: Duration = Duration::from_secs(10);
+
+/// A uid for a new job, waiting up to [`JOB_USER_WAIT`] for one to come free.
+async fn take_job_user(users: &super::users::JobUsers) -> Result<JobUser, ContainError> {
+    let until = tokio::time::Instant::now() + JOB_USER_WAIT;
+    loop {
+        if let Some(user) = users.take() {
+            return Ok(user);
+        }
+        if tokio::time::Instant::now() >= until {
+            return Err(ContainError::NoJobUser {
+                range: users.range().to_string(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// With `[work] job-users`: the job's uid (taken at its first program, with its job
+/// directory handed over to it), set as the last step of the program's setup with
+/// `RLIMIT_NPROC` bounding that uid, and `cmd` with `TMPDIR` in the job directory.
+/// Without: `cmd` as it is.
+async fn as_job_user(
+    job: &mut JobContain,
+    containment: &Containment,
+    cmd: &Resolved,
+    cell: &mut Cell,
+) -> Result<Resolved, ContainError> {
+    let Some(users) = containment.job_users() else {
+        return Ok(cmd.clone());
+    };
+    let job_dir = job.job_dir.clone().ok_or(ContainError::NoUnitFiles)?;
+    let user = match &job.job_user {
+        Some(user) => user.clone(),
+        None => {
+            let user = take_job_user(users).await?;
+            let unit_dir = job.files.as_ref().map_or_else(
+                || job_dir.parent().unwrap_or(&job_dir).to_owned(),
+                |f| f.dir.clone(),
+            );
+            jobdir::hand_over(&job_dir, &unit_dir, users.data_dir(), user.uid()).map_err(
+                |source| ContainError::JobDir {
+                    path: job_dir.clone(),
+                    uid: user.uid(),
+                    source,
+                },
+            )?;
+            job.job_user = Some(user.clone());
+            user
+        }
+    };
+    cell.setup.job_user = Some(user.uid());
+    cell.setup.nproc = Some(job.limits.pids);
+    let mut cmd = cmd.clone();
+    cmd.env.retain(|(name, _)| name != "TMPDIR");
+    cmd.env
+        .push(("TMPDIR".to_owned(), job_dir.display().to_string()));
+    Ok(cmd)
 }
 
 /// Launches a detached job's supervisor: the spare the containment keeps waiting (started
@@ -463,8 +538,10 @@ fn watch_detached(
     };
     let (tx, exit) = watch::channel(None);
     let unit = unit.to_owned();
+    let user = job.job_user.clone();
     tokio::spawn(async move {
         let (status, _) = super::detached::wait(wait, dir, watch, &unit).await;
+        drop(user);
         let _ = tx.send(Some(status));
     });
     Spawned {

@@ -32,6 +32,7 @@ fn record_for(unit: UnitId, supervisor: ProcessRef) -> JobRecord {
         deadline_ms_total: 3_600_000,
         cancel_grace_ms: 3_600_000,
         output_bytes: 1 << 20,
+        job_user: None,
     }
 }
 

@@ -1,0 +1,436 @@
+//! Job users (`[work] job-users = "FIRST-LAST"`): a range of uids, each also a gid, that the
+//! node reserves for its jobs' programs, so that no job can read another's pipes
+//! (`/proc/<pid>/fd`), files, the node's data dir or its control socket, or signal anything
+//! but its own processes.
+//!
+//! [`JobUsers`] owns the pool: a job takes the least recently used uid that no other job
+//! holds and no process runs as ([`JobUsers::take`], a `/proc` scan), and gives it back when
+//! the last [`JobUser`] handle drops, which its spawns and watchers keep until nothing of the
+//! job can run. A restarted node claims the uids its re-attached jobs recorded
+//! ([`JobUsers::claim`]) before any new job starts. Before a uid is handed out, what an
+//! earlier job of it left in the world-writable directories (`/tmp`, `/var/tmp`,
+//! `/dev/shm`) is removed, so the next job of that uid does not find it.
+//!
+//! The checks at start ([`JobUsers::new`]) refuse a range that is empty, too large, holds
+//! uid 0 or the node's own uid, or overlaps a user of `/etc/passwd` or a group of
+//! `/etc/group` (a job would get that user's files and processes, or that group's files),
+//! and a node that cannot switch users, give files away and reach what jobs leave.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::fmt;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Most uids a range may hold (more jobs at once than this is not a real node).
+pub const MAX_JOB_USERS: u32 = 65_536;
+
+/// World-writable directories whose top-level entries a returned uid leaves are removed.
+const SHARED_TMP: [&str; 3] = ["/tmp", "/var/tmp", "/dev/shm"];
+
+/// Capabilities a non-root node needs, by number and name.
+const NEEDED_CAPS: [(u32, &str); 6] = [
+    (0, "CAP_CHOWN"),
+    (1, "CAP_DAC_OVERRIDE"),
+    (3, "CAP_FOWNER"),
+    (5, "CAP_KILL"),
+    (6, "CAP_SETGID"),
+    (7, "CAP_SETUID"),
+];
+
+/// A range of uids, `FIRST-LAST` inclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UidRange {
+    /// The first uid.
+    pub first: u32,
+    /// The last uid (inclusive).
+    pub last: u32,
+}
+
+impl fmt::Display for UidRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+impl std::str::FromStr for UidRange {
+    type Err = JobUsersError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || JobUsersError::Syntax(s.to_owned());
+        let (first, last) = s.trim().split_once('-').ok_or_else(bad)?;
+        let first: u32 = first.trim().parse().map_err(|_| bad())?;
+        let last: u32 = last.trim().parse().map_err(|_| bad())?;
+        if first > last {
+            return Err(JobUsersError::Empty { first, last });
+        }
+        if last - first >= MAX_JOB_USERS {
+            return Err(JobUsersError::TooMany {
+                range: Self { first, last },
+            });
+        }
+        Ok(Self { first, last })
+    }
+}
+
+impl UidRange {
+    fn contains(&self, uid: u32) -> bool {
+        (self.first..=self.last).contains(&uid)
+    }
+}
+
+/// Why `[work] job-users` cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobUsersError {
+    /// Not `FIRST-LAST`.
+    #[error("\"{0}\" is not a uid range: write FIRST-LAST, for example \"200000-200999\"")]
+    Syntax(String),
+    /// `FIRST` above `LAST`.
+    #[error("{first}-{last} is empty: the first uid must not be above the last")]
+    Empty {
+        /// The first uid.
+        first: u32,
+        /// The last uid.
+        last: u32,
+    },
+    /// More than [`MAX_JOB_USERS`] uids.
+    #[error("{range} holds more than {MAX_JOB_USERS} uids; reserve fewer")]
+    TooMany {
+        /// The range.
+        range: UidRange,
+    },
+    /// Holds uid 0.
+    #[error("{range} holds uid 0 (root): jobs would run as root; choose uids above 0")]
+    Root {
+        /// The range.
+        range: UidRange,
+    },
+    /// Holds the node's own uid.
+    #[error(
+        "{range} holds the node's own uid {uid}: jobs could reach everything the node can; choose uids no one uses"
+    )]
+    NodeUid {
+        /// The range.
+        range: UidRange,
+        /// The node's uid.
+        uid: u32,
+    },
+    /// Overlaps an account of `/etc/passwd` or a group of `/etc/group`.
+    #[error("{range} holds uid/gid {id}, which is {what} \"{name}\" in {}: a job running as it would get that {what}'s files and processes; choose uids and gids no account uses", file.display())]
+    Taken {
+        /// The range.
+        range: UidRange,
+        /// The id.
+        id: u32,
+        /// `user` or `group`.
+        what: &'static str,
+        /// Its name.
+        name: String,
+        /// The file that names it.
+        file: PathBuf,
+    },
+    /// A non-root node without the capabilities it needs.
+    #[error(
+        "the node runs as uid {uid} without {missing}: run it as root, or give it CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_FOWNER, CAP_KILL, CAP_SETGID and CAP_SETUID as ambient capabilities (systemd: AmbientCapabilities=), so its supervisors have them too; or remove [work] job-users"
+    )]
+    NoCapability {
+        /// The node's uid.
+        uid: u32,
+        /// The missing capabilities, named.
+        missing: String,
+    },
+    /// A directory above the data dir that other users cannot traverse.
+    #[error("{} (mode {mode:04o}) cannot be traversed by other users, so no job could reach its directory under the data dir: chmod o+x it, or choose a data dir whose parents can be traversed", path.display())]
+    Untraversable {
+        /// The directory.
+        path: PathBuf,
+        /// Its mode bits.
+        mode: u32,
+    },
+}
+
+/// The pool of job uids, shared by every job of the node.
+#[derive(Debug)]
+pub struct JobUsers {
+    range: UidRange,
+    data_dir: PathBuf,
+    pool: Arc<Mutex<Pool>>,
+}
+
+/// The uids: `free` in least recently used order (front first), `held` by live jobs.
+#[derive(Debug)]
+struct Pool {
+    free: VecDeque<u32>,
+    held: BTreeSet<u32>,
+}
+
+impl JobUsers {
+    /// The pool of `range` for a node whose data dir is `data_dir`, after every check at
+    /// start: the range against the node's uid and the account files, the node's
+    /// capabilities, and that other users can traverse the data dir's parents.
+    ///
+    /// # Errors
+    /// [`JobUsersError`] naming what is wrong and what to do.
+    pub fn new(range: UidRange, data_dir: &Path) -> Result<Self, JobUsersError> {
+        // SAFETY: geteuid cannot fail.
+        let uid = unsafe { libc::geteuid() };
+        check_range(range, uid)?;
+        for (file, what) in [("/etc/passwd", "user"), ("/etc/group", "group")] {
+            let text = std::fs::read_to_string(file).unwrap_or_default();
+            check_accounts(range, &text, Path::new(file), what)?;
+        }
+        if uid != 0 {
+            let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+            check_capabilities(uid, &status)?;
+        }
+        let data_dir = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_owned());
+        check_traversable(&data_dir)?;
+        Ok(Self::unchecked(range, data_dir))
+    }
+
+    /// The pool without the checks at start (tests).
+    pub(crate) fn unchecked(range: UidRange, data_dir: PathBuf) -> Self {
+        let pool = Pool {
+            free: (range.first..=range.last).collect(),
+            held: BTreeSet::new(),
+        };
+        Self {
+            range,
+            data_dir,
+            pool: Arc::new(Mutex::new(pool)),
+        }
+    }
+
+    /// The range.
+    pub fn range(&self) -> UidRange {
+        self.range
+    }
+
+    /// The node's data dir, whose contents the pool keeps jobs out of.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// A uid for a new job: the least recently used one that no job holds and that no
+    /// process runs as (a daemon a job left behind keeps its uid out of the pool), with
+    /// what an earlier job of it left in `/tmp`, `/var/tmp` and `/dev/shm` removed.
+    /// `None` when every uid is held or busy. Reads `/proc` and those directories: call it
+    /// where blocking briefly is fine (a job's start).
+    pub fn take(&self) -> Option<JobUser> {
+        let busy = uids_in_use(self.range);
+        let mut pool = self.pool.lock().ok()?;
+        let at = pool.free.iter().position(|uid| !busy.contains(uid))?;
+        let uid = pool.free.remove(at)?;
+        pool.held.insert(uid);
+        drop(pool);
+        // Held now, so no one else takes it while what its last job left goes.
+        remove_leftovers(uid);
+        Some(self.handle(uid))
+    }
+
+    /// Marks `uid` held by a job a restarted node re-attached (from its job record);
+    /// `None` when it is not in the range or held already.
+    pub fn claim(&self, uid: u32) -> Option<JobUser> {
+        if !self.range.contains(uid) {
+            return None;
+        }
+        let mut pool = self.pool.lock().ok()?;
+        let at = pool.free.iter().position(|&u| u == uid)?;
+        pool.free.remove(at);
+        pool.held.insert(uid);
+        Some(self.handle(uid))
+    }
+
+    /// The uids jobs hold now, lowest first.
+    pub fn held(&self) -> Vec<u32> {
+        self.pool
+            .lock()
+            .map(|p| p.held.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    fn handle(&self, uid: u32) -> JobUser {
+        JobUser(Arc::new(Lease {
+            uid,
+            pool: Arc::clone(&self.pool),
+        }))
+    }
+}
+
+/// A job's hold on its uid; clones share it, and the uid goes back to the pool (to the end
+/// of the queue) when the last one drops.
+#[derive(Debug, Clone)]
+pub struct JobUser(Arc<Lease>);
+
+impl JobUser {
+    /// The uid (and gid).
+    pub fn uid(&self) -> u32 {
+        self.0.uid
+    }
+}
+
+#[derive(Debug)]
+struct Lease {
+    uid: u32,
+    pool: Arc<Mutex<Pool>>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Ok(mut pool) = self.pool.lock() {
+            pool.held.remove(&self.uid);
+            pool.free.push_back(self.uid);
+        }
+    }
+}
+
+/// Removes the top-level entries of [`SHARED_TMP`] that `uid` owns (not following links).
+fn remove_leftovers(uid: u32) {
+    for dir in SHARED_TMP {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let Ok(meta) = entry.path().symlink_metadata() else {
+                continue;
+            };
+            if meta.uid() != uid {
+                continue;
+            }
+            let path = entry.path();
+            let removed = if meta.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            match removed {
+                Ok(()) => tracing::info!(uid, path = %path.display(), "removed what a job left"),
+                Err(e) => {
+                    tracing::warn!(uid, path = %path.display(), error = %e, "cannot remove what a job left")
+                }
+            }
+        }
+    }
+}
+
+/// The uids of `range` that a process runs as now (any of its real, effective, saved or
+/// file-system uids), from `/proc/<pid>/status` (the owner of `/proc/<pid>` is root for a
+/// process that made itself non-dumpable).
+pub(crate) fn uids_in_use(range: UidRange) -> BTreeSet<u32> {
+    let mut busy = BTreeSet::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return busy;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        if !name
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        {
+            continue;
+        }
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        busy.extend(status_uids(&status).filter(|&u| range.contains(u)));
+    }
+    busy
+}
+
+/// The ids of the `Uid:` line of a `/proc/<pid>/status`.
+fn status_uids(status: &str) -> impl Iterator<Item = u32> + '_ {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .into_iter()
+        .flat_map(str::split_whitespace)
+        .filter_map(|n| n.parse().ok())
+}
+
+fn check_range(range: UidRange, node_uid: u32) -> Result<(), JobUsersError> {
+    if range.contains(0) {
+        return Err(JobUsersError::Root { range });
+    }
+    if range.contains(node_uid) {
+        return Err(JobUsersError::NodeUid {
+            range,
+            uid: node_uid,
+        });
+    }
+    Ok(())
+}
+
+/// Refuses a range that holds an id of `text` (an `/etc/passwd` or `/etc/group`: the id is
+/// the third field).
+fn check_accounts(
+    range: UidRange,
+    text: &str,
+    file: &Path,
+    what: &'static str,
+) -> Result<(), JobUsersError> {
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let mut fields = line.split(':');
+        let (Some(name), Some(id)) = (fields.next(), fields.nth(1)) else {
+            continue;
+        };
+        if let Ok(id) = id.parse::<u32>()
+            && range.contains(id)
+        {
+            return Err(JobUsersError::Taken {
+                range,
+                id,
+                what,
+                name: name.to_owned(),
+                file: file.to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a non-root node (uid `uid`) whose `/proc/self/status` does not show every
+/// needed capability both effective and ambient.
+fn check_capabilities(uid: u32, status: &str) -> Result<(), JobUsersError> {
+    let set = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    let have = set("CapEff:") & set("CapAmb:");
+    let missing: Vec<&str> = NEEDED_CAPS
+        .iter()
+        .filter(|(bit, _)| have & (1 << bit) == 0)
+        .map(|(_, name)| *name)
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(JobUsersError::NoCapability {
+            uid,
+            missing: missing.join(", "),
+        })
+    }
+}
+
+/// Refuses a data dir one of whose parents other users cannot traverse.
+fn check_traversable(data_dir: &Path) -> Result<(), JobUsersError> {
+    for dir in data_dir.ancestors().skip(1) {
+        let Ok(meta) = std::fs::metadata(dir) else {
+            continue;
+        };
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o001 == 0 {
+            return Err(JobUsersError::Untraversable {
+                path: dir.to_owned(),
+                mode,
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "users_tests.rs"]
+mod tests;

@@ -1,0 +1,190 @@
+use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::process::CommandExt as _;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+fn range(first: u32, last: u32) -> UidRange {
+    UidRange { first, last }
+}
+
+fn pool(first: u32, last: u32) -> JobUsers {
+    JobUsers::unchecked(range(first, last), PathBuf::from("/nonexistent"))
+}
+
+/// Waits until the pool no longer holds `uid` (a dropped handle gives it back on a thread).
+fn wait_returned(users: &JobUsers, uid: u32) {
+    let until = Instant::now() + Duration::from_secs(10);
+    while users.held().contains(&uid) {
+        assert!(Instant::now() < until, "uid {uid} never came back");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_range_is_first_dash_last_and_bad_ones_say_how_to_write_it() {
+    assert_eq!(
+        "200000-200009".parse::<UidRange>(),
+        Ok(range(200_000, 200_009))
+    );
+    let text = |s: &str| s.parse::<UidRange>().unwrap_err().to_string();
+    assert_eq!(
+        text("200000"),
+        "\"200000\" is not a uid range: write FIRST-LAST, for example \"200000-200999\""
+    );
+    assert_eq!(
+        text("5-3"),
+        "5-3 is empty: the first uid must not be above the last"
+    );
+    assert_eq!(
+        text("1-100000"),
+        "1-100000 holds more than 65536 uids; reserve fewer"
+    );
+}
+
+#[test]
+fn a_range_with_root_or_the_nodes_uid_is_refused() {
+    assert_eq!(
+        check_range(range(0, 10), 1000).unwrap_err().to_string(),
+        "0-10 holds uid 0 (root): jobs would run as root; choose uids above 0"
+    );
+    assert_eq!(
+        check_range(range(900, 1100), 1000).unwrap_err().to_string(),
+        "900-1100 holds the node's own uid 1000: jobs could reach everything the node can; choose uids no one uses"
+    );
+    assert_eq!(check_range(range(2000, 2100), 1000), Ok(()));
+}
+
+#[test]
+fn a_range_overlapping_an_account_is_refused_naming_it() {
+    let passwd =
+        "# comment\nroot:x:0:0:root:/root:/bin/bash\nalice:x:1001:1001::/home/alice:/bin/sh\n";
+    let err =
+        check_accounts(range(1000, 1010), passwd, Path::new("/etc/passwd"), "user").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "1000-1010 holds uid/gid 1001, which is user \"alice\" in /etc/passwd: a job running as it would get that user's files and processes; choose uids and gids no account uses"
+    );
+    assert_eq!(
+        check_accounts(range(2000, 2010), passwd, Path::new("/etc/passwd"), "user"),
+        Ok(())
+    );
+}
+
+#[test]
+fn a_non_root_node_without_ambient_capabilities_is_told_what_it_lacks() {
+    // Every needed capability effective, but only CAP_CHOWN and CAP_KILL ambient.
+    let status = "Name:\tx\nCapEff:\t00000000000000eb\nCapAmb:\t0000000000000021\n";
+    let err = check_capabilities(1000, status).unwrap_err().to_string();
+    assert!(
+        err.starts_with("the node runs as uid 1000 without CAP_DAC_OVERRIDE, CAP_FOWNER, CAP_SETGID, CAP_SETUID: run it as root, or give it"),
+        "{err}"
+    );
+    let all = "CapEff:\t00000000000000eb\nCapAmb:\t00000000000000eb\n";
+    assert_eq!(check_capabilities(1000, all), Ok(()));
+}
+
+#[test]
+fn a_data_dir_under_a_closed_directory_is_refused() {
+    let top = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(top.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let data = top.path().join("data");
+    let err = check_traversable(&data).unwrap_err().to_string();
+    assert!(
+        err.contains("(mode 0700) cannot be traversed by other users"),
+        "{err}"
+    );
+    std::fs::set_permissions(top.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    assert_eq!(check_traversable(&data), Ok(()));
+}
+
+#[test]
+fn concurrent_jobs_never_share_a_uid_and_the_least_recently_used_comes_first() {
+    let users = pool(3_900_000, 3_900_002);
+    let a = users.take().unwrap();
+    let b = users.take().unwrap();
+    let c = users.take().unwrap();
+    let mut uids = vec![a.uid(), b.uid(), c.uid()];
+    uids.dedup();
+    assert_eq!(uids, vec![3_900_000, 3_900_001, 3_900_002]);
+    assert!(users.take().is_none(), "every uid is held");
+    let (first, second) = (b.uid(), a.uid());
+    drop(b);
+    wait_returned(&users, first);
+    drop(a);
+    wait_returned(&users, second);
+    let again = users.take().unwrap();
+    assert_eq!(again.uid(), first, "returned first, handed out first");
+    assert_eq!(users.take().unwrap().uid(), second);
+}
+
+#[test]
+fn a_clone_of_a_jobs_handle_keeps_its_uid_held() {
+    let users = pool(3_900_010, 3_900_010);
+    let job = users.take().unwrap();
+    let watcher = job.clone();
+    drop(job);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(users.held(), vec![3_900_010], "a watcher still holds it");
+    assert!(users.take().is_none());
+    drop(watcher);
+    wait_returned(&users, 3_900_010);
+    assert_eq!(users.take().map(|u| u.uid()), Some(3_900_010));
+}
+
+#[test]
+fn a_uid_a_process_still_runs_as_is_not_handed_out() {
+    let users = pool(3_900_020, 3_900_021);
+    // A daemon a finished job left behind, still running as the first uid.
+    let mut left = std::process::Command::new("sleep")
+        .arg("30")
+        .uid(3_900_020)
+        .gid(3_900_020)
+        .spawn()
+        .expect("tests run as root: start a process as another uid");
+    let held = users.take();
+    let first = held.as_ref().map(JobUser::uid);
+    let second = users.take().map(|u| u.uid());
+    let alive = left.try_wait().unwrap();
+    let busy = uids_in_use(range(3_900_020, 3_900_021));
+    assert_eq!(
+        (first, second),
+        (Some(3_900_021), None),
+        "the busy uid is skipped (left: {alive:?}, busy now: {busy:?})"
+    );
+    left.kill().unwrap();
+    left.wait().unwrap();
+    assert_eq!(users.take().map(|u| u.uid()), Some(3_900_020));
+    drop(held);
+}
+
+#[test]
+fn a_reattached_jobs_uid_is_claimed_and_not_handed_out() {
+    let users = pool(3_900_030, 3_900_031);
+    let claimed = users.claim(3_900_030).unwrap();
+    assert!(users.claim(3_900_030).is_none(), "held once only");
+    assert!(users.claim(42).is_none(), "outside the range");
+    let other = users.take();
+    assert_eq!(other.as_ref().map(JobUser::uid), Some(3_900_031));
+    assert!(users.take().is_none());
+    drop(claimed);
+    wait_returned(&users, 3_900_030);
+}
+
+#[test]
+fn what_a_uid_left_in_tmp_is_removed_before_it_is_handed_out_again() {
+    let users = pool(3_900_040, 3_900_040);
+    let user = users.take().unwrap();
+    let left = Path::new("/tmp").join(format!("warren-left-{}", std::process::id()));
+    let other = Path::new("/tmp").join(format!("warren-other-{}", std::process::id()));
+    std::fs::create_dir_all(left.join("deep")).unwrap();
+    std::fs::write(&other, b"another user's").unwrap();
+    std::os::unix::fs::lchown(&left, Some(user.uid()), Some(user.uid())).unwrap();
+    drop(user);
+    wait_returned(&users, 3_900_040);
+    let again = users.take().unwrap();
+    assert_eq!(again.uid(), 3_900_040);
+    assert!(!left.exists(), "{} is still there", left.display());
+    assert!(other.exists(), "a file of another uid was removed");
+    std::fs::remove_file(other).unwrap();
+}
