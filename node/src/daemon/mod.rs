@@ -318,8 +318,6 @@ pub(crate) fn signed_work(config: &Config) -> SignedWork {
     }
 }
 
-/// Where compiled components are cached: `$WARREN_COMPONENT_CACHE` (tests share one
-/// across nodes), else `<data-dir>/component-cache`.
 /// With `[work] job-users`: the pool checked (range, accounts, capabilities, the data
 /// dir's parents), the data dir closed to jobs and the node's umask 077. Without, and run
 /// as root: one warning that jobs run as root.
@@ -350,6 +348,8 @@ fn with_job_users(containment: Containment, config: &Config) -> Result<Containme
     Ok(containment.with_job_users(users))
 }
 
+/// Where compiled components are cached: `$WARREN_COMPONENT_CACHE` (tests share one
+/// across nodes), else `<data-dir>/component-cache`.
 fn component_cache(config: &Config) -> PathBuf {
     std::env::var_os("WARREN_COMPONENT_CACHE")
         .filter(|v| !v.is_empty())
