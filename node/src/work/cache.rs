@@ -51,6 +51,13 @@ const MAX_ENTRIES: usize = 1_000_000;
 /// an inode and a block on disk however small it is.
 pub const MIN_CHARGE: u64 = 4096;
 
+/// What a content of `size` bytes counts against the cache's bound and a scope's pinned
+/// share: at least [`MIN_CHARGE`]. The index, a session's hits and a submission's
+/// reservation all count with this, so tiny contents cannot pin more than they reserved.
+pub fn charge_of(size: u64) -> u64 {
+    size.max(MIN_CHARGE)
+}
+
 /// Most submissions assembled from the cache at once, and per scope. Each holds its
 /// manifest and its inline files in memory (up to about 100 MiB at the bounds), and pins
 /// what it uses; a submission over these counts is told to send its payload whole.
@@ -158,7 +165,7 @@ impl ContentCache {
             }
         }
         found.sort();
-        let mut index = Lru::new(max_bytes, MAX_ENTRIES).charging_at_least(MIN_CHARGE);
+        let mut index = Lru::new(max_bytes, MAX_ENTRIES).charging_with(charge_of);
         for (_, key, size) in found {
             index.insert(key, size, false);
         }
@@ -303,13 +310,14 @@ impl Session {
         self.lookups.push(std::thread::current().id());
         let size = self.cache.lock().pin(&key)?;
         self.pinned.push(key);
-        self.charged = self.charged.saturating_add(size);
-        self.cache.charge(&self.scope, size);
+        let charge = charge_of(size);
+        self.charged = self.charged.saturating_add(charge);
+        self.cache.charge(&self.scope, charge);
         Some((self.cache.path(&key), size))
     }
 
     /// Reserves `bytes` more for this session to pin (the contents it is about to
-    /// receive), if the scope's sessions would then pin at most 1/[`PINNED_SHARE`] of the
+    /// receive, each counted with [`charge_of`]), if the scope's sessions would then pin at most 1/[`PINNED_SHARE`] of the
     /// cache; whether it did.
     pub fn reserve(&mut self, bytes: u64) -> bool {
         let share = self.cache.max_bytes / PINNED_SHARE;
@@ -423,8 +431,9 @@ impl Session {
             return;
         };
         self.pinned.swap_remove(ours);
-        self.charged = self.charged.saturating_sub(size);
-        self.cache.release(&self.scope, size);
+        let charge = charge_of(size);
+        self.charged = self.charged.saturating_sub(charge);
+        self.cache.release(&self.scope, charge);
         let mut index = self.cache.lock();
         // Another session of this scope still pins it: only our pin goes. What this one
         // receives for it replaces the file ([`Session::commit`]).

@@ -287,3 +287,26 @@ fn one_scope_filling_the_cache_does_not_evict_another_scopes_contents() {
     // A keeps its newest.
     assert!(cache.session(a).unwrap().hit(&numbered(63)).is_some());
 }
+
+#[test]
+fn tiny_hits_count_at_least_4_kib_against_the_scopes_pinned_share() {
+    // Found by an attacker's review: a hit charged the content's real size while the
+    // index pins at least 4 KiB of it, so a submitter of tiny files pinned far over its
+    // share, and the cache evicted every other scope's entries to make room.
+    let dir = tempfile::tempdir().unwrap();
+    let max_bytes = 1 << 20;
+    let cache = ContentCache::open(dir.path(), max_bytes).unwrap();
+    let scope = Scope::of(&PublicKey::from_bytes([3; 32]));
+    let share_entries = (max_bytes / PINNED_SHARE / MIN_CHARGE) as u32;
+    for n in 0..share_entries {
+        put_sized(&mut cache.session(scope).unwrap(), numbered(n), 1);
+    }
+    let mut session = cache.session(scope).unwrap();
+    for n in 0..share_entries {
+        assert!(session.hit(&numbered(n)).is_some());
+    }
+    assert!(
+        !session.reserve(1),
+        "{share_entries} pinned entries of 4 KiB fill the 1/{PINNED_SHARE} share"
+    );
+}
