@@ -65,6 +65,11 @@ pub const MAX_SESSIONS: usize = 8;
 /// See [`MAX_SESSIONS`].
 pub const MAX_SESSIONS_PER_SCOPE: usize = 4;
 
+/// Pins (or 4 KiB units of bytes pinned and reserved) above which a session dropped on an
+/// async worker is released on the blocking pool: unpinning and evicting that many
+/// entries holds the index lock for a long time.
+const RELEASE_ON_CALLER: u64 = 1024;
+
 /// The share of the cache one scope's open sessions may pin at once (one in this many
 /// bytes): pinned contents cannot be evicted, so one submitter must not hold the cache
 /// against everyone else. A submission over it is told to send its payload whole.
@@ -86,6 +91,12 @@ pub struct ContentCache {
     /// The thread that removed each evicted file, for tests to see where it ran.
     #[cfg(test)]
     removed_by: cleaner::Removals,
+    /// The thread that released each session, for tests to see where it ran.
+    #[cfg(test)]
+    released_by: cleaner::Removals,
+    /// Holds the cleaner while taken (tests: a stalled disk).
+    #[cfg(test)]
+    stall: cleaner::Stall,
 }
 
 /// One scope's open sessions.
@@ -172,12 +183,14 @@ impl ContentCache {
         let evicted = index.evict();
         let index = Arc::new(Mutex::new(index));
         #[cfg(test)]
-        let removed_by = cleaner::Removals::default();
+        let (removed_by, stall) = (cleaner::Removals::default(), cleaner::Stall::default());
         let cleaner = Cleaner::start(
             root.clone(),
             index.clone(),
             #[cfg(test)]
             removed_by.clone(),
+            #[cfg(test)]
+            stall.clone(),
         )?;
         cleaner.remove(evicted);
         Ok(Arc::new(Self {
@@ -189,6 +202,10 @@ impl ContentCache {
             rehashed: AtomicU64::new(0),
             #[cfg(test)]
             removed_by,
+            #[cfg(test)]
+            released_by: cleaner::Removals::default(),
+            #[cfg(test)]
+            stall,
         }))
     }
 
@@ -449,7 +466,34 @@ impl Session {
 }
 
 impl Drop for Session {
+    /// Unpins what it pinned, evicts what no longer fits and frees its slot: on the
+    /// blocking pool when it pinned many entries and is dropped on an async worker.
     fn drop(&mut self) {
+        let release = Release {
+            cache: self.cache.clone(),
+            scope: self.scope,
+            pinned: std::mem::take(&mut self.pinned),
+            charged: self.charged,
+        };
+        let heavy = release.pinned.len() as u64 > RELEASE_ON_CALLER
+            || self.charged / MIN_CHARGE > RELEASE_ON_CALLER;
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if heavy => drop(runtime.spawn_blocking(move || release.run())),
+            _ => release.run(),
+        }
+    }
+}
+
+/// What a dropped [`Session`] gives back.
+struct Release {
+    cache: Arc<ContentCache>,
+    scope: [u8; 32],
+    pinned: Vec<Key>,
+    charged: u64,
+}
+
+impl Release {
+    fn run(self) {
         let mut index = self.cache.lock();
         for key in &self.pinned {
             index.unpin(key);
@@ -458,6 +502,10 @@ impl Drop for Session {
         drop(index);
         self.cache.cleaner.remove(evicted);
         self.cache.close_session(&self.scope, self.charged);
+        #[cfg(test)]
+        (self.cache.released_by.lock())
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(std::thread::current().id());
     }
 }
 
