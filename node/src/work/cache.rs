@@ -88,6 +88,8 @@ pub struct ContentCache {
     sessions: Mutex<HashMap<[u8; 32], ScopeUse>>,
     /// Bytes read back from cached files to check them against their hash.
     rehashed: AtomicU64,
+    /// Checks that found file leases not available (no stamp could be recorded).
+    leases_unavailable: AtomicU64,
     /// The thread that removed each evicted file, for tests to see where it ran.
     #[cfg(test)]
     removed_by: cleaner::Removals,
@@ -200,6 +202,7 @@ impl ContentCache {
             cleaner,
             sessions: Mutex::new(HashMap::new()),
             rehashed: AtomicU64::new(0),
+            leases_unavailable: AtomicU64::new(0),
             #[cfg(test)]
             removed_by,
             #[cfg(test)]
@@ -284,6 +287,12 @@ impl ContentCache {
         self.rehashed.load(Ordering::Relaxed)
     }
 
+    /// Checks so far that found file leases not available in the cache's directory: each
+    /// such file is hashed again at every use.
+    pub fn leases_unavailable(&self) -> u64 {
+        self.leases_unavailable.load(Ordering::Relaxed)
+    }
+
     /// Waits until every evicted file so far is removed (test hook).
     #[cfg(test)]
     fn settle_removals(&self) {
@@ -313,6 +322,11 @@ pub struct Session {
 }
 
 impl Session {
+    /// The cache this session uses.
+    pub fn cache(&self) -> &ContentCache {
+        &self.cache
+    }
+
     fn key(&self, hash: &[u8; 32]) -> Key {
         Key {
             scope: self.scope,

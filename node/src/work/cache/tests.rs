@@ -372,3 +372,29 @@ async fn a_session_pinning_many_entries_is_released_off_the_async_worker() {
     // Released all the same: unpinned and evicted down to the bound (256 entries of 4 KiB).
     assert_eq!(cache.usage(), (1 << 20, 256));
 }
+
+#[test]
+fn leases_not_available_are_counted_and_a_lease_refused_to_a_writer_is_not() {
+    // Found by the s22 review: where leases fail (NFS, `fs.leases-enable=0`, ...) no
+    // stamp is ever recorded and every reuse hashes every file again, with no trace.
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ContentCache::open(dir.path(), 1 << 20).unwrap();
+    let mut session = cache
+        .session(Scope::of(&PublicKey::from_bytes([3; 32])))
+        .unwrap();
+    let content = vec![b'p'; 1000];
+    let path = put(&mut session, &content);
+    let hash: [u8; 32] = Sha256::digest(&content).into();
+    let later = std::time::SystemTime::now() + SETTLED;
+    // A writer has it open: the lease is refused, which is no sign of leases missing.
+    let writer = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    assert!(session.check(&hash, &path, 1000, later).unwrap());
+    drop(writer);
+    assert_eq!(cache.leases_unavailable(), 0);
+    check::LEASES_FAIL.set(true);
+    assert!(session.check(&hash, &path, 1000, later).unwrap());
+    assert!(session.check(&hash, &path, 1000, later).unwrap());
+    check::LEASES_FAIL.set(false);
+    assert_eq!(cache.leases_unavailable(), 2);
+    assert_eq!(cache.rehashed_bytes(), 3000, "no stamp: hashed each time");
+}

@@ -211,6 +211,7 @@ impl Server {
             .map(|(e, _)| e.size)
             .sum();
         self.work.metrics().content_cached(cached);
+        (self.work.metrics()).content_leases_unavailable(session.cache().leases_unavailable());
         // The assembled stream is base64: four bytes for every three, rounded up.
         let data_len: u64 = plan.manifest.entries.iter().map(|e| e.data_len()).sum();
         let stream_len = data_len.div_ceil(3) * 4;
