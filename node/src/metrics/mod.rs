@@ -86,6 +86,7 @@ pub(crate) struct Families {
     payload_bytes: Counter,
     content_received_bytes: Counter,
     content_cached_bytes: Counter,
+    content_cache_lease_unavailable: Gauge,
     result_bytes: Counter,
     component_compiles: Counter,
     component_cache_hits: Counter,
@@ -119,6 +120,7 @@ impl Families {
             payload_bytes: Default::default(),
             content_received_bytes: Default::default(),
             content_cached_bytes: Default::default(),
+            content_cache_lease_unavailable: Default::default(),
             result_bytes: Default::default(),
             component_compiles: Default::default(),
             component_cache_hits: Default::default(),
@@ -280,6 +282,14 @@ impl Metrics {
     pub fn content_cached(&self, bytes: u64) {
         if let Some(f) = self.families() {
             f.content_cached_bytes.inc_by(bytes);
+        }
+    }
+
+    /// The content cache's checks so far found file leases not available `total` times
+    /// (each time a cached file is hashed again that a stamp would have spared).
+    pub fn content_leases_unavailable(&self, total: u64) {
+        if let Some(f) = self.families() {
+            (f.content_cache_lease_unavailable).set(i64::try_from(total).unwrap_or(i64::MAX));
         }
     }
 
@@ -471,6 +481,11 @@ fn register_work(r: &mut Registry, f: &Families) {
         "content_cached_bytes",
         "Bytes of file contents content-addressed submissions found in the content cache",
         f.content_cached_bytes.clone(),
+    );
+    r.register(
+        "content_cache_lease_unavailable",
+        "Checks of cached contents that found file leases not available (each such file is hashed again at every use)",
+        f.content_cache_lease_unavailable.clone(),
     );
     r.register(
         "result_bytes",

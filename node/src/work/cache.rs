@@ -51,12 +51,24 @@ const MAX_ENTRIES: usize = 1_000_000;
 /// an inode and a block on disk however small it is.
 pub const MIN_CHARGE: u64 = 4096;
 
+/// What a content of `size` bytes counts against the cache's bound and a scope's pinned
+/// share: at least [`MIN_CHARGE`]. The index, a session's hits and a submission's
+/// reservation all count with this, so tiny contents cannot pin more than they reserved.
+pub fn charge_of(size: u64) -> u64 {
+    size.max(MIN_CHARGE)
+}
+
 /// Most submissions assembled from the cache at once, and per scope. Each holds its
 /// manifest and its inline files in memory (up to about 100 MiB at the bounds), and pins
 /// what it uses; a submission over these counts is told to send its payload whole.
 pub const MAX_SESSIONS: usize = 8;
 /// See [`MAX_SESSIONS`].
 pub const MAX_SESSIONS_PER_SCOPE: usize = 4;
+
+/// Pins (or 4 KiB units of bytes pinned and reserved) above which a session dropped on an
+/// async worker is released on the blocking pool: unpinning and evicting that many
+/// entries holds the index lock for a long time.
+const RELEASE_ON_CALLER: u64 = 1024;
 
 /// The share of the cache one scope's open sessions may pin at once (one in this many
 /// bytes): pinned contents cannot be evicted, so one submitter must not hold the cache
@@ -76,9 +88,17 @@ pub struct ContentCache {
     sessions: Mutex<HashMap<[u8; 32], ScopeUse>>,
     /// Bytes read back from cached files to check them against their hash.
     rehashed: AtomicU64,
+    /// Checks that found file leases not available (no stamp could be recorded).
+    leases_unavailable: AtomicU64,
     /// The thread that removed each evicted file, for tests to see where it ran.
     #[cfg(test)]
     removed_by: cleaner::Removals,
+    /// The thread that released each session, for tests to see where it ran.
+    #[cfg(test)]
+    released_by: cleaner::Removals,
+    /// Holds the cleaner while taken (tests: a stalled disk).
+    #[cfg(test)]
+    stall: cleaner::Stall,
 }
 
 /// One scope's open sessions.
@@ -158,19 +178,21 @@ impl ContentCache {
             }
         }
         found.sort();
-        let mut index = Lru::new(max_bytes, MAX_ENTRIES).charging_at_least(MIN_CHARGE);
+        let mut index = Lru::new(max_bytes, MAX_ENTRIES).charging_with(charge_of);
         for (_, key, size) in found {
             index.insert(key, size, false);
         }
         let evicted = index.evict();
         let index = Arc::new(Mutex::new(index));
         #[cfg(test)]
-        let removed_by = cleaner::Removals::default();
+        let (removed_by, stall) = (cleaner::Removals::default(), cleaner::Stall::default());
         let cleaner = Cleaner::start(
             root.clone(),
             index.clone(),
             #[cfg(test)]
             removed_by.clone(),
+            #[cfg(test)]
+            stall.clone(),
         )?;
         cleaner.remove(evicted);
         Ok(Arc::new(Self {
@@ -180,8 +202,13 @@ impl ContentCache {
             cleaner,
             sessions: Mutex::new(HashMap::new()),
             rehashed: AtomicU64::new(0),
+            leases_unavailable: AtomicU64::new(0),
             #[cfg(test)]
             removed_by,
+            #[cfg(test)]
+            released_by: cleaner::Removals::default(),
+            #[cfg(test)]
+            stall,
         }))
     }
 
@@ -260,6 +287,12 @@ impl ContentCache {
         self.rehashed.load(Ordering::Relaxed)
     }
 
+    /// Checks so far that found file leases not available in the cache's directory: each
+    /// such file is hashed again at every use.
+    pub fn leases_unavailable(&self) -> u64 {
+        self.leases_unavailable.load(Ordering::Relaxed)
+    }
+
     /// Waits until every evicted file so far is removed (test hook).
     #[cfg(test)]
     fn settle_removals(&self) {
@@ -289,6 +322,11 @@ pub struct Session {
 }
 
 impl Session {
+    /// The cache this session uses.
+    pub fn cache(&self) -> &ContentCache {
+        &self.cache
+    }
+
     fn key(&self, hash: &[u8; 32]) -> Key {
         Key {
             scope: self.scope,
@@ -303,13 +341,14 @@ impl Session {
         self.lookups.push(std::thread::current().id());
         let size = self.cache.lock().pin(&key)?;
         self.pinned.push(key);
-        self.charged = self.charged.saturating_add(size);
-        self.cache.charge(&self.scope, size);
+        let charge = charge_of(size);
+        self.charged = self.charged.saturating_add(charge);
+        self.cache.charge(&self.scope, charge);
         Some((self.cache.path(&key), size))
     }
 
     /// Reserves `bytes` more for this session to pin (the contents it is about to
-    /// receive), if the scope's sessions would then pin at most 1/[`PINNED_SHARE`] of the
+    /// receive, each counted with [`charge_of`]), if the scope's sessions would then pin at most 1/[`PINNED_SHARE`] of the
     /// cache; whether it did.
     pub fn reserve(&mut self, bytes: u64) -> bool {
         let share = self.cache.max_bytes / PINNED_SHARE;
@@ -423,8 +462,9 @@ impl Session {
             return;
         };
         self.pinned.swap_remove(ours);
-        self.charged = self.charged.saturating_sub(size);
-        self.cache.release(&self.scope, size);
+        let charge = charge_of(size);
+        self.charged = self.charged.saturating_sub(charge);
+        self.cache.release(&self.scope, charge);
         let mut index = self.cache.lock();
         // Another session of this scope still pins it: only our pin goes. What this one
         // receives for it replaces the file ([`Session::commit`]).
@@ -440,7 +480,34 @@ impl Session {
 }
 
 impl Drop for Session {
+    /// Unpins what it pinned, evicts what no longer fits and frees its slot: on the
+    /// blocking pool when it pinned many entries and is dropped on an async worker.
     fn drop(&mut self) {
+        let release = Release {
+            cache: self.cache.clone(),
+            scope: self.scope,
+            pinned: std::mem::take(&mut self.pinned),
+            charged: self.charged,
+        };
+        let heavy = release.pinned.len() as u64 > RELEASE_ON_CALLER
+            || self.charged / MIN_CHARGE > RELEASE_ON_CALLER;
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if heavy => drop(runtime.spawn_blocking(move || release.run())),
+            _ => release.run(),
+        }
+    }
+}
+
+/// What a dropped [`Session`] gives back.
+struct Release {
+    cache: Arc<ContentCache>,
+    scope: [u8; 32],
+    pinned: Vec<Key>,
+    charged: u64,
+}
+
+impl Release {
+    fn run(self) {
         let mut index = self.cache.lock();
         for key in &self.pinned {
             index.unpin(key);
@@ -449,6 +516,10 @@ impl Drop for Session {
         drop(index);
         self.cache.cleaner.remove(evicted);
         self.cache.close_session(&self.scope, self.charged);
+        #[cfg(test)]
+        (self.cache.released_by.lock())
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(std::thread::current().id());
     }
 }
 

@@ -151,6 +151,10 @@ struct Entry {
     expires: Option<Instant>,
     /// The number of the unit's latest status write (0: none since it was loaded).
     written: u64,
+    /// Why a running unit fails once its handler, asked to stop, ends (its status did not
+    /// reach the disk while its submitter waited): it keeps its slot and its job
+    /// directory until then.
+    fail_when_ended: Option<String>,
 }
 
 /// The work core. See the module doc for the driving contract.
@@ -313,6 +317,7 @@ impl Core {
                 wake_at: None,
                 expires: None,
                 written: 0,
+                fail_when_ended: None,
             },
         );
     }
@@ -480,10 +485,14 @@ impl Core {
 
     /// A locally run unit ended (or, after a restart, was found ended or gone).
     pub fn handler_ended(&mut self, now: Instant, id: UnitId, end: HandlerEnd) {
+        let (mut state, mut detail) = (end.state, end.detail);
         if let Some(entry) = self.units.get_mut(&id) {
             entry.status.stdout_size = end.stdout_size;
+            if let Some(reason) = entry.fail_when_ended.take() {
+                (state, detail) = (UnitState::Failed, reason);
+            }
         }
-        self.finish(now, id, end.state, end.detail);
+        self.finish(now, id, state, detail);
     }
 
     /// The remote unit finished and its output is all here (or the mirror failed for good).

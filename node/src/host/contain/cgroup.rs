@@ -14,6 +14,7 @@ use std::io::{self, Write as _};
 use std::os::fd::{AsRawFd as _, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -62,6 +63,9 @@ pub(crate) struct JobCgroup {
     freezer: Option<PathBuf>,
     /// Set once removed, so drop does nothing more.
     removed: AtomicBool,
+    /// An adopted group's verified parent directories, held open: its paths go through
+    /// them (`/proc/self/fd/<parent>/<name>`), never through a path a job could swap.
+    held: Vec<Arc<OwnedFd>>,
 }
 
 impl JobCgroup {
@@ -77,6 +81,7 @@ impl JobCgroup {
             pids: None,
             freezer: None,
             removed: AtomicBool::new(false),
+            held: Vec::new(),
         };
         if let Some(root) = &roots.v2 {
             let controllers: Vec<&str> = [("memory", root.memory), ("pids", root.pids)]
@@ -274,9 +279,12 @@ impl JobCgroup {
         if remove_dirs(&dirs) {
             return;
         }
+        // The parents an adopted group's paths go through stay open while they are used.
+        let held = self.held.clone();
         let spawned = std::thread::Builder::new()
             .name("warren-cgroup-rm".into())
             .spawn(move || {
+                let _held = held;
                 let start = Instant::now();
                 while start.elapsed() < REMOVE_RETRY {
                     std::thread::sleep(Duration::from_millis(2));
@@ -358,14 +366,26 @@ fn made_by_a_node(path: &Path) -> bool {
 }
 
 pub(crate) fn from_paths(paths: &[PathBuf]) -> JobCgroup {
+    let made: Vec<PathBuf> = paths
+        .iter()
+        .filter(|p| made_by_a_node(p))
+        .cloned()
+        .collect();
+    classify(&made, Vec::new())
+}
+
+/// The group of cgroup directories `paths`, sorted by hierarchy from the files each has,
+/// holding `held` open while it lives.
+fn classify(paths: &[PathBuf], held: Vec<Arc<OwnedFd>>) -> JobCgroup {
     let mut cgroup = JobCgroup {
         v2: None,
         memory: None,
         pids: None,
         freezer: None,
         removed: AtomicBool::new(false),
+        held,
     };
-    for path in paths.iter().filter(|p| made_by_a_node(p)) {
+    for path in paths {
         if path.join("cgroup.kill").exists() || path.join("cgroup.type").exists() {
             let root = V2Root {
                 dir: path.parent().map(Path::to_owned).unwrap_or_default(),

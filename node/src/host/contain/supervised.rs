@@ -22,7 +22,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::UnixStream;
 use tokio::net::unix::pipe;
 
@@ -42,6 +42,63 @@ const HIGH_FD: RawFd = 10;
 /// killed, and the start fails with [`ContainError::SupervisorSilent`].
 pub(crate) const HANDSHAKE_WAIT: Duration = Duration::from_secs(30);
 
+/// The longest report line a supervisor may send (`started ...`, `error <why>`, `ended
+/// <record>`: a few hundred bytes). Whoever holds the report socket must not grow the
+/// node's memory with a line that never ends.
+pub(crate) const MAX_REPORT_LINE: usize = 16 * 1024;
+
+/// A supervisor's report lines, each at most [`MAX_REPORT_LINE`] bytes.
+#[derive(Debug)]
+pub(crate) struct ReportLines {
+    reader: BufReader<UnixStream>,
+    /// The line read so far (kept when a `next_line` future is dropped).
+    line: Vec<u8>,
+}
+
+impl ReportLines {
+    fn new(stream: UnixStream) -> Self {
+        Self {
+            reader: BufReader::new(stream),
+            line: Vec::new(),
+        }
+    }
+
+    /// The next line without its newline; `None` at the end (what was read of an
+    /// unfinished last line is given first). Cancel-safe: a dropped future loses nothing.
+    ///
+    /// # Errors
+    /// Reading fails, a line is over [`MAX_REPORT_LINE`] bytes, or it is not UTF-8.
+    pub(crate) async fn next_line(&mut self) -> io::Result<Option<String>> {
+        loop {
+            let available = self.reader.fill_buf().await?;
+            if available.is_empty() {
+                if self.line.is_empty() {
+                    return Ok(None);
+                }
+                return utf8(std::mem::take(&mut self.line)).map(Some);
+            }
+            let end = available.iter().position(|b| *b == b'\n');
+            let taken = end.map_or(available.len(), |at| at + 1);
+            if self.line.len() + taken > MAX_REPORT_LINE + 1 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("a supervisor report line is over {MAX_REPORT_LINE} bytes"),
+                ));
+            }
+            self.line.extend_from_slice(&available[..taken]);
+            self.reader.consume(taken);
+            if end.is_some() {
+                self.line.pop();
+                return utf8(std::mem::take(&mut self.line)).map(Some);
+            }
+        }
+    }
+}
+
+fn utf8(bytes: Vec<u8>) -> io::Result<String> {
+    String::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
 /// A started supervisor and its program.
 #[derive(Debug)]
 pub(crate) struct Launched {
@@ -57,7 +114,7 @@ pub(crate) struct Launched {
     /// The program.
     pub(crate) program: ProcessRef,
     /// The supervisor's later report lines (`ended ...`).
-    pub(crate) reports: Lines<BufReader<UnixStream>>,
+    pub(crate) reports: ReportLines,
     /// The node's end of the lifeline: dropping it tells the supervisor the node is gone.
     pub(crate) _lifeline: Option<OwnedFd>,
 }
@@ -189,7 +246,7 @@ impl Started<'_> {
         let mut child = self.child;
         child.outlive_handle();
         let mut sender = tokio_stream(self.spec, "spec socket")?;
-        let mut reports = BufReader::new(tokio_stream(self.reports, "report socket")?).lines();
+        let mut reports = ReportLines::new(tokio_stream(self.reports, "report socket")?);
         let exchange = async {
             send_spec(&mut sender, spec).await?;
             first_report(&mut reports, self.exe).await
@@ -345,10 +402,7 @@ async fn send_spec(sender: &mut UnixStream, spec: &Spec) -> Result<(), ContainEr
 }
 
 /// Reads `started <pid> <start time>` (the program's) or `error <why>`.
-async fn first_report(
-    reports: &mut Lines<BufReader<UnixStream>>,
-    exe: &Path,
-) -> Result<ProcessRef, ContainError> {
+async fn first_report(reports: &mut ReportLines, exe: &Path) -> Result<ProcessRef, ContainError> {
     let line = reports
         .next_line()
         .await

@@ -65,6 +65,24 @@ async fn a_garbled_report_is_a_protocol_error_quoting_the_line() {
 }
 
 #[tokio::test]
+async fn a_later_report_line_that_never_ends_is_refused_at_the_bound() {
+    // Found by the s22 review: later report lines were read with no bound, so whoever got
+    // the report socket grew the node's memory with a line that never ended.
+    let dir = tempfile::tempdir().unwrap();
+    let exe = fake_supervisor(
+        dir.path(),
+        "echo \"started $$ 1\" >&4\nhead -c 1048576 /dev/zero | tr '\\0' x >&4\necho >&4",
+    );
+    let mut launched = launch_with(&exe).await.unwrap();
+    let line = launched.reports.next_line().await;
+    assert!(
+        matches!(&line, Err(e) if e.kind() == io::ErrorKind::InvalidData),
+        "{:?}",
+        line.map(|l| l.map(|l| l.len()))
+    );
+}
+
+#[tokio::test]
 async fn the_supervisors_refusal_is_passed_on_in_its_words() {
     let dir = tempfile::tempdir().unwrap();
     let said = "cannot start /nowhere: No such file or directory (os error 2)";

@@ -15,7 +15,7 @@
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 
@@ -45,7 +45,8 @@ impl Session {
     ) -> io::Result<bool> {
         let key = self.key(hash);
         let known = self.cache.lock().stamp(&key);
-        match holds(path, hash, size, known, now, &self.cache.rehashed)? {
+        let counts = (&self.cache.rehashed, &self.cache.leases_unavailable);
+        match holds(path, hash, size, known, now, counts.0, counts.1)? {
             Found::Lost => Ok(false),
             Found::Good(stamp, Settled::Yes) => {
                 self.cache.lock().set_stamp(&key, stamp);
@@ -103,21 +104,57 @@ const F_SETSIG: libc::c_int = 10;
 /// Whether no one holds `file` open for writing now: a read lease is granted (and given
 /// back at once). A lease break signals its holder, `SIGIO` by default, which would end
 /// the node; it is made `SIGURG`, ignored unless handled, before the lease is asked for.
-/// False where leases are not available (`EINVAL`, `ENOLCK`, ...) or refused (`EAGAIN`).
-fn no_writer(file: &std::fs::File) -> bool {
+/// False where it is refused (`EAGAIN`: a writer has it open).
+///
+/// # Errors
+/// Where leases are not available (`EINVAL`, `ENOLCK`, `EACCES`, ...: NFS, some overlay
+/// set-ups, `fs.leases-enable=0`, a file the node does not own without `CAP_LEASE`).
+fn no_writer(file: &std::fs::File) -> io::Result<bool> {
     use std::os::fd::AsRawFd;
+    #[cfg(test)]
+    if LEASES_FAIL.get() {
+        return Err(io::Error::from_raw_os_error(libc::ENOLCK));
+    }
     let fd = file.as_raw_fd();
     // SAFETY: fcntl on a descriptor this function borrows, with integer arguments.
     unsafe {
         if libc::fcntl(fd, F_SETSIG, libc::SIGURG) != 0 {
-            return false;
+            return Err(io::Error::last_os_error());
         }
         if libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) != 0 {
-            return false;
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EAGAIN) => Ok(false),
+                _ => Err(e),
+            };
         }
         libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK);
     }
-    true
+    Ok(true)
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Test hook: leases are not available on this thread.
+    pub(super) static LEASES_FAIL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether a lease was found unavailable yet (it is warned of once).
+static LEASE_WARNED: AtomicBool = AtomicBool::new(false);
+
+/// [`no_writer`], a lease not available counted in `unavailable` (and warned of once:
+/// without leases no stamp is ever recorded, so every reuse hashes every file again).
+fn settles(file: &std::fs::File, unavailable: &AtomicU64) -> bool {
+    match no_writer(file) {
+        Ok(free) => free,
+        Err(e) => {
+            unavailable.fetch_add(1, Ordering::Relaxed);
+            if !LEASE_WARNED.swap(true, Ordering::Relaxed) {
+                tracing::warn!(error = %e, "file leases are not available in the content cache's directory: every cached content is hashed again at each use (counted in content_cache_lease_unavailable)");
+            }
+            false
+        }
+    }
 }
 
 /// Whether the file at `path` holds `size` bytes whose SHA-256 is `hash` (a cached
@@ -136,6 +173,7 @@ fn holds(
     known: Option<Stamp>,
     now: std::time::SystemTime,
     rehashed: &AtomicU64,
+    unavailable: &AtomicU64,
 ) -> io::Result<Found> {
     // Without following a link or waiting for a writer: something other than a regular
     // file planted at the path (a FIFO would block this thread, with the session's slot
@@ -158,7 +196,7 @@ fn holds(
     if known == Some(stamp) {
         return Ok(Found::Good(stamp, Settled::Yes));
     }
-    let settled = match is_settled(&stamp, now) && no_writer(&file) {
+    let settled = match is_settled(&stamp, now) && settles(&file, unavailable) {
         true => Settled::Yes,
         false => Settled::No,
     };

@@ -2,24 +2,29 @@
 //! (up to a million tiny ones) costs its caller, often an async worker, no `unlink` at all
 //! and holds the index lock only to take the entries out.
 //!
-//! Owns that thread and its bounded queue. An entry is gone from the index before its file
-//! is queued, so no look-up finds a file about to be removed; the thread takes the index
-//! lock for each file and leaves one whose key was indexed again meanwhile (a commit
+//! Owns that thread, its bounded queue and the overflow beside it: queueing never waits (its
+//! callers run on async workers), so when the queue is full (a slow disk under the thread)
+//! the keys wait in the overflow, which the thread empties after each batch. Either holds
+//! only keys taken out of the index, each once. An entry is gone from the index before its
+//! file is queued, so no look-up finds a file about to be removed; the thread takes the
+//! index lock for each file and leaves one whose key was indexed again meanwhile (a commit
 //! renamed a new file into its place).
 
 use std::path::PathBuf;
-use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::content_path;
 use super::lru::{Key, Lru};
 
-/// Batches of evicted keys waiting to be removed before an eviction waits for room.
+/// Batches of evicted keys waiting to be removed before further keys go to the overflow.
 const QUEUE: usize = 64;
 
 enum Job {
     /// Remove these entries' files (unless indexed again).
     Remove(Vec<Key>),
+    /// Keys wait in the overflow.
+    Overflow,
     /// Answer once every job queued before is done.
     #[cfg(test)]
     Settle(std::sync::mpsc::Sender<()>),
@@ -29,7 +34,15 @@ enum Job {
 #[derive(Debug)]
 pub(super) struct Cleaner {
     queue: SyncSender<Job>,
+    /// Keys to remove that found the queue full.
+    overflow: Overflow,
 }
+
+type Overflow = Arc<Mutex<Vec<Key>>>;
+
+/// Holds the thread before each job while taken (tests: a stalled disk).
+#[cfg(test)]
+pub(super) type Stall = Arc<Mutex<()>>;
 
 /// Who removed each file (the thread), for tests.
 #[cfg(test)]
@@ -44,8 +57,11 @@ impl Cleaner {
         root: PathBuf,
         index: Arc<Mutex<Lru>>,
         #[cfg(test)] removals: Removals,
+        #[cfg(test)] stall: Stall,
     ) -> std::io::Result<Self> {
         let (queue, jobs) = std::sync::mpsc::sync_channel(QUEUE);
+        let overflow = Overflow::default();
+        let waiting = overflow.clone();
         std::thread::Builder::new()
             .name("content-cache-cleaner".into())
             .spawn(move || {
@@ -53,20 +69,40 @@ impl Cleaner {
                     &jobs,
                     &root,
                     &index,
+                    &waiting,
                     #[cfg(test)]
                     &removals,
+                    #[cfg(test)]
+                    &stall,
                 );
             })?;
-        Ok(Self { queue })
+        Ok(Self { queue, overflow })
     }
 
-    /// Queues the files of `keys` (already out of the index) for removal. Waits only when
-    /// [`QUEUE`] batches are waiting already.
+    /// Queues the files of `keys` (already out of the index) for removal. Never waits:
+    /// when [`QUEUE`] batches are waiting already, the keys go to the overflow.
     pub(super) fn remove(&self, keys: Vec<Key>) {
         if keys.is_empty() {
             return;
         }
-        if self.queue.send(Job::Remove(keys)).is_err() {
+        let keys = match self.queue.try_send(Job::Remove(keys)) {
+            Ok(()) => return,
+            Err(TrySendError::Full(Job::Remove(keys))) => keys,
+            Err(_) => {
+                tracing::warn!("the content cache's cleaner has stopped: evicted files stay");
+                return;
+            }
+        };
+        let mut overflow = self.overflow.lock().unwrap_or_else(PoisonError::into_inner);
+        if overflow.is_empty() {
+            tracing::warn!(
+                "the content cache's cleaner is behind (a slow disk?): evicted files wait to be removed"
+            );
+        }
+        overflow.extend(keys);
+        drop(overflow);
+        // Full again: a job still queued is followed by a look at the overflow.
+        if let Err(TrySendError::Disconnected(_)) = self.queue.try_send(Job::Overflow) {
             tracing::warn!("the content cache's cleaner has stopped: evicted files stay");
         }
     }
@@ -84,21 +120,37 @@ fn run(
     jobs: &Receiver<Job>,
     root: &std::path::Path,
     index: &Mutex<Lru>,
+    overflow: &Overflow,
     #[cfg(test)] removals: &Removals,
+    #[cfg(test)] stall: &Stall,
 ) {
     for job in jobs {
-        match job {
-            Job::Remove(keys) => remove(
+        #[cfg(test)]
+        drop(stall.lock().unwrap_or_else(PoisonError::into_inner));
+        #[cfg(test)]
+        let mut settled = None;
+        let keys = match job {
+            Job::Remove(keys) => keys,
+            Job::Overflow => Vec::new(),
+            #[cfg(test)]
+            Job::Settle(done) => {
+                settled = Some(done);
+                Vec::new()
+            }
+        };
+        let waiting = std::mem::take(&mut *overflow.lock().unwrap_or_else(PoisonError::into_inner));
+        for keys in [keys, waiting] {
+            remove(
                 keys,
                 root,
                 index,
                 #[cfg(test)]
                 removals,
-            ),
-            #[cfg(test)]
-            Job::Settle(done) => {
-                let _ = done.send(());
-            }
+            );
+        }
+        #[cfg(test)]
+        if let Some(done) = settled {
+            let _ = done.send(());
         }
     }
 }

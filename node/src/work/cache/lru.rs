@@ -58,8 +58,8 @@ struct Slot {
 pub(crate) struct Lru {
     max_bytes: u64,
     max_entries: usize,
-    /// The least an entry counts against `max_bytes`.
-    min_charge: u64,
+    /// What an entry of a size counts against `max_bytes`.
+    charge: fn(u64) -> u64,
     /// What the entries count against `max_bytes`.
     bytes: u64,
     slots: HashMap<Key, Slot>,
@@ -77,7 +77,7 @@ impl Lru {
         Self {
             max_bytes,
             max_entries,
-            min_charge: 0,
+            charge: std::convert::identity,
             bytes: 0,
             slots: HashMap::new(),
             order: BTreeMap::new(),
@@ -86,10 +86,11 @@ impl Lru {
         }
     }
 
-    /// The same, each entry counting at least `min_charge` bytes against the bound (so
-    /// that entries are at most `max_bytes / min_charge`).
-    pub(crate) fn charging_at_least(mut self, min_charge: u64) -> Self {
-        self.min_charge = min_charge;
+    /// The same, each entry of `size` bytes counting `charge(size)` against the bound
+    /// (the cache's [`super::charge_of`], so that entries are at most `max_bytes /
+    /// MIN_CHARGE`).
+    pub(crate) fn charging_with(mut self, charge: fn(u64) -> u64) -> Self {
+        self.charge = charge;
         self
     }
 
@@ -151,7 +152,7 @@ impl Lru {
         let used = self.tick();
         let pins = u32::from(pinned);
         let stamp = None;
-        let charge = size.max(self.min_charge);
+        let charge = (self.charge)(size);
         self.slots.insert(
             key,
             Slot {
@@ -276,7 +277,7 @@ mod tests {
 
     #[test]
     fn each_entry_counts_at_least_the_least_charge_but_keeps_its_size() {
-        let mut lru = Lru::new(4096 * 3, 1_000).charging_at_least(4096);
+        let mut lru = Lru::new(4096 * 3, 1_000).charging_with(super::super::charge_of);
         for n in 0..10 {
             lru.insert(key(n), 1, false);
         }

@@ -287,3 +287,114 @@ fn one_scope_filling_the_cache_does_not_evict_another_scopes_contents() {
     // A keeps its newest.
     assert!(cache.session(a).unwrap().hit(&numbered(63)).is_some());
 }
+
+#[test]
+fn tiny_hits_count_at_least_4_kib_against_the_scopes_pinned_share() {
+    // Found by an attacker's review: a hit charged the content's real size while the
+    // index pins at least 4 KiB of it, so a submitter of tiny files pinned far over its
+    // share, and the cache evicted every other scope's entries to make room.
+    let dir = tempfile::tempdir().unwrap();
+    let max_bytes = 1 << 20;
+    let cache = ContentCache::open(dir.path(), max_bytes).unwrap();
+    let scope = Scope::of(&PublicKey::from_bytes([3; 32]));
+    let share_entries = (max_bytes / PINNED_SHARE / MIN_CHARGE) as u32;
+    for n in 0..share_entries {
+        put_sized(&mut cache.session(scope).unwrap(), numbered(n), 1);
+    }
+    let mut session = cache.session(scope).unwrap();
+    for n in 0..share_entries {
+        assert!(session.hit(&numbered(n)).is_some());
+    }
+    assert!(
+        !session.reserve(1),
+        "{share_entries} pinned entries of 4 KiB fill the 1/{PINNED_SHARE} share"
+    );
+}
+
+#[test]
+fn commits_and_dropped_sessions_do_not_wait_for_a_stalled_cleaner() {
+    // Found by the s22 review: evicted files were queued with a blocking send, from
+    // commits and dropped sessions on async workers; with the cleaner behind (a slow
+    // disk) 64 batches filled its queue and every content submission's worker waited.
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ContentCache::open(dir.path(), MIN_CHARGE).unwrap();
+    let scope = Scope::of(&PublicKey::from_bytes([3; 32]));
+    let stalled = cache.stall.lock().unwrap();
+    let (done, finished) = std::sync::mpsc::channel();
+    let worker = cache.clone();
+    std::thread::spawn(move || {
+        // Each commit evicts the entry before it: one batch each, 199 in all.
+        for n in 0..200 {
+            put_sized(&mut worker.session(scope).unwrap(), numbered(n), 1);
+        }
+        let _ = done.send(());
+    });
+    let in_time = finished
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .is_ok();
+    drop(stalled);
+    assert!(in_time, "200 commits waited for the stalled cleaner");
+    cache.settle_removals();
+    let scope_dir = cache.scope_dir(&scope.0);
+    let left: Vec<_> = std::fs::read_dir(scope_dir).unwrap().collect();
+    assert_eq!(
+        left.len(),
+        1,
+        "every evicted file is removed once it catches up"
+    );
+    assert!(cache.session(scope).unwrap().hit(&numbered(199)).is_some());
+}
+
+#[tokio::test]
+async fn a_session_pinning_many_entries_is_released_off_the_async_worker() {
+    // Found by the s22 review: a dropped session unpinned all it pinned (up to 200,000
+    // entries) and evicted what no longer fit in one hold of the index lock, on the
+    // async worker that dropped it.
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ContentCache::open(dir.path(), 1 << 20).unwrap();
+    let scope = Scope::of(&PublicKey::from_bytes([3; 32]));
+    let mut session = cache.session(scope).unwrap();
+    for n in 0..2_000 {
+        put_sized(&mut session, numbered(n), 1);
+    }
+    drop(session);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while cache.released_by.lock().unwrap().is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let released_by = cache.released_by.lock().unwrap().clone();
+    assert_eq!(released_by.len(), 1);
+    assert_ne!(
+        released_by[0],
+        std::thread::current().id(),
+        "released on the worker"
+    );
+    // Released all the same: unpinned and evicted down to the bound (256 entries of 4 KiB).
+    assert_eq!(cache.usage(), (1 << 20, 256));
+}
+
+#[test]
+fn leases_not_available_are_counted_and_a_lease_refused_to_a_writer_is_not() {
+    // Found by the s22 review: where leases fail (NFS, `fs.leases-enable=0`, ...) no
+    // stamp is ever recorded and every reuse hashes every file again, with no trace.
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ContentCache::open(dir.path(), 1 << 20).unwrap();
+    let mut session = cache
+        .session(Scope::of(&PublicKey::from_bytes([3; 32])))
+        .unwrap();
+    let content = vec![b'p'; 1000];
+    let path = put(&mut session, &content);
+    let hash: [u8; 32] = Sha256::digest(&content).into();
+    let later = std::time::SystemTime::now() + SETTLED;
+    // A writer has it open: the lease is refused, which is no sign of leases missing.
+    let writer = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    assert!(session.check(&hash, &path, 1000, later).unwrap());
+    drop(writer);
+    assert_eq!(cache.leases_unavailable(), 0);
+    check::LEASES_FAIL.set(true);
+    assert!(session.check(&hash, &path, 1000, later).unwrap());
+    assert!(session.check(&hash, &path, 1000, later).unwrap());
+    check::LEASES_FAIL.set(false);
+    assert_eq!(cache.leases_unavailable(), 2);
+    assert_eq!(cache.rehashed_bytes(), 3000, "no stamp: hashed each time");
+}

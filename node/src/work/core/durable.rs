@@ -38,7 +38,8 @@ impl Core {
     /// A status write of unit `id` failed (`reason`): the disk does not have what the core
     /// holds. A unit not yet started fails with the reason rather than run with no record a
     /// restarted node would find, and so does a running one whose submitter was not yet
-    /// answered (`unanswered`: it is told the unit was not taken, so its job is stopped).
+    /// answered (`unanswered`: it is told the unit was not taken, so its job is stopped; the
+    /// unit keeps its slot and its job directory until its handler reports the end).
     /// Otherwise a running or ended unit keeps its state: its next write is tried again,
     /// and a restart finds its last durable status.
     pub fn status_not_stored(&mut self, now: Instant, id: UnitId, reason: &str, unanswered: bool) {
@@ -52,8 +53,10 @@ impl Core {
                 self.finish(now, id, UnitState::Failed, detail);
             }
             Phase::Running if unanswered => {
+                if let Some(entry) = self.units.get_mut(&id) {
+                    entry.fail_when_ended = Some(detail);
+                }
                 self.actions.push_back(Action::Stop { id });
-                self.finish(now, id, UnitState::Failed, detail);
             }
             _ => {}
         }

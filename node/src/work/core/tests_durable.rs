@@ -389,6 +389,10 @@ fn a_running_unit_whose_submitter_is_told_it_was_not_taken_is_stopped_and_fails(
     // Found by this stop's second review: a local unit starts before its first status is
     // durable; a failed write told its submitter "not taken" while its job ran on, and a
     // controller retrying without the same nonce ran the playbook twice.
+    //
+    // Found by the s22 review: the unit was failed at once, so its slot went to the next
+    // queued unit and its job directory to the trash while the stopped job still ran
+    // (through its cancel grace). It keeps both until its handler reports the end.
     let now = Instant::now();
     let mut core = core_on("me");
     let acts = create_and_store(&mut core, now, new_unit(1, "me", None, None));
@@ -399,7 +403,31 @@ fn a_running_unit_whose_submitter_is_told_it_was_not_taken_is_stopped_and_fails(
     core.status_not_stored(now, id(1), "Input/output error", true);
     let acts = actions(&mut core);
     assert!(acts.contains(&Action::Stop { id: id(1) }), "{acts:?}");
+    assert_eq!(core.running(), 1, "its job has not ended yet");
+    assert!(
+        !acts.iter().any(|a| matches!(a, Action::DropSecrets { .. })),
+        "{acts:?}"
+    );
+    core.handler_ended(
+        now,
+        id(1),
+        HandlerEnd {
+            state: UnitState::Canceled,
+            detail: "stopped".into(),
+            stdout_size: 0,
+        },
+    );
+    let acts = actions(&mut core);
+    assert!(
+        acts.contains(&Action::DropSecrets { id: id(1) }),
+        "{acts:?}"
+    );
+    assert_eq!(core.running(), 0);
     let status = core.status(id(1), &Requester::Operator).unwrap();
     assert_eq!(status.state, UnitState::Failed);
-    assert_eq!(core.running(), 0);
+    assert!(
+        status.detail.contains("Input/output error"),
+        "{}",
+        status.detail
+    );
 }

@@ -72,7 +72,8 @@ struct Owner {
 
 /// How long after its last command the owner gives the freed heap back to the system, so
 /// an idle node's resident memory is not that of its busiest moment
-/// ([`crate::heap::give_back_freed_memory`]).
+/// ([`crate::heap::give_back_freed_memory`]; at most once a minute, through a
+/// [`crate::heap::TrimGate`]).
 const IDLE_TRIM_AFTER: Duration = Duration::from_secs(1);
 
 pub(super) fn spawn(o: OwnerSetup) {
@@ -122,6 +123,7 @@ pub(super) fn spawn(o: OwnerSetup) {
         // When the heap is next given back: a while after the last command (work went
         // quiet), once.
         let mut trim_at: Option<Instant> = None;
+        let mut trims = crate::heap::TrimGate::default();
         loop {
             let deadline = owner.core.poll_timeout().map(Instant::from_std);
             let sleep = async {
@@ -138,8 +140,7 @@ pub(super) fn spawn(o: OwnerSetup) {
             };
             tokio::select! {
                 () = trim => {
-                    trim_at = None;
-                    drop(tokio::task::spawn_blocking(crate::heap::give_back_freed_memory));
+                    trim_at = trims.trim_off_worker(Instant::now().into_std()).map(Instant::from_std);
                     continue;
                 }
                 command = rx.recv() => match command {

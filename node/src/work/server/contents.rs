@@ -88,6 +88,8 @@ struct Plan {
     lacking: Vec<u32>,
     /// Bytes to receive.
     lacking_bytes: u64,
+    /// What they will pin once received ([`crate::work::cache::charge_of`] each).
+    lacking_charge: u64,
 }
 
 impl Server {
@@ -198,8 +200,8 @@ impl Server {
                 return answer(stream, &self.refuse(peer, &e)).await;
             }
         };
-        if !session.reserve(plan.lacking_bytes) {
-            tracing::info!(peer = %peer.node, lacking = plan.lacking_bytes, "a submission would pin over its share of the content cache: the payload is to be sent whole");
+        if !session.reserve(plan.lacking_charge) {
+            tracing::info!(peer = %peer.node, lacking = plan.lacking_charge, "a submission would pin over its share of the content cache: the payload is to be sent whole");
             drop(session);
             return answer(stream, &self.cache_off()).await;
         }
@@ -209,6 +211,7 @@ impl Server {
             .map(|(e, _)| e.size)
             .sum();
         self.work.metrics().content_cached(cached);
+        (self.work.metrics()).content_leases_unavailable(session.cache().leases_unavailable());
         // The assembled stream is base64: four bytes for every three, rounded up.
         let data_len: u64 = plan.manifest.entries.iter().map(|e| e.data_len()).sum();
         let stream_len = data_len.div_ceil(3) * 4;
@@ -462,6 +465,7 @@ fn plan(manifest: Manifest, held_files: &HashMap<ContentHash, PathBuf>) -> Plan 
     let mut held = Vec::with_capacity(manifest.entries.len());
     let mut lacking = Vec::new();
     let mut lacking_bytes = 0;
+    let mut lacking_charge = 0;
     let mut asked: HashSet<ContentHash> = HashSet::new();
     for (index, entry) in manifest.entries.iter().enumerate() {
         let Content::Hashed(hash) = &entry.content else {
@@ -474,6 +478,7 @@ fn plan(manifest: Manifest, held_files: &HashMap<ContentHash, PathBuf>) -> Plan 
                 if asked.insert(*hash) {
                     lacking.push(u32::try_from(index).unwrap_or(u32::MAX));
                     lacking_bytes += entry.size;
+                    lacking_charge += crate::work::cache::charge_of(entry.size);
                 }
                 held.push(Held::Listed);
             }
@@ -484,6 +489,7 @@ fn plan(manifest: Manifest, held_files: &HashMap<ContentHash, PathBuf>) -> Plan 
         held,
         lacking,
         lacking_bytes,
+        lacking_charge,
     }
 }
 

@@ -14,6 +14,36 @@ use super::{
 use crate::work::status::UnitStatus;
 use crate::work::unit::UnitId;
 
+/// Most bytes of a status file read back to put it back after a failed sync (a status is
+/// one JSON line of a few KiB).
+const STATUS_READ_LIMIT: u64 = 1 << 20;
+
+#[cfg(test)]
+thread_local! {
+    /// Test hook: how many file system syncs on this thread succeed before one fails with
+    /// EIO (`None`: none fails).
+    pub(super) static SYNCS_BEFORE_FAILURE: std::cell::Cell<Option<u32>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// The bytes of the status file at `path`, `None` when there is none. A symlink there is
+/// not followed (an error).
+fn read_status_file(path: &std::path::Path) -> io::Result<Option<Vec<u8>>> {
+    use std::io::Read as _;
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path);
+    let file = match file {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut bytes = Vec::new();
+    file.take(STATUS_READ_LIMIT).read_to_end(&mut bytes)?;
+    Ok(Some(bytes))
+}
+
 impl UnitStore {
     /// Applies what the journal holds over the status files (a crash may have left them
     /// behind it): statuses are written, a unit whose directory the crash lost is made again
@@ -148,6 +178,7 @@ impl UnitStore {
             // The temp files may not be on the disk: no status of this batch is durable.
             self.fail_statuses(batch, &mut results, e);
         }
+        let before = self.statuses_before(batch, &results);
         for (entry, result) in batch.iter().zip(&mut results) {
             if result.is_err() {
                 continue;
@@ -170,10 +201,56 @@ impl UnitStore {
             && let Err(e) = self.sync_fs()
         {
             // The renames may not be on the disk: a crash could bring back the old statuses.
-            tracing::error!(error = %e, "cannot sync the units' file system: this batch of statuses may not survive a crash");
+            // Each write is answered as failed, so the old status goes back in place too: a
+            // unit whose submitter is told "not taken" must not be found queued at the next
+            // start.
+            tracing::error!(error = %e, "cannot sync the units' file system: this batch of statuses is put back as it was");
+            for (entry, (result, before)) in batch.iter().zip(results.iter().zip(&before)) {
+                if let (Entry::Status { unit, .. }, Ok(()), Some(before)) = (entry, result, before)
+                {
+                    self.put_back(*unit, before.as_deref());
+                }
+            }
             self.fail_statuses(batch, &mut results, &e);
         }
         results
+    }
+
+    /// The status file of each status write of `batch` still to be renamed in, as it is
+    /// now (`Some(None)`: there is none), so that it can be put back; `None` for the other
+    /// entries and for a file that cannot be read (left as the batch makes it).
+    fn statuses_before(
+        &self,
+        batch: &[Entry],
+        results: &[Result<(), StoreError>],
+    ) -> Vec<Option<Option<Vec<u8>>>> {
+        batch
+            .iter()
+            .zip(results)
+            .map(|(entry, result)| match (entry, result) {
+                (Entry::Status { unit, .. }, Ok(())) => {
+                    read_status_file(&self.unit_dir(*unit).join(STATUS_FILE)).ok()
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Puts `unit`'s status file back as it was before a batch whose last sync failed
+    /// (`before`: its bytes, `None` when there was none).
+    fn put_back(&self, unit: UnitId, before: Option<&[u8]>) {
+        let dir = self.unit_dir(unit);
+        let status = dir.join(STATUS_FILE);
+        let restored = match before {
+            Some(bytes) => {
+                let temp = dir.join(STATUS_TEMP_FILE);
+                write_file(&temp, bytes, Durability::No).and_then(|()| fs::rename(&temp, &status))
+            }
+            None => fs::remove_file(&status),
+        };
+        if let Err(e) = restored {
+            tracing::error!(unit = %unit, error = %e, "cannot put back a unit's status after a failed sync: a restart may find the status its submitter was told was not stored");
+        }
     }
 
     /// Marks every status write of `batch` not failed yet as failed by `error` (a sync that
@@ -202,6 +279,13 @@ impl UnitStore {
     pub(super) fn sync_fs(&self) -> io::Result<()> {
         use std::os::fd::AsRawFd;
         self.count_syncs(1);
+        #[cfg(test)]
+        if let Some(left) = SYNCS_BEFORE_FAILURE.get() {
+            SYNCS_BEFORE_FAILURE.set(left.checked_sub(1));
+            if left == 0 {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+        }
         let dir = File::open(&self.root)?;
         // SAFETY: syncfs takes a valid descriptor and only flushes.
         if unsafe { libc::syncfs(dir.as_raw_fd()) } == 0 {

@@ -400,3 +400,47 @@ fn a_status_write_never_follows_a_symlink_planted_at_its_path() {
     assert_eq!(refused.raw_os_error(), Some(libc::ELOOP), "{refused}");
     assert_eq!(fs::read_to_string(&victim).unwrap(), "precious\n");
 }
+
+#[test]
+fn a_status_answered_as_not_stored_after_a_failed_sync_is_not_found_queued_at_the_next_open() {
+    // Found by the s22 review: the second sync of a batch failed after its renames, so the
+    // submitter was told "not taken" while the Pending status with its payload was in
+    // place; when the Failed status written next failed too, the next start queued the
+    // unit and ran it.
+    use crate::work::core::{Core, CoreConfig, Requester};
+    let dir = tempfile::tempdir().unwrap();
+    let id = {
+        let store = UnitStore::open(dir.path()).unwrap();
+        // No journal: the batch syncs the file system on each side of its renames.
+        *store.journal.lock().unwrap() = None;
+        let id = create(&store);
+        let mut status = store.status(id).unwrap();
+        status.payload_size = Some(5);
+        commit::SYNCS_BEFORE_FAILURE.set(Some(1));
+        let results = store.commit(&[Entry::Status {
+            unit: id,
+            status: Box::new(status),
+        }]);
+        commit::SYNCS_BEFORE_FAILURE.set(None);
+        assert!(results[0].is_err(), "{results:?}");
+        // The Failed status the core writes next does not reach the disk either.
+        id
+    };
+    let store = UnitStore::open(dir.path()).unwrap();
+    let mut core = Core::new(
+        node("exec"),
+        CoreConfig {
+            max_running: 4,
+            keep_finished: None,
+            max_units_per_submitter: 100,
+        },
+    );
+    core.recover(std::time::Instant::now(), 0, store.list().unwrap());
+    assert_eq!(
+        (core.queued(), core.running()),
+        (0, 0),
+        "not queued, not run"
+    );
+    let status = core.status(id, &Requester::Operator).unwrap();
+    assert_eq!(status.state, UnitState::Failed);
+}

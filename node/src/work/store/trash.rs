@@ -17,19 +17,20 @@ use std::fs::{self, DirBuilder};
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 
 /// Mode of the trash directory: owner only (it holds units' files until they are gone).
 const DIR_MODE: u32 = 0o700;
+
+/// Names tried for one tree before giving up: each is random, so a second is needed only
+/// when a tree already in the trash holds the first.
+const NAME_TRIES: usize = 8;
 
 /// The trash directory and the way to wake its thread.
 #[derive(Debug)]
 pub(super) struct Trash {
     dir: PathBuf,
     wake: SyncSender<()>,
-    /// Makes the names of trees in the trash unique.
-    next: AtomicU64,
     /// Threads that removed trees (tests: the removal never runs on the caller's).
     #[cfg(test)]
     pub(super) removers: std::sync::Arc<std::sync::Mutex<Vec<std::thread::ThreadId>>>,
@@ -69,7 +70,6 @@ impl Trash {
         Ok(Self {
             dir,
             wake,
-            next: AtomicU64::new(0),
             #[cfg(test)]
             removers,
         })
@@ -78,13 +78,26 @@ impl Trash {
     /// Moves the tree at `path` into the trash and wakes the thread to remove it. A tree
     /// that cannot be moved (another file system) is removed here instead. A `path` that
     /// does not exist is not an error.
+    ///
+    /// Its name in the trash has a random suffix, tried again if taken: a tree an earlier
+    /// run left there (still being removed, or one the node cannot remove) must not make
+    /// the rename fail.
     pub(super) fn discard(&self, path: &Path) -> io::Result<()> {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let name = path.file_name().map_or_else(
-            || format!("tree-{n}"),
-            |name| format!("{}-{n}", name.to_string_lossy()),
-        );
-        match fs::rename(path, self.dir.join(name)) {
+        let stem = path
+            .file_name()
+            .map_or_else(|| "tree".into(), |name| name.to_string_lossy());
+        let mut tries = 0;
+        let moved = loop {
+            let mut tag = [0u8; 8];
+            getrandom::fill(&mut tag).map_err(|e| io::Error::other(e.to_string()))?;
+            let name = format!("{stem}-{:016x}", u64::from_ne_bytes(tag));
+            tries += 1;
+            match fs::rename(path, self.dir.join(name)) {
+                Err(e) if taken(&e) && tries < NAME_TRIES => {}
+                moved => break moved,
+            }
+        };
+        match moved {
             Ok(()) => {
                 if let Err(TrySendError::Disconnected(())) = self.wake.try_send(()) {
                     tracing::error!(path = %self.dir.display(), "the trash's thread is gone: removed trees stay in the trash until the next start");
@@ -99,6 +112,11 @@ impl Trash {
             Err(e) => Err(e),
         }
     }
+}
+
+/// Whether a rename failed because its target name is taken by a directory.
+fn taken(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOTEMPTY | libc::EEXIST))
 }
 
 /// Removes everything in the trash directory `dir`; what cannot be removed is logged and
@@ -182,6 +200,28 @@ mod tests {
         trash.discard(&tree).unwrap();
         assert!(emptied(&data.path().join("trash")));
         assert_eq!(fs::read(outside.join("keep")).unwrap(), b"keep");
+    }
+
+    #[test]
+    fn a_tree_is_discarded_while_the_trash_holds_trees_named_as_an_earlier_run_named_them() {
+        // Found by an attacker's review: names were `<name>-<n>` with `n` from 0 in every
+        // process, so after a restart the rename met a tree an earlier run left (still
+        // being removed, or one it cannot remove) and failed with ENOTEMPTY: the release
+        // failed and the unit came back at the next start.
+        let data = tempfile::tempdir().unwrap();
+        let trash = Trash::open(data.path().join("trash")).unwrap();
+        assert!(emptied(&data.path().join("trash")));
+        // Left there (the thread is not woken until the next discard).
+        for n in 0..4 {
+            fs::create_dir_all(data.path().join(format!("trash/job-{n}/x"))).unwrap();
+        }
+        for n in 0..4 {
+            let job = data.path().join(format!("units/{n}/job"));
+            fs::create_dir_all(job.join("deep")).unwrap();
+            trash.discard(&job).unwrap();
+            assert!(!job.exists(), "moved out");
+        }
+        assert!(emptied(&data.path().join("trash")));
     }
 
     #[test]

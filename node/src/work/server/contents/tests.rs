@@ -383,6 +383,30 @@ async fn a_submission_that_would_pin_over_its_scopes_share_is_told_to_send_whole
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_manifest_of_many_tiny_contents_is_charged_what_they_would_pin_and_told_to_send_whole() {
+    // Found by an attacker's review: the reservation counted 1 byte for a 1-byte
+    // content that pins 4 KiB of the index once received, so 200,000 tiny files got
+    // past the share and evicted every other submitter's contents.
+    let node = node(1 << 20);
+    let other = Scope::of(&PublicKey::from_bytes([9; 32]));
+    cached(&node.cache, other, b"another submitter's playbook");
+    // 100 one-byte contents pin 400 KiB: over the 256 KiB share of a 1 MiB cache.
+    let tiny: Vec<ManifestEntry> = (0..100u8)
+        .map(|n| hashed(&format!("project/{n}"), &[n]))
+        .collect();
+    let (mut theirs, task) = node.offer();
+    protocol::write(&mut theirs, &manifest(tiny)).await.unwrap();
+    let reply: Reply = protocol::read(&mut theirs).await.unwrap();
+    assert!(
+        matches!(reply, Reply::Refused(WorkRefusal::ContentCacheOff { .. })),
+        "{reply:?}"
+    );
+    assert!(task.await.unwrap().is_none());
+    let hash: ContentHash = Sha256::digest(b"another submitter's playbook").into();
+    assert!(node.cache.session(other).unwrap().hit(&hash).is_some());
+}
+
 /// The temp files left in `cache`'s directories.
 fn temp_files(cache: &ContentCache) -> Vec<PathBuf> {
     let mut out = Vec::new();
