@@ -505,19 +505,24 @@ async fn copy_payload(
     node: &NodeId,
 ) -> Result<(), ClientError> {
     use tokio::io::AsyncReadExt;
-    let mut buf = vec![0u8; 256 * 1024];
+    // Small first: most payloads are short (see `readbuf`).
+    let mut buf = crate::work::readbuf::ReadBuf::new(256 * 1024);
     loop {
-        let n = payload.read(&mut buf).await.map_err(ClientError::Payload)?;
+        let n = payload
+            .read(buf.space())
+            .await
+            .map_err(ClientError::Payload)?;
         if n == 0 {
             return Ok(());
         }
         stream
-            .write_all(&buf[..n])
+            .write_all(buf.filled(n))
             .await
             .map_err(|e| ClientError::Unreachable {
                 node: node.clone(),
                 reason: e.to_string(),
             })?;
+        buf.read_done(n);
     }
 }
 

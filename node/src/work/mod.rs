@@ -19,6 +19,7 @@
 //!   content-addressed submissions.
 //! - [`cache`]: the content cache those use, scoped per submitter, bounded, LRU.
 //! - [`signature`]: signed work (receptorctl's `signwork`).
+//! - [`readbuf`]: the small-first read buffer of per-unit byte streams.
 //! - [`error`]: [`WorkError`], and how it travels.
 //!
 //! This module does not run handlers itself (that is `host`) and does not speak to
@@ -32,6 +33,7 @@ pub mod core;
 pub mod driver;
 pub mod error;
 pub mod protocol;
+pub mod readbuf;
 #[cfg(feature = "host")]
 pub mod server;
 pub mod signature;

@@ -20,6 +20,7 @@ use super::protocol::{
     self, ProtocolError, RESULTS_CHUNK, RemoteStatus, Reply, Request, ResultsFrame,
     WORK_PROTOCOL_VERSION, WORK_SERVICE, WorkRefusal,
 };
+use super::readbuf::ReadBuf;
 use super::signature::{self, Submission as Signed, Verifier, WorkSignature};
 use super::unit::UnitId;
 use crate::access::{AccessPolicy, Act};
@@ -313,14 +314,16 @@ impl Server {
                 return finish_results(stream, &ResultsFrame::Refused(refusal)).await;
             }
         };
-        let mut buf = vec![0u8; RESULTS_CHUNK];
+        // Small first: most units' results are a few bytes (see `readbuf`).
+        let mut buf = ReadBuf::new(RESULTS_CHUNK);
         loop {
-            let n = reader.read(&mut buf).await?;
+            let n = reader.read(buf.space()).await?;
             if n == 0 {
                 break;
             }
-            let frame = ResultsFrame::Data(bytes::Bytes::copy_from_slice(&buf[..n]));
+            let frame = ResultsFrame::Data(bytes::Bytes::copy_from_slice(buf.filled(n)));
             protocol::write(stream, &frame).await?;
+            buf.read_done(n);
         }
         let end = match self.work.status(unit, by).await {
             Ok(s) => ResultsFrame::End(RemoteStatus {

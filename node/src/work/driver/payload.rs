@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
+use crate::work::readbuf::ReadBuf;
+
 /// Payloads up to this size are read whole before they are written.
 const SMALL_PAYLOAD: usize = 64 * 1024;
 
@@ -49,9 +51,9 @@ pub(super) async fn store_payload(
         .await
         .map_err(CopyError::Io)?;
     file.write_all(&head).await.map_err(CopyError::Io)?;
-    let mut buf = vec![0u8; 256 * 1024];
+    let mut buf = ReadBuf::new(256 * 1024);
     loop {
-        let n = payload.read(&mut buf).await.map_err(CopyError::Io)?;
+        let n = payload.read(buf.space()).await.map_err(CopyError::Io)?;
         if n == 0 {
             break;
         }
@@ -59,8 +61,9 @@ pub(super) async fn store_payload(
         if size > limit {
             return Err(CopyError::TooLarge);
         }
-        hasher.update(&buf[..n]);
-        file.write_all(&buf[..n]).await.map_err(CopyError::Io)?;
+        hasher.update(buf.filled(n));
+        file.write_all(buf.filled(n)).await.map_err(CopyError::Io)?;
+        buf.read_done(n);
     }
     file.flush().await.map_err(CopyError::Io)?;
     // On disk before its size is recorded: a status that says the payload is stored (and
@@ -70,20 +73,24 @@ pub(super) async fn store_payload(
 }
 
 /// Reads from `payload` until its end or until `max` bytes; returns them and whether the end
-/// was reached.
+/// was reached. The buffer grows with what arrives: a short payload costs a short buffer,
+/// not `max` bytes (see [`crate::work::readbuf`]).
 async fn read_head(
     payload: &mut (dyn AsyncRead + Unpin + Send),
     max: usize,
 ) -> io::Result<(Vec<u8>, bool)> {
-    let mut buf = vec![0u8; max];
-    let mut filled = 0;
-    while filled < max {
-        let n = payload.read(&mut buf[filled..]).await?;
+    let mut buf = Vec::new();
+    let mut rb = ReadBuf::new(max);
+    while buf.len() < max {
+        let room = max - buf.len();
+        let space = rb.space();
+        let want = space.len().min(room);
+        let n = payload.read(&mut space[..want]).await?;
         if n == 0 {
-            buf.truncate(filled);
             return Ok((buf, true));
         }
-        filled += n;
+        buf.extend_from_slice(rb.filled(n));
+        rb.read_done(n);
     }
     Ok((buf, false))
 }
@@ -114,6 +121,15 @@ mod tests {
         let long = [7u8; 40];
         let (head, ended) = read_head(&mut &long[..], 16).await.unwrap();
         assert_eq!((head.len(), ended), (16, false));
+    }
+
+    #[tokio::test]
+    async fn a_head_longer_than_the_first_buffer_is_read_whole_and_in_order() {
+        let payload: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+        let (head, ended) = read_head(&mut &payload[..], 64 * 1024).await.unwrap();
+        assert_eq!((head.as_slice(), ended), (&payload[..], true));
+        let (head, ended) = read_head(&mut &payload[..], 10_000).await.unwrap();
+        assert_eq!((head.as_slice(), ended), (&payload[..10_000], false));
     }
 
     #[tokio::test]

@@ -138,7 +138,8 @@ async fn tail(
     mut progress: watch::Receiver<Progress>,
     mut out: DuplexStream,
 ) {
-    let mut buf = vec![0u8; READ_CHUNK];
+    // Small first: most units' results are a few bytes (see `readbuf`).
+    let mut buf = crate::work::readbuf::ReadBuf::new(READ_CHUNK);
     let Ok(mut file) = tokio::fs::File::open(&path).await else {
         return;
     };
@@ -149,13 +150,14 @@ async fn tail(
         // Read the state before the data: output written before the end is then always
         // seen before the follower stops.
         let ended = progress.borrow_and_update().ended;
-        let Ok(n) = file.read(&mut buf).await else {
+        let Ok(n) = file.read(buf.space()).await else {
             return;
         };
         if n > 0 {
-            if out.write_all(&buf[..n]).await.is_err() {
+            if out.write_all(buf.filled(n)).await.is_err() {
                 return;
             }
+            buf.read_done(n);
             continue;
         }
         if ended {
