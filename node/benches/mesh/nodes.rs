@@ -263,6 +263,11 @@ impl NodeProcess {
         }
     }
 
+    /// Its process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The loopback address of its raw TCP sink.
     pub(crate) fn sink_addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.sink_port))
@@ -305,8 +310,8 @@ pub(crate) struct Line {
     driver: JoinHandle<()>,
     /// The middle node.
     pub(crate) b: NodeProcess,
-    /// The far node, held so its process lives as long as the line.
-    _c: NodeProcess,
+    /// The far node.
+    pub(crate) c: NodeProcess,
 }
 
 impl Line {
@@ -339,12 +344,7 @@ impl Line {
                 }
             }
         }
-        Ok(Self {
-            a,
-            driver,
-            b,
-            _c: c,
-        })
+        Ok(Self { a, driver, b, c })
     }
 
     /// Replaces `a` by a new run of it (same id and key, new epoch), which holds no

@@ -541,7 +541,8 @@ impl Driver {
             return;
         };
         let pool = self.chunks.clone();
-        let (slot, stream) = StreamSlot::new(id, from, service.clone(), commands, pool);
+        let (slot, mut stream) = StreamSlot::new(id, from, service.clone(), commands, pool);
+        stream.set_outbound(self.node.stream_outbound(id));
         self.streams.insert(id, slot);
         if listener.try_send(stream).is_err() {
             tracing::warn!(%service, "listener is not accepting; refusing stream");
@@ -552,9 +553,10 @@ impl Driver {
 
     fn take_pending(&mut self, id: StreamId) -> Option<MeshStream> {
         let peer = self.node.stream_peer(id).cloned();
-        self.streams
-            .get_mut(&id)
-            .and_then(|slot| slot.take_pending(peer))
+        let outbound = self.node.stream_outbound(id);
+        let mut stream = self.streams.get_mut(&id)?.take_pending(peer)?;
+        stream.set_outbound(outbound);
+        Some(stream)
     }
 }
 

@@ -20,8 +20,10 @@
 //! No IO; time is passed in.
 
 mod data;
+mod endpoint;
 mod incoming;
 mod inner;
+mod outbound;
 mod pool;
 mod relay;
 
@@ -31,13 +33,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 pub use data::StreamData;
+use endpoint::Endpoint;
 pub(crate) use inner::Inner;
+pub use outbound::{Closed, Outbound};
 pub use pool::ChunkPool;
 pub use relay::{MAX_RELAYED, MAX_RELAYED_PER_OPENER, RELAY_IDLE, RelayVerdict, Relays};
 
 use super::link::LinkId;
 use super::message::{CircuitId, ResetReason, StreamKind, StreamPacket};
-use super::seal::{Opener, Sealer};
 use super::session::{PeerIdentity, Session};
 use crate::id::{NodeId, ServiceName};
 
@@ -171,31 +174,6 @@ pub struct Reopen {
     pub service: ServiceName,
 }
 
-#[derive(Debug)]
-struct Endpoint {
-    circuit: CircuitId,
-    /// True when we opened the stream.
-    is_opener: bool,
-    peer: PeerIdentity,
-    link: LinkId,
-    sealer: Sealer,
-    opener: Opener,
-    /// (Opener, until accepted.) What was asked, to open again on a new session.
-    asked: Option<(ServiceName, ServiceName)>,
-    accepted: bool,
-    send_credit: u64,
-    fin_sent: bool,
-    fin_received: bool,
-    /// Bytes the peer may still send before we grant more.
-    recv_allowed: u64,
-    /// Bytes consumed by the application and not yet granted back.
-    recv_unacked: u64,
-    window: u32,
-    opened_at: Instant,
-    last_rx: Instant,
-    last_tx: Instant,
-}
-
 /// Every stream endpoint and relayed circuit on this node.
 #[derive(Debug, Default)]
 pub struct Streams {
@@ -262,7 +240,9 @@ impl Streams {
             window: DEFAULT_WINDOW,
             seq: session.next_open_seq(now),
         };
+        // The circuit's first message, sealed before anyone else can hold its sealer.
         let sealed = sealer.seal(open.encode());
+        let tx = Outbound::new(sealer);
         let to = session.peer.node.clone();
         self.by_circuit.insert(circuit.clone(), id);
         self.endpoints.insert(
@@ -270,14 +250,7 @@ impl Streams {
             Endpoint {
                 is_opener: true,
                 asked: Some((from_service, service)),
-                ..Endpoint::new(
-                    circuit.clone(),
-                    session.peer.clone(),
-                    link,
-                    sealer,
-                    opener,
-                    now,
-                )
+                ..Endpoint::new(circuit.clone(), session.peer.clone(), link, tx, opener, now)
             },
         );
         Outgoing {
@@ -294,7 +267,9 @@ impl Streams {
         }
     }
 
-    /// Queues `data` (at most the credit left) as sealed data packets, one per chunk.
+    /// Queues `data` (at most the credit left) as sealed data packets, one per chunk. (The
+    /// driver's streams seal their data on the writer's task instead, see [`Outbound`], and
+    /// the node only sends what they queued: [`Streams::flush`].)
     ///
     /// # Errors
     /// [`StreamError`] for an unknown stream, one not open for sending, or too little credit.
@@ -319,13 +294,24 @@ impl Streams {
                 credit: ep.send_credit,
             });
         }
-        ep.send_credit -= data.len() as u64;
-        ep.last_tx = now;
-        for encoded in data.into_encoded() {
-            let sealed = ep.sealer.seal_chunk(encoded);
-            out.push(ep.clear(StreamKind::Sealed(sealed)));
-        }
+        let chunks = data.into_encoded_with_lens();
+        // Only the node closes it, and not while it is in `endpoints`.
+        let _ = ep.tx.seal_data(chunks);
+        ep.flush(now, out);
         Ok(())
+    }
+
+    /// Sends what stream `id`'s writer has sealed and queued since the last flush, counting
+    /// its bytes against the credit.
+    pub fn flush(&mut self, now: Instant, id: StreamId, out: &mut Vec<Outgoing>) {
+        if let Some(ep) = self.endpoints.get_mut(&id) {
+            ep.flush(now, out);
+        }
+    }
+
+    /// The sending side of stream `id`, for its writer to seal data on (once accepted).
+    pub fn outbound(&self, id: StreamId) -> Option<Outbound> {
+        self.endpoints.get(&id).map(|ep| ep.tx.clone())
     }
 
     /// The application used `n` more received bytes: grant credit when enough has piled up.
@@ -339,7 +325,7 @@ impl Streams {
             let grant = u32::try_from(ep.recv_unacked).unwrap_or(u32::MAX);
             ep.recv_unacked -= u64::from(grant);
             ep.recv_allowed += u64::from(grant);
-            out.push(ep.sealed(now, &Inner::Credit(grant)));
+            ep.sealed(now, &Inner::Credit(grant), out);
         }
     }
 
@@ -350,7 +336,7 @@ impl Streams {
         };
         if !ep.fin_sent {
             ep.fin_sent = true;
-            out.push(ep.sealed(now, &Inner::Fin));
+            ep.sealed(now, &Inner::Fin, out);
         }
         self.close_if_done(id, out);
     }
@@ -364,6 +350,7 @@ impl Streams {
 
     fn remove(&mut self, id: StreamId) -> Option<Endpoint> {
         let ep = self.endpoints.remove(&id)?;
+        ep.tx.close();
         self.by_circuit.remove(&ep.circuit);
         if self.endpoints.is_empty() {
             // No stream left to receive on (buffers still being read stay with their data).
@@ -478,7 +465,7 @@ impl Streams {
             } else if now.saturating_duration_since(ep.last_rx) >= STREAM_IDLE {
                 dead.push((id, ResetReason::Idle));
             } else if ep.accepted && now.saturating_duration_since(ep.last_tx) >= STREAM_KEEPALIVE {
-                out.push(ep.sealed(now, &Inner::Keepalive));
+                ep.sealed(now, &Inner::Keepalive, out);
             }
         }
         for (id, reason) in dead {
@@ -526,64 +513,6 @@ impl Streams {
     /// The peer of stream `id`, for logs and status.
     pub fn peer(&self, id: StreamId) -> Option<&PeerIdentity> {
         self.endpoints.get(&id).map(|ep| &ep.peer)
-    }
-}
-
-impl Endpoint {
-    /// A new endpoint of `circuit` with `peer` over `link`: not yet accepted, no credit to
-    /// send, our default window offered, nothing sent or received.
-    fn new(
-        circuit: CircuitId,
-        peer: PeerIdentity,
-        link: LinkId,
-        sealer: Sealer,
-        opener: Opener,
-        now: Instant,
-    ) -> Self {
-        Self {
-            circuit,
-            is_opener: false,
-            peer,
-            link,
-            sealer,
-            opener,
-            asked: None,
-            accepted: false,
-            send_credit: 0,
-            fin_sent: false,
-            fin_received: false,
-            recv_allowed: u64::from(DEFAULT_WINDOW),
-            recv_unacked: 0,
-            window: DEFAULT_WINDOW,
-            opened_at: now,
-            last_rx: now,
-            last_tx: now,
-        }
-    }
-
-    /// Adds credit the peer granted, up to [`MAX_SEND_CREDIT`]; returns what was added.
-    fn grant(&mut self, n: u32) -> u64 {
-        let before = self.send_credit;
-        self.send_credit = (before + u64::from(n)).min(MAX_SEND_CREDIT);
-        self.send_credit - before
-    }
-
-    fn sealed(&mut self, now: Instant, inner: &Inner) -> Outgoing {
-        self.last_tx = now;
-        let sealed = self.sealer.seal(inner.encode());
-        self.clear(StreamKind::Sealed(sealed))
-    }
-
-    fn clear(&self, kind: StreamKind) -> Outgoing {
-        Outgoing {
-            link: self.link,
-            to: self.peer.node.clone(),
-            packet: StreamPacket {
-                circuit: self.circuit.clone(),
-                from_opener: self.is_opener,
-                kind,
-            },
-        }
     }
 }
 

@@ -46,9 +46,14 @@ pub(super) enum Command {
         service: ServiceName,
         streams: mpsc::Sender<MeshStream>,
     },
+    /// Data for a stream whose writer has no [`crate::mesh::stream::Outbound`] (yet).
     Send {
         id: StreamId,
         data: StreamData,
+    },
+    /// The stream's writer sealed data on its `Outbound` and found nothing queued before.
+    Flush {
+        id: StreamId,
     },
     Consumed {
         id: StreamId,
@@ -234,6 +239,10 @@ impl Driver {
                 if let Err(e) = self.node.stream_send(now, id, data) {
                     tracing::debug!(stream = %id, error = %e, "stream send refused");
                 }
+            }
+            Command::Flush { id } => {
+                self.sent_since_timer = true;
+                self.node.stream_flush(now, id);
             }
             Command::Consumed { id, n } => self.node.stream_consumed(now, id, n),
             Command::Finish { id } => self.node.stream_finish(now, id),

@@ -19,7 +19,7 @@ use super::handle::Command;
 use crate::id::{NodeId, ServiceName};
 use crate::mesh::message::ResetReason;
 use crate::mesh::session::PeerIdentity;
-use crate::mesh::stream::{ChunkPool, MAX_CHUNK, StreamData, StreamId};
+use crate::mesh::stream::{ChunkPool, MAX_CHUNK, Outbound, StreamData, StreamId};
 
 enum Chunk {
     Data(Bytes),
@@ -66,6 +66,7 @@ impl StreamSlot {
             write: write.clone(),
             finished: false,
             pool,
+            outbound: None,
         };
         let slot = Self {
             chunks: tx,
@@ -157,6 +158,8 @@ pub struct MeshStream {
     finished: bool,
     /// The node's chunk buffers, which writes are copied into.
     pool: ChunkPool,
+    /// Where writes are sealed, on this task (see `Outbound`); without it, the node seals.
+    outbound: Option<Outbound>,
 }
 
 impl std::fmt::Debug for MeshStream {
@@ -184,6 +187,32 @@ impl MeshStream {
     /// The service the stream was opened to.
     pub fn service(&self) -> &ServiceName {
         &self.service
+    }
+
+    pub(super) fn set_outbound(&mut self, outbound: Option<Outbound>) {
+        self.outbound = outbound;
+    }
+
+    /// Hands `data` to the node: sealed here when the stream has its `Outbound` (the node
+    /// is only told when it has nothing of ours queued), as plaintext otherwise.
+    fn hand_over(&self, data: StreamData) -> io::Result<()> {
+        let command = match &self.outbound {
+            Some(outbound) => match outbound.seal_data(data.into_encoded_with_lens()) {
+                Ok(false) => return Ok(()),
+                Ok(true) => Command::Flush { id: self.id },
+                Err(_) => {
+                    let reset = lock(&self.write).reset;
+                    return Err(reset.map_or_else(
+                        || io::Error::new(io::ErrorKind::BrokenPipe, "stream ended"),
+                        reset_error,
+                    ));
+                }
+            },
+            None => Command::Send { id: self.id, data },
+        };
+        self.commands
+            .send(command)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "mesh node stopped"))
     }
 }
 
@@ -308,17 +337,7 @@ impl AsyncWrite for MeshStream {
         drop(state);
         // The one copy of the application's bytes, laid out for sealing as it is made.
         let data = StreamData::copy_pooled(&buf[..n], &self.pool);
-        if self
-            .commands
-            .send(Command::Send { id: self.id, data })
-            .is_err()
-        {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "mesh node stopped",
-            )));
-        }
-        Poll::Ready(Ok(n))
+        Poll::Ready(self.hand_over(data).map(|()| n))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -9,7 +9,7 @@ use crate::id::{NodeId, ServiceName};
 use crate::keys::PublicKey;
 use crate::mesh::message::{PacketBody, ResetReason, Unreachable};
 use crate::mesh::session::{PeerIdentity, SessionMsg, SessionRefusal};
-use crate::mesh::stream::{StreamData, StreamError, StreamEvent, StreamId};
+use crate::mesh::stream::{Outbound, StreamData, StreamError, StreamEvent, StreamId};
 use crate::mesh::trust::{Binding, TrustDecision, decide_remote};
 
 impl MeshNode {
@@ -263,6 +263,19 @@ impl MeshNode {
         self.streams.send(now, id, data.into(), &mut out)?;
         self.emit_stream(Vec::new(), out);
         Ok(())
+    }
+
+    /// Sends what the writer of `id` sealed on its [`Outbound`] since the last flush.
+    pub fn stream_flush(&mut self, now: Instant, id: StreamId) {
+        let mut out = Vec::new();
+        self.streams.flush(now, id, &mut out);
+        self.emit_stream(Vec::new(), out);
+    }
+
+    /// The sending side of stream `id`, for a writer that seals its own data (then calls
+    /// [`MeshNode::stream_flush`]) instead of handing it to [`MeshNode::stream_send`].
+    pub fn stream_outbound(&self, id: StreamId) -> Option<Outbound> {
+        self.streams.outbound(id)
     }
 
     /// The application consumed `n` received bytes of `id`.

@@ -17,8 +17,9 @@ pub(super) const HEADER_ROOM: usize = 4;
 /// Bytes for a stream, chunked and encoded for sealing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamData {
-    /// Each chunk as `Inner::Data`'s encoding, with spare capacity for the tag.
-    chunks: Vec<BytesMut>,
+    /// Each chunk as `Inner::Data`'s encoding, with spare capacity for the tag, and the
+    /// stream bytes it carries.
+    chunks: Vec<(BytesMut, usize)>,
     len: usize,
 }
 
@@ -34,7 +35,9 @@ impl StreamData {
     pub fn copy_pooled(bytes: &[u8], pool: &ChunkPool) -> Self {
         let pieces = bytes.len().div_ceil(MAX_CHUNK).max(1);
         let size = bytes.len().div_ceil(pieces).max(1);
-        let chunks = bytes.chunks(size).map(|c| encode_data(c, pool)).collect();
+        let chunks = (bytes.chunks(size))
+            .map(|c| (encode_data(c, pool), c.len()))
+            .collect();
         Self {
             chunks,
             len: bytes.len(),
@@ -51,9 +54,15 @@ impl StreamData {
         self.len == 0
     }
 
-    /// The chunks, each encoded as `Inner::Data` and ready to seal: capacity for the tag
-    /// follows each, so sealing appends it in place.
+    /// The chunks alone (see [`StreamData::into_encoded_with_lens`]).
+    #[cfg(test)]
     pub(crate) fn into_encoded(self) -> impl Iterator<Item = BytesMut> {
+        self.chunks.into_iter().map(|(chunk, _)| chunk)
+    }
+
+    /// The chunks, each encoded as `Inner::Data` and ready to seal (capacity for the tag
+    /// follows each, so sealing appends it in place), with the stream bytes each carries.
+    pub(crate) fn into_encoded_with_lens(self) -> impl Iterator<Item = (BytesMut, usize)> {
         self.chunks.into_iter()
     }
 }

@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use super::{
     Admission, DEFAULT_WINDOW, Endpoint, Inner, MAX_ACCEPTED_PER_PEER, MAX_ENDPOINTS,
-    MAX_SEND_CREDIT, Outgoing, Reopen, StreamEvent, StreamId, Streams, reply,
+    MAX_SEND_CREDIT, Outbound, Outgoing, Reopen, StreamEvent, StreamId, Streams, reply,
 };
 use crate::id::{NodeId, ServiceName};
 use crate::mesh::link::LinkId;
@@ -61,17 +61,16 @@ impl Streams {
         let id = self.allocate();
         *self.accepted_per_peer.entry(peer.node.clone()).or_default() += 1;
         let credit = u64::from(window).min(MAX_SEND_CREDIT);
+        let tx = Outbound::new(sealer);
         let mut ep = Endpoint {
             accepted: true,
             send_credit: credit,
-            ..Endpoint::new(circuit.clone(), peer.clone(), link, sealer, opener, now)
+            ..Endpoint::new(circuit.clone(), peer.clone(), link, tx, opener, now)
         };
-        out.push(ep.sealed(
-            now,
-            &Inner::Accept {
-                window: DEFAULT_WINDOW,
-            },
-        ));
+        let accept = Inner::Accept {
+            window: DEFAULT_WINDOW,
+        };
+        ep.sealed(now, &accept, out);
         self.by_circuit.insert(circuit, id);
         self.endpoints.insert(id, ep);
         events.push(StreamEvent::Incoming {
