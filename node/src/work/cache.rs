@@ -10,7 +10,9 @@
 //! by a submission still being assembled, and a submitter over half the cache its own
 //! first (`lru`'s per-scope quota). At most [`MAX_SESSIONS`] submissions are
 //! assembled at once ([`MAX_SESSIONS_PER_SCOPE`] per submitter), and a cached file is
-//! checked against its hash ([`Session::check`]) before it is used again.
+//! checked against its hash ([`Session::check`]) before it is used again; a new one is
+//! checked once ahead of that, when it has settled (`settler`), so that its first reuse
+//! need not read it.
 //!
 //! Each entry counts at least [`MIN_CHARGE`] against the bound (its real cost on disk: an
 //! inode and a block), so tiny contents cannot fill the index. An eviction takes the
@@ -22,6 +24,7 @@
 mod check;
 mod cleaner;
 pub(crate) mod lru;
+mod settler;
 
 use std::collections::HashMap;
 use std::io;
@@ -36,6 +39,7 @@ use sha2::{Digest, Sha256};
 use crate::keys::PublicKey;
 use cleaner::Cleaner;
 use lru::{Key, Lru};
+use settler::Settler;
 
 /// The cache's directory under the data dir.
 pub const CACHE_DIR: &str = "content-cache";
@@ -86,10 +90,14 @@ pub struct ContentCache {
     cleaner: Cleaner,
     /// Sessions open and the bytes they pin or have reserved, per scope.
     sessions: Mutex<HashMap<[u8; 32], ScopeUse>>,
-    /// Bytes read back from cached files to check them against their hash.
+    /// Bytes read back from cached files to check them against their hash on reuse.
     rehashed: AtomicU64,
     /// Checks that found file leases not available (no stamp could be recorded).
-    leases_unavailable: AtomicU64,
+    leases_unavailable: Arc<AtomicU64>,
+    /// Checks new contents once settled, ahead of their first reuse (`None`: not ahead).
+    settler: Option<Settler>,
+    /// Bytes the settler has read.
+    read_ahead: Arc<AtomicU64>,
     /// The thread that removed each evicted file, for tests to see where it ran.
     #[cfg(test)]
     removed_by: cleaner::Removals,
@@ -151,6 +159,12 @@ impl ContentCache {
     /// # Errors
     /// When the directory cannot be created or read.
     pub fn open(data_dir: &Path, max_bytes: u64) -> io::Result<Arc<Self>> {
+        Self::open_with(data_dir, max_bytes, true)
+    }
+
+    /// [`ContentCache::open`], checking new contents ahead of their first reuse only if
+    /// `ahead` (tests that count the reads of reuses turn it off).
+    fn open_with(data_dir: &Path, max_bytes: u64, ahead: bool) -> io::Result<Arc<Self>> {
         let root = data_dir.join(CACHE_DIR);
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -195,6 +209,13 @@ impl ContentCache {
             stall.clone(),
         )?;
         cleaner.remove(evicted);
+        let counters = settler::Counters::default();
+        let (read_ahead, leases_unavailable) =
+            (counters.read.clone(), counters.leases_unavailable.clone());
+        let settler = match ahead {
+            true => Some(Settler::start(root.clone(), index.clone(), counters)?),
+            false => None,
+        };
         Ok(Arc::new(Self {
             root,
             max_bytes,
@@ -202,7 +223,9 @@ impl ContentCache {
             cleaner,
             sessions: Mutex::new(HashMap::new()),
             rehashed: AtomicU64::new(0),
-            leases_unavailable: AtomicU64::new(0),
+            leases_unavailable,
+            settler,
+            read_ahead,
             #[cfg(test)]
             removed_by,
             #[cfg(test)]
@@ -281,8 +304,9 @@ impl ContentCache {
         }
     }
 
-    /// Bytes read back from cached files so far to check them against their hash (a file
-    /// unchanged since it was last checked is not read again).
+    /// Bytes read back from cached files so far to check them against their hash when a
+    /// submission reuses them (a file unchanged since it was last checked is not read
+    /// again).
     pub fn rehashed_bytes(&self) -> u64 {
         self.rehashed.load(Ordering::Relaxed)
     }
@@ -291,6 +315,11 @@ impl ContentCache {
     /// such file is hashed again at every use.
     pub fn leases_unavailable(&self) -> u64 {
         self.leases_unavailable.load(Ordering::Relaxed)
+    }
+
+    /// Bytes read so far to check new contents ahead of their first reuse.
+    pub fn read_ahead_bytes(&self) -> u64 {
+        self.read_ahead.load(Ordering::Relaxed)
     }
 
     /// Waits until every evicted file so far is removed (test hook).
@@ -423,6 +452,9 @@ impl Session {
         let evicted = index.evict();
         drop(index);
         self.cache.cleaner.remove(evicted);
+        if let Some(settler) = &self.cache.settler {
+            settler.queue(key, size);
+        }
         Ok(path)
     }
 }

@@ -80,7 +80,7 @@ fn is_settled(stamp: &Stamp, now: std::time::SystemTime) -> bool {
 }
 
 /// What [`holds`] found.
-enum Found {
+pub(super) enum Found {
     /// The file holds its content; it looked like this when `fstat`ed before it was read
     /// (or it was not read: it still looks as it did when last found good), and whether
     /// that stamp may be trusted next time.
@@ -92,7 +92,7 @@ enum Found {
 /// Whether a stamp may be recorded: the file's times had settled and no one held it open
 /// for writing after it was stamped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Settled {
+pub(super) enum Settled {
     Yes,
     No,
 }
@@ -166,7 +166,7 @@ fn settles(file: &std::fs::File, unavailable: &AtomicU64) -> bool {
 /// # Errors
 /// When it cannot be read for another reason than its absence or its kind (running out of
 /// descriptors, say): that says nothing of the content, so the caller must not forget it.
-fn holds(
+pub(super) fn holds(
     path: &Path,
     hash: &[u8; 32],
     size: u64,

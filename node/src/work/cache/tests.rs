@@ -102,9 +102,10 @@ fn a_cached_file_cut_or_changed_on_disk_no_longer_holds_its_content_and_is_forgo
 #[test]
 fn an_unchanged_cached_file_is_hashed_once_settled_and_not_again_until_it_changes() {
     // Found by an attacker's review: every reuse re-read and hashed every cached
-    // content it listed, up to 768 MiB for a 100-byte manifest.
+    // content it listed, up to 768 MiB for a 100-byte manifest. (Without the check ahead,
+    // so that only the reuses read.)
     let dir = tempfile::tempdir().unwrap();
-    let cache = ContentCache::open(dir.path(), 1 << 20).unwrap();
+    let cache = ContentCache::open_with(dir.path(), 1 << 20, false).unwrap();
     let mut session = cache
         .session(Scope::of(&PublicKey::from_bytes([3; 32])))
         .unwrap();
@@ -397,4 +398,80 @@ fn leases_not_available_are_counted_and_a_lease_refused_to_a_writer_is_not() {
     check::LEASES_FAIL.set(false);
     assert_eq!(cache.leases_unavailable(), 2);
     assert_eq!(cache.rehashed_bytes(), 3000, "no stamp: hashed each time");
+}
+
+/// Waits (up to 20 s) until `done` holds (the settler's checks run 2 s after a commit).
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "waited 20 s for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_new_content_is_checked_once_settled_so_that_its_first_reuse_reads_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ContentCache::open(dir.path(), 1 << 20).unwrap();
+    let scope = Scope::of(&PublicKey::from_bytes([3; 32]));
+    let content = vec![b'p'; 100_000];
+    let hash: [u8; 32] = Sha256::digest(&content).into();
+    let path = put(&mut cache.session(scope).unwrap(), &content);
+    let key = Key {
+        scope: scope.0,
+        hash,
+    };
+    wait_until("the stamp", || cache.lock().stamp(&key).is_some());
+    assert_eq!(cache.read_ahead_bytes(), 100_000, "read once, ahead");
+    let mut reuse = cache.session(scope).unwrap();
+    assert_eq!(reuse.hit(&hash), Some((path.clone(), 100_000)));
+    assert!(
+        reuse
+            .check(&hash, &path, 100_000, std::time::SystemTime::now())
+            .unwrap()
+    );
+    assert_eq!(
+        cache.rehashed_bytes(),
+        0,
+        "checked ahead: the reuse read nothing"
+    );
+    // A write after the check ahead still shows.
+    std::fs::write(&path, vec![b'q'; 100_000]).unwrap();
+    assert!(
+        !reuse
+            .check(
+                &hash,
+                &path,
+                100_000,
+                std::time::SystemTime::now() + SETTLED
+            )
+            .unwrap()
+    );
+}
+
+#[test]
+fn a_content_changed_before_it_is_checked_ahead_is_not_trusted_and_its_reuse_finds_it_changed() {
+    // The attack: a job running as the node's user rewrites a cached file, same length,
+    // right after the node put it in place. The check ahead must hash what is there, not
+    // trust what was received.
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ContentCache::open(dir.path(), 1 << 20).unwrap();
+    let scope = Scope::of(&PublicKey::from_bytes([3; 32]));
+    let content = vec![b'p'; 100_000];
+    let hash: [u8; 32] = Sha256::digest(&content).into();
+    let path = put(&mut cache.session(scope).unwrap(), &content);
+    std::fs::write(&path, vec![b'X'; 100_000]).unwrap();
+    wait_until("the check ahead", || cache.read_ahead_bytes() == 100_000);
+    let key = Key {
+        scope: scope.0,
+        hash,
+    };
+    assert_eq!(cache.lock().stamp(&key), None);
+    let mut reuse = cache.session(scope).unwrap();
+    assert!(reuse.hit(&hash).is_some());
+    let later = std::time::SystemTime::now() + SETTLED;
+    assert!(!reuse.check(&hash, &path, 100_000, later).unwrap());
 }
