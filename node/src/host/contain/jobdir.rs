@@ -12,7 +12,10 @@ use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::Path;
 
 /// The directory of the units' directories in the data dir (the store's layout).
-const UNITS_DIR: &str = "units";
+pub(crate) const UNITS_DIR: &str = "units";
+
+/// A unit's job directory in its unit directory (the store's layout).
+pub(crate) const JOB_DIR: &str = "job";
 
 /// Traversable, not listable.
 const PASS_THROUGH: u32 = 0o711;
@@ -26,12 +29,30 @@ const PASS_THROUGH: u32 = 0o711;
 pub fn lock_data_dir(data_dir: &Path) -> io::Result<()> {
     // SAFETY: umask cannot fail.
     unsafe { libc::umask(0o077) };
+    close_data_dir(data_dir)
+}
+
+/// [`lock_data_dir`] without the umask: the data dir and `units/` 0711, each unit
+/// directory 0711 (as [`hand_over`] leaves it, so a job re-attached after a restart still
+/// reaches its job directory) and every other entry the node's alone.
+fn close_data_dir(data_dir: &Path) -> io::Result<()> {
     set_mode(data_dir, PASS_THROUGH)?;
     private_entries(data_dir, &[UNITS_DIR])?;
     let units = data_dir.join(UNITS_DIR);
     if units.is_dir() {
         set_mode(&units, PASS_THROUGH)?;
-        private_entries(&units, &[])?;
+        for entry in fs::read_dir(&units)? {
+            let unit = entry?.path();
+            let meta = fs::symlink_metadata(&unit)?;
+            if meta.is_dir() {
+                // As `hand_over` left it: a job re-attached after this start reaches its
+                // job directory through it; the unit's files stay the node's alone.
+                set_mode(&unit, PASS_THROUGH)?;
+                private_entries(&unit, &[])?;
+            } else if !meta.file_type().is_symlink() && meta.mode() & 0o077 != 0 {
+                fs::set_permissions(&unit, fs::Permissions::from_mode(meta.mode() & 0o700))?;
+            }
+        }
     }
     Ok(())
 }
@@ -107,6 +128,36 @@ fn give_tree(root: &Path, uid: u32) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn closing_the_data_dir_at_start_leaves_a_running_jobs_way_to_its_job_directory() {
+        // Found by this stop's second review: at start every unit directory became 0700,
+        // so a job re-attached after a restart lost its own job directory (its HOME and
+        // TMPDIR) to EACCES.
+        let data = tempfile::tempdir().unwrap();
+        let unit = data.path().join("units/u1");
+        let job = unit.join(JOB_DIR);
+        fs::create_dir_all(&job).unwrap();
+        fs::write(unit.join("stdin"), b"secret").unwrap();
+        fs::set_permissions(unit.join("stdin"), fs::Permissions::from_mode(0o644)).unwrap();
+        fs::set_permissions(&unit, fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::chown(&job, Some(4_000_124), Some(4_000_124)).unwrap();
+        fs::set_permissions(&job, fs::Permissions::from_mode(0o700)).unwrap();
+        fs::write(data.path().join("node.key"), b"key").unwrap();
+        fs::set_permissions(
+            data.path().join("node.key"),
+            fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        close_data_dir(data.path()).unwrap();
+        for dir in [data.path(), &data.path().join("units"), &unit] {
+            assert_eq!(mode(dir), 0o711, "{}", dir.display());
+        }
+        assert_eq!(mode(&unit.join("stdin")), 0o600);
+        assert_eq!(mode(&data.path().join("node.key")), 0o600);
+        let meta = fs::symlink_metadata(&job).unwrap();
+        assert_eq!((meta.uid(), meta.mode() & 0o7777), (4_000_124, 0o700));
+    }
 
     fn mode(path: &Path) -> u32 {
         fs::symlink_metadata(path).unwrap().mode() & 0o7777

@@ -398,7 +398,13 @@ const JOB_USER_WAIT: Duration = Duration::from_secs(10);
 async fn take_job_user(users: &super::users::JobUsers) -> Result<JobUser, ContainError> {
     let until = tokio::time::Instant::now() + JOB_USER_WAIT;
     loop {
-        if let Some(user) = users.take() {
+        // Off the async workers: a `/proc` scan, and what the uid's last job left removed.
+        let pool = users.clone();
+        let taken = tokio::task::spawn_blocking(move || pool.take())
+            .await
+            .ok()
+            .flatten();
+        if let Some(user) = taken {
             return Ok(user);
         }
         if tokio::time::Instant::now() >= until {
@@ -406,7 +412,7 @@ async fn take_job_user(users: &super::users::JobUsers) -> Result<JobUser, Contai
                 range: users.range().to_string(),
             });
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -432,13 +438,16 @@ async fn as_job_user(
                 || job_dir.parent().unwrap_or(&job_dir).to_owned(),
                 |f| f.dir.clone(),
             );
-            jobdir::hand_over(&job_dir, &unit_dir, users.data_dir(), user.uid()).map_err(
-                |source| ContainError::JobDir {
+            let (dir, data_dir, uid) = (job_dir.clone(), users.data_dir().to_owned(), user.uid());
+            // Off the async workers: a recursive `lchown` of what the handler put there.
+            tokio::task::spawn_blocking(move || jobdir::hand_over(&dir, &unit_dir, &data_dir, uid))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+                .map_err(|source| ContainError::JobDir {
                     path: job_dir.clone(),
                     uid: user.uid(),
                     source,
-                },
-            )?;
+                })?;
             job.job_user = Some(user.clone());
             user
         }

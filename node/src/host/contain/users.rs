@@ -149,8 +149,8 @@ pub enum JobUsersError {
     },
 }
 
-/// The pool of job uids, shared by every job of the node.
-#[derive(Debug)]
+/// The pool of job uids, shared by every job of the node (clones share the pool).
+#[derive(Debug, Clone)]
 pub struct JobUsers {
     range: UidRange,
     data_dir: PathBuf,
@@ -218,14 +218,27 @@ impl JobUsers {
     /// where blocking briefly is fine (a job's start).
     pub fn take(&self) -> Option<JobUser> {
         let busy = uids_in_use(self.range);
-        let mut pool = self.pool.lock().ok()?;
-        let at = pool.free.iter().position(|uid| !busy.contains(uid))?;
-        let uid = pool.free.remove(at)?;
-        pool.held.insert(uid);
-        drop(pool);
-        // Held now, so no one else takes it while what its last job left goes.
-        remove_leftovers(uid);
-        Some(self.handle(uid))
+        let mut skipped = BTreeSet::new();
+        loop {
+            let mut pool = self.pool.lock().ok()?;
+            let at = pool
+                .free
+                .iter()
+                .position(|uid| !busy.contains(uid) && !skipped.contains(uid))?;
+            let uid = pool.free.remove(at)?;
+            pool.held.insert(uid);
+            drop(pool);
+            // Held now, so no one else takes it while what its last job left goes.
+            remove_leftovers(uid);
+            match reclaim_job_dirs(&self.data_dir, uid) {
+                Ok(()) => return Some(self.handle(uid)),
+                Err(e) => {
+                    tracing::warn!(uid, error = %e, "a job directory an earlier job of this uid had could not be taken back; the uid is passed over");
+                    drop(self.handle(uid));
+                    skipped.insert(uid);
+                }
+            }
+        }
     }
 
     /// Marks `uid` held by a job a restarted node re-attached (from its job record);
@@ -282,6 +295,43 @@ impl Drop for Lease {
             pool.free.push_back(self.uid);
         }
     }
+}
+
+/// Takes back from `uid` every job directory under `<data_dir>/units/` it still owns (an
+/// earlier job's, not yet moved to the trash when that job's uid came free): the directory
+/// is given to the node (`lchown`), so the next job of `uid` cannot enter it, whatever its
+/// files. A directory gone meanwhile is fine.
+///
+/// # Errors
+/// The first directory that could not be read or taken back.
+fn reclaim_job_dirs(data_dir: &Path, uid: u32) -> std::io::Result<()> {
+    let units = data_dir.join(super::jobdir::UNITS_DIR);
+    let entries = match std::fs::read_dir(&units) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    // SAFETY: geteuid and getegid cannot fail.
+    let (node_uid, node_gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    for entry in entries {
+        let job_dir = entry?.path().join(super::jobdir::JOB_DIR);
+        let meta = match job_dir.symlink_metadata() {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if meta.uid() != uid {
+            continue;
+        }
+        match std::os::unix::fs::lchown(&job_dir, Some(node_uid), Some(node_gid)) {
+            Ok(()) => {
+                tracing::info!(uid, dir = %job_dir.display(), "took back an earlier job's directory from its uid")
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Removes the top-level entries of [`SHARED_TMP`] that `uid` owns (not following links).

@@ -188,3 +188,29 @@ fn what_a_uid_left_in_tmp_is_removed_before_it_is_handed_out_again() {
     assert!(other.exists(), "a file of another uid was removed");
     std::fs::remove_file(other).unwrap();
 }
+
+#[test]
+fn a_job_directory_an_earlier_job_of_a_uid_still_owns_is_taken_back_before_the_uid_is_handed_out() {
+    // Found by this stop's second review: a uid came free when its job's programs ended,
+    // but the job's directory (its ssh key, passwords, extra vars) moves to the trash only
+    // after the store's next batch; the next job of that uid could read it meanwhile.
+    let data = tempfile::tempdir().unwrap();
+    let job = data.path().join("units/u1/job");
+    std::fs::create_dir_all(job.join("env")).unwrap();
+    std::fs::write(job.join("env/ssh_key"), b"secret").unwrap();
+    for path in [&job, &job.join("env"), &job.join("env/ssh_key")] {
+        std::os::unix::fs::lchown(path, Some(3_900_050), Some(3_900_050)).unwrap();
+    }
+    let users = JobUsers::unchecked(range(3_900_050, 3_900_050), data.path().to_owned());
+    let user = users.take().unwrap();
+    assert_eq!(user.uid(), 3_900_050);
+    let meta = std::fs::symlink_metadata(&job).unwrap();
+    // SAFETY: geteuid cannot fail.
+    let node = unsafe { libc::geteuid() };
+    assert_eq!(
+        meta.uid(),
+        node,
+        "the earlier job's directory is the node's again (mode {:o})",
+        meta.mode()
+    );
+}
