@@ -52,7 +52,13 @@ pub fn key_succession(data: &[u8]) -> Reached {
                 Err(_) => continue,
             },
         };
-        let (accepted, refusal) = book.learn_chain(&node, &anchors, &BTreeSet::new(), &chain);
+        // Presented under the chain's last key (a hello or an advert of that key): the
+        // case where a chain can be accepted at all.
+        let Some(presented) = chain.last().map(|s| s.succession.new) else {
+            continue;
+        };
+        let (accepted, refusal) =
+            book.learn_chain(&node, &anchors, &BTreeSet::new(), &chain, &presented);
         if !accepted.is_empty() {
             reached.push("accepted");
         }
