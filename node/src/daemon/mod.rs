@@ -331,6 +331,7 @@ fn with_job_users(containment: Containment, config: &Config) -> Result<Containme
         }
         return Ok(containment);
     };
+    crate::host::contain::users::check_control_permissions(config.control.permissions)?;
     let users = JobUsers::new(range, &config.data_dir)?;
     jobdir::lock_data_dir(&config.data_dir).map_err(|source| StartError::LockDataDir {
         path: config.data_dir.clone(),

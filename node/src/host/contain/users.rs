@@ -139,6 +139,19 @@ pub enum JobUsersError {
         /// The missing capabilities, named.
         missing: String,
     },
+    /// `fs.protected_hardlinks` is off.
+    #[error(
+        "fs.protected_hardlinks is 0 on this host: a job could hard-link a file it may not write (a system file) into its job directory under a name the node writes later; set it to 1 (`sysctl -w fs.protected_hardlinks=1`, and in /etc/sysctl.d to keep it), or remove [work] job-users"
+    )]
+    HardlinksUnprotected,
+    /// The control socket is open to other users.
+    #[error(
+        "[control] permissions {mode:04o} lets other users, every job user among them, use the control socket with full rights; give others no bits (for example \"0600\" or \"0660\"), or remove [work] job-users"
+    )]
+    ControlSocketOpen {
+        /// The configured mode.
+        mode: u32,
+    },
     /// A directory above the data dir that other users cannot traverse.
     #[error("{} (mode {mode:04o}) cannot be traversed by other users, so no job could reach its directory under the data dir: chmod o+x it, or choose a data dir whose parents can be traversed", path.display())]
     Untraversable {
@@ -183,6 +196,8 @@ impl JobUsers {
             let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
             check_capabilities(uid, &status)?;
         }
+        let hardlinks = std::fs::read_to_string("/proc/sys/fs/protected_hardlinks").ok();
+        check_hardlinks(hardlinks.as_deref())?;
         let data_dir = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_owned());
         check_traversable(&data_dir)?;
         Ok(Self::unchecked(range, data_dir))
@@ -461,6 +476,28 @@ fn check_capabilities(uid: u32, status: &str) -> Result<(), JobUsersError> {
             uid,
             missing: missing.join(", "),
         })
+    }
+}
+
+/// Refuses a host whose `fs.protected_hardlinks` (the sysctl file's text, `None`: not
+/// readable, left to the kernel's own default) is 0.
+fn check_hardlinks(sysctl: Option<&str>) -> Result<(), JobUsersError> {
+    match sysctl.map(str::trim) {
+        Some("0") => Err(JobUsersError::HardlinksUnprotected),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses a control socket mode that gives other users (job users among them) any right:
+/// a job user's gid is its uid, with no supplementary groups, so only the bits for others
+/// reach it.
+///
+/// # Errors
+/// [`JobUsersError::ControlSocketOpen`].
+pub fn check_control_permissions(mode: u32) -> Result<(), JobUsersError> {
+    match mode & 0o007 {
+        0 => Ok(()),
+        _ => Err(JobUsersError::ControlSocketOpen { mode }),
     }
 }
 

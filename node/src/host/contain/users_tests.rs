@@ -214,3 +214,36 @@ fn a_job_directory_an_earlier_job_of_a_uid_still_owns_is_taken_back_before_the_u
         meta.mode()
     );
 }
+
+#[test]
+fn a_host_without_hardlink_protection_is_refused_saying_which_setting() {
+    // From this stop's second review: with fs.protected_hardlinks=0 a job could hard-link
+    // a system file into its job directory under a name the node (root) writes later.
+    assert_eq!(
+        check_hardlinks(Some("0\n")),
+        Err(JobUsersError::HardlinksUnprotected)
+    );
+    assert_eq!(check_hardlinks(Some("1\n")), Ok(()));
+    assert_eq!(check_hardlinks(None), Ok(()));
+    let message = JobUsersError::HardlinksUnprotected.to_string();
+    assert!(
+        message.contains("sysctl -w fs.protected_hardlinks=1"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_control_socket_open_to_others_is_refused_with_job_users() {
+    // From this stop's second review: `[control] permissions = "0666"` gave every job
+    // user the node's full control rights.
+    assert_eq!(check_control_permissions(0o600), Ok(()));
+    assert_eq!(check_control_permissions(0o660), Ok(()));
+    let refused = check_control_permissions(0o666).unwrap_err();
+    assert_eq!(refused, JobUsersError::ControlSocketOpen { mode: 0o666 });
+    assert!(
+        refused
+            .to_string()
+            .starts_with("[control] permissions 0666 lets other users"),
+        "{refused}"
+    );
+}
