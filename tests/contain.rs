@@ -115,7 +115,7 @@ fn escaping_script(dir: &Path, marker: &str) -> PathBuf {
 }
 
 /// Starts one node `n1` with `config` (TOML after `[node]`) and returns the mesh.
-fn node(config: &str) -> Mesh {
+pub fn node(config: &str) -> Mesh {
     let mut mesh = Mesh::new();
     let id = mesh.identity("n1");
     let file = mesh.path("n1.toml");
@@ -134,14 +134,14 @@ fn node(config: &str) -> Mesh {
     mesh
 }
 
-fn command_type(name: &str, program: &Path, extra: &str) -> String {
+pub fn command_type(name: &str, program: &Path, extra: &str) -> String {
     format!(
         "[[work-type]]\nname = \"{name}\"\nhandler = \"command\"\nprogram = {:?}\n{extra}\n",
         program.display().to_string()
     )
 }
 
-fn text(bytes: &[u8]) -> String {
+pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 

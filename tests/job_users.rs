@@ -17,7 +17,7 @@ use warren::host::contain::users::JobUsers;
 use warren::host::contain::{ContainMode, Containment};
 use warren::host::runner::{Host, Outcome};
 
-use crate::contain::{assert_all_gone, marked_sleep, marker, script};
+use crate::contain::{assert_all_gone, command_type, marked_sleep, marker, node, script, text};
 use crate::detached;
 use crate::support::{Mesh, component_cache, wait_for, warren_bin, warren_exits};
 
@@ -35,36 +35,6 @@ fn open_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     dir
-}
-
-/// Starts node `n1` with `config` (TOML after `[node]`), waits for its `types` work types.
-fn node(config: &str, types: usize) -> Mesh {
-    let mut mesh = Mesh::new();
-    let id = mesh.identity("n1");
-    let file = mesh.path("n1.toml");
-    let text = format!(
-        "[node]\nid = \"n1\"\ndata-dir = {:?}\nkey-file = {:?}\n{config}",
-        mesh.path("n1-data").display().to_string(),
-        id.key.display().to_string()
-    );
-    std::fs::write(&file, text).unwrap();
-    mesh.start(&id, &["--config".into(), file.display().to_string()]);
-    wait_for("the work types to be offered", || {
-        let report = mesh.status(0)?;
-        (report["WorkTypes"].as_array()?.len() == types).then_some(())
-    });
-    mesh
-}
-
-fn command_type(name: &str, program: &Path) -> String {
-    format!(
-        "[[work-type]]\nname = \"{name}\"\nhandler = \"command\"\nprogram = {:?}\n",
-        program.display().to_string()
-    )
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// Submits a unit of `work_type` with `payload`; returns its id.
@@ -153,10 +123,10 @@ fn attack(work: &str) -> (String, String, String) {
     let secret = format!("secret-{mark}");
     let config = format!(
         "[work]\n{work}\n{}{}",
-        command_type("victim", &victim(dir.path(), &mark)),
-        command_type("attacker", &attacker(dir.path()))
+        command_type("victim", &victim(dir.path(), &mark), ""),
+        command_type("attacker", &attacker(dir.path()), "")
     );
-    let mesh = node(&config, 2);
+    let mesh = node(&config);
     let victim_unit = submit(&mesh, "victim", &format!("{secret}\n"));
     wait_for("the victim to run", || {
         (status(&mesh, &victim_unit)["StdoutSize"].as_u64()? > 0).then_some(())
@@ -248,9 +218,9 @@ fn concurrent_jobs_never_share_a_uid_and_a_full_range_fails_the_next_clearly() {
         "[work]\njob-users = \"{}-{}\"\n{}",
         3_910_005,
         3_910_007,
-        command_type("uid", &uid_printer(dir.path()))
+        command_type("uid", &uid_printer(dir.path()), "")
     );
-    let mesh = node(&config, 1);
+    let mesh = node(&config);
     let units: Vec<String> = (0..3).map(|_| submit(&mesh, "uid", "")).collect();
     let mut uids: Vec<String> = units
         .iter()
@@ -290,14 +260,11 @@ fn a_job_directory_belongs_to_the_jobs_uid_and_home_and_tmpdir_are_in_it() {
          touch \"$TMPDIR/x\" && echo writable\n\
          grep -E '^(Groups|NoNewPrivs|CapEff):' /proc/self/status | tr -s '\\t ' ' '\n",
     );
-    let mesh = node(
-        &format!(
-            "[work]\n{}{}",
-            job_users_line(),
-            command_type("where", &program)
-        ),
-        1,
-    );
+    let mesh = node(&format!(
+        "[work]\n{}{}",
+        job_users_line(),
+        command_type("where", &program, "")
+    ));
     let unit = submit(&mesh, "where", "");
     let status = wait_done(&mesh, &unit);
     let out = results(&mesh, &unit);
@@ -563,10 +530,10 @@ fn a_uid_comes_back_only_without_the_last_jobs_processes(containment: &str, uid:
     );
     let config = format!(
         "[work]\ncontainment = {containment:?}\njob-users = \"{uid}-{uid}\"\n{0}{1}",
-        command_type("leave", &leaver),
-        command_type("count", &counter)
+        command_type("leave", &leaver, ""),
+        command_type("count", &counter, "")
     );
-    let mesh = node(&config, 2);
+    let mesh = node(&config);
     let first = submit(&mesh, "leave", "");
     let status = wait_done(&mesh, &first);
     assert_eq!(

@@ -111,3 +111,8 @@ pub(crate) fn seconds(secs: f64) -> Duration {
     }
     Duration::try_from_secs_f64(secs).unwrap_or(Duration::from_secs(u64::from(u32::MAX)))
 }
+
+/// The runtime the client node runs on could not be started.
+pub(crate) fn runtime_start(e: &impl std::fmt::Display) -> PyErr {
+    pyo3::exceptions::PyOSError::new_err(format!("starting Warren's client runtime: {e}"))
+}

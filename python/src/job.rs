@@ -111,7 +111,7 @@ pub(crate) fn start(
             let (lease, notices) = crate::link::connect(&target).await?;
             create(lease, target.node, unit, notices).await
         })
-        .map_err(|e| PyOSError::new_err(format!("starting Warren's client runtime: {e}")))?
+        .map_err(|e| errors::runtime_start(&e))?
     })
 }
 

@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
 use warren::id::NodeId;
 
@@ -19,8 +18,7 @@ use crate::shared::Lease;
 /// Links (or reuses the shared node) and waits for a route to `target`'s node offering
 /// ansible-runner; returns the lease and what linking noted.
 pub(crate) async fn connect(target: &Target) -> PyResult<(Lease, Vec<String>)> {
-    let (_, registry) = process::current()
-        .map_err(|e| PyOSError::new_err(format!("starting Warren's client runtime: {e}")))?;
+    let (_, registry) = process::current().map_err(|e| errors::runtime_start(&e))?;
     let mut notices = Vec::new();
     let lease = registry
         .lease(target.options.clone(), |note| notices.push(note))
@@ -67,7 +65,7 @@ pub(crate) fn link(
                 notices,
             })
         })
-        .map_err(|e| PyOSError::new_err(format!("starting Warren's client runtime: {e}")))?
+        .map_err(|e| errors::runtime_start(&e))?
     })
 }
 
@@ -113,7 +111,7 @@ impl Link {
                 unit,
                 self.notices.clone(),
             ))
-            .map_err(|e| PyOSError::new_err(format!("starting Warren's client runtime: {e}")))?
+            .map_err(|e| errors::runtime_start(&e))?
         })
     }
 }

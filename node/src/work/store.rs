@@ -53,7 +53,9 @@ const STDIN_FILE: &str = "stdin";
 /// The results file's name in a unit directory.
 const STDOUT_FILE: &str = "stdout";
 /// The job directory's name in a unit directory.
-const JOB_DIR: &str = "job";
+pub(crate) const JOB_DIR: &str = "job";
+/// The directory of the units' directories in the data dir.
+pub(crate) const UNITS_DIR: &str = "units";
 
 /// Detail recorded by [`UnitStore::recover`] for a unit that was running.
 pub const DETAIL_RESTARTED_RUNNING: &str = "node restarted while the unit was running";
@@ -126,7 +128,7 @@ impl UnitStore {
     /// # Errors
     /// [`StoreError::CreateUnitsDir`] when the directory cannot be created.
     pub fn open(data_dir: impl AsRef<Path>) -> Result<Self, StoreError> {
-        let root = data_dir.as_ref().join("units");
+        let root = data_dir.as_ref().join(UNITS_DIR);
         DirBuilder::new()
             .recursive(true)
             .mode(DIR_MODE)

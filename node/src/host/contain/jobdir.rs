@@ -11,11 +11,7 @@ use std::io;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::Path;
 
-/// The directory of the units' directories in the data dir (the store's layout).
-pub(crate) const UNITS_DIR: &str = "units";
-
-/// A unit's job directory in its unit directory (the store's layout).
-pub(crate) const JOB_DIR: &str = "job";
+use crate::work::store::UNITS_DIR;
 
 /// Traversable, not listable.
 const PASS_THROUGH: u32 = 0o711;
@@ -136,7 +132,7 @@ mod tests {
         // TMPDIR) to EACCES.
         let data = tempfile::tempdir().unwrap();
         let unit = data.path().join("units/u1");
-        let job = unit.join(JOB_DIR);
+        let job = unit.join(crate::work::store::JOB_DIR);
         fs::create_dir_all(&job).unwrap();
         fs::write(unit.join("stdin"), b"secret").unwrap();
         fs::set_permissions(unit.join("stdin"), fs::Permissions::from_mode(0o644)).unwrap();

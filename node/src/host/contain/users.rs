@@ -320,7 +320,7 @@ impl Drop for Lease {
 /// # Errors
 /// The first directory that could not be read or taken back.
 fn reclaim_job_dirs(data_dir: &Path, uid: u32) -> std::io::Result<()> {
-    let units = data_dir.join(super::jobdir::UNITS_DIR);
+    let units = data_dir.join(crate::work::store::UNITS_DIR);
     let entries = match std::fs::read_dir(&units) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -329,7 +329,7 @@ fn reclaim_job_dirs(data_dir: &Path, uid: u32) -> std::io::Result<()> {
     // SAFETY: geteuid and getegid cannot fail.
     let (node_uid, node_gid) = unsafe { (libc::geteuid(), libc::getegid()) };
     for entry in entries {
-        let job_dir = entry?.path().join(super::jobdir::JOB_DIR);
+        let job_dir = entry?.path().join(crate::work::store::JOB_DIR);
         let meta = match job_dir.symlink_metadata() {
             Ok(meta) => meta,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
