@@ -94,6 +94,22 @@ pub enum ContainError {
         #[source]
         source: io::Error,
     },
+    /// With `[work] job-users`, the supervisor did not report starting the program as the
+    /// job's uid: a `warren-supervisor` older than the node ignores the job's uid and runs
+    /// the program as the node's user. It and its program were killed.
+    #[error(
+        "{} reported the program running as uid {}, not as the job's uid {expected}: it is older than this warren and ignores [work] job-users; install the warren-supervisor of the same release beside warren (or remove the old one, and warren supervises itself)",
+        exe.display(),
+        reported.map_or_else(|| "(none: it does not report one)".to_owned(), |u| u.to_string())
+    )]
+    SupervisorIgnoredJobUser {
+        /// The supervisor binary.
+        exe: PathBuf,
+        /// The job's uid.
+        expected: u32,
+        /// The uid it reported the program runs as, if any.
+        reported: Option<u32>,
+    },
     /// The supervisor ended before it reported the program started.
     #[error(
         "the supervisor {} ended without starting the program (is it a warren binary?)",

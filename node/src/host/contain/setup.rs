@@ -178,7 +178,7 @@ impl ChildSetup {
 /// calling process through a signal broadcast, and this child runs on the node's memory
 /// (`CLONE_VM`), where that thread list is the node's. The kernel calls change only the
 /// calling task, which is this whole single-threaded process.
-fn become_job_user(uid: u32) -> io::Result<()> {
+pub(crate) fn become_job_user(uid: u32) -> io::Result<()> {
     let id = libc::c_long::from(uid);
     // SAFETY: system calls on integers and a stack buffer; async-signal-safe.
     unsafe {

@@ -82,6 +82,63 @@ async fn a_later_report_line_that_never_ends_is_refused_at_the_bound() {
     );
 }
 
+/// Launches `exe` with a spec asking for job user `uid`.
+async fn launch_as_job_user(exe: &Path, uid: u32) -> Result<Launched, ContainError> {
+    let mut spec = spec();
+    spec.setup.job_user = Some(uid);
+    let options = LaunchOptions {
+        stdio: SupervisorStdio::Null,
+        own_group: false,
+        join: spec.setup,
+        wait: HANDSHAKE_WAIT,
+    };
+    launch(exe, &spec, options).await
+}
+
+#[tokio::test]
+async fn a_supervisor_that_does_not_report_the_job_uid_is_refused_and_told_to_kill_its_tree() {
+    // This stop's review: a warren-supervisor older than the node ignores the job's uid
+    // (a spec field it does not know) and ran the program as the node's user.
+    let dir = tempfile::tempdir().unwrap();
+    for (report, reported) in [("started $$ 1", None), ("started $$ 1 0", Some(0))] {
+        let gone = dir.path().join("killed");
+        let _ = std::fs::remove_file(&gone);
+        let exe = fake_supervisor(
+            dir.path(),
+            &format!(
+                "trap 'kill $!; touch {}; exit 1' USR1\necho \"{report}\" >&4\nsleep 30 & wait",
+                gone.display()
+            ),
+        );
+        let err = launch_as_job_user(&exe, 3_900_080).await.unwrap_err();
+        assert!(
+            matches!(&err, ContainError::SupervisorIgnoredJobUser { expected: 3_900_080, reported: r, .. } if *r == reported),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .contains("install the warren-supervisor of the same release beside warren"),
+            "{err}"
+        );
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while !gone.exists() {
+            assert!(
+                std::time::Instant::now() < until,
+                "the supervisor was not told to kill its tree ({report})"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_supervisor_that_reports_the_job_uid_is_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = fake_supervisor(dir.path(), "echo \"started $$ 1 3900081\" >&4");
+    let launched = launch_as_job_user(&exe, 3_900_081).await.unwrap();
+    assert_eq!(launched.program.start_time, 1);
+}
+
 #[tokio::test]
 async fn the_supervisors_refusal_is_passed_on_in_its_words() {
     let dir = tempfile::tempdir().unwrap();
