@@ -94,21 +94,22 @@ pub enum ContainError {
         #[source]
         source: io::Error,
     },
-    /// With `[work] job-users`, the supervisor did not report starting the program as the
-    /// job's uid: a `warren-supervisor` older than the node ignores the job's uid and runs
-    /// the program as the node's user. It and its program were killed.
+    /// With `[work] job-users`, the supervisor could not read a job user's spec, or did not
+    /// report starting the program as the job's uid: a `warren-supervisor` older than the
+    /// node does not know job users (it would run the program as the node's user). What it
+    /// started, if anything, was killed.
     #[error(
-        "{} reported the program running as uid {}, not as the job's uid {expected}: it is older than this warren and ignores [work] job-users; install the warren-supervisor of the same release beside warren (or remove the old one, and warren supervises itself)",
-        exe.display(),
-        reported.map_or_else(|| "(none: it does not report one)".to_owned(), |u| u.to_string())
+        "{} does not run programs as job users (asked for uid {expected}, it {answer}): it is older than this warren; install the warren-supervisor of the same release beside warren (or remove the old one, and warren supervises itself)",
+        exe.display()
     )]
     SupervisorIgnoredJobUser {
         /// The supervisor binary.
         exe: PathBuf,
         /// The job's uid.
         expected: u32,
-        /// The uid it reported the program runs as, if any.
-        reported: Option<u32>,
+        /// What it did instead: `could not read the spec: ...`, `reported uid 0`,
+        /// `reported no uid`.
+        answer: String,
     },
     /// The supervisor ended before it reported the program started.
     #[error(

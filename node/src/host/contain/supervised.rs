@@ -252,6 +252,7 @@ impl Started<'_> {
             first_report(&mut reports, self.exe).await
         };
         let (program, uid) = match tokio::time::timeout(wait, exchange).await {
+            Ok(Err(ContainError::Refused(why))) => return Err(refused(spec, self.exe, why)),
             Ok(program) => program?,
             Err(_) => return Err(silenced(&child, &sender, wait)),
         };
@@ -430,6 +431,26 @@ async fn first_report(
     }
 }
 
+/// The supervisor's refusal `why`; with a job user in `spec`, a spec it could not read is
+/// an older supervisor's (it does not know job users: the spec leaves out what it needs, so
+/// it started nothing), named so.
+fn refused(spec: &Spec, exe: &Path, why: String) -> ContainError {
+    match spec.setup.job_user {
+        Some(expected) if why.starts_with(BAD_SPEC) => ContainError::SupervisorIgnoredJobUser {
+            exe: exe.to_owned(),
+            expected,
+            answer: format!(
+                "could not read the spec: {}",
+                why[BAD_SPEC.len()..].trim_start_matches(": ")
+            ),
+        },
+        _ => ContainError::Refused(why),
+    }
+}
+
+/// How a supervisor begins its refusal of a spec it cannot read.
+const BAD_SPEC: &str = "supervisor: bad spec";
+
 /// With a job user in `spec`, refuses a start whose report does not name that uid (an
 /// older supervisor, which ran the program as the node's user): the supervisor is told to
 /// kill its tree (SIGUSR1), and the error says which binary to replace.
@@ -452,7 +473,10 @@ fn check_job_user(
     Err(ContainError::SupervisorIgnoredJobUser {
         exe: exe.to_owned(),
         expected,
-        reported,
+        answer: reported.map_or_else(
+            || "reported no uid".to_owned(),
+            |u| format!("reported uid {u}"),
+        ),
     })
 }
 
