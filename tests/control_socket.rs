@@ -2,7 +2,7 @@
 //! by the node, and a socket served by another user is refused by the client before it
 //! sends anything (the tests run as root, and play the other user as uid 65534, `nobody`).
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -106,6 +106,69 @@ fn a_squatted_socket_directory_is_refused_by_the_node() {
         );
         assert!(!socket.exists() && !real.join("c.sock").exists());
     }
+}
+
+#[test]
+fn a_root_node_without_a_runtime_dir_starts_though_another_user_made_tmp_warren_0_first() {
+    // This stop's review: any local user (or a detached job that outlived its node) could
+    // make /tmp/warren-0 first, and a restarted root node then refused to start. In a
+    // mount namespace of the node's own: a fresh /run, and a directory of uid 65534 at
+    // /tmp/warren-0 (bind-mounted there, so nothing of the host's changes).
+    let mesh = Mesh::new();
+    let key = mesh.identity("a").key;
+    let squat = mesh.path("squat");
+    std::fs::create_dir(&squat).unwrap();
+    chown(&squat, NOBODY);
+    let setup = format!(
+        "mount -t tmpfs -o mode=0755 tmpfs /run && mkdir -p -m 0700 /tmp/warren-0 && \
+         mount --bind {} /tmp/warren-0 && exec \"$@\"",
+        squat.display()
+    );
+    let ready = mesh.path("a.ready");
+    let mut child = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &setup,
+            "sh",
+        ])
+        .arg(warren_bin())
+        .args(["node", "--id", "a", "--key", key.to_str().unwrap()])
+        .args(["--data-dir", mesh.path("a-data").to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0"])
+        .args(["--ready-file", ready.to_str().unwrap()])
+        .env_remove("WARREN_SOCKET")
+        .env_remove("XDG_RUNTIME_DIR")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exited = wait_for("the node to exit or be ready", || {
+        if let Ok(Some(_)) = child.try_wait() {
+            return Some(true);
+        }
+        ready.exists().then_some(false)
+    });
+    if exited {
+        let out = child.wait_with_output().unwrap();
+        panic!("the node did not start: {}", text(&out.stderr));
+    }
+    // The node's own view of the file system, through its /proc root.
+    let root = PathBuf::from(format!("/proc/{}/root", child.id()));
+    let dir = std::fs::symlink_metadata(root.join("run/warren"));
+    let socket = std::fs::symlink_metadata(root.join("run/warren/control.sock"));
+    let squatted = std::fs::read_dir(&squat).unwrap().count();
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let dir = dir.unwrap_or_else(|e| panic!("no /run/warren: {e}\n{}", text(&out.stderr)));
+    assert_eq!((dir.uid(), dir.mode() & 0o7777), (0, 0o700));
+    let socket = socket.unwrap();
+    assert!(socket.file_type().is_socket(), "{socket:?}");
+    assert_eq!(socket.mode() & 0o777, 0o600);
+    assert_eq!(squatted, 0, "the node used the squatted directory");
 }
 
 #[test]

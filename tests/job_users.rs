@@ -15,9 +15,13 @@ use tokio::sync::watch;
 use warren::host::contain::detached::Reattach;
 use warren::host::contain::users::JobUsers;
 use warren::host::contain::{ContainMode, Containment};
-use warren::host::runner::{Host, Outcome};
+use warren::host::params::{JobParams, Task};
+use warren::host::policy::{Limits, Policy};
+use warren::host::runner::{Host, Job, JobIo, Outcome};
 
-use crate::contain::{assert_all_gone, command_type, marked_sleep, marker, node, script, text};
+use crate::contain::{
+    assert_all_gone, command_type, marked, marked_sleep, marker, node, script, text,
+};
 use crate::detached;
 use crate::support::{Mesh, component_cache, wait_for, warren_bin, warren_exits};
 
@@ -132,7 +136,7 @@ fn attack(work: &str) -> (String, String, String) {
         (status(&mesh, &victim_unit)["StdoutSize"].as_u64()? > 0).then_some(())
     });
     wait_for("the victim's sleep to hold its stdin", || {
-        (!crate::contain::marked(&format!("sleep-{mark}")).is_empty()).then_some(())
+        (!marked(&format!("sleep-{mark}")).is_empty()).then_some(())
     });
     let unit_dir = mesh.path("n1-data").join("units").join(&victim_unit);
     let line = format!(
@@ -147,7 +151,7 @@ fn attack(work: &str) -> (String, String, String) {
         .lines()
         .find_map(|l| l.strip_prefix("victim pid: "))
         .and_then(|p| p.trim().parse::<i32>().ok());
-    let sleeps = crate::contain::marked(&format!("sleep-{mark}"));
+    let sleeps = marked(&format!("sleep-{mark}"));
     assert!(
         found.is_some_and(|pid| sleeps.contains(&pid)),
         "the attacker did not find the victim's sleep {sleeps:?}: {stolen}"
@@ -564,4 +568,181 @@ fn a_uid_is_handed_out_again_only_once_the_daemon_its_job_left_is_gone_in_cgroup
 #[test]
 fn a_uid_is_handed_out_again_only_once_the_daemon_its_job_left_is_gone_under_the_subreaper() {
     a_uid_comes_back_only_without_the_last_jobs_processes("subreaper", 3_910_003);
+}
+
+/// A host containing programs by process group only (no cgroups, no supervisor: what a
+/// node falls back to on a host with neither, and what no config can ask for), running
+/// jobs as uids of `range`, data dir `data`.
+fn process_group_host(range: &str, data: &Path) -> Host {
+    let users = JobUsers::new(range.parse().unwrap(), data).unwrap();
+    let containment = Containment::process_groups().with_job_users(users);
+    Host::with_containment(&component_cache(), containment).unwrap()
+}
+
+/// Runs `program` as command work type `name` on `host`, in unit directory `unit` (job
+/// directory `unit/job`), as the work layer would; `cancel` cancels it.
+async fn run_command(
+    host: Arc<Host>,
+    unit: PathBuf,
+    name: &'static str,
+    program: PathBuf,
+    cancel: watch::Receiver<bool>,
+) -> Outcome {
+    let guest = host.load(warren::host::builtin::GUEST_RUNNER).unwrap();
+    let limits = Limits {
+        deadline: Duration::from_secs(120),
+        cancel_grace: Duration::from_millis(200),
+        ..Limits::default()
+    };
+    let policy = Arc::new(Policy::for_command(name, &program, &[], |_| None, limits));
+    let job = Job {
+        id: unit.file_name().unwrap().to_str().unwrap().into(),
+        work_type: name.into(),
+        task: Task::Command {
+            program: name.into(),
+            args: Vec::new(),
+        },
+        params: JobParams::default(),
+    };
+    std::fs::create_dir_all(unit.join("job")).unwrap();
+    std::fs::write(unit.join("stdin"), "").unwrap();
+    std::fs::write(unit.join("stdout"), "").unwrap();
+    let io = JobIo {
+        job_dir: unit.join("job"),
+        payload: Box::new(tokio::fs::File::open(unit.join("stdin")).await.unwrap()),
+        results: Box::new(
+            tokio::fs::OpenOptions::new()
+                .append(true)
+                .open(unit.join("stdout"))
+                .await
+                .unwrap(),
+        ),
+        files: None,
+    };
+    host.run(&guest, policy, job, io, cancel).await
+}
+
+#[test]
+fn under_process_group_containment_a_setsid_double_forked_daemon_dies_at_cancel_and_its_uid_comes_back()
+ {
+    // This stop's review: a process group does not hold a `setsid` daemon, so it outlived
+    // its job, kept the job's uid out of the pool for good, and enough of them used the
+    // pool up. The job's uid is its alone: every process of it dies with the job.
+    let uid = 3_910_002;
+    let dir = open_dir();
+    let mark = marker();
+    let sleep = marked_sleep(dir.path(), &mark);
+    let program = script(
+        dir.path(),
+        "daemon.sh",
+        &format!(
+            "setsid sh -c '({} 300 &) ; exit 0' </dev/null >/dev/null 2>&1 &\n\
+             echo started\n\
+             exec sleep 300\n",
+            sleep.display()
+        ),
+    );
+    let data = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let unit = data.path().join("units").join("PGroup01");
+    let runtime = detached::runtime();
+    let host = Arc::new(
+        runtime.block_on(async { process_group_host(&format!("{uid}-{uid}"), data.path()) }),
+    );
+    let (cancel, rx) = watch::channel(false);
+    let job = runtime.spawn(run_command(host.clone(), unit, "daemon", program, rx));
+    let daemon = wait_for("the job's daemon to run", || {
+        let pids = marked(&mark);
+        (!pids.is_empty()).then_some(pids)
+    });
+    assert_eq!(daemon.len(), 1, "{daemon:?}");
+    assert_eq!(
+        uid_of(daemon[0]),
+        Some(uid),
+        "the daemon runs as the job's uid"
+    );
+    let own_session = std::fs::read_to_string(format!("/proc/{}/stat", daemon[0])).unwrap();
+    cancel.send(true).unwrap();
+    let outcome = runtime.block_on(job).unwrap();
+    assert!(matches!(outcome, Outcome::Canceled { .. }), "{outcome:?}");
+    assert_eq!(
+        marked(&mark),
+        Vec::<i32>::new(),
+        "the daemon ({own_session}) outlived its cancelled job"
+    );
+    assert!(
+        !Path::new(&format!("/proc/{}", daemon[0])).exists(),
+        "pid {} is still there",
+        daemon[0]
+    );
+    let users = host.containment().job_users().unwrap();
+    assert_eq!(users.held(), Vec::<u32>::new());
+    assert_eq!(
+        users.take().map(|u| u.uid()),
+        Some(uid),
+        "the uid is handed out again"
+    );
+}
+
+/// A stand-in for a `warren-supervisor` of a release before job users: the real supervisor
+/// (`warren`), handed the spec without its `job_user` field, which is what an older one
+/// makes of it (it does not know the field, and ignores it). The node's ids travel in that
+/// field with a job user, so the spec it is left with is short of them, as an older
+/// supervisor finds it.
+fn old_supervisor(dir: &Path) -> PathBuf {
+    script(
+        dir,
+        "old-warren-supervisor",
+        &format!(
+            "exec /usr/bin/python3 -c '\n\
+             import json, os, sys\n\
+             exe = sys.argv[1]\n\
+             if not os.path.exists(\"/proc/self/fd/3\"): os.execv(exe, [exe, \"__warren-supervise\"])\n\
+             raw = os.fdopen(3, \"rb\", closefd=False).read()\n\
+             spec = json.loads(raw) if raw.strip() else None\n\
+             if spec: spec[\"setup\"].pop(\"job_user\", None); raw = json.dumps(spec).encode()\n\
+             r, w = os.pipe()\n\
+             os.write(w, raw)\n\
+             os.close(w)\n\
+             os.dup2(r, 3)\n\
+             os.execv(exe, [exe, \"__warren-supervise\"])\n\
+             ' {:?}\n",
+            warren_bin().display().to_string()
+        ),
+    )
+}
+
+#[test]
+fn a_job_on_a_supervisor_that_ignores_the_job_uid_fails_saying_which_binary_to_install() {
+    // This stop's review: an old warren-supervisor beside a new warren ran every job as the
+    // node's user (root here), silently.
+    let uid = 3_910_001;
+    let dir = open_dir();
+    let program = script(dir.path(), "uid.sh", "echo \"uid $(id -u)\"\n");
+    let supervisor = old_supervisor(dir.path());
+    let data = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let unit = data.path().join("units").join("OldSup01");
+    let runtime = detached::runtime();
+    let host = Arc::new(runtime.block_on(async {
+        let users = JobUsers::new(format!("{uid}-{uid}").parse().unwrap(), data.path()).unwrap();
+        let containment = Containment::detect(ContainMode::Subreaper, Some(supervisor.clone()))
+            .unwrap()
+            .with_job_users(users);
+        Host::with_containment(&component_cache(), containment).unwrap()
+    }));
+    let (_cancel, rx) = watch::channel(false);
+    let outcome = runtime.block_on(run_command(host, unit.clone(), "uid", program, rx));
+    let results = std::fs::read_to_string(unit.join("stdout")).unwrap_or_default();
+    assert!(!results.contains("uid"), "the job ran: {results}");
+    let Outcome::Failed { detail, .. } = &outcome else {
+        panic!("the job was not refused: {outcome:?}, printed {results:?}");
+    };
+    assert!(
+        detail.contains(&format!(
+            "{} does not run programs as job users (asked for uid {uid}, it could not read the spec: ",
+            supervisor.display()
+        )) && detail.contains("install the warren-supervisor of the same release beside warren"),
+        "{detail}"
+    );
 }

@@ -66,7 +66,8 @@ pub struct DeployArgs {
     pub node: String,
 
     /// The local node's control socket [default: $WARREN_SOCKET, else
-    /// $XDG_RUNTIME_DIR/warren/control.sock, else /tmp/warren-<uid>/control.sock].
+    /// $XDG_RUNTIME_DIR/warren/control.sock, else for root /run/warren/control.sock, else
+    /// /tmp/warren-<uid>/control.sock].
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
 

@@ -50,7 +50,8 @@ pub enum WorkCommand {
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkSocketArgs {
     /// The node's control socket [default: $WARREN_SOCKET, else
-    /// $XDG_RUNTIME_DIR/warren/control.sock, else /tmp/warren-<uid>/control.sock].
+    /// $XDG_RUNTIME_DIR/warren/control.sock, else for root /run/warren/control.sock, else
+    /// /tmp/warren-<uid>/control.sock].
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
 

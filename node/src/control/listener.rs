@@ -88,18 +88,29 @@ pub enum ListenError {
     },
 }
 
+/// Where a root node's socket goes without `XDG_RUNTIME_DIR` (a service): only root may
+/// create entries in `/run`, so no other user, and no job, can make this directory first
+/// and keep a restarted node from starting (as any user can in `/tmp`).
+pub const ROOT_SOCKET_DIR: &str = "/run/warren";
+
 /// Where the node listens and clients connect by default:
 ///
 /// 1. `$WARREN_SOCKET` if set and not empty;
 /// 2. else `$XDG_RUNTIME_DIR/warren/control.sock` if `XDG_RUNTIME_DIR` is set and not empty;
-/// 3. else `/tmp/warren-<uid>/control.sock`.
+/// 3. else, for root, `/run/warren/control.sock` ([`ROOT_SOCKET_DIR`]) where `/run` is a
+///    directory;
+/// 4. else `/tmp/warren-<uid>/control.sock`.
 pub fn default_socket_path() -> PathBuf {
     // SAFETY: getuid has no preconditions and cannot fail.
     let uid = unsafe { libc::getuid() };
+    let run = Path::new(ROOT_SOCKET_DIR)
+        .parent()
+        .is_some_and(Path::is_dir);
     socket_path_from(
         std::env::var_os("WARREN_SOCKET"),
         std::env::var_os("XDG_RUNTIME_DIR"),
         uid,
+        run,
     )
 }
 
@@ -107,12 +118,16 @@ fn socket_path_from(
     explicit: Option<std::ffi::OsString>,
     runtime_dir: Option<std::ffi::OsString>,
     uid: u32,
+    has_run: bool,
 ) -> PathBuf {
     if let Some(path) = explicit.filter(|p| !p.is_empty()) {
         return PathBuf::from(path);
     }
     if let Some(dir) = runtime_dir.filter(|d| !d.is_empty()) {
         return PathBuf::from(dir).join("warren").join("control.sock");
+    }
+    if uid == 0 && has_run {
+        return PathBuf::from(ROOT_SOCKET_DIR).join("control.sock");
     }
     PathBuf::from(format!("/tmp/warren-{uid}")).join("control.sock")
 }
@@ -281,19 +296,33 @@ mod tests {
     use crate::control::fake::FakeBackend;
 
     #[test]
-    fn default_path_prefers_env_then_runtime_dir_then_tmp() {
+    fn default_path_prefers_env_then_runtime_dir_then_run_for_root_then_tmp() {
         let some = |s: &str| Some(std::ffi::OsString::from(s));
         assert_eq!(
-            socket_path_from(some("/x/s.sock"), some("/run/user/1"), 5),
+            socket_path_from(some("/x/s.sock"), some("/run/user/1"), 5, true),
             PathBuf::from("/x/s.sock")
         );
         assert_eq!(
-            socket_path_from(some(""), some("/run/user/1"), 5),
+            socket_path_from(some(""), some("/run/user/1"), 5, true),
             PathBuf::from("/run/user/1/warren/control.sock")
         );
         assert_eq!(
-            socket_path_from(None, some(""), 5),
+            socket_path_from(None, some(""), 5, true),
             PathBuf::from("/tmp/warren-5/control.sock")
+        );
+        // This stop's review: any user could make /tmp/warren-0 first, and a restarted root
+        // node then refused to start; only root creates in /run.
+        assert_eq!(
+            socket_path_from(None, None, 0, true),
+            PathBuf::from("/run/warren/control.sock")
+        );
+        assert_eq!(
+            socket_path_from(some(""), some(""), 0, false),
+            PathBuf::from("/tmp/warren-0/control.sock")
+        );
+        assert_eq!(
+            socket_path_from(None, some("/run/user/0"), 0, true),
+            PathBuf::from("/run/user/0/warren/control.sock")
         );
     }
 

@@ -24,6 +24,7 @@ use wasmtime_wasi::p2::pipe::{AsyncReadStream, AsyncWriteStream};
 use super::bindings::WorkHandlerPre;
 use super::cache::Cache;
 use super::contain::spawn::JobContain;
+use super::contain::users::JobUser;
 use super::contain::{Containment, UnitFiles};
 use super::params::{JobParams, Task};
 use super::policy::Policy;
@@ -34,7 +35,7 @@ mod capped;
 mod end;
 
 use capped::CappedWriter;
-use end::{Stops, call_with_limits, with_breach, with_fd_note};
+use end::{Stops, call_with_limits, wait_uid_returned, with_breach, with_fd_note};
 pub(super) use end::{disk_stopped, free_job_dir};
 
 /// How often the engine's epoch advances: the granularity of deadlines and of yielding to
@@ -389,8 +390,12 @@ impl Host {
         let outcome = call_with_limits(&mut store, handler, &job, &limits, stops).await;
         let fd_refusal = store.data().fds.refused();
         let spawned = store.data().fds.has_spawned();
+        let uid_returned = (store.data().contain.job_user.as_ref()).map(JobUser::returned);
         // Dropping the store drops every child resource, which kills the children.
         drop(store);
+        if let Some(returned) = uid_returned {
+            wait_uid_returned(returned).await;
+        }
         // A child may have written past the quota since the watcher last looked.
         if spawned && let Some(disk) = disk.as_ref().filter(|d| !d.is_stopped()) {
             let _ = disk.rescan().await;

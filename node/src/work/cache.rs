@@ -203,6 +203,7 @@ impl ContentCache {
         let cleaner = Cleaner::start(
             root.clone(),
             index.clone(),
+            cleaner::MAX_OVERFLOW,
             #[cfg(test)]
             removed_by.clone(),
             #[cfg(test)]

@@ -98,7 +98,9 @@ impl DetachedJob {
     pub fn with_containment(mut self, containment: Arc<Containment>) -> Self {
         if let (Some(users), Some(uid)) = (containment.job_users(), self.record.job_user) {
             self.user = users.claim(uid);
-            if self.user.is_none() {
+            if let Some(user) = &self.user {
+                user.mark_detached();
+            } else {
                 tracing::warn!(unit = %self.record.unit, uid, range = %users.range(), "a re-attached job's uid is outside [work] job-users or held twice");
             }
         }

@@ -26,7 +26,9 @@
 //!
 //! With `[work] job-users` ([`users`]), each job's programs also run as a uid of their own
 //! (gid the same, no supplementary groups, no capabilities, `PR_SET_NO_NEW_PRIVS`), set
-//! last before `exec`, in a job directory given to that uid ([`jobdir`]).
+//! last before `exec`, in a job directory given to that uid ([`jobdir`]); when the job is
+//! done every process still running as that uid is killed ([`reap`]), so under process-group
+//! containment too nothing a job started outlives it.
 //!
 //! This module decides and sets up; the `process` capability (`host/process.rs`) spawns
 //! through it.
@@ -35,6 +37,7 @@
 // the config's types and the supervisor binary use this module.
 #![cfg_attr(not(feature = "host"), allow(dead_code, unused_imports))]
 
+pub(crate) mod accounts;
 pub mod cgroup;
 #[cfg(feature = "host")]
 pub mod detached;
@@ -42,6 +45,7 @@ pub(crate) mod detect;
 pub mod error;
 pub mod jobdir;
 pub mod limits;
+pub(crate) mod reap;
 pub mod record;
 pub(crate) mod setup;
 #[cfg(feature = "host")]
@@ -270,6 +274,9 @@ impl Containment {
     /// stopping and its next start re-attaches them); everything else is still killed.
     pub fn leave_detached_running(&self) {
         self.leave_detached.store(true, Ordering::Release);
+        if let Some(users) = &self.job_users {
+            users.leave_detached_running();
+        }
     }
 
     /// Whether detached jobs are to be left running.

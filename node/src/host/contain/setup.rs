@@ -18,22 +18,19 @@ pub(crate) const MAX_CGROUP_FDS: usize = 4;
 /// closure owns it outright. Serialisable so a supervisor can apply it to the program it
 /// starts (the descriptors are meaningless there and are not sent).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(into = "SetupWire", try_from = "SetupWire")]
 pub(crate) struct ChildSetup {
     /// Open v1 `tasks` files to write `0` (this thread, and so this single-threaded
     /// process) to; the first `procs_len`. A thread moving itself does not take the
     /// kernel's threadgroup lock, so it does not wait for an RCU grace period as a
     /// `cgroup.procs` write does.
-    #[serde(skip, default = "no_fds")]
     pub(crate) procs: [RawFd; MAX_CGROUP_FDS],
     /// How many of `procs` are set.
-    #[serde(skip)]
     pub(crate) procs_len: usize,
     /// A v2 cgroup directory to create the process in (`CLONE_INTO_CGROUP`); -1: none.
-    #[serde(skip, default = "no_fd")]
     pub(crate) into_cgroup: RawFd,
     /// That cgroup's `cgroup.procs`, written `0` when the process could not be created in
     /// it (an older kernel); -1 once it was.
-    #[serde(skip, default = "no_fd")]
     pub(crate) v2_procs: RawFd,
     /// `RLIMIT_NOFILE`, lowered to the current hard limit if that is lower.
     pub(crate) open_files: u64,
@@ -52,16 +49,77 @@ pub(crate) struct ChildSetup {
     /// a signal mask survives `exec`).
     pub(crate) unblock_signals: bool,
     /// The job's own uid (used as its gid too), taken last; `None`: the node's user.
-    #[serde(default)]
     pub(crate) job_user: Option<u32>,
 }
 
-fn no_fds() -> [RawFd; MAX_CGROUP_FDS] {
-    [-1; MAX_CGROUP_FDS]
+/// [`ChildSetup`] as a supervisor receives it (the descriptors are not sent). With a job
+/// user, the node's ids travel inside `job_user` and `ids` is left out: a supervisor that
+/// does not know job users then fails to read the spec (``missing field `ids` ``) before it
+/// starts anything, instead of running the program as the node's user.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SetupWire {
+    open_files: u64,
+    file_size: u64,
+    address_space: Option<u64>,
+    nproc: Option<u64>,
+    private_network: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ids: Option<(u32, u32)>,
+    unblock_signals: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    job_user: Option<JobUserWire>,
 }
 
-fn no_fd() -> RawFd {
-    -1
+/// A job user on the wire, with the node's ids.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct JobUserWire {
+    uid: u32,
+    ids: (u32, u32),
+}
+
+impl From<ChildSetup> for SetupWire {
+    fn from(setup: ChildSetup) -> Self {
+        let job_user = setup.job_user.map(|uid| JobUserWire {
+            uid,
+            ids: setup.ids,
+        });
+        Self {
+            open_files: setup.open_files,
+            file_size: setup.file_size,
+            address_space: setup.address_space,
+            nproc: setup.nproc,
+            private_network: setup.private_network,
+            ids: job_user.is_none().then_some(setup.ids),
+            unblock_signals: setup.unblock_signals,
+            job_user,
+        }
+    }
+}
+
+impl TryFrom<SetupWire> for ChildSetup {
+    type Error = &'static str;
+
+    fn try_from(wire: SetupWire) -> Result<Self, Self::Error> {
+        let (ids, job_user) = match (wire.ids, wire.job_user) {
+            (Some(ids), None) => (ids, None),
+            (None, Some(user)) => (user.ids, Some(user.uid)),
+            _ => return Err("exactly one of `ids` and `job_user` must be given"),
+        };
+        Ok(Self {
+            procs: [-1; MAX_CGROUP_FDS],
+            procs_len: 0,
+            into_cgroup: -1,
+            v2_procs: -1,
+            open_files: wire.open_files,
+            file_size: wire.file_size,
+            address_space: wire.address_space,
+            nproc: wire.nproc,
+            private_network: wire.private_network,
+            ids,
+            unblock_signals: wire.unblock_signals,
+            job_user,
+        })
+    }
 }
 
 impl ChildSetup {
@@ -178,7 +236,7 @@ impl ChildSetup {
 /// calling process through a signal broadcast, and this child runs on the node's memory
 /// (`CLONE_VM`), where that thread list is the node's. The kernel calls change only the
 /// calling task, which is this whole single-threaded process.
-fn become_job_user(uid: u32) -> io::Result<()> {
+pub(crate) fn become_job_user(uid: u32) -> io::Result<()> {
     let id = libc::c_long::from(uid);
     // SAFETY: system calls on integers and a stack buffer; async-signal-safe.
     unsafe {

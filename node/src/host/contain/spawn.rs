@@ -366,6 +366,9 @@ pub(crate) async fn detached(
         join: Vec::new(),
     };
     let launched = launch_detached(&containment, &exe, &spec, &cell, HANDSHAKE_WAIT).await?;
+    if let Some(user) = &job.job_user {
+        user.mark_detached();
+    }
     files.record(&cell.info);
     Ok(watch_detached(job, &cell, launched, dir, unit))
 }
@@ -510,9 +513,12 @@ async fn launch_detached(
         }
         None => launch_in_cell(exe, spec, cell, wait).await,
     };
-    // A supervisor killed after it read its spec may have started the program: in the
-    // job's cgroups, which are killed with it (without cgroups it cannot be found).
-    if let Err(ContainError::SupervisorSilent { .. }) = &launched
+    // A supervisor killed after it read its spec may have started the program, and one
+    // that ignored the job's uid did: in the job's cgroups, which are killed with it
+    // (without cgroups the supervisor kills its tree).
+    if let Err(
+        ContainError::SupervisorSilent { .. } | ContainError::SupervisorIgnoredJobUser { .. },
+    ) = &launched
         && let Some(cgroup) = &cell.cgroup
     {
         cgroup.kill();

@@ -251,11 +251,13 @@ impl Started<'_> {
             send_spec(&mut sender, spec).await?;
             first_report(&mut reports, self.exe).await
         };
-        let program = match tokio::time::timeout(wait, exchange).await {
+        let (program, uid) = match tokio::time::timeout(wait, exchange).await {
+            Ok(Err(ContainError::Refused(why))) => return Err(refused(spec, self.exe, why)),
             Ok(program) => program?,
             Err(_) => return Err(silenced(&child, &sender, wait)),
         };
         let pid = child.id();
+        check_job_user(spec, uid, self.exe, pid)?;
         let supervisor = ProcessRef::of(pid).unwrap_or(ProcessRef { pid, start_time: 0 });
         let stdin = stdin
             .map(pipe::Sender::from_owned_fd)
@@ -401,8 +403,12 @@ async fn send_spec(sender: &mut UnixStream, spec: &Spec) -> Result<(), ContainEr
     sender.shutdown().await.map_err(source)
 }
 
-/// Reads `started <pid> <start time>` (the program's) or `error <why>`.
-async fn first_report(reports: &mut ReportLines, exe: &Path) -> Result<ProcessRef, ContainError> {
+/// Reads `started <pid> <start time> [<uid>]` (the program's, with the uid it runs as) or
+/// `error <why>`.
+async fn first_report(
+    reports: &mut ReportLines,
+    exe: &Path,
+) -> Result<(ProcessRef, Option<u32>), ContainError> {
     let line = reports
         .next_line()
         .await
@@ -418,10 +424,60 @@ async fn first_report(reports: &mut ReportLines, exe: &Path) -> Result<ProcessRe
     let mut words = line.strip_prefix("started ").unwrap_or("").split(' ');
     let pid = words.next().and_then(|w| w.parse().ok());
     let start_time = words.next().and_then(|w| w.parse().ok());
+    let uid = words.next().and_then(|w| w.parse().ok());
     match (pid, start_time) {
-        (Some(pid), Some(start_time)) => Ok(ProcessRef { pid, start_time }),
+        (Some(pid), Some(start_time)) => Ok((ProcessRef { pid, start_time }, uid)),
         _ => Err(ContainError::SupervisorProtocol { line }),
     }
+}
+
+/// The supervisor's refusal `why`; with a job user in `spec`, a spec it could not read is
+/// an older supervisor's (it does not know job users: the spec leaves out what it needs, so
+/// it started nothing), named so.
+fn refused(spec: &Spec, exe: &Path, why: String) -> ContainError {
+    match spec.setup.job_user {
+        Some(expected) if why.starts_with(BAD_SPEC) => ContainError::SupervisorIgnoredJobUser {
+            exe: exe.to_owned(),
+            expected,
+            answer: format!(
+                "could not read the spec: {}",
+                why[BAD_SPEC.len()..].trim_start_matches(": ")
+            ),
+        },
+        _ => ContainError::Refused(why),
+    }
+}
+
+/// How a supervisor begins its refusal of a spec it cannot read.
+const BAD_SPEC: &str = "supervisor: bad spec";
+
+/// With a job user in `spec`, refuses a start whose report does not name that uid (an
+/// older supervisor, which ran the program as the node's user): the supervisor is told to
+/// kill its tree (SIGUSR1), and the error says which binary to replace.
+fn check_job_user(
+    spec: &Spec,
+    reported: Option<u32>,
+    exe: &Path,
+    supervisor: i32,
+) -> Result<(), ContainError> {
+    let Some(expected) = spec.setup.job_user else {
+        return Ok(());
+    };
+    if reported == Some(expected) {
+        return Ok(());
+    }
+    if let Some(process) = ProcessRef::of(supervisor) {
+        signal(&process, pidfd_open(supervisor).as_ref(), libc::SIGUSR1);
+    }
+    tracing::error!(supervisor = %exe.display(), expected, ?reported, "a supervisor ran a job's program as another uid than the job's; killed it");
+    Err(ContainError::SupervisorIgnoredJobUser {
+        exe: exe.to_owned(),
+        expected,
+        answer: reported.map_or_else(
+            || "reported no uid".to_owned(),
+            |u| format!("reported uid {u}"),
+        ),
+    })
 }
 
 /// A pidfd for `pid` (Linux 5.3+); `None` where the kernel has none.

@@ -82,6 +82,112 @@ async fn a_later_report_line_that_never_ends_is_refused_at_the_bound() {
     );
 }
 
+/// Launches `exe` with a spec asking for job user `uid`.
+async fn launch_as_job_user(exe: &Path, uid: u32) -> Result<Launched, ContainError> {
+    let mut spec = spec();
+    spec.setup.job_user = Some(uid);
+    let options = LaunchOptions {
+        stdio: SupervisorStdio::Null,
+        own_group: false,
+        join: spec.setup,
+        wait: HANDSHAKE_WAIT,
+    };
+    launch(exe, &spec, options).await
+}
+
+#[tokio::test]
+async fn a_supervisor_that_does_not_report_the_job_uid_is_refused_and_told_to_kill_its_tree() {
+    // This stop's review: a warren-supervisor older than the node ignores the job's uid
+    // (a spec field it does not know) and ran the program as the node's user.
+    let dir = tempfile::tempdir().unwrap();
+    for (report, answer) in [
+        ("started $$ 1", "reported no uid"),
+        ("started $$ 1 0", "reported uid 0"),
+    ] {
+        let gone = dir.path().join("killed");
+        let _ = std::fs::remove_file(&gone);
+        let exe = fake_supervisor(
+            dir.path(),
+            &format!(
+                "trap 'kill $!; touch {}; exit 1' USR1\necho \"{report}\" >&4\nsleep 30 & wait",
+                gone.display()
+            ),
+        );
+        let err = launch_as_job_user(&exe, 3_900_080).await.unwrap_err();
+        assert!(
+            matches!(&err, ContainError::SupervisorIgnoredJobUser { expected: 3_900_080, answer: a, .. } if a == answer),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .contains("install the warren-supervisor of the same release beside warren"),
+            "{err}"
+        );
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while !gone.exists() {
+            assert!(
+                std::time::Instant::now() < until,
+                "the supervisor was not told to kill its tree ({report})"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_supervisor_that_cannot_read_a_job_users_spec_is_named_as_too_old() {
+    // An older supervisor misses the node's ids, which a job user's spec carries inside
+    // `job_user`: it refuses the spec and starts nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let exe = fake_supervisor(
+        dir.path(),
+        "echo 'error supervisor: bad spec: missing field `ids`' >&4",
+    );
+    let err = launch_as_job_user(&exe, 3_900_082).await.unwrap_err();
+    assert!(
+        matches!(&err, ContainError::SupervisorIgnoredJobUser { answer, .. } if answer == "could not read the spec: missing field `ids`"),
+        "{err:?}"
+    );
+    // Without a job user the refusal is passed on as it is.
+    let err = launch_with(&exe).await.unwrap_err();
+    assert!(matches!(&err, ContainError::Refused(_)), "{err:?}");
+}
+
+#[test]
+fn a_job_users_spec_leaves_out_what_an_older_supervisor_needs_and_round_trips() {
+    /// The setup as a supervisor before job users reads it.
+    #[derive(serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Older {
+        open_files: u64,
+        ids: (u32, u32),
+    }
+    let mut setup = ChildSetup::new(64, 1 << 20);
+    let plain = serde_json::to_string(&setup).unwrap();
+    assert!(serde_json::from_str::<Older>(&plain).is_ok(), "{plain}");
+    assert_eq!(serde_json::from_str::<ChildSetup>(&plain).unwrap(), setup);
+    setup.job_user = Some(3_900_083);
+    let as_user = serde_json::to_string(&setup).unwrap();
+    let older = serde_json::from_str::<Older>(&as_user)
+        .err()
+        .map(|e| e.to_string());
+    assert!(
+        older
+            .as_deref()
+            .is_some_and(|e| e.starts_with("missing field `ids`")),
+        "{older:?} from {as_user}"
+    );
+    assert_eq!(serde_json::from_str::<ChildSetup>(&as_user).unwrap(), setup);
+}
+
+#[tokio::test]
+async fn a_supervisor_that_reports_the_job_uid_is_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = fake_supervisor(dir.path(), "echo \"started $$ 1 3900081\" >&4");
+    let launched = launch_as_job_user(&exe, 3_900_081).await.unwrap();
+    assert_eq!(launched.program.start_time, 1);
+}
+
 #[tokio::test]
 async fn the_supervisors_refusal_is_passed_on_in_its_words() {
     let dir = tempfile::tempdir().unwrap();

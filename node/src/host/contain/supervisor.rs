@@ -11,7 +11,9 @@
 //! Protocol, on descriptors the node sets up (Unix stream sockets, which no other process
 //! can open through `/proc/<pid>/fd`): fd 3 carries the `Spec` as JSON (read to end of
 //! file: the node shuts its end down for writing); fd 4 gets report lines:
-//! `started <pid> <start time>` or `error <why>`, and at the end
+//! `started <pid> <start time> <uid>` (the uid the program runs as, read back from
+//! `/proc`; a node asking for a job user refuses a report without it) or `error <why>`,
+//! and at the end
 //! `ended <exit record JSON>`; fd 5, when `lifeline` is set, is a socket whose other end the
 //! node holds open: its end of file means the node is gone. Signals: SIGTERM is forwarded
 //! to the program (a handler's `terminate`); SIGUSR1, SIGHUP, SIGINT and SIGQUIT kill the
@@ -172,7 +174,10 @@ fn run() -> i32 {
         let _ = writeln!(report, "error cannot write to the job log: {e}");
         return 127;
     }
-    let _ = writeln!(report, "started {main} {}", program.start_time);
+    // The uid the program really runs as, read back, so a node asking for a job user can
+    // tell this supervisor applied it (an older one ignores the field and says nothing).
+    let uid = real_uid(main).map_or_else(String::new, |uid| format!(" {uid}"));
+    let _ = writeln!(report, "started {main} {}{uid}", program.start_time);
     detach_stdio();
     let lifeline = spec.lifeline.then_some(LIFELINE_FD);
     let (status, reason) = watch(main, &mut signals, lifeline, spec.deadline_ms);
@@ -203,6 +208,18 @@ fn log_start(log: &File, program: ProcessRef) -> io::Result<()> {
             program,
         },
     )
+}
+
+/// The real uid of `pid` (our unreaped child: its `/proc` entry stays until we reap it).
+fn real_uid(pid: i32) -> Option<u32> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Whether `fd` is an open descriptor (taking ownership of a closed one is undefined).

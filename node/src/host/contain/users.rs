@@ -6,22 +6,34 @@
 //! [`JobUsers`] owns the pool: a job takes the least recently used uid that no other job
 //! holds and no process runs as ([`JobUsers::take`], a `/proc` scan), and gives it back when
 //! the last [`JobUser`] handle drops, which its spawns and watchers keep until nothing of the
-//! job can run. A restarted node claims the uids its re-attached jobs recorded
-//! ([`JobUsers::claim`]) before any new job starts. Before a uid is handed out, what an
+//! job can run. Then, on a thread of its own, every process still running as the uid is
+//! killed ([`super::reap`]: a daemon that left the job's containment, as a `setsid` and
+//! double fork leave a process group) before the uid goes back to the pool; only a detached
+//! job of a node that leaves detached jobs running keeps its processes. A restarted node
+//! claims the uids its re-attached jobs recorded ([`JobUsers::claim`]) before any new job
+//! starts. Before a uid is handed out, what an
 //! earlier job of it left in the world-writable directories (`/tmp`, `/var/tmp`,
 //! `/dev/shm`) is removed, so the next job of that uid does not find it.
 //!
 //! The checks at start ([`JobUsers::new`]) refuse a range that is empty, too large, holds
 //! uid 0 or the node's own uid, or overlaps a user of `/etc/passwd` or a group of
 //! `/etc/group` (a job would get that user's files and processes, or that group's files),
-//! and a node that cannot switch users, give files away and reach what jobs leave.
+//! a subordinate range of `/etc/subuid` or `/etc/subgid`, or an account NSS knows
+//! ([`accounts`]), and a node that cannot switch users, give files away and reach what jobs
+//! leave.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
 use std::os::unix::fs::MetadataExt as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use super::accounts::{self, EXAMPLE_RANGE};
+use super::reap;
 
 /// Most uids a range may hold (more jobs at once than this is not a real node).
 pub const MAX_JOB_USERS: u32 = 65_536;
@@ -75,7 +87,7 @@ impl std::str::FromStr for UidRange {
 }
 
 impl UidRange {
-    fn contains(&self, uid: u32) -> bool {
+    pub(crate) fn contains(&self, uid: u32) -> bool {
         (self.first..=self.last).contains(&uid)
     }
 }
@@ -84,7 +96,7 @@ impl UidRange {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JobUsersError {
     /// Not `FIRST-LAST`.
-    #[error("\"{0}\" is not a uid range: write FIRST-LAST, for example \"200000-200999\"")]
+    #[error("\"{0}\" is not a uid range: write FIRST-LAST, for example \"{EXAMPLE_RANGE}\"")]
     Syntax(String),
     /// `FIRST` above `LAST`.
     #[error("{first}-{last} is empty: the first uid must not be above the last")]
@@ -117,7 +129,7 @@ pub enum JobUsersError {
         uid: u32,
     },
     /// Overlaps an account of `/etc/passwd` or a group of `/etc/group`.
-    #[error("{range} holds uid/gid {id}, which is {what} \"{name}\" in {}: a job running as it would get that {what}'s files and processes; choose uids and gids no account uses", file.display())]
+    #[error("{range} holds uid/gid {id}, which is {what} \"{name}\" in {}: a job running as it would get that {what}'s files and processes; choose uids and gids no account uses, for example {EXAMPLE_RANGE}", file.display())]
     Taken {
         /// The range.
         range: UidRange,
@@ -129,6 +141,48 @@ pub enum JobUsersError {
         name: String,
         /// The file that names it.
         file: PathBuf,
+    },
+    /// Overlaps a range of subordinate ids (`/etc/subuid`, `/etc/subgid`).
+    #[error("{range} overlaps {first}-{last}, the subordinate ids {} gives \"{owner}\": that user's user namespaces (rootless containers) run as them and could reach a job's files and signal its programs; choose a range outside every range of /etc/subuid and /etc/subgid, for example {EXAMPLE_RANGE}", file.display())]
+    Subordinate {
+        /// The range.
+        range: UidRange,
+        /// The user the ids are given to.
+        owner: String,
+        /// The first subordinate id.
+        first: u64,
+        /// The last subordinate id.
+        last: u64,
+        /// The file.
+        file: PathBuf,
+    },
+    /// Holds an id NSS knows (LDAP, sssd, systemd's userdb: not in the files).
+    #[error(
+        "{range} holds uid/gid {id}, which NSS ({sources}) knows as {what} \"{name}\": a job running as it would get that {what}'s files and processes; choose uids and gids no account uses, for example {EXAMPLE_RANGE}"
+    )]
+    NssTaken {
+        /// The range.
+        range: UidRange,
+        /// The id.
+        id: u32,
+        /// `user` or `group`.
+        what: &'static str,
+        /// Its name.
+        name: String,
+        /// NSS's sources, as `/etc/nsswitch.conf` lists them.
+        sources: String,
+    },
+    /// NSS could not be asked about every id of the range in time.
+    #[error("checking {range} against the accounts NSS ({sources}) knows took over {budget:?} ({checked} of {} ids looked up): reserve fewer uids, or make NSS answer faster (a local cache such as sssd or nscd), or remove [work] job-users", u64::from(range.last - range.first) + 1)]
+    NssSlow {
+        /// The range.
+        range: UidRange,
+        /// How many ids were looked up.
+        checked: u64,
+        /// The time allowed ([`accounts::NSS_BUDGET`]).
+        budget: std::time::Duration,
+        /// NSS's sources.
+        sources: String,
     },
     /// A non-root node without the capabilities it needs.
     #[error(
@@ -171,11 +225,23 @@ pub struct JobUsers {
     pool: Arc<Mutex<Pool>>,
 }
 
-/// The uids: `free` in least recently used order (front first), `held` by live jobs.
+/// The uids: `free` in least recently used order (front first), `held` by live jobs (and
+/// by ended ones until their processes are gone).
 #[derive(Debug)]
 struct Pool {
     free: VecDeque<u32>,
     held: BTreeSet<u32>,
+    /// The node is stopping and leaves detached jobs running: their uids' processes are
+    /// not killed when their handles drop.
+    leave_detached: bool,
+}
+
+impl Pool {
+    fn give_back(&mut self, uid: u32) {
+        if self.held.remove(&uid) {
+            self.free.push_back(uid);
+        }
+    }
 }
 
 impl JobUsers {
@@ -189,10 +255,7 @@ impl JobUsers {
         // SAFETY: geteuid cannot fail.
         let uid = unsafe { libc::geteuid() };
         check_range(range, uid)?;
-        for (file, what) in [("/etc/passwd", "user"), ("/etc/group", "group")] {
-            let text = std::fs::read_to_string(file).unwrap_or_default();
-            check_accounts(range, &text, Path::new(file), what)?;
-        }
+        accounts::check_host_accounts(range, Path::new("/"), accounts::nss_account)?;
         if uid != 0 {
             let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
             check_capabilities(uid, &status)?;
@@ -209,6 +272,7 @@ impl JobUsers {
         let pool = Pool {
             free: (range.first..=range.last).collect(),
             held: BTreeSet::new(),
+            leave_detached: false,
         };
         Self {
             range,
@@ -278,16 +342,29 @@ impl JobUsers {
             .unwrap_or_default()
     }
 
+    /// From now on a detached job's uid keeps its processes when its handles drop (the node
+    /// is stopping and its next start re-attaches the job); every other job's are still
+    /// killed.
+    pub fn leave_detached_running(&self) {
+        if let Ok(mut pool) = self.pool.lock() {
+            pool.leave_detached = true;
+        }
+    }
+
     fn handle(&self, uid: u32) -> JobUser {
+        let (returned, _) = watch::channel(false);
         JobUser(Arc::new(Lease {
             uid,
             pool: Arc::clone(&self.pool),
+            detached: AtomicBool::new(false),
+            returned: Some(returned),
         }))
     }
 }
 
-/// A job's hold on its uid; clones share it, and the uid goes back to the pool (to the end
-/// of the queue) when the last one drops.
+/// A job's hold on its uid; clones share it. When the last one drops, every process still
+/// running as the uid is killed on a thread of its own, and then the uid goes back to the
+/// pool (to the end of the queue).
 #[derive(Debug, Clone)]
 pub struct JobUser(Arc<Lease>);
 
@@ -296,19 +373,78 @@ impl JobUser {
     pub fn uid(&self) -> u32 {
         self.0.uid
     }
+
+    /// Marks the job as having a detached program: if the node stops leaving detached jobs
+    /// running ([`JobUsers::leave_detached_running`]), its processes are left alone.
+    pub(crate) fn mark_detached(&self) {
+        self.0.detached.store(true, Ordering::Release);
+    }
+
+    /// Becomes `true` once the uid's processes have been ended and the uid is back in the
+    /// pool (after the last handle dropped); closed without it if that never happens.
+    pub(crate) fn returned(&self) -> watch::Receiver<bool> {
+        self.0
+            .returned
+            .as_ref()
+            .map_or_else(|| watch::channel(true).1, watch::Sender::subscribe)
+    }
 }
 
 #[derive(Debug)]
 struct Lease {
     uid: u32,
     pool: Arc<Mutex<Pool>>,
+    /// Whether the job started (or re-attached) a detached program.
+    detached: AtomicBool,
+    /// Set to `true` once the uid is back in the pool; taken by the drop.
+    returned: Option<watch::Sender<bool>>,
 }
 
 impl Drop for Lease {
+    /// Ends the uid's processes (unless the node leaves this detached job running) and
+    /// gives the uid back, on a thread: the last handle often drops on an async worker.
     fn drop(&mut self) {
-        if let Ok(mut pool) = self.pool.lock() {
-            pool.held.remove(&self.uid);
-            pool.free.push_back(self.uid);
+        let (uid, pool, returned) = (self.uid, Arc::clone(&self.pool), self.returned.take());
+        let leave = self.detached.load(Ordering::Acquire)
+            && self.pool.lock().is_ok_and(|p| p.leave_detached);
+        let end = move || {
+            if !leave {
+                end_processes(uid);
+            }
+            if let Ok(mut pool) = pool.lock() {
+                pool.give_back(uid);
+            }
+            if let Some(returned) = returned {
+                returned.send_replace(true);
+            }
+        };
+        let shared = Arc::new(Mutex::new(Some(end)));
+        let on_thread = Arc::clone(&shared);
+        let spawned = std::thread::Builder::new()
+            .name("warren-uid-end".into())
+            .spawn(move || {
+                if let Some(end) = on_thread.lock().ok().and_then(|mut e| e.take()) {
+                    end();
+                }
+            });
+        if spawned.is_err() {
+            // No thread to be had: here, then, rather than never.
+            if let Some(end) = shared.lock().ok().and_then(|mut e| e.take()) {
+                end();
+            }
+        }
+    }
+}
+
+/// Kills every process still running as `uid`, logging what it did or could not do.
+fn end_processes(uid: u32) {
+    match reap::end_processes_of(uid) {
+        Ok(0) => {}
+        Ok(killed) => {
+            tracing::info!(uid, killed, "killed what a job left running as its uid")
+        }
+        Err(e) => {
+            tracing::warn!(uid, error = %e, "a job's uid still runs processes; it is not handed out while it does")
         }
     }
 }
@@ -452,34 +588,6 @@ fn check_range(range: UidRange, node_uid: u32) -> Result<(), JobUsersError> {
             range,
             uid: node_uid,
         });
-    }
-    Ok(())
-}
-
-/// Refuses a range that holds an id of `text` (an `/etc/passwd` or `/etc/group`: the id is
-/// the third field).
-fn check_accounts(
-    range: UidRange,
-    text: &str,
-    file: &Path,
-    what: &'static str,
-) -> Result<(), JobUsersError> {
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let mut fields = line.split(':');
-        let (Some(name), Some(id)) = (fields.next(), fields.nth(1)) else {
-            continue;
-        };
-        if let Ok(id) = id.parse::<u32>()
-            && range.contains(id)
-        {
-            return Err(JobUsersError::Taken {
-                range,
-                id,
-                what,
-                name: name.to_owned(),
-                file: file.to_owned(),
-            });
-        }
     }
     Ok(())
 }

@@ -31,7 +31,7 @@ fn a_range_is_first_dash_last_and_bad_ones_say_how_to_write_it() {
     let text = |s: &str| s.parse::<UidRange>().unwrap_err().to_string();
     assert_eq!(
         text("200000"),
-        "\"200000\" is not a uid range: write FIRST-LAST, for example \"200000-200999\""
+        "\"200000\" is not a uid range: write FIRST-LAST, for example \"2000000000-2000000999\""
     );
     assert_eq!(
         text("5-3"),
@@ -60,14 +60,14 @@ fn a_range_with_root_or_the_nodes_uid_is_refused() {
 fn a_range_overlapping_an_account_is_refused_naming_it() {
     let passwd =
         "# comment\nroot:x:0:0:root:/root:/bin/bash\nalice:x:1001:1001::/home/alice:/bin/sh\n";
-    let err =
-        check_accounts(range(1000, 1010), passwd, Path::new("/etc/passwd"), "user").unwrap_err();
+    let err = accounts::check_accounts(range(1000, 1010), passwd, Path::new("/etc/passwd"), "user")
+        .unwrap_err();
     assert_eq!(
         err.to_string(),
-        "1000-1010 holds uid/gid 1001, which is user \"alice\" in /etc/passwd: a job running as it would get that user's files and processes; choose uids and gids no account uses"
+        "1000-1010 holds uid/gid 1001, which is user \"alice\" in /etc/passwd: a job running as it would get that user's files and processes; choose uids and gids no account uses, for example 2000000000-2000000999"
     );
     assert_eq!(
-        check_accounts(range(2000, 2010), passwd, Path::new("/etc/passwd"), "user"),
+        accounts::check_accounts(range(2000, 2010), passwd, Path::new("/etc/passwd"), "user"),
         Ok(())
     );
 }
@@ -288,4 +288,111 @@ fn a_control_socket_open_to_others_is_refused_with_job_users() {
             .starts_with("[control] permissions 0666 lets other users"),
         "{refused}"
     );
+}
+
+/// A host root with `files` (path under the root, text) in it.
+fn host_root(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    for (path, text) in files {
+        let path = root.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    root
+}
+
+#[test]
+fn a_range_overlapping_a_hosts_subgid_range_is_refused_at_start() {
+    let root = host_root(&[
+        ("etc/passwd", "root:x:0:0::/root:/bin/sh\n"),
+        ("etc/subuid", "alice:100000:65536\n"),
+        ("etc/subgid", "alice:300000:65536\n"),
+        ("etc/nsswitch.conf", "passwd: files\ngroup: files\n"),
+    ]);
+    let nobody = |_| None;
+    let err =
+        accounts::check_host_accounts(range(300_500, 300_600), root.path(), nobody).unwrap_err();
+    assert!(
+        matches!(&err, JobUsersError::Subordinate { owner, file, .. } if owner == "alice" && file == Path::new("/etc/subgid")),
+        "{err}"
+    );
+    assert!(matches!(
+        accounts::check_host_accounts(range(150_000, 150_001), root.path(), nobody),
+        Err(JobUsersError::Subordinate { .. })
+    ));
+    assert_eq!(
+        accounts::check_host_accounts(range(2_000_000_000, 2_000_000_999), root.path(), nobody),
+        Ok(())
+    );
+}
+
+#[test]
+fn nss_is_asked_only_when_nsswitch_names_more_than_the_files() {
+    let ldap = |id: u32| (id == 2_000_000_005).then(|| ("group", "ldap-ops".to_owned()));
+    let files_only = host_root(&[("etc/nsswitch.conf", "passwd: files\ngroup: files\n")]);
+    assert_eq!(
+        accounts::check_host_accounts(range(2_000_000_000, 2_000_000_009), files_only.path(), ldap),
+        Ok(())
+    );
+    let with_ldap = host_root(&[(
+        "etc/nsswitch.conf",
+        "passwd: files ldap\ngroup: files ldap\n",
+    )]);
+    let err =
+        accounts::check_host_accounts(range(2_000_000_000, 2_000_000_009), with_ldap.path(), ldap)
+            .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "2000000000-2000000009 holds uid/gid 2000000005, which NSS (files ldap) knows as group \"ldap-ops\": a job running as it would get that group's files and processes; choose uids and gids no account uses, for example 2000000000-2000000999"
+    );
+}
+
+/// Waits until `returned` says the uid is back in the pool.
+fn wait_back(mut returned: watch::Receiver<bool>) {
+    let until = Instant::now() + Duration::from_secs(20);
+    while !*returned.borrow_and_update() {
+        assert!(Instant::now() < until, "the uid never came back");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_jobs_leftover_processes_die_before_its_uid_comes_back_unless_a_stopping_node_leaves_its_detached_job()
+ {
+    let users = pool(3_900_090, 3_900_091);
+    let start = |uid: u32| {
+        std::process::Command::new("sleep")
+            .arg("30")
+            .uid(uid)
+            .gid(uid)
+            .spawn()
+            .expect("tests run as root: start a process as another uid")
+    };
+    let detached = users.take().unwrap();
+    detached.mark_detached();
+    let plain = users.take().unwrap();
+    let mut kept = start(detached.uid());
+    let killed = start(plain.uid());
+    // The test is the sleeps' parent: it reaps the killed one, or its zombie stays its uid's.
+    let killed = std::thread::spawn(move || {
+        let mut killed = killed;
+        killed.wait()
+    });
+    users.leave_detached_running();
+    let (kept_back, killed_back) = (detached.returned(), plain.returned());
+    drop((detached, plain));
+    wait_back(killed_back);
+    wait_back(kept_back);
+    let status = killed.join().unwrap().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL),
+        "{status:?}"
+    );
+    assert!(
+        kept.try_wait().unwrap().is_none(),
+        "the detached job's program was killed though the node leaves detached jobs running"
+    );
+    kept.kill().unwrap();
+    kept.wait().unwrap();
 }

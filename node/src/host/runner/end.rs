@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 use wasmtime::Store;
@@ -14,6 +15,21 @@ use super::super::fds::FdLimit;
 use super::super::quota::{self, DiskLedger, DiskStop};
 use super::super::state::JobState;
 use super::{Handler, Job, Outcome};
+
+/// How long a job's end waits for its uid's processes to be killed and the uid given back
+/// (`[work] job-users`): the kill's own bound plus time for the job's last watcher to see
+/// its program's end.
+const UID_RETURN_WAIT: Duration = Duration::from_secs(15);
+
+/// Waits (at most [`UID_RETURN_WAIT`]) until every process of the job's uid has been killed
+/// and the uid is back in the pool, so that a unit recorded as ended has nothing left
+/// running, whatever escaped its containment.
+pub(super) async fn wait_uid_returned(mut returned: watch::Receiver<bool>) {
+    let back = returned.wait_for(|back| *back);
+    if tokio::time::timeout(UID_RETURN_WAIT, back).await.is_err() {
+        tracing::warn!("a job's uid was not given back within {UID_RETURN_WAIT:?} of its end");
+    }
+}
 
 /// What may stop a job besides its deadline: a cancel, and its disk.
 pub(super) struct Stops {

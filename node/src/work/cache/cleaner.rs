@@ -9,16 +9,28 @@
 //! file is queued, so no look-up finds a file about to be removed; the thread takes the
 //! index lock for each file and leaves one whose key was indexed again meanwhile (a commit
 //! renamed a new file into its place).
+//!
+//! The overflow holds at most [`MAX_OVERFLOW`] keys. Keys past it are dropped, and the
+//! thread, once it has caught up, sweeps the cache's directory instead: it removes every
+//! content file the index does not hold (under the lock, file by file, as above), which
+//! is every file a dropped key named. So a cleaner far behind costs bounded memory, the
+//! dropped files stay on disk only until that sweep (or, if the node stops first, until
+//! the next start indexes them again and evicts what does not fit).
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::content_path;
 use super::lru::{Key, Lru};
+use super::{TEMP_PREFIX, content_path, unhex};
 
 /// Batches of evicted keys waiting to be removed before further keys go to the overflow.
 const QUEUE: usize = 64;
+
+/// Most keys the overflow holds (64 bytes each: 4 MiB); past it keys are dropped and the
+/// directory swept instead. A full cache of tiny entries evicts up to a million at once.
+pub(super) const MAX_OVERFLOW: usize = 65_536;
 
 enum Job {
     /// Remove these entries' files (unless indexed again).
@@ -34,8 +46,12 @@ enum Job {
 #[derive(Debug)]
 pub(super) struct Cleaner {
     queue: SyncSender<Job>,
-    /// Keys to remove that found the queue full.
+    /// Keys to remove that found the queue full, at most `overflow_cap`.
     overflow: Overflow,
+    /// [`MAX_OVERFLOW`] (smaller in tests).
+    overflow_cap: usize,
+    /// Set when keys were dropped at the cap: the thread sweeps the directory.
+    sweep: Arc<AtomicBool>,
 }
 
 type Overflow = Arc<Mutex<Vec<Key>>>;
@@ -56,27 +72,32 @@ impl Cleaner {
     pub(super) fn start(
         root: PathBuf,
         index: Arc<Mutex<Lru>>,
+        overflow_cap: usize,
         #[cfg(test)] removals: Removals,
         #[cfg(test)] stall: Stall,
     ) -> std::io::Result<Self> {
         let (queue, jobs) = std::sync::mpsc::sync_channel(QUEUE);
         let overflow = Overflow::default();
-        let waiting = overflow.clone();
+        let sweep = Arc::new(AtomicBool::new(false));
+        let thread = Thread {
+            root,
+            index,
+            overflow: overflow.clone(),
+            sweep: sweep.clone(),
+            #[cfg(test)]
+            removals,
+            #[cfg(test)]
+            stall,
+        };
         std::thread::Builder::new()
             .name("content-cache-cleaner".into())
-            .spawn(move || {
-                run(
-                    &jobs,
-                    &root,
-                    &index,
-                    &waiting,
-                    #[cfg(test)]
-                    &removals,
-                    #[cfg(test)]
-                    &stall,
-                );
-            })?;
-        Ok(Self { queue, overflow })
+            .spawn(move || thread.run(&jobs))?;
+        Ok(Self {
+            queue,
+            overflow,
+            overflow_cap,
+            sweep,
+        })
     }
 
     /// Queues the files of `keys` (already out of the index) for removal. Never waits:
@@ -99,7 +120,14 @@ impl Cleaner {
                 "the content cache's cleaner is behind (a slow disk?): evicted files wait to be removed"
             );
         }
-        overflow.extend(keys);
+        let room = self.overflow_cap.saturating_sub(overflow.len());
+        if keys.len() > room && !self.sweep.swap(true, Ordering::AcqRel) {
+            tracing::warn!(
+                cap = self.overflow_cap,
+                "the content cache's cleaner is far behind: evicted files past its list are found by a sweep of the cache once it catches up"
+            );
+        }
+        overflow.extend(keys.into_iter().take(room));
         drop(overflow);
         // Full again: a job still queued is followed by a look at the overflow.
         if let Err(TrySendError::Disconnected(_)) = self.queue.try_send(Job::Overflow) {
@@ -116,42 +144,91 @@ impl Cleaner {
     }
 }
 
-fn run(
-    jobs: &Receiver<Job>,
-    root: &std::path::Path,
-    index: &Mutex<Lru>,
-    overflow: &Overflow,
-    #[cfg(test)] removals: &Removals,
-    #[cfg(test)] stall: &Stall,
-) {
-    for job in jobs {
-        #[cfg(test)]
-        drop(stall.lock().unwrap_or_else(PoisonError::into_inner));
-        #[cfg(test)]
-        let mut settled = None;
-        let keys = match job {
-            Job::Remove(keys) => keys,
-            Job::Overflow => Vec::new(),
+/// What the cleaner thread owns.
+struct Thread {
+    root: PathBuf,
+    index: Arc<Mutex<Lru>>,
+    overflow: Overflow,
+    sweep: Arc<AtomicBool>,
+    #[cfg(test)]
+    removals: Removals,
+    #[cfg(test)]
+    stall: Stall,
+}
+
+impl Thread {
+    fn run(&self, jobs: &Receiver<Job>) {
+        for job in jobs {
             #[cfg(test)]
-            Job::Settle(done) => {
-                settled = Some(done);
-                Vec::new()
-            }
-        };
-        let waiting = std::mem::take(&mut *overflow.lock().unwrap_or_else(PoisonError::into_inner));
-        for keys in [keys, waiting] {
-            remove(
-                keys,
-                root,
-                index,
+            drop(self.stall.lock().unwrap_or_else(PoisonError::into_inner));
+            #[cfg(test)]
+            let mut settled = None;
+            let keys = match job {
+                Job::Remove(keys) => keys,
+                Job::Overflow => Vec::new(),
                 #[cfg(test)]
-                removals,
-            );
+                Job::Settle(done) => {
+                    settled = Some(done);
+                    Vec::new()
+                }
+            };
+            let waiting =
+                std::mem::take(&mut *self.overflow.lock().unwrap_or_else(PoisonError::into_inner));
+            for keys in [keys, waiting] {
+                self.remove(keys);
+            }
+            if self.sweep.swap(false, Ordering::AcqRel) {
+                self.sweep_unindexed();
+            }
+            #[cfg(test)]
+            if let Some(done) = settled {
+                let _ = done.send(());
+            }
         }
-        #[cfg(test)]
-        if let Some(done) = settled {
-            let _ = done.send(());
+    }
+
+    fn remove(&self, keys: Vec<Key>) {
+        remove(
+            keys,
+            &self.root,
+            &self.index,
+            #[cfg(test)]
+            &self.removals,
+        );
+    }
+
+    /// Removes every content file under the root whose key the index does not hold (what
+    /// dropped keys named), one scope directory at a time; files being received
+    /// ([`TEMP_PREFIX`]) are left alone.
+    fn sweep_unindexed(&self) {
+        let Ok(scopes) = std::fs::read_dir(&self.root) else {
+            return;
+        };
+        for scope_dir in scopes.filter_map(Result::ok) {
+            let Some(scope) = scope_dir.file_name().to_str().and_then(unhex) else {
+                continue;
+            };
+            let Ok(files) = std::fs::read_dir(scope_dir.path()) else {
+                continue;
+            };
+            let keys: Vec<Key> = files
+                .filter_map(Result::ok)
+                .filter_map(|file| {
+                    let name = file.file_name();
+                    let name = name.to_str()?;
+                    if name.starts_with(TEMP_PREFIX) {
+                        return None;
+                    }
+                    Some(Key {
+                        scope,
+                        hash: unhex(name)?,
+                    })
+                })
+                .collect();
+            // Indexed keys are skipped under the lock, as for any queued key.
+            self.remove(keys);
         }
+        tracing::info!("swept the content cache of the evicted files its cleaner had dropped");
     }
 }
 
@@ -187,6 +264,74 @@ fn remove(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn key(scope: u8, hash: u8) -> Key {
+        Key {
+            scope: [scope; 32],
+            hash: [hash; 32],
+        }
+    }
+
+    fn put(root: &std::path::Path, key: &Key) {
+        let path = content_path(root, key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"x").unwrap();
+    }
+
+    #[test]
+    fn a_stalled_cleaners_overflow_stays_bounded_and_a_sweep_removes_what_it_dropped() {
+        // The s23 review: the overflow was bounded only by what was evicted (a million
+        // keys of a full cache of tiny entries, on every eviction while the disk stalls).
+        let root = tempfile::tempdir().unwrap();
+        let kept = key(9, 9);
+        let receiving =
+            content_path(root.path(), &key(9, 0)).with_file_name(format!("{TEMP_PREFIX}x"));
+        let mut lru = Lru::new(1 << 30, 100_000);
+        put(root.path(), &kept);
+        lru.insert(kept, 1, false);
+        std::fs::write(&receiving, b"half").unwrap();
+        let index = Arc::new(Mutex::new(lru));
+        let stall = Stall::default();
+        let stalled = stall.lock().unwrap();
+        let cap = 10;
+        let cleaner = Cleaner::start(
+            root.path().to_owned(),
+            index.clone(),
+            cap,
+            Removals::default(),
+            stall.clone(),
+        )
+        .unwrap();
+        // The thread holds one job at the stall; QUEUE more fill the queue; the rest of
+        // the evictions find it full.
+        let mut evicted = Vec::new();
+        for batch in 0..(QUEUE as u8 + 40) {
+            let keys: Vec<Key> = (0..4).map(|i| key(batch, i)).collect();
+            for k in &keys {
+                put(root.path(), k);
+            }
+            evicted.extend(keys.iter().copied());
+            cleaner.remove(keys);
+        }
+        let waiting = cleaner.overflow.lock().unwrap().len();
+        assert!(waiting <= cap, "{waiting} keys wait, over the cap of {cap}");
+        assert!(
+            cleaner.sweep.load(Ordering::Acquire),
+            "keys were dropped: a sweep is due"
+        );
+        drop(stalled);
+        cleaner.settle();
+        let left: Vec<&Key> = evicted
+            .iter()
+            .filter(|k| content_path(root.path(), k).exists())
+            .collect();
+        assert!(left.is_empty(), "{} evicted files stayed", left.len());
+        assert!(
+            content_path(root.path(), &kept).is_file(),
+            "an indexed file was swept"
+        );
+        assert!(receiving.is_file(), "a file being received was swept");
+    }
 
     #[test]
     fn a_file_whose_key_was_indexed_again_before_its_turn_is_kept() {

@@ -1,0 +1,400 @@
+//! Who else on the host uses the uids and gids a `[work] job-users` range would give jobs:
+//!
+//! - the users of `/etc/passwd` and the groups of `/etc/group`;
+//! - the subordinate ids of `/etc/subuid` and `/etc/subgid` (`name:start:count`): user
+//!   namespaces map them, so a user's rootless containers run as them and could reach a
+//!   job's files and signal its programs;
+//! - the accounts NSS knows from sources other than the files (LDAP, sssd, systemd's
+//!   userdb): looked up uid by uid (`getpwuid_r`, `getgrgid_r`), which is exact; a remote
+//!   directory can answer slowly, so the lookups stop at [`NSS_BUDGET`] and the node
+//!   refuses the range it could not check (smaller ranges check in time). Where
+//!   `/etc/nsswitch.conf` names only `files` for both databases, the files said it all and
+//!   nothing is looked up.
+//!
+//! Parsing is pure; the lookups and the clock come in as functions, so the checks are
+//! tested on files under a temporary root and a counted clock.
+
+use std::ffi::CStr;
+use std::path::Path;
+use std::time::Duration;
+
+use super::users::{JobUsersError, UidRange};
+
+/// How long the node may spend at start looking a range's ids up in NSS. About 85 µs per
+/// uid and gid here (`files systemd`, no systemd running): a thousand uids take 0.2 s, the
+/// largest range (65536) about 11 s, which is too long for a start and longer still on a
+/// slow directory.
+pub(crate) const NSS_BUDGET: Duration = Duration::from_secs(5);
+
+/// An example range that overlaps no usual allocation: above Debian's default subordinate
+/// ids (100000 + 65536·k, up to 600165535) and systemd's container range (524288 to
+/// 1879048191), below the ids that are negative as 32-bit signed numbers.
+pub(crate) const EXAMPLE_RANGE: &str = "2000000000-2000000999";
+
+/// Refuses a range that overlaps an account of the host whose root is `root`: a user of
+/// `etc/passwd`, a group of `etc/group`, a subordinate range of `etc/subuid` or
+/// `etc/subgid`, and (when `etc/nsswitch.conf` names sources besides the files) an account
+/// `lookup` finds, within [`NSS_BUDGET`].
+///
+/// # Errors
+/// [`JobUsersError`] naming the first overlap, or NSS too slow to check the range.
+pub(crate) fn check_host_accounts(
+    range: UidRange,
+    root: &Path,
+    lookup: impl FnMut(u32) -> Option<Account>,
+) -> Result<(), JobUsersError> {
+    let read = |file: &str| std::fs::read_to_string(root.join(file)).unwrap_or_default();
+    for (file, what) in [("etc/passwd", "user"), ("etc/group", "group")] {
+        check_accounts(range, &read(file), &Path::new("/").join(file), what)?;
+    }
+    for file in ["etc/subuid", "etc/subgid"] {
+        check_subordinate(range, &read(file), &Path::new("/").join(file))?;
+    }
+    let nsswitch = read("etc/nsswitch.conf");
+    let passwd = nss_sources(&nsswitch, "passwd");
+    let group = nss_sources(&nsswitch, "group");
+    if !needs_lookups(&passwd, &group) {
+        return Ok(());
+    }
+    let mut sources = passwd;
+    for source in group {
+        if !sources.contains(&source) {
+            sources.push(source);
+        }
+    }
+    let start = std::time::Instant::now();
+    check_nss(range, &sources.join(" "), NSS_BUDGET, lookup, || {
+        start.elapsed()
+    })
+}
+
+/// Refuses a range that holds an id of `text` (an `/etc/passwd` or `/etc/group`: the id is
+/// the third field).
+pub(crate) fn check_accounts(
+    range: UidRange,
+    text: &str,
+    file: &Path,
+    what: &'static str,
+) -> Result<(), JobUsersError> {
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let mut fields = line.split(':');
+        let (Some(name), Some(id)) = (fields.next(), fields.nth(1)) else {
+            continue;
+        };
+        if let Ok(id) = id.parse::<u32>()
+            && range.contains(id)
+        {
+            return Err(JobUsersError::Taken {
+                range,
+                id,
+                what,
+                name: name.to_owned(),
+                file: file.to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a range overlapping a subordinate id range of `text` (an `/etc/subuid` or
+/// `/etc/subgid` named `file`: `name:start:count` lines).
+///
+/// # Errors
+/// [`JobUsersError::Subordinate`] naming the first overlap.
+pub(crate) fn check_subordinate(
+    range: UidRange,
+    text: &str,
+    file: &Path,
+) -> Result<(), JobUsersError> {
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut fields = line.split(':');
+        let (Some(owner), Some(start), Some(count)) = (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let (Ok(start), Ok(count)) = (start.trim().parse::<u64>(), count.trim().parse::<u64>())
+        else {
+            continue;
+        };
+        if count == 0 {
+            continue;
+        }
+        let end = start + count - 1;
+        if start <= u64::from(range.last) && end >= u64::from(range.first) {
+            return Err(JobUsersError::Subordinate {
+                range,
+                owner: owner.to_owned(),
+                first: start,
+                last: end,
+                file: file.to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The sources `/etc/nsswitch.conf` (`text`) lists for `database` (`passwd`, `group`),
+/// without their `[STATUS=action]` items; `files` when the database is not listed (glibc's
+/// default is `files` then).
+pub(crate) fn nss_sources(text: &str, database: &str) -> Vec<String> {
+    let listed = text.lines().find_map(|line| {
+        let line = line.split('#').next().unwrap_or("");
+        let (name, sources) = line.split_once(':')?;
+        (name.trim() == database).then(|| {
+            sources
+                .split_whitespace()
+                .filter(|s| !s.starts_with('['))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+    });
+    match listed {
+        Some(sources) if !sources.is_empty() => sources,
+        _ => vec!["files".to_owned()],
+    }
+}
+
+/// Whether NSS could know accounts the files do not: a source other than `files`.
+pub(crate) fn needs_lookups(passwd: &[String], group: &[String]) -> bool {
+    passwd.iter().chain(group).any(|s| s != "files")
+}
+
+/// What NSS says an id is: `("user" | "group", name)`.
+pub(crate) type Account = (&'static str, String);
+
+/// Looks every id of `range` up with `lookup` until one is an account (refused) or
+/// `elapsed()` passes `budget` (refused as unchecked); `sources` names NSS's sources in the
+/// errors.
+///
+/// # Errors
+/// [`JobUsersError::NssTaken`] or [`JobUsersError::NssSlow`].
+pub(crate) fn check_nss(
+    range: UidRange,
+    sources: &str,
+    budget: Duration,
+    mut lookup: impl FnMut(u32) -> Option<Account>,
+    mut elapsed: impl FnMut() -> Duration,
+) -> Result<(), JobUsersError> {
+    for (checked, id) in (range.first..=range.last).enumerate() {
+        if elapsed() > budget {
+            return Err(JobUsersError::NssSlow {
+                range,
+                checked: checked as u64,
+                budget,
+                sources: sources.to_owned(),
+            });
+        }
+        if let Some((what, name)) = lookup(id) {
+            return Err(JobUsersError::NssTaken {
+                range,
+                id,
+                what,
+                name,
+                sources: sources.to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// What NSS knows `id` as: a user, else a group.
+pub(crate) fn nss_account(id: u32) -> Option<Account> {
+    user_name(id)
+        .map(|name| ("user", name))
+        .or_else(|| group_name(id).map(|name| ("group", name)))
+}
+
+/// The largest buffer a lookup grows to (a group with very many members).
+const MAX_LOOKUP_BUFFER: usize = 1 << 20;
+
+fn user_name(uid: u32) -> Option<String> {
+    let mut buf = vec![0 as libc::c_char; 1024];
+    loop {
+        // SAFETY: plain C structs, filled by getpwuid_r.
+        let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: getpwuid_r writes into `entry` and `buf` (of the length given) only.
+        let rc = unsafe {
+            libc::getpwuid_r(
+                uid,
+                &raw mut entry,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &raw mut found,
+            )
+        };
+        if rc == libc::ERANGE && buf.len() < MAX_LOOKUP_BUFFER {
+            buf.resize(buf.len() * 2, 0);
+            continue;
+        }
+        if rc != 0 || found.is_null() || entry.pw_name.is_null() {
+            return None;
+        }
+        // SAFETY: pw_name points into `buf`, NUL-terminated by getpwuid_r.
+        return Some(
+            unsafe { CStr::from_ptr(entry.pw_name) }
+                .to_string_lossy()
+                .into_owned(),
+        );
+    }
+}
+
+fn group_name(gid: u32) -> Option<String> {
+    let mut buf = vec![0 as libc::c_char; 1024];
+    loop {
+        // SAFETY: plain C structs, filled by getgrgid_r.
+        let mut entry: libc::group = unsafe { std::mem::zeroed() };
+        let mut found: *mut libc::group = std::ptr::null_mut();
+        // SAFETY: getgrgid_r writes into `entry` and `buf` (of the length given) only.
+        let rc = unsafe {
+            libc::getgrgid_r(
+                gid,
+                &raw mut entry,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &raw mut found,
+            )
+        };
+        if rc == libc::ERANGE && buf.len() < MAX_LOOKUP_BUFFER {
+            buf.resize(buf.len() * 2, 0);
+            continue;
+        }
+        if rc != 0 || found.is_null() || entry.gr_name.is_null() {
+            return None;
+        }
+        // SAFETY: gr_name points into `buf`, NUL-terminated by getgrgid_r.
+        return Some(
+            unsafe { CStr::from_ptr(entry.gr_name) }
+                .to_string_lossy()
+                .into_owned(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    fn range(first: u32, last: u32) -> UidRange {
+        UidRange { first, last }
+    }
+
+    #[test]
+    fn a_range_overlapping_a_subordinate_range_is_refused_naming_its_owner() {
+        let subuid = "# rootless containers\nalice:100000:65536\nbob:165536:65536\n";
+        let file = Path::new("/etc/subuid");
+        let err = check_subordinate(range(200_000, 200_999), subuid, file).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "200000-200999 overlaps 165536-231071, the subordinate ids /etc/subuid gives \"bob\": that user's user namespaces (rootless containers) run as them and could reach a job's files and signal its programs; choose a range outside every range of /etc/subuid and /etc/subgid, for example {EXAMPLE_RANGE}"
+            )
+        );
+        // Touching either end is an overlap; just past them is not.
+        assert!(check_subordinate(range(231_071, 231_100), subuid, file).is_err());
+        assert!(check_subordinate(range(90_000, 100_000), subuid, file).is_err());
+        assert_eq!(
+            check_subordinate(range(231_072, 231_100), subuid, file),
+            Ok(())
+        );
+        assert_eq!(check_subordinate(range(1, 99_999), subuid, file), Ok(()));
+        assert_eq!(
+            check_subordinate(range(5, 9), "broken\ncarol:x:y\ndave:5:0\n", file),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn the_example_range_overlaps_no_default_debian_subordinate_allocation() {
+        let example: UidRange = EXAMPLE_RANGE.parse().unwrap();
+        // useradd's defaults (SUB_UID_MIN 100000, SUB_UID_MAX 600100000, COUNT 65536):
+        // the last block a user can get starts at most at SUB_UID_MAX.
+        let mut text = String::new();
+        let mut start = 100_000u64;
+        while start <= 600_100_000 {
+            text.push_str(&format!("u{start}:{start}:65536\n"));
+            start += 65_536;
+        }
+        assert_eq!(
+            check_subordinate(example, &text, Path::new("/etc/subuid")),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn nsswitch_sources_are_read_without_actions_and_default_to_files() {
+        let conf =
+            "# comment\npasswd:         files systemd\ngroup: files [SUCCESS=merge] sss # x\n";
+        assert_eq!(nss_sources(conf, "passwd"), ["files", "systemd"]);
+        assert_eq!(nss_sources(conf, "group"), ["files", "sss"]);
+        assert_eq!(nss_sources("", "passwd"), ["files"]);
+        let files = vec!["files".to_owned()];
+        assert!(!needs_lookups(&files, &files));
+        assert!(needs_lookups(&files, &nss_sources(conf, "group")));
+    }
+
+    #[test]
+    fn an_id_nss_knows_is_refused_naming_the_account_and_the_sources() {
+        let lookup = |id: u32| (id == 5_005).then(|| ("user", "ldap-carol".to_owned()));
+        let err = check_nss(range(5_000, 5_010), "files sss", NSS_BUDGET, lookup, || {
+            Duration::ZERO
+        })
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "5000-5010 holds uid/gid 5005, which NSS (files sss) knows as user \"ldap-carol\": a job running as it would get that user's files and processes; choose uids and gids no account uses, for example {EXAMPLE_RANGE}"
+            )
+        );
+        assert_eq!(
+            check_nss(range(5_006, 5_010), "sss", NSS_BUDGET, lookup, || {
+                Duration::ZERO
+            }),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn lookups_past_the_budget_refuse_the_range_saying_how_far_they_got() {
+        // A directory answering in 1 ms per id, on a counted clock: 10 ids in a 10 ms budget.
+        let clock = Cell::new(Duration::ZERO);
+        let lookup = |_| {
+            clock.set(clock.get() + Duration::from_millis(1));
+            None
+        };
+        let err = check_nss(
+            range(7_000, 7_999),
+            "ldap",
+            Duration::from_millis(10),
+            lookup,
+            || clock.get(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            JobUsersError::NssSlow {
+                range: range(7_000, 7_999),
+                checked: 11,
+                budget: Duration::from_millis(10),
+                sources: "ldap".to_owned(),
+            }
+        );
+        assert!(
+            err.to_string().starts_with(
+                "checking 7000-7999 against the accounts NSS (ldap) knows took over 10ms (11 of 1000 ids looked up):"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_real_lookup_finds_root_and_not_an_unused_id() {
+        assert_eq!(nss_account(0).map(|a| a.0), Some("user"));
+        assert_eq!(nss_account(3_999_999), None);
+    }
+}
