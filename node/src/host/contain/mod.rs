@@ -27,7 +27,7 @@
 //! With `[work] job-users` ([`users`]), each job's programs also run as a uid of their own
 //! (gid the same, no supplementary groups, no capabilities, `PR_SET_NO_NEW_PRIVS`), set
 //! last before `exec`, in a job directory given to that uid ([`jobdir`]); when the job is
-//! done every process still running as that uid is killed ([`reap`]), so under process-group
+//! done every process still running as that uid is killed (`reap`), so under process-group
 //! containment too nothing a job started outlives it.
 //!
 //! This module decides and sets up; the `process` capability (`host/process.rs`) spawns

@@ -7,7 +7,7 @@
 //! holds and no process runs as ([`JobUsers::take`], a `/proc` scan), and gives it back when
 //! the last [`JobUser`] handle drops, which its spawns and watchers keep until nothing of the
 //! job can run. Then, on a thread of its own, every process still running as the uid is
-//! killed ([`super::reap`]: a daemon that left the job's containment, as a `setsid` and
+//! killed (`reap`: a daemon that left the job's containment, as a `setsid` and
 //! double fork leave a process group) before the uid goes back to the pool; only a detached
 //! job of a node that leaves detached jobs running keeps its processes. A restarted node
 //! claims the uids its re-attached jobs recorded ([`JobUsers::claim`]) before any new job
@@ -19,7 +19,7 @@
 //! uid 0 or the node's own uid, or overlaps a user of `/etc/passwd` or a group of
 //! `/etc/group` (a job would get that user's files and processes, or that group's files),
 //! a subordinate range of `/etc/subuid` or `/etc/subgid`, or an account NSS knows
-//! ([`accounts`]), and a node that cannot switch users, give files away and reach what jobs
+//! (`accounts`), and a node that cannot switch users, give files away and reach what jobs
 //! leave.
 
 use std::collections::{BTreeSet, VecDeque};
@@ -179,7 +179,7 @@ pub enum JobUsersError {
         range: UidRange,
         /// How many ids were looked up.
         checked: u64,
-        /// The time allowed ([`accounts::NSS_BUDGET`]).
+        /// The time allowed (`accounts::NSS_BUDGET`).
         budget: std::time::Duration,
         /// NSS's sources.
         sources: String,
