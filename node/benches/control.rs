@@ -9,7 +9,8 @@
 //! 97 %).
 //!
 //! `cargo bench -p warren --bench control` (with `WARREN_BENCH_QUICK=1`: the sequential and
-//! in-flight figures only, on one mesh).
+//! in-flight figures only, on one mesh; with `WARREN_BENCH_BIN=<path>`: the nodes run that
+//! `warren` binary).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -42,8 +43,15 @@ impl Drop for Node {
     }
 }
 
+/// Names another `warren` binary for the nodes (an older build, to compare with this one
+/// in the same minutes on a shared machine).
+const BIN_ENV: &str = "WARREN_BENCH_BIN";
+
 fn warren() -> anyhow::Result<PathBuf> {
-    let path = PathBuf::from(env!("CARGO_BIN_EXE_warren"));
+    let path = std::env::var_os(BIN_ENV).map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_warren")),
+        PathBuf::from,
+    );
     ensure!(
         path.exists(),
         "{} is missing; build it with: cargo build --release -p warren",
