@@ -217,10 +217,16 @@ async fn footprints(nodes: &[Node]) -> anyhow::Result<Vec<(u64, usize)>> {
 async fn soak(nodes: &[Node], socket: &Path) -> anyhow::Result<()> {
     run_jobs(socket, SOAK_EARLY).await?;
     let early = footprints(nodes).await?;
+    let before = cpu_now(nodes)?;
     let rate = run_jobs(socket, SOAK_LATE - SOAK_EARLY).await?;
+    let after = cpu_now(nodes)?;
     let late = footprints(nodes).await?;
     println!(
         "== control: idle footprint after {SOAK_EARLY} jobs and after {SOAK_LATE} ({rate:.0} jobs/s meanwhile)"
+    );
+    println!(
+        "  CPU ms per job meanwhile: {}",
+        cpu_per_job(&before, &after, SOAK_LATE - SOAK_EARLY)
     );
     for ((name, (rss0, fds0)), (rss1, fds1)) in
         ["node1", "relay", "controller"].iter().zip(early).zip(late)
@@ -347,16 +353,23 @@ async fn rates_and_round_trips(nodes: &[Node], socket: &Path) -> anyhow::Result<
         stats::median(&rates),
         stats::runs(&rates, 0)
     );
+    println!(
+        "  CPU ms per job meanwhile: {}",
+        cpu_per_job(&before, &after, BATCHES * IN_FLIGHT)
+    );
+    Ok(())
+}
+
+/// Each process's CPU time per job between two [`cpu_now`] readings `jobs` jobs apart.
+fn cpu_per_job(before: &[u64], after: &[u64], jobs: usize) -> String {
     // SAFETY: sysconf only reads a configuration value.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let jobs = (BATCHES * IN_FLIGHT) as f64;
     let per_job: Vec<String> = ["node1", "relay", "controller", "bench"]
         .iter()
-        .zip(before.iter().zip(&after))
-        .map(|(name, (b, a))| format!("{name} {:.2}", (a - b) as f64 / hz / jobs * 1e3))
+        .zip(before.iter().zip(after))
+        .map(|(name, (b, a))| format!("{name} {:.2}", (a - b) as f64 / hz / jobs as f64 * 1e3))
         .collect();
-    println!("  CPU ms per job meanwhile: {}", per_job.join("  "));
-    Ok(())
+    per_job.join("  ")
 }
 
 fn main() -> anyhow::Result<()> {
