@@ -140,16 +140,17 @@ async fn tail(
 ) {
     // Small first: most units' results are a few bytes (see `readbuf`).
     let mut buf = crate::work::readbuf::ReadBuf::new(READ_CHUNK);
-    let Ok(file) = open_at(path, offset).await else {
+    let Ok((file, len)) = open_at(path, offset).await else {
         return;
     };
     let mut file = tokio::fs::File::from_std(file);
     let mut at = offset;
-    // Read at once (the file may hold output no progress announced yet, such as a
-    // re-attached job's), then only once the progress announces more than was read, or the
-    // end: each read is a trip to the blocking pool, and one that finds nothing new wakes
-    // two threads for nothing.
-    let mut caught_up = false;
+    // Read at once if the file holds more than the offset (output no progress announced
+    // yet, such as a re-attached job's), then only once the progress announces more than
+    // was read, or the end: each read is a trip to the blocking pool, and one that finds
+    // nothing new wakes two threads for nothing. (Output written after the open is
+    // announced.)
+    let mut caught_up = len <= offset;
     loop {
         // Read the state before the data: output written before the end is then always
         // seen before the follower stops.
@@ -181,13 +182,15 @@ async fn tail(
     }
 }
 
-/// Opens the results at `path` positioned at `offset`, in one trip to the blocking pool.
-async fn open_at(path: PathBuf, offset: u64) -> io::Result<std::fs::File> {
+/// Opens the results at `path` positioned at `offset`, in one trip to the blocking pool;
+/// the file and its length then.
+async fn open_at(path: PathBuf, offset: u64) -> io::Result<(std::fs::File, u64)> {
     tokio::task::spawn_blocking(move || {
         use std::io::Seek as _;
         let mut file = std::fs::File::open(&path)?;
+        let len = file.metadata()?.len();
         file.seek(io::SeekFrom::Start(offset))?;
-        Ok(file)
+        Ok((file, len))
     })
     .await
     .map_err(io::Error::other)?
@@ -228,5 +231,25 @@ mod tests {
             .expect("the follower stops at the end")
             .unwrap();
         assert!(rest.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_follower_of_an_empty_file_delivers_what_is_announced_until_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stdout");
+        std::fs::write(&path, b"").unwrap();
+        let (progress, watched) = watch::channel(Progress::default());
+        let mut reader = follow(path.clone(), 0, watched);
+        let (mut sink, _failure) = ResultsSink::open(&path, progress.clone()).await.unwrap();
+        sink.write_all(b"hello\n").await.unwrap();
+        assert_eq!(read_n(&mut reader, 6).await, b"hello\n");
+        sink.write_all(b"bye\n").await.unwrap();
+        progress.send_modify(|p| p.ended = true);
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut rest))
+            .await
+            .expect("the follower stops at the end")
+            .unwrap();
+        assert_eq!(rest, b"bye\n");
     }
 }
