@@ -9,7 +9,8 @@
 //! 97 %).
 //!
 //! `cargo bench -p warren --bench control` (with `WARREN_BENCH_QUICK=1`: the sequential and
-//! in-flight figures only, on one mesh).
+//! in-flight figures only, on one mesh; with `WARREN_BENCH_BIN=<path>`: the nodes run that
+//! `warren` binary).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -42,8 +43,15 @@ impl Drop for Node {
     }
 }
 
+/// Names another `warren` binary for the nodes (an older build, to compare with this one
+/// in the same minutes on a shared machine).
+const BIN_ENV: &str = "WARREN_BENCH_BIN";
+
 fn warren() -> anyhow::Result<PathBuf> {
-    let path = PathBuf::from(env!("CARGO_BIN_EXE_warren"));
+    let path = std::env::var_os(BIN_ENV).map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_warren")),
+        PathBuf::from,
+    );
     ensure!(
         path.exists(),
         "{} is missing; build it with: cargo build --release -p warren",
@@ -209,10 +217,16 @@ async fn footprints(nodes: &[Node]) -> anyhow::Result<Vec<(u64, usize)>> {
 async fn soak(nodes: &[Node], socket: &Path) -> anyhow::Result<()> {
     run_jobs(socket, SOAK_EARLY).await?;
     let early = footprints(nodes).await?;
+    let before = cpu_now(nodes)?;
     let rate = run_jobs(socket, SOAK_LATE - SOAK_EARLY).await?;
+    let after = cpu_now(nodes)?;
     let late = footprints(nodes).await?;
     println!(
         "== control: idle footprint after {SOAK_EARLY} jobs and after {SOAK_LATE} ({rate:.0} jobs/s meanwhile)"
+    );
+    println!(
+        "  CPU ms per job meanwhile: {}",
+        cpu_per_job(&before, &after, SOAK_LATE - SOAK_EARLY)
     );
     for ((name, (rss0, fds0)), (rss1, fds1)) in
         ["node1", "relay", "controller"].iter().zip(early).zip(late)
@@ -339,16 +353,23 @@ async fn rates_and_round_trips(nodes: &[Node], socket: &Path) -> anyhow::Result<
         stats::median(&rates),
         stats::runs(&rates, 0)
     );
+    println!(
+        "  CPU ms per job meanwhile: {}",
+        cpu_per_job(&before, &after, BATCHES * IN_FLIGHT)
+    );
+    Ok(())
+}
+
+/// Each process's CPU time per job between two [`cpu_now`] readings `jobs` jobs apart.
+fn cpu_per_job(before: &[u64], after: &[u64], jobs: usize) -> String {
     // SAFETY: sysconf only reads a configuration value.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let jobs = (BATCHES * IN_FLIGHT) as f64;
     let per_job: Vec<String> = ["node1", "relay", "controller", "bench"]
         .iter()
-        .zip(before.iter().zip(&after))
-        .map(|(name, (b, a))| format!("{name} {:.2}", (a - b) as f64 / hz / jobs * 1e3))
+        .zip(before.iter().zip(after))
+        .map(|(name, (b, a))| format!("{name} {:.2}", (a - b) as f64 / hz / jobs as f64 * 1e3))
         .collect();
-    println!("  CPU ms per job meanwhile: {}", per_job.join("  "));
-    Ok(())
+    per_job.join("  ")
 }
 
 fn main() -> anyhow::Result<()> {

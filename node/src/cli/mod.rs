@@ -104,6 +104,7 @@ pub enum Command {
 impl Cli {
     /// Runs the command; returns the process exit code.
     pub fn run(self) -> ExitCode {
+        crate::heap::bound_arenas();
         let default_level = match self.command {
             Command::Node(_) => "info",
             // The run explains failures itself; the embedded node's warnings would repeat them.

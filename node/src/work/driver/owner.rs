@@ -72,8 +72,8 @@ struct Owner {
 
 /// How long after its last command the owner gives the freed heap back to the system, so
 /// an idle node's resident memory is not that of its busiest moment
-/// ([`crate::heap::give_back_freed_memory`]; at most once a minute, through a
-/// [`crate::heap::TrimGate`]).
+/// ([`crate::heap::give_back_freed_memory`]; through a [`crate::heap::TrimGate`]: at most
+/// once a minute, unless a burst of commands came since the last).
 const IDLE_TRIM_AFTER: Duration = Duration::from_secs(1);
 
 pub(super) fn spawn(o: OwnerSetup) {
@@ -151,6 +151,7 @@ pub(super) fn spawn(o: OwnerSetup) {
                     }
                     Some(command) => {
                         trim_at = Some(Instant::now() + IDLE_TRIM_AFTER);
+                        trims.note_work();
                         owner.handle(command);
                     }
                     None => break,

@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt, DuplexStream};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio::sync::watch;
 
 /// What a unit's followers watch.
@@ -140,29 +140,38 @@ async fn tail(
 ) {
     // Small first: most units' results are a few bytes (see `readbuf`).
     let mut buf = crate::work::readbuf::ReadBuf::new(READ_CHUNK);
-    let Ok(mut file) = tokio::fs::File::open(&path).await else {
+    let Ok((file, len)) = open_at(path, offset).await else {
         return;
     };
-    if file.seek(io::SeekFrom::Start(offset)).await.is_err() {
-        return;
-    }
+    let mut file = tokio::fs::File::from_std(file);
+    let mut at = offset;
+    // Read at once if the file holds more than the offset (output no progress announced
+    // yet, such as a re-attached job's), then only once the progress announces more than
+    // was read, or the end: each read is a trip to the blocking pool, and one that finds
+    // nothing new wakes two threads for nothing. (Output written after the open is
+    // announced.)
+    let mut caught_up = len <= offset;
     loop {
         // Read the state before the data: output written before the end is then always
         // seen before the follower stops.
-        let ended = progress.borrow_and_update().ended;
-        let Ok(n) = file.read(buf.space()).await else {
-            return;
-        };
-        if n > 0 {
-            if out.write_all(buf.filled(n)).await.is_err() {
+        let Progress { size, ended } = *progress.borrow_and_update();
+        if !caught_up || ended || size > at {
+            let Ok(n) = file.read(buf.space()).await else {
+                return;
+            };
+            if n > 0 {
+                if out.write_all(buf.filled(n)).await.is_err() {
+                    return;
+                }
+                buf.read_done(n);
+                at += n as u64;
+                continue;
+            }
+            if ended {
+                let _ = out.shutdown().await;
                 return;
             }
-            buf.read_done(n);
-            continue;
-        }
-        if ended {
-            let _ = out.shutdown().await;
-            return;
+            caught_up = true;
         }
         // Only this unit's writes and end wake this follower.
         if progress.changed().await.is_err() {
@@ -170,5 +179,77 @@ async fn tail(
             let _ = out.shutdown().await;
             return;
         }
+    }
+}
+
+/// Opens the results at `path` positioned at `offset`, in one trip to the blocking pool;
+/// the file and its length then.
+async fn open_at(path: PathBuf, offset: u64) -> io::Result<(std::fs::File, u64)> {
+    tokio::task::spawn_blocking(move || {
+        use std::io::Seek as _;
+        let mut file = std::fs::File::open(&path)?;
+        let len = file.metadata()?.len();
+        file.seek(io::SeekFrom::Start(offset))?;
+        Ok((file, len))
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Reads exactly `n` bytes from the follower, or fails after 10 s.
+    async fn read_n(reader: &mut DuplexStream, n: usize) -> Vec<u8> {
+        let mut got = vec![0; n];
+        tokio::time::timeout(Duration::from_secs(10), reader.read_exact(&mut got))
+            .await
+            .expect("the follower delivers in time")
+            .unwrap();
+        got
+    }
+
+    #[tokio::test]
+    async fn a_follower_delivers_unannounced_output_at_once_then_what_is_announced_until_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stdout");
+        // Output no progress announced (a re-attached job's, written before the restart).
+        std::fs::write(&path, b"before").unwrap();
+        let (progress, watched) = watch::channel(Progress::default());
+        let mut reader = follow(path.clone(), 2, watched);
+        assert_eq!(read_n(&mut reader, 4).await, b"fore");
+        let (mut sink, _failure) = ResultsSink::open(&path, progress.clone()).await.unwrap();
+        sink.write_all(b" and after").await.unwrap();
+        assert_eq!(read_n(&mut reader, 10).await, b" and after");
+        progress.send_modify(|p| p.ended = true);
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut rest))
+            .await
+            .expect("the follower stops at the end")
+            .unwrap();
+        assert!(rest.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_follower_of_an_empty_file_delivers_what_is_announced_until_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stdout");
+        std::fs::write(&path, b"").unwrap();
+        let (progress, watched) = watch::channel(Progress::default());
+        let mut reader = follow(path.clone(), 0, watched);
+        let (mut sink, _failure) = ResultsSink::open(&path, progress.clone()).await.unwrap();
+        sink.write_all(b"hello\n").await.unwrap();
+        assert_eq!(read_n(&mut reader, 6).await, b"hello\n");
+        sink.write_all(b"bye\n").await.unwrap();
+        progress.send_modify(|p| p.ended = true);
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut rest))
+            .await
+            .expect("the follower stops at the end")
+            .unwrap();
+        assert_eq!(rest, b"bye\n");
     }
 }

@@ -202,7 +202,7 @@ async fn open_io(
     ))
 }
 
-/// The payload as the job reads it.
+/// The payload as the job reads it, or as it is sent to the node that runs the unit.
 type PayloadReader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
 
 /// Creates the job directory and opens the payload (read whole when it is small) and the
@@ -211,26 +211,31 @@ fn open_files(
     (job_dir, stdin, stdout): (PathBuf, PathBuf, PathBuf),
     progress: watch::Sender<Progress>,
 ) -> Result<(PayloadReader, ResultsSink, super::results::WriteFailure), OpenIoError> {
-    use std::io::Read as _;
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .mode(0o700)
         .recursive(true)
         .create(&job_dir)
         .map_err(OpenIoError::at(&job_dir))?;
-    let mut file = std::fs::File::open(&stdin).map_err(OpenIoError::at(&stdin))?;
-    let len = file.metadata().map_err(OpenIoError::at(&stdin))?.len();
-    let payload: PayloadReader = if len <= INLINE_PAYLOAD_BYTES {
-        let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-        file.read_to_end(&mut bytes)
-            .map_err(OpenIoError::at(&stdin))?;
-        Box::new(std::io::Cursor::new(bytes))
-    } else {
-        Box::new(tokio::fs::File::from_std(file))
-    };
+    let payload = open_payload_blocking(&stdin).map_err(OpenIoError::at(&stdin))?;
     let (sink, failure) =
         ResultsSink::open_blocking(&stdout, progress).map_err(OpenIoError::at(&stdout))?;
     Ok((payload, sink, failure))
+}
+
+/// Opens the payload at `path`, read whole when it is small (up to
+/// [`INLINE_PAYLOAD_BYTES`]): its reader then takes no trip to the blocking pool per read.
+/// Blocking file IO.
+fn open_payload_blocking(path: &std::path::Path) -> std::io::Result<PayloadReader> {
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    if len > INLINE_PAYLOAD_BYTES {
+        return Ok(Box::new(tokio::fs::File::from_std(file)));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    file.read_to_end(&mut bytes)?;
+    Ok(Box::new(std::io::Cursor::new(bytes)))
 }
 
 /// A unit that was running when the node stopped: its detached job is found again through
@@ -407,8 +412,11 @@ async fn submit_once(
     } else {
         None
     };
-    let mut payload = tokio::fs::File::open(&path)
-        .await
+    // One trip to a blocking thread opens (and, when it is small, reads) the payload.
+    let opened = tokio::task::spawn_blocking(move || open_payload_blocking(&path)).await;
+    let mut payload = opened
+        .map_err(std::io::Error::other)
+        .and_then(|opened| opened)
         .map_err(|e| (None, ClientError::Payload(e)))?;
     let request = SubmitRequest {
         work_type: status.work_type.clone(),
@@ -419,7 +427,7 @@ async fn submit_once(
     let commands = ctx.commands.clone();
     let request = (request, status.submit_nonce);
     let result = client
-        .submit_following(node, request, offset, &mut payload, |remote| {
+        .submit_following(node, request, offset, &mut *payload, |remote| {
             created = Some(remote);
             let _ = commands.send(Command::RemoteCreated { id, remote });
         })

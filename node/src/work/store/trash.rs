@@ -8,8 +8,11 @@
 //! same file system, under the data dir) and the trash's own thread removes it.
 //!
 //! The thread is woken through a channel of one slot (wake-ups coalesce; nothing queues
-//! per tree) and removes whatever the trash holds, so a tree left there by a crash is
-//! removed at the next start. It stops when the `Trash` is dropped. `remove_dir_all` does
+//! per tree), waits [`LINGER`] for the trees discarded with the first, and removes whatever
+//! the trash holds, so a tree left there by a crash is removed at the next start: a node
+//! releasing units by the hundred a second wakes it a few dozen times a second, not twice
+//! per unit (a thread's wake-up is a large share of a tiny job's cost). It stops when the
+//! `Trash` is dropped. `remove_dir_all` does
 //! not follow symbolic links, so a link a job planted in its directory is removed, never
 //! its target.
 
@@ -17,7 +20,8 @@ use std::fs::{self, DirBuilder};
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::time::Duration;
 
 /// Mode of the trash directory: owner only (it holds units' files until they are gone).
 const DIR_MODE: u32 = 0o700;
@@ -25,6 +29,11 @@ const DIR_MODE: u32 = 0o700;
 /// Names tried for one tree before giving up: each is random, so a second is needed only
 /// when a tree already in the trash holds the first.
 const NAME_TRIES: usize = 8;
+
+/// How long the thread, once woken, waits for more trees before it empties the trash: the
+/// trees of the units released meanwhile go with one listing and one wake-up. Short against
+/// what a tree may hold (it only stays on the disk this much longer).
+const LINGER: Duration = Duration::from_millis(20);
 
 /// The trash directory and the way to wake its thread.
 #[derive(Debug)]
@@ -40,6 +49,11 @@ impl Trash {
     /// Opens (creating it if needed) `dir` and starts the thread that empties it, at once
     /// for what an earlier run left there.
     pub(super) fn open(dir: PathBuf) -> io::Result<Self> {
+        Self::open_lingering(dir, LINGER)
+    }
+
+    /// [`Trash::open`] with the thread waiting `linger` after each wake-up.
+    fn open_lingering(dir: PathBuf, linger: Duration) -> io::Result<Self> {
         DirBuilder::new()
             .recursive(true)
             .mode(DIR_MODE)
@@ -61,7 +75,7 @@ impl Trash {
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .push(std::thread::current().id());
                     empty(&emptied);
-                    if woken.recv().is_err() {
+                    if !wait_for_trees(&woken, linger) {
                         break;
                     }
                 }
@@ -114,6 +128,18 @@ impl Trash {
     }
 }
 
+/// Waits for a wake-up, then `linger` more for the trees discarded meanwhile; false once
+/// the `Trash` is dropped. A wake-up sent while lingering is taken too: the listing that
+/// follows sees its tree (moved before it was sent).
+fn wait_for_trees(woken: &Receiver<()>, linger: Duration) -> bool {
+    if woken.recv().is_err() {
+        return false;
+    }
+    std::thread::sleep(linger);
+    let _ = woken.try_recv();
+    true
+}
+
 /// Whether a rename failed because its target name is taken by a directory.
 fn taken(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOTEMPTY | libc::EEXIST))
@@ -146,7 +172,7 @@ fn empty(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
 
     /// Waits (up to 10 s) until `dir` is empty.
     fn emptied(dir: &Path) -> bool {
@@ -222,6 +248,28 @@ mod tests {
             assert!(!job.exists(), "moved out");
         }
         assert!(emptied(&data.path().join("trash")));
+    }
+
+    #[test]
+    fn trees_discarded_together_are_removed_after_one_wake_up() {
+        let data = tempfile::tempdir().unwrap();
+        let trash =
+            Trash::open_lingering(data.path().join("trash"), Duration::from_secs(2)).unwrap();
+        // The thread's first round (at its start) has begun: it now lingers after the
+        // open's own wake-up, or waits for one.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while trash.removers.lock().unwrap().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let at_open = trash.removers.lock().unwrap().len();
+        assert_eq!(at_open, 1);
+        for n in 0..20 {
+            let job = data.path().join(format!("units/{n}/job"));
+            fs::create_dir_all(job.join("deep")).unwrap();
+            trash.discard(&job).unwrap();
+        }
+        assert!(emptied(&data.path().join("trash")));
+        assert_eq!(trash.removers.lock().unwrap().len(), at_open + 1);
     }
 
     #[test]
