@@ -419,6 +419,24 @@ async fn take_job_user(users: &super::users::JobUsers) -> Result<JobUser, Contai
     }
 }
 
+/// Runs `work` for `user`'s uid on the blocking pool (a recursive `lchown` of what the
+/// handler put in the job directory), holding `user` until `work` returns: if the caller
+/// stops waiting (a cancel, a deadline), the uid still cannot go back to the pool, and to
+/// the next job, while its tree is being handed to it.
+async fn with_user_held(
+    user: &JobUser,
+    work: impl FnOnce(u32) -> std::io::Result<()> + Send + 'static,
+) -> std::io::Result<()> {
+    let held = user.clone();
+    tokio::task::spawn_blocking(move || {
+        let done = work(held.uid());
+        drop(held);
+        done
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+}
+
 /// With `[work] job-users`: the job's uid (taken at its first program, with its job
 /// directory handed over to it), set as the last step of the program's setup with
 /// `RLIMIT_NPROC` bounding that uid, and `cmd` with `TMPDIR` in the job directory.
@@ -441,16 +459,16 @@ async fn as_job_user(
                 || job_dir.parent().unwrap_or(&job_dir).to_owned(),
                 |f| f.dir.clone(),
             );
-            let (dir, data_dir, uid) = (job_dir.clone(), users.data_dir().to_owned(), user.uid());
-            // Off the async workers: a recursive `lchown` of what the handler put there.
-            tokio::task::spawn_blocking(move || jobdir::hand_over(&dir, &unit_dir, &data_dir, uid))
-                .await
-                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-                .map_err(|source| ContainError::JobDir {
-                    path: job_dir.clone(),
-                    uid: user.uid(),
-                    source,
-                })?;
+            let (dir, data_dir) = (job_dir.clone(), users.data_dir().to_owned());
+            with_user_held(&user, move |uid| {
+                jobdir::hand_over(&dir, &unit_dir, &data_dir, uid)
+            })
+            .await
+            .map_err(|source| ContainError::JobDir {
+                path: job_dir.clone(),
+                uid: user.uid(),
+                source,
+            })?;
             job.job_user = Some(user.clone());
             user
         }

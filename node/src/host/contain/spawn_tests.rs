@@ -122,3 +122,38 @@ async fn a_detached_job_whose_spare_read_its_spec_and_went_silent_fails_saying_s
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+#[tokio::test]
+async fn a_uid_stays_held_until_its_job_directory_is_handed_over_even_if_the_start_is_dropped() {
+    // From this stop's first review: a start dropped (cancel, deadline) while the job
+    // directory was being handed to the uid gave the uid back at once; the hand-over went on
+    // and could give the cancelled unit's directory to the uid's next job.
+    use crate::host::contain::users::{JobUsers, UidRange};
+    let range: UidRange = "3900080-3900080".parse().unwrap();
+    let users = JobUsers::unchecked(range, PathBuf::from("/nonexistent"));
+    let user = users.take().unwrap();
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let mut handing = Box::pin(with_user_held(&user, move |_| {
+        let _ = started_tx.send(());
+        let _ = release_rx.recv();
+        Ok(())
+    }));
+    tokio::select! {
+        _ = &mut handing => panic!("the hand-over cannot end before it is released"),
+        _ = started_rx => {}
+    }
+    drop(handing);
+    drop(user);
+    assert_eq!(
+        users.held(),
+        vec![3_900_080],
+        "held while the hand-over runs"
+    );
+    release_tx.send(()).unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while !users.held().is_empty() {
+        assert!(std::time::Instant::now() < until, "the uid never came back");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

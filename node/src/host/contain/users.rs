@@ -25,6 +25,7 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
 use std::os::unix::fs::MetadataExt as _;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -450,11 +451,13 @@ fn end_processes(uid: u32) {
 
 /// Takes back from `uid` every job directory under `<data_dir>/units/` it still owns (an
 /// earlier job's, not yet moved to the trash when that job's uid came free): the directory
-/// is given to the node (`lchown`), so the next job of `uid` cannot enter it, whatever its
-/// files. A directory gone meanwhile is fine.
+/// is given to the node and closed to everyone else (mode 0700, whatever mode the earlier
+/// job gave it), so the next job of `uid` cannot enter it, whatever its files. A directory
+/// gone meanwhile is fine, and so is an entry of `units/` that is not a unit directory (the
+/// store ignores such strays, and so does this).
 ///
 /// # Errors
-/// The first directory that could not be read or taken back.
+/// The first job directory of `uid` that could not be read or taken back.
 fn reclaim_job_dirs(data_dir: &Path, uid: u32) -> std::io::Result<()> {
     let units = data_dir.join(crate::work::store::UNITS_DIR);
     let entries = match std::fs::read_dir(&units) {
@@ -462,27 +465,55 @@ fn reclaim_job_dirs(data_dir: &Path, uid: u32) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     };
-    // SAFETY: geteuid and getegid cannot fail.
-    let (node_uid, node_gid) = unsafe { (libc::geteuid(), libc::getegid()) };
     for entry in entries {
-        let job_dir = entry?.path().join(crate::work::store::JOB_DIR);
+        let entry = entry?;
+        if !entry.file_type()?.is_dir() {
+            continue;
+        }
+        let job_dir = entry.path().join(crate::work::store::JOB_DIR);
         let meta = match job_dir.symlink_metadata() {
             Ok(meta) => meta,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) if is_gone(&e) => continue,
             Err(e) => return Err(e),
         };
         if meta.uid() != uid {
             continue;
         }
-        match std::os::unix::fs::lchown(&job_dir, Some(node_uid), Some(node_gid)) {
+        match take_back(&job_dir, &meta) {
             Ok(()) => {
                 tracing::info!(uid, dir = %job_dir.display(), "took back an earlier job's directory from its uid")
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) if is_gone(&e) => {}
             Err(e) => return Err(e),
         }
     }
     Ok(())
+}
+
+/// Whether `e` means there is nothing at that path to take back.
+fn is_gone(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+    )
+}
+
+/// Gives one job directory to the node with mode 0700: through one descriptor opened
+/// without following a link, so the owner and the mode change on the same directory; an
+/// entry that is not a directory is only given to the node (`lchown`).
+fn take_back(job_dir: &Path, meta: &std::fs::Metadata) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    // SAFETY: geteuid and getegid cannot fail.
+    let (node_uid, node_gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    if !meta.is_dir() {
+        return std::os::unix::fs::lchown(job_dir, Some(node_uid), Some(node_gid));
+    }
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(job_dir)?;
+    std::os::unix::fs::fchown(&dir, Some(node_uid), Some(node_gid))?;
+    dir.set_permissions(std::fs::Permissions::from_mode(0o700))
 }
 
 /// Removes the top-level entries of [`SHARED_TMP`] that `uid` owns (not following links).

@@ -216,6 +216,48 @@ fn a_job_directory_an_earlier_job_of_a_uid_still_owns_is_taken_back_before_the_u
 }
 
 #[test]
+fn a_stray_file_in_units_does_not_keep_uids_from_being_handed_out() {
+    // From this stop's first review: a plain file in `units/` (which the store ignores)
+    // failed the take-back walk with ENOTDIR, so every uid was passed over and every
+    // job-users job failed with "every uid ... is held".
+    let data = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(data.path().join("units")).unwrap();
+    std::fs::write(data.path().join("units/notes"), b"an admin's note").unwrap();
+    let job = data.path().join("units/u1/job");
+    std::fs::create_dir_all(&job).unwrap();
+    std::os::unix::fs::lchown(&job, Some(3_900_060), Some(3_900_060)).unwrap();
+    let users = JobUsers::unchecked(range(3_900_060, 3_900_060), data.path().to_owned());
+    let user = users
+        .take()
+        .expect("the stray file does not hold the uid back");
+    assert_eq!(user.uid(), 3_900_060);
+    // SAFETY: geteuid cannot fail.
+    let node = unsafe { libc::geteuid() };
+    assert_eq!(std::fs::symlink_metadata(&job).unwrap().uid(), node);
+}
+
+#[test]
+fn an_earlier_job_directory_its_job_opened_to_others_is_closed_when_taken_back() {
+    // From this stop's first review: the take-back changed the owner only, so a directory
+    // the earlier job had opened (0755) let the next job of that uid, owner of the files
+    // inside, read them, and every other job user enter it.
+    let data = tempfile::tempdir().unwrap();
+    let job = data.path().join("units/u1/job");
+    std::fs::create_dir_all(&job).unwrap();
+    std::fs::write(job.join("ssh_key"), b"secret").unwrap();
+    for path in [&job, &job.join("ssh_key")] {
+        std::os::unix::fs::lchown(path, Some(3_900_070), Some(3_900_070)).unwrap();
+    }
+    std::fs::set_permissions(&job, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let users = JobUsers::unchecked(range(3_900_070, 3_900_070), data.path().to_owned());
+    assert_eq!(users.take().unwrap().uid(), 3_900_070);
+    let meta = std::fs::symlink_metadata(&job).unwrap();
+    // SAFETY: geteuid cannot fail.
+    let node = unsafe { libc::geteuid() };
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (node, 0o700));
+}
+
+#[test]
 fn a_host_without_hardlink_protection_is_refused_saying_which_setting() {
     // From this stop's second review: with fs.protected_hardlinks=0 a job could hard-link
     // a system file into its job directory under a name the node (root) writes later.
