@@ -146,6 +146,12 @@ pub enum JobUsersError {
         /// The range.
         range: UidRange,
     },
+    /// The node's user namespace does not map [`reap::REAPER_UID`].
+    #[error(
+        "the node's user namespace does not map uid {} (/proc/self/uid_map), which the helper that kills what a job leaves running takes as its real uid; run the node in the initial user namespace or map that uid into its namespace, or remove [work] job-users",
+        reap::REAPER_UID
+    )]
+    ReaperUnmapped,
     /// Overlaps systemd's range for dynamic users (`DynamicUser=`).
     #[error(
         "{range} overlaps {}-{}, the uids systemd gives services with DynamicUser= (systemd's \"Users, Groups, UIDs and GIDs on systemd Systems\"): such a service and a job could run as the same uid; choose a range outside it, for example {EXAMPLE_RANGE}", SYSTEMD_DYNAMIC_USERS.first, SYSTEMD_DYNAMIC_USERS.last
@@ -294,6 +300,8 @@ impl JobUsers {
         if uid != 0 {
             check_capabilities(uid, &status)?;
         }
+        let uid_map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
+        check_reaper_mapped(&uid_map)?;
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         check_proc_visible(&mountinfo, &status)?;
         let hardlinks = std::fs::read_to_string("/proc/sys/fs/protected_hardlinks").ok();
@@ -663,6 +671,27 @@ fn check_capabilities(uid: u32, status: &str) -> Result<(), JobUsersError> {
             uid,
             missing: missing.join(", "),
         })
+    }
+}
+
+/// Refuses a node whose user namespace (`/proc/self/uid_map`, `uid_map`: `INSIDE OUTSIDE
+/// COUNT` lines) does not map [`reap::REAPER_UID`]: its reap helper could not take it, so
+/// no job's leftovers could be killed and every uid would stay held after its first job.
+fn check_reaper_mapped(uid_map: &str) -> Result<(), JobUsersError> {
+    let reaper = u64::from(reap::REAPER_UID);
+    let mapped = uid_map.lines().any(|line| {
+        let mut fields = line.split_whitespace().map(str::parse::<u64>);
+        match (fields.next(), fields.next(), fields.next()) {
+            (Some(Ok(inside)), Some(Ok(_)), Some(Ok(count))) => {
+                inside <= reaper && reaper < inside.saturating_add(count)
+            }
+            _ => false,
+        }
+    });
+    if mapped {
+        Ok(())
+    } else {
+        Err(JobUsersError::ReaperUnmapped)
     }
 }
 

@@ -76,6 +76,24 @@ fn a_range_holding_the_reapers_uid_or_systemds_dynamic_users_is_refused() {
 }
 
 #[test]
+fn a_user_namespace_that_does_not_map_the_reapers_uid_is_refused() {
+    // The initial namespace maps 0-4294967294; a container's often only 0-65535.
+    assert_eq!(
+        check_reaper_mapped("         0          0 4294967295\n"),
+        Ok(())
+    );
+    assert_eq!(
+        check_reaper_mapped("0 100000 65536\n"),
+        Err(JobUsersError::ReaperUnmapped)
+    );
+    assert_eq!(
+        check_reaper_mapped("0 100000 65536\n4294967294 1000 1\n"),
+        Ok(())
+    );
+    assert_eq!(check_reaper_mapped(""), Err(JobUsersError::ReaperUnmapped));
+}
+
+#[test]
 fn a_proc_mounted_with_hidepid_is_refused_unless_the_node_has_cap_sys_ptrace() {
     let mountinfo = |options: &str| {
         format!(
