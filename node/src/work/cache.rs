@@ -140,13 +140,22 @@ fn content_path(root: &Path, key: &Key) -> PathBuf {
     root.join(hex(&key.scope)).join(hex(&key.hash))
 }
 
+/// The 32 bytes a name of 64 lower-case hex digits spells, as [`hex`] writes them; `None`
+/// for any other name (`u8::from_str_radix` alone would take upper case and a `+`, so
+/// two names could spell one key).
 fn unhex(text: &str) -> Option<[u8; 32]> {
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let text = text.as_bytes();
     if text.len() != 64 {
         return None;
     }
     let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+        *byte = digit(pair[0])? << 4 | digit(pair[1])?;
     }
     Some(out)
 }

@@ -16,7 +16,9 @@
 
 use std::ffi::CStr;
 use std::path::Path;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
 
 use super::users::{JobUsersError, UidRange};
 
@@ -41,7 +43,7 @@ pub(crate) const EXAMPLE_RANGE: &str = "2000000000-2000000999";
 pub(crate) fn check_host_accounts(
     range: UidRange,
     root: &Path,
-    lookup: impl FnMut(u32) -> Option<Account>,
+    lookup: impl FnMut(u32) -> Option<Account> + Send + 'static,
 ) -> Result<(), JobUsersError> {
     let read = |file: &str| std::fs::read_to_string(root.join(file)).unwrap_or_default();
     for (file, what) in [("etc/passwd", "user"), ("etc/group", "group")] {
@@ -62,9 +64,47 @@ pub(crate) fn check_host_accounts(
             sources.push(source);
         }
     }
-    let start = std::time::Instant::now();
-    check_nss(range, &sources.join(" "), NSS_BUDGET, lookup, || {
-        start.elapsed()
+    check_nss_bounded(range, &sources.join(" "), NSS_BUDGET, lookup)
+}
+
+/// [`check_nss`] on a thread of its own, on the real clock, waited for at most `budget`:
+/// one lookup can block on an unreachable directory far past the budget, which checking
+/// the clock between lookups cannot bound. A lookup still blocked then is left behind
+/// (its thread ends when it returns: the clock has passed the budget by then).
+///
+/// # Errors
+/// As [`check_nss`]; [`JobUsersError::NssSlow`] also when no thread could be started.
+pub(crate) fn check_nss_bounded(
+    range: UidRange,
+    sources: &str,
+    budget: Duration,
+    mut lookup: impl FnMut(u32) -> Option<Account> + Send + 'static,
+) -> Result<(), JobUsersError> {
+    let checked = Arc::new(AtomicU64::new(0));
+    let (done, result) = mpsc::sync_channel(1);
+    let (counted, names) = (Arc::clone(&checked), sources.to_owned());
+    let start = Instant::now();
+    let spawned = std::thread::Builder::new()
+        .name("warren-nss-check".into())
+        .spawn(move || {
+            let lookup = |id| {
+                let account = lookup(id);
+                counted.fetch_add(1, Ordering::Relaxed);
+                account
+            };
+            let _ = done.send(check_nss(range, &names, budget, lookup, || start.elapsed()));
+        });
+    let answer = match spawned {
+        Ok(_) => result.recv_timeout(budget).ok(),
+        Err(_) => None,
+    };
+    answer.unwrap_or_else(|| {
+        Err(JobUsersError::NssSlow {
+            range,
+            checked: checked.load(Ordering::Relaxed),
+            budget,
+            sources: sources.to_owned(),
+        })
     })
 }
 
@@ -122,7 +162,8 @@ pub(crate) fn check_subordinate(
         if count == 0 {
             continue;
         }
-        let end = start + count - 1;
+        // A count past the largest id covers every id from `start` up (no overflow).
+        let end = start.saturating_add(count - 1);
         if start <= u64::from(range.last) && end >= u64::from(range.first) {
             return Err(JobUsersError::Subordinate {
                 range,
@@ -389,6 +430,67 @@ mod tests {
                 "checking 7000-7999 against the accounts NSS (ldap) knows took over 10ms (11 of 1000 ids looked up):"
             ),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn a_subordinate_line_with_a_huge_count_is_refused_not_overflowed() {
+        let text = "mallory:1999999000:18446744073709551615\nbob:100000:65536\n";
+        let err = check_subordinate(
+            range(2_000_000_000, 2_000_000_999),
+            text,
+            Path::new("/etc/subuid"),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, JobUsersError::Subordinate { owner, last: u64::MAX, .. } if owner == "mallory"),
+            "{err}"
+        );
+        let above = "mallory:2000001000:18446744073709551615\n";
+        assert_eq!(
+            check_subordinate(
+                range(2_000_000_000, 2_000_000_999),
+                above,
+                Path::new("/etc/subuid")
+            ),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn a_lookup_that_blocks_refuses_the_range_within_the_budget() {
+        // A directory that never answers: the first lookup blocks far past the budget.
+        let lookup = |_| {
+            std::thread::sleep(Duration::from_secs(60));
+            None
+        };
+        let budget = Duration::from_millis(200);
+        let start = Instant::now();
+        let err = check_nss_bounded(range(7_000, 7_999), "ldap", budget, lookup).unwrap_err();
+        let took = start.elapsed();
+        assert_eq!(
+            err,
+            JobUsersError::NssSlow {
+                range: range(7_000, 7_999),
+                checked: 0,
+                budget,
+                sources: "ldap".to_owned(),
+            }
+        );
+        assert!(took < budget + Duration::from_secs(1), "{took:?}");
+    }
+
+    #[test]
+    fn lookups_on_their_thread_still_find_an_account_and_pass_a_free_range() {
+        let lookup = |id: u32| (id == 5_005).then(|| ("group", "ldap-ops".to_owned()));
+        let taken = check_nss_bounded(range(5_000, 5_010), "sss", NSS_BUDGET, lookup);
+        assert!(
+            matches!(taken, Err(JobUsersError::NssTaken { id: 5_005, .. })),
+            "{taken:?}"
+        );
+        assert_eq!(
+            check_nss_bounded(range(5_006, 5_010), "sss", NSS_BUDGET, lookup),
+            Ok(())
         );
     }
 

@@ -3,26 +3,51 @@
 //! (`setsid` and a double fork under process-group containment) still runs as the job's
 //! uid, and the uid belongs to that job alone, so every process running as it is the job's.
 //!
-//! How: a short-lived helper, cloned from the node, becomes the uid (real, effective and
-//! saved; no groups, no capabilities) and calls `kill(-1, SIGKILL)`, which the kernel
-//! delivers to exactly the processes that uid may signal: those whose real or saved uid is
-//! it. The kernel walks its own task list under its lock, so there is no window for a pid
-//! to be reused between finding a process and signalling it, and a process forking at that
+//! How: a short-lived helper, cloned from the node, drops its groups and capabilities and
+//! takes real uid [`REAPER_UID`], effective uid the job's (X) and saved uid [`REAPER_UID`],
+//! then calls `kill(-1, SIGKILL)`. kill(2): "the real or effective user ID of the sending
+//! process must equal the real or saved set-user-ID of the target process" (the kernel's
+//! `kill_ok_by_cred`). So:
+//!
+//! - the helper reaches every process whose real or saved uid is X (through its effective
+//!   uid) or [`REAPER_UID`] (through its real uid), and no other: no process runs as
+//!   [`REAPER_UID`] but another pass's helper, and passes run one at a time;
+//! - a process of X (real and effective uid X, or an effective uid a set-user-ID program
+//!   gave it) cannot signal the helper, whose real and saved uids are not X: a job that
+//!   leaves `kill -STOP -1` or `kill -KILL -1` spinning cannot stop or kill the helper, and
+//!   cannot ptrace it either (its real uid is not X, and the uid change made it
+//!   non-dumpable). With every uid X, as before, such a spinner stopped the helper before
+//!   its kill and held the node's thread in its `vfork` wait for good.
+//!
+//! The kernel walks its own task list under its lock, so there is no window for a pid to be
+//! reused between finding a process and signalling it, and a process forking at that
 //! moment either is seen or fails its fork (a pending fatal signal aborts it); a `/proc`
-//! scan with `pidfd_open` per pid would race a forking job pass after pass. The node then
-//! reads `/proc` until no process runs as the uid (real, effective or saved), repeating the
-//! kill, for at most [`REAP_WAIT`].
+//! scan with `pidfd_open` per pid (the node killing as root) would race a job whose
+//! processes fork and exit in a chain, pass after pass, which is why a helper is kept.
+//!
+//! The helper kills before anything is looked at (so a process `/proc` does not show still
+//! dies), then the node reads `/proc` until no process runs as the uid (real, effective or
+//! saved), repeating the kill; a pass that failed is retried; after [`REAP_WAIT`] it gives
+//! up with an error, and the pool then keeps the uid out ([`super::users`]). A `/proc` that
+//! cannot be read is an error, never "nothing runs".
 //!
 //! Blocking (a clone, a `waitpid`, `/proc` scans, short sleeps): call it off the async
 //! workers. Never for uid 0 or the node's own uid.
 
 use std::io;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How long the node keeps killing and looking before it gives up on a uid's processes
-/// (stuck in the kernel, or zombies whose parent does not reap them); the pool skips a
-/// uid any process still runs as, so giving up never hands it to another job early.
+/// (stuck in the kernel, or zombies whose parent does not reap them); the pool then keeps
+/// the uid out, so giving up never hands it to another job early.
 pub(crate) const REAP_WAIT: Duration = Duration::from_secs(10);
+
+/// The helper's real and saved uid: one no account and no process has (the largest valid
+/// uid; `u32::MAX` is "no change" to `setresuid`), so that no job's process may signal the
+/// helper and the helper's `kill(-1)` reaches no one else through it. A range holding it
+/// is refused at start.
+pub(crate) const REAPER_UID: u32 = u32::MAX - 1;
 
 /// Pause between a kill and the next look: SIGKILLed processes need a scheduler pass
 /// (and their parent a `wait`) to leave `/proc`.
@@ -31,73 +56,122 @@ const REAP_PAUSE: Duration = Duration::from_millis(5);
 /// The helper's stack: it only makes system calls.
 const HELPER_STACK: usize = 16 * 1024;
 
+/// One helper at a time: every helper's real uid is [`REAPER_UID`], so one helper's
+/// `kill(-1)` would kill another running beside it.
+static ONE_HELPER: Mutex<()> = Mutex::new(());
+
 /// Why a uid's processes were not all ended.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ReapError {
-    /// uid 0 or the node's own: its processes are not a job's.
-    #[error("uid {0} is root or the node's own; its processes are not a job's")]
+    /// uid 0, the node's own or [`REAPER_UID`]: its processes are not a job's.
+    #[error("uid {0} is root, the node's own or the reaper's; its processes are not a job's")]
     NotAJobUid(u32),
-    /// The helper could not be started.
-    #[error("cannot start the helper that kills uid {uid}'s processes: {source}")]
-    Helper {
+    /// `/proc` could not be listed, so what still runs as the uid is unknown.
+    #[error("cannot list /proc to see what still runs as uid {uid}: {source}")]
+    Proc {
         /// The uid.
         uid: u32,
         /// What failed.
         #[source]
         source: io::Error,
     },
-    /// The helper could not become the uid (a node without `CAP_SETUID`).
-    #[error("the helper could not become uid {0} to kill its processes")]
-    Become(u32),
-    /// Processes still run as the uid after [`REAP_WAIT`].
-    #[error("{} process(es) still run as uid {uid} after {REAP_WAIT:?}: {pids:?}", pids.len())]
+    /// Processes may still run as the uid after [`REAP_WAIT`]: those left, and why the
+    /// last pass failed if it did.
+    #[error("{} process(es) still run as uid {uid} after {REAP_WAIT:?}: {pids:?}{}", pids.len(), last_failure.as_ref().map(|e| format!(" (last kill: {e})")).unwrap_or_default())]
     Left {
         /// The uid.
         uid: u32,
         /// Their pids.
         pids: Vec<i32>,
+        /// Why the last pass's helper failed, if it did.
+        last_failure: Option<PassError>,
     },
+}
+
+/// Why one pass's helper did not kill.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PassError {
+    /// The helper could not be started.
+    #[error("cannot start the helper: {0}")]
+    Helper(#[source] io::Error),
+    /// The helper could not take the uids (a node without `CAP_SETUID`, or a user
+    /// namespace that does not map [`REAPER_UID`]).
+    #[error(
+        "the helper could not take real uid {REAPER_UID} and effective uid {0} (the node needs CAP_SETUID, and its user namespace must map uid {REAPER_UID})"
+    )]
+    Become(u32),
 }
 
 /// SIGKILLs every process running as `uid` until none is left (at most [`REAP_WAIT`]);
 /// returns how many there were at the first look.
 ///
 /// # Errors
-/// [`ReapError`]: not a job's uid, the helper failed, or processes are left.
+/// [`ReapError`]: not a job's uid, `/proc` unreadable, or processes may be left.
 pub(crate) fn end_processes_of(uid: u32) -> Result<usize, ReapError> {
+    end_processes_with(uid, REAP_WAIT, kill_all_as, |uid| {
+        processes_of(uid).map_err(|source| ReapError::Proc { uid, source })
+    })
+}
+
+/// [`end_processes_of`] with the pass and the look given, and `wait` in place of
+/// [`REAP_WAIT`]: kill, look, until nothing is left or `wait` has passed.
+fn end_processes_with(
+    uid: u32,
+    wait: Duration,
+    mut pass: impl FnMut(u32) -> Result<(), PassError>,
+    mut look: impl FnMut(u32) -> Result<Vec<i32>, ReapError>,
+) -> Result<usize, ReapError> {
     // SAFETY: geteuid cannot fail.
-    if uid == 0 || uid == unsafe { libc::geteuid() } {
+    if uid == 0 || uid == REAPER_UID || uid == unsafe { libc::geteuid() } {
         return Err(ReapError::NotAJobUid(uid));
     }
-    let until = Instant::now() + REAP_WAIT;
-    let mut found = None;
+    let until = Instant::now() + wait;
+    let seen = look(uid);
+    // Kill before acting on a look: what `/proc` does not show dies too.
+    let mut failure = pass(uid).err();
+    let first = seen?.len();
     loop {
-        let left = processes_of(uid);
-        let first = *found.get_or_insert(left.len());
-        if left.is_empty() {
+        if let Some(e) = &failure {
+            tracing::debug!(uid, error = %e, "a pass at killing a uid's processes failed; retrying");
+        }
+        std::thread::sleep(REAP_PAUSE);
+        let left = look(uid)?;
+        if left.is_empty() && failure.is_none() {
             return Ok(first);
         }
         if Instant::now() >= until {
-            return Err(ReapError::Left { uid, pids: left });
+            return Err(ReapError::Left {
+                uid,
+                pids: left,
+                last_failure: failure,
+            });
         }
-        kill_all_as(uid)?;
-        std::thread::sleep(REAP_PAUSE);
+        failure = pass(uid).err();
     }
 }
 
 /// Pids of the processes whose real, effective or saved uid is `uid`, from
 /// `/proc/<pid>/status` (zombies included: they leave `/proc` when reaped).
-pub(crate) fn processes_of(uid: u32) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/status"))
-                .is_ok_and(|status| runs_as(&status, uid))
-        })
-        .collect()
+///
+/// # Errors
+/// `/proc` could not be listed.
+pub(crate) fn processes_of(uid: u32) -> io::Result<Vec<i32>> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let Some(pid) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .is_ok_and(|status| runs_as(&status, uid))
+        {
+            pids.push(pid);
+        }
+    }
+    Ok(pids)
 }
 
 /// Whether the real, effective or saved uid of a `/proc/<pid>/status` is `uid`.
@@ -112,16 +186,18 @@ fn runs_as(status: &str, uid: u32) -> bool {
         })
 }
 
-/// One pass: a helper that becomes `uid` and calls `kill(-1, SIGKILL)`.
+/// One pass: a helper that takes real uid [`REAPER_UID`], effective uid `uid`, and calls
+/// `kill(-1, SIGKILL)`.
 ///
 /// The helper is cloned with `CLONE_VM | CLONE_VFORK` (no copy of the node's page tables;
 /// this thread waits until it has exited), with every signal blocked, and makes only
-/// system calls on its own stack. Becoming the uid takes the same steps as a job's program
-/// ([`super::setup::become_job_user`]): without them a non-root node's `CAP_KILL` would
-/// survive the uid change, and `kill(-1)` would reach every process on the host. Any step
-/// failing ends the helper before the kill.
-fn kill_all_as(uid: u32) -> Result<(), ReapError> {
-    let helper = |source| ReapError::Helper { uid, source };
+/// system calls on its own stack. No process of `uid` can signal or trace it (see the
+/// module doc), so the wait is bounded by the helper's few system calls. Any step failing
+/// ends the helper before the kill.
+fn kill_all_as(uid: u32) -> Result<(), PassError> {
+    let _one = ONE_HELPER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut stack = vec![0u8; HELPER_STACK];
     // The stack grows down from its (16-byte aligned) top.
     let top = (stack.as_mut_ptr() as usize + HELPER_STACK) & !15;
@@ -150,36 +226,72 @@ fn kill_all_as(uid: u32) -> Result<(), ReapError> {
     };
     // SAFETY: restores this thread's mask from our stack.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &raw const old, std::ptr::null_mut()) };
-    let pid = cloned.map_err(helper)?;
+    let pid = cloned.map_err(PassError::Helper)?;
     drop(stack);
     let mut status = 0;
     // SAFETY: waits for our own child, writing the status word on our stack.
     let waited = unsafe { libc::waitpid(pid, &raw mut status, 0) };
     if waited != pid {
-        return Err(helper(io::Error::last_os_error()));
+        return Err(PassError::Helper(io::Error::last_os_error()));
     }
     if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
         Ok(())
     } else {
-        Err(ReapError::Become(uid))
+        Err(PassError::Become(uid))
     }
 }
 
-/// The helper: become the uid, kill everything it may signal, exit (1 if it could not
-/// become the uid, having killed nothing).
+/// The helper: take the reaper's uids, kill everything it may signal, exit (1 if it could
+/// not take them, having killed nothing).
 extern "C" fn helper_main(arg: *mut libc::c_void) -> libc::c_int {
     let uid = arg as usize as u32;
-    let code = match super::setup::become_job_user(uid) {
+    let code = match become_reaper_of(uid) {
         Ok(()) => {
-            // SAFETY: kill(2); from this uid without capabilities it reaches only the
-            // processes whose real or saved uid is this uid (never the helper itself).
+            // SAFETY: kill(2); from these uids without capabilities it reaches only the
+            // processes whose real or saved uid is `uid` or REAPER_UID (never the helper).
             unsafe { libc::kill(-1, libc::SIGKILL) };
             0
         }
-        Err(_) => 1,
+        Err(()) => 1,
     };
     // SAFETY: _exit ends only this process, running no handlers.
     unsafe { libc::_exit(code) }
+}
+
+/// No groups, gids [`REAPER_UID`], uids (real [`REAPER_UID`], effective `uid`, saved
+/// [`REAPER_UID`]), no capabilities (a non-root node's `CAP_KILL` would otherwise survive
+/// the uid change and `kill(-1)` reach every process), no new privileges. Raw system calls:
+/// glibc's wrappers would signal every thread of the node to change theirs too.
+fn become_reaper_of(uid: u32) -> Result<(), ()> {
+    let (reaper, job) = (libc::c_long::from(REAPER_UID), libc::c_long::from(uid));
+    let ok = |rc: libc::c_long| if rc < 0 { Err(()) } else { Ok(()) };
+    // `struct __user_cap_header_struct` (version 3: two 32-bit words per set) and its data.
+    let header: [u32; 2] = [0x2008_0522, 0];
+    let data = [0u32; 6];
+    // SAFETY: system calls on integers and our stack; async-signal-safe.
+    unsafe {
+        ok(libc::syscall(
+            libc::SYS_setgroups,
+            0 as libc::c_long,
+            std::ptr::null::<u32>(),
+        ))?;
+        ok(libc::syscall(libc::SYS_setresgid, reaper, reaper, reaper))?;
+        ok(libc::syscall(libc::SYS_setresuid, reaper, job, reaper))?;
+        ok(libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        )
+        .into())?;
+        ok(libc::syscall(
+            libc::SYS_capset,
+            header.as_ptr(),
+            data.as_ptr(),
+        ))?;
+        ok(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0).into())
+    }
 }
 
 #[cfg(test)]
@@ -205,7 +317,7 @@ mod tests {
     fn wait_for_processes(uid: u32, count: usize) -> Vec<i32> {
         let until = Instant::now() + Duration::from_secs(10);
         loop {
-            let found = processes_of(uid);
+            let found = processes_of(uid).unwrap();
             if found.len() >= count || Instant::now() >= until {
                 return found;
             }
@@ -234,13 +346,126 @@ mod tests {
         let killed = end_processes_of(job).unwrap();
         let _ = reaper.join();
         assert!(killed >= 3, "{killed}");
-        assert_eq!(processes_of(job), Vec::<i32>::new());
+        assert_eq!(processes_of(job).unwrap(), Vec::<i32>::new());
         assert!(
             bystander.try_wait().unwrap().is_none(),
             "another uid's process was killed"
         );
         bystander.kill().unwrap();
         bystander.wait().unwrap();
+    }
+
+    /// Starts, as `uid`, in a session of its own, a shell that sends `signal` to every
+    /// process it may signal, in a loop; returns a thread that reaps it.
+    fn spinner(uid: u32, signal: &str) -> std::thread::JoinHandle<()> {
+        let mut shell = std::process::Command::new("/bin/sh")
+            .args(["-c", &format!("while :; do kill -{signal} -1; done")])
+            .uid(uid)
+            .gid(uid)
+            .process_group(0)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("tests run as root: start a process as another uid");
+        std::thread::spawn(move || {
+            let _ = shell.wait();
+        })
+    }
+
+    /// A job spinning `kill -STOP -1` or `kill -KILL -1` as its uid neither stops nor kills
+    /// the helper: the reap ends within a bound and nothing of the uid is left.
+    /// Rounds of it: the helper's window between taking the uid and its kill is short, so
+    /// one round alone would often miss it.
+    fn a_spinner_cannot_hold_off_the_reap(uid: u32, signal: &str) {
+        for round in 0..SPINNER_ROUNDS {
+            let reaper = spinner(uid, signal);
+            let seen = wait_for_processes(uid, 1);
+            assert_eq!(seen.len(), 1, "{seen:?}");
+            let (done, ended) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = done.send(end_processes_of(uid));
+            });
+            let ended = ended
+                .recv_timeout(Duration::from_secs(5))
+                .unwrap_or_else(|_| panic!("round {round}: the reap was held by a job's spinner"));
+            assert!(ended.is_ok(), "round {round}: {ended:?}");
+            reaper.join().unwrap();
+            assert_eq!(processes_of(uid).unwrap(), Vec::<i32>::new());
+        }
+    }
+
+    const SPINNER_ROUNDS: usize = 20;
+
+    #[test]
+    fn a_job_spinning_kill_stop_cannot_stop_the_reap() {
+        a_spinner_cannot_hold_off_the_reap(3_900_082, "STOP");
+    }
+
+    #[test]
+    fn a_job_spinning_kill_kill_cannot_kill_the_reap() {
+        a_spinner_cannot_hold_off_the_reap(3_900_083, "KILL");
+    }
+
+    #[test]
+    fn an_unreadable_proc_fails_the_reap_after_one_kill_and_a_failed_pass_is_retried() {
+        let passes = std::cell::Cell::new(0);
+        let unreadable = end_processes_with(
+            3_900_074,
+            Duration::from_secs(5),
+            |_| {
+                passes.set(passes.get() + 1);
+                Ok(())
+            },
+            |uid| {
+                Err(ReapError::Proc {
+                    uid,
+                    source: io::Error::from(io::ErrorKind::PermissionDenied),
+                })
+            },
+        );
+        assert!(
+            matches!(unreadable, Err(ReapError::Proc { .. })),
+            "{unreadable:?}"
+        );
+        assert_eq!(
+            passes.get(),
+            1,
+            "the kill comes before the look is acted on"
+        );
+
+        let passes = std::cell::Cell::new(0);
+        let retried = end_processes_with(
+            3_900_074,
+            Duration::from_secs(5),
+            |uid| {
+                passes.set(passes.get() + 1);
+                if passes.get() < 3 {
+                    Err(PassError::Become(uid))
+                } else {
+                    Ok(())
+                }
+            },
+            |_| Ok(Vec::new()),
+        );
+        assert_eq!(retried.unwrap(), 0);
+        assert_eq!(passes.get(), 3);
+
+        let failing = end_processes_with(
+            3_900_074,
+            Duration::from_millis(50),
+            |uid| Err(PassError::Become(uid)),
+            |_| Ok(Vec::new()),
+        );
+        assert!(
+            matches!(
+                failing,
+                Err(ReapError::Left {
+                    last_failure: Some(_),
+                    ..
+                })
+            ),
+            "a pass that never works is an error, not \"nothing left\": {failing:?}"
+        );
     }
 
     #[test]

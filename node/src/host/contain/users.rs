@@ -13,7 +13,7 @@
 //! claims the uids its re-attached jobs recorded ([`JobUsers::claim`]) before any new job
 //! starts. Before a uid is handed out, what an
 //! earlier job of it left in the world-writable directories (`/tmp`, `/var/tmp`,
-//! `/dev/shm`) is removed, so the next job of that uid does not find it.
+//! `/dev/shm`, `/run/lock`) is removed, so the next job of that uid does not find it.
 //!
 //! The checks at start ([`JobUsers::new`]) refuse a range that is empty, too large, holds
 //! uid 0 or the node's own uid, or overlaps a user of `/etc/passwd` or a group of
@@ -38,8 +38,17 @@ use super::reap;
 /// Most uids a range may hold (more jobs at once than this is not a real node).
 pub const MAX_JOB_USERS: u32 = 65_536;
 
-/// World-writable directories whose top-level entries a returned uid leaves are removed.
-const SHARED_TMP: [&str; 3] = ["/tmp", "/var/tmp", "/dev/shm"];
+/// The uids systemd gives services with `DynamicUser=` (documented in systemd's "Users,
+/// Groups, UIDs and GIDs on systemd Systems"): allocated at a service's start, so no file
+/// shows them taken beforehand.
+const SYSTEMD_DYNAMIC_USERS: UidRange = UidRange {
+    first: 61_184,
+    last: 65_519,
+};
+
+/// World-writable directories whose top-level entries a returned uid leaves are removed
+/// (`/run/lock` is world-writable and sticky on Debian, 1777, as the others).
+const SHARED_TMP: [&str; 4] = ["/tmp", "/var/tmp", "/dev/shm", "/run/lock"];
 
 /// Capabilities a non-root node needs, by number and name.
 const NEEDED_CAPS: [(u32, &str); 6] = [
@@ -127,6 +136,37 @@ pub enum JobUsersError {
         range: UidRange,
         /// The node's uid.
         uid: u32,
+    },
+    /// Holds [`reap::REAPER_UID`], the real uid of the helper that kills a job's leftovers.
+    #[error(
+        "{range} holds uid {}, which the node keeps for the helper that kills what a job leaves running; choose uids below it, for example {EXAMPLE_RANGE}",
+        reap::REAPER_UID
+    )]
+    ReaperUid {
+        /// The range.
+        range: UidRange,
+    },
+    /// The node's user namespace does not map [`reap::REAPER_UID`].
+    #[error(
+        "the node's user namespace does not map uid {} (/proc/self/uid_map), which the helper that kills what a job leaves running takes as its real uid; run the node in the initial user namespace or map that uid into its namespace, or remove [work] job-users",
+        reap::REAPER_UID
+    )]
+    ReaperUnmapped,
+    /// Overlaps systemd's range for dynamic users (`DynamicUser=`).
+    #[error(
+        "{range} overlaps {}-{}, the uids systemd gives services with DynamicUser= (systemd's \"Users, Groups, UIDs and GIDs on systemd Systems\"): such a service and a job could run as the same uid; choose a range outside it, for example {EXAMPLE_RANGE}", SYSTEMD_DYNAMIC_USERS.first, SYSTEMD_DYNAMIC_USERS.last
+    )]
+    SystemdDynamic {
+        /// The range.
+        range: UidRange,
+    },
+    /// `/proc` hides other users' processes from the node.
+    #[error(
+        "/proc is mounted with {option} and the node lacks CAP_SYS_PTRACE: it cannot see the processes a job leaves running, so it could neither kill them nor keep their uid from the next job; remount /proc without hidepid (or with gid= a group the node is in), or give the node CAP_SYS_PTRACE, or remove [work] job-users"
+    )]
+    ProcHidden {
+        /// The mount option, as `/proc/self/mountinfo` shows it.
+        option: String,
     },
     /// Overlaps an account of `/etc/passwd` or a group of `/etc/group`.
     #[error("{range} holds uid/gid {id}, which is {what} \"{name}\" in {}: a job running as it would get that {what}'s files and processes; choose uids and gids no account uses, for example {EXAMPLE_RANGE}", file.display())]
@@ -256,10 +296,14 @@ impl JobUsers {
         let uid = unsafe { libc::geteuid() };
         check_range(range, uid)?;
         accounts::check_host_accounts(range, Path::new("/"), accounts::nss_account)?;
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
         if uid != 0 {
-            let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
             check_capabilities(uid, &status)?;
         }
+        let uid_map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
+        check_reaper_mapped(&uid_map)?;
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        check_proc_visible(&mountinfo, &status)?;
         let hardlinks = std::fs::read_to_string("/proc/sys/fs/protected_hardlinks").ok();
         check_hardlinks(hardlinks.as_deref())?;
         let data_dir = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_owned());
@@ -293,11 +337,17 @@ impl JobUsers {
 
     /// A uid for a new job: the least recently used one that no job holds and that no
     /// process runs as (a daemon a job left behind keeps its uid out of the pool), with
-    /// what an earlier job of it left in `/tmp`, `/var/tmp` and `/dev/shm` removed.
+    /// what an earlier job of it left in `/tmp`, `/var/tmp`, `/dev/shm` and `/run/lock` removed.
     /// `None` when every uid is held or busy. Reads `/proc` and those directories: call it
     /// where blocking briefly is fine (a job's start).
     pub fn take(&self) -> Option<JobUser> {
-        let busy = uids_in_use(self.range);
+        let busy = match uids_in_use(self.range) {
+            Ok(busy) => busy,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list /proc to see which job uids processes run as; no uid is handed out");
+                return None;
+            }
+        };
         let mut skipped = BTreeSet::new();
         loop {
             let mut pool = self.pool.lock().ok()?;
@@ -408,8 +458,11 @@ impl Drop for Lease {
         let leave = self.detached.load(Ordering::Acquire)
             && self.pool.lock().is_ok_and(|p| p.leave_detached);
         let end = move || {
-            if !leave {
-                end_processes(uid);
+            // A uid whose processes may still run stays held until the node restarts:
+            // handed out, its next job would share it with them. `returned` then closes
+            // without being set.
+            if !leave && !end_processes(uid) {
+                return;
             }
             if let Ok(mut pool) = pool.lock() {
                 pool.give_back(uid);
@@ -436,15 +489,18 @@ impl Drop for Lease {
     }
 }
 
-/// Kills every process still running as `uid`, logging what it did or could not do.
-fn end_processes(uid: u32) {
+/// Kills every process still running as `uid`, logging what it did or could not do;
+/// whether none is left.
+fn end_processes(uid: u32) -> bool {
     match reap::end_processes_of(uid) {
-        Ok(0) => {}
+        Ok(0) => true,
         Ok(killed) => {
-            tracing::info!(uid, killed, "killed what a job left running as its uid")
+            tracing::info!(uid, killed, "killed what a job left running as its uid");
+            true
         }
         Err(e) => {
-            tracing::warn!(uid, error = %e, "a job's uid still runs processes; it is not handed out while it does")
+            tracing::error!(uid, error = %e, "a job's uid may still run processes; it is kept out of the pool until the node restarts");
+            false
         }
     }
 }
@@ -548,12 +604,13 @@ fn remove_leftovers(uid: u32) {
 /// The uids of `range` that a process runs as now (any of its real, effective, saved or
 /// file-system uids), from `/proc/<pid>/status` (the owner of `/proc/<pid>` is root for a
 /// process that made itself non-dumpable).
-pub(crate) fn uids_in_use(range: UidRange) -> BTreeSet<u32> {
+///
+/// # Errors
+/// `/proc` could not be listed: what runs is unknown, which is never "nothing".
+pub(crate) fn uids_in_use(range: UidRange) -> std::io::Result<BTreeSet<u32>> {
     let mut busy = BTreeSet::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return busy;
-    };
-    for entry in entries.filter_map(Result::ok) {
+    for entry in std::fs::read_dir("/proc")? {
+        let entry = entry?;
         let name = entry.file_name();
         if !name
             .to_str()
@@ -566,7 +623,7 @@ pub(crate) fn uids_in_use(range: UidRange) -> BTreeSet<u32> {
         };
         busy.extend(status_uids(&status).filter(|&u| range.contains(u)));
     }
-    busy
+    Ok(busy)
 }
 
 /// The ids of the `Uid:` line of a `/proc/<pid>/status`.
@@ -589,20 +646,19 @@ fn check_range(range: UidRange, node_uid: u32) -> Result<(), JobUsersError> {
             uid: node_uid,
         });
     }
+    if range.contains(reap::REAPER_UID) {
+        return Err(JobUsersError::ReaperUid { range });
+    }
+    if range.first <= SYSTEMD_DYNAMIC_USERS.last && range.last >= SYSTEMD_DYNAMIC_USERS.first {
+        return Err(JobUsersError::SystemdDynamic { range });
+    }
     Ok(())
 }
 
 /// Refuses a non-root node (uid `uid`) whose `/proc/self/status` does not show every
 /// needed capability both effective and ambient.
 fn check_capabilities(uid: u32, status: &str) -> Result<(), JobUsersError> {
-    let set = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-            .unwrap_or(0)
-    };
-    let have = set("CapEff:") & set("CapAmb:");
+    let have = capability_set(status, "CapEff:") & capability_set(status, "CapAmb:");
     let missing: Vec<&str> = NEEDED_CAPS
         .iter()
         .filter(|(bit, _)| have & (1 << bit) == 0)
@@ -616,6 +672,74 @@ fn check_capabilities(uid: u32, status: &str) -> Result<(), JobUsersError> {
             missing: missing.join(", "),
         })
     }
+}
+
+/// Refuses a node whose user namespace (`/proc/self/uid_map`, `uid_map`: `INSIDE OUTSIDE
+/// COUNT` lines) does not map [`reap::REAPER_UID`]: its reap helper could not take it, so
+/// no job's leftovers could be killed and every uid would stay held after its first job.
+fn check_reaper_mapped(uid_map: &str) -> Result<(), JobUsersError> {
+    let reaper = u64::from(reap::REAPER_UID);
+    let mapped = uid_map.lines().any(|line| {
+        let mut fields = line.split_whitespace().map(str::parse::<u64>);
+        match (fields.next(), fields.next(), fields.next()) {
+            (Some(Ok(inside)), Some(Ok(_)), Some(Ok(count))) => {
+                inside <= reaper && reaper < inside.saturating_add(count)
+            }
+            _ => false,
+        }
+    });
+    if mapped {
+        Ok(())
+    } else {
+        Err(JobUsersError::ReaperUnmapped)
+    }
+}
+
+/// `CAP_SYS_PTRACE`'s bit: with it, `hidepid` hides nothing from the node.
+const CAP_SYS_PTRACE: u32 = 19;
+
+/// Refuses a node that `/proc`'s `hidepid` (from `/proc/self/mountinfo`, `mountinfo`) keeps
+/// from seeing other users' processes: without `CAP_SYS_PTRACE` in its
+/// `/proc/self/status` (`status`), a job's leftover processes would be invisible to it.
+fn check_proc_visible(mountinfo: &str, status: &str) -> Result<(), JobUsersError> {
+    let Some(option) = proc_hidepid(mountinfo) else {
+        return Ok(());
+    };
+    if capability_set(status, "CapEff:") & (1 << CAP_SYS_PTRACE) != 0 {
+        return Ok(());
+    }
+    Err(JobUsersError::ProcHidden { option })
+}
+
+/// The `hidepid=` option of the `/proc` mount in `mountinfo`, unless it hides nothing
+/// (`0`, `off`). Each line: `ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] -
+/// FSTYPE SOURCE SUPER_OPTIONS` (proc(5)); procfs's own options (hidepid) are the super
+/// options.
+fn proc_hidepid(mountinfo: &str) -> Option<String> {
+    mountinfo.lines().find_map(|line| {
+        let (mount, sup) = line.split_once(" - ")?;
+        if mount.split_whitespace().nth(4) != Some("/proc") {
+            return None;
+        }
+        let mut sup = sup.split_whitespace();
+        if sup.next() != Some("proc") {
+            return None;
+        }
+        let options = sup.nth(1)?;
+        options
+            .split(',')
+            .find(|o| o.starts_with("hidepid=") && !matches!(*o, "hidepid=0" | "hidepid=off"))
+            .map(str::to_owned)
+    })
+}
+
+/// A capability set (`CapEff:`, `CapAmb:`...) of a `/proc/<pid>/status`, 0 when absent.
+fn capability_set(status: &str, key: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0)
 }
 
 /// Refuses a host whose `fs.protected_hardlinks` (the sysctl file's text, `None`: not

@@ -57,6 +57,76 @@ fn a_range_with_root_or_the_nodes_uid_is_refused() {
 }
 
 #[test]
+fn a_range_holding_the_reapers_uid_or_systemds_dynamic_users_is_refused() {
+    let reaper = check_range(range(u32::MAX - 10, u32::MAX - 1), 0).unwrap_err();
+    assert!(
+        matches!(reaper, JobUsersError::ReaperUid { .. }),
+        "{reaper}"
+    );
+    for (first, last) in [(61_000, 61_184), (65_519, 70_000), (62_000, 62_010)] {
+        let dynamic = check_range(range(first, last), 0).unwrap_err();
+        assert!(
+            dynamic.to_string().contains("61184-65519")
+                && dynamic.to_string().contains("DynamicUser="),
+            "{dynamic}"
+        );
+    }
+    assert_eq!(check_range(range(60_000, 61_183), 0), Ok(()));
+    assert_eq!(check_range(range(65_520, 66_000), 0), Ok(()));
+}
+
+#[test]
+fn a_user_namespace_that_does_not_map_the_reapers_uid_is_refused() {
+    // The initial namespace maps 0-4294967294; a container's often only 0-65535.
+    assert_eq!(
+        check_reaper_mapped("         0          0 4294967295\n"),
+        Ok(())
+    );
+    assert_eq!(
+        check_reaper_mapped("0 100000 65536\n"),
+        Err(JobUsersError::ReaperUnmapped)
+    );
+    assert_eq!(
+        check_reaper_mapped("0 100000 65536\n4294967294 1000 1\n"),
+        Ok(())
+    );
+    assert_eq!(check_reaper_mapped(""), Err(JobUsersError::ReaperUnmapped));
+}
+
+#[test]
+fn a_proc_mounted_with_hidepid_is_refused_unless_the_node_has_cap_sys_ptrace() {
+    let mountinfo = |options: &str| {
+        format!(
+            "22 28 0:21 / /sys rw,nosuid - sysfs sysfs rw\n\
+             24 28 0:22 / /proc rw,nosuid,nodev,noexec,relatime shared:13 - proc proc {options}\n"
+        )
+    };
+    let without = "CapEff:\t0000000000000000\n";
+    let with = "CapEff:\t0000000000080000\n";
+    let hidden = check_proc_visible(&mountinfo("rw,hidepid=invisible"), without).unwrap_err();
+    assert_eq!(
+        hidden,
+        JobUsersError::ProcHidden {
+            option: "hidepid=invisible".into()
+        }
+    );
+    assert!(hidden.to_string().contains("CAP_SYS_PTRACE"), "{hidden}");
+    assert!(check_proc_visible(&mountinfo("rw,hidepid=2"), without).is_err());
+    assert_eq!(
+        check_proc_visible(&mountinfo("rw,hidepid=invisible"), with),
+        Ok(())
+    );
+    assert_eq!(check_proc_visible(&mountinfo("rw"), without), Ok(()));
+    assert_eq!(
+        check_proc_visible(&mountinfo("rw,hidepid=0"), without),
+        Ok(())
+    );
+    // hidepid on another procfs mount (a container's) is not the node's /proc.
+    let elsewhere = "30 28 0:30 / /srv/c/proc rw - proc proc rw,hidepid=2\n";
+    assert_eq!(check_proc_visible(elsewhere, without), Ok(()));
+}
+
+#[test]
 fn a_range_overlapping_an_account_is_refused_naming_it() {
     let passwd =
         "# comment\nroot:x:0:0:root:/root:/bin/bash\nalice:x:1001:1001::/home/alice:/bin/sh\n";
@@ -146,7 +216,7 @@ fn a_uid_a_process_still_runs_as_is_not_handed_out() {
     let first = held.as_ref().map(JobUser::uid);
     let second = users.take().map(|u| u.uid());
     let alive = left.try_wait().unwrap();
-    let busy = uids_in_use(range(3_900_020, 3_900_021));
+    let busy = uids_in_use(range(3_900_020, 3_900_021)).unwrap();
     assert_eq!(
         (first, second),
         (Some(3_900_021), None),

@@ -198,8 +198,9 @@ impl Thread {
     }
 
     /// Removes every content file under the root whose key the index does not hold (what
-    /// dropped keys named), one scope directory at a time; files being received
-    /// ([`TEMP_PREFIX`]) are left alone.
+    /// dropped keys named), each as the directory listing yields it: no list of a scope's
+    /// entries is held (a scope of a million tiny entries would be 64 MiB of keys). Files
+    /// being received ([`TEMP_PREFIX`]) are left alone.
     fn sweep_unindexed(&self) {
         let Ok(scopes) = std::fs::read_dir(&self.root) else {
             return;
@@ -211,25 +212,29 @@ impl Thread {
             let Ok(files) = std::fs::read_dir(scope_dir.path()) else {
                 continue;
             };
-            let keys: Vec<Key> = files
-                .filter_map(Result::ok)
-                .filter_map(|file| {
-                    let name = file.file_name();
-                    let name = name.to_str()?;
-                    if name.starts_with(TEMP_PREFIX) {
-                        return None;
-                    }
-                    Some(Key {
-                        scope,
-                        hash: unhex(name)?,
-                    })
-                })
-                .collect();
-            // Indexed keys are skipped under the lock, as for any queued key.
-            self.remove(keys);
+            for hash in files.filter_map(|file| content_hash(&file.ok()?)) {
+                // Indexed keys are skipped under the lock, as for any queued key.
+                remove_one(
+                    Key { scope, hash },
+                    &self.root,
+                    &self.index,
+                    #[cfg(test)]
+                    &self.removals,
+                );
+            }
         }
         tracing::info!("swept the content cache of the evicted files its cleaner had dropped");
     }
+}
+
+/// The hash a scope directory's entry names, unless it is a file being received.
+fn content_hash(file: &std::fs::DirEntry) -> Option<[u8; 32]> {
+    let name = file.file_name();
+    let name = name.to_str()?;
+    if name.starts_with(TEMP_PREFIX) {
+        return None;
+    }
+    unhex(name)
 }
 
 /// Removes the files of `keys` that `index` does not hold again.
@@ -240,25 +245,41 @@ fn remove(
     #[cfg(test)] removals: &Removals,
 ) {
     for key in keys {
-        // Under the lock, one file at a time: a commit renames its file into place and
-        // indexes it in one hold, so a key indexed again is never removed here.
-        let index = index.lock().unwrap_or_else(PoisonError::into_inner);
-        if index.contains(&key) {
-            continue;
-        }
-        #[cfg(test)]
-        removals
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(std::thread::current().id());
-        match std::fs::remove_file(content_path(root, &key)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                tracing::warn!(error = %e, "could not remove an evicted cache file");
-            }
-            _ => {}
-        }
-        drop(index);
+        remove_one(
+            key,
+            root,
+            index,
+            #[cfg(test)]
+            removals,
+        );
     }
+}
+
+/// Removes the file of `key` unless `index` holds it again.
+fn remove_one(
+    key: Key,
+    root: &std::path::Path,
+    index: &Mutex<Lru>,
+    #[cfg(test)] removals: &Removals,
+) {
+    // Under the lock, one file at a time: a commit renames its file into place and
+    // indexes it in one hold, so a key indexed again is never removed here.
+    let index = index.lock().unwrap_or_else(PoisonError::into_inner);
+    if index.contains(&key) {
+        return;
+    }
+    #[cfg(test)]
+    removals
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(std::thread::current().id());
+    match std::fs::remove_file(content_path(root, &key)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            tracing::warn!(error = %e, "could not remove an evicted cache file");
+        }
+        _ => {}
+    }
+    drop(index);
 }
 
 #[cfg(test)]

@@ -475,3 +475,17 @@ fn a_content_changed_before_it_is_checked_ahead_is_not_trusted_and_its_reuse_fin
     let later = std::time::SystemTime::now() + SETTLED;
     assert!(!reuse.check(&hash, &path, 100_000, later).unwrap());
 }
+
+#[test]
+fn only_the_lower_case_hex_a_key_is_written_as_names_a_cache_file() {
+    let bytes: [u8; 32] = std::array::from_fn(|i| (i * 37 + 171) as u8);
+    let name = hex(&bytes);
+    assert_eq!(unhex(&name), Some(bytes));
+    // The same bytes in upper case, or with a `+` before a digit, spell another name.
+    assert_eq!(unhex(&name.to_uppercase()), None);
+    let plus = format!("+{}", &name[1..]);
+    assert_eq!(unhex(&plus), None);
+    assert_eq!(unhex(&format!("+f{}", &"0".repeat(62))), None);
+    assert_eq!(unhex(&name[..62]), None);
+    assert_eq!(unhex(&format!("{}g", &name[..63])), None);
+}
