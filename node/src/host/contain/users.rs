@@ -137,7 +137,7 @@ pub enum JobUsersError {
         /// The node's uid.
         uid: u32,
     },
-    /// Holds [`reap::REAPER_UID`], the real uid of the helper that kills a job's leftovers.
+    /// Holds `reap::REAPER_UID`, the real uid of the helper that kills a job's leftovers.
     #[error(
         "{range} holds uid {}, which the node keeps for the helper that kills what a job leaves running; choose uids below it, for example {EXAMPLE_RANGE}",
         reap::REAPER_UID
@@ -146,7 +146,7 @@ pub enum JobUsersError {
         /// The range.
         range: UidRange,
     },
-    /// The node's user namespace does not map [`reap::REAPER_UID`].
+    /// The node's user namespace does not map `reap::REAPER_UID`.
     #[error(
         "the node's user namespace does not map uid {} (/proc/self/uid_map), which the helper that kills what a job leaves running takes as its real uid; run the node in the initial user namespace or map that uid into its namespace, or remove [work] job-users",
         reap::REAPER_UID
