@@ -252,8 +252,7 @@ pub(crate) fn nss_account(id: u32) -> Option<Account> {
 const MAX_LOOKUP_BUFFER: usize = 1 << 20;
 
 fn user_name(uid: u32) -> Option<String> {
-    let mut buf = vec![0 as libc::c_char; 1024];
-    loop {
+    lookup_name(|buf| {
         // SAFETY: plain C structs, filled by getpwuid_r.
         let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
         let mut found: *mut libc::passwd = std::ptr::null_mut();
@@ -267,25 +266,12 @@ fn user_name(uid: u32) -> Option<String> {
                 &raw mut found,
             )
         };
-        if rc == libc::ERANGE && buf.len() < MAX_LOOKUP_BUFFER {
-            buf.resize(buf.len() * 2, 0);
-            continue;
-        }
-        if rc != 0 || found.is_null() || entry.pw_name.is_null() {
-            return None;
-        }
-        // SAFETY: pw_name points into `buf`, NUL-terminated by getpwuid_r.
-        return Some(
-            unsafe { CStr::from_ptr(entry.pw_name) }
-                .to_string_lossy()
-                .into_owned(),
-        );
-    }
+        (rc, name_if_found(found.is_null(), entry.pw_name))
+    })
 }
 
 fn group_name(gid: u32) -> Option<String> {
-    let mut buf = vec![0 as libc::c_char; 1024];
-    loop {
+    lookup_name(|buf| {
         // SAFETY: plain C structs, filled by getgrgid_r.
         let mut entry: libc::group = unsafe { std::mem::zeroed() };
         let mut found: *mut libc::group = std::ptr::null_mut();
@@ -299,16 +285,39 @@ fn group_name(gid: u32) -> Option<String> {
                 &raw mut found,
             )
         };
+        (rc, name_if_found(found.is_null(), entry.gr_name))
+    })
+}
+
+/// The entry's name, or null when the lookup found no entry.
+fn name_if_found(not_found: bool, name: *mut libc::c_char) -> *const libc::c_char {
+    if not_found {
+        std::ptr::null()
+    } else {
+        name.cast_const()
+    }
+}
+
+/// Runs one `get*id_r` lookup (`lookup` gets the buffer and gives back the call's result and
+/// the entry's name, which points into that buffer, or null), growing the buffer while the
+/// lookup says it is too small, up to [`MAX_LOOKUP_BUFFER`].
+fn lookup_name(
+    mut lookup: impl FnMut(&mut [libc::c_char]) -> (libc::c_int, *const libc::c_char),
+) -> Option<String> {
+    let mut buf = vec![0 as libc::c_char; 1024];
+    loop {
+        let (rc, name) = lookup(&mut buf);
         if rc == libc::ERANGE && buf.len() < MAX_LOOKUP_BUFFER {
-            buf.resize(buf.len() * 2, 0);
+            let grown = buf.len() * 2;
+            buf.resize(grown, 0);
             continue;
         }
-        if rc != 0 || found.is_null() || entry.gr_name.is_null() {
+        if rc != 0 || name.is_null() {
             return None;
         }
-        // SAFETY: gr_name points into `buf`, NUL-terminated by getgrgid_r.
+        // SAFETY: `name` points into `buf`, unchanged since the lookup NUL-terminated it.
         return Some(
-            unsafe { CStr::from_ptr(entry.gr_name) }
+            unsafe { CStr::from_ptr(name) }
                 .to_string_lossy()
                 .into_owned(),
         );

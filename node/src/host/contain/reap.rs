@@ -176,14 +176,9 @@ pub(crate) fn processes_of(uid: u32) -> io::Result<Vec<i32>> {
 
 /// Whether the real, effective or saved uid of a `/proc/<pid>/status` is `uid`.
 fn runs_as(status: &str, uid: u32) -> bool {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .is_some_and(|ids| {
-            ids.split_whitespace()
-                .take(3)
-                .any(|id| id.parse() == Ok(uid))
-        })
+    super::users::status_uids(status)
+        .take(3)
+        .any(|id| id == uid)
 }
 
 /// One pass: a helper that takes real uid [`REAPER_UID`], effective uid `uid`, and calls

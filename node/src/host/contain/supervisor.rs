@@ -213,13 +213,7 @@ fn log_start(log: &File, program: ProcessRef) -> io::Result<()> {
 /// The real uid of `pid` (our unreaped child: its `/proc` entry stays until we reap it).
 fn real_uid(pid: i32) -> Option<u32> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    super::users::status_uids(&status).next()
 }
 
 /// Whether `fd` is an open descriptor (taking ownership of a closed one is undefined).

@@ -626,8 +626,9 @@ pub(crate) fn uids_in_use(range: UidRange) -> std::io::Result<BTreeSet<u32>> {
     Ok(busy)
 }
 
-/// The ids of the `Uid:` line of a `/proc/<pid>/status`.
-fn status_uids(status: &str) -> impl Iterator<Item = u32> + '_ {
+/// The ids of the `Uid:` line of a `/proc/<pid>/status`: real, effective, saved and file
+/// system uid, in that order.
+pub(crate) fn status_uids(status: &str) -> impl Iterator<Item = u32> + '_ {
     status
         .lines()
         .find_map(|l| l.strip_prefix("Uid:"))
