@@ -129,7 +129,7 @@ async fn a_uid_stays_held_until_its_job_directory_is_handed_over_even_if_the_sta
     // directory was being handed to the uid gave the uid back at once; the hand-over went on
     // and could give the cancelled unit's directory to the uid's next job.
     use crate::host::contain::users::{JobUsers, UidRange};
-    let range: UidRange = "3900080-3900080".parse().unwrap();
+    let range: UidRange = "3900093-3900093".parse().unwrap();
     let users = JobUsers::unchecked(range, PathBuf::from("/nonexistent"));
     let user = users.take().unwrap();
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
@@ -147,7 +147,7 @@ async fn a_uid_stays_held_until_its_job_directory_is_handed_over_even_if_the_sta
     drop(user);
     assert_eq!(
         users.held(),
-        vec![3_900_080],
+        vec![3_900_093],
         "held while the hand-over runs"
     );
     release_tx.send(()).unwrap();

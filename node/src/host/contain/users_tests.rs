@@ -316,11 +316,11 @@ fn an_earlier_job_directory_its_job_opened_to_others_is_closed_when_taken_back()
     std::fs::create_dir_all(&job).unwrap();
     std::fs::write(job.join("ssh_key"), b"secret").unwrap();
     for path in [&job, &job.join("ssh_key")] {
-        std::os::unix::fs::lchown(path, Some(3_900_070), Some(3_900_070)).unwrap();
+        std::os::unix::fs::lchown(path, Some(3_900_092), Some(3_900_092)).unwrap();
     }
     std::fs::set_permissions(&job, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let users = JobUsers::unchecked(range(3_900_070, 3_900_070), data.path().to_owned());
-    assert_eq!(users.take().unwrap().uid(), 3_900_070);
+    let users = JobUsers::unchecked(range(3_900_092, 3_900_092), data.path().to_owned());
+    assert_eq!(users.take().unwrap().uid(), 3_900_092);
     let meta = std::fs::symlink_metadata(&job).unwrap();
     // SAFETY: geteuid cannot fail.
     let node = unsafe { libc::geteuid() };
