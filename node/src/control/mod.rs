@@ -35,4 +35,4 @@ pub use reply::{
     TracerouteReply, UnitStatusReply, WorkCommand, WorkReply,
 };
 pub use request::{ParseError, Request, WorkRequest, parse_request};
-pub use session::{Backend, serve_session};
+pub use session::{Backend, serve_peer_session, serve_session};

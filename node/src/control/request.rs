@@ -56,6 +56,20 @@ pub enum Request {
 }
 
 impl Request {
+    /// What the request asks, for an audit log: the command and its targets, never a
+    /// parameter's value or a signature (work parameters carry secrets).
+    pub fn audit_line(&self) -> String {
+        match self {
+            Self::Status { .. } => "status".to_owned(),
+            Self::Ping { target } => format!("ping {target}"),
+            Self::Traceroute { target } => format!("traceroute {target}"),
+            Self::Deploy { node, length, .. } => format!("deploy to {node} ({length} bytes)"),
+            Self::Work(work) => work.audit_line(),
+            Self::Connect(connect) => format!("connect {} {}", connect.node, connect.service),
+            Self::Reload => "reload".to_owned(),
+        }
+    }
+
     /// The request as the one-line JSON form (without the newline), as clients send it.
     pub fn to_json(&self) -> String {
         let value = match self {
@@ -373,6 +387,33 @@ mod tests {
 
     fn err_text(line: &str) -> String {
         parse_request(line.as_bytes()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn an_audit_line_names_the_command_and_its_targets_but_no_secret() {
+        let submit = parse_request(
+            br#"{"command":"work","subcommand":"submit","node":"node1","worktype":"ansible-runner","secret_ssh_key":"HUSH-1","params":"-x HUSH-2","signature":"HUSH-3"}"#,
+        )
+        .unwrap();
+        let line = submit.audit_line();
+        assert_eq!(line, "work submit ansible-runner on node1 (2 parameters)");
+        let deploy = parse_request(
+            br#"{"command":"deploy","node":"node1","signature":"HUSH-4","length":"12"}"#,
+        )
+        .unwrap();
+        assert_eq!(deploy.audit_line(), "deploy to node1 (12 bytes)");
+        for (text, expected) in [
+            ("work cancel Ab3dEf9h", "work cancel Ab3dEf9h"),
+            ("work force-release Ab3dEf9h", "work force-release Ab3dEf9h"),
+            ("connect node2 control", "connect node2 control"),
+            ("reload", "reload"),
+        ] {
+            assert_eq!(
+                parse_request(text.as_bytes()).unwrap().audit_line(),
+                expected
+            );
+        }
+        assert!(!format!("{line} {}", deploy.audit_line()).contains("HUSH"));
     }
 
     #[test]

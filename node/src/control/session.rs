@@ -154,6 +154,29 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
     B: Backend,
 {
+    serve(stream, backend, None).await
+}
+
+/// [`serve_session`] for a session a mesh peer opened: each request it makes is logged at
+/// info with `peer` (its proven node id and key, as text) and what it asks
+/// ([`Request::audit_line`]: no parameter's value, so no secret), because it acts with
+/// this node's own rights.
+///
+/// # Errors
+/// Read or write errors on `stream`.
+pub async fn serve_peer_session<S, B>(stream: S, backend: &B, peer: &str) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    B: Backend,
+{
+    serve(stream, backend, Some(peer)).await
+}
+
+async fn serve<S, B>(stream: S, backend: &B, peer: Option<&str>) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    B: Backend,
+{
     let mut conn = LineReader::new(stream);
     send(&mut conn, &greeting(&backend.node_id())).await?;
     let mut line = Vec::new();
@@ -165,7 +188,12 @@ where
         }
         if !line.is_empty() {
             let outcome = match parse_request(&line) {
-                Ok(request) => handle(request, backend, &mut conn).await?,
+                Ok(request) => {
+                    if let Some(peer) = peer {
+                        tracing::info!(peer, request = %request.audit_line(), "mesh control request");
+                    }
+                    handle(request, backend, &mut conn).await?
+                }
                 Err(rejected) => {
                     tracing::debug!(error = %rejected, "control request refused");
                     Outcome::Reply(Reply::Rejected(rejected))

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 
 use crate::access::{AccessPolicy, Act};
 use crate::config::Config;
-use crate::control::{ControlSocket, ListenError, default_socket_path, serve_session};
+use crate::control::{ControlSocket, ListenError, default_socket_path, serve_peer_session};
 use crate::host::contain::users::JobUsers;
 use crate::host::contain::{ContainError, Containment, jobdir, supervisor_binary};
 use crate::host::registry::{self, Registry};
@@ -432,7 +432,8 @@ async fn control_session(
         return;
     }
     tracing::info!(peer = %peer.node, key = %peer.key, "mesh control session");
-    if let Err(e) = serve_session(stream, &*backend).await {
+    let audit = format!("{} ({})", peer.node, peer.key);
+    if let Err(e) = serve_peer_session(stream, &*backend, &audit).await {
         tracing::debug!(peer = %peer.node, error = %e, "mesh control session ended");
     }
 }

@@ -373,6 +373,30 @@ fn string_field<'a>(
 }
 
 impl WorkRequest {
+    /// What the request asks, for an audit log: the subcommand, the node, work type and
+    /// unit it names and how many parameters, never their values.
+    pub fn audit_line(&self) -> String {
+        match self {
+            Self::Submit {
+                node,
+                work_type,
+                params,
+                ..
+            } => format!(
+                "work submit {work_type} on {node} ({} parameters)",
+                params.len()
+            ),
+            Self::List { unit: None } => "work list".to_owned(),
+            Self::List { unit: Some(unit) } => format!("work list {unit}"),
+            Self::Status { unit } => format!("work status {unit}"),
+            Self::Results { unit, startpos } => format!("work results {unit} from {startpos}"),
+            Self::Cancel { unit } => format!("work cancel {unit}"),
+            Self::Release { unit, force } => {
+                format!("work {}release {unit}", if *force { "force-" } else { "" })
+            }
+        }
+    }
+
     /// The request as a JSON object (`"command":"work"` included), as clients send it.
     /// A submit's params go first, so a param named like a control key cannot override it.
     pub fn to_json_value(&self) -> Value {

@@ -43,7 +43,7 @@ pub(crate) const EXAMPLE_RANGE: &str = "2000000000-2000000999";
 pub(crate) fn check_host_accounts(
     range: UidRange,
     root: &Path,
-    lookup: impl FnMut(u32) -> Option<Account> + Send + 'static,
+    lookup: impl FnMut(u32) -> Lookup + Send + 'static,
 ) -> Result<(), JobUsersError> {
     let read = |file: &str| std::fs::read_to_string(root.join(file)).unwrap_or_default();
     for (file, what) in [("etc/passwd", "user"), ("etc/group", "group")] {
@@ -78,7 +78,7 @@ pub(crate) fn check_nss_bounded(
     range: UidRange,
     sources: &str,
     budget: Duration,
-    mut lookup: impl FnMut(u32) -> Option<Account> + Send + 'static,
+    mut lookup: impl FnMut(u32) -> Lookup + Send + 'static,
 ) -> Result<(), JobUsersError> {
     let checked = Arc::new(AtomicU64::new(0));
     let (done, result) = mpsc::sync_channel(1);
@@ -206,17 +206,22 @@ pub(crate) fn needs_lookups(passwd: &[String], group: &[String]) -> bool {
 /// What NSS says an id is: `("user" | "group", name)`.
 pub(crate) type Account = (&'static str, String);
 
-/// Looks every id of `range` up with `lookup` until one is an account (refused) or
-/// `elapsed()` passes `budget` (refused as unchecked); `sources` names NSS's sources in the
-/// errors.
+/// One NSS lookup's answer: the account, none (`Ok(None)`: the sources answered that no
+/// account has the id), or the `errno` of a lookup that failed (a directory that could not
+/// be reached): then whether an account has the id is unknown, which is never "none".
+pub(crate) type Lookup = Result<Option<Account>, i32>;
+
+/// Looks every id of `range` up with `lookup` until one is an account (refused), a lookup
+/// fails or `elapsed()` passes `budget` (both refused as unchecked); `sources` names NSS's
+/// sources in the errors.
 ///
 /// # Errors
-/// [`JobUsersError::NssTaken`] or [`JobUsersError::NssSlow`].
+/// [`JobUsersError::NssTaken`], [`JobUsersError::NssFailed`] or [`JobUsersError::NssSlow`].
 pub(crate) fn check_nss(
     range: UidRange,
     sources: &str,
     budget: Duration,
-    mut lookup: impl FnMut(u32) -> Option<Account>,
+    mut lookup: impl FnMut(u32) -> Lookup,
     mut elapsed: impl FnMut() -> Duration,
 ) -> Result<(), JobUsersError> {
     for (checked, id) in (range.first..=range.last).enumerate() {
@@ -228,30 +233,42 @@ pub(crate) fn check_nss(
                 sources: sources.to_owned(),
             });
         }
-        if let Some((what, name)) = lookup(id) {
-            return Err(JobUsersError::NssTaken {
-                range,
-                id,
-                what,
-                name,
-                sources: sources.to_owned(),
-            });
+        match lookup(id) {
+            Ok(None) => {}
+            Ok(Some((what, name))) => {
+                return Err(JobUsersError::NssTaken {
+                    range,
+                    id,
+                    what,
+                    name,
+                    sources: sources.to_owned(),
+                });
+            }
+            Err(errno) => {
+                return Err(JobUsersError::NssFailed {
+                    range,
+                    id,
+                    error: std::io::Error::from_raw_os_error(errno).to_string(),
+                    sources: sources.to_owned(),
+                });
+            }
         }
     }
     Ok(())
 }
 
 /// What NSS knows `id` as: a user, else a group.
-pub(crate) fn nss_account(id: u32) -> Option<Account> {
-    user_name(id)
-        .map(|name| ("user", name))
-        .or_else(|| group_name(id).map(|name| ("group", name)))
+pub(crate) fn nss_account(id: u32) -> Lookup {
+    if let Some(name) = user_name(id)? {
+        return Ok(Some(("user", name)));
+    }
+    Ok(group_name(id)?.map(|name| ("group", name)))
 }
 
 /// The largest buffer a lookup grows to (a group with very many members).
 const MAX_LOOKUP_BUFFER: usize = 1 << 20;
 
-fn user_name(uid: u32) -> Option<String> {
+fn user_name(uid: u32) -> Result<Option<String>, i32> {
     lookup_name(|buf| {
         // SAFETY: plain C structs, filled by getpwuid_r.
         let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
@@ -270,7 +287,7 @@ fn user_name(uid: u32) -> Option<String> {
     })
 }
 
-fn group_name(gid: u32) -> Option<String> {
+fn group_name(gid: u32) -> Result<Option<String>, i32> {
     lookup_name(|buf| {
         // SAFETY: plain C structs, filled by getgrgid_r.
         let mut entry: libc::group = unsafe { std::mem::zeroed() };
@@ -301,9 +318,13 @@ fn name_if_found(not_found: bool, name: *mut libc::c_char) -> *const libc::c_cha
 /// Runs one `get*id_r` lookup (`lookup` gets the buffer and gives back the call's result and
 /// the entry's name, which points into that buffer, or null), growing the buffer while the
 /// lookup says it is too small, up to [`MAX_LOOKUP_BUFFER`].
+///
+/// # Errors
+/// The call's error number: a lookup that failed (`ENOENT` and the other "no such entry"
+/// answers of getpwuid_r(3) are `Ok(None)`), or `ERANGE` from a buffer at its largest.
 fn lookup_name(
     mut lookup: impl FnMut(&mut [libc::c_char]) -> (libc::c_int, *const libc::c_char),
-) -> Option<String> {
+) -> Result<Option<String>, i32> {
     let mut buf = vec![0 as libc::c_char; 1024];
     loop {
         let (rc, name) = lookup(&mut buf);
@@ -312,16 +333,29 @@ fn lookup_name(
             buf.resize(grown, 0);
             continue;
         }
-        if rc != 0 || name.is_null() {
-            return None;
+        if is_no_entry(rc) {
+            return Ok(None);
+        }
+        if rc != 0 {
+            return Err(rc);
+        }
+        if name.is_null() {
+            return Ok(None);
         }
         // SAFETY: `name` points into `buf`, unchanged since the lookup NUL-terminated it.
-        return Some(
+        return Ok(Some(
             unsafe { CStr::from_ptr(name) }
                 .to_string_lossy()
                 .into_owned(),
-        );
+        ));
     }
+}
+
+/// Whether a `get*id_r` result means only "no such entry" besides 0 with no entry: `ENOENT`
+/// (getpwuid_r(3) lists more, ESRCH, EBADF, EPERM, as what some systems set; they can as
+/// well mean a failing source, so they fail the check closed).
+fn is_no_entry(rc: libc::c_int) -> bool {
+    rc == libc::ENOENT
 }
 
 #[cfg(test)]
@@ -390,7 +424,7 @@ mod tests {
 
     #[test]
     fn an_id_nss_knows_is_refused_naming_the_account_and_the_sources() {
-        let lookup = |id: u32| (id == 5_005).then(|| ("user", "ldap-carol".to_owned()));
+        let lookup = |id: u32| Ok((id == 5_005).then(|| ("user", "ldap-carol".to_owned())));
         let err = check_nss(range(5_000, 5_010), "files sss", NSS_BUDGET, lookup, || {
             Duration::ZERO
         })
@@ -415,7 +449,7 @@ mod tests {
         let clock = Cell::new(Duration::ZERO);
         let lookup = |_| {
             clock.set(clock.get() + Duration::from_millis(1));
-            None
+            Ok(None)
         };
         let err = check_nss(
             range(7_000, 7_999),
@@ -471,7 +505,7 @@ mod tests {
         // A directory that never answers: the first lookup blocks far past the budget.
         let lookup = |_| {
             std::thread::sleep(Duration::from_secs(60));
-            None
+            Ok(None)
         };
         let budget = Duration::from_millis(200);
         let start = Instant::now();
@@ -491,7 +525,7 @@ mod tests {
 
     #[test]
     fn lookups_on_their_thread_still_find_an_account_and_pass_a_free_range() {
-        let lookup = |id: u32| (id == 5_005).then(|| ("group", "ldap-ops".to_owned()));
+        let lookup = |id: u32| Ok((id == 5_005).then(|| ("group", "ldap-ops".to_owned())));
         let taken = check_nss_bounded(range(5_000, 5_010), "sss", NSS_BUDGET, lookup);
         assert!(
             matches!(taken, Err(JobUsersError::NssTaken { id: 5_005, .. })),
@@ -505,7 +539,38 @@ mod tests {
 
     #[test]
     fn the_real_lookup_finds_root_and_not_an_unused_id() {
-        assert_eq!(nss_account(0).map(|a| a.0), Some("user"));
-        assert_eq!(nss_account(3_999_999), None);
+        assert_eq!(nss_account(0).map(|a| a.map(|a| a.0)), Ok(Some("user")));
+        assert_eq!(nss_account(3_999_999), Ok(None));
+    }
+
+    #[test]
+    fn a_lookup_that_fails_refuses_the_range_as_unchecked() {
+        // An unreachable directory: the lookup fails, which says nothing about the id.
+        let lookup = |id: u32| {
+            if id == 5_003 {
+                Err(libc::EIO)
+            } else {
+                Ok(None)
+            }
+        };
+        let err = check_nss(
+            range(5_000, 5_010),
+            "files ldap",
+            NSS_BUDGET,
+            lookup,
+            || Duration::ZERO,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, JobUsersError::NssFailed { id: 5_003, .. }),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "looking up uid/gid 5003 of 5000-5010 in NSS (files ldap) failed ({}): whether an account uses it is unknown; make NSS answer (is the directory reachable?) and start again, or remove [work] job-users",
+                std::io::Error::from_raw_os_error(libc::EIO)
+            )
+        );
     }
 }

@@ -146,12 +146,34 @@ pub enum JobUsersError {
         /// The range.
         range: UidRange,
     },
-    /// The node's user namespace does not map `reap::REAPER_UID`.
+    /// The node's user namespace does not map `reap::REAPER_UID` as a uid or a gid.
     #[error(
-        "the node's user namespace does not map uid {} (/proc/self/uid_map), which the helper that kills what a job leaves running takes as its real uid; run the node in the initial user namespace or map that uid into its namespace, or remove [work] job-users",
+        "the node's user namespace does not map id {} ({file}), which the helper that kills what a job leaves running takes as its uid and gid; run the node in the initial user namespace or map that id into its namespace, or remove [work] job-users",
         reap::REAPER_UID
     )]
-    ReaperUnmapped,
+    ReaperUnmapped {
+        /// The id map that lacks it.
+        file: &'static str,
+    },
+    /// The node's user namespace denies `setgroups`.
+    #[error(
+        "the node's user namespace denies setgroups (/proc/self/setgroups is \"deny\"): neither the jobs nor the helper that kills what a job leaves running could drop their supplementary groups; run the node where setgroups is allowed, or remove [work] job-users"
+    )]
+    SetgroupsDenied,
+    /// `reap::REAPER_UID` belongs to an account or a subordinate range.
+    #[error(
+        "uid/gid {} is {holder}, but the node keeps it for the helper that kills what a job leaves running: a process running as it could stop that helper and keep every job's uid from coming back; remove that account or range, or remove [work] job-users",
+        reap::REAPER_UID
+    )]
+    ReaperTaken {
+        /// Who has it, in words.
+        holder: String,
+    },
+    /// The node is process 1.
+    #[error(
+        "the node runs as process 1 (a container's init) and does not reap the orphans given to it: each process a job left would stay a zombie of the job's uid and the uid would never come back to the pool; run the node under an init (docker run --init, tini, systemd), or remove [work] job-users"
+    )]
+    NodeIsInit,
     /// Overlaps systemd's range for dynamic users (`DynamicUser=`).
     #[error(
         "{range} overlaps {}-{}, the uids systemd gives services with DynamicUser= (systemd's \"Users, Groups, UIDs and GIDs on systemd Systems\"): such a service and a job could run as the same uid; choose a range outside it, for example {EXAMPLE_RANGE}", SYSTEMD_DYNAMIC_USERS.first, SYSTEMD_DYNAMIC_USERS.last
@@ -221,6 +243,20 @@ pub enum JobUsersError {
         checked: u64,
         /// The time allowed (`accounts::NSS_BUDGET`).
         budget: std::time::Duration,
+        /// NSS's sources.
+        sources: String,
+    },
+    /// An NSS lookup of an id of the range failed.
+    #[error(
+        "looking up uid/gid {id} of {range} in NSS ({sources}) failed ({error}): whether an account uses it is unknown; make NSS answer (is the directory reachable?) and start again, or remove [work] job-users"
+    )]
+    NssFailed {
+        /// The range.
+        range: UidRange,
+        /// The id whose lookup failed.
+        id: u32,
+        /// The lookup's error, as text.
+        error: String,
         /// NSS's sources.
         sources: String,
     },
@@ -300,8 +336,13 @@ impl JobUsers {
         if uid != 0 {
             check_capabilities(uid, &status)?;
         }
-        let uid_map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
-        check_reaper_mapped(&uid_map)?;
+        check_not_init(std::process::id())?;
+        check_reaper_ids(
+            read_if_present("/proc/self/uid_map").as_deref(),
+            read_if_present("/proc/self/gid_map").as_deref(),
+            read_if_present("/proc/self/setgroups").as_deref(),
+        )?;
+        check_reaper_free(Path::new("/"), accounts::nss_account)?;
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         check_proc_visible(&mountinfo, &status)?;
         let hardlinks = std::fs::read_to_string("/proc/sys/fs/protected_hardlinks").ok();
@@ -675,24 +716,99 @@ fn check_capabilities(uid: u32, status: &str) -> Result<(), JobUsersError> {
     }
 }
 
-/// Refuses a node whose user namespace (`/proc/self/uid_map`, `uid_map`: `INSIDE OUTSIDE
-/// COUNT` lines) does not map [`reap::REAPER_UID`]: its reap helper could not take it, so
-/// no job's leftovers could be killed and every uid would stay held after its first job.
-fn check_reaper_mapped(uid_map: &str) -> Result<(), JobUsersError> {
-    let reaper = u64::from(reap::REAPER_UID);
-    let mapped = uid_map.lines().any(|line| {
+/// The text of `path`; `None` when it does not exist (a kernel without user namespaces has
+/// no `/proc/self/uid_map`); an empty text when it exists but cannot be read, so the
+/// checks on it fail closed.
+fn read_if_present(path: &str) -> Option<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(_) => Some(String::new()),
+    }
+}
+
+/// Refuses a node the reap helper could not become [`reap::REAPER_UID`] in: a user
+/// namespace whose `uid_map` or `gid_map` (`INSIDE OUTSIDE COUNT` lines; `None`: no such
+/// file, the kernel has no user namespaces, so every id is the host's) does not map it, or
+/// whose `setgroups` file says `deny` (the helper drops its groups first). Any of these
+/// fails every helper: no job's leftovers could be killed and every uid would stay held
+/// after its first job.
+fn check_reaper_ids(
+    uid_map: Option<&str>,
+    gid_map: Option<&str>,
+    setgroups: Option<&str>,
+) -> Result<(), JobUsersError> {
+    for (map, file) in [
+        (uid_map, "/proc/self/uid_map"),
+        (gid_map, "/proc/self/gid_map"),
+    ] {
+        if map.is_some_and(|map| !maps_id(map, reap::REAPER_UID)) {
+            return Err(JobUsersError::ReaperUnmapped { file });
+        }
+    }
+    if setgroups.is_some_and(|text| text.trim() == "deny") {
+        return Err(JobUsersError::SetgroupsDenied);
+    }
+    Ok(())
+}
+
+/// Whether an id map (`/proc/self/uid_map` or `gid_map`) maps `id`.
+fn maps_id(map: &str, id: u32) -> bool {
+    let id = u64::from(id);
+    map.lines().any(|line| {
         let mut fields = line.split_whitespace().map(str::parse::<u64>);
         match (fields.next(), fields.next(), fields.next()) {
             (Some(Ok(inside)), Some(Ok(_)), Some(Ok(count))) => {
-                inside <= reaper && reaper < inside.saturating_add(count)
+                inside <= id && id < inside.saturating_add(count)
             }
             _ => false,
         }
-    });
-    if mapped {
-        Ok(())
+    })
+}
+
+/// Refuses a host where [`reap::REAPER_UID`] belongs to someone, on the host whose root is
+/// `root`: an account (the files or NSS, looked up with `lookup`) or a subordinate range
+/// (a user's rootless containers could run as it). A process running as it could stop
+/// the helper (`kill -STOP -1` reaches it through their shared real uid), so every later
+/// reap would wait on it and every job's uid would stay held.
+fn check_reaper_free(
+    root: &Path,
+    lookup: impl FnMut(u32) -> accounts::Lookup + Send + 'static,
+) -> Result<(), JobUsersError> {
+    let reaper = UidRange {
+        first: reap::REAPER_UID,
+        last: reap::REAPER_UID,
+    };
+    match accounts::check_host_accounts(reaper, root, lookup) {
+        Ok(()) => Ok(()),
+        Err(JobUsersError::Taken {
+            what, name, file, ..
+        }) => Err(JobUsersError::ReaperTaken {
+            holder: format!("{what} \"{name}\" in {}", file.display()),
+        }),
+        Err(JobUsersError::Subordinate { owner, file, .. }) => Err(JobUsersError::ReaperTaken {
+            holder: format!("a subordinate id {} gives \"{owner}\"", file.display()),
+        }),
+        Err(JobUsersError::NssTaken {
+            what,
+            name,
+            sources,
+            ..
+        }) => Err(JobUsersError::ReaperTaken {
+            holder: format!("{what} \"{name}\" to NSS ({sources})"),
+        }),
+        Err(other) => Err(other),
+    }
+}
+
+/// Refuses a node that is process 1 (`pid`), a container's init: it does not reap the
+/// orphans re-parented to it, so each process a job left would stay a zombie of the job's
+/// uid after the reap killed it, and the uid would never come back to the pool.
+fn check_not_init(pid: u32) -> Result<(), JobUsersError> {
+    if pid == 1 {
+        Err(JobUsersError::NodeIsInit)
     } else {
-        Err(JobUsersError::ReaperUnmapped)
+        Ok(())
     }
 }
 

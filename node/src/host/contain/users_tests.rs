@@ -78,19 +78,95 @@ fn a_range_holding_the_reapers_uid_or_systemds_dynamic_users_is_refused() {
 #[test]
 fn a_user_namespace_that_does_not_map_the_reapers_uid_is_refused() {
     // The initial namespace maps 0-4294967294; a container's often only 0-65535.
+    let initial = "         0          0 4294967295\n";
     assert_eq!(
-        check_reaper_mapped("         0          0 4294967295\n"),
+        check_reaper_ids(Some(initial), Some(initial), Some("allow\n")),
         Ok(())
     );
+    let container = "0 100000 65536\n";
     assert_eq!(
-        check_reaper_mapped("0 100000 65536\n"),
-        Err(JobUsersError::ReaperUnmapped)
+        check_reaper_ids(Some(container), Some(initial), None),
+        Err(JobUsersError::ReaperUnmapped {
+            file: "/proc/self/uid_map"
+        })
     );
+    let mapped = "0 100000 65536\n4294967294 1000 1\n";
+    assert_eq!(check_reaper_ids(Some(mapped), Some(mapped), None), Ok(()));
+    // An unreadable map (read as empty) is refused, not taken as mapping everything.
     assert_eq!(
-        check_reaper_mapped("0 100000 65536\n4294967294 1000 1\n"),
-        Ok(())
+        check_reaper_ids(Some(""), Some(initial), None),
+        Err(JobUsersError::ReaperUnmapped {
+            file: "/proc/self/uid_map"
+        })
     );
-    assert_eq!(check_reaper_mapped(""), Err(JobUsersError::ReaperUnmapped));
+}
+
+#[test]
+fn a_namespace_whose_gid_map_lacks_the_reaper_or_that_denies_setgroups_is_refused() {
+    // The helper takes gid 4294967294 and drops its groups: either failing failed every
+    // reap, and the uid_map check alone let such a node start.
+    let initial = "0 0 4294967295\n";
+    let err = check_reaper_ids(Some(initial), Some("0 100000 65536\n"), None).unwrap_err();
+    assert_eq!(
+        err,
+        JobUsersError::ReaperUnmapped {
+            file: "/proc/self/gid_map"
+        }
+    );
+    assert!(err.to_string().contains("(/proc/self/gid_map)"), "{err}");
+    let denied = check_reaper_ids(Some(initial), Some(initial), Some("deny\n")).unwrap_err();
+    assert_eq!(denied, JobUsersError::SetgroupsDenied);
+    assert!(denied.to_string().contains("setgroups"), "{denied}");
+}
+
+#[test]
+fn a_kernel_without_user_namespaces_is_not_refused_for_lacking_id_maps() {
+    // No /proc/self/uid_map at all: every id is the host's.
+    assert_eq!(check_reaper_ids(None, None, None), Ok(()));
+}
+
+#[test]
+fn a_host_where_the_reapers_uid_is_an_account_or_subordinate_is_refused() {
+    let nobody = |_| Ok(None);
+    let files = "passwd: files\ngroup: files\n";
+    let account = host_root(&[
+        ("etc/passwd", "ghost:x:4294967294:4294967294::/:/bin/sh\n"),
+        ("etc/nsswitch.conf", files),
+    ]);
+    let err = check_reaper_free(account.path(), nobody).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "uid/gid 4294967294 is user \"ghost\" in /etc/passwd, but the node keeps it for the helper that kills what a job leaves running: a process running as it could stop that helper and keep every job's uid from coming back; remove that account or range, or remove [work] job-users"
+    );
+    // A subordinate range running to the top of the id space (a huge count) covers it.
+    let subordinate = host_root(&[
+        ("etc/subuid", "mallory:4000000000:999999999\n"),
+        ("etc/nsswitch.conf", files),
+    ]);
+    assert!(matches!(
+        check_reaper_free(subordinate.path(), nobody),
+        Err(JobUsersError::ReaperTaken { holder }) if holder.contains("\"mallory\"")
+    ));
+    let ldap = host_root(&[("etc/nsswitch.conf", "passwd: files ldap\ngroup: files\n")]);
+    let known = |id: u32| Ok((id == 4_294_967_294).then(|| ("user", "ldap-x".to_owned())));
+    assert!(matches!(
+        check_reaper_free(ldap.path(), known),
+        Err(JobUsersError::ReaperTaken { holder }) if holder.contains("ldap-x")
+    ));
+    let clean = host_root(&[
+        ("etc/passwd", "root:x:0:0::/root:/bin/sh\n"),
+        ("etc/subuid", "alice:100000:65536\n"),
+        ("etc/nsswitch.conf", files),
+    ]);
+    assert_eq!(check_reaper_free(clean.path(), nobody), Ok(()));
+}
+
+#[test]
+fn a_node_running_as_process_1_is_refused() {
+    let err = check_not_init(1).unwrap_err();
+    assert_eq!(err, JobUsersError::NodeIsInit);
+    assert!(err.to_string().contains("docker run --init"), "{err}");
+    assert_eq!(check_not_init(4_321), Ok(()));
 }
 
 #[test]
@@ -379,7 +455,7 @@ fn a_range_overlapping_a_hosts_subgid_range_is_refused_at_start() {
         ("etc/subgid", "alice:300000:65536\n"),
         ("etc/nsswitch.conf", "passwd: files\ngroup: files\n"),
     ]);
-    let nobody = |_| None;
+    let nobody = |_| Ok(None);
     let err =
         accounts::check_host_accounts(range(300_500, 300_600), root.path(), nobody).unwrap_err();
     assert!(
@@ -398,7 +474,7 @@ fn a_range_overlapping_a_hosts_subgid_range_is_refused_at_start() {
 
 #[test]
 fn nss_is_asked_only_when_nsswitch_names_more_than_the_files() {
-    let ldap = |id: u32| (id == 2_000_000_005).then(|| ("group", "ldap-ops".to_owned()));
+    let ldap = |id: u32| Ok((id == 2_000_000_005).then(|| ("group", "ldap-ops".to_owned())));
     let files_only = host_root(&[("etc/nsswitch.conf", "passwd: files\ngroup: files\n")]);
     assert_eq!(
         accounts::check_host_accounts(range(2_000_000_000, 2_000_000_009), files_only.path(), ldap),

@@ -225,17 +225,40 @@ fn open_files(
 
 /// Opens the payload at `path`, read whole when it is small (up to
 /// [`INLINE_PAYLOAD_BYTES`]): its reader then takes no trip to the blocking pool per read.
-/// Blocking file IO.
+/// Only a regular file is read, without following a link and without blocking in `open`
+/// (a FIFO there would hold a blocking-pool thread until a writer came), and the inline
+/// read stops at the bound whatever the size the file had when opened: a file that grows
+/// is read on from the file. Blocking file IO.
 fn open_payload_blocking(path: &std::path::Path) -> std::io::Result<PayloadReader> {
     use std::io::Read as _;
-    let mut file = std::fs::File::open(path)?;
-    let len = file.metadata()?.len();
-    if len > INLINE_PAYLOAD_BYTES {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    use tokio::io::AsyncReadExt;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the payload is not a regular file",
+        ));
+    }
+    if meta.len() > INLINE_PAYLOAD_BYTES {
         return Ok(Box::new(tokio::fs::File::from_std(file)));
     }
-    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-    file.read_to_end(&mut bytes)?;
-    Ok(Box::new(std::io::Cursor::new(bytes)))
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    (&mut file)
+        .take(INLINE_PAYLOAD_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 <= INLINE_PAYLOAD_BYTES {
+        return Ok(Box::new(std::io::Cursor::new(bytes)));
+    }
+    // Grown past the bound since it was opened: the rest comes from the file.
+    Ok(Box::new(AsyncReadExt::chain(
+        std::io::Cursor::new(bytes),
+        tokio::fs::File::from_std(file),
+    )))
 }
 
 /// A unit that was running when the node stopped: its detached job is found again through

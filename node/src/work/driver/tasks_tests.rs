@@ -85,3 +85,53 @@ async fn a_reattached_units_task_aborted_before_its_end_leaves_it_not_counted_ru
     let _ = sleeper.wait();
     assert_eq!(running(&metrics), Some(0.0), "still counted running");
 }
+
+/// Reads `reader` to its end.
+async fn read_all(mut reader: PayloadReader) -> Vec<u8> {
+    use tokio::io::AsyncReadExt as _;
+    let mut bytes = Vec::new();
+    reader.read_to_end(&mut bytes).await.unwrap();
+    bytes
+}
+
+#[tokio::test]
+async fn a_payload_is_read_whole_when_small_and_from_the_file_when_large() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small");
+    std::fs::write(&small, b"{\"kwargs\": {}}\n").unwrap();
+    let reader = open_payload_blocking(&small).unwrap();
+    assert_eq!(read_all(reader).await, b"{\"kwargs\": {}}\n");
+    let large = dir.path().join("large");
+    let body: Vec<u8> = (0..INLINE_PAYLOAD_BYTES * 3)
+        .map(|i| (i % 251) as u8)
+        .collect();
+    std::fs::write(&large, &body).unwrap();
+    let reader = open_payload_blocking(&large).unwrap();
+    assert_eq!(read_all(reader).await, body);
+}
+
+#[test]
+fn a_payload_path_that_is_a_fifo_or_a_link_is_refused_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("stdin");
+    let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: mkfifo reads the NUL-terminated path only.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    // On the old code the open blocked until a writer came: run it on a thread and wait
+    // a bounded time for its answer.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = fifo.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(open_payload_blocking(&path).map(drop));
+    });
+    let answer = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("opening a FIFO payload blocked");
+    let err = answer.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{err}");
+    let target = dir.path().join("elsewhere");
+    std::fs::write(&target, b"not the unit's").unwrap();
+    let link = dir.path().join("linked");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    assert!(open_payload_blocking(&link).is_err());
+}
