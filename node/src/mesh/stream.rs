@@ -37,7 +37,9 @@ use endpoint::Endpoint;
 pub(crate) use inner::Inner;
 pub use outbound::{Closed, Outbound};
 pub use pool::ChunkPool;
-pub use relay::{MAX_RELAYED, MAX_RELAYED_PER_OPENER, RELAY_IDLE, RelayVerdict, Relays};
+pub use relay::{
+    MAX_RELAYED, MAX_RELAYED_PER_LINK, MAX_RELAYED_PER_OPENER, RELAY_IDLE, RelayVerdict, Relays,
+};
 
 use super::link::LinkId;
 use super::message::{CircuitId, ResetReason, StreamKind, StreamPacket};

@@ -77,6 +77,14 @@ impl MeshNode {
 
     fn relay_stream(&mut self, now: Instant, link: LinkId, packet: Packet, sp: &StreamPacket) {
         let verdict = if let StreamKind::Open { .. } = sp.kind {
+            if !sp.from_opener {
+                // Only an opener opens. An open claiming the acceptor's side would be pinned
+                // with its sides swapped, so the acceptor's reset, arriving as the opener's
+                // direction on the acceptor's link, would be dropped and the circuit held
+                // for RELAY_IDLE: a free way to fill this relay's table.
+                tracing::debug!(%link, circuit = ?sp.circuit, "dropped an open from the acceptor's side");
+                return;
+            }
             let Some(next) = self.next_link(&packet.dst) else {
                 self.unreachable(now, Some(link), &packet, Unreachable::NoRoute);
                 return;

@@ -10,11 +10,11 @@ use crate::id::{NodeId, ServiceName};
 use crate::keys::{LinkKeypair, SignatureBytes};
 use crate::mesh::advert::{Advert, AdvertLink};
 use crate::mesh::lsdb::LsdbLimits;
-use crate::mesh::message::{Message, Packet, PacketBody, StreamKind, StreamPacket};
+use crate::mesh::message::{CircuitId, Message, Packet, PacketBody, StreamKind, StreamPacket};
 use crate::mesh::node::Event;
 use crate::mesh::route::Cost;
 use crate::mesh::sim::{NodeIdx, Sim};
-use crate::mesh::stream::{StreamEvent, StreamId};
+use crate::mesh::stream::{MAX_RELAYED_PER_OPENER, StreamEvent, StreamId};
 
 /// A line n0 - n1 - n2 with an attacker `x` linked to `x_peer`; `n1` taps its links.
 fn mesh_with_attacker(seed: u64, x_peer: usize) -> (Sim, Vec<NodeIdx>, NodeIdx) {
@@ -378,4 +378,48 @@ fn with_circuit_number(packet: &Packet, number: u64) -> Packet {
         body: PacketBody::Stream(sp),
         ..packet.clone()
     }
+}
+
+/// Streams `data` from `a` to `b` and returns what arrived, or why it did not.
+fn delivered(sim: &mut Sim, a: NodeIdx, b: NodeIdx, data: &[u8]) -> Result<Vec<u8>, String> {
+    sim.transfer(a, b, data, STEPS).map(|t| t.received)
+}
+
+/// An `Open` on circuit `(opener, number)` towards `dst`, claiming to come from the
+/// acceptor's side (`from_opener: false`).
+fn backwards_open(opener: &NodeId, dst: &NodeId, number: u64) -> Message {
+    Message::Packet(Packet {
+        src: opener.clone(),
+        dst: dst.clone(),
+        hops_left: 9,
+        body: PacketBody::Stream(StreamPacket {
+            circuit: CircuitId {
+                opener: opener.clone(),
+                number,
+            },
+            from_opener: false,
+            kind: StreamKind::Open {
+                session: 1,
+                sealed: Bytes::from_static(&[0u8; 80]),
+            },
+        }),
+    })
+}
+
+#[test]
+fn opens_from_the_acceptors_side_pin_nothing_and_do_not_take_the_openers_share() {
+    let (mut sim, n, x) = mesh_with_attacker(38, 1);
+    let (n0, n2) = (sim.id(n[0]), sim.id(n[2]));
+    // The reset n2 answers with comes back on the acceptor's link as if from the opener,
+    // so without a check each of these would stay pinned for RELAY_IDLE.
+    for number in 0..MAX_RELAYED_PER_OPENER as u64 {
+        inject(&mut sim, x, n[1], &backwards_open(&n0, &n2, number));
+    }
+    sim.run_until_idle(STEPS).unwrap();
+    let pinned = sim.node(n[1]).relayed_circuits().len();
+    assert_eq!(
+        delivered(&mut sim, n[0], n[2], b"n0 still opens").as_deref(),
+        Ok(&b"n0 still opens"[..])
+    );
+    assert_eq!(pinned, 0, "nothing pinned");
 }
