@@ -191,6 +191,17 @@ pub struct Streams {
     pool_used: bool,
 }
 
+/// Whether an arriving open was sealed under the session it was tried with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenAuth {
+    /// It was, and has been dealt with (accepted, refused, or dropped as a replay), or it
+    /// was dropped before its seal mattered (a circuit not the peer's, or one already
+    /// open): either way no other session need try it.
+    Authentic,
+    /// It was not: nothing was done.
+    Unauthentic,
+}
+
 /// What an arriving open needs from the node besides the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
