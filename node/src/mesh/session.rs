@@ -8,10 +8,21 @@
 //! binding of key to node id even if the advert had not reached it yet), message 2 ends it.
 //! The prologue binds both node ids, so a handshake meant for one node is useless at another.
 //!
-//! Owns the per-peer table (initiating or established), session ids, the replay window of
-//! circuit opens, and key derivation. Judging whether a key may speak for a node id is the
-//! caller's (it holds the link-state database and the trust policy). No IO; time is passed
-//! in.
+//! IK message 1 carries nothing fresh, so a copy of it (taken by any relay on the path)
+//! verifies again at the responder for as long as its key stays the same, and yields a
+//! session whose keys nobody else holds. A session accepted while one is established with
+//! that peer is therefore held aside, never put in its place: it replaces the established
+//! one only once a circuit open under it authenticates (WireGuard keeps its current keypair
+//! until the next one is confirmed the same way), and the caller tries the established
+//! session first. An open that no session authenticates is answered `NoSession` by the
+//! caller, at most [`UNAUTHENTIC_REPLIES`] times per [`UNAUTHENTIC_REPLY_PERIOD`] per peer,
+//! so an opener whose session the responder lost to a copied handshake (after a restart)
+//! sets up a new one instead of timing out on it for good.
+//!
+//! Owns the per-peer table (initiating, or established with perhaps a session held aside),
+//! session ids, the replay window of circuit opens, and key derivation. Judging whether a
+//! key may speak for a node id is the caller's (it holds the link-state database and the
+//! trust policy). No IO; time is passed in.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -32,6 +43,13 @@ pub const SESSION_PARAMS: &str = "Noise_IK_25519_AESGCM_SHA256";
 
 /// How long an initiated session may wait for its answer.
 pub const SESSION_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most `NoSession` answers to opens that fail authentication, per peer and period: the
+/// answer goes to a packet source nobody proved, so it must not become a reflector.
+pub const UNAUTHENTIC_REPLIES: u32 = 8;
+
+/// The period [`UNAUTHENTIC_REPLIES`] counts over.
+pub const UNAUTHENTIC_REPLY_PERIOD: Duration = Duration::from_secs(10);
 
 /// How far back a circuit open's sequence number may be and still be accepted (opens of one
 /// session can take different paths after a route change, so they may arrive out of order).
@@ -123,6 +141,18 @@ pub enum SessionError {
     AdvertMismatch,
 }
 
+/// Why no session could take a circuit open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum OpenRefusal {
+    /// No session with that peer has the open's session id (we restarted, or dropped it).
+    #[error("no session with that id")]
+    NoSession,
+    /// A session of that id exists but the open did not authenticate under it (it was
+    /// sealed under keys we do not hold, such as after a replayed handshake, or forged).
+    #[error("the open did not authenticate under the session")]
+    Unauthentic,
+}
+
 impl From<snow::Error> for SessionError {
     fn from(e: snow::Error) -> Self {
         Self::Noise(e.to_string())
@@ -144,6 +174,17 @@ pub struct Session {
 }
 
 impl Session {
+    fn new(now: Instant, peer: PeerIdentity, secrets: SessionSecrets) -> Self {
+        Self {
+            secrets,
+            peer,
+            next_open: 0,
+            seen_max: None,
+            seen_bits: 0,
+            last_used: now,
+        }
+    }
+
     /// The sequence number for the next circuit we open.
     pub fn next_open_seq(&mut self, now: Instant) -> u64 {
         self.last_used = now;
@@ -199,7 +240,43 @@ enum Slot {
         binding: Binding,
         started: Instant,
     },
-    Established(Box<Session>),
+    Established {
+        /// The session used for our opens and tried first for the peer's.
+        current: Box<Session>,
+        /// A session accepted since `current`, held aside until an open under it
+        /// authenticates (it may come from a replayed message 1).
+        next: Option<Box<Session>>,
+        /// `NoSession` answers to unauthentic opens, bounded per period.
+        replies: ReplyBudget,
+    },
+}
+
+/// How many answers may still go out in the current period.
+#[derive(Debug, Clone, Copy)]
+struct ReplyBudget {
+    period_start: Instant,
+    sent: u32,
+}
+
+impl ReplyBudget {
+    fn new(now: Instant) -> Self {
+        Self {
+            period_start: now,
+            sent: 0,
+        }
+    }
+
+    /// Whether one more answer may go out now; counts it.
+    fn take(&mut self, now: Instant) -> bool {
+        if now.saturating_duration_since(self.period_start) >= UNAUTHENTIC_REPLY_PERIOD {
+            *self = Self::new(now);
+        }
+        if self.sent >= UNAUTHENTIC_REPLIES {
+            return false;
+        }
+        self.sent += 1;
+        true
+    }
 }
 
 /// Every session of this node, one per peer node.
@@ -254,11 +331,59 @@ impl Sessions {
         self.keys = keys;
     }
 
-    /// The established session with `peer`.
+    /// The established session with `peer` (the one our opens use).
     pub fn established(&mut self, peer: &NodeId) -> Option<&mut Session> {
         match self.table.get_mut(peer) {
-            Some(Slot::Established(s)) => Some(s),
+            Some(Slot::Established { current, .. }) => Some(current),
             _ => None,
+        }
+    }
+
+    /// Runs `open` on the session with `peer` whose id is `id`: the established one first,
+    /// then the one held aside. `open` returns `None` when the open does not authenticate
+    /// under the session it is given. A held-aside session that authenticates one replaces
+    /// the established session (the peer proved it holds its keys).
+    ///
+    /// # Errors
+    /// [`OpenRefusal`]: no session has the id, or none authenticated the open.
+    pub fn open_with<R>(
+        &mut self,
+        peer: &NodeId,
+        id: u64,
+        mut open: impl FnMut(&mut Session) -> Option<R>,
+    ) -> Result<R, OpenRefusal> {
+        let Some(Slot::Established { current, next, .. }) = self.table.get_mut(peer) else {
+            return Err(OpenRefusal::NoSession);
+        };
+        let mut known = false;
+        if current.secrets.id == id {
+            known = true;
+            if let Some(r) = open(current) {
+                return Ok(r);
+            }
+        }
+        if let Some(held) = next.as_mut().filter(|n| n.secrets.id == id) {
+            known = true;
+            if let Some(r) = open(held) {
+                if let Some(confirmed) = next.take() {
+                    *current = confirmed;
+                }
+                return Ok(r);
+            }
+        }
+        Err(if known {
+            OpenRefusal::Unauthentic
+        } else {
+            OpenRefusal::NoSession
+        })
+    }
+
+    /// Whether an open from `peer` that failed authentication may be answered now (see
+    /// [`UNAUTHENTIC_REPLIES`]); counts the answer.
+    pub fn may_answer_unauthentic(&mut self, now: Instant, peer: &NodeId) -> bool {
+        match self.table.get_mut(peer) {
+            Some(Slot::Established { replies, .. }) => replies.take(now),
+            _ => false,
         }
     }
 
@@ -339,10 +464,12 @@ impl Sessions {
         ))
     }
 
-    /// Finishes a session the caller accepted: returns message 2. A session of ours with the
-    /// same peer is replaced (the peer restarted or dropped it). When both ends initiated
-    /// at once, the node with the smaller id keeps its own initiation and this returns
-    /// `None`: the peer will answer ours.
+    /// Finishes a session the caller accepted: returns message 2. When a session with the
+    /// peer is established, the new one is held aside until an open under it authenticates
+    /// (the peer restarted or dropped ours, or this is a copy of an old message 1 that nobody
+    /// can finish); otherwise it is established now. When both ends initiated at once, the
+    /// node with the smaller id keeps its own initiation and this returns `None`: the peer
+    /// will answer ours.
     ///
     /// # Errors
     /// [`SessionError::Noise`] if Noise cannot finish.
@@ -367,7 +494,11 @@ impl Sessions {
             responder_to_initiator: r2i,
             we_initiated: false,
         };
-        self.insert(now, peer.clone(), secrets);
+        let session_state = Box::new(Session::new(now, peer, secrets));
+        match self.table.get_mut(&session_state.peer.node) {
+            Some(Slot::Established { next, .. }) => *next = Some(session_state),
+            _ => self.insert(session_state),
+        }
         Ok(Some(SessionMsg::Accept {
             session,
             noise: Bytes::from(buf),
@@ -416,22 +547,19 @@ impl Sessions {
             key,
             binding,
         };
-        self.insert(now, peer.clone(), secrets);
+        self.insert(Box::new(Session::new(now, peer.clone(), secrets)));
         Ok(peer)
     }
 
-    fn insert(&mut self, now: Instant, peer: PeerIdentity, secrets: SessionSecrets) {
-        let session = Session {
-            secrets,
-            peer,
-            next_open: 0,
-            seen_max: None,
-            seen_bits: 0,
-            last_used: now,
-        };
+    fn insert(&mut self, session: Box<Session>) {
+        let replies = ReplyBudget::new(session.last_used);
         self.table.insert(
             session.peer.node.clone(),
-            Slot::Established(Box::new(session)),
+            Slot::Established {
+                current: session,
+                next: None,
+                replies,
+            },
         );
     }
 
@@ -444,7 +572,7 @@ impl Sessions {
     pub fn id_with(&self, peer: &NodeId) -> Option<u64> {
         match self.table.get(peer)? {
             Slot::Initiating { id, .. } => Some(*id),
-            Slot::Established(s) => Some(s.secrets.id),
+            Slot::Established { current, .. } => Some(current.secrets.id),
         }
     }
 
@@ -460,7 +588,10 @@ impl Sessions {
                 }
                 alive
             }
-            Slot::Established(s) => now.saturating_duration_since(s.last_used) < idle,
+            // A session held aside goes with it: it was never used, and may be a copy.
+            Slot::Established { current, .. } => {
+                now.saturating_duration_since(current.last_used) < idle
+            }
         });
         timed_out
     }
@@ -471,7 +602,7 @@ impl Sessions {
             .values()
             .filter_map(|slot| match slot {
                 Slot::Initiating { started, .. } => Some(*started + SESSION_HANDSHAKE_TIMEOUT),
-                Slot::Established(_) => None,
+                Slot::Established { .. } => None,
             })
             .min()
     }
@@ -480,7 +611,7 @@ impl Sessions {
     pub fn len(&self) -> usize {
         self.table
             .values()
-            .filter(|s| matches!(s, Slot::Established(_)))
+            .filter(|s| matches!(s, Slot::Established { .. }))
             .count()
     }
 

@@ -37,7 +37,9 @@ use endpoint::Endpoint;
 pub(crate) use inner::Inner;
 pub use outbound::{Closed, Outbound};
 pub use pool::ChunkPool;
-pub use relay::{MAX_RELAYED, MAX_RELAYED_PER_OPENER, RELAY_IDLE, RelayVerdict, Relays};
+pub use relay::{
+    MAX_RELAYED, MAX_RELAYED_PER_LINK, MAX_RELAYED_PER_OPENER, RELAY_IDLE, RelayVerdict, Relays,
+};
 
 use super::link::LinkId;
 use super::message::{CircuitId, ResetReason, StreamKind, StreamPacket};
@@ -187,6 +189,17 @@ pub struct Streams {
     /// Whether a chunk was opened since the last timer sweep: when none was, the pool lets
     /// its buffers go.
     pool_used: bool,
+}
+
+/// Whether an arriving open was sealed under the session it was tried with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenAuth {
+    /// It was, and has been dealt with (accepted, refused, or dropped as a replay), or it
+    /// was dropped before its seal mattered (a circuit not the peer's, or one already
+    /// open): either way no other session need try it.
+    Authentic,
+    /// It was not: nothing was done.
+    Unauthentic,
 }
 
 /// What an arriving open needs from the node besides the session.

@@ -10,7 +10,20 @@ use crate::mesh::link::LinkId;
 use crate::mesh::message::{
     Message, Packet, PacketBody, ResetReason, StreamKind, StreamPacket, Unreachable,
 };
-use crate::mesh::stream::{Admission, Outgoing, RelayVerdict, Reopen, StreamEvent, Streams};
+use crate::mesh::session::OpenRefusal;
+use crate::mesh::stream::{
+    Admission, OpenAuth, Outgoing, RelayVerdict, Reopen, StreamEvent, Streams,
+};
+
+/// A circuit open that arrived for one of our services.
+struct IncomingOpen<'a> {
+    link: LinkId,
+    /// The packet's source: unproven until the open authenticates.
+    src: &'a NodeId,
+    packet: &'a StreamPacket,
+    session: u64,
+    sealed: &'a [u8],
+}
 
 impl MeshNode {
     /// The up link that leads towards `dst`, if any.
@@ -77,6 +90,14 @@ impl MeshNode {
 
     fn relay_stream(&mut self, now: Instant, link: LinkId, packet: Packet, sp: &StreamPacket) {
         let verdict = if let StreamKind::Open { .. } = sp.kind {
+            if !sp.from_opener {
+                // Only an opener opens. An open claiming the acceptor's side would be pinned
+                // with its sides swapped, so the acceptor's reset, arriving as the opener's
+                // direction on the acceptor's link, would be dropped and the circuit held
+                // for RELAY_IDLE: a free way to fill this relay's table.
+                tracing::debug!(%link, circuit = ?sp.circuit, "dropped an open from the acceptor's side");
+                return;
+            }
             let Some(next) = self.next_link(&packet.dst) else {
                 self.unreachable(now, Some(link), &packet, Unreachable::NoRoute);
                 return;
@@ -201,32 +222,14 @@ impl MeshNode {
         let mut reopen = Vec::new();
         match &sp.kind {
             StreamKind::Open { session, sealed } if sp.from_opener => {
-                let listening = &self.listening;
-                match self.sessions.established(&src) {
-                    Some(s) if s.secrets.id == *session => self.streams.handle_open(
-                        now,
-                        link,
-                        sp.circuit.clone(),
-                        sealed,
-                        s,
-                        |service| {
-                            if listening.contains(service) {
-                                Admission::Accept
-                            } else {
-                                Admission::NoService
-                            }
-                        },
-                        &mut events,
-                        &mut out,
-                    ),
-                    // We restarted, or dropped the session: the opener must set up a new one.
-                    _ => out.extend(Streams::reset_unknown(
-                        link,
-                        src,
-                        &sp,
-                        ResetReason::NoSession,
-                    )),
-                }
+                let open = IncomingOpen {
+                    link,
+                    src: &src,
+                    packet: &sp,
+                    session: *session,
+                    sealed,
+                };
+                self.open_incoming(now, &open, &mut events, &mut out);
             }
             _ if self.streams.is_local(&sp.circuit) => {
                 self.streams
@@ -242,6 +245,58 @@ impl MeshNode {
         self.emit_stream(events, out);
         for r in reopen {
             self.reopen(now, r);
+        }
+    }
+
+    /// An open for one of our services: under the session it names (the established one
+    /// first, then one held aside), else answered `NoSession` so the opener sets up a new
+    /// session.
+    fn open_incoming(
+        &mut self,
+        now: Instant,
+        open: &IncomingOpen<'_>,
+        events: &mut Vec<StreamEvent>,
+        out: &mut Vec<Outgoing>,
+    ) {
+        let (streams, listening) = (&mut self.streams, &self.listening);
+        let opened = self.sessions.open_with(open.src, open.session, |s| {
+            let auth = streams.handle_open(
+                now,
+                open.link,
+                open.packet.circuit.clone(),
+                open.sealed,
+                s,
+                |service| {
+                    if listening.contains(service) {
+                        Admission::Accept
+                    } else {
+                        Admission::NoService
+                    }
+                },
+                events,
+                out,
+            );
+            (auth == OpenAuth::Authentic).then_some(())
+        });
+        let answer = match opened {
+            Ok(()) => false,
+            // We restarted, or dropped the session: the opener must set up a new one.
+            Err(OpenRefusal::NoSession) => true,
+            // Our session of that id has keys the opener does not hold (we accepted a copy of
+            // its old handshake after losing the real session), or the open is forged: the
+            // same answer, but bounded, since the source is unproven.
+            Err(OpenRefusal::Unauthentic) => {
+                tracing::debug!(peer = %open.src, "an open failed authentication under its session");
+                self.sessions.may_answer_unauthentic(now, open.src)
+            }
+        };
+        if answer {
+            out.extend(Streams::reset_unknown(
+                open.link,
+                open.src.clone(),
+                open.packet,
+                ResetReason::NoSession,
+            ));
         }
     }
 

@@ -1,6 +1,8 @@
-//! What arrives for this node's own stream endpoints: opens for its services (forged or
-//! replayed ones dropped, per-peer and total caps applied), and the sealed data, credit and
-//! ends of its circuits; a peer that breaks the protocol has its stream reset. No IO.
+//! What arrives for this node's own stream endpoints: opens for its services (replayed ones
+//! dropped, per-peer and total caps applied; one that fails authentication is reported to
+//! the caller, which may try the peer's other session or answer `NoSession`), and the
+//! sealed data, credit and ends of its circuits; a peer that breaks the protocol has its
+//! stream reset. No IO.
 
 use std::time::Instant;
 
@@ -8,7 +10,7 @@ use bytes::Bytes;
 
 use super::{
     Admission, DEFAULT_WINDOW, Endpoint, Inner, MAX_ACCEPTED_PER_PEER, MAX_ENDPOINTS,
-    MAX_SEND_CREDIT, Outbound, Outgoing, Reopen, StreamEvent, StreamId, Streams, reply,
+    MAX_SEND_CREDIT, OpenAuth, Outbound, Outgoing, Reopen, StreamEvent, StreamId, Streams, reply,
 };
 use crate::id::{NodeId, ServiceName};
 use crate::mesh::link::LinkId;
@@ -17,7 +19,9 @@ use crate::mesh::session::Session;
 
 impl Streams {
     /// An `Open` for one of our services arrived over `link` from the session's peer.
-    /// Forged or replayed opens are dropped without a word.
+    /// Forged or replayed opens are dropped without a word. Returns whether the open
+    /// authenticated under `session` ([`OpenAuth::Unauthentic`]: the caller may try another
+    /// session of the peer's, or tell the opener its session is gone).
     #[allow(clippy::too_many_arguments)]
     pub fn handle_open(
         &mut self,
@@ -29,9 +33,9 @@ impl Streams {
         admission: impl FnOnce(&ServiceName) -> Admission,
         events: &mut Vec<StreamEvent>,
         out: &mut Vec<Outgoing>,
-    ) {
+    ) -> OpenAuth {
         if circuit.opener != session.peer.node || self.by_circuit.contains_key(&circuit) {
-            return;
+            return OpenAuth::Authentic;
         }
         let (sealer, mut opener) = session.secrets.circuit(&circuit);
         let Some(Inner::Open {
@@ -41,12 +45,11 @@ impl Streams {
             ..
         }) = opener.open(sealed).ok().and_then(|p| Inner::decode(&p))
         else {
-            tracing::debug!(peer = %session.peer.node, "dropped an open that failed authentication");
-            return;
+            return OpenAuth::Unauthentic;
         };
         if !session.accept_open_seq(now, seq) {
             tracing::warn!(peer = %session.peer.node, seq, "dropped a replayed stream open");
-            return;
+            return OpenAuth::Authentic;
         }
         let peer = session.peer.clone();
         let refusal = match admission(&service) {
@@ -56,7 +59,7 @@ impl Streams {
         };
         if let Some(reason) = refusal {
             out.push(reply(link, peer.node, circuit, StreamKind::Reset(reason)));
-            return;
+            return OpenAuth::Authentic;
         }
         let id = self.allocate();
         *self.accepted_per_peer.entry(peer.node.clone()).or_default() += 1;
@@ -79,6 +82,7 @@ impl Streams {
             service,
         });
         events.push(StreamEvent::Credit { id, bytes: credit });
+        OpenAuth::Authentic
     }
 
     fn is_crowded(&self, peer: &NodeId) -> bool {

@@ -3,8 +3,12 @@
 //!
 //! A packet of a relayed circuit is taken only from the link on its side of the circuit; a
 //! live circuit is never re-pinned; circuits idle for [`RELAY_IDLE`] are dropped with a
-//! reset to both ends; and caps bound how many circuits one opener (and everyone) may pin
-//! here. Relays see no content: opens and traffic are sealed end to end. No IO.
+//! reset to both ends. Caps bound how many circuits may be pinned here: in all, per
+//! neighbour (the link an open arrived on, whose peer the link handshake proved), and per
+//! opener behind that neighbour. The opener named in a circuit id is only a claim, so its
+//! cap is counted per link: a neighbour claiming someone else's circuits uses up its own
+//! share, never theirs. Relays see no content: opens and traffic are sealed end to end.
+//! No IO.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -21,7 +25,13 @@ pub const RELAY_IDLE: Duration = Duration::from_secs(15 * 60);
 /// Most circuits relayed at once.
 pub const MAX_RELAYED: usize = 65_536;
 
-/// Most circuits one opener may have relayed here at once.
+/// Most circuits one neighbour may have relayed here at once (counted on the link their
+/// opens arrived on): a quarter of [`MAX_RELAYED`], so no single neighbour can fill the
+/// table and leave the others nothing.
+pub const MAX_RELAYED_PER_LINK: usize = MAX_RELAYED / 4;
+
+/// Most circuits one opener may have relayed here at once through one neighbour, so one
+/// busy node behind a neighbour leaves room for the others behind it.
 pub const MAX_RELAYED_PER_OPENER: usize = 4_096;
 
 #[derive(Debug)]
@@ -49,7 +59,10 @@ pub enum RelayVerdict {
 #[derive(Debug, Default)]
 pub struct Relays {
     circuits: HashMap<CircuitId, Relay>,
-    per_opener: HashMap<NodeId, usize>,
+    /// Circuits pinned per link their open arrived on.
+    per_link: HashMap<LinkId, usize>,
+    /// Circuits pinned per (link their open arrived on, opener they claim).
+    per_opener: HashMap<(LinkId, NodeId), usize>,
 }
 
 impl Relays {
@@ -74,7 +87,8 @@ impl Relays {
         self.circuits.contains_key(circuit)
     }
 
-    /// An open passing through from `from` towards `acceptor` over `to`.
+    /// An open passing through from `from` towards `acceptor` over `to`, counted against
+    /// the caps of `from`.
     pub fn pin(
         &mut self,
         now: Instant,
@@ -87,11 +101,17 @@ impl Relays {
             // Never re-pin a live circuit: that is how a neighbour would steal one.
             return RelayVerdict::Drop;
         }
-        let count = self.per_opener.get(&circuit.opener).copied().unwrap_or(0);
-        if self.circuits.len() >= MAX_RELAYED || count >= MAX_RELAYED_PER_OPENER {
+        let opener = (from, circuit.opener.clone());
+        let by_link = self.per_link.get(&from).copied().unwrap_or(0);
+        let by_opener = self.per_opener.get(&opener).copied().unwrap_or(0);
+        if self.circuits.len() >= MAX_RELAYED
+            || by_link >= MAX_RELAYED_PER_LINK
+            || by_opener >= MAX_RELAYED_PER_OPENER
+        {
             return RelayVerdict::Refuse;
         }
-        self.per_opener.insert(circuit.opener.clone(), count + 1);
+        self.per_link.insert(from, by_link + 1);
+        self.per_opener.insert(opener, by_opener + 1);
         self.circuits.insert(
             circuit.clone(),
             Relay {
@@ -126,12 +146,11 @@ impl Relays {
 
     fn remove(&mut self, circuit: &CircuitId) -> Option<Relay> {
         let relay = self.circuits.remove(circuit)?;
-        if let Some(count) = self.per_opener.get_mut(&circuit.opener) {
-            *count -= 1;
-            if *count == 0 {
-                self.per_opener.remove(&circuit.opener);
-            }
-        }
+        decrement(&mut self.per_link, relay.opener_link);
+        decrement(
+            &mut self.per_opener,
+            (relay.opener_link, circuit.opener.clone()),
+        );
         Some(relay)
     }
 
@@ -193,6 +212,16 @@ impl Relays {
                     kind: StreamKind::Reset(reason),
                 },
             });
+        }
+    }
+}
+
+/// Takes one off `key`'s count, forgetting it at zero (the maps stay as small as the table).
+fn decrement<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: K) {
+    if let Some(count) = counts.get_mut(&key) {
+        *count -= 1;
+        if *count == 0 {
+            counts.remove(&key);
         }
     }
 }
@@ -291,5 +320,42 @@ mod tests {
             RelayVerdict::Forward(LinkId(2)),
             "others still get through"
         );
+    }
+
+    #[test]
+    fn one_neighbour_cannot_fill_the_whole_table() {
+        let now = Instant::now();
+        let mut relays = Relays::default();
+        let b = NodeId::new("b").unwrap();
+        let (flooder, honest) = (LinkId(1), LinkId(3));
+        // Every opener name it likes, each up to the per-opener cap, all from one link.
+        let names = MAX_RELAYED / MAX_RELAYED_PER_OPENER + 1;
+        for name in 0..names {
+            for n in 0..MAX_RELAYED_PER_OPENER as u64 {
+                relays.pin(
+                    now,
+                    &circuit(&format!("o{name}"), n),
+                    &b,
+                    flooder,
+                    LinkId(2),
+                );
+            }
+        }
+        assert_eq!(relays.len(), MAX_RELAYED_PER_LINK, "the flooder's share");
+        let other = relays.pin(now, &circuit("a", 1), &b, honest, LinkId(2));
+        assert_eq!(other, RelayVerdict::Forward(LinkId(2)));
+    }
+
+    #[test]
+    fn a_neighbour_claiming_an_opener_does_not_use_up_that_openers_share_elsewhere() {
+        let now = Instant::now();
+        let mut relays = Relays::default();
+        let b = NodeId::new("b").unwrap();
+        let (flooder, openers_link) = (LinkId(1), LinkId(3));
+        for n in 0..MAX_RELAYED_PER_OPENER as u64 {
+            relays.pin(now, &circuit("a", n), &b, flooder, LinkId(2));
+        }
+        let real = relays.pin(now, &circuit("a", u64::MAX), &b, openers_link, LinkId(2));
+        assert_eq!(real, RelayVerdict::Forward(LinkId(2)));
     }
 }

@@ -10,11 +10,12 @@ use crate::id::{NodeId, ServiceName};
 use crate::keys::{LinkKeypair, SignatureBytes};
 use crate::mesh::advert::{Advert, AdvertLink};
 use crate::mesh::lsdb::LsdbLimits;
-use crate::mesh::message::{Message, Packet, PacketBody, StreamKind, StreamPacket};
+use crate::mesh::message::{CircuitId, Message, Packet, PacketBody, StreamKind, StreamPacket};
 use crate::mesh::node::Event;
 use crate::mesh::route::Cost;
+use crate::mesh::session::SessionMsg;
 use crate::mesh::sim::{NodeIdx, Sim};
-use crate::mesh::stream::{StreamEvent, StreamId};
+use crate::mesh::stream::{MAX_RELAYED_PER_OPENER, StreamEvent, StreamId};
 
 /// A line n0 - n1 - n2 with an attacker `x` linked to `x_peer`; `n1` taps its links.
 fn mesh_with_attacker(seed: u64, x_peer: usize) -> (Sim, Vec<NodeIdx>, NodeIdx) {
@@ -378,4 +379,118 @@ fn with_circuit_number(packet: &Packet, number: u64) -> Packet {
         body: PacketBody::Stream(sp),
         ..packet.clone()
     }
+}
+
+/// The first session `Init` from `from` to `to` that `n1` relayed, as it saw it in clear.
+fn tapped_session_init(sim: &Sim, n1: NodeIdx, from: &NodeId, to: &NodeId) -> Packet {
+    sim.events(n1)
+        .iter()
+        .find_map(|e| match e {
+            Event::LinkPlaintext { frame, .. } => match Message::decode(frame).ok()? {
+                Message::Packet(p)
+                    if &p.src == from
+                        && &p.dst == to
+                        && matches!(p.body, PacketBody::Session(SessionMsg::Init { .. })) =>
+                {
+                    Some(p)
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+        .expect("n1 relayed the session init")
+}
+
+/// Streams `data` from `a` to `b` and returns what arrived, or why it did not.
+fn delivered(sim: &mut Sim, a: NodeIdx, b: NodeIdx, data: &[u8]) -> Result<Vec<u8>, String> {
+    sim.transfer(a, b, data, STEPS).map(|t| t.received)
+}
+
+#[test]
+fn a_replayed_session_init_leaves_the_pairs_session_working_both_ways() {
+    let (mut sim, n, x) = mesh_with_attacker(36, 1);
+    live_stream(&mut sim, &n);
+    let (n0, n2) = (sim.id(n[0]), sim.id(n[2]));
+    let init = tapped_session_init(&sim, n[1], &n0, &n2);
+    let session = sim.node(n[0]).session_id(&n2);
+    // Replayed later from the attacker's link, with n0's source.
+    inject(&mut sim, x, n[1], &Message::Packet(init));
+    sim.run_until_idle(STEPS).unwrap();
+    assert_eq!(
+        delivered(&mut sim, n[0], n[2], b"there").as_deref(),
+        Ok(&b"there"[..])
+    );
+    assert_eq!(
+        delivered(&mut sim, n[2], n[0], b"and back").as_deref(),
+        Ok(&b"and back"[..])
+    );
+    assert_eq!(
+        sim.node(n[0]).session_id(&n2),
+        session,
+        "n0 kept its session: no new handshake was needed"
+    );
+}
+
+#[test]
+fn a_replayed_init_at_a_restarted_node_costs_one_new_handshake_not_the_pair() {
+    let (mut sim, n, x) = mesh_with_attacker(37, 1);
+    live_stream(&mut sim, &n);
+    let (n0, n2) = (sim.id(n[0]), sim.id(n[2]));
+    let init = tapped_session_init(&sim, n[1], &n0, &n2);
+    // n2 restarts (same key) and so forgets the session; n0 still holds it. The copied
+    // init now gives n2 a session of that id whose keys nobody else holds.
+    let session = sim.node(n[0]).session_id(&n2);
+    sim.restart(n[2]);
+    settle(&mut sim);
+    inject(&mut sim, x, n[1], &Message::Packet(init));
+    sim.run_until_idle(STEPS).unwrap();
+    // n2 answers the open that fails under its copy `NoSession`, and n0 sets up anew.
+    assert_eq!(
+        delivered(&mut sim, n[0], n[2], b"after the restart").as_deref(),
+        Ok(&b"after the restart"[..])
+    );
+    assert_ne!(sim.node(n[0]).session_id(&n2), session, "a new session");
+    assert_eq!(
+        delivered(&mut sim, n[2], n[0], b"and back").as_deref(),
+        Ok(&b"and back"[..])
+    );
+}
+
+/// An `Open` on circuit `(opener, number)` towards `dst`, claiming to come from the
+/// acceptor's side (`from_opener: false`).
+fn backwards_open(opener: &NodeId, dst: &NodeId, number: u64) -> Message {
+    Message::Packet(Packet {
+        src: opener.clone(),
+        dst: dst.clone(),
+        hops_left: 9,
+        body: PacketBody::Stream(StreamPacket {
+            circuit: CircuitId {
+                opener: opener.clone(),
+                number,
+            },
+            from_opener: false,
+            kind: StreamKind::Open {
+                session: 1,
+                sealed: Bytes::from_static(&[0u8; 80]),
+            },
+        }),
+    })
+}
+
+#[test]
+fn opens_from_the_acceptors_side_pin_nothing_and_do_not_take_the_openers_share() {
+    let (mut sim, n, x) = mesh_with_attacker(38, 1);
+    let (n0, n2) = (sim.id(n[0]), sim.id(n[2]));
+    // The reset n2 answers with comes back on the acceptor's link as if from the opener,
+    // so without a check each of these would stay pinned for RELAY_IDLE.
+    for number in 0..MAX_RELAYED_PER_OPENER as u64 {
+        inject(&mut sim, x, n[1], &backwards_open(&n0, &n2, number));
+    }
+    sim.run_until_idle(STEPS).unwrap();
+    let pinned = sim.node(n[1]).relayed_circuits().len();
+    assert_eq!(
+        delivered(&mut sim, n[0], n[2], b"n0 still opens").as_deref(),
+        Ok(&b"n0 still opens"[..])
+    );
+    assert_eq!(pinned, 0, "nothing pinned");
 }
