@@ -364,7 +364,8 @@ mod tests {
 
     use bytes::Bytes;
 
-    use super::{PeerIdentity, StreamSlot, mpsc};
+    use super::super::inbox::GATHER_BELOW;
+    use super::{MAX_CHUNK, PeerIdentity, StreamSlot, mpsc};
     use crate::heap::counting::live_bytes;
     use crate::id::ServiceName;
     use crate::keys::LinkKeypair;
@@ -415,20 +416,29 @@ mod tests {
         (a, b)
     }
 
-    /// Byte `b` as a peer's 1-byte data message becomes on arrival: sealed by the peer,
-    /// opened here in a buffer of its own (`Opener::open_pooled` copies a message shorter
-    /// than half a chunk out of the link's buffer) and cut down to its byte.
-    fn received_byte(sealer: &mut Sealer, opener: &mut Opener, b: u8) -> Bytes {
-        let sealed = sealer.seal(Inner::Data(Bytes::copy_from_slice(&[b])).encode());
-        let opened = opener.open_pooled(sealed, &ChunkPool::new()).unwrap();
+    /// `payload` as a peer's data message becomes on arrival: sealed by the peer, opened
+    /// here out of the link's buffer (shared with the frames around it, so copied: into a
+    /// buffer of its own size when short, into one of `pool`'s chunk buffers from half a
+    /// chunk up) and cut down to its bytes.
+    fn received(
+        sealer: &mut Sealer,
+        opener: &mut Opener,
+        pool: &ChunkPool,
+        payload: &[u8],
+    ) -> Bytes {
+        let sealed = sealer.seal(Inner::Data(Bytes::copy_from_slice(payload)).encode());
+        let link_buffer = sealed.clone();
+        let opened = opener.open_pooled(sealed, pool).unwrap();
+        drop(link_buffer);
         match Inner::decode_owned(opened) {
             Some(Inner::Data(data)) => data,
             other => panic!("not data: {other:?}"),
         }
     }
 
-    #[test]
-    fn a_window_of_one_byte_messages_unread_holds_a_small_multiple_of_the_window() {
+    /// Heap bytes held by a stream's queue after the peer sent its whole window (the most
+    /// it may send unread) in messages of `size` bytes, and the reader read none.
+    fn held_by_a_window_in_messages_of(size: usize) -> i64 {
         let secrets = |we_initiated| SessionSecrets {
             id: 1,
             initiator_to_responder: [1; 32],
@@ -448,25 +458,46 @@ mod tests {
             binding: Binding::FirstSeen,
         };
         let service = ServiceName::new("sink").unwrap();
-        let (slot, stream) =
-            StreamSlot::new(StreamId(1), peer, service, commands, ChunkPool::new());
-        // The most a peer may send unread: the whole window, one byte per message.
-        let messages = DEFAULT_WINDOW as usize;
+        let pool = ChunkPool::new();
+        let (slot, stream) = StreamSlot::new(StreamId(1), peer, service, commands, pool.clone());
+        let payload = vec![7u8; size];
         let before = live_bytes();
-        for i in 0..messages {
-            slot.data(received_byte(&mut sealer, &mut opener, i as u8));
+        for _ in 0..DEFAULT_WINDOW as usize / size {
+            slot.data(received(&mut sealer, &mut opener, &pool, &payload));
         }
         let held = live_bytes() - before;
+        drop((slot, stream));
+        held
+    }
+
+    #[test]
+    fn a_window_of_one_byte_messages_unread_holds_a_small_multiple_of_the_window() {
+        let held = held_by_a_window_in_messages_of(1);
         let window = i64::from(DEFAULT_WINDOW);
         eprintln!(
-            "{messages} one-byte messages unread hold {held} bytes ({:.1} windows)",
+            "{window} one-byte messages unread hold {held} bytes ({:.1} windows)",
             held as f64 / window as f64
         );
         assert!(
             held <= 3 * window,
-            "{messages} one-byte messages hold {held} bytes, over 3 windows of {window}"
+            "{window} one-byte messages hold {held} bytes, over 3 windows of {window}"
         );
-        drop((slot, stream));
+    }
+
+    #[test]
+    fn a_window_unread_holds_at_most_three_windows_whatever_the_message_size() {
+        let window = i64::from(DEFAULT_WINDOW);
+        for size in [100, 4096, GATHER_BELOW - 1, GATHER_BELOW, MAX_CHUNK] {
+            let held = held_by_a_window_in_messages_of(size);
+            eprintln!(
+                "a window in {size}-byte messages unread holds {held} bytes ({:.2} windows)",
+                held as f64 / window as f64
+            );
+            assert!(
+                held <= 3 * window,
+                "a window in {size}-byte messages holds {held} bytes"
+            );
+        }
     }
 
     /// Several windows' worth, so the sender stalls unless batched reads grant credit.
