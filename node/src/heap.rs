@@ -11,10 +11,15 @@
 //! starts only once [`TRIM_INTERVAL`] has passed since the last or the work done since
 //! (counted by the caller) is worth it ([`TRIM_AFTER_WORK`]): a node that went idle after
 //! a burst gives its memory back then, not up to a minute later.
+//!
+//! In the lib tests, `counting` is the allocator: it tells a test what its thread holds.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+#[cfg(test)]
+pub(crate) mod counting;
 
 /// The least time between two trims started through a [`TrimGate`], unless
 /// [`TRIM_AFTER_WORK`] was done since the last.

@@ -7,6 +7,7 @@
 //! implement `AsyncRead + AsyncWrite`.
 
 mod handle;
+mod inbox;
 mod reader;
 mod reconfig;
 mod stream;

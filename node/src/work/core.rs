@@ -151,6 +151,9 @@ struct Entry {
     expires: Option<Instant>,
     /// The number of the unit's latest status write (0: none since it was loaded).
     written: u64,
+    /// The status changed in a way written only once `written` is durable (a job's
+    /// containment record, see `durable.rs`), and has not been written since.
+    unwritten: bool,
     /// Why a running unit fails once its handler, asked to stop, ends (its status did not
     /// reach the disk while its submitter waited): it keeps its slot and its job
     /// directory until then.
@@ -175,6 +178,9 @@ pub struct Core {
     durable_seq: u64,
     /// Actions waiting for a status write to be durable, with its number.
     gated: VecDeque<(u64, Action)>,
+    /// Units whose status is written once their write in flight is durable (each at most
+    /// once; see `durable.rs`).
+    deferred: Vec<UnitId>,
     /// Units submitted by a peer under a nonce, by the peer's key and the nonce.
     nonces: HashMap<(PublicKey, SubmitNonce), UnitId>,
     /// How many units each peer holds here (see `held.rs`).
@@ -196,6 +202,7 @@ impl Core {
             write_seq: 0,
             durable_seq: 0,
             gated: VecDeque::new(),
+            deferred: Vec::new(),
             nonces: HashMap::new(),
             held: HashMap::new(),
         }
@@ -317,6 +324,7 @@ impl Core {
                 wake_at: None,
                 expires: None,
                 written: 0,
+                unwritten: false,
                 fail_when_ended: None,
             },
         );
@@ -384,6 +392,7 @@ impl Core {
         if let Some(entry) = self.units.get_mut(&id) {
             self.write_seq += 1;
             entry.written = self.write_seq;
+            entry.unwritten = false;
             self.actions.push_back(Action::WriteStatus {
                 id,
                 status: Box::new(entry.status.clone()),
@@ -475,11 +484,13 @@ impl Core {
         }
     }
 
-    /// A running unit's host recorded how its programs are contained (its `ExtraData`).
+    /// A running unit's host recorded how its programs are contained (its `ExtraData`),
+    /// as it does at every program's start and stop: written behind the unit's write in
+    /// flight (see `durable.rs`).
     pub fn extra_data(&mut self, id: UnitId, value: serde_json::Value) {
         if let Some(entry) = self.units.get_mut(&id) {
             entry.status.extra_data = value;
-            self.persist(id);
+            self.persist_behind(id);
         }
     }
 

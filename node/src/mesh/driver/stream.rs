@@ -1,8 +1,9 @@
 //! [`MeshStream`]: a mesh stream as `AsyncRead + AsyncWrite`, and the owner task's slot for
 //! it.
 //!
-//! Reads come from an unbounded channel that flow control bounds: the peer can have sent at
-//! most the credit we granted, and we grant credit only as the application reads. Writes
+//! Reads come from an [`Inbox`] that flow control bounds: the peer can have sent at most the
+//! credit we granted, and we grant credit only as the application reads; the inbox gathers
+//! small messages so that their number does not multiply what they hold. Writes
 //! take credit from a shared counter that the owner tops up as the peer grants it; with no
 //! credit, `poll_write` waits.
 
@@ -16,16 +17,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 
 use super::handle::Command;
+use super::inbox::{Chunk, Delivery, Inbox, inbox};
 use crate::id::{NodeId, ServiceName};
 use crate::mesh::message::ResetReason;
 use crate::mesh::session::PeerIdentity;
 use crate::mesh::stream::{ChunkPool, MAX_CHUNK, Outbound, StreamData, StreamId};
-
-enum Chunk {
-    Data(Bytes),
-    Fin,
-    Reset(ResetReason),
-}
 
 #[derive(Default)]
 struct WriteState {
@@ -36,7 +32,7 @@ struct WriteState {
 
 /// The owner task's end of one stream.
 pub(super) struct StreamSlot {
-    chunks: mpsc::UnboundedSender<Chunk>,
+    chunks: Delivery,
     write: Arc<Mutex<WriteState>>,
     /// The application's end, held until the stream is accepted (for streams we open).
     pending: Option<MeshStream>,
@@ -51,7 +47,7 @@ impl StreamSlot {
         commands: mpsc::UnboundedSender<Command>,
         pool: ChunkPool,
     ) -> (Self, MeshStream) {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = inbox();
         let write = Arc::new(Mutex::new(WriteState::default()));
         let stream = MeshStream {
             id,
@@ -105,11 +101,11 @@ impl StreamSlot {
     }
 
     pub(super) fn data(&self, data: Bytes) {
-        let _ = self.chunks.send(Chunk::Data(data));
+        self.chunks.data(data);
     }
 
     pub(super) fn finished(&self) {
-        let _ = self.chunks.send(Chunk::Fin);
+        self.chunks.fin();
     }
 
     pub(super) fn credit(&self, bytes: u64) {
@@ -121,7 +117,7 @@ impl StreamSlot {
     }
 
     pub(super) fn reset(self, reason: ResetReason) {
-        let _ = self.chunks.send(Chunk::Reset(reason));
+        self.chunks.reset(reason);
         let mut state = lock(&self.write);
         state.reset = Some(reason);
         if let Some(waker) = state.waker.take() {
@@ -146,7 +142,7 @@ pub struct MeshStream {
     peer: PeerIdentity,
     service: ServiceName,
     commands: mpsc::UnboundedSender<Command>,
-    chunks: mpsc::UnboundedReceiver<Chunk>,
+    chunks: Inbox,
     current: Bytes,
     /// A Fin or Reset taken from `chunks` while filling a read that already had data; the
     /// next read reports it.
@@ -287,12 +283,12 @@ impl MeshStream {
                 return;
             }
             match self.chunks.try_recv() {
-                Ok(Chunk::Data(data)) => self.current = data,
-                Ok(other) => {
+                Some(Chunk::Data(data)) => self.current = data,
+                Some(other) => {
                     self.deferred = Some(other);
                     return;
                 }
-                Err(_) => return,
+                None => return,
             }
         }
     }
@@ -366,11 +362,20 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
+    use bytes::Bytes;
+
+    use super::super::inbox::GATHER_BELOW;
+    use super::{MAX_CHUNK, PeerIdentity, StreamSlot, mpsc};
+    use crate::heap::counting::live_bytes;
     use crate::id::ServiceName;
     use crate::keys::LinkKeypair;
     use crate::mesh::driver::{self, DriverConfig, MeshHandle, PeerTarget};
+    use crate::mesh::message::CircuitId;
     use crate::mesh::node::MeshConfig;
     use crate::mesh::route::Cost;
+    use crate::mesh::seal::{Opener, Sealer, SessionSecrets};
+    use crate::mesh::stream::{ChunkPool, DEFAULT_WINDOW, Inner, StreamId};
+    use crate::mesh::trust::Binding;
     use crate::mesh::trust::TrustEntry;
 
     fn config(id: &str, seed: u8, peer_seed: u8) -> MeshConfig {
@@ -411,6 +416,90 @@ mod tests {
         (a, b)
     }
 
+    /// `payload` as a peer's data message becomes on arrival: sealed by the peer, opened
+    /// here out of the link's buffer (shared with the frames around it, so copied: into a
+    /// buffer of its own size when short, into one of `pool`'s chunk buffers from half a
+    /// chunk up) and cut down to its bytes.
+    fn received(
+        sealer: &mut Sealer,
+        opener: &mut Opener,
+        pool: &ChunkPool,
+        payload: &[u8],
+    ) -> Bytes {
+        let sealed = sealer.seal(Inner::Data(Bytes::copy_from_slice(payload)).encode());
+        let link_buffer = sealed.clone();
+        let opened = opener.open_pooled(sealed, pool).unwrap();
+        drop(link_buffer);
+        match Inner::decode_owned(opened) {
+            Some(Inner::Data(data)) => data,
+            other => panic!("not data: {other:?}"),
+        }
+    }
+
+    /// Heap bytes held by a stream's queue after the peer sent its whole window (the most
+    /// it may send unread) in messages of `size` bytes, and the reader read none.
+    fn held_by_a_window_in_messages_of(size: usize) -> i64 {
+        let secrets = |we_initiated| SessionSecrets {
+            id: 1,
+            initiator_to_responder: [1; 32],
+            responder_to_initiator: [2; 32],
+            we_initiated,
+        };
+        let circuit = CircuitId {
+            opener: "a".parse().unwrap(),
+            number: 1,
+        };
+        let (mut sealer, _) = secrets(true).circuit(&circuit);
+        let (_, mut opener) = secrets(false).circuit(&circuit);
+        let (commands, _commands) = mpsc::unbounded_channel();
+        let peer = PeerIdentity {
+            node: "a".parse().unwrap(),
+            key: LinkKeypair::from_private([1; 32]).public(),
+            binding: Binding::FirstSeen,
+        };
+        let service = ServiceName::new("sink").unwrap();
+        let pool = ChunkPool::new();
+        let (slot, stream) = StreamSlot::new(StreamId(1), peer, service, commands, pool.clone());
+        let payload = vec![7u8; size];
+        let before = live_bytes();
+        for _ in 0..DEFAULT_WINDOW as usize / size {
+            slot.data(received(&mut sealer, &mut opener, &pool, &payload));
+        }
+        let held = live_bytes() - before;
+        drop((slot, stream));
+        held
+    }
+
+    #[test]
+    fn a_window_of_one_byte_messages_unread_holds_a_small_multiple_of_the_window() {
+        let held = held_by_a_window_in_messages_of(1);
+        let window = i64::from(DEFAULT_WINDOW);
+        eprintln!(
+            "{window} one-byte messages unread hold {held} bytes ({:.1} windows)",
+            held as f64 / window as f64
+        );
+        assert!(
+            held <= 3 * window,
+            "{window} one-byte messages hold {held} bytes, over 3 windows of {window}"
+        );
+    }
+
+    #[test]
+    fn a_window_unread_holds_at_most_three_windows_whatever_the_message_size() {
+        let window = i64::from(DEFAULT_WINDOW);
+        for size in [100, 4096, GATHER_BELOW - 1, GATHER_BELOW, MAX_CHUNK] {
+            let held = held_by_a_window_in_messages_of(size);
+            eprintln!(
+                "a window in {size}-byte messages unread holds {held} bytes ({:.2} windows)",
+                held as f64 / window as f64
+            );
+            assert!(
+                held <= 3 * window,
+                "a window in {size}-byte messages holds {held} bytes"
+            );
+        }
+    }
+
     /// Several windows' worth, so the sender stalls unless batched reads grant credit.
     const LEN: usize = 3 << 20;
 
@@ -447,6 +536,44 @@ mod tests {
             got == data,
             "received {} bytes, not the {LEN} sent",
             got.len()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_byte_writes_between_large_ones_arrive_in_order() {
+        let (a, b) = pair().await;
+        let service = ServiceName::new("sink").unwrap();
+        let mut incoming = b.listen(&service).unwrap();
+        let reader = tokio::spawn(async move {
+            let mut stream = incoming.recv().await.unwrap();
+            let mut got = Vec::new();
+            stream.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let mut sent = Vec::new();
+        let mut stream = a.connect(b.id(), &service).await.unwrap();
+        let send = async {
+            for round in 0..4u8 {
+                for i in 0..5_000u32 {
+                    let byte = [(i % 251) as u8 ^ round];
+                    stream.write_all(&byte).await.unwrap();
+                    sent.push(byte[0]);
+                }
+                let large = vec![round; 100_000];
+                stream.write_all(&large).await.unwrap();
+                sent.extend_from_slice(&large);
+            }
+            stream.shutdown().await.unwrap();
+            reader.await.unwrap()
+        };
+        let got = tokio::time::timeout(Duration::from_secs(60), send)
+            .await
+            .expect("stream stalled");
+        assert!(
+            got == sent,
+            "received {} bytes, not the {} sent",
+            got.len(),
+            sent.len()
         );
     }
 }

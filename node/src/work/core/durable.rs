@@ -5,6 +5,12 @@
 //! the unit's current status is on the disk — sending a remote submission, whose nonce a
 //! restarted node needs to find the remote unit again — is held back until then.
 //!
+//! A change a job can repeat as fast as it likes (its containment record, at every program
+//! it starts or stops) is written only once the unit's write in flight is durable: until
+//! then the latest one waits in the unit's status, so the store thread's queue holds at
+//! most one such write per unit however fast the job goes or however slow the disk is
+//! (before, one status per program, about a kilobyte each, while the disk stalled).
+//!
 //! On the running node, a peer's submission carries a nonce: a second submission with the
 //! same key and nonce (its submitter restarted without knowing whether the first arrived)
 //! finds the unit made for the first one when that unit has its payload, or replaces it
@@ -22,6 +28,7 @@ impl Core {
     /// them.
     pub fn statuses_durable(&mut self, upto: u64) {
         self.durable_seq = self.durable_seq.max(upto);
+        self.write_deferred();
         while let Some((seq, _)) = self.gated.front() {
             if *seq > self.durable_seq {
                 break;
@@ -75,6 +82,32 @@ impl Core {
     pub fn unit_write_pending(&self, id: UnitId) -> Option<u64> {
         let written = self.units.get(&id)?.written;
         (written > self.durable_seq).then_some(written)
+    }
+
+    /// Writes unit `id`'s status now when its last write is durable, else once it is.
+    pub(super) fn persist_behind(&mut self, id: UnitId) {
+        let durable = self.durable_seq;
+        let Some(entry) = self.units.get_mut(&id) else {
+            return;
+        };
+        if entry.written <= durable {
+            self.persist(id);
+        } else if !entry.unwritten {
+            entry.unwritten = true;
+            self.deferred.push(id);
+        }
+    }
+
+    /// Writes the deferred statuses whose unit's last write is now durable.
+    fn write_deferred(&mut self) {
+        for id in std::mem::take(&mut self.deferred) {
+            match self.units.get(&id) {
+                Some(e) if e.unwritten && e.written <= self.durable_seq => self.persist(id),
+                Some(e) if e.unwritten => self.deferred.push(id),
+                // Written since with a later change, or gone.
+                _ => {}
+            }
+        }
     }
 
     /// Queues `action` to run once every status write asked for so far is durable.

@@ -431,3 +431,32 @@ fn a_running_unit_whose_submitter_is_told_it_was_not_taken_is_stopped_and_fails(
         status.detail
     );
 }
+
+#[test]
+fn a_job_recording_its_containment_ten_thousand_times_while_the_disk_stalls_has_one_write_in_flight()
+ {
+    let now = Instant::now();
+    let mut core = core_on("me");
+    create_and_store(&mut core, now, new_unit(1, "me", None, None));
+    // The unit is running; the disk has made none of its writes durable.
+    let record = |i: u32| serde_json::json!({"Containment": {"programs": i}});
+    let mut queued = Vec::new();
+    for i in 0..10_000 {
+        core.extra_data(id(1), record(i));
+        queued.extend(writes(&actions(&mut core)));
+    }
+    assert!(
+        queued.is_empty(),
+        "{} status writes queued behind the one in flight",
+        queued.len()
+    );
+    // Once the disk catches up, the latest record is written, once.
+    let upto = core.unit_write_pending(id(1)).unwrap();
+    core.statuses_durable(upto);
+    let written = writes(&actions(&mut core));
+    assert_eq!(written.len(), 1, "{written:?}");
+    assert_eq!(written[0].1.extra_data, record(9_999));
+    core.statuses_durable(written[0].0);
+    assert_eq!(core.unit_write_pending(id(1)), None);
+    assert!(actions(&mut core).is_empty());
+}
