@@ -670,9 +670,13 @@ fn under_process_group_containment_a_setsid_double_forked_daemon_dies_at_cancel_
         Vec::<i32>::new(),
         "the daemon ({own_session}) outlived its cancelled job"
     );
+    // Gone, or a zombie that runs nothing (its parent, this machine's init, reaps it
+    // when it gets to it): such a zombie does not hold the uid.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon[0]));
     assert!(
-        !Path::new(&format!("/proc/{}", daemon[0])).exists(),
-        "pid {} is still there",
+        status.as_ref().map_or(true, |s| s.contains("State:\tZ")
+            && s.contains("Threads:\t1\n")),
+        "pid {} is still there: {status:?}",
         daemon[0]
     );
     let users = host.containment().job_users().unwrap();
@@ -745,4 +749,75 @@ fn a_job_on_a_supervisor_that_ignores_the_job_uid_fails_saying_which_binary_to_i
         )) && detail.contains("install the warren-supervisor of the same release beside warren"),
         "{detail}"
     );
+}
+
+/// Leaves a 0600 shared memory segment holding its payload (the secret) in System V IPC,
+/// as its job's uid, and exits.
+const LEAVE_SHM: &str = r#"
+import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+secret = sys.stdin.read().strip().encode()
+shm = libc.shmget(0, 4096, 0o1600)
+assert shm >= 0, ctypes.get_errno()
+ctypes.memmove(libc.shmat(shm, None, 0), secret, len(secret))
+print("left", shm)
+"#;
+
+/// Prints what it reads from every shared memory segment its uid owns, then shows that
+/// Python's multiprocessing (POSIX semaphores and shared memory in /dev/shm, which Ansible
+/// relies on) works in the job.
+const FIND_SHM: &str = r#"
+import ctypes, os, multiprocessing
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+lines = open("/proc/sysvipc/shm").read().splitlines()
+head = lines[0].split()
+for line in lines[1:]:
+    row = dict(zip(head, line.split()))
+    if int(row["uid"]) == os.getuid():
+        addr = libc.shmat(int(row["shmid"]), None, 0o10000)
+        print("found:", ctypes.string_at(addr, 64).rstrip(b"\0").decode())
+def square(n):
+    return n * n
+if __name__ == "__main__":
+    lock = multiprocessing.Lock()
+    with lock, multiprocessing.Pool(2) as pool:
+        print("pool:", pool.map(square, [1, 2, 3]))
+"#;
+
+#[test]
+fn the_next_job_of_a_uid_cannot_read_the_shared_memory_its_last_job_left() {
+    let uid = 3_910_011;
+    let dir = open_dir();
+    let (leave, find) = (dir.path().join("leave.py"), dir.path().join("find.py"));
+    std::fs::write(&leave, LEAVE_SHM).unwrap();
+    std::fs::write(&find, FIND_SHM).unwrap();
+    let leaver = script(
+        dir.path(),
+        "leave.sh",
+        &format!("exec /usr/bin/python3 {}\n", leave.display()),
+    );
+    let finder = script(
+        dir.path(),
+        "find.sh",
+        &format!("exec /usr/bin/python3 {}\n", find.display()),
+    );
+    let config = format!(
+        "[work]\njob-users = \"{uid}-{uid}\"\n{}{}",
+        command_type("leave", &leaver, ""),
+        command_type("find", &finder, "")
+    );
+    let mesh = node(&config);
+    let secret = format!("shm-secret-{}", marker());
+    let first = submit(&mesh, "leave", &format!("{secret}\n"));
+    let status = wait_done(&mesh, &first);
+    let left = results(&mesh, &first);
+    assert_eq!(status["StateName"], "Succeeded", "{status}\n{left}");
+    assert!(left.starts_with("left "), "{left}");
+    let second = submit(&mesh, "find", "");
+    let status = wait_done(&mesh, &second);
+    let found = results(&mesh, &second);
+    assert_eq!(status["StateName"], "Succeeded", "{status}\n{found}");
+    assert_eq!(found, "pool: [1, 4, 9]\n", "{}", mesh.logs());
 }

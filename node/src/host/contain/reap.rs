@@ -29,7 +29,14 @@
 //! dies), then the node reads `/proc` until no process runs as the uid (real, effective or
 //! saved), repeating the kill; a pass that failed is retried; after [`REAP_WAIT`] it gives
 //! up with an error, and the pool then keeps the uid out ([`super::users`]). A `/proc` that
-//! cannot be read is an error, never "nothing runs".
+//! cannot be read is an error, never "nothing runs". A zombie whose every thread has
+//! exited ([`is_spent`]) runs nothing and holds no memory or file: it does not count, so a
+//! parent that never reaps it (a container's init that does not wait) cannot keep the uid
+//! out of the pool for good.
+//!
+//! The same helper, with the job's uid as its effective uid and no capability, removes the
+//! System V IPC objects the job left (`ipc`), which the kernel allows their owner or
+//! creator only.
 //!
 //! Blocking (a clone, a `waitpid`, `/proc` scans, short sleeps): call it off the async
 //! workers. Never for uid 0 or the node's own uid.
@@ -38,9 +45,11 @@ use std::io;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::ipc::IpcObject;
+
 /// How long the node keeps killing and looking before it gives up on a uid's processes
-/// (stuck in the kernel, or zombies whose parent does not reap them); the pool then keeps
-/// the uid out, so giving up never hands it to another job early.
+/// (stuck in the kernel); the pool then keeps the uid out, so giving up never hands it to
+/// another job early.
 pub(crate) const REAP_WAIT: Duration = Duration::from_secs(10);
 
 /// The helper's real and saved uid: one no account and no process has (the largest valid
@@ -88,9 +97,12 @@ pub(crate) enum ReapError {
     },
 }
 
-/// Why one pass's helper did not kill.
+/// Why one pass's helper did not do its deed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum PassError {
+    /// uid 0, the node's own or [`REAPER_UID`]: no helper acts as it.
+    #[error("uid {0} is root, the node's own or the reaper's; no helper acts as it")]
+    NotAJobUid(u32),
     /// The helper could not be started.
     #[error("cannot start the helper: {0}")]
     Helper(#[source] io::Error),
@@ -151,7 +163,7 @@ fn end_processes_with(
 }
 
 /// Pids of the processes whose real, effective or saved uid is `uid`, from
-/// `/proc/<pid>/status` (zombies included: they leave `/proc` when reaped).
+/// `/proc/<pid>/status`, but for zombies whose every thread has exited ([`is_spent`]).
 ///
 /// # Errors
 /// `/proc` could not be listed.
@@ -166,7 +178,7 @@ pub(crate) fn processes_of(uid: u32) -> io::Result<Vec<i32>> {
             continue;
         };
         if std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .is_ok_and(|status| runs_as(&status, uid))
+            .is_ok_and(|status| runs_as(&status, uid) && !is_spent(&status))
         {
             pids.push(pid);
         }
@@ -181,15 +193,75 @@ fn runs_as(status: &str, uid: u32) -> bool {
         .any(|id| id == uid)
 }
 
+/// Whether a `/proc/<pid>/status` is a zombie that runs nothing: `State: Z` with `Threads:
+/// 1`. Such a process has been through `exit_mm` and `exit_files` (no memory, no open file,
+/// socket or mapping left) and waits only for its parent to collect its exit status; its
+/// pid and credentials are all it holds. A thread-group leader that exited while other
+/// threads of it run shows `State: Z` too, but counts them in `Threads:`, so it is not
+/// spent. Spent zombies do not keep a uid's reap from ending, nor its uid out of the pool:
+/// a parent that never reaps them (a container's init that does not wait) would otherwise
+/// keep the uid held for good.
+pub(crate) fn is_spent(status: &str) -> bool {
+    let field = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(str::trim)
+    };
+    field("State:").is_some_and(|s| s.starts_with('Z')) && field("Threads:") == Some("1")
+}
+
+/// What a helper does once it has taken the job's uid as its effective uid.
+enum Deed<'a> {
+    /// `kill(-1, SIGKILL)`.
+    KillAll,
+    /// `IPC_RMID` each of these System V objects.
+    RemoveIpc(&'a [IpcObject]),
+}
+
+/// A helper's argument: the job's uid and its deed.
+struct HelperArg<'a> {
+    uid: u32,
+    deed: Deed<'a>,
+}
+
 /// One pass: a helper that takes real uid [`REAPER_UID`], effective uid `uid`, and calls
 /// `kill(-1, SIGKILL)`.
+fn kill_all_as(uid: u32) -> Result<(), PassError> {
+    run_helper(&HelperArg {
+        uid,
+        deed: Deed::KillAll,
+    })
+}
+
+/// A helper that takes real uid [`REAPER_UID`], effective uid `uid`, and removes
+/// (`IPC_RMID`) each of `objects`. With effective uid `uid` and no capability it may
+/// remove only objects whose owner or creator is `uid` (the kernel's `ipcctl_obtain_check`),
+/// so an id reused for another uid's object since `objects` was read is left alone. Errors
+/// of single removals are not reported: the caller looks again.
+///
+/// # Errors
+/// [`PassError`]: the helper could not start or take the uids.
+pub(crate) fn remove_ipc_as(uid: u32, objects: &[IpcObject]) -> Result<(), PassError> {
+    run_helper(&HelperArg {
+        uid,
+        deed: Deed::RemoveIpc(objects),
+    })
+}
+
+/// Runs one helper for `arg`.
 ///
 /// The helper is cloned with `CLONE_VM | CLONE_VFORK` (no copy of the node's page tables;
 /// this thread waits until it has exited), with every signal blocked, and makes only
 /// system calls on its own stack. No process of `uid` can signal or trace it (see the
 /// module doc), so the wait is bounded by the helper's few system calls. Any step failing
 /// ends the helper before the kill.
-fn kill_all_as(uid: u32) -> Result<(), PassError> {
+fn run_helper(arg: &HelperArg<'_>) -> Result<(), PassError> {
+    let uid = arg.uid;
+    // SAFETY: geteuid cannot fail.
+    if uid == 0 || uid == REAPER_UID || uid == unsafe { libc::geteuid() } {
+        return Err(PassError::NotAJobUid(uid));
+    }
     let _one = ONE_HELPER
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -211,7 +283,7 @@ fn kill_all_as(uid: u32) -> Result<(), PassError> {
             helper_main,
             top as *mut libc::c_void,
             libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-            uid as usize as *mut libc::c_void,
+            std::ptr::from_ref(arg).cast_mut().cast::<libc::c_void>(),
         )
     };
     let cloned = if pid < 0 {
@@ -236,15 +308,24 @@ fn kill_all_as(uid: u32) -> Result<(), PassError> {
     }
 }
 
-/// The helper: take the reaper's uids, kill everything it may signal, exit (1 if it could
-/// not take them, having killed nothing).
+/// The helper: take the reaper's uids, do its deed, exit (1 if it could not take them,
+/// having done nothing).
 extern "C" fn helper_main(arg: *mut libc::c_void) -> libc::c_int {
-    let uid = arg as usize as u32;
-    let code = match become_reaper_of(uid) {
+    // SAFETY: `run_helper` passes a `HelperArg` that outlives the helper (CLONE_VFORK).
+    let arg = unsafe { &*arg.cast_const().cast::<HelperArg<'_>>() };
+    let code = match become_reaper_of(arg.uid) {
         Ok(()) => {
-            // SAFETY: kill(2); from these uids without capabilities it reaches only the
-            // processes whose real or saved uid is `uid` or REAPER_UID (never the helper).
-            unsafe { libc::kill(-1, libc::SIGKILL) };
+            match arg.deed {
+                // SAFETY: kill(2); from these uids without capabilities it reaches only the
+                // processes whose real or saved uid is `uid` or REAPER_UID (never the helper).
+                Deed::KillAll => unsafe { libc::kill(-1, libc::SIGKILL) },
+                Deed::RemoveIpc(objects) => {
+                    for object in objects {
+                        object.remove();
+                    }
+                    0
+                }
+            };
             0
         }
         Err(()) => 1,

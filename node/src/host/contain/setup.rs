@@ -1,7 +1,9 @@
 //! What a program's process does to itself between `fork` and `exec`: join its cgroups, take
 //! its rlimits, (when asked) enter a private network namespace, and last (with `[work]
-//! job-users`) become its job's own user: no supplementary groups, gid and uid the job's,
-//! no capabilities, `PR_SET_NO_NEW_PRIVS`.
+//! job-users`) enter an IPC namespace of its own where the node may (so the System V
+//! objects and POSIX message queues it makes die with it, out of reach of the uid's next
+//! job) and become its job's own user: no supplementary groups, gid and uid the job's, no
+//! capabilities, `PR_SET_NO_NEW_PRIVS`.
 //!
 //! [`ChildSetup::apply`] runs in the child of a possibly multi-threaded process, so it makes
 //! only async-signal-safe system calls: no allocation, no locks, no formatting through
@@ -50,6 +52,8 @@ pub(crate) struct ChildSetup {
     pub(crate) unblock_signals: bool,
     /// The job's own uid (used as its gid too), taken last; `None`: the node's user.
     pub(crate) job_user: Option<u32>,
+    /// With a job user: enter a new IPC namespace first (the node has `CAP_SYS_ADMIN`).
+    pub(crate) private_ipc: bool,
 }
 
 /// [`ChildSetup`] as a supervisor receives it (the descriptors are not sent). With a job
@@ -70,11 +74,14 @@ struct SetupWire {
     job_user: Option<JobUserWire>,
 }
 
-/// A job user on the wire, with the node's ids.
+/// A job user on the wire, with the node's ids and whether the program gets an IPC
+/// namespace of its own.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct JobUserWire {
     uid: u32,
     ids: (u32, u32),
+    #[serde(default)]
+    private_ipc: bool,
 }
 
 impl From<ChildSetup> for SetupWire {
@@ -82,6 +89,7 @@ impl From<ChildSetup> for SetupWire {
         let job_user = setup.job_user.map(|uid| JobUserWire {
             uid,
             ids: setup.ids,
+            private_ipc: setup.private_ipc,
         });
         Self {
             open_files: setup.open_files,
@@ -100,9 +108,9 @@ impl TryFrom<SetupWire> for ChildSetup {
     type Error = &'static str;
 
     fn try_from(wire: SetupWire) -> Result<Self, Self::Error> {
-        let (ids, job_user) = match (wire.ids, wire.job_user) {
-            (Some(ids), None) => (ids, None),
-            (None, Some(user)) => (user.ids, Some(user.uid)),
+        let (ids, job_user, private_ipc) = match (wire.ids, wire.job_user) {
+            (Some(ids), None) => (ids, None, false),
+            (None, Some(user)) => (user.ids, Some(user.uid), user.private_ipc),
             _ => return Err("exactly one of `ids` and `job_user` must be given"),
         };
         Ok(Self {
@@ -118,6 +126,7 @@ impl TryFrom<SetupWire> for ChildSetup {
             ids,
             unblock_signals: wire.unblock_signals,
             job_user,
+            private_ipc,
         })
     }
 }
@@ -140,6 +149,7 @@ impl ChildSetup {
             ids,
             unblock_signals: false,
             job_user: None,
+            private_ipc: false,
         }
     }
 
@@ -179,6 +189,10 @@ impl ChildSetup {
             unsafe { self.enter_private_network()? };
         }
         if let Some(uid) = self.job_user {
+            if self.private_ipc {
+                // SAFETY: unshare has no memory effects.
+                check(unsafe { libc::unshare(libc::CLONE_NEWIPC) }.into())?;
+            }
             become_job_user(uid)?;
         }
         Ok(())

@@ -474,6 +474,7 @@ async fn as_job_user(
         }
     };
     cell.setup.job_user = Some(user.uid());
+    cell.setup.private_ipc = users.private_ipc();
     cell.setup.nproc = Some(job.limits.pids);
     let mut cmd = cmd.clone();
     cmd.env.retain(|(name, _)| name != "TMPDIR");

@@ -143,7 +143,7 @@ async fn a_supervisor_that_cannot_read_a_job_users_spec_is_named_as_too_old() {
         dir.path(),
         "echo 'error supervisor: bad spec: missing field `ids`' >&4",
     );
-    let err = launch_as_job_user(&exe, 3_900_082).await.unwrap_err();
+    let err = launch_as_job_user(&exe, 3_900_110).await.unwrap_err();
     assert!(
         matches!(&err, ContainError::SupervisorIgnoredJobUser { answer, .. } if answer == "could not read the spec: missing field `ids`"),
         "{err:?}"
@@ -166,7 +166,7 @@ fn a_job_users_spec_leaves_out_what_an_older_supervisor_needs_and_round_trips() 
     let plain = serde_json::to_string(&setup).unwrap();
     assert!(serde_json::from_str::<Older>(&plain).is_ok(), "{plain}");
     assert_eq!(serde_json::from_str::<ChildSetup>(&plain).unwrap(), setup);
-    setup.job_user = Some(3_900_083);
+    setup.job_user = Some(3_900_111);
     let as_user = serde_json::to_string(&setup).unwrap();
     let older = serde_json::from_str::<Older>(&as_user)
         .err()

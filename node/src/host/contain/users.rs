@@ -11,9 +11,16 @@
 //! double fork leave a process group) before the uid goes back to the pool; only a detached
 //! job of a node that leaves detached jobs running keeps its processes. A restarted node
 //! claims the uids its re-attached jobs recorded ([`JobUsers::claim`]) before any new job
-//! starts. Before a uid is handed out, what an
-//! earlier job of it left in the world-writable directories (`/tmp`, `/var/tmp`,
-//! `/dev/shm`, `/run/lock`) is removed, so the next job of that uid does not find it.
+//! starts.
+//!
+//! What the uid left outside its processes goes as soon as they are dead, before the uid is
+//! back in the pool, and again before it is handed out (for a node stopped in between): its
+//! files in the world-writable directories and in the world-writable directories inside
+//! them (`leftovers`: `/tmp`, `/var/tmp`, `/dev/shm`, `/run/lock`, `/dev/mqueue`), and its
+//! System V IPC objects (`ipc`), so the next job of that uid, often another submitter's,
+//! finds none of it. Where the node has `CAP_SYS_ADMIN`, each program also runs in an IPC
+//! namespace of its own (`setup`), whose objects die with it. A uid whose IPC objects
+//! could not be removed is passed over at the take.
 //!
 //! The checks at start ([`JobUsers::new`]) refuse a range that is empty, too large, holds
 //! uid 0 or the node's own uid, or overlaps a user of `/etc/passwd` or a group of
@@ -33,7 +40,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use super::accounts::{self, EXAMPLE_RANGE};
-use super::reap;
+use super::{ipc, leftovers, reap};
 
 /// Most uids a range may hold (more jobs at once than this is not a real node).
 pub const MAX_JOB_USERS: u32 = 65_536;
@@ -45,10 +52,6 @@ const SYSTEMD_DYNAMIC_USERS: UidRange = UidRange {
     first: 61_184,
     last: 65_519,
 };
-
-/// World-writable directories whose top-level entries a returned uid leaves are removed
-/// (`/run/lock` is world-writable and sticky on Debian, 1777, as the others).
-const SHARED_TMP: [&str; 4] = ["/tmp", "/var/tmp", "/dev/shm", "/run/lock"];
 
 /// Capabilities a non-root node needs, by number and name.
 const NEEDED_CAPS: [(u32, &str); 6] = [
@@ -298,6 +301,9 @@ pub enum JobUsersError {
 pub struct JobUsers {
     range: UidRange,
     data_dir: PathBuf,
+    /// Whether each program gets an IPC namespace of its own (the node has
+    /// `CAP_SYS_ADMIN`).
+    private_ipc: bool,
     pool: Arc<Mutex<Pool>>,
 }
 
@@ -359,9 +365,11 @@ impl JobUsers {
             held: BTreeSet::new(),
             leave_detached: false,
         };
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
         Self {
             range,
             data_dir,
+            private_ipc: capability_set(&status, "CapEff:") & (1 << CAP_SYS_ADMIN) != 0,
             pool: Arc::new(Mutex::new(pool)),
         }
     }
@@ -371,6 +379,13 @@ impl JobUsers {
         self.range
     }
 
+    /// Whether each program of a job runs in an IPC namespace of its own: the node has
+    /// `CAP_SYS_ADMIN` (root) to make one. Without, what a job leaves in System V IPC is
+    /// removed at its end all the same (`ipc`).
+    pub(crate) fn private_ipc(&self) -> bool {
+        self.private_ipc
+    }
+
     /// The node's data dir, whose contents the pool keeps jobs out of.
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
@@ -378,7 +393,8 @@ impl JobUsers {
 
     /// A uid for a new job: the least recently used one that no job holds and that no
     /// process runs as (a daemon a job left behind keeps its uid out of the pool), with
-    /// what an earlier job of it left in `/tmp`, `/var/tmp`, `/dev/shm` and `/run/lock` removed.
+    /// what an earlier job of it left in the shared writable directories and System V IPC
+    /// removed (`clear_leftovers`).
     /// `None` when every uid is held or busy. Reads `/proc` and those directories: call it
     /// where blocking briefly is fine (a job's start).
     pub fn take(&self) -> Option<JobUser> {
@@ -399,8 +415,17 @@ impl JobUsers {
             let uid = pool.free.remove(at)?;
             pool.held.insert(uid);
             drop(pool);
-            // Held now, so no one else takes it while what its last job left goes.
-            remove_leftovers(uid);
+            // Held now, so no one else takes it while what its last job left goes (gone
+            // already when that job ended, but for a node stopped before it could).
+            if !clear_leftovers(uid) {
+                tracing::warn!(
+                    uid,
+                    "the uid is passed over while what its last job left may remain"
+                );
+                drop(self.handle(uid));
+                skipped.insert(uid);
+                continue;
+            }
             match reclaim_job_dirs(&self.data_dir, uid) {
                 Ok(()) => return Some(self.handle(uid)),
                 Err(e) => {
@@ -454,8 +479,9 @@ impl JobUsers {
 }
 
 /// A job's hold on its uid; clones share it. When the last one drops, every process still
-/// running as the uid is killed on a thread of its own, and then the uid goes back to the
-/// pool (to the end of the queue).
+/// running as the uid is killed on a thread of its own, what the uid left in the shared
+/// directories and System V IPC is removed, and then the uid goes back to the pool (to the
+/// end of the queue).
 #[derive(Debug, Clone)]
 pub struct JobUser(Arc<Lease>);
 
@@ -502,8 +528,13 @@ impl Drop for Lease {
             // A uid whose processes may still run stays held until the node restarts:
             // handed out, its next job would share it with them. `returned` then closes
             // without being set.
-            if !leave && !end_processes(uid) {
-                return;
+            if !leave {
+                if !end_processes(uid) {
+                    return;
+                }
+                // Nothing runs as the uid now: what it left goes at once, not when the uid
+                // is next taken (no secret of the job kept at rest longer than needed).
+                clear_leftovers(uid);
             }
             if let Ok(mut pool) = pool.lock() {
                 pool.give_back(uid);
@@ -613,38 +644,38 @@ fn take_back(job_dir: &Path, meta: &std::fs::Metadata) -> std::io::Result<()> {
     dir.set_permissions(std::fs::Permissions::from_mode(0o700))
 }
 
-/// Removes the top-level entries of [`SHARED_TMP`] that `uid` owns (not following links).
-fn remove_leftovers(uid: u32) {
-    for dir in SHARED_TMP {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            continue;
-        };
-        for entry in entries.filter_map(Result::ok) {
-            let Ok(meta) = entry.path().symlink_metadata() else {
-                continue;
-            };
-            if meta.uid() != uid {
-                continue;
-            }
-            let path = entry.path();
-            let removed = if meta.is_dir() {
-                std::fs::remove_dir_all(&path)
-            } else {
-                std::fs::remove_file(&path)
-            };
-            match removed {
-                Ok(()) => tracing::info!(uid, path = %path.display(), "removed what a job left"),
-                Err(e) => {
-                    tracing::warn!(uid, path = %path.display(), error = %e, "cannot remove what a job left")
-                }
-            }
+/// Removes what an earlier job of `uid` left outside its processes: its files in the
+/// shared writable directories (`leftovers`) and its System V IPC objects (`ipc`); whether
+/// no IPC object of it is left (a file that will not go is taken from the uid instead).
+/// Only while no process runs as `uid`.
+fn clear_leftovers(uid: u32) -> bool {
+    let files = leftovers::remove_files_of(uid);
+    if files != leftovers::Swept::default() {
+        tracing::info!(
+            uid,
+            removed = files.removed,
+            taken = files.taken,
+            failed = files.failed,
+            "cleared the files a job left in the shared directories"
+        );
+    }
+    match ipc::remove_objects_of(uid) {
+        Ok(0) => true,
+        Ok(removed) => {
+            tracing::info!(uid, removed, "removed the System V IPC objects a job left");
+            true
+        }
+        Err(e) => {
+            tracing::error!(uid, error = %e, "System V IPC objects a job left may still be there");
+            false
         }
     }
 }
 
 /// The uids of `range` that a process runs as now (any of its real, effective, saved or
 /// file-system uids), from `/proc/<pid>/status` (the owner of `/proc/<pid>` is root for a
-/// process that made itself non-dumpable).
+/// process that made itself non-dumpable); a zombie that runs nothing (`reap::is_spent`)
+/// does not count.
 ///
 /// # Errors
 /// `/proc` could not be listed: what runs is unknown, which is never "nothing".
@@ -662,6 +693,9 @@ pub(crate) fn uids_in_use(range: UidRange) -> std::io::Result<BTreeSet<u32>> {
         let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
             continue;
         };
+        if reap::is_spent(&status) {
+            continue;
+        }
         busy.extend(status_uids(&status).filter(|&u| range.contains(u)));
     }
     Ok(busy)
@@ -811,6 +845,10 @@ fn check_not_init(pid: u32) -> Result<(), JobUsersError> {
         Ok(())
     }
 }
+
+/// `CAP_SYS_ADMIN`'s bit: with it, the node's programs may enter IPC namespaces of their
+/// own.
+const CAP_SYS_ADMIN: u32 = 21;
 
 /// `CAP_SYS_PTRACE`'s bit: with it, `hidepid` hides nothing from the node.
 const CAP_SYS_PTRACE: u32 = 19;

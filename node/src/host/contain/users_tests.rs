@@ -542,3 +542,171 @@ fn a_jobs_leftover_processes_die_before_its_uid_comes_back_unless_a_stopping_nod
     kept.kill().unwrap();
     kept.wait().unwrap();
 }
+
+/// Runs `python3 -c script secret` as `uid` and returns what it printed.
+fn python_as(uid: u32, script: &str, secret: &str) -> String {
+    let out = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", script, secret])
+        .uid(uid)
+        .gid(uid)
+        .current_dir("/")
+        .output()
+        .expect("tests run as root: start a process as another uid");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Leaves, as its uid, a 0600 shared memory segment and a message queue holding the secret
+/// (`argv[1]`) and a semaphore set, then exits.
+const LEAVE_SYSV: &str = r#"
+import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+secret = sys.argv[1].encode()
+class Msg(ctypes.Structure):
+    _fields_ = [("mtype", ctypes.c_long), ("mtext", ctypes.c_char * 256)]
+shm = libc.shmget(0, 4096, 0o1600)
+addr = libc.shmat(shm, None, 0)
+ctypes.memmove(addr, secret, len(secret))
+msq = libc.msgget(0, 0o1600)
+assert libc.msgsnd(msq, ctypes.byref(Msg(1, secret)), len(secret), 0) == 0
+sem = libc.semget(0, 1, 0o1600)
+assert min(shm, msq, sem) >= 0
+print("left", shm, msq, sem)
+"#;
+
+/// As its uid, finds the System V objects it owns (`/proc/sysvipc`) and prints what it
+/// reads from them.
+const FIND_SYSV: &str = r#"
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+class Msg(ctypes.Structure):
+    _fields_ = [("mtype", ctypes.c_long), ("mtext", ctypes.c_char * 256)]
+for kind, column in (("shm", "shmid"), ("msg", "msqid"), ("sem", "semid")):
+    lines = open("/proc/sysvipc/" + kind).read().splitlines()
+    head = lines[0].split()
+    for line in lines[1:]:
+        row = dict(zip(head, line.split()))
+        if int(row["uid"]) != os.getuid():
+            continue
+        oid = int(row[column])
+        if kind == "shm":
+            addr = libc.shmat(oid, None, 0o10000)
+            print("shm:", ctypes.string_at(addr, 64).rstrip(b"\0").decode())
+        elif kind == "msg":
+            m = Msg()
+            n = libc.msgrcv(oid, ctypes.byref(m), 256, 0, 0o4000)
+            print("msg:", m.mtext[:n].decode())
+        else:
+            print("sem:", oid)
+"#;
+
+#[test]
+fn the_next_job_of_a_uid_finds_none_of_the_system_v_objects_its_last_job_left() {
+    let uid = 3_900_104;
+    let users = pool(uid, uid);
+    let secret = format!("sysv-secret-{}", std::process::id());
+    let first = users.take().unwrap();
+    let left = python_as(uid, LEAVE_SYSV, &secret);
+    assert!(left.starts_with("left "), "{left}");
+    let back = first.returned();
+    drop(first);
+    wait_back(back);
+    let second = users.take().unwrap();
+    assert_eq!(second.uid(), uid);
+    let found = python_as(uid, FIND_SYSV, "");
+    assert_eq!(found, "", "the next job of the uid found: {found}");
+}
+
+#[test]
+fn what_a_uid_left_in_tmp_and_inside_its_world_writable_directories_is_gone_when_its_job_ends() {
+    let uid = 3_900_105;
+    let users = pool(uid, uid);
+    let pid = std::process::id();
+    // Root's 1777 directories inside /tmp, as /tmp/.X11-unix and /tmp/.ICE-unix are.
+    let x11 = Path::new("/tmp").join(format!("warren-x11-{pid}"));
+    let ice = x11.join("ice");
+    std::fs::create_dir_all(&ice).unwrap();
+    for dir in [&x11, &ice] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    }
+    let job = users.take().unwrap();
+    let top = Path::new("/tmp").join(format!("warren-top-{pid}"));
+    let (nested, deeper) = (x11.join("x"), ice.join("x"));
+    let written = python_as(
+        uid,
+        "import sys\nfor p in sys.argv[1].split(','): open(p, 'w').write('secret')\nprint('ok')",
+        &format!(
+            "{},{},{}",
+            top.display(),
+            nested.display(),
+            deeper.display()
+        ),
+    );
+    assert_eq!(written, "ok\n");
+    std::fs::write(x11.join("X0"), b"root's").unwrap();
+    let back = job.returned();
+    drop(job);
+    wait_back(back);
+    // Gone at the job's end, before any next job takes the uid.
+    for path in [&top, &nested, &deeper] {
+        assert!(!path.exists(), "{} is still there", path.display());
+    }
+    assert!(x11.join("X0").exists(), "root's file was removed");
+    std::fs::remove_dir_all(&x11).unwrap();
+}
+
+#[test]
+fn a_zombie_whose_parent_never_reaps_it_does_not_keep_its_uid_from_the_pool() {
+    let uid = 3_900_106;
+    // The test is the parent and does not wait: the child stays a zombie of the uid.
+    let mut zombie = std::process::Command::new("true")
+        .uid(uid)
+        .gid(uid)
+        .spawn()
+        .expect("tests run as root: start a process as another uid");
+    let status = format!("/proc/{}/status", zombie.id());
+    let until = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&status).is_ok_and(|s| s.contains("State:\tZ")) {
+        assert!(Instant::now() < until, "the child never became a zombie");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let started = Instant::now();
+    let reaped = reap::end_processes_of(uid);
+    assert!(reaped.is_ok(), "{reaped:?}");
+    assert!(started.elapsed() < reap::REAP_WAIT);
+    assert_eq!(uids_in_use(range(uid, uid)).unwrap(), BTreeSet::new());
+    assert!(Path::new(&status).exists(), "still a zombie, unreaped");
+    zombie.wait().unwrap();
+}
+
+#[test]
+fn a_process_whose_main_thread_exited_while_another_runs_still_holds_its_uid() {
+    let uid = 3_900_107;
+    // The main thread leaves with SYS_exit (its status then says Z), a thread runs on.
+    let mut leader = std::process::Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import ctypes, threading, time\n\
+             threading.Thread(target=time.sleep, args=(300,)).start()\n\
+             ctypes.CDLL(None).syscall(60, 0)\n",
+        ])
+        .uid(uid)
+        .gid(uid)
+        .spawn()
+        .expect("tests run as root: start a process as another uid");
+    let status = format!("/proc/{}/status", leader.id());
+    let until = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&status).is_ok_and(|s| s.contains("State:\tZ")) {
+        assert!(Instant::now() < until, "the main thread never exited");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let text = std::fs::read_to_string(&status).unwrap();
+    assert!(!reap::is_spent(&text), "{text}");
+    assert_eq!(uids_in_use(range(uid, uid)).unwrap(), BTreeSet::from([uid]));
+    let reaper = std::thread::spawn(move || leader.wait());
+    assert!(reap::end_processes_of(uid).unwrap() >= 1);
+    let _ = reaper.join();
+    assert_eq!(reap::processes_of(uid).unwrap(), Vec::<i32>::new());
+}

@@ -351,3 +351,30 @@ async fn a_program_is_created_in_its_v2_cgroup_rather_than_moved_there() {
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn a_job_users_system_v_objects_stay_in_its_own_ipc_namespace_when_the_node_makes_one() {
+    // The suite runs as root (CAP_SYS_ADMIN): the namespace is made. Without it the same
+    // segment lands in the node's namespace, where only the removal at the job's end
+    // (`ipc::remove_objects_of`, run here too) keeps it from the uid's next job.
+    let uid = 3_900_100;
+    let script = "ipcmk -M 4096 >/dev/null && ipcmk -Q >/dev/null && ipcmk -S 1 >/dev/null \
+                  && grep -c . /proc/sysvipc/shm";
+    for private_ipc in [true, false] {
+        let mut setup = ChildSetup::new(1024, 1 << 30);
+        setup.job_user = Some(uid);
+        setup.private_ipc = private_ipc;
+        let (exit, out) = sh(script, setup).await;
+        assert_eq!(exit, ProgramExit::Exited(0), "{out}");
+        let left = super::super::ipc::objects_of(uid).unwrap();
+        if private_ipc {
+            // Inside: the header and its one segment, none of the node's.
+            assert_eq!(out.trim(), "2", "the program saw the node's segments");
+            assert_eq!(left, Vec::new(), "the objects outlived their namespace");
+        } else {
+            assert_eq!(left.len(), 3, "{left:?}");
+            assert_eq!(super::super::ipc::remove_objects_of(uid).unwrap(), 3);
+            assert_eq!(super::super::ipc::objects_of(uid).unwrap(), Vec::new());
+        }
+    }
+}
