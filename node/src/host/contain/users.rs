@@ -174,7 +174,7 @@ pub enum JobUsersError {
     },
     /// The node is process 1.
     #[error(
-        "the node runs as process 1 (a container's init) and does not reap the orphans given to it: each process a job left would stay a zombie of the job's uid and the uid would never come back to the pool; run the node under an init (docker run --init, tini, systemd), or remove [work] job-users"
+        "the node runs as process 1 (a container's init) and does not reap the orphans given to it: each process a job left, once killed, would stay a zombie for good, until the host has no pid left; run the node under an init (docker run --init, tini, systemd), or remove [work] job-users"
     )]
     NodeIsInit,
     /// Overlaps systemd's range for dynamic users (`DynamicUser=`).
@@ -836,8 +836,8 @@ fn check_reaper_free(
 }
 
 /// Refuses a node that is process 1 (`pid`), a container's init: it does not reap the
-/// orphans re-parented to it, so each process a job left would stay a zombie of the job's
-/// uid after the reap killed it, and the uid would never come back to the pool.
+/// orphans re-parented to it, so each process a job left would stay a zombie for good once
+/// the reap killed it (a spent zombie no longer holds its uid, but each holds a pid).
 fn check_not_init(pid: u32) -> Result<(), JobUsersError> {
     if pid == 1 {
         Err(JobUsersError::NodeIsInit)
