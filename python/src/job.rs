@@ -193,7 +193,7 @@ pub(crate) async fn create(
         process,
         lost_contact,
     } = unit;
-    let dirs = ArtifactDirs::create(&process.artifact_dir)
+    let dirs = ArtifactDirs::create(&process.artifact_dir, process.limits)
         .map_err(|e| native(Kind::Other, &errors::chain(&e)))?;
     let work = WorkClient::new(lease.mesh().clone());
     let (payload_in, payload_out) = tokio::io::duplex(PIPE_LEN);

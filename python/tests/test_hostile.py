@@ -189,3 +189,19 @@ def test_a_bad_zipfile_length_ends_the_run_with_an_explanation(evil: Evil, demo:
     runner = evil.run(demo, "len", quiet=True)
     assert runner.status == "error"
     assert "invalid zipfile length" in runner.job_explanation
+
+
+def test_a_stream_of_one_event_more_than_the_cap_is_cut_at_the_cap(
+        evil: Evil, demo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WARREN_ARTIFACTS_MAX_EVENTS", "3")
+    events = [{"uuid": f"e{i}", "counter": i, "event": "verbose", "stdout": f"line {i}"}
+              for i in range(1, 5)]
+    evil.serve("flood", stream([{"status": "starting", "runner_ident": "flood"}, *events,
+                                {"status": "successful", "runner_ident": "flood"}]))
+    runner = evil.run(demo, "flood", quiet=True)
+    artifacts = demo / "artifacts" / "flood"
+    written = sorted(path.name for path in (artifacts / "job_events").iterdir())
+    assert written == ["1-e1.json", "2-e2.json", "3-e3.json"]
+    assert runner.status == "error"
+    assert "job events cap of 3 events" in runner.job_explanation, runner.job_explanation
+    assert "WARREN_ARTIFACTS_MAX_EVENTS" in (artifacts / "warren-incomplete.txt").read_text()

@@ -13,12 +13,15 @@ use super::text::assert_terminal_safe;
 use crate::scratch::Scratch;
 
 /// Caps small enough that inputs reach them: 64 KiB zipped, 256 KiB unpacked, 64 entries,
-/// 100:1 (above the 1 MiB ratio floor only, so the ratio cap is reached by big entries).
+/// 100:1 (above the 1 MiB ratio floor only, so the ratio cap is reached by big entries);
+/// 8 job events of 16 KiB in all.
 const SMALL: ArtifactLimits = ArtifactLimits {
     zip_bytes: 64 << 10,
     unpacked_bytes: 256 << 10,
     entries: 64,
     ratio: 100,
+    events: 8,
+    event_bytes: 16 << 10,
 };
 
 /// The input (after a first byte choosing `-q`, `-j`, skipping empty output and the caps)
@@ -59,6 +62,7 @@ pub fn worker_stream(data: &[u8]) -> Reached {
                     reached.push("over-limit");
                 }
                 ProcessError::Artifacts(_) => reached.push("bad-artifacts"),
+                ProcessError::EventsOverLimit { .. } => reached.push("events-over-limit"),
                 _ => reached.push("error"),
             }
         }

@@ -1,6 +1,8 @@
 //! The artifact dir while a worker stream is processed: `job_events/` files, the artifacts
 //! zip and the `rc` file, each reached through a held directory fd without following a
-//! symlink (see `beneath`).
+//! symlink (see `beneath`). The job events are counted against the
+//! [`ArtifactLimits`]: a worker that streams events without end is cut at the cap, with
+//! the note the artifacts' caps leave.
 //!
 //! `warren run` drives it from [`super::process::process`]; the Python package, whose line
 //! handling is ansible-runner's own `Processor`, calls it for every file it writes.
@@ -9,7 +11,7 @@ use std::io::{self, Read as _, Write as _};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -17,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
 use super::beneath;
 use super::process::{EventRecord, ProcessConfig, ProcessError};
-use super::unpack::{self, UnpackError};
+use super::unpack::{self, ArtifactLimits, Limit, UnpackError};
 
 /// Base64 bytes decoded per step: a multiple of 4, so every chunk decodes on its own.
 const B64_CHUNK_LEN: usize = 4 * 16 * 1024;
@@ -28,16 +30,43 @@ pub struct ArtifactDirs {
     path: PathBuf,
     root: Arc<OwnedFd>,
     events: Arc<OwnedFd>,
+    limits: ArtifactLimits,
+    /// The job events written so far; the Python package may write from several threads.
+    tally: Mutex<EventTally>,
+}
+
+/// Job events written so far, against the caps. No IO.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct EventTally {
+    events: u64,
+    bytes: u64,
+}
+
+impl EventTally {
+    /// Counts one more event of `len` bytes, or names the cap it would pass (then nothing
+    /// is counted).
+    fn admit(&mut self, len: u64, limits: &ArtifactLimits) -> Result<(), (Limit, u64)> {
+        if self.events >= limits.events {
+            return Err((Limit::Events, limits.events));
+        }
+        if self.bytes.saturating_add(len) > limits.event_bytes {
+            return Err((Limit::EventBytes, limits.event_bytes));
+        }
+        self.events += 1;
+        self.bytes += len;
+        Ok(())
+    }
 }
 
 impl ArtifactDirs {
     /// Creates the artifact dir (parents with the default mode) and `job_events/` in it
-    /// with mode 0700, as the reference makes them, and opens both.
+    /// with mode 0700, as the reference makes them, and opens both; the events written
+    /// through it are held to `limits`.
     ///
     /// # Errors
     /// [`ProcessError::Write`], or [`ProcessError::NotPlainFile`] for a symlink at
     /// `job_events`.
-    pub fn create(dir: &Path) -> Result<Self, ProcessError> {
+    pub fn create(dir: &Path, limits: ArtifactLimits) -> Result<Self, ProcessError> {
         let write_err = |path: &Path| {
             let path = path.to_owned();
             move |source| ProcessError::Write { path, source }
@@ -57,18 +86,23 @@ impl ArtifactDirs {
             path: dir.to_owned(),
             root: Arc::new(root),
             events: Arc::new(events),
+            limits,
+            tally: Mutex::new(EventTally::default()),
         })
     }
 
-    /// Prints the event's text, then writes its file (mode 0600), in the reference's order.
+    /// Prints the event's text, then writes its file (mode 0600), in the reference's order;
+    /// an event past a cap is neither printed nor written.
     ///
     /// # Errors
-    /// [`ProcessError::Stdout`], [`ProcessError::Write`] or [`ProcessError::NotPlainFile`].
+    /// [`ProcessError::EventsOverLimit`] (with the note left), [`ProcessError::Stdout`],
+    /// [`ProcessError::Write`] or [`ProcessError::NotPlainFile`].
     pub async fn write_event(
         &self,
         record: EventRecord,
         stdout: &mut (impl AsyncWrite + Unpin),
     ) -> Result<(), ProcessError> {
+        self.admit_event(record.json.len() as u64)?;
         if let Some(text) = &record.console {
             stdout.write_all(text).await.map_err(ProcessError::Stdout)?;
             stdout.flush().await.map_err(ProcessError::Stdout)?;
@@ -105,6 +139,20 @@ impl ArtifactDirs {
             console: None,
         };
         self.write_event(record, &mut tokio::io::sink()).await
+    }
+
+    /// Counts an event of `len` bytes against the caps; past one, leaves the note saying
+    /// what was cut.
+    fn admit_event(&self, len: u64) -> Result<(), ProcessError> {
+        let mut tally = self.tally.lock().unwrap_or_else(PoisonError::into_inner);
+        let Err((limit, cap)) = tally.admit(len, &self.limits) else {
+            return Ok(());
+        };
+        let written = (tally.events, tally.bytes);
+        drop(tally);
+        let text = unpack::events_note_text(limit, cap, written);
+        unpack::leave_note(self.root.as_fd(), &self.path, &text);
+        Err(ProcessError::EventsOverLimit { limit, cap })
     }
 
     /// The job's exit code from the artifacts' `rc` file, if there is a readable one.

@@ -452,3 +452,130 @@ fn event_names_with_controls_or_huge_lengths_are_refused() {
         );
     }
 }
+
+/// `n` job events with distinct counters and uuids, each printing `line <i>`.
+fn events(n: u64) -> Vec<String> {
+    (1..=n)
+        .map(|i| {
+            serde_json::json!({"uuid": format!("u{i}"), "counter": i, "stdout": format!("line {i}")})
+                .to_string()
+        })
+        .collect()
+}
+
+/// The names in `job_events/` under `dir`, sorted.
+fn event_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("job_events"))
+        .expect("job_events")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_stream_of_one_event_more_than_the_cap_is_cut_at_the_cap_and_noted() {
+    let limits = ArtifactLimits {
+        events: 5,
+        ..ArtifactLimits::DEFAULT
+    };
+    let lines = events(6);
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let home = tempfile::tempdir().expect("tempdir");
+    let (config, result, printed) = run(
+        home.path(),
+        &worker_stream(&lines, &raw_zip(&[]), &[]),
+        limits,
+    );
+    let Err(error @ ProcessError::EventsOverLimit { .. }) = result else {
+        panic!("the sixth event is refused: {result:?}");
+    };
+    assert!(
+        matches!(
+            error,
+            ProcessError::EventsOverLimit {
+                limit: Limit::Events,
+                cap: 5
+            }
+        ),
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains("--artifacts-max-events"),
+        "{error}"
+    );
+    let written: Vec<String> = (1..=5).map(|i| format!("{i}-u{i}.json")).collect();
+    assert_eq!(event_files(&config.artifact_dir), written);
+    assert_eq!(
+        String::from_utf8(printed).expect("utf-8"),
+        "line 1\nline 2\nline 3\nline 4\nline 5\n"
+    );
+    let note = std::fs::read_to_string(config.artifact_dir.join(NOTE_FILE)).expect("note");
+    assert!(
+        note.contains("cap of 5 events") && note.contains("Written: 5 events"),
+        "{note}"
+    );
+    assert!(note.contains("WARREN_ARTIFACTS_MAX_EVENTS"), "{note}");
+}
+
+#[test]
+fn job_events_past_the_byte_cap_are_not_written() {
+    let lines = events(10);
+    let each = lines[0].len() as u64;
+    // Room for three events and a bit of a fourth.
+    let limits = ArtifactLimits {
+        event_bytes: 3 * each + each / 2,
+        ..ArtifactLimits::DEFAULT
+    };
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let home = tempfile::tempdir().expect("tempdir");
+    let (config, result, _) = run(
+        home.path(),
+        &worker_stream(&lines, &raw_zip(&[]), &[]),
+        limits,
+    );
+    assert!(
+        matches!(
+            result,
+            Err(ProcessError::EventsOverLimit {
+                limit: Limit::EventBytes,
+                ..
+            })
+        ),
+        "{result:?}"
+    );
+    assert_eq!(event_files(&config.artifact_dir).len(), 3);
+    assert!(bytes_on_disk(&config.artifact_dir.join("job_events")) <= limits.event_bytes);
+    let note = std::fs::read_to_string(config.artifact_dir.join(NOTE_FILE)).expect("note");
+    assert!(note.contains("--artifacts-max-event-bytes"), "{note}");
+}
+
+/// The Python package writes each event its own `Processor` parsed through
+/// `write_event_file`: the same caps hold there.
+#[test]
+fn event_files_the_python_package_writes_are_cut_at_the_cap() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let dir = home.path().join("artifacts/x");
+    let limits = ArtifactLimits {
+        events: 2,
+        ..ArtifactLimits::DEFAULT
+    };
+    let dirs = super::artifact_dir::ArtifactDirs::create(&dir, limits).expect("dirs");
+    for i in 1..=2 {
+        block_on(dirs.write_event_file(&format!("{i}-u.json"), b"{}".to_vec()))
+            .expect("under the cap");
+    }
+    let refused = block_on(dirs.write_event_file("3-u.json", b"{}".to_vec()));
+    assert!(
+        matches!(
+            refused,
+            Err(ProcessError::EventsOverLimit {
+                limit: Limit::Events,
+                cap: 2
+            })
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(event_files(&dir), ["1-u.json", "2-u.json"]);
+    assert!(dir.join(NOTE_FILE).is_file());
+}

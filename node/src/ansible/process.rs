@@ -19,7 +19,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, BufReader}
 use super::artifact_dir::{ArtifactDirs, receive_artifacts};
 use super::beneath;
 use super::pyjson;
-use super::unpack::{ArtifactLimits, UnpackError};
+use super::unpack::{ArtifactLimits, Limit, UnpackError};
 use crate::terminal;
 
 /// The longest line accepted from a worker. Events carry module results, which can be large,
@@ -39,7 +39,7 @@ pub struct ProcessConfig {
     /// Print each event's JSON line instead of its `stdout` (as `ansible-runner run -j`;
     /// the reference's `process` ignores `-j`).
     pub json: bool,
-    /// Caps on the artifacts zip.
+    /// Caps on the artifacts zip and the job events.
     pub limits: ArtifactLimits,
 }
 
@@ -154,6 +154,20 @@ pub enum ProcessError {
     /// Writing to stdout failed.
     #[error("writing job output")]
     Stdout(#[source] io::Error),
+    /// The worker sent more job events than a cap allows: those before are in
+    /// `job_events/`, the one that passed it and the rest were not written, and
+    /// [`NOTE_FILE`](super::unpack::NOTE_FILE) says so.
+    #[error(
+        "the worker sent more job events than the {}: the events before it are in \
+         job_events/, the rest were not written (see {}); raise it with {} or {}",
+        limit.describe(*cap), super::unpack::NOTE_FILE, limit.flag(), limit.env()
+    )]
+    EventsOverLimit {
+        /// The cap.
+        limit: Limit,
+        /// Its value.
+        cap: u64,
+    },
 }
 
 /// What a line asks the driver to do.
@@ -373,7 +387,7 @@ pub async fn process(
     config: &ProcessConfig,
     mut stdout: impl AsyncWrite + Unpin,
 ) -> Result<ProcessOutcome, ProcessError> {
-    let dirs = ArtifactDirs::create(&config.artifact_dir)?;
+    let dirs = ArtifactDirs::create(&config.artifact_dir, config.limits)?;
     let mut reader = BufReader::with_capacity(64 * 1024, input);
     let mut processor = Processor::new(config.quiet, config.json);
     processor.skip_empty_stdout = config.skip_empty_stdout;

@@ -155,6 +155,26 @@ pub struct RunArgs {
         default_value_t = ArtifactLimits::DEFAULT.ratio
     )]
     pub artifacts_max_ratio: u64,
+
+    /// Most job events the worker may send (one file each in artifacts/IDENT/job_events/).
+    /// Past it the run fails and artifacts/IDENT/warren-incomplete.txt says so.
+    #[arg(
+        long = "artifacts-max-events",
+        env = "WARREN_ARTIFACTS_MAX_EVENTS",
+        value_name = "N",
+        default_value_t = ArtifactLimits::DEFAULT.events
+    )]
+    pub artifacts_max_events: u64,
+
+    /// Most bytes of job events the worker may send, all events together.
+    #[arg(
+        long = "artifacts-max-event-bytes",
+        env = "WARREN_ARTIFACTS_MAX_EVENT_BYTES",
+        value_name = "BYTES",
+        default_value = "4G",
+        value_parser = parse_size
+    )]
+    pub artifacts_max_event_bytes: u64,
 }
 
 impl RunArgs {
@@ -165,6 +185,8 @@ impl RunArgs {
             unpacked_bytes: self.artifacts_max_bytes,
             entries: self.artifacts_max_entries,
             ratio: self.artifacts_max_ratio,
+            events: self.artifacts_max_events,
+            event_bytes: self.artifacts_max_event_bytes,
         }
     }
 }
@@ -395,7 +417,7 @@ mod tests {
     #[test]
     fn artifact_limits_default_to_the_library_defaults_and_take_flags() {
         // The environment could set them; these tests assume it does not.
-        for var in ["ZIP", "BYTES", "ENTRIES", "RATIO"] {
+        for var in ["ZIP", "BYTES", "ENTRIES", "RATIO", "EVENTS", "EVENT_BYTES"] {
             assert!(std::env::var_os(format!("WARREN_ARTIFACTS_MAX_{var}")).is_none());
         }
         assert_eq!(parse(&[]).artifact_limits(), ArtifactLimits::DEFAULT);
@@ -408,12 +430,18 @@ mod tests {
             "10",
             "--artifacts-max-ratio",
             "50",
+            "--artifacts-max-events",
+            "7",
+            "--artifacts-max-event-bytes",
+            "3M",
         ]);
         let want = ArtifactLimits {
             zip_bytes: 512 << 20,
             unpacked_bytes: 2 << 30,
             entries: 10,
             ratio: 50,
+            events: 7,
+            event_bytes: 3 << 20,
         };
         assert_eq!(set.artifact_limits(), want);
     }

@@ -140,6 +140,7 @@ struct WorkSection {
     require_signed: Option<Spanned<bool>>,
     drain_on_stop: Option<Spanned<bool>>,
     free_space_floor_mb: Option<Spanned<u64>>,
+    mirror_output_mb: Option<Spanned<u64>>,
     content_cache_mb: Option<Spanned<u64>>,
     max_units_per_submitter: Option<Spanned<u64>>,
     containment: Option<Spanned<String>>,
@@ -156,6 +157,9 @@ const MAX_UNITS_PER_SUBMITTER: (u64, u64) = (1, 10_000_000);
 const CONTENT_CACHE_MB: (u64, u64) = (0, 1 << 30);
 /// Allowed range of `[work] free-space-floor-mb`: off, up to a pebibyte.
 const FREE_SPACE_FLOOR_MB: (u64, u64) = (0, 1 << 30);
+/// Allowed range of `[work] mirror-output-mb`: 1 MiB up to a pebibyte (never off: the
+/// node a unit ran on decides how much it sends back).
+const MIRROR_OUTPUT_MB: (u64, u64) = (1, 1 << 30);
 
 /// Allowed range of `[work] keep-finished-hours` (0 keeps finished units until released).
 const KEEP_FINISHED_HOURS: (u64, u64) = (0, 24 * 366);
@@ -362,6 +366,11 @@ impl Decoder<'_> {
             "[work] free-space-floor-mb",
             FREE_SPACE_FLOOR_MB,
         )?;
+        let mirror = self.bounded(
+            work.mirror_output_mb.as_ref(),
+            "[work] mirror-output-mb",
+            MIRROR_OUTPUT_MB,
+        )?;
         let cache = self.bounded(
             work.content_cache_mb.as_ref(),
             "[work] content-cache-mb",
@@ -386,6 +395,7 @@ impl Decoder<'_> {
             max_running: running.map_or(defaults.max_running, |n| usize::try_from(n).unwrap_or(1)),
             max_payload: payload.map_or(defaults.max_payload, |mb| mb << 20),
             free_space_floor: floor.map_or(defaults.free_space_floor, |mb| mb << 20),
+            mirror_output: mirror.map_or(defaults.mirror_output, |mb| mb << 20),
             content_cache: cache.map_or(defaults.content_cache, |mb| mb << 20),
             max_units_per_submitter: held.map_or(defaults.max_units_per_submitter, |n| {
                 usize::try_from(n).unwrap_or(usize::MAX)

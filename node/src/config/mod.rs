@@ -82,6 +82,10 @@
 //! max-payload-mb = 1024               # largest payload (default 1 GiB)
 //! free-space-floor-mb = 512           # new units are refused, and jobs that write are
 //!                                     # stopped, below this much free space (0: off)
+//! mirror-output-mb = 4096             # most results a unit sent to another node may send
+//!                                     # back here: past it the unit fails and is cancelled
+//!                                     # there (default 4 GiB; a work type offered here uses
+//!                                     # its own output-mb instead)
 //! content-cache-mb = 2048             # file contents kept for content-addressed runs,
 //!                                     # all submitters together, LRU (default 2 GiB;
 //!                                     # 0: off; read at start)
@@ -287,6 +291,9 @@ pub struct WorkLimits {
     /// Free bytes the node keeps for results and status: below them it refuses new units
     /// and stops jobs that write. 0 turns the floor off.
     pub free_space_floor: u64,
+    /// Most results bytes a unit run on another node may send back here (when its work
+    /// type is not offered here; one that is uses its own `output-mb`).
+    pub mirror_output: u64,
     /// Bytes the content cache of content-addressed submissions may hold (0: off).
     pub content_cache: u64,
     /// Most units one peer may hold here, submitted and not yet released.
@@ -311,6 +318,7 @@ impl Default for WorkLimits {
             require_signed: false,
             drain_on_stop: false,
             free_space_floor: DEFAULT_FREE_SPACE_FLOOR_MB << 20,
+            mirror_output: defaults.mirror_output,
             content_cache: DEFAULT_CONTENT_CACHE_MB << 20,
             max_units_per_submitter: defaults.max_units_per_submitter,
             containment: ContainMode::Auto,

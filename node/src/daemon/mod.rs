@@ -239,6 +239,7 @@ pub async fn start(
             keep_finished: config.work.keep_finished,
             metrics: metrics.clone(),
             free_space_floor: config.work.free_space_floor,
+            mirror_output: config.work.mirror_output,
             max_units_per_submitter: config.work.max_units_per_submitter,
             ..WorkConfig::default()
         },

@@ -517,12 +517,22 @@ impl Core {
         if let Some(entry) = self.units.get_mut(&id) {
             entry.status.stdout_size = local_size;
         }
+        // The node goes on producing what nobody here will keep: stop it there.
+        let cancel = match &outcome {
+            Err(RemoteFailure::OverCap { node, remote, .. }) => Some(Action::CancelRemote {
+                id,
+                node: node.clone(),
+                remote: *remote,
+            }),
+            _ => None,
+        };
         let (state, detail) = match outcome {
             Ok(status) => (status.state, status.detail),
             Err(e) if e.is_local() => (UnitState::Failed, format!("writing results: {e}")),
             Err(e) => (UnitState::Failed, e.to_string()),
         };
         self.finish(now, id, state, detail);
+        self.actions.extend(cancel);
     }
 }
 

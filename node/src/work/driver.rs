@@ -57,6 +57,11 @@ pub struct WorkConfig {
     /// Free bytes the data dir's file system must keep for new units to be accepted (0:
     /// not checked): the units already here need room for their results and status.
     pub free_space_floor: u64,
+    /// Most results bytes a unit sent to another node may send back, when its work type is
+    /// not offered here (one that is uses its own output cap): past it the mirror stops,
+    /// the unit fails and is cancelled there. The node it ran on is not trusted to stop
+    /// on its own.
+    pub mirror_output: u64,
     /// Most units one peer may hold here: submitted over the mesh to run here and not yet
     /// released. More are refused with [`WorkError::OverLimit`].
     pub max_units_per_submitter: usize,
@@ -74,6 +79,7 @@ impl Default for WorkConfig {
             keep_finished: Some(Duration::from_secs(24 * 60 * 60)),
             metrics: crate::metrics::Metrics::default(),
             free_space_floor: crate::config::DEFAULT_FREE_SPACE_FLOOR_MB << 20,
+            mirror_output: crate::config::DEFAULT_OUTPUT_MB << 20,
             commit_delay: store_thread::FLUSH_DELAY,
             max_units_per_submitter: DEFAULT_MAX_UNITS_PER_SUBMITTER,
         }
@@ -415,7 +421,8 @@ impl Work {
     }
 
     /// Applies new limits and a new work signing key (a reload): `max_running`,
-    /// `max_payload` and `keep_finished` of `config` (its metrics are kept).
+    /// `max_payload`, `keep_finished` and `mirror_output` of `config` (its metrics are
+    /// kept; mirrors already following keep the cap they started with).
     ///
     /// # Errors
     /// [`WorkError::Stopped`] when the work layer has stopped.
@@ -435,7 +442,11 @@ impl Work {
             max_units_per_submitter: config.max_units_per_submitter,
         };
         (self.commands)
-            .send(Command::Reconfigure { core, signing_key })
+            .send(Command::Reconfigure {
+                core,
+                signing_key,
+                mirror_output: config.mirror_output,
+            })
             .map_err(|_| WorkError::Stopped)
     }
 

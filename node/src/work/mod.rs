@@ -54,4 +54,6 @@ mod tests;
 #[cfg(test)]
 mod tests_contents;
 #[cfg(test)]
+mod tests_hostile_worker;
+#[cfg(test)]
 mod tests_remote;

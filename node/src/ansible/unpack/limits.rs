@@ -1,5 +1,5 @@
-//! The caps on what a worker's artifacts may take on the client, and how a user raises
-//! each (a `warren run` flag or an environment variable).
+//! The caps on what a worker's artifacts and job events may take on the client, and how a
+//! user raises each (a `warren run` flag or an environment variable).
 
 /// What the client accepts from a worker's artifacts. The defaults are far above what a
 /// real Ansible run leaves (its artifacts are `stdout`, a few small files, and a fact
@@ -14,15 +14,26 @@ pub struct ArtifactLimits {
     pub entries: u64,
     /// Largest unpacked : packed ratio of one entry over [`RATIO_FLOOR`](super::RATIO_FLOOR).
     pub ratio: u64,
+    /// Most job events written to `job_events/` (one file each).
+    pub events: u64,
+    /// Most bytes of job events written to `job_events/`, all files together.
+    pub event_bytes: u64,
 }
 
 impl ArtifactLimits {
-    /// 1 GiB zipped, 1 GiB unpacked, a million entries, 500:1.
+    /// 1 GiB zipped, 1 GiB unpacked, a million entries, 500:1; a million job events of
+    /// 4 GiB in all. A real playbook's event is 1 to 5 KiB (a task's result on one host),
+    /// and AWX calls a job of a hundred thousand events large: a million events, and 4 GiB
+    /// (a million at 4 KiB, or thousands of events carrying large registered results),
+    /// leave real runs far below the caps and stop a worker that streams events without
+    /// end long before the disk is full (each line may be up to 64 MiB).
     pub const DEFAULT: Self = Self {
         zip_bytes: 1 << 30,
         unpacked_bytes: 1 << 30,
         entries: 1_000_000,
         ratio: 500,
+        events: 1_000_000,
+        event_bytes: 4 << 30,
     };
 
     /// The defaults, with each cap its environment variable sets (as `warren run` reads
@@ -37,16 +48,18 @@ impl ArtifactLimits {
             Limit::UnpackedBytes,
             Limit::Entries,
             Limit::Ratio,
+            Limit::Events,
+            Limit::EventBytes,
         ] {
             let Some(value) = std::env::var_os(limit.env()) else {
                 continue;
             };
             let value = value.to_string_lossy();
             let parsed = match limit {
-                Limit::ZipBytes | Limit::UnpackedBytes => {
+                Limit::ZipBytes | Limit::UnpackedBytes | Limit::EventBytes => {
                     parse_size(&value).map_err(LimitValueError::Size)
                 }
-                Limit::Entries | Limit::Ratio => {
+                Limit::Entries | Limit::Ratio | Limit::Events => {
                     value
                         .trim()
                         .parse()
@@ -64,6 +77,8 @@ impl ArtifactLimits {
                 Limit::UnpackedBytes => limits.unpacked_bytes = parsed,
                 Limit::Entries => limits.entries = parsed,
                 Limit::Ratio => limits.ratio = parsed,
+                Limit::Events => limits.events = parsed,
+                Limit::EventBytes => limits.event_bytes = parsed,
             }
         }
         Ok(limits)
@@ -75,6 +90,8 @@ impl ArtifactLimits {
             Limit::UnpackedBytes => self.unpacked_bytes,
             Limit::Entries => self.entries,
             Limit::Ratio => self.ratio,
+            Limit::Events => self.events,
+            Limit::EventBytes => self.event_bytes,
         }
     }
 }
@@ -170,6 +187,10 @@ pub enum Limit {
     Entries,
     /// [`ArtifactLimits::ratio`].
     Ratio,
+    /// [`ArtifactLimits::events`].
+    Events,
+    /// [`ArtifactLimits::event_bytes`].
+    EventBytes,
 }
 
 impl Limit {
@@ -180,6 +201,8 @@ impl Limit {
             Self::UnpackedBytes => "--artifacts-max-bytes",
             Self::Entries => "--artifacts-max-entries",
             Self::Ratio => "--artifacts-max-ratio",
+            Self::Events => "--artifacts-max-events",
+            Self::EventBytes => "--artifacts-max-event-bytes",
         }
     }
 
@@ -190,15 +213,20 @@ impl Limit {
             Self::UnpackedBytes => "WARREN_ARTIFACTS_MAX_BYTES",
             Self::Entries => "WARREN_ARTIFACTS_MAX_ENTRIES",
             Self::Ratio => "WARREN_ARTIFACTS_MAX_RATIO",
+            Self::Events => "WARREN_ARTIFACTS_MAX_EVENTS",
+            Self::EventBytes => "WARREN_ARTIFACTS_MAX_EVENT_BYTES",
         }
     }
 
-    pub(super) fn describe(self, cap: u64) -> String {
+    /// What the cap is, with its value `cap`.
+    pub fn describe(self, cap: u64) -> String {
         match self {
             Self::ZipBytes => format!("artifacts zip size cap of {cap} bytes"),
             Self::UnpackedBytes => format!("unpacked artifacts cap of {cap} bytes"),
             Self::Entries => format!("artifacts entry cap of {cap} entries"),
             Self::Ratio => format!("compression ratio cap of {cap}:1"),
+            Self::Events => format!("job events cap of {cap} events"),
+            Self::EventBytes => format!("job events cap of {cap} bytes"),
         }
     }
 }

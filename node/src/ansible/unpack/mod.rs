@@ -37,7 +37,8 @@ pub use limits::{ArtifactLimits, Limit, LimitEnvError, LimitValueError, SizeErro
 use super::archive::system_time;
 use super::beneath::{self, Kind, Tree};
 use eocd::declared_entries;
-use note::{leave_note, note_text};
+use note::note_text;
+pub(crate) use note::{events_note_text, leave_note};
 
 /// The note left in an artifacts dir that was not unpacked in full.
 pub const NOTE_FILE: &str = "warren-incomplete.txt";

@@ -94,6 +94,16 @@ fn args_errors_name_the_key_and_the_fix() {
 }
 
 #[test]
+fn the_mirror_output_cap_is_read_in_mib_defaults_to_the_output_cap_and_is_never_off() {
+    let config = load_text(&minimal("[work]\nmirror-output-mb = 100\n")).unwrap();
+    assert_eq!(config.work.mirror_output, 100 << 20);
+    let config = load_text(&minimal("")).unwrap();
+    assert_eq!(config.work.mirror_output, DEFAULT_OUTPUT_MB << 20);
+    let err = error_of(&minimal("[work]\nmirror-output-mb = 0\n"));
+    assert!(err.contains("mirror-output-mb"), "{err}");
+}
+
+#[test]
 fn the_free_space_floor_is_read_in_mib_and_may_be_off() {
     let config = load_text(&minimal("[work]\nfree-space-floor-mb = 100\n")).unwrap();
     assert_eq!(config.work.free_space_floor, 100 << 20);

@@ -194,6 +194,7 @@ impl Applier {
             max_payload: new.work.max_payload,
             keep_finished: new.work.keep_finished,
             free_space_floor: new.work.free_space_floor,
+            mirror_output: new.work.mirror_output,
             max_units_per_submitter: new.work.max_units_per_submitter,
             ..WorkConfig::default()
         };

@@ -84,6 +84,22 @@ pub enum RemoteFailure {
     /// Writing the remote unit's output to the local results failed.
     #[error("{0}")]
     WriteResults(#[source] std::io::Error),
+    /// The remote unit sent more results than this node keeps of it: what came up to the
+    /// cap is kept, the rest refused, and the unit there is cancelled.
+    #[error(
+        "remote work unit {remote} on {node} sent more than {cap} bytes of results, this \
+         node's cap for them (the work type's output-mb where it is offered here, else \
+         [work] mirror-output-mb): the results are kept up to the cap and the unit there \
+         was cancelled"
+    )]
+    OverCap {
+        /// The node it ran on.
+        node: NodeId,
+        /// Its id there.
+        remote: UnitId,
+        /// The cap, in bytes.
+        cap: u64,
+    },
 }
 
 impl RemoteFailure {

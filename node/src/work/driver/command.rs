@@ -128,5 +128,7 @@ pub(in crate::work) enum Command {
     Reconfigure {
         core: CoreConfig,
         signing_key: Option<SigningKeypair>,
+        /// `[work] mirror-output-mb`, in bytes.
+        mirror_output: u64,
     },
 }

@@ -46,6 +46,9 @@ struct Owner {
     /// The highest held-back write a flush was asked for.
     flush_asked: u64,
     registry: watch::Receiver<Arc<Registry>>,
+    /// `[work] mirror-output-mb` in bytes: the cap on what a remote unit of a work type not
+    /// offered here may send back.
+    mirror_output: u64,
     ctx: TaskCtx,
     /// Requests waiting for the core's answer, with the unit a release removes.
     tickets: HashMap<Ticket, (Option<UnitId>, Reply)>,
@@ -101,6 +104,7 @@ pub(super) fn spawn(o: OwnerSetup) {
         store_thread: Some(store_thread),
         flush_asked: 0,
         registry: o.setup.registry,
+        mirror_output: o.setup.config.mirror_output,
         ctx,
         tickets: HashMap::new(),
         dropping: HashMap::new(),
@@ -254,8 +258,13 @@ impl Owner {
             } => self.core.mirror_ended(now, id, local_size, outcome),
             Command::RemoteCancelled { id, result } => self.core.remote_cancelled(id, result),
             Command::RemoteReleased { id, result } => self.core.remote_released(now, id, result),
-            Command::Reconfigure { core, signing_key } => {
+            Command::Reconfigure {
+                core,
+                signing_key,
+                mirror_output,
+            } => {
                 self.ctx.signing_key = signing_key.map(Arc::new);
+                self.mirror_output = mirror_output;
                 self.core.set_config(core);
             }
             Command::Drain { reply } => {
@@ -481,20 +490,34 @@ impl Owner {
         }
     }
 
+    /// The most results a remote unit of `work_type` may send back: the work type's own
+    /// output cap when it is offered here, else `[work] mirror-output-mb`.
+    fn mirror_cap(&self, work_type: &str) -> u64 {
+        let offered = self.registry.borrow().get(work_type);
+        offered.map_or(self.mirror_output, |active| {
+            active.policy.limits.output_bytes
+        })
+    }
+
     fn remote(&mut self, action: Action) {
         let ctx = self.ctx.clone();
         match action {
             Action::Submit { id, node } => {
                 let status = self.core.status(id, &Requester::Operator).ok().cloned();
                 if let Some(status) = status {
+                    let cap = self.mirror_cap(&status.work_type);
                     let progress = self.progress_of(id).clone();
-                    let task = tokio::spawn(tasks::submit(ctx, id, node, status, progress));
+                    let mirror = tasks::Mirror { progress, cap };
+                    let task = tokio::spawn(tasks::submit(ctx, id, node, status, mirror));
                     self.tasks.entry(id).or_default().push(task);
                 }
             }
             Action::Follow { id, node, remote } => {
+                let work_type = self.core.status(id, &Requester::Operator).ok();
+                let cap = self.mirror_cap(work_type.map_or("", |s| s.work_type.as_str()));
                 let progress = self.progress_of(id).clone();
-                let task = tokio::spawn(tasks::follow(ctx, id, node, remote, progress));
+                let mirror = tasks::Mirror { progress, cap };
+                let task = tokio::spawn(tasks::follow(ctx, id, (node, remote), mirror));
                 self.tasks.entry(id).or_default().push(task);
             }
             Action::CancelRemote { id, node, remote } => {

@@ -1,6 +1,7 @@
 //! A unit's results file as it grows: the writer side ([`ResultsSink`], which announces each
-//! write to that unit's followers only and remembers the first write error) and the reader
-//! side (a follower that tails the file from an offset until the unit has ended).
+//! write to that unit's followers only and remembers the first write error; [`CappedSink`],
+//! which holds a remote unit's mirror to a cap) and the reader side (a follower that tails
+//! the file from an offset until the unit has ended).
 
 use std::io;
 use std::path::PathBuf;
@@ -107,6 +108,67 @@ impl AsyncWrite for ResultsSink {
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+/// A write past a [`CappedSink`]'s cap, carried inside the `io::Error` it returns so that
+/// the mirror's failure can name the cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the results reached their cap of {cap} bytes")]
+pub(crate) struct OverCap {
+    /// The cap, in bytes.
+    pub(crate) cap: u64,
+}
+
+impl OverCap {
+    /// The cap `e` was returned for, if a [`CappedSink`] returned it.
+    pub(crate) fn of(e: &io::Error) -> Option<Self> {
+        e.get_ref()?.downcast_ref::<Self>().copied()
+    }
+}
+
+/// Passes writes on until `cap` bytes are held (counting what was there before), writes
+/// what fits of the one that crosses it, then refuses with [`OverCap`]: a node that streams
+/// a mirrored unit's results is not trusted to stop, and they would fill the disk.
+pub(crate) struct CappedSink<W> {
+    inner: W,
+    /// Bytes held so far, including what the file had when the mirror (re)started.
+    held: u64,
+    cap: u64,
+}
+
+impl<W> CappedSink<W> {
+    /// `inner`, which already holds `held` bytes, capped at `cap`.
+    pub(crate) fn new(inner: W, held: u64, cap: u64) -> Self {
+        Self { inner, held, cap }
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for CappedSink<W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let room = self.cap.saturating_sub(self.held);
+        if room == 0 && !buf.is_empty() {
+            let cap = self.cap;
+            return Poll::Ready(Err(io::Error::other(OverCap { cap })));
+        }
+        let fits = usize::try_from(room).map_or(buf.len(), |room| room.min(buf.len()));
+        let written = Pin::new(&mut self.inner).poll_write(cx, &buf[..fits]);
+        if let Poll::Ready(Ok(n)) = written {
+            self.held += n as u64;
+        }
+        written
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -231,6 +293,19 @@ mod tests {
             .expect("the follower stops at the end")
             .unwrap();
         assert!(rest.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_capped_sink_keeps_bytes_up_to_its_cap_then_refuses_naming_it() {
+        let mut held = Vec::new();
+        let mut sink = CappedSink::new(&mut held, 4, 10);
+        sink.write_all(b"abc").await.unwrap();
+        let e = sink.write_all(b"defghij").await.unwrap_err();
+        assert_eq!(OverCap::of(&e), Some(OverCap { cap: 10 }), "{e}");
+        let e = sink.write_all(b"k").await.unwrap_err();
+        assert_eq!(OverCap::of(&e), Some(OverCap { cap: 10 }), "{e}");
+        // 4 bytes were there before; 6 more fit.
+        assert_eq!(held, b"abcdef");
     }
 
     #[tokio::test]

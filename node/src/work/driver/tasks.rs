@@ -11,7 +11,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 
 use super::Command;
-use super::results::{Progress, ResultsSink, failure_of};
+use super::results::{CappedSink, OverCap, Progress, ResultsSink, failure_of};
 use crate::host::contain::UnitFiles;
 use crate::host::contain::detached::Reattach;
 use crate::host::disk::DiskQuota;
@@ -351,14 +351,15 @@ pub(super) async fn submit(
     id: UnitId,
     node: NodeId,
     status: UnitStatus,
-    progress: watch::Sender<Progress>,
+    mirror: Mirror,
 ) {
     let Some(client) = ctx.client.clone() else {
         return;
     };
+    let Mirror { progress, cap } = mirror;
     let stdout = ctx.store.stdout_path(id);
     let mut sink = match ResultsSink::open(&stdout, progress.clone()).await {
-        Ok((sink, _failure)) => sink,
+        Ok((sink, _failure)) => CappedSink::new(sink, progress.borrow().size, cap),
         Err(e) => {
             let failure = RemoteFailure::OpenResults {
                 path: stdout,
@@ -458,6 +459,13 @@ async fn submit_once(
     result.map_err(|e| (created, e))
 }
 
+/// Where a mirror of a remote unit writes: the unit's progress (its followers' view) and
+/// the most results bytes it may hold.
+pub(super) struct Mirror {
+    pub(super) progress: watch::Sender<Progress>,
+    pub(super) cap: u64,
+}
+
 /// What a mirror's failure means for its unit.
 fn mirror_failure(e: ClientError, node: &NodeId, remote: UnitId) -> RemoteFailure {
     match e {
@@ -465,7 +473,14 @@ fn mirror_failure(e: ClientError, node: &NodeId, remote: UnitId) -> RemoteFailur
             node: node.clone(),
             remote,
         },
-        ClientError::Sink(e) => RemoteFailure::WriteResults(e),
+        ClientError::Sink(e) => match OverCap::of(&e) {
+            Some(OverCap { cap }) => RemoteFailure::OverCap {
+                node: node.clone(),
+                remote,
+                cap,
+            },
+            None => RemoteFailure::WriteResults(e),
+        },
         other => RemoteFailure::Refused(other),
     }
 }
@@ -513,16 +528,16 @@ async fn sign(
 pub(super) async fn follow(
     ctx: TaskCtx,
     id: UnitId,
-    node: NodeId,
-    remote: UnitId,
-    progress: watch::Sender<Progress>,
+    (node, remote): (NodeId, UnitId),
+    mirror: Mirror,
 ) {
     let Some(client) = ctx.client.clone() else {
         return;
     };
+    let Mirror { progress, cap } = mirror;
     let stdout = ctx.store.stdout_path(id);
-    let (mut sink, _failure) = match ResultsSink::open(&stdout, progress.clone()).await {
-        Ok(sink) => sink,
+    let mut sink = match ResultsSink::open(&stdout, progress.clone()).await {
+        Ok((sink, _failure)) => CappedSink::new(sink, progress.borrow().size, cap),
         Err(e) => {
             return ctx.report(Command::MirrorEnded {
                 id,
