@@ -167,25 +167,36 @@ mod tests {
         const WRITERS: u8 = 4;
         const WRITES: usize = 200;
         let stop = AtomicBool::new(false);
+        // The writers start once the node has sealed, so the node seals while they write
+        // however the threads are scheduled (on a loaded machine the writers could finish
+        // before the node's thread first ran).
+        let node_sealed = AtomicBool::new(false);
         let mut sent = Vec::new();
         std::thread::scope(|s| {
             for w in 0..WRITERS {
                 let out = out.clone();
+                let node_sealed = &node_sealed;
                 s.spawn(move || {
+                    while !node_sealed.load(Ordering::Acquire) {
+                        std::thread::yield_now();
+                    }
                     for i in 0..WRITES {
                         out.seal_data(data(w, 1 + (i * 37) % 5000)).unwrap();
                     }
                 });
             }
             let node = out.clone();
-            let stop = &stop;
+            let (stop, node_sealed) = (&stop, &node_sealed);
             let node = s.spawn(move || {
                 let mut got = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
+                loop {
                     node.seal_control(Inner::Credit(7).encode());
+                    node_sealed.store(true, Ordering::Release);
                     got.extend(node.drain());
+                    if stop.load(Ordering::Relaxed) {
+                        return got;
+                    }
                 }
-                got
             });
             // Let the writers finish (each holds a clone until then), then stop the node.
             while Arc::strong_count(&out.state) > 2 {
