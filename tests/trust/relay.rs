@@ -258,6 +258,13 @@ fn a_controller_that_pins_only_its_relay_sends_no_work_to_node1_and_names_the_pi
     let extra = [trust(&[&relay.identity]), peer(&relay.addr)].concat();
     let ic = mesh.start(&controller, &extra);
     mesh.wait_route(ic, "node1", Some("relay"));
+    wait_for("node1's cat work type at the controller", || {
+        let status = mesh.status(ic)?;
+        let ads = status["Advertisements"].as_array()?;
+        ads.iter()
+            .any(|ad| ad["NodeID"] == "node1" && ad["WorkCommands"].to_string().contains("cat"))
+            .then_some(())
+    });
 
     let (marker, payload) = marker_payload();
     let file = mesh.path("payload.txt");
@@ -272,7 +279,10 @@ fn a_controller_that_pins_only_its_relay_sends_no_work_to_node1_and_names_the_pi
     );
     assert!(
         !out.status.success() && text.contains("node1") && text.contains("--trust node1="),
-        "the submission fails naming node1 and the pin to add: {out:?}\n{}",
+        "the submission fails naming node1 and the pin to add: {} ({} bytes of results), {}\n{}",
+        out.status,
+        out.stdout.len(),
+        String::from_utf8_lossy(&out.stderr),
         mesh.logs()
     );
     let units = mesh.ctl(n1, &["work", "list", "--json"]);
