@@ -76,12 +76,15 @@ async fn intruder(line: &Line) -> MeshHandle {
         key: line.relay.token.parse().unwrap(),
         node: Some(NodeId::new("relay").unwrap()),
     }];
-    let config = MeshConfig::new(
+    let mut config = MeshConfig::new(
         "intruder".parse().unwrap(),
         keys,
         trust.into(),
         warren::clock::now_ms(),
     );
+    // It pins only the relay, so it knows node1 first-seen; an intruder opens streams to
+    // whatever it likes (its node is its own): node1's refusals are what is checked here.
+    config.first_seen_targets = true;
     let (host, port) = line.relay_addr.rsplit_once(':').unwrap();
     let relay = PeerTarget {
         host: host.to_owned(),

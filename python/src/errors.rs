@@ -84,7 +84,12 @@ pub(crate) fn submit(error: &WorkError) -> PyErr {
         WorkError::Refused(WorkRefusal::UnknownWorkType { .. }) => Kind::NotOffered,
         WorkError::Refused(_) => Kind::SubmitRefused,
         WorkError::Unreachable { .. } => Kind::UnknownNode,
-        WorkError::Protocol { .. } | WorkError::Sink(_) | WorkError::Payload(_) => Kind::Other,
+        // Unverified does not arise here: the client node checks far keys itself
+        // (`known_nodes`) and opens to nodes known first-seen.
+        WorkError::Protocol { .. }
+        | WorkError::Sink(_)
+        | WorkError::Payload(_)
+        | WorkError::Unverified(_) => Kind::Other,
     };
     native(kind, &error.to_string())
 }

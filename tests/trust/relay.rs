@@ -232,3 +232,69 @@ fn relay_in_the_middle_forwards_a_payload_it_cannot_read() {
         payload.len()
     );
 }
+
+#[test]
+fn a_controller_that_pins_only_its_relay_sends_no_work_to_node1_and_names_the_pin() {
+    // The mesh of the squatting finding: pins only, the controller pinning its relay and not
+    // node1, so that it knows node1 only by the first key seen for the id (here node1's own,
+    // but any node of the mesh could have claimed it first).
+    let mut mesh = Mesh::new();
+    let (controller, node1) = (mesh.identity("controller"), mesh.identity("node1"));
+    let mut relay = start_relay(&mesh, &[&controller, &node1]);
+    let extra = [
+        trust(&[&relay.identity, &controller]),
+        peer(&relay.addr),
+        [
+            "--work-type",
+            "cat=/bin/cat",
+            "--allow-work",
+            "cat=controller",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    ]
+    .concat();
+    let n1 = mesh.start(&node1, &extra);
+    let extra = [trust(&[&relay.identity]), peer(&relay.addr)].concat();
+    let ic = mesh.start(&controller, &extra);
+    mesh.wait_route(ic, "node1", Some("relay"));
+    wait_for("node1's cat work type at the controller", || {
+        let status = mesh.status(ic)?;
+        let ads = status["Advertisements"].as_array()?;
+        ads.iter()
+            .any(|ad| ad["NodeID"] == "node1" && ad["WorkCommands"].to_string().contains("cat"))
+            .then_some(())
+    });
+
+    let (marker, payload) = marker_payload();
+    let file = mesh.path("payload.txt");
+    std::fs::write(&file, &payload).unwrap();
+    let file = file.display().to_string();
+    let args = ["work", "submit", "cat", "--node", "node1"];
+    let out = mesh.ctl(ic, &[&args[..], &["--payload", &file, "-f"]].concat());
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success() && text.contains("node1") && text.contains("--trust node1="),
+        "the submission fails naming node1 and the pin to add: {} ({} bytes of results), {}\n{}",
+        out.status,
+        out.stdout.len(),
+        String::from_utf8_lossy(&out.stderr),
+        mesh.logs()
+    );
+    let units = mesh.ctl(n1, &["work", "list", "--json"]);
+    let units: serde_json::Value = serde_json::from_slice(&units.stdout).unwrap();
+    assert_eq!(units, serde_json::json!({}), "node1 got no unit");
+    let raw = relay.tapped();
+    relay.stop();
+    let frames: Vec<Message> = raw.iter().filter_map(|f| Message::decode(f).ok()).collect();
+    assert_eq!(
+        sealed_bytes_towards(&frames, "node1"),
+        0,
+        "no stream was opened towards node1"
+    );
+    assert!(!raw.iter().any(|f| contains(f, &marker)));
+}

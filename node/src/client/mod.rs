@@ -373,6 +373,9 @@ fn start(
     let mut config = MeshConfig::new(me.clone(), identity.keys, trust, crate::clock::now_ms());
     config.cert = identity.cert;
     config.trust_first_contact = pinned.is_none();
+    // The target's key is checked here against `known_nodes` (`ClientNode::wait_for`), as
+    // SSH checks known_hosts; a node sending work onwards has no such record and refuses.
+    config.first_seen_targets = true;
     let mut seed = [0u8; 8];
     if getrandom::fill(&mut seed).is_ok() {
         config.rng_seed = u64::from_le_bytes(seed);

@@ -47,16 +47,23 @@ pub struct LsdbLimits {
     pub max_age: Duration,
     /// Most origins stored, ours included.
     pub max_nodes: usize,
+    /// Most origins stored whose key only [`Binding::FirstSeen`] binds (nothing this node
+    /// configured vouches for them). Any node of a mesh without an authority can make up
+    /// such origins, so they get a fraction of `max_nodes`; the rest is for pinned, trusted
+    /// and certified ones, which also evict first-seen origins when the database is full.
+    pub max_first_seen: usize,
     /// Most encoded advert bytes stored.
     pub max_bytes: usize,
 }
 
 impl LsdbLimits {
-    /// Limits with `max_age` and default caps: 10,000 nodes and 64 MiB.
+    /// Limits with `max_age` and default caps: 10,000 nodes, of which at most 1,000 known
+    /// first-seen, and 64 MiB.
     pub fn new(max_age: Duration) -> Self {
         Self {
             max_age,
             max_nodes: 10_000,
+            max_first_seen: 1_000,
             max_bytes: 64 << 20,
         }
     }
@@ -94,6 +101,9 @@ struct Entry {
     /// The origin's rate limit: tokens left, and when they were last topped up.
     tokens: u32,
     refilled: Instant,
+    /// For a first-seen origin, when it was admitted (a counter): the most recent one is
+    /// evicted first to make room for a vouched-for origin. Kept across its refreshes.
+    admitted: Option<u64>,
 }
 
 impl Entry {
@@ -159,6 +169,13 @@ pub struct Lsdb {
     /// `(expires, origin)` of every entry that expires, earliest first; kept in step with
     /// `entries` so that expiry never scans the whole database.
     deadlines: BTreeSet<(Instant, NodeId)>,
+    /// `(admitted, origin)` of every first-seen entry, kept in step with `entries`: their
+    /// count is capped, and the last one is the first evicted.
+    first_seen: BTreeSet<(u64, NodeId)>,
+    /// Sum of the first-seen entries' sizes: what evicting all of them would free.
+    first_seen_bytes: usize,
+    /// The next first-seen admission's number.
+    admissions: u64,
 }
 
 fn encoded_len(advert: &Advert) -> usize {
@@ -176,6 +193,9 @@ impl Lsdb {
             entries: BTreeMap::new(),
             bytes: 0,
             deadlines: BTreeSet::new(),
+            first_seen: BTreeSet::new(),
+            first_seen_bytes: 0,
+            admissions: 0,
         }
     }
 
@@ -208,6 +228,7 @@ impl Lsdb {
             baseline: size,
             tokens: RATE_BURST,
             refilled: now,
+            admitted: None,
         };
         if let Some(old) = self.entries.insert(self.me.clone(), entry) {
             self.bytes -= old.size;
@@ -332,37 +353,88 @@ impl Lsdb {
         self.store(now, advert, checked, RATE_BURST - 1, now)
     }
 
-    /// A new origin: store it if the database has room.
+    /// A new origin: store it if the database has room. A first-seen origin only while
+    /// fewer than `max_first_seen` are stored; a vouched-for one evicts first-seen origins
+    /// (the most recently admitted first) when the database is full.
     fn admit(&mut self, now: Instant, advert: Advert, checked: Checked) -> AdvertOutcome {
+        if !checked.binding.is_verified() {
+            if self.first_seen.len() >= self.limits.max_first_seen {
+                return AdvertOutcome::Refused(AdvertRefusal::FirstSeenFull);
+            }
+        } else {
+            self.evict_for(encoded_len(&advert));
+        }
         if self.entries.len() >= self.limits.max_nodes {
             return AdvertOutcome::Refused(AdvertRefusal::Full);
         }
         self.store(now, advert, checked, RATE_BURST - 1, now)
     }
 
+    /// Evicts first-seen origins, most recently admitted first, until a new origin's advert
+    /// of `size` bytes fits the node and byte caps; none when even evicting all of them
+    /// would not make room for it.
+    fn evict_for(&mut self, size: usize) {
+        let line = self.limits.max_bytes - self.limits.max_bytes / GROWTH_RESERVE;
+        let bytes_fit = |db: &Self| db.bytes.saturating_add(size) <= line;
+        let nodes_fit = |db: &Self| db.entries.len() < db.limits.max_nodes;
+        let kept = self.bytes - self.first_seen_bytes;
+        let could_fit = kept.saturating_add(size) <= line
+            && self.entries.len() - self.first_seen.len() < self.limits.max_nodes;
+        if !could_fit {
+            return;
+        }
+        while !(bytes_fit(self) && nodes_fit(self)) {
+            let Some((_, victim)) = self.first_seen.last().cloned() else {
+                return;
+            };
+            tracing::info!(node = %victim, "evicted a first-seen node to make room for a vouched-for one");
+            self.remove(&victim);
+        }
+    }
+
+    /// Removes `id`'s entry with everything kept in step with it.
+    fn remove(&mut self, id: &NodeId) -> Option<Entry> {
+        let old = self.entries.remove(id)?;
+        self.unindex(id, &old);
+        Some(old)
+    }
+
+    /// Takes a removed or replaced entry out of the totals and indexes.
+    fn unindex(&mut self, id: &NodeId, old: &Entry) {
+        self.bytes -= old.size;
+        if let Some(expires) = old.expires {
+            self.deadlines.remove(&(expires, id.clone()));
+        }
+        if let Some(admitted) = old.admitted {
+            self.first_seen.remove(&(admitted, id.clone()));
+            self.first_seen_bytes -= old.size;
+        }
+    }
+
     /// Removes entries whose expiry <= now; returns removed ids, earliest expiry first.
     pub fn expire(&mut self, now: Instant) -> Vec<NodeId> {
         let mut removed = Vec::new();
-        while self
-            .deadlines
-            .first()
-            .is_some_and(|(expires, _)| *expires <= now)
-        {
-            if let Some((_, id)) = self.deadlines.pop_first() {
-                if let Some(old) = self.entries.remove(&id) {
-                    self.bytes -= old.size;
-                }
-                removed.push(id);
+        while let Some((expires, id)) = self.deadlines.first().cloned() {
+            if expires > now {
+                break;
             }
+            self.remove(&id);
+            removed.push(id);
         }
         removed
+    }
+
+    /// How many origins are stored first-seen.
+    pub fn first_seen_len(&self) -> usize {
+        self.first_seen.len()
     }
 
     /// Judges every stored advert again under a new trust policy (a reload, a revocation):
     /// an origin nothing vouches for any more is removed; returns the removed ids.
     pub fn rejudge(&mut self, wall_ms: u64, policy: &TrustPolicy) -> Vec<NodeId> {
         let mut removed = Vec::new();
-        for (id, entry) in &mut self.entries {
+        let mut rebound = Vec::new();
+        for (id, entry) in &self.entries {
             if *id == self.me {
                 continue;
             }
@@ -374,19 +446,51 @@ impl Lsdb {
                 advert.cert.as_deref(),
                 wall_ms,
             ) {
-                TrustDecision::Trusted(binding) => entry.binding = binding,
+                TrustDecision::Trusted(binding) => rebound.push((id.clone(), binding)),
                 _ => removed.push(id.clone()),
             }
         }
+        for (id, binding) in rebound {
+            self.rebind(&id, binding);
+        }
         for id in &removed {
-            if let Some(old) = self.entries.remove(id) {
-                self.bytes -= old.size;
-                if let Some(expires) = old.expires {
-                    self.deadlines.remove(&(expires, id.clone()));
-                }
-            }
+            self.remove(id);
         }
         removed
+    }
+
+    /// Gives `id`'s entry a new binding, moving it into or out of the first-seen index.
+    fn rebind(&mut self, id: &NodeId, binding: Binding) {
+        let Some(mut entry) = self.remove(id) else {
+            return;
+        };
+        let first_seen = !binding.is_verified();
+        entry.admitted = match entry.admitted {
+            Some(admitted) if first_seen => Some(admitted),
+            _ if first_seen => Some(self.next_admission()),
+            _ => None,
+        };
+        entry.binding = binding;
+        self.insert(id.clone(), entry);
+    }
+
+    /// A new first-seen admission's number.
+    fn next_admission(&mut self) -> u64 {
+        self.admissions += 1;
+        self.admissions
+    }
+
+    /// Inserts an entry (none stored for `id`) with everything kept in step with it.
+    fn insert(&mut self, id: NodeId, entry: Entry) {
+        self.bytes += entry.size;
+        if let Some(expires) = entry.expires {
+            self.deadlines.insert((expires, id.clone()));
+        }
+        if let Some(admitted) = entry.admitted {
+            self.first_seen.insert((admitted, id.clone()));
+            self.first_seen_bytes += entry.size;
+        }
+        self.entries.insert(id, entry);
     }
 
     /// When [`Lsdb::expire`] next has something to remove; `None` when nothing expires.
@@ -569,6 +673,13 @@ impl Lsdb {
         let Some(baseline) = self.room(self.entries.get(&id), size) else {
             return AdvertOutcome::Refused(AdvertRefusal::Full);
         };
+        let old = self.remove(&id);
+        // A first-seen origin keeps its admission number across its refreshes.
+        let admitted = match old.and_then(|old| old.admitted) {
+            _ if checked.binding.is_verified() => None,
+            Some(admitted) => Some(admitted),
+            None => Some(self.next_admission()),
+        };
         let entry = Entry {
             advert,
             binding: checked.binding,
@@ -578,17 +689,9 @@ impl Lsdb {
             baseline,
             tokens,
             refilled,
+            admitted,
         };
-        if let Some(old) = self.entries.insert(id.clone(), entry) {
-            self.bytes -= old.size;
-            if let Some(old_expires) = old.expires {
-                self.deadlines.remove(&(old_expires, id.clone()));
-            }
-        }
-        self.bytes += size;
-        if let Some(expires) = expires {
-            self.deadlines.insert((expires, id));
-        }
+        self.insert(id, entry);
         AdvertOutcome::Stored
     }
 }

@@ -54,6 +54,15 @@ pub enum OpenError {
     /// No key is known for the node (no pin, no verified advert).
     #[error("no key is known for node {0}")]
     NoKey(NodeId),
+    /// Nothing this node configured binds the target's key to its id: it is known only by
+    /// the first key seen for it, which any node of the mesh could have claimed first.
+    #[error(
+        "node {0} is known here only by the first key seen for it, which nothing this node \
+         configured binds to that id: refusing to send it work or open streams to it; pin it \
+         (`--trust {0}=TOKEN`, its token from `warren keygen --show` on its key file) or give it a \
+         certificate from a mesh authority this node trusts (`--ca`)"
+    )]
+    Unverified(NodeId),
 }
 
 /// How often stream and session timers are swept. Longer than the simulation's idle
@@ -108,6 +117,10 @@ pub struct MeshConfig {
     /// client node that remembers the key it first saw and checks it itself (like SSH's
     /// known_hosts). Nodes never set it.
     pub trust_first_contact: bool,
+    /// Open streams to far nodes whose key only [`Binding::FirstSeen`] binds: for a client
+    /// node that checks those keys itself (`warren run`'s `known_nodes`). A node that sends
+    /// work onwards never sets it: the first key seen for an id may be anyone's.
+    pub first_seen_targets: bool,
     /// Seed for jitter.
     pub rng_seed: u64,
     /// This run's epoch: wall-clock milliseconds at start. A restart advertises a newer one.
@@ -135,6 +148,7 @@ impl MeshConfig {
             probe_timeout: Duration::from_secs(5),
             backoff: BackoffConfig::default(),
             trust_first_contact: false,
+            first_seen_targets: false,
             rng_seed: epoch_ms,
             epoch_ms,
         }

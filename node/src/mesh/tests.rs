@@ -1,5 +1,6 @@
 //! The mesh scenario suite: whole meshes of real nodes in the [`super::sim`] simulation.
 
+mod first_seen;
 mod hostile;
 mod paths;
 mod rotation;

@@ -18,7 +18,8 @@ use super::signature::WorkSignature;
 use super::unit::{SubmitNonce, UnitId};
 use crate::ansible::transmit::manifest::Manifest;
 use crate::id::{NodeId, ServiceName};
-use crate::mesh::driver::{MeshHandle, MeshStream};
+use crate::mesh::driver::{ConnectError, MeshHandle, MeshStream};
+use crate::mesh::node::OpenError;
 
 /// First wait before asking an unreachable node again; it doubles up to [`RETRY_MAX`].
 const RETRY_MIN: Duration = Duration::from_millis(200);
@@ -37,6 +38,10 @@ pub enum ClientError {
         /// Why.
         reason: String,
     },
+    /// Nothing this node configured binds the target's key to its id (it is known only
+    /// first-seen): retrying will not help until it is pinned or certified.
+    #[error(transparent)]
+    Unverified(OpenError),
     /// The node refused: retrying will not help.
     #[error(transparent)]
     Refused(#[from] WorkRefusal),
@@ -131,9 +136,12 @@ impl WorkClient {
         self.mesh
             .connect(node, &service())
             .await
-            .map_err(|e| ClientError::Unreachable {
-                node: node.clone(),
-                reason: e.to_string(),
+            .map_err(|e| match e {
+                ConnectError::Open(e @ OpenError::Unverified(_)) => ClientError::Unverified(e),
+                other => ClientError::Unreachable {
+                    node: node.clone(),
+                    reason: other.to_string(),
+                },
             })
     }
 

@@ -6,7 +6,7 @@
 //! Owns the signed message's shape, signing, and the checks (signature, binding to this
 //! submission, expiry, replay). No IO: the caller digests the payload as it streams.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -15,6 +15,11 @@ use crate::keys::{SignatureBytes, SignerKey, SigningKeypair};
 
 /// How long a work signature is valid: the submission reaches its target in seconds.
 pub const SIGNATURE_LIFETIME_MS: u64 = 5 * 60 * 1000;
+
+/// How far a signature's expiry may lie beyond a lifetime from this node's clock: the
+/// signer's clock may run ahead of ours by this much. A signature that outlives it is
+/// refused, so that no signer can hold a nonce in the table longer than a lifetime and this.
+pub const MAX_SIGNATURE_SKEW_MS: u64 = 5 * 60 * 1000;
 
 /// Most nonces remembered (each until its signature expires): far more submissions than a
 /// node takes in a signature's lifetime.
@@ -116,6 +121,20 @@ pub enum SignatureError {
     /// Past its expiry.
     #[error("the signature expired")]
     Expired,
+    /// Its expiry lies further ahead than a signature's lifetime and the clock skew allowed.
+    #[error(
+        "the signature expires at {expires_at_ms} ms, later than this node's clock allows \
+         ({latest_ms} ms: a {}-minute lifetime plus {} minutes of clock skew); check the \
+         submitting node's clock",
+        SIGNATURE_LIFETIME_MS / 60_000,
+        MAX_SIGNATURE_SKEW_MS / 60_000
+    )]
+    TooFarAhead {
+        /// The signature's expiry.
+        expires_at_ms: u64,
+        /// The latest expiry this node takes now.
+        latest_ms: u64,
+    },
     /// Its nonce was used before.
     #[error("the signature was already used (a replay)")]
     Replayed,
@@ -128,7 +147,11 @@ pub enum SignatureError {
 #[derive(Debug, Default)]
 pub struct Verifier {
     trusted: Vec<SignerKey>,
-    seen: HashMap<[u8; 16], u64>,
+    /// The nonces of signatures not yet expired.
+    seen: HashSet<[u8; 16]>,
+    /// `(expires_at_ms, nonce)` of every entry of `seen`, earliest first, so that forgetting
+    /// the expired ones never scans the whole table.
+    expiries: BTreeSet<(u64, [u8; 16])>,
 }
 
 impl Verifier {
@@ -136,8 +159,25 @@ impl Verifier {
     pub fn new(trusted: Vec<SignerKey>) -> Self {
         Self {
             trusted,
-            seen: HashMap::new(),
+            ..Self::default()
         }
+    }
+
+    /// Forgets the nonces of signatures expired at `now_ms`.
+    fn forget_expired(&mut self, now_ms: u64) {
+        while let Some(&(expires, nonce)) = self.expiries.first() {
+            if expires > now_ms {
+                break;
+            }
+            self.expiries.pop_first();
+            self.seen.remove(&nonce);
+        }
+    }
+
+    /// How many nonces are remembered.
+    #[cfg(test)]
+    fn remembered(&self) -> usize {
+        self.seen.len()
     }
 
     /// Trusts `keys` from now on (a reload); the nonces seen are kept.
@@ -170,15 +210,27 @@ impl Verifier {
         if now_ms >= signature.expires_at_ms {
             return Err(SignatureError::Expired);
         }
-        self.seen.retain(|_, expires| *expires > now_ms);
-        if self.seen.contains_key(&signature.nonce) {
+        let latest_ms = now_ms
+            .saturating_add(SIGNATURE_LIFETIME_MS)
+            .saturating_add(MAX_SIGNATURE_SKEW_MS);
+        if signature.expires_at_ms > latest_ms {
+            return Err(SignatureError::TooFarAhead {
+                expires_at_ms: signature.expires_at_ms,
+                latest_ms,
+            });
+        }
+        self.forget_expired(now_ms);
+        if self.seen.contains(&signature.nonce) {
             return Err(SignatureError::Replayed);
         }
         if self.seen.len() >= MAX_REMEMBERED {
-            // Never forget a live nonce to make room: refuse until some expire.
+            // Never forget a live nonce to make room: refuse until some expire (within a
+            // lifetime and the skew, as no expiry lies further ahead).
             return Err(SignatureError::Replayed);
         }
-        self.seen.insert(signature.nonce, signature.expires_at_ms);
+        self.seen.insert(signature.nonce);
+        self.expiries
+            .insert((signature.expires_at_ms, signature.nonce));
         Ok(())
     }
 }
@@ -242,11 +294,59 @@ mod tests {
             verifier.check(&sub, &late, 1_000 + SIGNATURE_LIFETIME_MS),
             Err(SignatureError::Expired)
         );
+        // Signed to outlive its lifetime (a clock far ahead): refused, its nonce not kept.
+        let far = sub.sign(&key, [7; 32], 2_000 + MAX_SIGNATURE_SKEW_MS + 1, [5; 16]);
+        assert_eq!(
+            verifier.check(&sub, &far, 2_000),
+            Err(SignatureError::TooFarAhead {
+                expires_at_ms: far.expires_at_ms,
+                latest_ms: 2_000 + SIGNATURE_LIFETIME_MS + MAX_SIGNATURE_SKEW_MS,
+            })
+        );
+        let ahead = sub.sign(&key, [7; 32], 2_000 + MAX_SIGNATURE_SKEW_MS, [6; 16]);
+        assert_eq!(
+            verifier.check(&sub, &ahead, 2_000),
+            Ok(()),
+            "within the skew"
+        );
         let stranger = SigningKeypair::from_private([6; 32]);
         let foreign = sub.sign(&stranger, [7; 32], 1_000, [4; 16]);
         assert!(matches!(
             verifier.check(&sub, &foreign, 2_000),
             Err(SignatureError::UntrustedSigner(_))
         ));
+    }
+
+    #[test]
+    fn nonces_are_forgotten_as_their_signatures_expire_and_far_future_ones_never_stored() {
+        let key = SigningKeypair::from_private([5; 32]);
+        let params = BTreeMap::new();
+        let (target, submitter) = (node("node1"), node("controller"));
+        let sub = Submission {
+            target: &target,
+            submitter: &submitter,
+            work_type: "cat",
+            params: &params,
+        };
+        let mut verifier = Verifier::new(vec![key.public()]);
+        // A trusted signer's far-future signatures fill nothing.
+        for i in 0..100u8 {
+            let far = sub.sign(&key, [0; 32], u64::MAX / 2, [i; 16]);
+            assert!(matches!(
+                verifier.check(&sub, &far, 1_000),
+                Err(SignatureError::TooFarAhead { .. })
+            ));
+        }
+        assert_eq!(verifier.remembered(), 0);
+        for (i, signed_at) in [(1u8, 1_000), (2, 2_000), (3, 3_000)] {
+            let sig = sub.sign(&key, [0; 32], signed_at, [100 + i; 16]);
+            assert_eq!(verifier.check(&sub, &sig, signed_at), Ok(()));
+        }
+        assert_eq!(verifier.remembered(), 3);
+        // At the second one's expiry, the first two are forgotten and the third kept.
+        let later = 2_000 + SIGNATURE_LIFETIME_MS;
+        let sig = sub.sign(&key, [0; 32], later, [200; 16]);
+        assert_eq!(verifier.check(&sub, &sig, later), Ok(()));
+        assert_eq!(verifier.remembered(), 2);
     }
 }

@@ -33,6 +33,13 @@ pub enum AdvertRefusal {
     /// The database is at its node or byte cap.
     #[error("the link-state database is full")]
     Full,
+    /// A new origin that nothing here vouches for (first-seen), and the database holds as
+    /// many such origins as it takes.
+    #[error(
+        "the link-state database holds as many first-seen nodes (vouched for by no pin or \
+         certificate here) as it takes; pin the node or certify it to have it stored"
+    )]
+    FirstSeenFull,
 }
 
 impl AdvertRefusal {
@@ -46,6 +53,7 @@ impl AdvertRefusal {
             Self::Untrusted(_) => "untrusted",
             Self::RateLimited => "rate_limited",
             Self::Full => "full",
+            Self::FirstSeenFull => "first_seen_full",
         }
     }
 }

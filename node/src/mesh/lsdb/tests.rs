@@ -529,4 +529,5 @@ fn with_cert(origin: &str, k: u8, seq: u64, cert: &SignedCertificate) -> Advert 
 }
 
 mod byte_cap;
+mod first_seen;
 mod identity;

@@ -31,8 +31,15 @@ impl MeshNode {
         if self.next_link(dst).is_none() {
             return Err(OpenError::NoRoute(dst.clone()));
         }
-        if self.sessions.established(dst).is_none() && self.target_key(dst).is_none() {
-            return Err(OpenError::NoKey(dst.clone()));
+        let established = (self.sessions.established(dst)).map(|s| s.peer.binding.clone());
+        match established {
+            Some(binding) if !self.may_open_to(&binding) => {
+                return Err(OpenError::Unverified(dst.clone()));
+            }
+            Some(_) => {}
+            None => {
+                self.target_key(dst)?;
+            }
         }
         let id = self.streams.allocate();
         self.queue_open(now, id, dst.clone(), from_service, service);
@@ -41,14 +48,31 @@ impl MeshNode {
 
     /// The key to start a session with `dst` under, and what binds it to the id: a local pin
     /// first (followed through key successions), else the key of its verified advert.
-    fn target_key(&self, dst: &NodeId) -> Option<(PublicKey, Binding)> {
+    ///
+    /// # Errors
+    /// [`OpenError::NoKey`] when nothing is known of `dst`'s key, and
+    /// [`OpenError::Unverified`] when only the first key seen binds it (see
+    /// [`MeshNode::may_open_to`]).
+    fn target_key(&self, dst: &NodeId) -> Result<(PublicKey, Binding), OpenError> {
         // A pin stands for the node's current key (after the rotations accepted here).
         if let Some((anchor, key)) = self.config.trust.pin_of(dst) {
-            return Some((key, Binding::Pinned { anchor }));
+            return Ok((key, Binding::Pinned { anchor }));
         }
-        self.lsdb
-            .binding(dst)
-            .map(|(key, binding)| (key, binding.clone()))
+        let (key, binding) =
+            (self.lsdb.binding(dst)).ok_or_else(|| OpenError::NoKey(dst.clone()))?;
+        if !self.may_open_to(binding) {
+            return Err(OpenError::Unverified(dst.clone()));
+        }
+        Ok((key, binding.clone()))
+    }
+
+    /// Whether this node sends work and streams to a node whose key `binding` binds: only
+    /// when something it configured vouches (a pin, a trusted key, a certificate). The first
+    /// key seen for an id is whoever flooded an advert for it first — after a restart, any
+    /// node of the mesh — so only a client that checks it itself (`first_seen_targets`)
+    /// takes it.
+    fn may_open_to(&self, binding: &Binding) -> bool {
+        binding.is_verified() || self.config.first_seen_targets
     }
 
     /// Opens stream `id` now if the session with `to` is up, else queues it behind the
@@ -77,9 +101,13 @@ impl MeshNode {
     }
 
     fn initiate_session(&mut self, now: Instant, to: &NodeId) {
-        let Some(target) = self.target_key(to) else {
-            self.fail_pending(to, ResetReason::SessionFailed);
-            return;
+        let target = match self.target_key(to) {
+            Ok(target) => target,
+            Err(e) => {
+                tracing::warn!(peer = %to, error = %e, "cannot start a session");
+                self.fail_pending(to, ResetReason::SessionFailed);
+                return;
+            }
         };
         let Some(own) = self.lsdb.get(&self.config.id).cloned() else {
             return;
@@ -113,6 +141,16 @@ impl MeshNode {
         let Some(session) = self.sessions.established(to) else {
             return;
         };
+        // The session may be one the peer started (both ends at once, or before ours): its
+        // binding is checked again, as `open_stream` checked the one it expected.
+        if !(session.peer.binding.is_verified() || self.config.first_seen_targets) {
+            tracing::warn!(peer = %to, "refused to open a stream: only the first key seen binds the node's id here");
+            self.stream_event(StreamEvent::Reset {
+                id: open.id,
+                reason: ResetReason::SessionFailed,
+            });
+            return;
+        }
         let out = self.streams.open(
             now,
             open.id,
