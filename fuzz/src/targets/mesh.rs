@@ -152,6 +152,8 @@ pub fn lsdb_advert(data: &[u8]) -> Reached {
         max_age: Duration::from_secs(95),
         max_nodes: 2 + usize::from(setup >> 1 & 7),
         max_bytes: 256 << (setup >> 4),
+        // Below max_nodes for some inputs, so both the first-seen cap and eviction run.
+        max_first_seen: 1 + usize::from(setup >> 2 & 3),
     };
     let (me, keys) = member(0);
     let mut clock = Clock::new();
