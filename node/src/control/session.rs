@@ -159,8 +159,9 @@ where
 
 /// [`serve_session`] for a session a mesh peer opened: each request it makes is logged at
 /// info with `peer` (its proven node id and key, as text) and what it asks
-/// ([`Request::audit_line`]: no parameter's value, so no secret), because it acts with
-/// this node's own rights.
+/// ([`Request::audit_line`]: no parameter's value, so no secret; logged quoted and escaped,
+/// as its names are the peer's text and a newline in them must not forge a log line),
+/// because it acts with this node's own rights.
 ///
 /// # Errors
 /// Read or write errors on `stream`.
@@ -190,7 +191,7 @@ where
             let outcome = match parse_request(&line) {
                 Ok(request) => {
                     if let Some(peer) = peer {
-                        tracing::info!(peer, request = %request.audit_line(), "mesh control request");
+                        tracing::info!(peer, request = ?request.audit_line(), "mesh control request");
                     }
                     handle(request, backend, &mut conn).await?
                 }

@@ -15,6 +15,7 @@ use super::cache::ContentCache;
 use super::client::{ClientError, WorkClient};
 use super::protocol::WorkRefusal;
 use super::server::ServerSetup;
+use super::tests_remote::{id, trusting_mesh_config};
 use super::{Requester, UnitState, Work, WorkConfig, WorkSetup};
 use crate::access::AccessPolicy;
 use crate::ansible::kwargs::{Kwargs, RunOptions, cli_kwargs};
@@ -25,26 +26,9 @@ use crate::keys::LinkKeypair;
 use crate::mesh::driver::{self, DriverConfig, MeshHandle, PeerTarget};
 use crate::mesh::node::MeshConfig;
 use crate::mesh::route::Cost;
-use crate::mesh::trust::TrustEntry;
-
-fn id(s: &str) -> crate::id::NodeId {
-    crate::id::NodeId::new(s).unwrap()
-}
 
 fn mesh_config(name: &str, n: u8) -> MeshConfig {
-    let trust = [1u8, 3, 4]
-        .iter()
-        .map(|&k| TrustEntry {
-            key: LinkKeypair::from_private([k; 32]).public(),
-            node: None,
-        })
-        .collect::<Vec<_>>();
-    MeshConfig::new(
-        id(name),
-        LinkKeypair::from_private([n; 32]),
-        trust.into(),
-        u64::from(n) * 1000,
-    )
+    trusting_mesh_config(name, n, &[1, 3, 4])
 }
 
 /// The node that runs the work, its clients, and where its data lives.

@@ -12,14 +12,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::protocol::{self, RemoteStatus, Reply, Request, ResultsFrame, WORK_SERVICE};
+use super::tests_remote::{id, trusting_mesh_config};
 use super::{Requester, Submission, UnitId, UnitState, Work, WorkConfig, WorkSetup};
 use crate::host::registry::Registry;
 use crate::id::ServiceName;
-use crate::keys::LinkKeypair;
 use crate::mesh::driver::{self, DriverConfig, MeshHandle, MeshStream, PeerTarget};
 use crate::mesh::node::MeshConfig;
 use crate::mesh::route::Cost;
-use crate::mesh::trust::TrustEntry;
 
 /// What the submitter keeps of a mirrored unit's results in these tests.
 const CAP: u64 = 256 * 1024;
@@ -27,23 +26,8 @@ const CAP: u64 = 256 * 1024;
 /// Bytes per results frame the fake worker sends.
 const FRAME: usize = 64 * 1024;
 
-fn id(s: &str) -> crate::id::NodeId {
-    crate::id::NodeId::new(s).unwrap()
-}
-
 fn mesh_config(name: &str, n: u8) -> MeshConfig {
-    let trust = (1..=2)
-        .map(|k| TrustEntry {
-            key: LinkKeypair::from_private([k; 32]).public(),
-            node: None,
-        })
-        .collect::<Vec<_>>();
-    MeshConfig::new(
-        id(name),
-        LinkKeypair::from_private([n; 32]),
-        trust.into(),
-        u64::from(n) * 1000,
-    )
+    trusting_mesh_config(name, n, &[1, 2])
 }
 
 /// The fake worker `w`: takes any submission, then sends `flood` bytes of results and a

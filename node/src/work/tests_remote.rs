@@ -17,13 +17,16 @@ use crate::mesh::node::MeshConfig;
 use crate::mesh::route::Cost;
 use crate::mesh::trust::TrustEntry;
 
-fn id(s: &str) -> crate::id::NodeId {
+pub(super) fn id(s: &str) -> crate::id::NodeId {
     crate::id::NodeId::new(s).unwrap()
 }
 
-fn mesh_config(name: &str, n: u8) -> MeshConfig {
-    let trust = (1..=3)
-        .map(|k| TrustEntry {
+/// Node `name` with the test key `[n; 32]`, trusting the test keys `[k; 32]` of `trusted`
+/// (as any id) — the work layer's mesh tests share it.
+pub(super) fn trusting_mesh_config(name: &str, n: u8, trusted: &[u8]) -> MeshConfig {
+    let trust = trusted
+        .iter()
+        .map(|&k| TrustEntry {
             key: LinkKeypair::from_private([k; 32]).public(),
             node: None,
         })
@@ -34,6 +37,10 @@ fn mesh_config(name: &str, n: u8) -> MeshConfig {
         trust.into(),
         u64::from(n) * 1000,
     )
+}
+
+fn mesh_config(name: &str, n: u8) -> MeshConfig {
+    trusting_mesh_config(name, n, &[1, 2, 3])
 }
 
 fn peer(port: u16) -> PeerTarget {

@@ -657,6 +657,16 @@ fn what_a_uid_left_in_tmp_and_inside_its_world_writable_directories_is_gone_when
     std::fs::remove_dir_all(&x11).unwrap();
 }
 
+/// Waits (up to 10 s, polling every 5 ms: the process is another's to schedule) until the
+/// `/proc/<pid>/status` at `status` says `State: Z`; fails with `never` past that.
+fn wait_state_z(status: &str, never: &str) {
+    let until = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(status).is_ok_and(|s| s.contains("State:\tZ")) {
+        assert!(Instant::now() < until, "{never}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[test]
 fn a_zombie_whose_parent_never_reaps_it_does_not_keep_its_uid_from_the_pool() {
     let uid = 3_900_106;
@@ -667,11 +677,7 @@ fn a_zombie_whose_parent_never_reaps_it_does_not_keep_its_uid_from_the_pool() {
         .spawn()
         .expect("tests run as root: start a process as another uid");
     let status = format!("/proc/{}/status", zombie.id());
-    let until = Instant::now() + Duration::from_secs(10);
-    while !std::fs::read_to_string(&status).is_ok_and(|s| s.contains("State:\tZ")) {
-        assert!(Instant::now() < until, "the child never became a zombie");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_state_z(&status, "the child never became a zombie");
     let started = Instant::now();
     let reaped = reap::end_processes_of(uid);
     assert!(reaped.is_ok(), "{reaped:?}");
@@ -697,11 +703,7 @@ fn a_process_whose_main_thread_exited_while_another_runs_still_holds_its_uid() {
         .spawn()
         .expect("tests run as root: start a process as another uid");
     let status = format!("/proc/{}/status", leader.id());
-    let until = Instant::now() + Duration::from_secs(10);
-    while !std::fs::read_to_string(&status).is_ok_and(|s| s.contains("State:\tZ")) {
-        assert!(Instant::now() < until, "the main thread never exited");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_state_z(&status, "the main thread never exited");
     let text = std::fs::read_to_string(&status).unwrap();
     assert!(!reap::is_spent(&text), "{text}");
     assert_eq!(uids_in_use(range(uid, uid)).unwrap(), BTreeSet::from([uid]));
