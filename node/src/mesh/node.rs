@@ -492,8 +492,16 @@ impl MeshNode {
         self.sweep_due = now + SWEEP_INTERVAL;
         let mut events = Vec::new();
         let mut out = Vec::new();
-        self.streams.handle_timeout(now, &mut events, &mut out);
+        let unanswered = self.streams.handle_timeout(now, &mut events, &mut out);
         self.emit_stream(events, out);
+        for peer in unanswered {
+            // The next open to them sets up a new session, which they hold aside until an
+            // open under it authenticates, whatever they hold now.
+            if self.sessions.established(&peer).is_some() {
+                tracing::debug!(%peer, "an open went unanswered: the next one sets up a new session");
+                self.sessions.forget(&peer);
+            }
+        }
         self.expire_sessions(now);
     }
 
@@ -521,6 +529,12 @@ impl MeshNode {
     /// The circuits this node relays.
     pub(crate) fn relayed_circuits(&self) -> Vec<super::message::CircuitId> {
         self.streams.relayed_circuits()
+    }
+
+    /// The circuits that end at this node.
+    #[cfg(test)]
+    pub(crate) fn local_circuits(&self) -> Vec<super::message::CircuitId> {
+        self.streams.local_circuits()
     }
 
     /// The id of the end-to-end session with `peer`.

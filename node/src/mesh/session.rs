@@ -17,7 +17,12 @@
 //! session first. An open that no session authenticates is answered `NoSession` by the
 //! caller, at most [`UNAUTHENTIC_REPLIES`] times per [`UNAUTHENTIC_REPLY_PERIOD`] per peer,
 //! so an opener whose session the responder lost to a copied handshake (after a restart)
-//! sets up a new one instead of timing out on it for good.
+//! sets up a new one instead of timing out on it for good. Forged opens can use those
+//! answers up, so an opener also drops its session with a peer that left one of its opens
+//! unanswered for the open timeout (the node's sweep): its next open sets up a new session,
+//! which the responder holds aside and confirms by that open. Only an open whose seal
+//! opened confirms a session held aside; one dropped before its seal was tried (a circuit
+//! of another node's, or one already open) proves nothing.
 //!
 //! Owns the per-peer table (initiating, or established with perhaps a session held aside),
 //! session ids, the replay window of circuit opens, and key derivation. Judging whether a
@@ -34,6 +39,7 @@ use snow::HandshakeState;
 use super::lsdb::Advert;
 use super::message::{decode_payload, encode_payload};
 use super::seal::SessionSecrets;
+use super::stream::OpenAuth;
 use super::trust::Binding;
 use crate::id::{GroupName, NodeId};
 use crate::keys::{LinkKeypair, PublicKey};
@@ -340,35 +346,42 @@ impl Sessions {
     }
 
     /// Runs `open` on the session with `peer` whose id is `id`: the established one first,
-    /// then the one held aside. `open` returns `None` when the open does not authenticate
-    /// under the session it is given. A held-aside session that authenticates one replaces
-    /// the established session (the peer proved it holds its keys).
+    /// then the one held aside. `open` says whether the open authenticated under the session
+    /// it is given. A held-aside session replaces the established one only when an open
+    /// authenticated under it (the peer proved it holds its keys): an open dropped before
+    /// its seal was tried ([`OpenAuth::Unchecked`], such as one naming another node's
+    /// circuit) proves nothing, and is all a forger without the keys can produce.
     ///
     /// # Errors
     /// [`OpenRefusal`]: no session has the id, or none authenticated the open.
-    pub fn open_with<R>(
+    pub fn open_with(
         &mut self,
         peer: &NodeId,
         id: u64,
-        mut open: impl FnMut(&mut Session) -> Option<R>,
-    ) -> Result<R, OpenRefusal> {
+        mut open: impl FnMut(&mut Session) -> OpenAuth,
+    ) -> Result<(), OpenRefusal> {
         let Some(Slot::Established { current, next, .. }) = self.table.get_mut(peer) else {
             return Err(OpenRefusal::NoSession);
         };
         let mut known = false;
         if current.secrets.id == id {
             known = true;
-            if let Some(r) = open(current) {
-                return Ok(r);
+            match open(current) {
+                OpenAuth::Authentic | OpenAuth::Unchecked => return Ok(()),
+                OpenAuth::Unauthentic => {}
             }
         }
         if let Some(held) = next.as_mut().filter(|n| n.secrets.id == id) {
             known = true;
-            if let Some(r) = open(held) {
-                if let Some(confirmed) = next.take() {
-                    *current = confirmed;
+            match open(held) {
+                OpenAuth::Authentic => {
+                    if let Some(confirmed) = next.take() {
+                        *current = confirmed;
+                    }
+                    return Ok(());
                 }
-                return Ok(r);
+                OpenAuth::Unchecked => return Ok(()),
+                OpenAuth::Unauthentic => {}
             }
         }
         Err(if known {

@@ -194,12 +194,14 @@ pub struct Streams {
 /// Whether an arriving open was sealed under the session it was tried with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpenAuth {
-    /// It was, and has been dealt with (accepted, refused, or dropped as a replay), or it
-    /// was dropped before its seal mattered (a circuit not the peer's, or one already
-    /// open): either way no other session need try it.
+    /// It was, and has been dealt with (accepted, refused, or dropped as a replay).
     Authentic,
     /// It was not: nothing was done.
     Unauthentic,
+    /// It was dropped before its seal was tried (a circuit not the peer's, or one already
+    /// open). It proves nothing about the session, so it confirms no session held aside;
+    /// and no other session need try it.
+    Unchecked,
 }
 
 /// What an arriving open needs from the node besides the session.
@@ -465,16 +467,23 @@ impl Streams {
     }
 
     /// Sweeps timers: unaccepted opens, idle streams, keepalives, idle relayed circuits.
+    /// Returns the peers an open of ours went unanswered by for [`OPEN_TIMEOUT`]: whatever
+    /// the reason (the path, or a peer that holds no session of ours and whose `NoSession`
+    /// answers were used up by forgers), the session with them is not to be trusted to work.
     pub fn handle_timeout(
         &mut self,
         now: Instant,
         events: &mut Vec<StreamEvent>,
         out: &mut Vec<Outgoing>,
-    ) {
+    ) -> Vec<NodeId> {
         let mut dead = Vec::new();
+        let mut unanswered = Vec::new();
         for (&id, ep) in &mut self.endpoints {
             if !ep.accepted && now.saturating_duration_since(ep.opened_at) >= OPEN_TIMEOUT {
                 dead.push((id, ResetReason::OpenTimeout));
+                if ep.is_opener && !unanswered.contains(&ep.peer.node) {
+                    unanswered.push(ep.peer.node.clone());
+                }
             } else if now.saturating_duration_since(ep.last_rx) >= STREAM_IDLE {
                 dead.push((id, ResetReason::Idle));
             } else if ep.accepted && now.saturating_duration_since(ep.last_tx) >= STREAM_KEEPALIVE {
@@ -489,6 +498,7 @@ impl Streams {
         if !std::mem::take(&mut self.pool_used) {
             self.pool.shrink();
         }
+        unanswered
     }
 
     /// Whether any endpoint or relayed circuit has timers to sweep.
@@ -521,6 +531,12 @@ impl Streams {
     #[cfg(test)]
     pub(crate) fn relayed_circuits(&self) -> Vec<CircuitId> {
         self.relays.circuit_ids()
+    }
+
+    /// The circuits that end here (for tests).
+    #[cfg(test)]
+    pub(crate) fn local_circuits(&self) -> Vec<CircuitId> {
+        self.by_circuit.keys().cloned().collect()
     }
 
     /// The peer of stream `id`, for logs and status.

@@ -11,9 +11,7 @@ use crate::mesh::message::{
     Message, Packet, PacketBody, ResetReason, StreamKind, StreamPacket, Unreachable,
 };
 use crate::mesh::session::OpenRefusal;
-use crate::mesh::stream::{
-    Admission, OpenAuth, Outgoing, RelayVerdict, Reopen, StreamEvent, Streams,
-};
+use crate::mesh::stream::{Admission, Outgoing, RelayVerdict, Reopen, StreamEvent, Streams};
 
 /// A circuit open that arrived for one of our services.
 struct IncomingOpen<'a> {
@@ -260,7 +258,7 @@ impl MeshNode {
     ) {
         let (streams, listening) = (&mut self.streams, &self.listening);
         let opened = self.sessions.open_with(open.src, open.session, |s| {
-            let auth = streams.handle_open(
+            streams.handle_open(
                 now,
                 open.link,
                 open.packet.circuit.clone(),
@@ -275,8 +273,7 @@ impl MeshNode {
                 },
                 events,
                 out,
-            );
-            (auth == OpenAuth::Authentic).then_some(())
+            )
         });
         let answer = match opened {
             Ok(()) => false,

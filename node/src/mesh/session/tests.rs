@@ -272,7 +272,10 @@ fn b_opens_a_seal(
     let sealed = seal.seal(b"open".to_vec());
     b.open_with(&self::id("a"), id, |s| {
         let (_, mut open) = s.secrets.circuit(&circuit);
-        open.open(&sealed).ok().map(|_| ())
+        match open.open(&sealed) {
+            Ok(_) => OpenAuth::Authentic,
+            Err(_) => OpenAuth::Unauthentic,
+        }
     })
 }
 

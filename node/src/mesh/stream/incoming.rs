@@ -21,7 +21,8 @@ impl Streams {
     /// An `Open` for one of our services arrived over `link` from the session's peer.
     /// Forged or replayed opens are dropped without a word. Returns whether the open
     /// authenticated under `session` ([`OpenAuth::Unauthentic`]: the caller may try another
-    /// session of the peer's, or tell the opener its session is gone).
+    /// session of the peer's, or tell the opener its session is gone; [`OpenAuth::Unchecked`]:
+    /// dropped before its seal was tried, so it proves nothing about `session`).
     #[allow(clippy::too_many_arguments)]
     pub fn handle_open(
         &mut self,
@@ -35,7 +36,7 @@ impl Streams {
         out: &mut Vec<Outgoing>,
     ) -> OpenAuth {
         if circuit.opener != session.peer.node || self.by_circuit.contains_key(&circuit) {
-            return OpenAuth::Authentic;
+            return OpenAuth::Unchecked;
         }
         let (sealer, mut opener) = session.secrets.circuit(&circuit);
         let Some(Inner::Open {

@@ -3,6 +3,8 @@
 //! `MeshNode::inject`), and each test checks both that the attack was refused and that the
 //! honest traffic it aimed at went on untouched.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 
 use super::{STEPS, cost, settle};
@@ -10,12 +12,14 @@ use crate::id::{NodeId, ServiceName};
 use crate::keys::{LinkKeypair, SignatureBytes};
 use crate::mesh::advert::{Advert, AdvertLink};
 use crate::mesh::lsdb::LsdbLimits;
-use crate::mesh::message::{CircuitId, Message, Packet, PacketBody, StreamKind, StreamPacket};
+use crate::mesh::message::{
+    CircuitId, Message, Packet, PacketBody, ResetReason, StreamKind, StreamPacket,
+};
 use crate::mesh::node::Event;
 use crate::mesh::route::Cost;
-use crate::mesh::session::SessionMsg;
+use crate::mesh::session::{SessionMsg, UNAUTHENTIC_REPLIES};
 use crate::mesh::sim::{NodeIdx, Sim};
-use crate::mesh::stream::{MAX_RELAYED_PER_OPENER, StreamEvent, StreamId};
+use crate::mesh::stream::{MAX_RELAYED_PER_OPENER, OPEN_TIMEOUT, StreamEvent, StreamId};
 
 /// A line n0 - n1 - n2 with an attacker `x` linked to `x_peer`; `n1` taps its links.
 fn mesh_with_attacker(seed: u64, x_peer: usize) -> (Sim, Vec<NodeIdx>, NodeIdx) {
@@ -308,7 +312,7 @@ fn packets_of_a_live_circuit_from_another_link_are_dropped() {
             }),
         })
     };
-    let reset = StreamKind::Reset(crate::mesh::message::ResetReason::Cancelled);
+    let reset = StreamKind::Reset(ResetReason::Cancelled);
     let garbage = StreamKind::Sealed(Bytes::from_static(b"not sealed by n0"));
     for (from_opener, kind) in [
         (true, reset.clone()),
@@ -453,6 +457,149 @@ fn a_replayed_init_at_a_restarted_node_costs_one_new_handshake_not_the_pair() {
     assert_eq!(
         delivered(&mut sim, n[2], n[0], b"and back").as_deref(),
         Ok(&b"and back"[..])
+    );
+}
+
+/// `packet` (a session `Init`) with its session id, which travels outside Noise, set to
+/// `session`.
+fn with_session_id(packet: &Packet, session: u64) -> Packet {
+    let PacketBody::Session(SessionMsg::Init { noise, .. }) = &packet.body else {
+        unreachable!("a session init")
+    };
+    Packet {
+        body: PacketBody::Session(SessionMsg::Init {
+            session,
+            noise: noise.clone(),
+        }),
+        ..packet.clone()
+    }
+}
+
+/// An `Open` from `src` to `dst` under session `session` on `circuit`, whose seal nobody
+/// checked (it is junk).
+fn forged_open(src: &NodeId, dst: &NodeId, session: u64, circuit: CircuitId) -> Message {
+    Message::Packet(Packet {
+        src: src.clone(),
+        dst: dst.clone(),
+        hops_left: 9,
+        body: PacketBody::Stream(StreamPacket {
+            circuit,
+            from_opener: true,
+            kind: StreamKind::Open {
+                session,
+                sealed: Bytes::from_static(&[0u8; 80]),
+            },
+        }),
+    })
+}
+
+#[test]
+fn a_replayed_init_with_a_forged_open_leaves_the_pairs_session_in_place() {
+    let (mut sim, n, x) = mesh_with_attacker(39, 1);
+    live_stream(&mut sim, &n);
+    let (n0, n2) = (sim.id(n[0]), sim.id(n[2]));
+    let init = tapped_session_init(&sim, n[1], &n0, &n2);
+    let session = sim.node(n[0]).session_id(&n2).expect("a session");
+    let copy = session ^ 0xdead_beef;
+    // A copy of n0's init under a session id of the attacker's choosing is held aside at n2;
+    // then opens under that id that n2 drops before their seal is tried: one naming
+    // another node's circuit, one naming a circuit already open.
+    inject(
+        &mut sim,
+        x,
+        n[1],
+        &Message::Packet(with_session_id(&init, copy)),
+    );
+    sim.run_until_idle(STEPS).unwrap();
+    let foreign = CircuitId {
+        opener: sim.id(n[1]),
+        number: 1,
+    };
+    inject(&mut sim, x, n[1], &forged_open(&n0, &n2, copy, foreign));
+    let open = sim.node(n[2]).local_circuits();
+    for circuit in open {
+        inject(&mut sim, x, n[1], &forged_open(&n0, &n2, copy, circuit));
+    }
+    sim.run_until_idle(STEPS).unwrap();
+    assert_eq!(
+        delivered(&mut sim, n[2], n[0], b"n2 still seals for n0").as_deref(),
+        Ok(&b"n2 still seals for n0"[..])
+    );
+    assert_eq!(
+        delivered(&mut sim, n[0], n[2], b"and n0 for n2").as_deref(),
+        Ok(&b"and n0 for n2"[..])
+    );
+    assert_eq!(
+        (
+            sim.node(n[0]).session_id(&n2),
+            sim.node(n[2]).session_id(&n0)
+        ),
+        (Some(session), Some(session)),
+        "both ends kept the pair's session: no new handshake was needed"
+    );
+}
+
+/// Uses up `dst`'s `NoSession` answers to `src` for the period: forged opens under
+/// `session`, which fail authentication there, each on a circuit not used before.
+fn burn_no_session_answers(sim: &mut Sim, x: NodeIdx, at: NodeIdx, src: &NodeId, session: u64) {
+    let dst = sim.id(at);
+    for _ in 0..UNAUTHENTIC_REPLIES {
+        let circuit = CircuitId {
+            opener: src.clone(),
+            number: 1 << 40 | sim.steps(),
+        };
+        inject(sim, x, at, &forged_open(src, &dst, session, circuit));
+        sim.step();
+    }
+    sim.run_until_idle(STEPS).unwrap();
+}
+
+#[test]
+fn an_open_unanswered_under_a_copied_session_costs_one_timeout_then_a_new_session() {
+    // The attacker is n2's neighbour: no relay's caps stand between it and n2.
+    let (mut sim, n, x) = mesh_with_attacker(40, 2);
+    live_stream(&mut sim, &n);
+    let (n0, n2) = (sim.id(n[0]), sim.id(n[2]));
+    let init = tapped_session_init(&sim, n[1], &n0, &n2);
+    let session = sim.node(n[0]).session_id(&n2).expect("a session");
+    // n2 restarts and is given a copy of n0's init: its session of n0's id has keys nobody
+    // holds. The attacker then keeps using up n2's `NoSession` answers, so n0's opens under
+    // its old session get no answer at all.
+    sim.restart(n[2]);
+    settle(&mut sim);
+    inject(&mut sim, x, n[2], &Message::Packet(init));
+    sim.run_until_idle(STEPS).unwrap();
+    let svc = ServiceName::new("sink").unwrap();
+    sim.with_node(n[2], |node, now| node.listen(now, svc.clone()));
+    burn_no_session_answers(&mut sim, x, n[2], &n0, session);
+    let id = sim
+        .with_node(n[0], |node, now| {
+            node.open_stream(now, &n2, svc.clone(), svc)
+        })
+        .unwrap();
+    let timed_out = Event::Stream(StreamEvent::Reset {
+        id,
+        reason: ResetReason::OpenTimeout,
+    });
+    let started = sim.now();
+    while !sim.events(n[0]).contains(&timed_out) {
+        assert!(
+            sim.now() - started < OPEN_TIMEOUT * 2,
+            "the open neither timed out nor opened"
+        );
+        burn_no_session_answers(&mut sim, x, n[2], &n0, session);
+        sim.run_for(Duration::from_secs(1));
+    }
+    // That open is lost, but the next sets up a new session, which no forged open can stop.
+    burn_no_session_answers(&mut sim, x, n[2], &n0, session);
+    assert_eq!(
+        delivered(&mut sim, n[0], n[2], b"after one timeout").as_deref(),
+        Ok(&b"after one timeout"[..])
+    );
+    assert_ne!(
+        sim.node(n[0]).session_id(&n2),
+        Some(session),
+        "a new session"
     );
 }
 
