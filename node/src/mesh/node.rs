@@ -16,6 +16,7 @@
 
 mod adverts;
 mod event;
+pub(crate) mod init_budget;
 mod links;
 mod packets;
 mod reconfig;
@@ -204,6 +205,8 @@ struct LinkSlot {
     binding: Option<Binding>,
     /// The certificate the peer showed in its hello (judged again on a trust change).
     peer_cert: Option<SignedCertificate>,
+    /// Session handshakes this link may still bring us.
+    inits: init_budget::InitBudget,
 }
 
 #[derive(Debug)]
@@ -259,6 +262,8 @@ pub struct MeshNode {
     pending_opens: HashMap<NodeId, Vec<PendingOpen>>,
     /// Streams already re-opened once after a `NoSession` reset.
     retried: HashSet<StreamId>,
+    /// Session `Init`s dropped beyond their link's budget, since start.
+    inits_dropped: u64,
     /// Why a node we are starting a session with was reported unreachable (unauthenticated:
     /// only the reason a timed-out handshake is reported with).
     unreachable_hints: HashMap<NodeId, Unreachable>,
@@ -300,6 +305,7 @@ impl MeshNode {
             sessions: Sessions::new(config.id.clone(), config.keys.clone()),
             pending_opens: HashMap::new(),
             retried: HashSet::new(),
+            inits_dropped: 0,
             unreachable_hints: HashMap::new(),
             syncs: HashMap::new(),
             probes: HashMap::new(),
@@ -535,6 +541,11 @@ impl MeshNode {
     #[cfg(test)]
     pub(crate) fn local_circuits(&self) -> Vec<super::message::CircuitId> {
         self.streams.local_circuits()
+    }
+
+    /// Session `Init`s dropped beyond their link's budget.
+    pub(crate) fn inits_dropped(&self) -> u64 {
+        self.inits_dropped
     }
 
     /// The id of the end-to-end session with `peer`.

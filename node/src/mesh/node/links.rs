@@ -115,6 +115,7 @@ impl MeshNode {
                 opened: now,
                 binding: None,
                 peer_cert: None,
+                inits: super::init_budget::InitBudget::new(now),
             },
         );
         id

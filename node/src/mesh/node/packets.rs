@@ -10,7 +10,7 @@ use crate::mesh::link::LinkId;
 use crate::mesh::message::{
     Message, Packet, PacketBody, ResetReason, StreamKind, StreamPacket, Unreachable,
 };
-use crate::mesh::session::OpenRefusal;
+use crate::mesh::session::{OpenRefusal, SessionMsg};
 use crate::mesh::stream::{Admission, Outgoing, RelayVerdict, Reopen, StreamEvent, Streams};
 
 /// A circuit open that arrived for one of our services.
@@ -209,9 +209,29 @@ impl MeshNode {
                     });
                 }
             },
+            PacketBody::Session(msg @ SessionMsg::Init { .. }) => {
+                if self.may_read_init(now, link) {
+                    self.handle_session(now, src, msg);
+                }
+            }
             PacketBody::Session(msg) => self.handle_session(now, src, msg),
             PacketBody::Stream(sp) => self.deliver_stream(now, link, src, sp),
         }
+    }
+
+    /// Whether a session `Init` that arrived on `link` may be read (see `init_budget`).
+    fn may_read_init(&mut self, now: Instant, link: LinkId) -> bool {
+        let Some(slot) = self.links.get_mut(&link) else {
+            return false;
+        };
+        if slot.inits.take(now) {
+            return true;
+        }
+        self.inits_dropped += 1;
+        if self.inits_dropped.is_power_of_two() {
+            tracing::warn!(%link, dropped = self.inits_dropped, "dropped session handshakes beyond a link's budget");
+        }
+        false
     }
 
     fn deliver_stream(&mut self, now: Instant, link: LinkId, src: NodeId, sp: StreamPacket) {

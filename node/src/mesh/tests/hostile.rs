@@ -16,6 +16,7 @@ use crate::mesh::message::{
     CircuitId, Message, Packet, PacketBody, ResetReason, StreamKind, StreamPacket,
 };
 use crate::mesh::node::Event;
+use crate::mesh::node::init_budget::{INIT_BURST, INIT_REFILL};
 use crate::mesh::route::Cost;
 use crate::mesh::session::{SessionMsg, UNAUTHENTIC_REPLIES};
 use crate::mesh::sim::{NodeIdx, Sim};
@@ -600,6 +601,35 @@ fn an_open_unanswered_under_a_copied_session_costs_one_timeout_then_a_new_sessio
         sim.node(n[0]).session_id(&n2),
         Some(session),
         "a new session"
+    );
+}
+
+#[test]
+fn a_flood_of_session_inits_is_read_only_up_to_the_links_budget_and_others_still_connect() {
+    // The attacker is n2's neighbour, with a copy of n0's handshake: each copy verifies at
+    // n2 and costs it the whole handshake's work.
+    let (mut sim, n, x) = mesh_with_attacker(41, 2);
+    live_stream(&mut sim, &n);
+    let (n0, n2) = (sim.id(n[0]), sim.id(n[2]));
+    let init = tapped_session_init(&sim, n[1], &n0, &n2);
+    let flood = u64::from(INIT_BURST) * 8;
+    let started = sim.now();
+    for _ in 0..flood {
+        inject(&mut sim, x, n[2], &Message::Packet(init.clone()));
+    }
+    // n0 restarts meanwhile and so needs a new session, set up through n1.
+    sim.restart(n[0]);
+    settle(&mut sim);
+    assert_eq!(
+        delivered(&mut sim, n[0], n[2], b"through the flood").as_deref(),
+        Ok(&b"through the flood"[..])
+    );
+    let refilled = (sim.now() - started).as_nanos() / INIT_REFILL.as_nanos();
+    let read = flood - sim.node(n[2]).inits_dropped();
+    assert!(
+        u128::from(read) <= u128::from(INIT_BURST) + refilled + 1,
+        "n2 read {read} of {flood} copied inits in {:?}",
+        sim.now() - started
     );
 }
 
