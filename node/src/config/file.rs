@@ -126,6 +126,7 @@ struct MeshSection {
     idle_timeout_seconds: Option<Spanned<u64>>,
     rekey_minutes: Option<Spanned<u64>>,
     max_hops: Option<Spanned<u64>>,
+    max_first_seen: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -172,6 +173,9 @@ const IDLE_TIMEOUT_SECONDS: (u64, u64) = (1, 86_400);
 const REKEY_MINUTES: (u64, u64) = (1, 10_080);
 /// Allowed range of `max-hops`: it travels as a `u8`.
 const MAX_HOPS: (u64, u64) = (1, 255);
+
+/// Allowed range of `max-first-seen`: at most the database's node cap.
+const MAX_FIRST_SEEN: (u64, u64) = (0, 10_000);
 
 /// Parses a config file's text and checks each value (the checks across settings are the
 /// caller's); `path` names it in errors and is the base of relative paths.
@@ -453,12 +457,21 @@ impl Decoder<'_> {
             REKEY_MINUTES,
         )?;
         let hops = self.bounded(mesh.max_hops.as_ref(), "[mesh] max-hops", MAX_HOPS)?;
+        let first_seen = self.bounded(
+            mesh.max_first_seen.as_ref(),
+            "[mesh] max-first-seen",
+            MAX_FIRST_SEEN,
+        )?;
         Ok(MeshTuning {
             keepalive,
             idle_timeout,
             rekey_interval: rekey.map_or(defaults.rekey_interval, |m| Duration::from_secs(m * 60)),
             // `bounded` kept it within 1..=255.
             max_hops: hops.map_or(defaults.max_hops, |n| u8::try_from(n).unwrap_or(u8::MAX)),
+            // `bounded` kept it within 0..=10,000.
+            max_first_seen: first_seen.map_or(defaults.max_first_seen, |n| {
+                usize::try_from(n).unwrap_or(usize::MAX)
+            }),
         })
     }
 

@@ -43,6 +43,8 @@
 //! idle-timeout-seconds = 30
 //! rekey-minutes = 60
 //! max-hops = 30
+//! max-first-seen = 1000               # far nodes known only by the first key seen for
+//!                                     # their id (no pin or certificate binds it)
 //!
 //! [[work-type]]                       # optional, repeatable
 //! name = "cat"                        # letters, digits, . _ -; unique
@@ -164,6 +166,9 @@ pub const DEFAULT_REKEY_INTERVAL: Duration = Duration::from_secs(60 * 60);
 
 /// Hop limit when none is configured: Receptor's default, ample for real meshes.
 pub const DEFAULT_MAX_HOPS: u8 = 30;
+
+/// Default `[mesh] max-first-seen`.
+pub const DEFAULT_MAX_FIRST_SEEN: usize = 1_000;
 
 /// Control socket mode when none is configured: owner only, since the socket can submit
 /// work.
@@ -338,6 +343,9 @@ pub struct MeshTuning {
     pub rekey_interval: Duration,
     /// Hops a message may take before it is dropped.
     pub max_hops: u8,
+    /// Most far nodes stored that only the first key seen for their id binds (see
+    /// `LsdbLimits::max_first_seen`).
+    pub max_first_seen: usize,
 }
 
 impl Default for MeshTuning {
@@ -347,6 +355,7 @@ impl Default for MeshTuning {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             rekey_interval: DEFAULT_REKEY_INTERVAL,
             max_hops: DEFAULT_MAX_HOPS,
+            max_first_seen: DEFAULT_MAX_FIRST_SEEN,
         }
     }
 }

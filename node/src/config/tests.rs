@@ -49,6 +49,7 @@ keepalive-seconds = 5
 idle-timeout-seconds = 20
 rekey-minutes = 15
 max-hops = 8
+max-first-seen = 50
 "#,
         key(1),
         key(2)
@@ -94,6 +95,7 @@ fn parses_full_example() {
     assert_eq!(config.mesh.idle_timeout, Duration::from_secs(20));
     assert_eq!(config.mesh.rekey_interval, Duration::from_secs(15 * 60));
     assert_eq!(config.mesh.max_hops, 8);
+    assert_eq!(config.mesh.max_first_seen, 50);
 }
 
 #[test]
@@ -209,6 +211,7 @@ fn invalid_values_name_their_key() {
             "[mesh] keepalive-seconds",
         ),
         ("[mesh]\nmax-hops = 256\n", "[mesh] max-hops"),
+        ("[mesh]\nmax-first-seen = 10001\n", "[mesh] max-first-seen"),
         ("[mesh]\nrekey-minutes = 0\n", "[mesh] rekey-minutes"),
     ];
     for (extra, key) in cases {

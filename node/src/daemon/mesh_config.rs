@@ -45,6 +45,7 @@ pub fn mesh_config(config: &Config) -> Result<MeshConfig, StartError> {
         ..LinkConfig::default()
     };
     mesh.max_hops = config.mesh.max_hops;
+    mesh.lsdb.max_first_seen = config.mesh.max_first_seen;
     mesh.link_costs = config
         .link_costs
         .iter()

@@ -8,6 +8,7 @@
 //! No IO and no clock: time comes in as `now` (monotonic) and `wall_ms` (for epochs and
 //! certificates), and the caller does the flooding.
 
+mod first_seen;
 mod outcome;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -22,6 +23,7 @@ use crate::id::NodeId;
 use crate::keys::xeddsa::VerifyingKey;
 use crate::keys::{PublicKey, succession};
 use crate::mesh::route::Topology;
+use first_seen::{Admission, FirstSeen};
 pub use outcome::{AdvertOutcome, AdvertRefusal};
 
 /// How far in the future an advert's epoch may lie (clock skew between nodes). Beyond it
@@ -101,9 +103,8 @@ struct Entry {
     /// The origin's rate limit: tokens left, and when they were last topped up.
     tokens: u32,
     refilled: Instant,
-    /// For a first-seen origin, when it was admitted (a counter): the most recent one is
-    /// evicted first to make room for a vouched-for origin. Kept across its refreshes.
-    admitted: Option<u64>,
+    /// For a first-seen origin, when and through whom it was admitted (see `first_seen`).
+    admitted: Option<Admission>,
 }
 
 impl Entry {
@@ -144,11 +145,12 @@ struct Known {
 }
 
 /// What checking an advert established: how its key is bound to its origin, and the key
-/// made ready for the origin's next adverts.
+/// made ready for the origin's next adverts; and the neighbour it came through.
 #[derive(Debug, Clone)]
 struct Checked {
     binding: Binding,
     verifying: VerifyingKey,
+    via: Option<NodeId>,
 }
 
 /// The link-state database of one node: its own advert plus the newest verified advert of
@@ -169,13 +171,8 @@ pub struct Lsdb {
     /// `(expires, origin)` of every entry that expires, earliest first; kept in step with
     /// `entries` so that expiry never scans the whole database.
     deadlines: BTreeSet<(Instant, NodeId)>,
-    /// `(admitted, origin)` of every first-seen entry, kept in step with `entries`: their
-    /// count is capped, and the last one is the first evicted.
-    first_seen: BTreeSet<(u64, NodeId)>,
-    /// Sum of the first-seen entries' sizes: what evicting all of them would free.
-    first_seen_bytes: usize,
-    /// The next first-seen admission's number.
-    admissions: u64,
+    /// The first-seen entries, kept in step with `entries`: their count is capped.
+    first_seen: FirstSeen,
 }
 
 fn encoded_len(advert: &Advert) -> usize {
@@ -193,9 +190,7 @@ impl Lsdb {
             entries: BTreeMap::new(),
             bytes: 0,
             deadlines: BTreeSet::new(),
-            first_seen: BTreeSet::new(),
-            first_seen_bytes: 0,
-            admissions: 0,
+            first_seen: FirstSeen::default(),
         }
     }
 
@@ -236,15 +231,28 @@ impl Lsdb {
         self.bytes += size;
     }
 
-    /// Decides what to do with an advert received from a neighbour (or carried by a session
-    /// handshake), storing it when it is new, valid and vouched for. A stored advert
-    /// expires at `now + max_age`; a newer one refreshes it.
+    /// Decides what to do with an advert that came from no neighbour in particular (see
+    /// [`Lsdb::handle_advert_via`]).
     pub fn handle_advert(
         &mut self,
         now: Instant,
         wall_ms: u64,
         advert: Advert,
         policy: &TrustPolicy,
+    ) -> AdvertOutcome {
+        self.handle_advert_via(now, wall_ms, advert, policy, None)
+    }
+
+    /// Decides what to do with an advert flooded to us by neighbour `via` (`None`: carried
+    /// by its origin's session handshake), storing it when it is new, valid and vouched
+    /// for. A stored advert expires at `now + max_age`; a newer one refreshes it.
+    pub fn handle_advert_via(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        advert: Advert,
+        policy: &TrustPolicy,
+        via: Option<&NodeId>,
     ) -> AdvertOutcome {
         if advert.origin == self.me {
             return self.check_own(&advert);
@@ -272,7 +280,11 @@ impl Lsdb {
             Ok(checked) => checked,
             Err(refusal) => return AdvertOutcome::Refused(refusal),
         };
-        let checked = Checked { binding, verifying };
+        let checked = Checked {
+            binding,
+            verifying,
+            via: via.cloned(),
+        };
         match self.entries.get(&advert.origin) {
             Some(stored) if stored.advert.key != advert.key => {
                 self.replace_key(now, advert, checked)
@@ -358,7 +370,9 @@ impl Lsdb {
     /// (the most recently admitted first) when the database is full.
     fn admit(&mut self, now: Instant, advert: Advert, checked: Checked) -> AdvertOutcome {
         if !checked.binding.is_verified() {
-            if self.first_seen.len() >= self.limits.max_first_seen {
+            if self.first_seen.len() >= self.limits.max_first_seen
+                && !self.evict_for_newcomer(checked.via.as_ref())
+            {
                 return AdvertOutcome::Refused(AdvertRefusal::FirstSeenFull);
             }
         } else {
@@ -377,19 +391,31 @@ impl Lsdb {
         let line = self.limits.max_bytes - self.limits.max_bytes / GROWTH_RESERVE;
         let bytes_fit = |db: &Self| db.bytes.saturating_add(size) <= line;
         let nodes_fit = |db: &Self| db.entries.len() < db.limits.max_nodes;
-        let kept = self.bytes - self.first_seen_bytes;
+        let kept = self.bytes - self.first_seen.bytes();
         let could_fit = kept.saturating_add(size) <= line
             && self.entries.len() - self.first_seen.len() < self.limits.max_nodes;
         if !could_fit {
             return;
         }
         while !(bytes_fit(self) && nodes_fit(self)) {
-            let Some((_, victim)) = self.first_seen.last().cloned() else {
+            let Some(victim) = self.first_seen.newest().cloned() else {
                 return;
             };
             tracing::info!(node = %victim, "evicted a first-seen node to make room for a vouched-for one");
             self.remove(&victim);
         }
+    }
+
+    /// Makes room among the first-seen origins for a newcomer through `via`, if the
+    /// neighbour that brought the most brought more than `via` did (see `first_seen`);
+    /// returns whether it did.
+    fn evict_for_newcomer(&mut self, via: Option<&NodeId>) -> bool {
+        let Some(victim) = self.first_seen.fair_victim(via).cloned() else {
+            return false;
+        };
+        tracing::info!(node = %victim, "evicted a first-seen node: the neighbour it came through brought the most");
+        self.remove(&victim);
+        true
     }
 
     /// Removes `id`'s entry with everything kept in step with it.
@@ -405,9 +431,8 @@ impl Lsdb {
         if let Some(expires) = old.expires {
             self.deadlines.remove(&(expires, id.clone()));
         }
-        if let Some(admitted) = old.admitted {
-            self.first_seen.remove(&(admitted, id.clone()));
-            self.first_seen_bytes -= old.size;
+        if let Some(admitted) = &old.admitted {
+            self.first_seen.remove(id, admitted, old.size);
         }
     }
 
@@ -467,17 +492,11 @@ impl Lsdb {
         let first_seen = !binding.is_verified();
         entry.admitted = match entry.admitted {
             Some(admitted) if first_seen => Some(admitted),
-            _ if first_seen => Some(self.next_admission()),
+            _ if first_seen => Some(self.first_seen.admit(None)),
             _ => None,
         };
         entry.binding = binding;
         self.insert(id.clone(), entry);
-    }
-
-    /// A new first-seen admission's number.
-    fn next_admission(&mut self) -> u64 {
-        self.admissions += 1;
-        self.admissions
     }
 
     /// Inserts an entry (none stored for `id`) with everything kept in step with it.
@@ -486,9 +505,8 @@ impl Lsdb {
         if let Some(expires) = entry.expires {
             self.deadlines.insert((expires, id.clone()));
         }
-        if let Some(admitted) = entry.admitted {
-            self.first_seen.insert((admitted, id.clone()));
-            self.first_seen_bytes += entry.size;
+        if let Some(admitted) = &entry.admitted {
+            self.first_seen.insert(&id, admitted, entry.size);
         }
         self.entries.insert(id, entry);
     }
@@ -678,7 +696,7 @@ impl Lsdb {
         let admitted = match old.and_then(|old| old.admitted) {
             _ if checked.binding.is_verified() => None,
             Some(admitted) => Some(admitted),
-            None => Some(self.next_admission()),
+            None => Some(self.first_seen.admit(checked.via)),
         };
         let entry = Entry {
             advert,

@@ -558,6 +558,11 @@ impl MeshNode {
         self.advert_counts.refused_total()
     }
 
+    /// Origins stored first-seen.
+    pub(crate) fn first_seen_len(&self) -> usize {
+        self.lsdb.first_seen_len()
+    }
+
     /// Number of adverts stored.
     pub(crate) fn lsdb_len(&self) -> usize {
         self.lsdb.len()

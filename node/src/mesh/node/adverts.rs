@@ -238,10 +238,17 @@ impl MeshNode {
             let cert = advert.cert.as_deref();
             self.learn_successions(now, &origin, &advert.key, &advert.successions, cert);
         }
-        match self
-            .lsdb
-            .handle_advert(now, wall, advert.clone(), &self.config.trust)
-        {
+        let via = link
+            .and_then(|l| self.links.get(&l))
+            .and_then(|slot| slot.peer.as_ref())
+            .map(|(node, _)| node.clone());
+        match self.lsdb.handle_advert_via(
+            now,
+            wall,
+            advert.clone(),
+            &self.config.trust,
+            via.as_ref(),
+        ) {
             AdvertOutcome::Stored => {
                 self.advert_counts.stored += 1;
                 self.routes_dirty = true;

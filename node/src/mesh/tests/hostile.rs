@@ -134,24 +134,7 @@ fn ten_thousand_adverts_are_refused_beyond_the_caps_and_links_stay_up() {
     }
     // ... and 5,000 made-up nodes, each with a key of its own.
     for i in 0..5_000u32 {
-        let mut secret = [7u8; 32];
-        secret[..4].copy_from_slice(&i.to_le_bytes());
-        let keys = LinkKeypair::from_private(secret);
-        let fake = Advert {
-            origin: NodeId::new(format!("fake{i}")).unwrap(),
-            key: keys.public(),
-            epoch: own.epoch,
-            seq: 1,
-            issued_at_ms: own.issued_at_ms,
-            links: Vec::new(),
-            services: Vec::new(),
-            work_types: Vec::new(),
-            cert: None,
-            successions: Vec::new(),
-            signature: SignatureBytes([0; 64]),
-        }
-        .sign(&keys, &[0; 64]);
-        inject(&mut sim, x, n0, &Message::Advert(fake));
+        inject(&mut sim, x, n0, &Message::Advert(made_up(i, &own)));
     }
     sim.run_until_idle(10 * STEPS).unwrap();
     assert!(
@@ -166,6 +149,64 @@ fn ten_thousand_adverts_are_refused_beyond_the_caps_and_links_stay_up() {
     assert_eq!(link_downs(&sim, n0), downs_before, "every link stayed up");
     assert!(sim.is_linked(n0, x) && sim.is_linked(n0, n1));
     assert_eq!(sim.deliver(n1, n0, b"still routing"), b"still routing");
+}
+
+/// The signed advert of a made-up node `fake{i}` with a key of its own, which nothing
+/// vouches for (so a first-seen origin), of `like`'s epoch.
+fn made_up(i: u32, like: &Advert) -> Advert {
+    let mut secret = [7u8; 32];
+    secret[..4].copy_from_slice(&i.to_le_bytes());
+    let keys = LinkKeypair::from_private(secret);
+    Advert {
+        origin: NodeId::new(format!("fake{i}")).unwrap(),
+        key: keys.public(),
+        epoch: like.epoch,
+        seq: 1,
+        issued_at_ms: like.issued_at_ms,
+        links: Vec::new(),
+        services: Vec::new(),
+        work_types: Vec::new(),
+        cert: None,
+        successions: Vec::new(),
+        signature: SignatureBytes([0; 64]),
+    }
+    .sign(&keys, &[0; 64])
+}
+
+#[test]
+fn a_neighbours_flood_of_made_up_nodes_leaves_room_for_a_newcomer_another_neighbour_brings() {
+    let mut sim = Sim::new(42);
+    let n0 = sim.add_node_with("n0", |c| {
+        c.lsdb = LsdbLimits {
+            max_first_seen: 8,
+            ..c.lsdb.clone()
+        };
+    });
+    let n1 = sim.add_node("n1");
+    let x = sim.add_node("x");
+    sim.connect(n0, n1, cost());
+    sim.connect(x, n0, cost());
+    settle(&mut sim);
+    let x_id = sim.id(x);
+    let like = sim.node(n0).advert(&x_id).cloned().unwrap();
+    for i in 0..100 {
+        inject(&mut sim, x, n0, &Message::Advert(made_up(i, &like)));
+    }
+    sim.run_until_idle(STEPS).unwrap();
+    assert_eq!(
+        sim.node(n0).first_seen_len(),
+        8,
+        "the flood filled the places"
+    );
+    // A newcomer nothing vouches for either, whose advert n1 floods on.
+    let newcomer = made_up(1_000, &like);
+    inject(&mut sim, n1, n0, &Message::Advert(newcomer.clone()));
+    sim.run_until_idle(STEPS).unwrap();
+    assert!(
+        sim.node(n0).advert(&newcomer.origin).is_some(),
+        "n0 stored the newcomer"
+    );
+    assert_eq!(sim.node(n0).first_seen_len(), 8);
 }
 
 fn link_downs(sim: &Sim, at: NodeIdx) -> usize {

@@ -1,5 +1,6 @@
-//! First-seen origins (nothing configured here vouches for them) are capped, and a pinned
-//! origin evicts them instead of being refused as the database is full.
+//! First-seen origins (nothing configured here vouches for them) are capped, a pinned
+//! origin evicts them instead of being refused as the database is full, and a neighbour's
+//! flood of them cannot keep out a newcomer another neighbour brings.
 
 use super::*;
 
@@ -138,4 +139,50 @@ fn a_vouched_for_origin_too_large_to_fit_evicts_nothing() {
         db.get(&id("fake1")).is_some(),
         "nothing was evicted in vain"
     );
+}
+
+/// Sends first-seen origins `{name}1..={name}{n}` (keys `first..`) to `db` through `via`;
+/// returns how many were stored.
+fn flood_via(db: &mut Lsdb, now: Instant, via: &str, name: &str, first: u8, n: u8) -> usize {
+    let none = TrustPolicy::default();
+    (0..n)
+        .filter(|i| {
+            let advert = advert(&format!("{name}{}", i + 1), first + i, 1, 1, &[]);
+            db.handle_advert_via(now, WALL, advert, &none, Some(&id(via))) == AdvertOutcome::Stored
+        })
+        .count()
+}
+
+#[test]
+fn a_newcomer_through_another_neighbour_takes_the_place_of_the_floods_latest_origin() {
+    let now = Instant::now();
+    let mut db = limited(now, 100, 5);
+    assert_eq!(flood_via(&mut db, now, "x", "fake", 1, 30), 5);
+    assert_eq!(flood_via(&mut db, now, "n1", "new", 100, 1), 1, "stored");
+    assert_eq!(db.first_seen_len(), 5);
+    assert!(db.get(&id("new1")).is_some());
+    assert!(
+        db.get(&id("fake5")).is_none(),
+        "the flood's latest made room"
+    );
+    assert!(db.get(&id("fake1")).is_some(), "its first stays");
+    // The flooding neighbour cannot take the place back.
+    assert_eq!(flood_via(&mut db, now, "x", "more", 150, 30), 0);
+    assert!(db.get(&id("new1")).is_some());
+}
+
+#[test]
+fn two_neighbours_flooding_first_seen_origins_end_with_half_the_places_each() {
+    let now = Instant::now();
+    let mut db = limited(now, 100, 10);
+    assert_eq!(flood_via(&mut db, now, "x", "fake", 1, 40), 10);
+    assert_eq!(flood_via(&mut db, now, "y", "other", 100, 40), 5);
+    let from = |prefix: &str| {
+        db.adverts()
+            .filter(|a| a.origin.as_str().starts_with(prefix))
+            .count()
+    };
+    assert_eq!((from("fake"), from("other")), (5, 5));
+    // Neither can take the other's places now.
+    assert_eq!(flood_via(&mut db, now, "x", "again", 200, 10), 0);
 }
