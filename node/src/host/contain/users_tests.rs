@@ -181,8 +181,10 @@ fn a_node_that_cannot_install_the_keyring_filter_is_refused_saying_what_is_missi
             && text.contains("or remove [work] job-users"),
         "{text}"
     );
-    // This host (the suite's) can.
-    assert_eq!(check_keyring_filter(keyring::check_available()), Ok(()));
+    // This host (the suite's) can, on a build with a filter.
+    if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
+        assert_eq!(check_keyring_filter(keyring::check_available()), Ok(()));
+    }
 }
 
 #[test]

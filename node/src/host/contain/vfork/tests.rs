@@ -379,6 +379,7 @@ async fn a_job_users_system_v_objects_stay_in_its_own_ipc_namespace_when_the_nod
     }
 }
 
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 #[tokio::test]
 async fn a_job_users_program_gets_eperm_from_the_keyring_calls_and_the_nodes_own_jobs_do_not() {
     // `keyctl(KEYCTL_GET_KEYRING_ID, @u, 0)` through Python's ctypes: 1 (EPERM) under the
