@@ -821,3 +821,119 @@ fn the_next_job_of_a_uid_cannot_read_the_shared_memory_its_last_job_left() {
     assert_eq!(status["StateName"], "Succeeded", "{status}\n{found}");
     assert_eq!(found, "pool: [1, 4, 9]\n", "{}", mesh.logs());
 }
+
+/// Adds its payload (the secret) as a `user` key to its uid's user keyring and to its
+/// uid's persistent keyring, which the kernel keeps after the uid's last process has
+/// exited (the user keyring for as long as the user namespace, the persistent one three
+/// days), and says what each call gave: `added` or the errno's name.
+#[cfg(target_arch = "x86_64")]
+const LEAVE_KEY: &str = r#"
+import ctypes, errno, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+SYS_add_key, SYS_keyctl = 248, 250
+USER_KEYRING, GET_PERSISTENT = -4, 22
+secret = sys.stdin.read().strip().encode()
+def said(rc):
+    return "added" if rc >= 0 else errno.errorcode[ctypes.get_errno()]
+def add(keyring):
+    return libc.syscall(SYS_add_key, b"user", b"warren-left", secret, len(secret), keyring)
+print("user keyring:", said(add(USER_KEYRING)))
+persistent = libc.syscall(SYS_keyctl, GET_PERSISTENT, -1, USER_KEYRING)
+print("persistent keyring:", said(add(persistent) if persistent >= 0 else persistent))
+"#;
+
+/// Looks for the key `warren-left` in its uid's user keyring and persistent keyring and
+/// prints what it reads, or the errno's name of the call that failed.
+#[cfg(target_arch = "x86_64")]
+const FIND_KEY: &str = r#"
+import ctypes, errno
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+SYS_keyctl = 250
+USER_KEYRING, GET_PERSISTENT, SEARCH, READ = -4, 22, 10, 11
+def look(where, keyring):
+    key = libc.syscall(SYS_keyctl, SEARCH, keyring, b"user", b"warren-left", 0)
+    if key < 0:
+        print(where + ":", errno.errorcode[ctypes.get_errno()])
+        return
+    buf = ctypes.create_string_buffer(256)
+    n = libc.syscall(SYS_keyctl, READ, key, buf, 256)
+    print(where + ": found", buf.raw[:n].decode())
+look("user keyring", USER_KEYRING)
+persistent = libc.syscall(SYS_keyctl, GET_PERSISTENT, -1, USER_KEYRING)
+if persistent < 0:
+    print("persistent keyring:", errno.errorcode[ctypes.get_errno()])
+else:
+    look("persistent keyring", persistent)
+"#;
+
+/// Kernel keyrings are not namespaced: the user keyring and the persistent keyring of a
+/// uid outlive its job and would hand the next job of the uid, often another submitter's,
+/// what the last one left there. Job users' programs may not use them at all (seccomp:
+/// `add_key`, `keyctl`, `request_key` fail with EPERM, as under Docker's default profile),
+/// whether the node starts them itself (cgroups) or a supervisor does (subreaper).
+#[cfg(target_arch = "x86_64")]
+fn a_key_a_job_leaves_in_its_uids_keyrings_is_not_read_by_the_next_job(
+    containment: &str,
+    uid: u32,
+) {
+    let dir = open_dir();
+    let (leave, find) = (dir.path().join("leave.py"), dir.path().join("find.py"));
+    std::fs::write(&leave, LEAVE_KEY).unwrap();
+    std::fs::write(&find, FIND_KEY).unwrap();
+    let leaver = script(
+        dir.path(),
+        "leave.sh",
+        &format!("exec /usr/bin/python3 {}\n", leave.display()),
+    );
+    let finder = script(
+        dir.path(),
+        "find.sh",
+        &format!("exec /usr/bin/python3 {}\n", find.display()),
+    );
+    let config = format!(
+        "[work]\ncontainment = {containment:?}\njob-users = \"{uid}-{uid}\"\n{}{}",
+        command_type("leave", &leaver, ""),
+        command_type("find", &finder, "")
+    );
+    let mesh = node(&config);
+    let secret = format!("key-secret-{}", marker());
+    let first = submit(&mesh, "leave", &format!("{secret}\n"));
+    let status = wait_done(&mesh, &first);
+    let left = results(&mesh, &first);
+    assert_eq!(status["StateName"], "Succeeded", "{status}\n{left}");
+    let second = submit(&mesh, "find", "");
+    let status = wait_done(&mesh, &second);
+    let found = results(&mesh, &second);
+    assert_eq!(status["StateName"], "Succeeded", "{status}\n{found}");
+    assert!(
+        !found.contains(&secret),
+        "the next job of the uid read what the last one left: {found}"
+    );
+    assert_eq!(
+        left,
+        "user keyring: EPERM\npersistent keyring: EPERM\n",
+        "{}",
+        mesh.logs()
+    );
+    assert_eq!(
+        found,
+        "user keyring: EPERM\npersistent keyring: EPERM\n",
+        "{}",
+        mesh.logs()
+    );
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn the_next_job_of_a_uid_cannot_read_a_key_its_last_job_left_in_the_uids_keyrings_in_cgroups() {
+    a_key_a_job_leaves_in_its_uids_keyrings_is_not_read_by_the_next_job("cgroup", 3_910_012);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn the_next_job_of_a_uid_cannot_read_a_key_its_last_job_left_in_the_uids_keyrings_under_the_subreaper()
+ {
+    a_key_a_job_leaves_in_its_uids_keyrings_is_not_read_by_the_next_job("subreaper", 3_910_013);
+}

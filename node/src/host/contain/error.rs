@@ -95,9 +95,10 @@ pub enum ContainError {
         source: io::Error,
     },
     /// With `[work] job-users`, the supervisor could not read a job user's spec, or did not
-    /// report starting the program as the job's uid: a `warren-supervisor` older than the
-    /// node does not know job users (it would run the program as the node's user). What it
-    /// started, if anything, was killed.
+    /// report starting the program as the job's uid under a seccomp filter: a
+    /// `warren-supervisor` older than the node does not know job users (it would run the
+    /// program as the node's user) or the keyring filter (the program would reach its
+    /// uid's keyrings). What it started, if anything, was killed.
     #[error(
         "{} does not run programs as job users (asked for uid {expected}, it {answer}): it is older than this warren; install the warren-supervisor of the same release beside warren (or remove the old one, and warren supervises itself)",
         exe.display()
@@ -108,7 +109,7 @@ pub enum ContainError {
         /// The job's uid.
         expected: u32,
         /// What it did instead: `could not read the spec: ...`, `reported uid 0`,
-        /// `reported no uid`.
+        /// `reported no uid`, `reported no seccomp mode, ...`.
         answer: String,
     },
     /// The supervisor ended before it reported the program started.

@@ -25,10 +25,10 @@
 //! process and records the exit status ([`record`]), so a restarted node re-attaches.
 //!
 //! With `[work] job-users` ([`users`]), each job's programs also run as a uid of their own
-//! (gid the same, no supplementary groups, no capabilities, `PR_SET_NO_NEW_PRIVS`), set
-//! last before `exec`, in a job directory given to that uid ([`jobdir`]); when the job is
-//! done every process still running as that uid is killed (`reap`), so under process-group
-//! containment too nothing a job started outlives it.
+//! (gid the same, no supplementary groups, no capabilities, `PR_SET_NO_NEW_PRIVS`, no kernel
+//! keyring: `keyring`), set last before `exec`, in a job directory given to that uid
+//! ([`jobdir`]); when the job is done every process still running as that uid is killed
+//! (`reap`), so under process-group containment too nothing a job started outlives it.
 //!
 //! This module decides and sets up; the `process` capability (`host/process.rs`) spawns
 //! through it.
@@ -45,6 +45,7 @@ pub(crate) mod detect;
 pub mod error;
 pub(crate) mod ipc;
 pub mod jobdir;
+pub(crate) mod keyring;
 pub(crate) mod leftovers;
 pub mod limits;
 pub(crate) mod reap;

@@ -3,7 +3,8 @@
 //! job-users`) enter an IPC namespace of its own where the node may (so the System V
 //! objects and POSIX message queues it makes die with it, out of reach of the uid's next
 //! job) and become its job's own user: no supplementary groups, gid and uid the job's, no
-//! capabilities, `PR_SET_NO_NEW_PRIVS`.
+//! capabilities, `PR_SET_NO_NEW_PRIVS`, and no kernel keyring (a seccomp filter refuses
+//! `add_key`, `keyctl` and `request_key`: `keyring`).
 //!
 //! [`ChildSetup::apply`] runs in the child of a possibly multi-threaded process, so it makes
 //! only async-signal-safe system calls: no allocation, no locks, no formatting through
@@ -244,7 +245,9 @@ impl ChildSetup {
 /// Drops every supplementary group, takes `uid` as real, effective and saved gid and uid,
 /// clears every capability (a non-root node's capabilities survive a change between two
 /// non-zero uids) and sets `PR_SET_NO_NEW_PRIVS`, so no set-uid program or file capability
-/// gives any of it back.
+/// gives any of it back; last, shuts the kernel keyrings (`keyring`: a seccomp filter under
+/// which `add_key`, `keyctl` and `request_key` fail with `EPERM`), which would keep what
+/// the job left there for the uid's next job.
 ///
 /// Raw system calls: the libc wrappers of `setuid` and friends change every thread of the
 /// calling process through a signal broadcast, and this child runs on the node's memory
@@ -282,8 +285,9 @@ pub(crate) fn become_job_user(uid: u32) -> io::Result<()> {
             &raw const header,
             data.as_ptr(),
         ))?;
-        check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0).into())
+        check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0).into())?;
     }
+    super::keyring::shut_keyrings()
 }
 
 /// `_LINUX_CAPABILITY_VERSION_3`: two 32-bit words per set.

@@ -403,12 +403,23 @@ async fn send_spec(sender: &mut UnixStream, spec: &Spec) -> Result<(), ContainEr
     sender.shutdown().await.map_err(source)
 }
 
-/// Reads `started <pid> <start time> [<uid>]` (the program's, with the uid it runs as) or
-/// `error <why>`.
+/// What a supervisor read back of the program it started: the uid it runs as and its
+/// seccomp mode (each missing from an older supervisor's report).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct ReadBack {
+    uid: Option<u32>,
+    seccomp: Option<u32>,
+}
+
+/// `Seccomp:` of a process under a seccomp filter.
+const SECCOMP_MODE_FILTER: u32 = 2;
+
+/// Reads `started <pid> <start time> [<uid> [<seccomp mode>]]` (the program's, with the uid
+/// it runs as and its seccomp mode) or `error <why>`.
 async fn first_report(
     reports: &mut ReportLines,
     exe: &Path,
-) -> Result<(ProcessRef, Option<u32>), ContainError> {
+) -> Result<(ProcessRef, ReadBack), ContainError> {
     let line = reports
         .next_line()
         .await
@@ -425,8 +436,11 @@ async fn first_report(
     let pid = words.next().and_then(|w| w.parse().ok());
     let start_time = words.next().and_then(|w| w.parse().ok());
     let uid = words.next().and_then(|w| w.parse().ok());
+    let seccomp = words.next().and_then(|w| w.parse().ok());
     match (pid, start_time) {
-        (Some(pid), Some(start_time)) => Ok((ProcessRef { pid, start_time }, uid)),
+        (Some(pid), Some(start_time)) => {
+            Ok((ProcessRef { pid, start_time }, ReadBack { uid, seccomp }))
+        }
         _ => Err(ContainError::SupervisorProtocol { line }),
     }
 }
@@ -452,31 +466,40 @@ fn refused(spec: &Spec, exe: &Path, why: String) -> ContainError {
 const BAD_SPEC: &str = "supervisor: bad spec";
 
 /// With a job user in `spec`, refuses a start whose report does not name that uid (an
-/// older supervisor, which ran the program as the node's user): the supervisor is told to
-/// kill its tree (SIGUSR1), and the error says which binary to replace.
+/// older supervisor, which ran the program as the node's user) or a seccomp filter on the
+/// program (one that knows job users but not the keyring filter, `keyring`): the
+/// supervisor is told to kill its tree (SIGUSR1), and the error says which binary to
+/// replace.
 fn check_job_user(
     spec: &Spec,
-    reported: Option<u32>,
+    reported: ReadBack,
     exe: &Path,
     supervisor: i32,
 ) -> Result<(), ContainError> {
     let Some(expected) = spec.setup.job_user else {
         return Ok(());
     };
-    if reported == Some(expected) {
+    if reported.uid == Some(expected) && reported.seccomp == Some(SECCOMP_MODE_FILTER) {
         return Ok(());
     }
     if let Some(process) = ProcessRef::of(supervisor) {
         signal(&process, pidfd_open(supervisor).as_ref(), libc::SIGUSR1);
     }
-    tracing::error!(supervisor = %exe.display(), expected, ?reported, "a supervisor ran a job's program as another uid than the job's; killed it");
+    tracing::error!(supervisor = %exe.display(), expected, ?reported, "a supervisor ran a job's program as another uid than the job's or without the keyring filter; killed it");
     Err(ContainError::SupervisorIgnoredJobUser {
         exe: exe.to_owned(),
         expected,
-        answer: reported.map_or_else(
-            || "reported no uid".to_owned(),
-            |u| format!("reported uid {u}"),
-        ),
+        answer: match reported {
+            ReadBack { uid: None, .. } => "reported no uid".to_owned(),
+            ReadBack { uid: Some(u), .. } if u != expected => format!("reported uid {u}"),
+            ReadBack { seccomp: None, .. } => {
+                "reported no seccomp mode, so no keyring filter".to_owned()
+            }
+            ReadBack {
+                seccomp: Some(mode),
+                ..
+            } => format!("reported seccomp mode {mode}, not the keyring filter"),
+        },
     })
 }
 

@@ -96,13 +96,24 @@ async fn launch_as_job_user(exe: &Path, uid: u32) -> Result<Launched, ContainErr
 }
 
 #[tokio::test]
-async fn a_supervisor_that_does_not_report_the_job_uid_is_refused_and_told_to_kill_its_tree() {
+async fn a_supervisor_that_does_not_report_the_job_uid_and_a_seccomp_filter_is_refused_and_told_to_kill_its_tree()
+ {
     // This stop's review: a warren-supervisor older than the node ignores the job's uid
     // (a spec field it does not know) and ran the program as the node's user.
     let dir = tempfile::tempdir().unwrap();
     for (report, answer) in [
         ("started $$ 1", "reported no uid"),
         ("started $$ 1 0", "reported uid 0"),
+        ("started $$ 1 0 2", "reported uid 0"),
+        // A supervisor that knows job users but not the keyring filter.
+        (
+            "started $$ 1 3900080",
+            "reported no seccomp mode, so no keyring filter",
+        ),
+        (
+            "started $$ 1 3900080 0",
+            "reported seccomp mode 0, not the keyring filter",
+        ),
     ] {
         let gone = dir.path().join("killed");
         let _ = std::fs::remove_file(&gone);
@@ -181,9 +192,9 @@ fn a_job_users_spec_leaves_out_what_an_older_supervisor_needs_and_round_trips() 
 }
 
 #[tokio::test]
-async fn a_supervisor_that_reports_the_job_uid_is_taken() {
+async fn a_supervisor_that_reports_the_job_uid_and_a_seccomp_filter_is_taken() {
     let dir = tempfile::tempdir().unwrap();
-    let exe = fake_supervisor(dir.path(), "echo \"started $$ 1 3900081\" >&4");
+    let exe = fake_supervisor(dir.path(), "echo \"started $$ 1 3900081 2\" >&4");
     let launched = launch_as_job_user(&exe, 3_900_081).await.unwrap();
     assert_eq!(launched.program.start_time, 1);
 }

@@ -11,8 +11,9 @@
 //! Protocol, on descriptors the node sets up (Unix stream sockets, which no other process
 //! can open through `/proc/<pid>/fd`): fd 3 carries the `Spec` as JSON (read to end of
 //! file: the node shuts its end down for writing); fd 4 gets report lines:
-//! `started <pid> <start time> <uid>` (the uid the program runs as, read back from
-//! `/proc`; a node asking for a job user refuses a report without it) or `error <why>`,
+//! `started <pid> <start time> <uid> <seccomp mode>` (the uid the program runs as and its
+//! seccomp mode, read back from `/proc`; a node asking for a job user refuses a report
+//! without them, or with a mode other than 2, a filter: the keyring filter) or `error <why>`,
 //! and at the end
 //! `ended <exit record JSON>`; fd 5, when `lifeline` is set, is a socket whose other end the
 //! node holds open: its end of file means the node is gone. Signals: SIGTERM is forwarded
@@ -174,10 +175,18 @@ fn run() -> i32 {
         let _ = writeln!(report, "error cannot write to the job log: {e}");
         return 127;
     }
-    // The uid the program really runs as, read back, so a node asking for a job user can
-    // tell this supervisor applied it (an older one ignores the field and says nothing).
-    let uid = real_uid(main).map_or_else(String::new, |uid| format!(" {uid}"));
-    let _ = writeln!(report, "started {main} {}{uid}", program.start_time);
+    // The uid the program really runs as and its seccomp mode, read back, so a node asking
+    // for a job user can tell this supervisor applied both (an older one ignores the field
+    // and says nothing, or knows job users but not the keyring filter and leaves out the
+    // mode).
+    let mut started = format!("started {main} {}", program.start_time);
+    if let Some((uid, seccomp)) = read_back(main) {
+        started.push_str(&format!(" {uid}"));
+        if let Some(mode) = seccomp {
+            started.push_str(&format!(" {mode}"));
+        }
+    }
+    let _ = writeln!(report, "{started}");
     detach_stdio();
     let lifeline = spec.lifeline.then_some(LIFELINE_FD);
     let (status, reason) = watch(main, &mut signals, lifeline, spec.deadline_ms);
@@ -210,10 +219,16 @@ fn log_start(log: &File, program: ProcessRef) -> io::Result<()> {
     )
 }
 
-/// The real uid of `pid` (our unreaped child: its `/proc` entry stays until we reap it).
-fn real_uid(pid: i32) -> Option<u32> {
+/// The real uid of `pid` (our unreaped child: its `/proc` entry stays until we reap it)
+/// and its seccomp mode (`Seccomp:`, 2 for a filter; none on a kernel without seccomp).
+fn read_back(pid: i32) -> Option<(u32, Option<u32>)> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    super::users::status_uids(&status).next()
+    let uid = super::users::status_uids(&status).next()?;
+    let seccomp = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp:"))
+        .and_then(|m| m.trim().parse().ok());
+    Some((uid, seccomp))
 }
 
 /// Whether `fd` is an open descriptor (taking ownership of a closed one is undefined).

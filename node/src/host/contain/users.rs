@@ -20,14 +20,16 @@
 //! System V IPC objects (`ipc`), so the next job of that uid, often another submitter's,
 //! finds none of it. Where the node has `CAP_SYS_ADMIN`, each program also runs in an IPC
 //! namespace of its own (`setup`), whose objects die with it. A uid whose IPC objects
-//! could not be removed is passed over at the take.
+//! could not be removed is passed over at the take. The uid's kernel keyrings, which
+//! outlive its processes, are shut to its programs (`keyring`: a seccomp filter makes
+//! `add_key`, `keyctl` and `request_key` fail with `EPERM`), so a job leaves nothing there.
 //!
 //! The checks at start ([`JobUsers::new`]) refuse a range that is empty, too large, holds
 //! uid 0 or the node's own uid, or overlaps a user of `/etc/passwd` or a group of
 //! `/etc/group` (a job would get that user's files and processes, or that group's files),
 //! a subordinate range of `/etc/subuid` or `/etc/subgid`, or an account NSS knows
-//! (`accounts`), and a node that cannot switch users, give files away and reach what jobs
-//! leave.
+//! (`accounts`), a node that cannot switch users, give files away and reach what jobs
+//! leave, and one whose kernel or build cannot install the keyring filter.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
@@ -40,7 +42,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use super::accounts::{self, EXAMPLE_RANGE};
-use super::{ipc, leftovers, reap};
+use super::{ipc, keyring, leftovers, reap};
 
 /// Most uids a range may hold (more jobs at once than this is not a real node).
 pub const MAX_JOB_USERS: u32 = 65_536;
@@ -163,6 +165,14 @@ pub enum JobUsersError {
         "the node's user namespace denies setgroups (/proc/self/setgroups is \"deny\"): neither the jobs nor the helper that kills what a job leaves running could drop their supplementary groups; run the node where setgroups is allowed, or remove [work] job-users"
     )]
     SetgroupsDenied,
+    /// Job users' programs cannot be kept from the kernel keyrings (`keyring`).
+    #[error(
+        "job users need a seccomp filter that refuses their programs the kernel keyrings (add_key, keyctl, request_key), where a key a job leaves outlives it for the next job of its uid, but {missing}; run the node on a kernel with seccomp filters (CONFIG_SECCOMP_FILTER, 4.14 or later) and a build for x86_64 or aarch64, or remove [work] job-users"
+    )]
+    NoKeyringFilter {
+        /// What is missing, in words.
+        missing: String,
+    },
     /// `reap::REAPER_UID` belongs to an account or a subordinate range.
     #[error(
         "uid/gid {} is {holder}, but the node keeps it for the helper that kills what a job leaves running: a process running as it could stop that helper and keep every job's uid from coming back; remove that account or range, or remove [work] job-users",
@@ -349,6 +359,7 @@ impl JobUsers {
             read_if_present("/proc/self/setgroups").as_deref(),
         )?;
         check_reaper_free(Path::new("/"), accounts::nss_account)?;
+        check_keyring_filter(keyring::check_available())?;
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         check_proc_visible(&mountinfo, &status)?;
         let hardlinks = std::fs::read_to_string("/proc/sys/fs/protected_hardlinks").ok();
@@ -784,6 +795,12 @@ fn check_reaper_ids(
         return Err(JobUsersError::SetgroupsDenied);
     }
     Ok(())
+}
+
+/// Refuses a node that cannot keep its jobs from the kernel keyrings: `available` is
+/// `keyring::check_available`'s answer, what is missing when it cannot.
+fn check_keyring_filter(available: Result<(), String>) -> Result<(), JobUsersError> {
+    available.map_err(|missing| JobUsersError::NoKeyringFilter { missing })
 }
 
 /// Whether an id map (`/proc/self/uid_map` or `gid_map`) maps `id`.

@@ -170,6 +170,24 @@ fn a_node_running_as_process_1_is_refused() {
 }
 
 #[test]
+fn a_node_that_cannot_install_the_keyring_filter_is_refused_saying_what_is_missing() {
+    let missing = "the kernel takes no seccomp filter returning an errno (Invalid argument)";
+    let err = check_keyring_filter(Err(missing.to_owned())).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("add_key, keyctl, request_key")
+            && text.contains(missing)
+            && text.contains("CONFIG_SECCOMP_FILTER")
+            && text.contains("or remove [work] job-users"),
+        "{text}"
+    );
+    // This host (the suite's) can, on a build with a filter.
+    if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
+        assert_eq!(check_keyring_filter(keyring::check_available()), Ok(()));
+    }
+}
+
+#[test]
 fn a_proc_mounted_with_hidepid_is_refused_unless_the_node_has_cap_sys_ptrace() {
     let mountinfo = |options: &str| {
         format!(

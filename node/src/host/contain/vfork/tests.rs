@@ -378,3 +378,26 @@ async fn a_job_users_system_v_objects_stay_in_its_own_ipc_namespace_when_the_nod
         }
     }
 }
+
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[tokio::test]
+async fn a_job_users_program_gets_eperm_from_the_keyring_calls_and_the_nodes_own_jobs_do_not() {
+    // `keyctl(KEYCTL_GET_KEYRING_ID, @u, 0)` through Python's ctypes: 1 (EPERM) under the
+    // filter, 0 (found) without it. A job user's user keyring outlives the job, so the
+    // next job of the uid would read what it left there.
+    let script = r#"exec /usr/bin/python3 -c '
+import ctypes, platform
+libc = ctypes.CDLL(None, use_errno=True)
+keyctl = {"x86_64": 250, "aarch64": 219}[platform.machine()]
+rc = libc.syscall(keyctl, 0, -4, 0)
+print(ctypes.get_errno() if rc < 0 else 0)
+'"#;
+    let mut setup = ChildSetup::new(1024, 1 << 30);
+    setup.job_user = Some(3_900_112);
+    let (exit, out) = sh(script, setup).await;
+    assert_eq!(exit, ProgramExit::Exited(0), "{out}");
+    assert_eq!(out.trim(), libc::EPERM.to_string(), "{out}");
+    let (exit, out) = sh(script, ChildSetup::new(1024, 1 << 30)).await;
+    assert_eq!(exit, ProgramExit::Exited(0), "{out}");
+    assert_eq!(out.trim(), "0", "the node's own job was filtered: {out}");
+}
