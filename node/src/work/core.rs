@@ -15,6 +15,8 @@
 //! Status writes carry increasing numbers; the driver reports with
 //! [`Core::statuses_durable`] how far they are on the disk, and the core holds back what
 //! must not happen before (a remote submission waits for the status naming its nonce).
+//! Before it stops its store, the driver calls [`Core::shutting_down`] and runs the writes
+//! it asks for.
 
 mod action;
 pub mod durable;

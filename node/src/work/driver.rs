@@ -457,7 +457,9 @@ impl Work {
     }
 
     /// Stops the work layer as a node shuts down: every status write and release still
-    /// queued is committed to the disk and the store's thread joined before this returns.
+    /// queued, and every status the core held back behind a write in flight (a job's
+    /// latest containment record), is committed to the disk and the store's thread joined
+    /// before this returns.
     /// Requests made afterwards fail with [`WorkError::Stopped`].
     pub async fn shutdown(&self) {
         // An error means the owner is gone already, and with it the store's thread.

@@ -325,6 +325,51 @@ async fn a_work_layer_shut_down_has_committed_every_held_back_status_and_answers
     ));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_containment_record_held_behind_a_write_in_flight_is_on_the_disk_after_a_shutdown() {
+    // Found by an attacker's review: a job's containment record waits in the core until
+    // the unit's write in flight is durable; a shutdown in that window stopped the store
+    // without it, and the restarted node showed the unit without its record.
+    // Writes nobody waits for are held back for an hour, and the unit starts from the
+    // queue once its submitter was answered (nobody waits for its start): the handler's
+    // start (its component) is in flight until the shutdown, and the record waits behind.
+    let hour = Duration::from_secs(3600);
+    let s = setup_with(0, hour);
+    let mut registry = (**s.registry.borrow()).clone();
+    registry.insert(command("long", "/bin/sleep", &["5"], "1.0.0", false));
+    s.registry.send_replace(Arc::new(registry));
+    let id = submit(&s.work, "long", &[], b"").await;
+    let config = WorkConfig {
+        max_running: 1,
+        max_payload: 1 << 20,
+        keep_finished: None,
+        commit_delay: hour,
+        ..WorkConfig::default()
+    };
+    s.work.reconfigure(&config, None).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let record = loop {
+        let status = s.work.status(id, &OP).await.unwrap();
+        if let Some(record) = status.extra_data.get("Containment") {
+            assert_eq!(status.state, UnitState::Running, "{status:?}");
+            break record.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the job never recorded its containment: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    s.work.shutdown().await;
+    let store = crate::work::store::UnitStore::open(s._dir.path()).unwrap();
+    let status = store.status(id).unwrap();
+    assert_eq!(
+        status.extra_data.get("Containment"),
+        Some(&record),
+        "{status:?}"
+    );
+}
+
 /// Unit `id`'s status as a crash now would leave it: a copy of the data dir, opened as a
 /// restarted node opens it.
 fn status_after_a_crash(s: &Setup, id: UnitId) -> crate::work::UnitStatus {

@@ -1,43 +1,55 @@
 //! What a job's uid (`[work] job-users`) leaves in the places every user may write: files,
-//! directories, sockets and POSIX message queues in `/tmp`, `/var/tmp`, `/dev/shm`,
-//! `/run/lock` and `/dev/mqueue`, at their top level and inside the world-writable
-//! directories in them that are not the uid's (`/tmp/.X11-unix`, `/tmp/.ICE-unix`, another
-//! user's 1777 directory). The next job of the uid, often another submitter's, would find
-//! them as their owner; [`remove_files_of`] removes them.
+//! directories, sockets and POSIX message queues in the host's shared directories (`/tmp`,
+//! `/var/tmp`, `/dev/shm`, `/run/lock`, `/dev/mqueue`, `/var/crash`, ...: found at each sweep,
+//! see `places`), at their top level and inside the world-writable directories in them that
+//! are not the uid's (`/tmp/.X11-unix`, another user's 1777 directory). The next job of the
+//! uid, often another submitter's, would find them as their owner; [`remove_files_of`]
+//! removes them.
 //!
 //! Every step is relative to a directory descriptor, opened with `O_NOFOLLOW`: a symlink is
 //! never followed, and another user renaming or replacing a directory on the way cannot send
-//! a removal elsewhere. The scan is bounded: it descends [`MAX_DEPTH`] levels of others'
-//! world-writable directories and looks at [`MAX_NESTED_ENTRIES`] entries below the top
-//! level (each top level is read whole, as before). A tree of the uid is removed down to
-//! [`MAX_TREE_DEPTH`] levels; one that cannot be removed whole (deeper, or an entry that
-//! will not go) is taken from the uid instead: given to the node with mode 0700, so the
-//! next job of the uid cannot enter it.
+//! a removal elsewhere (`tree`: a directory is checked against what was judged before
+//! anything in it is touched, and only the uid's entries in it go). The sweep runs in the
+//! node, with its rights: what it may remove is bounded by those checks, not by the kernel.
+//!
+//! The scan is bounded: it descends [`MAX_DEPTH`] levels of others' world-writable
+//! directories, looks at [`MAX_PLACE_ENTRIES`] entries per shared directory (every level,
+//! the uid's trees included) and stops after [`SWEEP_TIME`] in all, saying so in the log:
+//! a directory another user keeps filling cannot hold it. What it did not reach goes at the
+//! uid's next take. A tree of the uid is removed down to [`MAX_TREE_DEPTH`] levels; one
+//! that cannot be removed whole (deeper, another user's entry in it, the bound reached in
+//! it, an entry that will not go) is taken from the uid instead: given to the node with
+//! mode 0700, so the next job of the uid cannot enter it.
 //!
 //! Blocking (directory reads): call it off the async workers, and only while no process
 //! runs as the uid (after its reap, or when the pool sees none), so the uid cannot race it.
 
-use std::ffi::{CStr, CString};
-use std::io;
+mod places;
+mod tree;
+
+use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat};
+use rustix::fs::{Dir, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
 
-/// The places every user may write (1777 on Debian: `/run/lock` too; `/dev/mqueue` where
-/// the mqueue file system is mounted), whose entries of a uid are removed.
-pub(crate) const SHARED_DIRS: [&str; 5] =
-    ["/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue"];
+use tree::TreeError;
 
 /// Levels of others' world-writable directories descended below a shared directory:
 /// `/tmp/.X11-unix` is one; four covers a user's 1777 tree in `/tmp` a few levels down
 /// while a scan of a crowded `/tmp` stays short.
 pub(crate) const MAX_DEPTH: usize = 4;
 
-/// Entries looked at below the top level of one shared directory: bounds the time a scan
-/// spends in other users' trees.
-pub(crate) const MAX_NESTED_ENTRIES: usize = 100_000;
+/// Entries looked at in one shared directory, at every level: a crowded `/tmp` (hundreds
+/// of thousands of others' files) or a directory another user keeps filling costs a
+/// bounded time (about a second here), and the next shared directory is still swept.
+pub(crate) const MAX_PLACE_ENTRIES: usize = 250_000;
+
+/// How long one sweep of every shared directory may take: it runs when a job's uid is
+/// taken (a job's start waits for it) and when it comes free.
+pub(crate) const SWEEP_TIME: Duration = Duration::from_secs(30);
 
 /// Levels of one of the uid's directory trees removed, one open descriptor each; a deeper
 /// tree is taken from the uid instead.
@@ -52,19 +64,53 @@ pub(crate) struct Swept {
     pub(crate) taken: usize,
     /// Entries of the uid left as they were (neither removed nor taken).
     pub(crate) failed: usize,
+    /// Shared directories not swept to the end: the sweep's bound was reached in them.
+    pub(crate) cut_short: usize,
 }
 
-/// Removes what `uid` owns in [`SHARED_DIRS`] (see the module doc).
+/// What a sweep may still do: entries to look at in the shared directory at hand, and the
+/// time the whole sweep ends.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Budget {
+    entries: usize,
+    deadline: Instant,
+}
+
+impl Budget {
+    /// `entries` looks, until `deadline`.
+    pub(crate) fn new(entries: usize, deadline: Instant) -> Self {
+        Self { entries, deadline }
+    }
+
+    /// Takes one entry's look; false once the entries or the time are used up.
+    fn take(&mut self) -> bool {
+        if self.entries == 0 || Instant::now() >= self.deadline {
+            self.entries = 0;
+            return false;
+        }
+        self.entries -= 1;
+        true
+    }
+
+    fn is_spent(&self) -> bool {
+        self.entries == 0
+    }
+}
+
+/// Removes what `uid` owns in the host's shared directories (see the module doc).
 pub(crate) fn remove_files_of(uid: u32) -> Swept {
     let mut swept = Swept::default();
-    for dir in SHARED_DIRS {
-        sweep(Path::new(dir), uid, &mut swept);
+    let deadline = Instant::now() + SWEEP_TIME;
+    for dir in places::shared_dirs() {
+        let mut budget = Budget::new(MAX_PLACE_ENTRIES, deadline);
+        sweep(&dir, uid, &mut budget, &mut swept);
     }
     swept
 }
 
-/// Removes what `uid` owns in the shared directory `root`, adding to `swept`.
-pub(crate) fn sweep(root: &Path, uid: u32, swept: &mut Swept) {
+/// Removes what `uid` owns in the shared directory `root` within `budget`, adding to
+/// `swept`.
+pub(crate) fn sweep(root: &Path, uid: u32, budget: &mut Budget, swept: &mut Swept) {
     let fd = match rustix::fs::open(root, dir_flags(), Mode::empty()) {
         Ok(fd) => fd,
         Err(Errno::NOENT | Errno::NOTDIR) => return,
@@ -73,19 +119,18 @@ pub(crate) fn sweep(root: &Path, uid: u32, swept: &mut Swept) {
             return;
         }
     };
-    let mut scan = Scan {
-        uid,
-        budget: MAX_NESTED_ENTRIES,
-        swept,
-    };
+    let mut scan = Scan { uid, budget, swept };
     scan.dir(fd.as_fd(), root, 0);
+    if scan.budget.is_spent() {
+        swept.cut_short += 1;
+        tracing::warn!(uid, dir = %root.display(), "stopped removing what a job left: the sweep's bound ({MAX_PLACE_ENTRIES} entries per shared directory, {SWEEP_TIME:?} in all) was reached; the rest goes when the uid is next taken");
+    }
 }
 
 /// One shared directory's scan.
 struct Scan<'a> {
     uid: u32,
-    /// Entries below the top level still to be looked at.
-    budget: usize,
+    budget: &'a mut Budget,
     swept: &'a mut Swept,
 }
 
@@ -106,12 +151,8 @@ impl Scan<'_> {
             if matches!(name.to_bytes(), b"." | b"..") {
                 continue;
             }
-            if depth > 0 {
-                if self.budget == 0 {
-                    tracing::warn!(uid = self.uid, dir = %path.display(), "stopped looking for what a job left after {MAX_NESTED_ENTRIES} nested entries");
-                    return;
-                }
-                self.budget -= 1;
+            if !self.budget.take() {
+                return;
             }
             self.entry(dir, name, &path.join(bytes_path(name)), depth);
         }
@@ -120,7 +161,7 @@ impl Scan<'_> {
     /// Removes `name` of `dir` if the uid owns it, else descends into it if it is a
     /// world-writable directory within [`MAX_DEPTH`].
     fn entry(&mut self, dir: BorrowedFd<'_>, name: &CStr, path: &Path, depth: usize) {
-        let Ok(stat) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
+        let Ok(stat) = rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) else {
             return;
         };
         if stat.st_uid == self.uid {
@@ -136,24 +177,24 @@ impl Scan<'_> {
         }
     }
 
-    /// Removes the uid's entry `name` of `dir`, or, failing that, takes it from the uid.
-    fn remove(&mut self, dir: BorrowedFd<'_>, name: &CStr, path: &Path, stat: &Stat) {
+    /// Removes the uid's entry `name` of `dir`, judged as `judged`, or, failing that, takes
+    /// it from the uid.
+    fn remove(&mut self, dir: BorrowedFd<'_>, name: &CStr, path: &Path, judged: &Stat) {
         let uid = self.uid;
-        let removed = if FileType::from_raw_mode(stat.st_mode) == FileType::Directory {
-            remove_tree(dir, name, 0)
-        } else {
-            rustix::fs::unlinkat(dir, name, AtFlags::empty()).map_err(io::Error::from)
-        };
-        let error = match removed {
+        let error = match tree::remove(dir, name, judged, uid, self.budget) {
             Ok(()) => {
                 self.swept.removed += 1;
                 tracing::info!(uid, path = %path.display(), "removed what a job left");
                 return;
             }
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return,
+            Err(TreeError::Os(Errno::NOENT)) => return,
+            Err(TreeError::Replaced) => {
+                tracing::warn!(uid, path = %path.display(), "an entry of a job's uid was replaced while it was being removed; left alone");
+                return;
+            }
             Err(e) => e,
         };
-        match take_from_uid(dir, name) {
+        match tree::take_from_uid(dir, name, judged) {
             Ok(()) => {
                 self.swept.taken += 1;
                 tracing::warn!(uid, path = %path.display(), error = %error, "cannot remove what a job left; gave it to the node (mode 0700 for a directory) so the uid's next job cannot read it");
@@ -163,98 +204,6 @@ impl Scan<'_> {
                 tracing::error!(uid, path = %path.display(), error = %error, take_error = %e, "cannot remove what a job left, nor take it from the uid");
             }
         }
-    }
-}
-
-/// Removes the directory `name` of `parent` and everything in it, down to
-/// [`MAX_TREE_DEPTH`] levels below it (`depth`: this one's level).
-fn remove_tree(parent: BorrowedFd<'_>, name: &CStr, depth: usize) -> io::Result<()> {
-    if depth >= MAX_TREE_DEPTH {
-        return Err(io::Error::other(format!(
-            "more than {MAX_TREE_DEPTH} levels deep"
-        )));
-    }
-    let dir = rustix::fs::openat(parent, name, dir_flags(), Mode::empty())?;
-    // Names a batch at a time (the directory changes as they go), until none is left: a
-    // directory of millions of entries costs time, not the node's memory; one that another
-    // user keeps filling is given up on after `MAX_BATCHES`.
-    let mut emptied = false;
-    for _ in 0..MAX_BATCHES {
-        let batch = names(dir.as_fd(), REMOVE_BATCH)?;
-        if batch.is_empty() {
-            emptied = true;
-            break;
-        }
-        for child in &batch {
-            remove_entry(dir.as_fd(), child, depth)?;
-        }
-    }
-    if !emptied {
-        return Err(io::Error::other(format!(
-            "still not empty after {} entries",
-            MAX_BATCHES * REMOVE_BATCH
-        )));
-    }
-    drop(dir);
-    Ok(rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR)?)
-}
-
-/// Names read and removed at a time, per level of a tree being removed.
-const REMOVE_BATCH: usize = 1024;
-
-/// Batches one directory of a tree may take before its removal is given up.
-const MAX_BATCHES: usize = 10_000;
-
-/// Up to `most` names of `dir` (not `.` and `..`), from its start.
-fn names(dir: BorrowedFd<'_>, most: usize) -> io::Result<Vec<CString>> {
-    let mut names = Vec::new();
-    for entry in Dir::read_from(dir)? {
-        let entry = entry?;
-        if !matches!(entry.file_name().to_bytes(), b"." | b"..") {
-            names.push(entry.file_name().to_owned());
-        }
-        if names.len() >= most {
-            break;
-        }
-    }
-    Ok(names)
-}
-
-/// Removes the entry `name` of `dir` (a tree `depth` levels deep), gone already is fine.
-fn remove_entry(dir: BorrowedFd<'_>, name: &CStr, depth: usize) -> io::Result<()> {
-    let stat = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
-        Ok(stat) => stat,
-        Err(Errno::NOENT) => return Ok(()),
-        Err(e) => return Err(e.into()),
-    };
-    let removed = if FileType::from_raw_mode(stat.st_mode) == FileType::Directory {
-        remove_tree(dir, name, depth + 1)
-    } else {
-        rustix::fs::unlinkat(dir, name, AtFlags::empty()).map_err(Into::into)
-    };
-    match removed {
-        Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
-        _ => Ok(()),
-    }
-}
-
-/// Gives the entry `name` of `dir` to the node (not following a link); a directory also
-/// gets mode 0700, through a descriptor of it, so owner and mode change on the same one.
-fn take_from_uid(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
-    let (uid, gid) = (rustix::process::geteuid(), rustix::process::getegid());
-    match rustix::fs::openat(dir, name, dir_flags(), Mode::empty()) {
-        Ok(child) => {
-            rustix::fs::fchown(&child, Some(uid), Some(gid))?;
-            Ok(rustix::fs::fchmod(&child, Mode::from_raw_mode(0o700))?)
-        }
-        Err(Errno::NOTDIR | Errno::LOOP) => Ok(rustix::fs::chownat(
-            dir,
-            name,
-            Some(uid),
-            Some(gid),
-            AtFlags::SYMLINK_NOFOLLOW,
-        )?),
-        Err(e) => Err(e.into()),
     }
 }
 

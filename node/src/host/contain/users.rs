@@ -16,7 +16,8 @@
 //! What the uid left outside its processes goes as soon as they are dead, before the uid is
 //! back in the pool, and again before it is handed out (for a node stopped in between): its
 //! files in the world-writable directories and in the world-writable directories inside
-//! them (`leftovers`: `/tmp`, `/var/tmp`, `/dev/shm`, `/run/lock`, `/dev/mqueue`), and its
+//! them (`leftovers`: `/tmp`, `/var/tmp`, `/dev/shm`, `/run/lock`, `/dev/mqueue` and the
+//! host's other world-writable directories), and its
 //! System V IPC objects (`ipc`), so the next job of that uid, often another submitter's,
 //! finds none of it. Where the node has `CAP_SYS_ADMIN`, each program also runs in an IPC
 //! namespace of its own (`setup`), whose objects die with it. A uid whose IPC objects
@@ -667,6 +668,7 @@ fn clear_leftovers(uid: u32) -> bool {
             removed = files.removed,
             taken = files.taken,
             failed = files.failed,
+            cut_short = files.cut_short,
             "cleared the files a job left in the shared directories"
         );
     }

@@ -343,7 +343,10 @@ fn what_a_uid_left_in_tmp_is_removed_before_it_is_handed_out_again() {
     let other = Path::new("/tmp").join(format!("warren-other-{}", std::process::id()));
     std::fs::create_dir_all(left.join("deep")).unwrap();
     std::fs::write(&other, b"another user's").unwrap();
-    std::os::unix::fs::lchown(&left, Some(user.uid()), Some(user.uid())).unwrap();
+    // As the job leaves it: every level the uid's (another user's entry in it would stay).
+    for dir in [&left, &left.join("deep")] {
+        std::os::unix::fs::lchown(dir, Some(user.uid()), Some(user.uid())).unwrap();
+    }
     drop(user);
     wait_returned(&users, 3_900_040);
     let again = users.take().unwrap();

@@ -9,7 +9,9 @@
 //! it starts or stops) is written only once the unit's write in flight is durable: until
 //! then the latest one waits in the unit's status, so the store thread's queue holds at
 //! most one such write per unit however fast the job goes or however slow the disk is
-//! (before, one status per program, about a kilobyte each, while the disk stalled).
+//! (before, one status per program, about a kilobyte each, while the disk stalled). When
+//! the node stops, [`Core::shutting_down`] writes what still waits, so that the store
+//! commits it before it stops: a restarted node shows the job's last record.
 //!
 //! On the running node, a peer's submission carries a nonce: a second submission with the
 //! same key and nonce (its submitter restarted without knowing whether the first arrived)
@@ -95,6 +97,19 @@ impl Core {
         } else if !entry.unwritten {
             entry.unwritten = true;
             self.deferred.push(id);
+        }
+    }
+
+    /// The node stops: writes now every status held back behind its unit's write in
+    /// flight (a job's latest containment record). The driver runs these writes, then
+    /// stops its store, which commits everything it was sent, in order, before it ends.
+    /// Actions waiting for the disk (remote submissions) stay held: a restarted node sends
+    /// them again.
+    pub fn shutting_down(&mut self) {
+        for id in std::mem::take(&mut self.deferred) {
+            if self.units.get(&id).is_some_and(|e| e.unwritten) {
+                self.persist(id);
+            }
         }
     }
 

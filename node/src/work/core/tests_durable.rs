@@ -460,3 +460,45 @@ fn a_job_recording_its_containment_ten_thousand_times_while_the_disk_stalls_has_
     assert_eq!(core.unit_write_pending(id(1)), None);
     assert!(actions(&mut core).is_empty());
 }
+
+#[test]
+fn a_containment_record_held_behind_a_write_in_flight_is_written_when_the_node_stops() {
+    let now = Instant::now();
+    let mut core = core_on("me");
+    let mut acts = create_and_store(&mut core, now, new_unit(1, "me", None, None));
+    acts.extend(create_and_store(
+        &mut core,
+        now,
+        new_unit(2, "me", None, None),
+    ));
+    core.statuses_durable(writes(&acts).iter().map(|(seq, _)| *seq).max().unwrap());
+    actions(&mut core);
+    let component = Component {
+        name: "guest-runner".into(),
+        version: "1.0.0".into(),
+        sha256: "00".into(),
+    };
+    core.handler_started(id(1), component);
+    let [(in_flight, _)] = writes(&actions(&mut core))[..] else {
+        panic!("one write expected");
+    };
+    let record = |i: u32| serde_json::json!({"Containment": {"programs": i}});
+    // Unit 2's status on the disk is its current one: its record is written at once.
+    core.extra_data(id(2), record(3));
+    assert_eq!(writes(&actions(&mut core)).len(), 1);
+    // Unit 1's records wait behind its write in flight.
+    core.extra_data(id(1), record(1));
+    core.extra_data(id(1), record(2));
+    assert!(writes(&actions(&mut core)).is_empty());
+    core.shutting_down();
+    let written = writes(&actions(&mut core));
+    let [(seq, ref status)] = written[..] else {
+        panic!("one write expected: {written:?}");
+    };
+    assert_eq!(status.extra_data, record(2));
+    assert!(seq > in_flight, "written before the write in flight");
+    assert_eq!(core.unit_write_pending(id(1)), Some(seq));
+    // Nothing is written twice.
+    core.shutting_down();
+    assert!(actions(&mut core).is_empty());
+}

@@ -149,7 +149,11 @@ pub(super) fn spawn(o: OwnerSetup) {
                 }
                 command = rx.recv() => match command {
                     Some(Command::Shutdown { reply }) => {
+                        // What the core holds back is sent to the store before it stops.
+                        owner.core.shutting_down();
+                        owner.run_actions();
                         owner.stop_store().await;
+                        log_unstored(&mut rx);
                         let _ = reply.send(());
                         break;
                     }
@@ -167,6 +171,16 @@ pub(super) fn spawn(o: OwnerSetup) {
             owner.run_actions();
         }
     });
+}
+
+/// Logs the status writes the store's last commit could not make: nobody is left to act
+/// on them, and a restarted node finds the unit's last durable status.
+fn log_unstored(rx: &mut mpsc::UnboundedReceiver<Command>) {
+    while let Ok(command) = rx.try_recv() {
+        if let Command::NotStored { id, error } = command {
+            tracing::error!(unit = %id, %error, "a unit's status did not reach the disk before the work layer stopped");
+        }
+    }
 }
 
 impl Owner {
