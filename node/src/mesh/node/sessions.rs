@@ -47,7 +47,8 @@ impl MeshNode {
     }
 
     /// The key to start a session with `dst` under, and what binds it to the id: a local pin
-    /// first (followed through key successions), else the key of its verified advert.
+    /// first (followed through key successions), else the key of its verified advert, else
+    /// the key it proved on a link with us.
     ///
     /// # Errors
     /// [`OpenError::NoKey`] when nothing is known of `dst`'s key, and
@@ -58,12 +59,29 @@ impl MeshNode {
         if let Some((anchor, key)) = self.config.trust.pin_of(dst) {
             return Ok((key, Binding::Pinned { anchor }));
         }
-        let (key, binding) =
-            (self.lsdb.binding(dst)).ok_or_else(|| OpenError::NoKey(dst.clone()))?;
-        if !self.may_open_to(binding) {
+        let (key, binding) = self
+            .lsdb
+            .binding(dst)
+            .map(|(key, binding)| (key, binding.clone()))
+            .or_else(|| self.neighbour_binding(dst))
+            .ok_or_else(|| OpenError::NoKey(dst.clone()))?;
+        if !self.may_open_to(&binding) {
             return Err(OpenError::Unverified(dst.clone()));
         }
-        Ok((key, binding.clone()))
+        Ok((key, binding))
+    }
+
+    /// The key a linked neighbour `dst` proved in its link handshake, and what bound it
+    /// there: for an open made after the link came up but before its advert arrived.
+    fn neighbour_binding(&self, dst: &NodeId) -> Option<(PublicKey, Binding)> {
+        self.links
+            .values()
+            .find_map(|slot| match (&slot.peer, &slot.binding) {
+                (Some((node, key)), Some(binding)) if slot.up && node == dst => {
+                    Some((*key, binding.clone()))
+                }
+                _ => None,
+            })
     }
 
     /// Whether this node sends work and streams to a node whose key `binding` binds: only

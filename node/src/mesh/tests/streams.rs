@@ -84,3 +84,32 @@ fn cutting_a_link_of_the_path_resets_the_stream_at_both_ends_promptly() {
         );
     }
 }
+
+#[test]
+fn a_stream_opens_to_a_neighbour_whose_link_is_up_before_its_advert_arrived() {
+    let mut sim = Sim::new(23);
+    let a = sim.add_node("a");
+    let b = sim.add_node("b");
+    sim.connect(a, b, super::cost());
+    let b_id = sim.id(b);
+    let linked = |s: &mut Sim| {
+        s.events(a)
+            .iter()
+            .any(|e| matches!(e, Event::LinkUp { peer, .. } if *peer == b_id))
+    };
+    sim.run_until(linked, STEPS).unwrap();
+    assert!(
+        sim.node(a).advert(&b_id).is_none(),
+        "the link is up before b's advert is stored"
+    );
+    let svc = ServiceName::new("sink").unwrap();
+    sim.with_node(b, |node, now| node.listen(now, svc.clone()));
+    let id = sim
+        .with_node(a, |node, now| {
+            node.open_stream(now, &b_id, svc.clone(), svc)
+        })
+        .expect("the key b proved on the link is enough to open");
+    let opened = Event::Stream(StreamEvent::Opened { id });
+    sim.run_until(|s| s.events(a).contains(&opened), STEPS)
+        .unwrap();
+}
