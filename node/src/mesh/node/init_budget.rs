@@ -1,12 +1,12 @@
 //! How many end-to-end session handshakes each link may bring this node. A handshake's
-//! first message costs the responder four Diffie-Hellman operations and a signature check
-//! where a stream packet costs one decryption, and any
-//! neighbour can send them, as copies or under spoofed sources, as fast as its link
-//! carries. Each link gets a bucket: a burst big enough for a relay that carries a whole
-//! site's handshakes at a cold start, refilled at a steady rate; beyond it an `Init` is
-//! dropped unread, and its initiator tries again when its handshake times out. A flood on
-//! one link costs the node a bounded share of a core and costs the handshakes arriving
-//! on other links nothing. No IO; time is passed in.
+//! first message costs the responder four Diffie-Hellman operations and a signature check,
+//! where a stream packet costs one decryption, and any neighbour can send them, as copies
+//! or under spoofed sources, as fast as its link carries. Each link gets a bucket: a burst
+//! big enough for a relay that carries a whole site's handshakes at a cold start, refilled
+//! at a steady rate; beyond it an `Init` is dropped unread. Its initiator's handshake then
+//! times out (10 s), the streams that waited for it fail, and its next open starts a new
+//! handshake. A flood on one link costs the node a bounded share of a core, and costs the
+//! handshakes arriving on other links nothing. No IO; time is passed in.
 
 use std::time::{Duration, Instant};
 
