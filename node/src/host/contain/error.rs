@@ -33,9 +33,10 @@ pub enum ContainError {
         #[source]
         source: io::Error,
     },
-    /// Every uid of `[work] job-users` is held by a running job or still used by a process.
+    /// Every uid of `[work] job-users` is held by a running job, still used by a process, or
+    /// not yet cleared of what its last job left.
     #[error(
-        "every uid of [work] job-users ({range}) is held by a running job or still runs a process (waited 10s); widen the range or lower max-running"
+        "every uid of [work] job-users ({range}) is held by a running job, still runs a process, or still has files its last job left that could not all be removed (waited 10s; the log says which); widen the range or lower max-running"
     )]
     NoJobUser {
         /// The configured range.

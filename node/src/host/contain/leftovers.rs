@@ -15,8 +15,10 @@
 //! The scan is bounded: it descends [`MAX_DEPTH`] levels of others' world-writable
 //! directories, looks at [`MAX_PLACE_ENTRIES`] entries per shared directory (every level,
 //! the uid's trees included) and stops after [`SWEEP_TIME`] in all, saying so in the log:
-//! a directory another user keeps filling cannot hold it. What it did not reach goes at the
-//! uid's next take. A tree of the uid is removed down to [`MAX_TREE_DEPTH`] levels; one
+//! a directory another user keeps filling cannot hold it. Each level is read to its end
+//! before the directories below it. A sweep cut short, or one that left an entry of the
+//! uid neither removed nor taken, keeps the uid from the next job (`users`): it is swept
+//! again when next taken, and goes to a job only once a sweep completes. A tree of the uid is removed down to [`MAX_TREE_DEPTH`] levels; one
 //! that cannot be removed whole (deeper, another user's entry in it, the bound reached in
 //! it, an entry that will not go) is taken from the uid instead: given to the node with
 //! mode 0700, so the next job of the uid cannot enter it.
@@ -66,6 +68,14 @@ pub(crate) struct Swept {
     pub(crate) failed: usize,
     /// Shared directories not swept to the end: the sweep's bound was reached in them.
     pub(crate) cut_short: usize,
+}
+
+impl Swept {
+    /// Whether everything of the uid the sweep found is gone or taken, and it looked
+    /// everywhere: otherwise the uid must not go to another job.
+    pub(crate) fn is_complete(&self) -> bool {
+        self.failed == 0 && self.cut_short == 0
+    }
 }
 
 /// What a sweep may still do: entries to look at in the shared directory at hand, and the
@@ -136,7 +146,9 @@ struct Scan<'a> {
 
 impl Scan<'_> {
     /// Removes the uid's entries of `dir` (at `path`, `depth` levels below the shared
-    /// directory) and descends into others' world-writable directories.
+    /// directory), then descends into others' world-writable directories in it: a level is
+    /// read to its end before any directory below it, so a crowded directory of another
+    /// user's cannot use up the budget before the uid's entries beside it are looked at.
     fn dir(&mut self, dir: BorrowedFd<'_>, path: &Path, depth: usize) {
         let entries = match Dir::read_from(dir) {
             Ok(entries) => entries,
@@ -145,6 +157,7 @@ impl Scan<'_> {
                 return;
             }
         };
+        let mut below = Vec::new();
         for entry in entries {
             let Ok(entry) = entry else { break };
             let name = entry.file_name();
@@ -154,26 +167,39 @@ impl Scan<'_> {
             if !self.budget.take() {
                 return;
             }
-            self.entry(dir, name, &path.join(bytes_path(name)), depth);
+            if self.entry(dir, name, &path.join(bytes_path(name)), depth) {
+                below.push(name.to_owned());
+            }
+        }
+        for name in below {
+            self.descend(dir, &name, &path.join(bytes_path(&name)), depth);
         }
     }
 
-    /// Removes `name` of `dir` if the uid owns it, else descends into it if it is a
-    /// world-writable directory within [`MAX_DEPTH`].
-    fn entry(&mut self, dir: BorrowedFd<'_>, name: &CStr, path: &Path, depth: usize) {
+    /// Removes `name` of `dir` if the uid owns it; returns whether it is another user's
+    /// world-writable directory to descend into (within [`MAX_DEPTH`]).
+    fn entry(&mut self, dir: BorrowedFd<'_>, name: &CStr, path: &Path, depth: usize) -> bool {
         let Ok(stat) = rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) else {
-            return;
+            return false;
         };
         if stat.st_uid == self.uid {
             self.remove(dir, name, path, &stat);
-        } else if depth < MAX_DEPTH && is_open_dir(&stat) {
-            // Decided again on the opened directory: the name may have been replaced.
-            let Ok(child) = rustix::fs::openat(dir, name, dir_flags(), Mode::empty()) else {
-                return;
-            };
-            if rustix::fs::fstat(&child).is_ok_and(|s| s.st_uid != self.uid && is_open_dir(&s)) {
-                self.dir(child.as_fd(), path, depth + 1);
-            }
+            return false;
+        }
+        depth < MAX_DEPTH && is_open_dir(&stat)
+    }
+
+    /// Scans another user's world-writable directory `name` of `dir`, decided again on the
+    /// opened directory (the name may have been replaced since it was looked at).
+    fn descend(&mut self, dir: BorrowedFd<'_>, name: &CStr, path: &Path, depth: usize) {
+        if self.budget.is_spent() {
+            return;
+        }
+        let Ok(child) = rustix::fs::openat(dir, name, dir_flags(), Mode::empty()) else {
+            return;
+        };
+        if rustix::fs::fstat(&child).is_ok_and(|s| s.st_uid != self.uid && is_open_dir(&s)) {
+            self.dir(child.as_fd(), path, depth + 1);
         }
     }
 

@@ -274,3 +274,23 @@ fn shared_directories_are_the_world_writable_children_of_the_parents_each_once()
     found.sort();
     assert_eq!(found, vec![p.join("crash"), open]);
 }
+
+#[test]
+fn a_crowded_directory_of_another_users_does_not_keep_the_sweep_from_the_uids_entries_beside_it() {
+    let uid = 3_900_127;
+    // tmpfs lists the newest entry first, so the crowd is read before the uid's file.
+    let root = tempfile::tempdir_in("/dev/shm").unwrap();
+    file_of(&root.path().join("plant"), uid);
+    let crowd = root.path().join("crowd");
+    open_dir(&crowd);
+    for n in 0..100 {
+        std::fs::write(crowd.join(format!("f{n}")), b"").unwrap();
+    }
+    let result = swept_within(root.path(), uid, 20);
+    assert!(
+        !root.path().join("plant").exists(),
+        "the uid's file beside the crowd was removed: {result:?}"
+    );
+    assert_eq!((result.removed, result.cut_short), (1, 1), "{result:?}");
+    assert!(!result.is_complete(), "a sweep cut short is not complete");
+}

@@ -429,14 +429,27 @@ impl JobUsers {
             drop(pool);
             // Held now, so no one else takes it while what its last job left goes (gone
             // already when that job ended, but for a node stopped before it could).
-            if !clear_leftovers(uid) {
-                tracing::warn!(
-                    uid,
-                    "the uid is passed over while what its last job left may remain"
-                );
-                drop(self.handle(uid));
-                skipped.insert(uid);
-                continue;
+            match clear_leftovers(uid) {
+                Cleared::All => {}
+                Cleared::NotAll => {
+                    tracing::warn!(
+                        uid,
+                        "the uid is passed over while what its last job left may remain"
+                    );
+                    drop(self.handle(uid));
+                    skipped.insert(uid);
+                    continue;
+                }
+                // The shared directories are too crowded to sweep within the bound: every
+                // other uid's sweep would be as long, so this take ends here.
+                Cleared::CutShort => {
+                    tracing::warn!(
+                        uid,
+                        "the uid is passed over: the sweep of the shared directories for what its last job left was cut short"
+                    );
+                    drop(self.handle(uid));
+                    return None;
+                }
             }
             match reclaim_job_dirs(&self.data_dir, uid) {
                 Ok(()) => return Some(self.handle(uid)),
@@ -656,11 +669,21 @@ fn take_back(job_dir: &Path, meta: &std::fs::Metadata) -> std::io::Result<()> {
     dir.set_permissions(std::fs::Permissions::from_mode(0o700))
 }
 
+/// How far [`clear_leftovers`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cleared {
+    /// Nothing of the uid is left where another job of it could find it.
+    All,
+    /// An IPC object or an entry of the uid could be neither removed nor taken from it.
+    NotAll,
+    /// The sweep of the shared directories reached its bound before it looked everywhere.
+    CutShort,
+}
+
 /// Removes what an earlier job of `uid` left outside its processes: its files in the
-/// shared writable directories (`leftovers`) and its System V IPC objects (`ipc`); whether
-/// no IPC object of it is left (a file that will not go is taken from the uid instead).
-/// Only while no process runs as `uid`.
-fn clear_leftovers(uid: u32) -> bool {
+/// shared writable directories (`leftovers`; one that will not go is taken from the uid)
+/// and its System V IPC objects (`ipc`). Only while no process runs as `uid`.
+fn clear_leftovers(uid: u32) -> Cleared {
     let files = leftovers::remove_files_of(uid);
     if files != leftovers::Swept::default() {
         tracing::info!(
@@ -672,7 +695,7 @@ fn clear_leftovers(uid: u32) -> bool {
             "cleared the files a job left in the shared directories"
         );
     }
-    match ipc::remove_objects_of(uid) {
+    let ipc = match ipc::remove_objects_of(uid) {
         Ok(0) => true,
         Ok(removed) => {
             tracing::info!(uid, removed, "removed the System V IPC objects a job left");
@@ -682,6 +705,19 @@ fn clear_leftovers(uid: u32) -> bool {
             tracing::error!(uid, error = %e, "System V IPC objects a job left may still be there");
             false
         }
+    };
+    cleared(&files, ipc)
+}
+
+/// What a sweep that did `files`, and an IPC removal that did (`ipc`) or did not finish,
+/// came to.
+fn cleared(files: &leftovers::Swept, ipc: bool) -> Cleared {
+    if files.cut_short > 0 {
+        Cleared::CutShort
+    } else if !ipc || !files.is_complete() {
+        Cleared::NotAll
+    } else {
+        Cleared::All
     }
 }
 

@@ -733,3 +733,22 @@ fn a_process_whose_main_thread_exited_while_another_runs_still_holds_its_uid() {
     let _ = reaper.join();
     assert_eq!(reap::processes_of(uid).unwrap(), Vec::<i32>::new());
 }
+
+#[test]
+fn a_uid_goes_to_a_job_only_after_a_sweep_that_looked_everywhere_and_left_nothing_of_it() {
+    use leftovers::Swept;
+    let clean = Swept {
+        removed: 3,
+        taken: 1,
+        ..Swept::default()
+    };
+    assert_eq!(cleared(&clean, true), Cleared::All);
+    assert_eq!(cleared(&clean, false), Cleared::NotAll, "IPC left");
+    let stuck = Swept { failed: 1, ..clean };
+    assert_eq!(cleared(&stuck, true), Cleared::NotAll, "an entry left");
+    let cut = Swept {
+        cut_short: 1,
+        ..clean
+    };
+    assert_eq!(cleared(&cut, true), Cleared::CutShort);
+}

@@ -3,10 +3,8 @@
 //! first), and made-up first-seen origins must not lock vouched-for nodes out of the
 //! database.
 
-use super::{STEPS, cost};
-use crate::id::{NodeId, ServiceName};
-use crate::keys::{LinkKeypair, SignatureBytes};
-use crate::mesh::advert::Advert;
+use super::{STEPS, cost, made_up};
+use crate::id::ServiceName;
 use crate::mesh::lsdb::LsdbLimits;
 use crate::mesh::node::Event;
 use crate::mesh::sim::{NodeIdx, Sim};
@@ -71,27 +69,6 @@ fn a_node_opens_no_stream_to_a_target_it_knows_only_first_seen() {
     sim.run_until(|s| incoming(s, squat) == 1, STEPS).unwrap();
 }
 
-/// A made-up origin with a key of its own, in `epoch`.
-fn fake(i: u32, epoch: u64, issued_at_ms: u64) -> Advert {
-    let mut secret = [9u8; 32];
-    secret[..4].copy_from_slice(&i.to_le_bytes());
-    let keys = LinkKeypair::from_private(secret);
-    Advert {
-        origin: NodeId::new(format!("fake{i}")).unwrap(),
-        key: keys.public(),
-        epoch,
-        seq: 1,
-        issued_at_ms,
-        links: Vec::new(),
-        services: Vec::new(),
-        work_types: Vec::new(),
-        cert: None,
-        successions: Vec::new(),
-        signature: SignatureBytes([0; 64]),
-    }
-    .sign(&keys, &[0; 64])
-}
-
 #[test]
 fn a_trusted_node_joining_after_a_flood_of_first_seen_origins_is_stored() {
     let mut sim = Sim::new(62);
@@ -112,7 +89,7 @@ fn a_trusted_node_joining_after_a_flood_of_first_seen_origins_is_stored() {
     let own = sim.node(n0).advert(&x_id).cloned().unwrap();
     let n0_id = sim.id(n0);
     for i in 0..500 {
-        let advert = fake(i, own.epoch, own.issued_at_ms);
+        let advert = made_up(i, &own);
         let message = crate::mesh::message::Message::Advert(advert);
         assert!(sim.with_node(x, |node, _| node.inject(&n0_id, &message)));
     }

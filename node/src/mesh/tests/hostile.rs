@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{STEPS, cost, settle};
+use super::{STEPS, cost, made_up, settle};
 use crate::id::{NodeId, ServiceName};
-use crate::keys::{LinkKeypair, SignatureBytes};
 use crate::mesh::advert::{Advert, AdvertLink};
 use crate::mesh::lsdb::LsdbLimits;
 use crate::mesh::message::{
@@ -149,28 +148,6 @@ fn ten_thousand_adverts_are_refused_beyond_the_caps_and_links_stay_up() {
     assert_eq!(link_downs(&sim, n0), downs_before, "every link stayed up");
     assert!(sim.is_linked(n0, x) && sim.is_linked(n0, n1));
     assert_eq!(sim.deliver(n1, n0, b"still routing"), b"still routing");
-}
-
-/// The signed advert of a made-up node `fake{i}` with a key of its own, which nothing
-/// vouches for (so a first-seen origin), of `like`'s epoch.
-fn made_up(i: u32, like: &Advert) -> Advert {
-    let mut secret = [7u8; 32];
-    secret[..4].copy_from_slice(&i.to_le_bytes());
-    let keys = LinkKeypair::from_private(secret);
-    Advert {
-        origin: NodeId::new(format!("fake{i}")).unwrap(),
-        key: keys.public(),
-        epoch: like.epoch,
-        seq: 1,
-        issued_at_ms: like.issued_at_ms,
-        links: Vec::new(),
-        services: Vec::new(),
-        work_types: Vec::new(),
-        cert: None,
-        successions: Vec::new(),
-        signature: SignatureBytes([0; 64]),
-    }
-    .sign(&keys, &[0; 64])
 }
 
 #[test]
